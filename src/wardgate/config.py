@@ -1,0 +1,326 @@
+"""The YAML configuration: schema, loading, and errors that point at file, line and key.
+
+Secrets never appear as literals: any credential field takes a *reference*
+(``env:NAME``, ``file:PATH`` or ``secret:NAME`` for the gateway's encrypted store),
+resolved only when dialling upstream (see ``wardgate.vault``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from wardgate.identity.principals import Principal, PrincipalKind
+
+DecisionName = Literal["allow", "review", "block"]
+SQL_CLASSES = ("read", "write", "ddl", "admin")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``30s``, ``5m``, ``1h``, ``250ms`` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_secret_ref(value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"^(env|file|secret):.+", value):
+        raise ValueError(
+            "secrets are never written in the config: use env:NAME, file:PATH "
+            "or secret:NAME (stored with `wardgate secret set NAME`)"
+        )
+    return value
+
+
+SecretRef = Annotated[str | None, BeforeValidator(_check_secret_ref)]
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _check_hostport(value: object) -> object:
+    if isinstance(value, str):
+        parse_hostport(value)
+    return value
+
+
+HostPort = Annotated[str, BeforeValidator(_check_hostport)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Model):
+    api: HostPort | None = "127.0.0.1:8080"
+    postgres: HostPort | None = "127.0.0.1:15432"
+
+
+class TLSConfig(_Model):
+    """Server-side TLS offered to clients. Without cert/key a self-signed pair is
+    generated into ``data_dir/tls`` on first start."""
+
+    cert: str | None = None
+    key: str | None = None
+    # Accept a cleartext token (PasswordMessage) from clients, only ever over TLS.
+    allow_cleartext_password: bool = True
+
+
+class LimitsConfig(_Model):
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    startup_timeout: Duration = 15.0
+    connect_timeout: Duration = 10.0
+    login_failures: int = Field(default=5, ge=1)
+    login_window: Duration = 60.0
+
+
+class UpstreamConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str
+    user: str
+    password: SecretRef = None
+    tls: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    ca: str | None = None
+
+
+class ConnectionConfig(_Model):
+    type: Literal["postgres"]
+    upstream: UpstreamConfig
+    roles: dict[str, str] = Field(default_factory=dict)
+    on_parse_error: Literal["block", "review"] = "block"
+    description: str = ""
+
+
+class RoleConfig(_Model):
+    read: DecisionName = "block"
+    write: DecisionName = "block"
+    ddl: DecisionName = "block"
+    admin: DecisionName = "block"
+
+    def decision_for(self, klass: str) -> DecisionName:
+        if klass in SQL_CLASSES:
+            value: DecisionName = getattr(self, klass)
+            return value
+        return "block"
+
+
+class GuardrailMatch(_Model):
+    sql: list[str] = Field(default_factory=list)
+
+
+class GuardrailConfig(_Model):
+    name: str
+    match: GuardrailMatch
+    verdict: DecisionName
+    message: str = ""
+
+
+class GroupConfig(_Model):
+    description: str = ""
+
+
+class PrincipalConfig(_Model):
+    kind: Literal["user", "agent"]
+    groups: list[str] = Field(default_factory=list)
+    sponsor: str | None = None
+
+
+class Config(_Model):
+    store: str = "sqlite:///.wardgate/wardgate.db"
+    data_dir: str = ".wardgate"
+    master_key: SecretRef = None
+    workers: int = Field(default=1, ge=1, le=64)
+    listen: ListenConfig = ListenConfig()
+    tls: TLSConfig = TLSConfig()
+    limits: LimitsConfig = LimitsConfig()
+    groups: dict[str, GroupConfig] = Field(default_factory=dict)
+    principals: dict[str, PrincipalConfig] = Field(default_factory=dict)
+    connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
+    roles: dict[str, RoleConfig] = Field(default_factory=dict)
+    guardrails: list[GuardrailConfig] = Field(default_factory=list)
+
+    # Where the file was loaded from; relative paths resolve against its folder.
+    base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_maps(cls, data: Any) -> Any:
+        # `groups:` with nothing under it is YAML null: treat as empty.
+        if isinstance(data, dict):
+            for key in ("groups", "principals", "connections", "roles"):
+                if key in data and data[key] is None:
+                    data[key] = {}
+            if isinstance(data.get("groups"), dict):
+                data["groups"] = {k: (v or {}) for k, v in data["groups"].items()}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for name, p in self.principals.items():
+            for i, g in enumerate(p.groups):
+                if g not in self.groups:
+                    problems.append((("principals", name, "groups", i), f"unknown group {g!r}"))
+            if p.sponsor is not None:
+                sponsor = self.principals.get(p.sponsor)
+                if sponsor is None:
+                    problems.append((("principals", name, "sponsor"), f"unknown principal {p.sponsor!r}"))
+                elif sponsor.kind != "user":
+                    problems.append((("principals", name, "sponsor"), "a sponsor must be a human user"))
+            if p.kind == "user" and p.sponsor is not None:
+                problems.append((("principals", name, "sponsor"), "only agents have a sponsor"))
+        for cname, c in self.connections.items():
+            for group, role in c.roles.items():
+                if group not in self.groups:
+                    problems.append((("connections", cname, "roles", group), f"unknown group {group!r}"))
+                if role not in self.roles:
+                    problems.append((("connections", cname, "roles", group), f"unknown role {role!r}"))
+        if problems:
+            raise _CrossReferenceErrors(problems)
+        return self
+
+    # -- helpers used at run time -------------------------------------------------
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def data_path(self) -> Path:
+        return self.path(self.data_dir)
+
+    @property
+    def store_url(self) -> str:
+        url = os.environ.get("WARDGATE_STORE") or self.store
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
+            url = prefix + str(self.path(url[len(prefix) :]).resolve())
+        return url
+
+    def listen_address(self, protocol: Literal["api", "postgres"]) -> tuple[str, int] | None:
+        env = os.environ.get(f"WARDGATE_LISTEN_{protocol.upper()}")
+        value = env if env else getattr(self.listen, protocol)
+        return parse_hostport(value) if value else None
+
+    def principal(self, name: str) -> Principal | None:
+        p = self.principals.get(name)
+        if p is None:
+            return None
+        return Principal(name, PrincipalKind(p.kind), frozenset(p.groups), p.sponsor)
+
+
+class _CrossReferenceErrors(ValueError):
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__("; ".join(msg for _, msg in problems))
+        self.problems = problems
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for a human: file, line, key, what is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def _positions(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _positions(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _positions(item, (*path, i), out)
+
+
+def _line_for(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read the config file: {exc.strerror}"]) from None
+    return parse_config(text, file)
+
+
+def parse_config(text: str, file: Path) -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{file}:1: the config must be a mapping of keys (store, connections, ...)"])
+    lines: dict[tuple[str | int, ...], int] = {}
+    if node is not None:
+        _positions(node, (), lines)
+    data["base_dir"] = str(file.resolve().parent)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            ctx_error = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_error, _CrossReferenceErrors):
+                for loc, msg in ctx_error.problems:
+                    problems.append(_format(file, loc, msg, lines))
+                continue
+            loc = tuple(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see docs/configuration.md)"
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            problems.append(_format(file, loc, msg, lines))
+        raise ConfigError(problems) from None
+
+
+def _format(file: Path, loc: tuple[str | int, ...], msg: str, lines: dict[tuple[str | int, ...], int]) -> str:
+    line = _line_for(loc, lines)
+    where = f"{file}:{line}" if line else str(file)
+    return f"{where}: {_dotted(loc)}: {msg}"
