@@ -83,8 +83,6 @@ class TLSConfig(_Model):
 
     cert: str | None = None
     key: str | None = None
-    # Accept a cleartext token (PasswordMessage) from clients, only ever over TLS.
-    allow_cleartext_password: bool = True
 
 
 class LimitsConfig(_Model):
@@ -152,6 +150,10 @@ class Config(_Model):
     data_dir: str = ".wardgate"
     master_key: SecretRef = None
     workers: int = Field(default=1, ge=1, le=64)
+    # How PostgreSQL clients prove their token: SCRAM-SHA-256 (the token never crosses
+    # the wire), or "password" (cleartext token, accepted only over TLS; non-TLS
+    # connections still get SCRAM).
+    client_auth: Literal["scram-sha-256", "password"] = "scram-sha-256"
     listen: ListenConfig = ListenConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -1,0 +1,37 @@
+# Shared by scripts/serve and scripts/test: a project venv with wardgate installed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+
+ensure_venv() {
+    local extras="$1" stamp
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating $VENV" >&2
+        "$PY" -m venv "$VENV"
+    fi
+    stamp="$VENV/.wardgate-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-$extras"
+    if [ ! -f "$stamp" ]; then
+        echo "==> installing wardgate[$extras] into $VENV" >&2
+        "$VENV/bin/pip" install -q --disable-pip-version-check -U pip >&2
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[$extras]" >&2
+        rm -f "$VENV"/.wardgate-*
+        touch "$stamp"
+    fi
+}
+
+apt_install() {
+    # apt_install COMMAND PACKAGE...: install Debian packages when COMMAND is missing.
+    local cmd="$1"; shift
+    if command -v "$cmd" >/dev/null 2>&1; then return 0; fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "error: $cmd is missing; install: $*" >&2
+        return 1
+    fi
+    echo "==> apt-get install $*" >&2
+    if [ -z "${_APT_UPDATED:-}" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        _APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}

@@ -1,0 +1,264 @@
+"""The tamper-evident audit log: every event hashes the one before it.
+
+    canonical = JSON of {id, ts, type, session_id, principal, connection, payload}
+                (sorted keys, no whitespace, UTF-8; ``payload`` is itself canonical JSON text)
+    hash      = sha256(prev_hash_hex + "\\n" + canonical), hex; the first prev_hash is 64 zeros
+
+Editing a row breaks its hash; deleting one leaves a gap in the ids and a prev_hash that
+no longer matches; moving rows around changes the ids their hashes were computed over.
+The one-row ``audit_head`` table holds the newest (id, hash), so cutting off the tail is
+visible too. Anyone able to rewrite the whole table *and* the head can forge a consistent
+chain; exporting the head hash elsewhere is what closes that gap.
+
+Appends from several processes are serialised by locking the head row inside the
+appending transaction (SQLite: the store's ``BEGIN IMMEDIATE``; PostgreSQL:
+``SELECT ... FOR UPDATE``), and the ids are assigned from the head, not by the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from wardgate.store.db import Store
+from wardgate.store.models import AuditEvent, AuditHead
+
+GENESIS_HASH = "0" * 64
+VERIFY_BATCH = 1000
+_HEAD_ID = 1
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, non-ASCII kept as UTF-8. Anything JSON cannot express
+    (bytes, sets, enums ...) becomes its ``str()`` rather than failing a whole batch."""
+    text = json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=str,
+    )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (bytes a client sent that are not UTF-8) cannot be stored in a
+        # text column; keep them visible as escapes instead.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def event_hash(
+    prev_hash: str,
+    *,
+    id: int,
+    ts: float,
+    type: str,
+    session_id: str,
+    principal: str,
+    connection: str,
+    payload: str,
+) -> str:
+    canonical = canonical_json(
+        {
+            "id": id,
+            "ts": ts,
+            "type": type,
+            "session_id": session_id,
+            "principal": principal,
+            "connection": connection,
+            "payload": payload,
+        }
+    )
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    ts: float
+    type: str
+    session_id: str
+    principal: str
+    connection: str
+    payload: Mapping[str, Any]
+
+
+def append_events(session: Session, events: Sequence[NewEvent]) -> int:
+    """Append ``events`` to the chain inside ``session``'s (write) transaction.
+
+    Returns the id of the last event. The caller commits; until then the head row stays
+    locked, so keep the transaction short.
+    """
+    if not events:
+        return 0
+    head = session.execute(
+        select(AuditHead.last_id, AuditHead.last_hash)
+        .where(AuditHead.id == _HEAD_ID)
+        .with_for_update()
+    ).one_or_none()
+    if head is None:
+        raise RuntimeError("audit_head row is missing: the audit log has been tampered with")
+    last_id, prev = int(head.last_id), str(head.last_hash)
+    rows: list[dict[str, Any]] = []
+    for ev in events:
+        last_id += 1
+        payload = canonical_json(dict(ev.payload))
+        digest = event_hash(
+            prev,
+            id=last_id,
+            ts=ev.ts,
+            type=ev.type,
+            session_id=ev.session_id,
+            principal=ev.principal,
+            connection=ev.connection,
+            payload=payload,
+        )
+        rows.append(
+            {
+                "id": last_id,
+                "ts": ev.ts,
+                "type": ev.type,
+                "session_id": ev.session_id,
+                "principal": ev.principal,
+                "connection": ev.connection,
+                "payload": payload,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    session.execute(insert(AuditEvent), rows)
+    session.execute(
+        update(AuditHead).where(AuditHead.id == _HEAD_ID).values(last_id=last_id, last_hash=prev)
+    )
+    return last_id
+
+
+def append(store: Store, events: Sequence[NewEvent]) -> int:
+    with store.session() as session:
+        return append_events(session, events)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_broken_id: int | None
+    reason: str
+
+
+class _Walker:
+    """Checks events one at a time, in id order, against the running hash."""
+
+    def __init__(self) -> None:
+        self.last_id = 0
+        self.last_hash = GENESIS_HASH
+        self.checked = 0
+
+    def check(self, row: Any) -> VerifyResult | None:
+        expected = self.last_id + 1
+        if row.id != expected:
+            return VerifyResult(
+                False,
+                self.checked,
+                expected,
+                f"event {expected} is missing (the next event is {row.id})",
+            )
+        if row.prev_hash != self.last_hash:
+            return VerifyResult(
+                False,
+                self.checked,
+                row.id,
+                "prev_hash does not match the previous event (deleted or reordered events)",
+            )
+        digest = event_hash(
+            row.prev_hash,
+            id=row.id,
+            ts=row.ts,
+            type=row.type,
+            session_id=row.session_id,
+            principal=row.principal,
+            connection=row.connection,
+            payload=row.payload,
+        )
+        if digest != row.hash:
+            return VerifyResult(
+                False, self.checked, row.id, "content does not match its hash (event edited)"
+            )
+        self.last_id, self.last_hash = row.id, row.hash
+        self.checked += 1
+        return None
+
+
+def _walk(store: Store, walker: _Walker, up_to: int | None) -> VerifyResult | None:
+    cols = (
+        AuditEvent.id,
+        AuditEvent.ts,
+        AuditEvent.type,
+        AuditEvent.session_id,
+        AuditEvent.principal,
+        AuditEvent.connection,
+        AuditEvent.payload,
+        AuditEvent.prev_hash,
+        AuditEvent.hash,
+    )
+    while True:
+        # Keyset pagination: one short read transaction per page, so a long verify
+        # neither holds memory nor blocks the recorder.
+        stmt = select(*cols).where(AuditEvent.id > walker.last_id)
+        if up_to is not None:
+            stmt = stmt.where(AuditEvent.id <= up_to)
+        stmt = stmt.order_by(AuditEvent.id).limit(VERIFY_BATCH)
+        with store.session(write=False) as session:
+            page = session.execute(stmt).all()
+        if not page:
+            return None
+        for row in page:
+            broken = walker.check(row)
+            if broken is not None:
+                return broken
+
+
+def verify_chain(store: Store) -> VerifyResult:
+    walker = _Walker()
+    broken = _walk(store, walker, None)
+    if broken is not None:
+        return broken
+    # The head is read after the walk: every event committed so far has an id <= the
+    # head, because the head moves in the same transaction as the insert.
+    with store.session(write=False) as session:
+        head = session.execute(
+            select(AuditHead.last_id, AuditHead.last_hash).where(AuditHead.id == _HEAD_ID)
+        ).one_or_none()
+    if head is None:
+        return VerifyResult(False, walker.checked, None, "the chain head record is missing")
+    if walker.last_id > head.last_id:
+        return VerifyResult(
+            False,
+            walker.checked,
+            int(head.last_id) + 1,
+            f"events after {head.last_id} were added outside the chain head",
+        )
+    if walker.last_id < head.last_id:
+        # Events appended while we walked: check them too, up to the head we just read.
+        broken = _walk(store, walker, int(head.last_id))
+        if broken is not None:
+            return broken
+        if walker.last_id < head.last_id:
+            return VerifyResult(
+                False,
+                walker.checked,
+                walker.last_id + 1,
+                f"events {walker.last_id + 1}..{head.last_id} are missing (log truncated)",
+            )
+    if walker.last_hash != head.last_hash:
+        return VerifyResult(
+            False, walker.checked, walker.last_id, "the last event does not match the chain head"
+        )
+    return VerifyResult(True, walker.checked, None, "chain intact")

@@ -1,0 +1,74 @@
+"""Login throttling shared by every gateway process through the store.
+
+Two counters per failed login: one for the principal (guessing one account's token from
+many addresses) and one for the client address (one address trying many accounts). A
+login is refused while either has reached ``max_failures`` inside its fixed window.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import case, delete, select
+
+from wardgate.store.db import Store
+from wardgate.store.models import LoginFailure
+
+
+def _keys(principal: str, client_ip: str) -> tuple[str, str]:
+    # Prefixes keep a principal named like an address from sharing its counter.
+    return f"principal:{principal}", f"addr:{client_ip}"
+
+
+class LoginLimiter:
+    def __init__(self, store: Store, max_failures: int, window: float) -> None:
+        if max_failures < 1 or window <= 0:
+            raise ValueError("max_failures must be >= 1 and window > 0")
+        self._store = store
+        self._max = max_failures
+        self._window = window
+
+    def retry_after(self, principal: str, client_ip: str) -> float | None:
+        now = time.time()
+        with self._store.session(write=False) as session:
+            rows = session.execute(
+                select(LoginFailure.count, LoginFailure.window_start).where(
+                    LoginFailure.key.in_(_keys(principal, client_ip))
+                )
+            ).all()
+        wait = 0.0
+        for count, window_start in rows:
+            remaining = window_start + self._window - now
+            if count >= self._max and remaining > 0:
+                wait = max(wait, remaining)
+        return wait if wait > 0 else None
+
+    def record_failure(self, principal: str, client_ip: str) -> None:
+        now = time.time()
+        expired = LoginFailure.window_start <= now - self._window
+        with self._store.session() as session:
+            for key in _keys(principal, client_ip):
+                # One atomic upsert per key: a new window starts when the old one is over,
+                # otherwise the count grows. Safe with concurrent processes on both stores.
+                stmt = (
+                    self._store.insert(LoginFailure)
+                    .values(key=key, count=1, window_start=now)
+                    .on_conflict_do_update(
+                        index_elements=["key"],
+                        set_={
+                            "count": case((expired, 1), else_=LoginFailure.count + 1),
+                            "window_start": case((expired, now), else_=LoginFailure.window_start),
+                        },
+                    )
+                )
+                session.execute(stmt)
+            # Housekeeping so the table holds only live windows.
+            session.execute(
+                delete(LoginFailure).where(LoginFailure.window_start < now - self._window)
+            )
+
+    def record_success(self, principal: str, client_ip: str) -> None:
+        with self._store.session() as session:
+            session.execute(
+                delete(LoginFailure).where(LoginFailure.key.in_(_keys(principal, client_ip)))
+            )

@@ -1,0 +1,173 @@
+"""wardgate tokens: what clients present instead of the real database password.
+
+A token is only ever shown once, by ``wardgate token create``. The store keeps the SCRAM
+keys derived from it (StoredKey, ServerKey) and nothing else, so a stolen store does not
+yield a usable token and the proxy can run SCRAM-SHA-256 against the client.
+
+SCRAM announces the salt before the client has proven which token it holds, so all tokens
+of one principal share a per-principal salt, and the proxy tries the client's proof
+against each non-revoked key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from wardgate.identity.scram import ScramKeys, ScramVerifierSet, derive_keys
+from wardgate.store.db import Store
+from wardgate.store.models import PrincipalSalt, TokenRow
+
+TOKEN_PREFIX = "wg_"
+ITERATIONS = 4096
+SALT_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: str
+    principal: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+    last_used_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def _new_token_id() -> str:
+    # 40 random bits in lowercase base32: short enough to type, unique enough for a
+    # table of tokens (a collision only makes create() retry).
+    return "tok_" + base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
+def _new_token() -> str:
+    # urlsafe base64 ([A-Za-z0-9_-]) needs no escaping in a postgresql:// URL or a
+    # .pgpass line and is unchanged by SASLprep.
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class TokenService:
+    def __init__(self, store: Store, pepper: bytes) -> None:
+        self._store = store
+        self._pepper = pepper
+
+    def create(self, principal: str, name: str = "") -> IssuedToken:
+        token = _new_token()
+        now = time.time()
+        for _attempt in range(5):
+            token_id = _new_token_id()
+            with self._store.session() as session:
+                salt, iterations = self._salt_for_update(session, principal)
+                if session.get(TokenRow, token_id) is not None:
+                    continue
+                keys = derive_keys(token, salt, iterations, token_id)
+                session.add(
+                    TokenRow(
+                        id=token_id,
+                        principal=principal,
+                        name=name,
+                        stored_key=keys.stored_key,
+                        server_key=keys.server_key,
+                        created_at=now,
+                    )
+                )
+            return IssuedToken(token_id, token)
+        raise RuntimeError("could not allocate a unique token id")  # pragma: no cover
+
+    def _salt_for_update(self, session: Session, principal: str) -> tuple[bytes, int]:
+        # Insert-if-absent, then read: two processes creating a principal's first token
+        # at once must end up with one salt (the loser's insert is a no-op).
+        stmt = (
+            self._store.insert(PrincipalSalt)
+            .values(
+                principal=principal, salt=secrets.token_bytes(SALT_BYTES), iterations=ITERATIONS
+            )
+            .on_conflict_do_nothing(index_elements=["principal"])
+        )
+        session.execute(stmt)
+        row = session.execute(
+            select(PrincipalSalt.salt, PrincipalSalt.iterations).where(
+                PrincipalSalt.principal == principal
+            )
+        ).one()
+        return bytes(row.salt), int(row.iterations)
+
+    def revoke(self, token_id: str) -> bool:
+        with self._store.session() as session:
+            result = session.execute(
+                update(TokenRow)
+                .where(TokenRow.id == token_id, TokenRow.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def list(self, principal: str | None = None) -> list[TokenInfo]:
+        stmt = select(TokenRow).order_by(TokenRow.principal, TokenRow.created_at, TokenRow.id)
+        if principal is not None:
+            stmt = stmt.where(TokenRow.principal == principal)
+        with self._store.session(write=False) as session:
+            return [
+                TokenInfo(r.id, r.principal, r.name, r.created_at, r.revoked_at, r.last_used_at)
+                for r in session.scalars(stmt)
+            ]
+
+    def get(self, token_id: str) -> TokenInfo | None:
+        with self._store.session(write=False) as session:
+            r = session.get(TokenRow, token_id)
+            if r is None:
+                return None
+            return TokenInfo(r.id, r.principal, r.name, r.created_at, r.revoked_at, r.last_used_at)
+
+    def fake_salt(self, principal: str) -> bytes:
+        """The salt shown for a principal without tokens: stable across calls and gateway
+        processes (same pepper), so probing cannot tell "unknown" from "known"."""
+        mac = hmac.new(self._pepper, b"wardgate fake salt\x00" + principal.encode(), hashlib.sha256)
+        return mac.digest()[:SALT_BYTES]
+
+    def verifiers(self, principal: str) -> ScramVerifierSet:
+        with self._store.session(write=False) as session:
+            salt_row = session.get(PrincipalSalt, principal)
+            rows = session.execute(
+                select(TokenRow.id, TokenRow.stored_key, TokenRow.server_key)
+                .where(TokenRow.principal == principal, TokenRow.revoked_at.is_(None))
+                .order_by(TokenRow.created_at, TokenRow.id)
+            ).all()
+        if salt_row is None:
+            return ScramVerifierSet(self.fake_salt(principal), ITERATIONS, ())
+        keys = tuple(ScramKeys(r.id, bytes(r.stored_key), bytes(r.server_key)) for r in rows)
+        return ScramVerifierSet(bytes(salt_row.salt), int(salt_row.iterations), keys)
+
+    def check_password(self, principal: str, token: str) -> str | None:
+        """Verify a cleartext token (PasswordMessage over TLS); returns the token id."""
+        verifier = self.verifiers(principal)
+        # Derive even when there is nothing to compare against, so that an unknown
+        # principal costs the same PBKDF2 work as a known one.
+        candidate = derive_keys(token, verifier.salt, verifier.iterations)
+        found: str | None = None
+        for keys in verifier.keys:
+            # No early exit: every key is compared, whatever matches first.
+            if hmac.compare_digest(candidate.stored_key, keys.stored_key) and found is None:
+                found = keys.key_id
+        return found
+
+    def touch(self, token_id: str) -> None:
+        with self._store.session() as session:
+            session.execute(
+                update(TokenRow).where(TokenRow.id == token_id).values(last_used_at=time.time())
+            )

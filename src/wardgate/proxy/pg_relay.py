@@ -1,0 +1,413 @@
+"""The steady state of a PostgreSQL session: gate every statement, relay, record.
+
+Client messages are decoded (they carry the statements to judge); server bytes
+are only scanned for message boundaries, and DataRow/CopyData pass through as
+slices. Each forwarded request pushes what it expects back onto `_pending`, so
+every server reply is matched to the statement it answers, even in pipelines.
+
+A blocked statement is never sent. In its place the server gets a statement
+that fails to parse, so it enters exactly the error state PostgreSQL itself
+would (an open transaction is aborted, an extended-protocol batch is skipped
+to Sync); its error reply is then replaced by wardgate's own ErrorResponse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from wardgate.actions import Action, Decision, Verdict
+from wardgate.audit.records import ActionRecord, SessionEnd
+from wardgate.identity.principals import Principal
+from wardgate.protocols.postgres import build
+from wardgate.protocols.postgres import messages as m
+from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
+from wardgate.protocols.postgres.decode import parse_command_tag, parse_error_fields
+from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.proxy.pg_wire import ClientSide, UpstreamSide
+
+if TYPE_CHECKING:
+    from wardgate.proxy.services import Services
+
+log = logging.getLogger("wardgate.postgres")
+
+# What a forwarded request expects back.
+QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC = range(7)
+
+# Sent upstream instead of a blocked statement: fails in the parser, before
+# anything executes, and puts the server in the same error state a real failure would.
+_POISON_SQL = "wardgate blocked statement"
+_POISON_QUERY = build.query(_POISON_SQL)
+_POISON_PARSE = build.parse("", _POISON_SQL)
+
+MAX_PARAM_CHARS = 1024
+
+
+class _Act:
+    """One action in flight: what was asked, what the gate said, when it started."""
+
+    __slots__ = ("action", "verdict", "seq", "started", "t0")
+
+    def __init__(self, action: Action, verdict: Verdict, seq: int) -> None:
+        self.action = action
+        self.verdict = verdict
+        self.seq = seq
+        self.started = time.time()
+        self.t0 = time.perf_counter()
+
+
+class _Pending:
+    __slots__ = ("kind", "acts", "index", "block")
+
+    def __init__(self, kind: int, acts: list[_Act] | None = None, block: bytes | None = None) -> None:
+        self.kind = kind
+        self.acts = acts
+        self.index = 0
+        self.block = block  # our ErrorResponse replacing the server's
+
+
+def block_error(verdict: Verdict, connection: str) -> bytes:
+    if verdict.decision is Decision.REVIEW:
+        message = f"wardgate: blocked by {verdict.rule}: {verdict.reason} (this needs a human review, and reviews are not enabled on this gateway)"
+    else:
+        message = f"wardgate: blocked by {verdict.rule}: {verdict.reason}"
+    hint = (
+        f"This is a wardgate policy decision on connection {connection!r}, not a database error. "
+        "Running the same statement again will be blocked again; ask a wardgate administrator "
+        "if you need this access."
+    )
+    return build.error_response("42501", message, hint=hint)
+
+
+def _describe_params(msg: m.Bind) -> tuple[str | None, ...]:
+    formats = msg.param_formats
+    out: list[str | None] = []
+    for i, value in enumerate(msg.params):
+        if value is None:
+            out.append(None)
+            continue
+        fmt = formats[0] if len(formats) == 1 else (formats[i] if formats else 0)
+        if fmt == 1:
+            out.append(f"<binary {len(value)} bytes>")
+        else:
+            text = value.decode("utf-8", "replace")
+            out.append(text if len(text) <= MAX_PARAM_CHARS else text[:MAX_PARAM_CHARS] + "…")
+    return tuple(out)
+
+
+class PgRelay:
+    def __init__(
+        self,
+        services: Services,
+        client: ClientSide,
+        upstream: UpstreamSide,
+        *,
+        session_id: str,
+        principal: Principal,
+        connection: str,
+        client_addr: str,
+        on_finished: object = None,
+    ) -> None:
+        self.services = services
+        self.client = client
+        self.upstream = upstream
+        self.session_id = session_id
+        self.principal = principal
+        self.connection = connection
+        self.client_addr = client_addr
+        self.scanner: BackendScanner = upstream.scanner
+        self.scanner.bulk = BULK_TYPES
+        self._pending: deque[_Pending] = deque()
+        self._statements: dict[str, str] = {}  # prepared statement name -> SQL
+        self._portals: dict[str, tuple[str | None, tuple[str | None, ...]]] = {}
+        self._discarding = False  # after a block in extended mode, until Sync
+        self._seq = 0
+        self._finished = False
+        self._on_finished = on_finished
+
+    # -- client -> upstream -------------------------------------------------------------
+
+    def on_client_data(self, data: bytes) -> None:
+        decoder = self.client.decoder
+        out: list[bytes] = []
+        try:
+            decoder.feed(data)
+            while (item := decoder.next_message()) is not None:
+                msg, raw = item
+                if self._discarding and not isinstance(msg, m.Sync):
+                    continue
+                self._on_client_message(msg, raw, out)
+        except ProtocolError as exc:
+            if out:
+                self.upstream.write(b"".join(out))
+            self._fatal("08P01", f"wardgate: protocol violation: {exc}")
+            return
+        if out:
+            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.services.recorder.congested:
+            # Stop reading clients until the audit log catches up: nothing is lost, nothing unbounded.
+            self.client.pause_reading("recorder")
+            self.services.recorder.on_drained(lambda: self.client.resume_reading("recorder"))
+
+    def _on_client_message(self, msg: m.FrontendMessage, raw: bytes, out: list[bytes]) -> None:
+        if isinstance(msg, m.Query):
+            self._on_query(msg, raw, out)
+        elif isinstance(msg, m.Parse):
+            verdict = self._check(msg.sql, ())
+            if not verdict.allowed:
+                self._block_extended(msg.sql, (), verdict, out)
+                return
+            self._statements[msg.name] = msg.sql
+            self._pending.append(_Pending(PARSE))
+            out.append(raw)
+        elif isinstance(msg, m.Bind):
+            sql = self._statements.get(msg.statement)
+            self._portals[msg.portal] = (sql, _describe_params(msg))
+            self._pending.append(_Pending(BIND))
+            out.append(raw)
+        elif isinstance(msg, m.Execute):
+            sql, params = self._portals.get(msg.portal, (None, ()))
+            if sql is None:
+                # A portal over a statement we never saw parsed: we cannot know what it runs.
+                sql = f"-- portal {msg.portal!r} over a statement not prepared through this session"
+            action = self._action(sql, params)
+            verdict = self.services.gate.check(action)
+            if not verdict.allowed:
+                self._block_extended(sql, params, verdict, out)
+                return
+            self._pending.append(_Pending(EXECUTE, [self._act(action, verdict)]))
+            out.append(raw)
+        elif isinstance(msg, m.Sync):
+            self._discarding = False
+            self._pending.append(_Pending(SYNC))
+            out.append(raw)
+        elif isinstance(msg, m.Describe):
+            self._pending.append(_Pending(DESCRIBE))
+            out.append(raw)
+        elif isinstance(msg, m.Close):
+            if msg.target == "S":
+                self._statements.pop(msg.name, None)
+            else:
+                self._portals.pop(msg.name, None)
+            self._pending.append(_Pending(CLOSE))
+            out.append(raw)
+        elif isinstance(msg, m.Flush | m.CopyData | m.CopyDone | m.CopyFail):
+            out.append(raw)
+        elif isinstance(msg, m.Terminate):
+            out.append(raw)
+            self.upstream.write(b"".join(out))
+            out.clear()
+            self.finish("closed")
+        elif isinstance(msg, m.FunctionCall):
+            verdict = Verdict(
+                Decision.BLOCK,
+                "function-call-protocol",
+                "the legacy fast-path function call message is not allowed; call the function in SQL",
+            )
+            self._block_extended(f"-- fast-path call of function oid {msg.oid}", (), verdict, out)
+        else:
+            raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
+
+    def _on_query(self, msg: m.Query, raw: bytes, out: list[bytes]) -> None:
+        from wardgate.policy.sql import classify
+
+        statements = classify(msg.sql)
+        texts = [s.text for s in statements] if len(statements) > 1 else [msg.sql]
+        acts: list[_Act] = []
+        blocked: _Act | None = None
+        for text in texts:
+            action = self._action(text, ())
+            verdict = self.services.gate.check(action)
+            act = self._act(action, verdict)
+            acts.append(act)
+            if blocked is None and not verdict.allowed:
+                blocked = act
+        if blocked is not None:
+            # Nothing of a multi-statement string runs if any part of it is blocked.
+            for act in acts:
+                self._record(act, "blocked" if act is blocked else "not_executed")
+            self._pending.append(_Pending(QUERY, [], block_error(blocked.verdict, self.connection)))
+            out.append(_POISON_QUERY)
+            return
+        self._pending.append(_Pending(QUERY, acts))
+        out.append(raw)
+
+    def _block_extended(self, sql: str, params: tuple[str | None, ...], verdict: Verdict, out: list[bytes]) -> None:
+        act = self._act(self._action(sql, params), verdict)
+        self._record(act, "blocked")
+        self._pending.append(_Pending(PARSE, None, block_error(verdict, self.connection)))
+        out.append(_POISON_PARSE)
+        self._discarding = True
+
+    def _action(self, text: str, params: tuple[str | None, ...]) -> Action:
+        return Action(
+            principal=self.principal,
+            connection=self.connection,
+            protocol="postgres",
+            kind="sql",
+            text=text,
+            params=params,
+            session_id=self.session_id,
+            client_addr=self.client_addr,
+        )
+
+    def _check(self, sql: str, params: tuple[str | None, ...]) -> Verdict:
+        return self.services.gate.check(self._action(sql, params))
+
+    def _act(self, action: Action, verdict: Verdict) -> _Act:
+        self._seq += 1
+        return _Act(action, verdict, self._seq)
+
+    # -- upstream -> client -------------------------------------------------------------
+
+    def on_upstream_data(self, data: bytes) -> None:
+        try:
+            items = self.scanner.feed(data)
+        except ProtocolError as exc:
+            log.warning("session %s: upstream protocol error: %s", self.session_id, exc)
+            self._fatal("08P01", f"wardgate: the database server of connection {self.connection!r} sent malformed data")
+            return
+        out: list[bytes | memoryview] = []
+        for item in items:
+            if isinstance(item, memoryview):
+                out.append(item)
+                continue
+            replacement = self._on_server_message(item)
+            out.append(item.raw if replacement is None else replacement)
+        if out:
+            self.client.write(b"".join(out) if len(out) > 1 else bytes(out[0]))
+
+    def _on_server_message(self, msg: BackendMessage) -> bytes | None:
+        """Match a server reply to what it answers; returns a replacement to send instead, if any."""
+        t = msg.type
+        pending = self._pending
+        head = pending[0] if pending else None
+        if t == 90:  # Z ReadyForQuery
+            while pending:
+                entry = pending.popleft()
+                if entry.kind in (QUERY, SYNC):
+                    self._close_remaining(entry, "not_executed")
+                    break
+                self._close_remaining(entry, "not_executed")
+            return None
+        if head is None:
+            return None  # asynchronous: NoticeResponse, ParameterStatus, NotificationResponse
+        if t == 69:  # E ErrorResponse
+            replacement = head.block
+            fields = parse_error_fields(msg.body) if replacement is None else None
+            if head.kind == QUERY:
+                if head.acts and head.index < len(head.acts):
+                    self._finish_act(head.acts[head.index], "error", fields=fields)
+                    head.index += 1
+                return replacement
+            pending.popleft()
+            if head.acts:
+                self._finish_act(head.acts[0], "error", fields=fields)
+            # The server now skips everything up to Sync.
+            while pending and pending[0].kind != SYNC:
+                self._close_remaining(pending.popleft(), "not_executed")
+            return replacement
+        if t == 67 or t == 73:  # C CommandComplete, I EmptyQueryResponse
+            if head.kind == QUERY:
+                if head.acts and head.index < len(head.acts):
+                    tag = parse_command_tag(msg.body) if t == 67 else ("", None)
+                    self._finish_act(head.acts[head.index], "ok", tag=tag)
+                    head.index += 1
+            elif head.kind == EXECUTE:
+                pending.popleft()
+                if head.acts:
+                    tag = parse_command_tag(msg.body) if t == 67 else ("", None)
+                    self._finish_act(head.acts[0], "ok", tag=tag)
+            return None
+        if t == 115:  # s PortalSuspended
+            if head.kind == EXECUTE:
+                pending.popleft()
+                if head.acts:
+                    self._finish_act(head.acts[0], "ok", tag=("SUSPENDED", None))
+            return None
+        if (t == 49 and head.kind == PARSE) or (t == 50 and head.kind == BIND) or (t == 51 and head.kind == CLOSE):
+            pending.popleft()  # 1 ParseComplete, 2 BindComplete, 3 CloseComplete
+        elif (t == 84 or t == 110) and head.kind == DESCRIBE:  # T RowDescription, n NoData
+            pending.popleft()
+        return None
+
+    def _finish_act(
+        self,
+        act: _Act,
+        status: str,
+        *,
+        tag: tuple[str, int | None] | None = None,
+        fields: object = None,
+    ) -> None:
+        duration_ms = (time.perf_counter() - act.t0) * 1000.0
+        error = sqlstate = None
+        if fields is not None:
+            error = getattr(fields, "message", None)
+            sqlstate = getattr(fields, "sqlstate", None)
+        self.services.recorder.submit(
+            ActionRecord(
+                session_id=self.session_id,
+                seq=act.seq,
+                action=act.action,
+                verdict=act.verdict,
+                started_at=act.started,
+                duration_ms=duration_ms,
+                status=status,
+                rows=tag[1] if tag else None,
+                command=tag[0] if tag else None,
+                error=error,
+                sqlstate=sqlstate,
+            )
+        )
+
+    def _record(self, act: _Act, status: str) -> None:
+        self._finish_act(act, status)
+
+    def _close_remaining(self, entry: _Pending, status: str) -> None:
+        if entry.acts:
+            for act in entry.acts[entry.index :]:
+                self._finish_act(act, status)
+            entry.index = len(entry.acts)
+
+    # -- flow control and endings -------------------------------------------------------
+
+    def client_write_paused(self, paused: bool) -> None:
+        (self.upstream.pause_reading if paused else self.upstream.resume_reading)("client-buffer")
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        (self.client.pause_reading if paused else self.client.resume_reading)("upstream-buffer")
+
+    def on_client_closed(self) -> None:
+        if not self.upstream.closed:
+            self.upstream.write(build.terminate())
+            self.upstream.close()
+        self.finish("closed")
+
+    def on_upstream_closed(self) -> None:
+        if not self._finished:
+            log.warning("session %s: upstream of %r closed the connection", self.session_id, self.connection)
+            self._fatal(
+                "08006",
+                f"wardgate: lost the connection to the database server of connection {self.connection!r}; reconnect to retry",
+                status="upstream_lost",
+            )
+
+    def _fatal(self, sqlstate: str, message: str, status: str = "error") -> None:
+        self.client.write(build.error_response(sqlstate, message, severity="FATAL"))
+        self.client.close()
+        self.upstream.close()
+        self.finish(status, message)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        while self._pending:
+            self._close_remaining(self._pending.popleft(), "not_executed")
+        self.services.recorder.submit(SessionEnd(self.session_id, time.time(), status, error))
+        self.client.close()
+        self.upstream.close()
+        if callable(self._on_finished):
+            self._on_finished()

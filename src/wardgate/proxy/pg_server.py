@@ -1,0 +1,414 @@
+"""Accepting PostgreSQL clients: TLS, authentication with wardgate tokens, dialling
+upstream, then handing the session to the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from wardgate.audit.records import SessionRecord
+from wardgate.identity.scram import ScramAuthError, ScramServer
+from wardgate.protocols.postgres import build
+from wardgate.protocols.postgres import messages as m
+from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.proxy.pg_relay import PgRelay
+from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial, send_cancel
+from wardgate.proxy.pg_wire import ClientSide, ConnectionClosed
+from wardgate.store.cancel import CancelTarget
+from wardgate.vault.secrets import SecretError, resolve_secret
+
+if TYPE_CHECKING:
+    from wardgate.proxy.services import Services
+
+log = logging.getLogger("wardgate.postgres")
+
+PROTOCOL_3_0 = 196608
+
+# Startup parameters a client may pass on to the server. Anything else could set a
+# server setting the policy never saw (role, session_authorization, read-only...).
+PASSED_PARAMS = frozenset(
+    {"application_name", "client_encoding", "DateStyle", "IntervalStyle", "TimeZone", "extra_float_digits", "search_path"}
+)
+# Settings allowed in `options=-c name=value`.
+PASSED_OPTIONS = frozenset(
+    {"search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits", "application_name", "client_encoding", "work_mem"}
+)
+GENERIC_AUTH_FAILURE = (
+    'wardgate: authentication failed for principal "{}": the token is wrong, revoked, '
+    "or the principal does not exist"
+)
+
+
+class StartupRefused(Exception):
+    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.hint = hint
+
+
+def parse_options(value: str) -> dict[str, str]:
+    """libpq's `options`: `-c name=value` pairs (also `--name=value`), backslash escapes spaces."""
+    words: list[str] = []
+    current = ""
+    escape = False
+    for ch in value:
+        if escape:
+            current += ch
+            escape = False
+        elif ch == "\\":
+            escape = True
+        elif ch.isspace():
+            if current:
+                words.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        words.append(current)
+    settings: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "-c" and i + 1 < len(words):
+            pair = words[i + 1]
+            i += 2
+        elif word.startswith("-c"):
+            pair = word[2:]
+            i += 1
+        elif word.startswith("--"):
+            pair = word[2:]
+            i += 1
+        else:
+            raise StartupRefused("22023", f"wardgate: cannot understand startup option {word!r}")
+        name, sep, val = pair.partition("=")
+        if not sep:
+            raise StartupRefused("22023", f"wardgate: startup option {pair!r} needs name=value")
+        settings[name.replace("-", "_")] = val
+    return settings
+
+
+def _quote_option(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+class PgListener:
+    """Owns the PostgreSQL listening socket of one gateway process."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.server: asyncio.AbstractServer | None = None
+        self.clients: set[ClientSide] = set()
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        max_bytes = self.services.config.limits.max_message_bytes
+        self.server = await loop.create_server(
+            lambda: ClientSide(self._accepted, max_bytes),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def _accepted(self, client: ClientSide) -> None:
+        sock = client.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.clients.add(client)
+        self.services.tasks.spawn(self._run(client), name=f"pg-startup-{id(client):x}")
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for client in list(self.clients):
+            if client.relay is not None:
+                client.write(build.error_response("57P01", "wardgate: the gateway is shutting down; reconnect to retry", severity="FATAL"))
+                client.relay.on_client_closed()  # type: ignore[attr-defined]
+            client.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _run(self, client: ClientSide) -> None:
+        peer = client.transport.get_extra_info("peername")
+        addr = str(peer[0]) if isinstance(peer, tuple) else "local"
+        timeout = self.services.config.limits.startup_timeout
+        try:
+            await asyncio.wait_for(self._startup(client, addr), timeout)
+        except StartupRefused as exc:
+            client.write(build.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint))
+            client.close()
+        except ProtocolError as exc:
+            client.write(build.error_response("08P01", f"wardgate: protocol violation: {exc}", severity="FATAL"))
+            client.close()
+        except TimeoutError:
+            client.write(build.error_response("08006", "wardgate: the connection startup took too long", severity="FATAL"))
+            client.close()
+        except ConnectionClosed:
+            client.close()
+        except Exception:
+            log.exception("unexpected failure during PostgreSQL startup from %s", addr)
+            client.write(build.error_response("XX000", "wardgate: internal error during connection startup", severity="FATAL"))
+            client.close()
+        finally:
+            if client.relay is None:
+                self.clients.discard(client)
+
+    async def _startup(self, client: ClientSide, addr: str) -> None:
+        services = self.services
+        tls = False
+        while True:
+            msg = await client.read()
+            if isinstance(msg, m.SSLRequest) and not tls:
+                if services.server_tls is None:
+                    client.write(build.ssl_refuse())
+                    continue
+                if client.decoder.buffered:
+                    raise ProtocolError("data sent after SSLRequest before the TLS handshake")
+                client.write(build.ssl_accept())
+                loop = asyncio.get_running_loop()
+                transport = await loop.start_tls(client.transport, client, services.server_tls, server_side=True)
+                if transport is None:
+                    raise ConnectionClosed
+                client.transport = transport  # type: ignore[assignment]
+                tls = True
+            elif isinstance(msg, m.GSSENCRequest):
+                client.write(build.ssl_refuse())
+            elif isinstance(msg, m.CancelRequest):
+                await self._cancel(msg)
+                client.close()
+                return
+            elif isinstance(msg, m.StartupMessage):
+                break
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} during startup")
+        client.decoder.end_startup()
+        config = services.config
+        params = dict(msg.params)
+        principal_name = params.get("user", "")
+        connection_name = params.get("database") or principal_name
+        if msg.protocol >> 16 != 3:
+            raise StartupRefused("08P01", f"wardgate: unsupported protocol version {msg.protocol >> 16}.{msg.protocol & 0xFFFF}")
+        if msg.protocol != PROTOCOL_3_0:
+            # A newer 3.x minor: tell the client we speak 3.0 (NegotiateProtocolVersion).
+            client.write(_negotiate_protocol(params))
+        if not principal_name:
+            raise StartupRefused("28000", "wardgate: no user name given; connect as your wardgate principal")
+
+        await self._authenticate(client, principal_name, addr, tls)
+
+        principal = config.principal(principal_name)
+        conn = config.connections.get(connection_name)
+        if principal is None:  # token valid but principal removed from the config since
+            raise StartupRefused("28000", GENERIC_AUTH_FAILURE.format(principal_name))
+        if conn is None:
+            raise StartupRefused(
+                "3D000",
+                f'wardgate: connection "{connection_name}" does not exist',
+                hint="Use a connection name from the gateway configuration as the database name.",
+            )
+        if not any(g in conn.roles for g in principal.groups):
+            raise StartupRefused(
+                "42501",
+                f'wardgate: principal "{principal_name}" has no role on connection "{connection_name}"',
+                hint="Ask a wardgate administrator to grant one of your groups a role on this connection.",
+            )
+        upstream_params = self._upstream_params(params)
+        try:
+            password = (
+                await asyncio.to_thread(resolve_secret, conn.upstream.password, services.vault)
+                if conn.upstream.password
+                else None
+            )
+        except SecretError as exc:
+            log.error("connection %r: %s", connection_name, exc)
+            raise StartupRefused("08006", f'wardgate: connection "{connection_name}" is unavailable: the gateway cannot read its credential') from None
+        try:
+            upstream = await dial(
+                conn,
+                password,
+                upstream_params,
+                connect_timeout=config.limits.connect_timeout,
+                max_message_bytes=max(config.limits.max_message_bytes, 64 * 1024 * 1024),
+                ca_path=str(config.path(conn.upstream.ca)) if conn.upstream.ca else None,
+            )
+        except UpstreamUnavailable as exc:
+            raise StartupRefused(exc.sqlstate, f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}') from None
+        del password
+
+        session_id = "s_" + secrets.token_hex(8)
+        gw_pid = secrets.randbelow(2**31 - 1) + 1
+        gw_secret = secrets.token_bytes(4)
+        up = conn.upstream
+        target = CancelTarget(connection_name, up.host, up.port, upstream.pid, upstream.secret, up.tls)
+        try:
+            await asyncio.to_thread(services.cancel_keys.register, gw_pid, gw_secret, target)
+        except Exception:
+            upstream.side.close()
+            raise
+        if client.closed:
+            upstream.side.close()
+            await asyncio.to_thread(services.cancel_keys.remove, gw_pid)
+            raise ConnectionClosed
+        services.recorder.submit(
+            SessionRecord(
+                id=session_id,
+                protocol="postgres",
+                principal=principal,
+                connection=connection_name,
+                client_addr=addr,
+                started_at=time.time(),
+                application_name=params.get("application_name", ""),
+                tls=tls,
+            )
+        )
+
+        def finished() -> None:
+            self.clients.discard(client)
+            services.tasks.spawn(asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove")
+
+        relay = PgRelay(
+            services,
+            client,
+            upstream.side,
+            session_id=session_id,
+            principal=principal,
+            connection=connection_name,
+            client_addr=addr,
+            on_finished=finished,
+        )
+        out = [build.auth_ok(), *upstream.parameter_status, *upstream.notices, build.backend_key_data(gw_pid, gw_secret), build.ready_for_query(b"I")]
+        client.write(b"".join(out))
+        leftover_client = client.decoder.buffered
+        client.relay = relay
+        for extra in upstream.side.start_relay(relay):
+            relay.on_upstream_data(extra.raw)
+        if leftover_client:
+            relay.on_client_data(b"")  # pipelined messages sent before ReadyForQuery
+        if client.closed:
+            relay.on_client_closed()
+        if upstream.side.closed:
+            relay.on_upstream_closed()
+        log.info("session %s: %s (%s) connected to %r from %s", session_id, principal.name, principal.kind.value, connection_name, addr)
+
+    def _upstream_params(self, params: dict[str, str]) -> dict[str, str]:
+        passed: dict[str, str] = {}
+        for name, value in params.items():
+            if name in ("user", "database"):
+                continue
+            if name == "options":
+                settings = parse_options(value)
+                for key, val in settings.items():
+                    if key.startswith("wardgate."):
+                        continue  # gateway options, consumed here
+                    if key not in PASSED_OPTIONS:
+                        raise StartupRefused(
+                            "42501",
+                            f"wardgate: startup option {key!r} is not allowed through the gateway",
+                            hint="Set it with SQL after connecting, where the policy can see it.",
+                        )
+                passed_options = " ".join(
+                    f"-c {_quote_option(k)}={_quote_option(v)}" for k, v in settings.items() if not k.startswith("wardgate.")
+                )
+                if passed_options:
+                    passed["options"] = passed_options
+            elif name == "replication":
+                raise StartupRefused("42501", "wardgate: replication connections are not supported")
+            elif name.startswith("_pq_."):
+                continue  # protocol extensions were declined in NegotiateProtocolVersion
+            elif name in PASSED_PARAMS:
+                passed[name] = value
+            else:
+                raise StartupRefused(
+                    "42501",
+                    f"wardgate: startup parameter {name!r} is not allowed through the gateway",
+                    hint="Set it with SQL after connecting, where the policy can see it.",
+                )
+        return passed
+
+    async def _authenticate(self, client: ClientSide, principal: str, addr: str, tls: bool) -> None:
+        services = self.services
+        limiter = services.limiter
+        retry = await asyncio.to_thread(limiter.retry_after, principal, addr)
+        if retry is not None:
+            raise StartupRefused(
+                "28P01",
+                f"wardgate: too many failed logins from this address or for this principal; try again in {int(retry) + 1} s",
+            )
+        ok = False
+        token_id: str | None = None
+        if services.config.client_auth == "password" and tls:
+            client.write(build.auth_cleartext_password())
+            reply = await client.read()
+            if not isinstance(reply, m.PasswordData):
+                raise ProtocolError("expected a password message")
+            token = reply.payload.rstrip(b"\x00").decode("utf-8", "replace")
+            if services.config.principal(principal) is not None:
+                token_id = await asyncio.to_thread(services.tokens.check_password, principal, token)
+            ok = token_id is not None
+        else:
+            verifiers = await asyncio.to_thread(services.tokens.verifiers, principal)
+            if services.config.principal(principal) is None:
+                verifiers = type(verifiers)(verifiers.salt, verifiers.iterations, ())
+            scram = ScramServer(verifiers)
+            client.write(build.auth_sasl(["SCRAM-SHA-256"]))
+            first = await client.read()
+            if not isinstance(first, m.PasswordData):
+                raise ProtocolError("expected a SASLInitialResponse")
+            try:
+                mechanism, data = _parse_sasl_initial(first.payload)
+                if mechanism != "SCRAM-SHA-256":
+                    raise ScramAuthError("unsupported mechanism")
+                client.write(build.auth_sasl_continue(scram.handle_client_first(data)))
+                final = await client.read()
+                if not isinstance(final, m.PasswordData):
+                    raise ProtocolError("expected a SASLResponse")
+                token_id, server_final = scram.handle_client_final(final.payload)
+                client.write(build.auth_sasl_final(server_final))
+                ok = True
+            except ScramAuthError:
+                ok = False
+        if not ok:
+            await asyncio.to_thread(limiter.record_failure, principal, addr)
+            log.info("failed login for principal %r from %s", principal, addr)
+            raise StartupRefused("28P01", GENERIC_AUTH_FAILURE.format(principal))
+        await asyncio.to_thread(limiter.record_success, principal, addr)
+        if token_id:
+            services.tasks.spawn(asyncio.to_thread(services.tokens.touch, token_id), name="token-touch")
+
+    async def _cancel(self, msg: m.CancelRequest) -> None:
+        target = await asyncio.to_thread(self.services.cancel_keys.lookup, msg.pid, msg.secret)
+        if target is None:
+            return  # PostgreSQL also says nothing about an unknown key
+        try:
+            await send_cancel(target.host, target.port, target.pid, target.secret, self.services.config.limits.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.warning("forwarding a cancel request to %r failed: %s", target.connection, exc)
+
+
+def _parse_sasl_initial(payload: bytes) -> tuple[str, bytes]:
+    nul = payload.find(b"\x00")
+    if nul < 0 or len(payload) < nul + 5:
+        raise ScramAuthError("malformed SASLInitialResponse")
+    mechanism = payload[:nul].decode("ascii", "replace")
+    length = int.from_bytes(payload[nul + 1 : nul + 5], "big", signed=True)
+    data = payload[nul + 5 :]
+    if length != len(data):
+        raise ScramAuthError("malformed SASLInitialResponse")
+    return mechanism, data
+
+
+def _negotiate_protocol(params: dict[str, str]) -> bytes:
+    unknown = [k for k in params if k.startswith("_pq_.")]
+    body = (0).to_bytes(4, "big") + len(unknown).to_bytes(4, "big") + b"".join(k.encode() + b"\x00" for k in unknown)
+    return b"v" + (len(body) + 4).to_bytes(4, "big") + body

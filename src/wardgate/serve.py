@@ -1,0 +1,169 @@
+"""`wardgate serve`: one supervisor, N identical worker processes sharing the listeners
+(SO_REUSEPORT) and the store; no state shared through memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from wardgate.config import Config, ConfigError, load_config
+
+log = logging.getLogger("wardgate")
+
+
+def token_pepper(master_key: bytes) -> bytes:
+    """A key derived from the master key, used for fake SCRAM salts of unknown principals."""
+    return hmac.new(master_key, b"wardgate token pepper v1", hashlib.sha256).digest()
+
+
+def setup_logging() -> None:
+    level = os.environ.get("WARDGATE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def run(config_path: str) -> None:
+    setup_logging()
+    config = load_config(config_path)
+    from wardgate.store.db import Store
+
+    # Migrate once, before any worker starts, so workers never race on the schema.
+    Store.open(config.store_url).dispose()
+    from wardgate.vault.keys import load_master_key
+
+    load_master_key(config)  # generate the key file now, not in N workers at once
+    if config.workers == 1:
+        _run_loop(lambda: run_worker(config_path, config, reuse_port=False, index=0))
+        return
+    _supervise(config_path, config)
+
+
+def _supervise(config_path: str, config: Config) -> None:
+    children: list[int] = []
+    for index in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_loop(lambda index=index: run_worker(config_path, config, reuse_port=True, index=index))  # type: ignore[misc]
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    log.info("supervising %d workers: %s", len(children), children)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        if code:
+            status = 1
+    sys.exit(status)
+
+
+async def run_worker(config_path: str, config: Config, *, reuse_port: bool, index: int) -> None:
+    from wardgate.audit.recorder import Recorder
+    from wardgate.gate import Gate
+    from wardgate.identity.ratelimit import LoginLimiter
+    from wardgate.identity.tokens import TokenService
+    from wardgate.proxy.pg_server import PgListener
+    from wardgate.proxy.services import Services
+    from wardgate.proxy.tls import server_context
+    from wardgate.store.cancel import CancelKeys
+    from wardgate.store.db import Store
+    from wardgate.vault.keys import load_master_key
+    from wardgate.vault.secrets import Vault
+
+    store = Store(config.store_url)
+    master = load_master_key(config)
+    recorder = Recorder(store)
+    await recorder.start()
+    services = Services(
+        config=config,
+        gate=Gate(config),
+        store=store,
+        recorder=recorder,
+        tokens=TokenService(store, token_pepper(master)),
+        limiter=LoginLimiter(store, config.limits.login_failures, config.limits.login_window),
+        cancel_keys=CancelKeys(store),
+        vault=Vault(store, master),
+        server_tls=server_context(config),
+    )
+    del master
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(services, config_path))
+
+    pg: PgListener | None = None
+    api_server: Any = None
+    try:
+        if (addr := config.listen_address("postgres")) is not None:
+            pg = PgListener(services)
+            await pg.start(addr[0], addr[1], reuse_port=reuse_port)
+            log.info("worker %d: PostgreSQL listener on %s:%d", index, addr[0], pg.port)
+        if index == 0 and (api_addr := config.listen_address("api")) is not None:
+            import uvicorn
+
+            from wardgate.api.app import create_app
+
+            api_server = uvicorn.Server(
+                uvicorn.Config(create_app(), host=api_addr[0], port=api_addr[1], log_level="warning", lifespan="off")
+            )
+            api_server.install_signal_handlers = lambda: None  # ours handle it
+            services.tasks.spawn(api_server.serve(), name="api-server")
+            log.info("worker %d: API on http://%s:%d", index, api_addr[0], api_addr[1])
+        await stop.wait()
+        log.info("worker %d: shutting down", index)
+    finally:
+        if api_server is not None:
+            api_server.should_exit = True
+        if pg is not None:
+            await pg.close()
+        await recorder.close()
+        await services.tasks.cancel_all()
+        store.dispose()
+
+
+def _reload(services: Any, config_path: str) -> None:
+    try:
+        new = load_config(config_path)
+    except ConfigError as exc:
+        log.error("config reload refused, keeping the running policy:\n%s", exc)
+        return
+    services.reload(new)
+    log.info("config reloaded from %s", config_path)

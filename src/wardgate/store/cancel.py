@@ -1,0 +1,92 @@
+"""Cancel keys shared by every gateway process.
+
+A PostgreSQL CancelRequest arrives on a *new* connection, possibly at another replica
+behind the load balancer, carrying only the (pid, secret) the gateway gave the client in
+BackendKeyData. This table maps that pair to the upstream backend's own key, so whichever
+process receives the request can forward it.
+
+Only a hash of the gateway secret is stored; lookups compare hashes in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+
+from wardgate.store.db import Store
+from wardgate.store.models import CancelKey
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTarget:
+    connection: str
+    host: str
+    port: int
+    pid: int
+    secret: bytes
+    tls: str
+
+
+def _secret_hash(secret: bytes) -> bytes:
+    return hashlib.sha256(b"wardgate cancel key\x00" + secret).digest()
+
+
+class CancelKeys:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def register(self, gw_pid: int, gw_secret: bytes, target: CancelTarget) -> None:
+        """Remember ``target`` under (gw_pid, gw_secret).
+
+        A pid already present is replaced: pids are random, so a clash means a stale
+        row from a process that died without ``remove()``, and the old client's secret
+        no longer matches anyway.
+        """
+        values = {
+            "secret_hash": _secret_hash(gw_secret),
+            "connection": target.connection,
+            "upstream_host": target.host,
+            "upstream_port": target.port,
+            "upstream_pid": target.pid,
+            "upstream_secret": target.secret,
+            "tls": target.tls,
+            "created_at": time.time(),
+        }
+        stmt = (
+            self._store.insert(CancelKey)
+            .values(gw_pid=gw_pid, **values)
+            .on_conflict_do_update(index_elements=["gw_pid"], set_=values)
+        )
+        with self._store.session() as session:
+            session.execute(stmt)
+
+    def lookup(self, gw_pid: int, gw_secret: bytes) -> CancelTarget | None:
+        with self._store.session(write=False) as session:
+            row = session.get(CancelKey, gw_pid)
+            if row is None:
+                return None
+            if not hmac.compare_digest(bytes(row.secret_hash), _secret_hash(gw_secret)):
+                return None
+            return CancelTarget(
+                connection=row.connection,
+                host=row.upstream_host,
+                port=row.upstream_port,
+                pid=row.upstream_pid,
+                secret=bytes(row.upstream_secret),
+                tls=row.tls,
+            )
+
+    def remove(self, gw_pid: int) -> None:
+        with self._store.session() as session:
+            session.execute(delete(CancelKey).where(CancelKey.gw_pid == gw_pid))
+
+    def purge_older_than(self, seconds: float) -> int:
+        """Drop rows registered more than ``seconds`` ago (sessions of crashed processes)."""
+        cutoff = time.time() - seconds
+        with self._store.session() as session:
+            result = session.execute(delete(CancelKey).where(CancelKey.created_at < cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,130 @@
+"""Tables of the gateway store. Timestamps are float seconds since the epoch (UTC) everywhere:
+the recorder gets them from ``time.time()`` and the hash chain hashes them as JSON numbers,
+so one representation avoids any timezone or rounding mismatch between SQLite and PostgreSQL.
+
+The schema itself is created by the Alembic migrations in ``store/migrations``; these
+models must match them (``tests/store`` checks that a migrated store has no drift).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Double, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-assigns INTEGER PRIMARY KEY; PostgreSQL wants 64 bits for a log.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AuditEvent(Base):
+    """One link of the tamper-evident chain. ``id`` is assigned by the appender while it
+    holds the chain lock (not by the database) because the hash covers it."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    ts: Mapped[float] = mapped_column(Double)
+    type: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str] = mapped_column(String, index=True)
+    principal: Mapped[str] = mapped_column(String, index=True)
+    connection: Mapped[str] = mapped_column(String)
+    payload: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """Exactly one row (id=1): the newest link. Appenders lock it to serialise, and
+    ``verify_chain`` compares it with the last event to detect a truncated tail."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(BigId)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SessionRow(Base):
+    """Summary index of recorded sessions, rebuilt from nothing but the chain if needed."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    protocol: Mapped[str] = mapped_column(String(32))
+    principal: Mapped[str] = mapped_column(String, index=True)
+    principal_kind: Mapped[str] = mapped_column(String(16))
+    sponsor: Mapped[str | None] = mapped_column(String, nullable=True)
+    connection: Mapped[str] = mapped_column(String, index=True)
+    client_addr: Mapped[str] = mapped_column(String)
+    application_name: Mapped[str] = mapped_column(String)
+    tls: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[float] = mapped_column(Double, index=True)
+    ended_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    status: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    action_count: Mapped[int] = mapped_column(Integer)
+    blocked_count: Mapped[int] = mapped_column(Integer)
+
+
+class TokenRow(Base):
+    """A wardgate token, stored only as its SCRAM keys: the token itself is never kept."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(String, index=True)
+    name: Mapped[str] = mapped_column(String)
+    stored_key: Mapped[bytes] = mapped_column(LargeBinary)
+    server_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    last_used_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class PrincipalSalt(Base):
+    """SCRAM sends one salt before it knows which token the client holds, so all tokens
+    of a principal share it."""
+
+    __tablename__ = "principal_salts"
+
+    principal: Mapped[str] = mapped_column(String, primary_key=True)
+    salt: Mapped[bytes] = mapped_column(LargeBinary)
+    iterations: Mapped[int] = mapped_column(Integer)
+
+
+class SecretRow(Base):
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class LoginFailure(Base):
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[float] = mapped_column(Double, index=True)
+
+
+class CancelKey(Base):
+    """Maps the BackendKeyData a gateway process handed to a client to the upstream
+    backend, so a CancelRequest arriving at any replica reaches the right server."""
+
+    __tablename__ = "cancel_keys"
+
+    gw_pid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    connection: Mapped[str] = mapped_column(String)
+    upstream_host: Mapped[str] = mapped_column(String)
+    upstream_port: Mapped[int] = mapped_column(Integer)
+    upstream_pid: Mapped[int] = mapped_column(BigInteger)
+    upstream_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    tls: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Double, index=True)
