@@ -14,7 +14,7 @@ from threading import Lock
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config
-from wardgate.policy.sql import classify
+from wardgate.policy.sql import classify_keyed
 
 _CACHE_SIZE = 16384
 
@@ -26,13 +26,17 @@ class Gate:
         self._lock = Lock()
 
     def check(self, action: Action) -> Verdict:
-        key = (action.connection, action.principal.name, action.principal.groups, action.kind, action.text)
+        if action.kind == "sql":
+            text_key, statements = classify_keyed(action.text)
+        else:
+            text_key, statements = action.text, ()
+        key = (action.connection, action.principal.name, action.principal.groups, action.kind, text_key)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        verdict = self._decide(action)
+        verdict = self._decide(action, statements)
         with self._lock:
             self._cache[key] = verdict
             if len(self._cache) > _CACHE_SIZE:
@@ -41,14 +45,13 @@ class Gate:
 
     # -- decisions --------------------------------------------------------------------
 
-    def _decide(self, action: Action) -> Verdict:
+    def _decide(self, action: Action, statements: tuple[StatementInfo, ...]) -> Verdict:
         conn = self.config.connections.get(action.connection)
         if conn is None:
             return Verdict(Decision.BLOCK, "unknown-connection", f"connection {action.connection!r} is not configured")
         if action.kind != "sql":
             return Verdict(Decision.BLOCK, "unsupported-action", f"{action.kind} actions are not allowed on this connection")
         roles = sorted({conn.roles[g] for g in action.principal.groups if g in conn.roles})
-        statements = classify(action.text)
         if not roles:
             return Verdict(
                 Decision.BLOCK,

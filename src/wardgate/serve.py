@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
 import signal
@@ -16,11 +14,6 @@ from typing import Any
 from wardgate.config import Config, ConfigError, load_config
 
 log = logging.getLogger("wardgate")
-
-
-def token_pepper(master_key: bytes) -> bytes:
-    """A key derived from the master key, used for fake SCRAM salts of unknown principals."""
-    return hmac.new(master_key, b"wardgate token pepper v1", hashlib.sha256).digest()
 
 
 def setup_logging() -> None:
@@ -104,7 +97,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.proxy.tls import server_context
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
-    from wardgate.vault.keys import load_master_key
+    from wardgate.vault.keys import load_master_key, token_pepper
     from wardgate.vault.secrets import Vault
 
     store = Store(config.store_url)

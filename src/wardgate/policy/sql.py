@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import ParseError, fingerprint, parse_sql_json
 
 from wardgate.actions import StatementInfo
 
@@ -195,13 +195,49 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     return StatementInfo(klass=klass, kinds=tuple(kinds), text=text)
 
 
-@lru_cache(maxsize=4096)
+# Kinds whose meaning depends on literal values, which a fingerprint ignores (a DO
+# body, a SQL string run by a function): never shared between statements by fingerprint.
+_VALUE_SENSITIVE = frozenset({"do_block", "parse_error"})
+_FINGERPRINT_CACHE: dict[str, tuple[StatementInfo, ...]] = {}
+_FINGERPRINT_CACHE_SIZE = 16384
+
+
+def classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
+    """Like :func:`classify`, plus a cache key for verdicts.
+
+    Statements that differ only in literal values (``WHERE id = 1`` vs ``= 2``) share
+    the key, so a repeated statement costs one fingerprint (~2 µs), not a parse.
+    Infos served from that cache carry no text: the caller has it.
+    """
+    try:
+        fp = fingerprint(sql)
+    except Exception:  # noqa: BLE001 - unparsable: the full path reports it
+        return "t:" + sql, _classify_text(sql)
+    cached = _FINGERPRINT_CACHE.get(fp)
+    if cached is not None:
+        return "f:" + fp, cached
+    infos = _classify_text(sql)
+    if len(infos) == 1 and not _VALUE_SENSITIVE.intersection(infos[0].kinds):
+        if len(_FINGERPRINT_CACHE) >= _FINGERPRINT_CACHE_SIZE:
+            _FINGERPRINT_CACHE.clear()
+        info = infos[0]
+        _FINGERPRINT_CACHE[fp] = (StatementInfo(info.klass, info.kinds, "", info.error),)
+        return "f:" + fp, infos
+    return "t:" + sql, infos
+
+
 def classify(sql: str) -> tuple[StatementInfo, ...]:
     """Split a query string into statements and classify each one.
 
     An empty string gives an empty tuple. Text the grammar rejects gives one
-    ``unknown`` statement carrying the parser's message.
+    ``unknown`` statement carrying the parser's message. A single statement may
+    come back without its text (see :func:`classify_keyed`).
     """
+    return classify_keyed(sql)[1]
+
+
+@lru_cache(maxsize=4096)
+def _classify_text(sql: str) -> tuple[StatementInfo, ...]:
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError as exc:

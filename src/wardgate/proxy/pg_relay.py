@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd
 from wardgate.identity.principals import Principal
+from wardgate.policy.sql import classify
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
@@ -211,8 +212,6 @@ class PgRelay:
             raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
 
     def _on_query(self, msg: m.Query, raw: bytes, out: list[bytes]) -> None:
-        from wardgate.policy.sql import classify
-
         statements = classify(msg.sql)
         texts = [s.text for s in statements] if len(statements) > 1 else [msg.sql]
         acts: list[_Act] = []

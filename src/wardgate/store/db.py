@@ -100,7 +100,8 @@ class Store:
                 # One shared connection, or every pooled connection sees its own empty db.
                 kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
             else:
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                # The store holds recordings: keep a directory we create private.
+                Path(database).expanduser().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10.0}
             engine = create_engine(self.url, **kwargs)
             event.listen(engine, "connect", _sqlite_on_connect)

@@ -1,0 +1,381 @@
+"""The ``wardgate`` command.
+
+Every expected failure (bad config, unknown principal, missing secret, unreachable store)
+is printed as a short message on stderr with exit status 2, never as a traceback.
+``audit verify`` exits 1 when the chain is broken. Secret values are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wardgate.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    help="wardgate: segregation of duties for AI agents, at the protocol level.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate the configuration.", no_args_is_help=True)
+token_app = typer.Typer(help="Create, list and revoke wardgate tokens.", no_args_is_help=True)
+secret_app = typer.Typer(help="Upstream credentials in the encrypted vault.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+sessions_app = typer.Typer(help="Recorded sessions and their actions.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(token_app, name="token")
+app.add_typer(secret_app, name="secret")
+app.add_typer(audit_app, name="audit")
+app.add_typer(sessions_app, name="sessions")
+
+ConfigPath = Annotated[
+    str,
+    typer.Option(
+        "-c",
+        "--config",
+        envvar="WARDGATE_CONFIG",
+        help="The configuration file (default: $WARDGATE_CONFIG, else wardgate.yaml).",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DEFAULT_CONFIG = "wardgate.yaml"
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+
+
+class CliError(Exception):
+    """An expected failure, already phrased for the user."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+@contextmanager
+def _expected_errors() -> Iterator[None]:
+    from wardgate.store.db import StoreError
+    from wardgate.vault.keys import MasterKeyError
+    from wardgate.vault.secrets import SecretError
+
+    try:
+        yield
+    except ConfigError as exc:
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
+    except (CliError, StoreError, SecretError, MasterKeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _config(path: str) -> Config:
+    return load_config(path)
+
+
+@contextmanager
+def _opened(path: str) -> Iterator[tuple[Config, Any]]:
+    """The config and its migrated store, disposed afterwards."""
+    from wardgate.store.db import Store
+
+    config = _config(path)
+    store = Store.open(config.store_url)
+    try:
+        yield config, store
+    finally:
+        store.dispose()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+# -- serve / config -----------------------------------------------------------------
+
+
+@app.command()
+def serve(config: ConfigPath = DEFAULT_CONFIG) -> None:
+    """Run the gateway."""
+    with _expected_errors():
+        from wardgate.serve import run
+
+        try:
+            run(config)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+@config_app.command("check")
+def config_check(config: ConfigPath = DEFAULT_CONFIG) -> None:
+    """Validate the configuration file."""
+    with _expected_errors():
+        cfg = _config(config)
+        typer.echo(f"ok: {len(cfg.connections)} connections, {len(cfg.principals)} principals")
+
+
+# -- tokens -------------------------------------------------------------------------
+
+
+def _token_service(config: Config, store: Any) -> Any:
+    from wardgate.identity.tokens import TokenService
+    from wardgate.vault.keys import load_master_key, token_pepper
+
+    return TokenService(store, token_pepper(load_master_key(config)))
+
+
+@token_app.command("create")
+def token_create(
+    principal: Annotated[str, typer.Argument(help="A principal from the configuration.")],
+    name: Annotated[str, typer.Option("--name", help="A label, e.g. where it is used.")] = "",
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """Create a token for PRINCIPAL. It is printed once, alone on the last line."""
+    with _expected_errors():
+        cfg = _config(config)
+        if cfg.principal(principal) is None:
+            known = ", ".join(sorted(cfg.principals)) or "none defined"
+            _fail(f"unknown principal {principal!r} (principals in {config}: {known})")
+        with _opened(config) as (cfg, store):
+            issued = _token_service(cfg, store).create(principal, name)
+        label = f", name {name!r}" if name else ""
+        typer.echo(f"Created token {issued.id} for {principal}{label}.")
+        typer.echo("Use it as the password of that principal; it is shown only this once:")
+        typer.echo(issued.token)
+
+
+@token_app.command("list")
+def token_list(
+    principal: Annotated[str | None, typer.Option("--principal", help="Only this one.")] = None,
+    as_json: JsonFlag = False,
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """List tokens (never their values)."""
+    with _expected_errors(), _opened(config) as (cfg, store):
+        tokens = _token_service(cfg, store).list(principal)
+        if as_json:
+            _print_json(
+                [
+                    {
+                        "id": t.id,
+                        "principal": t.principal,
+                        "name": t.name,
+                        "created_at": t.created_at,
+                        "revoked_at": t.revoked_at,
+                        "last_used_at": t.last_used_at,
+                        "active": t.active,
+                    }
+                    for t in tokens
+                ]
+            )
+            return
+        table = Table("id", "principal", "name", "created", "last used", "status")
+        for t in tokens:
+            status = "active" if t.active else f"revoked {_when(t.revoked_at)}"
+            table.add_row(
+                t.id, t.principal, t.name, _when(t.created_at), _when(t.last_used_at), status
+            )
+        Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token id (tok_...).")],
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """Revoke a token; new logins with it fail at once."""
+    with _expected_errors(), _opened(config) as (cfg, store):
+        if not _token_service(cfg, store).revoke(token_id):
+            _fail(f"no active token {token_id!r} (see `wardgate token list`)")
+        typer.echo(f"revoked {token_id}")
+
+
+# -- secrets ------------------------------------------------------------------------
+
+
+def _vault(config: Config, store: Any) -> Any:
+    from wardgate.vault.keys import load_master_key
+    from wardgate.vault.secrets import Vault
+
+    return Vault(store, load_master_key(config))
+
+
+def _read_secret_value(from_env: str | None) -> str:
+    if from_env:
+        value = os.environ.get(from_env)
+        if value is None:
+            _fail(f"environment variable {from_env} is not set")
+        return value
+    if not sys.stdin.isatty():
+        value = sys.stdin.read()
+        # One trailing newline is how `echo` and files end; it is not part of a password.
+        return value[:-1] if value.endswith("\n") else value
+    value = typer.prompt("Value", hide_input=True, confirmation_prompt=True)
+    return str(value)
+
+
+@secret_app.command("set")
+def secret_set(
+    name: Annotated[str, typer.Argument(help="Referenced in the config as secret:NAME.")],
+    from_env: Annotated[
+        str | None, typer.Option("--from-env", help="Take the value from this variable.")
+    ] = None,
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """Store a secret (value from stdin when piped, else a hidden prompt)."""
+    with _expected_errors():
+        if not _SECRET_NAME.match(name):
+            _fail("secret names use letters, digits and . _ - / only")
+        value = _read_secret_value(from_env)
+        if not value:
+            _fail("refusing to store an empty secret")
+        with _opened(config) as (cfg, store):
+            _vault(cfg, store).set(name, value)
+        typer.echo(f"stored secret {name} (use it as secret:{name})")
+
+
+@secret_app.command("list")
+def secret_list(config: ConfigPath = DEFAULT_CONFIG) -> None:
+    """List secret names (never values)."""
+    with _expected_errors(), _opened(config) as (cfg, store):
+        for name in _vault(cfg, store).names():
+            typer.echo(name)
+
+
+@secret_app.command("delete")
+def secret_delete(
+    name: Annotated[str, typer.Argument()],
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """Delete a secret."""
+    with _expected_errors(), _opened(config) as (cfg, store):
+        if not _vault(cfg, store).delete(name):
+            _fail(f"no secret named {name!r}")
+        typer.echo(f"deleted secret {name}")
+
+
+# -- audit and sessions -------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigPath = DEFAULT_CONFIG) -> None:
+    """Check the hash chain of the audit log (exit 1 if it is broken)."""
+    from wardgate.audit.chain import verify_chain
+
+    with _expected_errors(), _opened(config) as (_cfg, store):
+        result = verify_chain(store)
+    if result.ok:
+        typer.echo(f"ok: {result.checked} events, chain intact")
+        return
+    where = f"event {result.first_broken_id}" if result.first_broken_id is not None else "head"
+    typer.echo(f"BROKEN at {where}: {result.reason} ({result.checked} events verified before)")
+    raise typer.Exit(1)
+
+
+@sessions_app.command("list")
+def sessions_list(
+    principal: Annotated[str | None, typer.Option("--principal")] = None,
+    connection: Annotated[str | None, typer.Option("--connection")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    as_json: JsonFlag = False,
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """Recent sessions, newest first."""
+    from wardgate.audit.query import list_sessions
+
+    with _expected_errors(), _opened(config) as (_cfg, store):
+        rows = list_sessions(store, limit=limit, principal=principal, connection=connection)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("session", "started", "principal", "connection", "client", "actions", "blocked")
+    table.add_column("status")
+    for r in rows:
+        who = r["principal"] + (f" (for {r['sponsor']})" if r["sponsor"] else "")
+        table.add_row(
+            r["id"],
+            _when(r["started_at"]),
+            who,
+            r["connection"],
+            r["client_addr"],
+            str(r["action_count"]),
+            str(r["blocked_count"]),
+            r["status"] + (f": {r['error']}" if r["error"] else ""),
+        )
+    Console().print(table)
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session_id: Annotated[str, typer.Argument()],
+    as_json: JsonFlag = False,
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """One session: its summary and every action."""
+    from wardgate.audit.query import get_session
+
+    with _expected_errors(), _opened(config) as (_cfg, store):
+        found = get_session(store, session_id)
+        if found is None:
+            _fail(f"no session {session_id!r} (see `wardgate sessions list`)")
+    if as_json:
+        _print_json(found)
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    s = found
+    sponsor = f" (agent of {s['sponsor']})" if s["sponsor"] else ""
+    out.print(f"session     {s['id']}  [{s['protocol']}]", markup=False)
+    out.print(f"principal   {s['principal']} ({s['principal_kind']}){sponsor}", markup=False)
+    out.print(f"connection  {s['connection']}", markup=False)
+    tls = "TLS" if s["tls"] else "no TLS"
+    app_name = f", {s['application_name']}" if s["application_name"] else ""
+    out.print(f"client      {s['client_addr']} ({tls}{app_name})", markup=False)
+    out.print(f"started     {_when(s['started_at'])}", markup=False)
+    error = f": {s['error']}" if s["error"] else ""
+    out.print(f"ended       {_when(s['ended_at'])} ({s['status']}{error})", markup=False)
+    out.print(f"actions     {s['action_count']} ({s['blocked_count']} blocked)", markup=False)
+    for a in s["actions"]:
+        verdict = a.get("verdict") or {}
+        rows = f", {a['rows']} rows" if a.get("rows") is not None else ""
+        duration = a.get("duration_ms")
+        took = f", {duration:.1f} ms" if isinstance(duration, int | float) else ""
+        out.print("", markup=False)
+        out.print(
+            f"#{a.get('seq')}  {_when(a.get('ts'))}  {verdict.get('decision')} "
+            f"by {verdict.get('rule')}  {a.get('status')}{rows}{took}",
+            markup=False,
+        )
+        if verdict.get("decision") != "allow" and verdict.get("reason"):
+            out.print(f"    reason: {verdict['reason']}", markup=False)
+        if a.get("error"):
+            state = f" [{a['sqlstate']}]" if a.get("sqlstate") else ""
+            out.print(f"    error{state}: {a['error']}", markup=False)
+        out.print("    " + str(a.get("text", "")).replace("\n", "\n    "), markup=False)
+        if a.get("params"):
+            out.print(f"    params: {json.dumps(a['params'], ensure_ascii=False)}", markup=False)
+
+
+def main() -> None:  # pragma: no cover - `python -m wardgate.cli.main`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,24 @@
+"""Shared test helpers. Integration tests need a real PostgreSQL on 127.0.0.1:5432
+(user postgres, trust). When WARDGATE_REQUIRE_INTEGRATION is set (scripts/test sets it
+under CI), a missing server fails the run instead of skipping."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+PG_HOST = os.environ.get("WARDGATE_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("WARDGATE_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("WARDGATE_TEST_PG_USER", "postgres")
+
+
+def integration_required() -> bool:
+    return os.environ.get("WARDGATE_REQUIRE_INTEGRATION", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    """Skip locally, fail under CI: integration tests never silently skip there."""
+    if integration_required():
+        pytest.fail(f"integration prerequisite missing: {reason}")
+    pytest.skip(reason)

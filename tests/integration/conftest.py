@@ -1,0 +1,211 @@
+"""A real wardgate process in front of the real PostgreSQL, driven by real clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, missing
+
+ROOT = Path(__file__).resolve().parents[2]
+WARDGATE = str(Path(sys.executable).with_name("wardgate"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def admin_conn(dbname: str = "postgres") -> psycopg.Connection[Any]:
+    """A direct connection to the real server (not through wardgate)."""
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> None:
+    try:
+        with admin_conn() as conn:
+            conn.execute("select 1")
+    except psycopg.OperationalError as exc:
+        missing(f"no PostgreSQL server at {PG_HOST}:{PG_PORT}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def it_database(pg_server: None) -> Iterator[str]:
+    """A fresh database for this test run, dropped at the end."""
+    name = f"wardgate_it_{uuid.uuid4().hex[:8]}"
+    with admin_conn() as conn:
+        conn.execute(f'create database "{name}"')
+    yield name
+    with admin_conn() as conn:
+        conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
+        )
+        conn.execute(f'drop database if exists "{name}"')
+
+
+def base_config(database: str, extra_connections: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        groups: {{agents: {{}}, engineers: {{}}, approvers: {{}}}}
+        principals:
+          agent: {{kind: agent, groups: [agents], sponsor: dev}}
+          dev: {{kind: user, groups: [engineers]}}
+          reviewer: {{kind: user, groups: [engineers, approvers]}}
+          outsider: {{kind: user, groups: []}}
+        connections:
+          it:
+            type: postgres
+            upstream: {{host: {PG_HOST}, port: {PG_PORT}, database: {database}, user: {PG_USER}, tls: disable}}
+            roles: {{agents: reader, engineers: engineer}}
+          down:
+            type: postgres
+            upstream: {{host: 127.0.0.1, port: {free_port()}, database: x, user: nobody, tls: disable}}
+            roles: {{agents: reader, engineers: engineer}}
+        """
+    ) + textwrap.indent(textwrap.dedent(extra_connections), "  ") + textwrap.dedent(
+        """\
+        roles:
+          reader: {read: allow, write: block, ddl: block, admin: block}
+          engineer: {read: allow, write: allow, ddl: allow, admin: block}
+        guardrails:
+          - {name: no-drop, match: {sql: [drop, truncate]}, verdict: block, message: "Destructive DDL is blocked"}
+          - {name: delete-needs-where, match: {sql: [delete_without_where, update_without_where]}, verdict: block}
+        limits: {login_failures: 5, login_window: 60s, max_message_bytes: 4194304}
+        """
+    )
+
+
+@dataclass
+class Gateway:
+    """A running `wardgate serve` process and what tests need to talk to it."""
+
+    workdir: Path
+    config_path: Path
+    port: int
+    api_port: int
+    env: dict[str, str]
+    tokens: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> str:
+        return (self.workdir / "gateway.log").read_text(errors="replace")
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [WARDGATE, *args, "-c", str(self.config_path)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"wardgate {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def token(self, principal: str) -> str:
+        if principal not in self.tokens:
+            out = self.cli("token", "create", principal).stdout
+            self.tokens[principal] = out.strip().splitlines()[-1]
+        return self.tokens[principal]
+
+    def dsn(self, principal: str = "dev", connection: str = "it", **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in {"sslmode": "disable", **params}.items())
+        return f"postgresql://{principal}:{self.token(principal)}@127.0.0.1:{self.port}/{connection}?{query}"
+
+    def kwargs(self, principal: str = "dev", connection: str = "it") -> dict[str, Any]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": principal,
+            "password": self.token(principal),
+            "dbname": connection,
+        }
+
+    def start(self) -> None:
+        log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [WARDGATE, "serve", "-c", str(self.config_path)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"wardgate exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"wardgate did not start listening:\n{self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+def make_gateway(tmp: Path, config_text: str, store: str | None = None) -> Gateway:
+    tmp.mkdir(parents=True, exist_ok=True)
+    config_path = tmp / "wardgate.yaml"
+    config_path.write_text(config_text)
+    port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "WARDGATE_STORE": store or f"sqlite:///{tmp / 'store.db'}",
+        "WARDGATE_LISTEN_POSTGRES": f"127.0.0.1:{port}",
+        "WARDGATE_LISTEN_API": f"127.0.0.1:{api_port}",
+        "WARDGATE_LOG_LEVEL": "INFO",
+    }
+    env.pop("WARDGATE_MASTER_KEY", None)
+    return Gateway(tmp, config_path, port, api_port, env)
+
+
+@pytest.fixture(scope="session")
+def gateway(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One gateway for the whole run (tests that break things start their own)."""
+    gw = make_gateway(tmp_path_factory.mktemp("gateway"), base_config(it_database))
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def own_gateway(it_database: str, tmp_path: Path) -> Iterator[Gateway]:
+    """A private gateway for tests that stop it, tamper with its store or exhaust limits."""
+    gw = make_gateway(tmp_path / "gw", base_config(it_database))
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not installed")
+    assert path is not None
+    return path
