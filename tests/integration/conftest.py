@@ -209,3 +209,4 @@ def require_tool(name: str) -> str:
         missing(f"{name} is not installed")
     assert path is not None
     return path
+from tests.integration.pg_cluster import pg_cluster  # noqa: E402,F401  (session fixture: throwaway TLS cluster)

@@ -12,7 +12,9 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from wardgate.store.db import Store
@@ -22,9 +24,7 @@ PG_PORT = int(os.environ.get("WARDGATE_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("WARDGATE_TEST_PG_USER", "postgres")
 
 
-def _admin_connect(dbname: str = "postgres") -> object:
-    import psycopg
-
+def _admin_connect(dbname: str = "postgres") -> psycopg.Connection[Any]:
     return psycopg.connect(
         host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True, connect_timeout=5
     )
@@ -33,8 +33,6 @@ def _admin_connect(dbname: str = "postgres") -> object:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str | None]:
     """The name of this session's test database, or None if PostgreSQL is unreachable."""
-    import psycopg
-
     name = f"wardgate_test_{secrets.token_hex(4)}"
     try:
         admin = _admin_connect()
@@ -43,12 +41,12 @@ def pg_database() -> Iterator[str | None]:
             pytest.fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is required in CI: {exc}")
         yield None
         return
-    with admin as conn:  # type: ignore[attr-defined]
+    with admin as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield name
     finally:
-        with _admin_connect() as conn:  # type: ignore[attr-defined]
+        with _admin_connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -68,12 +66,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if database is None:
         pytest.skip(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")
     schema = f"t_{secrets.token_hex(6)}"
-    with _admin_connect(database) as conn:  # type: ignore[attr-defined]
+    with _admin_connect(database) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield pg_url(database, schema)
     finally:
-        with _admin_connect(database) as conn:  # type: ignore[attr-defined]
+        with _admin_connect(database) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 

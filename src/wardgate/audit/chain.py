@@ -54,6 +54,19 @@ def canonical_json(value: Any) -> str:
     return text
 
 
+def storable_text(value: str) -> str:
+    """``value`` made storable in any text column: PostgreSQL rejects NUL characters and
+    neither store accepts lone surrogates (undecodable client bytes). A value that can
+    never be stored would otherwise fail its batch on every retry and stall recording."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def event_hash(
     prev_hash: str,
     *,
@@ -108,15 +121,18 @@ def append_events(session: Session, events: Sequence[NewEvent]) -> int:
     rows: list[dict[str, Any]] = []
     for ev in events:
         last_id += 1
+        session_id = storable_text(ev.session_id)
+        principal = storable_text(ev.principal)
+        connection = storable_text(ev.connection)
         payload = canonical_json(dict(ev.payload))
         digest = event_hash(
             prev,
             id=last_id,
             ts=ev.ts,
             type=ev.type,
-            session_id=ev.session_id,
-            principal=ev.principal,
-            connection=ev.connection,
+            session_id=session_id,
+            principal=principal,
+            connection=connection,
             payload=payload,
         )
         rows.append(
@@ -124,9 +140,9 @@ def append_events(session: Session, events: Sequence[NewEvent]) -> int:
                 "id": last_id,
                 "ts": ev.ts,
                 "type": ev.type,
-                "session_id": ev.session_id,
-                "principal": ev.principal,
-                "connection": ev.connection,
+                "session_id": session_id,
+                "principal": principal,
+                "connection": connection,
                 "payload": payload,
                 "prev_hash": prev,
                 "hash": digest,

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from wardgate.audit.chain import NewEvent, append_events
+from wardgate.audit.chain import NewEvent, append_events, storable_text
 from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
 from wardgate.store.db import Store, describe_error
 from wardgate.store.models import SessionRow
@@ -257,7 +257,9 @@ class Recorder:
             return known
         # Started by an earlier recorder (a restarted process).
         row = session.execute(
-            select(SessionRow.principal, SessionRow.connection).where(SessionRow.id == session_id)
+            select(SessionRow.principal, SessionRow.connection).where(
+                SessionRow.id == storable_text(session_id)
+            )
         ).one_or_none()
         return (str(row.principal), str(row.connection)) if row is not None else ("", "")
 
@@ -270,14 +272,14 @@ class Recorder:
                 p = record.principal
                 starts.append(
                     {
-                        "id": record.id,
-                        "protocol": record.protocol,
-                        "principal": p.name,
+                        "id": storable_text(record.id),
+                        "protocol": storable_text(record.protocol),
+                        "principal": storable_text(p.name),
                         "principal_kind": str(p.kind),
-                        "sponsor": p.sponsor,
-                        "connection": record.connection,
-                        "client_addr": record.client_addr,
-                        "application_name": record.application_name,
+                        "sponsor": storable_text(p.sponsor) if p.sponsor else p.sponsor,
+                        "connection": storable_text(record.connection),
+                        "client_addr": storable_text(record.client_addr),
+                        "application_name": storable_text(record.application_name),
                         "tls": record.tls,
                         "started_at": record.started_at,
                         "status": "active",
@@ -299,7 +301,7 @@ class Recorder:
         for session_id, (actions, blocked) in counts.items():
             session.execute(
                 update(SessionRow)
-                .where(SessionRow.id == session_id)
+                .where(SessionRow.id == storable_text(session_id))
                 .values(
                     action_count=SessionRow.action_count + actions,
                     blocked_count=SessionRow.blocked_count + blocked,
@@ -308,8 +310,12 @@ class Recorder:
         for end in ends:
             session.execute(
                 update(SessionRow)
-                .where(SessionRow.id == end.session_id)
-                .values(ended_at=end.ended_at, status=end.status, error=end.error)
+                .where(SessionRow.id == storable_text(end.session_id))
+                .values(
+                    ended_at=end.ended_at,
+                    status=storable_text(end.status),
+                    error=storable_text(end.error) if end.error is not None else None,
+                )
             )
 
 

@@ -62,10 +62,15 @@ class LoginLimiter:
                     )
                 )
                 session.execute(stmt)
-            # Housekeeping so the table holds only live windows.
-            session.execute(
-                delete(LoginFailure).where(LoginFailure.window_start < now - self._window)
+            # Housekeeping so the table holds only live windows. SKIP LOCKED (PostgreSQL;
+            # SQLite writers are serialised anyway): never wait on rows another login is
+            # updating right now, or two logins could each wait for the other.
+            stale = (
+                select(LoginFailure.key)
+                .where(LoginFailure.window_start < now - self._window)
+                .with_for_update(skip_locked=True)
             )
+            session.execute(delete(LoginFailure).where(LoginFailure.key.in_(stale)))
 
     def record_success(self, principal: str, client_ip: str) -> None:
         with self._store.session() as session:

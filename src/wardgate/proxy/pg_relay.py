@@ -27,6 +27,7 @@ from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
 from wardgate.protocols.postgres.decode import parse_command_tag, parse_error_fields
 from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.protocols.postgres.params import describe_params
 from wardgate.proxy.pg_wire import ClientSide, UpstreamSide
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC = range(7)
 _POISON_SQL = "wardgate blocked statement"
 _POISON_QUERY = build.query(_POISON_SQL)
 _POISON_PARSE = build.parse("", _POISON_SQL)
-
-MAX_PARAM_CHARS = 1024
 
 
 class _Act:
@@ -82,22 +81,6 @@ def block_error(verdict: Verdict, connection: str) -> bytes:
     return build.error_response("42501", message, hint=hint)
 
 
-def _describe_params(msg: m.Bind) -> tuple[str | None, ...]:
-    formats = msg.param_formats
-    out: list[str | None] = []
-    for i, value in enumerate(msg.params):
-        if value is None:
-            out.append(None)
-            continue
-        fmt = formats[0] if len(formats) == 1 else (formats[i] if formats else 0)
-        if fmt == 1:
-            out.append(f"<binary {len(value)} bytes>")
-        else:
-            text = value.decode("utf-8", "replace")
-            out.append(text if len(text) <= MAX_PARAM_CHARS else text[:MAX_PARAM_CHARS] + "…")
-    return tuple(out)
-
-
 class PgRelay:
     def __init__(
         self,
@@ -121,7 +104,7 @@ class PgRelay:
         self.scanner: BackendScanner = upstream.scanner
         self.scanner.bulk = BULK_TYPES
         self._pending: deque[_Pending] = deque()
-        self._statements: dict[str, str] = {}  # prepared statement name -> SQL
+        self._statements: dict[str, tuple[str, tuple[int, ...]]] = {}  # name -> SQL, param types
         self._portals: dict[str, tuple[str | None, tuple[str | None, ...]]] = {}
         self._discarding = False  # after a block in extended mode, until Sync
         self._seq = 0
@@ -160,12 +143,12 @@ class PgRelay:
             if not verdict.allowed:
                 self._block_extended(msg.sql, (), verdict, out)
                 return
-            self._statements[msg.name] = msg.sql
+            self._statements[msg.name] = (msg.sql, msg.param_types)
             self._pending.append(_Pending(PARSE))
             out.append(raw)
         elif isinstance(msg, m.Bind):
-            sql = self._statements.get(msg.statement)
-            self._portals[msg.portal] = (sql, _describe_params(msg))
+            sql, types = self._statements.get(msg.statement, (None, ()))
+            self._portals[msg.portal] = (sql, describe_params(msg.params, msg.param_formats, types))
             self._pending.append(_Pending(BIND))
             out.append(raw)
         elif isinstance(msg, m.Execute):

@@ -92,7 +92,7 @@ class Store:
     def _create_engine(self) -> Engine:
         # hide_parameters: statement parameters (SQL text, params, key material) must never
         # reach an exception message that could end up in a log.
-        kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+        kwargs: dict[str, Any] = {"hide_parameters": True}
         if self.dialect == "sqlite":
             database = self.url.database or ""
             memory = database in ("", ":memory:") or database.startswith("file::memory:")
@@ -107,6 +107,10 @@ class Store:
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
+        # Store calls come from the default thread pool (asyncio.to_thread), which can run
+        # more threads than QueuePool's default 5+10 connections; pre-ping survives a
+        # PostgreSQL restart or failover without failing the first query afterwards.
+        kwargs.update(pool_size=10, max_overflow=30, pool_timeout=30, pool_pre_ping=True)
         return create_engine(self.url, **kwargs)
 
     # -- migrations ------------------------------------------------------------------

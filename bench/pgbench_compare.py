@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""pgbench -S through wardgate, beside PostgreSQL directly and PgBouncer, in one run.
+
+    .venv/bin/python bench/pgbench_compare.py [--duration 10] [--workers 2] [--scale 10]
+
+Prints TPS and mean latency per (target, protocol, clients) and the ratios
+wardgate/direct and wardgate/PgBouncer. Everything runs on this machine, on
+loopback: the local PostgreSQL (127.0.0.1:5432, user postgres, trust), a
+PgBouncer in session mode (Debian package, installed if missing) and a wardgate
+with the gate and the recorder on (SQLite store, as in the quick start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WARDGATE = str(Path(sys.executable).with_name("wardgate"))
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+DB = "wardgate_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def psql(sql: str, db: str = "postgres") -> None:
+    subprocess.run(
+        ["psql", "-h", PG["host"], "-p", str(PG["port"]), "-U", PG["user"], "-d", db, "-qAtc", sql],
+        check=True,
+    )
+
+
+def ensure_pgbouncer() -> str:
+    path = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(path):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return path
+
+
+def start_pgbouncer(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = ensure_pgbouncer()
+    (tmp / "users.txt").write_text('"postgres" ""\n')
+    ini = tmp / "pgbouncer.ini"
+    ini.write_text(textwrap.dedent(f"""\
+        [databases]
+        {DB} = host={PG['host']} port={PG['port']} dbname={DB}
+        [pgbouncer]
+        listen_addr = 127.0.0.1
+        listen_port = {port}
+        unix_socket_dir =
+        auth_type = trust
+        auth_file = {tmp / 'users.txt'}
+        pool_mode = session
+        max_client_conn = 200
+        default_pool_size = 20
+        logfile = {tmp / 'pgbouncer.log'}
+        """))
+    shutil.chown(tmp, "postgres")
+    for f in tmp.iterdir():
+        shutil.chown(f, "postgres")
+    cmd = [binary, str(ini)]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc
+
+
+def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    config = tmp / "wardgate.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        store: sqlite:///{tmp / 'store.db'}
+        data_dir: {tmp / 'data'}
+        workers: {workers}
+        listen: {{postgres: 127.0.0.1:{port}, api: null}}
+        groups: {{bench: {{}}}}
+        principals: {{bench: {{kind: user, groups: [bench]}}}}
+        connections:
+          {DB}:
+            type: postgres
+            upstream: {{host: {PG['host']}, port: {PG['port']}, database: {DB}, user: {PG['user']}, tls: disable}}
+            roles: {{bench: benchmarker}}
+        roles:
+          benchmarker: {{read: allow, write: allow, ddl: block, admin: block}}
+        guardrails:
+          - {{name: no-drop, match: {{sql: [drop, truncate]}}, verdict: block}}
+        """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
+    env["WARDGATE_LOG_LEVEL"] = "WARNING"
+    out = subprocess.run([WARDGATE, "token", "create", "bench", "-c", str(config)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    token = out.strip().splitlines()[-1]
+    proc = subprocess.Popen([WARDGATE, "serve", "-c", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "wardgate.log", "wb"))  # noqa: SIM115
+    wait_port(port, proc)
+    return proc, token
+
+
+def pgbench(port: int, user: str, password: str, mode: str, clients: int, duration: int) -> tuple[float, float]:
+    env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
+    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
+           "-T", str(duration), "-h", "127.0.0.1", "-p", str(port), "-U", user, DB]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"pgbench failed on port {port}:\n{out.stdout}\n{out.stderr}")
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    lat = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))  # type: ignore[union-attr]
+    return tps, lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
+    ap.add_argument("--workers", type=int, default=2, help="wardgate worker processes")
+    ap.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
+    ap.add_argument("--clients", default="1,8")
+    args = ap.parse_args()
+
+    psql(f"drop database if exists {DB}")
+    psql(f"create database {DB}")
+    subprocess.run(["pgbench", "-i", "-q", "-s", str(args.scale), "-h", PG["host"], "-U", PG["user"], DB],
+                   check=True, capture_output=True)
+    tmp = Path(tempfile.mkdtemp(prefix="wardgate-bench-"))
+    tmp.chmod(0o755)  # PgBouncer runs as the postgres user and reads its folder
+    bouncer_port, gate_port = free_port(), free_port()
+    (tmp / "bouncer").mkdir()
+    bouncer = start_pgbouncer(tmp / "bouncer", bouncer_port)
+    gate, token = start_wardgate(tmp, gate_port, args.workers)
+    targets = {
+        "direct": (PG["port"], PG["user"], ""),
+        "pgbouncer": (bouncer_port, "postgres", ""),
+        "wardgate": (gate_port, "bench", token),
+    }
+    results: dict[tuple[str, str, int], tuple[float, float]] = {}
+    try:
+        for mode in ("simple", "prepared"):
+            for clients in [int(c) for c in args.clients.split(",")]:
+                for name, (port, user, password) in targets.items():
+                    results[(name, mode, clients)] = pgbench(port, user, password, mode, clients, args.duration)
+    finally:
+        gate.terminate()
+        bouncer.terminate()
+        gate.wait(10)
+        bouncer.wait(10)
+        psql(f"drop database if exists {DB}")
+    print(f"\npgbench -S, {args.duration}s per run, scale {args.scale}, wardgate workers={args.workers}, "
+          f"{os.cpu_count()} CPUs\n")
+    print(f"{'mode':9} {'clients':>7} {'target':10} {'tps':>10} {'latency ms':>11} {'÷direct':>8} {'÷pgbouncer':>11}")
+    for (name, mode, clients), (tps, lat) in results.items():
+        direct = results[("direct", mode, clients)][0]
+        bouncer_tps = results[("pgbouncer", mode, clients)][0]
+        print(f"{mode:9} {clients:>7} {name:10} {tps:>10.0f} {lat:>11.3f} {tps / direct:>8.2f} {tps / bouncer_tps:>11.2f}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

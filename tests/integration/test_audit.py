@@ -1,0 +1,94 @@
+"""Every session and action lands in the store's hash chain, as the client saw it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Gateway
+
+
+def _session_of(gw: Gateway, application_name: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The recorded session with this application_name, once its end is written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = json.loads(gw.cli("sessions", "list", "--json", "--limit", "200").stdout)
+        for row in rows:
+            if row["application_name"] == application_name and row["ended_at"] is not None:
+                detail = json.loads(gw.cli("sessions", "show", row["id"], "--json").stdout)
+                assert isinstance(detail, dict)
+                return detail
+        if time.monotonic() > deadline:
+            raise AssertionError(f"session {application_name!r} not recorded: {rows}")
+        time.sleep(0.2)
+
+
+def test_session_and_actions_are_recorded(gateway: Gateway) -> None:
+    app = f"audit-{time.monotonic_ns()}"
+    with psycopg.connect(gateway.dsn("agent", application_name=app), autocommit=True) as conn:
+        conn.execute("select 1 as a; select 2 as b", prepare=False)
+        conn.execute("select %s::int + %s::int", (40, 2))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("create table audit_nope (a int)")
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("select * from audit_missing_table")
+
+    s = _session_of(gateway, app)
+    assert s["principal"] == "agent"
+    assert s["principal_kind"] == "agent"
+    assert s["sponsor"] == "dev"
+    assert s["connection"] == "it"
+    assert s["client_addr"] == "127.0.0.1"
+    assert s["protocol"] == "postgres"
+    actions = s["actions"]
+    texts = [a["text"] for a in actions]
+    assert "select %s::int + %s::int" not in texts  # psycopg sends $1 placeholders
+    bound = next(a for a in actions if a["text"] == "select $1::int + $2::int")
+    assert bound["params"] == ["40", "2"]
+    assert bound["status"] == "ok"
+    assert bound["rows"] == 1
+    assert bound["verdict"]["decision"] == "allow"
+    blocked = next(a for a in actions if "audit_nope" in a["text"])
+    assert blocked["status"] == "blocked"
+    assert blocked["verdict"]["decision"] == "block"
+    assert blocked["verdict"]["rule"] == "role:reader"
+    failed = next(a for a in actions if "audit_missing_table" in a["text"])
+    assert failed["status"] == "error"
+    assert failed["sqlstate"] == "42P01"
+    assert s["blocked_count"] >= 1
+    # Each statement of a multi-statement string is its own action.
+    assert "select 1 as a" in texts and "select 2 as b" in texts
+    for a in actions:
+        assert a["duration_ms"] is None or a["duration_ms"] >= 0
+
+
+def test_audit_verify_detects_an_edited_record(own_gateway: Gateway) -> None:
+    gw = own_gateway
+    with psycopg.connect(gw.dsn("dev", application_name="tamper"), autocommit=True) as conn:
+        for i in range(5):
+            conn.execute(f"select {i}")
+    _session_of(gw, "tamper")
+    ok = gw.cli("audit", "verify")
+    assert ok.stdout.startswith("ok:"), ok.stdout
+
+    store_path = gw.env["WARDGATE_STORE"].removeprefix("sqlite:///")
+    db = sqlite3.connect(store_path)
+    try:
+        (victim,) = db.execute(
+            "select id from audit_events where type = 'action' order by id limit 1 offset 2"
+        ).fetchone()
+        db.execute(
+            "update audit_events set payload = replace(payload, 'select 2', 'select 9') where id = ?",
+            (victim,),
+        )
+        db.commit()
+    finally:
+        db.close()
+    broken = gw.cli("audit", "verify", check=False)
+    assert broken.returncode == 1
+    assert f"BROKEN at event {victim}" in broken.stdout

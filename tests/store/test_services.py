@@ -1,0 +1,121 @@
+"""The store-backed services on both SQLite and PostgreSQL: their upserts and locks are
+dialect-specific, so each gets at least one run on each store."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import update
+
+from wardgate.identity.ratelimit import LoginLimiter
+from wardgate.identity.tokens import TokenService
+from wardgate.store.cancel import CancelKeys, CancelTarget
+from wardgate.store.db import Store
+from wardgate.store.models import CancelKey
+from wardgate.vault.secrets import SecretError, Vault
+
+TARGET = CancelTarget("orders", "db.internal", 5432, 4242, b"\x01\x02\x03\x04", "require")
+
+
+def test_cancel_keys_register_lookup_remove(store: Store) -> None:
+    keys = CancelKeys(store)
+    keys.register(1234, b"gw-secret", TARGET)
+    assert keys.lookup(1234, b"gw-secret") == TARGET
+    assert keys.lookup(1234, b"wrong") is None
+    assert keys.lookup(9999, b"gw-secret") is None
+    # A clashing pid replaces the stale entry.
+    other = CancelTarget("billing", "h", 6543, 1, b"s" * 32, "disable")
+    keys.register(1234, b"new-secret", other)
+    assert keys.lookup(1234, b"gw-secret") is None
+    assert keys.lookup(1234, b"new-secret") == other
+    keys.remove(1234)
+    assert keys.lookup(1234, b"new-secret") is None
+
+
+def test_cancel_keys_purge_old_entries(store: Store) -> None:
+    keys = CancelKeys(store)
+    keys.register(1, b"a", TARGET)
+    keys.register(2, b"b", TARGET)
+    with store.session() as s:
+        s.execute(
+            update(CancelKey).where(CancelKey.gw_pid == 1).values(created_at=time.time() - 7200)
+        )
+    assert keys.purge_older_than(3600) == 1
+    assert keys.lookup(1, b"a") is None
+    assert keys.lookup(2, b"b") == TARGET
+
+
+def test_tokens_on_both_stores(store: Store) -> None:
+    service = TokenService(store, b"pepper")
+    issued = service.create("bot", "ci")
+    assert service.check_password("bot", issued.token) == issued.id
+    assert service.revoke(issued.id)
+    assert service.check_password("bot", issued.token) is None
+
+
+def test_first_tokens_created_concurrently_share_one_salt(store: Store, store_url: str) -> None:
+    stores = [Store(store_url) for _ in range(4)]
+    issued: list[str] = []
+    errors: list[BaseException] = []
+
+    def create(s: Store) -> None:
+        try:
+            issued.append(TokenService(s, b"pepper").create("newcomer").token)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in stores:
+        s.dispose()
+    assert errors == [] and len(issued) == 4
+    service = TokenService(store, b"pepper")
+    assert len(service.verifiers("newcomer").keys) == 4
+    assert all(service.check_password("newcomer", token) for token in issued)
+
+
+def test_login_limiter_on_both_stores(store: Store) -> None:
+    limiter = LoginLimiter(store, max_failures=2, window=60)
+    limiter.record_failure("bot", "10.0.0.1")
+    assert limiter.retry_after("bot", "10.0.0.1") is None
+    limiter.record_failure("bot", "10.0.0.1")
+    assert limiter.retry_after("bot", "10.0.0.1") is not None
+    limiter.record_success("bot", "10.0.0.1")
+    assert limiter.retry_after("bot", "10.0.0.1") is None
+
+
+def test_concurrent_failures_are_all_counted(store: Store, store_url: str) -> None:
+    stores = [Store(store_url) for _ in range(4)]
+
+    def fail(s: Store) -> None:
+        limiter = LoginLimiter(s, max_failures=1000, window=60)
+        for _ in range(10):
+            limiter.record_failure("bot", "10.0.0.1")
+
+    threads = [threading.Thread(target=fail, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in stores:
+        s.dispose()
+    assert LoginLimiter(store, max_failures=40, window=60).retry_after("bot", "x") is not None
+    assert LoginLimiter(store, max_failures=41, window=60).retry_after("bot", "x") is None
+
+
+def test_vault_on_both_stores(store: Store) -> None:
+    vault = Vault(store, b"k" * 32)
+    vault.set("pg", "first")
+    vault.set("pg", "second")
+    assert vault.get("pg") == "second"
+    assert vault.names() == ["pg"]
+    try:
+        Vault(store, b"x" * 32).get("pg")
+    except SecretError as exc:
+        assert "second" not in str(exc)
+    else:  # pragma: no cover
+        raise AssertionError("a wrong master key must not decrypt")
