@@ -59,8 +59,11 @@ def psql(sql: str, db: str = "postgres") -> None:
 def ensure_pgbouncer() -> str:
     path = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(path):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "pgbouncer"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     return path
 
 
@@ -68,20 +71,22 @@ def start_pgbouncer(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     binary = ensure_pgbouncer()
     (tmp / "users.txt").write_text('"postgres" ""\n')
     ini = tmp / "pgbouncer.ini"
-    ini.write_text(textwrap.dedent(f"""\
+    ini.write_text(
+        textwrap.dedent(f"""\
         [databases]
-        {DB} = host={PG['host']} port={PG['port']} dbname={DB}
+        {DB} = host={PG["host"]} port={PG["port"]} dbname={DB}
         [pgbouncer]
         listen_addr = 127.0.0.1
         listen_port = {port}
         unix_socket_dir =
         auth_type = trust
-        auth_file = {tmp / 'users.txt'}
+        auth_file = {tmp / "users.txt"}
         pool_mode = session
         max_client_conn = 200
         default_pool_size = 20
-        logfile = {tmp / 'pgbouncer.log'}
-        """))
+        logfile = {tmp / "pgbouncer.log"}
+        """)
+    )
     shutil.chown(tmp, "postgres")
     for f in tmp.iterdir():
         shutil.chown(f, "postgres")
@@ -95,9 +100,10 @@ def start_pgbouncer(tmp: Path, port: int) -> subprocess.Popen[bytes]:
 
 def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     config = tmp / "wardgate.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        store: sqlite:///{tmp / 'store.db'}
-        data_dir: {tmp / 'data'}
+    config.write_text(
+        textwrap.dedent(f"""\
+        store: sqlite:///{tmp / "store.db"}
+        data_dir: {tmp / "data"}
         workers: {workers}
         listen: {{postgres: 127.0.0.1:{port}, api: null}}
         groups: {{bench: {{}}}}
@@ -105,28 +111,58 @@ def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen
         connections:
           {DB}:
             type: postgres
-            upstream: {{host: {PG['host']}, port: {PG['port']}, database: {DB}, user: {PG['user']}, tls: disable}}
+            upstream: {{host: {PG["host"]}, port: {PG["port"]}, database: {DB}, user: {PG["user"]}, tls: disable}}
             roles: {{bench: benchmarker}}
         roles:
           benchmarker: {{read: allow, write: allow, ddl: block, admin: block}}
         guardrails:
           - {{name: no-drop, match: {{sql: [drop, truncate]}}, verdict: block}}
-        """))
+        """)
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
     env["WARDGATE_LOG_LEVEL"] = "WARNING"
-    out = subprocess.run([WARDGATE, "token", "create", "bench", "-c", str(config)],
-                         env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [WARDGATE, "token", "create", "bench", "-c", str(config)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     token = out.strip().splitlines()[-1]
-    proc = subprocess.Popen([WARDGATE, "serve", "-c", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "wardgate.log", "wb"))  # noqa: SIM115
+    proc = subprocess.Popen(
+        [WARDGATE, "serve", "-c", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "wardgate.log", "wb"),
+    )  # noqa: SIM115
     wait_port(port, proc)
     return proc, token
 
 
-def pgbench(port: int, user: str, password: str, mode: str, clients: int, duration: int) -> tuple[float, float]:
+def pgbench(
+    port: int, user: str, password: str, mode: str, clients: int, duration: int
+) -> tuple[float, float]:
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
-    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
-           "-T", str(duration), "-h", "127.0.0.1", "-p", str(port), "-U", user, DB]
+    cmd = [
+        "pgbench",
+        "-n",
+        "-S",
+        "-M",
+        mode,
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 2)),
+        "-T",
+        str(duration),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        user,
+        DB,
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"pgbench failed on port {port}:\n{out.stdout}\n{out.stderr}")
@@ -136,7 +172,9 @@ def pgbench(port: int, user: str, password: str, mode: str, clients: int, durati
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
     ap.add_argument("--workers", type=int, default=2, help="wardgate worker processes")
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
@@ -145,8 +183,11 @@ def main() -> None:
 
     psql(f"drop database if exists {DB}")
     psql(f"create database {DB}")
-    subprocess.run(["pgbench", "-i", "-q", "-s", str(args.scale), "-h", PG["host"], "-U", PG["user"], DB],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", str(args.scale), "-h", PG["host"], "-U", PG["user"], DB],
+        check=True,
+        capture_output=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="wardgate-bench-"))
     tmp.chmod(0o755)  # PgBouncer runs as the postgres user and reads its folder
     bouncer_port, gate_port = free_port(), free_port()
@@ -163,20 +204,28 @@ def main() -> None:
         for mode in ("simple", "prepared"):
             for clients in [int(c) for c in args.clients.split(",")]:
                 for name, (port, user, password) in targets.items():
-                    results[(name, mode, clients)] = pgbench(port, user, password, mode, clients, args.duration)
+                    results[(name, mode, clients)] = pgbench(
+                        port, user, password, mode, clients, args.duration
+                    )
     finally:
         gate.terminate()
         bouncer.terminate()
         gate.wait(10)
         bouncer.wait(10)
         psql(f"drop database if exists {DB}")
-    print(f"\npgbench -S, {args.duration}s per run, scale {args.scale}, wardgate workers={args.workers}, "
-          f"{os.cpu_count()} CPUs\n")
-    print(f"{'mode':9} {'clients':>7} {'target':10} {'tps':>10} {'latency ms':>11} {'÷direct':>8} {'÷pgbouncer':>11}")
+    print(
+        f"\npgbench -S, {args.duration}s per run, scale {args.scale}, wardgate workers={args.workers}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print(
+        f"{'mode':9} {'clients':>7} {'target':10} {'tps':>10} {'latency ms':>11} {'÷direct':>8} {'÷pgbouncer':>11}"
+    )
     for (name, mode, clients), (tps, lat) in results.items():
         direct = results[("direct", mode, clients)][0]
         bouncer_tps = results[("pgbouncer", mode, clients)][0]
-        print(f"{mode:9} {clients:>7} {name:10} {tps:>10.0f} {lat:>11.3f} {tps / direct:>8.2f} {tps / bouncer_tps:>11.2f}")
+        print(
+            f"{mode:9} {clients:>7} {name:10} {tps:>10.0f} {lat:>11.3f} {tps / direct:>8.2f} {tps / bouncer_tps:>11.2f}"
+        )
     shutil.rmtree(tmp, ignore_errors=True)
 
 

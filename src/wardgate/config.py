@@ -188,17 +188,25 @@ class Config(_Model):
             if p.sponsor is not None:
                 sponsor = self.principals.get(p.sponsor)
                 if sponsor is None:
-                    problems.append((("principals", name, "sponsor"), f"unknown principal {p.sponsor!r}"))
+                    problems.append(
+                        (("principals", name, "sponsor"), f"unknown principal {p.sponsor!r}")
+                    )
                 elif sponsor.kind != "user":
-                    problems.append((("principals", name, "sponsor"), "a sponsor must be a human user"))
+                    problems.append(
+                        (("principals", name, "sponsor"), "a sponsor must be a human user")
+                    )
             if p.kind == "user" and p.sponsor is not None:
                 problems.append((("principals", name, "sponsor"), "only agents have a sponsor"))
         for cname, c in self.connections.items():
             for group, role in c.roles.items():
                 if group not in self.groups:
-                    problems.append((("connections", cname, "roles", group), f"unknown group {group!r}"))
+                    problems.append(
+                        (("connections", cname, "roles", group), f"unknown group {group!r}")
+                    )
                 if role not in self.roles:
-                    problems.append((("connections", cname, "roles", group), f"unknown role {role!r}"))
+                    problems.append(
+                        (("connections", cname, "roles", group), f"unknown role {role!r}")
+                    )
         if problems:
             raise _CrossReferenceErrors(problems)
         return self
@@ -250,7 +258,9 @@ class ConfigError(Exception):
 # -- loading --------------------------------------------------------------------------
 
 
-def _positions(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+def _positions(
+    node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
+) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -297,7 +307,9 @@ def parse_config(text: str, file: Path) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"{file}:1: the config must be a mapping of keys (store, connections, ...)"])
+        raise ConfigError(
+            [f"{file}:1: the config must be a mapping of keys (store, connections, ...)"]
+        )
     lines: dict[tuple[str | int, ...], int] = {}
     if node is not None:
         _positions(node, (), lines)
@@ -322,7 +334,9 @@ def parse_config(text: str, file: Path) -> Config:
         raise ConfigError(problems) from None
 
 
-def _format(file: Path, loc: tuple[str | int, ...], msg: str, lines: dict[tuple[str | int, ...], int]) -> str:
+def _format(
+    file: Path, loc: tuple[str | int, ...], msg: str, lines: dict[tuple[str | int, ...], int]
+) -> str:
     line = _line_for(loc, lines)
     where = f"{file}:{line}" if line else str(file)
     return f"{where}: {_dotted(loc)}: {msg}"

@@ -30,7 +30,13 @@ class Gate:
             text_key, statements = classify_keyed(action.text)
         else:
             text_key, statements = action.text, ()
-        key = (action.connection, action.principal.name, action.principal.groups, action.kind, text_key)
+        key = (
+            action.connection,
+            action.principal.name,
+            action.principal.groups,
+            action.kind,
+            text_key,
+        )
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -48,9 +54,17 @@ class Gate:
     def _decide(self, action: Action, statements: tuple[StatementInfo, ...]) -> Verdict:
         conn = self.config.connections.get(action.connection)
         if conn is None:
-            return Verdict(Decision.BLOCK, "unknown-connection", f"connection {action.connection!r} is not configured")
+            return Verdict(
+                Decision.BLOCK,
+                "unknown-connection",
+                f"connection {action.connection!r} is not configured",
+            )
         if action.kind != "sql":
-            return Verdict(Decision.BLOCK, "unsupported-action", f"{action.kind} actions are not allowed on this connection")
+            return Verdict(
+                Decision.BLOCK,
+                "unsupported-action",
+                f"{action.kind} actions are not allowed on this connection",
+            )
         roles = sorted({conn.roles[g] for g in action.principal.groups if g in conn.roles})
         if not roles:
             return Verdict(
@@ -108,6 +122,8 @@ class Gate:
                 continue
             d = Decision(rail.verdict)
             if d.severity > verdict.decision.severity:
-                reason = rail.message or f"guardrail {rail.name!r} matches {', '.join(sorted(kinds))}"
+                reason = (
+                    rail.message or f"guardrail {rail.name!r} matches {', '.join(sorted(kinds))}"
+                )
                 verdict = Verdict(d, f"guardrail:{rail.name}", reason, statements)
         return verdict

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -57,7 +58,7 @@ def _supervise(config_path: str, config: Config) -> None:
         if pid == 0:
             code = 0
             try:
-                _run_loop(lambda index=index: run_worker(config_path, config, reuse_port=True, index=index))  # type: ignore[misc]
+                _run_loop(functools.partial(_worker_main, config_path, config, index))
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -85,6 +86,10 @@ def _supervise(config_path: str, config: Config) -> None:
         if code:
             status = 1
     sys.exit(status)
+
+
+def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any, Any, None]:
+    return run_worker(config_path, config, reuse_port=True, index=index)
 
 
 async def run_worker(config_path: str, config: Config, *, reuse_port: bool, index: int) -> None:
@@ -135,7 +140,13 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             from wardgate.api.app import create_app
 
             api_server = uvicorn.Server(
-                uvicorn.Config(create_app(), host=api_addr[0], port=api_addr[1], log_level="warning", lifespan="off")
+                uvicorn.Config(
+                    create_app(),
+                    host=api_addr[0],
+                    port=api_addr[1],
+                    log_level="warning",
+                    lifespan="off",
+                )
             )
             api_server.install_signal_handlers = lambda: None  # ours handle it
             services.tasks.spawn(api_server.serve(), name="api-server")

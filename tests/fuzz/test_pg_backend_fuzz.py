@@ -44,7 +44,9 @@ def _run(stream: bytes, cuts: list[int]) -> tuple[bytes, list[bytes]]:
 
 @settings(max_examples=300, deadline=None)
 @given(messages, st.lists(st.integers(min_value=0, max_value=100_000), max_size=40))
-def test_valid_stream_reassembles_under_any_chunking(msgs: list[tuple[int, bytes]], cuts: list[int]) -> None:
+def test_valid_stream_reassembles_under_any_chunking(
+    msgs: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
     stream = b"".join(_message(t, body) for t, body in msgs)
     out, whole = _run(stream, cuts)
     assert out == stream

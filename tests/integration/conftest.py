@@ -59,8 +59,9 @@ def it_database(pg_server: None) -> Iterator[str]:
 
 
 def base_config(database: str, extra_connections: str = "") -> str:
-    return textwrap.dedent(
-        f"""\
+    return (
+        textwrap.dedent(
+            f"""\
         groups: {{agents: {{}}, engineers: {{}}, approvers: {{}}}}
         principals:
           agent: {{kind: agent, groups: [agents], sponsor: dev}}
@@ -77,8 +78,10 @@ def base_config(database: str, extra_connections: str = "") -> str:
             upstream: {{host: 127.0.0.1, port: {free_port()}, database: x, user: nobody, tls: disable}}
             roles: {{agents: reader, engineers: engineer}}
         """
-    ) + textwrap.indent(textwrap.dedent(extra_connections), "  ") + textwrap.dedent(
-        """\
+        )
+        + textwrap.indent(textwrap.dedent(extra_connections), "  ")
+        + textwrap.dedent(
+            """\
         roles:
           reader: {read: allow, write: block, ddl: block, admin: block}
           engineer: {read: allow, write: allow, ddl: allow, admin: block}
@@ -87,6 +90,7 @@ def base_config(database: str, extra_connections: str = "") -> str:
           - {name: delete-needs-where, match: {sql: [delete_without_where, update_without_where]}, verdict: block}
         limits: {login_failures: 5, login_window: 60s, max_message_bytes: 4194304}
         """
+        )
     )
 
 
@@ -106,7 +110,9 @@ class Gateway:
     def log(self) -> str:
         return (self.workdir / "gateway.log").read_text(errors="replace")
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [WARDGATE, *args, "-c", str(self.config_path)],
             env=self.env,
@@ -116,7 +122,9 @@ class Gateway:
             timeout=60,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"wardgate {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"wardgate {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def token(self, principal: str) -> str:
@@ -209,4 +217,6 @@ def require_tool(name: str) -> str:
         missing(f"{name} is not installed")
     assert path is not None
     return path
+
+
 from tests.integration.pg_cluster import pg_cluster  # noqa: E402,F401  (session fixture: throwaway TLS cluster)

@@ -127,7 +127,11 @@ class PgCluster:
     def admin(self) -> psycopg.Connection[Any]:
         """A superuser connection over the unix socket (not through wardgate)."""
         return psycopg.connect(
-            host=str(self.socket_dir), port=self.port, user=OS_USER, dbname="postgres", autocommit=True
+            host=str(self.socket_dir),
+            port=self.port,
+            user=OS_USER,
+            dbname="postgres",
+            autocommit=True,
         )
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -139,13 +143,27 @@ class PgCluster:
             cwd=str(self.root),
         )
         if result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.log}")
+            raise AssertionError(
+                f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.log}"
+            )
         return result
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             subprocess.run(
-                ["runuser", "-u", OS_USER, "--", str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                [
+                    "runuser",
+                    "-u",
+                    OS_USER,
+                    "--",
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
                 capture_output=True,
                 timeout=60,
                 cwd=str(self.root),
@@ -196,7 +214,11 @@ def start_cluster() -> PgCluster:
             "--locale=C",
         )
         cert, key = make_self_signed(root / "tls-tmp", "wardgate test upstream")
-        for src, dst in ((cert, cluster.data / "server.crt"), (key, cluster.data / "server.key"), (cert, cluster.cert)):
+        for src, dst in (
+            (cert, cluster.data / "server.crt"),
+            (key, cluster.data / "server.key"),
+            (cert, cluster.cert),
+        ):
             shutil.copyfile(src, dst)
             os.chown(dst, pw.pw_uid, pw.pw_gid)
         (cluster.data / "server.key").chmod(0o600)
@@ -225,15 +247,29 @@ shared_buffers = 16MB
             "host all trust_user 127.0.0.1/32 trust\n"
         )
         cluster.run(
-            str(bindir / "pg_ctl"), "-D", str(cluster.data), "-l", str(root / "postgres.log"), "-w", "-t", "30", "start"
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(cluster.data),
+            "-l",
+            str(root / "postgres.log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
         )
         with cluster.admin() as conn:
             conn.execute("set password_encryption = 'scram-sha-256'")
-            conn.execute(f"create role scram_user login password '{cluster.passwords['scram_user']}'")
+            conn.execute(
+                f"create role scram_user login password '{cluster.passwords['scram_user']}'"
+            )
             conn.execute("set password_encryption = 'md5'")
             conn.execute(f"create role md5_user login password '{cluster.passwords['md5_user']}'")
             conn.execute("create role trust_user login")
-            stored = dict(conn.execute("select rolname, rolpassword from pg_authid where rolname like '%_user'").fetchall())
+            stored = dict(
+                conn.execute(
+                    "select rolname, rolpassword from pg_authid where rolname like '%_user'"
+                ).fetchall()
+            )
         assert str(stored["scram_user"]).startswith("SCRAM-SHA-256$"), stored
         assert str(stored["md5_user"]).startswith("md5"), stored
     except BaseException:
@@ -281,7 +317,9 @@ class RawClient:
     """A PostgreSQL client socket driven by hand. Every byte received is kept in `received`."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection((host, port), timeout=timeout)
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            (host, port), timeout=timeout
+        )
         self.received = bytearray()
 
     def close(self) -> None:

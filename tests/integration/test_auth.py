@@ -43,7 +43,9 @@ def _wrong(token: str) -> str:
 
 def test_wrong_token_is_28p01_with_generic_message(auth_gw: Gateway) -> None:
     with pytest.raises(psycopg.OperationalError) as info:
-        psycopg.connect(auth_gw.dsn("dev").replace(auth_gw.token("dev"), _wrong(auth_gw.token("dev"))))
+        psycopg.connect(
+            auth_gw.dsn("dev").replace(auth_gw.token("dev"), _wrong(auth_gw.token("dev")))
+        )
     assert GENERIC.format("dev") in str(info.value)
     fields = startup_error(auth_gw.port, "dev", _wrong(auth_gw.token("dev")), "it")
     assert fields["C"] == "28P01"
@@ -55,7 +57,9 @@ def _scram_until_server_first(gw: Gateway, principal: str) -> str:
     with RawClient(gw.port) as client:
         client.send(build.startup_message({"user": principal, "database": "it"}))
         assert client.read_message().auth_code == 10
-        client.send(build.sasl_initial_response(ScramClient.mechanism, ScramClient("x").client_first()))
+        client.send(
+            build.sasl_initial_response(ScramClient.mechanism, ScramClient("x").client_first())
+        )
         msg = client.read_message()
         assert msg.type == "R" and msg.auth_code == 11, msg
         return msg.body[4:].decode()
@@ -72,8 +76,12 @@ def test_unknown_principal_looks_like_a_wrong_token(auth_gw: Gateway) -> None:
     # the same iteration count as a real principal's.
     auth_gw.token("dev")
     dev = dict(p.split("=", 1) for p in _scram_until_server_first(auth_gw, "dev").split(",")[1:])
-    ghost1 = dict(p.split("=", 1) for p in _scram_until_server_first(auth_gw, "ghost").split(",")[1:])
-    ghost2 = dict(p.split("=", 1) for p in _scram_until_server_first(auth_gw, "ghost").split(",")[1:])
+    ghost1 = dict(
+        p.split("=", 1) for p in _scram_until_server_first(auth_gw, "ghost").split(",")[1:]
+    )
+    ghost2 = dict(
+        p.split("=", 1) for p in _scram_until_server_first(auth_gw, "ghost").split(",")[1:]
+    )
     assert ghost1["s"] == ghost2["s"]
     assert ghost1["i"] == dev["i"]
     assert len(ghost1["s"]) == len(dev["s"])
@@ -99,7 +107,9 @@ def test_revoked_token_is_refused(auth_gw: Gateway) -> None:
 
 
 def test_principal_without_role_on_connection(auth_gw: Gateway) -> None:
-    with pytest.raises(psycopg.OperationalError, match='principal "outsider" has no role on connection "it"'):
+    with pytest.raises(
+        psycopg.OperationalError, match='principal "outsider" has no role on connection "it"'
+    ):
         psycopg.connect(auth_gw.dsn("outsider"))
     fields = startup_error(auth_gw.port, "outsider", auth_gw.token("outsider"), "it")
     assert fields["C"] == "42501"
@@ -133,7 +143,9 @@ def test_rate_limit_refuses_even_the_right_token(own_gateway: Gateway) -> None:
 
 @pytest.fixture(scope="module")
 def password_gw(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = make_gateway(tmp_path_factory.mktemp("password-gw"), "client_auth: password\n" + base_config(it_database))
+    gw = make_gateway(
+        tmp_path_factory.mktemp("password-gw"), "client_auth: password\n" + base_config(it_database)
+    )
     gw.start()
     yield gw
     gw.stop()
@@ -145,7 +157,9 @@ def test_cleartext_password_over_tls(password_gw: Gateway) -> None:
         client.start_tls()
         client.send(build.startup_message({"user": "dev", "database": "it"}))
         msg = client.read_message()
-        assert msg.type == "R" and msg.auth_code == 3, "expected AuthenticationCleartextPassword over TLS"
+        assert msg.type == "R" and msg.auth_code == 3, (
+            "expected AuthenticationCleartextPassword over TLS"
+        )
         client.send(build.password_message(gw.token("dev")))
         assert client.read_until("Z")[-1].type == "Z"
     with psycopg.connect(gw.dsn("dev", sslmode="require")) as conn:
@@ -162,7 +176,9 @@ def test_cleartext_falls_back_to_scram_without_tls(password_gw: Gateway) -> None
     with RawClient(gw.port) as client:
         client.send(build.startup_message({"user": "dev", "database": "it"}))
         msg = client.read_message()
-        assert msg.type == "R" and msg.auth_code == 10, "a token must never be asked for in cleartext without TLS"
+        assert msg.type == "R" and msg.auth_code == 10, (
+            "a token must never be asked for in cleartext without TLS"
+        )
     with psycopg.connect(gw.dsn("dev", sslmode="disable")) as conn:
         assert not conn.pgconn.ssl_in_use
         assert conn.execute("select 1").fetchone() == (1,)
@@ -211,14 +227,25 @@ def test_tls_handshake_offers_modern_protocol(auth_gw: Gateway) -> None:
     ("params", "expected"),
     [
         ({"options": "-c role=postgres"}, "startup option 'role' is not allowed"),
-        ({"options": "-c default_transaction_read_only=off"}, "startup option 'default_transaction_read_only' is not allowed"),
-        ({"options": "--session-authorization=postgres"}, "startup option 'session_authorization' is not allowed"),
-        ({"options": "-c search_path=public -c role=postgres"}, "startup option 'role' is not allowed"),
+        (
+            {"options": "-c default_transaction_read_only=off"},
+            "startup option 'default_transaction_read_only' is not allowed",
+        ),
+        (
+            {"options": "--session-authorization=postgres"},
+            "startup option 'session_authorization' is not allowed",
+        ),
+        (
+            {"options": "-c search_path=public -c role=postgres"},
+            "startup option 'role' is not allowed",
+        ),
         ({"replication": "true"}, "replication connections are not supported"),
         ({"replication": "database"}, "replication connections are not supported"),
     ],
 )
-def test_policy_bypassing_startup_parameters_are_refused(auth_gw: Gateway, params: dict[str, str], expected: str) -> None:
+def test_policy_bypassing_startup_parameters_are_refused(
+    auth_gw: Gateway, params: dict[str, str], expected: str
+) -> None:
     with pytest.raises(psycopg.OperationalError) as info:
         psycopg.connect(auth_gw.dsn("dev"), **params)
     assert expected in str(info.value)
@@ -227,7 +254,9 @@ def test_policy_bypassing_startup_parameters_are_refused(auth_gw: Gateway, param
     assert expected in fields["M"]
 
 
-@pytest.mark.parametrize("name", ["role", "session_authorization", "default_transaction_read_only", "is_superuser"])
+@pytest.mark.parametrize(
+    "name", ["role", "session_authorization", "default_transaction_read_only", "is_superuser"]
+)
 def test_raw_startup_parameters_are_refused(auth_gw: Gateway, name: str) -> None:
     """Parameters libpq would never send, but a hand-made client can."""
     fields = startup_error(auth_gw.port, "dev", auth_gw.token("dev"), "it", **{name: "postgres"})
@@ -236,7 +265,9 @@ def test_raw_startup_parameters_are_refused(auth_gw: Gateway, name: str) -> None
 
 
 def test_allowed_startup_options(auth_gw: Gateway) -> None:
-    with psycopg.connect(auth_gw.dsn("dev"), options="-c search_path=public -c statement_timeout=5s") as conn:
+    with psycopg.connect(
+        auth_gw.dsn("dev"), options="-c search_path=public -c statement_timeout=5s"
+    ) as conn:
         assert conn.execute("show search_path").fetchone() == ("public",)
         assert conn.execute("show statement_timeout").fetchone() == ("5s",)
         assert conn.execute("select current_user").fetchone() != ("dev",)

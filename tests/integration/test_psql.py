@@ -116,7 +116,9 @@ def test_copy_from_and_to_file(gateway: Gateway, tmp_path: Path) -> None:
     assert sorted(dst2.read_text(encoding="utf-8").splitlines()) == sorted(rows)
 
 
-def test_copy_from_file_blocked_for_reader(gateway: Gateway, tmp_path: Path, it_database: str) -> None:
+def test_copy_from_file_blocked_for_reader(
+    gateway: Gateway, tmp_path: Path, it_database: str
+) -> None:
     t = unique("psql_copyro")
     psql(gateway, "-c", f"create table {t} (id int)")
     src = tmp_path / "in.tsv"

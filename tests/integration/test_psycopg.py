@@ -156,7 +156,9 @@ def test_executemany(dev: psycopg.Connection[Any], it_database: str) -> None:
 # -- pipeline mode ----------------------------------------------------------------------
 
 
-def _pipeline_with_failure(conn: psycopg.Connection[Any], table: str, bad_sql: str) -> dict[str, Any]:
+def _pipeline_with_failure(
+    conn: psycopg.Connection[Any], table: str, bad_sql: str
+) -> dict[str, Any]:
     """Two sync points; the second segment fails in the middle. Returns what happened."""
     raised: list[psycopg.Error] = []
 
@@ -217,7 +219,10 @@ def test_pipeline_many_statements(dev: psycopg.Connection[Any], it_database: str
     t = unique("pg3_pipemany")
     dev.execute(f"create table {t} (id int, v text)")
     with dev.pipeline():
-        curs = [dev.execute(f"insert into {t} values (%s, %s) returning id", (i, str(i))) for i in range(200)]
+        curs = [
+            dev.execute(f"insert into {t} values (%s, %s) returning id", (i, str(i)))
+            for i in range(200)
+        ]
         check = dev.execute(f"select count(*) from {t}")
     assert [c.fetchone() for c in curs] == [(i,) for i in range(200)]
     assert check.fetchone() == (200,)
@@ -247,7 +252,9 @@ def test_copy_10k_rows_both_ways(dev: psycopg.Connection[Any]) -> None:
     assert binary == rows
 
 
-def test_copy_from_blocked_for_reader(agent: psycopg.Connection[Any], dev: psycopg.Connection[Any], it_database: str) -> None:
+def test_copy_from_blocked_for_reader(
+    agent: psycopg.Connection[Any], dev: psycopg.Connection[Any], it_database: str
+) -> None:
     t = unique("pg3_copyro")
     dev.execute(f"create table {t} (id int)")
     with agent.cursor() as cur:
@@ -308,7 +315,9 @@ def test_row_larger_than_a_megabyte(dev: psycopg.Connection[Any]) -> None:
     row = dev.execute("select repeat('x', 3000000), 'after'").fetchone()
     assert row is not None
     assert len(row[0]) == 3_000_000 and set(row[0]) == {"x"} and row[1] == "after"
-    rows = dev.execute("select g, repeat(chr(64 + g), 1500000) from generate_series(1, 3) g").fetchall()
+    rows = dev.execute(
+        "select g, repeat(chr(64 + g), 1500000) from generate_series(1, 3) g"
+    ).fetchall()
     assert [(g, len(s), s[0]) for g, s in rows] == [(g, 1_500_000, chr(64 + g)) for g in (1, 2, 3)]
     assert dev.execute("select 1").fetchone() == (1,)
 
@@ -428,7 +437,9 @@ def test_blocked_drop_never_reaches_server(
     assert "wardgate: blocked by guardrail:no-drop: Destructive DDL is blocked" in str(info.value)
     assert info.value.sqlstate == "42501"
     assert count_rows(it_database, t) == 1
-    with pytest.raises(errors.InsufficientPrivilege, match="blocked by guardrail:delete-needs-where"):
+    with pytest.raises(
+        errors.InsufficientPrivilege, match="blocked by guardrail:delete-needs-where"
+    ):
         run(dev, f"delete from {t}", protocol)
     assert count_rows(it_database, t) == 1
     assert run(dev, f"select count(*) from {t}", protocol).fetchone() == (1,)

@@ -25,7 +25,9 @@ def _connection(name: str, upstream: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def upstream_gw(it_database: str, pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def upstream_gw(
+    it_database: str, pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("upstream-gw")
     wrong_ca, _ = make_self_signed(tmp / "wrong-ca", "not the upstream")
     c = pg_cluster
@@ -34,19 +36,45 @@ def upstream_gw(it_database: str, pg_cluster: PgCluster, tmp_path_factory: pytes
         [
             _connection("up_trust", f"{up}, user: trust_user, tls: disable"),
             _connection("up_md5", f"{up}, user: md5_user, password: env:WG_UP_MD5, tls: disable"),
-            _connection("up_md5_tls", f"{up}, user: md5_user, password: env:WG_UP_MD5, tls: require"),
-            _connection("up_scram", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: require"),
-            _connection("up_vault", f"{up}, user: scram_user, password: 'secret:{VAULT_SECRET}', tls: require"),
-            _connection("up_verify", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: verify-full, ca: '{c.cert}'"),
-            _connection("up_verify_ca", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: verify-ca, ca: '{c.cert}'"),
-            _connection("up_wrong_ca", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: verify-full, ca: '{wrong_ca}'"),
-            _connection("up_bad_pw", f"{up}, user: scram_user, password: env:WG_UP_BAD, tls: require"),
-            _connection("up_md5_bad_pw", f"{up}, user: md5_user, password: env:WG_UP_BAD, tls: disable"),
-            _connection("up_scram_plain", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: disable"),
-            _connection("up_no_pw", f"{up}, user: md5_user, tls: disable"),
-            _connection("up_no_secret", f"{up}, user: md5_user, password: 'secret:not.in.vault', tls: disable"),
             _connection(
-                "up_no_tls", f"host: {PG_HOST}, port: {PG_PORT}, database: postgres, user: {PG_USER}, tls: require"
+                "up_md5_tls", f"{up}, user: md5_user, password: env:WG_UP_MD5, tls: require"
+            ),
+            _connection(
+                "up_scram", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: require"
+            ),
+            _connection(
+                "up_vault",
+                f"{up}, user: scram_user, password: 'secret:{VAULT_SECRET}', tls: require",
+            ),
+            _connection(
+                "up_verify",
+                f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: verify-full, ca: '{c.cert}'",
+            ),
+            _connection(
+                "up_verify_ca",
+                f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: verify-ca, ca: '{c.cert}'",
+            ),
+            _connection(
+                "up_wrong_ca",
+                f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: verify-full, ca: '{wrong_ca}'",
+            ),
+            _connection(
+                "up_bad_pw", f"{up}, user: scram_user, password: env:WG_UP_BAD, tls: require"
+            ),
+            _connection(
+                "up_md5_bad_pw", f"{up}, user: md5_user, password: env:WG_UP_BAD, tls: disable"
+            ),
+            _connection(
+                "up_scram_plain", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: disable"
+            ),
+            _connection("up_no_pw", f"{up}, user: md5_user, tls: disable"),
+            _connection(
+                "up_no_secret",
+                f"{up}, user: md5_user, password: 'secret:not.in.vault', tls: disable",
+            ),
+            _connection(
+                "up_no_tls",
+                f"host: {PG_HOST}, port: {PG_PORT}, database: postgres, user: {PG_USER}, tls: require",
             ),
         ]
     )
@@ -71,7 +99,9 @@ def _assert_no_secret(gw: Gateway, text: str) -> None:
 
 def _who(gw: Gateway, connection: str) -> tuple[str, bool]:
     with psycopg.connect(gw.dsn("dev", connection), autocommit=True) as conn:
-        row = conn.execute("select current_user::text, ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()
+        row = conn.execute(
+            "select current_user::text, ssl from pg_stat_ssl where pid = pg_backend_pid()"
+        ).fetchone()
         assert row is not None
         return str(row[0]), bool(row[1])
 
@@ -88,7 +118,9 @@ def _who(gw: Gateway, connection: str) -> tuple[str, bool]:
         ("up_verify_ca", "scram_user", True),
     ],
 )
-def test_upstream_login_methods(upstream_gw: Gateway, connection: str, user: str, tls: bool) -> None:
+def test_upstream_login_methods(
+    upstream_gw: Gateway, connection: str, user: str, tls: bool
+) -> None:
     assert _who(upstream_gw, connection) == (user, tls)
 
 
@@ -125,11 +157,19 @@ def _refused(gw: Gateway, connection: str) -> tuple[str, dict[str, str]]:
         ("down", "not reachable"),
     ],
 )
-def test_upstream_failures_are_08006_without_detail(upstream_gw: Gateway, connection: str, reason: str) -> None:
+def test_upstream_failures_are_08006_without_detail(
+    upstream_gw: Gateway, connection: str, reason: str
+) -> None:
     message, fields = _refused(upstream_gw, connection)
     assert fields["C"] == "08006", fields
     assert reason in fields["M"], fields
-    for detail in ("scram_user", "md5_user", "pg_hba", "password authentication failed", "not.in.vault"):
+    for detail in (
+        "scram_user",
+        "md5_user",
+        "pg_hba",
+        "password authentication failed",
+        "not.in.vault",
+    ):
         assert detail not in message, message
         assert detail not in repr(fields), fields
 
@@ -146,7 +186,9 @@ def test_credentials_never_reach_the_client(upstream_gw: Gateway) -> None:
     seen = bytearray()
     for connection in ("up_md5", "up_scram", "up_vault", "up_trust"):
         with RawClient(upstream_gw.port) as client:
-            messages = client.login("dev", upstream_gw.token("dev"), connection, application_name="leak-check")
+            messages = client.login(
+                "dev", upstream_gw.token("dev"), connection, application_name="leak-check"
+            )
             assert messages[-1].type == "Z", messages
             replies = client.query("select current_user, current_setting('application_name')")
             assert replies[-1].type == "Z"
@@ -170,7 +212,8 @@ def test_terminated_backend_ends_session_and_gateway_keeps_serving(gateway: Gate
         assert conn.execute("select 1").fetchone() == (1,)
         with admin_conn() as admin:
             rows = admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s", (app,)
+                "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s",
+                (app,),
             ).fetchall()
         assert rows == [(True,)], f"expected one upstream backend for {app}: {rows}"
         with pytest.raises(psycopg.OperationalError) as info:
@@ -198,7 +241,10 @@ def test_terminated_backend_raw_errors(gateway: Gateway) -> None:
     with RawClient(gateway.port) as client:
         assert client.login("dev", gateway.token("dev"), "it", application_name=app)[-1].type == "Z"
         with admin_conn() as admin:
-            admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s", (app,))
+            admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s",
+                (app,),
+            )
         codes = []
         try:
             while True:
@@ -216,9 +262,12 @@ def test_terminated_backend_raw_errors(gateway: Gateway) -> None:
 def test_upstream_logs_show_session_setup(upstream_gw: Gateway, pg_cluster: PgCluster) -> None:
     """The cluster saw real TLS SCRAM logins from the gateway (not a fallback path)."""
     with psycopg.connect(upstream_gw.dsn("dev", "up_verify"), autocommit=True) as conn:
-        version = conn.execute("select version, cipher is not null from pg_stat_ssl where pid = pg_backend_pid()").fetchone()
+        version = conn.execute(
+            "select version, cipher is not null from pg_stat_ssl where pid = pg_backend_pid()"
+        ).fetchone()
     assert version is not None and version[1] is True
     with pg_cluster.admin() as admin:
-        method = admin.execute("select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'scram_user'").fetchone()
+        method = admin.execute(
+            "select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'scram_user'"
+        ).fetchone()
     assert method == (True,)
-

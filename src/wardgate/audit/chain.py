@@ -21,9 +21,9 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from wardgate.store.db import Store
@@ -149,7 +149,8 @@ def append_events(session: Session, events: Sequence[NewEvent]) -> int:
             }
         )
         prev = digest
-    session.execute(insert(AuditEvent), rows)
+    # Core, not ORM bulk insert: a third of the cost per event on the writer thread.
+    session.connection().execute(insert(cast(Table, AuditEvent.__table__)), rows)
     session.execute(
         update(AuditHead).where(AuditHead.id == _HEAD_ID).values(last_id=last_id, last_hash=prev)
     )

@@ -20,7 +20,12 @@ from wardgate.actions import StatementInfo
 # The order of severity between classes, used when a statement mixes several.
 _CLASS_RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
 
-_DML = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete", "MergeStmt": "merge"}
+_DML = {
+    "InsertStmt": "insert",
+    "UpdateStmt": "update",
+    "DeleteStmt": "delete",
+    "MergeStmt": "merge",
+}
 
 # Top-level statements whose class is fixed by their node type.
 _FIXED: dict[str, tuple[str, str]] = {
@@ -94,7 +99,9 @@ _ADMIN_FUNCTIONS = frozenset(
         "query_to_xml", "query_to_xml_and_xmlschema", "cursor_to_xml", "table_to_xml",
     }
 )  # fmt: skip
-_WRITE_FUNCTIONS = frozenset({"nextval", "setval", "lo_create", "lo_unlink", "lo_put", "pg_advisory_lock"})
+_WRITE_FUNCTIONS = frozenset(
+    {"nextval", "setval", "lo_create", "lo_unlink", "lo_put", "pg_advisory_lock"}
+)
 
 
 def _walk(node: Any) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -138,14 +145,18 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
         return "write", [kind]
     if node_type == "CopyStmt":
         if fields.get("is_program"):
-            return "admin", ["copy_to_program" if not fields.get("is_from") else "copy_from_program"]
+            return "admin", [
+                "copy_to_program" if not fields.get("is_from") else "copy_from_program"
+            ]
         if "filename" in fields:
             return "admin", ["copy_file"]
         return ("write", ["copy_from"]) if fields.get("is_from") else ("read", ["copy_to"])
     if node_type == "ExplainStmt":
         options = {o.get("DefElem", {}).get("defname") for o in fields.get("options", [])}
         if "analyze" in options:
-            return "read", ["explain_analyze"]  # the inner statement executes: see classify_statement
+            return "read", [
+                "explain_analyze"
+            ]  # the inner statement executes: see classify_statement
         return "read", ["explain"]
     if node_type == "VariableSetStmt":
         name = str(fields.get("name", "")).lower()

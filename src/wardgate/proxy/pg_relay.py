@@ -61,7 +61,9 @@ class _Act:
 class _Pending:
     __slots__ = ("kind", "acts", "index", "block")
 
-    def __init__(self, kind: int, acts: list[_Act] | None = None, block: bytes | None = None) -> None:
+    def __init__(
+        self, kind: int, acts: list[_Act] | None = None, block: bytes | None = None
+    ) -> None:
         self.kind = kind
         self.acts = acts
         self.index = 0
@@ -216,7 +218,9 @@ class PgRelay:
         self._pending.append(_Pending(QUERY, acts))
         out.append(raw)
 
-    def _block_extended(self, sql: str, params: tuple[str | None, ...], verdict: Verdict, out: list[bytes]) -> None:
+    def _block_extended(
+        self, sql: str, params: tuple[str | None, ...], verdict: Verdict, out: list[bytes]
+    ) -> None:
         act = self._act(self._action(sql, params), verdict)
         self._record(act, "blocked")
         self._pending.append(_Pending(PARSE, None, block_error(verdict, self.connection)))
@@ -249,7 +253,10 @@ class PgRelay:
             items = self.scanner.feed(data)
         except ProtocolError as exc:
             log.warning("session %s: upstream protocol error: %s", self.session_id, exc)
-            self._fatal("08P01", f"wardgate: the database server of connection {self.connection!r} sent malformed data")
+            self._fatal(
+                "08P01",
+                f"wardgate: the database server of connection {self.connection!r} sent malformed data",
+            )
             return
         out: list[bytes | memoryview] = []
         for item in items:
@@ -309,7 +316,11 @@ class PgRelay:
                 if head.acts:
                     self._finish_act(head.acts[0], "ok", tag=("SUSPENDED", None))
             return None
-        if (t == 49 and head.kind == PARSE) or (t == 50 and head.kind == BIND) or (t == 51 and head.kind == CLOSE):
+        if (
+            (t == 49 and head.kind == PARSE)
+            or (t == 50 and head.kind == BIND)
+            or (t == 51 and head.kind == CLOSE)
+        ):
             pending.popleft()  # 1 ParseComplete, 2 BindComplete, 3 CloseComplete
         elif (t == 84 or t == 110) and head.kind == DESCRIBE:  # T RowDescription, n NoData
             pending.popleft()
@@ -369,7 +380,9 @@ class PgRelay:
 
     def on_upstream_closed(self) -> None:
         if not self._finished:
-            log.warning("session %s: upstream of %r closed the connection", self.session_id, self.connection)
+            log.warning(
+                "session %s: upstream of %r closed the connection", self.session_id, self.connection
+            )
             self._fatal(
                 "08006",
                 f"wardgate: lost the connection to the database server of connection {self.connection!r}; reconnect to retry",

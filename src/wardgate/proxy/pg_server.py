@@ -8,6 +8,7 @@ import logging
 import secrets
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wardgate.audit.records import SessionRecord
@@ -31,11 +32,31 @@ PROTOCOL_3_0 = 196608
 # Startup parameters a client may pass on to the server. Anything else could set a
 # server setting the policy never saw (role, session_authorization, read-only...).
 PASSED_PARAMS = frozenset(
-    {"application_name", "client_encoding", "DateStyle", "IntervalStyle", "TimeZone", "extra_float_digits", "search_path"}
+    {
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "extra_float_digits",
+        "search_path",
+    }
 )
 # Settings allowed in `options=-c name=value`.
 PASSED_OPTIONS = frozenset(
-    {"search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits", "application_name", "client_encoding", "work_mem"}
+    {
+        "search_path",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "DateStyle",
+        "TimeZone",
+        "IntervalStyle",
+        "extra_float_digits",
+        "application_name",
+        "client_encoding",
+        "work_mem",
+    }
 )
 GENERIC_AUTH_FAILURE = (
     'wardgate: authentication failed for principal "{}": the token is wrong, revoked, '
@@ -119,7 +140,8 @@ class PgListener:
     @property
     def port(self) -> int:
         assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        sockets: list[socket.socket] = list(getattr(self.server, "sockets", None) or [])
+        return int(sockets[0].getsockname()[1])
 
     def _accepted(self, client: ClientSide) -> None:
         sock = client.transport.get_extra_info("socket")
@@ -133,8 +155,14 @@ class PgListener:
             self.server.close()
         for client in list(self.clients):
             if client.relay is not None:
-                client.write(build.error_response("57P01", "wardgate: the gateway is shutting down; reconnect to retry", severity="FATAL"))
-                client.relay.on_client_closed()  # type: ignore[attr-defined]
+                client.write(
+                    build.error_response(
+                        "57P01",
+                        "wardgate: the gateway is shutting down; reconnect to retry",
+                        severity="FATAL",
+                    )
+                )
+                client.relay.on_client_closed()
             client.close()
         if self.server is not None:
             await self.server.wait_closed()
@@ -146,19 +174,33 @@ class PgListener:
         try:
             await asyncio.wait_for(self._startup(client, addr), timeout)
         except StartupRefused as exc:
-            client.write(build.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint))
+            client.write(
+                build.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint)
+            )
             client.close()
         except ProtocolError as exc:
-            client.write(build.error_response("08P01", f"wardgate: protocol violation: {exc}", severity="FATAL"))
+            client.write(
+                build.error_response(
+                    "08P01", f"wardgate: protocol violation: {exc}", severity="FATAL"
+                )
+            )
             client.close()
         except TimeoutError:
-            client.write(build.error_response("08006", "wardgate: the connection startup took too long", severity="FATAL"))
+            client.write(
+                build.error_response(
+                    "08006", "wardgate: the connection startup took too long", severity="FATAL"
+                )
+            )
             client.close()
         except ConnectionClosed:
             client.close()
         except Exception:
             log.exception("unexpected failure during PostgreSQL startup from %s", addr)
-            client.write(build.error_response("XX000", "wardgate: internal error during connection startup", severity="FATAL"))
+            client.write(
+                build.error_response(
+                    "XX000", "wardgate: internal error during connection startup", severity="FATAL"
+                )
+            )
             client.close()
         finally:
             if client.relay is None:
@@ -177,10 +219,12 @@ class PgListener:
                     raise ProtocolError("data sent after SSLRequest before the TLS handshake")
                 client.write(build.ssl_accept())
                 loop = asyncio.get_running_loop()
-                transport = await loop.start_tls(client.transport, client, services.server_tls, server_side=True)
+                transport = await loop.start_tls(
+                    client.transport, client, services.server_tls, server_side=True
+                )
                 if transport is None:
                     raise ConnectionClosed
-                client.transport = transport  # type: ignore[assignment]
+                client.transport = transport
                 tls = True
             elif isinstance(msg, m.GSSENCRequest):
                 client.write(build.ssl_refuse())
@@ -198,12 +242,17 @@ class PgListener:
         principal_name = params.get("user", "")
         connection_name = params.get("database") or principal_name
         if msg.protocol >> 16 != 3:
-            raise StartupRefused("08P01", f"wardgate: unsupported protocol version {msg.protocol >> 16}.{msg.protocol & 0xFFFF}")
+            raise StartupRefused(
+                "08P01",
+                f"wardgate: unsupported protocol version {msg.protocol >> 16}.{msg.protocol & 0xFFFF}",
+            )
         if msg.protocol != PROTOCOL_3_0:
             # A newer 3.x minor: tell the client we speak 3.0 (NegotiateProtocolVersion).
             client.write(_negotiate_protocol(params))
         if not principal_name:
-            raise StartupRefused("28000", "wardgate: no user name given; connect as your wardgate principal")
+            raise StartupRefused(
+                "28000", "wardgate: no user name given; connect as your wardgate principal"
+            )
 
         await self._authenticate(client, principal_name, addr, tls)
 
@@ -226,13 +275,21 @@ class PgListener:
         upstream_params = self._upstream_params(params)
         try:
             password = (
-                await asyncio.to_thread(resolve_secret, conn.upstream.password, services.vault)
+                await asyncio.to_thread(
+                    resolve_secret,
+                    conn.upstream.password,
+                    services.vault,
+                    base_dir=Path(config.base_dir),
+                )
                 if conn.upstream.password
                 else None
             )
         except SecretError as exc:
             log.error("connection %r: %s", connection_name, exc)
-            raise StartupRefused("08006", f'wardgate: connection "{connection_name}" is unavailable: the gateway cannot read its credential') from None
+            raise StartupRefused(
+                "08006",
+                f'wardgate: connection "{connection_name}" is unavailable: the gateway cannot read its credential',
+            ) from None
         try:
             upstream = await dial(
                 conn,
@@ -243,14 +300,19 @@ class PgListener:
                 ca_path=str(config.path(conn.upstream.ca)) if conn.upstream.ca else None,
             )
         except UpstreamUnavailable as exc:
-            raise StartupRefused(exc.sqlstate, f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}') from None
+            raise StartupRefused(
+                exc.sqlstate,
+                f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}',
+            ) from None
         del password
 
         session_id = "s_" + secrets.token_hex(8)
         gw_pid = secrets.randbelow(2**31 - 1) + 1
         gw_secret = secrets.token_bytes(4)
         up = conn.upstream
-        target = CancelTarget(connection_name, up.host, up.port, upstream.pid, upstream.secret, up.tls)
+        target = CancelTarget(
+            connection_name, up.host, up.port, upstream.pid, upstream.secret, up.tls
+        )
         try:
             await asyncio.to_thread(services.cancel_keys.register, gw_pid, gw_secret, target)
         except Exception:
@@ -275,7 +337,9 @@ class PgListener:
 
         def finished() -> None:
             self.clients.discard(client)
-            services.tasks.spawn(asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove")
+            services.tasks.spawn(
+                asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove"
+            )
 
         relay = PgRelay(
             services,
@@ -287,7 +351,13 @@ class PgListener:
             client_addr=addr,
             on_finished=finished,
         )
-        out = [build.auth_ok(), *upstream.parameter_status, *upstream.notices, build.backend_key_data(gw_pid, gw_secret), build.ready_for_query(b"I")]
+        out = [
+            build.auth_ok(),
+            *upstream.parameter_status,
+            *upstream.notices,
+            build.backend_key_data(gw_pid, gw_secret),
+            build.ready_for_query(b"I"),
+        ]
         client.write(b"".join(out))
         leftover_client = client.decoder.buffered
         client.relay = relay
@@ -299,7 +369,14 @@ class PgListener:
             relay.on_client_closed()
         if upstream.side.closed:
             relay.on_upstream_closed()
-        log.info("session %s: %s (%s) connected to %r from %s", session_id, principal.name, principal.kind.value, connection_name, addr)
+        log.info(
+            "session %s: %s (%s) connected to %r from %s",
+            session_id,
+            principal.name,
+            principal.kind.value,
+            connection_name,
+            addr,
+        )
 
     def _upstream_params(self, params: dict[str, str]) -> dict[str, str]:
         passed: dict[str, str] = {}
@@ -308,7 +385,7 @@ class PgListener:
                 continue
             if name == "options":
                 settings = parse_options(value)
-                for key, val in settings.items():
+                for key in settings:
                     if key.startswith("wardgate."):
                         continue  # gateway options, consumed here
                     if key not in PASSED_OPTIONS:
@@ -318,7 +395,9 @@ class PgListener:
                             hint="Set it with SQL after connecting, where the policy can see it.",
                         )
                 passed_options = " ".join(
-                    f"-c {_quote_option(k)}={_quote_option(v)}" for k, v in settings.items() if not k.startswith("wardgate.")
+                    f"-c {_quote_option(k)}={_quote_option(v)}"
+                    for k, v in settings.items()
+                    if not k.startswith("wardgate.")
                 )
                 if passed_options:
                     passed["options"] = passed_options
@@ -384,14 +463,17 @@ class PgListener:
             raise StartupRefused("28P01", GENERIC_AUTH_FAILURE.format(principal))
         await asyncio.to_thread(limiter.record_success, principal, addr)
         if token_id:
-            services.tasks.spawn(asyncio.to_thread(services.tokens.touch, token_id), name="token-touch")
+            services.tasks.spawn(
+                asyncio.to_thread(services.tokens.touch, token_id), name="token-touch"
+            )
 
     async def _cancel(self, msg: m.CancelRequest) -> None:
         target = await asyncio.to_thread(self.services.cancel_keys.lookup, msg.pid, msg.secret)
         if target is None:
             return  # PostgreSQL also says nothing about an unknown key
         try:
-            await send_cancel(target.host, target.port, target.pid, target.secret, self.services.config.limits.connect_timeout)
+            async with asyncio.timeout(self.services.config.limits.connect_timeout):
+                await send_cancel(target.host, target.port, target.pid, target.secret)
         except (OSError, TimeoutError) as exc:
             log.warning("forwarding a cancel request to %r failed: %s", target.connection, exc)
 
@@ -410,5 +492,9 @@ def _parse_sasl_initial(payload: bytes) -> tuple[str, bytes]:
 
 def _negotiate_protocol(params: dict[str, str]) -> bytes:
     unknown = [k for k in params if k.startswith("_pq_.")]
-    body = (0).to_bytes(4, "big") + len(unknown).to_bytes(4, "big") + b"".join(k.encode() + b"\x00" for k in unknown)
+    body = (
+        (0).to_bytes(4, "big")
+        + len(unknown).to_bytes(4, "big")
+        + b"".join(k.encode() + b"\x00" for k in unknown)
+    )
     return b"v" + (len(body) + 4).to_bytes(4, "big") + body

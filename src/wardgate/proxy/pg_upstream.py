@@ -98,16 +98,21 @@ async def _handshake(
             loop = asyncio.get_running_loop()
             try:
                 new_transport = await loop.start_tls(
-                    side.transport, side, ctx, server_hostname=up.host if up.tls == "verify-full" else None
+                    side.transport,
+                    side,
+                    ctx,
+                    server_hostname=up.host if up.tls == "verify-full" else None,
                 )
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 log.warning("TLS to upstream %s:%s failed: %s", up.host, up.port, exc)
                 raise UpstreamUnavailable("TLS to its database server failed") from None
             assert new_transport is not None
-            side.transport = new_transport  # type: ignore[assignment]
+            side.transport = new_transport
             tls = True
         elif up.tls != "prefer":
-            raise UpstreamUnavailable("its database server does not offer TLS, which the connection requires")
+            raise UpstreamUnavailable(
+                "its database server does not offer TLS, which the connection requires"
+            )
     startup = {**params, "user": up.user, "database": up.database}
     side.write(build.startup_message(startup))
     scram: ScramClient | None = None
@@ -120,7 +125,9 @@ async def _handshake(
             if auth.code == 0:
                 continue
             if password is None:
-                log.warning("upstream %s:%s asks for a password and none is configured", up.host, up.port)
+                log.warning(
+                    "upstream %s:%s asks for a password and none is configured", up.host, up.port
+                )
                 raise UpstreamUnavailable("the gateway holds no valid credential for it")
             if auth.code == 3:
                 side.write(build.password_message(password))
@@ -128,7 +135,9 @@ async def _handshake(
                 side.write(build.password_message(build.md5_password(up.user, password, auth.data)))
             elif auth.code == 10:
                 if "SCRAM-SHA-256" not in parse_sasl_mechanisms(auth.data):
-                    raise UpstreamUnavailable("its database server offers no supported authentication")
+                    raise UpstreamUnavailable(
+                        "its database server offers no supported authentication"
+                    )
                 scram = ScramClient(password)
                 side.write(build.sasl_initial_response(ScramClient.mechanism, scram.client_first()))
             elif auth.code == 11 and scram is not None:
@@ -136,21 +145,37 @@ async def _handshake(
                     reply = await asyncio.to_thread(scram.handle_server_first, auth.data)
                     side.write(build.sasl_response(reply))
                 except ScramAuthError:
-                    raise UpstreamUnavailable("authentication to its database server failed") from None
+                    raise UpstreamUnavailable(
+                        "authentication to its database server failed"
+                    ) from None
             elif auth.code == 12 and scram is not None:
                 try:
                     scram.verify_server_final(auth.data)
                 except ScramAuthError:
-                    raise UpstreamUnavailable("its database server failed to prove its identity") from None
+                    raise UpstreamUnavailable(
+                        "its database server failed to prove its identity"
+                    ) from None
             else:
-                raise UpstreamUnavailable("its database server asks for an unsupported authentication method")
+                raise UpstreamUnavailable(
+                    "its database server asks for an unsupported authentication method"
+                )
         elif t == "E":
             fields = parse_error_fields(msg.body)
-            log.warning("upstream %s:%s refused the connection: %s %s", up.host, up.port, fields.sqlstate, fields.message)
+            log.warning(
+                "upstream %s:%s refused the connection: %s %s",
+                up.host,
+                up.port,
+                fields.sqlstate,
+                fields.message,
+            )
             if fields.sqlstate in ("28P01", "28000"):
-                raise UpstreamUnavailable("its database server rejected the gateway's stored credential")
+                raise UpstreamUnavailable(
+                    "its database server rejected the gateway's stored credential"
+                )
             if fields.sqlstate in ("53300", "57P03"):
-                raise UpstreamUnavailable(f"its database server is busy or starting ({fields.message})", fields.sqlstate)
+                raise UpstreamUnavailable(
+                    f"its database server is busy or starting ({fields.message})", fields.sqlstate
+                )
             raise UpstreamUnavailable(f"its database server refused the session: {fields.message}")
         elif t == "S":
             result.parameter_status.append(msg.raw)
@@ -166,12 +191,13 @@ async def _handshake(
             raise ProtocolError(f"unexpected message {t!r} during upstream startup")
 
 
-async def send_cancel(host: str, port: int, pid: int, secret: bytes, timeout: float) -> None:
-    """Forward a cancel request; PostgreSQL answers by closing the socket."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+async def send_cancel(host: str, port: int, pid: int, secret: bytes) -> None:
+    """Forward a cancel request; PostgreSQL answers by closing the socket.
+    The caller bounds it with asyncio.timeout."""
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(build.cancel_request(pid, secret))
         await writer.drain()
-        await asyncio.wait_for(reader.read(1), timeout)
+        await reader.read(1)
     finally:
         writer.close()

@@ -27,12 +27,13 @@ class Tasks:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("task %s failed: %s", task.get_name(), exc, exc_info=exc)
 
-    async def cancel_all(self, timeout: float = 5.0) -> None:
+    async def cancel_all(self) -> None:
+        """Cancel every task and wait for them (bound it with asyncio.timeout)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks)
 
     def __len__(self) -> int:
         return len(self._tasks)

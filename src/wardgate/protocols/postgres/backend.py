@@ -140,7 +140,7 @@ class BackendScanner:
             if n:
                 items.append(memoryview(data)[pos : pos + n])
             self._skip = remaining - n
-            return pos + n
+            return int(pos + n)
         if length > self.max_message_bytes:
             raise ProtocolError(f"server message of {length} bytes exceeds the limit")
         need = 1 + length - len(partial)

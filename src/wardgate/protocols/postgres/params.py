@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Callable
 
 MAX_PARAM_CHARS = 1024
 
-_BINARY_DECODERS = {
+_BINARY_DECODERS: dict[int, Callable[[bytes], str]] = {
     16: lambda b: "true" if b == b"\x01" else "false",
     20: lambda b: str(struct.unpack("!q", b)[0]),
     21: lambda b: str(struct.unpack("!h", b)[0]),
