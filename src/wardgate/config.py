@@ -259,17 +259,25 @@ class ConfigError(Exception):
 
 
 def _positions(
-    node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    out: dict[tuple[str | int, ...], int],
+    duplicates: list[tuple[tuple[str | int, ...], int]],
 ) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key_node, value_node in node.value:
             key = key_node.value
+            if key in seen:
+                # YAML silently keeps the last one; in a policy file that hides a rule.
+                duplicates.append(((*path, key), key_node.start_mark.line + 1))
+            seen.add(key)
             out[(*path, key)] = key_node.start_mark.line + 1
-            _positions(value_node, (*path, key), out)
+            _positions(value_node, (*path, key), out, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _positions(item, (*path, i), out)
+            _positions(item, (*path, i), out, duplicates)
 
 
 def _line_for(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
@@ -311,8 +319,16 @@ def parse_config(text: str, file: Path) -> Config:
             [f"{file}:1: the config must be a mapping of keys (store, connections, ...)"]
         )
     lines: dict[tuple[str | int, ...], int] = {}
+    duplicates: list[tuple[tuple[str | int, ...], int]] = []
     if node is not None:
-        _positions(node, (), lines)
+        _positions(node, (), lines, duplicates)
+    if duplicates:
+        raise ConfigError(
+            [
+                f"{file}:{line}: {_dotted(loc)}: duplicate key (an earlier one would be ignored)"
+                for loc, line in duplicates
+            ]
+        )
     data["base_dir"] = str(file.resolve().parent)
     try:
         return Config.model_validate(data)

@@ -183,6 +183,9 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     ((node_type, fields),) = stmt.items()
     klass, kinds = _classify_node(node_type, fields)
     explain_executes = node_type == "ExplainStmt" and "explain_analyze" in kinds
+    if node_type == "ExplainStmt" and not explain_executes:
+        # Plain EXPLAIN plans the statement without running it.
+        return StatementInfo(klass=klass, kinds=tuple(kinds), text=text)
     # Everything nested counts: CTE writes, sub-selects INTO, side-effecting functions.
     for inner_type, inner in _walk(fields):
         inner_class: str | None = None

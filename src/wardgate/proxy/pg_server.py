@@ -219,9 +219,13 @@ class PgListener:
                     raise ProtocolError("data sent after SSLRequest before the TLS handshake")
                 client.write(build.ssl_accept())
                 loop = asyncio.get_running_loop()
-                transport = await loop.start_tls(
-                    client.transport, client, services.server_tls, server_side=True
-                )
+                try:
+                    transport = await loop.start_tls(
+                        client.transport, client, services.server_tls, server_side=True
+                    )
+                except OSError as exc:  # ssl.SSLError too: a reset, or no ClientHello
+                    log.info("TLS handshake with %s failed: %s", addr, exc)
+                    raise ConnectionClosed from None
                 if transport is None:
                     raise ConnectionClosed
                 client.transport = transport

@@ -75,7 +75,9 @@ class _Side(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if not self.closed:
+        # is_closing(): a transport can be closed without connection_lost reaching us
+        # (a failed start_tls closes the raw one), and uvloop raises on writing to it.
+        if not self.closed and not self.transport.is_closing():
             self.transport.write(data)
 
     def close(self) -> None:

