@@ -9,7 +9,8 @@ certificate generated here (SAN: localhost, 127.0.0.1), and these logins:
 * ``trust_user``: trust.
 
 The binaries are the newest ``/usr/lib/postgresql/*/bin``; as tests run as root, they
-run as the ``postgres`` OS user (``runuser``) on a data directory it owns.
+run as the ``postgres`` OS user (``runuser``) on a data directory it owns; a non-root
+run starts them as the current user. The cluster superuser is ``postgres`` either way.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ from wardgate.identity.scram import ScramClient
 from wardgate.protocols.postgres import build
 
 OS_USER = "postgres"
+SUPERUSER = "postgres"
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: root runs it as the postgres OS user."""
+    return ["runuser", "-u", OS_USER, "--", *args] if os.geteuid() == 0 else args
 
 
 # -- certificates ---------------------------------------------------------------------
@@ -129,14 +136,14 @@ class PgCluster:
         return psycopg.connect(
             host=str(self.socket_dir),
             port=self.port,
-            user=OS_USER,
+            user=SUPERUSER,
             dbname="postgres",
             autocommit=True,
         )
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            ["runuser", "-u", OS_USER, "--", *args],
+            _as_postgres(list(args)),
             capture_output=True,
             text=True,
             timeout=60,
@@ -151,19 +158,17 @@ class PgCluster:
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             subprocess.run(
-                [
-                    "runuser",
-                    "-u",
-                    OS_USER,
-                    "--",
-                    str(self.bindir / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
+                _as_postgres(
+                    [
+                        str(self.bindir / "pg_ctl"),
+                        "-D",
+                        str(self.data),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                    ]
+                ),
                 capture_output=True,
                 timeout=60,
                 cwd=str(self.root),
@@ -182,16 +187,19 @@ def start_cluster() -> PgCluster:
     if bindir is None:
         missing("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb, pg_ctl)")
     assert bindir is not None
-    if shutil.which("runuser") is None:
-        missing("runuser is not installed")
-    try:
-        pw = pwd.getpwnam(OS_USER)
-    except KeyError:
-        missing(f"no {OS_USER!r} OS user to run PostgreSQL as")
-        raise
+    owner = (os.geteuid(), os.getegid())
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            missing("runuser is not installed (needed to run PostgreSQL as non-root)")
+        try:
+            pw = pwd.getpwnam(OS_USER)
+        except KeyError:
+            missing(f"no {OS_USER!r} OS user to run PostgreSQL as")
+            raise
+        owner = (pw.pw_uid, pw.pw_gid)
     root = Path(tempfile.mkdtemp(prefix="wardgate-pgc-"))
-    root.chmod(0o755)  # the gateway (root) reads the certificate; postgres owns everything
-    os.chown(root, pw.pw_uid, pw.pw_gid)
+    root.chmod(0o755)  # the gateway reads the certificate; the server's user owns everything
+    os.chown(root, *owner)
     cluster = PgCluster(
         root=root,
         bindir=bindir,
@@ -205,7 +213,7 @@ def start_cluster() -> PgCluster:
             "-D",
             str(cluster.data),
             "-U",
-            OS_USER,
+            SUPERUSER,
             "--auth-local=trust",
             "--auth-host=reject",
             "--no-sync",
@@ -220,7 +228,7 @@ def start_cluster() -> PgCluster:
             (cert, cluster.cert),
         ):
             shutil.copyfile(src, dst)
-            os.chown(dst, pw.pw_uid, pw.pw_gid)
+            os.chown(dst, *owner)
         (cluster.data / "server.key").chmod(0o600)
         shutil.rmtree(root / "tls-tmp")
         with open(cluster.data / "postgresql.conf", "a") as conf:
@@ -240,7 +248,7 @@ shared_buffers = 16MB
 """
             )
         (cluster.data / "pg_hba.conf").write_text(
-            "local all postgres trust\n"
+            f"local all {SUPERUSER} trust\n"
             "hostssl all scram_user 127.0.0.1/32 scram-sha-256\n"
             "hostnossl all scram_user 127.0.0.1/32 reject\n"
             "host all md5_user 127.0.0.1/32 md5\n"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
+from tests.conftest import PG_USER
 from tests.integration.conftest import Gateway, base_config, make_gateway
 from tests.integration.pg_cluster import RawClient, make_self_signed, startup_error
 from wardgate.identity.scram import ScramClient
@@ -247,7 +249,7 @@ def test_policy_bypassing_startup_parameters_are_refused(
     auth_gw: Gateway, params: dict[str, str], expected: str
 ) -> None:
     with pytest.raises(psycopg.OperationalError) as info:
-        psycopg.connect(auth_gw.dsn("dev"), **params)
+        psycopg.connect(make_conninfo(auth_gw.dsn("dev"), **params))
     assert expected in str(info.value)
     fields = startup_error(auth_gw.port, "dev", auth_gw.token("dev"), "it", **params)
     assert fields["C"] == "42501"
@@ -270,4 +272,4 @@ def test_allowed_startup_options(auth_gw: Gateway) -> None:
     ) as conn:
         assert conn.execute("show search_path").fetchone() == ("public",)
         assert conn.execute("show statement_timeout").fetchone() == ("5s",)
-        assert conn.execute("select current_user").fetchone() != ("dev",)
+        assert conn.execute("select current_user").fetchone() == (PG_USER,)

@@ -213,3 +213,27 @@ def test_cancel_crosses_workers_deterministically(two_workers: Gateway) -> None:
         replies = session.read_until("Z")
         assert replies[-1].type == "E" and replies[-1].fields["C"] == "57014", replies
         assert session.read_message().type == "Z"
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_workers_share_one_generated_certificate(
+    it_database: str, tmp_path: Path, round_: int
+) -> None:
+    """On the first start every worker wants the self-signed pair at once: all must come
+    up, with the same certificate (verify-full against the file works on any of them)."""
+    gw = make_gateway(tmp_path / f"gw8-{round_}", "workers: 8\n" + base_config(it_database))
+    gw.start()
+    try:
+        deadline = time.monotonic() + 15
+        while sum(f"worker {i}: PostgreSQL listener" in gw.log for i in range(8)) < 8:
+            assert "failed" not in gw.log, gw.log
+            assert time.monotonic() < deadline, gw.log
+            time.sleep(0.1)
+        cert = gw.workdir / ".wardgate" / "tls" / "server.crt"
+        for _ in range(8):  # new connections land on any of the workers
+            dsn = gw.dsn("dev", sslmode="verify-full", sslrootcert=str(cert))
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+        assert "failed" not in gw.log, gw.log
+    finally:
+        gw.stop()

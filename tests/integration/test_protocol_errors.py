@@ -93,6 +93,26 @@ def test_garbage_startup_packet(proto_gw: Gateway, data: bytes) -> None:
         assert fields["M"].startswith("wardgate: protocol violation"), fields
 
 
+def test_newer_protocol_minor_is_negotiated_down(proto_gw: Gateway) -> None:
+    """A 3.2 client (libpq 18 with max_protocol_version=3.2) is told "3.0", as PostgreSQL
+    15 tells it, and the session goes on in 3.0."""
+    with psycopg.connect(proto_gw.dsn("dev", max_protocol_version="3.2")) as conn:
+        assert conn.info.pgconn.protocol_version == 3
+        assert conn.execute("select 1").fetchone() == (1,)
+    with RawClient(proto_gw.port) as client:
+        client.send(
+            build.startup_message(
+                {"user": "dev", "database": "it", "_pq_.future": "on"}, protocol=(3 << 16) | 2
+            )
+        )
+        msg = client.read_message()
+        assert msg.type == "v", msg
+        version, count = struct.unpack("!ii", msg.body[:8])
+        assert (version >> 16, version & 0xFFFF) == (3, 0)
+        assert count == 1 and msg.body[8:] == b"_pq_.future\x00"
+        assert client.read_message().auth_code == 10  # authentication goes on
+
+
 def test_unsupported_protocol_major_version(proto_gw: Gateway) -> None:
     with RawClient(proto_gw.port) as client:
         client.send(build.startup_message({"user": "dev", "database": "it"}, protocol=4 << 16))

@@ -476,3 +476,60 @@ def test_blocked_write_never_reaches_server(
     with pytest.raises(errors.InsufficientPrivilege):
         agent.execute(f"insert into {t} values (%s)", (7,))
     assert count_rows(it_database, t) == 0
+
+
+@pytest.mark.parametrize(("principal", "allowed"), [("dev", True), ("agent", False)])
+def test_protocol_execute_of_sql_prepared_statement_is_judged_like_execute(
+    gateway: Gateway, principal: str, allowed: bool
+) -> None:
+    """A statement made by SQL PREPARE can be run by a protocol-level Bind/Execute too.
+    The gateway cannot see what it runs either way, so both get the verdict of EXECUTE."""
+    name = unique("pg3_sqlprep")
+    with psycopg.connect(gateway.dsn(principal), autocommit=True) as conn:
+        conn.execute(f"prepare {name} as select 'prepared by sql'")
+        outcomes: list[str] = []
+        try:
+            conn.execute(f"execute {name}")
+            outcomes.append("ok")
+        except errors.InsufficientPrivilege:
+            outcomes.append("blocked")
+        res = conn.pgconn.exec_prepared(name.encode(), [])  # Bind, Describe, Execute, Sync
+        if res.status == psycopg.pq.ExecStatus.TUPLES_OK:
+            assert res.get_value(0, 0) == b"prepared by sql"
+            outcomes.append("ok")
+        else:
+            assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42501"
+            assert BLOCKED in (res.error_message or b"").decode()
+            outcomes.append("blocked")
+        assert outcomes == (["ok", "ok"] if allowed else ["blocked", "blocked"])
+        assert conn.execute("select 'usable'").fetchone() == ("usable",)
+
+
+def test_large_messages_over_tls(gateway: Gateway) -> None:
+    with psycopg.connect(gateway.dsn("dev", sslmode="require"), autocommit=True) as conn:
+        assert conn.pgconn.ssl_in_use
+        row = conn.execute("select md5(repeat('z', 3000000)), repeat('z', 3000000)").fetchone()
+        assert row is not None and len(row[1]) == 3_000_000
+        blob = bytes(range(256)) * 6000
+        assert conn.execute("select md5(%s::bytea)", (blob,)).fetchone() == (
+            hashlib.md5(blob).hexdigest(),
+        )
+
+
+def test_non_utf8_client_encoding(gateway: Gateway) -> None:
+    """PostgreSQL converts from the client's encoding; LATIN1 clients send LATIN1 bytes."""
+    with admin_conn() as direct:
+        direct.execute("set client_encoding = 'LATIN1'")
+        expected = direct.execute("select 'café', length('café')").fetchone()
+    assert expected == ("café", 4)
+    try:
+        with psycopg.connect(gateway.dsn("dev"), autocommit=True, client_encoding="latin1") as conn:
+            assert conn.info.encoding == "iso8859-1"
+            assert conn.execute("select 'café', length('café')").fetchone() == expected
+            assert conn.execute("select %s::text", ("naïve",)).fetchone() == ("naïve",)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            "a client whose client_encoding is LATIN1 loses its session at the first non-ASCII "
+            "character: the gateway decodes every SQL string as UTF-8 and answers anything "
+            f"else with a FATAL protocol violation. Gateway said: {exc}"
+        )

@@ -30,7 +30,9 @@ def test_sighup_reloads_policy_inside_an_open_session(it_database: str, tmp_path
 
             # A broken file is refused; the running policy stays.
             good = gw.config_path.read_text()
-            gw.config_path.write_text(good.replace("reader: {read: allow,", "reader: {read: maybe,"))
+            gw.config_path.write_text(
+                good.replace("reader: {read: allow,", "reader: {read: maybe,")
+            )
             assert gw.proc is not None
             gw.proc.send_signal(signal.SIGHUP)
             _wait_for_log(gw, "config reload refused")

@@ -5,6 +5,9 @@ fail, without the stored credential or the upstream's identity ever reaching the
 from __future__ import annotations
 
 import secrets
+import socket
+import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +18,8 @@ import pytest
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import PgCluster, RawClient, make_self_signed, startup_error
+from wardgate.identity.scram import ScramServer, ScramVerifierSet, derive_keys
+from wardgate.protocols.postgres import build
 
 ROLES = "{agents: reader, engineers: engineer}"
 VAULT_SECRET = "upstream.scram"
@@ -24,9 +29,150 @@ def _connection(name: str, upstream: str) -> str:
     return f"{name}:\n  type: postgres\n  upstream: {{{upstream}}}\n  roles: {ROLES}\n"
 
 
+# -- misbehaving upstream servers ------------------------------------------------------------
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = conn.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("closed")
+        out += chunk
+    return out
+
+
+def _recv_startup(conn: socket.socket) -> bytes:
+    (length,) = struct.unpack("!i", _recv_exact(conn, 4))
+    return _recv_exact(conn, length - 4)
+
+
+def _recv_typed(conn: socket.socket) -> tuple[bytes, bytes]:
+    header = _recv_exact(conn, 5)
+    (length,) = struct.unpack("!i", header[1:])
+    return header[:1], _recv_exact(conn, length - 4)
+
+
+def _fake_scram_bad_signature(conn: socket.socket, password: str) -> None:
+    """A server that checks the gateway's proof (so it knows the password) but then
+    signs with the wrong key: the gateway must not trust it."""
+    salt = secrets.token_bytes(16)
+    server = ScramServer(ScramVerifierSet(salt, 4096, (derive_keys(password, salt, 4096, "k"),)))
+    _recv_startup(conn)
+    conn.sendall(build.auth_sasl(["SCRAM-SHA-256"]))
+    _, body = _recv_typed(conn)
+    nul = body.index(b"\x00")
+    conn.sendall(build.auth_sasl_continue(server.handle_client_first(body[nul + 5 :])))
+    _, body = _recv_typed(conn)
+    server.handle_client_final(body)  # the proof is right...
+    conn.sendall(build.auth_sasl_final(b"v=" + b"A" * 43 + b"="))  # ...the signature is not
+    conn.recv(100)
+
+
+class FakeUpstream:
+    """A TCP server on 127.0.0.1 playing a broken or hostile PostgreSQL server."""
+
+    def __init__(self, behaviour: str, password: str = "") -> None:
+        self.behaviour = behaviour
+        self.password = password
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            b = self.behaviour
+            if b == "silent":
+                while not self.stopping.is_set() and conn.recv(100):
+                    pass
+            elif b == "garbage":
+                _recv_startup(conn)
+                conn.sendall(b"\xff" * 64)
+                conn.recv(100)
+            elif b == "close":
+                _recv_startup(conn)
+            elif b == "gss":
+                _recv_startup(conn)
+                conn.sendall(b"R" + struct.pack("!ii", 8, 7))  # AuthenticationGSS
+                conn.recv(100)
+            elif b == "ssl-junk":
+                _recv_startup(conn)  # the SSLRequest
+                conn.sendall(b"N" + build.error_response("XX000", "injected before startup"))
+                conn.recv(100)
+            elif b == "too-many":
+                _recv_startup(conn)
+                conn.sendall(
+                    build.error_response(
+                        "53300", "sorry, too many clients already", severity="FATAL"
+                    )
+                )
+            elif b == "bad-signature":
+                _fake_scram_bad_signature(conn, self.password)
+            elif b == "skip-final":
+                # Starts SCRAM, then declares success without ever proving anything.
+                _recv_startup(conn)
+                conn.sendall(build.auth_sasl(["SCRAM-SHA-256"]))
+                _recv_typed(conn)
+                conn.sendall(
+                    build.auth_ok()
+                    + build.backend_key_data(1, b"fake")
+                    + build.ready_for_query(b"I")
+                )
+                conn.recv(100)
+        except (OSError, ConnectionError):
+            pass
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+FAKES = ("silent", "garbage", "close", "gss", "ssl-junk", "too-many", "bad-signature", "skip-final")
+
+
+@pytest.fixture(scope="module")
+def fakes(pg_cluster: PgCluster) -> Iterator[dict[str, FakeUpstream]]:
+    servers = {b: FakeUpstream(b, pg_cluster.passwords["scram_user"]) for b in FAKES}
+    yield servers
+    for server in servers.values():
+        server.close()
+    errors = [e for server in servers.values() for e in server.errors]
+    assert not errors, errors
+
+
 @pytest.fixture(scope="module")
 def upstream_gw(
-    it_database: str, pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
+    it_database: str,
+    pg_cluster: PgCluster,
+    fakes: dict[str, FakeUpstream],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("upstream-gw")
     wrong_ca, _ = make_self_signed(tmp / "wrong-ca", "not the upstream")
@@ -76,9 +222,28 @@ def upstream_gw(
                 "up_no_tls",
                 f"host: {PG_HOST}, port: {PG_PORT}, database: postgres, user: {PG_USER}, tls: require",
             ),
+            _connection(
+                "up_prefer", f"{up}, user: scram_user, password: env:WG_UP_SCRAM, tls: prefer"
+            ),
+            _connection(
+                "up_prefer_plain",
+                f"host: {PG_HOST}, port: {PG_PORT}, database: postgres, user: {PG_USER}, tls: prefer",
+            ),
+            *(
+                _connection(
+                    "fake_" + b.replace("-", "_"),
+                    f"host: 127.0.0.1, port: {server.port}, database: x, user: fake,"
+                    f" password: env:WG_UP_SCRAM, tls: {'prefer' if b == 'ssl-junk' else 'disable'}",
+                )
+                for b, server in fakes.items()
+            ),
         ]
     )
-    gw = make_gateway(tmp / "gw", base_config(it_database, extra))
+    config = base_config(it_database, extra).replace(
+        "max_message_bytes: 4194304}", "max_message_bytes: 4194304, connect_timeout: 2s}"
+    )
+    assert "connect_timeout: 2s" in config
+    gw = make_gateway(tmp / "gw", config)
     gw.env["WG_UP_MD5"] = c.passwords["md5_user"]
     gw.env["WG_UP_SCRAM"] = c.passwords["scram_user"]
     gw.env["WG_UP_BAD"] = "wrong-" + secrets.token_urlsafe(12)
@@ -116,6 +281,8 @@ def _who(gw: Gateway, connection: str) -> tuple[str, bool]:
         ("up_vault", "scram_user", True),
         ("up_verify", "scram_user", True),
         ("up_verify_ca", "scram_user", True),
+        ("up_prefer", "scram_user", True),
+        ("up_prefer_plain", PG_USER, False),
     ],
 )
 def test_upstream_login_methods(
@@ -271,3 +438,104 @@ def test_upstream_logs_show_session_setup(upstream_gw: Gateway, pg_cluster: PgCl
             "select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'scram_user'"
         ).fetchone()
     assert method == (True,)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "sqlstate", "reason"),
+    [
+        ("silent", "08006", "did not complete the connection"),  # after connect_timeout
+        ("garbage", "08006", "did not complete the connection"),
+        ("close", "08006", "did not complete the connection"),
+        ("gss", "08006", "asks for an unsupported authentication method"),
+        ("ssl-junk", "08006", "did not complete the connection"),
+        ("too-many", "53300", "busy or starting"),
+        ("bad-signature", "08006", "failed to prove its identity"),
+        ("skip-final", "08006", "failed to prove its identity"),
+    ],
+)
+def test_misbehaving_upstream(
+    upstream_gw: Gateway,
+    fakes: dict[str, FakeUpstream],
+    behaviour: str,
+    sqlstate: str,
+    reason: str,
+) -> None:
+    connection = "fake_" + behaviour.replace("-", "_")
+    token = upstream_gw.token("dev")
+    started = time.monotonic()
+    fields = startup_error(upstream_gw.port, "dev", token, connection)
+    elapsed = time.monotonic() - started
+    assert fakes[behaviour].accepted >= 1, "the gateway never dialled the fake server"
+    assert fields["C"] == sqlstate, fields
+    assert reason in fields["M"], fields
+    assert f'connection "{connection}"' in fields["M"], fields
+    assert "injected" not in repr(fields)  # nothing the fake said before startup leaks
+    assert elapsed < 5, f"took {elapsed:.1f} s with connect_timeout: 2s"
+    _assert_no_secret(upstream_gw, repr(fields))
+
+
+def _wait_active(cluster: PgCluster, user: str) -> int:
+    deadline = time.monotonic() + 10
+    with cluster.admin() as admin:
+        while time.monotonic() < deadline:
+            row = admin.execute(
+                "select pid from pg_stat_activity where usename = %s and state = 'active'"
+                " and query like 'select pg_sleep%%'",
+                (user,),
+            ).fetchone()
+            if row:
+                return int(row[0])
+            time.sleep(0.02)
+    raise AssertionError("the query never started upstream")
+
+
+def test_cancel_on_tls_scram_upstream(upstream_gw: Gateway, pg_cluster: PgCluster) -> None:
+    """The upstream session is TLS-only (hostnossl ... reject); the forwarded
+    CancelRequest still reaches it."""
+    with psycopg.connect(upstream_gw.dsn("dev", "up_verify"), autocommit=True) as conn:
+        errors: list[BaseException] = []
+
+        def cancel() -> None:
+            try:
+                _wait_active(pg_cluster, "scram_user")
+                conn.cancel_safe()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("select pg_sleep(30)")
+        finally:
+            thread.join(15)
+        assert not errors, errors
+        assert time.monotonic() - started < 5
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_backend_terminated_mid_query(upstream_gw: Gateway, pg_cluster: PgCluster) -> None:
+    with psycopg.connect(upstream_gw.dsn("dev", "up_md5"), autocommit=True) as conn:
+        killed: list[object] = []
+
+        def kill() -> None:
+            try:
+                pid = _wait_active(pg_cluster, "md5_user")
+                with pg_cluster.admin() as admin:
+                    killed.append(
+                        admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone()
+                    )
+            except BaseException as exc:
+                killed.append(exc)
+
+        thread = threading.Thread(target=kill)
+        thread.start()
+        try:
+            with pytest.raises(psycopg.errors.AdminShutdown):
+                conn.execute("select pg_sleep(30)")
+        finally:
+            thread.join(15)
+        assert killed == [(True,)], killed
+    with psycopg.connect(upstream_gw.dsn("dev", "up_md5"), autocommit=True) as again:
+        assert again.execute("select 'alive'").fetchone() == ("alive",)

@@ -150,6 +150,10 @@ class PgRelay:
             out.append(raw)
         elif isinstance(msg, m.Bind):
             sql, types = self._statements.get(msg.statement, (None, ()))
+            if sql is None:
+                # Not parsed through this session: a statement made by SQL PREPARE. What it
+                # runs is not visible here, so running it is judged as SQL EXECUTE is.
+                sql = 'EXECUTE "' + msg.statement.replace('"', '""') + '"'
             self._portals[msg.portal] = (sql, describe_params(msg.params, msg.param_formats, types))
             self._pending.append(_Pending(BIND))
             out.append(raw)

@@ -496,8 +496,10 @@ def _parse_sasl_initial(payload: bytes) -> tuple[str, bytes]:
 
 def _negotiate_protocol(params: dict[str, str]) -> bytes:
     unknown = [k for k in params if k.startswith("_pq_.")]
+    # The first field is the full version the server speaks (major << 16 | minor), as
+    # PostgreSQL sends it; a bare 0 reads as "2.0" and libpq 18 gives up on the connection.
     body = (
-        (0).to_bytes(4, "big")
+        PROTOCOL_3_0.to_bytes(4, "big")
         + len(unknown).to_bytes(4, "big")
         + b"".join(k.encode() + b"\x00" for k in unknown)
     )

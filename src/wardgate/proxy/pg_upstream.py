@@ -116,6 +116,7 @@ async def _handshake(
     startup = {**params, "user": up.user, "database": up.database}
     side.write(build.startup_message(startup))
     scram: ScramClient | None = None
+    scram_verified = False
     result = Upstream(side, 0, b"", tls)
     while True:
         msg = await side.read()
@@ -123,6 +124,11 @@ async def _handshake(
         if t == "R":
             auth = parse_auth_request(msg.body)
             if auth.code == 0:
+                if scram is not None and not scram_verified:
+                    # SCRAM begun but AuthenticationOk without SASLFinal: the server never
+                    # proved it knows the password. PostgreSQL never does this; an impostor does.
+                    log.warning("upstream %s:%s skipped the SCRAM server proof", up.host, up.port)
+                    raise UpstreamUnavailable("its database server failed to prove its identity")
                 continue
             if password is None:
                 log.warning(
@@ -155,6 +161,7 @@ async def _handshake(
                     raise UpstreamUnavailable(
                         "its database server failed to prove its identity"
                     ) from None
+                scram_verified = True
             else:
                 raise UpstreamUnavailable(
                     "its database server asks for an unsupported authentication method"

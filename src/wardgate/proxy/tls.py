@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import logging
 import os
@@ -65,17 +66,23 @@ def generate_self_signed(directory: Path, hostname: str = "localhost") -> tuple[
 
 def server_context(config: Config) -> ssl.SSLContext:
     """The context offered on SSLRequest: the configured pair, or a generated one."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if config.tls.cert and config.tls.key:
-        cert, key = config.path(config.tls.cert), config.path(config.tls.key)
-    else:
-        directory = config.data_path / "tls"
-        cert, key = directory / "server.crt", directory / "server.key"
+        ctx.load_cert_chain(config.path(config.tls.cert), config.path(config.tls.key))
+        return ctx
+    directory = config.data_path / "tls"
+    cert, key = directory / "server.crt", directory / "server.key"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # All workers (and replicas sharing data_dir) get here at once: one generates the pair
+    # under the lock while the others wait, then load it. Unlocked, two generators interleave
+    # their writes and leave a key that does not match the certificate.
+    with open(directory / ".generate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not (cert.exists() and key.exists()):
             cert, key = generate_self_signed(directory)
             log.info("generated a self-signed TLS certificate at %s", cert)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
+        ctx.load_cert_chain(cert, key)
     return ctx
 
 
