@@ -533,3 +533,20 @@ def test_non_utf8_client_encoding(gateway: Gateway) -> None:
             "character: the gateway decodes every SQL string as UTF-8 and answers anything "
             f"else with a FATAL protocol violation. Gateway said: {exc}"
         )
+
+
+@pytest.mark.parametrize("how", ["startup", "set"])
+def test_encodings_the_gateway_cannot_read_safely_are_refused(gateway: Gateway, how: str) -> None:
+    """In SJIS a multibyte character can end in a quote byte: misreading it would let a
+    statement hide inside a string literal, so such a session ends rather than guess."""
+    if how == "startup":
+        with pytest.raises(
+            psycopg.OperationalError, match="client_encoding 'SJIS' is not supported"
+        ):
+            psycopg.connect(gateway.dsn("dev"), client_encoding="sjis")
+        return
+    with psycopg.connect(gateway.dsn("dev"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="is not supported by the"):
+            conn.execute("set client_encoding = 'SJIS'")
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")  # the session has ended

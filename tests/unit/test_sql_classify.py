@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wardgate.policy.sql import classify
+from wardgate.policy.sql import _classify_text, classify
 
 CASES = [
     # (sql, class, a kind that must be present)
@@ -38,7 +38,18 @@ CASES = [
     ("copy t to stdout", "read", "copy_to"),
     ("copy (delete from t returning *) to stdout", "write", "delete"),
     ("set role admin", "admin", "set_role"),
-    ("reset role", "admin", "set_role"),
+    ("reset role", "read", "reset_role"),
+    ("set session authorization default", "read", "reset_role"),
+    ("set role none", "admin", "set_role"),
+    ("reset all", "read", "set"),
+    ("select set_config('jit', 'off', false)", "read", "function:set_config"),
+    ("select set_config($1, 'off', false)", "admin", "function:set_config"),
+    ("select pg_notify('ch', 'payload')", "write", "function:pg_notify"),
+    ("set transaction read write", "admin", "read_only_off"),
+    ("set transaction read only", "read", "transaction_mode"),
+    ("set session characteristics as transaction read write", "admin", "read_only_off"),
+    ("begin read write", "admin", "read_only_off"),
+    ("start transaction isolation level serializable", "read", "transaction_mode"),
     ("set session authorization admin", "admin", "set_session"),
     ("set default_transaction_read_only = off", "admin", "read_only_off"),
     ("set transaction_read_only = off", "admin", "read_only_off"),
@@ -92,3 +103,17 @@ def test_statements_differing_in_literals_share_a_class_but_do_blocks_do_not() -
 def test_empty_query_has_no_statements() -> None:
     assert classify("") == ()
     assert classify(" ; ") == ()
+
+
+def test_the_fingerprint_cache_never_lends_one_statements_class_to_another() -> None:
+    """Fingerprints ignore literals and some options (BEGIN vs BEGIN READ WRITE share one).
+
+    Warm the cache with every statement of the table, then each must still get exactly
+    what a fresh parse gives it.
+    """
+    for sql, _, _ in CASES:
+        classify(sql)
+    for sql, _, _ in CASES:
+        (cached,) = classify(sql)
+        (fresh,) = _classify_text(sql)
+        assert (cached.klass, cached.kinds) == (fresh.klass, fresh.kinds), sql

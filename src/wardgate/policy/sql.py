@@ -93,14 +93,14 @@ _ADMIN_FUNCTIONS = frozenset(
     {
         "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
         "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import",
-        "lo_export", "set_config", "dblink", "dblink_exec", "dblink_connect", "pg_promote",
+        "lo_export", "dblink", "dblink_exec", "dblink_connect", "pg_promote",
         "pg_switch_wal", "pg_create_restore_point", "pg_start_backup", "pg_stop_backup",
         "pg_backup_start", "pg_backup_stop", "pg_file_write", "pg_logical_emit_message",
         "query_to_xml", "query_to_xml_and_xmlschema", "cursor_to_xml", "table_to_xml",
     }
 )  # fmt: skip
 _WRITE_FUNCTIONS = frozenset(
-    {"nextval", "setval", "lo_create", "lo_unlink", "lo_put", "pg_advisory_lock"}
+    {"nextval", "setval", "lo_create", "lo_unlink", "lo_put", "pg_advisory_lock", "pg_notify"}
 )
 
 
@@ -126,7 +126,54 @@ def _func_name(fields: dict[str, Any]) -> str:
     return parts[-1].lower() if parts else ""
 
 
+def _setting_class(name: str) -> tuple[str, list[str]]:
+    kind = _GUARDED_SETTINGS.get(name.lower(), "set")
+    return ("read", ["set"]) if kind == "set" else ("admin", [kind])
+
+
+def _turns_read_only_off(options: list[Any]) -> bool:
+    """True when transaction modes (SET TRANSACTION, BEGIN ...) include READ WRITE."""
+    for option in options:
+        elem = option.get("DefElem", {})
+        if elem.get("defname") == "transaction_read_only":
+            # READ WRITE is the integer constant 0, which pglast's JSON leaves empty.
+            if not elem.get("arg", {}).get("A_Const", {}).get("ival", {}).get("ival"):
+                return True
+    return False
+
+
+def _classify_set(fields: dict[str, Any]) -> tuple[str, list[str]]:
+    name = str(fields.get("name", "")).lower()
+    kind = fields.get("kind")
+    if kind == "VAR_RESET_ALL":
+        # RESET ALL leaves role, session authorization and transaction_read_only alone
+        # (PostgreSQL marks them GUC_NO_RESET_ALL): poolers send it on every release.
+        return "read", ["set"]
+    if kind == "VAR_SET_MULTI":
+        if _turns_read_only_off(fields.get("args", [])):
+            return "admin", ["transaction_mode", "read_only_off"]
+        return "read", ["transaction_mode"]
+    if name in ("role", "session_authorization") and kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
+        # Back to the credential the gateway dialled with: no privilege is gained.
+        return "read", ["reset_role"]
+    return _setting_class(name)
+
+
+def _classify_set_config(call: dict[str, Any]) -> tuple[str, list[str]]:
+    """set_config(name, value, is_local) is judged like SET name when name is a literal."""
+    args = call.get("args", [])
+    literal = args[0].get("A_Const", {}).get("sval", {}).get("sval") if args else None
+    if not isinstance(literal, str):
+        return "admin", ["function:set_config"]  # the setting is chosen at run time
+    klass, kinds = _setting_class(literal)
+    return klass, ["function:set_config", *kinds]
+
+
 def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[str]]:
+    if node_type == "TransactionStmt" and fields.get("options"):
+        if _turns_read_only_off(fields["options"]):
+            return "admin", ["transaction", "transaction_mode", "read_only_off"]
+        return "read", ["transaction", "transaction_mode"]
     if node_type in _FIXED:
         klass, kind = _FIXED[node_type]
         return klass, [kind]
@@ -159,12 +206,7 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
             ]  # the inner statement executes: see classify_statement
         return "read", ["explain"]
     if node_type == "VariableSetStmt":
-        name = str(fields.get("name", "")).lower()
-        if name in _GUARDED_SETTINGS and _GUARDED_SETTINGS[name] != "set":
-            return "admin", [_GUARDED_SETTINGS[name]]
-        if fields.get("kind") == "VAR_RESET_ALL":
-            return "admin", ["set_role"]  # RESET ALL also resets the role
-        return "read", ["set"]
+        return _classify_set(fields)
     if node_type in ("PrepareStmt", "DeclareCursorStmt", "CreateTableAsStmt", "ViewStmt"):
         base = {"PrepareStmt": ("read", "prepare"), "DeclareCursorStmt": ("read", "declare_cursor")}
         if node_type in base:
@@ -195,7 +237,9 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
             inner_class, inner_kinds = _classify_node(inner_type, inner)
         elif inner_type == "FuncCall":
             name = _func_name(inner)
-            if name in _ADMIN_FUNCTIONS:
+            if name == "set_config":
+                inner_class, inner_kinds = _classify_set_config(inner)
+            elif name in _ADMIN_FUNCTIONS:
                 inner_class, inner_kinds = "admin", [f"function:{name}"]
             elif name in _WRITE_FUNCTIONS:
                 inner_class, inner_kinds = "write", [f"function:{name}"]
@@ -210,8 +254,11 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
 
 
 # Kinds whose meaning depends on literal values, which a fingerprint ignores (a DO
-# body, a SQL string run by a function): never shared between statements by fingerprint.
-_VALUE_SENSITIVE = frozenset({"do_block", "parse_error"})
+# body, set_config's setting name, BEGIN vs BEGIN READ WRITE): never shared between
+# statements by fingerprint.
+_VALUE_SENSITIVE = frozenset(
+    {"do_block", "parse_error", "function:set_config", "transaction_mode", "transaction"}
+)
 _FINGERPRINT_CACHE: dict[str, tuple[StatementInfo, ...]] = {}
 _FINGERPRINT_CACHE_SIZE = 16384
 

@@ -25,7 +25,12 @@ from wardgate.policy.sql import classify
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
-from wardgate.protocols.postgres.decode import parse_command_tag, parse_error_fields
+from wardgate.protocols.postgres.decode import (
+    parse_command_tag,
+    parse_error_fields,
+    parse_parameter_status,
+)
+from wardgate.protocols.postgres.encodings import python_codec, unsupported_message
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.protocols.postgres.params import describe_params
 from wardgate.proxy.pg_wire import ClientSide, UpstreamSide
@@ -285,8 +290,11 @@ class PgRelay:
                     break
                 self._close_remaining(entry, "not_executed")
             return None
+        if t == 83:  # S ParameterStatus
+            self._on_parameter_status(msg)
+            return None
         if head is None:
-            return None  # asynchronous: NoticeResponse, ParameterStatus, NotificationResponse
+            return None  # asynchronous: NoticeResponse, NotificationResponse
         if t == 69:  # E ErrorResponse
             replacement = head.block
             fields = parse_error_fields(msg.body) if replacement is None else None
@@ -329,6 +337,21 @@ class PgRelay:
         elif (t == 84 or t == 110) and head.kind == DESCRIBE:  # T RowDescription, n NoData
             pending.popleft()
         return None
+
+    def _on_parameter_status(self, msg: BackendMessage) -> None:
+        try:
+            name, value = parse_parameter_status(msg.body)
+        except ProtocolError:
+            return  # forwarded as it is; the client judges it
+        if name != "client_encoding":
+            return
+        codec = python_codec(value)
+        if codec is None:
+            # The server now expects SQL in an encoding the gateway cannot read safely:
+            # end the session rather than judge statements it might misread.
+            self._fatal("0A000", unsupported_message(value))
+            return
+        self.client.decoder.encoding = codec
 
     def _finish_act(
         self,

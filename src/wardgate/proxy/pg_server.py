@@ -15,6 +15,7 @@ from wardgate.audit.records import SessionRecord
 from wardgate.identity.scram import ScramAuthError, ScramServer
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
+from wardgate.protocols.postgres.encodings import python_codec, unsupported_message
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.proxy.pg_relay import PgRelay
 from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial, send_cancel
@@ -309,6 +310,15 @@ class PgListener:
                 f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}',
             ) from None
         del password
+        codec = python_codec(upstream.client_encoding)
+        if codec is None:
+            upstream.side.close()
+            raise StartupRefused(
+                "0A000",
+                unsupported_message(upstream.client_encoding),
+                hint="Connect with client_encoding=UTF8 (PGCLIENTENCODING=UTF8).",
+            )
+        client.decoder.encoding = codec
 
         session_id = "s_" + secrets.token_hex(8)
         gw_pid = secrets.randbelow(2**31 - 1) + 1

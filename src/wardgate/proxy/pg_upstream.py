@@ -17,6 +17,7 @@ from wardgate.protocols.postgres.decode import (
     parse_auth_request,
     parse_backend_key_data,
     parse_error_fields,
+    parse_parameter_status,
     parse_sasl_mechanisms,
 )
 from wardgate.protocols.postgres.errors import ProtocolError
@@ -42,6 +43,7 @@ class Upstream:
     secret: bytes
     tls: bool
     parameter_status: list[bytes] = field(default_factory=list)  # raw ParameterStatus messages
+    client_encoding: str = "UTF8"
     notices: list[bytes] = field(default_factory=list)
 
 
@@ -186,6 +188,9 @@ async def _handshake(
             raise UpstreamUnavailable(f"its database server refused the session: {fields.message}")
         elif t == "S":
             result.parameter_status.append(msg.raw)
+            name, value = parse_parameter_status(msg.body)
+            if name == "client_encoding":
+                result.client_encoding = value
         elif t == "K":
             result.pid, result.secret = parse_backend_key_data(msg.body)
         elif t == "N":

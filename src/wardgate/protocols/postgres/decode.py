@@ -25,12 +25,21 @@ class BodyReader:
     exactly (``pq_getmsgend``); `finish` is that check.
     """
 
-    __slots__ = ("_data", "_pos", "_end")
+    __slots__ = ("_data", "_pos", "_end", "_encoding", "_errors")
 
-    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        start: int = 0,
+        end: int | None = None,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+    ) -> None:
         self._data = data
         self._pos = start
         self._end = len(data) if end is None else end
+        self._encoding = encoding
+        self._errors = errors
 
     @property
     def remaining(self) -> int:
@@ -50,9 +59,9 @@ class BodyReader:
             raise ProtocolError("string is not NUL-terminated")
         self._pos = nul + 1
         try:
-            return data[pos:nul].decode("utf-8")
+            return data[pos:nul].decode(self._encoding, self._errors)
         except UnicodeDecodeError:
-            raise ProtocolError("string is not valid UTF-8") from None
+            raise ProtocolError(f"string is not valid {self._encoding}") from None
 
     def byte(self) -> int:
         return self._data[self._need(1)]
@@ -82,7 +91,9 @@ class BodyReader:
 
 
 def _reader(body: bytes | memoryview) -> BodyReader:
-    return BodyReader(bytes(body))
+    # What the server says is only shown and recorded: a character that does not
+    # decode (the session's client_encoding is not UTF-8) must not end the session.
+    return BodyReader(bytes(body), errors="replace")
 
 
 @dataclass(frozen=True, slots=True)

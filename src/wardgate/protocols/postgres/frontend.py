@@ -43,6 +43,9 @@ class FrontendDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._startup = True
+        # The Python codec of the session's client_encoding (see encodings.py); the
+        # proxy updates it when the server reports a new one.
+        self.encoding = "utf-8"
 
     @property
     def in_startup(self) -> bool:
@@ -87,7 +90,7 @@ class FrontendDecoder:
             return None
         raw = bytes(buf[pos : pos + total])
         self._consume(total)
-        return parser(BodyReader(raw, 5)), raw
+        return parser(BodyReader(raw, 5, encoding=self.encoding)), raw
 
     def _next_startup(self) -> tuple[m.FrontendMessage, bytes] | None:
         buf, pos = self._buf, self._pos
