@@ -16,6 +16,9 @@ from wardgate.config import Config, ConfigError, load_config
 
 log = logging.getLogger("wardgate")
 
+# How long a stopping worker waits for the store to take its last audit records.
+_RECORDER_CLOSE_TIMEOUT = 15.0
+
 
 def setup_logging() -> None:
     level = os.environ.get("WARDGATE_LOG_LEVEL", "INFO").upper()
@@ -156,10 +159,17 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     finally:
         if api_server is not None:
             api_server.should_exit = True
+        # Order matters: closing sessions submits their end records and starts their
+        # cancel-key cleanups; those finish (or are cancelled) before the recorder
+        # writes its last batch, so nothing is submitted to a closed recorder.
         if pg is not None:
             await pg.close()
-        await recorder.close()
-        await services.tasks.cancel_all()
+        await services.tasks.cancel_all(grace=2.0)
+        try:
+            async with asyncio.timeout(_RECORDER_CLOSE_TIMEOUT):
+                await recorder.close()
+        except TimeoutError:
+            log.error("worker %d: the store did not take the last audit records in time", index)
         store.dispose()
 
 

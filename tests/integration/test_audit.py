@@ -92,3 +92,24 @@ def test_audit_verify_detects_an_edited_record(own_gateway: Gateway) -> None:
     broken = gw.cli("audit", "verify", check=False)
     assert broken.returncode == 1
     assert f"BROKEN at event {victim}" in broken.stdout
+
+
+def test_sql_prepare_and_deallocate_keep_statement_names_true(gateway: Gateway) -> None:
+    """A name dropped with DEALLOCATE and re-made with SQL PREPARE is judged and recorded
+    as what it now prepares, not as what a Parse under that name once held."""
+    app = f"audit-names-{time.monotonic_ns()}"
+    with psycopg.connect(gateway.dsn("dev", application_name=app), autocommit=True) as conn:
+        conn.execute("create temp table names_t (a int)")
+        pg = conn.pgconn
+        assert pg.prepare(b"s1", b"select 1").status == psycopg.pq.ExecStatus.COMMAND_OK
+        conn.execute("deallocate s1")
+        conn.execute("prepare s1 as insert into names_t values (42)")
+        assert pg.exec_prepared(b"s1", []).status == psycopg.pq.ExecStatus.COMMAND_OK
+        conn.execute("discard all")
+        assert conn.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
+
+    actions = _session_of(gateway, app)["actions"]
+    executed = [a for a in actions if a["status"] == "ok" and a["command"] == "INSERT"]
+    assert [a["text"] for a in executed] == ["prepare s1 as insert into names_t values (42)"]
+    assert executed[0]["rows"] == 1
+    assert executed[0]["statements"][0]["klass"] == "write"

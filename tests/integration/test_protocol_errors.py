@@ -254,6 +254,18 @@ def test_message_over_max_message_bytes(proto_gw: Gateway) -> None:
     _assert_upstream_released(app)
 
 
+def test_oversized_message_sent_whole_still_gets_its_error(proto_gw: Gateway) -> None:
+    """The client keeps sending the body after the gateway refused the header: the error
+    must still reach it (closing on unread data would reset the connection first)."""
+    app = f"wg-proto-bigbody-{uuid.uuid4().hex[:8]}"
+    with _logged_in(proto_gw, app) as client:
+        client.sock.settimeout(10)
+        client.send(b"Q" + struct.pack("!i", MAX_MESSAGE + 1) + b"x" * (MAX_MESSAGE + 1))
+        fields = _fatal(client)
+        assert "exceeds limit" in fields["M"], fields
+    _assert_upstream_released(app)
+
+
 def test_message_just_under_the_limit_is_fine(proto_gw: Gateway) -> None:
     with _logged_in(proto_gw, "wg-proto-under") as client:
         sql = "select length('" + "x" * (1024 * 1024) + "')"

@@ -317,3 +317,34 @@ def _classify_text(sql: str) -> tuple[StatementInfo, ...]:
             continue
         out.append(_statement_info(stmt, text))
     return tuple(out)
+
+
+# Kinds of statements that change which prepared statements a session has.
+PREPARED_STATEMENT_KINDS = frozenset({"prepare", "deallocate", "discard"})
+
+
+def prepared_statement_changes(sql: str) -> list[tuple[str | None, str | None]]:
+    """What a query string does to the session's prepared statements, in order.
+
+    ``(name, text)`` for ``PREPARE name AS ...`` (text is the whole PREPARE statement,
+    which classifies as what it prepares), ``(name, None)`` for ``DEALLOCATE name``, and
+    ``(None, None)`` for ``DEALLOCATE ALL`` and ``DISCARD ALL``. The proxy keeps its
+    map from statement names to SQL in step with the server's with it.
+    """
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except Exception:  # noqa: BLE001 - unparsable text was judged (and blocked) already
+        return []
+    raw = sql.encode("utf-8")
+    changes: list[tuple[str | None, str | None]] = []
+    for entry in tree.get("stmts", []):
+        ((node_type, fields),) = entry.get("stmt", {"": {}}).items()
+        if node_type == "PrepareStmt":
+            start, length = entry.get("stmt_location", 0), entry.get("stmt_len", 0)
+            chunk = raw[start : start + length] if length else raw[start:]
+            changes.append((fields.get("name", ""), chunk.decode("utf-8", "replace").strip()))
+        elif node_type == "DeallocateStmt":
+            changes.append((None, None) if fields.get("isall") else (fields.get("name", ""), None))
+        elif node_type == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
+            changes.append((None, None))
+    return changes

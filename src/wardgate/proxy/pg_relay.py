@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd
 from wardgate.identity.principals import Principal
-from wardgate.policy.sql import classify
+from wardgate.policy.sql import (
+    PREPARED_STATEMENT_KINDS,
+    classify,
+    prepared_statement_changes,
+)
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
@@ -156,8 +160,8 @@ class PgRelay:
         elif isinstance(msg, m.Bind):
             sql, types = self._statements.get(msg.statement, (None, ()))
             if sql is None:
-                # Not parsed through this session: a statement made by SQL PREPARE. What it
-                # runs is not visible here, so running it is judged as SQL EXECUTE is.
+                # A name this session never prepared (in a Parse or in SQL): the server
+                # will refuse it, or it holds something we cannot see; judged as EXECUTE.
                 sql = 'EXECUTE "' + msg.statement.replace('"', '""') + '"'
             self._portals[msg.portal] = (sql, describe_params(msg.params, msg.param_formats, types))
             self._pending.append(_Pending(BIND))
@@ -226,6 +230,19 @@ class PgRelay:
             return
         self._pending.append(_Pending(QUERY, acts))
         out.append(raw)
+        if any(PREPARED_STATEMENT_KINDS.intersection(s.kinds) for s in statements):
+            self._track_sql_prepared(msg.sql)
+
+    def _track_sql_prepared(self, sql: str) -> None:
+        # Statements made and dropped in SQL share the names of protocol-level ones; a
+        # Bind to such a name is judged (and recorded) by what that name now prepares.
+        for name, text in prepared_statement_changes(sql):
+            if name is None:
+                self._statements.clear()
+            elif text is None:
+                self._statements.pop(name, None)
+            else:
+                self._statements[name] = (text, ())
 
     def _block_extended(
         self, sql: str, params: tuple[str | None, ...], verdict: Verdict, out: list[bytes]
@@ -417,8 +434,7 @@ class PgRelay:
             )
 
     def _fatal(self, sqlstate: str, message: str, status: str = "error") -> None:
-        self.client.write(build.error_response(sqlstate, message, severity="FATAL"))
-        self.client.close()
+        self.client.end_with(build.error_response(sqlstate, message, severity="FATAL"))
         self.upstream.close()
         self.finish(status, message)
 

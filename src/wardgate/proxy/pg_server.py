@@ -180,12 +180,11 @@ class PgListener:
             )
             client.close()
         except ProtocolError as exc:
-            client.write(
+            client.end_with(
                 build.error_response(
                     "08P01", f"wardgate: protocol violation: {exc}", severity="FATAL"
                 )
             )
-            client.close()
         except TimeoutError:
             client.write(
                 build.error_response(

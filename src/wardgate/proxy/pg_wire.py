@@ -85,6 +85,10 @@ class _Side(asyncio.Protocol):
             self.transport.close()
 
 
+# How long a client that is being refused may keep sending before its socket closes.
+_LINGER = 2.0
+
+
 class ClientSide(_Side):
     """The PostgreSQL client's connection to the gateway."""
 
@@ -92,12 +96,38 @@ class ClientSide(_Side):
         super().__init__()
         self.decoder = FrontendDecoder(max_message_bytes)
         self._on_connect = on_connect
+        self._discarding = False
+
+    def end_with(self, data: bytes) -> None:
+        """Send a last message (a FATAL error), then close without losing it.
+
+        Closing a socket that still holds unread client bytes makes the kernel send a
+        reset, and the client may then never read the error. So: half-close, read and
+        drop whatever the client still sends, and close once it hangs up or after a
+        short linger.
+        """
+        self.write(data)
+        transport = self.transport
+        if self.closed or transport.is_closing() or not transport.can_write_eof():
+            self.close()  # TLS cannot half-close; its close_notify carries the data
+            return
+        transport.write_eof()
+        self._discarding = True
+        self._paused_by.clear()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(_LINGER, transport.close)
+
+    def close(self) -> None:
+        if not self._discarding:  # a refused client is closed by end_with's timer
+            super().close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._on_connect(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         if self.relay is not None:
             self.relay.on_client_data(data)
             return

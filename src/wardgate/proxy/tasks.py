@@ -27,8 +27,11 @@ class Tasks:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("task %s failed: %s", task.get_name(), exc, exc_info=exc)
 
-    async def cancel_all(self) -> None:
-        """Cancel every task and wait for them (bound it with asyncio.timeout)."""
+    async def cancel_all(self, grace: float = 0.0) -> None:
+        """Give running tasks ``grace`` seconds to end on their own, then cancel the
+        rest and wait for them (bound it with asyncio.timeout)."""
+        if grace > 0 and self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
