@@ -478,31 +478,50 @@ def test_blocked_write_never_reaches_server(
     assert count_rows(it_database, t) == 0
 
 
-@pytest.mark.parametrize(("principal", "allowed"), [("dev", True), ("agent", False)])
-def test_protocol_execute_of_sql_prepared_statement_is_judged_like_execute(
-    gateway: Gateway, principal: str, allowed: bool
+@pytest.mark.parametrize("principal", ["dev", "agent"])
+def test_protocol_execute_of_sql_prepared_statement_is_judged_by_what_it_prepares(
+    gateway: Gateway, principal: str
 ) -> None:
     """A statement made by SQL PREPARE can be run by a protocol-level Bind/Execute too.
-    The gateway cannot see what it runs either way, so both get the verdict of EXECUTE."""
+    The gateway saw the PREPARE, so the Bind is judged by what it prepares. SQL EXECUTE
+    is still judged as a write (the policy engine resolves it later), so a reader is
+    refused there."""
     name = unique("pg3_sqlprep")
     with psycopg.connect(gateway.dsn(principal), autocommit=True) as conn:
         conn.execute(f"prepare {name} as select 'prepared by sql'")
-        outcomes: list[str] = []
-        try:
-            conn.execute(f"execute {name}")
-            outcomes.append("ok")
-        except errors.InsufficientPrivilege:
-            outcomes.append("blocked")
-        res = conn.pgconn.exec_prepared(name.encode(), [])  # Bind, Describe, Execute, Sync
-        if res.status == psycopg.pq.ExecStatus.TUPLES_OK:
-            assert res.get_value(0, 0) == b"prepared by sql"
-            outcomes.append("ok")
+        if principal == "dev":
+            assert conn.execute(f"execute {name}").fetchone() == ("prepared by sql",)
         else:
-            assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42501"
-            assert BLOCKED in (res.error_message or b"").decode()
-            outcomes.append("blocked")
-        assert outcomes == (["ok", "ok"] if allowed else ["blocked", "blocked"])
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(f"execute {name}")
+        res = conn.pgconn.exec_prepared(name.encode(), [])  # Bind, Describe, Execute, Sync
+        assert res.status == psycopg.pq.ExecStatus.TUPLES_OK, res.error_message
+        assert res.get_value(0, 0) == b"prepared by sql"
         assert conn.execute("select 'usable'").fetchone() == ("usable",)
+
+
+@pytest.mark.parametrize("principal", ["dev", "agent"])
+def test_sql_prepared_write_run_by_the_protocol_is_judged_as_a_write(
+    gateway: Gateway, principal: str, it_database: str
+) -> None:
+    """For a reader the PREPARE of a write is refused already, so there is nothing to run."""
+    t = unique("pg3_prepw")
+    with admin_conn(it_database) as admin:
+        admin.execute(f"create table {t} (a int)")
+        admin.execute(f"grant all on {t} to public")
+    with psycopg.connect(gateway.dsn(principal), autocommit=True) as conn:
+        if principal == "agent":
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(f"prepare w as insert into {t} values (1)")
+            # Nothing was prepared under that name: the server refuses the Bind.
+            res = conn.pgconn.exec_prepared(b"w", [])
+            assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"
+        else:
+            conn.execute(f"prepare w as insert into {t} values (1)")
+            res = conn.pgconn.exec_prepared(b"w", [])
+            assert res.status == psycopg.pq.ExecStatus.COMMAND_OK, res.error_message
+        assert conn.execute("select 'usable'").fetchone() == ("usable",)
+    assert count_rows(it_database, t) == (1 if principal == "dev" else 0)
 
 
 def test_large_messages_over_tls(gateway: Gateway) -> None:
