@@ -110,7 +110,8 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
 
     store = Store(config.store_url)
     master = load_master_key(config)
-    recorder = Recorder(store)
+    # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
+    recorder = Recorder(store, process=True)
     await recorder.start()
     services = Services(
         config=config,

@@ -61,21 +61,18 @@ def test_hash_follows_the_documented_formula(store: Store) -> None:
     prev = GENESIS_HASH
     for row in rows:
         assert row.prev_hash == prev
-        canonical = json.dumps(
-            {
-                "id": row.id,
-                "ts": row.ts,
-                "type": row.type,
-                "session_id": row.session_id,
-                "principal": row.principal,
-                "connection": row.connection,
-                "payload": row.payload,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-        assert row.hash == hashlib.sha256(f"{prev}\n{canonical}".encode()).hexdigest()
+        # The formula of audit/chain.py's docstring, written out independently.
+        fields = [
+            str(row.id),
+            repr(row.ts),
+            row.type,
+            row.session_id,
+            row.principal,
+            row.connection,
+            row.payload,
+        ]
+        framed = prev + "\n" + "".join(f"{len(f)}:{f}\n" for f in fields)
+        assert row.hash == hashlib.sha256(framed.encode("utf-8")).hexdigest()
         assert json.loads(row.payload)["unicode"] == "é€😀"
         prev = row.hash
     assert [r.id for r in rows] == [1, 2]

@@ -14,6 +14,9 @@ from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
 from wardgate.identity.principals import Principal, PrincipalKind
 from wardgate.store.db import Store
 
+# Every test runs with the writer in a thread and in a separate recorder process.
+MODES = pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+
 BOT = Principal("bot", PrincipalKind.AGENT, frozenset({"agents"}), sponsor="alice")
 ALICE = Principal("alice", PrincipalKind.USER, frozenset({"dba"}))
 
@@ -56,8 +59,8 @@ def _submit_session(rec: Recorder, sid: str, actions: int, blocked_every: int = 
     rec.submit(SessionEnd(sid, time.time(), "closed"))
 
 
-async def _test_flush_writes_everything_and_summaries_add_up(store: Store) -> None:
-    rec = Recorder(store, batch=7)
+async def _test_flush_writes_everything_and_summaries_add_up(process: bool, store: Store) -> None:
+    rec = Recorder(store, process=process, batch=7)
     await rec.start()
     for n in range(5):
         _submit_session(rec, f"s{n}", actions=30, blocked_every=4)
@@ -87,8 +90,8 @@ async def _test_flush_writes_everything_and_summaries_add_up(store: Store) -> No
     assert detail["actions"][1]["rows"] == 1 and detail["actions"][1]["command"] == "SELECT 1"
 
 
-async def _test_close_flushes_without_explicit_flush(store: Store) -> None:
-    rec = Recorder(store, batch=50)
+async def _test_close_flushes_without_explicit_flush(process: bool, store: Store) -> None:
+    rec = Recorder(store, process=process, batch=50)
     # Submitted before start: kept until the writer runs.
     _submit_session(rec, "early", actions=10)
     await rec.start()
@@ -101,8 +104,10 @@ async def _test_close_flushes_without_explicit_flush(store: Store) -> None:
         rec.submit(_start("late"))
 
 
-async def _test_session_end_carries_identity_even_within_one_batch(store: Store) -> None:
-    rec = Recorder(store, batch=500)
+async def _test_session_end_carries_identity_even_within_one_batch(
+    process: bool, store: Store
+) -> None:
+    rec = Recorder(store, process=process, batch=500)
     rec.submit(_start("one", ALICE, "billing"))
     rec.submit(SessionEnd("one", time.time(), "error", "upstream went away"))
     await rec.start()
@@ -126,8 +131,8 @@ async def _test_session_end_carries_identity_even_within_one_batch(store: Store)
     assert summary["status"] == "error" and summary["error"] == "upstream went away"
 
 
-async def _test_unstorable_text_does_not_stall_recording(store: Store) -> None:
-    rec = Recorder(store)
+async def _test_unstorable_text_does_not_stall_recording(process: bool, store: Store) -> None:
+    rec = Recorder(store, process=process)
     await rec.start()
     weird = "nul\x00 and undecodable \udcff bytes"
     record = SessionRecord("odd\x00", "postgres", BOT, "orders", weird, time.time(), weird)
@@ -142,8 +147,8 @@ async def _test_unstorable_text_does_not_stall_recording(store: Store) -> None:
     assert "undecodable" in summary["application_name"]
 
 
-async def _test_congestion_and_on_drained(store: Store) -> None:
-    rec = Recorder(store, high_water=40, batch=10)
+async def _test_congestion_and_on_drained(process: bool, store: Store) -> None:
+    rec = Recorder(store, process=process, high_water=40, batch=10)
     drained = asyncio.Event()
     calls: list[int] = []
 
@@ -169,9 +174,9 @@ async def _test_congestion_and_on_drained(store: Store) -> None:
 
 
 async def _test_write_failures_keep_records_queued_until_the_store_recovers(
-    store: Store, caplog: pytest.LogCaptureFixture
+    process: bool, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rec = Recorder(store, batch=5)
+    rec = Recorder(store, process=process, batch=5)
     await rec.start()
     # Break the store for real: without its chain head no append can succeed.
     with store.session() as s:
@@ -196,8 +201,8 @@ async def _test_write_failures_keep_records_queued_until_the_store_recovers(
     assert summary is not None and summary["action_count"] == 12
 
 
-async def _test_close_can_be_bounded_when_the_store_is_down(store: Store) -> None:
-    rec = Recorder(store)
+async def _test_close_can_be_bounded_when_the_store_is_down(process: bool, store: Store) -> None:
+    rec = Recorder(store, process=process)
     await rec.start()
     with store.session() as s:
         s.connection().exec_driver_sql("ALTER TABLE audit_head RENAME TO audit_head_away")
@@ -213,31 +218,62 @@ async def _test_close_can_be_bounded_when_the_store_is_down(store: Store) -> Non
 # No async test plugin is assumed: each test drives its coroutine with asyncio.run.
 
 
-def test_flush_writes_everything_and_summaries_add_up(store: Store) -> None:
-    asyncio.run(_test_flush_writes_everything_and_summaries_add_up(store))
+@MODES
+def test_flush_writes_everything_and_summaries_add_up(process: bool, store: Store) -> None:
+    asyncio.run(_test_flush_writes_everything_and_summaries_add_up(process, store))
 
 
-def test_close_flushes_without_explicit_flush(store: Store) -> None:
-    asyncio.run(_test_close_flushes_without_explicit_flush(store))
+@MODES
+def test_close_flushes_without_explicit_flush(process: bool, store: Store) -> None:
+    asyncio.run(_test_close_flushes_without_explicit_flush(process, store))
 
 
-def test_session_end_carries_identity_even_within_one_batch(store: Store) -> None:
-    asyncio.run(_test_session_end_carries_identity_even_within_one_batch(store))
+@MODES
+def test_session_end_carries_identity_even_within_one_batch(process: bool, store: Store) -> None:
+    asyncio.run(_test_session_end_carries_identity_even_within_one_batch(process, store))
 
 
-def test_unstorable_text_does_not_stall_recording(store: Store) -> None:
-    asyncio.run(_test_unstorable_text_does_not_stall_recording(store))
+@MODES
+def test_unstorable_text_does_not_stall_recording(process: bool, store: Store) -> None:
+    asyncio.run(_test_unstorable_text_does_not_stall_recording(process, store))
 
 
-def test_congestion_and_on_drained(store: Store) -> None:
-    asyncio.run(_test_congestion_and_on_drained(store))
+@MODES
+def test_congestion_and_on_drained(process: bool, store: Store) -> None:
+    asyncio.run(_test_congestion_and_on_drained(process, store))
 
 
+@MODES
 def test_write_failures_keep_records_queued_until_the_store_recovers(
-    store: Store, caplog: pytest.LogCaptureFixture
+    process: bool, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    asyncio.run(_test_write_failures_keep_records_queued_until_the_store_recovers(store, caplog))
+    asyncio.run(
+        _test_write_failures_keep_records_queued_until_the_store_recovers(process, store, caplog)
+    )
 
 
-def test_close_can_be_bounded_when_the_store_is_down(store: Store) -> None:
-    asyncio.run(_test_close_can_be_bounded_when_the_store_is_down(store))
+@MODES
+def test_close_can_be_bounded_when_the_store_is_down(process: bool, store: Store) -> None:
+    asyncio.run(_test_close_can_be_bounded_when_the_store_is_down(process, store))
+
+
+async def _test_a_killed_recorder_process_loses_nothing(store: Store) -> None:
+    rec = Recorder(store, process=True, batch=10, linger=0)
+    await rec.start()
+    _submit_session(rec, "before", actions=25)
+    await asyncio.wait_for(rec.flush(), 30)
+    proc = rec._process._proc if rec._process is not None else None
+    assert proc is not None and proc.returncode is None
+    proc.kill()
+    await proc.wait()
+    _submit_session(rec, "after", actions=25)
+    await asyncio.wait_for(rec.flush(), 30)
+    await rec.close()
+    result = verify_chain(store)
+    assert result.ok and result.checked == 2 * 27
+    summary = get_session(store, "after")
+    assert summary is not None and summary["action_count"] == 25
+
+
+def test_a_killed_recorder_process_loses_nothing(store: Store) -> None:
+    asyncio.run(_test_a_killed_recorder_process_loses_nothing(store))

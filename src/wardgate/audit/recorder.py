@@ -1,14 +1,16 @@
 """The session recorder: every session and action, written to the hash chain off the loop.
 
 Protocols call ``submit()`` from asyncio callbacks, so it only appends to a deque and
-wakes the writer task. The writer takes up to ``batch`` records at a time and writes them
-in one store transaction in a worker thread (chain events + the ``sessions`` summary).
+wakes the writer task. The writer takes up to ``batch`` records at a time and has a
+`BatchWriter` write them in one store transaction (chain events + the ``sessions``
+summary): in a worker thread, or with ``process=True`` in a separate recorder process
+(see ``audit.writer``), which keeps that work off the gateway's GIL.
 
 Nothing is ever dropped. A record leaves the queue only after its transaction committed;
-a failed write is retried with backoff while the records stay queued. The queue is kept
-bounded by back-pressure instead: once the backlog reaches ``high_water``, ``congested``
-turns True and the proxy stops reading from clients until an ``on_drained`` callback says
-the backlog fell below half of it.
+a failed write is retried with backoff while the records stay queued (a recorder process
+that died is started again). The queue is kept bounded by back-pressure instead: once
+the backlog reaches ``high_water``, ``congested`` turns True and the proxy stops reading
+from clients until an ``on_drained`` callback says the backlog fell below half of it.
 """
 
 from __future__ import annotations
@@ -16,18 +18,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
+import pickle
+import sys
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from wardgate.audit.chain import NewEvent, append_events, storable_text
-from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
+from wardgate.audit.records import Record
+from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store, describe_error
-from wardgate.store.models import SessionRow
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +33,89 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
 
 
+class RecorderProcessError(Exception):
+    """The recorder process refused a batch, or died; the batch stays queued."""
+
+
+class _RecorderProcess:
+    """The parent's end of ``python -m wardgate.audit.writer``."""
+
+    def __init__(self, store: Store) -> None:
+        self._url = store.url.render_as_string(hide_password=False).encode()
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            return proc
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "wardgate.audit.writer",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        # The URL (it may hold a password) goes down the pipe, never into argv or env.
+        proc.stdin.write(_frame(self._url))
+        self._proc = proc
+        return proc
+
+    async def write(self, batch: list[Record]) -> None:
+        proc = await self._ensure()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(_frame(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)))
+            await proc.stdin.drain()
+            line = await proc.stdout.readline()
+        except (BrokenPipeError, ConnectionResetError):
+            line = b""
+        if line == b"ok\n":
+            return
+        if line.startswith(b"error "):
+            raise RecorderProcessError(line[6:].decode(errors="replace").strip())
+        await self._stop(kill=True)
+        raise RecorderProcessError("the recorder process exited; starting a new one")
+
+    async def close(self) -> None:
+        await self._stop(kill=False)
+
+    async def kill(self) -> None:
+        await self._stop(kill=True)
+
+    async def _stop(self, *, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        if kill:
+            proc.kill()
+        elif proc.stdin is not None:
+            proc.stdin.close()  # it finishes its batch and exits at end of input
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except (TimeoutError, asyncio.CancelledError):
+            proc.kill()
+            raise
+
+
+def _frame(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
 class Recorder:
     def __init__(
-        self, store: Store, *, high_water: int = 10_000, batch: int = 500, linger: float = 0.05
+        self,
+        store: Store,
+        *,
+        high_water: int = 10_000,
+        batch: int = 500,
+        linger: float = 0.05,
+        process: bool = False,
     ) -> None:
         if high_water < 2 or batch < 1:
             raise ValueError("high_water must be >= 2 and batch >= 1")
-        self._store = store
+        self._writer = BatchWriter(store)
+        self._process = _RecorderProcess(store) if process else None
         self._high_water = high_water
         self._batch = batch
         # Wait this long for a batch to fill: one commit (and fsync) per batch instead of
@@ -56,9 +130,6 @@ class Recorder:
         self._drained_callbacks: list[Callable[[], None]] = []
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Writer-thread state: (principal, connection) of sessions whose start this
-        # recorder wrote, so their end events carry them without a lookup.
-        self._open_sessions: dict[str, tuple[str, str]] = {}
 
     # -- loop side -------------------------------------------------------------------
 
@@ -125,7 +196,11 @@ class Recorder:
         except asyncio.CancelledError:
             self._task.cancel()
             log.error("recorder stopped with %d records not written to the store", self.backlog)
+            if self._process is not None:
+                await self._process.kill()
             raise
+        if self._process is not None:
+            await self._process.close()
 
     # -- writer task -----------------------------------------------------------------
 
@@ -144,7 +219,10 @@ class Recorder:
             # Peek, don't pop: records leave the queue only once committed.
             batch = list(itertools.islice(self._queue, self._batch))
             try:
-                await asyncio.to_thread(self._write_batch, batch)
+                if self._process is not None:
+                    await self._process.write(batch)
+                else:
+                    await asyncio.to_thread(self._writer.write, batch)
             except Exception as exc:
                 log.warning(
                     "audit write failed (%d records kept queued, retrying in %.2fs): %s",
@@ -178,153 +256,3 @@ class Recorder:
                     callback()
                 except Exception:
                     log.exception("on_drained callback failed")
-
-    # -- writer thread ---------------------------------------------------------------
-
-    def _write_batch(self, batch: list[Record]) -> None:
-        starting = {
-            r.id: (r.principal.name, r.connection) for r in batch if isinstance(r, SessionRecord)
-        }
-        with self._store.session() as session:
-            events = [self._event(session, record, starting) for record in batch]
-            self._update_sessions(session, batch)
-            append_events(session, events)
-        for record in batch:
-            if isinstance(record, SessionRecord):
-                self._open_sessions[record.id] = (record.principal.name, record.connection)
-            elif isinstance(record, SessionEnd):
-                self._open_sessions.pop(record.session_id, None)
-
-    def _event(
-        self, session: Session, record: Record, starting: dict[str, tuple[str, str]]
-    ) -> NewEvent:
-        if isinstance(record, SessionRecord):
-            p = record.principal
-            return NewEvent(
-                ts=record.started_at,
-                type="session.start",
-                session_id=record.id,
-                principal=p.name,
-                connection=record.connection,
-                payload={
-                    "protocol": record.protocol,
-                    "principal_kind": str(p.kind),
-                    "sponsor": p.sponsor,
-                    "groups": sorted(p.groups),
-                    "client_addr": record.client_addr,
-                    "application_name": record.application_name,
-                    "tls": record.tls,
-                },
-            )
-        if isinstance(record, ActionRecord):
-            a, v = record.action, record.verdict
-            return NewEvent(
-                ts=record.started_at,
-                type="action",
-                session_id=record.session_id,
-                principal=a.principal.name,
-                connection=a.connection,
-                payload={
-                    "seq": record.seq,
-                    "protocol": a.protocol,
-                    "kind": a.kind,
-                    "text": a.text,
-                    "params": list(a.params),
-                    "client_addr": a.client_addr,
-                    "principal_kind": str(a.principal.kind),
-                    "sponsor": a.principal.sponsor,
-                    "verdict": {"decision": str(v.decision), "rule": v.rule, "reason": v.reason},
-                    "statements": [
-                        {"klass": s.klass, "kinds": list(s.kinds), "error": s.error}
-                        for s in v.statements
-                    ],
-                    "status": record.status,
-                    "rows": record.rows,
-                    "command": record.command,
-                    "duration_ms": _finite(record.duration_ms),
-                    "error": record.error,
-                    "sqlstate": record.sqlstate,
-                },
-            )
-        principal, connection = self._session_identity(session, record.session_id, starting)
-        return NewEvent(
-            ts=record.ended_at,
-            type="session.end",
-            session_id=record.session_id,
-            principal=principal,
-            connection=connection,
-            payload={"status": record.status, "error": record.error},
-        )
-
-    def _session_identity(
-        self, session: Session, session_id: str, starting: dict[str, tuple[str, str]]
-    ) -> tuple[str, str]:
-        known = starting.get(session_id) or self._open_sessions.get(session_id)
-        if known is not None:
-            return known
-        # Started by an earlier recorder (a restarted process).
-        row = session.execute(
-            select(SessionRow.principal, SessionRow.connection).where(
-                SessionRow.id == storable_text(session_id)
-            )
-        ).one_or_none()
-        return (str(row.principal), str(row.connection)) if row is not None else ("", "")
-
-    def _update_sessions(self, session: Session, batch: list[Record]) -> None:
-        starts: list[dict[str, Any]] = []
-        counts: dict[str, list[int]] = {}
-        ends: list[SessionEnd] = []
-        for record in batch:
-            if isinstance(record, SessionRecord):
-                p = record.principal
-                starts.append(
-                    {
-                        "id": storable_text(record.id),
-                        "protocol": storable_text(record.protocol),
-                        "principal": storable_text(p.name),
-                        "principal_kind": str(p.kind),
-                        "sponsor": storable_text(p.sponsor) if p.sponsor else p.sponsor,
-                        "connection": storable_text(record.connection),
-                        "client_addr": storable_text(record.client_addr),
-                        "application_name": storable_text(record.application_name),
-                        "tls": record.tls,
-                        "started_at": record.started_at,
-                        "status": "active",
-                        "action_count": 0,
-                        "blocked_count": 0,
-                    }
-                )
-            elif isinstance(record, ActionRecord):
-                c = counts.setdefault(record.session_id, [0, 0])
-                c[0] += 1
-                c[1] += record.status == "blocked"
-            else:
-                ends.append(record)
-        if starts:
-            # DO NOTHING: a batch retried after a commit whose acknowledgement was lost
-            # must not fail forever on the primary key.
-            stmt = self._store.insert(SessionRow).on_conflict_do_nothing(index_elements=["id"])
-            session.execute(stmt, starts)
-        for session_id, (actions, blocked) in counts.items():
-            session.execute(
-                update(SessionRow)
-                .where(SessionRow.id == storable_text(session_id))
-                .values(
-                    action_count=SessionRow.action_count + actions,
-                    blocked_count=SessionRow.blocked_count + blocked,
-                )
-            )
-        for end in ends:
-            session.execute(
-                update(SessionRow)
-                .where(SessionRow.id == storable_text(end.session_id))
-                .values(
-                    ended_at=end.ended_at,
-                    status=storable_text(end.status),
-                    error=storable_text(end.error) if end.error is not None else None,
-                )
-            )
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -21,3 +21,7 @@ class Principal:
     @property
     def is_agent(self) -> bool:
         return self.kind is PrincipalKind.AGENT
+
+    def __reduce__(self) -> tuple[type[Principal], tuple[object, ...]]:
+        # Pickled with each batch sent to the recorder process (see audit.writer).
+        return (Principal, (self.name, self.kind, self.groups, self.sponsor))
