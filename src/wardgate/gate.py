@@ -14,7 +14,7 @@ from threading import Lock
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config
-from wardgate.policy.sql import classify_keyed
+from wardgate.policy.sql import MAX_CACHED_TEXT, classify_keyed
 
 _CACHE_SIZE = 16384
 
@@ -43,6 +43,8 @@ class Gate:
                 self._cache.move_to_end(key)
                 return cached
         verdict = self._decide(action, statements)
+        if len(text_key) > MAX_CACHED_TEXT:
+            return verdict  # keys are texts here (multi-statement, unparsable): keep it small
         with self._lock:
             self._cache[key] = verdict
             if len(self._cache) > _CACHE_SIZE:
@@ -98,6 +100,16 @@ class Gate:
                 decision,
                 "unparsed-statement",
                 f"wardgate could not understand the statement{detail}; unknown statements are never allowed",
+                statements,
+            )
+        if "parser_setting" in stmt.kinds:
+            # Not a policy choice: past this statement the gateway could no longer read
+            # the session's SQL as the server does, so no role may allow it.
+            return Verdict(
+                Decision.BLOCK,
+                "wardgate:parser-setting",
+                "changing standard_conforming_strings (or a setting named at run time) would "
+                "make the server read SQL differently from the gateway; it is never allowed",
                 statements,
             )
         # Roles grant: the most permissive of the principal's roles for this class.

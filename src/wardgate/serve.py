@@ -16,6 +16,9 @@ from wardgate.config import Config, ConfigError, load_config
 
 log = logging.getLogger("wardgate")
 
+# Cancel keys older than this are dropped at start. Sessions of this gateway died with its
+# last run; another replica sharing the store loses CancelRequest for sessions this old.
+_CANCEL_KEY_MAX_AGE = 30 * 24 * 3600.0
 # How long a stopping worker waits for the store to take its last audit records.
 _RECORDER_CLOSE_TIMEOUT = 15.0
 
@@ -41,10 +44,14 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 def run(config_path: str) -> None:
     setup_logging()
     config = load_config(config_path)
+    from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
 
     # Migrate once, before any worker starts, so workers never race on the schema.
-    Store.open(config.store_url).dispose()
+    store = Store.open(config.store_url)
+    # Sessions end by removing their cancel key; a crashed process leaves its keys behind.
+    CancelKeys(store).purge_older_than(_CANCEL_KEY_MAX_AGE)
+    store.dispose()
     from wardgate.vault.keys import load_master_key
 
     load_master_key(config)  # generate the key file now, not in N workers at once

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 import time
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway
+from tests.integration.conftest import Gateway, admin_conn
+from tests.integration.pg_cluster import RawClient
+from wardgate.protocols.postgres import build
 
 
 def _session_of(gw: Gateway, application_name: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -113,3 +117,58 @@ def test_sql_prepare_and_deallocate_keep_statement_names_true(gateway: Gateway) 
     assert [a["text"] for a in executed] == ["prepare s1 as insert into names_t values (42)"]
     assert executed[0]["rows"] == 1
     assert executed[0]["statements"][0]["klass"] == "write"
+
+
+def _extended(sql: str) -> bytes:
+    """Parse, Bind, Execute of an unnamed statement, then Sync: one pipelined batch."""
+    bind_body = b"\0\0" + b"\0\0" + b"\0\0" + b"\0\0"  # portal, statement, no formats/params
+    execute_body = b"\0" + b"\0\0\0\0"
+    return (
+        build.parse("", sql)
+        + b"B" + struct.pack("!i", 4 + len(bind_body)) + bind_body
+        + b"E" + struct.pack("!i", 4 + len(execute_body)) + execute_body
+        + build.sync()
+    )  # fmt: skip
+
+
+def test_a_batch_rolled_back_at_sync_is_recorded_so_and_the_next_keeps_its_answers(
+    gateway: Gateway, it_database: str
+) -> None:
+    """A deferred constraint fails at the implicit commit of Sync: the insert before it
+    ran ("INSERT 0 1") but was rolled back, and the batches pipelined behind it still get
+    their own answers (the blocked DROP its 42501, not a stray parse error)."""
+    suffix = uuid.uuid4().hex[:8]
+    parent, child = f"defer_parent_{suffix}", f"defer_child_{suffix}"
+    with admin_conn(it_database) as admin:
+        admin.execute(f"create table {parent} (id int primary key)")
+        admin.execute(
+            f"create table {child} (id int, pid int references {parent} deferrable initially deferred)"
+        )
+    app = f"audit-defer-{suffix}"
+    with RawClient(gateway.port) as client:
+        client.login("dev", gateway.token("dev"), "it", application_name=app)
+        client.send(
+            _extended(f"insert into {child} values (1, 999)")
+            + _extended(f"drop table {parent}")
+            + _extended("select 'after'")
+        )
+        batches: list[list[Any]] = [[] for _ in range(3)]
+        for batch in batches:
+            while not batch or batch[-1].type != "Z":
+                batch.append(client.read_message())
+        client.send(build.terminate())
+    first, second, third = (
+        [(m.type, m.fields.get("C") if m.type == "E" else None) for m in b] for b in batches
+    )
+    assert first == [("1", None), ("2", None), ("C", None), ("E", "23503"), ("Z", None)]
+    assert ("E", "42501") in second and second[-1] == ("Z", None)
+    assert [t for t, _ in third] == ["1", "2", "D", "C", "Z"]
+
+    actions = _session_of(gateway, app)["actions"]
+    insert = next(a for a in actions if a["text"].startswith("insert into"))
+    assert insert["status"] == "error" and insert["sqlstate"] == "23503"
+    assert insert["error"].startswith("rolled back: the transaction failed at commit")
+    drop = next(a for a in actions if a["text"].startswith("drop table"))
+    assert drop["status"] == "blocked"
+    with admin_conn(it_database) as admin:
+        assert admin.execute(f"select count(*) from {child}").fetchone() == (0,)

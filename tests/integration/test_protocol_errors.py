@@ -382,3 +382,15 @@ def test_gateway_survived_everything(proto_gw: Gateway) -> None:
     log = proto_gw.log
     assert "Traceback" not in log, log
     assert "unexpected failure" not in log, log
+
+
+def test_fast_path_function_call_is_refused_and_the_session_goes_on(proto_gw: Gateway) -> None:
+    """FunctionCall has no Sync after it: the refusal must end with ReadyForQuery itself."""
+    with _logged_in(proto_gw, "wg-proto-fastpath") as client:
+        body = struct.pack("!ihhh", 1299, 0, 0, 0)  # now(), no arguments, text result
+        client.send(b"F" + struct.pack("!i", 4 + len(body)) + body)
+        error = client.read_message()
+        assert error.type == "E" and error.fields["C"] == "42501", error
+        assert "fast-path" in error.fields["M"]
+        assert client.read_message().type == "Z"
+        assert [m.type for m in client.query("select 1")] == ["T", "D", "C", "Z"]

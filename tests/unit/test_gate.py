@@ -72,6 +72,10 @@ TABLE = [
     ("dora", "drop table orders", Decision.BLOCK, "guardrail:no-drop"),
     ("nobody", "select 1", Decision.BLOCK, "no-role"),
     ("ann", "selec 1", Decision.BLOCK, "unparsed-statement"),
+    # Not even an admin role may make the server read SQL differently from the gateway.
+    ("dora", "set standard_conforming_strings = off", Decision.BLOCK, "wardgate:parser-setting"),
+    ("dora", "select set_config($1, $2, false)", Decision.BLOCK, "wardgate:parser-setting"),
+    ("dora", "set search_path = public", Decision.ALLOW, "role:admin"),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wardgate.policy.sql import _classify_text, classify
+from wardgate.policy.sql import _parse_and_classify, classify
 
 CASES = [
     # (sql, class, a kind that must be present)
@@ -43,7 +43,11 @@ CASES = [
     ("set role none", "admin", "set_role"),
     ("reset all", "read", "set"),
     ("select set_config('jit', 'off', false)", "read", "function:set_config"),
-    ("select set_config($1, 'off', false)", "admin", "function:set_config"),
+    ("select set_config($1, 'off', false)", "admin", "parser_setting"),
+    ("set standard_conforming_strings = off", "admin", "parser_setting"),
+    ("set local standard_conforming_strings to on", "admin", "parser_setting"),
+    ("reset standard_conforming_strings", "admin", "parser_setting"),
+    ("select set_config('standard_conforming_strings', 'off', false)", "admin", "parser_setting"),
     ("select pg_notify('ch', 'payload')", "write", "function:pg_notify"),
     ("set transaction read write", "admin", "read_only_off"),
     ("set transaction read only", "read", "transaction_mode"),
@@ -115,5 +119,5 @@ def test_the_fingerprint_cache_never_lends_one_statements_class_to_another() -> 
         classify(sql)
     for sql, _, _ in CASES:
         (cached,) = classify(sql)
-        (fresh,) = _classify_text(sql)
+        (fresh,) = _parse_and_classify(sql)
         assert (cached.klass, cached.kinds) == (fresh.klass, fresh.kinds), sql

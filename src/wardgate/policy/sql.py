@@ -126,7 +126,15 @@ def _func_name(fields: dict[str, Any]) -> str:
     return parts[-1].lower() if parts else ""
 
 
+# Settings that change how the server's lexer reads SQL text. pglast always reads it
+# with standard_conforming_strings on; with it off, 'a\'' hides whatever follows, so the
+# gateway would judge a different statement from the one the server runs.
+PARSER_SETTINGS = frozenset({"standard_conforming_strings"})
+
+
 def _setting_class(name: str) -> tuple[str, list[str]]:
+    if name.lower() in PARSER_SETTINGS:
+        return "admin", ["parser_setting"]
     kind = _GUARDED_SETTINGS.get(name.lower(), "set")
     return ("read", ["set"]) if kind == "set" else ("admin", [kind])
 
@@ -145,6 +153,8 @@ def _turns_read_only_off(options: list[Any]) -> bool:
 def _classify_set(fields: dict[str, Any]) -> tuple[str, list[str]]:
     name = str(fields.get("name", "")).lower()
     kind = fields.get("kind")
+    if name in PARSER_SETTINGS:
+        return _setting_class(name)  # even RESET: the server's default is not ours to trust
     if kind == "VAR_RESET_ALL":
         # RESET ALL leaves role, session authorization and transaction_read_only alone
         # (PostgreSQL marks them GUC_NO_RESET_ALL): poolers send it on every release.
@@ -164,7 +174,8 @@ def _classify_set_config(call: dict[str, Any]) -> tuple[str, list[str]]:
     args = call.get("args", [])
     literal = args[0].get("A_Const", {}).get("sval", {}).get("sval") if args else None
     if not isinstance(literal, str):
-        return "admin", ["function:set_config"]  # the setting is chosen at run time
+        # The setting is chosen at run time: it could be a parser setting too.
+        return "admin", ["function:set_config", "parser_setting"]
     klass, kinds = _setting_class(literal)
     return klass, ["function:set_config", *kinds]
 
@@ -309,8 +320,23 @@ def classify(sql: str) -> tuple[StatementInfo, ...]:
     return classify_keyed(sql)[1]
 
 
-@lru_cache(maxsize=4096)
+# Texts longer than this are never cached by text: a cache bounded by entry count must
+# not be filled with 16 MiB statements.
+MAX_CACHED_TEXT = 8192
+
+
 def _classify_text(sql: str) -> tuple[StatementInfo, ...]:
+    if len(sql) > MAX_CACHED_TEXT:
+        return _parse_and_classify(sql)
+    return _classify_cached(sql)
+
+
+@lru_cache(maxsize=4096)
+def _classify_cached(sql: str) -> tuple[StatementInfo, ...]:
+    return _parse_and_classify(sql)
+
+
+def _parse_and_classify(sql: str) -> tuple[StatementInfo, ...]:
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError as exc:

@@ -13,6 +13,7 @@ to Sync); its error reply is then replaced by wardgate's own ErrorResponse.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -30,11 +31,12 @@ from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
 from wardgate.protocols.postgres.decode import (
+    ErrorFields,
     parse_command_tag,
     parse_error_fields,
     parse_parameter_status,
 )
-from wardgate.protocols.postgres.encodings import python_codec, unsupported_message
+from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.protocols.postgres.params import describe_params
 from wardgate.proxy.pg_wire import ClientSide, UpstreamSide
@@ -68,7 +70,7 @@ class _Act:
 
 
 class _Pending:
-    __slots__ = ("kind", "acts", "index", "block")
+    __slots__ = ("kind", "acts", "index", "block", "held", "commit_error")
 
     def __init__(
         self, kind: int, acts: list[_Act] | None = None, block: bytes | None = None
@@ -77,6 +79,10 @@ class _Pending:
         self.acts = acts
         self.index = 0
         self.block = block  # our ErrorResponse replacing the server's
+        # SYNC only: records of Executes before it, held until its ReadyForQuery, because
+        # the implicit transaction they ran in can still fail (and roll back) at Sync.
+        self.held: list[ActionRecord] = []
+        self.commit_error: ErrorFields | None = None
 
 
 def block_error(verdict: Verdict, connection: str) -> bytes:
@@ -169,8 +175,9 @@ class PgRelay:
         elif isinstance(msg, m.Execute):
             sql, params = self._portals.get(msg.portal, (None, ()))
             if sql is None:
-                # A portal over a statement we never saw parsed: we cannot know what it runs.
-                sql = f"-- portal {msg.portal!r} over a statement not prepared through this session"
+                # Not bound in this session: a cursor made by SQL DECLARE (judged then), or
+                # nothing. Judged as what running it is, a FETCH from that cursor.
+                sql = 'FETCH FORWARD ALL FROM "' + msg.portal.replace('"', '""') + '"'
             action = self._action(sql, params)
             verdict = self.services.gate.check(action)
             if not verdict.allowed:
@@ -205,7 +212,14 @@ class PgRelay:
                 "function-call-protocol",
                 "the legacy fast-path function call message is not allowed; call the function in SQL",
             )
-            self._block_extended(f"-- fast-path call of function oid {msg.oid}", (), verdict, out)
+            # A FunctionCall is answered like a simple Query (result, then ReadyForQuery),
+            # and no Sync follows it: block it the way a Query is blocked.
+            act = self._act(
+                self._action(f"-- fast-path call of function oid {msg.oid}", ()), verdict
+            )
+            self._record(act, "blocked")
+            self._pending.append(_Pending(QUERY, [], block_error(verdict, self.connection)))
+            out.append(_POISON_QUERY)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
 
@@ -275,22 +289,23 @@ class PgRelay:
     # -- upstream -> client -------------------------------------------------------------
 
     def on_upstream_data(self, data: bytes) -> None:
+        out: list[bytes | memoryview] = []
         try:
-            items = self.scanner.feed(data)
+            for item in self.scanner.feed(data):
+                if isinstance(item, memoryview):
+                    out.append(item)
+                    continue
+                replacement = self._on_server_message(item)
+                out.append(item.raw if replacement is None else replacement)
         except ProtocolError as exc:
             log.warning("session %s: upstream protocol error: %s", self.session_id, exc)
+            if out:  # what came before the malformed message is still the server's answer
+                self.client.write(b"".join(out))
             self._fatal(
                 "08P01",
                 f"wardgate: the database server of connection {self.connection!r} sent malformed data",
             )
             return
-        out: list[bytes | memoryview] = []
-        for item in items:
-            if isinstance(item, memoryview):
-                out.append(item)
-                continue
-            replacement = self._on_server_message(item)
-            out.append(item.raw if replacement is None else replacement)
         if out:
             self.client.write(b"".join(out) if len(out) > 1 else bytes(out[0]))
 
@@ -302,10 +317,9 @@ class PgRelay:
         if t == 90:  # Z ReadyForQuery
             while pending:
                 entry = pending.popleft()
-                if entry.kind in (QUERY, SYNC):
-                    self._close_remaining(entry, "not_executed")
-                    break
                 self._close_remaining(entry, "not_executed")
+                if entry.kind in (QUERY, SYNC):
+                    break
             return None
         if t == 83:  # S ParameterStatus
             self._on_parameter_status(msg)
@@ -315,6 +329,11 @@ class PgRelay:
         if t == 69:  # E ErrorResponse
             replacement = head.block
             fields = parse_error_fields(msg.body) if replacement is None else None
+            if head.kind == SYNC:
+                # The implicit transaction failed at its commit (a deferred constraint):
+                # what ran before this Sync was rolled back. Its ReadyForQuery follows.
+                head.commit_error = fields
+                return replacement
             if head.kind == QUERY:
                 if head.acts and head.index < len(head.acts):
                     self._finish_act(head.acts[head.index], "error", fields=fields)
@@ -337,13 +356,13 @@ class PgRelay:
                 pending.popleft()
                 if head.acts:
                     tag = parse_command_tag(msg.body) if t == 67 else ("", None)
-                    self._finish_act(head.acts[0], "ok", tag=tag)
+                    self._finish_execute(head.acts[0], tag)
             return None
         if t == 115:  # s PortalSuspended
             if head.kind == EXECUTE:
                 pending.popleft()
                 if head.acts:
-                    self._finish_act(head.acts[0], "ok", tag=("SUSPENDED", None))
+                    self._finish_execute(head.acts[0], ("SUSPENDED", None))
             return None
         if (
             (t == 49 and head.kind == PARSE)
@@ -360,15 +379,23 @@ class PgRelay:
             name, value = parse_parameter_status(msg.body)
         except ProtocolError:
             return  # forwarded as it is; the client judges it
-        if name != "client_encoding":
+        if (problem := reported_setting_problem(name, value)) is not None:
+            # The server now reads SQL in a way the gateway cannot follow safely: end the
+            # session rather than judge statements it might misread.
+            self._fatal("0A000", problem)
             return
-        codec = python_codec(value)
-        if codec is None:
-            # The server now expects SQL in an encoding the gateway cannot read safely:
-            # end the session rather than judge statements it might misread.
-            self._fatal("0A000", unsupported_message(value))
-            return
-        self.client.decoder.encoding = codec
+        if name == "client_encoding":
+            codec = python_codec(value)
+            assert codec is not None  # reported_setting_problem checked it
+            self.client.decoder.encoding = codec
+
+    def _finish_execute(self, act: _Act, tag: tuple[str, int | None]) -> None:
+        sync = next((e for e in self._pending if e.kind == SYNC), None)
+        record = self._action_record(act, "ok", tag=tag)
+        if sync is None:
+            self.services.recorder.submit(record)  # no Sync yet: nothing can undo it later
+        else:
+            sync.held.append(record)
 
     def _finish_act(
         self,
@@ -378,31 +405,50 @@ class PgRelay:
         tag: tuple[str, int | None] | None = None,
         fields: object = None,
     ) -> None:
+        self.services.recorder.submit(self._action_record(act, status, tag=tag, fields=fields))
+
+    def _action_record(
+        self,
+        act: _Act,
+        status: str,
+        *,
+        tag: tuple[str, int | None] | None = None,
+        fields: object = None,
+    ) -> ActionRecord:
         duration_ms = (time.perf_counter() - act.t0) * 1000.0
         error = sqlstate = None
         if fields is not None:
             error = getattr(fields, "message", None)
             sqlstate = getattr(fields, "sqlstate", None)
-        self.services.recorder.submit(
-            ActionRecord(
-                session_id=self.session_id,
-                seq=act.seq,
-                action=act.action,
-                verdict=act.verdict,
-                started_at=act.started,
-                duration_ms=duration_ms,
-                status=status,
-                rows=tag[1] if tag else None,
-                command=tag[0] if tag else None,
-                error=error,
-                sqlstate=sqlstate,
-            )
+        return ActionRecord(
+            session_id=self.session_id,
+            seq=act.seq,
+            action=act.action,
+            verdict=act.verdict,
+            started_at=act.started,
+            duration_ms=duration_ms,
+            status=status,
+            rows=tag[1] if tag else None,
+            command=tag[0] if tag else None,
+            error=error,
+            sqlstate=sqlstate,
         )
 
     def _record(self, act: _Act, status: str) -> None:
         self._finish_act(act, status)
 
     def _close_remaining(self, entry: _Pending, status: str) -> None:
+        failed = entry.commit_error
+        for record in entry.held:
+            if failed is not None:
+                record = dataclasses.replace(
+                    record,
+                    status="error",
+                    error=f"rolled back: the transaction failed at commit: {failed.message}",
+                    sqlstate=failed.sqlstate,
+                )
+            self.services.recorder.submit(record)
+        entry.held = []
         if entry.acts:
             for act in entry.acts[entry.index :]:
                 self._finish_act(act, status)

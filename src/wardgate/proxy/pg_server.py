@@ -15,7 +15,7 @@ from wardgate.audit.records import SessionRecord
 from wardgate.identity.scram import ScramAuthError, ScramServer
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
-from wardgate.protocols.postgres.encodings import python_codec, unsupported_message
+from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.proxy.pg_relay import PgRelay
 from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial, send_cancel
@@ -59,6 +59,11 @@ PASSED_OPTIONS = frozenset(
         "work_mem",
     }
 )
+_SETTING_HINTS = {
+    "client_encoding": "Connect with client_encoding=UTF8 (PGCLIENTENCODING=UTF8).",
+    "standard_conforming_strings": "Turn standard_conforming_strings on for the gateway's "
+    "database user (ALTER ROLE ... SET standard_conforming_strings = on).",
+}
 GENERIC_AUTH_FAILURE = (
     'wardgate: authentication failed for principal "{}": the token is wrong, revoked, '
     "or the principal does not exist"
@@ -309,14 +314,12 @@ class PgListener:
                 f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}',
             ) from None
         del password
-        codec = python_codec(upstream.client_encoding)
-        if codec is None:
-            upstream.side.close()
-            raise StartupRefused(
-                "0A000",
-                unsupported_message(upstream.client_encoding),
-                hint="Connect with client_encoding=UTF8 (PGCLIENTENCODING=UTF8).",
-            )
+        for name, value in upstream.parameters.items():
+            if (problem := reported_setting_problem(name, value)) is not None:
+                upstream.side.close()
+                raise StartupRefused("0A000", problem, hint=_SETTING_HINTS.get(name))
+        codec = python_codec(upstream.parameters.get("client_encoding", "UTF8"))
+        assert codec is not None  # checked just above
         client.decoder.encoding = codec
 
         session_id = "s_" + secrets.token_hex(8)
@@ -328,8 +331,13 @@ class PgListener:
         )
         try:
             await asyncio.to_thread(services.cancel_keys.register, gw_pid, gw_secret, target)
-        except Exception:
+        except BaseException:
+            # Failed, or cancelled by the startup timeout while the thread may still
+            # register it: close the upstream and remove the key either way.
             upstream.side.close()
+            services.tasks.spawn(
+                asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove"
+            )
             raise
         if client.closed:
             upstream.side.close()
@@ -445,9 +453,10 @@ class PgListener:
             if not isinstance(reply, m.PasswordData):
                 raise ProtocolError("expected a password message")
             token = reply.payload.rstrip(b"\x00").decode("utf-8", "replace")
-            if services.config.principal(principal) is not None:
-                token_id = await asyncio.to_thread(services.tokens.check_password, principal, token)
-            ok = token_id is not None
+            # Checked whether or not the principal is configured: the same PBKDF2 work
+            # either way, so timing does not tell which principal names exist.
+            token_id = await asyncio.to_thread(services.tokens.check_password, principal, token)
+            ok = token_id is not None and services.config.principal(principal) is not None
         else:
             verifiers = await asyncio.to_thread(services.tokens.verifiers, principal)
             if services.config.principal(principal) is None:

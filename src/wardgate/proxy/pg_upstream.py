@@ -43,7 +43,7 @@ class Upstream:
     secret: bytes
     tls: bool
     parameter_status: list[bytes] = field(default_factory=list)  # raw ParameterStatus messages
-    client_encoding: str = "UTF8"
+    parameters: dict[str, str] = field(default_factory=dict)  # as reported by the server
     notices: list[bytes] = field(default_factory=list)
 
 
@@ -72,8 +72,8 @@ async def dial(
         return await asyncio.wait_for(
             _handshake(side, conn, password, params, ca_path), connect_timeout
         )
-    except UpstreamUnavailable:
-        side.close()
+    except (UpstreamUnavailable, asyncio.CancelledError):
+        side.close()  # cancelled too: the client's startup timeout ran out mid-handshake
         raise
     except (TimeoutError, ConnectionClosed, ProtocolError, OSError) as exc:
         side.close()
@@ -189,8 +189,7 @@ async def _handshake(
         elif t == "S":
             result.parameter_status.append(msg.raw)
             name, value = parse_parameter_status(msg.body)
-            if name == "client_encoding":
-                result.client_encoding = value
+            result.parameters[name] = value
         elif t == "K":
             result.pid, result.secret = parse_backend_key_data(msg.body)
         elif t == "N":

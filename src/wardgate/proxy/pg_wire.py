@@ -121,6 +121,10 @@ class ClientSide(_Side):
         if not self._discarding:  # a refused client is closed by end_with's timer
             super().close()
 
+    def write(self, data: bytes) -> None:
+        if not self._discarding:  # after end_with's last message nothing more is sent
+            super().write(data)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._on_connect(self)

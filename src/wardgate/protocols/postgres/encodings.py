@@ -1,4 +1,4 @@
-"""Which client encodings the gateway can read, and with which Python codec.
+"""Reading SQL as the server does: client encodings and the settings that change the lexer.
 
 PostgreSQL converts a client's bytes from its ``client_encoding`` before parsing, so
 the gateway must decode SQL the same way or it would judge a different statement.
@@ -96,3 +96,17 @@ def unsupported_message(pg_name: str) -> str:
         f"wardgate: client_encoding {pg_name!r} is not supported by the gateway: it cannot "
         "read SQL in that encoding safely; use UTF8 (or another ASCII-compatible encoding)"
     )
+
+
+def reported_setting_problem(name: str, value: str) -> str | None:
+    """Why the gateway cannot go on with a session whose server reports ``name = value``
+    (in a ParameterStatus message), or None when it can."""
+    if name == "client_encoding" and python_codec(value) is None:
+        return unsupported_message(value)
+    if name == "standard_conforming_strings" and value != "on":
+        return (
+            "wardgate: the database server reads strings with standard_conforming_strings "
+            f"= {value!r}; the gateway parses SQL with it on and cannot judge statements "
+            "read otherwise, so the session ends"
+        )
+    return None
