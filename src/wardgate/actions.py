@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from wardgate.identity.principals import Principal
+from wardgate.pickling import positional_pickle
 
 
 class Decision(StrEnum):
@@ -21,6 +22,7 @@ class Decision(StrEnum):
 _SEVERITY = {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.BLOCK: 2}
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class Action:
     """One thing a principal asks a connection to do, before it reaches the target.
@@ -39,24 +41,8 @@ class Action:
     session_id: str = ""
     client_addr: str = ""
 
-    def __reduce__(self) -> tuple[type[Action], tuple[object, ...]]:
-        # Pickled by the batch to the recorder process: an explicit tuple is several
-        # times cheaper than the generic dataclass state.
-        return (
-            Action,
-            (
-                self.principal,
-                self.connection,
-                self.protocol,
-                self.kind,
-                self.text,
-                self.params,
-                self.session_id,
-                self.client_addr,
-            ),
-        )
 
-
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class StatementInfo:
     """What the classifier understood one statement to do."""
@@ -66,20 +52,8 @@ class StatementInfo:
     text: str = ""
     error: str | None = None
 
-    def __reduce__(self) -> tuple[type[StatementInfo], tuple[object, ...]]:
-        # Pickled by the batch to the recorder process: an explicit tuple is several
-        # times cheaper than the generic dataclass state.
-        return (
-            StatementInfo,
-            (
-                self.klass,
-                self.kinds,
-                self.text,
-                self.error,
-            ),
-        )
 
-
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class Verdict:
     decision: Decision
@@ -90,16 +64,3 @@ class Verdict:
     @property
     def allowed(self) -> bool:
         return self.decision is Decision.ALLOW
-
-    def __reduce__(self) -> tuple[type[Verdict], tuple[object, ...]]:
-        # Pickled by the batch to the recorder process: an explicit tuple is several
-        # times cheaper than the generic dataclass state.
-        return (
-            Verdict,
-            (
-                self.decision,
-                self.rule,
-                self.reason,
-                self.statements,
-            ),
-        )

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 from wardgate.actions import Action, Verdict
 from wardgate.identity.principals import Principal
+from wardgate.pickling import positional_pickle
 
 ACTION_STATUSES = frozenset({"ok", "error", "blocked", "not_executed"})
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     id: str
@@ -25,24 +27,8 @@ class SessionRecord:
     application_name: str = ""
     tls: bool = False
 
-    def __reduce__(self) -> tuple[type[SessionRecord], tuple[object, ...]]:
-        # Pickled by the batch to the recorder process: an explicit tuple is several
-        # times cheaper than the generic dataclass state.
-        return (
-            SessionRecord,
-            (
-                self.id,
-                self.protocol,
-                self.principal,
-                self.connection,
-                self.client_addr,
-                self.started_at,
-                self.application_name,
-                self.tls,
-            ),
-        )
 
-
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class ActionRecord:
     session_id: str
@@ -57,46 +43,14 @@ class ActionRecord:
     error: str | None = None
     sqlstate: str | None = None
 
-    def __reduce__(self) -> tuple[type[ActionRecord], tuple[object, ...]]:
-        # Pickled by the batch to the recorder process: an explicit tuple is several
-        # times cheaper than the generic dataclass state.
-        return (
-            ActionRecord,
-            (
-                self.session_id,
-                self.seq,
-                self.action,
-                self.verdict,
-                self.started_at,
-                self.duration_ms,
-                self.status,
-                self.rows,
-                self.command,
-                self.error,
-                self.sqlstate,
-            ),
-        )
 
-
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
     session_id: str
     ended_at: float
     status: str = "closed"
     error: str | None = None
-
-    def __reduce__(self) -> tuple[type[SessionEnd], tuple[object, ...]]:
-        # Pickled by the batch to the recorder process: an explicit tuple is several
-        # times cheaper than the generic dataclass state.
-        return (
-            SessionEnd,
-            (
-                self.session_id,
-                self.ended_at,
-                self.status,
-                self.error,
-            ),
-        )
 
 
 Record = SessionRecord | ActionRecord | SessionEnd

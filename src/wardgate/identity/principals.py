@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from wardgate.pickling import positional_pickle
+
 
 class PrincipalKind(StrEnum):
     USER = "user"
     AGENT = "agent"
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class Principal:
     name: str
@@ -21,7 +24,3 @@ class Principal:
     @property
     def is_agent(self) -> bool:
         return self.kind is PrincipalKind.AGENT
-
-    def __reduce__(self) -> tuple[type[Principal], tuple[object, ...]]:
-        # Pickled with each batch sent to the recorder process (see audit.writer).
-        return (Principal, (self.name, self.kind, self.groups, self.sponsor))
