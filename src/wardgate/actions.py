@@ -40,6 +40,13 @@ class Action:
     params: tuple[str | None, ...] = ()
     session_id: str = ""
     client_addr: str = ""
+    # What the action really runs when `text` only names it (SQL `EXECUTE p` of a
+    # statement this session prepared): the gate judges this instead of `text`.
+    resolved: str | None = None
+
+    @property
+    def judged_text(self) -> str:
+        return self.text if self.resolved is None else self.resolved
 
 
 @positional_pickle
@@ -51,16 +58,36 @@ class StatementInfo:
     kinds: tuple[str, ...]
     text: str = ""
     error: str | None = None
+    # As written in the statement ("schema.table" or "table"), lower-cased; CTE names
+    # are not tables. Written = the target of INSERT/UPDATE/DELETE/MERGE/COPY FROM,
+    # SELECT INTO, TRUNCATE, LOCK and DDL; read = every other table named.
+    tables_read: tuple[str, ...] = ()
+    tables_written: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()  # every function called, as written, lower-cased
+    columns: tuple[str, ...] = ()  # every column named, without its table, lower-cased
 
 
 @positional_pickle
 @dataclass(frozen=True, slots=True)
 class Verdict:
     decision: Decision
-    rule: str
+    rule: str  # the rule that decided; with several, the first of `rules`
     reason: str
     statements: tuple[StatementInfo, ...] = field(default=())
+    # Every rule that gave this decision (all matching rules apply; ties are all named).
+    rules: tuple[str, ...] = ()
+    # False on a connection in `mode: observe`: the verdict is recorded, the action runs.
+    enforced: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.rules:
+            object.__setattr__(self, "rules", (self.rule,))
 
     @property
     def allowed(self) -> bool:
         return self.decision is Decision.ALLOW
+
+    @property
+    def lets_through(self) -> bool:
+        """Whether the action goes on to the target: allowed, or only observed."""
+        return self.decision is Decision.ALLOW or not self.enforced

@@ -108,6 +108,8 @@ class ConnectionConfig(_Model):
     upstream: UpstreamConfig
     roles: dict[str, str] = Field(default_factory=dict)
     on_parse_error: Literal["block", "review"] = "block"
+    # observe: verdicts are recorded but every action runs (try a policy on real traffic).
+    mode: Literal["enforce", "observe"] = "enforce"
     description: str = ""
 
 
@@ -125,12 +127,31 @@ class RoleConfig(_Model):
 
 
 class GuardrailMatch(_Model):
-    sql: list[str] = Field(default_factory=list)
+    """What a guardrail applies to. Every field given must match (AND); within a field,
+    any listed value matches (OR). An empty match applies to every action."""
+
+    sql: list[str] = Field(default_factory=list)  # classes or kinds: write, drop, do_block...
+    tables: list[str] = Field(default_factory=list)  # globs on schema.table, read or written
+    tables_written: list[str] = Field(default_factory=list)  # globs, written only
+    columns: list[str] = Field(default_factory=list)  # globs on column names
+    functions: list[str] = Field(default_factory=list)  # globs on function names
+    principals: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    principal_kinds: list[Literal["user", "agent"]] = Field(default_factory=list)
+    connections: list[str] = Field(default_factory=list)
+
+
+class GuardrailCondition(_Model):
+    """Extra tests on the statement, on top of `match`."""
+
+    without_where: bool | None = None  # UPDATE/DELETE with (False) or without (True) WHERE
+    without_limit: bool | None = None  # a SELECT reading a table with no LIMIT/FETCH FIRST
 
 
 class GuardrailConfig(_Model):
     name: str
-    match: GuardrailMatch
+    match: GuardrailMatch = GuardrailMatch()
+    condition: GuardrailCondition | None = None
     verdict: DecisionName
     message: str = ""
 
@@ -162,6 +183,9 @@ class Config(_Model):
     connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
     roles: dict[str, RoleConfig] = Field(default_factory=dict)
     guardrails: list[GuardrailConfig] = Field(default_factory=list)
+    # Functions (name or schema.name) that only read, beyond PostgreSQL's built-ins:
+    # any other function is judged a write.
+    safe_functions: list[str] = Field(default_factory=list)
 
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
@@ -207,9 +231,46 @@ class Config(_Model):
                     problems.append(
                         (("connections", cname, "roles", group), f"unknown role {role!r}")
                     )
+        problems.extend(self._guardrail_problems())
         if problems:
             raise _CrossReferenceErrors(problems)
         return self
+
+    def _guardrail_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        from wardgate.policy.sql import KNOWN_KINDS
+
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        names: set[str] = set()
+        for i, rail in enumerate(self.guardrails):
+            where: tuple[str | int, ...] = ("guardrails", i)
+            if rail.name in names:
+                problems.append(((*where, "name"), f"guardrail name {rail.name!r} is used twice"))
+            names.add(rail.name)
+            m = rail.match
+            for j, kind in enumerate(m.sql):
+                if (
+                    kind not in SQL_CLASSES
+                    and kind not in KNOWN_KINDS
+                    and not kind.startswith("function:")
+                ):
+                    problems.append(
+                        (
+                            (*where, "match", "sql", j),
+                            f"unknown statement class or kind {kind!r}; classes are "
+                            f"{', '.join(SQL_CLASSES)}, kinds are listed in docs/policy.md",
+                        )
+                    )
+            for field, known in (
+                ("groups", self.groups),
+                ("principals", self.principals),
+                ("connections", self.connections),
+            ):
+                for j, value in enumerate(getattr(m, field)):
+                    if value not in known:
+                        problems.append(
+                            ((*where, "match", field, j), f"unknown {field[:-1]} {value!r}")
+                        )
+        return problems
 
     # -- helpers used at run time -------------------------------------------------
 

@@ -9,14 +9,18 @@ role grants is blocked.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
+from fnmatch import fnmatchcase
 from threading import Lock
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
-from wardgate.config import Config
+from wardgate.config import Config, ConnectionConfig, GuardrailConfig
+from wardgate.policy.functions import function_class
 from wardgate.policy.sql import MAX_CACHED_TEXT, classify_keyed
 
 _CACHE_SIZE = 16384
+_RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
 
 
 class Gate:
@@ -24,12 +28,13 @@ class Gate:
         self.config = config
         self._cache: OrderedDict[tuple[str, str, frozenset[str], str, str], Verdict] = OrderedDict()
         self._lock = Lock()
+        self._safe_functions = frozenset(f.lower() for f in config.safe_functions)
 
     def check(self, action: Action) -> Verdict:
         if action.kind == "sql":
-            text_key, statements = classify_keyed(action.text)
+            text_key, statements = classify_keyed(action.judged_text)
         else:
-            text_key, statements = action.text, ()
+            text_key, statements = action.judged_text, ()
         key = (
             action.connection,
             action.principal.name,
@@ -51,6 +56,22 @@ class Gate:
                 self._cache.popitem(last=False)
         return verdict
 
+    def read_only_session(self, principal_groups: frozenset[str], connection: str) -> bool:
+        """True when no role of these groups can ever let a non-read statement through
+        (review included: an approved write must be able to run), on an enforcing
+        connection: such sessions are opened read-only on the target as well."""
+        conn = self.config.connections.get(connection)
+        if conn is None or conn.mode != "enforce":
+            return False
+        for group in principal_groups:
+            role_name = conn.roles.get(group)
+            if role_name is None:
+                continue
+            role = self.config.roles[role_name]
+            if any(role.decision_for(k) != "block" for k in ("write", "ddl", "admin")):
+                return False
+        return True
+
     # -- decisions --------------------------------------------------------------------
 
     def _decide(self, action: Action, statements: tuple[StatementInfo, ...]) -> Verdict:
@@ -61,6 +82,14 @@ class Gate:
                 "unknown-connection",
                 f"connection {action.connection!r} is not configured",
             )
+        verdict = self._decide_on(conn, action, statements)
+        if conn.mode == "observe":
+            verdict = dataclasses.replace(verdict, enforced=False)
+        return verdict
+
+    def _decide_on(
+        self, conn: ConnectionConfig, action: Action, statements: tuple[StatementInfo, ...]
+    ) -> Verdict:
         if action.kind != "sql":
             return Verdict(
                 Decision.BLOCK,
@@ -74,12 +103,13 @@ class Gate:
                 "no-role",
                 f"principal {action.principal.name!r} has no role on connection {action.connection!r}",
                 statements,
+                ("no-role",),
             )
         if not statements:
-            return Verdict(Decision.ALLOW, "empty", "empty statement", statements)
+            return Verdict(Decision.ALLOW, "empty", "empty statement", statements, ("empty",))
         worst: Verdict | None = None
         for stmt in statements:
-            verdict = self._decide_statement(stmt, roles, action, statements, conn.on_parse_error)
+            verdict = self._decide_statement(stmt, roles, action, statements, conn)
             if worst is None or verdict.decision.severity > worst.decision.severity:
                 worst = verdict
         assert worst is not None
@@ -91,16 +121,17 @@ class Gate:
         roles: list[str],
         action: Action,
         statements: tuple[StatementInfo, ...],
-        on_parse_error: str,
+        conn: ConnectionConfig,
     ) -> Verdict:
         if stmt.klass == "unknown":
-            decision = Decision(on_parse_error)
+            decision = Decision(conn.on_parse_error)
             detail = f": {stmt.error}" if stmt.error else ""
             return Verdict(
                 decision,
                 "unparsed-statement",
                 f"wardgate could not understand the statement{detail}; unknown statements are never allowed",
                 statements,
+                ("unparsed-statement",),
             )
         if "parser_setting" in stmt.kinds:
             # Not a policy choice: past this statement the gateway could no longer read
@@ -111,31 +142,125 @@ class Gate:
                 "changing standard_conforming_strings (or a setting named at run time) would "
                 "make the server read SQL differently from the gateway; it is never allowed",
                 statements,
+                ("wardgate:parser-setting",),
             )
+        klass, kinds = stmt.klass, stmt.kinds
+        unknown = self._unknown_functions(stmt)
+        if unknown:
+            # Not a known read-only built-in and not listed in safe_functions: it may write.
+            kinds = (*kinds, "unknown_function")
+            if _RANK[klass] < _RANK["write"]:
+                klass = "write"
+        described = ", ".join(kinds)
+        if unknown:
+            described += f": {', '.join(unknown)}"
         # Roles grant: the most permissive of the principal's roles for this class.
         best: tuple[Decision, str] | None = None
         for role_name in roles:
-            d = Decision(self.config.roles[role_name].decision_for(stmt.klass))
+            d = Decision(self.config.roles[role_name].decision_for(klass))
             if best is None or d.severity < best[0].severity:
                 best = (d, role_name)
         assert best is not None
-        decision, role_name = best
-        verdict = Verdict(
-            decision,
-            f"role:{role_name}",
-            f"role {role_name!r} on connection {action.connection!r} gives {decision.value} "
-            f"for {stmt.klass} statements ({', '.join(stmt.kinds)})",
-            statements,
-        )
-        # Guardrails restrict on top of roles, for everyone.
-        kinds = {*stmt.kinds, stmt.klass}
+        candidates = [
+            (
+                best[0],
+                f"role:{best[1]}",
+                f"role {best[1]!r} on connection {action.connection!r} gives {best[0].value} "
+                f"for {klass} statements ({described})",
+            )
+        ]
+        # Guardrails restrict on top of roles, for everyone they match.
+        all_kinds = {*kinds, klass}
         for rail in self.config.guardrails:
-            if rail.match.sql and not kinds.intersection(rail.match.sql):
-                continue
-            d = Decision(rail.verdict)
-            if d.severity > verdict.decision.severity:
+            if _rail_matches(rail, stmt, all_kinds, action):
                 reason = (
-                    rail.message or f"guardrail {rail.name!r} matches {', '.join(sorted(kinds))}"
+                    rail.message or f"guardrail {rail.name!r} matches this statement ({described})"
                 )
-                verdict = Verdict(d, f"guardrail:{rail.name}", reason, statements)
-        return verdict
+                candidates.append((Decision(rail.verdict), f"guardrail:{rail.name}", reason))
+        final = max(c[0].severity for c in candidates)
+        deciding = [c for c in candidates if c[0].severity == final]
+        if len(deciding) > 1:
+            deciding = deciding[1:] + deciding[:1]  # name a guardrail before the role
+        decision, rule, reason = deciding[0]
+        return Verdict(decision, rule, reason, statements, tuple(c[1] for c in deciding))
+
+    def _unknown_functions(self, stmt: StatementInfo) -> list[str]:
+        unknown = []
+        for name in stmt.functions:
+            schema, _, bare = name.rpartition(".")
+            if function_class(schema or None, bare) is not None:
+                continue
+            if name in self._safe_functions or (
+                not schema and f"public.{bare}" in self._safe_functions
+            ):
+                continue
+            unknown.append(name)
+        return unknown
+
+
+def _rail_matches(
+    rail: GuardrailConfig, stmt: StatementInfo, kinds: set[str], action: Action
+) -> bool:
+    m = rail.match
+    principal = action.principal
+    if m.sql and not kinds.intersection(m.sql):
+        return False
+    if m.connections and action.connection not in m.connections:
+        return False
+    if m.principals and principal.name not in m.principals:
+        return False
+    if m.groups and not principal.groups.intersection(m.groups):
+        return False
+    if m.principal_kinds and principal.kind.value not in m.principal_kinds:
+        return False
+    if m.tables and not _any_table(stmt.tables_read + stmt.tables_written, m.tables):
+        return False
+    if m.tables_written and not _any_table(stmt.tables_written, m.tables_written):
+        return False
+    if m.columns and not any(
+        c == "*" or fnmatchcase(c, p.lower()) for c in stmt.columns for p in m.columns
+    ):
+        return False
+    if m.functions and not any(
+        fnmatchcase(f, p.lower()) or fnmatchcase(f.rpartition(".")[2], p.lower())
+        for f in stmt.functions
+        for p in m.functions
+    ):
+        return False
+    cond = rail.condition
+    if cond is not None:
+        if cond.without_where is not None:
+            unbounded = bool(kinds & {"update_without_where", "delete_without_where"})
+            changes_rows = bool(kinds & {"update", "delete"})
+            if cond.without_where != unbounded or not changes_rows:
+                return False
+        if cond.without_limit is not None and cond.without_limit != ("no_limit" in kinds):
+            return False
+    return True
+
+
+def _any_table(names: tuple[str, ...], patterns: list[str]) -> bool:
+    return any(_table_matches(n, p.lower()) for n in names for p in patterns)
+
+
+def _table_matches(name: str, pattern: str) -> bool:
+    """``schema.table`` globs; a pattern without a schema matches any schema.
+
+    A table named without a schema resolves through search_path, which the gateway does
+    not follow. A rule that names tables (``private.secrets``) therefore also catches a
+    bare ``secrets``, whatever the schema; a rule that names only a schema (``vault.*``)
+    catches bare names when its schema pattern matches ``public``, the default.
+    """
+    p_schema, _, p_table = pattern.rpartition(".")
+    n_schema, _, n_table = name.rpartition(".")
+    if not fnmatchcase(n_table, p_table):
+        return False
+    if not p_schema:
+        return True
+    if n_schema:
+        return fnmatchcase(n_schema, p_schema)
+    return not _has_glob(p_table) or fnmatchcase("public", p_schema)
+
+
+def _has_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from wardgate.config import Config, ConfigError, load_config
@@ -41,6 +42,30 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         uvloop.run(main())
 
 
+def pidfile(config: Config) -> Path:
+    """Where `wardgate serve` keeps the pid that `wardgate policy reload` sends SIGHUP to."""
+    return config.data_path / "wardgate.pid"
+
+
+def _write_pidfile(config: Config) -> Path:
+    path = pidfile(config)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written whole then renamed: a reader never sees half a number.
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(f"{os.getpid()}\n")
+    os.replace(partial, path)
+    return path
+
+
+def _remove_pidfile(path: Path) -> None:
+    # Only our own: another gateway on the same data_dir may have written its pid since.
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
+
+
 def run(config_path: str) -> None:
     setup_logging()
     config = load_config(config_path)
@@ -55,10 +80,18 @@ def run(config_path: str) -> None:
     from wardgate.vault.keys import load_master_key
 
     load_master_key(config)  # generate the key file now, not in N workers at once
-    if config.workers == 1:
-        _run_loop(lambda: run_worker(config_path, config, reuse_port=False, index=0))
-        return
-    _supervise(config_path, config)
+    # SIGHUP means "reload" once the handlers are in place; until then it must not end
+    # the gateway (its default action), so an early `wardgate policy reload` is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The pid to signal: this process, whether it serves itself or supervises workers.
+    pid_path = _write_pidfile(config)
+    try:
+        if config.workers == 1:
+            _run_loop(lambda: run_worker(config_path, config, reuse_port=False, index=0))
+            return
+        _supervise(config_path, config)
+    finally:
+        _remove_pidfile(pid_path)
 
 
 def _supervise(config_path: str, config: Config) -> None:

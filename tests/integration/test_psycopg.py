@@ -482,18 +482,13 @@ def test_blocked_write_never_reaches_server(
 def test_protocol_execute_of_sql_prepared_statement_is_judged_by_what_it_prepares(
     gateway: Gateway, principal: str
 ) -> None:
-    """A statement made by SQL PREPARE can be run by a protocol-level Bind/Execute too.
-    The gateway saw the PREPARE, so the Bind is judged by what it prepares. SQL EXECUTE
-    is still judged as a write (the policy engine resolves it later), so a reader is
-    refused there."""
+    """A statement made by SQL PREPARE can be run by SQL EXECUTE or by a protocol-level
+    Bind/Execute. The gateway saw the PREPARE, so both are judged by what it prepares:
+    a reader may run a prepared SELECT either way."""
     name = unique("pg3_sqlprep")
     with psycopg.connect(gateway.dsn(principal), autocommit=True) as conn:
         conn.execute(f"prepare {name} as select 'prepared by sql'")
-        if principal == "dev":
-            assert conn.execute(f"execute {name}").fetchone() == ("prepared by sql",)
-        else:
-            with pytest.raises(errors.InsufficientPrivilege):
-                conn.execute(f"execute {name}")
+        assert conn.execute(f"execute {name}").fetchone() == ("prepared by sql",)
         res = conn.pgconn.exec_prepared(name.encode(), [])  # Bind, Describe, Execute, Sync
         assert res.status == psycopg.pq.ExecStatus.TUPLES_OK, res.error_message
         assert res.get_value(0, 0) == b"prepared by sql"

@@ -24,9 +24,8 @@ def test_sighup_reloads_policy_inside_an_open_session(it_database: str, tmp_path
     gw = make_gateway(tmp_path, base_config(it_database))
     gw.start()
     try:
-        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("create temp table reload_t (a int)")
+        with psycopg.connect(gw.dsn("dev"), autocommit=True) as conn:
+            conn.execute("create temp table reload_a (a int)")
 
             # A broken file is refused; the running policy stays.
             good = gw.config_path.read_text()
@@ -36,18 +35,49 @@ def test_sighup_reloads_policy_inside_an_open_session(it_database: str, tmp_path
             assert gw.proc is not None
             gw.proc.send_signal(signal.SIGHUP)
             _wait_for_log(gw, "config reload refused")
+            conn.execute("create temp table reload_b (a int)")
+
+            # Take ddl away from engineers; the same session is refused at once.
+            gw.config_path.write_text(
+                good.replace(
+                    "engineer: {read: allow, write: allow, ddl: allow",
+                    "engineer: {read: allow, write: allow, ddl: block",
+                )
+            )
+            gw.proc.send_signal(signal.SIGHUP)
+            _wait_for_log(gw, "config reloaded")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("create temp table reload_c (a int)")
+            assert conn.execute("select count(*) from reload_a").fetchone() == (0,)
+    finally:
+        gw.stop()
+
+
+def test_a_loosened_role_reaches_read_only_sessions_at_their_next_connection(
+    it_database: str, tmp_path: Path
+) -> None:
+    """A read-only role's sessions are read-only on the server too, from their start.
+    Giving the role more later changes the policy at once, but the server side of an
+    open session stays read-only (fail closed) until the client reconnects."""
+    gw = make_gateway(tmp_path, base_config(it_database))
+    gw.start()
+    try:
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("create temp table reload_t (a int)")
-
-            # Give the agents' role ddl; the same session may now create the table.
+            good = gw.config_path.read_text()
             gw.config_path.write_text(
                 good.replace(
                     "reader: {read: allow, write: block, ddl: block",
                     "reader: {read: allow, write: block, ddl: allow",
                 )
             )
+            assert gw.proc is not None
             gw.proc.send_signal(signal.SIGHUP)
             _wait_for_log(gw, "config reloaded")
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("create temp table reload_t (a int)")
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
             conn.execute("create temp table reload_t (a int)")
             assert conn.execute("select count(*) from reload_t").fetchone() == (0,)
     finally:

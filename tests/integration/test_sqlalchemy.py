@@ -187,7 +187,10 @@ def test_agent_orm_write_is_refused(
         # The session is usable after the refusals.
         assert session.scalar(sa.select(sa.func.count()).select_from(Author)) == 1
 
-    with pytest.raises(sa_exc.ProgrammingError, match="wardgate: blocked by role:reader"):
+    # Both the role and the no-drop guardrail refuse it; the guardrail is named first.
+    with pytest.raises(
+        sa_exc.ProgrammingError, match="wardgate: blocked by guardrail:no-drop, role:reader"
+    ):
         Base.metadata.drop_all(agent_engine)
 
     with admin_conn(it_database) as conn:

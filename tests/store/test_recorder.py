@@ -82,9 +82,20 @@ async def _test_flush_writes_everything_and_summaries_add_up(process: bool, stor
     assert first["verdict"] == {
         "decision": "block",
         "rule": "no-drop",
+        "rules": ["no-drop"],
         "reason": "Destructive DDL is blocked",
+        "enforced": True,
     }
-    assert first["statements"] == [{"klass": "ddl", "kinds": ["drop"], "error": None}]
+    assert first["statements"] == [
+        {
+            "klass": "ddl",
+            "kinds": ["drop"],
+            "error": None,
+            "tables_read": [],
+            "tables_written": [],
+            "functions": [],
+        }
+    ]
     assert first["params"] == ["0", None]
     assert first["sqlstate"] == "42501" and first["status"] == "blocked"
     assert detail["actions"][1]["rows"] == 1 and detail["actions"][1]["command"] == "SELECT 1"

@@ -115,3 +115,159 @@ def test_cached_verdict_is_the_same_and_fast(config: Config) -> None:
         )
     per_check = (time.perf_counter() - start) / 1000
     assert per_check < 0.001  # a generous bound: measured ~5 µs; the benchmark reports the figure
+
+
+# -- the policy engine: guardrails on tables, columns, functions, who; conditions ------
+
+POLICY = """
+groups: {agents: {}, engineers: {}, dba: {}}
+principals:
+  bot: {kind: agent, groups: [agents], sponsor: ann}
+  ann: {kind: user, groups: [engineers]}
+  dora: {kind: user, groups: [dba]}
+connections:
+  shop:
+    type: postgres
+    upstream: {database: shop, user: app}
+    roles: {agents: reader, engineers: engineer, dba: admin}
+  lab:
+    type: postgres
+    upstream: {database: lab, user: app}
+    roles: {agents: reader}
+    mode: observe
+roles:
+  reader: {read: allow}
+  engineer: {read: allow, write: allow, ddl: review}
+  admin: {read: allow, write: allow, ddl: allow, admin: allow}
+safe_functions: [report.totals, fmt_money]
+guardrails:
+  - {name: no-secrets-for-agents, match: {tables: ["*.secrets", "vault.*"], principal_kinds: [agent]}, verdict: block, message: "Agents never read secrets"}
+  - {name: ssn-review, match: {tables: [public.customers], columns: [ssn]}, verdict: review}
+  - {name: no-sleep, match: {functions: [pg_sleep*]}, verdict: block}
+  - {name: orders-writes-reviewed, match: {tables_written: [orders]}, verdict: review}
+  - {name: agents-need-limit, match: {principal_kinds: [agent], sql: [select]}, condition: {without_limit: true}, verdict: review}
+  - {name: unbounded-changes, match: {}, condition: {without_where: true}, verdict: block}
+  - {name: lab-only-for-ann, match: {connections: [lab], principals: [ann]}, verdict: block}
+"""
+
+
+@pytest.fixture(scope="module")
+def policy() -> Config:
+    return parse_config(POLICY, Path("policy.yaml"))
+
+
+POLICY_TABLE = [
+    # reads with LIMIT are fine for agents; without, they need a review
+    ("bot", "select id from orders limit 10", Decision.ALLOW, "role:reader"),
+    ("bot", "select id from orders", Decision.REVIEW, "guardrail:agents-need-limit"),
+    ("ann", "select id from orders", Decision.ALLOW, "role:engineer"),
+    # tables: any schema for a bare name; a qualified rule matches the bare name too
+    ("bot", "select * from secrets limit 1", Decision.BLOCK, "guardrail:no-secrets-for-agents"),
+    ("bot", "select * from app.secrets limit 1", Decision.BLOCK, "guardrail:no-secrets-for-agents"),
+    ("bot", "select * from vault.keys limit 1", Decision.BLOCK, "guardrail:no-secrets-for-agents"),
+    (
+        "bot",
+        "select * from (select * from secrets) s limit 1",
+        Decision.BLOCK,
+        "guardrail:no-secrets-for-agents",
+    ),
+    ("ann", "select * from secrets", Decision.ALLOW, "role:engineer"),
+    # a CTE named like a table is not that table
+    (
+        "bot",
+        "with secrets as (select 1 as a) select a from secrets limit 1",
+        Decision.ALLOW,
+        "role:reader",
+    ),
+    # columns: named, or behind *
+    ("ann", "select ssn from customers", Decision.REVIEW, "guardrail:ssn-review"),
+    ("ann", "select * from public.customers", Decision.REVIEW, "guardrail:ssn-review"),
+    ("ann", "select name from customers", Decision.ALLOW, "role:engineer"),
+    # functions: built-in read-only, listed safe, unknown (a write), guarded
+    (
+        "bot",
+        "select lower(name), now(), count(*) from orders limit 5",
+        Decision.ALLOW,
+        "role:reader",
+    ),
+    ("bot", "select report.totals() limit 1", Decision.ALLOW, "role:reader"),
+    ("bot", "select fmt_money(1)", Decision.ALLOW, "role:reader"),
+    ("bot", "select my_func()", Decision.BLOCK, "role:reader"),
+    ("bot", "select evil.now()", Decision.BLOCK, "role:reader"),
+    ("ann", "select my_func()", Decision.ALLOW, "role:engineer"),
+    ("ann", "select pg_sleep(1)", Decision.BLOCK, "guardrail:no-sleep"),
+    # writes to a guarded table need a review; unbounded changes are blocked for all
+    ("ann", "insert into orders values (1)", Decision.REVIEW, "guardrail:orders-writes-reviewed"),
+    (
+        "ann",
+        "update orders set paid = true where id = 1",
+        Decision.REVIEW,
+        "guardrail:orders-writes-reviewed",
+    ),
+    ("ann", "update items set n = 1", Decision.BLOCK, "guardrail:unbounded-changes"),
+    ("dora", "delete from items", Decision.BLOCK, "guardrail:unbounded-changes"),
+    ("dora", "delete from items where id = 1", Decision.ALLOW, "role:admin"),
+    # connections and principals
+    ("ann", "select 1", Decision.BLOCK, "no-role"),
+]
+
+
+@pytest.mark.parametrize(("principal", "sql", "decision", "rule"), POLICY_TABLE)
+def test_policy_decisions(
+    policy: Config, principal: str, sql: str, decision: Decision, rule: str
+) -> None:
+    p = policy.principal(principal)
+    assert p is not None
+    connection = "lab" if (principal, sql) == ("ann", "select 1") else "shop"
+    verdict = Gate(policy).check(Action(p, connection, "postgres", "sql", sql))
+    assert (verdict.decision, verdict.rule) == (decision, rule), verdict.reason
+
+
+def test_every_rule_that_decides_is_named(policy: Config) -> None:
+    bot = policy.principal("bot")
+    assert bot is not None
+    verdict = Gate(policy).check(Action(bot, "shop", "postgres", "sql", "delete from secrets"))
+    assert verdict.decision is Decision.BLOCK
+    assert set(verdict.rules) == {
+        "guardrail:no-secrets-for-agents",
+        "guardrail:unbounded-changes",
+        "role:reader",
+    }
+    assert verdict.rule == verdict.rules[0] and verdict.rule.startswith("guardrail:")
+
+
+def test_unknown_function_is_named_in_the_reason(policy: Config) -> None:
+    bot = policy.principal("bot")
+    assert bot is not None
+    verdict = Gate(policy).check(Action(bot, "shop", "postgres", "sql", "select my_func()"))
+    assert "unknown_function: my_func" in verdict.reason
+
+
+def test_observe_mode_records_the_verdict_but_lets_it_through(policy: Config) -> None:
+    bot = policy.principal("bot")
+    assert bot is not None
+    verdict = Gate(policy).check(Action(bot, "lab", "postgres", "sql", "drop table t"))
+    assert verdict.decision is Decision.BLOCK and not verdict.enforced and verdict.lets_through
+    ok = Gate(policy).check(Action(bot, "shop", "postgres", "sql", "drop table t"))
+    assert ok.enforced and not ok.lets_through
+
+
+def test_read_only_sessions(policy: Config) -> None:
+    gate = Gate(policy)
+    assert gate.read_only_session(frozenset({"agents"}), "shop")
+    assert not gate.read_only_session(frozenset({"agents", "engineers"}), "shop")
+    assert not gate.read_only_session(frozenset({"engineers"}), "shop")  # ddl: review
+    assert not gate.read_only_session(frozenset({"agents"}), "lab")  # observe mode
+
+
+def test_sql_execute_is_judged_by_what_it_resolves_to(policy: Config) -> None:
+    bot = policy.principal("bot")
+    assert bot is not None
+    gate = Gate(policy)
+    plain = Action(bot, "shop", "postgres", "sql", "execute p(1)")
+    assert gate.check(plain).decision is Decision.BLOCK
+    reading = Action(
+        bot, "shop", "postgres", "sql", "execute p(1)",
+        resolved="prepare p as select id from orders where id = $1 limit 1",
+    )  # fmt: skip
+    assert gate.check(reading).decision is Decision.ALLOW

@@ -53,3 +53,39 @@ def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
         actions.append({"id": event.id, "ts": event.ts, "hash": event.hash, **payload})
     summary["actions"] = actions
     return summary
+
+
+def list_actions(
+    store: Store, *, since: float | None = None, limit: int = 10_000
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` action events (at or after ``since``), in chain order: each
+    the decoded payload with the event's ``id``, ``ts``, ``session_id``, ``principal``
+    and ``connection`` added."""
+    stmt = (
+        select(
+            AuditEvent.id,
+            AuditEvent.ts,
+            AuditEvent.session_id,
+            AuditEvent.principal,
+            AuditEvent.connection,
+            AuditEvent.payload,
+        )
+        .where(AuditEvent.type == "action")
+        .order_by(AuditEvent.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        stmt = stmt.where(AuditEvent.ts >= since)
+    with store.session(write=False) as session:
+        events = session.execute(stmt).all()
+    return [
+        {
+            **json.loads(event.payload),
+            "id": event.id,
+            "ts": event.ts,
+            "session_id": event.session_id,
+            "principal": event.principal,
+            "connection": event.connection,
+        }
+        for event in reversed(events)
+    ]

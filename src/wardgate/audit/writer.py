@@ -93,9 +93,23 @@ class BatchWriter:
                     "kind": a.kind,
                     "text": a.text,
                     "params": list(a.params),
-                    "verdict": {"decision": str(v.decision), "rule": v.rule, "reason": v.reason},
+                    "resolved": a.resolved,
+                    "verdict": {
+                        "decision": str(v.decision),
+                        "rule": v.rule,
+                        "rules": list(v.rules),
+                        "reason": v.reason,
+                        "enforced": v.enforced,
+                    },
                     "statements": [
-                        {"klass": s.klass, "kinds": list(s.kinds), "error": s.error}
+                        {
+                            "klass": s.klass,
+                            "kinds": list(s.kinds),
+                            "error": s.error,
+                            "tables_read": list(s.tables_read),
+                            "tables_written": list(s.tables_written),
+                            "functions": list(s.functions),
+                        }
                         for s in v.statements
                     ],
                     "status": record.status,

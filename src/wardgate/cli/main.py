@@ -373,6 +373,13 @@ def sessions_show(
             out.print(f"    params: {json.dumps(a['params'], ensure_ascii=False)}", markup=False)
 
 
+# -- policy: its own module, built on the helpers above ------------------------------
+
+from wardgate.cli.policy import policy_app  # noqa: E402
+
+app.add_typer(policy_app, name="policy")
+
+
 def main() -> None:  # pragma: no cover - `python -m wardgate.cli.main`
     app()
 

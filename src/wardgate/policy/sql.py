@@ -8,6 +8,7 @@ side-effecting function call is seen. Anything the parser cannot understand is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from functools import lru_cache
@@ -16,6 +17,7 @@ from typing import Any
 from pglast.parser import ParseError, fingerprint, parse_sql_json
 
 from wardgate.actions import StatementInfo
+from wardgate.policy.functions import function_class
 
 # The order of severity between classes, used when a statement mixes several.
 _CLASS_RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
@@ -77,6 +79,20 @@ _FIXED: dict[str, tuple[str, str]] = {
     "SecLabelStmt": ("admin", "security_label"),
 }
 
+# Every kind the classifier gives (besides "function:<name>"); guardrails may only name
+# these, so a typo in a policy is an error instead of a rule that never matches.
+KNOWN_KINDS = frozenset(
+    {
+        *(kind for _, kind in _FIXED.values()),
+        "select", "select_into", "select_for_update", "no_limit", "insert", "update",
+        "delete", "merge", "update_without_where", "delete_without_where", "copy_to",
+        "copy_from", "copy_file", "copy_to_program", "copy_from_program", "explain",
+        "explain_analyze", "set", "reset_role", "set_role", "set_session", "read_only_off",
+        "transaction_mode", "parser_setting", "prepare", "declare_cursor", "create", "alter",
+        "drop", "unknown_function", "parse_error",
+    }
+)  # fmt: skip
+
 # Settings whose change lifts a privilege boundary or the read-only guard.
 _GUARDED_SETTINGS = {
     "role": "set_role",
@@ -86,50 +102,80 @@ _GUARDED_SETTINGS = {
     "transaction_isolation": "set",
 }
 
-# Functions with effects outside the reading of rows. The full catalogue and the
-# "unknown function is not read" rule belong to the policy engine; these are the
-# ones no gate may ever call read.
-_ADMIN_FUNCTIONS = frozenset(
-    {
-        "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
-        "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import",
-        "lo_export", "dblink", "dblink_exec", "dblink_connect", "pg_promote",
-        "pg_switch_wal", "pg_create_restore_point", "pg_start_backup", "pg_stop_backup",
-        "pg_backup_start", "pg_backup_stop", "pg_file_write", "pg_logical_emit_message",
-        "query_to_xml", "query_to_xml_and_xmlschema", "cursor_to_xml", "table_to_xml",
-    }
-)  # fmt: skip
-_WRITE_FUNCTIONS = frozenset(
-    {"nextval", "setval", "lo_create", "lo_unlink", "lo_put", "pg_advisory_lock", "pg_notify"}
-)
 
+def _walk(node: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every (parent field, node type, fields) in a pglast JSON tree, depth first.
 
-def _walk(node: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every (node type, fields) pair in a pglast JSON tree, depth first."""
-    stack = [node]
+    The parent field is the name under which the node sits in its parent ("relation",
+    "fromClause", ...); it tells a table that is written from one that is read.
+    """
+    stack: list[tuple[str, Any]] = [("", node)]
     while stack:
-        item = stack.pop()
+        key, item = stack.pop()
         if isinstance(item, dict):
-            for key, value in item.items():
-                if isinstance(value, dict):
-                    if key[:1].isupper():
-                        yield key, value
-                    stack.append(value)
-                elif isinstance(value, list):
-                    stack.extend(value)
+            if "relname" in item:
+                # A field typed RangeVar (InsertStmt.relation, IntoClause.rel ...) comes
+                # without its type wrapper.
+                yield key, "RangeVar", item
+            for k, v in item.items():
+                if isinstance(v, dict) and k[:1].isupper():
+                    yield key, k, v
+                    stack.extend((fk, fv) for fk, fv in v.items() if isinstance(fv, dict | list))
+                elif isinstance(v, dict | list):
+                    stack.append((k, v))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((key, x) for x in item)
 
 
-def _func_name(fields: dict[str, Any]) -> str:
-    parts = [p.get("String", {}).get("sval", "") for p in fields.get("funcname", [])]
-    return parts[-1].lower() if parts else ""
+def _names(parts: list[Any]) -> list[str]:
+    return [p["String"]["sval"] for p in parts if "String" in p]
+
+
+def _func_name(fields: dict[str, Any]) -> tuple[str | None, str]:
+    """(schema or None, name) as written; unquoted names are already lower-case."""
+    parts = _names(fields.get("funcname", []))
+    if not parts:
+        return None, ""
+    return (parts[-2] if len(parts) > 1 else None), parts[-1]
+
+
+def _relation(fields: dict[str, Any]) -> str:
+    name = str(fields.get("relname", ""))
+    schema = fields.get("schemaname")
+    return f"{schema}.{name}" if schema else name
+
+
+# Fields under which a table is the target of a change rather than read.
+_WRITTEN_FIELDS = frozenset({"relation", "relations", "rel", "view", "sequence", "objects"})
+_DROPPED_RELATIONS = frozenset(
+    {"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE", "OBJECT_SEQUENCE",
+     "OBJECT_INDEX"}
+)  # fmt: skip
 
 
 # Settings that change how the server's lexer reads SQL text. pglast always reads it
-# with standard_conforming_strings on; with it off, 'a\'' hides whatever follows, so the
+# with standard_conforming_strings on; with it off, 'a\\'' hides whatever follows, so the
 # gateway would judge a different statement from the one the server runs.
 PARSER_SETTINGS = frozenset({"standard_conforming_strings"})
+
+
+def _explain_analyzes(options: list[Any]) -> bool:
+    """EXPLAIN (ANALYZE) runs the statement; EXPLAIN (ANALYZE false|off|0) does not."""
+    for option in options:
+        elem = option.get("DefElem", {})
+        if elem.get("defname") != "analyze":
+            continue
+        arg = elem.get("arg")
+        if arg is None:
+            return True
+        value = str(next(iter(next(iter(arg.values())).values()), "")).lower()
+        ((kind, body),) = arg.items()
+        if kind == "Boolean":
+            return bool(body.get("boolval"))
+        if kind == "Integer":
+            return bool(body.get("ival"))
+        return value not in ("false", "off", "0", "no")
+    return False
 
 
 def _setting_class(name: str) -> tuple[str, list[str]]:
@@ -210,8 +256,7 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
             return "admin", ["copy_file"]
         return ("write", ["copy_from"]) if fields.get("is_from") else ("read", ["copy_to"])
     if node_type == "ExplainStmt":
-        options = {o.get("DefElem", {}).get("defname") for o in fields.get("options", [])}
-        if "analyze" in options:
+        if _explain_analyzes(fields.get("options", [])):
             return "read", [
                 "explain_analyze"
             ]  # the inner statement executes: see classify_statement
@@ -237,23 +282,49 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     klass, kinds = _classify_node(node_type, fields)
     explain_executes = node_type == "ExplainStmt" and "explain_analyze" in kinds
     if node_type == "ExplainStmt" and not explain_executes:
-        # Plain EXPLAIN plans the statement without running it.
+        # Plain EXPLAIN plans the statement without running it or reading its rows.
         return StatementInfo(klass=klass, kinds=tuple(kinds), text=text)
+    ctes: set[str] = set()
+    read: list[str] = []
+    written: list[str] = []
+    functions: list[str] = []
+    columns: list[str] = []
+    if node_type == "CopyStmt" and "relation" in fields:
+        # COPY t TO reads t; COPY t FROM writes it.
+        rel = _relation(fields["relation"])
+        (written if fields.get("is_from") else read).append(rel)
+    if node_type == "DropStmt" and fields.get("removeType") in _DROPPED_RELATIONS:
+        for obj in fields.get("objects", []):
+            if "List" in obj:
+                written.append(".".join(_names(obj["List"].get("items", []))))
+    if node_type == "SelectStmt" and _reads_without_limit(fields):
+        kinds.append("no_limit")
     # Everything nested counts: CTE writes, sub-selects INTO, side-effecting functions.
-    for inner_type, inner in _walk(fields):
+    for parent, inner_type, inner in _walk(fields):
         inner_class: str | None = None
-        if inner_type in _DML:
+        inner_kinds: list[str] = []
+        if inner_type == "RangeVar":
+            if node_type == "CopyStmt" and parent == "relation":
+                continue  # counted above
+            (written if parent in _WRITTEN_FIELDS else read).append(_relation(inner))
+        elif inner_type == "CommonTableExpr":
+            ctes.add(str(inner.get("ctename", "")))
+        elif inner_type == "ColumnRef":
+            last = inner.get("fields", [{}])[-1]
+            columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
+        elif inner_type in _DML:
             inner_class, inner_kinds = _classify_node(inner_type, inner)
         elif inner_type == "SelectStmt" and ("intoClause" in inner or "lockingClause" in inner):
             inner_class, inner_kinds = _classify_node(inner_type, inner)
         elif inner_type == "FuncCall":
-            name = _func_name(inner)
-            if name == "set_config":
+            schema, name = _func_name(inner)
+            functions.append(f"{schema}.{name}" if schema else name)
+            if name == "set_config" and schema in (None, "pg_catalog"):
                 inner_class, inner_kinds = _classify_set_config(inner)
-            elif name in _ADMIN_FUNCTIONS:
-                inner_class, inner_kinds = "admin", [f"function:{name}"]
-            elif name in _WRITE_FUNCTIONS:
-                inner_class, inner_kinds = "write", [f"function:{name}"]
+            else:
+                fclass = function_class(schema, name)
+                if fclass in ("admin", "write"):
+                    inner_class, inner_kinds = fclass, [f"function:{name}"]
         elif explain_executes or node_type in ("PrepareStmt", "DeclareCursorStmt"):
             if inner_type in _FIXED or inner_type.endswith("Stmt"):
                 inner_class, inner_kinds = _classify_node(inner_type, inner)
@@ -261,14 +332,46 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
             kinds.extend(k for k in inner_kinds if k not in kinds)
             if _CLASS_RANK[inner_class] > _CLASS_RANK[klass]:
                 klass = inner_class
-    return StatementInfo(klass=klass, kinds=tuple(kinds), text=text)
+    if ctes:
+        read = [t for t in read if t not in ctes]
+    return StatementInfo(
+        klass=klass,
+        kinds=tuple(kinds),
+        text=text,
+        tables_read=_unique(read),
+        tables_written=_unique(written),
+        functions=_unique(functions),
+        columns=_unique(columns),
+    )
+
+
+def _unique(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(i.lower() for i in items if i))
+
+
+def _reads_without_limit(fields: dict[str, Any]) -> bool:
+    """A top-level SELECT that reads from something and has no LIMIT / FETCH FIRST."""
+    if "limitCount" in fields:
+        return False
+    if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return True  # a UNION etc. without an outer LIMIT
+    return bool(fields.get("fromClause"))
 
 
 # Kinds whose meaning depends on literal values, which a fingerprint ignores (a DO
-# body, set_config's setting name, BEGIN vs BEGIN READ WRITE): never shared between
+# body, set_config's setting name, BEGIN vs BEGIN READ WRITE, EXPLAIN (ANALYZE 0)
+# vs (ANALYZE 1)): never shared between
 # statements by fingerprint.
 _VALUE_SENSITIVE = frozenset(
-    {"do_block", "parse_error", "function:set_config", "transaction_mode", "transaction"}
+    {
+        "do_block",
+        "parse_error",
+        "function:set_config",
+        "transaction_mode",
+        "transaction",
+        "explain",
+        "explain_analyze",
+    }
 )
 _FINGERPRINT_CACHE: dict[str, tuple[StatementInfo, ...]] = {}
 _FINGERPRINT_CACHE_SIZE = 16384
@@ -305,7 +408,7 @@ def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
         if len(_FINGERPRINT_CACHE) >= _FINGERPRINT_CACHE_SIZE:
             _FINGERPRINT_CACHE.clear()
         info = infos[0]
-        _FINGERPRINT_CACHE[fp] = (StatementInfo(info.klass, info.kinds, "", info.error),)
+        _FINGERPRINT_CACHE[fp] = (dataclasses.replace(info, text=""),)
         return "f:" + fp, infos
     return "t:" + sql, infos
 
@@ -386,3 +489,16 @@ def prepared_statement_changes(sql: str) -> list[tuple[str | None, str | None]]:
         elif node_type == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
             changes.append((None, None))
     return changes
+
+
+def executed_statement(sql: str) -> str | None:
+    """The prepared-statement name a single ``EXECUTE name(...)`` runs, else None."""
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
+        return None
+    stmts = tree.get("stmts", [])
+    if len(stmts) != 1:
+        return None
+    execute = stmts[0].get("stmt", {}).get("ExecuteStmt")
+    return str(execute.get("name", "")) if execute is not None else None

@@ -25,6 +25,7 @@ from wardgate.identity.principals import Principal
 from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
+    executed_statement,
     prepared_statement_changes,
 )
 from wardgate.protocols.postgres import build
@@ -86,10 +87,11 @@ class _Pending:
 
 
 def block_error(verdict: Verdict, connection: str) -> bytes:
+    rules = ", ".join(verdict.rules)  # every rule that gave this verdict, the deciding one first
     if verdict.decision is Decision.REVIEW:
-        message = f"wardgate: blocked by {verdict.rule}: {verdict.reason} (this needs a human review, and reviews are not enabled on this gateway)"
+        message = f"wardgate: blocked by {rules}: {verdict.reason} (this needs a human review, and reviews are not enabled on this gateway)"
     else:
-        message = f"wardgate: blocked by {verdict.rule}: {verdict.reason}"
+        message = f"wardgate: blocked by {rules}: {verdict.reason}"
     hint = (
         f"This is a wardgate policy decision on connection {connection!r}, not a database error. "
         "Running the same statement again will be blocked again; ask a wardgate administrator "
@@ -110,6 +112,7 @@ class PgRelay:
         connection: str,
         client_addr: str,
         on_finished: object = None,
+        read_only: bool = False,
     ) -> None:
         self.services = services
         self.client = client
@@ -127,6 +130,7 @@ class PgRelay:
         self._seq = 0
         self._finished = False
         self._on_finished = on_finished
+        self.read_only = read_only  # the upstream session was opened read-only
 
     # -- client -> upstream -------------------------------------------------------------
 
@@ -157,7 +161,7 @@ class PgRelay:
             self._on_query(msg, raw, out)
         elif isinstance(msg, m.Parse):
             verdict = self._check(msg.sql, ())
-            if not verdict.allowed:
+            if not verdict.lets_through:
                 self._block_extended(msg.sql, (), verdict, out)
                 return
             self._statements[msg.name] = (msg.sql, msg.param_types)
@@ -180,7 +184,7 @@ class PgRelay:
                 sql = 'FETCH FORWARD ALL FROM "' + msg.portal.replace('"', '""') + '"'
             action = self._action(sql, params)
             verdict = self.services.gate.check(action)
-            if not verdict.allowed:
+            if not verdict.lets_through:
                 self._block_extended(sql, params, verdict, out)
                 return
             self._pending.append(_Pending(EXECUTE, [self._act(action, verdict)]))
@@ -228,12 +232,14 @@ class PgRelay:
         texts = [s.text for s in statements] if len(statements) > 1 else [msg.sql]
         acts: list[_Act] = []
         blocked: _Act | None = None
-        for text in texts:
+        for i, text in enumerate(texts):
             action = self._action(text, ())
+            if i < len(statements) and "execute" in statements[i].kinds:
+                action = self._resolve_execute(action)
             verdict = self.services.gate.check(action)
             act = self._act(action, verdict)
             acts.append(act)
-            if blocked is None and not verdict.allowed:
+            if blocked is None and not verdict.lets_through:
                 blocked = act
         if blocked is not None:
             # Nothing of a multi-statement string runs if any part of it is blocked.
@@ -246,6 +252,14 @@ class PgRelay:
         out.append(raw)
         if any(PREPARED_STATEMENT_KINDS.intersection(s.kinds) for s in statements):
             self._track_sql_prepared(msg.sql)
+
+    def _resolve_execute(self, action: Action) -> Action:
+        """SQL ``EXECUTE name``: judged by what this session prepared under that name."""
+        name = executed_statement(action.text)
+        prepared = self._statements.get(name) if name is not None else None
+        if prepared is None:
+            return action  # unknown here: judged as EXECUTE itself, a write
+        return dataclasses.replace(action, resolved=prepared[0])
 
     def _track_sql_prepared(self, sql: str) -> None:
         # Statements made and dropped in SQL share the names of protocol-level ones; a
@@ -379,6 +393,13 @@ class PgRelay:
             name, value = parse_parameter_status(msg.body)
         except ProtocolError:
             return  # forwarded as it is; the client judges it
+        if self.read_only and name == "default_transaction_read_only" and value != "on":
+            self._fatal(
+                "0A000",
+                "wardgate: the read-only session this principal's role requires was turned "
+                "read-write; the session ends",
+            )
+            return
         if (problem := reported_setting_problem(name, value)) is not None:
             # The server now reads SQL in a way the gateway cannot follow safely: end the
             # session rather than judge statements it might misread.

@@ -282,6 +282,12 @@ class PgListener:
                 hint="Ask a wardgate administrator to grant one of your groups a role on this connection.",
             )
         upstream_params = self._upstream_params(params)
+        read_only = services.gate.read_only_session(principal.groups, connection_name)
+        if read_only:
+            # Defence in depth: the server itself refuses writes in this session, so a
+            # statement the classifier misjudged still cannot change anything.
+            option = "-c default_transaction_read_only=on"
+            upstream_params["options"] = f"{upstream_params.get('options', '')} {option}".strip()
         try:
             password = (
                 await asyncio.to_thread(
@@ -314,6 +320,13 @@ class PgListener:
                 f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}',
             ) from None
         del password
+        if read_only and upstream.parameters.get("default_transaction_read_only", "on") != "on":
+            upstream.side.close()
+            raise StartupRefused(
+                "0A000",
+                f'wardgate: connection "{connection_name}" did not open the read-only session '
+                "this principal's role requires",
+            )
         for name, value in upstream.parameters.items():
             if (problem := reported_setting_problem(name, value)) is not None:
                 upstream.side.close()
@@ -371,6 +384,7 @@ class PgListener:
             connection=connection_name,
             client_addr=addr,
             on_finished=finished,
+            read_only=read_only,
         )
         out = [
             build.auth_ok(),
