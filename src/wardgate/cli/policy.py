@@ -365,9 +365,9 @@ def _old_lets_through(event: dict[str, Any]) -> bool:
     old = event.get("verdict") or {}
     if old.get("decision") == Decision.ALLOW.value:
         return True
-    # A block or review on a connection in `mode: observe` was recorded, and the action
-    # ran: its status is not "blocked".
-    return old.get("enforced") is False or event.get("status", "blocked") != "blocked"
+    if "enforced" in old:  # False: a connection in `mode: observe`, the action ran
+        return old["enforced"] is False
+    return event.get("status") != "blocked"  # recorded before observe mode existed
 
 
 def _judge_again(gate: Gate, cfg: Config, config_path: str, event: dict[str, Any]) -> Verdict:
@@ -407,16 +407,16 @@ def _replay_one(gate: Gate, cfg: Config, config_path: str, event: dict[str, Any]
         same = Verdict(Decision.BLOCK, str(old["rule"]), str(old.get("reason", "")))
         return _Replayed(event, old, same, "")
     new = _judge_again(gate, cfg, config_path, event)
-    change = ""
-    if _old_lets_through(event) and not new.allowed:
-        change = "blocked"
-    elif old.get("decision") != Decision.ALLOW.value and new.allowed:
-        change = "allowed"
+    # Compared by outcome, whether the action reaches the target: an observed block ran,
+    # so replaying the recorded file itself changes nothing.
+    was, now = _old_lets_through(event), new.lets_through
+    change = "blocked" if was and not now else "allowed" if now and not was else ""
     return _Replayed(event, old, new, change)
 
 
 def _old_by(old: dict[str, Any], event: dict[str, Any]) -> str:
-    text = f"{old.get('decision', '?')} by {old.get('rule', '?')}"
+    rules = old.get("rules") or [old.get("rule", "?")]
+    text = f"{old.get('decision', '?')} by {', '.join(map(str, rules))}"
     if old.get("decision") != Decision.ALLOW.value and _old_lets_through(event):
         text += " (observed)"
     return text
@@ -441,9 +441,9 @@ def _replay_json(r: _Replayed) -> dict[str, Any]:
         "principal": e.get("principal"),
         "connection": e.get("connection"),
         "text": e.get("text"),
-        "old": {k: r.old.get(k) for k in ("decision", "rule", "reason")}
+        "old": {k: r.old.get(k) for k in ("decision", "rule", "rules", "reason", "enforced")}
         | {"let_through": _old_lets_through(e)},
-        "new": _verdict_json(r.new),
+        "new": _verdict_json(r.new) | {"let_through": r.new.lets_through},
     }
 
 

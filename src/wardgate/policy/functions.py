@@ -92,6 +92,8 @@ def function_class(schema: str | None, name: str) -> str | None:
     """
     if schema is not None and schema not in _BUILTIN_SCHEMAS:
         return None
+    if name == "set_config":
+        return "read"  # judged by the setting it changes, in policy/sql.py
     if name in ADMIN_FUNCTIONS or name.startswith(ADMIN_PREFIXES):
         return "admin"
     if name in WRITE_FUNCTIONS:

@@ -88,7 +88,7 @@ KNOWN_KINDS = frozenset(
         "delete", "merge", "update_without_where", "delete_without_where", "copy_to",
         "copy_from", "copy_file", "copy_to_program", "copy_from_program", "explain",
         "explain_analyze", "set", "reset_role", "set_role", "set_session", "read_only_off",
-        "transaction_mode", "parser_setting", "prepare", "declare_cursor", "create", "alter",
+        "transaction_mode", "parser_setting", "search_path", "search_path_shadowing", "prepare", "declare_cursor", "create", "alter",
         "drop", "unknown_function", "parse_error",
     }
 )  # fmt: skip
@@ -178,11 +178,40 @@ def _explain_analyzes(options: list[Any]) -> bool:
     return False
 
 
-def _setting_class(name: str) -> tuple[str, list[str]]:
-    if name.lower() in PARSER_SETTINGS:
+def _setting_class(name: str, values: list[str] | None = None) -> tuple[str, list[str]]:
+    """A change of setting ``name``; ``values`` are its new values when known (None when
+    chosen at run time or reset)."""
+    name = name.lower()
+    if name in PARSER_SETTINGS:
         return "admin", ["parser_setting"]
-    kind = _GUARDED_SETTINGS.get(name.lower(), "set")
-    return ("read", ["set"]) if kind == "set" else ("admin", [kind])
+    if name == "search_path":
+        if values is not None and not search_path_shadows_builtins(values):
+            return "read", ["set", "search_path"]
+        # Ahead of pg_catalog, a schema's functions replace the built-ins the gate
+        # trusts by name (evil.lower() runs for lower()).
+        return "admin", ["set", "search_path", "search_path_shadowing"]
+    kind = _GUARDED_SETTINGS.get(name, "set")
+    if kind == "set":
+        return "read", ["set"]
+    # Turning read-only off grants nothing beyond writing: a role that may write may.
+    return ("write" if kind == "read_only_off" else "admin"), [kind]
+
+
+def search_path_shadows_builtins(values: list[str]) -> bool:
+    """True when a search_path lists pg_catalog after another schema.
+
+    Unlisted, pg_catalog is searched first, so built-in names cannot be shadowed.
+    ``values`` are the list elements as given (a quoted string may hold several).
+    """
+    schemas: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if part.startswith('"') and part.endswith('"') and len(part) >= 2:
+                schemas.append(part[1:-1].replace('""', '"'))
+            elif part:
+                schemas.append(part.lower())
+    return "pg_catalog" in schemas and schemas[0] != "pg_catalog"
 
 
 def _turns_read_only_off(options: list[Any]) -> bool:
@@ -207,12 +236,22 @@ def _classify_set(fields: dict[str, Any]) -> tuple[str, list[str]]:
         return "read", ["set"]
     if kind == "VAR_SET_MULTI":
         if _turns_read_only_off(fields.get("args", [])):
-            return "admin", ["transaction_mode", "read_only_off"]
+            return "write", ["transaction_mode", "read_only_off"]
         return "read", ["transaction_mode"]
     if name in ("role", "session_authorization") and kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
         # Back to the credential the gateway dialled with: no privilege is gained.
         return "read", ["reset_role"]
-    return _setting_class(name)
+    if name == "search_path" and kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
+        return "read", ["set", "search_path"]  # back to the session's (checked) start value
+    values = [_const_text(a) for a in fields.get("args", [])]
+    return _setting_class(name, None if None in values else [v for v in values if v is not None])
+
+
+def _const_text(node: dict[str, Any]) -> str | None:
+    const = node.get("A_Const")
+    if const is None or "sval" not in const:
+        return None
+    return str(const["sval"].get("sval", ""))
 
 
 def _classify_set_config(call: dict[str, Any]) -> tuple[str, list[str]]:
@@ -222,14 +261,15 @@ def _classify_set_config(call: dict[str, Any]) -> tuple[str, list[str]]:
     if not isinstance(literal, str):
         # The setting is chosen at run time: it could be a parser setting too.
         return "admin", ["function:set_config", "parser_setting"]
-    klass, kinds = _setting_class(literal)
+    value = _const_text(args[1]) if len(args) > 1 else None
+    klass, kinds = _setting_class(literal, None if value is None else [value])
     return klass, ["function:set_config", *kinds]
 
 
 def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[str]]:
     if node_type == "TransactionStmt" and fields.get("options"):
         if _turns_read_only_off(fields["options"]):
-            return "admin", ["transaction", "transaction_mode", "read_only_off"]
+            return "write", ["transaction", "transaction_mode", "read_only_off"]
         return "read", ["transaction", "transaction_mode"]
     if node_type in _FIXED:
         klass, kind = _FIXED[node_type]
@@ -281,9 +321,10 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     ((node_type, fields),) = stmt.items()
     klass, kinds = _classify_node(node_type, fields)
     explain_executes = node_type == "ExplainStmt" and "explain_analyze" in kinds
-    if node_type == "ExplainStmt" and not explain_executes:
-        # Plain EXPLAIN plans the statement without running it or reading its rows.
-        return StatementInfo(klass=klass, kinds=tuple(kinds), text=text)
+    # Plain EXPLAIN plans without running the statement, so its writes do not count.
+    # Its tables and functions do: the plan shows what the tables hold (estimates,
+    # indexes), and planning already runs immutable functions on constant arguments.
+    plans_only = node_type == "ExplainStmt" and not explain_executes
     ctes: set[str] = set()
     read: list[str] = []
     written: list[str] = []
@@ -306,12 +347,17 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         if inner_type == "RangeVar":
             if node_type == "CopyStmt" and parent == "relation":
                 continue  # counted above
-            (written if parent in _WRITTEN_FIELDS else read).append(_relation(inner))
+            written_here = parent in _WRITTEN_FIELDS and not plans_only
+            (written if written_here else read).append(_relation(inner))
         elif inner_type == "CommonTableExpr":
             ctes.add(str(inner.get("ctename", "")))
         elif inner_type == "ColumnRef":
             last = inner.get("fields", [{}])[-1]
             columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
+        elif plans_only:
+            if inner_type == "FuncCall":
+                schema, name = _func_name(inner)
+                functions.append(f"{schema}.{name}" if schema else name)
         elif inner_type in _DML:
             inner_class, inner_kinds = _classify_node(inner_type, inner)
         elif inner_type == "SelectStmt" and ("intoClause" in inner or "lockingClause" in inner):
@@ -371,6 +417,7 @@ _VALUE_SENSITIVE = frozenset(
         "transaction",
         "explain",
         "explain_analyze",
+        "search_path",
     }
 )
 _FINGERPRINT_CACHE: dict[str, tuple[StatementInfo, ...]] = {}

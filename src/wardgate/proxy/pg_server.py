@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from wardgate.audit.records import SessionRecord
 from wardgate.identity.scram import ScramAuthError, ScramServer
+from wardgate.policy.sql import search_path_shadows_builtins
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
@@ -420,9 +421,11 @@ class PgListener:
                 continue
             if name == "options":
                 settings = parse_options(value)
-                for key in settings:
+                for key, option_value in settings.items():
                     if key.startswith("wardgate."):
                         continue  # gateway options, consumed here
+                    if key == "search_path":
+                        _check_search_path(option_value)
                     if key not in PASSED_OPTIONS:
                         raise StartupRefused(
                             "42501",
@@ -441,6 +444,8 @@ class PgListener:
             elif name.startswith("_pq_."):
                 continue  # protocol extensions were declined in NegotiateProtocolVersion
             elif name in PASSED_PARAMS:
+                if name == "search_path":
+                    _check_search_path(value)
                 passed[name] = value
             else:
                 raise StartupRefused(
@@ -512,6 +517,16 @@ class PgListener:
                 await send_cancel(target.host, target.port, target.pid, target.secret)
         except (OSError, TimeoutError) as exc:
             log.warning("forwarding a cancel request to %r failed: %s", target.connection, exc)
+
+
+def _check_search_path(value: str) -> None:
+    if search_path_shadows_builtins([value]):
+        raise StartupRefused(
+            "42501",
+            "wardgate: a search_path that lists pg_catalog after another schema is not "
+            "allowed: its functions would replace the built-ins the policy trusts",
+            hint="Leave pg_catalog out of search_path (it is then searched first) or put it first.",
+        )
 
 
 def _parse_sasl_initial(payload: bytes) -> tuple[str, bytes]:
