@@ -69,6 +69,16 @@ def main() -> None:
     action = Action(principal, "db", "postgres", "sql", SHORT)
     gate.check(action)
     rows.append(("gate.check, cached verdict, short", per_call(lambda: gate.check(action), 20000)))
+    long_action = Action(principal, "db", "postgres", "sql", LONG)
+
+    def fresh_verdict() -> None:
+        # Nothing cached anywhere: fingerprint, parse, classify, decide.
+        policy_sql._FINGERPRINT_CACHE.clear()
+        policy_sql._LAST[0] = None
+        policy_sql._classify_cached.cache_clear()
+        Gate(config).check(long_action)
+
+    rows.append((f"gate.check, fresh {len(LONG)}-char statement", per_call(fresh_verdict, 500)))
 
     verdict = Verdict(
         Decision.ALLOW, "role:rw", "read allowed", (StatementInfo("read", ("select",)),)

@@ -246,8 +246,8 @@ def _spawn(url: str, tags: Sequence[str], rounds: int) -> None:
         )
         for tag in tags
     ]
-    for p in procs:
-        _, err = p.communicate(timeout=90)
+    errors = [p.communicate(timeout=90)[1] for p in procs]  # every pipe drained and closed
+    for p, err in zip(procs, errors, strict=True):
         assert p.returncode == 0, err.decode(errors="replace")
 
 
@@ -269,8 +269,8 @@ def test_concurrent_migrations_are_serialised(store_url: str) -> None:
         )
         for _ in range(4)
     ]
-    for p in procs:
-        _, err = p.communicate(timeout=90)
+    errors = [p.communicate(timeout=90)[1] for p in procs]  # every pipe drained and closed
+    for p, err in zip(procs, errors, strict=True):
         assert p.returncode == 0, err.decode(errors="replace")
     with Store(store_url) as s, s.session(write=False) as session:
         assert session.execute(text("SELECT count(*) FROM audit_head")).scalar_one() == 1

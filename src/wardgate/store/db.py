@@ -15,6 +15,7 @@ safe against other processes writing at the same time:
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +123,22 @@ class Store:
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self._migration_lock():
+            self._upgrade(cfg, command)
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """SQLite: one process migrates at a time, waiting on a lock file as long as it
+        takes, not on SQLite's busy timeout (a loaded machine can exceed it)."""
+        database = self.url.database or ""
+        if self.dialect != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+            yield
+            return
+        with open(f"{Path(database).expanduser()}.migrate-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _upgrade(self, cfg: Any, command: Any) -> None:
         try:
             # One transaction around the whole upgrade, holding the writer lock, so that
             # several processes starting at once migrate one after the other.
