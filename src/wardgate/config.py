@@ -156,6 +156,29 @@ class GuardrailConfig(_Model):
     message: str = ""
 
 
+class MaskingRuleConfig(_Model):
+    """Who sees masked values, and which values. Every `who` field given must match."""
+
+    name: str
+    # who: empty lists match everyone; except_* take precedence
+    connections: list[str] = Field(default_factory=list)
+    principals: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    principal_kinds: list[Literal["user", "agent"]] = Field(default_factory=list)
+    except_groups: list[str] = Field(default_factory=list)
+    except_principals: list[str] = Field(default_factory=list)
+    # what: values found by content detectors, and whole columns (schema.table.column globs)
+    entities: list[str] = Field(default_factory=list)
+    columns: list[str] = Field(default_factory=list)
+    strategy: Literal["redact", "partial", "hash", "pseudonym"] = "partial"
+
+
+class MaskingConfig(_Model):
+    # HMAC key of the hash and pseudonym strategies; default: derived from the master key.
+    key: SecretRef = None
+    rules: list[MaskingRuleConfig] = Field(default_factory=list)
+
+
 class GroupConfig(_Model):
     description: str = ""
 
@@ -186,6 +209,7 @@ class Config(_Model):
     # Functions (name or schema.name) that only read, beyond PostgreSQL's built-ins:
     # any other function is judged a write.
     safe_functions: list[str] = Field(default_factory=list)
+    masking: MaskingConfig = MaskingConfig()
 
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
@@ -232,9 +256,41 @@ class Config(_Model):
                         (("connections", cname, "roles", group), f"unknown role {role!r}")
                     )
         problems.extend(self._guardrail_problems())
+        problems.extend(self._masking_problems())
         if problems:
             raise _CrossReferenceErrors(problems)
         return self
+
+    def _masking_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if not self.masking.rules:
+            return problems
+        from wardgate.masking import ENTITIES
+
+        for i, rule in enumerate(self.masking.rules):
+            where: tuple[str | int, ...] = ("masking", "rules", i)
+            if not rule.entities and not rule.columns:
+                problems.append((where, "a masking rule needs entities, columns or both"))
+            for j, entity in enumerate(rule.entities):
+                if entity != "all" and entity not in ENTITIES:
+                    problems.append(
+                        (
+                            (*where, "entities", j),
+                            f"unknown entity {entity!r}; known: all, {', '.join(sorted(ENTITIES))}",
+                        )
+                    )
+            for field, known in (
+                ("groups", self.groups),
+                ("except_groups", self.groups),
+                ("principals", self.principals),
+                ("except_principals", self.principals),
+                ("connections", self.connections),
+            ):
+                for j, value in enumerate(getattr(rule, field)):
+                    if value not in known:
+                        what = field.removeprefix("except_")[:-1]
+                        problems.append(((*where, field, j), f"unknown {what} {value!r}"))
+        return problems
 
     def _guardrail_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         from wardgate.policy.sql import KNOWN_KINDS

@@ -140,16 +140,23 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.gate import Gate
     from wardgate.identity.ratelimit import LoginLimiter
     from wardgate.identity.tokens import TokenService
+    from wardgate.policy.mask_rules import MaskingPolicy
     from wardgate.proxy.pg_server import PgListener
     from wardgate.proxy.services import Services
     from wardgate.proxy.tls import server_context
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
-    from wardgate.vault.keys import load_master_key, token_pepper
-    from wardgate.vault.secrets import Vault
+    from wardgate.vault.keys import load_master_key, masking_key, token_pepper
+    from wardgate.vault.secrets import Vault, resolve_secret
 
     store = Store(config.store_url)
     master = load_master_key(config)
+    vault = Vault(store, master)
+    mask_key = (
+        resolve_secret(config.masking.key, vault, base_dir=Path(config.base_dir)).encode()
+        if config.masking.key
+        else masking_key(master)
+    )
     # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
     recorder = Recorder(store, process=True)
     await recorder.start()
@@ -161,8 +168,10 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         tokens=TokenService(store, token_pepper(master)),
         limiter=LoginLimiter(store, config.limits.login_failures, config.limits.login_window),
         cancel_keys=CancelKeys(store),
-        vault=Vault(store, master),
+        vault=vault,
         server_tls=server_context(config),
+        masking_key=mask_key,
+        masking=MaskingPolicy(config, mask_key),
     )
     del master
     stop = asyncio.Event()

@@ -40,6 +40,15 @@ from wardgate.protocols.postgres.decode import (
 from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.protocols.postgres.params import describe_params
+from wardgate.proxy.pg_masking import (
+    Column,
+    Plan,
+    ResultMasking,
+    mask_copy_data,
+    mask_data_row,
+    mask_error_fields,
+    parse_row_description,
+)
 from wardgate.proxy.pg_wire import ClientSide, UpstreamSide
 
 if TYPE_CHECKING:
@@ -71,15 +80,24 @@ class _Act:
 
 
 class _Pending:
-    __slots__ = ("kind", "acts", "index", "block", "held", "commit_error")
+    __slots__ = (
+        "kind", "acts", "index", "block", "held", "commit_error", "target", "plan", "planned",
+    )  # fmt: skip
 
     def __init__(
-        self, kind: int, acts: list[_Act] | None = None, block: bytes | None = None
+        self,
+        kind: int,
+        acts: list[_Act] | None = None,
+        block: bytes | None = None,
+        target: tuple[str, str] | None = None,
     ) -> None:
         self.kind = kind
         self.acts = acts
         self.index = 0
         self.block = block  # our ErrorResponse replacing the server's
+        self.target = target  # DESCRIBE: ("S"|"P", name); EXECUTE: ("P", portal)
+        self.plan: Plan | None = None  # EXECUTE with masking: what to do with its rows
+        self.planned = False
         # SYNC only: records of Executes before it, held until its ReadyForQuery, because
         # the implicit transaction they ran in can still fail (and roll back) at Sync.
         self.held: list[ActionRecord] = []
@@ -122,7 +140,11 @@ class PgRelay:
         self.connection = connection
         self.client_addr = client_addr
         self.scanner: BackendScanner = upstream.scanner
-        self.scanner.bulk = BULK_TYPES
+        session_masking = services.masking.for_session(principal, connection)
+        self.masking = ResultMasking(session_masking) if session_masking is not None else None
+        # Rows to mask must arrive whole; unmasked sessions stream them untouched.
+        self.scanner.bulk = BULK_TYPES if self.masking is None else frozenset()
+        self._held: list[bytes] | None = None  # server data held while names are looked up
         self._pending: deque[_Pending] = deque()
         self._statements: dict[str, tuple[str, tuple[int, ...]]] = {}  # name -> SQL, param types
         self._portals: dict[str, tuple[str | None, tuple[str | None, ...]]] = {}
@@ -165,6 +187,8 @@ class PgRelay:
                 self._block_extended(msg.sql, (), verdict, out)
                 return
             self._statements[msg.name] = (msg.sql, msg.param_types)
+            if self.masking is not None:
+                self.masking.parsed(msg.name)
             self._pending.append(_Pending(PARSE))
             out.append(raw)
         elif isinstance(msg, m.Bind):
@@ -174,6 +198,8 @@ class PgRelay:
                 # will refuse it, or it holds something we cannot see; judged as EXECUTE.
                 sql = 'EXECUTE "' + msg.statement.replace('"', '""') + '"'
             self._portals[msg.portal] = (sql, describe_params(msg.params, msg.param_formats, types))
+            if self.masking is not None:
+                self.masking.bound(msg.portal, msg.statement, msg.result_formats)
             self._pending.append(_Pending(BIND))
             out.append(raw)
         elif isinstance(msg, m.Execute):
@@ -187,14 +213,16 @@ class PgRelay:
             if not verdict.lets_through:
                 self._block_extended(sql, params, verdict, out)
                 return
-            self._pending.append(_Pending(EXECUTE, [self._act(action, verdict)]))
+            self._pending.append(
+                _Pending(EXECUTE, [self._act(action, verdict)], target=("P", msg.portal))
+            )
             out.append(raw)
         elif isinstance(msg, m.Sync):
             self._discarding = False
             self._pending.append(_Pending(SYNC))
             out.append(raw)
         elif isinstance(msg, m.Describe):
-            self._pending.append(_Pending(DESCRIBE))
+            self._pending.append(_Pending(DESCRIBE, target=(msg.target, msg.name)))
             out.append(raw)
         elif isinstance(msg, m.Close):
             if msg.target == "S":
@@ -303,31 +331,175 @@ class PgRelay:
     # -- upstream -> client -------------------------------------------------------------
 
     def on_upstream_data(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)  # still waiting for column names: keep the order
+            return
+        try:
+            items = self.scanner.feed(data)
+        except ProtocolError as exc:
+            self._upstream_garbage(exc, [])
+            return
+        self._relay_items(items)
+
+    def _relay_items(self, items: list[BackendMessage | memoryview]) -> None:
         out: list[bytes | memoryview] = []
         try:
-            for item in self.scanner.feed(data):
+            for i, item in enumerate(items):
                 if isinstance(item, memoryview):
                     out.append(item)
                     continue
+                if self.masking is not None and (oids := self._names_to_fetch(item)):
+                    # Column rules need this result's column names: hold the stream.
+                    self._hold(items[i:], oids)
+                    break
                 replacement = self._on_server_message(item)
                 out.append(item.raw if replacement is None else replacement)
         except ProtocolError as exc:
-            log.warning("session %s: upstream protocol error: %s", self.session_id, exc)
-            if out:  # what came before the malformed message is still the server's answer
-                self.client.write(b"".join(out))
-            self._fatal(
-                "08P01",
-                f"wardgate: the database server of connection {self.connection!r} sent malformed data",
-            )
+            self._upstream_garbage(exc, out)
             return
         if out:
             self.client.write(b"".join(out) if len(out) > 1 else bytes(out[0]))
+
+    def _upstream_garbage(self, exc: ProtocolError, out: list[bytes | memoryview]) -> None:
+        log.warning("session %s: upstream protocol error: %s", self.session_id, exc)
+        if out:  # what came before the malformed message is still the server's answer
+            self.client.write(b"".join(out))
+        self._fatal(
+            "08P01",
+            f"wardgate: the database server of connection {self.connection!r} sent malformed data",
+        )
+
+    # -- masking ------------------------------------------------------------------------
+
+    def _names_to_fetch(self, msg: BackendMessage) -> set[int]:
+        """Table OIDs whose column names a column rule needs before ``msg`` can go on."""
+        assert self.masking is not None
+        if not self.masking.masking.columns:
+            return set()
+        if msg.type == 84:  # T
+            columns = parse_row_description(msg.body)
+        elif msg.type == 68 and self._pending and self._pending[0].kind == EXECUTE:
+            head = self._pending[0]
+            if head.planned or head.target is None:
+                return set()
+            columns = self.masking.portal_columns(head.target[1])
+        else:
+            return set()
+        oids = self.masking.table_oids(None, columns)
+        if not oids or self.services.column_names.known(self.connection, oids) is not None:
+            return set()
+        return oids
+
+    def _names(self, columns: list[Column]) -> dict[tuple[int, int], str]:
+        assert self.masking is not None
+        oids = self.masking.table_oids(None, columns)
+        return (self.services.column_names.known(self.connection, oids) or {}) if oids else {}
+
+    def _hold(self, items: list[BackendMessage | memoryview], oids: set[int]) -> None:
+        held = [bytes(i) if isinstance(i, memoryview) else i.raw for i in items]
+        self._held = []
+        self.upstream.pause_reading("catalog")
+
+        async def fetch_then_release() -> None:
+            try:
+                await self.services.column_names.fetch(self.services, self.connection, oids)
+            except Exception as exc:  # noqa: BLE001 - any failure ends the session, closed
+                log.warning("session %s: masking column lookup failed: %s", self.session_id, exc)
+                self._held = None
+                self._fatal(
+                    "58000",
+                    "wardgate: masking rules need this result's column names and the gateway "
+                    "could not look them up; nothing was sent. Retry, or ask an administrator",
+                )
+                return
+            later, self._held = self._held or [], None
+            # Re-scan what was held: its items were cut from one chunk, feed them whole.
+            self._relay_items(self._rescan(held))
+            for data in later:
+                self.on_upstream_data(data)
+            if not self._finished:
+                self.upstream.resume_reading("catalog")
+
+        self.services.tasks.spawn(fetch_then_release(), name="masking-catalog")
+
+    @staticmethod
+    def _rescan(raw_items: list[bytes]) -> list[BackendMessage | memoryview]:
+        items: list[BackendMessage | memoryview] = []
+        for raw in raw_items:
+            if len(raw) >= 5 and int.from_bytes(raw[1:5], "big") + 1 == len(raw):
+                items.append(BackendMessage(raw[0], raw))
+            else:
+                items.append(memoryview(raw))  # a slice of a bulk message: passes as is
+        return items
+
+    def _mask_server_message(self, msg: BackendMessage, head: _Pending | None) -> bytes | None:
+        """Masking of one server message; None to handle it as unmasked."""
+        masking = self.masking
+        assert masking is not None
+        t = msg.type
+        encoding = self.client.decoder.encoding
+        if t == 68:  # D DataRow
+            if head is not None and head.kind == EXECUTE and head.target is not None:
+                if not head.planned:
+                    columns = masking.portal_columns(head.target[1])
+                    head.plan = masking.plan_for_portal(head.target[1], self._names(columns))
+                    head.planned = True
+                plan = head.plan
+            else:
+                plan = masking.plan
+            if plan is None:
+                return msg.raw
+            return mask_data_row(msg.raw, plan, masking.masking, encoding)
+        if t == 84:  # T RowDescription
+            columns = parse_row_description(msg.body)
+            if head is not None and head.kind == DESCRIBE and head.target is not None:
+                masking.described(head.target, columns)
+            else:
+                masking.plan = masking.plan_of(columns, self._names(columns))
+            return None
+        if t == 110 and head is not None and head.kind == DESCRIBE and head.target is not None:
+            masking.described(head.target, [])  # n NoData
+            return None
+        if t == 72:  # H CopyOutResponse
+            if msg.body[:1] == b"\x01":
+                self._fatal(
+                    "0A000",
+                    "wardgate: binary COPY output cannot be masked, and masking applies to "
+                    "this session; use COPY ... TO STDOUT in text or CSV format",
+                )
+                return b""
+            masking.copy_out = True
+            return None
+        if t == 100 and masking.copy_out:  # d CopyData
+            return mask_copy_data(msg.raw, masking.masking, encoding)
+        if t in (99, 69, 90):  # c CopyDone, E ErrorResponse, Z ReadyForQuery
+            masking.copy_out = False
+            if t == 90:
+                masking.plan = None
+        return None
 
     def _on_server_message(self, msg: BackendMessage) -> bytes | None:
         """Match a server reply to what it answers; returns a replacement to send instead, if any."""
         t = msg.type
         pending = self._pending
         head = pending[0] if pending else None
+        if self.masking is not None:
+            masked = self._mask_server_message(msg, head)
+            if masked is not None:
+                return masked
+            if t == 69 or t == 78:  # E, N: a DETAIL can quote the very value (Key (email)=...)
+                raw = mask_error_fields(msg.raw, self.masking.masking, self.client.decoder.encoding)
+                if raw is not msg.raw:
+                    msg = BackendMessage(t, raw)  # what the client and the recorder get
+                    result = self._on_server_message_unmasked(msg, head)
+                    return raw if result is None else result
+        return self._on_server_message_unmasked(msg, head)
+
+    def _on_server_message_unmasked(
+        self, msg: BackendMessage, head: _Pending | None
+    ) -> bytes | None:
+        t = msg.type
+        pending = self._pending
         if t == 90:  # Z ReadyForQuery
             while pending:
                 entry = pending.popleft()
@@ -441,10 +613,17 @@ class PgRelay:
         if fields is not None:
             error = getattr(fields, "message", None)
             sqlstate = getattr(fields, "sqlstate", None)
+        action = act.action
+        if self.masking is not None and action.params:
+            # The audit log never holds what the client would not be shown.
+            mask = self.masking.masking.mask_text
+            action = dataclasses.replace(
+                action, params=tuple(None if p is None else mask(p) for p in action.params)
+            )
         return ActionRecord(
             session_id=self.session_id,
             seq=act.seq,
-            action=act.action,
+            action=action,
             verdict=act.verdict,
             started_at=act.started,
             duration_ms=duration_ms,

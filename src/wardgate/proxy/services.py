@@ -10,6 +10,8 @@ from wardgate.config import Config
 from wardgate.gate import Gate
 from wardgate.identity.ratelimit import LoginLimiter
 from wardgate.identity.tokens import TokenService
+from wardgate.policy.mask_rules import MaskingPolicy
+from wardgate.proxy.pg_catalog import ColumnNames
 from wardgate.proxy.tasks import Tasks
 from wardgate.store.cancel import CancelKeys
 from wardgate.store.db import Store
@@ -27,10 +29,15 @@ class Services:
     cancel_keys: CancelKeys
     vault: Vault
     server_tls: ssl.SSLContext | None
+    masking_key: bytes
+    masking: MaskingPolicy
     tasks: Tasks = field(default_factory=Tasks)
     sessions: set[object] = field(default_factory=set)
+    column_names: ColumnNames = field(default_factory=ColumnNames)
 
     def reload(self, config: Config) -> None:
-        """Swap the policy atomically; sessions pick it up at their next action."""
+        """Swap the policy atomically; sessions pick it up at their next action (masking
+        at their next result). A changed masking key takes a restart."""
         self.config = config
         self.gate = Gate(config)
+        self.masking = MaskingPolicy(config, self.masking_key)

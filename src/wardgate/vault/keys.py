@@ -27,6 +27,7 @@ KEY_BYTES = 32
 ENV_VAR = "WARDGATE_MASTER_KEY"
 KEY_FILE = "master.key"
 TOKEN_PEPPER_INFO = b"wardgate fake salts"
+MASKING_KEY_INFO = b"wardgate masking key v1"
 VAULT_KEY_INFO = b"wardgate vault aes-256-gcm v1"
 
 
@@ -36,6 +37,11 @@ class MasterKeyError(Exception):
 
 def derive_key(master_key: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(master_key)
+
+
+def masking_key(master_key: bytes) -> bytes:
+    """The default key for hash and pseudonym masking (``masking.key`` overrides it)."""
+    return derive_key(master_key, MASKING_KEY_INFO)
 
 
 def token_pepper(master_key: bytes) -> bytes:

@@ -1,0 +1,346 @@
+"""Finding sensitive values in free text: one pass per entity behind cheap prefilters.
+
+Every detector is a regex that proposes candidates and a check that accepts
+them (Luhn and issuer ranges, the IBAN registry and mod-97, phonenumbers, the
+SSA rules, check letters, ``ipaddress``, JWT headers). Overlaps are settled by
+``entities.PRIORITY``.
+
+Text that is already a mask is never proposed: redaction tokens (``[email]``)
+and stars contain nothing a detector matches, and hash tokens (``h:`` and 16
+hex digits with at least one letter, see ``strategies``) are fenced off, so
+masking the output of a mask changes nothing. Pseudonyms are real-looking
+values and *are* found again; the ``Masker`` recognises its own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from . import checks, credentials, phones
+from .entities import (
+    CREDIT_CARD,
+    EMAIL,
+    ENTITIES,
+    IBAN,
+    IPV4,
+    IPV6,
+    JWT,
+    NATIONAL_ID,
+    PHONE,
+    PRIORITY,
+    SECRET,
+    SSN,
+    Finding,
+    check_entities,
+)
+
+Span = tuple[int, int]
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+\-])(?P<local>[\w.%+\-]{1,64})@"
+    r"(?P<domain>(?:[^\W_](?:[\w\-]{0,61}[^\W_])?\.){1,8}(?:[^\W\d_]{2,63}|xn--[a-z0-9\-]{1,59}))"
+    r"(?![\w\-]|\.[^\W_])"
+)
+
+# Runs of digit groups; cards are looked for inside them on group boundaries.
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z_.,+\-])[0-9]++(?:[ \-][0-9]++)*+")
+# What may not follow a card: more of a word, or ".5", ",5", "-5" (a decimal, an
+# address, a date): then the last group belongs to that, not to the card.
+_NOT_AFTER_CARD = re.compile(r"[0-9A-Za-z_]|[.,\-][0-9]")
+_TOKEN = re.compile(r"[^ ]+")
+CARD_MIN_DIGITS = 12
+CARD_MAX_DIGITS = 19
+
+_IBAN_START = re.compile(r"(?<![0-9A-Za-z])([A-Z]{2})[0-9]{2}")
+
+# Numbers: never inside a word, a decimal, a date or a dash-joined identifier.
+_NUM_BEFORE = r"(?<![0-9A-Za-z_.,\-])"
+_NUM_AFTER = r"(?![0-9A-Za-z_]|[.,\-][0-9])"
+_SSN = re.compile(_NUM_BEFORE + r"([0-9]{3})-([0-9]{2})-([0-9]{4})" + _NUM_AFTER)
+_SSN_BARE = re.compile(_NUM_BEFORE + r"[0-9]{3}[ ]?[0-9]{2}[ ]?[0-9]{4}" + _NUM_AFTER)
+_SSN_HINT = re.compile(r"(?i)(?:ssn|social[ \t]+security(?:[ \t]+(?:number|no|#))?)[^0-9\n]{0,12}$")
+
+# UK NINO, Spanish DNI/NIE and Italian codice fiscale, in one pass.
+_CAPITAL_IDS = re.compile(
+    r"(?<![0-9A-Za-z\-])(?:"
+    r"(?P<nino>[A-Z]{2}[ ]?[0-9]{2}[ ]?[0-9]{2}[ ]?[0-9]{2}[ ]?[A-D])"
+    r"|(?P<dni>(?:[0-9]{8}|[XYZ]-?[0-9]{7})-?[A-Z])"
+    r"|(?P<cf>[A-Z]{6}[0-9LMNP-V]{2}[ABCDEHLMPRST][0-9LMNP-V]{2}[A-Z][0-9LMNP-V]{3}[A-Z])"
+    r")(?![0-9A-Za-z])"
+)
+_NIR = re.compile(
+    _NUM_BEFORE + r"[1278][ ]?[0-9]{2}[ ]?[0-9]{2}[ ]?(?:[0-9]{2}|2[AB])[ ]?[0-9]{3}[ ]?[0-9]{3}"
+    r"[ ]?[0-9]{2}" + _NUM_AFTER
+)
+_BSN = re.compile(_NUM_BEFORE + r"[0-9]{9}" + _NUM_AFTER)
+_BSN_HINT = re.compile(r"(?i)(?:bsn|burgerservicenummer|sofi(?:nummer)?)[^0-9\n]{0,12}$")
+
+# Not followed by "-rc1"/"-beta": a four-part version, not an address.
+_IPV4 = re.compile(
+    r"(?<![0-9A-Za-z_.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9A-Za-z_]|\.[0-9]|-[A-Za-z])"
+)
+_IPV6 = re.compile(
+    r"(?<![0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}+"
+    r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?+(?:%[0-9A-Za-z_.\-]{1,32})?+"
+    r"(?![0-9A-Za-z_:]|\.[0-9])"
+)
+
+_JWT = re.compile(
+    r"(?<![A-Za-z0-9_\-.])(eyJ[A-Za-z0-9_\-]{5,4096})\.([A-Za-z0-9_\-]{2,65536})\.([A-Za-z0-9_\-]{0,4096})(?![A-Za-z0-9_\-]|\.[A-Za-z0-9])"
+)
+
+# Whole values that no detector can match: ISO dates and timestamps, UUIDs,
+# integers of up to 11 digits without a leading zero, decimals. Database
+# cells are very often one of these, and one fullmatch is cheaper than the
+# detectors bowing out one by one. (tests/unit/test_masking_properties.py
+# checks that the detectors indeed find nothing in them.)
+_CLEAN_VALUE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
+    r"(?:Z|[+\-][0-9]{2}(?::?[0-9]{2})?)?)?"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|-?[1-9][0-9]{0,10}|-?(?:0|[1-9][0-9]{0,29})\.[0-9]{1,30}|0"
+)
+
+# Hash tokens made by the hash strategy; see strategies.hash_token.
+_HASH_TOKEN = re.compile(r"(?<![0-9A-Za-z])h:(?=[0-9]{0,15}[a-f])[0-9a-f]{16}(?![0-9A-Za-z])")
+
+
+class _Profile:
+    """What a text contains, counted once, so each detector can bow out cheaply."""
+
+    __slots__ = ("lowered", "digits", "upper", "hinted")
+
+    def __init__(self, text: str, assume_hint: bool) -> None:
+        self.lowered = text.lower()
+        raw = text.encode("utf-8", "surrogatepass")
+        self.digits = len(raw) - len(raw.translate(None, b"0123456789"))
+        self.upper = self.lowered != text
+        self.hinted = assume_hint
+
+    def word(self, *words: str) -> bool:
+        return self.hinted or any(w in self.lowered for w in words)
+
+
+def _hinted(text: str, start: int, hint: re.Pattern[str]) -> bool:
+    return hint.search(text, max(0, start - 40), start) is not None
+
+
+def _emails(text: str) -> Iterable[Span]:
+    for m in _EMAIL.finditer(text):
+        if checks.email_ok(m.group("local"), m.group("domain")):
+            yield m.span()
+
+
+def _cards(text: str) -> Iterable[Span]:
+    """Digit runs that are card numbers. When a whole run is not one, cards of
+    13+ digits are looked for along its space-separated tokens: a card after a
+    quantity or before an expiry ("2 4111 1111 1111 1111 12") is found, a card
+    inside a longer dash-joined identifier ("5705-9467-3768-5655-403") is not."""
+    out: list[Span] = []
+    for m in _DIGIT_RUN.finditer(text):
+        run = m.group()
+        if len(run) < CARD_MIN_DIGITS:
+            continue
+        if _NOT_AFTER_CARD.match(text, m.end()):
+            cut = max(run.rfind(" "), run.rfind("-"))
+            if cut <= 0:
+                continue
+            run = run[:cut]
+        if CARD_MIN_DIGITS <= len(run) <= CARD_MAX_DIGITS + 6:
+            digits = run.replace(" ", "").replace("-", "")
+            if CARD_MIN_DIGITS <= len(digits) <= CARD_MAX_DIGITS and checks.card_ok(digits):
+                # A bare 12 or 13 digit number that is also a valid UPC-A/EAN-13
+                # is a barcode (German EANs start 40-44, like old 13-digit Visa).
+                if not (run.isdigit() and len(run) in (12, 13) and checks.gtin_ok(run)):
+                    out.append((m.start(), m.start() + len(run)))
+                continue
+        if " " not in run:
+            continue
+        tokens = [(m.start() + t.start(), m.start() + t.end()) for t in _TOKEN.finditer(run)]
+        i = 0
+        while i < len(tokens):
+            for j in range(len(tokens), i, -1):
+                if i == 0 and j == len(tokens):
+                    continue
+                start, end = tokens[i][0], tokens[j - 1][1]
+                digits = text[start:end].replace(" ", "").replace("-", "")
+                if 13 <= len(digits) <= CARD_MAX_DIGITS and checks.card_ok(digits):
+                    out.append((start, end))
+                    i = j
+                    break
+            else:
+                i += 1
+    return out
+
+
+def _ibans(text: str) -> Iterable[Span]:
+    for m in _IBAN_START.finditer(text):
+        length = checks.IBAN_LENGTHS.get(m.group(1))
+        if length is None:
+            continue
+        chars: list[str] = []
+        pos = m.start()
+        while pos < len(text) and len(chars) < length:
+            ch = text[pos]
+            if "0" <= ch <= "9" or "A" <= ch <= "Z":
+                chars.append(ch)
+            elif not (ch == " " and chars and pos + 1 < len(text) and text[pos + 1] != " "):
+                break
+            pos += 1
+        if len(chars) != length or (pos < len(text) and text[pos].isalnum()):
+            continue
+        if checks.iban_ok("".join(chars)):
+            yield m.start(), pos
+
+
+def _ssns(text: str, p: _Profile) -> Iterable[Span]:
+    if "-" in text:
+        for m in _SSN.finditer(text):
+            if checks.ssn_ok(m.group(1) + m.group(2) + m.group(3)):
+                yield m.span()
+    if p.word("ssn", "social"):
+        for m in _SSN_BARE.finditer(text):
+            value = m.group()
+            if (p.hinted or _hinted(text, m.start(), _SSN_HINT)) and checks.ssn_ok(
+                value.replace(" ", "")
+            ):
+                yield m.span()
+
+
+def _national_ids(text: str, p: _Profile) -> Iterable[Span]:
+    if p.upper:  # NINO, DNI/NIE and codice fiscale are written in capitals
+        for m in _CAPITAL_IDS.finditer(text):
+            kind = m.lastgroup
+            value = m.group()
+            if (
+                (kind == "nino" and checks.nino_ok(value.replace(" ", "")))
+                or (kind == "dni" and checks.dni_ok(value.replace("-", "")))
+                or (kind == "cf" and checks.cf_ok(value))
+            ):
+                yield m.span()
+    if p.digits >= 13:
+        for m in _NIR.finditer(text):
+            if checks.nir_ok(m.group().replace(" ", "")):
+                yield m.span()
+    if p.digits >= 9 and p.word("bsn", "burgerservice", "sofi"):
+        for m in _BSN.finditer(text):
+            if (p.hinted or _hinted(text, m.start(), _BSN_HINT)) and checks.bsn_ok(m.group()):
+                yield m.span()
+
+
+def _ipv4s(text: str) -> Iterable[Span]:
+    for m in _IPV4.finditer(text):
+        try:
+            address = ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_unspecified):
+            yield m.span()
+
+
+def _ipv6s(text: str) -> Iterable[Span]:
+    for m in _IPV6.finditer(text):
+        value = m.group()
+        if not any(c.isdigit() for c in value.partition("%")[0]):
+            continue
+        try:
+            address = ipaddress.IPv6Address(value)
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_unspecified):
+            yield m.span()
+
+
+def _jwts(text: str) -> Iterable[Span]:
+    for m in _JWT.finditer(text):
+        if checks.jwt_header_ok(m.group(1)):
+            yield m.span()
+
+
+def may_contain(data: bytes) -> bool:
+    """Bytes prefilter: False only when ``find`` on the decoded text is sure to be empty.
+
+    Valid for ASCII-compatible encodings, where every character a detector
+    keys on (digits, ``@``, ``:``, ``.``, the secret words) is one ASCII byte.
+    The words are looked for in a latin-1 view of the bytes: one byte per
+    character, never an error, and ``str`` search is several times faster than
+    ``bytes`` search in CPython.
+    """
+    digits = len(data) - len(data.translate(None, b"0123456789"))
+    if digits >= 2:
+        return True
+    view = data.decode("latin-1")
+    if "@" in view or "eyJ" in view or (digits and ("::" in view or view.count(":") >= 7)):
+        return True
+    return credentials.may_hold_secret(view, view.lower())
+
+
+def _resolve(candidates: list[tuple[int, int, str]], fenced: list[Span]) -> list[Finding]:
+    """Keep the highest-priority, then longest, candidates that do not overlap."""
+    candidates.sort(key=lambda c: (-PRIORITY[c[2]], c[0] - c[1], c[0]))
+    starts: list[int] = []
+    ends: list[int] = []
+    for start, end in fenced:
+        i = bisect.bisect_left(starts, start)
+        starts.insert(i, start)
+        ends.insert(i, end)
+    kept: list[Finding] = []
+    for start, end, entity in candidates:
+        i = bisect.bisect_right(starts, start)
+        if i > 0 and ends[i - 1] > start:
+            continue
+        if i < len(starts) and starts[i] < end:
+            continue
+        starts.insert(i, start)
+        ends.insert(i, end)
+        kept.append(Finding(start, end, entity))
+    kept.sort(key=lambda f: f.start)
+    return kept
+
+
+def scan(text: str, entities: frozenset[str], assume_hint: bool = False) -> list[Finding]:
+    """``find`` with ``assume_hint``: bare SSN/BSN/phone digits count without a hint word."""
+    if not text or (not assume_hint and len(text) <= 64 and _CLEAN_VALUE.fullmatch(text)):
+        return []
+    p = _Profile(text, assume_hint)
+    digits = p.digits
+    found: list[tuple[int, int, str]] = []
+
+    def add(entity: str, spans: Iterable[Span]) -> None:
+        found.extend((start, end, entity) for start, end in spans)
+
+    if SECRET in entities and credentials.may_hold_secret(text, p.lowered):
+        add(SECRET, credentials.find_secrets(text))
+    if JWT in entities and "eyJ" in text:
+        add(JWT, _jwts(text))
+    if EMAIL in entities and "@" in text:
+        add(EMAIL, _emails(text))
+    if digits >= 2:
+        if IBAN in entities and p.upper:
+            add(IBAN, _ibans(text))
+        if CREDIT_CARD in entities and digits >= CARD_MIN_DIGITS:
+            add(CREDIT_CARD, _cards(text))
+        if SSN in entities and digits >= 9:
+            add(SSN, _ssns(text, p))
+        if NATIONAL_ID in entities and digits >= 6:
+            add(NATIONAL_ID, _national_ids(text, p))
+        if PHONE in entities and digits >= phones.MIN_DIGITS:
+            add(PHONE, phones.find_phones(text, assume_hint))
+        if IPV4 in entities and digits >= 4 and text.count(".") >= 3:
+            add(IPV4, _ipv4s(text))
+    if IPV6 in entities and digits and ("::" in text or text.count(":") >= 7):
+        add(IPV6, _ipv6s(text))
+    if not found:
+        return []
+    fenced = [m.span() for m in _HASH_TOKEN.finditer(text)] if "h:" in text else []
+    return _resolve(found, fenced)
+
+
+def find(text: str, entities: frozenset[str] = ENTITIES) -> list[Finding]:
+    """Validated, non-overlapping findings in ``text``, sorted by position."""
+    if entities is not ENTITIES:
+        entities = check_entities(entities)
+    return scan(text, entities)

@@ -1,0 +1,127 @@
+"""Which masking applies to a session: the configured rules resolved for one principal
+on one connection. Pure; the engine that finds and replaces values is ``wardgate.masking``.
+
+Every rule whose `who` matches applies: its content detectors run on text values, in
+rule order, and its column globs name columns whose whole value is masked (the first
+matching glob decides the strategy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from wardgate.config import Config, MaskingRuleConfig
+from wardgate.identity.principals import Principal
+from wardgate.masking import ENTITIES, Masker, Strategy
+
+_IP_ENTITIES = frozenset({"ipv4", "ipv6"})
+
+
+# Masking is a pure function of (rules, key, value), and the same rows are read again
+# and again (an agent re-running its query): remember results for short values.
+_MEMO_MAX_VALUE = 256
+_MEMO_MAX_ENTRIES = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMasking:
+    content: tuple[Masker, ...]  # run on every text value, in order
+    columns: tuple[tuple[str, Masker], ...]  # (schema.table.column glob, masker)
+    masks_ips: bool  # content rules cover IP addresses (inet/cidr values are hidden)
+    memo: dict[tuple[bytes, str], bytes | None] = field(default_factory=dict, compare=False)
+
+    def mask_text(self, text: str) -> str:
+        for masker in self.content:
+            text = masker.mask_text(text)
+        return text
+
+    def mask_bytes(self, data: bytes, encoding: str) -> bytes | None:
+        """The masked bytes, or None when nothing was found (the fast path)."""
+        if len(data) <= _MEMO_MAX_VALUE:
+            key = (data, encoding)
+            try:
+                return self.memo[key]
+            except KeyError:
+                pass
+            result = self._mask_bytes(data, encoding)
+            if len(self.memo) >= _MEMO_MAX_ENTRIES:
+                self.memo.clear()
+            self.memo[key] = result
+            return result
+        return self._mask_bytes(data, encoding)
+
+    def _mask_bytes(self, data: bytes, encoding: str) -> bytes | None:
+        changed: bytes | None = None
+        for masker in self.content:
+            out = masker.mask_bytes(data if changed is None else changed, encoding)
+            if out is not None:
+                changed = out
+        return changed
+
+    def column_masker(self, qualified: str) -> Masker | None:
+        """The masker of the first column rule matching ``schema.table.column``."""
+        for pattern, masker in self.columns:
+            if fnmatchcase(qualified, pattern):
+                return masker
+        return None
+
+
+class MaskingPolicy:
+    """The masking rules of one configuration, with a deployment key."""
+
+    def __init__(self, config: Config, key: bytes) -> None:
+        self._rules = config.masking.rules
+        self._key = key
+        self._maskers: dict[tuple[Strategy, frozenset[str]], Masker] = {}
+        self._sessions: dict[tuple[str, frozenset[str], str, str], SessionMasking | None] = {}
+
+    def for_session(self, principal: Principal, connection: str) -> SessionMasking | None:
+        """What to mask for this principal on this connection; None when nothing is."""
+        cache_key = (principal.name, principal.groups, principal.kind.value, connection)
+        if cache_key not in self._sessions:
+            self._sessions[cache_key] = self._resolve(principal, connection)
+        return self._sessions[cache_key]
+
+    def _resolve(self, principal: Principal, connection: str) -> SessionMasking | None:
+        rules = [r for r in self._rules if _applies(r, principal, connection)]
+        if not rules:
+            return None
+        content: list[Masker] = []
+        columns: list[tuple[str, Masker]] = []
+        ips = False
+        for rule in rules:
+            strategy = Strategy(rule.strategy)
+            if rule.entities:
+                entities = ENTITIES if "all" in rule.entities else frozenset(rule.entities)
+                content.append(self._masker(strategy, entities))
+                ips = ips or bool(entities & _IP_ENTITIES)
+            for pattern in rule.columns:
+                columns.append((_column_glob(pattern), self._masker(strategy, ENTITIES)))
+        return SessionMasking(tuple(content), tuple(columns), ips)
+
+    def _masker(self, strategy: Strategy, entities: frozenset[str]) -> Masker:
+        key = (strategy, entities)
+        if key not in self._maskers:
+            self._maskers[key] = Masker(self._key, strategy, entities)
+        return self._maskers[key]
+
+
+def _applies(rule: MaskingRuleConfig, principal: Principal, connection: str) -> bool:
+    if principal.name in rule.except_principals or principal.groups & set(rule.except_groups):
+        return False
+    if rule.connections and connection not in rule.connections:
+        return False
+    if rule.principals and principal.name not in rule.principals:
+        return False
+    if rule.groups and not principal.groups & set(rule.groups):
+        return False
+    return not rule.principal_kinds or principal.kind.value in rule.principal_kinds
+
+
+def _column_glob(pattern: str) -> str:
+    """``password`` and ``users.password`` mean any schema (and table); lower-cased."""
+    parts = pattern.lower().split(".")
+    while len(parts) < 3:
+        parts.insert(0, "*")
+    return ".".join(parts)
