@@ -325,7 +325,7 @@ class ResultMasking:
             columns = with_formats(described, formats)
         return self.plan_of(columns, names)
 
-    def table_oids(self, target: tuple[str, str] | None, columns: list[Column]) -> set[int]:
+    def table_oids(self, columns: list[Column]) -> set[int]:
         """Tables whose column names a column rule needs (none without column rules)."""
         if not self.masking.columns:
             return set()

@@ -385,14 +385,14 @@ class PgRelay:
             columns = self.masking.portal_columns(head.target[1])
         else:
             return set()
-        oids = self.masking.table_oids(None, columns)
+        oids = self.masking.table_oids(columns)
         if not oids or self.services.column_names.known(self.connection, oids) is not None:
             return set()
         return oids
 
     def _names(self, columns: list[Column]) -> dict[tuple[int, int], str]:
         assert self.masking is not None
-        oids = self.masking.table_oids(None, columns)
+        oids = self.masking.table_oids(columns)
         return (self.services.column_names.known(self.connection, oids) or {}) if oids else {}
 
     def _hold(self, items: list[BackendMessage | memoryview], oids: set[int]) -> None:
