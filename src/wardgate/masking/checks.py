@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 from dataclasses import dataclass
 
@@ -310,3 +311,9 @@ def jwt_header_ok(header: str) -> bool:
     except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(parsed, dict) and "alg" in parsed
+
+
+# Address space no one is given: pseudonyms of IP addresses are drawn from it, and the
+# detectors skip it, so a pseudonym is never detected (and masked) again.
+IPV4_PSEUDONYM_SPACE = ipaddress.IPv4Network("240.0.0.0/4")  # reserved
+IPV6_PSEUDONYM_SPACE = ipaddress.IPv6Network("2001:db8::/32")  # documentation

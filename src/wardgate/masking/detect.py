@@ -237,7 +237,9 @@ def _ipv4s(text: str) -> Iterable[Span]:
             address = ipaddress.IPv4Address(m.group())
         except ValueError:
             continue
-        if not (address.is_loopback or address.is_unspecified):
+        if not (
+            address.is_loopback or address.is_unspecified or address in checks.IPV4_PSEUDONYM_SPACE
+        ):
             yield m.span()
 
 
@@ -250,7 +252,9 @@ def _ipv6s(text: str) -> Iterable[Span]:
             address = ipaddress.IPv6Address(value)
         except ValueError:
             continue
-        if not (address.is_loopback or address.is_unspecified):
+        if not (
+            address.is_loopback or address.is_unspecified or address in checks.IPV6_PSEUDONYM_SPACE
+        ):
             yield m.span()
 
 

@@ -291,13 +291,17 @@ def ssn(key: bytes, value: str) -> str:
     return refill(value, number, _is_digit)
 
 
-_SSN_SHAPE = re.compile(
-    r"9[0-9]{2}(-?)(?:0[1-9]|[1-4][0-9])\1(?!0000)[0-9]{4}|9[0-9]{2} (?:0[1-9]|[1-4][0-9]) (?!0000)[0-9]{4}"
-)
+# Nine digits in the pseudonym range, laid out with spaces or dashes as the masked value
+# was (``ssn`` keeps the original layout, so ``030 123078`` becomes ``954 450855``).
+_SSN_SHAPE = re.compile(r"[0-9](?:[ -]?[0-9]){8}")
+_SSN_PSEUDONYM_DIGITS = re.compile(r"9[0-9]{2}(?:0[1-9]|[1-4][0-9])(?!0000)[0-9]{4}")
 
 
 def is_ssn(value: str) -> bool:
-    return _SSN_SHAPE.fullmatch(value) is not None
+    if _SSN_SHAPE.fullmatch(value) is None:
+        return False
+    digits = value.replace(" ", "").replace("-", "")
+    return _SSN_PSEUDONYM_DIGITS.fullmatch(digits) is not None
 
 
 # ----------------------------------------------------------------- national IDs
@@ -381,8 +385,8 @@ def is_national_id(value: str) -> bool:
 
 _V4_BASE = int(ipaddress.IPv4Address("240.0.0.0"))
 _V4_SPAN = int(ipaddress.IPv4Address("255.255.255.254")) - _V4_BASE + 1
-_V4_RESERVED = ipaddress.IPv4Network("240.0.0.0/4")
-_V6_RESERVED = ipaddress.IPv6Network("2001:db8::/32")
+_V4_RESERVED = checks.IPV4_PSEUDONYM_SPACE
+_V6_RESERVED = checks.IPV6_PSEUDONYM_SPACE
 
 
 def ipv4(key: bytes, value: str) -> str:
