@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -279,17 +280,31 @@ class Config(_Model):
                             f"unknown entity {entity!r}; known: all, {', '.join(sorted(ENTITIES))}",
                         )
                     )
-            for field, known in (
-                ("groups", self.groups),
-                ("except_groups", self.groups),
-                ("principals", self.principals),
-                ("except_principals", self.principals),
-                ("connections", self.connections),
-            ):
-                for j, value in enumerate(getattr(rule, field)):
-                    if value not in known:
-                        what = field.removeprefix("except_")[:-1]
-                        problems.append(((*where, field, j), f"unknown {what} {value!r}"))
+            problems.extend(
+                self._unknown_names(
+                    where,
+                    rule,
+                    ("groups", "except_groups", "principals", "except_principals", "connections"),
+                )
+            )
+        return problems
+
+    def _unknown_names(
+        self, where: tuple[str | int, ...], scope: Any, fields: tuple[str, ...]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """Names in a rule's scope lists (groups, principals, connections, their
+        except_ forms) that the configuration does not define."""
+        known: dict[str, Mapping[str, object]] = {
+            "groups": self.groups,
+            "principals": self.principals,
+            "connections": self.connections,
+        }
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for field in fields:
+            kind = field.removeprefix("except_")
+            for j, value in enumerate(getattr(scope, field)):
+                if value not in known[kind]:
+                    problems.append(((*where, field, j), f"unknown {kind[:-1]} {value!r}"))
         return problems
 
     def _guardrail_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
@@ -316,16 +331,9 @@ class Config(_Model):
                             f"{', '.join(SQL_CLASSES)}, kinds are listed in docs/policy.md",
                         )
                     )
-            for field, known in (
-                ("groups", self.groups),
-                ("principals", self.principals),
-                ("connections", self.connections),
-            ):
-                for j, value in enumerate(getattr(m, field)):
-                    if value not in known:
-                        problems.append(
-                            ((*where, "match", field, j), f"unknown {field[:-1]} {value!r}")
-                        )
+            problems.extend(
+                self._unknown_names((*where, "match"), m, ("groups", "principals", "connections"))
+            )
         return problems
 
     # -- helpers used at run time -------------------------------------------------

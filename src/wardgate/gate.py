@@ -16,6 +16,7 @@ from threading import Lock
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig
+from wardgate.identity.principals import in_scope
 from wardgate.policy.functions import function_class
 from wardgate.policy.sql import MAX_CACHED_TEXT, classify_keyed
 
@@ -202,16 +203,16 @@ def _rail_matches(
     rail: GuardrailConfig, stmt: StatementInfo, kinds: set[str], action: Action
 ) -> bool:
     m = rail.match
-    principal = action.principal
     if m.sql and not kinds.intersection(m.sql):
         return False
-    if m.connections and action.connection not in m.connections:
-        return False
-    if m.principals and principal.name not in m.principals:
-        return False
-    if m.groups and not principal.groups.intersection(m.groups):
-        return False
-    if m.principal_kinds and principal.kind.value not in m.principal_kinds:
+    if not in_scope(
+        action.principal,
+        action.connection,
+        principals=m.principals,
+        groups=m.groups,
+        kinds=m.principal_kinds,
+        connections=m.connections,
+    ):
         return False
     if m.tables and not _any_table(stmt.tables_read + stmt.tables_written, m.tables):
         return False

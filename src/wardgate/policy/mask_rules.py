@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from wardgate.config import Config, MaskingRuleConfig
-from wardgate.identity.principals import Principal
+from wardgate.identity.principals import Principal, in_scope
 from wardgate.masking import ENTITIES, Masker, Strategy
 
 _IP_ENTITIES = frozenset({"ipv4", "ipv6"})
@@ -108,15 +108,18 @@ class MaskingPolicy:
 
 
 def _applies(rule: MaskingRuleConfig, principal: Principal, connection: str) -> bool:
-    if principal.name in rule.except_principals or principal.groups & set(rule.except_groups):
+    if principal.name in rule.except_principals or not principal.groups.isdisjoint(
+        rule.except_groups
+    ):
         return False
-    if rule.connections and connection not in rule.connections:
-        return False
-    if rule.principals and principal.name not in rule.principals:
-        return False
-    if rule.groups and not principal.groups & set(rule.groups):
-        return False
-    return not rule.principal_kinds or principal.kind.value in rule.principal_kinds
+    return in_scope(
+        principal,
+        connection,
+        principals=rule.principals,
+        groups=rule.groups,
+        kinds=rule.principal_kinds,
+        connections=rule.connections,
+    )
 
 
 def _column_glob(pattern: str) -> str:

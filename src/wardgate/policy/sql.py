@@ -488,27 +488,37 @@ def _classify_cached(sql: str) -> tuple[StatementInfo, ...]:
 
 def _parse_and_classify(sql: str) -> tuple[StatementInfo, ...]:
     try:
-        tree = json.loads(parse_sql_json(sql))
+        statements = _parse(sql)
     except ParseError as exc:
         return (StatementInfo(klass="unknown", kinds=("parse_error",), text=sql, error=str(exc)),)
     except Exception as exc:  # noqa: BLE001 - any parser failure must fail closed
         return (StatementInfo(klass="unknown", kinds=("parse_error",), text=sql, error=repr(exc)),)
-    raw = sql.encode("utf-8")
+    return tuple(_statement_info(stmt, text) for stmt, text in statements)
+
+
+def _parse(sql: str) -> list[tuple[dict[str, Any], str]]:
+    """Each statement of ``sql`` as (pglast JSON node, its own text)."""
+    tree = json.loads(parse_sql_json(sql))
+    raw = sql.encode("utf-8")  # statement locations are byte offsets
     out = []
     for entry in tree.get("stmts", []):
-        start = entry.get("stmt_location", 0)
-        length = entry.get("stmt_len", 0)
-        chunk = raw[start : start + length] if length else raw[start:]
-        text = chunk.decode("utf-8", "replace").strip()
         stmt = entry.get("stmt")
         if not stmt:
             continue
-        out.append(_statement_info(stmt, text))
-    return tuple(out)
+        start = entry.get("stmt_location", 0)
+        length = entry.get("stmt_len", 0)
+        chunk = raw[start : start + length] if length else raw[start:]
+        out.append((stmt, chunk.decode("utf-8", "replace").strip()))
+    return out
 
 
 # Kinds of statements that change which prepared statements a session has.
 PREPARED_STATEMENT_KINDS = frozenset({"prepare", "deallocate", "discard"})
+
+
+# The two functions below parse again what the classifier already parsed: fingerprints
+# ignore statement names, so classifications shared through the fingerprint cache
+# cannot carry them.
 
 
 def prepared_statement_changes(sql: str) -> list[tuple[str | None, str | None]]:
@@ -520,17 +530,14 @@ def prepared_statement_changes(sql: str) -> list[tuple[str | None, str | None]]:
     map from statement names to SQL in step with the server's with it.
     """
     try:
-        tree = json.loads(parse_sql_json(sql))
+        statements = _parse(sql)
     except Exception:  # noqa: BLE001 - unparsable text was judged (and blocked) already
         return []
-    raw = sql.encode("utf-8")
     changes: list[tuple[str | None, str | None]] = []
-    for entry in tree.get("stmts", []):
-        ((node_type, fields),) = entry.get("stmt", {"": {}}).items()
+    for stmt, text in statements:
+        ((node_type, fields),) = stmt.items()
         if node_type == "PrepareStmt":
-            start, length = entry.get("stmt_location", 0), entry.get("stmt_len", 0)
-            chunk = raw[start : start + length] if length else raw[start:]
-            changes.append((fields.get("name", ""), chunk.decode("utf-8", "replace").strip()))
+            changes.append((fields.get("name", ""), text))
         elif node_type == "DeallocateStmt":
             changes.append((None, None) if fields.get("isall") else (fields.get("name", ""), None))
         elif node_type == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
@@ -541,11 +548,10 @@ def prepared_statement_changes(sql: str) -> list[tuple[str | None, str | None]]:
 def executed_statement(sql: str) -> str | None:
     """The prepared-statement name a single ``EXECUTE name(...)`` runs, else None."""
     try:
-        tree = json.loads(parse_sql_json(sql))
+        statements = _parse(sql)
     except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
         return None
-    stmts = tree.get("stmts", [])
-    if len(stmts) != 1:
+    if len(statements) != 1:
         return None
-    execute = stmts[0].get("stmt", {}).get("ExecuteStmt")
+    execute = statements[0][0].get("ExecuteStmt")
     return str(execute.get("name", "")) if execute is not None else None

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres.decode import parse_error_fields
-from wardgate.proxy.pg_upstream import dial
-from wardgate.vault.secrets import resolve_secret
+from wardgate.proxy.pg_upstream import dial_connection
 
 if TYPE_CHECKING:
     from wardgate.proxy.services import Services
@@ -60,25 +58,15 @@ async def _query_catalog(
     services: Services, connection: str, oids: list[int]
 ) -> list[tuple[int, int, str]]:
     config = services.config
-    conn = config.connections.get(connection)
-    if conn is None:
+    if connection not in config.connections:
         raise CatalogError(f"connection {connection!r} is no longer configured")
-    password = (
-        await asyncio.to_thread(
-            resolve_secret, conn.upstream.password, services.vault, base_dir=Path(config.base_dir)
-        )
-        if conn.upstream.password
-        else None
-    )
-    upstream = await dial(
-        conn,
-        password,
+    upstream = await dial_connection(
+        config,
+        services.vault,
+        connection,
         {"application_name": "wardgate-catalog"},
-        connect_timeout=config.limits.connect_timeout,
         max_message_bytes=16 * 1024 * 1024,
-        ca_path=str(config.path(conn.upstream.ca)) if conn.upstream.ca else None,
     )
-    del password
     side = upstream.side
     # OIDs are integers from the server's own RowDescription: safe to inline.
     sql = (

@@ -8,7 +8,6 @@ import logging
 import secrets
 import socket
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wardgate.audit.records import SessionRecord
@@ -19,10 +18,10 @@ from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.proxy.pg_relay import PgRelay
-from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial, send_cancel
+from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial_connection, send_cancel
 from wardgate.proxy.pg_wire import ClientSide, ConnectionClosed
 from wardgate.store.cancel import CancelTarget
-from wardgate.vault.secrets import SecretError, resolve_secret
+from wardgate.vault.secrets import SecretError
 
 if TYPE_CHECKING:
     from wardgate.proxy.services import Services
@@ -290,15 +289,12 @@ class PgListener:
             option = "-c default_transaction_read_only=on"
             upstream_params["options"] = f"{upstream_params.get('options', '')} {option}".strip()
         try:
-            password = (
-                await asyncio.to_thread(
-                    resolve_secret,
-                    conn.upstream.password,
-                    services.vault,
-                    base_dir=Path(config.base_dir),
-                )
-                if conn.upstream.password
-                else None
+            upstream = await dial_connection(
+                config,
+                services.vault,
+                connection_name,
+                upstream_params,
+                max_message_bytes=max(config.limits.max_message_bytes, 64 * 1024 * 1024),
             )
         except SecretError as exc:
             log.error("connection %r: %s", connection_name, exc)
@@ -306,21 +302,11 @@ class PgListener:
                 "08006",
                 f'wardgate: connection "{connection_name}" is unavailable: the gateway cannot read its credential',
             ) from None
-        try:
-            upstream = await dial(
-                conn,
-                password,
-                upstream_params,
-                connect_timeout=config.limits.connect_timeout,
-                max_message_bytes=max(config.limits.max_message_bytes, 64 * 1024 * 1024),
-                ca_path=str(config.path(conn.upstream.ca)) if conn.upstream.ca else None,
-            )
         except UpstreamUnavailable as exc:
             raise StartupRefused(
                 exc.sqlstate,
                 f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}',
             ) from None
-        del password
         if read_only and upstream.parameters.get("default_transaction_read_only", "on") != "on":
             upstream.side.close()
             raise StartupRefused(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from wardgate.config import ConnectionConfig
+from wardgate.config import Config, ConnectionConfig
 from wardgate.identity.scram import ScramAuthError, ScramClient
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres.decode import (
@@ -23,6 +24,7 @@ from wardgate.protocols.postgres.decode import (
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.proxy.pg_wire import ConnectionClosed, UpstreamSide
 from wardgate.proxy.tls import upstream_context
+from wardgate.vault.secrets import Vault, resolve_secret
 
 log = logging.getLogger("wardgate.upstream")
 
@@ -45,6 +47,31 @@ class Upstream:
     parameter_status: list[bytes] = field(default_factory=list)  # raw ParameterStatus messages
     parameters: dict[str, str] = field(default_factory=dict)  # as reported by the server
     notices: list[bytes] = field(default_factory=list)
+
+
+async def dial_connection(
+    config: Config, vault: Vault, name: str, params: dict[str, str], *, max_message_bytes: int
+) -> Upstream:
+    """Resolve connection ``name``'s credential (in a thread: it may read the store) and
+    dial it. Raises SecretError (the credential cannot be read) or UpstreamUnavailable."""
+    conn = config.connections[name]
+    up = conn.upstream
+    password = (
+        await asyncio.to_thread(resolve_secret, up.password, vault, base_dir=Path(config.base_dir))
+        if up.password
+        else None
+    )
+    try:
+        return await dial(
+            conn,
+            password,
+            params,
+            connect_timeout=config.limits.connect_timeout,
+            max_message_bytes=max_message_bytes,
+            ca_path=str(config.path(up.ca)) if up.ca else None,
+        )
+    finally:
+        del password
 
 
 async def dial(
