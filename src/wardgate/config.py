@@ -104,10 +104,35 @@ class UpstreamConfig(_Model):
     ca: str | None = None
 
 
+class ConnectionReviewConfig(_Model):
+    """How a review verdict plays out on this connection."""
+
+    # How long a client's statement waits inline for approval before the client gets
+    # "approval pending"; 0 answers at once. Clients may ask for their own wait (the
+    # startup option wardgate.review_wait), capped by max_wait.
+    wait: Duration = Field(default=30.0, ge=0)
+    max_wait: Duration = Field(default=300.0, ge=0)
+    # What reviewers see of a write's effect: the planner's estimate (explain), or the
+    # exact row count of running it in a transaction that is rolled back (rollback).
+    preview: Literal["none", "explain", "rollback"] = "explain"
+    preview_timeout: Duration = Field(default=5.0, gt=0)
+
+
+class ConnectionGrantsConfig(_Model):
+    """Time-boxed access grants (JIT elevation) on this connection."""
+
+    roles: list[str] = Field(default_factory=list)  # roles that may be requested; none: no grants
+    max_duration: Duration = Field(default=8 * 3600.0, gt=0)
+    approvers: list[str] = Field(default_factory=list)  # default: reviews.approvers
+    quorum: int | None = Field(default=None, ge=1)
+
+
 class ConnectionConfig(_Model):
     type: Literal["postgres"]
     upstream: UpstreamConfig
     roles: dict[str, str] = Field(default_factory=dict)
+    reviews: ConnectionReviewConfig = ConnectionReviewConfig()
+    grants: ConnectionGrantsConfig = ConnectionGrantsConfig()
     on_parse_error: Literal["block", "review"] = "block"
     # observe: verdicts are recorded but every action runs (try a policy on real traffic).
     mode: Literal["enforce", "observe"] = "enforce"
@@ -119,6 +144,9 @@ class RoleConfig(_Model):
     write: DecisionName = "block"
     ddl: DecisionName = "block"
     admin: DecisionName = "block"
+    # Who approves this role's `review` verdicts; default: reviews.approvers / quorum.
+    approvers: list[str] = Field(default_factory=list)
+    quorum: int | None = Field(default=None, ge=1)
 
     def decision_for(self, klass: str) -> DecisionName:
         if klass in SQL_CLASSES:
@@ -155,6 +183,9 @@ class GuardrailConfig(_Model):
     condition: GuardrailCondition | None = None
     verdict: DecisionName
     message: str = ""
+    # With verdict review: who approves; default reviews.approvers / reviews.quorum.
+    approvers: list[str] = Field(default_factory=list)
+    quorum: int | None = Field(default=None, ge=1)
 
 
 class MaskingRuleConfig(_Model):
@@ -178,6 +209,52 @@ class MaskingConfig(_Model):
     # HMAC key of the hash and pseudonym strategies; default: derived from the master key.
     key: SecretRef = None
     rules: list[MaskingRuleConfig] = Field(default_factory=list)
+
+
+NotifyEvent = Literal[
+    "requested",
+    "vote",
+    "approved",
+    "denied",
+    "expired",
+    "cancelled",
+    "executed",
+    "failed",
+    "revoked",
+]
+
+_DEFAULT_NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
+    "requested",
+    "approved",
+    "denied",
+    "executed",
+    "failed",
+)
+
+
+class NotifyConfig(_Model):
+    """Where review events are announced. `url` is a plain http(s) URL or, for URLs that
+    carry a secret (Slack incoming webhooks do), a reference: env:NAME, file:PATH, secret:NAME."""
+
+    type: Literal["webhook", "slack"]
+    url: str
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(_DEFAULT_NOTIFY_EVENTS))
+    timeout: Duration = Field(default=5.0, gt=0)
+    retries: int = Field(default=5, ge=0, le=20)
+
+
+class ReviewsConfig(_Model):
+    """Defaults for every review; roles, guardrails and grants may name their own approvers."""
+
+    approvers: list[str] = Field(default_factory=list)  # groups whose humans may approve
+    quorum: int = Field(default=1, ge=1)  # distinct humans needed
+    expires: Duration = Field(default=3600.0, gt=0)  # a pending review expires
+    approval_valid: Duration = Field(default=3600.0, gt=0)  # an approved, unused one expires
+    # False: the human sponsor of an agent may not approve that agent's reviews.
+    sponsor_may_approve: bool = False
+    # Base URL of the API as approvers reach it, for links; default http://<listen.api>.
+    url: str | None = None
+    notify: list[NotifyConfig] = Field(default_factory=list)
 
 
 class GroupConfig(_Model):
@@ -211,6 +288,7 @@ class Config(_Model):
     # any other function is judged a write.
     safe_functions: list[str] = Field(default_factory=list)
     masking: MaskingConfig = MaskingConfig()
+    reviews: ReviewsConfig = ReviewsConfig()
 
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
@@ -258,9 +336,54 @@ class Config(_Model):
                     )
         problems.extend(self._guardrail_problems())
         problems.extend(self._masking_problems())
+        problems.extend(self._review_problems())
         if problems:
             raise _CrossReferenceErrors(problems)
         return self
+
+    def _review_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+
+        def groups_known(where: tuple[str | int, ...], groups: list[str]) -> None:
+            for j, g in enumerate(groups):
+                if g not in self.groups:
+                    problems.append(((*where, j), f"unknown group {g!r}"))
+
+        def approvable(where: tuple[str | int, ...], groups: list[str], what: str) -> None:
+            if not (groups or self.reviews.approvers):
+                problems.append(
+                    (
+                        where,
+                        f"{what} asks for reviews but names no approvers, and reviews.approvers "
+                        "is empty: nobody could ever approve them",
+                    )
+                )
+
+        groups_known(("reviews", "approvers"), self.reviews.approvers)
+        for name, role in self.roles.items():
+            groups_known(("roles", name, "approvers"), role.approvers)
+            if any(role.decision_for(k) == "review" for k in SQL_CLASSES):
+                approvable(("roles", name), role.approvers, f"role {name!r}")
+        for i, rail in enumerate(self.guardrails):
+            groups_known(("guardrails", i, "approvers"), rail.approvers)
+            if rail.verdict == "review":
+                approvable(("guardrails", i), rail.approvers, f"guardrail {rail.name!r}")
+        for cname, c in self.connections.items():
+            groups_known(("connections", cname, "grants", "approvers"), c.grants.approvers)
+            for j, granted in enumerate(c.grants.roles):
+                if granted not in self.roles:
+                    problems.append(
+                        (("connections", cname, "grants", "roles", j), f"unknown role {granted!r}")
+                    )
+            if c.grants.roles:
+                approvable(("connections", cname, "grants"), c.grants.approvers, "grants")
+            if c.on_parse_error == "review":
+                approvable(("connections", cname, "on_parse_error"), [], f"connection {cname!r}")
+            if c.reviews.wait > c.reviews.max_wait:
+                problems.append(
+                    (("connections", cname, "reviews", "wait"), "wait is longer than max_wait")
+                )
+        return problems
 
     def _masking_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -345,6 +468,17 @@ class Config(_Model):
     @property
     def data_path(self) -> Path:
         return self.path(self.data_dir)
+
+    @property
+    def review_url(self) -> str:
+        """Base URL approvers use to reach this gateway's API (for links in messages)."""
+        if self.reviews.url:
+            return self.reviews.url.rstrip("/")
+        addr = self.listen_address("api")
+        if addr is None:
+            return ""
+        host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+        return f"http://{host}:{addr[1]}"
 
     @property
     def store_url(self) -> str:

@@ -27,11 +27,15 @@ _RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
 class Gate:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._cache: OrderedDict[tuple[str, str, frozenset[str], str, str], Verdict] = OrderedDict()
+        self._cache: OrderedDict[
+            tuple[str, str, frozenset[str], frozenset[str], str, str], Verdict
+        ] = OrderedDict()
         self._lock = Lock()
         self._safe_functions = frozenset(f.lower() for f in config.safe_functions)
 
-    def check(self, action: Action) -> Verdict:
+    def check(self, action: Action, granted: frozenset[str] = frozenset()) -> Verdict:
+        """Judge ``action``. ``granted`` are roles the principal holds on the action's
+        connection through an approved, unexpired access grant, on top of its groups'."""
         if action.kind == "sql":
             text_key, statements = classify_keyed(action.judged_text)
         else:
@@ -40,6 +44,7 @@ class Gate:
             action.connection,
             action.principal.name,
             action.principal.groups,
+            granted,
             action.kind,
             text_key,
         )
@@ -48,7 +53,7 @@ class Gate:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        verdict = self._decide(action, statements)
+        verdict = self._decide(action, statements, granted)
         if len(text_key) > MAX_CACHED_TEXT:
             return verdict  # keys are texts here (multi-statement, unparsable): keep it small
         with self._lock:
@@ -75,7 +80,9 @@ class Gate:
 
     # -- decisions --------------------------------------------------------------------
 
-    def _decide(self, action: Action, statements: tuple[StatementInfo, ...]) -> Verdict:
+    def _decide(
+        self, action: Action, statements: tuple[StatementInfo, ...], granted: frozenset[str]
+    ) -> Verdict:
         conn = self.config.connections.get(action.connection)
         if conn is None:
             return Verdict(
@@ -83,13 +90,17 @@ class Gate:
                 "unknown-connection",
                 f"connection {action.connection!r} is not configured",
             )
-        verdict = self._decide_on(conn, action, statements)
+        verdict = self._decide_on(conn, action, statements, granted)
         if conn.mode == "observe":
             verdict = dataclasses.replace(verdict, enforced=False)
         return verdict
 
     def _decide_on(
-        self, conn: ConnectionConfig, action: Action, statements: tuple[StatementInfo, ...]
+        self,
+        conn: ConnectionConfig,
+        action: Action,
+        statements: tuple[StatementInfo, ...],
+        granted: frozenset[str],
     ) -> Verdict:
         if action.kind != "sql":
             return Verdict(
@@ -97,7 +108,8 @@ class Gate:
                 "unsupported-action",
                 f"{action.kind} actions are not allowed on this connection",
             )
-        roles = sorted({conn.roles[g] for g in action.principal.groups if g in conn.roles})
+        own = {conn.roles[g] for g in action.principal.groups if g in conn.roles}
+        roles = sorted(own | {r for r in granted if r in self.config.roles})
         if not roles:
             return Verdict(
                 Decision.BLOCK,
@@ -110,7 +122,7 @@ class Gate:
             return Verdict(Decision.ALLOW, "empty", "empty statement", statements, ("empty",))
         worst: Verdict | None = None
         for stmt in statements:
-            verdict = self._decide_statement(stmt, roles, action, statements, conn)
+            verdict = self._decide_statement(stmt, roles, own, action, statements, conn)
             if worst is None or verdict.decision.severity > worst.decision.severity:
                 worst = verdict
         assert worst is not None
@@ -120,6 +132,7 @@ class Gate:
         self,
         stmt: StatementInfo,
         roles: list[str],
+        own: set[str],
         action: Action,
         statements: tuple[StatementInfo, ...],
         conn: ConnectionConfig,
@@ -162,11 +175,13 @@ class Gate:
             if best is None or d.severity < best[0].severity:
                 best = (d, role_name)
         assert best is not None
+        # A role held only through an access grant is named as such.
+        source = "role" if best[1] in own else "grant"
         candidates = [
             (
                 best[0],
-                f"role:{best[1]}",
-                f"role {best[1]!r} on connection {action.connection!r} gives {best[0].value} "
+                f"{source}:{best[1]}",
+                f"{source} {best[1]!r} on connection {action.connection!r} gives {best[0].value} "
                 f"for {klass} statements ({described})",
             )
         ]

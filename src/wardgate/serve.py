@@ -174,6 +174,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         masking=MaskingPolicy(config, mask_key),
     )
     del master
+    notifier = await _start_reviews(services, index)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -194,7 +195,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
 
             api_server = uvicorn.Server(
                 uvicorn.Config(
-                    create_app(),
+                    create_app(services),
                     host=api_addr[0],
                     port=api_addr[1],
                     log_level="warning",
@@ -215,12 +216,35 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         if pg is not None:
             await pg.close()
         await services.tasks.cancel_all(grace=2.0)
+        await notifier.close(grace=3.0)
         try:
             async with asyncio.timeout(_RECORDER_CLOSE_TIMEOUT):
                 await recorder.close()
         except TimeoutError:
             log.error("worker %d: the store did not take the last audit records in time", index)
         store.dispose()
+
+
+async def _start_reviews(services: Any, index: int) -> Any:
+    """The review service of this process: waiting, grants, previews, proposals, notices."""
+    from wardgate.proxy.pg_reviews import PgReviewJobs
+    from wardgate.reviews.notify import Notifier
+    from wardgate.reviews.service import ReviewService
+    from wardgate.reviews.waiting import ReviewRuntime
+
+    service = ReviewService(services.store, lambda: services.config)
+    runtime = ReviewRuntime(
+        services.store, service, lambda: services.config, services.tasks, housekeeping=index == 0
+    )
+    jobs = PgReviewJobs(services, service)
+    runtime.previewer = jobs.preview
+    runtime.on_proposal_approved = jobs.run_proposal
+    notifier = Notifier(lambda: services.config, services.vault)
+    service.listeners.append(notifier.listener)
+    await notifier.start()
+    services.reviews = runtime
+    await runtime.start()
+    return notifier
 
 
 def _reload(services: Any, config_path: str) -> None:

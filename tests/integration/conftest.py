@@ -160,8 +160,10 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise AssertionError(f"wardgate exited with {self.proc.returncode}:\n{self.log}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                for port in (self.port, self.api_port):  # both listeners are up
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        pass
+                return
             except OSError:
                 time.sleep(0.1)
         raise AssertionError(f"wardgate did not start listening:\n{self.log}")

@@ -34,6 +34,7 @@ roles:
 guardrails:
   - {name: no-drop, match: {sql: [drop, truncate]}, verdict: block, message: "Destructive DDL is blocked"}
   - {name: no-unbounded-delete, match: {sql: [delete_without_where]}, verdict: block}
+reviews: {approvers: [dba]}
 """
 
 
@@ -148,6 +149,7 @@ guardrails:
   - {name: agents-need-limit, match: {principal_kinds: [agent], sql: [select]}, condition: {without_limit: true}, verdict: review}
   - {name: unbounded-changes, match: {}, condition: {without_where: true}, verdict: block}
   - {name: lab-only-for-ann, match: {connections: [lab], principals: [ann]}, verdict: block}
+reviews: {approvers: [dba]}
 """
 
 

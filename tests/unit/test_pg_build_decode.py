@@ -1,4 +1,4 @@
-"""Backend builders checked against literal bytes and against decode.py."""
+"""Builders checked against literal bytes and against decode.py / the frontend decoder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import struct
 import pytest
 
 from wardgate.protocols.postgres import build, decode
+from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.protocols.postgres.frontend import FrontendDecoder
 
 
 def split(raw: bytes) -> tuple[bytes, bytes]:
@@ -48,6 +50,27 @@ def split(raw: bytes) -> tuple[bytes, bytes]:
             b"p\x00\x00\x00\x0cM\x00\x00\x00\x00\x02xy",
         ),
         (build.password_message(b"pw"), b"p\x00\x00\x00\x07pw\x00"),
+        (build.bind("", ""), b"B\x00\x00\x00\x0c\x00\x00\x00\x00\x00\x00\x00\x00"),
+        (
+            # The gateway's own text Bind: one format code 0, 'ab' and NULL, results in text.
+            build.bind("", "", ["ab", None], param_formats=(0,)),
+            b"B\x00\x00\x00\x18\x00\x00\x00\x01\x00\x00\x00\x02"
+            b"\x00\x00\x00\x02ab\xff\xff\xff\xff\x00\x00",
+        ),
+        (
+            build.bind("p", "s", [b"\x00\x07"], (1,), (1, 0)),
+            b"B\x00\x00\x00\x1ap\x00s\x00\x00\x01\x00\x01\x00\x01"
+            b"\x00\x00\x00\x02\x00\x07\x00\x02\x00\x01\x00\x00",
+        ),
+        (build.describe("P", ""), b"D\x00\x00\x00\x06P\x00"),
+        (build.describe("S", "st"), b"D\x00\x00\x00\x08Sst\x00"),
+        (build.execute(""), b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"),
+        (build.execute("c", 50), b"E\x00\x00\x00\x0ac\x00\x00\x00\x00\x32"),
+        (build.copy_fail("no"), b"f\x00\x00\x00\x07no\x00"),
+        (
+            build.parse("", "SELECT $1", (25,)),
+            b"P\x00\x00\x00\x15\x00SELECT $1\x00\x00\x01\x00\x00\x00\x19",
+        ),
     ],
 )
 def test_literal_bytes(raw: bytes, expected: bytes) -> None:
@@ -221,3 +244,106 @@ def test_error_text_in_another_encoding_is_kept_not_fatal() -> None:
     """A LATIN1 session's server messages are not UTF-8; they are recorded, not refused."""
     fields = decode.parse_error_fields(b"SERROR\0C42000\0Mcaf\xe9\0\0")
     assert fields.message == "caf\ufffd"
+
+
+def _frontend(raw: bytes) -> m.FrontendMessage:
+    """Decode one typed frontend message as the gateway's client side would."""
+    decoder = FrontendDecoder()
+    decoder.end_startup()
+    decoder.feed(raw)
+    decoded = decoder.next_message()
+    assert decoded is not None and decoded[1] == raw and decoder.buffered == 0
+    return decoded[0]
+
+
+def test_frontend_builders_round_trip() -> None:
+    raw = build.bind("", "", ["42", None, "café ✓", ""], param_formats=(0,))
+    assert _frontend(raw) == m.Bind("", "", (0,), (b"42", None, "café ✓".encode(), b""), ())
+    raw = build.bind("portal", "stmt", [b"\x00\x01", "x"], (1, 0), (1,))
+    assert _frontend(raw) == m.Bind("portal", "stmt", (1, 0), (b"\x00\x01", b"x"), (1,))
+    assert _frontend(build.describe("P", "")) == m.Describe("P", "")
+    assert _frontend(build.describe("S", "s1")) == m.Describe("S", "s1")
+    assert _frontend(build.execute("")) == m.Execute("", 0)
+    assert _frontend(build.execute("c", 0x7FFFFFFF)) == m.Execute("c", 0x7FFFFFFF)
+    reason = "wardgate: COPY FROM STDIN is not supported here"
+    assert _frontend(build.copy_fail(reason)) == m.CopyFail(reason)
+    assert _frontend(build.parse("s", "SELECT 1", (23,))) == m.Parse("s", "SELECT 1", (23,))
+    many = [str(i) for i in range(0xFFFF)]
+    bound = _frontend(build.bind("", "", many))
+    assert isinstance(bound, m.Bind) and len(bound.params) == 0xFFFF
+
+
+def test_frontend_builders_refuse_bad_values() -> None:
+    with pytest.raises(ValueError, match="65535 parameters"):
+        build.bind("", "", ["x"] * 0x10000)
+    with pytest.raises(ValueError):
+        build.bind("", "", ["a", "b", "c"], param_formats=(0, 1))
+    with pytest.raises(ValueError):
+        build.bind("", "", ["a"], param_formats=(2,))
+    with pytest.raises(ValueError):
+        build.bind("", "", [], result_formats=(-1,))
+    with pytest.raises(ValueError):
+        build.bind("a\0", "")
+    with pytest.raises(ValueError):  # UnicodeEncodeError: a lone surrogate has no UTF-8
+        build.bind("", "", ["\ud800"])
+    with pytest.raises(ValueError):
+        build.describe("X", "")
+    with pytest.raises(ValueError):
+        build.execute("", -1)
+    with pytest.raises(ValueError):
+        build.execute("", 0x80000000)
+    with pytest.raises(ValueError):
+        build.copy_fail("a\0b")
+
+
+def data_row(values: list[bytes | None]) -> bytes:
+    return struct.pack("!h", len(values)) + b"".join(
+        b"\xff\xff\xff\xff" if v is None else struct.pack("!i", len(v)) + v for v in values
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"\x00\x00", ()),
+        (b"\x00\x01\xff\xff\xff\xff", (None,)),
+        (b"\x00\x01\x00\x00\x00\x00", (b"",)),
+        (
+            b"\x00\x03\x00\x00\x00\x011\xff\xff\xff\xff\x00\x00\x00\x03\xe2\x9c\x93",
+            (b"1", None, "✓".encode()),
+        ),
+        (b"\x00\x01\x00\x00\x00\x01\xe9", (b"\xe9",)),  # not UTF-8: bytes are kept as is
+    ],
+)
+def test_data_rows(body: bytes, expected: tuple[bytes | None, ...]) -> None:
+    assert decode.parse_data_row(body) == expected
+    assert decode.parse_data_row(memoryview(body)) == expected
+
+
+def test_data_row_round_trip() -> None:
+    values: list[bytes | None] = [b"a", None, b"", b"\x00" * 300, None, "ü".encode()]
+    assert decode.parse_data_row(data_row(values)) == tuple(values)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # no column count
+        b"\x00",  # half a column count
+        b"\xff\xff",  # negative column count
+        b"\x80\x00" + b"\xff" * 8,
+        b"\x00\x01",  # a column without its length
+        b"\x00\x01\x00\x00",  # half a length
+        b"\x00\x02\xff\xff\xff\xff",  # fewer values than counted
+        b"\x7f\xff\x00\x00\x00\x00",  # a huge count on a short body
+        b"\x00\x01\xff\xff\xff\xfe",  # length -2
+        b"\x00\x01\x80\x00\x00\x00",  # most negative length
+        b"\x00\x01\x00\x00\x00\x05abc",  # length past the end
+        b"\x00\x01\x7f\xff\xff\xffabc",
+        b"\x00\x01\x00\x00\x00\x01ab",  # trailing byte
+        b"\x00\x00\x00",  # trailing byte after no columns
+    ],
+)
+def test_bad_data_rows(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode.parse_data_row(body)

@@ -1,17 +1,66 @@
-"""The HTTP API. This first version serves health checks; reviews, sessions and the UI build on it."""
+"""The HTTP API: health, reviews, grants and proposals (the web UI builds on it).
+
+Errors are RFC 9457 problem details (``application/problem+json``). Authentication is
+a wardgate token as ``Authorization: Bearer``; no response ever carries a credential.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wardgate import __version__
 
+if TYPE_CHECKING:
+    from wardgate.proxy.services import Services
 
-def create_app() -> FastAPI:
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> JSONResponse:
+    from http import HTTPStatus
+
+    body = {
+        "type": "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    headers = {"WWW-Authenticate": 'Bearer realm="wardgate"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def create_app(services: Services | None = None) -> FastAPI:
     app = FastAPI(title="wardgate", version=__version__)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_problem(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        where = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+        return problem(422, f"invalid request: {where}", errors=errors)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    if services is not None:
+        from wardgate.api.reviews import router
+
+        app.state.services = services
+        app.include_router(router)
     return app
+
+
+__all__ = ["HTTPException", "create_app", "problem"]

@@ -379,6 +379,20 @@ from wardgate.cli.policy import policy_app  # noqa: E402
 
 app.add_typer(policy_app, name="policy")
 
+# -- the approver's commands: they talk to the API (cli/reviews.py) -------------------
+
+from wardgate.cli.reviews import (  # noqa: E402
+    account_app,
+    grants_app,
+    proposals_app,
+    reviews_app,
+)
+
+app.add_typer(account_app)  # login, logout, whoami: top-level commands
+app.add_typer(reviews_app, name="reviews")
+app.add_typer(grants_app, name="grants")
+app.add_typer(proposals_app, name="proposals")
+
 
 def main() -> None:  # pragma: no cover - `python -m wardgate.cli.main`
     app()

@@ -85,6 +85,7 @@ class TokenService:
                         stored_key=keys.stored_key,
                         server_key=keys.server_key,
                         created_at=now,
+                        lookup=self._lookup(token),
                     )
                 )
             return IssuedToken(token_id, token)
@@ -133,6 +134,33 @@ class TokenService:
             if r is None:
                 return None
             return TokenInfo(r.id, r.principal, r.name, r.created_at, r.revoked_at, r.last_used_at)
+
+    def _lookup(self, token: str) -> str:
+        mac = hmac.new(self._pepper, b"wardgate bearer\x00" + token.encode(), hashlib.sha256)
+        return mac.hexdigest()
+
+    def check_bearer(self, token: str) -> TokenInfo | None:
+        """The active token an HTTP client presents (``Authorization: Bearer``), or None.
+
+        Found by its HMAC, then proven like a password against its SCRAM keys, so a
+        store whose lookup column was tampered with cannot make one token pass for another.
+        """
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        with self._store.session(write=False) as session:
+            row = session.scalars(
+                select(TokenRow).where(
+                    TokenRow.lookup == self._lookup(token), TokenRow.revoked_at.is_(None)
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            info = TokenInfo(
+                row.id, row.principal, row.name, row.created_at, row.revoked_at, row.last_used_at
+            )
+        if self.check_password(info.principal, token) != info.id:
+            return None
+        return info
 
     def fake_salt(self, principal: str) -> bytes:
         """The salt shown for a principal without tokens: stable across calls and gateway

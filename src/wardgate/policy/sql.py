@@ -555,3 +555,26 @@ def executed_statement(sql: str) -> str | None:
         return None
     execute = statements[0][0].get("ExecuteStmt")
     return str(execute.get("name", "")) if execute is not None else None
+
+
+_POSITION_KEYS = frozenset({"location", "stmt_location", "stmt_len"})
+
+
+def normalised_sql(sql: str) -> str:
+    """A form of ``sql`` that two texts share exactly when they are the same statements:
+    the parse tree without positions, so whitespace, comments and letter case of
+    keywords do not matter while every constant, name and operator does. Text the
+    parser refuses is kept with its whitespace collapsed."""
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except Exception:  # noqa: BLE001 - any parser failure: compare the text itself
+        return " ".join(sql.split())
+    return json.dumps(_without_positions(tree.get("stmts", [])), sort_keys=True)
+
+
+def _without_positions(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_positions(v) for k, v in node.items() if k not in _POSITION_KEYS}
+    if isinstance(node, list):
+        return [_without_positions(v) for v in node]
+    return node

@@ -8,18 +8,16 @@ session is busy streaming its result) and cached per connection for a few minute
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from wardgate.protocols.postgres import build
-from wardgate.protocols.postgres.decode import parse_error_fields
-from wardgate.proxy.pg_upstream import dial_connection
+from wardgate.proxy.pg_internal import InternalQueryFailed, internal_session
 
 if TYPE_CHECKING:
     from wardgate.proxy.services import Services
 
 _TTL = 300.0
+_MAX_COLUMNS = 1600  # PostgreSQL's limit per table
 
 Names = dict[tuple[int, int], str]  # (table oid, attnum) -> schema.table.column
 
@@ -57,17 +55,8 @@ class ColumnNames:
 async def _query_catalog(
     services: Services, connection: str, oids: list[int]
 ) -> list[tuple[int, int, str]]:
-    config = services.config
-    if connection not in config.connections:
+    if connection not in services.config.connections:
         raise CatalogError(f"connection {connection!r} is no longer configured")
-    upstream = await dial_connection(
-        config,
-        services.vault,
-        connection,
-        {"application_name": "wardgate-catalog"},
-        max_message_bytes=16 * 1024 * 1024,
-    )
-    side = upstream.side
     # OIDs are integers from the server's own RowDescription: safe to inline.
     sql = (
         "SELECT c.oid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
@@ -77,32 +66,26 @@ async def _query_catalog(
         f"WHERE c.oid IN ({', '.join(str(int(o)) for o in oids)}) "
         "AND a.attnum > 0 AND NOT a.attisdropped"
     )
-    rows: list[tuple[int, int, str]] = []
-    error: str | None = None
     try:
-        side.write(build.query(sql))
-        while True:
-            msg = await asyncio.wait_for(side.read(), config.limits.connect_timeout)
-            if msg.type == ord("D"):
-                rows.append(_row(msg.body))
-            elif msg.type == ord("E"):
-                error = parse_error_fields(msg.body).message
-            elif msg.type == ord("Z"):
-                break
-    finally:
-        side.write(build.terminate())
-        side.close()
-    if error is not None:
-        raise CatalogError(error)
+        async with internal_session(
+            services,
+            connection,
+            application_name="wardgate-catalog",
+            max_rows=_MAX_COLUMNS * len(oids),
+        ) as session:
+            results = await session.simple(sql)
+    except InternalQueryFailed as exc:
+        raise CatalogError(exc.reason) from None
+    if not results:
+        raise CatalogError("the catalog query returned nothing")
+    result = results[0]
+    if result.error is not None:
+        raise CatalogError(result.error.message)
+    if result.truncated:
+        raise CatalogError("the catalog returned more columns than a table can have")
+    rows = []
+    for oid, attnum, qualified in result.rows:
+        if oid is None or attnum is None or qualified is None:
+            raise CatalogError("the catalog returned an incomplete row")
+        rows.append((int(oid), int(attnum), qualified.lower()))
     return rows
-
-
-def _row(body: bytes) -> tuple[int, int, str]:
-    values = []
-    pos = 2
-    for _ in range(3):
-        size = int.from_bytes(body[pos : pos + 4], "big", signed=True)
-        pos += 4
-        values.append(body[pos : pos + size].decode("utf-8", "replace"))
-        pos += size
-    return int(values[0]), int(values[1]), values[2].lower()

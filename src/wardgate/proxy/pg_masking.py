@@ -10,15 +10,14 @@ an IP rule become NULL in inet/cidr columns.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
 
 from wardgate.policy.mask_rules import SessionMasking
+from wardgate.protocols.postgres.decode import Column
 from wardgate.protocols.postgres.errors import ProtocolError
 
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
-_COLUMN = struct.Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
 
 # text, varchar, bpchar, name, json, xml, unknown: their text and binary forms are the text.
 TEXT_LIKE = frozenset({25, 1043, 1042, 19, 114, 142, 705})
@@ -26,15 +25,6 @@ JSONB = 3802  # binary form: version byte 1, then the text
 TEXT_ARRAYS = frozenset({1009, 1015, 1014, 1003, 199, 143, 3807})
 IP_TYPES = frozenset({869, 650})  # inet, cidr
 FIRST_USER_OID = 16384  # domains, enums, citext...: text form is text
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    table_oid: int
-    attnum: int
-    type_oid: int
-    format: int
 
 
 class Do(IntEnum):
@@ -60,22 +50,6 @@ class Plan:
     def __init__(self, actions: tuple[tuple[Do, object], ...]) -> None:
         self.actions = actions
         self.memo: dict[bytes, bytes] = {}
-
-
-def parse_row_description(body: bytes) -> list[Column]:
-    try:
-        (count,) = _INT16.unpack_from(body, 0)
-        pos = 2
-        columns = []
-        for _ in range(count):
-            nul = body.index(b"\0", pos)
-            name = body[pos:nul].decode("utf-8", "replace")
-            table, attnum, type_oid, _len, _mod, fmt = _COLUMN.unpack_from(body, nul + 1)
-            pos = nul + 1 + _COLUMN.size
-            columns.append(Column(name, table, attnum, type_oid, fmt))
-        return columns
-    except (struct.error, ValueError):
-        raise ProtocolError("server sent a malformed RowDescription") from None
 
 
 def with_formats(columns: list[Column], formats: tuple[int, ...]) -> list[Column]:

@@ -13,11 +13,12 @@ to Sync); its error reply is then replaced by wardgate's own ErrorResponse.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd
@@ -32,26 +33,37 @@ from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres import messages as m
 from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
 from wardgate.protocols.postgres.decode import (
+    Column,
     ErrorFields,
     parse_command_tag,
     parse_error_fields,
     parse_parameter_status,
+    parse_row_description,
 )
 from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
 from wardgate.protocols.postgres.errors import ProtocolError
 from wardgate.protocols.postgres.params import describe_params
 from wardgate.proxy.pg_masking import (
-    Column,
     Plan,
     ResultMasking,
     mask_copy_data,
     mask_data_row,
     mask_error_fields,
-    parse_row_description,
 )
 from wardgate.proxy.pg_wire import ClientSide, UpstreamSide
+from wardgate.reviews.messages import (
+    approved_verdict,
+    merged_review,
+    needs_review,
+    outcome_text,
+    outcome_verdict,
+)
+from wardgate.reviews.model import ReviewInfo
+from wardgate.reviews.waiting import Outcome
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from wardgate.proxy.services import Services
 
 log = logging.getLogger("wardgate.postgres")
@@ -69,12 +81,13 @@ _POISON_PARSE = build.parse("", _POISON_SQL)
 class _Act:
     """One action in flight: what was asked, what the gate said, when it started."""
 
-    __slots__ = ("action", "verdict", "seq", "started", "t0")
+    __slots__ = ("action", "verdict", "seq", "started", "t0", "review")
 
     def __init__(self, action: Action, verdict: Verdict, seq: int) -> None:
         self.action = action
         self.verdict = verdict
         self.seq = seq
+        self.review: ReviewInfo | None = None  # the approval it runs under
         self.started = time.time()
         self.t0 = time.perf_counter()
 
@@ -106,16 +119,26 @@ class _Pending:
 
 def block_error(verdict: Verdict, connection: str) -> bytes:
     rules = ", ".join(verdict.rules)  # every rule that gave this verdict, the deciding one first
-    if verdict.decision is Decision.REVIEW:
-        message = f"wardgate: blocked by {rules}: {verdict.reason} (this needs a human review, and reviews are not enabled on this gateway)"
-    else:
-        message = f"wardgate: blocked by {rules}: {verdict.reason}"
+    message = f"wardgate: blocked by {rules}: {verdict.reason}"
     hint = (
         f"This is a wardgate policy decision on connection {connection!r}, not a database error. "
         "Running the same statement again will be blocked again; ask a wardgate administrator "
         "if you need this access."
     )
     return build.error_response("42501", message, hint=hint)
+
+
+# SQLSTATEs of a held statement that did not run. 55000 (object_not_in_prerequisite_state)
+# for "not yet": not a privilege error, and not one that drivers retry on their own
+# (unlike 40001). A denial is a refusal, like a block: 42501.
+SQLSTATE_PENDING = "55000"
+SQLSTATE_DENIED = "42501"
+
+
+def review_error(outcome: Outcome, base_url: str) -> bytes:
+    said = outcome_text(outcome.status, outcome.review, base_url)
+    sqlstate = SQLSTATE_DENIED if outcome.status == "denied" else SQLSTATE_PENDING
+    return build.error_response(sqlstate, said.message, hint=said.hint)
 
 
 class PgRelay:
@@ -131,6 +154,7 @@ class PgRelay:
         client_addr: str,
         on_finished: object = None,
         read_only: bool = False,
+        review_wait: float = 0.0,
     ) -> None:
         self.services = services
         self.client = client
@@ -153,15 +177,29 @@ class PgRelay:
         self._finished = False
         self._on_finished = on_finished
         self.read_only = read_only  # the upstream session was opened read-only
+        self.review_wait = review_wait  # how long a statement waits inline for approval
+        self._reviewing = False  # a statement is held for a review: read no further
+        self._review_task: asyncio.Task[None] | None = None
+        self._review_cancelled = False
 
     # -- client -> upstream -------------------------------------------------------------
 
     def on_client_data(self, data: bytes) -> None:
+        try:
+            self.client.decoder.feed(data)
+        except ProtocolError as exc:
+            self._fatal("08P01", f"wardgate: protocol violation: {exc}")
+            return
+        if not self._reviewing:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Judge and forward the client's buffered messages until none is left or one
+        is held for a review (the rest wait, in order, in the decoder)."""
         decoder = self.client.decoder
         out: list[bytes] = []
         try:
-            decoder.feed(data)
-            while (item := decoder.next_message()) is not None:
+            while not self._reviewing and (item := decoder.next_message()) is not None:
                 msg, raw = item
                 if self._discarding and not isinstance(msg, m.Sync):
                     continue
@@ -183,7 +221,8 @@ class PgRelay:
             self._on_query(msg, raw, out)
         elif isinstance(msg, m.Parse):
             verdict = self._check(msg.sql, ())
-            if not verdict.lets_through:
+            # A statement needing review is held at Execute, once its parameters are known.
+            if not verdict.lets_through and not needs_review(verdict):
                 self._block_extended(msg.sql, (), verdict, out)
                 return
             self._statements[msg.name] = (msg.sql, msg.param_types)
@@ -209,7 +248,10 @@ class PgRelay:
                 # nothing. Judged as what running it is, a FETCH from that cursor.
                 sql = 'FETCH FORWARD ALL FROM "' + msg.portal.replace('"', '""') + '"'
             action = self._action(sql, params)
-            verdict = self.services.gate.check(action)
+            verdict = self._judge(action)
+            if needs_review(verdict):
+                self._hold_for_review(action, verdict, out, self._after_execute_review, msg, raw)
+                return
             if not verdict.lets_through:
                 self._block_extended(sql, params, verdict, out)
                 return
@@ -255,17 +297,37 @@ class PgRelay:
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
 
-    def _on_query(self, msg: m.Query, raw: bytes, out: list[bytes]) -> None:
+    def _on_query(
+        self, msg: m.Query, raw: bytes, out: list[bytes], approval: ReviewInfo | None = None
+    ) -> None:
         statements = classify(msg.sql)
         texts = [s.text for s in statements] if len(statements) > 1 else [msg.sql]
-        acts: list[_Act] = []
-        blocked: _Act | None = None
+        judged: list[tuple[Action, Verdict]] = []
         for i, text in enumerate(texts):
             action = self._action(text, ())
             if i < len(statements) and "execute" in statements[i].kinds:
                 action = self._resolve_execute(action)
-            verdict = self.services.gate.check(action)
+            judged.append((action, self._judge(action)))
+        held = [v for _, v in judged if needs_review(v)]
+        if held and not any(v.decision is Decision.BLOCK and v.enforced for _, v in judged):
+            if approval is None:
+                # The whole query string is what a human approves, and what runs once.
+                whole = self._action(msg.sql, ())
+                if len(judged) == 1:
+                    whole = judged[0][0]
+                self._hold_for_review(
+                    whole, merged_review(held), out, self._after_query_review, msg, raw
+                )
+                return
+            judged = [
+                (a, approved_verdict(v, approval) if needs_review(v) else v) for a, v in judged
+            ]
+        acts: list[_Act] = []
+        blocked: _Act | None = None
+        for action, verdict in judged:
             act = self._act(action, verdict)
+            if approval is not None and verdict.rule == f"review:{approval.id}":
+                act.review = approval
             acts.append(act)
             if blocked is None and not verdict.lets_through:
                 blocked = act
@@ -322,7 +384,124 @@ class PgRelay:
         )
 
     def _check(self, sql: str, params: tuple[str | None, ...]) -> Verdict:
-        return self.services.gate.check(self._action(sql, params))
+        return self._judge(self._action(sql, params))
+
+    def _judge(self, action: Action) -> Verdict:
+        reviews = self.services.reviews
+        granted = reviews.granted(self.principal.name, self.connection) if reviews else frozenset()
+        return self.services.gate.check(action, granted)
+
+    # -- reviews --------------------------------------------------------------------------
+
+    def _hold_for_review(
+        self,
+        action: Action,
+        verdict: Verdict,
+        out: list[bytes],
+        then: Callable[[Any, bytes, Outcome | Verdict, list[bytes]], None],
+        msg: Any,
+        raw: bytes,
+    ) -> None:
+        """Hold the client's stream while ``action`` waits for a human; ``then`` gets the
+        outcome (or, when reviews cannot be had, the verdict to block with)."""
+        reviews = self.services.reviews
+        if reviews is None:
+            then(msg, raw, verdict, out)
+            return
+        self._reviewing = True
+        self.client.pause_reading("review")
+
+        async def wait_then_resume() -> None:
+            result: Outcome | Verdict
+            try:
+                result = await reviews.obtain(action, verdict, self.review_wait)
+            except asyncio.CancelledError:
+                if not self._review_cancelled:
+                    raise  # the gateway is stopping
+                result = dataclasses.replace(
+                    verdict,
+                    decision=Decision.BLOCK,
+                    rule="cancelled",
+                    rules=("cancelled",),
+                    reason="the client cancelled the statement while it waited for a review; "
+                    "the review stays open, run the statement again after approval",
+                )
+            except Exception as exc:  # noqa: BLE001 - fail closed, say why
+                log.warning("session %s: review could not be filed: %s", self.session_id, exc)
+                result = dataclasses.replace(
+                    verdict,
+                    decision=Decision.BLOCK,
+                    reason=f"{verdict.reason}; the review could not be filed ({exc})",
+                )
+            self._review_task = None
+            if self._finished:
+                return
+            out: list[bytes] = []
+            self._reviewing = self._review_cancelled = False
+            then(msg, raw, result, out)
+            if out:
+                self.upstream.write(b"".join(out))
+            self.client.resume_reading("review")
+            self._pump()
+
+        self._review_task = self.services.tasks.spawn(
+            wait_then_resume(), name=f"review-wait-{self.session_id}"
+        )
+
+    def cancel(self) -> bool:
+        """A CancelRequest for this session: stop waiting for a review (the server is
+        running nothing of it). False when no statement is held here."""
+        if self._review_task is None or self._review_cancelled:
+            return False
+        self._review_cancelled = True
+        self._review_task.cancel()
+        return True
+
+    def _review_error(self, result: Outcome | Verdict) -> tuple[Verdict, bytes]:
+        if isinstance(result, Verdict):
+            if result.rule == "cancelled":
+                message = "canceling statement due to user request (wardgate: it was waiting for a review)"
+                return result, build.error_response("57014", message, hint=result.reason)
+            return result, block_error(result, self.connection)
+        return outcome_verdict(result), review_error(result, self.services.config.review_url)
+
+    def _after_query_review(
+        self, msg: m.Query, raw: bytes, result: Outcome | Verdict, out: list[bytes]
+    ) -> None:
+        if isinstance(result, Outcome) and result.status == "approved":
+            self._on_query(msg, raw, out, approval=result.review)
+            return
+        verdict, error = self._review_error(result)
+        act = self._act(self._action(msg.sql, ()), verdict)
+        self._record(act, "blocked", error=_error_message(error))
+        self._pending.append(_Pending(QUERY, [], error))
+        out.append(_POISON_QUERY)
+
+    def _after_execute_review(
+        self, msg: m.Execute, raw: bytes, result: Outcome | Verdict, out: list[bytes]
+    ) -> None:
+        sql, params = self._portals.get(msg.portal, (None, ()))
+        if sql is None:
+            sql = 'FETCH FORWARD ALL FROM "' + msg.portal.replace('"', '""') + '"'
+        action = self._action(sql, params)
+        if isinstance(result, Outcome) and result.status == "approved":
+            now = self._judge(action)  # the policy of this moment still applies
+            if now.decision is Decision.BLOCK and now.enforced:
+                self._block_extended(sql, params, now, out)
+                return
+            act = self._act(
+                action, approved_verdict(now, result.review) if needs_review(now) else now
+            )
+            act.review = result.review
+            self._pending.append(_Pending(EXECUTE, [act], target=("P", msg.portal)))
+            out.append(raw)
+            return
+        verdict, error = self._review_error(result)
+        act = self._act(action, verdict)
+        self._record(act, "blocked", error=_error_message(error))
+        self._pending.append(_Pending(PARSE, None, error))
+        out.append(_POISON_PARSE)
+        self._discarding = True
 
     def _act(self, action: Action, verdict: Verdict) -> _Act:
         self._seq += 1
@@ -614,6 +793,22 @@ class PgRelay:
             error = getattr(fields, "message", None)
             sqlstate = getattr(fields, "sqlstate", None)
         action = act.action
+        if act.review is not None and self.services.reviews is not None:
+            result = {
+                "status": status,
+                "command": tag[0] if tag else None,
+                "rows": tag[1] if tag else None,
+                "session": self.session_id,
+                "seq": act.seq,
+            }
+            if fields is not None:
+                result["error"] = getattr(fields, "message", None)
+            service = self.services.reviews.service
+            review, act.review = act.review, None
+            self.services.tasks.spawn(
+                asyncio.to_thread(service.record_action_result, review, result),
+                name="review-result",
+            )
         if self.masking is not None and action.params:
             # The audit log never holds what the client would not be shown.
             mask = self.masking.masking.mask_text
@@ -634,8 +829,11 @@ class PgRelay:
             sqlstate=sqlstate,
         )
 
-    def _record(self, act: _Act, status: str) -> None:
-        self._finish_act(act, status)
+    def _record(self, act: _Act, status: str, error: str | None = None) -> None:
+        record = self._action_record(act, status)
+        if error is not None:
+            record = dataclasses.replace(record, error=error)
+        self.services.recorder.submit(record)
 
     def _close_remaining(self, entry: _Pending, status: str) -> None:
         failed = entry.commit_error
@@ -688,6 +886,8 @@ class PgRelay:
         if self._finished:
             return
         self._finished = True
+        if self._review_task is not None:
+            self._review_task.cancel()  # nobody is left to run what it waits for
         while self._pending:
             self._close_remaining(self._pending.popleft(), "not_executed")
         self.services.recorder.submit(SessionEnd(self.session_id, time.time(), status, error))
@@ -695,3 +895,10 @@ class PgRelay:
         self.upstream.close()
         if callable(self._on_finished):
             self._on_finished()
+
+
+def _error_message(error: bytes) -> str | None:
+    try:
+        return parse_error_fields(error[5:]).message
+    except ProtocolError:
+        return None

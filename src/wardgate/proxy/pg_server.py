@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from wardgate.audit.records import SessionRecord
+from wardgate.config import ConnectionConfig, parse_duration
 from wardgate.identity.scram import ScramAuthError, ScramServer
 from wardgate.policy.sql import search_path_shadows_builtins
 from wardgate.protocols.postgres import build
@@ -130,6 +131,9 @@ class PgListener:
         self.services = services
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[ClientSide] = set()
+        # Sessions of this process by their BackendKeyData pid, for cancels of a held
+        # statement (a cancel reaching another worker process goes to the server only).
+        self._relays: dict[int, PgRelay] = {}
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -275,13 +279,19 @@ class PgListener:
                 f'wardgate: connection "{connection_name}" does not exist',
                 hint="Use a connection name from the gateway configuration as the database name.",
             )
-        if not any(g in conn.roles for g in principal.groups):
+        granted = (
+            services.reviews.granted(principal.name, connection_name)
+            if services.reviews is not None
+            else frozenset()
+        )
+        if not any(g in conn.roles for g in principal.groups) and not granted:
             raise StartupRefused(
                 "42501",
                 f'wardgate: principal "{principal_name}" has no role on connection "{connection_name}"',
                 hint="Ask a wardgate administrator to grant one of your groups a role on this connection.",
             )
         upstream_params = self._upstream_params(params)
+        review_wait = _review_wait(params, conn)
         read_only = services.gate.read_only_session(principal.groups, connection_name)
         if read_only:
             # Defence in depth: the server itself refuses writes in this session, so a
@@ -358,6 +368,7 @@ class PgListener:
 
         def finished() -> None:
             self.clients.discard(client)
+            self._relays.pop(gw_pid, None)
             services.tasks.spawn(
                 asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove"
             )
@@ -372,7 +383,9 @@ class PgListener:
             client_addr=addr,
             on_finished=finished,
             read_only=read_only,
+            review_wait=review_wait,
         )
+        self._relays[gw_pid] = relay
         out = [
             build.auth_ok(),
             *upstream.parameter_status,
@@ -498,11 +511,41 @@ class PgListener:
         target = await asyncio.to_thread(self.services.cancel_keys.lookup, msg.pid, msg.secret)
         if target is None:
             return  # PostgreSQL also says nothing about an unknown key
+        relay = self._relays.get(msg.pid)
+        if relay is not None and relay.cancel():
+            return  # it was waiting for a review: nothing runs on the server
         try:
             async with asyncio.timeout(self.services.config.limits.connect_timeout):
                 await send_cancel(target.host, target.port, target.pid, target.secret)
         except (OSError, TimeoutError) as exc:
             log.warning("forwarding a cancel request to %r failed: %s", target.connection, exc)
+
+
+GATEWAY_OPTIONS = frozenset({"wardgate.review_wait"})
+
+
+def _review_wait(params: dict[str, str], conn: ConnectionConfig) -> float:
+    """How long this session's statements wait inline for approval: the client's
+    ``wardgate.review_wait`` option, capped by the connection's ``max_wait``."""
+    settings = parse_options(params["options"]) if "options" in params else {}
+    for key in settings:
+        if key.startswith("wardgate.") and key not in GATEWAY_OPTIONS:
+            raise StartupRefused(
+                "42704",
+                f"wardgate: unknown gateway option {key!r}",
+                hint=f"Gateway options are: {', '.join(sorted(GATEWAY_OPTIONS))}.",
+            )
+    value = settings.get("wardgate.review_wait")
+    if value is None:
+        return conn.reviews.wait
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise StartupRefused(
+            "22023",
+            f"wardgate: wardgate.review_wait must be a duration such as 0, 10s or 2m, got {value!r}",
+        ) from None
+    return min(max(0.0, seconds), conn.reviews.max_wait)
 
 
 def _check_search_path(value: str) -> None:

@@ -13,6 +13,7 @@ from wardgate.identity.tokens import TokenService
 from wardgate.policy.mask_rules import MaskingPolicy
 from wardgate.proxy.pg_catalog import ColumnNames
 from wardgate.proxy.tasks import Tasks
+from wardgate.reviews.waiting import ReviewRuntime
 from wardgate.store.cancel import CancelKeys
 from wardgate.store.db import Store
 from wardgate.vault.secrets import Vault
@@ -34,6 +35,7 @@ class Services:
     tasks: Tasks = field(default_factory=Tasks)
     sessions: set[object] = field(default_factory=set)
     column_names: ColumnNames = field(default_factory=ColumnNames)
+    reviews: ReviewRuntime | None = None
 
     def reload(self, config: Config) -> None:
         """Swap the policy atomically; sessions pick it up at their next action (masking

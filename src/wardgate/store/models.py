@@ -82,6 +82,9 @@ class TokenRow(Base):
     created_at: Mapped[float] = mapped_column(Double)
     revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
     last_used_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    # HMAC of the token under the gateway's pepper: finds the token an HTTP client
+    # presents as a bearer token (SCRAM keys cannot be searched without the principal).
+    lookup: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
 
 class PrincipalSalt(Base):
@@ -128,3 +131,55 @@ class CancelKey(Base):
     upstream_secret: Mapped[bytes] = mapped_column(LargeBinary)
     tls: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class ReviewRow(Base):
+    """A request for human approval: of one action (kind ``action``), of a time-boxed role
+    grant (``grant``) or of a change set the gateway runs itself (``proposal``).
+
+    ``status`` moves pending -> approved | denied | expired | cancelled, then an approved
+    action -> executed, an approved proposal -> executed | failed, an approved grant ->
+    revoked or simply past ``approved_until``. Approval of an action or grant is valid
+    until ``approved_until``.
+    """
+
+    __tablename__ = "reviews"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    connection: Mapped[str] = mapped_column(String)
+    principal: Mapped[str] = mapped_column(String, index=True)
+    principal_kind: Mapped[str] = mapped_column(String(16))
+    sponsor: Mapped[str | None] = mapped_column(String, nullable=True)
+    protocol: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str] = mapped_column(String)
+    client_addr: Mapped[str] = mapped_column(String)
+    text: Mapped[str] = mapped_column(Text)  # what is to run, as the client wrote it
+    detail: Mapped[str] = mapped_column(Text)  # JSON: params, statements, role, duration
+    rule: Mapped[str] = mapped_column(String)
+    rules: Mapped[str] = mapped_column(Text)  # JSON list
+    reason: Mapped[str] = mapped_column(Text)
+    justification: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requirements: Mapped[str] = mapped_column(Text)  # JSON [{"groups": [...], "quorum": n}]
+    sponsor_may_approve: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[float] = mapped_column(Double, index=True)
+    expires_at: Mapped[float] = mapped_column(Double)
+    decided_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    approved_until: Mapped[float | None] = mapped_column(Double, nullable=True)
+    executed_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    preview: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+
+
+class ReviewVote(Base):
+    """One human's decision on a review; one row per voter."""
+
+    __tablename__ = "review_votes"
+
+    review_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    voter: Mapped[str] = mapped_column(String, primary_key=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Double)

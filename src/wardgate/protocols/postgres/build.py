@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
 from wardgate.protocols.postgres import messages as m
 
+_INT16 = struct.Struct("!h")
+_UINT16 = struct.Struct("!H")
 _INT32 = struct.Struct("!i")
 _STARTUP_CODE = struct.Struct("!ii")
 
@@ -159,6 +162,59 @@ def query(sql: str) -> bytes:
 def parse(name: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
     types = struct.pack(f"!H{len(param_types)}I", len(param_types), *param_types)
     return _typed(b"P", _cstr(name) + _cstr(sql) + types)
+
+
+def _format_codes(codes: Sequence[int]) -> bytes:
+    if len(codes) > 0xFFFF:
+        raise ValueError("PostgreSQL takes at most 65535 format codes")
+    if any(code not in (0, 1) for code in codes):
+        raise ValueError("format codes are 0 (text) or 1 (binary)")
+    return _UINT16.pack(len(codes)) + b"".join(_INT16.pack(code) for code in codes)
+
+
+def bind(
+    portal: str,
+    statement: str,
+    params: Sequence[str | bytes | None] = (),
+    param_formats: Sequence[int] = (),
+    result_formats: Sequence[int] = (),
+) -> bytes:
+    """Bind ``params`` (str as UTF-8, bytes as they are, None as NULL) to ``statement``.
+
+    Format codes follow PostgreSQL's rule: none (all text), one for all, or one each.
+    """
+    if len(params) > 0xFFFF:
+        raise ValueError("PostgreSQL takes at most 65535 parameters")
+    if len(param_formats) > 1 and len(param_formats) != len(params):
+        raise ValueError("give no parameter format, one for all, or one per parameter")
+    parts = [_cstr(portal), _cstr(statement), _format_codes(param_formats)]
+    parts.append(_UINT16.pack(len(params)))
+    for value in params:
+        if value is None:
+            parts.append(_INT32.pack(-1))
+        else:
+            data = value.encode("utf-8") if isinstance(value, str) else value
+            parts.append(_INT32.pack(len(data)) + data)
+    parts.append(_format_codes(result_formats))
+    return _typed(b"B", b"".join(parts))
+
+
+def describe(target: str, name: str) -> bytes:
+    """Describe a prepared statement (target "S") or a portal ("P")."""
+    if target not in ("S", "P"):
+        raise ValueError("describe target must be 'S' or 'P'")
+    return _typed(b"D", target.encode("ascii") + _cstr(name))
+
+
+def execute(portal: str, max_rows: int = 0) -> bytes:
+    """Run ``portal``; ``max_rows`` 0 returns every row."""
+    if not 0 <= max_rows <= 0x7FFFFFFF:
+        raise ValueError("max_rows must be between 0 (no limit) and 2147483647")
+    return _typed(b"E", _cstr(portal) + _INT32.pack(max_rows))
+
+
+def copy_fail(reason: str) -> bytes:
+    return _typed(b"f", _cstr(reason))
 
 
 def sync() -> bytes:

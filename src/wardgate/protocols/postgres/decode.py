@@ -206,8 +206,66 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def parse_data_row(body: bytes | memoryview) -> tuple[bytes | None, ...]:
+    """Split a DataRow ('D') body into its values, None for NULL (length -1).
+
+    Values stay bytes: only the caller knows each column's format and the session's
+    encoding.
+    """
+    r = BodyReader(bytes(body))
+    count = r.int16()
+    if count < 0:
+        raise ProtocolError(f"invalid column count {count}")
+    # Every value has at least its length word: a large count on a short body fails
+    # here instead of after a long loop.
+    if r.remaining < 4 * count:
+        raise ProtocolError(f"data row is shorter than its {count} values")
+    values: list[bytes | None] = []
+    for _ in range(count):
+        size = r.int32()
+        if size == -1:
+            values.append(None)
+        elif size < 0:
+            raise ProtocolError(f"invalid value length {size}")
+        else:
+            values.append(r.take(size))
+    r.finish()
+    return tuple(values)
+
+
 def parse_ready_for_query(body: bytes | memoryview) -> bytes:
     status = bytes(body)
     if status not in (b"I", b"T", b"E"):
         raise ProtocolError("invalid transaction status in ReadyForQuery")
     return status
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a RowDescription."""
+
+    name: str
+    table_oid: int
+    attnum: int
+    type_oid: int
+    format: int
+
+
+_RD_COLUMN = struct.Struct("!IhIhih")  # table oid, attnum, type oid, size, modifier, format
+
+
+def parse_row_description(body: bytes) -> list[Column]:
+    """The columns of a RowDescription (T) body."""
+    try:
+        (count,) = struct.unpack_from("!h", body, 0)
+        pos = 2
+        columns = []
+        for _ in range(count):
+            nul = body.index(b"\0", pos)
+            name = body[pos:nul].decode("utf-8", "replace")
+            table, attnum, type_oid, _len, _mod, fmt = _RD_COLUMN.unpack_from(body, nul + 1)
+            pos = nul + 1 + _RD_COLUMN.size
+            columns.append(Column(name, table, attnum, type_oid, fmt))
+        return columns
+    except (struct.error, ValueError):
+        raise ProtocolError("server sent a malformed RowDescription") from None

@@ -1,0 +1,317 @@
+"""The command line's side of the wardgate API: where the API is, which token to send,
+and every failure said in one sentence.
+
+The URL is ``--url``, else ``$WARDGATE_URL``, else the saved login's, else
+http://127.0.0.1:8080. The token is ``$WARDGATE_TOKEN``, else the saved login's, and a
+saved token is only ever sent to the URL it was saved for. The saved login lives in
+``$WARDGATE_PROFILE``, else ``$XDG_CONFIG_HOME/wardgate/profile.json``, readable by its
+owner only. No message, repr or error ever contains a token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, NoReturn
+from urllib.parse import quote
+
+import httpx
+import typer
+
+from wardgate import __version__
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+API_PREFIX = "/api/v1"
+TIMEOUT = 30.0
+_MAX_BODY_IN_MESSAGE = 200
+
+NOT_LOGGED_IN = "not logged in: set WARDGATE_TOKEN or run `wardgate login`"
+
+TokenSource = Literal["env", "profile", "given"]
+_REFUSED = {
+    "env": "the API refused the token in WARDGATE_TOKEN (wrong, revoked or expired)",
+    "profile": (
+        "the API refused the token (wrong, revoked or expired): run `wardgate login` "
+        "with a new one from `wardgate token create`"
+    ),
+    "given": (
+        "the API refused the token (wrong, revoked or expired): create one with "
+        "`wardgate token create PRINCIPAL`"
+    ),
+}
+
+# Shown escaped instead of sent to the terminal: escape sequences, carriage returns and
+# bidirectional or invisible format characters can make a statement an approver reads
+# differ from the statement that runs.
+_HIDDEN = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+def visible(text: object) -> str:
+    """``text`` safe for a terminal, control and invisible characters written as escapes."""
+    return _HIDDEN.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def _fail(message: str) -> NoReturn:
+    # Imported late: cli.main imports the commands built on this module while it loads.
+    from wardgate.cli.main import _fail as fail
+
+    fail(message)
+
+
+# -- the saved login ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    url: str
+    token: str = field(repr=False)
+    principal: str = ""
+
+
+def profile_path() -> Path:
+    explicit = os.environ.get("WARDGATE_PROFILE")
+    if explicit:
+        return Path(explicit).expanduser()
+    return _default_dir() / "profile.json"
+
+
+def _default_dir() -> Path:
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
+    return base / "wardgate"
+
+
+def load_profile(path: Path | None = None) -> Profile | None:
+    """The saved login, or None when there is none."""
+    path = path or profile_path()
+    try:
+        raw = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _fail(f"cannot read the saved login {path}: {exc.strerror or exc}")
+    try:
+        data = json.loads(raw)
+        url = _clean_url(str(data["url"]))
+        token, principal = str(data["token"]), str(data.get("principal") or "")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        url = None
+    if url is None:
+        _fail(f"the saved login {path} is damaged: run `wardgate login` again")
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        typer.echo(f"warning: {path} holds a token and others can read it: chmod 600 it", err=True)
+    return Profile(url, token, principal)
+
+
+def save_profile(profile: Profile, path: Path | None = None) -> Path:
+    """Write the login atomically, 0600, in a 0700 directory when the directory is ours."""
+    default = path is None and not os.environ.get("WARDGATE_PROFILE")
+    path = path or profile_path()
+    directory = path.parent
+    created = not directory.exists()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if created or default:
+        # mkdir's mode passes through the umask, and an existing default directory may
+        # predate us; a directory holding tokens is its owner's alone.
+        os.chmod(directory, 0o700)
+    body = {"url": profile.url, "token": profile.token, "principal": profile.principal}
+    fd, tmp = tempfile.mkstemp(prefix=".profile-", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(body, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def remove_profile(path: Path | None = None) -> bool:
+    path = path or profile_path()
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# -- where and who ------------------------------------------------------------------
+
+
+def normal_url(url: str) -> str:
+    """``url`` without trailing slashes or a pasted ``/api/v1``; http(s) only."""
+    cleaned = _clean_url(url)
+    if cleaned is None:
+        _fail(f"the API URL must look like http://HOST:PORT, got {visible(url.strip())!r}")
+    return cleaned
+
+
+def _clean_url(url: str) -> str | None:
+    url = url.strip().rstrip("/")
+    if url.endswith(API_PREFIX):
+        url = url[: -len(API_PREFIX)]
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    return url
+
+
+def check_token(token: str) -> str:
+    token = token.strip()
+    if not token:
+        _fail(NOT_LOGGED_IN)
+    if any(not ("!" <= c <= "~") for c in token):
+        _fail("that is not a wardgate token (they look like wg_..., one line, no spaces)")
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    url: str
+    token: str = field(repr=False)
+    source: TokenSource
+
+
+def resolve(url_option: str | None) -> Credentials:
+    """The URL and token a command uses; fails with what to do when there is no token."""
+    env_url = os.environ.get("WARDGATE_URL", "").strip()
+    env_token = os.environ.get("WARDGATE_TOKEN", "").strip()
+    # With both from the environment the saved login is not needed, nor read: a damaged
+    # file must not stand in the way.
+    profile = load_profile() if not (env_token and (url_option or env_url)) else None
+    url = normal_url(url_option or env_url or (profile.url if profile else DEFAULT_URL))
+    if env_token:
+        return Credentials(url, check_token(env_token), "env")
+    if profile is None:
+        _fail(NOT_LOGGED_IN)
+    if profile.url != url:
+        # A token saved for one gateway is never sent to another one.
+        _fail(
+            f"not logged in to {url} (the saved login is for {profile.url}): "
+            f"run `wardgate login --url {url}` or set WARDGATE_TOKEN"
+        )
+    return Credentials(url, check_token(profile.token), "profile")
+
+
+def path_part(value: str) -> str:
+    """An id as one path segment, whatever the user typed."""
+    return quote(value.strip(), safe="")
+
+
+# -- the client ---------------------------------------------------------------------
+
+
+class ApiClient:
+    """JSON over HTTP to ``/api/v1``; every failure is a `CliError` worded for the user."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        source: TokenSource = "given",
+        *,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.url = url
+        self._source = source
+        self._timeout = timeout
+        self._http = httpx.Client(
+            base_url=url + API_PREFIX,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json, application/problem+json",
+                "User-Agent": f"wardgate-cli/{__version__}",
+            },
+            timeout=timeout,
+        )
+
+    @classmethod
+    def connect(cls, url_option: str | None) -> ApiClient:
+        creds = resolve(url_option)
+        return cls(creds.url, creds.token, creds.source)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        return self._call("GET", path, params=clean)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._call("POST", path, json=body if body is not None else {})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            _fail(
+                f"cannot reach the wardgate API at {self.url}: {_why(exc)}; "
+                "is `wardgate serve` running?"
+            )
+        except httpx.TimeoutException:
+            _fail(f"the wardgate API at {self.url} did not answer within {self._timeout:g}s")
+        except httpx.HTTPError as exc:
+            _fail(f"talking to the wardgate API at {self.url} failed: {_why(exc)}")
+        return self._answer(response)
+
+    def _answer(self, response: httpx.Response) -> Any:
+        status = response.status_code
+        if status == 401:
+            _fail(_REFUSED[self._source])
+        if status >= 400:
+            _fail(self._problem(response))
+        if status == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            _fail(f"the answer from {self.url} is not JSON: is that the wardgate API?")
+
+    def _problem(self, response: httpx.Response) -> str:
+        """The RFC 9457 ``detail`` (else ``title``), or what the status says."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            text = body.get("detail") or body.get("title")
+            if isinstance(text, str) and text.strip():
+                return visible(text.strip())
+        snippet = " ".join(response.text.split())[:_MAX_BODY_IN_MESSAGE]
+        said = f": {visible(snippet)}" if snippet else ""
+        hint = " (is that the wardgate API?)" if response.status_code == 404 else ""
+        return (
+            f"the API at {self.url} answered {response.status_code} "
+            f"{response.reason_phrase}{said}{hint}"
+        )
+
+
+def _why(exc: Exception) -> str:
+    return visible(str(exc) or type(exc).__name__)

@@ -1,0 +1,1 @@
+"""Human approval: per-action reviews, time-boxed access grants and proposals."""

@@ -1,0 +1,598 @@
+"""The one review service: every protocol, the API and the CLI create and decide
+reviews here, and every state change is written with its audit event in the same
+store transaction, so the log and the reviews can never disagree.
+
+Methods are synchronous store calls (run them with ``asyncio.to_thread`` from the
+event loop). After each commit the service tells its listeners (the in-process
+waiter, the notifier) what happened; on a PostgreSQL store it also sends
+``NOTIFY wardgate_reviews`` so that other gateway processes wake their waiters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import or_, select, text, update
+from sqlalchemy.orm import Session
+
+from wardgate.actions import Action, Verdict
+from wardgate.audit.chain import NewEvent, append_events
+from wardgate.config import Config
+from wardgate.identity.principals import Principal
+from wardgate.reviews.fingerprint import action_fingerprint, fingerprint_of, justification
+from wardgate.reviews.model import (
+    ReviewError,
+    ReviewInfo,
+    Vote,
+    effective_status,
+    new_review_id,
+    review_info,
+)
+from wardgate.reviews.rules import (
+    Requirement,
+    VoteDecision,
+    check_vote,
+    grant_requirements,
+    missing,
+    quorum_met,
+    refusal,
+    requirements_for,
+)
+from wardgate.store.db import Store
+from wardgate.store.models import ReviewRow, ReviewVote
+
+log = logging.getLogger("wardgate.reviews")
+
+NOTIFY_CHANNEL = "wardgate_reviews"
+MAX_TEXT = 100_000  # a reviewed statement longer than this is refused, not truncated
+# Final states: nothing changes a review after these.
+FINAL = frozenset({"denied", "expired", "cancelled", "executed", "failed", "revoked"})
+
+
+Listener = Callable[[ReviewInfo, str], None]
+
+
+class ReviewService:
+    def __init__(self, store: Store, config: Callable[[], Config]) -> None:
+        self._store = store
+        self._config = config
+        self.listeners: list[Listener] = []
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, review_id: str) -> ReviewInfo | None:
+        with self._store.session(write=False) as session:
+            row = session.get(ReviewRow, review_id)
+            return None if row is None else self._load(session, row)
+
+    def search(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        principal: str | None = None,
+        connection: str | None = None,
+        limit: int = 100,
+    ) -> list[ReviewInfo]:
+        now = time.time()
+        stmt = select(ReviewRow).order_by(ReviewRow.created_at.desc()).limit(max(1, limit))
+        if status == "pending":
+            stmt = stmt.where(ReviewRow.status == "pending", ReviewRow.expires_at > now)
+        elif status == "approved":
+            stmt = stmt.where(
+                ReviewRow.status == "approved",
+                or_(ReviewRow.approved_until.is_(None), ReviewRow.approved_until > now),
+            )
+        elif status == "expired":
+            stmt = stmt.where(
+                or_(
+                    ReviewRow.status == "expired",
+                    (ReviewRow.status == "pending") & (ReviewRow.expires_at <= now),
+                    (ReviewRow.status == "approved") & (ReviewRow.approved_until <= now),
+                )
+            )
+        elif status is not None:
+            stmt = stmt.where(ReviewRow.status == status)
+        if kind is not None:
+            stmt = stmt.where(ReviewRow.kind == kind)
+        if principal is not None:
+            stmt = stmt.where(ReviewRow.principal == principal)
+        if connection is not None:
+            stmt = stmt.where(ReviewRow.connection == connection)
+        with self._store.session(write=False) as session:
+            return [self._load(session, row, now) for row in session.scalars(stmt)]
+
+    def _load(self, session: Session, row: ReviewRow, now: float | None = None) -> ReviewInfo:
+        votes = [
+            Vote(v.voter, v.decision, v.reason, v.at)
+            for v in session.scalars(
+                select(ReviewVote).where(ReviewVote.review_id == row.id).order_by(ReviewVote.at)
+            )
+        ]
+        return review_info(row, votes, time.time() if now is None else now)
+
+    def active_grants(self) -> list[ReviewInfo]:
+        now = time.time()
+        with self._store.session(write=False) as session:
+            rows = session.scalars(
+                select(ReviewRow).where(
+                    ReviewRow.kind == "grant",
+                    ReviewRow.status == "approved",
+                    ReviewRow.approved_until > now,
+                )
+            ).all()
+            return [review_info(r, [], now) for r in rows]
+
+    # -- requesting ---------------------------------------------------------------------
+
+    def request_action(self, action: Action, verdict: Verdict) -> ReviewInfo:
+        """The review for exactly this action: an approved one not yet used, else the
+        pending one, else a new one."""
+        if len(action.text) > MAX_TEXT:
+            raise ReviewError(
+                f"the statement is longer than {MAX_TEXT} characters and cannot be reviewed", 413
+            )
+        config = self._config()
+        fp = action_fingerprint(action)
+        detail: dict[str, Any] = {"params": list(action.params)}
+        if action.resolved is not None:
+            detail["resolved"] = action.resolved
+        return self._request(
+            kind="action",
+            fingerprint=fp,
+            principal=action.principal,
+            connection=action.connection,
+            protocol=action.protocol,
+            session_id=action.session_id,
+            client_addr=action.client_addr,
+            text_=action.text,
+            detail=detail,
+            verdict_rule=verdict.rule,
+            verdict_rules=list(verdict.rules),
+            reason=verdict.reason,
+            justification=justification(action.text),
+            requirements=requirements_for(config, verdict.rules),
+            lifetime=config.reviews.expires,
+        )
+
+    def request_grant(
+        self, principal: Principal, connection: str, role: str, duration: float, reason: str
+    ) -> ReviewInfo:
+        config = self._config()
+        conn = config.connections.get(connection)
+        if conn is None:
+            raise ReviewError(f"connection {connection!r} is not configured", 404)
+        if role not in conn.grants.roles:
+            offered = ", ".join(conn.grants.roles) or "none"
+            raise ReviewError(
+                f"role {role!r} cannot be requested on connection {connection!r} "
+                f"(grantable roles: {offered})",
+                422,
+            )
+        if not 0 < duration <= conn.grants.max_duration:
+            raise ReviewError(
+                f"a grant on {connection!r} lasts at most {conn.grants.max_duration:g} seconds",
+                422,
+            )
+        if not reason.strip():
+            raise ReviewError("a grant request needs a reason for the approvers", 422)
+        return self._request(
+            kind="grant",
+            fingerprint=fingerprint_of("grant", connection, principal.name, role, duration),
+            principal=principal,
+            connection=connection,
+            protocol="api",
+            session_id="",
+            client_addr="",
+            text_=f"grant role {role} on {connection} for {_human_duration(duration)}",
+            detail={"role": role, "duration": duration},
+            verdict_rule="grant-request",
+            verdict_rules=["grant-request"],
+            reason=f"{principal.name} asks for role {role!r} on {connection!r}",
+            justification=reason.strip()[:2000],
+            requirements=grant_requirements(config, connection),
+            lifetime=config.reviews.expires,
+        )
+
+    def request_proposal(
+        self,
+        principal: Principal,
+        connection: str,
+        statements: list[str],
+        justification_: str,
+        verdict: Verdict,
+        *,
+        client_addr: str = "",
+        session_id: str = "",
+        protocol: str = "api",
+    ) -> ReviewInfo:
+        config = self._config()
+        joined = ";\n".join(s.strip().rstrip(";") for s in statements)
+        if len(joined) > MAX_TEXT:
+            raise ReviewError(f"the proposal is longer than {MAX_TEXT} characters", 413)
+        rules = list(verdict.rules) if verdict.decision == "review" else ["proposal"]
+        return self._request(
+            kind="proposal",
+            # Never merged with another: each submission is its own proposal.
+            fingerprint=fingerprint_of("proposal", connection, principal.name, new_review_id()),
+            principal=principal,
+            connection=connection,
+            protocol=protocol,
+            session_id=session_id,
+            client_addr=client_addr,
+            text_=joined,
+            detail={"statements": statements},
+            verdict_rule=rules[0],
+            verdict_rules=rules,
+            reason=verdict.reason if verdict.decision == "review" else "a proposed change set",
+            justification=justification_.strip()[:2000] or None,
+            requirements=requirements_for(config, rules),
+            lifetime=config.reviews.expires,
+        )
+
+    def _request(
+        self,
+        *,
+        kind: str,
+        fingerprint: str,
+        principal: Principal,
+        connection: str,
+        protocol: str,
+        session_id: str,
+        client_addr: str,
+        text_: str,
+        detail: dict[str, Any],
+        verdict_rule: str,
+        verdict_rules: list[str],
+        reason: str,
+        justification: str | None,
+        requirements: tuple[Requirement, ...],
+        lifetime: float,
+    ) -> ReviewInfo:
+        config = self._config()
+        now = time.time()
+        with self._store.session() as session:
+            existing = session.scalars(
+                select(ReviewRow)
+                .where(
+                    ReviewRow.fingerprint == fingerprint,
+                    or_(
+                        (ReviewRow.status == "approved") & (ReviewRow.approved_until > now),
+                        (ReviewRow.status == "pending") & (ReviewRow.expires_at > now),
+                    ),
+                )
+                .order_by(ReviewRow.status, ReviewRow.created_at)  # approved first
+            ).first()
+            if existing is not None:
+                return self._load(session, existing, now)
+            row = ReviewRow(
+                id=new_review_id(),
+                kind=kind,
+                status="pending",
+                fingerprint=fingerprint,
+                connection=connection,
+                principal=principal.name,
+                principal_kind=principal.kind.value,
+                sponsor=principal.sponsor,
+                protocol=protocol,
+                session_id=session_id,
+                client_addr=client_addr,
+                text=text_,
+                detail=json.dumps(detail),
+                rule=verdict_rule,
+                rules=json.dumps(verdict_rules),
+                reason=reason,
+                justification=justification,
+                requirements=json.dumps(
+                    [{"groups": sorted(r.groups), "quorum": r.quorum} for r in requirements]
+                ),
+                sponsor_may_approve=config.reviews.sponsor_may_approve,
+                created_at=now,
+                expires_at=now + lifetime,
+            )
+            session.add(row)
+            session.flush()
+            info = review_info(row, [], now)
+            self._event(
+                session,
+                info,
+                "requested",
+                principal.name,
+                now,
+                {
+                    "kind": kind,
+                    "text": text_,
+                    "detail": detail,
+                    "rule": verdict_rule,
+                    "rules": verdict_rules,
+                    "justification": justification,
+                    "requirements": [r.describe() for r in requirements],
+                    "sponsor": principal.sponsor,
+                    "expires_at": row.expires_at,
+                },
+            )
+        self._announce(info, "requested")
+        return info
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def vote(
+        self, review_id: str, voter: Principal, decision: VoteDecision, reason: str = ""
+    ) -> ReviewInfo:
+        """Record one human's decision; a deny ends the review, enough approvals approve it."""
+        config = self._config()
+        now = time.time()
+        events: list[str] = []
+        with self._store.session() as session:
+            row = self._locked(session, review_id)
+            info = self._load(session, row, now)
+            if info.status != "pending":
+                raise ReviewError(f"review {review_id} is {info.status}; it takes no more votes")
+            check_vote(info.parties, voter, decision)
+            if any(v.voter == voter.name for v in info.votes):
+                raise ReviewError(f"{voter.name!r} has already voted on review {review_id}")
+            session.add(
+                ReviewVote(
+                    review_id=review_id,
+                    voter=voter.name,
+                    decision=decision,
+                    reason=reason.strip()[:2000],
+                    at=now,
+                )
+            )
+            payload = {"decision": decision, "reason": reason.strip()[:2000]}
+            if decision == "deny":
+                row.status, row.decided_at = "denied", now
+                events.append("denied")
+            else:
+                approvers = [voter] + [
+                    p
+                    for v in info.votes
+                    if v.decision == "approve" and (p := config.principal(v.voter)) is not None
+                ]
+                if quorum_met(info.parties, approvers):
+                    row.status, row.decided_at = "approved", now
+                    if row.kind == "grant":
+                        row.approved_until = now + float(json.loads(row.detail)["duration"])
+                    else:
+                        row.approved_until = now + config.reviews.approval_valid
+                    events.append("approved")
+                else:
+                    payload["still_needed"] = "; ".join(missing(info.parties, approvers))
+            session.flush()
+            info = self._load(session, row, now)
+            self._event(session, info, f"vote.{decision}", voter.name, now, payload)
+            for event in events:
+                self._event(
+                    session,
+                    info,
+                    event,
+                    voter.name,
+                    now,
+                    {"approved_until": row.approved_until, "by": [v.voter for v in info.votes]},
+                )
+        for event in events or ["vote"]:
+            self._announce(info, event)
+        return info
+
+    def cancel(self, review_id: str, by: Principal) -> ReviewInfo:
+        now = time.time()
+        with self._store.session() as session:
+            row = self._locked(session, review_id)
+            if by.name not in (row.principal, row.sponsor):
+                raise ReviewError(
+                    "only the requester (or the agent's sponsor) can cancel a review", 403
+                )
+            status = effective_status(row, now)
+            if status not in ("pending", "approved") or row.kind == "grant" and status != "pending":
+                raise ReviewError(f"review {review_id} is {status}; it cannot be cancelled")
+            row.status, row.decided_at = "cancelled", now
+            session.flush()
+            info = self._load(session, row, now)
+            self._event(session, info, "cancelled", by.name, now, {})
+        self._announce(info, "cancelled")
+        return info
+
+    def revoke_grant(self, review_id: str, by: Principal, reason: str = "") -> ReviewInfo:
+        now = time.time()
+        with self._store.session() as session:
+            row = self._locked(session, review_id)
+            info = self._load(session, row, now)
+            if row.kind != "grant":
+                raise ReviewError(f"{review_id} is not a grant", 404)
+            if info.status != "approved":
+                raise ReviewError(f"grant {review_id} is {info.status}, not active")
+            if by.name != row.principal and refusal(info.parties, by, "deny") is not None:
+                raise ReviewError(
+                    "only the grantee or one of the grant's approvers can revoke it", 403
+                )
+            row.status, row.decided_at = "revoked", now
+            session.flush()
+            info = self._load(session, row, now)
+            self._event(session, info, "revoked", by.name, now, {"reason": reason[:2000]})
+        self._announce(info, "revoked")
+        return info
+
+    # -- using an approval --------------------------------------------------------------
+
+    def consume(self, review_id: str, *, executing: bool = False) -> bool:
+        """Use an approved action (or start an approved proposal) exactly once: True for
+        the one caller that gets it, on whatever gateway process."""
+        now = time.time()
+        with self._store.session() as session:
+            result = session.execute(
+                update(ReviewRow)
+                .where(
+                    ReviewRow.id == review_id,
+                    ReviewRow.status == "approved",
+                    ReviewRow.kind != "grant",
+                    ReviewRow.approved_until > now,
+                )
+                .values(status="executing" if executing else "executed", executed_at=now)
+            )
+            if not getattr(result, "rowcount", 0):
+                return False
+            row = session.get(ReviewRow, review_id)
+            assert row is not None
+            info = review_info(row, [], now)
+            self._event(
+                session, info, "executing" if executing else "executed", row.principal, now, {}
+            )
+        if not executing:
+            self._announce(info, "executed")
+        return True
+
+    def record_result(self, review_id: str, ok: bool, result: dict[str, Any]) -> ReviewInfo:
+        """What running an approved proposal did (status executed or failed)."""
+        now = time.time()
+        with self._store.session() as session:
+            row = self._locked(session, review_id)
+            row.status = "executed" if ok else "failed"
+            row.result = json.dumps(result)
+            session.flush()
+            info = self._load(session, row, now)
+            self._event(session, info, "result", row.principal, now, result)
+        self._announce(info, info.status)
+        return info
+
+    def record_action_result(self, info: ReviewInfo, result: dict[str, Any]) -> None:
+        """The outcome of an approved action that a protocol session ran."""
+        now = time.time()
+        with self._store.session() as session:
+            row = session.get(ReviewRow, info.id)
+            if row is not None and row.result is None:
+                row.result = json.dumps(result)
+            self._event(session, info, "result", info.principal, now, result)
+
+    def set_preview(self, review_id: str, preview: dict[str, Any]) -> None:
+        with self._store.session() as session:
+            session.execute(
+                update(ReviewRow)
+                .where(ReviewRow.id == review_id)
+                .values(preview=json.dumps(preview))
+            )
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def expire_due(self) -> int:
+        """Mark reviews whose time ran out as expired, with their audit events."""
+        now = time.time()
+        infos = []
+        with self._store.session() as session:
+            rows = session.scalars(
+                select(ReviewRow).where(
+                    or_(
+                        (ReviewRow.status == "pending") & (ReviewRow.expires_at <= now),
+                        (ReviewRow.status == "approved") & (ReviewRow.approved_until <= now),
+                    )
+                )
+            ).all()
+            for row in rows:
+                was = row.status
+                row.status = "expired"
+                session.flush()
+                info = review_info(row, [], now)
+                infos.append(info)
+                note = "approval unused" if was == "approved" else "no decision in time"
+                if row.kind == "grant" and was == "approved":
+                    note = "grant ended"
+                self._event(session, info, "expired", "wardgate", now, {"note": note})
+        for info in infos:
+            self._announce(info, "expired")
+        return len(infos)
+
+    def unstarted_proposals(self, older_than: float) -> list[ReviewInfo]:
+        """Approved proposals nobody started: the process that approved them stopped
+        before it could (any process may start one; ``consume`` lets one win)."""
+        now = time.time()
+        with self._store.session(write=False) as session:
+            rows = session.scalars(
+                select(ReviewRow).where(
+                    ReviewRow.kind == "proposal",
+                    ReviewRow.status == "approved",
+                    ReviewRow.decided_at < now - older_than,
+                    ReviewRow.approved_until > now,
+                )
+            ).all()
+            return [review_info(r, [], now) for r in rows]
+
+    def fail_interrupted(self, older_than: float) -> int:
+        """Proposals left ``executing`` by a gateway that stopped mid-run."""
+        now = time.time()
+        count = 0
+        with self._store.session() as session:
+            rows = session.scalars(
+                select(ReviewRow).where(
+                    ReviewRow.status == "executing", ReviewRow.executed_at < now - older_than
+                )
+            ).all()
+            for row in rows:
+                result = {
+                    "ok": False,
+                    "error": "the gateway stopped while running this proposal; whether its "
+                    "transaction committed is unknown, check the target before resubmitting",
+                }
+                row.status, row.result = "failed", json.dumps(result)
+                session.flush()
+                self._event(session, review_info(row, [], now), "result", "wardgate", now, result)
+                count += 1
+        return count
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _locked(self, session: Session, review_id: str) -> ReviewRow:
+        row = session.scalars(
+            select(ReviewRow).where(ReviewRow.id == review_id).with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise ReviewError(f"no review {review_id!r}", 404)
+        return row
+
+    def _event(
+        self,
+        session: Session,
+        info: ReviewInfo,
+        event: str,
+        actor: str,
+        now: float,
+        payload: dict[str, Any],
+    ) -> None:
+        append_events(
+            session,
+            [
+                NewEvent(
+                    ts=now,
+                    type=f"review.{event}",
+                    # Action reviews belong to the session that asked; the rest stand alone.
+                    session_id=info.session_id or info.id,
+                    principal=actor,
+                    connection=info.connection,
+                    payload={"review": info.id, "review_kind": info.kind, **payload},
+                )
+            ],
+        )
+        if self._store.dialect == "postgresql":
+            # Delivered at commit, to every gateway process listening on this store.
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": NOTIFY_CHANNEL, "payload": info.id},
+            )
+
+    def _announce(self, info: ReviewInfo, event: str) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(info, event)
+            except Exception:  # a listener's failure never undoes a committed decision
+                log.exception("review listener failed on %s %s", info.id, event)
+
+
+def _human_duration(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
