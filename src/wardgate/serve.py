@@ -193,9 +193,10 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
 
             from wardgate.api.app import create_app
 
+            api_app = create_app(services)
             api_server = uvicorn.Server(
                 uvicorn.Config(
-                    create_app(services),
+                    api_app,
                     host=api_addr[0],
                     port=api_addr[1],
                     log_level="warning",
@@ -204,6 +205,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             )
             api_server.install_signal_handlers = lambda: None  # ours handle it
             services.tasks.spawn(api_server.serve(), name="api-server")
+            services.tasks.spawn(api_app.state.mcp.run(), name="mcp-sessions")
             log.info("worker %d: API on http://%s:%d", index, api_addr[0], api_addr[1])
         await stop.wait()
         log.info("worker %d: shutting down", index)

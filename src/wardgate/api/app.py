@@ -56,10 +56,17 @@ def create_app(services: Services | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     if services is not None:
+        from starlette.routing import Route
+
         from wardgate.api.reviews import router
+        from wardgate.integrations.mcp_server import McpGateway
 
         app.state.services = services
         app.include_router(router)
+        mcp = McpGateway(services)
+        app.state.mcp = mcp
+        # A raw ASGI route (not a mount): clients POST to /mcp itself, no redirect.
+        app.router.routes.append(Route("/mcp", endpoint=mcp, include_in_schema=False))
     return app
 
 

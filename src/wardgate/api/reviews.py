@@ -12,13 +12,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, BeforeValidator, Field
 
-from wardgate.actions import Action, Decision, Verdict
 from wardgate.api.auth import Caller, caller, services_of
 from wardgate.config import parse_duration
-from wardgate.policy.sql import classify
 from wardgate.proxy.services import Services
 from wardgate.reviews.messages import review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
+from wardgate.reviews.proposals import judge_proposal
 from wardgate.reviews.rules import missing, refusal
 from wardgate.reviews.service import ReviewService
 from wardgate.reviews.waiting import ReviewRuntime
@@ -39,6 +38,12 @@ class GrantBody(BaseModel):
         description="How long the grant lasts: 30m, 2h, or seconds"
     )
     reason: str = Field(min_length=1, max_length=2000)
+
+
+class CodeBody(BaseModel):
+    code: str = Field(min_length=1)
+    justification: str = Field(default="", max_length=2000)
+    context: str = Field(default="", max_length=200, description="e.g. the agent's name")
 
 
 class ProposalBody(BaseModel):
@@ -167,6 +172,37 @@ async def _vote(
     return _shape(services, review, who)
 
 
+@router.post("/reviews", status_code=201)
+async def request_code_review(
+    request: Request, body: CodeBody, who: Authenticated
+) -> dict[str, Any]:
+    """File code the caller wants to run on its own side (an AutoGen code executor) for
+    a human's approval; use it once with POST /reviews/{id}/use."""
+    services, _, service = _runtime(request)
+    review = await _call(
+        service.request_code, who.principal, body.code, body.justification, body.context
+    )
+    return _shape(services, review, who)
+
+
+@router.post("/reviews/{review_id}/use")
+async def use_approval(request: Request, review_id: str, who: Authenticated) -> dict[str, Any]:
+    """Use an approved code review, once, as its requester: 409 when it is not approved,
+    already used or expired."""
+    services, _, service = _runtime(request)
+    review = _visible(await asyncio.to_thread(service.get, review_id), who)
+    if review.kind != "code":
+        raise HTTPException(
+            409, "only code reviews are used through the API; statements run through their protocol"
+        )
+    used = await asyncio.to_thread(lambda: service.consume(review_id, principal=who.principal.name))
+    if not used:
+        raise HTTPException(
+            409, f"review {review_id} is {review.status}, not an approval you can use"
+        )
+    return _shape(services, _visible(await asyncio.to_thread(service.get, review_id), who), who)
+
+
 @router.post("/reviews/{review_id}/cancel")
 async def cancel(request: Request, review_id: str, who: Authenticated) -> dict[str, Any]:
     services, _, service = _runtime(request)
@@ -219,7 +255,10 @@ async def submit_proposal(
     request: Request, body: ProposalBody, who: Authenticated
 ) -> dict[str, Any]:
     services, runtime, service = _runtime(request)
-    verdict = judge_proposal(services, runtime, who, body.connection, body.statements)
+    try:
+        verdict = judge_proposal(services, who.principal, body.connection, body.statements)
+    except ReviewError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     review = await _call(
         lambda: service.request_proposal(
             who.principal,
@@ -240,53 +279,3 @@ async def get_proposal(request: Request, review_id: str, who: Authenticated) -> 
     if review.kind != "proposal":
         raise HTTPException(404, f"{review_id} is a review of kind {review.kind}, not a proposal")
     return _shape(services, review, who)
-
-
-def judge_proposal(
-    services: Services,
-    runtime: ReviewRuntime,
-    who: Caller,
-    connection: str,
-    statements: list[str],
-) -> Verdict:
-    """Each statement through the gate, as the proposer: a block refuses the whole
-    proposal (403, naming the rule); review verdicts are merged into the one review."""
-    if connection not in services.config.connections:
-        raise HTTPException(404, f"connection {connection!r} is not configured")
-    granted = runtime.granted(who.principal.name, connection)
-    reviewing: list[Verdict] = []
-    for i, sql in enumerate(statements):
-        check_proposal_statement(i, sql)
-        action = Action(who.principal, connection, "api", "sql", sql.strip())
-        verdict = services.gate.check(action, granted)
-        if verdict.decision is Decision.BLOCK and verdict.enforced:
-            raise HTTPException(
-                403,
-                f"statement {i + 1} is blocked by {', '.join(verdict.rules)}: {verdict.reason}; "
-                "the proposal was not filed",
-            )
-        if verdict.decision is Decision.REVIEW:
-            reviewing.append(verdict)
-    if not reviewing:
-        return Verdict(Decision.ALLOW, "proposal", "a proposed change set")
-    rules = tuple(dict.fromkeys(r for v in reviewing for r in v.rules))
-    return Verdict(Decision.REVIEW, reviewing[0].rule, reviewing[0].reason, rules=rules)
-
-
-_TRANSACTION_KINDS = frozenset({"transaction", "transaction_mode"})
-
-
-def check_proposal_statement(index: int, sql: str) -> None:
-    statements = classify(sql)
-    if len(statements) != 1:
-        raise HTTPException(
-            422,
-            f"statement {index + 1} holds {len(statements)} statements; give exactly one "
-            "statement per list entry",
-        )
-    if _TRANSACTION_KINDS.intersection(statements[0].kinds):
-        raise HTTPException(
-            422,
-            f"statement {index + 1} controls the transaction; the gateway runs a proposal "
-            "in one transaction itself, leave BEGIN/COMMIT/ROLLBACK out",
-        )

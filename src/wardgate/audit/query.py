@@ -43,15 +43,38 @@ def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
             return None
         summary = _session_dict(row)
         events = session.execute(
-            select(AuditEvent.id, AuditEvent.ts, AuditEvent.payload, AuditEvent.hash)
-            .where(AuditEvent.session_id == session_id, AuditEvent.type == "action")
+            select(
+                AuditEvent.id,
+                AuditEvent.ts,
+                AuditEvent.type,
+                AuditEvent.principal,
+                AuditEvent.payload,
+                AuditEvent.hash,
+            )
+            .where(
+                AuditEvent.session_id == session_id,
+                (AuditEvent.type == "action") | AuditEvent.type.startswith("review."),
+            )
             .order_by(AuditEvent.id)
         ).all()
     actions = []
+    reviews = []
     for event in events:
         payload = json.loads(event.payload)
-        actions.append({"id": event.id, "ts": event.ts, "hash": event.hash, **payload})
+        if event.type == "action":
+            actions.append({"id": event.id, "ts": event.ts, "hash": event.hash, **payload})
+        else:  # review events filed from this session: who asked, who decided, what ran
+            reviews.append(
+                {
+                    "id": event.id,
+                    "ts": event.ts,
+                    "type": event.type,
+                    "by": event.principal,
+                    **payload,
+                }
+            )
     summary["actions"] = actions
+    summary["reviews"] = reviews
     return summary
 
 

@@ -42,6 +42,7 @@ class ActionRecord:
     command: str | None = None  # the CommandComplete tag, e.g. "INSERT 0 3"
     error: str | None = None
     sqlstate: str | None = None
+    trace_id: str | None = None  # the agent's conversation/trace id, when it sends one
 
 
 @positional_pickle

@@ -118,6 +118,7 @@ class BatchWriter:
                     "duration_ms": _finite(record.duration_ms),
                     "error": record.error,
                     "sqlstate": record.sqlstate,
+                    **({"trace_id": record.trace_id} if record.trace_id is not None else {}),
                 },
             )
         principal, connection = self._session_identity(session, record.session_id, starting)

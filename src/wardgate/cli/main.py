@@ -371,6 +371,16 @@ def sessions_show(
         out.print("    " + str(a.get("text", "")).replace("\n", "\n    "), markup=False)
         if a.get("params"):
             out.print(f"    params: {json.dumps(a['params'], ensure_ascii=False)}", markup=False)
+        if a.get("trace_id"):
+            out.print(f"    trace: {a['trace_id']}", markup=False)
+    if s.get("reviews"):
+        out.print("", markup=False)
+        out.print("reviews filed from this session:", markup=False)
+        for r in s["reviews"]:
+            out.print(
+                f"  {_when(r.get('ts'))}  {r.get('review')}  {r.get('type')} by {r.get('by')}",
+                markup=False,
+            )
 
 
 # -- policy: its own module, built on the helpers above ------------------------------

@@ -410,6 +410,8 @@ def _replay_one(gate: Gate, cfg: Config, config_path: str, event: dict[str, Any]
     # Compared by outcome, whether the action reaches the target: an observed block ran,
     # so replaying the recorded file itself changes nothing.
     was, now = _old_lets_through(event), new.lets_through
+    if str(old.get("rule", "")).startswith("review:") and new.decision is Decision.REVIEW:
+        was = now  # it ran after a human's approval, and would need one again: no change
     change = "blocked" if was and not now else "allowed" if now and not was else ""
     return _Replayed(event, old, new, change)
 
@@ -485,6 +487,8 @@ def policy_replay(
         finally:
             db.dispose()
     gate = Gate(cfg)
+    # SQL actions only: MCP metadata tool calls carry no statement to judge.
+    events = [e for e in events if (e.get("kind") or "sql") == "sql"]
     results = [_replay_one(gate, cfg, config, e) for e in events]
     blocked = [r for r in results if r.change == "blocked"]
     allowed = [r for r in results if r.change == "allowed"]

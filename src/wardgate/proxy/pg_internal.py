@@ -20,6 +20,7 @@ from typing import Protocol
 from wardgate.config import Config
 from wardgate.protocols.postgres import build
 from wardgate.protocols.postgres.decode import (
+    Column,
     parse_command_tag,
     parse_data_row,
     parse_error_fields,
@@ -79,6 +80,8 @@ class Result:
     rows: tuple[tuple[str | None, ...], ...] = ()
     truncated: bool = False  # more rows came than were kept
     error: ServerError | None = None
+    # The RowDescription's columns (table oid, attnum, type): what column masking needs.
+    fields: tuple[Column, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -117,6 +120,7 @@ class _Collector:
 
     def _reset(self) -> None:
         self._columns: tuple[str, ...] = ()
+        self._fields: tuple[Column, ...] = ()
         self._rows: list[tuple[str | None, ...]] = []
         self._truncated = False
 
@@ -132,10 +136,20 @@ class _Collector:
                 self._truncated = True
         elif kind == 0x54:  # T RowDescription
             self._reset()
-            self._columns = tuple(c.name for c in parse_row_description(body))
+            self._fields = tuple(parse_row_description(body))
+            self._columns = tuple(c.name for c in self._fields)
         elif kind == 0x43:  # C CommandComplete
             command, count = parse_command_tag(body)
-            self._finish(Result(command, count, self._columns, tuple(self._rows), self._truncated))
+            self._finish(
+                Result(
+                    command,
+                    count,
+                    self._columns,
+                    tuple(self._rows),
+                    self._truncated,
+                    fields=self._fields,
+                )
+            )
         elif kind == 0x49:  # I EmptyQueryResponse
             self._finish(Result())
         elif kind == 0x45:  # E ErrorResponse
@@ -287,6 +301,7 @@ async def internal_session(
     application_name: str,
     timeout: float | None = None,  # noqa: ASYNC109 - each exchange's default bound, not a wait
     max_rows: int = DEFAULT_MAX_ROWS,
+    read_only: bool = False,
 ) -> AsyncIterator[InternalSession]:
     """A session of the gateway's own on ``connection``, closed (Terminate) on the way out.
 
@@ -304,7 +319,12 @@ async def internal_session(
             config,
             services.vault,
             connection,
-            {"application_name": application_name, "client_encoding": "UTF8"},
+            {
+                "application_name": application_name,
+                "client_encoding": "UTF8",
+                # A principal whose roles can only read gets a server session that can only read.
+                **({"options": "-c default_transaction_read_only=on"} if read_only else {}),
+            },
             max_message_bytes=config.limits.max_message_bytes,
         )
     except UpstreamUnavailable as exc:

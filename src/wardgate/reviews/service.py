@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import or_, select, text, true, update
 from sqlalchemy.orm import Session
 
 from wardgate.actions import Action, Verdict
@@ -195,6 +195,34 @@ class ReviewService:
             reason=f"{principal.name} asks for role {role!r} on {connection!r}",
             justification=reason.strip()[:2000],
             requirements=grant_requirements(config, connection),
+            lifetime=config.reviews.expires,
+        )
+
+    def request_code(
+        self, principal: Principal, code: str, justification_: str, context: str = ""
+    ) -> ReviewInfo:
+        """A review of code an agent wants to run on its own side (an AutoGen code
+        executor): the same rules, approvers and audit trail as a statement."""
+        config = self._config()
+        if len(code) > MAX_TEXT:
+            raise ReviewError(f"the code is longer than {MAX_TEXT} characters", 413)
+        rules = ["code-execution"]
+        return self._request(
+            kind="code",
+            fingerprint=fingerprint_of("code", principal.name, code),
+            principal=principal,
+            connection="",
+            protocol="api",
+            session_id="",
+            client_addr="",
+            text_=code,
+            detail={"context": context[:200]},
+            verdict_rule=rules[0],
+            verdict_rules=rules,
+            reason=f"{principal.name} wants to run code"
+            + (f" ({context[:200]})" if context else ""),
+            justification=justification_.strip()[:2000] or None,
+            requirements=requirements_for(config, rules),
             lifetime=config.reviews.expires,
         )
 
@@ -419,15 +447,19 @@ class ReviewService:
 
     # -- using an approval --------------------------------------------------------------
 
-    def consume(self, review_id: str, *, executing: bool = False) -> bool:
+    def consume(
+        self, review_id: str, *, executing: bool = False, principal: str | None = None
+    ) -> bool:
         """Use an approved action (or start an approved proposal) exactly once: True for
-        the one caller that gets it, on whatever gateway process."""
+        the one caller that gets it, on whatever gateway process. With ``principal``,
+        only a review that principal requested."""
         now = time.time()
         with self._store.session() as session:
             result = session.execute(
                 update(ReviewRow)
                 .where(
                     ReviewRow.id == review_id,
+                    ReviewRow.principal == principal if principal is not None else true(),
                     ReviewRow.status == "approved",
                     ReviewRow.kind != "grant",
                     ReviewRow.approved_until > now,

@@ -1,0 +1,1 @@
+"""wardgate for AI agent frameworks: the MCP server and AutoGen helpers."""

@@ -1,0 +1,591 @@
+"""wardgate as an MCP server: an agent gets tools, never credentials.
+
+Streamable HTTP at ``/mcp`` on the API port (the official ``mcp`` SDK), authenticated
+with ``Authorization: Bearer <wardgate token>``. Every tool call is an Action through
+the same gate, review service, masking and recorder as a PostgreSQL client's
+statement; a block comes back as a tool error naming the rule, a pending review as a
+result that says what to do next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+
+from wardgate.actions import Action, Decision, Verdict
+from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.config import parse_duration
+from wardgate.identity.principals import Principal
+from wardgate.proxy.pg_query import QueryFailed, run_sql
+from wardgate.reviews.messages import (
+    approved_verdict,
+    needs_review,
+    outcome_text,
+    outcome_verdict,
+    review_url,
+)
+from wardgate.reviews.model import ReviewError, ReviewInfo
+from wardgate.reviews.proposals import judge_proposal
+
+if TYPE_CHECKING:
+    from wardgate.proxy.services import Services
+
+    Ctx = Context[Any, Any, Any]
+else:
+    Ctx = Context  # FastMCP finds the context parameter by this class
+
+log = logging.getLogger("wardgate.mcp")
+
+MAX_ROWS = 200  # rows a query tool call returns at most
+MAX_VALUE = 2000  # characters of one value
+QUERY_SECONDS = 30.0
+IDLE_SESSION = 1800.0
+INSTRUCTIONS = (
+    "wardgate gives you governed access to databases. Call list_connections first, then "
+    "describe(connection) to see the tables you may read. query(connection, sql, params) "
+    "runs one statement as you; values may be masked. Writes may need a human approval: "
+    "a query then returns status pending_review with a review_id; call review_status "
+    "later and run the same statement again once it is approved, or use propose_change "
+    "to have the gateway run a change set after approval. A tool error that starts with "
+    "'wardgate: blocked' is a policy decision: do not retry it as it is."
+)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class _McpSession:
+    id: str
+    principal: str
+    seq: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class McpGateway:
+    """The MCP server of one gateway process, and the ASGI endpoint that guards it."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.server = FastMCP(
+            "wardgate",
+            instructions=INSTRUCTIONS,
+            streamable_http_path="/mcp",
+            session_idle_timeout=IDLE_SESSION,
+            # Bearer tokens, not cookies: a rebinding page cannot present one.
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
+        self._sessions: dict[str, _McpSession] = {}
+        self._register_tools()
+        self.server.streamable_http_app()  # creates the session manager
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve MCP sessions until cancelled; then end their recordings."""
+        try:
+            async with self.server.session_manager.run():
+                while True:
+                    await asyncio.sleep(60)
+                    self._end_idle()
+        finally:
+            for sid in list(self._sessions):
+                self._end(sid, "closed")
+
+    def _end_idle(self) -> None:
+        now = time.monotonic()
+        for sid, s in list(self._sessions.items()):
+            if now - s.last_used > IDLE_SESSION:
+                self._end(sid, "idle")
+
+    def _end(self, mcp_session_id: str, status: str) -> None:
+        s = self._sessions.pop(mcp_session_id, None)
+        if s is not None:
+            self.services.recorder.submit(SessionEnd(s.id, time.time(), status))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI: authenticate, then hand the request to the MCP transport."""
+        from starlette.requests import Request
+
+        from wardgate.api.app import problem
+        from wardgate.api.auth import caller
+
+        request = Request(scope, receive)
+        try:
+            who = await caller(request)
+        except Exception as exc:  # HTTPException from the shared authentication
+            status = int(getattr(exc, "status_code", 401))
+            response = problem(status, str(getattr(exc, "detail", "authentication required")))
+            await response(scope, receive, send)
+            return
+        sid = request.headers.get("mcp-session-id")
+        known = self._sessions.get(sid) if sid else None
+        if known is not None and known.principal != who.principal.name:
+            response = problem(404, "no such MCP session")  # never someone else's
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["wardgate_principal"] = who.principal
+        await self.server.session_manager.handle_request(scope, receive, send)
+        if scope.get("method") == "DELETE" and sid:
+            self._end(sid, "closed")
+
+    # -- tools --------------------------------------------------------------------------
+
+    def _register_tools(self) -> None:
+        tool = self.server.tool
+
+        @tool(description="The connections you may use, with your roles on each.")
+        async def list_connections(ctx: Ctx) -> dict[str, Any]:
+            who, _ = self._enter(ctx, "list_connections", {})
+            return {"connections": self._connections(who)}
+
+        @tool(description="Tables and columns of a connection that you may read.")
+        async def describe(connection: str, ctx: Ctx) -> dict[str, Any]:
+            who, session = self._enter(ctx, "describe", {"connection": connection})
+            self._usable(who, connection)
+            return await self._describe(who, connection)
+
+        @tool(
+            description="Run one SQL statement on a connection, as you. Rows come back as "
+            "JSON with column names, masked where policy says so, at most "
+            f"{MAX_ROWS} rows. params are the values of $1, $2, ... as text."
+        )
+        async def query(
+            connection: str,
+            sql: str,
+            ctx: Ctx,
+            params: list[str | None] | None = None,
+        ) -> dict[str, Any]:
+            who, session = self._enter(ctx, "query", {"connection": connection})
+            self._usable(who, connection)
+            return await self._query(ctx, who, session, connection, sql, tuple(params or ()))
+
+        @tool(
+            description="Propose a change set (several SQL statements and why). After a "
+            "human approves it, wardgate runs it in one transaction; check the outcome "
+            "with review_status."
+        )
+        async def propose_change(
+            connection: str,
+            statements: list[str],
+            justification: str,
+            ctx: Ctx,
+        ) -> dict[str, Any]:
+            who, session = self._enter(ctx, "propose_change", {"connection": connection})
+            self._usable(who, connection)
+            return await self._propose(ctx, who, session, connection, statements, justification)
+
+        @tool(description="Status of a review you filed and, once executed, its result.")
+        async def review_status(review_id: str, ctx: Ctx) -> dict[str, Any]:
+            who, _ = self._enter(ctx, "review_status", {"review_id": review_id})
+            review = await asyncio.to_thread(self._reviews().service.get, review_id)
+            if review is None or review.principal != who.name:
+                raise ToolError(f"no review {review_id!r} of yours")
+            return self._review_answer(review)
+
+        @tool(
+            description="Ask for a role on a connection for a limited time (e.g. 30m); a "
+            "human must approve it. Check with review_status."
+        )
+        async def request_access(
+            connection: str,
+            role: str,
+            duration: str,
+            reason: str,
+            ctx: Ctx,
+        ) -> dict[str, Any]:
+            who, _ = self._enter(ctx, "request_access", {"connection": connection})
+            try:
+                seconds = parse_duration(duration)
+            except ValueError as exc:
+                raise ToolError(str(exc)) from None
+            service = self._reviews().service
+            try:
+                review = await asyncio.to_thread(
+                    service.request_grant, who, connection, role, seconds, reason
+                )
+            except ReviewError as exc:
+                raise ToolError(str(exc)) from None
+            return self._review_answer(review)
+
+    # -- tool bodies ----------------------------------------------------------------------
+
+    def _enter(
+        self,
+        ctx: Ctx,
+        tool_name: str,
+        args: dict[str, Any],
+    ) -> tuple[Principal, _McpSession]:
+        request = ctx.request_context.request
+        principal: Principal | None = getattr(
+            getattr(request, "state", None), "wardgate_principal", None
+        )
+        if principal is None or request is None:
+            raise ToolError("not authenticated")
+        # The principal as the configuration says now (groups may have changed).
+        current = self.services.config.principal(principal.name)
+        if current is None:
+            raise ToolError("your principal is no longer configured")
+        sid = request.headers.get("mcp-session-id") or "stateless"
+        session = self._sessions.get(sid)
+        if session is None:
+            session = _McpSession("m_" + secrets.token_hex(8), current.name)
+            self._sessions[sid] = session
+            client = ctx.session.client_params
+            name = client.clientInfo.name if client is not None else ""
+            version = client.clientInfo.version if client is not None else ""
+            self.services.recorder.submit(
+                SessionRecord(
+                    id=session.id,
+                    protocol="mcp",
+                    principal=current,
+                    connection="",
+                    client_addr=request.client.host if request.client else "",
+                    started_at=time.time(),
+                    application_name=f"{name} {version}".strip()[:200],
+                    tls=request.url.scheme == "https",
+                )
+            )
+        session.last_used = time.monotonic()
+        if tool_name != "query":  # a query is recorded with its verdict and outcome
+            # Gateway metadata and review tools: recorded so the session tells the whole
+            # conversation; what they file (proposals, grants) is in the review events.
+            text = f"{tool_name} {json.dumps(args, sort_keys=True)}"
+            action = Action(
+                current,
+                str(args.get("connection", "")),
+                "mcp",
+                "mcp",
+                text,
+                session_id=session.id,
+                client_addr=_client_addr(ctx),
+            )
+            verdict = Verdict(Decision.ALLOW, f"mcp:{tool_name}", "an MCP tool of the gateway")
+            self._record(
+                session,
+                action,
+                verdict,
+                time.time(),
+                time.perf_counter(),
+                "ok",
+                trace=_trace_id(ctx),
+            )
+        return current, session
+
+    def _reviews(self) -> Any:
+        if self.services.reviews is None:
+            raise ToolError("reviews are not running on this gateway process")
+        return self.services.reviews
+
+    def _granted(self, who: Principal, connection: str) -> frozenset[str]:
+        reviews = self.services.reviews
+        return reviews.granted(who.name, connection) if reviews is not None else frozenset()
+
+    def _connections(self, who: Principal) -> list[dict[str, Any]]:
+        out = []
+        for name, conn in self.services.config.connections.items():
+            roles = sorted({conn.roles[g] for g in who.groups if g in conn.roles})
+            granted = sorted(self._granted(who, name))
+            if roles or granted:
+                out.append(
+                    {
+                        "name": name,
+                        "type": conn.type,
+                        "description": conn.description,
+                        "roles": roles,
+                        "granted_roles": granted,
+                    }
+                )
+        return out
+
+    def _usable(self, who: Principal, connection: str) -> None:
+        if not any(c["name"] == connection for c in self._connections(who)):
+            raise ToolError(
+                f"connection {connection!r} does not exist or you have no role on it; "
+                "call list_connections to see yours"
+            )
+
+    async def _describe(self, who: Principal, connection: str) -> dict[str, Any]:
+        sql = (
+            "SELECT table_schema, table_name, column_name, data_type "
+            "FROM information_schema.columns "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
+            "AND table_schema NOT LIKE 'pg_toast%' "
+            "ORDER BY table_schema, table_name, ordinal_position"
+        )
+        from wardgate.proxy.pg_internal import InternalQueryFailed, internal_session
+
+        try:
+            async with internal_session(
+                self.services, connection, application_name="wardgate-mcp", max_rows=20000
+            ) as s:
+                (result,) = await s.simple(sql)
+        except InternalQueryFailed as exc:
+            raise ToolError(f"wardgate: {exc.reason}") from None
+        granted = self._granted(who, connection)
+        tables: dict[str, list[dict[str, str]]] = {}
+        for schema, table, column, type_ in result.rows:
+            qualified = f"{schema}.{table}"
+            text = f'SELECT "{column}" FROM "{schema}"."{table}" LIMIT 1'
+            verdict = self.services.gate.check(Action(who, connection, "mcp", "sql", text), granted)
+            if verdict.decision is Decision.ALLOW:
+                tables.setdefault(qualified, []).append({"name": str(column), "type": str(type_)})
+        return {
+            "connection": connection,
+            "tables": [{"table": t, "columns": cols} for t, cols in tables.items()],
+        }
+
+    async def _query(
+        self,
+        ctx: Ctx,
+        who: Principal,
+        session: _McpSession,
+        connection: str,
+        sql: str,
+        params: tuple[str | None, ...],
+    ) -> dict[str, Any]:
+        action = Action(
+            who,
+            connection,
+            "mcp",
+            "sql",
+            sql,
+            params,
+            session_id=session.id,
+            client_addr=_client_addr(ctx),
+        )
+        granted = self._granted(who, connection)
+        verdict = self.services.gate.check(action, granted)
+        started, t0 = time.time(), time.perf_counter()
+        trace = _trace_id(ctx)
+        review: ReviewInfo | None = None
+        if needs_review(verdict):
+            outcome = await self._reviews().obtain(action, verdict, 0.0)
+            if outcome.status != "approved":
+                said = outcome_text(outcome.status, outcome.review, self.services.config.review_url)
+                self._record(
+                    session,
+                    action,
+                    outcome_verdict(outcome),
+                    started,
+                    t0,
+                    "blocked",
+                    error=said.message,
+                    trace=trace,
+                )
+                if outcome.status == "denied":
+                    raise ToolError(f"{said.message}. {said.hint}")
+                return self._pending_answer(outcome.review, said.message, said.hint)
+            review = outcome.review
+            verdict = approved_verdict(verdict, review)
+        elif not verdict.lets_through:
+            message = (
+                f"wardgate: blocked by {', '.join(verdict.rules)}: {verdict.reason}. This is "
+                f"a policy decision on connection {connection!r}, not a database error; "
+                "running it again will be blocked again"
+            )
+            self._record(
+                session, action, verdict, started, t0, "blocked", error=message, trace=trace
+            )
+            raise ToolError(message)
+        try:
+            answer = await run_sql(
+                self.services,
+                who,
+                connection,
+                sql,
+                params,
+                max_rows=MAX_ROWS,
+                seconds=QUERY_SECONDS,
+                granted=granted,
+            )
+        except QueryFailed as exc:
+            self._record(
+                session,
+                action,
+                verdict,
+                started,
+                t0,
+                "error",
+                error=str(exc),
+                sqlstate=exc.sqlstate,
+                trace=trace,
+                review=review,
+            )
+            raise ToolError(f"the database refused the statement ({exc.sqlstate}): {exc}") from None
+        self._record(
+            session,
+            action,
+            verdict,
+            started,
+            t0,
+            "ok",
+            rows=answer.row_count,
+            command=answer.command,
+            trace=trace,
+            review=review,
+        )
+        rows = [[_capped(v) for v in row] for row in answer.rows]
+        body: dict[str, Any] = {
+            "command": answer.command,
+            "row_count": answer.row_count,
+            "columns": answer.columns,
+            "rows": rows,
+            "truncated": answer.truncated,
+        }
+        if answer.truncated:
+            body["note"] = (
+                f"truncated: only the first {MAX_ROWS} of {answer.row_count} rows are shown; "
+                "add a WHERE or LIMIT to see the rest"
+            )
+        if review is not None:
+            body["review_id"] = review.id
+        return body
+
+    async def _propose(
+        self,
+        ctx: Ctx,
+        who: Principal,
+        session: _McpSession,
+        connection: str,
+        statements: list[str],
+        justification: str,
+    ) -> dict[str, Any]:
+        if not justification.strip():
+            raise ToolError("a proposal needs a justification for the human reviewer")
+        service = self._reviews().service
+        try:
+            verdict = judge_proposal(self.services, who, connection, statements, protocol="mcp")
+            review = await asyncio.to_thread(
+                lambda: service.request_proposal(
+                    who,
+                    connection,
+                    statements,
+                    justification,
+                    verdict,
+                    client_addr=_client_addr(ctx),
+                    session_id=session.id,
+                    protocol="mcp",
+                )
+            )
+        except ReviewError as exc:
+            raise ToolError(f"wardgate: {exc}") from None
+        said = outcome_text("pending", review, self.services.config.review_url, what="change set")
+        return self._pending_answer(review, said.message, said.hint)
+
+    def _pending_answer(self, review: ReviewInfo, message: str, hint: str) -> dict[str, Any]:
+        return {
+            "status": "pending_review",
+            "review_id": review.id,
+            "url": review_url(self.services.config.review_url, review.id),
+            "message": message,
+            "next": hint + f" Check the decision with review_status(review_id={review.id!r}).",
+        }
+
+    def _review_answer(self, review: ReviewInfo) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "review_id": review.id,
+            "kind": review.kind,
+            "status": review.status,
+            "connection": review.connection,
+            "url": review_url(self.services.config.review_url, review.id),
+            "votes": [
+                {"by": v.voter, "decision": v.decision, "reason": v.reason} for v in review.votes
+            ],
+        }
+        if review.kind == "grant":
+            body["role"] = review.detail.get("role")
+            body["until"] = review.approved_until
+        if review.result is not None:
+            body["result"] = review.result
+        if review.status == "approved" and review.kind == "action":
+            body["next"] = (
+                "approved: run the same statement again (same text and params); it runs once"
+            )
+        return body
+
+    def _record(
+        self,
+        session: _McpSession,
+        action: Action,
+        verdict: Verdict,
+        started: float,
+        t0: float,
+        status: str,
+        *,
+        rows: int | None = None,
+        command: str | None = None,
+        error: str | None = None,
+        sqlstate: str | None = None,
+        trace: str | None = None,
+        review: ReviewInfo | None = None,
+    ) -> None:
+        session.seq += 1
+        self.services.recorder.submit(
+            ActionRecord(
+                session_id=session.id,
+                seq=session.seq,
+                action=action,
+                verdict=verdict,
+                started_at=started,
+                duration_ms=(time.perf_counter() - t0) * 1000.0,
+                status=status,
+                rows=rows,
+                command=command,
+                error=error,
+                sqlstate=sqlstate,
+                trace_id=trace,
+            )
+        )
+        if review is not None and self.services.reviews is not None:
+            result = {"status": status, "rows": rows, "command": command, "error": error}
+            self.services.tasks.spawn(
+                asyncio.to_thread(
+                    self.services.reviews.service.record_action_result, review, result
+                ),
+                name="review-result",
+            )
+
+
+def _client_addr(ctx: Ctx) -> str:
+    request = ctx.request_context.request
+    client = getattr(request, "client", None)
+    return str(client.host) if client else ""
+
+
+_TRACE_KEYS = ("trace_id", "traceId", "conversation_id", "conversationId", "traceparent")
+
+
+def _trace_id(ctx: Ctx) -> str | None:
+    """The agent's conversation/trace id: from the call's ``_meta`` or the HTTP
+    ``traceparent`` / ``X-Wardgate-Trace`` header, when the client sends one."""
+    meta = ctx.request_context.meta
+    if meta is not None:
+        extra = meta.model_dump(exclude_none=True)
+        for key in _TRACE_KEYS:
+            if isinstance(extra.get(key), str):
+                return str(extra[key])[:200]
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", None)
+    if headers is not None:
+        for name in ("x-wardgate-trace", "traceparent"):
+            if headers.get(name):
+                return str(headers[name])[:200]
+    return None
+
+
+def _capped(value: str | None) -> str | None:
+    if value is None or len(value) <= MAX_VALUE:
+        return value
+    return value[:MAX_VALUE] + f"…[{len(value) - MAX_VALUE} more characters]"

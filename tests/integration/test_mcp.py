@@ -1,0 +1,293 @@
+"""wardgate as an MCP server, driven by the official MCP SDK client over streamable
+HTTP: every tool, blocks and reviews as tool results, masking, recording, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, Implementation
+
+from tests.integration.conftest import Gateway, admin_conn, make_gateway
+from tests.integration.test_reviews import review_config
+
+
+def mcp_config(database: str) -> str:
+    return review_config(database) + (
+        "masking:\n"
+        "  rules:\n"
+        "    - {name: agents-masked, principal_kinds: [agent], entities: [all], strategy: partial}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def mcp_gw(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = make_gateway(tmp_path_factory.mktemp("mcp"), mcp_config(it_database))
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def shop(it_database: str) -> Iterator[str]:
+    name = f"shop_{uuid.uuid4().hex[:8]}"
+    with admin_conn(it_database) as conn:
+        conn.execute(f"create table {name} (id int primary key, email text, qty int)")
+        conn.execute(
+            f"insert into {name} values (1, 'jane.doe@example.com', 1), (2, 'bob@example.org', 2)"
+        )
+    yield name
+    with admin_conn(it_database) as conn:
+        conn.execute(f"drop table if exists {name}")
+
+
+def call(
+    gw: Gateway, principal: str, *calls: tuple[str, dict[str, Any]], **kw: Any
+) -> list[CallToolResult]:
+    """Open one MCP session as ``principal`` and make these tool calls in it."""
+
+    async def run() -> list[CallToolResult]:
+        url = f"http://127.0.0.1:{gw.api_port}/mcp"
+        headers = {"Authorization": f"Bearer {gw.token(principal)}"}
+        async with (
+            httpx.AsyncClient(headers=headers, timeout=30) as http,
+            streamable_http_client(url, http_client=http) as (read, write, _),
+        ):
+            info = Implementation(name="pytest-agent", version="1.0")
+            async with ClientSession(read, write, client_info=info) as session:
+                await session.initialize()
+                return [await session.call_tool(name, args, **kw) for name, args in calls]
+
+    return asyncio.run(run())
+
+
+def body(result: CallToolResult) -> dict[str, Any]:
+    assert not result.isError, result.content
+    assert result.structuredContent is not None
+    return dict(result.structuredContent)
+
+
+def error_text(result: CallToolResult) -> str:
+    assert result.isError, result
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    assert "Traceback" not in text
+    return text
+
+
+def test_unauthenticated_calls_are_refused(mcp_gw: Gateway) -> None:
+    url = f"http://127.0.0.1:{mcp_gw.api_port}/mcp"
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    r = httpx.post(url, json=hello)
+    assert r.status_code == 401
+    r = httpx.post(url, json=hello, headers={"Authorization": "Bearer wg_wrong"})
+    assert r.status_code == 401 and "wg_wrong" not in r.text
+
+
+def test_list_connections_and_describe(mcp_gw: Gateway, shop: str) -> None:
+    listed, described = call(
+        mcp_gw, "agent", ("list_connections", {}), ("describe", {"connection": "it"})
+    )
+    names = {c["name"]: c for c in body(listed)["connections"]}
+    assert names["it"]["roles"] == ["proposer"]
+    tables = {t["table"]: t for t in body(described)["tables"]}
+    assert [c["name"] for c in tables[f"public.{shop}"]["columns"]] == ["id", "email", "qty"]
+
+
+def test_query_returns_masked_rows(mcp_gw: Gateway, shop: str) -> None:
+    (agent,) = call(
+        mcp_gw, "agent", ("query", {"connection": "it", "sql": f"select * from {shop} order by id"})
+    )
+    (human,) = call(
+        mcp_gw,
+        "dev",
+        (
+            "query",
+            {"connection": "it", "sql": f"select email from {shop} where id = $1", "params": ["1"]},
+        ),
+    )
+    result = body(agent)
+    assert result["columns"] == ["id", "email", "qty"]
+    assert result["rows"][0][0] == "1"
+    assert result["rows"][0][1] != "jane.doe@example.com" and "@" in result["rows"][0][1]
+    assert body(human)["rows"] == [["jane.doe@example.com"]]
+
+
+def test_dangerous_and_malformed_statements_are_tool_errors(
+    mcp_gw: Gateway, it_database: str, shop: str
+) -> None:
+    dropped, garbage, unknown, bad_args = call(
+        mcp_gw,
+        "agent",
+        ("query", {"connection": "it", "sql": f"DROP TABLE {shop}"}),
+        ("query", {"connection": "it", "sql": "SELEKT * FROM"}),
+        ("query", {"connection": "nowhere", "sql": "select 1"}),
+        ("query", {"connection": "it"}),
+    )
+    assert "wardgate: blocked by guardrail:no-drop" in error_text(dropped)
+    assert "wardgate: blocked by unparsed-statement" in error_text(garbage)
+    assert "call list_connections" in error_text(unknown)
+    assert "sql" in error_text(bad_args)
+    with admin_conn(it_database) as conn:  # nothing reached the server
+        assert conn.execute(f"select count(*) from {shop}").fetchone() == (2,)
+
+
+def test_huge_results_are_capped(mcp_gw: Gateway) -> None:
+    (result,) = call(
+        mcp_gw,
+        "agent",
+        ("query", {"connection": "it", "sql": "select g from generate_series(1, 5000) g"}),
+    )
+    answer = body(result)
+    assert len(answer["rows"]) == 200 and answer["truncated"] is True
+    assert answer["row_count"] == 5000 and "truncated" in answer["note"]
+
+
+def test_write_waits_for_a_human_then_runs_once(
+    mcp_gw: Gateway, it_database: str, shop: str
+) -> None:
+    update = {"connection": "it", "sql": f"update {shop} set qty = 10 where id = 1"}
+    (pending,) = call(mcp_gw, "agent", ("query", update))
+    answer = body(pending)
+    assert answer["status"] == "pending_review"
+    review_id = answer["review_id"]
+    assert "approval pending" in answer["message"] and "review_status" in answer["next"]
+    reviewer = httpx.Client(
+        base_url=f"http://127.0.0.1:{mcp_gw.api_port}/api/v1",
+        headers={"Authorization": f"Bearer {mcp_gw.token('reviewer')}"},
+    )
+    with reviewer:
+        assert reviewer.post(f"/reviews/{review_id}/approve", json={}).status_code == 200
+    status, ran, again = call(
+        mcp_gw,
+        "agent",
+        ("review_status", {"review_id": review_id}),
+        ("query", update),
+        ("query", update),
+    )
+    assert body(status)["status"] == "approved"
+    assert body(ran)["command"] == "UPDATE" and body(ran)["row_count"] == 1
+    assert body(again)["status"] == "pending_review" and body(again)["review_id"] != review_id
+    with admin_conn(it_database) as conn:
+        assert conn.execute(f"select qty from {shop} where id = 1").fetchone() == (10,)
+
+
+def test_propose_change_and_fetch_the_outcome(mcp_gw: Gateway, it_database: str, shop: str) -> None:
+    statements = [
+        f"update {shop} set qty = 7 where id = 1",
+        f"update {shop} set qty = 8 where id = 2",
+    ]
+    blocked, proposed = call(
+        mcp_gw,
+        "agent",
+        (
+            "propose_change",
+            {"connection": "it", "statements": [f"drop table {shop}"], "justification": "x"},
+        ),
+        (
+            "propose_change",
+            {"connection": "it", "statements": statements, "justification": "fix counts"},
+        ),
+    )
+    assert "no-drop" in error_text(blocked)
+    review_id = body(proposed)["review_id"]
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{mcp_gw.api_port}/api/v1",
+        headers={"Authorization": f"Bearer {mcp_gw.token('reviewer')}"},
+    ) as reviewer:
+        assert reviewer.post(f"/reviews/{review_id}/approve", json={}).status_code == 200
+    deadline = time.monotonic() + 15
+    while True:
+        (status,) = call(mcp_gw, "agent", ("review_status", {"review_id": review_id}))
+        if body(status)["status"] in ("executed", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert body(status)["status"] == "executed" and body(status)["result"]["ok"] is True
+    with admin_conn(it_database) as conn:
+        assert conn.execute(f"select qty from {shop} order by id").fetchall() == [(7,), (8,)]
+
+
+def test_request_access_files_a_grant_review(mcp_gw: Gateway) -> None:
+    asked, refused, bad = call(
+        mcp_gw,
+        "agent",
+        (
+            "request_access",
+            {"connection": "it", "role": "engineer", "duration": "15m", "reason": "incident"},
+        ),
+        (
+            "request_access",
+            {"connection": "it", "role": "proposer", "duration": "15m", "reason": "x"},
+        ),
+        (
+            "request_access",
+            {"connection": "it", "role": "engineer", "duration": "soon", "reason": "x"},
+        ),
+    )
+    answer = body(asked)
+    assert (
+        answer["kind"] == "grant" and answer["status"] == "pending" and answer["role"] == "engineer"
+    )
+    assert "grantable roles: engineer" in error_text(refused)
+    assert "duration" in error_text(bad)
+
+
+def test_someone_elses_review_is_not_visible(mcp_gw: Gateway, shop: str) -> None:
+    (pending,) = call(
+        mcp_gw,
+        "agent",
+        ("query", {"connection": "it", "sql": f"update {shop} set qty = 3 where id = 2"}),
+    )
+    review_id = body(pending)["review_id"]
+    (other,) = call(mcp_gw, "dev", ("review_status", {"review_id": review_id}))
+    assert "no review" in error_text(other)
+
+
+def test_mcp_sessions_are_recorded_with_client_and_trace(mcp_gw: Gateway) -> None:
+    (result,) = call(
+        mcp_gw,
+        "agent",
+        ("query", {"connection": "it", "sql": "select 42"}),
+        meta={"trace_id": "conv-7f3a"},
+    )
+    assert body(result)["rows"] == [["42"]]
+    store = mcp_gw.env["WARDGATE_STORE"].removeprefix("sqlite:///")
+    deadline = time.monotonic() + 10
+    while True:
+        db = sqlite3.connect(store)
+        try:
+            sessions = db.execute(
+                "select id, application_name from sessions where protocol = 'mcp' and principal = 'agent'"
+            ).fetchall()
+            actions = [
+                json.loads(p)
+                for (p,) in db.execute("select payload from audit_events where type = 'action'")
+            ]
+        finally:
+            db.close()
+        traced = [a for a in actions if a.get("trace_id") == "conv-7f3a"]
+        if traced or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert any(name == "pytest-agent 1.0" for _, name in sessions)
+    assert traced and traced[0]["text"] == "select 42" and traced[0]["status"] == "ok"
+
+
+def test_config_example_has_mcp_json(tmp_path: Path) -> None:
+    # the docs' mcp.json snippet is valid JSON with the fields MCP clients read
+    from tests.integration.conftest import ROOT
+
+    text = (ROOT / "docs" / "mcp.md").read_text()
+    start = text.index("```json\n") + len("```json\n")
+    snippet = json.loads(text[start : text.index("```", start)])
+    server = snippet["mcpServers"]["wardgate"]
+    assert server["url"].endswith("/mcp") and "Authorization" in server["headers"]
