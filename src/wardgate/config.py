@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from wardgate.identity.principals import Principal, PrincipalKind
 
@@ -76,6 +85,7 @@ class _Model(BaseModel):
 class ListenConfig(_Model):
     api: HostPort | None = "127.0.0.1:8080"
     postgres: HostPort | None = "127.0.0.1:15432"
+    ssh: HostPort | None = None  # e.g. 127.0.0.1:12222; off unless set
 
 
 class TLSConfig(_Model):
@@ -104,6 +114,36 @@ class UpstreamConfig(_Model):
     ca: str | None = None
 
 
+class SshUpstreamConfig(_Model):
+    """An SSH target. The gateway holds its credential and pins its host key: a target
+    presenting any other key is refused, never accepted on first use."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str
+    private_key: SecretRef = None  # the PEM/OpenSSH private key, e.g. file:/etc/wardgate/web1
+    password: SecretRef = None
+    host_key: str  # the target's public host key: "ssh-ed25519 AAAA..." (ssh-keyscan)
+
+    @model_validator(mode="after")
+    def _credential_and_key(self) -> SshUpstreamConfig:
+        if self.private_key is None and self.password is None:
+            raise ValueError("an ssh upstream needs private_key or password (a reference)")
+        parts = self.host_key.split()
+        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+            raise ValueError(
+                "host_key must be the target's public host key in OpenSSH form, "
+                "e.g. 'ssh-ed25519 AAAA...' (from ssh-keyscan -t ed25519 HOST)"
+            )
+        return self
+
+
+def _upstream_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "ssh" if {"host_key", "private_key"} & value.keys() else "postgres"
+    return "ssh" if isinstance(value, SshUpstreamConfig) else "postgres"
+
+
 class ConnectionReviewConfig(_Model):
     """How a review verdict plays out on this connection."""
 
@@ -128,8 +168,11 @@ class ConnectionGrantsConfig(_Model):
 
 
 class ConnectionConfig(_Model):
-    type: Literal["postgres"]
-    upstream: UpstreamConfig
+    type: Literal["postgres", "ssh"]
+    upstream: Annotated[
+        Annotated[UpstreamConfig, Tag("postgres")] | Annotated[SshUpstreamConfig, Tag("ssh")],
+        Discriminator(_upstream_kind),
+    ]
     roles: dict[str, str] = Field(default_factory=dict)
     reviews: ConnectionReviewConfig = ConnectionReviewConfig()
     grants: ConnectionGrantsConfig = ConnectionGrantsConfig()
@@ -138,12 +181,41 @@ class ConnectionConfig(_Model):
     mode: Literal["enforce", "observe"] = "enforce"
     description: str = ""
 
+    @model_validator(mode="after")
+    def _upstream_matches_type(self) -> ConnectionConfig:
+        if _upstream_kind(self.upstream) != self.type:
+            wants = (
+                "host, user, host_key and private_key or password"
+                if self.type == "ssh"
+                else "database and user"
+            )
+            raise ValueError(f"a connection of type {self.type} needs an upstream with {wants}")
+        return self
+
+    @property
+    def pg(self) -> UpstreamConfig:
+        """The PostgreSQL upstream (callers have checked ``type``)."""
+        if not isinstance(self.upstream, UpstreamConfig):
+            raise TypeError(f"connection of type {self.type} has no PostgreSQL upstream")
+        return self.upstream
+
+    @property
+    def ssh(self) -> SshUpstreamConfig:
+        if not isinstance(self.upstream, SshUpstreamConfig):
+            raise TypeError(f"connection of type {self.type} has no SSH upstream")
+        return self.upstream
+
 
 class RoleConfig(_Model):
     read: DecisionName = "block"
     write: DecisionName = "block"
     ddl: DecisionName = "block"
     admin: DecisionName = "block"
+    # SSH: interactive shells (recorded, not policed keystroke by keystroke), SFTP/SCP
+    # file transfer, and port forwarding through the gateway.
+    shell: Literal["allow", "block"] = "block"
+    sftp: Literal["allow", "block"] = "block"
+    forwarding: Literal["allow", "block"] = "block"
     # Who approves this role's `review` verdicts; default: reviews.approvers / quorum.
     approvers: list[str] = Field(default_factory=list)
     quorum: int | None = Field(default=None, ge=1)
@@ -160,6 +232,9 @@ class GuardrailMatch(_Model):
     any listed value matches (OR). An empty match applies to every action."""
 
     sql: list[str] = Field(default_factory=list)  # classes or kinds: write, drop, do_block...
+    commands: list[str] = Field(default_factory=list)  # shell classes or kinds: rm_rf_broad...
+    programs: list[str] = Field(default_factory=list)  # globs on programs run: rm, mkfs*...
+    paths: list[str] = Field(default_factory=list)  # globs on paths a command writes
     tables: list[str] = Field(default_factory=list)  # globs on schema.table, read or written
     tables_written: list[str] = Field(default_factory=list)  # globs, written only
     columns: list[str] = Field(default_factory=list)  # globs on column names
@@ -431,6 +506,7 @@ class Config(_Model):
         return problems
 
     def _guardrail_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        from wardgate.policy.shell import SHELL_CLASSES, SHELL_KINDS
         from wardgate.policy.sql import KNOWN_KINDS
 
         problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -452,6 +528,15 @@ class Config(_Model):
                             (*where, "match", "sql", j),
                             f"unknown statement class or kind {kind!r}; classes are "
                             f"{', '.join(SQL_CLASSES)}, kinds are listed in docs/policy.md",
+                        )
+                    )
+            for j, kind in enumerate(m.commands):
+                if kind not in SHELL_CLASSES and kind not in SHELL_KINDS:
+                    problems.append(
+                        (
+                            (*where, "match", "commands", j),
+                            f"unknown command class or kind {kind!r}; classes are "
+                            f"{', '.join(SHELL_CLASSES)}, kinds are listed in docs/ssh.md",
                         )
                     )
             problems.extend(
@@ -488,7 +573,7 @@ class Config(_Model):
             url = prefix + str(self.path(url[len(prefix) :]).resolve())
         return url
 
-    def listen_address(self, protocol: Literal["api", "postgres"]) -> tuple[str, int] | None:
+    def listen_address(self, protocol: Literal["api", "postgres", "ssh"]) -> tuple[str, int] | None:
         env = os.environ.get(f"WARDGATE_LISTEN_{protocol.upper()}")
         value = env if env else getattr(self.listen, protocol)
         return parse_hostport(value) if value else None
@@ -599,7 +684,7 @@ def parse_config(text: str, file: Path) -> Config:
                 for loc, msg in ctx_error.problems:
                     problems.append(_format(file, loc, msg, lines))
                 continue
-            loc = tuple(err["loc"])
+            loc = _without_union_tags(tuple(err["loc"]))
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see docs/configuration.md)"
@@ -607,6 +692,16 @@ def parse_config(text: str, file: Path) -> Config:
                 msg = msg[len("Value error, ") :]
             problems.append(_format(file, loc, msg, lines))
         raise ConfigError(problems) from None
+
+
+def _without_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Error locations as the file spells them: pydantic names the branch of a tagged
+    union (``upstream.ssh.host_key``); the YAML has ``upstream.host_key``."""
+    return tuple(
+        part
+        for i, part in enumerate(loc)
+        if not (i and loc[i - 1] == "upstream" and part in ("postgres", "ssh"))
+    )
 
 
 def _format(

@@ -16,11 +16,14 @@ from threading import Lock
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig
-from wardgate.identity.principals import in_scope
+from wardgate.identity.principals import Principal, in_scope
 from wardgate.policy.functions import function_class
+from wardgate.policy.shell import classify_command
 from wardgate.policy.sql import MAX_CACHED_TEXT, classify_keyed
 
 _CACHE_SIZE = 16384
+_KIND_OF_CONNECTION = {"postgres": "sql", "ssh": "shell"}
+_WHAT = {"sql": "statements", "shell": "commands"}
 _RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
 
 
@@ -38,6 +41,8 @@ class Gate:
         connection through an approved, unexpired access grant, on top of its groups'."""
         if action.kind == "sql":
             text_key, statements = classify_keyed(action.judged_text)
+        elif action.kind == "shell":
+            text_key, statements = "c:" + action.judged_text, classify_command(action.judged_text)
         else:
             text_key, statements = action.judged_text, ()
         key = (
@@ -60,6 +65,42 @@ class Gate:
             self._cache[key] = verdict
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
+        return verdict
+
+    def feature(
+        self,
+        principal: Principal,
+        connection: str,
+        feature: str,
+        granted: frozenset[str] = frozenset(),
+    ) -> Verdict:
+        """Whether a session feature that is not a statement — an interactive ``shell``,
+        ``sftp`` or port ``forwarding`` on an SSH connection — is allowed: by the most
+        permissive of the principal's roles there (own or granted)."""
+        conn = self.config.connections.get(connection)
+        if conn is None:
+            return Verdict(
+                Decision.BLOCK, "unknown-connection", f"connection {connection!r} is not configured"
+            )
+        roles = sorted(
+            {conn.roles[g] for g in principal.groups if g in conn.roles}
+            | {r for r in granted if r in self.config.roles}
+        )
+        for role in roles:
+            if getattr(self.config.roles[role], feature) == "allow":
+                return Verdict(
+                    Decision.ALLOW,
+                    f"role:{role}",
+                    f"role {role!r} allows {feature} on {connection!r}",
+                )
+        verdict = Verdict(
+            Decision.BLOCK,
+            f"no-{feature}",
+            f"no role of {principal.name!r} on connection {connection!r} allows {feature}"
+            + (f" (roles: {', '.join(roles)})" if roles else ""),
+        )
+        if conn.mode == "observe":
+            verdict = dataclasses.replace(verdict, enforced=False)
         return verdict
 
     def read_only_session(self, principal_groups: frozenset[str], connection: str) -> bool:
@@ -102,11 +143,12 @@ class Gate:
         statements: tuple[StatementInfo, ...],
         granted: frozenset[str],
     ) -> Verdict:
-        if action.kind != "sql":
+        if _KIND_OF_CONNECTION.get(conn.type) != action.kind:
             return Verdict(
                 Decision.BLOCK,
                 "unsupported-action",
-                f"{action.kind} actions are not allowed on this connection",
+                f"{action.kind} actions are not allowed on connection {action.connection!r} "
+                f"(a {conn.type} target)",
             )
         own = {conn.roles[g] for g in action.principal.groups if g in conn.roles}
         roles = sorted(own | {r for r in granted if r in self.config.roles})
@@ -137,6 +179,10 @@ class Gate:
         statements: tuple[StatementInfo, ...],
         conn: ConnectionConfig,
     ) -> Verdict:
+        if action.kind == "shell":
+            return self._decide_rules(
+                stmt, stmt.klass, stmt.kinds, "", roles, own, action, statements
+            )
         if stmt.klass == "unknown":
             decision = Decision(conn.on_parse_error)
             detail = f": {stmt.error}" if stmt.error else ""
@@ -165,9 +211,27 @@ class Gate:
             kinds = (*kinds, "unknown_function")
             if _RANK[klass] < _RANK["write"]:
                 klass = "write"
-        described = ", ".join(kinds)
-        if unknown:
-            described += f": {', '.join(unknown)}"
+        detail = f": {', '.join(unknown)}" if unknown else ""
+        return self._decide_rules(stmt, klass, kinds, detail, roles, own, action, statements)
+
+    def _decide_rules(
+        self,
+        stmt: StatementInfo,
+        klass: str,
+        kinds: tuple[str, ...],
+        detail: str,
+        roles: list[str],
+        own: set[str],
+        action: Action,
+        statements: tuple[StatementInfo, ...],
+    ) -> Verdict:
+        """Roles, then guardrails, for one statement or command of class ``klass``."""
+        described = ", ".join(kinds) + detail
+        all_kinds = {*kinds, klass}
+        if klass == "unknown":
+            # A command the shell parser cannot resolve may do anything: roles judge it
+            # as a write, so it fails closed for every role without write.
+            klass = "write"
         # Roles grant: the most permissive of the principal's roles for this class.
         best: tuple[Decision, str] | None = None
         for role_name in roles:
@@ -182,11 +246,11 @@ class Gate:
                 best[0],
                 f"{source}:{best[1]}",
                 f"{source} {best[1]!r} on connection {action.connection!r} gives {best[0].value} "
-                f"for {klass} statements ({described})",
+                f"for {klass} {_WHAT[action.kind]} ({described})",
             )
         ]
+        all_kinds.add(klass)
         # Guardrails restrict on top of roles, for everyone they match.
-        all_kinds = {*kinds, klass}
         for rail in self.config.guardrails:
             if _rail_matches(rail, stmt, all_kinds, action):
                 reason = (
@@ -218,6 +282,10 @@ def _rail_matches(
     rail: GuardrailConfig, stmt: StatementInfo, kinds: set[str], action: Action
 ) -> bool:
     m = rail.match
+    if action.kind == "shell":
+        return _shell_rail_matches(rail, stmt, kinds, action)
+    if m.commands or m.programs or m.paths:
+        return False  # a rule about shell commands
     if m.sql and not kinds.intersection(m.sql):
         return False
     if not in_scope(
@@ -253,6 +321,33 @@ def _rail_matches(
         if cond.without_limit is not None and cond.without_limit != ("no_limit" in kinds):
             return False
     return True
+
+
+def _shell_rail_matches(
+    rail: GuardrailConfig, stmt: StatementInfo, kinds: set[str], action: Action
+) -> bool:
+    """A guardrail for a shell command: its SQL-only fields never match one."""
+    m = rail.match
+    if m.sql or m.tables or m.tables_written or m.columns or m.functions or rail.condition:
+        return False
+    if m.commands and not kinds.intersection(m.commands):
+        return False
+    if m.programs and not any(
+        fnmatchcase(p, pattern.lower()) for p in stmt.functions for pattern in m.programs
+    ):
+        return False
+    if m.paths and not any(
+        fnmatchcase(path, pattern) for path in stmt.tables_written for pattern in m.paths
+    ):
+        return False
+    return in_scope(
+        action.principal,
+        action.connection,
+        principals=m.principals,
+        groups=m.groups,
+        kinds=m.principal_kinds,
+        connections=m.connections,
+    )
 
 
 def _any_table(names: tuple[str, ...], patterns: list[str]) -> bool:

@@ -80,6 +80,10 @@ def run(config_path: str) -> None:
     from wardgate.vault.keys import load_master_key
 
     load_master_key(config)  # generate the key file now, not in N workers at once
+    if config.listen_address("ssh") is not None:
+        from wardgate.proxy.ssh_upstream import gateway_host_key
+
+        gateway_host_key(config)  # likewise the SSH host key
     # SIGHUP means "reload" once the handlers are in place; until then it must not end
     # the gateway (its default action), so an early `wardgate policy reload` is ignored.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -182,12 +186,19 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(services, config_path))
 
     pg: PgListener | None = None
+    ssh: Any = None
     api_server: Any = None
     try:
         if (addr := config.listen_address("postgres")) is not None:
             pg = PgListener(services)
             await pg.start(addr[0], addr[1], reuse_port=reuse_port)
             log.info("worker %d: PostgreSQL listener on %s:%d", index, addr[0], pg.port)
+        if (ssh_addr := config.listen_address("ssh")) is not None:
+            from wardgate.proxy.ssh_server import SshListener
+
+            ssh = SshListener(services)
+            await ssh.start(ssh_addr[0], ssh_addr[1], reuse_port=reuse_port)
+            log.info("worker %d: SSH listener on %s:%d", index, ssh_addr[0], ssh.port)
         if index == 0 and (api_addr := config.listen_address("api")) is not None:
             import uvicorn
 
@@ -217,6 +228,8 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         # writes its last batch, so nothing is submitted to a closed recorder.
         if pg is not None:
             await pg.close()
+        if ssh is not None:
+            await ssh.close()
         await services.tasks.cancel_all(grace=2.0)
         await notifier.close(grace=3.0)
         try:

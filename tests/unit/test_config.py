@@ -22,8 +22,28 @@ def test_examples_load() -> None:
     assert set(config.principals) == {"agent", "dev", "reviewer"}
     agent = config.principal("agent")
     assert agent is not None and agent.is_agent and agent.sponsor == "dev"
-    assert config.connections["demo"].upstream.database == "test"
+    assert config.connections["demo"].pg.database == "test"
     assert config.listen_address("postgres") == ("127.0.0.1", 15432)
+
+
+@pytest.mark.parametrize("name", ["readonly-agent.yaml", "ssh-hosts.yaml"])
+def test_other_examples_load(name: str) -> None:
+    config = load_config(ROOT / "examples" / name)
+    assert config.connections
+
+
+def test_ssh_connections_need_a_pinned_host_key_and_a_credential() -> None:
+    text = (
+        "connections:\n  web1:\n    type: ssh\n"
+        "    upstream: {host: h, user: u, host_key: 'not a key', private_key: env:K}\n"
+        "  web2:\n    type: ssh\n    upstream: {host: h, user: u, host_key: 'ssh-ed25519 AAAA'}\n"
+        "  db:\n    type: postgres\n"
+        "    upstream: {host: h, user: u, host_key: 'ssh-ed25519 AAAA', private_key: env:K}\n"
+    )
+    problems = "\n".join(errors(text))
+    assert "host_key must be the target's public host key" in problems
+    assert "needs private_key or password" in problems
+    assert "a connection of type postgres needs an upstream with database and user" in problems
 
 
 def test_literal_secret_is_refused_with_its_line() -> None:

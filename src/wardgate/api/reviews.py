@@ -109,7 +109,7 @@ async def list_reviews(
     request: Request,
     who: Authenticated,
     status: str | None = None,
-    kind: Literal["action", "grant", "proposal"] | None = None,
+    kind: Literal["action", "grant", "proposal", "code"] | None = None,
     principal: str | None = None,
     connection: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -43,6 +43,7 @@ class ActionRecord:
     error: str | None = None
     sqlstate: str | None = None
     trace_id: str | None = None  # the agent's conversation/trace id, when it sends one
+    output: str | None = None  # SSH: the command's output as the client saw it (masked, capped)
 
 
 @positional_pickle
@@ -54,4 +55,16 @@ class SessionEnd:
     error: str | None = None
 
 
-Record = SessionRecord | ActionRecord | SessionEnd
+@positional_pickle
+@dataclass(frozen=True, slots=True)
+class RecordingRecord:
+    """A terminal session's recording (asciicast v2), kept in the store and hashed into
+    the chain."""
+
+    session_id: str
+    seq: int
+    started_at: float
+    cast: str
+
+
+Record = SessionRecord | ActionRecord | SessionEnd | RecordingRecord

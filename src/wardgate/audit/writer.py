@@ -15,6 +15,7 @@ Only its parent writes to it, so unpickling that input is as safe as the parent.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -26,9 +27,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from wardgate.audit.chain import NewEvent, append_events, storable_text
-from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
+from wardgate.audit.records import (
+    ActionRecord,
+    Record,
+    RecordingRecord,
+    SessionEnd,
+    SessionRecord,
+)
 from wardgate.store.db import Store, describe_error
-from wardgate.store.models import SessionRow
+from wardgate.store.models import Recording, SessionRow
 
 log = logging.getLogger("wardgate.audit.writer")
 
@@ -78,6 +85,8 @@ class BatchWriter:
                     "tls": record.tls,
                 },
             )
+        if isinstance(record, RecordingRecord):
+            return self._recording(session, record, starting)
         if isinstance(record, ActionRecord):
             a, v = record.action, record.verdict
             return NewEvent(
@@ -119,6 +128,7 @@ class BatchWriter:
                     "error": record.error,
                     "sqlstate": record.sqlstate,
                     **({"trace_id": record.trace_id} if record.trace_id is not None else {}),
+                    **({"output": record.output} if record.output is not None else {}),
                 },
             )
         principal, connection = self._session_identity(session, record.session_id, starting)
@@ -129,6 +139,34 @@ class BatchWriter:
             principal=principal,
             connection=connection,
             payload={"status": record.status, "error": record.error},
+        )
+
+    def _recording(
+        self, session: Session, record: RecordingRecord, starting: dict[str, tuple[str, str]]
+    ) -> NewEvent:
+        """Store the cast; the chain gets its hash, so an edited recording is detected."""
+        cast = storable_text(record.cast)
+        digest = hashlib.sha256(cast.encode("utf-8")).hexdigest()
+        stmt = (
+            self._store.insert(Recording)
+            .values(
+                session_id=storable_text(record.session_id),
+                seq=record.seq,
+                started_at=record.started_at,
+                cast=cast,
+                sha256=digest,
+            )
+            .on_conflict_do_nothing(index_elements=["session_id", "seq"])
+        )
+        session.execute(stmt)
+        principal, connection = self._session_identity(session, record.session_id, starting)
+        return NewEvent(
+            ts=record.started_at,
+            type="recording",
+            session_id=record.session_id,
+            principal=principal,
+            connection=connection,
+            payload={"seq": record.seq, "sha256": digest, "bytes": len(cast)},
         )
 
     def _session_identity(
@@ -173,7 +211,7 @@ class BatchWriter:
                 c = counts.setdefault(record.session_id, [0, 0])
                 c[0] += 1
                 c[1] += record.status == "blocked"
-            else:
+            elif isinstance(record, SessionEnd):
                 ends.append(record)
         if starts:
             # DO NOTHING: a batch retried after a commit whose acknowledgement was lost

@@ -389,6 +389,11 @@ from wardgate.cli.policy import policy_app  # noqa: E402
 
 app.add_typer(policy_app, name="policy")
 
+from wardgate.cli.ssh import principal_app, replay  # noqa: E402
+
+app.add_typer(principal_app, name="principal")
+sessions_app.command("replay")(replay)
+
 # -- the approver's commands: they talk to the API (cli/reviews.py) -------------------
 
 from wardgate.cli.reviews import (  # noqa: E402

@@ -82,9 +82,10 @@ def _connection_or_fail(cfg: Config, config_path: str, name: str) -> str:
 
 
 def _sql_action(cfg: Config, principal: Principal, connection: str, sql: str) -> Action:
+    """The action a statement (or, on an ssh connection, a command line) would be."""
     conn = cfg.connections.get(connection)
     protocol = conn.type if conn is not None else "postgres"
-    return Action(principal, connection, protocol, "sql", sql)
+    return Action(principal, connection, protocol, "shell" if protocol == "ssh" else "sql", sql)
 
 
 def _rules(verdict: Verdict) -> tuple[str, ...]:
@@ -487,8 +488,9 @@ def policy_replay(
         finally:
             db.dispose()
     gate = Gate(cfg)
-    # SQL actions only: MCP metadata tool calls carry no statement to judge.
-    events = [e for e in events if (e.get("kind") or "sql") == "sql"]
+    # Statements and command lines only: MCP tool calls, SFTP operations and the like
+    # carry nothing for the gate to judge again.
+    events = [e for e in events if (e.get("kind") or "sql") in ("sql", "shell")]
     results = [_replay_one(gate, cfg, config, e) for e in events]
     blocked = [r for r in results if r.change == "blocked"]
     allowed = [r for r in results if r.change == "allowed"]

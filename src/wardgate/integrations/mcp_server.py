@@ -56,7 +56,7 @@ INSTRUCTIONS = (
     "runs one statement as you; values may be masked. Writes may need a human approval: "
     "a query then returns status pending_review with a review_id; call review_status "
     "later and run the same statement again once it is approved, or use propose_change "
-    "to have the gateway run a change set after approval. A tool error that starts with "
+    "to have the gateway run a change set after approval. A tool error that contains "
     "'wardgate: blocked' is a policy decision: do not retry it as it is."
 )
 
@@ -314,6 +314,11 @@ class McpGateway:
             raise ToolError(
                 f"connection {connection!r} does not exist or you have no role on it; "
                 "call list_connections to see yours"
+            )
+        kind = self.services.config.connections[connection].type
+        if kind != "postgres":
+            raise ToolError(
+                f"connection {connection!r} is an {kind} target; these tools reach databases"
             )
 
     async def _describe(self, who: Principal, connection: str) -> dict[str, Any]:

@@ -340,7 +340,7 @@ async def internal_session(
             upstream.side.write(build.terminate())
             upstream.side.close()
             raise InternalQueryFailed(f"connection {connection!r}: {problem}", "0A000")
-    up = conn.upstream
+    up = conn.pg
     session = InternalSession(
         upstream.side,
         timeout=limit if timeout is None else timeout,

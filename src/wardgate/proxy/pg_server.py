@@ -284,6 +284,12 @@ class PgListener:
             if services.reviews is not None
             else frozenset()
         )
+        if conn.type != "postgres":
+            raise StartupRefused(
+                "3D000",
+                f'wardgate: connection "{connection_name}" is an {conn.type} target, not a database',
+                hint=f"Reach it with {conn.type}; use a postgres connection name as the database.",
+            )
         if not any(g in conn.roles for g in principal.groups) and not granted:
             raise StartupRefused(
                 "42501",
@@ -335,7 +341,7 @@ class PgListener:
         session_id = "s_" + secrets.token_hex(8)
         gw_pid = secrets.randbelow(2**31 - 1) + 1
         gw_secret = secrets.token_bytes(4)
-        up = conn.upstream
+        up = conn.pg
         target = CancelTarget(
             connection_name, up.host, up.port, upstream.pid, upstream.secret, up.tls
         )

@@ -55,7 +55,7 @@ async def dial_connection(
     """Resolve connection ``name``'s credential (in a thread: it may read the store) and
     dial it. Raises SecretError (the credential cannot be read) or UpstreamUnavailable."""
     conn = config.connections[name]
-    up = conn.upstream
+    up = conn.pg
     password = (
         await asyncio.to_thread(resolve_secret, up.password, vault, base_dir=Path(config.base_dir))
         if up.password
@@ -84,7 +84,7 @@ async def dial(
     ca_path: str | None,
 ) -> Upstream:
     """Connect, negotiate TLS and authenticate; return once the server is ready for queries."""
-    up = conn.upstream
+    up = conn.pg
     loop = asyncio.get_running_loop()
     where = f"{up.host}:{up.port}"
     try:
@@ -115,7 +115,7 @@ async def _handshake(
     params: dict[str, str],
     ca_path: str | None,
 ) -> Upstream:
-    up = conn.upstream
+    up = conn.pg
     tls = False
     if up.tls != "disable":
         side.write(build.ssl_request())

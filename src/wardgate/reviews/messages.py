@@ -33,12 +33,22 @@ def outcome_text(
     url = review_url(base_url, rid)
     if status == "pending":
         needed = "; ".join(r.describe() for r in review.requirements)
+        if review.kind == "proposal":
+            after = (
+                "After approval wardgate runs it itself, in one transaction, and stores the "
+                "outcome: check it with review_status, GET /api/v1/proposals/"
+                f"{rid} or `wardgate proposals show {rid}`; do not submit it again."
+            )
+        else:
+            after = (
+                f"After approval, run the same {what} again (same text and parameters): it "
+                "will run once."
+            )
         return OutcomeText(
             f"wardgate: approval pending: review {rid} ({review.rule}: {review.reason})",
             f"This {what} needs a human approval before it runs ({needed}); it was not run. "
             f"An approver can approve it at {url} or with `wardgate reviews approve {rid}`. "
-            f"After approval, run the same {what} again (same text and parameters): it will "
-            f"run once. The review expires at {_utc(review.expires_at)}.",
+            f"{after} The review expires at {_utc(review.expires_at)}.",
         )
     if status == "denied":
         deny = next((v for v in review.votes if v.decision == "deny"), None)

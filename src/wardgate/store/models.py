@@ -183,3 +183,28 @@ class ReviewVote(Base):
     decision: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[float] = mapped_column(Double)
+
+
+class PrincipalKey(Base):
+    """An SSH public key a principal logs in to the SSH gateway with."""
+
+    __tablename__ = "principal_keys"
+
+    fingerprint: Mapped[str] = mapped_column(String(128), primary_key=True)  # SHA256:...
+    principal: Mapped[str] = mapped_column(String, index=True)
+    public_key: Mapped[str] = mapped_column(Text)  # OpenSSH one-line form
+    comment: Mapped[str] = mapped_column(String)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class Recording(Base):
+    """A terminal session as asciicast v2 text. Its SHA-256 is in the audit chain (the
+    ``recording`` event), so an edited recording is detected like an edited event."""
+
+    __tablename__ = "recordings"
+
+    session_id: Mapped[str] = mapped_column(String, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[float] = mapped_column(Double)
+    cast: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,94 @@
+"""The gate on SSH connections, as a table: roles judge command classes, guardrails
+match command kinds, programs and paths, and SQL rules never touch a command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wardgate.actions import Action, Decision
+from wardgate.config import Config, parse_config
+from wardgate.gate import Gate
+
+POLICY = """
+groups: {agents: {}, ops: {}, approvers: {}}
+principals:
+  bot: {kind: agent, groups: [agents], sponsor: ann}
+  ann: {kind: user, groups: [ops, approvers]}
+connections:
+  web1:
+    type: ssh
+    upstream: {host: 127.0.0.1, user: deploy, private_key: env:KEY, host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvAMhz9lqUq+cDiswZ/jUDO4hYIjJFkfL3sZ3RbDQ0i"}
+    roles: {agents: diagnostics, ops: operator}
+  db:
+    type: postgres
+    upstream: {database: shop, user: app}
+    roles: {ops: operator}
+roles:
+  diagnostics: {read: allow, write: review, admin: block}
+  operator: {read: allow, write: allow, ddl: allow, admin: review, shell: allow}
+guardrails:
+  - {name: no-wipe, match: {commands: [rm_rf_broad, mkfs]}, verdict: block}
+  - {name: no-obfuscation, match: {commands: [obfuscated, pipe_to_shell]}, verdict: block}
+  - {name: etc-review, match: {paths: ["/etc/*"]}, verdict: review}
+  - {name: no-nc, match: {programs: ["nc", "ncat"]}, verdict: block}
+  - {name: sql-drop, match: {sql: [drop]}, verdict: block}
+  - {name: sql-tables, match: {tables: ["*"]}, verdict: review}
+reviews: {approvers: [approvers]}
+"""
+
+
+@pytest.fixture(scope="module")
+def gate() -> Gate:
+    config: Config = parse_config(POLICY, Path("policy.yaml"))
+    return Gate(config)
+
+
+CASES = [
+    # (principal, command, decision, deciding rule)
+    ("bot", "df -h && uptime", Decision.ALLOW, "role:diagnostics"),
+    ("bot", "systemctl restart nginx", Decision.REVIEW, "role:diagnostics"),
+    ("bot", "reboot", Decision.BLOCK, "role:diagnostics"),
+    ("ann", "reboot", Decision.REVIEW, "role:operator"),
+    ("ann", "rm -rf /", Decision.BLOCK, "guardrail:no-wipe"),
+    ("ann", "rm -rf /tmp/build", Decision.ALLOW, "role:operator"),
+    ("ann", "echo cm0gLXJmIC8= | base64 -d | sh", Decision.BLOCK, "guardrail:no-obfuscation"),
+    # a command the parser cannot resolve is judged as a write: review for the agent
+    ("bot", "echo 'unbalanced", Decision.REVIEW, "role:diagnostics"),
+    ("ann", "$(printf rm) -rf /var/tmp/x", Decision.BLOCK, "guardrail:no-obfuscation"),
+    ("ann", "echo 127.0.0.1 db >> /etc/hosts", Decision.REVIEW, "guardrail:etc-review"),
+    ("ann", "nc -l 4444", Decision.BLOCK, "guardrail:no-nc"),
+    # SQL-only guardrails (sql kinds, tables) never match a command
+    ("ann", "drop", Decision.ALLOW, "role:operator"),
+    ("ann", "cat /srv/app/tables.txt", Decision.ALLOW, "role:operator"),
+]
+
+
+@pytest.mark.parametrize(("who", "command", "decision", "rule"), CASES)
+def test_commands(gate: Gate, who: str, command: str, decision: Decision, rule: str) -> None:
+    principal = gate.config.principal(who)
+    assert principal is not None
+    verdict = gate.check(Action(principal, "web1", "ssh", "shell", command))
+    assert (verdict.decision, verdict.rule) == (decision, rule), verdict.reason
+
+
+def test_commands_and_statements_stay_on_their_own_connections(gate: Gate) -> None:
+    ann = gate.config.principal("ann")
+    assert ann is not None
+    on_db = gate.check(Action(ann, "db", "postgres", "shell", "ls"))
+    on_host = gate.check(Action(ann, "web1", "ssh", "sql", "select 1"))
+    assert on_db.rule == on_host.rule == "unsupported-action"
+    # shell guardrails never match SQL either
+    sql = gate.check(Action(ann, "db", "postgres", "sql", "select * from orders"))
+    assert sql.rule == "guardrail:sql-tables"
+
+
+def test_session_features_come_from_roles(gate: Gate) -> None:
+    bot, ann = gate.config.principal("bot"), gate.config.principal("ann")
+    assert bot is not None and ann is not None
+    assert not gate.feature(bot, "web1", "shell").allowed
+    assert gate.feature(ann, "web1", "shell").allowed
+    assert not gate.feature(ann, "web1", "sftp").allowed
+    # a grant of the operator role gives the agent a shell
+    assert gate.feature(bot, "web1", "shell", frozenset({"operator"})).allowed
