@@ -220,6 +220,12 @@ def test_interactive_shell_is_recorded_and_replays_to_the_same_text(sgw: SshGate
     assert json.loads(cast[0])["version"] == 2 and json.loads(cast[0])["width"] == 100
 
 
+def test_an_interactive_program_as_a_command_needs_shell_permission(sgw: SshGateway) -> None:
+    # write: review would let `bash` wait for approval; shell: block stops it outright
+    result = sgw.ssh("agent", "web1", "bash")
+    assert result.returncode == 126 and "interactive program" in result.stderr
+
+
 def test_agents_get_no_interactive_shell(sgw: SshGateway) -> None:
     async def session() -> tuple[int | None, str]:
         async with sgw.connect("agent", "web1") as conn:

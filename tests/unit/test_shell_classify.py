@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from wardgate.actions import StatementInfo
@@ -21,7 +23,7 @@ def _kinds(infos: tuple[StatementInfo, ...]) -> set[str]:
     return {k for i in infos for k in i.kinds}
 
 
-def case(command: str, klass: str, kinds: str = "", absent: str = "") -> object:
+def case(command: str, klass: str, kinds: str = "", absent: str = "") -> Any:
     """A row: the worst class of ``command``, kinds that must be present and kinds that
     must not be (space separated)."""
     return pytest.param(command, klass, set(kinds.split()), set(absent.split()), id=command[:60])
@@ -84,6 +86,8 @@ CASES = [
     case("less /var/log/syslog", "read", "less interactive"),
     case("echo héllo wörld ✓ && ls /tmp/日本語", "read", "echo ls"),
     case("ls # a comment; rm -rf /", "read", "ls", "rm"),
+    case('grep "error$" /var/log/app.log', "read", "grep", "obfuscated"),
+    case("echo cost: 5$", "read", "echo", "obfuscated"),
     # --- changes to files, packages, services, processes
     case("sudo systemctl restart nginx", "write", "sudo systemctl"),
     case("sudo -u postgres psql", "write", "sudo unknown_program"),
@@ -304,6 +308,7 @@ CASES = [
     case('"${TOOL}" --force', "unknown", "obfuscated"),
     case("/bin/r? -rf /", "unknown", "obfuscated"),
     case("$'\\x72\\x6d' -rf /", "unknown", "obfuscated"),
+    case('rm -rf $"/"', "unknown", "obfuscated"),
     case('eval "$CMD"', "unknown", "eval obfuscated"),
     case("eval 'ls'", "unknown", "eval"),
     case("source ./env.sh", "unknown", "source"),
@@ -361,7 +366,7 @@ def test_classification(command: str, klass: str, kinds: set[str], absent: set[s
 
 def test_every_kind_emitted_is_declared() -> None:
     for params in CASES:
-        command = params.values[0]  # type: ignore[attr-defined]
+        command = params.values[0]
         for info in classify_command(command):
             assert set(info.kinds) <= SHELL_KINDS, (command, set(info.kinds) - SHELL_KINDS)
             assert info.klass in SHELL_CLASSES

@@ -25,8 +25,10 @@ class Cast:
         self._size = len(self._lines[0])
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.truncated = False
+        self._last = started
 
     def output(self, at: float, data: bytes) -> None:
+        self._last = at
         self._event(at, "o", self._decoder.decode(data))
 
     def resize(self, at: float, width: int, height: int) -> None:
@@ -43,6 +45,9 @@ class Cast:
         self._size += len(line) + 1
 
     def text(self) -> str:
+        """The recording; the end of the stream, so a multibyte character cut off by it
+        is written as a replacement character."""
+        self._event(self._last, "o", self._decoder.decode(b"", final=True))
         return "\n".join(self._lines) + "\n"
 
 

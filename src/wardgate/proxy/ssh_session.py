@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from wardgate.actions import Action, Verdict
+from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.asciicast import Cast
 from wardgate.audit.records import ActionRecord, RecordingRecord
 from wardgate.config import parse_duration
@@ -72,6 +72,21 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
         session_id=owner.session_id, client_addr=owner.client_addr,
     )  # fmt: skip
     verdict = services.gate.check(action, owner.granted())
+    if (
+        any("interactive" in s.kinds for s in verdict.statements)
+        and verdict.decision != Decision.BLOCK
+    ):
+        # `ssh host -- bash` (or python, sudo -i...) reads commands from the client that
+        # no one judges: that is a shell, and needs the role's shell permission too.
+        shell = owner.feature("shell")
+        if not shell.lets_through:
+            verdict = Verdict(
+                Decision.BLOCK,
+                shell.rule,
+                "the command starts an interactive program that would read further commands "
+                f"unjudged; that needs a role with shell: allow ({shell.reason})",
+                verdict.statements,
+            )
     started, t0 = time.time(), time.perf_counter()
     review: ReviewInfo | None = None
 
