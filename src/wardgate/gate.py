@@ -288,14 +288,7 @@ def _rail_matches(
         return False  # a rule about shell commands
     if m.sql and not kinds.intersection(m.sql):
         return False
-    if not in_scope(
-        action.principal,
-        action.connection,
-        principals=m.principals,
-        groups=m.groups,
-        kinds=m.principal_kinds,
-        connections=m.connections,
-    ):
+    if not _in_rail_scope(rail, action):
         return False
     if m.tables and not _any_table(stmt.tables_read + stmt.tables_written, m.tables):
         return False
@@ -340,6 +333,11 @@ def _shell_rail_matches(
         fnmatchcase(path, pattern) for path in stmt.tables_written for pattern in m.paths
     ):
         return False
+    return _in_rail_scope(rail, action)
+
+
+def _in_rail_scope(rail: GuardrailConfig, action: Action) -> bool:
+    m = rail.match
     return in_scope(
         action.principal,
         action.connection,

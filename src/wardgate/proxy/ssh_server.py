@@ -244,7 +244,18 @@ class GatewayConnection(asyncssh.SSHServer):
         self.seq += 1
         return self.seq
 
-    def record_feature(self, text: str, verdict: Verdict | None, status: str) -> None:
+    def record_feature(
+        self,
+        text: str,
+        verdict: Verdict | None,
+        status: str,
+        *,
+        kind: str = "ssh",
+        started: float | None = None,
+        t0: float | None = None,
+    ) -> None:
+        """Record what this connection did that is not a judged command: a shell, a
+        forwarding attempt, an SFTP operation (``kind`` "sftp")."""
         from wardgate.actions import Action, Decision
         from wardgate.actions import Verdict as V
 
@@ -257,14 +268,14 @@ class GatewayConnection(asyncssh.SSHServer):
                     self.current_principal(),
                     self.connection_name,
                     "ssh",
-                    "ssh",
+                    kind,
                     text,
                     session_id=self.session_id,
                     client_addr=self.client_addr,
-                ),
+                ),  # fmt: skip
                 verdict=verdict,
-                started_at=time.time(),
-                duration_ms=0.0,
+                started_at=started if started is not None else time.time(),
+                duration_ms=(time.perf_counter() - t0) * 1000.0 if t0 is not None else 0.0,
                 status=status,
             )
         )

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
-from wardgate.actions import Action, Verdict
-from wardgate.audit.records import ActionRecord
+from wardgate.actions import Verdict
 from wardgate.proxy.ssh_upstream import TargetUnavailable
 
 if TYPE_CHECKING:
@@ -67,29 +66,7 @@ class ForwardingSFTP(asyncssh.SFTPServer):
     def _record(
         self, text: str, status: str, started: float | None = None, t0: float | None = None
     ) -> None:
-        owner = self.owner
-        verdict = self._verdict
-        assert verdict is not None
-        now = time.perf_counter()
-        owner.services.recorder.submit(
-            ActionRecord(
-                session_id=owner.session_id,
-                seq=owner.next_seq(),
-                action=Action(
-                    owner.current_principal(),
-                    owner.connection_name,
-                    "ssh",
-                    "sftp",
-                    text,
-                    session_id=owner.session_id,
-                    client_addr=owner.client_addr,
-                ),  # fmt: skip
-                verdict=verdict,
-                started_at=started if started is not None else time.time(),
-                duration_ms=(now - t0) * 1000.0 if t0 is not None else 0.0,
-                status=status,
-            )
-        )
+        self.owner.record_feature(text, self._verdict, status, kind="sftp", started=started, t0=t0)
 
     # -- files --------------------------------------------------------------------------
 
