@@ -58,11 +58,13 @@ def create_app(services: Services | None = None) -> FastAPI:
     if services is not None:
         from starlette.routing import Route
 
+        from wardgate.api import resources
         from wardgate.api.reviews import router
         from wardgate.integrations.mcp_server import McpGateway
 
         app.state.services = services
         app.include_router(router)
+        app.include_router(resources.router)
         mcp = McpGateway(services)
         app.state.mcp = mcp
         # A raw ASGI route (not a mount): clients POST to /mcp itself, no redirect.

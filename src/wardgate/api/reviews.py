@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, BeforeValidator, Field
 
 from wardgate.api.auth import Caller, caller, services_of
+from wardgate.api.schemas import _problems as problems
 from wardgate.config import parse_duration
 from wardgate.proxy.services import Services
 from wardgate.reviews.messages import review_url
@@ -22,7 +23,8 @@ from wardgate.reviews.rules import missing, refusal
 from wardgate.reviews.service import ReviewService
 from wardgate.reviews.waiting import ReviewRuntime
 
-router = APIRouter(prefix="/api/v1")
+# Every error is a problem-details document (see api/app.py).
+router = APIRouter(prefix="/api/v1", responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
 Authenticated = Annotated[Caller, Depends(caller)]
 MAX_STATEMENTS = 100
 
@@ -32,8 +34,8 @@ class DecisionBody(BaseModel):
 
 
 class GrantBody(BaseModel):
-    connection: str
-    role: str
+    connection: str = Field(min_length=1)
+    role: str = Field(min_length=1)
     duration: Annotated[float, BeforeValidator(parse_duration)] = Field(
         description="How long the grant lasts: 30m, 2h, or seconds"
     )
@@ -47,8 +49,10 @@ class CodeBody(BaseModel):
 
 
 class ProposalBody(BaseModel):
-    connection: str
-    statements: list[str] = Field(min_length=1, max_length=MAX_STATEMENTS)
+    connection: str = Field(min_length=1)
+    statements: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, max_length=MAX_STATEMENTS
+    )
     justification: str = Field(min_length=1, max_length=2000)
 
 

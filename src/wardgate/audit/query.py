@@ -66,11 +66,11 @@ def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
         else:  # review events filed from this session: who asked, who decided, what ran
             reviews.append(
                 {
+                    **payload,
                     "id": event.id,
                     "ts": event.ts,
                     "type": event.type,
-                    "by": event.principal,
-                    **payload,
+                    "by": event.principal,  # the actor; never a payload field
                 }
             )
     summary["actions"] = actions

@@ -401,7 +401,7 @@ class ReviewService:
                     event,
                     voter.name,
                     now,
-                    {"approved_until": row.approved_until, "by": [v.voter for v in info.votes]},
+                    {"approved_until": row.approved_until, "voters": [v.voter for v in info.votes]},
                 )
         for event in events or ["vote"]:
             self._announce(info, event)

@@ -1,0 +1,260 @@
+"""The API's response models and problem details: what each endpoint may return, field
+by field (nothing that is not declared here can leak into a response)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+# The verdict filter of GET /sessions looks at this many of the newest sessions that
+# match the other filters (each probe is an indexed lookup of that session's events).
+VERDICT_SCAN_SESSIONS = 5000
+MAX_CHECK_TEXT = 1_000_000
+
+# -- response models --------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ValidationIssue(_Out):
+    loc: list[str]
+    msg: str
+
+
+class Problem(_Out):
+    """RFC 9457 problem details, as every error of this API is answered."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ValidationIssue] | None = Field(default=None, description="On 422")
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    schema = Problem.model_json_schema()
+    return {c: {"content": {"application/problem+json": {"schema": schema}}} for c in codes}
+
+
+class PostgresUpstream(_Out):
+    type: Literal["postgres"] = "postgres"
+    host: str
+    port: int
+    database: str
+    user: str
+
+
+class SshUpstream(_Out):
+    type: Literal["ssh"] = "ssh"
+    host: str
+    port: int
+    user: str
+    host_key: str = Field(description="The target's pinned public host key (not a secret)")
+
+
+class ReviewSettings(_Out):
+    wait: float = Field(description="Seconds a held statement waits inline for approval")
+    max_wait: float = Field(description="The longest wait a client may ask for, seconds")
+    preview: Literal["none", "explain", "rollback"]
+
+
+class Connection(_Out):
+    name: str
+    type: Literal["postgres", "ssh"]
+    description: str
+    mode: Literal["enforce", "observe"]
+    upstream: Annotated[PostgresUpstream | SshUpstream, Field(discriminator="type")]
+    roles: dict[str, str] = Field(description="group -> role on this connection")
+    your_roles: list[str] = Field(description="The caller's roles here, grants included")
+    granted_roles: list[str] = Field(description="Of those, the ones held through a grant")
+    reviews: ReviewSettings
+    grantable_roles: list[str]
+
+
+class RolePolicy(_Out):
+    name: str
+    groups: list[str] = Field(description="Groups that hold this role on the connection")
+    grantable: bool
+    read: Literal["allow", "review", "block"]
+    write: Literal["allow", "review", "block"]
+    ddl: Literal["allow", "review", "block"]
+    admin: Literal["allow", "review", "block"]
+    shell: Literal["allow", "block"]
+    sftp: Literal["allow", "block"]
+    forwarding: Literal["allow", "block"]
+
+
+class GuardrailMatchOut(_Out):
+    sql: list[str] = []
+    commands: list[str] = []
+    programs: list[str] = []
+    paths: list[str] = []
+    tables: list[str] = []
+    tables_written: list[str] = []
+    columns: list[str] = []
+    functions: list[str] = []
+    principals: list[str] = []
+    groups: list[str] = []
+    principal_kinds: list[Literal["user", "agent"]] = []
+    connections: list[str] = []
+
+
+class GuardrailConditionOut(_Out):
+    without_where: bool | None = None
+    without_limit: bool | None = None
+
+
+class GuardrailOut(_Out):
+    name: str
+    match: GuardrailMatchOut
+    condition: GuardrailConditionOut | None
+    verdict: Literal["allow", "review", "block"]
+    message: str
+
+
+class EffectivePolicy(_Out):
+    on_parse_error: Literal["block", "review"]
+    roles: list[RolePolicy]
+    guardrails: list[GuardrailOut] = Field(description="Guardrails that can match here")
+
+
+class ConnectionDetail(Connection):
+    policy: EffectivePolicy
+
+
+class ConnectionList(_Out):
+    connections: list[Connection]
+
+
+class PrincipalOut(_Out):
+    name: str
+    kind: Literal["user", "agent"]
+    groups: list[str]
+    sponsor: str | None
+
+
+class PrincipalList(_Out):
+    principals: list[PrincipalOut]
+
+
+class TokenOut(_Out):
+    id: str
+    name: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+    active: bool
+    current: bool = Field(description="The token this request was made with")
+
+
+class TokenList(_Out):
+    tokens: list[TokenOut]
+
+
+class SessionSummary(_Out):
+    id: str
+    protocol: str
+    principal: str
+    principal_kind: str
+    sponsor: str | None
+    connection: str
+    client_addr: str
+    application_name: str
+    tls: bool
+    started_at: float
+    ended_at: float | None
+    status: str
+    error: str | None
+    action_count: int
+    blocked_count: int
+
+
+class SessionList(_Out):
+    sessions: list[SessionSummary]
+    complete: bool = Field(
+        description="False when the verdict filter stopped at its scan bound (the newest "
+        f"{VERDICT_SCAN_SESSIONS} sessions matching the other filters) before finding `limit` "
+        "sessions: older sessions were not searched; narrow since/until/principal/connection"
+    )
+
+
+class StatementOut(_Out):
+    klass: str = Field(validation_alias=AliasChoices("class", "klass"), serialization_alias="class")
+    kinds: list[str] = []
+    text: str = ""
+    error: str | None = None
+    tables_read: list[str] = []
+    tables_written: list[str] = []
+    functions: list[str] = []
+    columns: list[str] = []
+
+
+class VerdictOut(_Out):
+    decision: Literal["allow", "review", "block"]
+    rule: str
+    rules: list[str] = []
+    reason: str = ""
+    enforced: bool = True
+
+
+class ActionOut(_Out):
+    """One recorded action, as the recorder stored it (params and output as recorded,
+    output already masked)."""
+
+    id: int
+    ts: float
+    seq: int | None = None
+    kind: str = ""
+    text: str = ""
+    params: list[str | None] = []
+    resolved: str | None = None
+    verdict: VerdictOut
+    statements: list[StatementOut] = []
+    status: str = ""
+    rows: int | None = None
+    command: str | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    sqlstate: str | None = None
+    trace_id: str | None = None
+    output: str | None = None
+
+
+class SessionReviewEvent(_Out):
+    id: int
+    ts: float
+    type: str = Field(description="review.requested, review.vote.approve, review.executed ...")
+    by: str = Field(description="Who acted (the principal of the event)")
+    review: str | None = None
+    review_kind: str | None = None
+    details: dict[str, Any] = {}
+
+
+class SessionDetail(SessionSummary):
+    actions: list[ActionOut]
+    reviews: list[SessionReviewEvent]
+
+
+class CheckBody(BaseModel):
+    connection: str
+    principal: str | None = Field(default=None, description="Default: the caller")
+    text: str = Field(max_length=MAX_CHECK_TEXT, description="SQL, or a shell command on ssh")
+
+
+class CheckResult(VerdictOut):
+    principal: str
+    connection: str
+    statements: list[StatementOut]
+
+
+class AuditVerification(_Out):
+    ok: bool
+    checked: int
+    first_bad_id: int | None = None
+    reason: str | None = None
+
+
+# -- helpers ----------------------------------------------------------------------------
