@@ -522,3 +522,38 @@ def test_cancel_stops_the_wait_and_keeps_the_review(
         assert conn.execute("select 3").fetchone() == (3,)
     assert api.get(f"/reviews/{review['id']}")["status"] == "pending"
     assert qty(it_database, table, 6) == 0
+
+
+def test_a_grant_opens_a_read_only_principal_to_writes_from_its_next_session(
+    it_database: str, tmp_path: Path, table: str
+) -> None:
+    config = review_config(it_database).replace(
+        "roles: {agents: proposer, engineers: engineer}",
+        "roles: {agents: reader, engineers: engineer}",
+        1,
+    )
+    gw = make_gateway(tmp_path / "gw", config)
+    gw.start()
+    try:
+        agent, reviewer = Api(gw, "agent"), Api(gw, "reviewer")
+        update = f"UPDATE {table} SET qty = 4 WHERE id = 4"
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as old_session:
+            with pytest.raises(psycopg.Error) as blocked:
+                old_session.execute(update)
+            assert blocked.value.diag.sqlstate == "42501"
+            grant = agent.post(
+                "/grants",
+                {"connection": "it", "role": "engineer", "duration": "5m", "reason": "fix"},
+                expect=201,
+            )
+            reviewer.post(f"/reviews/{grant['id']}/approve")
+            time.sleep(0.5)
+            # the session opened read-only stays so: the server itself refuses the write
+            with pytest.raises(psycopg.Error) as refused:
+                old_session.execute(update)
+            assert refused.value.diag.sqlstate == "25006"
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as new_session:
+            new_session.execute(update)
+        assert qty(it_database, table, 4) == 4
+    finally:
+        gw.stop()

@@ -298,7 +298,10 @@ class PgListener:
             )
         upstream_params = self._upstream_params(params)
         review_wait = _review_wait(params, conn)
-        read_only = services.gate.read_only_session(principal.groups, connection_name)
+        # A session opened while a grant is held can write (the grant may allow it).
+        read_only = not granted and services.gate.read_only_session(
+            principal.groups, connection_name
+        )
         if read_only:
             # Defence in depth: the server itself refuses writes in this session, so a
             # statement the classifier misjudged still cannot change anything.
