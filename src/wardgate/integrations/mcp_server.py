@@ -27,15 +27,10 @@ from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
 from wardgate.config import parse_duration
 from wardgate.identity.principals import Principal
 from wardgate.proxy.pg_query import QueryFailed, run_sql
-from wardgate.reviews.messages import (
-    approved_verdict,
-    needs_review,
-    outcome_text,
-    outcome_verdict,
-    review_url,
-)
+from wardgate.reviews.messages import outcome_text, review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
 from wardgate.reviews.proposals import judge_proposal
+from wardgate.reviews.settle import settle
 
 if TYPE_CHECKING:
     from wardgate.proxy.services import Services
@@ -374,36 +369,23 @@ class McpGateway:
         verdict = self.services.gate.check(action, granted)
         started, t0 = time.time(), time.perf_counter()
         trace = _trace_id(ctx)
-        review: ReviewInfo | None = None
-        if needs_review(verdict):
-            outcome = await self._reviews().obtain(action, verdict, 0.0)
-            if outcome.status != "approved":
-                said = outcome_text(outcome.status, outcome.review, self.services.config.review_url)
-                self._record(
-                    session,
-                    action,
-                    outcome_verdict(outcome),
-                    started,
-                    t0,
-                    "blocked",
-                    error=said.message,
-                    trace=trace,
-                )
-                if outcome.status == "denied":
-                    raise ToolError(f"{said.message}. {said.hint}")
-                return self._pending_answer(outcome.review, said.message, said.hint)
-            review = outcome.review
-            verdict = approved_verdict(verdict, review)
-        elif not verdict.lets_through:
-            message = (
-                f"wardgate: blocked by {', '.join(verdict.rules)}: {verdict.reason}. This is "
-                f"a policy decision on connection {connection!r}, not a database error; "
-                "running it again will be blocked again"
-            )
+        settled = await settle(
+            self.services.reviews,
+            action,
+            verdict,
+            wait=0.0,  # a tool call answers at once; review_status tells the rest
+            base_url=self.services.config.review_url,
+        )
+        if settled.refusal is not None:
+            said = settled.refusal
             self._record(
-                session, action, verdict, started, t0, "blocked", error=message, trace=trace
-            )
-            raise ToolError(message)
+                session, action, settled.verdict, started, t0, "blocked",
+                error=said.message, trace=trace,
+            )  # fmt: skip
+            if settled.status in ("blocked", "denied") or settled.review is None:
+                raise ToolError(f"{said.message}. {said.hint}")
+            return self._pending_answer(settled.review, said.message, said.hint)
+        verdict, review = settled.verdict, settled.review
         try:
             answer = await run_sql(
                 self.services,

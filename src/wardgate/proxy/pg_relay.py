@@ -51,15 +51,9 @@ from wardgate.proxy.pg_masking import (
     mask_error_fields,
 )
 from wardgate.proxy.pg_wire import ClientSide, UpstreamSide
-from wardgate.reviews.messages import (
-    approved_verdict,
-    merged_review,
-    needs_review,
-    outcome_text,
-    outcome_verdict,
-)
+from wardgate.reviews.messages import OutcomeText, approved_verdict, merged_review, needs_review
 from wardgate.reviews.model import ReviewInfo
-from wardgate.reviews.waiting import Outcome
+from wardgate.reviews.settle import Settled, blocked, settle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,28 +111,23 @@ class _Pending:
         self.commit_error: ErrorFields | None = None
 
 
-def block_error(verdict: Verdict, connection: str) -> bytes:
-    rules = ", ".join(verdict.rules)  # every rule that gave this verdict, the deciding one first
-    message = f"wardgate: blocked by {rules}: {verdict.reason}"
-    hint = (
-        f"This is a wardgate policy decision on connection {connection!r}, not a database error. "
-        "Running the same statement again will be blocked again; ask a wardgate administrator "
-        "if you need this access."
-    )
-    return build.error_response("42501", message, hint=hint)
-
-
-# SQLSTATEs of a held statement that did not run. 55000 (object_not_in_prerequisite_state)
-# for "not yet": not a privilege error, and not one that drivers retry on their own
-# (unlike 40001). A denial is a refusal, like a block: 42501.
+# SQLSTATEs of a statement that did not run. A block or a denial is a refusal: 42501.
+# "Not yet" (pending, expired, cancelled reviews) is 55000, object_not_in_prerequisite_state:
+# not a privilege error, and not one that drivers retry on their own (unlike 40001).
+# A client's cancel of a statement waiting for a review is 57014, as for any cancel.
 SQLSTATE_PENDING = "55000"
-SQLSTATE_DENIED = "42501"
+_SQLSTATES = {"blocked": "42501", "denied": "42501", "interrupted": "57014"}
 
 
-def review_error(outcome: Outcome, base_url: str) -> bytes:
-    said = outcome_text(outcome.status, outcome.review, base_url)
-    sqlstate = SQLSTATE_DENIED if outcome.status == "denied" else SQLSTATE_PENDING
-    return build.error_response(sqlstate, said.message, hint=said.hint)
+def refusal_error(settled: Settled) -> bytes:
+    """The ErrorResponse for a statement that does not run."""
+    assert settled.refusal is not None
+    sqlstate = _SQLSTATES.get(settled.status, SQLSTATE_PENDING)
+    return build.error_response(sqlstate, settled.refusal.message, hint=settled.refusal.hint)
+
+
+def block_error(verdict: Verdict, connection: str) -> bytes:
+    return refusal_error(blocked(verdict, connection))
 
 
 class PgRelay:
@@ -398,40 +387,60 @@ class PgRelay:
         action: Action,
         verdict: Verdict,
         out: list[bytes],
-        then: Callable[[Any, bytes, Outcome | Verdict, list[bytes]], None],
+        then: Callable[[Any, bytes, Settled, list[bytes]], None],
         msg: Any,
         raw: bytes,
     ) -> None:
-        """Hold the client's stream while ``action`` waits for a human; ``then`` gets the
-        outcome (or, when reviews cannot be had, the verdict to block with)."""
+        """Hold the client's stream while ``action`` waits for a human; ``then`` gets
+        what became of it."""
         reviews = self.services.reviews
         if reviews is None:
-            then(msg, raw, verdict, out)
+            then(msg, raw, blocked(verdict, self.connection), out)
             return
         self._reviewing = True
         self.client.pause_reading("review")
 
         async def wait_then_resume() -> None:
-            result: Outcome | Verdict
+            result: Settled
             try:
-                result = await reviews.obtain(action, verdict, self.review_wait)
+                result = await settle(
+                    reviews,
+                    action,
+                    verdict,
+                    wait=self.review_wait,
+                    base_url=self.services.config.review_url,
+                )
             except asyncio.CancelledError:
                 if not self._review_cancelled:
                     raise  # the gateway is stopping
-                result = dataclasses.replace(
-                    verdict,
-                    decision=Decision.BLOCK,
-                    rule="cancelled",
-                    rules=("cancelled",),
-                    reason="the client cancelled the statement while it waited for a review; "
-                    "the review stays open, run the statement again after approval",
+                reason = (
+                    "the client cancelled the statement while it waited for a review; "
+                    "the review stays open, run the statement again after approval"
+                )
+                result = Settled(
+                    dataclasses.replace(
+                        verdict,
+                        decision=Decision.BLOCK,
+                        rule="cancelled",
+                        rules=("cancelled",),
+                        reason=reason,
+                    ),
+                    refusal=OutcomeText(
+                        "canceling statement due to user request "
+                        "(wardgate: it was waiting for a review)",
+                        reason,
+                    ),
+                    status="interrupted",
                 )
             except Exception as exc:  # noqa: BLE001 - fail closed, say why
                 log.warning("session %s: review could not be filed: %s", self.session_id, exc)
-                result = dataclasses.replace(
-                    verdict,
-                    decision=Decision.BLOCK,
-                    reason=f"{verdict.reason}; the review could not be filed ({exc})",
+                result = blocked(
+                    dataclasses.replace(
+                        verdict,
+                        decision=Decision.BLOCK,
+                        reason=f"{verdict.reason}; the review could not be filed ({exc})",
+                    ),
+                    self.connection,
                 )
             self._review_task = None
             if self._finished:
@@ -457,34 +466,29 @@ class PgRelay:
         self._review_task.cancel()
         return True
 
-    def _review_error(self, result: Outcome | Verdict) -> tuple[Verdict, bytes]:
-        if isinstance(result, Verdict):
-            if result.rule == "cancelled":
-                message = "canceling statement due to user request (wardgate: it was waiting for a review)"
-                return result, build.error_response("57014", message, hint=result.reason)
-            return result, block_error(result, self.connection)
-        return outcome_verdict(result), review_error(result, self.services.config.review_url)
+    def _refused(self, action: Action, result: Settled) -> bytes:
+        """Record a held statement that does not run; its ErrorResponse."""
+        assert result.refusal is not None
+        self._record(self._act(action, result.verdict), "blocked", error=result.refusal.message)
+        return refusal_error(result)
 
     def _after_query_review(
-        self, msg: m.Query, raw: bytes, result: Outcome | Verdict, out: list[bytes]
+        self, msg: m.Query, raw: bytes, result: Settled, out: list[bytes]
     ) -> None:
-        if isinstance(result, Outcome) and result.status == "approved":
+        if result.runs:
             self._on_query(msg, raw, out, approval=result.review)
             return
-        verdict, error = self._review_error(result)
-        act = self._act(self._action(msg.sql, ()), verdict)
-        self._record(act, "blocked", error=_error_message(error))
-        self._pending.append(_Pending(QUERY, [], error))
+        self._pending.append(_Pending(QUERY, [], self._refused(self._action(msg.sql, ()), result)))
         out.append(_POISON_QUERY)
 
     def _after_execute_review(
-        self, msg: m.Execute, raw: bytes, result: Outcome | Verdict, out: list[bytes]
+        self, msg: m.Execute, raw: bytes, result: Settled, out: list[bytes]
     ) -> None:
         sql, params = self._portals.get(msg.portal, (None, ()))
         if sql is None:
             sql = 'FETCH FORWARD ALL FROM "' + msg.portal.replace('"', '""') + '"'
         action = self._action(sql, params)
-        if isinstance(result, Outcome) and result.status == "approved":
+        if result.runs and result.review is not None:
             now = self._judge(action)  # the policy of this moment still applies
             if now.decision is Decision.BLOCK and now.enforced:
                 self._block_extended(sql, params, now, out)
@@ -496,10 +500,7 @@ class PgRelay:
             self._pending.append(_Pending(EXECUTE, [act], target=("P", msg.portal)))
             out.append(raw)
             return
-        verdict, error = self._review_error(result)
-        act = self._act(action, verdict)
-        self._record(act, "blocked", error=_error_message(error))
-        self._pending.append(_Pending(PARSE, None, error))
+        self._pending.append(_Pending(PARSE, None, self._refused(action, result)))
         out.append(_POISON_PARSE)
         self._discarding = True
 
@@ -895,10 +896,3 @@ class PgRelay:
         self.upstream.close()
         if callable(self._on_finished):
             self._on_finished()
-
-
-def _error_message(error: bytes) -> str | None:
-    try:
-        return parse_error_fields(error[5:]).message
-    except ProtocolError:
-        return None

@@ -21,8 +21,7 @@ from wardgate.audit.records import ActionRecord, RecordingRecord
 from wardgate.config import parse_duration
 from wardgate.masking.stream import LineMasker
 from wardgate.proxy.ssh_upstream import TargetUnavailable
-from wardgate.reviews.messages import approved_verdict, needs_review, outcome_text, outcome_verdict
-from wardgate.reviews.model import ReviewInfo
+from wardgate.reviews.settle import settle
 
 if TYPE_CHECKING:
     from wardgate.proxy.ssh_server import GatewayConnection
@@ -88,7 +87,6 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
                 verdict.statements,
             )
     started, t0 = time.time(), time.perf_counter()
-    review: ReviewInfo | None = None
 
     def record(verdict: Verdict, status: str, **extra: object) -> None:
         services.recorder.submit(
@@ -104,27 +102,20 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
             )
         )
 
-    if needs_review(verdict) and services.reviews is not None:
-        outcome = await services.reviews.obtain(action, verdict, _review_wait(owner, process))
-        if outcome.status != "approved":
-            said = outcome_text(
-                outcome.status, outcome.review, services.config.review_url, what="command"
-            )
-            record(outcome_verdict(outcome), "blocked", error=said.message)
-            status = EXIT_BLOCKED if outcome.status == "denied" else EXIT_PENDING
-            _fail(process, f"{said.message}\n{said.hint}", status)
-            return
-        review = outcome.review
-        verdict = approved_verdict(verdict, review)
-    elif not verdict.lets_through:
-        message = (
-            f"wardgate: blocked by {', '.join(verdict.rules)}: {verdict.reason}\n"
-            f"This is a wardgate policy decision on connection {name!r}; the command did not "
-            "run, and running it again will be blocked again."
-        )
-        record(verdict, "blocked", error=message.splitlines()[0])
-        _fail(process, message, EXIT_BLOCKED)
+    settled = await settle(
+        services.reviews,
+        action,
+        verdict,
+        wait=_review_wait(owner, process),
+        base_url=services.config.review_url,
+        what="command",
+    )
+    if settled.refusal is not None:
+        record(settled.verdict, "blocked", error=settled.refusal.message)
+        status = EXIT_BLOCKED if settled.status in ("blocked", "denied") else EXIT_PENDING
+        _fail(process, f"{settled.refusal.message}\n{settled.refusal.hint}", status)
         return
+    verdict, review = settled.verdict, settled.review
     try:
         upstream = await owner.upstream()
     except TargetUnavailable as exc:

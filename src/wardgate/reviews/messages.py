@@ -1,6 +1,6 @@
-"""How a held action's outcome is said to the client, in words an agent understands
-without documentation. Protocols wrap these in their native error (PostgreSQL
-ErrorResponse, SSH stderr + exit status, MCP tool result)."""
+"""How a blocked or held action's outcome is said to the client, in words an agent
+understands without documentation. Protocols wrap these in their native error
+(PostgreSQL ErrorResponse, SSH stderr + exit status, MCP tool result)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def review_url(base: str, review_id: str) -> str:
 
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def blocked_text(verdict: Verdict, connection: str, *, what: str = "statement") -> OutcomeText:
+    """A policy block: every rule that gave it (the deciding one first) and the reason."""
+    return OutcomeText(
+        f"wardgate: blocked by {', '.join(verdict.rules)}: {verdict.reason}",
+        f"This is a wardgate policy decision on connection {connection!r}, not an error of "
+        f"the target: the {what} did not run, and running it again will be blocked again. "
+        "Ask a wardgate administrator if you need this access.",
+    )
 
 
 def outcome_text(
