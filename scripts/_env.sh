@@ -20,24 +20,6 @@ ensure_venv() {
     fi
 }
 
-apt_install_always() {
-    # apt_install_always PACKAGE...: install Debian packages (without starting services).
-    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-        echo "error: missing packages; install: $*" >&2
-        return 1
-    fi
-    echo "==> apt-get install $*" >&2
-    if [ -z "${_APT_UPDATED:-}" ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-        _APT_UPDATED=1
-    fi
-    # policy-rc.d exit 101: the package's sshd service is never started by the install.
-    local rc=/usr/sbin/policy-rc.d created=""
-    if [ ! -e "$rc" ]; then printf '#!/bin/sh\nexit 101\n' > "$rc"; chmod +x "$rc"; created=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
-    if [ -n "$created" ]; then rm -f "$rc"; fi
-}
-
 apt_install() {
     # apt_install COMMAND PACKAGE...: install Debian packages when COMMAND is missing.
     local cmd="$1"; shift
@@ -51,5 +33,10 @@ apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
         _APT_UPDATED=1
     fi
+    # policy-rc.d exit 101: no package starts its service (the system sshd, a
+    # PostgreSQL cluster on 5432): the scripts start what they need themselves.
+    local rc=/usr/sbin/policy-rc.d created=""
+    if [ ! -e "$rc" ]; then printf '#!/bin/sh\nexit 101\n' > "$rc"; chmod +x "$rc"; created=1; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+    if [ -n "$created" ]; then rm -f "$rc"; fi
 }
