@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
 from wardgate.identity.principals import Principal
+from wardgate.proxy.services import TooManyFailures
 
 if TYPE_CHECKING:
     from wardgate.proxy.services import Services
@@ -32,16 +32,14 @@ async def caller(request: Request) -> Caller:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, "authentication required: send Authorization: Bearer <token>")
-    # The bearer token names no principal: failures count per client address only.
     addr = request.client.host if request.client else "?"
-    wait = await asyncio.to_thread(services.limiter.retry_after, f"api@{addr}", addr)
-    if wait is not None:
+    try:
+        checked = await services.check_bearer(token.strip(), addr, "api")
+    except TooManyFailures as exc:
         raise HTTPException(
-            429, f"too many failed authentications from this address; retry in {wait:.0f} s"
-        )
-    info = await asyncio.to_thread(services.tokens.check_bearer, token.strip())
-    principal = services.config.principal(info.principal) if info is not None else None
-    if info is None or principal is None:
-        await asyncio.to_thread(services.limiter.record_failure, f"api@{addr}", addr)
+            429, f"too many failed authentications from this address; retry in {exc.wait:.0f} s"
+        ) from None
+    if checked is None:
         raise HTTPException(401, "the token is wrong, revoked, or its principal no longer exists")
+    info, principal = checked
     return Caller(principal, info.id)

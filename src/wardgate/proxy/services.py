@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass, field
 
 from wardgate.audit.recorder import Recorder
 from wardgate.config import Config
 from wardgate.gate import Gate
+from wardgate.identity.principals import Principal
 from wardgate.identity.ratelimit import LoginLimiter
-from wardgate.identity.tokens import TokenService
+from wardgate.identity.tokens import TokenInfo, TokenService
 from wardgate.policy.mask_rules import MaskingPolicy
 from wardgate.proxy.pg_catalog import ColumnNames
 from wardgate.proxy.tasks import Tasks
@@ -43,3 +45,27 @@ class Services:
         self.config = config
         self.gate = Gate(config)
         self.masking = MaskingPolicy(config, self.masking_key)
+
+    async def check_bearer(
+        self, token: str, addr: str, realm: str
+    ) -> tuple[TokenInfo, Principal] | None:
+        """A token presented without a principal name (HTTP bearer, SSH password): its
+        token and principal, or None. Failures count per client address and ``realm``
+        only, since the token names no principal; raises TooManyFailures while this
+        address must wait."""
+        key = f"{realm}@{addr}"
+        wait = await asyncio.to_thread(self.limiter.retry_after, key, addr)
+        if wait is not None:
+            raise TooManyFailures(wait)
+        info = await asyncio.to_thread(self.tokens.check_bearer, token)
+        principal = self.config.principal(info.principal) if info is not None else None
+        if info is None or principal is None:
+            await asyncio.to_thread(self.limiter.record_failure, key, addr)
+            return None
+        return info, principal
+
+
+class TooManyFailures(Exception):
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"retry in {wait:.0f} s")
+        self.wait = wait

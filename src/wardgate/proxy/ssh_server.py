@@ -20,6 +20,7 @@ import asyncssh
 from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
 from wardgate.identity.principals import Principal
 from wardgate.identity.ssh_keys import SshKeys
+from wardgate.proxy.services import TooManyFailures
 from wardgate.proxy.ssh_upstream import TargetUnavailable, dial_target, gateway_host_key
 
 if TYPE_CHECKING:
@@ -115,16 +116,13 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
-        addr = self.client_addr
-        limiter = self.services.limiter
-        if await asyncio.to_thread(limiter.retry_after, f"ssh@{addr}", addr) is not None:
+        try:
+            checked = await self.services.check_bearer(password, self.client_addr, "ssh")
+        except TooManyFailures:
+            return False  # SSH has no way to say "wait"; the client sees a failure
+        if checked is None:
             return False
-        info = await asyncio.to_thread(self.services.tokens.check_bearer, password)
-        principal = self.services.config.principal(info.principal) if info else None
-        if principal is None:
-            await asyncio.to_thread(limiter.record_failure, f"ssh@{addr}", addr)
-            return False
-        self.principal = principal
+        self.principal = checked[1]
         return True
 
     def public_key_auth_supported(self) -> bool:

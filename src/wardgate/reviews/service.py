@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import or_, select, text, true, update
+from sqlalchemy import ColumnElement, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
 from wardgate.actions import Action, Verdict
@@ -88,13 +88,7 @@ class ReviewService:
                 or_(ReviewRow.approved_until.is_(None), ReviewRow.approved_until > now),
             )
         elif status == "expired":
-            stmt = stmt.where(
-                or_(
-                    ReviewRow.status == "expired",
-                    (ReviewRow.status == "pending") & (ReviewRow.expires_at <= now),
-                    (ReviewRow.status == "approved") & (ReviewRow.approved_until <= now),
-                )
-            )
+            stmt = stmt.where(or_(ReviewRow.status == "expired", _time_ran_out(now)))
         elif status is not None:
             stmt = stmt.where(ReviewRow.status == status)
         if kind is not None:
@@ -515,14 +509,7 @@ class ReviewService:
         now = time.time()
         infos = []
         with self._store.session() as session:
-            rows = session.scalars(
-                select(ReviewRow).where(
-                    or_(
-                        (ReviewRow.status == "pending") & (ReviewRow.expires_at <= now),
-                        (ReviewRow.status == "approved") & (ReviewRow.approved_until <= now),
-                    )
-                )
-            ).all()
+            rows = session.scalars(select(ReviewRow).where(_time_ran_out(now))).all()
             for row in rows:
                 was = row.status
                 row.status = "expired"
@@ -620,6 +607,15 @@ class ReviewService:
                 listener(info, event)
             except Exception:  # a listener's failure never undoes a committed decision
                 log.exception("review listener failed on %s %s", info.id, event)
+
+
+def _time_ran_out(now: float) -> ColumnElement[bool]:
+    """Reviews still marked pending or approved whose time is over: in SQL, what
+    ``effective_status`` says of one row."""
+    return or_(
+        (ReviewRow.status == "pending") & (ReviewRow.expires_at <= now),
+        (ReviewRow.status == "approved") & (ReviewRow.approved_until <= now),
+    )
 
 
 def _human_duration(seconds: float) -> str:
