@@ -509,7 +509,11 @@ class ReviewService:
         now = time.time()
         infos = []
         with self._store.session() as session:
-            rows = session.scalars(select(ReviewRow).where(_time_ran_out(now))).all()
+            # Locked: gateway processes sharing a PostgreSQL store all sweep; a row
+            # another one expired meanwhile no longer matches once the lock is ours.
+            rows = session.scalars(
+                select(ReviewRow).where(_time_ran_out(now)).with_for_update()
+            ).all()
             for row in rows:
                 was = row.status
                 row.status = "expired"
