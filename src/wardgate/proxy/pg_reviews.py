@@ -11,6 +11,7 @@ from wardgate.actions import Action, Decision, Verdict
 from wardgate.proxy.pg_preview import impact_preview
 from wardgate.proxy.pg_proposal import run_proposal
 from wardgate.reviews.model import ReviewInfo
+from wardgate.reviews.proposals import statement_verdicts
 from wardgate.reviews.service import ReviewService
 
 if TYPE_CHECKING:
@@ -68,14 +69,8 @@ class PgReviewJobs:
                 "committed": False,
                 "error": "the proposer or the connection is no longer configured; nothing was run",
             }
-        granted = (
-            self.services.reviews.granted(principal.name, review.connection)
-            if (self.services.reviews is not None)
-            else frozenset()
-        )
-        for i, sql in enumerate(statements):
-            action = Action(principal, review.connection, "api", "sql", sql)
-            verdict = self.services.gate.check(action, granted)
+        verdicts = statement_verdicts(self.services, principal, review.connection, statements)
+        for i, verdict in enumerate(verdicts):
             if verdict.decision is Decision.BLOCK and verdict.enforced:
                 return {
                     "ok": False,

@@ -31,6 +31,7 @@ import httpx
 
 from wardgate import __version__
 from wardgate.config import Config, NotifyConfig
+from wardgate.reviews.messages import review_url
 from wardgate.reviews.model import ReviewInfo
 from wardgate.vault.secrets import SecretError, Vault, resolve_secret
 
@@ -63,7 +64,7 @@ _EVENT_TITLES = {
 
 def review_link(config: Config, review_id: str) -> str:
     """Where an approver opens a review (the API's review resource)."""
-    return f"{config.review_url}/api/v1/reviews/{review_id}"
+    return review_url(config.review_url, review_id)
 
 
 # -- payloads (pure) --------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.identity.principals import Principal
 from wardgate.proxy.pg_proposal import proposal_refusal
+from wardgate.reviews.messages import merged_review
 from wardgate.reviews.model import ReviewError
 
 if TYPE_CHECKING:
@@ -28,12 +29,10 @@ def judge_proposal(
     refused = proposal_refusal(statements)
     if refused is not None:
         raise ReviewError(f"{refused[2]}; the proposal was not filed", 422)
-    runtime = services.reviews
-    granted = runtime.granted(principal.name, connection) if runtime else frozenset()
     reviewing: list[Verdict] = []
-    for i, sql in enumerate(statements):
-        action = Action(principal, connection, protocol, "sql", sql.strip())
-        verdict = services.gate.check(action, granted)
+    for i, verdict in enumerate(
+        statement_verdicts(services, principal, connection, statements, protocol)
+    ):
         if verdict.decision is Decision.BLOCK and verdict.enforced:
             raise ReviewError(
                 f"statement {i + 1} is blocked by {', '.join(verdict.rules)}: {verdict.reason}; "
@@ -44,5 +43,21 @@ def judge_proposal(
             reviewing.append(verdict)
     if not reviewing:
         return Verdict(Decision.ALLOW, "proposal", "a proposed change set")
-    rules = tuple(dict.fromkeys(r for v in reviewing for r in v.rules))
-    return Verdict(Decision.REVIEW, reviewing[0].rule, reviewing[0].reason, rules=rules)
+    return merged_review(reviewing)
+
+
+def statement_verdicts(
+    services: Services,
+    principal: Principal,
+    connection: str,
+    statements: list[str],
+    protocol: str = "api",
+) -> list[Verdict]:
+    """The gate's verdict on each statement of a proposal, as its proposer (with the
+    roles it holds through grants): when it is filed, and again before it runs."""
+    runtime = services.reviews
+    granted = runtime.granted(principal.name, connection) if runtime else frozenset()
+    return [
+        services.gate.check(Action(principal, connection, protocol, "sql", sql.strip()), granted)
+        for sql in statements
+    ]

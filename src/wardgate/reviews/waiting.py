@@ -141,16 +141,6 @@ class ReviewRuntime:
                 raise ReviewError(f"review {review.id} disappeared from the store")
             review = found
 
-    async def wait_for(self, review_id: str, seconds: float) -> ReviewInfo | None:
-        """The review once it is no longer pending, or as it is after ``seconds``."""
-        deadline = time.monotonic() + max(0.0, seconds)
-        while True:
-            review = await asyncio.to_thread(self.service.get, review_id)
-            remaining = deadline - time.monotonic()
-            if review is None or review.status != "pending" or remaining <= 0:
-                return review
-            await self._wait_change(review_id, min(remaining, _POLL))
-
     async def _wait_change(self, review_id: str, seconds: float) -> None:
         event = asyncio.Event()
         self._waiters.setdefault(review_id, set()).add(event)
