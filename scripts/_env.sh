@@ -40,3 +40,17 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
     if [ -n "$created" ]; then rm -f "$rc"; fi
 }
+
+ensure_ui_assets() {
+    # The web UI's terminal replay uses asciinema-player's prebuilt bundle from npm
+    # (pinned by src/wardgate/web/assets/package-lock.json); no build step runs.
+    local dir="$ROOT/src/wardgate/web/assets"
+    if [ -f "$dir/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js" ]; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        apt_install npm npm || { echo "warning: no npm: terminal replay in the web UI is off" >&2; return 0; }
+    fi
+    echo "==> npm ci (web UI assets)" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >&2)
+}

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -332,6 +333,46 @@ class ReviewsConfig(_Model):
     notify: list[NotifyConfig] = Field(default_factory=list)
 
 
+class OidcConfig(_Model):
+    """Single sign-on for humans (web UI and ``wardgate login``) against any OpenID
+    Connect provider found by issuer discovery. Without ``client_secret`` the client is
+    public (PKCE only)."""
+
+    issuer: str
+    client_id: str
+    client_secret: SecretRef = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    # The claim naming the human; it must equal a principal's name unless
+    # allow_unlisted_users is set.
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    # The provider's group names -> wardgate groups; unmapped provider groups are ignored.
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    # Sign in humans the configuration does not list, with their mapped groups only.
+    allow_unlisted_users: bool = False
+    label: str = "Sign in with single sign-on"
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("issuer must be an http(s) URL")
+        return value.rstrip("/")
+
+
+class WebConfig(_Model):
+    """The web UI at /ui on the API listener, for humans only."""
+
+    enabled: bool = True
+    # Local users sign in with a password set by `wardgate user add`.
+    local_users: bool = True
+    session_idle: Duration = Field(default=1800.0, gt=0)  # signed out after this idle time
+    session_max: Duration = Field(default=43200.0, gt=0)  # and after this long in any case
+    # auto: Secure cookies unless the UI is served over plain HTTP on a loopback address.
+    cookie_secure: Literal["auto"] | bool = "auto"
+    oidc: OidcConfig | None = None
+
+
 class GroupConfig(_Model):
     description: str = ""
 
@@ -364,6 +405,7 @@ class Config(_Model):
     safe_functions: list[str] = Field(default_factory=list)
     masking: MaskingConfig = MaskingConfig()
     reviews: ReviewsConfig = ReviewsConfig()
+    web: WebConfig = WebConfig()
 
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
@@ -412,6 +454,13 @@ class Config(_Model):
         problems.extend(self._guardrail_problems())
         problems.extend(self._masking_problems())
         problems.extend(self._review_problems())
+        if self.web.oidc is not None:
+            for idp_group, mapped in self.web.oidc.groups.items():
+                for i, g in enumerate(mapped):
+                    if g not in self.groups:
+                        problems.append(
+                            (("web", "oidc", "groups", idp_group, i), f"unknown group {g!r}")
+                        )
         if problems:
             raise _CrossReferenceErrors(problems)
         return self

@@ -142,6 +142,7 @@ def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any,
 async def run_worker(config_path: str, config: Config, *, reuse_port: bool, index: int) -> None:
     from wardgate.audit.recorder import Recorder
     from wardgate.gate import Gate
+    from wardgate.identity.passwords import UserPasswords
     from wardgate.identity.ratelimit import LoginLimiter
     from wardgate.identity.tokens import TokenService
     from wardgate.policy.mask_rules import MaskingPolicy
@@ -150,8 +151,9 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.proxy.tls import server_context
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
-    from wardgate.vault.keys import load_master_key, masking_key, token_pepper
+    from wardgate.vault.keys import load_master_key, masking_key, token_pepper, web_key
     from wardgate.vault.secrets import Vault, resolve_secret
+    from wardgate.web.sessions import WebSessions
 
     store = Store(config.store_url)
     master = load_master_key(config)
@@ -176,7 +178,18 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         server_tls=server_context(config),
         masking_key=mask_key,
         masking=MaskingPolicy(config, mask_key),
+        passwords=UserPasswords(store),
+        web_sessions=WebSessions(store, config.web.session_idle, config.web.session_max),
+        web_key=web_key(master),
     )
+    if config.web.oidc is not None:
+        from wardgate.identity.oidc import OidcClient
+
+        secret = config.web.oidc.client_secret
+        services.oidc = OidcClient(
+            config.web.oidc,
+            resolve_secret(secret, vault, base_dir=Path(config.base_dir)) if secret else None,
+        )
     del master
     notifier = await _start_reviews(services, index)
     stop = asyncio.Event()

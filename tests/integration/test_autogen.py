@@ -228,7 +228,7 @@ def test_approval_is_granted_by_a_human_and_used_once(ag_gw: Gateway) -> None:
     assert said == [
         f"wardgate: code from coder waits for a human approval: review {review_id}; approve "
         f"with `wardgate reviews approve {review_id}` or at "
-        f"http://127.0.0.1:{ag_gw.api_port}/api/v1/reviews/{review_id}"
+        f"http://127.0.0.1:{ag_gw.api_port}/ui/reviews/{review_id}"
     ]
     with api(ag_gw, "agent") as agent:
         review = agent.get(f"/reviews/{review_id}").json()

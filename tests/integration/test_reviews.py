@@ -441,7 +441,7 @@ def test_webhook_announces_requests_and_decisions(
         events = [(r["event"], r["review"]["id"]) for r in _Receiver.received]
         assert events[:2] == [("requested", review_id), ("approved", review_id)]
         assert _Receiver.received[0]["review"]["text"].startswith("UPDATE")
-        assert _Receiver.received[0]["url"].endswith(f"/api/v1/reviews/{review_id}")
+        assert _Receiver.received[0]["url"].endswith(f"/ui/reviews/{review_id}")
     finally:
         gw.stop()
         server.shutdown()

@@ -76,7 +76,7 @@ def make_config(
 
 def test_review_link_uses_the_configured_base_url(tmp_path: Path) -> None:
     config = make_config(tmp_path, [])
-    assert review_link(config, "r_x") == "https://wg.example/api/v1/reviews/r_x"
+    assert review_link(config, "r_x") == "https://wg.example/ui/reviews/r_x"
 
 
 def test_webhook_payload_carries_the_whole_review() -> None:
@@ -137,14 +137,14 @@ def _block_texts(payload: dict[str, Any]) -> list[str]:
 
 
 def test_slack_payload_shows_statement_requester_rule_reason_and_link() -> None:
-    payload = slack_payload(review(), "requested", "https://wg/api/v1/reviews/r_abc123")
+    payload = slack_payload(review(), "requested", "https://wg/ui/reviews/r_abc123")
     assert payload["text"] == "wardgate: review r_abc123 requested by agent (sponsor dev) on demo"
     text = "\n".join(_block_texts(payload))
     assert "```DELETE FROM orders WHERE id = 7```" in text
     assert "agent (sponsor dev) (agent)" in text
     assert "writes-need-review" in text
     assert "a write on production" in text and "customer asked for removal" in text
-    assert "<https://wg/api/v1/reviews/r_abc123|" in text
+    assert "<https://wg/ui/reviews/r_abc123|" in text
     assert "Decided by" not in text
 
 
@@ -311,7 +311,7 @@ def test_webhook_is_delivered_as_json(tmp_path: Path) -> None:
             body = json.loads(raw)
             assert body["event"] == "requested" and body["source"] == "wardgate"
             assert body["review"] == json.loads(json.dumps(info.to_dict()))
-            assert body["url"] == "https://wg.example/api/v1/reviews/r_abc123"
+            assert body["url"] == "https://wg.example/ui/reviews/r_abc123"
 
     run(main)
 
@@ -325,7 +325,7 @@ def test_slack_payload_is_delivered(tmp_path: Path) -> None:
             await notifier.close(grace=2)
             [body] = rx.bodies("/slack")
             assert body == slack_payload(
-                review(), "requested", "https://wg.example/api/v1/reviews/r_abc123"
+                review(), "requested", "https://wg.example/ui/reviews/r_abc123"
             )
 
     run(main)

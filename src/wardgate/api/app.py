@@ -61,6 +61,7 @@ def create_app(services: Services | None = None) -> FastAPI:
         from wardgate.api import resources
         from wardgate.api.reviews import router
         from wardgate.integrations.mcp_server import McpGateway
+        from wardgate.web import mount_ui
 
         app.state.services = services
         app.include_router(router)
@@ -69,6 +70,7 @@ def create_app(services: Services | None = None) -> FastAPI:
         app.state.mcp = mcp
         # A raw ASGI route (not a mount): clients POST to /mcp itself, no redirect.
         app.router.routes.append(Route("/mcp", endpoint=mcp, include_in_schema=False))
+        mount_ui(app)
     return app
 
 

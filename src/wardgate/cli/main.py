@@ -394,6 +394,10 @@ from wardgate.cli.ssh import principal_app, replay  # noqa: E402
 app.add_typer(principal_app, name="principal")
 sessions_app.command("replay")(replay)
 
+from wardgate.cli.users import user_app  # noqa: E402
+
+app.add_typer(user_app, name="user")
+
 # -- the approver's commands: they talk to the API (cli/reviews.py) -------------------
 
 from wardgate.cli.reviews import (  # noqa: E402

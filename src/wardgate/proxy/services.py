@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 
 from wardgate.audit.recorder import Recorder
 from wardgate.config import Config
 from wardgate.gate import Gate
+from wardgate.identity.passwords import UserPasswords
 from wardgate.identity.principals import Principal
 from wardgate.identity.ratelimit import LoginLimiter
 from wardgate.identity.tokens import TokenInfo, TokenService
@@ -19,6 +21,7 @@ from wardgate.reviews.waiting import ReviewRuntime
 from wardgate.store.cancel import CancelKeys
 from wardgate.store.db import Store
 from wardgate.vault.secrets import Vault
+from wardgate.web.sessions import WebSessions
 
 
 @dataclass
@@ -38,6 +41,11 @@ class Services:
     sessions: set[object] = field(default_factory=set)
     column_names: ColumnNames = field(default_factory=ColumnNames)
     reviews: ReviewRuntime | None = None
+    # Humans signing in to the web UI (and the CLI after OIDC login).
+    passwords: UserPasswords | None = None
+    web_sessions: WebSessions | None = None
+    web_key: bytes = b""  # signs the short-lived OIDC sign-in cookie
+    oidc: Any = None  # wardgate.identity.oidc.OidcClient when web.oidc is configured
 
     def reload(self, config: Config) -> None:
         """Swap the policy atomically; sessions pick it up at their next action (masking

@@ -19,7 +19,8 @@ class OutcomeText:
 
 
 def review_url(base: str, review_id: str) -> str:
-    return f"{base}/api/v1/reviews/{review_id}" if base else f"review {review_id}"
+    # The web UI page: where a human reads the action and approves it.
+    return f"{base}/ui/reviews/{review_id}" if base else f"review {review_id}"
 
 
 def _utc(ts: float) -> str:

@@ -208,3 +208,32 @@ class Recording(Base):
     started_at: Mapped[float] = mapped_column(Double)
     cast: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
+
+
+class UserPassword(Base):
+    """A local user's password (``wardgate user add``) as an argon2id hash."""
+
+    __tablename__ = "user_passwords"
+
+    principal: Mapped[str] = mapped_column(String, primary_key=True)
+    hash: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class WebSession(Base):
+    """A signed-in human: a browser (cookie) or the CLI after ``wardgate login`` by
+    OIDC (bearer). Only the SHA-256 of the session secret is kept."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    principal: Mapped[str] = mapped_column(String, index=True)
+    groups: Mapped[str] = mapped_column(Text)  # JSON list, from the provider at sign-in
+    method: Mapped[str] = mapped_column(String(16))  # password | oidc | oidc-cli
+    csrf: Mapped[str] = mapped_column(String(64))
+    addr: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Double)
+    last_seen_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)  # the absolute limit
+    ended_at: Mapped[float | None] = mapped_column(Double, nullable=True)

@@ -44,6 +44,11 @@ def masking_key(master_key: bytes) -> bytes:
     return derive_key(master_key, MASKING_KEY_INFO)
 
 
+def web_key(master_key: bytes) -> bytes:
+    """The key that signs the web UI's short-lived sign-in cookie (OIDC state)."""
+    return derive_key(master_key, b"wardgate web sign-in v1")
+
+
 def token_pepper(master_key: bytes) -> bytes:
     """The pepper for ``TokenService`` (fake salts of unknown principals)."""
     return derive_key(master_key, TOKEN_PEPPER_INFO)

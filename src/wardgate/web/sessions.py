@@ -1,0 +1,126 @@
+"""Signed-in humans: server-side sessions with idle and absolute limits.
+
+The secret goes to the browser as a cookie (or to the CLI after ``wardgate login`` by
+OIDC, as a bearer); the store keeps only its SHA-256, so a copy of the store signs
+nobody in. Every gateway process sharing the store sees the same sessions, and signing
+out ends a session everywhere at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from wardgate.store.db import Store
+from wardgate.store.models import WebSession
+
+SECRET_PREFIX = "wgs_"
+# last_seen_at is written at most this often, not on every request.
+TOUCH_EVERY = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebSessionInfo:
+    id: str
+    principal: str
+    groups: frozenset[str]
+    method: str
+    csrf: str
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _info(row: WebSession) -> WebSessionInfo:
+    return WebSessionInfo(
+        row.id,
+        row.principal,
+        frozenset(json.loads(row.groups)),
+        row.method,
+        row.csrf,
+        row.created_at,
+        row.last_seen_at,
+        row.expires_at,
+    )
+
+
+class WebSessions:
+    def __init__(self, store: Store, idle: float, absolute: float) -> None:
+        self._store = store
+        self.idle = idle
+        self.absolute = absolute
+
+    def create(
+        self, principal: str, groups: frozenset[str], method: str, addr: str
+    ) -> tuple[str, WebSessionInfo]:
+        """A new session; returns its secret (shown once) and what is stored."""
+        now = time.time()
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        row = WebSession(
+            id="ws_" + base64.b32encode(secrets.token_bytes(10)).decode().lower(),
+            secret_hash=_hash(secret),
+            principal=principal,
+            groups=json.dumps(sorted(groups)),
+            method=method,
+            csrf=secrets.token_urlsafe(32),
+            addr=addr[:64],
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + self.absolute,
+        )
+        info = _info(row)
+        with self._store.session() as session:
+            session.add(row)
+        return secret, info
+
+    def lookup(self, secret: str) -> WebSessionInfo | None:
+        """The live session this secret opens, or None (unknown, signed out, idle too
+        long, or past its absolute limit). Touches it so idle time restarts."""
+        if not secret.startswith(SECRET_PREFIX) or len(secret) > 100:
+            return None
+        now = time.time()
+        with self._store.session(write=False) as session:
+            row = session.scalars(
+                select(WebSession).where(
+                    WebSession.secret_hash == _hash(secret), WebSession.ended_at.is_(None)
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            info = _info(row)
+        if now >= info.expires_at or now - info.last_seen_at >= self.idle:
+            self.end(info.id)
+            return None
+        if now - info.last_seen_at >= TOUCH_EVERY:
+            with self._store.session() as session:
+                session.execute(
+                    update(WebSession).where(WebSession.id == info.id).values(last_seen_at=now)
+                )
+        return info
+
+    def end(self, session_id: str) -> None:
+        with self._store.session() as session:
+            session.execute(
+                update(WebSession)
+                .where(WebSession.id == session_id, WebSession.ended_at.is_(None))
+                .values(ended_at=time.time())
+            )
+
+    def end_all(self, principal: str) -> int:
+        with self._store.session() as session:
+            result = session.execute(
+                update(WebSession)
+                .where(WebSession.principal == principal, WebSession.ended_at.is_(None))
+                .values(ended_at=time.time())
+            )
+            return int(getattr(result, "rowcount", 0))
