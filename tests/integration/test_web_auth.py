@@ -19,11 +19,24 @@ PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf"\s+value="([^"]+)"')
 
 
-@pytest.fixture
-def web_gw(it_database: str, tmp_path: Path) -> Iterator[Gateway]:
-    gw = make_gateway(tmp_path, base_config(it_database) + "web: {session_idle: 3s}\n")
+def started(tmp: Path, config: str) -> Gateway:
+    gw = make_gateway(tmp, config)
     gw.cli("user", "add", "reviewer", "--password-stdin", input=PASSWORD + "\n")
     gw.start()
+    return gw
+
+
+@pytest.fixture(scope="module")
+def web_gw(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Shared by the tests that neither fail sign-ins on purpose nor wait out a timeout."""
+    gw = started(tmp_path_factory.mktemp("web"), base_config(it_database))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def own_web_gw(it_database: str, tmp_path: Path) -> Iterator[Gateway]:
+    gw = started(tmp_path, base_config(it_database) + "web: {session_idle: 3s}\n")
     yield gw
     gw.stop()
 
@@ -110,8 +123,8 @@ def test_agents_cannot_sign_in_and_bearer_tokens_do_not_open_the_ui(web_gw: Gate
         assert client.get("/api/v1/whoami", headers=bearer).status_code == 200
 
 
-def test_wrong_passwords_are_rate_limited(web_gw: Gateway) -> None:
-    with ui(web_gw) as client:
+def test_wrong_passwords_are_rate_limited(own_web_gw: Gateway) -> None:
+    with ui(own_web_gw) as client:
         for _ in range(5):
             assert sign_in(client, "reviewer", "wrong password!").status_code == 401
         limited = sign_in(client, "reviewer", PASSWORD)  # even the right one, for now
@@ -119,7 +132,8 @@ def test_wrong_passwords_are_rate_limited(web_gw: Gateway) -> None:
         assert "wgs_" not in limited.headers.get("set-cookie", "")
 
 
-def test_idle_sessions_end_and_a_new_password_signs_out(web_gw: Gateway) -> None:
+def test_idle_sessions_end_and_a_new_password_signs_out(own_web_gw: Gateway) -> None:
+    web_gw = own_web_gw
     with ui(web_gw) as client:
         assert sign_in(client, "reviewer", PASSWORD).status_code == 303
         assert client.get("/ui/reviews").status_code == 200
@@ -134,9 +148,7 @@ def test_idle_sessions_end_and_a_new_password_signs_out(web_gw: Gateway) -> None
 
 
 def test_secure_cookie_when_configured(it_database: str, tmp_path: Path) -> None:
-    gw = make_gateway(tmp_path, base_config(it_database) + "web: {cookie_secure: true}\n")
-    gw.cli("user", "add", "reviewer", "--password-stdin", input=PASSWORD + "\n")
-    gw.start()
+    gw = started(tmp_path, base_config(it_database) + "web: {cookie_secure: true}\n")
     try:
         with ui(gw) as client:
             page = client.get("/ui/login")
