@@ -155,3 +155,25 @@ def test_signed_cookie_rejects_tampering_and_age() -> None:
     assert _unsign(key, body + "x." + mac) is None
     assert _unsign(key, _sign(key, {"state": "s", "exp": time.time() - 1})) is None
     assert _unsign(key, "garbage") is None
+
+
+def test_sign_in_and_out_are_in_the_audit_chain(store: Store) -> None:
+    from wardgate.audit.chain import verify_chain
+    from wardgate.store.models import AuditEvent
+
+    sessions = WebSessions(store, idle=600, absolute=3600)
+    secret, info = sessions.create("alice", frozenset({"dba"}), "oidc", "10.1.2.3")
+    sessions.end(info.id)
+    sessions.end(info.id)  # already ended: no second event
+    with store.session(write=False) as session:
+        events = [
+            (e.type, e.session_id, e.principal, e.payload)
+            for e in session.query(AuditEvent).order_by(AuditEvent.id)
+        ]
+    assert [e[:3] for e in events] == [
+        ("web.signin", info.id, "alice"),
+        ("web.signout", info.id, "alice"),
+    ]
+    assert '"method":"oidc"' in events[0][3] and secret not in events[0][3]
+    assert '"reason":"signed out"' in events[1][3]
+    assert verify_chain(store).ok

@@ -67,7 +67,8 @@ def user_add(
             except PasswordPolicyError as exc:
                 _fail(str(exc))
             # A changed password signs the user out everywhere.
-            ended = WebSessions(store, cfg.web.session_idle, cfg.web.session_max).end_all(principal)
+            sessions = WebSessions(store, cfg.web.session_idle, cfg.web.session_max)
+            ended = sessions.end_all(principal, "password changed")
         note = f"; {ended} open web session(s) signed out" if ended else ""
         typer.echo(f"Password set for {principal}{note}.")
 
@@ -104,7 +105,8 @@ def user_remove(
 
     with _expected_errors(), _opened(config) as (cfg, store):
         removed = UserPasswords(store).remove(principal)
-        ended = WebSessions(store, cfg.web.session_idle, cfg.web.session_max).end_all(principal)
+        sessions = WebSessions(store, cfg.web.session_idle, cfg.web.session_max)
+        ended = sessions.end_all(principal, "password removed")
         if not removed and not ended:
             _fail(f"{principal!r} has no password and no web session")
         typer.echo(f"Removed {principal}'s password; {ended} web session(s) signed out.")

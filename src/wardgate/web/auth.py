@@ -125,7 +125,7 @@ async def signed_in(request: Request) -> SignedIn:
     principal = human_principal(services.config, info.principal, info.groups, info.method)
     if principal is None:
         # Removed from the configuration, or turned into an agent, since signing in.
-        await asyncio.to_thread(sessions.end, info.id)
+        await asyncio.to_thread(sessions.end, info.id, "no longer a human principal here")
         raise LoginRequired
     return SignedIn(Caller(principal, f"web:{info.id}"), info)
 

@@ -3,7 +3,8 @@
 The secret goes to the browser as a cookie (or to the CLI after ``wardgate login`` by
 OIDC, as a bearer); the store keeps only its SHA-256, so a copy of the store signs
 nobody in. Every gateway process sharing the store sees the same sessions, and signing
-out ends a session everywhere at once.
+out ends a session everywhere at once. Signing in and out are events in the audit
+chain (``web.signin``, ``web.signout`` with the reason), written in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
+from wardgate.audit.chain import NewEvent, append_events
 from wardgate.store.db import Store
 from wardgate.store.models import WebSession
 
@@ -81,6 +85,14 @@ class WebSessions:
         info = _info(row)
         with self._store.session() as session:
             session.add(row)
+            _audit(
+                session,
+                "web.signin",
+                info.id,
+                principal,
+                now,
+                {"method": method, "addr": row.addr, "groups": sorted(groups)},
+            )
         return secret, info
 
     def lookup(self, secret: str) -> WebSessionInfo | None:
@@ -98,8 +110,11 @@ class WebSessions:
             if row is None:
                 return None
             info = _info(row)
-        if now >= info.expires_at or now - info.last_seen_at >= self.idle:
-            self.end(info.id)
+        if now >= info.expires_at:
+            self.end(info.id, "session_max reached")
+            return None
+        if now - info.last_seen_at >= self.idle:
+            self.end(info.id, "idle")
             return None
         if now - info.last_seen_at >= TOUCH_EVERY:
             with self._store.session() as session:
@@ -108,19 +123,27 @@ class WebSessions:
                 )
         return info
 
-    def end(self, session_id: str) -> None:
-        with self._store.session() as session:
-            session.execute(
-                update(WebSession)
-                .where(WebSession.id == session_id, WebSession.ended_at.is_(None))
-                .values(ended_at=time.time())
-            )
+    def end(self, session_id: str, reason: str = "signed out") -> None:
+        self._end(WebSession.id == session_id, reason)
 
-    def end_all(self, principal: str) -> int:
+    def end_all(self, principal: str, reason: str = "signed out everywhere") -> int:
+        return self._end(WebSession.principal == principal, reason)
+
+    def _end(self, which: Any, reason: str) -> int:
+        now = time.time()
         with self._store.session() as session:
-            result = session.execute(
+            ended = session.execute(
                 update(WebSession)
-                .where(WebSession.principal == principal, WebSession.ended_at.is_(None))
-                .values(ended_at=time.time())
-            )
-            return int(getattr(result, "rowcount", 0))
+                .where(which, WebSession.ended_at.is_(None))
+                .values(ended_at=now)
+                .returning(WebSession.id, WebSession.principal)
+            ).all()
+            for row in ended:
+                _audit(session, "web.signout", row.id, row.principal, now, {"reason": reason})
+        return len(ended)
+
+
+def _audit(
+    session: Session, kind: str, session_id: str, principal: str, now: float, payload: dict[str, Any]
+) -> None:
+    append_events(session, [NewEvent(now, kind, session_id, principal, "", payload)])
