@@ -341,6 +341,10 @@ class OidcConfig(_Model):
     issuer: str
     client_id: str
     client_secret: SecretRef = None
+    # The client `wardgate login --sso` uses: a public one (PKCE, loopback redirect or
+    # device flow), since most providers refuse public requests for a client with a
+    # secret. Default: client_id.
+    cli_client_id: str | None = None
     scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
     # The claim naming the human; it must equal a principal's name unless
     # allow_unlisted_users is set.

@@ -245,6 +245,8 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             await ssh.close()
         await services.tasks.cancel_all(grace=2.0)
         await notifier.close(grace=3.0)
+        if services.oidc is not None:
+            await services.oidc.aclose()
         try:
             async with asyncio.timeout(_RECORDER_CLOSE_TIMEOUT):
                 await recorder.close()

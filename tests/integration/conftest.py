@@ -221,4 +221,8 @@ def require_tool(name: str) -> str:
     return path
 
 
+# Fixtures other modules share, registered here so that one Chromium and one OIDC
+# provider serve every module (at the end: browser.py imports this module's names).
+from tests.integration.browser import browser  # noqa: E402, F401
+from tests.integration.oidc_mock import oidc_provider  # noqa: E402, F401
 from tests.integration.pg_cluster import pg_cluster  # noqa: E402,F401  (session fixture: throwaway TLS cluster)

@@ -86,8 +86,18 @@ def test_password_sign_in_sets_a_safe_cookie_and_signs_out(web_gw: Gateway) -> N
         assert page.headers["cache-control"] == "no-store"
         assert page.headers["x-content-type-options"] == "nosniff"
 
+        # Errors on pages are pages; the API keeps problem details.
+        missing = client.get("/ui/no-such-page")
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith(
+            "text/html"
+        )
+        api_missing = client.get("/api/v1/no-such-thing")
+        assert api_missing.headers["content-type"] == "application/problem+json"
+
         # Signing out needs the session's CSRF token, then the cookie opens nothing.
-        assert client.post("/ui/logout").status_code == 403
+        forged = client.post("/ui/logout")
+        assert forged.status_code == 403 and "CSRF check failed" in forged.text
+        assert forged.headers["content-type"].startswith("text/html")
         out = client.post("/ui/logout", data={"csrf": form_token(page)})
         assert out.status_code == 303
         client.cookies.clear()

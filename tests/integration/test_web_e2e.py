@@ -17,11 +17,13 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.integration.browser import browser, new_context, screenshot  # noqa: F401
+from tests.integration.browser import new_context, screenshot
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.oidc_mock import OidcProvider, oidc_provider  # noqa: F401
+from tests.integration.oidc_mock import OidcProvider
 from tests.integration.test_reviews import review_config
-from tests.integration.test_web_pages import agent_update, api, qty, table  # noqa: F401
+from tests.integration.test_web_pages import agent_update, api, qty, table
+
+__all__ = ["table"]  # a fixture, used by name
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +53,7 @@ def sso_config(database: str, issuer: str) -> str:
 @pytest.fixture(scope="module")
 def sso_gw(
     it_database: str,
-    oidc_provider: OidcProvider,  # noqa: F811
+    oidc_provider: OidcProvider,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     gw = make_gateway(tmp_path_factory.mktemp("sso"), sso_config(it_database, oidc_provider.issuer))
@@ -65,7 +67,7 @@ def sso_gw(
     gw.stop()
 
 
-def sso_sign_in(browser: Browser, gw: Gateway, subject: str, path: str = "/ui/reviews") -> Page:  # noqa: F811
+def sso_sign_in(browser: Browser, gw: Gateway, subject: str, path: str = "/ui/reviews") -> Page:
     page = new_context(browser, gw).new_page()
     page.goto(path)
     expect(page).to_have_url(re.compile(r"/ui/login\?next="))
@@ -79,10 +81,10 @@ def sso_sign_in(browser: Browser, gw: Gateway, subject: str, path: str = "/ui/re
 
 
 def test_reviewer_approves_an_agents_update_after_oidc_sign_in(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     sso_gw: Gateway,
     it_database: str,
-    table: str,  # noqa: F811
+    table: str,
 ) -> None:
     statement = f"update {table} set qty = 40 where id = 1"
     review_id = agent_update(sso_gw, statement)
@@ -121,9 +123,9 @@ def test_reviewer_approves_an_agents_update_after_oidc_sign_in(
 
 
 def test_sponsor_and_requester_see_no_approve_button(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     sso_gw: Gateway,
-    table: str,  # noqa: F811
+    table: str,
 ) -> None:
     agents_review = agent_update(sso_gw, f"update {table} set qty = 7 where id = 2")
     with api(sso_gw, "dev") as client:
@@ -151,7 +153,7 @@ def test_sponsor_and_requester_see_no_approve_button(
 
 
 def test_an_identity_naming_an_agent_is_refused(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     sso_gw: Gateway,
 ) -> None:
     page = sso_sign_in(browser, sso_gw, "u-bot")
@@ -163,7 +165,7 @@ def test_an_identity_naming_an_agent_is_refused(
 
 
 def test_the_provider_saying_no_is_explained(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     sso_gw: Gateway,
 ) -> None:
     page = new_context(browser, sso_gw).new_page()

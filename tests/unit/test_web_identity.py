@@ -139,6 +139,8 @@ def test_oidc_group_mapping_must_name_known_groups() -> None:
         ("//evil.example/ui", "/ui/reviews"),
         ("/ui\\@evil", "/ui/reviews"),
         ("/api/v1/tokens", "/ui/reviews"),
+        ("/ui/x\r\nSet-Cookie: a=b", "/ui/reviews"),
+        ("/ui/\x00", "/ui/reviews"),
         (None, "/ui/reviews"),
     ],
 )

@@ -35,21 +35,24 @@ def problem(status: int, detail: str, title: str | None = None, **extra: Any) ->
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+async def http_problem(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return problem(exc.status_code, str(exc.detail))
+
+
+async def validation_problem(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
+    where = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+    return problem(422, f"invalid request: {where}", errors=errors)
+
+
 def create_app(services: Services | None = None) -> FastAPI:
     app = FastAPI(title="wardgate", version=__version__)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_problem(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_problem(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-            for e in exc.errors()
-        ]
-        where = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
-        return problem(422, f"invalid request: {where}", errors=errors)
+    # The web UI (mount_ui) answers errors on its pages as pages, the rest like this.
+    app.add_exception_handler(StarletteHTTPException, http_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_problem)  # type: ignore[arg-type]
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -58,7 +61,7 @@ def create_app(services: Services | None = None) -> FastAPI:
     if services is not None:
         from starlette.routing import Route
 
-        from wardgate.api import resources
+        from wardgate.api import resources, signin
         from wardgate.api.reviews import router
         from wardgate.integrations.mcp_server import McpGateway
         from wardgate.web import mount_ui
@@ -66,6 +69,7 @@ def create_app(services: Services | None = None) -> FastAPI:
         app.state.services = services
         app.include_router(router)
         app.include_router(resources.router)
+        app.include_router(signin.router)
         mcp = McpGateway(services)
         app.state.mcp = mcp
         # A raw ASGI route (not a mount): clients POST to /mcp itself, no redirect.

@@ -21,12 +21,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from wardgate.actions import Action
 from wardgate.api.auth import Caller, caller, services_of
 from wardgate.api.schemas import (
-    VERDICT_SCAN_SESSIONS,
+    MAX_SEARCH_TEXT,
+    SEARCH_SCAN_SESSIONS,
     ActionOut,
     AuditVerification,
     CheckBody,
@@ -49,6 +50,7 @@ from wardgate.api.schemas import (
     SessionSummary,
     SshUpstream,
     StatementOut,
+    Text,
     TokenList,
     TokenOut,
     _problems,
@@ -202,25 +204,25 @@ def _review_event_out(event: dict[str, Any]) -> SessionReviewEvent:
 # -- store reads (run in a worker thread) --------------------------------------------
 
 
-def _find_sessions(
-    store: Store,
-    filters: list[ColumnElement[bool]],
-    verdict: str | None,
-    limit: int,
-) -> tuple[list[SessionSummary], bool]:
-    order = (SessionRow.started_at.desc(), SessionRow.id)
-    if verdict is None:
-        stmt = select(SessionRow).where(*filters).order_by(*order).limit(limit)
-        with store.session(write=False) as session:
-            rows = list(session.scalars(stmt))
-        return [SessionSummary.model_validate(r, from_attributes=True) for r in rows], True
+def _text_match(q: str) -> ColumnElement[bool]:
+    """The free-text search: a session id prefix, or a substring of the principal, the
+    connection or the client's application name; case-insensitive, ``%`` and ``_``
+    taken literally."""
+    return or_(
+        SessionRow.id.istartswith(q, autoescape=True),
+        SessionRow.principal.icontains(q, autoescape=True),
+        SessionRow.connection.icontains(q, autoescape=True),
+        SessionRow.application_name.icontains(q, autoescape=True),
+    )
+
+
+def _has_action_with(verdict: str) -> ColumnElement[bool]:
     # The recorded payload is canonical JSON (sorted keys, no whitespace: it is hashed
     # into the chain), so the verdict's first key is its decision, and quotes inside
     # any string value (statement text, output) are escaped: this substring can only
     # be the verdict itself.
     needle = f'"verdict":{{"decision":"{verdict}"'
-    window = select(SessionRow.id).where(*filters).order_by(*order).limit(VERDICT_SCAN_SESSIONS)
-    has_action = (
+    return (
         select(AuditEvent.id)
         .where(
             AuditEvent.session_id == SessionRow.id,
@@ -229,16 +231,34 @@ def _find_sessions(
         )
         .exists()
     )
-    stmt = (
-        select(SessionRow)
-        .where(SessionRow.id.in_(window.scalar_subquery()), has_action)
-        .order_by(*order)
-        .limit(limit)
-    )
+
+
+def _find_sessions(
+    store: Store,
+    filters: list[ColumnElement[bool]],
+    verdict: str | None,
+    q: str | None,
+    limit: int,
+) -> tuple[list[SessionSummary], bool]:
+    order = (SessionRow.started_at.desc(), SessionRow.id)
+    if verdict is None and q is None:
+        stmt = select(SessionRow).where(*filters).order_by(*order).limit(limit)
+        with store.session(write=False) as session:
+            rows = list(session.scalars(stmt))
+        return [SessionSummary.model_validate(r, from_attributes=True) for r in rows], True
+    # Neither filter can use an index (a substring, a probe per session), so both look
+    # only at a bounded window: the newest sessions matching the indexed filters.
+    window = select(SessionRow.id).where(*filters).order_by(*order).limit(SEARCH_SCAN_SESSIONS)
+    narrowing: list[ColumnElement[bool]] = [SessionRow.id.in_(window.scalar_subquery())]
+    if q is not None:
+        narrowing.append(_text_match(q))
+    if verdict is not None:
+        narrowing.append(_has_action_with(verdict))
+    stmt = select(SessionRow).where(*narrowing).order_by(*order).limit(limit)
     with store.session(write=False) as session:
         rows = list(session.scalars(stmt))
         scanned = session.scalar(select(func.count()).select_from(window.subquery())) or 0
-    complete = len(rows) >= limit or scanned < VERDICT_SCAN_SESSIONS
+    complete = len(rows) >= limit or scanned < SEARCH_SCAN_SESSIONS
     return [SessionSummary.model_validate(r, from_attributes=True) for r in rows], complete
 
 
@@ -266,7 +286,7 @@ def _action_page(store: Store, session_id: str, after: int, size: int) -> list[A
 # -- connections ------------------------------------------------------------------------
 
 
-@router.get("/connections", response_model=ConnectionList, responses=_problems(401))
+@router.get("/connections", response_model=ConnectionList, responses=_problems(401, 429))
 async def list_connections(request: Request, who: Authenticated) -> ConnectionList:
     services = services_of(request)
     config = services.config
@@ -278,9 +298,9 @@ async def list_connections(request: Request, who: Authenticated) -> ConnectionLi
 
 
 @router.get(
-    "/connections/{name}", response_model=ConnectionDetail, responses=_problems(401, 404, 422)
+    "/connections/{name}", response_model=ConnectionDetail, responses=_problems(401, 429, 404, 422)
 )
-async def get_connection(request: Request, name: str, who: Authenticated) -> ConnectionDetail:
+async def get_connection(request: Request, name: Text, who: Authenticated) -> ConnectionDetail:
     services = services_of(request)
     config = services.config
     conn = _connection_of(config, name)
@@ -291,7 +311,7 @@ async def get_connection(request: Request, name: str, who: Authenticated) -> Con
 # -- principals -------------------------------------------------------------------------
 
 
-@router.get("/principals", response_model=PrincipalList, responses=_problems(401))
+@router.get("/principals", response_model=PrincipalList, responses=_problems(401, 429))
 async def list_principals(request: Request, who: Authenticated) -> PrincipalList:
     """Humans see every principal; an agent sees only itself."""
     if who.principal.is_agent:
@@ -301,8 +321,10 @@ async def list_principals(request: Request, who: Authenticated) -> PrincipalList
     return PrincipalList(principals=[_principal_out(p) for p in found if p is not None])
 
 
-@router.get("/principals/{name}", response_model=PrincipalOut, responses=_problems(401, 404, 422))
-async def get_principal(request: Request, name: str, who: Authenticated) -> PrincipalOut:
+@router.get(
+    "/principals/{name}", response_model=PrincipalOut, responses=_problems(401, 429, 404, 422)
+)
+async def get_principal(request: Request, name: Text, who: Authenticated) -> PrincipalOut:
     p = services_of(request).config.principal(name)
     if p is None or (who.principal.is_agent and name != who.principal.name):
         raise HTTPException(404, f"no principal named {name!r}")
@@ -312,7 +334,7 @@ async def get_principal(request: Request, name: str, who: Authenticated) -> Prin
 # -- tokens -----------------------------------------------------------------------------
 
 
-@router.get("/tokens", response_model=TokenList, responses=_problems(401))
+@router.get("/tokens", response_model=TokenList, responses=_problems(401, 429))
 async def list_tokens(request: Request, who: Authenticated) -> TokenList:
     """The caller's own tokens (never a token value: the store does not keep them)."""
     tokens = services_of(request).tokens
@@ -321,9 +343,9 @@ async def list_tokens(request: Request, who: Authenticated) -> TokenList:
 
 
 @router.post(
-    "/tokens/{token_id}/revoke", response_model=TokenOut, responses=_problems(401, 404, 422)
+    "/tokens/{token_id}/revoke", response_model=TokenOut, responses=_problems(401, 429, 404, 422)
 )
-async def revoke_token(request: Request, token_id: str, who: Authenticated) -> TokenOut:
+async def revoke_token(request: Request, token_id: Text, who: Authenticated) -> TokenOut:
     """Revoke one of the caller's own tokens (the current one included); revoking a
     revoked token changes nothing."""
     tokens = services_of(request).tokens
@@ -338,12 +360,12 @@ async def revoke_token(request: Request, token_id: str, who: Authenticated) -> T
 # -- sessions ---------------------------------------------------------------------------
 
 
-@router.get("/sessions", response_model=SessionList, responses=_problems(401, 422))
+@router.get("/sessions", response_model=SessionList, responses=_problems(401, 429, 422))
 async def list_sessions(
     request: Request,
     who: Authenticated,
-    principal: str | None = None,
-    connection: str | None = None,
+    principal: Text | None = None,
+    connection: Text | None = None,
     protocol: Annotated[str | None, Query(pattern=_NAME)] = None,
     status: Annotated[str | None, Query(pattern=_NAME)] = None,
     since: Annotated[datetime | float | None, Query(description="Started at or after")] = None,
@@ -352,9 +374,19 @@ async def list_sessions(
         Literal["allow", "review", "block"] | None,
         Query(description="Sessions with at least one action of this decision (bounded scan)"),
     ] = None,
+    q: Annotated[
+        Text | None,
+        Query(
+            max_length=MAX_SEARCH_TEXT,
+            description="Free text, case-insensitive: a session id prefix, or part of the "
+            "principal, the connection or the client application name (bounded scan)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> SessionList:
-    """Newest first. Agents see only their own sessions."""
+    """Newest first. Agents see only their own sessions. The verdict and q filters look
+    at the newest sessions matching the other filters, up to a bound: ``complete`` says
+    whether they stopped there."""
     start, end = _epoch(since, "since"), _epoch(until, "until")
     if start is not None and end is not None and start > end:
         raise HTTPException(422, "invalid request: since is after until")
@@ -374,11 +406,12 @@ async def list_sessions(
     if end is not None:
         filters.append(SessionRow.started_at < end)
     store = services_of(request).store
-    rows, complete = await asyncio.to_thread(_find_sessions, store, filters, verdict, limit)
+    text = (q or "").strip() or None
+    rows, complete = await asyncio.to_thread(_find_sessions, store, filters, verdict, text, limit)
     return SessionList(sessions=rows, complete=complete)
 
 
-async def _visible_session(request: Request, session_id: str, who: Caller) -> Store:
+async def _visible_session(request: Request, session_id: Text, who: Caller) -> Store:
     store = services_of(request).store
     owner = await asyncio.to_thread(_session_owner, store, session_id)
     if owner is None or (who.principal.is_agent and owner != who.principal.name):
@@ -387,10 +420,10 @@ async def _visible_session(request: Request, session_id: str, who: Caller) -> St
 
 
 @router.get(
-    "/sessions/{session_id}", response_model=SessionDetail, responses=_problems(401, 404, 422)
+    "/sessions/{session_id}", response_model=SessionDetail, responses=_problems(401, 429, 404, 422)
 )
 async def get_session_detail(
-    request: Request, session_id: str, who: Authenticated
+    request: Request, session_id: Text, who: Authenticated
 ) -> SessionDetail:
     store = await _visible_session(request, session_id, who)
     found = await asyncio.to_thread(get_session, store, session_id)
@@ -425,12 +458,12 @@ def _csv_row(a: ActionOut) -> list[Any]:
             "(the `actions` items of GET /sessions/{id}), or CSV with a header row",
             "content": {"application/x-ndjson": {}, "text/csv": {}},
         },
-        **_problems(401, 404, 422),
+        **_problems(401, 429, 404, 422),
     },
 )
 async def export_session(
     request: Request,
-    session_id: str,
+    session_id: Text,
     who: Authenticated,
     format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingResponse:
@@ -466,7 +499,7 @@ async def export_session(
 
 
 @router.post(
-    "/policy/check", response_model=CheckResult, responses=_problems(400, 401, 403, 404, 422)
+    "/policy/check", response_model=CheckResult, responses=_problems(400, 401, 429, 403, 404, 422)
 )
 async def check_policy(request: Request, body: CheckBody, who: Authenticated) -> CheckResult:
     """What the gate would decide for ``text`` on a connection, with nothing run.
@@ -501,7 +534,7 @@ async def check_policy(request: Request, body: CheckBody, who: Authenticated) ->
 # -- audit ------------------------------------------------------------------------------
 
 
-@router.get("/audit/verify", response_model=AuditVerification, responses=_problems(401, 403))
+@router.get("/audit/verify", response_model=AuditVerification, responses=_problems(401, 429, 403))
 async def audit_verify(request: Request, who: Authenticated) -> AuditVerification:
     """Walk the whole hash chain (humans only: it reads every event). One walk at a
     time per gateway process: concurrent requests queue rather than fill the threads."""

@@ -1,59 +1,102 @@
 """REST endpoints of the review service: reviews, access grants and proposals.
 
 Every decision goes through ``ReviewService`` (one place for the segregation-of-duties
-rules); these handlers only authenticate, translate and shape responses.
+rules); these handlers only authenticate, translate and shape responses. Every response
+is a declared model (api/schemas.py) and every error status an operation can answer is
+declared with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from wardgate.api.auth import Caller, caller, services_of
+from wardgate.api.schemas import (
+    GrantList,
+    ReviewKind,
+    ReviewList,
+    ReviewOut,
+    ReviewStatus,
+    Text,
+    WhoAmI,
+)
 from wardgate.api.schemas import _problems as problems
-from wardgate.config import parse_duration
+from wardgate.config import _DURATION, parse_duration
 from wardgate.proxy.services import Services
 from wardgate.reviews.messages import review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
 from wardgate.reviews.proposals import judge_proposal
-from wardgate.reviews.rules import missing, refusal
-from wardgate.reviews.service import ReviewService
+from wardgate.reviews.rules import (
+    VoteRefused,
+    cancel_refusal,
+    missing,
+    refusal,
+    revoke_refusal,
+)
+from wardgate.reviews.service import MAX_TEXT, ReviewService
 from wardgate.reviews.waiting import ReviewRuntime
 
-# Every error is a problem-details document (see api/app.py).
-router = APIRouter(prefix="/api/v1", responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
+# Every error is a problem-details document (see api/app.py). Every operation may
+# answer 401 and 429 (authentication, see api/auth.py) and 503 (a process without the
+# review service); 422 wherever there is a parameter or a body to validate, and 400 for
+# a body that is not even JSON.
+router = APIRouter(prefix="/api/v1")
 Authenticated = Annotated[Caller, Depends(caller)]
 MAX_STATEMENTS = 100
+T = TypeVar("T")
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return problems(401, 429, 503, *codes)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ]
+        }
+    ),
+]
 
 
 class DecisionBody(BaseModel):
-    reason: str = Field(default="", max_length=2000)
+    reason: Text = Field(default="", max_length=2000)
 
 
 class GrantBody(BaseModel):
-    connection: str = Field(min_length=1)
-    role: str = Field(min_length=1)
-    duration: Annotated[float, BeforeValidator(parse_duration)] = Field(
-        description="How long the grant lasts: 30m, 2h, or seconds"
+    connection: Text = Field(min_length=1)
+    role: Text = Field(min_length=1)
+    duration: Duration = Field(
+        description="How long the grant lasts: 30m, 2h, 250ms, 1d, or seconds; at most the "
+        "connection's grants.max_duration"
     )
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Text = Field(min_length=1, max_length=2000)
 
 
 class CodeBody(BaseModel):
-    code: str = Field(min_length=1)
-    justification: str = Field(default="", max_length=2000)
-    context: str = Field(default="", max_length=200, description="e.g. the agent's name")
+    code: Text = Field(min_length=1)
+    justification: Text = Field(default="", max_length=2000)
+    context: Text = Field(default="", max_length=200, description="e.g. the agent's name")
 
 
 class ProposalBody(BaseModel):
-    connection: str = Field(min_length=1)
-    statements: list[Annotated[str, Field(min_length=1)]] = Field(
+    connection: Text = Field(min_length=1)
+    # No statement longer than the review service keeps (MAX_TEXT): it could never be
+    # filed, and it is not parsed first to find that out.
+    statements: list[Annotated[Text, Field(min_length=1, max_length=MAX_TEXT)]] = Field(
         min_length=1, max_length=MAX_STATEMENTS
     )
-    justification: str = Field(min_length=1, max_length=2000)
+    justification: Text = Field(min_length=1, max_length=2000)
 
 
 def _runtime(request: Request) -> tuple[Services, ReviewRuntime, ReviewService]:
@@ -63,26 +106,32 @@ def _runtime(request: Request) -> tuple[Services, ReviewRuntime, ReviewService]:
     return services, services.reviews, services.reviews.service
 
 
-def _shape(services: Services, review: ReviewInfo, who: Caller) -> dict[str, Any]:
+def _shape(services: Services, review: ReviewInfo, who: Caller) -> ReviewOut:
     """A review as the API shows it: what the caller may do with it included."""
     config = services.config
-    body = review.to_dict()
     approvers = [
         p
         for v in review.votes
         if v.decision == "approve" and (p := config.principal(v.voter)) is not None
     ]
-    body["url"] = review_url(config.review_url, review.id)
-    body["can_vote"] = (
-        review.status == "pending"
-        and refusal(review.parties, who.principal, "approve") is None
-        and all(v.voter != who.principal.name for v in review.votes)
+    pending = review.status == "pending"
+    return ReviewOut.model_validate(
+        {
+            **review.to_dict(),
+            "url": review_url(config.review_url, review.id),
+            "can_vote": pending
+            and refusal(review.parties, who.principal, "approve") is None
+            and all(v.voter != who.principal.name for v in review.votes),
+            "still_needed": missing(review.parties, approvers) if pending else [],
+            "can_cancel": cancel_refusal(review.parties, review.kind, review.status, who.principal)
+            is None,
+            "can_revoke": revoke_refusal(review.parties, review.kind, review.status, who.principal)
+            is None,
+        }
     )
-    body["still_needed"] = missing(review.parties, approvers) if review.status == "pending" else []
-    return body
 
 
-async def _call(fn: Any, *args: Any) -> Any:
+async def _call(fn: Callable[..., T], *args: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args)
     except ReviewError as exc:
@@ -96,28 +145,31 @@ def _visible(review: ReviewInfo | None, who: Caller) -> ReviewInfo:
     return review
 
 
-@router.get("/whoami")
-async def whoami(who: Authenticated) -> dict[str, Any]:
+@router.get("/whoami", response_model=WhoAmI, responses=problems(401, 429))
+async def whoami(who: Authenticated) -> WhoAmI:
     p = who.principal
-    return {
-        "principal": p.name,
-        "kind": p.kind.value,
-        "groups": sorted(p.groups),
-        "sponsor": p.sponsor,
-        "token_id": who.token_id,
-    }
+    return WhoAmI(
+        principal=p.name,
+        kind=p.kind.value,
+        groups=sorted(p.groups),
+        sponsor=p.sponsor,
+        token_id=who.token_id,
+    )
 
 
-@router.get("/reviews")
+@router.get("/reviews", response_model=ReviewList, responses=_answers(422))
 async def list_reviews(
     request: Request,
     who: Authenticated,
-    status: str | None = None,
-    kind: Literal["action", "grant", "proposal", "code"] | None = None,
-    principal: str | None = None,
-    connection: str | None = None,
+    status: Annotated[
+        ReviewStatus | Literal["all"] | None, Query(description="Default: every status")
+    ] = None,
+    kind: ReviewKind | None = None,
+    principal: Text | None = None,
+    connection: Text | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> ReviewList:
+    """Newest first. Agents see only their own reviews."""
     services, _, service = _runtime(request)
     if who.principal.is_agent:
         principal = who.principal.name
@@ -130,27 +182,31 @@ async def list_reviews(
             limit=limit,
         )
     )
-    return {"reviews": [_shape(services, r, who) for r in found]}
+    return ReviewList(reviews=[_shape(services, r, who) for r in found])
 
 
-@router.get("/reviews/{review_id}")
-async def get_review(request: Request, review_id: str, who: Authenticated) -> dict[str, Any]:
+@router.get("/reviews/{review_id}", response_model=ReviewOut, responses=_answers(404, 422))
+async def get_review(request: Request, review_id: Text, who: Authenticated) -> ReviewOut:
     services, _, service = _runtime(request)
     review = _visible(await asyncio.to_thread(service.get, review_id), who)
     return _shape(services, review, who)
 
 
-@router.post("/reviews/{review_id}/approve")
+# 403: segregation of duties refuses this voter; 409: not pending, or already voted.
+_VOTE_ANSWERS = _answers(400, 403, 404, 409, 422)
+
+
+@router.post("/reviews/{review_id}/approve", response_model=ReviewOut, responses=_VOTE_ANSWERS)
 async def approve(
-    request: Request, review_id: str, who: Authenticated, body: DecisionBody | None = None
-) -> dict[str, Any]:
+    request: Request, review_id: Text, who: Authenticated, body: DecisionBody | None = None
+) -> ReviewOut:
     return await _vote(request, review_id, who, "approve", body)
 
 
-@router.post("/reviews/{review_id}/deny")
+@router.post("/reviews/{review_id}/deny", response_model=ReviewOut, responses=_VOTE_ANSWERS)
 async def deny(
-    request: Request, review_id: str, who: Authenticated, body: DecisionBody | None = None
-) -> dict[str, Any]:
+    request: Request, review_id: Text, who: Authenticated, body: DecisionBody | None = None
+) -> ReviewOut:
     return await _vote(request, review_id, who, "deny", body)
 
 
@@ -160,11 +216,9 @@ async def _vote(
     who: Authenticated,
     decision: Literal["approve", "deny"],
     body: DecisionBody | None,
-) -> dict[str, Any]:
+) -> ReviewOut:
     services, _, service = _runtime(request)
     _visible(await asyncio.to_thread(service.get, review_id), who)
-    from wardgate.reviews.rules import VoteRefused
-
     try:
         review = await asyncio.to_thread(
             service.vote, review_id, who.principal, decision, body.reason if body else ""
@@ -176,10 +230,10 @@ async def _vote(
     return _shape(services, review, who)
 
 
-@router.post("/reviews", status_code=201)
-async def request_code_review(
-    request: Request, body: CodeBody, who: Authenticated
-) -> dict[str, Any]:
+@router.post(
+    "/reviews", status_code=201, response_model=ReviewOut, responses=_answers(400, 413, 422)
+)
+async def request_code_review(request: Request, body: CodeBody, who: Authenticated) -> ReviewOut:
     """File code the caller wants to run on its own side (an AutoGen code executor) for
     a human's approval; use it once with POST /reviews/{id}/use."""
     services, _, service = _runtime(request)
@@ -189,8 +243,10 @@ async def request_code_review(
     return _shape(services, review, who)
 
 
-@router.post("/reviews/{review_id}/use")
-async def use_approval(request: Request, review_id: str, who: Authenticated) -> dict[str, Any]:
+@router.post(
+    "/reviews/{review_id}/use", response_model=ReviewOut, responses=_answers(404, 409, 422)
+)
+async def use_approval(request: Request, review_id: Text, who: Authenticated) -> ReviewOut:
     """Use an approved code review, once, as its requester: 409 when it is not approved,
     already used or expired."""
     services, _, service = _runtime(request)
@@ -207,8 +263,12 @@ async def use_approval(request: Request, review_id: str, who: Authenticated) -> 
     return _shape(services, _visible(await asyncio.to_thread(service.get, review_id), who), who)
 
 
-@router.post("/reviews/{review_id}/cancel")
-async def cancel(request: Request, review_id: str, who: Authenticated) -> dict[str, Any]:
+@router.post(
+    "/reviews/{review_id}/cancel", response_model=ReviewOut, responses=_answers(403, 404, 409, 422)
+)
+async def cancel(request: Request, review_id: Text, who: Authenticated) -> ReviewOut:
+    """As the requester (or an agent's sponsor): a pending review, or an approval not
+    yet used; 409 once it is decided otherwise."""
     services, _, service = _runtime(request)
     _visible(await asyncio.to_thread(service.get, review_id), who)
     review = await _call(service.cancel, review_id, who.principal)
@@ -218,8 +278,12 @@ async def cancel(request: Request, review_id: str, who: Authenticated) -> dict[s
 # -- grants -----------------------------------------------------------------------------
 
 
-@router.post("/grants", status_code=201)
-async def request_grant(request: Request, body: GrantBody, who: Authenticated) -> dict[str, Any]:
+@router.post(
+    "/grants", status_code=201, response_model=ReviewOut, responses=_answers(400, 404, 422)
+)
+async def request_grant(request: Request, body: GrantBody, who: Authenticated) -> ReviewOut:
+    """A time-boxed role on a connection, for approval: a review of kind grant (the
+    pending or active one when the same grant was already asked for)."""
     services, _, service = _runtime(request)
     review = await _call(
         service.request_grant, who.principal, body.connection, body.role, body.duration, body.reason
@@ -227,8 +291,14 @@ async def request_grant(request: Request, body: GrantBody, who: Authenticated) -
     return _shape(services, review, who)
 
 
-@router.get("/grants")
-async def list_grants(request: Request, who: Authenticated, active: bool = True) -> dict[str, Any]:
+@router.get("/grants", response_model=GrantList, responses=_answers(422))
+async def list_grants(
+    request: Request,
+    who: Authenticated,
+    active: Annotated[
+        bool, Query(description="Only grants in force (else every grant, newest 1000)")
+    ] = True,
+) -> GrantList:
     services, _, service = _runtime(request)
     if active:
         found = await asyncio.to_thread(service.active_grants)
@@ -236,13 +306,18 @@ async def list_grants(request: Request, who: Authenticated, active: bool = True)
         found = await asyncio.to_thread(lambda: service.search(kind="grant", limit=1000))
     if who.principal.is_agent:
         found = [g for g in found if g.principal == who.principal.name]
-    return {"grants": [_shape(services, g, who) for g in found]}
+    return GrantList(grants=[_shape(services, g, who) for g in found])
 
 
-@router.post("/grants/{review_id}/revoke")
+@router.post(
+    "/grants/{review_id}/revoke",
+    response_model=ReviewOut,
+    responses=_answers(400, 403, 404, 409, 422),
+)
 async def revoke_grant(
-    request: Request, review_id: str, who: Authenticated, body: DecisionBody | None = None
-) -> dict[str, Any]:
+    request: Request, review_id: Text, who: Authenticated, body: DecisionBody | None = None
+) -> ReviewOut:
+    """As the grantee or one of the grant's approvers; 409 when it is not in force."""
     services, _, service = _runtime(request)
     _visible(await asyncio.to_thread(service.get, review_id), who)
     review = await _call(
@@ -254,15 +329,18 @@ async def revoke_grant(
 # -- proposals --------------------------------------------------------------------------
 
 
-@router.post("/proposals", status_code=201)
-async def submit_proposal(
-    request: Request, body: ProposalBody, who: Authenticated
-) -> dict[str, Any]:
-    services, runtime, service = _runtime(request)
-    try:
-        verdict = judge_proposal(services, who.principal, body.connection, body.statements)
-    except ReviewError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+@router.post(
+    "/proposals",
+    status_code=201,
+    response_model=ReviewOut,
+    responses=_answers(400, 403, 404, 413, 422),
+)
+async def submit_proposal(request: Request, body: ProposalBody, who: Authenticated) -> ReviewOut:
+    """A change set the gateway runs itself once approved; 403 when a statement is
+    blocked (nothing is filed)."""
+    services, _, service = _runtime(request)
+    # Parsing up to MAX_STATEMENTS statements is CPU work: off the event loop.
+    verdict = await _call(judge_proposal, services, who.principal, body.connection, body.statements)
     review = await _call(
         lambda: service.request_proposal(
             who.principal,
@@ -276,8 +354,8 @@ async def submit_proposal(
     return _shape(services, review, who)
 
 
-@router.get("/proposals/{review_id}")
-async def get_proposal(request: Request, review_id: str, who: Authenticated) -> dict[str, Any]:
+@router.get("/proposals/{review_id}", response_model=ReviewOut, responses=_answers(404, 422))
+async def get_proposal(request: Request, review_id: Text, who: Authenticated) -> ReviewOut:
     services, _, service = _runtime(request)
     review = _visible(await asyncio.to_thread(service.get, review_id), who)
     if review.kind != "proposal":

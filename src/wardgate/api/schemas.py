@@ -5,12 +5,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
-# The verdict filter of GET /sessions looks at this many of the newest sessions that
-# match the other filters (each probe is an indexed lookup of that session's events).
-VERDICT_SCAN_SESSIONS = 5000
+# The verdict and q filters of GET /sessions look at this many of the newest sessions
+# that match the other filters (walked in started_at index order; each verdict probe is
+# an indexed lookup of that session's events), whatever the size of the store.
+SEARCH_SCAN_SESSIONS = 5000
+MAX_SEARCH_TEXT = 100
 MAX_CHECK_TEXT = 1_000_000
+
+# Every text the API takes (path, query, body). PostgreSQL text cannot hold a NUL (a
+# store on PostgreSQL would fail on it), and any constrained string also refuses a lone
+# surrogate (JSON can spell one, UTF-8 cannot encode it): both are a 422 here.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
 
 # -- response models --------------------------------------------------------------------
 
@@ -175,8 +182,8 @@ class SessionSummary(_Out):
 class SessionList(_Out):
     sessions: list[SessionSummary]
     complete: bool = Field(
-        description="False when the verdict filter stopped at its scan bound (the newest "
-        f"{VERDICT_SCAN_SESSIONS} sessions matching the other filters) before finding `limit` "
+        description="False when the verdict or q filter stopped at its scan bound (the newest "
+        f"{SEARCH_SCAN_SESSIONS} sessions matching the other filters) before finding `limit` "
         "sessions: older sessions were not searched; narrow since/until/principal/connection"
     )
 
@@ -239,9 +246,9 @@ class SessionDetail(SessionSummary):
 
 
 class CheckBody(BaseModel):
-    connection: str
-    principal: str | None = Field(default=None, description="Default: the caller")
-    text: str = Field(max_length=MAX_CHECK_TEXT, description="SQL, or a shell command on ssh")
+    connection: Text
+    principal: Text | None = Field(default=None, description="Default: the caller")
+    text: Text = Field(max_length=MAX_CHECK_TEXT, description="SQL, or a shell command on ssh")
 
 
 class CheckResult(VerdictOut):
@@ -257,4 +264,94 @@ class AuditVerification(_Out):
     reason: str | None = None
 
 
-# -- helpers ----------------------------------------------------------------------------
+# -- reviews, grants, proposals ---------------------------------------------------------
+
+ReviewKind = Literal["action", "grant", "proposal", "code"]
+ReviewStatus = Literal[
+    "pending",
+    "approved",
+    "denied",
+    "expired",
+    "cancelled",
+    "executing",
+    "executed",
+    "failed",
+    "revoked",
+]
+
+
+class WhoAmI(_Out):
+    principal: str
+    kind: Literal["user", "agent"]
+    groups: list[str]
+    sponsor: str | None = Field(description="The human an agent acts for; null for a human")
+    token_id: str = Field(
+        description="The id of the token this request was made with, or web:<session id> "
+        "for a human signed in with `wardgate login --sso`"
+    )
+
+
+class RequirementOut(_Out):
+    groups: list[str] = Field(description="Approver groups, any of which counts")
+    quorum: int = Field(description="Distinct humans from those groups who must approve")
+
+
+class VoteOut(_Out):
+    voter: str
+    decision: Literal["approve", "deny"]
+    reason: str
+    at: float
+
+
+class ReviewOut(_Out):
+    """A review (of an action, a grant, a proposal or agent-side code) with what the
+    caller may do with it. ``ReviewInfo.to_dict()`` plus ``url``, ``can_vote``,
+    ``still_needed``, ``can_cancel`` and ``can_revoke``; webhook notifications carry the
+    same fields but those five."""
+
+    id: str
+    kind: ReviewKind
+    status: ReviewStatus = Field(description="As of now: a lapsed pending review is expired")
+    connection: str = Field(description="Empty for a code review")
+    principal: str = Field(description="Who asked")
+    principal_kind: Literal["user", "agent"]
+    sponsor: str | None
+    protocol: str = Field(description="Where it was asked: postgres, ssh, mcp, api ...")
+    session_id: str = Field(description="The recorded session it came from; empty if none")
+    client_addr: str
+    text: str = Field(description="What is to run (or the grant asked for), as written")
+    detail: dict[str, Any] = Field(
+        description="By kind: action {params, resolved?}; grant {role, duration}; "
+        "proposal {statements}; code {context}"
+    )
+    rule: str = Field(description="The rule that asked for the review")
+    rules: list[str]
+    reason: str
+    justification: str | None
+    requirements: list[RequirementOut] = Field(description="Every one must be met")
+    sponsor_may_approve: bool
+    created_at: float
+    expires_at: float = Field(description="When a pending review lapses")
+    decided_at: float | None
+    approved_until: float | None = Field(
+        description="Until when an approval can be used (a grant: when it ends)"
+    )
+    executed_at: float | None
+    preview: dict[str, Any] | None = Field(
+        description="The impact preview a reviewer sees (PostgreSQL writes), when one ran"
+    )
+    result: dict[str, Any] | None = Field(description="What running it did, once it ran")
+    votes: list[VoteOut]
+    url: str = Field(description="Where a human approves it (the web UI page)")
+    can_vote: bool = Field(description="Whether the caller may approve it now")
+    still_needed: list[str] = Field(description="Unmet requirements while pending")
+    can_cancel: bool = Field(description="Whether the caller may cancel it now")
+    can_revoke: bool = Field(description="Whether the caller may revoke it now (grants)")
+
+
+class ReviewList(_Out):
+    reviews: list[ReviewOut]
+
+
+class GrantList(_Out):
+    grants: list[ReviewOut] = Field(description="Reviews of kind grant")

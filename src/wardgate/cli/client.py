@@ -6,6 +6,11 @@ http://127.0.0.1:8080. The token is ``$WARDGATE_TOKEN``, else the saved login's,
 saved token is only ever sent to the URL it was saved for. The saved login lives in
 ``$WARDGATE_PROFILE``, else ``$XDG_CONFIG_HOME/wardgate/profile.json``, readable by its
 owner only. No message, repr or error ever contains a token.
+
+A login by single sign-on (``wardgate login --sso``) saves a sign-in session (``wgs_``)
+and what renews it: the identity provider's refresh token, token endpoint and client
+id. When the API refuses the session, the CLI renews it once, transparently: refresh at
+the provider, trade the new ID token for a new session at the gateway, save, retry.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import os
 import re
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NoReturn
@@ -30,9 +36,12 @@ from wardgate import __version__
 DEFAULT_URL = "http://127.0.0.1:8080"
 API_PREFIX = "/api/v1"
 TIMEOUT = 30.0
+PROVIDER_TIMEOUT = 10.0
 _MAX_BODY_IN_MESSAGE = 200
 
 NOT_LOGGED_IN = "not logged in: set WARDGATE_TOKEN or run `wardgate login`"
+SIGN_IN_EXPIRED = "your sign-in expired: run `wardgate login --sso`"
+SESSION_PREFIX = "wgs_"
 
 TokenSource = Literal["env", "profile", "given"]
 _REFUSED = {
@@ -71,10 +80,44 @@ def _fail(message: str) -> NoReturn:
 
 
 @dataclass(frozen=True, slots=True)
+class OidcLogin:
+    """What renews a single sign-on session: the provider's side of the login."""
+
+    issuer: str
+    client_id: str
+    token_endpoint: str
+    refresh_token: str | None = field(default=None, repr=False)
+    # The last ID token, sent again after a refresh that brought none.
+    id_token: str | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "client_id": self.client_id,
+            "token_endpoint": self.token_endpoint,
+            "refresh_token": self.refresh_token,
+            "id_token": self.id_token,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> OidcLogin:
+        if not isinstance(data, dict):
+            raise TypeError("oidc is not an object")
+        strings = ("issuer", "client_id", "token_endpoint")
+        optional = ("refresh_token", "id_token")
+        if not all(isinstance(data.get(k), str) for k in strings) or not all(
+            isinstance(data.get(k), str | None) for k in optional
+        ):
+            raise TypeError("oidc is malformed")
+        return cls(*(data[k] for k in strings), *(data.get(k) for k in optional))
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     url: str
     token: str = field(repr=False)
     principal: str = ""
+    oidc: OidcLogin | None = None
 
 
 def profile_path() -> Path:
@@ -105,13 +148,14 @@ def load_profile(path: Path | None = None) -> Profile | None:
         data = json.loads(raw)
         url = _clean_url(str(data["url"]))
         token, principal = str(data["token"]), str(data.get("principal") or "")
+        oidc = OidcLogin.from_dict(data["oidc"]) if data.get("oidc") is not None else None
     except (ValueError, KeyError, TypeError, AttributeError):
         url = None
     if url is None:
         _fail(f"the saved login {path} is damaged: run `wardgate login` again")
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         typer.echo(f"warning: {path} holds a token and others can read it: chmod 600 it", err=True)
-    return Profile(url, token, principal)
+    return Profile(url, token, principal, oidc)
 
 
 def save_profile(profile: Profile, path: Path | None = None) -> Path:
@@ -125,7 +169,13 @@ def save_profile(profile: Profile, path: Path | None = None) -> Path:
         # mkdir's mode passes through the umask, and an existing default directory may
         # predate us; a directory holding tokens is its owner's alone.
         os.chmod(directory, 0o700)
-    body = {"url": profile.url, "token": profile.token, "principal": profile.principal}
+    body: dict[str, Any] = {
+        "url": profile.url,
+        "token": profile.token,
+        "principal": profile.principal,
+    }
+    if profile.oidc is not None:
+        body["oidc"] = profile.oidc.as_dict()
     fd, tmp = tempfile.mkstemp(prefix=".profile-", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o600)
@@ -186,6 +236,7 @@ class Credentials:
     url: str
     token: str = field(repr=False)
     source: TokenSource
+    profile: Profile | None = field(default=None, repr=False)
 
 
 def resolve(url_option: str | None) -> Credentials:
@@ -206,7 +257,7 @@ def resolve(url_option: str | None) -> Credentials:
             f"not logged in to {url} (the saved login is for {profile.url}): "
             f"run `wardgate login --url {url}` or set WARDGATE_TOKEN"
         )
-    return Credentials(url, check_token(profile.token), "profile")
+    return Credentials(url, check_token(profile.token), "profile", profile)
 
 
 def path_part(value: str) -> str:
@@ -227,10 +278,14 @@ class ApiClient:
         source: TokenSource = "given",
         *,
         timeout: float = TIMEOUT,
+        renew: Callable[[], str] | None = None,
     ) -> None:
         self.url = url
         self._source = source
         self._timeout = timeout
+        # Called once on a 401 to get a fresh bearer (a renewed sign-in session).
+        self._renew = renew
+        self._signed_in = renew is not None or token.startswith(SESSION_PREFIX)
         self._http = httpx.Client(
             base_url=url + API_PREFIX,
             headers={
@@ -244,6 +299,9 @@ class ApiClient:
     @classmethod
     def connect(cls, url_option: str | None) -> ApiClient:
         creds = resolve(url_option)
+        profile = creds.profile
+        if profile is not None and profile.oidc is not None:
+            return cls(creds.url, creds.token, creds.source, renew=lambda: renew_session(profile))
         return cls(creds.url, creds.token, creds.source)
 
     def close(self) -> None:
@@ -268,8 +326,16 @@ class ApiClient:
         return self._call("POST", path, json=body if body is not None else {})
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        if response.status_code == 401 and self._renew is not None:
+            renew, self._renew = self._renew, None
+            self._http.headers["Authorization"] = f"Bearer {renew()}"
+            response = self._send(method, path, **kwargs)
+        return self._answer(response)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             _fail(
                 f"cannot reach the wardgate API at {self.url}: {_why(exc)}; "
@@ -279,12 +345,11 @@ class ApiClient:
             _fail(f"the wardgate API at {self.url} did not answer within {self._timeout:g}s")
         except httpx.HTTPError as exc:
             _fail(f"talking to the wardgate API at {self.url} failed: {_why(exc)}")
-        return self._answer(response)
 
     def _answer(self, response: httpx.Response) -> Any:
         status = response.status_code
         if status == 401:
-            _fail(_REFUSED[self._source])
+            _fail(SIGN_IN_EXPIRED if self._signed_in else _REFUSED[self._source])
         if status >= 400:
             _fail(self._problem(response))
         if status == 204 or not response.content:
@@ -295,23 +360,150 @@ class ApiClient:
             _fail(f"the answer from {self.url} is not JSON: is that the wardgate API?")
 
     def _problem(self, response: httpx.Response) -> str:
-        """The RFC 9457 ``detail`` (else ``title``), or what the status says."""
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            text = body.get("detail") or body.get("title")
-            if isinstance(text, str) and text.strip():
-                return visible(text.strip())
-        snippet = " ".join(response.text.split())[:_MAX_BODY_IN_MESSAGE]
-        said = f": {visible(snippet)}" if snippet else ""
-        hint = " (is that the wardgate API?)" if response.status_code == 404 else ""
-        return (
-            f"the API at {self.url} answered {response.status_code} "
-            f"{response.reason_phrase}{said}{hint}"
-        )
+        return problem_text(self.url, response)
+
+
+def problem_text(url: str, response: httpx.Response) -> str:
+    """The RFC 9457 ``detail`` (else ``title``), or what the status says."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        text = body.get("detail") or body.get("title")
+        if isinstance(text, str) and text.strip():
+            return visible(text.strip())
+    snippet = " ".join(response.text.split())[:_MAX_BODY_IN_MESSAGE]
+    said = f": {visible(snippet)}" if snippet else ""
+    hint = " (is that the wardgate API?)" if response.status_code == 404 else ""
+    return f"the API at {url} answered {response.status_code} {response.reason_phrase}{said}{hint}"
+
+
+class ApiRefusal(Exception):
+    """The API answered an error; the message is its problem detail."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _why(exc: Exception) -> str:
     return visible(str(exc) or type(exc).__name__)
+
+
+# -- single sign-on sessions --------------------------------------------------------
+
+
+def anonymous(url: str, method: str, path: str, body: dict[str, str] | None = None) -> Any:
+    """An unauthenticated call to ``/api/v1`` (the sign-in endpoints): the JSON answer;
+    `ApiRefusal` with the API's own words when it answers an error."""
+    return anonymous_with(url, None, method, path, body)
+
+
+def anonymous_with(
+    url: str, token: str | None, method: str, path: str, body: dict[str, str] | None = None
+) -> Any:
+    """One call to ``/api/v1`` without renewal or the saved login's rules: for signing in
+    and out. Raises `ApiRefusal` on an error answer."""
+    headers = {
+        "Accept": "application/json, application/problem+json",
+        "User-Agent": f"wardgate-cli/{__version__}",
+    }
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = httpx.request(
+            method, url + API_PREFIX + "/" + path, json=body, headers=headers, timeout=TIMEOUT
+        )
+    except httpx.TimeoutException:
+        _fail(f"the wardgate API at {url} did not answer within {TIMEOUT:g}s")
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the wardgate API at {url}: {_why(exc)}; is `wardgate serve` running?")
+    if response.status_code >= 400:
+        raise ApiRefusal(response.status_code, problem_text(url, response))
+    try:
+        return response.json()
+    except ValueError:
+        _fail(f"the answer from {url} is not JSON: is that the wardgate API?")
+
+
+def open_session(url: str, body: dict[str, str]) -> dict[str, Any]:
+    """Trade an ID token for a wardgate sign-in session (``POST /auth/oidc/session``):
+    the answer holds the session secret, its principal and when it ends."""
+    try:
+        session = anonymous(url, "POST", "auth/oidc/session", body)
+    except ApiRefusal as exc:
+        _fail(f"the gateway refused the sign-in: {exc}")
+    if (
+        not isinstance(session, dict)
+        or not isinstance(session.get("token"), str)
+        or not session["token"].startswith(SESSION_PREFIX)
+        or not isinstance(session.get("principal"), str)
+    ):
+        _fail(f"the answer from {url} is not a sign-in session: is that the wardgate API?")
+    return session
+
+
+def _refresh_at_provider(login: OidcLogin) -> dict[str, Any]:
+    """New tokens from the provider's token endpoint (as the public CLI client)."""
+    from wardgate.identity.oidc import OidcError, parse_token_response
+
+    if not login.refresh_token:
+        _fail(SIGN_IN_EXPIRED + " (the identity provider gave no refresh token)")
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": login.refresh_token,
+        "client_id": login.client_id,
+    }
+    try:
+        response = httpx.post(
+            login.token_endpoint,
+            data=form,
+            headers={"Accept": "application/json"},
+            timeout=PROVIDER_TIMEOUT,
+        )
+        return parse_token_response(
+            response.status_code,
+            response.content[:1_000_000],
+            "renewal (refresh)",
+            hide=[login.refresh_token],
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"{SIGN_IN_EXPIRED} (the identity provider could not be reached: {_why(exc)})")
+    except OidcError as exc:
+        _fail(f"{SIGN_IN_EXPIRED} ({visible(exc)})")
+
+
+def renew_session(profile: Profile) -> str:
+    """Renew an expired sign-in session with the saved refresh token, save the new
+    one and return its secret; fails with SIGN_IN_EXPIRED when that is not possible."""
+    saved = load_profile()
+    if saved is not None and saved.url == profile.url and saved.token != profile.token:
+        # Another command renewed it meanwhile: a second refresh could trip the
+        # provider's refresh token reuse detection.
+        return saved.token
+    login = profile.oidc
+    assert login is not None
+    tokens = _refresh_at_provider(login)
+    id_token = tokens.get("id_token")
+    if isinstance(id_token, str):
+        body = {"id_token": id_token}
+    elif login.id_token and isinstance(tokens.get("access_token"), str):
+        # No new ID token (OpenID Connect Core 12.2 allows that): the previous one names
+        # the human, the new access token shows the provider still vouches for them.
+        body = {"id_token": login.id_token, "access_token": tokens["access_token"]}
+    else:
+        _fail(SIGN_IN_EXPIRED + " (the identity provider sent no ID token)")
+    from wardgate.cli.main import CliError
+
+    try:
+        session = open_session(profile.url, body)
+    except CliError as exc:
+        _fail(f"{SIGN_IN_EXPIRED} ({exc})")
+    renewed = replace(
+        login,
+        refresh_token=tokens.get("refresh_token") or login.refresh_token,
+        id_token=body["id_token"],
+    )
+    save_profile(Profile(profile.url, session["token"], session["principal"], renewed))
+    return str(session["token"])

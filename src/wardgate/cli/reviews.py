@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from wardgate.config import OidcConfig
+
 # Made before cli.main is imported: cli.main imports them from here to register them,
 # possibly while this module is still half-loaded (see cli/policy.py).
 account_app = typer.Typer(help="Log in to a wardgate API.")
@@ -38,6 +40,7 @@ from wardgate.cli import review_view as view  # noqa: E402
 from wardgate.cli.client import (  # noqa: E402
     DEFAULT_URL,
     ApiClient,
+    ApiRefusal,
     Profile,
     check_token,
     load_profile,
@@ -89,15 +92,66 @@ UrlOption = Annotated[
 ]
 ReviewId = Annotated[str, typer.Argument(help="The review id (r_...).")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why; recorded with your vote.")]
+SsoFlag = Annotated[
+    bool,
+    typer.Option(
+        "--sso",
+        help="Sign in with single sign-on at the gateway's identity provider (no token).",
+    ),
+]
+NoBrowserFlag = Annotated[
+    bool,
+    typer.Option("--no-browser", help="With --sso: print the sign-in URL, open no browser."),
+]
 
 
 # -- login --------------------------------------------------------------------------
 
 
-def _read_token() -> str:
-    if sys.stdin.isatty():
-        return str(typer.prompt("wardgate token", hide_input=True))
-    return sys.stdin.read(_MAX_TOKEN_INPUT)
+def _read_token(target: str) -> tuple[str, OidcConfig | None]:
+    """The token typed or piped in; on a terminal, an empty answer chooses single
+    sign-on when the gateway offers it (the provider is returned with it)."""
+    if not sys.stdin.isatty():
+        return sys.stdin.read(_MAX_TOKEN_INPUT), None
+    provider = _provider_or_none(target)
+    if provider is None:
+        return str(typer.prompt("wardgate token", hide_input=True)), None
+    given = str(
+        typer.prompt(
+            "wardgate token (or press Enter for single sign-on)",
+            hide_input=True,
+            default="",
+            show_default=False,
+        )
+    )
+    return given, provider
+
+
+def _provider_or_none(target: str) -> OidcConfig | None:
+    from wardgate.cli.sso import provider_of
+
+    try:
+        return provider_of(target)
+    except CliError:  # unreachable: the token check says so
+        return None
+
+
+def _sso_login(target: str, provider: OidcConfig | None, browser: bool) -> None:
+    from wardgate.cli.sso import provider_of, sign_in
+
+    provider = provider or provider_of(target)
+    if provider is None:
+        _fail(
+            f"the gateway at {target} has no single sign-on (web.oidc): log in with a token "
+            "from `wardgate token create`"
+        )
+    _warn_if_plaintext(target)
+    profile = sign_in(target, provider, browser=browser, say=lambda m: typer.echo(m, err=True))
+    save_profile(profile)
+    typer.echo(
+        f"logged in to {target} as {visible(profile.principal)} (user, single sign-on at "
+        f"{visible(provider.issuer)})"
+    )
 
 
 def _saved_url() -> str | None:
@@ -127,21 +181,31 @@ def _whoami(api: ApiClient) -> dict[str, Any]:
 
 
 @account_app.command("login")
-def login(url: UrlOption = None) -> None:
-    """Check a wardgate token with the API and save it for the commands below.
+def login(url: UrlOption = None, sso: SsoFlag = False, no_browser: NoBrowserFlag = False) -> None:
+    """Check a wardgate token with the API and save it for the commands below, or sign
+    in with single sign-on (--sso).
 
     The token (wg_...) is read from stdin, or asked for without echo on a terminal;
-    create one with `wardgate token create PRINCIPAL`.
+    create one with `wardgate token create PRINCIPAL`. With --sso (or an empty answer
+    at the prompt when the gateway offers single sign-on) you sign in at the gateway's
+    identity provider instead, and the CLI renews that sign-in by itself.
     """
     with _expected_errors():
         target = normal_url(
             url or os.environ.get("WARDGATE_URL", "").strip() or _saved_url() or DEFAULT_URL
         )
-        given = _read_token()
+        if sso:
+            _sso_login(target, None, not no_browser)
+            return
+        given, provider = _read_token(target)
+        if not given.strip() and provider is not None:
+            _sso_login(target, provider, not no_browser)
+            return
         if not given.strip():
             _fail(
                 "no token given: pipe one in (`wardgate login < token-file`) or type it at "
-                "the prompt; create one with `wardgate token create PRINCIPAL`"
+                "the prompt (create one with `wardgate token create PRINCIPAL`), or sign in "
+                "with single sign-on: `wardgate login --sso`"
             )
         token = check_token(given)
         _warn_if_plaintext(target)
@@ -151,13 +215,43 @@ def login(url: UrlOption = None) -> None:
     typer.echo(f"logged in to {target} as {visible(me['principal'])} ({visible(me.get('kind'))})")
 
 
+def _end_session(profile: Profile) -> bool:
+    """End a single sign-on session at the gateway; False if it could not be reached
+    (an already ended session is fine)."""
+    from wardgate.cli.client import SESSION_PREFIX, anonymous_with
+
+    if not profile.token.startswith(SESSION_PREFIX):
+        return False
+    try:
+        anonymous_with(profile.url, profile.token, "POST", "auth/logout")
+    except ApiRefusal:
+        pass  # already ended or expired
+    except CliError as exc:
+        typer.echo(f"warning: could not end the session at the gateway: {exc}", err=True)
+        return False
+    return True
+
+
 @account_app.command("logout")
 def logout() -> None:
-    """Forget the saved login (the token stays valid until `wardgate token revoke`)."""
+    """Forget the saved login (a single sign-on session is ended at the gateway; a
+    token stays valid until `wardgate token revoke`)."""
     with _expected_errors():
         path = profile_path()
+        try:
+            saved = load_profile(path)
+        except CliError:  # damaged: removing it is all there is to do
+            saved = None
+        ended = saved is not None and saved.oidc is not None and _end_session(saved)
         removed = remove_profile(path)
-    if removed:
+    if removed and ended:
+        typer.echo(f"logged out: ended the sign-in session and removed {path}")
+    elif removed and saved is not None and saved.oidc is not None:
+        typer.echo(
+            f"logged out: removed {path} (the sign-in session ends by itself when idle "
+            "at the gateway)"
+        )
+    elif removed:
         typer.echo(
             f"logged out: removed {path} (the token itself stays valid until "
             "`wardgate token revoke`)"

@@ -77,6 +77,29 @@ def refusal(parties: ReviewParties, voter: Principal, decision: VoteDecision) ->
     return None
 
 
+def cancel_refusal(parties: ReviewParties, kind: str, status: str, by: Principal) -> str | None:
+    """Why ``by`` may not cancel this review now, or None if they may: only its
+    requester or the agent's sponsor, while pending (or approved and unused, except a
+    grant, which is revoked instead)."""
+    if by.name not in (parties.requester, parties.sponsor):
+        return "only the requester (or the agent's sponsor) can cancel a review"
+    if status not in ("pending", "approved") or kind == "grant" and status != "pending":
+        return f"it is {status}; it cannot be cancelled"
+    return None
+
+
+def revoke_refusal(parties: ReviewParties, kind: str, status: str, by: Principal) -> str | None:
+    """Why ``by`` may not revoke this grant now, or None: the grantee, or a human who
+    could have denied it, while it is active."""
+    if kind != "grant":
+        return "it is not a grant"
+    if status != "approved":
+        return f"the grant is {status}, not active"
+    if by.name != parties.requester and refusal(parties, by, "deny") is not None:
+        return "only the grantee or one of the grant's approvers can revoke it"
+    return None
+
+
 def check_vote(parties: ReviewParties, voter: Principal, decision: VoteDecision) -> None:
     reason = refusal(parties, voter, decision)
     if reason is not None:

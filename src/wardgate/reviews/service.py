@@ -28,19 +28,19 @@ from wardgate.reviews.model import (
     ReviewError,
     ReviewInfo,
     Vote,
-    effective_status,
     new_review_id,
     review_info,
 )
 from wardgate.reviews.rules import (
     Requirement,
     VoteDecision,
+    cancel_refusal,
     check_vote,
     grant_requirements,
     missing,
     quorum_met,
-    refusal,
     requirements_for,
+    revoke_refusal,
 )
 from wardgate.store.db import Store
 from wardgate.store.models import ReviewRow, ReviewVote
@@ -405,13 +405,10 @@ class ReviewService:
         now = time.time()
         with self._store.session() as session:
             row = self._locked(session, review_id)
-            if by.name not in (row.principal, row.sponsor):
-                raise ReviewError(
-                    "only the requester (or the agent's sponsor) can cancel a review", 403
-                )
-            status = effective_status(row, now)
-            if status not in ("pending", "approved") or row.kind == "grant" and status != "pending":
-                raise ReviewError(f"review {review_id} is {status}; it cannot be cancelled")
+            info = self._load(session, row, now)
+            if (why := cancel_refusal(info.parties, row.kind, info.status, by)) is not None:
+                status = 403 if by.name not in (row.principal, row.sponsor) else 409
+                raise ReviewError(f"review {review_id}: {why}", status)
             row.status, row.decided_at = "cancelled", now
             session.flush()
             info = self._load(session, row, now)
@@ -424,14 +421,9 @@ class ReviewService:
         with self._store.session() as session:
             row = self._locked(session, review_id)
             info = self._load(session, row, now)
-            if row.kind != "grant":
-                raise ReviewError(f"{review_id} is not a grant", 404)
-            if info.status != "approved":
-                raise ReviewError(f"grant {review_id} is {info.status}, not active")
-            if by.name != row.principal and refusal(info.parties, by, "deny") is not None:
-                raise ReviewError(
-                    "only the grantee or one of the grant's approvers can revoke it", 403
-                )
+            if (why := revoke_refusal(info.parties, row.kind, info.status, by)) is not None:
+                status = 404 if row.kind != "grant" else 409 if info.status != "approved" else 403
+                raise ReviewError(f"{review_id}: {why}", status)
             row.status, row.decided_at = "revoked", now
             session.flush()
             info = self._load(session, row, now)

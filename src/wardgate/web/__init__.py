@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -18,7 +20,9 @@ if TYPE_CHECKING:
 UI_HEADERS = [
     (
         b"content-security-policy",
-        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        # 'wasm-unsafe-eval' lets asciinema-player compile its WebAssembly terminal; it
+        # allows no eval() of JavaScript.
+        b"default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
         b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
         b"form-action 'self' http: https:; base-uri 'none'; object-src 'none'",
     ),
@@ -54,8 +58,31 @@ class UiHeaders:
 
 
 def mount_ui(app: FastAPI) -> None:
+    from wardgate.api.app import http_problem, validation_problem
     from wardgate.web import auth, pages
-    from wardgate.web.render import HERE
+    from wardgate.web.render import HERE, error_page
+
+    def _page(request: Request) -> bool:
+        path = request.url.path
+        return (path == "/ui" or path.startswith("/ui/")) and not path.startswith("/ui/static/")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def ui_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Pages answer errors as pages (the same words the API would give); the API and
+        # static files keep problem details.
+        if _page(request) and request.headers.get("x-requested-with") != "fetch":
+            return error_page(request, exc.status_code, str(exc.detail))
+        return await http_problem(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def ui_invalid(request: Request, exc: RequestValidationError) -> Response:
+        if _page(request):
+            where = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg', '')}"
+                for e in exc.errors()[:5]
+            )
+            return error_page(request, 422, f"This form or link is not valid ({where}).")
+        return await validation_problem(request, exc)
 
     @app.exception_handler(auth.LoginRequired)
     async def to_login(request: Request, _exc: auth.LoginRequired) -> Response:

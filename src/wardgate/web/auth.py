@@ -161,7 +161,12 @@ UiPost = Annotated[SignedIn, Depends(csrf_checked)]
 
 def _safe_next(value: str | None) -> str:
     # Only our own pages: never an absolute or scheme-relative URL (open redirect).
-    if value and value.startswith("/ui") and not value.startswith("//") and "\\" not in value:
+    if (
+        value
+        and value.startswith("/ui")
+        and "\\" not in value
+        and value.isprintable()  # no CR/LF (header splitting), NUL or other controls
+    ):
         return value
     return "/ui/reviews"
 
@@ -254,6 +259,11 @@ async def login_password(
             status=403,
         )
     username = username.strip()
+    if "\x00" in username or "\x00" in password:
+        # No name or password holds NUL; a PostgreSQL store could not even look it up.
+        return _login_page(
+            request, next_url=next_url, error="Wrong user name or password.", status=401
+        )
     addr = _addr(request)
     limiter_key = f"web:{username}"
     wait = await asyncio.to_thread(services.limiter.retry_after, limiter_key, addr)

@@ -144,6 +144,11 @@ class WebSessions:
 
 
 def _audit(
-    session: Session, kind: str, session_id: str, principal: str, now: float, payload: dict[str, Any]
+    session: Session,
+    kind: str,
+    session_id: str,
+    principal: str,
+    now: float,
+    payload: dict[str, Any],
 ) -> None:
     append_events(session, [NewEvent(now, kind, session_id, principal, "", payload)])
