@@ -42,15 +42,19 @@ apt_install() {
 }
 
 ensure_ui_assets() {
-    # The web UI's terminal replay uses asciinema-player's prebuilt bundle from npm
-    # (pinned by src/wardgate/web/assets/package-lock.json); no build step runs.
-    local dir="$ROOT/src/wardgate/web/assets"
-    if [ -f "$dir/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js" ]; then
+    # ensure_ui_assets [dev]: the web UI's terminal replay uses asciinema-player's
+    # prebuilt bundle from npm (pinned by src/wardgate/web/assets/package-lock.json); no
+    # build step runs. "dev" adds axe-core, which the browser tests check pages with.
+    local dir="$ROOT/src/wardgate/web/assets" want="asciinema-player/dist/bundle/asciinema-player.min.js"
+    local omit=(--omit=dev)
+    if [ "${1:-}" = dev ]; then want="axe-core/axe.min.js"; omit=(); fi
+    if [ -f "$dir/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js" ] \
+        && [ -f "$dir/node_modules/$want" ]; then
         return 0
     fi
     if ! command -v npm >/dev/null 2>&1; then
         apt_install npm npm || { echo "warning: no npm: terminal replay in the web UI is off" >&2; return 0; }
     fi
     echo "==> npm ci (web UI assets)" >&2
-    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >&2)
+    (cd "$dir" && npm ci "${omit[@]}" --no-audit --no-fund --ignore-scripts --loglevel=error >&2)
 }
