@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import httpx
 import typer
 
 from wardgate import __version__
+from wardgate.visible import visible
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 API_PREFIX = "/api/v1"
@@ -55,18 +55,6 @@ _REFUSED = {
         "`wardgate token create PRINCIPAL`"
     ),
 }
-
-# Shown escaped instead of sent to the terminal: escape sequences, carriage returns and
-# bidirectional or invisible format characters can make a statement an approver reads
-# differ from the statement that runs.
-_HIDDEN = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
-)
-
-
-def visible(text: object) -> str:
-    """``text`` safe for a terminal, control and invisible characters written as escapes."""
-    return _HIDDEN.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def _fail(message: str) -> NoReturn:

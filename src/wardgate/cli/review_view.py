@@ -17,8 +17,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from wardgate.cli.client import visible
 from wardgate.cli.main import _fail, _when
+from wardgate.visible import visible
 
 _LINE_WIDTH = 60
 _GAP = 2

@@ -49,7 +49,6 @@ from wardgate.cli.client import (  # noqa: E402
     profile_path,
     remove_profile,
     save_profile,
-    visible,
 )
 from wardgate.cli.main import (  # noqa: E402
     CliError,
@@ -59,6 +58,7 @@ from wardgate.cli.main import (  # noqa: E402
     _print_json,
     _when,
 )
+from wardgate.visible import visible  # noqa: E402
 
 
 class StatusFilter(StrEnum):

@@ -31,10 +31,10 @@ from wardgate.cli.client import (
     _fail,
     anonymous,
     open_session,
-    visible,
 )
 from wardgate.config import OidcConfig
 from wardgate.identity.oidc import OidcClient, OidcError
+from wardgate.visible import visible
 
 LOGIN_TIMEOUT = 300.0  # for the human to finish at the provider
 CALLBACK_PATH = "/callback"

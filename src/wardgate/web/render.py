@@ -30,7 +30,7 @@ from pygments.lexers import (
     TextLexer,
 )
 
-from wardgate.cli.client import visible
+from wardgate.visible import visible
 
 if TYPE_CHECKING:
     from wardgate.web.auth import SignedIn
