@@ -12,6 +12,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -159,6 +160,14 @@ def test_a_valid_id_token(provider: FakeProvider) -> None:
     assert claims["sub"] == "u-1" and claims["preferred_username"] == "dev"
 
 
+@dataclass(frozen=True)
+class FromNow:
+    """A time relative to when the test runs (not to collection, which can be minutes
+    earlier in a full run)."""
+
+    seconds: int
+
+
 @pytest.mark.parametrize(
     ("changes", "kwargs", "said"),
     [
@@ -168,9 +177,9 @@ def test_a_valid_id_token(provider: FakeProvider) -> None:
         ({"azp": "other"}, {}, "another client (azp)"),
         ({"nonce": "n-2"}, {"nonce": "n-1"}, "nonce"),
         ({"nonce": None}, {"nonce": "n-1"}, "nonce"),
-        ({"exp": int(time.time()) - 120}, {}, "has expired"),
-        ({"iat": int(time.time()) + 600}, {}, "in the future"),
-        ({"iat": int(time.time()) - 900}, {"max_age": 600}, "too old"),
+        ({"exp": FromNow(-120)}, {}, "has expired"),
+        ({"iat": FromNow(600)}, {}, "in the future"),
+        ({"iat": FromNow(-900)}, {"max_age": 600}, "too old"),
         ({"sub": None}, {}, "no subject"),
         ({"exp": "tomorrow"}, {}, "no valid exp"),
     ],
@@ -178,6 +187,8 @@ def test_a_valid_id_token(provider: FakeProvider) -> None:
 def test_id_token_claims_that_fail(
     provider: FakeProvider, changes: dict[str, Any], kwargs: dict[str, Any], said: str
 ) -> None:
+    now = int(time.time())
+    changes = {k: now + v.seconds if isinstance(v, FromNow) else v for k, v in changes.items()}
     token = provider.sign(provider.claims(**changes))
     assert said in refused(client_for(provider), token, **kwargs)
 
