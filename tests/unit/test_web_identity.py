@@ -179,3 +179,14 @@ def test_sign_in_and_out_are_in_the_audit_chain(store: Store) -> None:
     assert '"method":"oidc"' in events[0][3] and secret not in events[0][3]
     assert '"reason":"signed out"' in events[1][3]
     assert verify_chain(store).ok
+
+
+def test_polling_is_not_activity(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions = WebSessions(store, idle=60, absolute=3600)
+    secret, _ = sessions.create("alice", frozenset(), "password", "::1")
+    now = time.time()
+    for step in (40, 50):  # a page left open polls; the human does nothing
+        monkeypatch.setattr(time, "time", lambda step=step: now + step)
+        assert sessions.lookup(secret, activity=False) is not None
+    monkeypatch.setattr(time, "time", lambda: now + 61)
+    assert sessions.lookup(secret, activity=False) is None  # idle since sign-in

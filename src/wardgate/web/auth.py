@@ -119,7 +119,9 @@ async def signed_in(request: Request) -> SignedIn:
     secret = request.cookies.get(session_cookie_name(cookie_secure(request, services.config)))
     if not secret:
         raise LoginRequired
-    info = await asyncio.to_thread(sessions.lookup, secret)
+    # The live regions' polling (X-Requested-With: fetch) is not the human's activity.
+    polling = request.headers.get("x-requested-with") == "fetch"
+    info = await asyncio.to_thread(sessions.lookup, secret, activity=not polling)
     if info is None or info.method == "oidc-cli":
         raise LoginRequired
     principal = human_principal(services.config, info.principal, info.groups, info.method)

@@ -95,9 +95,10 @@ class WebSessions:
             )
         return secret, info
 
-    def lookup(self, secret: str) -> WebSessionInfo | None:
+    def lookup(self, secret: str, *, activity: bool = True) -> WebSessionInfo | None:
         """The live session this secret opens, or None (unknown, signed out, idle too
-        long, or past its absolute limit). Touches it so idle time restarts."""
+        long, or past its absolute limit). An ``activity`` restarts the idle time; a
+        page polling for updates is not one, so an inbox left open still times out."""
         if not secret.startswith(SECRET_PREFIX) or len(secret) > 100:
             return None
         now = time.time()
@@ -116,7 +117,7 @@ class WebSessions:
         if now - info.last_seen_at >= self.idle:
             self.end(info.id, "idle")
             return None
-        if now - info.last_seen_at >= TOUCH_EVERY:
+        if activity and now - info.last_seen_at >= TOUCH_EVERY:
             with self._store.session() as session:
                 session.execute(
                     update(WebSession).where(WebSession.id == info.id).values(last_seen_at=now)
