@@ -151,6 +151,17 @@ def test_sign_out_ends_the_session(pages: Any) -> None:
     expect(page).to_have_url(re.compile(r"/ui/login\?next="))
 
 
+def test_an_open_inbox_says_when_its_session_ended(pages: Any) -> None:
+    page = pages("reviewer")
+    other_tab = page.context.new_page()  # same browser, same session
+    other_tab.goto("/ui/grants")
+    other_tab.get_by_role("button", name="Sign out").click()
+    # The inbox's next poll gets 401: it stops and says so where a sighted user sees it.
+    expect(page.get_by_role("alert")).to_contain_text("Your session has ended")
+    page.get_by_role("link", name="Sign in again").click()
+    expect(page).to_have_url(re.compile(r"/ui/login\?next=%2Fui%2Freviews"))
+
+
 # -- reviews --------------------------------------------------------------------------
 
 

@@ -11,6 +11,21 @@
     if (status && text) status.textContent = text;
   }
 
+  // Shown once, on top of the page: live updates stopped because the session ended.
+  function signedOut() {
+    if (document.getElementById("signed-out")) return;
+    const note = document.createElement("div");
+    note.id = "signed-out";
+    note.className = "flash warn";
+    note.setAttribute("role", "alert");
+    const link = document.createElement("a");
+    link.href = `/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+    link.textContent = "Sign in again";
+    note.append("Your session has ended (signed out, or idle too long): this page no longer updates. ", link, ".");
+    const main = document.querySelector("main");
+    if (main) main.prepend(note);
+  }
+
   // Where focus was inside a region, by id or data-focus-key, to put it back after a swap.
   function focusKey(region) {
     const el = document.activeElement;
@@ -86,7 +101,7 @@
         });
         if (response.status === 401) {
           stopped = true;
-          announce("You are signed out: reload the page to sign in again.");
+          signedOut();
           return;
         }
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
