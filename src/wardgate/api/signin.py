@@ -123,26 +123,15 @@ async def oidc_session(request: Request, body: SessionRequest) -> SessionOut:
         await asyncio.to_thread(services.limiter.record_failure, key, addr)
         log.info("CLI single sign-on refused from %s: %s", addr, exc)
         raise HTTPException(401, f"single sign-on failed: {exc}") from None
-    from wardgate.web.auth import human_principal
+    from wardgate.web.auth import human_principal, sign_in_refusal
 
     principal = human_principal(
         services.config, identity.username, identity.groups, CLI_SESSION_METHOD
     )
     if principal is None:
         await asyncio.to_thread(services.limiter.record_failure, key, addr)
-        listed = services.config.principal(identity.username)
         log.info("CLI single sign-on refused for %r from %s", identity.username[:64], addr)
-        if listed is not None and listed.is_agent:
-            raise HTTPException(
-                403,
-                f"{identity.username!r} is an agent, and agents cannot sign in: they use a "
-                "wardgate token (`wardgate token create`)",
-            )
-        raise HTTPException(
-            403,
-            f"{identity.username!r} is not a wardgate user here: ask an administrator to add "
-            "a principal of that name (or to set web.oidc.allow_unlisted_users)",
-        )
+        raise HTTPException(403, sign_in_refusal(services.config, identity.username))
     secret, info = await asyncio.to_thread(
         sessions.create, principal.name, identity.groups, CLI_SESSION_METHOD, addr
     )

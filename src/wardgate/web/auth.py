@@ -36,10 +36,6 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 LOGIN_CSRF_COOKIE = "wardgate_login"
 OIDC_COOKIE = "wardgate_oidc"
 OIDC_PENDING_SECONDS = 600.0
-AGENT_REFUSED = (
-    "agents cannot sign in to the web UI: their tokens work on the API, MCP and "
-    "protocol ports only. Sign in as a human user."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +76,21 @@ def human_principal(
     if method.startswith("oidc") and oidc is not None and oidc.allow_unlisted_users:
         return Principal(name, PrincipalKind.USER, idp_groups & frozenset(config.groups))
     return None
+
+
+def sign_in_refusal(config: Config, name: str) -> str:
+    """Why ``name`` may not sign in (to the web UI or the CLI), in words for them."""
+    listed = config.principal(name)
+    if listed is not None and listed.is_agent:
+        return (
+            f"{name!r} is an agent, and agents cannot sign in to the web UI or the CLI: "
+            "their tokens (`wardgate token create`) work on the API, MCP and protocol "
+            "ports only. Sign in as a human user."
+        )
+    return (
+        f"{name!r} is not a wardgate user here: ask an administrator to add a principal "
+        "of that name (or to set web.oidc.allow_unlisted_users)."
+    )
 
 
 def _web_sessions(services: Services) -> WebSessions:
@@ -279,7 +290,8 @@ async def login_password(
     principal = config.principal(username) if username else None
     if principal is not None and principal.is_agent:
         await asyncio.to_thread(services.limiter.record_failure, limiter_key, addr)
-        return _login_page(request, next_url=next_url, error=AGENT_REFUSED, status=403)
+        error = sign_in_refusal(config, username)
+        return _login_page(request, next_url=next_url, error=error, status=403)
     ok = await asyncio.to_thread(services.passwords.verify, username, password)
     if not ok or principal is None:
         await asyncio.to_thread(services.limiter.record_failure, limiter_key, addr)
@@ -403,14 +415,8 @@ async def oidc_callback(
         )
     principal = human_principal(services.config, identity.username, identity.groups, "oidc")
     if principal is None:
-        listed = services.config.principal(identity.username)
-        message = (
-            AGENT_REFUSED
-            if listed is not None and listed.is_agent
-            else f"{identity.username!r} is not a wardgate user here: ask an administrator to "
-            "add a principal of that name (or set web.oidc.allow_unlisted_users)."
-        )
-        return _login_page(request, next_url=next_url, error=message, status=403)
+        error = sign_in_refusal(services.config, identity.username)
+        return _login_page(request, next_url=next_url, error=error, status=403)
     secret, info = await asyncio.to_thread(
         sessions.create, principal.name, identity.groups, "oidc", addr
     )
