@@ -5,6 +5,7 @@ under CI), a missing server fails the run instead of skipping."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -22,3 +23,15 @@ def missing(reason: str) -> None:
     if integration_required():
         pytest.fail(f"integration prerequisite missing: {reason}")
     pytest.skip(reason)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM a helper process (gateway, sshd, OIDC provider), SIGKILL it if it has not
+    exited after ``grace`` seconds, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, missing
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, missing, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 WARDGATE = str(Path(sys.executable).with_name("wardgate"))
@@ -56,6 +56,19 @@ def it_database(pg_server: None) -> Iterator[str]:
             "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
         )
         conn.execute(f'drop database if exists "{name}"')
+
+
+@pytest.fixture
+def table(it_database: str) -> Iterator[str]:
+    """A fresh table ``stock_<random>`` (id 1..10, qty 0) in the test database, dropped
+    afterwards: for writes that reviews hold and release."""
+    name = f"stock_{uuid.uuid4().hex[:8]}"
+    with admin_conn(it_database) as conn:
+        conn.execute(f"create table {name} (id int primary key, qty int)")
+        conn.execute(f"insert into {name} select g, 0 from generate_series(1, 10) g")
+    yield name
+    with admin_conn(it_database) as conn:
+        conn.execute(f"drop table if exists {name}")
 
 
 def base_config(database: str, extra_connections: str = "") -> str:
@@ -169,13 +182,8 @@ class Gateway:
         raise AssertionError(f"wardgate did not start listening:\n{self.log}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, grace=15)
         self.proc = None
 
 

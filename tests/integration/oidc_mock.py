@@ -117,8 +117,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    # Imported when called: this file also runs as the provider's own script, where the
+    # tests package is not importable.
+    from tests.conftest import stop_process as stop
+
+    stop(proc)
+
+
 def start_provider(workdir: Path) -> tuple[OidcProvider, subprocess.Popen[bytes]]:
-    """Start a provider process; the caller stops it (`stop_provider`)."""
+    """Start a provider process; the caller stops it (`stop_process`)."""
     port = _free_port()
     issuer = f"http://127.0.0.1:{port}"
     log_path = workdir / "oidc-provider.log"
@@ -139,21 +147,11 @@ def start_provider(workdir: Path) -> tuple[OidcProvider, subprocess.Popen[bytes]
             break
         except httpx.HTTPError:
             if time.monotonic() > deadline:
-                stop_provider(proc)
+                stop_process(proc)
                 raise AssertionError(f"the OIDC provider did not start:\n{provider.log}") from None
             time.sleep(0.1)
     assert metadata["issuer"] == issuer, metadata
     return provider, proc
-
-
-def stop_provider(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +161,7 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
     try:
         yield provider
     finally:
-        stop_provider(proc)
+        stop_process(proc)
 
 
 # -- the provider process -------------------------------------------------------------

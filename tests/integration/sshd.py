@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import missing, stop_process
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")
@@ -212,16 +212,6 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path) ->
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.fixture(scope="session")
 def ssh_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshTarget]:
     """A real sshd on 127.0.0.1:<free port> for the whole test session."""
@@ -275,4 +265,4 @@ def ssh_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshTarget]:
             log_path=log_path,
         )
     finally:
-        _stop(proc)
+        stop_process(proc)

@@ -82,17 +82,6 @@ def _close_apis() -> Iterator[None]:
 
 
 @pytest.fixture
-def table(it_database: str) -> Iterator[str]:
-    name = f"items_{uuid.uuid4().hex[:8]}"
-    with admin_conn(it_database) as conn:
-        conn.execute(f"create table {name} (id int primary key, qty int)")
-        conn.execute(f"insert into {name} select g, 0 from generate_series(1, 10) g")
-    yield name
-    with admin_conn(it_database) as conn:
-        conn.execute(f"drop table if exists {name}")
-
-
-@pytest.fixture
 def gw(it_database: str, tmp_path: Path) -> Iterator[Gateway]:
     gateway = make_gateway(tmp_path / "gw", review_config(it_database))
     gateway.start()

@@ -16,9 +16,9 @@ from playwright.sync_api import Browser, Page
 from tests.conftest import missing
 from tests.integration.browser import PHONE, new_context
 from tests.integration.conftest import ROOT, Gateway
-from tests.integration.test_web_pages import agent_update, api, gw, pages, table
+from tests.integration.test_web_pages import agent_update, api, gw, pages
 
-__all__ = ["gw", "pages", "table"]  # fixtures, used by name
+__all__ = ["gw", "pages"]  # fixtures, used by name
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,7 @@ from tests.integration.browser import new_context, screenshot
 from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.oidc_mock import OidcProvider
 from tests.integration.test_reviews import review_config
-from tests.integration.test_web_pages import agent_update, api, qty, table
-
-__all__ = ["table"]  # a fixture, used by name
+from tests.integration.test_web_pages import agent_update, api, qty
 
 pytestmark = pytest.mark.integration
 

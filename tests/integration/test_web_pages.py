@@ -64,17 +64,6 @@ def gw(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 
 
 @pytest.fixture
-def table(it_database: str) -> Iterator[str]:
-    name = f"stock_{uuid.uuid4().hex[:8]}"
-    with admin_conn(it_database) as conn:
-        conn.execute(f"create table {name} (id int primary key, qty int)")
-        conn.execute(f"insert into {name} select g, 0 from generate_series(1, 5) g")
-    yield name
-    with admin_conn(it_database) as conn:
-        conn.execute(f"drop table if exists {name}")
-
-
-@pytest.fixture
 def pages(browser: Browser, gw: Gateway) -> Iterator[Any]:
     """Signs humans in, each in a browser context of their own, closed afterwards."""
     opened: list[Page] = []
