@@ -5,16 +5,22 @@ VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 
 ensure_venv() {
-    local extras="$1" stamp
+    # ensure_venv runtime|dev: the project venv with exactly the packages of
+    # requirements/<lock>.txt (every file checked against its sha256), then wardgate
+    # itself, editable, built with the locked setuptools (no build isolation, so
+    # nothing unpinned is fetched). Refresh the locks with scripts/lock.
+    local lock="$1" stamp file="$ROOT/requirements/$1.txt"
     if [ ! -x "$VENV/bin/python" ]; then
         echo "==> creating $VENV" >&2
         "$PY" -m venv "$VENV"
     fi
-    stamp="$VENV/.wardgate-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-$extras"
+    stamp="$VENV/.wardgate-$(cat "$file" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$lock"
     if [ ! -f "$stamp" ]; then
-        echo "==> installing wardgate[$extras] into $VENV" >&2
-        "$VENV/bin/pip" install -q --disable-pip-version-check -U pip >&2
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[$extras]" >&2
+        echo "==> installing requirements/$lock.txt and wardgate into $VENV" >&2
+        local pip=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+        "${pip[@]}" install --require-hashes --no-deps -r "$file" >&2
+        "${pip[@]}" install --no-deps --no-build-isolation -e "$ROOT" >&2
+        "${pip[@]}" check >&2
         rm -f "$VENV"/.wardgate-*
         touch "$stamp"
     fi

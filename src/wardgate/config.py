@@ -131,6 +131,11 @@ class SshUpstreamConfig(_Model):
         if self.private_key is None and self.password is None:
             raise ValueError("an ssh upstream needs private_key or password (a reference)")
         parts = self.host_key.split()
+        if parts and parts[0] == "ssh-dss":
+            raise ValueError(
+                "host_key is a DSA key (ssh-dss), which wardgate never accepts; pin the "
+                "target's ed25519 key instead (ssh-keyscan -t ed25519 HOST)"
+            )
         if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
             raise ValueError(
                 "host_key must be the target's public host key in OpenSSH form, "

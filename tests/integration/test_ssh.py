@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import httpx
 import pytest
 
 from tests.integration.conftest import WARDGATE, Gateway, make_gateway
 from tests.integration.sshd import SshTarget, free_port, other_host_key_line, ssh_keygen, ssh_target
+from wardgate.sshlib import asyncssh
 
 __all__ = ["ssh_target"]  # the session fixture, used by name
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncssh
 import pytest
 
 from tests.integration.sshd import SshTarget, other_host_key_line, ssh_target  # noqa: F401
+from wardgate.sshlib import asyncssh
 
 pytestmark = pytest.mark.integration
 

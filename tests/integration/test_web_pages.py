@@ -578,7 +578,7 @@ def _store_rows(gw: Gateway, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 def test_terminal_recording_replays_and_a_changed_one_is_refused(
     browser: Browser, ssh_gw: tuple[Gateway, int, Path]
 ) -> None:
-    import asyncssh
+    from wardgate.sshlib import asyncssh
 
     gw, ssh_port, key = ssh_gw
 

@@ -33,6 +33,31 @@ token_app = typer.Typer(help="Create, list and revoke wardgate tokens.", no_args
 secret_app = typer.Typer(help="Upstream credentials in the encrypted vault.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Recorded sessions and their actions.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from wardgate import __version__
+
+        typer.echo(f"wardgate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """wardgate: segregation of duties for AI agents, at the protocol level."""
+
+
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(secret_app, name="secret")

@@ -26,9 +26,17 @@ class KeyInfo:
 
 def parse_public_key(text: str) -> tuple[str, str, str]:
     """(OpenSSH one-line key without comment, SHA256 fingerprint, comment)."""
-    import asyncssh
+    from wardgate.sshlib import USER_KEY_TYPES, asyncssh
 
     line = text.strip()
+    key_type = line.split(None, 1)[0] if line else ""
+    if key_type == "ssh-dss":
+        raise KeyError_("DSA keys (ssh-dss) are not accepted; register an ed25519 key instead")
+    if key_type not in USER_KEY_TYPES:
+        raise KeyError_(
+            f"not an SSH public key of a supported type (got {key_type[:40]!r}; "
+            "expected one of " + ", ".join(sorted(USER_KEY_TYPES)) + ")"
+        )
     try:
         key = asyncssh.import_public_key(line)
     except (asyncssh.KeyImportError, ValueError) as exc:

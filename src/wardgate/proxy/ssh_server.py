@@ -15,13 +15,12 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
-
 from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
 from wardgate.identity.principals import Principal
 from wardgate.identity.ssh_keys import SshKeys
 from wardgate.proxy.services import TooManyFailures
 from wardgate.proxy.ssh_upstream import TargetUnavailable, dial_target, gateway_host_key
+from wardgate.sshlib import SIGNATURE_ALGS, asyncssh
 
 if TYPE_CHECKING:
     from wardgate.actions import Verdict
@@ -47,6 +46,8 @@ class SshListener:
             host,
             port,
             server_host_keys=[gateway_host_key(config)],
+            # Client keys are verified only with these (no ssh-dss, no SHA-1 RSA).
+            signature_algs=list(SIGNATURE_ALGS),
             process_factory=handle_process,
             sftp_factory=sftp_factory,
             allow_scp=False,  # scp runs over SFTP (OpenSSH 9+), or as a judged command

@@ -13,8 +13,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import asyncssh
-
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.asciicast import Cast
 from wardgate.audit.records import ActionRecord, RecordingRecord
@@ -22,6 +20,7 @@ from wardgate.config import parse_duration
 from wardgate.masking.stream import LineMasker
 from wardgate.proxy.ssh_upstream import TargetUnavailable
 from wardgate.reviews.settle import settle
+from wardgate.sshlib import asyncssh
 
 if TYPE_CHECKING:
     from wardgate.proxy.ssh_server import GatewayConnection

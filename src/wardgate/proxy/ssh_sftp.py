@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-import asyncssh
-
 from wardgate.actions import Verdict
 from wardgate.proxy.ssh_upstream import TargetUnavailable
+from wardgate.sshlib import asyncssh
 
 if TYPE_CHECKING:
     from wardgate.proxy.ssh_server import GatewayConnection

@@ -14,9 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from wardgate.config import Config
+from wardgate.sshlib import HOST_KEY_ALGS, SIGNATURE_ALGS, asyncssh
 from wardgate.vault.secrets import SecretError, Vault, resolve_secret
 
 log = logging.getLogger("wardgate.ssh")
@@ -57,6 +56,8 @@ async def dial_target(config: Config, vault: Vault, name: str) -> asyncssh.SSHCl
     options: dict[str, Any] = {
         "username": target.user,
         "known_hosts": ([asyncssh.import_public_key(target.host_key)], [], []),
+        "server_host_key_algs": list(HOST_KEY_ALGS),
+        "signature_algs": list(SIGNATURE_ALGS),
         "client_keys": [asyncssh.import_private_key(key_text)] if key_text else [],
         "password": password,
         "agent_path": None,  # never the gateway host's own agent
