@@ -28,8 +28,8 @@ class Action:
     """One thing a principal asks a connection to do, before it reaches the target.
 
     `text` is what the client sent (one SQL statement, one shell command, ...);
-    `params` are bound parameters as the client sent them (text form, or None for NULL,
-    or a short ``<binary N bytes>`` marker for binary values).
+    `params` are bound parameters as text (None for NULL; binary values decoded when
+    unambiguous, else ``\\x`` hex), whole.
     """
 
     principal: Principal
@@ -43,6 +43,12 @@ class Action:
     # What the action really runs when `text` only names it (SQL `EXECUTE p` of a
     # statement this session prepared): the gate judges this instead of `text`.
     resolved: str | None = None
+    # A digest of what decides the action's effect beyond its text and rendered params:
+    # the exact bytes, formats and declared types of bound parameters, COPY data.
+    binding: str = ""
+    # Session state the statement's meaning depends on, as the server confirmed it
+    # (("search_path", "archive, public"), ...): shown to reviewers, bound by approvals.
+    context: tuple[tuple[str, str], ...] = ()
 
     @property
     def judged_text(self) -> str:

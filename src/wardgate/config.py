@@ -412,6 +412,9 @@ class Config(_Model):
     # Functions (name or schema.name) that only read, beyond PostgreSQL's built-ins:
     # any other function is judged a write.
     safe_functions: list[str] = Field(default_factory=list)
+    # Settings that are not PostgreSQL's own (an extension's, or custom variables such as
+    # app.tenant) that any role may change with SET or set_config: docs/policy.md.
+    safe_settings: list[str] = Field(default_factory=list)
     masking: MaskingConfig = MaskingConfig()
     reviews: ReviewsConfig = ReviewsConfig()
     web: WebConfig = WebConfig()

@@ -19,7 +19,12 @@ from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.policy.functions import function_class
 from wardgate.policy.shell import classify_command
-from wardgate.policy.sql import MAX_CACHED_TEXT, classify_keyed
+from wardgate.policy.sql import (
+    MAX_CACHED_TEXT,
+    classify_keyed,
+    classify_with_params,
+    needs_params,
+)
 
 _CACHE_SIZE = 16384
 _KIND_OF_CONNECTION = {"postgres": "sql", "ssh": "shell"}
@@ -35,12 +40,22 @@ class Gate:
         ] = OrderedDict()
         self._lock = Lock()
         self._safe_functions = frozenset(f.lower() for f in config.safe_functions)
+        self._safe_settings = frozenset(f.lower() for f in config.safe_settings)
 
-    def check(self, action: Action, granted: frozenset[str] = frozenset()) -> Verdict:
+    def check(
+        self, action: Action, granted: frozenset[str] = frozenset(), *, params_later: bool = False
+    ) -> Verdict:
         """Judge ``action``. ``granted`` are roles the principal holds on the action's
-        connection through an approved, unexpired access grant, on top of its groups'."""
+        connection through an approved, unexpired access grant, on top of its groups'.
+        ``params_later``: parameters are bound later (a Parse), where the action is judged
+        again; a statement whose meaning depends on them is judged without them here."""
         if action.kind == "sql":
             text_key, statements = classify_keyed(action.judged_text)
+            if not params_later and needs_params(statements):
+                # Its meaning depends on the values bound to it: judged for these values,
+                # and never cached (the cache key has no parameters).
+                statements = classify_with_params(action.judged_text, action.params)
+                return self._decide(action, statements, granted)
         elif action.kind == "shell":
             text_key, statements = "c:" + action.judged_text, classify_command(action.judged_text)
         else:
@@ -193,6 +208,17 @@ class Gate:
                 statements,
                 ("unparsed-statement",),
             )
+        if "unreadable_encoding" in stmt.kinds:
+            return Verdict(
+                Decision.BLOCK,
+                "wardgate:unreadable-encoding",
+                "this client_encoding (or one chosen at run time) lets multibyte characters "
+                "hide quotes and semicolons, so the gateway could not read later statements "
+                "as the server does; it is never allowed. Use UTF8 or another "
+                "ASCII-compatible encoding",
+                statements,
+                ("wardgate:unreadable-encoding",),
+            )
         if "parser_setting" in stmt.kinds:
             # Not a policy choice: past this statement the gateway could no longer read
             # the session's SQL as the server does, so no role may allow it.
@@ -211,6 +237,16 @@ class Gate:
             kinds = (*kinds, "unknown_function")
             if _RANK[klass] < _RANK["write"]:
                 klass = "write"
+        settings = [
+            k[8:]
+            for k in stmt.kinds
+            if k.startswith("setting:") and k[8:] not in self._safe_settings
+        ]
+        if settings and "privileged_setting" not in kinds:
+            # Not PostgreSQL's own setting (an extension's, or a custom variable that a
+            # row-level security policy may read) and not listed in safe_settings.
+            kinds = (*kinds, "privileged_setting")
+            klass = "admin"
         detail = f": {', '.join(unknown)}" if unknown else ""
         return self._decide_rules(stmt, klass, kinds, detail, roles, own, action, statements)
 
@@ -268,7 +304,9 @@ class Gate:
         unknown = []
         for name in stmt.functions:
             schema, _, bare = name.rpartition(".")
-            if function_class(schema or None, bare) is not None:
+            if function_class(schema or None, bare) is not None and (
+                f"user_definable:{name}" not in stmt.kinds
+            ):
                 continue
             if name in self._safe_functions or (
                 not schema and f"public.{bare}" in self._safe_functions

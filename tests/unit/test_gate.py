@@ -35,6 +35,7 @@ guardrails:
   - {name: no-drop, match: {sql: [drop, truncate]}, verdict: block, message: "Destructive DDL is blocked"}
   - {name: no-unbounded-delete, match: {sql: [delete_without_where]}, verdict: block}
 reviews: {approvers: [dba]}
+safe_settings: [app.tenant]
 """
 
 
@@ -77,12 +78,72 @@ TABLE = [
     ("dora", "set standard_conforming_strings = off", Decision.BLOCK, "wardgate:parser-setting"),
     ("dora", "select set_config($1, $2, false)", Decision.BLOCK, "wardgate:parser-setting"),
     ("dora", "set search_path = public", Decision.ALLOW, "role:admin"),
+    # An encoding whose multibyte characters can hide quotes: never, whatever the role.
+    ("dora", "set client_encoding to 'SJIS'", Decision.BLOCK, "wardgate:unreadable-encoding"),
+    (
+        "dora",
+        "select set_config('client_encoding', 'BIG5', false)",
+        Decision.BLOCK,
+        "wardgate:unreadable-encoding",
+    ),
+    ("bot", "set client_encoding to 'LATIN1'", Decision.ALLOW, "role:reader"),
+    # Settings that skip triggers, silence logging or stop statistics are admin.
+    ("ann", "set session_replication_role = replica", Decision.BLOCK, "role:engineer"),
+    ("bot", "set log_statement = 'none'", Decision.BLOCK, "role:reader"),
+    ("dora", "set session_replication_role = replica", Decision.ALLOW, "role:admin"),
+    ("bot", "set statement_timeout = 1000", Decision.ALLOW, "role:reader"),
+    # A setting PostgreSQL does not know is admin unless the configuration says otherwise.
+    ("ann", "set pgaudit.log = 'none'", Decision.BLOCK, "role:engineer"),
+    (
+        "ann",
+        "select set_config('request.jwt.claims', '{}', false)",
+        Decision.BLOCK,
+        "role:engineer",
+    ),
+    ("bot", "set app.tenant = '7'", Decision.ALLOW, "role:reader"),
+    # Syntax a 14/15 server reads as a call of whatever function has that name.
+    ("bot", "select json_scalar(1)", Decision.BLOCK, "role:reader"),
+    ("bot", "select json_object()", Decision.BLOCK, "role:reader"),
+    ("bot", "select json_object('{a,1}')", Decision.ALLOW, "role:reader"),
 ]
 
 
 @pytest.mark.parametrize(("principal", "sql", "decision", "rule"), TABLE)
 def test_decisions(config: Config, principal: str, sql: str, decision: Decision, rule: str) -> None:
     assert check(config, principal, sql) == (decision, rule)
+
+
+def _bound(config: Config, principal: str, sql: str, *params: str | None) -> Decision:
+    p = config.principal(principal)
+    assert p is not None
+    return Gate(config).check(Action(p, "shop", "postgres", "sql", sql, params=params)).decision
+
+
+def test_a_setting_named_by_a_parameter_is_judged_by_its_value(config: Config) -> None:
+    sql = "select set_config($1, $2, false)"
+    assert _bound(config, "bot", sql, "statement_timeout", "5s") is Decision.ALLOW
+    assert _bound(config, "bot", sql, "search_path", "public, pg_catalog") is Decision.BLOCK
+    assert _bound(config, "dora", sql, "standard_conforming_strings", "on") is Decision.BLOCK
+    assert _bound(config, "ann", sql, "session_replication_role", "replica") is Decision.BLOCK
+    assert _bound(config, "dora", sql, "session_replication_role", "replica") is Decision.ALLOW
+    # No value bound (a Parse judged on its own, `policy check`): the strictest reading.
+    assert _bound(config, "dora", sql) is Decision.BLOCK
+    p = config.principal("bot")
+    assert p is not None
+    later = Gate(config).check(Action(p, "shop", "postgres", "sql", sql), params_later=True)
+    assert later.decision is Decision.ALLOW  # at Parse: judged again at Execute
+
+
+def test_a_limit_bound_to_null_is_no_limit(tmp_path: Path) -> None:
+    rail = "  - {name: bounded, match: {sql: [select]}, condition: {without_limit: true}, verdict: block}"
+    config = parse_config(CONFIG.replace("guardrails:\n", f"guardrails:\n{rail}\n"), Path("g.yaml"))
+    sql = "select * from orders limit $1"
+    assert _bound(config, "bot", sql, "10") is Decision.ALLOW
+    assert _bound(config, "bot", sql, None) is Decision.BLOCK
+    assert _bound(config, "bot", "select * from orders limit all") is Decision.BLOCK
+    assert _bound(config, "bot", "select * from orders limit 10") is Decision.ALLOW
+    # The fingerprint cache never lends one LIMIT's verdict to another.
+    assert _bound(config, "bot", "select * from orders limit null") is Decision.BLOCK
 
 
 def test_unparsable_statement_follows_on_parse_error(config: Config) -> None:

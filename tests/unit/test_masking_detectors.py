@@ -106,6 +106,8 @@ PEM = (
 )
 
 NEGATIVES: list[str] = [
+    # The first groups of a UUID are not a phone number (found by the property tests).
+    "07062414-6786-ce98-6f1d-09bf2c576150",
     # identifiers, times, versions, amounts, numbers
     "550e8400-e29b-41d4-a716-446655440000",
     "2024-01-15T10:30:00.123456Z",

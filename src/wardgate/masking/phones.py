@@ -33,7 +33,9 @@ _CANDIDATE = re.compile(
     r"(?<![0-9A-Za-z_+@.\-/\\])"
     r"\(?\+?[0-9](?:[ .\-/]?\(?[0-9]\)?){5,30}+"
     r"(?:[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{1,6})?+"
-    r"(?![0-9A-Za-z_@]|[.\-/:][0-9])"
+    # Not followed by more of the same token: a digit, a letter, or a separator and then
+    # one (the hex groups of a UUID, "07062414-6786-ce98-...", are not a phone number).
+    r"(?![0-9A-Za-z_@]|[.\-/:][0-9A-Za-z])"
 )
 _EXTENSION = re.compile(r"[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{1,6}$")
 _US = re.compile(

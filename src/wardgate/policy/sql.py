@@ -18,6 +18,8 @@ from pglast.parser import ParseError, fingerprint, parse_sql_json
 
 from wardgate.actions import StatementInfo
 from wardgate.policy.functions import function_class
+from wardgate.policy.settings import ENCODING_SETTINGS, PARSER_SETTINGS, catalogue, why_privileged
+from wardgate.protocols.postgres.encodings import python_codec
 
 # The order of severity between classes, used when a statement mixes several.
 _CLASS_RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
@@ -77,6 +79,57 @@ _FIXED: dict[str, tuple[str, str]] = {
     "CreateForeignServerStmt": ("admin", "foreign_server"),
     "CreateExtensionStmt": ("admin", "create_extension"),
     "SecLabelStmt": ("admin", "security_label"),
+    "CompositeTypeStmt": ("ddl", "create"),  # CREATE TYPE t AS (a int, b text)
+    "RuleStmt": ("ddl", "create"),  # CREATE RULE: what later statements on a table do
+    "RefreshMatViewStmt": ("write", "refresh"),
+    "ConstraintsSetStmt": ("read", "set_constraints"),  # SET CONSTRAINTS ... DEFERRED
+    "ImportForeignSchemaStmt": ("admin", "foreign_server"),
+    "AlterForeignServerStmt": ("admin", "foreign_server"),
+    "CreateFdwStmt": ("admin", "foreign_server"),
+    "AlterFdwStmt": ("admin", "foreign_server"),
+    "AlterDefaultPrivilegesStmt": ("admin", "grant"),
+    "CreateEventTrigStmt": ("admin", "event_trigger"),
+    "AlterEventTrigStmt": ("admin", "event_trigger"),
+    "AlterExtensionStmt": ("admin", "alter_extension"),
+    "AlterExtensionContentsStmt": ("admin", "alter_extension"),
+    "CreatePLangStmt": ("admin", "create_language"),
+    "CreatePublicationStmt": ("admin", "publication"),
+    "AlterPublicationStmt": ("admin", "publication"),
+    "AlterTableMoveAllStmt": ("admin", "tablespace"),
+    "AlterTableSpaceOptionsStmt": ("admin", "tablespace"),
+    "AlterDatabaseRefreshCollStmt": ("admin", "alter_database"),
+}
+
+# ALTER TABLE sub-commands that switch off a control others rely on: triggers (audit
+# logs among them), rules, row-level security, or make triggers fire in replica mode.
+_CONTROLS_OFF = frozenset(
+    {
+        "AT_DisableTrig", "AT_DisableTrigAll", "AT_DisableTrigUser", "AT_EnableAlwaysTrig",
+        "AT_EnableReplicaTrig", "AT_DisableRule", "AT_EnableAlwaysRule", "AT_EnableReplicaRule",
+        "AT_DisableRowSecurity", "AT_NoForceRowSecurity",
+    }
+)  # fmt: skip
+
+# SQL/JSON syntax of newer grammars (pglast parses PostgreSQL 17's) that PostgreSQL 14
+# and 15 read as plain calls of a function by that name, which anyone who may create a
+# function can define: judged as calls of such a function whatever the server version.
+_VERSION_SYNTAX = {
+    "JsonScalarExpr": "json_scalar",
+    "JsonSerializeExpr": "json_serialize",
+    "JsonParseExpr": "json",
+    "JsonTable": "json_table",
+    "MergeSupportFunc": "merge_action",
+    "JsonObjectConstructor": "json_object",
+    "JsonArrayConstructor": "json_array",
+    "JsonArrayQueryConstructor": "json_array",
+    "JsonObjectAgg": "json_objectagg",
+    "JsonArrayAgg": "json_arrayagg",
+}
+_JSON_FUNC_OPS = {
+    "JSON_EXISTS_OP": "json_exists",
+    "JSON_QUERY_OP": "json_query",
+    "JSON_VALUE_OP": "json_value",
+    "JSON_TABLE_OP": "json_table",
 }
 
 # Every kind the classifier gives (besides "function:<name>"); guardrails may only name
@@ -89,7 +142,9 @@ KNOWN_KINDS = frozenset(
         "copy_from", "copy_file", "copy_to_program", "copy_from_program", "explain",
         "explain_analyze", "set", "reset_role", "set_role", "set_session", "read_only_off",
         "transaction_mode", "parser_setting", "search_path", "search_path_shadowing", "prepare", "declare_cursor", "create", "alter",
-        "drop", "unknown_function", "parse_error",
+        "drop", "unknown_function", "parse_error", "client_encoding", "unreadable_encoding",
+        "privileged_setting", "controls_off", "limited", "refresh", "set_constraints",
+        "event_trigger", "alter_extension", "create_language", "publication",
     }
 )  # fmt: skip
 
@@ -153,64 +208,117 @@ _DROPPED_RELATIONS = frozenset(
 )  # fmt: skip
 
 
-# Settings that change how the server's lexer reads SQL text. pglast always reads it
-# with standard_conforming_strings on; with it off, 'a\\'' hides whatever follows, so the
-# gateway would judge a different statement from the one the server runs.
-PARSER_SETTINGS = frozenset({"standard_conforming_strings"})
-
-
 def _explain_analyzes(options: list[Any]) -> bool:
-    """EXPLAIN (ANALYZE) runs the statement; EXPLAIN (ANALYZE false|off|0) does not."""
-    for option in options:
-        elem = option.get("DefElem", {})
-        if elem.get("defname") != "analyze":
-            continue
-        arg = elem.get("arg")
-        if arg is None:
-            return True
-        value = str(next(iter(next(iter(arg.values())).values()), "")).lower()
-        ((kind, body),) = arg.items()
-        if kind == "Boolean":
-            return bool(body.get("boolval"))
-        if kind == "Integer":
-            return bool(body.get("ival"))
-        return value not in ("false", "off", "0", "no")
-    return False
+    """EXPLAIN (ANALYZE) runs the statement; EXPLAIN (ANALYZE false|off|0) does not.
+
+    PostgreSQL applies options in order, so the last ANALYZE decides; the gateway reads
+    the stricter way instead: any ANALYZE that is not plainly false means it runs.
+    """
+    return any(
+        _truthy_option(o) for o in options if o.get("DefElem", {}).get("defname") == "analyze"
+    )
 
 
-def _setting_class(name: str, values: list[str] | None = None) -> tuple[str, list[str]]:
+def _truthy_option(option: dict[str, Any]) -> bool:
+    """A boolean DefElem is on unless its value is one PostgreSQL reads as false."""
+    arg = option["DefElem"].get("arg")
+    if arg is None:
+        return True
+    ((kind, body),) = arg.items()
+    if kind == "Boolean":
+        return bool(body.get("boolval"))
+    if kind == "Integer":
+        return bool(body.get("ival"))
+    if kind == "String":
+        return str(body.get("sval", "")).lower() not in ("false", "off", "0", "no")
+    return True  # anything else: PostgreSQL would refuse it, or read it as true
+
+
+def _setting_class(
+    name: str, values: list[str] | None = None, *, one_string: bool = False
+) -> tuple[str, list[str]]:
     """A change of setting ``name``; ``values`` are its new values when known (None when
-    chosen at run time or reset)."""
+    chosen at run time or reset). ``one_string``: the value is one string the server
+    splits itself (``set_config``), not the separate items of a ``SET`` list."""
     name = name.lower()
     if name in PARSER_SETTINGS:
         return "admin", ["parser_setting"]
     if name == "search_path":
-        if values is not None and not search_path_shadows_builtins(values):
+        schemas = None
+        if values is not None:
+            schemas = split_identifiers(values[0]) if one_string and values else list(values)
+        if schemas is not None and not search_path_shadows_builtins(schemas):
             return "read", ["set", "search_path"]
         # Ahead of pg_catalog, a schema's functions replace the built-ins the gate
         # trusts by name (evil.lower() runs for lower()).
         return "admin", ["set", "search_path", "search_path_shadowing"]
-    kind = _GUARDED_SETTINGS.get(name, "set")
-    if kind == "set":
-        return "read", ["set"]
-    # Turning read-only off grants nothing beyond writing: a role that may write may.
-    return ("write" if kind == "read_only_off" else "admin"), [kind]
+    if name in ENCODING_SETTINGS:
+        # Every later message is decoded in the new encoding; one the gateway cannot read
+        # as the server does (or one it cannot know yet) is never allowed.
+        if values is None or len(values) != 1 or python_codec(values[0]) is None:
+            return "admin", ["set", "client_encoding", "unreadable_encoding"]
+        return "read", ["set", "client_encoding"]
+    kind = _GUARDED_SETTINGS.get(name)
+    if kind is not None and kind != "set":
+        # Turning read-only off grants nothing beyond writing: a role that may write may.
+        return ("write" if kind == "read_only_off" else "admin"), [kind]
+    if kind is None and name not in catalogue():
+        # Not PostgreSQL's: an extension's setting or a custom variable. The gate judges
+        # it as admin unless the configuration lists it in safe_settings.
+        return "read", ["set", f"setting:{name}"]
+    if kind is None and why_privileged(name) is not None:
+        return "admin", ["set", "privileged_setting", f"setting:{name}"]
+    return "read", ["set"]
 
 
-def search_path_shadows_builtins(values: list[str]) -> bool:
+def split_identifiers(text: str) -> list[str]:
+    """A setting's list of names as PostgreSQL splits it (``SplitIdentifierString``):
+    comma-separated, blanks around items dropped, ``"quoted"`` items kept exactly, others
+    folded to lower case in ASCII only. Blanks are only space, tab, newline, carriage
+    return and form feed: a no-break space is part of a name, as it is for the server."""
+    names: list[str] = []
+    i, n = 0, len(text)
+    blanks = " \t\n\r\f"
+    while True:
+        while i < n and text[i] in blanks:
+            i += 1
+        if i < n and text[i] == '"':
+            j, name = i + 1, []
+            while j < n:
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        name.append('"')
+                        j += 2
+                        continue
+                    break
+                name.append(text[j])
+                j += 1
+            names.append("".join(name))
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] != "," and text[j] not in blanks:
+                j += 1
+            names.append(_ascii_lower(text[i:j]))
+            i = j
+        while i < n and text[i] in blanks:
+            i += 1
+        if i >= n or text[i] != ",":
+            break
+        i += 1
+    return names
+
+
+def _ascii_lower(name: str) -> str:
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in name)
+
+
+def search_path_shadows_builtins(schemas: list[str]) -> bool:
     """True when a search_path lists pg_catalog after another schema.
 
     Unlisted, pg_catalog is searched first, so built-in names cannot be shadowed.
-    ``values`` are the list elements as given (a quoted string may hold several).
+    ``schemas`` are the names exactly as the server holds them (no folding, no trimming).
     """
-    schemas: list[str] = []
-    for value in values:
-        for part in value.split(","):
-            part = part.strip()
-            if part.startswith('"') and part.endswith('"') and len(part) >= 2:
-                schemas.append(part[1:-1].replace('""', '"'))
-            elif part:
-                schemas.append(part.lower())
     return "pg_catalog" in schemas and schemas[0] != "pg_catalog"
 
 
@@ -232,8 +340,9 @@ def _classify_set(fields: dict[str, Any]) -> tuple[str, list[str]]:
         return _setting_class(name)  # even RESET: the server's default is not ours to trust
     if kind == "VAR_RESET_ALL":
         # RESET ALL leaves role, session authorization and transaction_read_only alone
-        # (PostgreSQL marks them GUC_NO_RESET_ALL): poolers send it on every release.
-        return "read", ["set"]
+        # (PostgreSQL marks them GUC_NO_RESET_ALL): poolers send it on every release. It
+        # may put client_encoding back to the session's start value.
+        return "read", ["set", "client_encoding"]
     if kind == "VAR_SET_MULTI":
         if _turns_read_only_off(fields.get("args", [])):
             return "write", ["transaction_mode", "read_only_off"]
@@ -243,6 +352,8 @@ def _classify_set(fields: dict[str, Any]) -> tuple[str, list[str]]:
         return "read", ["reset_role"]
     if name == "search_path" and kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
         return "read", ["set", "search_path"]  # back to the session's (checked) start value
+    if name in ENCODING_SETTINGS and kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
+        return "read", ["set", "client_encoding"]  # back to the session's (accepted) start
     values = [_const_text(a) for a in fields.get("args", [])]
     return _setting_class(name, None if None in values else [v for v in values if v is not None])
 
@@ -259,10 +370,15 @@ def _classify_set_config(call: dict[str, Any]) -> tuple[str, list[str]]:
     args = call.get("args", [])
     literal = args[0].get("A_Const", {}).get("sval", {}).get("sval") if args else None
     if not isinstance(literal, str):
+        ref = args[0].get("ParamRef", {}) if args else {}
+        param = ref.get("number")
+        if isinstance(param, int) and not ref.get("unbound"):
+            # A bound parameter: the gate judges it with the value of $N at Execute.
+            return "read", ["function:set_config", f"set_config_param:{param}"]
         # The setting is chosen at run time: it could be a parser setting too.
         return "admin", ["function:set_config", "parser_setting"]
     value = _const_text(args[1]) if len(args) > 1 else None
-    klass, kinds = _setting_class(literal, None if value is None else [value])
+    klass, kinds = _setting_class(literal, None if value is None else [value], one_string=True)
     return klass, ["function:set_config", *kinds]
 
 
@@ -271,6 +387,8 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
         if _turns_read_only_off(fields["options"]):
             return "write", ["transaction", "transaction_mode", "read_only_off"]
         return "read", ["transaction", "transaction_mode"]
+    if node_type == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
+        return "read", ["discard", "client_encoding"]  # includes a RESET ALL
     if node_type in _FIXED:
         klass, kind = _FIXED[node_type]
         return klass, [kind]
@@ -310,6 +428,10 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
         return "ddl", ["create"]
     if node_type.startswith("Create") or node_type.startswith("Define") or node_type == "IndexStmt":
         return "ddl", ["create"]
+    if node_type == "AlterTableStmt" and any(
+        c.get("AlterTableCmd", {}).get("subtype") in _CONTROLS_OFF for c in fields.get("cmds", [])
+    ):
+        return "admin", ["alter", "controls_off"]
     if node_type.startswith("Alter"):
         return "ddl", ["alter"]
     if node_type.startswith("Drop"):
@@ -338,8 +460,13 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         for obj in fields.get("objects", []):
             if "List" in obj:
                 written.append(".".join(_names(obj["List"].get("items", []))))
+    if node_type == "SelectStmt" and "limitCount" in fields:
+        kinds.append("limited")  # LIMIT 5 and LIMIT NULL share a fingerprint: see below
     if node_type == "SelectStmt" and _reads_without_limit(fields):
-        kinds.append("no_limit")
+        ref = fields.get("limitCount", {}).get("ParamRef", {})
+        param = None if ref.get("unbound") else ref.get("number")
+        # LIMIT $n: the gate judges it with the value bound to $n (NULL is no limit).
+        kinds.append(f"limit_param:{param}" if isinstance(param, int) else "no_limit")
     # Everything nested counts: CTE writes, sub-selects INTO, side-effecting functions.
     for parent, inner_type, inner in _walk(fields):
         inner_class: str | None = None
@@ -354,6 +481,13 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         elif inner_type == "ColumnRef":
             last = inner.get("fields", [{}])[-1]
             columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
+        elif inner_type in _VERSION_SYNTAX or inner_type == "JsonFuncExpr":
+            name = _VERSION_SYNTAX.get(inner_type) or _JSON_FUNC_OPS.get(
+                str(inner.get("op")), "json"
+            )
+            functions.append(name)
+            if f"user_definable:{name}" not in kinds:
+                kinds.append(f"user_definable:{name}")
         elif plans_only:
             if inner_type == "FuncCall":
                 schema, name = _func_name(inner)
@@ -396,12 +530,30 @@ def _unique(items: list[str]) -> tuple[str, ...]:
 
 
 def _reads_without_limit(fields: dict[str, Any]) -> bool:
-    """A top-level SELECT that reads from something and has no LIMIT / FETCH FIRST."""
-    if "limitCount" in fields:
+    """A top-level SELECT that reads from something and has no LIMIT / FETCH FIRST.
+
+    ``LIMIT ALL``, ``LIMIT NULL`` and any limit that is not a number written in the
+    statement (an expression, a sub-query, a parameter that may be bound to NULL) do not
+    count: only a numeric constant bounds the rows for sure.
+    """
+    if "limitCount" in fields and _numeric_constant(fields["limitCount"]):
         return False
     if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
         return True  # a UNION etc. without an outer LIMIT
     return bool(fields.get("fromClause"))
+
+
+def _numeric_constant(node: dict[str, Any]) -> bool:
+    while "TypeCast" in node:
+        node = node["TypeCast"].get("arg", {})
+    const = node.get("A_Const")
+    if const is None or const.get("isnull"):
+        return False
+    if "ival" in const or "fval" in const:
+        return True
+    # '5' (or a parameter bound to 5): the server reads it as bigint, blanks allowed.
+    text = const.get("sval", {}).get("sval")
+    return isinstance(text, str) and text.strip(" \t\n\r\f\v").lstrip("+-").isdigit()
 
 
 # Kinds whose meaning depends on literal values, which a fingerprint ignores (a DO
@@ -418,8 +570,13 @@ _VALUE_SENSITIVE = frozenset(
         "explain",
         "explain_analyze",
         "search_path",
+        "client_encoding",  # SET client_encoding 'LATIN1' and 'EUC_TW' share a fingerprint
+        "unreadable_encoding",
+        "limited",  # LIMIT 5 and LIMIT NULL share one
     }
 )
+# Kinds that carry a parameter number or a name: never shared either.
+_VALUE_SENSITIVE_PREFIXES = ("set_config_param:", "limit_param:", "setting:")
 _FINGERPRINT_CACHE: dict[str, tuple[StatementInfo, ...]] = {}
 _FINGERPRINT_CACHE_SIZE = 16384
 
@@ -451,13 +608,19 @@ def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
     if cached is not None:
         return "f:" + fp, cached
     infos = _classify_text(sql)
-    if len(infos) == 1 and not _VALUE_SENSITIVE.intersection(infos[0].kinds):
+    if len(infos) == 1 and not _value_sensitive(infos[0].kinds):
         if len(_FINGERPRINT_CACHE) >= _FINGERPRINT_CACHE_SIZE:
             _FINGERPRINT_CACHE.clear()
         info = infos[0]
         _FINGERPRINT_CACHE[fp] = (dataclasses.replace(info, text=""),)
         return "f:" + fp, infos
     return "t:" + sql, infos
+
+
+def _value_sensitive(kinds: tuple[str, ...]) -> bool:
+    return bool(_VALUE_SENSITIVE.intersection(kinds)) or any(
+        k.startswith(_VALUE_SENSITIVE_PREFIXES) for k in kinds
+    )
 
 
 def classify(sql: str) -> tuple[StatementInfo, ...]:
@@ -510,6 +673,42 @@ def _parse(sql: str) -> list[tuple[dict[str, Any], str]]:
         chunk = raw[start : start + length] if length else raw[start:]
         out.append((stmt, chunk.decode("utf-8", "replace").strip()))
     return out
+
+
+# Kinds whose meaning depends on the value of a bound parameter ($n): the gate judges
+# statements carrying them again with the values of the Execute (classify_with_params).
+PARAM_KINDS = ("set_config_param:", "limit_param:")
+
+
+def needs_params(statements: tuple[StatementInfo, ...]) -> bool:
+    return any(k.startswith(PARAM_KINDS) for s in statements for k in s.kinds)
+
+
+def classify_with_params(sql: str, params: tuple[str | None, ...]) -> tuple[StatementInfo, ...]:
+    """Classify ``sql`` as if each ``$n`` were the literal text of ``params[n-1]`` (a NULL
+    stays NULL, a missing one stays a parameter): the verdict for one Execute."""
+    try:
+        statements = _parse(sql)
+    except Exception as exc:  # noqa: BLE001 - any parser failure must fail closed
+        return (StatementInfo(klass="unknown", kinds=("parse_error",), text=sql, error=repr(exc)),)
+    return tuple(_statement_info(_bind(stmt, params), text) for stmt, text in statements)
+
+
+def _bind(node: Any, params: tuple[str | None, ...]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("ParamRef")
+        if isinstance(ref, dict) and len(node) == 1:
+            number = ref.get("number")
+            if isinstance(number, int) and 0 < number <= len(params):
+                value = params[number - 1]
+                if value is None:
+                    return {"A_Const": {"isnull": True}}
+                return {"A_Const": {"sval": {"sval": value}}}
+            return {"ParamRef": {**ref, "unbound": True}}  # no value: the strictest reading
+        return {k: _bind(v, params) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_bind(v, params) for v in node]
+    return node
 
 
 # Kinds of statements that change which prepared statements a session has.

@@ -23,7 +23,6 @@ from typing import Any
 from wardgate.actions import StatementInfo
 from wardgate.policy.functions import function_class
 from wardgate.policy.sql import classify
-from wardgate.protocols.postgres.params import MAX_PARAM_CHARS
 from wardgate.proxy.pg_internal import (
     HasCredentials,
     InternalQueryFailed,
@@ -167,9 +166,6 @@ def _explain_refusal(
     info = statements[0]
     if not _DML_KINDS.intersection(info.kinds):
         return "only INSERT, UPDATE, DELETE and MERGE statements have an impact preview"
-    for i, value in enumerate(params, 1):
-        if value is not None and len(value) > MAX_PARAM_CHARS and value.endswith("…"):
-            return f"parameter ${i} was too long for the gateway to keep whole"
     return None
 
 

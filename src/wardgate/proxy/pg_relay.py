@@ -209,7 +209,7 @@ class PgRelay:
         if isinstance(msg, m.Query):
             self._on_query(msg, raw, out)
         elif isinstance(msg, m.Parse):
-            verdict = self._check(msg.sql, ())
+            verdict = self._judge(self._action(msg.sql, ()), params_later=True)
             # A statement needing review is held at Execute, once its parameters are known.
             if not verdict.lets_through and not needs_review(verdict):
                 self._block_extended(msg.sql, (), verdict, out)
@@ -372,13 +372,10 @@ class PgRelay:
             client_addr=self.client_addr,
         )
 
-    def _check(self, sql: str, params: tuple[str | None, ...]) -> Verdict:
-        return self._judge(self._action(sql, params))
-
-    def _judge(self, action: Action) -> Verdict:
+    def _judge(self, action: Action, *, params_later: bool = False) -> Verdict:
         reviews = self.services.reviews
         granted = reviews.granted(self.principal.name, self.connection) if reviews else frozenset()
-        return self.services.gate.check(action, granted)
+        return self.services.gate.check(action, granted, params_later=params_later)
 
     # -- reviews --------------------------------------------------------------------------
 

@@ -17,15 +17,30 @@ MAX_JUSTIFICATION = 2000
 
 
 def action_fingerprint(action: Action) -> str:
-    """sha256 of (connection, principal, normalised text, bound parameters).
+    """sha256 of everything that decides what an action does: connection, principal,
+    the normalised text it runs (and the text that names it: SQL ``EXECUTE p(1, 2)``
+    with its arguments), every bound parameter (rendered, and its exact bytes, format
+    and type through ``binding``) and the session state its meaning depends on.
 
     SQL is normalised by its parse tree, so a re-run that differs in spacing, comments
     (the justification among them) or keyword case matches, and one that differs in any
-    constant, table, parameter value or principal does not.
+    constant, table, argument, parameter byte, search_path or principal does not.
     """
     text = action.judged_text
     normal = normalised_sql(text) if action.kind == "sql" else text.strip()
-    payload = [action.kind, action.connection, action.principal.name, normal, list(action.params)]
+    named = None
+    if action.resolved is not None:
+        named = normalised_sql(action.text) if action.kind == "sql" else action.text.strip()
+    payload = [
+        action.kind,
+        action.connection,
+        action.principal.name,
+        normal,
+        list(action.params),
+        named,
+        action.binding,
+        [list(pair) for pair in action.context],
+    ]
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -1,59 +1,116 @@
-"""Bound parameters as text, for the audit log and the policy.
+"""Bound parameters as text, for the policy, the reviewer and the audit log.
 
-Text-format values are already text. Binary values are decoded for the common
-types whose OID the client declared in Parse; anything else is shown as hex
-(``\\x...``, PostgreSQL's bytea notation), so the record stays faithful.
+Text-format values are already text. Binary values are decoded for the common types
+whose OID the client declared in Parse, only when the bytes are exactly what the type's
+binary form allows; anything else is shown as hex (``\\x...``, PostgreSQL's bytea
+notation), so what a human reads is what the server reads. Nothing is shortened here:
+approvals bind every byte (``binding_digest``); surfaces that must be short cut the text
+themselves and say so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import uuid
 from collections.abc import Callable
 
-MAX_PARAM_CHARS = 1024
+BOOL = 16
+
+
+def _bool(b: bytes) -> str:
+    if b == b"\x01":
+        return "true"
+    if b == b"\x00":
+        return "false"
+    raise ValueError("not 0 or 1")  # PostgreSQL reads any other byte as true: show the byte
+
+
+def _fixed(size: int, fmt: str, show: Callable[[object], str] = str) -> Callable[[bytes], str]:
+    """A fixed-size binary number: any other length is not this type's binary form."""
+
+    def decode(b: bytes) -> str:
+        if len(b) != size:
+            raise ValueError(f"{len(b)} bytes, not {size}")
+        return show(struct.unpack(fmt, b)[0])
+
+    return decode
+
+
+def _uuid(b: bytes) -> str:
+    if len(b) != 16:
+        raise ValueError("a uuid is 16 bytes")
+    return str(uuid.UUID(bytes=b))
+
 
 _BINARY_DECODERS: dict[int, Callable[[bytes], str]] = {
-    16: lambda b: "true" if b == b"\x01" else "false",
-    20: lambda b: str(struct.unpack("!q", b)[0]),
-    21: lambda b: str(struct.unpack("!h", b)[0]),
-    23: lambda b: str(struct.unpack("!i", b)[0]),
-    26: lambda b: str(struct.unpack("!I", b)[0]),
-    700: lambda b: repr(struct.unpack("!f", b)[0]),
-    701: lambda b: repr(struct.unpack("!d", b)[0]),
+    BOOL: _bool,
+    20: _fixed(8, "!q"),
+    21: _fixed(2, "!h"),
+    23: _fixed(4, "!i"),
+    26: _fixed(4, "!I"),
+    700: _fixed(4, "!f", repr),
+    701: _fixed(8, "!d", repr),
     25: lambda b: b.decode("utf-8"),
     1043: lambda b: b.decode("utf-8"),
     1042: lambda b: b.decode("utf-8"),
     19: lambda b: b.decode("utf-8"),
-    2950: lambda b: str(uuid.UUID(bytes=b)),
+    2950: _uuid,
 }
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_PARAM_CHARS else text[:MAX_PARAM_CHARS] + "…"
 
 
 def describe_param(value: bytes | None, fmt: int, oid: int) -> str | None:
     if value is None:
         return None
     if fmt == 0:
-        return _clip(value.decode("utf-8", "replace"))
+        return value.decode("utf-8", "replace")
     decoder = _BINARY_DECODERS.get(oid)
     if decoder is not None:
         try:
-            return _clip(decoder(value))
+            return decoder(value)
         except (struct.error, ValueError):
             pass
-    return _clip("\\x" + value[: MAX_PARAM_CHARS // 2].hex())
+    return "\\x" + value.hex()
+
+
+def _format(formats: tuple[int, ...], i: int) -> int:
+    return formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
 
 
 def describe_params(
     values: tuple[bytes | None, ...], formats: tuple[int, ...], types: tuple[int, ...]
 ) -> tuple[str | None, ...]:
     """All parameters of a Bind, given the formats of the Bind and the types of the Parse."""
+    return tuple(
+        describe_param(value, _format(formats, i), types[i] if i < len(types) else 0)
+        for i, value in enumerate(values)
+    )
+
+
+def ambiguous_params(
+    values: tuple[bytes | None, ...], formats: tuple[int, ...], types: tuple[int, ...]
+) -> list[str]:
+    """Parameters whose bytes a human could read differently from the server, each as
+    ``$n: why``. Today: a binary bool other than 0 or 1, which PostgreSQL reads as true."""
     out = []
     for i, value in enumerate(values):
-        fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
         oid = types[i] if i < len(types) else 0
-        out.append(describe_param(value, fmt, oid))
-    return tuple(out)
+        if value is not None and _format(formats, i) == 1 and oid == BOOL and len(value) == 1:
+            if value not in (b"\x00", b"\x01"):
+                out.append(
+                    f"${i + 1} is the binary bool byte 0x{value.hex()}, which PostgreSQL reads as true"
+                )
+    return out
+
+
+def binding_digest(
+    values: tuple[bytes | None, ...], formats: tuple[int, ...], types: tuple[int, ...]
+) -> str:
+    """sha256 of every parameter's exact bytes with its format and declared type: what an
+    approval binds besides the statement (two Binds differing anywhere never share it)."""
+    h = hashlib.sha256()
+    for i, value in enumerate(values):
+        oid = types[i] if i < len(types) else 0
+        h.update(f"{i}:{_format(formats, i)}:{oid}:".encode())
+        h.update(b"N" if value is None else b"V" + len(value).to_bytes(8, "big") + value)
+    return h.hexdigest()
