@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wardgate.config import Config
-from wardgate.protocols.postgres import build
-from wardgate.protocols.postgres.decode import (
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec.decode import (
     Column,
     parse_command_tag,
     parse_data_row,
@@ -28,8 +28,8 @@ from wardgate.protocols.postgres.decode import (
     parse_ready_for_query,
     parse_row_description,
 )
-from wardgate.protocols.postgres.encodings import reported_setting_problem
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec.encodings import reported_setting_problem
+from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial_connection, send_cancel
 from wardgate.proxy.pg_wire import ConnectionClosed, UpstreamSide
 from wardgate.vault.secrets import SecretError, Vault

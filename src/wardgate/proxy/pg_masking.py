@@ -13,8 +13,8 @@ import struct
 from enum import IntEnum
 
 from wardgate.policy.mask_rules import SessionMasking
-from wardgate.protocols.postgres.decode import Column
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec.decode import Column
+from wardgate.postgres.codec.errors import ProtocolError
 
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")

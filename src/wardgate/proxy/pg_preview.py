@@ -23,7 +23,7 @@ from typing import Any
 from wardgate.actions import StatementInfo
 from wardgate.policy.functions import function_class
 from wardgate.policy.sql import classify
-from wardgate.protocols.postgres.params import MAX_PARAM_CHARS
+from wardgate.postgres.codec.params import MAX_PARAM_CHARS
 from wardgate.proxy.pg_internal import (
     HasCredentials,
     InternalQueryFailed,

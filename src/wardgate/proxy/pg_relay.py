@@ -29,10 +29,10 @@ from wardgate.policy.sql import (
     executed_statement,
     prepared_statement_changes,
 )
-from wardgate.protocols.postgres import build
-from wardgate.protocols.postgres import messages as m
-from wardgate.protocols.postgres.backend import BULK_TYPES, BackendMessage, BackendScanner
-from wardgate.protocols.postgres.decode import (
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.backend import BULK_TYPES, BackendMessage, BackendScanner
+from wardgate.postgres.codec.decode import (
     Column,
     ErrorFields,
     parse_command_tag,
@@ -40,9 +40,9 @@ from wardgate.protocols.postgres.decode import (
     parse_parameter_status,
     parse_row_description,
 )
-from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
-from wardgate.protocols.postgres.errors import ProtocolError
-from wardgate.protocols.postgres.params import describe_params
+from wardgate.postgres.codec.encodings import python_codec, reported_setting_problem
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.codec.params import describe_params
 from wardgate.proxy.pg_masking import (
     Plan,
     ResultMasking,

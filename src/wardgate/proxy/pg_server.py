@@ -14,10 +14,10 @@ from wardgate.audit.records import SessionRecord
 from wardgate.config import ConnectionConfig, parse_duration
 from wardgate.identity.scram import ScramAuthError, ScramServer
 from wardgate.policy.sql import search_path_shadows_builtins
-from wardgate.protocols.postgres import build
-from wardgate.protocols.postgres import messages as m
-from wardgate.protocols.postgres.encodings import python_codec, reported_setting_problem
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.encodings import python_codec, reported_setting_problem
+from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.proxy.pg_relay import PgRelay
 from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial_connection, send_cancel
 from wardgate.proxy.pg_wire import ClientSide, ConnectionClosed

@@ -13,15 +13,15 @@ from pathlib import Path
 
 from wardgate.config import Config, ConnectionConfig
 from wardgate.identity.scram import ScramAuthError, ScramClient
-from wardgate.protocols.postgres import build
-from wardgate.protocols.postgres.decode import (
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec.decode import (
     parse_auth_request,
     parse_backend_key_data,
     parse_error_fields,
     parse_parameter_status,
     parse_sasl_mechanisms,
 )
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.proxy.pg_wire import ConnectionClosed, UpstreamSide
 from wardgate.proxy.tls import upstream_context
 from wardgate.vault.secrets import Vault, resolve_secret

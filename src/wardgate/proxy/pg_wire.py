@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from wardgate.protocols.postgres.backend import BackendMessage, BackendScanner
-from wardgate.protocols.postgres.frontend import FrontendDecoder
-from wardgate.protocols.postgres.messages import FrontendMessage
+from wardgate.postgres.codec.backend import BackendMessage, BackendScanner
+from wardgate.postgres.codec.frontend import FrontendDecoder
+from wardgate.postgres.codec.messages import FrontendMessage
 
 
 class ConnectionClosed(Exception):

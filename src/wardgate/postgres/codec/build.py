@@ -11,7 +11,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 
-from wardgate.protocols.postgres import messages as m
+from wardgate.postgres.codec import messages as m
 
 _INT16 = struct.Struct("!h")
 _UINT16 = struct.Struct("!H")

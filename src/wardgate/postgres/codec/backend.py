@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from struct import Struct
 
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec.errors import ProtocolError
 
 _HEADER = Struct("!cI")
 _LENGTH = Struct("!I")

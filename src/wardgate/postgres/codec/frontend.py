@@ -15,9 +15,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from wardgate.protocols.postgres import messages as m
-from wardgate.protocols.postgres.decode import BodyReader
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.decode import BodyReader
+from wardgate.postgres.codec.errors import ProtocolError
 
 # PostgreSQL's MAX_STARTUP_PACKET_LENGTH: it refuses longer startup packets.
 MAX_STARTUP_PACKET_BYTES = 10_000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec.errors import ProtocolError
 
 _INT16 = struct.Struct("!h")
 _UINT16 = struct.Struct("!H")
