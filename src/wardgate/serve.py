@@ -146,7 +146,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.identity.ratelimit import LoginLimiter
     from wardgate.identity.tokens import TokenService
     from wardgate.policy.mask_rules import MaskingPolicy
-    from wardgate.proxy.pg_server import PgListener
+    from wardgate.postgres.listener import PgListener
     from wardgate.proxy.services import Services
     from wardgate.proxy.tls import server_context
     from wardgate.store.cancel import CancelKeys
@@ -257,7 +257,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
 
 async def _start_reviews(services: Any, index: int) -> Any:
     """The review service of this process: waiting, grants, previews, proposals, notices."""
-    from wardgate.proxy.pg_reviews import PgReviewJobs
+    from wardgate.postgres.reviews import PgReviewJobs
     from wardgate.reviews.notify import Notifier
     from wardgate.reviews.service import ReviewService
     from wardgate.reviews.waiting import ReviewRuntime

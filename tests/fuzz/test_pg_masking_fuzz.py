@@ -13,7 +13,7 @@ from wardgate.identity.principals import Principal, PrincipalKind
 from wardgate.policy.mask_rules import MaskingPolicy, SessionMasking
 from wardgate.postgres.codec.decode import Column, parse_row_description
 from wardgate.postgres.codec.errors import ProtocolError
-from wardgate.proxy.pg_masking import Do, make_plan, mask_data_row, mask_error_fields
+from wardgate.postgres.masking import Do, make_plan, mask_data_row, mask_error_fields
 
 CONFIG = """
 groups: {a: {}}

@@ -15,7 +15,7 @@ from wardgate.identity.principals import Principal
 from wardgate.identity.ratelimit import LoginLimiter
 from wardgate.identity.tokens import TokenInfo, TokenService
 from wardgate.policy.mask_rules import MaskingPolicy
-from wardgate.proxy.pg_catalog import ColumnNames
+from wardgate.postgres.catalog import ColumnNames
 from wardgate.proxy.tasks import Tasks
 from wardgate.reviews.waiting import ReviewRuntime
 from wardgate.store.cancel import CancelKeys

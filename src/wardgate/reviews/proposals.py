@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.identity.principals import Principal
-from wardgate.proxy.pg_proposal import proposal_refusal
+from wardgate.postgres.proposal import proposal_refusal
 from wardgate.reviews.messages import merged_review
 from wardgate.reviews.model import ReviewError
 

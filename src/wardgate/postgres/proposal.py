@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from wardgate.policy.sql import classify
-from wardgate.proxy.pg_internal import (
+from wardgate.postgres.internal import (
     HasCredentials,
     InternalQueryFailed,
     InternalSession,

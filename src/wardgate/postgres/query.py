@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wardgate.identity.principals import Principal
-from wardgate.proxy.pg_internal import InternalQueryFailed, Result, internal_session
-from wardgate.proxy.pg_masking import IP_TYPES
+from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
+from wardgate.postgres.masking import IP_TYPES
 
 if TYPE_CHECKING:
     from wardgate.masking.masker import Masker

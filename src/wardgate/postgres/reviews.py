@@ -8,8 +8,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from wardgate.actions import Action, Decision, Verdict
-from wardgate.proxy.pg_preview import impact_preview
-from wardgate.proxy.pg_proposal import run_proposal
+from wardgate.postgres.preview import impact_preview
+from wardgate.postgres.proposal import run_proposal
 from wardgate.reviews.model import ReviewInfo
 from wardgate.reviews.proposals import statement_verdicts
 from wardgate.reviews.service import ReviewService

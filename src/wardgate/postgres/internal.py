@@ -30,8 +30,8 @@ from wardgate.postgres.codec.decode import (
 )
 from wardgate.postgres.codec.encodings import reported_setting_problem
 from wardgate.postgres.codec.errors import ProtocolError
-from wardgate.proxy.pg_upstream import UpstreamUnavailable, dial_connection, send_cancel
-from wardgate.proxy.pg_wire import ConnectionClosed, UpstreamSide
+from wardgate.postgres.upstream import UpstreamUnavailable, dial_connection, send_cancel
+from wardgate.postgres.wire import ConnectionClosed, UpstreamSide
 from wardgate.vault.secrets import SecretError, Vault
 
 log = logging.getLogger("wardgate.internal")

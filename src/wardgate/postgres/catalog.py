@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from wardgate.proxy.pg_internal import InternalQueryFailed, internal_session
+from wardgate.postgres.internal import InternalQueryFailed, internal_session
 
 if TYPE_CHECKING:
     from wardgate.proxy.services import Services

@@ -22,7 +22,7 @@ from wardgate.postgres.codec.decode import (
     parse_sasl_mechanisms,
 )
 from wardgate.postgres.codec.errors import ProtocolError
-from wardgate.proxy.pg_wire import ConnectionClosed, UpstreamSide
+from wardgate.postgres.wire import ConnectionClosed, UpstreamSide
 from wardgate.proxy.tls import upstream_context
 from wardgate.vault.secrets import Vault, resolve_secret
 

@@ -24,7 +24,7 @@ from wardgate.actions import StatementInfo
 from wardgate.policy.functions import function_class
 from wardgate.policy.sql import classify
 from wardgate.postgres.codec.params import MAX_PARAM_CHARS
-from wardgate.proxy.pg_internal import (
+from wardgate.postgres.internal import (
     HasCredentials,
     InternalQueryFailed,
     InternalSession,
