@@ -81,7 +81,7 @@ def run(config_path: str) -> None:
 
     load_master_key(config)  # generate the key file now, not in N workers at once
     if config.listen_address("ssh") is not None:
-        from wardgate.proxy.ssh_upstream import gateway_host_key
+        from wardgate.ssh.upstream import gateway_host_key
 
         gateway_host_key(config)  # likewise the SSH host key
     # SIGHUP means "reload" once the handlers are in place; until then it must not end
@@ -207,7 +207,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             await pg.start(addr[0], addr[1], reuse_port=reuse_port)
             log.info("worker %d: PostgreSQL listener on %s:%d", index, addr[0], pg.port)
         if (ssh_addr := config.listen_address("ssh")) is not None:
-            from wardgate.proxy.ssh_server import SshListener
+            from wardgate.ssh.server import SshListener
 
             ssh = SshListener(services)
             await ssh.start(ssh_addr[0], ssh_addr[1], reuse_port=reuse_port)

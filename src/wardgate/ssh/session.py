@@ -18,12 +18,12 @@ from wardgate.audit.asciicast import Cast
 from wardgate.audit.records import ActionRecord, RecordingRecord
 from wardgate.config import parse_duration
 from wardgate.masking.stream import LineMasker
-from wardgate.proxy.ssh_upstream import TargetUnavailable
 from wardgate.reviews.settle import settle
+from wardgate.ssh.upstream import TargetUnavailable
 from wardgate.sshlib import asyncssh
 
 if TYPE_CHECKING:
-    from wardgate.proxy.ssh_server import GatewayConnection
+    from wardgate.ssh.server import GatewayConnection
 
 log = logging.getLogger("wardgate.ssh")
 

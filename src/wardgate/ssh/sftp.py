@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from wardgate.actions import Verdict
-from wardgate.proxy.ssh_upstream import TargetUnavailable
+from wardgate.ssh.upstream import TargetUnavailable
 from wardgate.sshlib import asyncssh
 
 if TYPE_CHECKING:
-    from wardgate.proxy.ssh_server import GatewayConnection
+    from wardgate.ssh.server import GatewayConnection
 
 
 def sftp_factory(chan: asyncssh.SSHServerChannel[bytes]) -> asyncssh.SFTPServer:

@@ -3,8 +3,8 @@
 Built on asyncssh, server side and client side. A client authenticates as a principal
 with a registered public key (``wardgate principal add-key``) or a wardgate token as
 the password; the SSH user name is the connection. The callbacks here stay short and
-hand over to ``ssh_session`` (exec and shell) and ``ssh_sftp`` (file transfer); the
-target is dialled with the gateway's credential by ``ssh_upstream``.
+hand over to ``session.py`` (exec and shell) and ``sftp.py`` (file transfer); the
+target is dialled with the gateway's credential by ``upstream.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
 from wardgate.identity.principals import Principal
 from wardgate.identity.ssh_keys import SshKeys
 from wardgate.proxy.services import TooManyFailures
-from wardgate.proxy.ssh_upstream import TargetUnavailable, dial_target, gateway_host_key
+from wardgate.ssh.upstream import TargetUnavailable, dial_target, gateway_host_key
 from wardgate.sshlib import SIGNATURE_ALGS, asyncssh
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ class SshListener:
         self.connections: set[GatewayConnection] = set()
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
-        from wardgate.proxy.ssh_session import handle_process
-        from wardgate.proxy.ssh_sftp import sftp_factory
+        from wardgate.ssh.session import handle_process
+        from wardgate.ssh.sftp import sftp_factory
 
         config = self.services.config
         self._server = await asyncssh.create_server(
