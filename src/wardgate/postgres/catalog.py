@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 _TTL = 300.0
 _MAX_COLUMNS = 1600  # PostgreSQL's limit per table

@@ -32,7 +32,7 @@ from wardgate.store.cancel import CancelTarget
 from wardgate.vault.secrets import SecretError
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.postgres")
 

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wardgate.identity.principals import Principal
+from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
 from wardgate.postgres.masking import IP_TYPES
 
 if TYPE_CHECKING:
+    from wardgate.core.services import Services
     from wardgate.masking.masker import Masker
     from wardgate.policy.mask_rules import SessionMasking
-    from wardgate.proxy.services import Services
 
 
 class QueryFailed(Exception):
@@ -90,17 +91,17 @@ async def _masked(
     whole: dict[int, Masker] = {}
     if masking.columns:
         oids = {f.table_oid for f in result.fields if f.table_oid}
-        names = services.column_names.known(connection, oids) if oids else {}
+        names = services.state(ColumnNames).known(connection, oids) if oids else {}
         if names is None:
             try:
-                await services.column_names.fetch(services, connection, oids)
+                await services.state(ColumnNames).fetch(services, connection, oids)
             except Exception as exc:  # noqa: BLE001 - any failure: fail closed
                 raise QueryFailed(
                     "wardgate: masking rules need this result's column names and the gateway "
                     f"could not look them up ({exc}); nothing was returned",
                     "58000",
                 ) from None
-            names = services.column_names.known(connection, oids) or {}
+            names = services.state(ColumnNames).known(connection, oids) or {}
         for i, f in enumerate(result.fields):
             qualified = names.get((f.table_oid, f.attnum))
             masker = masking.column_masker(qualified) if qualified else None

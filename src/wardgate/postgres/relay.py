@@ -38,7 +38,7 @@ from wardgate.postgres.wire import ClientSide, UpstreamSide
 if TYPE_CHECKING:
     import asyncio
 
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.postgres")
 

@@ -21,10 +21,10 @@ from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.reviews.model import ReviewInfo
 
 if TYPE_CHECKING:
+    from wardgate.core.services import Services
     from wardgate.identity.principals import Principal
     from wardgate.postgres.codec.backend import BackendScanner
     from wardgate.postgres.wire import ClientSide, UpstreamSide
-    from wardgate.proxy.services import Services
 
 # What a forwarded request expects back.
 QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC = range(7)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.codec.backend import BackendMessage
 from wardgate.postgres.codec.decode import Column, parse_row_description
 from wardgate.postgres.masking import mask_copy_data, mask_data_row
@@ -35,14 +36,14 @@ class MaskedResults(RelayState):
         else:
             return set()
         oids = self.masking.table_oids(columns)
-        if not oids or self.services.column_names.known(self.connection, oids) is not None:
+        if not oids or self.services.state(ColumnNames).known(self.connection, oids) is not None:
             return set()
         return oids
 
     def _names(self, columns: list[Column]) -> dict[tuple[int, int], str]:
         assert self.masking is not None
         oids = self.masking.table_oids(columns)
-        return (self.services.column_names.known(self.connection, oids) or {}) if oids else {}
+        return (self.services.state(ColumnNames).known(self.connection, oids) or {}) if oids else {}
 
     def _hold(self, items: list[BackendMessage | memoryview], oids: set[int]) -> None:
         held = [bytes(i) if isinstance(i, memoryview) else i.raw for i in items]
@@ -51,7 +52,7 @@ class MaskedResults(RelayState):
 
         async def fetch_then_release() -> None:
             try:
-                await self.services.column_names.fetch(self.services, self.connection, oids)
+                await self.services.state(ColumnNames).fetch(self.services, self.connection, oids)
             except Exception as exc:  # noqa: BLE001 - any failure ends the session, closed
                 log.warning("session %s: masking column lookup failed: %s", self.session_id, exc)
                 self._held = None

@@ -1,5 +1,6 @@
-"""The PostgreSQL side of reviews: impact previews for reviewers, and running an
-approved proposal with the gateway's credentials."""
+"""The PostgreSQL side of reviews: impact previews for reviewers, checking a proposal
+before it is filed, and running an approved proposal with the gateway's credentials.
+``register`` wires them into the process at startup."""
 
 from __future__ import annotations
 
@@ -8,16 +9,26 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from wardgate.actions import Action, Decision, Verdict
+from wardgate.core.proposals import statement_verdicts
 from wardgate.postgres.preview import impact_preview
-from wardgate.postgres.proposal import run_proposal
+from wardgate.postgres.proposal import proposal_refusal, run_proposal
 from wardgate.reviews.model import ReviewInfo
-from wardgate.reviews.proposals import statement_verdicts
 from wardgate.reviews.service import ReviewService
+from wardgate.reviews.waiting import ReviewRuntime
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.reviews")
+
+
+def register(services: Services, service: ReviewService, runtime: ReviewRuntime) -> None:
+    """Previews of held statements, running approved proposals, and the check of SQL
+    proposals before they are filed, for this process."""
+    jobs = PgReviewJobs(services, service)
+    runtime.previewer = jobs.preview
+    runtime.on_proposal_approved = jobs.run_proposal
+    services.proposal_checks["sql"] = proposal_refusal
 
 
 class PgReviewJobs:

@@ -17,7 +17,7 @@ from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.wire import ClientSide
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.postgres")
 

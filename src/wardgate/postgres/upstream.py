@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from wardgate.postgres.codec.decode import (
 )
 from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.wire import ConnectionClosed, UpstreamSide
-from wardgate.proxy.tls import upstream_context
 from wardgate.vault.secrets import Vault, resolve_secret
 
 log = logging.getLogger("wardgate.upstream")
@@ -106,6 +106,18 @@ async def dial(
         side.close()
         log.warning("upstream %s handshake failed: %s", where, exc)
         raise UpstreamUnavailable("its database server did not complete the connection") from None
+
+
+def upstream_context(mode: str, ca: Path | None) -> ssl.SSLContext:
+    """libpq's sslmode semantics: prefer/require encrypt only; verify-* check the server."""
+    if mode in ("verify-ca", "verify-full"):
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        ctx.check_hostname = mode == "verify-full"
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 async def _handshake(

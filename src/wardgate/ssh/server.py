@@ -16,15 +16,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.core.services import TooManyFailures
 from wardgate.identity.principals import Principal
 from wardgate.identity.ssh_keys import SshKeys
-from wardgate.proxy.services import TooManyFailures
 from wardgate.ssh.upstream import TargetUnavailable, dial_target, gateway_host_key
 from wardgate.sshlib import SIGNATURE_ALGS, asyncssh
 
 if TYPE_CHECKING:
     from wardgate.actions import Verdict
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.ssh")
 

@@ -1,4 +1,5 @@
-"""TLS contexts: the certificate offered to clients, and how the gateway dials upstream."""
+"""The TLS context offered to clients: the configured certificate, or a self-signed one
+generated once per data directory. (Dialling PostgreSQL with TLS: postgres/upstream.py.)"""
 
 from __future__ import annotations
 
@@ -83,16 +84,4 @@ def server_context(config: Config) -> ssl.SSLContext:
             cert, key = generate_self_signed(directory)
             log.info("generated a self-signed TLS certificate at %s", cert)
         ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def upstream_context(mode: str, ca: Path | None) -> ssl.SSLContext:
-    """libpq's sslmode semantics: prefer/require encrypt only; verify-* check the server."""
-    if mode in ("verify-ca", "verify-full"):
-        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
-        ctx.check_hostname = mode == "verify-full"
-        return ctx
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     return ctx

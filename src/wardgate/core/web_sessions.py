@@ -1,4 +1,5 @@
-"""Signed-in humans: server-side sessions with idle and absolute limits.
+"""Signed-in humans: who may sign in (human_principal, for the web UI and the CLI), and
+server-side sessions with idle and absolute limits.
 
 The secret goes to the browser as a cookie (or to the CLI after ``wardgate login`` by
 OIDC, as a bearer); the store keeps only its SHA-256, so a copy of the store signs
@@ -21,12 +22,49 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from wardgate.audit.chain import NewEvent, append_events
+from wardgate.config import Config
+from wardgate.identity.principals import Principal, PrincipalKind
 from wardgate.store.db import Store
 from wardgate.store.models import WebSession
 
 SECRET_PREFIX = "wgs_"
 # last_seen_at is written at most this often, not on every request.
 TOUCH_EVERY = 30.0
+
+
+def human_principal(
+    config: Config, name: str, idp_groups: frozenset[str], method: str
+) -> Principal | None:
+    """The principal a signed-in human acts as, or None when they may not sign in.
+
+    A listed principal must be a user; its groups are its configured ones plus those
+    the provider asserted (already mapped). Unlisted humans need OIDC and
+    ``web.oidc.allow_unlisted_users``.
+    """
+    listed = config.principal(name)
+    if listed is not None:
+        if listed.is_agent:
+            return None
+        return Principal(name, PrincipalKind.USER, listed.groups | idp_groups)
+    oidc = config.web.oidc
+    if method.startswith("oidc") and oidc is not None and oidc.allow_unlisted_users:
+        return Principal(name, PrincipalKind.USER, idp_groups & frozenset(config.groups))
+    return None
+
+
+def sign_in_refusal(config: Config, name: str) -> str:
+    """Why ``name`` may not sign in (to the web UI or the CLI), in words for them."""
+    listed = config.principal(name)
+    if listed is not None and listed.is_agent:
+        return (
+            f"{name!r} is an agent, and agents cannot sign in to the web UI or the CLI: "
+            "their tokens (`wardgate token create`) work on the API, MCP and protocol "
+            "ports only. Sign in as a human user."
+        )
+    return (
+        f"{name!r} is not a wardgate user here: ask an administrator to add a principal "
+        "of that name (or to set web.oidc.allow_unlisted_users)."
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,24 @@
 """Judging a proposed change set before it is filed, for every surface that takes one
-(the REST API, MCP): each statement through the gate as the proposer."""
+(the REST API, MCP): each statement through the gate as the proposer.
+
+Which statements can run together as one proposal is the business of the protocol that
+runs them; it registers that check on Services at startup (``proposal_checks``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.identity.principals import Principal
-from wardgate.postgres.proposal import proposal_refusal
 from wardgate.reviews.messages import merged_review
 from wardgate.reviews.model import ReviewError
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
+
+# Why these statements cannot run as one proposal: (index, SQLSTATE, message), or None.
+ProposalCheck = Callable[[list[str]], tuple[int | None, str, str] | None]
 
 
 def judge_proposal(
@@ -26,7 +32,14 @@ def judge_proposal(
     verdicts are merged into the one review the proposal gets."""
     if connection not in services.config.connections:
         raise ReviewError(f"connection {connection!r} is not configured", 404)
-    refused = proposal_refusal(statements)
+    check = services.proposal_checks.get("sql")
+    if check is None:
+        raise ReviewError(
+            "this gateway process has no check for SQL proposals registered (a fault in how "
+            "it was started); the proposal was not filed: tell the gateway's administrator",
+            503,
+        )
+    refused = check(statements)
     if refused is not None:
         raise ReviewError(f"{refused[2]}; the proposal was not filed", 422)
     reviewing: list[Verdict] = []
