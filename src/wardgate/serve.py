@@ -11,9 +11,15 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wardgate.config import Config, ConfigError, load_config
+from wardgate.logs import setup_logging
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate")
 
@@ -22,15 +28,6 @@ log = logging.getLogger("wardgate")
 _CANCEL_KEY_MAX_AGE = 30 * 24 * 3600.0
 # How long a stopping worker waits for the store to take its last audit records.
 _RECORDER_CLOSE_TIMEOUT = 15.0
-
-
-def setup_logging() -> None:
-    level = os.environ.get("WARDGATE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -81,7 +78,7 @@ def run(config_path: str) -> None:
 
     load_master_key(config)  # generate the key file now, not in N workers at once
     if config.listen_address("ssh") is not None:
-        from wardgate.proxy.ssh_upstream import gateway_host_key
+        from wardgate.ssh.upstream import gateway_host_key
 
         gateway_host_key(config)  # likewise the SSH host key
     # SIGHUP means "reload" once the handlers are in place; until then it must not end
@@ -141,19 +138,19 @@ def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any,
 
 async def run_worker(config_path: str, config: Config, *, reuse_port: bool, index: int) -> None:
     from wardgate.audit.recorder import Recorder
+    from wardgate.core.services import Services
+    from wardgate.core.tls import server_context
+    from wardgate.core.web_sessions import WebSessions
     from wardgate.gate import Gate
     from wardgate.identity.passwords import UserPasswords
     from wardgate.identity.ratelimit import LoginLimiter
     from wardgate.identity.tokens import TokenService
     from wardgate.policy.mask_rules import MaskingPolicy
-    from wardgate.proxy.pg_server import PgListener
-    from wardgate.proxy.services import Services
-    from wardgate.proxy.tls import server_context
+    from wardgate.postgres.listener import PgListener
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
     from wardgate.vault.keys import load_master_key, masking_key, token_pepper, web_key
     from wardgate.vault.secrets import Vault, resolve_secret
-    from wardgate.web.sessions import WebSessions
 
     store = Store(config.store_url)
     master = load_master_key(config)
@@ -207,7 +204,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             await pg.start(addr[0], addr[1], reuse_port=reuse_port)
             log.info("worker %d: PostgreSQL listener on %s:%d", index, addr[0], pg.port)
         if (ssh_addr := config.listen_address("ssh")) is not None:
-            from wardgate.proxy.ssh_server import SshListener
+            from wardgate.ssh.server import SshListener
 
             ssh = SshListener(services)
             await ssh.start(ssh_addr[0], ssh_addr[1], reuse_port=reuse_port)
@@ -215,9 +212,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         if index == 0 and (api_addr := config.listen_address("api")) is not None:
             import uvicorn
 
-            from wardgate.api.app import create_app
-
-            api_app = create_app(services)
+            api_app = http_app(services)
             api_server = uvicorn.Server(
                 uvicorn.Config(
                     api_app,
@@ -255,9 +250,27 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         store.dispose()
 
 
+def http_app(services: Services) -> FastAPI:
+    """The app on the API port: the REST API, and the MCP endpoint and the web UI that
+    build on it (the API imports neither)."""
+    from starlette.routing import Route
+
+    from wardgate.api.app import create_app
+    from wardgate.integrations.mcp_server import McpGateway
+    from wardgate.web import mount_ui
+
+    app = create_app(services)
+    mcp = McpGateway(services)
+    app.state.mcp = mcp
+    # A raw ASGI route (not a mount): clients POST to /mcp itself, no redirect.
+    app.router.routes.append(Route("/mcp", endpoint=mcp, include_in_schema=False))
+    mount_ui(app)
+    return app
+
+
 async def _start_reviews(services: Any, index: int) -> Any:
     """The review service of this process: waiting, grants, previews, proposals, notices."""
-    from wardgate.proxy.pg_reviews import PgReviewJobs
+    from wardgate.postgres.reviews import register
     from wardgate.reviews.notify import Notifier
     from wardgate.reviews.service import ReviewService
     from wardgate.reviews.waiting import ReviewRuntime
@@ -266,9 +279,7 @@ async def _start_reviews(services: Any, index: int) -> Any:
     runtime = ReviewRuntime(
         services.store, service, lambda: services.config, services.tasks, housekeeping=index == 0
     )
-    jobs = PgReviewJobs(services, service)
-    runtime.previewer = jobs.preview
-    runtime.on_proposal_approved = jobs.run_proposal
+    register(services, service, runtime)
     notifier = Notifier(lambda: services.config, services.vault)
     service.listeners.append(notifier.listener)
     await notifier.start()

@@ -11,8 +11,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wardgate.protocols.postgres.backend import BackendMessage, BackendScanner
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec.backend import BackendMessage, BackendScanner
+from wardgate.postgres.codec.errors import ProtocolError
 
 TYPES = b"RSKZCDEIHGWdcnt1234sTNAv"
 

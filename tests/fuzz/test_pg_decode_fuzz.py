@@ -9,8 +9,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wardgate.protocols.postgres.decode import parse_data_row
-from wardgate.protocols.postgres.errors import ProtocolError
+from wardgate.postgres.codec.decode import parse_data_row
+from wardgate.postgres.codec.errors import ProtocolError
 
 values = st.lists(st.one_of(st.none(), st.binary(max_size=40)), max_size=8)
 

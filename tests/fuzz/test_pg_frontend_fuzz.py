@@ -16,9 +16,9 @@ from wardgate.identity.scram import (
     ScramVerifierSet,
     derive_keys,
 )
-from wardgate.protocols.postgres import build, decode
-from wardgate.protocols.postgres.errors import ProtocolError
-from wardgate.protocols.postgres.frontend import MAX_STARTUP_PACKET_BYTES, FrontendDecoder
+from wardgate.postgres.codec import build, decode
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.codec.frontend import MAX_STARTUP_PACKET_BYTES, FrontendDecoder
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_MESSAGE = 4096

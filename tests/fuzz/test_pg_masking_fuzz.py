@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from wardgate.config import parse_config
 from wardgate.identity.principals import Principal, PrincipalKind
 from wardgate.policy.mask_rules import MaskingPolicy, SessionMasking
-from wardgate.protocols.postgres.decode import Column, parse_row_description
-from wardgate.protocols.postgres.errors import ProtocolError
-from wardgate.proxy.pg_masking import Do, make_plan, mask_data_row, mask_error_fields
+from wardgate.postgres.codec.decode import Column, parse_row_description
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.masking import Do, make_plan, mask_data_row, mask_error_fields
 
 CONFIG = """
 groups: {a: {}}

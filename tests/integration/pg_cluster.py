@@ -42,7 +42,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import missing
 from wardgate.identity.scram import ScramClient
-from wardgate.protocols.postgres import build
+from wardgate.postgres.codec import build
 
 OS_USER = "postgres"
 SUPERUSER = "postgres"

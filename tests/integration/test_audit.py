@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import Gateway, admin_conn
 from tests.integration.pg_cluster import RawClient
-from wardgate.protocols.postgres import build
+from wardgate.postgres.codec import build
 
 
 def _session_of(gw: Gateway, application_name: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from tests.conftest import PG_USER
 from tests.integration.conftest import Gateway, base_config, make_gateway
 from tests.integration.pg_cluster import RawClient, make_self_signed, startup_error
 from wardgate.identity.scram import ScramClient
-from wardgate.protocols.postgres import build
+from wardgate.postgres.codec import build
 
 GENERIC = (
     'wardgate: authentication failed for principal "{}": the token is wrong, revoked, '

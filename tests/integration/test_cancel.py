@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import RawClient
-from wardgate.protocols.postgres import build
+from wardgate.postgres.codec import build
 
 
 def _wait_active(app: str, timeout: float = 10.0) -> None:

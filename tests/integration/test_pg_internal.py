@@ -17,9 +17,9 @@ import pytest
 from tests.integration.conftest import admin_conn, base_config
 from wardgate.config import Config, parse_config
 from wardgate.policy.sql import classify
-from wardgate.proxy.pg_internal import InternalQueryFailed, internal_session
-from wardgate.proxy.pg_preview import impact_preview
-from wardgate.proxy.pg_proposal import run_proposal
+from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.preview import impact_preview
+from wardgate.postgres.proposal import run_proposal
 from wardgate.store.db import Store
 from wardgate.vault.secrets import Vault
 

@@ -16,7 +16,7 @@ import pytest
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import RawClient
 from wardgate.identity.scram import ScramClient
-from wardgate.protocols.postgres import build
+from wardgate.postgres.codec import build
 
 MAX_MESSAGE = 4 * 1024 * 1024  # base_config's limits.max_message_bytes
 

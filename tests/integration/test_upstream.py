@@ -19,7 +19,7 @@ from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import PgCluster, RawClient, make_self_signed, startup_error
 from wardgate.identity.scram import ScramServer, ScramVerifierSet, derive_keys
-from wardgate.protocols.postgres import build
+from wardgate.postgres.codec import build
 
 ROLES = "{agents: reader, engineers: engineer}"
 VAULT_SECRET = "upstream.scram"

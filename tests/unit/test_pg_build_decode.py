@@ -7,10 +7,10 @@ import struct
 
 import pytest
 
-from wardgate.protocols.postgres import build, decode
-from wardgate.protocols.postgres import messages as m
-from wardgate.protocols.postgres.errors import ProtocolError
-from wardgate.protocols.postgres.frontend import FrontendDecoder
+from wardgate.postgres.codec import build, decode
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.codec.frontend import FrontendDecoder
 
 
 def split(raw: bytes) -> tuple[bytes, bytes]:

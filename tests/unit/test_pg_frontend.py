@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
-from wardgate.protocols.postgres import build
-from wardgate.protocols.postgres import messages as m
-from wardgate.protocols.postgres.errors import ProtocolError
-from wardgate.protocols.postgres.frontend import FrontendDecoder
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.codec.frontend import FrontendDecoder
 
 
 def typed(kind: bytes, body: bytes) -> bytes:

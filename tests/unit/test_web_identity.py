@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from wardgate.config import parse_config
+from wardgate.core.web_sessions import WebSessions, human_principal
 from wardgate.identity.passwords import PasswordPolicyError, UserPasswords
 from wardgate.store.db import Store
-from wardgate.web.auth import _safe_next, _sign, _unsign, human_principal
-from wardgate.web.sessions import WebSessions
+from wardgate.web.auth import _safe_next, _sign, _unsign
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from wardgate import __version__
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 PROBLEM = "application/problem+json"
 
@@ -59,22 +59,13 @@ def create_app(services: Services | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     if services is not None:
-        from starlette.routing import Route
-
         from wardgate.api import resources, signin
         from wardgate.api.reviews import router
-        from wardgate.integrations.mcp_server import McpGateway
-        from wardgate.web import mount_ui
 
         app.state.services = services
         app.include_router(router)
         app.include_router(resources.router)
         app.include_router(signin.router)
-        mcp = McpGateway(services)
-        app.state.mcp = mcp
-        # A raw ASGI route (not a mount): clients POST to /mcp itself, no redirect.
-        app.router.routes.append(Route("/mcp", endpoint=mcp, include_in_schema=False))
-        mount_ui(app)
     return app
 
 

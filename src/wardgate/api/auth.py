@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
+from wardgate.core.services import TooManyFailures
+from wardgate.core.web_sessions import human_principal
 from wardgate.identity.principals import Principal
-from wardgate.proxy.services import TooManyFailures
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
 SESSION_PREFIX = "wgs_"
 CLI_SESSION_METHOD = "oidc-cli"
@@ -75,9 +76,6 @@ async def session_bearer(services: Services, secret: str, addr: str, realm: str)
     """A CLI sign-in session presented as a bearer, or None. Failures count per client
     address and ``realm`` like tokens (`Services.check_bearer`); raises
     TooManyFailures while this address must wait."""
-    # Imported late: web.auth imports this module.
-    from wardgate.web.auth import human_principal
-
     key = f"{realm}@{addr}"
     wait = await asyncio.to_thread(services.limiter.retry_after, key, addr)
     if wait is not None:

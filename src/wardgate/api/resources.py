@@ -58,9 +58,9 @@ from wardgate.api.schemas import (
 from wardgate.audit.chain import verify_chain
 from wardgate.audit.query import get_session
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig, UpstreamConfig
+from wardgate.core.services import Services
 from wardgate.identity.principals import Principal
 from wardgate.identity.tokens import TokenInfo
-from wardgate.proxy.services import Services
 from wardgate.store.db import Store
 from wardgate.store.models import AuditEvent, SessionRow
 

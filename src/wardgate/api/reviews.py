@@ -27,10 +27,10 @@ from wardgate.api.schemas import (
 )
 from wardgate.api.schemas import _problems as problems
 from wardgate.config import _DURATION, parse_duration
-from wardgate.proxy.services import Services
+from wardgate.core.proposals import judge_proposal
+from wardgate.core.services import Services
 from wardgate.reviews.messages import review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
-from wardgate.reviews.proposals import judge_proposal
 from wardgate.reviews.rules import (
     VoteRefused,
     cancel_refusal,

@@ -4,8 +4,8 @@ The CLI signs in at the identity provider itself (device flow or a loopback redi
 as a public client) and trades the ID token it got for a wardgate sign-in session,
 whose secret (``wgs_...``) it then sends as its bearer. The gateway checks the ID token
 like the web UI's (issuer, signature, audience: the CLI's client id, freshness) and the
-human behind it like the web UI does (`wardgate.web.auth.human_principal`): agents and
-unlisted users are refused.
+human behind it like the web UI does (`wardgate.core.web_sessions.human_principal`):
+agents and unlisted users are refused.
 
 These are the only endpoints that answer with a credential: the new session's secret,
 to the client that proved who it is.
@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 from wardgate.api.auth import CLI_SESSION_METHOD, Caller, caller, client_addr, services_of
 from wardgate.api.schemas import _problems as problems
 from wardgate.config import OidcConfig
+from wardgate.core.services import Services
+from wardgate.core.web_sessions import human_principal, sign_in_refusal
 from wardgate.identity.oidc import MAX_TOKEN_CHARS, OidcClient, OidcError
-from wardgate.proxy.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ async def oidc_session(request: Request, body: SessionRequest) -> SessionOut:
         await asyncio.to_thread(services.limiter.record_failure, key, addr)
         log.info("CLI single sign-on refused from %s: %s", addr, exc)
         raise HTTPException(401, f"single sign-on failed: {exc}") from None
-    from wardgate.web.auth import human_principal, sign_in_refusal
-
     principal = human_principal(
         services.config, identity.username, identity.groups, CLI_SESSION_METHOD
     )

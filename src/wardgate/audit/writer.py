@@ -34,6 +34,7 @@ from wardgate.audit.records import (
     SessionEnd,
     SessionRecord,
 )
+from wardgate.logs import setup_logging
 from wardgate.store.db import Store, describe_error
 from wardgate.store.models import Recording, SessionRow
 
@@ -256,8 +257,6 @@ def _read_frame(stream: Any) -> bytes | None:
 
 def main() -> int:
     """The recorder process: see the module docstring."""
-    from wardgate.serve import setup_logging
-
     setup_logging()
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but acknowledgements may reach the parent's pipe

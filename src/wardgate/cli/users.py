@@ -46,8 +46,8 @@ def user_add(
     config: ConfigPath = DEFAULT_CONFIG,
 ) -> None:
     """Set (or change) PRINCIPAL's web UI password. Agents cannot have one."""
+    from wardgate.core.web_sessions import WebSessions
     from wardgate.identity.passwords import PasswordPolicyError, UserPasswords
-    from wardgate.web.sessions import WebSessions
 
     with _expected_errors():
         cfg = _config(config)
@@ -100,8 +100,8 @@ def user_remove(
     config: ConfigPath = DEFAULT_CONFIG,
 ) -> None:
     """Remove PRINCIPAL's password and sign them out of the web UI everywhere."""
+    from wardgate.core.web_sessions import WebSessions
     from wardgate.identity.passwords import UserPasswords
-    from wardgate.web.sessions import WebSessions
 
     with _expected_errors(), _opened(config) as (cfg, store):
         removed = UserPasswords(store).remove(principal)

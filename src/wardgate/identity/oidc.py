@@ -22,18 +22,16 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
-
-from wardgate.config import OidcConfig
 
 HTTP_TIMEOUT = 10.0  # every request to the provider, start to last byte
 METADATA_TTL = 3600.0
@@ -257,12 +255,30 @@ def _https_like(url: object, issuer: str) -> bool:
 # -- the client -----------------------------------------------------------------------
 
 
+class OidcSettings(Protocol):
+    """What the client reads of its provider's settings: ``web.oidc`` in the
+    configuration (wardgate.config.OidcConfig), which identity does not import."""
+
+    @property
+    def issuer(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def scopes(self) -> Sequence[str]: ...
+    @property
+    def username_claim(self) -> str: ...
+    @property
+    def groups_claim(self) -> str: ...
+    @property
+    def groups(self) -> Mapping[str, list[str]]: ...
+
+
 class OidcClient:
     """One provider, one client id. Caches the discovery document and the JWKS."""
 
     def __init__(
         self,
-        config: OidcConfig,
+        config: OidcSettings,
         client_secret: str | None,
         *,
         http: httpx.AsyncClient | None = None,

@@ -25,15 +25,15 @@ from mcp.server.transport_security import TransportSecuritySettings
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
 from wardgate.config import parse_duration
+from wardgate.core.proposals import judge_proposal
 from wardgate.identity.principals import Principal
-from wardgate.proxy.pg_query import QueryFailed, run_sql
+from wardgate.postgres.query import QueryFailed, run_sql
 from wardgate.reviews.messages import outcome_text, review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
-from wardgate.reviews.proposals import judge_proposal
 from wardgate.reviews.settle import settle
 
 if TYPE_CHECKING:
-    from wardgate.proxy.services import Services
+    from wardgate.core.services import Services
 
     Ctx = Context[Any, Any, Any]
 else:
@@ -324,7 +324,7 @@ class McpGateway:
             "AND table_schema NOT LIKE 'pg_toast%' "
             "ORDER BY table_schema, table_name, ordinal_position"
         )
-        from wardgate.proxy.pg_internal import InternalQueryFailed, internal_session
+        from wardgate.postgres.internal import InternalQueryFailed, internal_session
 
         try:
             async with internal_session(

@@ -8,14 +8,51 @@ matching glob decides the strategy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Protocol
 
-from wardgate.config import Config, MaskingRuleConfig
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.masking import ENTITIES, Masker, Strategy
 
 _IP_ENTITIES = frozenset({"ipv4", "ipv6"})
+
+
+class MaskingRule(Protocol):
+    """One of ``masking.rules`` in the configuration (wardgate.config.MaskingRuleConfig;
+    policy does not import the configuration)."""
+
+    @property
+    def connections(self) -> Sequence[str]: ...
+    @property
+    def principals(self) -> Sequence[str]: ...
+    @property
+    def groups(self) -> Sequence[str]: ...
+    @property
+    def principal_kinds(self) -> Sequence[str]: ...
+    @property
+    def except_groups(self) -> Sequence[str]: ...
+    @property
+    def except_principals(self) -> Sequence[str]: ...
+    @property
+    def entities(self) -> Sequence[str]: ...
+    @property
+    def columns(self) -> Sequence[str]: ...
+    @property
+    def strategy(self) -> str: ...
+
+
+class _Masking(Protocol):
+    @property
+    def rules(self) -> Sequence[MaskingRule]: ...
+
+
+class MaskingSettings(Protocol):
+    """A configuration, as far as masking reads it (wardgate.config.Config)."""
+
+    @property
+    def masking(self) -> _Masking: ...
 
 
 # Masking is a pure function of (rules, key, value), and the same rows are read again
@@ -70,7 +107,7 @@ class SessionMasking:
 class MaskingPolicy:
     """The masking rules of one configuration, with a deployment key."""
 
-    def __init__(self, config: Config, key: bytes) -> None:
+    def __init__(self, config: MaskingSettings, key: bytes) -> None:
         self._rules = config.masking.rules
         self._key = key
         self._maskers: dict[tuple[Strategy, frozenset[str]], Masker] = {}
@@ -107,7 +144,7 @@ class MaskingPolicy:
         return self._maskers[key]
 
 
-def _applies(rule: MaskingRuleConfig, principal: Principal, connection: str) -> bool:
+def _applies(rule: MaskingRule, principal: Principal, connection: str) -> bool:
     if principal.name in rule.except_principals or not principal.groups.isdisjoint(
         rule.except_groups
     ):

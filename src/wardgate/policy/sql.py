@@ -17,9 +17,9 @@ from typing import Any
 from pglast.parser import ParseError, fingerprint, parse_sql_json
 
 from wardgate.actions import StatementInfo
+from wardgate.policy.encodings import python_codec
 from wardgate.policy.functions import function_class
 from wardgate.policy.settings import ENCODING_SETTINGS, PARSER_SETTINGS, catalogue, why_privileged
-from wardgate.protocols.postgres.encodings import python_codec
 
 # The order of severity between classes, used when a statement mixes several.
 _CLASS_RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}

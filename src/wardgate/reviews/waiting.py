@@ -14,11 +14,10 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from wardgate.actions import Action, Verdict
 from wardgate.config import Config
-from wardgate.proxy.tasks import Tasks
 from wardgate.reviews.model import ReviewError, ReviewInfo
 from wardgate.reviews.service import NOTIFY_CHANNEL, ReviewService
 from wardgate.store.db import Store
@@ -41,6 +40,12 @@ class Outcome:
 
 
 ActionStarted = Callable[[ReviewInfo, Action, Verdict], Coroutine[Any, Any, None]]
+
+
+class Tasks(Protocol):
+    """Starts named background tasks and keeps them referenced (core.tasks.Tasks)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
 
 
 class ReviewRuntime:

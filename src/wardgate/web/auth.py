@@ -24,10 +24,15 @@ from fastapi.responses import RedirectResponse, Response
 
 from wardgate.api.auth import Caller, services_of
 from wardgate.config import Config
-from wardgate.identity.principals import Principal, PrincipalKind
-from wardgate.proxy.services import Services
+from wardgate.core.services import Services
+from wardgate.core.web_sessions import (
+    WebSessionInfo,
+    WebSessions,
+    human_principal,
+    sign_in_refusal,
+)
+from wardgate.identity.principals import Principal
 from wardgate.web.render import render
-from wardgate.web.sessions import WebSessionInfo, WebSessions
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +61,6 @@ class SignedIn:
 
 class LoginRequired(Exception):
     """No live session: pages redirect to the sign-in page, scripts get 401."""
-
-
-def human_principal(
-    config: Config, name: str, idp_groups: frozenset[str], method: str
-) -> Principal | None:
-    """The principal a signed-in human acts as, or None when they may not sign in.
-
-    A listed principal must be a user; its groups are its configured ones plus those
-    the provider asserted (already mapped). Unlisted humans need OIDC and
-    ``web.oidc.allow_unlisted_users``.
-    """
-    listed = config.principal(name)
-    if listed is not None:
-        if listed.is_agent:
-            return None
-        return Principal(name, PrincipalKind.USER, listed.groups | idp_groups)
-    oidc = config.web.oidc
-    if method.startswith("oidc") and oidc is not None and oidc.allow_unlisted_users:
-        return Principal(name, PrincipalKind.USER, idp_groups & frozenset(config.groups))
-    return None
-
-
-def sign_in_refusal(config: Config, name: str) -> str:
-    """Why ``name`` may not sign in (to the web UI or the CLI), in words for them."""
-    listed = config.principal(name)
-    if listed is not None and listed.is_agent:
-        return (
-            f"{name!r} is an agent, and agents cannot sign in to the web UI or the CLI: "
-            "their tokens (`wardgate token create`) work on the API, MCP and protocol "
-            "ports only. Sign in as a human user."
-        )
-    return (
-        f"{name!r} is not a wardgate user here: ask an administrator to add a principal "
-        "of that name (or to set web.oidc.allow_unlisted_users)."
-    )
 
 
 def _web_sessions(services: Services) -> WebSessions:

@@ -1,0 +1,349 @@
+"""Accepting PostgreSQL clients: TLS, authentication with wardgate tokens (startup.py),
+dialling upstream, then handing the session to the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from wardgate.audit.records import SessionRecord
+from wardgate.policy.encodings import python_codec, reported_setting_problem
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.relay import PgRelay
+from wardgate.postgres.startup import (
+    GENERIC_AUTH_FAILURE,
+    PROTOCOL_3_0,
+    SETTING_HINTS,
+    StartupRefused,
+    authenticate,
+    negotiate_protocol,
+    params_for_upstream,
+    review_wait_of,
+)
+from wardgate.postgres.upstream import UpstreamUnavailable, dial_connection, send_cancel
+from wardgate.postgres.wire import ClientSide, ConnectionClosed
+from wardgate.store.cancel import CancelTarget
+from wardgate.vault.secrets import SecretError
+
+if TYPE_CHECKING:
+    from wardgate.core.services import Services
+
+log = logging.getLogger("wardgate.postgres")
+
+
+class PgListener:
+    """Owns the PostgreSQL listening socket of one gateway process."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.server: asyncio.AbstractServer | None = None
+        self.clients: set[ClientSide] = set()
+        # Sessions of this process by their BackendKeyData pid, for cancels of a held
+        # statement (a cancel reaching another worker process goes to the server only).
+        self._relays: dict[int, PgRelay] = {}
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        max_bytes = self.services.config.limits.max_message_bytes
+        self.server = await loop.create_server(
+            lambda: ClientSide(self._accepted, max_bytes),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        sockets: list[socket.socket] = list(getattr(self.server, "sockets", None) or [])
+        return int(sockets[0].getsockname()[1])
+
+    def _accepted(self, client: ClientSide) -> None:
+        sock = client.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.clients.add(client)
+        self.services.tasks.spawn(self._run(client), name=f"pg-startup-{id(client):x}")
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for client in list(self.clients):
+            if client.relay is not None:
+                client.write(
+                    build.error_response(
+                        "57P01",
+                        "wardgate: the gateway is shutting down; reconnect to retry",
+                        severity="FATAL",
+                    )
+                )
+                client.relay.on_client_closed()
+            client.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _run(self, client: ClientSide) -> None:
+        peer = client.transport.get_extra_info("peername")
+        addr = str(peer[0]) if isinstance(peer, tuple) else "local"
+        timeout = self.services.config.limits.startup_timeout
+        try:
+            await asyncio.wait_for(self._startup(client, addr), timeout)
+        except StartupRefused as exc:
+            client.write(
+                build.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint)
+            )
+            client.close()
+        except ProtocolError as exc:
+            client.end_with(
+                build.error_response(
+                    "08P01", f"wardgate: protocol violation: {exc}", severity="FATAL"
+                )
+            )
+        except TimeoutError:
+            client.write(
+                build.error_response(
+                    "08006", "wardgate: the connection startup took too long", severity="FATAL"
+                )
+            )
+            client.close()
+        except ConnectionClosed:
+            client.close()
+        except Exception:
+            log.exception("unexpected failure during PostgreSQL startup from %s", addr)
+            client.write(
+                build.error_response(
+                    "XX000", "wardgate: internal error during connection startup", severity="FATAL"
+                )
+            )
+            client.close()
+        finally:
+            if client.relay is None:
+                self.clients.discard(client)
+
+    async def _startup(self, client: ClientSide, addr: str) -> None:
+        services = self.services
+        tls = False
+        while True:
+            msg = await client.read()
+            if isinstance(msg, m.SSLRequest) and not tls:
+                if services.server_tls is None:
+                    client.write(build.ssl_refuse())
+                    continue
+                if client.decoder.buffered:
+                    raise ProtocolError("data sent after SSLRequest before the TLS handshake")
+                client.write(build.ssl_accept())
+                loop = asyncio.get_running_loop()
+                try:
+                    transport = await loop.start_tls(
+                        client.transport, client, services.server_tls, server_side=True
+                    )
+                except OSError as exc:  # ssl.SSLError too: a reset, or no ClientHello
+                    log.info("TLS handshake with %s failed: %s", addr, exc)
+                    raise ConnectionClosed from None
+                if transport is None:
+                    raise ConnectionClosed
+                client.transport = transport
+                tls = True
+            elif isinstance(msg, m.GSSENCRequest):
+                client.write(build.ssl_refuse())
+            elif isinstance(msg, m.CancelRequest):
+                await self._cancel(msg)
+                client.close()
+                return
+            elif isinstance(msg, m.StartupMessage):
+                break
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} during startup")
+        client.decoder.end_startup()
+        config = services.config
+        params = dict(msg.params)
+        principal_name = params.get("user", "")
+        connection_name = params.get("database") or principal_name
+        if msg.protocol >> 16 != 3:
+            raise StartupRefused(
+                "08P01",
+                f"wardgate: unsupported protocol version {msg.protocol >> 16}.{msg.protocol & 0xFFFF}",
+            )
+        if msg.protocol != PROTOCOL_3_0:
+            # A newer 3.x minor: tell the client we speak 3.0 (NegotiateProtocolVersion).
+            client.write(negotiate_protocol(params))
+        if not principal_name:
+            raise StartupRefused(
+                "28000", "wardgate: no user name given; connect as your wardgate principal"
+            )
+
+        await authenticate(services, client, principal_name, addr, tls)
+
+        principal = config.principal(principal_name)
+        conn = config.connections.get(connection_name)
+        if principal is None:  # token valid but principal removed from the config since
+            raise StartupRefused("28000", GENERIC_AUTH_FAILURE.format(principal_name))
+        if conn is None:
+            raise StartupRefused(
+                "3D000",
+                f'wardgate: connection "{connection_name}" does not exist',
+                hint="Use a connection name from the gateway configuration as the database name.",
+            )
+        granted = (
+            services.reviews.granted(principal.name, connection_name)
+            if services.reviews is not None
+            else frozenset()
+        )
+        if conn.type != "postgres":
+            raise StartupRefused(
+                "3D000",
+                f'wardgate: connection "{connection_name}" is an {conn.type} target, not a database',
+                hint=f"Reach it with {conn.type}; use a postgres connection name as the database.",
+            )
+        if not any(g in conn.roles for g in principal.groups) and not granted:
+            raise StartupRefused(
+                "42501",
+                f'wardgate: principal "{principal_name}" has no role on connection "{connection_name}"',
+                hint="Ask a wardgate administrator to grant one of your groups a role on this connection.",
+            )
+        upstream_params = params_for_upstream(params)
+        review_wait = review_wait_of(params, conn)
+        # A session opened while a grant is held can write (the grant may allow it).
+        read_only = not granted and services.gate.read_only_session(
+            principal.groups, connection_name
+        )
+        if read_only:
+            # Defence in depth: the server itself refuses writes in this session, so a
+            # statement the classifier misjudged still cannot change anything.
+            option = "-c default_transaction_read_only=on"
+            upstream_params["options"] = f"{upstream_params.get('options', '')} {option}".strip()
+        try:
+            upstream = await dial_connection(
+                config,
+                services.vault,
+                connection_name,
+                upstream_params,
+                max_message_bytes=max(config.limits.max_message_bytes, 64 * 1024 * 1024),
+            )
+        except SecretError as exc:
+            log.error("connection %r: %s", connection_name, exc)
+            raise StartupRefused(
+                "08006",
+                f'wardgate: connection "{connection_name}" is unavailable: the gateway cannot read its credential',
+            ) from None
+        except UpstreamUnavailable as exc:
+            raise StartupRefused(
+                exc.sqlstate,
+                f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}',
+            ) from None
+        if read_only and upstream.parameters.get("default_transaction_read_only", "on") != "on":
+            upstream.side.close()
+            raise StartupRefused(
+                "0A000",
+                f'wardgate: connection "{connection_name}" did not open the read-only session '
+                "this principal's role requires",
+            )
+        for name, value in upstream.parameters.items():
+            if (problem := reported_setting_problem(name, value)) is not None:
+                upstream.side.close()
+                raise StartupRefused("0A000", problem, hint=SETTING_HINTS.get(name))
+        codec = python_codec(upstream.parameters.get("client_encoding", "UTF8"))
+        assert codec is not None  # checked just above
+        client.decoder.encoding = codec
+
+        session_id = "s_" + secrets.token_hex(8)
+        gw_pid = secrets.randbelow(2**31 - 1) + 1
+        gw_secret = secrets.token_bytes(4)
+        up = conn.pg
+        target = CancelTarget(
+            connection_name, up.host, up.port, upstream.pid, upstream.secret, up.tls
+        )
+        try:
+            await asyncio.to_thread(services.cancel_keys.register, gw_pid, gw_secret, target)
+        except BaseException:
+            # Failed, or cancelled by the startup timeout while the thread may still
+            # register it: close the upstream and remove the key either way.
+            upstream.side.close()
+            services.tasks.spawn(
+                asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove"
+            )
+            raise
+        if client.closed:
+            upstream.side.close()
+            await asyncio.to_thread(services.cancel_keys.remove, gw_pid)
+            raise ConnectionClosed
+        services.recorder.submit(
+            SessionRecord(
+                id=session_id,
+                protocol="postgres",
+                principal=principal,
+                connection=connection_name,
+                client_addr=addr,
+                started_at=time.time(),
+                application_name=params.get("application_name", ""),
+                tls=tls,
+            )
+        )
+
+        def finished() -> None:
+            self.clients.discard(client)
+            self._relays.pop(gw_pid, None)
+            services.tasks.spawn(
+                asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove"
+            )
+
+        relay = PgRelay(
+            services,
+            client,
+            upstream.side,
+            session_id=session_id,
+            principal=principal,
+            connection=connection_name,
+            client_addr=addr,
+            on_finished=finished,
+            read_only=read_only,
+            review_wait=review_wait,
+        )
+        self._relays[gw_pid] = relay
+        out = [
+            build.auth_ok(),
+            *upstream.parameter_status,
+            *upstream.notices,
+            build.backend_key_data(gw_pid, gw_secret),
+            build.ready_for_query(b"I"),
+        ]
+        client.write(b"".join(out))
+        leftover_client = client.decoder.buffered
+        client.relay = relay
+        for extra in upstream.side.start_relay(relay):
+            relay.on_upstream_data(extra.raw)
+        if leftover_client:
+            relay.on_client_data(b"")  # pipelined messages sent before ReadyForQuery
+        if client.closed:
+            relay.on_client_closed()
+        if upstream.side.closed:
+            relay.on_upstream_closed()
+        log.info(
+            "session %s: %s (%s) connected to %r from %s",
+            session_id,
+            principal.name,
+            principal.kind.value,
+            connection_name,
+            addr,
+        )
+
+    async def _cancel(self, msg: m.CancelRequest) -> None:
+        target = await asyncio.to_thread(self.services.cancel_keys.lookup, msg.pid, msg.secret)
+        if target is None:
+            return  # PostgreSQL also says nothing about an unknown key
+        relay = self._relays.get(msg.pid)
+        if relay is not None and relay.cancel():
+            return  # it was waiting for a review: nothing runs on the server
+        try:
+            async with asyncio.timeout(self.services.config.limits.connect_timeout):
+                await send_cancel(target.host, target.port, target.pid, target.secret)
+        except (OSError, TimeoutError) as exc:
+            log.warning("forwarding a cancel request to %r failed: %s", target.connection, exc)

@@ -1,0 +1,313 @@
+"""Masking PostgreSQL results: a plan per RowDescription, then DataRows rewritten.
+
+The plan is decided once per result from the columns' types, formats and (for column
+rules) their catalog names, so a result no rule can touch costs nothing per row. A
+masked value always decodes in the client: text-like values are masked as text, a
+whole-column rule on any other type turns the value into NULL, and IP addresses under
+an IP rule become NULL in inet/cidr columns.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+from wardgate.policy.mask_rules import SessionMasking
+from wardgate.postgres.codec.decode import Column
+from wardgate.postgres.codec.errors import ProtocolError
+
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
+
+# text, varchar, bpchar, name, json, xml, unknown: their text and binary forms are the text.
+TEXT_LIKE = frozenset({25, 1043, 1042, 19, 114, 142, 705})
+JSONB = 3802  # binary form: version byte 1, then the text
+TEXT_ARRAYS = frozenset({1009, 1015, 1014, 1003, 199, 143, 3807})
+IP_TYPES = frozenset({869, 650})  # inet, cidr
+FIRST_USER_OID = 16384  # domains, enums, citext...: text form is text
+
+
+class Do(IntEnum):
+    PASS = 0
+    CONTENT = 1  # content detectors on the text
+    CONTENT_JSONB = 2  # binary jsonb: after the version byte
+    CONTENT_ARRAY = 3  # binary array of text-like elements
+    WHOLE = 4  # a column rule: the whole value, as text
+    NULL = 5  # cannot be masked in place and stay valid: NULL
+
+
+_ROW_MEMO_MAX_ROW = 2048
+_ROW_MEMO_MAX_ENTRIES = 16384
+
+
+class Plan:
+    """Per column: (what to do, the masker of a column rule). Masking a row is a pure
+    function of the plan and the row's bytes, and agents read the same rows again and
+    again, so each plan remembers the rows it masked (short rows, bounded)."""
+
+    __slots__ = ("actions", "memo")
+
+    def __init__(self, actions: tuple[tuple[Do, object], ...]) -> None:
+        self.actions = actions
+        self.memo: dict[bytes, bytes] = {}
+
+
+def with_formats(columns: list[Column], formats: tuple[int, ...]) -> list[Column]:
+    """The columns as a Bind's result-format codes will send them."""
+    if not formats:
+        formats = (0,)
+    if len(formats) == 1:
+        formats = formats * len(columns)
+    if len(formats) != len(columns):
+        return columns  # the server refuses such a Bind; nothing will be sent
+    return [
+        Column(c.name, c.table_oid, c.attnum, c.type_oid, f)
+        for c, f in zip(columns, formats, strict=True)
+    ]
+
+
+def make_plan(
+    columns: list[Column], masking: SessionMasking, names: dict[tuple[int, int], str]
+) -> Plan | None:
+    """What to do with each column; None when nothing can apply (rows pass untouched).
+
+    ``names`` maps (table oid, attnum) to ``schema.table.column`` for column rules.
+    """
+    actions = tuple(_column_plan(col, masking, names) for col in columns)
+    return Plan(actions) if any(do is not Do.PASS for do, _ in actions) else None
+
+
+def _column_plan(
+    col: Column, masking: SessionMasking, names: dict[tuple[int, int], str]
+) -> tuple[Do, object]:
+    qualified = names.get((col.table_oid, col.attnum)) if col.table_oid else None
+    whole = masking.column_masker(qualified) if qualified else None
+    text = col.format == 0
+    if whole is not None:
+        if col.type_oid in TEXT_LIKE or (text and col.type_oid >= FIRST_USER_OID):
+            return Do.WHOLE, whole
+        return Do.NULL, None
+    if not masking.content:
+        return Do.PASS, None
+    if col.type_oid in IP_TYPES:
+        return (Do.NULL, None) if masking.masks_ips else (Do.PASS, None)
+    if col.type_oid in TEXT_LIKE:
+        return Do.CONTENT, None
+    if col.type_oid == JSONB:
+        return (Do.CONTENT, None) if text else (Do.CONTENT_JSONB, None)
+    if col.type_oid in TEXT_ARRAYS:
+        return (Do.CONTENT, None) if text else (Do.CONTENT_ARRAY, None)
+    if text and col.type_oid >= FIRST_USER_OID:
+        return Do.CONTENT, None
+    return Do.PASS, None
+
+
+def mask_data_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
+    """A DataRow message (type byte included) with its values masked per ``plan``.
+
+    Values no rule touches are skipped by their length, never copied; the row is
+    rebuilt only when a value changed.
+    """
+    memo = plan.memo
+    masked = memo.get(raw)
+    if masked is not None:
+        return masked
+    masked = _mask_row(raw, plan.actions, masking, encoding)
+    if len(raw) <= _ROW_MEMO_MAX_ROW:
+        if len(memo) >= _ROW_MEMO_MAX_ENTRIES:
+            memo.clear()
+        memo[raw] = masked
+    return masked
+
+
+def _mask_row(
+    raw: bytes, plan: tuple[tuple[Do, object], ...], masking: SessionMasking, encoding: str
+) -> bytes:
+    unpack = _INT32.unpack_from
+    try:
+        (count,) = _INT16.unpack_from(raw, 5)
+        pos = 7
+        edits: list[tuple[int, int, bytes | None]] = []  # (start, end, new value or NULL)
+        nplan = len(plan)
+        for i in range(count):
+            (size,) = unpack(raw, pos)
+            start = pos
+            pos += 4
+            if size < 0:
+                continue
+            end = pos + size
+            do, masker = plan[i] if i < nplan else (Do.NULL, None)
+            if do is not Do.PASS:
+                value = raw[pos:end]
+                if len(value) != size:
+                    raise ProtocolError("server sent a truncated DataRow")
+                new = _mask_value(value, do, masker, masking, encoding)
+                if new is not value:
+                    edits.append((start, end, new))
+            pos = end
+    except struct.error:
+        raise ProtocolError("server sent a malformed DataRow") from None
+    if not edits:
+        return raw
+    parts: list[bytes] = []
+    last = 5
+    for start, end, new in edits:
+        parts.append(raw[last:start])
+        parts.append(b"\xff\xff\xff\xff" if new is None else _INT32.pack(len(new)) + new)
+        last = end
+    parts.append(raw[last:])
+    body = b"".join(parts)
+    return b"D" + _INT32.pack(len(body) + 4) + body
+
+
+def _mask_value(
+    value: bytes, do: Do, masker: object, masking: SessionMasking, encoding: str
+) -> bytes | None:
+    """The masked value, ``value`` itself when unchanged, or None for NULL."""
+    if do is Do.PASS:
+        return value
+    if do is Do.NULL:
+        return None
+    if do is Do.CONTENT:
+        out = masking.mask_bytes(value, encoding)
+        return value if out is None else out
+    if do is Do.WHOLE:
+        text = value.decode(encoding, "surrogateescape")
+        return masker.mask_whole(text).encode(encoding, "surrogateescape")  # type: ignore[attr-defined, no-any-return]
+    if do is Do.CONTENT_JSONB:
+        if value[:1] != b"\x01":
+            return None  # a jsonb version this gateway does not know: hide it
+        out = masking.mask_bytes(value[1:], "utf-8")
+        return value if out is None else b"\x01" + out
+    return _mask_binary_array(value, masking, encoding)
+
+
+def _mask_binary_array(value: bytes, masking: SessionMasking, encoding: str) -> bytes | None:
+    """A binary array of text-like elements, each element masked; NULL if malformed."""
+    try:
+        ndim, _flags, _elem = struct.unpack_from("!iiI", value, 0)
+        pos = 12
+        count = 1 if ndim else 0
+        for _ in range(ndim):
+            (dim,) = _INT32.unpack_from(value, pos)
+            count *= dim
+            pos += 8
+        parts = [value[:pos]]
+        changed = False
+        for _ in range(count):
+            (size,) = _INT32.unpack_from(value, pos)
+            pos += 4
+            if size < 0:
+                parts.append(b"\xff\xff\xff\xff")
+                continue
+            element = value[pos : pos + size]
+            pos += size
+            out = masking.mask_bytes(element, encoding)
+            if out is not None:
+                changed = True
+                element = out
+            parts.append(_INT32.pack(len(element)) + element)
+    except struct.error:
+        return None
+    return b"".join(parts) if changed else value
+
+
+# ErrorResponse / NoticeResponse fields that carry no user data and stay as they are.
+_CODE_FIELDS = frozenset(b"SVCFLRPpn")
+
+
+def mask_error_fields(raw: bytes, masking: SessionMasking, encoding: str) -> bytes:
+    """An ErrorResponse or NoticeResponse with its text fields masked (a unique
+    violation's DETAIL quotes the key: ``Key (email)=(jane@example.com)``)."""
+    body = raw[5:]
+    fields = body.rstrip(b"\0").split(b"\0") if body.strip(b"\0") else []
+    out = []
+    changed = False
+    for field in fields:
+        if not field:
+            continue
+        code, value = field[:1], field[1:]
+        if code[0] not in _CODE_FIELDS:
+            masked = masking.mask_bytes(value, encoding)
+            if masked is not None:
+                value, changed = masked, True
+        out.append(code + value + b"\0")
+    if not changed:
+        return raw
+    new_body = b"".join(out) + b"\0"
+    return raw[:1] + _INT32.pack(len(new_body) + 4) + new_body
+
+
+def mask_copy_data(raw: bytes, masking: SessionMasking, encoding: str) -> bytes:
+    """A CopyData message of a text or CSV COPY TO STDOUT, content-masked."""
+    masked = masking.mask_bytes(raw[5:], encoding)
+    if masked is None:
+        return raw
+    return b"d" + _INT32.pack(len(masked) + 4) + masked
+
+
+# The plan for a result whose columns were never described: every value becomes NULL.
+UNKNOWN_COLUMNS = Plan(())
+
+
+class ResultMasking:
+    """One session's masking state: which statement and portal return which columns.
+
+    Simple queries describe their result in the RowDescription before the rows; the
+    extended protocol describes a statement or portal in answer to Describe, and the
+    rows of an Execute come later, in the formats its Bind asked for.
+    """
+
+    def __init__(self, masking: SessionMasking) -> None:
+        self.masking = masking
+        self.plan: Plan | None = None  # of the simple-query result being streamed
+        self.copy_out = False
+        self._described: dict[tuple[str, str], list[Column]] = {}
+        self._bound: dict[str, tuple[str, tuple[int, ...]]] = {}  # portal -> statement, formats
+        self._plans: dict[tuple[object, ...], Plan | None] = {}  # by result shape, reused
+
+    def plan_of(self, columns: list[Column], names: dict[tuple[int, int], str]) -> Plan | None:
+        """The plan for a result of these columns; the same shape reuses one plan (and
+        its memory of masked rows) from query to query."""
+        shape = tuple(
+            (c.type_oid, c.format, names.get((c.table_oid, c.attnum)) if c.table_oid else None)
+            for c in columns
+        )
+        if shape not in self._plans:
+            if len(self._plans) >= 1024:
+                self._plans.clear()
+            self._plans[shape] = make_plan(columns, self.masking, names)
+        return self._plans[shape]
+
+    def parsed(self, statement: str) -> None:
+        self._described.pop(("S", statement), None)
+
+    def bound(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
+        self._bound[portal] = (statement, formats)
+        self._described.pop(("P", portal), None)
+
+    def described(self, target: tuple[str, str], columns: list[Column]) -> None:
+        self._described[target] = columns
+
+    def plan_for_portal(self, portal: str, names: dict[tuple[int, int], str]) -> Plan | None:
+        columns = self._described.get(("P", portal))
+        if columns is None:
+            statement, formats = self._bound.get(portal, ("", ()))
+            described = self._described.get(("S", statement))
+            if described is None:
+                return UNKNOWN_COLUMNS  # fail closed: never described, so never guessed
+            columns = with_formats(described, formats)
+        return self.plan_of(columns, names)
+
+    def table_oids(self, columns: list[Column]) -> set[int]:
+        """Tables whose column names a column rule needs (none without column rules)."""
+        if not self.masking.columns:
+            return set()
+        return {c.table_oid for c in columns if c.table_oid}
+
+    def portal_columns(self, portal: str) -> list[Column]:
+        columns = self._described.get(("P", portal))
+        if columns is not None:
+            return columns
+        statement, _ = self._bound.get(portal, ("", ()))
+        return self._described.get(("S", statement), [])

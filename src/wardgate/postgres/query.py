@@ -1,0 +1,126 @@
+"""Running one already-judged SQL action for a caller that is not a PostgreSQL client
+(an MCP tool call): on a gateway session of its own, rows capped and masked exactly as
+a PostgreSQL client of the same principal would see them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from wardgate.identity.principals import Principal
+from wardgate.postgres.catalog import ColumnNames
+from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
+from wardgate.postgres.masking import IP_TYPES
+
+if TYPE_CHECKING:
+    from wardgate.core.services import Services
+    from wardgate.masking.masker import Masker
+    from wardgate.policy.mask_rules import SessionMasking
+
+
+class QueryFailed(Exception):
+    """The statement failed on the server, or the server could not be reached. The
+    message is the server's (masked) or the gateway's, safe to show the caller."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    command: str
+    row_count: int | None
+    columns: list[str]
+    rows: list[list[str | None]]
+    truncated: bool
+
+
+async def run_sql(
+    services: Services,
+    principal: Principal,
+    connection: str,
+    sql: str,
+    params: tuple[str | None, ...],
+    *,
+    max_rows: int,
+    seconds: float,
+    granted: frozenset[str] = frozenset(),
+) -> Answer:
+    """Run ``sql`` (with text ``params``, through the extended protocol when there are
+    any) and return its last result, masked for ``principal``. Raises QueryFailed."""
+    read_only = not granted and services.gate.read_only_session(principal.groups, connection)
+    try:
+        async with internal_session(
+            services,
+            connection,
+            application_name="wardgate-mcp",
+            timeout=seconds,
+            max_rows=max_rows,
+            read_only=read_only,
+        ) as session:
+            if params:
+                results = [await session.extended(sql, params)]
+            else:
+                results = await session.simple(sql)
+    except InternalQueryFailed as exc:
+        raise QueryFailed(exc.reason, exc.sqlstate) from None
+    masking = services.masking.for_session(principal, connection)
+    for result in results:
+        if result.error is not None:
+            message = result.error.message
+            if masking is not None:
+                message = masking.mask_text(message)
+            raise QueryFailed(message, result.error.sqlstate)
+    last = results[-1] if results else Result()
+    rows = [list(r) for r in last.rows]
+    if masking is not None:
+        rows = await _masked(services, connection, last, rows, masking)
+    return Answer(last.command, last.count, list(last.columns), rows, last.truncated)
+
+
+async def _masked(
+    services: Services,
+    connection: str,
+    result: Result,
+    rows: list[list[str | None]],
+    masking: SessionMasking,
+) -> list[list[str | None]]:
+    """Column rules by the columns' real names (from the catalog), content detectors on
+    every other value; inet/cidr values are hidden when IPs are masked, as on the wire."""
+    whole: dict[int, Masker] = {}
+    if masking.columns:
+        oids = {f.table_oid for f in result.fields if f.table_oid}
+        names = services.state(ColumnNames).known(connection, oids) if oids else {}
+        if names is None:
+            try:
+                await services.state(ColumnNames).fetch(services, connection, oids)
+            except Exception as exc:  # noqa: BLE001 - any failure: fail closed
+                raise QueryFailed(
+                    "wardgate: masking rules need this result's column names and the gateway "
+                    f"could not look them up ({exc}); nothing was returned",
+                    "58000",
+                ) from None
+            names = services.state(ColumnNames).known(connection, oids) or {}
+        for i, f in enumerate(result.fields):
+            qualified = names.get((f.table_oid, f.attnum))
+            masker = masking.column_masker(qualified) if qualified else None
+            if masker is not None:
+                whole[i] = masker
+    hidden = {
+        i for i, f in enumerate(result.fields) if masking.masks_ips and f.type_oid in IP_TYPES
+    }
+    out = []
+    for row in rows:
+        masked: list[str | None] = []
+        for i, value in enumerate(row):
+            if value is None:
+                masked.append(None)
+            elif i in hidden:
+                masked.append(None)
+            elif i in whole:
+                masked.append(whole[i].mask_whole(value))
+            else:
+                masked.append(masking.mask_text(value))
+        out.append(masked)
+    return out

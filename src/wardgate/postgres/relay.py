@@ -1,0 +1,174 @@
+"""The steady state of a PostgreSQL session: gate every statement, relay, record.
+
+Client messages are decoded (they carry the statements to judge); server bytes
+are only scanned for message boundaries, and DataRow/CopyData pass through as
+slices. Each forwarded request pushes what it expects back onto `_pending`, so
+every server reply is matched to the statement it answers, even in pipelines.
+
+A blocked statement is never sent. In its place the server gets a statement
+that fails to parse, so it enters exactly the error state PostgreSQL itself
+would (an open transaction is aborted, an extended-protocol batch is skipped
+to Sync); its error reply is then replaced by wardgate's own ErrorResponse.
+
+The phases live in their own modules, each a class PgRelay is made of:
+simple_query.py (Query), extended.py (Parse, Bind, Execute, Close), review_hold.py (a
+statement waiting for a human), replies.py (server replies matched to what they answer,
+and recorded), results.py (masking rows, errors and COPY out); relay_state.py holds the
+state they share.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from wardgate.identity.principals import Principal
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.backend import BULK_TYPES, BackendScanner
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.extended import ExtendedProtocol
+from wardgate.postgres.masking import ResultMasking
+from wardgate.postgres.relay_state import DESCRIBE, SYNC, Pending
+from wardgate.postgres.replies import ServerReplies
+from wardgate.postgres.simple_query import SimpleQuery
+from wardgate.postgres.wire import ClientSide, UpstreamSide
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from wardgate.core.services import Services
+
+log = logging.getLogger("wardgate.postgres")
+
+
+class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
+    def __init__(
+        self,
+        services: Services,
+        client: ClientSide,
+        upstream: UpstreamSide,
+        *,
+        session_id: str,
+        principal: Principal,
+        connection: str,
+        client_addr: str,
+        on_finished: object = None,
+        read_only: bool = False,
+        review_wait: float = 0.0,
+    ) -> None:
+        self.services = services
+        self.client = client
+        self.upstream = upstream
+        self.session_id = session_id
+        self.principal = principal
+        self.connection = connection
+        self.client_addr = client_addr
+        self.scanner: BackendScanner = upstream.scanner
+        session_masking = services.masking.for_session(principal, connection)
+        self.masking = ResultMasking(session_masking) if session_masking is not None else None
+        # Rows to mask must arrive whole; unmasked sessions stream them untouched.
+        self.scanner.bulk = BULK_TYPES if self.masking is None else frozenset()
+        self._held: list[bytes] | None = None  # server data held while names are looked up
+        self._pending: deque[Pending] = deque()
+        self._statements: dict[str, tuple[str, tuple[int, ...]]] = {}  # name -> SQL, param types
+        self._portals: dict[str, tuple[str | None, tuple[str | None, ...]]] = {}
+        self._discarding = False  # after a block in extended mode, until Sync
+        self._seq = 0
+        self._finished = False
+        self._on_finished = on_finished
+        self.read_only = read_only  # the upstream session was opened read-only
+        self.review_wait = review_wait  # how long a statement waits inline for approval
+        self._reviewing = False  # a statement is held for a review: read no further
+        self._review_task: asyncio.Task[None] | None = None
+        self._review_cancelled = False
+
+    # -- client -> upstream -------------------------------------------------------------
+
+    def on_client_data(self, data: bytes) -> None:
+        try:
+            self.client.decoder.feed(data)
+        except ProtocolError as exc:
+            self._fatal("08P01", f"wardgate: protocol violation: {exc}")
+            return
+        if not self._reviewing:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Judge and forward the client's buffered messages until none is left or one
+        is held for a review (the rest wait, in order, in the decoder)."""
+        decoder = self.client.decoder
+        out: list[bytes] = []
+        try:
+            while not self._reviewing and (item := decoder.next_message()) is not None:
+                msg, raw = item
+                if self._discarding and not isinstance(msg, m.Sync):
+                    continue
+                self._on_client_message(msg, raw, out)
+        except ProtocolError as exc:
+            if out:
+                self.upstream.write(b"".join(out))
+            self._fatal("08P01", f"wardgate: protocol violation: {exc}")
+            return
+        if out:
+            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.services.recorder.congested:
+            # Stop reading clients until the audit log catches up: nothing is lost, nothing unbounded.
+            self.client.pause_reading("recorder")
+            self.services.recorder.on_drained(lambda: self.client.resume_reading("recorder"))
+
+    def _on_client_message(self, msg: m.FrontendMessage, raw: bytes, out: list[bytes]) -> None:
+        if isinstance(msg, m.Query):
+            self._on_query(msg, raw, out)
+        elif isinstance(msg, m.Parse):
+            self._on_parse(msg, raw, out)
+        elif isinstance(msg, m.Bind):
+            self._on_bind(msg, raw, out)
+        elif isinstance(msg, m.Execute):
+            self._on_execute(msg, raw, out)
+        elif isinstance(msg, m.Sync):
+            self._discarding = False
+            self._pending.append(Pending(SYNC))
+            out.append(raw)
+        elif isinstance(msg, m.Describe):
+            self._pending.append(Pending(DESCRIBE, target=(msg.target, msg.name)))
+            out.append(raw)
+        elif isinstance(msg, m.Close):
+            self._on_close(msg, raw, out)
+        elif isinstance(msg, m.Flush | m.CopyData | m.CopyDone | m.CopyFail):
+            out.append(raw)
+        elif isinstance(msg, m.Terminate):
+            out.append(raw)
+            self.upstream.write(b"".join(out))
+            out.clear()
+            self.finish("closed")
+        elif isinstance(msg, m.FunctionCall):
+            self._on_function_call(msg, out)
+        else:
+            raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
+
+    # -- flow control and endings -------------------------------------------------------
+
+    def client_write_paused(self, paused: bool) -> None:
+        (self.upstream.pause_reading if paused else self.upstream.resume_reading)("client-buffer")
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        (self.client.pause_reading if paused else self.client.resume_reading)("upstream-buffer")
+
+    def on_client_closed(self) -> None:
+        if not self.upstream.closed:
+            self.upstream.write(build.terminate())
+            self.upstream.close()
+        self.finish("closed")
+
+    def on_upstream_closed(self) -> None:
+        if not self._finished:
+            log.warning(
+                "session %s: upstream of %r closed the connection", self.session_id, self.connection
+            )
+            self._fatal(
+                "08006",
+                f"wardgate: lost the connection to the database server of connection {self.connection!r}; reconnect to retry",
+                status="upstream_lost",
+            )

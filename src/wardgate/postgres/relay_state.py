@@ -1,0 +1,240 @@
+"""The state of one relayed PostgreSQL session, and the steps every phase of the relay
+shares: an Action from a statement, the gate's verdict, recording, the session's end.
+
+PgRelay (relay.py) is made of phases over this state, each a class in its own module:
+simple_query.py, extended.py, review_hold.py, replies.py and results.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from wardgate.actions import Action, Verdict
+from wardgate.audit.records import ActionRecord, SessionEnd
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec.decode import ErrorFields
+from wardgate.postgres.masking import Plan, ResultMasking
+from wardgate.reviews.model import ReviewInfo
+
+if TYPE_CHECKING:
+    from wardgate.core.services import Services
+    from wardgate.identity.principals import Principal
+    from wardgate.postgres.codec.backend import BackendScanner
+    from wardgate.postgres.wire import ClientSide, UpstreamSide
+
+# What a forwarded request expects back.
+QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC = range(7)
+
+# Sent upstream instead of a blocked statement: fails in the parser, before
+# anything executes, and puts the server in the same error state a real failure would.
+_POISON_SQL = "wardgate blocked statement"
+POISON_QUERY = build.query(_POISON_SQL)
+POISON_PARSE = build.parse("", _POISON_SQL)
+
+
+class Act:
+    """One action in flight: what was asked, what the gate said, when it started."""
+
+    __slots__ = ("action", "verdict", "seq", "started", "t0", "review")
+
+    def __init__(self, action: Action, verdict: Verdict, seq: int) -> None:
+        self.action = action
+        self.verdict = verdict
+        self.seq = seq
+        self.review: ReviewInfo | None = None  # the approval it runs under
+        self.started = time.time()
+        self.t0 = time.perf_counter()
+
+
+class Pending:
+    __slots__ = (
+        "kind", "acts", "index", "block", "held", "commit_error", "target", "plan", "planned",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        kind: int,
+        acts: list[Act] | None = None,
+        block: bytes | None = None,
+        target: tuple[str, str] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.acts = acts
+        self.index = 0
+        self.block = block  # our ErrorResponse replacing the server's
+        self.target = target  # DESCRIBE: ("S"|"P", name); EXECUTE: ("P", portal)
+        self.plan: Plan | None = None  # EXECUTE with masking: what to do with its rows
+        self.planned = False
+        # SYNC only: records of Executes before it, held until its ReadyForQuery, because
+        # the implicit transaction they ran in can still fail (and roll back) at Sync.
+        self.held: list[ActionRecord] = []
+        self.commit_error: ErrorFields | None = None
+
+
+class RelayState:
+    """What PgRelay.__init__ sets up, declared here so that every phase is checked
+    against it; and the steps they all take."""
+
+    services: Services
+    client: ClientSide
+    upstream: UpstreamSide
+    session_id: str
+    principal: Principal
+    connection: str
+    client_addr: str
+    scanner: BackendScanner
+    masking: ResultMasking | None
+    read_only: bool
+    review_wait: float
+    _held: list[bytes] | None
+    _pending: deque[Pending]
+    _statements: dict[str, tuple[str, tuple[int, ...]]]
+    _portals: dict[str, tuple[str | None, tuple[str | None, ...]]]
+    _discarding: bool
+    _seq: int
+    _finished: bool
+    _on_finished: object
+    _reviewing: bool
+    _review_task: asyncio.Task[None] | None
+    _review_cancelled: bool
+
+    # -- judging --------------------------------------------------------------------------
+
+    def _action(self, text: str, params: tuple[str | None, ...]) -> Action:
+        return Action(
+            principal=self.principal,
+            connection=self.connection,
+            protocol="postgres",
+            kind="sql",
+            text=text,
+            params=params,
+            session_id=self.session_id,
+            client_addr=self.client_addr,
+        )
+
+    def _judge(self, action: Action, *, params_later: bool = False) -> Verdict:
+        reviews = self.services.reviews
+        granted = reviews.granted(self.principal.name, self.connection) if reviews else frozenset()
+        return self.services.gate.check(action, granted, params_later=params_later)
+
+    def _act(self, action: Action, verdict: Verdict) -> Act:
+        self._seq += 1
+        return Act(action, verdict, self._seq)
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
+        sync = next((e for e in self._pending if e.kind == SYNC), None)
+        record = self._action_record(act, "ok", tag=tag)
+        if sync is None:
+            self.services.recorder.submit(record)  # no Sync yet: nothing can undo it later
+        else:
+            sync.held.append(record)
+
+    def _finish_act(
+        self,
+        act: Act,
+        status: str,
+        *,
+        tag: tuple[str, int | None] | None = None,
+        fields: object = None,
+    ) -> None:
+        self.services.recorder.submit(self._action_record(act, status, tag=tag, fields=fields))
+
+    def _action_record(
+        self,
+        act: Act,
+        status: str,
+        *,
+        tag: tuple[str, int | None] | None = None,
+        fields: object = None,
+    ) -> ActionRecord:
+        duration_ms = (time.perf_counter() - act.t0) * 1000.0
+        error = sqlstate = None
+        if fields is not None:
+            error = getattr(fields, "message", None)
+            sqlstate = getattr(fields, "sqlstate", None)
+        action = act.action
+        if act.review is not None and self.services.reviews is not None:
+            result = {
+                "status": status,
+                "command": tag[0] if tag else None,
+                "rows": tag[1] if tag else None,
+                "session": self.session_id,
+                "seq": act.seq,
+            }
+            if fields is not None:
+                result["error"] = getattr(fields, "message", None)
+            service = self.services.reviews.service
+            review, act.review = act.review, None
+            self.services.tasks.spawn(
+                asyncio.to_thread(service.record_action_result, review, result),
+                name="review-result",
+            )
+        if self.masking is not None and action.params:
+            # The audit log never holds what the client would not be shown.
+            mask = self.masking.masking.mask_text
+            action = dataclasses.replace(
+                action, params=tuple(None if p is None else mask(p) for p in action.params)
+            )
+        return ActionRecord(
+            session_id=self.session_id,
+            seq=act.seq,
+            action=action,
+            verdict=act.verdict,
+            started_at=act.started,
+            duration_ms=duration_ms,
+            status=status,
+            rows=tag[1] if tag else None,
+            command=tag[0] if tag else None,
+            error=error,
+            sqlstate=sqlstate,
+        )
+
+    def _record(self, act: Act, status: str, error: str | None = None) -> None:
+        record = self._action_record(act, status)
+        if error is not None:
+            record = dataclasses.replace(record, error=error)
+        self.services.recorder.submit(record)
+
+    def _close_remaining(self, entry: Pending, status: str) -> None:
+        failed = entry.commit_error
+        for record in entry.held:
+            if failed is not None:
+                record = dataclasses.replace(
+                    record,
+                    status="error",
+                    error=f"rolled back: the transaction failed at commit: {failed.message}",
+                    sqlstate=failed.sqlstate,
+                )
+            self.services.recorder.submit(record)
+        entry.held = []
+        if entry.acts:
+            for act in entry.acts[entry.index :]:
+                self._finish_act(act, status)
+            entry.index = len(entry.acts)
+
+    # -- endings --------------------------------------------------------------------------
+
+    def _fatal(self, sqlstate: str, message: str, status: str = "error") -> None:
+        self.client.end_with(build.error_response(sqlstate, message, severity="FATAL"))
+        self.upstream.close()
+        self.finish(status, message)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._review_task is not None:
+            self._review_task.cancel()  # nobody is left to run what it waits for
+        while self._pending:
+            self._close_remaining(self._pending.popleft(), "not_executed")
+        self.services.recorder.submit(SessionEnd(self.session_id, time.time(), status, error))
+        self.client.close()
+        self.upstream.close()
+        if callable(self._on_finished):
+            self._on_finished()

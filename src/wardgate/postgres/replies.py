@@ -1,0 +1,175 @@
+"""Replies from the server: scanned for message boundaries (rows pass through as
+slices), each matched to the head of the pending queue, and the action it answers
+finished and recorded; ParameterStatus is checked for settings the gateway cannot follow."""
+
+from __future__ import annotations
+
+import logging
+
+from wardgate.policy.encodings import python_codec, reported_setting_problem
+from wardgate.postgres.codec.backend import BackendMessage
+from wardgate.postgres.codec.decode import (
+    parse_command_tag,
+    parse_error_fields,
+    parse_parameter_status,
+)
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.masking import mask_error_fields
+from wardgate.postgres.relay_state import (
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    PARSE,
+    QUERY,
+    SYNC,
+    Pending,
+)
+from wardgate.postgres.results import MaskedResults
+
+log = logging.getLogger("wardgate.postgres")
+
+
+class ServerReplies(MaskedResults):
+    def on_upstream_data(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)  # still waiting for column names: keep the order
+            return
+        try:
+            items = self.scanner.feed(data)
+        except ProtocolError as exc:
+            self._upstream_garbage(exc, [])
+            return
+        self._relay_items(items)
+
+    def _relay_items(self, items: list[BackendMessage | memoryview]) -> None:
+        out: list[bytes | memoryview] = []
+        try:
+            for i, item in enumerate(items):
+                if isinstance(item, memoryview):
+                    out.append(item)
+                    continue
+                if self.masking is not None and (oids := self._names_to_fetch(item)):
+                    # Column rules need this result's column names: hold the stream.
+                    self._hold(items[i:], oids)
+                    break
+                replacement = self._on_server_message(item)
+                out.append(item.raw if replacement is None else replacement)
+        except ProtocolError as exc:
+            self._upstream_garbage(exc, out)
+            return
+        if out:
+            self.client.write(b"".join(out) if len(out) > 1 else bytes(out[0]))
+
+    def _upstream_garbage(self, exc: ProtocolError, out: list[bytes | memoryview]) -> None:
+        log.warning("session %s: upstream protocol error: %s", self.session_id, exc)
+        if out:  # what came before the malformed message is still the server's answer
+            self.client.write(b"".join(out))
+        self._fatal(
+            "08P01",
+            f"wardgate: the database server of connection {self.connection!r} sent malformed data",
+        )
+
+    def _on_server_message(self, msg: BackendMessage) -> bytes | None:
+        """Match a server reply to what it answers; returns a replacement to send instead, if any."""
+        t = msg.type
+        pending = self._pending
+        head = pending[0] if pending else None
+        if self.masking is not None:
+            masked = self._mask_server_message(msg, head)
+            if masked is not None:
+                return masked
+            if t == 69 or t == 78:  # E, N: a DETAIL can quote the very value (Key (email)=...)
+                raw = mask_error_fields(msg.raw, self.masking.masking, self.client.decoder.encoding)
+                if raw is not msg.raw:
+                    msg = BackendMessage(t, raw)  # what the client and the recorder get
+                    result = self._on_server_message_unmasked(msg, head)
+                    return raw if result is None else result
+        return self._on_server_message_unmasked(msg, head)
+
+    def _on_server_message_unmasked(
+        self, msg: BackendMessage, head: Pending | None
+    ) -> bytes | None:
+        t = msg.type
+        pending = self._pending
+        if t == 90:  # Z ReadyForQuery
+            while pending:
+                entry = pending.popleft()
+                self._close_remaining(entry, "not_executed")
+                if entry.kind in (QUERY, SYNC):
+                    break
+            return None
+        if t == 83:  # S ParameterStatus
+            self._on_parameter_status(msg)
+            return None
+        if head is None:
+            return None  # asynchronous: NoticeResponse, NotificationResponse
+        if t == 69:  # E ErrorResponse
+            replacement = head.block
+            fields = parse_error_fields(msg.body) if replacement is None else None
+            if head.kind == SYNC:
+                # The implicit transaction failed at its commit (a deferred constraint):
+                # what ran before this Sync was rolled back. Its ReadyForQuery follows.
+                head.commit_error = fields
+                return replacement
+            if head.kind == QUERY:
+                if head.acts and head.index < len(head.acts):
+                    self._finish_act(head.acts[head.index], "error", fields=fields)
+                    head.index += 1
+                return replacement
+            pending.popleft()
+            if head.acts:
+                self._finish_act(head.acts[0], "error", fields=fields)
+            # The server now skips everything up to Sync.
+            while pending and pending[0].kind != SYNC:
+                self._close_remaining(pending.popleft(), "not_executed")
+            return replacement
+        if t == 67 or t == 73:  # C CommandComplete, I EmptyQueryResponse
+            if head.kind == QUERY:
+                if head.acts and head.index < len(head.acts):
+                    tag = parse_command_tag(msg.body) if t == 67 else ("", None)
+                    self._finish_act(head.acts[head.index], "ok", tag=tag)
+                    head.index += 1
+            elif head.kind == EXECUTE:
+                pending.popleft()
+                if head.acts:
+                    tag = parse_command_tag(msg.body) if t == 67 else ("", None)
+                    self._finish_execute(head.acts[0], tag)
+            return None
+        if t == 115:  # s PortalSuspended
+            if head.kind == EXECUTE:
+                pending.popleft()
+                if head.acts:
+                    self._finish_execute(head.acts[0], ("SUSPENDED", None))
+            return None
+        if (
+            (t == 49 and head.kind == PARSE)
+            or (t == 50 and head.kind == BIND)
+            or (t == 51 and head.kind == CLOSE)
+        ):
+            pending.popleft()  # 1 ParseComplete, 2 BindComplete, 3 CloseComplete
+        elif (t == 84 or t == 110) and head.kind == DESCRIBE:  # T RowDescription, n NoData
+            pending.popleft()
+        return None
+
+    def _on_parameter_status(self, msg: BackendMessage) -> None:
+        try:
+            name, value = parse_parameter_status(msg.body)
+        except ProtocolError:
+            return  # forwarded as it is; the client judges it
+        if self.read_only and name == "default_transaction_read_only" and value != "on":
+            self._fatal(
+                "0A000",
+                "wardgate: the read-only session this principal's role requires was turned "
+                "read-write; the session ends",
+            )
+            return
+        if (problem := reported_setting_problem(name, value)) is not None:
+            # The server now reads SQL in a way the gateway cannot follow safely: end the
+            # session rather than judge statements it might misread.
+            self._fatal("0A000", problem)
+            return
+        if name == "client_encoding":
+            codec = python_codec(value)
+            assert codec is not None  # reported_setting_problem checked it
+            self.client.decoder.encoding = codec

@@ -1,0 +1,132 @@
+"""Holding a statement for a review: the client's stream waits (its reading paused)
+while the review service files or finds the review and waits for a human; then the
+statement runs once under the approval, or is refused with an ErrorResponse."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from wardgate.actions import Action, Decision, Verdict
+from wardgate.postgres.codec import build
+from wardgate.postgres.relay_state import RelayState
+from wardgate.reviews.messages import OutcomeText
+from wardgate.reviews.settle import Settled, blocked, settle
+
+log = logging.getLogger("wardgate.postgres")
+
+# SQLSTATEs of a statement that did not run. A block or a denial is a refusal: 42501.
+# "Not yet" (pending, expired, cancelled reviews) is 55000, object_not_in_prerequisite_state:
+# not a privilege error, and not one that drivers retry on their own (unlike 40001).
+# A client's cancel of a statement waiting for a review is 57014, as for any cancel.
+SQLSTATE_PENDING = "55000"
+_SQLSTATES = {"blocked": "42501", "denied": "42501", "interrupted": "57014"}
+
+
+def refusal_error(settled: Settled) -> bytes:
+    """The ErrorResponse for a statement that does not run."""
+    assert settled.refusal is not None
+    sqlstate = _SQLSTATES.get(settled.status, SQLSTATE_PENDING)
+    return build.error_response(sqlstate, settled.refusal.message, hint=settled.refusal.hint)
+
+
+def block_error(verdict: Verdict, connection: str) -> bytes:
+    return refusal_error(blocked(verdict, connection))
+
+
+class ReviewHold(RelayState):
+    # relay.py: judge and forward what the client sent while the statement was held.
+    _pump: Callable[[], None]
+
+    def _hold_for_review(
+        self,
+        action: Action,
+        verdict: Verdict,
+        out: list[bytes],
+        then: Callable[[Any, bytes, Settled, list[bytes]], None],
+        msg: Any,
+        raw: bytes,
+    ) -> None:
+        """Hold the client's stream while ``action`` waits for a human; ``then`` gets
+        what became of it."""
+        reviews = self.services.reviews
+        if reviews is None:
+            then(msg, raw, blocked(verdict, self.connection), out)
+            return
+        self._reviewing = True
+        self.client.pause_reading("review")
+
+        async def wait_then_resume() -> None:
+            result: Settled
+            try:
+                result = await settle(
+                    reviews,
+                    action,
+                    verdict,
+                    wait=self.review_wait,
+                    base_url=self.services.config.review_url,
+                )
+            except asyncio.CancelledError:
+                if not self._review_cancelled:
+                    raise  # the gateway is stopping
+                reason = (
+                    "the client cancelled the statement while it waited for a review; "
+                    "the review stays open, run the statement again after approval"
+                )
+                result = Settled(
+                    dataclasses.replace(
+                        verdict,
+                        decision=Decision.BLOCK,
+                        rule="cancelled",
+                        rules=("cancelled",),
+                        reason=reason,
+                    ),
+                    refusal=OutcomeText(
+                        "canceling statement due to user request "
+                        "(wardgate: it was waiting for a review)",
+                        reason,
+                    ),
+                    status="interrupted",
+                )
+            except Exception as exc:  # noqa: BLE001 - fail closed, say why
+                log.warning("session %s: review could not be filed: %s", self.session_id, exc)
+                result = blocked(
+                    dataclasses.replace(
+                        verdict,
+                        decision=Decision.BLOCK,
+                        reason=f"{verdict.reason}; the review could not be filed ({exc})",
+                    ),
+                    self.connection,
+                )
+            self._review_task = None
+            if self._finished:
+                return
+            out: list[bytes] = []
+            self._reviewing = self._review_cancelled = False
+            then(msg, raw, result, out)
+            if out:
+                self.upstream.write(b"".join(out))
+            self.client.resume_reading("review")
+            self._pump()
+
+        self._review_task = self.services.tasks.spawn(
+            wait_then_resume(), name=f"review-wait-{self.session_id}"
+        )
+
+    def cancel(self) -> bool:
+        """A CancelRequest for this session: stop waiting for a review (the server is
+        running nothing of it). False when no statement is held here."""
+        if self._review_task is None or self._review_cancelled:
+            return False
+        self._review_cancelled = True
+        self._review_task.cancel()
+        return True
+
+    def _refused(self, action: Action, result: Settled) -> bytes:
+        """Record a held statement that does not run; its ErrorResponse."""
+        assert result.refusal is not None
+        self._record(self._act(action, result.verdict), "blocked", error=result.refusal.message)
+        return refusal_error(result)

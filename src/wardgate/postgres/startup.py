@@ -1,0 +1,272 @@
+"""The startup phase of a PostgreSQL session: which startup parameters and options
+pass on to the server, and authentication with wardgate tokens (SCRAM-SHA-256, or the
+token as a password over TLS). PgListener (listener.py) runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from wardgate.config import ConnectionConfig, parse_duration
+from wardgate.identity.scram import ScramAuthError, ScramServer
+from wardgate.policy.sql import search_path_shadows_builtins
+from wardgate.postgres.codec import build
+from wardgate.postgres.codec import messages as m
+from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.wire import ClientSide
+
+if TYPE_CHECKING:
+    from wardgate.core.services import Services
+
+log = logging.getLogger("wardgate.postgres")
+
+PROTOCOL_3_0 = 196608
+
+# Startup parameters a client may pass on to the server. Anything else could set a
+# server setting the policy never saw (role, session_authorization, read-only...).
+PASSED_PARAMS = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "extra_float_digits",
+        "search_path",
+    }
+)
+# Settings allowed in `options=-c name=value`.
+PASSED_OPTIONS = frozenset(
+    {
+        "search_path",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "DateStyle",
+        "TimeZone",
+        "IntervalStyle",
+        "extra_float_digits",
+        "application_name",
+        "client_encoding",
+        "work_mem",
+    }
+)
+SETTING_HINTS = {
+    "client_encoding": "Connect with client_encoding=UTF8 (PGCLIENTENCODING=UTF8).",
+    "standard_conforming_strings": "Turn standard_conforming_strings on for the gateway's "
+    "database user (ALTER ROLE ... SET standard_conforming_strings = on).",
+}
+GENERIC_AUTH_FAILURE = (
+    'wardgate: authentication failed for principal "{}": the token is wrong, revoked, '
+    "or the principal does not exist"
+)
+
+
+class StartupRefused(Exception):
+    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.hint = hint
+
+
+def parse_options(value: str) -> dict[str, str]:
+    """libpq's `options`: `-c name=value` pairs (also `--name=value`), backslash escapes spaces."""
+    words: list[str] = []
+    current = ""
+    escape = False
+    for ch in value:
+        if escape:
+            current += ch
+            escape = False
+        elif ch == "\\":
+            escape = True
+        elif ch.isspace():
+            if current:
+                words.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        words.append(current)
+    settings: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "-c" and i + 1 < len(words):
+            pair = words[i + 1]
+            i += 2
+        elif word.startswith("-c"):
+            pair = word[2:]
+            i += 1
+        elif word.startswith("--"):
+            pair = word[2:]
+            i += 1
+        else:
+            raise StartupRefused("22023", f"wardgate: cannot understand startup option {word!r}")
+        name, sep, val = pair.partition("=")
+        if not sep:
+            raise StartupRefused("22023", f"wardgate: startup option {pair!r} needs name=value")
+        settings[name.replace("-", "_")] = val
+    return settings
+
+
+def _quote_option(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def params_for_upstream(params: dict[str, str]) -> dict[str, str]:
+    passed: dict[str, str] = {}
+    for name, value in params.items():
+        if name in ("user", "database"):
+            continue
+        if name == "options":
+            settings = parse_options(value)
+            for key, option_value in settings.items():
+                if key.startswith("wardgate."):
+                    continue  # gateway options, consumed here
+                if key == "search_path":
+                    _check_search_path(option_value)
+                if key not in PASSED_OPTIONS:
+                    raise StartupRefused(
+                        "42501",
+                        f"wardgate: startup option {key!r} is not allowed through the gateway",
+                        hint="Set it with SQL after connecting, where the policy can see it.",
+                    )
+            passed_options = " ".join(
+                f"-c {_quote_option(k)}={_quote_option(v)}"
+                for k, v in settings.items()
+                if not k.startswith("wardgate.")
+            )
+            if passed_options:
+                passed["options"] = passed_options
+        elif name == "replication":
+            raise StartupRefused("42501", "wardgate: replication connections are not supported")
+        elif name.startswith("_pq_."):
+            continue  # protocol extensions were declined in NegotiateProtocolVersion
+        elif name in PASSED_PARAMS:
+            if name == "search_path":
+                _check_search_path(value)
+            passed[name] = value
+        else:
+            raise StartupRefused(
+                "42501",
+                f"wardgate: startup parameter {name!r} is not allowed through the gateway",
+                hint="Set it with SQL after connecting, where the policy can see it.",
+            )
+    return passed
+
+
+async def authenticate(
+    services: Services, client: ClientSide, principal: str, addr: str, tls: bool
+) -> None:
+    limiter = services.limiter
+    retry = await asyncio.to_thread(limiter.retry_after, principal, addr)
+    if retry is not None:
+        raise StartupRefused(
+            "28P01",
+            f"wardgate: too many failed logins from this address or for this principal; try again in {int(retry) + 1} s",
+        )
+    ok = False
+    token_id: str | None = None
+    if services.config.client_auth == "password" and tls:
+        client.write(build.auth_cleartext_password())
+        reply = await client.read()
+        if not isinstance(reply, m.PasswordData):
+            raise ProtocolError("expected a password message")
+        token = reply.payload.rstrip(b"\x00").decode("utf-8", "replace")
+        # Checked whether or not the principal is configured: the same PBKDF2 work
+        # either way, so timing does not tell which principal names exist.
+        token_id = await asyncio.to_thread(services.tokens.check_password, principal, token)
+        ok = token_id is not None and services.config.principal(principal) is not None
+    else:
+        verifiers = await asyncio.to_thread(services.tokens.verifiers, principal)
+        if services.config.principal(principal) is None:
+            verifiers = type(verifiers)(verifiers.salt, verifiers.iterations, ())
+        scram = ScramServer(verifiers)
+        client.write(build.auth_sasl(["SCRAM-SHA-256"]))
+        first = await client.read()
+        if not isinstance(first, m.PasswordData):
+            raise ProtocolError("expected a SASLInitialResponse")
+        try:
+            mechanism, data = _parse_sasl_initial(first.payload)
+            if mechanism != "SCRAM-SHA-256":
+                raise ScramAuthError("unsupported mechanism")
+            client.write(build.auth_sasl_continue(scram.handle_client_first(data)))
+            final = await client.read()
+            if not isinstance(final, m.PasswordData):
+                raise ProtocolError("expected a SASLResponse")
+            token_id, server_final = scram.handle_client_final(final.payload)
+            client.write(build.auth_sasl_final(server_final))
+            ok = True
+        except ScramAuthError:
+            ok = False
+    if not ok:
+        await asyncio.to_thread(limiter.record_failure, principal, addr)
+        log.info("failed login for principal %r from %s", principal, addr)
+        raise StartupRefused("28P01", GENERIC_AUTH_FAILURE.format(principal))
+    await asyncio.to_thread(limiter.record_success, principal, addr)
+    if token_id:
+        services.tasks.spawn(asyncio.to_thread(services.tokens.touch, token_id), name="token-touch")
+
+
+GATEWAY_OPTIONS = frozenset({"wardgate.review_wait"})
+
+
+def review_wait_of(params: dict[str, str], conn: ConnectionConfig) -> float:
+    """How long this session's statements wait inline for approval: the client's
+    ``wardgate.review_wait`` option, capped by the connection's ``max_wait``."""
+    settings = parse_options(params["options"]) if "options" in params else {}
+    for key in settings:
+        if key.startswith("wardgate.") and key not in GATEWAY_OPTIONS:
+            raise StartupRefused(
+                "42704",
+                f"wardgate: unknown gateway option {key!r}",
+                hint=f"Gateway options are: {', '.join(sorted(GATEWAY_OPTIONS))}.",
+            )
+    value = settings.get("wardgate.review_wait")
+    if value is None:
+        return conn.reviews.wait
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise StartupRefused(
+            "22023",
+            f"wardgate: wardgate.review_wait must be a duration such as 0, 10s or 2m, got {value!r}",
+        ) from None
+    return min(max(0.0, seconds), conn.reviews.max_wait)
+
+
+def _check_search_path(value: str) -> None:
+    if search_path_shadows_builtins([value]):
+        raise StartupRefused(
+            "42501",
+            "wardgate: a search_path that lists pg_catalog after another schema is not "
+            "allowed: its functions would replace the built-ins the policy trusts",
+            hint="Leave pg_catalog out of search_path (it is then searched first) or put it first.",
+        )
+
+
+def _parse_sasl_initial(payload: bytes) -> tuple[str, bytes]:
+    nul = payload.find(b"\x00")
+    if nul < 0 or len(payload) < nul + 5:
+        raise ScramAuthError("malformed SASLInitialResponse")
+    mechanism = payload[:nul].decode("ascii", "replace")
+    length = int.from_bytes(payload[nul + 1 : nul + 5], "big", signed=True)
+    data = payload[nul + 5 :]
+    if length != len(data):
+        raise ScramAuthError("malformed SASLInitialResponse")
+    return mechanism, data
+
+
+def negotiate_protocol(params: dict[str, str]) -> bytes:
+    unknown = [k for k in params if k.startswith("_pq_.")]
+    # The first field is the full version the server speaks (major << 16 | minor), as
+    # PostgreSQL sends it; a bare 0 reads as "2.0" and libpq 18 gives up on the connection.
+    body = (
+        PROTOCOL_3_0.to_bytes(4, "big")
+        + len(unknown).to_bytes(4, "big")
+        + b"".join(k.encode() + b"\x00" for k in unknown)
+    )
+    return b"v" + (len(body) + 4).to_bytes(4, "big") + body

@@ -1,0 +1,287 @@
+"""The SSH gateway: clients run ``ssh -p 12222 <connection>@gateway [command]``.
+
+Built on asyncssh, server side and client side. A client authenticates as a principal
+with a registered public key (``wardgate principal add-key``) or a wardgate token as
+the password; the SSH user name is the connection. The callbacks here stay short and
+hand over to ``session.py`` (exec and shell) and ``sftp.py`` (file transfer); the
+target is dialled with the gateway's credential by ``upstream.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.core.services import TooManyFailures
+from wardgate.identity.principals import Principal
+from wardgate.identity.ssh_keys import SshKeys
+from wardgate.ssh.upstream import TargetUnavailable, dial_target, gateway_host_key
+from wardgate.sshlib import SIGNATURE_ALGS, asyncssh
+
+if TYPE_CHECKING:
+    from wardgate.actions import Verdict
+    from wardgate.core.services import Services
+
+log = logging.getLogger("wardgate.ssh")
+
+
+class SshListener:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.keys = SshKeys(services.store)
+        self._server: asyncssh.SSHAcceptor | None = None
+        self.connections: set[GatewayConnection] = set()
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        from wardgate.ssh.session import handle_process
+        from wardgate.ssh.sftp import sftp_factory
+
+        config = self.services.config
+        self._server = await asyncssh.create_server(
+            lambda: GatewayConnection(self),
+            host,
+            port,
+            server_host_keys=[gateway_host_key(config)],
+            # Client keys are verified only with these (no ssh-dss, no SHA-1 RSA).
+            signature_algs=list(SIGNATURE_ALGS),
+            process_factory=handle_process,
+            sftp_factory=sftp_factory,
+            allow_scp=False,  # scp runs over SFTP (OpenSSH 9+), or as a judged command
+            encoding=None,
+            agent_forwarding=False,  # never: it would hand the target the client's keys
+            x11_forwarding=False,
+            allow_pty=True,
+            login_timeout=config.limits.startup_timeout,
+            reuse_port=reuse_port,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for conn in list(self.connections):
+            conn.close()
+
+
+class GatewayConnection(asyncssh.SSHServer):
+    """One client's SSH connection: who it is, which connection it wants, its upstream."""
+
+    def __init__(self, listener: SshListener) -> None:
+        self.listener = listener
+        self.services = listener.services
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.connection_name = ""
+        self.principal: Principal | None = None
+        self.client_addr = ""
+        self.session_id = "h_" + secrets.token_hex(8)
+        self.seq = 0
+        self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+        self._recorded = False
+
+    # -- asyncssh callbacks -------------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.client_addr = str(peer[0]) if peer else ""
+        self.listener.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        if self._upstream is not None:
+            if self._upstream.done() and not self._upstream.cancelled():
+                if self._upstream.exception() is None:
+                    self._upstream.result().close()
+            else:
+                self._upstream.cancel()
+        if self._recorded:
+            status = "closed" if exc is None else "error"
+            error = None if exc is None else str(exc)[:200]
+            self.services.recorder.submit(SessionEnd(self.session_id, time.time(), status, error))
+
+    def begin_auth(self, username: str) -> bool:
+        self.connection_name = username
+        return True  # always authenticate
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        try:
+            checked = await self.services.check_bearer(password, self.client_addr, "ssh")
+        except TooManyFailures:
+            return False  # SSH has no way to say "wait"; the client sees a failure
+        if checked is None:
+            return False
+        self.principal = checked[1]
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        fingerprint = key.get_fingerprint("sha256")
+        name = await asyncio.to_thread(self.listener.keys.principal_for, fingerprint)
+        principal = self.services.config.principal(name) if name else None
+        if principal is None:
+            return False
+        self.principal = principal
+        return True
+
+    def auth_completed(self) -> None:
+        assert self.principal is not None and self.conn is not None
+        self._recorded = True
+        version = self.conn.get_extra_info("client_version") or ""
+        self.services.recorder.submit(
+            SessionRecord(
+                id=self.session_id,
+                protocol="ssh",
+                principal=self.principal,
+                connection=self.connection_name,
+                client_addr=self.client_addr,
+                started_at=time.time(),
+                application_name=str(version)[:200],
+                tls=True,  # SSH transport encryption
+            )
+        )
+        log.info(
+            "session %s: %s (%s) connected to %r from %s",
+            self.session_id,
+            self.principal.name,
+            self.principal.kind.value,
+            self.connection_name,
+            self.client_addr,
+        )
+        if self.refusal() is None and self.feature("forwarding").allowed:
+            self._upstream = asyncio.ensure_future(self._dial())  # for forwarded ports
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        """Port forwarding (ssh -L): tunnelled through the target, never opened by the
+        gateway itself, and only for a role with ``forwarding: allow``."""
+        verdict = self.feature("forwarding") if self.refusal() is None else None
+        text = f"forward to {dest_host}:{dest_port}"
+        if verdict is None or not verdict.lets_through:
+            self.record_feature(text, verdict, "blocked")
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "wardgate: port forwarding is not allowed for you on this connection",
+            )
+        upstream = self._upstream
+        if upstream is None or not upstream.done() or upstream.exception() is not None:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, "wardgate: the target is not connected yet; retry"
+            )
+        self.record_feature(text, verdict, "ok")
+        return upstream.result()
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False  # remote forwarding (ssh -R) would expose the client through the target
+
+    # -- for sessions -------------------------------------------------------------------
+
+    def refusal(self) -> str | None:
+        """Why this principal cannot use this connection at all, or None."""
+        config = self.services.config
+        conn = config.connections.get(self.connection_name)
+        assert self.principal is not None
+        if conn is None:
+            return (
+                f"wardgate: connection {self.connection_name!r} does not exist; log in as "
+                "<connection>@gateway with the name of an ssh connection"
+            )
+        if conn.type != "ssh":
+            return f"wardgate: connection {self.connection_name!r} is a {conn.type} target, not an SSH host"
+        if not any(g in conn.roles for g in self.principal.groups) and not self.granted():
+            return (
+                f"wardgate: principal {self.principal.name!r} has no role on connection "
+                f"{self.connection_name!r}; ask a wardgate administrator"
+            )
+        return None
+
+    def granted(self) -> frozenset[str]:
+        reviews = self.services.reviews
+        if reviews is None or self.principal is None:
+            return frozenset()
+        return reviews.granted(self.principal.name, self.connection_name)
+
+    def current_principal(self) -> Principal:
+        """The principal as the configuration says now (a reload may change groups)."""
+        assert self.principal is not None
+        return self.services.config.principal(self.principal.name) or self.principal
+
+    def feature(self, feature: str) -> Verdict:
+        """``shell``, ``sftp`` or ``forwarding``: what the principal's roles say."""
+        return self.services.gate.feature(
+            self.current_principal(), self.connection_name, feature, self.granted()
+        )
+
+    async def upstream(self) -> asyncssh.SSHClientConnection:
+        """The target connection of this client connection, dialled once."""
+        if self._upstream is None or (
+            self._upstream.done()
+            and (self._upstream.cancelled() or self._upstream.exception() is not None)
+        ):
+            self._upstream = asyncio.ensure_future(self._dial())
+        return await asyncio.shield(self._upstream)
+
+    async def _dial(self) -> asyncssh.SSHClientConnection:
+        return await dial_target(self.services.config, self.services.vault, self.connection_name)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def record_feature(
+        self,
+        text: str,
+        verdict: Verdict | None,
+        status: str,
+        *,
+        kind: str = "ssh",
+        started: float | None = None,
+        t0: float | None = None,
+    ) -> None:
+        """Record what this connection did that is not a judged command: a shell, a
+        forwarding attempt, an SFTP operation (``kind`` "sftp")."""
+        from wardgate.actions import Action, Decision
+        from wardgate.actions import Verdict as V
+
+        verdict = verdict or V(Decision.BLOCK, "no-access", "no access to this connection")
+        self.services.recorder.submit(
+            ActionRecord(
+                session_id=self.session_id,
+                seq=self.next_seq(),
+                action=Action(
+                    self.current_principal(),
+                    self.connection_name,
+                    "ssh",
+                    kind,
+                    text,
+                    session_id=self.session_id,
+                    client_addr=self.client_addr,
+                ),  # fmt: skip
+                verdict=verdict,
+                started_at=started if started is not None else time.time(),
+                duration_ms=(time.perf_counter() - t0) * 1000.0 if t0 is not None else 0.0,
+                status=status,
+            )
+        )
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+__all__ = ["GatewayConnection", "SshListener", "TargetUnavailable"]
