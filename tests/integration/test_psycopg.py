@@ -552,7 +552,8 @@ def test_non_utf8_client_encoding(gateway: Gateway) -> None:
 @pytest.mark.parametrize("how", ["startup", "set"])
 def test_encodings_the_gateway_cannot_read_safely_are_refused(gateway: Gateway, how: str) -> None:
     """In SJIS a multibyte character can end in a quote byte: misreading it would let a
-    statement hide inside a string literal, so such a session ends rather than guess."""
+    statement hide inside a string literal. A session asking for it at startup is
+    refused; a SET of it is refused as a statement and the session goes on, unchanged."""
     if how == "startup":
         with pytest.raises(
             psycopg.OperationalError, match="client_encoding 'SJIS' is not supported"
@@ -560,7 +561,15 @@ def test_encodings_the_gateway_cannot_read_safely_are_refused(gateway: Gateway, 
             psycopg.connect(gateway.dsn("dev"), client_encoding="sjis")
         return
     with psycopg.connect(gateway.dsn("dev"), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="is not supported by the"):
-            conn.execute("set client_encoding = 'SJIS'")
-        with pytest.raises(psycopg.OperationalError):
-            conn.execute("select 1")  # the session has ended
+        for sql in (
+            "set client_encoding = 'SJIS'",
+            "set names 'big5'",
+            "select set_config('client_encoding', 'GBK', false)",
+        ):
+            with pytest.raises(
+                psycopg.errors.InsufficientPrivilege, match="wardgate:unreadable-encoding"
+            ):
+                conn.execute(sql)
+        # The server never switched: the session goes on in UTF8.
+        assert conn.execute("show client_encoding").fetchone() == ("UTF8",)
+        assert conn.execute("select 1").fetchone() == (1,)

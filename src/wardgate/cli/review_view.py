@@ -317,6 +317,14 @@ def show(r: Review) -> None:
             out.print(Text("params:"))
             for line in params:
                 out.print(Text("    " + visible(line)))
+        if info.get("resolved"):
+            out.print(Text("runs as:"))
+            _sql(out, str(info["resolved"]), r.get("protocol"))
+        context = info.get("context")
+        if isinstance(context, dict) and context:
+            out.print(Text("in a session with:"))
+            for key, value in context.items():
+                out.print(Text(f"    {visible(str(key))} = {visible(str(value))}"))
     preview = r.get("preview")
     if isinstance(preview, dict):
         out.print(Text("preview:"))

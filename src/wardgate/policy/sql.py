@@ -145,6 +145,7 @@ KNOWN_KINDS = frozenset(
         "drop", "unknown_function", "parse_error", "client_encoding", "unreadable_encoding",
         "privileged_setting", "controls_off", "limited", "refresh", "set_constraints",
         "event_trigger", "alter_extension", "create_language", "publication",
+        "transaction_end", "two_phase",
     }
 )  # fmt: skip
 
@@ -382,7 +383,25 @@ def _classify_set_config(call: dict[str, Any]) -> tuple[str, list[str]]:
     return klass, ["function:set_config", *kinds]
 
 
+# Transaction statements that end (or undo part of) a transaction: settings changed in it
+# may revert, so the session model is unsure until the server answers.
+_TRANSACTION_ENDS = frozenset(
+    {"TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK", "TRANS_STMT_ROLLBACK_TO", "TRANS_STMT_PREPARE"}
+)
+# Two-phase commit: COMMIT/ROLLBACK PREPARED finish a transaction any session prepared.
+_TWO_PHASE = frozenset(
+    {"TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED"}
+)
+
+
 def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[str]]:
+    if node_type == "TransactionStmt" and fields.get("kind") in _TWO_PHASE | _TRANSACTION_ENDS:
+        kinds = ["transaction"]
+        if fields.get("kind") in _TRANSACTION_ENDS:
+            kinds.append("transaction_end")
+        if fields.get("kind") in _TWO_PHASE:
+            return "admin", [*kinds, "two_phase"]
+        return "read", kinds
     if node_type == "TransactionStmt" and fields.get("options"):
         if _turns_read_only_off(fields["options"]):
             return "write", ["transaction", "transaction_mode", "read_only_off"]
@@ -741,6 +760,30 @@ def prepared_statement_changes(sql: str) -> list[tuple[str | None, str | None]]:
             changes.append((None, None) if fields.get("isall") else (fields.get("name", ""), None))
         elif node_type == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
             changes.append((None, None))
+    return changes
+
+
+# DECLARE ... CURSOR WITH HOLD (PostgreSQL's CURSOR_OPT_HOLD): outlives its transaction.
+_CURSOR_OPT_HOLD = 0x0020
+
+
+def cursor_changes(sql: str) -> list[tuple[str | None, bool | None]]:
+    """What a query string does to the session's cursors (portals), in order:
+    ``(name, holdable)`` for ``DECLARE name CURSOR``, ``(name, None)`` for ``CLOSE name``
+    and ``(None, None)`` for ``CLOSE ALL``."""
+    try:
+        statements = _parse(sql)
+    except Exception:  # noqa: BLE001 - unparsable text was judged (and blocked) already
+        return []
+    changes: list[tuple[str | None, bool | None]] = []
+    for stmt, _ in statements:
+        ((node_type, fields),) = stmt.items()
+        if node_type == "DeclareCursorStmt":
+            held = bool(int(fields.get("options", 0)) & _CURSOR_OPT_HOLD)
+            changes.append((str(fields.get("portalname", "")), held))
+        elif node_type == "ClosePortalStmt":
+            name = fields.get("portalname")
+            changes.append((None, None) if name is None else (str(name), None))
     return changes
 
 

@@ -1,17 +1,23 @@
-"""The extended query protocol: Parse is judged on its SQL; Bind remembers portal ->
-(statement SQL, parameters rendered for the record); Execute is judged again with them;
-Close updates the name maps. A block poisons the batch and discards until Sync, as the
-server in its error state does."""
+"""The extended query protocol: Parse is judged on its SQL; Bind binds a portal to every
+SQL its statement name may hold, with the parameters (rendered, and their exact bytes as
+a digest); Execute is judged with each, the strictest verdict winning. Names change in
+the session model only when the server confirms (session_model.py). A block poisons the
+batch and discards until Sync, as the server in its error state does."""
 
 from __future__ import annotations
 
-from wardgate.actions import Decision, Verdict
+from wardgate.actions import Action, Decision, Verdict
 from wardgate.postgres.codec import messages as m
-from wardgate.postgres.codec.params import describe_params
+from wardgate.postgres.codec.params import ambiguous_params, binding_digest, describe_params
 from wardgate.postgres.relay_state import BIND, CLOSE, EXECUTE, PARSE, POISON_PARSE, Pending
 from wardgate.postgres.review_hold import ReviewHold, block_error
+from wardgate.postgres.session_model import Portal, Prepared
 from wardgate.reviews.messages import approved_verdict, needs_review
 from wardgate.reviews.settle import Settled
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class ExtendedProtocol(ReviewHold):
@@ -21,49 +27,97 @@ class ExtendedProtocol(ReviewHold):
         if not verdict.lets_through and not needs_review(verdict):
             self._block_extended(msg.sql, (), verdict, out)
             return
-        self._statements[msg.name] = (msg.sql, msg.param_types)
+        model = self.model
+        change = model.statements.propose(msg.name, Prepared(msg.sql, msg.param_types), model.batch)
         if self.masking is not None:
             self.masking.parsed(msg.name)
-        self._pending.append(Pending(PARSE))
+        self._pending.append(Pending(PARSE, changes=[[change]]))
         out.append(raw)
 
     def _on_bind(self, msg: m.Bind, raw: bytes, out: list[bytes]) -> None:
-        sql, types = self._statements.get(msg.statement, (None, ()))
-        if sql is None:
-            # A name this session never prepared (in a Parse or in SQL): the server
-            # will refuse it, or it holds something we cannot see; judged as EXECUTE.
-            sql = 'EXECUTE "' + msg.statement.replace('"', '""') + '"'
-        self._portals[msg.portal] = (sql, describe_params(msg.params, msg.param_formats, types))
+        model = self.model
+        held = model.statements.candidates(msg.statement, model.batch)
+        # A name this session never prepared (in a Parse or in SQL) is judged as SQL
+        # EXECUTE of it: the server refuses it, or it holds something we cannot see.
+        sqls = tuple(
+            dict.fromkeys(
+                p.sql if p is not None else f"EXECUTE {_quoted(msg.statement)}" for p in held
+            )
+        )
+        types = next((p.param_types for p in held if p is not None), ())
+        unclear = ambiguous_params(msg.params, msg.param_formats, types)
+        if unclear:
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:ambiguous-parameter",
+                "a parameter's bytes read differently for a human and for PostgreSQL ("
+                + "; ".join(unclear)
+                + "); send a binary bool as 0 or 1, or the value in text format",
+            )
+            self._block_extended(sqls[0], (), verdict, out)
+            return
+        encoding = self.client.decoder.encoding
+        portal = Portal(
+            sqls,
+            describe_params(msg.params, msg.param_formats, types, encoding),
+            binding_digest(msg.params, msg.param_formats, types),
+        )
+        change = model.portals.propose(msg.portal, portal, model.batch)
         if self.masking is not None:
             self.masking.bound(msg.portal, msg.statement, msg.result_formats)
-        self._pending.append(Pending(BIND))
+        self._pending.append(Pending(BIND, changes=[[change]]))
         out.append(raw)
 
+    def _portal_actions(self, name: str) -> list[Action]:
+        """One action for every SQL the portal ``name`` may run when the server gets to it."""
+        actions: dict[tuple[str, str], Action] = {}
+        for portal in self.model.portals.candidates(name, self.model.batch):
+            if portal is None:
+                # Not bound in this session: a cursor made by SQL DECLARE (judged then), or
+                # nothing. Judged as what running it is, a FETCH from that cursor.
+                fetch = f"FETCH FORWARD ALL FROM {_quoted(name)}"
+                actions.setdefault((fetch, ""), self._action(fetch, ()))
+                continue
+            for sql in portal.sqls:
+                key = (sql, portal.binding)
+                actions.setdefault(key, self._action(sql, portal.params, portal.binding))
+        return list(actions.values())
+
+    def _judge_portal(self, name: str) -> tuple[Action, Verdict]:
+        """The strictest verdict over every meaning the portal may have; with more than
+        one meaning, nothing can be approved (an approval binds one action)."""
+        judged = [(a, self._judge(a)) for a in self._portal_actions(name)]
+        action, verdict = max(judged, key=lambda av: av[1].decision.severity)
+        if len(judged) > 1 and not verdict.allowed and verdict.enforced:
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:unconfirmed-name",
+                f"portal {name!r} (or the statement it was bound to) was redefined in a batch "
+                "the server has not answered yet, and one of its possible meanings is not "
+                f"allowed ({verdict.reason}); send Sync and wait for the result before using it",
+                verdict.statements,
+            )
+        return action, verdict
+
     def _on_execute(self, msg: m.Execute, raw: bytes, out: list[bytes]) -> None:
-        sql, params = self._portals.get(msg.portal, (None, ()))
-        if sql is None:
-            # Not bound in this session: a cursor made by SQL DECLARE (judged then), or
-            # nothing. Judged as what running it is, a FETCH from that cursor.
-            sql = 'FETCH FORWARD ALL FROM "' + msg.portal.replace('"', '""') + '"'
-        action = self._action(sql, params)
-        verdict = self._judge(action)
+        action, verdict = self._judge_portal(msg.portal)
         if needs_review(verdict):
             self._hold_for_review(action, verdict, out, self._after_execute_review, msg, raw)
             return
         if not verdict.lets_through:
-            self._block_extended(sql, params, verdict, out)
+            self._block_extended(action.text, action.params, verdict, out)
             return
+        self._note_encoding(verdict.statements)
         self._pending.append(
             Pending(EXECUTE, [self._act(action, verdict)], target=("P", msg.portal))
         )
         out.append(raw)
 
     def _on_close(self, msg: m.Close, raw: bytes, out: list[bytes]) -> None:
-        if msg.target == "S":
-            self._statements.pop(msg.name, None)
-        else:
-            self._portals.pop(msg.name, None)
-        self._pending.append(Pending(CLOSE))
+        model = self.model
+        names = model.statements if msg.target == "S" else model.portals
+        change = names.propose(msg.name, None, model.batch)
+        self._pending.append(Pending(CLOSE, changes=[[change]]))
         out.append(raw)
 
     def _block_extended(
@@ -78,19 +132,16 @@ class ExtendedProtocol(ReviewHold):
     def _after_execute_review(
         self, msg: m.Execute, raw: bytes, result: Settled, out: list[bytes]
     ) -> None:
-        sql, params = self._portals.get(msg.portal, (None, ()))
-        if sql is None:
-            sql = 'FETCH FORWARD ALL FROM "' + msg.portal.replace('"', '""') + '"'
-        action = self._action(sql, params)
+        action, now = self._judge_portal(msg.portal)  # the policy of this moment applies
         if result.runs and result.review is not None:
-            now = self._judge(action)  # the policy of this moment still applies
             if now.decision is Decision.BLOCK and now.enforced:
-                self._block_extended(sql, params, now, out)
+                self._block_extended(action.text, action.params, now, out)
                 return
             act = self._act(
                 action, approved_verdict(now, result.review) if needs_review(now) else now
             )
             act.review = result.review
+            self._note_encoding(now.statements)
             self._pending.append(Pending(EXECUTE, [act], target=("P", msg.portal)))
             out.append(raw)
             return

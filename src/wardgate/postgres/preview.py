@@ -110,8 +110,10 @@ async def impact_preview(
     statements: tuple[StatementInfo, ...],
     mode: str,
     timeout: float,  # noqa: ASYNC109 - also the server's statement_timeout
+    context: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The preview of ``sql`` (one statement, classified as ``statements``) for a review.
+    """The preview of ``sql`` (one statement, classified as ``statements``) for a review,
+    run with the client session's ``context`` (search_path, current_user) when known.
 
     ``{"kind": "none"}``; ``{"kind": "explain", "estimated_rows", "plan",
     "statement_timeout_ms"}``; ``{"kind": "rollback", "affected_rows", "estimated_rows",
@@ -147,8 +149,10 @@ async def impact_preview(
         ) as session:
             try:
                 if mode == "explain":
-                    return await _explain_preview(session, sql, params, timeout_ms)
-                return await _rollback_preview(session, sql, params, timeout_ms, statements[0])
+                    return await _explain_preview(session, sql, params, timeout_ms, context)
+                return await _rollback_preview(
+                    session, sql, params, timeout_ms, statements[0], context
+                )
             finally:
                 await _rollback(session)
     except InternalQueryFailed as exc:
@@ -192,20 +196,34 @@ def _rollback_refusal(info: StatementInfo) -> str | None:
     return None
 
 
-async def _begin(session: InternalSession, read_only: bool, timeout_ms: int) -> str | None:
-    # pg_catalog first: built-in function names must mean the built-ins the classifier
-    # judged, whatever search_path the server gives the gateway's role.
+async def _begin(
+    session: InternalSession, read_only: bool, timeout_ms: int, context: dict[str, str] | None
+) -> str | None:
     results = await session.simple(
         f"BEGIN{' READ ONLY' if read_only else ''}; "
         f"SET LOCAL statement_timeout = {timeout_ms}; "
-        f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms + round(_GRACE * 1000)}; "
-        "SELECT pg_catalog.set_config('search_path', "
-        "'pg_catalog, ' || pg_catalog.current_setting('search_path'), true)"
+        f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms + round(_GRACE * 1000)}"
     )
     for result in results:
         if result.error is not None:
             return result.error.message
-    return None
+    context = context or {}
+    # The client session's search_path and role, so names resolve to what the held
+    # statement will touch; pg_catalog first, so built-in function names mean the
+    # built-ins the classifier judged.
+    setup = await session.extended(
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || "
+        "coalesce($1, pg_catalog.current_setting('search_path')), true), "
+        "pg_catalog.set_config('role', coalesce($2, 'none'), true)",
+        [context.get("search_path"), _role_of(context)],
+    )
+    return setup.error.message if setup.error is not None else None
+
+
+def _role_of(context: dict[str, str]) -> str | None:
+    """The role to preview as: the session's current role when it names one other than
+    the login role the gateway dials with; None keeps the login role."""
+    return context.get("current_user")
 
 
 async def _rollback(session: InternalSession) -> None:
@@ -236,9 +254,13 @@ async def _plan(
 
 
 async def _explain_preview(
-    session: InternalSession, sql: str, params: tuple[str | None, ...], timeout_ms: int
+    session: InternalSession,
+    sql: str,
+    params: tuple[str | None, ...],
+    timeout_ms: int,
+    context: dict[str, str] | None,
 ) -> dict[str, Any]:
-    problem = await _begin(session, True, timeout_ms)
+    problem = await _begin(session, True, timeout_ms, context)
     if problem is not None:
         return _error(problem)
     plan = await _plan(session, sql, params)
@@ -253,8 +275,9 @@ async def _rollback_preview(
     params: tuple[str | None, ...],
     timeout_ms: int,
     info: StatementInfo,
+    context: dict[str, str] | None,
 ) -> dict[str, Any]:
-    problem = await _begin(session, False, timeout_ms)
+    problem = await _begin(session, False, timeout_ms, context)
     if problem is not None:
         return _error(problem)
     plan = await _plan(session, sql, params)

@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from wardgate.actions import Decision, Verdict
 from wardgate.identity.principals import Principal
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
@@ -32,6 +33,7 @@ from wardgate.postgres.extended import ExtendedProtocol
 from wardgate.postgres.masking import ResultMasking
 from wardgate.postgres.relay_state import DESCRIBE, SYNC, Pending
 from wardgate.postgres.replies import ServerReplies
+from wardgate.postgres.session_model import SessionModel
 from wardgate.postgres.simple_query import SimpleQuery
 from wardgate.postgres.wire import ClientSide, UpstreamSide
 
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
     from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.postgres")
+
+# Messages whose bytes carry no text the server decodes in the client encoding (or data
+# the gateway does not judge): Sync, Flush, Terminate, CopyData, CopyDone, CopyFail.
+_ASCII_SAFE_TYPES = frozenset(b"SHXdcf")
 
 
 class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
@@ -72,9 +78,12 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.scanner.bulk = BULK_TYPES if self.masking is None else frozenset()
         self._held: list[bytes] | None = None  # server data held while names are looked up
         self._pending: deque[Pending] = deque()
-        self._statements: dict[str, tuple[str, tuple[int, ...]]] = {}  # name -> SQL, param types
-        self._portals: dict[str, tuple[str | None, tuple[str | None, ...]]] = {}
+        self.model = SessionModel()
         self._discarding = False  # after a block in extended mode, until Sync
+        self._barrier = False
+        self._batch_open = False  # extended messages sent since the last Sync
+        self._batch_failed = False  # ... and the server answered one with an error
+        self._drain: asyncio.Future[None] | None = None  # set when every reply has come
         self._seq = 0
         self._finished = False
         self._on_finished = on_finished
@@ -92,16 +101,28 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         except ProtocolError as exc:
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
             return
-        if not self._reviewing:
+        if not self._reviewing and not self._barrier:
+            self._pump()
+
+    def _resume_pump(self) -> None:
+        if not self._finished and not self._reviewing and not self._barrier:
             self._pump()
 
     def _pump(self) -> None:
-        """Judge and forward the client's buffered messages until none is left or one
-        is held for a review (the rest wait, in order, in the decoder)."""
+        """Judge and forward the client's buffered messages until none is left, one is
+        held for a review, or one must wait for the server to confirm the encoding (the
+        rest wait, in order, in the decoder)."""
         decoder = self.client.decoder
         out: list[bytes] = []
         try:
-            while not self._reviewing and (item := decoder.next_message()) is not None:
+            while not self._reviewing and not self._barrier:
+                if self.model.encoding_uncertain and self._encoding_barrier(out):
+                    continue
+                if self._barrier:
+                    break
+                item = decoder.next_message()
+                if item is None:
+                    break
                 msg, raw = item
                 if self._discarding and not isinstance(msg, m.Sync):
                     continue
@@ -122,19 +143,25 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         if isinstance(msg, m.Query):
             self._on_query(msg, raw, out)
         elif isinstance(msg, m.Parse):
+            self._batch_open = True
             self._on_parse(msg, raw, out)
         elif isinstance(msg, m.Bind):
+            self._batch_open = True
             self._on_bind(msg, raw, out)
         elif isinstance(msg, m.Execute):
+            self._batch_open = True
             self._on_execute(msg, raw, out)
         elif isinstance(msg, m.Sync):
-            self._discarding = False
-            self._pending.append(Pending(SYNC))
+            self._discarding = self._batch_open = self._batch_failed = False
+            self._pending.append(Pending(SYNC, batch=self.model.batch))
+            self.model.next_batch()
             out.append(raw)
         elif isinstance(msg, m.Describe):
+            self._batch_open = True
             self._pending.append(Pending(DESCRIBE, target=(msg.target, msg.name)))
             out.append(raw)
         elif isinstance(msg, m.Close):
+            self._batch_open = True
             self._on_close(msg, raw, out)
         elif isinstance(msg, m.Flush | m.CopyData | m.CopyDone | m.CopyFail):
             out.append(raw)
@@ -147,6 +174,37 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             self._on_function_call(msg, out)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
+
+    def _encoding_barrier(self, out: list[bytes]) -> bool:
+        """While a statement that may have changed client_encoding awaits its answer,
+        a message with bytes beyond ASCII could be decoded one way here and another on
+        the server (in every encoding PostgreSQL accepts from clients, ASCII bytes are
+        ASCII). Such a message waits for the batch's ReadyForQuery, which carries the
+        server's word on the encoding; in the very batch that changed it (no Sync sent, so
+        no answer can come) it is refused. True when a message was refused."""
+        raw = self.client.decoder.peek_raw()
+        if raw is None or raw[0] in _ASCII_SAFE_TYPES or max(raw[5:], default=0) < 0x80:
+            return False
+        if self._discarding:
+            return False  # dropped until Sync anyway, never decoded
+        model = self.model
+        if model.encoding_batch == model.batch:
+            self.client.decoder.skip_message()
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:encoding-barrier",
+                "this message follows, in the same pipeline, a statement that may change "
+                "client_encoding, and holds bytes beyond ASCII, which the gateway cannot read "
+                "as the server will until the server confirms the encoding; send Sync after "
+                "that statement and the rest after its result",
+            )
+            self._block_extended(
+                f"-- a {chr(raw[0])!r} message of {len(raw)} bytes", (), verdict, out
+            )
+            return True
+        self._barrier = True
+        self.client.pause_reading("encoding")
+        return False
 
     # -- flow control and endings -------------------------------------------------------
 

@@ -11,23 +11,26 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wardgate.actions import Action, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd
+from wardgate.policy.functions import function_class
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
 from wardgate.postgres.masking import Plan, ResultMasking
+from wardgate.postgres.session_model import Change, SessionModel
 from wardgate.reviews.model import ReviewInfo
 
 if TYPE_CHECKING:
+    from wardgate.actions import StatementInfo
     from wardgate.core.services import Services
     from wardgate.identity.principals import Principal
     from wardgate.postgres.codec.backend import BackendScanner
     from wardgate.postgres.wire import ClientSide, UpstreamSide
 
 # What a forwarded request expects back.
-QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC = range(7)
+QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC, PROBE = range(8)
 
 # Sent upstream instead of a blocked statement: fails in the parser, before
 # anything executes, and puts the server in the same error state a real failure would.
@@ -53,6 +56,7 @@ class Act:
 class Pending:
     __slots__ = (
         "kind", "acts", "index", "block", "held", "commit_error", "target", "plan", "planned",
+        "changes", "batch", "probe",
     )  # fmt: skip
 
     def __init__(
@@ -61,10 +65,18 @@ class Pending:
         acts: list[Act] | None = None,
         block: bytes | None = None,
         target: tuple[str, str] | None = None,
+        changes: list[list[Change[Any]]] | None = None,
+        batch: int = -1,
+        probe: Any = None,
     ) -> None:
         self.kind = kind
         self.acts = acts
         self.index = 0
+        # Name-map changes this request makes once the server confirms them: one list per
+        # statement of a Query (confirmed by its CommandComplete), else one list.
+        self.changes = changes
+        self.batch = batch  # QUERY, SYNC: the batch their ReadyForQuery closes
+        self.probe = probe  # PROBE: the gateway's own question (probe.py)
         self.block = block  # our ErrorResponse replacing the server's
         self.target = target  # DESCRIBE: ("S"|"P", name); EXECUTE: ("P", portal)
         self.plan: Plan | None = None  # EXECUTE with masking: what to do with its rows
@@ -92,9 +104,9 @@ class RelayState:
     review_wait: float
     _held: list[bytes] | None
     _pending: deque[Pending]
-    _statements: dict[str, tuple[str, tuple[int, ...]]]
-    _portals: dict[str, tuple[str | None, tuple[str | None, ...]]]
+    model: SessionModel
     _discarding: bool
+    _barrier: bool  # reading stopped until the server confirms the client encoding
     _seq: int
     _finished: bool
     _on_finished: object
@@ -104,7 +116,7 @@ class RelayState:
 
     # -- judging --------------------------------------------------------------------------
 
-    def _action(self, text: str, params: tuple[str | None, ...]) -> Action:
+    def _action(self, text: str, params: tuple[str | None, ...], binding: str = "") -> Action:
         return Action(
             principal=self.principal,
             connection=self.connection,
@@ -114,7 +126,29 @@ class RelayState:
             params=params,
             session_id=self.session_id,
             client_addr=self.client_addr,
+            binding=binding,
         )
+
+    def _note_encoding(self, statements: tuple[StatementInfo, ...]) -> None:
+        """A forwarded statement that may change client_encoding: until the server
+        confirms the encoding (ParameterStatus before the batch's ReadyForQuery), later
+        bytes the two could decode differently wait (relay.py `_pump`)."""
+        model = self.model
+        for info in statements:
+            kinds = info.kinds
+            if (
+                "client_encoding" in kinds
+                or "call" in kinds
+                or "do_block" in kinds
+                or "execute" in kinds
+                or (model.encoding_touched and "transaction_end" in kinds)
+                or any(k.startswith("set_config_param:") for k in kinds)
+                or any(_user_function(f) for f in info.functions)
+            ):
+                model.encoding_batch = model.batch
+                if "client_encoding" in kinds:
+                    model.encoding_touched = True
+                return
 
     def _judge(self, action: Action, *, params_later: bool = False) -> Verdict:
         reviews = self.services.reviews
@@ -202,6 +236,7 @@ class RelayState:
         self.services.recorder.submit(record)
 
     def _close_remaining(self, entry: Pending, status: str) -> None:
+        self._refute(entry, 0)
         failed = entry.commit_error
         for record in entry.held:
             if failed is not None:
@@ -218,6 +253,32 @@ class RelayState:
                 self._finish_act(act, status)
             entry.index = len(entry.acts)
 
+    def _resume_pump(self) -> None:
+        """Go on judging the client's buffered messages (relay.py)."""
+        raise NotImplementedError
+
+    # -- the session model ----------------------------------------------------------------
+
+    def _confirm(self, entry: Pending, index: int = 0) -> None:
+        """The server confirmed the changes of ``entry`` (of its statement ``index``)."""
+        if entry.changes is not None and index < len(entry.changes):
+            for change in entry.changes[index]:
+                self._names_of(change).confirm(change)
+            entry.changes[index] = []
+
+    def _refute(self, entry: Pending, start: int) -> None:
+        """The changes of ``entry`` from statement ``start`` on never happened."""
+        if entry.changes is None:
+            return
+        for changes in entry.changes[start:]:
+            for change in changes:
+                self._names_of(change).refute(change)
+        entry.changes = entry.changes[:start]
+
+    def _names_of(self, change: Change[Any]) -> Any:
+        model = self.model
+        return model.statements if change in model.statements.pending else model.portals
+
     # -- endings --------------------------------------------------------------------------
 
     def _fatal(self, sqlstate: str, message: str, status: str = "error") -> None:
@@ -232,9 +293,16 @@ class RelayState:
         if self._review_task is not None:
             self._review_task.cancel()  # nobody is left to run what it waits for
         while self._pending:
-            self._close_remaining(self._pending.popleft(), "not_executed")
+            # Sent, and no answer came: it may have run (or still run) on the server.
+            self._close_remaining(self._pending.popleft(), "interrupted")
         self.services.recorder.submit(SessionEnd(self.session_id, time.time(), status, error))
         self.client.close()
         self.upstream.close()
         if callable(self._on_finished):
             self._on_finished()
+
+
+def _user_function(name: str) -> bool:
+    """A function that is not a known built-in: it may change session settings."""
+    schema, _, bare = name.rpartition(".")
+    return function_class(schema or None, bare) is None

@@ -4,6 +4,7 @@ finished and recorded; ParameterStatus is checked for settings the gateway canno
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from wardgate.policy.encodings import python_codec, reported_setting_problem
@@ -15,12 +16,14 @@ from wardgate.postgres.codec.decode import (
 )
 from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.masking import mask_error_fields
+from wardgate.postgres.probe import SessionProbe
 from wardgate.postgres.relay_state import (
     BIND,
     CLOSE,
     DESCRIBE,
     EXECUTE,
     PARSE,
+    PROBE,
     QUERY,
     SYNC,
     Pending,
@@ -29,8 +32,11 @@ from wardgate.postgres.results import MaskedResults
 
 log = logging.getLogger("wardgate.postgres")
 
+# Messages the server may send at any time, whatever it is answering.
+_ASYNCHRONOUS = frozenset(b"NAS")
 
-class ServerReplies(MaskedResults):
+
+class ServerReplies(MaskedResults, SessionProbe):
     def on_upstream_data(self, data: bytes) -> None:
         if self._held is not None:
             self._held.append(data)  # still waiting for column names: keep the order
@@ -60,6 +66,9 @@ class ServerReplies(MaskedResults):
             return
         if out:
             self.client.write(b"".join(out) if len(out) > 1 else bytes(out[0]))
+        drain = self._drain
+        if drain is not None and not self._pending and not drain.done():
+            drain.set_result(None)  # probe.py waits for every earlier reply
 
     def _upstream_garbage(self, exc: ProtocolError, out: list[bytes | memoryview]) -> None:
         log.warning("session %s: upstream protocol error: %s", self.session_id, exc)
@@ -75,6 +84,8 @@ class ServerReplies(MaskedResults):
         t = msg.type
         pending = self._pending
         head = pending[0] if pending else None
+        if head is not None and head.kind == PROBE and t not in _ASYNCHRONOUS:
+            return self._on_probe_reply(msg, head)
         if self.masking is not None:
             masked = self._mask_server_message(msg, head)
             if masked is not None:
@@ -97,6 +108,7 @@ class ServerReplies(MaskedResults):
                 entry = pending.popleft()
                 self._close_remaining(entry, "not_executed")
                 if entry.kind in (QUERY, SYNC):
+                    self._batch_answered(entry.batch, msg.body[:1])
                     break
             return None
         if t == 83:  # S ParameterStatus
@@ -113,11 +125,16 @@ class ServerReplies(MaskedResults):
                 head.commit_error = fields
                 return replacement
             if head.kind == QUERY:
+                # The failed statement and the rest of the string do not happen.
+                self._refute(head, head.index)
                 if head.acts and head.index < len(head.acts):
                     self._finish_act(head.acts[head.index], "error", fields=fields)
                     head.index += 1
                 return replacement
             pending.popleft()
+            self._refute(head, 0)
+            if not any(e.kind == SYNC for e in pending):
+                self._batch_failed = True  # the open batch: skipped until its Sync
             if head.acts:
                 self._finish_act(head.acts[0], "error", fields=fields)
             # The server now skips everything up to Sync.
@@ -126,6 +143,7 @@ class ServerReplies(MaskedResults):
             return replacement
         if t == 67 or t == 73:  # C CommandComplete, I EmptyQueryResponse
             if head.kind == QUERY:
+                self._confirm(head, head.index)
                 if head.acts and head.index < len(head.acts):
                     tag = parse_command_tag(msg.body) if t == 67 else ("", None)
                     self._finish_act(head.acts[head.index], "ok", tag=tag)
@@ -147,10 +165,27 @@ class ServerReplies(MaskedResults):
             or (t == 50 and head.kind == BIND)
             or (t == 51 and head.kind == CLOSE)
         ):
+            self._confirm(head)
             pending.popleft()  # 1 ParseComplete, 2 BindComplete, 3 CloseComplete
         elif (t == 84 or t == 110) and head.kind == DESCRIBE:  # T RowDescription, n NoData
             pending.popleft()
         return None
+
+    def _batch_answered(self, batch: int, status: bytes) -> None:
+        """The ReadyForQuery that closes ``batch``: every setting it changed has been
+        reported (ParameterStatus comes first), and a transaction may have ended."""
+        model = self.model
+        model.confirmed_batch = max(model.confirmed_batch, batch)
+        model.transaction = status.decode("ascii", "replace") or "I"
+        if model.transaction == "I":
+            # Portals die with their transaction, cursors declared WITH HOLD excepted.
+            portals = model.portals.confirmed
+            model.portals.drop({n for n, p in portals.items() if p.holdable})
+        if self._barrier and not model.encoding_uncertain:
+            self._barrier = False
+            self.client.resume_reading("encoding")
+            # Judge what waited once this server chunk is relayed, not from inside it.
+            asyncio.get_running_loop().call_soon(self._resume_pump)
 
     def _on_parameter_status(self, msg: BackendMessage) -> None:
         try:
@@ -167,7 +202,8 @@ class ServerReplies(MaskedResults):
         if (problem := reported_setting_problem(name, value)) is not None:
             # The server now reads SQL in a way the gateway cannot follow safely: end the
             # session rather than judge statements it might misread.
-            self._fatal("0A000", problem)
+            log.warning("session %s: ended on a divergence: %s", self.session_id, problem)
+            self._fatal("0A000", problem, status="divergence")
             return
         if name == "client_encoding":
             codec = python_codec(value)

@@ -12,7 +12,7 @@ from typing import Any
 
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.postgres.codec import build
-from wardgate.postgres.relay_state import RelayState
+from wardgate.postgres.probe import ContextUnknown, SessionProbe
 from wardgate.reviews.messages import OutcomeText
 from wardgate.reviews.settle import Settled, blocked, settle
 
@@ -37,7 +37,7 @@ def block_error(verdict: Verdict, connection: str) -> bytes:
     return refusal_error(blocked(verdict, connection))
 
 
-class ReviewHold(RelayState):
+class ReviewHold(SessionProbe):
     # relay.py: judge and forward what the client sent while the statement was held.
     _pump: Callable[[], None]
 
@@ -62,9 +62,11 @@ class ReviewHold(RelayState):
         async def wait_then_resume() -> None:
             result: Settled
             try:
+                # Bind what the server will read the statement with (search_path, role).
+                held = dataclasses.replace(action, context=await self._session_context())
                 result = await settle(
                     reviews,
-                    action,
+                    held,
                     verdict,
                     wait=self.review_wait,
                     base_url=self.services.config.review_url,
@@ -90,6 +92,16 @@ class ReviewHold(RelayState):
                         reason,
                     ),
                     status="interrupted",
+                )
+            except ContextUnknown as exc:
+                result = blocked(
+                    dataclasses.replace(
+                        verdict,
+                        decision=Decision.BLOCK,
+                        reason=f"{verdict.reason}; the gateway could not read the session's "
+                        f"search_path and role to bind them to a review ({exc.reason}); retry",
+                    ),
+                    self.connection,
                 )
             except Exception as exc:  # noqa: BLE001 - fail closed, say why
                 log.warning("session %s: review could not be filed: %s", self.session_id, exc)

@@ -49,6 +49,7 @@ class PgReviewJobs:
                 verdict.statements,
                 conn.reviews.preview,
                 conn.reviews.preview_timeout,
+                dict(action.context),
             )
             await asyncio.to_thread(self.service.set_preview, review.id, result)
         except Exception:

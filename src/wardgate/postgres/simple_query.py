@@ -1,24 +1,31 @@
 """The simple query protocol: a Query string is split into its statements and each is
-judged; if any part is blocked none of it runs. SQL PREPARE, EXECUTE and DEALLOCATE keep
-the session's statement names true; the legacy FunctionCall is blocked like a Query."""
+judged; if any part is blocked none of it runs. SQL PREPARE, EXECUTE, DEALLOCATE, DECLARE
+and CLOSE propose changes to the session's names, confirmed by each statement's
+CommandComplete; SQL EXECUTE is judged by every SQL its name may hold. The legacy
+FunctionCall is blocked like a Query."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from wardgate.actions import Action, Decision, Verdict
+from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
+    cursor_changes,
     executed_statement,
     prepared_statement_changes,
 )
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.relay_state import POISON_QUERY, QUERY, Act, Pending
 from wardgate.postgres.review_hold import ReviewHold, block_error
+from wardgate.postgres.session_model import Change, Portal, Prepared
 from wardgate.reviews.messages import approved_verdict, merged_review, needs_review
 from wardgate.reviews.model import ReviewInfo
 from wardgate.reviews.settle import Settled
+
+_NAME_KINDS = PREPARED_STATEMENT_KINDS | {"declare_cursor", "close_cursor"}
 
 
 class SimpleQuery(ReviewHold):
@@ -27,12 +34,20 @@ class SimpleQuery(ReviewHold):
     ) -> None:
         statements = classify(msg.sql)
         texts = [s.text for s in statements] if len(statements) > 1 else [msg.sql]
+        # Names this string itself defines, statement by statement: a later statement of
+        # the string only runs if the earlier ones succeeded.
+        defined: dict[str, Prepared | None] = {}
         judged: list[tuple[Action, Verdict]] = []
         for i, text in enumerate(texts):
-            action = self._action(text, ())
-            if i < len(statements) and "execute" in statements[i].kinds:
-                action = self._resolve_execute(action)
-            judged.append((action, self._judge(action)))
+            kinds = statements[i].kinds if i < len(statements) else ()
+            judged.append(self._judge_statement(text, kinds, defined))
+            if PREPARED_STATEMENT_KINDS.intersection(kinds):
+                for name, prepared in prepared_statement_changes(text):
+                    if name is None:
+                        defined.clear()
+                        defined["\x00all"] = None  # every other name is gone too
+                    else:
+                        defined[name] = None if prepared is None else Prepared(prepared)
         held = [v for _, v in judged if needs_review(v)]
         if held and not any(v.decision is Decision.BLOCK and v.enforced for _, v in judged):
             if approval is None:
@@ -56,36 +71,76 @@ class SimpleQuery(ReviewHold):
             acts.append(act)
             if blocked is None and not verdict.lets_through:
                 blocked = act
+        model = self.model
         if blocked is not None:
             # Nothing of a multi-statement string runs if any part of it is blocked.
             for act in acts:
                 self._record(act, "blocked" if act is blocked else "not_executed")
-            self._pending.append(Pending(QUERY, [], block_error(blocked.verdict, self.connection)))
+            self._pending.append(
+                Pending(QUERY, [], block_error(blocked.verdict, self.connection), batch=model.batch)
+            )
             out.append(POISON_QUERY)
+            model.next_batch()
             return
-        self._pending.append(Pending(QUERY, acts))
+        changes = [self._propose(text, info) for text, info in zip(texts, statements, strict=False)]
+        for _, verdict in judged:
+            self._note_encoding(verdict.statements)
+        self._pending.append(Pending(QUERY, acts, changes=changes, batch=model.batch))
         out.append(raw)
-        if any(PREPARED_STATEMENT_KINDS.intersection(s.kinds) for s in statements):
-            self._track_sql_prepared(msg.sql)
+        model.next_batch()
 
-    def _resolve_execute(self, action: Action) -> Action:
-        """SQL ``EXECUTE name``: judged by what this session prepared under that name."""
-        name = executed_statement(action.text)
-        prepared = self._statements.get(name) if name is not None else None
-        if prepared is None:
-            return action  # unknown here: judged as EXECUTE itself, a write
-        return dataclasses.replace(action, resolved=prepared[0])
+    def _judge_statement(
+        self, text: str, kinds: tuple[str, ...], defined: dict[str, Prepared | None]
+    ) -> tuple[Action, Verdict]:
+        action = self._action(text, ())
+        if "execute" not in kinds:
+            return action, self._judge(action)
+        # SQL EXECUTE name: judged by every SQL the name may hold when it runs.
+        name = executed_statement(text)
+        if name is None:
+            return action, self._judge(action)
+        if name in defined or "\x00all" in defined:
+            held: list[Prepared | None] = [defined.get(name)]
+        else:
+            held = self.model.statements.candidates(name, self.model.batch)
+        judged = [
+            (resolved, self._judge(resolved))
+            for resolved in (
+                action if p is None else dataclasses.replace(action, resolved=p.sql)
+                for p in dict.fromkeys(held)
+            )
+        ]
+        resolved, verdict = max(judged, key=lambda av: av[1].decision.severity)
+        if len(judged) > 1 and not verdict.allowed and verdict.enforced:
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:unconfirmed-name",
+                f"prepared statement {name!r} was redefined by a statement the server has not "
+                f"answered yet, and one of its possible meanings is not allowed "
+                f"({verdict.reason}); wait for the result before executing it",
+                verdict.statements,
+            )
+        return resolved, verdict
 
-    def _track_sql_prepared(self, sql: str) -> None:
-        # Statements made and dropped in SQL share the names of protocol-level ones; a
-        # Bind to such a name is judged (and recorded) by what that name now prepares.
-        for name, text in prepared_statement_changes(sql):
-            if name is None:
-                self._statements.clear()
-            elif text is None:
-                self._statements.pop(name, None)
-            else:
-                self._statements[name] = (text, ())
+    def _propose(self, text: str, info: StatementInfo) -> list[Change[Any]]:
+        """The name changes one statement of a forwarded Query makes, proposed now and
+        confirmed by its CommandComplete."""
+        if not _NAME_KINDS.intersection(info.kinds):
+            return []
+        model = self.model
+        out: list[Change[Any]] = []
+        for name, prepared in prepared_statement_changes(text):
+            value = None if prepared is None else Prepared(prepared)
+            out.append(model.statements.propose(name, value, model.batch))
+        for cursor, holdable in cursor_changes(text):
+            portal = None
+            if cursor is not None and holdable is not None:
+                # Running it through the protocol (Execute) is a FETCH from the cursor;
+                # the DECLARE itself was judged.
+                fetch = 'FETCH FORWARD ALL FROM "' + cursor.replace('"', '""') + '"'
+                portal = Portal((fetch,), holdable=holdable)
+            out.append(model.portals.propose(cursor, portal, model.batch))
+        return out
 
     def _after_query_review(
         self, msg: m.Query, raw: bytes, result: Settled, out: list[bytes]
@@ -93,8 +148,16 @@ class SimpleQuery(ReviewHold):
         if result.runs:
             self._on_query(msg, raw, out, approval=result.review)
             return
-        self._pending.append(Pending(QUERY, [], self._refused(self._action(msg.sql, ()), result)))
+        self._pending.append(
+            Pending(
+                QUERY,
+                [],
+                self._refused(self._action(msg.sql, ()), result),
+                batch=self.model.batch,
+            )
+        )
         out.append(POISON_QUERY)
+        self.model.next_batch()
 
     def _on_function_call(self, msg: m.FunctionCall, out: list[bytes]) -> None:
         verdict = Verdict(
@@ -106,5 +169,8 @@ class SimpleQuery(ReviewHold):
         # and no Sync follows it: block it the way a Query is blocked.
         act = self._act(self._action(f"-- fast-path call of function oid {msg.oid}", ()), verdict)
         self._record(act, "blocked")
-        self._pending.append(Pending(QUERY, [], block_error(verdict, self.connection)))
+        self._pending.append(
+            Pending(QUERY, [], block_error(verdict, self.connection), batch=self.model.batch)
+        )
         out.append(POISON_QUERY)
+        self.model.next_batch()

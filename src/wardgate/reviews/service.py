@@ -135,6 +135,9 @@ class ReviewService:
         detail: dict[str, Any] = {"params": list(action.params)}
         if action.resolved is not None:
             detail["resolved"] = action.resolved
+        if action.context:
+            # The session state the statement will run with, as the server reported it.
+            detail["context"] = dict(action.context)
         return self._request(
             kind="action",
             fingerprint=fp,

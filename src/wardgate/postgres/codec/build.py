@@ -213,6 +213,17 @@ def execute(portal: str, max_rows: int = 0) -> bytes:
     return _typed(b"E", _cstr(portal) + _INT32.pack(max_rows))
 
 
+def close(target: str, name: str) -> bytes:
+    """Close a prepared statement (target "S") or a portal ("P")."""
+    if target not in ("S", "P"):
+        raise ValueError("close target must be 'S' or 'P'")
+    return _typed(b"C", target.encode("ascii") + _cstr(name))
+
+
+def flush() -> bytes:
+    return b"H\x00\x00\x00\x04"
+
+
 def copy_fail(reason: str) -> bytes:
     return _typed(b"f", _cstr(reason))
 

@@ -92,6 +92,30 @@ class FrontendDecoder:
         self._consume(total)
         return parser(BodyReader(raw, 5, encoding=self.encoding)), raw
 
+    def peek_raw(self) -> bytes | None:
+        """The next complete typed message's wire bytes, not consumed and not decoded
+        (so a message whose strings need an encoding not yet known can wait), or None
+        to wait for more data. Header checks are those of `next_message`."""
+        buf, pos = self._buf, self._pos
+        if self._startup or len(buf) - pos < 5:
+            return None
+        if buf[pos] not in _PARSERS:
+            raise ProtocolError(f"unknown frontend message type {buf[pos]:#04x}")
+        (length,) = _HEADER.unpack_from(buf, pos + 1)
+        if length < 4 or length > self._max:
+            raise ProtocolError(f"invalid message length {length}")
+        if len(buf) - pos < length + 1:
+            return None
+        return bytes(buf[pos : pos + length + 1])
+
+    def skip_message(self) -> bytes:
+        """Consume the message `peek_raw` returned, without decoding it."""
+        raw = self.peek_raw()
+        if raw is None:
+            raise ProtocolError("no complete message to skip")
+        self._consume(len(raw))
+        return raw
+
     def _next_startup(self) -> tuple[m.FrontendMessage, bytes] | None:
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 4:

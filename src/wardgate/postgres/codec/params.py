@@ -59,11 +59,12 @@ _BINARY_DECODERS: dict[int, Callable[[bytes], str]] = {
 }
 
 
-def describe_param(value: bytes | None, fmt: int, oid: int) -> str | None:
+def describe_param(value: bytes | None, fmt: int, oid: int, encoding: str = "utf-8") -> str | None:
+    """``encoding``: the session's client encoding, which text-format values are in."""
     if value is None:
         return None
     if fmt == 0:
-        return value.decode("utf-8", "replace")
+        return value.decode(encoding, "replace")
     decoder = _BINARY_DECODERS.get(oid)
     if decoder is not None:
         try:
@@ -78,11 +79,14 @@ def _format(formats: tuple[int, ...], i: int) -> int:
 
 
 def describe_params(
-    values: tuple[bytes | None, ...], formats: tuple[int, ...], types: tuple[int, ...]
+    values: tuple[bytes | None, ...],
+    formats: tuple[int, ...],
+    types: tuple[int, ...],
+    encoding: str = "utf-8",
 ) -> tuple[str | None, ...]:
     """All parameters of a Bind, given the formats of the Bind and the types of the Parse."""
     return tuple(
-        describe_param(value, _format(formats, i), types[i] if i < len(types) else 0)
+        describe_param(value, _format(formats, i), types[i] if i < len(types) else 0, encoding)
         for i, value in enumerate(values)
     )
 

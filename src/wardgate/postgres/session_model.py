@@ -1,0 +1,123 @@
+"""The gateway's model of one PostgreSQL session, changed only when the server confirms.
+
+The relay judges every statement against this model: which SQL a prepared-statement
+name or a portal holds, whether the client encoding may have changed, which search_path
+the session has. A client may pipeline: it can send ``PREPARE s1 ...`` and, before any
+answer, ``EXECUTE s1``. So a change the client asks for is only *proposed* when its
+message is forwarded, and *confirmed* (ParseComplete, BindComplete, CloseComplete, the
+statement's CommandComplete) or *refuted* (an error, or skipped after one) by the
+server's reply. Until then, a name has several possible meanings and the relay judges
+every one of them; the strictest verdict wins.
+
+Within one batch (the messages up to a Sync, or one Query string) a later message only
+runs if every earlier one succeeded, so there the batch's own latest proposal is the
+only meaning. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+@dataclass(eq=False)
+class Change(Generic[V]):
+    """One proposed change to a name map: ``name`` None means every name (DEALLOCATE
+    ALL, DISCARD ALL); ``value`` None means the name is dropped."""
+
+    name: str | None
+    value: V | None
+    batch: int
+
+
+@dataclass
+class Names(Generic[V]):
+    """Prepared-statement or portal names, as the server holds them."""
+
+    confirmed: dict[str, V] = field(default_factory=dict)
+    pending: list[Change[V]] = field(default_factory=list)
+
+    def propose(self, name: str | None, value: V | None, batch: int) -> Change[V]:
+        change = Change(name, value, batch)
+        self.pending.append(change)
+        return change
+
+    def confirm(self, change: Change[V]) -> None:
+        if change not in self.pending:
+            return
+        self.pending.remove(change)
+        if change.name is None:
+            self.confirmed.clear()
+        elif change.value is None:
+            self.confirmed.pop(change.name, None)
+        else:
+            self.confirmed[change.name] = change.value
+
+    def refute(self, change: Change[V]) -> None:
+        if change in self.pending:
+            self.pending.remove(change)
+
+    def candidates(self, name: str, batch: int) -> list[V | None]:
+        """Every value ``name`` may hold when a message of ``batch`` reaches the server
+        (None: no such name), most likely first."""
+        own = [c for c in self.pending if c.batch == batch and c.name in (name, None)]
+        if own:
+            return [own[-1].value if own[-1].name == name else None]
+        out: list[V | None] = [self.confirmed.get(name)]
+        for c in self.pending:
+            if c.name in (name, None):
+                value = c.value if c.name == name else None
+                if value not in out:
+                    out.append(value)
+        return out
+
+    def drop(self, keep: set[str]) -> None:
+        """Forget confirmed names other than ``keep`` (portals at a transaction's end)."""
+        for name in [n for n in self.confirmed if n not in keep]:
+            del self.confirmed[name]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a prepared-statement name holds: its SQL and declared parameter types."""
+
+    sql: str
+    param_types: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Portal:
+    """What a portal holds: the statement it was bound to (each possible SQL of it, when
+    that was still unconfirmed), the rendered parameters and their exact digest."""
+
+    sqls: tuple[str, ...]
+    params: tuple[str | None, ...] = ()
+    binding: str = ""
+    holdable: bool = False  # a cursor DECLAREd WITH HOLD outlives its transaction
+
+
+@dataclass
+class SessionModel:
+    statements: Names[Prepared] = field(default_factory=Names)
+    portals: Names[Portal] = field(default_factory=Names)
+    # The batch being sent: one Query string, or the extended messages up to a Sync.
+    batch: int = 0
+    # The latest batch holding a statement that may change client_encoding, and the
+    # batch whose reply last confirmed the encoding (ParameterStatus precedes
+    # ReadyForQuery): between the two, later bytes may be decoded differently.
+    encoding_batch: int = -1
+    confirmed_batch: int = -1
+    # Whether this session ever asked for another client_encoding: from then on, the end
+    # of a transaction may undo such a change, so it too leaves the encoding unsure.
+    encoding_touched: bool = False
+    # The transaction status of the last ReadyForQuery: I idle, T in a block, E failed.
+    transaction: str = "I"
+
+    @property
+    def encoding_uncertain(self) -> bool:
+        return self.encoding_batch > self.confirmed_batch
+
+    def next_batch(self) -> None:
+        self.batch += 1
