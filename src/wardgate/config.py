@@ -113,6 +113,11 @@ class UpstreamConfig(_Model):
     password: SecretRef = None
     tls: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     ca: str | None = None
+    # The upstream role may be a superuser (or read/write server files, run programs):
+    # say so here to silence `wardgate serve`'s warning. See docs/policy.md.
+    privileged: bool = False
+    # Dial servers outside the PostgreSQL versions the classifier is checked against.
+    allow_unsupported_version: bool = False
 
 
 class SshUpstreamConfig(_Model):

@@ -298,6 +298,19 @@ class Gate:
         if len(deciding) > 1:
             deciding = deciding[1:] + deciding[:1]  # name a guardrail before the role
         decision, rule, reason = deciding[0]
+        if decision is Decision.REVIEW and "copy_from" in kinds:
+            # The rows of COPY FROM STDIN follow the statement: a reviewer would approve
+            # the statement without ever seeing what it loads.
+            return Verdict(
+                Decision.BLOCK,
+                "wardgate:copy-from-review",
+                f"{reason}; COPY ... FROM STDIN cannot be approved statement by statement "
+                "because the reviewer would not see the rows it loads: propose the rows as "
+                "INSERT statements (a proposal, wardgate proposals create or the MCP "
+                "propose_change tool) or ask for an access grant",
+                statements,
+                ("wardgate:copy-from-review", *(c[1] for c in deciding)),
+            )
         return Verdict(decision, rule, reason, statements, tuple(c[1] for c in deciding))
 
     def _unknown_functions(self, stmt: StatementInfo) -> list[str]:

@@ -219,3 +219,32 @@ def test_an_approval_binds_the_search_path_the_server_will_use(
         assert admin.execute("select count(*) from public.sp_stock where qty = 1").fetchone() == (
             0,
         )
+
+
+def test_serve_warns_when_agents_reach_a_superuser(
+    gateway: Gateway, it_database: str, tmp_path: Path
+) -> None:
+    """The shared gateway dials postgres (a superuser) for connection 'it', which agents
+    use: serve says so once, loudly; a connection marked privileged stays quiet."""
+    deadline = time.monotonic() + 20
+    while "agents reach the database as role 'postgres'" not in gateway.log:
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.2)
+    line = next(x for x in gateway.log.splitlines() if "agents reach the database" in x)
+    assert "connection 'it'" in line and "is a superuser" in line and "WARNING" in line
+    from tests.integration.conftest import base_config
+
+    quiet = make_gateway(
+        tmp_path / "quiet",
+        base_config(it_database).replace(
+            "user: postgres, tls: disable}", "user: postgres, tls: disable, privileged: true}", 1
+        ),
+    )
+    quiet.start()
+    try:
+        with psycopg.connect(quiet.dsn("agent")) as conn:
+            conn.execute("select 1")
+        time.sleep(1)
+        assert "agents reach the database" not in quiet.log
+    finally:
+        quiet.stop()

@@ -139,6 +139,16 @@ class FakeUpstream:
                     + build.ready_for_query(b"I")
                 )
                 conn.recv(100)
+            elif b == "version-18":
+                # A server of a major version the classifier is not checked against.
+                _recv_startup(conn)
+                conn.sendall(
+                    build.auth_ok()
+                    + build.parameter_status("server_version", "18.1")
+                    + build.backend_key_data(1, b"fake")
+                    + build.ready_for_query(b"I")
+                )
+                conn.recv(100)
         except (OSError, ConnectionError):
             pass
         except BaseException as exc:  # reported by the test
@@ -154,7 +164,10 @@ class FakeUpstream:
             thread.join(5)
 
 
-FAKES = ("silent", "garbage", "close", "gss", "ssl-junk", "too-many", "bad-signature", "skip-final")
+FAKES = (
+    "silent", "garbage", "close", "gss", "ssl-junk", "too-many", "bad-signature", "skip-final",
+    "version-18",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -451,6 +464,7 @@ def test_upstream_logs_show_session_setup(upstream_gw: Gateway, pg_cluster: PgCl
         ("too-many", "53300", "busy or starting"),
         ("bad-signature", "08006", "failed to prove its identity"),
         ("skip-final", "08006", "failed to prove its identity"),
+        ("version-18", "08006", "runs PostgreSQL '18.1'"),
     ],
 )
 def test_misbehaving_upstream(

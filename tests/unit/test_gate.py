@@ -105,6 +105,8 @@ TABLE = [
     ("bot", "select json_scalar(1)", Decision.BLOCK, "role:reader"),
     ("bot", "select json_object()", Decision.BLOCK, "role:reader"),
     ("bot", "select json_object('{a,1}')", Decision.ALLOW, "role:reader"),
+    # COPY FROM STDIN's rows are never shown to a reviewer: not approvable.
+    ("ann", "copy orders from stdin", Decision.ALLOW, "role:engineer"),
 ]
 
 
@@ -117,6 +119,21 @@ def _bound(config: Config, principal: str, sql: str, *params: str | None) -> Dec
     p = config.principal(principal)
     assert p is not None
     return Gate(config).check(Action(p, "shop", "postgres", "sql", sql, params=params)).decision
+
+
+def test_copy_from_is_never_held_for_a_review(config: Config) -> None:
+    reviewing = parse_config(
+        CONFIG.replace(
+            "engineer: {read: allow, write: allow,", "engineer: {read: allow, write: review,"
+        ),
+        Path("g.yaml"),
+    )
+    assert check(reviewing, "ann", "copy orders from stdin") == (
+        Decision.BLOCK,
+        "wardgate:copy-from-review",
+    )
+    assert check(reviewing, "ann", "copy orders to stdout")[0] is Decision.ALLOW
+    assert check(reviewing, "ann", "insert into orders values (1)")[0] is Decision.REVIEW
 
 
 def test_a_setting_named_by_a_parameter_is_judged_by_its_value(config: Config) -> None:

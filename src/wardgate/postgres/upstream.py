@@ -23,6 +23,7 @@ from wardgate.postgres.codec.decode import (
     parse_sasl_mechanisms,
 )
 from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.versions import unsupported_version
 from wardgate.postgres.wire import ConnectionClosed, UpstreamSide
 from wardgate.vault.secrets import Vault, resolve_secret
 
@@ -234,6 +235,10 @@ async def _handshake(
         elif t == "N":
             result.notices.append(msg.raw)
         elif t == "Z":
+            problem = unsupported_version(result.parameters.get("server_version", "?"))
+            if problem is not None and not up.allow_unsupported_version:
+                log.warning("upstream %s:%d refused: %s", up.host, up.port, problem)
+                raise UpstreamUnavailable(problem)
             return result
         elif t == "v":
             continue  # NegotiateProtocolVersion: we asked for 3.0, nothing to adjust
