@@ -32,11 +32,35 @@ _WHAT = {"sql": "statements", "shell": "commands"}
 _RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
 
 
+class CatalogFacts:
+    """What the gateway learned from its targets' catalogues that changes a verdict:
+    per connection, the names of VOLATILE user routines that share a name with a
+    built-in the classifier trusts as read-only (PostgreSQL picks such an overload for
+    argument types the built-in does not take: ``lower(5)`` would run ``public.lower(int)``).
+    Filled by postgres/catalog_watch.py; one per process, kept across reloads."""
+
+    def __init__(self) -> None:
+        self._shadowed: dict[str, frozenset[str]] = {}
+        self.epoch = 0  # changes whenever a fact does: part of every verdict's cache key
+
+    def shadowed(self, connection: str) -> frozenset[str]:
+        return self._shadowed.get(connection, frozenset())
+
+    def set_shadowed(self, connection: str, names: frozenset[str]) -> bool:
+        """True when this changed what the gate knows."""
+        if self._shadowed.get(connection, frozenset()) == names:
+            return False
+        self._shadowed[connection] = names
+        self.epoch += 1
+        return True
+
+
 class Gate:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, facts: CatalogFacts | None = None) -> None:
         self.config = config
+        self.facts = facts if facts is not None else CatalogFacts()
         self._cache: OrderedDict[
-            tuple[str, str, frozenset[str], frozenset[str], str, str], Verdict
+            tuple[str, str, frozenset[str], frozenset[str], str, str, int], Verdict
         ] = OrderedDict()
         self._lock = Lock()
         self._safe_functions = frozenset(f.lower() for f in config.safe_functions)
@@ -67,6 +91,7 @@ class Gate:
             granted,
             action.kind,
             text_key,
+            self.facts.epoch,
         )
         with self._lock:
             cached = self._cache.get(key)
@@ -231,7 +256,7 @@ class Gate:
                 ("wardgate:parser-setting",),
             )
         klass, kinds = stmt.klass, stmt.kinds
-        unknown = self._unknown_functions(stmt)
+        unknown = self._unknown_functions(stmt, action.connection)
         if unknown:
             # Not a known read-only built-in and not listed in safe_functions: it may write.
             kinds = (*kinds, "unknown_function")
@@ -313,12 +338,15 @@ class Gate:
             )
         return Verdict(decision, rule, reason, statements, tuple(c[1] for c in deciding))
 
-    def _unknown_functions(self, stmt: StatementInfo) -> list[str]:
+    def _unknown_functions(self, stmt: StatementInfo, connection: str) -> list[str]:
         unknown = []
+        shadowed = self.facts.shadowed(connection)
         for name in stmt.functions:
             schema, _, bare = name.rpartition(".")
-            if function_class(schema or None, bare) is not None and (
-                f"user_definable:{name}" not in stmt.kinds
+            if (
+                function_class(schema or None, bare) is not None
+                and f"user_definable:{name}" not in stmt.kinds
+                and (schema in ("pg_catalog", "information_schema") or bare not in shadowed)
             ):
                 continue
             if name in self._safe_functions or (

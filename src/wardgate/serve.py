@@ -203,6 +203,10 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             pg = PgListener(services)
             await pg.start(addr[0], addr[1], reuse_port=reuse_port)
             log.info("worker %d: PostgreSQL listener on %s:%d", index, addr[0], pg.port)
+            from wardgate.postgres.catalog_watch import CatalogWatch
+
+            watch = services.state(CatalogWatch).run(services, loud=index == 0)
+            services.tasks.spawn(watch, name="catalog-watch")
             if index == 0:
                 from wardgate.postgres.privileges import warn_privileged_upstreams
 

@@ -248,3 +248,41 @@ def test_serve_warns_when_agents_reach_a_superuser(
         assert "agents reach the database" not in quiet.log
     finally:
         quiet.stop()
+
+
+def test_a_user_overload_of_a_trusted_built_in_is_judged_as_a_user_function(
+    gateway: Gateway, it_database: str
+) -> None:
+    """public.lower(int), VOLATILE and writing, made outside the gateway: PostgreSQL runs
+    it for lower(5). Within the watch's refresh the gate judges lower as unknown on this
+    connection, so the read-only agent's call is refused and nothing is written; lower
+    on text through pg_catalog explicitly stays a read."""
+    with admin_conn(it_database) as admin:
+        admin.execute("create table if not exists overload_log (what text)")
+        admin.execute(
+            "create or replace function public.lower(int) returns int language sql as "
+            "$$ insert into overload_log values ('ran'); select 1 $$"
+        )
+    try:
+        deadline = time.monotonic() + 45
+        with psycopg.connect(gateway.dsn("dev"), autocommit=True) as dev:
+            dev.execute("create temporary table overload_poke (a int)")  # DDL: look again
+        while "public.lower" not in gateway.log:
+            assert time.monotonic() < deadline, gateway.log[-2000:]
+            time.sleep(0.3)
+        with psycopg.connect(gateway.dsn("agent"), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="unknown_function"):
+                conn.execute("select lower(5)")
+            assert conn.execute("select pg_catalog.lower('A')").fetchone() == ("a",)
+        with admin_conn(it_database) as admin:
+            assert admin.execute("select count(*) from overload_log").fetchone() == (0,)
+        # Made through the gateway, such a routine is an admin statement.
+        with psycopg.connect(gateway.dsn("dev"), autocommit=True) as dev:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="shadows_builtin"):
+                dev.execute(
+                    "create function public.upper(int) returns int language sql as $$ select 1 $$"
+                )
+    finally:
+        with admin_conn(it_database) as admin:
+            admin.execute("drop function if exists public.lower(int)")
+            admin.execute("drop table if exists overload_log")

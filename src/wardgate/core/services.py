@@ -66,7 +66,7 @@ class Services:
         """Swap the policy atomically; sessions pick it up at their next action (masking
         at their next result). A changed masking key takes a restart."""
         self.config = config
-        self.gate = Gate(config)
+        self.gate = Gate(config, self.gate.facts)
         self.masking = MaskingPolicy(config, self.masking_key)
 
     async def check_bearer(

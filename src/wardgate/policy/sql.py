@@ -18,7 +18,7 @@ from pglast.parser import ParseError, fingerprint, parse_sql_json
 
 from wardgate.actions import StatementInfo
 from wardgate.policy.encodings import python_codec
-from wardgate.policy.functions import function_class
+from wardgate.policy.functions import BUILTIN_READ_ONLY, function_class
 from wardgate.policy.settings import ENCODING_SETTINGS, PARSER_SETTINGS, catalogue, why_privileged
 
 # The order of severity between classes, used when a statement mixes several.
@@ -145,7 +145,7 @@ KNOWN_KINDS = frozenset(
         "drop", "unknown_function", "parse_error", "client_encoding", "unreadable_encoding",
         "privileged_setting", "controls_off", "limited", "refresh", "set_constraints",
         "event_trigger", "alter_extension", "create_language", "publication",
-        "transaction_end", "two_phase",
+        "transaction_end", "two_phase", "shadows_builtin",
     }
 )  # fmt: skip
 
@@ -394,7 +394,48 @@ _TWO_PHASE = frozenset(
 )
 
 
+_ROUTINES = frozenset({"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE"})
+
+
+def _shadows_builtin(node_type: str, fields: dict[str, Any]) -> bool:
+    """A statement that makes a VOLATILE routine carry the name of a built-in the gate
+    trusts as read-only (lower, now, ...): PostgreSQL would pick it for calls whose
+    argument types the built-in does not take, so a `select lower(5)` would run it."""
+    name: str | None = None
+    if node_type == "CreateFunctionStmt":
+        volatility = next(
+            (
+                str(o["DefElem"].get("arg", {}).get("String", {}).get("sval", "")).lower()
+                for o in fields.get("options", [])
+                if o.get("DefElem", {}).get("defname") == "volatility"
+            ),
+            "volatile",
+        )
+        if volatility != "volatile":
+            return False  # PostgreSQL refuses writes in STABLE/IMMUTABLE SQL routines
+        name = (_names(fields.get("funcname", [])) or [""])[-1]
+    elif node_type == "AlterFunctionStmt":
+        volatile = any(
+            o.get("DefElem", {}).get("defname") == "volatility"
+            and o["DefElem"].get("arg", {}).get("String", {}).get("sval") == "volatile"
+            for o in fields.get("actions", [])
+        )
+        func = fields.get("func", {})
+        name = (_names(func.get("objname", [])) or [""])[-1] if volatile else None
+    elif node_type == "DefineStmt" and fields.get("kind") == "OBJECT_AGGREGATE":
+        name = (_names(fields.get("defnames", [])) or [""])[-1]
+    elif node_type == "RenameStmt" and fields.get("renameType") in _ROUTINES:
+        name = str(fields.get("newname", ""))
+    elif node_type == "AlterObjectSchemaStmt" and fields.get("objectType") in _ROUTINES:
+        objname = fields.get("object", {}).get("ObjectWithArgs", {}).get("objname", [])
+        name = (_names(objname) or [""])[-1]
+    return name is not None and name.lower() in BUILTIN_READ_ONLY
+
+
 def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[str]]:
+    if _shadows_builtin(node_type, fields):
+        kind = "create" if node_type.startswith(("Create", "Define")) else "alter"
+        return "admin", [kind, "shadows_builtin"]
     if node_type == "TransactionStmt" and fields.get("kind") in _TWO_PHASE | _TRANSACTION_ENDS:
         kinds = ["transaction"]
         if fields.get("kind") in _TRANSACTION_ENDS:
@@ -627,7 +668,13 @@ def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
     if cached is not None:
         return "f:" + fp, cached
     infos = _classify_text(sql)
-    if len(infos) == 1 and not _value_sensitive(infos[0].kinds):
+    # Only reads and writes, the hot path, share a class by fingerprint: for DDL and
+    # admin statements a literal can decide what they do (a routine's volatility).
+    if (
+        len(infos) == 1
+        and infos[0].klass in ("read", "write")
+        and not _value_sensitive(infos[0].kinds)
+    ):
         if len(_FINGERPRINT_CACHE) >= _FINGERPRINT_CACHE_SIZE:
             _FINGERPRINT_CACHE.clear()
         info = infos[0]

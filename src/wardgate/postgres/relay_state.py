@@ -18,6 +18,7 @@ from wardgate.audit.records import ActionRecord, SessionEnd
 from wardgate.policy.functions import function_class
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
+from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.session_model import Change, SessionModel
 from wardgate.reviews.model import ReviewInfo
@@ -161,7 +162,13 @@ class RelayState:
 
     # -- recording ------------------------------------------------------------------------
 
+    def _ran(self, act: Act) -> None:
+        """A statement completed: after DDL, user routines may shadow a built-in now."""
+        if any(i.klass in ("ddl", "admin") for i in act.verdict.statements):
+            self.services.state(CatalogWatch).poke()
+
     def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
+        self._ran(act)
         sync = next((e for e in self._pending if e.kind == SYNC), None)
         record = self._action_record(act, "ok", tag=tag)
         if sync is None:
@@ -177,6 +184,8 @@ class RelayState:
         tag: tuple[str, int | None] | None = None,
         fields: object = None,
     ) -> None:
+        if status == "ok":
+            self._ran(act)
         self.services.recorder.submit(self._action_record(act, status, tag=tag, fields=fields))
 
     def _action_record(
