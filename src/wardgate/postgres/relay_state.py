@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from wardgate.actions import Action, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd
 from wardgate.policy.functions import function_class
+from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
-from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.session_model import Change, SessionModel
 from wardgate.reviews.model import ReviewInfo
