@@ -32,7 +32,7 @@ LOCKS = {
     # project's own (editable, --no-build-isolation) install.
     "runtime": (),
     # scripts/test and CI: everything else a developer uses.
-    "dev": ("test", "dev", "postgres-store", "autogen"),
+    "dev": ("test", "dev", "postgres-store", "autogen", "otel"),
 }
 PIN = re.compile(
     r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$"
