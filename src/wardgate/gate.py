@@ -17,6 +17,7 @@ from threading import Lock
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
+from wardgate.metrics import timed_decision
 from wardgate.policy.functions import function_class
 from wardgate.policy.shell import classify_command
 from wardgate.policy.sql import MAX_CACHED_TEXT, classify_keyed
@@ -36,6 +37,7 @@ class Gate:
         self._lock = Lock()
         self._safe_functions = frozenset(f.lower() for f in config.safe_functions)
 
+    @timed_decision
     def check(self, action: Action, granted: frozenset[str] = frozenset()) -> Verdict:
         """Judge ``action``. ``granted`` are roles the principal holds on the action's
         connection through an approved, unexpired access grant, on top of its groups'."""

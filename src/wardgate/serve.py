@@ -7,8 +7,10 @@ import asyncio
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,8 @@ def _remove_pidfile(path: Path) -> None:
 def run(config_path: str) -> None:
     setup_logging()
     config = load_config(config_path)
+    # Before anything imports prometheus_client: where worker values live is fixed then.
+    metrics_dir = _metrics_dir(config)
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
 
@@ -96,9 +100,27 @@ def run(config_path: str) -> None:
         _supervise(config_path, config)
     finally:
         _remove_pidfile(pid_path)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir(config: Config) -> str | None:
+    """With several workers (or when the operator set ``PROMETHEUS_MULTIPROC_DIR``), a
+    fresh per-run directory where every worker writes its metric values, so /metrics
+    adds them up (prometheus_client's multiprocess mode); None for one plain process."""
+    parent = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if config.workers == 1 and parent is None:
+        return None
+    if parent is not None:
+        os.makedirs(parent, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="wardgate-metrics-", dir=parent)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def _supervise(config_path: str, config: Config) -> None:
+    from wardgate.metrics import worker_exited
+
     children: list[int] = []
     for index in range(config.workers):
         pid = os.fork()
@@ -130,6 +152,7 @@ def _supervise(config_path: str, config: Config) -> None:
                 break
             except InterruptedError:
                 continue
+        worker_exited(child)
         if code:
             status = 1
     sys.exit(status)
@@ -145,12 +168,14 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.identity.passwords import UserPasswords
     from wardgate.identity.ratelimit import LoginLimiter
     from wardgate.identity.tokens import TokenService
+    from wardgate.lifecycle import Drainable, drain
     from wardgate.policy.mask_rules import MaskingPolicy
     from wardgate.proxy.pg_server import PgListener
     from wardgate.proxy.services import Services
     from wardgate.proxy.tls import server_context
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
+    from wardgate.telemetry import setup_tracing
     from wardgate.vault.keys import load_master_key, masking_key, token_pepper, web_key
     from wardgate.vault.secrets import Vault, resolve_secret
     from wardgate.web.sessions import WebSessions
@@ -191,11 +216,17 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             resolve_secret(secret, vault, base_dir=Path(config.base_dir)) if secret else None,
         )
     del master
+    tracing = setup_tracing(recorder.observer, f"worker-{index}")
     notifier = await _start_reviews(services, index)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def stopping() -> None:
+        # The first SIGTERM/SIGINT drains; a second one cuts the drain short.
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping)
+    loop.add_signal_handler(signal.SIGINT, stopping)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(services, config_path))
 
     pg: PgListener | None = None
@@ -212,6 +243,9 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             ssh = SshListener(services)
             await ssh.start(ssh_addr[0], ssh_addr[1], reuse_port=reuse_port)
             log.info("worker %d: SSH listener on %s:%d", index, ssh_addr[0], ssh.port)
+        services.lifecycle.listening.update(
+            {name: True for name, up in (("postgres", pg), ("ssh", ssh)) if up is not None}
+        )
         if index == 0 and (api_addr := config.listen_address("api")) is not None:
             import uvicorn
 
@@ -232,6 +266,11 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             services.tasks.spawn(api_app.state.mcp.run(), name="mcp-sessions")
             log.info("worker %d: API on http://%s:%d", index, api_addr[0], api_addr[1])
         await stop.wait()
+        log.info("worker %d: draining", index)
+        listeners: list[tuple[str, Drainable]] = [
+            (name, listener) for name, listener in (("postgres", pg), ("ssh", ssh)) if listener
+        ]
+        await drain(services.lifecycle, listeners, services.config.limits.drain_timeout, hurry)
         log.info("worker %d: shutting down", index)
     finally:
         if api_server is not None:
@@ -252,17 +291,21 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
                 await recorder.close()
         except TimeoutError:
             log.error("worker %d: the store did not take the last audit records in time", index)
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still buffered
         store.dispose()
 
 
 async def _start_reviews(services: Any, index: int) -> Any:
     """The review service of this process: waiting, grants, previews, proposals, notices."""
+    from wardgate.metrics import review_event
     from wardgate.proxy.pg_reviews import PgReviewJobs
     from wardgate.reviews.notify import Notifier
     from wardgate.reviews.service import ReviewService
     from wardgate.reviews.waiting import ReviewRuntime
 
     service = ReviewService(services.store, lambda: services.config)
+    service.listeners.append(review_event)
     runtime = ReviewRuntime(
         services.store, service, lambda: services.config, services.tasks, housekeeping=index == 0
     )

@@ -61,12 +61,13 @@ def create_app(services: Services | None = None) -> FastAPI:
     if services is not None:
         from starlette.routing import Route
 
-        from wardgate.api import resources, signin
+        from wardgate.api import probes, resources, signin
         from wardgate.api.reviews import router
         from wardgate.integrations.mcp_server import McpGateway
         from wardgate.web import mount_ui
 
         app.state.services = services
+        app.include_router(probes.router)
         app.include_router(router)
         app.include_router(resources.router)
         app.include_router(signin.router)

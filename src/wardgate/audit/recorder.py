@@ -20,11 +20,13 @@ import itertools
 import logging
 import pickle
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 
 from wardgate.audit.records import Record
 from wardgate.audit.writer import BatchWriter
+from wardgate.metrics import RecordObserver
 from wardgate.store.db import Store, describe_error
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,8 @@ class Recorder:
         # per statement, and far less time in the writer thread competing for the GIL.
         self._linger = linger
         self._queue: deque[Record] = deque()
+        self._queued_at: deque[float] = deque()  # monotonic submit times: the lag metric
+        self.observer = RecordObserver()
         self._submitted = 0
         self._written = 0
         self._wake: asyncio.Event | None = None
@@ -146,7 +150,9 @@ class Recorder:
         if self._closing:
             raise RuntimeError("the recorder is closed; records submitted now would be lost")
         self._queue.append(record)
+        self._queued_at.append(time.monotonic())
         self._submitted += 1
+        self.observer.submitted(record)
         if self._wake is not None:
             self._wake.set()
 
@@ -230,14 +236,21 @@ class Recorder:
                     delay,
                     describe_error(exc),
                 )
+                self._report_backlog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             delay = _BACKOFF_FIRST
             for _ in batch:
                 self._queue.popleft()
+                self._queued_at.popleft()
             self._written += len(batch)
+            self._report_backlog()
             self._after_write()
+
+    def _report_backlog(self) -> None:
+        oldest = time.monotonic() - self._queued_at[0] if self._queued_at else 0.0
+        self.observer.backlog(self.backlog, oldest)
 
     def _after_write(self) -> None:
         if self._flush_waiters:

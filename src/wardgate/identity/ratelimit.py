@@ -11,6 +11,7 @@ import time
 
 from sqlalchemy import case, delete, select
 
+from wardgate.metrics import login_failed
 from wardgate.store.db import Store
 from wardgate.store.models import LoginFailure
 
@@ -44,6 +45,7 @@ class LoginLimiter:
         return wait if wait > 0 else None
 
     def record_failure(self, principal: str, client_ip: str) -> None:
+        login_failed()
         now = time.time()
         expired = LoginFailure.window_start <= now - self._window
         with self._store.session() as session:

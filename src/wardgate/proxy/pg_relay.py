@@ -170,6 +170,13 @@ class PgRelay:
         self._reviewing = False  # a statement is held for a review: read no further
         self._review_task: asyncio.Task[None] | None = None
         self._review_cancelled = False
+        self._transaction = 73  # the last ReadyForQuery's status: I(dle), T or E
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions with nothing in flight: ending the session now loses no
+        work (how a draining gateway picks the sessions it may close at once)."""
+        return not self._pending and not self._reviewing and self._transaction == 73
 
     # -- client -> upstream -------------------------------------------------------------
 
@@ -681,6 +688,7 @@ class PgRelay:
         t = msg.type
         pending = self._pending
         if t == 90:  # Z ReadyForQuery
+            self._transaction = msg.raw[5] if len(msg.raw) > 5 else 73
             while pending:
                 entry = pending.popleft()
                 self._close_remaining(entry, "not_executed")

@@ -14,6 +14,7 @@ from wardgate.identity.passwords import UserPasswords
 from wardgate.identity.principals import Principal
 from wardgate.identity.ratelimit import LoginLimiter
 from wardgate.identity.tokens import TokenInfo, TokenService
+from wardgate.lifecycle import Lifecycle
 from wardgate.policy.mask_rules import MaskingPolicy
 from wardgate.proxy.pg_catalog import ColumnNames
 from wardgate.proxy.tasks import Tasks
@@ -46,6 +47,7 @@ class Services:
     web_sessions: WebSessions | None = None
     web_key: bytes = b""  # signs the short-lived OIDC sign-in cookie
     oidc: Any = None  # wardgate.identity.oidc.OidcClient when web.oidc is configured
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)  # /readyz, draining
 
     def reload(self, config: Config) -> None:
         """Swap the policy atomically; sessions pick it up at their next action (masking
