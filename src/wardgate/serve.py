@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -11,7 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +252,10 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
 
             from wardgate.api.app import create_app
 
+            _ApiServer = _api_server_class()
+
             api_app = create_app(services)
-            api_server = uvicorn.Server(
+            api_server = _ApiServer(
                 uvicorn.Config(
                     api_app,
                     host=api_addr[0],
@@ -261,7 +264,6 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
                     lifespan="off",
                 )
             )
-            api_server.install_signal_handlers = lambda: None  # ours handle it
             services.tasks.spawn(api_server.serve(), name="api-server")
             services.tasks.spawn(api_app.state.mcp.run(), name="mcp-sessions")
             log.info("worker %d: API on http://%s:%d", index, api_addr[0], api_addr[1])
@@ -294,6 +296,21 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         if tracing is not None:
             tracing.shutdown()  # exports the spans still buffered
         store.dispose()
+
+
+def _api_server_class() -> type[Any]:
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        """uvicorn, minus its signal handling: SIGTERM belongs to the worker, which keeps
+        the API up while it drains (/readyz says so) and stops it afterwards. uvicorn's
+        own handlers would stop the API at once and raise the signal again on exit."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return ApiServer
 
 
 async def _start_reviews(services: Any, index: int) -> Any:
