@@ -177,17 +177,19 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
     from wardgate.telemetry import setup_tracing
-    from wardgate.vault.keys import load_master_key, masking_key, token_pepper, web_key
+    from wardgate.vault.keyring import Keyring
+    from wardgate.vault.keys import load_master_key, web_key
     from wardgate.vault.secrets import Vault, resolve_secret
     from wardgate.web.sessions import WebSessions
 
     store = Store(config.store_url)
     master = load_master_key(config)
     vault = Vault(store, master)
+    keyring = Keyring(store, master)
     mask_key = (
         resolve_secret(config.masking.key, vault, base_dir=Path(config.base_dir)).encode()
         if config.masking.key
-        else masking_key(master)
+        else keyring.masking_key()
     )
     # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
     recorder = Recorder(store, process=True)
@@ -197,7 +199,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         gate=Gate(config),
         store=store,
         recorder=recorder,
-        tokens=TokenService(store, token_pepper(master)),
+        tokens=TokenService(store, keyring.token_pepper()),
         limiter=LoginLimiter(store, config.limits.login_failures, config.limits.login_window),
         cancel_keys=CancelKeys(store),
         vault=vault,
