@@ -146,16 +146,19 @@ def _supervise(config_path: str, config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     status = 0
-    for child in children:
-        while True:
-            try:
-                _, code = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        worker_exited(child)
-        if code:
-            status = 1
+    running = set(children)
+    while running:
+        # Any child: as a container's PID 1 this process also inherits orphans (a dead
+        # worker's recorder process) and must reap them.
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid in running:
+            running.discard(pid)
+            worker_exited(pid)
+            if code:
+                status = 1
     sys.exit(status)
 
 
