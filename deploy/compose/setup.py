@@ -16,7 +16,11 @@ from pathlib import Path
 
 import asyncssh
 
-KEYS = Path("/keys")
+# Where the volumes are mounted (compose.yaml); tests point these elsewhere.
+KEYS = Path(os.environ.get("SETUP_KEYS", "/keys"))
+CONFIG = Path(os.environ.get("SETUP_CONFIG", "/etc/wardgate/wardgate.yaml"))
+TEMPLATE = Path(os.environ.get("SETUP_TEMPLATE", "/setup/wardgate.yaml.tmpl"))
+DATA = [Path(p) for p in os.environ.get("SETUP_DATA", "/data/a:/data/b").split(":")]
 GATEWAY_UID = 10001  # the image's user: it reads its private key
 
 
@@ -35,21 +39,22 @@ def key_pair(path: Path, owner: int) -> asyncssh.SSHKey:
 def main() -> None:
     host = key_pair(KEYS / "target" / "ssh_host_ed25519_key", 0)
     gateway = key_pair(KEYS / "gateway_ed25519", GATEWAY_UID)
-    fleet_key = key_pair(KEYS / "gateway_host_ed25519_key", 0)
-    for data in (Path("/data/a"), Path("/data/b")):
+    fleet_key = KEYS / "gateway_host_ed25519_key"
+    key_pair(fleet_key, 0)
+    for data in DATA:
         os.chown(data, GATEWAY_UID, GATEWAY_UID)
         data.chmod(0o700)
         copy = data / "ssh_host_ed25519_key"
-        fleet_key.write_private_key(str(copy))
+        copy.write_bytes(fleet_key.read_bytes())
         os.chown(copy, GATEWAY_UID, GATEWAY_UID)
         copy.chmod(0o600)
     authorized = KEYS / "target" / "authorized_keys"
     authorized.write_bytes(gateway.export_public_key("openssh"))
     authorized.chmod(0o644)
     host_key = host.export_public_key("openssh").decode().split()
-    template = Path("/setup/wardgate.yaml.tmpl").read_text()
+    template = TEMPLATE.read_text()
     config = template.replace("@SSH_TARGET_HOST_KEY@", f"{host_key[0]} {host_key[1]}")
-    out = Path("/etc/wardgate/wardgate.yaml")
+    out = CONFIG
     partial = out.with_suffix(".partial")
     partial.write_text(config)
     partial.chmod(0o644)
