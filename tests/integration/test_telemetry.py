@@ -105,7 +105,10 @@ def test_actions_become_spans(traced_gw: Gateway, table: str) -> None:
     assert len({s.trace_id for s, _ in pg}) == 1  # one session, one trace
     allowed, blocked = (s for s, _ in pg)
     assert blocked.status.code == 2  # ERROR
-    assert pg[1][1]["wardgate.rule"] == "guardrail:no-drop" and pg[1][1]["wardgate.status"] == "blocked"
+    assert (
+        pg[1][1]["wardgate.rule"] == "guardrail:no-drop"
+        and pg[1][1]["wardgate.status"] == "blocked"
+    )
     assert pg[0][1]["db.system"] == "postgresql" and pg[0][1]["wardgate.principal"] == "dev"
     assert allowed.end_time_unix_nano >= allowed.start_time_unix_nano > 0
 
