@@ -179,7 +179,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.proxy.tls import server_context
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
-    from wardgate.telemetry import setup_tracing
+    from wardgate.telemetry import setup_tracing, stop_tracing
     from wardgate.vault.keyring import Keyring
     from wardgate.vault.keys import load_master_key, web_key
     from wardgate.vault.secrets import Vault, resolve_secret
@@ -299,7 +299,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         except TimeoutError:
             log.error("worker %d: the store did not take the last audit records in time", index)
         if tracing is not None:
-            tracing.shutdown()  # exports the spans still buffered
+            stop_tracing(tracing)
         store.dispose()
 
 

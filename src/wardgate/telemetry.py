@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from typing import TYPE_CHECKING, Any
 
 from wardgate import __version__
@@ -74,6 +75,16 @@ def setup_tracing(observer: RecordObserver, instance: str) -> Any:
     observer.on_action = ActionSpans(provider.get_tracer("wardgate", __version__))
     log.info("exporting action traces over OTLP/HTTP")
     return provider
+
+
+def stop_tracing(provider: Any, timeout: float = 5.0) -> None:
+    """Export the spans still buffered, waiting ``timeout`` seconds at most: a collector
+    that is down must not hold the gateway's exit past its grace period."""
+    done = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    done.start()
+    done.join(timeout)
+    if done.is_alive():
+        log.warning("the OpenTelemetry collector did not take the last spans in %.0fs", timeout)
 
 
 class ActionSpans:
