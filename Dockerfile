@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # wardgate's container image (docs/deployment.md):
 #   docker build -t wardgate .
 #   docker run --read-only --tmpfs /tmp -v wardgate:/var/lib/wardgate \
