@@ -158,3 +158,39 @@ def test_the_cli_does_not_load_prometheus_client() -> None:
     code = "import sys, wardgate.cli.main; print('prometheus_client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_healthcheck_says_why_not_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Probe(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            ready = self.path == "/healthz"
+            body = json.dumps({"status": "ok"} if ready else {"problems": ["draining: bye"]})
+            self.send_response(200 if ready else 503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Probe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "wardgate.yaml"
+    config.write_text(f"listen: {{api: '0.0.0.0:{server.server_port}'}}\n")
+    monkeypatch.delenv("WARDGATE_LISTEN_API", raising=False)
+    try:
+        code, out = run("healthcheck", "-c", str(config))
+        assert code == 1 and "not ready: draining: bye" in out
+        code, out = run("healthcheck", "--live", "-c", str(config))
+        assert (
+            code == 0 and f"127.0.0.1:{server.server_port}/healthz" in out
+        )  # wildcard -> loopback
+    finally:
+        server.shutdown()
+        server.server_close()
+    code, out = run("healthcheck", "-c", str(config))  # nothing listens now
+    assert code == 1 and "no answer from" in out
