@@ -61,12 +61,14 @@ def ping_store(store: Store) -> str | None:
     from wardgate.store.db import describe_error
 
     try:
-        with store.engine.connect() as conn:
+        # A read transaction: on SQLite it takes no write lock, so probes never wait
+        # behind (or hold up) the recorder.
+        with store.session(write=False) as session:
             if store.dialect == "postgresql":
                 timeout_ms = int(STORE_PING_TIMEOUT * 1000)
                 # LOCAL: only this transaction; the pooled connection keeps its settings.
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
-            conn.execute(text("SELECT 1"))
+                session.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
+            session.execute(text("SELECT 1"))
     except Exception as exc:
         return f"the store is not reachable: {describe_error(exc)}"
     return None

@@ -204,6 +204,16 @@ def test_readiness_reasons(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
     life = Lifecycle(listening={"postgres": True, "ssh": True})
     assert life.not_ready(store) == []
+    # A writer holding SQLite's write lock does not make the probe wait or fail.
+    import sqlite3
+
+    writer = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert life.not_ready(store) == []
+    assert time.monotonic() - started < 1.0
+    writer.execute("ROLLBACK")
+    writer.close()
     life.listening["ssh"] = False
     life.draining = True
     assert life.not_ready(store) == [
