@@ -191,14 +191,6 @@ def _action_child(protocol: str, verdict: str, status: str) -> Any:
 # -- the registry ------------------------------------------------------------------------
 
 
-def worker_exited(pid: int) -> None:
-    """The supervisor's note that a worker is gone: its live gauges stop counting."""
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
 class ReviewsCollector(Collector):
     """``wardgate_reviews{status}``: reviews in the store now, by (effective) status."""
 

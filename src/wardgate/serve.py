@@ -120,8 +120,6 @@ def _metrics_dir(config: Config) -> str | None:
 
 
 def _supervise(config_path: str, config: Config) -> None:
-    from wardgate.metrics import worker_exited
-
     children: list[int] = []
     for index in range(config.workers):
         pid = os.fork()
@@ -156,10 +154,19 @@ def _supervise(config_path: str, config: Config) -> None:
             break
         if pid in running:
             running.discard(pid)
-            worker_exited(pid)
+            _worker_exited(pid)
             if code:
                 status = 1
     sys.exit(status)
+
+
+def _worker_exited(pid: int) -> None:
+    """A dead worker's live gauges (sessions open, recorder queue) stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Not wardgate.metrics: the supervisor itself keeps no metric values.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any, Any, None]:

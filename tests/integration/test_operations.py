@@ -209,10 +209,20 @@ def test_metrics_add_up_across_workers(it_database: str, tmp_path: Path, table: 
         assert ("wardgate_recorder_queue_depth", ()) in m
         assert ("wardgate_recorder_lag_seconds", ()) in m
         wait_until(lambda: total(scrape(gw), "wardgate_sessions_open") == 0, what="sessions closed")
-        # One registry for the gateway: both workers wrote values that the scrape added up.
+        # One registry for the gateway: both workers counted sessions (a worker's counter
+        # file appears with its first count), and the scrape added them up.
+        assert gw.proc is not None
+        children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+        workers = [
+            pid
+            for pid in children
+            if b"wardgate.audit.writer" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 2, children
         (run_dir,) = metrics_parent.iterdir()
-        pids = {f.stem.rsplit("_", 1)[-1] for f in run_dir.glob("counter_*.db")}
-        assert len(pids) >= 2, pids
+        assert all((run_dir / f"counter_{pid}.db").exists() for pid in workers), list(
+            run_dir.iterdir()
+        )
     finally:
         gw.stop()
     assert list(metrics_parent.iterdir()) == []  # the per-run directory went with the run
