@@ -116,6 +116,9 @@ def _metrics_dir(config: Config) -> str | None:
         os.makedirs(parent, exist_ok=True)
     path = tempfile.mkdtemp(prefix="wardgate-metrics-", dir=parent)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # Imported once here, in multiprocess mode, instead of in each forked worker.
+    import prometheus_client  # noqa: F401
+
     return path
 
 
