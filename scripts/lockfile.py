@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The dependency locks: requirements/runtime.txt and requirements/dev.txt.
+"""The dependency locks: requirements/runtime.txt, runtime-otel.txt and dev.txt.
 
-    scripts/lock            re-resolve both locks from pyproject.toml (needs PyPI)
+    scripts/lock            re-resolve every lock from pyproject.toml (needs PyPI)
     scripts/lock --check    exit 1 if pyproject.toml and the locks disagree (offline)
 
 Each lock pins every transitive package with the sha256 of every file PyPI has for
@@ -28,11 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = {
-    # scripts/serve: what running the gateway needs, plus the build backend for the
-    # project's own (editable, --no-build-isolation) install.
-    "runtime": (),
+    # scripts/serve and the container image: what running the gateway needs (a
+    # PostgreSQL store included), plus the build backend for the project's own
+    # (--no-build-isolation) install.
+    "runtime": ("postgres-store",),
+    # The image built with --build-arg WARDGATE_LOCK=runtime-otel: OpenTelemetry too.
+    "runtime-otel": ("postgres-store", "otel"),
     # scripts/test and CI: everything else a developer uses.
-    "dev": ("test", "dev", "postgres-store", "autogen"),
+    "dev": ("test", "dev", "postgres-store", "autogen", "otel"),
 }
 PIN = re.compile(
     r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$"

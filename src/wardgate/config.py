@@ -103,6 +103,8 @@ class LimitsConfig(_Model):
     connect_timeout: Duration = 10.0
     login_failures: int = Field(default=5, ge=1)
     login_window: Duration = 60.0
+    # SIGTERM: how long busy sessions may go on finishing before they are closed.
+    drain_timeout: Duration = Field(default=30.0, ge=0)
 
 
 class UpstreamConfig(_Model):

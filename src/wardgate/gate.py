@@ -17,6 +17,7 @@ from threading import Lock
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
+from wardgate.metrics import timed_decision
 from wardgate.policy.functions import function_class
 from wardgate.policy.shell import classify_command
 from wardgate.policy.sql import (
@@ -66,6 +67,7 @@ class Gate:
         self._safe_functions = frozenset(f.lower() for f in config.safe_functions)
         self._safe_settings = frozenset(f.lower() for f in config.safe_settings)
 
+    @timed_decision
     def check(
         self, action: Action, granted: frozenset[str] = frozenset(), *, params_later: bool = False
     ) -> Verdict:

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +69,8 @@ def _remove_pidfile(path: Path) -> None:
 def run(config_path: str) -> None:
     setup_logging()
     config = load_config(config_path)
+    # Before anything imports prometheus_client: where worker values live is fixed then.
+    metrics_dir = _metrics_dir(config)
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
 
@@ -93,6 +98,25 @@ def run(config_path: str) -> None:
         _supervise(config_path, config)
     finally:
         _remove_pidfile(pid_path)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir(config: Config) -> str | None:
+    """With several workers (or when the operator set ``PROMETHEUS_MULTIPROC_DIR``), a
+    fresh per-run directory where every worker writes its metric values, so /metrics
+    adds them up (prometheus_client's multiprocess mode); None for one plain process."""
+    parent = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if config.workers == 1 and parent is None:
+        return None
+    if parent is not None:
+        os.makedirs(parent, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="wardgate-metrics-", dir=parent)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # Imported once here, in multiprocess mode, instead of in each forked worker.
+    import prometheus_client  # noqa: F401
+
+    return path
 
 
 def _supervise(config_path: str, config: Config) -> None:
@@ -120,16 +144,29 @@ def _supervise(config_path: str, config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     status = 0
-    for child in children:
-        while True:
-            try:
-                _, code = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        if code:
-            status = 1
+    running = set(children)
+    while running:
+        # Any child: as a container's PID 1 this process also inherits orphans (a dead
+        # worker's recorder process) and must reap them.
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid in running:
+            running.discard(pid)
+            _worker_exited(pid)
+            if code:
+                status = 1
     sys.exit(status)
+
+
+def _worker_exited(pid: int) -> None:
+    """A dead worker's live gauges (sessions open, recorder queue) stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Not wardgate.metrics: the supervisor itself keeps no metric values.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any, Any, None]:
@@ -145,31 +182,39 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     from wardgate.identity.passwords import UserPasswords
     from wardgate.identity.ratelimit import LoginLimiter
     from wardgate.identity.tokens import TokenService
+    from wardgate.lifecycle import Drainable, drain
+    from wardgate.metrics import RecordObserver, login_failed
     from wardgate.policy.mask_rules import MaskingPolicy
     from wardgate.postgres.listener import PgListener
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
-    from wardgate.vault.keys import load_master_key, masking_key, token_pepper, web_key
+    from wardgate.telemetry import setup_tracing, stop_tracing
+    from wardgate.vault.keyring import Keyring
+    from wardgate.vault.keys import load_master_key, web_key
     from wardgate.vault.secrets import Vault, resolve_secret
 
     store = Store(config.store_url)
     master = load_master_key(config)
     vault = Vault(store, master)
+    keyring = Keyring(store, master)
     mask_key = (
         resolve_secret(config.masking.key, vault, base_dir=Path(config.base_dir)).encode()
         if config.masking.key
-        else masking_key(master)
+        else keyring.masking_key()
     )
     # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
-    recorder = Recorder(store, process=True)
+    observer = RecordObserver()
+    recorder = Recorder(store, process=True, observer=observer)
     await recorder.start()
     services = Services(
         config=config,
         gate=Gate(config),
         store=store,
         recorder=recorder,
-        tokens=TokenService(store, token_pepper(master)),
-        limiter=LoginLimiter(store, config.limits.login_failures, config.limits.login_window),
+        tokens=TokenService(store, keyring.token_pepper()),
+        limiter=LoginLimiter(
+            store, config.limits.login_failures, config.limits.login_window, login_failed
+        ),
         cancel_keys=CancelKeys(store),
         vault=vault,
         server_tls=server_context(config),
@@ -188,11 +233,17 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             resolve_secret(secret, vault, base_dir=Path(config.base_dir)) if secret else None,
         )
     del master
+    tracing = setup_tracing(observer, f"worker-{index}")
     notifier = await _start_reviews(services, index)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def stopping() -> None:
+        # The first SIGTERM/SIGINT drains; a second one cuts the drain short.
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping)
+    loop.add_signal_handler(signal.SIGINT, stopping)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(services, config_path))
 
     pg: PgListener | None = None
@@ -217,11 +268,16 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             ssh = SshListener(services)
             await ssh.start(ssh_addr[0], ssh_addr[1], reuse_port=reuse_port)
             log.info("worker %d: SSH listener on %s:%d", index, ssh_addr[0], ssh.port)
+        services.lifecycle.listening.update(
+            {name: True for name, up in (("postgres", pg), ("ssh", ssh)) if up is not None}
+        )
         if index == 0 and (api_addr := config.listen_address("api")) is not None:
             import uvicorn
 
+            _ApiServer = _api_server_class()
+
             api_app = http_app(services)
-            api_server = uvicorn.Server(
+            api_server = _ApiServer(
                 uvicorn.Config(
                     api_app,
                     host=api_addr[0],
@@ -230,11 +286,15 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
                     lifespan="off",
                 )
             )
-            api_server.install_signal_handlers = lambda: None  # ours handle it
             services.tasks.spawn(api_server.serve(), name="api-server")
             services.tasks.spawn(api_app.state.mcp.run(), name="mcp-sessions")
             log.info("worker %d: API on http://%s:%d", index, api_addr[0], api_addr[1])
         await stop.wait()
+        log.info("worker %d: draining", index)
+        listeners: list[tuple[str, Drainable]] = [
+            (name, listener) for name, listener in (("postgres", pg), ("ssh", ssh)) if listener
+        ]
+        await drain(services.lifecycle, listeners, services.config.limits.drain_timeout, hurry)
         log.info("worker %d: shutting down", index)
     finally:
         if api_server is not None:
@@ -255,6 +315,8 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
                 await recorder.close()
         except TimeoutError:
             log.error("worker %d: the store did not take the last audit records in time", index)
+        if tracing is not None:
+            stop_tracing(tracing)
         store.dispose()
 
 
@@ -276,14 +338,31 @@ def http_app(services: Services) -> FastAPI:
     return app
 
 
+def _api_server_class() -> type[Any]:
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        """uvicorn, minus its signal handling: SIGTERM belongs to the worker, which keeps
+        the API up while it drains (/readyz says so) and stops it afterwards. uvicorn's
+        own handlers would stop the API at once and raise the signal again on exit."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return ApiServer
+
+
 async def _start_reviews(services: Any, index: int) -> Any:
     """The review service of this process: waiting, grants, previews, proposals, notices."""
+    from wardgate.metrics import review_event
     from wardgate.postgres.reviews import register
     from wardgate.reviews.notify import Notifier
     from wardgate.reviews.service import ReviewService
     from wardgate.reviews.waiting import ReviewRuntime
 
     service = ReviewService(services.store, lambda: services.config)
+    service.listeners.append(review_event)
     runtime = ReviewRuntime(
         services.store, service, lambda: services.config, services.tasks, housekeeping=index == 0
     )

@@ -59,10 +59,11 @@ def create_app(services: Services | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     if services is not None:
-        from wardgate.api import resources, signin
+        from wardgate.api import probes, resources, signin
         from wardgate.api.reviews import router
 
         app.state.services = services
+        app.include_router(probes.router)
         app.include_router(router)
         app.include_router(resources.router)
         app.include_router(signin.router)

@@ -20,8 +20,10 @@ import itertools
 import logging
 import pickle
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from wardgate.audit.records import Record
 from wardgate.audit.writer import BatchWriter
@@ -102,6 +104,23 @@ def _frame(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+class RecordWatcher(Protocol):
+    """Who watches the records go by (metrics.RecordObserver): told of each submit and
+    of the backlog; it never holds a record up."""
+
+    def submitted(self, record: Record) -> None: ...
+
+    def backlog(self, depth: int, oldest_age: float) -> None: ...
+
+
+class _Unwatched:
+    def submitted(self, record: Record) -> None:
+        pass
+
+    def backlog(self, depth: int, oldest_age: float) -> None:
+        pass
+
+
 class Recorder:
     def __init__(
         self,
@@ -111,6 +130,7 @@ class Recorder:
         batch: int = 500,
         linger: float = 0.05,
         process: bool = False,
+        observer: RecordWatcher | None = None,
     ) -> None:
         if high_water < 2 or batch < 1:
             raise ValueError("high_water must be >= 2 and batch >= 1")
@@ -122,6 +142,8 @@ class Recorder:
         # per statement, and far less time in the writer thread competing for the GIL.
         self._linger = linger
         self._queue: deque[Record] = deque()
+        self._queued_at: deque[float] = deque()  # monotonic submit times: the lag metric
+        self.observer: RecordWatcher = observer if observer is not None else _Unwatched()
         self._submitted = 0
         self._written = 0
         self._wake: asyncio.Event | None = None
@@ -146,7 +168,9 @@ class Recorder:
         if self._closing:
             raise RuntimeError("the recorder is closed; records submitted now would be lost")
         self._queue.append(record)
+        self._queued_at.append(time.monotonic())
         self._submitted += 1
+        self.observer.submitted(record)
         if self._wake is not None:
             self._wake.set()
 
@@ -230,14 +254,21 @@ class Recorder:
                     delay,
                     describe_error(exc),
                 )
+                self._report_backlog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             delay = _BACKOFF_FIRST
             for _ in batch:
                 self._queue.popleft()
+                self._queued_at.popleft()
             self._written += len(batch)
+            self._report_backlog()
             self._after_write()
+
+    def _report_backlog(self) -> None:
+        oldest = time.monotonic() - self._queued_at[0] if self._queued_at else 0.0
+        self.observer.backlog(self.backlog, oldest)
 
     def _after_write(self) -> None:
         if self._flush_waiters:

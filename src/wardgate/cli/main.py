@@ -89,6 +89,7 @@ def _fail(message: str) -> NoReturn:
 @contextmanager
 def _expected_errors() -> Iterator[None]:
     from wardgate.store.db import StoreError
+    from wardgate.vault.keyring import KeyringError
     from wardgate.vault.keys import MasterKeyError
     from wardgate.vault.secrets import SecretError
 
@@ -98,7 +99,7 @@ def _expected_errors() -> Iterator[None]:
         for line in exc.problems:
             typer.echo(line, err=True)
         raise typer.Exit(2) from None
-    except (CliError, StoreError, SecretError, MasterKeyError) as exc:
+    except (CliError, StoreError, SecretError, MasterKeyError, KeyringError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:
@@ -162,9 +163,10 @@ def config_check(config: ConfigPath = DEFAULT_CONFIG) -> None:
 
 def _token_service(config: Config, store: Any) -> Any:
     from wardgate.identity.tokens import TokenService
-    from wardgate.vault.keys import load_master_key, token_pepper
+    from wardgate.vault.keyring import Keyring
+    from wardgate.vault.keys import load_master_key
 
-    return TokenService(store, token_pepper(load_master_key(config)))
+    return TokenService(store, Keyring(store, load_master_key(config)).token_pepper())
 
 
 @token_app.command("create")
@@ -422,6 +424,11 @@ sessions_app.command("replay")(replay)
 from wardgate.cli.users import user_app  # noqa: E402
 
 app.add_typer(user_app, name="user")
+
+from wardgate.cli.operations import healthcheck, rotate_master_key  # noqa: E402
+
+app.command("healthcheck")(healthcheck)
+secret_app.command("rotate-master-key")(rotate_master_key)
 
 # -- the approver's commands: they talk to the API (cli/reviews.py) -------------------
 

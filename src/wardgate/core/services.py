@@ -18,6 +18,7 @@ from wardgate.identity.passwords import UserPasswords
 from wardgate.identity.principals import Principal
 from wardgate.identity.ratelimit import LoginLimiter
 from wardgate.identity.tokens import TokenInfo, TokenService
+from wardgate.lifecycle import Lifecycle
 from wardgate.policy.mask_rules import MaskingPolicy
 from wardgate.reviews.waiting import ReviewRuntime
 from wardgate.store.cancel import CancelKeys
@@ -51,6 +52,7 @@ class Services:
     # How a proposal's statements are checked before it is filed, by their action kind
     # ("sql"): registered at startup by the protocol that runs them (core.proposals asks).
     proposal_checks: dict[str, ProposalCheck] = field(default_factory=dict)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)  # /readyz, draining
     # Per-process state of protocol packages, which core does not know (see state()).
     _state: dict[Callable[[], Any], Any] = field(default_factory=dict, repr=False, init=False)
 

@@ -8,6 +8,7 @@ login is refused while either has reached ``max_failures`` inside its fixed wind
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from sqlalchemy import case, delete, select
 
@@ -21,10 +22,17 @@ def _keys(principal: str, client_ip: str) -> tuple[str, str]:
 
 
 class LoginLimiter:
-    def __init__(self, store: Store, max_failures: int, window: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_failures: int,
+        window: float,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         if max_failures < 1 or window <= 0:
             raise ValueError("max_failures must be >= 1 and window > 0")
         self._store = store
+        self._on_failure = on_failure  # a metric (serve wires metrics.login_failed)
         self._max = max_failures
         self._window = window
 
@@ -44,6 +52,8 @@ class LoginLimiter:
         return wait if wait > 0 else None
 
     def record_failure(self, principal: str, client_ip: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure()
         now = time.time()
         expired = LoginFailure.window_start <= now - self._window
         with self._store.session() as session:

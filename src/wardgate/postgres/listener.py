@@ -73,22 +73,42 @@ class PgListener:
         self.clients.add(client)
         self.services.tasks.spawn(self._run(client), name=f"pg-startup-{id(client):x}")
 
-    async def close(self) -> None:
+    def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+
+    def close_idle(self) -> int:
+        """Draining: end the sessions that are between transactions with nothing in
+        flight; returns how many are still busy (in a transaction, running a statement,
+        waiting for a review, or still starting)."""
+        busy = 0
         for client in list(self.clients):
-            if client.relay is not None:
-                client.write(
-                    build.error_response(
-                        "57P01",
-                        "wardgate: the gateway is shutting down; reconnect to retry",
-                        severity="FATAL",
-                    )
-                )
-                client.relay.on_client_closed()
-            client.close()
+            if client.relay is not None and client.relay.idle:
+                self._shut(client)
+            else:
+                busy += 1
+        return busy
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        for client in list(self.clients):
+            self._shut(client)
         if self.server is not None:
             await self.server.wait_closed()
+
+    @staticmethod
+    def _shut(client: ClientSide) -> None:
+        if client.relay is not None:
+            client.write(
+                build.error_response(
+                    "57P01",
+                    "wardgate: the gateway is shutting down; reconnect to retry (a statement "
+                    "waiting for review stays pending: once approved, run it again)",
+                    severity="FATAL",
+                )
+            )
+            client.relay.on_client_closed()
+        client.close()
 
     async def _run(self, client: ClientSide) -> None:
         peer = client.transport.get_extra_info("peername")

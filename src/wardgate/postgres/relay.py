@@ -93,6 +93,12 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._review_task: asyncio.Task[None] | None = None
         self._review_cancelled = False
 
+    @property
+    def idle(self) -> bool:
+        """Between transactions with nothing in flight: ending the session now loses no
+        work (how a draining gateway picks the sessions it may close at once)."""
+        return not self._pending and not self._reviewing and self.model.transaction == "I"
+
     # -- client -> upstream -------------------------------------------------------------
 
     def on_client_data(self, data: bytes) -> None:

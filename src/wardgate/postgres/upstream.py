@@ -14,6 +14,7 @@ from pathlib import Path
 
 from wardgate.config import Config, ConnectionConfig
 from wardgate.identity.scram import ScramAuthError, ScramClient
+from wardgate.metrics import timed_dial
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import (
     parse_auth_request,
@@ -50,6 +51,7 @@ class Upstream:
     notices: list[bytes] = field(default_factory=list)
 
 
+@timed_dial("postgres")
 async def dial_connection(
     config: Config, vault: Vault, name: str, params: dict[str, str], *, max_message_bytes: int
 ) -> Upstream:

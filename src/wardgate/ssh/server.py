@@ -65,6 +65,15 @@ class SshListener:
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1])
 
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def close_idle(self) -> int:
+        """Draining: SSH connections end with their command, or when the client leaves;
+        returns how many are still open."""
+        return len(self.connections)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

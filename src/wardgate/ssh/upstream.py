@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wardgate.config import Config
+from wardgate.metrics import timed_dial
 from wardgate.sshlib import HOST_KEY_ALGS, SIGNATURE_ALGS, asyncssh
 from wardgate.vault.secrets import SecretError, Vault, resolve_secret
 
@@ -45,6 +46,7 @@ def gateway_host_key(config: Config) -> asyncssh.SSHKey:
         return asyncssh.read_private_key(str(path))
 
 
+@timed_dial("ssh")
 async def dial_target(config: Config, vault: Vault, name: str) -> asyncssh.SSHClientConnection:
     conn = config.connections[name]
     target = conn.ssh

@@ -108,6 +108,18 @@ class SecretRow(Base):
     updated_at: Mapped[float] = mapped_column(Double)
 
 
+class KeyringRow(Base):
+    """A key derived from an earlier master key whose outputs are stored (token lookups,
+    pseudonyms), sealed under the current one (``wardgate.vault.keyring``)."""
+
+    __tablename__ = "keyring"
+
+    purpose: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
 class LoginFailure(Base):
     __tablename__ = "login_failures"
 

@@ -45,11 +45,25 @@ class Vault:
         self._store = store
         self._aead = AESGCM(derive_key(master_key, VAULT_KEY_INFO))
 
+    def seal(self, name: str, value: str) -> tuple[bytes, bytes]:
+        """``value`` encrypted for the secret ``name``: (nonce, ciphertext)."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, value.encode("utf-8"), _associated_data(name))
+
+    def unseal(self, name: str, nonce: bytes, ciphertext: bytes) -> str:
+        try:
+            plain = self._aead.decrypt(nonce, ciphertext, _associated_data(name))
+        except InvalidTag:
+            raise SecretError(
+                f"secret {name!r} cannot be decrypted: a different master key, "
+                "or the stored record was altered"
+            ) from None
+        return plain.decode("utf-8")
+
     def set(self, name: str, value: str) -> None:
         if not name:
             raise SecretError("a secret needs a name")
-        nonce = os.urandom(NONCE_BYTES)
-        ciphertext = self._aead.encrypt(nonce, value.encode("utf-8"), _associated_data(name))
+        nonce, ciphertext = self.seal(name, value)
         now = time.time()
         stmt = (
             self._store.insert(SecretRow)
@@ -71,16 +85,7 @@ class Vault:
             raise SecretNotFound(
                 f"secret {name!r} is not in the vault (add it with `wardgate secret set {name}`)"
             )
-        try:
-            plain = self._aead.decrypt(
-                bytes(row.nonce), bytes(row.ciphertext), _associated_data(name)
-            )
-        except InvalidTag:
-            raise SecretError(
-                f"secret {name!r} cannot be decrypted: a different master key, "
-                "or the stored record was altered"
-            ) from None
-        return plain.decode("utf-8")
+        return self.unseal(name, bytes(row.nonce), bytes(row.ciphertext))
 
     def delete(self, name: str) -> bool:
         with self._store.session() as session:

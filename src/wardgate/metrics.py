@@ -1,0 +1,246 @@
+"""Prometheus metrics: every instrument of the gateway lives here, fed by one-line calls at
+the central points (the gate, the recorder, the review service, the login limiter, the
+upstream dial), and served at ``/metrics`` on the API port.
+
+With ``workers > 1`` each worker process writes its values to files in one per-run
+directory (prometheus_client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``, which
+``wardgate serve`` sets before anything imports this module, since prometheus_client
+chooses where values live at import) and worker 0, which serves the API, adds them up at
+each scrape: one registry for the whole gateway.
+
+What the store knows for the whole fleet (reviews by status) is read from the store at
+scrape time, so every replica reports the same numbers: aggregate those with max(), not
+sum().
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
+
+if TYPE_CHECKING:
+    from wardgate.reviews.model import ReviewInfo
+    from wardgate.store.db import Store
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+SESSIONS_OPEN = Gauge(
+    "wardgate_sessions_open",
+    "Client sessions open now, by protocol.",
+    ["protocol"],
+    multiprocess_mode="livesum",
+)
+SESSIONS = Counter("wardgate_sessions", "Client sessions opened, by protocol.", ["protocol"])
+ACTIONS = Counter(
+    "wardgate_actions",
+    "Actions recorded, by protocol, verdict (allow, review, block) and outcome "
+    "(ok, error, blocked, not_executed).",
+    ["protocol", "verdict", "status"],
+)
+GATE_DECISION = Histogram(
+    "wardgate_gate_decision_seconds",
+    "Time the gate took to judge one action (parsing included), by protocol.",
+    ["protocol"],
+    buckets=(25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1),
+)
+UPSTREAM_CONNECT = Histogram(
+    "wardgate_upstream_connect_seconds",
+    "Time to dial and authenticate to a target, by protocol and outcome (ok, error).",
+    ["protocol", "outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+REVIEW_EVENTS = Counter(
+    "wardgate_review_events",
+    "Review events handled by this gateway (requested, approved, denied, expired, ...).",
+    ["event"],
+)
+REVIEW_WAIT = Histogram(
+    "wardgate_review_wait_seconds",
+    "From a review's request to its decision, by outcome (approved, denied, expired, cancelled).",
+    ["outcome"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+)
+RECORDER_QUEUE = Gauge(
+    "wardgate_recorder_queue_depth",
+    "Audit records submitted but not yet committed to the store.",
+    multiprocess_mode="livesum",
+)
+RECORDER_LAG = Gauge(
+    "wardgate_recorder_lag_seconds",
+    "Age of the oldest audit record not yet committed (0 when all are written).",
+    multiprocess_mode="livemax",
+)
+LOGIN_FAILURES = Counter(
+    "wardgate_login_failures",
+    "Failed logins (tokens, passwords, SSH keys), every protocol and the web UI.",
+)
+
+_DECIDED = frozenset({"approved", "denied", "expired", "cancelled"})
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+# -- the hooks ---------------------------------------------------------------------------
+
+
+def timed_decision(check: Callable[P, R]) -> Callable[P, R]:
+    """Decorates ``Gate.check(self, action, ...)``: its time, by the action's protocol."""
+
+    @functools.wraps(check)
+    def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
+        try:
+            return check(*args, **kwargs)
+        finally:
+            protocol = getattr(args[1], "protocol", "") if len(args) > 1 else ""
+            _decision_child(protocol).observe(time.perf_counter() - started)
+
+    return timed
+
+
+def timed_dial(protocol: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Decorates an upstream dial: its time and whether it succeeded."""
+
+    def wrap(dial: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(dial)
+        async def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                result = await dial(*args, **kwargs)
+                outcome = "ok"
+                return result
+            finally:
+                UPSTREAM_CONNECT.labels(protocol, outcome).observe(time.perf_counter() - started)
+
+        return timed
+
+    return wrap
+
+
+def login_failed() -> None:
+    LOGIN_FAILURES.inc()
+
+
+def review_event(info: ReviewInfo, event: str) -> None:
+    """A review service listener (``ReviewService.listeners``)."""
+    REVIEW_EVENTS.labels(event).inc()
+    if event in _DECIDED:
+        decided = info.decided_at or time.time()
+        REVIEW_WAIT.labels(event).observe(max(0.0, decided - info.created_at))
+
+
+class RecordObserver:
+    """What the recorder sees pass: sessions opening and closing, actions and their
+    verdicts, its own backlog. One per recorder (one per process)."""
+
+    def __init__(self) -> None:
+        self._protocols: dict[str, str] = {}  # open session id -> protocol
+        self.on_action: Callable[[ActionRecord], None] | None = None  # traces (wardgate.telemetry)
+
+    def submitted(self, record: Record) -> None:
+        if isinstance(record, ActionRecord):
+            protocol = record.action.protocol
+            _action_child(protocol, record.verdict.decision.value, record.status).inc()
+            if self.on_action is not None:
+                self.on_action(record)
+        elif isinstance(record, SessionRecord):
+            if record.id not in self._protocols:
+                self._protocols[record.id] = record.protocol
+                SESSIONS.labels(record.protocol).inc()
+                SESSIONS_OPEN.labels(record.protocol).inc()
+        elif isinstance(record, SessionEnd):
+            ended = self._protocols.pop(record.session_id, None)
+            if ended is not None:
+                SESSIONS_OPEN.labels(ended).dec()
+
+    @staticmethod
+    def backlog(depth: int, oldest_age: float) -> None:
+        RECORDER_QUEUE.set(depth)
+        RECORDER_LAG.set(oldest_age if depth else 0.0)
+
+
+@functools.cache
+def _decision_child(protocol: str) -> Any:
+    return GATE_DECISION.labels(protocol)
+
+
+@functools.cache
+def _action_child(protocol: str, verdict: str, status: str) -> Any:
+    return ACTIONS.labels(protocol, verdict, status)
+
+
+# -- the registry ------------------------------------------------------------------------
+
+
+class ReviewsCollector(Collector):
+    """``wardgate_reviews{status}``: reviews in the store now, by (effective) status."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "wardgate_reviews",
+            "Reviews in the store by status (the whole fleet: aggregate with max, not sum).",
+            labels=["status"],
+        )
+        for status, count in sorted(reviews_by_status(self._store).items()):
+            family.add_metric([status], count)
+        yield family
+
+
+def reviews_by_status(store: Store) -> dict[str, int]:
+    """Reviews by the status the API shows (a pending or approved review past its time
+    counts as expired), in one grouped query."""
+    from sqlalchemy import and_, case, func, select
+
+    from wardgate.store.models import ReviewRow
+
+    now = time.time()
+    status = case(
+        (and_(ReviewRow.status == "pending", ReviewRow.expires_at <= now), "expired"),
+        (and_(ReviewRow.status == "approved", ReviewRow.approved_until <= now), "expired"),
+        else_=ReviewRow.status,
+    )
+    with store.session(write=False) as session:
+        rows = session.execute(select(status, func.count()).group_by(status)).all()
+    counts = dict.fromkeys(("pending", "approved", "denied", "expired", "cancelled"), 0)
+    for name, count in rows:
+        counts[str(name)] = counts.get(str(name), 0) + int(count)
+    return counts
+
+
+def exposition(store: Store | None) -> tuple[bytes, str]:
+    """The text to answer a scrape with, and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    if store is not None:
+        reviews = CollectorRegistry(auto_describe=False)
+        reviews.register(ReviewsCollector(store))
+        body += generate_latest(reviews)
+    return body, CONTENT_TYPE_LATEST
