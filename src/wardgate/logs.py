@@ -15,3 +15,6 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic announces each of its plugins at INFO on every start; only its
+    # migration lines ("Running upgrade ...") tell an operator something.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
