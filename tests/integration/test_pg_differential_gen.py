@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,7 +191,7 @@ def _finish(w: Wire, deadline: float) -> str:
             reply: Reply = w.read(1)
         except ConnectionError:
             return "closed"
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return "timeout"
         if any(k == b"D" and MARK.encode() in b for k, b in reply.messages):
             seen = True
