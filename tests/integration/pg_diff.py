@@ -29,7 +29,7 @@ import psycopg
 
 from tests.integration.conftest import PG_HOST, PG_PORT, Gateway, admin_conn, make_gateway
 
-TABLES = ("public.stock", "public.big_rows", "archive.stock")
+TABLES = ("public.stock", "public.big_rows", "archive.stock", "public.events")
 
 SETUP = """
 create schema audit;
@@ -67,6 +67,8 @@ insert into public.big_rows select generate_series(1, 50);
 create table archive.stock (id int primary key, qty int not null default 0);
 insert into archive.stock (id) select generate_series(1, 10);
 create sequence public.ticket_seq;
+create table public.events (id int primary key, d date not null, qty int not null default 0);
+insert into public.events values (1, '2026-01-02'), (2, '2026-02-01');
 
 -- Names PostgreSQL 15 reads as ordinary function calls (17's grammar: special syntax).
 create function public.json_scalar(int) returns int language sql volatile as
@@ -161,7 +163,8 @@ class Target:
                   (select md5(string_agg(id || ':' || qty || ':' || coalesce(note, '~')
                      || flag, ',' order by id)) from public.stock),
                   (select md5(string_agg(id || ':' || qty, ',' order by id)) from archive.stock),
-                  (select count(*) from public.big_rows)""",
+                  (select count(*) from public.big_rows),
+                  (select string_agg(id || ':' || qty, ',' order by id) from public.events)""",
                 (self.role,),
             ).fetchone()
         assert row is not None

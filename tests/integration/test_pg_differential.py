@@ -9,6 +9,7 @@ policy check`, asked about the statement the wire judged, gives the same decisio
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,37 @@ def test_an_approval_binds_the_search_path(gw: Gateway, guard: Guard) -> None:
         conn.execute("SET search_path = archive, public")
         conn.execute(update)
     assert [r[2] for r in guard.check()] == ["archive.stock"]
+
+
+def test_an_approval_binds_the_settings_that_read_constants(gw: Gateway, guard: Guard) -> None:
+    """'01/02/2026' is 2 January under DateStyle MDY and 1 February under DMY: an
+    approval given in one session does not run the same text in a session that reads
+    it the other way (found by the attack on the suite: only search_path and the role
+    were bound)."""
+    from tests.integration.test_reviews import cli_as
+
+    update = "UPDATE events SET qty = 1 WHERE d = '01/02/2026'"
+    with psycopg.connect(gw.dsn("rv", "diff"), autocommit=True) as conn:
+        conn.execute("SET datestyle = 'ISO, MDY'")
+        review = _pending(conn, update)
+    shown = json.loads(cli_as(gw, "reviewer", "reviews", "show", review, "--json").stdout)
+    assert shown["detail"]["context"]["DateStyle"] == "ISO, MDY", shown["detail"]
+    approve(gw, review)
+    with psycopg.connect(gw.dsn("rv", "diff"), autocommit=True) as conn:
+        conn.execute("SET datestyle = 'ISO, DMY'")
+        _pending(conn, update)  # another reading of the same text: another action
+        conn.execute("SET timezone = 'Pacific/Kiritimati'")
+        conn.execute("SET datestyle = 'ISO, MDY'")
+        _pending(conn, update)  # TimeZone is bound too
+    assert not guard.check()
+    guard.allow(update)
+    with psycopg.connect(gw.dsn("rv", "diff"), autocommit=True) as conn:
+        conn.execute("SET datestyle = 'ISO, MDY'")
+        conn.execute(update)
+    assert [r[2] for r in guard.check()] == ["public.events"]
+    with guard.target.conn() as c:
+        rows = c.execute("select id, qty from events order by id").fetchall()
+    assert rows == [(1, 1), (2, 0)]
 
 
 # -- 5. settings judged by what they do --------------------------------------------------
