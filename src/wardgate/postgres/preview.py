@@ -217,7 +217,19 @@ async def _begin(
         "pg_catalog.set_config('role', coalesce($2, 'none'), true)",
         [context.get("search_path"), _role_of(context)],
     )
-    return setup.error.message if setup.error is not None else None
+    if setup.error is not None:
+        return setup.error.message
+    # The settings that change how constants read (DateStyle, TimeZone...), as the
+    # client's session has them (postgres/probe.py), so the preview counts its rows.
+    for name, value in context.items():
+        if name in ("search_path", "current_user", "client_encoding"):
+            continue
+        applied = await session.extended(
+            "SELECT pg_catalog.set_config($1, $2, true)", [name, value]
+        )
+        if applied.error is not None:
+            return applied.error.message
+    return None
 
 
 def _role_of(context: dict[str, str]) -> str | None:

@@ -5,7 +5,8 @@ the server will use rather than what the gateway guessed.
 Only statements held for a review pay for it, with one round trip. Everything sent
 before is answered first (a Flush makes an open extended batch answer); then a named
 statement and portal of the gateway's own (random names, closed at once) run
-``SELECT current_setting('search_path'), current_user`` — extended protocol, so an open
+``SELECT current_setting('search_path'), current_user`` and the settings that change
+how constants read (``_SQL``) — extended protocol, so an open
 implicit transaction is neither committed nor disturbed; a Sync only when no batch of
 the client's is open. Its replies never reach the client.
 """
@@ -20,7 +21,18 @@ from wardgate.postgres.codec.backend import BackendMessage
 from wardgate.postgres.codec.decode import parse_data_row, parse_error_fields
 from wardgate.postgres.relay_state import PROBE, Pending, RelayState
 
-_SQL = "SELECT pg_catalog.current_setting('search_path'), CURRENT_USER::pg_catalog.text"
+# The settings that change how the server reads a statement's constants or which rows
+# it returns, taken from PostgreSQL's own catalogue rather than a list: every setting a
+# session may change in "Locale and Formatting" (DateStyle, IntervalStyle, TimeZone,
+# timezone_abbreviations, lc_numeric...: '01/02/2026' is 2 January or 1 February),
+# plus xmloption and gin_fuzzy_search_limit. client_encoding is the session model's.
+_SQL = (
+    "SELECT pg_catalog.current_setting('search_path'), CURRENT_USER::pg_catalog.text, "
+    "(SELECT pg_catalog.string_agg(s.name || '=' || s.setting, E'\\n' ORDER BY s.name) "
+    "FROM pg_catalog.pg_settings s WHERE s.context = 'user' AND s.name <> 'client_encoding' "
+    "AND (s.category = 'Client Connection Defaults / Locale and Formatting' "
+    "OR s.name IN ('xmloption', 'gin_fuzzy_search_limit')))"
+)
 _TIMEOUT = 10.0
 
 
@@ -35,9 +47,9 @@ class ContextUnknown(Exception):
 class Probe:
     __slots__ = ("future", "row", "sync", "done", "bulk")
 
-    def __init__(self, future: asyncio.Future[tuple[str, str]], sync: bool) -> None:
+    def __init__(self, future: asyncio.Future[tuple[str, str, str]], sync: bool) -> None:
         self.future = future
-        self.row: tuple[str, str] | None = None
+        self.row: tuple[str, str, str] | None = None
         self.sync = sync  # sent with its own Sync: its ReadyForQuery is ours too
         self.done = False
         self.bulk: frozenset[int] = frozenset()  # the scanner's bulk types, restored after
@@ -49,8 +61,8 @@ class SessionProbe(RelayState):
     _batch_failed: bool  # the server answered an error in the open batch
 
     async def _session_context(self) -> tuple[tuple[str, str], ...]:
-        """``(("search_path", ...), ("current_user", ...))`` as the server has them now,
-        or () when the statement cannot run anyway (an aborted transaction, a failed
+        """``(("search_path", ...), ("current_user", ...), (setting, value)...)`` as the
+        server has them now, or () when the statement cannot run anyway (an aborted transaction, a failed
         batch). Raises ContextUnknown when the server does not answer."""
         loop = asyncio.get_running_loop()
         if self._pending:
@@ -79,10 +91,15 @@ class SessionProbe(RelayState):
             + (build.sync() if probe.sync else build.flush())
         )
         try:
-            search_path, user = await asyncio.wait_for(probe.future, _TIMEOUT)
+            search_path, user, settings = await asyncio.wait_for(probe.future, _TIMEOUT)
         except TimeoutError:
             raise ContextUnknown("the server did not answer the gateway's question") from None
-        return (("search_path", search_path), ("current_user", user))
+        pairs = [line.partition("=") for line in settings.splitlines()]
+        return (
+            ("search_path", search_path),
+            ("current_user", user),
+            *((name, value) for name, _, value in pairs),
+        )
 
     def _on_probe_reply(self, msg: BackendMessage, entry: Pending) -> bytes:
         """One server message answering the probe at the head of the queue: consumed
@@ -93,10 +110,11 @@ class SessionProbe(RelayState):
         if t == 68:  # D DataRow
             values = parse_data_row(msg.body)
             encoding = self.client.decoder.encoding
-            if len(values) == 2 and values[0] is not None and values[1] is not None:
+            if len(values) == 3 and all(v is not None for v in values[:2]):
                 probe.row = (
-                    bytes(values[0]).decode(encoding, "replace"),
-                    bytes(values[1]).decode(encoding, "replace"),
+                    bytes(values[0] or b"").decode(encoding, "replace"),
+                    bytes(values[1] or b"").decode(encoding, "replace"),
+                    bytes(values[2] or b"").decode(encoding, "replace"),
                 )
         elif t == 67 and not probe.future.done():  # C CommandComplete
             if probe.row is not None:

@@ -24,8 +24,9 @@ def _typed(kind: bytes, body: bytes = b"") -> bytes:
     return kind + _INT32.pack(len(body) + 4) + body
 
 
-def _cstr(text: str) -> bytes:
-    data = text.encode("utf-8")
+def _cstr(text: str | bytes) -> bytes:
+    # bytes go as they are: a client may speak any client_encoding (tests send SJIS).
+    data = text.encode("utf-8") if isinstance(text, str) else text
     if b"\0" in data:
         # A NUL would end the string early and shift every later field.
         raise ValueError("PostgreSQL strings cannot contain NUL")
@@ -155,11 +156,11 @@ def sasl_response(data: bytes) -> bytes:
     return _typed(b"p", data)
 
 
-def query(sql: str) -> bytes:
+def query(sql: str | bytes) -> bytes:
     return _typed(b"Q", _cstr(sql))
 
 
-def parse(name: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
+def parse(name: str, sql: str | bytes, param_types: tuple[int, ...] = ()) -> bytes:
     types = struct.pack(f"!H{len(param_types)}I", len(param_types), *param_types)
     return _typed(b"P", _cstr(name) + _cstr(sql) + types)
 
