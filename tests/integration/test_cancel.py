@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.conftest import PG_PORT
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import RawClient
 from wardgate.postgres.codec import build
@@ -90,15 +91,19 @@ def test_cancel_with_wrong_key_does_nothing(gateway: Gateway) -> None:
         messages = client.login("dev", gateway.token("dev"), "it", application_name=app)
         (key,) = [m for m in messages if m.type == "K"]
         pid, secret = struct.unpack("!i", key.body[:4])[0], key.body[4:]
-        # The client holds the gateway's key, never the upstream backend's.
+        # The client sees the upstream backend's real pid, but the gateway's own secret.
         with admin_conn() as admin:
             row = admin.execute(
                 "select pid from pg_stat_activity where application_name = %s", (app,)
             ).fetchone()
-        assert row is not None and row[0] != pid
+        assert row is not None and row[0] == pid
 
         client.send(build.query("select pg_sleep(30)"))
         _wait_active(app)
+        # Sent straight to the server, the key the client holds cancels nothing: the
+        # server's secret never left the gateway.
+        with RawClient(PG_PORT) as direct:
+            direct.send(build.cancel_request(pid, secret))
         wrong = bytes(b ^ 0xFF for b in secret)
         _raw_cancel(gateway.port, pid, wrong)  # right pid, wrong secret
         _raw_cancel(gateway.port, pid ^ 0x5A5A, secret)  # wrong pid, right secret

@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from wardgate.identity.ratelimit import LoginLimiter
 from wardgate.identity.tokens import TokenService
-from wardgate.store.cancel import CancelKeys, CancelTarget
+from wardgate.store.cancel import CancelKeys, CancelTarget, row_key
 from wardgate.store.db import Store
 from wardgate.store.models import CancelKey
 from wardgate.vault.secrets import SecretError, Vault
@@ -24,13 +24,17 @@ def test_cancel_keys_register_lookup_remove(store: Store) -> None:
     assert keys.lookup(1234, b"gw-secret") == TARGET
     assert keys.lookup(1234, b"wrong") is None
     assert keys.lookup(9999, b"gw-secret") is None
-    # A clashing pid replaces the stale entry.
+    # Backends of two servers with the same pid: the secrets tell them apart.
     other = CancelTarget("billing", "h", 6543, 1, b"s" * 32, "disable")
     keys.register(1234, b"new-secret", other)
-    assert keys.lookup(1234, b"gw-secret") is None
+    assert keys.lookup(1234, b"gw-secret") == TARGET
     assert keys.lookup(1234, b"new-secret") == other
-    keys.remove(1234)
+    keys.remove(1234, b"new-secret")
     assert keys.lookup(1234, b"new-secret") is None
+    assert keys.lookup(1234, b"gw-secret") == TARGET
+    # The same key again (a stale row of a process that died) is replaced.
+    keys.register(1234, b"gw-secret", other)
+    assert keys.lookup(1234, b"gw-secret") == other
 
 
 def test_cancel_keys_purge_old_entries(store: Store) -> None:
@@ -39,7 +43,9 @@ def test_cancel_keys_purge_old_entries(store: Store) -> None:
     keys.register(2, b"b", TARGET)
     with store.session() as s:
         s.execute(
-            update(CancelKey).where(CancelKey.gw_pid == 1).values(created_at=time.time() - 7200)
+            update(CancelKey)
+            .where(CancelKey.gw_pid == row_key(1, b"a"))
+            .values(created_at=time.time() - 7200)
         )
     assert keys.purge_older_than(3600) == 1
     assert keys.lookup(1, b"a") is None

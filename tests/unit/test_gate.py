@@ -140,7 +140,9 @@ def test_a_setting_named_by_a_parameter_is_judged_by_its_value(config: Config) -
     sql = "select set_config($1, $2, false)"
     assert _bound(config, "bot", sql, "statement_timeout", "5s") is Decision.ALLOW
     assert _bound(config, "bot", sql, "search_path", "public, pg_catalog") is Decision.BLOCK
-    assert _bound(config, "dora", sql, "standard_conforming_strings", "on") is Decision.BLOCK
+    assert _bound(config, "dora", sql, "standard_conforming_strings", "off") is Decision.BLOCK
+    # Its current value (the only one a session through the gateway can have): a no-op.
+    assert _bound(config, "bot", sql, "standard_conforming_strings", "on") is Decision.ALLOW
     assert _bound(config, "ann", sql, "session_replication_role", "replica") is Decision.BLOCK
     assert _bound(config, "dora", sql, "session_replication_role", "replica") is Decision.ALLOW
     # No value bound (a Parse judged on its own, `policy check`): the strictest reading.

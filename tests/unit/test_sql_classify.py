@@ -48,7 +48,9 @@ CASES = [
     # The setting is a parameter: judged with its value at Execute (see test_gate.py).
     ("select set_config($1, 'off', false)", "read", "set_config_param:1"),
     ("set standard_conforming_strings = off", "admin", "parser_setting"),
-    ("set local standard_conforming_strings to on", "admin", "parser_setting"),
+    ("set local standard_conforming_strings to on", "read", "parser_setting_unchanged"),
+    ("set standard_conforming_strings to default", "admin", "parser_setting"),
+    ("set standard_conforming_strings to 'tr'", "admin", "parser_setting"),
     ("reset standard_conforming_strings", "admin", "parser_setting"),
     ("select set_config('standard_conforming_strings', 'off', false)", "admin", "parser_setting"),
     ("select pg_notify('ch', 'payload')", "write", "function:pg_notify"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
@@ -243,6 +244,12 @@ def _setting_class(
     splits itself (``set_config``), not the separate items of a ``SET`` list."""
     name = name.lower()
     if name in PARSER_SETTINGS:
+        if values is not None and len(values) == 1 and values[0].lower() in _PARSER_DEFAULTS:
+            # The value the gateway parses with. The server-confirmed current value is
+            # always that too: the gateway ends any session whose server reports another
+            # (at startup and in every ParameterStatus). So this changes nothing, and
+            # whatever ran before it, afterwards the server reads SQL as the gateway does.
+            return "read", ["set", "parser_setting_unchanged"]
         return "admin", ["parser_setting"]
     if name == "search_path":
         schemas = None
@@ -334,10 +341,15 @@ def _turns_read_only_off(options: list[Any]) -> bool:
     return False
 
 
+# Spellings PostgreSQL reads as on for standard_conforming_strings (a subset: its
+# prefixes such as 'tr' are also on, but stay refused).
+_PARSER_DEFAULTS = frozenset({"on", "true", "yes", "1"})
+
+
 def _classify_set(fields: dict[str, Any]) -> tuple[str, list[str]]:
     name = str(fields.get("name", "")).lower()
     kind = fields.get("kind")
-    if name in PARSER_SETTINGS:
+    if name in PARSER_SETTINGS and kind != "VAR_SET_VALUE":
         return _setting_class(name)  # even RESET: the server's default is not ours to trust
     if kind == "VAR_RESET_ALL":
         # RESET ALL leaves role, session authorization and transaction_read_only alone
@@ -633,6 +645,7 @@ _VALUE_SENSITIVE = frozenset(
         "client_encoding",  # SET client_encoding 'LATIN1' and 'EUC_TW' share a fingerprint
         "unreadable_encoding",
         "limited",  # LIMIT 5 and LIMIT NULL share one
+        "parser_setting_unchanged",  # SET standard_conforming_strings TO on and TO off too
     }
 )
 # Kinds that carry a parameter number or a name: never shared either.
@@ -719,10 +732,26 @@ def _parse_and_classify(sql: str) -> tuple[StatementInfo, ...]:
     try:
         statements = _parse(sql)
     except ParseError as exc:
-        return (StatementInfo(klass="unknown", kinds=("parse_error",), text=sql, error=str(exc)),)
+        kinds = ("parse_error", "syntax_error")  # PostgreSQL's own parser refused the text
+        return (StatementInfo(klass="unknown", kinds=kinds, text=sql, error=str(exc)),)
     except Exception as exc:  # noqa: BLE001 - any parser failure must fail closed
         return (StatementInfo(klass="unknown", kinds=("parse_error",), text=sql, error=repr(exc)),)
     return tuple(_statement_info(stmt, text) for stmt, text in statements)
+
+
+_PARSER_ERROR = re.compile(r"(?s)(.*), at index (\d+)")
+
+
+def syntax_error(info: StatementInfo) -> tuple[str, int | None] | None:
+    """PostgreSQL's message and 1-based character position for text its parser refused
+    (the gateway parses with the server's own grammar, so the server would say the same),
+    or None when ``info`` is not such a refusal."""
+    if "syntax_error" not in info.kinds or info.error is None:
+        return None
+    match = _PARSER_ERROR.fullmatch(info.error)
+    if match is None:
+        return info.error, None
+    return match.group(1), int(match.group(2)) + 1
 
 
 def _parse(sql: str) -> list[tuple[dict[str, Any], str]]:

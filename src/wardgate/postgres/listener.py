@@ -4,10 +4,12 @@ dialling upstream, then handing the session to the relay."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wardgate.audit.records import SessionRecord
@@ -37,6 +39,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("wardgate.postgres")
 
 
+@dataclass(eq=False)
+class _LocalKey:
+    """The cancel key of one session of this process."""
+
+    pid: int
+    secret: bytes
+    target: CancelTarget
+    relay: PgRelay
+
+
 class PgListener:
     """Owns the PostgreSQL listening socket of one gateway process."""
 
@@ -44,9 +56,11 @@ class PgListener:
         self.services = services
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[ClientSide] = set()
-        # Sessions of this process by their BackendKeyData pid, for cancels of a held
-        # statement (a cancel reaching another worker process goes to the server only).
-        self._relays: dict[int, PgRelay] = {}
+        # Sessions of this process by their BackendKeyData (the upstream backend's pid,
+        # the gateway's secret): a cancel arriving here is served without the store, and
+        # stops a statement held for a review (one reaching another worker process goes
+        # through the store, to the server only).
+        self._keys: dict[int, list[_LocalKey]] = {}
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -275,7 +289,9 @@ class PgListener:
         client.decoder.encoding = codec
 
         session_id = "s_" + secrets.token_hex(8)
-        gw_pid = secrets.randbelow(2**31 - 1) + 1
+        # The client sees the backend's real pid (pg_backend_pid(), pg_stat_activity and
+        # notifications match it) but never its secret: a cancel must come through here.
+        gw_pid = upstream.pid
         gw_secret = secrets.token_bytes(4)
         up = conn.pg
         target = CancelTarget(
@@ -288,12 +304,13 @@ class PgListener:
             # register it: close the upstream and remove the key either way.
             upstream.side.close()
             services.tasks.spawn(
-                asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove"
+                asyncio.to_thread(services.cancel_keys.remove, gw_pid, gw_secret),
+                name="cancel-key-remove",
             )
             raise
         if client.closed:
             upstream.side.close()
-            await asyncio.to_thread(services.cancel_keys.remove, gw_pid)
+            await asyncio.to_thread(services.cancel_keys.remove, gw_pid, gw_secret)
             raise ConnectionClosed
         services.recorder.submit(
             SessionRecord(
@@ -308,11 +325,15 @@ class PgListener:
             )
         )
 
+        local: _LocalKey | None = None
+
         def finished() -> None:
             self.clients.discard(client)
-            self._relays.pop(gw_pid, None)
+            if local is not None:
+                self._forget(local)
             services.tasks.spawn(
-                asyncio.to_thread(services.cancel_keys.remove, gw_pid), name="cancel-key-remove"
+                asyncio.to_thread(services.cancel_keys.remove, gw_pid, gw_secret),
+                name="cancel-key-remove",
             )
 
         relay = PgRelay(
@@ -327,7 +348,8 @@ class PgListener:
             read_only=read_only,
             review_wait=review_wait,
         )
-        self._relays[gw_pid] = relay
+        local = _LocalKey(gw_pid, gw_secret, target, relay)
+        self._keys.setdefault(gw_pid, []).append(local)
         out = [
             build.auth_ok(),
             *upstream.parameter_status,
@@ -355,13 +377,29 @@ class PgListener:
             addr,
         )
 
+    def _forget(self, key: _LocalKey) -> None:
+        same_pid = self._keys.get(key.pid, [])
+        if key in same_pid:
+            same_pid.remove(key)
+        if not same_pid:
+            self._keys.pop(key.pid, None)
+
+    def _local(self, pid: int, secret: bytes) -> _LocalKey | None:
+        for key in self._keys.get(pid, ()):
+            if hmac.compare_digest(key.secret, secret):
+                return key
+        return None
+
     async def _cancel(self, msg: m.CancelRequest) -> None:
-        target = await asyncio.to_thread(self.services.cancel_keys.lookup, msg.pid, msg.secret)
+        local = self._local(msg.pid, msg.secret)
+        if local is not None:
+            if local.relay.cancel():
+                return  # it was waiting for a review: nothing runs on the server
+            target: CancelTarget | None = local.target
+        else:
+            target = await asyncio.to_thread(self.services.cancel_keys.lookup, msg.pid, msg.secret)
         if target is None:
             return  # PostgreSQL also says nothing about an unknown key
-        relay = self._relays.get(msg.pid)
-        if relay is not None and relay.cancel():
-            return  # it was waiting for a review: nothing runs on the server
         try:
             async with asyncio.timeout(self.services.config.limits.connect_timeout):
                 await send_cancel(target.host, target.port, target.pid, target.secret)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wardgate.actions import Action, Decision, Verdict
+from wardgate.policy.sql import syntax_error
 from wardgate.postgres.codec import build
 from wardgate.postgres.probe import ContextUnknown, SessionProbe
 from wardgate.reviews.messages import OutcomeText
@@ -34,6 +35,13 @@ def refusal_error(settled: Settled) -> bytes:
 
 
 def block_error(verdict: Verdict, connection: str) -> bytes:
+    if verdict.rule == "unparsed-statement" and verdict.decision is Decision.BLOCK:
+        # Text PostgreSQL's grammar refuses: answer as the server would (42601 and its
+        # message), so drivers raise their syntax-error class, not a privilege error.
+        for stmt in verdict.statements:
+            if (found := syntax_error(stmt)) is not None:
+                message, position = found
+                return build.error_response("42601", message, position=position)
     return refusal_error(blocked(verdict, connection))
 
 

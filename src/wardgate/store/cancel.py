@@ -5,6 +5,11 @@ behind the load balancer, carrying only the (pid, secret) the gateway gave the c
 BackendKeyData. This table maps that pair to the upstream backend's own key, so whichever
 process receives the request can forward it.
 
+The pid the client sees is the upstream backend's own (so ``pg_backend_pid()``,
+``pg_stat_activity`` and notifications match it); the secret is the gateway's. Backends
+of different servers may share a pid, so a row is keyed by the pid *and* 32 bits of the
+secret's hash (``row_key``); the full hash is still compared on lookup.
+
 Only a hash of the gateway secret is stored; lookups compare hashes in constant time.
 """
 
@@ -35,6 +40,12 @@ def _secret_hash(secret: bytes) -> bytes:
     return hashlib.sha256(b"wardgate cancel key\x00" + secret).digest()
 
 
+def row_key(pid: int, secret: bytes) -> int:
+    """The store's key for (pid, secret): a pid is at most 2**31 - 1, so this fits the
+    signed 64-bit column."""
+    return (pid << 32) | int.from_bytes(_secret_hash(secret)[:4], "big")
+
+
 class CancelKeys:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -42,9 +53,9 @@ class CancelKeys:
     def register(self, gw_pid: int, gw_secret: bytes, target: CancelTarget) -> None:
         """Remember ``target`` under (gw_pid, gw_secret).
 
-        A pid already present is replaced: pids are random, so a clash means a stale
-        row from a process that died without ``remove()``, and the old client's secret
-        no longer matches anyway.
+        A key already present is replaced: the same pid and the same 32 bits of the
+        secret's hash mean a stale row from a process that died without ``remove()``
+        (or a 1 in 2**32 clash of two live sessions, whose older one then cannot cancel).
         """
         values = {
             "secret_hash": _secret_hash(gw_secret),
@@ -58,7 +69,7 @@ class CancelKeys:
         }
         stmt = (
             self._store.insert(CancelKey)
-            .values(gw_pid=gw_pid, **values)
+            .values(gw_pid=row_key(gw_pid, gw_secret), **values)
             .on_conflict_do_update(index_elements=["gw_pid"], set_=values)
         )
         with self._store.session() as session:
@@ -66,7 +77,7 @@ class CancelKeys:
 
     def lookup(self, gw_pid: int, gw_secret: bytes) -> CancelTarget | None:
         with self._store.session(write=False) as session:
-            row = session.get(CancelKey, gw_pid)
+            row = session.get(CancelKey, row_key(gw_pid, gw_secret))
             if row is None:
                 return None
             if not hmac.compare_digest(bytes(row.secret_hash), _secret_hash(gw_secret)):
@@ -80,9 +91,10 @@ class CancelKeys:
                 tls=row.tls,
             )
 
-    def remove(self, gw_pid: int) -> None:
+    def remove(self, gw_pid: int, gw_secret: bytes) -> None:
+        key = row_key(gw_pid, gw_secret)
         with self._store.session() as session:
-            session.execute(delete(CancelKey).where(CancelKey.gw_pid == gw_pid))
+            session.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
 
     def purge_older_than(self, seconds: float) -> int:
         """Drop rows registered more than ``seconds`` ago (sessions of crashed processes)."""

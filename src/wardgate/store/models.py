@@ -134,6 +134,7 @@ class CancelKey(Base):
 
     __tablename__ = "cancel_keys"
 
+    # The pid handed to the client and 32 bits of its secret's hash (cancel.row_key).
     gw_pid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
     connection: Mapped[str] = mapped_column(String)

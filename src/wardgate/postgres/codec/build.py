@@ -102,8 +102,12 @@ def error_response(
     severity: str = "ERROR",
     detail: str | None = None,
     hint: str | None = None,
+    position: int | None = None,
 ) -> bytes:
-    return _typed(b"E", _fields(severity, sqlstate, message, detail, hint))
+    fields = _fields(severity, sqlstate, message, detail, hint)
+    if position is not None:  # P: 1-based character index into the query string
+        fields = fields[:-1] + b"P" + _cstr(str(position)) + b"\0"
+    return _typed(b"E", fields)
 
 
 def notice_response(

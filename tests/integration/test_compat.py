@@ -1,0 +1,119 @@
+"""Clients see through the gateway what they see directly, except where policy says no
+(issue 20): the real backend pid, PostgreSQL's own syntax errors, no-op settings, setting
+names bound as parameters, composite types, an unreadable encoding refused without
+ending the session. Each test checks the server's state, not only the answer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Gateway, admin_conn
+
+
+def _connect(gateway: Gateway, **kwargs: Any) -> psycopg.Connection[Any]:
+    return psycopg.connect(gateway.dsn("dev"), autocommit=True, **kwargs)
+
+
+def test_the_client_sees_the_real_backend_pid(gateway: Gateway) -> None:
+    with _connect(gateway) as conn:
+        row = conn.execute("select pg_backend_pid()").fetchone()
+        assert row == (conn.info.backend_pid,)
+        # A notification names the backend that sent it: this session's own pid.
+        channel = f"wg_{uuid.uuid4().hex[:8]}"
+        conn.execute(f"listen {channel}")
+        conn.execute(f"notify {channel}, 'hi'")
+        (note,) = list(conn.notifies(timeout=5, stop_after=1))
+        assert (note.channel, note.payload, note.pid) == (channel, "hi", conn.info.backend_pid)
+        with admin_conn() as admin:
+            seen = admin.execute(
+                "select count(*) from pg_stat_activity where pid = %s", (conn.info.backend_pid,)
+            ).fetchone()
+        assert seen == (1,)
+
+
+def test_a_syntax_error_is_postgresqls_own(gateway: Gateway, it_database: str) -> None:
+    bad = "select 1; selec 2"
+    with admin_conn(it_database) as direct, pytest.raises(psycopg.errors.SyntaxError) as want:
+        direct.execute(bad)
+    with _connect(gateway) as conn:
+        with pytest.raises(psycopg.errors.SyntaxError) as got:
+            conn.execute(bad)
+        assert got.value.sqlstate == "42601"
+        assert got.value.diag.message_primary == want.value.diag.message_primary
+        assert got.value.diag.statement_position == want.value.diag.statement_position == "11"
+        # Extended protocol (Parse) and inside a transaction: the block is aborted, as it
+        # would be directly, and rolls back.
+        conn.autocommit = False
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("selec %s", (1,))
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("select 'usable'").fetchone() == ("usable",)
+
+
+def test_setting_standard_conforming_strings_to_its_value_is_a_no_op(gateway: Gateway) -> None:
+    with _connect(gateway) as conn:
+        conn.execute("set standard_conforming_strings to on")
+        conn.execute("set local standard_conforming_strings = true")
+        assert conn.execute(
+            "select set_config(%s, %s, false)", ("standard_conforming_strings", "on")
+        ).fetchone() == ("on",)
+        for change in (
+            "set standard_conforming_strings to off",
+            "reset standard_conforming_strings",
+            "set standard_conforming_strings to default",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="parser-setting"):
+                conn.execute(change)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="parser-setting"):
+            conn.execute("select set_config(%s, %s, false)", ("standard_conforming_strings", "off"))
+        assert conn.execute("show standard_conforming_strings").fetchone() == ("on",)
+
+
+def test_set_config_with_a_bound_setting_name(gateway: Gateway) -> None:
+    with _connect(gateway) as conn:
+        name = f"wg-{uuid.uuid4().hex[:8]}"
+        row = conn.execute("select set_config(%s, %s, false)", ("application_name", name))
+        assert row.fetchone() == (name,)
+        with admin_conn() as admin:
+            seen = admin.execute(
+                "select application_name from pg_stat_activity where pid = %s",
+                (conn.info.backend_pid,),
+            ).fetchone()
+        assert seen == (name,)
+        # The value decides: a setting only an admin may change stays refused.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "select set_config(%s, %s, false)", ("session_replication_role", "replica")
+            )
+        assert conn.execute("show session_replication_role").fetchone() == ("origin",)
+
+
+def test_a_composite_type_can_be_created_and_used(gateway: Gateway, it_database: str) -> None:
+    name = f"wg_pair_{uuid.uuid4().hex[:8]}"
+    try:
+        with _connect(gateway) as conn:
+            conn.execute(f"create type {name} as (a int, b text)")
+            row = conn.execute(f"select (row(1, 'x')::{name}).b").fetchone()
+            assert row == ("x",)
+        with admin_conn(it_database) as admin:
+            kind = admin.execute(
+                "select typtype from pg_type where typname = %s", (name,)
+            ).fetchone()
+        assert kind == ("c",)
+    finally:
+        with admin_conn(it_database) as admin:
+            admin.execute(f"drop type if exists {name}")
+
+
+def test_an_unreadable_encoding_is_refused_and_the_session_goes_on(gateway: Gateway) -> None:
+    with _connect(gateway) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="unreadable-encoding"):
+            conn.execute("set client_encoding to EUC_TW")
+        assert not conn.closed
+        assert conn.execute("show client_encoding").fetchone() == ("UTF8",)
+        assert conn.execute("select 'still here'").fetchone() == ("still here",)
