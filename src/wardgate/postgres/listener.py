@@ -15,6 +15,7 @@ from wardgate.policy.encodings import python_codec, reported_setting_problem
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.codec.frontend import FrontendDecoder
 from wardgate.postgres.relay import PgRelay
 from wardgate.postgres.startup import (
     GENERIC_AUTH_FAILURE,
@@ -50,9 +51,10 @@ class PgListener:
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        max_bytes = self.services.config.limits.max_message_bytes
+        limits = self.services.config.limits
+        max_bytes, cap = limits.max_message_bytes, limits.startup_buffer_bytes
         self.server = await loop.create_server(
-            lambda: ClientSide(self._accepted, max_bytes),
+            lambda: ClientSide(self._accepted, max_bytes, cap),
             host,
             port,
             reuse_address=True,
@@ -114,8 +116,18 @@ class PgListener:
         peer = client.transport.get_extra_info("peername")
         addr = str(peer[0]) if isinstance(peer, tuple) else "local"
         timeout = self.services.config.limits.startup_timeout
+        task = asyncio.current_task()
+        assert task is not None
+        client.on_overflow = task.cancel
         try:
+            if client.overflowed:  # all of it arrived with the first read
+                raise asyncio.CancelledError
             await asyncio.wait_for(self._startup(client, addr), timeout)
+        except asyncio.CancelledError:
+            if not client.overflowed or client.relay is not None:
+                raise  # the gateway is stopping
+            task.uncancel()
+            await self._overflowed(client, addr)
         except StartupRefused as exc:
             client.write(
                 build.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint)
@@ -145,8 +157,31 @@ class PgListener:
             )
             client.close()
         finally:
+            client.on_overflow = None
             if client.relay is None:
                 self.clients.discard(client)
+
+    async def _overflowed(self, client: ClientSide, addr: str) -> None:
+        """The client sent more than `limits.startup_buffer_bytes` before its session
+        existed: no legitimate client does (libpq waits for ReadyForQuery), so it is a
+        protocol violation, and a failed login of its address (not of the principal it
+        named, which it may not own)."""
+        cap = client.startup_buffer_bytes
+        client.end_with(
+            build.error_response(
+                "08P01",
+                f"wardgate: protocol violation: more than {cap} bytes sent before the session "
+                "started (limits.startup_buffer_bytes); wait for ReadyForQuery before sending "
+                "queries",
+                severity="FATAL",
+            )
+        )
+        client.decoder = FrontendDecoder(4)  # drop what was buffered now, not at close
+        log.info("connection from %s sent more than %d bytes during startup; closed", addr, cap)
+        try:
+            await asyncio.to_thread(self.services.limiter.record_failure, None, addr)
+        except Exception as exc:  # the store being down must not turn this into a traceback
+            log.warning("could not count a failed login from %s: %s", addr, exc)
 
     async def _startup(self, client: ClientSide, addr: str) -> None:
         services = self.services
@@ -338,6 +373,9 @@ class PgListener:
         client.write(b"".join(out))
         leftover_client = client.decoder.buffered
         client.relay = relay
+        # Past this point the relay reads with its own backpressure; the startup cap's
+        # pause (which can race the last step above) is no longer the one that applies.
+        client.resume_reading("startup-cap")
         for extra in upstream.side.start_relay(relay):
             relay.on_upstream_data(extra.raw)
         if leftover_client:
