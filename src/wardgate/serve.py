@@ -204,7 +204,9 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     )
     # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
     observer = RecordObserver()
-    recorder = Recorder(store, process=True, observer=observer)
+    recorder = Recorder(
+        store, high_water=config.limits.audit_backlog, process=True, observer=observer
+    )
     await recorder.start()
     services = Services(
         config=config,

@@ -11,6 +11,13 @@ a failed write is retried with backoff while the records stay queued (a recorder
 that died is started again). The queue is kept bounded by back-pressure instead: once
 the backlog reaches ``high_water``, ``congested`` turns True and the proxy stops reading
 from clients until an ``on_drained`` callback says the backlog fell below half of it.
+
+A store that refuses writes is different: waiting would hang every client with no
+answer. While writes fail and the backlog is at ``high_water``, ``unavailable`` is True:
+the protocols refuse new actions and sessions with a clear error (AUDIT_UNAVAILABLE)
+instead of running them unrecorded or pausing, and the ``on_drained`` callbacks fire so
+paused clients get that answer. One log line per change of state; the first successful
+write ends it, with nothing lost (the records stayed queued).
 """
 
 from __future__ import annotations
@@ -112,12 +119,22 @@ class RecordWatcher(Protocol):
 
     def backlog(self, depth: int, oldest_age: float) -> None: ...
 
+    def store_state(self, writable: bool, refusing: bool) -> None: ...
+
+    def refused(self) -> None: ...
+
 
 class _Unwatched:
     def submitted(self, record: Record) -> None:
         pass
 
     def backlog(self, depth: int, oldest_age: float) -> None:
+        pass
+
+    def store_state(self, writable: bool, refusing: bool) -> None:
+        pass
+
+    def refused(self) -> None:
         pass
 
 
@@ -152,6 +169,8 @@ class Recorder:
         self._drained_callbacks: list[Callable[[], None]] = []
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing: str | None = None  # why the last write failed; None: it succeeded
+        self._refusing = False
 
     # -- loop side -------------------------------------------------------------------
 
@@ -164,6 +183,31 @@ class Recorder:
     def congested(self) -> bool:
         return self.backlog >= self._high_water
 
+    @property
+    def unavailable(self) -> bool:
+        """Writes to the store fail and the backlog is full: refuse what would need a
+        record (a new action, a new session) rather than run it unrecorded or wait."""
+        return self._failing is not None and self.congested
+
+    def refused(self) -> None:
+        """An action or session was refused because it could not be recorded."""
+        self.observer.refused()
+
+    @property
+    def problem(self) -> str | None:
+        """For /readyz: why this process's records are not reaching the store, or None."""
+        if self._failing is None:
+            return None
+        if self.unavailable:
+            return (
+                f"the audit store is unavailable ({self.backlog} records queued): new actions "
+                f"and sessions are refused: {self._failing}"
+            )
+        return (
+            f"audit store writes fail ({self.backlog} records queued; actions are refused at "
+            f"{self._high_water}): {self._failing}"
+        )
+
     def submit(self, record: Record) -> None:
         if self._closing:
             raise RuntimeError("the recorder is closed; records submitted now would be lost")
@@ -175,8 +219,9 @@ class Recorder:
             self._wake.set()
 
     def on_drained(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, on the loop, when the backlog is below high_water / 2."""
-        if self.backlog < self._high_water // 2 and self._loop is not None:
+        """Call ``callback`` once, on the loop, when the backlog is below high_water / 2,
+        or when the recorder turns `unavailable` (a paused client then gets its refusal)."""
+        if (self.backlog < self._high_water // 2 or self.unavailable) and self._loop is not None:
             self._loop.call_soon(callback)
         else:
             self._drained_callbacks.append(callback)
@@ -248,23 +293,62 @@ class Recorder:
                 else:
                     await asyncio.to_thread(self._writer.write, batch)
             except Exception as exc:
-                log.warning(
-                    "audit write failed (%d records kept queued, retrying in %.2fs): %s",
-                    len(batch),
-                    delay,
-                    describe_error(exc),
-                )
+                reason = describe_error(exc)
+                log.debug("audit write failed (retrying in %.2fs): %s", delay, reason)
+                self._failed(reason)
                 self._report_backlog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             delay = _BACKOFF_FIRST
+            if self._failing is not None:
+                self._recovered()
             for _ in batch:
                 self._queue.popleft()
                 self._queued_at.popleft()
             self._written += len(batch)
             self._report_backlog()
             self._after_write()
+
+    def _failed(self, reason: str) -> None:
+        """A write failed: log and report each change of state once, not every retry."""
+        if self._failing is None:
+            log.warning(
+                "audit store write failed; %d records kept queued, retrying (actions are "
+                "refused once %d are queued): %s",
+                self.backlog,
+                self._high_water,
+                reason,
+            )
+        self._failing = reason
+        if self.unavailable and not self._refusing:
+            self._refusing = True
+            log.error(
+                "audit store unavailable with %d records queued: refusing new actions and "
+                "sessions until it accepts writes again: %s",
+                self.backlog,
+                reason,
+            )
+            self._release_paused()
+        self.observer.store_state(False, self._refusing)
+
+    def _recovered(self) -> None:
+        log.warning(
+            "audit store writable again; %d records still queued, none lost%s",
+            self.backlog,
+            "; accepting actions again" if self._refusing else "",
+        )
+        self._failing = None
+        self._refusing = False
+        self.observer.store_state(True, False)
+
+    def _release_paused(self) -> None:
+        callbacks, self._drained_callbacks = self._drained_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_drained callback failed")
 
     def _report_backlog(self) -> None:
         oldest = time.monotonic() - self._queued_at[0] if self._queued_at else 0.0
@@ -281,9 +365,4 @@ class Recorder:
                     waiting.append((target, future))
             self._flush_waiters = waiting
         if self._drained_callbacks and self.backlog < self._high_water // 2:
-            callbacks, self._drained_callbacks = self._drained_callbacks, []
-            for callback in callbacks:
-                try:
-                    callback()
-                except Exception:
-                    log.exception("on_drained callback failed")
+            self._release_paused()

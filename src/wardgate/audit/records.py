@@ -14,6 +14,17 @@ from wardgate.pickling import positional_pickle
 
 ACTION_STATUSES = frozenset({"ok", "error", "blocked", "not_executed"})
 
+# The rule of a refusal because the recorder cannot keep a record (the recorder's
+# `unavailable`): nothing runs that cannot be recorded. Such refusals are not recorded
+# themselves (that would grow the very backlog that caused them); a metric counts them.
+AUDIT_UNAVAILABLE_RULE = "wardgate:audit-unavailable"
+AUDIT_UNAVAILABLE = "wardgate cannot record this action: the audit store is unavailable"
+AUDIT_UNAVAILABLE_HINT = (
+    "Nothing was run. The gateway refuses what it cannot record; it recovers by itself once "
+    "its store accepts writes again (check the store: disk space, permissions, the "
+    "database server; /readyz says why). Retry in a moment."
+)
+
 
 @positional_pickle
 @dataclass(frozen=True, slots=True)

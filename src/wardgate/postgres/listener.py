@@ -10,7 +10,9 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from wardgate.audit.records import SessionRecord
+from sqlalchemy.exc import SQLAlchemyError
+
+from wardgate.audit.records import AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT, SessionRecord
 from wardgate.policy.encodings import python_codec, reported_setting_problem
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wardgate.postgres")
 
+# 57P03 cannot_connect_now: what PostgreSQL says while it cannot take sessions yet; pools
+# retry it.
+_UNRECORDED_SESSION = "57P03"
+
 
 class PgListener:
     """Owns the PostgreSQL listening socket of one gateway process."""
@@ -48,6 +54,9 @@ class PgListener:
         # Sessions of this process by their BackendKeyData pid, for cancels of a held
         # statement (a cancel reaching another worker process goes to the server only).
         self._relays: dict[int, PgRelay] = {}
+        # Why the store failed the last startup that needed it (None: it did not): one
+        # log line when that changes, not a traceback per login attempt.
+        self._store_failure: str | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +157,23 @@ class PgListener:
             client.close()
         except ConnectionClosed:
             client.close()
+        except SQLAlchemyError as exc:  # tokens, the login limiter, cancel keys
+            from wardgate.store.db import describe_error
+
+            reason = describe_error(exc)
+            if self._store_failure is None:
+                log.error("the store fails PostgreSQL logins (refusing them): %s", reason)
+            self._store_failure = reason
+            self.services.recorder.refused()
+            client.write(
+                build.error_response(
+                    _UNRECORDED_SESSION,
+                    AUDIT_UNAVAILABLE,
+                    severity="FATAL",
+                    hint=AUDIT_UNAVAILABLE_HINT,
+                )
+            )
+            client.close()
         except Exception:
             log.exception("unexpected failure during PostgreSQL startup from %s", addr)
             client.write(
@@ -234,6 +260,10 @@ class PgListener:
             raise StartupRefused(
                 "28000", "wardgate: no user name given; connect as your wardgate principal"
             )
+        if services.recorder.unavailable:
+            # Refused before any store work: the session could not be recorded.
+            services.recorder.refused()
+            raise StartupRefused(_UNRECORDED_SESSION, AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT)
 
         await authenticate(services, client, principal_name, addr, tls)
 
@@ -330,6 +360,9 @@ class PgListener:
             upstream.side.close()
             await asyncio.to_thread(services.cancel_keys.remove, gw_pid)
             raise ConnectionClosed
+        if self._store_failure is not None:
+            log.warning("the store serves PostgreSQL logins again")
+            self._store_failure = None
         services.recorder.submit(
             SessionRecord(
                 id=session_id,

@@ -13,8 +13,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from wardgate.actions import Action, Verdict
-from wardgate.audit.records import ActionRecord, SessionEnd
+from wardgate.actions import Action, Decision, Verdict
+from wardgate.audit.records import (
+    AUDIT_UNAVAILABLE,
+    AUDIT_UNAVAILABLE_RULE,
+    ActionRecord,
+    SessionEnd,
+)
 from wardgate.policy.functions import function_class
 from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
@@ -154,7 +159,13 @@ class RelayState:
     def _judge(self, action: Action, *, params_later: bool = False) -> Verdict:
         reviews = self.services.reviews
         granted = reviews.granted(self.principal.name, self.connection) if reviews else frozenset()
-        return self.services.gate.check(action, granted, params_later=params_later)
+        verdict = self.services.gate.check(action, granted, params_later=params_later)
+        if self.services.recorder.unavailable:
+            # Nothing runs that cannot be recorded (an observed connection included).
+            return Verdict(
+                Decision.BLOCK, AUDIT_UNAVAILABLE_RULE, AUDIT_UNAVAILABLE, verdict.statements
+            )
+        return verdict
 
     def _act(self, action: Action, verdict: Verdict) -> Act:
         self._seq += 1
@@ -239,6 +250,9 @@ class RelayState:
         )
 
     def _record(self, act: Act, status: str, error: str | None = None) -> None:
+        if act.verdict.rule == AUDIT_UNAVAILABLE_RULE:
+            self.services.recorder.refused()
+            return  # see AUDIT_UNAVAILABLE_RULE: counted, not queued
         record = self._action_record(act, status)
         if error is not None:
             record = dataclasses.replace(record, error=error)
