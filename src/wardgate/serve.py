@@ -66,18 +66,48 @@ def _remove_pidfile(path: Path) -> None:
         pass
 
 
+def gateway_id(config: Config) -> str:
+    """This gateway instance's id, kept in data_dir: the same across restarts, so a
+    restart finds the sessions and cancel keys its crashed run left (one gateway per
+    data_dir, as the pidfile already assumes)."""
+    path = config.data_path / "gateway_id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(f"g_{os.urandom(8).hex()}\n")
+    os.replace(partial, path)
+    return path.read_text().strip()
+
+
 def run(config_path: str) -> None:
     setup_logging()
     config = load_config(config_path)
     # Before anything imports prometheus_client: where worker values live is fixed then.
     metrics_dir = _metrics_dir(config)
+    from wardgate.audit.recovery import close_interrupted
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
 
     # Migrate once, before any worker starts, so workers never race on the schema.
     store = Store.open(config.store_url)
-    # Sessions end by removing their cancel key; a crashed process leaves its keys behind.
-    CancelKeys(store).purge_older_than(_CANCEL_KEY_MAX_AGE)
+    # What an earlier run of this gateway left behind if it crashed: its open sessions
+    # (closed as interrupted) and their cancel keys. Older keys (before instances were
+    # named, or of replicas gone for good) go after 30 days.
+    gateway = gateway_id(config)
+    interrupted = close_interrupted(store, gateway)
+    cancel_keys = CancelKeys(store)
+    stale_keys = cancel_keys.purge_gateway(gateway)
+    if interrupted or stale_keys:
+        log.warning(
+            "an earlier run of this gateway stopped without closing its sessions: %d "
+            "closed as interrupted, %d cancel keys removed",
+            interrupted,
+            stale_keys,
+        )
+    cancel_keys.purge_older_than(_CANCEL_KEY_MAX_AGE)
     store.dispose()
     from wardgate.vault.keys import load_master_key
 
@@ -204,8 +234,13 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     )
     # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
     observer = RecordObserver()
+    gateway = gateway_id(config)
     recorder = Recorder(
-        store, high_water=config.limits.audit_backlog, process=True, observer=observer
+        store,
+        high_water=config.limits.audit_backlog,
+        process=True,
+        observer=observer,
+        gateway=gateway,
     )
     await recorder.start()
     services = Services(
@@ -217,7 +252,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         limiter=LoginLimiter(
             store, config.limits.login_failures, config.limits.login_window, login_failed
         ),
-        cancel_keys=CancelKeys(store),
+        cancel_keys=CancelKeys(store, gateway),
         vault=vault,
         server_tls=server_context(config),
         masking_key=mask_key,

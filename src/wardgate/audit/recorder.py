@@ -23,6 +23,7 @@ write ends it, with nothing lost (the records stayed queued).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import pickle
@@ -32,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from wardgate.audit.records import Record
+from wardgate.audit.records import Record, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store, describe_error
 
@@ -148,10 +149,13 @@ class Recorder:
         linger: float = 0.05,
         process: bool = False,
         observer: RecordWatcher | None = None,
+        gateway: str | None = None,
     ) -> None:
         if high_water < 2 or batch < 1:
             raise ValueError("high_water must be >= 2 and batch >= 1")
         self._writer = BatchWriter(store)
+        # Stamped on every SessionRecord: a restart after a crash finds its own sessions.
+        self._gateway = gateway
         self._process = _RecorderProcess(store) if process else None
         self._high_water = high_water
         self._batch = batch
@@ -211,6 +215,8 @@ class Recorder:
     def submit(self, record: Record) -> None:
         if self._closing:
             raise RuntimeError("the recorder is closed; records submitted now would be lost")
+        if self._gateway is not None and isinstance(record, SessionRecord):
+            record = dataclasses.replace(record, gateway=self._gateway)
         self._queue.append(record)
         self._queued_at.append(time.monotonic())
         self._submitted += 1

@@ -37,6 +37,7 @@ class SessionRecord:
     started_at: float
     application_name: str = ""
     tls: bool = False
+    gateway: str | None = None  # the gateway instance (Recorder stamps it), for restarts
 
 
 @positional_pickle

@@ -36,8 +36,9 @@ def _secret_hash(secret: bytes) -> bytes:
 
 
 class CancelKeys:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, gateway: str | None = None) -> None:
         self._store = store
+        self._gateway = gateway  # this gateway instance: its keys go when it restarts
 
     def register(self, gw_pid: int, gw_secret: bytes, target: CancelTarget) -> None:
         """Remember ``target`` under (gw_pid, gw_secret).
@@ -55,6 +56,7 @@ class CancelKeys:
             "upstream_secret": target.secret,
             "tls": target.tls,
             "created_at": time.time(),
+            "gateway": self._gateway,
         }
         stmt = (
             self._store.insert(CancelKey)
@@ -83,6 +85,12 @@ class CancelKeys:
     def remove(self, gw_pid: int) -> None:
         with self._store.session() as session:
             session.execute(delete(CancelKey).where(CancelKey.gw_pid == gw_pid))
+
+    def purge_gateway(self, gateway: str) -> int:
+        """Drop the keys of sessions of an earlier run of ``gateway`` (all gone now)."""
+        with self._store.session() as session:
+            result = session.execute(delete(CancelKey).where(CancelKey.gateway == gateway))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def purge_older_than(self, seconds: float) -> int:
         """Drop rows registered more than ``seconds`` ago (sessions of crashed processes)."""
