@@ -87,7 +87,7 @@ def run(config_path: str) -> None:
     config = load_config(config_path)
     # Before anything imports prometheus_client: where worker values live is fixed then.
     metrics_dir = _metrics_dir(config)
-    from wardgate.audit.recovery import close_interrupted
+    from wardgate.audit.recovery import close_interrupted, replay_journals
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
 
@@ -97,6 +97,11 @@ def run(config_path: str) -> None:
     # (closed as interrupted) and their cancel keys. Older keys (before instances were
     # named, or of replicas gone for good) go after 30 days.
     gateway = gateway_id(config)
+    # First what the journals of the last run hold that the store may not (a crash),
+    # then the sessions that run never closed.
+    replayed = replay_journals(store, config.data_path / "journal")
+    if replayed:
+        log.warning("wrote %d audit records from the journal of an earlier run", replayed)
     interrupted = close_interrupted(store, gateway)
     cancel_keys = CancelKeys(store)
     stale_keys = cancel_keys.purge_gateway(gateway)
@@ -204,6 +209,7 @@ def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any,
 
 
 async def run_worker(config_path: str, config: Config, *, reuse_port: bool, index: int) -> None:
+    from wardgate.audit.journal import Journal
     from wardgate.audit.recorder import Recorder
     from wardgate.core.services import Services
     from wardgate.core.tls import server_context
@@ -235,12 +241,16 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
     observer = RecordObserver()
     gateway = gateway_id(config)
+    # This worker's journal (audit.journal); `run` replayed and emptied it before.
+    journal = Journal(config.data_path / "journal" / f"w{index}")
+    journal.open()
     recorder = Recorder(
         store,
         high_water=config.limits.audit_backlog,
         process=True,
         observer=observer,
         gateway=gateway,
+        journal=journal,
     )
     await recorder.start()
     services = Services(
@@ -351,7 +361,12 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             async with asyncio.timeout(_RECORDER_CLOSE_TIMEOUT):
                 await recorder.close()
         except TimeoutError:
-            log.error("worker %d: the store did not take the last audit records in time", index)
+            log.error(
+                "worker %d: the store did not take the last audit records in time; they "
+                "stay in the journal and are written at the next start",
+                index,
+            )
+        journal.close()
         if tracing is not None:
             stop_tracing(tracing)
         store.dispose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -80,3 +81,50 @@ def test_kill_9_then_restart_closes_sessions_as_interrupted(
                 conn.close()
         crashing.stop()
         replica.stop()
+
+
+def test_kill_9_under_load_loses_no_record(it_database: str, tmp_path: Path) -> None:
+    """Clients run statements as fast as they can; the gateway is killed with SIGKILL
+    mid-run. After the restart every statement a client saw succeed has its record
+    (`ok`, or `interrupted` when the gateway died before it saw the result)."""
+    gw = make_gateway(tmp_path / "gw", base_config(it_database))
+    db = tmp_path / "gw" / "store.db"
+    dsn = gw.dsn("dev")
+    gw.start()
+    succeeded: list[list[str]] = [[] for _ in range(4)]
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                text = f"select 'k{n}-{len(succeeded[n])}'"
+                conn.execute(text).fetchone()
+                succeeded[n].append(text)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: sum(map(len, succeeded)) >= 2000, 30, "2000 statements")
+        assert gw.proc is not None
+        gw.proc.kill()
+        gw.proc.wait()
+        gw.proc = None
+        stop.set()
+        for t in threads:
+            t.join(10)
+        gw.start()  # replays the journal, closes the sessions
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = conn.execute(
+                "select json_extract(payload, '$.text'), json_extract(payload, '$.status') "
+                "from audit_events where type = 'action'"
+            ).fetchall()
+        recorded = {text: status for text, status in rows}
+        done = [text for texts in succeeded for text in texts]
+        missing = [text for text in done if text not in recorded]
+        assert not missing, f"{len(missing)} of {len(done)} statements have no record"
+        assert {recorded[text] for text in done} <= {"ok", "interrupted"}
+        gw.cli("audit", "verify")
+    finally:
+        stop.set()
+        gw.stop()

@@ -33,7 +33,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from wardgate.audit.records import Record, SessionRecord
+from wardgate.audit.journal import Intent, Journal
+from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store, describe_error
 
@@ -150,6 +151,7 @@ class Recorder:
         process: bool = False,
         observer: RecordWatcher | None = None,
         gateway: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if high_water < 2 or batch < 1:
             raise ValueError("high_water must be >= 2 and batch >= 1")
@@ -175,6 +177,13 @@ class Recorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing: str | None = None  # why the last write failed; None: it succeeded
         self._refusing = False
+        # The local journal (audit.journal): each queued record's position in it, and the
+        # intents of forwarded statements whose outcome is not in the store yet.
+        self._journal = journal
+        self._positions: deque[int] = deque()
+        self._intents: dict[tuple[str, int], tuple[int, Intent]] = {}
+        self._flush_scheduled = False
+        self._journal_failing: str | None = None
 
     # -- loop side -------------------------------------------------------------------
 
@@ -191,7 +200,7 @@ class Recorder:
     def unavailable(self) -> bool:
         """Writes to the store fail and the backlog is full: refuse what would need a
         record (a new action, a new session) rather than run it unrecorded or wait."""
-        return self._failing is not None and self.congested
+        return (self._failing is not None and self.congested) or self._journal_failing is not None
 
     def refused(self) -> None:
         """An action or session was refused because it could not be recorded."""
@@ -200,6 +209,11 @@ class Recorder:
     @property
     def problem(self) -> str | None:
         """For /readyz: why this process's records are not reaching the store, or None."""
+        if self._journal_failing is not None:
+            return (
+                "the audit journal cannot be written: new actions and sessions are refused: "
+                f"{self._journal_failing}"
+            )
         if self._failing is None:
             return None
         if self.unavailable:
@@ -217,12 +231,80 @@ class Recorder:
             raise RuntimeError("the recorder is closed; records submitted now would be lost")
         if self._gateway is not None and isinstance(record, SessionRecord):
             record = dataclasses.replace(record, gateway=self._gateway)
+        if self._journal is not None:
+            self._positions.append(self._journal.append(record))
+            if not self._flush_scheduled and self._loop is not None:
+                # Records (outcomes) are written at the end of this loop turn; intents,
+                # which must precede their statement, at once (`intend`).
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_journal)
         self._queue.append(record)
         self._queued_at.append(time.monotonic())
         self._submitted += 1
         self.observer.submitted(record)
         if self._wake is not None:
             self._wake.set()
+
+    def intend(self, record: ActionRecord) -> None:
+        """Before a statement is forwarded: journal the record it gets if its outcome
+        never comes back (status interrupted), and have it in the kernel on return."""
+        journal = self._journal
+        if journal is None:
+            return
+        intent = Intent(record)
+        self._intents[intent.key] = (journal.append(intent), intent)
+        self._flush_journal()
+
+    def _flush_journal(self) -> None:
+        self._flush_scheduled = False
+        assert self._journal is not None
+        try:
+            self._journal.flush()
+        except OSError as exc:
+            if self._journal_failing is None:
+                log.error(
+                    "audit journal write failed: refusing new actions and sessions until it "
+                    "can be written (records stay queued for the store): %s",
+                    exc,
+                )
+                self.observer.store_state(self._failing is None, True)
+            self._journal_failing = str(exc)
+            if self._loop is not None:  # retry: a full disk may get space again
+                self._loop.call_later(0.5, self._flush_journal)
+            return
+        if self._journal_failing is not None:
+            log.warning("audit journal writable again; accepting actions again")
+            self._journal_failing = None
+            self.observer.store_state(self._failing is None, self._refusing)
+
+    def _journal_committed(self, batch: list[Record]) -> None:
+        """After a store commit: move the journal's checkpoint past what the store has."""
+        journal = self._journal
+        assert journal is not None
+        intents = self._intents
+        for record in batch:
+            if isinstance(record, ActionRecord):
+                intents.pop((record.session_id, record.seq), None)
+            elif isinstance(record, SessionEnd) and intents:
+                for key in [k for k in intents if k[0] == record.session_id]:
+                    del intents[key]
+        if journal.full:
+            try:
+                moved = journal.rotate([i for _, i in intents.values()])
+            except OSError as exc:
+                log.warning("audit journal rotation failed: %s", exc)
+            else:
+                self._intents = {
+                    key: (pos, i) for (key, (_, i)), pos in zip(intents.items(), moved, strict=True)
+                }
+                intents = self._intents
+        first_record = self._positions[0] if self._positions else journal.end
+        first_intent = next(iter(intents.values()))[0] if intents else journal.end
+        try:
+            journal.set_checkpoint(min(first_record, first_intent))
+            journal.drop_obsolete()
+        except OSError as exc:
+            log.warning("audit journal checkpoint failed: %s", exc)
 
     def on_drained(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, on the loop, when the backlog is below high_water / 2,
@@ -312,6 +394,10 @@ class Recorder:
             for _ in batch:
                 self._queue.popleft()
                 self._queued_at.popleft()
+            if self._journal is not None:
+                for _ in batch:
+                    self._positions.popleft()
+                self._journal_committed(batch)
             self._written += len(batch)
             self._report_backlog()
             self._after_write()

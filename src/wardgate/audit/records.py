@@ -12,7 +12,14 @@ from wardgate.actions import Action, Verdict
 from wardgate.identity.principals import Principal
 from wardgate.pickling import positional_pickle
 
-ACTION_STATUSES = frozenset({"ok", "error", "blocked", "not_executed"})
+ACTION_STATUSES = frozenset({"ok", "error", "blocked", "not_executed", "interrupted"})
+
+# The error of an action whose outcome the gateway never saw because it stopped (a crash
+# or kill -9): its record comes from the journal (audit.journal), written before the
+# statement was forwarded.
+INTERRUPTED_BY_CRASH = (
+    "the gateway stopped before this statement's result reached it: it may have run"
+)
 
 # The rule of a refusal because the recorder cannot keep a record (the recorder's
 # `unavailable`): nothing runs that cannot be recorded. Such refusals are not recorded

@@ -11,9 +11,12 @@ event (the closest the record comes to the time of the crash), through the same
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import func, select
 
-from wardgate.audit.records import SessionEnd
+from wardgate.audit import journal
+from wardgate.audit.records import Record, SessionEnd
 from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store
 from wardgate.store.models import AuditEvent, SessionRow
@@ -23,6 +26,22 @@ INTERRUPTED_ERROR = (
     "its last recorded event at the latest"
 )
 _CHUNK = 500
+
+
+def replay_journals(store: Store, root: Path) -> int:
+    """Write what each worker's journal under ``root`` holds after its checkpoint into
+    the store, then empty it; returns how many records. Runs before any worker."""
+    if not root.is_dir():
+        return 0
+    total = 0
+    writer = BatchWriter(store)
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        records: list[Record] = journal.pending(directory)
+        for start in range(0, len(records), _CHUNK):
+            writer.write(records[start : start + _CHUNK])
+        total += len(records)
+        journal.discard(directory)
+    return total
 
 
 def close_interrupted(store: Store, gateway: str) -> int:

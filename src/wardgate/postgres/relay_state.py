@@ -17,6 +17,7 @@ from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import (
     AUDIT_UNAVAILABLE,
     AUDIT_UNAVAILABLE_RULE,
+    INTERRUPTED_BY_CRASH,
     ActionRecord,
     SessionEnd,
 )
@@ -229,16 +230,10 @@ class RelayState:
                 asyncio.to_thread(service.record_action_result, review, result),
                 name="review-result",
             )
-        if self.masking is not None and action.params:
-            # The audit log never holds what the client would not be shown.
-            mask = self.masking.masking.mask_text
-            action = dataclasses.replace(
-                action, params=tuple(None if p is None else mask(p) for p in action.params)
-            )
         return ActionRecord(
             session_id=self.session_id,
             seq=act.seq,
-            action=action,
+            action=self._recorded_action(action),
             verdict=act.verdict,
             started_at=act.started,
             duration_ms=duration_ms,
@@ -248,6 +243,33 @@ class RelayState:
             error=error,
             sqlstate=sqlstate,
         )
+
+    def _recorded_action(self, action: Action) -> Action:
+        if self.masking is not None and action.params:
+            # The audit log never holds what the client would not be shown.
+            mask = self.masking.masking.mask_text
+            action = dataclasses.replace(
+                action, params=tuple(None if p is None else mask(p) for p in action.params)
+            )
+        return action
+
+    def _forwarding(self, acts: list[Act]) -> None:
+        """Before these statements go to the server: the journal has their records
+        (audit.journal), as interrupted, until their outcome replaces them."""
+        recorder = self.services.recorder
+        for act in acts:
+            recorder.intend(
+                ActionRecord(
+                    session_id=self.session_id,
+                    seq=act.seq,
+                    action=self._recorded_action(act.action),
+                    verdict=act.verdict,
+                    started_at=act.started,
+                    duration_ms=float("nan"),
+                    status="interrupted",
+                    error=INTERRUPTED_BY_CRASH,
+                )
+            )
 
     def _record(self, act: Act, status: str, error: str | None = None) -> None:
         if act.verdict.rule == AUDIT_UNAVAILABLE_RULE:
