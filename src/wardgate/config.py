@@ -100,6 +100,12 @@ class TLSConfig(_Model):
 class LimitsConfig(_Model):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     startup_timeout: Duration = 15.0
+    # Bytes a client may send before its session exists (during authentication and the
+    # upstream dial); more is a protocol violation that counts as a failed login.
+    startup_buffer_bytes: int = Field(default=256 * 1024, ge=16 * 1024)
+    # Audit records waiting for the store: past this the proxy slows clients down, and
+    # while the store refuses writes, new actions and sessions are refused.
+    audit_backlog: int = Field(default=10_000, ge=2)
     connect_timeout: Duration = 10.0
     login_failures: int = Field(default=5, ge=1)
     login_window: Duration = 60.0

@@ -87,6 +87,21 @@ RECORDER_LAG = Gauge(
     "Age of the oldest audit record not yet committed (0 when all are written).",
     multiprocess_mode="livemax",
 )
+AUDIT_STORE_WRITABLE = Gauge(
+    "wardgate_audit_store_writable",
+    "1 while the recorder's writes to the store succeed, 0 since one failed.",
+    multiprocess_mode="livemin",
+)
+AUDIT_REFUSING = Gauge(
+    "wardgate_audit_refusing",
+    "1 while the audit store is unavailable and the backlog full: new actions and "
+    "sessions are refused (limits.audit_backlog).",
+    multiprocess_mode="livemax",
+)
+AUDIT_REFUSED = Counter(
+    "wardgate_audit_refused",
+    "Actions and sessions refused because the audit store could not record them.",
+)
 LOGIN_FAILURES = Counter(
     "wardgate_login_failures",
     "Failed logins (tokens, passwords, SSH keys), every protocol and the web UI.",
@@ -154,6 +169,8 @@ class RecordObserver:
 
     def __init__(self) -> None:
         self._protocols: dict[str, str] = {}  # open session id -> protocol
+        AUDIT_STORE_WRITABLE.set(1)
+        AUDIT_REFUSING.set(0)
         self.on_action: Callable[[ActionRecord], None] | None = None  # traces (wardgate.telemetry)
 
     def submitted(self, record: Record) -> None:
@@ -171,6 +188,15 @@ class RecordObserver:
             ended = self._protocols.pop(record.session_id, None)
             if ended is not None:
                 SESSIONS_OPEN.labels(ended).dec()
+
+    @staticmethod
+    def store_state(writable: bool, refusing: bool) -> None:
+        AUDIT_STORE_WRITABLE.set(1 if writable else 0)
+        AUDIT_REFUSING.set(1 if refusing else 0)
+
+    @staticmethod
+    def refused() -> None:
+        AUDIT_REFUSED.inc()
 
     @staticmethod
     def backlog(depth: int, oldest_age: float) -> None:

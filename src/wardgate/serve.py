@@ -66,18 +66,53 @@ def _remove_pidfile(path: Path) -> None:
         pass
 
 
+def gateway_id(config: Config) -> str:
+    """This gateway instance's id, kept in data_dir: the same across restarts, so a
+    restart finds the sessions and cancel keys its crashed run left (one gateway per
+    data_dir, as the pidfile already assumes)."""
+    path = config.data_path / "gateway_id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(f"g_{os.urandom(8).hex()}\n")
+    os.replace(partial, path)
+    return path.read_text().strip()
+
+
 def run(config_path: str) -> None:
     setup_logging()
     config = load_config(config_path)
     # Before anything imports prometheus_client: where worker values live is fixed then.
     metrics_dir = _metrics_dir(config)
+    from wardgate.audit.recovery import close_interrupted, replay_journals
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
 
     # Migrate once, before any worker starts, so workers never race on the schema.
     store = Store.open(config.store_url)
-    # Sessions end by removing their cancel key; a crashed process leaves its keys behind.
-    CancelKeys(store).purge_older_than(_CANCEL_KEY_MAX_AGE)
+    # What an earlier run of this gateway left behind if it crashed: its open sessions
+    # (closed as interrupted) and their cancel keys. Older keys (before instances were
+    # named, or of replicas gone for good) go after 30 days.
+    gateway = gateway_id(config)
+    # First what the journals of the last run hold that the store may not (a crash),
+    # then the sessions that run never closed.
+    replayed = replay_journals(store, config.data_path / "journal")
+    if replayed:
+        log.warning("wrote %d audit records from the journal of an earlier run", replayed)
+    interrupted = close_interrupted(store, gateway)
+    cancel_keys = CancelKeys(store)
+    stale_keys = cancel_keys.purge_gateway(gateway)
+    if interrupted or stale_keys:
+        log.warning(
+            "an earlier run of this gateway stopped without closing its sessions: %d "
+            "closed as interrupted, %d cancel keys removed",
+            interrupted,
+            stale_keys,
+        )
+    cancel_keys.purge_older_than(_CANCEL_KEY_MAX_AGE)
     store.dispose()
     from wardgate.vault.keys import load_master_key
 
@@ -174,6 +209,7 @@ def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any,
 
 
 async def run_worker(config_path: str, config: Config, *, reuse_port: bool, index: int) -> None:
+    from wardgate.audit.journal import Journal
     from wardgate.audit.recorder import Recorder
     from wardgate.core.services import Services
     from wardgate.core.tls import server_context
@@ -204,7 +240,18 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     )
     # Audit writing runs in its own process: JSON, hashing and SQL off this GIL.
     observer = RecordObserver()
-    recorder = Recorder(store, process=True, observer=observer)
+    gateway = gateway_id(config)
+    # This worker's journal (audit.journal); `run` replayed and emptied it before.
+    journal = Journal(config.data_path / "journal" / f"w{index}")
+    journal.open()
+    recorder = Recorder(
+        store,
+        high_water=config.limits.audit_backlog,
+        process=True,
+        observer=observer,
+        gateway=gateway,
+        journal=journal,
+    )
     await recorder.start()
     services = Services(
         config=config,
@@ -215,7 +262,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         limiter=LoginLimiter(
             store, config.limits.login_failures, config.limits.login_window, login_failed
         ),
-        cancel_keys=CancelKeys(store),
+        cancel_keys=CancelKeys(store, gateway),
         vault=vault,
         server_tls=server_context(config),
         masking_key=mask_key,
@@ -314,7 +361,12 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             async with asyncio.timeout(_RECORDER_CLOSE_TIMEOUT):
                 await recorder.close()
         except TimeoutError:
-            log.error("worker %d: the store did not take the last audit records in time", index)
+            log.error(
+                "worker %d: the store did not take the last audit records in time; they "
+                "stay in the journal and are written at the next start",
+                index,
+            )
+        journal.close()
         if tracing is not None:
             stop_tracing(tracing)
         store.dispose()

@@ -187,8 +187,9 @@ async def _test_congestion_and_on_drained(process: bool, store: Store) -> None:
 async def _test_write_failures_keep_records_queued_until_the_store_recovers(
     process: bool, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rec = Recorder(store, process=process, batch=5)
+    rec = Recorder(store, process=process, batch=5, high_water=13)
     await rec.start()
+    released: list[bool] = []
     # Break the store for real: without its chain head no append can succeed.
     with store.session() as s:
         s.connection().exec_driver_sql("ALTER TABLE audit_head RENAME TO audit_head_away")
@@ -199,16 +200,26 @@ async def _test_write_failures_keep_records_queued_until_the_store_recovers(
         rec.submit(_action("flaky", i, text=secret_text))
     # The first failed write is logged once the writer (a process, perhaps) has tried.
     for _ in range(100):
-        if any("audit write failed" in r.getMessage() for r in caplog.records):
+        if any("audit store write failed" in r.getMessage() for r in caplog.records):
             break
         await asyncio.sleep(0.1)
     assert rec.backlog == 13
-    assert any("audit write failed" in r.getMessage() for r in caplog.records)
+    assert any("audit store write failed" in r.getMessage() for r in caplog.records)
     assert not any("hunter2" in r.getMessage() for r in caplog.records)
+    # The backlog is full and writes fail: refuse (not wait), and release waiting clients.
+    assert rec.unavailable
+    assert rec.problem is not None and "audit store is unavailable" in rec.problem
+    rec.on_drained(lambda: released.append(True))
+    await asyncio.sleep(0)
+    assert released == [True]
+    await asyncio.sleep(0.5)  # more failed retries: still one line per change of state
+    assert sum("audit store write failed" in r.getMessage() for r in caplog.records) == 1
+    assert sum("audit store unavailable" in r.getMessage() for r in caplog.records) == 1
 
     with store.session() as s:
         s.connection().exec_driver_sql("ALTER TABLE audit_head_away RENAME TO audit_head")
     await asyncio.wait_for(rec.flush(), 30)
+    assert not rec.unavailable and rec.problem is None
     await rec.close()
     result = verify_chain(store)
     assert result.ok and result.checked == 13

@@ -1,8 +1,8 @@
 """Probes and metrics on the API port, for orchestrators and Prometheus.
 
 ``/healthz``: the process answers (liveness). ``/readyz``: it should get new clients:
-the store answers, every configured listener accepts, and it is not draining
-(readiness; 503 with the reasons otherwise). ``/metrics``: Prometheus text format.
+the store answers, the recorder's writes to it succeed, every configured listener
+accepts, and it is not draining (readiness; 503 with the reasons otherwise). ``/metrics``: Prometheus text format.
 None of them needs a token and none says anything secret: keep the API port off the
 public internet all the same (docs/deployment.md).
 """
@@ -34,6 +34,8 @@ async def readyz(request: Request) -> JSONResponse:
         )
     except TimeoutError:
         problems = ["the store did not answer in time"]
+    if (recording := services.recorder.problem) is not None:
+        problems.append(recording)
     body = {"status": "ok" if not problems else "unavailable", "version": __version__}
     if problems:
         return JSONResponse({**body, "problems": problems}, status_code=503)

@@ -11,11 +11,19 @@ a failed write is retried with backoff while the records stay queued (a recorder
 that died is started again). The queue is kept bounded by back-pressure instead: once
 the backlog reaches ``high_water``, ``congested`` turns True and the proxy stops reading
 from clients until an ``on_drained`` callback says the backlog fell below half of it.
+
+A store that refuses writes is different: waiting would hang every client with no
+answer. While writes fail and the backlog is at ``high_water``, ``unavailable`` is True:
+the protocols refuse new actions and sessions with a clear error (AUDIT_UNAVAILABLE)
+instead of running them unrecorded or pausing, and the ``on_drained`` callbacks fire so
+paused clients get that answer. One log line per change of state; the first successful
+write ends it, with nothing lost (the records stayed queued).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import pickle
@@ -25,7 +33,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from wardgate.audit.records import Record
+from wardgate.audit.journal import Intent, Journal
+from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store, describe_error
 
@@ -112,12 +121,22 @@ class RecordWatcher(Protocol):
 
     def backlog(self, depth: int, oldest_age: float) -> None: ...
 
+    def store_state(self, writable: bool, refusing: bool) -> None: ...
+
+    def refused(self) -> None: ...
+
 
 class _Unwatched:
     def submitted(self, record: Record) -> None:
         pass
 
     def backlog(self, depth: int, oldest_age: float) -> None:
+        pass
+
+    def store_state(self, writable: bool, refusing: bool) -> None:
+        pass
+
+    def refused(self) -> None:
         pass
 
 
@@ -131,10 +150,14 @@ class Recorder:
         linger: float = 0.05,
         process: bool = False,
         observer: RecordWatcher | None = None,
+        gateway: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if high_water < 2 or batch < 1:
             raise ValueError("high_water must be >= 2 and batch >= 1")
         self._writer = BatchWriter(store)
+        # Stamped on every SessionRecord: a restart after a crash finds its own sessions.
+        self._gateway = gateway
         self._process = _RecorderProcess(store) if process else None
         self._high_water = high_water
         self._batch = batch
@@ -152,6 +175,15 @@ class Recorder:
         self._drained_callbacks: list[Callable[[], None]] = []
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing: str | None = None  # why the last write failed; None: it succeeded
+        self._refusing = False
+        # The local journal (audit.journal): each queued record's position in it, and the
+        # intents of forwarded statements whose outcome is not in the store yet.
+        self._journal = journal
+        self._positions: deque[int] = deque()
+        self._intents: dict[tuple[str, int], tuple[int, Intent]] = {}
+        self._flush_scheduled = False
+        self._journal_failing: str | None = None
 
     # -- loop side -------------------------------------------------------------------
 
@@ -164,9 +196,48 @@ class Recorder:
     def congested(self) -> bool:
         return self.backlog >= self._high_water
 
+    @property
+    def unavailable(self) -> bool:
+        """Writes to the store fail and the backlog is full: refuse what would need a
+        record (a new action, a new session) rather than run it unrecorded or wait."""
+        return (self._failing is not None and self.congested) or self._journal_failing is not None
+
+    def refused(self) -> None:
+        """An action or session was refused because it could not be recorded."""
+        self.observer.refused()
+
+    @property
+    def problem(self) -> str | None:
+        """For /readyz: why this process's records are not reaching the store, or None."""
+        if self._journal_failing is not None:
+            return (
+                "the audit journal cannot be written: new actions and sessions are refused: "
+                f"{self._journal_failing}"
+            )
+        if self._failing is None:
+            return None
+        if self.unavailable:
+            return (
+                f"the audit store is unavailable ({self.backlog} records queued): new actions "
+                f"and sessions are refused: {self._failing}"
+            )
+        return (
+            f"audit store writes fail ({self.backlog} records queued; actions are refused at "
+            f"{self._high_water}): {self._failing}"
+        )
+
     def submit(self, record: Record) -> None:
         if self._closing:
             raise RuntimeError("the recorder is closed; records submitted now would be lost")
+        if self._gateway is not None and isinstance(record, SessionRecord):
+            record = dataclasses.replace(record, gateway=self._gateway)
+        if self._journal is not None:
+            self._positions.append(self._journal.append(record))
+            if not self._flush_scheduled and self._loop is not None:
+                # Records (outcomes) are written at the end of this loop turn; intents,
+                # which must precede their statement, at once (`intend`).
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_journal)
         self._queue.append(record)
         self._queued_at.append(time.monotonic())
         self._submitted += 1
@@ -174,9 +245,71 @@ class Recorder:
         if self._wake is not None:
             self._wake.set()
 
+    def intend(self, record: ActionRecord) -> None:
+        """Before a statement is forwarded: journal the record it gets if its outcome
+        never comes back (status interrupted), and have it in the kernel on return."""
+        journal = self._journal
+        if journal is None:
+            return
+        intent = Intent(record)
+        self._intents[intent.key] = (journal.append(intent), intent)
+        self._flush_journal()
+
+    def _flush_journal(self) -> None:
+        self._flush_scheduled = False
+        assert self._journal is not None
+        try:
+            self._journal.flush()
+        except OSError as exc:
+            if self._journal_failing is None:
+                log.error(
+                    "audit journal write failed: refusing new actions and sessions until it "
+                    "can be written (records stay queued for the store): %s",
+                    exc,
+                )
+                self.observer.store_state(self._failing is None, True)
+            self._journal_failing = str(exc)
+            if self._loop is not None:  # retry: a full disk may get space again
+                self._loop.call_later(0.5, self._flush_journal)
+            return
+        if self._journal_failing is not None:
+            log.warning("audit journal writable again; accepting actions again")
+            self._journal_failing = None
+            self.observer.store_state(self._failing is None, self._refusing)
+
+    def _journal_committed(self, batch: list[Record]) -> None:
+        """After a store commit: move the journal's checkpoint past what the store has."""
+        journal = self._journal
+        assert journal is not None
+        intents = self._intents
+        for record in batch:
+            if isinstance(record, ActionRecord):
+                intents.pop((record.session_id, record.seq), None)
+            elif isinstance(record, SessionEnd) and intents:
+                for key in [k for k in intents if k[0] == record.session_id]:
+                    del intents[key]
+        if journal.full:
+            try:
+                moved = journal.rotate([i for _, i in intents.values()])
+            except OSError as exc:
+                log.warning("audit journal rotation failed: %s", exc)
+            else:
+                self._intents = {
+                    key: (pos, i) for (key, (_, i)), pos in zip(intents.items(), moved, strict=True)
+                }
+                intents = self._intents
+        first_record = self._positions[0] if self._positions else journal.end
+        first_intent = next(iter(intents.values()))[0] if intents else journal.end
+        try:
+            journal.set_checkpoint(min(first_record, first_intent))
+            journal.drop_obsolete()
+        except OSError as exc:
+            log.warning("audit journal checkpoint failed: %s", exc)
+
     def on_drained(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, on the loop, when the backlog is below high_water / 2."""
-        if self.backlog < self._high_water // 2 and self._loop is not None:
+        """Call ``callback`` once, on the loop, when the backlog is below high_water / 2,
+        or when the recorder turns `unavailable` (a paused client then gets its refusal)."""
+        if (self.backlog < self._high_water // 2 or self.unavailable) and self._loop is not None:
             self._loop.call_soon(callback)
         else:
             self._drained_callbacks.append(callback)
@@ -248,23 +381,66 @@ class Recorder:
                 else:
                     await asyncio.to_thread(self._writer.write, batch)
             except Exception as exc:
-                log.warning(
-                    "audit write failed (%d records kept queued, retrying in %.2fs): %s",
-                    len(batch),
-                    delay,
-                    describe_error(exc),
-                )
+                reason = describe_error(exc)
+                log.debug("audit write failed (retrying in %.2fs): %s", delay, reason)
+                self._failed(reason)
                 self._report_backlog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             delay = _BACKOFF_FIRST
+            if self._failing is not None:
+                self._recovered()
             for _ in batch:
                 self._queue.popleft()
                 self._queued_at.popleft()
+            if self._journal is not None:
+                for _ in batch:
+                    self._positions.popleft()
+                self._journal_committed(batch)
             self._written += len(batch)
             self._report_backlog()
             self._after_write()
+
+    def _failed(self, reason: str) -> None:
+        """A write failed: log and report each change of state once, not every retry."""
+        if self._failing is None:
+            log.warning(
+                "audit store write failed; %d records kept queued, retrying (actions are "
+                "refused once %d are queued): %s",
+                self.backlog,
+                self._high_water,
+                reason,
+            )
+        self._failing = reason
+        if self.unavailable and not self._refusing:
+            self._refusing = True
+            log.error(
+                "audit store unavailable with %d records queued: refusing new actions and "
+                "sessions until it accepts writes again: %s",
+                self.backlog,
+                reason,
+            )
+            self._release_paused()
+        self.observer.store_state(False, self._refusing)
+
+    def _recovered(self) -> None:
+        log.warning(
+            "audit store writable again; %d records still queued, none lost%s",
+            self.backlog,
+            "; accepting actions again" if self._refusing else "",
+        )
+        self._failing = None
+        self._refusing = False
+        self.observer.store_state(True, False)
+
+    def _release_paused(self) -> None:
+        callbacks, self._drained_callbacks = self._drained_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_drained callback failed")
 
     def _report_backlog(self) -> None:
         oldest = time.monotonic() - self._queued_at[0] if self._queued_at else 0.0
@@ -281,9 +457,4 @@ class Recorder:
                     waiting.append((target, future))
             self._flush_waiters = waiting
         if self._drained_callbacks and self.backlog < self._high_water // 2:
-            callbacks, self._drained_callbacks = self._drained_callbacks, []
-            for callback in callbacks:
-                try:
-                    callback()
-                except Exception:
-                    log.exception("on_drained callback failed")
+            self._release_paused()

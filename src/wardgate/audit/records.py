@@ -12,7 +12,25 @@ from wardgate.actions import Action, Verdict
 from wardgate.identity.principals import Principal
 from wardgate.pickling import positional_pickle
 
-ACTION_STATUSES = frozenset({"ok", "error", "blocked", "not_executed"})
+ACTION_STATUSES = frozenset({"ok", "error", "blocked", "not_executed", "interrupted"})
+
+# The error of an action whose outcome the gateway never saw because it stopped (a crash
+# or kill -9): its record comes from the journal (audit.journal), written before the
+# statement was forwarded.
+INTERRUPTED_BY_CRASH = (
+    "the gateway stopped before this statement's result reached it: it may have run"
+)
+
+# The rule of a refusal because the recorder cannot keep a record (the recorder's
+# `unavailable`): nothing runs that cannot be recorded. Such refusals are not recorded
+# themselves (that would grow the very backlog that caused them); a metric counts them.
+AUDIT_UNAVAILABLE_RULE = "wardgate:audit-unavailable"
+AUDIT_UNAVAILABLE = "wardgate cannot record this action: the audit store is unavailable"
+AUDIT_UNAVAILABLE_HINT = (
+    "Nothing was run. The gateway refuses what it cannot record; it recovers by itself once "
+    "its store accepts writes again (check the store: disk space, permissions, the "
+    "database server; /readyz says why). Retry in a moment."
+)
 
 
 @positional_pickle
@@ -26,6 +44,7 @@ class SessionRecord:
     started_at: float
     application_name: str = ""
     tls: bool = False
+    gateway: str | None = None  # the gateway instance (Recorder stamps it), for restarts
 
 
 @positional_pickle

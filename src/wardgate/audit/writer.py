@@ -206,6 +206,7 @@ class BatchWriter:
                         "status": "active",
                         "action_count": 0,
                         "blocked_count": 0,
+                        "gateway": record.gateway,
                     }
                 )
             elif isinstance(record, ActionRecord):

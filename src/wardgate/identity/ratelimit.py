@@ -16,8 +16,12 @@ from wardgate.store.db import Store
 from wardgate.store.models import LoginFailure
 
 
-def _keys(principal: str, client_ip: str) -> tuple[str, str]:
+def _keys(principal: str | None, client_ip: str) -> tuple[str, ...]:
     # Prefixes keep a principal named like an address from sharing its counter.
+    # No principal: a failure only the source answers for (a protocol violation before
+    # authentication), which must not lock out the account it names.
+    if principal is None:
+        return (f"addr:{client_ip}",)
     return f"principal:{principal}", f"addr:{client_ip}"
 
 
@@ -51,7 +55,7 @@ class LoginLimiter:
                 wait = max(wait, remaining)
         return wait if wait > 0 else None
 
-    def record_failure(self, principal: str, client_ip: str) -> None:
+    def record_failure(self, principal: str | None, client_ip: str) -> None:
         if self._on_failure is not None:
             self._on_failure()
         now = time.time()

@@ -108,9 +108,9 @@ class ExtendedProtocol(ReviewHold):
             self._block_extended(action.text, action.params, verdict, out)
             return
         self._note_encoding(verdict.statements)
-        self._pending.append(
-            Pending(EXECUTE, [self._act(action, verdict)], target=("P", msg.portal))
-        )
+        acts = [self._act(action, verdict)]
+        self._forwarding(acts)
+        self._pending.append(Pending(EXECUTE, acts, target=("P", msg.portal)))
         out.append(raw)
 
     def _on_close(self, msg: m.Close, raw: bytes, out: list[bytes]) -> None:
@@ -142,6 +142,7 @@ class ExtendedProtocol(ReviewHold):
             )
             act.review = result.review
             self._note_encoding(now.statements)
+            self._forwarding([act])
             self._pending.append(Pending(EXECUTE, [act], target=("P", msg.portal)))
             out.append(raw)
             return

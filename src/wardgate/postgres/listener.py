@@ -12,11 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wardgate.audit.records import SessionRecord
+from sqlalchemy.exc import SQLAlchemyError
+
+from wardgate.audit.records import AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT, SessionRecord
 from wardgate.policy.encodings import python_codec, reported_setting_problem
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.codec.frontend import FrontendDecoder
 from wardgate.postgres.relay import PgRelay
 from wardgate.postgres.startup import (
     GENERIC_AUTH_FAILURE,
@@ -37,6 +40,10 @@ if TYPE_CHECKING:
     from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.postgres")
+
+# 57P03 cannot_connect_now: what PostgreSQL says while it cannot take sessions yet; pools
+# retry it.
+_UNRECORDED_SESSION = "57P03"
 
 
 @dataclass(eq=False)
@@ -61,12 +68,16 @@ class PgListener:
         # stops a statement held for a review (one reaching another worker process goes
         # through the store, to the server only).
         self._keys: dict[int, list[_LocalKey]] = {}
+        # Why the store failed the last startup that needed it (None: it did not): one
+        # log line when that changes, not a traceback per login attempt.
+        self._store_failure: str | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        max_bytes = self.services.config.limits.max_message_bytes
+        limits = self.services.config.limits
+        max_bytes, cap = limits.max_message_bytes, limits.startup_buffer_bytes
         self.server = await loop.create_server(
-            lambda: ClientSide(self._accepted, max_bytes),
+            lambda: ClientSide(self._accepted, max_bytes, cap),
             host,
             port,
             reuse_address=True,
@@ -128,8 +139,18 @@ class PgListener:
         peer = client.transport.get_extra_info("peername")
         addr = str(peer[0]) if isinstance(peer, tuple) else "local"
         timeout = self.services.config.limits.startup_timeout
+        task = asyncio.current_task()
+        assert task is not None
+        client.on_overflow = task.cancel
         try:
+            if client.overflowed:  # all of it arrived with the first read
+                raise asyncio.CancelledError
             await asyncio.wait_for(self._startup(client, addr), timeout)
+        except asyncio.CancelledError:
+            if not client.overflowed or client.relay is not None:
+                raise  # the gateway is stopping
+            task.uncancel()
+            await self._overflowed(client, addr)
         except StartupRefused as exc:
             client.write(
                 build.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint)
@@ -150,6 +171,23 @@ class PgListener:
             client.close()
         except ConnectionClosed:
             client.close()
+        except SQLAlchemyError as exc:  # tokens, the login limiter, cancel keys
+            from wardgate.store.db import describe_error
+
+            reason = describe_error(exc)
+            if self._store_failure is None:
+                log.error("the store fails PostgreSQL logins (refusing them): %s", reason)
+            self._store_failure = reason
+            self.services.recorder.refused()
+            client.write(
+                build.error_response(
+                    _UNRECORDED_SESSION,
+                    AUDIT_UNAVAILABLE,
+                    severity="FATAL",
+                    hint=AUDIT_UNAVAILABLE_HINT,
+                )
+            )
+            client.close()
         except Exception:
             log.exception("unexpected failure during PostgreSQL startup from %s", addr)
             client.write(
@@ -159,8 +197,31 @@ class PgListener:
             )
             client.close()
         finally:
+            client.on_overflow = None
             if client.relay is None:
                 self.clients.discard(client)
+
+    async def _overflowed(self, client: ClientSide, addr: str) -> None:
+        """The client sent more than `limits.startup_buffer_bytes` before its session
+        existed: no legitimate client does (libpq waits for ReadyForQuery), so it is a
+        protocol violation, and a failed login of its address (not of the principal it
+        named, which it may not own)."""
+        cap = client.startup_buffer_bytes
+        client.end_with(
+            build.error_response(
+                "08P01",
+                f"wardgate: protocol violation: more than {cap} bytes sent before the session "
+                "started (limits.startup_buffer_bytes); wait for ReadyForQuery before sending "
+                "queries",
+                severity="FATAL",
+            )
+        )
+        client.decoder = FrontendDecoder(4)  # drop what was buffered now, not at close
+        log.info("connection from %s sent more than %d bytes during startup; closed", addr, cap)
+        try:
+            await asyncio.to_thread(self.services.limiter.record_failure, None, addr)
+        except Exception as exc:  # the store being down must not turn this into a traceback
+            log.warning("could not count a failed login from %s: %s", addr, exc)
 
     async def _startup(self, client: ClientSide, addr: str) -> None:
         services = self.services
@@ -213,6 +274,10 @@ class PgListener:
             raise StartupRefused(
                 "28000", "wardgate: no user name given; connect as your wardgate principal"
             )
+        if services.recorder.unavailable:
+            # Refused before any store work: the session could not be recorded.
+            services.recorder.refused()
+            raise StartupRefused(_UNRECORDED_SESSION, AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT)
 
         await authenticate(services, client, principal_name, addr, tls)
 
@@ -312,6 +377,9 @@ class PgListener:
             upstream.side.close()
             await asyncio.to_thread(services.cancel_keys.remove, gw_pid, gw_secret)
             raise ConnectionClosed
+        if self._store_failure is not None:
+            log.warning("the store serves PostgreSQL logins again")
+            self._store_failure = None
         services.recorder.submit(
             SessionRecord(
                 id=session_id,
@@ -360,6 +428,9 @@ class PgListener:
         client.write(b"".join(out))
         leftover_client = client.decoder.buffered
         client.relay = relay
+        # Past this point the relay reads with its own backpressure; the startup cap's
+        # pause (which can race the last step above) is no longer the one that applies.
+        client.resume_reading("startup-cap")
         for extra in upstream.side.start_relay(relay):
             relay.on_upstream_data(extra.raw)
         if leftover_client:

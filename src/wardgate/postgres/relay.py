@@ -140,10 +140,11 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             return
         if out:
             self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
-        if self.services.recorder.congested:
+        recorder = self.services.recorder
+        if recorder.congested and not recorder.unavailable:
             # Stop reading clients until the audit log catches up: nothing is lost, nothing unbounded.
             self.client.pause_reading("recorder")
-            self.services.recorder.on_drained(lambda: self.client.resume_reading("recorder"))
+            recorder.on_drained(lambda: self.client.resume_reading("recorder"))
 
     def _on_client_message(self, msg: m.FrontendMessage, raw: bytes, out: list[bytes]) -> None:
         if isinstance(msg, m.Query):

@@ -13,8 +13,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from wardgate.actions import Action, Verdict
-from wardgate.audit.records import ActionRecord, SessionEnd
+from wardgate.actions import Action, Decision, Verdict
+from wardgate.audit.records import (
+    AUDIT_UNAVAILABLE,
+    AUDIT_UNAVAILABLE_RULE,
+    INTERRUPTED_BY_CRASH,
+    ActionRecord,
+    SessionEnd,
+)
 from wardgate.policy.functions import function_class
 from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
@@ -154,7 +160,13 @@ class RelayState:
     def _judge(self, action: Action, *, params_later: bool = False) -> Verdict:
         reviews = self.services.reviews
         granted = reviews.granted(self.principal.name, self.connection) if reviews else frozenset()
-        return self.services.gate.check(action, granted, params_later=params_later)
+        verdict = self.services.gate.check(action, granted, params_later=params_later)
+        if self.services.recorder.unavailable:
+            # Nothing runs that cannot be recorded (an observed connection included).
+            return Verdict(
+                Decision.BLOCK, AUDIT_UNAVAILABLE_RULE, AUDIT_UNAVAILABLE, verdict.statements
+            )
+        return verdict
 
     def _act(self, action: Action, verdict: Verdict) -> Act:
         self._seq += 1
@@ -218,16 +230,10 @@ class RelayState:
                 asyncio.to_thread(service.record_action_result, review, result),
                 name="review-result",
             )
-        if self.masking is not None and action.params:
-            # The audit log never holds what the client would not be shown.
-            mask = self.masking.masking.mask_text
-            action = dataclasses.replace(
-                action, params=tuple(None if p is None else mask(p) for p in action.params)
-            )
         return ActionRecord(
             session_id=self.session_id,
             seq=act.seq,
-            action=action,
+            action=self._recorded_action(action),
             verdict=act.verdict,
             started_at=act.started,
             duration_ms=duration_ms,
@@ -238,7 +244,37 @@ class RelayState:
             sqlstate=sqlstate,
         )
 
+    def _recorded_action(self, action: Action) -> Action:
+        if self.masking is not None and action.params:
+            # The audit log never holds what the client would not be shown.
+            mask = self.masking.masking.mask_text
+            action = dataclasses.replace(
+                action, params=tuple(None if p is None else mask(p) for p in action.params)
+            )
+        return action
+
+    def _forwarding(self, acts: list[Act]) -> None:
+        """Before these statements go to the server: the journal has their records
+        (audit.journal), as interrupted, until their outcome replaces them."""
+        recorder = self.services.recorder
+        for act in acts:
+            recorder.intend(
+                ActionRecord(
+                    session_id=self.session_id,
+                    seq=act.seq,
+                    action=self._recorded_action(act.action),
+                    verdict=act.verdict,
+                    started_at=act.started,
+                    duration_ms=float("nan"),
+                    status="interrupted",
+                    error=INTERRUPTED_BY_CRASH,
+                )
+            )
+
     def _record(self, act: Act, status: str, error: str | None = None) -> None:
+        if act.verdict.rule == AUDIT_UNAVAILABLE_RULE:
+            self.services.recorder.refused()
+            return  # see AUDIT_UNAVAILABLE_RULE: counted, not queued
         record = self._action_record(act, status)
         if error is not None:
             record = dataclasses.replace(record, error=error)

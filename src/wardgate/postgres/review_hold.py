@@ -24,7 +24,13 @@ log = logging.getLogger("wardgate.postgres")
 # not a privilege error, and not one that drivers retry on their own (unlike 40001).
 # A client's cancel of a statement waiting for a review is 57014, as for any cancel.
 SQLSTATE_PENDING = "55000"
-_SQLSTATES = {"blocked": "42501", "denied": "42501", "interrupted": "57014"}
+# unrecorded: 58000 system_error, "an error external to PostgreSQL itself" (the audit store).
+_SQLSTATES = {
+    "blocked": "42501",
+    "denied": "42501",
+    "interrupted": "57014",
+    "unrecorded": "58000",
+}
 
 
 def refusal_error(settled: Settled) -> bytes:

@@ -85,6 +85,7 @@ class SimpleQuery(ReviewHold):
         changes = [self._propose(text, info) for text, info in zip(texts, statements, strict=False)]
         for _, verdict in judged:
             self._note_encoding(verdict.statements)
+        self._forwarding(acts)
         self._pending.append(Pending(QUERY, acts, changes=changes, batch=model.batch))
         out.append(raw)
         model.next_batch()

@@ -94,11 +94,22 @@ _LINGER = 2.0
 class ClientSide(_Side):
     """The PostgreSQL client's connection to the gateway."""
 
-    def __init__(self, on_connect: Callable[[ClientSide], None], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        on_connect: Callable[[ClientSide], None],
+        max_message_bytes: int,
+        startup_buffer_bytes: int = 0,
+    ) -> None:
         super().__init__()
         self.decoder = FrontendDecoder(max_message_bytes)
         self._on_connect = on_connect
         self._discarding = False
+        # Before the session exists nothing reads the client promptly (token checks and
+        # the upstream dial take time), so what it sends is capped: past the cap reading
+        # stops at once and `on_overflow` ends the startup. 0: no cap.
+        self.startup_buffer_bytes = startup_buffer_bytes
+        self.overflowed = False
+        self.on_overflow: Callable[[], object] | None = None
 
     def end_with(self, data: bytes) -> None:
         """Send a last message (a FATAL error), then close without losing it.
@@ -138,6 +149,12 @@ class ClientSide(_Side):
             self.relay.on_client_data(data)
             return
         self.decoder.feed(data)
+        cap = self.startup_buffer_bytes
+        if cap and not self.overflowed and self.decoder.buffered > cap:
+            self.overflowed = True
+            self.pause_reading("startup-cap")
+            if self.on_overflow is not None:
+                self.on_overflow()
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wardgate.actions import Action, Verdict
+from wardgate.audit.records import AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT, AUDIT_UNAVAILABLE_RULE
 from wardgate.reviews.messages import (
     OutcomeText,
     approved_verdict,
@@ -25,6 +26,7 @@ class Settled:
     review: ReviewInfo | None = None  # the review that approved or holds it
     refusal: OutcomeText | None = None  # set when the action does not run
     # allowed | approved | blocked | pending | denied | expired | cancelled | interrupted
+    # | unrecorded (the audit store is unavailable)
     status: str = "allowed"
 
     @property
@@ -33,6 +35,12 @@ class Settled:
 
 
 def blocked(verdict: Verdict, connection: str, what: str = "statement") -> Settled:
+    if verdict.rule == AUDIT_UNAVAILABLE_RULE:
+        return Settled(
+            verdict,
+            refusal=OutcomeText(AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT),
+            status="unrecorded",
+        )
     return Settled(verdict, refusal=blocked_text(verdict, connection, what=what), status="blocked")
 
 

@@ -47,8 +47,9 @@ def row_key(pid: int, secret: bytes) -> int:
 
 
 class CancelKeys:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, gateway: str | None = None) -> None:
         self._store = store
+        self._gateway = gateway  # this gateway instance: its keys go when it restarts
 
     def register(self, gw_pid: int, gw_secret: bytes, target: CancelTarget) -> None:
         """Remember ``target`` under (gw_pid, gw_secret).
@@ -66,6 +67,7 @@ class CancelKeys:
             "upstream_secret": target.secret,
             "tls": target.tls,
             "created_at": time.time(),
+            "gateway": self._gateway,
         }
         stmt = (
             self._store.insert(CancelKey)
@@ -95,6 +97,12 @@ class CancelKeys:
         key = row_key(gw_pid, gw_secret)
         with self._store.session() as session:
             session.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
+
+    def purge_gateway(self, gateway: str) -> int:
+        """Drop the keys of sessions of an earlier run of ``gateway`` (all gone now)."""
+        with self._store.session() as session:
+            result = session.execute(delete(CancelKey).where(CancelKey.gateway == gateway))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def purge_older_than(self, seconds: float) -> int:
         """Drop rows registered more than ``seconds`` ago (sessions of crashed processes)."""

@@ -8,7 +8,7 @@ models must match them (``tests/store`` checks that a migrated store has no drif
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Double, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Double, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-assigns INTEGER PRIMARY KEY; PostgreSQL wants 64 bits for a log.
@@ -51,6 +51,7 @@ class SessionRow(Base):
     """Summary index of recorded sessions, rebuilt from nothing but the chain if needed."""
 
     __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_gateway_status", "gateway", "status"),)
 
     id: Mapped[str] = mapped_column(String, primary_key=True)
     protocol: Mapped[str] = mapped_column(String(32))
@@ -67,6 +68,8 @@ class SessionRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     action_count: Mapped[int] = mapped_column(Integer)
     blocked_count: Mapped[int] = mapped_column(Integer)
+    # The gateway instance that opened it (serve.gateway_id); NULL before 0006.
+    gateway: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TokenRow(Base):
@@ -144,6 +147,7 @@ class CancelKey(Base):
     upstream_secret: Mapped[bytes] = mapped_column(LargeBinary)
     tls: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Double, index=True)
+    gateway: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class ReviewRow(Base):

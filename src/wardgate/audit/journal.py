@@ -1,0 +1,256 @@
+"""The local audit journal: every record reaches a file of this worker before it counts.
+
+Why: the recorder commits to the store in batches, behind the traffic. Without this, a
+gateway killed between a statement running and its batch committing loses the record
+(issue 21 measured up to 5% of a pgbench run). With it, each record, and before a
+statement is forwarded its *intent* (the action record it will have if no result ever
+comes back, status ``interrupted``), is appended with ``write(2)`` on the event loop
+before the gateway goes on. From that moment the record is in the kernel: killing the
+gateway (kill -9, an OOM kill, a crash) cannot lose it. A thread ``fdatasync``s the file
+in groups (group commit: whatever was written while the last sync ran goes in the
+next), so after a power loss or kernel crash at most the last sync interval is lost
+(about a millisecond under load; docs/architecture.md says exactly what holds).
+
+The recorder tells the journal how far the store has everything (``checkpoint``): the
+position of the oldest record not yet committed, or of the oldest intent whose outcome
+is not committed, whichever comes first. The next start of the gateway replays what
+lies after the checkpoint into the store (``replay``) before any worker runs: the
+records, and for an intent without its outcome, the intent itself. Replay is
+at-least-once (a batch that committed just before the crash, before its checkpoint was
+written, is written again), like the recorder's retries.
+
+Files: ``<dir>/<start>.wal``, where start is the logical position (bytes since the
+journal began) of the file's first frame; ``<dir>/checkpoint`` holds a logical
+position. A frame is a 4-byte length, a 4-byte CRC-32 and a pickled record. When the
+current file is past ``rotate_bytes`` a new one starts, the open intents are copied into
+it, and files wholly before the checkpoint are deleted: the journal holds about what
+the store does not have yet, never the whole history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from wardgate.audit.records import ActionRecord, Record
+from wardgate.pickling import positional_pickle
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!II")  # length, crc32
+_CHECKPOINT = struct.Struct("!Q")
+_SUFFIX = ".wal"
+_MAX_FRAME = 64 * 1024 * 1024
+
+
+@positional_pickle
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A statement about to be forwarded: ``record`` is what the store gets if its
+    outcome never arrives (status ``interrupted``)."""
+
+    record: ActionRecord
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.record.session_id, self.record.seq
+
+
+Entry = Record | Intent
+
+
+class Journal:
+    def __init__(self, directory: Path, *, rotate_bytes: int = 16 * 1024 * 1024) -> None:
+        self.directory = directory
+        self._rotate = rotate_bytes
+        self._fd = -1
+        self._start = 0  # logical position of the current file's first byte
+        self._end = 0  # logical position after the last frame written
+        self._checkpoint = 0
+        self._buf = bytearray()
+        self._ckpt_fd = -1
+        self._lock = threading.Lock()  # the current fd, against the sync thread
+        self._dirty = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._synced = 0  # logical position known to be on disk
+        self.sync_error: OSError | None = None
+
+    # -- opening and closing ------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start a fresh journal in ``directory`` (replay whatever was there first)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        start = max((e for _, e in _files(self.directory)), default=0)
+        self._ckpt_fd = os.open(self.directory / "checkpoint", os.O_RDWR | os.O_CREAT, 0o600)
+        self._open_file(start)
+        self._write_checkpoint(start)
+        self._thread = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Sync and close; called after the recorder wrote everything (or gave up)."""
+        self._stopping = True
+        self._dirty.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        with contextlib.suppress(OSError):
+            self.flush()
+        with self._lock:
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+        if self._ckpt_fd >= 0:
+            os.close(self._ckpt_fd)
+            self._ckpt_fd = -1
+
+    # -- the loop side ------------------------------------------------------------------
+
+    @property
+    def end(self) -> int:
+        return self._end
+
+    @property
+    def full(self) -> bool:
+        return self._end - self._start >= self._rotate
+
+    def append(self, entry: Entry) -> int:
+        """Add one entry to the write buffer; returns its logical position. It is in
+        the kernel (safe from a crash of the gateway) once `flush` returns."""
+        data = pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
+        position = self._end
+        self._buf += _HEADER.pack(len(data), zlib.crc32(data))
+        self._buf += data
+        self._end += _HEADER.size + len(data)
+        return position
+
+    def flush(self) -> None:
+        """write(2) what `append` buffered. Raises OSError (a full disk: the buffer is
+        kept, and written by the next flush that succeeds)."""
+        buf = self._buf
+        while buf:
+            written = os.write(self._fd, buf)
+            del buf[:written]
+        self._dirty.set()
+
+    def set_checkpoint(self, position: int) -> None:
+        """Everything before ``position`` is in the store (or in a later frame)."""
+        if position > self._checkpoint:
+            self._write_checkpoint(position)
+
+    def rotate(self, open_intents: list[Intent]) -> list[int]:
+        """Start a new file and copy ``open_intents`` into it; returns their positions
+        there. Call `set_checkpoint` with them, then `drop_obsolete`."""
+        self.flush()
+        with self._lock:
+            os.close(self._fd)
+            self._open_file(self._end)
+        moved = [self.append(intent) for intent in open_intents]
+        self.flush()
+        return moved
+
+    def drop_obsolete(self) -> None:
+        """Delete the files wholly before the checkpoint."""
+        for start, end in _files(self.directory):
+            if end <= self._checkpoint and start != self._start:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / f"{start:016x}{_SUFFIX}").unlink()
+
+    def _open_file(self, start: int) -> None:
+        path = self.directory / f"{start:016x}{_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._start = self._end = start + os.fstat(self._fd).st_size
+
+    def _write_checkpoint(self, position: int) -> None:
+        self._checkpoint = position
+        os.pwrite(self._ckpt_fd, _CHECKPOINT.pack(position), 0)
+
+    # -- the sync thread ----------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        while not self._stopping:
+            self._dirty.wait()
+            self._dirty.clear()
+            with self._lock:
+                if self._fd < 0:
+                    return
+                end = self._end
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    if self.sync_error is None:
+                        log.error("audit journal: fdatasync failed: %s", exc)
+                    self.sync_error = exc
+                    continue
+            self._synced = end
+
+
+def _files(directory: Path) -> list[tuple[int, int]]:
+    """(start, end) logical positions of the journal files, oldest first."""
+    out = []
+    for path in directory.glob(f"*{_SUFFIX}"):
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            start = int(path.stem, 16)
+            out.append((start, start + path.stat().st_size))
+    return sorted(out)
+
+
+def _read_checkpoint(directory: Path) -> int:
+    try:
+        data = (directory / "checkpoint").read_bytes()
+    except FileNotFoundError:
+        return 0
+    return _CHECKPOINT.unpack(data[:8])[0] if len(data) >= 8 else 0
+
+
+def _frames(directory: Path, since: int) -> Iterator[tuple[int, Entry]]:
+    """The entries at or after logical position ``since``; a torn or corrupt frame (a
+    power loss mid-write) ends its file."""
+    for start, _ in _files(directory):
+        data = (directory / f"{start:016x}{_SUFFIX}").read_bytes()
+        pos = 0
+        while pos + _HEADER.size <= len(data):
+            length, crc = _HEADER.unpack_from(data, pos)
+            body = data[pos + _HEADER.size : pos + _HEADER.size + length]
+            if length > _MAX_FRAME or len(body) < length or zlib.crc32(body) != crc:
+                log.warning("audit journal %s: torn frame at byte %d ignored", start, pos)
+                break
+            if start + pos >= since:
+                yield start + pos, pickle.loads(body)
+            pos += _HEADER.size + length
+
+
+def pending(directory: Path) -> list[Record]:
+    """What a journal holds that the store may not: its records after the checkpoint, in
+    order, then each intent whose outcome is not among them."""
+    if not directory.is_dir():
+        return []
+    records: list[Record] = []
+    intents: dict[tuple[str, int], Intent] = {}
+    done: set[tuple[str, int]] = set()
+    for _, entry in _frames(directory, _read_checkpoint(directory)):
+        if isinstance(entry, Intent):
+            intents[entry.key] = entry
+        else:
+            records.append(entry)
+            if isinstance(entry, ActionRecord):
+                done.add((entry.session_id, entry.seq))
+    records += [i.record for key, i in intents.items() if key not in done]
+    return records
+
+
+def discard(directory: Path) -> None:
+    """Remove a journal whose records are all in the store."""
+    for path in [*directory.glob(f"*{_SUFFIX}"), directory / "checkpoint"]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

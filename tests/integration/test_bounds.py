@@ -1,0 +1,157 @@
+"""Memory stays bounded before a session exists: a client that floods the gateway while
+it authenticates or while the upstream dial is slow is stopped after a small cap
+(limits.startup_buffer_bytes), refused with 08P01 and counted as a failed login of its
+address, and the gateway's resident memory does not follow what the client pushed."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Gateway, base_config, make_gateway
+from tests.integration.pg_cluster import RawClient, startup_error
+from wardgate.identity.scram import ScramClient
+from wardgate.postgres.codec import build
+
+PUSH_LIMIT = 1024 * 1024 * 1024  # what a hostile client tries to push
+CHUNK = 1024 * 1024
+# The gateway may grow by this much at most while a client pushes up to PUSH_LIMIT
+# (before the cap, 1 GB pushed meant about 1 GB resident).
+RSS_MARGIN = 48 * 1024 * 1024
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def silent_upstream() -> Iterator[int]:
+    """A 'PostgreSQL server' on loopback that accepts TCP connections (in the kernel's
+    backlog) and never answers: the gateway's dial waits until connect_timeout."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield int(sock.getsockname()[1])
+    sock.close()
+
+
+@pytest.fixture
+def flood_gw(it_database: str, tmp_path: Path, silent_upstream: int) -> Iterator[Gateway]:
+    extra = f"""\
+        slow:
+          type: postgres
+          upstream: {{host: 127.0.0.1, port: {silent_upstream}, database: x, user: nobody, tls: disable}}
+          roles: {{engineers: engineer}}
+        """
+    config = base_config(it_database, extra).replace(
+        "max_message_bytes: 4194304}",
+        "max_message_bytes: 4194304, connect_timeout: 8s, startup_timeout: 10s}",
+    )
+    gw = make_gateway(tmp_path / "gw", config)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def _flood(client: RawClient) -> tuple[int, bytes]:
+    """Push junk until the gateway answers or stops the stream, up to PUSH_LIMIT.
+    Returns (bytes pushed, what the gateway sent)."""
+    sock = client.sock
+    sock.settimeout(2.0)
+    junk = b"\x00" * CHUNK
+    pushed = 0
+    while pushed < PUSH_LIMIT:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            break  # the gateway has answered (its refusal)
+        try:
+            pushed += sock.send(junk)
+        except TimeoutError:
+            break  # the gateway stopped reading: paused, not buffered
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)  # so the gateway closes without lingering
+    received = bytearray()
+    sock.settimeout(5.0)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return pushed, bytes(received)
+
+
+def _error_fields(data: bytes) -> dict[str, str]:
+    """The fields of the first ErrorResponse in `data`."""
+    pos = 0
+    while pos + 5 <= len(data):
+        kind = data[pos : pos + 1]
+        (length,) = struct.unpack("!i", data[pos + 1 : pos + 5])
+        body = data[pos + 5 : pos + 1 + length]
+        if kind == b"E":
+            return {f[:1].decode(): f[1:].decode() for f in body.split(b"\x00") if f}
+        pos += 1 + length
+    raise AssertionError(f"no ErrorResponse in {data[:200]!r}")
+
+
+def _assert_refused(gw: Gateway, pushed: int, received: bytes, rss_before: int) -> None:
+    assert gw.proc is not None
+    fields = _error_fields(received)
+    assert fields["C"] == "08P01" and fields["V"] == "FATAL", fields
+    assert "before the session started" in fields["M"], fields
+    grew = _rss(gw.proc.pid) - rss_before
+    assert grew < RSS_MARGIN, f"the gateway grew by {grew >> 20} MB after {pushed >> 20} MB pushed"
+    assert pushed < PUSH_LIMIT, "the gateway took a gigabyte before its session existed"
+
+
+def test_flood_before_authentication_is_capped(flood_gw: Gateway) -> None:
+    assert flood_gw.proc is not None
+    rss_before = _rss(flood_gw.proc.pid)
+    for _ in range(5):  # base_config: login_failures 5
+        with RawClient(flood_gw.port) as client:
+            client.send(build.startup_message({"user": "dev", "database": "it"}))
+            pushed, received = _flood(client)
+        _assert_refused(flood_gw, pushed, received, rss_before)
+    # Each flood was a failed login of the address: now the address is throttled.
+    fields = startup_error(flood_gw.port, "dev", flood_gw.token("dev"), "it")
+    assert fields["C"] == "28P01" and "too many failed logins" in fields["M"], fields
+    # ... but not the principal it named (which it need not own).
+    other = RawClient.__new__(RawClient)
+    other.received = bytearray()
+    other.sock = socket.create_connection(
+        ("127.0.0.1", flood_gw.port), timeout=10, source_address=("127.0.0.2", 0)
+    )
+    with other:
+        assert other.login("dev", flood_gw.token("dev"), "it")[-1].type == "Z"
+    assert "Traceback" not in flood_gw.log
+
+
+def test_flood_while_upstream_dial_is_slow_is_capped(flood_gw: Gateway) -> None:
+    assert flood_gw.proc is not None
+    token = flood_gw.token("dev")
+    rss_before = _rss(flood_gw.proc.pid)
+    with RawClient(flood_gw.port) as client:
+        client.send(build.startup_message({"user": "dev", "database": "slow"}))
+        msg = client.read_message()
+        assert msg.type == "R" and msg.auth_code == 10, msg
+        scram = ScramClient(token)
+        client.send(build.sasl_initial_response(ScramClient.mechanism, scram.client_first()))
+        msg = client.read_message()
+        assert msg.type == "R" and msg.auth_code == 11, msg
+        client.send(build.sasl_response(scram.handle_server_first(msg.body[4:])))
+        msg = client.read_message()
+        assert msg.type == "R" and msg.auth_code == 12, msg
+        # Authenticated; the gateway now dials the silent upstream. Push meanwhile.
+        pushed, received = _flood(client)
+    _assert_refused(flood_gw, pushed, received, rss_before)
+    assert "Traceback" not in flood_gw.log

@@ -1,0 +1,138 @@
+"""A store that stops taking writes: the gateway fails closed and loud, and recovers by
+itself with nothing lost. The store is a real PostgreSQL database whose role loses its
+write privileges (REVOKE) while sessions run through the gateway (psycopg)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
+from tests.integration.pg_cluster import startup_error
+from tests.integration.test_operations import get, scrape, total, wait_until
+
+BACKLOG = 20  # limits.audit_backlog: refusals start once this many records wait
+
+
+@pytest.fixture
+def store_role() -> Iterator[tuple[str, str]]:
+    """(role, database): a PostgreSQL store owned by a role of its own (not a superuser,
+    so REVOKE binds it)."""
+    name = f"wg_store_{uuid.uuid4().hex[:8]}"
+    with admin_conn() as conn:
+        conn.execute(f'create role "{name}" login')
+        conn.execute(f'create database "{name}" owner "{name}"')
+    yield name, name
+    with admin_conn() as conn:
+        conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
+        )
+        conn.execute(f'drop database if exists "{name}"')
+        conn.execute(f'drop role if exists "{name}"')
+
+
+def _store_writes(database: str, role: str, allowed: bool) -> None:
+    with admin_conn(database) as conn:
+        if allowed:
+            conn.execute(f'grant all on all tables in schema public to "{role}"')
+        else:
+            conn.execute(
+                f'revoke insert, update, delete on all tables in schema public from "{role}"'
+            )
+
+
+def _recorded(database: str, session_app: str) -> list[str]:
+    """The texts of action events recorded for the session whose application_name is given."""
+    with admin_conn(database) as conn:
+        rows = conn.execute(
+            "select e.payload::json->>'text' from audit_events e join sessions s "
+            "on s.id = e.session_id where e.type = 'action' and s.application_name = %s "
+            "order by e.id",
+            (session_app,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_unwritable_store_refuses_clearly_and_recovers(
+    it_database: str, table: str, tmp_path: Path, store_role: tuple[str, str]
+) -> None:
+    role, database = store_role
+    config = base_config(it_database).replace(
+        "max_message_bytes: 4194304}", f"max_message_bytes: 4194304, audit_backlog: {BACKLOG}}}"
+    )
+    gw: Gateway = make_gateway(
+        tmp_path / "gw", config, store=f"postgresql://{role}@127.0.0.1:5432/{database}"
+    )
+    gw.token("dev")  # written to the store before it turns read-only
+    gw.start()
+    try:
+        app = f"wg_rel_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(gw.dsn("dev", application_name=app), autocommit=True) as conn:
+            conn.execute(f"insert into {table} values (100, 0)")
+            _store_writes(database, role, allowed=False)
+            ran = [f"insert into {table} values (100, 0)"]
+            refusal: psycopg.Error | None = None
+            started = time.monotonic()
+            for i in range(1, 20 * BACKLOG):
+                sql = f"insert into {table} values ({100 + i}, 0)"
+                try:
+                    conn.execute(sql)
+                except psycopg.Error as exc:
+                    refusal = exc
+                    break
+                ran.append(sql)
+                time.sleep(0.01)
+            assert refusal is not None, "statements kept running with the store unwritable"
+            assert time.monotonic() - started < 30, "the refusal took too long"
+            assert refusal.sqlstate == "58000", refusal
+            assert "wardgate cannot record this action: the audit store is unavailable" in str(
+                refusal
+            )
+            diag = refusal.diag.message_hint or ""
+            assert "retry" in diag.lower(), diag
+            # The refused statement did not reach the target; everything before it did.
+            with admin_conn(it_database) as admin:
+                count = admin.execute(f"select count(*) from {table}").fetchone()
+            assert count == (10 + len(ran),), (count, len(ran))
+            # Refused again at once, not hung, while the store stays unwritable.
+            with pytest.raises(psycopg.Error) as again:
+                conn.execute("select 1")
+            assert again.value.sqlstate == "58000"
+
+            # New sessions: the same refusal, as a connection error pools retry.
+            fields = startup_error(gw.port, "dev", gw.token("dev"), "it")
+            assert fields["C"] == "57P03", fields
+            assert "audit store is unavailable" in fields["M"], fields
+
+            ready = get(gw, "/readyz")
+            assert ready.status_code == 503, ready.text
+            assert any("audit store is unavailable" in p for p in ready.json()["problems"])
+            samples = scrape(gw)
+            assert total(samples, "wardgate_audit_refusing") == 1
+            assert total(samples, "wardgate_audit_store_writable") == 0
+            assert total(samples, "wardgate_audit_refused_total") >= 3
+
+            # The store comes back: the backlog is written and statements run again.
+            _store_writes(database, role, allowed=True)
+            wait_until(lambda: get(gw, "/readyz").status_code == 200, 20, "/readyz back to 200")
+            conn.execute(f"insert into {table} values (99, 0)")
+            ran.append(f"insert into {table} values (99, 0)")
+        wait_until(lambda: len(_recorded(database, app)) >= len(ran), 20, "records written")
+        assert _recorded(database, app) == ran  # nothing lost, nothing refused recorded
+        with psycopg.connect(gw.dsn("dev")) as fresh:
+            assert fresh.execute("select 1").fetchone() == (1,)
+        assert total(scrape(gw), "wardgate_audit_refusing") == 0
+    finally:
+        gw.stop()
+    log = gw.log
+    assert "Traceback" not in log, log
+    # One line per change of state, not one per attempt.
+    assert len(re.findall("audit store write failed", log)) == 1, log
+    assert len(re.findall("audit store unavailable with", log)) == 1, log
+    assert len(re.findall("audit store writable again", log)) == 1, log

@@ -1,0 +1,83 @@
+"""The audit journal (audit.journal) and the recorder's use of it, on real files: what a
+crash leaves is exactly what the store may not have, the checkpoint follows the store,
+rotation keeps open intents and drops the rest, a torn tail is ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from tests.store.test_recorder import _action, _start
+
+from wardgate.audit import journal as journal_mod
+from wardgate.audit.journal import Intent, Journal
+from wardgate.audit.recorder import Recorder
+from wardgate.audit.records import ActionRecord, SessionEnd
+from wardgate.store.db import Store
+
+
+def _interrupted(record: ActionRecord) -> ActionRecord:
+    return dataclasses.replace(record, status="interrupted")
+
+
+def test_pending_is_records_after_the_checkpoint_and_unanswered_intents(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j")
+    j.open()
+    j.append(_start("s1"))
+    done, lost = _action("s1", 1), _action("s1", 2)
+    j.append(Intent(_interrupted(done)))
+    j.append(Intent(_interrupted(lost)))
+    j.append(done)
+    j.flush()
+    # A "crash": nothing closed. Everything is pending, and the unanswered intent too.
+    got = journal_mod.pending(tmp_path / "j")
+    assert [type(r).__name__ for r in got] == ["SessionRecord", "ActionRecord", "ActionRecord"]
+    assert got[1] == done and got[2] == _interrupted(lost)
+    # The store has everything up to the end: nothing is pending.
+    j.set_checkpoint(j.end)
+    assert journal_mod.pending(tmp_path / "j") == []
+    j.close()
+
+
+def test_a_torn_tail_is_ignored(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j")
+    j.open()
+    record = _action("s1", 1)
+    j.append(record)
+    j.flush()
+    j.close()
+    wal = next((tmp_path / "j").glob("*.wal"))
+    whole = wal.read_bytes()
+    wal.write_bytes(whole + whole[: len(whole) // 2])  # half a frame: a power loss
+    assert journal_mod.pending(tmp_path / "j") == [record]
+
+
+def test_recorder_moves_the_checkpoint_and_rotation_keeps_open_intents(
+    tmp_path: Path, store: Store
+) -> None:
+    async def run() -> None:
+        j = Journal(tmp_path / "j", rotate_bytes=4096)
+        j.open()
+        rec = Recorder(store, batch=50, linger=0, journal=j)
+        await rec.start()
+        rec.submit(_start("s1"))
+        long_running = _action("s1", 0)
+        rec.intend(_interrupted(long_running))  # never answered before the "crash"
+        for seq in range(1, 200):
+            rec.intend(_interrupted(_action("s1", seq)))
+            rec.submit(_action("s1", seq))
+        await asyncio.wait_for(rec.flush(), 30)
+        await asyncio.sleep(0)
+        # Rotation happened (4 KiB files) and old files went; the open intent survived.
+        files = list((tmp_path / "j").glob("*.wal"))
+        assert 1 <= len(files) <= 2, files
+        assert journal_mod.pending(tmp_path / "j") == [_interrupted(long_running)]
+        rec.submit(long_running)
+        rec.submit(SessionEnd("s1", 0.0))
+        await asyncio.wait_for(rec.flush(), 30)
+        assert journal_mod.pending(tmp_path / "j") == []
+        await rec.close()
+        j.close()
+
+    asyncio.run(run())
