@@ -386,3 +386,17 @@ def test_exec_runs_with_a_fixed_environment(sgw: SshGateway, ssh_target: SshTarg
     again = sgw.ssh("agent", "web1", "bash -c true", "-o", f"SetEnv=BASH_ENV={script}")
     assert again.returncode == 0, again.stderr
     assert not marker.exists()
+
+
+def test_sensitive_files_are_blocked_for_masked_principals_by_any_program(
+    sgw: SshGateway, ssh_target: SshTarget
+) -> None:
+    key = ssh_target.home / f"deploy-{uuid.uuid4().hex[:6]}.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKeyMaterialNotReal\n")
+    for command in (f"base64 {key}", f"od -c {key}", f"rev {key}", f"tail -n +2 {key}"):
+        blocked = sgw.ssh("agent", "web1", command)
+        assert blocked.returncode == 126, (command, blocked.stderr)
+        assert "wardgate:sensitive-path" in blocked.stderr and "masking.paths" in blocked.stderr
+        assert "S2V5TWF0ZXJpYWw" not in blocked.stdout and "KeyMaterial" not in blocked.stdout
+    human = sgw.ssh("dev", "web1", f"tail -n +2 {key}")
+    assert human.returncode == 0 and "KeyMaterialNotReal" in human.stdout

@@ -144,3 +144,80 @@ def expands(raw: str) -> bool:
                 return True  # {a,b} and {1..3} are brace expansions; {} is a word
         i += 1
     return False
+
+
+_HOME = re.compile(r"\$(HOME\b|\{HOME\})")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-]")
+
+
+# In a shape, an expansion: it may become anything, a leading dot and "/" included.
+EXPANSION = "\x01"
+
+
+def shape(raw: str) -> str:
+    """A word as an fnmatch pattern of what it may become: quoted text literal (``*``
+    written ``[*]``), unquoted globs kept, every expansion :data:`EXPANSION`, a leading
+    ``$HOME`` ``~``. What a word with ``$x`` or ``$(...)`` names is known only at run
+    time; it may name anything, and the sensitive-path check treats it so."""
+    out: list[str] = []
+    i, n, quote = 0, len(raw), ""
+    while i < n:
+        ch = raw[i]
+        if quote == "'":
+            if ch == "'":
+                quote = ""
+            else:
+                out.append(_literal(ch))
+            i += 1
+        elif ch == "\\":
+            out.append(_literal(raw[i + 1 : i + 2]))
+            i += 2
+        elif ch in "'\"" and (not quote or ch == quote):
+            quote = "" if quote else ch
+            i += 1
+        elif ch == "$" and i == 0 and (home := _HOME.match(raw)):
+            out.append("~")
+            i = home.end()
+        elif ch == "$" and raw[i + 1 : i + 2] == "'" and not quote:
+            out.append(EXPANSION)
+            end = _ansi_c_end(raw, i + 2)
+            i = n if end < 0 else end
+        elif ch == "$" and raw[i + 1 : i + 2] in ("(", "{", "["):
+            out.append(EXPANSION)
+            i = _closing(raw, i + 1)
+        elif ch == "$" and (name := _NAME.match(raw, i + 1)):
+            out.append(EXPANSION)
+            i = name.end()
+        elif ch == "`":
+            out.append(EXPANSION)
+            end = raw.find("`", i + 1)
+            i = n if end < 0 else end + 1
+        elif ch in "*?[" and not quote:
+            out.append(ch)
+            i += 1
+        else:
+            out.append(_literal(ch))
+            i += 1
+    return "".join(out)
+
+
+def _literal(ch: str) -> str:
+    return f"[{ch}]" if ch in "*?[" else ch
+
+
+def _closing(raw: str, i: int) -> int:
+    """Index after the bracket closing the one at ``raw[i]`` (nesting counted); the end
+    of the word when it does not close."""
+    pairs = {"(": ")", "{": "}", "[": "]"}
+    stack = [pairs[raw[i]]]
+    i += 1
+    while i < len(raw) and stack:
+        ch = raw[i]
+        if ch == "\\":
+            i += 1
+        elif ch in pairs:
+            stack.append(pairs[ch])
+        elif ch == stack[-1]:
+            stack.pop()
+        i += 1
+    return i

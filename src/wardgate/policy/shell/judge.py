@@ -26,6 +26,7 @@ class _Facts:
     flags: list[str] = field(default_factory=list)
     error: str | None = None
     unproven: list[str] = field(default_factory=list)  # why it is not provably a read
+    words: list[str] = field(default_factory=list)  # shapes of every word it gets
 
     def not_read(self, reason: str) -> None:
         """Record that this command is not provably a read (see readonly.py)."""
@@ -65,6 +66,7 @@ class _Facts:
             tables_written=_unique(self.written),
             functions=_unique(self.functions),
             columns=_unique(f.lower() for f in self.flags),
+            words=_unique(self.words),
         )
 
 

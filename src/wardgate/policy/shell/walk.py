@@ -19,7 +19,7 @@ from wardgate.policy.shell.args import (
     _scan_prefix,
     _shell_script,
 )
-from wardgate.policy.shell.inert import active_expansion, expands
+from wardgate.policy.shell.inert import active_expansion, expands, shape
 from wardgate.policy.shell.judge import _Facts, _judge
 from wardgate.policy.shell.prefixes import _PREFIXES, _SU_VALUES, _prefix_alone
 from wardgate.policy.shell.programs import _resolve
@@ -72,6 +72,7 @@ class _Word:
     hidden: bool = False  # bashlex could not read it: $'...', $(...) inside ${...}
     runs: frozenset[str] = frozenset()  # programs its substitutions run
     fixed: bool = True  # known now: no expansion, no unquoted glob or brace
+    shape: str = ""  # what it may become, as an fnmatch glob (inert.shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ class _Walker:
                 hidden = hidden or not value or "$(" in value or "`" in value
         raw = source[node.pos[0] : node.pos[1]]
         fixed = not (dynamic or hidden or expands(raw))
-        return _Word(node.word, dynamic, hidden, frozenset(runs), fixed)
+        return _Word(node.word, dynamic, hidden, frozenset(runs), fixed, shape(raw))
 
     def redirect(self, node: Any, source: str, scope: _Scope) -> _Redirect:
         fd = node.input if isinstance(node.input, int) else None
@@ -269,6 +270,8 @@ class _Walker:
         scope: _Scope,
     ) -> None:
         facts = self.facts(text, scope)
+        facts.words.extend(w.shape for w in (*assigns, *words))
+        facts.words.extend(r.target.shape for r in redirects if r.target is not None)
         stdin = scope.stdin
         for r in redirects:
             stdin = _apply_redirect(r, facts, stdin)
