@@ -71,6 +71,9 @@ class StatementInfo:
     tables_written: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()  # every function called, as written, lower-cased
     columns: tuple[str, ...] = ()  # every column named, without its table, lower-cased
+    # Shell: every word a command gets (arguments, redirect targets, assigned values) as
+    # the fnmatch glob of what it may become (policy/shell/inert.py shape).
+    words: tuple[str, ...] = ()
 
 
 @positional_pickle

@@ -299,10 +299,26 @@ class MaskingRuleConfig(_Model):
     strategy: Literal["redact", "partial", "hash", "pseudonym"] = "partial"
 
 
+# Files no program may read over SSH for a principal whose output is masked: masking a
+# stream cannot stop base64, od -c or rev of a key (docs/ssh.md, "Sensitive files").
+DEFAULT_SENSITIVE_PATHS = (
+    "~/.ssh/id_*", "~/.ssh/*_key", "/etc/ssh/ssh_host_*_key", "*.pem", "*.key", "*.p12",
+    "*.pfx", "*.jks", "*.keystore", ".env", ".env.*", "*.env", "/etc/shadow",
+    "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/security/opasswd",
+    "~/.aws/credentials", "~/.aws/config", "~/.config/gcloud/*", "~/.azure/*",
+    "~/.kube/config", "/etc/kubernetes/admin.conf", "~/.docker/config.json", "~/.netrc",
+    "~/.pgpass", "~/.my.cnf", "~/.git-credentials", "~/.gnupg/*", "~/.vault-token",
+    "/root/.bash_history", "~/.bash_history",
+)  # fmt: skip
+
+
 class MaskingConfig(_Model):
     # HMAC key of the hash and pseudonym strategies; default: derived from the master key.
     key: SecretRef = None
     rules: list[MaskingRuleConfig] = Field(default_factory=list)
+    # Globs of files whose reading is blocked, by any program, for principals a rule
+    # masks on a connection (SSH commands). "~/" is any home; no "/": a name anywhere.
+    paths: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_PATHS))
 
 
 NotifyEvent = Literal[

@@ -19,7 +19,10 @@ from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.metrics import timed_decision
 from wardgate.policy.functions import function_class
+from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
+from wardgate.policy.shell.inert import EXPANSION
+from wardgate.policy.shell.sensitive import RECURSIVE_FLAGS, RECURSIVE_PROGRAMS, may_name
 from wardgate.policy.sql import (
     MAX_CACHED_TEXT,
     classify_keyed,
@@ -204,6 +207,10 @@ class Gate:
             )
         if not statements:
             return Verdict(Decision.ALLOW, "empty", "empty statement", statements, ("empty",))
+        if action.kind == "shell":
+            sensitive = self._sensitive_path(action, statements)
+            if sensitive is not None:
+                return sensitive
         worst: Verdict | None = None
         for stmt in statements:
             verdict = self._decide_statement(stmt, roles, own, action, statements, conn)
@@ -339,6 +346,38 @@ class Gate:
                 ("wardgate:copy-from-review", *(c[1] for c in deciding)),
             )
         return Verdict(decision, rule, reason, statements, tuple(c[1] for c in deciding))
+
+    def _sensitive_path(
+        self, action: Action, statements: tuple[StatementInfo, ...]
+    ) -> Verdict | None:
+        """Block a command that may name a file of ``masking.paths`` for a principal whose
+        output is masked: masking a stream cannot stop base64 or od -c of a key."""
+        patterns = tuple(self.config.masking.paths)
+        if not patterns or not masks_output(
+            self.config.masking.rules, action.principal, action.connection
+        ):
+            return None
+        for stmt in statements:
+            recursive = bool(
+                RECURSIVE_PROGRAMS.intersection(stmt.functions)
+                or RECURSIVE_FLAGS.intersection(stmt.columns)
+            )
+            for word in stmt.words:
+                pattern = may_name(word, patterns, recursive)
+                if pattern is not None:
+                    shown = word.replace(EXPANSION, "$...")
+                    return Verdict(
+                        Decision.BLOCK,
+                        "wardgate:sensitive-path",
+                        f"{shown!r} in {stmt.text!r} may name a sensitive file "
+                        f"({pattern}, masking.paths); {action.principal.name!r} sees masked "
+                        "output, and masking cannot stop a program from printing such a "
+                        "file: name a file outside masking.paths (an expansion or a glob "
+                        "that could reach one counts), or ask a human to read it",
+                        statements,
+                        ("wardgate:sensitive-path",),
+                    )
+        return None
 
     def _unknown_functions(self, stmt: StatementInfo, connection: str) -> list[str]:
         unknown = []

@@ -186,6 +186,7 @@ def _sshd_config(workdir: Path, port: int, host_key: Path, authorized_keys: Path
         MaxStartups 100
         MaxSessions 50
         Subsystem sftp internal-sftp
+        AcceptEnv LANG LC_* BASH_ENV ENV PS4 PROMPT_COMMAND PATH
         LogLevel VERBOSE
         """
     )

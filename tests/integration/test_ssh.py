@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sqlite3
 import subprocess
 import textwrap
@@ -328,3 +329,74 @@ def test_every_command_is_in_the_audit_log(sgw: SshGateway) -> None:
         ).returncode
         == 0
     )
+
+
+# --- issue 15: read means provably read, checked on the host itself
+def _issue_15(marker: Path, victim: Path) -> list[str]:
+    return [
+        f"hash -p /bin/sh ls; ls -c 'id > {marker}'",
+        f"hash -p /bin/rm ls; ls -rf {victim}",
+        f"ls ~$(uname -a > {marker})",
+        f"printf -v PS4 '$(whoami > {marker})'; set -x; true",
+    ]
+
+
+def test_the_issue_examples_run_for_a_writer_and_are_held_for_a_reader(
+    sgw: SshGateway, ssh_target: SshTarget
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    for i in range(4):
+        marker = ssh_target.home / f"x-{tag}-{i}"
+        victim = ssh_target.home / f"victim-{tag}-{i}"
+        victim.mkdir()
+        (victim / "data").write_text("keep")
+        command = _issue_15(marker, victim)[i]
+        held = sgw.ssh("agent", "web1", command)
+        assert held.returncode == 77, (command, held.stdout, held.stderr)
+        assert "approval pending" in held.stderr
+        assert not marker.exists() and (victim / "data").exists(), command
+        # The same line from a role that may write does what the issue says: these are
+        # real attacks, not shapes that happen to be refused.
+        ran = sgw.ssh("dev", "web1", command)
+        assert marker.exists() or not victim.exists(), (command, ran.stdout, ran.stderr)
+
+
+def test_ss_kill_is_held_and_the_connection_lives(sgw: SshGateway) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        peer, _ = server.accept()
+        with client, peer:
+            held = sgw.ssh("agent", "web1", f"ss -K dst 127.0.0.1 dport = :{port}")
+            assert held.returncode == 77, held.stderr
+            client.sendall(b"alive")
+            assert peer.recv(5) == b"alive"
+
+
+def test_exec_runs_with_a_fixed_environment(sgw: SshGateway, ssh_target: SshTarget) -> None:
+    marker = ssh_target.home / f"bash-env-{uuid.uuid4().hex[:6]}"
+    script = ssh_target.home / f"bash-env-{uuid.uuid4().hex[:6]}.sh"
+    script.write_text(f"touch {marker}\n")
+    result = sgw.ssh("agent", "web1", "printenv", "-o", f"SetEnv=BASH_ENV={script} PS4=x PATH=/tmp")
+    assert result.returncode == 0, result.stderr
+    env = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert "BASH_ENV" not in env and "PS4" not in env and env["PAGER"] == "cat"
+    # A shell that would read BASH_ENV (bash -c is non-interactive) finds none.
+    again = sgw.ssh("agent", "web1", "bash -c true", "-o", f"SetEnv=BASH_ENV={script}")
+    assert again.returncode == 0, again.stderr
+    assert not marker.exists()
+
+
+def test_sensitive_files_are_blocked_for_masked_principals_by_any_program(
+    sgw: SshGateway, ssh_target: SshTarget
+) -> None:
+    key = ssh_target.home / f"deploy-{uuid.uuid4().hex[:6]}.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKeyMaterialNotReal\n")
+    for command in (f"base64 {key}", f"od -c {key}", f"rev {key}", f"tail -n +2 {key}"):
+        blocked = sgw.ssh("agent", "web1", command)
+        assert blocked.returncode == 126, (command, blocked.stderr)
+        assert "wardgate:sensitive-path" in blocked.stderr and "masking.paths" in blocked.stderr
+        assert "S2V5TWF0ZXJpYWw" not in blocked.stdout and "KeyMaterial" not in blocked.stdout
+    human = sgw.ssh("dev", "web1", f"tail -n +2 {key}")
+    assert human.returncode == 0 and "KeyMaterialNotReal" in human.stdout

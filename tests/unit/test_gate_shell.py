@@ -92,3 +92,62 @@ def test_session_features_come_from_roles(gate: Gate) -> None:
     assert not gate.feature(ann, "web1", "sftp").allowed
     # a grant of the operator role gives the agent a shell
     assert gate.feature(bot, "web1", "shell", frozenset({"operator"})).allowed
+
+
+# --- masking.paths: sensitive files are blocked for principals whose output is masked
+MASKED = POLICY.replace(
+    "reviews: {approvers: [approvers]}",
+    "reviews: {approvers: [approvers]}\n"
+    "masking:\n  rules: [{name: agents, principal_kinds: [agent], entities: [all]}]",
+)
+
+
+@pytest.fixture(scope="module")
+def masked_gate() -> Gate:
+    return Gate(parse_config(MASKED, Path("policy.yaml")))
+
+
+SENSITIVE = [
+    "cat ~/.ssh/id_rsa", "base64 ~/.ssh/id_ed25519", "od -c /root/.ssh/id_rsa",
+    "rev /home/deploy/.ssh/id_ecdsa", "tail -n +2 .ssh/id_rsa", "cat $HOME/.ssh/id_rsa",
+    "cat /etc/shadow", "grep root /etc/gshadow", "cat ~/.aws/credentials",
+    "cat ~/.kube/config", "cat ~/.docker/config.json", "ls ~/.config/gcloud",
+    "cat /srv/app/.env", "cat server.pem", "head /etc/ssl/private/site.key",
+    "dd if=/etc/shadow", "sort -o x --files0-from=/etc/shadow", "cat /etc/sh?dow",
+    "cat ~/.ssh/*", "cat ~/.s*/id*", "f=~/.ssh/id_rsa; cat $f", "cat \"/etc/sh\"'adow'",
+    "cat $(echo x)", "for f in a; do cat $f; done", "cat *", "cd ~/.ssh && cat id_rsa",
+    "grep -r BEGIN ~", "grep -r x /etc", "find / -name x", "tar c /root",
+    "bash -c 'cat ~/.ssh/id_rsa'", "cat < ~/.ssh/id_rsa", "x=1 cat -f/etc/shadow",
+]  # fmt: skip
+NOT_SENSITIVE = [
+    "df -h", "cat /etc/passwd", "ls -la /var/log", "tail -n 50 /var/log/syslog",
+    "ls ~/.ssh/known_hosts", "cat /srv/app/config.yml", "grep -r x /srv/app", "ls /etc",
+    "cat '*'", "echo $HOME", "du -sh /var/log/*.log", "ls /", "ps aux | grep ssh",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", SENSITIVE)
+def test_a_masked_principal_cannot_name_a_sensitive_file(masked_gate: Gate, command: str) -> None:
+    bot = masked_gate.config.principal("bot")
+    verdict = masked_gate.check(Action(bot, "web1", "ssh", "shell", command))
+    assert verdict.decision is Decision.BLOCK, verdict
+    assert verdict.rule == "wardgate:sensitive-path"
+    assert "masking.paths" in verdict.reason
+
+
+@pytest.mark.parametrize("command", NOT_SENSITIVE)
+def test_other_files_are_judged_as_usual(masked_gate: Gate, command: str) -> None:
+    bot = masked_gate.config.principal("bot")
+    verdict = masked_gate.check(Action(bot, "web1", "ssh", "shell", command))
+    assert verdict.rule != "wardgate:sensitive-path", verdict
+
+
+def test_unmasked_principals_and_an_empty_list_are_not_limited(masked_gate: Gate) -> None:
+    ann = masked_gate.config.principal("ann")
+    verdict = masked_gate.check(Action(ann, "web1", "ssh", "shell", "cat /etc/shadow"))
+    assert verdict.decision is Decision.ALLOW
+    off = Gate(parse_config(MASKED + "  paths: []\n", Path("policy.yaml")))
+    bot = off.config.principal("bot")
+    assert off.check(Action(bot, "web1", "ssh", "shell", "cat /etc/shadow")).decision is (
+        Decision.ALLOW
+    )

@@ -35,23 +35,23 @@ CASES = [
     case("cat /etc/passwd | grep root", "read", "cat grep"),
     case("ps aux | sort -k3 -rn | head", "read", "ps sort head"),
     case("journalctl -u nginx --since today", "read", "journalctl"),
-    case("kubectl get pods -A", "read", "kubectl"),
-    case("kubectl -n prod describe pod web-1", "read", "kubectl"),
-    case("kubectl logs deploy/web --tail 50", "read", "kubectl"),
-    case("kubectl rollout status deploy/web", "read", "kubectl"),
+    case("kubectl get pods -A", "write", "kubectl unproven_read"),
+    case("kubectl -n prod describe pod web-1", "write", "kubectl unproven_read"),
+    case("kubectl logs deploy/web --tail 50", "write", "kubectl unproven_read"),
+    case("kubectl rollout status deploy/web", "write", "kubectl unproven_read"),
     case("systemctl status nginx", "read", "systemctl"),
     case("systemctl is-active nginx && systemctl list-units --failed", "read", "systemctl"),
-    case("docker ps -a", "read", "docker"),
-    case("docker logs -f web", "read", "docker"),
-    case("docker stats --no-stream", "read", "docker"),
-    case("git status", "read", "git"),
-    case("git -C /srv/app log --oneline -n 5", "read", "git"),
-    case("git diff HEAD~1", "read", "git"),
-    case("git branch", "read", "git"),
+    case("docker ps -a", "write", "docker unproven_read"),
+    case("docker logs -f web", "write", "docker unproven_read"),
+    case("docker stats --no-stream", "write", "docker unproven_read"),
+    case("git status", "write", "git unproven_read"),
+    case("git -C /srv/app log --oneline -n 5", "write", "git unproven_read"),
+    case("git diff HEAD~1", "write", "git unproven_read"),
+    case("git branch", "write", "git unproven_read"),
     case("find /var/log -name '*.gz' -mtime +7", "read", "find"),
     case("stat /etc/hosts; file /bin/ls; wc -l /etc/passwd", "read", "stat file wc"),
     case("awk '{print $1}' /var/log/nginx/access.log | uniq -c", "read", "awk uniq"),
-    case("awk '/error|warn/ {n++} END {print n}' app.log", "read", "awk"),
+    case("awk '/error|warn/ {n++} END {print n}' app.log", "write", "awk unproven_read"),
     case("sed -n '1,20p' /etc/nginx/nginx.conf", "read", "sed"),
     case("top -b -n 1", "read", "top"),
     case("uptime; free -m; vmstat 1 3; iostat", "read", "uptime free vmstat iostat"),
@@ -63,27 +63,31 @@ CASES = [
     case("printenv HOME", "read", "printenv"),
     case("echo hello > /dev/null 2>&1", "read", "echo", "redirect_write"),
     case("printf '%s\\n' ok", "read", "printf"),
-    case("dig example.com; nslookup example.com; host example.com", "read", "dig nslookup host"),
+    case(
+        "dig example.com; nslookup example.com; host example.com",
+        "write",
+        "dig nslookup host unproven_read",
+    ),
     case("ping -c 3 10.0.0.1", "read", "ping"),
-    case("curl -s https://api.example.com/health | jq .status", "read", "curl jq"),
-    case("curl -I https://example.com", "read", "curl"),
-    case("wget -qO- https://example.com", "read", "wget"),
-    case("which python3; type ls; command -v git", "read", "which type command"),
+    case("curl -s https://api.example.com/health | jq .status", "write", "curl jq unproven_read"),
+    case("curl -I https://example.com", "write", "curl unproven_read"),
+    case("wget -qO- https://example.com", "write", "wget unproven_read"),
+    case("which python3; type ls; command -v git", "write", "which type command unproven_read"),
     case("sleep 5 && true || false", "read", "sleep true false"),
     case("test -f /etc/hosts && [ -d /tmp ]", "read", "test ["),
     case("dmesg -T | tail", "read", "dmesg tail"),
     case("lsblk; mount; getent passwd root", "read", "lsblk mount getent"),
     case("tree /etc/nginx", "read", "tree"),
     case("sha256sum /usr/bin/ls; md5sum f", "read", "sha256sum md5sum"),
-    case("yq e '.spec' deploy.yaml", "read", "yq"),
+    case("yq e '.spec' deploy.yaml", "write", "yq unproven_read"),
     case("base64 secret.txt", "read", "base64"),
-    case("tar -tzf backup.tgz", "read", "tar"),
-    case("iptables -L -n", "read", "iptables"),
-    case("ufw status verbose", "read", "ufw"),
-    case("apt list --installed", "read", "apt", "package_change"),
-    case("python3 --version", "read", "python"),
-    case("sudo -l", "read", "sudo"),
-    case("less /var/log/syslog", "read", "less interactive"),
+    case("tar -tzf backup.tgz", "write", "tar unproven_read"),
+    case("iptables -L -n", "write", "iptables unproven_read"),
+    case("ufw status verbose", "write", "ufw unproven_read"),
+    case("apt list --installed", "write", "apt unproven_read", "package_change"),
+    case("python3 --version", "write", "python unproven_read"),
+    case("sudo -l", "write", "sudo unproven_read"),
+    case("less /var/log/syslog", "write", "less interactive unproven_read"),
     case("echo héllo wörld ✓ && ls /tmp/日本語", "read", "echo ls"),
     case("ls # a comment; rm -rf /", "read", "ls", "rm"),
     case('grep "error$" /var/log/app.log', "read", "grep", "obfuscated"),
@@ -165,13 +169,13 @@ CASES = [
     case("top", "write", "top interactive"),
     case("watch -n 5 'df -h; rm -f /tmp/x'", "write", "watch df rm"),
     case("trap 'rm -rf /tmp/x' EXIT; ls", "write", "trap rm"),
-    case("exec ls", "read", "exec ls"),
-    case("A=1 B=2", "read", "assignment"),
+    case("exec ls", "write", "exec ls unproven_read"),
+    case("A=1 B=2", "write", "assignment unproven_read"),
     case("> /tmp/empty", "write", "redirect_write"),
     case("exec 3>/tmp/fd3", "write", "exec redirect_write"),
     case("sudo -e /etc/hosts", "write", "sudo"),
     case("find . -name '*.tmp' | xargs", "read", "find xargs"),
-    case("git config --get user.email", "read", "git"),
+    case("git config --get user.email", "write", "git unproven_read"),
     case("git config --global user.name bob", "write", "git"),
     case("strace -f -o /tmp/trace ls", "write", "strace ls"),
     case("systemd-run --unit cleanup rm -rf /tmp/x", "write", "systemd-run rm"),
@@ -221,7 +225,7 @@ CASES = [
     case("mkfs.ext4 /dev/sdb1", "admin", "mkfs"),
     case("mkswap /dev/sdb2", "admin", "mkfs"),
     case("fdisk /dev/sdb", "admin", "fdisk"),
-    case("fdisk -l", "read", "fdisk"),
+    case("fdisk -l", "write", "fdisk unproven_read"),
     case("parted /dev/sdb mklabel gpt", "admin", "parted"),
     case("wipefs -a /dev/sdb", "admin", "wipefs"),
     case("mount /dev/sdb1 /mnt", "admin", "mount"),
@@ -260,7 +264,7 @@ CASES = [
     case("ufw deny 23", "admin", "ufw", "firewall_open_world"),
     case("firewall-cmd --permanent --add-port=5432/tcp", "admin", "firewall_open_world"),
     case("firewall-cmd --add-service=http", "admin", "firewall-cmd firewall_open_world"),
-    case("firewall-cmd --list-all", "read", "firewall-cmd"),
+    case("firewall-cmd --list-all", "write", "firewall-cmd unproven_read"),
     case("nft add rule inet filter input tcp dport 22 accept", "admin", "firewall_open_world"),
     case("sysctl -w net.ipv4.ip_forward=1", "admin", "sysctl"),
     case("sysctl net.ipv4.ip_forward", "read", "sysctl"),
@@ -402,9 +406,10 @@ def test_one_info_per_simple_command_in_order() -> None:
 
 def test_substitutions_in_arguments_run_and_are_classified() -> None:
     infos = classify_command("echo $(rm -rf /tmp/x) `id` <(cat /etc/shadow)")
-    assert [i.text for i in infos] == ["rm -rf /tmp/x", "id", "cat /etc/shadow", infos[-1].text]
+    assert [i.text for i in infos][:4] == ["rm -rf /tmp/x", "id", "cat /etc/shadow", infos[3].text]
     assert infos[0].klass == "write"
-    assert infos[-1].functions == ("echo",)
+    assert infos[3].functions == ("echo",)
+    assert "active_expansion" in infos[4].kinds  # a substitution is never part of a read
     assert infos[2].tables_read == ("/etc/shadow",)
 
 
@@ -498,3 +503,88 @@ def test_results_are_cached_and_stable() -> None:
     command = "ps aux | grep nginx"
     assert classify_command(command) is classify_command(command)
     assert classify_command(command) == classify_command(command + " ")[:2]
+
+
+# --- read means provably read (issue 15): the allow-list, options, inert expansions
+ISSUE_15 = [
+    "hash -p /bin/sh ls; ls -c 'id > /tmp/x'",
+    "hash -p /bin/rm ls; ls -rf /srv/data",
+    "ls ~$(uname -a > /tmp/x)",
+    "printf -v PS4 '$(whoami > /tmp/x)'; set -x; true",
+    "ss -K dst 10.0.0.5",
+]
+NOT_READ = [
+    *ISSUE_15,
+    "ls ${x:-$(id)}", "echo ${x@P}", "echo ${!x}", "echo ${a[$(id)]}", "echo $((a[1]))",
+    "echo $[1+1]", "((x=1))", "[[ $x -eq 1 ]]", "cat <(id)", "cat <<EOF\nx\nEOF",
+    "cat <<'EOF'\n$(id)\nEOF", "test -v 'a[$(id)]'", "[ -v x ]", "ls {fd}>/dev/null",
+    "echo `id`", "echo \"$(id)\"", "alias ls=id", "enable -n echo", "builtin echo",
+    "command ls", "set -x", "shopt -s expand_aliases", "trap 'id' EXIT", "declare x=1",
+    "typeset x=1", "export x=1", "local x=1", "read x", "mapfile x", "readonly x=1",
+    "exec ls", "source /tmp/x", ". /tmp/x", "eval ls", "unset PATH", "PATH=/tmp ls",
+    "IFS=/ ls", "PS4='$(id)' ls", "BASH_ENV=/tmp/x bash -c ls", "PROMPT_COMMAND=id",
+    "env PATH=/tmp ls", "env -S 'ls' x", "ls() { id; }; ls", "for PATH in /tmp; do ls; done",
+    "sort -o /tmp/x f", "sort --out=/tmp/x f", "sort -ro/tmp/x f", "sort *", "sort $x",
+    "uniq a b", "xxd a b", "find . -delete", "find . -fprint /tmp/x", "find . -ok rm {} ;",
+    "find . -exec rm {} +", "find . -exec sort {} +", "sed -i s/a/b/ f", "sed 's/a/b/w x' f",
+    "sed 1e f", "sed -f x.sed f", "sed --in-place s/a/b/ f", "awk '{print > \"x\"}' f",
+    "awk '{system(\"id\")}'", "awk -f x.awk f", "gawk -o x '{print}'", "tree -o x",
+    "ss --kill", "ss --ki", "ss -tK", "ss -D x", "ip -b x", "ip -batch x", "ip -n ns a",
+    "ip link set eth0 down", "ip netns exec x id", "date -s 12:00", "date 0101",
+    "hostname evil", "sysctl -w x=1", "sysctl x=1", "systemctl restart nginx",
+    "systemctl -H host status", "journalctl --vacuum-time=1s", "journalctl --vac=1s",
+    "dmesg -C", "lastlog -C", "crontab -r", "crontab f", "top", "ping host", "lsof -D b",
+    "file -C", "mount /dev/x /mnt", "xargs sort", "xargs -p ls", "sudo ls", "nohup ls",
+    "watch ls", "time ls", "zsh -c ls", "bash -O extglob -c ls", "bash script.sh", "bash",
+    "git log", "curl -s x", "tac f", "less f", "printf $fmt x",
+    "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x",
+]  # fmt: skip
+READ = [
+    "ls -la /var/log && df -h", "ps aux | grep -v grep | sort -k3 -rn | head",
+    "ss -tulpn", "ss -s", "cat /etc/hosts | wc -l", "echo hi > /dev/null 2>&1",
+    "grep -r error /var/log --include '*.log'", "find /var/log -name '*.gz' -mtime +7",
+    "find . -type f -exec grep -l x {} +", "find . | xargs grep -l x", "xargs -0 ls -l",
+    "sed -n '1,20p' f", "sed -e s/a/b/g f", "awk '{print $1}' f", "awk -F: -v OFS=, '{print $1}' f",
+    "sort -u f | uniq -c", "uniq f", "journalctl -u nginx --since today -n 50",
+    "systemctl status nginx", "systemctl list-units --failed", "ip addr show", "ip -br link",
+    "ip route", "date +%s", "hostname -f", "sysctl -a", "top -b -n 1", "ping -c 1 host",
+    "test -f /etc/hosts && [ -d /tmp ]", "x=1; echo $x", "echo ~ ~root", "echo $HOME",
+    "printf '%s\\n' \"$HOME\"", "bash -c 'ls | wc -l'", "sh -c 'id'",
+    "env -i LANG=C ls", "env LC_ALL=C sort f", "timeout 5 tail -f /var/log/syslog",
+    "cd /var/log && ls", "for f in a b; do cat $f; done", "if true; then ls; fi",
+    "(ls; id) | cat", "{ ls; id; } 2>&1 | head", "cat < /etc/hosts", "ls # it's a comment",
+    "echo 'a $(id) b'", "echo \"cost: 5$\"", "crontab -l", "mount", "swapon --show",
+]  # fmt: skip
+
+
+def _read(command: str) -> bool:
+    return _worst(classify_command(command)) == "read"
+
+
+@pytest.mark.parametrize("command", NOT_READ, ids=[c[:50] for c in NOT_READ])
+def test_not_provably_read_is_never_read(command: str) -> None:
+    infos = classify_command(command)
+    assert _worst(infos) != "read", infos
+
+
+@pytest.mark.parametrize("command", READ, ids=[c[:50] for c in READ])
+def test_provably_read(command: str) -> None:
+    infos = classify_command(command)
+    assert _worst(infos) == "read", infos
+
+
+def test_the_issue_examples_say_why() -> None:
+    errors = {i.error for c in ISSUE_15 for i in classify_command(c) if i.klass != "read"}
+    assert "not provably a read: hash is not on the read-only allow-list" in errors
+    assert any("command substitution" in (e or "") for e in errors)
+    assert any("printf options (-v)" in (e or "") for e in errors)
+    assert any("ss -K" in (e or "") for e in errors)
+
+
+def test_every_read_rule_says_why() -> None:
+    from wardgate.policy.shell.readonly import READ_ONLY, READ_PREFIXES
+
+    for name, rule in READ_ONLY.items():
+        assert rule.why and "\n" not in rule.why, name
+    for name, (why, _) in READ_PREFIXES.items():
+        assert why, name

@@ -144,6 +144,11 @@ class MaskingPolicy:
         return self._maskers[key]
 
 
+def masks_output(rules: Sequence[MaskingRule], principal: Principal, connection: str) -> bool:
+    """Whether some rule masks values in this principal's output on this connection."""
+    return any(rule.entities and _applies(rule, principal, connection) for rule in rules)
+
+
 def _applies(rule: MaskingRule, principal: Principal, connection: str) -> bool:
     if principal.name in rule.except_principals or not principal.groups.isdisjoint(
         rule.except_groups

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -126,10 +127,11 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
     term = process.get_terminal_type()
     width, height, _, _ = process.get_terminal_size()
     proc = await upstream.create_process(
-        command,
+        fixed_environment(command, term),
         encoding=None,
         term_type=term,
         term_size=(width, height) if term else None,
+        env={},  # the client's environment never reaches the target
     )
     captured: list[str] = []
 
@@ -154,6 +156,40 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
             name="review-result",
         )
     process.exit(status)
+
+
+# What an exec'd command runs with on the target, whatever the client or the account's
+# start-up files set: the PATH whose directories the classifier trusts, no BASH_ENV, ENV,
+# PS4, PROMPT_COMMAND, IFS, LD_* ..., and pagers that cannot start a shell.
+FIXED_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_FIXED_ENV = (
+    f"PATH={FIXED_PATH}",
+    'HOME="$HOME"',
+    'USER="$USER"',
+    'LOGNAME="$LOGNAME"',
+    "LANG=C.UTF-8",
+    "PAGER=cat",
+    "SYSTEMD_PAGER=cat",
+    "GIT_PAGER=cat",
+    "LESSSECURE=1",
+)
+_TERM = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+
+
+def fixed_environment(command: str, term: str | None) -> str:
+    """The text sent as the exec request: ``command`` run by bash (the shell the gate
+    judged it as) under ``env -i`` with a fixed environment.
+
+    The target's login shell only has to read one single-quoted string and ``"$HOME"``
+    (any POSIX shell, zsh or fish does; csh does not take a newline inside quotes). An
+    ``env`` request of the client's is never forwarded; ``env -i`` also drops whatever
+    the account's sshd settings or start-up files exported (BASH_ENV, PS4, PATH ...).
+    """
+    env = list(_FIXED_ENV)
+    if term and _TERM.fullmatch(term):
+        env.append(f"TERM={term}")
+    quoted = "'" + command.replace("'", "'\\''") + "'"
+    return f"exec /usr/bin/env -i {' '.join(env)} /bin/bash -c {quoted}"
 
 
 async def _pump_out(

@@ -202,7 +202,8 @@ def _find(c: _Call) -> None:
         elif arg in ("-exec", "-execdir", "-ok", "-okdir"):
             end = next((j for j in range(i + 1, len(args)) if args[j] in (";", "+")), len(args))
             c.runs.append((i + 1, end))
-            c.at_least("write", "find_exec")
+            # The command it runs is judged on its own; -ok asks the terminal first.
+            c.at_least("write" if arg.startswith("-ok") else "read", "find_exec")
             i = end
         elif arg in ("-fprint", "-fprint0", "-fls", "-fprintf") and i + 1 < len(args):
             c.at_least("write")

@@ -25,6 +25,23 @@ class _Facts:
     read: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     error: str | None = None
+    unproven: list[str] = field(default_factory=list)  # why it is not provably a read
+    words: list[str] = field(default_factory=list)  # shapes of every word it gets
+
+    def not_read(self, reason: str) -> None:
+        """Record that this command is not provably a read (see readonly.py)."""
+        self.unproven.append(reason)
+
+    def floor(self) -> str:
+        """The class commands run by this one start at: not read once it is unproven."""
+        return "write" if self.unproven and self.klass == "read" else self.klass
+
+    def settle(self) -> None:
+        """A command judged read that is not provably read is judged a write."""
+        if self.unproven and self.klass == "read":
+            self.at_least("write", "unproven_read")
+            if self.error is None:
+                self.error = f"not provably a read: {self.unproven[0]}"
 
     def at_least(self, klass: str, *kinds: str) -> None:
         if _RANK[klass] > _RANK[self.klass]:
@@ -32,6 +49,7 @@ class _Facts:
         self.kinds.extend(k for k in kinds if k not in self.kinds)
 
     def info(self) -> StatementInfo:
+        self.settle()
         for path in self.written:
             if _under(path, "/etc"):
                 self.at_least(self.klass, "write_etc")
@@ -48,6 +66,7 @@ class _Facts:
             tables_written=_unique(self.written),
             functions=_unique(self.functions),
             columns=_unique(f.lower() for f in self.flags),
+            words=_unique(self.words),
         )
 
 

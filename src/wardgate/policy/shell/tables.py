@@ -160,5 +160,6 @@ _RISK_KINDS = frozenset(
         "unknown_program", "parse_error", "write_device", "write_kernel", "dev_tcp",
         "env_override", "interactive", "source", "eval", "assignment", "find_delete",
         "find_exec", "package_change", "privileged_container", "remote_shell",
+        "unproven_read", "active_expansion",
     }
 )  # fmt: skip

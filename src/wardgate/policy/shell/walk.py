@@ -19,9 +19,11 @@ from wardgate.policy.shell.args import (
     _scan_prefix,
     _shell_script,
 )
+from wardgate.policy.shell.inert import active_expansion, expands, shape
 from wardgate.policy.shell.judge import _Facts, _judge
 from wardgate.policy.shell.prefixes import _PREFIXES, _SU_VALUES, _prefix_alone
 from wardgate.policy.shell.programs import _resolve
+from wardgate.policy.shell.readonly import prefix_problem, program_problem, variable_problem
 from wardgate.policy.shell.tables import (
     _DECODERS,
     _DOWNLOADERS,
@@ -69,6 +71,8 @@ class _Word:
     dynamic: bool = False  # an expansion decides (part of) it at run time
     hidden: bool = False  # bashlex could not read it: $'...', $(...) inside ${...}
     runs: frozenset[str] = frozenset()  # programs its substitutions run
+    fixed: bool = True  # known now: no expansion, no unquoted glob or brace
+    shape: str = ""  # what it may become, as an fnmatch glob (inert.shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,7 @@ class _Scope:
     # Kinds a shell gets when it reads its script from this stdin (the SSH client's
     # stdin by default: an interactive shell the gate never sees).
     stdin: tuple[str, ...] = ("interactive",)
+    appended: bool = False  # xargs or find -exec add arguments at run time
 
 
 _WRITE_REDIRECTS = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&"})
@@ -135,6 +140,13 @@ class _Walker:
             return
         for tree in trees:
             self.node(tree, source, scope)
+        problem = active_expansion(source)
+        if problem is not None:
+            # Not a read whatever runs: bash would run or evaluate code the list never saw.
+            facts = self.facts(source, scope)
+            facts.at_least("write", "active_expansion")
+            facts.error = f"not provably a read: {problem}"
+            self.out.append(facts.info())
 
     def fail(self, text: str, scope: _Scope, error: str) -> None:
         facts = self.facts(text, scope)
@@ -158,6 +170,7 @@ class _Walker:
             for part in node.list:
                 self.node(part, source, inner)
         elif kind in ("list", "if", "for", "while", "until", "function"):
+            self.changes_names(node, source, scope)
             for part in node.parts:
                 self.node(part, source, scope)
         elif kind == "word":  # a for loop's words, a function's name
@@ -165,6 +178,20 @@ class _Walker:
                 self.fail(node.word, scope, "expansion the parser cannot read")
         elif kind not in ("reservedword", "operator", "pipe"):
             self.fail(source[node.pos[0] : node.pos[1]], scope, f"unsupported construct {kind}")
+
+    def changes_names(self, node: Any, source: str, scope: _Scope) -> None:
+        """A function definition changes what a name runs; a for loop assigns a variable."""
+        text = source[node.pos[0] : node.pos[1]]
+        reason = None
+        if node.kind == "function":
+            reason = "it defines a shell function, which changes what a name runs"
+        elif node.kind == "for":
+            name = next((p.word for p in node.parts if p.kind == "word"), "")
+            reason = variable_problem(name + "=")
+        if reason is not None:
+            facts = self.facts(text, scope)
+            facts.not_read(reason)
+            self.out.append(facts.info())
 
     def pipeline(self, node: Any, source: str, scope: _Scope) -> None:
         feeds: tuple[str, ...] = ()  # kinds of what earlier stages pour into the next
@@ -201,7 +228,9 @@ class _Walker:
                 # bashlex reads $'..' and $".." as a nameless parameter (and mangles the
                 # word), and does not parse the $(...) inside ${X:-$(...)}.
                 hidden = hidden or not value or "$(" in value or "`" in value
-        return _Word(node.word, dynamic, hidden, frozenset(runs))
+        raw = source[node.pos[0] : node.pos[1]]
+        fixed = not (dynamic or hidden or expands(raw))
+        return _Word(node.word, dynamic, hidden, frozenset(runs), fixed, shape(raw))
 
     def redirect(self, node: Any, source: str, scope: _Scope) -> _Redirect:
         fd = node.input if isinstance(node.input, int) else None
@@ -241,12 +270,16 @@ class _Walker:
         scope: _Scope,
     ) -> None:
         facts = self.facts(text, scope)
+        facts.words.extend(w.shape for w in (*assigns, *words))
+        facts.words.extend(r.target.shape for r in redirects if r.target is not None)
         stdin = scope.stdin
         for r in redirects:
             stdin = _apply_redirect(r, facts, stdin)
         for a in assigns:
             if a.hidden:
                 facts.at_least("unknown", "obfuscated")
+            if (problem := variable_problem(a.text)) is not None:
+                facts.not_read(problem)
             if a.text.partition("=")[0].rstrip("+") in _HIJACK_VARS:
                 facts.at_least("write", "env_override")
         if any(w.hidden for w in words):
@@ -261,6 +294,7 @@ class _Walker:
     def program(self, words: list[_Word], facts: _Facts, scope: _Scope) -> None:
         """Strip prefixes, then judge the program that runs."""
         replaces_shell = False
+        appended = scope.appended
         while True:
             first = words[0]
             globbed = first.text != "[" and any(ch in first.text for ch in "*?[")
@@ -293,9 +327,16 @@ class _Walker:
                 break
             facts.at_least(facts.klass, prefix.kind)
             opts, start = _scan_prefix(texts, prefix.values, prefix.skip, prefix.assignments)
+            own = rest[: len(texts) if start is None else start]
             for text in texts[: len(texts) if start is None else start]:
                 if _is_assignment(text) and text.partition("=")[0] in _HIJACK_VARS:
                     facts.at_least("write", "env_override")
+            reason = prefix_problem(name or "", opts.flags, [w.text for w in own])
+            if reason is None and not all(w.fixed for w in own):
+                reason = f"{name}'s options are only known at run time"
+            if reason is not None:
+                facts.not_read(reason)
+            appended = appended or name == "xargs"
             if name == "command" and opts.has("-v", "-V"):
                 start = None  # command -v only says what a name is
             if opts.get(*prefix.outputs):
@@ -318,7 +359,7 @@ class _Walker:
                 return
             replaces_shell = replaces_shell or name == "exec"
             words = rest[start:]
-        self.judge(name, rest, facts, scope, before, replaces_shell)
+        self.judge(name, rest, facts, replace(scope, appended=appended), before, replaces_shell)
 
     def judge(
         self,
@@ -334,7 +375,7 @@ class _Walker:
         inherited = replace(
             scope,
             depth=scope.depth + 1,
-            floor=facts.klass,
+            floor=facts.floor(),
             kinds=tuple(facts.kinds),
             functions=tuple(facts.functions[:before]),
         )
@@ -354,13 +395,17 @@ class _Walker:
         else:
             call = _judge(name, texts, facts)
             facts.flags.extend(call.opts.flags)
+            reason = program_problem(name, texts, [w.fixed for w in rest], scope.appended)
+            if reason is not None:
+                facts.not_read(reason)
             if replaces_shell and name is None:
                 facts.at_least("unknown")  # exec of a program we do not know
             self.out.append(facts.info())
             for start, end in call.runs:
                 if end > start:
                     ran = rest[start:end]
-                    self.simple(" ".join(w.text for w in ran), [], ran, [], inherited)
+                    runs = replace(inherited, appended=True)  # find -exec: {} and +
+                    self.simple(" ".join(w.text for w in ran), [], ran, [], runs)
             for index in call.scripts:
                 self.inline(rest[index], _Facts(rest[index].text), inherited, alone=False)
             return
@@ -369,6 +414,8 @@ class _Walker:
     def shell(self, name: str, rest: list[_Word], facts: _Facts, scope: _Scope) -> None:
         facts.at_least(facts.klass, name)
         mode, index = _shell_script([w.text for w in rest])
+        if reason := _shell_problem(name, rest, index if mode == "inline" else None):
+            facts.not_read(reason)
         if mode == "inline":
             if index is None:
                 facts.error = "-c given without a script"
@@ -402,13 +449,31 @@ class _Walker:
             nested = replace(
                 scope,
                 depth=scope.depth + 1,
-                floor=facts.klass,
+                floor=facts.floor(),
                 kinds=tuple(facts.kinds),
                 functions=tuple(facts.functions),
             )
             self.script(script.text, nested)
         if alone and len(self.out) == start:
             self.out.append(facts.info())  # an empty script: only the wrapper ran
+
+
+# Shells that read no start-up file for `-c` once BASH_ENV and ENV are gone (the gateway
+# removes them); zsh reads ~/.zshenv, others their own rc files.
+_READ_SHELLS = frozenset({"sh", "bash", "dash"})
+
+
+def _shell_problem(name: str, rest: Sequence[_Word], script: int | None) -> str | None:
+    """Why a shell running a -c script is not part of a read, or None."""
+    if name not in _READ_SHELLS:
+        return f"{name} reads start-up files the gateway does not see"
+    if script is None:
+        return f"{name} runs a script from a file or stdin"
+    for word in rest[:script]:
+        letters = word.text.lstrip("-")
+        if not word.fixed or not word.text.startswith("-") or set(letters) - set("ceux"):
+            return f"{name} option {word.text} is not on the read allow-list"
+    return None
 
 
 def _plain_dollar(source: str, start: int, dollar: int) -> bool:
