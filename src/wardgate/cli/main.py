@@ -139,6 +139,17 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def print_table(table: Table) -> None:
+    """A table at its natural width when the terminal (or a pipe's default 80 columns)
+    is narrower: long lines wrap in the terminal, but no id, name or hash that people
+    copy is ever cut or ellipsized."""
+    out = Console()
+    natural = out.measure(table, options=out.options.update_width(100_000)).maximum
+    if natural > out.width:
+        out = Console(width=natural)
+    out.print(table)
+
+
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
@@ -228,7 +239,7 @@ def token_list(
             table.add_row(
                 t.id, t.principal, t.name, _when(t.created_at), _when(t.last_used_at), status
             )
-        Console().print(table)
+        print_table(table)
 
 
 @token_app.command("revoke")
@@ -480,7 +491,7 @@ def sessions_list(
             str(r["blocked_count"]),
             r["status"] + (f": {r['error']}" if r["error"] else ""),
         )
-    Console().print(table)
+    print_table(table)
 
 
 @sessions_app.command("show")
