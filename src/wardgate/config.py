@@ -312,6 +312,60 @@ DEFAULT_SENSITIVE_PATHS = (
 )  # fmt: skip
 
 
+def _key_ref(value: object) -> object:
+    # A bare path is a key file: the checkpoint key is a file more often than not.
+    if isinstance(value, str) and not re.match(r"^(env|file|secret):.+", value):
+        return f"file:{value}"
+    return _check_secret_ref(value)
+
+
+class CheckpointConfig(_Model):
+    """Signed checkpoints of the audit chain (docs/audit.md). ``key``: the Ed25519
+    private key, never in the store: a file path, env:NAME, file:PATH or secret:NAME."""
+
+    key: Annotated[str, BeforeValidator(_key_ref)]
+    interval: Duration = Field(default=300.0, gt=0)  # and always at shutdown
+
+
+class SinkConfig(_Model):
+    """A copy of every audit event outside the store (docs/audit.md)."""
+
+    file: str | None = None  # JSON lines, appended, one event a line
+    # Syslog: a socket path (/dev/log) or udp://host:port or tcp://host:port.
+    syslog: str | None = None
+    syslog_facility: str = "local0"
+    interval: Duration = Field(default=1.0, gt=0)  # how often new events are copied
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog_address(cls, value: str | None) -> str | None:
+        if value is None or value.startswith("/"):
+            return value
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("udp", "tcp"):
+            raise ValueError(
+                "syslog is a socket path (/dev/log) or udp://host:port, tcp://host:port"
+            )
+        parse_hostport(rest)
+        return value
+
+    @field_validator("syslog_facility")
+    @classmethod
+    def _facility(cls, value: str) -> str:
+        from logging.handlers import SysLogHandler
+
+        if value not in SysLogHandler.facility_names:
+            raise ValueError(
+                f"unknown syslog facility {value!r}; e.g. local0..local7, auth, daemon"
+            )
+        return value
+
+
+class AuditConfig(_Model):
+    checkpoint: CheckpointConfig | None = None
+    sink: SinkConfig | None = None
+
+
 class MaskingConfig(_Model):
     # HMAC key of the hash and pseudonym strategies; default: derived from the master key.
     key: SecretRef = None
@@ -447,6 +501,7 @@ class Config(_Model):
     masking: MaskingConfig = MaskingConfig()
     reviews: ReviewsConfig = ReviewsConfig()
     web: WebConfig = WebConfig()
+    audit: AuditConfig = AuditConfig()
 
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)

@@ -20,8 +20,10 @@ from wardgate.config import Config, ConfigError, load_config
 from wardgate.logs import setup_logging
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from fastapi import FastAPI
 
+    from wardgate.audit.keeper import ChainKeeper
     from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate")
@@ -113,10 +115,15 @@ def run(config_path: str) -> None:
             stale_keys,
         )
     cancel_keys.purge_older_than(_CANCEL_KEY_MAX_AGE)
-    store.dispose()
     from wardgate.vault.keys import load_master_key
 
-    load_master_key(config)  # generate the key file now, not in N workers at once
+    master = load_master_key(config)  # generate the key file now, not in N workers at once
+    if config.audit.checkpoint is not None:
+        from wardgate.vault.secrets import Vault
+
+        checkpoint_key(config, Vault(store, master))  # a bad key stops serve here, not in a worker
+    del master
+    store.dispose()
     if config.listen_address("ssh") is not None:
         from wardgate.ssh.upstream import gateway_host_key
 
@@ -280,6 +287,11 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             resolve_secret(secret, vault, base_dir=Path(config.base_dir)) if secret else None,
         )
     del master
+    # One process signs the shared chain head (the key comes from outside the store)
+    # and copies new events outside the store.
+    keeper = _chain_keeper(config, store, vault) if index == 0 else None
+    if keeper is not None:
+        services.tasks.spawn(keeper.run(), name="audit-checkpoints")
     tracing = setup_tracing(observer, f"worker-{index}")
     notifier = await _start_reviews(services, index)
     stop, hurry = asyncio.Event(), asyncio.Event()
@@ -366,10 +378,47 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
                 "stay in the journal and are written at the next start",
                 index,
             )
+        if keeper is not None:
+            await keeper.final()  # copy and sign the chain as this gateway leaves it
         journal.close()
         if tracing is not None:
             stop_tracing(tracing)
         store.dispose()
+
+
+def checkpoint_key(config: Config, vault: Any) -> Ed25519PrivateKey | None:
+    """The audit checkpoint signing key (``audit.checkpoint.key``), or None when
+    checkpoints are off. Raises SecretError or CheckpointError, phrased for the user."""
+    if config.audit.checkpoint is None:
+        return None
+    from wardgate.audit.checkpoint import load_private_key
+    from wardgate.vault.secrets import resolve_secret
+
+    ref = config.audit.checkpoint.key
+    return load_private_key(resolve_secret(ref, vault, base_dir=Path(config.base_dir)))
+
+
+def _chain_keeper(config: Config, store: Any, vault: Any) -> ChainKeeper | None:
+    """Signed checkpoints and the copy outside the store, if either is configured."""
+    key = checkpoint_key(config, vault)
+    sink_config = config.audit.sink
+    if key is None and sink_config is None:
+        return None
+    from wardgate.audit.keeper import ChainKeeper
+    from wardgate.audit.sink import Sink
+
+    sink = None
+    if sink_config is not None:
+        path = config.path(sink_config.file) if sink_config.file else None
+        sink = Sink(path, sink_config.syslog, sink_config.syslog_facility)
+    cp = config.audit.checkpoint
+    return ChainKeeper(
+        store,
+        key=key,
+        checkpoint_interval=cp.interval if cp is not None else 300.0,
+        sink=sink,
+        sink_interval=sink_config.interval if sink_config is not None else 1.0,
+    )
 
 
 def http_app(services: Services) -> FastAPI:

@@ -766,3 +766,64 @@ def test_proposals_show(api: FakeApi) -> None:
     assert "CREATE INDEX i ON orders (created_at)" in out and "UPDATE orders SET x = 1" in out
     assert "add the index" in out and '"rows": [' in out
     assert api.last.path == "/api/v1/proposals/r_prop0001"
+
+
+LONG_STATEMENT = (
+    "UPDATE stock SET qty = qty - 1 WHERE sku IN ("
+    + ", ".join(f"'SKU-{i:05d}'" for i in range(14))
+    + ") AND warehouse_identifier_with_a_very_long_name_indeed = 'north-east-7' AND qty <> 77777"
+)
+LONG_PARAMS = ["x" * 150 + "-end-of-param-1", 12345678901234567890, {"note": "y" * 90 + "!"}]
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
+@pytest.mark.parametrize("columns", ["40", "120", "200"])
+def test_show_never_cuts_what_is_approved(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    """At any width the statement, every parameter, what it runs as and the ids are
+    there in full, wrapped (today's bug: `qty <> 77777` shown as `qty <> 77`)."""
+    monkeypatch.setenv("COLUMNS", columns)
+    long_id = "r_" + "a" * 46
+    session = "s_" + "0123456789abcdef" * 3
+    api.on(
+        "GET",
+        f"/reviews/{long_id}",
+        review(
+            id=long_id,
+            session_id=session,
+            text=LONG_STATEMENT,
+            detail={"params": LONG_PARAMS, "resolved": LONG_STATEMENT.replace("- 1", "- 2")},
+        ),
+    )
+    result = with_token(api, "reviews", "show", long_id)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= int(columns)
+    squeezed = _squeezed(out)
+    for whole in (
+        LONG_STATEMENT,
+        LONG_STATEMENT.replace("- 1", "- 2"),
+        *(json.dumps(p) for p in LONG_PARAMS),
+        long_id,
+        session,
+    ):
+        assert _squeezed(whole) in squeezed, whole
+    assert "…" not in out and "..." not in out
+    assert "qty <> 77777" in out.replace("\n    ", " ")  # the end is on screen, not cut
+
+    statements = [LONG_STATEMENT, "DELETE FROM t WHERE id = " + "9" * 80]
+    api.on(
+        "GET",
+        "/reviews/r_prop",
+        review(id="r_prop", kind="proposal", detail={"statements": statements}),
+    )
+    proposal = with_token(api, "reviews", "show", "r_prop")
+    assert all(_squeezed(s) in _squeezed(proposal.stdout) for s in statements)
+    # The list keeps every id whole, piped or not, at any width.
+    api.on("GET", "/reviews", {"reviews": [review(id=long_id, text=LONG_STATEMENT)]})
+    listed = with_token(api, "reviews", "list")
+    assert long_id in listed.stdout, listed.stdout

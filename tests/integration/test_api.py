@@ -5,6 +5,7 @@ document (the review side with reviews of every kind and state)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -21,6 +22,13 @@ import hypothesis
 import psycopg
 import pytest
 import schemathesis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
@@ -40,6 +48,16 @@ pytestmark = pytest.mark.integration
 PG_SECRET_ENV = "WARDGATE_API_TEST_PG_SECRET"
 PG_SECRET = "pg-secret-value-4f1c9e"
 SECRET_REFS = (f"env:{PG_SECRET_ENV}", "file:/nonexistent/web_key", "secret:web-pass")
+# The audit checkpoint key, as a base64 seed in the environment: it signs, and never
+# comes out of the API.
+CP_KEY_ENV = "WARDGATE_API_TEST_CHECKPOINT_KEY"
+CP_PRIVATE = Ed25519PrivateKey.generate()
+CP_SEED = base64.b64encode(
+    CP_PRIVATE.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+).decode()
+CP_PUBLIC = base64.b64encode(
+    CP_PRIVATE.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+).decode()
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
@@ -64,6 +82,10 @@ def api_config(database: str) -> str:
         "  ",
     )
     text = review_config(database).replace("connections:\n", "connections:\n" + extra, 1)
+    text += (
+        f"audit:\n  checkpoint: {{key: 'env:{CP_KEY_ENV}', interval: 1s}}\n"
+        "  sink: {file: audit-copy.jsonl, interval: 200ms}\n"
+    )
     return text.replace(
         "guardrails:\n",
         "guardrails:\n  - {name: no-rm, match: {programs: [rm]}, verdict: block}\n",
@@ -111,7 +133,7 @@ class Env:
         self.tokens = {p: gw.token(p) for p in ("agent", "dev", "reviewer", "outsider")}
         master = (gw.workdir / ".wardgate" / "master.key").read_text().strip()
         assert master
-        self.forbidden = [master, PG_SECRET, *SECRET_REFS, *self.tokens.values()]
+        self.forbidden = [master, PG_SECRET, CP_SEED, *SECRET_REFS, *self.tokens.values()]
         self.clients: list[Client] = []
 
     def api(self, principal: str | None) -> Client:
@@ -169,6 +191,7 @@ def env(
 ) -> Iterator[Env]:
     gw = make_gateway(tmp_path_factory.mktemp("api"), api_config(it_database), store=store_url)
     gw.env[PG_SECRET_ENV] = PG_SECRET
+    gw.env[CP_KEY_ENV] = CP_SEED
     gw.start()
     try:
         with psycopg.connect(gw.dsn("dev"), autocommit=True) as conn:
@@ -178,7 +201,12 @@ def env(
         deadline = time.monotonic() + 15
         while True:  # the recorder writes in the background
             agent, dev = e.sessions_of("agent"), e.sessions_of("dev")
-            if sum(s["action_count"] for s in agent) >= 3 and any(s["blocked_count"] for s in dev):
+            signed = e.api("reviewer").request("GET", "/api/v1/audit/checkpoint")
+            if (
+                sum(s["action_count"] for s in agent) >= 3
+                and any(s["blocked_count"] for s in dev)
+                and signed.status_code == 200
+            ):
                 break
             assert time.monotonic() < deadline, (agent, dev)
             time.sleep(0.2)
@@ -201,6 +229,7 @@ GET_PATHS = (
     "/sessions/x",
     "/sessions/x/export",
     "/audit/verify",
+    "/audit/checkpoint",
 )
 
 
@@ -574,6 +603,44 @@ def test_audit_verify(env: Env) -> None:
     assert forbidden["status"] == 403
 
 
+def test_audit_checkpoint_signed_by_the_gateway_and_verified(env: Env) -> None:
+    """worker 0 signs the head every second with the key from the environment; the
+    exported checkpoint verifies, an altered one does not, and agents get neither."""
+    human = env.api("reviewer")
+    cp = human.get("/audit/checkpoint")
+    assert cp["seq"] >= 1 and len(cp["head_hash"]) == 64 and cp["signature"]
+    body = {"checkpoint": cp, "public_key": CP_PUBLIC}
+    ok = human.post("/audit/verify", body)
+    assert ok["ok"] is True and "match the checkpoint" in ok["reason"]
+    altered = {**cp, "head_hash": "0" * 64}
+    bad = human.post("/audit/verify", {"checkpoint": altered, "public_key": CP_PUBLIC})
+    assert bad["ok"] is False and "signature does not verify" in bad["reason"]
+    human.post("/audit/verify", {"checkpoint": cp, "public_key": "nope"}, expect=422)
+    env.api("agent").get("/audit/checkpoint", expect=403)
+    env.api("agent").post("/audit/verify", body, expect=403)
+
+
+def test_audit_sink_copies_the_chain_outside_the_store(env: Env) -> None:
+    """Worker 0 copies every event, and each signed checkpoint, to the JSON-lines file;
+    `audit verify --sink` finds the store and the copy in agreement."""
+    path = env.gw.config_path.parent / "audit-copy.jsonl"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+        events = [x for x in lines if "hash" in x]
+        if any("checkpoint" in x for x in lines) and len(events) >= 5:
+            break
+        assert time.monotonic() < deadline, lines[-3:]
+        time.sleep(0.2)
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    assert {"session.start", "action"} <= {e["type"] for e in events}
+    copied = path.read_text(encoding="utf-8")
+    assert not [s[:6] for s in env.forbidden if s in copied]
+    checked = env.gw.cli("audit", "verify", "--sink", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "DIFFERS" not in checked.stdout
+
+
 def test_no_response_carries_a_secret(env: Env) -> None:
     """Every endpoint, as a human and as an agent (each Client call scans its body),
     plus the OpenAPI document itself."""
@@ -630,6 +697,7 @@ class ReviewData:
             return review_id
 
         self.to_approve, self.to_deny, self.to_cancel = code("a"), code("d"), code("c")
+        self.checkpoint: dict[str, Any] = human.get("/audit/checkpoint")
         self.to_use = code("u")
         human.post(f"/reviews/{self.to_use}/approve", {"reason": "ok"})
         grant = {"connection": "it", "role": "engineer", "duration": "10m", "reason": "fuzz"}
@@ -679,6 +747,10 @@ class ReviewData:
                 "agent", body={"connection": "it", "text": "update t set a = 1 where id = 1"}
             ),
             f"GET {v1}/audit/verify": Known("reviewer"),
+            f"GET {v1}/audit/checkpoint": Known("reviewer"),
+            f"POST {v1}/audit/verify": Known(
+                "reviewer", body={"checkpoint": r.checkpoint, "public_key": CP_PUBLIC}
+            ),
             f"GET {v1}/reviews": Known("reviewer", query={"status": "pending", "kind": "code"}),
             f"POST {v1}/reviews": Known(
                 "agent", body={"code": "print('new')", "justification": "why"}, status=201

@@ -183,6 +183,46 @@ def test_inbox_and_review_page_show_the_exact_statement(
     screenshot(page, "review-detail")
 
 
+def test_review_page_shows_a_long_statement_and_its_parameters_whole(
+    pages: Any, gw: Gateway, table: str
+) -> None:
+    """No scroll box hides the end of what is approved, no parameter overflows or loses
+    its spacing, at desktop and at phone width; the API answers the same text."""
+    ids = ", ".join(str(n) for n in range(1000, 1060))
+    sql = (
+        f"UPDATE {table} SET qty = 40 WHERE id IN ({ids}) AND %s::text <> %s::text "
+        + " ".join(f"AND qty <> {n}" for n in range(100, 140))
+        + " AND qty <> 77777"
+    )
+    params = ["p" * 300 + "-end", "two  spaces   kept"]
+    with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql, params)
+    found = REVIEW_ID.search(info.value.diag.message_primary or "")
+    assert found is not None
+    review_id = found.group(1)
+    statement = sql.replace("%s", "$1", 1).replace("%s", "$2", 1)
+    with api(gw, "reviewer") as client:
+        answer = client.get(f"/reviews/{review_id}").json()
+    assert answer["text"] == statement and answer["detail"]["params"] == params
+    page = pages("reviewer")
+    for viewport in (DESKTOP, PHONE):
+        page.set_viewport_size(viewport)
+        page.goto(f"/ui/reviews/{review_id}")
+        shown = page.locator("pre.code").first
+        assert shown.inner_text() == statement
+        hidden = shown.evaluate(
+            "el => el.scrollHeight > el.clientHeight + 1 || el.scrollWidth > el.clientWidth + 1"
+        )
+        assert not hidden, f"part of the statement is scrolled out of view at {viewport}"
+        values = page.locator("ol.params code.whole")
+        assert values.all_inner_texts() == [json.dumps(p) for p in params]
+        _assert_no_page_overflow(page, f"/ui/reviews/{review_id}")
+    page.set_viewport_size(DESKTOP)
+    with api(gw, "reviewer") as client:
+        client.post(f"/reviews/{review_id}/deny", json={"reason": "test done"})
+
+
 def test_approve_by_keyboard_with_a_reason_then_the_agent_runs_it_once(
     pages: Any, gw: Gateway, it_database: str, table: str
 ) -> None:

@@ -15,7 +15,7 @@ import io
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -31,6 +31,8 @@ from wardgate.api.schemas import (
     ActionOut,
     AuditVerification,
     CheckBody,
+    CheckpointOut,
+    CheckpointVerifyBody,
     CheckResult,
     Connection,
     ConnectionDetail,
@@ -55,7 +57,14 @@ from wardgate.api.schemas import (
     TokenOut,
     _problems,
 )
-from wardgate.audit.chain import verify_chain
+from wardgate.audit.chain import VerifyResult, verify_chain
+from wardgate.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    load_public_key,
+    verify_with_checkpoint,
+)
 from wardgate.audit.query import get_session
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig, UpstreamConfig
 from wardgate.core.services import Services
@@ -538,6 +547,32 @@ async def check_policy(request: Request, body: CheckBody, who: Authenticated) ->
 async def audit_verify(request: Request, who: Authenticated) -> AuditVerification:
     """Walk the whole hash chain (humans only: it reads every event). One walk at a
     time per gateway process: concurrent requests queue rather than fill the threads."""
+    store = services_of(request).store
+    return await _verify(request, who, lambda: verify_chain(store))
+
+
+@router.post(
+    "/audit/verify",
+    response_model=AuditVerification,
+    responses=_problems(400, 401, 429, 403, 422),
+)
+async def audit_verify_checkpoint(
+    request: Request, who: Authenticated, body: CheckpointVerifyBody
+) -> AuditVerification:
+    """The chain walk, plus: does the store still hold the events a signed checkpoint
+    (kept outside the gateway) covers? Catches a rewrite-and-rehash before it."""
+    try:
+        key = load_public_key(body.public_key)
+    except CheckpointError as exc:
+        raise HTTPException(422, f"public_key: {exc}") from None
+    checkpoint = Checkpoint.from_json(body.checkpoint.model_dump())
+    store = services_of(request).store
+    return await _verify(request, who, lambda: verify_with_checkpoint(store, checkpoint, key))
+
+
+async def _verify(
+    request: Request, who: Caller, walk: Callable[[], VerifyResult]
+) -> AuditVerification:
     if who.principal.is_agent:
         raise HTTPException(403, "only humans verify the audit log")
     state = request.app.state
@@ -545,10 +580,26 @@ async def audit_verify(request: Request, who: Authenticated) -> AuditVerificatio
     if lock is None:
         lock = state.audit_verify_lock = asyncio.Lock()
     async with lock:
-        result = await asyncio.to_thread(verify_chain, services_of(request).store)
+        result = await asyncio.to_thread(walk)
     return AuditVerification(
         ok=result.ok,
         checked=result.checked,
         first_bad_id=result.first_broken_id,
-        reason=None if result.ok else result.reason,
+        reason=None if result.ok and result.reason == "chain intact" else result.reason,
     )
+
+
+@router.get(
+    "/audit/checkpoint", response_model=CheckpointOut, responses=_problems(401, 429, 403, 404)
+)
+async def audit_checkpoint(request: Request, who: Authenticated) -> CheckpointOut:
+    """The newest signed checkpoint of the chain head; copy it somewhere the gateway
+    cannot write."""
+    if who.principal.is_agent:
+        raise HTTPException(403, "only humans export audit checkpoints")
+    found = await asyncio.to_thread(latest_checkpoint, services_of(request).store)
+    if found is None:
+        raise HTTPException(
+            404, "no signed checkpoint yet: set audit.checkpoint.key (docs/audit.md)"
+        )
+    return CheckpointOut.model_validate(found.to_json())

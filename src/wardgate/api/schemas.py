@@ -264,6 +264,33 @@ class AuditVerification(_Out):
     reason: str | None = None
 
 
+class CheckpointOut(_Out):
+    """A signed chain head, as `wardgate audit checkpoint` exports it (docs/audit.md)."""
+
+    seq: int
+    head_hash: str
+    ts: float
+    time: str
+    key_id: str
+    signature: str
+    format: str
+
+
+class CheckpointIn(BaseModel):
+    seq: int = Field(ge=0)
+    head_hash: str = Field(max_length=64)
+    ts: float
+    key_id: str = Field(max_length=64)
+    signature: str = Field(max_length=256)
+
+
+class CheckpointVerifyBody(BaseModel):
+    checkpoint: CheckpointIn
+    public_key: str = Field(
+        max_length=1024, description="The signing key's public half: PEM, or 32 bytes in base64"
+    )
+
+
 # -- reviews, grants, proposals ---------------------------------------------------------
 
 ReviewKind = Literal["action", "grant", "proposal", "code"]

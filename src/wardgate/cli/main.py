@@ -88,6 +88,7 @@ def _fail(message: str) -> NoReturn:
 
 @contextmanager
 def _expected_errors() -> Iterator[None]:
+    from wardgate.audit.checkpoint import CheckpointError
     from wardgate.store.db import StoreError
     from wardgate.vault.keyring import KeyringError
     from wardgate.vault.keys import MasterKeyError
@@ -99,7 +100,14 @@ def _expected_errors() -> Iterator[None]:
         for line in exc.problems:
             typer.echo(line, err=True)
         raise typer.Exit(2) from None
-    except (CliError, StoreError, SecretError, MasterKeyError, KeyringError) as exc:
+    except (
+        CliError,
+        StoreError,
+        SecretError,
+        MasterKeyError,
+        KeyringError,
+        CheckpointError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:
@@ -129,6 +137,17 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(table: Table) -> None:
+    """A table at its natural width when the terminal (or a pipe's default 80 columns)
+    is narrower: long lines wrap in the terminal, but no id, name or hash that people
+    copy is ever cut or ellipsized."""
+    out = Console()
+    natural = out.measure(table, options=out.options.update_width(100_000)).maximum
+    if natural > out.width:
+        out = Console(width=natural)
+    out.print(table)
 
 
 def _print_json(value: Any) -> None:
@@ -220,7 +239,7 @@ def token_list(
             table.add_row(
                 t.id, t.principal, t.name, _when(t.created_at), _when(t.last_used_at), status
             )
-        Console().print(table)
+        print_table(table)
 
 
 @token_app.command("revoke")
@@ -303,18 +322,143 @@ def secret_delete(
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigPath = DEFAULT_CONFIG) -> None:
+def audit_verify(
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="A signed checkpoint (`wardgate audit checkpoint`) kept outside the store: "
+            "also detects a rewrite-and-rehash of every event up to it.",
+        ),
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option("--public-key", help="The checkpoint key's public half (PEM file)."),
+    ] = None,
+    sink: Annotated[
+        str | None,
+        typer.Option(
+            "--sink",
+            help="The JSON-lines copy of the chain (audit.sink.file): also name every "
+            "stored event that differs from its copy.",
+        ),
+    ] = None,
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
     """Check the hash chain of the audit log (exit 1 if it is broken)."""
     from wardgate.audit.chain import verify_chain
 
-    with _expected_errors(), _opened(config) as (_cfg, store):
-        result = verify_chain(store)
+    with _expected_errors():
+        if (checkpoint is None) != (public_key is None):
+            _fail("--checkpoint and --public-key go together (the key checks the signature)")
+        signed = None
+        if checkpoint is not None and public_key is not None:
+            from wardgate.audit.checkpoint import Checkpoint, load_public_key
+
+            key = load_public_key(_read_text(public_key))
+            try:
+                data = json.loads(_read_text(checkpoint))
+            except json.JSONDecodeError as exc:
+                _fail(
+                    f"{checkpoint} is not JSON ({exc}); export one with `wardgate audit checkpoint`"
+                )
+            signed = (Checkpoint.from_json(data), key)
+        with _opened(config) as (_cfg, store):
+            if signed is None:
+                result = verify_chain(store)
+            else:
+                from wardgate.audit.checkpoint import verify_with_checkpoint
+
+                result = verify_with_checkpoint(store, *signed)
+            differences: list[str] = []
+            if sink is not None:
+                from pathlib import Path
+
+                from wardgate.audit.sink import compare_with_store
+
+                differences = compare_with_store(store, Path(sink))
+    for line in differences:
+        typer.echo(f"DIFFERS from the sink: {line}")
+    if result.ok and differences:
+        typer.echo(f"BROKEN: {len(differences)} stored events differ from {sink}")
+        raise typer.Exit(1)
     if result.ok:
-        typer.echo(f"ok: {result.checked} events, chain intact")
+        detail = "chain intact" if signed is None else result.reason
+        typer.echo(f"ok: {result.checked} events, {detail}")
         return
     where = f"event {result.first_broken_id}" if result.first_broken_id is not None else "head"
     typer.echo(f"BROKEN at {where}: {result.reason} ({result.checked} events verified before)")
     raise typer.Exit(1)
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    now: Annotated[
+        bool,
+        typer.Option("--now", help="Sign the current head first (needs audit.checkpoint.key)."),
+    ] = False,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Write to this file (default: stdout).")
+    ] = None,
+    config: ConfigPath = DEFAULT_CONFIG,
+) -> None:
+    """Export the latest signed checkpoint of the chain head as JSON; keep it outside
+    the gateway (it is what `audit verify --checkpoint` trusts)."""
+    from wardgate.audit.checkpoint import dumps, latest_checkpoint, sign_head
+
+    with _expected_errors(), _opened(config) as (cfg, store):
+        if now:
+            if cfg.audit.checkpoint is None:
+                _fail("audit.checkpoint.key is not set in the configuration; see docs/audit.md")
+            from wardgate.serve import checkpoint_key
+
+            key = checkpoint_key(cfg, _vault(cfg, store))
+            assert key is not None
+            sign_head(store, key)
+        found = latest_checkpoint(store)
+        if found is None:
+            _fail(
+                "no signed checkpoint in the store yet: set audit.checkpoint.key and run "
+                "`wardgate serve`, or run `wardgate audit checkpoint --now`"
+            )
+        text = dumps(found)
+        if output is None:
+            typer.echo(text, nl=False)
+            return
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        typer.echo(f"checkpoint at event {found.seq} written to {output}", err=True)
+
+
+@audit_app.command("keygen")
+def audit_keygen(
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="The private key file to create (mode 0600); the public key goes to OUT.pub.",
+        ),
+    ],
+) -> None:
+    """Create an Ed25519 key for signing audit checkpoints. Keep the private key off the
+    store's host if you can; give auditors the .pub file."""
+    from wardgate.audit.checkpoint import generate_key, key_id, load_public_key
+
+    with _expected_errors():
+        private, public = generate_key()
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(private)
+        with open(out + ".pub", "x", encoding="utf-8") as f:
+            f.write(public)
+        kid = key_id(load_public_key(public))
+    typer.echo(f"created {out} (private) and {out}.pub (public), key id {kid}")
+    typer.echo(f"configure it as audit.checkpoint.key: file:{out}")
 
 
 @sessions_app.command("list")
@@ -347,7 +491,7 @@ def sessions_list(
             str(r["blocked_count"]),
             r["status"] + (f": {r['error']}" if r["error"] else ""),
         )
-    Console().print(table)
+    print_table(table)
 
 
 @sessions_app.command("show")

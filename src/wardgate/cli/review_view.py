@@ -212,12 +212,21 @@ def table(reviews: list[Review], width: int) -> Table:
 # -- one review ---------------------------------------------------------------------
 
 
+def _whole(text: Text) -> Text:
+    """What is being approved is never cut: wrapped at the terminal's width, and a word
+    longer than a line (an identifier, a parameter) folded onto the next one."""
+    text.no_wrap = False
+    text.overflow = "fold"
+    return text
+
+
 def _indented(out: Console, text: Text) -> None:
-    out.print(Padding(text, (0, 0, 0, 4), expand=False))
+    out.print(Padding(_whole(text), (0, 0, 0, 4), expand=False))
 
 
 def _sql(out: Console, text: str, protocol: object) -> None:
     # Highlighted text rather than a Syntax block, which pads every line to the width.
+    # (Syntax.highlight returns no_wrap text: the end of a long statement would be cut.)
     lexer = "mysql" if protocol == "mysql" else "postgresql"
     highlighted = Syntax("", lexer, theme="ansi_dark").highlight(visible(text))
     highlighted.rstrip()
@@ -257,10 +266,10 @@ def show(r: Review) -> None:
     kind = r.get("kind")
     head = Table.grid(padding=(0, 2))
     head.add_column(no_wrap=True)
-    head.add_column()
+    head.add_column(overflow="fold")  # ids and names are copied: folded, never cut
 
     def row(label: str, value: object) -> None:
-        head.add_row(label, Text(visible(value)))
+        head.add_row(label, _whole(Text(visible(value))))
 
     row("review", f"{r['id']}  {kind}, {r.get('status')}")
     row("requested by", f"{requester(r)} [{r.get('principal_kind') or '?'}]")
@@ -307,7 +316,7 @@ def show(r: Review) -> None:
     if kind == "proposal":
         statements = info.get("statements") or [r.get("text", "")]
         for i, statement in enumerate(statements, 1):
-            out.print(Text(f"statement {i} of {len(statements)}:"))
+            out.print(_whole(Text(f"statement {i} of {len(statements)}:")))
             _sql(out, str(statement), r.get("protocol"))
     elif kind == "action":
         out.print(Text("statement:"))
@@ -316,7 +325,7 @@ def show(r: Review) -> None:
         if params:
             out.print(Text("params:"))
             for line in params:
-                out.print(Text("    " + visible(line)))
+                _indented(out, Text(visible(line)))
         if info.get("resolved"):
             out.print(Text("runs as:"))
             _sql(out, str(info["resolved"]), r.get("protocol"))
@@ -324,12 +333,12 @@ def show(r: Review) -> None:
         if isinstance(context, dict) and context:
             out.print(Text("in a session with:"))
             for key, value in context.items():
-                out.print(Text(f"    {visible(str(key))} = {visible(str(value))}"))
+                _indented(out, Text(f"{visible(str(key))} = {visible(str(value))}"))
     preview = r.get("preview")
     if isinstance(preview, dict):
         out.print(Text("preview:"))
         for line in _preview(preview):
-            out.print(Text("    " + visible(line)))
+            _indented(out, Text(visible(line)))
     if r.get("result") is not None:
         out.print(Text("result:"))
         dumped = json.dumps(r["result"], indent=2, ensure_ascii=False, default=str)

@@ -57,6 +57,7 @@ from wardgate.cli.main import (  # noqa: E402
     _fail,
     _print_json,
     _when,
+    print_table,
 )
 from wardgate.visible import visible  # noqa: E402
 
@@ -308,8 +309,7 @@ def reviews_list(
     if not reviews:
         typer.echo("no reviews" if status is StatusFilter.all else f"no {status.value} reviews")
         return
-    out = Console()
-    out.print(view.table(reviews, out.width))
+    print_table(view.table(reviews, Console().width))
 
 
 @reviews_app.command("show")
@@ -420,7 +420,7 @@ def grants_list(
             view.one_line(g.get("justification"), 40),
         )
         table.add_row(*(Text(c) for c in cells))
-    Console().print(table)
+    print_table(table)
 
 
 @grants_app.command("revoke")

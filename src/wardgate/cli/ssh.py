@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from wardgate.cli.main import (
@@ -22,6 +21,7 @@ from wardgate.cli.main import (
     _opened,
     _print_json,
     _when,
+    print_table,
 )
 
 principal_app = typer.Typer(help="Principals' SSH public keys.", no_args_is_help=True)
@@ -83,7 +83,7 @@ def list_keys(
     table = Table("fingerprint", "principal", "comment", "added")
     for k in keys:
         table.add_row(k.fingerprint, k.principal, k.comment, _when(k.created_at))
-    Console().print(table)
+    print_table(table)
 
 
 @principal_app.command("remove-key")

@@ -254,3 +254,17 @@ class WebSession(Base):
     last_seen_at: Mapped[float] = mapped_column(Double)
     expires_at: Mapped[float] = mapped_column(Double)  # the absolute limit
     ended_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class AuditCheckpoint(Base):
+    """A signed chain head (``audit/checkpoint.py``). The signing key is never in the
+    store: a row here can be deleted but not forged."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigId, index=True)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[float] = mapped_column(Double)
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(128))
