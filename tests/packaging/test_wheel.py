@@ -20,7 +20,9 @@ from tests.integration.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYER = "wardgate/web/assets/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js"
-pytestmark = pytest.mark.integration
+# Building the wheel and installing the locked runtime set into a fresh venv take
+# minutes on a loaded 2-core machine: more than the suite's per-test default.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
