@@ -328,6 +328,34 @@ def test_an_approval_binds_the_settings_that_read_constants(gw: Gateway, guard: 
     assert rows == [(1, 1), (2, 0)]
 
 
+@pytest.mark.parametrize(
+    ("before", "sql"),
+    [
+        (None, "SET search_path = archive, public; UPDATE stock SET qty = 55 WHERE id = 8"),
+        (None, "SET datestyle = 'ISO, DMY'; UPDATE events SET qty = 2 WHERE d = '01/02/2026'"),
+        ("BEGIN; SET search_path = archive, public", "ROLLBACK; UPDATE stock SET qty = 56"),
+        ("BEGIN; SAVEPOINT a; SET LOCAL timezone = 'UTC'", "ROLLBACK TO a; DELETE FROM events"),
+        (None, "SELECT bump(1); UPDATE stock SET qty = 57 WHERE id = 8"),
+    ],
+)
+def test_a_held_statement_never_follows_a_setting_change_in_its_query_string(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], before: str | None, sql: str
+) -> None:
+    """The review shows (and the approval binds) the settings read just before the
+    string is sent; a SET, RESET, transaction end or routine earlier in the same string
+    would change them before the held statement runs, so the string is refused (found
+    by the attack: the reviewer saw search_path public, archive.stock changed)."""
+    w = wires["rv"]
+    if before is not None:
+        assert not w.run(q(before), ready=1).errors()
+    reply = w.run(q(sql), ready=1)
+    assert wire_decision(reply) == "block" and not reply.review_ids(), reply.text()
+    if "bump" not in sql:  # there the first statement, held itself, is what is said
+        assert "wardgate:review-context" in reply.text(), reply.text()
+    w.run(q("ROLLBACK"), ready=1)
+    guard.check()
+
+
 # -- 5. settings judged by what they do --------------------------------------------------
 
 SETTINGS = [
@@ -371,6 +399,20 @@ def test_pg17_json_syntax_is_a_user_function_on_pg15(
     assert wire_decision(reply) != "allow", reply.text()
     guard.check()
     agrees(gw, who, sql, reply)
+
+
+@BOTH
+def test_legacy_json_object_is_looked_up_in_the_search_path_on_pg15(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], who: str
+) -> None:
+    """PostgreSQL 17's grammar reads json_object('a', 'b', 'c', 'd') as
+    pg_catalog.json_object; PostgreSQL 15 resolves the bare name and runs
+    public.json_object(text, text, text, text), which writes (found by the attack).
+    `policy check` does not know the target's catalogue, so it is not asked here."""
+    reply = wires[who].run(q("SELECT json_object('a', 'b', 'c', 'd')"), ready=1)
+    assert wire_decision(reply) != "allow" and reply.rows() == 0, reply.text()
+    assert "json_object" in reply.text()
+    guard.check()
 
 
 # -- 7. identifier semantics -------------------------------------------------------------

@@ -192,6 +192,12 @@ def _func_name(fields: dict[str, Any]) -> tuple[str | None, str]:
     parts = _names(fields.get("funcname", []))
     if not parts:
         return None, ""
+    if parts == ["pg_catalog", "json_object"]:
+        # PostgreSQL 16+'s grammar (pglast's) writes the legacy json_object(a, b, ...)
+        # as pg_catalog.json_object; 14 and 15 look the bare name up in the search_path,
+        # where a user routine with those argument types wins. The stricter reading:
+        # unqualified, so a shadowing routine found on the target makes it unknown.
+        return None, "json_object"
     return (parts[-2] if len(parts) > 1 else None), parts[-1]
 
 

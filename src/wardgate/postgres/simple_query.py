@@ -18,7 +18,13 @@ from wardgate.policy.sql import (
     prepared_statement_changes,
 )
 from wardgate.postgres.codec import messages as m
-from wardgate.postgres.relay_state import POISON_QUERY, QUERY, Act, Pending
+from wardgate.postgres.relay_state import (
+    POISON_QUERY,
+    QUERY,
+    Act,
+    Pending,
+    may_change_session,
+)
 from wardgate.postgres.review_hold import ReviewHold, block_error
 from wardgate.postgres.session_model import Change, Portal, Prepared
 from wardgate.reviews.messages import approved_verdict, merged_review, needs_review
@@ -48,6 +54,8 @@ class SimpleQuery(ReviewHold):
                         defined["\x00all"] = None  # every other name is gone too
                     else:
                         defined[name] = None if prepared is None else Prepared(prepared)
+        if len(judged) > 1 and any(needs_review(v) for _, v in judged):
+            judged = _refuse_stale_context(judged)
         held = [v for _, v in judged if needs_review(v)]
         if held and not any(v.decision is Decision.BLOCK and v.enforced for _, v in judged):
             if approval is None:
@@ -174,3 +182,27 @@ class SimpleQuery(ReviewHold):
         )
         out.append(POISON_QUERY)
         self.model.next_batch()
+
+
+def _refuse_stale_context(judged: list[tuple[Action, Verdict]]) -> list[tuple[Action, Verdict]]:
+    """A review binds the session's state read just before the string is sent
+    (postgres/probe.py): search_path, role, DateStyle... A statement earlier in the same
+    string that may change it (SET, RESET, DISCARD, a transaction end undoing SETs, a
+    routine) would make the server run the held statement in a state the reviewer never
+    saw, and the approval match a session that reads it otherwise. Refused."""
+    out: list[tuple[Action, Verdict]] = []
+    changed = False
+    for action, verdict in judged:
+        if changed and needs_review(verdict):
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:review-context",
+                "a statement that needs a review follows, in the same query string, a "
+                "statement that may change the session's settings (search_path, role, "
+                "DateStyle...): the review would show the settings before it; send that "
+                "statement on its own first, then this one",
+                verdict.statements,
+            )
+        out.append((action, verdict))
+        changed = changed or any(may_change_session(i) for i in verdict.statements)
+    return out
