@@ -464,6 +464,29 @@ def test_limit_all_and_null_are_no_limit(
     agrees(gw, "ro", sql, reply)
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY big_rows TO STDOUT",
+        "COPY (SELECT * FROM big_rows) TO STDOUT",
+        "DECLARE bigc CURSOR WITH HOLD FOR SELECT * FROM big_rows",
+    ],
+)
+def test_copy_to_and_cursors_are_reads_without_a_limit(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], sql: str
+) -> None:
+    """The same guardrail: COPY t TO and a cursor over an unbounded SELECT hand over
+    every row (found by the attack: only a top-level SELECT counted)."""
+    w = wires["ro"]
+    reply = w.run(q(sql), ready=1)
+    assert "big-needs-limit" in reply.text(), reply.text()
+    assert not any(k == b"d" for k, _ in reply.messages)  # no CopyData
+    if sql.startswith("DECLARE"):
+        assert w.run(q("FETCH ALL bigc"), ready=1).rows() == 0
+    guard.check()
+    agrees(gw, "ro", sql, reply)
+
+
 # -- 3. policy check agrees with the wire -----------------------------------------------
 
 

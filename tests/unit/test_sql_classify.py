@@ -129,6 +129,10 @@ CASES = [
     ("select * from t limit (select 5)", "read", "no_limit"),
     ("select * from t limit 5", "read", "limited"),
     ("select * from t limit $1", "read", "limit_param:1"),
+    # COPY TO and cursors hand over every row their query reads.
+    ("copy t to stdout", "read", "no_limit"),
+    ("copy (select * from t) to stdout", "read", "no_limit"),
+    ("declare c cursor for select * from t", "read", "no_limit"),
     # Syntax that PostgreSQL 14/15 read as calls of user-definable functions.
     ("select json_scalar(1)", "read", "user_definable:json_scalar"),
     ("select json_object()", "read", "user_definable:json_object"),

@@ -528,6 +528,10 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
                 written.append(".".join(_names(obj["List"].get("items", []))))
     if node_type == "SelectStmt" and "limitCount" in fields:
         kinds.append("limited")  # LIMIT 5 and LIMIT NULL share a fingerprint: see below
+    if node_type in ("CopyStmt", "DeclareCursorStmt") and _query_reads_without_limit(fields):
+        # COPY t TO, COPY (SELECT ...) TO and a cursor's SELECT hand over every row they
+        # read, as an unbounded SELECT does.
+        kinds.append("no_limit")
     if node_type == "SelectStmt" and _reads_without_limit(fields):
         ref = fields.get("limitCount", {}).get("ParamRef", {})
         param = None if ref.get("unbound") else ref.get("number")
@@ -593,6 +597,16 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
 
 def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i.lower() for i in items if i))
+
+
+def _query_reads_without_limit(fields: dict[str, Any]) -> bool:
+    """A COPY ... TO or DECLARE whose rows are a whole table or an unbounded SELECT."""
+    if fields.get("is_from") or fields.get("is_program") or "filename" in fields:
+        return False
+    if "relation" in fields:
+        return True  # COPY t TO: the whole table
+    select = fields.get("query", {}).get("SelectStmt")
+    return select is not None and _reads_without_limit(select)
 
 
 def _reads_without_limit(fields: dict[str, Any]) -> bool:
