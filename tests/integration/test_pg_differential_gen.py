@@ -207,6 +207,7 @@ def _count(key: str) -> None:
     STATS[key] = STATS.get(key, 0) + 1
 
 
+@pytest.mark.timeout(max(120, EXAMPLES * 2))
 @pytest.mark.parametrize("who", ["ro", "rv"])
 def test_generated_pipelines_never_write(gw: Gateway, target: Target, who: str) -> None:
     start, snap = target.last_id(), target.snapshot()

@@ -854,6 +854,18 @@ def cursor_changes(sql: str) -> list[tuple[str | None, bool | None]]:
     return changes
 
 
+def fetched_cursor(sql: str) -> str | None:
+    """The cursor (portal) name a single ``FETCH`` or ``MOVE`` runs, else None."""
+    try:
+        statements = _parse(sql)
+    except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
+        return None
+    if len(statements) != 1:
+        return None
+    fetch = statements[0][0].get("FetchStmt")
+    return str(fetch.get("portalname", "")) if fetch is not None else None
+
+
 def executed_statement(sql: str) -> str | None:
     """The prepared-statement name a single ``EXECUTE name(...)`` runs, else None."""
     try:

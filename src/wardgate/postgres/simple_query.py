@@ -15,6 +15,7 @@ from wardgate.policy.sql import (
     classify,
     cursor_changes,
     executed_statement,
+    fetched_cursor,
     prepared_statement_changes,
 )
 from wardgate.postgres.codec import messages as m
@@ -43,10 +44,18 @@ class SimpleQuery(ReviewHold):
         # Names this string itself defines, statement by statement: a later statement of
         # the string only runs if the earlier ones succeeded.
         defined: dict[str, Prepared | None] = {}
+        declared: set[str] = set()  # cursors this string DECLAREs before a FETCH
         judged: list[tuple[Action, Verdict]] = []
         for i, text in enumerate(texts):
             kinds = statements[i].kinds if i < len(statements) else ()
-            judged.append(self._judge_statement(text, kinds, defined))
+            judged.append(self._judge_statement(text, kinds, defined, declared))
+            for cursor, holdable in cursor_changes(text) if _NAME_KINDS.intersection(kinds) else ():
+                if cursor is None:
+                    declared.clear()
+                elif holdable is None:
+                    declared.discard(cursor)
+                else:
+                    declared.add(cursor)
             if PREPARED_STATEMENT_KINDS.intersection(kinds):
                 for name, prepared in prepared_statement_changes(text):
                     if name is None:
@@ -98,9 +107,15 @@ class SimpleQuery(ReviewHold):
         model.next_batch()
 
     def _judge_statement(
-        self, text: str, kinds: tuple[str, ...], defined: dict[str, Prepared | None]
+        self,
+        text: str,
+        kinds: tuple[str, ...],
+        defined: dict[str, Prepared | None],
+        declared: set[str],
     ) -> tuple[Action, Verdict]:
         action = self._action(text, ())
+        if "fetch" in kinds:
+            return self._judge_fetch(action, declared)
         if "execute" not in kinds:
             return action, self._judge(action)
         # SQL EXECUTE name: judged by every SQL the name may hold when it runs.
@@ -129,6 +144,27 @@ class SimpleQuery(ReviewHold):
                 verdict.statements,
             )
         return resolved, verdict
+
+    def _judge_fetch(self, action: Action, declared: set[str]) -> tuple[Action, Verdict]:
+        """SQL FETCH or MOVE runs a portal: one bound through the protocol (Bind) runs
+        its statement there and then, e.g. a SELECT of a writing function deferred from
+        Parse to Execute, so it is judged by every SQL the portal may hold. A cursor made
+        by SQL DECLARE was judged when declared."""
+        name = fetched_cursor(action.text)
+        if name is None or name in declared:
+            return action, self._judge(action)
+        resolved, verdict = self._judge_portal(name)
+        if resolved.text.startswith("FETCH FORWARD ALL FROM "):
+            return action, self._judge(action)  # a DECLAREd cursor, or no such portal
+        return (
+            dataclasses.replace(
+                action,
+                resolved=resolved.text,
+                params=resolved.params,
+                binding=resolved.binding,
+            ),
+            verdict,
+        )
 
     def _propose(self, text: str, info: StatementInfo) -> list[Change[Any]]:
         """The name changes one statement of a forwarded Query makes, proposed now and
