@@ -240,6 +240,7 @@ def test_an_approval_of_execute_upd_1_11_does_not_run_upd_2_9999(
     approve(gw, w.run(prepare, ready=1).review_ids()[0])  # a PREPARE of a write is one
     assert w.run(prepare, ready=1).tags() == ["PREPARE"]
     first = w.run(q("EXECUTE upd(1, 11)"), ready=1)
+    assert len(first.review_ids()) == 1, first.text()
     (review,) = first.review_ids()
     approve(gw, review)
     other = w.run(q("EXECUTE upd(2, 9999)"), ready=1)
@@ -252,6 +253,26 @@ def test_an_approval_of_execute_upd_1_11_does_not_run_upd_2_9999(
     assert [r[2] for r in writes] == ["public.stock"]
     # policy check knows nothing of the session's upd: it reads the SQL the name holds
     agrees(gw, "rv", "UPDATE stock SET qty = 9999 WHERE id = 2", other)
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "execute",
+    ["EXECUTE sel(bump(5))", "EXECUTE sel(json_scalar(1))", "EXECUTE sel(nextval('ticket_seq'))"],
+)
+def test_execute_arguments_are_judged_as_the_expressions_they_are(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], who: str, execute: str
+) -> None:
+    """EXECUTE sel(bump(5)) with sel a harmless SELECT $1: the server evaluates the
+    argument, so bump runs (found by the attack: rv wrote with no review, and only the
+    read-only session stopped ro)."""
+    w = wires[who]
+    assert not w.run(q("PREPARE sel(int) AS SELECT $1"), ready=1).errors()
+    reply = w.run(q(execute), ready=1)
+    assert wire_decision(reply) == ("block" if who == "ro" else "review"), reply.text()
+    assert "25006" not in reply.codes()  # the gate refused it, not the read-only session
+    guard.check()
+    agrees(gw, who, "SELECT " + execute.split("(", 1)[1][:-1], reply)
 
 
 def test_parameters_beyond_1024_characters_are_bound_whole(

@@ -148,9 +148,9 @@ def step(draw: st.DrawFn) -> bytes:
         text = draw(st.one_of(hidden_write(), st.sampled_from(READS).map(str.encode)))
         return build.parse(name, text)
     if kind == "bind":
-        return build.bind(draw(st.sampled_from(["", "p1"])), name)
+        return build.bind(draw(st.sampled_from(["", "p1", "c1"])), name)
     if kind == "execute":
-        return build.execute(draw(st.sampled_from(["", "p1"])))
+        return build.execute(draw(st.sampled_from(["", "p1", "c1"])), draw(st.sampled_from([0, 1])))
     if kind == "close":
         return build.close(draw(st.sampled_from("SP")), name)
     if kind == "sync":
@@ -172,6 +172,11 @@ def step(draw: st.DrawFn) -> bytes:
                         "FETCH c1",
                         "CLOSE c1",
                         "MOVE c1",
+                        # SQL on a portal bound through the protocol runs what it holds
+                        "FETCH p1",
+                        "MOVE ALL IN p1",
+                        "DECLARE p1 CURSOR FOR SELECT 1",
+                        "CLOSE p1",
                     ]
                 )
             )

@@ -270,3 +270,12 @@ def test_tables_and_functions(
 def test_explain_analyze_runs_the_statement(sql: str, analyzes: bool) -> None:
     (info,) = classify(sql)
     assert (info.klass == "write") is analyzes, info
+
+
+def test_execute_arguments_are_the_expressions_the_server_evaluates() -> None:
+    from wardgate.policy.sql import execute_arguments
+
+    assert execute_arguments("EXECUTE upd(1, 11)") == "SELECT 1, 11"
+    assert execute_arguments("EXECUTE sel(bump(5))") == "SELECT bump(5)"
+    assert execute_arguments("EXECUTE plain") is None
+    assert execute_arguments("SELECT 1") is None

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
+from pglast import ast, parse_sql
 from pglast.parser import ParseError, fingerprint, parse_sql_json
+from pglast.stream import RawStream
 
 from wardgate.actions import StatementInfo
 from wardgate.policy.encodings import python_codec
@@ -864,6 +866,24 @@ def fetched_cursor(sql: str) -> str | None:
         return None
     fetch = statements[0][0].get("FetchStmt")
     return str(fetch.get("portalname", "")) if fetch is not None else None
+
+
+def execute_arguments(sql: str) -> str | None:
+    """The arguments of a single SQL ``EXECUTE name(a, b)`` as a ``SELECT a, b``, or None
+    when there are none. They are expressions the server evaluates (``EXECUTE
+    sel(bump(5))`` calls bump), so they are judged besides what the name holds. Text
+    that cannot be rebuilt comes back unparsable, to be refused as unknown."""
+    try:
+        stmt = parse_sql(sql)[0].stmt
+        if not isinstance(stmt, ast.ExecuteStmt) or not stmt.params:
+            return None
+        # One stream per expression: a stream keeps what it wrote before.
+        return "SELECT " + ", ".join(
+            RawStream()(p)  # type: ignore[no-untyped-call]
+            for p in stmt.params
+        )
+    except Exception:  # noqa: BLE001 - fail closed: judged as a parse error
+        return "SELECT ( -- wardgate could not read the EXECUTE arguments"
 
 
 def executed_statement(sql: str) -> str | None:

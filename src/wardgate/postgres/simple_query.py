@@ -14,6 +14,7 @@ from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
     cursor_changes,
+    execute_arguments,
     executed_statement,
     fetched_cursor,
     prepared_statement_changes,
@@ -133,8 +134,14 @@ class SimpleQuery(ReviewHold):
                 for p in dict.fromkeys(held)
             )
         ]
+        meanings = len(judged)
+        arguments = execute_arguments(text)
+        if arguments is not None:
+            # The arguments run too; their verdict is paired with what the name holds,
+            # so an approval binds the whole EXECUTE (its text carries the arguments).
+            judged.append((judged[0][0], self._judge(self._action(arguments, ()))))
         resolved, verdict = max(judged, key=lambda av: av[1].decision.severity)
-        if len(judged) > 1 and not verdict.allowed and verdict.enforced:
+        if meanings > 1 and not verdict.allowed and verdict.enforced:
             verdict = Verdict(
                 Decision.BLOCK,
                 "wardgate:unconfirmed-name",
