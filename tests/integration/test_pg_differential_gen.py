@@ -156,10 +156,11 @@ def step(draw: st.DrawFn) -> bytes:
     if kind == "sync":
         return build.sync()
     if kind == "prepare":
-        text = draw(st.sampled_from(WRITES[:6] + READS[:2]))
+        text = draw(st.sampled_from(WRITES[:6] + READS[:2] + ["SELECT $1::int"]))
         return build.query(f"PREPARE {sql_name} AS {text}")
     if kind == "execute_sql":
-        return build.query(f"EXECUTE {sql_name}")
+        args = draw(st.sampled_from(["", "(1)", "(bump(5))", "(json_scalar(1))"]))
+        return build.query(f"EXECUTE {sql_name}{args}")
     if kind == "deallocate":
         return build.query(draw(st.sampled_from([f"DEALLOCATE {sql_name}", "DEALLOCATE ALL"])))
     if kind == "cursor":
