@@ -77,6 +77,8 @@ create function public.json_value(text, text) returns text language sql volatile
     $$ update public.stock set qty = qty + 1 where id = 10; select $1 $$;
 create function public.json_serialize(text) returns text language sql volatile as
     $$ update public.stock set qty = qty + 1 where id = 10; select $1 $$;
+create function public.json_object(text, text, text, text) returns text language sql
+    volatile as $$ update public.stock set qty = qty + 1 where id = 10; select $1 $$;
 -- A lower() that writes, found first when search_path puts appfuncs before pg_catalog.
 create function appfuncs.lower(text) returns text language sql volatile as
     $$ update public.stock set qty = -1 where id = 9; select $1 $$;

@@ -206,6 +206,29 @@ def test_parse_s1_then_a_refused_prepare_s1_then_execute_s1(
     guard.check()
 
 
+@pytest.mark.parametrize(
+    "fetch",
+    ["FETCH c1", "MOVE ALL IN c1", "FETCH ALL FROM c1", "DECLARE x CURSOR FOR SELECT 1; FETCH c1"],
+)
+def test_sql_fetch_of_a_protocol_portal_is_judged_by_what_the_portal_runs(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], fetch: str
+) -> None:
+    """Parse s1 = SELECT bump(5) (a writing function: its review waits for Execute),
+    Bind portal c1, then SQL FETCH c1: PostgreSQL runs the portal, so the FETCH is the
+    SELECT bump(5) (found by the attack: it ran with no review, as a read)."""
+    w = wires["rv"]
+    assert not w.run(q("BEGIN"), ready=1).errors()
+    bound = w.run(
+        build.parse("s1", "SELECT bump(5)"), build.bind("c1", "s1"), build.sync(), ready=1
+    )
+    assert not bound.errors(), bound.text()
+    reply = w.run(q(fetch), ready=1)
+    assert wire_decision(reply) == "review" and reply.rows() == 0, reply.text()
+    w.run(q("ROLLBACK"), ready=1)
+    guard.check()
+    agrees(gw, "rv", "SELECT bump(5)", reply)
+
+
 # -- 4. approvals bound to everything that decides what runs ----------------------------
 
 
@@ -217,6 +240,7 @@ def test_an_approval_of_execute_upd_1_11_does_not_run_upd_2_9999(
     approve(gw, w.run(prepare, ready=1).review_ids()[0])  # a PREPARE of a write is one
     assert w.run(prepare, ready=1).tags() == ["PREPARE"]
     first = w.run(q("EXECUTE upd(1, 11)"), ready=1)
+    assert len(first.review_ids()) == 1, first.text()
     (review,) = first.review_ids()
     approve(gw, review)
     other = w.run(q("EXECUTE upd(2, 9999)"), ready=1)
@@ -229,6 +253,26 @@ def test_an_approval_of_execute_upd_1_11_does_not_run_upd_2_9999(
     assert [r[2] for r in writes] == ["public.stock"]
     # policy check knows nothing of the session's upd: it reads the SQL the name holds
     agrees(gw, "rv", "UPDATE stock SET qty = 9999 WHERE id = 2", other)
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "execute",
+    ["EXECUTE sel(bump(5))", "EXECUTE sel(json_scalar(1))", "EXECUTE sel(nextval('ticket_seq'))"],
+)
+def test_execute_arguments_are_judged_as_the_expressions_they_are(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], who: str, execute: str
+) -> None:
+    """EXECUTE sel(bump(5)) with sel a harmless SELECT $1: the server evaluates the
+    argument, so bump runs (found by the attack: rv wrote with no review, and only the
+    read-only session stopped ro)."""
+    w = wires[who]
+    assert not w.run(q("PREPARE sel(int) AS SELECT $1"), ready=1).errors()
+    reply = w.run(q(execute), ready=1)
+    assert wire_decision(reply) == ("block" if who == "ro" else "review"), reply.text()
+    assert "25006" not in reply.codes()  # the gate refused it, not the read-only session
+    guard.check()
+    agrees(gw, who, "SELECT " + execute.split("(", 1)[1][:-1], reply)
 
 
 def test_parameters_beyond_1024_characters_are_bound_whole(
@@ -328,6 +372,34 @@ def test_an_approval_binds_the_settings_that_read_constants(gw: Gateway, guard: 
     assert rows == [(1, 1), (2, 0)]
 
 
+@pytest.mark.parametrize(
+    ("before", "sql"),
+    [
+        (None, "SET search_path = archive, public; UPDATE stock SET qty = 55 WHERE id = 8"),
+        (None, "SET datestyle = 'ISO, DMY'; UPDATE events SET qty = 2 WHERE d = '01/02/2026'"),
+        ("BEGIN; SET search_path = archive, public", "ROLLBACK; UPDATE stock SET qty = 56"),
+        ("BEGIN; SAVEPOINT a; SET LOCAL timezone = 'UTC'", "ROLLBACK TO a; DELETE FROM events"),
+        (None, "SELECT bump(1); UPDATE stock SET qty = 57 WHERE id = 8"),
+    ],
+)
+def test_a_held_statement_never_follows_a_setting_change_in_its_query_string(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], before: str | None, sql: str
+) -> None:
+    """The review shows (and the approval binds) the settings read just before the
+    string is sent; a SET, RESET, transaction end or routine earlier in the same string
+    would change them before the held statement runs, so the string is refused (found
+    by the attack: the reviewer saw search_path public, archive.stock changed)."""
+    w = wires["rv"]
+    if before is not None:
+        assert not w.run(q(before), ready=1).errors()
+    reply = w.run(q(sql), ready=1)
+    assert wire_decision(reply) == "block" and not reply.review_ids(), reply.text()
+    if "bump" not in sql:  # there the first statement, held itself, is what is said
+        assert "wardgate:review-context" in reply.text(), reply.text()
+    w.run(q("ROLLBACK"), ready=1)
+    guard.check()
+
+
 # -- 5. settings judged by what they do --------------------------------------------------
 
 SETTINGS = [
@@ -371,6 +443,20 @@ def test_pg17_json_syntax_is_a_user_function_on_pg15(
     assert wire_decision(reply) != "allow", reply.text()
     guard.check()
     agrees(gw, who, sql, reply)
+
+
+@BOTH
+def test_legacy_json_object_is_looked_up_in_the_search_path_on_pg15(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], who: str
+) -> None:
+    """PostgreSQL 17's grammar reads json_object('a', 'b', 'c', 'd') as
+    pg_catalog.json_object; PostgreSQL 15 resolves the bare name and runs
+    public.json_object(text, text, text, text), which writes (found by the attack).
+    `policy check` does not know the target's catalogue, so it is not asked here."""
+    reply = wires[who].run(q("SELECT json_object('a', 'b', 'c', 'd')"), ready=1)
+    assert wire_decision(reply) != "allow" and reply.rows() == 0, reply.text()
+    assert "json_object" in reply.text()
+    guard.check()
 
 
 # -- 7. identifier semantics -------------------------------------------------------------
@@ -418,6 +504,29 @@ def test_limit_all_and_null_are_no_limit(
     )
     assert "big-needs-limit" in bound.text() and bound.rows() == 0, bound.text()
     assert w.run(q("SELECT * FROM big_rows LIMIT 5"), ready=1).rows() == 5
+    guard.check()
+    agrees(gw, "ro", sql, reply)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY big_rows TO STDOUT",
+        "COPY (SELECT * FROM big_rows) TO STDOUT",
+        "DECLARE bigc CURSOR WITH HOLD FOR SELECT * FROM big_rows",
+    ],
+)
+def test_copy_to_and_cursors_are_reads_without_a_limit(
+    gw: Gateway, guard: Guard, wires: dict[str, Wire], sql: str
+) -> None:
+    """The same guardrail: COPY t TO and a cursor over an unbounded SELECT hand over
+    every row (found by the attack: only a top-level SELECT counted)."""
+    w = wires["ro"]
+    reply = w.run(q(sql), ready=1)
+    assert "big-needs-limit" in reply.text(), reply.text()
+    assert not any(k == b"d" for k, _ in reply.messages)  # no CopyData
+    if sql.startswith("DECLARE"):
+        assert w.run(q("FETCH ALL bigc"), ready=1).rows() == 0
     guard.check()
     agrees(gw, "ro", sql, reply)
 

@@ -148,18 +148,19 @@ def step(draw: st.DrawFn) -> bytes:
         text = draw(st.one_of(hidden_write(), st.sampled_from(READS).map(str.encode)))
         return build.parse(name, text)
     if kind == "bind":
-        return build.bind(draw(st.sampled_from(["", "p1"])), name)
+        return build.bind(draw(st.sampled_from(["", "p1", "c1"])), name)
     if kind == "execute":
-        return build.execute(draw(st.sampled_from(["", "p1"])))
+        return build.execute(draw(st.sampled_from(["", "p1", "c1"])), draw(st.sampled_from([0, 1])))
     if kind == "close":
         return build.close(draw(st.sampled_from("SP")), name)
     if kind == "sync":
         return build.sync()
     if kind == "prepare":
-        text = draw(st.sampled_from(WRITES[:6] + READS[:2]))
+        text = draw(st.sampled_from(WRITES[:6] + READS[:2] + ["SELECT $1::int"]))
         return build.query(f"PREPARE {sql_name} AS {text}")
     if kind == "execute_sql":
-        return build.query(f"EXECUTE {sql_name}")
+        args = draw(st.sampled_from(["", "(1)", "(bump(5))", "(json_scalar(1))"]))
+        return build.query(f"EXECUTE {sql_name}{args}")
     if kind == "deallocate":
         return build.query(draw(st.sampled_from([f"DEALLOCATE {sql_name}", "DEALLOCATE ALL"])))
     if kind == "cursor":
@@ -172,6 +173,11 @@ def step(draw: st.DrawFn) -> bytes:
                         "FETCH c1",
                         "CLOSE c1",
                         "MOVE c1",
+                        # SQL on a portal bound through the protocol runs what it holds
+                        "FETCH p1",
+                        "MOVE ALL IN p1",
+                        "DECLARE p1 CURSOR FOR SELECT 1",
+                        "CLOSE p1",
                     ]
                 )
             )
@@ -207,6 +213,7 @@ def _count(key: str) -> None:
     STATS[key] = STATS.get(key, 0) + 1
 
 
+@pytest.mark.timeout(max(120, EXAMPLES * 2))
 @pytest.mark.parametrize("who", ["ro", "rv"])
 def test_generated_pipelines_never_write(gw: Gateway, target: Target, who: str) -> None:
     start, snap = target.last_id(), target.snapshot()
@@ -224,8 +231,12 @@ def test_generated_pipelines_never_write(gw: Gateway, target: Target, who: str) 
             # One write: the gateway sees everything before any answer. Then a Sync (ends
             # an open batch), COMMIT (so a write in an open transaction is kept, and
             # logged) and the marker.
-            w.send(*steps, build.sync(), build.query(f"COMMIT; SELECT '{MARK}'"))
-            outcome = _finish(w, time.monotonic() + 10)
+            try:
+                w.send(*steps, build.sync(), build.query(f"COMMIT; SELECT '{MARK}'"))
+            except OSError:
+                outcome = "closed"  # the gateway ended the session while we wrote
+            else:
+                outcome = _finish(w, time.monotonic() + 10)
         finally:
             w.close()
         _count(f"{who}:{outcome}")

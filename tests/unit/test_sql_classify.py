@@ -131,6 +131,10 @@ CASES = [
     ("select * from t limit (select 5)", "read", "no_limit"),
     ("select * from t limit 5", "read", "limited"),
     ("select * from t limit $1", "read", "limit_param:1"),
+    # COPY TO and cursors hand over every row their query reads.
+    ("copy t to stdout", "read", "no_limit"),
+    ("copy (select * from t) to stdout", "read", "no_limit"),
+    ("declare c cursor for select * from t", "read", "no_limit"),
     # Syntax that PostgreSQL 14/15 read as calls of user-definable functions.
     ("select json_scalar(1)", "read", "user_definable:json_scalar"),
     ("select json_object()", "read", "user_definable:json_object"),
@@ -268,3 +272,12 @@ def test_tables_and_functions(
 def test_explain_analyze_runs_the_statement(sql: str, analyzes: bool) -> None:
     (info,) = classify(sql)
     assert (info.klass == "write") is analyzes, info
+
+
+def test_execute_arguments_are_the_expressions_the_server_evaluates() -> None:
+    from wardgate.policy.sql import execute_arguments
+
+    assert execute_arguments("EXECUTE upd(1, 11)") == "SELECT 1, 11"
+    assert execute_arguments("EXECUTE sel(bump(5))") == "SELECT bump(5)"
+    assert execute_arguments("EXECUTE plain") is None
+    assert execute_arguments("SELECT 1") is None

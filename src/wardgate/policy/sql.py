@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
+from pglast import ast, parse_sql
 from pglast.parser import ParseError, fingerprint, parse_sql_json
+from pglast.stream import RawStream
 
 from wardgate.actions import StatementInfo
 from wardgate.policy.encodings import python_codec
@@ -193,6 +195,12 @@ def _func_name(fields: dict[str, Any]) -> tuple[str | None, str]:
     parts = _names(fields.get("funcname", []))
     if not parts:
         return None, ""
+    if parts == ["pg_catalog", "json_object"]:
+        # PostgreSQL 16+'s grammar (pglast's) writes the legacy json_object(a, b, ...)
+        # as pg_catalog.json_object; 14 and 15 look the bare name up in the search_path,
+        # where a user routine with those argument types wins. The stricter reading:
+        # unqualified, so a shadowing routine found on the target makes it unknown.
+        return None, "json_object"
     return (parts[-2] if len(parts) > 1 else None), parts[-1]
 
 
@@ -534,6 +542,10 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
                 written.append(".".join(_names(obj["List"].get("items", []))))
     if node_type == "SelectStmt" and "limitCount" in fields:
         kinds.append("limited")  # LIMIT 5 and LIMIT NULL share a fingerprint: see below
+    if node_type in ("CopyStmt", "DeclareCursorStmt") and _query_reads_without_limit(fields):
+        # COPY t TO, COPY (SELECT ...) TO and a cursor's SELECT hand over every row they
+        # read, as an unbounded SELECT does.
+        kinds.append("no_limit")
     if node_type == "SelectStmt" and _reads_without_limit(fields):
         ref = fields.get("limitCount", {}).get("ParamRef", {})
         param = None if ref.get("unbound") else ref.get("number")
@@ -599,6 +611,16 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
 
 def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i.lower() for i in items if i))
+
+
+def _query_reads_without_limit(fields: dict[str, Any]) -> bool:
+    """A COPY ... TO or DECLARE whose rows are a whole table or an unbounded SELECT."""
+    if fields.get("is_from") or fields.get("is_program") or "filename" in fields:
+        return False
+    if "relation" in fields:
+        return True  # COPY t TO: the whole table
+    select = fields.get("query", {}).get("SelectStmt")
+    return select is not None and _reads_without_limit(select)
 
 
 def _reads_without_limit(fields: dict[str, Any]) -> bool:
@@ -861,6 +883,36 @@ def cursor_changes(sql: str) -> list[tuple[str | None, bool | None]]:
             name = fields.get("portalname")
             changes.append((None, None) if name is None else (str(name), None))
     return changes
+
+
+def fetched_cursor(sql: str) -> str | None:
+    """The cursor (portal) name a single ``FETCH`` or ``MOVE`` runs, else None."""
+    try:
+        statements = _parse(sql)
+    except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
+        return None
+    if len(statements) != 1:
+        return None
+    fetch = statements[0][0].get("FetchStmt")
+    return str(fetch.get("portalname", "")) if fetch is not None else None
+
+
+def execute_arguments(sql: str) -> str | None:
+    """The arguments of a single SQL ``EXECUTE name(a, b)`` as a ``SELECT a, b``, or None
+    when there are none. They are expressions the server evaluates (``EXECUTE
+    sel(bump(5))`` calls bump), so they are judged besides what the name holds. Text
+    that cannot be rebuilt comes back unparsable, to be refused as unknown."""
+    try:
+        stmt = parse_sql(sql)[0].stmt
+        if not isinstance(stmt, ast.ExecuteStmt) or not stmt.params:
+            return None
+        # One stream per expression: a stream keeps what it wrote before.
+        return "SELECT " + ", ".join(
+            RawStream()(p)  # type: ignore[no-untyped-call]
+            for p in stmt.params
+        )
+    except Exception:  # noqa: BLE001 - fail closed: judged as a parse error
+        return "SELECT ( -- wardgate could not read the EXECUTE arguments"
 
 
 def executed_statement(sql: str) -> str | None:

@@ -6,18 +6,14 @@ batch and discards until Sync, as the server in its error state does."""
 
 from __future__ import annotations
 
-from wardgate.actions import Action, Decision, Verdict
+from wardgate.actions import Decision, Verdict
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.params import ambiguous_params, binding_digest, describe_params
 from wardgate.postgres.relay_state import BIND, CLOSE, EXECUTE, PARSE, POISON_PARSE, Pending
-from wardgate.postgres.review_hold import ReviewHold, block_error
+from wardgate.postgres.review_hold import ReviewHold, block_error, quoted
 from wardgate.postgres.session_model import Portal, Prepared
 from wardgate.reviews.messages import approved_verdict, needs_review
 from wardgate.reviews.settle import Settled
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class ExtendedProtocol(ReviewHold):
@@ -41,7 +37,7 @@ class ExtendedProtocol(ReviewHold):
         # EXECUTE of it: the server refuses it, or it holds something we cannot see.
         sqls = tuple(
             dict.fromkeys(
-                p.sql if p is not None else f"EXECUTE {_quoted(msg.statement)}" for p in held
+                p.sql if p is not None else f"EXECUTE {quoted(msg.statement)}" for p in held
             )
         )
         types = next((p.param_types for p in held if p is not None), ())
@@ -67,37 +63,6 @@ class ExtendedProtocol(ReviewHold):
             self.masking.bound(msg.portal, msg.statement, msg.result_formats)
         self._pending.append(Pending(BIND, changes=[[change]]))
         out.append(raw)
-
-    def _portal_actions(self, name: str) -> list[Action]:
-        """One action for every SQL the portal ``name`` may run when the server gets to it."""
-        actions: dict[tuple[str, str], Action] = {}
-        for portal in self.model.portals.candidates(name, self.model.batch):
-            if portal is None:
-                # Not bound in this session: a cursor made by SQL DECLARE (judged then), or
-                # nothing. Judged as what running it is, a FETCH from that cursor.
-                fetch = f"FETCH FORWARD ALL FROM {_quoted(name)}"
-                actions.setdefault((fetch, ""), self._action(fetch, ()))
-                continue
-            for sql in portal.sqls:
-                key = (sql, portal.binding)
-                actions.setdefault(key, self._action(sql, portal.params, portal.binding))
-        return list(actions.values())
-
-    def _judge_portal(self, name: str) -> tuple[Action, Verdict]:
-        """The strictest verdict over every meaning the portal may have; with more than
-        one meaning, nothing can be approved (an approval binds one action)."""
-        judged = [(a, self._judge(a)) for a in self._portal_actions(name)]
-        action, verdict = max(judged, key=lambda av: av[1].decision.severity)
-        if len(judged) > 1 and not verdict.allowed and verdict.enforced:
-            verdict = Verdict(
-                Decision.BLOCK,
-                "wardgate:unconfirmed-name",
-                f"portal {name!r} (or the statement it was bound to) was redefined in a batch "
-                "the server has not answered yet, and one of its possible meanings is not "
-                f"allowed ({verdict.reason}); send Sync and wait for the result before using it",
-                verdict.statements,
-            )
-        return action, verdict
 
     def _on_execute(self, msg: m.Execute, raw: bytes, out: list[bytes]) -> None:
         action, verdict = self._judge_portal(msg.portal)

@@ -347,6 +347,33 @@ class RelayState:
             self._on_finished()
 
 
+_SESSION_KINDS = frozenset(
+    {
+        "set",
+        "search_path",
+        "client_encoding",
+        "set_role",
+        "reset_role",
+        "discard",
+        "call",
+        "do_block",
+        "execute",
+        "transaction_end",
+    }
+)
+
+
+def may_change_session(info: StatementInfo) -> bool:
+    """A statement after which the session's settings or role may differ: a SET or
+    RESET, DISCARD, a transaction end (it undoes SETs made in it), a routine or DO block
+    (they may call set_config), SQL EXECUTE (whatever it holds)."""
+    return (
+        not _SESSION_KINDS.isdisjoint(info.kinds)
+        or any(k.startswith(("set_config_param:", "setting:")) for k in info.kinds)
+        or any(_user_function(f) for f in info.functions)
+    )
+
+
 def _user_function(name: str) -> bool:
     """A function that is not a known built-in: it may change session settings."""
     schema, _, bare = name.rpartition(".")

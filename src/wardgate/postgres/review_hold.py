@@ -33,6 +33,10 @@ _SQLSTATES = {
 }
 
 
+def quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def refusal_error(settled: Settled) -> bytes:
     """The ErrorResponse for a statement that does not run."""
     assert settled.refusal is not None
@@ -156,3 +160,34 @@ class ReviewHold(SessionProbe):
         assert result.refusal is not None
         self._record(self._act(action, result.verdict), "blocked", error=result.refusal.message)
         return refusal_error(result)
+
+    def _portal_actions(self, name: str) -> list[Action]:
+        """One action for every SQL the portal ``name`` may run when the server gets to it."""
+        actions: dict[tuple[str, str], Action] = {}
+        for portal in self.model.portals.candidates(name, self.model.batch):
+            if portal is None:
+                # Not bound in this session: a cursor made by SQL DECLARE (judged then), or
+                # nothing. Judged as what running it is, a FETCH from that cursor.
+                fetch = f"FETCH FORWARD ALL FROM {quoted(name)}"
+                actions.setdefault((fetch, ""), self._action(fetch, ()))
+                continue
+            for sql in portal.sqls:
+                key = (sql, portal.binding)
+                actions.setdefault(key, self._action(sql, portal.params, portal.binding))
+        return list(actions.values())
+
+    def _judge_portal(self, name: str) -> tuple[Action, Verdict]:
+        """The strictest verdict over every meaning the portal may have; with more than
+        one meaning, nothing can be approved (an approval binds one action)."""
+        judged = [(a, self._judge(a)) for a in self._portal_actions(name)]
+        action, verdict = max(judged, key=lambda av: av[1].decision.severity)
+        if len(judged) > 1 and not verdict.allowed and verdict.enforced:
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:unconfirmed-name",
+                f"portal {name!r} (or the statement it was bound to) was redefined in a batch "
+                "the server has not answered yet, and one of its possible meanings is not "
+                f"allowed ({verdict.reason}); send Sync and wait for the result before using it",
+                verdict.statements,
+            )
+        return action, verdict

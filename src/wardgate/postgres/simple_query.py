@@ -14,11 +14,19 @@ from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
     cursor_changes,
+    execute_arguments,
     executed_statement,
+    fetched_cursor,
     prepared_statement_changes,
 )
 from wardgate.postgres.codec import messages as m
-from wardgate.postgres.relay_state import POISON_QUERY, QUERY, Act, Pending
+from wardgate.postgres.relay_state import (
+    POISON_QUERY,
+    QUERY,
+    Act,
+    Pending,
+    may_change_session,
+)
 from wardgate.postgres.review_hold import ReviewHold, block_error
 from wardgate.postgres.session_model import Change, Portal, Prepared
 from wardgate.reviews.messages import approved_verdict, merged_review, needs_review
@@ -37,10 +45,18 @@ class SimpleQuery(ReviewHold):
         # Names this string itself defines, statement by statement: a later statement of
         # the string only runs if the earlier ones succeeded.
         defined: dict[str, Prepared | None] = {}
+        declared: set[str] = set()  # cursors this string DECLAREs before a FETCH
         judged: list[tuple[Action, Verdict]] = []
         for i, text in enumerate(texts):
             kinds = statements[i].kinds if i < len(statements) else ()
-            judged.append(self._judge_statement(text, kinds, defined))
+            judged.append(self._judge_statement(text, kinds, defined, declared))
+            for cursor, holdable in cursor_changes(text) if _NAME_KINDS.intersection(kinds) else ():
+                if cursor is None:
+                    declared.clear()
+                elif holdable is None:
+                    declared.discard(cursor)
+                else:
+                    declared.add(cursor)
             if PREPARED_STATEMENT_KINDS.intersection(kinds):
                 for name, prepared in prepared_statement_changes(text):
                     if name is None:
@@ -48,6 +64,8 @@ class SimpleQuery(ReviewHold):
                         defined["\x00all"] = None  # every other name is gone too
                     else:
                         defined[name] = None if prepared is None else Prepared(prepared)
+        if len(judged) > 1 and any(needs_review(v) for _, v in judged):
+            judged = _refuse_stale_context(judged)
         held = [v for _, v in judged if needs_review(v)]
         if held and not any(v.decision is Decision.BLOCK and v.enforced for _, v in judged):
             if approval is None:
@@ -91,9 +109,15 @@ class SimpleQuery(ReviewHold):
         model.next_batch()
 
     def _judge_statement(
-        self, text: str, kinds: tuple[str, ...], defined: dict[str, Prepared | None]
+        self,
+        text: str,
+        kinds: tuple[str, ...],
+        defined: dict[str, Prepared | None],
+        declared: set[str],
     ) -> tuple[Action, Verdict]:
         action = self._action(text, ())
+        if "fetch" in kinds:
+            return self._judge_fetch(action, declared)
         if "execute" not in kinds:
             return action, self._judge(action)
         # SQL EXECUTE name: judged by every SQL the name may hold when it runs.
@@ -111,8 +135,14 @@ class SimpleQuery(ReviewHold):
                 for p in dict.fromkeys(held)
             )
         ]
+        meanings = len(judged)
+        arguments = execute_arguments(text)
+        if arguments is not None:
+            # The arguments run too; their verdict is paired with what the name holds,
+            # so an approval binds the whole EXECUTE (its text carries the arguments).
+            judged.append((judged[0][0], self._judge(self._action(arguments, ()))))
         resolved, verdict = max(judged, key=lambda av: av[1].decision.severity)
-        if len(judged) > 1 and not verdict.allowed and verdict.enforced:
+        if meanings > 1 and not verdict.allowed and verdict.enforced:
             verdict = Verdict(
                 Decision.BLOCK,
                 "wardgate:unconfirmed-name",
@@ -122,6 +152,27 @@ class SimpleQuery(ReviewHold):
                 verdict.statements,
             )
         return resolved, verdict
+
+    def _judge_fetch(self, action: Action, declared: set[str]) -> tuple[Action, Verdict]:
+        """SQL FETCH or MOVE runs a portal: one bound through the protocol (Bind) runs
+        its statement there and then, e.g. a SELECT of a writing function deferred from
+        Parse to Execute, so it is judged by every SQL the portal may hold. A cursor made
+        by SQL DECLARE was judged when declared."""
+        name = fetched_cursor(action.text)
+        if name is None or name in declared:
+            return action, self._judge(action)
+        resolved, verdict = self._judge_portal(name)
+        if resolved.text.startswith("FETCH FORWARD ALL FROM "):
+            return action, self._judge(action)  # a DECLAREd cursor, or no such portal
+        return (
+            dataclasses.replace(
+                action,
+                resolved=resolved.text,
+                params=resolved.params,
+                binding=resolved.binding,
+            ),
+            verdict,
+        )
 
     def _propose(self, text: str, info: StatementInfo) -> list[Change[Any]]:
         """The name changes one statement of a forwarded Query makes, proposed now and
@@ -175,3 +226,27 @@ class SimpleQuery(ReviewHold):
         )
         out.append(POISON_QUERY)
         self.model.next_batch()
+
+
+def _refuse_stale_context(judged: list[tuple[Action, Verdict]]) -> list[tuple[Action, Verdict]]:
+    """A review binds the session's state read just before the string is sent
+    (postgres/probe.py): search_path, role, DateStyle... A statement earlier in the same
+    string that may change it (SET, RESET, DISCARD, a transaction end undoing SETs, a
+    routine) would make the server run the held statement in a state the reviewer never
+    saw, and the approval match a session that reads it otherwise. Refused."""
+    out: list[tuple[Action, Verdict]] = []
+    changed = False
+    for action, verdict in judged:
+        if changed and needs_review(verdict):
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:review-context",
+                "a statement that needs a review follows, in the same query string, a "
+                "statement that may change the session's settings (search_path, role, "
+                "DateStyle...): the review would show the settings before it; send that "
+                "statement on its own first, then this one",
+                verdict.statements,
+            )
+        out.append((action, verdict))
+        changed = changed or any(may_change_session(i) for i in verdict.statements)
+    return out
