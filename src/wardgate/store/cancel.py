@@ -46,6 +46,19 @@ def row_key(pid: int, secret: bytes) -> int:
     return (pid << 32) | int.from_bytes(_secret_hash(secret)[:4], "big")
 
 
+def _row_values(gw_secret: bytes, target: CancelTarget, now: float) -> dict[str, object]:
+    return {
+        "secret_hash": _secret_hash(gw_secret),
+        "connection": target.connection,
+        "upstream_host": target.host,
+        "upstream_port": target.port,
+        "upstream_pid": target.pid,
+        "upstream_secret": target.secret,
+        "tls": target.tls,
+        "created_at": now,
+    }
+
+
 class CancelKeys:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -57,23 +70,30 @@ class CancelKeys:
         secret's hash mean a stale row from a process that died without ``remove()``
         (or a 1 in 2**32 clash of two live sessions, whose older one then cannot cancel).
         """
-        values = {
-            "secret_hash": _secret_hash(gw_secret),
-            "connection": target.connection,
-            "upstream_host": target.host,
-            "upstream_port": target.port,
-            "upstream_pid": target.pid,
-            "upstream_secret": target.secret,
-            "tls": target.tls,
-            "created_at": time.time(),
-        }
+        values = _row_values(gw_secret, target, time.time())
         stmt = (
             self._store.insert(CancelKey)
             .values(gw_pid=row_key(gw_pid, gw_secret), **values)
             .on_conflict_do_update(index_elements=["gw_pid"], set_=values)
         )
-        with self._store.session() as session:
-            session.execute(stmt)
+        with self._store.connection() as conn:
+            conn.execute(stmt)
+
+    def apply(self, changes: dict[tuple[int, bytes], CancelTarget | None]) -> None:
+        """Register (a target) or remove (None) many keys in one transaction."""
+        now = time.time()
+        with self._store.connection() as conn:
+            for (gw_pid, gw_secret), target in changes.items():
+                key = row_key(gw_pid, gw_secret)
+                if target is None:
+                    conn.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
+                    continue
+                values = _row_values(gw_secret, target, now)
+                conn.execute(
+                    self._store.insert(CancelKey)
+                    .values(gw_pid=key, **values)
+                    .on_conflict_do_update(index_elements=["gw_pid"], set_=values)
+                )
 
     def lookup(self, gw_pid: int, gw_secret: bytes) -> CancelTarget | None:
         with self._store.session(write=False) as session:
@@ -93,8 +113,8 @@ class CancelKeys:
 
     def remove(self, gw_pid: int, gw_secret: bytes) -> None:
         key = row_key(gw_pid, gw_secret)
-        with self._store.session() as session:
-            session.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
+        with self._store.connection() as conn:
+            conn.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
 
     def purge_older_than(self, seconds: float) -> int:
         """Drop rows registered more than ``seconds`` ago (sessions of crashed processes)."""
