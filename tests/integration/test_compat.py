@@ -94,6 +94,21 @@ def test_set_config_with_a_bound_setting_name(gateway: Gateway) -> None:
         assert conn.execute("show session_replication_role").fetchone() == ("origin",)
 
 
+def test_set_config_with_a_bound_value(gateway: Gateway) -> None:
+    """How psycopg's own tests set client_encoding: the value is judged from Bind."""
+    with _connect(gateway) as conn:
+        conn.execute("select set_config('client_encoding', %s, false)", ["latin9"])
+        assert conn.info.parameter_status("client_encoding") == "LATIN9"
+        assert conn.info.encoding == "iso8859-15"
+        assert conn.execute("select 'café'").fetchone() == ("café",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="unreadable-encoding"):
+            conn.execute("select set_config('client_encoding', %s, false)", ["EUC_TW"])
+        assert conn.execute("show client_encoding").fetchone() == ("LATIN9",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="parser-setting"):
+            conn.execute("select set_config('standard_conforming_strings', %s, false)", ["off"])
+        assert conn.execute("show standard_conforming_strings").fetchone() == ("on",)
+
+
 def test_a_composite_type_can_be_created_and_used(gateway: Gateway, it_database: str) -> None:
     name = f"wg_pair_{uuid.uuid4().hex[:8]}"
     try:
