@@ -5,6 +5,7 @@ ending the session. Each test checks the server's state, not only the answer."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -93,6 +94,21 @@ def test_set_config_with_a_bound_setting_name(gateway: Gateway) -> None:
         assert conn.execute("show session_replication_role").fetchone() == ("origin",)
 
 
+def test_set_config_with_a_bound_value(gateway: Gateway) -> None:
+    """How psycopg's own tests set client_encoding: the value is judged from Bind."""
+    with _connect(gateway) as conn:
+        conn.execute("select set_config('client_encoding', %s, false)", ["latin9"])
+        assert conn.info.parameter_status("client_encoding") == "LATIN9"
+        assert conn.info.encoding == "iso8859-15"
+        assert conn.execute("select 'café'").fetchone() == ("café",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="unreadable-encoding"):
+            conn.execute("select set_config('client_encoding', %s, false)", ["EUC_TW"])
+        assert conn.execute("show client_encoding").fetchone() == ("LATIN9",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="parser-setting"):
+            conn.execute("select set_config('standard_conforming_strings', %s, false)", ["off"])
+        assert conn.execute("show standard_conforming_strings").fetchone() == ("on",)
+
+
 def test_a_composite_type_can_be_created_and_used(gateway: Gateway, it_database: str) -> None:
     name = f"wg_pair_{uuid.uuid4().hex[:8]}"
     try:
@@ -117,3 +133,25 @@ def test_an_unreadable_encoding_is_refused_and_the_session_goes_on(gateway: Gate
         assert not conn.closed
         assert conn.execute("show client_encoding").fetchone() == ("UTF8",)
         assert conn.execute("select 'still here'").fetchone() == ("still here",)
+
+
+def test_a_failed_login_leaves_no_upstream_session(own_gateway: Gateway) -> None:
+    """The gateway dials upstream while the client proves its token; a wrong token
+    closes that dial, and a throttled login does not dial at all."""
+    app = f"wg-early-{uuid.uuid4().hex[:8]}"
+    dsn = own_gateway.dsn("dev", application_name=app).replace(own_gateway.token("dev"), "wg_x")
+    for _ in range(6):  # the fixture's limit is 5 failures a minute
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(dsn)
+    with admin_conn() as admin:
+        for _ in range(50):
+            row = admin.execute(
+                "select count(*) from pg_stat_activity where application_name = %s", (app,)
+            ).fetchone()
+            if row == (0,):
+                break
+            time.sleep(0.1)
+    assert row == (0,)
+    # Throttled now: even the right token is refused, before any proof is checked.
+    with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
+        psycopg.connect(own_gateway.dsn("dev"))

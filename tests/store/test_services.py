@@ -3,13 +3,16 @@ dialect-specific, so each gets at least one run on each store."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 from sqlalchemy import update
 
+from wardgate.core.tasks import Tasks
 from wardgate.identity.ratelimit import LoginLimiter
 from wardgate.identity.tokens import TokenService
+from wardgate.postgres.cancel_registry import CancelRegistry
 from wardgate.store.cancel import CancelKeys, CancelTarget, row_key
 from wardgate.store.db import Store
 from wardgate.store.models import CancelKey
@@ -125,3 +128,26 @@ def test_vault_on_both_stores(store: Store) -> None:
         assert "second" not in str(exc)
     else:  # pragma: no cover
         raise AssertionError("a wrong master key must not decrypt")
+
+
+def test_cancel_keys_are_written_in_batches(store: Store) -> None:
+    """A session's key reaches the store within a batch; one that ends before its batch
+    is written costs no write; a written one is removed in a later batch."""
+    keys = CancelKeys(store)
+
+    async def scenario() -> None:
+        registry = CancelRegistry(keys, Tasks())
+        short = registry.add(7, b"s1", TARGET, None)
+        registry.remove(short)  # ended before the batch: never written
+        long = registry.add(8, b"s2", TARGET, None)
+        assert registry.find(8, b"s2") is long and registry.find(8, b"xx") is None
+        assert await registry.lookup(8, b"s2") == TARGET  # from memory
+        await registry.flush()
+        assert keys.lookup(8, b"s2") == TARGET
+        assert keys.lookup(7, b"s1") is None
+        registry.remove(long)
+        assert registry.find(8, b"s2") is None
+        await registry.flush()
+        assert keys.lookup(8, b"s2") is None
+
+    asyncio.run(scenario())

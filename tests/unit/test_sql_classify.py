@@ -47,6 +47,8 @@ CASES = [
     ("select set_config('jit', 'off', false)", "read", "function:set_config"),
     # The setting is a parameter: judged with its value at Execute (see test_gate.py).
     ("select set_config($1, 'off', false)", "read", "set_config_param:1"),
+    ("select set_config('client_encoding', $1, false)", "read", "set_config_param:1"),
+    ("select set_config('jit', $1::text, false)", "read", "set"),
     ("set standard_conforming_strings = off", "admin", "parser_setting"),
     ("set local standard_conforming_strings to on", "read", "parser_setting_unchanged"),
     ("set standard_conforming_strings to default", "admin", "parser_setting"),

@@ -41,9 +41,15 @@ class LoginLimiter:
         self._window = window
 
     def retry_after(self, principal: str, client_ip: str) -> float | None:
+        return self.check(principal, client_ip)[0]
+
+    def check(self, principal: str, client_ip: str) -> tuple[float | None, bool]:
+        """Seconds until a login may be tried again (None: now), and whether any failure
+        is counted for the principal or the address (when none is, a success has nothing
+        to clear: ``record_success`` can be skipped, sparing a store write per login)."""
         now = time.time()
-        with self._store.session(write=False) as session:
-            rows = session.execute(
+        with self._store.connection(write=False) as conn:
+            rows = conn.execute(
                 select(LoginFailure.count, LoginFailure.window_start).where(
                     LoginFailure.key.in_(_keys(principal, client_ip))
                 )
@@ -53,7 +59,7 @@ class LoginLimiter:
             remaining = window_start + self._window - now
             if count >= self._max and remaining > 0:
                 wait = max(wait, remaining)
-        return wait if wait > 0 else None
+        return (wait if wait > 0 else None), bool(rows)
 
     def record_failure(self, principal: str | None, client_ip: str) -> None:
         if self._on_failure is not None:

@@ -28,6 +28,9 @@ from wardgate.store.models import PrincipalSalt, TokenRow
 TOKEN_PREFIX = "wg_"
 ITERATIONS = 4096
 SALT_BYTES = 16
+# last_used_at is written at most this often per token and process: a login then costs
+# no store write, and "last used" stays accurate to about a minute.
+TOUCH_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class TokenService:
     def __init__(self, store: Store, pepper: bytes) -> None:
         self._store = store
         self._pepper = pepper
+        self._touched: dict[str, float] = {}
 
     def create(self, principal: str, name: str = "") -> IssuedToken:
         token = _new_token()
@@ -169,9 +173,13 @@ class TokenService:
         return mac.digest()[:SALT_BYTES]
 
     def verifiers(self, principal: str) -> ScramVerifierSet:
-        with self._store.session(write=False) as session:
-            salt_row = session.get(PrincipalSalt, principal)
-            rows = session.execute(
+        with self._store.connection(write=False) as conn:  # every login: Core, not ORM
+            salt_row = conn.execute(
+                select(PrincipalSalt.salt, PrincipalSalt.iterations).where(
+                    PrincipalSalt.principal == principal
+                )
+            ).one_or_none()
+            rows = conn.execute(
                 select(TokenRow.id, TokenRow.stored_key, TokenRow.server_key)
                 .where(TokenRow.principal == principal, TokenRow.revoked_at.is_(None))
                 .order_by(TokenRow.created_at, TokenRow.id)
@@ -193,6 +201,16 @@ class TokenService:
             if hmac.compare_digest(candidate.stored_key, keys.stored_key) and found is None:
                 found = keys.key_id
         return found
+
+    def touch_due(self, token_id: str) -> bool:
+        """Whether a login with ``token_id`` should write last_used_at now (see
+        TOUCH_INTERVAL); answering True counts as the write."""
+        now = time.monotonic()
+        last = self._touched.get(token_id)
+        if last is not None and now - last < TOUCH_INTERVAL:
+            return False
+        self._touched[token_id] = now
+        return True
 
     def touch(self, token_id: str) -> None:
         with self._store.session() as session:

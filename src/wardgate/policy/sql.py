@@ -399,6 +399,12 @@ def _classify_set_config(call: dict[str, Any]) -> tuple[str, list[str]]:
         # The setting is chosen at run time: it could be a parser setting too.
         return "admin", ["function:set_config", "parser_setting"]
     value = _const_text(args[1]) if len(args) > 1 else None
+    ref = args[1].get("ParamRef", {}) if len(args) > 1 else {}
+    param = ref.get("number")
+    if value is None and isinstance(param, int) and not ref.get("unbound"):
+        # The value is a bound parameter (drivers set client_encoding this way): judged
+        # with the value of $N at Execute, like a bound name.
+        return "read", ["function:set_config", f"set_config_param:{param}"]
     klass, kinds = _setting_class(literal, None if value is None else [value], one_string=True)
     return klass, ["function:set_config", *kinds]
 

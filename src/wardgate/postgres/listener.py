@@ -4,7 +4,6 @@ dialling upstream, then handing the session to the relay."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import secrets
 import socket
@@ -16,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wardgate.audit.records import AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT, SessionRecord
 from wardgate.policy.encodings import python_codec, reported_setting_problem
+from wardgate.postgres.cancel_registry import CancelRegistry, LocalKey
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
@@ -31,13 +31,20 @@ from wardgate.postgres.startup import (
     params_for_upstream,
     review_wait_of,
 )
-from wardgate.postgres.upstream import UpstreamUnavailable, dial_connection, send_cancel
+from wardgate.postgres.upstream import (
+    Upstream,
+    UpstreamUnavailable,
+    dial_connection,
+    send_cancel,
+)
 from wardgate.postgres.wire import ClientSide, ConnectionClosed
 from wardgate.store.cancel import CancelTarget
 from wardgate.vault.secrets import SecretError
 
 if TYPE_CHECKING:
+    from wardgate.config import Config
     from wardgate.core.services import Services
+    from wardgate.identity.principals import Principal
 
 log = logging.getLogger("wardgate.postgres")
 
@@ -46,14 +53,28 @@ log = logging.getLogger("wardgate.postgres")
 _UNRECORDED_SESSION = "57P03"
 
 
-@dataclass(eq=False)
-class _LocalKey:
-    """The cancel key of one session of this process."""
+@dataclass(frozen=True)
+class _Plan:
+    """What the configuration says a session dials with."""
 
-    pid: int
-    secret: bytes
-    target: CancelTarget
-    relay: PgRelay
+    principal: Principal
+    upstream_params: dict[str, str]
+    read_only: bool
+    review_wait: float
+
+
+def _discard(task: asyncio.Task[Upstream]) -> None:
+    """Drop a dial nobody will use: close its connection, now or when it completes."""
+
+    def close(done: asyncio.Task[Upstream]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            done.result().side.close()
+
+    if task.done():
+        close(task)
+    else:
+        task.cancel()
+        task.add_done_callback(close)
 
 
 class PgListener:
@@ -63,11 +84,9 @@ class PgListener:
         self.services = services
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[ClientSide] = set()
-        # Sessions of this process by their BackendKeyData (the upstream backend's pid,
-        # the gateway's secret): a cancel arriving here is served without the store, and
-        # stops a statement held for a review (one reaching another worker process goes
-        # through the store, to the server only).
-        self._keys: dict[int, list[_LocalKey]] = {}
+        # The BackendKeyData of this process's sessions: a cancel arriving here is
+        # served without the store, and stops a statement held for a review.
+        self.cancel_keys = CancelRegistry(services.cancel_keys, services.tasks)
         # Why the store failed the last startup that needed it (None: it did not): one
         # log line when that changes, not a traceback per login attempt.
         self._store_failure: str | None = None
@@ -120,6 +139,7 @@ class PgListener:
             self._shut(client)
         if self.server is not None:
             await self.server.wait_closed()
+        await self.cancel_keys.flush()  # the ended sessions' keys leave the store
 
     @staticmethod
     def _shut(client: ClientSide) -> None:
@@ -279,8 +299,137 @@ class PgListener:
             services.recorder.refused()
             raise StartupRefused(_UNRECORDED_SESSION, AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT)
 
-        await authenticate(services, client, principal_name, addr, tls)
+        early: asyncio.Task[Upstream] | None = None
+        early_plan: _Plan | None = None
 
+        def dial_early() -> None:
+            # The throttle let this login go on: dial while the client proves its token
+            # (its PBKDF2 and the round trip), if the claimed principal may reach the
+            # connection at all. An unauthenticated client can make the gateway dial
+            # only until the login throttle stops it; a failed login closes the dial.
+            nonlocal early, early_plan
+            try:
+                early_plan = self._plan(config, principal_name, connection_name, params)
+            except StartupRefused:
+                return  # refused again, with its reason, once the client is authenticated
+            early = asyncio.ensure_future(self._dial(config, connection_name, early_plan))
+
+        dialling: asyncio.Task[Upstream] | None = None
+        try:
+            await authenticate(services, client, principal_name, addr, tls, dial_early)
+            plan = self._plan(config, principal_name, connection_name, params)
+            if early is not None and plan == early_plan:
+                dialling, early = early, None
+            else:
+                dialling = asyncio.ensure_future(self._dial(config, connection_name, plan))
+            upstream = await dialling
+        except BaseException:
+            if dialling is not None:
+                _discard(dialling)
+            raise
+        finally:
+            if early is not None:
+                _discard(early)
+        principal, read_only, review_wait = plan.principal, plan.read_only, plan.review_wait
+        if read_only and upstream.parameters.get("default_transaction_read_only", "on") != "on":
+            upstream.side.close()
+            raise StartupRefused(
+                "0A000",
+                f'wardgate: connection "{connection_name}" did not open the read-only session '
+                "this principal's role requires",
+            )
+        for name, value in upstream.parameters.items():
+            if (problem := reported_setting_problem(name, value)) is not None:
+                upstream.side.close()
+                raise StartupRefused("0A000", problem, hint=SETTING_HINTS.get(name))
+        codec = python_codec(upstream.parameters.get("client_encoding", "UTF8"))
+        assert codec is not None  # checked just above
+        client.decoder.encoding = codec
+
+        session_id = "s_" + secrets.token_hex(8)
+        # The client sees the backend's real pid (pg_backend_pid(), pg_stat_activity and
+        # notifications match it) but never its secret: a cancel must come through here.
+        gw_pid = upstream.pid
+        gw_secret = secrets.token_bytes(4)
+        up = config.connections[connection_name].pg
+        target = CancelTarget(
+            connection_name, up.host, up.port, upstream.pid, upstream.secret, up.tls
+        )
+        if client.closed:
+            upstream.side.close()
+            raise ConnectionClosed
+        if self._store_failure is not None:
+            log.warning("the store serves PostgreSQL logins again")
+            self._store_failure = None
+        services.recorder.submit(
+            SessionRecord(
+                id=session_id,
+                protocol="postgres",
+                principal=principal,
+                connection=connection_name,
+                client_addr=addr,
+                started_at=time.time(),
+                application_name=params.get("application_name", ""),
+                tls=tls,
+            )
+        )
+
+        local: LocalKey | None = None
+
+        def finished() -> None:
+            self.clients.discard(client)
+            if local is not None:
+                self.cancel_keys.remove(local)
+
+        relay = PgRelay(
+            services,
+            client,
+            upstream.side,
+            session_id=session_id,
+            principal=principal,
+            connection=connection_name,
+            client_addr=addr,
+            on_finished=finished,
+            read_only=read_only,
+            review_wait=review_wait,
+        )
+        local = self.cancel_keys.add(gw_pid, gw_secret, target, relay)
+        out = [
+            build.auth_ok(),
+            *upstream.parameter_status,
+            *upstream.notices,
+            build.backend_key_data(gw_pid, gw_secret),
+            build.ready_for_query(b"I"),
+        ]
+        client.write(b"".join(out))
+        leftover_client = client.decoder.buffered
+        client.relay = relay
+        # Past this point the relay reads with its own backpressure; the startup cap's
+        # pause (which can race the last step above) is no longer the one that applies.
+        client.resume_reading("startup-cap")
+        for extra in upstream.side.start_relay(relay):
+            relay.on_upstream_data(extra.raw)
+        if leftover_client:
+            relay.on_client_data(b"")  # pipelined messages sent before ReadyForQuery
+        if client.closed:
+            relay.on_client_closed()
+        if upstream.side.closed:
+            relay.on_upstream_closed()
+        log.info(
+            "session %s: %s (%s) connected to %r from %s",
+            session_id,
+            principal.name,
+            principal.kind.value,
+            connection_name,
+            addr,
+        )
+
+    def _plan(
+        self, config: Config, principal_name: str, connection_name: str, params: dict[str, str]
+    ) -> _Plan:
+        """What a session of ``principal_name`` on ``connection_name`` dials, from the
+        configuration alone; raises StartupRefused when it may not."""
+        services = self.services
         principal = config.principal(principal_name)
         conn = config.connections.get(connection_name)
         if principal is None:  # token valid but principal removed from the config since
@@ -319,12 +468,15 @@ class PgListener:
             # statement the classifier misjudged still cannot change anything.
             option = "-c default_transaction_read_only=on"
             upstream_params["options"] = f"{upstream_params.get('options', '')} {option}".strip()
+        return _Plan(principal, upstream_params, read_only, review_wait)
+
+    async def _dial(self, config: Config, connection_name: str, plan: _Plan) -> Upstream:
         try:
-            upstream = await dial_connection(
+            return await dial_connection(
                 config,
-                services.vault,
+                self.services.vault,
                 connection_name,
-                upstream_params,
+                plan.upstream_params,
                 max_message_bytes=max(config.limits.max_message_bytes, 64 * 1024 * 1024),
             )
         except SecretError as exc:
@@ -338,137 +490,12 @@ class PgListener:
                 exc.sqlstate,
                 f'wardgate: connection "{connection_name}" is unavailable: {exc.reason}',
             ) from None
-        if read_only and upstream.parameters.get("default_transaction_read_only", "on") != "on":
-            upstream.side.close()
-            raise StartupRefused(
-                "0A000",
-                f'wardgate: connection "{connection_name}" did not open the read-only session '
-                "this principal's role requires",
-            )
-        for name, value in upstream.parameters.items():
-            if (problem := reported_setting_problem(name, value)) is not None:
-                upstream.side.close()
-                raise StartupRefused("0A000", problem, hint=SETTING_HINTS.get(name))
-        codec = python_codec(upstream.parameters.get("client_encoding", "UTF8"))
-        assert codec is not None  # checked just above
-        client.decoder.encoding = codec
-
-        session_id = "s_" + secrets.token_hex(8)
-        # The client sees the backend's real pid (pg_backend_pid(), pg_stat_activity and
-        # notifications match it) but never its secret: a cancel must come through here.
-        gw_pid = upstream.pid
-        gw_secret = secrets.token_bytes(4)
-        up = conn.pg
-        target = CancelTarget(
-            connection_name, up.host, up.port, upstream.pid, upstream.secret, up.tls
-        )
-        try:
-            await asyncio.to_thread(services.cancel_keys.register, gw_pid, gw_secret, target)
-        except BaseException:
-            # Failed, or cancelled by the startup timeout while the thread may still
-            # register it: close the upstream and remove the key either way.
-            upstream.side.close()
-            services.tasks.spawn(
-                asyncio.to_thread(services.cancel_keys.remove, gw_pid, gw_secret),
-                name="cancel-key-remove",
-            )
-            raise
-        if client.closed:
-            upstream.side.close()
-            await asyncio.to_thread(services.cancel_keys.remove, gw_pid, gw_secret)
-            raise ConnectionClosed
-        if self._store_failure is not None:
-            log.warning("the store serves PostgreSQL logins again")
-            self._store_failure = None
-        services.recorder.submit(
-            SessionRecord(
-                id=session_id,
-                protocol="postgres",
-                principal=principal,
-                connection=connection_name,
-                client_addr=addr,
-                started_at=time.time(),
-                application_name=params.get("application_name", ""),
-                tls=tls,
-            )
-        )
-
-        local: _LocalKey | None = None
-
-        def finished() -> None:
-            self.clients.discard(client)
-            if local is not None:
-                self._forget(local)
-            services.tasks.spawn(
-                asyncio.to_thread(services.cancel_keys.remove, gw_pid, gw_secret),
-                name="cancel-key-remove",
-            )
-
-        relay = PgRelay(
-            services,
-            client,
-            upstream.side,
-            session_id=session_id,
-            principal=principal,
-            connection=connection_name,
-            client_addr=addr,
-            on_finished=finished,
-            read_only=read_only,
-            review_wait=review_wait,
-        )
-        local = _LocalKey(gw_pid, gw_secret, target, relay)
-        self._keys.setdefault(gw_pid, []).append(local)
-        out = [
-            build.auth_ok(),
-            *upstream.parameter_status,
-            *upstream.notices,
-            build.backend_key_data(gw_pid, gw_secret),
-            build.ready_for_query(b"I"),
-        ]
-        client.write(b"".join(out))
-        leftover_client = client.decoder.buffered
-        client.relay = relay
-        # Past this point the relay reads with its own backpressure; the startup cap's
-        # pause (which can race the last step above) is no longer the one that applies.
-        client.resume_reading("startup-cap")
-        for extra in upstream.side.start_relay(relay):
-            relay.on_upstream_data(extra.raw)
-        if leftover_client:
-            relay.on_client_data(b"")  # pipelined messages sent before ReadyForQuery
-        if client.closed:
-            relay.on_client_closed()
-        if upstream.side.closed:
-            relay.on_upstream_closed()
-        log.info(
-            "session %s: %s (%s) connected to %r from %s",
-            session_id,
-            principal.name,
-            principal.kind.value,
-            connection_name,
-            addr,
-        )
-
-    def _forget(self, key: _LocalKey) -> None:
-        same_pid = self._keys.get(key.pid, [])
-        if key in same_pid:
-            same_pid.remove(key)
-        if not same_pid:
-            self._keys.pop(key.pid, None)
-
-    def _local(self, pid: int, secret: bytes) -> _LocalKey | None:
-        for key in self._keys.get(pid, ()):
-            if hmac.compare_digest(key.secret, secret):
-                return key
-        return None
 
     async def _cancel(self, msg: m.CancelRequest) -> None:
-        local = self._local(msg.pid, msg.secret)
-        if local is not None:
-            if local.relay.cancel():
-                return  # it was waiting for a review: nothing runs on the server
-            target: CancelTarget | None = local.target
-        else:
-            target = await asyncio.to_thread(self.services.cancel_keys.lookup, msg.pid, msg.secret)
+        local = self.cancel_keys.find(msg.pid, msg.secret)
+        if local is not None and local.session.cancel():
+            return  # it was waiting for a review: nothing runs on the server
+        target = await self.cancel_keys.lookup(msg.pid, msg.secret)
         if target is None:
             return  # PostgreSQL also says nothing about an unknown key
         try:

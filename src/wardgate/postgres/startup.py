@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from wardgate.config import ConnectionConfig, parse_duration
-from wardgate.identity.scram import ScramAuthError, ScramServer
+from wardgate.identity.scram import ScramAuthError, ScramServer, ScramVerifierSet
 from wardgate.policy.sql import search_path_shadows_builtins
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
@@ -159,34 +160,63 @@ def params_for_upstream(params: dict[str, str]) -> dict[str, str]:
 
 
 async def authenticate(
-    services: Services, client: ClientSide, principal: str, addr: str, tls: bool
+    services: Services,
+    client: ClientSide,
+    principal: str,
+    addr: str,
+    tls: bool,
+    on_unthrottled: Callable[[], None] | None = None,
 ) -> None:
+    """Authenticate ``principal`` with a wardgate token; raises StartupRefused.
+
+    The store is read once, in a thread, while the client answers the first message
+    (the throttle, the principal's salt and its non-revoked keys): revocation takes
+    effect at the next login. ``on_unthrottled`` runs once the throttle let the login
+    go on, before the proof is checked (the listener starts dialling upstream then).
+    """
     limiter = services.limiter
-    retry = await asyncio.to_thread(limiter.retry_after, principal, addr)
+    password = services.config.client_auth == "password" and tls
+    tokens = services.tokens
+
+    def lookup() -> tuple[float | None, bool, ScramVerifierSet | None]:
+        retry, counted = limiter.check(principal, addr)
+        if retry is not None or password:
+            return retry, counted, None
+        return retry, counted, tokens.verifiers(principal)
+
+    # Asked before anything is read from the client; the store answers meanwhile.
+    client.write(
+        build.auth_cleartext_password() if password else build.auth_sasl(["SCRAM-SHA-256"])
+    )
+    looked_up = asyncio.ensure_future(asyncio.to_thread(lookup))
+    try:
+        first = await client.read()
+        retry, counted, verifiers = await looked_up
+    finally:
+        if not looked_up.done():
+            looked_up.cancel()
     if retry is not None:
         raise StartupRefused(
             "28P01",
             f"wardgate: too many failed logins from this address or for this principal; try again in {int(retry) + 1} s",
         )
+    if on_unthrottled is not None:
+        on_unthrottled()
     ok = False
     token_id: str | None = None
-    if services.config.client_auth == "password" and tls:
-        client.write(build.auth_cleartext_password())
-        reply = await client.read()
-        if not isinstance(reply, m.PasswordData):
+    if password:
+        if not isinstance(first, m.PasswordData):
             raise ProtocolError("expected a password message")
-        token = reply.payload.rstrip(b"\x00").decode("utf-8", "replace")
+        token = first.payload.rstrip(b"\x00").decode("utf-8", "replace")
         # Checked whether or not the principal is configured: the same PBKDF2 work
         # either way, so timing does not tell which principal names exist.
-        token_id = await asyncio.to_thread(services.tokens.check_password, principal, token)
+        token_id = await asyncio.to_thread(tokens.check_password, principal, token)
         ok = token_id is not None and services.config.principal(principal) is not None
     else:
-        verifiers = await asyncio.to_thread(services.tokens.verifiers, principal)
+        assert verifiers is not None
         if services.config.principal(principal) is None:
             verifiers = type(verifiers)(verifiers.salt, verifiers.iterations, ())
         scram = ScramServer(verifiers)
-        client.write(build.auth_sasl(["SCRAM-SHA-256"]))
-        first = await client.read()
         if not isinstance(first, m.PasswordData):
             raise ProtocolError("expected a SASLInitialResponse")
         try:
@@ -206,9 +236,10 @@ async def authenticate(
         await asyncio.to_thread(limiter.record_failure, principal, addr)
         log.info("failed login for principal %r from %s", principal, addr)
         raise StartupRefused("28P01", GENERIC_AUTH_FAILURE.format(principal))
-    await asyncio.to_thread(limiter.record_success, principal, addr)
-    if token_id:
-        services.tasks.spawn(asyncio.to_thread(services.tokens.touch, token_id), name="token-touch")
+    if counted:  # nothing to clear otherwise: no store write on an ordinary login
+        await asyncio.to_thread(limiter.record_success, principal, addr)
+    if token_id and tokens.touch_due(token_id):
+        services.tasks.spawn(asyncio.to_thread(tokens.touch, token_id), name="token-touch")
 
 
 GATEWAY_OPTIONS = frozenset({"wardgate.review_wait"})

@@ -46,6 +46,22 @@ def row_key(pid: int, secret: bytes) -> int:
     return (pid << 32) | int.from_bytes(_secret_hash(secret)[:4], "big")
 
 
+def _row_values(
+    gw_secret: bytes, target: CancelTarget, now: float, gateway: str | None
+) -> dict[str, object]:
+    return {
+        "gateway": gateway,
+        "secret_hash": _secret_hash(gw_secret),
+        "connection": target.connection,
+        "upstream_host": target.host,
+        "upstream_port": target.port,
+        "upstream_pid": target.pid,
+        "upstream_secret": target.secret,
+        "tls": target.tls,
+        "created_at": now,
+    }
+
+
 class CancelKeys:
     def __init__(self, store: Store, gateway: str | None = None) -> None:
         self._store = store
@@ -58,24 +74,30 @@ class CancelKeys:
         secret's hash mean a stale row from a process that died without ``remove()``
         (or a 1 in 2**32 clash of two live sessions, whose older one then cannot cancel).
         """
-        values = {
-            "secret_hash": _secret_hash(gw_secret),
-            "connection": target.connection,
-            "upstream_host": target.host,
-            "upstream_port": target.port,
-            "upstream_pid": target.pid,
-            "upstream_secret": target.secret,
-            "tls": target.tls,
-            "created_at": time.time(),
-            "gateway": self._gateway,
-        }
+        values = _row_values(gw_secret, target, time.time(), self._gateway)
         stmt = (
             self._store.insert(CancelKey)
             .values(gw_pid=row_key(gw_pid, gw_secret), **values)
             .on_conflict_do_update(index_elements=["gw_pid"], set_=values)
         )
-        with self._store.session() as session:
-            session.execute(stmt)
+        with self._store.connection() as conn:
+            conn.execute(stmt)
+
+    def apply(self, changes: dict[tuple[int, bytes], CancelTarget | None]) -> None:
+        """Register (a target) or remove (None) many keys in one transaction."""
+        now = time.time()
+        with self._store.connection() as conn:
+            for (gw_pid, gw_secret), target in changes.items():
+                key = row_key(gw_pid, gw_secret)
+                if target is None:
+                    conn.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
+                    continue
+                values = _row_values(gw_secret, target, now, self._gateway)
+                conn.execute(
+                    self._store.insert(CancelKey)
+                    .values(gw_pid=key, **values)
+                    .on_conflict_do_update(index_elements=["gw_pid"], set_=values)
+                )
 
     def lookup(self, gw_pid: int, gw_secret: bytes) -> CancelTarget | None:
         with self._store.session(write=False) as session:
@@ -95,8 +117,8 @@ class CancelKeys:
 
     def remove(self, gw_pid: int, gw_secret: bytes) -> None:
         key = row_key(gw_pid, gw_secret)
-        with self._store.session() as session:
-            session.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
+        with self._store.connection() as conn:
+            conn.execute(delete(CancelKey).where(CancelKey.gw_pid == key))
 
     def purge_gateway(self, gateway: str) -> int:
         """Drop the keys of sessions of an earlier run of ``gateway`` (all gone now)."""

@@ -165,6 +165,14 @@ class Store:
         with Session(bind, expire_on_commit=False) as session, session.begin():
             yield session
 
+    @contextmanager
+    def connection(self, *, write: bool = True) -> Iterator[Connection]:
+        """Like ``session`` but a Core connection: for the few statements run on every
+        login, where building an ORM Session costs more than the queries (~4x)."""
+        bind = self.engine if write else self._read_engine
+        with bind.begin() as conn:
+            yield conn
+
     def insert(self, model: type[Base]) -> Any:
         """The dialect's INSERT, which has ``on_conflict_do_nothing/update`` on both stores."""
         if self.dialect == "postgresql":
