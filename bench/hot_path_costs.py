@@ -6,7 +6,9 @@
 Prints microseconds per call for: a full pglast parse and classification (the baseline
 every SQL-aware gateway pays), a fingerprint-cache hit, a cached gate verdict, pickling
 one action record for the recorder process, and the recorder process writing it
-(events, hash chain, SQLite commit in batches of 500). No network: pure CPU.
+(events, hash chain, SQLite commit in batches of 500), and what the audit journal adds
+on the event loop per statement (its intent written with write(2), its outcome
+appended and written once per loop turn; the fdatasync runs in a thread). No network.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
+from wardgate.audit.journal import Intent, Journal
 from wardgate.audit.records import ActionRecord, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.config import parse_config
@@ -112,6 +115,32 @@ def main() -> None:
             )
         )
         store.dispose()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp) / "journal", rotate_bytes=1 << 40)
+        journal.open()
+        intents = [Intent(r) for r in records]
+
+        def intent_then_write() -> None:
+            for intent in intents:
+                journal.append(intent)
+                journal.flush()  # before the statement is forwarded: one write(2) each
+
+        def outcome_appends() -> None:
+            for i, record in enumerate(records):
+                journal.append(record)
+                if i % 8 == 7:  # outcomes are written once per loop turn (8 clients)
+                    journal.flush()
+            journal.flush()
+
+        for label, fn in (
+            ("journal: intent, pickled and written (write(2)) per statement", intent_then_write),
+            ("journal: outcome record appended, written per loop turn", outcome_appends),
+        ):
+            started = time.perf_counter()
+            fn()
+            rows.append((label, (time.perf_counter() - started) / len(records) * 1e6))
+        journal.close()
 
     width = max(len(r[0]) for r in rows)
     print(f"{'operation':<{width}}  µs per call")

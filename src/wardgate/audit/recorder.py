@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from wardgate.audit.journal import Intent, Journal
+from wardgate.audit.journal import Intent, Journal, Outcome
 from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store, describe_error
@@ -232,7 +232,13 @@ class Recorder:
         if self._gateway is not None and isinstance(record, SessionRecord):
             record = dataclasses.replace(record, gateway=self._gateway)
         if self._journal is not None:
-            self._positions.append(self._journal.append(record))
+            entry: Record | Outcome = record
+            if (
+                isinstance(record, ActionRecord)
+                and (record.session_id, record.seq) in self._intents
+            ):
+                entry = Outcome.of(record)  # the rest is in its intent
+            self._positions.append(self._journal.append(entry))
             if not self._flush_scheduled and self._loop is not None:
                 # Records (outcomes) are written at the end of this loop turn; intents,
                 # which must precede their statement, at once (`intend`).
