@@ -53,6 +53,7 @@ _HEADER = struct.Struct("!II")  # length, crc32
 _CHECKPOINT = struct.Struct("!Q")
 _SUFFIX = ".wal"
 _MAX_FRAME = 64 * 1024 * 1024
+_SYNC_POLL = 0.001
 
 
 @positional_pickle
@@ -153,6 +154,7 @@ class Journal:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._synced = 0  # logical position known to be on disk
+        self._written = 0  # logical position handed to write(2)
         self.sync_error: OSError | None = None
         # One pickler for every frame: principals and verdicts go once per file as a
         # `_Def`, then by number (dispatch_table is consulted only for those types).
@@ -169,6 +171,7 @@ class Journal:
         start = max((e for _, e in _files(self.directory)), default=0)
         self._ckpt_fd = os.open(self.directory / "checkpoint", os.O_RDWR | os.O_CREAT, 0o600)
         self._open_file(start)
+        self._written = self._synced = self._end
         self._write_checkpoint(start)
         self._thread = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
         self._thread.start()
@@ -238,7 +241,7 @@ class Journal:
         while buf:
             written = os.write(self._fd, buf)
             del buf[:written]
-        self._dirty.set()
+        self._written = self._end
 
     def set_checkpoint(self, position: int) -> None:
         """Everything before ``position`` is in the store (or in a later frame)."""
@@ -250,8 +253,11 @@ class Journal:
         there. Call `set_checkpoint` with them, then `drop_obsolete`."""
         self.flush()
         with self._lock:
+            with contextlib.suppress(OSError):  # the old file's tail, before it is closed
+                os.fdatasync(self._fd)
             os.close(self._fd)
             self._open_file(self._end)
+            self._synced = self._written
         moved = [self.append(intent) for intent in open_intents]
         self.flush()
         return moved
@@ -277,13 +283,16 @@ class Journal:
     # -- the sync thread ----------------------------------------------------------------
 
     def _sync_loop(self) -> None:
+        # Polls instead of being woken per write: waking a thread costs the event loop
+        # more than this check does, and a sync takes about a millisecond anyway.
         while not self._stopping:
-            self._dirty.wait()
-            self._dirty.clear()
+            if self._written <= self._synced:
+                self._dirty.wait(_SYNC_POLL)
+                continue
             with self._lock:
                 if self._fd < 0:
                     return
-                end = self._end
+                end = self._written
                 try:
                     os.fdatasync(self._fd)
                 except OSError as exc:

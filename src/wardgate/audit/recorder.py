@@ -41,6 +41,9 @@ from wardgate.store.db import Store, describe_error
 log = logging.getLogger(__name__)
 
 _BACKOFF_FIRST = 0.05
+# The longest a record without an intent (an outcome, a blocked statement, an SSH or MCP
+# action, a session's start or end) waits in memory before its write(2) to the journal.
+_JOURNAL_LINGER = 0.002
 _BACKOFF_MAX = 5.0
 
 
@@ -240,10 +243,11 @@ class Recorder:
                 entry = Outcome.of(record)  # the rest is in its intent
             self._positions.append(self._journal.append(entry))
             if not self._flush_scheduled and self._loop is not None:
-                # Records (outcomes) are written at the end of this loop turn; intents,
-                # which must precede their statement, at once (`intend`).
+                # Intents, which must precede their statement, are written at once
+                # (`intend`), with whatever was appended before them; other records
+                # within _JOURNAL_LINGER: one write(2) per statement, not two.
                 self._flush_scheduled = True
-                self._loop.call_soon(self._flush_journal)
+                self._loop.call_later(_JOURNAL_LINGER, self._flush_journal)
         self._queue.append(record)
         self._queued_at.append(time.monotonic())
         self._submitted += 1
