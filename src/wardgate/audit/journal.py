@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import operator
 import os
 import pickle
 import struct
@@ -42,7 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wardgate.actions import Verdict
+from wardgate.actions import Action, Verdict
 from wardgate.audit.records import ActionRecord, Record
 from wardgate.identity.principals import Principal
 from wardgate.pickling import positional_pickle
@@ -137,6 +138,41 @@ _MAX_DEFS = 4096
 
 Entry = Record | Intent | Outcome
 
+# Intents and outcomes, one each per statement, go as plain tuples: pickling a tuple of
+# strings and numbers is C all the way, several times cheaper than a dataclass's
+# __reduce__ (bench/hot_path_costs.py).
+_ACTION_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Action)))
+_RECORD_FIELDS = operator.attrgetter(
+    "session_id", "seq", "started_at", "duration_ms", "status", "rows", "command", "error",
+    "sqlstate", "trace_id", "output",
+)  # fmt: skip
+_OUTCOME_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Outcome)))
+
+
+def _encode(entry: Entry) -> object:
+    if type(entry) is Intent:
+        r = entry.record
+        return ("i", _ACTION_FIELDS(r.action), r.verdict, *_RECORD_FIELDS(r))
+    if type(entry) is Outcome:
+        return ("o", *_OUTCOME_FIELDS(entry))
+    return entry
+
+
+def _decode(value: object) -> Entry | _Def:
+    if type(value) is not tuple:
+        return value  # type: ignore[return-value]
+    if value[0] == "o":
+        return Outcome(*value[1:])
+    action, verdict, sid, seq, started, duration, status, rows, command, error, sqlstate = value[
+        1:12
+    ]
+    return Intent(
+        ActionRecord(
+            sid, seq, Action(*action), verdict, started, duration, status, rows, command,
+            error, sqlstate, *value[12:],
+        )
+    )  # fmt: skip
+
 
 class Journal:
     def __init__(self, directory: Path, *, rotate_bytes: int = 16 * 1024 * 1024) -> None:
@@ -211,7 +247,20 @@ class Journal:
         out.seek(0)
         out.truncate()
         self._pickler.clear_memo()
-        self._pickler.dump(entry)  # may add `_Def` frames first (_reduce_shared)
+        self._pickler.dump(_encode(entry))  # may add `_Def` frames first (_reduce_shared)
+        return self._frame(out.getvalue())
+
+    def append_outcome(self, record: ActionRecord) -> int:
+        """`append(Outcome.of(record))`, without building the Outcome."""
+        out = self._out
+        out.seek(0)
+        out.truncate()
+        self._pickler.clear_memo()
+        self._pickler.dump(
+            ("o", record.session_id, record.seq, record.status, record.duration_ms,
+             record.rows, record.command, record.error, record.sqlstate, record.trace_id,
+             record.output)
+        )  # fmt: skip
         return self._frame(out.getvalue())
 
     def _frame(self, data: bytes) -> int:
@@ -334,7 +383,7 @@ def _frames(directory: Path) -> Iterator[tuple[int, Entry]]:
             if length > _MAX_FRAME or len(body) < length or zlib.crc32(body) != crc:
                 log.warning("audit journal %s: torn frame at byte %d ignored", start, pos)
                 break
-            entry = pickle.loads(body)
+            entry = _decode(pickle.loads(body))
             if isinstance(entry, _Def):
                 _replay_defs[entry.number] = entry.obj
             else:

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from wardgate.audit.journal import Intent, Journal, Outcome
+from wardgate.audit.journal import Intent, Journal
 from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store, describe_error
@@ -235,13 +235,15 @@ class Recorder:
         if self._gateway is not None and isinstance(record, SessionRecord):
             record = dataclasses.replace(record, gateway=self._gateway)
         if self._journal is not None:
-            entry: Record | Outcome = record
+            journal = self._journal
             if (
                 isinstance(record, ActionRecord)
                 and (record.session_id, record.seq) in self._intents
             ):
-                entry = Outcome.of(record)  # the rest is in its intent
-            self._positions.append(self._journal.append(entry))
+                position = journal.append_outcome(record)  # the rest is in its intent
+            else:
+                position = journal.append(record)
+            self._positions.append(position)
             if not self._flush_scheduled and self._loop is not None:
                 # Intents, which must precede their statement, are written at once
                 # (`intend`), with whatever was appended before them; other records
