@@ -6,7 +6,10 @@
 Prints microseconds per call for: a full pglast parse and classification (the baseline
 every SQL-aware gateway pays), a fingerprint-cache hit, a cached gate verdict, pickling
 one action record for the recorder process, and the recorder process writing it
-(events, hash chain, SQLite commit in batches of 500). No network: pure CPU.
+(events, hash chain, SQLite commit in batches of 500), and what the audit journal adds
+on the event loop per statement (its intent written with write(2), its outcome
+appended and written with the next intent or within 2 ms; the fdatasync runs in a
+thread). No network.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
+from wardgate.audit.journal import Intent, Journal
 from wardgate.audit.records import ActionRecord, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.config import parse_config
@@ -112,6 +116,32 @@ def main() -> None:
             )
         )
         store.dispose()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp) / "journal", rotate_bytes=1 << 40)
+        journal.open()
+        intents = [Intent(r) for r in records]
+
+        def intent_then_write() -> None:
+            for intent in intents:
+                journal.append(intent)
+                journal.flush()  # before the statement is forwarded: one write(2) each
+
+        def outcome_appends() -> None:
+            for i, record in enumerate(records):
+                journal.append_outcome(record)  # the fields its intent lacks
+                if i % 16 == 15:  # written with the next intent or within 2 ms
+                    journal.flush()
+            journal.flush()
+
+        for label, fn in (
+            ("journal: intent, pickled and written (write(2)) per statement", intent_then_write),
+            ("journal: outcome appended (written with the next intent)", outcome_appends),
+        ):
+            started = time.perf_counter()
+            fn()
+            rows.append((label, (time.perf_counter() - started) / len(records) * 1e6))
+        journal.close()
 
     width = max(len(r[0]) for r in rows)
     print(f"{'operation':<{width}}  µs per call")

@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.store.test_recorder import _action, _start
 
 from wardgate.audit import journal as journal_mod
-from wardgate.audit.journal import Intent, Journal
+from wardgate.audit.journal import Intent, Journal, Outcome
 from wardgate.audit.recorder import Recorder
 from wardgate.audit.records import ActionRecord, SessionEnd
 from wardgate.store.db import Store
@@ -81,3 +81,18 @@ def test_recorder_moves_the_checkpoint_and_rotation_keeps_open_intents(
         j.close()
 
     asyncio.run(run())
+
+
+def test_an_outcome_completes_its_intent_and_shared_objects_resolve(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", rotate_bytes=2048)
+    j.open()
+    records = [_action("s1", seq) for seq in range(1, 30)]
+    for record in records:  # principals and verdicts are written once per file
+        j.append(Intent(_interrupted(record)))
+        j.append(Outcome.of(record))
+        if j.full:
+            j.rotate([])
+    j.flush()
+    assert len(list((tmp_path / "j").glob("*.wal"))) > 1
+    assert journal_mod.pending(tmp_path / "j") == records
+    j.close()

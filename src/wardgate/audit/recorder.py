@@ -41,6 +41,9 @@ from wardgate.store.db import Store, describe_error
 log = logging.getLogger(__name__)
 
 _BACKOFF_FIRST = 0.05
+# The longest a record without an intent (an outcome, a blocked statement, an SSH or MCP
+# action, a session's start or end) waits in memory before its write(2) to the journal.
+_JOURNAL_LINGER = 0.002
 _BACKOFF_MAX = 5.0
 
 
@@ -232,12 +235,21 @@ class Recorder:
         if self._gateway is not None and isinstance(record, SessionRecord):
             record = dataclasses.replace(record, gateway=self._gateway)
         if self._journal is not None:
-            self._positions.append(self._journal.append(record))
+            journal = self._journal
+            if (
+                isinstance(record, ActionRecord)
+                and (record.session_id, record.seq) in self._intents
+            ):
+                position = journal.append_outcome(record)  # the rest is in its intent
+            else:
+                position = journal.append(record)
+            self._positions.append(position)
             if not self._flush_scheduled and self._loop is not None:
-                # Records (outcomes) are written at the end of this loop turn; intents,
-                # which must precede their statement, at once (`intend`).
+                # Intents, which must precede their statement, are written at once
+                # (`intend`), with whatever was appended before them; other records
+                # within _JOURNAL_LINGER: one write(2) per statement, not two.
                 self._flush_scheduled = True
-                self._loop.call_soon(self._flush_journal)
+                self._loop.call_later(_JOURNAL_LINGER, self._flush_journal)
         self._queue.append(record)
         self._queued_at.append(time.monotonic())
         self._submitted += 1

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""pgbench -S through two builds of wardgate, alternated: what does a change cost?
+
+    git archive <base-commit> src | tar -x -C /tmp/wg-base
+    .venv/bin/python bench/journal_ab.py --base /tmp/wg-base/src [--rounds 5] [--duration 5]
+
+Runs the build at --base (through PYTHONPATH) and this checkout in turn, `--rounds`
+times, `pgbench -S` in simple and prepared mode with 8 clients (1 worker, SQLite store,
+as bench/pgbench_compare.py). Alternating keeps both builds under the same background
+load, which on a shared machine moves more than the change does; the median of the
+rounds is printed. Written to measure the audit journal (issue 21).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pgbench_compare as pc  # noqa: E402
+
+
+def one(base: str | None, mode: str, clients: int, duration: int) -> float:
+    saved = os.environ.get("PYTHONPATH")
+    if base is not None:
+        os.environ["PYTHONPATH"] = base
+    try:
+        with tempfile.TemporaryDirectory(prefix="wg-ab-") as tmp:
+            port = pc.free_port()
+            proc, token = pc.start_wardgate(Path(tmp), port, 1)
+            try:
+                tps, _ = pc.pgbench(port, "bench", token, mode, clients, duration)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            return tps
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--base", required=True, help="src/ directory of the base build")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=8)
+    args = ap.parse_args()
+    pc.DB = "wardgate_ab_bench"
+    pc.psql(f"drop database if exists {pc.DB}")
+    pc.psql(f"create database {pc.DB}")
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", "10", "-h", "127.0.0.1", "-U", "postgres", pc.DB],
+        check=True,
+        capture_output=True,
+    )
+    for mode in ("simple", "prepared"):
+        base_tps: list[float] = []
+        this_tps: list[float] = []
+        for _ in range(args.rounds):
+            base_tps.append(one(args.base, mode, args.clients, args.duration))
+            this_tps.append(one(None, mode, args.clients, args.duration))
+        b, t = statistics.median(base_tps), statistics.median(this_tps)
+        ratios = [x / y for x, y in zip(this_tps, base_tps, strict=True)]
+        print(
+            f"{mode:8} {args.clients} clients: base {b:8.0f} tps, this {t:8.0f} tps, "
+            f"this/base {t / b:.3f} (median of round ratios {statistics.median(ratios):.3f}; "
+            f"base {[round(x) for x in base_tps]}, this {[round(x) for x in this_tps]})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
