@@ -53,7 +53,7 @@ CASES = [
     case("awk '{print $1}' /var/log/nginx/access.log | uniq -c", "read", "awk uniq"),
     case("awk '/error|warn/ {n++} END {print n}' app.log", "write", "awk unproven_read"),
     case("sed -n '1,20p' /etc/nginx/nginx.conf", "read", "sed"),
-    case("top -b -n 1", "read", "top"),
+    case("top -b -n 1", "write", "top unproven_read"),  # it creates ~/.config/procps
     case("uptime; free -m; vmstat 1 3; iostat", "read", "uptime free vmstat iostat"),
     case("du -sh /var/* 2>/dev/null | sort -h", "read", "du sort"),
     case("lsof -i :443; ss -tlnp; netstat -an", "read", "lsof ss netstat"),
@@ -537,7 +537,7 @@ NOT_READ = [
     "file -C", "mount /dev/x /mnt", "xargs sort", "xargs -p ls", "sudo ls", "nohup ls",
     "watch ls", "time ls", "zsh -c ls", "bash -O extglob -c ls", "bash script.sh", "bash",
     "git log", "curl -s x", "tac f", "less f", "printf $fmt x",
-    "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x",
+    "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x", "top -b -n 1",
 ]  # fmt: skip
 READ = [
     "ls -la /var/log && df -h", "ps aux | grep -v grep | sort -k3 -rn | head",
@@ -547,7 +547,7 @@ READ = [
     "sed -n '1,20p' f", "sed -e s/a/b/g f", "awk '{print $1}' f", "awk -F: -v OFS=, '{print $1}' f",
     "sort -u f | uniq -c", "uniq f", "journalctl -u nginx --since today -n 50",
     "systemctl status nginx", "systemctl list-units --failed", "ip addr show", "ip -br link",
-    "ip route", "date +%s", "hostname -f", "sysctl -a", "top -b -n 1", "ping -c 1 host",
+    "ip route", "date +%s", "hostname -f", "sysctl -a", "ping -c 1 host",
     "test -f /etc/hosts && [ -d /tmp ]", "x=1; echo $x", "echo ~ ~root", "echo $HOME",
     "printf '%s\\n' \"$HOME\"", "bash -c 'ls | wc -l'", "sh -c 'id'",
     "env -i LANG=C ls", "env LC_ALL=C sort f", "timeout 5 tail -f /var/log/syslog",

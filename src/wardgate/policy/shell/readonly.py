@@ -106,12 +106,6 @@ def _date(args: list[str]) -> str | None:
     return None
 
 
-def _top(args: list[str]) -> str | None:
-    if not _parse_args(args, _set("-n -d -p -u -U -o -O -w")).has("-b"):
-        return "interactive top can kill and renice processes (use top -b)"
-    return None
-
-
 def _ping(args: list[str]) -> str | None:
     opts = _parse_args(args, _set("-c -i -w -W -s -t -I -p -Q -l -M -m"))
     if not opts.has("-c", "-w"):
@@ -283,7 +277,6 @@ READ_ONLY: dict[str, ReadRule] = {
     "pgrep": _r(f"finds processes (pkill signals them); {_ANY}"),
     "pidof": _r(f"finds processes; {_ANY}"),
     "pstree": _r(f"draws processes; {_ANY}"),
-    "top": _r("in batch mode (-b) only prints; interactive top kills and renices", check=_top),
     "free": _r(f"prints memory; {_ANY}"),
     "uptime": _r(f"prints load; {_ANY}"),
     "vmstat": _r(f"prints VM statistics; {_ANY}"),
