@@ -538,6 +538,7 @@ NOT_READ = [
     "watch ls", "time ls", "zsh -c ls", "bash -O extglob -c ls", "bash script.sh", "bash",
     "git log", "curl -s x", "tac f", "less f", "printf $fmt x",
     "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x", "top -b -n 1",
+    "cat /dev/watchdog", "head -c 512 /dev/sda", "od < /dev/nvme0n1",
 ]  # fmt: skip
 READ = [
     "ls -la /var/log && df -h", "ps aux | grep -v grep | sort -k3 -rn | head",
@@ -554,6 +555,7 @@ READ = [
     "cd /var/log && ls", "for f in a b; do cat $f; done", "if true; then ls; fi",
     "(ls; id) | cat", "{ ls; id; } 2>&1 | head", "cat < /etc/hosts", "ls # it's a comment",
     "echo 'a $(id) b'", "echo \"cost: 5$\"", "crontab -l", "mount", "swapon --show",
+    "head -c 8 /dev/urandom | od", "cat /dev/null", "ls /dev",
 ]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from wardgate.policy.shell.args import (
 )
 from wardgate.policy.shell.inert import active_expansion, expands, shape
 from wardgate.policy.shell.judge import _Facts, _judge
+from wardgate.policy.shell.paths import _is_device
 from wardgate.policy.shell.prefixes import _PREFIXES, _SU_VALUES, _prefix_alone
 from wardgate.policy.shell.programs import _resolve
 from wardgate.policy.shell.readonly import prefix_problem, program_problem, variable_problem
@@ -272,6 +273,10 @@ class _Walker:
         facts = self.facts(text, scope)
         facts.words.extend(w.shape for w in (*assigns, *words))
         facts.words.extend(r.target.shape for r in redirects if r.target is not None)
+        named = [*words[1:], *(r.target for r in redirects if r.target is not None)]
+        if any(_is_device(w.text) for w in named):
+            # Opening a device can change it (a watchdog arms, a tape rewinds) or dump a disk.
+            facts.not_read("a word names a device under /dev")
         stdin = scope.stdin
         for r in redirects:
             stdin = _apply_redirect(r, facts, stdin)
