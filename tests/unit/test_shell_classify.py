@@ -530,7 +530,7 @@ NOT_READ = [
     "sed 1e f", "sed -f x.sed f", "sed --in-place s/a/b/ f", "awk '{print > \"x\"}' f",
     "awk '{system(\"id\")}'", "awk -f x.awk f", "gawk -o x '{print}'", "tree -o x",
     "ss --kill", "ss --ki", "ss -tK", "ss -D x", "ip -b x", "ip -batch x", "ip -n ns a",
-    "ip link set eth0 down", "ip netns exec x id", "date -s 12:00", "date 0101",
+    "ip link set eth0 down", "ip netns exec x id", "ip link s eth0 down", "systemctl help x", "date -s 12:00", "date 0101",
     "hostname evil", "sysctl -w x=1", "sysctl x=1", "systemctl restart nginx",
     "systemctl -H host status", "journalctl --vacuum-time=1s", "journalctl --vac=1s",
     "dmesg -C", "lastlog -C", "crontab -r", "crontab f", "top", "ping host", "lsof -D b",

@@ -171,7 +171,7 @@ def _ip(args: list[str]) -> str | None:
     if not operands or operands[0] in ("help", "monitor"):
         return None
     command = operands[1] if len(operands) > 1 else "show"
-    if not any(word.startswith(command) for word in _IP_READ):
+    if command not in _IP_READ:  # whole words: "s" is "set" for some objects
         return f"ip {operands[0]} {command} is not a listing"
     return None
 
@@ -184,6 +184,8 @@ def _subcommand(program: str, forbid_hosts: bool = True) -> _Check:
         if forbid_hosts and (bad := _forbidden(args, _set("-H --host -M --machine"))):
             return f"{program} {bad} runs on another host or container"
         operands = opts.operands
+        if operands[:1] == ["help"]:
+            return f"{program} help runs man and a pager"
         if operands and " ".join(operands[:2]) not in reads and operands[0] not in reads:
             return f"{program} {operands[0]} is not a listing"
         return None
