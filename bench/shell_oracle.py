@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,30 +29,27 @@ from tests.integration.shell_oracle import (  # noqa: E402
 )
 
 
-def generate(wanted: int, start_seed: int) -> tuple[list[str], int]:
-    """At least ``wanted`` distinct lines judged read, and how many lines were drawn."""
+def generate_round(round_seed: int, examples: int, seen: set[str]) -> tuple[list[str], int]:
+    """New distinct lines judged read from one Hypothesis run, and how many it drew."""
     reads: dict[str, None] = {}
     drawn = 0
-    round_seed = start_seed
-    while len(reads) < wanted:
 
-        @seed(round_seed)
-        @settings(
-            max_examples=max(1000, 3 * (wanted - len(reads))),
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(command_lines())
-        def collect(line: str) -> None:
-            nonlocal drawn
-            drawn += 1
-            if judged_read(line):
-                reads[line] = None
+    @seed(round_seed)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(command_lines())
+    def collect(line: str) -> None:
+        nonlocal drawn
+        drawn += 1
+        if line not in seen and judged_read(line):
+            reads[line] = None
 
-        collect()
-        round_seed += 1
-    return list(reads)[:wanted], drawn
+    collect()
+    return list(reads), drawn
 
 
 def main() -> int:
@@ -68,23 +65,33 @@ def main() -> int:
         print(f"error: {reason}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    lines, drawn = generate(args.reads, args.seed)
-    t1 = time.perf_counter()
-    print(f"generated {drawn} lines, {len(lines)} distinct ones judged read ({t1 - t0:.0f} s)")
-    failures = []
-    programs: Counter[str] = Counter()
-    batches = [lines[i : i + args.batch] for i in range(0, len(lines), args.batch)]
-    done = 0
-    with ThreadPoolExecutor(args.workers) as pool:  # each batch is its own sandbox
-        for outcomes in pool.map(lambda b: run_in_sandbox(b, args.timeout), batches):
-            for outcome in outcomes:
+    seen: set[str] = set()
+    drawn = 0
+    futures = []
+    # Generation and sandbox runs overlap: each round's reads go to a sandbox at once.
+    with ThreadPoolExecutor(args.workers) as pool:
+        round_seed = args.seed
+        while len(seen) < args.reads:
+            new, count = generate_round(round_seed, 2 * args.batch, seen)
+            new = new[: args.reads - len(seen)]
+            seen.update(new)
+            drawn += count
+            round_seed += 1
+            futures.append(pool.submit(run_in_sandbox, new, args.timeout))
+            print(f"  generated {drawn} lines, {len(seen)} judged read", flush=True)
+        failures = []
+        programs: Counter[str] = Counter()
+        ran = 0
+        for future in as_completed(futures):
+            for outcome in future.result():
+                ran += 1
                 programs.update(set(outcome.programs))
                 if outcome.violations:
                     failures.append(outcome)
-            done += len(outcomes)
-            print(f"  ran {done}/{len(lines)}, violations so far: {len(failures)}", flush=True)
-    t2 = time.perf_counter()
-    print(f"ran {len(lines)} lines judged read in the sandbox in {t2 - t1:.0f} s")
+            print(f"  ran {ran}/{len(seen)}, violations so far: {len(failures)}", flush=True)
+    elapsed = time.perf_counter() - t0
+    print(f"generated {drawn} lines; {len(seen)} distinct ones judged read ran in the sandbox")
+    print(f"elapsed {elapsed:.0f} s ({args.workers} sandboxes at a time)")
     print(f"programs executed ({len(programs)}): " + ", ".join(sorted(programs)))
     print(f"violations: {len(failures)}")
     for outcome in failures[:50]:
