@@ -274,60 +274,66 @@ def run_in_sandbox(commands: list[str], timeout: float = 3.0) -> list[Outcome]:
         )  # fmt: skip
         trace = log / "batch.trace"
         parts = _split(trace.read_text(errors="replace") if trace.exists() else "")
+        pids = {pid for calls in parts.values() for pid, *_ in calls}
         outcomes = []
         for i, command in enumerate(commands):
-            text = parts.get(i, "")
-            found, programs = violations(text)
-            if not text:
+            found, programs = _judge_calls(parts.get(i, []), pids)
+            if i not in parts:
                 found = ["no trace was written for this line"]
             outcomes.append(Outcome(command, tuple(found), tuple(programs)))
         return outcomes
 
 
-def _split(trace: str) -> dict[int, str]:
-    """The batch trace cut at the driver's marks, without the driver's own calls."""
-    parts: dict[int, list[str]] = {}
+_Call = tuple[int, str, str, str]  # pid, syscall, arguments, result
+
+
+def _split(trace: str) -> dict[int, list[_Call]]:
+    """The batch trace's calls per line, cut at the driver's marks (a call belongs to
+    the line during which it started), without the driver's own calls."""
+    parts: dict[int, list[_Call]] = {}
+    pending: dict[int, tuple[str, list[_Call] | None]] = {}
     driver = None
-    current: list[str] | None = None
-    for raw in trace.splitlines():
-        pid = raw.split(" ", 1)[0]
-        mark = _MARK.search(raw)
-        if mark is not None and raw.endswith("(No such file or directory)"):
-            driver = pid
-            index = mark.group(1)
-            current = None if index == "end" else parts.setdefault(int(index), [])
-            continue
-        if current is not None and pid != driver:
-            current.append(raw)
-    return {i: "\n".join(lines) for i, lines in parts.items()}
-
-
-def _calls(trace: str) -> list[tuple[int, str, str, str]]:
-    """(pid, syscall, arguments, result) per finished call, unfinished halves joined."""
-    pending: dict[int, str] = {}
-    calls = []
+    current: list[_Call] | None = None
     for raw in trace.splitlines():
         line = _LINE.match(raw)
         if line is None:
             continue
         pid, rest = int(line.group(1)), line.group(2)
-        if rest.endswith("<unfinished ...>"):
-            pending[pid] = rest[: -len("<unfinished ...>")].rstrip()
+        mark = _MARK.search(rest)
+        if mark is not None:
+            driver = pid
+            index = mark.group(1)
+            current = None if index == "end" else parts.setdefault(int(index), [])
             continue
+        if pid == driver:
+            continue
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = (rest[: -len("<unfinished ...>")].rstrip(), current)
+            continue
+        target = current
         resumed = _RESUMED.match(rest)
         if resumed is not None:
-            rest = pending.pop(pid, resumed.group(1) + "(") + resumed.group(2)
+            start, target = pending.pop(pid, (resumed.group(1) + "(", current))
+            rest = start + resumed.group(2)
         call = _CALL.match(rest)
-        if call is not None:
-            calls.append((pid, call.group(1), call.group(2), call.group(3)))
-    return calls
+        if call is not None and target is not None:
+            target.append((pid, call.group(1), call.group(2), call.group(3)))
+    return parts
+
+
+def _calls(trace: str) -> list[_Call]:
+    """(pid, syscall, arguments, result) per finished call of one trace."""
+    return _split('0 stat("/oracle-mark/0") = -1 ENOENT\n' + trace).get(0, [])
 
 
 def violations(trace: str) -> tuple[list[str], list[str]]:
-    """The writes that succeeded and the programs run off the allow-list; and the
-    programs run."""
+    """What one trace did: the writes that succeeded and the programs run off the
+    allow-list; and the programs run."""
     calls = _calls(trace)
-    pids = {pid for pid, *_ in calls}
+    return _judge_calls(calls, {pid for pid, *_ in calls})
+
+
+def _judge_calls(calls: list[_Call], pids: set[int]) -> tuple[list[str], list[str]]:
     found: list[str] = []
     programs: list[str] = []
     for _pid, name, args, result in calls:

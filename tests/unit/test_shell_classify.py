@@ -538,6 +538,7 @@ NOT_READ = [
     "watch ls", "time ls", "zsh -c ls", "bash -O extglob -c ls", "bash script.sh", "bash",
     "git log", "curl -s x", "tac f", "less f", "printf $fmt x",
     "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x", "top -b -n 1",
+    "bash -c 'sh -c '\"'\"'sort -o /tmp/x f'\"'\"''", "sh -c 'x=1 2> /etc/w'\"'\"''",
     "cat /dev/watchdog", "head -c 512 /dev/sda", "od < /dev/nvme0n1",
 ]  # fmt: skip
 READ = [
@@ -590,3 +591,9 @@ def test_every_read_rule_says_why() -> None:
         assert rule.why and "\n" not in rule.why, name
     for name, (why, _) in READ_PREFIXES.items():
         assert why, name
+
+
+def test_words_are_read_as_bash_removes_quotes() -> None:
+    # bashlex leaves 'a'"'"'b' as a'"'"'b; bash (and the walker) read a'b
+    (info,) = classify_command("bash -c 'sort '\"'\"'-o'\"'\"' /tmp/x f'")
+    assert info.text == "sort '-o' /tmp/x f" and info.klass == "write"
