@@ -207,16 +207,15 @@ class Gate:
             )
         if not statements:
             return Verdict(Decision.ALLOW, "empty", "empty statement", statements, ("empty",))
-        if action.kind == "shell":
-            sensitive = self._sensitive_path(action, statements)
-            if sensitive is not None:
-                return sensitive
         worst: Verdict | None = None
         for stmt in statements:
             verdict = self._decide_statement(stmt, roles, own, action, statements, conn)
             if worst is None or verdict.decision.severity > worst.decision.severity:
                 worst = verdict
         assert worst is not None
+        if action.kind == "shell" and worst.decision is not Decision.BLOCK:
+            # Blocked already (by a guardrail or the role): that rule says more.
+            return self._sensitive_path(action, statements) or worst
         return worst
 
     def _decide_statement(

@@ -352,8 +352,10 @@ def test_the_issue_examples_run_for_a_writer_and_are_held_for_a_reader(
         (victim / "data").write_text("keep")
         command = _issue_15(marker, victim)[i]
         held = sgw.ssh("agent", "web1", command)
-        assert held.returncode == 77, (command, held.stdout, held.stderr)
-        assert "approval pending" in held.stderr
+        # Held for a human, or blocked: a substitution may name a sensitive file, and
+        # the agent's output is masked (masking.paths).
+        assert held.returncode in (77, 126), (command, held.stdout, held.stderr)
+        assert "approval pending" in held.stderr or "sensitive-path" in held.stderr
         assert not marker.exists() and (victim / "data").exists(), command
         # The same line from a role that may write does what the issue says: these are
         # real attacks, not shapes that happen to be refused.

@@ -53,7 +53,7 @@ CASES = [
     case("awk '{print $1}' /var/log/nginx/access.log | uniq -c", "read", "awk uniq"),
     case("awk '/error|warn/ {n++} END {print n}' app.log", "write", "awk unproven_read"),
     case("sed -n '1,20p' /etc/nginx/nginx.conf", "read", "sed"),
-    case("top -b -n 1", "read", "top"),
+    case("top -b -n 1", "write", "top unproven_read"),  # it creates ~/.config/procps
     case("uptime; free -m; vmstat 1 3; iostat", "read", "uptime free vmstat iostat"),
     case("du -sh /var/* 2>/dev/null | sort -h", "read", "du sort"),
     case("lsof -i :443; ss -tlnp; netstat -an", "read", "lsof ss netstat"),
@@ -530,14 +530,16 @@ NOT_READ = [
     "sed 1e f", "sed -f x.sed f", "sed --in-place s/a/b/ f", "awk '{print > \"x\"}' f",
     "awk '{system(\"id\")}'", "awk -f x.awk f", "gawk -o x '{print}'", "tree -o x",
     "ss --kill", "ss --ki", "ss -tK", "ss -D x", "ip -b x", "ip -batch x", "ip -n ns a",
-    "ip link set eth0 down", "ip netns exec x id", "date -s 12:00", "date 0101",
+    "ip link set eth0 down", "ip netns exec x id", "ip link s eth0 down", "systemctl help x", "date -s 12:00", "date 0101",
     "hostname evil", "sysctl -w x=1", "sysctl x=1", "systemctl restart nginx",
     "systemctl -H host status", "journalctl --vacuum-time=1s", "journalctl --vac=1s",
     "dmesg -C", "lastlog -C", "crontab -r", "crontab f", "top", "ping host", "lsof -D b",
     "file -C", "mount /dev/x /mnt", "xargs sort", "xargs -p ls", "sudo ls", "nohup ls",
     "watch ls", "time ls", "zsh -c ls", "bash -O extglob -c ls", "bash script.sh", "bash",
     "git log", "curl -s x", "tac f", "less f", "printf $fmt x",
-    "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x",
+    "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x", "top -b -n 1",
+    "bash -c 'sh -c '\"'\"'sort -o /tmp/x f'\"'\"''", "sh -c 'x=1 2> /etc/w'\"'\"''",
+    "cat /dev/watchdog", "head -c 512 /dev/sda", "od < /dev/nvme0n1",
 ]  # fmt: skip
 READ = [
     "ls -la /var/log && df -h", "ps aux | grep -v grep | sort -k3 -rn | head",
@@ -547,13 +549,14 @@ READ = [
     "sed -n '1,20p' f", "sed -e s/a/b/g f", "awk '{print $1}' f", "awk -F: -v OFS=, '{print $1}' f",
     "sort -u f | uniq -c", "uniq f", "journalctl -u nginx --since today -n 50",
     "systemctl status nginx", "systemctl list-units --failed", "ip addr show", "ip -br link",
-    "ip route", "date +%s", "hostname -f", "sysctl -a", "top -b -n 1", "ping -c 1 host",
+    "ip route", "date +%s", "hostname -f", "sysctl -a", "ping -c 1 host",
     "test -f /etc/hosts && [ -d /tmp ]", "x=1; echo $x", "echo ~ ~root", "echo $HOME",
     "printf '%s\\n' \"$HOME\"", "bash -c 'ls | wc -l'", "sh -c 'id'",
     "env -i LANG=C ls", "env LC_ALL=C sort f", "timeout 5 tail -f /var/log/syslog",
     "cd /var/log && ls", "for f in a b; do cat $f; done", "if true; then ls; fi",
     "(ls; id) | cat", "{ ls; id; } 2>&1 | head", "cat < /etc/hosts", "ls # it's a comment",
     "echo 'a $(id) b'", "echo \"cost: 5$\"", "crontab -l", "mount", "swapon --show",
+    "head -c 8 /dev/urandom | od", "cat /dev/null", "ls /dev",
 ]  # fmt: skip
 
 
@@ -588,3 +591,9 @@ def test_every_read_rule_says_why() -> None:
         assert rule.why and "\n" not in rule.why, name
     for name, (why, _) in READ_PREFIXES.items():
         assert why, name
+
+
+def test_words_are_read_as_bash_removes_quotes() -> None:
+    # bashlex leaves 'a'"'"'b' as a'"'"'b; bash (and the walker) read a'b
+    (info,) = classify_command("bash -c 'sort '\"'\"'-o'\"'\"' /tmp/x f'")
+    assert info.text == "sort '-o' /tmp/x f" and info.klass == "write"

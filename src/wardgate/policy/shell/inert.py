@@ -221,3 +221,47 @@ def _closing(raw: str, i: int) -> int:
             stack.pop()
         i += 1
     return i
+
+
+def unquote(raw: str) -> str:
+    """A word's text after bash's quote removal, expansions left as written.
+
+    bashlex gets concatenated quotes wrong (``'a'"'"'b'`` stays ``a'"'"'b``; bash reads
+    ``a'b``), which would hand ``bash -c`` a different script from the one bash runs:
+    the walker reads every word's text from its raw source here instead. Text inside
+    ``$(...)`` in double quotes may come out wrong; such a word is never part of a read
+    (:func:`active_expansion`)."""
+    out: list[str] = []
+    i, n = 0, len(raw)
+    while i < n:
+        ch = raw[i]
+        if ch == "\\":
+            if raw[i + 1 : i + 2] != "\n":
+                out.append(raw[i + 1 : i + 2])
+            i += 2
+        elif ch == "'":
+            end = raw.find("'", i + 1)
+            end = n if end < 0 else end
+            out.append(raw[i + 1 : end])
+            i = end + 1
+        elif ch == "$" and raw[i + 1 : i + 2] == "'":
+            end = _ansi_c_end(raw, i + 2)
+            out.append(raw[i + 2 : (n if end < 0 else end - 1)])
+            i = n if end < 0 else end
+        elif ch == "$" and raw[i + 1 : i + 2] == '"':
+            i += 1  # $"..." is "..." translated: the same text here
+        elif ch == '"':
+            i += 1
+            while i < n and raw[i] != '"':
+                if raw[i] == "\\" and raw[i + 1 : i + 2] in ("$", "`", '"', "\\", "\n"):
+                    if raw[i + 1] != "\n":
+                        out.append(raw[i + 1])
+                    i += 2
+                    continue
+                out.append(raw[i])
+                i += 1
+            i += 1
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)

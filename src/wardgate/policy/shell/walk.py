@@ -19,8 +19,9 @@ from wardgate.policy.shell.args import (
     _scan_prefix,
     _shell_script,
 )
-from wardgate.policy.shell.inert import active_expansion, expands, shape
+from wardgate.policy.shell.inert import active_expansion, expands, shape, unquote
 from wardgate.policy.shell.judge import _Facts, _judge
+from wardgate.policy.shell.paths import _is_device
 from wardgate.policy.shell.prefixes import _PREFIXES, _SU_VALUES, _prefix_alone
 from wardgate.policy.shell.programs import _resolve
 from wardgate.policy.shell.readonly import prefix_problem, program_problem, variable_problem
@@ -230,7 +231,8 @@ class _Walker:
                 hidden = hidden or not value or "$(" in value or "`" in value
         raw = source[node.pos[0] : node.pos[1]]
         fixed = not (dynamic or hidden or expands(raw))
-        return _Word(node.word, dynamic, hidden, frozenset(runs), fixed, shape(raw))
+        text = unquote(raw) if raw else node.word  # bashlex's own removal is wrong at times
+        return _Word(text, dynamic, hidden, frozenset(runs), fixed, shape(raw))
 
     def redirect(self, node: Any, source: str, scope: _Scope) -> _Redirect:
         fd = node.input if isinstance(node.input, int) else None
@@ -272,6 +274,10 @@ class _Walker:
         facts = self.facts(text, scope)
         facts.words.extend(w.shape for w in (*assigns, *words))
         facts.words.extend(r.target.shape for r in redirects if r.target is not None)
+        named = [*words[1:], *(r.target for r in redirects if r.target is not None)]
+        if any(_is_device(w.text) for w in named):
+            # Opening a device can change it (a watchdog arms, a tape rewinds) or dump a disk.
+            facts.not_read("a word names a device under /dev")
         stdin = scope.stdin
         for r in redirects:
             stdin = _apply_redirect(r, facts, stdin)
@@ -448,6 +454,7 @@ class _Walker:
         if script.text.strip():
             nested = replace(
                 scope,
+                appended=False,  # what xargs adds are the script's $1..., not its words
                 depth=scope.depth + 1,
                 floor=facts.floor(),
                 kinds=tuple(facts.kinds),
