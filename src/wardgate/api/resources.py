@@ -446,6 +446,7 @@ async def get_session_detail(
 _CSV_COLUMNS = (
     "id", "ts", "seq", "kind", "text", "params", "decision", "rule", "rules", "reason",
     "enforced", "status", "rows", "command", "duration_ms", "error", "sqlstate", "output",
+    "result",
 )  # fmt: skip
 
 
@@ -455,6 +456,7 @@ def _csv_row(a: ActionOut) -> list[Any]:
         a.id, a.ts, a.seq, a.kind, a.text, json.dumps(a.params), v.decision, v.rule,
         " ".join(v.rules), v.reason, v.enforced, a.status, a.rows, a.command, a.duration_ms,
         a.error, a.sqlstate, a.output,
+        a.result.model_dump_json() if a.result is not None else None,
     ]  # fmt: skip
 
 

@@ -130,6 +130,7 @@ class BatchWriter:
                     "sqlstate": record.sqlstate,
                     **({"trace_id": record.trace_id} if record.trace_id is not None else {}),
                     **({"output": record.output} if record.output is not None else {}),
+                    **({"result": record.result} if record.result is not None else {}),
                 },
             )
         principal, connection = self._session_identity(session, record.session_id, starting)
