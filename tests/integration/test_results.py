@@ -10,7 +10,6 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,6 +17,8 @@ import pytest
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
+from wardgate.audit.query import get_session, list_sessions
+from wardgate.store.db import Store
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +47,9 @@ def _config(database: str) -> str:
     return base_config(database, extra) + masking
 
 
-@pytest.fixture
-def gw(it_database: str, tmp_path: Path) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path / "gw", _config(it_database))
+@pytest.fixture(scope="module")
+def gw(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = make_gateway(tmp_path_factory.mktemp("results"), _config(it_database))
     gateway.start()
     yield gateway
     gateway.stop()
@@ -69,17 +70,21 @@ def people(it_database: str) -> Iterator[str]:
 
 
 def _session(gw: Gateway, app: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
-    while True:
-        rows = json.loads(gw.cli("sessions", "list", "--json", "--limit", "200").stdout)
-        for row in rows:
-            if row["application_name"] == app and row["ended_at"] is not None:
-                found: dict[str, Any] = json.loads(
-                    gw.cli("sessions", "show", row["id"], "--json").stdout
-                )
-                return found
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.2)
+    """The recorded session, read from the store in-process (a CLI call costs seconds
+    on a loaded machine)."""
+    store = Store(gw.env["WARDGATE_STORE"])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            for row in list_sessions(store, limit=200):
+                if row["application_name"] == app and row["ended_at"] is not None:
+                    found = get_session(store, row["id"])
+                    assert found is not None
+                    return found
+            assert time.monotonic() < deadline, app
+            time.sleep(0.1)
+    finally:
+        store.dispose()
 
 
 def _data_rows(rows: list[tuple[Any, ...]]) -> bytes:
