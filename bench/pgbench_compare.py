@@ -256,6 +256,33 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and every live descendant
+    (wardgate's supervisor, workers and recorder processes). Per query this is far
+    steadier than TPS on a machine that other work shares."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid in cpu:
+        p = pid
+        while p not in (0, 1) and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += cpu[pid]
+    return total
+
+
 def results_cost(tmp: Path, args: argparse.Namespace) -> None:
     """TPS of a 100-row query, response recording on vs off, in alternation."""
     script = tmp / "rows100.sql"
@@ -270,12 +297,16 @@ def results_cost(tmp: Path, args: argparse.Namespace) -> None:
         gates[name] = (proc, port, token)
     clients = [int(c) for c in args.clients.split(",")]
     tps: dict[tuple[str, int], list[float]] = {}
+    cpu_ms: dict[tuple[str, int], list[float]] = {}
     try:
         for _ in range(args.rounds):
             for c in clients:
-                for name, (_proc, port, token) in gates.items():
+                for name, (proc, port, token) in gates.items():
+                    before = tree_cpu(proc.pid)
                     got, _lat = pgbench(port, "bench", token, "simple", c, args.duration, script)
+                    used = tree_cpu(proc.pid) - before
                     tps.setdefault((name, c), []).append(got)
+                    cpu_ms.setdefault((name, c), []).append(used * 1000 / (got * args.duration))
     finally:
         for proc, _port, _token in gates.values():
             proc.terminate()
@@ -284,15 +315,25 @@ def results_cost(tmp: Path, args: argparse.Namespace) -> None:
         f"\n100-row queries, {args.duration}s x {args.rounds} rounds, scale {args.scale}, "
         f"wardgate workers={args.workers}, {os.cpu_count()} CPUs\n"
     )
-    print(f"{'clients':>7} {'recording':>9} {'tps (median)':>13} {'runs':>30} {'cost':>7}")
+    print(
+        f"{'clients':>7} {'recording':>9} {'tps (median)':>13} {'tps runs':>24} "
+        f"{'gateway CPU ms/query (median)':>30} {'cost':>7}"
+    )
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
     for c in clients:
-        off = sorted(tps[("off", c)])[len(tps[("off", c)]) // 2]
+        off = median(cpu_ms[("off", c)])
         for name in ("off", "on"):
-            runs = tps[(name, c)]
-            median = sorted(runs)[len(runs) // 2]
-            cost = f"{(1 - median / off) * 100:6.1f}%" if name == "on" else ""
-            shown = ", ".join(f"{r:.0f}" for r in runs)
-            print(f"{c:>7} {name:>9} {median:>13.0f} {shown:>30} {cost:>7}")
+            per_query = median(cpu_ms[(name, c)])
+            cost = f"{(per_query / off - 1) * 100:+6.1f}%" if name == "on" else ""
+            shown = ", ".join(f"{r:.0f}" for r in tps[(name, c)])
+            print(
+                f"{c:>7} {name:>9} {median(tps[(name, c)]):>13.0f} {shown:>24} "
+                f"{per_query:>30.3f} {cost:>7}"
+            )
+    print("\ncost: the gateway's CPU per query (workers and recorder processes), on vs off")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""ResultTap: rows cut anywhere by the relay's chunks come out whole, within budgets,
-and the digest covers every byte whatever was recorded."""
+"""ResultTap (on the event loop) and response_payload (in the recorder): rows cut
+anywhere by the relay's chunks come out whole, within budgets, and the digest covers
+every byte whatever was recorded."""
 
 from __future__ import annotations
 
 import hashlib
 import struct
 
+from typing import Any
+
+from wardgate.audit.responses import response_payload
 from wardgate.postgres.result_tap import ResultTap, SessionResults
 
 
@@ -30,11 +34,15 @@ def _feed(tap: ResultTap, data: bytes, size: int) -> None:
         tap.feed(memoryview(data)[i : i + size])
 
 
+def _result(tap: ResultTap) -> dict[str, Any]:
+    return response_payload(tap.summary())
+
+
 def test_rows_come_out_whole_whatever_the_chunking() -> None:
     for size in (1, 2, 3, 7, 16, len(STREAM)):
         tap = ResultTap(SessionResults(100, 65536, 1 << 20), "utf-8")
         _feed(tap, STREAM, size)
-        summary = tap.summary()
+        summary = _result(tap)
         assert summary["rows"] == [["1", "é", None], ["2", "\\xfffe", ""], ["a\tb\tc\n"]]
         assert summary["complete"] is True
         assert summary["sha256"] == hashlib.sha256(STREAM).hexdigest()
@@ -45,15 +53,15 @@ def test_budgets_stop_the_rows_and_are_shared_by_a_session() -> None:
     budget = SessionResults(2, 65536, 1 << 20)
     tap = ResultTap(budget, "utf-8")
     _feed(tap, STREAM, 5)
-    assert tap.summary()["recorded_rows"] == 2 and tap.summary()["complete"] is False
-    assert tap.summary()["sha256"] == hashlib.sha256(STREAM).hexdigest()
-    session = SessionResults(100, 65536, 20)  # room for the first row (17 bytes)
+    assert _result(tap)["recorded_rows"] == 2 and _result(tap)["complete"] is False
+    assert _result(tap)["sha256"] == hashlib.sha256(STREAM).hexdigest()
+    session = SessionResults(100, 65536, 25)  # room for the first row (22 bytes)
     first = ResultTap(session, "utf-8")
     first.feed(STREAM)
-    assert first.summary()["recorded_rows"] == 1 and session.session_left == 3
+    assert _result(first)["recorded_rows"] == 1 and session.session_left == 0
     later = ResultTap(session, "utf-8")
     later.feed(STREAM)
-    assert later.summary()["rows"] == [] and later.summary()["complete"] is False
+    assert _result(later)["rows"] == [] and _result(later)["complete"] is False
     off = ResultTap(SessionResults(0, 0, 0), "utf-8")
     off.feed(STREAM)
-    assert off.summary()["rows"] == [] and off.summary()["stream_bytes"] == len(STREAM)
+    assert _result(off)["rows"] == [] and _result(off)["stream_bytes"] == len(STREAM)

@@ -45,8 +45,9 @@ class ActionRecord:
     sqlstate: str | None = None
     trace_id: str | None = None  # the agent's conversation/trace id, when it sends one
     output: str | None = None  # SSH: the command's output as the client saw it (masked, capped)
-    # SQL: the rows the client received (masked, within budgets), their digest and size
-    # (postgres/result_tap.py ResultTap.summary).
+    # SQL: the start of the result stream the client received (masked, within budgets),
+    # its digest and size (postgres/result_tap.py); the writer decodes the rows
+    # (audit/responses.py).
     result: dict[str, Any] | None = None
 
 
