@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
-
 from typing import Any
 
-from wardgate.audit.responses import response_payload
+from wardgate.audit.responses import decoded, response_payload
 from wardgate.postgres.result_tap import ResultTap, SessionResults
 
 
@@ -35,7 +34,8 @@ def _feed(tap: ResultTap, data: bytes, size: int) -> None:
 
 
 def _result(tap: ResultTap) -> dict[str, Any]:
-    return response_payload(tap.summary())
+    result: dict[str, Any] = decoded(response_payload(tap.summary()))
+    return result
 
 
 def test_rows_come_out_whole_whatever_the_chunking() -> None:

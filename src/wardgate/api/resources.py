@@ -66,6 +66,7 @@ from wardgate.audit.checkpoint import (
     verify_with_checkpoint,
 )
 from wardgate.audit.query import get_session
+from wardgate.audit.responses import decoded
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig, UpstreamConfig
 from wardgate.core.services import Services
 from wardgate.identity.principals import Principal
@@ -201,6 +202,8 @@ def _epoch(value: datetime | float | None, what: str) -> float | None:
 
 
 def _action_out(event_id: int, ts: float, payload: dict[str, Any]) -> ActionOut:
+    if "result" in payload:  # stored as the wire bytes; rows for readers
+        payload = {**payload, "result": decoded(payload["result"])}
     return ActionOut.model_validate({**payload, "id": event_id, "ts": ts})
 
 

@@ -132,7 +132,7 @@ class BatchWriter:
                     **({"trace_id": record.trace_id} if record.trace_id is not None else {}),
                     **({"output": record.output} if record.output is not None else {}),
                     **(
-                        {"result": response_payload(record.result)}
+                        {"result": response_payload(record.result, record.rows, record.command)}
                         if record.result is not None
                         else {}
                     ),
