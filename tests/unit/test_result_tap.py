@@ -45,6 +45,7 @@ def test_rows_come_out_whole_whatever_the_chunking() -> None:
         summary = _result(tap)
         assert summary["rows"] == [["1", "é", None], ["2", "\\xfffe", ""], ["a\tb\tc\n"]]
         assert summary["complete"] is True
+        assert decoded(summary) == summary  # decoding twice changes nothing
         assert summary["sha256"] == hashlib.sha256(STREAM).hexdigest()
         assert summary["stream_bytes"] == len(STREAM)
 

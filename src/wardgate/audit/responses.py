@@ -64,8 +64,8 @@ def response_payload(
 
 def decoded(result: Any) -> Any:
     """A stored ``result`` with ``rows`` in place of ``data`` (anything else as is)."""
-    if not isinstance(result, dict) or result.get("format") != FORMAT:
-        return result
+    if not isinstance(result, dict) or result.get("format") != FORMAT or "data" not in result:
+        return result  # not ours, or decoded already
     out = {k: v for k, v in result.items() if k != "data"}
     try:
         raw = base64.b64decode(str(result.get("data", "")), validate=True)
