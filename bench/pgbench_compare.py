@@ -2,6 +2,12 @@
 """pgbench -S through wardgate, beside PostgreSQL directly and PgBouncer, in one run.
 
     .venv/bin/python bench/pgbench_compare.py [--duration 10] [--workers 2] [--scale 10]
+    .venv/bin/python bench/pgbench_compare.py --results [--rounds 3]
+
+``--results``: the cost of recording responses instead. A 100-row query workload
+(``select * from pgbench_accounts`` over 100 consecutive ids) through two gateways,
+one recording results (the defaults: 100 rows / 64 KiB per action) and one with
+``results: {record: false}``, run in alternation ``--rounds`` times.
 
 Prints TPS and mean latency per (target, protocol, clients) and the ratios
 wardgate/direct and wardgate/PgBouncer. Everything runs on this machine, on
@@ -98,7 +104,10 @@ def start_pgbouncer(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_wardgate(
+    tmp: Path, port: int, workers: int, results: str = ""
+) -> tuple[subprocess.Popen[bytes], str]:
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "wardgate.yaml"
     config.write_text(
         textwrap.dedent(f"""\
@@ -113,6 +122,7 @@ def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen
             type: postgres
             upstream: {{host: {PG["host"]}, port: {PG["port"]}, database: {DB}, user: {PG["user"]}, tls: disable}}
             roles: {{bench: benchmarker}}
+            {results}
         roles:
           benchmarker: {{read: allow, write: allow, ddl: block, admin: block}}
         guardrails:
@@ -140,13 +150,19 @@ def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen
 
 
 def pgbench(
-    port: int, user: str, password: str, mode: str, clients: int, duration: int
+    port: int,
+    user: str,
+    password: str,
+    mode: str,
+    clients: int,
+    duration: int,
+    script: Path | None = None,
 ) -> tuple[float, float]:
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
     cmd = [
         "pgbench",
         "-n",
-        "-S",
+        *(["-f", str(script)] if script is not None else ["-S"]),
         "-M",
         mode,
         "-c",
@@ -179,7 +195,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="wardgate worker processes")
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     ap.add_argument("--clients", default="1,8")
+    ap.add_argument("--database", default=DB, help="the scratch database (dropped after)")
+    ap.add_argument("--results", action="store_true", help="measure response recording")
+    ap.add_argument("--rounds", type=int, default=3, help="--results: on/off alternations")
     args = ap.parse_args()
+    globals()["DB"] = args.database
 
     psql(f"drop database if exists {DB}")
     psql(f"create database {DB}")
@@ -189,6 +209,13 @@ def main() -> None:
         capture_output=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="wardgate-bench-"))
+    if args.results:
+        try:
+            results_cost(tmp, args)
+        finally:
+            psql(f"drop database if exists {DB}")
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     tmp.chmod(0o755)  # PgBouncer runs as the postgres user and reads its folder
     bouncer_port, gate_port = free_port(), free_port()
     (tmp / "bouncer").mkdir()
@@ -227,6 +254,86 @@ def main() -> None:
             f"{mode:9} {clients:>7} {name:10} {tps:>10.0f} {lat:>11.3f} {tps / direct:>8.2f} {tps / bouncer_tps:>11.2f}"
         )
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and every live descendant
+    (wardgate's supervisor, workers and recorder processes). Per query this is far
+    steadier than TPS on a machine that other work shares."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid in cpu:
+        p = pid
+        while p not in (0, 1) and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += cpu[pid]
+    return total
+
+
+def results_cost(tmp: Path, args: argparse.Namespace) -> None:
+    """TPS of a 100-row query, response recording on vs off, in alternation."""
+    script = tmp / "rows100.sql"
+    script.write_text(
+        f"\\set a random(1, {100_000 * args.scale - 100})\n"
+        "select * from pgbench_accounts where aid between :a and :a + 99;\n"
+    )
+    gates = {}
+    for name, results in (("on", ""), ("off", "results: {record: false}")):
+        port = free_port()
+        proc, token = start_wardgate(tmp / name, port, args.workers, results)
+        gates[name] = (proc, port, token)
+    clients = [int(c) for c in args.clients.split(",")]
+    tps: dict[tuple[str, int], list[float]] = {}
+    cpu_ms: dict[tuple[str, int], list[float]] = {}
+    try:
+        for _ in range(args.rounds):
+            for c in clients:
+                for name, (proc, port, token) in gates.items():
+                    before = tree_cpu(proc.pid)
+                    got, _lat = pgbench(port, "bench", token, "simple", c, args.duration, script)
+                    used = tree_cpu(proc.pid) - before
+                    tps.setdefault((name, c), []).append(got)
+                    cpu_ms.setdefault((name, c), []).append(used * 1000 / (got * args.duration))
+    finally:
+        for proc, _port, _token in gates.values():
+            proc.terminate()
+            proc.wait(10)
+    print(
+        f"\n100-row queries, {args.duration}s x {args.rounds} rounds, scale {args.scale}, "
+        f"wardgate workers={args.workers}, {os.cpu_count()} CPUs\n"
+    )
+    print(
+        f"{'clients':>7} {'recording':>9} {'tps (median)':>13} {'tps runs':>24} "
+        f"{'gateway CPU ms/query (median)':>30} {'cost':>7}"
+    )
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    for c in clients:
+        off = median(cpu_ms[("off", c)])
+        for name in ("off", "on"):
+            per_query = median(cpu_ms[(name, c)])
+            cost = f"{(per_query / off - 1) * 100:+6.1f}%" if name == "on" else ""
+            shown = ", ".join(f"{r:.0f}" for r in tps[(name, c)])
+            print(
+                f"{c:>7} {name:>9} {median(tps[(name, c)]):>13.0f} {shown:>24} "
+                f"{per_query:>30.3f} {cost:>7}"
+            )
+    print("\ncost: the gateway's CPU per query (workers and recorder processes), on vs off")
 
 
 if __name__ == "__main__":

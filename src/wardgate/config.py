@@ -186,6 +186,18 @@ class ConnectionGrantsConfig(_Model):
     quorum: int | None = Field(default=None, ge=1)
 
 
+class ResultsConfig(_Model):
+    """What of each SQL action's result the recorder keeps (docs/audit.md): the rows the
+    client received (masked), up to ``rows`` and ``bytes`` per action and
+    ``session_bytes`` per session, plus always the full row count and a SHA-256 of the
+    whole result stream. ``record: false`` keeps only the row count."""
+
+    record: bool = True
+    rows: int = Field(default=100, ge=0)
+    bytes: int = Field(default=64 * 1024, ge=0)
+    session_bytes: int = Field(default=1024 * 1024, ge=0)
+
+
 class ConnectionConfig(_Model):
     type: Literal["postgres", "ssh"]
     upstream: Annotated[
@@ -199,6 +211,7 @@ class ConnectionConfig(_Model):
     # observe: verdicts are recorded but every action runs (try a policy on real traffic).
     mode: Literal["enforce", "observe"] = "enforce"
     description: str = ""
+    results: ResultsConfig = ResultsConfig()
 
     @model_validator(mode="after")
     def _upstream_matches_type(self) -> ConnectionConfig:

@@ -474,6 +474,11 @@ def test_sessions_filters_search_timeline_and_exports(
     expect(page.get_by_role("heading", level=1)).to_contain_text("Session")
     timeline = page.locator("table.timeline")
     expect(timeline).to_contain_text(f"select qty as {marker}")
+    # The response, as recorded, beside the statement.
+    select_row = timeline.locator("tr", has_text=f"select qty as {marker}")
+    select_row.get_by_text("result (as recorded, masked)").click()
+    expect(select_row.locator("table.result td")).to_have_text(["0"])  # a fresh table
+    expect(select_row).to_contain_text("1 of 1 row")
     update_row = timeline.locator("tr", has_text="UPDATE")
     expect(update_row).to_contain_text("review")
     expect(update_row).to_contain_text("role:proposer")

@@ -66,6 +66,7 @@ from wardgate.audit.checkpoint import (
     verify_with_checkpoint,
 )
 from wardgate.audit.query import get_session
+from wardgate.audit.responses import decoded
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig, UpstreamConfig
 from wardgate.core.services import Services
 from wardgate.identity.principals import Principal
@@ -201,6 +202,8 @@ def _epoch(value: datetime | float | None, what: str) -> float | None:
 
 
 def _action_out(event_id: int, ts: float, payload: dict[str, Any]) -> ActionOut:
+    if "result" in payload:  # stored as the wire bytes; rows for readers
+        payload = {**payload, "result": decoded(payload["result"])}
     return ActionOut.model_validate({**payload, "id": event_id, "ts": ts})
 
 
@@ -446,6 +449,7 @@ async def get_session_detail(
 _CSV_COLUMNS = (
     "id", "ts", "seq", "kind", "text", "params", "decision", "rule", "rules", "reason",
     "enforced", "status", "rows", "command", "duration_ms", "error", "sqlstate", "output",
+    "result",
 )  # fmt: skip
 
 
@@ -455,6 +459,7 @@ def _csv_row(a: ActionOut) -> list[Any]:
         a.id, a.ts, a.seq, a.kind, a.text, json.dumps(a.params), v.decision, v.rule,
         " ".join(v.rules), v.reason, v.enforced, a.status, a.rows, a.command, a.duration_ms,
         a.error, a.sqlstate, a.output,
+        a.result.model_dump_json() if a.result is not None else None,
     ]  # fmt: skip
 
 

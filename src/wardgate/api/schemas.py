@@ -207,6 +207,19 @@ class VerdictOut(_Out):
     enforced: bool = True
 
 
+class ResultOut(_Out):
+    """The result an SQL action returned to the client, as recorded (masked): the first
+    rows within the connection's budgets, and a SHA-256 of every DataRow/CopyData byte
+    the client received (docs/audit.md)."""
+
+    rows: list[list[str | None]] = []
+    recorded_rows: int = 0
+    recorded_bytes: int = 0
+    complete: bool = Field(description="Every row the client received is in rows")
+    stream_bytes: int = Field(description="Bytes of the whole result stream")
+    sha256: str = Field(description="SHA-256 of the whole result stream, as sent")
+
+
 class ActionOut(_Out):
     """One recorded action, as the recorder stored it (params and output as recorded,
     output already masked)."""
@@ -228,6 +241,7 @@ class ActionOut(_Out):
     sqlstate: str | None = None
     trace_id: str | None = None
     output: str | None = None
+    result: ResultOut | None = None
 
 
 class SessionReviewEvent(_Out):

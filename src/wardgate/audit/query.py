@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from wardgate.audit.responses import decoded
 from wardgate.store.db import Store
 from wardgate.store.models import AuditEvent, SessionRow
 
@@ -62,6 +63,8 @@ def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
     for event in events:
         payload = json.loads(event.payload)
         if event.type == "action":
+            if "result" in payload:
+                payload["result"] = decoded(payload["result"])
             actions.append({"id": event.id, "ts": event.ts, "hash": event.hash, **payload})
         else:  # review events filed from this session: who asked, who decided, what ran
             reviews.append(

@@ -7,6 +7,7 @@ thread (see ``audit.recorder``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from wardgate.actions import Action, Verdict
 from wardgate.identity.principals import Principal
@@ -63,6 +64,10 @@ class ActionRecord:
     sqlstate: str | None = None
     trace_id: str | None = None  # the agent's conversation/trace id, when it sends one
     output: str | None = None  # SSH: the command's output as the client saw it (masked, capped)
+    # SQL: the start of the result stream the client received (masked, within budgets),
+    # its digest and size (postgres/result_tap.py); the writer decodes the rows
+    # (audit/responses.py).
+    result: dict[str, Any] | None = None
 
 
 @positional_pickle

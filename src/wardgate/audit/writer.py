@@ -34,6 +34,7 @@ from wardgate.audit.records import (
     SessionEnd,
     SessionRecord,
 )
+from wardgate.audit.responses import response_payload
 from wardgate.logs import setup_logging
 from wardgate.store.db import Store, describe_error
 from wardgate.store.models import Recording, SessionRow
@@ -130,6 +131,11 @@ class BatchWriter:
                     "sqlstate": record.sqlstate,
                     **({"trace_id": record.trace_id} if record.trace_id is not None else {}),
                     **({"output": record.output} if record.output is not None else {}),
+                    **(
+                        {"result": response_payload(record.result, record.rows, record.command)}
+                        if record.result is not None
+                        else {}
+                    ),
                 },
             )
         principal, connection = self._session_identity(session, record.session_id, starting)

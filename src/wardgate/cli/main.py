@@ -542,6 +542,9 @@ def sessions_show(
         out.print("    " + str(a.get("text", "")).replace("\n", "\n    "), markup=False)
         if a.get("params"):
             out.print(f"    params: {json.dumps(a['params'], ensure_ascii=False)}", markup=False)
+        if isinstance(a.get("result"), dict):
+            for line in _result_lines(a["result"], a.get("rows")):
+                out.print(line, markup=False)
         if a.get("trace_id"):
             out.print(f"    trace: {a['trace_id']}", markup=False)
     if s.get("reviews"):
@@ -552,6 +555,25 @@ def sessions_show(
                 f"  {_when(r.get('ts'))}  {r.get('review')}  {r.get('type')} by {r.get('by')}",
                 markup=False,
             )
+
+
+def _result_lines(result: dict[str, Any], rows: Any) -> list[str]:
+    """An action's recorded response, under its statement: the rows as JSON arrays
+    (NULL is null), and how much of the result they are."""
+    from wardgate.visible import visible
+
+    recorded = result.get("recorded_rows", 0)
+    total = rows if isinstance(rows, int) else "?"
+    if result.get("complete"):
+        extent = f"{recorded} rows, all recorded"
+    else:
+        extent = f"{total} rows, first {recorded} recorded (budget reached)"
+    size = result.get("stream_bytes", 0)
+    lines = [f"    result: {extent}; {size} bytes sent, sha256 {result.get('sha256')}"]
+    for row in result.get("rows") or []:
+        # visible(): a value must not move the cursor or reorder what an auditor reads.
+        lines.append("      " + visible(json.dumps(row, ensure_ascii=False)))
+    return lines
 
 
 # -- policy: its own module, built on the helpers above ------------------------------

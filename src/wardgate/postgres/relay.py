@@ -33,6 +33,7 @@ from wardgate.postgres.extended import ExtendedProtocol
 from wardgate.postgres.masking import ResultMasking
 from wardgate.postgres.relay_state import DESCRIBE, SYNC, Pending
 from wardgate.postgres.replies import ServerReplies
+from wardgate.postgres.result_tap import SessionResults
 from wardgate.postgres.session_model import SessionModel
 from wardgate.postgres.simple_query import SimpleQuery
 from wardgate.postgres.wire import ClientSide, UpstreamSide
@@ -76,6 +77,13 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.masking = ResultMasking(session_masking) if session_masking is not None else None
         # Rows to mask must arrive whole; unmasked sessions stream them untouched.
         self.scanner.bulk = BULK_TYPES if self.masking is None else frozenset()
+        conn = services.config.connections.get(connection)
+        results = conn.results if conn is not None else None
+        self._results = (
+            SessionResults(results.rows, results.bytes, results.session_bytes)
+            if results is not None and results.record
+            else None
+        )
         self._held: list[bytes] | None = None  # server data held while names are looked up
         self._pending: deque[Pending] = deque()
         self.model = SessionModel()

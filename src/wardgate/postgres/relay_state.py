@@ -26,6 +26,7 @@ from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
 from wardgate.postgres.masking import Plan, ResultMasking
+from wardgate.postgres.result_tap import ResultTap, SessionResults
 from wardgate.postgres.session_model import Change, SessionModel
 from wardgate.reviews.model import ReviewInfo
 
@@ -49,7 +50,7 @@ POISON_PARSE = build.parse("", _POISON_SQL)
 class Act:
     """One action in flight: what was asked, what the gate said, when it started."""
 
-    __slots__ = ("action", "verdict", "seq", "started", "t0", "review")
+    __slots__ = ("action", "verdict", "seq", "started", "t0", "review", "tap")
 
     def __init__(self, action: Action, verdict: Verdict, seq: int) -> None:
         self.action = action
@@ -58,6 +59,7 @@ class Act:
         self.review: ReviewInfo | None = None  # the approval it runs under
         self.started = time.time()
         self.t0 = time.perf_counter()
+        self.tap: ResultTap | None = None  # what the client received (result_tap.py)
 
 
 class Pending:
@@ -120,6 +122,7 @@ class RelayState:
     _reviewing: bool
     _review_task: asyncio.Task[None] | None
     _review_cancelled: bool
+    _results: SessionResults | None  # None: results are not recorded
 
     # -- judging --------------------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class RelayState:
             command=tag[0] if tag else None,
             error=error,
             sqlstate=sqlstate,
+            result=act.tap.summary() if act.tap is not None else None,
         )
 
     def _recorded_action(self, action: Action) -> Action:

@@ -28,6 +28,7 @@ from wardgate.postgres.relay_state import (
     SYNC,
     Pending,
 )
+from wardgate.postgres.result_tap import ResultTap
 from wardgate.postgres.results import MaskedResults
 
 log = logging.getLogger("wardgate.postgres")
@@ -53,14 +54,23 @@ class ServerReplies(MaskedResults, SessionProbe):
         try:
             for i, item in enumerate(items):
                 if isinstance(item, memoryview):
-                    out.append(item)
+                    out.append(item)  # rows (or COPY data) of an unmasked session
+                    if self._results is not None and (tap := self._tap()) is not None:
+                        tap.feed(item)
                     continue
                 if self.masking is not None and (oids := self._names_to_fetch(item)):
                     # Column rules need this result's column names: hold the stream.
                     self._hold(items[i:], oids)
                     break
                 replacement = self._on_server_message(item)
-                out.append(item.raw if replacement is None else replacement)
+                sent = item.raw if replacement is None else replacement
+                out.append(sent)
+                if (
+                    (item.type == 68 or item.type == 100)  # D, d: as the client gets them
+                    and self._results is not None
+                    and (tap := self._tap()) is not None
+                ):
+                    tap.feed(sent)
         except ProtocolError as exc:
             self._upstream_garbage(exc, out)
             return
@@ -69,6 +79,23 @@ class ServerReplies(MaskedResults, SessionProbe):
         drain = self._drain
         if drain is not None and not self._pending and not drain.done():
             drain.set_result(None)  # probe.py waits for every earlier reply
+
+    def _tap(self) -> ResultTap | None:
+        """The recording of the action whose rows are arriving now: the statement the
+        head of the queue is at (never the gateway's own probes)."""
+        pending = self._pending
+        if not pending:
+            return None
+        head = pending[0]
+        acts = head.acts
+        if not acts or (head.kind != QUERY and head.kind != EXECUTE) or head.index >= len(acts):
+            return None
+        act = acts[head.index] if head.kind == QUERY else acts[0]
+        tap = act.tap
+        if tap is None:
+            assert self._results is not None
+            tap = act.tap = ResultTap(self._results, self.client.decoder.encoding)
+        return tap
 
     def _upstream_garbage(self, exc: ProtocolError, out: list[bytes | memoryview]) -> None:
         log.warning("session %s: upstream protocol error: %s", self.session_id, exc)

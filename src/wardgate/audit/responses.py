@@ -1,0 +1,119 @@
+"""A SQL action's response in the record: the bytes the client received, kept as
+bytes, turned into rows only when someone reads them.
+
+On the gateway's event loop the PostgreSQL relay hashes the result stream and keeps
+its first bytes (``postgres/result_tap.py``). The recorder's writer (``response_payload``)
+trims them to whole messages within the row budget and stores them base64-encoded in
+the action's event, so the chain covers the exact wire bytes and writing costs no
+per-row Python work. Readers (CLI, API, export) call ``decoded`` to get rows:
+DataRow values decoded with the client encoding (NULL is None; a value that is not
+text in it, such as a binary-format column, is ``\\x`` and hex), CopyData as
+one-value rows.
+
+Stored: ``{"format": "pg-messages/1", "encoding", "data" (base64), "recorded_rows",
+"recorded_bytes", "complete", "stream_bytes", "sha256"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from typing import Any
+
+FORMAT = "pg-messages/1"
+_DATA_ROW = 68  # D
+_COPY_DATA = 100  # d
+_U32 = struct.Struct("!I").unpack_from
+_I32 = struct.Struct("!i").unpack_from
+_I16 = struct.Struct("!h").unpack_from
+
+
+def response_payload(
+    captured: dict[str, Any], rows: int | None = None, command: str | None = None
+) -> dict[str, Any]:
+    """The event's ``result`` from what the relay captured (ResultTap.summary): the
+    first ``max_rows`` whole messages of ``raw``. ``rows`` and ``command`` are the
+    action's command tag: a SELECT whose whole stream was kept and whose row count is
+    within the budget is kept as it is, without walking its messages."""
+    raw: bytes = captured.get("raw", b"")
+    max_rows = int(captured.get("max_rows", 0))
+    stream_bytes = int(captured.get("stream_bytes", 0))
+    end = len(raw)
+    if command == "SELECT" and rows is not None and rows <= max_rows and end == stream_bytes:
+        pos, count = end, rows  # every DataRow of the result, and no more than allowed
+    else:
+        pos = count = 0
+        while pos + 5 <= end and count < max_rows:
+            (size,) = _U32(raw, pos + 1)
+            if pos + 1 + size > end or raw[pos] not in (_DATA_ROW, _COPY_DATA):
+                break
+            pos += 1 + size
+            count += 1
+    return {
+        "format": FORMAT,
+        "encoding": str(captured.get("encoding", "utf-8")),
+        "data": base64.b64encode(raw if pos == end else raw[:pos]).decode("ascii"),
+        "recorded_rows": count,
+        "recorded_bytes": pos,
+        "complete": pos == stream_bytes,
+        "stream_bytes": stream_bytes,
+        "sha256": captured.get("sha256", ""),
+    }
+
+
+def decoded(result: Any) -> Any:
+    """A stored ``result`` with ``rows`` in place of ``data`` (anything else as is)."""
+    if not isinstance(result, dict) or result.get("format") != FORMAT or "data" not in result:
+        return result  # not ours, or decoded already
+    out = {k: v for k, v in result.items() if k != "data"}
+    try:
+        raw = base64.b64decode(str(result.get("data", "")), validate=True)
+    except (binascii.Error, ValueError):
+        out["rows"] = []
+        return out
+    out["rows"] = rows_of(raw, str(result.get("encoding", "utf-8")))
+    return out
+
+
+def rows_of(raw: bytes, encoding: str) -> list[list[str | None]]:
+    rows: list[list[str | None]] = []
+    pos, end = 0, len(raw)
+    while pos + 5 <= end:
+        t = raw[pos]
+        (size,) = _U32(raw, pos + 1)
+        stop = pos + 1 + size
+        if stop > end:
+            break
+        if t == _DATA_ROW:
+            try:
+                rows.append(_row(raw, pos + 5, encoding))
+            except (UnicodeDecodeError, LookupError):  # not text: that row value by value
+                rows.append(_row(raw, pos + 5, encoding, strict=False))
+        elif t == _COPY_DATA:
+            rows.append([_text(raw[pos + 5 : stop], encoding)])
+        pos = stop
+    return rows
+
+
+def _row(raw: bytes, pos: int, encoding: str, strict: bool = True) -> list[str | None]:
+    (count,) = _I16(raw, pos)
+    pos += 2
+    values: list[str | None] = []
+    for _ in range(count):
+        (length,) = _I32(raw, pos)
+        pos += 4
+        if length < 0:
+            values.append(None)
+            continue
+        value = raw[pos : pos + length]
+        values.append(value.decode(encoding) if strict else _text(value, encoding))
+        pos += length
+    return values
+
+
+def _text(raw: bytes, encoding: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return "\\x" + raw.hex()
