@@ -539,6 +539,8 @@ NOT_READ = [
     "git log", "curl -s x", "tac f", "less f", "printf $fmt x",
     "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x", "top -b -n 1",
     "bash -c 'sh -c '\"'\"'sort -o /tmp/x f'\"'\"''", "sh -c 'x=1 2> /etc/w'\"'\"''",
+    "echo a #'\necho $(id) #'", "cat <<EOF\n'\nEOF\necho $(id) \"'\"",
+    "echo \"it's\" $(id)", "echo \\' $(id) \\'", "echo $'\\'' $(id) '\\''",
     "cat /dev/watchdog", "head -c 512 /dev/sda", "od < /dev/nvme0n1",
 ]  # fmt: skip
 READ = [
