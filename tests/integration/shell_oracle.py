@@ -225,6 +225,12 @@ def sandbox_available() -> str | None:
     for tool in ("unshare", "strace", "chroot"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install strace util-linux)"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--pid", "--net", "--fork", "true"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        return f"unshare cannot make namespaces here ({probe.stderr.strip()}): needs CAP_SYS_ADMIN"
     return None
 
 

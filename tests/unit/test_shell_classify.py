@@ -539,6 +539,9 @@ NOT_READ = [
     "git log", "curl -s x", "tac f", "less f", "printf $fmt x",
     "cat /etc/hosts > /tmp/x", "ls >> /tmp/x", "ls 2>/tmp/x", "top -b -n 1",
     "bash -c 'sh -c '\"'\"'sort -o /tmp/x f'\"'\"''", "sh -c 'x=1 2> /etc/w'\"'\"''",
+    "echo a #'\necho $(id) #'", "cat <<EOF\n'\nEOF\necho $(id) \"'\"",
+    "echo \"it's\" $(id)", "echo \\' $(id) \\'", "echo $'\\'' $(id) '\\''",
+    "sleep 100 &", "ls & ls", "( while :; do cat f; done & )", "bash -c 'sleep 9 &'",
     "cat /dev/watchdog", "head -c 512 /dev/sda", "od < /dev/nvme0n1",
 ]  # fmt: skip
 READ = [
@@ -556,7 +559,7 @@ READ = [
     "cd /var/log && ls", "for f in a b; do cat $f; done", "if true; then ls; fi",
     "(ls; id) | cat", "{ ls; id; } 2>&1 | head", "cat < /etc/hosts", "ls # it's a comment",
     "echo 'a $(id) b'", "echo \"cost: 5$\"", "crontab -l", "mount", "swapon --show",
-    "head -c 8 /dev/urandom | od", "cat /dev/null", "ls /dev",
+    "head -c 8 /dev/urandom | od", "cat /dev/null", "ls /dev", "ls && ls &> /dev/null",
 ]  # fmt: skip
 
 

@@ -181,11 +181,14 @@ class _Walker:
             self.fail(source[node.pos[0] : node.pos[1]], scope, f"unsupported construct {kind}")
 
     def changes_names(self, node: Any, source: str, scope: _Scope) -> None:
-        """A function definition changes what a name runs; a for loop assigns a variable."""
+        """A function definition changes what a name runs; a for loop assigns a variable;
+        a background job outlives the command."""
         text = source[node.pos[0] : node.pos[1]]
         reason = None
         if node.kind == "function":
             reason = "it defines a shell function, which changes what a name runs"
+        elif node.kind == "list" and any(p.kind == "operator" and p.op == "&" for p in node.parts):
+            reason = "a background job (&) keeps running on the host after the command ends"
         elif node.kind == "for":
             name = next((p.word for p in node.parts if p.kind == "word"), "")
             reason = variable_problem(name + "=")
