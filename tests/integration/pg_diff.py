@@ -230,7 +230,11 @@ def diff_config(target: Target) -> str:
 
 def start_gateway(workdir: Path, target: Target) -> Gateway:
     gw = make_gateway(workdir, diff_config(target))
-    gw.start()
+    try:
+        gw.start()
+    except BaseException:
+        gw.stop()  # a gateway that was slow to listen must not outlive the test
+        raise
     return gw
 
 
