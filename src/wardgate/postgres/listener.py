@@ -251,7 +251,7 @@ class PgListener:
 
         dialling: asyncio.Task[Upstream] | None = None
         try:
-            await authenticate(services, client, principal_name, addr, tls, dial_early)
+            ahead = await authenticate(services, client, principal_name, addr, tls, dial_early)
             plan = self._plan(config, principal_name, connection_name, params)
             if early is not None and plan == early_plan:
                 dialling, early = early, None
@@ -327,6 +327,7 @@ class PgListener:
         )
         local = self.cancel_keys.add(gw_pid, gw_secret, target, relay)
         out = [
+            ahead,
             build.auth_ok(),
             *upstream.parameter_status,
             *upstream.notices,
