@@ -139,6 +139,9 @@ def test_a_failed_login_leaves_no_upstream_session(own_gateway: Gateway) -> None
     """The gateway dials upstream while the client proves its token; a wrong token
     closes that dial, and a throttled login does not dial at all."""
     app = f"wg-early-{uuid.uuid4().hex[:8]}"
+    # A success first: the next login of this principal from this address dials before
+    # the throttle is even read, so the first failure below exercises that path too.
+    psycopg.connect(own_gateway.dsn("dev")).close()
     dsn = own_gateway.dsn("dev", application_name=app).replace(own_gateway.token("dev"), "wg_x")
     for _ in range(6):  # the fixture's limit is 5 failures a minute
         with pytest.raises(psycopg.OperationalError):

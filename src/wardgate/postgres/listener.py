@@ -53,6 +53,11 @@ log = logging.getLogger("wardgate.postgres")
 _UNRECORDED_SESSION = "57P03"
 
 
+# How long a successful login lets the next one from the same principal and address
+# dial upstream before the throttle is read (listener._startup, dial_early).
+RECENT_LOGIN = 60.0
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What the configuration says a session dials with."""
@@ -90,6 +95,8 @@ class PgListener:
         # Why the store failed the last startup that needed it (None: it did not): one
         # log line when that changes, not a traceback per login attempt.
         self._store_failure: str | None = None
+        # (principal, address) -> when it last logged in here with nothing failing since.
+        self._recent: dict[tuple[str, str], float] = {}
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -303,11 +310,15 @@ class PgListener:
         early_plan: _Plan | None = None
 
         def dial_early() -> None:
-            # The throttle let this login go on: dial while the client proves its token
-            # (its PBKDF2 and the round trip), if the claimed principal may reach the
-            # connection at all. An unauthenticated client can make the gateway dial
-            # only until the login throttle stops it; a failed login closes the dial.
+            # Dial while the client proves its token (its PBKDF2 and the round trips), if
+            # the claimed principal may reach the connection at all: once the throttle let
+            # the login go on, or at once when this principal logged in from this address
+            # a moment ago and nothing failed since (_recent). An unauthenticated client
+            # can so make the gateway dial only until the throttle stops it, and at most
+            # once per worker ahead of the throttle; a failed login closes the dial.
             nonlocal early, early_plan
+            if early is not None:
+                return
             try:
                 early_plan = self._plan(config, principal_name, connection_name, params)
             except StartupRefused:
@@ -315,8 +326,18 @@ class PgListener:
             early = asyncio.ensure_future(self._dial(config, connection_name, early_plan))
 
         dialling: asyncio.Task[Upstream] | None = None
+        recent = (principal_name, addr)
+        if self._recent.get(recent, 0.0) > time.monotonic() - RECENT_LOGIN:
+            dial_early()
         try:
-            await authenticate(services, client, principal_name, addr, tls, dial_early)
+            try:
+                ahead = await authenticate(services, client, principal_name, addr, tls, dial_early)
+            except BaseException:  # a failure, or a client that left before its proof
+                self._recent.pop(recent, None)
+                raise
+            if len(self._recent) >= 10_000:
+                self._recent.clear()  # bounded: only a hint, losing it costs a little time
+            self._recent[recent] = time.monotonic()
             plan = self._plan(config, principal_name, connection_name, params)
             if early is not None and plan == early_plan:
                 dialling, early = early, None
@@ -395,6 +416,7 @@ class PgListener:
         )
         local = self.cancel_keys.add(gw_pid, gw_secret, target, relay)
         out = [
+            ahead,
             build.auth_ok(),
             *upstream.parameter_status,
             *upstream.notices,

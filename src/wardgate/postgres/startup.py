@@ -166,8 +166,10 @@ async def authenticate(
     addr: str,
     tls: bool,
     on_unthrottled: Callable[[], None] | None = None,
-) -> None:
+) -> bytes:
     """Authenticate ``principal`` with a wardgate token; raises StartupRefused.
+    Returns what to send the client ahead of AuthenticationOk (SCRAM's server-final
+    message): sent with it, the client wakes up once, not twice.
 
     The store is read once, in a thread, while the client answers the first message
     (the throttle, the principal's salt and its non-revoked keys): revocation takes
@@ -204,6 +206,7 @@ async def authenticate(
         on_unthrottled()
     ok = False
     token_id: str | None = None
+    ahead = b""
     if password:
         if not isinstance(first, m.PasswordData):
             raise ProtocolError("expected a password message")
@@ -228,7 +231,7 @@ async def authenticate(
             if not isinstance(final, m.PasswordData):
                 raise ProtocolError("expected a SASLResponse")
             token_id, server_final = scram.handle_client_final(final.payload)
-            client.write(build.auth_sasl_final(server_final))
+            ahead = build.auth_sasl_final(server_final)
             ok = True
         except ScramAuthError:
             ok = False
@@ -240,6 +243,7 @@ async def authenticate(
         await asyncio.to_thread(limiter.record_success, principal, addr)
     if token_id and tokens.touch_due(token_id):
         services.tasks.spawn(asyncio.to_thread(tokens.touch, token_id), name="token-touch")
+    return ahead
 
 
 GATEWAY_OPTIONS = frozenset({"wardgate.review_wait"})
