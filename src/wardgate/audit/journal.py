@@ -6,7 +6,8 @@ gateway killed between a statement running and its batch committing loses the re
 statement is forwarded its *intent* (the action record it will have if no result ever
 comes back, status ``interrupted``), is appended with ``write(2)`` on the event loop
 before the gateway goes on. From that moment the record is in the kernel: killing the
-gateway (kill -9, an OOM kill, a crash) cannot lose it. A thread ``fdatasync``s the file
+gateway (kill -9, an OOM kill, a crash) cannot lose it. A child process (a thread
+outside ``wardgate serve``) ``fdatasync``s the file
 in groups (group commit: whatever was written while the last sync ran goes in the
 next), so after a power loss or kernel crash at most the last sync interval is lost
 (about a millisecond under load; docs/architecture.md says exactly what holds).
