@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--modes", default="simple,prepared")
     args = ap.parse_args()
     pc.DB = "wardgate_ab_bench"
     pc.psql(f"drop database if exists {pc.DB}")
@@ -63,7 +64,7 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    for mode in ("simple", "prepared"):
+    for mode in args.modes.split(","):
         base_tps: list[float] = []
         this_tps: list[float] = []
         for _ in range(args.rounds):

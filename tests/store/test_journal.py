@@ -96,3 +96,16 @@ def test_an_outcome_completes_its_intent_and_shared_objects_resolve(tmp_path: Pa
     assert len(list((tmp_path / "j").glob("*.wal"))) > 1
     assert journal_mod.pending(tmp_path / "j") == records
     j.close()
+
+
+def test_the_sync_process_follows_the_journal_and_ends_with_it(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", sync_process=True)
+    j.open()
+    record = _action("s1", 1)
+    j.append(record)
+    j.flush()
+    syncer = j._syncer
+    assert syncer is not None and syncer.poll() is None
+    j.close()
+    assert syncer.returncode is not None
+    assert journal_mod.pending(tmp_path / "j") == [record]
