@@ -554,6 +554,9 @@ NOT_READ = [
     "echo reboot | xargs -I cat cat", "xargs -Ic cat", "xargs --replace=X X",
     # ... xxd's own option parser: -ps is -p, and the second operand is written
     "xxd -ps /etc/hostname /tmp/out", "xxd -C /etc/hostname /tmp/out",
+    # ... file names no word shows (masking.paths could not see them)
+    "awk 'BEGIN{ARGV[1]=\"/etc/sha\" \"dow\";ARGC=2}1'",
+    "jq -n -L / 'import \"root/.docker/config\" as $c; $c'", "jq -n 'include \"x\"; 1'",
 ]  # fmt: skip
 READ = [
     "ls -la /var/log && df -h", "ps aux | grep -v grep | sort -k3 -rn | head",

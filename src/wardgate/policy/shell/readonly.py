@@ -127,7 +127,8 @@ def _sed(args: list[str]) -> str | None:
     return None
 
 
-_AWK_ACTS = re.compile(r"[|<>@]|system|getline|close|fflush|ENVIRON|PROCINFO")
+# ARGV/ARGC: a program that sets them reads files no word names (masking.paths).
+_AWK_ACTS = re.compile(r"[|<>@]|system|getline|close|fflush|ENVIRON|PROCINFO|ARGV|ARGC")
 
 
 def _awk(args: list[str]) -> str | None:
@@ -147,6 +148,16 @@ def _awk(args: list[str]) -> str | None:
         return "awk without a program text reads it from a file"
     if _AWK_ACTS.search(args[i]):
         return "the awk program redirects, pipes, runs commands or reads files it names"
+    return None
+
+
+def _jq(args: list[str]) -> str | None:
+    # A module or data file (import "x" as $d, include, -L DIR) is read from a path no
+    # word names, so the masking.paths check could not see it.
+    if _forbidden(args, _set("-L --library-path")) or any(
+        "import" in a or "include" in a for a in args
+    ):
+        return "jq modules (-L, import, include) read files no word names"
     return None
 
 
@@ -265,7 +276,7 @@ READ_ONLY: dict[str, ReadRule] = {
     "sha512sum": _r(f"hashes files; {_ANY}"),
     "b2sum": _r(f"hashes files; {_ANY}"),
     "cksum": _r(f"checksums files; {_ANY}"),
-    "jq": _r(f"filters JSON (no file output, no program execution); {_ANY}"),
+    "jq": _r("filters JSON (no file output, no program execution); -L, import and include read modules", check=_jq),  # fmt: skip
     "sort": _r("sorts to stdout; -o writes a file, --compress-program runs one, -T picks where it writes temporary files", "-o --output --compress-program -T --temporary-directory"),  # fmt: skip
     "uniq": _r("filters repeated lines; a second operand is the file it writes", check=_at_most_operands(1, "-f -s -w --skip-fields --skip-chars --check-chars")),  # fmt: skip
     "sed": _r("edits a stream to stdout; only options that keep it so (no -i, no -f) and a script without w/W/e", check=_sed),  # fmt: skip
