@@ -22,7 +22,12 @@ from wardgate.policy.functions import function_class
 from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
 from wardgate.policy.shell.inert import EXPANSION
-from wardgate.policy.shell.sensitive import RECURSIVE_FLAGS, RECURSIVE_PROGRAMS, may_name
+from wardgate.policy.shell.sensitive import (
+    may_name,
+    names_from_data,
+    reads_recursively,
+    start_dirs,
+)
 from wardgate.policy.sql import (
     MAX_CACHED_TEXT,
     classify_keyed,
@@ -356,13 +361,14 @@ class Gate:
             self.config.masking.rules, action.principal, action.connection
         ):
             return None
+        dirs = start_dirs([(stmt.functions, stmt.words) for stmt in statements])
         for stmt in statements:
-            recursive = bool(
-                RECURSIVE_PROGRAMS.intersection(stmt.functions)
-                or RECURSIVE_FLAGS.intersection(stmt.columns)
-            )
-            for word in stmt.words:
-                pattern = may_name(word, patterns, recursive)
+            recursive = reads_recursively(stmt.functions, stmt.columns)
+            words = stmt.words
+            if names_from_data(stmt.functions, stmt.columns):
+                words = (*words, EXPANSION)  # it reads files its input names
+            for word in words:
+                pattern = may_name(word, patterns, recursive, dirs)
                 if pattern is not None:
                     shown = word.replace(EXPANSION, "$...")
                     return Verdict(

@@ -118,11 +118,29 @@ SENSITIVE = [
     "cat $(echo x)", "for f in a; do cat $f; done", "cat *", "cd ~/.ssh && cat id_rsa",
     "grep -r BEGIN ~", "grep -r x /etc", "find / -name x", "tar c /root",
     "bash -c 'cat ~/.ssh/id_rsa'", "cat < ~/.ssh/id_rsa", "x=1 cat -f/etc/shadow",
+    # attack session (issue 15): paths the kernel resolves, not the text
+    "cat ~+/.ssh/id_rsa", "cat ~-/.ssh/id_rsa", "cat /root/./.ssh/id_rsa",
+    "cat /root//.ssh/id_rsa", "cat //etc/shadow", "cat /tmp/../root/.ssh/id_rsa",
+    "cat /root/.ssh/../.ssh/id_rsa", "cat ~/../../etc/shadow", "cat ../../etc/shadow",
+    "cat /proc/self/root/root/.ssh/id_rsa", "cat /proc/1/root/etc/shadow",
+    "cat /proc/self/cwd/.ssh/id_rsa", "cat /etc/s{h,x}adow", "cat /root/.{ssh,x}/id_rsa",
+    "cat /etc/shado[[:alpha:]]", "cat /srv/tls/SERVER.PEM", "cat /srv/app/.ENV",
+    # ... relative words after cd
+    "cd / && cat root/.ssh/id_rsa", "cd /etc && cat shadow", "cd /etc; cat ./shadow",
+    "cd - && cat id_rsa", "env -C /etc cat shadow", "cd /root && grep -r . .",
+    # ... directories read whole, and names that come from data or script text
+    "grep -d recurse x /root", "grep --directories=recurse . /root", "grep -r . /etc/..",
+    "grep -r . /./", "find /etc/.. -name id_rsa -exec cat {} +", "find ~+ -name id_rsa",
+    "sed '1r /root/.ssh/id_rsa' /etc/hostname", "sed -n 'R/etc/shadow' /etc/hostname",
+    "printf '/etc/shad%s' ow | xargs cat", "printf '/etc/shad%s\\0' ow | sort --files0-from=-",
+    "ls /etc | grep shad | xargs -I{} cat /etc/{}",
 ]  # fmt: skip
 NOT_SENSITIVE = [
     "df -h", "cat /etc/passwd", "ls -la /var/log", "tail -n 50 /var/log/syslog",
     "ls ~/.ssh/known_hosts", "cat /srv/app/config.yml", "grep -r x /srv/app", "ls /etc",
     "cat '*'", "echo $HOME", "du -sh /var/log/*.log", "ls /", "ps aux | grep ssh",
+    "cd /var/log && grep -i error syslog", "env -i LANG=C ls", "cat /proc/1/status",
+    "ls /proc/self/fd", "cut -d: -f1 /etc/passwd", "ls -d /etc", "cat config",
 ]  # fmt: skip
 
 

@@ -543,6 +543,21 @@ NOT_READ = [
     "echo \"it's\" $(id)", "echo \\' $(id) \\'", "echo $'\\'' $(id) '\\''",
     "sleep 100 &", "ls & ls", "( while :; do cat f; done & )", "bash -c 'sleep 9 &'",
     "cat /dev/watchdog", "head -c 512 /dev/sda", "od < /dev/nvme0n1",
+    # attack session (issue 15): an option that takes the verb as its value
+    "systemctl --message status reboot", "systemctl --reboot-argument status reboot",
+    "systemctl --boot-loader-entry status reboot", "systemctl --when status reboot",
+    "systemctl --check-inhibitors status reboot", "systemctl --image status restart x",
+    "systemctl --legend status stop nginx", "systemctl --drop-in status edit nginx",
+    "hostnamectl --transient --mess status hostname x", "localectl --value status set-locale x",
+    # ... xargs or find -exec adding the command a prefix runs, or -I R in the program name
+    "echo id | xargs env", "echo id | xargs env -i", "xargs nice", "xargs timeout 1",
+    "echo 'sh -c id' | xargs xargs", "xargs stdbuf -oL", "find . -exec env ;",
+    "echo reboot | xargs -I cat cat", "xargs -Ic cat", "xargs --replace=X X",
+    # ... xxd's own option parser: -ps is -p, and the second operand is written
+    "xxd -ps /etc/hostname /tmp/out", "xxd -C /etc/hostname /tmp/out",
+    # ... file names no word shows (masking.paths could not see them)
+    "awk 'BEGIN{ARGV[1]=\"/etc/sha\" \"dow\";ARGC=2}1'",
+    "jq -n -L / 'import \"root/.docker/config\" as $c; $c'", "jq -n 'include \"x\"; 1'",
 ]  # fmt: skip
 READ = [
     "ls -la /var/log && df -h", "ps aux | grep -v grep | sort -k3 -rn | head",

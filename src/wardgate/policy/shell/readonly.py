@@ -127,7 +127,8 @@ def _sed(args: list[str]) -> str | None:
     return None
 
 
-_AWK_ACTS = re.compile(r"[|<>@]|system|getline|close|fflush|ENVIRON|PROCINFO")
+# ARGV/ARGC: a program that sets them reads files no word names (masking.paths).
+_AWK_ACTS = re.compile(r"[|<>@]|system|getline|close|fflush|ENVIRON|PROCINFO|ARGV|ARGC")
 
 
 def _awk(args: list[str]) -> str | None:
@@ -147,6 +148,16 @@ def _awk(args: list[str]) -> str | None:
         return "awk without a program text reads it from a file"
     if _AWK_ACTS.search(args[i]):
         return "the awk program redirects, pipes, runs commands or reads files it names"
+    return None
+
+
+def _jq(args: list[str]) -> str | None:
+    # A module or data file (import "x" as $d, include, -L DIR) is read from a path no
+    # word names, so the masking.paths check could not see it.
+    if _forbidden(args, _set("-L --library-path")) or any(
+        "import" in a or "include" in a for a in args
+    ):
+        return "jq modules (-L, import, include) read files no word names"
     return None
 
 
@@ -176,13 +187,31 @@ def _ip(args: list[str]) -> str | None:
     return None
 
 
-def _subcommand(program: str, forbid_hosts: bool = True) -> _Check:
+# The options a listing may take, per program: (flags, options taking a value). Any other
+# option fails closed: `systemctl --message status reboot` reboots, because --message
+# takes "status" as its value; a parser that does not know an option's value cannot
+# tell which word is the verb.
+_SYSTEMD_COMMON = "-h --help --version --no-pager --no-legend --no-ask-password -q --quiet"
+_SUBCOMMAND_OPTIONS = {
+    "systemctl": (
+        f"{_SYSTEMD_COMMON} -a --all -r --recursive --reverse --after --before --with-dependencies -l --full --value --show-types --failed --plain --user --system",
+        "-t --type -p -P --property --state -n --lines -o --output --timestamp",
+    ),
+    "hostnamectl": (f"{_SYSTEMD_COMMON} --transient --static --pretty", "--json"),
+    "timedatectl": (f"{_SYSTEMD_COMMON} -a --all --value", "-p -P --property --json"),
+    "localectl": (_SYSTEMD_COMMON, "--json"),
+}  # fmt: skip
+
+
+def _subcommand(program: str) -> _Check:
     reads = _SUBCOMMAND_READ[program]
+    flags, values = (_set(text) for text in _SUBCOMMAND_OPTIONS[program])
 
     def check(args: list[str]) -> str | None:
-        opts = _parse_args(args, _set("-t --type -p --property -n --lines -o --output --state"))
-        if forbid_hosts and (bad := _forbidden(args, _set("-H --host -M --machine"))):
-            return f"{program} {bad} runs on another host or container"
+        opts = _parse_args(args, values)
+        extra = set(opts.flags) - flags - values
+        if extra:  # -H/-M reach another host; others may take the verb as their value
+            return f"{program} option {sorted(extra)[0]} is not one a listing takes"
         operands = opts.operands
         if operands[:1] == ["help"]:
             return f"{program} help runs man and a pager"
@@ -247,10 +276,9 @@ READ_ONLY: dict[str, ReadRule] = {
     "sha512sum": _r(f"hashes files; {_ANY}"),
     "b2sum": _r(f"hashes files; {_ANY}"),
     "cksum": _r(f"checksums files; {_ANY}"),
-    "jq": _r(f"filters JSON (no file output, no program execution); {_ANY}"),
+    "jq": _r("filters JSON (no file output, no program execution); -L, import and include read modules", check=_jq),  # fmt: skip
     "sort": _r("sorts to stdout; -o writes a file, --compress-program runs one, -T picks where it writes temporary files", "-o --output --compress-program -T --temporary-directory"),  # fmt: skip
     "uniq": _r("filters repeated lines; a second operand is the file it writes", check=_at_most_operands(1, "-f -s -w --skip-fields --skip-chars --check-chars")),  # fmt: skip
-    "xxd": _r("dumps bytes; a second operand is the file it writes", check=_at_most_operands(1, "-c -g -l -o -s -n -C")),  # fmt: skip
     "sed": _r("edits a stream to stdout; only options that keep it so (no -i, no -f) and a script without w/W/e", check=_sed),  # fmt: skip
     "awk": _r("only -F and -v, and a program with no redirection, pipe, getline, system() or @ call", check=_awk),  # fmt: skip
     "gawk": _r("as awk; gawk's -o/-p/-d write profile files, -f/-i/-l load code", check=_awk),
@@ -307,7 +335,7 @@ READ_ONLY: dict[str, ReadRule] = {
     "sestatus": _r(f"prints SELinux status; {_ANY}"),
     "getenforce": _r(f"prints SELinux mode (setenforce changes it); {_ANY}"),
     "dmesg": _r("prints the kernel log; -c/-C clear it, -n/-D/-E change the console", "-c -C -n -D -E --clear --read-clear --console-level --console-off --console-on"),  # fmt: skip
-    "journalctl": _r("prints the journal (the gateway sets SYSTEMD_PAGER=cat); the forbidden options rotate, vacuum, flush or write files", "--vacuum-size --vacuum-time --vacuum-files --rotate --flush --sync --relinquish-var --smart-relinquish-var --setup-keys --update-catalog --cursor-file"),  # fmt: skip
+    "journalctl": _r("prints the journal (the gateway sets SYSTEMD_PAGER=cat); the forbidden options rotate, vacuum, flush or write files", "--vacuum-size --vacuum-time --vacuum-files --rotate --flush --sync --relinquish-var --smart-relinquish-var --setup-keys --update-catalog --cursor-file --image"),  # fmt: skip
     "sysctl": _r("prints kernel parameters; -w/-p/--system and NAME=VALUE set them", "-w --write -p --load -f --system", _sysctl),  # fmt: skip
     "mount": _r("with no operand and listing options only, lists mounts", check=_flags_within(_MOUNT_LISTING, "-t --types")),  # fmt: skip
     "swapon": _r("--show/-s only list swap", check=_flags_within(_SWAPON_LISTING)),

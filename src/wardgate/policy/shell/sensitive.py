@@ -30,9 +30,62 @@ RECURSIVE_PROGRAMS = frozenset({"find", "tar", "rsync", "zip", "cpio", "scp", "r
 RECURSIVE_FLAGS = frozenset({"-r", "-R", "--recursive", "--dereference-recursive", "-a", "--archive"})  # fmt: skip
 
 
-def may_name(shape: str, patterns: tuple[str, ...], recursive: bool = False) -> str | None:
-    """The first pattern a word of this shape may name a file of, or None."""
-    for candidate in _candidates(shape):
+# Programs and prefixes that change the directory later words are relative to.
+_MOVES = frozenset({"cd", "pushd", "popd", "env"})  # env -C DIR
+_GREPS = frozenset({"grep", "egrep", "fgrep", "zgrep", "rgrep"})  # -d recurse
+
+
+def reads_recursively(functions: tuple[str, ...], columns: tuple[str, ...]) -> bool:
+    """Whether a command reads whole directory trees (``grep -d recurse`` too)."""
+    return bool(
+        RECURSIVE_PROGRAMS.intersection(functions)
+        or RECURSIVE_FLAGS.intersection(columns)
+        or (_GREPS.intersection(functions) and {"-d", "--directories"} & set(columns))
+    )
+
+
+def names_from_data(functions: tuple[str, ...], columns: tuple[str, ...]) -> bool:
+    """Whether a command takes the names of the files it reads from data, where no word
+    shows them: ``xargs cat``, ``sort --files0-from=-``, ``find -files0-from``."""
+    return "xargs" in functions or bool({"--files0-from", "-files0-from"} & set(columns))
+
+
+def start_dirs(commands: list[tuple[tuple[str, ...], tuple[str, ...]]]) -> tuple[str, ...] | None:
+    """Directories a line's ``cd`` commands change to, given each command's (functions,
+    words); None when one is only known at run time (``cd $d``, ``cd -``, ``pushd``)."""
+    dirs: list[str] = []
+    for functions, words in commands:
+        if not _MOVES.intersection(functions):
+            continue
+        if "env" in functions:
+            if any(w.startswith(("-C", "--ch")) or (w[:1] == "-" and "C" in w) for w in words):
+                return None  # env -C DIR
+            continue
+        if functions[-1:] != ("cd",):
+            return None  # pushd/popd keep a stack
+        operands = [w for w in words[1:] if not w.startswith("-") or w == "-"]
+        if not operands:
+            continue  # cd alone goes home
+        if len(operands) > 1 or not operands[0].startswith("/"):
+            return None  # a relative or computed target, cd - (the last directory)
+        if any(ch in operands[0] for ch in "*?[" + EXPANSION):
+            return None
+        dirs.append(operands[0])
+    return tuple(dirs)
+
+
+def may_name(
+    shape: str,
+    patterns: tuple[str, ...],
+    recursive: bool = False,
+    dirs: tuple[str, ...] | None = (),
+) -> str | None:
+    """The first pattern a word of this shape may name a file of, or None.
+
+    ``dirs``: directories the line may change to besides the home (``cd /etc``), so
+    relative words are read from there too; None when one is not known (``cd $d``,
+    ``cd -``, ``pushd``, ``env -C``): a relative word may then be below any directory."""
+    for candidate in _candidates(shape, dirs):
         base = candidate.rpartition("/")[2]
         for pattern in patterns:
             if "/" not in pattern:
@@ -47,10 +100,50 @@ def may_name(shape: str, patterns: tuple[str, ...], recursive: bool = False) -> 
     return None
 
 
+# Brace expansion ({a,b}, {1..3}) becomes one of its parts: any of them (fail closed).
+_BRACES = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
+# ~+ and ~- are $PWD and $OLDPWD, ~N and ~+N entries of the directory stack.
+_DIR_TILDE = re.compile(r"~[+-]?[0-9]*(?=/|$)")
+# Links the kernel follows to another root or directory: /proc/self/root/etc/shadow.
+_PROC_ROOT = re.compile(r"/proc/[^/]+/root(?=/|$)")
+_PROC_DIR = re.compile(r"/(proc/[^/]+/(cwd|fd/[^/]+|map_files/[^/]+)|dev/fd/[^/]+)(?=/|$)")
+# Paths inside a script text (sed '1r /etc/shadow', awk '... "/etc/shadow"'): after a
+# character that cannot be in a path, or after a sed r/R/w/W command letter.
+_INNER_PATH = re.compile(
+    r"(?:(?<=[^A-Za-z0-9._~/-])|(?<=^[rRwW])|(?<=[^A-Za-z._-][rRwW]))[/~][^\s'\";)}]*"
+)
+
+
+def _normal(word: str) -> str:
+    """The path a word stands for after the kernel resolves it: ``//``, ``/./`` and
+    ``..`` resolved lexically; ``..`` above a home (``~/..``) or an expansion may be any
+    directory."""
+    word = _BRACES.sub(EXPANSION, word)
+    if (tilde := _DIR_TILDE.match(word)) and word[:2] != "~/" and word != "~":
+        word = EXPANSION + word[tilde.end() :]
+    if root := _PROC_ROOT.match(word):
+        word = word[root.end() :] or "/"
+    elif proc := _PROC_DIR.match(word):
+        word = EXPANSION + word[proc.end() :]
+    parts: list[str] = []
+    for part in word.split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            parts.append(part)
+        elif not parts or parts[-1].startswith(("~", EXPANSION)):
+            parts = [EXPANSION]  # the parent of a home or of an unknown directory
+        else:
+            parts.pop()
+    lead = "/" if word.startswith("/") else ""
+    return lead + "/".join(parts) or lead or "~"
+
+
 @lru_cache(maxsize=4096)
-def _candidates(shape: str) -> tuple[str, ...]:
-    """What the word may stand for, with home directories written ``~``: the word, and
-    each value glued after an option letter or an ``=``."""
+def _candidates(shape: str, dirs: tuple[str, ...] | None = ()) -> tuple[str, ...]:
+    """What the word may stand for, with home directories written ``~``: the word, each
+    value glued after an option letter or an ``=``, and each path inside it; a relative
+    one below the home (where an exec starts) and each directory of ``dirs``."""
     words = [shape]
     if shape.startswith("-"):  # -f/etc/shadow, -o~/x, --key=a.key
         glued = re.search(r"[/~]|=(?=.)", shape)
@@ -58,14 +151,19 @@ def _candidates(shape: str) -> tuple[str, ...]:
             words.append(shape[glued.start() + (glued.group() == "=") :])
     elif "=" in shape.rstrip("="):  # dd if=/etc/shadow, NAME=~/.ssh/id_rsa
         words.append(shape.partition("=")[2])
-    out = []
+    words.extend(m.group() for m in _INNER_PATH.finditer(shape))
+    placed = []
     for word in words:
+        if word.startswith(("/", "~", EXPANSION)):
+            placed.append(word)
+            continue
+        placed.append("~/" + word)
+        starts = (EXPANSION,) if dirs is None else dirs
+        placed.extend(d.rstrip("/") + "/" + word for d in starts)
+    out = []
+    for word in map(_normal, placed):
         home = _HOMES.match(word)
-        if home:
-            word = "~" + word[home.end() :]
-        elif not word.startswith(("/", "~", EXPANSION)):
-            word = "~/" + word  # an exec starts in the account's home
-        out.append(word)
+        out.append("~" + word[home.end() :] if home else word)
     return tuple(out)
 
 
@@ -97,7 +195,7 @@ def _tokens(glob: str, word: bool) -> tuple[_Token, ...]:
             out.append(("*", "", fresh, word and ch == "*"))
         elif ch == "?":
             out.append(("?", "", fresh, word))
-        elif ch == "[" and (end := glob.find("]", i + 2)) > 0:
+        elif ch == "[" and (end := _bracket_end(glob, i)) > 0:
             body = glob[i + 1 : end]
             out.append(("c", body, False, False) if len(body) == 1 else ("?", "", fresh, word))
             i = end
@@ -105,6 +203,27 @@ def _tokens(glob: str, word: bool) -> tuple[_Token, ...]:
             out.append(("c", ch, False, False))
         i += 1
     return tuple(out)
+
+
+def _bracket_end(glob: str, i: int) -> int:
+    """Index of the ``]`` closing the bracket expression at ``i``, classes such as
+    ``[[:alpha:]]`` included, or -1."""
+    j = i + 1
+    if glob[j : j + 1] in ("!", "^"):
+        j += 1
+    if glob[j : j + 1] == "]":
+        j += 1  # a "]" first is a member
+    while j < len(glob):
+        if glob[j : j + 2] in ("[:", "[=", "[."):
+            close = glob.find(glob[j + 1] + "]", j + 2)
+            if close < 0:
+                return -1
+            j = close + 2
+            continue
+        if glob[j] == "]":
+            return j
+        j += 1
+    return -1
 
 
 def _takes(token: _Token, started: bool, other: _Token) -> bool:
@@ -150,6 +269,6 @@ def _intersects(a: str, b: str) -> bool:
         if tx[0] == "?":
             if _takes(tx, False, ty):
                 stack.append((i + 1, j + 1, False))
-        elif ty[0] == "?" or tx[1] == ty[1]:
+        elif ty[0] == "?" or tx[1].casefold() == ty[1].casefold():  # KEY.PEM is *.pem
             stack.append((i + 1, j + 1, False))
     return False

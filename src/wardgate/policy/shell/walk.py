@@ -345,6 +345,20 @@ class _Walker:
                 reason = f"{name}'s options are only known at run time"
             if reason is not None:
                 facts.not_read(reason)
+            if start is not None and name == "xargs":
+                # xargs -I R puts each input line where R occurs, the program name too.
+                marks = [r for r in opts.get("-I", "--replace") if r]
+                if any(r in rest[start].text for r in marks):
+                    facts.functions.append(rest[start].text.lower())
+                    facts.at_least("unknown", "obfuscated")
+                    self.out.append(facts.info())
+                    return
+            if start is None and appended:
+                # `xargs env`, `xargs xargs`, `find -exec nice {} ;`: the arguments added at
+                # run time are the command this prefix runs.
+                facts.at_least("unknown", "obfuscated")
+                self.out.append(facts.info())
+                return
             appended = appended or name == "xargs"
             if name == "command" and opts.has("-v", "-V"):
                 start = None  # command -v only says what a name is
