@@ -740,7 +740,15 @@ def classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
 _LAST: list[tuple[str, tuple[str, tuple[StatementInfo, ...]]] | None] = [None]
 
 
+# A fingerprint counts `5::mood`, `CAST(5 AS mood)` and `mood 'a'` as a constant like
+# `5`, yet a cast to a user type may run a user function (the gate judges `types`):
+# text that may hold one is judged by its text, never by a shared fingerprint.
+_MAY_CAST = re.compile(r"::|cast|'|\$\$|\$[^\W\d]\w*\$", re.IGNORECASE)
+
+
 def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
+    if _MAY_CAST.search(sql):
+        return "t:" + sql, _classify_text(sql)
     try:
         fp = fingerprint(sql)
     except Exception:  # noqa: BLE001 - unparsable: the full path reports it
