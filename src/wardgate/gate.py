@@ -115,7 +115,11 @@ class Gate:
         ``params_later``: parameters are bound later (a Parse), where the action is judged
         again; a statement whose meaning depends on them is judged without them here."""
         if action.kind == "sql":
-            text_key, statements = classify_keyed(action.judged_text)
+            # Where casts to some types run user code, `5::mood` must not share the
+            # verdict of `5` (one fingerprint): judged by its text there.
+            text_key, statements = classify_keyed(
+                action.judged_text, by_fingerprint=not self.facts.user_code(action.connection).types
+            )
             if not params_later and needs_params(statements):
                 # Its meaning depends on the values bound to it: judged for these values,
                 # and never cached (the cache key has no parameters).

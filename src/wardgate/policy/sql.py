@@ -722,13 +722,19 @@ _FINGERPRINT_CACHE: dict[str, tuple[StatementInfo, ...]] = {}
 _FINGERPRINT_CACHE_SIZE = 16384
 
 
-def classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
+def classify_keyed(
+    sql: str, *, by_fingerprint: bool = True
+) -> tuple[str, tuple[StatementInfo, ...]]:
     """Like :func:`classify`, plus a cache key for verdicts.
 
     Statements that differ only in literal values (``WHERE id = 1`` vs ``= 2``) share
     the key, so a repeated statement costs one fingerprint (~2 µs), not a parse.
-    Infos served from that cache carry no text: the caller has it.
+    Infos served from that cache carry no text: the caller has it. A fingerprint reads
+    ``5::mood`` and ``mood 'a'`` as a constant like ``5``, so their ``types`` are not
+    shared: ``by_fingerprint=False`` where casts matter judges the text itself.
     """
+    if not by_fingerprint:
+        return "t:" + sql, _classify_text(sql)
     last = _LAST[0]
     if last is not None and last[0] == sql:
         return last[1]  # the proxy splits a query string, then the gate judges the same text
@@ -740,15 +746,7 @@ def classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
 _LAST: list[tuple[str, tuple[str, tuple[StatementInfo, ...]]] | None] = [None]
 
 
-# A fingerprint counts `5::mood`, `CAST(5 AS mood)` and `mood 'a'` as a constant like
-# `5`, yet a cast to a user type may run a user function (the gate judges `types`):
-# text that may hold one is judged by its text, never by a shared fingerprint.
-_MAY_CAST = re.compile(r"::|cast|'|\$\$|\$[^\W\d]\w*\$", re.IGNORECASE)
-
-
 def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
-    if _MAY_CAST.search(sql):
-        return "t:" + sql, _classify_text(sql)
     try:
         fp = fingerprint(sql)
     except Exception:  # noqa: BLE001 - unparsable: the full path reports it
