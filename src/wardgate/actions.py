@@ -75,7 +75,7 @@ class StatementInfo:
     # the fnmatch glob of what it may become (policy/shell/inert.py shape).
     words: tuple[str, ...] = ()
     # SQL: every type named in an explicit cast (``x::t``, ``CAST(x AS t)``, ``t 'x'``)
-    # and every operator used, as written ("schema.name" or "name"), lower-cased; the
+    # or a column definition (``AS r(a t)``), and every operator used, as written ("schema.name" or "name"), lower-cased; the
     # gate matches them against what the target's catalogue says runs user code.
     types: tuple[str, ...] = ()
     operators: tuple[str, ...] = ()

@@ -72,6 +72,8 @@ def test_classifier_names_casts_and_operators() -> None:
         "select mood 'a'",
         "select array[5]::mood[]",
         "select 5::posint",
+        "select * from json_to_record('{\"a\": 5}') as r(a posint)",
+        "select row(5)::public.mood",
         "select 1 === 2",
         "select 1 operator(evil.+) 2",  # a user schema: whatever it holds now or later
     ],

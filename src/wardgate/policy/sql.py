@@ -595,6 +595,11 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     for parent, inner_type, inner in _walk(fields):
         inner_class: str | None = None
         inner_kinds: list[str] = []
+        type_name = inner.get("typeName")
+        if isinstance(type_name, dict):
+            # A cast (`x::t`, `CAST`, `t 'x'`) or a column definition that coerces
+            # values (`json_to_record(j) AS r(a t)`, XMLTABLE, JSON_TABLE) to type t.
+            types.append(".".join(_names(type_name.get("names", []))))
         if inner_type == "RangeVar":
             if node_type == "CopyStmt" and parent == "relation":
                 continue  # counted above
@@ -605,8 +610,6 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         elif inner_type == "ColumnRef":
             last = inner.get("fields", [{}])[-1]
             columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
-        elif inner_type == "TypeCast":
-            types.append(".".join(_names(inner.get("typeName", {}).get("names", []))))
         elif inner_type in _OPERATOR_FIELDS:
             operators.extend(_operators(inner.get(_OPERATOR_FIELDS[inner_type], [])))
         elif inner_type in _VERSION_SYNTAX or inner_type == "JsonFuncExpr":
