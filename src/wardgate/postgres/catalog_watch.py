@@ -67,15 +67,20 @@ WITH RECURSIVE userfn AS (
        SELECT 1 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
        WHERE o.oid = d.refobjid
          AND (p.oid IN (SELECT oid FROM userfn) OR p.provolatile = 'v'))))
+) /* what contains what: a domain its base type, an array its element, a composite
+     its columns' types; a cast to the container casts to the contained */
+, contains AS (
+  SELECT oid AS outer_t, typbasetype AS inner_t FROM pg_catalog.pg_type WHERE typtype = 'd'
+  UNION ALL
+  SELECT oid, typelem FROM pg_catalog.pg_type WHERE typcategory = 'A' AND typelem <> 0
+  UNION ALL
+  SELECT t.oid, a.atttypid FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid
+  WHERE t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped
 ), flagged AS (
   SELECT t FROM risky
   UNION
-  SELECT ty.oid FROM pg_catalog.pg_type ty, flagged f
-  WHERE (ty.typtype = 'd' AND ty.typbasetype = f.t)
-     OR (ty.typelem = f.t AND ty.typcategory = 'A')
-     OR (ty.typrelid <> 0 AND EXISTS (
-       SELECT 1 FROM pg_catalog.pg_attribute a
-       WHERE a.attrelid = ty.typrelid AND a.attnum > 0 AND a.atttypid = f.t))
+  SELECT c.outer_t FROM contains c JOIN flagged f ON c.inner_t = f.t
 )
 SELECT 'type', n.nspname, t.typname FROM flagged f
 JOIN pg_catalog.pg_type t ON t.oid = f.t
@@ -170,7 +175,8 @@ class CatalogWatch:
                 "connection %r: casts to types %s and operators %s may run user functions; "
                 "they are judged as calls of unknown functions (writes) on this connection",
                 connection,
-                ", ".join(sorted(t for t in found.types if "." in t)[:20]) or "(none)",
+                ", ".join(sorted((t for t in found.types if "." in t), key=_user_first)[:20])
+                or "(none)",
                 ", ".join(sorted(found.operators)[:20]) or "(none)",
             )
         if found.implicit:
@@ -183,3 +189,8 @@ class CatalogWatch:
                 connection,
                 found.implicit,
             )
+
+
+def _user_first(qualified: str) -> tuple[bool, str]:
+    """The log names user types before system composites that hold one."""
+    return qualified.startswith(("pg_catalog.", "information_schema.")), qualified
