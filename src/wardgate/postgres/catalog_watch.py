@@ -56,6 +56,8 @@ WITH RECURSIVE userfn AS (
 ), risky AS (
   SELECT casttarget AS t FROM usercast
   UNION SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typinput IN (SELECT oid FROM userfn)
+  UNION SELECT r.rngtypid FROM pg_catalog.pg_range r
+  WHERE r.rngcanonical IN (SELECT oid FROM userfn) OR r.rngsubdiff IN (SELECT oid FROM userfn)
   UNION SELECT con.contypid FROM pg_catalog.pg_constraint con
   JOIN pg_catalog.pg_depend d
     ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = con.oid
@@ -68,7 +70,8 @@ WITH RECURSIVE userfn AS (
        WHERE o.oid = d.refobjid
          AND (p.oid IN (SELECT oid FROM userfn) OR p.provolatile = 'v'))))
 ) /* what contains what: a domain its base type, an array its element, a composite
-     its columns' types; a cast to the container casts to the contained */
+     its columns' types, a range its subtype, a multirange its range; a cast to the
+     container casts to the contained */
 , contains AS (
   SELECT oid AS outer_t, typbasetype AS inner_t FROM pg_catalog.pg_type WHERE typtype = 'd'
   UNION ALL
@@ -77,6 +80,10 @@ WITH RECURSIVE userfn AS (
   SELECT t.oid, a.atttypid FROM pg_catalog.pg_type t
   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid
   WHERE t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range
+  UNION ALL
+  SELECT rngmultitypid, rngtypid FROM pg_catalog.pg_range
 ), flagged AS (
   SELECT t FROM risky
   UNION
