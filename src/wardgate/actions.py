@@ -74,6 +74,11 @@ class StatementInfo:
     # Shell: every word a command gets (arguments, redirect targets, assigned values) as
     # the fnmatch glob of what it may become (policy/shell/inert.py shape).
     words: tuple[str, ...] = ()
+    # SQL: every type named in an explicit cast (``x::t``, ``CAST(x AS t)``, ``t 'x'``)
+    # or a column definition (``AS r(a t)``), and every operator used, as written ("schema.name" or "name"), lower-cased; the
+    # gate matches them against what the target's catalogue says runs user code.
+    types: tuple[str, ...] = ()
+    operators: tuple[str, ...] = ()
 
 
 @positional_pickle

@@ -50,6 +50,7 @@ class CatalogFacts:
 
     def __init__(self) -> None:
         self._shadowed: dict[str, frozenset[str]] = {}
+        self._user_code: dict[str, UserCode] = {}
         self.epoch = 0  # changes whenever a fact does: part of every verdict's cache key
 
     def shadowed(self, connection: str) -> frozenset[str]:
@@ -62,6 +63,41 @@ class CatalogFacts:
         self._shadowed[connection] = names
         self.epoch += 1
         return True
+
+    def user_code(self, connection: str) -> UserCode:
+        return self._user_code.get(connection, _NO_USER_CODE)
+
+    def set_user_code(self, connection: str, found: UserCode) -> bool:
+        """True when this changed what the gate knows."""
+        if self._user_code.get(connection, _NO_USER_CODE) == found:
+            return False
+        self._user_code[connection] = found
+        self.epoch += 1
+        return True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserCode:
+    """Where PostgreSQL runs user functions on a connection without a call naming them.
+
+    ``types``: types an explicit cast to which may run one (a user cast function or
+    I/O function, a domain CHECK calling a user or VOLATILE function, and arrays,
+    domains and composites of those), bare and schema-qualified, lower-cased.
+    ``operators``: names of operators in a user schema or implemented by a user
+    function. ``implicit``: why any expression may run one (an IMPLICIT or ASSIGNMENT
+    user cast, a user comparison operator), or empty."""
+
+    types: frozenset[str] = frozenset()
+    operators: frozenset[str] = frozenset()
+    implicit: str = ""
+
+
+_NO_USER_CODE = UserCode()
+_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+# First kinds of statements that evaluate no expression, hence call no cast or operator.
+_NO_EXPRESSIONS = frozenset(
+    {"transaction", "show", "discard", "listen", "unlisten", "deallocate", "close_cursor"}
+)
 
 
 class Gate:
@@ -84,7 +120,11 @@ class Gate:
         ``params_later``: parameters are bound later (a Parse), where the action is judged
         again; a statement whose meaning depends on them is judged without them here."""
         if action.kind == "sql":
-            text_key, statements = classify_keyed(action.judged_text)
+            # Where casts to some types run user code, `5::mood` must not share the
+            # verdict of `5` (one fingerprint): judged by its text there.
+            text_key, statements = classify_keyed(
+                action.judged_text, by_fingerprint=not self.facts.user_code(action.connection).types
+            )
             if not params_later and needs_params(statements):
                 # Its meaning depends on the values bound to it: judged for these values,
                 # and never cached (the cache key has no parameters).
@@ -400,6 +440,25 @@ class Gate:
             ):
                 continue
             unknown.append(name)
+        return unknown + self._user_code_run(stmt, connection)
+
+    def _user_code_run(self, stmt: StatementInfo, connection: str) -> list[str]:
+        """Casts and operators in ``stmt`` that may run a user function on this
+        connection (postgres/catalog_watch.py): judged as calls of unknown functions."""
+        found = self.facts.user_code(connection)
+        unknown = [
+            f"cast to {t}"
+            for t in stmt.types
+            if t in found.types or t.rpartition(".")[2] in found.types
+        ]
+        for op in stmt.operators:
+            schema, _, bare = op.rpartition(".")
+            if (schema and schema not in _SYSTEM_SCHEMAS) or (
+                not schema and bare in found.operators
+            ):
+                unknown.append(f"operator {op}")
+        if found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
+            unknown.append(f"any expression ({found.implicit})")
         return unknown
 
 

@@ -101,6 +101,13 @@ _FIXED: dict[str, tuple[str, str]] = {
     "AlterTableMoveAllStmt": ("admin", "tablespace"),
     "AlterTableSpaceOptionsStmt": ("admin", "tablespace"),
     "AlterDatabaseRefreshCollStmt": ("admin", "alter_database"),
+    # Casts, operators and operator classes decide which function PostgreSQL calls for
+    # `x::t`, `a = b`, ORDER BY: code every later statement may run without naming it.
+    "CreateCastStmt": ("admin", "create_cast"),
+    "AlterOperatorStmt": ("admin", "alter_operator"),
+    "CreateOpClassStmt": ("admin", "create_operator_class"),
+    "CreateOpFamilyStmt": ("admin", "create_operator_class"),
+    "AlterOpFamilyStmt": ("admin", "create_operator_class"),
 }
 
 # ALTER TABLE sub-commands that switch off a control others rely on: triggers (audit
@@ -202,6 +209,29 @@ def _func_name(fields: dict[str, Any]) -> tuple[str | None, str]:
         # unqualified, so a shadowing routine found on the target makes it unknown.
         return None, "json_object"
     return (parts[-2] if len(parts) > 1 else None), parts[-1]
+
+
+# Nodes that name an operator, and the field that holds the name.
+_OPERATOR_FIELDS = {"A_Expr": "name", "SubLink": "operName", "SortBy": "useOp"}
+# Constructs PostgreSQL rewrites into operators found by name: BETWEEN into >= and <=
+# (NOT BETWEEN into < and >), SYMMETRIC into both.
+_IMPLIED_OPERATORS = {
+    "between": ("<=", ">="),
+    "not between": ("<", ">"),
+    "between symmetric": ("<=", ">="),
+    "not between symmetric": ("<", ">"),
+}
+
+
+def _operators(parts: list[Any]) -> list[str]:
+    """The operators one name list stands for: ``===``, ``public.===``."""
+    names = _names(parts)
+    if not names:
+        return []
+    implied = _IMPLIED_OPERATORS.get(names[-1].lower())
+    if implied is not None:
+        return list(implied)
+    return [".".join(names)]
 
 
 def _relation(fields: dict[str, Any]) -> str:
@@ -475,6 +505,8 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
         return "read", ["transaction", "transaction_mode"]
     if node_type == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
         return "read", ["discard", "client_encoding"]  # includes a RESET ALL
+    if node_type == "DefineStmt" and fields.get("kind") == "OBJECT_OPERATOR":
+        return "admin", ["create", "create_operator"]
     if node_type in _FIXED:
         klass, kind = _FIXED[node_type]
         return klass, [kind]
@@ -538,6 +570,8 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     written: list[str] = []
     functions: list[str] = []
     columns: list[str] = []
+    types: list[str] = []
+    operators: list[str] = []
     if node_type == "CopyStmt" and "relation" in fields:
         # COPY t TO reads t; COPY t FROM writes it.
         rel = _relation(fields["relation"])
@@ -561,6 +595,11 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     for parent, inner_type, inner in _walk(fields):
         inner_class: str | None = None
         inner_kinds: list[str] = []
+        type_name = inner.get("typeName")
+        if isinstance(type_name, dict):
+            # A cast (`x::t`, `CAST`, `t 'x'`) or a column definition that coerces
+            # values (`json_to_record(j) AS r(a t)`, XMLTABLE, JSON_TABLE) to type t.
+            types.append(".".join(_names(type_name.get("names", []))))
         if inner_type == "RangeVar":
             if node_type == "CopyStmt" and parent == "relation":
                 continue  # counted above
@@ -571,6 +610,8 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         elif inner_type == "ColumnRef":
             last = inner.get("fields", [{}])[-1]
             columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
+        elif inner_type in _OPERATOR_FIELDS:
+            operators.extend(_operators(inner.get(_OPERATOR_FIELDS[inner_type], [])))
         elif inner_type in _VERSION_SYNTAX or inner_type == "JsonFuncExpr":
             name = _VERSION_SYNTAX.get(inner_type) or _JSON_FUNC_OPS.get(
                 str(inner.get("op")), "json"
@@ -612,6 +653,8 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         tables_written=_unique(written),
         functions=_unique(functions),
         columns=_unique(columns),
+        types=_unique(types),
+        operators=_unique(operators),
     )
 
 
@@ -682,13 +725,19 @@ _FINGERPRINT_CACHE: dict[str, tuple[StatementInfo, ...]] = {}
 _FINGERPRINT_CACHE_SIZE = 16384
 
 
-def classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
+def classify_keyed(
+    sql: str, *, by_fingerprint: bool = True
+) -> tuple[str, tuple[StatementInfo, ...]]:
     """Like :func:`classify`, plus a cache key for verdicts.
 
     Statements that differ only in literal values (``WHERE id = 1`` vs ``= 2``) share
     the key, so a repeated statement costs one fingerprint (~2 µs), not a parse.
-    Infos served from that cache carry no text: the caller has it.
+    Infos served from that cache carry no text: the caller has it. A fingerprint reads
+    ``5::mood`` and ``mood 'a'`` as a constant like ``5``, so their ``types`` are not
+    shared: ``by_fingerprint=False`` where casts matter judges the text itself.
     """
+    if not by_fingerprint:
+        return "t:" + sql, _classify_text(sql)
     last = _LAST[0]
     if last is not None and last[0] == sql:
         return last[1]  # the proxy splits a query string, then the gate judges the same text

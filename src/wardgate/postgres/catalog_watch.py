@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from wardgate.gate import UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
 from wardgate.postgres.internal import internal_session
 
@@ -33,6 +34,92 @@ JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND (p.provolatile = 'v' OR p.prokind = 'a')
 """
+
+# Where PostgreSQL runs a user function for a cast or an operator: rows (what, schema,
+# name). "user" functions: outside the system schemas; a domain CHECK also counts
+# VOLATILE built-ins (nextval, set_config). "type": an explicit cast to it may run one
+# (its cast or input function, its CHECK), closed over domains, arrays and composites
+# of such types. "operator": in a user schema, or implemented by a user function.
+# "implicit": a user cast PostgreSQL may insert into any expression.
+_USER_CODE_QUERY = """
+WITH RECURSIVE userfn AS (
+  SELECT p.oid FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+), usercast AS (
+  SELECT c.* FROM pg_catalog.pg_cast c
+  JOIN pg_catalog.pg_type s ON s.oid = c.castsource
+  JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
+  WHERE c.castfunc IN (SELECT oid FROM userfn)
+     OR (c.castmethod = 'i' AND (s.typoutput IN (SELECT oid FROM userfn)
+                                 OR t.typinput IN (SELECT oid FROM userfn)))
+), risky AS (
+  SELECT casttarget AS t FROM usercast
+  UNION SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typinput IN (SELECT oid FROM userfn)
+  UNION SELECT r.rngtypid FROM pg_catalog.pg_range r
+  WHERE r.rngcanonical IN (SELECT oid FROM userfn) OR r.rngsubdiff IN (SELECT oid FROM userfn)
+  UNION SELECT con.contypid FROM pg_catalog.pg_constraint con
+  JOIN pg_catalog.pg_depend d
+    ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = con.oid
+  WHERE con.contypid <> 0 AND (
+    (d.refclassid = 'pg_catalog.pg_proc'::regclass
+     AND (d.refobjid IN (SELECT oid FROM userfn) OR EXISTS (
+       SELECT 1 FROM pg_catalog.pg_proc p WHERE p.oid = d.refobjid AND p.provolatile = 'v')))
+    OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND EXISTS (
+       SELECT 1 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+       WHERE o.oid = d.refobjid
+         AND (p.oid IN (SELECT oid FROM userfn) OR p.provolatile = 'v'))))
+) /* what contains what: a domain its base type, an array its element, a composite
+     its columns' types, a range its subtype, a multirange its range; a cast to the
+     container casts to the contained */
+, contains AS (
+  SELECT oid AS outer_t, typbasetype AS inner_t FROM pg_catalog.pg_type WHERE typtype = 'd'
+  UNION ALL
+  SELECT oid, typelem FROM pg_catalog.pg_type WHERE typcategory = 'A' AND typelem <> 0
+  UNION ALL
+  SELECT t.oid, a.atttypid FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid
+  WHERE t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range
+  UNION ALL
+  SELECT rngmultitypid, rngtypid FROM pg_catalog.pg_range
+), flagged AS (
+  SELECT t FROM risky
+  UNION
+  SELECT c.outer_t FROM contains c JOIN flagged f ON c.inner_t = f.t
+)
+SELECT 'type', n.nspname, t.typname FROM flagged f
+JOIN pg_catalog.pg_type t ON t.oid = f.t
+JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+UNION
+SELECT 'operator', n.nspname, o.oprname FROM pg_catalog.pg_operator o
+JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+   OR o.oprcode IN (SELECT oid FROM userfn)
+UNION
+SELECT 'implicit', '', format('%s AS %s', c.castsource::regtype, c.casttarget::regtype)
+FROM usercast c WHERE c.castcontext IN ('i', 'a')
+"""
+# A user operator by one of these names may be picked where no statement names it:
+# IN, CASE, NULLIF, IS DISTINCT FROM, joins USING, GROUP BY and sorting compare with them.
+_IMPLIED = frozenset({"=", "<>", "<", ">", "<=", ">="})
+
+
+def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
+    """The facts one catalogue answer gives (``_USER_CODE_QUERY``)."""
+    types: set[str] = set()
+    operators: set[str] = set()
+    implicit: list[str] = []
+    for what, schema, name in rows:
+        if what == "type":
+            types.update((name.lower(), f"{schema}.{name}".lower()))
+        elif what == "operator":
+            operators.add(name)
+        else:
+            implicit.append(f"implicit or assignment user cast {name}")
+    implicit += [f"user operator {op}" for op in sorted(operators & _IMPLIED)]
+    return UserCode(frozenset(types), frozenset(operators), "; ".join(sorted(implicit)[:10]))
 
 
 class CatalogWatch:
@@ -62,11 +149,13 @@ class CatalogWatch:
                 services, connection, application_name="wardgate-catalog-watch", timeout=10
             ) as session:
                 result = await session.extended(_QUERY, max_rows=100_000)
+                code = await session.extended(_USER_CODE_QUERY, max_rows=100_000)
         except Exception as exc:  # noqa: BLE001 - the target may be down; try again later
             log.debug("connection %r: catalog watch failed: %s", connection, exc)
             return
         if result.error is not None:
             return
+        self._judge_user_code(services, connection, code, loud)
         found = {(str(row[0]), str(row[1])) for row in result.rows if row[0] in BUILTIN_READ_ONLY}
         names = frozenset(n for n, _ in found)
         if services.gate.facts.set_shadowed(connection, names) and names and loud:
@@ -79,3 +168,36 @@ class CatalogWatch:
                 connection,
                 where,
             )
+
+    def _judge_user_code(self, services: Services, connection: str, code: Any, loud: bool) -> None:
+        if code.error is not None:
+            # Not knowing is judged as the worst case: every expression may run user code.
+            found = UserCode(implicit="the catalogue could not be read: " + str(code.error))
+        else:
+            found = user_code([(str(a), str(b), str(c)) for a, b, c in code.rows])
+        if not services.gate.facts.set_user_code(connection, found) or not loud:
+            return
+        if found.types or found.operators:
+            log.warning(
+                "connection %r: casts to types %s and operators %s may run user functions; "
+                "they are judged as calls of unknown functions (writes) on this connection",
+                connection,
+                ", ".join(sorted((t for t in found.types if "." in t), key=_user_first)[:20])
+                or "(none)",
+                ", ".join(sorted(found.operators)[:20]) or "(none)",
+            )
+        if found.implicit:
+            log.warning(
+                "connection %r: PostgreSQL may run a user function in any expression (%s); "
+                "every statement that evaluates an expression is judged as calling an "
+                "unknown function (a write) on this connection. Drop the cast or make it "
+                "explicit (CREATE CAST ... without AS IMPLICIT/AS ASSIGNMENT), or drop the "
+                "user comparison operator",
+                connection,
+                found.implicit,
+            )
+
+
+def _user_first(qualified: str) -> tuple[bool, str]:
+    """The log names user types before system composites that hold one."""
+    return qualified.startswith(("pg_catalog.", "information_schema.")), qualified

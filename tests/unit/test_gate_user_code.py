@@ -1,0 +1,147 @@
+"""Casts, domains and operators that run user functions, per connection (issue 14):
+what the catalogue watch found turns them into calls of unknown functions (writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wardgate.actions import Action, Decision
+from wardgate.config import Config, parse_config
+from wardgate.gate import Gate, UserCode
+from wardgate.policy.sql import classify
+from wardgate.postgres.catalog_watch import user_code
+
+CONFIG = """
+groups: {agents: {}}
+principals:
+  ann: {kind: user, groups: []}
+  bot: {kind: agent, groups: [agents], sponsor: ann}
+connections:
+  shop:
+    type: postgres
+    upstream: {database: shop, user: app}
+    roles: {agents: reader}
+  other:
+    type: postgres
+    upstream: {database: other, user: app}
+    roles: {agents: reader}
+roles:
+  reader: {read: allow}
+"""
+
+FOUND = user_code(
+    [
+        ("type", "public", "mood"),
+        ("type", "public", "_mood"),
+        ("type", "public", "posint"),
+        ("operator", "public", "==="),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return parse_config(CONFIG, Path("gate.yaml"))
+
+
+def judge(config: Config, sql: str, found: UserCode = FOUND, connection: str = "shop") -> str:
+    gate = Gate(config)
+    gate.facts.set_user_code("shop", found)
+    p = config.principal("bot")
+    assert p is not None
+    verdict = gate.check(Action(p, connection, "postgres", "sql", sql))
+    return f"{verdict.decision.value}:{verdict.reason}"
+
+
+def test_classifier_names_casts_and_operators() -> None:
+    (info,) = classify(
+        "select 5::mood, cast(1 as public.posint), mood 'a', 1 === 2, "
+        "1 operator(public.===) 2, a between 1 and 2 from t order by a using ~<~"
+    )
+    assert set(info.types) == {"mood", "public.posint"}
+    assert set(info.operators) >= {"===", "public.===", "<=", ">=", "~<~"}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 5::mood",
+        "select cast(5 as public.mood)",
+        "select mood 'a'",
+        "select array[5]::mood[]",
+        "select 5::posint",
+        "select * from json_to_record('{\"a\": 5}') as r(a posint)",
+        "select row(5)::public.mood",
+        "select 1 === 2",
+        "select 1 operator(evil.+) 2",  # a user schema: whatever it holds now or later
+    ],
+)
+def test_user_code_is_an_unknown_function(config: Config, sql: str) -> None:
+    verdict = judge(config, sql)
+    assert verdict.startswith("block") and "unknown_function" in verdict, verdict
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 5::int",
+        "select 'a'::text",
+        "select 1 = 2",
+        "select 1 operator(pg_catalog.=) 2",
+        "select * from t where x = any (select y from u) order by 1",
+    ],
+)
+def test_built_in_casts_and_operators_stay_reads(config: Config, sql: str) -> None:
+    assert judge(config, sql).startswith("allow")
+
+
+def test_facts_are_per_connection(config: Config) -> None:
+    assert judge(config, "select 5::mood", connection="other").startswith("allow")
+
+
+def test_an_implicit_user_cast_makes_every_expression_unknown(config: Config) -> None:
+    found = user_code([("implicit", "", "integer AS mood")])
+    assert "integer AS mood" in found.implicit
+    verdict = judge(config, "select 1", found)
+    assert verdict.startswith("block") and "implicit or assignment user cast" in verdict
+    assert judge(config, "begin", found).startswith("allow")
+    assert judge(config, "show search_path", found).startswith("allow")
+
+
+def test_a_user_comparison_operator_is_implicit_too(config: Config) -> None:
+    found = user_code([("operator", "public", "=")])
+    assert "user operator =" in found.implicit
+    assert judge(config, "select 1 in (1, 2)", found).startswith("block")
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("create cast (int as mood) with function f(int) as implicit", "create_cast"),
+        ("create operator === (function = f, leftarg = int, rightarg = int)", "create_operator"),
+        ("alter operator === (int, int) set (restrict = f)", "alter_operator"),
+        ("create operator class c for type mood using btree as function 1 f(mood, mood)",
+         "create_operator_class"),
+    ],
+)  # fmt: skip
+def test_making_casts_and_operators_is_admin(sql: str, kind: str) -> None:
+    (info,) = classify(sql)
+    assert (info.klass, kind in info.kinds) == ("admin", True)
+
+
+def test_a_cast_never_shares_a_verdict_with_its_fingerprint(config: Config) -> None:
+    """PostgreSQL's fingerprint reads `5::mood` and `mood 'a'` as constants like `5`."""
+    gate = Gate(config)
+    gate.facts.set_user_code("shop", FOUND)
+    p = config.principal("bot")
+    assert p is not None
+    for sql, decision in [
+        ("select 5", Decision.ALLOW),
+        ("select 5::mood", Decision.BLOCK),
+        ("select mood 'a'", Decision.BLOCK),
+        ("select mood $x$a$x$", Decision.BLOCK),
+        ("select 6", Decision.ALLOW),
+    ]:
+        assert gate.check(Action(p, "shop", "postgres", "sql", sql)).decision == decision, sql
