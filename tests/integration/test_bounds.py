@@ -69,10 +69,15 @@ def _flood(client: RawClient) -> tuple[int, bytes]:
     sock.settimeout(2.0)
     junk = b"\x00" * CHUNK
     pushed = 0
+    received = bytearray()
     while pushed < PUSH_LIMIT:
         readable, _, _ = select.select([sock], [], [], 0)
         if readable:
-            break  # the gateway has answered (its refusal)
+            # The gateway has answered (its refusal): read it now, before a reset
+            # (the gateway closing with junk still unread) could discard it.
+            with contextlib.suppress(OSError):
+                received += sock.recv(65536)
+            break
         try:
             pushed += sock.send(junk)
         except TimeoutError:
@@ -81,7 +86,6 @@ def _flood(client: RawClient) -> tuple[int, bytes]:
             break
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)  # so the gateway closes without lingering
-    received = bytearray()
     sock.settimeout(5.0)
     try:
         while chunk := sock.recv(65536):
