@@ -23,6 +23,7 @@ from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
 from wardgate.policy.shell.inert import EXPANSION
 from wardgate.policy.shell.sensitive import (
+    aliased,
     may_name,
     names_from_data,
     reads_recursively,
@@ -404,7 +405,7 @@ class Gate:
         dirs = start_dirs([(stmt.functions, stmt.words) for stmt in statements])
         for stmt in statements:
             recursive = reads_recursively(stmt.functions, stmt.columns)
-            words = stmt.words
+            words = (*stmt.words, *aliased(stmt.words))
             if names_from_data(stmt.functions, stmt.columns):
                 words = (*words, EXPANSION)  # it reads files its input names
             for word in words:

@@ -95,7 +95,7 @@ _READS = [
     "ls", "ls -la F", "ls -R /srv", "ls -1 F", "cat F", "head -n 3 F", "tail -n 2 F",
     "wc -l F", "grep -c root F", "grep -r x /srv/app", "grep -v x F", "sort F", "sort -u F",
     "sort -k2 -t, F", "uniq F", "cut -d: -f1 F", "tr a-z A-Z", "nl F", "od -c F", "base64 F",
-    "md5sum F", "sha256sum F", "stat F", "du -s F", "df -h", "file F", "xxd F", "rev F",
+    "md5sum F", "sha256sum F", "stat F", "du -s F", "df -h", "file F", "hexdump F", "rev F",
     "find /srv -name '*.yml'", "find /srv -type f", "find /srv -type f -exec cat {} +",
     "find /srv -type f -exec grep -l x {} ;", "find /srv -execdir ls {} ;",
     "sed -n 1p F", "sed -e s/a/b/g F", "sed -n '/x/p' F", "awk '{print $1}' F",
@@ -113,7 +113,7 @@ _READS = [
 ]  # fmt: skip
 _RISKY = [
     "sort -o T F", "sort -ro T F", "sort --output=T F", "sort --out=T F", "uniq F T",
-    "xxd F T", "file -C -m T", "find /srv -delete", "find /srv -fprint T",
+    "xxd F T", "xxd -ps F T", "file -C -m T", "find /srv -delete", "find /srv -fprint T",
     "find /srv -exec touch {} ;", "find /srv -exec sh -c 'echo > T' ;", "find /srv -ok ls ;",
     "sed -i s/a/b/ F", "sed 's/a/b/w T' F", "sed '1e touch T' F", "sed 's/x/touch T/e' F",
     "awk 'BEGIN{system(\"touch T\")}'", "awk '{print > \"T\"}' F", "gawk -o T '{print}' F",
@@ -129,7 +129,7 @@ _RISKY = [
     "sudo ls", "sudo touch T", "command ls", "builtin echo W", "exec ls", "let x=1",
     "x[$(touch T)]=1", "((x=1))", "[[ -v x ]]", "cat <<EOF\n$(touch T)\nEOF",
 ]  # fmt: skip
-_PREFIXES = ["", "env ", "env -i ", "env LANG=C ", "env LC_ALL=C ", "timeout 2 ", "nice ",
+_PREFIXES = ["", "env ", "env TZ=UTC ", "env LANG=C ", "env LC_ALL=C ", "timeout 2 ", "nice ",
              "stdbuf -o0 ", "xargs ", "x=1 ", "LC_ALL=C ", "env -u HOME "]  # fmt: skip
 _RISKY_PREFIXES = ["env PATH=/tmp ", "env BASH_ENV=T ", "env -S 'touch T' ", "sudo ",
                    "nohup ", "exec ", "command ", "time ", "PS4='$(touch T)' ", "IFS=/ ",

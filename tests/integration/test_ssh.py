@@ -402,3 +402,47 @@ def test_sensitive_files_are_blocked_for_masked_principals_by_any_program(
         assert "S2V5TWF0ZXJpYWw" not in blocked.stdout and "KeyMaterial" not in blocked.stdout
     human = sgw.ssh("dev", "web1", f"tail -n +2 {key}")
     assert human.returncode == 0 and "KeyMaterialNotReal" in human.stdout
+
+
+def test_attack_lines_once_judged_read_are_held_for_a_reader(
+    sgw: SshGateway, ssh_target: SshTarget
+) -> None:
+    # Found by an attack session (issue 15): each line was judged read, so the agent's
+    # diagnostics role ran it without review. Running it in bash proves the attack.
+    tag = uuid.uuid4().hex[:6]
+    for i, line in enumerate(
+        (
+            "echo touch {m} | xargs env",  # the added arguments are env's command
+            "xxd -ps /etc/hostname {m}",  # -ps is -p to xxd; the second operand is written
+        )
+    ):
+        marker = ssh_target.home / f"attack-{tag}-{i}"
+        command = line.format(m=marker)
+        held = sgw.ssh("agent", "web1", command)
+        assert held.returncode in (77, 126), (command, held.stdout, held.stderr)
+        assert not marker.exists(), command
+        # What the line does (the gate now judges it unknown, so no role runs it):
+        subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=30)
+        assert marker.exists(), command
+
+
+def test_masking_paths_see_the_path_the_kernel_resolves(
+    sgw: SshGateway, ssh_target: SshTarget
+) -> None:
+    folder = ssh_target.home / f"tls-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "site.pem").write_text("-----BEGIN PRIVATE KEY-----\nResolvedKeyNotReal\n")
+    for command in (
+        f"cat {folder}/./site.p[e]m",
+        f"cat {folder}/../{folder.name}//site.{{pem,x}}",
+        f"cd {folder} && cat site.PEM site.pem",
+        f"cat /proc/self/root{folder}/site.pem",
+        f"printf '%s/site.p%sm' {folder} e | xargs cat",
+        f"sed '1r {folder}/site.pem' /etc/hostname",
+    ):
+        blocked = sgw.ssh("agent", "web1", command)
+        assert blocked.returncode == 126, (command, blocked.stdout, blocked.stderr)
+        assert "wardgate:sensitive-path" in blocked.stderr, (command, blocked.stderr)
+        assert "ResolvedKeyNotReal" not in blocked.stdout
+    human = sgw.ssh("dev", "web1", f"printf '%s/site.p%sm' {folder} e | xargs cat")
+    assert "ResolvedKeyNotReal" in human.stdout, human.stderr

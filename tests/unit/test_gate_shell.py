@@ -133,13 +133,13 @@ SENSITIVE = [
     "grep -r . /./", "find /etc/.. -name id_rsa -exec cat {} +", "find ~+ -name id_rsa",
     "sed '1r /root/.ssh/id_rsa' /etc/hostname", "sed -n 'R/etc/shadow' /etc/hostname",
     "printf '/etc/shad%s' ow | xargs cat", "printf '/etc/shad%s\\0' ow | sort --files0-from=-",
-    "ls /etc | grep shad | xargs -I{} cat /etc/{}",
+    "ls /etc | grep shad | xargs -I{} cat /etc/{}", "getent shadow", "getent gshadow root",
 ]  # fmt: skip
 NOT_SENSITIVE = [
     "df -h", "cat /etc/passwd", "ls -la /var/log", "tail -n 50 /var/log/syslog",
     "ls ~/.ssh/known_hosts", "cat /srv/app/config.yml", "grep -r x /srv/app", "ls /etc",
     "cat '*'", "echo $HOME", "du -sh /var/log/*.log", "ls /", "ps aux | grep ssh",
-    "cd /var/log && grep -i error syslog", "env -i LANG=C ls", "cat /proc/1/status",
+    "cd /var/log && grep -i error syslog", "env LANG=C ls", "cat /proc/1/status",
     "ls /proc/self/fd", "cut -d: -f1 /etc/passwd", "ls -d /etc", "cat config",
 ]  # fmt: skip
 

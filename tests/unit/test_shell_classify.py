@@ -557,6 +557,9 @@ NOT_READ = [
     "xxd -ps /etc/hostname /tmp/out", "xxd -C /etc/hostname /tmp/out",
     # ... file names no word shows (masking.paths could not see them)
     "awk 'BEGIN{ARGV[1]=\"/etc/sha\" \"dow\";ARGC=2}1'",
+    # ... dropping the gateway's PAGER=cat / LESSSECURE=1 (less's !cmd on a terminal)
+    "env -i systemctl status", "env -u SYSTEMD_PAGER journalctl", "env -iu PAGER dmesg -H",
+    "diff -l a b", "diff --pag a b",
     "jq -n -L / 'import \"root/.docker/config\" as $c; $c'", "jq -n 'include \"x\"; 1'",
 ]  # fmt: skip
 READ = [
@@ -570,7 +573,7 @@ READ = [
     "ip route", "date +%s", "hostname -f", "sysctl -a", "ping -c 1 host",
     "test -f /etc/hosts && [ -d /tmp ]", "x=1; echo $x", "echo ~ ~root", "echo $HOME",
     "printf '%s\\n' \"$HOME\"", "bash -c 'ls | wc -l'", "sh -c 'id'",
-    "env -i LANG=C ls", "env LC_ALL=C sort f", "timeout 5 tail -f /var/log/syslog",
+    "env LANG=C ls", "env LC_ALL=C sort f", "timeout 5 tail -f /var/log/syslog",
     "cd /var/log && ls", "for f in a b; do cat $f; done", "if true; then ls; fi",
     "(ls; id) | cat", "{ ls; id; } 2>&1 | head", "cat < /etc/hosts", "ls # it's a comment",
     "echo 'a $(id) b'", "echo \"cost: 5$\"", "crontab -l", "mount", "swapon --show",

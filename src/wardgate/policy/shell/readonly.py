@@ -254,7 +254,7 @@ READ_ONLY: dict[str, ReadRule] = {
     "paste": _r(f"merges lines; {_ANY}"),
     "join": _r(f"joins files on a field; {_ANY}"),
     "comm": _r(f"compares sorted files; {_ANY}"),
-    "diff": _r(f"compares files (GNU diff has no output-file option); {_ANY}"),
+    "diff": _r("compares files (GNU diff has no output-file option); -l runs pr", "-l --paginate"),
     "cmp": _r(f"compares bytes; {_ANY}"),
     "fold": _r(f"wraps lines; {_ANY}"),
     "fmt": _r(f"reformats text; {_ANY}"),
@@ -398,8 +398,8 @@ READ_ONLY: dict[str, ReadRule] = {
 # Prefixes a read may run under, with the options that keep the command what it says.
 READ_PREFIXES: dict[str, tuple[str, frozenset[str]]] = {
     "env": (
-        "runs the command with a changed environment: only -i, -u and safe variables",
-        _set("-i --ignore-environment -u --unset -C --chdir"),
+        "runs the command with safe variables added; -i and -u would drop the gateway's PAGER=cat and LESSSECURE=1 (systemctl status on a terminal then runs less, whose !cmd runs a shell)",
+        _set("-C --chdir"),
     ),  # fmt: skip
     "timeout": (
         "ends the command after a while",

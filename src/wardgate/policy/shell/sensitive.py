@@ -44,6 +44,17 @@ def reads_recursively(functions: tuple[str, ...], columns: tuple[str, ...]) -> b
     )
 
 
+# Words that print a sensitive file under another name: getent shadow is /etc/shadow.
+ALIASES = {("getent", "shadow"): "/etc/shadow", ("getent", "gshadow"): "/etc/gshadow"}
+
+
+def aliased(words: tuple[str, ...]) -> tuple[str, ...]:
+    """The files a command's words stand for besides themselves."""
+    return tuple(
+        path for (program, word), path in ALIASES.items() if program in words and word in words
+    )
+
+
 def names_from_data(functions: tuple[str, ...], columns: tuple[str, ...]) -> bool:
     """Whether a command takes the names of the files it reads from data, where no word
     shows them: ``xargs cat``, ``sort --files0-from=-``, ``find -files0-from``."""
