@@ -189,6 +189,9 @@ class PgListener:
                     "08P01", f"wardgate: protocol violation: {exc}", severity="FATAL"
                 )
             )
+            # Malformed bytes before a session exists count like the flood below: a
+            # failed login of the address, so junk cannot be retried at line rate.
+            await self._count_against(addr)
         except TimeoutError:
             client.write(
                 build.error_response(
@@ -245,6 +248,10 @@ class PgListener:
         )
         client.decoder = FrontendDecoder(4)  # drop what was buffered now, not at close
         log.info("connection from %s sent more than %d bytes during startup; closed", addr, cap)
+        await self._count_against(addr)
+
+    async def _count_against(self, addr: str) -> None:
+        """A failed login of ``addr`` (not of the principal the client named)."""
         try:
             await asyncio.to_thread(self.services.limiter.record_failure, None, addr)
         except Exception as exc:  # the store being down must not turn this into a traceback
