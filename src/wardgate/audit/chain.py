@@ -220,18 +220,22 @@ class _Walker:
         return None
 
 
+# An event's columns in the order the hash covers them (verify, the sink's copy).
+EVENT_COLUMNS = (
+    AuditEvent.id,
+    AuditEvent.ts,
+    AuditEvent.type,
+    AuditEvent.session_id,
+    AuditEvent.principal,
+    AuditEvent.connection,
+    AuditEvent.payload,
+    AuditEvent.prev_hash,
+    AuditEvent.hash,
+)
+
+
 def _walk(store: Store, walker: _Walker, up_to: int | None) -> VerifyResult | None:
-    cols = (
-        AuditEvent.id,
-        AuditEvent.ts,
-        AuditEvent.type,
-        AuditEvent.session_id,
-        AuditEvent.principal,
-        AuditEvent.connection,
-        AuditEvent.payload,
-        AuditEvent.prev_hash,
-        AuditEvent.hash,
-    )
+    cols = EVENT_COLUMNS
     while True:
         # Keyset pagination: one short read transaction per page, so a long verify
         # neither holds memory nor blocks the recorder.

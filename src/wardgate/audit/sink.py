@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from wardgate.audit.chain import GENESIS_HASH, event_hash
+from wardgate.audit.chain import EVENT_COLUMNS, GENESIS_HASH, event_hash
 from wardgate.store.db import Store
 from wardgate.store.models import AuditEvent
 
@@ -37,17 +37,7 @@ log = logging.getLogger(__name__)
 PAGE = 1000
 _TAIL_BLOCK = 64 * 1024
 
-_COLUMNS = (
-    AuditEvent.id,
-    AuditEvent.ts,
-    AuditEvent.type,
-    AuditEvent.session_id,
-    AuditEvent.principal,
-    AuditEvent.connection,
-    AuditEvent.payload,
-    AuditEvent.prev_hash,
-    AuditEvent.hash,
-)
+_COLUMNS = EVENT_COLUMNS
 
 
 def event_line(row: Any) -> str:

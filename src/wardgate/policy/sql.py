@@ -940,16 +940,21 @@ def cursor_changes(sql: str) -> list[tuple[str | None, bool | None]]:
     return changes
 
 
-def fetched_cursor(sql: str) -> str | None:
-    """The cursor (portal) name a single ``FETCH`` or ``MOVE`` runs, else None."""
+def _single_field(sql: str, node: str, field: str) -> str | None:
+    """``field`` of ``sql`` when it is a single statement of type ``node``, else None."""
     try:
         statements = _parse(sql)
     except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
         return None
     if len(statements) != 1:
         return None
-    fetch = statements[0][0].get("FetchStmt")
-    return str(fetch.get("portalname", "")) if fetch is not None else None
+    found = statements[0][0].get(node)
+    return str(found.get(field, "")) if found is not None else None
+
+
+def fetched_cursor(sql: str) -> str | None:
+    """The cursor (portal) name a single ``FETCH`` or ``MOVE`` runs, else None."""
+    return _single_field(sql, "FetchStmt", "portalname")
 
 
 def execute_arguments(sql: str) -> str | None:
@@ -972,14 +977,7 @@ def execute_arguments(sql: str) -> str | None:
 
 def executed_statement(sql: str) -> str | None:
     """The prepared-statement name a single ``EXECUTE name(...)`` runs, else None."""
-    try:
-        statements = _parse(sql)
-    except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
-        return None
-    if len(statements) != 1:
-        return None
-    execute = statements[0][0].get("ExecuteStmt")
-    return str(execute.get("name", "")) if execute is not None else None
+    return _single_field(sql, "ExecuteStmt", "name")
 
 
 _POSITION_KEYS = frozenset({"location", "stmt_location", "stmt_len"})
