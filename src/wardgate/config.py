@@ -322,6 +322,10 @@ DEFAULT_SENSITIVE_PATHS = (
     "~/.kube/config", "/etc/kubernetes/admin.conf", "~/.docker/config.json", "~/.netrc",
     "~/.pgpass", "~/.my.cnf", "~/.git-credentials", "~/.gnupg/*", "~/.vault-token",
     "/root/.bash_history", "~/.bash_history",
+    # Copies keep the secret: editor and admin backups of the names above.
+    "*.key.bak", "*.key.old", "*.key.orig", "*.key.save", "*.key~", "*.pem.bak",
+    "*.pem.old", "*.pem.orig", "*.pem.save", "*.pem~", ".env~", "~/.ssh/*_key.*",
+    "/etc/shadow.*", "/etc/gshadow.*",
 )  # fmt: skip
 
 

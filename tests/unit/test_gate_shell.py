@@ -134,6 +134,9 @@ SENSITIVE = [
     "sed '1r /root/.ssh/id_rsa' /etc/hostname", "sed -n 'R/etc/shadow' /etc/hostname",
     "printf '/etc/shad%s' ow | xargs cat", "printf '/etc/shad%s\\0' ow | sort --files0-from=-",
     "ls /etc | grep shad | xargs -I{} cat /etc/{}", "getent shadow", "getent gshadow root",
+    # ... and copies of a secret (attack session: .key.bak was not covered)
+    "cat /srv/tls/site.key.bak", "cat /srv/tls/site.pem~", "cat /srv/app/.env~",
+    "cat /etc/shadow.bak", "cat ~/.ssh/ssh_host_rsa_key.orig", "cat ~/.ssh/id_rsa.bak",
 ]  # fmt: skip
 NOT_SENSITIVE = [
     "df -h", "cat /etc/passwd", "ls -la /var/log", "tail -n 50 /var/log/syslog",
