@@ -54,7 +54,7 @@ def image_facts() -> tuple[str, dict[str, str], list[str], list[str]]:
 
 SANDBOX = r"""
 set -eu
-S="$1"; shift
+S="$1"; KEEP="$2"; shift 2
 # /etc, /var and /run writable in this namespace only, so the image's paths can exist.
 for d in etc var run; do
     mkdir -p "$S/$d-up" "$S/$d-work"
@@ -72,11 +72,22 @@ if [ -d /root/.pyenv ]; then
     mount --bind "$S/pyenv" /root/.pyenv
 fi
 for m in /etc /var /run; do mount -o remount,ro "$m"; done   # read-only again; the
+# A checkout (and its venv) under /tmp would vanish under the empty tmpfs: the old /tmp
+# stays reachable at /mnt just long enough to bind those folders back.
+if [ -n "$KEEP" ]; then mount --bind /tmp /mnt; fi
 mount -t tmpfs -o mode=1777 tmpfs /tmp                  # volume stays writable; --tmpfs /tmp
+for d in $KEEP; do mkdir -p "$d"; mount --bind "/mnt/${d#/tmp/}" "$d"; done
+if [ -n "$KEEP" ]; then umount /mnt; fi
 mount -o remount,bind,ro /                              # --read-only
 exec setpriv --reuid={uid} --regid={uid} --clear-groups --no-new-privs \
     --inh-caps=-all --bounding-set=-all "$@"
 """
+
+
+def _under_tmp() -> str:
+    """The checkout and the venv, when they live under /tmp (a clone made there)."""
+    dirs = {str(p) for p in (ROOT, Path(sys.prefix)) if p.is_relative_to("/tmp")}
+    return " ".join(sorted(dirs))
 
 
 class Sandbox:
@@ -108,7 +119,7 @@ class Sandbox:
         script = SANDBOX.replace("{uid}", str(UID))
         return [
             "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sandbox",
-            str(self.dir), "env", "-i", *env, *command,
+            str(self.dir), _under_tmp(), "env", "-i", *env, *command,
         ]  # fmt: skip
 
     def enter(self, pid: int, command: list[str]) -> subprocess.CompletedProcess[str]:
