@@ -135,6 +135,7 @@ SENSITIVE = [
     "printf '/etc/shad%s' ow | xargs cat", "printf '/etc/shad%s\\0' ow | sort --files0-from=-",
     "ls /etc | grep shad | xargs -I{} cat /etc/{}", "getent shadow", "getent gshadow root",
     # ... and copies of a secret (attack session: .key.bak was not covered)
+    "cat /srv/link/../.ssh/id_rsa", "cat /srv/a/b/../../etc/shadow",
     "cat /srv/tls/site.key.bak", "cat /srv/tls/site.pem~", "cat /srv/app/.env~",
     "cat /etc/shadow.bak", "cat ~/.ssh/ssh_host_rsa_key.orig", "cat ~/.ssh/id_rsa.bak",
 ]  # fmt: skip

@@ -126,9 +126,9 @@ _INNER_PATH = re.compile(
 
 
 def _normal(word: str) -> str:
-    """The path a word stands for after the kernel resolves it: ``//``, ``/./`` and
-    ``..`` resolved lexically; ``..`` above a home (``~/..``) or an expansion may be any
-    directory."""
+    """The path a word stands for after the kernel resolves it: ``//`` and ``/./``
+    dropped; what comes before a ``..`` may be any directory (a symlink's parent is
+    not the parent of its name)."""
     word = _BRACES.sub(EXPANSION, word)
     if (tilde := _DIR_TILDE.match(word)) and word[:2] != "~/" and word != "~":
         word = EXPANSION + word[tilde.end() :]
@@ -142,10 +142,13 @@ def _normal(word: str) -> str:
             continue
         if part != "..":
             parts.append(part)
-        elif not parts or parts[-1].startswith(("~", EXPANSION)):
-            parts = [EXPANSION]  # the parent of a home or of an unknown directory
+        elif not parts and word.startswith("/"):
+            continue  # /.. is /
         else:
-            parts.pop()
+            # The parent of a named directory is any directory: the name may be a
+            # symlink (/srv/link/../.ssh/id_rsa reads /root/.ssh/id_rsa when link
+            # points into /root), and the kernel follows it before the "..".
+            parts = [EXPANSION]
     lead = "/" if word.startswith("/") else ""
     return lead + "/".join(parts) or lead or "~"
 
