@@ -37,7 +37,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgbench_compare import WARDGATE, free_port, wait_port  # noqa: E402
+from pgbench_compare import free_port, serve_with_token  # noqa: E402
 
 PRINCIPAL = "suite"
 
@@ -81,21 +81,7 @@ def gateway_config(tmp: Path, port: int, target: dict[str, str]) -> Path:
 def start_gateway(tmp: Path, target: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = gateway_config(tmp, port, target)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
-    env["WARDGATE_LOG_LEVEL"] = "WARNING"
-    out = subprocess.run(
-        [WARDGATE, "token", "create", PRINCIPAL, "-c", str(config)],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    token = out.strip().splitlines()[-1]
-    with open(tmp / "wardgate.log", "wb") as log:
-        proc = subprocess.Popen(
-            [WARDGATE, "serve", "-c", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=log
-        )
-    wait_port(port, proc)
+    proc, token = serve_with_token(config, tmp, PRINCIPAL, port)
     dsn = make_conninfo(
         host="127.0.0.1",
         port=str(port),

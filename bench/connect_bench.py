@@ -17,7 +17,6 @@ store, as in the quick start).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgbench_compare import PG, WARDGATE, free_port, psql, wait_port  # noqa: E402
+from pgbench_compare import PG, free_port, psql, serve_with_token  # noqa: E402
 
 DB = "wardgate_connect_bench"
 ROUND = 100  # connections each way per round
@@ -54,21 +53,7 @@ def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen
           reader: {{read: allow, write: block, ddl: block, admin: block}}
         """)
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
-    env["WARDGATE_LOG_LEVEL"] = "WARNING"
-    out = subprocess.run(
-        [WARDGATE, "token", "create", "bench", "-c", str(config)],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    token = out.strip().splitlines()[-1]
-    with open(tmp / "wardgate.log", "wb") as log:
-        proc = subprocess.Popen(
-            [WARDGATE, "serve", "-c", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=log
-        )
-    wait_port(port, proc)
+    proc, token = serve_with_token(config, tmp, "bench", port)
     return proc, token
 
 

@@ -104,6 +104,30 @@ def start_pgbouncer(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def serve_with_token(
+    config: Path, tmp: Path, principal: str, port: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A token for ``principal``, then ``wardgate serve -c config`` (its log in
+    tmp/wardgate.log), once its PostgreSQL port answers; no WARDGATE_* variable of the
+    caller's environment leaks into it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
+    env["WARDGATE_LOG_LEVEL"] = "WARNING"
+    out = subprocess.run(
+        [WARDGATE, "token", "create", principal, "-c", str(config)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    token = out.strip().splitlines()[-1]
+    with open(tmp / "wardgate.log", "wb") as log:
+        proc = subprocess.Popen(
+            [WARDGATE, "serve", "-c", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
+    wait_port(port, proc)
+    return proc, token
+
+
 def start_wardgate(
     tmp: Path, port: int, workers: int, results: str = ""
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -129,24 +153,7 @@ def start_wardgate(
           - {{name: no-drop, match: {{sql: [drop, truncate]}}, verdict: block}}
         """)
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
-    env["WARDGATE_LOG_LEVEL"] = "WARNING"
-    out = subprocess.run(
-        [WARDGATE, "token", "create", "bench", "-c", str(config)],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    token = out.strip().splitlines()[-1]
-    proc = subprocess.Popen(
-        [WARDGATE, "serve", "-c", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "wardgate.log", "wb"),
-    )  # noqa: SIM115
-    wait_port(port, proc)
-    return proc, token
+    return serve_with_token(config, tmp, "bench", port)
 
 
 def pgbench(
