@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -44,10 +45,11 @@ def pg_server() -> None:
         missing(f"no PostgreSQL server at {PG_HOST}:{PG_PORT}: {exc}")
 
 
-@pytest.fixture(scope="session")
-def it_database(pg_server: None) -> Iterator[str]:
-    """A fresh database for this test run, dropped at the end."""
-    name = f"wardgate_it_{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new database named ``prefix`` + a random suffix; dropped afterwards, its
+    sessions (a gateway's pool, a test's own) ended first."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
     with admin_conn() as conn:
         conn.execute(f'create database "{name}"')
     yield name
@@ -56,6 +58,13 @@ def it_database(pg_server: None) -> Iterator[str]:
             "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
         )
         conn.execute(f'drop database if exists "{name}"')
+
+
+@pytest.fixture(scope="session")
+def it_database(pg_server: None) -> Iterator[str]:
+    """A fresh database for this test run, dropped at the end."""
+    with scratch_database("wardgate_it_") as name:
+        yield name
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import re
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,12 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
-from tests.integration.conftest import Gateway, admin_conn, free_port, make_gateway
+from tests.integration.conftest import (
+    Gateway,
+    free_port,
+    make_gateway,
+    scratch_database,
+)
 from tests.integration.test_reviews import review_config
 
 pytestmark = pytest.mark.integration
@@ -174,15 +178,8 @@ def store_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.db'}"
         return
-    name = f"wardgate_api_store_{uuid.uuid4().hex[:8]}"
-    with admin_conn() as conn:
-        conn.execute(f'create database "{name}"')
-    yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    with admin_conn() as conn:
-        conn.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
-        )
-        conn.execute(f'drop database if exists "{name}"')
+    with scratch_database("wardgate_api_store_") as name:
+        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
 
 
 @pytest.fixture(scope="module")

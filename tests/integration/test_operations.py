@@ -11,7 +11,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,12 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Gateway, admin_conn, free_port, make_gateway
+from tests.integration.conftest import (
+    Gateway,
+    free_port,
+    make_gateway,
+    scratch_database,
+)
 from tests.integration.test_reviews import (  # noqa: F401  (_close_apis: its fixture)
     Api,
     _close_apis,
@@ -44,15 +48,8 @@ def config_with(database: str, limits: str = "", top: str = "") -> str:
 @pytest.fixture
 def store_db() -> Iterator[str]:
     """A PostgreSQL database for a gateway store, dropped afterwards."""
-    name = f"wardgate_store_{uuid.uuid4().hex[:8]}"
-    with admin_conn() as conn:
-        conn.execute(f'create database "{name}"')
-    yield name
-    with admin_conn() as conn:
-        conn.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
-        )
-        conn.execute(f'drop database if exists "{name}"')
+    with scratch_database("wardgate_store_") as name:
+        yield name
 
 
 def get(gw: Gateway, path: str) -> httpx.Response:

@@ -5,14 +5,19 @@ run them are refused; the target's write log proves nothing ran."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
+from tests.integration.conftest import (
+    Gateway,
+    admin_conn,
+    base_config,
+    make_gateway,
+    scratch_database,
+)
 
 SETUP = """
 create table wlog (what text);
@@ -45,18 +50,11 @@ REFUSED = (
 
 @pytest.fixture
 def casts_db(pg_server: None) -> Iterator[str]:
-    name = f"wardgate_casts_{uuid.uuid4().hex[:8]}"
-    with admin_conn() as conn:
-        conn.execute(f'create database "{name}"')
-    with admin_conn(name) as conn:
-        conn.execute("create type mood as enum ('a', 'b')")
-        conn.execute(SETUP)
-    yield name
-    with admin_conn() as conn:
-        conn.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
-        )
-        conn.execute(f'drop database if exists "{name}"')
+    with scratch_database("wardgate_casts_") as name:
+        with admin_conn(name) as conn:
+            conn.execute("create type mood as enum ('a', 'b')")
+            conn.execute(SETUP)
+        yield name
 
 
 def _wait_for(gateway: Gateway, text: str) -> None:
