@@ -546,3 +546,33 @@ def test_a_grant_opens_a_read_only_principal_to_writes_from_its_next_session(
         assert qty(it_database, table, 4) == 4
     finally:
         gw.stop()
+
+
+def test_an_approved_statement_the_server_refuses_is_failed_not_executed(
+    gw: Gateway, it_database: str
+) -> None:
+    """The quickstart's slip: the agent updates a table that does not exist. The
+    approval is used, the server answers 42P01, and every surface says ``failed`` with
+    the server's words."""
+    update = "UPDATE no_such_stock SET qty = qty - 1 WHERE sku = 'a'"
+    with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+        review_id = pending_error(conn, update)
+        cli_as(gw, "reviewer", "reviews", "approve", review_id)
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute(update)
+    with admin_conn(it_database) as admin:  # the target really has no such table
+        assert admin.execute("select to_regclass('no_such_stock')").fetchone() == (None,)
+
+    events = _review_events(gw, review_id)
+    assert events[-1]["type"] == "review.result"
+    assert events[-1]["payload"]["status"] == "error"
+    api = Api(gw, "reviewer")
+    shown = api.get(f"/reviews/{review_id}")
+    assert shown["status"] == "failed", shown
+    assert 'relation "no_such_stock" does not exist' in shown["result"]["error"]
+    listed = {r["id"]: r for r in api.get("/reviews", status="failed")["reviews"]}
+    assert listed[review_id]["status"] == "failed"
+
+    out = cli_as(gw, "reviewer", "reviews", "show", review_id).stdout
+    assert "failed" in out and "no_such_stock" in out and "executed" not in out.split("\n")[0]
+    assert gw.cli("audit", "verify").returncode == 0

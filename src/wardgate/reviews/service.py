@@ -481,13 +481,22 @@ class ReviewService:
         return info
 
     def record_action_result(self, info: ReviewInfo, result: dict[str, Any]) -> None:
-        """The outcome of an approved action that a protocol session ran."""
+        """The outcome of an approved action that a protocol session ran: an action the
+        target refused (or that never ran) turns the review from ``executed`` into
+        ``failed``, so no surface shows a green "executed" for a statement that failed."""
         now = time.time()
+        failed = result.get("status") not in (None, "ok")
         with self._store.session() as session:
-            row = session.get(ReviewRow, info.id)
-            if row is not None and row.result is None:
+            row = self._locked(session, info.id)
+            if row.result is None:
                 row.result = json.dumps(result)
+            if failed and row.status == "executed":
+                row.status = "failed"
+            session.flush()
+            info = self._load(session, row, now)
             self._event(session, info, "result", info.principal, now, result)
+        if failed:
+            self._announce(info, "failed")
 
     def set_preview(self, review_id: str, preview: dict[str, Any]) -> None:
         with self._store.session() as session:
