@@ -107,8 +107,15 @@ class LimitsConfig(_Model):
     # while the store refuses writes, new actions and sessions are refused.
     audit_backlog: int = Field(default=10_000, ge=2)
     connect_timeout: Duration = 10.0
+    # Failed logins per (principal, client address) in a window before that principal's
+    # failures from that address are answered slowly (a correct token still works).
     login_failures: int = Field(default=5, ge=1)
+    # Failed logins per client address (any principal) in a window before every login
+    # from it is refused until the window ends. Default: 4 x login_failures.
+    address_failures: int | None = Field(default=None, ge=1)
     login_window: Duration = 60.0
+    # The longest a throttled failure is answered late (1 s, 2 s, 4 s ... up to this).
+    login_max_delay: Duration = Field(default=30.0, ge=0)
     # SIGTERM: how long busy sessions may go on finishing before they are closed.
     drain_timeout: Duration = Field(default=30.0, ge=0)
 

@@ -267,7 +267,12 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         recorder=recorder,
         tokens=TokenService(store, keyring.token_pepper()),
         limiter=LoginLimiter(
-            store, config.limits.login_failures, config.limits.login_window, login_failed
+            store,
+            config.limits.login_failures,
+            config.limits.login_window,
+            login_failed,
+            address_failures=config.limits.address_failures,
+            max_delay=config.limits.login_max_delay,
         ),
         cancel_keys=CancelKeys(store, gateway),
         vault=vault,

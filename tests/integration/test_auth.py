@@ -5,16 +5,22 @@ would set server state the policy never sees."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sqlite3
 import ssl
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.conftest import PG_USER
-from tests.integration.conftest import Gateway, base_config, make_gateway
+from tests.integration.conftest import Gateway, base_config, make_gateway, require_tool
 from tests.integration.pg_cluster import RawClient, make_self_signed, startup_error
 from wardgate.identity.scram import ScramClient
 from wardgate.postgres.codec import build
@@ -125,19 +131,85 @@ def test_unknown_connection(auth_gw: Gateway) -> None:
     assert "H" in fields  # tells the user what the database name means here
 
 
-def test_rate_limit_refuses_even_the_right_token(own_gateway: Gateway) -> None:
+def _psql(gw: Gateway, principal: str, token: str) -> subprocess.CompletedProcess[str]:
+    """Real psql with libpq's default sslmode=prefer: TLS first and, after an
+    authentication error, the same login again in plain text."""
+    env = {**os.environ, "PGPASSWORD": token, "PGSSLMODE": "prefer", "PGCONNECT_TIMEOUT": "60"}
+    argv = [require_tool("psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(gw.port)]
+    argv += ["-U", principal, "-d", "it", "-c", "select 'in'"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _failures(gw: Gateway) -> dict[str, int]:
+    db = sqlite3.connect(gw.env["WARDGATE_STORE"].removeprefix("sqlite:///"))
+    try:
+        return dict(db.execute("select key, count from login_failures").fetchall())
+    finally:
+        db.close()
+
+
+def _login_from(gw: Gateway, principal: str, token: str, source: str) -> Any:
+    """The last message answering a login from the loopback address ``source``."""
+    client = RawClient.__new__(RawClient)
+    client.received = bytearray()
+    client.sock = socket.create_connection(
+        ("127.0.0.1", gw.port), timeout=90, source_address=(source, 0)
+    )
+    with client:
+        return client.login(principal, token, "it")[-1]
+
+
+def _timed_login(gw: Gateway, principal: str, token: str, source: str) -> tuple[str, float]:
+    t0 = time.monotonic()
+    last = _login_from(gw, principal, token, source)
+    return last.type if last.type != "E" else last.fields["C"], time.monotonic() - t0
+
+
+def test_bad_psql_calls_do_not_lock_out_the_right_token(own_gateway: Gateway) -> None:
+    """Three bad psql calls (each TLS, then plain text) once locked every principal on
+    127.0.0.1 out for a minute. Now each call counts once, and the right token works."""
+    gw = own_gateway
+    wrong = _wrong(gw.token("dev"))
+    for _ in range(3):
+        bad = _psql(gw, "dev", wrong)
+        assert bad.returncode != 0 and "authentication failed" in bad.stderr, bad.stderr
+        assert bad.stderr.count("authentication failed") == 2  # libpq did retry in plain text
+    counts = _failures(gw)
+    assert counts["pa:127.0.0.1:dev"] == 3 and counts["addr:127.0.0.1"] == 3, counts
+    ok = _psql(gw, "dev", gw.token("dev"))
+    assert ok.returncode == 0 and ok.stdout.strip() == "in", ok.stderr
+    assert _psql(gw, "reviewer", gw.token("reviewer")).stdout.strip() == "in"
+    assert "pa:127.0.0.1:dev" not in _failures(gw)  # the right token cleared its count
+
+
+def test_a_guesser_is_slowed_and_the_owner_is_not(own_gateway: Gateway) -> None:
+    gw = own_gateway  # login_failures 5 per (principal, address); 20 per address
+    token = gw.token("reviewer")
+    answers = [_timed_login(gw, "reviewer", _wrong(token), "127.0.0.2") for _ in range(6)]
+    assert [code for code, _ in answers] == ["28P01"] * 6
+    assert all(took < 1 for _, took in answers[:4]), answers
+    assert answers[4][1] >= 1 and answers[5][1] >= 2, answers  # 1 s, then 2 s
+    # the approver whose name is being guessed, from their own address: at once
+    code, took = _timed_login(gw, "reviewer", token, "127.0.0.1")
+    assert code == "Z" and took < 1
+    # even from the guesser's address, the right token logs in, and at once
+    code, took = _timed_login(gw, "reviewer", token, "127.0.0.2")
+    assert code == "Z" and took < 1
+    with psycopg.connect(gw.dsn("reviewer")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_the_address_threshold_refuses_every_login_from_that_address(
+    own_gateway: Gateway,
+) -> None:
     gw = own_gateway
     token = gw.token("dev")
-    for _ in range(5):
-        assert startup_error(gw.port, "dev", _wrong(token), "it")["C"] == "28P01"
-    with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
-        psycopg.connect(gw.dsn("dev"))
-    fields = startup_error(gw.port, "dev", token, "it")
+    for i in range(20):  # a different name each time: never slowed, but counted
+        assert _timed_login(gw, f"guess{i}", "x" * 40, "127.0.0.3")[0] == "28P01"
+    fields = _login_from(gw, "dev", token, "127.0.0.3").fields
     assert fields["C"] == "28P01"
-    assert "too many failed logins" in fields["M"]
-    # The client address is throttled too: guessing another principal does not help.
-    fields = startup_error(gw.port, "agent", gw.token("agent"), "it")
-    assert "too many failed logins" in fields["M"]
+    assert "too many failed logins from this address" in fields["M"]
+    assert _timed_login(gw, "dev", token, "127.0.0.1")[0] == "Z"  # other addresses: fine
 
 
 # -- cleartext tokens only inside TLS ---------------------------------------------------

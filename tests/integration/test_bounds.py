@@ -54,7 +54,8 @@ def flood_gw(it_database: str, tmp_path: Path, silent_upstream: int) -> Iterator
         """
     config = base_config(it_database, extra).replace(
         "max_message_bytes: 4194304}",
-        "max_message_bytes: 4194304, connect_timeout: 8s, startup_timeout: 10s}",
+        "max_message_bytes: 4194304, connect_timeout: 8s, startup_timeout: 10s,"
+        " address_failures: 5}",
     )
     gw = make_gateway(tmp_path / "gw", config)
     gw.start()
@@ -124,7 +125,7 @@ def _assert_refused(gw: Gateway, pushed: int, received: bytes, rss_before: int) 
 def test_flood_before_authentication_is_capped(flood_gw: Gateway) -> None:
     assert flood_gw.proc is not None
     rss_before = _rss(flood_gw.proc.pid)
-    for _ in range(5):  # base_config: login_failures 5
+    for _ in range(5):  # flood_gw: address_failures 5
         with RawClient(flood_gw.port) as client:
             client.send(build.startup_message({"user": "dev", "database": "it"}))
             pushed, received = _flood(client)

@@ -34,8 +34,10 @@ GROUPS = "{idp-approvers: [approvers], idp-eng: [engineers]}"
 
 
 def sso_config(database: str, issuer: str, *, unlisted: bool = False, failures: int = 100) -> str:
-    text = base_config(database).replace("login_failures: 5,", f"login_failures: {failures},")
-    assert f"login_failures: {failures}," in text
+    text = base_config(database).replace(
+        "login_failures: 5,", f"login_failures: {failures}, address_failures: {failures},"
+    )
+    assert f"address_failures: {failures}," in text
     return text + textwrap.dedent(
         f"""\
         web:

@@ -133,11 +133,24 @@ def test_agents_cannot_sign_in_and_bearer_tokens_do_not_open_the_ui(web_gw: Gate
         assert client.get("/api/v1/whoami", headers=bearer).status_code == 200
 
 
-def test_wrong_passwords_are_rate_limited(own_web_gw: Gateway) -> None:
+def test_wrong_passwords_are_slowed_and_the_right_one_still_signs_in(
+    own_web_gw: Gateway,
+) -> None:
     with ui(own_web_gw) as client:
-        for _ in range(5):
+        took = []
+        for _ in range(6):
+            t0 = time.monotonic()
             assert sign_in(client, "reviewer", "wrong password!").status_code == 401
-        limited = sign_in(client, "reviewer", PASSWORD)  # even the right one, for now
+            took.append(time.monotonic() - t0)
+        assert took[4] >= 1 and took[5] >= 2, took  # login_failures 5: then 1 s, 2 s
+        t0 = time.monotonic()
+        signed = sign_in(client, "reviewer", PASSWORD)  # not locked out, not slowed
+        assert signed.status_code == 303 and "wgs_" in signed.headers.get("set-cookie", "")
+        assert time.monotonic() - t0 < 1
+    with ui(own_web_gw) as client:  # the address threshold (20) refuses everyone
+        for i in range(14):
+            assert sign_in(client, f"guess{i}", "wrong password!").status_code == 401
+        limited = sign_in(client, "dev", PASSWORD)
         assert limited.status_code == 429 and "Too many failed sign-ins" in limited.text
         assert "wgs_" not in limited.headers.get("set-cookie", "")
 

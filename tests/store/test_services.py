@@ -88,13 +88,15 @@ def test_first_tokens_created_concurrently_share_one_salt(store: Store, store_ur
 
 
 def test_login_limiter_on_both_stores(store: Store) -> None:
-    limiter = LoginLimiter(store, max_failures=2, window=60)
-    limiter.record_failure("bot", "10.0.0.1")
-    assert limiter.retry_after("bot", "10.0.0.1") is None
-    limiter.record_failure("bot", "10.0.0.1")
-    assert limiter.retry_after("bot", "10.0.0.1") is not None
+    limiter = LoginLimiter(store, max_failures=2, window=60, address_failures=3)
+    assert limiter.record_failure("bot", "10.0.0.1", tls=True) == 0.0
+    assert limiter.record_failure("bot", "10.0.0.1", tls=False) == 0.0  # its retry
+    assert limiter.record_failure("bot", "10.0.0.1") == 1.0
+    assert limiter.check("bot", "10.0.0.1") == (None, True)
     limiter.record_success("bot", "10.0.0.1")
-    assert limiter.retry_after("bot", "10.0.0.1") is None
+    assert limiter.check("bot", "10.0.0.1") == (None, False)
+    limiter.record_failure(None, "10.0.0.1")
+    assert limiter.retry_after("bot", "10.0.0.1") is not None
 
 
 def test_concurrent_failures_are_all_counted(store: Store, store_url: str) -> None:
@@ -112,8 +114,9 @@ def test_concurrent_failures_are_all_counted(store: Store, store_url: str) -> No
         t.join(timeout=60)
     for s in stores:
         s.dispose()
-    assert LoginLimiter(store, max_failures=40, window=60).retry_after("bot", "x") is not None
-    assert LoginLimiter(store, max_failures=41, window=60).retry_after("bot", "x") is None
+    limits = {"max_failures": 1000, "window": 60}
+    assert LoginLimiter(store, **limits, address_failures=40).retry_after("bot", "10.0.0.1")
+    assert LoginLimiter(store, **limits, address_failures=41).retry_after("bot", "10.0.0.1") is None
 
 
 def test_vault_on_both_stores(store: Store) -> None:

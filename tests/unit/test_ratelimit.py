@@ -1,3 +1,7 @@
+"""Login throttling: per (principal, address) failures slow the guesser, per address
+failures past a separate, higher threshold refuse the address, and nothing locks a
+principal out everywhere."""
+
 from __future__ import annotations
 
 import time
@@ -17,68 +21,95 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.dispose()
 
 
-def test_principal_is_blocked_after_max_failures(store: Store) -> None:
-    limiter = LoginLimiter(store, max_failures=3, window=60)
-    for _ in range(2):
-        limiter.record_failure("bot", "10.0.0.1")
+def test_a_principals_failures_slow_its_guesser_but_refuse_nothing(store: Store) -> None:
+    limiter = LoginLimiter(store, max_failures=3, window=60, address_failures=100)
+    delays = [limiter.record_failure("bot", "10.0.0.1") for _ in range(6)]
+    assert delays == [0.0, 0.0, 1.0, 2.0, 4.0, 8.0]
+    # the right token from the same address still logs in: nothing refuses it
     assert limiter.retry_after("bot", "10.0.0.1") is None
-    limiter.record_failure("bot", "10.0.0.1")
-    wait = limiter.retry_after("bot", "10.0.0.1")
-    assert wait is not None and 55 < wait <= 60
+    assert limiter.check("bot", "10.0.0.1") == (None, True)
 
 
-def test_principal_key_spans_addresses(store: Store) -> None:
-    limiter = LoginLimiter(store, max_failures=3, window=60)
-    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
-        limiter.record_failure("bot", ip)
-    assert limiter.retry_after("bot", "10.9.9.9") is not None
-    assert limiter.retry_after("alice", "10.9.9.9") is None
+def test_the_slowdown_is_capped(store: Store) -> None:
+    limiter = LoginLimiter(store, max_failures=1, window=60, address_failures=100, max_delay=5)
+    assert max(limiter.record_failure("bot", "10.0.0.1") for _ in range(10)) == 5.0
 
 
-def test_address_key_spans_principals(store: Store) -> None:
-    limiter = LoginLimiter(store, max_failures=3, window=60)
-    for who in ("a", "b", "c"):
+def test_guessing_an_approvers_name_does_not_slow_the_approver(store: Store) -> None:
+    limiter = LoginLimiter(store, max_failures=2, window=60, address_failures=100)
+    for _ in range(10):
+        limiter.record_failure("approver", "10.6.6.6")
+    # the approver at their own address: no count, no wait, no refusal
+    assert limiter.check("approver", "10.0.0.1") == (None, False)
+    assert limiter.record_failure("approver", "10.0.0.1") == 0.0  # a typo of theirs
+
+
+def test_the_address_threshold_is_separate_and_refuses_every_principal(store: Store) -> None:
+    limiter = LoginLimiter(store, max_failures=3, window=60, address_failures=6)
+    for who in ("a", "b", "c", "d", "e"):
         limiter.record_failure(who, "10.0.0.1")
-    assert limiter.retry_after("d", "10.0.0.1") is not None
-    assert limiter.retry_after("d", "10.0.0.2") is None
+    assert limiter.retry_after("z", "10.0.0.1") is None  # 5 of 6
+    limiter.record_failure(None, "10.0.0.1")  # a protocol violation counts for the address
+    wait = limiter.retry_after("z", "10.0.0.1")
+    assert wait is not None and 55 < wait <= 60
+    assert limiter.retry_after("z", "10.0.0.2") is None
 
 
-def test_success_clears_the_principal_and_address(store: Store) -> None:
+def test_address_threshold_defaults_to_four_times_the_pair_threshold(store: Store) -> None:
     limiter = LoginLimiter(store, max_failures=2, window=60)
-    limiter.record_failure("bot", "10.0.0.1")
-    limiter.record_failure("bot", "10.0.0.1")
-    assert limiter.retry_after("bot", "10.0.0.1") is not None
+    for i in range(7):
+        limiter.record_failure(f"p{i}", "10.0.0.1")
+    assert limiter.retry_after("x", "10.0.0.1") is None
+    limiter.record_failure("p7", "10.0.0.1")
+    assert limiter.retry_after("x", "10.0.0.1") is not None
+
+
+def test_a_retry_on_the_other_transport_counts_once(store: Store) -> None:
+    limiter = LoginLimiter(store, max_failures=2, window=60, address_failures=100)
+    # libpq sslmode=prefer: TLS, then plain text at once after the error
+    limiter.record_failure("dev", "10.0.0.1", tls=True)
+    assert limiter.record_failure("dev", "10.0.0.1", tls=False) == 0.0
+    # the second psql call reaches the threshold of 2 (its retry adds nothing)
+    assert limiter.record_failure("dev", "10.0.0.1", tls=True) == 1.0
+    assert limiter.record_failure("dev", "10.0.0.1", tls=False) == 0.0
+    # the same transport twice is two failures
+    assert limiter.record_failure("dev", "10.0.0.1", tls=True) == 2.0
+    assert limiter.record_failure("dev", "10.0.0.1", tls=True) == 4.0
+
+
+def test_success_clears_the_pair_but_not_the_address(store: Store) -> None:
+    limiter = LoginLimiter(store, max_failures=2, window=60, address_failures=4)
+    for _ in range(3):
+        limiter.record_failure("bot", "10.0.0.1")
     limiter.record_success("bot", "10.0.0.1")
-    assert limiter.retry_after("bot", "10.0.0.1") is None
+    assert limiter.check("bot", "10.0.0.1") == (None, False)
+    assert limiter.record_failure("bot", "10.0.0.1") == 0.0
+    # 4 failures of the address: a valid token of one's own does not reset them
+    assert limiter.retry_after("bot", "10.0.0.1") is not None
 
 
 def test_window_expires_and_restarts_the_count(store: Store) -> None:
-    limiter = LoginLimiter(store, max_failures=2, window=0.3)
+    limiter = LoginLimiter(store, max_failures=2, window=0.3, address_failures=2)
     limiter.record_failure("bot", "10.0.0.1")
     limiter.record_failure("bot", "10.0.0.1")
     wait = limiter.retry_after("bot", "10.0.0.1")
     assert wait is not None and wait <= 0.3
     time.sleep(0.35)
     assert limiter.retry_after("bot", "10.0.0.1") is None
-    limiter.record_failure("bot", "10.0.0.1")  # a new window: count 1, not 3
+    assert limiter.record_failure("bot", "10.0.0.1") == 0.0  # a new window: count 1, not 3
     assert limiter.retry_after("bot", "10.0.0.1") is None
 
 
 def test_limiters_sharing_a_store_share_counts(store: Store, tmp_path: Path) -> None:
     other_store = Store(f"sqlite:///{tmp_path / 'wardgate.db'}")
     try:
-        one = LoginLimiter(store, max_failures=4, window=60)
-        two = LoginLimiter(other_store, max_failures=4, window=60)
+        one = LoginLimiter(store, max_failures=4, window=60, address_failures=4)
+        two = LoginLimiter(other_store, max_failures=4, window=60, address_failures=4)
         one.record_failure("bot", "10.0.0.1")
         two.record_failure("bot", "10.0.0.1")
         one.record_failure("bot", "10.0.0.1")
         assert two.retry_after("bot", "10.0.0.1") is None
-        two.record_failure("bot", "10.0.0.1")
+        assert two.record_failure("bot", "10.0.0.1") == 1.0
         assert one.retry_after("bot", "10.0.0.1") is not None
     finally:
         other_store.dispose()
-
-
-def test_invalid_settings_are_rejected(store: Store) -> None:
-    with pytest.raises(ValueError):
-        LoginLimiter(store, max_failures=0, window=60)

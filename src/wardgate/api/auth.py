@@ -89,6 +89,7 @@ async def session_bearer(services: Services, secret: str, addr: str, realm: str)
             # Removed from the configuration, or made an agent, since signing in.
             await asyncio.to_thread(sessions.end, info.id)
     if info is None or principal is None:
-        await asyncio.to_thread(services.limiter.record_failure, key, addr)
+        delay = await asyncio.to_thread(services.limiter.record_failure, key, addr)
+        await asyncio.sleep(delay)
         return None
     return Caller(principal, f"web:{info.id}")

@@ -76,7 +76,8 @@ class Services:
     ) -> tuple[TokenInfo, Principal] | None:
         """A token presented without a principal name (HTTP bearer, SSH password): its
         token and principal, or None. Failures count per client address and ``realm``
-        only, since the token names no principal; raises TooManyFailures while this
+        only, since the token names no principal (past the threshold, wrong tokens are
+        answered slowly; right ones never are); raises TooManyFailures while this
         address must wait."""
         key = f"{realm}@{addr}"
         wait = await asyncio.to_thread(self.limiter.retry_after, key, addr)
@@ -85,7 +86,8 @@ class Services:
         info = await asyncio.to_thread(self.tokens.check_bearer, token)
         principal = self.config.principal(info.principal) if info is not None else None
         if info is None or principal is None:
-            await asyncio.to_thread(self.limiter.record_failure, key, addr)
+            delay = await asyncio.to_thread(self.limiter.record_failure, key, addr)
+            await asyncio.sleep(delay)  # throttled: slow this address's wrong tokens
             return None
         return info, principal
 

@@ -1,8 +1,24 @@
 """Login throttling shared by every gateway process through the store.
 
-Two counters per failed login: one for the principal (guessing one account's token from
-many addresses) and one for the client address (one address trying many accounts). A
-login is refused while either has reached ``max_failures`` inside its fixed window.
+Two counters per failed login, with separate thresholds:
+
+- per (principal, address): past ``max_failures`` in a window, that principal's failed
+  logins *from that address* are answered slowly (1 s, 2 s, 4 s ... up to ``max_delay``).
+  Nothing is refused: a correct credential still logs in at once, from that address or
+  any other, so guessing an approver's name slows the guesser, never the approver.
+- per address: past ``address_failures`` in a window, every login from the address is
+  refused until the window ends, without checking the credential (what keeps a flood of
+  guesses from costing the gateway a credential check each). Its threshold is higher:
+  typos of a few people sharing an address (NAT, a jump host) should not reach it.
+
+There is no counter per principal across addresses: it let anyone who knew an approver's
+name lock that approver out from everywhere. Tokens are 256-bit random secrets; guessing
+one from many addresses is not made feasible by its absence.
+
+A client that retries the same login on the other transport right away (libpq's
+``sslmode=prefer``: TLS first, then plain text after any authentication error) is counted
+once: a failure on one transport within ``RETRY_GRACE`` seconds of a failure on the other,
+for the same principal and address, is not counted again.
 """
 
 from __future__ import annotations
@@ -11,18 +27,27 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import case, delete, select
+from sqlalchemy.orm import Session
 
 from wardgate.store.db import Store
 from wardgate.store.models import LoginFailure
 
+# Seconds within which a failed login on the other transport is the client's retry.
+RETRY_GRACE = 5.0
 
-def _keys(principal: str | None, client_ip: str) -> tuple[str, ...]:
-    # Prefixes keep a principal named like an address from sharing its counter.
-    # No principal: a failure only the source answers for (a protocol violation before
-    # authentication), which must not lock out the account it names.
-    if principal is None:
-        return (f"addr:{client_ip}",)
-    return f"principal:{principal}", f"addr:{client_ip}"
+
+def _pair_key(principal: str, client_ip: str) -> str:
+    # Prefixes keep a principal named like an address from sharing a counter with it.
+    return f"pa:{client_ip}:{principal}"
+
+
+def _addr_key(client_ip: str) -> str:
+    return f"addr:{client_ip}"
+
+
+def _retry_key(principal: str, client_ip: str) -> str:
+    # count: 1 for a failure over TLS, 0 for plain text; window_start: when.
+    return f"retry:{client_ip}:{principal}"
 
 
 class LoginLimiter:
@@ -32,42 +57,61 @@ class LoginLimiter:
         max_failures: int,
         window: float,
         on_failure: Callable[[], None] | None = None,
+        *,
+        address_failures: int | None = None,
+        max_delay: float = 30.0,
     ) -> None:
-        if max_failures < 1 or window <= 0:
-            raise ValueError("max_failures must be >= 1 and window > 0")
+        address_failures = address_failures or 4 * max_failures
+        if max_failures < 1 or address_failures < 1 or window <= 0 or max_delay < 0:
+            raise ValueError("failure thresholds must be >= 1, window > 0, max_delay >= 0")
         self._store = store
         self._on_failure = on_failure  # a metric (serve wires metrics.login_failed)
         self._max = max_failures
+        self._addr_max = address_failures
         self._window = window
+        self._max_delay = max_delay
 
     def retry_after(self, principal: str, client_ip: str) -> float | None:
         return self.check(principal, client_ip)[0]
 
     def check(self, principal: str, client_ip: str) -> tuple[float | None, bool]:
-        """Seconds until a login may be tried again (None: now), and whether any failure
-        is counted for the principal or the address (when none is, a success has nothing
-        to clear: ``record_success`` can be skipped, sparing a store write per login)."""
+        """Seconds until a login from ``client_ip`` may be tried again (None: now; only
+        the address's own threshold refuses), and whether a failure is counted for this
+        principal and address (when none is, a success has nothing to clear:
+        ``record_success`` can be skipped, sparing a store write per login)."""
         now = time.time()
+        pair, addr = _pair_key(principal, client_ip), _addr_key(client_ip)
         with self._store.connection(write=False) as conn:
             rows = conn.execute(
-                select(LoginFailure.count, LoginFailure.window_start).where(
-                    LoginFailure.key.in_(_keys(principal, client_ip))
+                select(LoginFailure.key, LoginFailure.count, LoginFailure.window_start).where(
+                    LoginFailure.key.in_((pair, addr))
                 )
             ).all()
-        wait = 0.0
-        for count, window_start in rows:
+        wait, counted = 0.0, False
+        for key, count, window_start in rows:
             remaining = window_start + self._window - now
-            if count >= self._max and remaining > 0:
-                wait = max(wait, remaining)
-        return (wait if wait > 0 else None), bool(rows)
+            if remaining <= 0:
+                continue
+            if key == addr and count >= self._addr_max:
+                wait = remaining
+            counted = counted or key == pair
+        return (wait if wait > 0 else None), counted
 
-    def record_failure(self, principal: str | None, client_ip: str) -> None:
+    def record_failure(self, principal: str | None, client_ip: str, *, tls: bool = False) -> float:
+        """Count a failed login; returns how many seconds to wait before answering it.
+        ``principal`` None: a failure only the source answers for (a protocol violation
+        before authentication), counted against the address alone."""
         if self._on_failure is not None:
             self._on_failure()
         now = time.time()
         expired = LoginFailure.window_start <= now - self._window
         with self._store.session() as session:
-            for key in _keys(principal, client_ip):
+            if principal is not None and self._is_retry(session, principal, client_ip, tls, now):
+                return 0.0
+            keys = [_addr_key(client_ip)]
+            if principal is not None:
+                keys.append(_pair_key(principal, client_ip))
+            for key in keys:
                 # One atomic upsert per key: a new window starts when the old one is over,
                 # otherwise the count grows. Safe with concurrent processes on both stores.
                 stmt = (
@@ -91,9 +135,53 @@ class LoginLimiter:
                 .with_for_update(skip_locked=True)
             )
             session.execute(delete(LoginFailure).where(LoginFailure.key.in_(stale)))
+            if principal is None:
+                return 0.0
+            count = session.scalar(
+                select(LoginFailure.count).where(
+                    LoginFailure.key == _pair_key(principal, client_ip)
+                )
+            )
+        return self._delay(count or 0)
+
+    def _is_retry(
+        self, session: Session, principal: str, client_ip: str, tls: bool, now: float
+    ) -> bool:
+        """Whether this failure repeats one on the other transport a moment ago (and
+        note this one, so that a retry of it is recognised in turn)."""
+        key = _retry_key(principal, client_ip)
+        other = session.execute(
+            delete(LoginFailure).where(
+                LoginFailure.key == key,
+                LoginFailure.count == (0 if tls else 1),
+                LoginFailure.window_start > now - RETRY_GRACE,
+            )
+        )
+        if getattr(other, "rowcount", 0):
+            return True
+        session.execute(
+            self._store.insert(LoginFailure)
+            .values(key=key, count=int(tls), window_start=now)
+            .on_conflict_do_update(
+                index_elements=["key"], set_={"count": int(tls), "window_start": now}
+            )
+        )
+        return False
+
+    def _delay(self, count: int) -> float:
+        over = count - self._max
+        if over < 0:
+            return 0.0
+        return float(min(self._max_delay, 2.0 ** min(over, 16)))
 
     def record_success(self, principal: str, client_ip: str) -> None:
+        """Clears the principal's count at this address; the address's own count runs
+        out with its window (a guesser holding one valid token cannot reset it)."""
         with self._store.session() as session:
             session.execute(
-                delete(LoginFailure).where(LoginFailure.key.in_(_keys(principal, client_ip)))
+                delete(LoginFailure).where(
+                    LoginFailure.key.in_(
+                        (_pair_key(principal, client_ip), _retry_key(principal, client_ip))
+                    )
+                )
             )

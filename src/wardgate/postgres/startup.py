@@ -200,7 +200,7 @@ async def authenticate(
     if retry is not None:
         raise StartupRefused(
             "28P01",
-            f"wardgate: too many failed logins from this address or for this principal; try again in {int(retry) + 1} s",
+            f"wardgate: too many failed logins from this address; try again in {int(retry) + 1} s",
         )
     if on_unthrottled is not None:
         on_unthrottled()
@@ -236,8 +236,10 @@ async def authenticate(
         except ScramAuthError:
             ok = False
     if not ok:
-        await asyncio.to_thread(limiter.record_failure, principal, addr)
+        delay = await asyncio.to_thread(limiter.record_failure, principal, addr, tls=tls)
         log.info("failed login for principal %r from %s", principal, addr)
+        # Throttled: the guesser waits for its answer; a correct token is never slowed.
+        await asyncio.sleep(delay)
         raise StartupRefused("28P01", GENERIC_AUTH_FAILURE.format(principal))
     if counted:  # nothing to clear otherwise: no store write on an ordinary login
         await asyncio.to_thread(limiter.record_success, principal, addr)

@@ -254,7 +254,7 @@ async def login_password(
         return _login_page(
             request,
             next_url=next_url,
-            error=f"Too many failed sign-ins. Wait {wait:.0f} seconds and try again.",
+            error=f"Too many failed sign-ins from this address. Wait {wait:.0f} seconds and try again.",
             status=429,
         )
     principal = config.principal(username) if username else None
@@ -264,8 +264,9 @@ async def login_password(
         return _login_page(request, next_url=next_url, error=error, status=403)
     ok = await asyncio.to_thread(services.passwords.verify, username, password)
     if not ok or principal is None:
-        await asyncio.to_thread(services.limiter.record_failure, limiter_key, addr)
+        delay = await asyncio.to_thread(services.limiter.record_failure, limiter_key, addr)
         log.info("web sign-in failed for %r from %s", username[:64], addr)
+        await asyncio.sleep(delay)  # throttled: slow the guesser; a right password is not
         return _login_page(
             request,
             next_url=next_url,
