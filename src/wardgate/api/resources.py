@@ -453,7 +453,25 @@ _CSV_COLUMNS = (
 )  # fmt: skip
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (or, for tab and
+# CR, strips them and looks again): recorded text is the client's, so it may be a
+# `=HYPERLINK(...)` or `@SUM(...)` waiting for whoever opens the export.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe to open in a spreadsheet: text that would start a formula gets a
+    leading apostrophe (OWASP's advice), which spreadsheets show as text."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv_row(a: ActionOut) -> list[Any]:
+    return [csv_cell(cell) for cell in _csv_cells(a)]
+
+
+def _csv_cells(a: ActionOut) -> list[Any]:
     v = a.verdict
     return [
         a.id, a.ts, a.seq, a.kind, a.text, json.dumps(a.params), v.decision, v.rule,
