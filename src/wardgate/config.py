@@ -499,6 +499,12 @@ class PrincipalConfig(_Model):
     sponsor: str | None = None
 
 
+class LogConfig(_Model):
+    """The gateway's own log (stderr): text lines, or one JSON object a line."""
+
+    format: Literal["text", "json"] = "text"
+
+
 class Config(_Model):
     store: str = "sqlite:///.wardgate/wardgate.db"
     data_dir: str = ".wardgate"
@@ -526,6 +532,7 @@ class Config(_Model):
     reviews: ReviewsConfig = ReviewsConfig()
     web: WebConfig = WebConfig()
     audit: AuditConfig = AuditConfig()
+    log: LogConfig = LogConfig()
 
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)

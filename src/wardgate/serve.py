@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wardgate.config import Config, ConfigError, load_config
-from wardgate.logs import setup_logging
+from wardgate.logs import FORMAT_ENV, setup_logging
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -87,6 +87,9 @@ def gateway_id(config: Config) -> str:
 def run(config_path: str) -> None:
     setup_logging()
     config = load_config(config_path)
+    # The recorder's writer and the workers inherit the format through the environment.
+    os.environ[FORMAT_ENV] = config.log.format
+    setup_logging(config.log.format)
     # Before anything imports prometheus_client: where worker values live is fixed then.
     metrics_dir = _metrics_dir(config)
     from wardgate.audit.recovery import close_interrupted, replay_journals
@@ -347,6 +350,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
                     host=api_addr[0],
                     port=api_addr[1],
                     log_level="warning",
+                    log_config=None,  # uvicorn's lines go through wardgate's handler
                     lifespan="off",
                 )
             )

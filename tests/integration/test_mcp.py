@@ -291,3 +291,65 @@ def test_config_example_has_mcp_json(tmp_path: Path) -> None:
     snippet = json.loads(text[start : text.index("```", start)])
     server = snippet["mcpServers"]["wardgate"]
     assert server["url"].endswith("/mcp") and "Authorization" in server["headers"]
+
+
+def test_client_disconnects_are_not_errors(it_database: str, tmp_path: Path) -> None:
+    """An MCP client that goes away mid-stream (its SSE stream, a call whose answer it
+    never reads) is an everyday event: no ERROR line, no traceback in the log."""
+    gw = make_gateway(tmp_path / "gw", mcp_config(it_database))
+    gw.start()
+    try:
+        url = f"http://127.0.0.1:{gw.api_port}/mcp"
+        headers = {
+            "Authorization": f"Bearer {gw.token('agent')}",
+            "Accept": "application/json, text/event-stream",
+        }
+        hello = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "dropper", "version": "1"},
+            },
+        }
+        with httpx.Client(headers=headers, timeout=30) as http:
+            r = http.post(url, json=hello)
+            assert r.status_code == 200, r.text
+            sid = r.headers["mcp-session-id"]
+            session = {**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+            http.post(
+                url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
+            )
+            # the standalone SSE stream, dropped once it is open
+            with http.stream("GET", url, headers=session) as sse:
+                assert sse.status_code == 200
+            # a slow call whose answer the client does not wait for
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {
+                    "name": "query",
+                    "arguments": {
+                        "connection": "it",
+                        "sql": "select pg_sleep(1), 'gone' as answer",
+                    },
+                },
+            }
+            with http.stream("POST", url, json=call, headers=session):
+                pass
+        time.sleep(2.5)
+        # the session still serves a client that comes back
+        (again,) = call_tool_after(gw)
+        assert not again.isError
+    finally:
+        gw.stop()
+    log = gw.log
+    assert "Traceback" not in log, log[-3000:]
+    assert " ERROR " not in log, log[-3000:]
+
+
+def call_tool_after(gw: Gateway) -> list[CallToolResult]:
+    return call(gw, "agent", ("query", {"connection": "it", "sql": "select 1 as back"}))

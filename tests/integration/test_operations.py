@@ -320,3 +320,41 @@ def test_fleet_drain_keeps_a_waiting_review_for_another_replica(
     finally:
         a.stop()
         b.stop()
+
+
+def test_json_log_has_one_object_a_line_with_the_events(it_database: str, tmp_path: Path) -> None:
+    """`log.format: json`: every line of the gateway's log is one JSON object; sign-ins,
+    blocked statements and reviews filed and decided are there at INFO with principal,
+    connection and rule."""
+    from tests.integration.test_reviews import cli_as
+
+    gw = make_gateway(tmp_path / "gw", review_config(it_database) + "log: {format: json}\n")
+    gw.start()
+    try:
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("drop table if exists nothing_here")
+            review_id = pending_error(conn, "update no_such_json_table set x = 1 where id = 1")
+        cli_as(gw, "reviewer", "reviews", "deny", review_id, "--reason", "no")
+        time.sleep(1.0)
+    finally:
+        gw.stop()
+    lines = [line for line in gw.log.splitlines() if line.strip()]
+    assert lines
+    entries = [json.loads(line) for line in lines]  # every line parses
+    assert all({"ts", "level", "logger", "message"} <= e.keys() for e in entries)
+    by_event = {e.get("event"): e for e in entries if e.get("event")}
+    signed = by_event["session.opened"]
+    assert signed["level"] == "INFO" and signed["principal"] == "agent"
+    assert signed["connection"] == "it" and signed["protocol"] == "postgres"
+    blocked = by_event["action.blocked"]
+    assert (blocked["principal"], blocked["connection"], blocked["rule"]) == (
+        "agent",
+        "it",
+        "guardrail:no-drop",
+    )
+    filed = by_event["review.requested"]
+    assert filed["review"] == review_id and filed["principal"] == "agent"
+    assert filed["rule"] == "role:proposer" and filed["connection"] == "it"
+    assert by_event["review.denied"]["status"] == "denied"
+    assert not [e for e in entries if e["level"] in ("ERROR", "CRITICAL")]

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from wardgate.audit.journal import Intent, Journal
+from wardgate.audit.oplog import note_record
 from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
 from wardgate.audit.writer import BatchWriter
 from wardgate.store.db import Store, describe_error
@@ -254,6 +255,7 @@ class Recorder:
         self._queued_at.append(time.monotonic())
         self._submitted += 1
         self.observer.submitted(record)
+        note_record(record)  # sign-ins and refusals, at INFO for the operator
         if self._wake is not None:
             self._wake.set()
 

@@ -41,6 +41,31 @@ else:
 
 log = logging.getLogger("wardgate.mcp")
 
+
+def _went_away(exc: BaseException | None) -> bool:
+    import anyio
+    from starlette.requests import ClientDisconnect
+
+    gone = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+    return isinstance(exc, (*gone, ClientDisconnect, ConnectionError))
+
+
+class ClientGoneFilter(logging.Filter):
+    """The MCP SDK logs a client that closed its stream (or a session ended while its
+    SSE stream was open) as an ERROR with a traceback. It is an everyday event: one
+    INFO line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and _went_away(exc):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.getMessage()}: the client went away ({type(exc).__name__})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+_CLIENT_GONE = ClientGoneFilter()
+
 MAX_ROWS = 200  # rows a query tool call returns at most
 MAX_VALUE = 2000  # characters of one value
 QUERY_SECONDS = 30.0
@@ -82,6 +107,8 @@ class McpGateway:
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
         self._sessions: dict[str, _McpSession] = {}
+        for name in ("mcp.server.streamable_http", "mcp.server.streamable_http_manager"):
+            logging.getLogger(name).addFilter(_CLIENT_GONE)  # idempotent: one instance
         self._register_tools()
         self.server.streamable_http_app()  # creates the session manager
 

@@ -610,6 +610,7 @@ class ReviewService:
             )
 
     def _announce(self, info: ReviewInfo, event: str) -> None:
+        note_review(info, event)
         for listener in list(self.listeners):
             try:
                 listener(info, event)
@@ -632,3 +633,30 @@ def _human_duration(seconds: float) -> str:
     if seconds % 60 == 0:
         return f"{seconds / 60:g}m"
     return f"{seconds:g}s"
+
+
+events_log = logging.getLogger("wardgate.events")  # what the operator reads (audit/oplog.py)
+
+
+def note_review(info: ReviewInfo, event: str) -> None:
+    """A review or grant filed, voted on, decided, used or ended."""
+    fields = {
+        "event": f"{'grant' if info.kind == 'grant' else 'review'}.{event}",
+        "review": info.id,
+        "principal": info.principal,
+        "connection": info.connection,
+        "rule": info.rule,
+        "status": info.status,
+    }
+    what = "grant" if info.kind == "grant" else "review"
+    events_log.info(
+        "%s %s %s: %s on %s, rule %s, now %s",
+        what,
+        info.id,
+        event,
+        info.principal,
+        info.connection,
+        info.rule,
+        info.status,
+        extra={"fields": fields},
+    )
