@@ -4,6 +4,7 @@ HTTP: every tool, blocks and reviews as tool results, masking, recording, bad in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 import time
@@ -280,6 +281,46 @@ def test_mcp_sessions_are_recorded_with_client_and_trace(mcp_gw: Gateway) -> Non
         time.sleep(0.2)
     assert any(name == "pytest-agent 1.0" for _, name in sessions)
     assert traced and traced[0]["text"] == "select 42" and traced[0]["status"] == "ok"
+
+
+def test_tool_results_are_recorded_masked_with_a_digest(mcp_gw: Gateway, shop: str) -> None:
+    """The query tool's result as the agent received it (masked), in the record, and
+    shown by `sessions show` and the API beside the statement."""
+    sql = f"select id, email from {shop} order by id"
+    (result,) = call(mcp_gw, "agent", ("query", {"connection": "it", "sql": sql}))
+    sent = body(result)
+    assert "jane.doe@example.com" not in json.dumps(sent)  # the agent sees it masked
+    store = mcp_gw.env["WARDGATE_STORE"].removeprefix("sqlite:///")
+    deadline = time.monotonic() + 10
+    while True:
+        db = sqlite3.connect(store)
+        try:
+            found = db.execute(
+                "select session_id, payload from audit_events where type = 'action' "
+                "and payload like ?",
+                (f"%{shop} order by id%",),
+            ).fetchall()
+        finally:
+            db.close()
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    session_id, payload = found[-1]
+    response = json.loads(payload)["result"]
+    assert response["format"] == "text/1" and response["complete"] is True
+    assert json.loads(response["text"])["rows"] == sent["rows"]
+    assert "jane.doe@example.com" not in payload
+    assert response["sha256"] == hashlib.sha256(response["text"].encode()).hexdigest()
+    shown = mcp_gw.cli("sessions", "show", session_id).stdout
+    assert f"response: {response['stream_bytes']} bytes (all recorded)" in shown
+    assert sent["rows"][0][1] in shown
+    api = httpx.get(
+        f"http://127.0.0.1:{mcp_gw.api_port}/api/v1/sessions/{session_id}/export",
+        headers={"Authorization": f"Bearer {mcp_gw.token('reviewer')}"},
+        timeout=30,
+    )
+    exported = [json.loads(line) for line in api.text.splitlines()]
+    assert any((a.get("result") or {}).get("text") == response["text"] for a in exported)
 
 
 def test_config_example_has_mcp_json(tmp_path: Path) -> None:

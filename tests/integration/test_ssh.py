@@ -4,6 +4,7 @@ binary and asyncssh as clients, a real wardgate process in between."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import socket
@@ -317,7 +318,27 @@ def test_every_command_is_in_the_audit_log(sgw: SshGateway) -> None:
             break
         time.sleep(0.2)
     assert texts["hostname"]["status"] == "ok" and texts["hostname"]["command"] == "exit 0"
-    assert texts["hostname"]["output"].strip()
+    # the output as the client saw it, through the shared response recorder
+    response = texts["hostname"]["result"]
+    assert response["format"] == "text/1" and response["complete"] is True
+    assert response["text"].strip() and response["stream_bytes"] == len(response["text"].encode())
+    assert response["sha256"] == hashlib.sha256(response["text"].encode()).hexdigest()
+    session_id = next(
+        sid
+        for (sid,) in sgw.store_rows(
+            "select s.id from sessions s join audit_events e on e.session_id = s.id "
+            "where s.protocol = 'ssh' and e.payload like '%\"hostname\"%'"
+        )
+    )
+    shown = subprocess.run(
+        [WARDGATE, "sessions", "show", session_id, "-c", str(sgw.gw.config_path)],
+        env=sgw.gw.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"response: {response['stream_bytes']} bytes (all recorded)" in shown.stdout
+    assert response["text"].strip() in shown.stdout
     assert texts["rm -rf /"]["status"] == "blocked"
     assert texts["rm -rf /"]["verdict"]["rule"] == "guardrail:no-wipe"
     assert (

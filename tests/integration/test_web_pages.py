@@ -503,6 +503,54 @@ def test_sessions_filters_search_timeline_and_exports(
     assert marker in rows_out[0]["text"]
 
 
+def test_a_failed_approved_statement_shows_failed_with_the_servers_error(
+    pages: Any, gw: Gateway
+) -> None:
+    sql = f"UPDATE missing_{uuid.uuid4().hex[:6]} SET qty = 1 WHERE id = 1"
+    review_id = agent_update(gw, sql)
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{gw.api_port}/api/v1",
+        headers={"Authorization": f"Bearer {gw.token('reviewer')}"},
+    )
+    with api:
+        assert api.post(f"/reviews/{review_id}/approve", json={}).status_code == 200
+        with (
+            psycopg.connect(gw.dsn("agent"), autocommit=True) as conn,
+            pytest.raises(psycopg.errors.UndefinedTable),
+        ):
+            conn.execute(sql)
+        deadline = time.monotonic() + 10
+        while api.get(f"/reviews/{review_id}").json()["status"] != "failed":
+            assert time.monotonic() < deadline, "the review never became failed"
+            time.sleep(0.2)
+    page = pages("reviewer", path=f"/ui/reviews/{review_id}")
+    state = page.locator("#review-state")
+    expect(state).to_contain_text(f"Review {review_id} is failed")
+    expect(state).to_contain_text("does not exist")
+    expect(state).not_to_contain_text("executed")
+
+
+def test_an_mcp_tool_result_shows_beside_its_statement(pages: Any, gw: Gateway) -> None:
+    from tests.integration.test_mcp import call
+
+    marker = f"probe_{uuid.uuid4().hex[:6]}"
+    (result,) = call(gw, "agent", ("query", {"connection": "it", "sql": f"select '{marker}' as v"}))
+    assert not result.isError
+    page = pages("reviewer", path="/ui/sessions?protocol=mcp")
+    deadline = time.monotonic() + 10
+    while True:
+        page.goto(f"/ui/sessions?q={marker}")
+        links = page.locator("table.sessions tbody th a")
+        if links.count() or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    links.first.click()
+    row = page.locator("table.timeline tr", has_text=f"select '{marker}'")
+    row.get_by_text("response (as recorded, masked)").click()
+    expect(row.locator("pre")).to_contain_text(f'"rows": [["{marker}"]]')
+    expect(row).to_contain_text("SHA-256")
+
+
 # -- connections and audit ------------------------------------------------------------
 
 

@@ -66,3 +66,27 @@ def test_budgets_stop_the_rows_and_are_shared_by_a_session() -> None:
     off = ResultTap(SessionResults(0, 0, 0), "utf-8")
     off.feed(STREAM)
     assert _result(off)["rows"] == [] and _result(off)["stream_bytes"] == len(STREAM)
+
+
+def test_text_responses_share_the_budgets_and_keep_a_digest_of_everything() -> None:
+    """SSH exec output and MCP tool results go through the same tap as SQL rows."""
+    import hashlib
+
+    from wardgate.audit.responses import ResponseTap, SessionResults, response_payload
+
+    budget = SessionResults(rows=100, bytes_=10, session_bytes=16)
+    first = ResponseTap(budget, "utf-8", kind="text")
+    for piece in (b"hello ", b"w\xc3\xb6rld\n", b"more"):
+        first.feed(piece)
+    stored = response_payload(first.summary())
+    whole = b"hello w\xc3\xb6rld\nmore"
+    assert stored["format"] == "text/1" and stored["complete"] is False
+    assert stored["recorded_bytes"] == 10 and stored["stream_bytes"] == len(whole)
+    assert stored["text"] == "hello w\xf6r"  # the first 10 bytes, decoded
+    assert stored["sha256"] == hashlib.sha256(whole).hexdigest()
+    second = ResponseTap(budget, "utf-8", kind="text")  # 6 bytes of the session left
+    second.feed(b"0123456789")
+    assert response_payload(second.summary())["text"] == "012345"
+    third = ResponseTap(budget, "utf-8", kind="text")
+    third.feed(b"x")
+    assert response_payload(third.summary())["recorded_bytes"] == 0

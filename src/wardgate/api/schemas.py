@@ -208,11 +208,14 @@ class VerdictOut(_Out):
 
 
 class ResultOut(_Out):
-    """The result an SQL action returned to the client, as recorded (masked): the first
-    rows within the connection's budgets, and a SHA-256 of every DataRow/CopyData byte
-    the client received (docs/audit.md)."""
+    """The response an action returned to the client, as recorded (masked), within the
+    connection's budgets: for SQL the first rows and a SHA-256 of every DataRow/CopyData
+    byte the client received; for SSH exec output and MCP tool results (``format``
+    text/1) the first bytes as ``text`` and a SHA-256 of all of them (docs/audit.md)."""
 
+    format: str = Field(default="pg-messages/1", description="pg-messages/1 or text/1")
     rows: list[list[str | None]] = []
+    text: str | None = Field(default=None, description="text/1: the output as recorded")
     recorded_rows: int = 0
     recorded_bytes: int = 0
     complete: bool = Field(description="Every row the client received is in rows")

@@ -562,6 +562,12 @@ def _result_lines(result: dict[str, Any], rows: Any) -> list[str]:
     (NULL is null), and how much of the result they are."""
     from wardgate.visible import visible
 
+    if result.get("format") == "text/1":  # SSH exec output, MCP tool results
+        size, kept = result.get("stream_bytes", 0), result.get("recorded_bytes", 0)
+        extent = "all recorded" if result.get("complete") else f"first {kept} recorded"
+        head = f"    response: {size} bytes ({extent}), sha256 {result.get('sha256')}"
+        text = str(result.get("text", "")).rstrip("\n")
+        return [head, *("      " + visible(line) for line in text.split("\n"))]
     recorded = result.get("recorded_rows", 0)
     total = rows if isinstance(rows, int) else "?"
     if result.get("complete"):

@@ -24,6 +24,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.audit.responses import ResponseTap, SessionResults, session_budget
 from wardgate.config import parse_duration
 from wardgate.core.proposals import judge_proposal
 from wardgate.identity.principals import Principal
@@ -91,6 +92,8 @@ class _McpSession:
     principal: str
     seq: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    # Per connection: what is left of this session's budget for recording results.
+    budgets: dict[str, SessionResults | None] = field(default_factory=dict)
 
 
 class McpGateway:
@@ -438,18 +441,6 @@ class McpGateway:
                 review=review,
             )
             raise ToolError(f"the database refused the statement ({exc.sqlstate}): {exc}") from None
-        self._record(
-            session,
-            action,
-            verdict,
-            started,
-            t0,
-            "ok",
-            rows=answer.row_count,
-            command=answer.command,
-            trace=trace,
-            review=review,
-        )
         rows = [[_capped(v) for v in row] for row in answer.rows]
         body: dict[str, Any] = {
             "command": answer.command,
@@ -465,7 +456,34 @@ class McpGateway:
             )
         if review is not None:
             body["review_id"] = review.id
+        self._record(
+            session,
+            action,
+            verdict,
+            started,
+            t0,
+            "ok",
+            rows=answer.row_count,
+            command=answer.command,
+            trace=trace,
+            review=review,
+            result=self._response(session, connection, body),
+        )
         return body
+
+    def _response(
+        self, session: _McpSession, connection: str, body: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The tool result as the client gets it (masked rows), for the record, within
+        the connection's budgets (``audit/responses.py``, as for SQL and SSH)."""
+        if connection not in session.budgets:
+            session.budgets[connection] = session_budget(self.services.config, connection)
+        budget = session.budgets[connection]
+        if budget is None:
+            return None
+        tap = ResponseTap(budget, "utf-8", kind="text")
+        tap.feed(json.dumps(body, ensure_ascii=False, default=str).encode())
+        return tap.summary()
 
     async def _propose(
         self,
@@ -543,6 +561,7 @@ class McpGateway:
         error: str | None = None,
         sqlstate: str | None = None,
         trace: str | None = None,
+        result: dict[str, Any] | None = None,
         review: ReviewInfo | None = None,
     ) -> None:
         session.seq += 1
@@ -560,13 +579,14 @@ class McpGateway:
                 error=error,
                 sqlstate=sqlstate,
                 trace_id=trace,
+                result=result,
             )
         )
         if review is not None and self.services.reviews is not None:
-            result = {"status": status, "rows": rows, "command": command, "error": error}
+            outcome = {"status": status, "rows": rows, "command": command, "error": error}
             self.services.tasks.spawn(
                 asyncio.to_thread(
-                    self.services.reviews.service.record_action_result, review, result
+                    self.services.reviews.service.record_action_result, review, outcome
                 ),
                 name="review-result",
             )

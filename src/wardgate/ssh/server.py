@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.audit.responses import SessionResults, session_budget
 from wardgate.core.services import TooManyFailures
 from wardgate.identity.principals import Principal
 from wardgate.identity.ssh_keys import SshKeys
@@ -96,6 +97,14 @@ class GatewayConnection(asyncssh.SSHServer):
         self.seq = 0
         self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._recorded = False
+        self._responses: SessionResults | None | bool = False  # False: not made yet
+
+    def response_budget(self) -> SessionResults | None:
+        """What is left of this connection's budget for recording exec output."""
+        if self._responses is False:
+            self._responses = session_budget(self.services.config, self.connection_name)
+        assert not isinstance(self._responses, bool)
+        return self._responses
 
     # -- asyncssh callbacks -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.asciicast import Cast
 from wardgate.audit.records import ActionRecord, RecordingRecord
+from wardgate.audit.responses import ResponseTap
 from wardgate.config import parse_duration
 from wardgate.masking.stream import LineMasker
 from wardgate.reviews.settle import settle
@@ -31,7 +32,6 @@ log = logging.getLogger("wardgate.ssh")
 EXIT_BLOCKED = 126
 EXIT_PENDING = 77
 EXIT_UNREACHABLE = 255
-MAX_OUTPUT_RECORDED = 64 * 1024  # characters of a command's output kept in the audit log
 _CHUNK = 64 * 1024
 
 Process = asyncssh.SSHServerProcess[bytes]
@@ -133,11 +133,12 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
         term_size=(width, height) if term else None,
         env={},  # the client's environment never reaches the target
     )
-    captured: list[str] = []
+    budget = owner.response_budget()
+    tap = ResponseTap(budget, "utf-8", kind="text") if budget is not None else None
 
     def keep(data: bytes) -> None:
-        if sum(map(len, captured)) < MAX_OUTPUT_RECORDED:
-            captured.append(data.decode("utf-8", "replace"))
+        if tap is not None:
+            tap.feed(data)  # stdout and stderr as the client saw them, masked
 
     stdin = asyncio.ensure_future(_pump_stdin(process, proc, None))
     await asyncio.gather(
@@ -147,8 +148,8 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
     completed = await proc.wait(check=False)
     stdin.cancel()
     status = completed.exit_status if completed.exit_status is not None else EXIT_UNREACHABLE
-    output = "".join(captured)[:MAX_OUTPUT_RECORDED]
-    record(verdict, "ok" if status == 0 else "error", command=f"exit {status}", output=output)
+    response = tap.summary() if tap is not None else None
+    record(verdict, "ok" if status == 0 else "error", command=f"exit {status}", result=response)
     if review is not None and services.reviews is not None:
         result = {"status": "ok" if status == 0 else "error", "command": f"exit {status}"}
         services.tasks.spawn(
