@@ -534,7 +534,9 @@ def test_an_mcp_tool_result_shows_beside_its_statement(pages: Any, gw: Gateway) 
     from tests.integration.test_mcp import call
 
     marker = f"probe_{uuid.uuid4().hex[:6]}"
-    (result,) = call(gw, "agent", ("query", {"connection": "it", "sql": f"select '{marker}' as v"}))
+    query = ("query", {"connection": "it", "sql": f"select '{marker}' as v"})
+    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread
+        (result,) = pool.submit(call, gw, "agent", query).result(timeout=60)
     assert not result.isError
     page = pages("reviewer", path="/ui/sessions?protocol=mcp")
     deadline = time.monotonic() + 10
@@ -547,7 +549,7 @@ def test_an_mcp_tool_result_shows_beside_its_statement(pages: Any, gw: Gateway) 
     links.first.click()
     row = page.locator("table.timeline tr", has_text=f"select '{marker}'")
     row.get_by_text("response (as recorded, masked)").click()
-    expect(row.locator("pre")).to_contain_text(f'"rows": [["{marker}"]]')
+    expect(row.locator("details.result pre")).to_contain_text(f'"rows": [["{marker}"]]')
     expect(row).to_contain_text("SHA-256")
 
 
