@@ -219,6 +219,9 @@ class ConnectionConfig(_Model):
     mode: Literal["enforce", "observe"] = "enforce"
     description: str = ""
     results: ResultsConfig = ResultsConfig()
+    # Records of this connection older than this many days leave the store (the sweep
+    # says what it deleted in the chain: docs/audit.md "Retention"). None: kept forever.
+    retention_days: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _upstream_matches_type(self) -> ConnectionConfig:

@@ -300,6 +300,8 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     keeper = _chain_keeper(config, store, vault) if index == 0 else None
     if keeper is not None:
         services.tasks.spawn(keeper.run(), name="audit-checkpoints")
+    if index == 0:
+        services.tasks.spawn(_retention_sweeper(services), name="audit-retention")
     tracing = setup_tracing(observer, f"worker-{index}")
     notifier = await _start_reviews(services, index)
     stop, hurry = asyncio.Event(), asyncio.Event()
@@ -405,6 +407,29 @@ def checkpoint_key(config: Config, vault: Any) -> Ed25519PrivateKey | None:
 
     ref = config.audit.checkpoint.key
     return load_private_key(resolve_secret(ref, vault, base_dir=Path(config.base_dir)))
+
+
+RETENTION_SWEEP_INTERVAL = 3600.0
+
+
+async def _retention_sweeper(services: Services) -> None:
+    """Hourly (and at start): every connection's records past ``retention_days`` leave
+    the store, each batch recorded in the chain (audit/retention.py). Reads the live
+    configuration, so a reload changes what is kept."""
+    from wardgate.audit.retention import sweep
+
+    while True:
+        config = services.config
+        if any(c.retention_days for c in config.connections.values()):
+            try:
+                done = await asyncio.to_thread(sweep, services.store, config)
+            except Exception as exc:  # the store being down: try again next time
+                log.warning("retention sweep failed: %s", exc)
+            else:
+                for name, count in done.items():
+                    if count:
+                        log.info("retention: %d events of connection %s swept", count, name)
+        await asyncio.sleep(RETENTION_SWEEP_INTERVAL)
 
 
 def _chain_keeper(config: Config, store: Any, vault: Any) -> ChainKeeper | None:

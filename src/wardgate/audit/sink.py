@@ -16,6 +16,7 @@ that window rewrites what gets copied; everything older is already outside.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import logging.handlers
@@ -28,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from wardgate.audit.chain import EVENT_COLUMNS, GENESIS_HASH, event_hash
+from wardgate.audit.chain import EVENT_COLUMNS, GENESIS_HASH, event_hash, swept_runs
 from wardgate.store.db import Store
 from wardgate.store.models import AuditEvent
 
@@ -233,6 +234,11 @@ def compare_with_store(store: Store, path: Path, limit: int = 20) -> list[str]:
     problems: list[str] = []
     seen: dict[int, str] = {}
     batch: list[SinkEvent] = []
+    swept = sorted((first, last) for first, (last, _) in swept_runs(store).items())
+
+    def was_swept(event_id: int) -> bool:  # deleted by retention, and said so in the chain
+        i = bisect.bisect_right(swept, (event_id, float("inf"))) - 1
+        return i >= 0 and swept[i][0] <= event_id <= swept[i][1]
 
     def check(events: list[SinkEvent]) -> None:
         ids = [e.id for e in events]
@@ -243,6 +249,8 @@ def compare_with_store(store: Store, path: Path, limit: int = 20) -> list[str]:
             }
         for ev in events:
             row = stored.get(ev.id)
+            if row is None and was_swept(ev.id):
+                continue
             if row is None:
                 problems.append(f"event {ev.id} ({ev.type}) is in the sink but not in the store")
             elif row.hash != ev.hash or row.payload != ev.payload or row.ts != ev.ts:
