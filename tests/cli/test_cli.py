@@ -169,24 +169,26 @@ def test_secrets_never_print_values(
     assert empty.exit_code == 2
 
 
-def _record_session(config: Path) -> None:
+def _record_session(config: Path, session_id: str = "s_1") -> None:
     bot = Principal("bot", PrincipalKind.AGENT, frozenset({"agents"}), "alice")
 
     async def record(store: Store) -> None:
         rec = Recorder(store)
         await rec.start()
-        rec.submit(SessionRecord("s_1", "postgres", bot, "orders", "10.1.2.3:555", time.time()))
+        rec.submit(
+            SessionRecord(session_id, "postgres", bot, "orders", "10.1.2.3:555", time.time())
+        )
         for seq, (text, decision) in enumerate(
             [
                 ("SELECT * FROM orders WHERE id = $1", Decision.ALLOW),
                 ("DROP TABLE t", Decision.BLOCK),
             ]
         ):
-            action = Action(bot, "orders", "postgres", "query", text, ("42",), "s_1")
+            action = Action(bot, "orders", "postgres", "query", text, ("42",), session_id)
             verdict = Verdict(decision, "no-drop" if seq else "role:reader", "because")
             status = "blocked" if seq else "ok"
-            rec.submit(ActionRecord("s_1", seq, action, verdict, time.time(), 1.25, status, 1))
-        rec.submit(SessionEnd("s_1", time.time()))
+            rec.submit(ActionRecord(session_id, seq, action, verdict, time.time(), 1.25, status, 1))
+        rec.submit(SessionEnd(session_id, time.time()))
         await rec.close()
 
     store = _store(config)
@@ -265,3 +267,46 @@ def test_installed_entry_point_runs(config: Path) -> None:
     )
     assert proc.returncode == 2
     assert "unknown principal" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _on_a_terminal(argv: list[str], columns: int) -> str:
+    """``argv`` run on a pseudo-terminal ``columns`` wide (not piped): what it printed."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(leader)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("columns", [40, 200])
+def test_sessions_list_never_cuts_a_session_id(
+    runner: CliRunner, config: Path, monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    long_id = "s_" + "0123456789abcdef" * 2 + "tail"
+    _record_session(config, long_id)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    piped = runner.invoke(app, ["sessions", "list", "-c", str(config)])
+    assert piped.exit_code == 0, piped.output
+    assert long_id in piped.stdout and "…" not in piped.stdout
+    wardgate = str(Path(sys.executable).with_name("wardgate"))
+    shown = _on_a_terminal([wardgate, "sessions", "list", "-c", str(config)], columns)
+    assert long_id in shown.replace("\r\n", "\n"), shown
+    assert "…" not in shown
