@@ -827,3 +827,23 @@ def test_show_never_cuts_what_is_approved(
     api.on("GET", "/reviews", {"reviews": [review(id=long_id, text=LONG_STATEMENT)]})
     listed = with_token(api, "reviews", "list")
     assert long_id in listed.stdout, listed.stdout
+
+
+def test_the_url_comes_from_the_configs_listen_api(api: FakeApi, tmp_path: Path) -> None:
+    """README: `wardgate reviews list -c CONFIG` talks to the gateway that config serves
+    when --url and WARDGATE_URL are not set; WARDGATE_URL still wins."""
+    port = api.url.rsplit(":", 1)[1]
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"listen: {{api: '0.0.0.0:{port}'}}\n")
+    api.on("GET", "/reviews", {"reviews": [review(id="r_fromconfig")]})
+    listed = run("reviews", "list", "-c", str(config), env={"WARDGATE_TOKEN": TOKEN})
+    assert listed.exit_code == 0, listed.output
+    assert "r_fromconfig" in listed.stdout
+    elsewhere = run(
+        "reviews",
+        "list",
+        "-c",
+        str(config),
+        env={"WARDGATE_TOKEN": TOKEN, "WARDGATE_URL": "http://127.0.0.1:9"},
+    )
+    assert elsewhere.exit_code == 2 and "127.0.0.1:9" in elsewhere.output

@@ -1,7 +1,8 @@
 """The command line's side of the wardgate API: where the API is, which token to send,
 and every failure said in one sentence.
 
-The URL is ``--url``, else ``$WARDGATE_URL``, else the saved login's, else
+The URL is ``--url``, else ``$WARDGATE_URL``, else the ``listen.api`` of the
+configuration given with ``-c``, else the saved login's, else
 http://127.0.0.1:8080. The token is ``$WARDGATE_TOKEN``, else the saved login's, and a
 saved token is only ever sent to the URL it was saved for. The saved login lives in
 ``$WARDGATE_PROFILE``, else ``$XDG_CONFIG_HOME/wardgate/profile.json``, readable by its
@@ -227,9 +228,41 @@ class Credentials:
     profile: Profile | None = field(default=None, repr=False)
 
 
+class _GivenConfig:
+    """The ``-c`` given to the API command being run (set by the option's callback,
+    which runs for every command, given or not: one command per process)."""
+
+    path: str | None = None
+
+
+def remember_config(path: str | None) -> None:
+    _GivenConfig.path = path
+
+
+def config_url() -> str | None:
+    """The API URL of the configuration named by ``-c``: what `wardgate serve -c`
+    listens on. None without one or without ``listen.api``."""
+    path = _GivenConfig.path
+    if not path:
+        return None
+    from wardgate.config import ConfigError, load_config
+
+    try:
+        address = load_config(path).listen_address("api")
+    except (ConfigError, OSError) as exc:
+        _fail(f"cannot read the API address from {path}: {exc}")
+    if address is None:
+        return None
+    host, port = address
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def resolve(url_option: str | None) -> Credentials:
     """The URL and token a command uses; fails with what to do when there is no token."""
     env_url = os.environ.get("WARDGATE_URL", "").strip()
+    if not url_option and not env_url:
+        env_url = config_url() or ""
     env_token = os.environ.get("WARDGATE_TOKEN", "").strip()
     # With both from the environment the saved login is not needed, nor read: a damaged
     # file must not stand in the way.

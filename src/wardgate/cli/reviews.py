@@ -47,6 +47,7 @@ from wardgate.cli.client import (  # noqa: E402
     normal_url,
     path_part,
     profile_path,
+    remember_config,
     remove_profile,
     save_profile,
 )
@@ -88,6 +89,24 @@ UrlOption = Annotated[
     typer.Option(
         "--url",
         help=f"The wardgate API (default: $WARDGATE_URL, the saved login, else {DEFAULT_URL}).",
+        show_default=False,
+    ),
+]
+
+
+def _remember_config(value: str | None) -> str | None:
+    remember_config(value)
+    return value
+
+
+ApiConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "-c",
+        "--config",
+        help="A gateway configuration: its listen.api is the URL when --url and "
+        "$WARDGATE_URL are not set.",
+        callback=_remember_config,
         show_default=False,
     ),
 ]
@@ -182,7 +201,12 @@ def _whoami(api: ApiClient) -> dict[str, Any]:
 
 
 @account_app.command("login")
-def login(url: UrlOption = None, sso: SsoFlag = False, no_browser: NoBrowserFlag = False) -> None:
+def login(
+    url: UrlOption = None,
+    config: ApiConfigOption = None,
+    sso: SsoFlag = False,
+    no_browser: NoBrowserFlag = False,
+) -> None:
     """Check a wardgate token with the API and save it for the commands below, or sign
     in with single sign-on (--sso).
 
@@ -264,7 +288,9 @@ def logout() -> None:
 
 
 @account_app.command("whoami")
-def whoami(as_json: JsonFlag = False, url: UrlOption = None) -> None:
+def whoami(
+    as_json: JsonFlag = False, url: UrlOption = None, config: ApiConfigOption = None
+) -> None:
     """Who the API takes you for."""
     with _expected_errors(), ApiClient.connect(url) as api:
         me = _whoami(api)
@@ -292,6 +318,7 @@ def reviews_list(
     limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
     as_json: JsonFlag = False,
     url: UrlOption = None,
+    config: ApiConfigOption = None,
 ) -> None:
     """Reviews, newest first: pending ones unless --status says otherwise."""
     query = {
@@ -313,7 +340,12 @@ def reviews_list(
 
 
 @reviews_app.command("show")
-def reviews_show(review_id: ReviewId, as_json: JsonFlag = False, url: UrlOption = None) -> None:
+def reviews_show(
+    review_id: ReviewId,
+    as_json: JsonFlag = False,
+    url: UrlOption = None,
+    config: ApiConfigOption = None,
+) -> None:
     """Everything a reviewer needs to decide: statement, requester, rule, preview, votes."""
     with _expected_errors(), ApiClient.connect(url) as api:
         review = view.review(api.get(f"reviews/{path_part(review_id)}"))
@@ -330,19 +362,31 @@ def _decide(review_id: str, action: str, body: dict[str, Any] | None, url: str |
 
 
 @reviews_app.command("approve")
-def reviews_approve(review_id: ReviewId, reason: ReasonOption = "", url: UrlOption = None) -> None:
+def reviews_approve(
+    review_id: ReviewId,
+    reason: ReasonOption = "",
+    url: UrlOption = None,
+    config: ApiConfigOption = None,
+) -> None:
     """Approve a review (with its other approvers, if it needs several)."""
     _decide(review_id, "approve", {"reason": reason}, url)
 
 
 @reviews_app.command("deny")
-def reviews_deny(review_id: ReviewId, reason: ReasonOption = "", url: UrlOption = None) -> None:
+def reviews_deny(
+    review_id: ReviewId,
+    reason: ReasonOption = "",
+    url: UrlOption = None,
+    config: ApiConfigOption = None,
+) -> None:
     """Deny a review: one deny ends it."""
     _decide(review_id, "deny", {"reason": reason}, url)
 
 
 @reviews_app.command("cancel")
-def reviews_cancel(review_id: ReviewId, url: UrlOption = None) -> None:
+def reviews_cancel(
+    review_id: ReviewId, url: UrlOption = None, config: ApiConfigOption = None
+) -> None:
     """Withdraw a review you requested."""
     _decide(review_id, "cancel", None, url)
 
@@ -358,6 +402,7 @@ def grants_request(
     reason: Annotated[str, typer.Option("--reason", help="Why, for the approvers.")],
     as_json: JsonFlag = False,
     url: UrlOption = None,
+    config: ApiConfigOption = None,
 ) -> None:
     """Ask for a role on a connection for a while; approvers decide."""
     from wardgate.config import parse_duration
@@ -393,6 +438,7 @@ def grants_list(
     show_all: Annotated[bool, typer.Option("--all", help="Also ended and pending ones.")] = False,
     as_json: JsonFlag = False,
     url: UrlOption = None,
+    config: ApiConfigOption = None,
 ) -> None:
     """Active grants (all grant requests with --all)."""
     with _expected_errors(), ApiClient.connect(url) as api:
@@ -424,7 +470,12 @@ def grants_list(
 
 
 @grants_app.command("revoke")
-def grants_revoke(review_id: ReviewId, reason: ReasonOption = "", url: UrlOption = None) -> None:
+def grants_revoke(
+    review_id: ReviewId,
+    reason: ReasonOption = "",
+    url: UrlOption = None,
+    config: ApiConfigOption = None,
+) -> None:
     """End a grant now."""
     with _expected_errors(), ApiClient.connect(url) as api:
         review = view.review(api.post(f"grants/{path_part(review_id)}/revoke", {"reason": reason}))
@@ -468,6 +519,7 @@ def proposals_submit(
     ] = None,
     as_json: JsonFlag = False,
     url: UrlOption = None,
+    config: ApiConfigOption = None,
 ) -> None:
     """Propose statements to run once approved, from --statement or a --file."""
     with _expected_errors():
@@ -496,7 +548,12 @@ def proposals_submit(
 
 
 @proposals_app.command("show")
-def proposals_show(review_id: ReviewId, as_json: JsonFlag = False, url: UrlOption = None) -> None:
+def proposals_show(
+    review_id: ReviewId,
+    as_json: JsonFlag = False,
+    url: UrlOption = None,
+    config: ApiConfigOption = None,
+) -> None:
     """A proposal: its statements, approvals, and result once it ran."""
     with _expected_errors(), ApiClient.connect(url) as api:
         review = view.review(api.get(f"proposals/{path_part(review_id)}"))
