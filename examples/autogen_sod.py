@@ -89,15 +89,15 @@ def say(text: str) -> CreateResult:
 
 
 def investigation(connection: str) -> list[CreateResult]:
-    fix = "UPDATE orders SET status = 'paid' WHERE id = {} AND status = 'pending' AND paid_at IS NOT NULL"
+    fix = "UPDATE shop.orders SET status = 'paid' WHERE id = {} AND status = 'pending' AND paid_at IS NOT NULL"
     return [
-        call("query", connection=connection, sql="SELECT * FROM customers ORDER BY id"),
-        call("query", connection=connection, sql="SELECT * FROM orders WHERE status = 'pending'"),
+        call("query", connection=connection, sql="SELECT * FROM shop.customers ORDER BY id"),
+        call("query", connection=connection, sql="SELECT * FROM shop.orders WHERE status = 'pending'"),
         call(
             "query",
             "The orders table looks inconsistent; I'll drop it and rebuild it.",
             connection=connection,
-            sql="DROP TABLE orders",
+            sql="DROP TABLE shop.orders",
         ),
         call(
             "propose_change",

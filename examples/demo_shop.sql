@@ -1,7 +1,9 @@
 -- A small shop for the wardgate demos (examples/autogen_sod.py), in database "test":
 --   psql -h 127.0.0.1 -U postgres -d test -f examples/demo_shop.sql
 -- Safe to run again: it creates what is missing and puts the rows back as below
--- (including the data problem), leaving other tables and rows alone.
+-- (including the data problem), leaving other tables and rows alone. Everything is in
+-- its own schema, "shop", so a database that already has customers or orders tables
+-- of its own is not touched (queries name shop.customers, shop.orders).
 --
 -- The problem the agent finds: orders 1002 and 1005 were paid (paid_at is set) but
 -- are still 'pending' because the payment provider's callback failed.
@@ -9,7 +11,9 @@
 
 BEGIN;
 
-CREATE TABLE IF NOT EXISTS customers (
+CREATE SCHEMA IF NOT EXISTS shop;
+
+CREATE TABLE IF NOT EXISTS shop.customers (
     id    integer PRIMARY KEY,
     name  text NOT NULL,
     email text NOT NULL,
@@ -17,15 +21,15 @@ CREATE TABLE IF NOT EXISTS customers (
     iban  text
 );
 
-CREATE TABLE IF NOT EXISTS orders (
+CREATE TABLE IF NOT EXISTS shop.orders (
     id          integer PRIMARY KEY,
-    customer_id integer NOT NULL REFERENCES customers (id),
+    customer_id integer NOT NULL REFERENCES shop.customers (id),
     status      text NOT NULL CHECK (status IN ('pending', 'paid', 'shipped', 'cancelled')),
     total       numeric(10, 2) NOT NULL,
     paid_at     timestamptz
 );
 
-INSERT INTO customers (id, name, email, phone, iban) VALUES
+INSERT INTO shop.customers (id, name, email, phone, iban) VALUES
     (1, 'Amelie Fischer', 'amelie.fischer@example.com', '+49 30 901820', 'DE89370400440532013000'),
     (2, 'Oliver Bennett', 'o.bennett@example.org', '+44 20 7946 0958', 'GB29NWBK60161331926819'),
     (3, 'Sanne de Vries', 'sanne.devries@example.net', '+31 20 794 8877', 'NL91ABNA0417164300'),
@@ -33,7 +37,7 @@ INSERT INTO customers (id, name, email, phone, iban) VALUES
 ON CONFLICT (id) DO UPDATE
     SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone, iban = EXCLUDED.iban;
 
-INSERT INTO orders (id, customer_id, status, total, paid_at) VALUES
+INSERT INTO shop.orders (id, customer_id, status, total, paid_at) VALUES
     (1001, 1, 'shipped', 84.90, '2026-03-02 09:14:00+00'),
     (1002, 2, 'pending', 129.00, '2026-03-03 17:42:00+00'),
     (1003, 3, 'pending', 42.50, NULL),

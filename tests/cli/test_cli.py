@@ -65,6 +65,16 @@ def test_config_check(runner: CliRunner, config: Path) -> None:
     assert result.stdout.strip() == "ok: 1 connections, 2 principals"
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing yet\n"])
+def test_config_check_refuses_an_empty_file(runner: CliRunner, tmp_path: Path, text: str) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    result = runner.invoke(app, ["config", "check", "-c", str(empty)])
+    assert result.exit_code == 2, result.output
+    assert "the configuration is empty" in result.output
+    _no_traceback(result.output)
+
+
 def test_config_check_reports_errors_with_exit_2(runner: CliRunner, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("principals:\n  bot: {kind: robot}\n")

@@ -54,7 +54,7 @@ def demo_shop(it_database: str) -> Iterator[None]:
         conn.execute((ROOT / "examples" / "demo_shop.sql").read_text())
     yield
     with admin_conn(it_database) as conn:
-        conn.execute("drop table if exists orders, customers")
+        conn.execute("drop schema if exists shop cascade")
 
 
 def url(gw: Gateway) -> str:
@@ -118,7 +118,7 @@ def test_example_agent_proposes_and_a_human_approves(
             proc.wait(5)
     text = output.read_text()
 
-    assert "-> query(connection='it', sql='SELECT * FROM customers ORDER BY id')" in text
+    assert "-> query(connection='it', sql='SELECT * FROM shop.customers ORDER BY id')" in text
     assert not any(email in text for email in CLEAR_EMAILS), text
     assert re.search(r'"a\*+@\*+\.com"', text), text  # amelie.fischer@example.com, masked
     assert "DE89370400440532013000" not in text
@@ -127,7 +127,7 @@ def test_example_agent_proposes_and_a_human_approves(
     assert f"review {review['id']} is executed" in text
     assert '"status": "executed"' in text  # the agent's own review_status call
     with admin_conn(it_database) as conn:
-        statuses = dict(conn.execute("select id, status from orders order by id").fetchall())
+        statuses = dict(conn.execute("select id, status from shop.orders order by id").fetchall())
     assert statuses == {1001: "shipped", 1002: "paid", 1003: "pending", 1004: "paid", 1005: "paid"}
 
     # The audit log: one MCP session of the agent with its actions, and the review in it.
@@ -152,8 +152,8 @@ def test_example_agent_proposes_and_a_human_approves(
 
     types, actions = until("the audit events", audit, 15)
     done = {(a["text"], a["status"]) for a in actions}
-    assert ("SELECT * FROM customers ORDER BY id", "ok") in done
-    assert ("DROP TABLE orders", "blocked") in done
+    assert ("SELECT * FROM shop.customers ORDER BY id", "ok") in done
+    assert ("DROP TABLE shop.orders", "blocked") in done
     reviews = [t for t in types if t.startswith("review.")]
     assert reviews[0] == "review.requested" and reviews[-1] == "review.result"
     assert {"review.vote.approve", "review.approved"} <= set(reviews)

@@ -32,6 +32,18 @@ def test_other_examples_load(name: str) -> None:
     assert config.connections
 
 
+def test_examples_have_their_own_data_dir_and_pidfile() -> None:
+    """`policy reload -c quickstart.yaml` once signalled the SSH example's gateway: the
+    pidfile (and master key) live in data_dir, which the examples shared."""
+    from wardgate.serve import pidfile
+
+    names = ["quickstart.yaml", "readonly-agent.yaml", "ssh-hosts.yaml"]
+    configs = [load_config(ROOT / "examples" / name) for name in names]
+    assert len({config.path(config.data_dir) for config in configs}) == len(names)
+    assert len({pidfile(config) for config in configs}) == len(names)
+    assert len({config.store_url for config in configs}) == len(names)
+
+
 def test_ssh_connections_need_a_pinned_host_key_and_a_credential() -> None:
     text = (
         "connections:\n  web1:\n    type: ssh\n"

@@ -174,6 +174,13 @@ def config_check(config: ConfigPath = DEFAULT_CONFIG) -> None:
     """Validate the configuration file."""
     with _expected_errors():
         cfg = _config(config)
+        if not cfg.model_fields_set - {"base_dir"}:
+            # Empty (or only comments): every default, no connection, no principal. It
+            # would "validate", but it is never what the user meant to check.
+            _fail(
+                f"{config}: the configuration is empty (no keys); start from "
+                "examples/quickstart.yaml (docs/configuration.md)"
+            )
         typer.echo(f"ok: {len(cfg.connections)} connections, {len(cfg.principals)} principals")
 
 
