@@ -198,6 +198,12 @@ async def authenticate(
         if not looked_up.done():
             looked_up.cancel()
     if retry is not None:
+        log.info(
+            "login of %r from %s refused: too many failed logins from this address",
+            principal,
+            addr,
+            extra={"fields": {"event": "login.refused", "principal": principal, "client": addr}},
+        )
         raise StartupRefused(
             "28P01",
             f"wardgate: too many failed logins from this address; try again in {int(retry) + 1} s",
@@ -237,7 +243,12 @@ async def authenticate(
             ok = False
     if not ok:
         delay = await asyncio.to_thread(limiter.record_failure, principal, addr, tls=tls)
-        log.info("failed login for principal %r from %s", principal, addr)
+        log.info(
+            "failed login for principal %r from %s",
+            principal,
+            addr,
+            extra={"fields": {"event": "login.failed", "principal": principal, "client": addr}},
+        )
         # Throttled: the guesser waits for its answer; a correct token is never slowed.
         await asyncio.sleep(delay)
         raise StartupRefused("28P01", GENERIC_AUTH_FAILURE.format(principal))
