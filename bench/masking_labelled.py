@@ -839,7 +839,7 @@ def _place(rng: random.Random, values: list[Value]) -> Sample:
     elif context == 3:  # JSON object
         key = (values[0].entity or "ref") if not values[0].label else "phone"
         pieces = [
-            ('{"id": %d, "%s": "' % (rng.randint(1, 9999), key), None),
+            (f'{{"id": {rng.randint(1, 9999)}, "{key}": "', None),
             ("", values[0]),
             ('", "active": true}', None),
         ]
