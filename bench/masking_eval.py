@@ -78,6 +78,21 @@ def score(samples: list[Sample]) -> Score:
     return s
 
 
+def _metadata_note(kind: str, value: str) -> str:
+    """Diagnostics only (never the label): whether phonenumbers' metadata knows the
+    number, since a number the metadata calls invalid is one no validating detector finds."""
+    if not kind.startswith("phone"):
+        return ""
+    import phonenumbers
+
+    region = kind.split("-")[1] if kind.count("-") >= 1 else None
+    try:
+        number = phonenumbers.parse(value, region if region and len(region) == 2 else None)
+    except phonenumbers.NumberParseException:
+        return "  (phonenumbers: unparsable)"
+    return "" if phonenumbers.is_valid_number(number) else "  (phonenumbers: invalid)"
+
+
 def report(s: Score, samples: list[Sample], show_errors: int) -> None:
     negatives = sum(1 for x in samples if not x.gold)
     print(f"{len(samples)} samples, {negatives} without any sensitive value")
@@ -101,7 +116,7 @@ def report(s: Score, samples: list[Sample], show_errors: int) -> None:
     if by_kind:
         print("misses by generator:", ", ".join(f"{k} {n}" for k, n in by_kind.most_common()))
     for kind, text, value in s.misses[:show_errors]:
-        print(f"  MISS [{kind}] {value!r} in {text!r}")
+        print(f"  MISS [{kind}] {value!r} in {text!r}{_metadata_note(kind, value)}")
     for kind, text, found in s.false_alarms[:show_errors]:
         print(f"  FALSE [{kind}] {found!r} in {text!r}")
 

@@ -835,9 +835,11 @@ def _place(rng: random.Random, values: list[Value]) -> Sample:
         pieces = labelled(values[0])
     elif context == 2:
         before, after = rng.choice(SENTENCES).split("{v}")
-        pieces = [(before, None), ("", values[0]), (after, None)]
+        inner = labelled(values[0]) if values[0].label else [("", values[0])]
+        pieces = [(before, None), *inner, (after, None)]
     elif context == 3:  # JSON object
-        key = (values[0].entity or "ref") if not values[0].label else "phone"
+        key = {"secret": "dsn", None: "ref"}.get(values[0].entity, values[0].entity)
+        key = "phone" if values[0].label else key
         pieces = [
             (f'{{"id": {rng.randint(1, 9999)}, "{key}": "', None),
             ("", values[0]),
