@@ -184,7 +184,6 @@ def find_phones(text: str, assume_hint: bool = False) -> list[tuple[int, int]]:
     for m in _CANDIDATE.finditer(text):
         candidate = m.group()
         number = parse_phone(candidate, assume_hint)
-        core = _EXTENSION.sub("", candidate)
         if number is None and not assume_hint:
             # Bare digits, a dotted quad, a national number of a region not tried
             # by default: a phone number only after a hint word ("Tel:", a phone
