@@ -41,6 +41,8 @@ class MaskingRule(Protocol):
     def columns(self) -> Sequence[str]: ...
     @property
     def strategy(self) -> str: ...
+    @property
+    def sensitive(self) -> bool: ...
 
 
 class _Masking(Protocol):
@@ -121,7 +123,8 @@ class MaskingPolicy:
         return self._sessions[cache_key]
 
     def _resolve(self, principal: Principal, connection: str) -> SessionMasking | None:
-        rules = [r for r in self._rules if _applies(r, principal, connection)]
+        # sensitive: false rules only mark columns as reviewed and harmless.
+        rules = [r for r in self._rules if r.sensitive and _applies(r, principal, connection)]
         if not rules:
             return None
         content: list[Masker] = []
