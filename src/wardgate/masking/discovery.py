@@ -226,8 +226,9 @@ def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
 def _end_line(node: yaml.Node, lines: list[str]) -> int:
     """The line index just after a block node's last content line (its end mark may sit
     on the following key's line, or after trailing comments)."""
-    end = node.end_mark.line if node.end_mark.column == 0 else node.end_mark.line + 1
-    end = min(end, len(lines))
+    line, column = node.end_mark.line, node.end_mark.column
+    before = lines[line][:column] if line < len(lines) else ""
+    end = min(line if not before.strip() else line + 1, len(lines))
     while end > 0 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
         end -= 1
     return end
