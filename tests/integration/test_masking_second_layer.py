@@ -82,6 +82,17 @@ def test_transformed_values_are_masked_and_decode(gw: Gateway, people: str, name
     assert _leaks(list(row)) == [], row
 
 
+def test_a_phone_column_makes_bare_digits_a_phone_number(gw: Gateway, people: str) -> None:
+    with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+        row = conn.execute(
+            "select '4155552671'::text as phone, '4155552671'::text as home_tel,"
+            " '4155552671'::text as n, '4155552671'::text as hotel"
+        ).fetchone()
+    assert row is not None
+    assert row[0] != "4155552671" and row[1] != "4155552671"  # the name says phone
+    assert row[2:] == ("4155552671", "4155552671")  # a plain number elsewhere
+
+
 def test_binary_results_are_masked(gw: Gateway, people: str) -> None:
     with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
         cur = conn.cursor(binary=True)

@@ -21,7 +21,9 @@ from .entities import ENTITIES
 
 # A column whose name says what it holds: bare digits count as that entity there (a
 # phone column of "4155552671"s), as after a hint word in free text.
-_HINTED_NAME = re.compile(r"(?i)phone|mobile|tel|fax|ssn|social|bsn|sofi")
+_HINTED_NAME = re.compile(
+    r"(?i)phone|mobile|social|(?<![a-z])(?:tel|fax|cell|ssn|bsn|sofi)(?![a-z])"
+)
 MIN_SHARE = 0.2  # of the sampled non-null values, to propose a column
 
 

@@ -39,6 +39,15 @@ NO_TEXT = frozenset({
 # Numbers can be a card or phone number (``select card::bigint``): their text form is
 # scanned, and a number with a finding becomes NULL. Binary numbers are not parsed.
 NUMBERS = frozenset({20, 21, 23, 1700, 790, 1005, 1007, 1016, 1231, 791})
+# A result column named like this holds phone numbers (or SSNs, BSNs): bare digits count,
+# as after a hint word ("4155552671" in a column `phone`, also `select x as phone`).
+_HINTED_NAME = re.compile(r"(?i)phone|mobile|(?<![a-z])(?:tel|fax|cell|ssn|bsn)(?![a-z])")
+
+
+def hinted_name(name: str) -> bool:
+    return _HINTED_NAME.search(name) is not None
+
+
 _HEX_MARK = b"\\x"
 _HEX_RUN = re.compile(rb"\\{1,2}x((?:[0-9a-f]{2}){4,})")
 
@@ -52,6 +61,7 @@ class Do(IntEnum):
     NULL = 5  # cannot be masked in place and stay valid: NULL
     CONTENT_HEX = 6  # text form with bytea hex runs (\x6a61...): decoded, scanned
     CONTENT_OR_NULL = 7  # text form of a non-text type: NULL when detection finds anything
+    CONTENT_HINTED = 8  # text-like, in a column whose name says phone/SSN/BSN
 
 
 _ROW_MEMO_MAX_ROW = 2048
@@ -110,7 +120,7 @@ def _column_plan(
     if col.type_oid in IP_TYPES:
         return (Do.NULL, None) if masking.masks_ips else (Do.PASS, None)
     if col.type_oid in TEXT_LIKE:
-        return Do.CONTENT, None
+        return (Do.CONTENT_HINTED if hinted_name(col.name) else Do.CONTENT), None
     if col.type_oid == JSONB:
         return (Do.CONTENT, None) if text else (Do.CONTENT_JSONB, None)
     if col.type_oid in TEXT_ARRAYS:
@@ -203,6 +213,9 @@ def _mask_value(
     if do is Do.WHOLE:
         text = value.decode(encoding, "surrogateescape")
         return masker.mask_whole(text).encode(encoding, "surrogateescape")  # type: ignore[attr-defined, no-any-return]
+    if do is Do.CONTENT_HINTED:
+        out = masking.mask_bytes(value, encoding, hinted=True)
+        return value if out is None else out
     if do is Do.CONTENT_HEX:
         return _mask_with_hex(value, masking, encoding)
     if do is Do.CONTENT_OR_NULL:
@@ -325,7 +338,12 @@ class ResultMasking:
         """The plan for a result of these columns; the same shape reuses one plan (and
         its memory of masked rows) from query to query."""
         shape = tuple(
-            (c.type_oid, c.format, names.get((c.table_oid, c.attnum)) if c.table_oid else None)
+            (
+                c.type_oid,
+                c.format,
+                names.get((c.table_oid, c.attnum)) if c.table_oid else None,
+                hinted_name(c.name),
+            )
             for c in columns
         )
         if shape not in self._plans:
