@@ -310,6 +310,9 @@ class MaskingRuleConfig(_Model):
     entities: list[str] = Field(default_factory=list)
     columns: list[str] = Field(default_factory=list)
     strategy: Literal["redact", "partial", "hash", "pseudonym"] = "partial"
+    # false: these columns are known not to be sensitive. Such a rule masks nothing;
+    # `wardgate masking discover` stops proposing its columns (content rules still apply).
+    sensitive: bool = True
 
 
 # Files no program may read over SSH for a principal whose output is masked: masking a
@@ -632,6 +635,10 @@ class Config(_Model):
             where: tuple[str | int, ...] = ("masking", "rules", i)
             if not rule.entities and not rule.columns:
                 problems.append((where, "a masking rule needs entities, columns or both"))
+            if not rule.sensitive and (rule.entities or not rule.columns):
+                problems.append(
+                    (where, "a rule with sensitive: false names columns only (no entities)")
+                )
             for j, entity in enumerate(rule.entities):
                 if entity != "all" and entity not in ENTITIES:
                     problems.append(
