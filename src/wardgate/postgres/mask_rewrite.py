@@ -1,0 +1,785 @@
+"""Column masking by rewriting: a statement's parse tree with every reference to a
+sensitive column replaced by an expression that computes the masked value in the
+database, so whatever the query does to the column (``replace``, ``encode``, casts,
+aggregates) it does to masked values. Pure: SQL and a catalog snapshot in, SQL out.
+
+What the rewriter cannot prove safe it refuses (``Refused``), never passes: whole-row
+references of a table with sensitive columns, views and routines over them, ``COPY t
+TO``, predicates on sensitive columns (unless the rule allows them), catalogs that
+hold row values or secrets (pg_stats, pg_authid...), functions that run SQL text.
+``SELECT *`` and ``TABLE t`` are expanded from the catalog into the table's columns,
+masked where a rule says so. See docs/masking.md, "Column masking by rewriting".
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.enums.parsenodes import SetOperation
+from pglast.parser import ParseError
+from pglast.stream import RawStream
+
+from wardgate.policy.functions import BUILTIN_READ_ONLY, WRITE_FUNCTIONS
+
+MASK_SCHEMA = "wardgate_mask"
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+
+# Catalog relations that hold row values, statistics about them, or secrets.
+BLOCKED_RELATIONS = frozenset(
+    {
+        "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic",
+        "pg_statistic_ext_data", "pg_authid", "pg_shadow", "pg_user_mappings",
+        "pg_user_mapping", "pg_largeobject", "pg_largeobject_metadata", "pg_stat_statements",
+        "pg_stat_statements_info",
+    }
+)  # fmt: skip
+# Built-ins that read values past the rewrite: SQL text they run, files, large objects,
+# the query texts of sessions (this one's is the rewritten text, with no clear value,
+# but other sessions' are not), statistics.
+BLOCKED_FUNCTIONS = frozenset(
+    {
+        "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
+        "cursor_to_xmlschema", "table_to_xml", "table_to_xmlschema",
+        "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
+        "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema",
+        "database_to_xml_and_xmlschema", "ts_stat", "current_query", "lo_get", "loread",
+        "lo_export", "lo_import", "lo_open", "pg_read_file", "pg_read_binary_file",
+        "pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_mcv_list_items",
+        "pg_get_statisticsobjdef_expressions", "pg_stat_statements", "dblink",
+    }
+)  # fmt: skip
+# pg_stat_activity: the query text of the session itself only.
+_ACTIVITY = frozenset({"pg_stat_activity"})
+_TEXT_TYPES = ("text", "character varying", "character", "name", "citext", "bpchar", "varchar")
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """One column glob of a masking rule, as it applies to one session."""
+
+    rule: str
+    glob: str  # schema.table.column, lower case
+    strategy: str  # redact | partial | hash | pseudonym
+    predicates: str = "block"  # allow | block
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A relation of the catalog: its columns in order (name, format_type), and for a
+    view what it reads (``schema.table.column``, ``schema.table.*`` for a whole row,
+    ``function schema.name`` for a user routine), closed over views of views."""
+
+    schema: str
+    name: str
+    kind: str  # pg_class.relkind
+    columns: tuple[tuple[str, str], ...]
+    reads: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class MaskCatalog:
+    tables: Mapping[str, tuple[Table, ...]]  # by relname, every schema
+    system: frozenset[str] = frozenset()  # relnames in pg_catalog / information_schema
+    user_functions: frozenset[str] = frozenset()  # names of routines outside them
+    functions_installed: bool = False  # the wardgate_mask schema's functions
+
+    @staticmethod
+    def of(
+        tables: Iterable[Table],
+        system: Iterable[str] = (),
+        user_functions: Iterable[str] = (),
+        functions_installed: bool = False,
+    ) -> MaskCatalog:
+        by_name: dict[str, list[Table]] = {}
+        for t in tables:
+            by_name.setdefault(t.name, []).append(t)
+        return MaskCatalog(
+            {k: tuple(v) for k, v in by_name.items()},
+            frozenset(system),
+            frozenset(user_functions),
+            functions_installed,
+        )
+
+
+class Refused(Exception):
+    """The statement cannot be proven safe to run for this principal."""
+
+    def __init__(self, reason: str, rule: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rule = rule
+
+
+@dataclass(frozen=True, slots=True)
+class Masked:
+    """A sensitive column of one relation: the rule and the column's type."""
+
+    rule: ColumnRule
+    type: str
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One relation of a FROM list, by the name the query refers to it."""
+
+    refname: str
+    schema: str | None
+    table: Table | None  # None: a subquery, CTE or function (its output is safe)
+    masked: dict[str, Masked]
+    activity: bool = False  # pg_stat_activity
+
+    def has(self, column: str) -> bool:
+        return self.table is not None and any(c == column for c, _ in self.table.columns)
+
+
+_Level = list[_Entry]
+_OUTPUT, _PREDICATE, _WRITE = "output", "predicate", "write"
+
+
+def rewrite(sql: str, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> str | None:
+    """``sql`` with sensitive columns masked, or None when nothing needed a change.
+    Raises Refused. Unparsable SQL is returned unchanged: the gate has judged it and
+    the server's parser refuses it too."""
+    try:
+        statements = parse_sql(sql)
+    except ParseError:
+        return None
+    rewriter = _Rewriter(catalog, rules)
+    for raw in statements:
+        raw.stmt = rewriter.statement(raw.stmt)
+    if not rewriter.changed:
+        return None
+    return "; ".join(RawStream()(raw) for raw in statements)
+
+
+def _strings(fields: Iterable[Any]) -> list[str]:
+    return [f.sval for f in fields if isinstance(f, ast.String)]
+
+
+def _deparse(node: Any) -> str:
+    return str(RawStream()(node))
+
+
+def _parse_expr(sql: str) -> Any:
+    stmt = parse_sql(f"SELECT {sql}")[0].stmt
+    return stmt.targetList[0].val
+
+
+def _is_text(type_name: str) -> bool:
+    return type_name.split("(")[0].strip() in _TEXT_TYPES
+
+
+_STRATEGY_FUNCTIONS = {"partial": "partial", "hash": "hash", "pseudonym": "pseudonym"}
+
+
+def mask_expression(column_sql: str, masked: Masked, functions_installed: bool) -> str:
+    """The SQL computing the masked value of ``column_sql`` with its type kept."""
+    kind = masked.rule.strategy
+    function = _STRATEGY_FUNCTIONS.get(kind)
+    if function is None or not _is_text(masked.type) or not functions_installed:
+        return f"CAST(NULL AS {masked.type})"
+    return (
+        f"CAST({MASK_SCHEMA}.{function}(CAST({column_sql} AS pg_catalog.text)) AS {masked.type})"
+    )
+
+
+@dataclass
+class _Rewriter:
+    catalog: MaskCatalog
+    rules: tuple[ColumnRule, ...]
+    changed: bool = False
+    _ctes: list[set[str]] = field(default_factory=list)
+
+    # ------------------------------------------------------------- statements
+
+    def statement(self, stmt: Any) -> Any:
+        if isinstance(stmt, ast.SelectStmt):
+            return self.select(stmt, [])
+        if isinstance(stmt, ast.InsertStmt):
+            return self._insert(stmt)
+        if isinstance(stmt, ast.UpdateStmt):
+            return self._update(stmt)
+        if isinstance(stmt, ast.DeleteStmt):
+            return self._delete(stmt)
+        if isinstance(stmt, ast.CopyStmt):
+            return self._copy(stmt)
+        if isinstance(stmt, ast.ExplainStmt | ast.DeclareCursorStmt | ast.PrepareStmt):
+            stmt.query = self.statement(stmt.query)
+            return stmt
+        if isinstance(stmt, ast.CreateTableAsStmt):
+            stmt.query = self.statement(stmt.query)
+            return stmt
+        if isinstance(stmt, ast.MergeStmt):
+            self._refuse_if_masked_relation(stmt.relation, "MERGE")
+            self._from_item(stmt.sourceRelation, [], [])
+            return stmt
+        if isinstance(stmt, ast.DoStmt | ast.CallStmt):
+            what = "a DO block" if isinstance(stmt, ast.DoStmt) else "CALL of a procedure"
+            raise Refused(
+                f"{what} runs code the gateway cannot read, and it could read masked "
+                "columns in clear; run the SQL as separate statements",
+                self._any_rule(),
+            )
+        return stmt
+
+    def _with(self, with_clause: Any, outer: list[_Level]) -> set[str]:
+        names: set[str] = set()
+        if with_clause is None:
+            return names
+        for cte in with_clause.ctes or ():
+            names.add(cte.ctename)
+            self._ctes.append(names)
+            try:
+                cte.ctequery = self._nested(cte.ctequery, outer)
+            finally:
+                self._ctes.pop()
+        return names
+
+    def _nested(self, stmt: Any, outer: list[_Level]) -> Any:
+        if isinstance(stmt, ast.SelectStmt):
+            return self.select(stmt, outer)
+        return self.statement(stmt)
+
+    def select(self, stmt: Any, outer: list[_Level]) -> Any:
+        ctes = self._with(stmt.withClause, outer)
+        self._ctes.append(ctes)
+        try:
+            return self._select(stmt, outer)
+        finally:
+            self._ctes.pop()
+
+    def _select(self, stmt: Any, outer: list[_Level]) -> Any:
+        if stmt.op is not None and stmt.op != SetOperation.SETOP_NONE:
+            stmt.larg = self.select(stmt.larg, outer)
+            stmt.rarg = self.select(stmt.rarg, outer)
+            return stmt  # its ORDER BY and LIMIT see the (masked) output columns
+        if stmt.valuesLists:
+            stmt.valuesLists = tuple(
+                tuple(self.expr(v, outer, _OUTPUT) for v in row) for row in stmt.valuesLists
+            )
+        level: _Level = []
+        for item in stmt.fromClause or ():
+            self._from_item(item, level, outer)
+        scopes = [level, *outer]
+        if stmt.fromClause:
+            stmt.fromClause = tuple(self._join_quals(i, scopes) for i in stmt.fromClause)
+        if stmt.targetList:
+            stmt.targetList = tuple(self._targets(stmt.targetList, level, scopes))
+        for name in ("whereClause", "havingClause", "limitCount", "limitOffset"):
+            value = getattr(stmt, name)
+            if value is not None:
+                setattr(stmt, name, self.expr(value, scopes, _PREDICATE))
+        for name in ("groupClause", "sortClause", "distinctClause", "windowClause"):
+            value = getattr(stmt, name)
+            if value:
+                setattr(stmt, name, self.expr(value, scopes, _PREDICATE))
+        return stmt
+
+    def _insert(self, stmt: Any) -> Any:
+        ctes = self._with(stmt.withClause, [])
+        self._ctes.append(ctes)
+        try:
+            if stmt.selectStmt is not None:
+                stmt.selectStmt = self._writing(stmt.selectStmt)
+            level: _Level = []
+            self._from_item(stmt.relation, level, [])
+            if stmt.onConflictClause is not None:
+                stmt.onConflictClause = self.expr(stmt.onConflictClause, [level], _PREDICATE)
+            if stmt.returningList:
+                stmt.returningList = tuple(self._targets(stmt.returningList, level, [level]))
+        finally:
+            self._ctes.pop()
+        return stmt
+
+    def _writing(self, select: Any) -> Any:
+        """The rows an INSERT writes: a sensitive column there would be stored masked
+        (or, unmasked, copied where it is not masked): refused."""
+        before = self.changed
+        self.select(select, [])
+        if self.changed and not before:
+            raise Refused(
+                "this INSERT copies a masked column; the gateway neither writes masked "
+                "values into a table nor copies clear ones where a rule cannot see them. "
+                "A principal without this masking rule can run it",
+                self._any_rule(),
+            )
+        return select
+
+    def _update(self, stmt: Any) -> Any:
+        ctes = self._with(stmt.withClause, [])
+        self._ctes.append(ctes)
+        try:
+            level: _Level = []
+            self._from_item(stmt.relation, level, [])
+            for item in stmt.fromClause or ():
+                self._from_item(item, level, [])
+            scopes = [level]
+            stmt.targetList = tuple(
+                self._set_target(t, scopes) for t in stmt.targetList or ()
+            )
+            if stmt.whereClause is not None:
+                stmt.whereClause = self.expr(stmt.whereClause, scopes, _PREDICATE)
+            if stmt.returningList:
+                stmt.returningList = tuple(self._targets(stmt.returningList, level, scopes))
+        finally:
+            self._ctes.pop()
+        return stmt
+
+    def _set_target(self, target: Any, scopes: list[_Level]) -> Any:
+        target.val = self.expr(target.val, scopes, _WRITE)
+        return target
+
+    def _delete(self, stmt: Any) -> Any:
+        ctes = self._with(stmt.withClause, [])
+        self._ctes.append(ctes)
+        try:
+            level: _Level = []
+            self._from_item(stmt.relation, level, [])
+            for item in stmt.usingClause or ():
+                self._from_item(item, level, [])
+            if stmt.whereClause is not None:
+                stmt.whereClause = self.expr(stmt.whereClause, [level], _PREDICATE)
+            if stmt.returningList:
+                stmt.returningList = tuple(self._targets(stmt.returningList, level, [level]))
+        finally:
+            self._ctes.pop()
+        return stmt
+
+    def _copy(self, stmt: Any) -> Any:
+        if stmt.query is not None:
+            stmt.query = self.statement(stmt.query)
+            return stmt
+        if stmt.is_from or stmt.relation is None:
+            return stmt
+        level: _Level = []
+        self._from_item(stmt.relation, level, [])
+        entry = level[0]
+        wanted = set(_strings(stmt.attlist or ())) or set(entry.masked)
+        hit = wanted & set(entry.masked)
+        if hit:
+            rule = entry.masked[sorted(hit)[0]].rule
+            raise Refused(
+                f"COPY {entry.refname} TO reads masked columns ({', '.join(sorted(hit))}) "
+                f"in clear (masking rule {rule.rule!r}); copy a query instead: "
+                f"COPY (SELECT ... FROM {entry.refname}) TO STDOUT",
+                rule.rule,
+            )
+        return stmt
+
+    # ------------------------------------------------------------- FROM
+
+    def _from_item(self, item: Any, level: _Level, outer: list[_Level]) -> None:
+        if isinstance(item, ast.RangeVar):
+            level.append(self._relation(item))
+        elif isinstance(item, ast.JoinExpr):
+            self._from_item(item.larg, level, outer)
+            self._from_item(item.rarg, level, outer)
+            using = _strings(item.usingClause or ())
+            if item.isNatural:
+                using = [c for e in level for c in e.masked]
+            for name in using:
+                for entry in level:
+                    if name in entry.masked:
+                        self._predicate_refused(entry.masked[name].rule, name, "a join")
+        elif isinstance(item, ast.RangeSubselect):
+            scopes = [*([level] if item.lateral else []), *outer]
+            item.subquery = self._nested(item.subquery, scopes)
+            level.append(_Entry(item.alias.aliasname if item.alias else "", None, None, {}))
+        elif isinstance(item, ast.RangeFunction):
+            scopes = [level, *outer] if item.lateral else outer
+            item.functions = self.expr(item.functions, scopes, _OUTPUT)
+            name = item.alias.aliasname if item.alias else ""
+            level.append(_Entry(name, None, None, {}))
+        else:
+            # TABLESAMPLE, XMLTABLE, JSON_TABLE... over a masked table: not proven safe.
+            level.append(_Entry("", None, None, {}))
+            if self._mentions_masked(item):
+                raise Refused(
+                    f"{type(item).__name__} over a table with masked columns is not "
+                    "supported for this principal; select the columns instead",
+                    self._any_rule(),
+                )
+            item_expr = self.expr(item, [level, *outer], _OUTPUT)
+            del item_expr
+
+    def _join_quals(self, item: Any, scopes: list[_Level]) -> Any:
+        if isinstance(item, ast.JoinExpr):
+            item.larg = self._join_quals(item.larg, scopes)
+            item.rarg = self._join_quals(item.rarg, scopes)
+            if item.quals is not None:
+                item.quals = self.expr(item.quals, scopes, _PREDICATE)
+        return item
+
+    def _relation(self, rv: Any) -> _Entry:
+        schema = rv.schemaname.lower() if rv.schemaname else None
+        name = rv.relname.lower() if rv.relname else ""
+        refname = rv.alias.aliasname if rv.alias else rv.relname
+        if schema is None and any(name in c for c in self._ctes):
+            return _Entry(refname, None, None, {})
+        if schema == MASK_SCHEMA:
+            raise Refused(
+                f"the {MASK_SCHEMA} schema holds the gateway's masking key and functions; "
+                "it cannot be read by a masked principal",
+                self._any_rule(),
+            )
+        if schema in (None, "pg_catalog") and name in BLOCKED_RELATIONS:
+            raise Refused(
+                f"pg_catalog.{name} exposes row values or secrets (statistics samples, "
+                "password verifiers, large objects) and is blocked for principals under "
+                "a masking rule; ask a human without it",
+                self._any_rule(),
+            )
+        if schema in (None, "pg_catalog") and name in _ACTIVITY:
+            return _Entry(refname, "pg_catalog", None, {}, activity=True)
+        if schema in SYSTEM_SCHEMAS:
+            return _Entry(refname, schema, None, {})
+        tables = self.catalog.tables.get(name, ())
+        if schema is not None:
+            tables = tuple(t for t in tables if t.schema == schema)
+        if not tables:
+            if schema is None and name in self.catalog.system:
+                return _Entry(refname, "pg_catalog", None, {})
+            raise Refused(
+                f"relation {name!r} is not in the gateway's catalog snapshot, so it cannot "
+                "tell whether it holds masked columns; if it was just created, retry in a "
+                "few seconds",
+                self._any_rule(),
+            )
+        # An unqualified name may be any schema's table of that name (the session's
+        # search_path decides): every candidate's masked columns count.
+        masked: dict[str, Masked] = {}
+        for table in tables:
+            self._refuse_view(table)
+            for column, type_name in table.columns:
+                rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
+                if rule is not None:
+                    previous = masked.get(column)
+                    if previous is not None and previous.type != type_name:
+                        raise Refused(
+                            f"{name!r} names tables in several schemas whose masked column "
+                            f"{column!r} differ in type; qualify the table with its schema",
+                            rule.rule,
+                        )
+                    masked[column] = Masked(rule, type_name)
+        return _Entry(refname, schema, tables[0], masked)
+
+    def _refuse_view(self, table: Table) -> None:
+        for read in sorted(table.reads):
+            if read.startswith("function "):
+                raise Refused(
+                    f"view {table.schema}.{table.name} calls the user routine "
+                    f"{read[9:]}, which may read masked columns in clear; select from the "
+                    "tables instead",
+                    self._any_rule(),
+                )
+            rule = self._rule_for(read) if not read.endswith(".*") else self._whole(read)
+            if rule is not None:
+                raise Refused(
+                    f"view {table.schema}.{table.name} reads the masked column "
+                    f"{read} (masking rule {rule.rule!r}); the view's result cannot be "
+                    "masked by name. Select from the tables instead",
+                    rule.rule,
+                )
+
+    def _whole(self, read: str) -> ColumnRule | None:
+        schema, name, _ = read.split(".", 2)
+        for table in self.catalog.tables.get(name, ()):
+            if table.schema == schema:
+                for column, _type in table.columns:
+                    rule = self._rule_for(f"{schema}.{name}.{column}")
+                    if rule is not None:
+                        return rule
+        return None
+
+    def _refuse_if_masked_relation(self, rv: Any, what: str) -> None:
+        entry = self._relation(rv)
+        if entry.masked:
+            rule = next(iter(entry.masked.values())).rule
+            raise Refused(
+                f"{what} on {entry.refname}, which has masked columns, is not supported for "
+                f"this principal (masking rule {rule.rule!r})",
+                rule.rule,
+            )
+
+    def _rule_for(self, qualified: str) -> ColumnRule | None:
+        qualified = qualified.lower()
+        for rule in self.rules:
+            if fnmatchcase(qualified, rule.glob):
+                return rule
+        return None
+
+    def _any_rule(self) -> str:
+        return self.rules[0].rule if self.rules else "masking"
+
+    # ------------------------------------------------------------- target lists
+
+    def _targets(self, targets: Iterable[Any], level: _Level, scopes: list[_Level]) -> list[Any]:
+        out: list[Any] = []
+        for target in targets:
+            val = target.val
+            if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
+                out.extend(self._star(val, level, scopes))
+                continue
+            new = self.expr(val, scopes, _OUTPUT)
+            if new is not val and target.name is None and isinstance(val, ast.ColumnRef):
+                target.name = _strings(val.fields)[-1]  # the column keeps its name
+            target.val = new
+            out.append(target)
+        return out
+
+    def _star(self, ref: Any, level: _Level, scopes: list[_Level]) -> list[Any]:
+        """``*`` or ``t.*``: as is when no masked column is under it, else expanded
+        from the catalog into the columns, in order, masked where a rule says so."""
+        names = _strings(ref.fields)
+        if names:
+            entries = [e for e in level if e.refname == names[-1]]
+            if not entries:
+                entries = [e for lv in scopes[1:] for e in lv if e.refname == names[-1]]
+        else:
+            entries = list(level)
+        if not any(e.masked or e.activity for e in entries):
+            return [ast.ResTarget(val=ref)]
+        out: list[Any] = []
+        for entry in entries:
+            if entry.activity:
+                raise Refused(
+                    "SELECT * from pg_stat_activity is not supported for a masked principal; "
+                    "name the columns (query is shown for this session only)",
+                    self._any_rule(),
+                )
+            if not entry.masked:
+                star = ast.ColumnRef(fields=(ast.String(sval=entry.refname), ast.A_Star()))
+                out.append(ast.ResTarget(val=star if entry.refname else ref))
+                continue
+            if len({t for t in self.catalog.tables.get(entry.table.name, ())}) > 1 and (
+                entry.schema is None
+            ):
+                raise Refused(
+                    f"SELECT * over {entry.refname!r}, a name several schemas hold, cannot "
+                    "be expanded exactly; qualify it with its schema or name the columns",
+                    next(iter(entry.masked.values())).rule.rule,
+                )
+            for column, _type in entry.table.columns:  # type: ignore[union-attr]
+                col = ast.ColumnRef(fields=(ast.String(sval=entry.refname), ast.String(sval=column)))
+                masked = entry.masked.get(column)
+                val = col if masked is None else self._masked(col, masked)
+                out.append(ast.ResTarget(name=column, val=val))
+        self.changed = True
+        return out
+
+    # ------------------------------------------------------------- expressions
+
+    def expr(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        if isinstance(node, tuple | list):
+            return tuple(self.expr(n, scopes, context) for n in node)
+        if not isinstance(node, ast.Node):
+            return node
+        if isinstance(node, ast.ColumnRef):
+            return self._column(node, scopes, context)
+        if isinstance(node, ast.SubLink):
+            node.testexpr = self.expr(node.testexpr, scopes, context)
+            node.subselect = self._nested(node.subselect, scopes)
+            return node
+        if isinstance(node, ast.SelectStmt):
+            return self.select(node, scopes)
+        if isinstance(node, ast.RangeVar):
+            self._relation(node)
+            return node
+        if isinstance(node, ast.FuncCall):
+            return self._call(node, scopes, context)
+        if isinstance(node, ast.A_Expr) and context == _PREDICATE:
+            joined = self._pseudonym_equality(node, scopes)
+            if joined is not None:
+                return joined
+        if isinstance(node, ast.WindowDef):
+            context = _PREDICATE  # a window's order is an oracle on its values
+        return self._children(node, lambda n: self.expr(n, scopes, context))
+
+    def _children(self, node: Any, fn: Callable[[Any], Any]) -> Any:
+        for name in type(node).__slots__:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.Node | tuple | list):
+                new = fn(value)
+                if new is not value:
+                    setattr(node, name, new)
+        return node
+
+    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        names = [n.lower() for n in _strings(node.funcname)]
+        name = names[-1]
+        schema = names[0] if len(names) > 1 else None
+        if name in BLOCKED_FUNCTIONS and schema in (None, "pg_catalog"):
+            raise Refused(
+                f"{name}() reads values past the masking (SQL text, files, large objects, "
+                "statistics or other sessions' queries) and is blocked for principals under "
+                "a masking rule",
+                self._any_rule(),
+            )
+        if schema == MASK_SCHEMA:
+            raise Refused(
+                f"the {MASK_SCHEMA} functions are the gateway's; calling them directly is "
+                "an oracle on the masking key",
+                self._any_rule(),
+            )
+        builtin = schema in (None, "pg_catalog") and (
+            name in BUILTIN_READ_ONLY or name in WRITE_FUNCTIONS
+        )
+        if not builtin or (schema is None and name in self.catalog.user_functions):
+            raise Refused(
+                f"{'.'.join(names)}() is not a built-in function; a user routine may read "
+                "masked columns in clear, so it is refused for principals under a masking "
+                "rule",
+                self._any_rule(),
+            )
+        for arg in node.args or ():
+            self._refuse_whole_row(arg, scopes, f"{name}()")
+        for part in ("args", "agg_order", "agg_filter", "over"):
+            value = getattr(node, part)
+            if value is None:
+                continue
+            sub = context if part == "args" else _PREDICATE
+            setattr(node, part, self.expr(value, scopes, sub))
+        return node
+
+    def _refuse_whole_row(self, arg: Any, scopes: list[_Level], where: str) -> None:
+        if not isinstance(arg, ast.ColumnRef):
+            return
+        names = _strings(arg.fields)
+        star = isinstance(arg.fields[-1], ast.A_Star)
+        if star or (len(names) == 1 and self._find(names[0], scopes) is None):
+            entry = self._entry(names[-1], scopes) if names else None
+            entries = [entry] if entry is not None else (scopes[0] if not names else [])
+            for e in entries:
+                if e.masked:
+                    self._whole_row_refused(e, where)
+
+    def _whole_row_refused(self, entry: _Entry, where: str) -> None:
+        rule = next(iter(entry.masked.values())).rule
+        raise Refused(
+            f"a whole-row reference to {entry.refname!r} in {where} would carry its masked "
+            f"columns ({', '.join(sorted(entry.masked))}, masking rule {rule.rule!r}) in "
+            "clear; name the columns instead",
+            rule.rule,
+        )
+
+    def _entry(self, refname: str, scopes: list[_Level]) -> _Entry | None:
+        for level in scopes:
+            for entry in level:
+                if entry.refname == refname:
+                    return entry
+        return None
+
+    def _find(self, column: str, scopes: list[_Level]) -> _Entry | None:
+        """The relation an unqualified column name resolves to, innermost first; a
+        subquery's or function's output (unknown columns) is safe."""
+        for level in scopes:
+            hits = [e for e in level if e.has(column) or (e.activity and column == "query")]
+            if hits:
+                masked = [e for e in hits if column in e.masked or e.activity]
+                return masked[0] if masked else hits[0]
+        return None
+
+    def _column(self, ref: Any, scopes: list[_Level], context: str) -> Any:
+        names = _strings(ref.fields)
+        if isinstance(ref.fields[-1], ast.A_Star):
+            self._refuse_whole_row(ref, scopes, "an expression")
+            return ref
+        column = names[-1]
+        if len(names) == 1:
+            entry = self._find(column, scopes)
+            if entry is None:
+                whole = self._entry(column, scopes)
+                if whole is not None and whole.masked:
+                    self._whole_row_refused(whole, "an expression")
+                return ref
+        else:
+            entry = self._entry(names[-2], scopes)
+            if entry is None:
+                return ref
+        if entry.activity and column == "query":
+            self.changed = True
+            pid = _deparse(ast.ColumnRef(fields=(*ref.fields[:-1], ast.String(sval="pid"))))
+            return _parse_expr(
+                f"CASE WHEN {pid} = pg_catalog.pg_backend_pid() THEN {_deparse(ref)} END"
+            )
+        masked = entry.masked.get(column)
+        if masked is None:
+            return ref
+        if context == _WRITE:
+            raise Refused(
+                f"this statement writes a value computed from the masked column "
+                f"{entry.refname}.{column} (masking rule {masked.rule.rule!r}); the gateway "
+                "neither writes masked values nor copies clear ones. A principal without "
+                "this rule can run it",
+                masked.rule.rule,
+            )
+        if context == _PREDICATE:
+            if masked.rule.predicates == "allow":
+                return ref
+            self._predicate_refused(masked.rule, column, "a condition, grouping or ordering")
+        return self._masked(ref, masked)
+
+    def _masked(self, ref: Any, masked: Masked) -> Any:
+        self.changed = True
+        return _parse_expr(
+            mask_expression(_deparse(ref), masked, self.catalog.functions_installed)
+        )
+
+    def _predicate_refused(self, rule: ColumnRule, column: str, where: str) -> None:
+        if rule.predicates == "allow":
+            return
+        raise Refused(
+            f"the masked column {column!r} is used in {where}: a condition on clear values "
+            f"is an oracle on them (masking rule {rule.rule!r}, predicates: block). Filter "
+            "on other columns, or ask for the rule to set predicates: allow",
+            rule.rule,
+        )
+
+    def _pseudonym_equality(self, node: Any, scopes: list[_Level]) -> Any:
+        """``a.key = b.key`` between two pseudonymised columns: compared as pseudonyms
+        (deterministic, so the join still matches) and allowed by default."""
+        if _strings(node.name or ()) != ["="]:
+            return None
+        sides = []
+        for side in (node.lexpr, node.rexpr):
+            if not isinstance(side, ast.ColumnRef) or isinstance(side.fields[-1], ast.A_Star):
+                return None
+            names = _strings(side.fields)
+            entry = (
+                self._find(names[0], scopes)
+                if len(names) == 1
+                else self._entry(names[-2], scopes)
+            )
+            masked = entry.masked.get(names[-1]) if entry is not None else None
+            if masked is None or masked.rule.strategy != "pseudonym":
+                return None
+            if masked.rule.predicates == "allow":
+                return None
+            sides.append(masked)
+        if not self.catalog.functions_installed or not all(_is_text(m.type) for m in sides):
+            return None
+        node.lexpr = self._masked(node.lexpr, sides[0])
+        node.rexpr = self._masked(node.rexpr, sides[1])
+        return node
+
+    def _mentions_masked(self, node: Any) -> bool:
+        found = False
+
+        def visit(n: Any) -> Any:
+            nonlocal found
+            if isinstance(n, tuple | list):
+                for x in n:
+                    visit(x)
+            elif isinstance(n, ast.RangeVar):
+                found = found or bool(self._relation(n).masked)
+            elif isinstance(n, ast.Node):
+                self._children(n, visit)
+            return n
+
+        visit(copy.copy(node))
+        return found
