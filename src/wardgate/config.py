@@ -310,6 +310,10 @@ class MaskingRuleConfig(_Model):
     entities: list[str] = Field(default_factory=list)
     columns: list[str] = Field(default_factory=list)
     strategy: Literal["redact", "partial", "hash", "pseudonym"] = "partial"
+    # Column rules: may a masked column be used in WHERE, JOIN, GROUP BY, ORDER BY...
+    # (clear values compared: an oracle)? Equality joins of two pseudonymised columns
+    # are allowed under "block" too (compared as pseudonyms). docs/masking.md.
+    predicates: Literal["allow", "block"] = "block"
 
 
 # Files no program may read over SSH for a principal whose output is masked: masking a

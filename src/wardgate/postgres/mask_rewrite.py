@@ -25,6 +25,10 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 from wardgate.policy.functions import BUILTIN_READ_ONLY, WRITE_FUNCTIONS
+from wardgate.policy.mask_rules import ColumnRule
+
+_new: Any = ast  # pglast's node constructors are untyped
+_Stream: Any = RawStream
 
 MASK_SCHEMA = "wardgate_mask"
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
@@ -56,16 +60,6 @@ BLOCKED_FUNCTIONS = frozenset(
 # pg_stat_activity: the query text of the session itself only.
 _ACTIVITY = frozenset({"pg_stat_activity"})
 _TEXT_TYPES = ("text", "character varying", "character", "name", "citext", "bpchar", "varchar")
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnRule:
-    """One column glob of a masking rule, as it applies to one session."""
-
-    rule: str
-    glob: str  # schema.table.column, lower case
-    strategy: str  # redact | partial | hash | pseudonym
-    predicates: str = "block"  # allow | block
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +148,15 @@ def rewrite(sql: str, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> st
         raw.stmt = rewriter.statement(raw.stmt)
     if not rewriter.changed:
         return None
-    return "; ".join(RawStream()(raw) for raw in statements)
+    return "; ".join(str(_Stream()(raw)) for raw in statements)
 
 
 def _strings(fields: Iterable[Any]) -> list[str]:
-    return [f.sval for f in fields if isinstance(f, ast.String)]
+    return [str(f.sval) for f in fields if isinstance(f, ast.String)]
 
 
 def _deparse(node: Any) -> str:
-    return str(RawStream()(node))
+    return str(_Stream()(node))
 
 
 def _parse_expr(sql: str) -> Any:
@@ -183,9 +177,7 @@ def mask_expression(column_sql: str, masked: Masked, functions_installed: bool) 
     function = _STRATEGY_FUNCTIONS.get(kind)
     if function is None or not _is_text(masked.type) or not functions_installed:
         return f"CAST(NULL AS {masked.type})"
-    return (
-        f"CAST({MASK_SCHEMA}.{function}(CAST({column_sql} AS pg_catalog.text)) AS {masked.type})"
-    )
+    return f"CAST({MASK_SCHEMA}.{function}(CAST({column_sql} AS pg_catalog.text)) AS {masked.type})"
 
 
 @dataclass
@@ -319,9 +311,7 @@ class _Rewriter:
             for item in stmt.fromClause or ():
                 self._from_item(item, level, [])
             scopes = [level]
-            stmt.targetList = tuple(
-                self._set_target(t, scopes) for t in stmt.targetList or ()
-            )
+            stmt.targetList = tuple(self._set_target(t, scopes) for t in stmt.targetList or ())
             if stmt.whereClause is not None:
                 stmt.whereClause = self.expr(stmt.whereClause, scopes, _PREDICATE)
             if stmt.returningList:
@@ -543,7 +533,7 @@ class _Rewriter:
         else:
             entries = list(level)
         if not any(e.masked or e.activity for e in entries):
-            return [ast.ResTarget(val=ref)]
+            return [_new.ResTarget(val=ref)]
         out: list[Any] = []
         for entry in entries:
             if entry.activity:
@@ -553,22 +543,24 @@ class _Rewriter:
                     self._any_rule(),
                 )
             if not entry.masked:
-                star = ast.ColumnRef(fields=(ast.String(sval=entry.refname), ast.A_Star()))
-                out.append(ast.ResTarget(val=star if entry.refname else ref))
+                star = _new.ColumnRef(fields=(_new.String(sval=entry.refname), _new.A_Star()))
+                out.append(_new.ResTarget(val=star if entry.refname else ref))
                 continue
-            if len({t for t in self.catalog.tables.get(entry.table.name, ())}) > 1 and (
-                entry.schema is None
-            ):
+            table = entry.table
+            assert table is not None  # only tables have masked columns
+            if len(self.catalog.tables.get(table.name, ())) > 1 and entry.schema is None:
                 raise Refused(
                     f"SELECT * over {entry.refname!r}, a name several schemas hold, cannot "
                     "be expanded exactly; qualify it with its schema or name the columns",
                     next(iter(entry.masked.values())).rule.rule,
                 )
-            for column, _type in entry.table.columns:  # type: ignore[union-attr]
-                col = ast.ColumnRef(fields=(ast.String(sval=entry.refname), ast.String(sval=column)))
+            for column, _type in table.columns:
+                col = _new.ColumnRef(
+                    fields=(_new.String(sval=entry.refname), _new.String(sval=column))
+                )
                 masked = entry.masked.get(column)
                 val = col if masked is None else self._masked(col, masked)
-                out.append(ast.ResTarget(name=column, val=val))
+                out.append(_new.ResTarget(name=column, val=val))
         self.changed = True
         return out
 
@@ -703,7 +695,7 @@ class _Rewriter:
                 return ref
         if entry.activity and column == "query":
             self.changed = True
-            pid = _deparse(ast.ColumnRef(fields=(*ref.fields[:-1], ast.String(sval="pid"))))
+            pid = _deparse(_new.ColumnRef(fields=(*ref.fields[:-1], _new.String(sval="pid"))))
             return _parse_expr(
                 f"CASE WHEN {pid} = pg_catalog.pg_backend_pid() THEN {_deparse(ref)} END"
             )
@@ -726,9 +718,7 @@ class _Rewriter:
 
     def _masked(self, ref: Any, masked: Masked) -> Any:
         self.changed = True
-        return _parse_expr(
-            mask_expression(_deparse(ref), masked, self.catalog.functions_installed)
-        )
+        return _parse_expr(mask_expression(_deparse(ref), masked, self.catalog.functions_installed))
 
     def _predicate_refused(self, rule: ColumnRule, column: str, where: str) -> None:
         if rule.predicates == "allow":
@@ -751,9 +741,7 @@ class _Rewriter:
                 return None
             names = _strings(side.fields)
             entry = (
-                self._find(names[0], scopes)
-                if len(names) == 1
-                else self._entry(names[-2], scopes)
+                self._find(names[0], scopes) if len(names) == 1 else self._entry(names[-2], scopes)
             )
             masked = entry.masked.get(names[-1]) if entry is not None else None
             if masked is None or masked.rule.strategy != "pseudonym":
