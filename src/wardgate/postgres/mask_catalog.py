@@ -10,6 +10,7 @@ a DDL statement through the gateway drops the cache (``invalidate``).
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from wardgate.postgres.mask_rewrite import MASK_SCHEMA, MaskCatalog, Table
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
+
+log = logging.getLogger("wardgate.postgres")
 
 TTL = 30.0
 _MAX_ROWS = 500_000
@@ -107,7 +110,7 @@ CREATE OR REPLACE FUNCTION {s}.partial(v text) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $f$
   SELECT CASE
     WHEN v ~ '^[^@[:space:]]+@[^@[:space:]]+$' THEN pg_catalog.left(v, 1) || '****@*****'
-      || coalesce(pg_catalog.substring(v FROM '\\.[[:alpha:]]+$'), '')
+      || coalesce(pg_catalog.substring(v, '\\.[[:alpha:]]+$'), '')
     WHEN pg_catalog.length(v) <= 8 THEN '****'
     ELSE pg_catalog.regexp_replace(pg_catalog.left(v, -4), '[[:alnum:]]', '*', 'g')
       || pg_catalog.right(v, 4) END $f$;
@@ -216,6 +219,14 @@ class MaskCatalogs:
                         self._installed.add(connection)
                     else:
                         await session.simple("ROLLBACK")
+                        error = next(r.error for r in results if r.error is not None)
+                        log.warning(
+                            "connection %r: could not install the %s functions (%s); "
+                            "partial, hash and pseudonym column rules mask to NULL",
+                            connection,
+                            MASK_SCHEMA,
+                            error.message if error is not None else "unknown error",
+                        )
                 answers = [
                     await session.extended(sql, max_rows=_MAX_ROWS)
                     for sql in (TABLES_SQL, SYSTEM_SQL, FUNCTIONS_SQL, VIEW_READS_SQL)
