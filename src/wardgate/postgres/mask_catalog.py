@@ -41,10 +41,22 @@ SELECT DISTINCT c.relname FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'v', 'm')
 """
+# User routines by name; operators and types through which PostgreSQL runs one.
 FUNCTIONS_SQL = """
-SELECT DISTINCT lower(p.proname) FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'wardgate_mask')
+WITH userfn AS (
+  SELECT p.oid, p.proname FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'wardgate_mask')
+)
+SELECT 'function', proname FROM userfn
+UNION SELECT 'operator', o.oprname FROM pg_catalog.pg_operator o
+  WHERE o.oprcode IN (SELECT oid FROM userfn)
+UNION SELECT 'type', t.typname FROM pg_catalog.pg_cast c
+  JOIN pg_catalog.pg_type t ON t.oid = c.casttarget WHERE c.castfunc IN (SELECT oid FROM userfn)
+UNION SELECT 'type', t.typname FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+  WHERE t.typinput IN (SELECT oid FROM userfn)
+     OR (t.typtype = 'd' AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
 """
 # What each view (or materialized view) outside the system schemas reads: a column,
 # a whole row ('*'), or a user routine.
@@ -121,7 +133,7 @@ COMMIT;
 def build_catalog(
     tables: list[tuple[str, str, str, str | None, str | None]],
     system: list[str],
-    functions: list[str],
+    functions: list[tuple[str, str]],
     view_reads: list[tuple[str, str, str, str, str]],
     installed: bool,
 ) -> MaskCatalog:
@@ -129,18 +141,18 @@ def build_catalog(
     columns: dict[tuple[str, str], list[tuple[str, str]]] = {}
     kinds: dict[tuple[str, str], str] = {}
     for schema, name, kind, column, type_name in tables:
-        key = (schema.lower(), name.lower())
+        key = (schema, name)  # identifiers are exact: "Email" is not email
         kinds[key] = kind
         cols = columns.setdefault(key, [])
         if column is not None and type_name is not None:
-            cols.append((column.lower(), type_name))
+            cols.append((column, type_name))
     direct: dict[tuple[str, str], set[str]] = {}
     for vschema, vname, tschema, tname, column in view_reads:
-        reads = direct.setdefault((vschema.lower(), vname.lower()), set())
+        reads = direct.setdefault((vschema, vname), set())
         if tschema == "function":
-            reads.add(f"function {tname.lower()}")
+            reads.add(f"function {tname}")
         else:
-            reads.add(f"{tschema}.{tname}.{column}".lower())
+            reads.add(f"{tschema}.{tname}.{column}")
     closed = {view: _closure(view, direct) for view in direct}
     return MaskCatalog.of(
         (
@@ -148,8 +160,10 @@ def build_catalog(
             for (s, n), cols in columns.items()
         ),
         system,
-        functions,
+        (name for kind, name in functions if kind == "function"),
         installed,
+        (name for kind, name in functions if kind == "operator"),
+        (name for kind, name in functions if kind == "type"),
     )
 
 
@@ -242,7 +256,7 @@ class MaskCatalogs:
         catalog = build_catalog(
             [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in tables.rows],
             [str(r[0]) for r in system.rows],
-            [str(r[0]) for r in functions.rows],
+            [(str(r[0]), str(r[1])) for r in functions.rows],
             [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in views.rows],
             connection in self._installed,
         )

@@ -81,6 +81,10 @@ class MaskCatalog:
     system: frozenset[str] = frozenset()  # relnames in pg_catalog / information_schema
     user_functions: frozenset[str] = frozenset()  # names of routines outside them
     functions_installed: bool = False  # the wardgate_mask schema's functions
+    # Operators implemented by user routines; types whose cast or input runs one (or
+    # domains, whose CHECK may).
+    user_operators: frozenset[str] = frozenset()
+    user_types: frozenset[str] = frozenset()
 
     @staticmethod
     def of(
@@ -88,6 +92,8 @@ class MaskCatalog:
         system: Iterable[str] = (),
         user_functions: Iterable[str] = (),
         functions_installed: bool = False,
+        user_operators: Iterable[str] = (),
+        user_types: Iterable[str] = (),
     ) -> MaskCatalog:
         by_name: dict[str, list[Table]] = {}
         for t in tables:
@@ -97,6 +103,8 @@ class MaskCatalog:
             frozenset(system),
             frozenset(user_functions),
             functions_installed,
+            frozenset(user_operators),
+            frozenset(user_types),
         )
 
 
@@ -124,11 +132,12 @@ class _Entry:
     refname: str
     schema: str | None
     table: Table | None  # None: a subquery, CTE or function (its output is safe)
-    masked: dict[str, Masked]
+    masked: dict[str, Masked]  # by the name the query sees (an alias may rename)
     activity: bool = False  # pg_stat_activity
+    names: tuple[str, ...] = ()  # the columns as the query sees them
 
     def has(self, column: str) -> bool:
-        return self.table is not None and any(c == column for c, _ in self.table.columns)
+        return self.table is not None and column in self.names
 
 
 _Level = list[_Entry]
@@ -185,6 +194,7 @@ class _Rewriter:
     catalog: MaskCatalog
     rules: tuple[ColumnRule, ...]
     changed: bool = False
+    masked_refs: int = 0  # masked expressions made so far
     _ctes: list[set[str]] = field(default_factory=list)
 
     # ------------------------------------------------------------- statements
@@ -207,8 +217,12 @@ class _Rewriter:
             stmt.query = self.statement(stmt.query)
             return stmt
         if isinstance(stmt, ast.MergeStmt):
-            self._refuse_if_masked_relation(stmt.relation, "MERGE")
-            self._from_item(stmt.sourceRelation, [], [])
+            if self._mentions_masked(stmt):
+                raise Refused(
+                    "MERGE over a table with masked columns is not supported for this "
+                    "principal; use INSERT, UPDATE or DELETE",
+                    self._any_rule(),
+                )
             return stmt
         if isinstance(stmt, ast.DoStmt | ast.CallStmt):
             what = "a DO block" if isinstance(stmt, ast.DoStmt) else "CALL of a procedure"
@@ -291,9 +305,9 @@ class _Rewriter:
     def _writing(self, select: Any) -> Any:
         """The rows an INSERT writes: a sensitive column there would be stored masked
         (or, unmasked, copied where it is not masked): refused."""
-        before = self.changed
+        before = self.masked_refs
         self.select(select, [])
-        if self.changed and not before:
+        if self.masked_refs != before:
             raise Refused(
                 "this INSERT copies a masked column; the gateway neither writes masked "
                 "values into a table nor copies clear ones where a rule cannot see them. "
@@ -321,7 +335,15 @@ class _Rewriter:
         return stmt
 
     def _set_target(self, target: Any, scopes: list[_Level]) -> Any:
+        before = self.masked_refs
         target.val = self.expr(target.val, scopes, _WRITE)
+        if self.masked_refs != before:  # a subquery of a masked column
+            raise Refused(
+                "this UPDATE writes a value computed from a masked column; the gateway "
+                "neither writes masked values nor copies clear ones. A principal without "
+                "the masking rule can run it",
+                self._any_rule(),
+            )
         return target
 
     def _delete(self, stmt: Any) -> Any:
@@ -367,8 +389,16 @@ class _Rewriter:
         if isinstance(item, ast.RangeVar):
             level.append(self._relation(item))
         elif isinstance(item, ast.JoinExpr):
+            start = len(level)
             self._from_item(item.larg, level, outer)
             self._from_item(item.rarg, level, outer)
+            if item.alias is not None and any(e.masked for e in level[start:]):
+                raise Refused(
+                    f"a join aliased as {item.alias.aliasname!r} over a table with masked "
+                    "columns is not supported for this principal; refer to the tables by "
+                    "their own names or aliases",
+                    self._any_rule(),
+                )
             using = _strings(item.usingClause or ())
             if item.isNatural:
                 using = [c for e in level for c in e.masked]
@@ -394,8 +424,7 @@ class _Rewriter:
                     "supported for this principal; select the columns instead",
                     self._any_rule(),
                 )
-            item_expr = self.expr(item, [level, *outer], _OUTPUT)
-            del item_expr
+            self.expr(item, [level, *outer], _OUTPUT)  # masks its column references
 
     def _join_quals(self, item: Any, scopes: list[_Level]) -> Any:
         if isinstance(item, ast.JoinExpr):
@@ -406,8 +435,8 @@ class _Rewriter:
         return item
 
     def _relation(self, rv: Any) -> _Entry:
-        schema = rv.schemaname.lower() if rv.schemaname else None
-        name = rv.relname.lower() if rv.relname else ""
+        schema = rv.schemaname or None  # the parser folded unquoted names already
+        name = rv.relname or ""
         refname = rv.alias.aliasname if rv.alias else rv.relname
         if schema is None and any(name in c for c in self._ctes):
             return _Entry(refname, None, None, {})
@@ -442,21 +471,33 @@ class _Rewriter:
             )
         # An unqualified name may be any schema's table of that name (the session's
         # search_path decides): every candidate's masked columns count.
+        renamed = _strings(rv.alias.colnames or ()) if rv.alias is not None else []
         masked: dict[str, Masked] = {}
         for table in tables:
             self._refuse_view(table)
-            for column, type_name in table.columns:
+            for i, (column, type_name) in enumerate(table.columns):
+                visible = renamed[i] if i < len(renamed) else column
                 rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
                 if rule is not None:
-                    previous = masked.get(column)
+                    previous = masked.get(visible)
                     if previous is not None and previous.type != type_name:
                         raise Refused(
                             f"{name!r} names tables in several schemas whose masked column "
                             f"{column!r} differ in type; qualify the table with its schema",
                             rule.rule,
                         )
-                    masked[column] = Masked(rule, type_name)
-        return _Entry(refname, schema, tables[0], masked)
+                    masked[visible] = Masked(rule, type_name)
+        first = tables[0].columns
+        names = tuple(
+            renamed[i] if i < len(renamed) else column for i, (column, _) in enumerate(first)
+        )
+        all_names = {
+            renamed[i] if i < len(renamed) else c
+            for t in tables
+            for i, (c, _) in enumerate(t.columns)
+        }
+        names += tuple(sorted(all_names - set(names)))
+        return _Entry(refname, schema, tables[0], masked, names=names)
 
     def _refuse_view(self, table: Table) -> None:
         for read in sorted(table.reads):
@@ -485,16 +526,6 @@ class _Rewriter:
                     if rule is not None:
                         return rule
         return None
-
-    def _refuse_if_masked_relation(self, rv: Any, what: str) -> None:
-        entry = self._relation(rv)
-        if entry.masked:
-            rule = next(iter(entry.masked.values())).rule
-            raise Refused(
-                f"{what} on {entry.refname}, which has masked columns, is not supported for "
-                f"this principal (masking rule {rule.rule!r})",
-                rule.rule,
-            )
 
     def _rule_for(self, qualified: str) -> ColumnRule | None:
         qualified = qualified.lower()
@@ -554,7 +585,7 @@ class _Rewriter:
                     "be expanded exactly; qualify it with its schema or name the columns",
                     next(iter(entry.masked.values())).rule.rule,
                 )
-            for column, _type in table.columns:
+            for column in entry.names[: len(table.columns)]:
                 col = _new.ColumnRef(
                     fields=(_new.String(sval=entry.refname), _new.String(sval=column))
                 )
@@ -584,6 +615,23 @@ class _Rewriter:
             return node
         if isinstance(node, ast.FuncCall):
             return self._call(node, scopes, context)
+        if isinstance(node, ast.A_Expr):
+            operator = _strings(node.name or ())
+            if operator and operator[-1] in self.catalog.user_operators:
+                raise Refused(
+                    f"the operator {operator[-1]} runs a user routine, which may read masked "
+                    "columns in clear; it is refused for principals under a masking rule",
+                    self._any_rule(),
+                )
+        if isinstance(node, ast.TypeCast) and node.typeName is not None:
+            type_name = _strings(node.typeName.names or ())
+            if type_name and type_name[-1] in self.catalog.user_types:
+                raise Refused(
+                    f"a cast to {'.'.join(type_name)} may run a user routine (its cast, "
+                    "input function or domain CHECK), which may read masked columns in "
+                    "clear; it is refused for principals under a masking rule",
+                    self._any_rule(),
+                )
         if isinstance(node, ast.A_Expr) and context == _PREDICATE:
             joined = self._pseudonym_equality(node, scopes)
             if joined is not None:
@@ -602,7 +650,7 @@ class _Rewriter:
         return node
 
     def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
-        names = [n.lower() for n in _strings(node.funcname)]
+        names = _strings(node.funcname)
         name = names[-1]
         schema = names[0] if len(names) > 1 else None
         if name in BLOCKED_FUNCTIONS and schema in (None, "pg_catalog"):
@@ -718,6 +766,7 @@ class _Rewriter:
 
     def _masked(self, ref: Any, masked: Masked) -> Any:
         self.changed = True
+        self.masked_refs += 1
         return _parse_expr(mask_expression(_deparse(ref), masked, self.catalog.functions_installed))
 
     def _predicate_refused(self, rule: ColumnRule, column: str, where: str) -> None:
