@@ -65,7 +65,8 @@ REWRITTEN = [
         "SELECT people.id AS id, people.name AS name, "
         f"{PARTIAL.format('people.email')} AS email, {PSEUDONYM.format('people.card')} AS card, "
         "CAST(NULL AS integer) AS ssn, "
-        f'{PARTIAL.format('people."Email"')} AS "Email" FROM public.people',
+        + PARTIAL.format('people."Email"')
+        + ' AS "Email" FROM public.people',
     ),
     ("table public.people", "people.id AS id"),
     ("select x.c from people as x(a, b, c)", "wardgate_mask.partial(CAST(x.c AS"),
