@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
+from tests.integration.test_mcp import body, call, error_text
 
 ROWS = [
     (1, "Jane", "jane.doe@example.com", "4111 1111 1111 1111", "DE89370400440532013000", 123456789),
@@ -299,3 +300,24 @@ def test_no_clear_value_in_any_result_byte(gw: Gateway, people: str, expr: str, 
     for clear in CLEAR:
         for form in (clear, clear[::-1], clear.upper(), *_ENCODED[clear]):
             assert form not in blob, (sql, form, blob)
+
+
+def test_mcp_query_shares_the_rewrite(gw: Gateway, people: str) -> None:
+    transformed, star, stats = call(
+        gw,
+        "agent",
+        ("query", {"connection": "it", "sql": f"select replace(email, '@', ' at ') from {people}"}),
+        ("query", {"connection": "it", "sql": f"select * from {people} order by id"}),
+        ("query", {"connection": "it", "sql": "select histogram_bounds::text from pg_stats"}),
+    )
+    (clear,) = call(
+        gw, "reviewer", ("query", {"connection": "it", "sql": f"select email from {people}"})
+    )
+    rows = body(transformed)["rows"]
+    assert rows and all(r[0] and " at " in r[0] for r in rows)
+    assert body(star)["columns"] == ["id", "name", "email", "card", "iban", "ssn"]
+    assert body(star)["rows"][0][2] == "j****@*****.com"
+    _no_clear([rows, body(star)["rows"]])
+    message = error_text(stats)
+    assert "pg_stats" in message and "masking" in message
+    assert sorted(r[0] for r in body(clear)["rows"]) == sorted(r[2] for r in ROWS)
