@@ -162,6 +162,8 @@ REFUSED = [
     ("select 1 ### 2", "operator ###"),
     ("select '1'::leaky", "leaky"),
     ("select * from nowhere", "not in the gateway's catalog"),
+    ("select email2 from public.people", "column 'email2'"),
+    ("select p.email2 from public.people p", "column 'email2'"),
     ("insert into orders select id, ssn from people", "INSERT copies a masked column"),
     ("update people set name = email where id = 1", "writes a value computed"),
     ("update orders set people_id = (select ssn from people limit 1) where id = 1", "UPDATE"),

@@ -736,11 +736,14 @@ class _Rewriter:
                 whole = self._entry(column, scopes)
                 if whole is not None and whole.masked:
                     self._whole_row_refused(whole, "an expression")
+                self._refuse_unknown_column(column, [e for level in scopes for e in level])
                 return ref
         else:
             entry = self._entry(names[-2], scopes)
             if entry is None:
                 return ref
+            if not entry.has(column):
+                self._refuse_unknown_column(column, [entry])
         if entry.activity and column == "query":
             self.changed = True
             pid = _deparse(_new.ColumnRef(fields=(*ref.fields[:-1], _new.String(sval="pid"))))
@@ -763,6 +766,22 @@ class _Rewriter:
                 return ref
             self._predicate_refused(masked.rule, column, "a condition, grouping or ordering")
         return self._masked(ref, masked)
+
+    def _refuse_unknown_column(self, column: str, entries: list[_Entry]) -> None:
+        """A column the snapshot does not list (added since?) whose name a rule would
+        mask on one of these tables: refused until the snapshot knows it."""
+        for entry in entries:
+            table = entry.table
+            if table is None or entry.has(column):
+                continue
+            rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
+            if rule is not None:
+                raise Refused(
+                    f"column {column!r} of {table.schema}.{table.name} is not in the "
+                    f"gateway's catalog snapshot and masking rule {rule.rule!r} would mask "
+                    "it; if it was just added, retry in a few seconds",
+                    rule.rule,
+                )
 
     def _masked(self, ref: Any, masked: Masked) -> Any:
         self.changed = True
