@@ -240,3 +240,25 @@ def test_install_sql_holds_derived_pads_not_the_key() -> None:
     sql = install_sql(key)
     assert ipad.hex() in sql and opad.hex() in sql and key.hex() not in sql
     assert "CREATE SCHEMA IF NOT EXISTS wardgate_mask" in sql and sql.strip().endswith("COMMIT;")
+
+
+def test_a_rule_on_a_partition_covers_reads_through_its_parent() -> None:
+    catalog = build_catalog(
+        [
+            ("public", "events", "p", "id", "integer"),
+            ("public", "events", "p", "email", "text"),
+            ("public", "events_2026", "r", "id", "integer"),
+            ("public", "events_2026", "r", "email", "text"),
+            ("public", "v_events", "v", "email", "text"),
+        ],
+        [],
+        [],
+        [("public", "v_events", "public", "events", "email")],
+        True,
+        [("public", "events", "public", "events_2026")],
+    )
+    rules = (ColumnRule("child", "public.events_2026.email", "partial"),)
+    out = rewrite("select email from events", catalog, rules)
+    assert out is not None and "wardgate_mask.partial(CAST(email" in out
+    with pytest.raises(Refused, match="v_events"):
+        rewrite("select * from v_events", catalog, rules)

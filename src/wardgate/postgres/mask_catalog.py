@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
@@ -84,6 +85,21 @@ WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
 
+# Partitions and inheritance children, every level: a read of the parent returns them.
+INHERITS_SQL = """
+WITH RECURSIVE down(parent, child) AS (
+  SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
+  UNION SELECT d.parent, i.inhrelid FROM down d
+  JOIN pg_catalog.pg_inherits i ON i.inhparent = d.child
+)
+SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM down
+JOIN pg_catalog.pg_class p ON p.oid = down.parent
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_catalog.pg_class c ON c.oid = down.child
+JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+"""
+
+
 def db_key(masking_key: bytes) -> tuple[bytes, bytes]:
     """HMAC-SHA256's inner and outer padded keys for the database's own key, derived
     from (never equal to) the gateway's masking key."""
@@ -136,6 +152,7 @@ def build_catalog(
     functions: list[tuple[str, str]],
     view_reads: list[tuple[str, str, str, str, str]],
     installed: bool,
+    inherits: Sequence[tuple[str, str, str, str]] = (),
 ) -> MaskCatalog:
     """The snapshot from the four queries' rows (pure)."""
     columns: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -154,9 +171,19 @@ def build_catalog(
         else:
             reads.add(f"{tschema}.{tname}.{column}")
     closed = {view: _closure(view, direct) for view in direct}
+    children: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for pschema, pname, cschema, cname in inherits:
+        children.setdefault((pschema, pname), set()).add((cschema, cname))
     return MaskCatalog.of(
         (
-            Table(s, n, kinds[(s, n)], tuple(cols), frozenset(closed.get((s, n), ())))
+            Table(
+                s,
+                n,
+                kinds[(s, n)],
+                tuple(cols),
+                frozenset(closed.get((s, n), ())),
+                frozenset(children.get((s, n), ())),
+            )
             for (s, n), cols in columns.items()
         ),
         system,
@@ -243,7 +270,13 @@ class MaskCatalogs:
                         )
                 answers = [
                     await session.extended(sql, max_rows=_MAX_ROWS)
-                    for sql in (TABLES_SQL, SYSTEM_SQL, FUNCTIONS_SQL, VIEW_READS_SQL)
+                    for sql in (
+                        TABLES_SQL,
+                        SYSTEM_SQL,
+                        FUNCTIONS_SQL,
+                        VIEW_READS_SQL,
+                        INHERITS_SQL,
+                    )
                 ]
         except InternalQueryFailed as exc:
             raise CatalogUnavailable(exc.reason) from None
@@ -252,13 +285,14 @@ class MaskCatalogs:
                 raise CatalogUnavailable(answer.error.message)
             if answer.truncated:
                 raise CatalogUnavailable("the catalog is larger than the gateway reads")
-        tables, system, functions, views = answers
+        tables, system, functions, views, inherits = answers
         catalog = build_catalog(
             [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in tables.rows],
             [str(r[0]) for r in system.rows],
             [(str(r[0]), str(r[1])) for r in functions.rows],
             [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in views.rows],
             connection in self._installed,
+            [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in inherits.rows],
         )
         self._cache[connection] = (time.monotonic() + TTL, catalog)
         return catalog

@@ -73,6 +73,7 @@ class Table:
     kind: str  # pg_class.relkind
     columns: tuple[tuple[str, str], ...]
     reads: frozenset[str] = frozenset()
+    children: frozenset[tuple[str, str]] = frozenset()  # partitions, inheritors: all levels
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +478,7 @@ class _Rewriter:
             self._refuse_view(table)
             for i, (column, type_name) in enumerate(table.columns):
                 visible = renamed[i] if i < len(renamed) else column
-                rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
+                rule = self._column_rule(table, column)
                 if rule is not None:
                     previous = masked.get(visible)
                     if previous is not None and previous.type != type_name:
@@ -508,7 +509,7 @@ class _Rewriter:
                     "tables instead",
                     self._any_rule(),
                 )
-            rule = self._rule_for(read) if not read.endswith(".*") else self._whole(read)
+            rule = self._read_rule(read)
             if rule is not None:
                 raise Refused(
                     f"view {table.schema}.{table.name} reads the masked column "
@@ -517,15 +518,27 @@ class _Rewriter:
                     rule.rule,
                 )
 
-    def _whole(self, read: str) -> ColumnRule | None:
-        schema, name, _ = read.split(".", 2)
+    def _read_rule(self, read: str) -> ColumnRule | None:
+        """The rule masking what a view reads: ``schema.table.column``, or any masked
+        column of ``schema.table.*`` (a whole row)."""
+        schema, name, column = read.split(".", 2)
+        rule = self._rule_for(read) if column != "*" else None
         for table in self.catalog.tables.get(name, ()):
-            if table.schema == schema:
-                for column, _type in table.columns:
-                    rule = self._rule_for(f"{schema}.{name}.{column}")
-                    if rule is not None:
-                        return rule
-        return None
+            if table.schema == schema and rule is None:
+                columns = [c for c, _ in table.columns] if column == "*" else [column]
+                rule = next(
+                    (r for c in columns if (r := self._column_rule(table, c)) is not None), None
+                )
+        return rule
+
+    def _column_rule(self, table: Table, column: str) -> ColumnRule | None:
+        """A rule on this column of the table, or of any of its partitions or
+        inheritance children (a read of the parent returns their rows)."""
+        rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
+        for schema, name in sorted(table.children):
+            if rule is None:
+                rule = self._rule_for(f"{schema}.{name}.{column}")
+        return rule
 
     def _rule_for(self, qualified: str) -> ColumnRule | None:
         qualified = qualified.lower()
@@ -774,7 +787,7 @@ class _Rewriter:
             table = entry.table
             if table is None or entry.has(column):
                 continue
-            rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
+            rule = self._column_rule(table, column)
             if rule is not None:
                 raise Refused(
                     f"column {column!r} of {table.schema}.{table.name} is not in the "
