@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from wardgate.postgres.mask_catalog import build_catalog, db_key, install_sql
+from wardgate.postgres.mask_catalog import (
+    CatalogUnavailable,
+    MaskCatalogs,
+    build_catalog,
+    db_key,
+    install_sql,
+)
 from wardgate.postgres.mask_rewrite import ColumnRule, MaskCatalog, Refused, Table, rewrite
 
 CATALOG = MaskCatalog.of(
@@ -262,3 +268,17 @@ def test_a_rule_on_a_partition_covers_reads_through_its_parent() -> None:
     assert out is not None and "wardgate_mask.partial(CAST(email" in out
     with pytest.raises(Refused, match="v_events"):
         rewrite("select * from v_events", catalog, rules)
+
+
+def test_rewrites_are_remembered_per_snapshot() -> None:
+    catalogs = MaskCatalogs()
+    with pytest.raises(CatalogUnavailable):
+        catalogs.rewrite("c", "select 1", RULES)
+    catalogs._cache["c"] = (0.0, CATALOG)  # a stale snapshot is still used
+    sql = "select email from public.people"
+    assert catalogs.rewrite("c", sql, RULES) == rewrite(sql, CATALOG, RULES)
+    assert catalogs.rewrite("c", sql, RULES) is catalogs.rewrite("c", sql, RULES)
+    for _ in range(2):
+        with pytest.raises(Refused, match="whole-row"):
+            catalogs.rewrite("c", "select p::text from people p", RULES)
+    assert catalogs.rewrite("c", sql, ()) is None  # no rule, nothing to mask

@@ -13,10 +13,17 @@ import hmac
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
-from wardgate.postgres.mask_rewrite import MASK_SCHEMA, MaskCatalog, Table
+from wardgate.postgres.mask_rewrite import (
+    MASK_SCHEMA,
+    ColumnRule,
+    MaskCatalog,
+    Refused,
+    Table,
+    rewrite,
+)
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -25,6 +32,7 @@ log = logging.getLogger("wardgate.postgres")
 
 TTL = 30.0
 _MAX_ROWS = 500_000
+_MAX_REWRITES = 4096
 
 TABLES_SQL = """
 SELECT n.nspname, c.relname, c.relkind, a.attname,
@@ -223,6 +231,35 @@ class MaskCatalogs:
     def __init__(self) -> None:
         self._cache: dict[str, tuple[float, MaskCatalog]] = {}
         self._installed: set[str] = set()
+        # Rewrites are pure in (catalog, rules, sql) and agents repeat their statements:
+        # remembered per snapshot, bounded.
+        self._rewrites: dict[
+            str, tuple[MaskCatalog, dict[tuple[Any, ...], str | Refused | None]]
+        ] = {}
+
+    def rewrite(self, connection: str, sql: str, rules: tuple[ColumnRule, ...]) -> str | None:
+        """``rewrite`` on the latest snapshot, remembered; raises Refused, or
+        CatalogUnavailable when there is no snapshot."""
+        catalog = self.latest(connection)
+        if catalog is None:
+            raise CatalogUnavailable("no catalog snapshot of this connection yet")
+        held = self._rewrites.get(connection)
+        if held is None or held[0] is not catalog:
+            held = (catalog, {})
+            self._rewrites[connection] = held
+        memo = held[1]
+        key = (sql, rules)
+        if key not in memo:
+            if len(memo) >= _MAX_REWRITES:
+                memo.clear()
+            try:
+                memo[key] = rewrite(sql, catalog, rules)
+            except Refused as exc:
+                memo[key] = exc
+        found = memo[key]
+        if isinstance(found, Refused):
+            raise found
+        return found
 
     def known(self, connection: str) -> MaskCatalog | None:
         entry = self._cache.get(connection)

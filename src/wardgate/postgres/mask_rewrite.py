@@ -25,7 +25,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 from wardgate.policy.functions import BUILTIN_READ_ONLY, WRITE_FUNCTIONS
-from wardgate.policy.mask_rules import ColumnRule
+from wardgate.policy.mask_rules import ColumnRule as ColumnRule  # re-exported
 
 _new: Any = ast  # pglast's node constructors are untyped
 _Stream: Any = RawStream

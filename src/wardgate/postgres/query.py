@@ -11,7 +11,7 @@ from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
-from wardgate.postgres.mask_rewrite import Refused, rewrite
+from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import IP_TYPES
 
 if TYPE_CHECKING:
@@ -85,16 +85,16 @@ async def run_sql(
 
 async def _rewritten(services: Services, connection: str, sql: str, masking: SessionMasking) -> str:
     """The same column rewrite a PostgreSQL client of this principal gets."""
+    catalogs = services.state(MaskCatalogs)
     try:
-        catalog = await services.state(MaskCatalogs).get(services, connection)
+        await catalogs.get(services, connection)
+        return catalogs.rewrite(connection, sql, masking.column_rules) or sql
     except CatalogUnavailable as exc:
         raise QueryFailed(
             "wardgate: masking rules on columns need the catalog of this connection, which "
             f"could not be read ({exc}); nothing was run",
             "58000",
         ) from None
-    try:
-        return rewrite(sql, catalog, masking.column_rules) or sql
     except Refused as exc:
         raise QueryFailed(
             f"wardgate: blocked by masking rule {exc.rule!r}: {exc.reason}", "42501"

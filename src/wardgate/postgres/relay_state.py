@@ -25,8 +25,8 @@ from wardgate.policy.functions import function_class
 from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
-from wardgate.postgres.mask_catalog import MaskCatalogs
-from wardgate.postgres.mask_rewrite import Refused, rewrite
+from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.result_tap import ResultTap, SessionResults
 from wardgate.postgres.session_model import Change, SessionModel
@@ -180,16 +180,17 @@ class RelayState:
         session = self.masking.masking if self.masking is not None else None
         if session is None or not session.column_rules:
             return None
-        catalog = self.services.state(MaskCatalogs).latest(self.connection)
-        if catalog is None:
+        try:
+            return self.services.state(MaskCatalogs).rewrite(
+                self.connection, sql, session.column_rules
+            )
+        except CatalogUnavailable:
             return Verdict(
                 Decision.BLOCK,
                 "masking:catalog",
                 "masking rules on columns need the gateway's catalog snapshot of this "
                 "connection, which could not be read; retry in a few seconds",
             )
-        try:
-            return rewrite(sql, catalog, session.column_rules)
         except Refused as exc:
             return Verdict(Decision.BLOCK, f"masking:{exc.rule}", exc.reason)
 
