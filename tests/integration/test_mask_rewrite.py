@@ -141,7 +141,11 @@ def test_columns_keep_their_names_and_types(gw: Gateway, people: str) -> None:
         cur = conn.execute(f"select * from {people} order by id", prepare=True)
         star = cur.fetchall()
         star_names = [d.name for d in cur.description or ()]
+        cur = conn.execute(f'select card::text, email collate "C", ssn::bigint from {people}')
+        cast_names = [d.name for d in cur.description or ()]
+        cast_types = [d.type_code for d in cur.description or ()]
     assert names == star_names == ["id", "name", "email", "card", "iban", "ssn"]
+    assert cast_names == ["card", "email", "ssn"] and cast_types == [25, 25, 20]
     assert [r[:2] for r in rows] == [(1, "Jane"), (2, "Omar"), (3, "Lin")]
     assert rows == star
     jane = rows[0]

@@ -95,6 +95,22 @@ REWRITTEN = [
     ("select lag(email) over (order by id) from people", "lag(CAST(wardgate_mask.partial("),
     ("select query from pg_stat_activity", "CASE WHEN pid = pg_catalog.pg_backend_pid()"),
     ("select 1; select email from people", "SELECT 1; SELECT CAST(wardgate_mask"),
+    # A non-recursive CTE's own query sees the table, not itself.
+    (
+        "with x as (select 1), people as (select email from people) select email from people",
+        "people AS (SELECT CAST(wardgate_mask.partial(CAST(email",
+    ),
+    (
+        "with recursive r as (select email from public.people union select email from r) "
+        "select * from r",
+        "UNION SELECT email FROM r",
+    ),
+    # A column under casts and collations keeps the name PostgreSQL gave it.
+    (
+        'select email collate "C", card::text from public.people',
+        'COLLATE "C" AS email, CAST(CAST(wardgate_mask.pseudonym',
+    ),
+    ("select card::text from public.people", "AS text) AS card FROM"),
     # Rules match names case-insensitively: "Email" is masked like email.
     ('select "Email" from people', 'SELECT CAST(wardgate_mask.partial(CAST("Email" AS'),
 ]
@@ -168,6 +184,11 @@ REFUSED = [
     ("select 1 ### 2", "operator ###"),
     ("select '1'::leaky", "leaky"),
     ("select * from nowhere", "not in the gateway's catalog"),
+    (
+        "select id from orders union select id from orders "
+        "limit (select count(*) from people where email like 'a%')",
+        "oracle",
+    ),
     ("select email2 from public.people", "column 'email2'"),
     ("select p.email2 from public.people p", "column 'email2'"),
     ("insert into orders select id, ssn from people", "INSERT copies a masked column"),

@@ -165,6 +165,17 @@ def _strings(fields: Iterable[Any]) -> list[str]:
     return [str(f.sval) for f in fields if isinstance(f, ast.String)]
 
 
+def _column_name(val: Any) -> str | None:
+    """The output name PostgreSQL gives an expression that is a column under casts and
+    collations (``email``, ``email::varchar``); None for any other expression, whose
+    name (a function's, ``?column?``) a rewrite inside it does not change."""
+    while isinstance(val, ast.TypeCast | ast.CollateClause):
+        val = val.arg
+    if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.String):
+        return str(val.fields[-1].sval)
+    return None
+
+
 def _deparse(node: Any) -> str:
     return str(_Stream()(node))
 
@@ -235,16 +246,23 @@ class _Rewriter:
         return stmt
 
     def _with(self, with_clause: Any, outer: list[_Level]) -> set[str]:
+        """The CTE names the statement sees. Each CTE's own query sees the CTEs before
+        it, and with RECURSIVE every one of them: in ``WITH people AS (SELECT email
+        FROM people)`` the inner ``people`` is the table."""
         names: set[str] = set()
         if with_clause is None:
             return names
-        for cte in with_clause.ctes or ():
-            names.add(cte.ctename)
-            self._ctes.append(names)
+        ctes = list(with_clause.ctes or ())
+        every = {cte.ctename for cte in ctes}
+        for cte in ctes:
+            if with_clause.recursive:
+                names = set(every)
+            self._ctes.append(set(names))
             try:
                 cte.ctequery = self._nested(cte.ctequery, outer)
             finally:
                 self._ctes.pop()
+            names.add(cte.ctename)
         return names
 
     def _nested(self, stmt: Any, outer: list[_Level]) -> Any:
@@ -264,7 +282,12 @@ class _Rewriter:
         if stmt.op is not None and stmt.op != SetOperation.SETOP_NONE:
             stmt.larg = self.select(stmt.larg, outer)
             stmt.rarg = self.select(stmt.rarg, outer)
-            return stmt  # its ORDER BY and LIMIT see the (masked) output columns
+            # Its ORDER BY names output columns (masked); LIMIT may hold a subquery.
+            for name in ("sortClause", "limitCount", "limitOffset"):
+                value = getattr(stmt, name)
+                if value is not None:
+                    setattr(stmt, name, self.expr(value, outer, _PREDICATE))
+            return stmt
         if stmt.valuesLists:
             stmt.valuesLists = tuple(
                 tuple(self.expr(v, outer, _OUTPUT) for v in row) for row in stmt.valuesLists
@@ -559,10 +582,11 @@ class _Rewriter:
             if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
                 out.extend(self._star(val, level, scopes))
                 continue
-            new = self.expr(val, scopes, _OUTPUT)
-            if new is not val and target.name is None and isinstance(val, ast.ColumnRef):
-                target.name = _strings(val.fields)[-1]  # the column keeps its name
-            target.val = new
+            name = _column_name(val) if target.name is None else None
+            before = self.masked_refs
+            target.val = self.expr(val, scopes, _OUTPUT)
+            if name is not None and self.masked_refs != before:
+                target.name = name  # the column keeps the name PostgreSQL gave it
             out.append(target)
         return out
 
