@@ -59,6 +59,10 @@ def people(it_database: str) -> str:
             conn.execute(f"insert into {table} values (%s, %s, %s, %s, %s, %s)", row)
         conn.execute(f"create view {table}_v as select id, email from {table}")
         conn.execute(f"create view {table}_ids as select id, name from {table}")
+        conn.execute(
+            f"create view {table}_stats as select tablename, most_common_vals::text as mcv "
+            "from pg_stats"
+        )
         conn.execute(f"analyze {table}")
     return table
 
@@ -178,6 +182,7 @@ REFUSED = [
     ("select id from {t} order by card", "oracle"),
     ("copy {t} to stdout", "COPY"),
     ("select * from {t}_v", "view"),
+    ("select mcv from {t}_stats", "pg_catalog.pg_stats"),
     ("select most_common_vals::text, histogram_bounds::text from pg_stats", "pg_stats"),
     ("select * from pg_catalog.pg_statistic", "pg_statistic"),
     ("select stxdmcv from pg_statistic_ext_data", "pg_statistic_ext_data"),

@@ -36,6 +36,16 @@ CATALOG = MaskCatalog.of(
         Table("public", "v_ids", "v", (("id", "integer"),), frozenset({"public.people.id"})),
         Table("public", "v_row", "v", (("p", "people"),), frozenset({"public.people.*"})),
         Table("public", "v_fn", "v", (("x", "integer"),), frozenset({"function public.f"})),
+        Table(
+            "public",
+            "v_stats",
+            "v",
+            (("v", "anyarray"),),
+            frozenset({"pg_catalog.pg_stats.most_common_vals"}),
+        ),
+        Table(
+            "public", "v_q", "v", (("q", "text"),), frozenset({"function pg_catalog.current_query"})
+        ),
     ],
     system={"pg_class", "pg_stats", "pg_authid"},
     user_functions={"f", "upper_x"},
@@ -134,6 +144,7 @@ UNCHANGED = [
     "copy people (id, name) to stdout",
     "copy people from stdin",
     "set search_path = public",
+    "alter table orders rename column people_id to person_id",
     "select 1 from people p where p.name = 'x' order by p.id",
     "this is not sql",
 ]
@@ -167,6 +178,11 @@ REFUSED = [
     ("select * from v_mail", "view public.v_mail reads the masked column"),
     ("select * from v_row", "view public.v_row"),
     ("select * from v_fn", "user routine"),
+    ("select * from v_stats", "pg_catalog.pg_stats.most_common_vals"),
+    ("select * from v_q", "pg_catalog.current_query"),
+    ("alter table public.people rename column email to e", "renaming or moving"),
+    ("alter table public.people rename to p2", "renaming or moving"),
+    ("alter table public.people set schema crm2", "renaming or moving"),
     ("select * from pg_stats", "pg_catalog.pg_stats"),
     ("select rolpassword from pg_catalog.pg_authid", "pg_authid"),
     ("select * from pg_shadow", "pg_shadow"),

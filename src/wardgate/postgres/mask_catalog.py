@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
 from wardgate.postgres.mask_rewrite import (
+    BLOCKED_FUNCTIONS,
+    BLOCKED_RELATIONS,
     MASK_SCHEMA,
     ColumnRule,
     MaskCatalog,
@@ -68,7 +70,8 @@ UNION SELECT 'type', t.typname FROM pg_catalog.pg_type t
      OR (t.typtype = 'd' AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
 """
 # What each view (or materialized view) outside the system schemas reads: a column,
-# a whole row ('*'), or a user routine.
+# a whole row ('*'), a user routine, or a built-in that reads past the rewrite. Reads
+# of blocked catalogs (pg_stats...) are refused by the rewriter.
 VIEW_READS_SQL = """
 SELECT vn.nspname, v.relname, tn.nspname, t.relname, coalesce(a.attname, '*')
 FROM pg_catalog.pg_depend d
@@ -80,6 +83,8 @@ JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a
   ON a.attrelid = t.oid AND a.attnum = d.refobjsubid AND d.refobjsubid > 0
 WHERE v.oid <> t.oid AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (tn.nspname <> 'pg_catalog' OR t.relname IN ({BLOCKED_RELATIONS})
+       OR (t.relname = 'pg_stat_activity' AND a.attname = 'query'))
 UNION
 SELECT vn.nspname, v.relname, 'function', pn.nspname || '.' || p.proname, ''
 FROM pg_catalog.pg_depend d
@@ -88,9 +93,12 @@ JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
 JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
 JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid AND d.refclassid = 'pg_catalog.pg_proc'::regclass
 JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
-WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE (pn.nspname NOT IN ('pg_catalog', 'information_schema') OR p.proname IN ({BLOCKED}))
   AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
-"""
+""".format(
+    BLOCKED=", ".join(f"'{n}'" for n in sorted(BLOCKED_FUNCTIONS)),
+    BLOCKED_RELATIONS=", ".join(f"'{n}'" for n in sorted(BLOCKED_RELATIONS)),
+)
 
 
 # Partitions and inheritance children, every level: a read of the parent returns them.

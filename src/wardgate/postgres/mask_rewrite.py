@@ -236,6 +236,11 @@ class _Rewriter:
                     self._any_rule(),
                 )
             return stmt
+        if isinstance(stmt, ast.RenameStmt | ast.AlterObjectSchemaStmt) and isinstance(
+            stmt.relation, ast.RangeVar
+        ):
+            self._refuse_moving_masked(stmt)
+            return stmt
         if isinstance(stmt, ast.DoStmt | ast.CallStmt):
             what = "a DO block" if isinstance(stmt, ast.DoStmt) else "CALL of a procedure"
             raise Refused(
@@ -244,6 +249,22 @@ class _Rewriter:
                 self._any_rule(),
             )
         return stmt
+
+    def _refuse_moving_masked(self, stmt: Any) -> None:
+        """Renaming a table or column, or moving it to another schema, would take its
+        columns out of the rules that name them."""
+        try:
+            entry = self._relation(stmt.relation)
+        except Refused:
+            return  # not a table the snapshot knows: nothing masked to move
+        if entry.masked:
+            rule = next(iter(entry.masked.values())).rule
+            raise Refused(
+                f"renaming or moving {entry.refname}, which has masked columns, would take "
+                f"them out of masking rule {rule.rule!r}; a principal without the rule "
+                "(or an administrator changing the rule too) can do it",
+                rule.rule,
+            )
 
     def _with(self, with_clause: Any, outer: list[_Level]) -> set[str]:
         """The CTE names the statement sees. Each CTE's own query sees the CTEs before
@@ -525,6 +546,14 @@ class _Rewriter:
 
     def _refuse_view(self, table: Table) -> None:
         for read in sorted(table.reads):
+            schema, _, rest = read.partition(".")
+            if schema == "pg_catalog" or read.startswith("function pg_catalog."):
+                raise Refused(
+                    f"view {table.schema}.{table.name} reads {read.removeprefix('function ')}, "
+                    "which exposes row values or secrets to principals under a masking "
+                    "rule; ask a human without it",
+                    self._any_rule(),
+                )
             if read.startswith("function "):
                 raise Refused(
                     f"view {table.schema}.{table.name} calls the user routine "
