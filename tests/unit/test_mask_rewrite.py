@@ -4,7 +4,11 @@ tests/integration/test_mask_rewrite.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from pglast import parse_sql
+from pglast.parser import ParseError, parse_sql_json
 
 from wardgate.postgres.mask_catalog import (
     CatalogUnavailable,
@@ -13,7 +17,15 @@ from wardgate.postgres.mask_catalog import (
     db_key,
     install_sql,
 )
-from wardgate.postgres.mask_rewrite import ColumnRule, MaskCatalog, Refused, Table, rewrite
+from wardgate.postgres.mask_rewrite import (
+    ColumnRule,
+    MaskCatalog,
+    Refused,
+    Table,
+    _nothing_to_do,
+    _Rewriter,
+    rewrite,
+)
 
 CATALOG = MaskCatalog.of(
     [
@@ -228,6 +240,25 @@ def test_refuses(sql: str, why: str) -> None:
         rewrite(sql, CATALOG, rules)
     assert why in info.value.reason, info.value.reason
     assert info.value.rule
+
+
+@pytest.mark.parametrize("sql", [s for s, _ in REWRITTEN] + [s for s, _ in REFUSED] + UNCHANGED)
+def test_the_fast_path_only_skips_what_the_full_rewrite_leaves(sql: str) -> None:
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except ParseError:
+        return
+    for rules in (RULES, ALLOW):
+        if _nothing_to_do(tree, CATALOG, rules):
+            full = _Rewriter(CATALOG, rules)
+            for raw in parse_sql(sql):
+                full.statement(raw.stmt)  # raises Refused if the fast path was wrong
+            assert not full.changed, sql
+
+
+def test_the_fast_path_takes_plain_statements() -> None:
+    for sql in ["select id, name from orders where id = 5", "select relname from pg_class"]:
+        assert _nothing_to_do(json.loads(parse_sql_json(sql)), CATALOG, RULES)
 
 
 def test_predicates_allow_leaves_conditions_on_clear_values() -> None:

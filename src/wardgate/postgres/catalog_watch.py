@@ -156,7 +156,10 @@ class CatalogWatch:
             return
         if result.error is not None:
             return
-        if any(rule.columns for rule in services.config.masking.rules):
+        if any(
+            rule.columns and (not rule.connections or connection in rule.connections)
+            for rule in services.config.masking.rules
+        ):
             catalogs = services.state(MaskCatalogs)
             catalogs.stale(connection)
             with contextlib.suppress(Exception):  # kept: the last snapshot, then refused
