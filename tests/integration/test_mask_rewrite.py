@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.test_mcp import body, call, error_text
+from tests.integration.test_psql import psql
 
 ROWS = [
     (1, "Jane", "jane.doe@example.com", "4111 1111 1111 1111", "DE89370400440532013000", 123456789),
@@ -363,3 +364,29 @@ def test_mcp_query_shares_the_rewrite(gw: Gateway, people: str) -> None:
     message = error_text(stats)
     assert "pg_stats" in message and "masking" in message
     assert sorted(r[0] for r in body(clear)["rows"]) == sorted(r[2] for r in ROWS)
+
+
+def test_simple_query_protocol_with_psql(gw: Gateway, people: str) -> None:
+    """psql sends a simple Query (several statements in one string here)."""
+    out = psql(
+        gw,
+        "-A",
+        "-t",
+        "-c",
+        f"select 1; select replace(email, '@', ' at ') from {people} order by id; "
+        f"select encode(convert_to(iban, 'UTF8'), 'base64') from {people}",
+        principal="agent",
+    ).stdout
+    assert "j****" in out
+    _no_clear(out)
+    for clear in CLEAR:
+        assert base64.b64encode(clear.encode()).decode()[:16] not in out
+    refused = psql(
+        gw, "-c", f"select 1; select row_to_json(p) from {people} p", principal="agent", check=False
+    )
+    assert refused.returncode != 0 and "whole-row" in refused.stderr
+    _no_clear(refused.stdout + refused.stderr)
+    clear = psql(
+        gw, "-A", "-t", "-c", f"select email from {people} order by id", principal="reviewer"
+    )
+    assert clear.stdout.split() == [r[2] for r in ROWS]
