@@ -205,6 +205,8 @@ REFUSED = [
     ("select current_query()", "current_query()"),
     ("select query_to_xml('select email from people', true, true, '')", "query_to_xml()"),
     ("select * from pg_stat_activity", "pg_stat_activity"),
+    ("select row_to_json(a) from pg_stat_activity a", "whole-row reference to pg_stat_activity"),
+    ("select a::text from pg_stat_activity a", "whole-row reference to pg_stat_activity"),
     ("select f(email) from people", "f() is not a built-in"),
     ('select "Upper"(email) from people', "not a built-in"),
     ("select wardgate_mask.partial('x')", "wardgate_mask"),

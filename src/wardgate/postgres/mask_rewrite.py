@@ -865,10 +865,17 @@ class _Rewriter:
             entry = self._entry(names[-1], scopes) if names else None
             entries = [entry] if entry is not None else (scopes[0] if not names else [])
             for e in entries:
-                if e.masked:
+                if e.masked or e.activity:
                     self._whole_row_refused(e, where)
 
     def _whole_row_refused(self, entry: _Entry, where: str) -> None:
+        if entry.activity:
+            raise Refused(
+                f"a whole-row reference to pg_stat_activity in {where} would carry other "
+                "sessions' query texts; name the columns instead (query shows this "
+                "session's only)",
+                self._any_rule(),
+            )
         rule = next(iter(entry.masked.values())).rule
         raise Refused(
             f"a whole-row reference to {entry.refname!r} in {where} would carry its masked "
@@ -904,7 +911,7 @@ class _Rewriter:
             entry = self._find(column, scopes)
             if entry is None:
                 whole = self._entry(column, scopes)
-                if whole is not None and whole.masked:
+                if whole is not None and (whole.masked or whole.activity):
                     self._whole_row_refused(whole, "an expression")
                 self._refuse_unknown_column(column, [e for level in scopes for e in level])
                 return ref
