@@ -117,6 +117,10 @@ REWRITTEN = [
     ("select lag(email) over (order by id) from people", "lag(CAST(wardgate_mask.partial("),
     ("select query from pg_stat_activity", "CASE WHEN pid = pg_catalog.pg_backend_pid()"),
     ("select 1; select email from people", "SELECT 1; SELECT CAST(wardgate_mask"),
+    (
+        "select email from public.people; update orders set people_id = 1 where id = 2",
+        "; UPDATE orders SET people_id = 1",
+    ),
     # A non-recursive CTE's own query sees the table, not itself.
     (
         "with x as (select 1), people as (select email from people) select email from people",
@@ -223,6 +227,14 @@ REFUSED = [
     ("select p.email2 from public.people p", "column 'email2'"),
     ("insert into orders select id, ssn from people", "INSERT copies a masked column"),
     ("update people set name = email where id = 1", "writes a value computed"),
+    (
+        "with w as (select email from public.people) insert into orders select 1, 2 from w",
+        "INSERT copies a masked column",
+    ),
+    (
+        "update orders set people_id = s.n from (select length(email) n from public.people) s",
+        "UPDATE writes",
+    ),
     ("update orders set people_id = (select ssn from people limit 1) where id = 1", "UPDATE"),
     ("do $$ begin perform 1; end $$", "DO block"),
     ("call p()", "CALL"),

@@ -436,11 +436,12 @@ class _Rewriter:
         return stmt
 
     def _insert(self, stmt: Any) -> Any:
+        before = self.masked_refs  # its WITH may feed the rows it writes
         ctes = self._with(stmt.withClause, [])
         self._ctes.append(ctes)
         try:
             if stmt.selectStmt is not None:
-                stmt.selectStmt = self._writing(stmt.selectStmt)
+                stmt.selectStmt = self._writing(stmt.selectStmt, before)
             level: _Level = []
             self._from_item(stmt.relation, level, [])
             if stmt.onConflictClause is not None:
@@ -451,10 +452,9 @@ class _Rewriter:
             self._ctes.pop()
         return stmt
 
-    def _writing(self, select: Any) -> Any:
+    def _writing(self, select: Any, before: int) -> Any:
         """The rows an INSERT writes: a sensitive column there would be stored masked
         (or, unmasked, copied where it is not masked): refused."""
-        before = self.masked_refs
         self.select(select, [])
         if self.masked_refs != before:
             raise Refused(
@@ -466,6 +466,7 @@ class _Rewriter:
         return select
 
     def _update(self, stmt: Any) -> Any:
+        before = self.masked_refs
         ctes = self._with(stmt.withClause, [])
         self._ctes.append(ctes)
         try:
@@ -474,6 +475,8 @@ class _Rewriter:
             for item in stmt.fromClause or ():
                 self._from_item(item, level, [])
             scopes = [level]
+            if self.masked_refs != before:  # its WITH or FROM computes masked values
+                self._set_refused()
             stmt.targetList = tuple(self._set_target(t, scopes) for t in stmt.targetList or ())
             if stmt.whereClause is not None:
                 stmt.whereClause = self.expr(stmt.whereClause, scopes, _PREDICATE)
@@ -487,13 +490,16 @@ class _Rewriter:
         before = self.masked_refs
         target.val = self.expr(target.val, scopes, _WRITE)
         if self.masked_refs != before:  # a subquery of a masked column
-            raise Refused(
-                "this UPDATE writes a value computed from a masked column; the gateway "
-                "neither writes masked values nor copies clear ones. A principal without "
-                "the masking rule can run it",
-                self._any_rule(),
-            )
+            self._set_refused()
         return target
+
+    def _set_refused(self) -> None:
+        raise Refused(
+            "this UPDATE writes a value computed from a masked column; the gateway "
+            "neither writes masked values nor copies clear ones. A principal without "
+            "the masking rule can run it",
+            self._any_rule(),
+        )
 
     def _delete(self, stmt: Any) -> Any:
         ctes = self._with(stmt.withClause, [])
