@@ -29,8 +29,7 @@ class ExtendedProtocol(ReviewHold):
             self._block_extended(msg.sql, (), rewritten, out)
             return
         if rewritten is not None:
-            encoded = rewritten.encode(self.client.decoder.encoding)
-            raw = build.parse(msg.name, encoded, msg.param_types)
+            raw = build.parse(msg.name, rewritten, msg.param_types)
         model = self.model
         change = model.statements.propose(msg.name, Prepared(msg.sql, msg.param_types), model.batch)
         if self.masking is not None:

@@ -173,16 +173,25 @@ class RelayState:
             )
         return verdict
 
-    def _mask_rewrite(self, sql: str) -> str | Verdict | None:
+    def _mask_rewrite(self, sql: str) -> bytes | Verdict | None:
         """``sql`` with the principal's masked columns computed masked in the database
-        (mask_rewrite.py), None when nothing changes, or the block Verdict of what
-        cannot be proven safe. Sessions without column rules pay nothing."""
+        (mask_rewrite.py), in the client's encoding; None when nothing changes, or the
+        block Verdict of what cannot be proven safe. Sessions without column rules pay
+        nothing."""
         session = self.masking.masking if self.masking is not None else None
         if session is None or not session.column_rules:
             return None
         try:
-            return self.services.state(MaskCatalogs).rewrite(
+            rewritten = self.services.state(MaskCatalogs).rewrite(
                 self.connection, sql, session.column_rules
+            )
+            return None if rewritten is None else rewritten.encode(self.client.decoder.encoding)
+        except UnicodeEncodeError:
+            return Verdict(
+                Decision.BLOCK,
+                "masking:encoding",
+                "the statement rewritten for masking cannot be written in the session's "
+                "client encoding; use UTF8",
             )
         except CatalogUnavailable:
             return Verdict(

@@ -113,7 +113,7 @@ class SimpleQuery(ReviewHold):
             model.next_batch()
             return
         if rewritten is not None:
-            raw = build.query(rewritten.encode(self.client.decoder.encoding))
+            raw = build.query(rewritten)
         changes = [self._propose(text, info) for text, info in zip(texts, statements, strict=False)]
         for _, verdict in judged:
             self._note_encoding(verdict.statements)
