@@ -97,6 +97,7 @@ REWRITTEN = [
         + ' AS "Email" FROM public.people',
     ),
     ("table public.people", "people.id AS id"),
+    ("select * from public.people, generate_series(1, 2)", 'AS "Email", generate_series.* FROM'),
     ("select x.c from people as x(a, b, c)", "wardgate_mask.partial(CAST(x.c AS"),
     ("select (select max(email) from people) m", "max(CAST(wardgate_mask.partial("),
     ("with w as (select email from people) select * from w", "WITH w AS (SELECT CAST("),
@@ -241,6 +242,7 @@ REFUSED = [
     ("merge into orders o using people p on o.id = p.id when matched then delete", "MERGE"),
     ("select j.email from (people p join orders o on o.id = p.id) as j", "join aliased"),
     ("select * from people tablesample system (50)", "RangeTableSample"),
+    ("select * from public.people, (select 1 as x)", "without an alias"),
     ("select * from people", "several schemas"),  # unqualified: public and crm
 ]
 

@@ -269,6 +269,16 @@ def _strings(fields: Iterable[Any]) -> list[str]:
     return [str(f.sval) for f in fields if isinstance(f, ast.String)]
 
 
+def _function_refname(item: Any) -> str:
+    """A function in FROM without an alias is referred to by its (first) name."""
+    for pair in item.functions or ():
+        call = pair[0] if isinstance(pair, tuple | list) and pair else pair
+        if isinstance(call, ast.FuncCall):
+            return _strings(call.funcname)[-1]
+        break
+    return ""
+
+
 def _column_name(val: Any) -> str | None:
     """The output name PostgreSQL gives an expression that is a column under casts and
     collations (``email``, ``email::varchar``); None for any other expression, whose
@@ -568,7 +578,7 @@ class _Rewriter:
         elif isinstance(item, ast.RangeFunction):
             scopes = [level, *outer] if item.lateral else outer
             item.functions = self.expr(item.functions, scopes, _OUTPUT)
-            name = item.alias.aliasname if item.alias else ""
+            name = item.alias.aliasname if item.alias else _function_refname(item)
             level.append(_Entry(name, None, None, {}))
         else:
             # TABLESAMPLE, XMLTABLE, JSON_TABLE... over a masked table: not proven safe.
@@ -750,8 +760,16 @@ class _Rewriter:
                     self._any_rule(),
                 )
             if not entry.masked:
+                if not entry.refname:
+                    # A bare * here would expand the masked tables' columns too.
+                    raise Refused(
+                        "SELECT * over a table with masked columns and a subquery or "
+                        "function without an alias cannot be expanded exactly; give it an "
+                        "alias or name the columns",
+                        self._any_rule(),
+                    )
                 star = _new.ColumnRef(fields=(_new.String(sval=entry.refname), _new.A_Star()))
-                out.append(_new.ResTarget(val=star if entry.refname else ref))
+                out.append(_new.ResTarget(val=star))
                 continue
             table = entry.table
             assert table is not None  # only tables have masked columns
