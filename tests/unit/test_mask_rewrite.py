@@ -97,6 +97,7 @@ REWRITTEN = [
         + ' AS "Email" FROM public.people',
     ),
     ("table public.people", "people.id AS id"),
+    ("select p.*, o.* from public.people p join orders o using (id)", "AS ssn"),
     ("select * from public.people, generate_series(1, 2)", 'AS "Email", generate_series.* FROM'),
     ("select x.c from people as x(a, b, c)", "wardgate_mask.partial(CAST(x.c AS"),
     ("select (select max(email) from people) m", "max(CAST(wardgate_mask.partial("),
@@ -243,6 +244,7 @@ REFUSED = [
     ("select j.email from (people p join orders o on o.id = p.id) as j", "join aliased"),
     ("select * from people tablesample system (50)", "RangeTableSample"),
     ("select * from public.people, (select 1 as x)", "without an alias"),
+    ("select * from public.people join orders using (id)", "USING or NATURAL"),
     ("select * from people", "several schemas"),  # unqualified: public and crm
 ]
 

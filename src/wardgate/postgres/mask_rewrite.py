@@ -321,6 +321,7 @@ class _Rewriter:
     rules: tuple[ColumnRule, ...]
     changed: bool = False
     masked_refs: int = 0  # masked expressions made so far
+    _merged: set[int] = field(default_factory=set)  # FROM lists with USING/NATURAL joins
     _ctes: list[set[str]] = field(default_factory=list)
 
     # ------------------------------------------------------------- statements
@@ -565,6 +566,8 @@ class _Rewriter:
                     self._any_rule(),
                 )
             using = _strings(item.usingClause or ())
+            if using or item.isNatural:
+                self._merged.add(id(level))  # * merges the join columns: not expandable
             if item.isNatural:
                 using = [c for e in level for c in e.masked]
             for name in using:
@@ -751,6 +754,12 @@ class _Rewriter:
             entries = list(level)
         if not any(e.masked or e.activity for e in entries):
             return [_new.ResTarget(val=ref)]
+        if not names and id(level) in self._merged:
+            raise Refused(
+                "SELECT * over a join with USING or NATURAL and a table with masked columns "
+                "cannot be expanded exactly (the join columns merge); name the columns",
+                self._any_rule(),
+            )
         out: list[Any] = []
         for entry in entries:
             if entry.activity:
