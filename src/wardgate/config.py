@@ -313,6 +313,10 @@ class MaskingRuleConfig(_Model):
     # false: these columns are known not to be sensitive. Such a rule masks nothing;
     # `wardgate masking discover` stops proposing its columns (content rules still apply).
     sensitive: bool = True
+    # Column rules: may a masked column be used in WHERE, JOIN, GROUP BY, ORDER BY...
+    # (clear values compared: an oracle)? Equality joins of two pseudonymised columns
+    # are allowed under "block" too (compared as pseudonyms). docs/masking.md.
+    predicates: Literal["allow", "block"] = "block"
 
 
 # Files no program may read over SSH for a principal whose output is masked: masking a

@@ -475,7 +475,11 @@ def _rail_matches(
         return False
     if not _in_rail_scope(rail, action):
         return False
-    if m.tables and not _any_table(stmt.tables_read + stmt.tables_written, m.tables):
+    if (
+        m.tables
+        and not _any_table(stmt.tables_read + stmt.tables_written, m.tables)
+        and not _reads_statistics(stmt.tables_read)
+    ):
         return False
     if m.tables_written and not _any_table(stmt.tables_written, m.tables_written):
         return False
@@ -531,6 +535,24 @@ def _in_rail_scope(rail: GuardrailConfig, action: Action) -> bool:
         kinds=m.principal_kinds,
         connections=m.connections,
     )
+
+
+# Statistics hold samples of every analysed table's values (most_common_vals,
+# histogram_bounds, extended statistics' MCV lists); which table's rows a query reads
+# from them is decided at run time. So reading one counts, for a table guardrail, as
+# reading every table: a rule that keeps agents off public.secrets keeps them off
+# pg_stats too.
+_STATISTICS = frozenset(
+    {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
+)
+
+
+def _reads_statistics(names: tuple[str, ...]) -> bool:
+    for name in names:
+        schema, _, table = name.lower().rpartition(".")
+        if table in _STATISTICS and schema in ("", "pg_catalog"):
+            return True
+    return False
 
 
 def _any_table(names: tuple[str, ...], patterns: list[str]) -> bool:

@@ -19,6 +19,16 @@ from wardgate.masking import ENTITIES, Masker, Strategy
 _IP_ENTITIES = frozenset({"ipv4", "ipv6"})
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """One column glob of a masking rule, as the query rewriter applies it."""
+
+    rule: str
+    glob: str  # schema.table.column, lower case
+    strategy: str  # redact | partial | hash | pseudonym
+    predicates: str = "block"  # allow | block
+
+
 class MaskingRule(Protocol):
     """One of ``masking.rules`` in the configuration (wardgate.config.MaskingRuleConfig;
     policy does not import the configuration)."""
@@ -43,6 +53,10 @@ class MaskingRule(Protocol):
     def strategy(self) -> str: ...
     @property
     def sensitive(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def predicates(self) -> str: ...
 
 
 class _Masking(Protocol):
@@ -68,6 +82,8 @@ class SessionMasking:
     content: tuple[Masker, ...]  # run on every text value, in order
     columns: tuple[tuple[str, Masker], ...]  # (schema.table.column glob, masker)
     masks_ips: bool  # content rules cover IP addresses (inet/cidr values are hidden)
+    # The column rules again, as the rewriter reads them (postgres/mask_rewrite.py).
+    column_rules: tuple[ColumnRule, ...] = ()
     memo: dict[tuple[bytes, str, bool], bytes | None] = field(default_factory=dict, compare=False)
 
     def mask_text(self, text: str) -> str:
@@ -130,6 +146,7 @@ class MaskingPolicy:
             return None
         content: list[Masker] = []
         columns: list[tuple[str, Masker]] = []
+        column_rules: list[ColumnRule] = []
         ips = False
         for rule in rules:
             strategy = Strategy(rule.strategy)
@@ -139,7 +156,10 @@ class MaskingPolicy:
                 ips = ips or bool(entities & _IP_ENTITIES)
             for pattern in rule.columns:
                 columns.append((_column_glob(pattern), self._masker(strategy, ENTITIES)))
-        return SessionMasking(tuple(content), tuple(columns), ips)
+                column_rules.append(
+                    ColumnRule(rule.name, _column_glob(pattern), rule.strategy, rule.predicates)
+                )
+        return SessionMasking(tuple(content), tuple(columns), ips, column_rules=tuple(column_rules))
 
     def _masker(self, strategy: Strategy, entities: frozenset[str]) -> Masker:
         key = (strategy, entities)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from wardgate.gate import UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
 from wardgate.postgres.internal import internal_session
+from wardgate.postgres.mask_catalog import MaskCatalogs
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -167,6 +168,14 @@ class CatalogWatch:
             return
         if result.error is not None:
             return
+        if any(
+            rule.columns and (not rule.connections or connection in rule.connections)
+            for rule in services.config.masking.rules
+        ):
+            catalogs = services.state(MaskCatalogs)
+            catalogs.stale(connection)
+            with contextlib.suppress(Exception):  # kept: the last snapshot, then refused
+                await catalogs.get(services, connection)
         self._judge_user_code(services, connection, code, loud)
         found = {(str(row[0]), str(row[1])) for row in result.rows if row[0] in BUILTIN_READ_ONLY}
         names = frozenset(n for n, _ in found)
