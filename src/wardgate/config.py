@@ -87,6 +87,8 @@ class ListenConfig(_Model):
     api: HostPort | None = "127.0.0.1:8080"
     postgres: HostPort | None = "127.0.0.1:15432"
     ssh: HostPort | None = None  # e.g. 127.0.0.1:12222; off unless set
+    # HTTPS for kubectl at /k8s/<connection> (the gateway's TLS pair); off unless set.
+    kubernetes: HostPort | None = None  # e.g. 127.0.0.1:16443
 
 
 class TLSConfig(_Model):
@@ -789,7 +791,9 @@ class Config(_Model):
             url = prefix + str(self.path(url[len(prefix) :]).resolve())
         return url
 
-    def listen_address(self, protocol: Literal["api", "postgres", "ssh"]) -> tuple[str, int] | None:
+    def listen_address(
+        self, protocol: Literal["api", "postgres", "ssh", "kubernetes"]
+    ) -> tuple[str, int] | None:
         env = os.environ.get(f"WARDGATE_LISTEN_{protocol.upper()}")
         value = env if env else getattr(self.listen, protocol)
         return parse_hostport(value) if value else None

@@ -78,7 +78,10 @@ def parse_body(body: str, content_type: str) -> Any:
     """The body as data; BodyError when it is not JSON/YAML the gateway can judge."""
     kind = media_type(content_type)
     if kind == PROTOBUF or kind.endswith("+protobuf"):
-        raise BodyError("protobuf bodies are not judged; send JSON or YAML")
+        raise BodyError(
+            "protobuf bodies are not judged (kubectl's create/expose/run subcommands send "
+            "protobuf); send the object as JSON or YAML, e.g. kubectl apply -f or create -f"
+        )
     try:
         if kind in JSON_TYPES or kind == JSON_PATCH or not kind:
             return json.loads(body, object_pairs_hook=_pairs)
