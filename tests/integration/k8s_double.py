@@ -240,7 +240,7 @@ def make_app(cluster: Cluster) -> Starlette:
         if request.method == "GET" and sub == "log":
             if key not in cluster.objects:
                 return _status(404, "NotFound", f'pods "{name}" not found')
-            return Response(b"line one\nline two\n", media_type="text/plain")
+            return Response(b"started\nlogin by jane.doe@example.com ok\n", media_type="text/plain")
         if request.method == "GET" and name:
             obj = cluster.objects.get(key)
             if obj is None:

@@ -371,3 +371,12 @@ def test_every_request_is_recorded(kgw: KubeGateway) -> None:
     assert any("deployments" in t for t in texts)
     payloads = " ".join(p for (p,) in rows)
     assert "hunter2" not in payloads and UPSTREAM_TOKEN not in payloads
+
+
+def test_pod_logs_are_masked_line_by_line(kgw: KubeGateway) -> None:
+    masked = kgw.kubectl("agent", "logs", "web-1")
+    assert masked.returncode == 0, masked.stderr
+    assert "started" in masked.stdout and "jane.doe@example.com" not in masked.stdout
+    assert "@" in masked.stdout  # partial masking keeps the shape: j****@*****.com
+    clear = kgw.kubectl("dev", "logs", "web-1")
+    assert "login by jane.doe@example.com ok" in clear.stdout

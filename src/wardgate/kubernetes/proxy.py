@@ -33,6 +33,7 @@ from wardgate.identity.principals import Principal
 from wardgate.kubernetes.redact import RedactError, WatchRedactor, redact_body
 from wardgate.kubernetes.status import status_body
 from wardgate.kubernetes.upstream import Upstreams
+from wardgate.masking.stream import LineMasker
 from wardgate.policy.kubernetes import RequestInfo, RequestInfoError, request_text, resolve
 from wardgate.reviews.model import ReviewInfo
 from wardgate.reviews.settle import settle
@@ -174,8 +175,12 @@ class KubernetesGateway:
             )
             self._record(recorded, settled.verdict, started, t0, "not_executed", error=message)
             return _status(501, message)
-        masked = services.masking.for_session(principal, name) is not None
-        redact = masked and info.resource == "secrets" and not info.api_group
+        masking = services.masking.for_session(principal, name)
+        redact = masking is not None and info.resource == "secrets" and not info.api_group
+        # Pod logs of a masked principal go through the masking engine line by line.
+        log_masker = None
+        if masking is not None and info.resource == "pods" and info.subresource == "log":
+            log_masker = LineMasker(masking.mask_text)
         return await self._forward(
             request,
             action,
@@ -183,6 +188,7 @@ class KubernetesGateway:
             info,
             body,
             redact,
+            log_masker,
             settled.verdict,
             settled.review,
             started,
@@ -282,6 +288,7 @@ class KubernetesGateway:
         info: RequestInfo,
         body: bytes,
         redact: bool,
+        log_masker: LineMasker | None,
         verdict: Verdict,
         review: ReviewInfo | None,
         started: float,
@@ -299,15 +306,18 @@ class KubernetesGateway:
             return _status(
                 503, "wardgate: the cluster credential or CA is not available to the gateway"
             )
-        headers = {
-            k: v for k, v in request.headers.items() if k in FORWARDED or k.startswith(IMPERSONATE)
-        }
-        headers["accept"] = accept_without_protobuf(request.headers.get("accept", ""))
+        # A list, not a dict: Impersonate-Group may repeat, and every copy was judged.
+        headers = [
+            (k, v)
+            for k, v in request.headers.items()
+            if (k in FORWARDED and k != "accept") or k.startswith(IMPERSONATE)
+        ]
+        headers.append(("accept", accept_without_protobuf(request.headers.get("accept", ""))))
         if auth:
-            headers["authorization"] = auth
+            headers.append(("authorization", auth))
         query = request.scope.get("query_string", b"").decode("latin-1")
         url = info.path + (f"?{query}" if query else "")
-        streaming = info.verb == "watch" or (info.subresource == "log" and "follow=true" in query)
+        streaming = info.verb == "watch" or info.subresource == "log"
         upstream_req = client.build_request(
             request.method,
             url,
@@ -368,11 +378,18 @@ class KubernetesGateway:
             sent, error = 0, None
             try:
                 async for chunk in upstream.aiter_raw():
-                    out = redactor.feed(chunk) if redactor is not None else chunk
+                    if redactor is not None:
+                        out = redactor.feed(chunk)
+                    elif log_masker is not None:
+                        out = log_masker.feed(chunk)
+                    else:
+                        out = chunk
                     sent += len(out)
                     if out:
                         yield out
                 if redactor is not None and (tail := redactor.end()):
+                    yield tail
+                if log_masker is not None and (tail := log_masker.flush()):
                     yield tail
             except RedactError as exc:
                 error = str(exc)  # the stream ends here: nothing unredacted goes out

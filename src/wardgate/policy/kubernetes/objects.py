@@ -86,10 +86,16 @@ def parse_body(body: str, content_type: str) -> Any:
         if kind in JSON_TYPES or kind == JSON_PATCH or not kind:
             return json.loads(body, object_pairs_hook=_pairs)
         if kind in YAML_TYPES:
+            # Aliases could expand a small body into an exponential tree (and hide what it
+            # sets behind a reference): refused, as no manifest needs them.
+            if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(body, Loader=_StrictLoader)):
+                raise BodyError("YAML aliases are not accepted in a request body")
             docs = list(yaml.load_all(body, Loader=_StrictLoader))  # noqa: S506 (strict safe loader)
             if len(docs) != 1:
                 raise BodyError("a YAML body must hold exactly one document")
             return docs[0]
+    except RecursionError:
+        raise BodyError("the body is nested too deeply") from None
     except (ValueError, yaml.YAMLError) as exc:
         if isinstance(exc, BodyError):
             raise
