@@ -477,6 +477,9 @@ async def _start_reviews(services: Any, index: int) -> Any:
         services.store, service, lambda: services.config, services.tasks, housekeeping=index == 0
     )
     register(services, service, runtime)
+    from wardgate.kubernetes.preview import register as register_kubernetes
+
+    register_kubernetes(services, service, runtime)
     notifier = Notifier(lambda: services.config, services.vault)
     service.listeners.append(notifier.listener)
     await notifier.start()

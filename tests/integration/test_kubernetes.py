@@ -277,8 +277,22 @@ def test_apply_is_held_then_approved_then_runs_once(kgw: KubeGateway) -> None:
     with kgw.api("reviewer") as reviewer:
         shown = reviewer.get(f"/api/v1/reviews/{review_id}").json()
         assert "nginx:1.27" in json.dumps(shown)  # the reviewer sees the exact object
+        deadline = time.monotonic() + 15  # and a server-side dry run, diffed (async)
+        while not (shown.get("preview") or {}).get("kind") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            shown = reviewer.get(f"/api/v1/reviews/{review_id}").json()
+        preview = shown["preview"]
+        assert preview["kind"] == "dry_run" and preview["creates"] is True, preview
+        assert (
+            "+  replicas: 2" in preview["diff"] and "+      - image: nginx:1.27" in preview["diff"]
+        )
+        assert any("dryRun=All" in r[1] for r in cluster.requests if r[0] == "POST")
         assert reviewer.post(f"/api/v1/reviews/{review_id}/approve", json={}).status_code == 200
-    posts = lambda: [r for r in cluster.requests if r[0] == "POST" and "/deployments" in r[1]]  # noqa: E731
+    posts = lambda: [  # noqa: E731
+        r
+        for r in cluster.requests
+        if r[0] == "POST" and "/deployments" in r[1] and "dryRun" not in r[1]
+    ]
     before = len(posts())
     applied = kgw.kubectl("agent", "apply", "--validate=false", "-f", str(manifest))
     assert applied.returncode == 0, applied.stderr
