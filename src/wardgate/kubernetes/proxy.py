@@ -58,6 +58,8 @@ RETURNED = frozenset(
 )
 MAX_WATCH_LINE = 16 * 1024 * 1024
 SESSION_IDLE = 300.0
+TOKEN_CACHE = 5.0
+TOKEN_CACHE_SIZE = 4096
 
 
 @dataclass
@@ -74,6 +76,8 @@ class KubeState:
 
     upstreams: Upstreams | None = None
     sessions: dict[tuple[str, str, str], _Session] = field(default_factory=dict)
+    # sha256(token) -> (token id, principal, trusted until): see _authenticate
+    tokens: dict[bytes, tuple[str, str, float]] = field(default_factory=dict)
 
 
 def accept_without_protobuf(accept: str) -> str:
@@ -202,6 +206,17 @@ class KubernetesGateway:
             return _status(
                 401, "wardgate: send your wardgate token as a bearer token (wardgate kubeconfig)"
             )
+        # kubectl sends the token with every request, and proving one costs a PBKDF2
+        # (SCRAM keys): a proven token is trusted for TOKEN_CACHE seconds (a revocation
+        # takes effect within that), keyed by its digest, never the token itself.
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        cached = self.state.tokens.get(digest)
+        if cached is not None and cached[2] > now:
+            principal = self.services.config.principal(cached[1])
+            if principal is not None:
+                request.scope["wardgate_token_id"] = cached[0]
+                return principal
         try:
             checked = await self.services.check_bearer(token, _addr(request), "kubernetes")
         except TooManyFailures as exc:
@@ -213,6 +228,9 @@ class KubernetesGateway:
                 401, "wardgate: the token is wrong, revoked, or its principal no longer exists"
             )
         info, principal = checked
+        if len(self.state.tokens) >= TOKEN_CACHE_SIZE:
+            self.state.tokens.clear()
+        self.state.tokens[digest] = (info.id, principal.name, now + TOKEN_CACHE)
         request.scope["wardgate_token_id"] = info.id
         return principal
 
@@ -323,9 +341,10 @@ class KubernetesGateway:
             url,
             headers=headers,
             content=body or None,
+            # Watches and logs may be quiet for long: no read timeout, only the dial's.
             timeout=httpx.Timeout(None, connect=services.config.limits.connect_timeout)
             if streaming
-            else None,
+            else httpx.USE_CLIENT_DEFAULT,
         )
         try:
             upstream = await client.send(upstream_req, stream=True)
