@@ -383,6 +383,9 @@ def test_every_request_is_recorded(kgw: KubeGateway) -> None:
         time.sleep(0.2)
     assert any(t.startswith("GET /api/v1/namespaces/default/pods") for t in texts), texts[:5]
     assert any("deployments" in t for t in texts)
+    # kubectl exec's attempts (WebSocket, then SPDY) were judged and recorded as blocked
+    execs = [json.loads(p) for (p,) in rows if "/pods/web-1/exec" in json.loads(p).get("text", "")]
+    assert execs and all(e.get("status") == "blocked" for e in execs), execs
     payloads = " ".join(p for (p,) in rows)
     assert "hunter2" not in payloads and UPSTREAM_TOKEN not in payloads
 

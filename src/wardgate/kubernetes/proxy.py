@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from wardgate.actions import Action, Verdict
 from wardgate.audit.records import ActionRecord, SessionRecord
@@ -100,10 +100,16 @@ class KubernetesGateway:
             self.state.upstreams = Upstreams(services.vault)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # WebSocket exec/attach/port-forward: judged and recorded like any request
+            # (the handshake is a GET), then refused: streams are not proxied yet.
+            async def no_body() -> Message:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            await self.handle(Request({**scope, "type": "http", "method": "GET"}, no_body))
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
-            # WebSocket exec/attach/port-forward: not offered yet (docs/kubernetes.md).
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
             return
         request = Request(scope, receive)
         response = await self.handle(request)
