@@ -397,3 +397,46 @@ def test_pod_logs_are_masked_line_by_line(kgw: KubeGateway) -> None:
     assert "@" in masked.stdout  # partial masking keeps the shape: j****@*****.com
     clear = kgw.kubectl("dev", "logs", "web-1")
     assert "login by jane.doe@example.com ok" in clear.stdout
+
+
+CONFIGMAP = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: default}
+data: {mode: blue}
+"""
+
+
+def test_server_side_apply_is_judged_on_its_yaml_body(kgw: KubeGateway) -> None:
+    cluster = kgw.double.cluster
+    manifest = kgw.gw.workdir / "ssa.yaml"
+    manifest.write_text(SERVICE.replace("name: web", "name: public"))
+    out = kgw.kubectl("dev", "apply", "--server-side", "--validate=false", "-f", str(manifest))
+    assert out.returncode != 0 and "guardrail:no-public-services" in out.stderr, out.stderr
+    assert ("", "services", "default", "public") not in cluster.objects
+    sent = [r for r in cluster.requests if "/services/public" in r[1] and r[0] == "PATCH"]
+    assert sent == []
+    manifest.write_text(CONFIGMAP)
+    ok = kgw.kubectl("dev", "apply", "--server-side", "--validate=false", "-f", str(manifest))
+    assert ok.returncode == 0, ok.stderr
+    assert cluster.objects[("", "configmaps", "default", "settings")]["data"] == {"mode": "blue"}
+
+
+def test_a_revoked_token_stops_working(kgw: KubeGateway) -> None:
+    out = kgw.gw.cli("token", "create", "dev", "--name", "short-lived").stdout.strip().splitlines()
+    token_id = re.search(r"token (\S+) for", out[0])
+    assert token_id is not None
+    headers = {"Authorization": f"Bearer {out[-1]}"}
+    with kgw.k8s("dev") as api:
+        assert (
+            api.get("/k8s/cluster/api/v1/namespaces/default/pods", headers=headers).status_code
+            == 200
+        )
+        kgw.gw.cli("token", "revoke", token_id.group(1))
+        deadline = time.monotonic() + 15  # trusted for at most 5 s after its last proof
+        while (
+            api.get("/k8s/cluster/api/v1/namespaces/default/pods", headers=headers).status_code
+            != 401
+        ):
+            assert time.monotonic() < deadline, "a revoked token kept working"
+            time.sleep(0.5)

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from wardgate.actions import Action, Verdict
-from wardgate.audit.records import ActionRecord, SessionRecord
+from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
 from wardgate.core.services import Services, TooManyFailures
 from wardgate.identity.principals import Principal
 from wardgate.kubernetes.redact import RedactError, WatchRedactor, redact_body
@@ -244,7 +244,8 @@ class KubernetesGateway:
         now = time.monotonic()
         sessions = self.state.sessions
         for key in [k for k, s in sessions.items() if now - s.last_used > SESSION_IDLE]:
-            del sessions[key]
+            ended = sessions.pop(key)
+            self.services.recorder.submit(SessionEnd(ended.id, time.time(), "closed"))
         key = (str(request.scope.get("wardgate_token_id", "")), connection, _addr(request))
         session = sessions.get(key)
         if session is None:
