@@ -440,3 +440,24 @@ def test_a_revoked_token_stops_working(kgw: KubeGateway) -> None:
         ):
             assert time.monotonic() < deadline, "a revoked token kept working"
             time.sleep(0.5)
+
+
+def test_api_lists_the_connection_without_its_credential(kgw: KubeGateway) -> None:
+    with kgw.api("agent") as api:
+        listed = api.get("/api/v1/connections")
+        assert listed.status_code == 200, listed.text
+        conn = next(c for c in listed.json()["connections"] if c["name"] == "cluster")
+        assert conn["type"] == "kubernetes" and conn["upstream"] == {
+            "type": "kubernetes",
+            "url": kgw.double.url,
+        }
+        detail = api.get("/api/v1/connections/cluster")
+        assert detail.status_code == 200, detail.text
+        rails = {g["name"] for g in detail.json()["policy"]["guardrails"]}
+        assert {"no-public-services", "no-privileged-pods"} <= rails
+        checked = api.post(
+            "/api/v1/policy/check",
+            json={"connection": "cluster", "text": "DELETE /api/v1/namespaces/default/pods/web-1"},
+        )
+        assert checked.status_code == 200 and checked.json()["decision"] == "review", checked.text
+        assert UPSTREAM_TOKEN not in listed.text + detail.text + checked.text
