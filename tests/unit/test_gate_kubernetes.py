@@ -167,3 +167,25 @@ def test_statement_names_resource_namespace_verb() -> None:
     )
     secret = classify_request("GET /api/v1/namespaces/web/secrets")
     assert "secret_read" in secret.kinds
+
+
+def test_network_policies_open_to_the_world_are_seen() -> None:
+    policy = {
+        "kind": "NetworkPolicy",
+        "spec": {"ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]},
+    }
+    stmt = classify_request(
+        "POST /apis/networking.k8s.io/v1/namespaces/a/networkpolicies",
+        json.dumps(policy),
+        "application/json",
+    )
+    assert "open_cidr" in stmt.kinds and stmt.resources == ("networkpolicies.networking.k8s.io",)
+    narrow = json.dumps({"spec": {"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}})
+    assert (
+        "open_cidr"
+        not in classify_request(
+            "POST /apis/networking.k8s.io/v1/namespaces/a/networkpolicies",
+            narrow,
+            "application/json",
+        ).kinds
+    )

@@ -41,7 +41,9 @@ OBJECT_KINDS = (
     "service_nodeport",
     "service_loadbalancer",
     "cluster_admin_binding",
+    "open_cidr",
 )
+_WORLD = frozenset({"0.0.0.0/0", "::/0"})
 
 
 def media_type(content_type: str) -> str:
@@ -162,4 +164,9 @@ def object_kinds(data: Any, resource: str, content_type: str) -> tuple[str, ...]
             found.add("service_nodeport")
         elif key == "roleRef" and isinstance(value, dict) and value.get("name") == "cluster-admin":
             found.add("cluster_admin_binding")
+        elif key == "cidr" and isinstance(value, str) and value.strip() in _WORLD:
+            found.add("open_cidr")  # a NetworkPolicy ipBlock open to every address
+        elif key == "loadBalancerSourceRanges" and isinstance(value, list):
+            if any(isinstance(v, str) and v.strip() in _WORLD for v in value):
+                found.add("open_cidr")
     return tuple(k for k in OBJECT_KINDS if k in found)
