@@ -58,6 +58,7 @@ def kube_config(double: RunningDouble) -> str:
             upstream: {{url: "{double.url}", ca: "{double.ca}", token: env:IT_KUBE_TOKEN}}
             roles: {{agents: k8s-agent, engineers: k8s-sre}}
             reviews: {{wait: 0s, max_wait: 30s}}
+            grants: {{roles: [k8s-sre]}}
         roles:
           k8s-agent: {{read: allow, write: review, admin: block}}
           k8s-sre: {{read: allow, write: allow, admin: review}}
@@ -461,3 +462,33 @@ def test_api_lists_the_connection_without_its_credential(kgw: KubeGateway) -> No
         )
         assert checked.status_code == 200 and checked.json()["decision"] == "review", checked.text
         assert UPSTREAM_TOKEN not in listed.text + detail.text + checked.text
+
+
+def test_an_access_grant_lets_the_agent_write_for_its_time(kgw: KubeGateway) -> None:
+    """Last in this module: the agent keeps the grant afterwards."""
+    cluster = kgw.double.cluster
+    manifest = kgw.gw.workdir / "grant-cm.yaml"
+    manifest.write_text(CONFIGMAP.replace("settings", "granted").replace("blue", "green"))
+    held = kgw.kubectl("agent", "apply", "--validate=false", "-f", str(manifest))
+    assert held.returncode != 0 and "approval pending" in held.stderr
+    with kgw.api("agent") as agent, kgw.api("reviewer") as reviewer:
+        body = {"connection": "cluster", "role": "k8s-sre", "duration": "10m", "reason": "roll out"}
+        made = agent.post("/api/v1/grants", json=body)
+        assert made.status_code == 201, made.text
+        assert (
+            reviewer.post(f"/api/v1/reviews/{made.json()['id']}/approve", json={}).status_code
+            == 200
+        )
+    deadline = time.monotonic() + 20  # grants reach the gateway within seconds
+    while True:
+        out = kgw.kubectl("agent", "apply", "--validate=false", "-f", str(manifest))
+        if out.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert out.returncode == 0, out.stderr
+    assert cluster.objects[("", "configmaps", "default", "granted")]["data"] == {"mode": "green"}
+    # the grant is k8s-sre's policy, guardrails included
+    lb = kgw.gw.workdir / "grant-lb.yaml"
+    lb.write_text(SERVICE.replace("name: web", "name: granted-lb"))
+    blocked = kgw.kubectl("agent", "apply", "--validate=false", "-f", str(lb))
+    assert blocked.returncode != 0 and "guardrail:no-public-services" in blocked.stderr
