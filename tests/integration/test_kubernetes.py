@@ -47,21 +47,23 @@ spec:
 def kube_config(double: RunningDouble) -> str:
     return textwrap.dedent(
         f"""\
-        groups: {{agents: {{}}, engineers: {{}}, approvers: {{}}}}
+        groups: {{agents: {{}}, engineers: {{}}, approvers: {{}}, admins: {{}}}}
         principals:
           agent: {{kind: agent, groups: [agents], sponsor: dev}}
           dev: {{kind: user, groups: [engineers]}}
           reviewer: {{kind: user, groups: [engineers, approvers]}}
+          root: {{kind: user, groups: [admins]}}
         connections:
           cluster:
             type: kubernetes
             upstream: {{url: "{double.url}", ca: "{double.ca}", token: env:IT_KUBE_TOKEN}}
-            roles: {{agents: k8s-agent, engineers: k8s-sre}}
+            roles: {{agents: k8s-agent, engineers: k8s-sre, admins: k8s-admin}}
             reviews: {{wait: 0s, max_wait: 30s}}
             grants: {{roles: [k8s-sre]}}
         roles:
           k8s-agent: {{read: allow, write: review, admin: block}}
           k8s-sre: {{read: allow, write: allow, admin: review}}
+          k8s-admin: {{read: allow, write: allow, admin: allow}}
         guardrails:
           - {{name: no-public-services, match: {{kubernetes: [service_loadbalancer, service_nodeport]}}, verdict: block, message: "Services of type LoadBalancer or NodePort are blocked"}}
           - {{name: no-privileged-pods, match: {{kubernetes: [privileged, host_path, host_network, host_pid]}}, verdict: block}}
@@ -365,6 +367,12 @@ def test_wrong_token_and_exec_are_refused(kgw: KubeGateway) -> None:
         assert r.status_code == 401 and r.json()["kind"] == "Status"
     out = kgw.kubectl("agent", "exec", "web-1", "--", "id")
     assert out.returncode != 0 and "Forbidden" in out.stderr
+    # allowed by the role, the stream is still not offered: nothing reaches the cluster
+    allowed = kgw.kubectl("root", "exec", "web-1", "--", "id")
+    assert allowed.returncode != 0 and "not offered through the gateway" in allowed.stderr, (
+        allowed.stderr
+    )
+    assert not any("/exec" in r[1] for r in kgw.double.cluster.requests)
 
 
 def test_every_request_is_recorded(kgw: KubeGateway) -> None:
