@@ -591,8 +591,8 @@ from wardgate.cli.users import user_app  # noqa: E402
 
 app.add_typer(user_app, name="user")
 
-from wardgate.cli.masking import masking_app  # noqa: E402
 from wardgate.cli.kubernetes import kubeconfig  # noqa: E402
+from wardgate.cli.masking import masking_app  # noqa: E402
 
 app.command("kubeconfig")(kubeconfig)
 
