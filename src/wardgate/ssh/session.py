@@ -204,6 +204,7 @@ async def _pump_out(
         if out:
             keep(out)  # type: ignore[operator]
             sink.write(out)
+            await sink.drain()  # a client that does not read pauses the target's output
     if masker is not None and (tail := masker.flush()):
         keep(tail)  # type: ignore[operator]
         sink.write(tail)
@@ -230,6 +231,7 @@ async def _pump_stdin(
             proc.stdin.write_eof()
             return
         proc.stdin.write(data)
+        await proc.stdin.drain()  # a target that does not read pauses the client's input
 
 
 async def _shell(owner: GatewayConnection, process: Process) -> None:
@@ -269,6 +271,7 @@ async def _shell(owner: GatewayConnection, process: Process) -> None:
         while data := await source.read(_CHUNK):
             cast.output(time.time(), data)
             sink.write(data)
+            await sink.drain()
 
     stdin = asyncio.ensure_future(_pump_stdin(process, proc, cast))
     await asyncio.gather(pump(proc.stdout, process.stdout), pump(proc.stderr, process.stderr))
