@@ -102,6 +102,7 @@ def _push(sock: socket.socket | object, limit: int = PUSH_LIMIT) -> int:
 def _assert_paused(gw: Gateway, pushed: int, rss_before: int) -> None:
     assert gw.proc is not None
     grew = _rss(gw.proc.pid) - rss_before
+    print(f"bounds: pushed {pushed >> 20} MB, the gateway grew by {grew >> 20} MB")
     assert pushed < PUSH_LIMIT, "the gateway read a gigabyte it could not forward"
     assert grew < RSS_MARGIN, f"the gateway grew by {grew >> 20} MB after {pushed >> 20} MB pushed"
 
@@ -204,8 +205,12 @@ def test_huge_result_to_a_client_that_does_not_read_is_paused(
         while _backend_waits(it_database, sql) != "ClientWrite":
             assert time.monotonic() < deadline, "the server never had to wait for the client"
             time.sleep(0.2)
+        paused_at = _rss(gw.proc.pid)
         time.sleep(2.0)  # it stays paused: the gateway does not keep reading
         assert _backend_waits(it_database, sql) == "ClientWrite"
+        later = _rss(gw.proc.pid) - paused_at
+        print(f"bounds: {later >> 20} MB more during 2 s paused")
+        assert later < 8 * 1024 * 1024, "the gateway kept taking the result while paused"
         _assert_paused(gw, 0, rss_before)
         _end_backend(it_database, sql)
     _control_query_works(gw)

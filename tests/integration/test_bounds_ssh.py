@@ -50,6 +50,7 @@ def test_stdin_to_a_command_that_does_not_read_is_paused(sgw: SshGateway) -> Non
             return pushed, grew, paused
 
     pushed, grew, paused = asyncio.run(push())
+    print(f"bounds: pushed {pushed >> 20} MB, the gateway grew by {grew >> 20} MB")
     assert paused, f"the gateway took {pushed >> 20} MB the command never read, unpaused"
     assert grew < RSS_MARGIN, f"grew by {grew >> 20} MB after {pushed >> 20} MB"
     assert "Traceback" not in sgw.gw.log
@@ -67,6 +68,7 @@ def test_output_to_a_client_that_does_not_read_is_paused(sgw: SshGateway) -> Non
             return grew
 
     grew = asyncio.run(stall())
+    print(f"bounds: the gateway grew by {grew >> 20} MB in 6 s")
     assert grew < RSS_MARGIN, f"grew by {grew >> 20} MB while the client read nothing"
     assert "Traceback" not in sgw.gw.log
     _control_command_works(sgw)
@@ -98,8 +100,10 @@ def test_junk_before_authentication_is_refused(sgw: SshGateway) -> None:
     before = _rss_now(sgw)
     for first in (b"", b"SSH-2.0-junk\r\n", b"SSH-2.0-junk\r\n\x7f\xff\xff\xff"):
         pushed, _ = _push_raw(sgw.port, first)
+        print(f"bounds: after {first!r} pushed {pushed >> 10} KB before the gateway closed")
         assert pushed < PUSH_LIMIT, f"after {first!r} the gateway took a gigabyte"
     grew = _grew(sgw, before)
+    print(f"bounds: the gateway grew by {grew >> 20} MB after three junk pushes")
     assert grew < RSS_MARGIN, f"grew by {grew >> 20} MB"
     assert "Traceback" not in sgw.gw.log
     _control_command_works(sgw)
