@@ -17,6 +17,7 @@ import pytest
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import startup_error
 from tests.integration.sshd import SshTarget, free_port, ssh_keygen, ssh_target
+from tests.integration.test_mcp import call, error_text, mcp_config
 from tests.integration.test_operations import get, scrape, total, wait_until
 from tests.integration.test_ssh import SshGateway, ssh_config
 
@@ -185,3 +186,42 @@ def test_unwritable_store_refuses_ssh_commands(
         with contextlib.suppress(OSError):
             marker.unlink()
     assert "Traceback" not in gw.log
+
+
+def test_unwritable_store_refuses_mcp_queries(
+    it_database: str, table: str, tmp_path: Path, store_role: tuple[str, str]
+) -> None:
+    """MCP fails closed the same way: once the backlog is full, a `query` is a tool
+    error with the same message and does not reach the database."""
+    role, database = store_role
+    config = mcp_config(it_database).replace(
+        "max_message_bytes: 4194304}", f"max_message_bytes: 4194304, audit_backlog: {BACKLOG}}}"
+    )
+    gw = make_gateway(
+        tmp_path / "gw", config, store=f"postgresql://{role}@127.0.0.1:5432/{database}"
+    )
+    gw.token("dev")
+    gw.start()
+    try:
+        _store_writes(database, role, allowed=False)
+        statements = [
+            ("query", {"connection": "it", "sql": f"update {table} set qty = {i} where id = 1"})
+            for i in range(1, 4 * BACKLOG)
+        ]
+        results = call(gw, "dev", *statements)
+        refused = [i for i, r in enumerate(results, 1) if r.isError]
+        assert refused, "queries kept running with the store unwritable"
+        first = refused[0]
+        assert "wardgate cannot record this action: the audit store is unavailable" in (
+            error_text(results[first - 1])
+        )
+        with admin_conn(it_database) as admin:
+            qty = admin.execute(f"select qty from {table} where id = 1").fetchone()
+        assert qty == (first - 1,), "a refused query reached the database"
+        _store_writes(database, role, allowed=True)
+    finally:
+        gw.stop()
+    log = gw.log
+    # The MCP SDK logs a traceback of its own at every session end ("Error in standalone
+    # SSE writer", anyio.ClosedResourceError): those only.
+    assert log.count("Traceback") == log.count("Error in standalone SSE writer"), log
