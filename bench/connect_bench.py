@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgbench_compare import PG, free_port, psql, serve_with_token  # noqa: E402
+from pgbench_compare import PG, free_port, psql, serve_with_token, tree_cpu  # noqa: E402
 
 DB = "wardgate_connect_bench"
 ROUND = 100  # connections each way per round
@@ -57,13 +57,17 @@ def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen
     return proc, token
 
 
-def run(count: int, **kwargs: object) -> list[float]:
+def run(count: int, cpu: list[float], **kwargs: object) -> list[float]:
+    """Connect and close ``count`` times; adds this process's CPU seconds (the client's
+    side: libpq, SCRAM's PBKDF2) to ``cpu[0]``."""
     psycopg.connect(**kwargs).close()  # warm-up: caches, the first dial
     times = []
+    started = time.process_time()
     for _ in range(count):
         start = time.perf_counter()
         psycopg.connect(**kwargs).close()
         times.append(time.perf_counter() - start)
+    cpu[0] += time.process_time() - started
     return times
 
 
@@ -103,14 +107,18 @@ def main() -> None:
     }
     direct: list[float] = []
     gateway: list[float] = []
+    client_cpu = {"direct": [0.0], "wardgate": [0.0]}
+    gateway_cpu = 0.0
     try:
         # Interleaved rounds, so that load from elsewhere on a shared machine falls on
         # both ways alike.
         rounds = max(1, args.count // ROUND)
         for i in range(rounds):
             n = args.count // rounds + (1 if i < args.count % rounds else 0)
-            direct += run(n, **direct_kwargs)
-            gateway += run(n, **gateway_kwargs)
+            direct += run(n, client_cpu["direct"], **direct_kwargs)
+            before = tree_cpu(gate.pid)
+            gateway += run(n, client_cpu["wardgate"], **gateway_kwargs)
+            gateway_cpu += tree_cpu(gate.pid) - before
     finally:
         gate.terminate()
         gate.wait(15)
@@ -119,6 +127,13 @@ def main() -> None:
     g = report("wardgate", gateway)
     print(
         f"ratio wardgate/direct: {g / d:.2f} (mean), {median(gateway) / median(direct):.2f} (p50)"
+    )
+    # CPU is steadier than time on a shared machine: where the extra milliseconds go.
+    n = len(gateway)
+    print(
+        f"CPU per connection: client direct {client_cpu['direct'][0] / len(direct) * 1e3:.2f} ms, "
+        f"client via wardgate {client_cpu['wardgate'][0] / n * 1e3:.2f} ms, "
+        f"wardgate (all its processes) {gateway_cpu / n * 1e3:.2f} ms"
     )
 
 

@@ -3,23 +3,36 @@
 
     git archive <base-commit> src | tar -x -C /tmp/wg-base
     .venv/bin/python bench/journal_ab.py --base /tmp/wg-base/src [--rounds 5] [--duration 5]
+    .venv/bin/python bench/journal_ab.py --without-journal [--rounds 5] [--duration 5]
 
 Runs the build at --base (through PYTHONPATH) and this checkout in turn, `--rounds`
 times, `pgbench -S` in simple and prepared mode with 8 clients (1 worker, SQLite store,
 as bench/pgbench_compare.py). Alternating keeps both builds under the same background
 load, which on a shared machine moves more than the change does; the median of the
 rounds is printed. Written to measure the audit journal (issue 21).
+
+``--without-journal``: the base is this checkout's own src/, copied, with the one line
+that opens the worker's journal (serve.py) replaced by ``journal = None``: the same
+build with and without the journal, nothing else different. There is deliberately no
+setting for that: a gateway without its journal loses records on a crash.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_JOURNAL_OPEN = (
+    '    journal = Journal(config.data_path / "journal" / f"w{index}", sync_process=True)\n'
+    "    journal.open()\n"
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pgbench_compare as pc  # noqa: E402
@@ -46,16 +59,37 @@ def one(base: str | None, mode: str, clients: int, duration: int) -> float:
             os.environ["PYTHONPATH"] = saved
 
 
+def without_journal() -> str:
+    """A copy of this checkout's src/ whose workers run without the audit journal."""
+    base = Path(tempfile.mkdtemp(prefix="wg-nojournal-")) / "src"
+    shutil.copytree(ROOT / "src", base, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    serve = base / "wardgate" / "serve.py"
+    text = serve.read_text()
+    if _JOURNAL_OPEN not in text:
+        raise SystemExit("serve.py no longer opens the journal as this script expects; update it")
+    serve.write_text(text.replace(_JOURNAL_OPEN, "    journal = None\n"))
+    return str(base)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--base", required=True, help="src/ directory of the base build")
+    ap.add_argument("--base", help="src/ directory of the base build")
+    ap.add_argument(
+        "--without-journal",
+        action="store_true",
+        help="base: this checkout with the journal left out (see above)",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--modes", default="simple,prepared")
     args = ap.parse_args()
+    if args.without_journal:
+        args.base = without_journal()
+    elif args.base is None:
+        ap.error("give --base or --without-journal")
     pc.DB = "wardgate_ab_bench"
     pc.psql(f"drop database if exists {pc.DB}")
     pc.psql(f"create database {pc.DB}")

@@ -79,6 +79,11 @@ class StatementInfo:
     # gate matches them against what the target's catalogue says runs user code.
     types: tuple[str, ...] = ()
     operators: tuple[str, ...] = ()
+    # Kubernetes: the resource as ``resource[.group][/subresource]``, its namespace and
+    # the API verb (policy/kubernetes), for guardrails' resources/namespaces/verbs.
+    resources: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = ()
 
 
 @positional_pickle

@@ -87,6 +87,8 @@ class ListenConfig(_Model):
     api: HostPort | None = "127.0.0.1:8080"
     postgres: HostPort | None = "127.0.0.1:15432"
     ssh: HostPort | None = None  # e.g. 127.0.0.1:12222; off unless set
+    # HTTPS for kubectl at /k8s/<connection> (the gateway's TLS pair); off unless set.
+    kubernetes: HostPort | None = None  # e.g. 127.0.0.1:16443
 
 
 class TLSConfig(_Model):
@@ -164,9 +166,40 @@ class SshUpstreamConfig(_Model):
         return self
 
 
+class KubernetesUpstreamConfig(_Model):
+    """A Kubernetes API server. The gateway holds its credential (a bearer token, or a
+    client certificate and key) and pins its CA: clients never see either."""
+
+    url: str  # https://10.0.0.1:6443 (http:// only for loopback test servers)
+    ca: str | None = None  # PEM file of the CA the API server's certificate must chain to
+    token: SecretRef = None
+    client_cert: str | None = None  # PEM file
+    client_key: SecretRef = None
+    # Largest response body buffered to redact Secrets; larger ones are refused.
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _url_and_credential(self) -> KubernetesUpstreamConfig:
+        scheme, sep, rest = self.url.partition("://")
+        if not sep or scheme not in ("https", "http") or not rest.strip("/"):
+            raise ValueError("url must be https://HOST[:PORT] of the API server")
+        if scheme == "https" and self.ca is None:
+            raise ValueError(
+                "an https upstream needs ca: the API server's CA file (pinned; the "
+                "system trust store is never used for a cluster)"
+            )
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        return self
+
+
 def _upstream_kind(value: Any) -> str:
     if isinstance(value, dict):
+        if "url" in value:
+            return "kubernetes"
         return "ssh" if {"host_key", "private_key"} & value.keys() else "postgres"
+    if isinstance(value, KubernetesUpstreamConfig):
+        return "kubernetes"
     return "ssh" if isinstance(value, SshUpstreamConfig) else "postgres"
 
 
@@ -206,9 +239,11 @@ class ResultsConfig(_Model):
 
 
 class ConnectionConfig(_Model):
-    type: Literal["postgres", "ssh"]
+    type: Literal["postgres", "ssh", "kubernetes"]
     upstream: Annotated[
-        Annotated[UpstreamConfig, Tag("postgres")] | Annotated[SshUpstreamConfig, Tag("ssh")],
+        Annotated[UpstreamConfig, Tag("postgres")]
+        | Annotated[SshUpstreamConfig, Tag("ssh")]
+        | Annotated[KubernetesUpstreamConfig, Tag("kubernetes")],
         Discriminator(_upstream_kind),
     ]
     roles: dict[str, str] = Field(default_factory=dict)
@@ -226,11 +261,10 @@ class ConnectionConfig(_Model):
     @model_validator(mode="after")
     def _upstream_matches_type(self) -> ConnectionConfig:
         if _upstream_kind(self.upstream) != self.type:
-            wants = (
-                "host, user, host_key and private_key or password"
-                if self.type == "ssh"
-                else "database and user"
-            )
+            wants = {
+                "ssh": "host, user, host_key and private_key or password",
+                "kubernetes": "url, ca and token or client_cert/client_key",
+            }.get(self.type, "database and user")
             raise ValueError(f"a connection of type {self.type} needs an upstream with {wants}")
         return self
 
@@ -245,6 +279,12 @@ class ConnectionConfig(_Model):
     def ssh(self) -> SshUpstreamConfig:
         if not isinstance(self.upstream, SshUpstreamConfig):
             raise TypeError(f"connection of type {self.type} has no SSH upstream")
+        return self.upstream
+
+    @property
+    def kube(self) -> KubernetesUpstreamConfig:
+        if not isinstance(self.upstream, KubernetesUpstreamConfig):
+            raise TypeError(f"connection of type {self.type} has no Kubernetes upstream")
         return self.upstream
 
 
@@ -281,6 +321,12 @@ class GuardrailMatch(_Model):
     tables_written: list[str] = Field(default_factory=list)  # globs, written only
     columns: list[str] = Field(default_factory=list)  # globs on column names
     functions: list[str] = Field(default_factory=list)  # globs on function names
+    # Kubernetes: classes or kinds (write, exec, privileged, service_loadbalancer...),
+    # globs on resource[.group][/subresource], on namespaces, and API verbs.
+    kubernetes: list[str] = Field(default_factory=list)
+    resources: list[str] = Field(default_factory=list)
+    namespaces: list[str] = Field(default_factory=list)
+    verbs: list[str] = Field(default_factory=list)
     principals: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
     principal_kinds: list[Literal["user", "agent"]] = Field(default_factory=list)
@@ -320,6 +366,13 @@ class MaskingRuleConfig(_Model):
     entities: list[str] = Field(default_factory=list)
     columns: list[str] = Field(default_factory=list)
     strategy: Literal["redact", "partial", "hash", "pseudonym"] = "partial"
+    # false: these columns are known not to be sensitive. Such a rule masks nothing;
+    # `wardgate masking discover` stops proposing its columns (content rules still apply).
+    sensitive: bool = True
+    # Column rules: may a masked column be used in WHERE, JOIN, GROUP BY, ORDER BY...
+    # (clear values compared: an oracle)? Equality joins of two pseudonymised columns
+    # are allowed under "block" too (compared as pseudonyms). docs/masking.md.
+    predicates: Literal["allow", "block"] = "block"
 
 
 # Files no program may read over SSH for a principal whose output is masked: masking a
@@ -649,6 +702,10 @@ class Config(_Model):
             where: tuple[str | int, ...] = ("masking", "rules", i)
             if not rule.entities and not rule.columns:
                 problems.append((where, "a masking rule needs entities, columns or both"))
+            if not rule.sensitive and (rule.entities or not rule.columns):
+                problems.append(
+                    (where, "a rule with sensitive: false names columns only (no entities)")
+                )
             for j, entity in enumerate(rule.entities):
                 if entity != "all" and entity not in ENTITIES:
                     problems.append(
@@ -685,6 +742,7 @@ class Config(_Model):
         return problems
 
     def _guardrail_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        from wardgate.policy.kubernetes import KUBERNETES_CLASSES, KUBERNETES_KINDS
         from wardgate.policy.shell import SHELL_CLASSES, SHELL_KINDS
         from wardgate.policy.sql import KNOWN_KINDS
 
@@ -707,6 +765,15 @@ class Config(_Model):
                             (*where, "match", "sql", j),
                             f"unknown statement class or kind {kind!r}; classes are "
                             f"{', '.join(SQL_CLASSES)}, kinds are listed in docs/policy.md",
+                        )
+                    )
+            for j, kind in enumerate(m.kubernetes):
+                if kind not in KUBERNETES_CLASSES and kind not in KUBERNETES_KINDS:
+                    problems.append(
+                        (
+                            (*where, "match", "kubernetes", j),
+                            f"unknown Kubernetes class or kind {kind!r}; classes are "
+                            f"{', '.join(KUBERNETES_CLASSES)}, kinds are listed in docs/kubernetes.md",
                         )
                     )
             for j, kind in enumerate(m.commands):
@@ -752,7 +819,9 @@ class Config(_Model):
             url = prefix + str(self.path(url[len(prefix) :]).resolve())
         return url
 
-    def listen_address(self, protocol: Literal["api", "postgres", "ssh"]) -> tuple[str, int] | None:
+    def listen_address(
+        self, protocol: Literal["api", "postgres", "ssh", "kubernetes"]
+    ) -> tuple[str, int] | None:
         env = os.environ.get(f"WARDGATE_LISTEN_{protocol.upper()}")
         value = env if env else getattr(self.listen, protocol)
         return parse_hostport(value) if value else None
@@ -879,7 +948,7 @@ def _without_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     return tuple(
         part
         for i, part in enumerate(loc)
-        if not (i and loc[i - 1] == "upstream" and part in ("postgres", "ssh"))
+        if not (i and loc[i - 1] == "upstream" and part in ("postgres", "ssh", "kubernetes"))
     )
 
 

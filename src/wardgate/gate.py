@@ -19,6 +19,7 @@ from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.metrics import timed_decision
 from wardgate.policy.functions import function_class
+from wardgate.policy.kubernetes import classify_request
 from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
 from wardgate.policy.shell.inert import EXPANSION
@@ -37,8 +38,8 @@ from wardgate.policy.sql import (
 )
 
 _CACHE_SIZE = 16384
-_KIND_OF_CONNECTION = {"postgres": "sql", "ssh": "shell"}
-_WHAT = {"sql": "statements", "shell": "commands"}
+_KIND_OF_CONNECTION = {"postgres": "sql", "ssh": "shell", "kubernetes": "kubernetes"}
+_WHAT = {"sql": "statements", "shell": "commands", "kubernetes": "requests"}
 _RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
 
 
@@ -133,6 +134,12 @@ class Gate:
                 return self._decide(action, statements, granted)
         elif action.kind == "shell":
             text_key, statements = "c:" + action.judged_text, classify_command(action.judged_text)
+        elif action.kind == "kubernetes":
+            # The body decides as much as the path: its digest (binding) is in the key.
+            body = action.params[0] if action.params else None
+            content_type = dict(action.context).get("content-type", "")
+            text_key = f"k:{action.binding}:{content_type}:{action.judged_text}"
+            statements = (classify_request(action.judged_text, body, content_type),)
         else:
             text_key, statements = action.judged_text, ()
         key = (
@@ -278,6 +285,15 @@ class Gate:
                 stmt, stmt.klass, stmt.kinds, "", roles, own, action, statements
             )
         if stmt.klass == "unknown":
+            if action.kind == "kubernetes":
+                return Verdict(
+                    Decision(conn.on_parse_error),
+                    "unparsed-request",
+                    f"wardgate could not judge the request: {stmt.error}; such requests are "
+                    "never allowed",
+                    statements,
+                    ("unparsed-request",),
+                )
             decision = Decision(conn.on_parse_error)
             detail = f": {stmt.error}" if stmt.error else ""
             return Verdict(
@@ -342,6 +358,9 @@ class Gate:
     ) -> Verdict:
         """Roles, then guardrails, for one statement or command of class ``klass``."""
         described = ", ".join(kinds) + detail
+        if action.kind == "kubernetes" and stmt.resources:
+            where = f" in {stmt.namespaces[0]}" if stmt.namespaces else ""
+            described += f" on {stmt.resources[0]}{where}"
         all_kinds = {*kinds, klass}
         if klass == "unknown":
             # A command the shell parser cannot resolve may do anything: roles judge it
@@ -469,13 +488,21 @@ def _rail_matches(
     m = rail.match
     if action.kind == "shell":
         return _shell_rail_matches(rail, stmt, kinds, action)
+    if action.kind == "kubernetes":
+        return _kube_rail_matches(rail, stmt, kinds, action)
     if m.commands or m.programs or m.paths:
         return False  # a rule about shell commands
+    if m.kubernetes or m.resources or m.namespaces or m.verbs:
+        return False  # a rule about Kubernetes requests
     if m.sql and not kinds.intersection(m.sql):
         return False
     if not _in_rail_scope(rail, action):
         return False
-    if m.tables and not _any_table(stmt.tables_read + stmt.tables_written, m.tables):
+    if (
+        m.tables
+        and not _any_table(stmt.tables_read + stmt.tables_written, m.tables)
+        and not _reads_statistics(stmt.tables_read)
+    ):
         return False
     if m.tables_written and not _any_table(stmt.tables_written, m.tables_written):
         return False
@@ -508,6 +535,8 @@ def _shell_rail_matches(
     m = rail.match
     if m.sql or m.tables or m.tables_written or m.columns or m.functions or rail.condition:
         return False
+    if m.kubernetes or m.resources or m.namespaces or m.verbs:
+        return False
     if m.commands and not kinds.intersection(m.commands):
         return False
     if m.programs and not any(
@@ -521,6 +550,43 @@ def _shell_rail_matches(
     return _in_rail_scope(rail, action)
 
 
+def _kube_rail_matches(
+    rail: GuardrailConfig, stmt: StatementInfo, kinds: set[str], action: Action
+) -> bool:
+    """A guardrail for a Kubernetes request: SQL and shell fields never match one.
+    ``resources`` globs read ``resource[.group][/subresource]``; a pattern without a
+    group matches any group (``deployments`` matches ``deployments.apps``) and, as in
+    RBAC, ``pods`` does not cover ``pods/exec``."""
+    m = rail.match
+    if m.sql or m.tables or m.tables_written or m.columns or m.functions or rail.condition:
+        return False
+    if m.commands or m.programs or m.paths:
+        return False
+    if m.kubernetes and not kinds.intersection(m.kubernetes):
+        return False
+    if m.verbs and not any(v in m.verbs for v in stmt.verbs):
+        return False
+    if m.resources and not any(
+        _resource_matches(r, p) for r in stmt.resources for p in m.resources
+    ):
+        return False
+    if m.namespaces and not any(fnmatchcase(n, p) for n in stmt.namespaces for p in m.namespaces):
+        return False
+    return _in_rail_scope(rail, action)
+
+
+def _resource_matches(key: str, pattern: str) -> bool:
+    name, _, sub = key.partition("/")
+    p_name, _, p_sub = pattern.lower().partition("/")
+    if sub != "" and not p_sub:
+        return False
+    if p_sub and not fnmatchcase(sub, p_sub):
+        return False
+    if "." in p_name:
+        return fnmatchcase(name, p_name)
+    return fnmatchcase(name.partition(".")[0], p_name)
+
+
 def _in_rail_scope(rail: GuardrailConfig, action: Action) -> bool:
     m = rail.match
     return in_scope(
@@ -531,6 +597,24 @@ def _in_rail_scope(rail: GuardrailConfig, action: Action) -> bool:
         kinds=m.principal_kinds,
         connections=m.connections,
     )
+
+
+# Statistics hold samples of every analysed table's values (most_common_vals,
+# histogram_bounds, extended statistics' MCV lists); which table's rows a query reads
+# from them is decided at run time. So reading one counts, for a table guardrail, as
+# reading every table: a rule that keeps agents off public.secrets keeps them off
+# pg_stats too.
+_STATISTICS = frozenset(
+    {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
+)
+
+
+def _reads_statistics(names: tuple[str, ...]) -> bool:
+    for name in names:
+        schema, _, table = name.lower().rpartition(".")
+        if table in _STATISTICS and schema in ("", "pg_catalog"):
+            return True
+    return False
 
 
 def _any_table(names: tuple[str, ...], patterns: list[str]) -> bool:

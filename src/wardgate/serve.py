@@ -318,6 +318,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     pg: PgListener | None = None
     ssh: Any = None
     api_server: Any = None
+    kube_server: Any = None
     try:
         if (addr := config.listen_address("postgres")) is not None:
             pg = PgListener(services)
@@ -359,6 +360,12 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             services.tasks.spawn(api_server.serve(), name="api-server")
             services.tasks.spawn(api_app.state.mcp.run(), name="mcp-sessions")
             log.info("worker %d: API on http://%s:%d", index, api_addr[0], api_addr[1])
+        if index == 0 and (kube_addr := config.listen_address("kubernetes")) is not None:
+            from wardgate.kubernetes.listener import kubernetes_server
+
+            kube_server = kubernetes_server(services, kube_addr, _api_server_class())
+            services.tasks.spawn(kube_server.serve(), name="kubernetes-server")
+            log.info("worker %d: Kubernetes on https://%s:%d/k8s/", index, *kube_addr)
         await stop.wait()
         log.info("worker %d: draining", index)
         listeners: list[tuple[str, Drainable]] = [
@@ -369,6 +376,8 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     finally:
         if api_server is not None:
             api_server.should_exit = True
+        if kube_server is not None:
+            kube_server.should_exit = True
         # Order matters: closing sessions submits their end records and starts their
         # cancel-key cleanups; those finish (or are cancelled) before the recorder
         # writes its last batch, so nothing is submitted to a closed recorder.
@@ -502,6 +511,9 @@ async def _start_reviews(services: Any, index: int) -> Any:
         services.store, service, lambda: services.config, services.tasks, housekeeping=index == 0
     )
     register(services, service, runtime)
+    from wardgate.kubernetes.preview import register as register_kubernetes
+
+    register_kubernetes(services, service, runtime)
     notifier = Notifier(lambda: services.config, services.vault)
     service.listeners.append(notifier.listener)
     await notifier.start()

@@ -4,6 +4,7 @@ write privileges (REVOKE) while sessions run through the gateway (psycopg)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -15,7 +16,12 @@ import pytest
 
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import startup_error
+from tests.integration.sshd import SshTarget, free_port, ssh_keygen, ssh_target
+from tests.integration.test_mcp import call, error_text, mcp_config
 from tests.integration.test_operations import get, scrape, total, wait_until
+from tests.integration.test_ssh import SshGateway, ssh_config
+
+__all__ = ["ssh_target"]  # the session fixture, used by name
 
 BACKLOG = 20  # limits.audit_backlog: refusals start once this many records wait
 
@@ -136,3 +142,86 @@ def test_unwritable_store_refuses_clearly_and_recovers(
     assert len(re.findall("audit store write failed", log)) == 1, log
     assert len(re.findall("audit store unavailable with", log)) == 1, log
     assert len(re.findall("audit store writable again", log)) == 1, log
+
+
+def test_unwritable_store_refuses_ssh_commands(
+    ssh_target: SshTarget, tmp_path: Path, store_role: tuple[str, str]
+) -> None:
+    """The SSH side fails closed the same way: once the backlog is full, a command is
+    refused (exit 126, the same message) and does not run on the target."""
+    role, database = store_role
+    config = ssh_config(ssh_target) + f"limits: {{audit_backlog: {BACKLOG}}}\n"
+    gw = make_gateway(
+        tmp_path / "gw", config, store=f"postgresql://{role}@127.0.0.1:5432/{database}"
+    )
+    ssh_port = free_port()
+    gw.env["WARDGATE_LISTEN_SSH"] = f"127.0.0.1:{ssh_port}"
+    key = tmp_path / "dev_key"
+    (tmp_path / "dev_key.pub").write_text(ssh_keygen(key, "dev@test") + "\n")
+    gw.cli("principal", "add-key", "dev", str(tmp_path / "dev_key.pub"))
+    sgw = SshGateway(gw, ssh_port, {"dev": key})
+    marker = Path(f"/tmp/wardgate-unrecorded-{uuid.uuid4().hex[:8]}")
+    gw.start()
+    try:
+        assert sgw.ssh("dev", "web1", "true").returncode == 0
+        _store_writes(database, role, allowed=False)
+        refused = None
+        for i in range(4 * BACKLOG):
+            result = sgw.ssh("dev", "web1", f"echo {i} > {marker}")
+            if result.returncode != 0:
+                refused = (i, result)
+                break
+        assert refused is not None, "commands kept running with the store unwritable"
+        i, result = refused
+        assert result.returncode == 126, result
+        assert "wardgate cannot record this action: the audit store is unavailable" in (
+            result.stderr
+        ), result
+        assert marker.read_text() == f"{i - 1}\n", "the refused command ran on the target"
+        _store_writes(database, role, allowed=True)
+        wait_until(lambda: get(gw, "/readyz").status_code == 200, 20, "/readyz back to 200")
+        assert sgw.ssh("dev", "web1", "echo back").stdout == "back\n"
+    finally:
+        gw.stop()
+        with contextlib.suppress(OSError):
+            marker.unlink()
+    assert "Traceback" not in gw.log
+
+
+def test_unwritable_store_refuses_mcp_queries(
+    it_database: str, table: str, tmp_path: Path, store_role: tuple[str, str]
+) -> None:
+    """MCP fails closed the same way: once the backlog is full, a `query` is a tool
+    error with the same message and does not reach the database."""
+    role, database = store_role
+    config = mcp_config(it_database).replace(
+        "max_message_bytes: 4194304}", f"max_message_bytes: 4194304, audit_backlog: {BACKLOG}}}"
+    )
+    gw = make_gateway(
+        tmp_path / "gw", config, store=f"postgresql://{role}@127.0.0.1:5432/{database}"
+    )
+    gw.token("dev")
+    gw.start()
+    try:
+        _store_writes(database, role, allowed=False)
+        statements = [
+            ("query", {"connection": "it", "sql": f"update {table} set qty = {i} where id = 1"})
+            for i in range(1, 4 * BACKLOG)
+        ]
+        results = call(gw, "dev", *statements)
+        refused = [i for i, r in enumerate(results, 1) if r.isError]
+        assert refused, "queries kept running with the store unwritable"
+        first = refused[0]
+        assert "wardgate cannot record this action: the audit store is unavailable" in (
+            error_text(results[first - 1])
+        )
+        with admin_conn(it_database) as admin:
+            qty = admin.execute(f"select qty from {table} where id = 1").fetchone()
+        assert qty == (first - 1,), "a refused query reached the database"
+        _store_writes(database, role, allowed=True)
+    finally:
+        gw.stop()
+    log = gw.log
+    # The MCP SDK logs a traceback of its own at every session end ("Error in standalone
+    # SSE writer", anyio.ClosedResourceError): those only.
+    assert log.count("Traceback") == log.count("Error in standalone SSE writer"), log

@@ -54,6 +54,9 @@ def casts_db(pg_server: None) -> Iterator[str]:
         with admin_conn(name) as conn:
             conn.execute("create type mood as enum ('a', 'b')")
             conn.execute(SETUP)
+            # An extension's type and operators (citext's `=` lives in public): trusted.
+            conn.execute("create extension citext")
+            conn.execute("create table ci (c citext); insert into ci values ('Abc')")
         yield name
 
 
@@ -82,6 +85,9 @@ def test_casts_domains_and_operators_that_write_are_refused(casts_db: str, tmp_p
                     conn.execute(sql)
             # Built-in casts, a domain whose CHECK calls only built-ins, `=`: still reads.
             assert conn.execute("select 5::int, 5::okint, 1 = 1").fetchone() == (5, 5, True)
+            # So are an extension's: citext's cast and its `=` (in public, not volatile).
+            assert conn.execute("select c::text from ci where c = 'ABC'").fetchone() == ("Abc",)
+            assert conn.execute("select 'x'::citext = 'X'").fetchone() == (True,)
         assert _writes(casts_db) == 0
 
         # Through the gateway, making a cast or an operator is an admin statement.

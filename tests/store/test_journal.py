@@ -109,3 +109,38 @@ def test_the_sync_process_follows_the_journal_and_ends_with_it(tmp_path: Path) -
     j.close()
     assert syncer.returncode is not None
     assert journal_mod.pending(tmp_path / "j") == [record]
+
+
+def test_a_file_grows_for_a_record_larger_than_its_allocation(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", rotate_bytes=4096)
+    j.open()
+    small = _action("s1", 1)
+    big = dataclasses.replace(
+        _action("s1", 2), action=dataclasses.replace(small.action, text="x" * 2_000_000)
+    )
+    unanswered = _interrupted(_action("s1", 3))
+    j.append(small)
+    j.append(big)
+    j.append(Intent(unanswered))
+    assert not j.spilled
+    # No close: what a crash leaves. The records are in the file, in order.
+    assert journal_mod.pending(tmp_path / "j") == [small, big, unanswered]
+    j.close()
+    # A clean close trims the allocation to what was written.
+    wal = next((tmp_path / "j").glob("*.wal"))
+    assert wal.stat().st_size < 2_100_000
+
+
+def test_a_file_of_the_earlier_format_is_replayed(tmp_path: Path) -> None:
+    """Before the journal was mapped, files had no head: frames from byte 0, written
+    with write(2). A gateway upgraded after a crash still replays them."""
+    import pickle
+    import zlib
+
+    directory = tmp_path / "j"
+    directory.mkdir()
+    record = _action("s1", 1)
+    body = pickle.dumps(record)
+    frame = journal_mod._HEADER.pack(len(body), zlib.crc32(body)) + body
+    (directory / f"{0:016x}.wal").write_bytes(frame)
+    assert journal_mod.pending(directory) == [record]

@@ -26,7 +26,7 @@ def test_examples_load() -> None:
     assert config.listen_address("postgres") == ("127.0.0.1", 15432)
 
 
-@pytest.mark.parametrize("name", ["readonly-agent.yaml", "ssh-hosts.yaml"])
+@pytest.mark.parametrize("name", ["readonly-agent.yaml", "ssh-hosts.yaml", "kubernetes.yaml"])
 def test_other_examples_load(name: str) -> None:
     config = load_config(ROOT / "examples" / name)
     assert config.connections

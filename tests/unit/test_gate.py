@@ -254,6 +254,19 @@ POLICY_TABLE = [
         "guardrail:no-secrets-for-agents",
     ),
     ("ann", "select * from secrets", Decision.ALLOW, "role:engineer"),
+    # statistics sample every table's values: a table guardrail covers them too
+    (
+        "bot",
+        "select most_common_vals from pg_stats where tablename = 'secrets' limit 1",
+        Decision.BLOCK,
+        "guardrail:no-secrets-for-agents",
+    ),
+    (
+        "bot",
+        "select stxdmcv from pg_catalog.pg_statistic_ext_data limit 1",
+        Decision.BLOCK,
+        "guardrail:no-secrets-for-agents",
+    ),
     # a CTE named like a table is not that table
     (
         "bot",

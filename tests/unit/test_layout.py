@@ -17,7 +17,7 @@ from pathlib import Path
 import wardgate
 
 SRC = Path(wardgate.__file__).parent
-PROTOCOLS = frozenset({"postgres", "ssh"})
+PROTOCOLS = frozenset({"postgres", "ssh", "kubernetes"})
 IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "uvloop"})
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wardgate.identity.scram import ScramAuthError, ScramClient, ScramServer, derive_keys
-from wardgate.identity.tokens import TokenService
+from wardgate.identity.tokens import ITERATIONS, TokenService
 from wardgate.store.db import Store
 from wardgate.store.models import PrincipalSalt, TokenRow
 
@@ -46,8 +46,8 @@ def test_create_returns_a_url_safe_token_and_stores_only_scram_keys(
         row = s.get(TokenRow, issued.id)
         salt = s.get(PrincipalSalt, "bot")
         assert row is not None and salt is not None
-    assert salt.iterations == 4096 and len(salt.salt) == 16
-    keys = derive_keys(issued.token, salt.salt, 4096)
+    assert salt.iterations == ITERATIONS == 256 and len(salt.salt) == 16
+    keys = derive_keys(issued.token, salt.salt, ITERATIONS)
     assert (row.stored_key, row.server_key) == (keys.stored_key, keys.server_key)
     # The token itself is nowhere in the database files.
     files = [p for p in Path(str(store.url.database)).parent.iterdir() if p.is_file()]
@@ -97,7 +97,7 @@ def test_unknown_principal_gets_a_stable_fake_salt_and_no_keys(store: Store) -> 
     one = TokenService(store, PEPPER).verifiers("ghost")
     again = TokenService(store, PEPPER).verifiers("ghost")
     assert one == again
-    assert one.keys == () and one.iterations == 4096 and len(one.salt) == 16
+    assert one.keys == () and one.iterations == ITERATIONS and len(one.salt) == 16
     assert TokenService(store, PEPPER).verifiers("ghost2").salt != one.salt
     assert TokenService(store, b"q" * 32).verifiers("ghost").salt != one.salt
     # Same shape as a real principal's answer.
@@ -129,3 +129,28 @@ def test_touch_updates_last_used(tokens: TokenService) -> None:
     tokens.touch(issued.id)
     used = tokens.list("bot")[0].last_used_at
     assert used is not None and used >= tokens.list("bot")[0].created_at
+
+
+def test_a_principal_from_before_the_iteration_change_is_renewed_once_it_has_no_token(
+    tokens: TokenService, store: Store
+) -> None:
+    """Principals whose salt row has 4096 iterations (an earlier release) keep it while
+    a token of theirs lives (its keys depend on it); their next token after the last is
+    revoked gets a fresh salt and today's count, like every other principal."""
+    old = tokens.create("veteran")
+    with store.session() as s:
+        row = s.get(PrincipalSalt, "veteran")
+        assert row is not None
+        row.iterations = 4096
+        key = s.get(TokenRow, old.id)
+        assert key is not None
+        keys = derive_keys(old.token, row.salt, 4096, old.id)
+        key.stored_key, key.server_key = keys.stored_key, keys.server_key
+    second = tokens.create("veteran")  # a live token: the count stays
+    assert tokens.verifiers("veteran").iterations == 4096
+    assert _scram_login(tokens, "veteran", second.token) == second.id
+    tokens.revoke(old.id)
+    tokens.revoke(second.id)
+    third = tokens.create("veteran")
+    assert tokens.verifiers("veteran").iterations == ITERATIONS
+    assert _scram_login(tokens, "veteran", third.token) == third.id

@@ -41,6 +41,7 @@ from wardgate.api.schemas import (
     GuardrailConditionOut,
     GuardrailMatchOut,
     GuardrailOut,
+    KubernetesUpstream,
     PostgresUpstream,
     PrincipalList,
     PrincipalOut,
@@ -67,7 +68,13 @@ from wardgate.audit.checkpoint import (
 )
 from wardgate.audit.query import get_session
 from wardgate.audit.responses import decoded
-from wardgate.config import Config, ConnectionConfig, GuardrailConfig, UpstreamConfig
+from wardgate.config import (
+    Config,
+    ConnectionConfig,
+    GuardrailConfig,
+    KubernetesUpstreamConfig,
+    UpstreamConfig,
+)
 from wardgate.core.services import Services
 from wardgate.identity.principals import Principal
 from wardgate.identity.tokens import TokenInfo
@@ -78,7 +85,7 @@ router = APIRouter(prefix="/api/v1")
 Authenticated = Annotated[Caller, Depends(caller)]
 
 EXPORT_PAGE = 500
-_KIND_OF_TYPE = {"postgres": "sql", "ssh": "shell"}
+_KIND_OF_TYPE = {"postgres": "sql", "ssh": "shell", "kubernetes": "kubernetes"}
 _NAME = r"^[a-z0-9_]{1,32}$"
 
 
@@ -97,9 +104,11 @@ def _granted(services: Services, principal: str, connection: str) -> frozenset[s
 def _connection(services: Services, name: str, conn: ConnectionConfig, who: Caller) -> Connection:
     p = who.principal
     up = conn.upstream
-    upstream: PostgresUpstream | SshUpstream
+    upstream: PostgresUpstream | SshUpstream | KubernetesUpstream
     if isinstance(up, UpstreamConfig):
         upstream = PostgresUpstream(host=up.host, port=up.port, database=up.database, user=up.user)
+    elif isinstance(up, KubernetesUpstreamConfig):
+        upstream = KubernetesUpstream(url=up.url)
     else:
         upstream = SshUpstream(host=up.host, port=up.port, user=up.user, host_key=up.host_key)
     own = {conn.roles[g] for g in p.groups if g in conn.roles}
@@ -126,10 +135,14 @@ def _rail_can_apply(rail: GuardrailConfig, name: str, conn: ConnectionConfig) ->
     m = rail.match
     if m.connections and name not in m.connections:
         return False
-    if _KIND_OF_TYPE[conn.type] == "sql":
-        return not (m.commands or m.programs or m.paths)
+    kube_only = m.kubernetes or m.resources or m.namespaces or m.verbs
+    shell_only = m.commands or m.programs or m.paths
     sql_only = m.sql or m.tables or m.tables_written or m.columns or m.functions
-    return not (sql_only or rail.condition)
+    if _KIND_OF_TYPE[conn.type] == "sql":
+        return not (shell_only or kube_only)
+    if _KIND_OF_TYPE[conn.type] == "kubernetes":
+        return not (sql_only or shell_only or rail.condition)
+    return not (sql_only or kube_only or rail.condition)
 
 
 def _policy(config: Config, name: str, conn: ConnectionConfig) -> EffectivePolicy:

@@ -68,12 +68,19 @@ class ReviewSettings(_Out):
     preview: Literal["none", "explain", "rollback"]
 
 
+class KubernetesUpstream(_Out):
+    type: Literal["kubernetes"] = "kubernetes"
+    url: str = Field(description="The API server the gateway dials (its credential stays there)")
+
+
 class Connection(_Out):
     name: str
-    type: Literal["postgres", "ssh"]
+    type: Literal["postgres", "ssh", "kubernetes"]
     description: str
     mode: Literal["enforce", "observe"]
-    upstream: Annotated[PostgresUpstream | SshUpstream, Field(discriminator="type")]
+    upstream: Annotated[
+        PostgresUpstream | SshUpstream | KubernetesUpstream, Field(discriminator="type")
+    ]
     roles: dict[str, str] = Field(description="group -> role on this connection")
     your_roles: list[str] = Field(description="The caller's roles here, grants included")
     granted_roles: list[str] = Field(description="Of those, the ones held through a grant")
@@ -103,6 +110,10 @@ class GuardrailMatchOut(_Out):
     tables_written: list[str] = []
     columns: list[str] = []
     functions: list[str] = []
+    kubernetes: list[str] = []
+    resources: list[str] = []
+    namespaces: list[str] = []
+    verbs: list[str] = []
     principals: list[str] = []
     groups: list[str] = []
     principal_kinds: list[Literal["user", "agent"]] = []

@@ -4,9 +4,12 @@ Why: the recorder commits to the store in batches, behind the traffic. Without t
 gateway killed between a statement running and its batch committing loses the record
 (issue 21 measured up to 5% of a pgbench run). With it, each record, and before a
 statement is forwarded its *intent* (the action record it will have if no result ever
-comes back, status ``interrupted``), is appended with ``write(2)`` on the event loop
-before the gateway goes on. From that moment the record is in the kernel: killing the
-gateway (kill -9, an OOM kill, a crash) cannot lose it. A child process (a thread
+comes back, status ``interrupted``), is copied into the journal file, which the worker
+maps shared (``mmap``), before the gateway goes on. A shared file mapping *is* the
+kernel's page cache of that file: from the moment the copy is done the record is in the
+kernel, and killing the gateway (kill -9, an OOM kill, a crash) cannot lose it. No
+system call per record: a ``write(2)`` per statement cost the event loop more than the
+rest of the journal together. A child process (a thread
 outside ``wardgate serve``) ``fdatasync``s the file
 in groups (group commit: whatever was written while the last sync ran goes in the
 next), so after a power loss or kernel crash at most the last sync interval is lost
@@ -21,11 +24,15 @@ at-least-once (a batch that committed just before the crash, before its checkpoi
 written, is written again), like the recorder's retries.
 
 Files: ``<dir>/<start>.wal``, where start is the logical position (bytes since the
-journal began) of the file's first frame; ``<dir>/checkpoint`` holds a logical
-position. A frame is a 4-byte length, a 4-byte CRC-32 and a pickled record. When the
-current file is past ``rotate_bytes`` a new one starts, the open intents are copied into
-it, and files wholly before the checkpoint are deleted: the journal holds about what
-the store does not have yet, never the whole history.
+journal began) of the file's first byte; ``<dir>/checkpoint`` holds a logical
+position. A file starts with a 16-byte head (a magic and the number of bytes of frames
+written, which the sync process reads), then frames: a 4-byte length, a 4-byte CRC-32
+and a pickled record. Files are written with zeros ahead (a full disk shows as an error
+when a file is created or grown, never as a fault while copying into the map, and a
+sync writes only data) and end at the first frame of length zero. When the current file is past
+``rotate_bytes`` a new one starts, the open intents are copied into it, and files wholly
+before the checkpoint are deleted: the journal holds about what the store does not have
+yet, never the whole history.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import mmap
 import operator
 import os
 import pickle
@@ -57,9 +65,18 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!II")  # length, crc32
 _CHECKPOINT = struct.Struct("!Q")
+_MAGIC = b"WGJRNL02"
+_HEAD = struct.Struct("!8sQ")  # magic, bytes of the file written (head included)
+_USED = struct.Struct("!Q")  # the second field of _HEAD, alone
+_USED_AT = 8
 _SUFFIX = ".wal"
 _MAX_FRAME = 64 * 1024 * 1024
 _SYNC_POLL = 0.001
+_FIRST_ALLOCATION = 16 * 1024 * 1024  # a file grows past this only with a larger rotate_bytes
+_SLACK = 256 * 1024  # allocated beyond rotate_bytes: the frames of the batch that crosses it
+# Pages of the map already written are dropped from this process's resident set every
+# so often (their data stays in the page cache, where the kernel writes it out).
+_RELEASE_EVERY = 1024 * 1024
 
 
 @positional_pickle
@@ -143,24 +160,16 @@ _MAX_DEFS = 4096
 
 Entry = Record | Intent | Outcome
 
-# Intents and outcomes, one each per statement, go as plain tuples: pickling a tuple of
-# strings and numbers is C all the way, several times cheaper than a dataclass's
-# __reduce__ (bench/hot_path_costs.py).
-_ACTION_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Action)))
+# Intents and outcomes, one each per statement, go as plain tuples with the principal and
+# the verdict replaced by their `_Def` numbers: ``pickle.dumps`` of a tuple of strings and
+# numbers is C all the way, several times cheaper than a dataclass's __reduce__ or a
+# pickler's per-type hook (bench/hot_path_costs.py).
+_ACTION_REST = operator.attrgetter(*[f.name for f in dataclasses.fields(Action)][1:])
 _RECORD_FIELDS = operator.attrgetter(
     "session_id", "seq", "started_at", "duration_ms", "status", "rows", "command", "error",
     "sqlstate", "trace_id", "output",
 )  # fmt: skip
-_OUTCOME_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Outcome)))
-
-
-def _encode(entry: Entry) -> object:
-    if type(entry) is Intent:
-        r = entry.record
-        return ("i", _ACTION_FIELDS(r.action), r.verdict, *_RECORD_FIELDS(r))
-    if type(entry) is Outcome:
-        return ("o", *_OUTCOME_FIELDS(entry))
-    return entry
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def _decode(value: object) -> Entry | _Def:
@@ -168,13 +177,14 @@ def _decode(value: object) -> Entry | _Def:
         return value  # type: ignore[return-value]
     if value[0] == "o":
         return Outcome(*value[1:])
-    action, verdict, sid, seq, started, duration, status, rows, command, error, sqlstate = value[
-        1:12
-    ]
+    principal, *action = value[1]
+    verdict, sid, seq, started, duration, status, rows, command, error, sqlstate = value[2:12]
+    if type(principal) is int:  # by number; an earlier release pickled the objects
+        principal, verdict = _replay_defs[principal], _replay_defs[verdict]
     return Intent(
         ActionRecord(
-            sid, seq, Action(*action), verdict, started, duration, status, rows, command,
-            error, sqlstate, *value[12:],
+            sid, seq, Action(principal, *action), verdict,
+            started, duration, status, rows, command, error, sqlstate, *value[12:],
         )
     )  # fmt: skip
 
@@ -194,18 +204,25 @@ class Journal:
         self._syncer: subprocess.Popen[bytes] | None = None
         self._rotate = rotate_bytes
         self._fd = -1
+        self._map: mmap.mmap | None = None
+        self._capacity = 0  # bytes of the current file allocated and mapped
+        self._off = 0  # bytes of the current file written (its head included)
+        self._released = 0  # offset below which the map's pages were given back
         self._start = 0  # logical position of the current file's first byte
-        self._end = 0  # logical position after the last frame written
+        self._older: list[int] = []  # the starts of the files before the current one
+        self._end = 0  # logical position after the last frame appended
         self._checkpoint = 0
         self._next_def = 0
-        self._buf = bytearray()
+        # Frames that did not fit and could not be allocated room for (a full disk):
+        # `flush` copies them in once the file can grow, or raises.
+        self._spill = bytearray()
         self._ckpt_fd = -1
         self._lock = threading.Lock()  # the current fd, against the sync thread
         self._dirty = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._synced = 0  # logical position known to be on disk
-        self._written = 0  # logical position handed to write(2)
+        self._written = 0  # logical position in the kernel (copied into the map)
         self.sync_error: OSError | None = None
         # One pickler for every frame: principals and verdicts go once per file as a
         # `_Def`, then by number (dispatch_table is consulted only for those types).
@@ -219,7 +236,9 @@ class Journal:
     def open(self) -> None:
         """Start a fresh journal in ``directory`` (replay whatever was there first)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        start = max((e for _, e in _files(self.directory)), default=0)
+        files = _files(self.directory)
+        self._older = [s for s, _ in files]
+        start = max((e for _, e in files), default=0)
         self._ckpt_fd = os.open(self.directory / "checkpoint", os.O_RDWR | os.O_CREAT, 0o600)
         self._open_file(start)
         self._written = self._synced = self._end
@@ -246,11 +265,7 @@ class Journal:
         with contextlib.suppress(OSError):
             self.flush()
         with self._lock:
-            if self._fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.fdatasync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+            self._close_file()
         if self._ckpt_fd >= 0:
             os.close(self._ckpt_fd)
             self._ckpt_fd = -1
@@ -265,56 +280,120 @@ class Journal:
     def full(self) -> bool:
         return self._end - self._start >= self._rotate
 
+    @property
+    def spilled(self) -> bool:
+        """Frames wait for room (a full disk): they are not in the kernel until `flush`
+        succeeds."""
+        return bool(self._spill)
+
     def append(self, entry: Entry) -> int:
-        """Add one entry to the write buffer; returns its logical position. It is in
-        the kernel (safe from a crash of the gateway) once `flush` returns."""
+        """Copy one entry into the journal; returns its logical position. It is in the
+        kernel (safe from a crash of the gateway) on return, unless `spilled`."""
+        if type(entry) is Intent:
+            return self.append_intent(entry.record)
         out = self._out
         out.seek(0)
         out.truncate()
         self._pickler.clear_memo()
-        self._pickler.dump(_encode(entry))  # may add `_Def` frames first (_reduce_shared)
+        self._pickler.dump(entry)  # may add `_Def` frames first (_reduce_shared)
         return self._frame(out.getvalue())
+
+    def append_intent(self, record: ActionRecord) -> int:
+        """`append(Intent(record))`, without building the Intent."""
+        action = record.action
+        principal = self._number(action.principal)
+        verdict = self._number(record.verdict)
+        return self._frame(
+            pickle.dumps(
+                ("i", (principal, *_ACTION_REST(action)), verdict, *_RECORD_FIELDS(record)),
+                _PROTOCOL,
+            )
+        )
 
     def append_outcome(self, record: ActionRecord) -> int:
         """`append(Outcome.of(record))`, without building the Outcome."""
-        out = self._out
-        out.seek(0)
-        out.truncate()
-        self._pickler.clear_memo()
-        self._pickler.dump(
-            ("o", record.session_id, record.seq, record.status, record.duration_ms,
-             record.rows, record.command, record.error, record.sqlstate, record.trace_id,
-             record.output)
+        return self._frame(
+            pickle.dumps(
+                ("o", record.session_id, record.seq, record.status, record.duration_ms,
+                 record.rows, record.command, record.error, record.sqlstate, record.trace_id,
+                 record.output),
+                _PROTOCOL,
+            )
         )  # fmt: skip
-        return self._frame(out.getvalue())
 
     def _frame(self, data: bytes) -> int:
         position = self._end
-        self._buf += _HEADER.pack(len(data), zlib.crc32(data))
-        self._buf += data
-        self._end += _HEADER.size + len(data)
+        size = _HEADER.size + len(data)
+        self._end += size
+        off = self._off
+        m = self._map
+        if self._spill or m is None or off + size > self._capacity and not self._grow(size):
+            self._spill += _HEADER.pack(len(data), zlib.crc32(data))
+            self._spill += data
+            return position
+        # The body first, then its header, then the count the sync process reads: a
+        # frame whose header is there has its body there too.
+        m[off + _HEADER.size : off + size] = data
+        _HEADER.pack_into(m, off, len(data), zlib.crc32(data))
+        self._off = off = off + size
+        _USED.pack_into(m, _USED_AT, off)
+        self._written = self._end
+        if off - self._released >= _RELEASE_EVERY:
+            self._release(off)
         return position
 
-    def _reduce_shared(self, obj: object) -> tuple[Callable[[int], object], tuple[int]]:
+    def _grow(self, size: int) -> bool:
+        """Room for ``size`` more bytes in the current file; False on a full disk."""
+        assert self._map is not None
+        capacity = _page_round(max(2 * self._capacity, self._off + size + _SLACK))
+        try:
+            _zero_fill(self._fd, self._capacity, capacity)
+            self._map.resize(capacity)
+        except (OSError, ValueError) as exc:
+            log.debug("audit journal: cannot grow %s: %s", self._name(), exc)
+            return False
+        self._capacity = capacity
+        return True
+
+    def _release(self, off: int) -> None:
+        """Drop the written pages before ``off`` from this process (not from the file)."""
+        assert self._map is not None
+        upto = off - off % mmap.PAGESIZE
+        if upto > self._released:
+            with contextlib.suppress(OSError):
+                self._map.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
+            self._released = upto
+
+    def _number(self, obj: object) -> int:
+        """The number of a shared object in this file, written as a `_Def` the first time."""
         known = self._defs.get(id(obj))
-        if known is None or known[1] is not obj:
-            if len(self._defs) >= _MAX_DEFS:
-                self._defs.clear()  # numbers stay valid in the file; only new ones follow
-            number = self._next_def
-            self._next_def += 1
-            self._defs[id(obj)] = (number, obj)
-            self._frame(pickle.dumps(_Def(number, obj), protocol=pickle.HIGHEST_PROTOCOL))
-        else:
-            number = known[0]
-        return _shared, (number,)
+        if known is not None and known[1] is obj:
+            return known[0]
+        if len(self._defs) >= _MAX_DEFS:
+            self._defs.clear()  # numbers stay valid in the file; only new ones follow
+        number = self._next_def
+        self._next_def += 1
+        self._defs[id(obj)] = (number, obj)
+        self._frame(pickle.dumps(_Def(number, obj), _PROTOCOL))
+        return number
+
+    def _reduce_shared(self, obj: object) -> tuple[Callable[[int], object], tuple[int]]:
+        return _shared, (self._number(obj),)
 
     def flush(self) -> None:
-        """write(2) what `append` buffered. Raises OSError (a full disk: the buffer is
-        kept, and written by the next flush that succeeds)."""
-        buf = self._buf
-        while buf:
-            written = os.write(self._fd, buf)
-            del buf[:written]
+        """Copy in what a full disk kept out (`spilled`). Raises OSError while there is
+        still no room (the frames are kept for the next flush)."""
+        if not self._spill:
+            return
+        spill, self._spill = self._spill, bytearray()
+        assert self._map is not None
+        if self._off + len(spill) > self._capacity and not self._grow(len(spill)):
+            self._spill = spill
+            raise OSError(f"no room to grow the audit journal {self._name()}")
+        m, off = self._map, self._off
+        m[off : off + len(spill)] = spill
+        self._off = off = off + len(spill)
+        _USED.pack_into(m, _USED_AT, off)
         self._written = self._end
 
     def set_checkpoint(self, position: int) -> None:
@@ -322,33 +401,64 @@ class Journal:
         if position > self._checkpoint:
             self._write_checkpoint(position)
 
-    def rotate(self, open_intents: list[Intent]) -> list[int]:
-        """Start a new file and copy ``open_intents`` into it; returns their positions
+    def rotate(self, open_intents: list[ActionRecord]) -> list[int]:
+        """Start a new file and copy the intents of ``open_intents`` (the records their
+        statements get if no outcome comes) into it; returns their positions
         there. Call `set_checkpoint` with them, then `drop_obsolete`."""
         self.flush()
         with self._lock:
-            with contextlib.suppress(OSError):  # the old file's tail, before it is closed
-                os.fdatasync(self._fd)
-            os.close(self._fd)
+            self._close_file()
+            self._older.append(self._start)
             self._open_file(self._end)
             self._synced = self._written
-        moved = [self.append(intent) for intent in open_intents]
+        moved = [self.append_intent(record) for record in open_intents]
         self.flush()
         return moved
 
     def drop_obsolete(self) -> None:
-        """Delete the files wholly before the checkpoint."""
-        for start, end in _files(self.directory):
-            if end <= self._checkpoint and start != self._start:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.directory / f"{start:016x}{_SUFFIX}").unlink()
+        """Delete the files wholly before the checkpoint (a file ends where the next
+        begins)."""
+        ends = [*self._older[1:], self._start]
+        while self._older and ends[0] <= self._checkpoint:
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{self._older[0]:016x}{_SUFFIX}").unlink()
+            del self._older[0], ends[0]
+
+    def _name(self) -> str:
+        return f"{self._start:016x}{_SUFFIX}"
 
     def _open_file(self, start: int) -> None:
+        """A new file whose first byte is logical position ``start`` (none exists there:
+        `open` starts after every file, `rotate` after the current one)."""
         self._defs.clear()  # each file defines its own shared objects
         self._next_def = 0
-        path = self.directory / f"{start:016x}{_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._start = self._end = start + os.fstat(self._fd).st_size
+        fd = os.open(self.directory / f"{start:016x}{_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            capacity = _page_round(min(self._rotate, _FIRST_ALLOCATION) + _SLACK)
+            _zero_fill(fd, 0, capacity)
+            m = mmap.mmap(fd, capacity)
+        except BaseException:
+            os.close(fd)
+            raise
+        _HEAD.pack_into(m, 0, _MAGIC, _HEAD.size)
+        self._fd, self._map, self._capacity = fd, m, capacity
+        self._off = self._released = _HEAD.size
+        self._start = start
+        self._end = start + _HEAD.size
+
+    def _close_file(self) -> None:
+        """Sync, trim the unused allocation and close the current file."""
+        if self._fd < 0:
+            return
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._off)
+        with contextlib.suppress(OSError):
+            os.fdatasync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
 
     def _write_checkpoint(self, position: int) -> None:
         self._checkpoint = position
@@ -377,14 +487,37 @@ class Journal:
             self._synced = end
 
 
+_ZEROS = bytes(1024 * 1024)
+
+
+def _zero_fill(fd: int, start: int, end: int) -> None:
+    """Write zeros from ``start`` to ``end``: the blocks are then allocated and written,
+    so a copy into the map never faults on a full disk, and an ``fdatasync`` has only
+    data to write, no extent or size change to commit to the file system's journal (as
+    PostgreSQL fills its WAL segments). Raises OSError (ENOSPC) on a full disk."""
+    while start < end:
+        start += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), end - start)], start)
+
+
+def _page_round(n: int) -> int:
+    return -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
 def _files(directory: Path) -> list[tuple[int, int]]:
-    """(start, end) logical positions of the journal files, oldest first."""
-    out = []
+    """(start, end) logical positions of the journal files, oldest first. A file ends
+    where the next begins; the last one at its size (at most: it is allocated ahead)."""
+    starts = []
+    sizes = {}
     for path in directory.glob(f"*{_SUFFIX}"):
         with contextlib.suppress(ValueError, FileNotFoundError):
             start = int(path.stem, 16)
-            out.append((start, start + path.stat().st_size))
-    return sorted(out)
+            sizes[start] = path.stat().st_size
+            starts.append(start)
+    starts.sort()
+    return [
+        (start, starts[i + 1] if i + 1 < len(starts) else start + sizes[start])
+        for i, start in enumerate(starts)
+    ]
 
 
 def _read_checkpoint(directory: Path) -> int:
@@ -401,9 +534,12 @@ def _frames(directory: Path) -> Iterator[tuple[int, Entry]]:
     for start, _ in _files(directory):
         data = (directory / f"{start:016x}{_SUFFIX}").read_bytes()
         _replay_defs.clear()
-        pos = 0
+        # A file of an earlier release has no head: its frames start at byte 0.
+        pos = _HEAD.size if data.startswith(_MAGIC) else 0
         while pos + _HEADER.size <= len(data):
             length, crc = _HEADER.unpack_from(data, pos)
+            if length == 0:
+                break  # the allocated, unwritten rest of the file
             body = data[pos + _HEADER.size : pos + _HEADER.size + length]
             if length > _MAX_FRAME or len(body) < length or zlib.crc32(body) != crc:
                 log.warning("audit journal %s: torn frame at byte %d ignored", start, pos)
@@ -459,8 +595,8 @@ def discard(directory: Path) -> None:
 
 
 def _sync_main(directory: Path) -> None:
-    """The sync process: fdatasync the newest journal file whenever it grew, about
-    every millisecond, until the gateway worker that started it is gone. A new file (a
+    """The sync process: fdatasync the newest journal file whenever its head says more
+    was written, about every millisecond, until the gateway worker that started it is gone. A new file (a
     rotation, which syncs the old one itself) is noticed within 50 ms."""
     parent = os.getppid()
     # Below the gateway and the database in CPU priority: on a busy machine a sync may
@@ -483,7 +619,8 @@ def _sync_main(directory: Path) -> None:
         if fd < 0:
             time.sleep(_SYNC_POLL)
             continue
-        size = os.fstat(fd).st_size
+        head = os.pread(fd, _HEAD.size, 0)
+        size = _HEAD.unpack(head)[1] if len(head) == _HEAD.size else 0
         if size == synced:
             time.sleep(_SYNC_POLL)
             continue

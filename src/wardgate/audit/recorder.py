@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from wardgate.audit.journal import Intent, Journal
+from wardgate.audit.journal import Journal
 from wardgate.audit.oplog import note_record
 from wardgate.audit.records import ActionRecord, Record, SessionEnd, SessionRecord
 from wardgate.audit.writer import BatchWriter
@@ -42,9 +42,6 @@ from wardgate.store.db import Store, describe_error
 log = logging.getLogger(__name__)
 
 _BACKOFF_FIRST = 0.05
-# The longest a record without an intent (an outcome, a blocked statement, an SSH or MCP
-# action, a session's start or end) waits in memory before its write(2) to the journal.
-_JOURNAL_LINGER = 0.002
 _BACKOFF_MAX = 5.0
 
 
@@ -185,7 +182,7 @@ class Recorder:
         # intents of forwarded statements whose outcome is not in the store yet.
         self._journal = journal
         self._positions: deque[int] = deque()
-        self._intents: dict[tuple[str, int], tuple[int, Intent]] = {}
+        self._intents: dict[tuple[str, int], tuple[int, ActionRecord]] = {}
         self._flush_scheduled = False
         self._journal_failing: str | None = None
 
@@ -245,12 +242,8 @@ class Recorder:
             else:
                 position = journal.append(record)
             self._positions.append(position)
-            if not self._flush_scheduled and self._loop is not None:
-                # Intents, which must precede their statement, are written at once
-                # (`intend`), with whatever was appended before them; other records
-                # within _JOURNAL_LINGER: one write(2) per statement, not two.
-                self._flush_scheduled = True
-                self._loop.call_later(_JOURNAL_LINGER, self._flush_journal)
+            if journal.spilled:  # a full disk kept it out of the journal file
+                self._flush_journal()
         self._queue.append(record)
         self._queued_at.append(time.monotonic())
         self._submitted += 1
@@ -265,12 +258,13 @@ class Recorder:
         journal = self._journal
         if journal is None:
             return
-        intent = Intent(record)
-        self._intents[intent.key] = (journal.append(intent), intent)
-        self._flush_journal()
+        position = journal.append_intent(record)
+        self._intents[record.session_id, record.seq] = (position, record)
+        if journal.spilled or self._journal_failing is not None:
+            self._flush_journal()
 
     def _flush_journal(self) -> None:
-        self._flush_scheduled = False
+        """Retry what a full disk kept out of the journal; report each change of state."""
         assert self._journal is not None
         try:
             self._journal.flush()
@@ -283,13 +277,18 @@ class Recorder:
                 )
                 self.observer.store_state(self._failing is None, True)
             self._journal_failing = str(exc)
-            if self._loop is not None:  # retry: a full disk may get space again
-                self._loop.call_later(0.5, self._flush_journal)
+            if self._loop is not None and not self._flush_scheduled:
+                self._flush_scheduled = True  # retry: a full disk may get space again
+                self._loop.call_later(0.5, self._retry_journal)
             return
         if self._journal_failing is not None:
             log.warning("audit journal writable again; accepting actions again")
             self._journal_failing = None
             self.observer.store_state(self._failing is None, self._refusing)
+
+    def _retry_journal(self) -> None:
+        self._flush_scheduled = False
+        self._flush_journal()
 
     def _journal_committed(self, batch: list[Record]) -> None:
         """After a store commit: move the journal's checkpoint past what the store has."""

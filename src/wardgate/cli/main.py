@@ -632,7 +632,14 @@ from wardgate.cli.users import user_app  # noqa: E402
 
 app.add_typer(user_app, name="user")
 
+from wardgate.cli.kubernetes import kubeconfig  # noqa: E402
+from wardgate.cli.masking import masking_app  # noqa: E402
+
+app.command("kubeconfig")(kubeconfig)
+
 from wardgate.cli.operations import healthcheck, rotate_master_key  # noqa: E402
+
+app.add_typer(masking_app, name="masking")
 
 app.command("healthcheck")(healthcheck)
 secret_app.command("rotate-master-key")(rotate_master_key)

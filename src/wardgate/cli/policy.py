@@ -82,10 +82,12 @@ def _connection_or_fail(cfg: Config, config_path: str, name: str) -> str:
 
 
 def _sql_action(cfg: Config, principal: Principal, connection: str, sql: str) -> Action:
-    """The action a statement (or, on an ssh connection, a command line) would be."""
+    """The action a statement (on an ssh connection a command line, on a kubernetes one a
+    request line such as ``DELETE /api/v1/namespaces/prod``) would be."""
     conn = cfg.connections.get(connection)
     protocol = conn.type if conn is not None else "postgres"
-    return Action(principal, connection, protocol, "shell" if protocol == "ssh" else "sql", sql)
+    kind = {"ssh": "shell", "kubernetes": "kubernetes"}.get(protocol, "sql")
+    return Action(principal, connection, protocol, kind, sql)
 
 
 def _rules(verdict: Verdict) -> tuple[str, ...]:

@@ -65,6 +65,15 @@ def generate_self_signed(directory: Path, hostname: str = "localhost") -> tuple[
     return cert_path, key_path
 
 
+def server_pair(config: Config) -> tuple[Path, Path, bool]:
+    """The files of the gateway's TLS pair (after server_context made them) and whether
+    it is the generated self-signed one (clients then pin that certificate)."""
+    if config.tls.cert and config.tls.key:
+        return config.path(config.tls.cert), config.path(config.tls.key), False
+    directory = config.data_path / "tls"
+    return directory / "server.crt", directory / "server.key", True
+
+
 def server_context(config: Config) -> ssl.SSLContext:
     """The context offered on SSLRequest: the configured pair, or a generated one."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -26,7 +26,13 @@ from wardgate.store.db import Store
 from wardgate.store.models import PrincipalSalt, TokenRow
 
 TOKEN_PREFIX = "wg_"
-ITERATIONS = 4096
+# PBKDF2 iterations of the SCRAM keys of new principals' tokens. Key stretching makes
+# guessing a *human* password slower; a wardgate token is 32 random bytes, which no
+# number of guesses reaches, stored key or not. 4096 (RFC 7677's SHOULD, written for
+# passwords) cost every login about 1.5 ms of the client's CPU, the largest single part
+# of connection setup through the gateway (docs/performance.md); PostgreSQL 16 made its
+# own count settable (scram_iterations) for the same reason.
+ITERATIONS = 256
 SALT_BYTES = 16
 # last_used_at is written at most this often per token and process: a login then costs
 # no store write, and "last used" stays accurate to about a minute.
@@ -111,7 +117,28 @@ class TokenService:
                 PrincipalSalt.principal == principal
             )
         ).one()
+        if int(row.iterations) != ITERATIONS and not self._has_live_token(session, principal):
+            # A principal from before the count changed, with no token left: renew its
+            # salt, so that it looks like every other principal (and unknown names) again.
+            salt = secrets.token_bytes(SALT_BYTES)
+            session.execute(
+                update(PrincipalSalt)
+                .where(PrincipalSalt.principal == principal)
+                .values(salt=salt, iterations=ITERATIONS)
+            )
+            return salt, ITERATIONS
         return bytes(row.salt), int(row.iterations)
+
+    @staticmethod
+    def _has_live_token(session: Session, principal: str) -> bool:
+        return (
+            session.execute(
+                select(TokenRow.id)
+                .where(TokenRow.principal == principal, TokenRow.revoked_at.is_(None))
+                .limit(1)
+            ).first()
+            is not None
+        )
 
     def revoke(self, token_id: str) -> bool:
         with self._store.session() as session:

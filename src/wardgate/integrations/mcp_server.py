@@ -23,7 +23,14 @@ from mcp.server.fastmcp.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 
 from wardgate.actions import Action, Decision, Verdict
-from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.audit.records import (
+    AUDIT_UNAVAILABLE,
+    AUDIT_UNAVAILABLE_HINT,
+    INTERRUPTED_BY_CRASH,
+    ActionRecord,
+    SessionEnd,
+    SessionRecord,
+)
 from wardgate.audit.responses import ResponseTap, SessionResults, session_budget
 from wardgate.config import parse_duration
 from wardgate.core.proposals import judge_proposal
@@ -416,6 +423,27 @@ class McpGateway:
                 raise ToolError(f"{said.message}. {said.hint}")
             return self._pending_answer(settled.review, said.message, said.hint)
         verdict, review = settled.verdict, settled.review
+        recorder = self.services.recorder
+        if recorder.unavailable:
+            recorder.refused()  # counted, not queued (AUDIT_UNAVAILABLE_RULE)
+            raise ToolError(f"{AUDIT_UNAVAILABLE}. {AUDIT_UNAVAILABLE_HINT}")
+        # Journalled before it runs (audit.journal): if the gateway dies while the
+        # statement runs, the store still gets its record, as interrupted.
+        session.seq += 1
+        seq = session.seq
+        recorder.intend(
+            ActionRecord(
+                session_id=session.id,
+                seq=seq,
+                action=action,
+                verdict=verdict,
+                started_at=started,
+                duration_ms=float("nan"),
+                status="interrupted",
+                error=INTERRUPTED_BY_CRASH,
+                trace_id=trace,
+            )
+        )
         try:
             answer = await run_sql(
                 self.services,
@@ -439,6 +467,7 @@ class McpGateway:
                 sqlstate=exc.sqlstate,
                 trace=trace,
                 review=review,
+                seq=seq,
             )
             raise ToolError(f"the database refused the statement ({exc.sqlstate}): {exc}") from None
         rows = [[_capped(v) for v in row] for row in answer.rows]
@@ -467,6 +496,7 @@ class McpGateway:
             command=answer.command,
             trace=trace,
             review=review,
+            seq=seq,
             result=self._response(session, connection, body),
         )
         return body
@@ -563,12 +593,16 @@ class McpGateway:
         trace: str | None = None,
         result: dict[str, Any] | None = None,
         review: ReviewInfo | None = None,
+        seq: int | None = None,
     ) -> None:
-        session.seq += 1
+        """``seq``: the action's number when its intent is already journalled."""
+        if seq is None:
+            session.seq += 1
+            seq = session.seq
         self.services.recorder.submit(
             ActionRecord(
                 session_id=session.id,
-                seq=session.seq,
+                seq=seq,
                 action=action,
                 verdict=verdict,
                 started_at=started,

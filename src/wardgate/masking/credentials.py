@@ -34,7 +34,7 @@ MIN_PEM_BODY = 16
 _KEY = (
     r"(?:[A-Za-z0-9]+[_.\-])*"
     r"(?:password|passwd|passphrase|pwd|pass|secret|token|api[_\-]?key|apikey"
-    r"|access[_\-]?key|private[_\-]?key|credentials?)"
+    r"|access[_\-]?key|private[_\-]?key|(?:secret|signing|encryption|master)[_\-]?key|credentials?)"
 )
 ASSIGNMENT = re.compile(
     rf"(?ai)(?<![A-Za-z0-9])[\"']?{_KEY}(?![A-Za-z0-9])[\"']?[ \t]*(?:=>|[:=])[ \t]*"
@@ -42,8 +42,11 @@ ASSIGNMENT = re.compile(
     r"|'(?P<sq>[^'\n]{1,512})'"
     r"|(?P<bare>(?:[^\s\"'<>&;,]|[&;,](?![A-Za-z0-9_.\-]+=)){1,512}))"
 )
+# The password runs to the *last* "@" before the host: people paste passwords with "@",
+# "#", "%", "^", ")" unencoded, and a parser that stops at the first "@" or "#" leaves
+# the rest in clear (and reads it as an email). "/" and "?" end it: they start the path.
 URL_PASSWORD = re.compile(
-    r"(?ai)(?<![A-Za-z0-9+.\-])[a-z][a-z0-9+.\-]{1,30}://[^\s:/@?#]*:(?P<pw>[^\s/?#]{1,512})@[^\s/?#@]+"
+    r"(?ai)(?<![A-Za-z0-9+.\-])[a-z][a-z0-9+.\-]{1,30}://[^\s:/@?#]*:(?P<pw>[^\s/?]{1,512})@[^\s/?#@]+"
 )
 # SQL: ALTER ROLE app PASSWORD 'x', CREATE USER u IDENTIFIED BY 'x'.
 SQL_PASSWORD = re.compile(

@@ -46,10 +46,14 @@ _EMAIL = re.compile(
 )
 
 # Runs of digit groups; cards are looked for inside them on group boundaries.
-_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z_.,+\-])[0-9]++(?:[ \-][0-9]++)*+")
+# A comma before the run is a CSV field separator (thousands groups are too short to
+# be cards). Not the digits of an IBAN-shaped value whose check failed ("LT03 2283 ...").
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z_.+\-])(?<![A-Z]{2}[0-9]{2} )[0-9]++(?:[ \-][0-9]++)*+")
 # What may not follow a card: more of a word, or ".5", ",5", "-5" (a decimal, an
 # address, a date): then the last group belongs to that, not to the card.
-_NOT_AFTER_CARD = re.compile(r"[0-9A-Za-z_]|[.,\-][0-9]")
+# A comma and one or two digits is a decimal comma; a comma and a longer field (a
+# date, an id) is the next CSV field.
+_NOT_AFTER_CARD = re.compile(r"[0-9A-Za-z_]|[.\-][0-9]|,[0-9]{1,2}(?![0-9./\-:])")
 _TOKEN = re.compile(r"[^ ]+")
 CARD_MIN_DIGITS = 12
 CARD_MAX_DIGITS = 19
@@ -79,8 +83,9 @@ _BSN = re.compile(_NUM_BEFORE + r"[0-9]{9}" + _NUM_AFTER)
 _BSN_HINT = re.compile(r"(?i)(?:bsn|burgerservicenummer|sofi(?:nummer)?)[^0-9\n]{0,12}$")
 
 # Not followed by "-rc1"/"-beta": a four-part version, not an address.
+# Not after "+41 ": "+41 31.251.14.68" is a phone number written with dots.
 _IPV4 = re.compile(
-    r"(?<![0-9A-Za-z_.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9A-Za-z_]|\.[0-9]|-[A-Za-z])"
+    r"(?<![0-9A-Za-z_.])(?<!\+[0-9] )(?<!\+[0-9]{2} )(?<!\+[0-9]{3} )(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9A-Za-z_]|\.[0-9]|-[A-Za-z])"
 )
 _IPV6 = re.compile(
     r"(?<![0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}+"

@@ -73,9 +73,12 @@ class Masker:
 
     # ------------------------------------------------------------ free text
 
-    def mask_text(self, text: str) -> str:
-        """``text`` with every finding replaced; the same object when nothing changed."""
-        findings = scan(text, self._entities)
+    def mask_text(self, text: str, hinted: bool = False) -> str:
+        """``text`` with every finding replaced; the same object when nothing changed.
+
+        ``hinted``: the value's column says what it holds (a ``phone`` column), so bare
+        digits count as a phone number (or SSN, BSN) as after a hint word."""
+        findings = scan(text, self._entities, assume_hint=hinted)
         if not findings:
             return text
         parts: list[str] = []
@@ -94,7 +97,9 @@ class Masker:
         parts.append(text[pos:])
         return "".join(parts)
 
-    def mask_bytes(self, data: bytes, encoding: str = "utf-8") -> bytes | None:
+    def mask_bytes(
+        self, data: bytes, encoding: str = "utf-8", hinted: bool = False
+    ) -> bytes | None:
         """Masked ``data``, or None when there is nothing to mask.
 
         Bytes that do not decode are carried through unchanged (surrogateescape).
@@ -102,7 +107,7 @@ class Masker:
         if not data or (_ascii_compatible(encoding) and not may_contain(data)):
             return None
         text = data.decode(encoding, errors="surrogateescape")
-        masked = self.mask_text(text)
+        masked = self.mask_text(text, hinted)
         if masked is text:
             return None
         return masked.encode(encoding, errors="surrogateescape")

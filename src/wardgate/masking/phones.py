@@ -24,20 +24,36 @@ from phonenumbers import NumberParseException, PhoneNumber
 TRUNK_REGIONS = ("GB", "DE", "FR", "NL", "IT", "IN", "BE", "AT", "CH")
 GROUPED_REGIONS = ("ES", "IT")
 HINTED_REGIONS = ("US", "ES", "IT", "IN", "GB", "DE", "FR", "NL")
+# When a hint word says phone, national numbers of these regions are tried too.
+HINTED_EXTRA_REGIONS = (
+    "PL",
+    "AU",
+    "BR",
+    "JP",
+    "SE",
+    "BE",
+    "CH",
+    "AT",
+    "IE",
+    "PT",
+    "MX",
+    "DK",
+    "NO",
+)
 
 MIN_DIGITS = 7
 MAX_DIGITS = 15  # E.164 maximum, extension not counted
 MAX_GROUPS = 8  # sub-span search is quadratic in groups: keep it bounded
 
 _CANDIDATE = re.compile(
-    r"(?<![0-9A-Za-z_+@.\-/\\])"
+    r"(?<![0-9A-Za-z_+@.\-/\\#])(?<![A-Z]{2}[0-9]{2} )"
     r"\(?\+?[0-9](?:[ .\-/]?\(?[0-9]\)?){5,30}+"
-    r"(?:[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{1,6})?+"
+    r"(?:[ ]?(?i:x|ext\.?|\#|;ext=)[ ]?[0-9]{1,6})?+"
     # Not followed by more of the same token: a digit, a letter, or a separator and then
     # one (the hex groups of a UUID, "07062414-6786-ce98-...", are not a phone number).
     r"(?![0-9A-Za-z_@]|[.\-/:][0-9A-Za-z])"
 )
-_EXTENSION = re.compile(r"[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{1,6}$")
+_EXTENSION = re.compile(r"[ ]?(?i:x|ext\.?|\#|;ext=)[ ]?[0-9]{1,6}$")
 _US = re.compile(
     r"(?:\+?1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ .\-]?|[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}"
 )
@@ -50,7 +66,7 @@ _GROUP_SEPARATORS = re.compile(r"[ .\-]")
 _HINT = re.compile(
     r"(?i)(?<![^\W\d_])(?:(?:tele|cell|mobile[ ]?|smart)?phones?|tel|mob|mobile|cell|fax|call|whatsapp"
     r"|sms|telefon(?:nummer)?|t[ée]l|t[ée]l[ée]phone|tel[ée]fono|m[óo]vil|cellulare|telefoon|mobiel"
-    r"|handy|portable|gsm)(?![^\W\d_])[^0-9\n]{0,12}$"
+    r"|handy|portable|gsm|contact[ _]?(?:no|number)|phone[ _]?(?:no|number))(?![^\W\d_])[^0-9\n]{0,12}$"
 )
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\.[0-9]+")  # 030.1234567 is not a decimal
 _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
@@ -68,8 +84,14 @@ def _valid(text: str, region: str | None) -> PhoneNumber | None:
     return number if phonenumbers.is_valid_number(number) else None
 
 
-def parse_phone(candidate: str, hinted: bool) -> PhoneNumber | None:
-    """The valid number ``candidate`` is written as, or None."""
+def parse_phone(candidate: str, hinted: bool, wide: bool = False) -> PhoneNumber | None:
+    """The valid number ``candidate`` is written as, or None.
+
+    ``wide``: a hint word stands right before the candidate, so national numbers of
+    more regions are tried (``HINTED_EXTRA_REGIONS``). Not for ``assume_hint`` (a
+    whole value under a column rule): phone pseudonyms must be invalid numbers, and
+    hardly any 10-digit string is invalid in every one of 20 regions."""
+    extra = HINTED_EXTRA_REGIONS if wide else ()
     core = _EXTENSION.sub("", candidate)
     if _DECIMAL.fullmatch(core):
         return None  # 0.592668133 is a number, not a phone
@@ -84,13 +106,15 @@ def parse_phone(candidate: str, hinted: bool) -> PhoneNumber | None:
     if head.startswith("0"):
         if count < 9:
             return None
-        for region in TRUNK_REGIONS:
+        for region in TRUNK_REGIONS + extra:
             number = _valid(candidate, region)
             if number is not None:
                 return number
         return None
     if _US.fullmatch(core):
-        return _valid(candidate, "US")
+        number = _valid(candidate, "US")
+        if number is not None or not wide:
+            return number  # after a hint word, "335-474-0384" may be Italian
     # Three or more groups opening with three digits; not ddd-dd-dddd (a US
     # SSN), and not a dotted quad unless a hint word says so ("612.34.71.33"
     # is a Spanish mobile only when "Tel:" stands before it).
@@ -109,21 +133,34 @@ def parse_phone(candidate: str, hinted: bool) -> PhoneNumber | None:
                 return number
     if _IN_GROUPED.fullmatch(core):
         return _valid(candidate, "IN")
-    if hinted and core.isdigit():
-        for region in HINTED_REGIONS:
+    if (hinted and core.isdigit()) or (wide and separators >= 1):
+        for region in HINTED_REGIONS + extra:
             number = _valid(candidate, region)
             if number is not None:
                 return number
     return None
 
 
+def _opens(text: str, group: tuple[int, int]) -> bool:
+    """Whether a group can open a phone number of its own: "+...", "(...", an
+    international prefix ("0044"), or one token with inner separators ("206-886-4764")."""
+    token = text[group[0] : group[1]]
+    return (
+        token[0] in "+("
+        or (token.startswith("00") and 4 <= len(token) <= 5)
+        or "-" in token[1:-1]
+        or "." in token[1:-1]
+    )
+
+
 def _segments(text: str, groups: list[tuple[int, int]], out: list[tuple[int, int]]) -> None:
     """Numbers inside a longer invalid candidate: from its first group on, the
     longest valid run of groups, then again from the group after it.
 
-    Only left-anchored, so "020 7946 0958 2024" yields the phone number but
-    "5508 0503 0626 4453" (a card-like number) does not yield "0503 0626 4453",
-    nor "+49(0) 015177033" the "015177033" after an invalid country prefix.
+    Left-anchored, or anchored at a group that opens a number (``_opens``): so "020 7946 0958
+    2024" yields the phone number but "5508 0503 0626 4453" (a card-like number) does
+    not yield "0503 0626 4453", nor "+49(0) 015177033" the "015177033" after an invalid
+    country prefix.
     """
     i = 0
     while i < len(groups):
@@ -137,7 +174,9 @@ def _segments(text: str, groups: list[tuple[int, int]], out: list[tuple[int, int
                 i = j
                 break
         else:
-            return
+            # No number from here: go on at the next group that opens a number
+            # ("+..." or "(..."), so "req=88 (612) 743-0039" still yields the phone.
+            i = next((k for k in range(i + 1, len(groups)) if _opens(text, groups[k])), len(groups))
 
 
 def find_phones(text: str, assume_hint: bool = False) -> list[tuple[int, int]]:
@@ -145,12 +184,12 @@ def find_phones(text: str, assume_hint: bool = False) -> list[tuple[int, int]]:
     for m in _CANDIDATE.finditer(text):
         candidate = m.group()
         number = parse_phone(candidate, assume_hint)
-        core = _EXTENSION.sub("", candidate)
-        if number is None and not assume_hint and (core.isdigit() or _DOTTED_QUAD.fullmatch(core)):
-            # Bare digits (or a dotted quad): a phone number only after a hint
-            # word; look for one only now, the search costs more than the rest.
+        if number is None and not assume_hint:
+            # Bare digits, a dotted quad, a national number of a region not tried
+            # by default: a phone number only after a hint word ("Tel:", a phone
+            # column's name); look for one only now, the search costs more.
             if _HINT.search(text, max(0, m.start() - 32), m.start()) is not None:
-                number = parse_phone(candidate, True)
+                number = parse_phone(candidate, True, wide=True)
         if number is not None:
             out.append(m.span())
             continue

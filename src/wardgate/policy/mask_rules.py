@@ -19,6 +19,16 @@ from wardgate.masking import ENTITIES, Masker, Strategy
 _IP_ENTITIES = frozenset({"ipv4", "ipv6"})
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """One column glob of a masking rule, as the query rewriter applies it."""
+
+    rule: str
+    glob: str  # schema.table.column, lower case
+    strategy: str  # redact | partial | hash | pseudonym
+    predicates: str = "block"  # allow | block
+
+
 class MaskingRule(Protocol):
     """One of ``masking.rules`` in the configuration (wardgate.config.MaskingRuleConfig;
     policy does not import the configuration)."""
@@ -41,6 +51,12 @@ class MaskingRule(Protocol):
     def columns(self) -> Sequence[str]: ...
     @property
     def strategy(self) -> str: ...
+    @property
+    def sensitive(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def predicates(self) -> str: ...
 
 
 class _Masking(Protocol):
@@ -66,32 +82,35 @@ class SessionMasking:
     content: tuple[Masker, ...]  # run on every text value, in order
     columns: tuple[tuple[str, Masker], ...]  # (schema.table.column glob, masker)
     masks_ips: bool  # content rules cover IP addresses (inet/cidr values are hidden)
-    memo: dict[tuple[bytes, str], bytes | None] = field(default_factory=dict, compare=False)
+    # The column rules again, as the rewriter reads them (postgres/mask_rewrite.py).
+    column_rules: tuple[ColumnRule, ...] = ()
+    memo: dict[tuple[bytes, str, bool], bytes | None] = field(default_factory=dict, compare=False)
 
     def mask_text(self, text: str) -> str:
         for masker in self.content:
             text = masker.mask_text(text)
         return text
 
-    def mask_bytes(self, data: bytes, encoding: str) -> bytes | None:
-        """The masked bytes, or None when nothing was found (the fast path)."""
+    def mask_bytes(self, data: bytes, encoding: str, hinted: bool = False) -> bytes | None:
+        """The masked bytes, or None when nothing was found (the fast path). ``hinted``:
+        the column's name says phone (or SSN, BSN): bare digits count."""
         if len(data) <= _MEMO_MAX_VALUE:
-            key = (data, encoding)
+            key = (data, encoding, hinted)
             try:
                 return self.memo[key]
             except KeyError:
                 pass
-            result = self._mask_bytes(data, encoding)
+            result = self._mask_bytes(data, encoding, hinted)
             if len(self.memo) >= _MEMO_MAX_ENTRIES:
                 self.memo.clear()
             self.memo[key] = result
             return result
-        return self._mask_bytes(data, encoding)
+        return self._mask_bytes(data, encoding, hinted)
 
-    def _mask_bytes(self, data: bytes, encoding: str) -> bytes | None:
+    def _mask_bytes(self, data: bytes, encoding: str, hinted: bool = False) -> bytes | None:
         changed: bytes | None = None
         for masker in self.content:
-            out = masker.mask_bytes(data if changed is None else changed, encoding)
+            out = masker.mask_bytes(data if changed is None else changed, encoding, hinted)
             if out is not None:
                 changed = out
         return changed
@@ -121,11 +140,13 @@ class MaskingPolicy:
         return self._sessions[cache_key]
 
     def _resolve(self, principal: Principal, connection: str) -> SessionMasking | None:
-        rules = [r for r in self._rules if _applies(r, principal, connection)]
+        # sensitive: false rules only mark columns as reviewed and harmless.
+        rules = [r for r in self._rules if r.sensitive and _applies(r, principal, connection)]
         if not rules:
             return None
         content: list[Masker] = []
         columns: list[tuple[str, Masker]] = []
+        column_rules: list[ColumnRule] = []
         ips = False
         for rule in rules:
             strategy = Strategy(rule.strategy)
@@ -135,7 +156,10 @@ class MaskingPolicy:
                 ips = ips or bool(entities & _IP_ENTITIES)
             for pattern in rule.columns:
                 columns.append((_column_glob(pattern), self._masker(strategy, ENTITIES)))
-        return SessionMasking(tuple(content), tuple(columns), ips)
+                column_rules.append(
+                    ColumnRule(rule.name, _column_glob(pattern), rule.strategy, rule.predicates)
+                )
+        return SessionMasking(tuple(content), tuple(columns), ips, column_rules=tuple(column_rules))
 
     def _masker(self, strategy: Strategy, entities: frozenset[str]) -> Masker:
         key = (strategy, entities)

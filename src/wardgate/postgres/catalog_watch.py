@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from wardgate.gate import UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
 from wardgate.postgres.internal import internal_session
+from wardgate.postgres.mask_catalog import MaskCatalogs
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -41,11 +42,22 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # (its cast or input function, its CHECK), closed over domains, arrays and composites
 # of such types. "operator": in a user schema, or implemented by a user function.
 # "implicit": a user cast PostgreSQL may insert into any expression.
+#
+# Objects of an installed extension (pg_depend deptype 'e': citext's type and its `=`,
+# PostGIS's operators, hstore's) whose function is not VOLATILE are trusted like
+# built-ins: an administrator installed them (CREATE EXTENSION is `admin` through the
+# gateway), and PostgreSQL refuses writes in a non-volatile SQL function. Without this,
+# a citext column made every read on its connection a write. A VOLATILE extension
+# function stays a user function.
 _USER_CODE_QUERY = """
-WITH RECURSIVE userfn AS (
+WITH RECURSIVE extension_member AS (
+  SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
+), userfn AS (
   SELECT p.oid FROM pg_catalog.pg_proc p
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND (p.provolatile = 'v' OR (
+      'pg_catalog.pg_proc'::regclass, p.oid) NOT IN (SELECT * FROM extension_member))
 ), usercast AS (
   SELECT c.* FROM pg_catalog.pg_cast c
   JOIN pg_catalog.pg_type s ON s.oid = c.castsource
@@ -95,7 +107,8 @@ JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 UNION
 SELECT 'operator', n.nspname, o.oprname FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND ('pg_catalog.pg_operator'::regclass, o.oid) NOT IN (SELECT * FROM extension_member))
    OR o.oprcode IN (SELECT oid FROM userfn)
 UNION
 SELECT 'implicit', '', format('%s AS %s', c.castsource::regtype, c.casttarget::regtype)
@@ -155,6 +168,14 @@ class CatalogWatch:
             return
         if result.error is not None:
             return
+        if any(
+            rule.columns and (not rule.connections or connection in rule.connections)
+            for rule in services.config.masking.rules
+        ):
+            catalogs = services.state(MaskCatalogs)
+            catalogs.stale(connection)
+            with contextlib.suppress(Exception):  # kept: the last snapshot, then refused
+                await catalogs.get(services, connection)
         self._judge_user_code(services, connection, code, loud)
         found = {(str(row[0]), str(row[1])) for row in result.rows if row[0] in BUILTIN_READ_ONLY}
         names = frozenset(n for n, _ in found)

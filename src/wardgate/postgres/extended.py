@@ -7,6 +7,7 @@ batch and discards until Sync, as the server in its error state does."""
 from __future__ import annotations
 
 from wardgate.actions import Decision, Verdict
+from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.params import ambiguous_params, binding_digest, describe_params
 from wardgate.postgres.relay_state import BIND, CLOSE, EXECUTE, PARSE, POISON_PARSE, Pending
@@ -23,6 +24,12 @@ class ExtendedProtocol(ReviewHold):
         if not verdict.lets_through and not needs_review(verdict):
             self._block_extended(msg.sql, (), verdict, out)
             return
+        rewritten = self._mask_rewrite(msg.sql)
+        if isinstance(rewritten, Verdict):
+            self._block_extended(msg.sql, (), rewritten, out)
+            return
+        if rewritten is not None:
+            raw = build.parse(msg.name, rewritten, msg.param_types)
         model = self.model
         change = model.statements.propose(msg.name, Prepared(msg.sql, msg.param_types), model.batch)
         if self.masking is not None:

@@ -20,6 +20,7 @@ from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.codec.frontend import FrontendDecoder
+from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.relay import PgRelay
 from wardgate.postgres.startup import (
     GENERIC_AUTH_FAILURE,
@@ -374,6 +375,12 @@ class PgListener:
         assert codec is not None  # checked just above
         client.decoder.encoding = codec
 
+        session_masking = services.masking.for_session(principal, connection_name)
+        if session_masking is not None and session_masking.column_rules:
+            try:
+                await services.state(MaskCatalogs).get(services, connection_name)
+            except CatalogUnavailable as exc:  # its statements are refused until it is read
+                log.warning("connection %r: masking catalog unavailable: %s", connection_name, exc)
         session_id = "s_" + secrets.token_hex(8)
         # The client sees the backend's real pid (pg_backend_pid(), pg_stat_activity and
         # notifications match it) but never its secret: a cancel must come through here.

@@ -9,6 +9,7 @@ an IP rule become NULL in inet/cidr columns.
 
 from __future__ import annotations
 
+import re
 import struct
 from enum import IntEnum
 
@@ -25,6 +26,30 @@ JSONB = 3802  # binary form: version byte 1, then the text
 TEXT_ARRAYS = frozenset({1009, 1015, 1014, 1003, 199, 143, 3807})
 IP_TYPES = frozenset({869, 650})  # inet, cidr
 FIRST_USER_OID = 16384  # domains, enums, citext...: text form is text
+BYTEA = 17
+# Text forms that stay valid with masked text inside: a tsvector's lexemes, a record's
+# fields (composite values), bytea in escape form.
+TEXT_HOLDERS = frozenset({3614, 2249, 2287})  # tsvector, record, record[]
+# Types whose values cannot carry a sensitive value: no detection. Every other type is
+# scanned (the second layer: whatever a query turns a value into, detection sees it).
+NO_TEXT = frozenset({
+    16, 26, 28, 700, 701, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 18, 1560, 1562, 29,
+    1000, 1021, 1022, 1182, 1115, 1185, 2951, 1187, 1028,  # their arrays
+})  # fmt: skip
+# Numbers can be a card or phone number (``select card::bigint``): their text form is
+# scanned, and a number with a finding becomes NULL. Binary numbers are not parsed.
+NUMBERS = frozenset({20, 21, 23, 1700, 790, 1005, 1007, 1016, 1231, 791})
+# A result column named like this holds phone numbers (or SSNs, BSNs): bare digits count,
+# as after a hint word ("4155552671" in a column `phone`, also `select x as phone`).
+_HINTED_NAME = re.compile(r"(?i)phone|mobile|(?<![a-z])(?:tel|fax|cell|ssn|bsn)(?![a-z])")
+
+
+def hinted_name(name: str) -> bool:
+    return _HINTED_NAME.search(name) is not None
+
+
+_HEX_MARK = b"\\x"
+_HEX_RUN = re.compile(rb"\\{1,2}x((?:[0-9a-f]{2}){4,})")
 
 
 class Do(IntEnum):
@@ -34,6 +59,9 @@ class Do(IntEnum):
     CONTENT_ARRAY = 3  # binary array of text-like elements
     WHOLE = 4  # a column rule: the whole value, as text
     NULL = 5  # cannot be masked in place and stay valid: NULL
+    CONTENT_HEX = 6  # text form with bytea hex runs (\x6a61...): decoded, scanned
+    CONTENT_OR_NULL = 7  # text form of a non-text type: NULL when detection finds anything
+    CONTENT_HINTED = 8  # text-like, in a column whose name says phone/SSN/BSN
 
 
 _ROW_MEMO_MAX_ROW = 2048
@@ -92,14 +120,23 @@ def _column_plan(
     if col.type_oid in IP_TYPES:
         return (Do.NULL, None) if masking.masks_ips else (Do.PASS, None)
     if col.type_oid in TEXT_LIKE:
-        return Do.CONTENT, None
+        return (Do.CONTENT_HINTED if hinted_name(col.name) else Do.CONTENT), None
     if col.type_oid == JSONB:
         return (Do.CONTENT, None) if text else (Do.CONTENT_JSONB, None)
     if col.type_oid in TEXT_ARRAYS:
         return (Do.CONTENT, None) if text else (Do.CONTENT_ARRAY, None)
-    if text and col.type_oid >= FIRST_USER_OID:
-        return Do.CONTENT, None
-    return Do.PASS, None
+    if col.type_oid in NO_TEXT or (not text and col.type_oid in NUMBERS):
+        return Do.PASS, None
+    if not text:
+        # Binary forms of other types (bytea, tsvector, records, arrays of other
+        # elements) are not parsed here: bytea is its bytes, the rest becomes NULL.
+        return (Do.CONTENT, None) if col.type_oid == BYTEA else (Do.NULL, None)
+    if col.type_oid >= FIRST_USER_OID or col.type_oid in TEXT_HOLDERS:
+        return Do.CONTENT_HEX, None  # composites, domains, enums, tsvector, records
+    if col.type_oid == BYTEA:
+        return Do.CONTENT_HEX, None
+    # Arrays of any other element type, ranges, geometric types, hstore...
+    return Do.CONTENT_OR_NULL, None
 
 
 def mask_data_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
@@ -169,17 +206,48 @@ def _mask_value(
     if do is Do.NULL:
         return None
     if do is Do.CONTENT:
+        if _HEX_MARK in value:  # a bytea in its hex form, cast to text
+            return _mask_with_hex(value, masking, encoding)
         out = masking.mask_bytes(value, encoding)
         return value if out is None else out
     if do is Do.WHOLE:
         text = value.decode(encoding, "surrogateescape")
         return masker.mask_whole(text).encode(encoding, "surrogateescape")  # type: ignore[attr-defined, no-any-return]
+    if do is Do.CONTENT_HINTED:
+        out = masking.mask_bytes(value, encoding, hinted=True)
+        return value if out is None else out
+    if do is Do.CONTENT_HEX:
+        return _mask_with_hex(value, masking, encoding)
+    if do is Do.CONTENT_OR_NULL:
+        out = _mask_with_hex(value, masking, encoding)
+        return value if out is value else None
     if do is Do.CONTENT_JSONB:
         if value[:1] != b"\x01":
             return None  # a jsonb version this gateway does not know: hide it
         out = masking.mask_bytes(value[1:], "utf-8")
         return value if out is None else b"\x01" + out
     return _mask_binary_array(value, masking, encoding)
+
+
+def _mask_with_hex(value: bytes, masking: SessionMasking, encoding: str) -> bytes:
+    """Content-masked text, with each bytea hex run (``\\x6a616e65...``, also inside
+    arrays and records) decoded, masked as text and encoded again."""
+    original = value
+    out = masking.mask_bytes(value, encoding)
+    if out is not None:
+        value = out
+    if _HEX_MARK not in value:
+        return original if value == original else value
+
+    def masked_run(m: re.Match[bytes]) -> bytes:
+        raw = bytes.fromhex(m.group(1).decode("ascii"))
+        new = masking.mask_bytes(raw, encoding)
+        if new is None:
+            return m.group(0)
+        return m.group(0)[: m.start(1) - m.start(0)] + new.hex().encode("ascii")
+
+    value = _HEX_RUN.sub(masked_run, value)
+    return original if value == original else value
 
 
 def _mask_binary_array(value: bytes, masking: SessionMasking, encoding: str) -> bytes | None:
@@ -270,7 +338,12 @@ class ResultMasking:
         """The plan for a result of these columns; the same shape reuses one plan (and
         its memory of masked rows) from query to query."""
         shape = tuple(
-            (c.type_oid, c.format, names.get((c.table_oid, c.attnum)) if c.table_oid else None)
+            (
+                c.type_oid,
+                c.format,
+                names.get((c.table_oid, c.attnum)) if c.table_oid else None,
+                hinted_name(c.name),
+            )
             for c in columns
         )
         if shape not in self._plans:

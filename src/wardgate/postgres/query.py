@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
+from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import IP_TYPES
 
 if TYPE_CHECKING:
@@ -50,6 +52,9 @@ async def run_sql(
     """Run ``sql`` (with text ``params``, through the extended protocol when there are
     any) and return its last result, masked for ``principal``. Raises QueryFailed."""
     read_only = not granted and services.gate.read_only_session(principal.groups, connection)
+    masking = services.masking.for_session(principal, connection)
+    if masking is not None and masking.column_rules:
+        sql = await _rewritten(services, connection, sql, masking)
     try:
         async with internal_session(
             services,
@@ -65,7 +70,6 @@ async def run_sql(
                 results = await session.simple(sql)
     except InternalQueryFailed as exc:
         raise QueryFailed(exc.reason, exc.sqlstate) from None
-    masking = services.masking.for_session(principal, connection)
     for result in results:
         if result.error is not None:
             message = result.error.message
@@ -77,6 +81,24 @@ async def run_sql(
     if masking is not None:
         rows = await _masked(services, connection, last, rows, masking)
     return Answer(last.command, last.count, list(last.columns), rows, last.truncated)
+
+
+async def _rewritten(services: Services, connection: str, sql: str, masking: SessionMasking) -> str:
+    """The same column rewrite a PostgreSQL client of this principal gets."""
+    catalogs = services.state(MaskCatalogs)
+    try:
+        await catalogs.get(services, connection)
+        return catalogs.rewrite(connection, sql, masking.column_rules) or sql
+    except CatalogUnavailable as exc:
+        raise QueryFailed(
+            "wardgate: masking rules on columns need the catalog of this connection, which "
+            f"could not be read ({exc}); nothing was run",
+            "58000",
+        ) from None
+    except Refused as exc:
+        raise QueryFailed(
+            f"wardgate: blocked by masking rule {exc.rule!r}: {exc.reason}", "42501"
+        ) from None
 
 
 async def _masked(

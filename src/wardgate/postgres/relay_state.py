@@ -25,6 +25,8 @@ from wardgate.policy.functions import function_class
 from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
+from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.result_tap import ResultTap, SessionResults
 from wardgate.postgres.session_model import Change, SessionModel
@@ -171,6 +173,36 @@ class RelayState:
             )
         return verdict
 
+    def _mask_rewrite(self, sql: str) -> bytes | Verdict | None:
+        """``sql`` with the principal's masked columns computed masked in the database
+        (mask_rewrite.py), in the client's encoding; None when nothing changes, or the
+        block Verdict of what cannot be proven safe. Sessions without column rules pay
+        nothing."""
+        session = self.masking.masking if self.masking is not None else None
+        if session is None or not session.column_rules:
+            return None
+        try:
+            rewritten = self.services.state(MaskCatalogs).rewrite(
+                self.connection, sql, session.column_rules
+            )
+            return None if rewritten is None else rewritten.encode(self.client.decoder.encoding)
+        except UnicodeEncodeError:
+            return Verdict(
+                Decision.BLOCK,
+                "masking:encoding",
+                "the statement rewritten for masking cannot be written in the session's "
+                "client encoding; use UTF8",
+            )
+        except CatalogUnavailable:
+            return Verdict(
+                Decision.BLOCK,
+                "masking:catalog",
+                "masking rules on columns need the gateway's catalog snapshot of this "
+                "connection, which could not be read; retry in a few seconds",
+            )
+        except Refused as exc:
+            return Verdict(Decision.BLOCK, f"masking:{exc.rule}", exc.reason)
+
     def _act(self, action: Action, verdict: Verdict) -> Act:
         self._seq += 1
         return Act(action, verdict, self._seq)
@@ -181,6 +213,7 @@ class RelayState:
         """A statement completed: after DDL, user routines may shadow a built-in now."""
         if any(i.klass in ("ddl", "admin") for i in act.verdict.statements):
             self.services.state(CatalogWatch).poke()
+            self.services.state(MaskCatalogs).stale(self.connection)
 
     def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
         self._ran(act)

@@ -19,6 +19,7 @@ from wardgate.policy.sql import (
     fetched_cursor,
     prepared_statement_changes,
 )
+from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.relay_state import (
     POISON_QUERY,
@@ -100,6 +101,19 @@ class SimpleQuery(ReviewHold):
             out.append(POISON_QUERY)
             model.next_batch()
             return
+        rewritten = self._mask_rewrite(msg.sql)
+        if isinstance(rewritten, Verdict):
+            for act in acts:
+                act.verdict = rewritten
+                self._record(act, "blocked")
+            self._pending.append(
+                Pending(QUERY, [], block_error(rewritten, self.connection), batch=model.batch)
+            )
+            out.append(POISON_QUERY)
+            model.next_batch()
+            return
+        if rewritten is not None:
+            raw = build.query(rewritten)
         changes = [self._propose(text, info) for text, info in zip(texts, statements, strict=False)]
         for _, verdict in judged:
             self._note_encoding(verdict.statements)

@@ -15,7 +15,13 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.audit.records import (
+    AUDIT_UNAVAILABLE,
+    AUDIT_UNAVAILABLE_HINT,
+    ActionRecord,
+    SessionEnd,
+    SessionRecord,
+)
 from wardgate.audit.responses import SessionResults, session_budget
 from wardgate.core.services import TooManyFailures
 from wardgate.identity.principals import Principal
@@ -211,6 +217,10 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def refusal(self) -> str | None:
         """Why this principal cannot use this connection at all, or None."""
+        if self.services.recorder.unavailable:
+            # Nothing runs that cannot be recorded: every channel gets this, as a
+            # PostgreSQL session gets 57P03.
+            return f"{AUDIT_UNAVAILABLE}\n{AUDIT_UNAVAILABLE_HINT}"
         config = self.services.config
         conn = config.connections.get(self.connection_name)
         assert self.principal is not None

@@ -9,6 +9,7 @@ approval is pending (nothing ran yet; run the same command again after approval)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -16,7 +17,13 @@ from typing import TYPE_CHECKING
 
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.asciicast import Cast
-from wardgate.audit.records import ActionRecord, RecordingRecord
+from wardgate.audit.records import (
+    AUDIT_UNAVAILABLE,
+    AUDIT_UNAVAILABLE_HINT,
+    INTERRUPTED_BY_CRASH,
+    ActionRecord,
+    RecordingRecord,
+)
 from wardgate.audit.responses import ResponseTap
 from wardgate.config import parse_duration
 from wardgate.masking.stream import LineMasker
@@ -87,20 +94,22 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
                 verdict.statements,
             )
     started, t0 = time.time(), time.perf_counter()
+    seq = owner.next_seq()
+
+    def action_record(verdict: Verdict, status: str, **extra: object) -> ActionRecord:
+        return ActionRecord(
+            session_id=owner.session_id,
+            seq=seq,
+            action=action,
+            verdict=verdict,
+            started_at=started,
+            duration_ms=(time.perf_counter() - t0) * 1000.0,
+            status=status,
+            **extra,  # type: ignore[arg-type]
+        )
 
     def record(verdict: Verdict, status: str, **extra: object) -> None:
-        services.recorder.submit(
-            ActionRecord(
-                session_id=owner.session_id,
-                seq=owner.next_seq(),
-                action=action,
-                verdict=verdict,
-                started_at=started,
-                duration_ms=(time.perf_counter() - t0) * 1000.0,
-                status=status,
-                **extra,  # type: ignore[arg-type]
-            )
-        )
+        services.recorder.submit(action_record(verdict, status, **extra))
 
     settled = await settle(
         services.reviews,
@@ -116,6 +125,10 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
         _fail(process, f"{settled.refusal.message}\n{settled.refusal.hint}", status)
         return
     verdict, review = settled.verdict, settled.review
+    if services.recorder.unavailable:
+        services.recorder.refused()  # counted, not queued (AUDIT_UNAVAILABLE_RULE)
+        _fail(process, f"{AUDIT_UNAVAILABLE}\n{AUDIT_UNAVAILABLE_HINT}", EXIT_BLOCKED)
+        return
     try:
         upstream = await owner.upstream()
     except TargetUnavailable as exc:
@@ -124,6 +137,37 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
         _fail(process, message, EXIT_UNREACHABLE)
         return
     masking = services.masking.for_session(principal, name)
+    # Journalled before it runs (audit.journal): if the gateway dies while the command
+    # runs, the store still gets its record, as interrupted.
+    intended = action_record(verdict, "interrupted", error=INTERRUPTED_BY_CRASH)
+    services.recorder.intend(dataclasses.replace(intended, duration_ms=float("nan")))
+    budget = owner.response_budget()
+    tap = ResponseTap(budget, "utf-8", kind="text") if budget is not None else None
+    try:
+        status = await _run(upstream, process, command, masking, tap)
+    except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+        record(verdict, "error", error=f"the channel ended: {exc}")
+        raise
+    response = tap.summary() if tap is not None else None
+    record(verdict, "ok" if status == 0 else "error", command=f"exit {status}", result=response)
+    if review is not None and services.reviews is not None:
+        result = {"status": "ok" if status == 0 else "error", "command": f"exit {status}"}
+        services.tasks.spawn(
+            asyncio.to_thread(services.reviews.service.record_action_result, review, result),
+            name="review-result",
+        )
+    process.exit(status)
+
+
+async def _run(
+    upstream: asyncssh.SSHClientConnection,
+    process: Process,
+    command: str,
+    masking: object,
+    tap: ResponseTap | None,
+) -> int:
+    """Run ``command`` on the target with the client's streams; its exit status. The
+    (masked) output, as the client saw it, goes through ``tap`` for the record."""
     term = process.get_terminal_type()
     width, height, _, _ = process.get_terminal_size()
     proc = await upstream.create_process(
@@ -133,8 +177,6 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
         term_size=(width, height) if term else None,
         env={},  # the client's environment never reaches the target
     )
-    budget = owner.response_budget()
-    tap = ResponseTap(budget, "utf-8", kind="text") if budget is not None else None
 
     def keep(data: bytes) -> None:
         if tap is not None:
@@ -148,15 +190,7 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
     completed = await proc.wait(check=False)
     stdin.cancel()
     status = completed.exit_status if completed.exit_status is not None else EXIT_UNREACHABLE
-    response = tap.summary() if tap is not None else None
-    record(verdict, "ok" if status == 0 else "error", command=f"exit {status}", result=response)
-    if review is not None and services.reviews is not None:
-        result = {"status": "ok" if status == 0 else "error", "command": f"exit {status}"}
-        services.tasks.spawn(
-            asyncio.to_thread(services.reviews.service.record_action_result, review, result),
-            name="review-result",
-        )
-    process.exit(status)
+    return status
 
 
 # What an exec'd command runs with on the target, whatever the client or the account's
@@ -205,6 +239,7 @@ async def _pump_out(
         if out:
             keep(out)  # type: ignore[operator]
             sink.write(out)
+            await sink.drain()  # a client that does not read pauses the target's output
     if masker is not None and (tail := masker.flush()):
         keep(tail)  # type: ignore[operator]
         sink.write(tail)
@@ -231,6 +266,7 @@ async def _pump_stdin(
             proc.stdin.write_eof()
             return
         proc.stdin.write(data)
+        await proc.stdin.drain()  # a target that does not read pauses the client's input
 
 
 async def _shell(owner: GatewayConnection, process: Process) -> None:
@@ -270,6 +306,7 @@ async def _shell(owner: GatewayConnection, process: Process) -> None:
         while data := await source.read(_CHUNK):
             cast.output(time.time(), data)
             sink.write(data)
+            await sink.drain()
 
     stdin = asyncio.ensure_future(_pump_stdin(process, proc, cast))
     await asyncio.gather(pump(proc.stdout, process.stdout), pump(proc.stderr, process.stderr))

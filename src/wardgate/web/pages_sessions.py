@@ -38,7 +38,7 @@ _NAME = re.compile(r"^[a-z0-9_]{1,32}$")  # api.resources' pattern for protocol 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78])")
 Verdict = Literal["allow", "review", "block"]
 VERDICTS: tuple[Verdict, ...] = ("allow", "review", "block")
-PROTOCOLS = ("postgres", "ssh", "mcp")
+PROTOCOLS = ("postgres", "ssh", "kubernetes", "mcp")
 STATUSES = ("active", "closed", "error", "interrupted", "upstream_lost")
 
 

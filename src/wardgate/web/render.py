@@ -119,6 +119,8 @@ def lexer_for(protocol: str | None, kind: str | None = None) -> str:
         return "text"
     if protocol == "ssh" or kind == "shell":
         return "shell"
+    if protocol == "kubernetes" or kind == "kubernetes":
+        return "text"  # a request line and headers: no SQL colouring
     if protocol == "mysql":
         return "mysql"
     return "postgres"

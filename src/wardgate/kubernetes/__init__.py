@@ -1,0 +1,1 @@
+"""The Kubernetes gateway: an HTTP reverse proxy to an API server (docs/kubernetes.md)."""

@@ -1,0 +1,485 @@
+"""The Kubernetes gateway: ``/k8s/<connection>/...`` on the HTTP listener is a reverse
+proxy to that connection's API server. Each request is authenticated by its wardgate
+bearer token, turned into one Action (policy/kubernetes), judged by the gate, held for
+review or refused as a Kubernetes Status, and only then sent upstream with the
+gateway's own credential. Secret values are redacted for masked principals; every
+request is recorded.
+
+The pump is thin: httpx streams the upstream response back (watch and log streams
+included) and only responses that need redacting are read by the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from wardgate.actions import Action, Verdict
+from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.core.services import Services, TooManyFailures
+from wardgate.identity.principals import Principal
+from wardgate.kubernetes.redact import RedactError, WatchRedactor, redact_body
+from wardgate.kubernetes.status import status_body
+from wardgate.kubernetes.upstream import Upstreams
+from wardgate.masking.stream import LineMasker
+from wardgate.policy.kubernetes import RequestInfo, RequestInfoError, request_text, resolve
+from wardgate.reviews.model import ReviewInfo
+from wardgate.reviews.settle import settle
+
+log = logging.getLogger("wardgate.kubernetes")
+
+PREFIX = "/k8s/"
+# Request headers passed to the API server (the rest, Authorization first, are not).
+FORWARDED = frozenset(
+    {"accept", "content-type", "user-agent", "kubectl-command", "kubectl-session"}
+)
+IMPERSONATE = ("impersonate-user", "impersonate-group", "impersonate-uid", "impersonate-extra-")
+RETURNED = frozenset(
+    {
+        "content-type",
+        "warning",
+        "audit-id",
+        "cache-control",
+        "x-kubernetes-pf-flowschema-uid",
+        "x-kubernetes-pf-prioritylevel-uid",
+    }
+)
+MAX_WATCH_LINE = 16 * 1024 * 1024
+SESSION_IDLE = 300.0
+TOKEN_CACHE = 5.0
+TOKEN_CACHE_SIZE = 4096
+
+
+@dataclass
+class _Session:
+    id: str
+    last_used: float
+    seq: int = 0
+
+
+@dataclass
+class KubeState:
+    """Per process: upstream clients and the open recording sessions (one per token,
+    connection and client address, ended after SESSION_IDLE without a request)."""
+
+    upstreams: Upstreams | None = None
+    sessions: dict[tuple[str, str, str], _Session] = field(default_factory=dict)
+    # sha256(token) -> (token id, principal, trusted until): see _authenticate
+    tokens: dict[bytes, tuple[str, str, float]] = field(default_factory=dict)
+
+
+def accept_without_protobuf(accept: str) -> str:
+    """The client's Accept with protobuf ranges removed: the gateway reads JSON only."""
+    kept = [part.strip() for part in accept.split(",") if part.strip() and "protobuf" not in part]
+    return ", ".join(kept) or "application/json"
+
+
+def _status(code: int, message: str, **kw: Any) -> Response:
+    return Response(status_body(code, message, **kw), code, media_type="application/json")
+
+
+class KubernetesGateway:
+    """The ASGI app mounted at ``/k8s`` on the API listener."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.state = services.state(KubeState)
+        if self.state.upstreams is None:
+            self.state.upstreams = Upstreams(services.vault)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # WebSocket exec/attach/port-forward: judged and recorded like any request
+            # (the handshake is a GET), then refused: streams are not proxied yet.
+            async def no_body() -> Message:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            await self.handle(Request({**scope, "type": "http", "method": "GET"}, no_body))
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        response = await self.handle(request)
+        await response(scope, receive, send)
+
+    async def handle(self, request: Request) -> Response:
+        services = self.services
+        raw = request.scope.get("raw_path") or request.scope["path"].encode()
+        full = raw.decode("latin-1")
+        rest = full[full.find(PREFIX) + len(PREFIX) :] if PREFIX in full else ""
+        name, _, tail = rest.partition("/")
+        conn = services.config.connections.get(name)
+        if conn is None or conn.type != "kubernetes":
+            return _status(404, f"wardgate: no Kubernetes connection named {name!r}")
+        principal = await self._authenticate(request)
+        if isinstance(principal, Response):
+            return principal
+        path = "/" + tail
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        try:
+            info = resolve(request.method, path, query)
+        except RequestInfoError:
+            info = RequestInfo(False, path, request.method.lower())
+        body = await _read_body(request, services.config.limits.max_message_bytes)
+        if body is None:
+            return _status(413, "wardgate: the request body is larger than the gateway accepts")
+        headers = list(request.headers.items())
+        text = request_text(request.method, path, query, headers)
+        content_type = request.headers.get("content-type", "")
+        action = Action(
+            principal,
+            name,
+            "kubernetes",
+            "kubernetes",
+            text,
+            params=(body.decode("utf-8", "replace"),) if body else (),
+            session_id=self._session(request, principal, name),
+            client_addr=_addr(request),
+            binding=hashlib.sha256(body).hexdigest() if body else "",
+            context=(("content-type", content_type),) if body else (),
+        )
+        granted = (
+            services.reviews.granted(principal.name, name) if services.reviews else frozenset()
+        )
+        verdict = services.gate.check(action, granted)
+        recorded = _for_record(action, info)
+        started, t0 = time.time(), time.perf_counter()
+        settled = await settle(
+            services.reviews,
+            recorded,
+            verdict,
+            wait=conn.reviews.wait,
+            base_url=services.config.review_url,
+            what="request",
+        )
+        if settled.refusal is not None:
+            self._record(
+                recorded, settled.verdict, started, t0, "blocked", error=settled.refusal.message
+            )
+            causes = [{"reason": "wardgate", "message": f"rule: {settled.verdict.rule}"}]
+            if settled.review is not None:
+                causes.append(
+                    {"reason": "ReviewPending", "field": "review", "message": settled.review.id}
+                )
+            return _status(403, f"{settled.refusal.message}. {settled.refusal.hint}", causes=causes)
+        if (
+            request.headers.get("upgrade")
+            or "upgrade" in request.headers.get("connection", "").lower()
+        ):
+            message = (
+                "wardgate: exec, attach and port-forward streams (WebSocket/SPDY upgrades) are "
+                "not offered through the gateway yet; nothing was run"
+            )
+            self._record(recorded, settled.verdict, started, t0, "not_executed", error=message)
+            return _status(501, message)
+        masking = services.masking.for_session(principal, name)
+        redact = masking is not None and info.resource == "secrets" and not info.api_group
+        # Pod logs of a masked principal go through the masking engine line by line.
+        log_masker = None
+        if masking is not None and info.resource == "pods" and info.subresource == "log":
+            log_masker = LineMasker(masking.mask_text)
+        return await self._forward(
+            request,
+            action,
+            recorded,
+            info,
+            body,
+            redact,
+            log_masker,
+            settled.verdict,
+            settled.review,
+            started,
+            t0,
+        )
+
+    async def _authenticate(self, request: Request) -> Principal | Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return _status(
+                401, "wardgate: send your wardgate token as a bearer token (wardgate kubeconfig)"
+            )
+        # kubectl sends the token with every request, and proving one costs a PBKDF2
+        # (SCRAM keys): a proven token is trusted for TOKEN_CACHE seconds (a revocation
+        # takes effect within that), keyed by its digest, never the token itself.
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        cached = self.state.tokens.get(digest)
+        if cached is not None and cached[2] > now:
+            principal = self.services.config.principal(cached[1])
+            if principal is not None:
+                request.scope["wardgate_token_id"] = cached[0]
+                return principal
+        try:
+            checked = await self.services.check_bearer(token, _addr(request), "kubernetes")
+        except TooManyFailures as exc:
+            return _status(
+                429, f"wardgate: too many failed authentications; retry in {exc.wait:.0f} s"
+            )
+        if checked is None:
+            return _status(
+                401, "wardgate: the token is wrong, revoked, or its principal no longer exists"
+            )
+        info, principal = checked
+        if len(self.state.tokens) >= TOKEN_CACHE_SIZE:
+            self.state.tokens.clear()
+        self.state.tokens[digest] = (info.id, principal.name, now + TOKEN_CACHE)
+        request.scope["wardgate_token_id"] = info.id
+        return principal
+
+    def _session(self, request: Request, principal: Principal, connection: str) -> str:
+        now = time.monotonic()
+        sessions = self.state.sessions
+        for key in [k for k, s in sessions.items() if now - s.last_used > SESSION_IDLE]:
+            ended = sessions.pop(key)
+            self.services.recorder.submit(SessionEnd(ended.id, time.time(), "closed"))
+        key = (str(request.scope.get("wardgate_token_id", "")), connection, _addr(request))
+        session = sessions.get(key)
+        if session is None:
+            session = sessions[key] = _Session("k_" + secrets.token_hex(8), now)
+            self.services.recorder.submit(
+                SessionRecord(
+                    id=session.id,
+                    protocol="kubernetes",
+                    principal=principal,
+                    connection=connection,
+                    client_addr=_addr(request),
+                    started_at=time.time(),
+                    application_name=request.headers.get("user-agent", "")[:200],
+                    tls=request.url.scheme == "https",
+                )
+            )
+        session.last_used = now
+        return session.id
+
+    def _record(
+        self,
+        action: Action,
+        verdict: Verdict,
+        started: float,
+        t0: float,
+        status: str,
+        *,
+        command: str | None = None,
+        rows: int | None = None,
+        error: str | None = None,
+        review: ReviewInfo | None = None,
+    ) -> None:
+        session = next((s for s in self.state.sessions.values() if s.id == action.session_id), None)
+        seq = 0
+        if session is not None:
+            session.seq += 1
+            seq = session.seq
+        self.services.recorder.submit(
+            ActionRecord(
+                session_id=action.session_id,
+                seq=seq,
+                action=action,
+                verdict=verdict,
+                started_at=started,
+                duration_ms=(time.perf_counter() - t0) * 1000.0,
+                status=status,
+                rows=rows,
+                command=command,
+                error=error,
+            )
+        )
+        runtime = self.services.reviews
+        if review is not None and runtime is not None:
+            result = {"status": status, "rows": rows, "command": command, "error": error}
+            self.services.tasks.spawn(
+                _in_thread(runtime.service.record_action_result, review, result),
+                name="review-result",
+            )
+
+    async def _forward(
+        self,
+        request: Request,
+        action: Action,
+        recorded: Action,
+        info: RequestInfo,
+        body: bytes,
+        redact: bool,
+        log_masker: LineMasker | None,
+        verdict: Verdict,
+        review: ReviewInfo | None,
+        started: float,
+        t0: float,
+    ) -> Response:
+        services = self.services
+        assert self.state.upstreams is not None
+        try:
+            client, auth = self.state.upstreams.client(services.config, action.connection)
+        except Exception as exc:  # a missing secret or CA file: said, never detailed
+            log.warning(
+                "kubernetes %s: cannot make the upstream client: %s", action.connection, exc
+            )
+            self._record(recorded, verdict, started, t0, "error", error="upstream not configured")
+            return _status(
+                503, "wardgate: the cluster credential or CA is not available to the gateway"
+            )
+        # A list, not a dict: Impersonate-Group may repeat, and every copy was judged.
+        headers = [
+            (k, v)
+            for k, v in request.headers.items()
+            if (k in FORWARDED and k != "accept") or k.startswith(IMPERSONATE)
+        ]
+        headers.append(("accept", accept_without_protobuf(request.headers.get("accept", ""))))
+        if auth:
+            headers.append(("authorization", auth))
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        url = info.path + (f"?{query}" if query else "")
+        streaming = info.verb == "watch" or info.subresource == "log"
+        upstream_req = client.build_request(
+            request.method,
+            url,
+            headers=headers,
+            content=body or None,
+            # Watches and logs may be quiet for long: no read timeout, only the dial's.
+            timeout=httpx.Timeout(None, connect=services.config.limits.connect_timeout)
+            if streaming
+            else httpx.USE_CLIENT_DEFAULT,
+        )
+        try:
+            upstream = await client.send(upstream_req, stream=True)
+        except httpx.HTTPError as exc:
+            log.info(
+                "kubernetes %s: upstream unreachable: %s", action.connection, type(exc).__name__
+            )
+            self._record(
+                recorded, verdict, started, t0, "error", error="upstream unreachable", review=review
+            )
+            return _status(503, "wardgate: the cluster's API server could not be reached")
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RETURNED}
+        status = "ok" if upstream.status_code < 400 else "error"
+        command = f"HTTP {upstream.status_code}"
+        if redact and not streaming:
+            try:
+                raw = await _read_capped(upstream, action, services)
+                data = redact_body(raw) if raw else raw
+            except RedactError as exc:
+                self._record(
+                    recorded,
+                    verdict,
+                    started,
+                    t0,
+                    "error",
+                    command=command,
+                    error=str(exc),
+                    review=review,
+                )
+                return _status(
+                    502,
+                    f"wardgate: the response could not be redacted ({exc}); it was not passed on",
+                )
+            finally:
+                await upstream.aclose()
+            self._record(
+                recorded,
+                verdict,
+                started,
+                t0,
+                status,
+                command=command,
+                rows=_items(data),
+                review=review,
+            )
+            return Response(data, upstream.status_code, headers=out_headers)
+
+        async def pump() -> AsyncIterator[bytes]:
+            redactor = WatchRedactor(MAX_WATCH_LINE) if redact else None
+            sent, error = 0, None
+            try:
+                async for chunk in upstream.aiter_raw():
+                    if redactor is not None:
+                        out = redactor.feed(chunk)
+                    elif log_masker is not None:
+                        out = log_masker.feed(chunk)
+                    else:
+                        out = chunk
+                    sent += len(out)
+                    if out:
+                        yield out
+                if redactor is not None and (tail := redactor.end()):
+                    yield tail
+                if log_masker is not None and (tail := log_masker.flush()):
+                    yield tail
+            except RedactError as exc:
+                error = str(exc)  # the stream ends here: nothing unredacted goes out
+            except httpx.HTTPError as exc:
+                error = f"upstream stream ended: {type(exc).__name__}"
+            finally:
+                await upstream.aclose()
+                self._record(
+                    recorded, verdict, started, t0, "error" if error else status,
+                    command=f"{command} ({sent} bytes)", error=error, review=review,
+                )  # fmt: skip
+
+        return StreamingResponse(pump(), upstream.status_code, headers=out_headers)
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> None:
+    await asyncio.to_thread(fn, *args)
+
+
+def _addr(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_capped(upstream: httpx.Response, action: Action, services: Services) -> bytes:
+    limit = services.config.connections[action.connection].kube.max_response_bytes
+    chunks, size = [], 0
+    async for chunk in upstream.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            raise RedactError("the response is larger than max_response_bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _items(data: bytes) -> int | None:
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(payload, dict):
+        for key in ("items", "rows"):
+            if isinstance(payload.get(key), list):
+                return len(payload[key])
+    return None
+
+
+def _for_record(action: Action, info: RequestInfo) -> Action:
+    """The action as reviews and the audit log keep it: a Secret's values in a request
+    body are hidden there (the gate judged the real body; ``binding`` still binds it)."""
+    if not action.params or info.resource != "secrets" or info.api_group:
+        return action
+    try:
+        payload = json.loads(action.params[0] or "")
+        text = redact_body(json.dumps(payload).encode()).decode()
+    except (ValueError, RedactError):
+        text = "wardgate: a Secret body (not shown)"
+    return replace(action, params=(text,))

@@ -1,0 +1,79 @@
+"""The gateway's client to an API server: its CA pinned (never the system trust store),
+its credential (bearer token or client certificate) resolved from the vault when the
+client is made and added to each request. Clients never see either."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from wardgate.config import Config, KubernetesUpstreamConfig
+from wardgate.vault.secrets import Vault, resolve_secret
+
+
+class Upstreams:
+    """One pooled httpx client per Kubernetes connection, made again when its upstream
+    settings change (a reload)."""
+
+    def __init__(self, vault: Vault | None) -> None:
+        self._vault = vault
+        self._clients: dict[str, tuple[KubernetesUpstreamConfig, httpx.AsyncClient, str]] = {}
+
+    def client(self, config: Config, name: str) -> tuple[httpx.AsyncClient, str]:
+        """The client of connection ``name`` and the Authorization header it sends."""
+        target = config.connections[name].kube
+        found = self._clients.get(name)
+        if found is not None and found[0] == target:
+            return found[1], found[2]
+        client, auth = _make(config, target, self._vault)
+        self._clients[name] = (target, client, auth)
+        return client, auth
+
+    async def close(self) -> None:
+        for _, client, _ in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+def _make(
+    config: Config, target: KubernetesUpstreamConfig, vault: Vault | None
+) -> tuple[httpx.AsyncClient, str]:
+    base = Path(config.base_dir)
+    verify: ssl.SSLContext | bool = False
+    if target.url.startswith("https://"):
+        assert target.ca is not None  # the config requires it
+        context = ssl.create_default_context(cafile=str(config.path(target.ca)))
+        if target.client_cert is not None and target.client_key is not None:
+            key = resolve_secret(target.client_key, vault, base_dir=base)
+            _load_client_cert(context, str(config.path(target.client_cert)), key, config)
+        verify = context
+    auth = ""
+    if target.token is not None:
+        auth = "Bearer " + resolve_secret(target.token, vault, base_dir=base).strip()
+    limits = config.limits
+    client = httpx.AsyncClient(
+        base_url=target.url.rstrip("/"),
+        verify=verify,
+        timeout=httpx.Timeout(60.0, connect=limits.connect_timeout),
+        follow_redirects=False,
+        trust_env=False,  # no proxy or CA from the environment: the cluster is pinned
+        headers={"Accept-Encoding": "identity"},
+    )
+    return client, auth
+
+
+def _load_client_cert(context: ssl.SSLContext, cert: str, key: str, config: Config) -> None:
+    # ssl reads keys from files only: a private file that lives as long as this call.
+    folder = config.data_path
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=folder, prefix=".kube-key-")
+    try:
+        os.write(fd, key.encode())
+        os.close(fd)
+        context.load_cert_chain(cert, path)
+    finally:
+        os.unlink(path)

@@ -1,0 +1,137 @@
+"""The class (read / write / admin) and kinds of one Kubernetes API request.
+
+An Action of kind ``kubernetes`` carries the request as text: ``METHOD /path?query`` on
+the first line and, on the lines after it, any impersonation header (they change who the
+request runs as, so they are judged and bound by approvals like the path). The body, when
+there is one, is the action's first parameter and its content type is in its context.
+"""
+
+from __future__ import annotations
+
+from wardgate.actions import StatementInfo
+from wardgate.policy.kubernetes.objects import OBJECT_KINDS, BodyError, object_kinds, parse_body
+from wardgate.policy.kubernetes.requestinfo import RequestInfo, RequestInfoError, resolve
+
+KUBERNETES_CLASSES = ("read", "write", "admin")
+READ_VERBS = frozenset({"get", "list", "watch"})
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+# Subresources that run something in a pod or reach into it: a shell, not a read.
+SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
+# Writing these changes who may do what (or mints a credential).
+ADMIN_RESOURCES = frozenset(
+    {
+        "roles.rbac.authorization.k8s.io",
+        "rolebindings.rbac.authorization.k8s.io",
+        "clusterroles.rbac.authorization.k8s.io",
+        "clusterrolebindings.rbac.authorization.k8s.io",
+        "serviceaccounts/token",
+        "certificatesigningrequests.certificates.k8s.io/approval",
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        "validatingwebhookconfigurations.admissionregistration.k8s.io",
+        "validatingadmissionpolicies.admissionregistration.k8s.io",
+        "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+    }
+)
+# Non-resource paths kubectl reads to find its way: discovery, version, OpenAPI, health.
+DISCOVERY_PREFIXES = ("/api", "/apis", "/version", "/openapi", "/healthz", "/livez", "/readyz")
+IMPERSONATE_HEADERS = ("impersonate-user", "impersonate-group", "impersonate-uid")
+
+KUBERNETES_KINDS = frozenset(
+    {
+        *READ_VERBS,
+        *WRITE_VERBS,
+        "proxy",
+        "exec",
+        "attach",
+        "portforward",
+        "log",
+        "eviction",
+        "impersonate",
+        "discovery",
+        "secret_read",
+        "delete_namespace",
+        "rbac_write",
+        "nonresource",
+        *OBJECT_KINDS,
+    }
+)
+
+
+def request_text(method: str, path: str, query: str, headers: list[tuple[str, str]]) -> str:
+    """The judged text of a request: its line, then impersonation headers in order."""
+    line = f"{method.upper()} {path}" + (f"?{query}" if query else "")
+    extra = [
+        f"{k.lower()}: {v}"
+        for k, v in headers
+        if k.lower() in IMPERSONATE_HEADERS or k.lower().startswith("impersonate-extra-")
+    ]
+    return "\n".join([line, *extra])
+
+
+def _unknown(text: str, error: str) -> StatementInfo:
+    return StatementInfo("unknown", (), text, error)
+
+
+def classify_request(text: str, body: str | None = None, content_type: str = "") -> StatementInfo:
+    line, *extra = text.split("\n")
+    method, _, target = line.partition(" ")
+    path, _, query = target.partition("?")
+    try:
+        info = resolve(method, path, query)
+    except RequestInfoError as exc:
+        return _unknown(text, str(exc))
+    kinds: list[str] = []
+    klass = _class_of(info, kinds)
+    if klass is None:
+        return _unknown(text, f"{method} is not a Kubernetes API verb for {path}")
+    if extra:
+        kinds.append("impersonate")
+        klass = "admin"
+    if body:
+        try:
+            data = parse_body(body, content_type)
+        except BodyError as exc:
+            return _unknown(text, str(exc))
+        kinds.extend(object_kinds(data, info.resource, content_type))
+    return StatementInfo(
+        klass,
+        tuple(dict.fromkeys(kinds)),
+        text,
+        resources=(info.resource_key,) if info.is_resource_request else (),
+        namespaces=(info.namespace,) if info.namespace else (),
+        verbs=(info.verb,),
+    )
+
+
+def _class_of(info: RequestInfo, kinds: list[str]) -> str | None:
+    if not info.is_resource_request:
+        kinds.append("nonresource")
+        if info.verb in ("get", "head") and (
+            info.path in ("", "/")
+            or any(info.path == p or info.path.startswith(p + "/") for p in DISCOVERY_PREFIXES)
+        ):
+            kinds.append("discovery")
+            return "read"
+        return None
+    kinds.append(info.verb)
+    key = info.resource_key
+    if info.verb == "proxy" or info.subresource in SESSION_SUBRESOURCES:
+        kinds.append(info.subresource or "proxy")
+        return "admin"
+    if info.verb in READ_VERBS:
+        if info.resource == "secrets" and not info.api_group:
+            kinds.append("secret_read")
+        if info.subresource == "log":
+            kinds.append("log")
+        return "read"
+    if info.verb not in WRITE_VERBS:
+        return None
+    if info.resource == "pods" and info.subresource == "eviction":
+        kinds.append("eviction")
+    if info.resource == "namespaces" and not info.api_group and info.verb == "delete":
+        kinds.append("delete_namespace")
+    if key in ADMIN_RESOURCES or key.partition("/")[0] in ADMIN_RESOURCES:
+        if info.api_group == "rbac.authorization.k8s.io":
+            kinds.append("rbac_write")
+        return "admin"
+    return "write"

@@ -1,0 +1,172 @@
+"""What a Kubernetes request body would do, for guardrails: privileged or host-sharing
+pods, Services opened on node ports or load balancers, bindings to cluster-admin.
+
+Bodies are JSON or YAML (objects, merge/strategic/apply patches) or JSON Patch. The
+scan is structural and deliberately broad: a pod template nested in a Deployment,
+CronJob or a patch is found wherever it sits. Duplicate keys (also differing only in
+case) are refused: the server and the gateway could keep different ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+
+class BodyError(ValueError):
+    """The body cannot be judged; the request is treated as unparsable."""
+
+
+JSON_TYPES = frozenset(
+    {
+        "application/json",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+        "application/apply-patch+json",
+    }
+)
+JSON_PATCH = "application/json-patch+json"
+YAML_TYPES = frozenset({"application/yaml", "application/apply-patch+yaml"})
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+
+OBJECT_KINDS = (
+    "privileged",
+    "host_path",
+    "host_network",
+    "host_pid",
+    "host_ipc",
+    "service_nodeport",
+    "service_loadbalancer",
+    "cluster_admin_binding",
+    "open_cidr",
+)
+_WORLD = frozenset({"0.0.0.0/0", "::/0"})
+
+
+def media_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        folded = key.lower()
+        if folded in seen:
+            raise BodyError(f"duplicate key {key!r} in the body")
+        seen.add(folded)
+    return dict(pairs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _yaml_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    loader.flatten_mapping(node)
+    pairs = [
+        (loader.construct_object(k, deep=True), loader.construct_object(v, deep=True))
+        for k, v in node.value
+    ]
+    return _pairs([(str(k), v) for k, v in pairs])
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+
+
+def parse_body(body: str, content_type: str) -> Any:
+    """The body as data; BodyError when it is not JSON/YAML the gateway can judge."""
+    kind = media_type(content_type)
+    if kind == PROTOBUF or kind.endswith("+protobuf"):
+        raise BodyError(
+            "protobuf bodies are not judged (kubectl's create/expose/run subcommands send "
+            "protobuf); send the object as JSON or YAML, e.g. kubectl apply -f or create -f"
+        )
+    try:
+        if kind in JSON_TYPES or kind == JSON_PATCH or not kind:
+            return json.loads(body, object_pairs_hook=_pairs)
+        if kind in YAML_TYPES:
+            # Aliases could expand a small body into an exponential tree (and hide what it
+            # sets behind a reference): refused, as no manifest needs them.
+            if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(body, Loader=_StrictLoader)):
+                raise BodyError("YAML aliases are not accepted in a request body")
+            docs = list(yaml.load_all(body, Loader=_StrictLoader))  # noqa: S506 (strict safe loader)
+            if len(docs) != 1:
+                raise BodyError("a YAML body must hold exactly one document")
+            return docs[0]
+    except RecursionError:
+        raise BodyError("the body is nested too deeply") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        if isinstance(exc, BodyError):
+            raise
+        raise BodyError(f"the body is not valid {kind or 'JSON'}: {exc}") from None
+    raise BodyError(f"content type {kind!r} is not judged; send JSON or YAML")
+
+
+def _from_json_patch(ops: Any) -> dict[str, Any]:
+    """JSON Patch operations as one nested object of the values they set."""
+    if not isinstance(ops, list):
+        raise BodyError("a JSON Patch body must be a list of operations")
+    tree: dict[str, Any] = {}
+    for op in ops:
+        if not isinstance(op, dict) or not isinstance(op.get("path"), str):
+            raise BodyError("a JSON Patch operation needs a path")
+        if op.get("op") not in ("add", "replace", "test", "remove", "move", "copy"):
+            raise BodyError(f"unknown JSON Patch op {op.get('op')!r}")
+        if op["op"] in ("move", "copy"):
+            # Values taken from elsewhere in the object: the gateway cannot see them.
+            raise BodyError("JSON Patch move/copy operations are not judged")
+        keys = [k.replace("~1", "/").replace("~0", "~") for k in op["path"].split("/")[1:]]
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+        if keys and "value" in op:
+            node[keys[-1]] = op["value"]
+    return tree
+
+
+def _walk(value: Any) -> Iterator[tuple[str, Any]]:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                yield key, child
+                stack.append(child)
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def object_kinds(data: Any, resource: str, content_type: str) -> tuple[str, ...]:
+    """The guardrail kinds a request body carries (OBJECT_KINDS)."""
+    if media_type(content_type) == JSON_PATCH:
+        data = _from_json_patch(data)
+    found: set[str] = set()
+    for key, value in _walk(data):
+        if key == "privileged" and value is True:
+            found.add("privileged")
+        elif key == "hostPath" and value is not None:
+            found.add("host_path")
+        elif key == "hostNetwork" and value is True:
+            found.add("host_network")
+        elif key == "hostPID" and value is True:
+            found.add("host_pid")
+        elif key == "hostIPC" and value is True:
+            found.add("host_ipc")
+        elif key == "type" and resource == "services":
+            if value == "NodePort":
+                found.add("service_nodeport")
+            elif value == "LoadBalancer":
+                found.add("service_loadbalancer")
+        elif key == "nodePort" and resource == "services" and value:
+            found.add("service_nodeport")
+        elif key == "roleRef" and isinstance(value, dict) and value.get("name") == "cluster-admin":
+            found.add("cluster_admin_binding")
+        elif key == "cidr" and isinstance(value, str) and value.strip() in _WORLD:
+            found.add("open_cidr")  # a NetworkPolicy ipBlock open to every address
+        elif key == "loadBalancerSourceRanges" and isinstance(value, list):
+            if any(isinstance(v, str) and v.strip() in _WORLD for v in value):
+                found.add("open_cidr")
+    return tuple(k for k in OBJECT_KINDS if k in found)

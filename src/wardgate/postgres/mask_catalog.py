@@ -1,0 +1,343 @@
+"""The catalog facts column masking by rewriting needs (mask_rewrite.py), per connection:
+every relation's columns and types, what each view reads (pg_depend on pg_rewrite,
+closed over views of views), the names of user routines; and the ``wardgate_mask``
+schema's functions, installed idempotently with the upstream credential.
+
+Looked up on a short-lived gateway session and cached per worker for ``TTL`` seconds;
+a DDL statement through the gateway drops the cache (``invalidate``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.mask_rewrite import (
+    BLOCKED_FUNCTIONS,
+    BLOCKED_RELATIONS,
+    MASK_SCHEMA,
+    ColumnRule,
+    MaskCatalog,
+    Refused,
+    Table,
+    rewrite,
+)
+
+if TYPE_CHECKING:
+    from wardgate.core.services import Services
+
+log = logging.getLogger("wardgate.postgres")
+
+TTL = 30.0
+_MAX_ROWS = 500_000
+_MAX_REWRITES = 4096
+
+TABLES_SQL = """
+SELECT n.nspname, c.relname, c.relkind, a.attname,
+       pg_catalog.format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute a
+  ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+ORDER BY n.nspname, c.relname, a.attnum
+"""
+SYSTEM_SQL = """
+SELECT DISTINCT c.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'v', 'm')
+"""
+# User routines by name; operators and types through which PostgreSQL runs one.
+FUNCTIONS_SQL = """
+WITH userfn AS (
+  SELECT p.oid, p.proname FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'wardgate_mask')
+)
+SELECT 'function', proname FROM userfn
+UNION SELECT 'operator', o.oprname FROM pg_catalog.pg_operator o
+  WHERE o.oprcode IN (SELECT oid FROM userfn)
+UNION SELECT 'type', t.typname FROM pg_catalog.pg_cast c
+  JOIN pg_catalog.pg_type t ON t.oid = c.casttarget WHERE c.castfunc IN (SELECT oid FROM userfn)
+UNION SELECT 'type', t.typname FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+  WHERE t.typinput IN (SELECT oid FROM userfn)
+     OR (t.typtype = 'd' AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
+"""
+# What each view (or materialized view) outside the system schemas reads: a column,
+# a whole row ('*'), a user routine, or a built-in that reads past the rewrite. Reads
+# of blocked catalogs (pg_stats...) are refused by the rewriter.
+VIEW_READS_SQL = """
+SELECT vn.nspname, v.relname, tn.nspname, t.relname, coalesce(a.attname, '*')
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_catalog.pg_rewrite'::regclass
+JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+JOIN pg_catalog.pg_class t ON t.oid = d.refobjid AND d.refclassid = 'pg_catalog.pg_class'::regclass
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+LEFT JOIN pg_catalog.pg_attribute a
+  ON a.attrelid = t.oid AND a.attnum = d.refobjsubid AND d.refobjsubid > 0
+WHERE v.oid <> t.oid AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (tn.nspname <> 'pg_catalog' OR t.relname IN ({BLOCKED_RELATIONS})
+       OR (t.relname = 'pg_stat_activity' AND a.attname = 'query'))
+UNION
+SELECT vn.nspname, v.relname, 'function', pn.nspname || '.' || p.proname, ''
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_catalog.pg_rewrite'::regclass
+JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE (pn.nspname NOT IN ('pg_catalog', 'information_schema') OR p.proname IN ({BLOCKED}))
+  AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
+""".format(
+    BLOCKED=", ".join(f"'{n}'" for n in sorted(BLOCKED_FUNCTIONS)),
+    BLOCKED_RELATIONS=", ".join(f"'{n}'" for n in sorted(BLOCKED_RELATIONS)),
+)
+
+
+# Partitions and inheritance children, every level: a read of the parent returns them.
+INHERITS_SQL = """
+WITH RECURSIVE down(parent, child) AS (
+  SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
+  UNION SELECT d.parent, i.inhrelid FROM down d
+  JOIN pg_catalog.pg_inherits i ON i.inhparent = d.child
+)
+SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM down
+JOIN pg_catalog.pg_class p ON p.oid = down.parent
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_catalog.pg_class c ON c.oid = down.child
+JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+"""
+
+
+def db_key(masking_key: bytes) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer padded keys for the database's own key, derived
+    from (never equal to) the gateway's masking key."""
+    key = hmac.digest(masking_key, b"wardgate-db-mask\x00v1", "sha256").ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def install_sql(masking_key: bytes) -> str:
+    """The schema, key and functions; safe to run again (one transaction, serialised
+    between gateway processes by an advisory lock)."""
+    ipad, opad = db_key(masking_key)
+    s = MASK_SCHEMA
+    return f"""
+BEGIN;
+SELECT pg_catalog.pg_advisory_xact_lock(7716300116);
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.key (
+  id int PRIMARY KEY CHECK (id = 1), ipad bytea NOT NULL, opad bytea NOT NULL);
+REVOKE ALL ON {s}.key FROM PUBLIC;
+INSERT INTO {s}.key VALUES (1, '\\x{ipad.hex()}'::bytea, '\\x{opad.hex()}'::bytea)
+  ON CONFLICT (id) DO UPDATE SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad;
+CREATE OR REPLACE FUNCTION {s}.hmac_hex(v text) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE AS $f$
+  SELECT pg_catalog.encode(pg_catalog.sha256(k.opad || pg_catalog.sha256(
+    k.ipad || pg_catalog.convert_to(v, 'UTF8'))), 'hex')
+  FROM {s}.key k WHERE k.id = 1 $f$;
+CREATE OR REPLACE FUNCTION {s}.hash(v text) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE AS $f$
+  SELECT 'h:' || pg_catalog.left({s}.hmac_hex('hash' || v), 16) $f$;
+CREATE OR REPLACE FUNCTION {s}.pseudonym(v text) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE AS $f$
+  SELECT CASE WHEN pg_catalog.strpos(v, '@') > 0
+    THEN 'user_' || pg_catalog.left({s}.hmac_hex('pseudonym' || v), 10) || '@example.invalid'
+    ELSE 'tok_' || pg_catalog.left({s}.hmac_hex('pseudonym' || v), 12) END $f$;
+CREATE OR REPLACE FUNCTION {s}.partial(v text) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $f$
+  SELECT CASE
+    WHEN v ~ '^[^@[:space:]]+@[^@[:space:]]+$' THEN pg_catalog.left(v, 1) || '****@*****'
+      || coalesce(pg_catalog.substring(v, '\\.[[:alpha:]]+$'), '')
+    WHEN pg_catalog.length(v) <= 8 THEN '****'
+    ELSE pg_catalog.regexp_replace(pg_catalog.left(v, -4), '[[:alnum:]]', '*', 'g')
+      || pg_catalog.right(v, 4) END $f$;
+COMMIT;
+"""
+
+
+def build_catalog(
+    tables: list[tuple[str, str, str, str | None, str | None]],
+    system: list[str],
+    functions: list[tuple[str, str]],
+    view_reads: list[tuple[str, str, str, str, str]],
+    installed: bool,
+    inherits: Sequence[tuple[str, str, str, str]] = (),
+) -> MaskCatalog:
+    """The snapshot from the four queries' rows (pure)."""
+    columns: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    kinds: dict[tuple[str, str], str] = {}
+    for schema, name, kind, column, type_name in tables:
+        key = (schema, name)  # identifiers are exact: "Email" is not email
+        kinds[key] = kind
+        cols = columns.setdefault(key, [])
+        if column is not None and type_name is not None:
+            cols.append((column, type_name))
+    direct: dict[tuple[str, str], set[str]] = {}
+    for vschema, vname, tschema, tname, column in view_reads:
+        reads = direct.setdefault((vschema, vname), set())
+        if tschema == "function":
+            reads.add(f"function {tname}")
+        else:
+            reads.add(f"{tschema}.{tname}.{column}")
+    closed = {view: _closure(view, direct) for view in direct}
+    children: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for pschema, pname, cschema, cname in inherits:
+        children.setdefault((pschema, pname), set()).add((cschema, cname))
+    return MaskCatalog.of(
+        (
+            Table(
+                s,
+                n,
+                kinds[(s, n)],
+                tuple(cols),
+                frozenset(closed.get((s, n), ())),
+                frozenset(children.get((s, n), ())),
+            )
+            for (s, n), cols in columns.items()
+        ),
+        system,
+        (name for kind, name in functions if kind == "function"),
+        installed,
+        (name for kind, name in functions if kind == "operator"),
+        (name for kind, name in functions if kind == "type"),
+    )
+
+
+def _closure(view: tuple[str, str], direct: dict[tuple[str, str], set[str]]) -> set[str]:
+    """What a view reads, through the views it reads."""
+    seen: set[tuple[str, str]] = set()
+    out: set[str] = set()
+    stack = [view]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for read in direct.get(current, ()):
+            out.add(read)
+            if not read.startswith("function "):
+                schema, name, _ = read.split(".", 2)
+                if (schema, name) in direct:
+                    stack.append((schema, name))
+    return out
+
+
+class CatalogUnavailable(Exception):
+    pass
+
+
+class MaskCatalogs:
+    """One per worker process (``services.state(MaskCatalogs)``)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[float, MaskCatalog]] = {}
+        self._installed: set[str] = set()
+        # Rewrites are pure in (catalog, rules, sql) and agents repeat their statements:
+        # remembered per snapshot, bounded.
+        self._rewrites: dict[
+            str, tuple[MaskCatalog, dict[tuple[Any, ...], str | Refused | None]]
+        ] = {}
+
+    def rewrite(self, connection: str, sql: str, rules: tuple[ColumnRule, ...]) -> str | None:
+        """``rewrite`` on the latest snapshot, remembered; raises Refused, or
+        CatalogUnavailable when there is no snapshot."""
+        catalog = self.latest(connection)
+        if catalog is None:
+            raise CatalogUnavailable("no catalog snapshot of this connection yet")
+        held = self._rewrites.get(connection)
+        if held is None or held[0] is not catalog:
+            held = (catalog, {})
+            self._rewrites[connection] = held
+        memo = held[1]
+        key = (sql, rules)
+        if key not in memo:
+            if len(memo) >= _MAX_REWRITES:
+                memo.clear()
+            try:
+                memo[key] = rewrite(sql, catalog, rules)
+            except Refused as exc:
+                memo[key] = exc
+        found = memo[key]
+        if isinstance(found, Refused):
+            raise found
+        return found
+
+    def known(self, connection: str) -> MaskCatalog | None:
+        entry = self._cache.get(connection)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def latest(self, connection: str) -> MaskCatalog | None:
+        """The last snapshot, however old (the catalog watch refreshes it)."""
+        entry = self._cache.get(connection)
+        return entry[1] if entry is not None else None
+
+    def stale(self, connection: str) -> None:
+        """DDL ran: the next ``get`` reads the catalog again."""
+        entry = self._cache.get(connection)
+        if entry is not None:
+            self._cache[connection] = (0.0, entry[1])
+
+    async def get(self, services: Services, connection: str) -> MaskCatalog:
+        """The snapshot, fetched when missing or stale; raises CatalogUnavailable."""
+        known = self.known(connection)
+        if known is not None:
+            return known
+        try:
+            async with internal_session(
+                services,
+                connection,
+                application_name="wardgate-mask-catalog",
+                timeout=10,
+                max_rows=_MAX_ROWS,
+            ) as session:
+                if connection not in self._installed:
+                    results = await session.simple(install_sql(services.masking_key))
+                    if all(r.error is None for r in results):
+                        self._installed.add(connection)
+                    else:
+                        await session.simple("ROLLBACK")
+                        error = next(r.error for r in results if r.error is not None)
+                        log.warning(
+                            "connection %r: could not install the %s functions (%s); "
+                            "partial, hash and pseudonym column rules mask to NULL",
+                            connection,
+                            MASK_SCHEMA,
+                            error.message if error is not None else "unknown error",
+                        )
+                answers = [
+                    await session.extended(sql, max_rows=_MAX_ROWS)
+                    for sql in (
+                        TABLES_SQL,
+                        SYSTEM_SQL,
+                        FUNCTIONS_SQL,
+                        VIEW_READS_SQL,
+                        INHERITS_SQL,
+                    )
+                ]
+        except InternalQueryFailed as exc:
+            raise CatalogUnavailable(exc.reason) from None
+        for answer in answers:
+            if answer.error is not None:
+                raise CatalogUnavailable(answer.error.message)
+            if answer.truncated:
+                raise CatalogUnavailable("the catalog is larger than the gateway reads")
+        tables, system, functions, views, inherits = answers
+        catalog = build_catalog(
+            [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in tables.rows],
+            [str(r[0]) for r in system.rows],
+            [(str(r[0]), str(r[1])) for r in functions.rows],
+            [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in views.rows],
+            connection in self._installed,
+            [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in inherits.rows],
+        )
+        self._cache[connection] = (time.monotonic() + TTL, catalog)
+        return catalog

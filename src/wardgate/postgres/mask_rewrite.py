@@ -1,0 +1,1051 @@
+"""Column masking by rewriting: a statement's parse tree with every reference to a
+sensitive column replaced by an expression that computes the masked value in the
+database, so whatever the query does to the column (``replace``, ``encode``, casts,
+aggregates) it does to masked values. Pure: SQL and a catalog snapshot in, SQL out.
+
+What the rewriter cannot prove safe it refuses (``Refused``), never passes: whole-row
+references of a table with sensitive columns, views and routines over them, ``COPY t
+TO``, predicates on sensitive columns (unless the rule allows them), catalogs that
+hold row values or secrets (pg_stats, pg_authid...), functions that run SQL text.
+``SELECT *`` and ``TABLE t`` are expanded from the catalog into the table's columns,
+masked where a rule says so. See docs/masking.md, "Column masking by rewriting".
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.enums.parsenodes import SetOperation
+from pglast.parser import ParseError, parse_sql_json
+from pglast.stream import RawStream
+
+from wardgate.policy.functions import BUILTIN_READ_ONLY, WRITE_FUNCTIONS
+from wardgate.policy.mask_rules import ColumnRule as ColumnRule  # re-exported
+
+_new: Any = ast  # pglast's node constructors are untyped
+_Stream: Any = RawStream
+
+MASK_SCHEMA = "wardgate_mask"
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+
+# Catalog relations that hold row values, statistics about them, or secrets.
+BLOCKED_RELATIONS = frozenset(
+    {
+        "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic",
+        "pg_statistic_ext_data", "pg_authid", "pg_shadow", "pg_user_mappings",
+        "pg_user_mapping", "pg_largeobject", "pg_largeobject_metadata", "pg_stat_statements",
+        "pg_stat_statements_info",
+    }
+)  # fmt: skip
+# Built-ins that read values past the rewrite: SQL text they run, files, large objects,
+# the query texts of sessions (this one's is the rewritten text, with no clear value,
+# but other sessions' are not), statistics.
+BLOCKED_FUNCTIONS = frozenset(
+    {
+        "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
+        "cursor_to_xmlschema", "table_to_xml", "table_to_xmlschema",
+        "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
+        "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema",
+        "database_to_xml_and_xmlschema", "ts_stat", "current_query", "lo_get", "loread",
+        "lo_export", "lo_import", "lo_open", "pg_read_file", "pg_read_binary_file",
+        "pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_mcv_list_items",
+        "pg_get_statisticsobjdef_expressions", "pg_stat_statements", "dblink",
+    }
+)  # fmt: skip
+# pg_stat_activity: the query text of the session itself only.
+_ACTIVITY = frozenset({"pg_stat_activity"})
+_TEXT_TYPES = ("text", "character varying", "character", "name", "citext", "bpchar", "varchar")
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A relation of the catalog: its columns in order (name, format_type), and for a
+    view what it reads (``schema.table.column``, ``schema.table.*`` for a whole row,
+    ``function schema.name`` for a user routine), closed over views of views."""
+
+    schema: str
+    name: str
+    kind: str  # pg_class.relkind
+    columns: tuple[tuple[str, str], ...]
+    reads: frozenset[str] = frozenset()
+    children: frozenset[tuple[str, str]] = frozenset()  # partitions, inheritors: all levels
+
+
+@dataclass(frozen=True, slots=True)
+class MaskCatalog:
+    tables: Mapping[str, tuple[Table, ...]]  # by relname, every schema
+    system: frozenset[str] = frozenset()  # relnames in pg_catalog / information_schema
+    user_functions: frozenset[str] = frozenset()  # names of routines outside them
+    functions_installed: bool = False  # the wardgate_mask schema's functions
+    # Operators implemented by user routines; types whose cast or input runs one (or
+    # domains, whose CHECK may).
+    user_operators: frozenset[str] = frozenset()
+    user_types: frozenset[str] = frozenset()
+    # (rules, schema, table) -> the table has no masked column and reads nothing
+    # refused: the fast path asks it for every statement.
+    clean: dict[tuple[Any, ...], bool] = field(default_factory=dict, compare=False)
+
+    @staticmethod
+    def of(
+        tables: Iterable[Table],
+        system: Iterable[str] = (),
+        user_functions: Iterable[str] = (),
+        functions_installed: bool = False,
+        user_operators: Iterable[str] = (),
+        user_types: Iterable[str] = (),
+    ) -> MaskCatalog:
+        by_name: dict[str, list[Table]] = {}
+        for t in tables:
+            by_name.setdefault(t.name, []).append(t)
+        return MaskCatalog(
+            {k: tuple(v) for k, v in by_name.items()},
+            frozenset(system),
+            frozenset(user_functions),
+            functions_installed,
+            frozenset(user_operators),
+            frozenset(user_types),
+        )
+
+
+class Refused(Exception):
+    """The statement cannot be proven safe to run for this principal."""
+
+    def __init__(self, reason: str, rule: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rule = rule
+
+
+@dataclass(frozen=True, slots=True)
+class Masked:
+    """A sensitive column of one relation: the rule and the column's type."""
+
+    rule: ColumnRule
+    type: str
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One relation of a FROM list, by the name the query refers to it."""
+
+    refname: str
+    schema: str | None
+    table: Table | None  # None: a subquery, CTE or function (its output is safe)
+    masked: dict[str, Masked]  # by the name the query sees (an alias may rename)
+    activity: bool = False  # pg_stat_activity
+    names: tuple[str, ...] = ()  # the columns as the query sees them
+
+    def has(self, column: str) -> bool:
+        return self.table is not None and column in self.names
+
+
+_Level = list[_Entry]
+_OUTPUT, _PREDICATE, _WRITE = "output", "predicate", "write"
+
+
+def rewrite(sql: str, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> str | None:
+    """``sql`` with sensitive columns masked, or None when nothing needed a change.
+    Raises Refused. Unparsable SQL is returned unchanged: the gate has judged it and
+    the server's parser refuses it too."""
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except ParseError:
+        return None
+    if _nothing_to_do(tree, catalog, rules):
+        return None  # the fast path: no masked table, nothing refused
+    statements = parse_sql(sql)
+    rewriter = _Rewriter(catalog, rules)
+    for raw in statements:
+        raw.stmt = rewriter.statement(raw.stmt)
+    if not rewriter.changed:
+        return None
+    return "; ".join(str(_Stream()(raw)) for raw in statements)
+
+
+_SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt"})
+
+
+def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> bool:
+    """True when the statement names no relation with a masked column (so no column
+    reference can resolve to one) and nothing the rewriter refuses or rewrites on its
+    own: a blocked or unknown relation, pg_stat_activity, a view it refuses, a function
+    that is not a plain built-in, a user operator or type, DO, CALL, or a column a rule
+    would mask that the snapshot lacks. Walks libpg_query's JSON (no AST objects), which
+    costs a tenth of the full rewrite; when in doubt it says False."""
+    rewriter = _Rewriter(catalog, rules)
+    tables: list[Table] = []
+    columns: set[str] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        if "relname" in item:
+            found = _quick_relation(item, catalog, rewriter)
+            if found is None:
+                return False
+            tables.extend(found)
+        for key, value in item.items():
+            if key in _SLOW_STATEMENTS:
+                return False
+            if key == "FuncCall" and not _quick_function(value, catalog):
+                return False
+            if key == "A_Expr":
+                name = [n["String"]["sval"] for n in value.get("name", ()) if "String" in n]
+                if name and name[-1] in catalog.user_operators:
+                    return False
+            if key == "typeName" and isinstance(value, dict):
+                names = [n["String"]["sval"] for n in value.get("names", ()) if "String" in n]
+                if names and names[-1] in catalog.user_types:
+                    return False
+            if key == "ColumnRef":
+                fields = value.get("fields", ())
+                if fields and "String" in fields[-1]:
+                    columns.add(fields[-1]["String"]["sval"])
+            if isinstance(value, dict | list):
+                stack.append(value)
+    for table in tables:
+        unknown = columns.difference(c for c, _ in table.columns)
+        if unknown and any(rewriter._column_rule(table, c) for c in unknown):
+            return False
+    return True
+
+
+def _quick_relation(
+    rv: dict[str, Any], catalog: MaskCatalog, rewriter: _Rewriter
+) -> tuple[Table, ...] | None:
+    """The tables a RangeVar may name, or None when the full rewrite must look."""
+    schema = rv.get("schemaname") or None
+    name = rv.get("relname") or ""
+    if schema in (None, "pg_catalog") and (name in BLOCKED_RELATIONS or name in _ACTIVITY):
+        return None
+    if schema == MASK_SCHEMA:
+        return None
+    if schema in SYSTEM_SCHEMAS:
+        return ()
+    tables = catalog.tables.get(name, ())
+    if schema is not None:
+        tables = tuple(t for t in tables if t.schema == schema)
+    if not tables:
+        return () if schema is None and name in catalog.system else None
+    for table in tables:
+        key = (rewriter.rules, table.schema, table.name)
+        clean = catalog.clean.get(key)
+        if clean is None:
+            clean = not table.reads and not any(
+                rewriter._column_rule(table, c) for c, _ in table.columns
+            )
+            if len(catalog.clean) > 65536:
+                catalog.clean.clear()
+            catalog.clean[key] = clean
+        if not clean:
+            return None
+    return tables
+
+
+def _quick_function(call: dict[str, Any], catalog: MaskCatalog) -> bool:
+    names = [n["String"]["sval"] for n in call.get("funcname", ()) if "String" in n]
+    if not names:
+        return False
+    name = names[-1]
+    schema = names[0] if len(names) > 1 else None
+    if schema not in (None, "pg_catalog") or name in BLOCKED_FUNCTIONS:
+        return False
+    if schema is None and name in catalog.user_functions:
+        return False
+    return name in BUILTIN_READ_ONLY or name in WRITE_FUNCTIONS
+
+
+def _strings(fields: Iterable[Any]) -> list[str]:
+    return [str(f.sval) for f in fields if isinstance(f, ast.String)]
+
+
+def _function_refname(item: Any) -> str:
+    """A function in FROM without an alias is referred to by its (first) name."""
+    for pair in item.functions or ():
+        call = pair[0] if isinstance(pair, tuple | list) and pair else pair
+        if isinstance(call, ast.FuncCall):
+            return _strings(call.funcname)[-1]
+        break
+    return ""
+
+
+def _column_name(val: Any) -> str | None:
+    """The output name PostgreSQL gives an expression that is a column under casts and
+    collations (``email``, ``email::varchar``); None for any other expression, whose
+    name (a function's, ``?column?``) a rewrite inside it does not change."""
+    while isinstance(val, ast.TypeCast | ast.CollateClause):
+        val = val.arg
+    if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.String):
+        return str(val.fields[-1].sval)
+    return None
+
+
+def _deparse(node: Any) -> str:
+    return str(_Stream()(node))
+
+
+def _parse_expr(sql: str) -> Any:
+    stmt = parse_sql(f"SELECT {sql}")[0].stmt
+    return stmt.targetList[0].val
+
+
+def _is_text(type_name: str) -> bool:
+    return type_name.split("(")[0].strip() in _TEXT_TYPES
+
+
+_STRATEGY_FUNCTIONS = {"partial": "partial", "hash": "hash", "pseudonym": "pseudonym"}
+
+
+def mask_expression(column_sql: str, masked: Masked, functions_installed: bool) -> str:
+    """The SQL computing the masked value of ``column_sql`` with its type kept."""
+    kind = masked.rule.strategy
+    function = _STRATEGY_FUNCTIONS.get(kind)
+    if function is None or not _is_text(masked.type) or not functions_installed:
+        return f"CAST(NULL AS {masked.type})"
+    return f"CAST({MASK_SCHEMA}.{function}(CAST({column_sql} AS pg_catalog.text)) AS {masked.type})"
+
+
+@dataclass
+class _Rewriter:
+    catalog: MaskCatalog
+    rules: tuple[ColumnRule, ...]
+    changed: bool = False
+    masked_refs: int = 0  # masked expressions made so far
+    _merged: set[int] = field(default_factory=set)  # FROM lists with USING/NATURAL joins
+    _ctes: list[set[str]] = field(default_factory=list)
+
+    # ------------------------------------------------------------- statements
+
+    def statement(self, stmt: Any) -> Any:
+        if isinstance(stmt, ast.SelectStmt):
+            return self.select(stmt, [])
+        if isinstance(stmt, ast.InsertStmt):
+            return self._insert(stmt)
+        if isinstance(stmt, ast.UpdateStmt):
+            return self._update(stmt)
+        if isinstance(stmt, ast.DeleteStmt):
+            return self._delete(stmt)
+        if isinstance(stmt, ast.CopyStmt):
+            return self._copy(stmt)
+        if isinstance(stmt, ast.ExplainStmt | ast.DeclareCursorStmt | ast.PrepareStmt):
+            stmt.query = self.statement(stmt.query)
+            return stmt
+        if isinstance(stmt, ast.CreateTableAsStmt):
+            stmt.query = self.statement(stmt.query)
+            return stmt
+        if isinstance(stmt, ast.MergeStmt):
+            if self._mentions_masked(stmt):
+                raise Refused(
+                    "MERGE over a table with masked columns is not supported for this "
+                    "principal; use INSERT, UPDATE or DELETE",
+                    self._any_rule(),
+                )
+            return stmt
+        if isinstance(stmt, ast.RenameStmt | ast.AlterObjectSchemaStmt) and isinstance(
+            stmt.relation, ast.RangeVar
+        ):
+            self._refuse_moving_masked(stmt)
+            return stmt
+        if isinstance(stmt, ast.DoStmt | ast.CallStmt):
+            what = "a DO block" if isinstance(stmt, ast.DoStmt) else "CALL of a procedure"
+            raise Refused(
+                f"{what} runs code the gateway cannot read, and it could read masked "
+                "columns in clear; run the SQL as separate statements",
+                self._any_rule(),
+            )
+        return stmt
+
+    def _refuse_moving_masked(self, stmt: Any) -> None:
+        """Renaming a table or column, or moving it to another schema, would take its
+        columns out of the rules that name them."""
+        try:
+            entry = self._relation(stmt.relation)
+        except Refused:
+            return  # not a table the snapshot knows: nothing masked to move
+        if entry.masked:
+            rule = next(iter(entry.masked.values())).rule
+            raise Refused(
+                f"renaming or moving {entry.refname}, which has masked columns, would take "
+                f"them out of masking rule {rule.rule!r}; a principal without the rule "
+                "(or an administrator changing the rule too) can do it",
+                rule.rule,
+            )
+
+    def _with(self, with_clause: Any, outer: list[_Level]) -> set[str]:
+        """The CTE names the statement sees. Each CTE's own query sees the CTEs before
+        it, and with RECURSIVE every one of them: in ``WITH people AS (SELECT email
+        FROM people)`` the inner ``people`` is the table."""
+        names: set[str] = set()
+        if with_clause is None:
+            return names
+        ctes = list(with_clause.ctes or ())
+        every = {cte.ctename for cte in ctes}
+        for cte in ctes:
+            if with_clause.recursive:
+                names = set(every)
+            self._ctes.append(set(names))
+            try:
+                cte.ctequery = self._nested(cte.ctequery, outer)
+            finally:
+                self._ctes.pop()
+            names.add(cte.ctename)
+        return names
+
+    def _nested(self, stmt: Any, outer: list[_Level]) -> Any:
+        if isinstance(stmt, ast.SelectStmt):
+            return self.select(stmt, outer)
+        return self.statement(stmt)
+
+    def select(self, stmt: Any, outer: list[_Level]) -> Any:
+        ctes = self._with(stmt.withClause, outer)
+        self._ctes.append(ctes)
+        try:
+            return self._select(stmt, outer)
+        finally:
+            self._ctes.pop()
+
+    def _select(self, stmt: Any, outer: list[_Level]) -> Any:
+        if stmt.op is not None and stmt.op != SetOperation.SETOP_NONE:
+            stmt.larg = self.select(stmt.larg, outer)
+            stmt.rarg = self.select(stmt.rarg, outer)
+            # Its ORDER BY names output columns (masked); LIMIT may hold a subquery.
+            for name in ("sortClause", "limitCount", "limitOffset"):
+                value = getattr(stmt, name)
+                if value is not None:
+                    setattr(stmt, name, self.expr(value, outer, _PREDICATE))
+            return stmt
+        if stmt.valuesLists:
+            stmt.valuesLists = tuple(
+                tuple(self.expr(v, outer, _OUTPUT) for v in row) for row in stmt.valuesLists
+            )
+        level: _Level = []
+        for item in stmt.fromClause or ():
+            self._from_item(item, level, outer)
+        scopes = [level, *outer]
+        if stmt.fromClause:
+            stmt.fromClause = tuple(self._join_quals(i, scopes) for i in stmt.fromClause)
+        if stmt.targetList:
+            stmt.targetList = tuple(self._targets(stmt.targetList, level, scopes))
+        for name in ("whereClause", "havingClause", "limitCount", "limitOffset"):
+            value = getattr(stmt, name)
+            if value is not None:
+                setattr(stmt, name, self.expr(value, scopes, _PREDICATE))
+        for name in ("groupClause", "sortClause", "distinctClause", "windowClause"):
+            value = getattr(stmt, name)
+            if value:
+                setattr(stmt, name, self.expr(value, scopes, _PREDICATE))
+        return stmt
+
+    def _insert(self, stmt: Any) -> Any:
+        before = self.masked_refs  # its WITH may feed the rows it writes
+        ctes = self._with(stmt.withClause, [])
+        self._ctes.append(ctes)
+        try:
+            if stmt.selectStmt is not None:
+                stmt.selectStmt = self._writing(stmt.selectStmt, before)
+            level: _Level = []
+            self._from_item(stmt.relation, level, [])
+            if stmt.onConflictClause is not None:
+                stmt.onConflictClause = self.expr(stmt.onConflictClause, [level], _PREDICATE)
+            if stmt.returningList:
+                stmt.returningList = tuple(self._targets(stmt.returningList, level, [level]))
+        finally:
+            self._ctes.pop()
+        return stmt
+
+    def _writing(self, select: Any, before: int) -> Any:
+        """The rows an INSERT writes: a sensitive column there would be stored masked
+        (or, unmasked, copied where it is not masked): refused."""
+        self.select(select, [])
+        if self.masked_refs != before:
+            raise Refused(
+                "this INSERT copies a masked column; the gateway neither writes masked "
+                "values into a table nor copies clear ones where a rule cannot see them. "
+                "A principal without this masking rule can run it",
+                self._any_rule(),
+            )
+        return select
+
+    def _update(self, stmt: Any) -> Any:
+        before = self.masked_refs
+        ctes = self._with(stmt.withClause, [])
+        self._ctes.append(ctes)
+        try:
+            level: _Level = []
+            self._from_item(stmt.relation, level, [])
+            for item in stmt.fromClause or ():
+                self._from_item(item, level, [])
+            scopes = [level]
+            if self.masked_refs != before:  # its WITH or FROM computes masked values
+                self._set_refused()
+            stmt.targetList = tuple(self._set_target(t, scopes) for t in stmt.targetList or ())
+            if stmt.whereClause is not None:
+                stmt.whereClause = self.expr(stmt.whereClause, scopes, _PREDICATE)
+            if stmt.returningList:
+                stmt.returningList = tuple(self._targets(stmt.returningList, level, scopes))
+        finally:
+            self._ctes.pop()
+        return stmt
+
+    def _set_target(self, target: Any, scopes: list[_Level]) -> Any:
+        before = self.masked_refs
+        target.val = self.expr(target.val, scopes, _WRITE)
+        if self.masked_refs != before:  # a subquery of a masked column
+            self._set_refused()
+        return target
+
+    def _set_refused(self) -> None:
+        raise Refused(
+            "this UPDATE writes a value computed from a masked column; the gateway "
+            "neither writes masked values nor copies clear ones. A principal without "
+            "the masking rule can run it",
+            self._any_rule(),
+        )
+
+    def _delete(self, stmt: Any) -> Any:
+        ctes = self._with(stmt.withClause, [])
+        self._ctes.append(ctes)
+        try:
+            level: _Level = []
+            self._from_item(stmt.relation, level, [])
+            for item in stmt.usingClause or ():
+                self._from_item(item, level, [])
+            if stmt.whereClause is not None:
+                stmt.whereClause = self.expr(stmt.whereClause, [level], _PREDICATE)
+            if stmt.returningList:
+                stmt.returningList = tuple(self._targets(stmt.returningList, level, [level]))
+        finally:
+            self._ctes.pop()
+        return stmt
+
+    def _copy(self, stmt: Any) -> Any:
+        if stmt.query is not None:
+            stmt.query = self.statement(stmt.query)
+            return stmt
+        if stmt.is_from or stmt.relation is None:
+            return stmt
+        level: _Level = []
+        self._from_item(stmt.relation, level, [])
+        entry = level[0]
+        wanted = set(_strings(stmt.attlist or ())) or set(entry.masked)
+        hit = wanted & set(entry.masked)
+        if hit:
+            rule = entry.masked[sorted(hit)[0]].rule
+            raise Refused(
+                f"COPY {entry.refname} TO reads masked columns ({', '.join(sorted(hit))}) "
+                f"in clear (masking rule {rule.rule!r}); copy a query instead: "
+                f"COPY (SELECT ... FROM {entry.refname}) TO STDOUT",
+                rule.rule,
+            )
+        return stmt
+
+    # ------------------------------------------------------------- FROM
+
+    def _from_item(self, item: Any, level: _Level, outer: list[_Level]) -> None:
+        if isinstance(item, ast.RangeVar):
+            level.append(self._relation(item))
+        elif isinstance(item, ast.JoinExpr):
+            start = len(level)
+            self._from_item(item.larg, level, outer)
+            self._from_item(item.rarg, level, outer)
+            if item.alias is not None and any(e.masked for e in level[start:]):
+                raise Refused(
+                    f"a join aliased as {item.alias.aliasname!r} over a table with masked "
+                    "columns is not supported for this principal; refer to the tables by "
+                    "their own names or aliases",
+                    self._any_rule(),
+                )
+            using = _strings(item.usingClause or ())
+            if using or item.isNatural:
+                self._merged.add(id(level))  # * merges the join columns: not expandable
+            if item.isNatural:
+                using = [c for e in level for c in e.masked]
+            for name in using:
+                for entry in level:
+                    if name in entry.masked:
+                        self._predicate_refused(entry.masked[name].rule, name, "a join")
+        elif isinstance(item, ast.RangeSubselect):
+            scopes = [*([level] if item.lateral else []), *outer]
+            item.subquery = self._nested(item.subquery, scopes)
+            level.append(_Entry(item.alias.aliasname if item.alias else "", None, None, {}))
+        elif isinstance(item, ast.RangeFunction):
+            scopes = [level, *outer] if item.lateral else outer
+            item.functions = self.expr(item.functions, scopes, _OUTPUT)
+            name = item.alias.aliasname if item.alias else _function_refname(item)
+            level.append(_Entry(name, None, None, {}))
+        else:
+            # TABLESAMPLE, XMLTABLE, JSON_TABLE... over a masked table: not proven safe.
+            level.append(_Entry("", None, None, {}))
+            if self._mentions_masked(item):
+                raise Refused(
+                    f"{type(item).__name__} over a table with masked columns is not "
+                    "supported for this principal; select the columns instead",
+                    self._any_rule(),
+                )
+            self.expr(item, [level, *outer], _OUTPUT)  # masks its column references
+
+    def _join_quals(self, item: Any, scopes: list[_Level]) -> Any:
+        if isinstance(item, ast.JoinExpr):
+            item.larg = self._join_quals(item.larg, scopes)
+            item.rarg = self._join_quals(item.rarg, scopes)
+            if item.quals is not None:
+                item.quals = self.expr(item.quals, scopes, _PREDICATE)
+        return item
+
+    def _relation(self, rv: Any) -> _Entry:
+        schema = rv.schemaname or None  # the parser folded unquoted names already
+        name = rv.relname or ""
+        refname = rv.alias.aliasname if rv.alias else rv.relname
+        if schema is None and any(name in c for c in self._ctes):
+            return _Entry(refname, None, None, {})
+        if schema == MASK_SCHEMA:
+            raise Refused(
+                f"the {MASK_SCHEMA} schema holds the gateway's masking key and functions; "
+                "it cannot be read by a masked principal",
+                self._any_rule(),
+            )
+        if schema in (None, "pg_catalog") and name in BLOCKED_RELATIONS:
+            raise Refused(
+                f"pg_catalog.{name} exposes row values or secrets (statistics samples, "
+                "password verifiers, large objects) and is blocked for principals under "
+                "a masking rule; ask a human without it",
+                self._any_rule(),
+            )
+        if schema in (None, "pg_catalog") and name in _ACTIVITY:
+            return _Entry(refname, "pg_catalog", None, {}, activity=True)
+        if schema in SYSTEM_SCHEMAS:
+            return _Entry(refname, schema, None, {})
+        tables = self.catalog.tables.get(name, ())
+        if schema is not None:
+            tables = tuple(t for t in tables if t.schema == schema)
+        if not tables:
+            if schema is None and name in self.catalog.system:
+                return _Entry(refname, "pg_catalog", None, {})
+            raise Refused(
+                f"relation {name!r} is not in the gateway's catalog snapshot, so it cannot "
+                "tell whether it holds masked columns; if it was just created, retry in a "
+                "few seconds",
+                self._any_rule(),
+            )
+        # An unqualified name may be any schema's table of that name (the session's
+        # search_path decides): every candidate's masked columns count.
+        renamed = _strings(rv.alias.colnames or ()) if rv.alias is not None else []
+        masked: dict[str, Masked] = {}
+        for table in tables:
+            self._refuse_view(table)
+            for i, (column, type_name) in enumerate(table.columns):
+                visible = renamed[i] if i < len(renamed) else column
+                rule = self._column_rule(table, column)
+                if rule is not None:
+                    previous = masked.get(visible)
+                    if previous is not None and previous.type != type_name:
+                        raise Refused(
+                            f"{name!r} names tables in several schemas whose masked column "
+                            f"{column!r} differ in type; qualify the table with its schema",
+                            rule.rule,
+                        )
+                    masked[visible] = Masked(rule, type_name)
+        first = tables[0].columns
+        names = tuple(
+            renamed[i] if i < len(renamed) else column for i, (column, _) in enumerate(first)
+        )
+        all_names = {
+            renamed[i] if i < len(renamed) else c
+            for t in tables
+            for i, (c, _) in enumerate(t.columns)
+        }
+        names += tuple(sorted(all_names - set(names)))
+        return _Entry(refname, schema, tables[0], masked, names=names)
+
+    def _refuse_view(self, table: Table) -> None:
+        for read in sorted(table.reads):
+            schema, _, rest = read.partition(".")
+            if schema == "pg_catalog" or read.startswith("function pg_catalog."):
+                raise Refused(
+                    f"view {table.schema}.{table.name} reads {read.removeprefix('function ')}, "
+                    "which exposes row values or secrets to principals under a masking "
+                    "rule; ask a human without it",
+                    self._any_rule(),
+                )
+            if read.startswith("function "):
+                raise Refused(
+                    f"view {table.schema}.{table.name} calls the user routine "
+                    f"{read[9:]}, which may read masked columns in clear; select from the "
+                    "tables instead",
+                    self._any_rule(),
+                )
+            rule = self._read_rule(read)
+            if rule is not None:
+                raise Refused(
+                    f"view {table.schema}.{table.name} reads the masked column "
+                    f"{read} (masking rule {rule.rule!r}); the view's result cannot be "
+                    "masked by name. Select from the tables instead",
+                    rule.rule,
+                )
+
+    def _read_rule(self, read: str) -> ColumnRule | None:
+        """The rule masking what a view reads: ``schema.table.column``, or any masked
+        column of ``schema.table.*`` (a whole row)."""
+        schema, name, column = read.split(".", 2)
+        rule = self._rule_for(read) if column != "*" else None
+        for table in self.catalog.tables.get(name, ()):
+            if table.schema == schema and rule is None:
+                columns = [c for c, _ in table.columns] if column == "*" else [column]
+                rule = next(
+                    (r for c in columns if (r := self._column_rule(table, c)) is not None), None
+                )
+        return rule
+
+    def _column_rule(self, table: Table, column: str) -> ColumnRule | None:
+        """A rule on this column of the table, or of any of its partitions or
+        inheritance children (a read of the parent returns their rows)."""
+        rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
+        for schema, name in sorted(table.children):
+            if rule is None:
+                rule = self._rule_for(f"{schema}.{name}.{column}")
+        return rule
+
+    def _rule_for(self, qualified: str) -> ColumnRule | None:
+        qualified = qualified.lower()
+        for rule in self.rules:
+            if fnmatchcase(qualified, rule.glob):
+                return rule
+        return None
+
+    def _any_rule(self) -> str:
+        return self.rules[0].rule if self.rules else "masking"
+
+    # ------------------------------------------------------------- target lists
+
+    def _targets(self, targets: Iterable[Any], level: _Level, scopes: list[_Level]) -> list[Any]:
+        out: list[Any] = []
+        for target in targets:
+            val = target.val
+            if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
+                out.extend(self._star(val, level, scopes))
+                continue
+            name = _column_name(val) if target.name is None else None
+            before = self.masked_refs
+            target.val = self.expr(val, scopes, _OUTPUT)
+            if name is not None and self.masked_refs != before:
+                target.name = name  # the column keeps the name PostgreSQL gave it
+            out.append(target)
+        return out
+
+    def _star(self, ref: Any, level: _Level, scopes: list[_Level]) -> list[Any]:
+        """``*`` or ``t.*``: as is when no masked column is under it, else expanded
+        from the catalog into the columns, in order, masked where a rule says so."""
+        names = _strings(ref.fields)
+        if names:
+            entries = [e for e in level if e.refname == names[-1]]
+            if not entries:
+                entries = [e for lv in scopes[1:] for e in lv if e.refname == names[-1]]
+        else:
+            entries = list(level)
+        if not any(e.masked or e.activity for e in entries):
+            return [_new.ResTarget(val=ref)]
+        if not names and id(level) in self._merged:
+            raise Refused(
+                "SELECT * over a join with USING or NATURAL and a table with masked columns "
+                "cannot be expanded exactly (the join columns merge); name the columns",
+                self._any_rule(),
+            )
+        out: list[Any] = []
+        for entry in entries:
+            if entry.activity:
+                raise Refused(
+                    "SELECT * from pg_stat_activity is not supported for a masked principal; "
+                    "name the columns (query is shown for this session only)",
+                    self._any_rule(),
+                )
+            if not entry.masked:
+                if not entry.refname:
+                    # A bare * here would expand the masked tables' columns too.
+                    raise Refused(
+                        "SELECT * over a table with masked columns and a subquery or "
+                        "function without an alias cannot be expanded exactly; give it an "
+                        "alias or name the columns",
+                        self._any_rule(),
+                    )
+                star = _new.ColumnRef(fields=(_new.String(sval=entry.refname), _new.A_Star()))
+                out.append(_new.ResTarget(val=star))
+                continue
+            table = entry.table
+            assert table is not None  # only tables have masked columns
+            if len(self.catalog.tables.get(table.name, ())) > 1 and entry.schema is None:
+                raise Refused(
+                    f"SELECT * over {entry.refname!r}, a name several schemas hold, cannot "
+                    "be expanded exactly; qualify it with its schema or name the columns",
+                    next(iter(entry.masked.values())).rule.rule,
+                )
+            for column in entry.names[: len(table.columns)]:
+                col = _new.ColumnRef(
+                    fields=(_new.String(sval=entry.refname), _new.String(sval=column))
+                )
+                masked = entry.masked.get(column)
+                val = col if masked is None else self._masked(col, masked)
+                out.append(_new.ResTarget(name=column, val=val))
+        self.changed = True
+        return out
+
+    # ------------------------------------------------------------- expressions
+
+    def expr(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        if isinstance(node, tuple | list):
+            return tuple(self.expr(n, scopes, context) for n in node)
+        if not isinstance(node, ast.Node):
+            return node
+        if isinstance(node, ast.ColumnRef):
+            return self._column(node, scopes, context)
+        if isinstance(node, ast.SubLink):
+            node.testexpr = self.expr(node.testexpr, scopes, context)
+            node.subselect = self._nested(node.subselect, scopes)
+            return node
+        if isinstance(node, ast.SelectStmt):
+            return self.select(node, scopes)
+        if isinstance(node, ast.RangeVar):
+            self._relation(node)
+            return node
+        if isinstance(node, ast.FuncCall):
+            return self._call(node, scopes, context)
+        if isinstance(node, ast.A_Expr):
+            operator = _strings(node.name or ())
+            if operator and operator[-1] in self.catalog.user_operators:
+                raise Refused(
+                    f"the operator {operator[-1]} runs a user routine, which may read masked "
+                    "columns in clear; it is refused for principals under a masking rule",
+                    self._any_rule(),
+                )
+        if isinstance(node, ast.TypeCast) and node.typeName is not None:
+            type_name = _strings(node.typeName.names or ())
+            if type_name and type_name[-1] in self.catalog.user_types:
+                raise Refused(
+                    f"a cast to {'.'.join(type_name)} may run a user routine (its cast, "
+                    "input function or domain CHECK), which may read masked columns in "
+                    "clear; it is refused for principals under a masking rule",
+                    self._any_rule(),
+                )
+        if isinstance(node, ast.A_Expr) and context == _PREDICATE:
+            joined = self._pseudonym_equality(node, scopes)
+            if joined is not None:
+                return joined
+        if isinstance(node, ast.WindowDef):
+            context = _PREDICATE  # a window's order is an oracle on its values
+        return self._children(node, lambda n: self.expr(n, scopes, context))
+
+    def _children(self, node: Any, fn: Callable[[Any], Any]) -> Any:
+        for name in type(node).__slots__:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.Node | tuple | list):
+                new = fn(value)
+                if new is not value:
+                    setattr(node, name, new)
+        return node
+
+    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        names = _strings(node.funcname)
+        name = names[-1]
+        schema = names[0] if len(names) > 1 else None
+        if name in BLOCKED_FUNCTIONS and schema in (None, "pg_catalog"):
+            raise Refused(
+                f"{name}() reads values past the masking (SQL text, files, large objects, "
+                "statistics or other sessions' queries) and is blocked for principals under "
+                "a masking rule",
+                self._any_rule(),
+            )
+        if schema == MASK_SCHEMA:
+            raise Refused(
+                f"the {MASK_SCHEMA} functions are the gateway's; calling them directly is "
+                "an oracle on the masking key",
+                self._any_rule(),
+            )
+        builtin = schema in (None, "pg_catalog") and (
+            name in BUILTIN_READ_ONLY or name in WRITE_FUNCTIONS
+        )
+        if not builtin or (schema is None and name in self.catalog.user_functions):
+            raise Refused(
+                f"{'.'.join(names)}() is not a built-in function; a user routine may read "
+                "masked columns in clear, so it is refused for principals under a masking "
+                "rule",
+                self._any_rule(),
+            )
+        for arg in node.args or ():
+            self._refuse_whole_row(arg, scopes, f"{name}()")
+        for part in ("args", "agg_order", "agg_filter", "over"):
+            value = getattr(node, part)
+            if value is None:
+                continue
+            sub = context if part == "args" else _PREDICATE
+            setattr(node, part, self.expr(value, scopes, sub))
+        return node
+
+    def _refuse_whole_row(self, arg: Any, scopes: list[_Level], where: str) -> None:
+        if not isinstance(arg, ast.ColumnRef):
+            return
+        names = _strings(arg.fields)
+        star = isinstance(arg.fields[-1], ast.A_Star)
+        if star or (len(names) == 1 and self._find(names[0], scopes) is None):
+            entry = self._entry(names[-1], scopes) if names else None
+            entries = [entry] if entry is not None else (scopes[0] if not names else [])
+            for e in entries:
+                if e.masked or e.activity:
+                    self._whole_row_refused(e, where)
+
+    def _whole_row_refused(self, entry: _Entry, where: str) -> None:
+        if entry.activity:
+            raise Refused(
+                f"a whole-row reference to pg_stat_activity in {where} would carry other "
+                "sessions' query texts; name the columns instead (query shows this "
+                "session's only)",
+                self._any_rule(),
+            )
+        rule = next(iter(entry.masked.values())).rule
+        raise Refused(
+            f"a whole-row reference to {entry.refname!r} in {where} would carry its masked "
+            f"columns ({', '.join(sorted(entry.masked))}, masking rule {rule.rule!r}) in "
+            "clear; name the columns instead",
+            rule.rule,
+        )
+
+    def _entry(self, refname: str, scopes: list[_Level]) -> _Entry | None:
+        for level in scopes:
+            for entry in level:
+                if entry.refname == refname:
+                    return entry
+        return None
+
+    def _find(self, column: str, scopes: list[_Level]) -> _Entry | None:
+        """The relation an unqualified column name resolves to, innermost first; a
+        subquery's or function's output (unknown columns) is safe."""
+        for level in scopes:
+            hits = [e for e in level if e.has(column) or (e.activity and column == "query")]
+            if hits:
+                masked = [e for e in hits if column in e.masked or e.activity]
+                return masked[0] if masked else hits[0]
+        return None
+
+    def _column(self, ref: Any, scopes: list[_Level], context: str) -> Any:
+        names = _strings(ref.fields)
+        if isinstance(ref.fields[-1], ast.A_Star):
+            self._refuse_whole_row(ref, scopes, "an expression")
+            return ref
+        column = names[-1]
+        if len(names) == 1:
+            entry = self._find(column, scopes)
+            if entry is None:
+                whole = self._entry(column, scopes)
+                if whole is not None and (whole.masked or whole.activity):
+                    self._whole_row_refused(whole, "an expression")
+                self._refuse_unknown_column(column, [e for level in scopes for e in level])
+                return ref
+        else:
+            entry = self._entry(names[-2], scopes)
+            if entry is None:
+                return ref
+            if not entry.has(column):
+                self._refuse_unknown_column(column, [entry])
+        if entry.activity and column == "query":
+            self.changed = True
+            pid = _deparse(_new.ColumnRef(fields=(*ref.fields[:-1], _new.String(sval="pid"))))
+            return _parse_expr(
+                f"CASE WHEN {pid} = pg_catalog.pg_backend_pid() THEN {_deparse(ref)} END"
+            )
+        masked = entry.masked.get(column)
+        if masked is None:
+            return ref
+        if context == _WRITE:
+            raise Refused(
+                f"this statement writes a value computed from the masked column "
+                f"{entry.refname}.{column} (masking rule {masked.rule.rule!r}); the gateway "
+                "neither writes masked values nor copies clear ones. A principal without "
+                "this rule can run it",
+                masked.rule.rule,
+            )
+        if context == _PREDICATE:
+            if masked.rule.predicates == "allow":
+                return ref
+            self._predicate_refused(masked.rule, column, "a condition, grouping or ordering")
+        return self._masked(ref, masked)
+
+    def _refuse_unknown_column(self, column: str, entries: list[_Entry]) -> None:
+        """A column the snapshot does not list (added since?) whose name a rule would
+        mask on one of these tables: refused until the snapshot knows it."""
+        for entry in entries:
+            table = entry.table
+            if table is None or entry.has(column):
+                continue
+            rule = self._column_rule(table, column)
+            if rule is not None:
+                raise Refused(
+                    f"column {column!r} of {table.schema}.{table.name} is not in the "
+                    f"gateway's catalog snapshot and masking rule {rule.rule!r} would mask "
+                    "it; if it was just added, retry in a few seconds",
+                    rule.rule,
+                )
+
+    def _masked(self, ref: Any, masked: Masked) -> Any:
+        self.changed = True
+        self.masked_refs += 1
+        return _parse_expr(mask_expression(_deparse(ref), masked, self.catalog.functions_installed))
+
+    def _predicate_refused(self, rule: ColumnRule, column: str, where: str) -> None:
+        if rule.predicates == "allow":
+            return
+        raise Refused(
+            f"the masked column {column!r} is used in {where}: a condition on clear values "
+            f"is an oracle on them (masking rule {rule.rule!r}, predicates: block). Filter "
+            "on other columns, or ask for the rule to set predicates: allow",
+            rule.rule,
+        )
+
+    def _pseudonym_equality(self, node: Any, scopes: list[_Level]) -> Any:
+        """``a.key = b.key`` between two pseudonymised columns: compared as pseudonyms
+        (deterministic, so the join still matches) and allowed by default."""
+        if _strings(node.name or ()) != ["="]:
+            return None
+        sides = []
+        for side in (node.lexpr, node.rexpr):
+            if not isinstance(side, ast.ColumnRef) or isinstance(side.fields[-1], ast.A_Star):
+                return None
+            names = _strings(side.fields)
+            entry = (
+                self._find(names[0], scopes) if len(names) == 1 else self._entry(names[-2], scopes)
+            )
+            masked = entry.masked.get(names[-1]) if entry is not None else None
+            if masked is None or masked.rule.strategy != "pseudonym":
+                return None
+            if masked.rule.predicates == "allow":
+                return None
+            sides.append(masked)
+        if not self.catalog.functions_installed or not all(_is_text(m.type) for m in sides):
+            return None
+        node.lexpr = self._masked(node.lexpr, sides[0])
+        node.rexpr = self._masked(node.rexpr, sides[1])
+        return node
+
+    def _mentions_masked(self, node: Any) -> bool:
+        found = False
+
+        def visit(n: Any) -> Any:
+            nonlocal found
+            if isinstance(n, tuple | list):
+                for x in n:
+                    visit(x)
+            elif isinstance(n, ast.RangeVar):
+                found = found or bool(self._relation(n).masked)
+            elif isinstance(n, ast.Node):
+                self._children(n, visit)
+            return n
+
+        visit(copy.copy(node))
+        return found

@@ -1,0 +1,427 @@
+"""An in-process double of a Kubernetes API server, for the gateway's tests.
+
+No registry reachable here ships a kube-apiserver binary (docs/kubernetes.md says what
+was looked for), so this double stands in for one. What it serves is shaped after the
+official documents of kubernetes/kubernetes: the discovery documents are trimmed from
+api/discovery/api__v1.json, apis__apps__v1.json and apis__rbac.authorization.k8s.io__v1.json
+(resource names, kinds, verbs, short names as published there); objects, lists,
+``Status`` errors, ``Table`` (meta.k8s.io/v1, as kubectl asks for with ``as=Table``) and
+watch events (one JSON object per line) follow the shapes the API server documents.
+It is a double: no admission, no defaulting, no strategic merge (patches merge as JSON
+merge patch), no real server-side apply field management. It serves HTTPS with its own
+CA and answers only the one bearer token it was given, so a test proves the gateway
+pinned the CA and sent the cluster credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import ipaddress
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+ALL = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+def _res(
+    name: str, kind: str, namespaced: bool, verbs: list[str], short: list[str] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "kind": kind, "namespaced": namespaced, "verbs": verbs}
+    out["singularName"] = "" if "/" in name else kind.lower()
+    if short:
+        out["shortNames"] = short
+    return out
+
+
+# Trimmed from api/discovery/*.json of kubernetes/kubernetes (see the module docstring).
+CORE_V1 = [
+    _res("configmaps", "ConfigMap", True, ALL, ["cm"]),
+    _res("namespaces", "Namespace", False, [v for v in ALL if v != "deletecollection"], ["ns"]),
+    _res("pods", "Pod", True, ALL, ["po"]),
+    _res("pods/exec", "PodExecOptions", True, ["create", "get"]),
+    _res("pods/log", "Pod", True, ["get"]),
+    _res("secrets", "Secret", True, ALL),
+    _res("services", "Service", True, ALL, ["svc"]),
+]
+GROUPS = {
+    "apps": {"v1": [_res("deployments", "Deployment", True, ALL, ["deploy"])]},
+    "rbac.authorization.k8s.io": {
+        "v1": [_res("clusterrolebindings", "ClusterRoleBinding", False, ALL)]
+    },
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Cluster:
+    """The double's state: objects by (group, resource, namespace, name)."""
+
+    token: str
+    objects: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
+    version: int = 1
+    watchers: list[tuple[tuple[str, str, str], asyncio.Queue[dict[str, Any]]]] = field(
+        default_factory=list
+    )
+    # method, path?query, Authorization, Accept of every request received
+    requests: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def put(
+        self, group: str, resource: str, obj: dict[str, Any], event: str = "ADDED"
+    ) -> dict[str, Any]:
+        meta = obj.setdefault("metadata", {})
+        self.version += 1
+        meta["resourceVersion"] = str(self.version)
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", _now())
+        key = (group, resource, meta.get("namespace", ""), meta["name"])
+        self.objects[key] = obj
+        self._notify(group, resource, meta.get("namespace", ""), event, obj)
+        return obj
+
+    def _notify(self, group: str, resource: str, ns: str, event: str, obj: dict[str, Any]) -> None:
+        for (g, r, n), queue in self.watchers:
+            if (g, r) == (group, resource) and n in ("", ns):
+                queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
+
+
+def _kind(group: str, resource: str) -> tuple[str, str, bool] | None:
+    table = CORE_V1 if not group else GROUPS.get(group, {}).get("v1", [])
+    for r in table:
+        if r["name"] == resource:
+            api_version = f"{group}/v1" if group else "v1"
+            return r["kind"], api_version, r["namespaced"]
+    return None
+
+
+def _status(code: int, reason: str, message: str) -> JSONResponse:
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}  # fmt: skip
+    return JSONResponse(body, code)
+
+
+def _table(items: list[dict[str, Any]], include: str) -> dict[str, Any]:
+    rows = []
+    for obj in items:
+        meta = obj["metadata"]
+        if include == "Object":
+            row_obj = obj
+        else:
+            row_obj = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta,
+            }
+        rows.append({"cells": [meta["name"], meta.get("creationTimestamp")], "object": row_obj})
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": "1"},
+        "columnDefinitions": [
+            {
+                "name": "Name",
+                "type": "string",
+                "format": "name",
+                "description": "Name",
+                "priority": 0,
+            },
+            {
+                "name": "Created At",
+                "type": "date",
+                "format": "",
+                "description": "Created",
+                "priority": 0,
+            },
+        ],
+        "rows": rows,
+    }
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict) or not isinstance(base, dict):
+        return copy.deepcopy(patch)
+    out = dict(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(base.get(k), v)
+    return out
+
+
+def make_app(cluster: Cluster) -> Starlette:
+    async def handle(request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        target = request.url.path + ("?" + request.url.query if request.url.query else "")
+        cluster.requests.append((request.method, target, auth, request.headers.get("accept", "")))
+        if auth != f"Bearer {cluster.token}":
+            return _status(401, "Unauthorized", "Unauthorized")
+        path = request.url.path
+        if path == "/version":
+            return JSONResponse(
+                {
+                    "major": "1",
+                    "minor": "32",
+                    "gitVersion": "v1.32.0-wardgate-double",
+                    "platform": "linux/amd64",
+                }
+            )
+        if path == "/api":
+            return JSONResponse(
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}
+                    ],
+                }
+            )
+        if path == "/apis":
+            groups = [
+                {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+                 "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}}
+                for g in GROUPS
+            ]  # fmt: skip
+            return JSONResponse({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        if path == "/api/v1":
+            return JSONResponse(
+                {"kind": "APIResourceList", "groupVersion": "v1", "resources": CORE_V1}
+            )
+        parts = path.strip("/").split("/")
+        if parts[0] == "apis" and len(parts) == 3 and parts[1] in GROUPS and parts[2] == "v1":
+            return JSONResponse(
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": f"{parts[1]}/v1",
+                    "resources": GROUPS[parts[1]]["v1"],
+                }
+            )
+        if parts[0] == "api" and len(parts) >= 3:
+            group, rest = "", parts[2:]
+        elif parts[0] == "apis" and len(parts) >= 4:
+            group, rest = parts[1], parts[3:]
+        else:
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        ns = ""
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        resource, name = rest[0], rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        known = _kind(group, resource)
+        if known is None or sub not in ("", "log"):
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        kind, api_version, _ = known
+        q = request.query_params
+        dry = q.get("dryRun") == "All"
+        key = (group, resource, ns, name)
+        accept = request.headers.get("accept", "")
+        body = await request.body()
+        if request.method == "GET" and sub == "log":
+            if key not in cluster.objects:
+                return _status(404, "NotFound", f'pods "{name}" not found')
+            return Response(b"started\nlogin by jane.doe@example.com ok\n", media_type="text/plain")
+        if request.method == "GET" and name:
+            obj = cluster.objects.get(key)
+            if obj is None:
+                return _status(404, "NotFound", f'{resource} "{name}" not found')
+            if "as=Table" in accept:
+                return JSONResponse(_table([obj], q.get("includeObject", "Metadata")))
+            return JSONResponse(obj)
+        if request.method == "GET":
+            items = [
+                o
+                for (g, r, n, _), o in sorted(cluster.objects.items())
+                if (g, r) == (group, resource) and (not ns or n == ns)
+            ]
+            if q.get("watch") not in (None, "0", "false"):
+                return _watch(cluster, group, resource, ns, items, q, accept)
+            if "as=Table" in accept:
+                return JSONResponse(_table(items, q.get("includeObject", "Metadata")))
+            return JSONResponse(
+                {
+                    "kind": f"{kind}List",
+                    "apiVersion": api_version,
+                    "metadata": {"resourceVersion": str(cluster.version)},
+                    "items": items,
+                }
+            )
+        if request.method == "POST":
+            obj = json.loads(body)
+            obj.setdefault("metadata", {})
+            if ns:
+                obj["metadata"]["namespace"] = ns
+            okey = (group, resource, ns, obj["metadata"].get("name", ""))
+            if okey in cluster.objects:
+                return _status(409, "AlreadyExists", f'{resource} "{okey[3]}" already exists')
+            obj.setdefault("kind", kind)
+            obj.setdefault("apiVersion", api_version)
+            if dry:
+                return JSONResponse(obj, 201)
+            return JSONResponse(cluster.put(group, resource, obj), 201)
+        if request.method in ("PUT", "PATCH"):
+            old = cluster.objects.get(key)
+            ctype = request.headers.get("content-type", "")
+            patch = json.loads(body)
+            if old is None and "apply-patch" not in ctype:
+                return _status(404, "NotFound", f'{resource} "{name}" not found')
+            new = (
+                patch
+                if request.method == "PUT"
+                else _merge(old or {"metadata": {"name": name, "namespace": ns}}, patch)
+            )
+            new.setdefault("metadata", {})["name"] = name
+            if ns:
+                new["metadata"]["namespace"] = ns
+            if dry:
+                return JSONResponse(new)
+            return JSONResponse(
+                cluster.put(group, resource, new, "MODIFIED" if old else "ADDED"),
+                200 if old else 201,
+            )
+        if request.method == "DELETE" and name:
+            old = cluster.objects.get(key)
+            if old is None:
+                return _status(404, "NotFound", f'{resource} "{name}" not found')
+            if not dry:
+                del cluster.objects[key]
+                cluster._notify(group, resource, ns, "DELETED", old)
+            return JSONResponse(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": name, "kind": resource},
+                }
+            )
+        return _status(405, "MethodNotAllowed", "not supported by the double")
+
+    return Starlette(
+        routes=[
+            Route("/{path:path}", handle, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+        ]
+    )
+
+
+def _watch(
+    cluster: Cluster,
+    group: str,
+    resource: str,
+    ns: str,
+    items: list[dict[str, Any]],
+    q: Any,
+    accept: str,
+) -> StreamingResponse:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    entry = ((group, resource, ns), queue)
+    cluster.watchers.append(entry)
+    timeout = float(q.get("timeoutSeconds") or 30)
+    initial = [] if q.get("resourceVersion") not in (None, "", "0") else items
+    as_table = "as=Table" in accept
+
+    def shape(event: dict[str, Any]) -> dict[str, Any]:
+        if as_table:
+            return {
+                "type": event["type"],
+                "object": _table([event["object"]], q.get("includeObject", "Metadata")),
+            }
+        return event
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            for obj in initial:
+                yield json.dumps(shape({"type": "ADDED", "object": obj})).encode() + b"\n"
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    event = await asyncio.wait_for(queue.get(), left)
+                except TimeoutError:
+                    break
+                yield json.dumps(shape(event)).encode() + b"\n"
+        finally:
+            cluster.watchers.remove(entry)
+
+    return StreamingResponse(stream(), media_type="application/json")
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-double")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "apiserver.crt", folder / "apiserver.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@dataclass
+class RunningDouble:
+    url: str
+    ca: Path
+    cluster: Cluster
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def start_double(folder: Path, port: int, token: str) -> RunningDouble:
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed(folder)
+    cluster = Cluster(token)
+    config = uvicorn.Config(
+        make_app(cluster), host="127.0.0.1", port=port, log_level="warning",
+        ssl_certfile=str(cert), ssl_keyfile=str(key), lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="k8s-double", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the API server double did not start"
+    return RunningDouble(f"https://127.0.0.1:{port}", cert, cluster, server, thread)

@@ -1,0 +1,191 @@
+"""The gate on Kubernetes connections, as a table: roles judge read/write/admin requests,
+guardrails match kinds, resources, namespaces, verbs and body conditions (JSON, YAML,
+JSON Patch), and what the gateway cannot read is never allowed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from wardgate.actions import Action, Decision
+from wardgate.config import Config, load_config
+from wardgate.gate import Gate
+from wardgate.policy.kubernetes import classify_request, request_text
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "kubernetes.yaml"
+
+
+@pytest.fixture(scope="module")
+def gate() -> Gate:
+    config: Config = load_config(EXAMPLE)
+    return Gate(config)
+
+
+def _action(gate: Gate, who: str, text: str, body: object = None, ctype: str = "") -> Action:
+    principal = gate.config.principal(who)
+    assert principal is not None
+    raw = body if isinstance(body, str) or body is None else json.dumps(body)
+    if raw is not None and not ctype:
+        ctype = "application/json"
+    return Action(
+        principal, "cluster", "kubernetes", "kubernetes", text,
+        params=(raw,) if raw is not None else (),
+        binding=hashlib.sha256(raw.encode()).hexdigest() if raw is not None else "",
+        context=(("content-type", ctype),) if ctype else (),
+    )  # fmt: skip
+
+
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p"},
+    "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+}
+PRIV = {
+    **POD,
+    "spec": {"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]},
+}
+DEPLOY_HOSTPATH = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "d"},
+    "spec": {
+        "template": {
+            "spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}], "containers": []}
+        }
+    },
+}
+LB = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "s"},
+    "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+}
+CRB = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRoleBinding",
+    "metadata": {"name": "x"},
+    "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "cluster-admin",
+    },
+    "subjects": [],
+}
+
+CASES = [
+    # (who, request, body, content type, decision, rule)
+    ("agent", "GET /api/v1/namespaces/default/pods", None, "", Decision.ALLOW, "role:k8s-agent"),
+    ("agent", "GET /api/v1/namespaces/default/pods?watch=1", None, "", Decision.ALLOW, "role:k8s-agent"),
+    ("agent", "GET /apis", None, "", Decision.ALLOW, "role:k8s-agent"),
+    ("agent", "GET /version", None, "", Decision.ALLOW, "role:k8s-agent"),
+    ("agent", "POST /api/v1/namespaces/default/pods", POD, "", Decision.REVIEW, "role:k8s-agent"),
+    ("agent", "POST /api/v1/namespaces/default/pods/p/exec?command=sh", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("agent", "GET /api/v1/namespaces/default/pods/p/exec?command=sh", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("alice", "GET /api/v1/namespaces/default/pods/p/exec?command=sh", None, "", Decision.REVIEW, "role:k8s-sre"),
+    ("alice", "POST /api/v1/namespaces/default/pods", POD, "", Decision.ALLOW, "role:k8s-sre"),
+    ("alice", "POST /api/v1/namespaces/default/pods", PRIV, "", Decision.BLOCK, "guardrail:no-privileged-pods"),
+    ("alice", "POST /apis/apps/v1/namespaces/default/deployments", DEPLOY_HOSTPATH, "", Decision.BLOCK, "guardrail:no-privileged-pods"),
+    ("alice", "POST /api/v1/namespaces/default/services", LB, "", Decision.BLOCK, "guardrail:no-public-services"),
+    # the same Service as YAML, and a JSON Patch that turns a Service into a NodePort one
+    ("alice", "POST /api/v1/namespaces/default/services", "kind: Service\nspec:\n  type: LoadBalancer\n", "application/yaml", Decision.BLOCK, "guardrail:no-public-services"),
+    ("alice", "PATCH /api/v1/namespaces/default/services/s", [{"op": "replace", "path": "/spec/type", "value": "NodePort"}], "application/json-patch+json", Decision.BLOCK, "guardrail:no-public-services"),
+    ("alice", "PATCH /api/v1/namespaces/default/services/s?fieldManager=kubectl", {"spec": {"type": "LoadBalancer"}}, "application/strategic-merge-patch+json", Decision.BLOCK, "guardrail:no-public-services"),
+    ("alice", "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings", CRB, "", Decision.BLOCK, "guardrail:no-cluster-admin"),
+    ("alice", "DELETE /api/v1/namespaces/prod", None, "", Decision.BLOCK, "guardrail:namespaces-stay"),
+    ("alice", "DELETE /api/v1/namespaces/kube-system/pods/coredns", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
+    ("alice", "GET /api/v1/namespaces/kube-system/pods", None, "", Decision.ALLOW, "role:k8s-sre"),
+    # impersonation is admin: blocked for the agent, reviewed for an SRE
+    ("agent", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("alice", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.REVIEW, "role:k8s-sre"),
+    # what the gateway cannot read: protobuf, duplicate keys, ambiguous paths, odd methods
+    ("alice", "POST /api/v1/namespaces/default/pods", "\x6b\x38\x73\x00", "application/vnd.kubernetes.protobuf", Decision.BLOCK, "unparsed-request"),
+    ("alice", "POST /api/v1/namespaces/default/pods", '{"spec": {"hostNetwork": false, "HostNetwork": true}}', "application/json", Decision.BLOCK, "unparsed-request"),
+    ("alice", "POST /api/v1/namespaces/default/pods", "spec:\n  hostPID: false\n  hostPID: true\n", "application/yaml", Decision.BLOCK, "unparsed-request"),
+    ("alice", "GET /api/v1/namespaces/default/secrets%2Fx", None, "", Decision.BLOCK, "unparsed-request"),
+    ("alice", "OPTIONS /api/v1/namespaces/default/pods", None, "", Decision.BLOCK, "unparsed-request"),
+    ("alice", "POST /healthz", None, "", Decision.BLOCK, "unparsed-request"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("who", "text", "body", "ctype", "decision", "rule"), CASES)
+def test_requests(
+    gate: Gate, who: str, text: str, body: object, ctype: str, decision: Decision, rule: str
+) -> None:
+    verdict = gate.check(_action(gate, who, text, body, ctype))
+    assert (verdict.decision, verdict.rule) == (decision, rule), verdict.reason
+
+
+def test_body_is_part_of_the_cache_key(gate: Gate) -> None:
+    text = "POST /api/v1/namespaces/default/pods"
+    assert gate.check(_action(gate, "alice", text, POD)).decision is Decision.ALLOW
+    assert gate.check(_action(gate, "alice", text, PRIV)).decision is Decision.BLOCK
+
+
+def test_sql_and_shell_rules_never_match_a_request() -> None:
+    config = load_config(EXAMPLE)
+    rails = [
+        {"name": "sql", "match": {"sql": ["write"]}, "verdict": "block"},
+        {"name": "shell", "match": {"commands": ["write"]}, "verdict": "block"},
+        {"name": "deploys", "match": {"resources": ["deployments"], "verbs": ["create"]}, "verdict": "review"},
+        {"name": "exec-only", "match": {"resources": ["pods/exec"]}, "verdict": "block"},
+    ]  # fmt: skip
+    data = config.model_dump()
+    data["guardrails"] = rails
+    gate = Gate(Config.model_validate(data))
+    deploy = _action(
+        gate, "alice", "POST /apis/apps/v1/namespaces/a/deployments", {"kind": "Deployment"}
+    )
+    verdict = gate.check(deploy)
+    assert (verdict.decision, verdict.rule) == (Decision.REVIEW, "guardrail:deploys")
+    # RBAC reading: "pods/exec" names the subresource only; "pods" does not cover it
+    pods = gate.check(_action(gate, "alice", "POST /api/v1/namespaces/a/pods", POD))
+    assert pods.decision is Decision.ALLOW
+    ex = gate.check(_action(gate, "alice", "POST /api/v1/namespaces/a/pods/p/exec"))
+    assert (ex.decision, ex.rule) == (Decision.BLOCK, "guardrail:exec-only")
+
+
+def test_request_text_carries_impersonation_in_order() -> None:
+    text = request_text(
+        "get", "/api/v1/pods", "", [("Accept", "x"), ("Impersonate-User", "bob"), ("Impersonate-Extra-Scopes", "a")]
+    )  # fmt: skip
+    assert text == "GET /api/v1/pods\nimpersonate-user: bob\nimpersonate-extra-scopes: a"
+    stmt = classify_request(text)
+    assert stmt.klass == "admin" and "impersonate" in stmt.kinds
+
+
+def test_statement_names_resource_namespace_verb() -> None:
+    stmt = classify_request("GET /apis/apps/v1/namespaces/web/deployments/api")
+    assert (stmt.klass, stmt.resources, stmt.namespaces, stmt.verbs) == (
+        "read",
+        ("deployments.apps",),
+        ("web",),
+        ("get",),
+    )
+    secret = classify_request("GET /api/v1/namespaces/web/secrets")
+    assert "secret_read" in secret.kinds
+
+
+def test_network_policies_open_to_the_world_are_seen() -> None:
+    policy = {
+        "kind": "NetworkPolicy",
+        "spec": {"ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]},
+    }
+    stmt = classify_request(
+        "POST /apis/networking.k8s.io/v1/namespaces/a/networkpolicies",
+        json.dumps(policy),
+        "application/json",
+    )
+    assert "open_cidr" in stmt.kinds and stmt.resources == ("networkpolicies.networking.k8s.io",)
+    narrow = json.dumps({"spec": {"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}})
+    assert (
+        "open_cidr"
+        not in classify_request(
+            "POST /apis/networking.k8s.io/v1/namespaces/a/networkpolicies",
+            narrow,
+            "application/json",
+        ).kinds
+    )

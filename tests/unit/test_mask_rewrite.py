@@ -1,0 +1,370 @@
+"""Column masking by rewriting (postgres/mask_rewrite.py): tables of statements and what
+the rewriter makes of them, or why it refuses. The database-side proof is in
+tests/integration/test_mask_rewrite.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pglast import parse_sql
+from pglast.parser import ParseError, parse_sql_json
+
+from wardgate.postgres.mask_catalog import (
+    CatalogUnavailable,
+    MaskCatalogs,
+    build_catalog,
+    db_key,
+    install_sql,
+)
+from wardgate.postgres.mask_rewrite import (
+    ColumnRule,
+    MaskCatalog,
+    Refused,
+    Table,
+    _nothing_to_do,
+    _Rewriter,
+    rewrite,
+)
+
+CATALOG = MaskCatalog.of(
+    [
+        Table(
+            "public",
+            "people",
+            "r",
+            (
+                ("id", "integer"),
+                ("name", "text"),
+                ("email", "text"),
+                ("card", "character varying(30)"),
+                ("ssn", "integer"),
+                ("Email", "text"),
+            ),
+        ),
+        Table("public", "orders", "r", (("id", "integer"), ("people_id", "integer"))),
+        Table("crm", "people", "r", (("id", "integer"), ("email", "text"))),
+        Table("public", "v_mail", "v", (("id", "integer"),), frozenset({"public.people.email"})),
+        Table("public", "v_ids", "v", (("id", "integer"),), frozenset({"public.people.id"})),
+        Table("public", "v_row", "v", (("p", "people"),), frozenset({"public.people.*"})),
+        Table("public", "v_fn", "v", (("x", "integer"),), frozenset({"function public.f"})),
+        Table(
+            "public",
+            "v_stats",
+            "v",
+            (("v", "anyarray"),),
+            frozenset({"pg_catalog.pg_stats.most_common_vals"}),
+        ),
+        Table(
+            "public", "v_q", "v", (("q", "text"),), frozenset({"function pg_catalog.current_query"})
+        ),
+    ],
+    system={"pg_class", "pg_stats", "pg_authid"},
+    user_functions={"f", "upper_x"},
+    functions_installed=True,
+    user_operators={"###"},
+    user_types={"leaky"},
+)
+RULES = (
+    ColumnRule("pii", "public.people.email", "partial"),
+    ColumnRule("pii", "*.people.card", "pseudonym"),
+    ColumnRule("ids", "*.*.ssn", "redact"),
+    ColumnRule("pii", "public.people.email2", "partial", predicates="allow"),
+)
+ALLOW = (ColumnRule("loose", "*.people.email", "partial", predicates="allow"),)
+
+PARTIAL = "CAST(wardgate_mask.partial(CAST({} AS pg_catalog.text)) AS text)"
+PSEUDONYM = "CAST(wardgate_mask.pseudonym(CAST({} AS pg_catalog.text)) AS varchar(30))"
+
+REWRITTEN = [
+    ("select email from people", f"SELECT {PARTIAL.format('email')} AS email FROM people"),
+    (
+        "select replace(p.email, '@', ' at ') as e from people p",
+        f"SELECT replace({PARTIAL.format('p.email')}, '@', ' at ') AS e FROM people AS p",
+    ),
+    ("select ssn from people", "SELECT CAST(NULL AS integer) AS ssn FROM people"),
+    ("select card from people", f"SELECT {PSEUDONYM.format('card')} AS card FROM people"),
+    (
+        "select array_agg(card)::text from people",
+        f"SELECT CAST(array_agg({PSEUDONYM.format('card')}) AS text) FROM people",
+    ),
+    (
+        "select * from public.people",
+        "SELECT people.id AS id, people.name AS name, "
+        f"{PARTIAL.format('people.email')} AS email, {PSEUDONYM.format('people.card')} AS card, "
+        "CAST(NULL AS integer) AS ssn, "
+        + PARTIAL.format('people."Email"')
+        + ' AS "Email" FROM public.people',
+    ),
+    ("table public.people", "people.id AS id"),
+    ("select p.*, o.* from public.people p join orders o using (id)", "AS ssn"),
+    ("select * from public.people, generate_series(1, 2)", 'AS "Email", generate_series.* FROM'),
+    ("select x.c from people as x(a, b, c)", "wardgate_mask.partial(CAST(x.c AS"),
+    ("select (select max(email) from people) m", "max(CAST(wardgate_mask.partial("),
+    ("with w as (select email from people) select * from w", "WITH w AS (SELECT CAST("),
+    ("copy (select email from people) to stdout", "COPY (SELECT CAST(wardgate_mask.partial"),
+    ("prepare s as select email from people", "PREPARE s AS SELECT CAST(wardgate_mask"),
+    ("declare c cursor for select email from people", "CURSOR FOR SELECT CAST(wardgate_mask"),
+    ("explain select email from people", "EXPLAIN SELECT CAST(wardgate_mask"),
+    ("create table t2 as select email from people", "AS SELECT CAST(wardgate_mask"),
+    (
+        "select email from people union select email from crm.people",
+        "UNION SELECT email FROM crm.people",
+    ),
+    (
+        "select a.id from people a join people b on a.card = b.card",
+        f"ON {PSEUDONYM.format('a.card')} = {PSEUDONYM.format('b.card')}",
+    ),
+    ("delete from people where id = 1 returning email", "RETURNING CAST(wardgate_mask"),
+    ("select lag(email) over (order by id) from people", "lag(CAST(wardgate_mask.partial("),
+    ("select query from pg_stat_activity", "CASE WHEN pid = pg_catalog.pg_backend_pid()"),
+    ("select 1; select email from people", "SELECT 1; SELECT CAST(wardgate_mask"),
+    (
+        "select email from public.people; update orders set people_id = 1 where id = 2",
+        "; UPDATE orders SET people_id = 1",
+    ),
+    # A non-recursive CTE's own query sees the table, not itself.
+    (
+        "with x as (select 1), people as (select email from people) select email from people",
+        "people AS (SELECT CAST(wardgate_mask.partial(CAST(email",
+    ),
+    (
+        "with recursive r as (select email from public.people union select email from r) "
+        "select * from r",
+        "UNION SELECT email FROM r",
+    ),
+    # A column under casts and collations keeps the name PostgreSQL gave it.
+    (
+        'select email collate "C", card::text from public.people',
+        'COLLATE "C" AS email, CAST(CAST(wardgate_mask.pseudonym',
+    ),
+    ("select card::text from public.people", "AS text) AS card FROM"),
+    # Rules match names case-insensitively: "Email" is masked like email.
+    ('select "Email" from people', 'SELECT CAST(wardgate_mask.partial(CAST("Email" AS'),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), REWRITTEN)
+def test_rewrites(sql: str, expected: str) -> None:
+    out = rewrite(sql, CATALOG, RULES)
+    assert out is not None and expected in out, out
+
+
+UNCHANGED = [
+    "select id, name from people",
+    "select count(*) from people where id > 3",
+    "select * from orders",
+    "select o.* from people p join orders o on o.people_id = p.id",
+    "select relname from pg_class",
+    "select * from v_ids",
+    "insert into orders values (1, 2)",
+    "update orders set people_id = 3 where id = 1",
+    "copy people (id, name) to stdout",
+    "copy people from stdin",
+    "set search_path = public",
+    "alter table orders rename column people_id to person_id",
+    "select 1 from people p where p.name = 'x' order by p.id",
+    "this is not sql",
+]
+
+
+@pytest.mark.parametrize("sql", UNCHANGED)
+def test_leaves_alone(sql: str) -> None:
+    assert rewrite(sql, CATALOG, RULES) is None
+
+
+REFUSED = [
+    ("select row_to_json(p) from people p", "whole-row"),
+    ("select p from people p", "whole-row"),
+    ("select p::text from people p", "whole-row"),
+    ("select p.*::text from people p", "whole-row"),
+    ("select (p).id from people p", "whole-row"),
+    ("select count(p.*) from people p", "whole-row"),
+    ("select id from people where email = 'a@b.c'", "oracle"),
+    ("select id from people order by email", "oracle"),
+    ("select email, count(*) from people group by email", "oracle"),
+    ("select id from people group by id having max(email) > 'a'", "oracle"),
+    ("select distinct on (email) id from people", "oracle"),
+    ("select id from people join orders using (id) where card like '4%'", "oracle"),
+    ("select string_agg(name, ',' order by email) from people", "oracle"),
+    ("select count(*) filter (where email like 'a%') from people", "oracle"),
+    ("select row_number() over (order by card) from people", "oracle"),
+    ("select id from people where exists (select 1 from people q where q.email = 'x')", "oracle"),
+    ("select id from people a join people b using (email)", "oracle"),
+    ("copy people to stdout", "COPY people TO"),
+    ("copy people (email) to stdout", "COPY people TO"),
+    ("select * from v_mail", "view public.v_mail reads the masked column"),
+    ("select * from v_row", "view public.v_row"),
+    ("select * from v_fn", "user routine"),
+    ("select * from v_stats", "pg_catalog.pg_stats.most_common_vals"),
+    ("select * from v_q", "pg_catalog.current_query"),
+    ("alter table public.people rename column email to e", "renaming or moving"),
+    ("alter table public.people rename to p2", "renaming or moving"),
+    ("alter table public.people set schema crm2", "renaming or moving"),
+    ("select * from pg_stats", "pg_catalog.pg_stats"),
+    ("select rolpassword from pg_catalog.pg_authid", "pg_authid"),
+    ("select * from pg_shadow", "pg_shadow"),
+    ("select * from pg_statistic_ext_data", "pg_statistic_ext_data"),
+    ("select * from pg_user_mappings", "pg_user_mappings"),
+    ("select * from pg_largeobject", "pg_largeobject"),
+    ("select lo_get(42)", "lo_get()"),
+    ("select current_query()", "current_query()"),
+    ("select query_to_xml('select email from people', true, true, '')", "query_to_xml()"),
+    ("select * from pg_stat_activity", "pg_stat_activity"),
+    ("select row_to_json(a) from pg_stat_activity a", "whole-row reference to pg_stat_activity"),
+    ("select a::text from pg_stat_activity a", "whole-row reference to pg_stat_activity"),
+    ("select f(email) from people", "f() is not a built-in"),
+    ('select "Upper"(email) from people', "not a built-in"),
+    ("select wardgate_mask.partial('x')", "wardgate_mask"),
+    ("select * from wardgate_mask.key", "wardgate_mask"),
+    ("select 1 ### 2", "operator ###"),
+    ("select '1'::leaky", "leaky"),
+    ("select * from nowhere", "not in the gateway's catalog"),
+    (
+        "select id from orders union select id from orders "
+        "limit (select count(*) from people where email like 'a%')",
+        "oracle",
+    ),
+    ("select email2 from public.people", "column 'email2'"),
+    ("select p.email2 from public.people p", "column 'email2'"),
+    ("insert into orders select id, ssn from people", "INSERT copies a masked column"),
+    ("update people set name = email where id = 1", "writes a value computed"),
+    (
+        "with w as (select email from public.people) insert into orders select 1, 2 from w",
+        "INSERT copies a masked column",
+    ),
+    (
+        "update orders set people_id = s.n from (select length(email) n from public.people) s",
+        "UPDATE writes",
+    ),
+    ("update orders set people_id = (select ssn from people limit 1) where id = 1", "UPDATE"),
+    ("do $$ begin perform 1; end $$", "DO block"),
+    ("call p()", "CALL"),
+    ("merge into orders o using people p on o.id = p.id when matched then delete", "MERGE"),
+    ("select j.email from (people p join orders o on o.id = p.id) as j", "join aliased"),
+    ("select * from people tablesample system (50)", "RangeTableSample"),
+    ("select * from public.people, (select 1 as x)", "without an alias"),
+    ("select * from public.people join orders using (id)", "USING or NATURAL"),
+    ("select * from people", "several schemas"),  # unqualified: public and crm
+]
+
+
+@pytest.mark.parametrize(("sql", "why"), REFUSED)
+def test_refuses(sql: str, why: str) -> None:
+    rules = RULES
+    if sql == "select * from people" and why == "several schemas":
+        rules = (ColumnRule("both", "*.people.email", "partial"),)
+    with pytest.raises(Refused) as info:
+        rewrite(sql, CATALOG, rules)
+    assert why in info.value.reason, info.value.reason
+    assert info.value.rule
+
+
+@pytest.mark.parametrize("sql", [s for s, _ in REWRITTEN] + [s for s, _ in REFUSED] + UNCHANGED)
+def test_the_fast_path_only_skips_what_the_full_rewrite_leaves(sql: str) -> None:
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except ParseError:
+        return
+    for rules in (RULES, ALLOW):
+        if _nothing_to_do(tree, CATALOG, rules):
+            full = _Rewriter(CATALOG, rules)
+            for raw in parse_sql(sql):
+                full.statement(raw.stmt)  # raises Refused if the fast path was wrong
+            assert not full.changed, sql
+
+
+def test_the_fast_path_takes_plain_statements() -> None:
+    for sql in ["select id, name from orders where id = 5", "select relname from pg_class"]:
+        assert _nothing_to_do(json.loads(parse_sql_json(sql)), CATALOG, RULES)
+
+
+def test_predicates_allow_leaves_conditions_on_clear_values() -> None:
+    out = rewrite(
+        "select email from public.people where email like 'a%' order by email", CATALOG, ALLOW
+    )
+    assert out is not None
+    select, where = out.split(" WHERE ")
+    assert "wardgate_mask.partial" in select and "wardgate_mask" not in where
+
+
+def test_without_installed_functions_every_strategy_masks_to_null() -> None:
+    bare = MaskCatalog(CATALOG.tables, CATALOG.system, CATALOG.user_functions, False)
+    out = rewrite("select email, card from public.people", bare, RULES)
+    assert out == (
+        "SELECT CAST(NULL AS text) AS email, CAST(NULL AS varchar(30)) AS card FROM public.people"
+    )
+
+
+def test_ambiguous_unqualified_table_counts_every_schema() -> None:
+    rules = (ColumnRule("crm", "crm.people.email", "partial"),)
+    out = rewrite("select email from people", CATALOG, rules)
+    assert out is not None and "wardgate_mask.partial" in out  # may be crm.people
+
+
+def test_build_catalog_closes_view_reads_over_views() -> None:
+    catalog = build_catalog(
+        [
+            ("public", "t", "r", "email", "text"),
+            ("public", "v1", "v", "e", "text"),
+            ("public", "v2", "v", "e", "text"),
+            ("public", "empty", "r", None, None),
+        ],
+        ["pg_class"],
+        [("function", "f"), ("operator", "###"), ("type", "leaky")],
+        [
+            ("public", "v1", "public", "t", "email"),
+            ("public", "v2", "public", "v1", "e"),
+        ],
+        True,
+    )
+    (v2,) = catalog.tables["v2"]
+    assert v2.reads == frozenset({"public.v1.e", "public.t.email"})
+    assert catalog.tables["empty"][0].columns == ()
+    assert catalog.user_operators == {"###"} and catalog.user_types == {"leaky"}
+    with pytest.raises(Refused):
+        rewrite("select e from v2", catalog, (ColumnRule("r", "*.t.email", "redact"),))
+
+
+def test_install_sql_holds_derived_pads_not_the_key() -> None:
+    key = b"k" * 32
+    ipad, opad = db_key(key)
+    sql = install_sql(key)
+    assert ipad.hex() in sql and opad.hex() in sql and key.hex() not in sql
+    assert "CREATE SCHEMA IF NOT EXISTS wardgate_mask" in sql and sql.strip().endswith("COMMIT;")
+
+
+def test_a_rule_on_a_partition_covers_reads_through_its_parent() -> None:
+    catalog = build_catalog(
+        [
+            ("public", "events", "p", "id", "integer"),
+            ("public", "events", "p", "email", "text"),
+            ("public", "events_2026", "r", "id", "integer"),
+            ("public", "events_2026", "r", "email", "text"),
+            ("public", "v_events", "v", "email", "text"),
+        ],
+        [],
+        [],
+        [("public", "v_events", "public", "events", "email")],
+        True,
+        [("public", "events", "public", "events_2026")],
+    )
+    rules = (ColumnRule("child", "public.events_2026.email", "partial"),)
+    out = rewrite("select email from events", catalog, rules)
+    assert out is not None and "wardgate_mask.partial(CAST(email" in out
+    with pytest.raises(Refused, match="v_events"):
+        rewrite("select * from v_events", catalog, rules)
+
+
+def test_rewrites_are_remembered_per_snapshot() -> None:
+    catalogs = MaskCatalogs()
+    with pytest.raises(CatalogUnavailable):
+        catalogs.rewrite("c", "select 1", RULES)
+    catalogs._cache["c"] = (0.0, CATALOG)  # a stale snapshot is still used
+    sql = "select email from public.people"
+    assert catalogs.rewrite("c", sql, RULES) == rewrite(sql, CATALOG, RULES)
+    assert catalogs.rewrite("c", sql, RULES) is catalogs.rewrite("c", sql, RULES)
+    for _ in range(2):
+        with pytest.raises(Refused, match="whole-row"):
+            catalogs.rewrite("c", "select p::text from people p", RULES)
+    assert catalogs.rewrite("c", sql, ()) is None  # no rule, nothing to mask
