@@ -50,7 +50,15 @@ def connection_name(target: dict[str, str]) -> str:
     return target.get("dbname", "postgres")
 
 
-def gateway_config(tmp: Path, port: int, target: dict[str, str]) -> Path:
+# Databases a suite connects to besides the DSN's (asyncpg's pool tests use "postgres";
+# its introspection tests create "asyncpg_intro_test"): the gateway gets a connection
+# for each, named like it, to the same server and user.
+EXTRA_DATABASES = {"asyncpg": ["postgres", "asyncpg_intro_test"]}
+
+
+def gateway_config(
+    tmp: Path, port: int, target: dict[str, str], extra: list[str] | None = None
+) -> Path:
     up = {
         "host": target.get("host", "127.0.0.1"),
         "port": int(target.get("port", "5432")),
@@ -59,6 +67,14 @@ def gateway_config(tmp: Path, port: int, target: dict[str, str]) -> Path:
         "tls": "disable",
         "privileged": True,  # test suites need a superuser; no warning at start
     }
+    connections = {connection_name(target): up}
+    for name in extra or []:
+        connections.setdefault(name, {**up, "database": name})
+    entries = "".join(
+        f"  {name}:\n    type: postgres\n    upstream: {json.dumps(upstream)}\n"
+        "    roles: {everyone: everything}\n"
+        for name, upstream in connections.items()
+    )
     config = tmp / "wardgate.yaml"
     config.write_text(
         textwrap.dedent(f"""\
@@ -67,22 +83,21 @@ def gateway_config(tmp: Path, port: int, target: dict[str, str]) -> Path:
         listen: {{postgres: 127.0.0.1:{port}, api: null}}
         groups: {{everyone: {{}}}}
         principals: {{{PRINCIPAL}: {{kind: user, groups: [everyone]}}}}
-        connections:
-          {connection_name(target)}:
-            type: postgres
-            upstream: {json.dumps(up)}
-            roles: {{everyone: everything}}
         roles:
           everything: {{read: allow, write: allow, ddl: allow, admin: allow}}
         limits: {{login_failures: 1000}}
         """)
+        + "connections:\n"
+        + entries
     )
     return config
 
 
-def start_gateway(tmp: Path, target: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(
+    tmp: Path, target: dict[str, str], extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    config = gateway_config(tmp, port, target)
+    config = gateway_config(tmp, port, target, extra)
     proc, token = serve_with_token(config, tmp, PRINCIPAL, port)
     dsn = make_conninfo(
         host="127.0.0.1",
@@ -156,6 +171,7 @@ def run_suite(
         text=True,
     )
     took = time.monotonic() - started
+    report.with_suffix(".out").write_text(proc.stdout + proc.stderr)
     tail = "\n".join(proc.stdout.strip().splitlines()[-1:])
     print(f"  {took:.0f} s: {tail}", flush=True)
     if not report.exists():
@@ -211,7 +227,9 @@ def main() -> None:
         args.impl,
         args.timeout,
     )
-    gate, gateway_dsn = start_gateway(tmp, {k: str(v) for k, v in target.items()})
+    gate, gateway_dsn = start_gateway(
+        tmp, {k: str(v) for k, v in target.items()}, EXTRA_DATABASES.get(args.suite)
+    )
     try:
         print("through wardgate (allow everything)", flush=True)
         through = run_suite(

@@ -5,10 +5,12 @@ ending the session. Each test checks the server's state, not only the answer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -158,3 +160,25 @@ def test_a_failed_login_leaves_no_upstream_session(own_gateway: Gateway) -> None
     # Throttled now: even the right token is refused, before any proof is checked.
     with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
         psycopg.connect(own_gateway.dsn("dev"))
+
+
+def test_client_min_messages_passes_at_startup(gateway: Gateway) -> None:
+    """asyncpg's ``server_settings`` (startup parameters) and libpq's ``options`` may set
+    which notices the server sends: it changes nothing the gate reads."""
+
+    async def main() -> tuple[str, str]:
+        conn = await asyncpg.connect(
+            gateway.dsn("dev"), server_settings={"client_min_messages": "error"}, timeout=10
+        )
+        try:
+            shown = await conn.fetchval("show client_min_messages")
+            source = await conn.fetchval(
+                "select source from pg_settings where name = 'client_min_messages'"
+            )
+            return shown, source
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == ("error", "client")
+    with _connect(gateway, options="-c client_min_messages=warning") as conn:
+        assert conn.execute("show client_min_messages").fetchone() == ("warning",)
