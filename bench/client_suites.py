@@ -111,7 +111,13 @@ def start_gateway(
 
 
 def suite_command(
-    suite: str, python: str, dsn: str, tests: list[str], report: Path, timeout: int = 0
+    suite: str,
+    python: str,
+    dsn: str,
+    tests: list[str],
+    report: Path,
+    timeout: int = 0,
+    markers: str = "",
 ) -> list[str]:
     # The suite's own conftest may use pytest's cache: keep it beside the report.
     cache = f"cache_dir={report.with_suffix('.cache')}"
@@ -119,6 +125,8 @@ def suite_command(
     if timeout:
         # pytest-timeout (installed beside the suite): one hung test must not stop the run.
         common += ["--timeout", str(timeout)]
+    if markers:
+        common += ["-m", markers]
     if suite == "psycopg":
         # pytest-randomly, when installed, would order the two runs differently.
         return [*common, "-p", "no:randomly", "--test-dsn", dsn]
@@ -160,11 +168,12 @@ def run_suite(
     report: Path,
     impl: str,
     timeout: int = 0,
+    markers: str = "",
 ) -> dict[str, str]:
     env = suite_env(suite, dsn, impl)
     started = time.monotonic()
     proc = subprocess.run(
-        suite_command(suite, python, dsn, tests, report, timeout),
+        suite_command(suite, python, dsn, tests, report, timeout, markers),
         cwd=source,
         env=env,
         capture_output=True,
@@ -209,6 +218,9 @@ def main() -> None:
     ap.add_argument(
         "--timeout", type=int, default=0, help="per-test timeout in seconds (pytest-timeout)"
     )
+    ap.add_argument(
+        "-m", "--markers", default="", help="pytest -m expression (psycopg: 'not slow')"
+    )
     ap.add_argument("--out", type=Path, help="write both runs' outcomes here (JSON)")
     ap.add_argument("tests", nargs="*", help="test files or ids (default: the whole suite)")
     args = ap.parse_args()
@@ -226,6 +238,7 @@ def main() -> None:
         tmp / "direct.xml",
         args.impl,
         args.timeout,
+        args.markers,
     )
     gate, gateway_dsn = start_gateway(
         tmp, {k: str(v) for k, v in target.items()}, EXTRA_DATABASES.get(args.suite)
@@ -241,6 +254,7 @@ def main() -> None:
             tmp / "gateway.xml",
             args.impl,
             args.timeout,
+            args.markers,
         )
     finally:
         gate.terminate()

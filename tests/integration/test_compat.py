@@ -8,13 +8,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway, admin_conn
+from tests.integration.conftest import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    Gateway,
+    admin_conn,
+    base_config,
+    make_gateway,
+    scratch_database,
+)
 
 
 def _connect(gateway: Gateway, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -182,3 +192,51 @@ def test_client_min_messages_passes_at_startup(gateway: Gateway) -> None:
     assert asyncio.run(main()) == ("error", "client")
     with _connect(gateway, options="-c client_min_messages=warning") as conn:
         assert conn.execute("show client_min_messages").fetchone() == ("warning",)
+
+
+def _sessions(database: str) -> int:
+    with admin_conn() as admin:
+        row = admin.execute(
+            "select coalesce(sessions, 0) from pg_stat_database where datname = %s", (database,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wait_for(check: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_ddl_in_one_database_keeps_the_catalog_watch_off_the_others(
+    it_database: str, tmp_path: Path
+) -> None:
+    """After DDL the gateway looks at the catalog again (catalog_watch.py) with its own
+    session, in that database only: a session it opened in another one would make a
+    client's DROP DATABASE of that one fail ("being accessed by other users"), as
+    asyncpg's suite found."""
+    with scratch_database("wardgate_other_") as other:
+        extra = f"""\
+            other:
+              type: postgres
+              upstream: {{host: {PG_HOST}, port: {PG_PORT}, database: {other}, user: {PG_USER}, tls: disable}}
+              roles: {{engineers: engineer}}
+            """
+        gw = make_gateway(tmp_path, base_config(it_database, extra))
+        gw.start()
+        try:
+            _wait_for(lambda: _sessions(other) >= 1)  # the look every connection gets at start
+            before, before_it = _sessions(other), _sessions(it_database)
+            name = f"wg_watch_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(gw.dsn("dev"), autocommit=True) as conn:
+                conn.execute(f"create table {name} (a int)")
+                conn.execute(f"alter table {name} add column b int")
+            # The client's session and at least one look of the watch's, in it_database.
+            _wait_for(lambda: _sessions(it_database) >= before_it + 2)
+            time.sleep(1)
+            assert _sessions(other) == before
+            with admin_conn(it_database) as admin:
+                admin.execute(f"drop table {name}")
+        finally:
+            gw.stop()

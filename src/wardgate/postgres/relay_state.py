@@ -180,7 +180,7 @@ class RelayState:
     def _ran(self, act: Act) -> None:
         """A statement completed: after DDL, user routines may shadow a built-in now."""
         if any(i.klass in ("ddl", "admin") for i in act.verdict.statements):
-            self.services.state(CatalogWatch).poke()
+            self.services.state(CatalogWatch).poke(self.connection)
 
     def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
         self._ran(act)
