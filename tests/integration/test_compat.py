@@ -240,3 +240,32 @@ def test_ddl_in_one_database_keeps_the_catalog_watch_off_the_others(
                 admin.execute(f"drop table {name}")
         finally:
             gw.stop()
+
+
+def test_a_terminated_backend_is_one_fatal_error_as_directly(gateway: Gateway) -> None:
+    """pg_terminate_backend on a client's session: the client gets the server's FATAL
+    and the connection ends, nothing more. A second error from the gateway made
+    psycopg's next statement fail with InternalError ("received 2 results from command
+    'BEGIN'") instead of OperationalError (psycopg_pool's test_connect_no_check)."""
+    app = f"wg-term-{uuid.uuid4().hex[:8]}"
+    conn = psycopg.connect(gateway.dsn("dev", application_name=app))  # not autocommit: BEGIN
+    try:
+        pid = conn.info.backend_pid
+        conn.rollback()
+        with admin_conn() as admin:
+            assert admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+            _wait_for(
+                lambda: (
+                    admin.execute(
+                        "select count(*) from pg_stat_activity where pid = %s", (pid,)
+                    ).fetchone()
+                    == (0,)
+                )
+            )
+        time.sleep(0.5)  # the FATAL and the close have reached the client's socket
+        with pytest.raises(psycopg.OperationalError) as info:
+            conn.execute("select 2")
+        assert not isinstance(info.value, psycopg.InternalError)
+        assert conn.closed
+    finally:
+        conn.close()

@@ -118,6 +118,7 @@ class RelayState:
     _barrier: bool  # reading stopped until the server confirms the client encoding
     _seq: int
     _finished: bool
+    _server_ended: bool  # the server sent a FATAL error: it is closing the session
     _on_finished: object
     _reviewing: bool
     _review_task: asyncio.Task[None] | None
