@@ -269,3 +269,38 @@ def test_a_terminated_backend_is_one_fatal_error_as_directly(gateway: Gateway) -
         assert conn.closed
     finally:
         conn.close()
+
+
+def test_a_terminated_pool_connection_is_released_as_directly(gateway: Gateway) -> None:
+    """asyncpg's test_pool_remote_close: a pooled connection whose backend is terminated
+    while it is held must be seen closed before the pool resets it on release (0.2 s
+    later). The gateway closes the client right after the server's FATAL, before it
+    records the session's end (which took 0.24 s under load)."""
+
+    async def main() -> tuple[int, int]:
+        pool = await asyncpg.create_pool(gateway.dsn("dev"), min_size=1, max_size=1)
+        try:
+            got_pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+            async def worker() -> None:
+                async with pool.acquire() as conn:
+                    got_pid.set_result(await conn.fetchval("select pg_backend_pid()"))
+                    await asyncio.sleep(0.2)
+
+            task = asyncio.create_task(worker())
+            pid = await got_pid
+            with admin_conn() as admin:
+                admin.execute("select pg_terminate_backend(%s)", (pid,))
+            await task  # raised "cannot switch to state 15" through the gateway before
+            async with pool.acquire(timeout=5) as conn:
+                return pid, int(await conn.fetchval("select pg_backend_pid()"))
+        finally:
+            await pool.close()
+
+    old, new = asyncio.run(main())
+    assert old != new  # the pool replaced the terminated connection
+    with admin_conn() as admin:
+        alive = admin.execute(
+            "select count(*) from pg_stat_activity where pid = any(%s)", ([old, new],)
+        ).fetchone()
+    assert alive == (0,)

@@ -240,7 +240,9 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         if not self._finished and self._server_ended:
             # Its FATAL error went to the client already: close as the server did,
             # without a second error the client would read as the answer to its next
-            # statement ("received 2 results").
+            # statement ("received 2 results"). Closed before the session's end is
+            # recorded, which may take a while: the client learns at once, as directly.
+            self.client.close()
             self.finish("upstream_lost", "the database server ended the session")
         elif not self._finished:
             log.warning(
