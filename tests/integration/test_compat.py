@@ -5,14 +5,26 @@ ending the session. Each test checks the server's state, not only the answer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway, admin_conn
+from tests.integration.conftest import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    Gateway,
+    admin_conn,
+    base_config,
+    make_gateway,
+    scratch_database,
+)
 
 
 def _connect(gateway: Gateway, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -158,3 +170,137 @@ def test_a_failed_login_leaves_no_upstream_session(own_gateway: Gateway) -> None
     # Throttled now: even the right token is refused, before any proof is checked.
     with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
         psycopg.connect(own_gateway.dsn("dev"))
+
+
+def test_client_min_messages_passes_at_startup(gateway: Gateway) -> None:
+    """asyncpg's ``server_settings`` (startup parameters) and libpq's ``options`` may set
+    which notices the server sends: it changes nothing the gate reads."""
+
+    async def main() -> tuple[str, str]:
+        conn = await asyncpg.connect(
+            gateway.dsn("dev"), server_settings={"client_min_messages": "error"}, timeout=10
+        )
+        try:
+            shown = await conn.fetchval("show client_min_messages")
+            source = await conn.fetchval(
+                "select source from pg_settings where name = 'client_min_messages'"
+            )
+            return shown, source
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == ("error", "client")
+    with _connect(gateway, options="-c client_min_messages=warning") as conn:
+        assert conn.execute("show client_min_messages").fetchone() == ("warning",)
+
+
+def _sessions(database: str) -> int:
+    with admin_conn() as admin:
+        row = admin.execute(
+            "select coalesce(sessions, 0) from pg_stat_database where datname = %s", (database,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wait_for(check: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_ddl_in_one_database_keeps_the_catalog_watch_off_the_others(
+    it_database: str, tmp_path: Path
+) -> None:
+    """After DDL the gateway looks at the catalog again (catalog_watch.py) with its own
+    session, in that database only: a session it opened in another one would make a
+    client's DROP DATABASE of that one fail ("being accessed by other users"), as
+    asyncpg's suite found."""
+    with scratch_database("wardgate_other_") as other:
+        extra = f"""\
+            other:
+              type: postgres
+              upstream: {{host: {PG_HOST}, port: {PG_PORT}, database: {other}, user: {PG_USER}, tls: disable}}
+              roles: {{engineers: engineer}}
+            """
+        gw = make_gateway(tmp_path, base_config(it_database, extra))
+        gw.start()
+        try:
+            _wait_for(lambda: _sessions(other) >= 1)  # the look every connection gets at start
+            before, before_it = _sessions(other), _sessions(it_database)
+            name = f"wg_watch_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(gw.dsn("dev"), autocommit=True) as conn:
+                conn.execute(f"create table {name} (a int)")
+                conn.execute(f"alter table {name} add column b int")
+            # The client's session and at least one look of the watch's, in it_database.
+            _wait_for(lambda: _sessions(it_database) >= before_it + 2)
+            time.sleep(1)
+            assert _sessions(other) == before
+            with admin_conn(it_database) as admin:
+                admin.execute(f"drop table {name}")
+        finally:
+            gw.stop()
+
+
+def test_a_terminated_backend_is_one_fatal_error_as_directly(gateway: Gateway) -> None:
+    """pg_terminate_backend on a client's session: the client gets the server's FATAL
+    and the connection ends, nothing more. A second error from the gateway made
+    psycopg's next statement fail with InternalError ("received 2 results from command
+    'BEGIN'") instead of OperationalError (psycopg_pool's test_connect_no_check)."""
+    app = f"wg-term-{uuid.uuid4().hex[:8]}"
+    conn = psycopg.connect(gateway.dsn("dev", application_name=app))  # not autocommit: BEGIN
+    try:
+        pid = conn.info.backend_pid
+        conn.rollback()
+        with admin_conn() as admin:
+            assert admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+            _wait_for(
+                lambda: (
+                    admin.execute(
+                        "select count(*) from pg_stat_activity where pid = %s", (pid,)
+                    ).fetchone()
+                    == (0,)
+                )
+            )
+        time.sleep(0.5)  # the FATAL and the close have reached the client's socket
+        with pytest.raises(psycopg.OperationalError) as info:
+            conn.execute("select 2")
+        assert not isinstance(info.value, psycopg.InternalError)
+        assert conn.closed
+    finally:
+        conn.close()
+
+
+def test_a_terminated_pool_connection_is_released_as_directly(gateway: Gateway) -> None:
+    """asyncpg's test_pool_remote_close: a pooled connection whose backend is terminated
+    while it is held must be seen closed before the pool resets it on release (0.2 s
+    later). The gateway closes the client right after the server's FATAL, before it
+    records the session's end (which took 0.24 s under load)."""
+
+    async def main() -> tuple[int, int]:
+        pool = await asyncpg.create_pool(gateway.dsn("dev"), min_size=1, max_size=1)
+        try:
+            got_pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+            async def worker() -> None:
+                async with pool.acquire() as conn:
+                    got_pid.set_result(await conn.fetchval("select pg_backend_pid()"))
+                    await asyncio.sleep(0.2)
+
+            task = asyncio.create_task(worker())
+            pid = await got_pid
+            with admin_conn() as admin:
+                admin.execute("select pg_terminate_backend(%s)", (pid,))
+            await task  # raised "cannot switch to state 15" through the gateway before
+            async with pool.acquire(timeout=5) as conn:
+                return pid, int(await conn.fetchval("select pg_backend_pid()"))
+        finally:
+            await pool.close()
+
+    old, new = asyncio.run(main())
+    assert old != new  # the pool replaced the terminated connection
+    with admin_conn() as admin:
+        alive = admin.execute(
+            "select count(*) from pg_stat_activity where pid = any(%s)", ([old, new],)
+        ).fetchone()
+    assert alive == (0,)

@@ -416,7 +416,8 @@ def test_terminated_backend_ends_session_and_gateway_keeps_serving(gateway: Gate
 
 
 def test_terminated_backend_raw_errors(gateway: Gateway) -> None:
-    """On the wire: the server's 57P01 is forwarded, then wardgate's own 08006, then close."""
+    """On the wire: the server's 57P01 is forwarded, then the connection closes (no
+    second error of wardgate's own: a client would read it as its next answer)."""
     app = f"wg-kill-raw-{uuid.uuid4().hex[:8]}"
     with RawClient(gateway.port) as client:
         assert client.login("dev", gateway.token("dev"), "it", application_name=app)[-1].type == "Z"
@@ -434,9 +435,7 @@ def test_terminated_backend_raw_errors(gateway: Gateway) -> None:
         except (ConnectionError, TimeoutError):
             pass
         assert codes, "the client was told nothing"
-        # PostgreSQL's own FATAL is forwarded; wardgate may add its 08006 before closing.
-        assert codes[0] == "57P01", codes
-        assert set(codes) <= {"57P01", "08006"}, codes
+        assert codes == ["57P01"], codes
 
 
 def test_upstream_logs_show_session_setup(upstream_gw: Gateway, pg_cluster: PgCluster) -> None:

@@ -13,7 +13,6 @@ through the gateway is itself an ``admin`` statement (kind ``shadows_builtin``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -140,21 +139,28 @@ class CatalogWatch:
 
     def __init__(self) -> None:
         self._poked = asyncio.Event()
+        self._poked_connections: set[str] = set()
 
-    def poke(self) -> None:
-        """A DDL statement ran: look again now."""
+    def poke(self, connection: str) -> None:
+        """A DDL statement ran on ``connection``: look again now, there (DDL in one
+        database cannot change another's routines, casts or types)."""
+        self._poked_connections.add(connection)
         self._poked.set()
 
     async def run(self, services: Services, *, loud: bool) -> None:
         """Forever: refresh every PostgreSQL connection's facts. ``loud``: log what is
         found (one worker does, so the log says it once)."""
+        poked: set[str] | None = None  # None: every connection (at start, on the timer)
         while True:
             self._poked.clear()
-            for name, conn in list(services.config.connections.items()):
-                if conn.type == "postgres":
-                    await self._refresh(services, name, loud)
-            with contextlib.suppress(TimeoutError):
+            for name in _to_refresh(services, poked):
+                await self._refresh(services, name, loud)
+            try:
                 await asyncio.wait_for(self._poked.wait(), INTERVAL)
+            except TimeoutError:
+                poked = None
+            else:
+                poked, self._poked_connections = self._poked_connections, set()
 
     async def _refresh(self, services: Services, connection: str, loud: bool) -> None:
         try:
@@ -217,6 +223,23 @@ class CatalogWatch:
                 connection,
                 found.implicit,
             )
+
+
+def _to_refresh(services: Services, poked: set[str] | None) -> list[str]:
+    """The PostgreSQL connections to look at: all, or those whose upstream database
+    has the name of a poked connection's (on any host: one server may be reached by
+    several names, and looking once too often costs only a query). Looking only where
+    DDL ran keeps the watch's own sessions off other databases: a client's DROP
+    DATABASE fails while any session, the watch's included, is connected to it."""
+    postgres = {n: c for n, c in services.config.connections.items() if c.type == "postgres"}
+    if poked is None:
+        return list(postgres)
+
+    def database(name: str) -> object:
+        return getattr(postgres[name].upstream, "database", None)
+
+    names = {database(n) for n in poked if n in postgres}
+    return [n for n in postgres if database(n) in names]
 
 
 def _user_first(qualified: str) -> tuple[bool, str]:

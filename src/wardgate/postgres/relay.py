@@ -94,6 +94,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._drain: asyncio.Future[None] | None = None  # set when every reply has come
         self._seq = 0
         self._finished = False
+        self._server_ended = False
         self._on_finished = on_finished
         self.read_only = read_only  # the upstream session was opened read-only
         self.review_wait = review_wait  # how long a statement waits inline for approval
@@ -236,7 +237,14 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.finish("closed")
 
     def on_upstream_closed(self) -> None:
-        if not self._finished:
+        if not self._finished and self._server_ended:
+            # Its FATAL error went to the client already: close as the server did,
+            # without a second error the client would read as the answer to its next
+            # statement ("received 2 results"). Closed before the session's end is
+            # recorded, which may take a while: the client learns at once, as directly.
+            self.client.close()
+            self.finish("upstream_lost", "the database server ended the session")
+        elif not self._finished:
             log.warning(
                 "session %s: upstream of %r closed the connection", self.session_id, self.connection
             )

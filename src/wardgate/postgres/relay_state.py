@@ -120,6 +120,7 @@ class RelayState:
     _barrier: bool  # reading stopped until the server confirms the client encoding
     _seq: int
     _finished: bool
+    _server_ended: bool  # the server sent a FATAL error: it is closing the session
     _on_finished: object
     _reviewing: bool
     _review_task: asyncio.Task[None] | None
@@ -212,7 +213,7 @@ class RelayState:
     def _ran(self, act: Act) -> None:
         """A statement completed: after DDL, user routines may shadow a built-in now."""
         if any(i.klass in ("ddl", "admin") for i in act.verdict.statements):
-            self.services.state(CatalogWatch).poke()
+            self.services.state(CatalogWatch).poke(self.connection)
             self.services.state(MaskCatalogs).stale(self.connection)
 
     def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:

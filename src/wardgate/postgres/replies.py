@@ -141,6 +141,10 @@ class ServerReplies(MaskedResults, SessionProbe):
         if t == 83:  # S ParameterStatus
             self._on_parameter_status(msg)
             return None
+        if t == 69 and parse_error_fields(msg.body).severity in ("FATAL", "PANIC"):
+            # The server ends the session and said why (pg_terminate_backend, shutdown):
+            # the client learns it from this message, as it would directly.
+            self._server_ended = True
         if head is None:
             return None  # asynchronous: NoticeResponse, NotificationResponse
         if t == 69:  # E ErrorResponse

@@ -35,6 +35,8 @@ PASSED_PARAMS = frozenset(
         "TimeZone",
         "extra_float_digits",
         "search_path",
+        # Which notices the server sends: asyncpg's server_settings sets it this way.
+        "client_min_messages",
     }
 )
 # Settings allowed in `options=-c name=value`.
@@ -50,6 +52,7 @@ PASSED_OPTIONS = frozenset(
         "extra_float_digits",
         "application_name",
         "client_encoding",
+        "client_min_messages",
         "work_mem",
     }
 )
