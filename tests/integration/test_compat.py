@@ -149,13 +149,13 @@ def test_an_unreadable_encoding_is_refused_and_the_session_goes_on(gateway: Gate
 
 def test_a_failed_login_leaves_no_upstream_session(own_gateway: Gateway) -> None:
     """The gateway dials upstream while the client proves its token; a wrong token
-    closes that dial, and a throttled login does not dial at all."""
+    closes that dial, also once the guesses are slowed down."""
     app = f"wg-early-{uuid.uuid4().hex[:8]}"
     # A success first: the next login of this principal from this address dials before
     # the throttle is even read, so the first failure below exercises that path too.
     psycopg.connect(own_gateway.dsn("dev")).close()
     dsn = own_gateway.dsn("dev", application_name=app).replace(own_gateway.token("dev"), "wg_x")
-    for _ in range(6):  # the fixture's limit is 5 failures a minute
+    for _ in range(6):  # past the fixture's limit of 5: the sixth is answered slowly
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(dsn)
     with admin_conn() as admin:
@@ -167,9 +167,8 @@ def test_a_failed_login_leaves_no_upstream_session(own_gateway: Gateway) -> None
                 break
             time.sleep(0.1)
     assert row == (0,)
-    # Throttled now: even the right token is refused, before any proof is checked.
-    with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
-        psycopg.connect(own_gateway.dsn("dev"))
+    # The guesses slow the guesser, never the owner: the right token still works.
+    psycopg.connect(own_gateway.dsn("dev")).close()
 
 
 def test_client_min_messages_passes_at_startup(gateway: Gateway) -> None:

@@ -13,6 +13,7 @@ through the gateway is itself an ``admin`` statement (kind ``shadows_builtin``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
