@@ -56,6 +56,7 @@ BLOCKED_FUNCTIONS = frozenset(
         "lo_export", "lo_import", "lo_open", "pg_read_file", "pg_read_binary_file",
         "pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_mcv_list_items",
         "pg_get_statisticsobjdef_expressions", "pg_stat_statements", "dblink",
+        "ts_rewrite",  # ts_rewrite(tsquery, text): runs the SELECT in its text
     }
 )  # fmt: skip
 # pg_stat_activity: the query text of the session itself only.
@@ -237,6 +238,8 @@ def _quick_relation(
         tables = tuple(t for t in tables if t.schema == schema)
     if not tables:
         return () if schema is None and name in catalog.system else None
+    if any(t.schema == MASK_SCHEMA for t in tables):
+        return None  # SET search_path = wardgate_mask; TABLE key: the full rewrite refuses
     for table in tables:
         key = (rewriter.rules, table.schema, table.name)
         clean = catalog.clean.get(key)
@@ -628,6 +631,14 @@ class _Rewriter:
         tables = self.catalog.tables.get(name, ())
         if schema is not None:
             tables = tuple(t for t in tables if t.schema == schema)
+        if any(t.schema == MASK_SCHEMA for t in tables):
+            # Unqualified, after SET search_path = wardgate_mask: the same key.
+            raise Refused(
+                f"{name!r} may name a relation of the {MASK_SCHEMA} schema (the session's "
+                "search_path decides), which holds the gateway's masking key; it cannot be "
+                "read by a masked principal",
+                self._any_rule(),
+            )
         if not tables:
             if schema is None and name in self.catalog.system:
                 return _Entry(refname, "pg_catalog", None, {})

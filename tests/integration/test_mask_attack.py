@@ -1,0 +1,70 @@
+"""A hostile agent under column masking, through the real gateway and PostgreSQL: each
+test is an attack that got clear values (or the masking key) out before it was fixed.
+The gateway and fixture table are test_mask_rewrite's."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Gateway
+from tests.integration.test_mask_rewrite import ROWS, _agent, _no_clear
+from tests.integration.test_mask_rewrite import gw as gw  # noqa: F401 - the fixture
+from tests.integration.test_mask_rewrite import people as people  # noqa: F401 - the fixture
+
+
+def _refused(conn: psycopg.Connection[Any], sql: str, why: str) -> str:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        conn.execute(sql.encode())
+    message = str(info.value)
+    assert why in message and "wardgate: blocked by" in message, message
+    assert conn.execute("select 1").fetchone() == (1,)  # the session goes on
+    return message
+
+
+def test_ts_rewrite_runs_no_sql_text_past_the_rewrite(gw: Gateway, people: str) -> None:
+    """ts_rewrite(tsquery, text) runs the SELECT in its text: the rewriter never saw the
+    column references in it, so they read clear values (``'example.com' & 'jane.doe'``)."""
+    leaks = [
+        f"select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, to_tsquery(''simple'', "
+        f"replace(email, ''@'', '' & '')) from {people}')",
+        f"select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, to_tsquery(''simple'', "
+        f"translate(card, '' '', ''-'')) from {people}')",
+        f"select pg_catalog.ts_rewrite('a'::tsquery, 'select ''a''::tsquery, "
+        f"to_tsquery(''simple'', replace(iban, ''DE'', ''x & ''))  from {people}')",
+    ]
+    with _agent(gw) as conn:
+        for sql in leaks:
+            message = _refused(conn, sql, "ts_rewrite")
+            _no_clear(message)
+        # The three-tsquery form runs no SQL, but the name is refused whole (fail closed).
+        _refused(conn, "select ts_rewrite('a'::tsquery, 'a'::tsquery, 'b'::tsquery)", "ts_rewrite")
+    with psycopg.connect(gw.dsn("reviewer"), autocommit=True) as conn:
+        clear = conn.execute(leaks[0]).fetchone()
+    assert clear is not None and "jane.doe" in clear[0]  # what the agent would have read
+
+
+def _pseudonym(ipad: bytes, opad: bytes, value: str) -> str:
+    inner = hashlib.sha256(ipad + ("pseudonym" + value).encode()).digest()
+    return "tok_" + hashlib.sha256(opad + inner).hexdigest()[:12]
+
+
+def test_masking_key_is_not_readable_through_search_path(gw: Gateway, people: str) -> None:
+    """``SET search_path = wardgate_mask`` then ``TABLE key``: the key of the pseudonyms,
+    with which an agent computes the pseudonym of any guess offline (a dictionary
+    attack on IBANs, phone numbers, SSNs). The qualified name was refused already."""
+    with _agent(gw) as conn:
+        conn.execute("set search_path = wardgate_mask, public")
+        for sql in ("select * from key", "table key", "select ipad, opad from key k"):
+            _no_clear(_refused(conn, sql, "wardgate_mask"))
+        conn.execute("reset search_path")
+        _refused(conn, "select * from wardgate_mask.key", "wardgate_mask")
+        tokens = conn.execute(f"select iban from {people} order by id").fetchall()
+    # The attack it stops: with the key, a guess's pseudonym matches the agent's rows.
+    with psycopg.connect(gw.dsn("reviewer"), autocommit=True) as conn:
+        key = conn.execute("select ipad, opad from wardgate_mask.key").fetchone()
+    assert key is not None
+    assert tokens[0][0] == _pseudonym(bytes(key[0]), bytes(key[1]), ROWS[0][4])
