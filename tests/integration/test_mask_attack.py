@@ -68,3 +68,19 @@ def test_masking_key_is_not_readable_through_search_path(gw: Gateway, people: st
         key = conn.execute("select ipad, opad from wardgate_mask.key").fetchone()
     assert key is not None
     assert tokens[0][0] == _pseudonym(bytes(key[0]), bytes(key[1]), ROWS[0][4])
+
+
+def test_pg_stat_activity_query_under_another_name(gw: Gateway, people: str) -> None:
+    """``pg_stat_activity a(c1, ..., c20, q)`` renames the query column: ``q`` was not
+    recognised as the query, so other sessions' query texts (their literals) came back."""
+    cols = ", ".join(f"c{i}" for i in range(1, 21))
+    with psycopg.connect(gw.dsn("reviewer"), autocommit=True) as other:
+        other.execute(f"select id from {people} where ssn = {ROWS[0][5]}")
+        with _agent(gw) as conn:
+            for sql in (
+                f"select q from pg_stat_activity a({cols}, q) where q <> ''",
+                f"select * from (select q from pg_catalog.pg_stat_activity a({cols}, q)) s",
+            ):
+                _no_clear(_refused(conn, sql, "pg_stat_activity"))
+            rows = conn.execute("select query from pg_stat_activity where query <> ''").fetchall()
+    _no_clear(rows)

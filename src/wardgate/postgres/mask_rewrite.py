@@ -625,6 +625,14 @@ class _Rewriter:
                 self._any_rule(),
             )
         if schema in (None, "pg_catalog") and name in _ACTIVITY:
+            if rv.alias is not None and rv.alias.colnames:
+                # pg_stat_activity a(c1, ..., q): the query column under another name.
+                raise Refused(
+                    "pg_stat_activity with renamed columns is not supported for a masked "
+                    "principal (query shows this session's only); alias the columns in the "
+                    "select list instead",
+                    self._any_rule(),
+                )
             return _Entry(refname, "pg_catalog", None, {}, activity=True)
         if schema in SYSTEM_SCHEMAS:
             return _Entry(refname, schema, None, {})
