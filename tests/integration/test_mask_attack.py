@@ -84,3 +84,27 @@ def test_pg_stat_activity_query_under_another_name(gw: Gateway, people: str) -> 
                 _no_clear(_refused(conn, sql, "pg_stat_activity"))
             rows = conn.execute("select query from pg_stat_activity where query <> ''").fetchall()
     _no_clear(rows)
+
+
+def test_function_in_from_sees_the_tables_before_it_without_lateral(
+    gw: Gateway, people: str
+) -> None:
+    """A function in FROM may refer to the items before it without LATERAL (PostgreSQL
+    reads it as implicitly lateral): its column references were resolved only against
+    the outer queries, so ``email`` there went unmasked (``jane.doe``, ``example.com``)."""
+    with _agent(gw) as conn:
+        got = [
+            conn.execute(sql).fetchall()
+            for sql in (
+                f"select x from {people}, regexp_split_to_table(email, '@') x",
+                f"select x from {people} p, regexp_split_to_table(p.card, ' ') x",
+                f"select x from {people} join regexp_split_to_table(iban, '') x on true",
+                f"select x from {people}, rows from (regexp_split_to_table(email, '[.@]')) x",
+                f"select (select string_agg(x, '|') from {people}, regexp_split_to_table("
+                "email, '@') x)",
+            )
+        ]
+    _no_clear(got)
+    parts = {v for rows in got for row in rows for v in row}
+    assert not parts & {"jane.doe", "example.com", "4111", "jane", "DE89370400440532013000"}
+    assert "j****" in parts  # masked values, split

@@ -582,8 +582,9 @@ class _Rewriter:
             item.subquery = self._nested(item.subquery, scopes)
             level.append(_Entry(item.alias.aliasname if item.alias else "", None, None, {}))
         elif isinstance(item, ast.RangeFunction):
-            scopes = [level, *outer] if item.lateral else outer
-            item.functions = self.expr(item.functions, scopes, _OUTPUT)
+            # A function in FROM sees the items before it with or without LATERAL
+            # (there it is a noise word): ``FROM t, unnest(array[email])``.
+            item.functions = self.expr(item.functions, [level, *outer], _OUTPUT)
             name = item.alias.aliasname if item.alias else _function_refname(item)
             level.append(_Entry(name, None, None, {}))
         else:
