@@ -91,6 +91,22 @@ class MaskCatalog:
     # (rules, schema, table) -> the table has no masked column and reads nothing
     # refused: the fast path asks it for every statement.
     clean: dict[tuple[Any, ...], bool] = field(default_factory=dict, compare=False)
+    # (schema, table) -> the tables it is a partition or inheritance child of, all
+    # levels; computed on first use.
+    _parents: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(
+        default_factory=dict, compare=False
+    )
+
+    def parents(self, table: Table) -> tuple[tuple[str, str], ...]:
+        if not self._parents and self.tables:
+            found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+            for tables in self.tables.values():
+                for parent in tables:
+                    for child in parent.children:
+                        found.setdefault(child, []).append((parent.schema, parent.name))
+            self._parents.update({k: tuple(sorted(v)) for k, v in found.items()})
+            self._parents[("", "")] = ()  # computed, even when nothing inherits
+        return self._parents.get((table.schema, table.name), ())
 
     @staticmethod
     def of(
@@ -728,9 +744,10 @@ class _Rewriter:
 
     def _column_rule(self, table: Table, column: str) -> ColumnRule | None:
         """A rule on this column of the table, or of any of its partitions or
-        inheritance children (a read of the parent returns their rows)."""
+        inheritance children (a read of the parent returns their rows), or of a table
+        it is a partition or child of (its rows are the parent's rows, read directly)."""
         rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
-        for schema, name in sorted(table.children):
+        for schema, name in (*sorted(table.children), *self.catalog.parents(table)):
             if rule is None:
                 rule = self._rule_for(f"{schema}.{name}.{column}")
         return rule
