@@ -157,6 +157,16 @@ class _Entry:
     masked: dict[str, Masked]  # by the name the query sees (an alias may rename)
     activity: bool = False  # pg_stat_activity
     names: tuple[str, ...] = ()  # the columns as the query sees them
+    # A rule names this table (or a parent or child): a column added since the
+    # snapshot may be masked, so * is expanded from the snapshot and whole rows refused.
+    named: ColumnRule | None = None
+
+    @property
+    def guarded(self) -> bool:
+        return bool(self.masked) or self.named is not None
+
+    def rule(self) -> ColumnRule | None:
+        return next(iter(self.masked.values())).rule if self.masked else self.named
 
     def has(self, column: str) -> bool:
         return self.table is not None and column in self.names
@@ -198,6 +208,8 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
     rewriter = _Rewriter(catalog, rules)
     tables: list[Table] = []
     columns: set[str] = set()
+    star = False
+    refnames: set[str] = set()  # what a whole-row reference may name
     stack: list[Any] = [tree]
     while stack:
         item = stack.pop()
@@ -211,6 +223,9 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
             if found is None:
                 return False
             tables.extend(found)
+            alias = item.get("alias")
+            refnames.add(alias.get("aliasname", "") if isinstance(alias, dict) else "")
+            refnames.add(item.get("relname") or "")
         for key, value in item.items():
             if key in _SLOW_STATEMENTS:
                 return False
@@ -228,11 +243,17 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
                 fields = value.get("fields", ())
                 if fields and "String" in fields[-1]:
                     columns.add(fields[-1]["String"]["sval"])
+                elif fields:
+                    star = True
             if isinstance(value, dict | list):
                 stack.append(value)
     for table in tables:
         unknown = columns.difference(c for c, _ in table.columns)
         if unknown and any(rewriter._column_rule(table, c) for c in unknown):
+            return False
+        # A table a rule names: * and whole rows (a name no table's column has) take
+        # the full rewrite, which expands them from the snapshot or refuses them.
+        if (star or columns & refnames) and rewriter._table_rule(table) is not None:
             return False
     return True
 
@@ -701,7 +722,21 @@ class _Rewriter:
             for i, (c, _) in enumerate(t.columns)
         }
         names += tuple(sorted(all_names - set(names)))
-        return _Entry(refname, schema, tables[0], masked, names=names)
+        named = next((r for t in tables if (r := self._table_rule(t)) is not None), None)
+        return _Entry(refname, schema, tables[0], masked, names=names, named=named)
+
+    def _table_rule(self, table: Table) -> ColumnRule | None:
+        """A rule whose glob names this table, or a parent or child of it, whatever the
+        column: a column added since the catalog snapshot may be one it masks."""
+        related = ((table.schema, table.name), *table.children, *self.catalog.parents(table))
+        for rule in self.rules:
+            table_glob = rule.glob.rpartition(".")[0]
+            for schema, name in related:
+                qualified = f"{schema}.{name}".lower()
+                # ``*.t.email``: its table part; ``public.*``: any column name matches.
+                if fnmatchcase(qualified, table_glob) or fnmatchcase(f"{qualified}.*", rule.glob):
+                    return rule
+        return None
 
     def _refuse_view(self, table: Table) -> None:
         for read in sorted(table.reads):
@@ -789,7 +824,7 @@ class _Rewriter:
                 entries = [e for lv in scopes[1:] for e in lv if e.refname == names[-1]]
         else:
             entries = list(level)
-        if not any(e.masked or e.activity for e in entries):
+        if not any(e.guarded or e.activity for e in entries):
             return [_new.ResTarget(val=ref)]
         if not names and id(level) in self._merged:
             raise Refused(
@@ -805,7 +840,7 @@ class _Rewriter:
                     "name the columns (query is shown for this session only)",
                     self._any_rule(),
                 )
-            if not entry.masked:
+            if not entry.guarded:
                 if not entry.refname:
                     # A bare * here would expand the masked tables' columns too.
                     raise Refused(
@@ -823,7 +858,7 @@ class _Rewriter:
                 raise Refused(
                     f"SELECT * over {entry.refname!r}, a name several schemas hold, cannot "
                     "be expanded exactly; qualify it with its schema or name the columns",
-                    next(iter(entry.masked.values())).rule.rule,
+                    (entry.rule() or ColumnRule(self._any_rule(), "", "")).rule,
                 )
             for column in entry.names[: len(table.columns)]:
                 col = _new.ColumnRef(
@@ -935,7 +970,7 @@ class _Rewriter:
             entry = self._entry(names[-1], scopes) if names else None
             entries = [entry] if entry is not None else (scopes[0] if not names else [])
             for e in entries:
-                if e.masked or e.activity:
+                if e.guarded or e.activity:
                     self._whole_row_refused(e, where)
 
     def _whole_row_refused(self, entry: _Entry, where: str) -> None:
@@ -946,10 +981,12 @@ class _Rewriter:
                 "session's only)",
                 self._any_rule(),
             )
-        rule = next(iter(entry.masked.values())).rule
+        rule = entry.rule()
+        assert rule is not None  # only guarded tables come here
+        columns = ", ".join(sorted(entry.masked)) or "columns a rule on the table may mask"
         raise Refused(
             f"a whole-row reference to {entry.refname!r} in {where} would carry its masked "
-            f"columns ({', '.join(sorted(entry.masked))}, masking rule {rule.rule!r}) in "
+            f"columns ({columns}, masking rule {rule.rule!r}) in "
             "clear; name the columns instead",
             rule.rule,
         )
@@ -981,7 +1018,7 @@ class _Rewriter:
             entry = self._find(column, scopes)
             if entry is None:
                 whole = self._entry(column, scopes)
-                if whole is not None and (whole.masked or whole.activity):
+                if whole is not None and (whole.guarded or whole.activity):
                     self._whole_row_refused(whole, "an expression")
                 self._refuse_unknown_column(column, [e for level in scopes for e in level])
                 return ref
