@@ -176,3 +176,23 @@ def test_a_column_added_since_the_snapshot_is_not_read_through_star_or_whole_row
                 got.append(str(exc))
     blob = repr(got)
     assert "jane.doe" not in blob and ROWS[0][2] not in blob, blob
+
+
+def test_functional_notation_on_a_whole_row(gw: Gateway, people: str) -> None:
+    """``p.row_to_json`` is ``row_to_json(p)`` for PostgreSQL (a name that is no column
+    of p is tried as a function of the whole row): the clear row came back."""
+    cols = "q.row_to_json::text"
+    with _agent(gw) as conn:
+        for sql in (
+            f"select p.row_to_json::text from {people} p",
+            f"select regexp_split_to_table(p.row_to_json::text, '[@,]') from {people} p",
+            f"select {people}.to_jsonb::text from {people}",
+            f"select public.{people}.row_to_json::text from public.{people}",
+            f"select {cols} from pg_stat_activity q",
+        ):
+            _no_clear(_refused(conn, sql, "whole-row"))
+        # A column of the snapshot is no function call: still masked, not refused.
+        assert conn.execute(f"select p.email from {people} p where p.id = 1").fetchone() == (
+            "j****@*****.com",
+        )
+        assert conn.execute("select q.pid from pg_stat_activity q limit 1").fetchone()

@@ -61,6 +61,14 @@ BLOCKED_FUNCTIONS = frozenset(
 )  # fmt: skip
 # pg_stat_activity: the query text of the session itself only.
 _ACTIVITY = frozenset({"pg_stat_activity"})
+_ACTIVITY_COLUMNS = frozenset(
+    {
+        "datid", "datname", "pid", "leader_pid", "usesysid", "usename", "application_name",
+        "client_addr", "client_hostname", "client_port", "backend_start", "xact_start",
+        "query_start", "state_change", "wait_event_type", "wait_event", "state",
+        "backend_xid", "backend_xmin", "query_id", "query", "backend_type",
+    }
+)  # fmt: skip
 _TEXT_TYPES = ("text", "character varying", "character", "name", "citext", "bpchar", "varchar")
 
 
@@ -1028,6 +1036,10 @@ class _Rewriter:
                 return ref
             if not entry.has(column):
                 self._refuse_unknown_column(column, [entry])
+                known = entry.activity and column in _ACTIVITY_COLUMNS
+                if (entry.guarded or entry.activity) and not known:
+                    # p.row_to_json is row_to_json(p): a function on the whole row.
+                    self._whole_row_refused(entry, f"{entry.refname}.{column}")
         if entry.activity and column == "query":
             self.changed = True
             pid = _deparse(_new.ColumnRef(fields=(*ref.fields[:-1], _new.String(sval="pid"))))
