@@ -237,6 +237,8 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
         for key, value in item.items():
             if key in _SLOW_STATEMENTS:
                 return False
+            if key == "CopyStmt" and isinstance(value, dict) and not value.get("attlist"):
+                star = True  # COPY t TO: every column, like *
             if key == "FuncCall" and not _quick_function(value, catalog):
                 return False
             if key == "A_Expr":
@@ -585,7 +587,9 @@ class _Rewriter:
         level: _Level = []
         self._from_item(stmt.relation, level, [])
         entry = level[0]
-        wanted = set(_strings(stmt.attlist or ())) or set(entry.masked)
+        listed = _strings(stmt.attlist or ())
+        self._refuse_unknown_column_list(listed, entry)
+        wanted = set(listed) or set(entry.masked)
         hit = wanted & set(entry.masked)
         if hit:
             rule = entry.masked[sorted(hit)[0]].rule
@@ -595,7 +599,16 @@ class _Rewriter:
                 f"COPY (SELECT ... FROM {entry.refname}) TO STDOUT",
                 rule.rule,
             )
+        if not listed and entry.named is not None and entry.table is not None:
+            # The columns of the snapshot, named: one a rule masks added since is left out.
+            columns = entry.table.columns
+            stmt.attlist = tuple(_new.String(sval=c) for c, _ in columns)
+            self.changed = True
         return stmt
+
+    def _refuse_unknown_column_list(self, columns: list[str], entry: _Entry) -> None:
+        for column in columns:
+            self._refuse_unknown_column(column, [entry])
 
     # ------------------------------------------------------------- FROM
 
