@@ -200,3 +200,21 @@ def test_functional_notation_on_a_whole_row(gw: Gateway, people: str) -> None:
             "j****@*****.com",
         )
         assert conn.execute("select q.pid from pg_stat_activity q limit 1").fetchone()
+
+
+def test_listen_is_refused_notify_payloads_are_not_masked(
+    gw: Gateway, people: str, it_database: str
+) -> None:
+    """A trigger's ``pg_notify('changes', row_to_json(NEW)::text)`` (or any other
+    session's NOTIFY) reached a LISTENing agent as it was: clear rows."""
+    with _agent(gw) as conn:
+        _refused(conn, "listen people_changes", "LISTEN")
+        _refused(conn, 'LISTEN "people_changes"', "LISTEN")
+        with admin_conn(it_database) as admin:
+            admin.execute(
+                "select pg_notify('people_changes', (select row_to_json(p)::text "
+                f"from {people} p where id = 1))"
+            )
+        conn.execute("select 1")
+        payloads = [n.payload for n in conn.notifies(timeout=0.5)]
+    assert payloads == []

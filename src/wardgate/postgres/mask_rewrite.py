@@ -203,7 +203,7 @@ def rewrite(sql: str, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> st
     return "; ".join(str(_Stream()(raw)) for raw in statements)
 
 
-_SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt"})
+_SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt", "ListenStmt"})
 
 
 def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> bool:
@@ -406,6 +406,14 @@ class _Rewriter:
         ):
             self._refuse_moving_masked(stmt)
             return stmt
+        if isinstance(stmt, ast.ListenStmt):
+            # NOTIFY payloads come from other sessions (a trigger's row_to_json(NEW))
+            # and reach the client as they are: nothing masks them.
+            raise Refused(
+                "LISTEN is not supported for principals under a masking rule: other "
+                "sessions' NOTIFY payloads (often whole rows) would reach you unmasked",
+                self._any_rule(),
+            )
         if isinstance(stmt, ast.DoStmt | ast.CallStmt):
             what = "a DO block" if isinstance(stmt, ast.DoStmt) else "CALL of a procedure"
             raise Refused(
