@@ -191,7 +191,11 @@ def test_star_of_a_table_a_rule_names_is_expanded(sql: str, expected: str) -> No
 
 
 def test_whole_row_of_a_table_a_rule_names_is_refused() -> None:
-    for sql in ("select row_to_json(o) from orders o", "select o::text from orders o"):
+    for sql in (
+        "select row_to_json(o) from orders o",
+        "select o::text from orders o",
+        "select row_to_json(j) from (orders o join orders p on true) as j",
+    ):
         with pytest.raises(Refused) as info:
             rewrite(sql, CATALOG, RULES)
         assert "whole-row" in info.value.reason

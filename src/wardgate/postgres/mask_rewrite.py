@@ -226,6 +226,8 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
             continue
         if not isinstance(item, dict):
             continue
+        if "aliasname" in item:  # tables', joins', subqueries' aliases
+            refnames.add(item["aliasname"])
         if "relname" in item:
             found = _quick_relation(item, catalog, rewriter)
             if found is None:
@@ -627,7 +629,7 @@ class _Rewriter:
             start = len(level)
             self._from_item(item.larg, level, outer)
             self._from_item(item.rarg, level, outer)
-            if item.alias is not None and any(e.masked for e in level[start:]):
+            if item.alias is not None and any(e.guarded for e in level[start:]):
                 raise Refused(
                     f"a join aliased as {item.alias.aliasname!r} over a table with masked "
                     "columns is not supported for this principal; refer to the tables by "
