@@ -56,10 +56,19 @@ BLOCKED_FUNCTIONS = frozenset(
         "lo_export", "lo_import", "lo_open", "pg_read_file", "pg_read_binary_file",
         "pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_mcv_list_items",
         "pg_get_statisticsobjdef_expressions", "pg_stat_statements", "dblink",
+        "ts_rewrite",  # ts_rewrite(tsquery, text): runs the SELECT in its text
     }
 )  # fmt: skip
 # pg_stat_activity: the query text of the session itself only.
 _ACTIVITY = frozenset({"pg_stat_activity"})
+_ACTIVITY_COLUMNS = frozenset(
+    {
+        "datid", "datname", "pid", "leader_pid", "usesysid", "usename", "application_name",
+        "client_addr", "client_hostname", "client_port", "backend_start", "xact_start",
+        "query_start", "state_change", "wait_event_type", "wait_event", "state",
+        "backend_xid", "backend_xmin", "query_id", "query", "backend_type",
+    }
+)  # fmt: skip
 _TEXT_TYPES = ("text", "character varying", "character", "name", "citext", "bpchar", "varchar")
 
 
@@ -90,6 +99,22 @@ class MaskCatalog:
     # (rules, schema, table) -> the table has no masked column and reads nothing
     # refused: the fast path asks it for every statement.
     clean: dict[tuple[Any, ...], bool] = field(default_factory=dict, compare=False)
+    # (schema, table) -> the tables it is a partition or inheritance child of, all
+    # levels; computed on first use.
+    _parents: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(
+        default_factory=dict, compare=False
+    )
+
+    def parents(self, table: Table) -> tuple[tuple[str, str], ...]:
+        if not self._parents and self.tables:
+            found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+            for tables in self.tables.values():
+                for parent in tables:
+                    for child in parent.children:
+                        found.setdefault(child, []).append((parent.schema, parent.name))
+            self._parents.update({k: tuple(sorted(v)) for k, v in found.items()})
+            self._parents[("", "")] = ()  # computed, even when nothing inherits
+        return self._parents.get((table.schema, table.name), ())
 
     @staticmethod
     def of(
@@ -140,6 +165,16 @@ class _Entry:
     masked: dict[str, Masked]  # by the name the query sees (an alias may rename)
     activity: bool = False  # pg_stat_activity
     names: tuple[str, ...] = ()  # the columns as the query sees them
+    # A rule names this table (or a parent or child): a column added since the
+    # snapshot may be masked, so * is expanded from the snapshot and whole rows refused.
+    named: ColumnRule | None = None
+
+    @property
+    def guarded(self) -> bool:
+        return bool(self.masked) or self.named is not None
+
+    def rule(self) -> ColumnRule | None:
+        return next(iter(self.masked.values())).rule if self.masked else self.named
 
     def has(self, column: str) -> bool:
         return self.table is not None and column in self.names
@@ -168,7 +203,7 @@ def rewrite(sql: str, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> st
     return "; ".join(str(_Stream()(raw)) for raw in statements)
 
 
-_SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt"})
+_SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt", "ListenStmt"})
 
 
 def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> bool:
@@ -181,6 +216,8 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
     rewriter = _Rewriter(catalog, rules)
     tables: list[Table] = []
     columns: set[str] = set()
+    star = False
+    refnames: set[str] = set()  # what a whole-row reference may name
     stack: list[Any] = [tree]
     while stack:
         item = stack.pop()
@@ -189,14 +226,21 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
             continue
         if not isinstance(item, dict):
             continue
+        if "aliasname" in item:  # tables', joins', subqueries' aliases
+            refnames.add(item["aliasname"])
         if "relname" in item:
             found = _quick_relation(item, catalog, rewriter)
             if found is None:
                 return False
             tables.extend(found)
+            alias = item.get("alias")
+            refnames.add(alias.get("aliasname", "") if isinstance(alias, dict) else "")
+            refnames.add(item.get("relname") or "")
         for key, value in item.items():
             if key in _SLOW_STATEMENTS:
                 return False
+            if key == "CopyStmt" and isinstance(value, dict) and not value.get("attlist"):
+                star = True  # COPY t TO: every column, like *
             if key == "FuncCall" and not _quick_function(value, catalog):
                 return False
             if key == "A_Expr":
@@ -211,11 +255,17 @@ def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...
                 fields = value.get("fields", ())
                 if fields and "String" in fields[-1]:
                     columns.add(fields[-1]["String"]["sval"])
+                elif fields:
+                    star = True
             if isinstance(value, dict | list):
                 stack.append(value)
     for table in tables:
         unknown = columns.difference(c for c, _ in table.columns)
         if unknown and any(rewriter._column_rule(table, c) for c in unknown):
+            return False
+        # A table a rule names: * and whole rows (a name no table's column has) take
+        # the full rewrite, which expands them from the snapshot or refuses them.
+        if (star or columns & refnames) and rewriter._table_rule(table) is not None:
             return False
     return True
 
@@ -237,6 +287,8 @@ def _quick_relation(
         tables = tuple(t for t in tables if t.schema == schema)
     if not tables:
         return () if schema is None and name in catalog.system else None
+    if any(t.schema == MASK_SCHEMA for t in tables):
+        return None  # SET search_path = wardgate_mask; TABLE key: the full rewrite refuses
     for table in tables:
         key = (rewriter.rules, table.schema, table.name)
         clean = catalog.clean.get(key)
@@ -356,6 +408,14 @@ class _Rewriter:
         ):
             self._refuse_moving_masked(stmt)
             return stmt
+        if isinstance(stmt, ast.ListenStmt):
+            # NOTIFY payloads come from other sessions (a trigger's row_to_json(NEW))
+            # and reach the client as they are: nothing masks them.
+            raise Refused(
+                "LISTEN is not supported for principals under a masking rule: other "
+                "sessions' NOTIFY payloads (often whole rows) would reach you unmasked",
+                self._any_rule(),
+            )
         if isinstance(stmt, ast.DoStmt | ast.CallStmt):
             what = "a DO block" if isinstance(stmt, ast.DoStmt) else "CALL of a procedure"
             raise Refused(
@@ -537,7 +597,9 @@ class _Rewriter:
         level: _Level = []
         self._from_item(stmt.relation, level, [])
         entry = level[0]
-        wanted = set(_strings(stmt.attlist or ())) or set(entry.masked)
+        listed = _strings(stmt.attlist or ())
+        self._refuse_unknown_column_list(listed, entry)
+        wanted = set(listed) or set(entry.masked)
         hit = wanted & set(entry.masked)
         if hit:
             rule = entry.masked[sorted(hit)[0]].rule
@@ -547,7 +609,16 @@ class _Rewriter:
                 f"COPY (SELECT ... FROM {entry.refname}) TO STDOUT",
                 rule.rule,
             )
+        if not listed and entry.named is not None and entry.table is not None:
+            # The columns of the snapshot, named: one a rule masks added since is left out.
+            columns = entry.table.columns
+            stmt.attlist = tuple(_new.String(sval=c) for c, _ in columns)
+            self.changed = True
         return stmt
+
+    def _refuse_unknown_column_list(self, columns: list[str], entry: _Entry) -> None:
+        for column in columns:
+            self._refuse_unknown_column(column, [entry])
 
     # ------------------------------------------------------------- FROM
 
@@ -558,7 +629,7 @@ class _Rewriter:
             start = len(level)
             self._from_item(item.larg, level, outer)
             self._from_item(item.rarg, level, outer)
-            if item.alias is not None and any(e.masked for e in level[start:]):
+            if item.alias is not None and any(e.guarded for e in level[start:]):
                 raise Refused(
                     f"a join aliased as {item.alias.aliasname!r} over a table with masked "
                     "columns is not supported for this principal; refer to the tables by "
@@ -579,8 +650,9 @@ class _Rewriter:
             item.subquery = self._nested(item.subquery, scopes)
             level.append(_Entry(item.alias.aliasname if item.alias else "", None, None, {}))
         elif isinstance(item, ast.RangeFunction):
-            scopes = [level, *outer] if item.lateral else outer
-            item.functions = self.expr(item.functions, scopes, _OUTPUT)
+            # A function in FROM sees the items before it with or without LATERAL
+            # (there it is a noise word): ``FROM t, unnest(array[email])``.
+            item.functions = self.expr(item.functions, [level, *outer], _OUTPUT)
             name = item.alias.aliasname if item.alias else _function_refname(item)
             level.append(_Entry(name, None, None, {}))
         else:
@@ -622,12 +694,28 @@ class _Rewriter:
                 self._any_rule(),
             )
         if schema in (None, "pg_catalog") and name in _ACTIVITY:
+            if rv.alias is not None and rv.alias.colnames:
+                # pg_stat_activity a(c1, ..., q): the query column under another name.
+                raise Refused(
+                    "pg_stat_activity with renamed columns is not supported for a masked "
+                    "principal (query shows this session's only); alias the columns in the "
+                    "select list instead",
+                    self._any_rule(),
+                )
             return _Entry(refname, "pg_catalog", None, {}, activity=True)
         if schema in SYSTEM_SCHEMAS:
             return _Entry(refname, schema, None, {})
         tables = self.catalog.tables.get(name, ())
         if schema is not None:
             tables = tuple(t for t in tables if t.schema == schema)
+        if any(t.schema == MASK_SCHEMA for t in tables):
+            # Unqualified, after SET search_path = wardgate_mask: the same key.
+            raise Refused(
+                f"{name!r} may name a relation of the {MASK_SCHEMA} schema (the session's "
+                "search_path decides), which holds the gateway's masking key; it cannot be "
+                "read by a masked principal",
+                self._any_rule(),
+            )
         if not tables:
             if schema is None and name in self.catalog.system:
                 return _Entry(refname, "pg_catalog", None, {})
@@ -665,7 +753,21 @@ class _Rewriter:
             for i, (c, _) in enumerate(t.columns)
         }
         names += tuple(sorted(all_names - set(names)))
-        return _Entry(refname, schema, tables[0], masked, names=names)
+        named = next((r for t in tables if (r := self._table_rule(t)) is not None), None)
+        return _Entry(refname, schema, tables[0], masked, names=names, named=named)
+
+    def _table_rule(self, table: Table) -> ColumnRule | None:
+        """A rule whose glob names this table, or a parent or child of it, whatever the
+        column: a column added since the catalog snapshot may be one it masks."""
+        related = ((table.schema, table.name), *table.children, *self.catalog.parents(table))
+        for rule in self.rules:
+            table_glob = rule.glob.rpartition(".")[0]
+            for schema, name in related:
+                qualified = f"{schema}.{name}".lower()
+                # ``*.t.email``: its table part; ``public.*``: any column name matches.
+                if fnmatchcase(qualified, table_glob) or fnmatchcase(f"{qualified}.*", rule.glob):
+                    return rule
+        return None
 
     def _refuse_view(self, table: Table) -> None:
         for read in sorted(table.reads):
@@ -708,9 +810,10 @@ class _Rewriter:
 
     def _column_rule(self, table: Table, column: str) -> ColumnRule | None:
         """A rule on this column of the table, or of any of its partitions or
-        inheritance children (a read of the parent returns their rows)."""
+        inheritance children (a read of the parent returns their rows), or of a table
+        it is a partition or child of (its rows are the parent's rows, read directly)."""
         rule = self._rule_for(f"{table.schema}.{table.name}.{column}")
-        for schema, name in sorted(table.children):
+        for schema, name in (*sorted(table.children), *self.catalog.parents(table)):
             if rule is None:
                 rule = self._rule_for(f"{schema}.{name}.{column}")
         return rule
@@ -752,7 +855,7 @@ class _Rewriter:
                 entries = [e for lv in scopes[1:] for e in lv if e.refname == names[-1]]
         else:
             entries = list(level)
-        if not any(e.masked or e.activity for e in entries):
+        if not any(e.guarded or e.activity for e in entries):
             return [_new.ResTarget(val=ref)]
         if not names and id(level) in self._merged:
             raise Refused(
@@ -768,7 +871,7 @@ class _Rewriter:
                     "name the columns (query is shown for this session only)",
                     self._any_rule(),
                 )
-            if not entry.masked:
+            if not entry.guarded:
                 if not entry.refname:
                     # A bare * here would expand the masked tables' columns too.
                     raise Refused(
@@ -786,7 +889,7 @@ class _Rewriter:
                 raise Refused(
                     f"SELECT * over {entry.refname!r}, a name several schemas hold, cannot "
                     "be expanded exactly; qualify it with its schema or name the columns",
-                    next(iter(entry.masked.values())).rule.rule,
+                    (entry.rule() or ColumnRule(self._any_rule(), "", "")).rule,
                 )
             for column in entry.names[: len(table.columns)]:
                 col = _new.ColumnRef(
@@ -898,7 +1001,7 @@ class _Rewriter:
             entry = self._entry(names[-1], scopes) if names else None
             entries = [entry] if entry is not None else (scopes[0] if not names else [])
             for e in entries:
-                if e.masked or e.activity:
+                if e.guarded or e.activity:
                     self._whole_row_refused(e, where)
 
     def _whole_row_refused(self, entry: _Entry, where: str) -> None:
@@ -909,10 +1012,12 @@ class _Rewriter:
                 "session's only)",
                 self._any_rule(),
             )
-        rule = next(iter(entry.masked.values())).rule
+        rule = entry.rule()
+        assert rule is not None  # only guarded tables come here
+        columns = ", ".join(sorted(entry.masked)) or "columns a rule on the table may mask"
         raise Refused(
             f"a whole-row reference to {entry.refname!r} in {where} would carry its masked "
-            f"columns ({', '.join(sorted(entry.masked))}, masking rule {rule.rule!r}) in "
+            f"columns ({columns}, masking rule {rule.rule!r}) in "
             "clear; name the columns instead",
             rule.rule,
         )
@@ -944,7 +1049,7 @@ class _Rewriter:
             entry = self._find(column, scopes)
             if entry is None:
                 whole = self._entry(column, scopes)
-                if whole is not None and (whole.masked or whole.activity):
+                if whole is not None and (whole.guarded or whole.activity):
                     self._whole_row_refused(whole, "an expression")
                 self._refuse_unknown_column(column, [e for level in scopes for e in level])
                 return ref
@@ -954,6 +1059,10 @@ class _Rewriter:
                 return ref
             if not entry.has(column):
                 self._refuse_unknown_column(column, [entry])
+                known = entry.activity and column in _ACTIVITY_COLUMNS
+                if (entry.guarded or entry.activity) and not known:
+                    # p.row_to_json is row_to_json(p): a function on the whole row.
+                    self._whole_row_refused(entry, f"{entry.refname}.{column}")
         if entry.activity and column == "query":
             self.changed = True
             pid = _deparse(_new.ColumnRef(fields=(*ref.fields[:-1], _new.String(sval="pid"))))
