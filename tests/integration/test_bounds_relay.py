@@ -181,8 +181,10 @@ def test_result_and_client_push_while_masking_waits_for_names_are_paused(
             client.send(build.query(sql))
             time.sleep(1.0)
             pushed = _push(client.sock)
-            # The server's result (about 32 MB of rows) waits on the server, not here.
-            assert _backend_waits(it_database, sql) == "ClientWrite"
+            # The server's result (about 32 MB of rows) waits on the server, not here; or,
+            # under a column rule, the statement waits for the catalog its rewrite needs
+            # and has not reached the server at all. Nothing is buffered either way.
+            assert _backend_waits(it_database, sql) in ("ClientWrite", None)
             _assert_paused(gw, pushed, rss_before)
         finally:
             proxy.stall_new = False

@@ -224,4 +224,5 @@ def test_unwritable_store_refuses_mcp_queries(
     log = gw.log
     # The MCP SDK logs a traceback of its own at every session end ("Error in standalone
     # SSE writer", anyio.ClosedResourceError): those only.
-    assert log.count("Traceback") == log.count("Error in standalone SSE writer"), log
+    # (the gateway now logs those as one INFO line, without the traceback).
+    assert log.count("Traceback") <= log.count("Error in standalone SSE writer"), log
