@@ -77,6 +77,10 @@ class LoginLimiter:
         self._window = window
         self._max_delay = max_delay
 
+    @property
+    def max_delay(self) -> float:
+        return self._max_delay
+
     def retry_after(self, principal: str, client_ip: str) -> float | None:
         return self.check(principal, client_ip)[0]
 

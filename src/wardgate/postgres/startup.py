@@ -248,7 +248,10 @@ async def authenticate(
         except ScramAuthError:
             ok = False
     if not ok:
-        delay = await asyncio.to_thread(limiter.record_failure, principal, addr, tls=tls)
+        if retry is None:
+            delay = await asyncio.to_thread(limiter.record_failure, principal, addr, tls=tls)
+        else:  # already past the address's threshold: no store write per flooded login
+            delay = limiter.max_delay
         log.info(
             "failed login for principal %r from %s",
             principal,
