@@ -66,3 +66,34 @@ def test_agent_failures_past_the_address_threshold_do_not_refuse_a_right_token(
         assert bad.status_code == 401
     finally:
         gw.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack17, open: a review's result is settled at the statement's "
+    "CommandComplete; the relay does not follow the transaction (COMMIT/ROLLBACK tags, "
+    "ReadyForQuery status, ROLLBACK TO SAVEPOINT, a session closed mid-transaction), so "
+    "an approved UPDATE the agent rolls back shows `executed`",
+)
+def test_an_approved_update_rolled_back_by_the_agent_is_not_shown_executed(
+    it_database: str, tmp_path: Path, table: str
+) -> None:
+    """The agent runs its approved UPDATE inside a transaction and rolls it back: the
+    target is unchanged, and the approver must not read `executed`."""
+    from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
+
+    gw = make_gateway(tmp_path / "gw", review_config(it_database))
+    gw.start()
+    try:
+        update = f"UPDATE {table} SET qty = 7 WHERE id = 3"
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            review_id = pending_error(conn, update)
+            cli_as(gw, "reviewer", "reviews", "approve", review_id)
+            conn.execute("BEGIN")
+            conn.execute(update)
+            conn.execute("ROLLBACK")
+        assert qty(it_database, table, 3) == 0  # nothing changed on the target
+        shown = Api(gw, "reviewer").get(f"/reviews/{review_id}")
+        assert shown["status"] != "executed", shown
+    finally:
+        gw.stop()
