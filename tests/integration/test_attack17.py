@@ -93,7 +93,10 @@ def test_an_approved_update_rolled_back_by_the_agent_is_not_shown_executed(
             conn.execute(update)
             conn.execute("ROLLBACK")
         assert qty(it_database, table, 3) == 0  # nothing changed on the target
-        shown = Api(gw, "reviewer").get(f"/reviews/{review_id}")
+        api = Api(gw, "reviewer")
+        shown = api.get(f"/reviews/{review_id}")
         assert shown["status"] != "executed", shown
     finally:
+        while Api.opened:
+            Api.opened.pop().client.close()
         gw.stop()
