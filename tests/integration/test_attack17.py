@@ -3,6 +3,7 @@ shares 127.0.0.1) must not be able to lock the approver out by failing logins.""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -13,6 +14,10 @@ import pytest
 
 from tests.integration.conftest import base_config, make_gateway
 from tests.integration.test_auth import _psql
+from wardgate.audit.chain import canonical_json, event_hash
+from wardgate.audit.checkpoint import generate_key
+
+pytestmark = pytest.mark.integration
 
 
 def _addr_failures(db: str, addr: str) -> int:
@@ -100,3 +105,85 @@ def test_an_approved_update_rolled_back_by_the_agent_is_not_shown_executed(
         while Api.opened:
             Api.opened.pop().client.close()
         gw.stop()
+
+
+def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_verify_checkpoint(
+    it_database: str, tmp_path: Path, table: str
+) -> None:
+    """Store write access, no key: after a signed checkpoint, delete the approval vote
+    and the approval from the SQLite store, append a `retention.swept` event naming
+    them (with a correct hash) and move the head. `audit verify` passes, as for a real
+    sweep; `audit verify --checkpoint` must not."""
+    from tests.integration.test_reviews import cli_as, pending_error, review_config
+
+    key = tmp_path / "keys" / "cp.key"
+    key.parent.mkdir()
+    private, public = generate_key()
+    key.write_text(private)
+    Path(f"{key}.pub").write_text(public)
+    config = review_config(it_database) + f"audit:\n  checkpoint: {{key: {key}, interval: 1h}}\n"
+    gw = make_gateway(tmp_path / "gw", config)
+    gw.start()
+    try:
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            review_id = pending_error(conn, f"UPDATE {table} SET qty = 9 WHERE id = 2")
+            cli_as(gw, "reviewer", "reviews", "approve", review_id)
+    finally:
+        gw.stop()  # signs the head
+    cp = tmp_path / "cp.json"
+    cp.write_text(gw.cli("audit", "checkpoint").stdout)
+    signed = json.loads(cp.read_text())["seq"]
+    db = sqlite3.connect(gw.env["WARDGATE_STORE"].removeprefix("sqlite:///"))
+    try:
+        votes = db.execute(
+            "select id, hash, connection from audit_events where type = 'review.vote.approve' "
+            "and id < ? order by id",
+            (signed,),
+        ).fetchall()
+        assert votes, db.execute("select id, type from audit_events").fetchall()
+        first, digest, connection = votes[0]
+        db.execute("delete from audit_events where id = ?", (first,))
+        last_id, last_hash = db.execute("select last_id, last_hash from audit_head").fetchone()
+        payload = canonical_json(
+            {
+                "connection": connection,
+                "retention_days": 0,
+                "before": time.time(),
+                "events": 1,
+                "sessions": 0,
+                "recordings": 0,
+                "runs": [[first, first, digest]],
+            }
+        )
+        new_id, ts = last_id + 1, time.time()
+        fields = dict(
+            id=new_id, ts=ts, type="retention.swept", session_id="", principal="wardgate",
+            connection=connection, payload=payload,
+        )  # fmt: skip
+        new_hash = event_hash(last_hash, **fields)  # type: ignore[arg-type]
+        db.execute(
+            "insert into audit_events (id, ts, type, session_id, principal, connection, "
+            "payload, prev_hash, hash) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                new_id,
+                ts,
+                "retention.swept",
+                "",
+                "wardgate",
+                connection,
+                payload,
+                last_hash,
+                new_hash,
+            ),
+        )
+        db.execute("update audit_head set last_id = ?, last_hash = ?", (new_id, new_hash))
+        db.commit()
+    finally:
+        db.close()
+    plain = gw.cli("audit", "verify", check=False)
+    assert plain.returncode == 0 and "deleted by retention sweeps" in plain.stdout, plain.stdout
+    caught = gw.cli(
+        "audit", "verify", "--checkpoint", str(cp), "--public-key", f"{key}.pub", check=False
+    )
+    assert caught.returncode == 1, caught.stdout + caught.stderr
+    assert "no checkpoint signed by this key covers" in caught.stdout + caught.stderr
