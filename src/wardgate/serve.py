@@ -301,7 +301,10 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     if keeper is not None:
         services.tasks.spawn(keeper.run(), name="audit-checkpoints")
     if index == 0:
-        services.tasks.spawn(_retention_sweeper(services), name="audit-retention")
+        # The sweeper signs the head after a sweep: a retention.swept event no signed
+        # checkpoint covers does not excuse deleted events (audit/retention.py).
+        sweep_key = checkpoint_key(config, vault)
+        services.tasks.spawn(_retention_sweeper(services, sweep_key), name="audit-retention")
     tracing = setup_tracing(observer, f"worker-{index}")
     notifier = await _start_reviews(services, index)
     stop, hurry = asyncio.Event(), asyncio.Event()
@@ -421,7 +424,7 @@ def checkpoint_key(config: Config, vault: Any) -> Ed25519PrivateKey | None:
 RETENTION_SWEEP_INTERVAL = 3600.0
 
 
-async def _retention_sweeper(services: Services) -> None:
+async def _retention_sweeper(services: Services, key: Ed25519PrivateKey | None) -> None:
     """Hourly (and at start): every connection's records past ``retention_days`` leave
     the store, each batch recorded in the chain (audit/retention.py). Reads the live
     configuration, so a reload changes what is kept."""
@@ -431,7 +434,7 @@ async def _retention_sweeper(services: Services) -> None:
         config = services.config
         if any(c.retention_days for c in config.connections.values()):
             try:
-                done = await asyncio.to_thread(sweep, services.store, config)
+                done = await asyncio.to_thread(sweep, services.store, config, key=key)
             except Exception as exc:  # the store being down: try again next time
                 log.warning("retention sweep failed: %s", exc)
             else:

@@ -134,3 +134,62 @@ def test_idle_head_is_not_signed_twice(store: Store) -> None:
     again = sign_head(store, key)
     assert again is not None and again.seq == 1
     assert latest_checkpoint(store) == again
+
+
+def test_forged_sweep_after_the_checkpoint_does_not_excuse_a_deletion_before_it(
+    store: Store,
+) -> None:
+    """attack17: with the store but not the key, delete an approval vote the checkpoint
+    covers, then append a `retention.swept` event naming it (its hash is in the store)
+    and move the head. The plain walk accepts the gap, as for a real sweep; the signed
+    checkpoint must not."""
+    from wardgate.audit.chain import SWEPT_TYPE
+
+    key, pub = _keys()
+    events = _events(5, "a")
+    vote = NewEvent(events[2].ts, "review.vote", "s-a", "alice", "orders", {"vote": "approve"})
+    append(store, [*events[:2], vote, *events[3:]])
+    cp = sign_head(store, key)
+    assert cp is not None and cp.seq == 5
+    with store.session() as s:
+        gone = s.execute(select(AuditEvent).where(AuditEvent.id == 3)).scalar_one()
+        assert gone.type == "review.vote"
+        digest = gone.hash
+        s.execute(delete(AuditEvent).where(AuditEvent.id == 3))
+    forged = {"connection": "orders", "retention_days": 0, "before": 1.8e9, "events": 1}
+    append(
+        store,
+        [
+            NewEvent(
+                1.8e9, SWEPT_TYPE, "", "wardgate", "orders", {**forged, "runs": [[3, 3, digest]]}
+            )
+        ],
+    )
+    assert verify_chain(store).ok  # what a real sweep looks like to the plain walk
+    bad = verify_with_checkpoint(store, cp, pub)
+    assert not bad.ok, bad.reason
+    assert bad.first_broken_id == 3 and "no checkpoint" in bad.reason
+    with store.session(write=False) as s:  # the vote really is gone
+        assert s.scalar(select(AuditEvent.id).where(AuditEvent.id == 3)) is None
+
+
+def test_real_sweep_after_the_checkpoint_passes_once_signed(store: Store) -> None:
+    """A sweep given the key signs the head right after it (as `wardgate serve` and
+    `wardgate audit sweep` do when audit.checkpoint.key is set), so an older exported
+    checkpoint still verifies after a real sweep; an unsigned one does not."""
+    from wardgate.audit.retention import sweep_connection
+
+    key, pub = _keys()
+    append(store, _events(5, "a"))
+    cp = sign_head(store, key)
+    assert cp is not None
+    append(store, _events(2, "b"))
+    assert sweep_connection(store, "orders", 0, key=key) == 6  # all but event 5
+    ok = verify_with_checkpoint(store, cp, pub)
+    assert ok.ok, ok.reason
+    with store.session(write=False) as s:
+        assert s.scalars(select(AuditEvent.id).order_by(AuditEvent.id)).all() == [5, 8]
+    append(store, _events(2, "c"))
+    assert sweep_connection(store, "orders", 0) == 2  # no key: nothing signs it
+    unsigned = verify_with_checkpoint(store, cp, pub)
+    assert unsigned.ok, unsigned.reason  # the deleted events 9, 10 are past the checkpoint

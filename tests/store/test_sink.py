@@ -94,3 +94,43 @@ def test_syslog_receives_every_event(store: Store, tmp_path: Path) -> None:
     assert all(m.startswith("<158>wardgate-audit: {") for m in got)
     payloads = [json.loads(m.split(": ", 1)[1].rstrip("\x00")) for m in got]
     assert [p["id"] for p in payloads] == [1, 2]
+
+
+def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_the_sink(
+    store: Store, tmp_path: Path
+) -> None:
+    """attack17: delete a review vote the sink copied, append a `retention.swept` event
+    naming it: the walk accepts the gap; the sink's copy shows a sweep never deletes a
+    review event (nor a newer one, nor another connection's)."""
+    from sqlalchemy import delete
+
+    from wardgate.audit.chain import SWEPT_TYPE, verify_chain
+
+    path = tmp_path / "audit.jsonl"
+    vote = NewEvent(1_700_000_100.0, "review.vote", "s-a", "alice", "orders", {"vote": "deny"})
+    late = NewEvent(1_700_000_900.0, "action", "s-a", "bot", "orders", {"text": "q late"})
+    append(store, [*_events(2, "a"), vote, late, *_events(1, "b")])
+    stream_new(store, Sink(path))
+    with store.session() as s:
+        hashes = dict(s.execute(select(AuditEvent.id, AuditEvent.hash)).all())
+        s.execute(delete(AuditEvent).where(AuditEvent.id.in_((3, 4))))
+    payload = {"connection": "orders", "before": 1_700_000_500.0, "events": 2}
+    append(
+        store,
+        [
+            NewEvent(
+                1.8e9,
+                SWEPT_TYPE,
+                "",
+                "wardgate",
+                "orders",
+                {**payload, "runs": [[3, 4, hashes[4]]]},
+            )
+        ],
+    )
+    assert verify_chain(store).ok
+    problems = compare_with_store(store, path)
+    assert any("event 3 (review.vote)" in p and "forged" in p for p in problems), problems
+    assert any("event 4 (action)" in p and "forged" in p for p in problems), problems
+    with store.session(write=False) as s:
+        assert s.scalar(select(AuditEvent.id).where(AuditEvent.id == 3)) is None

@@ -74,12 +74,9 @@ async def caller(request: Request) -> Caller:
 
 async def session_bearer(services: Services, secret: str, addr: str, realm: str) -> Caller | None:
     """A CLI sign-in session presented as a bearer, or None. Failures count per client
-    address and ``realm`` like tokens (`Services.check_bearer`); raises
-    TooManyFailures while this address must wait."""
+    address and ``realm`` like tokens (`Services.check_bearer`): never refused, since
+    a session is found by its hash, cheaply."""
     key = f"{realm}@{addr}"
-    wait = await asyncio.to_thread(services.limiter.retry_after, key, addr)
-    if wait is not None:
-        raise TooManyFailures(wait)
     sessions = services.web_sessions
     info = await asyncio.to_thread(sessions.lookup, secret) if sessions is not None else None
     principal = None

@@ -474,8 +474,12 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 def csv_cell(value: Any) -> Any:
     """``value`` safe to open in a spreadsheet: text that would start a formula gets a
-    leading apostrophe (OWASP's advice), which spreadsheets show as text."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+    leading apostrophe (OWASP's advice), which spreadsheets show as text. Also after
+    leading blanks (spaces, newlines, NBSP ...): some spreadsheets trim them on import
+    and then read the formula."""
+    if isinstance(value, str) and (
+        value.startswith(_FORMULA_STARTS) or value.lstrip().startswith(_FORMULA_STARTS)
+    ):
         return "'" + value
     return value
 

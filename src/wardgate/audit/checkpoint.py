@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from sqlalchemy import select
 
-from wardgate.audit.chain import GENESIS_HASH, VerifyResult, verify_chain
+from wardgate.audit.chain import GENESIS_HASH, SWEPT_TYPE, VerifyResult, verify_chain
 from wardgate.store.db import Store
 from wardgate.store.models import AuditCheckpoint, AuditEvent, AuditHead
 
@@ -246,6 +246,19 @@ def verify_with_checkpoint(
             f"{_iso(checkpoint.ts)}, is missing: the log was cut back and re-hashed",
         )
     if stored_hash == checkpoint.head_hash:
+        unsigned = _unsigned_sweep(store, public_key, checkpoint)
+        if unsigned is not None:
+            sweep_id, first, last = unsigned
+            return VerifyResult(
+                False,
+                walked.checked,
+                first,
+                f"events {first}..{last}, covered by the checkpoint signed "
+                f"{_iso(checkpoint.ts)}, were deleted by retention.swept event {sweep_id}, "
+                "which no checkpoint signed by this key covers: anyone with the store can "
+                "write such an event. A real sweep is signed right after it when "
+                "audit.checkpoint.key is set (or run `wardgate audit checkpoint --now`)",
+            )
         return VerifyResult(
             True,
             walked.checked,
@@ -266,6 +279,50 @@ def verify_with_checkpoint(
             else "(no earlier signed checkpoint still matches)"
         ),
     )
+
+
+def _unsigned_sweep(
+    store: Store, public_key: Ed25519PublicKey, cp: Checkpoint
+) -> tuple[int, int, int] | None:
+    """(sweep event id, first, last) of a run of events up to ``cp.seq`` that a
+    ``retention.swept`` event after ``cp.seq`` says it deleted, when no checkpoint signed
+    by this key (and still matching the chain) covers that sweep event; else None.
+
+    The walk accepts any gap a retention.swept event names, and an event appended after
+    the checkpoint is not pinned by it: without this, deleting an event the checkpoint
+    covers (an approval vote) and appending a made-up sweep naming it would pass."""
+    with store.session(write=False) as session:
+        sweeps = session.execute(
+            select(AuditEvent.id, AuditEvent.payload)
+            .where(AuditEvent.type == SWEPT_TYPE, AuditEvent.id > cp.seq)
+            .order_by(AuditEvent.id)
+        ).all()
+        if not sweeps:
+            return None
+        rows = session.execute(
+            select(AuditCheckpoint).where(
+                AuditCheckpoint.key_id == cp.key_id, AuditCheckpoint.seq >= sweeps[0].id
+            )
+        ).scalars()
+        stored = [_from_row(r) for r in rows]
+    pinned = cp.seq
+    for later in sorted(stored, key=lambda c: c.seq, reverse=True):
+        if later.seq <= pinned:
+            break
+        if later.signed_by(public_key) and _event_hash(store, later.seq) == later.head_hash:
+            pinned = later.seq
+            break
+    for sweep_id, payload in sweeps:
+        if sweep_id <= pinned:
+            continue
+        try:
+            runs = [(int(f), int(last)) for f, last, _ in json.loads(payload).get("runs", [])]
+        except (ValueError, TypeError, AttributeError):
+            runs = []  # the walk already checked this event's hash
+        for first, last in runs:
+            if first <= cp.seq:
+                return int(sweep_id), first, min(last, cp.seq)
+    return None
 
 
 def _narrow(store: Store, public_key: Ed25519PublicKey, cp: Checkpoint) -> tuple[int, int]:

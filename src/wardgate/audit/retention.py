@@ -10,18 +10,27 @@ event. ``verify`` walks over a gap only where a swept run explains it and the ne
 event's ``prev_hash`` is that run's hash; deleting events any other way still breaks
 the chain, and so does editing or deleting the ``retention.swept`` event itself (it is
 a link like any other, covered by later checkpoints).
+
+A retention.swept event is only as trustworthy as who wrote it: anyone with the store
+can append one naming events they deleted. ``verify --checkpoint`` therefore accepts a
+sweep of events the checkpoint covers only when a checkpoint signed after the sweep
+covers the sweep event too; given the checkpoint key, a sweep signs the head right
+after it (``key``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, not_, select
 
 from wardgate.audit.chain import SWEPT_TYPE, NewEvent, append_events
 from wardgate.store.db import Store
 from wardgate.store.models import AuditCheckpoint, AuditEvent, Recording, SessionRow
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SWEPT = SWEPT_TYPE
 SWEEP_BATCH = 5000  # events per transaction (and per retention.swept event)
@@ -39,9 +48,26 @@ def _runs(rows: list[tuple[int, str]]) -> list[list[Any]]:
     return runs
 
 
-def sweep_connection(store: Store, connection: str, days: float, now: float | None = None) -> int:
+def sweep_connection(
+    store: Store,
+    connection: str,
+    days: float,
+    now: float | None = None,
+    *,
+    key: Ed25519PrivateKey | None = None,
+) -> int:
     """Delete ``connection``'s records older than ``days``; returns how many audit
-    events went. Each batch is one transaction ending with its ``retention.swept``."""
+    events went. Each batch is one transaction ending with its ``retention.swept``;
+    with the checkpoint ``key``, the head is signed after a sweep that deleted events."""
+    total = _sweep_connection(store, connection, days, now)
+    if total and key is not None:
+        from wardgate.audit.checkpoint import sign_head
+
+        sign_head(store, key, force=True)
+    return total
+
+
+def _sweep_connection(store: Store, connection: str, days: float, now: float | None) -> int:
     now = time.time() if now is None else now
     cutoff = now - days * DAY
     total = 0
@@ -113,11 +139,13 @@ def sweep_connection(store: Store, connection: str, days: float, now: float | No
                 return total
 
 
-def sweep(store: Store, config: Any, now: float | None = None) -> dict[str, int]:
+def sweep(
+    store: Store, config: Any, now: float | None = None, *, key: Ed25519PrivateKey | None = None
+) -> dict[str, int]:
     """Every connection with ``retention_days`` set: events deleted per connection."""
     done: dict[str, int] = {}
     for name, conn in config.connections.items():
         days = getattr(conn, "retention_days", None)
         if days:
-            done[name] = sweep_connection(store, name, float(days), now)
+            done[name] = sweep_connection(store, name, float(days), now, key=key)
     return done

@@ -29,7 +29,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from wardgate.audit.chain import EVENT_COLUMNS, GENESIS_HASH, event_hash, swept_runs
+from wardgate.audit.chain import (
+    EVENT_COLUMNS,
+    GENESIS_HASH,
+    SWEPT_TYPE,
+    event_hash,
+    swept_runs,
+)
 from wardgate.store.db import Store
 from wardgate.store.models import AuditEvent
 
@@ -226,6 +232,25 @@ def rehash(ev: SinkEvent) -> str:
     )
 
 
+def _sweeps(store: Store) -> list[tuple[int, str, float | None, list[tuple[int, int]]]]:
+    """(id, connection, cutoff, [(first, last) ...]) of every retention.swept event."""
+    found: list[tuple[int, str, float | None, list[tuple[int, int]]]] = []
+    with store.session(write=False) as session:
+        rows = session.execute(
+            select(AuditEvent.id, AuditEvent.payload).where(AuditEvent.type == SWEPT_TYPE)
+        ).all()
+    for sweep_id, payload in rows:
+        try:
+            data = json.loads(payload)
+            runs = [(int(first), int(last)) for first, last, _ in data.get("runs", [])]
+            before = data.get("before")
+            cutoff = float(before) if isinstance(before, int | float) else None
+            found.append((int(sweep_id), str(data.get("connection", "")), cutoff, runs))
+        except (ValueError, TypeError, AttributeError):
+            continue  # an edited sweep event: the chain walk fails at its hash anyway
+    return found
+
+
 def compare_with_store(store: Store, path: Path, limit: int = 20) -> list[str]:
     """Every event the sink file holds whose stored version differs (or is gone), as
     sentences; at most ``limit``. Events in the store after the file's end are not
@@ -234,11 +259,30 @@ def compare_with_store(store: Store, path: Path, limit: int = 20) -> list[str]:
     problems: list[str] = []
     seen: dict[int, str] = {}
     batch: list[SinkEvent] = []
+    sweeps = _sweeps(store)
     swept = sorted((first, last) for first, (last, _) in swept_runs(store).items())
 
     def was_swept(event_id: int) -> bool:  # deleted by retention, and said so in the chain
         i = bisect.bisect_right(swept, (event_id, float("inf"))) - 1
         return i >= 0 and swept[i][0] <= event_id <= swept[i][1]
+
+    def forged_sweep(ev: SinkEvent) -> str | None:
+        """Why no real sweep deleted ``ev`` (whose copy the sink holds), or None. A
+        retention.swept event is anyone's to append: the copy says whether the event
+        was one a sweep deletes (retention.py: not a review, grant or sweep event; the
+        sweep's connection; older than its cutoff)."""
+        for sweep_id, connection, before, runs in sweeps:
+            if not any(first <= ev.id <= last for first, last in runs):
+                continue
+            named = f"retention.swept event {sweep_id} names it, but"
+            if ev.type.startswith(("review.", "grant.")) or ev.type == SWEPT_TYPE:
+                return f"{named} a sweep never deletes {ev.type} events"
+            if ev.connection != connection:
+                return f"{named} it is connection {ev.connection!r}'s, not {connection!r}'s"
+            if before is None or not ev.ts < before:
+                return f"{named} it is newer than the sweep's cutoff"
+            return None
+        return "no sweep names it"
 
     def check(events: list[SinkEvent]) -> None:
         ids = [e.id for e in events]
@@ -250,6 +294,12 @@ def compare_with_store(store: Store, path: Path, limit: int = 20) -> list[str]:
         for ev in events:
             row = stored.get(ev.id)
             if row is None and was_swept(ev.id):
+                why = forged_sweep(ev)
+                if why is not None:
+                    problems.append(
+                        f"event {ev.id} ({ev.type}) is in the sink but not in the store; "
+                        f"{why}: that sweep event is forged"
+                    )
                 continue
             if row is None:
                 problems.append(f"event {ev.id} ({ev.type}) is in the sink but not in the store")

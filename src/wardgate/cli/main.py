@@ -459,13 +459,18 @@ def audit_sweep(
     from wardgate.audit.retention import sweep, sweep_connection
 
     with _expected_errors(), _opened(config) as (cfg, store):
+        from wardgate.serve import checkpoint_key
+
+        # Signs the head after sweeping: verify --checkpoint trusts a sweep of events an
+        # earlier checkpoint covers only when a later signed checkpoint covers the sweep.
+        key = checkpoint_key(cfg, _vault(cfg, store)) if cfg.audit.checkpoint else None
         if days is None:
-            done = sweep(store, cfg)
+            done = sweep(store, cfg, key=key)
             if not done:
                 typer.echo("no connection has retention_days set; nothing to sweep")
                 return
         else:
-            done = {name: sweep_connection(store, name, days) for name in cfg.connections}
+            done = {name: sweep_connection(store, name, days, key=key) for name in cfg.connections}
     for name, count in done.items():
         typer.echo(f"{name}: {count} events swept")
 

@@ -6,10 +6,16 @@ Two counters per failed login, with separate thresholds:
   logins *from that address* are answered slowly (1 s, 2 s, 4 s ... up to ``max_delay``).
   Nothing is refused: a correct credential still logs in at once, from that address or
   any other, so guessing an approver's name slows the guesser, never the approver.
-- per address: past ``address_failures`` in a window, every login from the address is
-  refused until the window ends, without checking the credential (what keeps a flood of
-  guesses from costing the gateway a credential check each). Its threshold is higher:
-  typos of a few people sharing an address (NAT, a jump host) should not reach it.
+- per address: past ``address_failures`` in a window, every failed login from the
+  address is answered after ``max_delay``. Where checking a credential is cheap (SCRAM
+  tokens over PostgreSQL, API bearer tokens and CLI sessions, which are found by an HMAC
+  before any key stretching), the credential is still checked and a right one logs in
+  at once: everyone on loopback shares 127.0.0.1, so refusing there let an agent with
+  its own token lock the approver out (attack17). Where it is costly (web passwords,
+  cleartext tokens, single sign-on) logins from the address are refused until the
+  window ends, without checking the credential (``check``'s wait), so that a flood of
+  guesses does not cost a key stretch each. Its threshold is higher: typos of a few
+  people sharing an address (NAT, a jump host) should not reach it.
 
 There is no counter per principal across addresses: it let anyone who knew an approver's
 name lock that approver out from everywhere. Tokens are 256-bit random secrets; guessing
@@ -71,14 +77,19 @@ class LoginLimiter:
         self._window = window
         self._max_delay = max_delay
 
+    @property
+    def max_delay(self) -> float:
+        return self._max_delay
+
     def retry_after(self, principal: str, client_ip: str) -> float | None:
         return self.check(principal, client_ip)[0]
 
     def check(self, principal: str, client_ip: str) -> tuple[float | None, bool]:
-        """Seconds until a login from ``client_ip`` may be tried again (None: now; only
-        the address's own threshold refuses), and whether a failure is counted for this
-        principal and address (when none is, a success has nothing to clear:
-        ``record_success`` can be skipped, sparing a store write per login)."""
+        """Seconds until the address's threshold lets a costly credential check from
+        ``client_ip`` be tried again (None: now; cheap checks go on regardless, see the
+        module's docstring), and whether a failure is counted for this principal and
+        address (when none is, a success has nothing to clear: ``record_success`` can be
+        skipped, sparing a store write per login)."""
         now = time.time()
         pair, addr = _pair_key(principal, client_ip), _addr_key(client_ip)
         with self._store.connection(write=False) as conn:
@@ -135,14 +146,16 @@ class LoginLimiter:
                 .with_for_update(skip_locked=True)
             )
             session.execute(delete(LoginFailure).where(LoginFailure.key.in_(stale)))
-            if principal is None:
-                return 0.0
-            count = session.scalar(
-                select(LoginFailure.count).where(
-                    LoginFailure.key == _pair_key(principal, client_ip)
-                )
+            counts = dict(
+                session.execute(
+                    select(LoginFailure.key, LoginFailure.count).where(LoginFailure.key.in_(keys))
+                ).all()
             )
-        return self._delay(count or 0)
+        if counts.get(_addr_key(client_ip), 0) > self._addr_max:
+            return self._max_delay  # past the address's threshold: every failure waits
+        if principal is None:
+            return 0.0
+        return self._delay(counts.get(_pair_key(principal, client_ip), 0))
 
     def _is_retry(
         self, session: Session, principal: str, client_ip: str, tls: bool, now: float

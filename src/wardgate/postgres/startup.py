@@ -185,7 +185,7 @@ async def authenticate(
 
     def lookup() -> tuple[float | None, bool, ScramVerifierSet | None]:
         retry, counted = limiter.check(principal, addr)
-        if retry is not None or password:
+        if password:
             return retry, counted, None
         return retry, counted, tokens.verifiers(principal)
 
@@ -200,7 +200,10 @@ async def authenticate(
     finally:
         if not looked_up.done():
             looked_up.cancel()
-    if retry is not None:
+    # Past the address's threshold, only the costly cleartext check (PBKDF2) is refused
+    # outright: a SCRAM proof is cheap to check, and a right token from an address an
+    # agent flooded with failures (loopback: everyone's) must still log in.
+    if retry is not None and password:
         log.info(
             "login of %r from %s refused: too many failed logins from this address",
             principal,
@@ -211,7 +214,7 @@ async def authenticate(
             "28P01",
             f"wardgate: too many failed logins from this address; try again in {int(retry) + 1} s",
         )
-    if on_unthrottled is not None:
+    if on_unthrottled is not None and retry is None:  # no upstream dial for a flood
         on_unthrottled()
     ok = False
     token_id: str | None = None
@@ -245,7 +248,10 @@ async def authenticate(
         except ScramAuthError:
             ok = False
     if not ok:
-        delay = await asyncio.to_thread(limiter.record_failure, principal, addr, tls=tls)
+        if retry is None:
+            delay = await asyncio.to_thread(limiter.record_failure, principal, addr, tls=tls)
+        else:  # already past the address's threshold: no store write per flooded login
+            delay = limiter.max_delay
         log.info(
             "failed login for principal %r from %s",
             principal,
