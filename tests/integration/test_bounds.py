@@ -76,11 +76,15 @@ def _flood(client: RawClient) -> tuple[int, bytes]:
     while pushed < PUSH_LIMIT:
         readable, _, _ = select.select([sock], [], [], 0)
         if readable:
-            # The gateway has answered (its refusal): read it now, before a reset
-            # (the gateway closing with junk still unread) could discard it.
+            # The gateway has answered: read it now, before a reset (the gateway closing
+            # with junk still unread) could discard it. Its authentication request (sent
+            # at once, before it reads on) is no answer to the junk: push on.
+            chunk = b""
             with contextlib.suppress(OSError):
-                received += sock.recv(65536)
-            break
+                chunk = sock.recv(65536)
+            received += chunk
+            if not chunk or _has_error(bytes(received)):
+                break
         try:
             pushed += sock.send(junk)
         except TimeoutError:
@@ -96,6 +100,14 @@ def _flood(client: RawClient) -> tuple[int, bytes]:
     except (ConnectionResetError, TimeoutError):
         pass
     return pushed, bytes(received)
+
+
+def _has_error(data: bytes) -> bool:
+    try:
+        _error_fields(data)
+    except AssertionError:
+        return False
+    return True
 
 
 def _error_fields(data: bytes) -> dict[str, str]:
