@@ -303,7 +303,9 @@ class RoleConfig(_Model):
     quorum: int | None = Field(default=None, ge=1)
 
     def decision_for(self, klass: str) -> DecisionName:
-        if klass in SQL_CLASSES:
+        # shell / forwarding: Kubernetes exec -it, attach and port-forward are judged
+        # as statements of these classes (policy/kubernetes/sessions.py).
+        if klass in SQL_CLASSES or klass in ("shell", "forwarding"):
             value: DecisionName = getattr(self, klass)
             return value
         return "block"

@@ -19,7 +19,7 @@ from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.metrics import timed_decision
 from wardgate.policy.functions import function_class
-from wardgate.policy.kubernetes import classify_request
+from wardgate.policy.kubernetes import classify_kubernetes
 from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
 from wardgate.policy.shell.inert import EXPANSION
@@ -139,7 +139,7 @@ class Gate:
             body = action.params[0] if action.params else None
             content_type = dict(action.context).get("content-type", "")
             text_key = f"k:{action.binding}:{content_type}:{action.judged_text}"
-            statements = (classify_request(action.judged_text, body, content_type),)
+            statements = classify_kubernetes(action.judged_text, body, content_type)
         else:
             text_key, statements = action.judged_text, ()
         key = (
@@ -266,7 +266,9 @@ class Gate:
             if worst is None or verdict.decision.severity > worst.decision.severity:
                 worst = verdict
         assert worst is not None
-        if action.kind == "shell" and worst.decision is not Decision.BLOCK:
+        if worst.decision is not Decision.BLOCK and (
+            action.kind == "shell" or any("command" in s.kinds for s in statements)
+        ):
             # Blocked already (by a guardrail or the role): that rule says more.
             return self._sensitive_path(action, statements) or worst
         return worst
@@ -280,7 +282,8 @@ class Gate:
         statements: tuple[StatementInfo, ...],
         conn: ConnectionConfig,
     ) -> Verdict:
-        if action.kind == "shell":
+        if action.kind == "shell" or (action.kind == "kubernetes" and "command" in stmt.kinds):
+            # A shell command, or one `kubectl exec` runs: the shell engine's classes.
             return self._decide_rules(
                 stmt, stmt.klass, stmt.kinds, "", roles, own, action, statements
             )
@@ -537,30 +540,37 @@ def _shell_rail_matches(
         return False
     if m.kubernetes or m.resources or m.namespaces or m.verbs:
         return False
+    return _command_fields_match(rail, stmt, kinds) and _in_rail_scope(rail, action)
+
+
+def _command_fields_match(rail: GuardrailConfig, stmt: StatementInfo, kinds: set[str]) -> bool:
+    """``commands``, ``programs`` and ``paths`` of a guardrail, on one shell command."""
+    m = rail.match
     if m.commands and not kinds.intersection(m.commands):
         return False
     if m.programs and not any(
         fnmatchcase(p, pattern.lower()) for p in stmt.functions for pattern in m.programs
     ):
         return False
-    if m.paths and not any(
+    return not m.paths or any(
         fnmatchcase(path, pattern) for path in stmt.tables_written for pattern in m.paths
-    ):
-        return False
-    return _in_rail_scope(rail, action)
+    )
 
 
 def _kube_rail_matches(
     rail: GuardrailConfig, stmt: StatementInfo, kinds: set[str], action: Action
 ) -> bool:
-    """A guardrail for a Kubernetes request: SQL and shell fields never match one.
-    ``resources`` globs read ``resource[.group][/subresource]``; a pattern without a
-    group matches any group (``deployments`` matches ``deployments.apps``) and, as in
-    RBAC, ``pods`` does not cover ``pods/exec``."""
+    """A guardrail for a Kubernetes request: SQL fields never match one, shell fields
+    only a command ``kubectl exec`` runs (kind ``command``). ``resources`` globs read
+    ``resource[.group][/subresource]``; a pattern without a group matches any group
+    (``deployments`` matches ``deployments.apps``) and, as in RBAC, ``pods`` does not
+    cover ``pods/exec``."""
     m = rail.match
     if m.sql or m.tables or m.tables_written or m.columns or m.functions or rail.condition:
         return False
-    if m.commands or m.programs or m.paths:
+    if (m.commands or m.programs or m.paths) and (
+        "command" not in stmt.kinds or not _command_fields_match(rail, stmt, kinds)
+    ):
         return False
     if m.kubernetes and not kinds.intersection(m.kubernetes):
         return False

@@ -18,8 +18,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import fcntl
 import ipaddress
 import json
+import os
+import pty
+import struct
+import termios
 import threading
 import time
 import uuid
@@ -36,7 +41,8 @@ from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 ALL = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -85,6 +91,10 @@ class Cluster:
     )
     # method, path?query, Authorization, Accept of every request received
     requests: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # exec: every pod's "container" is this folder, where the command runs as a real
+    # local process; every argv run there, with its tty flag
+    exec_dir: Path | None = None
+    execs: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)
 
     def put(
         self, group: str, resource: str, obj: dict[str, Any], event: str = "ADDED"
@@ -317,11 +327,122 @@ def make_app(cluster: Cluster) -> Starlette:
             )
         return _status(405, "MethodNotAllowed", "not supported by the double")
 
+    async def exec_socket(ws: WebSocket) -> None:
+        await _exec(cluster, ws)
+
     return Starlette(
         routes=[
-            Route("/{path:path}", handle, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+            WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/exec", exec_socket),
+            Route(
+                "/{path:path}", handle, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            ),
         ]
     )
+
+
+async def _exec(cluster: Cluster, ws: WebSocket) -> None:
+    """exec over WebSocket (v5.channel.k8s.io, as the kubelet streams it through the API
+    server): channel byte first; 0 stdin, 1 stdout, 2 stderr, 3 the ending Status, 4
+    resize, 255 close. The command runs as a real process in ``cluster.exec_dir``, on
+    a pseudo-terminal when ``tty`` is asked."""
+    target = ws.url.path + ("?" + ws.url.query if ws.url.query else "")
+    cluster.requests.append(("WEBSOCKET", target, ws.headers.get("authorization", ""), ""))
+    if ws.headers.get("authorization", "") != f"Bearer {cluster.token}":
+        await ws.send_denial_response(_status(401, "Unauthorized", "Unauthorized"))
+        return
+    name, ns = ws.path_params["name"], ws.path_params["ns"]
+    if ("", "pods", ns, name) not in cluster.objects:
+        await ws.send_denial_response(_status(404, "NotFound", f'pods "{name}" not found'))
+        return
+    if "v5.channel.k8s.io" not in ws.scope.get("subprotocols", []):
+        await ws.send_denial_response(_status(400, "BadRequest", "v5.channel.k8s.io only"))
+        return
+    q = ws.query_params
+    argv = tuple(q.getlist("command"))
+    tty = q.get("tty") in ("true", "1")
+    use_stdin = q.get("stdin") in ("true", "1")
+    await ws.accept(subprotocol="v5.channel.k8s.io")
+    cluster.execs.append((argv, tty))
+    assert cluster.exec_dir is not None
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cluster.exec_dir), "TERM": "xterm"}
+    master = -1
+    try:
+        if tty:
+            master, slave = pty.openpty()
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=slave, stdout=slave, stderr=slave, cwd=cluster.exec_dir, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+            os.close(slave)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cluster.exec_dir, env=env,
+                stdin=asyncio.subprocess.PIPE if use_stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+    except OSError as exc:
+        await ws.send_bytes(
+            b"\x03" + json.dumps({"status": "Failure", "message": str(exc)}).encode()
+        )
+        await ws.close()
+        return
+
+    async def from_client() -> None:
+        while True:
+            message = await ws.receive()
+            data = message.get("bytes")
+            if message["type"] == "websocket.disconnect":
+                return
+            if not data:
+                continue
+            if data[0] == 0:
+                if tty:
+                    os.write(master, data[1:])
+                elif proc.stdin is not None:
+                    proc.stdin.write(data[1:])
+                    await proc.stdin.drain()
+            elif data[0] == 255 and data[1:] == b"\x00" and proc.stdin is not None:
+                proc.stdin.close()
+            elif data[0] == 4 and tty:
+                size = json.loads(data[1:])
+                fcntl.ioctl(
+                    master, termios.TIOCSWINSZ,
+                    struct.pack("HHHH", size["Height"], size["Width"], 0, 0),
+                )  # fmt: skip
+
+    async def pipe_out(reader: asyncio.StreamReader | None, channel: bytes) -> None:
+        while reader is not None and (chunk := await reader.read(65536)):
+            await ws.send_bytes(channel + chunk)
+
+    async def pty_out() -> None:
+        while True:
+            try:
+                chunk = await asyncio.to_thread(os.read, master, 65536)
+            except OSError:  # EIO: the terminal's last process is gone
+                return
+            if not chunk:
+                return
+            await ws.send_bytes(b"\x01" + chunk)
+
+    reader = asyncio.ensure_future(from_client())
+    if tty:
+        await pty_out()
+    else:
+        await asyncio.gather(pipe_out(proc.stdout, b"\x01"), pipe_out(proc.stderr, b"\x02"))
+    code = await proc.wait()
+    reader.cancel()
+    if master >= 0:
+        os.close(master)
+    if code == 0:
+        status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+    else:
+        status = {
+            "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": f"command terminated with non-zero exit code: exit status {code}",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+        }  # fmt: skip
+    await ws.send_bytes(b"\x03" + json.dumps(status).encode())
+    await ws.close()
 
 
 def _watch(

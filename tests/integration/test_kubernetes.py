@@ -63,10 +63,11 @@ def kube_config(double: RunningDouble) -> str:
         roles:
           k8s-agent: {{read: allow, write: review, admin: block}}
           k8s-sre: {{read: allow, write: allow, admin: review}}
-          k8s-admin: {{read: allow, write: allow, admin: allow}}
+          k8s-admin: {{read: allow, write: allow, admin: allow, shell: allow, forwarding: allow}}
         guardrails:
           - {{name: no-public-services, match: {{kubernetes: [service_loadbalancer, service_nodeport]}}, verdict: block, message: "Services of type LoadBalancer or NodePort are blocked"}}
           - {{name: no-privileged-pods, match: {{kubernetes: [privileged, host_path, host_network, host_pid]}}, verdict: block}}
+          - {{name: no-shred, match: {{programs: [shred]}}, verdict: block, message: "shred is blocked"}}
         reviews: {{approvers: [approvers]}}
         masking:
           rules:
@@ -152,6 +153,9 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
     tmp = tmp_path_factory.mktemp("k8s")
     double = start_double(tmp / "double", free_port(), UPSTREAM_TOKEN)
     cluster = double.cluster
+    cluster.exec_dir = tmp / "container"  # where exec'd commands run, for real
+    cluster.exec_dir.mkdir()
+    (cluster.exec_dir / "motd").write_text("ops contact: jane.doe@example.com\n")
     cluster.put(
         "",
         "pods",
@@ -358,21 +362,120 @@ def test_protobuf_is_never_passed_unjudged(kgw: KubeGateway) -> None:
         assert kgw.double.cluster.requests[before][3] == "application/json"
 
 
-def test_wrong_token_and_exec_are_refused(kgw: KubeGateway) -> None:
+def test_wrong_token_is_refused(kgw: KubeGateway) -> None:
     with httpx.Client(
         base_url=f"https://127.0.0.1:{kgw.port}",
         verify=ssl.create_default_context(cafile=str(kgw.gateway_ca)),
     ) as anon:
         r = anon.get("/k8s/cluster/api/v1/pods", headers={"Authorization": "Bearer wg_nope"})
         assert r.status_code == 401 and r.json()["kind"] == "Status"
-    out = kgw.kubectl("agent", "exec", "web-1", "--", "id")
-    assert out.returncode != 0 and "Forbidden" in out.stderr
-    # allowed by the role, the stream is still not offered: nothing reaches the cluster
-    allowed = kgw.kubectl("root", "exec", "web-1", "--", "id")
-    assert allowed.returncode != 0 and "not offered through the gateway" in allowed.stderr, (
-        allowed.stderr
-    )
-    assert not any("/exec" in r[1] for r in kgw.double.cluster.requests)
+
+
+def test_exec_commands_are_judged_by_the_shell_engine(kgw: KubeGateway) -> None:
+    """kubectl exec over WebSocket (v5.channel.k8s.io) end to end: the double runs the
+    argv as a real process in its "container" folder; the effects are on that folder."""
+    container = kgw.double.cluster.exec_dir
+    assert container is not None
+    # a read runs for the agent (read: allow), its output masked
+    read = kgw.kubectl("agent", "exec", "web-1", "--", "cat", "motd")
+    assert read.returncode == 0, read.stderr
+    assert "ops contact:" in read.stdout and "jane.doe@example.com" not in read.stdout
+    clear = kgw.kubectl("dev", "exec", "web-1", "--", "cat", "motd")
+    assert "jane.doe@example.com" in clear.stdout
+    # a write is held for the agent (write: review): exit 77, nothing ran
+    held = kgw.kubectl("agent", "exec", "web-1", "--", "sh", "-c", "touch by-agent")
+    assert held.returncode == 77, (held.returncode, held.stderr)
+    assert "approval pending" in held.stderr and REVIEW_ID.search(held.stderr)
+    assert not (container / "by-agent").exists()
+    # ... and it is one review whichever transport kubectl would try: no SPDY attempt
+    assert not any(r[0] == "POST" and "/exec" in r[1] for r in kgw.double.cluster.requests)
+    # the engineer's write runs (write: allow); the exit status comes back
+    made = kgw.kubectl("dev", "exec", "web-1", "--", "sh", "-c", "touch by-dev")
+    assert made.returncode == 0, made.stderr
+    assert (container / "by-dev").exists()
+    failed = kgw.kubectl("dev", "exec", "web-1", "--", "sh", "-c", "echo oops >&2; exit 3")
+    assert failed.returncode == 3 and "oops" in failed.stderr
+    # a shell guardrail (programs) holds for commands run by exec
+    (container / "victim").write_text("keep")
+    shred = kgw.kubectl("dev", "exec", "web-1", "--", "shred", "-u", "victim")
+    assert shred.returncode == 126 and "shred is blocked" in shred.stderr, shred.stderr
+    assert (container / "victim").read_text() == "keep"
+    # a program reading commands from stdin is a shell: shell: allow is needed
+    sneaky = kgw.kubectl("dev", "exec", "-i", "web-1", "--", "sh", stdin="touch by-stdin\n")
+    assert sneaky.returncode == 126 and "shell" in sneaky.stderr, sneaky.stderr
+    assert not (container / "by-stdin").exists()
+    # stdin reaches a command that was judged (v5 closes stdin at its end)
+    piped = kgw.kubectl("dev", "exec", "-i", "web-1", "--", "tee", "piped", stdin="data\n")
+    assert piped.returncode == 0, piped.stderr
+    assert (container / "piped").read_text() == "data\n"
+    argvs = [argv for argv, _ in kgw.double.cluster.execs]
+    assert ("sh", "-c", "touch by-agent") not in argvs and ("sh",) not in argvs
+    assert ("shred", "-u", "victim") not in argvs
+
+
+def test_exec_with_a_terminal_needs_shell_and_is_recorded(kgw: KubeGateway) -> None:
+    container = kgw.double.cluster.exec_dir
+    assert container is not None
+    # the engineer's role has no shell: allow
+    denied, _ = _kubectl_on_a_terminal(kgw, "dev", "echo hi > by-dev-tty; exit\r")
+    assert not (container / "by-dev-tty").exists()
+    assert "shell" in denied
+    # root's has: a real terminal session, recorded as asciicast
+    seen, code = _kubectl_on_a_terminal(kgw, "root", "echo made-on-tty > by-tty; exit\r")
+    assert code == 0, seen
+    assert (container / "by-tty").read_text() == "made-on-tty\n"
+    deadline = time.monotonic() + 10
+    while not (
+        rows := kgw.store_rows(
+            "select r.session_id, r.cast from recordings r join sessions s on s.id = r.session_id "
+            "where s.protocol = 'kubernetes' and s.principal = 'root'"
+        )
+    ):
+        assert time.monotonic() < deadline, "no recording of the terminal session"
+        time.sleep(0.2)
+    session_id, cast = rows[-1]
+    assert json.loads(cast.splitlines()[0])["version"] == 2
+    replayed = kgw.gw.cli("sessions", "replay", session_id).stdout
+    assert "made-on-tty > by-tty" in replayed
+
+
+def _kubectl_on_a_terminal(kgw: KubeGateway, principal: str, typed: str) -> tuple[str, int]:
+    """``kubectl exec -it web-1 -- sh`` on a real pseudo-terminal: what it showed and
+    its exit status."""
+    import os
+    import pty
+    import select
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(kgw.gw.workdir),
+        "KUBECONFIG": str(kgw.kubeconfig(principal)),
+        "TERM": "xterm",
+    }
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kubectl on the terminal
+        os.execve(kgw.kubectl_bin, [kgw.kubectl_bin, "exec", "-it", "web-1", "--", "sh"], env)
+    seen = b""
+    sent = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif not sent:
+                os.write(fd, typed.encode())  # the prompt is up (or the refusal shown)
+                sent = True
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
 
 
 def test_every_request_is_recorded(kgw: KubeGateway) -> None:
@@ -392,9 +495,12 @@ def test_every_request_is_recorded(kgw: KubeGateway) -> None:
         time.sleep(0.2)
     assert any(t.startswith("GET /api/v1/namespaces/default/pods") for t in texts), texts[:5]
     assert any("deployments" in t for t in texts)
-    # kubectl exec's attempts (WebSocket, then SPDY) were judged and recorded as blocked
+    # kubectl exec sessions: the command's exit status, or held (one record each)
     execs = [json.loads(p) for (p,) in rows if "/pods/web-1/exec" in json.loads(p).get("text", "")]
-    assert execs and all(e.get("status") == "blocked" for e in execs), execs
+    ran = [e for e in execs if "command=cat&command=motd&" in e["text"]]
+    assert ran and ran[0]["command"] == "exit 0" and ran[0]["status"] == "ok", execs
+    held = [e for e in execs if "by-agent" in e["text"]]
+    assert held and held[0]["status"] == "blocked" and held[0]["text"].startswith("POST "), held
     payloads = " ".join(p for (p,) in rows)
     assert "hunter2" not in payloads and UPSTREAM_TOKEN not in payloads
 

@@ -83,9 +83,23 @@ CASES = [
     ("agent", "GET /apis", None, "", Decision.ALLOW, "role:k8s-agent"),
     ("agent", "GET /version", None, "", Decision.ALLOW, "role:k8s-agent"),
     ("agent", "POST /api/v1/namespaces/default/pods", POD, "", Decision.REVIEW, "role:k8s-agent"),
+    # exec: the command judged by the shell engine; a shell (sh, -t, attach) needs shell: allow
     ("agent", "POST /api/v1/namespaces/default/pods/p/exec?command=sh", None, "", Decision.BLOCK, "role:k8s-agent"),
     ("agent", "GET /api/v1/namespaces/default/pods/p/exec?command=sh", None, "", Decision.BLOCK, "role:k8s-agent"),
-    ("alice", "GET /api/v1/namespaces/default/pods/p/exec?command=sh", None, "", Decision.REVIEW, "role:k8s-sre"),
+    ("alice", "GET /api/v1/namespaces/default/pods/p/exec?command=sh", None, "", Decision.ALLOW, "role:k8s-sre"),
+    ("agent", "GET /api/v1/namespaces/default/pods/p/exec?command=ls&command=-la&stdout=true", None, "", Decision.ALLOW, "role:k8s-agent"),
+    ("agent", "GET /api/v1/namespaces/default/pods/p/exec?command=sh&command=-c&command=cat+a+%3E+b", None, "", Decision.REVIEW, "role:k8s-agent"),
+    ("agent", "GET /api/v1/namespaces/default/pods/p/exec?command=ls&tty=true", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("agent", "GET /api/v1/namespaces/default/pods/p/exec?command=ls&tty=", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("agent", "GET /api/v1/namespaces/default/pods/p/exec?command=ls&tty=false", None, "", Decision.ALLOW, "role:k8s-agent"),
+    ("agent", "GET /api/v1/namespaces/default/pods/p/attach?stdin=true&tty=true", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("alice", "GET /api/v1/namespaces/default/pods/p/attach?stdin=true&tty=true", None, "", Decision.ALLOW, "role:k8s-sre"),
+    ("alice", "POST /api/v1/namespaces/default/pods/p/portforward?ports=80", None, "", Decision.BLOCK, "role:k8s-sre"),
+    ("alice", "GET /api/v1/namespaces/kube-system/pods/p/exec?command=touch&command=x", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
+    ("alice", "GET /api/v1/namespaces/kube-system/pods/p/exec?command=ls", None, "", Decision.ALLOW, "role:k8s-sre"),
+    ("alice", "GET /api/v1/namespaces/kube-system/pods/p/attach?tty=true", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
+    ("alice", "GET /api/v1/namespaces/default/pods/p/exec?command=ls%zz", None, "", Decision.BLOCK, "unparsed-request"),
+    ("alice", "GET /api/v1/namespaces/default/pods/p/exec?stdout=true", None, "", Decision.BLOCK, "unparsed-request"),
     ("alice", "POST /api/v1/namespaces/default/pods", POD, "", Decision.ALLOW, "role:k8s-sre"),
     ("alice", "POST /api/v1/namespaces/default/pods", PRIV, "", Decision.BLOCK, "guardrail:no-privileged-pods"),
     ("alice", "POST /apis/apps/v1/namespaces/default/deployments", DEPLOY_HOSTPATH, "", Decision.BLOCK, "guardrail:no-privileged-pods"),
@@ -125,7 +139,7 @@ def test_body_is_part_of_the_cache_key(gate: Gate) -> None:
     assert gate.check(_action(gate, "alice", text, PRIV)).decision is Decision.BLOCK
 
 
-def test_sql_and_shell_rules_never_match_a_request() -> None:
+def test_sql_and_shell_rules_never_match_a_request_without_a_command() -> None:
     config = load_config(EXAMPLE)
     rails = [
         {"name": "sql", "match": {"sql": ["write"]}, "verdict": "block"},
@@ -144,8 +158,43 @@ def test_sql_and_shell_rules_never_match_a_request() -> None:
     # RBAC reading: "pods/exec" names the subresource only; "pods" does not cover it
     pods = gate.check(_action(gate, "alice", "POST /api/v1/namespaces/a/pods", POD))
     assert pods.decision is Decision.ALLOW
-    ex = gate.check(_action(gate, "alice", "POST /api/v1/namespaces/a/pods/p/exec"))
+    ex = gate.check(_action(gate, "alice", "POST /api/v1/namespaces/a/pods/p/exec?command=ls"))
     assert (ex.decision, ex.rule) == (Decision.BLOCK, "guardrail:exec-only")
+
+
+def test_shell_rules_match_the_commands_exec_runs() -> None:
+    config = load_config(EXAMPLE)
+    data = config.model_dump()
+    data["guardrails"] = [
+        {"name": "no-writes", "match": {"commands": ["write"]}, "verdict": "block"},
+        {"name": "no-curl", "match": {"programs": ["curl"], "namespaces": ["prod"]}, "verdict": "block"},
+        {"name": "no-etc", "match": {"paths": ["/etc/*"]}, "verdict": "block"},
+    ]  # fmt: skip
+    gate = Gate(Config.model_validate(data))
+
+    def check(path: str) -> tuple[Decision, str]:
+        verdict = gate.check(_action(gate, "alice", path))
+        return verdict.decision, verdict.rule
+
+    base = "GET /api/v1/namespaces/{}/pods/p/exec?"
+    assert check(base.format("a") + "command=ls") == (Decision.ALLOW, "role:k8s-sre")
+    # the script inside sh -c is what runs, and what is judged
+    assert check(base.format("a") + "command=sh&command=-c&command=ls+%3E+out") == (
+        Decision.BLOCK,
+        "guardrail:no-writes",
+    )
+    assert check(base.format("a") + "command=tee&command=/etc/passwd")[1] in (
+        "guardrail:no-writes",
+        "guardrail:no-etc",
+    )
+    # Kubernetes and shell fields together: both must match
+    assert check(base.format("prod") + "command=curl&command=x") == (
+        Decision.BLOCK,
+        "guardrail:no-curl",
+    )
+    assert check(base.format("dev") + "command=curl&command=x")[1] != "guardrail:no-curl"
+    # shell fields never match a request that runs no command
+    assert check("DELETE /api/v1/namespaces/a/pods/p") == (Decision.ALLOW, "role:k8s-sre")
 
 
 def test_request_text_carries_impersonation_in_order() -> None:

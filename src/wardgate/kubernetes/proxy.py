@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from wardgate.actions import Action, Verdict
-from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.audit.records import ActionRecord, RecordingRecord, SessionEnd, SessionRecord
 from wardgate.core.services import Services, TooManyFailures
 from wardgate.identity.principals import Principal
 from wardgate.kubernetes.redact import RedactError, WatchRedactor, redact_body
@@ -35,6 +35,7 @@ from wardgate.kubernetes.status import status_body
 from wardgate.kubernetes.upstream import Upstreams
 from wardgate.masking.stream import LineMasker
 from wardgate.policy.kubernetes import RequestInfo, RequestInfoError, request_text, resolve
+from wardgate.policy.kubernetes.sessions import STREAM_SUBRESOURCES
 from wardgate.reviews.model import ReviewInfo
 from wardgate.reviews.settle import settle
 
@@ -60,6 +61,20 @@ MAX_WATCH_LINE = 16 * 1024 * 1024
 SESSION_IDLE = 300.0
 TOKEN_CACHE = 5.0
 TOKEN_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A request the gate let through (allowed, or approved by a review)."""
+
+    action: Action
+    recorded: Action  # as reviews and the audit log keep it (_for_record)
+    info: RequestInfo
+    body: bytes
+    verdict: Verdict
+    review: ReviewInfo | None
+    started: float
+    t0: float
 
 
 @dataclass
@@ -90,6 +105,18 @@ def _status(code: int, message: str, **kw: Any) -> Response:
     return Response(status_body(code, message, **kw), code, media_type="application/json")
 
 
+class Refusal(Response):
+    """A judged request that does not run: 403 with a Status; ``pending`` when a review
+    holds it (an exec session ends with exit status 77 then, else 126)."""
+
+    def __init__(self, message: str, pending: bool, causes: list[dict[str, str]]) -> None:
+        super().__init__(
+            status_body(403, message, causes=causes), 403, media_type="application/json"
+        )
+        self.message = message
+        self.pending = pending
+
+
 class KubernetesGateway:
     """The ASGI app mounted at ``/k8s`` on the API listener."""
 
@@ -101,13 +128,10 @@ class KubernetesGateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            # WebSocket exec/attach/port-forward: judged and recorded like any request
-            # (the handshake is a GET), then refused: streams are not proxied yet.
-            async def no_body() -> Message:
-                return {"type": "http.request", "body": b"", "more_body": False}
+            # exec / attach (kubernetes/exec.py): judged like any request, then relayed.
+            from wardgate.kubernetes.exec import websocket_session
 
-            await self.handle(Request({**scope, "type": "http", "method": "GET"}, no_body))
-            await send({"type": "websocket.close", "code": 1008})
+            await websocket_session(self, scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -115,7 +139,9 @@ class KubernetesGateway:
         response = await self.handle(request)
         await response(scope, receive, send)
 
-    async def handle(self, request: Request) -> Response:
+    async def judge(self, request: Request) -> Judged | Response:
+        """Authenticate, read, judge and settle one request: what may run, or the
+        refusal to answer (recorded already)."""
         services = self.services
         raw = request.scope.get("raw_path") or request.scope["path"].encode()
         full = raw.decode("latin-1")
@@ -137,7 +163,10 @@ class KubernetesGateway:
         if body is None:
             return _status(413, "wardgate: the request body is larger than the gateway accepts")
         headers = list(request.headers.items())
-        text = request_text(request.method, path, query, headers)
+        # exec/attach/port-forward connect the same way by GET (WebSocket) or POST
+        # (SPDY), and the API server authorizes both as `create`: one action, one review.
+        method = "POST" if info.subresource in STREAM_SUBRESOURCES else request.method
+        text = request_text(method, path, query, headers)
         content_type = request.headers.get("content-type", "")
         action = Action(
             principal,
@@ -174,17 +203,30 @@ class KubernetesGateway:
                 causes.append(
                     {"reason": "ReviewPending", "field": "review", "message": settled.review.id}
                 )
-            return _status(403, f"{settled.refusal.message}. {settled.refusal.hint}", causes=causes)
+            text = f"{settled.refusal.message}. {settled.refusal.hint}"
+            return Refusal(text, settled.review is not None and settled.status == "pending", causes)
+        return Judged(action, recorded, info, body, settled.verdict, settled.review, started, t0)
+
+    async def handle(self, request: Request) -> Response:
+        judged = await self.judge(request)
+        if isinstance(judged, Response):
+            return judged
+        services = self.services
+        action, recorded, info, body = judged.action, judged.recorded, judged.info, judged.body
+        started, t0, principal = judged.started, judged.t0, action.principal
         if (
             request.headers.get("upgrade")
             or "upgrade" in request.headers.get("connection", "").lower()
         ):
             message = (
-                "wardgate: exec, attach and port-forward streams (WebSocket/SPDY upgrades) are "
-                "not offered through the gateway yet; nothing was run"
+                "wardgate: this stream is not offered through the gateway: exec and attach "
+                "are relayed over WebSocket (v5.channel.k8s.io; kubectl 1.30 or later, "
+                "without KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false), never over SPDY; "
+                "port-forward is not relayed yet. Nothing was run"
             )
-            self._record(recorded, settled.verdict, started, t0, "not_executed", error=message)
+            self._record(recorded, judged.verdict, started, t0, "not_executed", error=message)
             return _status(501, message)
+        name = action.connection
         masking = services.masking.for_session(principal, name)
         redact = masking is not None and info.resource == "secrets" and not info.api_group
         # Pod logs of a masked principal go through the masking engine line by line.
@@ -199,8 +241,8 @@ class KubernetesGateway:
             body,
             redact,
             log_masker,
-            settled.verdict,
-            settled.review,
+            judged.verdict,
+            judged.review,
             started,
             t0,
         )
@@ -265,6 +307,13 @@ class KubernetesGateway:
         session.last_used = now
         return session.id
 
+    def record(self, judged: Judged, status: str, **extra: Any) -> None:
+        """Record a judged request's outcome (kubernetes/exec.py's sessions)."""
+        self._record(
+            judged.recorded, judged.verdict, judged.started, judged.t0, status,
+            review=judged.review, **extra,
+        )  # fmt: skip
+
     def _record(
         self,
         action: Action,
@@ -277,12 +326,19 @@ class KubernetesGateway:
         rows: int | None = None,
         error: str | None = None,
         review: ReviewInfo | None = None,
+        recording: str | None = None,
     ) -> None:
+        """The one place a Kubernetes request's records are made: its ActionRecord and,
+        for a terminal session (exec -it, attach), its asciicast ``recording``."""
         session = next((s for s in self.state.sessions.values() if s.id == action.session_id), None)
         seq = 0
         if session is not None:
             session.seq += 1
             seq = session.seq
+        if recording is not None:
+            self.services.recorder.submit(
+                RecordingRecord(action.session_id, seq, started, recording)
+            )
         self.services.recorder.submit(
             ActionRecord(
                 session_id=action.session_id,

@@ -21,27 +21,41 @@ class Upstreams:
 
     def __init__(self, vault: Vault | None) -> None:
         self._vault = vault
-        self._clients: dict[str, tuple[KubernetesUpstreamConfig, httpx.AsyncClient, str]] = {}
+        self._clients: dict[
+            str, tuple[KubernetesUpstreamConfig, httpx.AsyncClient, str, ssl.SSLContext | None]
+        ] = {}
 
     def client(self, config: Config, name: str) -> tuple[httpx.AsyncClient, str]:
         """The client of connection ``name`` and the Authorization header it sends."""
+        found = self._made(config, name)
+        return found[1], found[2]
+
+    def stream_target(self, config: Config, name: str) -> tuple[str, ssl.SSLContext | None, str]:
+        """For a WebSocket dial (kubernetes/exec.py): the API server's URL, the TLS
+        context pinning its CA (None for plain http) and the Authorization header."""
+        target, _, auth, context = self._made(config, name)
+        return target.url.rstrip("/"), context, auth
+
+    def _made(
+        self, config: Config, name: str
+    ) -> tuple[KubernetesUpstreamConfig, httpx.AsyncClient, str, ssl.SSLContext | None]:
         target = config.connections[name].kube
         found = self._clients.get(name)
         if found is not None and found[0] == target:
-            return found[1], found[2]
-        client, auth = _make(config, target, self._vault)
-        self._clients[name] = (target, client, auth)
-        return client, auth
+            return found
+        client, auth, context = _make(config, target, self._vault)
+        self._clients[name] = (target, client, auth, context)
+        return self._clients[name]
 
     async def close(self) -> None:
-        for _, client, _ in self._clients.values():
+        for _, client, _, _ in self._clients.values():
             await client.aclose()
         self._clients.clear()
 
 
 def _make(
     config: Config, target: KubernetesUpstreamConfig, vault: Vault | None
-) -> tuple[httpx.AsyncClient, str]:
+) -> tuple[httpx.AsyncClient, str, ssl.SSLContext | None]:
     base = Path(config.base_dir)
     verify: ssl.SSLContext | bool = False
     if target.url.startswith("https://"):
@@ -63,7 +77,7 @@ def _make(
         trust_env=False,  # no proxy or CA from the environment: the cluster is pinned
         headers={"Accept-Encoding": "identity"},
     )
-    return client, auth
+    return client, auth, verify if isinstance(verify, ssl.SSLContext) else None
 
 
 def _load_client_cert(context: ssl.SSLContext, cert: str, key: str, config: Config) -> None:

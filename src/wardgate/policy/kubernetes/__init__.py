@@ -4,6 +4,7 @@ conditions (objects) and the class a request belongs to (classify)."""
 from wardgate.policy.kubernetes.classify import (
     KUBERNETES_CLASSES,
     KUBERNETES_KINDS,
+    classify_kubernetes,
     classify_request,
     request_text,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "KUBERNETES_KINDS",
     "RequestInfo",
     "RequestInfoError",
+    "classify_kubernetes",
     "classify_request",
     "request_text",
     "resolve",

@@ -11,8 +11,11 @@ from __future__ import annotations
 from wardgate.actions import StatementInfo
 from wardgate.policy.kubernetes.objects import OBJECT_KINDS, BodyError, object_kinds, parse_body
 from wardgate.policy.kubernetes.requestinfo import RequestInfo, RequestInfoError, resolve
+from wardgate.policy.kubernetes.sessions import classify_stream, stream_request
 
-KUBERNETES_CLASSES = ("read", "write", "admin")
+# shell: an interactive exec or attach (the role's `shell: allow`); forwarding: a
+# port-forward (`forwarding: allow`). An exec's commands have the shell engine's classes.
+KUBERNETES_CLASSES = ("read", "write", "admin", "shell", "forwarding")
 READ_VERBS = frozenset({"get", "list", "watch"})
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 # Subresources that run something in a pod or reach into it: a shell, not a read.
@@ -52,6 +55,8 @@ KUBERNETES_KINDS = frozenset(
         "delete_namespace",
         "rbac_write",
         "nonresource",
+        "command",
+        "interactive",
         *OBJECT_KINDS,
     }
 )
@@ -70,6 +75,29 @@ def request_text(method: str, path: str, query: str, headers: list[tuple[str, st
 
 def _unknown(text: str, error: str) -> StatementInfo:
     return StatementInfo("unknown", (), text, error)
+
+
+def classify_kubernetes(
+    text: str, body: str | None = None, content_type: str = ""
+) -> tuple[StatementInfo, ...]:
+    """Every statement of a request: one, or for exec/attach/port-forward the session
+    and (exec) the commands it runs (policy/kubernetes/sessions.py)."""
+    request = classify_request(text, body, content_type)
+    if request.klass == "unknown" or not {"exec", "attach", "portforward"} & set(request.kinds):
+        return (request,)
+    method, _, target = text.split("\n", 1)[0].partition(" ")
+    path, _, query = target.partition("?")
+    try:
+        info = resolve(method, path, query)
+        stream = stream_request(info, query)
+    except RequestInfoError as exc:
+        return (_unknown(text, str(exc)),)
+    if stream is None:
+        return (request,)
+    if request.klass == "admin" and "impersonate" in request.kinds:
+        # Impersonating while opening a session: admin, whatever the session.
+        return (request, *classify_stream(info, stream, text, request))
+    return classify_stream(info, stream, text, request)
 
 
 def classify_request(text: str, body: str | None = None, content_type: str = "") -> StatementInfo:

@@ -1,0 +1,131 @@
+"""exec, attach and port-forward: the requests that open a session in a pod.
+
+``kubectl exec POD -- CMD`` sends its command as repeated ``command=`` query parameters,
+one per argument; the container runtime runs that argv directly (no shell). The gate
+judges it with the shell engine (policy/shell), as the SSH gateway judges a command:
+the argv is quoted into one shell line whose words are exactly those arguments, so
+``sh -c 'touch x'`` is judged as the script it runs. A terminal (``tty``), an attach and
+a command that reads further commands from its input (``sh``, ``python``...) are
+interactive: they are class ``shell`` as well (a role needs ``shell: allow``). A
+port-forward is class ``forwarding`` (a role needs ``forwarding: allow``).
+
+Query parameters are read the way the API server decodes PodExecOptions: every
+``command`` value in order; a boolean is true unless its first value is ``0`` or
+``false`` (any case), so ``tty=`` is a terminal. A ``%`` escape Go would reject is
+refused (the server would drop the pair; the gateway would not).
+
+Pure: strings in, frozen values out.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, replace
+from urllib.parse import unquote_plus
+
+from wardgate.actions import StatementInfo
+from wardgate.policy.kubernetes.requestinfo import RequestInfo, RequestInfoError
+from wardgate.policy.shell import classify_command
+
+STREAM_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """What an exec, attach or port-forward request asks for."""
+
+    kind: str  # exec | attach | portforward
+    command: tuple[str, ...] = ()
+    container: str = ""
+    stdin: bool = False
+    tty: bool = False
+    ports: tuple[str, ...] = ()
+
+    @property
+    def shell_line(self) -> str:
+        """The command as one shell line with exactly its argv as words."""
+        return " ".join(shlex.quote(word) for word in self.command)
+
+
+def query_values(query: str) -> dict[str, list[str]]:
+    """Every value of every parameter, in order, as Go's ``url.ParseQuery`` gives them."""
+    if ";" in query:
+        raise RequestInfoError("';' in the query string (servers disagree on what it separates)")
+    if _BAD_ESCAPE.search(query):
+        raise RequestInfoError("a malformed %-escape in the query string")
+    out: dict[str, list[str]] = {}
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
+        out.setdefault(unquote_plus(key, errors="strict"), []).append(
+            unquote_plus(value, errors="strict")
+        )
+    return out
+
+
+def _flag(values: dict[str, list[str]], name: str) -> bool:
+    found = values.get(name)
+    if not found:
+        return False
+    return found[0] != "0" and found[0].lower() != "false"
+
+
+def stream_request(info: RequestInfo, query: str) -> StreamRequest | None:
+    """The session a request opens, or None for any other request."""
+    if (
+        not info.is_resource_request
+        or info.api_group
+        or info.resource != "pods"
+        or info.subresource not in STREAM_SUBRESOURCES
+    ):
+        return None
+    try:
+        values = query_values(query)
+    except UnicodeDecodeError:
+        raise RequestInfoError("a query string that is not UTF-8") from None
+    container = (values.get("container") or [""])[0]
+    if info.subresource == "portforward":
+        ports = tuple(p for v in values.get("ports", []) for p in v.split(",") if p)
+        return StreamRequest("portforward", container=container, ports=ports)
+    return StreamRequest(
+        info.subresource,
+        tuple(values.get("command", [])) if info.subresource == "exec" else (),
+        container,
+        _flag(values, "stdin"),
+        _flag(values, "tty"),
+    )
+
+
+def classify_stream(
+    info: RequestInfo, stream: StreamRequest, text: str, base: StatementInfo
+) -> tuple[StatementInfo, ...]:
+    """The statements of a session request: ``base`` carries its resource, namespace and
+    verb; an exec's command adds one statement per simple command it runs, of the shell
+    engine's class, with the kinds ``exec`` and ``command``."""
+
+    def session(klass: str, *kinds: str) -> StatementInfo:
+        return replace(base, klass=klass, kinds=(*dict.fromkeys((*base.kinds, *kinds)),))
+
+    if stream.kind == "portforward":
+        return (session("forwarding", "portforward"),)
+    if stream.kind == "attach":
+        return (session("shell", "attach", "interactive"),)
+    if not stream.command:
+        return (StatementInfo("unknown", (), text, "an exec request without a command (command=)"),)
+    commands = tuple(
+        replace(
+            stmt,
+            kinds=(*stmt.kinds, "exec", "command"),
+            resources=base.resources,
+            namespaces=base.namespaces,
+            verbs=base.verbs,
+        )
+        for stmt in classify_command(stream.shell_line)
+    )
+    if stream.tty or any("interactive" in s.kinds for s in commands):
+        # A terminal, or a program that reads commands no one judges: a shell.
+        return (session("shell", "exec", "interactive"), *commands)
+    return commands

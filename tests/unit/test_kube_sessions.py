@@ -1,0 +1,85 @@
+"""exec / attach / port-forward requests as the gate reads them, and the channel
+protocol's messages (pure: no sockets)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wardgate.kubernetes.channels import (
+    ChannelError,
+    exit_frame,
+    exit_status,
+    failure_frame,
+    parse_frame,
+    resize_of,
+)
+from wardgate.policy.kubernetes import RequestInfoError, classify_kubernetes, resolve
+from wardgate.policy.kubernetes.sessions import query_values, stream_request
+
+EXEC = "/api/v1/namespaces/default/pods/web/exec"
+
+
+@pytest.mark.parametrize(
+    ("query", "command", "tty", "stdin"),
+    [
+        ("command=ls", ("ls",), False, False),
+        ("command=sh&command=-c&command=echo+a%26b", ("sh", "-c", "echo a&b"), False, False),
+        ("command=ls&tty=true&stdin=1", ("ls",), True, True),
+        # the API server's bool reading: anything but 0/false is true, even empty
+        ("command=ls&tty=", ("ls",), True, False),
+        ("command=ls&tty=FALSE&tty=true", ("ls",), False, False),
+        ("command=ls&tty=0", ("ls",), False, False),
+        ("command=&command=x", ("", "x"), False, False),
+    ],
+)
+def test_exec_options_are_read_as_the_api_server_reads_them(
+    query: str, command: tuple[str, ...], tty: bool, stdin: bool
+) -> None:
+    stream = stream_request(resolve("GET", EXEC, query), query)
+    assert stream is not None
+    assert (stream.kind, stream.command, stream.tty, stream.stdin) == ("exec", command, tty, stdin)
+
+
+def test_shell_line_keeps_the_argv() -> None:
+    query = "command=sh&command=-c&command=touch+%22a+b%22%3B+rm+x"
+    stream = stream_request(resolve("GET", EXEC, query), query)
+    assert stream is not None
+    assert stream.shell_line == "sh -c 'touch \"a b\"; rm x'"
+    kinds = [s.kinds for s in classify_kubernetes(f"GET {EXEC}?{query}")]
+    assert any("touch" in k for k in kinds) and any("rm" in k for k in kinds)
+
+
+@pytest.mark.parametrize("query", ["command=ls%zz", "command=ls%4", "command=ls;x", "command=%ff"])
+def test_ambiguous_queries_are_refused(query: str) -> None:
+    with pytest.raises((RequestInfoError, UnicodeDecodeError)):
+        query_values(query)
+    (stmt,) = classify_kubernetes(f"GET {EXEC}?{query}")
+    assert stmt.klass == "unknown"
+
+
+def test_other_requests_open_no_session() -> None:
+    assert stream_request(resolve("GET", "/api/v1/namespaces/a/pods/p/log", ""), "") is None
+    assert stream_request(resolve("GET", "/api/v1/namespaces/a/pods/p", ""), "") is None
+    pf = stream_request(
+        resolve("POST", "/api/v1/namespaces/a/pods/p/portforward", ""), "ports=80,8080"
+    )
+    assert pf is not None and pf.kind == "portforward" and pf.ports == ("80", "8080")
+    (stmt,) = classify_kubernetes("POST /api/v1/namespaces/a/pods/p/portforward?ports=80")
+    assert stmt.klass == "forwarding" and "portforward" in stmt.kinds
+
+
+def test_channel_messages() -> None:
+    assert parse_frame(b"\x01hello").channel == 1
+    with pytest.raises(ChannelError):
+        parse_frame(b"")
+    with pytest.raises(ChannelError):
+        parse_frame(b"\x09x")
+    assert resize_of(b'{"Width": 100, "Height": 40}') == (100, 40)
+    assert resize_of(b"{}") is None
+    assert exit_status(exit_frame(0)[1:]) == 0
+    assert exit_status(exit_frame(126, "blocked")[1:]) == 126
+    assert json.loads(exit_frame(77, "pending")[1:])["message"] == "pending"
+    assert exit_status(failure_frame("nope")[1:]) is None
+    assert exit_status(b"not json") is None
