@@ -69,6 +69,7 @@ CORE_V1 = [
 ]
 GROUPS = {
     "apps": {"v1": [_res("deployments", "Deployment", True, ALL, ["deploy"])]},
+    "networking.k8s.io": {"v1": [_res("ingresses", "Ingress", True, ALL, ["ing"])]},
     "rbac.authorization.k8s.io": {
         "v1": [_res("clusterrolebindings", "ClusterRoleBinding", False, ALL)]
     },

@@ -67,6 +67,7 @@ def kube_config(double: RunningDouble) -> str:
         guardrails:
           - {{name: no-public-services, match: {{kubernetes: [service_loadbalancer, service_nodeport]}}, verdict: block, message: "Services of type LoadBalancer or NodePort are blocked"}}
           - {{name: no-privileged-pods, match: {{kubernetes: [privileged, host_path, host_network, host_pid]}}, verdict: block}}
+          - {{name: no-public-ingress, match: {{kubernetes: [ingress_public]}}, verdict: block, message: "An Ingress open to every address is blocked"}}
           - {{name: no-shred, match: {{programs: [shred]}}, verdict: block, message: "shred is blocked"}}
         reviews: {{approvers: [approvers]}}
         masking:
@@ -163,9 +164,22 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "web-1", "namespace": "default"},
-            "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "nginx",
+                        "env": [{"name": "ADMIN_EMAIL", "value": "jane.doe@example.com"}],
+                    }
+                ]
+            },
         },
     )
+    cluster.put("", "configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "app", "namespace": "default"},
+        "data": {"contact": "jane.doe@example.com", "mode": "blue"},
+    })  # fmt: skip
     cluster.put("", "secrets", {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": "db", "namespace": "default", "annotations": {
@@ -256,6 +270,33 @@ def test_secret_values_are_redacted_for_the_agent_in_every_shape(kgw: KubeGatewa
     assert _decoded(clear.stdout, "password") == "hunter2-plain"
 
 
+def test_configmap_and_env_values_are_masked_in_every_shape(kgw: KubeGateway) -> None:
+    email = "jane.doe@example.com"
+    one = kgw.kubectl("agent", "get", "configmap", "app", "-o", "yaml")
+    assert one.returncode == 0, one.stderr
+    data = yaml.safe_load(one.stdout)["data"]
+    assert data["mode"] == "blue" and email not in one.stdout and "@" in data["contact"]
+    listed = kgw.kubectl("agent", "get", "configmaps", "-o", "json")
+    assert listed.returncode == 0 and "app" in listed.stdout and email not in listed.stdout
+    table = kgw.kubectl("agent", "get", "configmaps")
+    assert table.returncode == 0 and "app" in table.stdout
+    pod = kgw.kubectl("agent", "get", "pod", "web-1", "-o", "yaml")
+    assert pod.returncode == 0 and "ADMIN_EMAIL" in pod.stdout and email not in pod.stdout
+    with kgw.k8s("agent") as api:  # a Table with whole objects, and a watch stream
+        got = api.get(
+            "/k8s/cluster/api/v1/namespaces/default/configmaps?includeObject=Object",
+            headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        )
+        assert got.status_code == 200 and got.json()["kind"] == "Table"
+        assert "blue" in got.text and email not in got.text
+        watch = api.get("/k8s/cluster/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=1")
+        assert "ADMIN_EMAIL" in watch.text and email not in watch.text
+    # an unmasked human sees the values
+    clear = kgw.kubectl("dev", "get", "configmap", "app", "-o", "yaml")
+    assert yaml.safe_load(clear.stdout)["data"]["contact"] == email
+    assert email in kgw.kubectl("dev", "get", "pod", "web-1", "-o", "yaml").stdout
+
+
 def test_kubectl_watch_stream_is_redacted(kgw: KubeGateway) -> None:
     try:
         out = kgw.kubectl(
@@ -342,6 +383,45 @@ def test_load_balancer_service_is_blocked(kgw: KubeGateway) -> None:
     ok = kgw.kubectl("dev", "apply", "--validate=false", "-f", str(manifest))
     assert ok.returncode == 0, ok.stderr
     assert cluster.objects[("", "services", "default", "web")]["spec"]["type"] == "ClusterIP"
+
+
+INGRESS = """\
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+  namespace: default
+spec:
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+"""
+LIMITED = "nginx.ingress.kubernetes.io/whitelist-source-range: 10.0.0.0/8"
+
+
+def test_an_ingress_open_to_the_world_is_blocked(kgw: KubeGateway) -> None:
+    cluster = kgw.double.cluster
+    manifest = kgw.gw.workdir / "ingress.yaml"
+    manifest.write_text(INGRESS)
+    out = kgw.kubectl("dev", "apply", "--validate=false", "-f", str(manifest))
+    assert out.returncode != 0 and "guardrail:no-public-ingress" in out.stderr, out.stderr
+    assert ("networking.k8s.io", "ingresses", "default", "web") not in cluster.objects
+    limited = INGRESS.replace(
+        "  namespace: default\n", f"  namespace: default\n  annotations: {{{LIMITED}}}\n"
+    )
+    manifest.write_text(limited)
+    ok = kgw.kubectl("dev", "apply", "--validate=false", "-f", str(manifest))
+    assert ok.returncode == 0, ok.stderr
+    assert ("networking.k8s.io", "ingresses", "default", "web") in cluster.objects
+    # taking the limit away again opens it: blocked, the stored object keeps its limit
+    opened = kgw.kubectl(
+        "dev", "annotate", "ingress", "web", "nginx.ingress.kubernetes.io/whitelist-source-range-"
+    )
+    assert opened.returncode != 0 and "guardrail:no-public-ingress" in opened.stderr, opened.stderr
+    notes = cluster.objects[("networking.k8s.io", "ingresses", "default", "web")]["metadata"]
+    assert "nginx.ingress.kubernetes.io/whitelist-source-range" in notes["annotations"]
 
 
 def test_protobuf_is_never_passed_unjudged(kgw: KubeGateway) -> None:

@@ -76,6 +76,19 @@ CRB = {
     "subjects": [],
 }
 
+INGRESS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "Ingress",
+    "metadata": {"name": "w"},
+    "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+}
+_RANGE = "nginx.ingress.kubernetes.io/whitelist-source-range"
+INGRESS_LIMITED = {**INGRESS, "metadata": {"name": "w", "annotations": {_RANGE: "10.0.0.0/8"}}}
+INGRESS_WORLD = {
+    **INGRESS,
+    "metadata": {"name": "w", "annotations": {_RANGE: "10.0.0.0/8, 0.0.0.0/0"}},
+}
+
 CASES = [
     # (who, request, body, content type, decision, rule)
     ("agent", "GET /api/v1/namespaces/default/pods", None, "", Decision.ALLOW, "role:k8s-agent"),
@@ -109,6 +122,12 @@ CASES = [
     ("alice", "PATCH /api/v1/namespaces/default/services/s", [{"op": "replace", "path": "/spec/type", "value": "NodePort"}], "application/json-patch+json", Decision.BLOCK, "guardrail:no-public-services"),
     ("alice", "PATCH /api/v1/namespaces/default/services/s?fieldManager=kubectl", {"spec": {"type": "LoadBalancer"}}, "application/strategic-merge-patch+json", Decision.BLOCK, "guardrail:no-public-services"),
     ("alice", "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings", CRB, "", Decision.BLOCK, "guardrail:no-cluster-admin"),
+    # an Ingress opens a workload to the world unless a source range limits it
+    ("alice", "POST /apis/networking.k8s.io/v1/namespaces/default/ingresses", INGRESS, "", Decision.REVIEW, "guardrail:no-public-ingress"),
+    ("alice", "POST /apis/networking.k8s.io/v1/namespaces/default/ingresses", INGRESS_LIMITED, "", Decision.ALLOW, "role:k8s-sre"),
+    ("alice", "POST /apis/networking.k8s.io/v1/namespaces/default/ingresses", INGRESS_WORLD, "", Decision.BLOCK, "guardrail:no-public-services"),
+    ("alice", "PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/w", [{"op": "remove", "path": "/metadata/annotations/nginx.ingress.kubernetes.io~1whitelist-source-range"}], "application/json-patch+json", Decision.REVIEW, "guardrail:no-public-ingress"),
+    ("alice", "PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/w", {"metadata": {"labels": {"a": "b"}}}, "application/merge-patch+json", Decision.ALLOW, "role:k8s-sre"),
     ("alice", "DELETE /api/v1/namespaces/prod", None, "", Decision.BLOCK, "guardrail:namespaces-stay"),
     ("alice", "DELETE /api/v1/namespaces/kube-system/pods/coredns", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
     ("alice", "GET /api/v1/namespaces/kube-system/pods", None, "", Decision.ALLOW, "role:k8s-sre"),

@@ -30,12 +30,20 @@ from wardgate.actions import Action, Verdict
 from wardgate.audit.records import ActionRecord, RecordingRecord, SessionEnd, SessionRecord
 from wardgate.core.services import Services, TooManyFailures
 from wardgate.identity.principals import Principal
-from wardgate.kubernetes.redact import RedactError, WatchRedactor, redact_body
+from wardgate.kubernetes.redact import (
+    RedactError,
+    Transform,
+    WatchRedactor,
+    redact_body,
+    redact_payload,
+)
 from wardgate.kubernetes.status import status_body
 from wardgate.kubernetes.upstream import Upstreams
+from wardgate.kubernetes.values import masks_values, value_masker
 from wardgate.masking.stream import LineMasker
 from wardgate.policy.kubernetes import RequestInfo, RequestInfoError, request_text, resolve
 from wardgate.policy.kubernetes.sessions import STREAM_SUBRESOURCES
+from wardgate.policy.mask_rules import SessionMasking
 from wardgate.reviews.model import ReviewInfo
 from wardgate.reviews.settle import settle
 
@@ -228,7 +236,7 @@ class KubernetesGateway:
             return _status(501, message)
         name = action.connection
         masking = services.masking.for_session(principal, name)
-        redact = masking is not None and info.resource == "secrets" and not info.api_group
+        transform = response_transform(info, masking)
         # Pod logs of a masked principal go through the masking engine line by line.
         log_masker = None
         if masking is not None and info.resource == "pods" and info.subresource == "log":
@@ -239,7 +247,7 @@ class KubernetesGateway:
             recorded,
             info,
             body,
-            redact,
+            transform,
             log_masker,
             judged.verdict,
             judged.review,
@@ -368,7 +376,7 @@ class KubernetesGateway:
         recorded: Action,
         info: RequestInfo,
         body: bytes,
-        redact: bool,
+        transform: Transform | None,
         log_masker: LineMasker | None,
         verdict: Verdict,
         review: ReviewInfo | None,
@@ -422,10 +430,10 @@ class KubernetesGateway:
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RETURNED}
         status = "ok" if upstream.status_code < 400 else "error"
         command = f"HTTP {upstream.status_code}"
-        if redact and not streaming:
+        if transform is not None and not streaming:
             try:
                 raw = await _read_capped(upstream, action, services)
-                data = redact_body(raw) if raw else raw
+                data = redact_body(raw, transform) if raw else raw
             except RedactError as exc:
                 self._record(
                     recorded,
@@ -456,7 +464,7 @@ class KubernetesGateway:
             return Response(data, upstream.status_code, headers=out_headers)
 
         async def pump() -> AsyncIterator[bytes]:
-            redactor = WatchRedactor(MAX_WATCH_LINE) if redact else None
+            redactor = WatchRedactor(MAX_WATCH_LINE, transform) if transform else None
             sent, error = 0, None
             try:
                 async for chunk in upstream.aiter_raw():
@@ -514,6 +522,18 @@ async def _read_capped(upstream: httpx.Response, action: Action, services: Servi
             raise RedactError("the response is larger than max_response_bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def response_transform(info: RequestInfo, masking: SessionMasking | None) -> Transform | None:
+    """What a masked principal's response goes through before it leaves: Secrets
+    redacted (kubernetes/redact.py), ConfigMap and env values masked (values.py)."""
+    if masking is None or not info.is_resource_request:
+        return None
+    if info.resource == "secrets" and not info.api_group:
+        return redact_payload
+    if masks_values(info):
+        return value_masker(masking.mask_text, info.resource == "configmaps")
+    return None
 
 
 def _items(data: bytes) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 REDACTED = "wardgate:redacted"
@@ -68,15 +69,20 @@ def redact_payload(payload: Any) -> Any:
     raise RedactError(f"a secrets response of kind {kind!r}")
 
 
-def redact_body(body: bytes) -> bytes:
+# A decoded response in, the response to send out (Secrets: redact_payload; ConfigMap
+# and env values: kubernetes/values.py). Raises RedactError for what it cannot read.
+Transform = Callable[[Any], Any]
+
+
+def redact_body(body: bytes, transform: Transform = redact_payload) -> bytes:
     try:
         payload = json.loads(body)
     except ValueError:
-        raise RedactError("a secrets response that is not JSON") from None
-    return json.dumps(redact_payload(payload), separators=(",", ":")).encode()
+        raise RedactError("a response to mask that is not JSON") from None
+    return json.dumps(transform(payload), separators=(",", ":")).encode()
 
 
-def redact_watch_line(line: bytes) -> bytes:
+def redact_watch_line(line: bytes, transform: Transform = redact_payload) -> bytes:
     """One watch event (``{"type": ..., "object": ...}``), its object redacted."""
     if not line.strip():
         return line
@@ -86,27 +92,28 @@ def redact_watch_line(line: bytes) -> bytes:
         raise RedactError("a watch event that is not JSON") from None
     if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
         raise RedactError("a watch event without an object")
-    event["object"] = redact_payload(event["object"])
+    event["object"] = transform(event["object"])
     return json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
 
 class WatchRedactor:
     """Splits a watch stream into lines (bounded) and redacts each event."""
 
-    def __init__(self, max_line: int) -> None:
+    def __init__(self, max_line: int, transform: Transform = redact_payload) -> None:
         self._buffer = b""
         self._max_line = max_line
+        self._transform = transform
 
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
         out: list[bytes] = []
         while (nl := self._buffer.find(b"\n")) >= 0:
             line, self._buffer = self._buffer[: nl + 1], self._buffer[nl + 1 :]
-            out.append(redact_watch_line(line))
+            out.append(redact_watch_line(line, self._transform))
         if len(self._buffer) > self._max_line:
             raise RedactError("a watch event larger than the gateway's limit")
         return b"".join(out)
 
     def end(self) -> bytes:
         rest, self._buffer = self._buffer, b""
-        return redact_watch_line(rest) if rest.strip() else b""
+        return redact_watch_line(rest, self._transform) if rest.strip() else b""

@@ -42,8 +42,16 @@ OBJECT_KINDS = (
     "service_loadbalancer",
     "cluster_admin_binding",
     "open_cidr",
+    "ingress_public",
 )
 _WORLD = frozenset({"0.0.0.0/0", "::/0"})
+# Annotations with which ingress controllers limit who may reach an Ingress.
+SOURCE_RANGE_ANNOTATIONS = (
+    "nginx.ingress.kubernetes.io/whitelist-source-range",
+    "nginx.ingress.kubernetes.io/allowlist-source-range",
+    "haproxy.org/allow-list",
+    "traefik.ingress.kubernetes.io/whitelist-source-range",
+)
 
 
 def media_type(content_type: str) -> str:
@@ -122,7 +130,9 @@ def _from_json_patch(ops: Any) -> dict[str, Any]:
         node = tree
         for key in keys[:-1]:
             node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
-        if keys and "value" in op:
+        if keys and op["op"] == "remove":
+            node[keys[-1]] = None  # as a merge patch says it (an allow-list removed...)
+        elif keys and "value" in op:
             node[keys[-1]] = op["value"]
     return tree
 
@@ -169,4 +179,30 @@ def object_kinds(data: Any, resource: str, content_type: str) -> tuple[str, ...]
         elif key == "loadBalancerSourceRanges" and isinstance(value, list):
             if any(isinstance(v, str) and v.strip() in _WORLD for v in value):
                 found.add("open_cidr")
+    if resource == "ingresses" and isinstance(data, dict):
+        found.update(_ingress_kinds(data))
     return tuple(k for k in OBJECT_KINDS if k in found)
+
+
+def _ingress_kinds(obj: dict[str, Any]) -> set[str]:
+    """An Ingress routes traffic from outside the cluster to a workload: open to the
+    world (``ingress_public``) unless a source-range annotation limits it to addresses
+    other than every address. Removing that limit (a patch setting it to null, or a
+    JSON Patch ``remove``) opens it too."""
+    spec = obj.get("spec")
+    routes = isinstance(spec, dict) and any(
+        spec.get(k) for k in ("rules", "defaultBackend", "backend")
+    )
+    meta = obj.get("metadata")
+    notes = meta.get("annotations") if isinstance(meta, dict) else None
+    if isinstance(meta, dict) and "annotations" in meta and notes is None:
+        return {"ingress_public"}  # every annotation removed, a limit with them
+    limits = [notes[k] for k in SOURCE_RANGE_ANNOTATIONS if isinstance(notes, dict) and k in notes]
+    if any(not isinstance(v, str) for v in limits):
+        return {"ingress_public"}
+    cidrs = {c.strip() for v in limits for c in v.split(",") if c.strip()}
+    if cidrs & _WORLD:
+        return {"ingress_public", "open_cidr"}
+    if routes and not cidrs:
+        return {"ingress_public"}
+    return set()
