@@ -96,6 +96,8 @@ class Cluster:
     # local process; every argv run there, with its tty flag
     exec_dir: Path | None = None
     execs: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)
+    # port-forward: every pod's ports are these loopback ports; each port reached
+    forwards: list[int] = field(default_factory=list)
 
     def put(
         self, group: str, resource: str, obj: dict[str, Any], event: str = "ADDED"
@@ -331,14 +333,83 @@ def make_app(cluster: Cluster) -> Starlette:
     async def exec_socket(ws: WebSocket) -> None:
         await _exec(cluster, ws)
 
+    async def forward_socket(ws: WebSocket) -> None:
+        await _portforward(cluster, ws)
+
     return Starlette(
         routes=[
             WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/exec", exec_socket),
+            WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/portforward", forward_socket),
             Route(
                 "/{path:path}", handle, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
             ),
         ]
     )
+
+
+async def _portforward(cluster: Cluster, ws: WebSocket) -> None:
+    """port-forward as kubectl 1.31+ speaks it: SPDY tunnelled in a WebSocket
+    (tests/integration/k8s_spdy.py); each data stream is a TCP connection to
+    127.0.0.1:<its port header>."""
+    from tests.integration.k8s_spdy import SpdyServer, spdy_dictionary
+
+    target = ws.url.path + ("?" + ws.url.query if ws.url.query else "")
+    cluster.requests.append(("WEBSOCKET", target, ws.headers.get("authorization", ""), ""))
+    if ws.headers.get("authorization", "") != f"Bearer {cluster.token}":
+        await ws.send_denial_response(_status(401, "Unauthorized", "Unauthorized"))
+        return
+    protocol = "SPDY/3.1+portforward.k8s.io"
+    if protocol not in ws.scope.get("subprotocols", []):
+        await ws.send_denial_response(_status(400, "BadRequest", f"{protocol} only"))
+        return
+    await ws.accept(subprotocol=protocol)
+    spdy = SpdyServer(spdy_dictionary())
+    lock = asyncio.Lock()
+    error_streams: dict[str, int] = {}
+    writers: dict[int, asyncio.StreamWriter] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    async def out(data: bytes) -> None:
+        async with lock:
+            await ws.send_bytes(data)
+
+    async def pump(stream: int, request: str, reader: asyncio.StreamReader) -> None:
+        while chunk := await reader.read(65536):
+            await out(spdy.data(stream, chunk))
+        await out(spdy.data(stream, b"", fin=True))
+        if request in error_streams:
+            await out(spdy.data(error_streams[request], b"", fin=True))
+
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            for event in spdy.feed(message.get("bytes") or b""):
+                if event.kind == "ping":
+                    await out(spdy.ping(event.data))
+                elif event.kind == "syn" and event.headers is not None:
+                    await out(spdy.syn_reply(event.stream))
+                    request = event.headers.get("requestid", "")
+                    if event.headers.get("streamtype") == "error":
+                        error_streams[request] = event.stream
+                        continue
+                    port = int(event.headers["port"])
+                    cluster.forwards.append(port)
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writers[event.stream] = writer
+                    tasks.append(asyncio.ensure_future(pump(event.stream, request, reader)))
+                elif event.kind == "data" and event.stream in writers:
+                    writers[event.stream].write(event.data)
+                    if event.fin:
+                        writers[event.stream].write_eof()
+                elif event.kind == "rst" and event.stream in writers:
+                    writers.pop(event.stream).close()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for writer in writers.values():
+            writer.close()
 
 
 async def _exec(cluster: Cluster, ws: WebSocket) -> None:

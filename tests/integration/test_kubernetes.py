@@ -174,6 +174,7 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
                     }
                 ]
             },
+            "status": {"phase": "Running"},  # kubectl port-forward checks it
         },
     )
     cluster.put("", "configmaps", {
@@ -518,6 +519,63 @@ def test_exec_with_a_terminal_needs_shell_and_is_recorded(kgw: KubeGateway) -> N
     assert json.loads(cast.splitlines()[0])["version"] == 2
     replayed = kgw.gw.cli("sessions", "replay", session_id).stdout
     assert "made-on-tty > by-tty" in replayed
+
+
+def test_port_forward_needs_forwarding_and_reaches_the_pod_port(kgw: KubeGateway) -> None:
+    """Real kubectl port-forward (SPDY tunnelled in a WebSocket) through the gateway to
+    the double, which connects each forwarded connection to a loopback port."""
+    import select
+    import threading
+
+    received: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+    target = server.getsockname()[1]
+
+    def serve() -> None:  # the "pod port": answers upper-cased, keeps what it got
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while not data.endswith(b"\n") and (chunk := conn.recv(4096)):
+                data += chunk
+            received.append(data)
+            conn.sendall(data.upper())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    local = free_port()
+    try:
+        # no forwarding: allow for the engineer: refused, nothing reached
+        denied = kgw.kubectl("dev", "port-forward", "pod/web-1", f"{local}:{target}", timeout=30)
+        assert denied.returncode != 0 and "forwarding" in denied.stderr, denied.stderr
+        assert target not in kgw.double.cluster.forwards
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(kgw.gw.workdir),
+            "KUBECONFIG": str(kgw.kubeconfig("root")),
+        }
+        proc = subprocess.Popen(
+            [kgw.kubectl_bin, "port-forward", "pod/web-1", f"{local}:{target}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            line = proc.stdout.readline() if ready else ""
+            assert "Forwarding from" in line, (line, proc.poll())
+            with socket.create_connection(("127.0.0.1", local), timeout=15) as conn:
+                conn.sendall(b"hello through wardgate\n")
+                reply = b""
+                while not reply.endswith(b"\n") and (chunk := conn.recv(4096)):
+                    reply += chunk
+            assert reply == b"HELLO THROUGH WARDGATE\n"
+            assert received == [b"hello through wardgate\n"]
+            assert target in kgw.double.cluster.forwards
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    finally:
+        server.close()
+        thread.join(5)
 
 
 def _kubectl_on_a_terminal(kgw: KubeGateway, principal: str, typed: str) -> tuple[str, int]:

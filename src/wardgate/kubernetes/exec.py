@@ -195,7 +195,7 @@ class UpstreamSocket:
             await asyncio.wait_for(self._writer.wait_closed(), 5)
 
 
-async def _deny(send: Send, response: Response) -> None:
+async def deny(send: Send, response: Response) -> None:
     """Refuse the handshake with an HTTP answer (a Status): kubectl then tries SPDY."""
     await send(
         {
@@ -239,7 +239,8 @@ async def websocket_session(
 ) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
-    protocols = [p for p in scope.get("subprotocols") or [] if p in CHANNEL_PROTOCOLS]
+    offered = scope.get("subprotocols") or []
+    protocols = [p for p in offered if p in CHANNEL_PROTOCOLS]
 
     async def no_body() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -248,22 +249,34 @@ async def websocket_session(
     stream = _stream_of(path, query)
     tty = stream is not None and stream.tty
     judged = await gateway.judge(Request({**scope, "type": "http", "method": "GET"}, no_body))
+    from wardgate.kubernetes.forward import TUNNEL_PROTOCOLS, forward_tunnel
     from wardgate.kubernetes.proxy import Refusal
 
+    if stream is not None and stream.kind == "portforward":
+        tunnels = [p for p in offered if p in TUNNEL_PROTOCOLS]
+        if isinstance(judged, Response):
+            await deny(send, judged)  # kubectl tries SPDY next: the same refusal
+        elif not tunnels:
+            message = "wardgate: port-forward is relayed as SPDY/3.1+portforward.k8s.io only"
+            gateway.record(judged, "not_executed", error=message)
+            await deny(send, Response(status_body(501, message), 501))
+        else:
+            await forward_tunnel(gateway, judged, tunnels, path, query, send, receive)
+        return
     if isinstance(judged, Response):
         if isinstance(judged, Refusal) and protocols and stream is not None:
             await send({"type": "websocket.accept", "subprotocol": protocols[0]})
             await _end(send, judged.message, EXIT_PENDING if judged.pending else EXIT_BLOCKED, tty)
         else:
-            await _deny(send, judged)
+            await deny(send, judged)
         return
-    if stream is None or stream.kind == "portforward" or not protocols:
+    if stream is None or not protocols:
         message = (
             "wardgate: this stream is not offered through the gateway over WebSocket: exec "
-            "and attach are (v5.channel.k8s.io), port-forward is not yet. Nothing was run"
+            "and attach are (v5.channel.k8s.io). Nothing was run"
         )
         gateway.record(judged, "not_executed", error=message)
-        await _deny(send, Response(status_body(501, message), 501))
+        await deny(send, Response(status_body(501, message), 501))
         return
     await _relay(gateway, judged, stream, protocols, path, query, send, receive)
 
@@ -285,20 +298,11 @@ async def _relay(
         await send({"type": "websocket.accept", "subprotocol": protocols[0]})
         await _end(send, AUDIT_UNAVAILABLE, EXIT_BLOCKED, tty)
         return
-    assert gateway.state.upstreams is not None
     connection = judged.action.connection
     try:
-        url, context, auth = gateway.state.upstreams.stream_target(services.config, connection)
-        upstream = await UpstreamSocket.open(
-            url,
-            context,
-            auth,
-            path + (f"?{query}" if query else ""),
-            protocols,
-            services.config.limits.connect_timeout,
-        )
+        upstream = await dial_upstream(gateway, judged, path, query, protocols)
     except UpstreamRejected as exc:
-        message = _rejection(exc)
+        message = rejection(exc)
         gateway.record(judged, "error", command=f"HTTP {exc.status}", error=message)
         await send({"type": "websocket.accept", "subprotocol": protocols[0]})
         await send({"type": "websocket.send", "bytes": failure_frame(message)})
@@ -385,7 +389,24 @@ async def _relay(
         )
 
 
-def _rejection(exc: UpstreamRejected) -> str:
+async def dial_upstream(
+    gateway: KubernetesGateway, judged: Judged, path: str, query: str, protocols: list[str]
+) -> UpstreamSocket:
+    """The gateway's WebSocket to the API server for a judged request."""
+    assert gateway.state.upstreams is not None
+    config = gateway.services.config
+    url, context, auth = gateway.state.upstreams.stream_target(config, judged.action.connection)
+    return await UpstreamSocket.open(
+        url,
+        context,
+        auth,
+        path + (f"?{query}" if query else ""),
+        protocols,
+        config.limits.connect_timeout,
+    )
+
+
+def rejection(exc: UpstreamRejected) -> str:
     import json
 
     try:

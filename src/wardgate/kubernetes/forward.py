@@ -1,0 +1,119 @@
+"""``kubectl port-forward`` through the gateway. kubectl (1.31 and later) tunnels the
+port-forward SPDY session inside a WebSocket (``SPDY/3.1+portforward.k8s.io``); the
+gateway judges the handshake (class ``forwarding``: the role's ``forwarding: allow``),
+opens its own WebSocket to the API server with the cluster credential, and relays the
+tunnel's bytes both ways unread, as the SSH gateway relays a forwarded port: which
+ports of the pod are reached is inside the SPDY streams, and is not judged. Recorded
+with the bytes relayed each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.responses import Response
+from starlette.types import Receive, Send
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from wardgate.kubernetes.channels import ChannelError
+from wardgate.kubernetes.exec import (
+    UpstreamRejected,
+    UpstreamSocket,
+    deny,
+    dial_upstream,
+    rejection,
+)
+from wardgate.kubernetes.status import status_body
+
+if TYPE_CHECKING:
+    from wardgate.kubernetes.proxy import Judged, KubernetesGateway
+
+log = logging.getLogger("wardgate.kubernetes")
+
+TUNNEL_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io",)
+
+
+async def forward_tunnel(
+    gateway: KubernetesGateway,
+    judged: Judged,
+    protocols: list[str],
+    path: str,
+    query: str,
+    send: Send,
+    receive: Receive,
+) -> None:
+    services = gateway.services
+    if services.recorder.unavailable:
+        services.recorder.refused()
+        await _deny(send, 503, "wardgate cannot record this action: the audit store is unavailable")
+        return
+    try:
+        upstream = await dial_upstream(gateway, judged, path, query, protocols)
+    except UpstreamRejected as exc:
+        message = rejection(exc)
+        gateway.record(judged, "error", command=f"HTTP {exc.status}", error=message)
+        await _deny(send, exc.status if 400 <= exc.status < 600 else 502, message)
+        return
+    except (OSError, TimeoutError, RemoteProtocolError, LocalProtocolError) as exc:
+        log.info("kubernetes %s: port-forward upstream: %s", judged.action.connection, exc)
+        message = "wardgate: the cluster's API server could not be reached; nothing was forwarded"
+        gateway.record(judged, "error", error=message)
+        await _deny(send, 503, message)
+        return
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+    sent = [0, 0]  # client to cluster, cluster to client
+
+    async def client_to_upstream() -> None:
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+            data = message.get("bytes")
+            if data:
+                sent[0] += len(data)
+                await upstream.send(data)
+
+    error: str | None = None
+    name = f"kube-forward-in-{judged.action.session_id}"
+    pump = asyncio.create_task(client_to_upstream(), name=name)
+    try:
+        while not pump.done():
+            recv = asyncio.ensure_future(upstream.recv())
+            done, _ = await asyncio.wait({recv, pump}, return_when=asyncio.FIRST_COMPLETED)
+            if recv not in done:
+                recv.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await recv
+                break
+            data = recv.result()
+            if data is None:
+                break
+            sent[1] += len(data)
+            await send({"type": "websocket.send", "bytes": data})
+    except (OSError, ChannelError, RemoteProtocolError) as exc:
+        error = f"the tunnel ended: {type(exc).__name__}"
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+        await _close(upstream)
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": 1000})
+        gateway.record(
+            judged,
+            "error" if error else "ok",
+            command=f"forwarded {sent[0]} bytes in, {sent[1]} bytes out",
+            error=error,
+        )
+
+
+async def _close(upstream: UpstreamSocket) -> None:
+    with contextlib.suppress(Exception):
+        await upstream.close()
+
+
+async def _deny(send: Send, code: int, message: str) -> None:
+    await deny(send, Response(status_body(code, message), code))
