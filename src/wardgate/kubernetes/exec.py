@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -151,6 +152,8 @@ class UpstreamSocket:
                             raise UpstreamRejected(status, body)
         except BaseException:
             writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
             raise
 
     async def recv(self) -> bytes | None:
@@ -349,7 +352,7 @@ async def _relay(
         client_to_upstream(), name=f"kube-exec-in-{judged.action.session_id}"
     )
     try:
-        while (data := await upstream.recv()) is not None:
+        async for data in upstream_messages(upstream, pump):
             try:
                 got = parse_frame(data)
             except ChannelError:
@@ -387,6 +390,25 @@ async def _relay(
             error=error,
             recording=cast.text() if cast is not None else None,
         )
+
+
+async def upstream_messages(
+    upstream: UpstreamSocket, client_pump: asyncio.Task[None]
+) -> AsyncIterator[bytes]:
+    """The API server's messages until it closes, or the client has gone (its pump
+    ended): then the session upstream ends too, as the API server would end it."""
+    while not client_pump.done():
+        recv = asyncio.ensure_future(upstream.recv())
+        done, _ = await asyncio.wait({recv, client_pump}, return_when=asyncio.FIRST_COMPLETED)
+        if recv not in done:
+            recv.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await recv
+            return
+        data = recv.result()
+        if data is None:
+            return
+        yield data
 
 
 async def dial_upstream(

@@ -25,6 +25,7 @@ from wardgate.kubernetes.exec import (
     deny,
     dial_upstream,
     rejection,
+    upstream_messages,
 )
 from wardgate.kubernetes.status import status_body
 
@@ -80,17 +81,7 @@ async def forward_tunnel(
     name = f"kube-forward-in-{judged.action.session_id}"
     pump = asyncio.create_task(client_to_upstream(), name=name)
     try:
-        while not pump.done():
-            recv = asyncio.ensure_future(upstream.recv())
-            done, _ = await asyncio.wait({recv, pump}, return_when=asyncio.FIRST_COMPLETED)
-            if recv not in done:
-                recv.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await recv
-                break
-            data = recv.result()
-            if data is None:
-                break
+        async for data in upstream_messages(upstream, pump):
             sent[1] += len(data)
             await send({"type": "websocket.send", "bytes": data})
     except (OSError, ChannelError, RemoteProtocolError) as exc:
