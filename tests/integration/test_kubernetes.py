@@ -495,6 +495,30 @@ def test_exec_commands_are_judged_by_the_shell_engine(kgw: KubeGateway) -> None:
     assert ("shred", "-u", "victim") not in argvs
 
 
+def test_a_held_exec_runs_once_after_approval(kgw: KubeGateway) -> None:
+    container = kgw.double.cluster.exec_dir
+    assert container is not None
+    args = ("exec", "web-1", "--", "sh", "-c", "echo once >> approved.log")
+    held = kgw.kubectl("agent", *args)
+    assert held.returncode == 77, held.stderr
+    m = REVIEW_ID.search(held.stderr)
+    assert m is not None
+    with kgw.api("reviewer") as reviewer:
+        shown = reviewer.get(f"/api/v1/reviews/{m.group(1)}").json()
+        assert "approved.log" in json.dumps(shown)  # the reviewer sees the command
+        assert reviewer.post(f"/api/v1/reviews/{m.group(1)}/approve", json={}).status_code == 200
+    ran = kgw.kubectl("agent", *args)
+    assert ran.returncode == 0, ran.stderr
+    assert (container / "approved.log").read_text() == "once\n"
+    again = kgw.kubectl("agent", *args)  # the approval is used up
+    assert again.returncode == 77 and "approval pending" in again.stderr
+    assert (container / "approved.log").read_text() == "once\n"
+    # a changed command is another action: not covered by that approval
+    other = kgw.kubectl("agent", "exec", "web-1", "--", "sh", "-c", "echo twice >> approved.log")
+    assert other.returncode == 77
+    assert (container / "approved.log").read_text() == "once\n"
+
+
 def test_exec_with_a_terminal_needs_shell_and_is_recorded(kgw: KubeGateway) -> None:
     container = kgw.double.cluster.exec_dir
     assert container is not None
