@@ -333,6 +333,9 @@ def make_app(cluster: Cluster) -> Starlette:
     async def exec_socket(ws: WebSocket) -> None:
         await _exec(cluster, ws)
 
+    async def attach_socket(ws: WebSocket) -> None:
+        await _exec(cluster, ws, attach=("/bin/sh",))
+
     async def forward_socket(ws: WebSocket) -> None:
         await _portforward(cluster, ws)
 
@@ -340,6 +343,7 @@ def make_app(cluster: Cluster) -> Starlette:
         routes=[
             WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/exec", exec_socket),
             WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/portforward", forward_socket),
+            WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/attach", attach_socket),
             Route(
                 "/{path:path}", handle, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
             ),
@@ -412,11 +416,12 @@ async def _portforward(cluster: Cluster, ws: WebSocket) -> None:
             writer.close()
 
 
-async def _exec(cluster: Cluster, ws: WebSocket) -> None:
+async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -> None:
     """exec over WebSocket (v5.channel.k8s.io, as the kubelet streams it through the API
     server): channel byte first; 0 stdin, 1 stdout, 2 stderr, 3 the ending Status, 4
     resize, 255 close. The command runs as a real process in ``cluster.exec_dir``, on
-    a pseudo-terminal when ``tty`` is asked."""
+    a pseudo-terminal when ``tty`` is asked. ``attach``: the container's main process
+    (the double starts it at attach time: it has no long-running containers)."""
     target = ws.url.path + ("?" + ws.url.query if ws.url.query else "")
     cluster.requests.append(("WEBSOCKET", target, ws.headers.get("authorization", ""), ""))
     if ws.headers.get("authorization", "") != f"Bearer {cluster.token}":
@@ -430,7 +435,7 @@ async def _exec(cluster: Cluster, ws: WebSocket) -> None:
         await ws.send_denial_response(_status(400, "BadRequest", "v5.channel.k8s.io only"))
         return
     q = ws.query_params
-    argv = tuple(q.getlist("command"))
+    argv = attach or tuple(q.getlist("command"))
     tty = q.get("tty") in ("true", "1")
     use_stdin = q.get("stdin") in ("true", "1")
     await ws.accept(subprotocol="v5.channel.k8s.io")

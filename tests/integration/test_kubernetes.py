@@ -171,6 +171,8 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
                         "name": "c",
                         "image": "nginx",
                         "env": [{"name": "ADMIN_EMAIL", "value": "jane.doe@example.com"}],
+                        "stdin": True,  # kubectl attach -it wants both
+                        "tty": True,
                     }
                 ]
             },
@@ -545,6 +547,28 @@ def test_exec_with_a_terminal_needs_shell_and_is_recorded(kgw: KubeGateway) -> N
     assert "made-on-tty > by-tty" in replayed
 
 
+def test_attach_needs_shell_and_is_recorded(kgw: KubeGateway) -> None:
+    container = kgw.double.cluster.exec_dir
+    assert container is not None
+    attach = ("attach", "-it", "web-1")
+    denied, _ = _kubectl_on_a_terminal(kgw, "dev", "echo x > by-dev-attach; exit\r", attach)
+    assert "shell" in denied and not (container / "by-dev-attach").exists()
+    before = len(kgw.double.cluster.execs)
+    seen, code = _kubectl_on_a_terminal(kgw, "root", "echo attached > by-attach; exit\r", attach)
+    assert (container / "by-attach").read_text() == "attached\n", seen
+    assert kgw.double.cluster.execs[before:] == [(("/bin/sh",), True)]
+    deadline = time.monotonic() + 10
+    while not any(
+        "by-attach" in cast
+        for (cast,) in kgw.store_rows(
+            "select r.cast from recordings r join sessions s on s.id = r.session_id "
+            "where s.protocol = 'kubernetes' and s.principal = 'root'"
+        )
+    ):
+        assert time.monotonic() < deadline, "no recording of the attach session"
+        time.sleep(0.2)
+
+
 def test_port_forward_needs_forwarding_and_reaches_the_pod_port(kgw: KubeGateway) -> None:
     """Real kubectl port-forward (SPDY tunnelled in a WebSocket) through the gateway to
     the double, which connects each forwarded connection to a loopback port."""
@@ -602,9 +626,14 @@ def test_port_forward_needs_forwarding_and_reaches_the_pod_port(kgw: KubeGateway
         thread.join(5)
 
 
-def _kubectl_on_a_terminal(kgw: KubeGateway, principal: str, typed: str) -> tuple[str, int]:
-    """``kubectl exec -it web-1 -- sh`` on a real pseudo-terminal: what it showed and
-    its exit status."""
+def _kubectl_on_a_terminal(
+    kgw: KubeGateway,
+    principal: str,
+    typed: str,
+    args: tuple[str, ...] = ("exec", "-it", "web-1", "--", "sh"),
+) -> tuple[str, int]:
+    """``kubectl exec -it web-1 -- sh`` (or ``args``) on a real pseudo-terminal: what it
+    showed and its exit status."""
     import os
     import pty
     import select
@@ -617,7 +646,7 @@ def _kubectl_on_a_terminal(kgw: KubeGateway, principal: str, typed: str) -> tupl
     }
     pid, fd = pty.fork()
     if pid == 0:  # the child: kubectl on the terminal
-        os.execve(kgw.kubectl_bin, [kgw.kubectl_bin, "exec", "-it", "web-1", "--", "sh"], env)
+        os.execve(kgw.kubectl_bin, [kgw.kubectl_bin, *args], env)
     seen = b""
     sent = False
     deadline = time.monotonic() + 30
