@@ -16,6 +16,7 @@ pinned the CA and sent the cluster credential.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import fcntl
@@ -412,8 +413,13 @@ async def _portforward(cluster: Cluster, ws: WebSocket) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
         for writer in writers.values():
             writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
 
 async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -> None:
@@ -508,6 +514,10 @@ async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -
         await asyncio.gather(pipe_out(proc.stdout, b"\x01"), pipe_out(proc.stderr, b"\x02"))
     code = await proc.wait()
     reader.cancel()
+    with contextlib.suppress(BaseException):
+        await reader
+    if proc.stdin is not None:
+        proc.stdin.close()  # no transport left for the garbage collector to warn about
     if master >= 0:
         os.close(master)
     if code == 0:
