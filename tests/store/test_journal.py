@@ -175,3 +175,20 @@ def test_the_sync_process_follows_complete_frames_only(tmp_path: Path) -> None:
     os.pwrite(fd, frame, end)
     assert journal_mod._complete_end(fd, head) == end + len(frame)
     j.close()
+
+
+def test_the_sync_interval_reaches_the_sync_process(tmp_path: Path) -> None:
+    """`audit.journal_sync_ms` becomes the sync process's interval; it syncs and exits
+    with the journal."""
+    from wardgate.config import AuditConfig
+
+    assert AuditConfig().journal_sync_ms == 1.0
+    j = Journal(tmp_path / "j", sync_process=True, sync_interval=0.005)
+    j.open()
+    try:
+        assert j._syncer is not None and j._syncer.args[-1] == "0.005"
+        j.append(_action("s1", 1))
+        assert j._syncer.poll() is None  # running
+    finally:
+        j.close()
+    assert j._syncer.returncode is not None

@@ -195,11 +195,13 @@ class Journal:
         *,
         rotate_bytes: int = 16 * 1024 * 1024,
         sync_process: bool = False,
+        sync_interval: float = _SYNC_POLL,
     ) -> None:
         self.directory = directory
         # Sync from a child process (`wardgate serve`): a thread of the gateway would
         # take the GIL back after every fdatasync, stalling the event loop.
         self._sync_process = sync_process
+        self._sync_interval = sync_interval
         self._syncer: subprocess.Popen[bytes] | None = None
         self._rotate = rotate_bytes
         self._fd = -1
@@ -242,7 +244,13 @@ class Journal:
         self._write_checkpoint(start)
         if self._sync_process:
             self._syncer = subprocess.Popen(
-                [sys.executable, "-m", "wardgate.audit.journal", str(self.directory)],
+                [
+                    sys.executable,
+                    "-m",
+                    "wardgate.audit.journal",
+                    str(self.directory),
+                    repr(self._sync_interval),
+                ],
                 stdin=subprocess.DEVNULL,
             )
             return
@@ -607,9 +615,10 @@ def _complete_end(fd: int, pos: int) -> int:
         # The chunk ended inside a frame: read on from it.
 
 
-def _sync_main(directory: Path) -> None:
+def _sync_main(directory: Path, interval: float = _SYNC_POLL) -> None:
     """The sync process: fdatasync the newest journal file whenever complete frames were
-    written past what the last sync covered, about every millisecond, until the gateway
+    written past what the last sync covered, every ``interval`` seconds at most
+    (``audit.journal_sync_ms``, a millisecond by default), until the gateway
     worker that started it is gone. A new file (a rotation, which syncs the old one
     itself) is noticed within 50 ms."""
     parent = os.getppid()
@@ -631,7 +640,7 @@ def _sync_main(directory: Path) -> None:
                         os.close(fd)
                     fd, name, synced = new_fd, newest, _HEAD.size
         if fd < 0:
-            time.sleep(_SYNC_POLL)
+            time.sleep(interval)
             continue
         end = _complete_end(fd, synced)
         if end == synced:
@@ -643,7 +652,7 @@ def _sync_main(directory: Path) -> None:
                 stuck = now
                 with contextlib.suppress(OSError):
                     os.fdatasync(fd)
-            time.sleep(_SYNC_POLL)
+            time.sleep(interval)
             continue
         try:
             os.fdatasync(fd)
@@ -652,11 +661,11 @@ def _sync_main(directory: Path) -> None:
             time.sleep(0.1)
             continue
         synced = end
-        # Groups of about a millisecond at least, however fast the disk syncs.
-        if (spent := time.monotonic() - now) < _SYNC_POLL:
-            time.sleep(_SYNC_POLL - spent)
+        # Groups of `interval` at least, however fast the disk syncs.
+        if (spent := time.monotonic() - now) < interval:
+            time.sleep(interval - spent)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker ends it (SIGTERM) when done
-    _sync_main(Path(sys.argv[1]))
+    _sync_main(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else _SYNC_POLL)
