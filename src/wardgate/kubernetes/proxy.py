@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from wardgate.actions import Action, Verdict
-from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.audit.records import SessionEnd, SessionRecord, action_record
 from wardgate.core.services import Services, TooManyFailures
 from wardgate.identity.principals import Principal
 from wardgate.kubernetes.redact import RedactError, WatchRedactor, redact_body
@@ -284,18 +284,18 @@ class KubernetesGateway:
             session.seq += 1
             seq = session.seq
         self.services.recorder.submit(
-            ActionRecord(
-                session_id=action.session_id,
-                seq=seq,
-                action=action,
-                verdict=verdict,
-                started_at=started,
-                duration_ms=(time.perf_counter() - t0) * 1000.0,
-                status=status,
+            action_record(
+                action.session_id,
+                seq,
+                action,
+                verdict,
+                status,
+                started=started,
+                t0=t0,
                 rows=rows,
                 command=command,
                 error=error,
-            )
+            )  # fmt: skip
         )
         runtime = self.services.reviews
         if review is not None and runtime is not None:
