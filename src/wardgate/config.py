@@ -464,6 +464,7 @@ NotifyEvent = Literal[
     "cancelled",
     "executed",
     "failed",
+    "rolled_back",
     "revoked",
 ]
 
@@ -473,6 +474,7 @@ _DEFAULT_NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
     "denied",
     "executed",
     "failed",
+    "rolled_back",
 )
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -73,34 +75,125 @@ def test_agent_failures_past_the_address_threshold_do_not_refuse_a_right_token(
         gw.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack17, open: a review's result is settled at the statement's "
-    "CommandComplete; the relay does not follow the transaction (COMMIT/ROLLBACK tags, "
-    "ReadyForQuery status, ROLLBACK TO SAVEPOINT, a session closed mid-transaction), so "
-    "an approved UPDATE the agent rolls back shows `executed`",
+def _final_status(api: Any, review_id: str, want: str) -> dict[str, Any]:
+    """The review once its status is ``want`` (the outcome is written a moment after the
+    server's answer), or as it is after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        shown: dict[str, Any] = api.get(f"/reviews/{review_id}")
+        if shown["status"] == want or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.1)
+
+
+def _rollback(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    conn.execute("ROLLBACK")
+
+
+def _rollback_to_savepoint(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute("SAVEPOINT before_it")
+    conn.execute(update)
+    conn.execute("ROLLBACK TO SAVEPOINT before_it")
+    conn.execute("COMMIT")  # commits what came before the savepoint: nothing of the update
+
+
+def _commit_of_a_failed_transaction(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute("SELECT 1/0")
+    conn.execute("COMMIT")  # the server answers ROLLBACK
+
+
+def _later_statement_of_one_query_fails(conn: psycopg.Connection[Any], update: str) -> None:
+    # One simple Query (the string approved): one implicit transaction, whose second
+    # statement fails.
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute(update)
+
+
+def _session_ends_before_commit(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "undo",
+    [
+        _rollback,
+        _rollback_to_savepoint,
+        _commit_of_a_failed_transaction,
+        _later_statement_of_one_query_fails,
+        _session_ends_before_commit,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
 )
 def test_an_approved_update_rolled_back_by_the_agent_is_not_shown_executed(
-    it_database: str, tmp_path: Path, table: str
+    it_database: str, tmp_path: Path, table: str, undo: Callable[..., None]
 ) -> None:
-    """The agent runs its approved UPDATE inside a transaction and rolls it back: the
-    target is unchanged, and the approver must not read `executed`."""
+    """The agent runs its approved UPDATE inside a transaction that does not commit:
+    the target is unchanged, and the approver must not read `executed`."""
     from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
 
     gw = make_gateway(tmp_path / "gw", review_config(it_database))
     gw.start()
     try:
         update = f"UPDATE {table} SET qty = 7 WHERE id = 3"
+        if undo is _later_statement_of_one_query_fails:
+            update += "; SELECT 1/0"
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            review_id = pending_error(conn, update)
+            cli_as(gw, "reviewer", "reviews", "approve", review_id)
+            undo(conn, update)
+        assert qty(it_database, table, 3) == 0  # nothing changed on the target
+        api = Api(gw, "reviewer")
+        shown = _final_status(api, review_id, "rolled_back")
+        assert shown["status"] == "rolled_back", shown
+        assert shown["result"]["transaction"] == "rolled_back", shown
+        assert "roll" in shown["result"]["error"], shown
+        listed = cli_as(gw, "reviewer", "reviews", "show", review_id).stdout
+        assert "rolled_back" in listed, listed
+    finally:
+        while Api.opened:
+            Api.opened.pop().client.close()
+        gw.stop()
+
+
+def test_an_approved_update_is_executed_once_its_transaction_commits(
+    it_database: str, tmp_path: Path, table: str
+) -> None:
+    """A savepoint released and a later one rolled back do not undo it; COMMIT keeps it."""
+    from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
+
+    gw = make_gateway(tmp_path / "gw", review_config(it_database))
+    gw.start()
+    try:
+        update = f"UPDATE {table} SET qty = 8 WHERE id = 4"
         with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
             review_id = pending_error(conn, update)
             cli_as(gw, "reviewer", "reviews", "approve", review_id)
             conn.execute("BEGIN")
+            conn.execute("SAVEPOINT a")
             conn.execute(update)
-            conn.execute("ROLLBACK")
-        assert qty(it_database, table, 3) == 0  # nothing changed on the target
-        api = Api(gw, "reviewer")
-        shown = api.get(f"/reviews/{review_id}")
-        assert shown["status"] != "executed", shown
+            conn.execute("RELEASE SAVEPOINT a")
+            conn.execute('SAVEPOINT "Later"')
+            conn.execute(f"SELECT count(*) FROM {table}")
+            conn.execute('ROLLBACK TO SAVEPOINT "Later"')
+            api = Api(gw, "reviewer")
+            open_txn = api.get(f"/reviews/{review_id}")
+            assert open_txn["status"] == "executed" and open_txn["result"] is None, open_txn
+            conn.execute("COMMIT")
+        assert qty(it_database, table, 4) == 8
+        deadline = time.monotonic() + 15
+        while (shown := api.get(f"/reviews/{review_id}"))["result"] is None:
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.1)
+        assert shown["status"] == "executed", shown
+        assert shown["result"]["transaction"] == "committed", shown
     finally:
         while Api.opened:
             Api.opened.pop().client.close()

@@ -331,6 +331,7 @@ ReviewStatus = Literal[
     "executing",
     "executed",
     "failed",
+    "rolled_back",
     "revoked",
 ]
 

@@ -148,6 +148,7 @@ class ServerReplies(MaskedResults, SessionProbe):
         if head is None:
             return None  # asynchronous: NoticeResponse, NotificationResponse
         if t == 69:  # E ErrorResponse
+            self._transaction.error()  # whatever it answers, its transaction cannot commit
             replacement = head.block
             fields = parse_error_fields(msg.body) if replacement is None else None
             if head.kind == SYNC:
@@ -208,6 +209,10 @@ class ServerReplies(MaskedResults, SessionProbe):
         model = self.model
         model.confirmed_batch = max(model.confirmed_batch, batch)
         model.transaction = status.decode("ascii", "replace") or "I"
+        if self._transaction.open:
+            self._settle_reviews(self._transaction.ready(status))
+        elif status == b"I":
+            self._transaction.ready(status)  # forget savepoints and errors of the last one
         if model.transaction == "I":
             # Portals die with their transaction, cursors declared WITH HOLD excepted.
             portals = model.portals.confirmed
