@@ -282,14 +282,6 @@ def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_verify_checkpoint(
     assert "no checkpoint signed by this key covers" in caught.stdout + caught.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack17, open: web password sign-in keeps the address-wide refusal (a "
-    "password is costly to check), and the address counter is shared with psql and the "
-    "API: an agent's failed token logins on 127.0.0.1 lock the approver out of the web "
-    "UI for login_window. Needs e.g. a per-surface address counter plus a bounded "
-    "check queue, or proof of a prior sign-in from that browser",
-)
 def test_agent_psql_failures_do_not_lock_the_approver_out_of_the_web_ui(
     it_database: str, tmp_path: Path
 ) -> None:
@@ -304,5 +296,46 @@ def test_agent_psql_failures_do_not_lock_the_approver_out_of_the_web_ui(
         with ui(gw) as client:
             signed = sign_in(client, "reviewer", PASSWORD)
             assert signed.status_code == 303, (signed.status_code, "Too many" in signed.text)
+    finally:
+        gw.stop()
+
+
+def test_web_form_floods_from_the_address_do_not_refuse_a_browser_the_approver_used(
+    it_database: str, tmp_path: Path
+) -> None:
+    """Another principal floods the web form from the approver's address, with made-up
+    names and with the approver's own name: fresh browsers there get 429 (a password
+    is costly to check), but the browser the approver signed in from before still signs
+    in with the right password, and a wrong one from it is still refused."""
+    from tests.integration.test_web_auth import PASSWORD, sign_in, started, ui
+
+    limits = "limits: {login_failures: 2, address_failures: 4, login_max_delay: 1s, "
+    gw = started(tmp_path, base_config(it_database).replace("limits: {login_failures: 5, ", limits))
+    try:
+        with ui(gw) as approver, ui(gw) as flooder, ui(gw) as fresh:
+            assert sign_in(approver, "reviewer", PASSWORD).status_code == 303
+            assert approver.cookies.get("wardgate_known")
+            approver.post("/ui/logout", data={"csrf": approver.cookies.get("wardgate_csrf", "")})
+            refused = None
+            for i in range(8):
+                name = "reviewer" if i % 2 else f"guess{i}"
+                answer = sign_in(flooder, name, "wrong password here")
+                if answer.status_code == 429:
+                    refused = answer
+                    break
+                assert answer.status_code == 401, answer.status_code
+            assert refused is not None and "Too many failed sign-ins" in refused.text
+            # A fresh browser on the address is refused for the window, right password or not.
+            assert sign_in(fresh, "reviewer", PASSWORD).status_code == 429
+            # The browser the approver used before: a wrong password is still wrong ...
+            assert sign_in(approver, "reviewer", "wrong password here").status_code == 401
+            # ... and the right one signs in at once.
+            t0 = time.monotonic()
+            again = sign_in(approver, "reviewer", PASSWORD)
+            assert again.status_code == 303, (again.status_code, "Too many" in again.text)
+            assert time.monotonic() - t0 < 5
+            assert approver.get("/ui/reviews").status_code == 200
+            # The cookie names the user: it does not help another name from that browser.
+            assert sign_in(approver, "dev", PASSWORD).status_code == 429
     finally:
         gw.stop()
