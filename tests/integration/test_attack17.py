@@ -205,8 +205,8 @@ def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_verify_checkpoint(
 ) -> None:
     """Store write access, no key: after a signed checkpoint, delete the approval vote
     and the approval from the SQLite store, append a `retention.swept` event naming
-    them (with a correct hash) and move the head. `audit verify` passes, as for a real
-    sweep; `audit verify --checkpoint` must not."""
+    them (with a correct hash) and move the head. Neither `audit verify` (the sweep is
+    not covered by a checkpoint signed after it) nor `audit verify --checkpoint` passes."""
     from tests.integration.test_reviews import cli_as, pending_error, review_config
 
     key = tmp_path / "keys" / "cp.key"
@@ -273,8 +273,15 @@ def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_verify_checkpoint(
         db.commit()
     finally:
         db.close()
+    # Plain verify checks the sweep against the checkpoints in the store, with the
+    # configured key: none signed after it, so the deletion it names is not vouched for.
     plain = gw.cli("audit", "verify", check=False)
-    assert plain.returncode == 0 and "deleted by retention sweeps" in plain.stdout, plain.stdout
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "no signed checkpoint covers" in plain.stdout, plain.stdout
+    assert f"BROKEN at event {new_id}" in plain.stdout, plain.stdout
+    # The same with the public key alone (an auditor without the private key).
+    public = gw.cli("audit", "verify", "--public-key", f"{key}.pub", check=False)
+    assert public.returncode == 1 and "no signed checkpoint covers" in public.stdout
     caught = gw.cli(
         "audit", "verify", "--checkpoint", str(cp), "--public-key", f"{key}.pub", check=False
     )
