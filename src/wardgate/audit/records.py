@@ -110,6 +110,23 @@ def action_record(
     )
 
 
+def intended_record(
+    session_id: str,
+    seq: int,
+    action: Action,
+    verdict: Verdict,
+    *,
+    started: float,
+    trace_id: str | None = None,
+) -> ActionRecord:
+    """What the journal holds (``Recorder.intend``) for an action about to reach its
+    target, until its outcome replaces it: interrupted, if the gateway dies meanwhile."""
+    return action_record(
+        session_id, seq, action, verdict, "interrupted",
+        started=started, t0=None, error=INTERRUPTED_BY_CRASH, trace_id=trace_id,
+    )  # fmt: skip
+
+
 @positional_pickle
 @dataclass(frozen=True, slots=True)
 class SessionEnd:

@@ -17,6 +17,13 @@ Two counters per failed login, with separate thresholds:
   guesses does not cost a key stretch each. Its threshold is higher: typos of a few
   people sharing an address (NAT, a jump host) should not reach it.
 
+Surfaces whose checks are costly keep their own address counter (``surface``): web
+password sign-ins ("web") and SSO sign-ins ("sso") count only their own failures per
+address, so an agent's failed token logins from 127.0.0.1 never refuse the approver's
+web sign-in there; and a browser that signed in as a user before presents a signed
+cookie whose device id is its own surface (web/auth.py), so a web-form flood from the
+same address does not refuse it either.
+
 There is no counter per principal across addresses: it let anyone who knew an approver's
 name lock that approver out from everywhere. Tokens are 256-bit random secrets; guessing
 one from many addresses is not made feasible by its absence.

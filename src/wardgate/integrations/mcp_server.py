@@ -26,10 +26,10 @@ from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import (
     AUDIT_UNAVAILABLE,
     AUDIT_UNAVAILABLE_HINT,
-    INTERRUPTED_BY_CRASH,
     SessionEnd,
     SessionRecord,
     action_record,
+    intended_record,
 )
 from wardgate.audit.responses import ResponseTap, SessionResults, session_budget
 from wardgate.config import ResultsConfig, parse_duration
@@ -307,9 +307,15 @@ class McpGateway:
             raise
         except BaseException as exc:
             self._record(
-                session, action, verdict, started, t0, "interrupted",
-                error=f"the tool call ended unfinished: {type(exc).__name__}", trace=trace,
-            )  # fmt: skip
+                session,
+                action,
+                verdict,
+                started,
+                t0,
+                "interrupted",
+                error=f"the tool call ended unfinished: {type(exc).__name__}",
+                trace=trace,
+            )
             raise
         result = self._response(
             session, connection, body, masking_for=(who, str(body.get("connection") or connection))
@@ -452,9 +458,15 @@ class McpGateway:
         if settled.refusal is not None:
             said = settled.refusal
             self._record(
-                session, action, settled.verdict, started, t0, "blocked",
-                error=said.message, trace=trace,
-            )  # fmt: skip
+                session,
+                action,
+                settled.verdict,
+                started,
+                t0,
+                "blocked",
+                error=said.message,
+                trace=trace,
+            )
             if settled.status in ("blocked", "denied") or settled.review is None:
                 raise ToolError(f"{said.message}. {said.hint}")
             return self._pending_answer(settled.review, said.message, said.hint)
@@ -468,17 +480,7 @@ class McpGateway:
         session.seq += 1
         seq = session.seq
         recorder.intend(
-            action_record(
-                session.id,
-                seq,
-                action,
-                verdict,
-                "interrupted",
-                started=started,
-                t0=None,
-                error=INTERRUPTED_BY_CRASH,
-                trace_id=trace,
-            )  # fmt: skip
+            intended_record(session.id, seq, action, verdict, started=started, trace_id=trace)
         )
         try:
             answer = await run_sql(
@@ -668,7 +670,7 @@ class McpGateway:
                 sqlstate=sqlstate,
                 trace_id=trace,
                 result=result,
-            )  # fmt: skip
+            )
         )
         if review is not None and self.services.reviews is not None:
             outcome = {"status": status, "rows": rows, "command": command, "error": error}

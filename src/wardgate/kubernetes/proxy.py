@@ -295,7 +295,7 @@ class KubernetesGateway:
                 rows=rows,
                 command=command,
                 error=error,
-            )  # fmt: skip
+            )
         )
         runtime = self.services.reviews
         if review is not None and runtime is not None:
@@ -424,9 +424,15 @@ class KubernetesGateway:
             finally:
                 await upstream.aclose()
                 self._record(
-                    recorded, verdict, started, t0, "error" if error else status,
-                    command=f"{command} ({sent} bytes)", error=error, review=review,
-                )  # fmt: skip
+                    recorded,
+                    verdict,
+                    started,
+                    t0,
+                    "error" if error else status,
+                    command=f"{command} ({sent} bytes)",
+                    error=error,
+                    review=review,
+                )
 
         return StreamingResponse(pump(), upstream.status_code, headers=out_headers)
 

@@ -19,9 +19,9 @@ from wardgate.audit.asciicast import Cast
 from wardgate.audit.records import (
     AUDIT_UNAVAILABLE,
     AUDIT_UNAVAILABLE_HINT,
-    INTERRUPTED_BY_CRASH,
     RecordingRecord,
     action_record,
+    intended_record,
 )
 from wardgate.audit.responses import ResponseTap
 from wardgate.config import parse_duration
@@ -131,16 +131,7 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
     # Journalled before it runs (audit.journal): if the gateway dies while the command
     # runs, the store still gets its record, as interrupted.
     services.recorder.intend(
-        action_record(
-            owner.session_id,
-            seq,
-            action,
-            verdict,
-            "interrupted",
-            started=started,
-            t0=None,
-            error=INTERRUPTED_BY_CRASH,
-        )  # fmt: skip
+        intended_record(owner.session_id, seq, action, verdict, started=started)
     )
     budget = owner.response_budget()
     tap = ResponseTap(budget, "utf-8", kind="text") if budget is not None else None
