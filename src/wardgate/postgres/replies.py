@@ -209,10 +209,10 @@ class ServerReplies(MaskedResults, SessionProbe):
         model = self.model
         model.confirmed_batch = max(model.confirmed_batch, batch)
         model.transaction = status.decode("ascii", "replace") or "I"
-        if self._transaction.open:
-            self._settle_reviews(self._transaction.ready(status))
-        elif status == b"I":
-            self._transaction.ready(status)  # forget savepoints and errors of the last one
+        txn = self._transaction
+        if txn.open or (status == b"I" and (txn.aborted or txn.savepoints)):
+            # Approved statements' outcomes; else forget the ended transaction's state.
+            self._settle_reviews(txn.ready(status))
         if model.transaction == "I":
             # Portals die with their transaction, cursors declared WITH HOLD excepted.
             portals = model.portals.confirmed
