@@ -467,6 +467,7 @@ NotifyEvent = Literal[
     "cancelled",
     "executed",
     "failed",
+    "rolled_back",
     "revoked",
 ]
 
@@ -476,6 +477,7 @@ _DEFAULT_NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
     "denied",
     "executed",
     "failed",
+    "rolled_back",
 )
 
 
