@@ -21,6 +21,7 @@ from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.codec.frontend import FrontendDecoder
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_path import startup_paths
 from wardgate.postgres.relay import PgRelay
 from wardgate.postgres.startup import (
     GENERIC_AUTH_FAILURE,
@@ -30,6 +31,7 @@ from wardgate.postgres.startup import (
     authenticate,
     negotiate_protocol,
     params_for_upstream,
+    parse_options,
     review_wait_of,
 )
 from wardgate.postgres.upstream import (
@@ -428,6 +430,8 @@ class PgListener:
             read_only=read_only,
             review_wait=review_wait,
         )
+        if session_masking is not None and session_masking.column_rules:
+            relay.mask_paths = startup_paths(params, parse_options(params.get("options", "")))
         local = self.cancel_keys.add(gw_pid, gw_secret, target, relay)
         out = [
             ahead,

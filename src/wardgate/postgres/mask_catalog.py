@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import (
     BLOCKED_FUNCTIONS,
     BLOCKED_RELATIONS,
@@ -114,6 +115,10 @@ JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
 JOIN pg_catalog.pg_class c ON c.oid = down.child
 JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 """
+# The search_path a session of this credential starts with when the client names none
+# (the role's and database's defaults; the gateway's own session passes no search_path),
+# and the name "$user" stands for.
+SESSION_SQL = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_user()::text"
 
 
 def db_key(masking_key: bytes) -> tuple[bytes, bytes]:
@@ -169,6 +174,7 @@ def build_catalog(
     view_reads: list[tuple[str, str, str, str, str]],
     installed: bool,
     inherits: Sequence[tuple[str, str, str, str]] = (),
+    session: tuple[str, str] | None = None,
 ) -> MaskCatalog:
     """The snapshot from the four queries' rows (pure)."""
     columns: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -207,6 +213,8 @@ def build_catalog(
         installed,
         (name for kind, name in functions if kind == "operator"),
         (name for kind, name in functions if kind == "type"),
+        session[0] if session is not None else None,
+        session[1] if session is not None else None,
     )
 
 
@@ -245,23 +253,35 @@ class MaskCatalogs:
             str, tuple[MaskCatalog, dict[tuple[Any, ...], str | Refused | None]]
         ] = {}
 
-    def rewrite(self, connection: str, sql: str, rules: tuple[ColumnRule, ...]) -> str | None:
+    def rewrite(
+        self,
+        connection: str,
+        sql: str,
+        rules: tuple[ColumnRule, ...],
+        paths: SessionPaths | None = None,
+    ) -> str | None:
         """``rewrite`` on the latest snapshot, remembered; raises Refused, or
-        CatalogUnavailable when there is no snapshot."""
+        CatalogUnavailable when there is no snapshot. ``paths``: the session's possible
+        search_paths, to which ``sql`` adds what it may set (before it is rewritten: a
+        later statement of the same string runs under it); None: unknown."""
         catalog = self.latest(connection)
         if catalog is None:
             raise CatalogUnavailable("no catalog snapshot of this connection yet")
+        possible = None
+        if paths is not None:
+            paths.note(sql)
+            possible = paths.paths(catalog.default_search_path, catalog.user)
         held = self._rewrites.get(connection)
         if held is None or held[0] is not catalog:
             held = (catalog, {})
             self._rewrites[connection] = held
         memo = held[1]
-        key = (sql, rules)
+        key = (sql, rules, possible)
         if key not in memo:
             if len(memo) >= _MAX_REWRITES:
                 memo.clear()
             try:
-                memo[key] = rewrite(sql, catalog, rules)
+                memo[key] = rewrite(sql, catalog, rules, possible)
             except Refused as exc:
                 memo[key] = exc
         found = memo[key]
@@ -321,6 +341,7 @@ class MaskCatalogs:
                         FUNCTIONS_SQL,
                         VIEW_READS_SQL,
                         INHERITS_SQL,
+                        SESSION_SQL,
                     )
                 ]
         except InternalQueryFailed as exc:
@@ -330,7 +351,7 @@ class MaskCatalogs:
                 raise CatalogUnavailable(answer.error.message)
             if answer.truncated:
                 raise CatalogUnavailable("the catalog is larger than the gateway reads")
-        tables, system, functions, views, inherits = answers
+        tables, system, functions, views, inherits, own = answers
         catalog = build_catalog(
             [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in tables.rows],
             [str(r[0]) for r in system.rows],
@@ -338,6 +359,7 @@ class MaskCatalogs:
             [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in views.rows],
             connection in self._installed,
             [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in inherits.rows],
+            (str(own.rows[0][0]), str(own.rows[0][1])) if own.rows else None,
         )
         self._cache[connection] = (time.monotonic() + TTL, catalog)
         return catalog

@@ -11,6 +11,7 @@ from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import IP_TYPES
 
@@ -88,7 +89,9 @@ async def _rewritten(services: Services, connection: str, sql: str, masking: Ses
     catalogs = services.state(MaskCatalogs)
     try:
         await catalogs.get(services, connection)
-        return catalogs.rewrite(connection, sql, masking.column_rules) or sql
+        # One query on a gateway session of its own: it starts with the role's default.
+        paths = SessionPaths()
+        return catalogs.rewrite(connection, sql, masking.column_rules, paths) or sql
     except CatalogUnavailable as exc:
         raise QueryFailed(
             "wardgate: masking rules on columns need the catalog of this connection, which "
