@@ -126,7 +126,7 @@ def test_a_name_outside_the_path_is_refused() -> None:
     [
         # Rule-named table, no masked column in the snapshot: a column added since may be.
         "merge into orders o using people p on o.id = p.id when matched then delete",
-        "select o.id from orders o, people p tablesample system (50)",
+        "select o.id from orders o, people p tablesample system_rows (50)",
     ],
 )
 def test_merge_and_tablesample_over_a_named_table_without_masked_columns(sql: str) -> None:
@@ -146,3 +146,20 @@ def test_merge_computing_with_a_blocked_function_is_refused() -> None:
             (("public",),),
         )
     assert "query_to_xml" in info.value.reason
+
+
+def test_tablesample_masks_like_the_table() -> None:
+    out = rewrite(
+        "select email, id from people tablesample bernoulli (10) repeatable (1)",
+        CATALOG,
+        RULES,
+        (("public",),),
+    )
+    assert out == (
+        f"SELECT {PARTIAL.format('email')} AS email, id FROM people "
+        "TABLESAMPLE bernoulli(10) REPEATABLE (1)"
+    )
+    rules = (ColumnRule("later", "*.people.newcol", "redact"),)
+    with pytest.raises(Refused) as info:
+        rewrite("select newcol from people tablesample system (5)", CATALOG, rules, (("public",),))
+    assert "not in the gateway's catalog snapshot" in info.value.reason

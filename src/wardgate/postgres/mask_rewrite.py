@@ -727,8 +727,22 @@ class _Rewriter:
             item.functions = self.expr(item.functions, [level, *outer], _OUTPUT)
             name = item.alias.aliasname if item.alias else _function_refname(item)
             level.append(_Entry(name, None, None, {}))
+        elif (
+            isinstance(item, ast.RangeTableSample)
+            and isinstance(item.relation, ast.RangeVar)
+            and _strings(item.method or ())[-1:] in (["system"], ["bernoulli"])
+        ):
+            # A sample of the table's rows: its columns are the table's, masked as in
+            # a plain FROM (and * expanded, new columns refused, whole rows refused).
+            # The sampling arguments cannot name its columns.
+            for part in ("args", "repeatable"):
+                value = getattr(item, part)
+                if value is not None:
+                    setattr(item, part, self.expr(value, outer, _PREDICATE))
+            level.append(self._relation(item.relation))
         else:
-            # TABLESAMPLE, XMLTABLE, JSON_TABLE... over a masked table: not proven safe.
+            # XMLTABLE, JSON_TABLE, other sampling methods... over a table a rule names:
+            # not proven safe.
             level.append(_Entry("", None, None, {}))
             if self._mentions_masked(item):
                 raise Refused(
