@@ -248,3 +248,22 @@ def test_listen_is_refused_and_no_notification_arrives(
         assert got and CLEAR_PUBLIC[0] in got[0]  # the payload is the clear row
         agent.execute(b"select 1")
         assert [n.payload for n in agent.notifies(timeout=0.5)] == []
+
+
+def test_a_default_search_path_changed_outside_the_gateway(
+    gw: Gateway, t: str, it_database: str
+) -> None:
+    """The start value is the session's own (asked in it), not the catalog snapshot's
+    copy of the defaults, which is up to 30 s old."""
+    with _agent(gw) as conn:
+        _masked(_emails(conn, f"select email from {t} order by id"), CLEAR_PUBLIC)
+    with admin_conn(it_database) as admin:
+        admin.execute(f"alter database {it_database} set search_path = other_{t}, public")
+    try:
+        with _agent(gw) as conn:
+            assert _emails(conn, f"select email from {t} order by id") == [e for _, e in OTHER]
+    finally:
+        with admin_conn(it_database) as admin:
+            admin.execute(f"alter database {it_database} reset search_path")
+    with _agent(gw) as conn:
+        _masked(_emails(conn, f"select email from {t} order by id"), CLEAR_PUBLIC)

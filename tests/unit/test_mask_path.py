@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from tests.unit.test_mask_rewrite import CATALOG, PARTIAL, RULES
 
-from wardgate.postgres.mask_path import SessionPaths, path_effects, startup_paths
+from wardgate.postgres.mask_path import SessionPaths, path_effects
 from wardgate.postgres.mask_rewrite import ColumnRule, MaskCatalog, Refused, Table, rewrite
 
 MASKED = f"SELECT {PARTIAL.format('email')} AS email FROM people"
@@ -51,14 +51,12 @@ def test_the_possible_paths_only_grow() -> None:
     assert paths.paths("public", "u") is None
 
 
-def test_startup_parameter_and_option() -> None:
-    assert startup_paths({"search_path": "crm"}, {}).paths("public", "u") == (("crm",),)
-    assert startup_paths({}, {"search_path": "crm, public"}).paths("public", "u") == (
-        ("crm", "public"),
-    )
-    both = startup_paths({"search_path": "crm"}, {"search_path": "public"})
-    assert both.paths("x", "u") == (("crm",), ("public",))
-    assert startup_paths({}, {}).paths("public", "u") == (("public",),)
+def test_the_sessions_own_start_value_wins() -> None:
+    """What the server answered at the session's start, over the snapshot's defaults."""
+    paths = SessionPaths('"$user", crm', "alice")
+    assert paths.paths("public", "postgres") == (("alice", "crm"),)
+    assert SessionPaths().paths('"$user", public', "postgres") == (("postgres", "public"),)
+    assert SessionPaths(unknown=True).paths("public", "postgres") is None
 
 
 def test_the_table_the_path_names_decides() -> None:

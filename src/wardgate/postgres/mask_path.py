@@ -1,10 +1,10 @@
 """Which schemas an unqualified table name may mean in one session, for column masking
 by rewriting (mask_rewrite.py): the search_paths the session may have.
 
-The gateway does not ask the server (PostgreSQL 15 does not report search_path), so it
-keeps every value the session may hold: its start value (the client's startup option,
-else the role's default that the catalog snapshot read with the same credential), and
-every value a statement sent since could have set (``SET``, ``SET LOCAL``,
+PostgreSQL 15 does not report search_path changes, so the gateway keeps every value the
+session may hold: its start value (asked in the session before the client's first
+message, so startup options and role defaults are the server's), and every value a
+statement sent since could have set (``SET``, ``SET LOCAL``,
 ``set_config``). A failed or rolled-back ``SET`` leaves an earlier value, which is in
 the set too, so the set only grows, and a name resolves to the union of what each
 value would give: the stricter reading. Anything it cannot read (``set_config`` with a
@@ -109,25 +109,15 @@ def _literal(node: Any) -> str | None:
     return str(sval.get("sval", "")) if isinstance(sval, dict) else None
 
 
-def startup_paths(params: dict[str, str], options: dict[str, str]) -> SessionPaths:
-    """The search_path a session starts with, from its startup packet: the parameter,
-    else ``options=-c search_path=...``; when both are given, both are possible (the
-    server applies the parameter last, but the stricter reading keeps both)."""
-    direct = params.get("search_path")
-    optional = options.get("search_path")
-    paths = SessionPaths(direct if direct is not None else optional)
-    if direct is not None and optional is not None and optional != direct:
-        paths.values.append(tuple(split_identifiers(optional)))
-    return paths
-
-
 @dataclass
 class SessionPaths:
     """The search_paths one session may have (one per relayed session, or per MCP
-    query). ``startup``: the value the client asked for at startup, None for the
-    role's default."""
+    query). ``startup`` and ``user``: the search_path and user the session started
+    with, as its server answered (listener.py); None: the catalog snapshot's (the
+    role's defaults, read with the same credential)."""
 
     startup: str | None = None
+    user: str | None = None
     values: list[Path] = field(default_factory=list)  # set since the start
     unknown: bool = False
     role_changed: bool = False
@@ -163,6 +153,7 @@ class SessionPaths:
 
     def _paths(self, default: str | None, user: str | None) -> Paths | None:
         start = self.startup if self.startup is not None else default
+        user = self.user if self.user is not None else user
         if self.unknown or start is None:
             return None
         out: list[Path] = []

@@ -188,7 +188,7 @@ class RelayState:
             return None
         paths = self.mask_paths
         if paths is None:
-            paths = self.mask_paths = SessionPaths()
+            paths = self.mask_paths = SessionPaths(unknown=True)  # not asked: every schema
         try:
             rewritten = self.services.state(MaskCatalogs).rewrite(
                 self.connection, sql, session.column_rules, paths
