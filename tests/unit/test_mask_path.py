@@ -4,9 +4,13 @@ rewriter masks by. The database-side proof is in tests/integration/test_mask_pat
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from tests.unit.test_mask_rewrite import CATALOG, PARTIAL, RULES
 
+from wardgate.postgres import mask_catalog
+from wardgate.postgres.mask_catalog import MaskCatalogs
 from wardgate.postgres.mask_path import SessionPaths, path_effects
 from wardgate.postgres.mask_rewrite import ColumnRule, MaskCatalog, Refused, Table, rewrite
 
@@ -161,3 +165,42 @@ def test_tablesample_masks_like_the_table() -> None:
     with pytest.raises(Refused) as info:
         rewrite("select newcol from people tablesample system (5)", CATALOG, rules, (("public",),))
     assert "not in the gateway's catalog snapshot" in info.value.reason
+
+
+def test_ddl_makes_the_later_schemas_count() -> None:
+    """A relation may have been dropped, renamed or moved (``ALTER TABLE crm.people
+    RENAME TO p2`` in the session's open transaction, where no snapshot sees it): the
+    server would then read public.people, so its rules count too."""
+    assert path_effects("alter table crm.people rename to p2") == (("catalog", ()),)
+    assert path_effects("drop table crm.people") == (("catalog", ()),)
+    assert path_effects("alter table crm.people set schema x") == (("catalog", ()),)
+    assert path_effects("alter table crm.people add column x int") == (("catalog", ()),)
+    path = (("crm", "public"),)
+    assert rewrite("select email from people", CATALOG, RULES, path) is None
+    assert rewrite("select email from people", CATALOG, RULES, path, moved=True) == MASKED
+    paths = SessionPaths("crm, public", "u")
+    paths.note("alter table crm.people rename to p2")
+    assert paths.catalog_changed
+
+
+def test_ddl_through_the_gateway_makes_the_later_schemas_count_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    catalogs = MaskCatalogs()
+    catalogs._cache["it"] = (time.monotonic() + 30, CATALOG)
+    rules = RULES
+    assert (
+        catalogs.rewrite("it", "select email from people", rules, SessionPaths("crm, public"))
+        is None
+    )
+    catalogs.stale("it")  # DDL ran (another session, through the gateway)
+    assert (
+        catalogs.rewrite("it", "select email from people", rules, SessionPaths("crm, public"))
+        == MASKED
+    )
+    later = time.monotonic() + 31
+    monkeypatch.setattr(mask_catalog.time, "monotonic", lambda: later)
+    assert (
+        catalogs.rewrite("it", "select email from people", rules, SessionPaths("crm, public"))
+        is None
+    )

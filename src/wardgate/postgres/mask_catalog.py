@@ -246,6 +246,10 @@ class MaskCatalogs:
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[float, MaskCatalog]] = {}
+        # When DDL last ran through the gateway: for TTL seconds after (its transaction
+        # may commit later than a snapshot is read), a relation may be gone, so
+        # unqualified names count the later schemas of the search_path too.
+        self._moved: dict[str, float] = {}
         self._installed: set[str] = set()
         # Rewrites are pure in (catalog, rules, sql) and agents repeat their statements:
         # remembered per snapshot, bounded.
@@ -268,20 +272,22 @@ class MaskCatalogs:
         if catalog is None:
             raise CatalogUnavailable("no catalog snapshot of this connection yet")
         possible = None
+        moved = self._moved.get(connection, -TTL) + TTL > time.monotonic()
         if paths is not None:
             paths.note(sql)
             possible = paths.paths(catalog.default_search_path, catalog.user)
+            moved = moved or paths.catalog_changed
         held = self._rewrites.get(connection)
         if held is None or held[0] is not catalog:
             held = (catalog, {})
             self._rewrites[connection] = held
         memo = held[1]
-        key = (sql, rules, possible)
+        key = (sql, rules, possible, moved)
         if key not in memo:
             if len(memo) >= _MAX_REWRITES:
                 memo.clear()
             try:
-                memo[key] = rewrite(sql, catalog, rules, possible)
+                memo[key] = rewrite(sql, catalog, rules, possible, moved)
             except Refused as exc:
                 memo[key] = exc
         found = memo[key]
@@ -300,8 +306,11 @@ class MaskCatalogs:
         entry = self._cache.get(connection)
         return entry[1] if entry is not None else None
 
-    def stale(self, connection: str) -> None:
-        """DDL ran: the next ``get`` reads the catalog again."""
+    def stale(self, connection: str, ddl: bool = True) -> None:
+        """DDL ran through the gateway (``ddl``), or the catalog watch saw a change:
+        the next ``get`` reads the catalog again."""
+        if ddl:
+            self._moved[connection] = time.monotonic()
         entry = self._cache.get(connection)
         if entry is not None:
             self._cache[connection] = (0.0, entry[1])

@@ -27,7 +27,19 @@ from wardgate.policy.sql import split_identifiers
 Path = tuple[str, ...]
 Paths = tuple[Path, ...]
 
-_RESET, _UNKNOWN, _ROLE = "reset", "unknown", "role"
+_RESET, _UNKNOWN, _ROLE, CATALOG = "reset", "unknown", "role", "catalog"
+# Statements that neither drop, rename nor move a relation; any other top-level
+# statement may, and from then on the session's snapshot resolution is not trusted.
+_KEEPS_RELATIONS = frozenset(
+    {
+        "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt",
+        "VariableSetStmt", "VariableShowStmt", "TransactionStmt", "ExplainStmt", "CopyStmt",
+        "PrepareStmt", "ExecuteStmt", "DeallocateStmt", "DeclareCursorStmt", "FetchStmt",
+        "ClosePortalStmt", "ListenStmt", "NotifyStmt", "UnlistenStmt", "DiscardStmt",
+        "LockStmt", "CallStmt", "DoStmt", "CreateStmt", "CreateTableAsStmt", "ViewStmt",
+        "IndexStmt", "CommentStmt", "VacuumStmt", "CheckPointStmt", "TruncateStmt",
+    }
+)  # fmt: skip
 _MAX_VALUES = 16  # more distinct values than that: unknown (bounded work per statement)
 
 
@@ -35,16 +47,22 @@ _MAX_VALUES = 16  # more distinct values than that: unknown (bounded work per st
 def path_effects(sql: str) -> tuple[tuple[str, Path], ...]:
     """What the statements of ``sql`` may do to the session's search_path: ``("set",
     schemas)``, ``("reset", ())`` (back to the start value), ``("unknown", ())`` or
-    ``("role", ())`` (``$user`` may now be another name)."""
+    ``("role", ())`` (``$user`` may now be another name), ``("catalog", ())`` (it may
+    drop, rename or move a relation)."""
     low = sql.lower()
-    if "set" not in low and "discard" not in low and "u&" not in low:
-        return ()  # no SET, RESET, set_config, DISCARD, or an escaped name that may be one
+    if not any(word in low for word in ("set", "discard", "u&", "drop", "alter", "import")):
+        return ()  # no SET, RESET, set_config, DISCARD, DDL, or an escaped name
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError:
         # The server refuses it too, unless its grammar differs: strict if it may touch it.
         return ((_UNKNOWN, ()),) if "search_path" in low or "u&" in low else ()
     out: list[tuple[str, Path]] = []
+    for raw in tree.get("stmts", ()):
+        kind = next(iter(raw.get("stmt", {"?": None})), "?")
+        if kind not in _KEEPS_RELATIONS:
+            out.append((CATALOG, ()))
+            break
     stack: list[Any] = [tree]
     while stack:
         item = stack.pop()
@@ -121,6 +139,9 @@ class SessionPaths:
     values: list[Path] = field(default_factory=list)  # set since the start
     unknown: bool = False
     role_changed: bool = False
+    # The session sent a statement that may drop, rename or move a relation: the
+    # snapshot may still list a table the server no longer finds first.
+    catalog_changed: bool = False
     _memo: tuple[Any, Paths | None] | None = None
 
     def note(self, sql: str) -> None:
@@ -136,6 +157,8 @@ class SessionPaths:
                 self.unknown = True
             elif kind == _ROLE:
                 self.role_changed = True
+            elif kind == CATALOG:
+                self.catalog_changed = True
         if len(self.values) > _MAX_VALUES:
             self.unknown = True
         self._memo = None
