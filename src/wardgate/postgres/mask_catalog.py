@@ -247,8 +247,8 @@ class MaskCatalogs:
     def __init__(self) -> None:
         self._cache: dict[str, tuple[float, MaskCatalog]] = {}
         # When DDL last ran through the gateway: for TTL seconds after (its transaction
-        # may commit later than a snapshot is read), a relation may be gone, so
-        # unqualified names count the later schemas of the search_path too.
+        # may commit later than a snapshot is read), a relation may be gone or new, so
+        # an unqualified name counts every schema's table of it, as with no path.
         self._moved: dict[str, float] = {}
         self._installed: set[str] = set()
         # Rewrites are pure in (catalog, rules, sql) and agents repeat their statements:
@@ -272,22 +272,22 @@ class MaskCatalogs:
         if catalog is None:
             raise CatalogUnavailable("no catalog snapshot of this connection yet")
         possible = None
-        moved = self._moved.get(connection, -TTL) + TTL > time.monotonic()
         if paths is not None:
             paths.note(sql)
             possible = paths.paths(catalog.default_search_path, catalog.user)
-            moved = moved or paths.catalog_changed
+        if self._moved.get(connection, -TTL) + TTL > time.monotonic():
+            possible = None  # DDL through the gateway lately: a relation may be gone
         held = self._rewrites.get(connection)
         if held is None or held[0] is not catalog:
             held = (catalog, {})
             self._rewrites[connection] = held
         memo = held[1]
-        key = (sql, rules, possible, moved)
+        key = (sql, rules, possible)
         if key not in memo:
             if len(memo) >= _MAX_REWRITES:
                 memo.clear()
             try:
-                memo[key] = rewrite(sql, catalog, rules, possible, moved)
+                memo[key] = rewrite(sql, catalog, rules, possible)
             except Refused as exc:
                 memo[key] = exc
         found = memo[key]

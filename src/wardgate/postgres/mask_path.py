@@ -28,16 +28,18 @@ Path = tuple[str, ...]
 Paths = tuple[Path, ...]
 
 _RESET, _UNKNOWN, _ROLE, CATALOG = "reset", "unknown", "role", "catalog"
-# Statements that neither drop, rename nor move a relation; any other top-level
-# statement may, and from then on the session's snapshot resolution is not trusted.
+# Statements that neither create, drop, rename nor move a relation; any other
+# top-level statement may, and from then on the session's path is not trusted: a view
+# it created in a schema searched first (over a masked column) is no table the
+# snapshot knows.
 _KEEPS_RELATIONS = frozenset(
     {
         "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt",
         "VariableSetStmt", "VariableShowStmt", "TransactionStmt", "ExplainStmt", "CopyStmt",
         "PrepareStmt", "ExecuteStmt", "DeallocateStmt", "DeclareCursorStmt", "FetchStmt",
         "ClosePortalStmt", "ListenStmt", "NotifyStmt", "UnlistenStmt", "DiscardStmt",
-        "LockStmt", "CallStmt", "DoStmt", "CreateStmt", "CreateTableAsStmt", "ViewStmt",
-        "IndexStmt", "CommentStmt", "VacuumStmt", "CheckPointStmt", "TruncateStmt",
+        "LockStmt", "CallStmt", "DoStmt", "IndexStmt", "CommentStmt", "VacuumStmt",
+        "CheckPointStmt", "TruncateStmt",
     }
 )  # fmt: skip
 _MAX_VALUES = 16  # more distinct values than that: unknown (bounded work per statement)
@@ -50,8 +52,9 @@ def path_effects(sql: str) -> tuple[tuple[str, Path], ...]:
     ``("role", ())`` (``$user`` may now be another name), ``("catalog", ())`` (it may
     drop, rename or move a relation)."""
     low = sql.lower()
-    if not any(word in low for word in ("set", "discard", "u&", "drop", "alter", "import")):
-        return ()  # no SET, RESET, set_config, DISCARD, DDL, or an escaped name
+    words = ("set", "discard", "u&", "drop", "alter", "import", "create", "into")
+    if not any(word in low for word in words):
+        return ()  # no SET, RESET, set_config, DISCARD, DDL, SELECT INTO, escaped name
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError:
@@ -59,8 +62,9 @@ def path_effects(sql: str) -> tuple[tuple[str, Path], ...]:
         return ((_UNKNOWN, ()),) if "search_path" in low or "u&" in low else ()
     out: list[tuple[str, Path]] = []
     for raw in tree.get("stmts", ()):
-        kind = next(iter(raw.get("stmt", {"?": None})), "?")
-        if kind not in _KEEPS_RELATIONS:
+        stmt = raw.get("stmt", {"?": None})
+        kind = next(iter(stmt), "?")
+        if kind not in _KEEPS_RELATIONS or (stmt[kind] or {}).get("intoClause"):
             out.append((CATALOG, ()))
             break
     stack: list[Any] = [tree]
@@ -80,6 +84,8 @@ def path_effects(sql: str) -> tuple[tuple[str, Path], ...]:
                     out.append((_ROLE, ()))
             elif key == "FuncCall" and isinstance(value, dict):
                 out.extend(_set_config_effect(value))
+            elif key in ("intoClause", "CreateTableAsStmt", "ViewStmt") and value:
+                out.append((CATALOG, ()))  # EXPLAIN ANALYZE SELECT INTO t, and the like
             if isinstance(value, dict | list):
                 stack.append(value)
     return tuple(out)
@@ -139,8 +145,8 @@ class SessionPaths:
     values: list[Path] = field(default_factory=list)  # set since the start
     unknown: bool = False
     role_changed: bool = False
-    # The session sent a statement that may drop, rename or move a relation: the
-    # snapshot may still list a table the server no longer finds first.
+    # The session sent a statement that may create, drop, rename or move a relation:
+    # the snapshot may not hold what the server finds first any more (unknown path).
     catalog_changed: bool = False
     _memo: tuple[Any, Paths | None] | None = None
 
@@ -177,7 +183,7 @@ class SessionPaths:
     def _paths(self, default: str | None, user: str | None) -> Paths | None:
         start = self.startup if self.startup is not None else default
         user = self.user if self.user is not None else user
-        if self.unknown or start is None:
+        if self.unknown or self.catalog_changed or start is None:
             return None
         out: list[Path] = []
         for schemas in (tuple(split_identifiers(start)), *self.values):

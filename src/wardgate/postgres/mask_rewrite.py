@@ -111,12 +111,12 @@ class MaskCatalog:
     )
     # (paths, relname) -> the tables an unqualified name may mean under those
     # search_paths, and the path schemas before them that may hold one since the snapshot.
-    _resolved: dict[tuple[Any, str, bool], tuple[tuple[Table, ...], tuple[Table, ...]]] = field(
+    _resolved: dict[tuple[Any, str], tuple[tuple[Table, ...], tuple[Table, ...]]] = field(
         default_factory=dict, compare=False
     )
 
     def resolve(
-        self, name: str, paths: Paths | None, moved: bool = False
+        self, name: str, paths: Paths | None
     ) -> tuple[tuple[Table, ...], tuple[Table, ...]]:
         """The tables an unqualified ``name`` may mean: under each possible search_path,
         the first schema holding it (the session's temporary schema first, unless the
@@ -124,13 +124,11 @@ class MaskCatalog:
         not know which temporary schema is the session's); and the ``shadows``, the
         path's schemas searched before it, where a table of that name created since the
         snapshot (or in the session's open transaction) would be read instead. None:
-        the path is unknown, every schema's table of the name is a candidate.
-        ``moved``: a relation may have been dropped, renamed or moved since the
-        snapshot, so the tables later in the path count too (the first may be gone)."""
+        the path is unknown, every schema's table of the name is a candidate."""
         tables = self.tables.get(name, ())
         if paths is None:
             return tables, ()
-        key = (paths, name, moved)
+        key = (paths, name)
         found = self._resolved.get(key)
         if found is not None:
             return found
@@ -149,10 +147,8 @@ class MaskCatalog:
                 table = by_schema.get(schema)
                 if table is not None:
                     hits.append(table)
-                    if not moved:
-                        break
-                else:
-                    shadows.append(Table(schema, name, "r", ()))
+                    break
+                shadows.append(Table(schema, name, "r", ()))
         found = (tuple(dict.fromkeys(hits)), tuple(dict.fromkeys(shadows)))
         if len(self._resolved) > 65536:
             self._resolved.clear()
@@ -251,21 +247,19 @@ def rewrite(
     catalog: MaskCatalog,
     rules: tuple[ColumnRule, ...],
     paths: Paths | None = None,
-    moved: bool = False,
 ) -> str | None:
     """``sql`` with sensitive columns masked, or None when nothing needed a change.
-    ``paths``: every search_path the session may have (mask_path.py), None when unknown;
-    ``moved``: a relation may have been dropped, renamed or moved since the snapshot.
+    ``paths``: every search_path the session may have (mask_path.py), None when unknown.
     Raises Refused. Unparsable SQL is returned unchanged: the gate has judged it and
     the server's parser refuses it too."""
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError:
         return None
-    if _nothing_to_do(tree, catalog, rules, paths, moved):
+    if _nothing_to_do(tree, catalog, rules, paths):
         return None  # the fast path: no masked table, nothing refused
     statements = parse_sql(sql)
-    rewriter = _Rewriter(catalog, rules, paths, moved)
+    rewriter = _Rewriter(catalog, rules, paths)
     for raw in statements:
         raw.stmt = rewriter.statement(raw.stmt)
     if not rewriter.changed:
@@ -281,7 +275,6 @@ def _nothing_to_do(
     catalog: MaskCatalog,
     rules: tuple[ColumnRule, ...],
     paths: Paths | None = None,
-    moved: bool = False,
 ) -> bool:
     """True when the statement names no relation with a masked column (so no column
     reference can resolve to one) and nothing the rewriter refuses or rewrites on its
@@ -289,7 +282,7 @@ def _nothing_to_do(
     that is not a plain built-in, a user operator or type, DO, CALL, or a column a rule
     would mask that the snapshot lacks. Walks libpg_query's JSON (no AST objects), which
     costs a tenth of the full rewrite; when in doubt it says False."""
-    rewriter = _Rewriter(catalog, rules, paths, moved)
+    rewriter = _Rewriter(catalog, rules, paths)
     tables: list[Table] = []
     columns: set[str] = set()
     star = False
@@ -454,7 +447,6 @@ class _Rewriter:
     catalog: MaskCatalog
     rules: tuple[ColumnRule, ...]
     paths: Paths | None = None  # the session's possible search_paths; None: unknown
-    moved: bool = False  # a relation may have been dropped or moved since the snapshot
     changed: bool = False
     masked_refs: int = 0  # masked expressions made so far
     _merged: set[int] = field(default_factory=set)  # FROM lists with USING/NATURAL joins
@@ -881,7 +873,7 @@ class _Rewriter:
         """The tables a relation name may mean, and the shadows (MaskCatalog.resolve)."""
         if schema is not None:
             return tuple(t for t in self.catalog.tables.get(name, ()) if t.schema == schema), ()
-        return self.catalog.resolve(name, self.paths, self.moved)
+        return self.catalog.resolve(name, self.paths)
 
     def _table_rule(self, table: Table) -> ColumnRule | None:
         """A rule whose glob names this table, or a parent or child of it, whatever the
