@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pglast.parser import ParseError, parse_sql_json
+
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
 from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import (
@@ -27,6 +29,7 @@ from wardgate.postgres.mask_rewrite import (
     Table,
     rewrite,
 )
+from wardgate.postgres.mask_shape import fill, shape_of, template_of
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -237,6 +240,28 @@ def _closure(view: tuple[str, str], direct: dict[tuple[str, str], set[str]]) -> 
     return out
 
 
+_MISSING: Any = object()
+
+
+def _shape_entry(
+    text: str, count: int, catalog: MaskCatalog, rules: tuple[ColumnRule, ...], possible: Any
+) -> Any:
+    """What a shape remembers: None (nothing to change), the refusal, a template to
+    fill with the literals, or _MISSING (the shape does not parse: rewrite each whole)."""
+    try:
+        parse_sql_json(text)
+    except ParseError:
+        return _MISSING
+    try:
+        rewritten = rewrite(text, catalog, rules, possible)
+    except Refused as exc:
+        return exc
+    if rewritten is None:
+        return None
+    template = template_of(rewritten, count)
+    return _MISSING if template is None else template
+
+
 class CatalogUnavailable(Exception):
     pass
 
@@ -253,8 +278,10 @@ class MaskCatalogs:
         self._installed: set[str] = set()
         # Rewrites are pure in (catalog, rules, sql) and agents repeat their statements:
         # remembered per snapshot, bounded.
+        # Per snapshot: by exact text, and by shape (mask_shape.py: the text with its
+        # literals as parameters), so new literals in a known statement cost a scan.
         self._rewrites: dict[
-            str, tuple[MaskCatalog, dict[tuple[Any, ...], str | Refused | None]]
+            str, tuple[MaskCatalog, dict[tuple[Any, ...], Any], dict[tuple[Any, ...], Any]]
         ] = {}
 
     def rewrite(
@@ -279,21 +306,50 @@ class MaskCatalogs:
             possible = None  # DDL through the gateway lately: a relation may be gone
         held = self._rewrites.get(connection)
         if held is None or held[0] is not catalog:
-            held = (catalog, {})
+            held = (catalog, {}, {})
             self._rewrites[connection] = held
         memo = held[1]
         key = (sql, rules, possible)
-        if key not in memo:
+        found = memo.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._by_shape(held[2], sql, catalog, rules, possible)
+            if found is _MISSING:
+                try:
+                    found = rewrite(sql, catalog, rules, possible)
+                except Refused as exc:
+                    found = exc
             if len(memo) >= _MAX_REWRITES:
-                memo.clear()
-            try:
-                memo[key] = rewrite(sql, catalog, rules, possible)
-            except Refused as exc:
-                memo[key] = exc
-        found = memo[key]
+                memo.clear()  # texts that differ in literals churn here; shapes stay
+            memo[key] = found
         if isinstance(found, Refused):
             raise found
+        assert found is None or isinstance(found, str)
         return found
+
+    @staticmethod
+    def _by_shape(
+        memo: dict[tuple[Any, ...], Any],
+        sql: str,
+        catalog: MaskCatalog,
+        rules: tuple[ColumnRule, ...],
+        possible: Any,
+    ) -> Any:
+        """The rewrite of ``sql`` from its shape's (mask_shape.py), computed once per
+        shape; _MISSING when the shape cannot serve (no literals, does not parse)."""
+        shaped = shape_of(sql)
+        if shaped is None:
+            return _MISSING
+        text, literals = shaped
+        key = (text, rules, possible)
+        entry = memo.get(key, _MISSING)
+        if entry is _MISSING:
+            if len(memo) >= _MAX_REWRITES:
+                memo.clear()
+            entry = _shape_entry(text, len(literals), catalog, rules, possible)
+            memo[key] = entry
+        if entry is None or isinstance(entry, Refused) or entry is _MISSING:
+            return entry
+        return fill(entry, literals)
 
     def known(self, connection: str) -> MaskCatalog | None:
         entry = self._cache.get(connection)
