@@ -6,7 +6,7 @@ workloads: wall-clock TPS moves with whatever else the machine runs, CPU time mu
     .venv/bin/python bench/masking_cpu.py [--statements 2000] [--rules columns]
         [--rounds 2] [--rewrite]
 
-Each round runs pgbench -M extended for ``--statements`` transactions as the unmasked
+Each round runs pgbench (-M extended, or --protocol simple) for ``--statements`` transactions as the unmasked
 and as the masked principal, warm then cold, through one gateway. ``--rewrite`` also
 times the column rewriter alone in this process (``rewrite()`` for a statement with new
 literals each time, as pgbench -M simple sends, and a remembered one). Uses (and keeps,
@@ -41,10 +41,12 @@ def process_cpu(pid: int) -> float:
     return total + sum(process_cpu(int(c)) for c in children)
 
 
-def pgbench(port: int, user: str, password: str, transactions: int, script: Path) -> None:
+def pgbench(
+    port: int, user: str, password: str, transactions: int, script: Path, protocol: str
+) -> None:
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
     cmd = [
-        "pgbench", "-n", "-f", str(script), "-M", "extended", "-c", "1", "-t",
+        "pgbench", "-n", "-f", str(script), "-M", protocol, "-c", "1", "-t",
         str(transactions), "-h", "127.0.0.1", "-p", str(port), "-U", user, mb.DB,
     ]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--rules", choices=("both", "content", "columns"), default="columns")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rewrite", action="store_true")
+    ap.add_argument("--protocol", choices=("extended", "simple"), default="extended")
     ap.add_argument("--drop", action="store_true", help="drop the database afterwards")
     args = ap.parse_args()
     if args.rewrite:
@@ -118,16 +121,16 @@ def main() -> None:
         port = free_port()
         proc, tokens = mb.start_wardgate(tmp, port, args.rules)
         try:
-            print(f"\ngateway CPU per statement, rules: {args.rules}")
+            print(f"\ngateway CPU per statement, rules: {args.rules}, -M {args.protocol}")
             for mode, text in (("warm", mb.SCRIPT), ("cold", mb.SCRIPT_COLD)):
                 script = tmp / f"{mode}.sql"
                 script.write_text(text)
                 mb.check_masked(port, tokens["masked"], text)
                 for _ in range(args.rounds):
                     for who in ("clear", "masked"):
-                        pgbench(port, who, tokens[who], 50, script)  # connected, warmed up
+                        pgbench(port, who, tokens[who], 50, script, args.protocol)  # warm up
                         before = process_cpu(proc.pid)
-                        pgbench(port, who, tokens[who], args.statements, script)
+                        pgbench(port, who, tokens[who], args.statements, script, args.protocol)
                         used = process_cpu(proc.pid) - before
                         label = "unmasked" if who == "clear" else "masked"
                         print(f"{mode}  {label:<9} {1e6 * used / args.statements:8.0f} µs CPU")
