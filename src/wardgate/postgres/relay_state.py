@@ -127,8 +127,8 @@ class RelayState:
     _review_task: asyncio.Task[None] | None
     _review_cancelled: bool
     _results: SessionResults | None  # None: results are not recorded
-    # Column masking: the search_paths the session may have (mask_path.py), from the
-    # startup packet (listener.py) on; made on first use when the listener set none.
+    # Column masking: the search_paths the session may have (mask_path.py), from what
+    # the server answered at its start (listener.py); unknown when nobody asked.
     mask_paths: SessionPaths | None = None
 
     # -- judging --------------------------------------------------------------------------
