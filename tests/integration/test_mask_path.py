@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     make_gateway,
     require_tool,
 )
+from tests.integration.test_mcp import body, call
 
 PUBLIC = [(1, "jane.doe@example.com"), (2, "omar.qureshi@example.org")]
 OTHER = [(1, "other.one@example.net"), (2, "other.two@example.net")]
@@ -267,3 +268,31 @@ def test_a_default_search_path_changed_outside_the_gateway(
             admin.execute(f"alter database {it_database} reset search_path")
     with _agent(gw) as conn:
         _masked(_emails(conn, f"select email from {t} order by id"), CLEAR_PUBLIC)
+
+
+def test_mcp_query_resolves_names_like_its_session(gw: Gateway, t: str, it_database: str) -> None:
+    """The MCP ``query`` tool asks its own session's search_path: with the database's
+    default putting other_<t> first, <t> is other_<t>.<t>, clear, and ``*`` expands; a
+    ``SET search_path`` in the same call still masks public.<t>."""
+    with admin_conn(it_database) as admin:
+        admin.execute(f"alter database {it_database} set search_path = other_{t}, public")
+    try:
+        plain, star, switched = call(
+            gw,
+            "agent",
+            ("query", {"connection": "it", "sql": f"select email from {t} order by id"}),
+            ("query", {"connection": "it", "sql": f"select * from {t} order by id"}),
+            (
+                "query",
+                {
+                    "connection": "it",
+                    "sql": f"set search_path = public; select email from {t} order by id",
+                },
+            ),
+        )
+    finally:
+        with admin_conn(it_database) as admin:
+            admin.execute(f"alter database {it_database} reset search_path")
+    assert [r[0] for r in body(plain)["rows"]] == [e for _, e in OTHER]
+    assert [tuple(r) for r in body(star)["rows"]] == [(str(i), e) for i, e in OTHER]
+    _masked([r[0] for r in body(switched)["rows"]], CLEAR_PUBLIC)
