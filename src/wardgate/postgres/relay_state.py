@@ -26,6 +26,7 @@ from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.result_tap import ResultTap, SessionResults
@@ -128,6 +129,9 @@ class RelayState:
     _review_cancelled: bool
     _results: SessionResults | None  # None: results are not recorded
     _transaction: TransactionOutcome  # approved statements whose transaction is open
+    # Column masking: the search_paths the session may have (mask_path.py), from what
+    # the server answered at its start (listener.py); unknown when nobody asked.
+    mask_paths: SessionPaths | None = None
 
     # -- judging --------------------------------------------------------------------------
 
@@ -184,9 +188,12 @@ class RelayState:
         session = self.masking.masking if self.masking is not None else None
         if session is None or not session.column_rules:
             return None
+        paths = self.mask_paths
+        if paths is None:
+            paths = self.mask_paths = SessionPaths(unknown=True)  # not asked: every schema
         try:
             rewritten = self.services.state(MaskCatalogs).rewrite(
-                self.connection, sql, session.column_rules
+                self.connection, sql, session.column_rules, paths
             )
             return None if rewritten is None else rewritten.encode(self.client.decoder.encoding)
         except UnicodeEncodeError:
