@@ -237,6 +237,20 @@ def test_statement_names_resource_namespace_verb() -> None:
     assert "secret_read" in secret.kinds
 
 
+def test_a_network_policy_rule_without_sources_is_open() -> None:
+    def kinds(policy: object) -> tuple[str, ...]:
+        return classify_request(
+            "POST /apis/networking.k8s.io/v1/namespaces/a/networkpolicies",
+            json.dumps(policy),
+            "application/json",
+        ).kinds
+
+    assert "open_cidr" in kinds({"spec": {"ingress": [{}]}})
+    assert "open_cidr" in kinds({"spec": {"ingress": [{"from": [], "ports": [{"port": 80}]}]}})
+    assert "open_cidr" not in kinds({"spec": {"ingress": [{"from": [{"podSelector": {}}]}]}})
+    assert "open_cidr" not in kinds({"spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+
+
 def test_network_policies_open_to_the_world_are_seen() -> None:
     policy = {
         "kind": "NetworkPolicy",

@@ -181,7 +181,19 @@ def object_kinds(data: Any, resource: str, content_type: str) -> tuple[str, ...]
                 found.add("open_cidr")
     if resource == "ingresses" and isinstance(data, dict):
         found.update(_ingress_kinds(data))
+    if resource == "networkpolicies" and isinstance(data, dict) and _allows_every_source(data):
+        found.add("open_cidr")
     return tuple(k for k in OBJECT_KINDS if k in found)
+
+
+def _allows_every_source(obj: dict[str, Any]) -> bool:
+    """A NetworkPolicy ingress rule without ``from`` (or with an empty one) admits every
+    source, inside the cluster and out: as open as an ``ipBlock`` of 0.0.0.0/0."""
+    spec = obj.get("spec")
+    rules = spec.get("ingress") if isinstance(spec, dict) else None
+    return isinstance(rules, list) and any(
+        isinstance(rule, dict) and not rule.get("from") for rule in rules
+    )
 
 
 def _ingress_kinds(obj: dict[str, Any]) -> set[str]:
