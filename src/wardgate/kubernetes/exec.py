@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -302,21 +303,14 @@ async def _relay(
         await _end(send, AUDIT_UNAVAILABLE, EXIT_BLOCKED, tty)
         return
     connection = judged.action.connection
-    try:
-        upstream = await dial_upstream(gateway, judged, path, query, protocols)
-    except UpstreamRejected as exc:
-        message = rejection(exc)
-        gateway.record(judged, "error", command=f"HTTP {exc.status}", error=message)
+    upstream = await open_upstream(gateway, judged, path, query, protocols)
+    if isinstance(upstream, Unopened):
         await send({"type": "websocket.accept", "subprotocol": protocols[0]})
-        await send({"type": "websocket.send", "bytes": failure_frame(message)})
+        if upstream.status is None:
+            await _end(send, upstream.message, EXIT_UNREACHABLE, tty)
+            return
+        await send({"type": "websocket.send", "bytes": failure_frame(upstream.message)})
         await send({"type": "websocket.close", "code": 1000})
-        return
-    except (OSError, TimeoutError, RemoteProtocolError, LocalProtocolError) as exc:
-        log.info("kubernetes %s: exec upstream: %s", connection, type(exc).__name__)
-        message = "wardgate: the cluster's API server could not be reached; nothing was run"
-        gateway.record(judged, "error", error=message)
-        await send({"type": "websocket.accept", "subprotocol": protocols[0]})
-        await _end(send, message, EXIT_UNREACHABLE, tty)
         return
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     interactive = tty or stream.kind == "attach"
@@ -409,6 +403,31 @@ async def upstream_messages(
         if data is None:
             return
         yield data
+
+
+@dataclass(frozen=True, slots=True)
+class Unopened:
+    """Why the WebSocket to the API server was not opened (recorded already): its HTTP
+    answer, or ``status`` None when it could not be reached."""
+
+    status: int | None
+    message: str
+
+
+async def open_upstream(
+    gateway: KubernetesGateway, judged: Judged, path: str, query: str, protocols: list[str]
+) -> UpstreamSocket | Unopened:
+    try:
+        return await dial_upstream(gateway, judged, path, query, protocols)
+    except UpstreamRejected as exc:
+        message = rejection(exc)
+        gateway.record(judged, "error", command=f"HTTP {exc.status}", error=message)
+        return Unopened(exc.status, message)
+    except (OSError, TimeoutError, RemoteProtocolError, LocalProtocolError) as exc:
+        log.info("kubernetes %s: stream upstream: %s", judged.action.connection, exc)
+        message = "wardgate: the cluster's API server could not be reached; nothing was run"
+        gateway.record(judged, "error", error=message)
+        return Unopened(None, message)
 
 
 async def dial_upstream(

@@ -11,28 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 from starlette.types import Receive, Send
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import RemoteProtocolError
 
 from wardgate.kubernetes.channels import ChannelError
 from wardgate.kubernetes.exec import (
-    UpstreamRejected,
+    Unopened,
     UpstreamSocket,
     deny,
-    dial_upstream,
-    rejection,
+    open_upstream,
     upstream_messages,
 )
 from wardgate.kubernetes.status import status_body
 
 if TYPE_CHECKING:
     from wardgate.kubernetes.proxy import Judged, KubernetesGateway
-
-log = logging.getLogger("wardgate.kubernetes")
 
 TUNNEL_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io",)
 
@@ -51,18 +47,10 @@ async def forward_tunnel(
         services.recorder.refused()
         await _deny(send, 503, "wardgate cannot record this action: the audit store is unavailable")
         return
-    try:
-        upstream = await dial_upstream(gateway, judged, path, query, protocols)
-    except UpstreamRejected as exc:
-        message = rejection(exc)
-        gateway.record(judged, "error", command=f"HTTP {exc.status}", error=message)
-        await _deny(send, exc.status if 400 <= exc.status < 600 else 502, message)
-        return
-    except (OSError, TimeoutError, RemoteProtocolError, LocalProtocolError) as exc:
-        log.info("kubernetes %s: port-forward upstream: %s", judged.action.connection, exc)
-        message = "wardgate: the cluster's API server could not be reached; nothing was forwarded"
-        gateway.record(judged, "error", error=message)
-        await _deny(send, 503, message)
+    upstream = await open_upstream(gateway, judged, path, query, protocols)
+    if isinstance(upstream, Unopened):
+        code = upstream.status if upstream.status and 400 <= upstream.status < 600 else 502
+        await _deny(send, 503 if upstream.status is None else code, upstream.message)
         return
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     sent = [0, 0]  # client to cluster, cluster to client
