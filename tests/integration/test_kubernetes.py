@@ -497,6 +497,45 @@ def test_exec_commands_are_judged_by_the_shell_engine(kgw: KubeGateway) -> None:
     assert ("shred", "-u", "victim") not in argvs
 
 
+def test_spdy_is_refused_and_an_upstream_refusal_is_passed_on(kgw: KubeGateway) -> None:
+    # kubectl made to use SPDY: judged (allowed for root), then refused with a Status
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(kgw.gw.workdir),
+        "KUBECONFIG": str(kgw.kubeconfig("root")),
+        "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
+    }
+    spdy = subprocess.run(
+        [kgw.kubectl_bin, "exec", "web-1", "--", "touch", "by-spdy"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert spdy.returncode != 0 and "WebSocket" in spdy.stderr, spdy.stderr
+    assert kgw.double.cluster.exec_dir is not None
+    assert not (kgw.double.cluster.exec_dir / "by-spdy").exists()
+    # an exec the API server refuses (no such pod): its message ends the session
+    from wardgate.kubernetes.exec import UpstreamSocket
+
+    async def session() -> list[bytes]:
+        sock = await UpstreamSocket.open(
+            f"https://127.0.0.1:{kgw.port}/k8s/cluster",
+            ssl.create_default_context(cafile=str(kgw.gateway_ca)),
+            f"Bearer {kgw.gw.token('root')}",
+            "/api/v1/namespaces/default/pods/nope/exec?command=ls&stdout=true",
+            ["v5.channel.k8s.io"],
+            10,
+        )
+        got = []
+        while (message := await sock.recv()) is not None:
+            got.append(message)
+        await sock.close()
+        return got
+
+    frames = asyncio.run(session())
+    assert frames and frames[-1][0] == 3, frames
+    status = json.loads(frames[-1][1:])
+    assert status["status"] == "Failure" and 'pods "nope" not found' in status["message"]
+
+
 def test_a_held_exec_runs_once_after_approval(kgw: KubeGateway) -> None:
     container = kgw.double.cluster.exec_dir
     assert container is not None

@@ -159,29 +159,32 @@ class UpstreamSocket:
 
     async def recv(self) -> bytes | None:
         """The next binary message, or None once the API server closed."""
-        while not self._messages:
-            if self._closed:
-                return None
+        # Frames may already wait in the codec (they came with the handshake's answer).
+        self._take_events()
+        while not self._messages and not self._closed:
             data = await self._reader.read(CHUNK)
             if not data:
                 self._closed = True
                 break
             self._conn.receive_data(data)
-            for event in self._conn.events():
-                if isinstance(event, BytesMessage):
-                    self._partial += event.data
-                    if len(self._partial) > MAX_MESSAGE:
-                        raise ChannelError("a channel message larger than the gateway accepts")
-                    if event.message_finished:
-                        self._messages.append(self._partial)
-                        self._partial = b""
-                elif isinstance(event, Ping):
-                    self._writer.write(self._conn.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    if self._conn.state is ConnectionState.REMOTE_CLOSING:
-                        self._writer.write(self._conn.send(event.response()))
-                    self._closed = True
+            self._take_events()
         return self._messages.popleft() if self._messages else None
+
+    def _take_events(self) -> None:
+        for event in self._conn.events():
+            if isinstance(event, BytesMessage):
+                self._partial += event.data
+                if len(self._partial) > MAX_MESSAGE:
+                    raise ChannelError("a channel message larger than the gateway accepts")
+                if event.message_finished:
+                    self._messages.append(self._partial)
+                    self._partial = b""
+            elif isinstance(event, Ping):
+                self._writer.write(self._conn.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if self._conn.state is ConnectionState.REMOTE_CLOSING:
+                    self._writer.write(self._conn.send(event.response()))
+                self._closed = True
 
     async def send(self, data: bytes) -> None:
         if self._conn.state is not ConnectionState.OPEN:
