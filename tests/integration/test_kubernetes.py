@@ -497,6 +497,21 @@ def test_exec_commands_are_judged_by_the_shell_engine(kgw: KubeGateway) -> None:
     assert ("shred", "-u", "victim") not in argvs
 
 
+async def _exec_socket(kgw: KubeGateway, token: str, target: str) -> Any:
+    """A v5.channel.k8s.io WebSocket to the gateway (its own wsproto client), for
+    ``/api/v1/namespaces/default`` + ``target``."""
+    from wardgate.kubernetes.exec import UpstreamSocket
+
+    return await UpstreamSocket.open(
+        f"https://127.0.0.1:{kgw.port}/k8s/cluster",
+        ssl.create_default_context(cafile=str(kgw.gateway_ca)),
+        f"Bearer {token}",
+        "/api/v1/namespaces/default" + target,
+        ["v5.channel.k8s.io"],
+        10,
+    )
+
+
 def test_spdy_is_refused_and_an_upstream_refusal_is_passed_on(kgw: KubeGateway) -> None:
     # kubectl made to use SPDY: judged (allowed for root), then refused with a Status
     env = {
@@ -512,17 +527,11 @@ def test_spdy_is_refused_and_an_upstream_refusal_is_passed_on(kgw: KubeGateway) 
     assert spdy.returncode != 0 and "WebSocket" in spdy.stderr, spdy.stderr
     assert kgw.double.cluster.exec_dir is not None
     assert not (kgw.double.cluster.exec_dir / "by-spdy").exists()
-    # an exec the API server refuses (no such pod): its message ends the session
-    from wardgate.kubernetes.exec import UpstreamSocket
 
+    # an exec the API server refuses (no such pod): its message ends the session
     async def session() -> list[bytes]:
-        sock = await UpstreamSocket.open(
-            f"https://127.0.0.1:{kgw.port}/k8s/cluster",
-            ssl.create_default_context(cafile=str(kgw.gateway_ca)),
-            f"Bearer {kgw.gw.token('root')}",
-            "/api/v1/namespaces/default/pods/nope/exec?command=ls&stdout=true",
-            ["v5.channel.k8s.io"],
-            10,
+        sock = await _exec_socket(
+            kgw, kgw.gw.token("root"), "/pods/nope/exec?command=ls&stdout=true"
         )
         got = []
         while (message := await sock.recv()) is not None:
@@ -809,17 +818,12 @@ def test_a_revoked_token_stops_working_within_the_trust_bound(kgw: KubeGateway) 
     assert ran.returncode != 0 and "must be logged in" in ran.stderr, ran.stderr
     # (kubectl stops at discovery: the exec handshake itself, with the gateway's own
     # WebSocket client, is refused 401 before it is judged)
-    from wardgate.kubernetes.exec import UpstreamRejected, UpstreamSocket
+    from wardgate.kubernetes.exec import UpstreamRejected
 
     async def handshake() -> int:
         try:
-            sock = await UpstreamSocket.open(
-                f"https://127.0.0.1:{kgw.port}/k8s/cluster",
-                ssl.create_default_context(cafile=str(kgw.gateway_ca)),
-                f"Bearer {token}",
-                "/api/v1/namespaces/default/pods/web-1/exec?command=touch&command=by-revoked",
-                ["v5.channel.k8s.io"],
-                10,
+            sock = await _exec_socket(
+                kgw, token, "/pods/web-1/exec?command=touch&command=by-revoked"
             )
         except UpstreamRejected as exc:
             return exc.status
