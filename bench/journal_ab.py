@@ -4,6 +4,7 @@
     git archive <base-commit> src | tar -x -C /tmp/wg-base
     .venv/bin/python bench/journal_ab.py --base /tmp/wg-base/src [--rounds 5] [--duration 5]
     .venv/bin/python bench/journal_ab.py --without-journal [--rounds 5] [--duration 5]
+    .venv/bin/python bench/journal_ab.py --base-sync-ms 5 [--rounds 5] [--duration 5]
 
 Runs the build at --base (through PYTHONPATH) and this checkout in turn, `--rounds`
 times, `pgbench -S` in simple and prepared mode with 8 clients (1 worker, SQLite store,
@@ -15,12 +16,16 @@ rounds is printed. Written to measure the audit journal (issue 21).
 that opens the worker's journal (serve.py) replaced by ``journal = None``: the same
 build with and without the journal, nothing else different. There is deliberately no
 setting for that: a gateway without its journal loses records on a crash.
+
+``--base-sync-ms MS``: the base is this checkout with ``audit.journal_sync_ms: MS``
+(how often the journal is fdatasynced), this run the default (1 ms).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -29,23 +34,21 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_JOURNAL_OPEN = (
-    '    journal = Journal(config.data_path / "journal" / f"w{index}", sync_process=True)\n'
-    "    journal.open()\n"
-)
+# The lines of serve.py that open the worker's journal (up to `journal.open()`).
+_JOURNAL_OPEN = re.compile(r"\n    journal = Journal\(.*?\n    journal\.open\(\)\n", re.S)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pgbench_compare as pc  # noqa: E402
 
 
-def one(base: str | None, mode: str, clients: int, duration: int) -> float:
+def one(base: str | None, mode: str, clients: int, duration: int, extra: str = "") -> float:
     saved = os.environ.get("PYTHONPATH")
     if base is not None:
         os.environ["PYTHONPATH"] = base
     try:
         with tempfile.TemporaryDirectory(prefix="wg-ab-") as tmp:
             port = pc.free_port()
-            proc, token = pc.start_wardgate(Path(tmp), port, 1)
+            proc, token = pc.start_wardgate(Path(tmp), port, 1, extra=extra)
             try:
                 tps, _ = pc.pgbench(port, "bench", token, mode, clients, duration)
             finally:
@@ -65,9 +68,10 @@ def without_journal() -> str:
     shutil.copytree(ROOT / "src", base, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     serve = base / "wardgate" / "serve.py"
     text = serve.read_text()
-    if _JOURNAL_OPEN not in text:
+    text, found = _JOURNAL_OPEN.subn("\n    journal = None\n", text)
+    if found != 1:
         raise SystemExit("serve.py no longer opens the journal as this script expects; update it")
-    serve.write_text(text.replace(_JOURNAL_OPEN, "    journal = None\n"))
+    serve.write_text(text)
     return str(base)
 
 
@@ -81,15 +85,23 @@ def main() -> None:
         action="store_true",
         help="base: this checkout with the journal left out (see above)",
     )
+    ap.add_argument(
+        "--base-sync-ms",
+        type=float,
+        help="base: this checkout with audit.journal_sync_ms set to this (this run: 1 ms)",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--modes", default="simple,prepared")
     args = ap.parse_args()
+    base_extra = ""
     if args.without_journal:
         args.base = without_journal()
+    elif args.base_sync_ms is not None:
+        base_extra = f"audit: {{journal_sync_ms: {args.base_sync_ms}}}\n"
     elif args.base is None:
-        ap.error("give --base or --without-journal")
+        ap.error("give --base, --without-journal or --base-sync-ms")
     pc.DB = "wardgate_ab_bench"
     pc.psql(f"drop database if exists {pc.DB}")
     pc.psql(f"create database {pc.DB}")
@@ -102,7 +114,7 @@ def main() -> None:
         base_tps: list[float] = []
         this_tps: list[float] = []
         for _ in range(args.rounds):
-            base_tps.append(one(args.base, mode, args.clients, args.duration))
+            base_tps.append(one(args.base, mode, args.clients, args.duration, base_extra))
             this_tps.append(one(None, mode, args.clients, args.duration))
         b, t = statistics.median(base_tps), statistics.median(this_tps)
         ratios = [x / y for x, y in zip(this_tps, base_tps, strict=True)]

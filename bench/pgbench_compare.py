@@ -129,7 +129,7 @@ def serve_with_token(
 
 
 def start_wardgate(
-    tmp: Path, port: int, workers: int, results: str = ""
+    tmp: Path, port: int, workers: int, results: str = "", extra: str = ""
 ) -> tuple[subprocess.Popen[bytes], str]:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "wardgate.yaml"
@@ -152,6 +152,7 @@ def start_wardgate(
         guardrails:
           - {{name: no-drop, match: {{sql: [drop, truncate]}}, verdict: block}}
         """)
+        + extra
     )
     return serve_with_token(config, tmp, "bench", port)
 

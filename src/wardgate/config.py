@@ -444,6 +444,9 @@ class SinkConfig(_Model):
 class AuditConfig(_Model):
     checkpoint: CheckpointConfig | None = None
     sink: SinkConfig | None = None
+    # How often the journal is fdatasynced at most (group commit): after a power loss or
+    # kernel crash, at most this much of the latest records is lost (docs/architecture.md).
+    journal_sync_ms: float = Field(default=1.0, ge=0.1, le=1000.0)
 
 
 class MaskingConfig(_Model):
@@ -464,6 +467,7 @@ NotifyEvent = Literal[
     "cancelled",
     "executed",
     "failed",
+    "rolled_back",
     "revoked",
 ]
 
@@ -473,6 +477,7 @@ _DEFAULT_NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
     "denied",
     "executed",
     "failed",
+    "rolled_back",
 )
 
 

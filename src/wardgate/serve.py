@@ -252,7 +252,11 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     observer = RecordObserver()
     gateway = gateway_id(config)
     # This worker's journal (audit.journal); `run` replayed and emptied it before.
-    journal = Journal(config.data_path / "journal" / f"w{index}", sync_process=True)
+    journal = Journal(
+        config.data_path / "journal" / f"w{index}",
+        sync_process=True,
+        sync_interval=config.audit.journal_sync_ms / 1000,
+    )
     journal.open()
     recorder = Recorder(
         store,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -73,34 +75,125 @@ def test_agent_failures_past_the_address_threshold_do_not_refuse_a_right_token(
         gw.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack17, open: a review's result is settled at the statement's "
-    "CommandComplete; the relay does not follow the transaction (COMMIT/ROLLBACK tags, "
-    "ReadyForQuery status, ROLLBACK TO SAVEPOINT, a session closed mid-transaction), so "
-    "an approved UPDATE the agent rolls back shows `executed`",
+def _final_status(api: Any, review_id: str, want: str) -> dict[str, Any]:
+    """The review once its status is ``want`` (the outcome is written a moment after the
+    server's answer), or as it is after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        shown: dict[str, Any] = api.get(f"/reviews/{review_id}")
+        if shown["status"] == want or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.1)
+
+
+def _rollback(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    conn.execute("ROLLBACK")
+
+
+def _rollback_to_savepoint(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute("SAVEPOINT before_it")
+    conn.execute(update)
+    conn.execute("ROLLBACK TO SAVEPOINT before_it")
+    conn.execute("COMMIT")  # commits what came before the savepoint: nothing of the update
+
+
+def _commit_of_a_failed_transaction(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute("SELECT 1/0")
+    conn.execute("COMMIT")  # the server answers ROLLBACK
+
+
+def _later_statement_of_one_query_fails(conn: psycopg.Connection[Any], update: str) -> None:
+    # One simple Query (the string approved): one implicit transaction, whose second
+    # statement fails.
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute(update)
+
+
+def _session_ends_before_commit(conn: psycopg.Connection[Any], update: str) -> None:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "undo",
+    [
+        _rollback,
+        _rollback_to_savepoint,
+        _commit_of_a_failed_transaction,
+        _later_statement_of_one_query_fails,
+        _session_ends_before_commit,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
 )
 def test_an_approved_update_rolled_back_by_the_agent_is_not_shown_executed(
-    it_database: str, tmp_path: Path, table: str
+    it_database: str, tmp_path: Path, table: str, undo: Callable[..., None]
 ) -> None:
-    """The agent runs its approved UPDATE inside a transaction and rolls it back: the
-    target is unchanged, and the approver must not read `executed`."""
+    """The agent runs its approved UPDATE inside a transaction that does not commit:
+    the target is unchanged, and the approver must not read `executed`."""
     from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
 
     gw = make_gateway(tmp_path / "gw", review_config(it_database))
     gw.start()
     try:
         update = f"UPDATE {table} SET qty = 7 WHERE id = 3"
+        if undo is _later_statement_of_one_query_fails:
+            update += "; SELECT 1/0"
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            review_id = pending_error(conn, update)
+            cli_as(gw, "reviewer", "reviews", "approve", review_id)
+            undo(conn, update)
+        assert qty(it_database, table, 3) == 0  # nothing changed on the target
+        api = Api(gw, "reviewer")
+        shown = _final_status(api, review_id, "rolled_back")
+        assert shown["status"] == "rolled_back", shown
+        assert shown["result"]["transaction"] == "rolled_back", shown
+        assert "roll" in shown["result"]["error"], shown
+        listed = cli_as(gw, "reviewer", "reviews", "show", review_id).stdout
+        assert "rolled_back" in listed, listed
+    finally:
+        while Api.opened:
+            Api.opened.pop().client.close()
+        gw.stop()
+
+
+def test_an_approved_update_is_executed_once_its_transaction_commits(
+    it_database: str, tmp_path: Path, table: str
+) -> None:
+    """A savepoint released and a later one rolled back do not undo it; COMMIT keeps it."""
+    from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
+
+    gw = make_gateway(tmp_path / "gw", review_config(it_database))
+    gw.start()
+    try:
+        update = f"UPDATE {table} SET qty = 8 WHERE id = 4"
         with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
             review_id = pending_error(conn, update)
             cli_as(gw, "reviewer", "reviews", "approve", review_id)
             conn.execute("BEGIN")
+            conn.execute("SAVEPOINT a")
             conn.execute(update)
-            conn.execute("ROLLBACK")
-        assert qty(it_database, table, 3) == 0  # nothing changed on the target
-        api = Api(gw, "reviewer")
-        shown = api.get(f"/reviews/{review_id}")
-        assert shown["status"] != "executed", shown
+            conn.execute("RELEASE SAVEPOINT a")
+            conn.execute('SAVEPOINT "Later"')
+            conn.execute(f"SELECT count(*) FROM {table}")
+            conn.execute('ROLLBACK TO SAVEPOINT "Later"')
+            api = Api(gw, "reviewer")
+            open_txn = api.get(f"/reviews/{review_id}")
+            assert open_txn["status"] == "executed" and open_txn["result"] is None, open_txn
+            conn.execute("COMMIT")
+        assert qty(it_database, table, 4) == 8
+        deadline = time.monotonic() + 15
+        while (shown := api.get(f"/reviews/{review_id}"))["result"] is None:
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.1)
+        assert shown["status"] == "executed", shown
+        assert shown["result"]["transaction"] == "committed", shown
     finally:
         while Api.opened:
             Api.opened.pop().client.close()
@@ -112,8 +205,8 @@ def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_verify_checkpoint(
 ) -> None:
     """Store write access, no key: after a signed checkpoint, delete the approval vote
     and the approval from the SQLite store, append a `retention.swept` event naming
-    them (with a correct hash) and move the head. `audit verify` passes, as for a real
-    sweep; `audit verify --checkpoint` must not."""
+    them (with a correct hash) and move the head. Neither `audit verify` (the sweep is
+    not covered by a checkpoint signed after it) nor `audit verify --checkpoint` passes."""
     from tests.integration.test_reviews import cli_as, pending_error, review_config
 
     key = tmp_path / "keys" / "cp.key"
@@ -180,8 +273,15 @@ def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_verify_checkpoint(
         db.commit()
     finally:
         db.close()
+    # Plain verify checks the sweep against the checkpoints in the store, with the
+    # configured key: none signed after it, so the deletion it names is not vouched for.
     plain = gw.cli("audit", "verify", check=False)
-    assert plain.returncode == 0 and "deleted by retention sweeps" in plain.stdout, plain.stdout
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "no signed checkpoint covers" in plain.stdout, plain.stdout
+    assert f"BROKEN at event {new_id}" in plain.stdout, plain.stdout
+    # The same with the public key alone (an auditor without the private key).
+    public = gw.cli("audit", "verify", "--public-key", f"{key}.pub", check=False)
+    assert public.returncode == 1 and "no signed checkpoint covers" in public.stdout
     caught = gw.cli(
         "audit", "verify", "--checkpoint", str(cp), "--public-key", f"{key}.pub", check=False
     )
@@ -189,14 +289,6 @@ def test_a_forged_sweep_does_not_hide_a_deleted_vote_from_verify_checkpoint(
     assert "no checkpoint signed by this key covers" in caught.stdout + caught.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack17, open: web password sign-in keeps the address-wide refusal (a "
-    "password is costly to check), and the address counter is shared with psql and the "
-    "API: an agent's failed token logins on 127.0.0.1 lock the approver out of the web "
-    "UI for login_window. Needs e.g. a per-surface address counter plus a bounded "
-    "check queue, or proof of a prior sign-in from that browser",
-)
 def test_agent_psql_failures_do_not_lock_the_approver_out_of_the_web_ui(
     it_database: str, tmp_path: Path
 ) -> None:
@@ -211,5 +303,46 @@ def test_agent_psql_failures_do_not_lock_the_approver_out_of_the_web_ui(
         with ui(gw) as client:
             signed = sign_in(client, "reviewer", PASSWORD)
             assert signed.status_code == 303, (signed.status_code, "Too many" in signed.text)
+    finally:
+        gw.stop()
+
+
+def test_web_form_floods_from_the_address_do_not_refuse_a_browser_the_approver_used(
+    it_database: str, tmp_path: Path
+) -> None:
+    """Another principal floods the web form from the approver's address, with made-up
+    names and with the approver's own name: fresh browsers there get 429 (a password
+    is costly to check), but the browser the approver signed in from before still signs
+    in with the right password, and a wrong one from it is still refused."""
+    from tests.integration.test_web_auth import PASSWORD, sign_in, started, ui
+
+    limits = "limits: {login_failures: 2, address_failures: 4, login_max_delay: 1s, "
+    gw = started(tmp_path, base_config(it_database).replace("limits: {login_failures: 5, ", limits))
+    try:
+        with ui(gw) as approver, ui(gw) as flooder, ui(gw) as fresh:
+            assert sign_in(approver, "reviewer", PASSWORD).status_code == 303
+            assert approver.cookies.get("wardgate_known")
+            approver.post("/ui/logout", data={"csrf": approver.cookies.get("wardgate_csrf", "")})
+            refused = None
+            for i in range(8):
+                name = "reviewer" if i % 2 else f"guess{i}"
+                answer = sign_in(flooder, name, "wrong password here")
+                if answer.status_code == 429:
+                    refused = answer
+                    break
+                assert answer.status_code == 401, answer.status_code
+            assert refused is not None and "Too many failed sign-ins" in refused.text
+            # A fresh browser on the address is refused for the window, right password or not.
+            assert sign_in(fresh, "reviewer", PASSWORD).status_code == 429
+            # The browser the approver used before: a wrong password is still wrong ...
+            assert sign_in(approver, "reviewer", "wrong password here").status_code == 401
+            # ... and the right one signs in at once.
+            t0 = time.monotonic()
+            again = sign_in(approver, "reviewer", PASSWORD)
+            assert again.status_code == 303, (again.status_code, "Too many" in again.text)
+            assert time.monotonic() - t0 < 5
+            assert approver.get("/ui/reviews").status_code == 200
+            # The cookie names the user: it does not help another name from that browser.
+            assert sign_in(approver, "dev", PASSWORD).status_code == 429
     finally:
         gw.stop()

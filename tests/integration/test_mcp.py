@@ -394,3 +394,92 @@ def test_client_disconnects_are_not_errors(it_database: str, tmp_path: Path) -> 
 
 def call_tool_after(gw: Gateway) -> list[CallToolResult]:
     return call(gw, "agent", ("query", {"connection": "it", "sql": "select 1 as back"}))
+
+
+def _mcp_actions(gw: Gateway, session_of: str, count: int) -> list[dict[str, Any]]:
+    """The action records of the MCP session that recorded ``session_of`` (a marker in
+    one of its actions' text), once ``count`` of them are in the store."""
+    store = gw.env["WARDGATE_STORE"].removeprefix("sqlite:///")
+    deadline = time.monotonic() + 15
+    while True:
+        db = sqlite3.connect(store)
+        try:
+            rows = db.execute(
+                "select session_id, payload from audit_events where type = 'action' "
+                "and session_id in (select session_id from audit_events where type = 'action' "
+                "and payload like ?) order by id",
+                (f"%{session_of}%",),
+            ).fetchall()
+        finally:
+            db.close()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return [json.loads(p) for _, p in rows]
+        time.sleep(0.2)
+
+
+def test_every_tool_call_is_an_action_with_its_arguments_and_masked_result(
+    mcp_gw: Gateway, it_database: str, shop: str
+) -> None:
+    """Not only `query`: each of the gateway's tools is recorded with all its arguments,
+    its outcome, and the result the agent got (masked by the agent's rules)."""
+    marker = f"why-{uuid.uuid4().hex[:8]}"
+    statements = [f"update {shop} set qty = 5 where id = 1"]
+    with admin_conn(it_database) as conn:
+        conn.execute(f'alter table {shop} add column "jane.doe@example.com" int')
+    results = call(
+        mcp_gw,
+        "agent",
+        ("list_connections", {}),
+        ("describe", {"connection": "it"}),
+        ("propose_change", {"connection": "it", "statements": statements, "justification": marker}),
+        ("review_status", {"review_id": "r_nope"}),
+        (
+            "request_access",
+            {"connection": "it", "role": "engineer", "duration": "15m", "reason": marker},
+        ),
+        ("describe", {"connection": "nope"}),
+    )
+    proposed = body(results[2])
+    assert "no review" in error_text(results[3]) and "nope" in error_text(results[5])
+    actions = _mcp_actions(mcp_gw, marker.split()[0], 6)
+    by_tool = [(a["text"].split(" ", 1)[0], a) for a in actions]
+    assert [t for t, _ in by_tool] == [
+        "list_connections",
+        "describe",
+        "propose_change",
+        "review_status",
+        "request_access",
+        "describe",
+    ], [a["text"] for a in actions]
+    tools = dict(by_tool[:5])
+    # Arguments: the whole call, statements and justification included.
+    args = json.loads(tools["propose_change"]["text"].split(" ", 1)[1])
+    assert args == {"connection": "it", "statements": statements, "justification": marker}
+    assert json.loads(tools["request_access"]["text"].split(" ", 1)[1])["role"] == "engineer"
+    # Outcomes and results, as the agent got them.
+    assert all(tools[t]["status"] == "ok" for t in ("list_connections", "describe"))
+    listed = json.loads(tools["list_connections"]["result"]["text"])
+    assert listed == body(results[0])
+    described = json.loads(tools["describe"]["result"]["text"])
+    assert any(t["table"] == f"public.{shop}" for t in described["tables"])
+    filed = json.loads(tools["propose_change"]["result"]["text"])
+    assert filed["review_id"] == proposed["review_id"] and filed["status"] == "pending_review"
+    assert tools["review_status"]["status"] == "error"
+    assert "no review 'r_nope'" in tools["review_status"]["error"]
+    assert by_tool[5][1]["status"] == "error" and "nope" in by_tool[5][1]["error"]
+    granted = tools["request_access"]["result"]
+    assert granted["sha256"] == hashlib.sha256(granted["text"].encode()).hexdigest()
+    assert json.loads(granted["text"])["kind"] == "grant"
+    # The agent's masking rules hold in the recorded result: a column named like an
+    # e-mail address is in the describe result, not in the clear in the record.
+    assert any(
+        c["name"] == "jane.doe@example.com"
+        for t in body(results[1])["tables"]
+        for c in t["columns"]
+    )
+    assert "jane.doe@example.com" not in json.dumps([a.get("result") for a in actions])
+    assert "@" in described_text(tools["describe"])  # masked, not dropped
+
+
+def described_text(action: dict[str, Any]) -> str:
+    return str(action["result"]["text"])

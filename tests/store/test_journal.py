@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import zlib
 from pathlib import Path
 
 from tests.store.test_recorder import _action, _start
@@ -144,3 +146,49 @@ def test_a_file_of_the_earlier_format_is_replayed(tmp_path: Path) -> None:
     frame = journal_mod._HEADER.pack(len(body), zlib.crc32(body)) + body
     (directory / f"{0:016x}.wal").write_bytes(frame)
     assert journal_mod.pending(directory) == [record]
+    # The mapped format (head "WGJRNL02" and a byte count) has the same frames after it.
+    head = journal_mod._HEAD.pack(b"WGJRNL02", journal_mod._HEAD.size + len(frame))
+    (directory / f"{0:016x}.wal").write_bytes(head + frame + bytes(4096))
+    assert journal_mod.pending(directory) == [record]
+
+
+def test_the_sync_process_follows_complete_frames_only(tmp_path: Path) -> None:
+    """`_complete_end` (the sync process's look) passes whole frames, frames larger than
+    its read size and frames across its reads, and stops before a frame whose body is
+    not all there yet, so that frame is synced by a later look, never skipped."""
+    j = Journal(tmp_path / "j")
+    j.open()
+    for n in range(3000):  # about 3 reads' worth of small frames
+        j.append(_action("s1", n))
+    j.append(dataclasses.replace(_action("s1", 9999), command="x" * 200_000))  # > one read
+    j.flush()
+    fd = j._fd
+    head = journal_mod._HEAD.size
+    end = journal_mod._complete_end(fd, head)
+    assert end == j._off
+    assert journal_mod._complete_end(fd, end) == end  # nothing new
+    # A frame whose header is there but whose body is only half written.
+    body = b"y" * 100
+    frame = journal_mod._HEADER.pack(len(body), zlib.crc32(body)) + body
+    os.pwrite(fd, frame[:60], end)
+    assert journal_mod._complete_end(fd, head) == end
+    os.pwrite(fd, frame, end)
+    assert journal_mod._complete_end(fd, head) == end + len(frame)
+    j.close()
+
+
+def test_the_sync_interval_reaches_the_sync_process(tmp_path: Path) -> None:
+    """`audit.journal_sync_ms` becomes the sync process's interval; it syncs and exits
+    with the journal."""
+    from wardgate.config import AuditConfig
+
+    assert AuditConfig().journal_sync_ms == 1.0
+    j = Journal(tmp_path / "j", sync_process=True, sync_interval=0.005)
+    j.open()
+    try:
+        assert j._syncer is not None and j._syncer.args[-1] == "0.005"
+        j.append(_action("s1", 1))
+        assert j._syncer.poll() is None  # running
+    finally:
+        j.close()
+    assert j._syncer.returncode is not None

@@ -271,7 +271,9 @@ REFUSED = [
     ("call p()", "CALL"),
     ("merge into orders o using people p on o.id = p.id when matched then delete", "MERGE"),
     ("select j.email from (people p join orders o on o.id = p.id) as j", "join aliased"),
-    ("select * from people tablesample system (50)", "RangeTableSample"),
+    ("select * from people tablesample system (50)", "several schemas"),
+    ("select email from people tablesample system_rows (5)", "RangeTableSample"),
+    ("select p from people p tablesample system (5)", "whole-row"),
     ("select * from public.people, (select 1 as x)", "without an alias"),
     ("select * from public.people join orders using (id)", "USING or NATURAL"),
     ("select * from people", "several schemas"),  # unqualified: public and crm

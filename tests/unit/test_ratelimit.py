@@ -126,6 +126,9 @@ def test_a_clean_check_is_reused_briefly_and_any_failure_from_the_address_drops_
     assert limiter.cached_check("dev", "10.0.0.1")
     assert not limiter.cached_check("dev", "10.0.0.2")  # per address
     assert not limiter.cached_check("ops", "10.0.0.1")  # per principal
+    # Only token logins' answers are kept: a surface's own counter is always read.
+    assert limiter.check("web-user", "10.0.0.9", surface="web") == (None, False)
+    assert not limiter.cached_check("web-user", "10.0.0.9")
     # A failure from the address, of any principal: counted in the store at once, and
     # the next login from there reads the store again.
     limiter.record_failure("bot", "10.0.0.1")

@@ -290,6 +290,11 @@ class AuditVerification(_Out):
     checked: int
     first_bad_id: int | None = None
     reason: str | None = None
+    warning: str | None = Field(
+        default=None,
+        description="ok, but deletions named by retention sweeps that no signed checkpoint "
+        "covers are unverified (docs/audit.md)",
+    )
 
 
 class CheckpointOut(_Out):
@@ -331,6 +336,7 @@ ReviewStatus = Literal[
     "executing",
     "executed",
     "failed",
+    "rolled_back",
     "revoked",
 ]
 

@@ -104,7 +104,7 @@ async def oidc_session(request: Request, body: SessionRequest) -> SessionOut:
     assert sessions is not None
     addr = client_addr(request)
     key = f"oidc@{addr}"
-    wait = await asyncio.to_thread(services.limiter.retry_after, key, addr)
+    wait = await asyncio.to_thread(services.limiter.retry_after, key, addr, surface="sso")
     if wait is not None:
         raise HTTPException(
             429, f"too many failed sign-ins from this address; retry in {wait:.0f} s"
@@ -121,14 +121,14 @@ async def oidc_session(request: Request, body: SessionRequest) -> SessionOut:
             )
         identity = client.identity(claims)
     except OidcError as exc:
-        await asyncio.to_thread(services.limiter.record_failure, key, addr)
+        await asyncio.to_thread(services.limiter.record_failure, key, addr, surface="sso")
         log.info("CLI single sign-on refused from %s: %s", addr, exc)
         raise HTTPException(401, f"single sign-on failed: {exc}") from None
     principal = human_principal(
         services.config, identity.username, identity.groups, CLI_SESSION_METHOD
     )
     if principal is None:
-        await asyncio.to_thread(services.limiter.record_failure, key, addr)
+        await asyncio.to_thread(services.limiter.record_failure, key, addr, surface="sso")
         log.info("CLI single sign-on refused for %r from %s", identity.username[:64], addr)
         raise HTTPException(403, sign_in_refusal(services.config, identity.username))
     secret, info = await asyncio.to_thread(

@@ -175,6 +175,8 @@ class VerifyResult:
     checked: int
     first_broken_id: int | None
     reason: str
+    # ok, but something the walk accepted rests on what anyone with the store can write
+    warning: str | None = None
 
 
 class _Walker:

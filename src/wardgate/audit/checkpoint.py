@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -279,6 +279,79 @@ def verify_with_checkpoint(
             else "(no earlier signed checkpoint still matches)"
         ),
     )
+
+
+def check_sweeps(
+    store: Store, walked: VerifyResult, public_key: Ed25519PublicKey | None
+) -> VerifyResult:
+    """``audit verify`` without a checkpoint file: the walk accepts every gap a
+    ``retention.swept`` event names, and anyone with write access to the store can write
+    one (and re-hash after it). A sweep is vouched for only by a checkpoint signed after
+    it (sweeps sign the head when ``audit.checkpoint.key`` is set). With ``public_key``,
+    a sweep that no stored checkpoint signed by it (and still matching the chain) covers
+    fails the check; without a key nothing in the store can vouch for a sweep, and the
+    result says loudly that its deletions are unverified."""
+    if not walked.ok:
+        return walked
+    with store.session(write=False) as session:
+        sweeps = session.execute(
+            select(AuditEvent.id, AuditEvent.payload)
+            .where(AuditEvent.type == SWEPT_TYPE)
+            .order_by(AuditEvent.id)
+        ).all()
+        if not sweeps:
+            return walked
+        rows = []
+        if public_key is not None:
+            rows = list(
+                session.execute(
+                    select(AuditCheckpoint)
+                    .where(
+                        AuditCheckpoint.key_id == key_id(public_key),
+                        AuditCheckpoint.seq >= sweeps[0].id,
+                    )
+                    .order_by(AuditCheckpoint.seq.desc())
+                ).scalars()
+            )
+    pinned = 0
+    if public_key is not None:
+        for row in rows:
+            cp = _from_row(row)
+            if cp.signed_by(public_key) and _event_hash(store, cp.seq) == cp.head_hash:
+                pinned = cp.seq
+                break
+    loose = [(int(i), _deleted(p)) for i, p in sweeps if i > pinned]
+    if not loose:
+        return walked
+    ids = ", ".join(str(i) for i, _ in loose[:10]) + (" ..." if len(loose) > 10 else "")
+    events = sum(n for _, n in loose)
+    said = (
+        f"{events} deleted events rest on {len(loose)} retention.swept event(s) ({ids}) that "
+        "no signed checkpoint covers: anyone with write access to the store can write such "
+        "an event to hide deletions"
+    )
+    if public_key is None:
+        return replace(
+            walked,
+            warning=f"UNVERIFIED: {said}. Set audit.checkpoint.key (sweeps then sign the head) "
+            "or pass --public-key to check the stored checkpoints",
+        )
+    return VerifyResult(
+        False,
+        walked.checked,
+        loose[0][0],
+        f"{said} (key {key_id(public_key)}); a real sweep is signed right after it. If you "
+        "ran it and it was not signed (the gateway stopped), compare with the sink or a "
+        "backup, then sign with `wardgate audit checkpoint --now`",
+    )
+
+
+def _deleted(payload: str) -> int:
+    try:
+        runs = json.loads(payload).get("runs", [])
+        return sum(int(last) - int(first) + 1 for first, last, _ in runs)
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _unsigned_sweep(

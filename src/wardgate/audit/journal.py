@@ -4,15 +4,15 @@ Why: the recorder commits to the store in batches, behind the traffic. Without t
 gateway killed between a statement running and its batch committing loses the record
 (issue 21 measured up to 5% of a pgbench run). With it, each record, and before a
 statement is forwarded its *intent* (the action record it will have if no result ever
-comes back, status ``interrupted``), is copied into the journal file, which the worker
-maps shared (``mmap``), before the gateway goes on. A shared file mapping *is* the
-kernel's page cache of that file: from the moment the copy is done the record is in the
-kernel, and killing the gateway (kill -9, an OOM kill, a crash) cannot lose it. No
-system call per record: a ``write(2)`` per statement cost the event loop more than the
-rest of the journal together. A child process (a thread
-outside ``wardgate serve``) ``fdatasync``s the file
-in groups (group commit: whatever was written while the last sync ran goes in the
-next), so after a power loss or kernel crash at most the last sync interval is lost
+comes back, status ``interrupted``), is written (``pwrite(2)``, one per entry) into the
+journal file before the gateway goes on. From then on the record is in the kernel's
+page cache, and killing the gateway (kill -9, an OOM kill, a crash) cannot lose it. Not
+a shared ``mmap`` of the file: after every sync the kernel write-protects the mapped
+pages again, and the next copy takes a page fault through the file system (about 45 µs
+on the reference VM, several per millisecond), which cost the event loop far more than
+a ``pwrite`` (about 4 µs). A child process (outside ``wardgate serve``) ``fdatasync``s
+the file in groups (group commit: whatever was written while the last sync ran goes in
+the next), so after a power loss or kernel crash at most the last sync interval is lost
 (about a millisecond under load; docs/architecture.md says exactly what holds).
 
 The recorder tells the journal how far the store has everything (``checkpoint``): the
@@ -25,11 +25,11 @@ written, is written again), like the recorder's retries.
 
 Files: ``<dir>/<start>.wal``, where start is the logical position (bytes since the
 journal began) of the file's first byte; ``<dir>/checkpoint`` holds a logical
-position. A file starts with a 16-byte head (a magic and the number of bytes of frames
-written, which the sync process reads), then frames: a 4-byte length, a 4-byte CRC-32
-and a pickled record. Files are written with zeros ahead (a full disk shows as an error
-when a file is created or grown, never as a fault while copying into the map, and a
-sync writes only data) and end at the first frame of length zero. When the current file is past
+position. A file starts with a 16-byte head (a magic and 8 reserved bytes), then
+frames: a 4-byte length, a 4-byte CRC-32 and a pickled record. Files are written with
+zeros ahead (a full disk shows as an error when a file is created or grown, never in
+the middle of a statement, and a sync writes only data) and end at the first frame of
+length zero; the sync process follows the frames to see whether anything is new. When the current file is past
 ``rotate_bytes`` a new one starts, the open intents are copied into it, and files wholly
 before the checkpoint are deleted: the journal holds about what the store does not have
 yet, never the whole history.
@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import io
 import logging
-import mmap
 import operator
 import os
 import pickle
@@ -65,18 +64,18 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!II")  # length, crc32
 _CHECKPOINT = struct.Struct("!Q")
-_MAGIC = b"WGJRNL02"
-_HEAD = struct.Struct("!8sQ")  # magic, bytes of the file written (head included)
-_USED = struct.Struct("!Q")  # the second field of _HEAD, alone
-_USED_AT = 8
+_MAGIC = b"WGJRNL03"
+# Files of earlier releases: 02 was written through a map, its second head field counted
+# the bytes written; the frames are the same. 01 files have no head.
+_MAGICS = (_MAGIC, b"WGJRNL02")
+_HEAD = struct.Struct("!8sQ")  # magic, reserved (zero)
+_PAGE = 4096
 _SUFFIX = ".wal"
 _MAX_FRAME = 64 * 1024 * 1024
 _SYNC_POLL = 0.001
+_SCAN = 64 * 1024  # what the sync process reads at a time while following frames
 _FIRST_ALLOCATION = 16 * 1024 * 1024  # a file grows past this only with a larger rotate_bytes
 _SLACK = 256 * 1024  # allocated beyond rotate_bytes: the frames of the batch that crosses it
-# Pages of the map already written are dropped from this process's resident set every
-# so often (their data stays in the page cache, where the kernel writes it out).
-_RELEASE_EVERY = 1024 * 1024
 
 
 @positional_pickle
@@ -196,18 +195,18 @@ class Journal:
         *,
         rotate_bytes: int = 16 * 1024 * 1024,
         sync_process: bool = False,
+        sync_interval: float = _SYNC_POLL,
     ) -> None:
         self.directory = directory
         # Sync from a child process (`wardgate serve`): a thread of the gateway would
         # take the GIL back after every fdatasync, stalling the event loop.
         self._sync_process = sync_process
+        self._sync_interval = sync_interval
         self._syncer: subprocess.Popen[bytes] | None = None
         self._rotate = rotate_bytes
         self._fd = -1
-        self._map: mmap.mmap | None = None
-        self._capacity = 0  # bytes of the current file allocated and mapped
+        self._capacity = 0  # bytes of the current file allocated (zero-filled)
         self._off = 0  # bytes of the current file written (its head included)
-        self._released = 0  # offset below which the map's pages were given back
         self._start = 0  # logical position of the current file's first byte
         self._older: list[int] = []  # the starts of the files before the current one
         self._end = 0  # logical position after the last frame appended
@@ -222,7 +221,7 @@ class Journal:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._synced = 0  # logical position known to be on disk
-        self._written = 0  # logical position in the kernel (copied into the map)
+        self._written = 0  # logical position in the kernel (written)
         self.sync_error: OSError | None = None
         # One pickler for every frame: principals and verdicts go once per file as a
         # `_Def`, then by number (dispatch_table is consulted only for those types).
@@ -245,7 +244,13 @@ class Journal:
         self._write_checkpoint(start)
         if self._sync_process:
             self._syncer = subprocess.Popen(
-                [sys.executable, "-m", "wardgate.audit.journal", str(self.directory)],
+                [
+                    sys.executable,
+                    "-m",
+                    "wardgate.audit.journal",
+                    str(self.directory),
+                    repr(self._sync_interval),
+                ],
                 stdin=subprocess.DEVNULL,
             )
             return
@@ -323,46 +328,34 @@ class Journal:
 
     def _frame(self, data: bytes) -> int:
         position = self._end
-        size = _HEADER.size + len(data)
+        frame = _HEADER.pack(len(data), zlib.crc32(data)) + data
+        size = len(frame)
         self._end += size
         off = self._off
-        m = self._map
-        if self._spill or m is None or off + size > self._capacity and not self._grow(size):
-            self._spill += _HEADER.pack(len(data), zlib.crc32(data))
-            self._spill += data
+        if self._spill or self._fd < 0 or off + size > self._capacity and not self._grow(size):
+            self._spill += frame
             return position
-        # The body first, then its header, then the count the sync process reads: a
-        # frame whose header is there has its body there too.
-        m[off + _HEADER.size : off + size] = data
-        _HEADER.pack_into(m, off, len(data), zlib.crc32(data))
-        self._off = off = off + size
-        _USED.pack_into(m, _USED_AT, off)
+        try:
+            # Into blocks the zero-fill allocated: no allocation, so no ENOSPC here.
+            os.pwrite(self._fd, frame, off)
+        except OSError as exc:  # an I/O error: keep it until `flush` can write it
+            log.debug("audit journal: cannot write %s: %s", self._name(), exc)
+            self._spill += frame
+            return position
+        self._off = off + size
         self._written = self._end
-        if off - self._released >= _RELEASE_EVERY:
-            self._release(off)
         return position
 
     def _grow(self, size: int) -> bool:
         """Room for ``size`` more bytes in the current file; False on a full disk."""
-        assert self._map is not None
         capacity = _page_round(max(2 * self._capacity, self._off + size + _SLACK))
         try:
             _zero_fill(self._fd, self._capacity, capacity)
-            self._map.resize(capacity)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             log.debug("audit journal: cannot grow %s: %s", self._name(), exc)
             return False
         self._capacity = capacity
         return True
-
-    def _release(self, off: int) -> None:
-        """Drop the written pages before ``off`` from this process (not from the file)."""
-        assert self._map is not None
-        upto = off - off % mmap.PAGESIZE
-        if upto > self._released:
-            with contextlib.suppress(OSError):
-                self._map.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
-            self._released = upto
 
     def _number(self, obj: object) -> int:
         """The number of a shared object in this file, written as a `_Def` the first time."""
@@ -386,14 +379,15 @@ class Journal:
         if not self._spill:
             return
         spill, self._spill = self._spill, bytearray()
-        assert self._map is not None
         if self._off + len(spill) > self._capacity and not self._grow(len(spill)):
             self._spill = spill
             raise OSError(f"no room to grow the audit journal {self._name()}")
-        m, off = self._map, self._off
-        m[off : off + len(spill)] = spill
-        self._off = off = off + len(spill)
-        _USED.pack_into(m, _USED_AT, off)
+        try:
+            os.pwrite(self._fd, spill, self._off)
+        except OSError:
+            self._spill = spill
+            raise
+        self._off += len(spill)
         self._written = self._end
 
     def set_checkpoint(self, position: int) -> None:
@@ -436,13 +430,12 @@ class Journal:
         try:
             capacity = _page_round(min(self._rotate, _FIRST_ALLOCATION) + _SLACK)
             _zero_fill(fd, 0, capacity)
-            m = mmap.mmap(fd, capacity)
+            os.pwrite(fd, _HEAD.pack(_MAGIC, 0), 0)
         except BaseException:
             os.close(fd)
             raise
-        _HEAD.pack_into(m, 0, _MAGIC, _HEAD.size)
-        self._fd, self._map, self._capacity = fd, m, capacity
-        self._off = self._released = _HEAD.size
+        self._fd, self._capacity = fd, capacity
+        self._off = _HEAD.size
         self._start = start
         self._end = start + _HEAD.size
 
@@ -450,9 +443,6 @@ class Journal:
         """Sync, trim the unused allocation and close the current file."""
         if self._fd < 0:
             return
-        if self._map is not None:
-            self._map.close()
-            self._map = None
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, self._off)
         with contextlib.suppress(OSError):
@@ -492,7 +482,7 @@ _ZEROS = bytes(1024 * 1024)
 
 def _zero_fill(fd: int, start: int, end: int) -> None:
     """Write zeros from ``start`` to ``end``: the blocks are then allocated and written,
-    so a copy into the map never faults on a full disk, and an ``fdatasync`` has only
+    so writing a frame never fails on a full disk, and an ``fdatasync`` has only
     data to write, no extent or size change to commit to the file system's journal (as
     PostgreSQL fills its WAL segments). Raises OSError (ENOSPC) on a full disk."""
     while start < end:
@@ -500,7 +490,7 @@ def _zero_fill(fd: int, start: int, end: int) -> None:
 
 
 def _page_round(n: int) -> int:
-    return -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
+    return -(-n // _PAGE) * _PAGE
 
 
 def _files(directory: Path) -> list[tuple[int, int]]:
@@ -535,7 +525,7 @@ def _frames(directory: Path) -> Iterator[tuple[int, Entry]]:
         data = (directory / f"{start:016x}{_SUFFIX}").read_bytes()
         _replay_defs.clear()
         # A file of an earlier release has no head: its frames start at byte 0.
-        pos = _HEAD.size if data.startswith(_MAGIC) else 0
+        pos = _HEAD.size if data.startswith(_MAGICS) else 0
         while pos + _HEADER.size <= len(data):
             length, crc = _HEADER.unpack_from(data, pos)
             if length == 0:
@@ -594,16 +584,49 @@ def discard(directory: Path) -> None:
             path.unlink()
 
 
-def _sync_main(directory: Path) -> None:
-    """The sync process: fdatasync the newest journal file whenever its head says more
-    was written, about every millisecond, until the gateway worker that started it is gone. A new file (a
-    rotation, which syncs the old one itself) is noticed within 50 ms."""
+def _complete_end(fd: int, pos: int) -> int:
+    """Where the complete frames written from ``pos`` on end (``pos`` when none is):
+    a frame counts once its length is there and its body matches its CRC, so a frame
+    still being written is left for the next look, never passed over unsynced."""
+    while True:
+        head = os.pread(fd, _HEADER.size, pos)
+        if len(head) < _HEADER.size:
+            return pos
+        length, crc = _HEADER.unpack(head)
+        if length == 0 or length > _MAX_FRAME:
+            return pos
+        chunk = os.pread(fd, max(length, _SCAN), pos + _HEADER.size)
+        view = memoryview(chunk)
+        at = 0  # the body of the frame whose header was read last
+        while len(chunk) - at >= length:
+            if zlib.crc32(view[at : at + length]) != crc:
+                return pos  # being written: the next look sees it whole
+            at += length
+            pos += _HEADER.size + length
+            if len(chunk) - at < _HEADER.size:
+                break
+            length, crc = _HEADER.unpack_from(chunk, at)
+            at += _HEADER.size
+            if length == 0 or length > _MAX_FRAME:
+                return pos
+        else:
+            if at == 0:
+                return pos  # the file ends inside the first frame
+        # The chunk ended inside a frame: read on from it.
+
+
+def _sync_main(directory: Path, interval: float = _SYNC_POLL) -> None:
+    """The sync process: fdatasync the newest journal file whenever complete frames were
+    written past what the last sync covered, every ``interval`` seconds at most
+    (``audit.journal_sync_ms``, a millisecond by default), until the gateway
+    worker that started it is gone. A new file (a rotation, which syncs the old one
+    itself) is noticed within 50 ms."""
     parent = os.getppid()
     # Below the gateway and the database in CPU priority: on a busy machine a sync may
     # wait a little longer, the traffic does not wait for it.
     with contextlib.suppress(OSError):
         os.nice(10)
-    fd, name, synced, scanned = -1, "", -1, 0.0
+    fd, name, synced, scanned, stuck = -1, "", 0, 0.0, 0.0
     while os.getppid() == parent:
         now = time.monotonic()
         if fd < 0 or now - scanned > 0.05:
@@ -615,14 +638,21 @@ def _sync_main(directory: Path) -> None:
                     new_fd = os.open(directory / newest, os.O_RDONLY)
                     if fd >= 0:
                         os.close(fd)
-                    fd, name, synced = new_fd, newest, -1
+                    fd, name, synced = new_fd, newest, _HEAD.size
         if fd < 0:
-            time.sleep(_SYNC_POLL)
+            time.sleep(interval)
             continue
-        head = os.pread(fd, _HEAD.size, 0)
-        size = _HEAD.unpack(head)[1] if len(head) == _HEAD.size else 0
-        if size == synced:
-            time.sleep(_SYNC_POLL)
+        end = _complete_end(fd, synced)
+        if end == synced:
+            # Nothing new, or a frame that stays incomplete (a write that failed half
+            # way, rewritten by the worker later): sync every 100 ms meanwhile.
+            if os.pread(fd, 4, synced) in (b"", bytes(4)):
+                stuck = now
+            elif now - stuck > 0.1:
+                stuck = now
+                with contextlib.suppress(OSError):
+                    os.fdatasync(fd)
+            time.sleep(interval)
             continue
         try:
             os.fdatasync(fd)
@@ -630,12 +660,12 @@ def _sync_main(directory: Path) -> None:
             log.error("audit journal: fdatasync failed: %s", exc)
             time.sleep(0.1)
             continue
-        synced = size
-        # Groups of about a millisecond at least, however fast the disk syncs.
-        if (spent := time.monotonic() - now) < _SYNC_POLL:
-            time.sleep(_SYNC_POLL - spent)
+        synced = end
+        # Groups of `interval` at least, however fast the disk syncs.
+        if (spent := time.monotonic() - now) < interval:
+            time.sleep(interval - spent)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker ends it (SIGTERM) when done
-    _sync_main(Path(sys.argv[1]))
+    _sync_main(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else _SYNC_POLL)

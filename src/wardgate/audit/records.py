@@ -6,6 +6,7 @@ thread (see ``audit.recorder``).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,62 @@ class ActionRecord:
     # its digest and size (postgres/result_tap.py); the writer decodes the rows
     # (audit/responses.py).
     result: dict[str, Any] | None = None
+
+
+def action_record(
+    session_id: str,
+    seq: int,
+    action: Action,
+    verdict: Verdict,
+    status: str,
+    *,
+    started: float,
+    t0: float | None,
+    rows: int | None = None,
+    command: str | None = None,
+    error: str | None = None,
+    sqlstate: str | None = None,
+    trace_id: str | None = None,
+    output: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> ActionRecord:
+    """The record of one action, the way every protocol builds it: ``started`` is when
+    it began (``time.time()``), ``t0`` the ``time.perf_counter()`` reading then, from
+    which the duration is measured now (None: not finished yet, as in a journalled
+    intent, whose duration is NaN)."""
+    return ActionRecord(
+        session_id=session_id,
+        seq=seq,
+        action=action,
+        verdict=verdict,
+        started_at=started,
+        duration_ms=float("nan") if t0 is None else (time.perf_counter() - t0) * 1000.0,
+        status=status,
+        rows=rows,
+        command=command,
+        error=error,
+        sqlstate=sqlstate,
+        trace_id=trace_id,
+        output=output,
+        result=result,
+    )
+
+
+def intended_record(
+    session_id: str,
+    seq: int,
+    action: Action,
+    verdict: Verdict,
+    *,
+    started: float,
+    trace_id: str | None = None,
+) -> ActionRecord:
+    """What the journal holds (``Recorder.intend``) for an action about to reach its
+    target, until its outcome replaces it: interrupted, if the gateway dies meanwhile."""
+    return action_record(
+        session_id, seq, action, verdict, "interrupted",
+        started=started, t0=None, error=INTERRUPTED_BY_CRASH, trace_id=trace_id,
+    )  # fmt: skip
 
 
 @positional_pickle

@@ -340,7 +340,12 @@ def audit_verify(
     ] = None,
     public_key: Annotated[
         str | None,
-        typer.Option("--public-key", help="The checkpoint key's public half (PEM file)."),
+        typer.Option(
+            "--public-key",
+            help="The checkpoint key's public half (PEM file). Alone: checks the retention "
+            "sweeps against the checkpoints kept in the store (default: the configured "
+            "audit.checkpoint.key).",
+        ),
     ] = None,
     sink: Annotated[
         str | None,
@@ -352,17 +357,21 @@ def audit_verify(
     ] = None,
     config: ConfigPath = DEFAULT_CONFIG,
 ) -> None:
-    """Check the hash chain of the audit log (exit 1 if it is broken)."""
+    """Check the hash chain of the audit log (exit 1 if it is broken). Deletions that
+    retention sweeps name must be covered by a later signed checkpoint: with a key (the
+    configured audit.checkpoint.key, or --public-key) an uncovered sweep fails; without
+    one, the result is ok with an UNVERIFIED warning."""
     from wardgate.audit.chain import verify_chain
+    from wardgate.audit.checkpoint import load_public_key
 
     with _expected_errors():
-        if (checkpoint is None) != (public_key is None):
-            _fail("--checkpoint and --public-key go together (the key checks the signature)")
+        if checkpoint is not None and public_key is None:
+            _fail("--checkpoint needs --public-key (the key checks the signature)")
         signed = None
-        if checkpoint is not None and public_key is not None:
-            from wardgate.audit.checkpoint import Checkpoint, load_public_key
+        key = load_public_key(_read_text(public_key)) if public_key is not None else None
+        if checkpoint is not None and key is not None:
+            from wardgate.audit.checkpoint import Checkpoint
 
-            key = load_public_key(_read_text(public_key))
             try:
                 data = json.loads(_read_text(checkpoint))
             except json.JSONDecodeError as exc:
@@ -370,9 +379,26 @@ def audit_verify(
                     f"{checkpoint} is not JSON ({exc}); export one with `wardgate audit checkpoint`"
                 )
             signed = (Checkpoint.from_json(data), key)
-        with _opened(config) as (_cfg, store):
+        with _opened(config) as (cfg, store):
             if signed is None:
-                result = verify_chain(store)
+                from wardgate.audit.checkpoint import check_sweeps
+
+                if key is None and cfg.audit.checkpoint is not None:
+                    from wardgate.audit.checkpoint import CheckpointError
+                    from wardgate.serve import checkpoint_key
+                    from wardgate.vault.secrets import SecretError
+
+                    try:
+                        private = checkpoint_key(cfg, _vault(cfg, store))
+                    except (CheckpointError, SecretError) as exc:
+                        typer.echo(
+                            f"note: audit.checkpoint.key is not usable here ({exc}); pass "
+                            "--public-key to check the retention sweeps",
+                            err=True,
+                        )
+                        private = None
+                    key = private.public_key() if private is not None else None
+                result = check_sweeps(store, verify_chain(store), key)
             else:
                 from wardgate.audit.checkpoint import verify_with_checkpoint
 
@@ -391,6 +417,9 @@ def audit_verify(
         raise typer.Exit(1)
     if result.ok:
         typer.echo(f"ok: {result.checked} events, {result.reason}")
+        if result.warning:
+            typer.echo(f"WARNING: {result.warning}")
+            typer.echo(f"WARNING: {result.warning}", err=True)
         return
     where = f"event {result.first_broken_id}" if result.first_broken_id is not None else "head"
     typer.echo(f"BROKEN at {where}: {result.reason} ({result.checked} events verified before)")

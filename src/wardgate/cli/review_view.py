@@ -160,7 +160,7 @@ def outcome(r: Review) -> str:
         return f"{rid} revoked: {who} no longer has {grant_what(r)}"
     if status == "executing":
         return f"{rid} approved: running on {visible(r.get('connection'))} now"
-    if status in ("executed", "failed"):
+    if status in ("executed", "failed", "rolled_back"):
         result = r.get("result") or {}
         said = (result.get("error") or result.get("message")) if isinstance(result, dict) else None
         return f"{rid} {status}" + (f": {visible(said)}" if said else "")

@@ -72,6 +72,7 @@ class StatusFilter(StrEnum):
     executing = "executing"
     executed = "executed"
     failed = "failed"
+    rolled_back = "rolled_back"
     revoked = "revoked"
     all = "all"
 

@@ -17,6 +17,13 @@ Two counters per failed login, with separate thresholds:
   guesses does not cost a key stretch each. Its threshold is higher: typos of a few
   people sharing an address (NAT, a jump host) should not reach it.
 
+Surfaces whose checks are costly keep their own address counter (``surface``): web
+password sign-ins ("web") and SSO sign-ins ("sso") count only their own failures per
+address, so an agent's failed token logins from 127.0.0.1 never refuse the approver's
+web sign-in there; and a browser that signed in as a user before presents a signed
+cookie whose device id is its own surface (web/auth.py), so a web-form flood from the
+same address does not refuse it either.
+
 There is no counter per principal across addresses: it let anyone who knew an approver's
 name lock that approver out from everywhere. Tokens are 256-bit random secrets; guessing
 one from many addresses is not made feasible by its absence.
@@ -60,8 +67,11 @@ def _pair_key(principal: str, client_ip: str) -> str:
     return f"pa:{client_ip}:{principal}"
 
 
-def _addr_key(client_ip: str) -> str:
-    return f"addr:{client_ip}"
+def _addr_key(client_ip: str, surface: str = "") -> str:
+    # A surface with costly checks (web passwords, single sign-on) counts its own
+    # failures per address: another principal's failed token logins from the address
+    # (an agent on 127.0.0.1) cannot push it past its threshold.
+    return f"addr:{surface}:{client_ip}" if surface else f"addr:{client_ip}"
 
 
 def _retry_key(principal: str, client_ip: str) -> str:
@@ -97,17 +107,20 @@ class LoginLimiter:
     def max_delay(self) -> float:
         return self._max_delay
 
-    def retry_after(self, principal: str, client_ip: str) -> float | None:
-        return self.check(principal, client_ip)[0]
+    def retry_after(self, principal: str, client_ip: str, *, surface: str = "") -> float | None:
+        return self.check(principal, client_ip, surface=surface)[0]
 
-    def check(self, principal: str, client_ip: str) -> tuple[float | None, bool]:
+    def check(
+        self, principal: str, client_ip: str, *, surface: str = ""
+    ) -> tuple[float | None, bool]:
         """Seconds until the address's threshold lets a costly credential check from
         ``client_ip`` be tried again (None: now; cheap checks go on regardless, see the
         module's docstring), and whether a failure is counted for this principal and
         address (when none is, a success has nothing to clear: ``record_success`` can be
-        skipped, sparing a store write per login)."""
+        skipped, sparing a store write per login). ``surface``: whose address counter
+        (see ``_addr_key``); "" for token logins."""
         read_at, now = time.monotonic(), time.time()
-        pair, addr = _pair_key(principal, client_ip), _addr_key(client_ip)
+        pair, addr = _pair_key(principal, client_ip), _addr_key(client_ip, surface)
         with self._store.connection(write=False) as conn:
             rows = conn.execute(_COUNTS, {"pair": pair, "addr": addr}).all()
         wait, counted = 0.0, False
@@ -118,7 +131,7 @@ class LoginLimiter:
             if key == addr and count >= self._addr_max:
                 wait = remaining
             counted = counted or key == pair
-        if wait <= 0 and not counted:
+        if wait <= 0 and not counted and not surface:  # kept for token logins only
             if len(self._clear) >= _CHECK_CACHE_MAX:
                 self._clear.clear()
             principals = self._clear.setdefault(client_ip, {})
@@ -128,13 +141,16 @@ class LoginLimiter:
         return (wait if wait > 0 else None), counted
 
     def cached_check(self, principal: str, client_ip: str) -> bool:
-        """Whether ``check`` found nothing counted and no wait for this principal and
-        address less than CHECK_CACHE_SECONDS ago (and no failure from the address was
-        counted here since): no store access, so the event loop may call it."""
+        """Whether ``check`` (of a token login: no ``surface``) found nothing counted
+        and no wait for this principal and address less than CHECK_CACHE_SECONDS ago
+        (and no failure from the address, of any surface, was counted here since): no
+        store access, so the event loop may call it."""
         read_at = self._clear.get(client_ip, {}).get(principal)
         return read_at is not None and time.monotonic() - read_at < CHECK_CACHE_SECONDS
 
-    def record_failure(self, principal: str | None, client_ip: str, *, tls: bool = False) -> float:
+    def record_failure(
+        self, principal: str | None, client_ip: str, *, tls: bool = False, surface: str = ""
+    ) -> float:
         """Count a failed login; returns how many seconds to wait before answering it.
         ``principal`` None: a failure only the source answers for (a protocol violation
         before authentication), counted against the address alone."""
@@ -146,7 +162,7 @@ class LoginLimiter:
         with self._store.session() as session:
             if principal is not None and self._is_retry(session, principal, client_ip, tls, now):
                 return 0.0
-            keys = [_addr_key(client_ip)]
+            keys = [_addr_key(client_ip, surface)]
             if principal is not None:
                 keys.append(_pair_key(principal, client_ip))
             for key in keys:
@@ -178,7 +194,7 @@ class LoginLimiter:
                     select(LoginFailure.key, LoginFailure.count).where(LoginFailure.key.in_(keys))
                 ).all()
             )
-        if counts.get(_addr_key(client_ip), 0) > self._addr_max:
+        if counts.get(_addr_key(client_ip, surface), 0) > self._addr_max:
             return self._max_delay  # past the address's threshold: every failure waits
         if principal is None:
             return 0.0

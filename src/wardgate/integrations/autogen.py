@@ -52,7 +52,9 @@ JUSTIFICATION_CHARS = 1000  # the API takes 2000; reviewers read a summary, not 
 MESSAGE_CHARS = 300
 MESSAGES_SUMMARISED = 3
 # A review in one of these states will not change any more.
-FINAL_STATUSES = frozenset({"executed", "failed", "denied", "expired", "cancelled", "revoked"})
+FINAL_STATUSES = frozenset(
+    {"executed", "failed", "rolled_back", "denied", "expired", "cancelled", "revoked"}
+)
 # A code review is decided once it is no longer pending (approved is not final: it is used).
 _DECIDED = FINAL_STATUSES | {"approved"}
 _CODE_FENCE = re.compile(r"```.*?(```|$)", re.DOTALL)

@@ -26,13 +26,13 @@ from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import (
     AUDIT_UNAVAILABLE,
     AUDIT_UNAVAILABLE_HINT,
-    INTERRUPTED_BY_CRASH,
-    ActionRecord,
     SessionEnd,
     SessionRecord,
+    action_record,
+    intended_record,
 )
 from wardgate.audit.responses import ResponseTap, SessionResults, session_budget
-from wardgate.config import parse_duration
+from wardgate.config import ResultsConfig, parse_duration
 from wardgate.core.proposals import judge_proposal
 from wardgate.identity.principals import Principal
 from wardgate.postgres.query import QueryFailed, run_sql
@@ -179,14 +179,18 @@ class McpGateway:
 
         @tool(description="The connections you may use, with your roles on each.")
         async def list_connections(ctx: Ctx) -> dict[str, Any]:
-            who, _ = self._enter(ctx, "list_connections", {})
-            return {"connections": self._connections(who)}
+            async def run(who: Principal, session: _McpSession) -> dict[str, Any]:
+                return {"connections": self._connections(who)}
+
+            return await self._call(ctx, "list_connections", {}, run)
 
         @tool(description="Tables and columns of a connection that you may read.")
         async def describe(connection: str, ctx: Ctx) -> dict[str, Any]:
-            who, session = self._enter(ctx, "describe", {"connection": connection})
-            self._usable(who, connection)
-            return await self._describe(who, connection)
+            async def run(who: Principal, session: _McpSession) -> dict[str, Any]:
+                self._usable(who, connection)
+                return await self._describe(who, connection)
+
+            return await self._call(ctx, "describe", {"connection": connection}, run)
 
         @tool(
             description="Run one SQL statement on a connection, as you. Rows come back as "
@@ -199,8 +203,8 @@ class McpGateway:
             ctx: Ctx,
             params: list[str | None] | None = None,
         ) -> dict[str, Any]:
-            who, session = self._enter(ctx, "query", {"connection": connection})
-            self._usable(who, connection)
+            who, session = self._enter(ctx)
+            self._usable(who, connection)  # refused before it is an action: nothing ran
             return await self._query(ctx, who, session, connection, sql, tuple(params or ()))
 
         @tool(
@@ -214,17 +218,26 @@ class McpGateway:
             justification: str,
             ctx: Ctx,
         ) -> dict[str, Any]:
-            who, session = self._enter(ctx, "propose_change", {"connection": connection})
-            self._usable(who, connection)
-            return await self._propose(ctx, who, session, connection, statements, justification)
+            async def run(who: Principal, session: _McpSession) -> dict[str, Any]:
+                self._usable(who, connection)
+                return await self._propose(ctx, who, session, connection, statements, justification)
+
+            args = {
+                "connection": connection,
+                "statements": statements,
+                "justification": justification,
+            }
+            return await self._call(ctx, "propose_change", args, run)
 
         @tool(description="Status of a review you filed and, once executed, its result.")
         async def review_status(review_id: str, ctx: Ctx) -> dict[str, Any]:
-            who, _ = self._enter(ctx, "review_status", {"review_id": review_id})
-            review = await asyncio.to_thread(self._reviews().service.get, review_id)
-            if review is None or review.principal != who.name:
-                raise ToolError(f"no review {review_id!r} of yours")
-            return self._review_answer(review)
+            async def run(who: Principal, session: _McpSession) -> dict[str, Any]:
+                review = await asyncio.to_thread(self._reviews().service.get, review_id)
+                if review is None or review.principal != who.name:
+                    raise ToolError(f"no review {review_id!r} of yours")
+                return self._review_answer(review)
+
+            return await self._call(ctx, "review_status", {"review_id": review_id}, run)
 
         @tool(
             description="Ask for a role on a connection for a limited time (e.g. 30m); a "
@@ -237,28 +250,80 @@ class McpGateway:
             reason: str,
             ctx: Ctx,
         ) -> dict[str, Any]:
-            who, _ = self._enter(ctx, "request_access", {"connection": connection})
-            try:
-                seconds = parse_duration(duration)
-            except ValueError as exc:
-                raise ToolError(str(exc)) from None
-            service = self._reviews().service
-            try:
-                review = await asyncio.to_thread(
-                    service.request_grant, who, connection, role, seconds, reason
-                )
-            except ReviewError as exc:
-                raise ToolError(str(exc)) from None
-            return self._review_answer(review)
+            async def run(who: Principal, session: _McpSession) -> dict[str, Any]:
+                try:
+                    seconds = parse_duration(duration)
+                except ValueError as exc:
+                    raise ToolError(str(exc)) from None
+                service = self._reviews().service
+                try:
+                    review = await asyncio.to_thread(
+                        service.request_grant, who, connection, role, seconds, reason
+                    )
+                except ReviewError as exc:
+                    raise ToolError(str(exc)) from None
+                return self._review_answer(review)
+
+            args = {"connection": connection, "role": role, "duration": duration, "reason": reason}
+            return await self._call(ctx, "request_access", args, run)
 
     # -- tool bodies ----------------------------------------------------------------------
 
-    def _enter(
+    async def _call(
         self,
         ctx: Ctx,
         tool_name: str,
         args: dict[str, Any],
-    ) -> tuple[Principal, _McpSession]:
+        run: Callable[[Principal, _McpSession], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Every tool but ``query`` (which is judged and recorded as SQL): run it and
+        record the call as an action, with all its arguments, its outcome and its result
+        as the client got it (masked, within the recording budgets), so the session tells
+        the whole conversation. What a call files (proposals, grants) is in the review
+        events too."""
+        who, session = self._enter(ctx)
+        recorder = self.services.recorder
+        if recorder.unavailable:
+            recorder.refused()  # counted, not queued (AUDIT_UNAVAILABLE_RULE)
+            raise ToolError(f"{AUDIT_UNAVAILABLE}. {AUDIT_UNAVAILABLE_HINT}")
+        connection = str(args.get("connection", ""))
+        text = f"{tool_name} {json.dumps(args, sort_keys=True, ensure_ascii=False)}"
+        action = Action(
+            who,
+            connection,
+            "mcp",
+            "mcp",
+            text,
+            session_id=session.id,
+            client_addr=_client_addr(ctx),
+        )
+        verdict = Verdict(Decision.ALLOW, f"mcp:{tool_name}", "an MCP tool of the gateway")
+        started, t0, trace = time.time(), time.perf_counter(), _trace_id(ctx)
+        try:
+            body = await run(who, session)
+        except ToolError as exc:
+            error = str(exc)
+            self._record(session, action, verdict, started, t0, "error", error=error, trace=trace)
+            raise
+        except BaseException as exc:
+            self._record(
+                session,
+                action,
+                verdict,
+                started,
+                t0,
+                "interrupted",
+                error=f"the tool call ended unfinished: {type(exc).__name__}",
+                trace=trace,
+            )
+            raise
+        result = self._response(
+            session, connection, body, masking_for=(who, str(body.get("connection") or connection))
+        )
+        self._record(session, action, verdict, started, t0, "ok", trace=trace, result=result)
+        return body
+
+    def _enter(self, ctx: Ctx) -> tuple[Principal, _McpSession]:
         request = ctx.request_context.request
         principal: Principal | None = getattr(
             getattr(request, "state", None), "wardgate_principal", None
@@ -290,29 +355,6 @@ class McpGateway:
                 )
             )
         session.last_used = time.monotonic()
-        if tool_name != "query":  # a query is recorded with its verdict and outcome
-            # Gateway metadata and review tools: recorded so the session tells the whole
-            # conversation; what they file (proposals, grants) is in the review events.
-            text = f"{tool_name} {json.dumps(args, sort_keys=True)}"
-            action = Action(
-                current,
-                str(args.get("connection", "")),
-                "mcp",
-                "mcp",
-                text,
-                session_id=session.id,
-                client_addr=_client_addr(ctx),
-            )
-            verdict = Verdict(Decision.ALLOW, f"mcp:{tool_name}", "an MCP tool of the gateway")
-            self._record(
-                session,
-                action,
-                verdict,
-                time.time(),
-                time.perf_counter(),
-                "ok",
-                trace=_trace_id(ctx),
-            )
         return current, session
 
     def _reviews(self) -> Any:
@@ -416,9 +458,15 @@ class McpGateway:
         if settled.refusal is not None:
             said = settled.refusal
             self._record(
-                session, action, settled.verdict, started, t0, "blocked",
-                error=said.message, trace=trace,
-            )  # fmt: skip
+                session,
+                action,
+                settled.verdict,
+                started,
+                t0,
+                "blocked",
+                error=said.message,
+                trace=trace,
+            )
             if settled.status in ("blocked", "denied") or settled.review is None:
                 raise ToolError(f"{said.message}. {said.hint}")
             return self._pending_answer(settled.review, said.message, said.hint)
@@ -432,17 +480,7 @@ class McpGateway:
         session.seq += 1
         seq = session.seq
         recorder.intend(
-            ActionRecord(
-                session_id=session.id,
-                seq=seq,
-                action=action,
-                verdict=verdict,
-                started_at=started,
-                duration_ms=float("nan"),
-                status="interrupted",
-                error=INTERRUPTED_BY_CRASH,
-                trace_id=trace,
-            )
+            intended_record(session.id, seq, action, verdict, started=started, trace_id=trace)
         )
         try:
             answer = await run_sql(
@@ -502,17 +540,35 @@ class McpGateway:
         return body
 
     def _response(
-        self, session: _McpSession, connection: str, body: dict[str, Any]
+        self,
+        session: _McpSession,
+        connection: str,
+        body: dict[str, Any],
+        *,
+        masking_for: tuple[Principal, str] | None = None,
     ) -> dict[str, Any] | None:
         """The tool result as the client gets it (masked rows), for the record, within
-        the connection's budgets (``audit/responses.py``, as for SQL and SSH)."""
+        the connection's budgets (``audit/responses.py``, as for SQL and SSH); a call
+        naming no connection has the default budgets. ``masking_for``: (principal,
+        connection) whose masking rules apply to the text of a result that did not go
+        through the masking engine on its way (the gateway's own tools)."""
+        config = self.services.config
         if connection not in session.budgets:
-            session.budgets[connection] = session_budget(self.services.config, connection)
+            if connection in config.connections:
+                session.budgets[connection] = session_budget(config, connection)
+            else:
+                d = ResultsConfig()
+                session.budgets[connection] = SessionResults(d.rows, d.bytes, d.session_bytes)
         budget = session.budgets[connection]
         if budget is None:
             return None
+        text = json.dumps(body, ensure_ascii=False, default=str)
+        if masking_for is not None:
+            masking = self.services.masking.for_session(*masking_for)
+            if masking is not None:
+                text = masking.mask_text(text)
         tap = ResponseTap(budget, "utf-8", kind="text")
-        tap.feed(json.dumps(body, ensure_ascii=False, default=str).encode())
+        tap.feed(text.encode())
         return tap.summary()
 
     async def _propose(
@@ -600,14 +656,14 @@ class McpGateway:
             session.seq += 1
             seq = session.seq
         self.services.recorder.submit(
-            ActionRecord(
-                session_id=session.id,
-                seq=seq,
-                action=action,
-                verdict=verdict,
-                started_at=started,
-                duration_ms=(time.perf_counter() - t0) * 1000.0,
-                status=status,
+            action_record(
+                session.id,
+                seq,
+                action,
+                verdict,
+                status,
+                started=started,
+                t0=t0,
                 rows=rows,
                 command=command,
                 error=error,

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from wardgate.actions import Action, Verdict
-from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.audit.records import SessionEnd, SessionRecord, action_record
 from wardgate.core.services import Services, TooManyFailures
 from wardgate.identity.principals import Principal
 from wardgate.kubernetes.redact import RedactError, WatchRedactor, redact_body
@@ -284,14 +284,14 @@ class KubernetesGateway:
             session.seq += 1
             seq = session.seq
         self.services.recorder.submit(
-            ActionRecord(
-                session_id=action.session_id,
-                seq=seq,
-                action=action,
-                verdict=verdict,
-                started_at=started,
-                duration_ms=(time.perf_counter() - t0) * 1000.0,
-                status=status,
+            action_record(
+                action.session_id,
+                seq,
+                action,
+                verdict,
+                status,
+                started=started,
+                t0=t0,
                 rows=rows,
                 command=command,
                 error=error,
@@ -424,9 +424,15 @@ class KubernetesGateway:
             finally:
                 await upstream.aclose()
                 self._record(
-                    recorded, verdict, started, t0, "error" if error else status,
-                    command=f"{command} ({sent} bytes)", error=error, review=review,
-                )  # fmt: skip
+                    recorded,
+                    verdict,
+                    started,
+                    t0,
+                    "error" if error else status,
+                    command=f"{command} ({sent} bytes)",
+                    error=error,
+                    review=review,
+                )
 
         return StreamingResponse(pump(), upstream.status_code, headers=out_headers)
 

@@ -180,7 +180,7 @@ class CatalogWatch:
             for rule in services.config.masking.rules
         ):
             catalogs = services.state(MaskCatalogs)
-            catalogs.stale(connection)
+            catalogs.stale(connection, ddl=False)  # a committed change, read at once
             with contextlib.suppress(Exception):  # kept: the last snapshot, then refused
                 await catalogs.get(services, connection)
         self._judge_user_code(services, connection, code, loud)

@@ -21,6 +21,7 @@ from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.codec.frontend import FrontendDecoder
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.relay import PgRelay
 from wardgate.postgres.startup import (
     GENERIC_AUTH_FAILURE,
@@ -37,6 +38,7 @@ from wardgate.postgres.upstream import (
     UpstreamUnavailable,
     dial_connection,
     send_cancel,
+    session_names,
 )
 from wardgate.postgres.wire import ClientSide, ConnectionClosed
 from wardgate.store.cancel import CancelTarget
@@ -381,6 +383,16 @@ class PgListener:
                 await services.state(MaskCatalogs).get(services, connection_name)
             except CatalogUnavailable as exc:  # its statements are refused until it is read
                 log.warning("connection %r: masking catalog unavailable: %s", connection_name, exc)
+            # Which schemas unqualified names mean, as the server says; unknown (every
+            # schema's table of a name counts) when it does not answer.
+            names = await session_names(upstream.side, config.limits.connect_timeout, codec)
+            mask_paths = (
+                SessionPaths(names[0], names[1])
+                if names is not None
+                else SessionPaths(unknown=True)
+            )
+        else:
+            mask_paths = None
         session_id = "s_" + secrets.token_hex(8)
         # The client sees the backend's real pid (pg_backend_pid(), pg_stat_activity and
         # notifications match it) but never its secret: a cancel must come through here.
@@ -428,6 +440,7 @@ class PgListener:
             read_only=read_only,
             review_wait=review_wait,
         )
+        relay.mask_paths = mask_paths
         local = self.cancel_keys.add(gw_pid, gw_secret, target, relay)
         out = [
             ahead,

@@ -15,7 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pglast.parser import ParseError, parse_sql_json
+
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import (
     BLOCKED_FUNCTIONS,
     BLOCKED_RELATIONS,
@@ -26,6 +29,7 @@ from wardgate.postgres.mask_rewrite import (
     Table,
     rewrite,
 )
+from wardgate.postgres.mask_shape import fill, shape_of, template_of
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -114,6 +118,10 @@ JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
 JOIN pg_catalog.pg_class c ON c.oid = down.child
 JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 """
+# The search_path a session of this credential starts with when the client names none
+# (the role's and database's defaults; the gateway's own session passes no search_path),
+# and the name "$user" stands for.
+SESSION_SQL = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_user()::text"
 
 
 def db_key(masking_key: bytes) -> tuple[bytes, bytes]:
@@ -169,6 +177,7 @@ def build_catalog(
     view_reads: list[tuple[str, str, str, str, str]],
     installed: bool,
     inherits: Sequence[tuple[str, str, str, str]] = (),
+    session: tuple[str, str] | None = None,
 ) -> MaskCatalog:
     """The snapshot from the four queries' rows (pure)."""
     columns: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -207,6 +216,8 @@ def build_catalog(
         installed,
         (name for kind, name in functions if kind == "operator"),
         (name for kind, name in functions if kind == "type"),
+        session[0] if session is not None else None,
+        session[1] if session is not None else None,
     )
 
 
@@ -229,6 +240,28 @@ def _closure(view: tuple[str, str], direct: dict[tuple[str, str], set[str]]) -> 
     return out
 
 
+_MISSING: Any = object()
+
+
+def _shape_entry(
+    text: str, count: int, catalog: MaskCatalog, rules: tuple[ColumnRule, ...], possible: Any
+) -> Any:
+    """What a shape remembers: None (nothing to change), the refusal, a template to
+    fill with the literals, or _MISSING (the shape does not parse: rewrite each whole)."""
+    try:
+        parse_sql_json(text)
+    except ParseError:
+        return _MISSING
+    try:
+        rewritten = rewrite(text, catalog, rules, possible)
+    except Refused as exc:
+        return exc
+    if rewritten is None:
+        return None
+    template = template_of(rewritten, count)
+    return _MISSING if template is None else template
+
+
 class CatalogUnavailable(Exception):
     pass
 
@@ -238,36 +271,85 @@ class MaskCatalogs:
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[float, MaskCatalog]] = {}
+        # When DDL last ran through the gateway: for TTL seconds after (its transaction
+        # may commit later than a snapshot is read), a relation may be gone or new, so
+        # an unqualified name counts every schema's table of it, as with no path.
+        self._moved: dict[str, float] = {}
         self._installed: set[str] = set()
         # Rewrites are pure in (catalog, rules, sql) and agents repeat their statements:
         # remembered per snapshot, bounded.
+        # Per snapshot: by exact text, and by shape (mask_shape.py: the text with its
+        # literals as parameters), so new literals in a known statement cost a scan.
         self._rewrites: dict[
-            str, tuple[MaskCatalog, dict[tuple[Any, ...], str | Refused | None]]
+            str, tuple[MaskCatalog, dict[tuple[Any, ...], Any], dict[tuple[Any, ...], Any]]
         ] = {}
 
-    def rewrite(self, connection: str, sql: str, rules: tuple[ColumnRule, ...]) -> str | None:
+    def rewrite(
+        self,
+        connection: str,
+        sql: str,
+        rules: tuple[ColumnRule, ...],
+        paths: SessionPaths | None = None,
+    ) -> str | None:
         """``rewrite`` on the latest snapshot, remembered; raises Refused, or
-        CatalogUnavailable when there is no snapshot."""
+        CatalogUnavailable when there is no snapshot. ``paths``: the session's possible
+        search_paths, to which ``sql`` adds what it may set (before it is rewritten: a
+        later statement of the same string runs under it); None: unknown."""
         catalog = self.latest(connection)
         if catalog is None:
             raise CatalogUnavailable("no catalog snapshot of this connection yet")
+        possible = None
+        if paths is not None:
+            paths.note(sql)
+            possible = paths.paths(catalog.default_search_path, catalog.user)
+        if self._moved.get(connection, -TTL) + TTL > time.monotonic():
+            possible = None  # DDL through the gateway lately: a relation may be gone
         held = self._rewrites.get(connection)
         if held is None or held[0] is not catalog:
-            held = (catalog, {})
+            held = (catalog, {}, {})
             self._rewrites[connection] = held
         memo = held[1]
-        key = (sql, rules)
-        if key not in memo:
+        key = (sql, rules, possible)
+        found = memo.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._by_shape(held[2], sql, catalog, rules, possible)
+            if found is _MISSING:
+                try:
+                    found = rewrite(sql, catalog, rules, possible)
+                except Refused as exc:
+                    found = exc
             if len(memo) >= _MAX_REWRITES:
-                memo.clear()
-            try:
-                memo[key] = rewrite(sql, catalog, rules)
-            except Refused as exc:
-                memo[key] = exc
-        found = memo[key]
+                memo.clear()  # texts that differ in literals churn here; shapes stay
+            memo[key] = found
         if isinstance(found, Refused):
             raise found
+        assert found is None or isinstance(found, str)
         return found
+
+    @staticmethod
+    def _by_shape(
+        memo: dict[tuple[Any, ...], Any],
+        sql: str,
+        catalog: MaskCatalog,
+        rules: tuple[ColumnRule, ...],
+        possible: Any,
+    ) -> Any:
+        """The rewrite of ``sql`` from its shape's (mask_shape.py), computed once per
+        shape; _MISSING when the shape cannot serve (no literals, does not parse)."""
+        shaped = shape_of(sql)
+        if shaped is None:
+            return _MISSING
+        text, literals = shaped
+        key = (text, rules, possible)
+        entry = memo.get(key, _MISSING)
+        if entry is _MISSING:
+            if len(memo) >= _MAX_REWRITES:
+                memo.clear()
+            entry = _shape_entry(text, len(literals), catalog, rules, possible)
+            memo[key] = entry
+        if entry is None or isinstance(entry, Refused) or entry is _MISSING:
+            return entry
+        return fill(entry, literals)
 
     def known(self, connection: str) -> MaskCatalog | None:
         entry = self._cache.get(connection)
@@ -280,8 +362,11 @@ class MaskCatalogs:
         entry = self._cache.get(connection)
         return entry[1] if entry is not None else None
 
-    def stale(self, connection: str) -> None:
-        """DDL ran: the next ``get`` reads the catalog again."""
+    def stale(self, connection: str, ddl: bool = True) -> None:
+        """DDL ran through the gateway (``ddl``), or the catalog watch saw a change:
+        the next ``get`` reads the catalog again."""
+        if ddl:
+            self._moved[connection] = time.monotonic()
         entry = self._cache.get(connection)
         if entry is not None:
             self._cache[connection] = (0.0, entry[1])
@@ -321,6 +406,7 @@ class MaskCatalogs:
                         FUNCTIONS_SQL,
                         VIEW_READS_SQL,
                         INHERITS_SQL,
+                        SESSION_SQL,
                     )
                 ]
         except InternalQueryFailed as exc:
@@ -330,7 +416,7 @@ class MaskCatalogs:
                 raise CatalogUnavailable(answer.error.message)
             if answer.truncated:
                 raise CatalogUnavailable("the catalog is larger than the gateway reads")
-        tables, system, functions, views, inherits = answers
+        tables, system, functions, views, inherits, own = answers
         catalog = build_catalog(
             [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in tables.rows],
             [str(r[0]) for r in system.rows],
@@ -338,6 +424,7 @@ class MaskCatalogs:
             [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in views.rows],
             connection in self._installed,
             [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in inherits.rows],
+            (str(own.rows[0][0]), str(own.rows[0][1])) if own.rows else None,
         )
         self._cache[connection] = (time.monotonic() + TTL, catalog)
         return catalog

@@ -27,6 +27,7 @@ from pglast.stream import RawStream
 
 from wardgate.policy.functions import BUILTIN_READ_ONLY, WRITE_FUNCTIONS
 from wardgate.policy.mask_rules import ColumnRule as ColumnRule  # re-exported
+from wardgate.postgres.mask_path import TEMP, Paths, search_order
 
 _new: Any = ast  # pglast's node constructors are untyped
 _Stream: Any = RawStream
@@ -96,6 +97,10 @@ class MaskCatalog:
     # domains, whose CHECK may).
     user_operators: frozenset[str] = frozenset()
     user_types: frozenset[str] = frozenset()
+    # The connection's credential's default search_path and user name (``$user``), as
+    # a session without a startup search_path starts with them; None: not read.
+    default_search_path: str | None = None
+    user: str | None = None
     # (rules, schema, table) -> the table has no masked column and reads nothing
     # refused: the fast path asks it for every statement.
     clean: dict[tuple[Any, ...], bool] = field(default_factory=dict, compare=False)
@@ -104,6 +109,51 @@ class MaskCatalog:
     _parents: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(
         default_factory=dict, compare=False
     )
+    # (paths, relname) -> the tables an unqualified name may mean under those
+    # search_paths, and the path schemas before them that may hold one since the snapshot.
+    _resolved: dict[tuple[Any, str], tuple[tuple[Table, ...], tuple[Table, ...]]] = field(
+        default_factory=dict, compare=False
+    )
+
+    def resolve(
+        self, name: str, paths: Paths | None
+    ) -> tuple[tuple[Table, ...], tuple[Table, ...]]:
+        """The tables an unqualified ``name`` may mean: under each possible search_path,
+        the first schema holding it (the session's temporary schema first, unless the
+        path places it; every temporary table of the name counts, since the gateway does
+        not know which temporary schema is the session's); and the ``shadows``, the
+        path's schemas searched before it, where a table of that name created since the
+        snapshot (or in the session's open transaction) would be read instead. None:
+        the path is unknown, every schema's table of the name is a candidate."""
+        tables = self.tables.get(name, ())
+        if paths is None:
+            return tables, ()
+        key = (paths, name)
+        found = self._resolved.get(key)
+        if found is not None:
+            return found
+        by_schema = {t.schema: t for t in tables}
+        temps = [t for t in tables if t.schema.startswith("pg_temp_")]
+        hits: list[Table] = []
+        shadows: list[Table] = []
+        for path in paths:
+            for schema in search_order(path):
+                if schema == TEMP:
+                    hits.extend(temps)  # possible, not certain: the search goes on
+                    shadows.append(Table(TEMP, name, "r", ()))
+                    continue
+                if schema in SYSTEM_SCHEMAS:
+                    continue  # system relations are resolved before
+                table = by_schema.get(schema)
+                if table is not None:
+                    hits.append(table)
+                    break
+                shadows.append(Table(schema, name, "r", ()))
+        found = (tuple(dict.fromkeys(hits)), tuple(dict.fromkeys(shadows)))
+        if len(self._resolved) > 65536:
+            self._resolved.clear()
+        self._resolved[key] = found
+        return found
 
     def parents(self, table: Table) -> tuple[tuple[str, str], ...]:
         if not self._parents and self.tables:
@@ -124,6 +174,8 @@ class MaskCatalog:
         functions_installed: bool = False,
         user_operators: Iterable[str] = (),
         user_types: Iterable[str] = (),
+        default_search_path: str | None = None,
+        user: str | None = None,
     ) -> MaskCatalog:
         by_name: dict[str, list[Table]] = {}
         for t in tables:
@@ -135,6 +187,8 @@ class MaskCatalog:
             functions_installed,
             frozenset(user_operators),
             frozenset(user_types),
+            default_search_path,
+            user,
         )
 
 
@@ -168,6 +222,10 @@ class _Entry:
     # A rule names this table (or a parent or child): a column added since the
     # snapshot may be masked, so * is expanded from the snapshot and whole rows refused.
     named: ColumnRule | None = None
+    # Path schemas searched before the table, where one of that name created since the
+    # snapshot would be read instead (pseudo-tables without columns): their rules count.
+    shadows: tuple[Table, ...] = ()
+    ambiguous: bool = False  # the name may mean tables of several schemas
 
     @property
     def guarded(self) -> bool:
@@ -184,18 +242,24 @@ _Level = list[_Entry]
 _OUTPUT, _PREDICATE, _WRITE = "output", "predicate", "write"
 
 
-def rewrite(sql: str, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> str | None:
+def rewrite(
+    sql: str,
+    catalog: MaskCatalog,
+    rules: tuple[ColumnRule, ...],
+    paths: Paths | None = None,
+) -> str | None:
     """``sql`` with sensitive columns masked, or None when nothing needed a change.
+    ``paths``: every search_path the session may have (mask_path.py), None when unknown.
     Raises Refused. Unparsable SQL is returned unchanged: the gate has judged it and
     the server's parser refuses it too."""
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError:
         return None
-    if _nothing_to_do(tree, catalog, rules):
+    if _nothing_to_do(tree, catalog, rules, paths):
         return None  # the fast path: no masked table, nothing refused
     statements = parse_sql(sql)
-    rewriter = _Rewriter(catalog, rules)
+    rewriter = _Rewriter(catalog, rules, paths)
     for raw in statements:
         raw.stmt = rewriter.statement(raw.stmt)
     if not rewriter.changed:
@@ -206,14 +270,19 @@ def rewrite(sql: str, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> st
 _SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt", "ListenStmt"})
 
 
-def _nothing_to_do(tree: Any, catalog: MaskCatalog, rules: tuple[ColumnRule, ...]) -> bool:
+def _nothing_to_do(
+    tree: Any,
+    catalog: MaskCatalog,
+    rules: tuple[ColumnRule, ...],
+    paths: Paths | None = None,
+) -> bool:
     """True when the statement names no relation with a masked column (so no column
     reference can resolve to one) and nothing the rewriter refuses or rewrites on its
     own: a blocked or unknown relation, pg_stat_activity, a view it refuses, a function
     that is not a plain built-in, a user operator or type, DO, CALL, or a column a rule
     would mask that the snapshot lacks. Walks libpg_query's JSON (no AST objects), which
     costs a tenth of the full rewrite; when in doubt it says False."""
-    rewriter = _Rewriter(catalog, rules)
+    rewriter = _Rewriter(catalog, rules, paths)
     tables: list[Table] = []
     columns: set[str] = set()
     star = False
@@ -282,13 +351,19 @@ def _quick_relation(
         return None
     if schema in SYSTEM_SCHEMAS:
         return ()
-    tables = catalog.tables.get(name, ())
-    if schema is not None:
-        tables = tuple(t for t in tables if t.schema == schema)
+    tables, shadows = rewriter._candidates(schema, name)
     if not tables:
         return () if schema is None and name in catalog.system else None
     if any(t.schema == MASK_SCHEMA for t in tables):
         return None  # SET search_path = wardgate_mask; TABLE key: the full rewrite refuses
+    for shadow in shadows:
+        shadow_key = (rewriter.rules, "shadow", shadow.schema, shadow.name)
+        clean = catalog.clean.get(shadow_key)
+        if clean is None:
+            clean = rewriter._table_rule(shadow) is None
+            catalog.clean[shadow_key] = clean
+        if not clean:
+            return None  # a rule names a table there: the full rewrite masks by it
     for table in tables:
         key = (rewriter.rules, table.schema, table.name)
         clean = catalog.clean.get(key)
@@ -371,6 +446,7 @@ def mask_expression(column_sql: str, masked: Masked, functions_installed: bool) 
 class _Rewriter:
     catalog: MaskCatalog
     rules: tuple[ColumnRule, ...]
+    paths: Paths | None = None  # the session's possible search_paths; None: unknown
     changed: bool = False
     masked_refs: int = 0  # masked expressions made so far
     _merged: set[int] = field(default_factory=set)  # FROM lists with USING/NATURAL joins
@@ -398,11 +474,13 @@ class _Rewriter:
         if isinstance(stmt, ast.MergeStmt):
             if self._mentions_masked(stmt):
                 raise Refused(
-                    "MERGE over a table with masked columns is not supported for this "
-                    "principal; use INSERT, UPDATE or DELETE",
+                    "MERGE over a table with masked columns (or one a masking rule names) "
+                    "is not supported for this principal; use INSERT, UPDATE or DELETE",
                     self._any_rule(),
                 )
-            return stmt
+            # What it computes is checked like any expression: a blocked or user
+            # function (query_to_xml) would write clear values into an unmasked table.
+            return self.expr(stmt, [], _OUTPUT)
         if isinstance(stmt, ast.RenameStmt | ast.AlterObjectSchemaStmt) and isinstance(
             stmt.relation, ast.RangeVar
         ):
@@ -655,8 +733,22 @@ class _Rewriter:
             item.functions = self.expr(item.functions, [level, *outer], _OUTPUT)
             name = item.alias.aliasname if item.alias else _function_refname(item)
             level.append(_Entry(name, None, None, {}))
+        elif (
+            isinstance(item, ast.RangeTableSample)
+            and isinstance(item.relation, ast.RangeVar)
+            and _strings(item.method or ())[-1:] in (["system"], ["bernoulli"])
+        ):
+            # A sample of the table's rows: its columns are the table's, masked as in
+            # a plain FROM (and * expanded, new columns refused, whole rows refused).
+            # The sampling arguments cannot name its columns.
+            for part in ("args", "repeatable"):
+                value = getattr(item, part)
+                if value is not None:
+                    setattr(item, part, self.expr(value, outer, _PREDICATE))
+            level.append(self._relation(item.relation))
         else:
-            # TABLESAMPLE, XMLTABLE, JSON_TABLE... over a masked table: not proven safe.
+            # XMLTABLE, JSON_TABLE, other sampling methods... over a table a rule names:
+            # not proven safe.
             level.append(_Entry("", None, None, {}))
             if self._mentions_masked(item):
                 raise Refused(
@@ -705,9 +797,7 @@ class _Rewriter:
             return _Entry(refname, "pg_catalog", None, {}, activity=True)
         if schema in SYSTEM_SCHEMAS:
             return _Entry(refname, schema, None, {})
-        tables = self.catalog.tables.get(name, ())
-        if schema is not None:
-            tables = tuple(t for t in tables if t.schema == schema)
+        tables, shadows = self._candidates(schema, name)
         if any(t.schema == MASK_SCHEMA for t in tables):
             # Unqualified, after SET search_path = wardgate_mask: the same key.
             raise Refused(
@@ -719,14 +809,22 @@ class _Rewriter:
         if not tables:
             if schema is None and name in self.catalog.system:
                 return _Entry(refname, "pg_catalog", None, {})
+            where = ""
+            if schema is None and self.paths is not None and self.catalog.tables.get(name):
+                where = (
+                    " in a schema of the session's search_path ("
+                    + "; ".join(", ".join(p) for p in self.paths)
+                    + ")"
+                )
             raise Refused(
-                f"relation {name!r} is not in the gateway's catalog snapshot, so it cannot "
-                "tell whether it holds masked columns; if it was just created, retry in a "
-                "few seconds",
+                f"relation {name!r} is not in the gateway's catalog snapshot{where}, so it "
+                "cannot tell whether it holds masked columns; if it was just created, retry "
+                "in a few seconds",
                 self._any_rule(),
             )
-        # An unqualified name may be any schema's table of that name (the session's
-        # search_path decides): every candidate's masked columns count.
+        # An unqualified name may mean the tables of several schemas (every value the
+        # session's search_path may have): every candidate's masked columns count, and
+        # the rules of the schemas searched before it (a table created there since).
         renamed = _strings(rv.alias.colnames or ()) if rv.alias is not None else []
         masked: dict[str, Masked] = {}
         for table in tables:
@@ -734,6 +832,8 @@ class _Rewriter:
             for i, (column, type_name) in enumerate(table.columns):
                 visible = renamed[i] if i < len(renamed) else column
                 rule = self._column_rule(table, column)
+                for shadow in shadows:
+                    rule = rule or self._column_rule(shadow, column)
                 if rule is not None:
                     previous = masked.get(visible)
                     if previous is not None and previous.type != type_name:
@@ -753,8 +853,27 @@ class _Rewriter:
             for i, (c, _) in enumerate(t.columns)
         }
         names += tuple(sorted(all_names - set(names)))
-        named = next((r for t in tables if (r := self._table_rule(t)) is not None), None)
-        return _Entry(refname, schema, tables[0], masked, names=names, named=named)
+        named = next(
+            (r for t in (*tables, *shadows) if (r := self._table_rule(t)) is not None), None
+        )
+        return _Entry(
+            refname,
+            schema,
+            tables[0],
+            masked,
+            names=names,
+            named=named,
+            shadows=shadows,
+            ambiguous=len(tables) > 1,
+        )
+
+    def _candidates(
+        self, schema: str | None, name: str
+    ) -> tuple[tuple[Table, ...], tuple[Table, ...]]:
+        """The tables a relation name may mean, and the shadows (MaskCatalog.resolve)."""
+        if schema is not None:
+            return tuple(t for t in self.catalog.tables.get(name, ()) if t.schema == schema), ()
+        return self.catalog.resolve(name, self.paths)
 
     def _table_rule(self, table: Table) -> ColumnRule | None:
         """A rule whose glob names this table, or a parent or child of it, whatever the
@@ -885,10 +1004,12 @@ class _Rewriter:
                 continue
             table = entry.table
             assert table is not None  # only tables have masked columns
-            if len(self.catalog.tables.get(table.name, ())) > 1 and entry.schema is None:
+            if entry.ambiguous:
                 raise Refused(
-                    f"SELECT * over {entry.refname!r}, a name several schemas hold, cannot "
-                    "be expanded exactly; qualify it with its schema or name the columns",
+                    f"SELECT * over {entry.refname!r}, a name that may mean tables of "
+                    "several schemas (the session's search_path may have several values, "
+                    "or it is not known), cannot be expanded exactly; qualify it with its "
+                    "schema or name the columns",
                     (entry.rule() or ColumnRule(self._any_rule(), "", "")).rule,
                 )
             for column in entry.names[: len(table.columns)]:
@@ -1094,6 +1215,8 @@ class _Rewriter:
             if table is None or entry.has(column):
                 continue
             rule = self._column_rule(table, column)
+            for shadow in entry.shadows:
+                rule = rule or self._column_rule(shadow, column)
             if rule is not None:
                 raise Refused(
                     f"column {column!r} of {table.schema}.{table.name} is not in the "
@@ -1151,7 +1274,10 @@ class _Rewriter:
                 for x in n:
                     visit(x)
             elif isinstance(n, ast.RangeVar):
-                found = found or bool(self._relation(n).masked)
+                # Guarded, not only masked: a rule naming the table may mask a column
+                # added since the snapshot, which this statement may read.
+                entry = self._relation(n)
+                found = found or entry.guarded or entry.activity
             elif isinstance(n, ast.Node):
                 self._children(n, visit)
             return n

@@ -11,8 +11,10 @@ from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import IP_TYPES
+from wardgate.postgres.upstream import NAMES_SQL
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -53,8 +55,6 @@ async def run_sql(
     any) and return its last result, masked for ``principal``. Raises QueryFailed."""
     read_only = not granted and services.gate.read_only_session(principal.groups, connection)
     masking = services.masking.for_session(principal, connection)
-    if masking is not None and masking.column_rules:
-        sql = await _rewritten(services, connection, sql, masking)
     try:
         async with internal_session(
             services,
@@ -64,6 +64,13 @@ async def run_sql(
             max_rows=max_rows,
             read_only=read_only,
         ) as session:
+            if masking is not None and masking.column_rules:
+                # Unqualified names mean what this session's search_path says.
+                names = await session.extended(NAMES_SQL)
+                paths = SessionPaths(unknown=True)
+                if names.error is None and len(names.rows) == 1:
+                    paths = SessionPaths(str(names.rows[0][0]), str(names.rows[0][1]))
+                sql = await _rewritten(services, connection, sql, masking, paths)
             if params:
                 results = [await session.extended(sql, params)]
             else:
@@ -83,12 +90,14 @@ async def run_sql(
     return Answer(last.command, last.count, list(last.columns), rows, last.truncated)
 
 
-async def _rewritten(services: Services, connection: str, sql: str, masking: SessionMasking) -> str:
+async def _rewritten(
+    services: Services, connection: str, sql: str, masking: SessionMasking, paths: SessionPaths
+) -> str:
     """The same column rewrite a PostgreSQL client of this principal gets."""
     catalogs = services.state(MaskCatalogs)
     try:
         await catalogs.get(services, connection)
-        return catalogs.rewrite(connection, sql, masking.column_rules) or sql
+        return catalogs.rewrite(connection, sql, masking.column_rules, paths) or sql
     except CatalogUnavailable as exc:
         raise QueryFailed(
             "wardgate: masking rules on columns need the catalog of this connection, which "

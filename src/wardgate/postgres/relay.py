@@ -36,6 +36,7 @@ from wardgate.postgres.replies import ServerReplies
 from wardgate.postgres.result_tap import SessionResults
 from wardgate.postgres.session_model import SessionModel
 from wardgate.postgres.simple_query import SimpleQuery
+from wardgate.postgres.transaction import TransactionOutcome
 from wardgate.postgres.wire import ClientSide, UpstreamSide
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._batch_failed = False  # ... and the server answered one with an error
         self._drain: asyncio.Future[None] | None = None  # set when every reply has come
         self._seq = 0
+        self._transaction = TransactionOutcome()  # approved statements until COMMIT
         self._finished = False
         self._server_ended = False
         self._on_finished = on_finished

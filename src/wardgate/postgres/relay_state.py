@@ -26,10 +26,12 @@ from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.result_tap import ResultTap, SessionResults
 from wardgate.postgres.session_model import Change, SessionModel
+from wardgate.postgres.transaction import TRANSACTION_TAGS, Settled, TransactionOutcome
 from wardgate.reviews.model import ReviewInfo
 
 if TYPE_CHECKING:
@@ -126,6 +128,10 @@ class RelayState:
     _review_task: asyncio.Task[None] | None
     _review_cancelled: bool
     _results: SessionResults | None  # None: results are not recorded
+    _transaction: TransactionOutcome  # approved statements whose transaction is open
+    # Column masking: the search_paths the session may have (mask_path.py), from what
+    # the server answered at its start (listener.py); unknown when nobody asked.
+    mask_paths: SessionPaths | None = None
 
     # -- judging --------------------------------------------------------------------------
 
@@ -182,9 +188,12 @@ class RelayState:
         session = self.masking.masking if self.masking is not None else None
         if session is None or not session.column_rules:
             return None
+        paths = self.mask_paths
+        if paths is None:
+            paths = self.mask_paths = SessionPaths(unknown=True)  # not asked: every schema
         try:
             rewritten = self.services.state(MaskCatalogs).rewrite(
-                self.connection, sql, session.column_rules
+                self.connection, sql, session.column_rules, paths
             )
             return None if rewritten is None else rewritten.encode(self.client.decoder.encoding)
         except UnicodeEncodeError:
@@ -218,6 +227,8 @@ class RelayState:
 
     def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
         self._ran(act)
+        if tag[0] in TRANSACTION_TAGS:
+            self._settle_reviews(self._transaction.command(tag[0], act.action.text))
         sync = next((e for e in self._pending if e.kind == SYNC), None)
         record = self._action_record(act, "ok", tag=tag)
         if sync is None:
@@ -236,6 +247,8 @@ class RelayState:
         if status == "ok":
             self._ran(act)
         self.services.recorder.submit(self._action_record(act, status, tag=tag, fields=fields))
+        if tag is not None and tag[0] in TRANSACTION_TAGS:
+            self._settle_reviews(self._transaction.command(tag[0], act.action.text))
 
     def _action_record(
         self,
@@ -261,12 +274,12 @@ class RelayState:
             }
             if fields is not None:
                 result["error"] = getattr(fields, "message", None)
-            service = self.services.reviews.service
             review, act.review = act.review, None
-            self.services.tasks.spawn(
-                asyncio.to_thread(service.record_action_result, review, result),
-                name="review-result",
-            )
+            if status == "ok":
+                # Done only once its transaction commits (transaction.py).
+                self._transaction.ran(review, result)
+            else:
+                self._settle_reviews([(review, result)])
         return ActionRecord(
             session_id=self.session_id,
             seq=act.seq,
@@ -281,6 +294,17 @@ class RelayState:
             sqlstate=sqlstate,
             result=act.tap.summary() if act.tap is not None else None,
         )
+
+    def _settle_reviews(self, settled: list[Settled]) -> None:
+        """Tell the review service what became of approved statements."""
+        if not settled or self.services.reviews is None:
+            return
+        service = self.services.reviews.service
+        for review, result in settled:
+            self.services.tasks.spawn(
+                asyncio.to_thread(service.record_action_result, review, result),
+                name="review-result",
+            )
 
     def _recorded_action(self, action: Action) -> Action:
         if self.masking is not None and action.params:
@@ -375,9 +399,12 @@ class RelayState:
         self._finished = True
         if self._review_task is not None:
             self._review_task.cancel()  # nobody is left to run what it waits for
+        in_flight = bool(self._pending)
         while self._pending:
             # Sent, and no answer came: it may have run (or still run) on the server.
             self._close_remaining(self._pending.popleft(), "interrupted")
+        if self._transaction.open:
+            self._settle_reviews(self._transaction.ended(in_flight))
         self.services.recorder.submit(SessionEnd(self.session_id, time.time(), status, error))
         self.client.close()
         self.upstream.close()

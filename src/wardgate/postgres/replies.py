@@ -148,6 +148,7 @@ class ServerReplies(MaskedResults, SessionProbe):
         if head is None:
             return None  # asynchronous: NoticeResponse, NotificationResponse
         if t == 69:  # E ErrorResponse
+            self._transaction.error()  # whatever it answers, its transaction cannot commit
             replacement = head.block
             fields = parse_error_fields(msg.body) if replacement is None else None
             if head.kind == SYNC:
@@ -208,6 +209,10 @@ class ServerReplies(MaskedResults, SessionProbe):
         model = self.model
         model.confirmed_batch = max(model.confirmed_batch, batch)
         model.transaction = status.decode("ascii", "replace") or "I"
+        txn = self._transaction
+        if txn.open or (status == b"I" and (txn.aborted or txn.savepoints)):
+            # Approved statements' outcomes; else forget the ended transaction's state.
+            self._settle_reviews(txn.ready(status))
         if model.transaction == "I":
             # Portals die with their transaction, cursors declared WITH HOLD excepted.
             portals = model.portals.confirmed

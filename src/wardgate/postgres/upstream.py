@@ -19,6 +19,7 @@ from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import (
     parse_auth_request,
     parse_backend_key_data,
+    parse_data_row,
     parse_error_fields,
     parse_parameter_status,
     parse_sasl_mechanisms,
@@ -246,6 +247,44 @@ async def _handshake(
             continue  # NegotiateProtocolVersion: we asked for 3.0, nothing to adjust
         else:
             raise ProtocolError(f"unexpected message {t!r} during upstream startup")
+
+
+# What an unqualified name means in the session (column masking, mask_path.py).
+NAMES_SQL = "SELECT pg_catalog.current_setting('search_path'), CURRENT_USER::pg_catalog.text"
+
+
+async def session_names(
+    side: UpstreamSide,
+    timeout: float,  # noqa: ASYNC109 - one exchange's bound, like internal sessions'
+    encoding: str,
+) -> tuple[str, str] | None:
+    """The search_path and user a new session starts with, as its server says, asked in
+    the session itself before the client's first message (startup options, role and
+    database defaults all applied); None when it did not answer so in ``timeout``."""
+    side.write(build.query(NAMES_SQL))
+    row: tuple[bytes | None, ...] | None = None
+    failed = False
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await side.read()
+                t = chr(msg.type)
+                if t == "D":
+                    row = parse_data_row(msg.body)
+                elif t == "E":
+                    failed = True
+                elif t == "Z":
+                    break
+                elif t not in "TCNS":
+                    raise ProtocolError(f"unexpected message {t!r} answering the gateway")
+    except TimeoutError:
+        return None
+    if failed or row is None or len(row) != 2 or row[0] is None or row[1] is None:
+        return None
+    try:
+        return row[0].decode(encoding), row[1].decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return None
 
 
 async def send_cancel(host: str, port: int, pid: int, secret: bytes) -> None:

@@ -58,6 +58,7 @@ _EVENT_TITLES = {
     "cancelled": "cancelled",
     "executed": "executed",
     "failed": "failed",
+    "rolled_back": "was rolled back",
     "revoked": "revoked",
 }
 

@@ -50,7 +50,9 @@ log = logging.getLogger("wardgate.reviews")
 NOTIFY_CHANNEL = "wardgate_reviews"
 MAX_TEXT = 100_000  # a reviewed statement longer than this is refused, not truncated
 # Final states: nothing changes a review after these.
-FINAL = frozenset({"denied", "expired", "cancelled", "executed", "failed", "revoked"})
+FINAL = frozenset(
+    {"denied", "expired", "cancelled", "executed", "failed", "rolled_back", "revoked"}
+)
 
 
 Listener = Callable[[ReviewInfo, str], None]
@@ -483,20 +485,27 @@ class ReviewService:
     def record_action_result(self, info: ReviewInfo, result: dict[str, Any]) -> None:
         """The outcome of an approved action that a protocol session ran: an action the
         target refused (or that never ran) turns the review from ``executed`` into
-        ``failed``, so no surface shows a green "executed" for a statement that failed."""
+        ``failed``, one whose transaction the target rolled back (postgres/transaction.py)
+        into ``rolled_back``, so no surface shows a green "executed" for a statement that
+        failed or left nothing behind."""
         now = time.time()
-        failed = result.get("status") not in (None, "ok")
+        said = result.get("status")
+        becomes = (
+            None if said in (None, "ok") else "rolled_back" if said == "rolled_back" else "failed"
+        )
         with self._store.session() as session:
             row = self._locked(session, info.id)
             if row.result is None:
                 row.result = json.dumps(result)
-            if failed and row.status == "executed":
-                row.status = "failed"
+            changed = False
+            if becomes is not None and row.status == "executed":
+                row.status, changed = becomes, True
+                row.result = json.dumps(result)  # the outcome that decided the status
             session.flush()
             info = self._load(session, row, now)
             self._event(session, info, "result", info.principal, now, result)
-        if failed:
-            self._announce(info, "failed")
+        if changed and becomes is not None:
+            self._announce(info, becomes)
 
     def set_preview(self, review_id: str, preview: dict[str, Any]) -> None:
         with self._store.session() as session:

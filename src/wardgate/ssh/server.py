@@ -20,9 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from wardgate.audit.records import (
     AUDIT_UNAVAILABLE,
     AUDIT_UNAVAILABLE_HINT,
-    ActionRecord,
     SessionEnd,
     SessionRecord,
+    action_record,
 )
 from wardgate.audit.responses import SessionResults, session_budget
 from wardgate.core.services import TooManyFailures
@@ -329,10 +329,10 @@ class GatewayConnection(asyncssh.SSHServer):
 
         verdict = verdict or V(Decision.BLOCK, "no-access", "no access to this connection")
         self.services.recorder.submit(
-            ActionRecord(
-                session_id=self.session_id,
-                seq=self.next_seq(),
-                action=Action(
+            action_record(
+                self.session_id,
+                self.next_seq(),
+                Action(
                     self.current_principal(),
                     self.connection_name,
                     "ssh",
@@ -341,10 +341,10 @@ class GatewayConnection(asyncssh.SSHServer):
                     session_id=self.session_id,
                     client_addr=self.client_addr,
                 ),  # fmt: skip
-                verdict=verdict,
-                started_at=started if started is not None else time.time(),
-                duration_ms=(time.perf_counter() - t0) * 1000.0 if t0 is not None else 0.0,
-                status=status,
+                verdict,
+                status,
+                started=started if started is not None else time.time(),
+                t0=t0 if t0 is not None else time.perf_counter(),
             )
         )
 

@@ -9,20 +9,19 @@ approval is pending (nothing ran yet; run the same command again after approval)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.asciicast import Cast
 from wardgate.audit.records import (
     AUDIT_UNAVAILABLE,
     AUDIT_UNAVAILABLE_HINT,
-    INTERRUPTED_BY_CRASH,
-    ActionRecord,
     RecordingRecord,
+    action_record,
+    intended_record,
 )
 from wardgate.audit.responses import ResponseTap
 from wardgate.config import parse_duration
@@ -96,20 +95,12 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
     started, t0 = time.time(), time.perf_counter()
     seq = owner.next_seq()
 
-    def action_record(verdict: Verdict, status: str, **extra: object) -> ActionRecord:
-        return ActionRecord(
-            session_id=owner.session_id,
-            seq=seq,
-            action=action,
-            verdict=verdict,
-            started_at=started,
-            duration_ms=(time.perf_counter() - t0) * 1000.0,
-            status=status,
-            **extra,  # type: ignore[arg-type]
+    def record(verdict: Verdict, status: str, **extra: Any) -> None:
+        services.recorder.submit(
+            action_record(
+                owner.session_id, seq, action, verdict, status, started=started, t0=t0, **extra
+            )
         )
-
-    def record(verdict: Verdict, status: str, **extra: object) -> None:
-        services.recorder.submit(action_record(verdict, status, **extra))
 
     settled = await settle(
         services.reviews,
@@ -139,8 +130,9 @@ async def _exec(owner: GatewayConnection, process: Process, command: str) -> Non
     masking = services.masking.for_session(principal, name)
     # Journalled before it runs (audit.journal): if the gateway dies while the command
     # runs, the store still gets its record, as interrupted.
-    intended = action_record(verdict, "interrupted", error=INTERRUPTED_BY_CRASH)
-    services.recorder.intend(dataclasses.replace(intended, duration_ms=float("nan")))
+    services.recorder.intend(
+        intended_record(owner.session_id, seq, action, verdict, started=started)
+    )
     budget = owner.response_budget()
     tap = ResponseTap(budget, "utf-8", kind="text") if budget is not None else None
     try:
@@ -315,10 +307,10 @@ async def _shell(owner: GatewayConnection, process: Process) -> None:
     status = completed.exit_status if completed.exit_status is not None else EXIT_UNREACHABLE
     services.recorder.submit(RecordingRecord(owner.session_id, seq, started, cast.text()))
     services.recorder.submit(
-        ActionRecord(
-            session_id=owner.session_id,
-            seq=seq,
-            action=Action(
+        action_record(
+            owner.session_id,
+            seq,
+            Action(
                 principal,
                 name,
                 "ssh",
@@ -327,10 +319,10 @@ async def _shell(owner: GatewayConnection, process: Process) -> None:
                 session_id=owner.session_id,
                 client_addr=owner.client_addr,
             ),  # fmt: skip
-            verdict=verdict,
-            started_at=started,
-            duration_ms=(time.perf_counter() - t0) * 1000.0,
-            status="ok",
+            verdict,
+            "ok",
+            started=started,
+            t0=t0,
             command=f"exit {status}",
         )
     )

@@ -155,7 +155,8 @@ class ReviewRow(Base):
     grant (``grant``) or of a change set the gateway runs itself (``proposal``).
 
     ``status`` moves pending -> approved | denied | expired | cancelled, then an approved
-    action -> executed, an approved proposal -> executed | failed, an approved grant ->
+    action -> executed (then failed when the target refused it, rolled_back when its
+    transaction was rolled back), an approved proposal -> executed | failed, an approved grant ->
     revoked or simply past ``approved_until``. Approval of an action or grant is valid
     until ``approved_until``.
     """

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 LOGIN_CSRF_COOKIE = "wardgate_login"
+# Set at a successful password sign-in: this browser signed in as this user before. Its
+# sign-ins count failures on a counter of their own (see ``login_password``), so other
+# people's failures from the same address cannot lock it out.
+KNOWN_BROWSER_COOKIE = "wardgate_known"
+KNOWN_BROWSER_DAYS = 30
 OIDC_COOKIE = "wardgate_oidc"
 OIDC_PENDING_SECONDS = 600.0
 
@@ -249,7 +254,20 @@ async def login_password(
         )
     addr = _addr(request)
     limiter_key = f"web:{username}"
-    wait = await asyncio.to_thread(services.limiter.retry_after, limiter_key, addr)
+    # Web sign-ins count their own failures per address (not psql's or the API's); a
+    # browser this user signed in from before counts on a counter of its own, so a
+    # flood of wrong passwords from the same address (any name, the user's included)
+    # does not refuse it; without the key no one else can present that counter.
+    known = _unsign(services.web_key, request.cookies.get(KNOWN_BROWSER_COOKIE, ""))
+    surface = "web"
+    if (
+        known is not None
+        and known.get("k") == "known-browser"
+        and known.get("u") == username
+        and isinstance(known.get("d"), str)
+    ):
+        surface = f"web-known:{known['d']}"
+    wait = await asyncio.to_thread(services.limiter.retry_after, limiter_key, addr, surface=surface)
     if wait is not None:
         return _login_page(
             request,
@@ -259,12 +277,14 @@ async def login_password(
         )
     principal = config.principal(username) if username else None
     if principal is not None and principal.is_agent:
-        await asyncio.to_thread(services.limiter.record_failure, limiter_key, addr)
+        await asyncio.to_thread(services.limiter.record_failure, limiter_key, addr, surface=surface)
         error = sign_in_refusal(config, username)
         return _login_page(request, next_url=next_url, error=error, status=403)
     ok = await asyncio.to_thread(services.passwords.verify, username, password)
     if not ok or principal is None:
-        delay = await asyncio.to_thread(services.limiter.record_failure, limiter_key, addr)
+        delay = await asyncio.to_thread(
+            services.limiter.record_failure, limiter_key, addr, surface="web"
+        )
         log.info("web sign-in failed for %r from %s", username[:64], addr)
         await asyncio.sleep(delay)  # throttled: slow the guesser; a right password is not
         return _login_page(
@@ -276,7 +296,22 @@ async def login_password(
     await asyncio.to_thread(services.limiter.record_success, limiter_key, addr)
     secret, info = await asyncio.to_thread(sessions.create, username, frozenset(), "password", addr)
     log.info("web sign-in: %s (password) from %s, session %s", username, addr, info.id)
-    return _start_session(request, secret, next_url)
+    response = _start_session(request, secret, next_url)
+    device = known["d"] if surface != "web" and known is not None else secrets.token_hex(8)
+    days = KNOWN_BROWSER_DAYS * 86400
+    response.set_cookie(
+        KNOWN_BROWSER_COOKIE,
+        _sign(
+            services.web_key,
+            {"k": "known-browser", "u": username, "d": device, "exp": time.time() + days},
+        ),
+        max_age=days,
+        httponly=True,
+        samesite="strict",
+        secure=cookie_secure(request, config),
+        path="/ui/login",
+    )
+    return response
 
 
 def _sign(key: bytes, data: dict[str, Any]) -> str:
