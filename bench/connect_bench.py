@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgbench_compare import PG, free_port, psql, serve_with_token, tree_cpu  # noqa: E402
+from pgbench_compare import PG, free_port, psql, serve_with_token  # noqa: E402
 
 DB = "wardgate_connect_bench"
 ROUND = 100  # connections each way per round
@@ -55,6 +55,45 @@ def start_wardgate(tmp: Path, port: int, workers: int) -> tuple[subprocess.Popen
     )
     proc, token = serve_with_token(config, tmp, "bench", port)
     return proc, token
+
+
+def process_cpu(root: int) -> dict[str, float]:
+    """CPU seconds so far of ``root`` and each live descendant, keyed by role: the
+    gateway worker(s), the recorder process, the journal's syncer."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    roles: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        p = pid
+        while p not in (0, 1) and p != root:
+            p = parents.get(p, 0)
+        if p != root:
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wardgate.audit.writer" in argv:
+            role = "recorder"
+        elif b"wardgate.audit.journal" in argv:
+            role = "syncer"
+        else:
+            role = "worker"  # the serving process(es), and the supervisor if any
+        roles[role] = roles.get(role, 0.0) + seconds
+    return roles
 
 
 def run(count: int, cpu: list[float], **kwargs: object) -> list[float]:
@@ -108,7 +147,7 @@ def main() -> None:
     direct: list[float] = []
     gateway: list[float] = []
     client_cpu = {"direct": [0.0], "wardgate": [0.0]}
-    gateway_cpu = 0.0
+    gateway_cpu: dict[str, float] = {}
     try:
         # Interleaved rounds, so that load from elsewhere on a shared machine falls on
         # both ways alike.
@@ -116,9 +155,11 @@ def main() -> None:
         for i in range(rounds):
             n = args.count // rounds + (1 if i < args.count % rounds else 0)
             direct += run(n, client_cpu["direct"], **direct_kwargs)
-            before = tree_cpu(gate.pid)
+            before = process_cpu(gate.pid)
             gateway += run(n, client_cpu["wardgate"], **gateway_kwargs)
-            gateway_cpu += tree_cpu(gate.pid) - before
+            after = process_cpu(gate.pid)
+            for role, seconds in after.items():
+                gateway_cpu[role] = gateway_cpu.get(role, 0.0) + seconds - before.get(role, 0.0)
     finally:
         gate.terminate()
         gate.wait(15)
@@ -133,7 +174,11 @@ def main() -> None:
     print(
         f"CPU per connection: client direct {client_cpu['direct'][0] / len(direct) * 1e3:.2f} ms, "
         f"client via wardgate {client_cpu['wardgate'][0] / n * 1e3:.2f} ms, "
-        f"wardgate (all its processes) {gateway_cpu / n * 1e3:.2f} ms"
+        f"wardgate (all its processes) {sum(gateway_cpu.values()) / n * 1e3:.2f} ms"
+    )
+    print(
+        "  of which: "
+        + ", ".join(f"{role} {s / n * 1e3:.2f} ms" for role, s in sorted(gateway_cpu.items()))
     )
 
 

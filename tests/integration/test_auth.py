@@ -23,6 +23,7 @@ from tests.conftest import PG_USER
 from tests.integration.conftest import Gateway, base_config, make_gateway, require_tool
 from tests.integration.pg_cluster import RawClient, make_self_signed, startup_error
 from wardgate.identity.scram import ScramClient
+from wardgate.identity.tokens import VERIFIER_CACHE_SECONDS
 from wardgate.postgres.codec import build
 
 GENERIC = (
@@ -104,6 +105,16 @@ def test_revoked_token_is_refused(auth_gw: Gateway) -> None:
     (entry,) = [t for t in listed if t["name"] == "to-revoke"]
     assert entry["active"] is True
     auth_gw.cli("token", "revoke", entry["id"])
+    # Revoked by another process (the CLI): a gateway process that read the principal's
+    # keys a moment ago refuses it within VERIFIER_CACHE_SECONDS, not later.
+    deadline = time.monotonic() + VERIFIER_CACHE_SECONDS + 0.5
+    while True:
+        with RawClient(auth_gw.port) as raw:
+            messages = raw.login("dev", token, "it")
+        if messages and messages[-1].type == "E" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert messages[-1].type == "E", "a revoked token kept working past the cache bound"
     fields = startup_error(auth_gw.port, "dev", token, "it")
     assert fields["C"] == "28P01"
     assert fields["M"] == GENERIC.format("dev")
@@ -112,6 +123,22 @@ def test_revoked_token_is_refused(auth_gw: Gateway) -> None:
     # The principal's other token is untouched.
     with psycopg.connect(auth_gw.dsn("dev")) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_a_token_created_after_a_login_works_at_once(auth_gw: Gateway) -> None:
+    """The gateway keeps a principal's keys for a moment after a login; a token created
+    meanwhile (by the CLI, another process) still logs in at once."""
+    with psycopg.connect(auth_gw.dsn("dev")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    out = auth_gw.cli("token", "create", "dev", "--name", "fresh").stdout
+    fresh = out.strip().splitlines()[-1]
+    started = time.monotonic()
+    with psycopg.connect(auth_gw.dsn("dev").replace(auth_gw.token("dev"), fresh)) as conn:
+        assert conn.execute("select current_user").fetchone() is not None
+    assert time.monotonic() - started < VERIFIER_CACHE_SECONDS
+    listed = json.loads(auth_gw.cli("token", "list", "--principal", "dev", "--json").stdout)
+    (entry,) = [t for t in listed if t["name"] == "fresh"]
+    auth_gw.cli("token", "revoke", entry["id"])
 
 
 def test_principal_without_role_on_connection(auth_gw: Gateway) -> None:

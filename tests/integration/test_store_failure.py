@@ -5,7 +5,11 @@ write privileges (REVOKE) while sessions run through the gateway (psycopg)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -147,8 +151,9 @@ def test_unwritable_store_refuses_clearly_and_recovers(
 def test_unwritable_store_refuses_ssh_commands(
     ssh_target: SshTarget, tmp_path: Path, store_role: tuple[str, str]
 ) -> None:
-    """The SSH side fails closed the same way: once the backlog is full, a command is
-    refused (exit 126, the same message) and does not run on the target."""
+    """The SSH side fails closed the same way: once the backlog is full, a command on
+    an open connection is refused (exit 126, the same message) and does not run on the
+    target, and a new login is refused."""
     role, database = store_role
     config = ssh_config(ssh_target) + f"limits: {{audit_backlog: {BACKLOG}}}\n"
     gw = make_gateway(
@@ -163,11 +168,17 @@ def test_unwritable_store_refuses_ssh_commands(
     marker = Path(f"/tmp/wardgate-unrecorded-{uuid.uuid4().hex[:8]}")
     gw.start()
     try:
-        assert sgw.ssh("dev", "web1", "true").returncode == 0
+        # One OpenSSH connection, logged in before the store fails, carries the commands.
+        mux = Path(tempfile.mkdtemp(prefix="wg-mux-"))  # a socket path must be short
+        shared = (
+            "-o", "ControlMaster=auto", "-o", f"ControlPath={mux}/%C",
+            "-o", "ControlPersist=120",
+        )  # fmt: skip
+        assert sgw.ssh("dev", "web1", "true", *shared).returncode == 0
         _store_writes(database, role, allowed=False)
         refused = None
         for i in range(4 * BACKLOG):
-            result = sgw.ssh("dev", "web1", f"echo {i} > {marker}")
+            result = sgw.ssh("dev", "web1", f"echo {i} > {marker}", *shared)
             if result.returncode != 0:
                 refused = (i, result)
                 break
@@ -178,14 +189,106 @@ def test_unwritable_store_refuses_ssh_commands(
             result.stderr
         ), result
         assert marker.read_text() == f"{i - 1}\n", "the refused command ran on the target"
+        # A new login is refused as a whole, with the reason (issue 21): OpenSSH prints
+        # the disconnect message and exits 255; nothing ran on the target.
+        login = sgw.ssh("dev", "web1", f"echo login > {marker}")
+        assert login.returncode == 255, login
+        assert "wardgate cannot record this action: the audit store is unavailable" in (
+            login.stderr
+        ), login
+        assert marker.read_text() == f"{i - 1}\n", "a refused login ran a command"
         _store_writes(database, role, allowed=True)
         wait_until(lambda: get(gw, "/readyz").status_code == 200, 20, "/readyz back to 200")
         assert sgw.ssh("dev", "web1", "echo back").stdout == "back\n"
     finally:
+        sgw.ssh("dev", "web1", "true", *shared, "-O", "exit")  # the shared connection
+        shutil.rmtree(mux, ignore_errors=True)
         gw.stop()
         with contextlib.suppress(OSError):
             marker.unlink()
     assert "Traceback" not in gw.log
+
+
+def _store_reachable(role: str, database: str, reachable: bool) -> None:
+    """Cut the gateway off its store (the role may no longer log in, its sessions end)
+    or let it back in."""
+    with admin_conn() as conn:
+        conn.execute(f'alter role "{role}" {"login" if reachable else "nologin"}')
+        if not reachable:
+            conn.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
+                (role,),
+            )
+
+
+def test_unreachable_store_refuses_ssh_logins(
+    ssh_target: SshTarget, tmp_path: Path, store_role: tuple[str, str]
+) -> None:
+    """With the store unreachable, an SSH login (public key or token as password) is
+    refused with the same message as a PostgreSQL login, one log line for the state and
+    no traceback; once the store is back, logins work again without a restart."""
+    role, database = store_role
+    gw = make_gateway(
+        tmp_path / "gw",
+        ssh_config(ssh_target),
+        store=f"postgresql://{role}@127.0.0.1:5432/{database}",
+    )
+    ssh_port = free_port()
+    gw.env["WARDGATE_LISTEN_SSH"] = f"127.0.0.1:{ssh_port}"
+    key = tmp_path / "dev_key"
+    (tmp_path / "dev_key.pub").write_text(ssh_keygen(key, "dev@test") + "\n")
+    gw.cli("principal", "add-key", "dev", str(tmp_path / "dev_key.pub"))
+    token = gw.token("dev")
+    sgw = SshGateway(gw, ssh_port, {"dev": key})
+    marker = Path(f"/tmp/wardgate-unreachable-{uuid.uuid4().hex[:8]}")
+    gw.start()
+    try:
+        assert sgw.ssh("dev", "web1", "true").returncode == 0
+        assert _ssh_with_password(tmp_path, ssh_port, token, "echo ok").stdout == "ok\n"
+        _store_reachable(role, database, reachable=False)
+        for _attempt in range(2):
+            login = sgw.ssh("dev", "web1", f"echo key > {marker}")
+            assert login.returncode == 255, login
+            assert "wardgate cannot record this action: the audit store is unavailable" in (
+                login.stderr
+            ), login
+        password = _ssh_with_password(tmp_path, ssh_port, token, f"echo password > {marker}")
+        assert password.returncode == 255, password
+        assert "the audit store is unavailable" in password.stderr, password
+        assert not marker.exists(), "a login refused for the store ran a command"
+        _store_reachable(role, database, reachable=True)
+        wait_until(lambda: sgw.ssh("dev", "web1", "true").returncode == 0, 20, "SSH logins back")
+        assert sgw.ssh("dev", "web1", "echo back").stdout == "back\n"
+    finally:
+        _store_reachable(role, database, reachable=True)
+        gw.stop()
+        with contextlib.suppress(OSError):
+            marker.unlink()
+    log = gw.log
+    assert "Traceback" not in log, log
+    assert log.count("the store fails SSH logins") == 1, log
+    assert log.count("the store serves SSH logins again") == 1, log
+
+
+def _ssh_with_password(
+    tmp: Path, port: int, token: str, command: str
+) -> subprocess.CompletedProcess[str]:
+    """OpenSSH with the token as the password, answered by an SSH_ASKPASS program."""
+    askpass = tmp / "askpass"
+    askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$WG_TOKEN"\n')
+    askpass.chmod(0o700)
+    env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
+    env["WG_TOKEN"] = token
+    return subprocess.run(
+        [
+            "ssh", "-F", "/dev/null", "-p", str(port),
+            "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+            "-o", "NumberOfPasswordPrompts=1", "-o", "IdentityAgent=none",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "web1@127.0.0.1", "--", command,
+        ],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def test_unwritable_store_refuses_mcp_queries(

@@ -113,3 +113,33 @@ def test_limiters_sharing_a_store_share_counts(store: Store, tmp_path: Path) -> 
         assert one.retry_after("bot", "10.0.0.1") is not None
     finally:
         other_store.dispose()
+
+
+def test_a_clean_check_is_reused_briefly_and_any_failure_from_the_address_drops_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wardgate.identity.ratelimit as module
+
+    limiter = LoginLimiter(store, max_failures=3, window=60)
+    assert not limiter.cached_check("dev", "10.0.0.1")
+    assert limiter.check("dev", "10.0.0.1") == (None, False)
+    assert limiter.cached_check("dev", "10.0.0.1")
+    assert not limiter.cached_check("dev", "10.0.0.2")  # per address
+    assert not limiter.cached_check("ops", "10.0.0.1")  # per principal
+    # Only token logins' answers are kept: a surface's own counter is always read.
+    assert limiter.check("web-user", "10.0.0.9", surface="web") == (None, False)
+    assert not limiter.cached_check("web-user", "10.0.0.9")
+    # A failure from the address, of any principal: counted in the store at once, and
+    # the next login from there reads the store again.
+    limiter.record_failure("bot", "10.0.0.1")
+    assert not limiter.cached_check("dev", "10.0.0.1")
+    limiter.record_failure("dev", "10.0.0.1")
+    assert limiter.check("dev", "10.0.0.1") == (None, True)
+    assert not limiter.cached_check("dev", "10.0.0.1")  # counted: never cached
+    # Failures counted by another process are seen here within the bound.
+    assert limiter.check("dev", "10.0.0.3") == (None, False)
+    LoginLimiter(store, max_failures=3, window=60).record_failure("dev", "10.0.0.3")
+    assert limiter.cached_check("dev", "10.0.0.3")
+    monkeypatch.setattr(module, "CHECK_CACHE_SECONDS", 0.0)
+    assert not limiter.cached_check("dev", "10.0.0.3")
+    assert limiter.check("dev", "10.0.0.3") == (None, True)

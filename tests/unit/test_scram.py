@@ -219,3 +219,26 @@ def test_nonce_must_be_printable() -> None:
         ScramServer(VERIFIERS, nonce=b"a,b")
     with pytest.raises(ValueError):
         ScramClient("x", nonce=b"\xff")
+
+
+def test_recheck_needs_a_failed_proof_and_the_announced_salt() -> None:
+    salt = b"s" * 16
+    keys = derive_keys("right", salt, 256, "k1")
+    server = ScramServer(ScramVerifierSet(salt, 256, ()))
+    client = ScramClient("right")
+    with pytest.raises(ScramAuthError):
+        server.recheck(ScramVerifierSet(salt, 256, (keys,)))  # nothing failed yet
+    final = client.handle_server_first(server.handle_client_first(client.client_first()))
+    with pytest.raises(ScramAuthError):
+        server.handle_client_final(final)
+    # Other salt or count than announced: the client's proof cannot be for these keys.
+    with pytest.raises(ScramAuthError):
+        server.recheck(ScramVerifierSet(b"t" * 16, 256, (keys,)))
+    server = ScramServer(ScramVerifierSet(salt, 256, ()))
+    c = ScramClient("right")
+    final_msg = c.handle_server_first(server.handle_client_first(c.client_first()))
+    with pytest.raises(ScramAuthError):
+        server.handle_client_final(final_msg)
+    key_id, server_final = server.recheck(ScramVerifierSet(salt, 256, (keys,)))
+    c.verify_server_final(server_final)
+    assert key_id == "k1"

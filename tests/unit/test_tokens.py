@@ -154,3 +154,59 @@ def test_a_principal_from_before_the_iteration_change_is_renewed_once_it_has_no_
     third = tokens.create("veteran")
     assert tokens.verifiers("veteran").iterations == ITERATIONS
     assert _scram_login(tokens, "veteran", third.token) == third.id
+
+
+def test_verifiers_are_cached_briefly_and_dropped_by_revoke_and_create(
+    tokens: TokenService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wardgate.identity.tokens as module
+
+    first = tokens.create("dev")
+    assert tokens.cached_verifiers("dev") is None  # nothing read yet
+    read = tokens.verifiers("dev")
+    assert [k.key_id for k in read.keys] == [first.id]
+    assert tokens.cached_verifiers("dev") == read
+    # A token created through this process: the next login reads the store.
+    second = tokens.create("dev")
+    assert tokens.cached_verifiers("dev") is None
+    assert [k.key_id for k in tokens.verifiers("dev").keys] == [first.id, second.id]
+    # Revoked through this process: no login on the cached keys afterwards.
+    assert tokens.revoke(first.id)
+    assert tokens.cached_verifiers("dev") is None
+    assert [k.key_id for k in tokens.verifiers("dev").keys] == [second.id]
+    # Revoked elsewhere (another process): the cache holds it for the bound, not longer.
+    TokenService(tokens._store, PEPPER).revoke(second.id)
+    assert tokens.cached_verifiers("dev") is not None
+    monkeypatch.setattr(module, "VERIFIER_CACHE_SECONDS", 0.0)
+    assert tokens.cached_verifiers("dev") is None
+    assert tokens.verifiers("dev").keys == ()
+
+
+def test_verifiers_of_a_principal_without_tokens_and_of_an_unknown_one(
+    tokens: TokenService,
+) -> None:
+    issued = tokens.create("dev")
+    tokens.revoke(issued.id)
+    none_left = tokens.verifiers("dev")
+    assert none_left.keys == () and none_left.iterations == ITERATIONS
+    unknown = tokens.verifiers("nobody")
+    assert unknown.keys == () and unknown.salt == tokens.fake_salt("nobody")
+    assert none_left.salt != unknown.salt
+
+
+def test_a_proof_for_a_token_newer_than_the_cached_keys_is_rechecked(
+    tokens: TokenService,
+) -> None:
+    tokens.create("dev")
+    cached = tokens.verifiers("dev")
+    other = TokenService(tokens._store, PEPPER).create("dev")  # another process
+    client = ScramClient(other.token)
+    server = ScramServer(cached)
+    client_final = client.handle_server_first(server.handle_client_first(client.client_first()))
+    with pytest.raises(ScramAuthError):
+        server.handle_client_final(client_final)
+    key_id, server_final = server.recheck(tokens.verifiers("dev"))
+    client.verify_server_final(server_final)
+    assert key_id == other.id
+    with pytest.raises(ScramAuthError):  # one recheck per exchange
+        server.recheck(tokens.verifiers("dev"))

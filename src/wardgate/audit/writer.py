@@ -23,7 +23,7 @@ import pickle
 import sys
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from wardgate.audit.chain import NewEvent, append_events, storable_text
@@ -221,30 +221,56 @@ class BatchWriter:
                 c[1] += record.status == "blocked"
             elif isinstance(record, SessionEnd):
                 ends.append(record)
+        # One executemany per kind of change, through Core: an ORM UPDATE per session
+        # cost the recorder more than the rest of the batch (issue 20: per connection,
+        # the session's end was the recorder's largest cost).
+        conn = session.connection()
         if starts:
             # DO NOTHING: a batch retried after a commit whose acknowledgement was lost
             # must not fail forever on the primary key.
             stmt = self._store.insert(SessionRow).on_conflict_do_nothing(index_elements=["id"])
-            session.execute(stmt, starts)
-        for session_id, (actions, blocked) in counts.items():
-            session.execute(
-                update(SessionRow)
-                .where(SessionRow.id == storable_text(session_id))
-                .values(
-                    action_count=SessionRow.action_count + actions,
-                    blocked_count=SessionRow.blocked_count + blocked,
-                )
+            conn.execute(stmt, starts)
+        if counts:
+            conn.execute(
+                _COUNT_ACTIONS,
+                [
+                    {"b_id": storable_text(sid), "b_actions": actions, "b_blocked": blocked}
+                    for sid, (actions, blocked) in counts.items()
+                ],
             )
-        for end in ends:
-            session.execute(
-                update(SessionRow)
-                .where(SessionRow.id == storable_text(end.session_id))
-                .values(
-                    ended_at=end.ended_at,
-                    status=storable_text(end.status),
-                    error=storable_text(end.error) if end.error is not None else None,
-                )
+        if ends:
+            conn.execute(
+                _END_SESSION,
+                [
+                    {
+                        "b_id": storable_text(end.session_id),
+                        "b_ended_at": end.ended_at,
+                        "b_status": storable_text(end.status),
+                        "b_error": storable_text(end.error) if end.error is not None else None,
+                    }
+                    for end in ends
+                ],
             )
+
+
+# Executed on the batch's Connection (Core executemany), not through the Session.
+_COUNT_ACTIONS = (
+    update(SessionRow)
+    .where(SessionRow.id == bindparam("b_id"))
+    .values(
+        action_count=SessionRow.action_count + bindparam("b_actions"),
+        blocked_count=SessionRow.blocked_count + bindparam("b_blocked"),
+    )
+)
+_END_SESSION = (
+    update(SessionRow)
+    .where(SessionRow.id == bindparam("b_id"))
+    .values(
+        ended_at=bindparam("b_ended_at"),
+        status=bindparam("b_status"),
+        error=bindparam("b_error"),
+    )
+)
 
 
 def _finite(value: float) -> float | None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import case, delete, select
+from sqlalchemy import bindparam, case, delete, select
 from sqlalchemy.orm import Session
 
 from wardgate.store.db import Store
@@ -47,6 +47,19 @@ from wardgate.store.models import LoginFailure
 
 # Seconds within which a failed login on the other transport is the client's retry.
 RETRY_GRACE = 5.0
+# How long a process reuses a "nothing counted, not throttled" answer of ``check`` for a
+# principal and address before asking the store again (``cached_check``). Every failure
+# is still written to the store at once, and a failure in this process drops the
+# answers for its address; failures counted by *other* processes are seen here within
+# this bound. docs/configuration.md, "Tokens".
+CHECK_CACHE_SECONDS = 2.0
+_CHECK_CACHE_MAX = 10_000
+
+
+# Built once: constructing a select() costs more than running it on SQLite.
+_COUNTS = select(LoginFailure.key, LoginFailure.count, LoginFailure.window_start).where(
+    LoginFailure.key.in_((bindparam("pair"), bindparam("addr")))
+)
 
 
 def _pair_key(principal: str, client_ip: str) -> str:
@@ -86,6 +99,9 @@ class LoginLimiter:
         self._addr_max = address_failures
         self._window = window
         self._max_delay = max_delay
+        # address -> principal -> monotonic time of a store read that found nothing
+        # counted and no wait. Filled from threads; single dict operations only.
+        self._clear: dict[str, dict[str, float]] = {}
 
     @property
     def max_delay(self) -> float:
@@ -103,14 +119,10 @@ class LoginLimiter:
         address (when none is, a success has nothing to clear: ``record_success`` can be
         skipped, sparing a store write per login). ``surface``: whose address counter
         (see ``_addr_key``); "" for token logins."""
-        now = time.time()
+        read_at, now = time.monotonic(), time.time()
         pair, addr = _pair_key(principal, client_ip), _addr_key(client_ip, surface)
         with self._store.connection(write=False) as conn:
-            rows = conn.execute(
-                select(LoginFailure.key, LoginFailure.count, LoginFailure.window_start).where(
-                    LoginFailure.key.in_((pair, addr))
-                )
-            ).all()
+            rows = conn.execute(_COUNTS, {"pair": pair, "addr": addr}).all()
         wait, counted = 0.0, False
         for key, count, window_start in rows:
             remaining = window_start + self._window - now
@@ -119,7 +131,22 @@ class LoginLimiter:
             if key == addr and count >= self._addr_max:
                 wait = remaining
             counted = counted or key == pair
+        if wait <= 0 and not counted and not surface:  # kept for token logins only
+            if len(self._clear) >= _CHECK_CACHE_MAX:
+                self._clear.clear()
+            principals = self._clear.setdefault(client_ip, {})
+            if len(principals) >= _CHECK_CACHE_MAX:
+                principals.clear()
+            principals[principal] = read_at
         return (wait if wait > 0 else None), counted
+
+    def cached_check(self, principal: str, client_ip: str) -> bool:
+        """Whether ``check`` (of a token login: no ``surface``) found nothing counted
+        and no wait for this principal and address less than CHECK_CACHE_SECONDS ago
+        (and no failure from the address, of any surface, was counted here since): no
+        store access, so the event loop may call it."""
+        read_at = self._clear.get(client_ip, {}).get(principal)
+        return read_at is not None and time.monotonic() - read_at < CHECK_CACHE_SECONDS
 
     def record_failure(
         self, principal: str | None, client_ip: str, *, tls: bool = False, surface: str = ""
@@ -129,6 +156,7 @@ class LoginLimiter:
         before authentication), counted against the address alone."""
         if self._on_failure is not None:
             self._on_failure()
+        self._clear.pop(client_ip, None)  # before the write: a racing login reads the store
         now = time.time()
         expired = LoginFailure.window_start <= now - self._window
         with self._store.session() as session:

@@ -179,6 +179,8 @@ class ScramServer:
         self._client_first_bare = ""
         self._server_first = ""
         self._done = False
+        # (proof, auth message) of a client-final no key matched: see recheck().
+        self._unmatched: tuple[bytes, bytes] | None = None
 
     def handle_client_first(self, data: bytes) -> bytes:
         if self._gs2_header is not None or self._done:
@@ -236,16 +238,36 @@ class ScramServer:
         auth_message = ",".join(
             (self._client_first_bare, self._server_first, without_proof)
         ).encode("utf-8")
+        return self._match(self._verifiers, proof, auth_message)
+
+    def _match(
+        self, verifiers: ScramVerifierSet, proof: bytes, auth_message: bytes
+    ) -> tuple[str, bytes]:
         matched: ScramKeys | None = None
         # Every key is tried, so the time taken does not say which one matched.
-        for keys in self._verifiers.keys:
+        for keys in verifiers.keys:
             client_key = _xor(proof, _hmac(keys.stored_key, auth_message))
             if hmac.compare_digest(hashlib.sha256(client_key).digest(), keys.stored_key):
                 matched = matched or keys
         if matched is None:
+            self._unmatched = (proof, auth_message)
             raise ScramAuthError("client proof does not match")
+        self._unmatched = None
         signature = _hmac(matched.server_key, auth_message)
         return matched.key_id, b"v=" + _b64(signature).encode("ascii")
+
+    def recheck(self, verifiers: ScramVerifierSet) -> tuple[str, bytes]:
+        """The client-final that no key matched, tried once more against ``verifiers``
+        read afresh from the store (the first set came from a worker's short-lived
+        cache, which may predate a token created since). Only under the salt and count
+        announced to the client, from which its proof was derived."""
+        unmatched, self._unmatched = self._unmatched, None
+        if unmatched is None:
+            raise ScramAuthError("nothing to recheck")
+        v = self._verifiers
+        if verifiers.salt != v.salt or verifiers.iterations != v.iterations:
+            raise ScramAuthError("client proof does not match")
+        return self._match(verifiers, *unmatched)
 
 
 class ScramClient:

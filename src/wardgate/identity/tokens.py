@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from wardgate.identity.scram import ScramKeys, ScramVerifierSet, derive_keys
@@ -37,6 +37,14 @@ SALT_BYTES = 16
 # last_used_at is written at most this often per token and process: a login then costs
 # no store write, and "last used" stays accurate to about a minute.
 TOUCH_INTERVAL = 60.0
+# How long a gateway process reuses a principal's SCRAM keys read from the store at a
+# login (TokenService.cached_verifiers) before reading them again: the bound on how
+# long a token revoked by another process (the CLI, another worker) still logs in
+# here, and on how long logins go on here from what was read while the store has
+# become unreachable. A token created since is found at once (a proof no cached key
+# matches is checked again against the store). docs/configuration.md, "Tokens".
+VERIFIER_CACHE_SECONDS = 2.0
+_VERIFIER_CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,25 @@ class TokenInfo:
         return self.revoked_at is None
 
 
+# Built once: constructing a select() costs more than running it on SQLite.
+_VERIFIERS = (
+    select(
+        PrincipalSalt.salt,
+        PrincipalSalt.iterations,
+        TokenRow.id,
+        TokenRow.stored_key,
+        TokenRow.server_key,
+    )
+    .select_from(PrincipalSalt)
+    .outerjoin(
+        TokenRow,
+        and_(TokenRow.principal == PrincipalSalt.principal, TokenRow.revoked_at.is_(None)),
+    )
+    .where(PrincipalSalt.principal == bindparam("principal"))
+    .order_by(TokenRow.created_at, TokenRow.id)
+)
+
+
 def _new_token_id() -> str:
     # 40 random bits in lowercase base32: short enough to type, unique enough for a
     # table of tokens (a collision only makes create() retry).
@@ -76,6 +103,9 @@ class TokenService:
         self._store = store
         self._pepper = pepper
         self._touched: dict[str, float] = {}
+        # principal -> (monotonic time read from the store, its keys): see
+        # VERIFIER_CACHE_SECONDS. Filled from threads; single dict operations only.
+        self._verifier_cache: dict[str, tuple[float, ScramVerifierSet]] = {}
 
     def create(self, principal: str, name: str = "") -> IssuedToken:
         token = _new_token()
@@ -98,6 +128,7 @@ class TokenService:
                         lookup=self._lookup(token),
                     )
                 )
+            self._verifier_cache.pop(principal, None)
             return IssuedToken(token_id, token)
         raise RuntimeError("could not allocate a unique token id")  # pragma: no cover
 
@@ -147,7 +178,10 @@ class TokenService:
                 .where(TokenRow.id == token_id, TokenRow.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
-            return bool(getattr(result, "rowcount", 0))
+            revoked = bool(getattr(result, "rowcount", 0))
+        # Revoked through this process (the API): no login here on cached keys after it.
+        self._verifier_cache.clear()
+        return revoked
 
     def list(self, principal: str | None = None) -> list[TokenInfo]:
         stmt = select(TokenRow).order_by(TokenRow.principal, TokenRow.created_at, TokenRow.id)
@@ -200,21 +234,34 @@ class TokenService:
         return mac.digest()[:SALT_BYTES]
 
     def verifiers(self, principal: str) -> ScramVerifierSet:
+        """The principal's salt, count and non-revoked keys, read from the store (and
+        kept for ``cached_verifiers``)."""
+        read_at = time.monotonic()
         with self._store.connection(write=False) as conn:  # every login: Core, not ORM
-            salt_row = conn.execute(
-                select(PrincipalSalt.salt, PrincipalSalt.iterations).where(
-                    PrincipalSalt.principal == principal
-                )
-            ).one_or_none()
-            rows = conn.execute(
-                select(TokenRow.id, TokenRow.stored_key, TokenRow.server_key)
-                .where(TokenRow.principal == principal, TokenRow.revoked_at.is_(None))
-                .order_by(TokenRow.created_at, TokenRow.id)
-            ).all()
-        if salt_row is None:
-            return ScramVerifierSet(self.fake_salt(principal), ITERATIONS, ())
-        keys = tuple(ScramKeys(r.id, bytes(r.stored_key), bytes(r.server_key)) for r in rows)
-        return ScramVerifierSet(bytes(salt_row.salt), int(salt_row.iterations), keys)
+            # One statement: the salt row, joined with each live key (none: one row of
+            # NULL keys; unknown principal: no row).
+            rows = conn.execute(_VERIFIERS, {"principal": principal}).all()
+        if not rows:
+            verifiers = ScramVerifierSet(self.fake_salt(principal), ITERATIONS, ())
+        else:
+            keys = tuple(
+                ScramKeys(r.id, bytes(r.stored_key), bytes(r.server_key))
+                for r in rows
+                if r.id is not None
+            )
+            verifiers = ScramVerifierSet(bytes(rows[0].salt), int(rows[0].iterations), keys)
+        if len(self._verifier_cache) >= _VERIFIER_CACHE_MAX:
+            self._verifier_cache.clear()
+        self._verifier_cache[principal] = (read_at, verifiers)
+        return verifiers
+
+    def cached_verifiers(self, principal: str) -> ScramVerifierSet | None:
+        """What ``verifiers`` read for ``principal`` less than VERIFIER_CACHE_SECONDS
+        ago, or None: no store access, so the event loop may call it."""
+        entry = self._verifier_cache.get(principal)
+        if entry is None or time.monotonic() - entry[0] >= VERIFIER_CACHE_SECONDS:
+            return None
+        return entry[1]
 
     def check_password(self, principal: str, token: str) -> str | None:
         """Verify a cleartext token (PasswordMessage over TLS); returns the token id."""

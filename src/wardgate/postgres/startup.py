@@ -175,8 +175,10 @@ async def authenticate(
     message): sent with it, the client wakes up once, not twice.
 
     The store is read once, in a thread, while the client answers the first message
-    (the throttle, the principal's salt and its non-revoked keys): revocation takes
-    effect at the next login. ``on_unthrottled`` runs once the throttle let the login
+    (the throttle, the principal's salt and its non-revoked keys), unless this process
+    read the same a moment ago: a revocation made elsewhere takes effect here within
+    tokens.VERIFIER_CACHE_SECONDS (at once when made through this process), a new
+    token at once. ``on_unthrottled`` runs once the throttle let the login
     go on, before the proof is checked (the listener starts dialling upstream then).
     """
     limiter = services.limiter
@@ -193,13 +195,24 @@ async def authenticate(
     client.write(
         build.auth_cleartext_password() if password else build.auth_sasl(["SCRAM-SHA-256"])
     )
-    looked_up = asyncio.ensure_future(asyncio.to_thread(lookup))
-    try:
+    # What this process read from the store a moment ago, when it said nothing was
+    # counted (ratelimit.CHECK_CACHE_SECONDS, tokens.VERIFIER_CACHE_SECONDS): no store
+    # read and no thread for a principal that keeps connecting. A proof the cached
+    # keys do not match is checked again against the store below.
+    cached = None if password else tokens.cached_verifiers(principal)
+    verifiers: ScramVerifierSet | None
+    if cached is not None and limiter.cached_check(principal, addr):
         first = await client.read()
-        retry, counted, verifiers = await looked_up
-    finally:
-        if not looked_up.done():
-            looked_up.cancel()
+        retry, counted, verifiers = None, False, cached
+    else:
+        cached = None
+        looked_up = asyncio.ensure_future(asyncio.to_thread(lookup))
+        try:
+            first = await client.read()
+            retry, counted, verifiers = await looked_up
+        finally:
+            if not looked_up.done():
+                looked_up.cancel()
     # Past the address's threshold, only the costly cleartext check (PBKDF2) is refused
     # outright: a SCRAM proof is cheap to check, and a right token from an address an
     # agent flooded with failures (loopback: everyone's) must still log in.
@@ -242,7 +255,14 @@ async def authenticate(
             final = await client.read()
             if not isinstance(final, m.PasswordData):
                 raise ProtocolError("expected a SASLResponse")
-            token_id, server_final = scram.handle_client_final(final.payload)
+            try:
+                token_id, server_final = scram.handle_client_final(final.payload)
+            except ScramAuthError:
+                if cached is None or services.config.principal(principal) is None:
+                    raise
+                # The keys came from the cache: a token created since is not among them.
+                fresh = await asyncio.to_thread(tokens.verifiers, principal)
+                token_id, server_final = scram.recheck(fresh)
             ahead = build.auth_sasl_final(server_final)
             ok = True
         except ScramAuthError:

@@ -30,6 +30,11 @@ class Relay(TypingProtocol):
     def idle(self) -> bool: ...
 
 
+# A read at least this large probably left more in the socket: the side then stops
+# reading until the event loop's next turn (`_take_turns`).
+TURN_BYTES = 64 * 1024
+
+
 class _Side(asyncio.Protocol):
     transport: asyncio.Transport
 
@@ -75,6 +80,18 @@ class _Side(asyncio.Protocol):
             self._paused_by.discard(reason)
             if not self._paused_by and not self.closed:
                 self.transport.resume_reading()
+
+    def _take_turns(self, size: int) -> None:
+        """After relaying a large read: let every other connection of this process have
+        its turn before this side reads again. libuv (uvloop) reads a socket up to 32
+        times in one go while each read fills its 256 KB buffer, so a fast server's
+        result could be relayed whole (8 MB) before a CancelRequest that arrived
+        meanwhile was even read, or a client's batch before the server's error reached
+        that client (issue 20: psycopg's test_copy_out_error_with_copy_not_finished,
+        asyncpg's test_executemany_server_failure_during_writes)."""
+        if size >= TURN_BYTES and not self.closed and "turn" not in self._paused_by:
+            self.pause_reading("turn")
+            asyncio.get_running_loop().call_soon(self.resume_reading, "turn")
 
     def write(self, data: bytes) -> None:
         # is_closing(): a transport can be closed without connection_lost reaching us
@@ -147,6 +164,7 @@ class ClientSide(_Side):
             return
         if self.relay is not None:
             self.relay.on_client_data(data)
+            self._take_turns(len(data))
             return
         self.decoder.feed(data)
         cap = self.startup_buffer_bytes
@@ -193,6 +211,7 @@ class UpstreamSide(_Side):
     def data_received(self, data: bytes) -> None:
         if self.relay is not None:
             self.relay.on_upstream_data(data)
+            self._take_turns(len(data))
             return
         if self.raw_mode:
             self._raw += data

@@ -15,6 +15,8 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from wardgate.audit.records import (
     AUDIT_UNAVAILABLE,
     AUDIT_UNAVAILABLE_HINT,
@@ -42,6 +44,28 @@ class SshListener:
         self.keys = SshKeys(services.store)
         self._server: asyncssh.SSHAcceptor | None = None
         self.connections: set[GatewayConnection] = set()
+        # Why the store failed the last login that needed it (None: it did not): one log
+        # line when that changes, not one per login attempt (as PgListener does).
+        self.store_failure: str | None = None
+
+    def store_refusal(self, exc: SQLAlchemyError | None = None) -> asyncssh.DisconnectError:
+        """The disconnect that refuses a login the store cannot serve (``exc``: the
+        store's error; None: the recorder is refusing records). The client sees the same
+        message as a PostgreSQL login gets with 57P03, and nothing was run."""
+        if exc is not None:
+            from wardgate.store.db import describe_error
+
+            reason = describe_error(exc)
+            if self.store_failure is None:
+                log.error("the store fails SSH logins (refusing them): %s", reason)
+            self.store_failure = reason
+        self.services.recorder.refused()
+        return asyncssh.ServiceNotAvailable(f"{AUDIT_UNAVAILABLE}. {AUDIT_UNAVAILABLE_HINT}")
+
+    def store_served(self) -> None:
+        if self.store_failure is not None:
+            log.warning("the store serves SSH logins again")
+            self.store_failure = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         from wardgate.ssh.session import handle_process
@@ -135,18 +159,30 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         self.connection_name = username
+        self._refuse_unrecorded()
         return True  # always authenticate
+
+    def _refuse_unrecorded(self) -> None:
+        """No login while the session could not be recorded (the recorder refuses records:
+        the store is unwritable or unreachable and the backlog is full), as PostgreSQL
+        logins are refused with 57P03: a disconnect whose reason OpenSSH prints."""
+        if self.services.recorder.unavailable:
+            raise self.listener.store_refusal()
 
     def password_auth_supported(self) -> bool:
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
+        self._refuse_unrecorded()
         try:
             checked = await self.services.check_bearer(password, self.client_addr, "ssh")
         except TooManyFailures:
             return False  # SSH has no way to say "wait"; the client sees a failure
+        except SQLAlchemyError as exc:  # the token lookup or the failure count
+            raise self.listener.store_refusal(exc) from None
         if checked is None:
             return False
+        self.listener.store_served()
         self.principal = checked[1]
         return True
 
@@ -154,8 +190,13 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        self._refuse_unrecorded()
         fingerprint = key.get_fingerprint("sha256")
-        name = await asyncio.to_thread(self.listener.keys.principal_for, fingerprint)
+        try:
+            name = await asyncio.to_thread(self.listener.keys.principal_for, fingerprint)
+        except SQLAlchemyError as exc:
+            raise self.listener.store_refusal(exc) from None
+        self.listener.store_served()
         principal = self.services.config.principal(name) if name else None
         if principal is None:
             return False
