@@ -8,18 +8,21 @@ RowDescription's table and column, does not catch it: only the rewrite protects 
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from pglast.parser import parse_sql_json
 
-from tests.integration.conftest import Gateway, admin_conn
-from tests.integration.test_mask_path import CLEAR_PUBLIC, _agent
+from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
+from tests.integration.test_mask_path import CLEAR_PUBLIC, MASKING, _agent
 from tests.integration.test_mask_path import gw as gw  # noqa: F401 - the fixture
 from tests.integration.test_mask_path import t as t  # noqa: F401 - the fixture
 from wardgate.policy.mask_rules import ColumnRule
+from wardgate.postgres.mask_catalog import TTL
 from wardgate.postgres.mask_rewrite import MaskCatalog, Refused, Table, rewrite
 
 HEX = [e.encode().hex() for e in CLEAR_PUBLIC]
@@ -102,8 +105,6 @@ def test_a_view_that_sets_the_search_path_behind_the_gateway(
 
 def _retry(conn: psycopg.Connection[Any], sql: str) -> Any:
     """The catalog snapshot may not know a relation made outside the gateway yet."""
-    import time
-
     for _ in range(40):
         try:
             return conn.execute(sql.encode()).fetchall()
@@ -167,3 +168,49 @@ def test_text_the_gateway_cannot_parse_is_refused_not_passed(it_database: str) -
     with pytest.raises(Refused) as info:
         rewrite(sql, catalog, rules, (("public",),))
     assert "cannot parse" in info.value.reason
+
+
+@pytest.fixture(scope="module")
+def ddl_gw(it_database: str, t: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The same rules, for an agent whose role allows writes and DDL."""
+    config = base_config(it_database).replace("agents: reader", "agents: engineer")
+    gw = make_gateway(tmp_path_factory.mktemp("attack16b"), config + MASKING.replace("{t}", t))
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def test_create_table_as_execute_after_a_new_search_path(ddl_gw: Gateway, t: str) -> None:
+    """Fixed: ``CREATE TABLE x AS EXECUTE p`` ran p analysed again under the new
+    search_path (public.<t>, clear) into a table no rule masks; the EXECUTE inside it
+    was not checked like a plain one. Now refused for a masked principal."""
+    copy = f"x_{uuid.uuid4().hex[:8]}"
+    with _agent(ddl_gw, f"other_{t},public") as conn:
+        conn.execute(f"prepare p16e as {_hex_emails(t)}".encode())
+        conn.execute(b"set search_path = public")
+        try:
+            conn.execute(f"create table public.{copy} as execute p16e".encode())
+        except psycopg.errors.InsufficientPrivilege as exc:
+            assert "CREATE TABLE AS EXECUTE" in str(exc), exc
+            return
+        _no_clear(conn, _retry(conn, f"select * from public.{copy}"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the agent itself plants the view (DDL in one session) and uses it in "
+    "another: the second session's search_path changes on the server only",
+)
+def test_the_agent_plants_a_search_path_view_itself(ddl_gw: Gateway, t: str) -> None:
+    trap = f"trap_{uuid.uuid4().hex[:8]}"
+    with _agent(ddl_gw) as planter:
+        planter.execute(
+            f"create view public.{trap} as "
+            "select pg_catalog.set_config('search_path', 'public', false) as s".encode()
+        )
+    # DDL through the gateway counts every schema's table of a name on the connection
+    # for TTL seconds (mask_catalog.py): the agent waits them out.
+    time.sleep(TTL + 2)
+    with _agent(ddl_gw, f"other_{t},public") as conn:
+        assert _retry(conn, f"select s from {trap}") == [("public",)]
+        _no_clear(conn, conn.execute(_hex_emails(t).encode()).fetchall())

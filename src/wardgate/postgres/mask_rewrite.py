@@ -476,6 +476,15 @@ class _Rewriter:
             stmt.query = self.statement(stmt.query)
             return stmt
         if isinstance(stmt, ast.CreateTableAsStmt):
+            if isinstance(stmt.query, ast.ExecuteStmt):
+                # PostgreSQL analyses the prepared statement again if the search_path
+                # changed since it was prepared; the gateway checks that at EXECUTE and
+                # Bind (relay_state.py), not here, where the name's SQL is unknown.
+                raise Refused(
+                    "CREATE TABLE AS EXECUTE is not supported for principals under a "
+                    "masking rule; use CREATE TABLE AS SELECT",
+                    self._any_rule(),
+                )
             stmt.query = self.statement(stmt.query)
             return stmt
         if isinstance(stmt, ast.MergeStmt):
