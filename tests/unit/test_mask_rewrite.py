@@ -161,7 +161,6 @@ UNCHANGED = [
     "set search_path = public",
     "alter table orders rename column people_id to person_id",
     "select 1 from people p where p.name = 'x' order by p.id",
-    "this is not sql",
 ]
 
 
@@ -203,6 +202,10 @@ def test_whole_row_of_a_table_a_rule_names_is_refused() -> None:
 
 
 REFUSED = [
+    ("create table x as execute p", "CREATE TABLE AS EXECUTE"),
+    ("this is not sql", "cannot parse"),
+    # PostgreSQL 15 reads system_user as an alias; 16+ (the gateway's parser) refuses.
+    ("select system_user.email from people system_user", "cannot parse"),
     ("select row_to_json(p) from people p", "whole-row"),
     ("select p from people p", "whole-row"),
     ("select p::text from people p", "whole-row"),

@@ -31,7 +31,9 @@ class ExtendedProtocol(ReviewHold):
         if rewritten is not None:
             raw = build.parse(msg.name, rewritten, msg.param_types)
         model = self.model
-        change = model.statements.propose(msg.name, Prepared(msg.sql, msg.param_types), model.batch)
+        masked = self._mask_prepared(msg.sql, rewritten)
+        prepared = Prepared(msg.sql, msg.param_types, masked)
+        change = model.statements.propose(msg.name, prepared, model.batch)
         if self.masking is not None:
             self.masking.parsed(msg.name)
         self._pending.append(Pending(PARSE, changes=[[change]]))
@@ -47,6 +49,11 @@ class ExtendedProtocol(ReviewHold):
                 p.sql if p is not None else f"EXECUTE {quoted(msg.statement)}" for p in held
             )
         )
+        for p in held:
+            replanned = self._mask_replanned(p)
+            if replanned is not None:
+                self._block_extended(sqls[0], (), replanned, out)
+                return
         types = next((p.param_types for p in held if p is not None), ())
         unclear = ambiguous_params(msg.params, msg.param_formats, types)
         if unclear:

@@ -136,6 +136,12 @@ def install_sql(masking_key: bytes) -> str:
     between gateway processes by an advisory lock)."""
     ipad, opad = db_key(masking_key)
     s = MASK_SCHEMA
+    # Every operator qualified (and every literal typed): the functions run, inlined,
+    # under the caller's search_path, and a session that places a schema of its own
+    # before pg_catalog (a startup option) would otherwise call its own ``~`` or ``||``
+    # with the clear value (or the key). Functions are qualified too.
+    cat, eq, gt, le = (f"OPERATOR(pg_catalog.{o})" for o in ("||", "=", ">", "<="))
+    match = "OPERATOR(pg_catalog.~)"
     return f"""
 BEGIN;
 SELECT pg_catalog.pg_advisory_xact_lock(7716300116);
@@ -147,25 +153,27 @@ INSERT INTO {s}.key VALUES (1, '\\x{ipad.hex()}'::bytea, '\\x{opad.hex()}'::byte
   ON CONFLICT (id) DO UPDATE SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad;
 CREATE OR REPLACE FUNCTION {s}.hmac_hex(v text) RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE AS $f$
-  SELECT pg_catalog.encode(pg_catalog.sha256(k.opad || pg_catalog.sha256(
-    k.ipad || pg_catalog.convert_to(v, 'UTF8'))), 'hex')
-  FROM {s}.key k WHERE k.id = 1 $f$;
+  SELECT pg_catalog.encode(pg_catalog.sha256(k.opad {cat} pg_catalog.sha256(
+    k.ipad {cat} pg_catalog.convert_to(v, 'UTF8'))), 'hex')
+  FROM {s}.key k WHERE k.id {eq} 1 $f$;
 CREATE OR REPLACE FUNCTION {s}.hash(v text) RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE AS $f$
-  SELECT 'h:' || pg_catalog.left({s}.hmac_hex('hash' || v), 16) $f$;
+  SELECT 'h:'::pg_catalog.text {cat} pg_catalog.left({s}.hmac_hex('hash'::pg_catalog.text {cat} v), 16) $f$;
 CREATE OR REPLACE FUNCTION {s}.pseudonym(v text) RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE AS $f$
-  SELECT CASE WHEN pg_catalog.strpos(v, '@') > 0
-    THEN 'user_' || pg_catalog.left({s}.hmac_hex('pseudonym' || v), 10) || '@example.invalid'
-    ELSE 'tok_' || pg_catalog.left({s}.hmac_hex('pseudonym' || v), 12) END $f$;
+  SELECT CASE WHEN pg_catalog.strpos(v, '@') {gt} 0
+    THEN 'user_'::pg_catalog.text {cat} pg_catalog.left({s}.hmac_hex('pseudonym'::pg_catalog.text {cat} v), 10)
+      {cat} '@example.invalid'::pg_catalog.text
+    ELSE 'tok_'::pg_catalog.text {cat} pg_catalog.left({s}.hmac_hex('pseudonym'::pg_catalog.text {cat} v), 12) END $f$;
 CREATE OR REPLACE FUNCTION {s}.partial(v text) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $f$
   SELECT CASE
-    WHEN v ~ '^[^@[:space:]]+@[^@[:space:]]+$' THEN pg_catalog.left(v, 1) || '****@*****'
-      || coalesce(pg_catalog.substring(v, '\\.[[:alpha:]]+$'), '')
-    WHEN pg_catalog.length(v) <= 8 THEN '****'
+    WHEN v {match} '^[^@[:space:]]+@[^@[:space:]]+$'::pg_catalog.text
+      THEN pg_catalog.left(v, 1) {cat} '****@*****'::pg_catalog.text
+      {cat} coalesce(pg_catalog.substring(v, '\\.[[:alpha:]]+$'::pg_catalog.text), ''::pg_catalog.text)
+    WHEN pg_catalog.length(v) {le} 8 THEN '****'::pg_catalog.text
     ELSE pg_catalog.regexp_replace(pg_catalog.left(v, -4), '[[:alnum:]]', '*', 'g')
-      || pg_catalog.right(v, 4) END $f$;
+      {cat} pg_catalog.right(v, 4) END $f$;
 COMMIT;
 """
 

@@ -250,12 +250,19 @@ def rewrite(
 ) -> str | None:
     """``sql`` with sensitive columns masked, or None when nothing needed a change.
     ``paths``: every search_path the session may have (mask_path.py), None when unknown.
-    Raises Refused. Unparsable SQL is returned unchanged: the gate has judged it and
-    the server's parser refuses it too."""
+    Raises Refused, also for text the gateway cannot parse: the gate blocks it (or a
+    human approved it, with ``on_parse_error: review``), and the server's grammar may
+    read it (PostgreSQL 15 reads ``select 1email, email`` as ``1 AS email, email``,
+    which libpg_query of PostgreSQL 17 refuses), so it is never passed unmasked."""
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError:
-        return None
+        raise Refused(
+            "the gateway cannot parse this statement, so it cannot mask the columns it "
+            "reads; a principal under a masking rule may only run statements it can "
+            "parse (check the syntax)",
+            rules[0].rule if rules else "masking",
+        ) from None
     if _nothing_to_do(tree, catalog, rules, paths):
         return None  # the fast path: no masked table, nothing refused
     statements = parse_sql(sql)
@@ -469,6 +476,15 @@ class _Rewriter:
             stmt.query = self.statement(stmt.query)
             return stmt
         if isinstance(stmt, ast.CreateTableAsStmt):
+            if isinstance(stmt.query, ast.ExecuteStmt):
+                # PostgreSQL analyses the prepared statement again if the search_path
+                # changed since it was prepared; the gateway checks that at EXECUTE and
+                # Bind (relay_state.py), not here, where the name's SQL is unknown.
+                raise Refused(
+                    "CREATE TABLE AS EXECUTE is not supported for principals under a "
+                    "masking rule; use CREATE TABLE AS SELECT",
+                    self._any_rule(),
+                )
             stmt.query = self.statement(stmt.query)
             return stmt
         if isinstance(stmt, ast.MergeStmt):

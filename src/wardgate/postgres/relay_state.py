@@ -30,7 +30,7 @@ from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.result_tap import ResultTap, SessionResults
-from wardgate.postgres.session_model import Change, SessionModel
+from wardgate.postgres.session_model import Change, Prepared, SessionModel
 from wardgate.postgres.transaction import TRANSACTION_TAGS, Settled, TransactionOutcome
 from wardgate.reviews.model import ReviewInfo
 
@@ -212,6 +212,46 @@ class RelayState:
             )
         except Refused as exc:
             return Verdict(Decision.BLOCK, f"masking:{exc.rule}", exc.reason)
+
+    def _mask_note(self, sql: str) -> None:
+        """``sql`` is about to be judged: what it may set counts before any prepared
+        statement it executes is checked (``set search_path = x; execute p``)."""
+        session = self.masking.masking if self.masking is not None else None
+        if session is not None and session.column_rules and self.mask_paths is not None:
+            self.mask_paths.note(sql)
+
+    def _mask_prepared(self, sql: str, sent: bytes | None) -> str | None:
+        """What a statement prepared now holds for ``_mask_replanned``: the text the
+        server got (``sent``, the rewrite, or ``sql``); None without column rules."""
+        session = self.masking.masking if self.masking is not None else None
+        if session is None or not session.column_rules:
+            return None
+        return sql if sent is None else sent.decode(self.client.decoder.encoding)
+
+    def _mask_replanned(self, prepared: Prepared | None) -> Verdict | None:
+        """PostgreSQL analyses a prepared statement again when the session's search_path
+        changed since it was prepared (or a relation it read changed), so an unqualified
+        name may mean another table at Bind or EXECUTE than at Parse or PREPARE. The
+        statement is rewritten again under the search_paths the session may have now;
+        when that differs from what the server prepared, it is refused (fail closed)."""
+        if prepared is None or prepared.masked is None:
+            return None
+        now = self._mask_rewrite(prepared.sql)
+        if isinstance(now, Verdict):
+            return now
+        text = prepared.sql if now is None else now.decode(self.client.decoder.encoding)
+        if text == prepared.masked:
+            return None
+        session = self.masking.masking if self.masking is not None else None
+        rules = session.column_rules if session is not None else ()
+        return Verdict(
+            Decision.BLOCK,
+            f"masking:{rules[0].rule if rules else 'masking'}",
+            "this prepared statement was rewritten for column masking under the search_path "
+            "the session had when it was prepared; the session's search_path (or the "
+            "catalog) may have changed since, and PostgreSQL would read its tables again "
+            "under the new one, unmasked. Prepare it again",
+        )
 
     def _act(self, action: Action, verdict: Verdict) -> Act:
         self._seq += 1

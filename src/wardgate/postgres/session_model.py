@@ -81,10 +81,13 @@ class Names(Generic[V]):
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a prepared-statement name holds: its SQL and declared parameter types."""
+    """What a prepared-statement name holds: its SQL and declared parameter types; for a
+    principal under column masking rules, ``masked``: the text the server prepared (the
+    rewrite, or the SQL itself), None otherwise."""
 
     sql: str
     param_types: tuple[int, ...] = ()
+    masked: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ class SimpleQuery(ReviewHold):
         self, msg: m.Query, raw: bytes, out: list[bytes], approval: ReviewInfo | None = None
     ) -> None:
         statements = classify(msg.sql)
+        self._mask_note(msg.sql)
         texts = [s.text for s in statements] if len(statements) > 1 else [msg.sql]
         # Names this string itself defines, statement by statement: a later statement of
         # the string only runs if the earlier ones succeeded.
@@ -142,6 +143,10 @@ class SimpleQuery(ReviewHold):
             held: list[Prepared | None] = [defined.get(name)]
         else:
             held = self.model.statements.candidates(name, self.model.batch)
+        for p in held:
+            replanned = self._mask_replanned(p)
+            if replanned is not None:
+                return action, replanned
         judged = [
             (resolved, self._judge(resolved))
             for resolved in (
@@ -196,7 +201,7 @@ class SimpleQuery(ReviewHold):
         model = self.model
         out: list[Change[Any]] = []
         for name, prepared in prepared_statement_changes(text):
-            value = None if prepared is None else Prepared(prepared)
+            value = None if prepared is None else self._prepared(prepared)
             out.append(model.statements.propose(name, value, model.batch))
         for cursor, holdable in cursor_changes(text):
             portal = None
@@ -207,6 +212,14 @@ class SimpleQuery(ReviewHold):
                 portal = Portal((fetch,), holdable=holdable)
             out.append(model.portals.propose(cursor, portal, model.batch))
         return out
+
+    def _prepared(self, sql: str) -> Prepared:
+        """A statement SQL PREPARE makes: for a masked principal, with the rewrite of
+        ``sql`` under the session's search_paths now (as the server prepared it)."""
+        rewritten = self._mask_rewrite(sql)
+        if isinstance(rewritten, Verdict):
+            return Prepared(sql, masked="")  # never the rewrite of now: EXECUTE refused
+        return Prepared(sql, masked=self._mask_prepared(sql, rewritten))
 
     def _after_query_review(
         self, msg: m.Query, raw: bytes, result: Settled, out: list[bytes]
