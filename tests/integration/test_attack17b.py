@@ -3,6 +3,7 @@ with its transaction, whatever the agent does around it."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.conftest import make_gateway
+from tests.integration.conftest import admin_conn, make_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,59 @@ def _rollback_to_without_savepoint_word_in_parens(
     return True
 
 
+def _pipelined_failure_before_sync(conn: psycopg.Connection[Any], update: str) -> bool:
+    # Extended protocol, one Sync: the UPDATE and the failing SELECT share a transaction.
+    with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+        conn.execute(update)
+        conn.execute("SELECT 1/0")
+    return False
+
+
+def _commit_inside_one_query(conn: psycopg.Connection[Any], update: str) -> bool:
+    # The approved string's own COMMIT keeps the UPDATE; the failure after it does not undo it.
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute(update)
+    return True
+
+
+_commit_inside_one_query.suffix = "; COMMIT; SELECT 1/0"  # type: ignore[attr-defined]
+
+
+def _rollback_inside_one_query(conn: psycopg.Connection[Any], update: str) -> bool:
+    conn.execute(update)
+    return False
+
+
+_rollback_inside_one_query.suffix = "; ROLLBACK; SELECT 1"  # type: ignore[attr-defined]
+
+
+def _pipelined_commit_then_failure(conn: psycopg.Connection[Any], update: str) -> bool:
+    with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+        conn.execute(update)
+        conn.execute("COMMIT")
+        conn.execute("SELECT 1/0")
+    return True
+
+
+def _do_block_commits_then_fails(conn: psycopg.Connection[Any], update: str) -> bool:
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute(update)
+    return True
+
+
+def _procedure_commits_then_fails(conn: psycopg.Connection[Any], update: str) -> bool:
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute(update)
+    return True
+
+
 SCENARIOS: list[Callable[..., bool]] = [
+    _procedure_commits_then_fails,
+    _do_block_commits_then_fails,
+    _pipelined_failure_before_sync,
+    _commit_inside_one_query,
+    _rollback_inside_one_query,
+    _pipelined_commit_then_failure,
     _rollback_to_with_trailing_comment,
     _rollback_to_unicode_escape_name,
     _rollback_to_non_ascii_case,
@@ -90,23 +143,62 @@ SCENARIOS: list[Callable[..., bool]] = [
 ]
 
 
+COMMITS_INSIDE = (_procedure_commits_then_fails, _do_block_commits_then_fails)
+PIPELINED = (_pipelined_failure_before_sync, _pipelined_commit_then_failure)
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
 def test_review_status_follows_the_servers_transaction(
     it_database: str, tmp_path: Path, table: str, scenario: Callable[..., bool]
 ) -> None:
     from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
 
-    gw = make_gateway(tmp_path / "gw", review_config(it_database))
+    config = review_config(it_database)
+    if scenario is _do_block_commits_then_fails:  # an operator who reviews admin statements
+        config = config.replace(
+            "proposer: {read: allow, write: review, ddl: block, admin: block}",
+            "proposer: {read: allow, write: review, ddl: block, admin: review}",
+        )
+        assert "admin: review" in config
+    gw = make_gateway(tmp_path / "gw", config)
     gw.start()
     try:
-        update = f"UPDATE {table} SET qty = 7 WHERE id = 3"
+        update = f"UPDATE {table} SET qty = 7 WHERE id = 3" + getattr(scenario, "suffix", "")
+        if scenario is _do_block_commits_then_fails:
+            update = f"DO $$BEGIN {update}; COMMIT; PERFORM 1/0; END$$"
+        if scenario is _procedure_commits_then_fails:
+            # A procedure the agent may CALL (a write: reviewed), that commits, then fails.
+            with admin_conn(it_database) as admin:
+                admin.execute(
+                    f"CREATE PROCEDURE {table}_restock() LANGUAGE plpgsql AS "
+                    f"$$BEGIN {update}; COMMIT; PERFORM 1/0; END$$"
+                )
+                admin.execute(f"GRANT EXECUTE ON PROCEDURE {table}_restock() TO PUBLIC")
+            update = f"CALL {table}_restock()"
         with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
-            review_id = pending_error(conn, update)
+            if scenario in PIPELINED:
+                # A pipeline's review is filed by the pipeline (the same statement in it).
+                with pytest.raises(psycopg.Error) as info, conn.pipeline():
+                    conn.execute(update)
+                    conn.execute("SELECT 1")
+                found = re.search(r"review (r_[a-z0-9]+)", str(info.value))
+                assert found is not None, info.value
+                review_id = found.group(1)
+            else:
+                review_id = pending_error(conn, update)
             cli_as(gw, "reviewer", "reviews", "approve", review_id)
             kept = scenario(conn, update)
         assert qty(it_database, table, 3) == (7 if kept else 0)  # the server's real state
         api = Api(gw, "reviewer")
         shown = _settled(api, review_id)
+        if scenario in COMMITS_INSIDE:
+            # It failed, but not before its COMMIT: the approver must not read "failed"
+            # as "nothing was kept".
+            assert shown["status"] == "failed", shown
+            assert shown["result"]["transaction"] == "unknown", shown
+            assert "division by zero" in shown["result"]["error"], shown
+            assert "check the target" in shown["result"]["error"], shown
+            return
         want = "executed" if kept else "rolled_back"
         assert shown["status"] == want, shown
     finally:
