@@ -205,3 +205,37 @@ def test_review_status_follows_the_servers_transaction(
         while Api.opened:
             Api.opened.pop().client.close()
         gw.stop()
+
+
+def test_a_line_separator_does_not_show_comment_as_a_where_clause(
+    it_database: str, tmp_path: Path, table: str
+) -> None:
+    """The agent ends a `--` comment with U+2028 (a line break to a terminal or browser,
+    not to PostgreSQL): the approver reads `AND id = 3` on its own line, and every row
+    is updated."""
+    from tests.integration.browser import set_password
+    from tests.integration.test_reviews import cli_as, pending_error, qty, review_config
+    from tests.integration.test_web_auth import sign_in, ui
+
+    gw = make_gateway(tmp_path / "gw", review_config(it_database))
+    gw.start()
+    try:
+        update = f"UPDATE {table} SET qty = 7 WHERE true -- restock one row:\u2028  AND id = 3"
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            review_id = pending_error(conn, update)
+            shown = cli_as(gw, "reviewer", "reviews", "show", review_id).stdout
+            set_password(gw, "reviewer")
+            with ui(gw) as web:
+                assert sign_in(web, "reviewer", "correct horse battery").status_code in (200, 303)
+                page = web.get(f"/ui/reviews/{review_id}").text
+            cli_as(gw, "reviewer", "reviews", "approve", review_id)
+            conn.execute(update)
+        # What ran: WHERE true, every row.
+        assert qty(it_database, table, 1) == 7 and qty(it_database, table, 3) == 7
+        # What the approver read must not break the line where PostgreSQL does not.
+        # (the CLI's wrapping turned it into a real line break: `AND id = 3` stood alone)
+        assert "\u2028" not in shown and "restock one row:\\u2028" in shown, shown
+        assert "\u2028" not in page and "&#8232;" not in page
+        assert "\\u2028" in page
+    finally:
+        gw.stop()
