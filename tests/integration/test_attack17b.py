@@ -3,7 +3,9 @@ with its transaction, whatever the agent does around it."""
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -239,3 +241,87 @@ def test_a_line_separator_does_not_show_comment_as_a_where_clause(
         assert "\\u2028" in page
     finally:
         gw.stop()
+
+
+def _delete_behind_a_forged_sweep(db_path: str, before: int) -> int:
+    """Store write access: delete the first approval vote before event ``before``, and
+    append a `retention.swept` event naming it (correct hash), moving the head. Returns
+    the vote's event id."""
+    from wardgate.audit.chain import canonical_json, event_hash
+
+    db = sqlite3.connect(db_path)
+    try:
+        vote = db.execute(
+            "select id, hash, connection from audit_events where type = 'review.vote.approve' "
+            "and id < ? order by id limit 1",
+            (before,),
+        ).fetchone()
+        assert vote is not None
+        first, digest, connection = vote
+        db.execute("delete from audit_events where id = ?", (first,))
+        last_id, last_hash = db.execute("select last_id, last_hash from audit_head").fetchone()
+        runs = [[first, first, digest]]
+        payload = canonical_json(
+            {"connection": connection, "retention_days": 0, "before": time.time(),
+             "events": 1, "sessions": 0, "recordings": 0, "runs": runs}
+        )  # fmt: skip
+        row = dict(
+            id=last_id + 1, ts=time.time(), type="retention.swept", session_id="",
+            principal="wardgate", connection=connection, payload=payload,
+        )  # fmt: skip
+        new_hash = event_hash(last_hash, **row)  # type: ignore[arg-type]
+        db.execute(
+            "insert into audit_events (id, ts, type, session_id, principal, connection, "
+            "payload, prev_hash, hash) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row.values(), last_hash, new_hash),
+        )
+        db.execute("update audit_head set last_id = ?, last_hash = ?", (last_id + 1, new_hash))
+        db.commit()
+    finally:
+        db.close()
+    return int(first)
+
+
+def test_the_gateway_does_not_sign_a_forged_sweep_into_the_chain(
+    it_database: str, tmp_path: Path, table: str
+) -> None:
+    """The attacker forges the sweep while the gateway runs (no key needed): the
+    gateway's own checkpoint at shutdown must not vouch for it."""
+    from tests.integration.test_reviews import cli_as, pending_error, review_config
+    from wardgate.audit.checkpoint import generate_key
+
+    key = tmp_path / "keys" / "cp.key"
+    key.parent.mkdir()
+    private, public = generate_key()
+    key.write_text(private)
+    Path(f"{key}.pub").write_text(public)
+    config = review_config(it_database) + f"audit:\n  checkpoint: {{key: {key}, interval: 1h}}\n"
+    gw = make_gateway(tmp_path / "gw", config)
+    gw.start()
+    try:
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            review_id = pending_error(conn, f"UPDATE {table} SET qty = 9 WHERE id = 2")
+            cli_as(gw, "reviewer", "reviews", "approve", review_id)
+            conn.execute(f"UPDATE {table} SET qty = 9 WHERE id = 2")
+        exported = gw.cli("audit", "checkpoint", "--now").stdout  # kept off the host
+        signed = json.loads(exported)["seq"]
+        store = gw.env["WARDGATE_STORE"].removeprefix("sqlite:///")
+        deleted = _delete_behind_a_forged_sweep(store, signed)
+    finally:
+        gw.stop()  # the gateway signs the head at shutdown
+    cp = tmp_path / "cp.json"
+    cp.write_text(exported)
+    db = sqlite3.connect(store)
+    try:
+        assert (
+            db.execute("select count(*) from audit_events where id = ?", (deleted,)).fetchone()[0]
+            == 0
+        )
+    finally:
+        db.close()
+    verified = gw.cli(
+        "audit", "verify", "--checkpoint", str(cp), "--public-key", f"{key}.pub", check=False
+    )
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    plain = gw.cli("audit", "verify", check=False)
+    assert plain.returncode == 1, plain.stdout + plain.stderr
