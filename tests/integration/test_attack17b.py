@@ -325,3 +325,86 @@ def test_the_gateway_does_not_sign_a_forged_sweep_into_the_chain(
     assert verified.returncode == 1, verified.stdout + verified.stderr
     plain = gw.cli("audit", "verify", check=False)
     assert plain.returncode == 1, plain.stdout + plain.stderr
+
+
+def test_concurrent_web_guesses_are_limited_by_the_address_threshold(
+    it_database: str, tmp_path: Path
+) -> None:
+    """Brute force of an approver's web password: a burst of concurrent wrong
+    passwords from one address must not get more checks than the threshold allows."""
+    import asyncio
+
+    import httpx
+
+    from tests.integration.browser import set_password
+    from tests.integration.conftest import base_config
+    from tests.integration.test_web_auth import form_token
+
+    gw = make_gateway(tmp_path / "gw", base_config(it_database))  # address_failures 20
+    gw.start()
+    try:
+        set_password(gw, "reviewer")
+
+        async def burst() -> list[int]:
+            base = f"http://127.0.0.1:{gw.api_port}"
+            async with httpx.AsyncClient(base_url=base, timeout=120) as web:
+                page = await web.get("/ui/login")
+                data = {"username": "reviewer", "csrf": form_token(page)}
+
+                async def guess(i: int) -> int:
+                    r = await web.post("/ui/login", data={**data, "password": f"guess-{i}"})
+                    return r.status_code
+
+                return list(await asyncio.gather(*(guess(i) for i in range(60))))
+
+        codes = asyncio.run(burst())
+        checked = codes.count(401)  # a password check that answered "wrong"
+        assert checked + codes.count(429) == 60, codes
+        assert checked <= 21, f"{checked} of 60 concurrent guesses were checked: {codes}"
+    finally:
+        gw.stop()
+
+
+def test_a_known_browser_cookie_does_not_lift_the_limit_on_its_own_guesses(
+    it_database: str, tmp_path: Path
+) -> None:
+    """docs/web.md: a known browser's own wrong passwords are refused past
+    address_failures. Whoever holds the approver's known-browser cookie (a shared
+    machine) must not guess the approver's (changed) password without a limit."""
+    import asyncio
+
+    import httpx
+
+    from tests.integration.browser import set_password
+    from tests.integration.conftest import base_config
+    from tests.integration.test_web_auth import form_token, sign_in, ui
+
+    gw = make_gateway(tmp_path / "gw", base_config(it_database))  # address_failures 20
+    gw.start()
+    try:
+        set_password(gw, "reviewer")
+        with ui(gw) as web:
+            assert sign_in(web, "reviewer", "correct horse battery").status_code in (200, 303)
+            known = web.cookies.get("wardgate_known", path="/ui/login")
+        assert known
+
+        async def burst() -> list[int]:
+            base = f"http://127.0.0.1:{gw.api_port}"
+            cookies = httpx.Cookies()
+            cookies.set("wardgate_known", known, path="/ui/login")
+            async with httpx.AsyncClient(base_url=base, timeout=120, cookies=cookies) as web:
+                page = await web.get("/ui/login")
+                data = {"username": "reviewer", "csrf": form_token(page)}
+
+                async def guess(i: int) -> int:
+                    r = await web.post("/ui/login", data={**data, "password": f"guess-{i}"})
+                    return r.status_code
+
+                return list(await asyncio.gather(*(guess(i) for i in range(40))))
+
+        codes = asyncio.run(burst())
+        checked = codes.count(401)
+        assert checked + codes.count(429) == 40, codes
+        assert checked <= 21, f"{checked} of 40 guesses from the known browser were checked"
+    finally:
+        gw.stop()
