@@ -408,3 +408,100 @@ def test_a_known_browser_cookie_does_not_lift_the_limit_on_its_own_guesses(
         assert checked <= 21, f"{checked} of 40 guesses from the known browser were checked"
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("client", ["mcp", "psql"])
+def test_review_status_does_not_hand_the_agent_an_unmasked_server_error(
+    it_database: str, tmp_path: Path, client: str
+) -> None:
+    """A masked agent runs an approved UPDATE whose server error quotes a value it reads
+    (a cast of an e-mail column): the query's answer is masked, and review_status (the
+    review's result, with the server's error) must be masked the same way."""
+    import httpx
+
+    from tests.integration.test_mcp import body, call, mcp_config
+
+    shop = "shop_a17b"
+    with admin_conn(it_database) as conn:
+        conn.execute(f"create table {shop} (id int primary key, email text, qty int)")
+        conn.execute(f"insert into {shop} values (1, 'jane.doe@example.com', 1), (2, 'x', 2)")
+    gw = make_gateway(tmp_path / "gw", mcp_config(it_database))
+    gw.start()
+    try:
+        update = {
+            "connection": "it",
+            "sql": f"update {shop} set qty = (select email from {shop} where id = 1)::int "
+            "where id = 2",
+        }
+        if client == "psql":
+            from tests.integration.test_reviews import pending_error
+
+            conn = psycopg.connect(gw.dsn("agent"), autocommit=True)
+            review_id = pending_error(conn, update["sql"])
+        else:
+            (pending,) = call(gw, "agent", ("query", update))
+            review_id = body(pending)["review_id"]
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{gw.api_port}/api/v1",
+            headers={"Authorization": f"Bearer {gw.token('reviewer')}"},
+        ) as reviewer:
+            assert reviewer.post(f"/reviews/{review_id}/approve", json={}).status_code == 200
+        if client == "psql":
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(update["sql"])
+            conn.close()
+            ran_text = str(info.value)
+        else:
+            (ran,) = call(gw, "agent", ("query", update))
+            ran_text = json.dumps(ran.model_dump(), default=str)
+        assert "invalid input syntax" in ran_text, ran_text
+        assert "jane.doe@example.com" not in ran_text  # the query tool masks the error
+        deadline = time.monotonic() + 15
+        while True:
+            (status,) = call(gw, "agent", ("review_status", {"review_id": review_id}))
+            answer = body(status)
+            if answer["status"] == "failed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer["status"] == "failed", answer
+        assert "jane.doe@example.com" not in json.dumps(answer), answer
+    finally:
+        gw.stop()
+        with admin_conn(it_database) as conn:
+            conn.execute(f"drop table if exists {shop}")
+
+
+def test_a_query_on_a_connection_the_agent_may_not_use_is_recorded(
+    it_database: str, tmp_path: Path
+) -> None:
+    """Every MCP tool call is an action record (docs/mcp.md): an agent probing for
+    connections with `query` leaves one too, as `describe` does."""
+    from tests.integration.test_mcp import call, error_text, mcp_config
+
+    gw = make_gateway(tmp_path / "gw", mcp_config(it_database))
+    gw.start()
+    try:
+        probe, described = call(
+            gw,
+            "agent",
+            ("query", {"connection": "prod_a17b", "sql": "select 'probe_a17b'"}),
+            ("describe", {"connection": "prod_a17b"}),
+        )
+        assert error_text(probe) and error_text(described)
+        gw.stop()  # everything recorded is in the store
+        db = sqlite3.connect(gw.env["WARDGATE_STORE"].removeprefix("sqlite:///"))
+        try:
+            rows = [
+                json.loads(p)
+                for (p,) in db.execute(
+                    "select payload from audit_events where type = 'action' and payload like ?",
+                    ("%prod_a17b%",),
+                )
+            ]
+        finally:
+            db.close()
+        texts = [json.dumps(r) for r in rows]
+        assert any("describe" in t for t in texts), texts
+        assert any("probe_a17b" in t for t in texts), texts
+    finally:
+        gw.stop()
