@@ -130,7 +130,25 @@ def _procedure_commits_then_fails(conn: psycopg.Connection[Any], update: str) ->
     return True
 
 
+def _rollback_and_chain_then_commit(conn: psycopg.Connection[Any], update: str) -> bool:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    conn.execute("ROLLBACK AND CHAIN")
+    conn.execute("COMMIT")  # commits the chained, empty transaction
+    return False
+
+
+def _commit_and_chain_then_rollback(conn: psycopg.Connection[Any], update: str) -> bool:
+    conn.execute("BEGIN")
+    conn.execute(update)
+    conn.execute("COMMIT AND CHAIN")
+    conn.execute("ROLLBACK")  # rolls back the chained, empty transaction
+    return True
+
+
 SCENARIOS: list[Callable[..., bool]] = [
+    _rollback_and_chain_then_commit,
+    _commit_and_chain_then_rollback,
     _procedure_commits_then_fails,
     _do_block_commits_then_fails,
     _pipelined_failure_before_sync,
