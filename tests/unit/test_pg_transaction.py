@@ -56,6 +56,11 @@ CASES = [
     ("session-ends", [RAN, ("ready", "T"), ("end", "")], ["rolled_back"]),
     ("session-ends-commit-unanswered", [RAN, ("ready", "T"), ("end", "in_flight")], ["unknown"]),
     ("prepared", [RAN, ("tag", "PREPARE TRANSACTION|prepare transaction 'x'")], ["unknown"]),
+    ("to-savepoint-after-behind-a-comment", [RAN, ("tag", "SAVEPOINT|savepoint b"),
+     ("tag", "ROLLBACK|/* x */ ROLLBACK TO b"), ("tag", "COMMIT|commit")], ["committed"]),
+    ("to-savepoint-before-comment-names-later", [("tag", "SAVEPOINT|savepoint a"), RAN,
+     ("tag", "SAVEPOINT|savepoint b"), ("tag", "ROLLBACK|rollback to a -- b"),
+     ("tag", "COMMIT|commit")], ["rolled_back"]),
     ("next-transaction-clean", [("error", ""), ("ready", "I"), RAN, ("ready", "I")], ["committed"]),
 ]  # fmt: skip
 
@@ -72,6 +77,11 @@ def test_outcomes(steps: list[tuple[str, str]], outcome: list[str]) -> None:
         ("savepoint Foo;", "foo"),
         ('ROLLBACK TO SAVEPOINT "My ""sp"""', 'My "sp"'),
         ("release b ;  ", "b"),
+        # attack17b: as the server reads them, not the text's last word
+        ("ROLLBACK TO SAVEPOINT a -- then b", "a"),
+        ('ROLLBACK TO SAVEPOINT U&"\\0061"', "a"),
+        ("SAVEPOINT É", "É"),
+        ("/* first */ rollback to b", "b"),
     ],
 )
 def test_savepoint_names(text: str, name: str) -> None:

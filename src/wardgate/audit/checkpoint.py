@@ -176,10 +176,27 @@ def _message(seq: int, head_hash: str, ts: float, kid: str) -> bytes:
     return f"{_DOMAIN}\n{seq}\n{head_hash}\n{float(ts)!r}\n{kid}\n".encode()
 
 
-def sign_head(store: Store, key: Ed25519PrivateKey, *, force: bool = False) -> Checkpoint | None:
+class UnvouchedSweep(RuntimeError):
+    """A retention.swept event after the newest valid checkpoint that this process did
+    not write: the gateway does not sign it into the chain."""
+
+
+def sign_head(
+    store: Store,
+    key: Ed25519PrivateKey,
+    *,
+    force: bool = False,
+    vouch_sweeps: bool = False,
+) -> Checkpoint | None:
     """Sign the current chain head and keep the checkpoint in the store. Without
     ``force``, nothing is signed when the newest checkpoint already covers the head
-    (an idle gateway does not fill the table). Returns the new checkpoint, or None."""
+    (an idle gateway does not fill the table). Returns the new checkpoint, or None.
+
+    A signed checkpoint is what vouches for a ``retention.swept`` event before it
+    (verify). Anyone with write access to the store can append one naming events they
+    deleted, so a ``retention.swept`` after the newest checkpoint that still verifies is
+    signed only by the sweep that wrote it (``vouch_sweeps``, audit/retention.py) or an
+    operator (`audit checkpoint --now`); else UnvouchedSweep (attack17b)."""
     kid = key_id(key.public_key())
     with store.session() as session:
         head = session.execute(
@@ -187,6 +204,16 @@ def sign_head(store: Store, key: Ed25519PrivateKey, *, force: bool = False) -> C
         ).one_or_none()
         if head is None:
             raise RuntimeError("audit_head row is missing: the audit log has been tampered with")
+        if not vouch_sweeps:
+            loose = _sweeps_after_valid_checkpoint(session, key.public_key(), kid)
+            if loose:
+                raise UnvouchedSweep(
+                    f"retention.swept event(s) {', '.join(map(str, loose[:10]))} after the "
+                    "newest valid checkpoint were not written by a sweep of this gateway "
+                    "(a sweep signs the head right after it): not signing them into the "
+                    "chain. Run `wardgate audit verify`, compare with the sink or a backup; "
+                    "if the sweep was real, sign with `wardgate audit checkpoint --now`"
+                )
         if not force:
             newest = session.execute(
                 select(AuditCheckpoint.seq, AuditCheckpoint.key_id)
@@ -203,6 +230,37 @@ def sign_head(store: Store, key: Ed25519PrivateKey, *, force: bool = False) -> C
             AuditCheckpoint(seq=seq, head_hash=head_hash, ts=ts, key_id=kid, signature=signature)
         )
     return cp
+
+
+def _sweeps_after_valid_checkpoint(
+    session: Any, public_key: Ed25519PublicKey, kid: str
+) -> list[int]:
+    """Ids of retention.swept events after the newest stored checkpoint of this key
+    that verifies and still matches its event."""
+    pinned = 0
+    for row in session.execute(
+        select(AuditCheckpoint)
+        .where(AuditCheckpoint.key_id == kid)
+        .order_by(AuditCheckpoint.seq.desc())
+        .limit(_CHECKPOINTS_TRIED)
+    ).scalars():
+        cp = _from_row(row)
+        at = session.scalar(select(AuditEvent.hash).where(AuditEvent.id == cp.seq))
+        if cp.signed_by(public_key) and at == cp.head_hash:
+            pinned = cp.seq
+            break
+    return [
+        int(i)
+        for i in session.scalars(
+            select(AuditEvent.id)
+            .where(AuditEvent.type == SWEPT_TYPE, AuditEvent.id > pinned)
+            .order_by(AuditEvent.id)
+            .limit(100)
+        )
+    ]
+
+
+_CHECKPOINTS_TRIED = 50  # newest stored checkpoints tried before trusting none
 
 
 def latest_checkpoint(store: Store) -> Checkpoint | None:

@@ -63,7 +63,7 @@ def sweep_connection(
     if total and key is not None:
         from wardgate.audit.checkpoint import sign_head
 
-        sign_head(store, key, force=True)
+        sign_head(store, key, force=True, vouch_sweeps=True)  # the sweeps it just wrote
     return total
 
 

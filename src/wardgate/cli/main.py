@@ -454,7 +454,7 @@ def audit_checkpoint(
 
             key = checkpoint_key(cfg, _vault(cfg, store))
             assert key is not None
-            sign_head(store, key)
+            sign_head(store, key, vouch_sweeps=True)  # the operator's decision
         found = latest_checkpoint(store)
         if found is None:
             _fail(

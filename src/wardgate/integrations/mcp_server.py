@@ -204,7 +204,17 @@ class McpGateway:
             params: list[str | None] | None = None,
         ) -> dict[str, Any]:
             who, session = self._enter(ctx)
-            self._usable(who, connection)  # refused before it is an action: nothing ran
+            try:
+                self._usable(who, connection)
+            except ToolError:
+                # Nothing ran, but the call is recorded like any refused tool call (an
+                # agent probing for connections leaves a trace: attack17b).
+                async def refused(who: Principal, session: _McpSession) -> dict[str, Any]:
+                    self._usable(who, connection)  # raises the same ToolError again
+                    return {}
+
+                args = {"connection": connection, "sql": sql, "params": list(params or ())}
+                return await self._call(ctx, "query", args, refused)
             return await self._query(ctx, who, session, connection, sql, tuple(params or ()))
 
         @tool(

@@ -952,6 +952,24 @@ def _single_field(sql: str, node: str, field: str) -> str | None:
     return str(found.get(field, "")) if found is not None else None
 
 
+def transaction_statement(sql: str) -> tuple[str, str | None] | None:
+    """(kind, savepoint name) of ``sql`` when it is a single transaction statement
+    (``TRANS_STMT_ROLLBACK_TO``, ``TRANS_STMT_SAVEPOINT``, ...), else None. PostgreSQL's
+    own parser reads the name: comments, quoting, ``U&"..."`` escapes and the folding of
+    only ASCII letters in a bare name come out as the server sees them."""
+    try:
+        statements = _parse(sql)
+    except Exception:  # noqa: BLE001 - the server refuses it too
+        return None
+    if len(statements) != 1:
+        return None
+    found = statements[0][0].get("TransactionStmt")
+    if found is None:
+        return None
+    name = found.get("savepoint_name")
+    return str(found.get("kind", "")), (str(name) if name else None)
+
+
 def fetched_cursor(sql: str) -> str | None:
     """The cursor (portal) name a single ``FETCH`` or ``MOVE`` runs, else None."""
     return _single_field(sql, "FetchStmt", "portalname")

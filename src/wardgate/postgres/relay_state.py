@@ -314,6 +314,14 @@ class RelayState:
             }
             if fields is not None:
                 result["error"] = getattr(fields, "message", None)
+            if status != "ok" and _may_commit_inside(act.verdict):
+                # A procedure or DO block can COMMIT part of its work, then fail: the
+                # error does not mean nothing was kept (attack17b).
+                result["transaction"] = "unknown"
+                result["error"] = (
+                    f"{result.get('error') or status}; a procedure or DO block may have "
+                    "committed part of its work before this: check the target"
+                )
             review, act.review = act.review, None
             if status == "ok":
                 # Done only once its transaction commits (transaction.py).
@@ -483,3 +491,9 @@ def _user_function(name: str) -> bool:
     """A function that is not a known built-in: it may change session settings."""
     schema, _, bare = name.rpartition(".")
     return function_class(schema or None, bare) is None
+
+
+def _may_commit_inside(verdict: Verdict) -> bool:
+    """The statement runs a procedure (CALL) or a DO block: transaction control inside it
+    can commit before it fails."""
+    return any(k in ("call", "do_block") for i in verdict.statements for k in i.kinds)

@@ -12,17 +12,14 @@ messages and records what it returns (relay_state.py, replies.py).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from wardgate.policy.sql import transaction_statement
 from wardgate.reviews.model import ReviewInfo
 
 # CommandComplete tags that move a transaction or its savepoints.
 TRANSACTION_TAGS = frozenset({"COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PREPARE TRANSACTION"})
 
-_ROLLBACK_TO = re.compile(r"\s*rollback(?:\s+(?:work|transaction))?\s+to\b", re.IGNORECASE)
-# The savepoint name: the statement's last word, quoted or not.
-_LAST_NAME = re.compile(r'(?:"((?:[^"]|"")+)"|([^\s";]+))\s*;?\s*$')
 
 ROLLED_BACK = "rolled_back"
 
@@ -30,11 +27,15 @@ Settled = tuple[ReviewInfo, dict[str, Any]]
 
 
 def savepoint_name(text: str) -> str | None:
-    found = _LAST_NAME.search(text)
-    if found is None:
-        return None
-    quoted, bare = found.groups()
-    return quoted.replace('""', '"') if quoted is not None else bare.lower()
+    """The savepoint a SAVEPOINT, RELEASE or ROLLBACK TO statement names, as the server
+    reads it (not the text's last word: a comment or an escape would mislead)."""
+    found = transaction_statement(text)
+    return found[1] if found is not None else None
+
+
+def _rolls_back_to(text: str) -> bool:
+    found = transaction_statement(text)
+    return found is not None and found[0] == "TRANS_STMT_ROLLBACK_TO"
 
 
 class TransactionOutcome:
@@ -68,7 +69,7 @@ class TransactionOutcome:
                 del self.savepoints[at:]
                 self.open = [(r, res, min(depth, at)) for r, res, depth in self.open]
             return []
-        if tag == "ROLLBACK" and _ROLLBACK_TO.match(text):
+        if tag == "ROLLBACK" and _rolls_back_to(text):
             # Undoes what ran after the savepoint, which stays; the transaction recovers.
             at = self._find(savepoint_name(text))
             keep = at + 1 if at is not None else 1  # unsure which: after the first one
