@@ -109,7 +109,7 @@ def test_checkpoint_errors_are_sentences(tmp_path: Path) -> None:
     unset = runner.invoke(app, ["audit", "checkpoint", "--now", "-c", str(config)])
     assert unset.exit_code == 2 and "audit.checkpoint.key is not set" in unset.stderr
     half = runner.invoke(app, ["audit", "verify", "--checkpoint", "x.json", "-c", str(config)])
-    assert half.exit_code == 2 and "go together" in half.stderr
+    assert half.exit_code == 2 and "--checkpoint needs --public-key" in half.stderr
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("not a key\n")
     broken = runner.invoke(
