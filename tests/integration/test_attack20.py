@@ -212,3 +212,39 @@ def test_parallel_wrong_proofs_behind_a_warm_cache_are_each_counted(
             assert conn.execute("select 1").fetchone() == (1,)
     finally:
         gateway.stop()
+
+
+def _reload_without_dev(gw: Gateway) -> None:
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(
+        text.replace("  dev: {kind: user, groups: [engineers]}\n", "").replace(
+            "sponsor: dev", "sponsor: reviewer"
+        )
+    )
+    before = gw.log.count("config reloaded")
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while gw.log.count("config reloaded") == before:
+        assert time.monotonic() < deadline, gw.log
+        time.sleep(0.1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack20: a PostgreSQL session judges with the principal's groups as at login; "
+    "a removed principal keeps writing after the reload",
+)
+def test_an_open_session_of_a_removed_principal_runs_nothing_after_the_reload(
+    gw: Gateway, it_database: str
+) -> None:
+    """docs/configuration.md: open sessions use the new policy from their next
+    statement. A principal removed from the file (SIGHUP) must not go on writing
+    through a session it opened before."""
+    table = _marker_table(it_database)
+    with psycopg.connect(gw.dsn("dev"), autocommit=True) as conn:
+        conn.execute(f"insert into {table} values ('before')")
+        _reload_without_dev(gw)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"insert into {table} values ('after removal')")
+    assert _rows(it_database, table) == ["before"]
