@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -248,6 +249,11 @@ def test_an_open_session_of_a_removed_principal_runs_nothing_after_the_reload(
     assert _rows(it_database, table) == ["before"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack20: with the store unreachable the API answers a bare 500 "
+    "'Internal Server Error' (and logs a traceback) instead of saying the store is down",
+)
 def test_logins_with_the_store_cut_stop_within_the_bound_and_what_ran_is_recorded(
     it_database: str, tmp_path: Path, store_role: tuple[str, str]
 ) -> None:
@@ -286,6 +292,14 @@ def test_logins_with_the_store_cut_stop_within_the_bound_and_what_ran_is_recorde
         assert answer[-1].type == "E" and answer[-1].fields["C"] == "57P03", answer
         fields = startup_error(gateway.port, "dev", token, "it")
         assert fields["C"] == "57P03", fields
+        # The API: the bearer cannot be checked, so nothing is served; said as such.
+        api = httpx.get(
+            f"http://127.0.0.1:{gateway.api_port}/api/v1/connections",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert api.status_code == 503, (api.status_code, api.text)
+        assert "store" in api.json()["detail"], api.text
         _store_reachable(role, database, reachable=True)
         ran = _rows(it_database, table)
         deadline = time.monotonic() + 30
