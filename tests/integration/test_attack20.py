@@ -249,11 +249,6 @@ def test_an_open_session_of_a_removed_principal_runs_nothing_after_the_reload(
     assert _rows(it_database, table) == ["before"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack20: with the store unreachable the API answers a bare 500 "
-    "'Internal Server Error' (and logs a traceback) instead of saying the store is down",
-)
 def test_logins_with_the_store_cut_stop_within_the_bound_and_what_ran_is_recorded(
     it_database: str, tmp_path: Path, store_role: tuple[str, str]
 ) -> None:
@@ -321,3 +316,20 @@ def test_logins_with_the_store_cut_stop_within_the_bound_and_what_ran_is_recorde
     finally:
         _store_reachable(role, database, reachable=True)
         gateway.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack20 (open, fails closed): a principal without tokens is kept with its "
+    "made-up salt for 2 s; its first token, created by another process, has a new salt, "
+    "so the recheck cannot match it and the login fails (and counts) until the entry ages",
+)
+def test_a_principals_first_token_logs_in_at_once(gw: Gateway) -> None:
+    """docs/configuration.md: "a token created since logs in at once". `reviewer` has no
+    token yet; a handshake abandoned after the server-first message (nothing counted)
+    leaves its keys kept; the CLI then creates its first token."""
+    probe = HeldLogin(gw.port, "reviewer", "wg_not_yet")
+    probe.close()
+    gw.token("reviewer")  # its first: a salt of its own replaces the made-up one
+    with psycopg.connect(gw.dsn("reviewer"), connect_timeout=30) as conn:
+        assert conn.execute("select current_user").fetchone() is not None
