@@ -18,11 +18,12 @@ import pytest
 
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.pg_cluster import Message, RawClient
+from tests.integration.sshd import SshTarget, ssh_target
 from tests.integration.test_store_failure import store_role
 from wardgate.identity.scram import ScramClient
 from wardgate.postgres.codec import build
 
-__all__ = ["store_role"]  # the fixture, used by name
+__all__ = ["ssh_target", "store_role"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +334,39 @@ def test_a_principals_first_token_logs_in_at_once(gw: Gateway) -> None:
     gw.token("reviewer")  # its first: a salt of its own replaces the made-up one
     with psycopg.connect(gw.dsn("reviewer"), connect_timeout=30) as conn:
         assert conn.execute("select current_user").fetchone() is not None
+
+
+def test_an_open_ssh_connection_of_a_removed_principal_runs_nothing_after_the_reload(
+    ssh_target: SshTarget, tmp_path: Path
+) -> None:
+    """The SSH side of the same: an OpenSSH connection (ControlMaster) opened by `dev`
+    before `dev` is removed from the file runs no further command on the target."""
+    import shutil
+    import tempfile
+
+    from tests.integration.sshd import free_port, ssh_keygen
+    from tests.integration.test_ssh import SshGateway, ssh_config
+
+    gateway = make_gateway(tmp_path / "gw", ssh_config(ssh_target))
+    ssh_port = free_port()
+    gateway.env["WARDGATE_LISTEN_SSH"] = f"127.0.0.1:{ssh_port}"
+    key = tmp_path / "dev_key"
+    (tmp_path / "dev_key.pub").write_text(ssh_keygen(key, "dev@test") + "\n")
+    gateway.cli("principal", "add-key", "dev", str(tmp_path / "dev_key.pub"))
+    sgw = SshGateway(gateway, ssh_port, {"dev": key})
+    marker = tmp_path / "marker"
+    mux = Path(tempfile.mkdtemp(prefix="wg-mux-"))
+    shared = (
+        "-o", "ControlMaster=auto", "-o", f"ControlPath={mux}/%C", "-o", "ControlPersist=60",
+    )  # fmt: skip
+    gateway.start()
+    try:
+        assert sgw.ssh("dev", "web1", f"echo before > {marker}", *shared).returncode == 0
+        _reload_without_dev(gateway)
+        after = sgw.ssh("dev", "web1", f"echo after > {marker}", *shared)
+        assert after.returncode != 0, after
+        assert marker.read_text() == "before\n", "a removed principal ran a command"
+    finally:
+        sgw.ssh("dev", "web1", "true", *shared, "-O", "exit")
+        shutil.rmtree(mux, ignore_errors=True)
+        gateway.stop()
