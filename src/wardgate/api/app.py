@@ -6,17 +6,21 @@ a wardgate token as ``Authorization: Bearer``; no response ever carries a creden
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wardgate import __version__
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
+
+log = logging.getLogger("wardgate.api")
 
 PROBLEM = "application/problem+json"
 
@@ -39,6 +43,20 @@ async def http_problem(_request: Request, exc: StarletteHTTPException) -> JSONRe
     return problem(exc.status_code, str(exc.detail))
 
 
+async def store_problem(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+    """The store failed under a request (a bearer token cannot even be checked): 503,
+    saying so, and no traceback per request (attack20; before: a bare 500)."""
+    from wardgate.audit.records import AUDIT_UNAVAILABLE_HINT
+    from wardgate.store.db import describe_error
+
+    log.warning("API request failed on the store: %s", describe_error(exc))
+    return problem(
+        503,
+        "wardgate cannot serve this request: its store is unavailable. "
+        + AUDIT_UNAVAILABLE_HINT.removeprefix("Nothing was run. "),
+    )
+
+
 async def validation_problem(_request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
@@ -53,6 +71,7 @@ def create_app(services: Services | None = None) -> FastAPI:
     # The web UI (mount_ui) answers errors on its pages as pages, the rest like this.
     app.add_exception_handler(StarletteHTTPException, http_problem)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(SQLAlchemyError, store_problem)  # type: ignore[arg-type]
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -258,10 +258,16 @@ class TokenService:
     def cached_verifiers(self, principal: str) -> ScramVerifierSet | None:
         """What ``verifiers`` read for ``principal`` less than VERIFIER_CACHE_SECONDS
         ago, or None: no store access, so the event loop may call it."""
+        kept = self.kept_verifiers(principal)
+        return None if kept is None else kept[1]
+
+    def kept_verifiers(self, principal: str) -> tuple[float, ScramVerifierSet] | None:
+        """``cached_verifiers`` with the monotonic time its store read began (one dict
+        read: the two cannot come from different reads)."""
         entry = self._verifier_cache.get(principal)
         if entry is None or time.monotonic() - entry[0] >= VERIFIER_CACHE_SECONDS:
             return None
-        return entry[1]
+        return entry
 
     def check_password(self, principal: str, token: str) -> str | None:
         """Verify a cleartext token (PasswordMessage over TLS); returns the token id."""

@@ -348,8 +348,11 @@ class PgListener:
             if len(self._recent) >= 10_000:
                 self._recent.clear()  # bounded: only a hint, losing it costs a little time
             self._recent[recent] = time.monotonic()
+            # The configuration as it is now, not as the handshake began: a reload during
+            # it may have removed the principal or changed its roles (attack20).
+            dialled_with, config = config, services.config
             plan = self._plan(config, principal_name, connection_name, params)
-            if early is not None and plan == early_plan:
+            if early is not None and plan == early_plan and config is dialled_with:
                 dialling, early = early, None
             else:
                 dialling = asyncio.ensure_future(self._dial(config, connection_name, plan))

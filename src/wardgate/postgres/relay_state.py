@@ -136,8 +136,11 @@ class RelayState:
     # -- judging --------------------------------------------------------------------------
 
     def _action(self, text: str, params: tuple[str | None, ...], binding: str = "") -> Action:
+        # The principal as the configuration says now: a reload may have changed its
+        # groups, or removed it (then it has none, and nothing is allowed: attack20).
+        now = self.services.config.principal(self.principal.name)
         return Action(
-            principal=self.principal,
+            principal=now or dataclasses.replace(self.principal, groups=frozenset()),
             connection=self.connection,
             protocol="postgres",
             kind="sql",
@@ -171,7 +174,12 @@ class RelayState:
 
     def _judge(self, action: Action, *, params_later: bool = False) -> Verdict:
         reviews = self.services.reviews
-        granted = reviews.granted(self.principal.name, self.connection) if reviews else frozenset()
+        present = self.principal.name in self.services.config.principals  # not removed
+        granted = (
+            reviews.granted(self.principal.name, self.connection)
+            if reviews and present
+            else frozenset()
+        )
         verdict = self.services.gate.check(action, granted, params_later=params_later)
         if self.services.recorder.unavailable:
             # Nothing runs that cannot be recorded (an observed connection included).

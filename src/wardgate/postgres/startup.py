@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from wardgate.config import ConnectionConfig, parse_duration
 from wardgate.identity.scram import ScramAuthError, ScramServer, ScramVerifierSet
+from wardgate.identity.tokens import VERIFIER_CACHE_SECONDS
 from wardgate.policy.sql import search_path_shadows_builtins
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
@@ -199,9 +201,14 @@ async def authenticate(
     # counted (ratelimit.CHECK_CACHE_SECONDS, tokens.VERIFIER_CACHE_SECONDS): no store
     # read and no thread for a principal that keeps connecting. A proof the cached
     # keys do not match is checked again against the store below.
-    cached = None if password else tokens.cached_verifiers(principal)
+    kept = None if password else tokens.kept_verifiers(principal)
+    cached = None if kept is None else kept[1]
     verifiers: ScramVerifierSet | None
-    if cached is not None and limiter.cached_check(principal, addr):
+    # When the keys the proof is checked against were read (monotonic): the start of
+    # the read, so that their age is never underestimated.
+    keys_read_at = time.monotonic()
+    if kept is not None and cached is not None and limiter.cached_check(principal, addr):
+        keys_read_at = kept[0]
         first = await client.read()
         retry, counted, verifiers = None, False, cached
     else:
@@ -261,8 +268,18 @@ async def authenticate(
                 if cached is None or services.config.principal(principal) is None:
                     raise
                 # The keys came from the cache: a token created since is not among them.
+                keys_read_at = time.monotonic()
                 fresh = await asyncio.to_thread(tokens.verifiers, principal)
                 token_id, server_final = scram.recheck(fresh)
+            if time.monotonic() - keys_read_at >= VERIFIER_CACHE_SECONDS:
+                # The client held its handshake (startup_timeout allows it) past the
+                # bound on how old the keys a login is decided on may be: the token
+                # must still be live now, not only when the handshake began (attack20).
+                fresh = await asyncio.to_thread(tokens.verifiers, principal)
+                if token_id not in {k.key_id for k in fresh.keys}:
+                    raise ScramAuthError("the token was revoked during the handshake")
+            if services.config.principal(principal) is None:  # removed by a reload since
+                raise ScramAuthError("the principal was removed during the handshake")
             ahead = build.auth_sasl_final(server_final)
             ok = True
         except ScramAuthError:

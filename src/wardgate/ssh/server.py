@@ -10,6 +10,7 @@ target is dialled with the gateway's credential by ``upstream.py``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -283,12 +284,16 @@ class GatewayConnection(asyncssh.SSHServer):
         reviews = self.services.reviews
         if reviews is None or self.principal is None:
             return frozenset()
+        if self.principal.name not in self.services.config.principals:
+            return frozenset()  # removed by a reload: its grants end with it
         return reviews.granted(self.principal.name, self.connection_name)
 
     def current_principal(self) -> Principal:
-        """The principal as the configuration says now (a reload may change groups)."""
+        """The principal as the configuration says now (a reload may change groups; a
+        principal removed since has none, so nothing is allowed: attack20)."""
         assert self.principal is not None
-        return self.services.config.principal(self.principal.name) or self.principal
+        now = self.services.config.principal(self.principal.name)
+        return now or dataclasses.replace(self.principal, groups=frozenset())
 
     def feature(self, feature: str) -> Verdict:
         """``shell``, ``sftp`` or ``forwarding``: what the principal's roles say."""
