@@ -19,6 +19,7 @@ state they share.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -40,8 +41,6 @@ from wardgate.postgres.transaction import TransactionOutcome
 from wardgate.postgres.wire import ClientSide, UpstreamSide
 
 if TYPE_CHECKING:
-    import asyncio
-
     from wardgate.core.services import Services
 
 log = logging.getLogger("wardgate.postgres")
@@ -49,6 +48,17 @@ log = logging.getLogger("wardgate.postgres")
 # Messages whose bytes carry no text the server decodes in the client encoding (or data
 # the gateway does not judge): Sync, Flush, Terminate, CopyData, CopyDone, CopyFail.
 _ASCII_SAFE_TYPES = frozenset(b"SHXdcf")
+
+# Client messages forwarded and not yet answered (their batch's ReadyForQuery has not
+# come) keep what the gateway needs for their answer: the statement's text and verdict
+# for the record, masking plans, name changes. The upstream's write buffer does not bound
+# them (the kernel's socket buffers on the way to the server and back take tens of MB),
+# so a client that pipelines large statements and does not read their results would
+# make the gateway hold a copy of each. Past this many bytes the client is not read
+# until answers come back. Each message counts its size plus a fixed share for the
+# gateway's own bookkeeping, so many tiny statements are bounded too.
+UNANSWERED_BYTES = 8 * 1024 * 1024
+_MESSAGE_OVERHEAD = 1024
 
 
 class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
@@ -90,6 +100,11 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.model = SessionModel()
         self._discarding = False  # after a block in extended mode, until Sync
         self._barrier = False
+        # Bytes of forwarded client messages per batch awaiting its ReadyForQuery, and
+        # whether reading stopped because they passed UNANSWERED_BYTES.
+        self._unanswered: deque[list[int]] = deque()
+        self._unanswered_bytes = 0
+        self._backlogged = False
         self._batch_open = False  # extended messages sent since the last Sync
         self._batch_failed = False  # ... and the server answered one with an error
         self._drain: asyncio.Future[None] | None = None  # set when every reply has come
@@ -118,21 +133,26 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         except ProtocolError as exc:
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
             return
-        if not self._reviewing and not self._barrier:
+        if not self._reviewing and not self._barrier and not self._backlogged:
             self._pump()
 
     def _resume_pump(self) -> None:
-        if not self._finished and not self._reviewing and not self._barrier:
+        if (
+            not self._finished
+            and not self._reviewing
+            and not self._barrier
+            and not self._backlogged
+        ):
             self._pump()
 
     def _pump(self) -> None:
         """Judge and forward the client's buffered messages until none is left, one is
-        held for a review, or one must wait for the server to confirm the encoding (the
-        rest wait, in order, in the decoder)."""
+        held for a review, one must wait for the server to confirm the encoding, or too
+        much forwarded awaits its answer (the rest wait, in order, in the decoder)."""
         decoder = self.client.decoder
         out: list[bytes] = []
         try:
-            while not self._reviewing and not self._barrier:
+            while not self._reviewing and not self._barrier and not self._backlogged:
                 if self.model.encoding_uncertain and self._encoding_barrier(out):
                     continue
                 if self._barrier:
@@ -143,7 +163,9 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                 msg, raw = item
                 if self._discarding and not isinstance(msg, m.Sync):
                     continue
+                batch = self.model.batch
                 self._on_client_message(msg, raw, out)
+                self._count_unanswered(batch, len(raw))
         except ProtocolError as exc:
             if out:
                 self.upstream.write(b"".join(out))
@@ -192,6 +214,38 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             self._on_function_call(msg, out)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
+
+    def _count_unanswered(self, batch: int, size: int) -> None:
+        """``size`` bytes of ``batch`` were judged (and forwarded, or refused in the
+        server's own way): held until the batch's ReadyForQuery (``_answered``). Past
+        UNANSWERED_BYTES the client is not read, but only once the batch is closed (a
+        Query, or a Sync): the server answers an open extended batch only at its Sync or
+        Flush, so stopping before it would wait forever."""
+        entries = self._unanswered
+        if entries and entries[-1][0] == batch:
+            entries[-1][1] += size + _MESSAGE_OVERHEAD
+        else:
+            entries.append([batch, size + _MESSAGE_OVERHEAD])
+        self._unanswered_bytes += size + _MESSAGE_OVERHEAD
+        if (
+            self._unanswered_bytes > UNANSWERED_BYTES
+            and not self._batch_open
+            and not self._finished
+        ):
+            self._backlogged = True
+            self.client.pause_reading("unanswered")
+
+    def _answered(self, batch: int) -> None:
+        """The ReadyForQuery closing ``batch`` came: it and every earlier batch are
+        answered; reading resumes once half the budget is free again."""
+        entries = self._unanswered
+        while entries and entries[0][0] <= batch:
+            self._unanswered_bytes -= entries.popleft()[1]
+        if self._backlogged and self._unanswered_bytes <= UNANSWERED_BYTES // 2:
+            self._backlogged = False
+            self.client.resume_reading("unanswered")
+            # Judge what waited once this server chunk is relayed, not from inside it.
+            asyncio.get_running_loop().call_soon(self._resume_pump)
 
     def _encoding_barrier(self, out: list[bytes]) -> bool:
         """While a statement that may have changed client_encoding awaits its answer,

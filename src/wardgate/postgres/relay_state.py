@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wardgate.actions import Action, Decision, Verdict
@@ -120,6 +121,8 @@ class RelayState:
     model: SessionModel
     _discarding: bool
     _barrier: bool  # reading stopped until the server confirms the client encoding
+    _backlogged: bool  # reading stopped until forwarded messages are answered (relay.py)
+    _answered: Callable[[int], None]  # relay.py: a batch's ReadyForQuery came
     _seq: int
     _finished: bool
     _server_ended: bool  # the server sent a FATAL error: it is closing the session

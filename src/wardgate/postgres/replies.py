@@ -208,6 +208,7 @@ class ServerReplies(MaskedResults, SessionProbe):
         reported (ParameterStatus comes first), and a transaction may have ended."""
         model = self.model
         model.confirmed_batch = max(model.confirmed_batch, batch)
+        self._answered(batch)
         model.transaction = status.decode("ascii", "replace") or "I"
         txn = self._transaction
         if txn.open or (status == b"I" and (txn.aborted or txn.savepoints)):
