@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
@@ -568,7 +569,13 @@ class LogConfig(_Model):
     format: Literal["text", "json"] = "text"
 
 
+_PRINCIPAL_MEMO = 4096
+
+
 class Config(_Model):
+    _principal_memo: dict[str, tuple[PrincipalConfig, Principal]] = PrivateAttr(
+        default_factory=dict
+    )
     store: str = "sqlite:///.wardgate/wardgate.db"
     data_dir: str = ".wardgate"
     master_key: SecretRef = None
@@ -834,10 +841,21 @@ class Config(_Model):
         return parse_hostport(value) if value else None
 
     def principal(self, name: str) -> Principal | None:
+        """The principal ``name`` as this configuration has it; the same object every
+        time (a relay asks per statement, and the audit journal writes a principal once
+        per file by identity)."""
         p = self.principals.get(name)
         if p is None:
             return None
-        return Principal(name, PrincipalKind(p.kind), frozenset(p.groups), p.sponsor)
+        memo = self._principal_memo
+        known = memo.get(name)
+        if known is not None and known[0] is p:  # the same (frozen) entry: the same answer
+            return known[1]
+        found = Principal(name, PrincipalKind(p.kind), frozenset(p.groups), p.sponsor)
+        if len(memo) >= _PRINCIPAL_MEMO:
+            memo.clear()
+        memo[name] = (p, found)
+        return found
 
 
 class _CrossReferenceErrors(ValueError):

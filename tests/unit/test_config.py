@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wardgate.config import ConfigError, load_config, parse_config, parse_duration
+from wardgate.config import Config, ConfigError, load_config, parse_config, parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,3 +127,17 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_duplicate_keys_are_refused() -> None:
     (problem,) = errors("roles: {a: {read: allow}}\nroles: {b: {read: allow}}\n")
     assert problem == "w.yaml:2: roles: duplicate key (an earlier one would be ignored)"
+
+
+def test_a_principal_is_the_same_object_each_time_it_is_asked_for() -> None:
+    """The relay asks per statement; the audit journal writes a principal once per file
+    by identity, so a fresh object each time wrote it again for every statement."""
+    config = Config.model_validate(
+        {"groups": {"g": {}}, "principals": {"a": {"kind": "user", "groups": ["g"]}}}
+    )
+    first = config.principal("a")
+    assert first is not None and first is config.principal("a")
+    assert first.groups == frozenset({"g"})
+    assert config.principal("nobody") is None
+    changed = config.model_copy(update={"principals": {}})
+    assert changed.principal("a") is None  # an answer follows the entry, not the name

@@ -37,6 +37,7 @@ from wardgate.reviews.model import ReviewInfo
 
 if TYPE_CHECKING:
     from wardgate.actions import StatementInfo
+    from wardgate.config import Config
     from wardgate.core.services import Services
     from wardgate.identity.principals import Principal
     from wardgate.postgres.codec.backend import BackendScanner
@@ -135,15 +136,24 @@ class RelayState:
     # Column masking: the search_paths the session may have (mask_path.py), from what
     # the server answered at its start (listener.py); unknown when nobody asked.
     mask_paths: SessionPaths | None = None
+    # The principal as the configuration in force has it (`_action`), with that config.
+    _principal_now: tuple[Config, Principal] | None = None
 
     # -- judging --------------------------------------------------------------------------
 
     def _action(self, text: str, params: tuple[str | None, ...], binding: str = "") -> Action:
         # The principal as the configuration says now: a reload may have changed its
         # groups, or removed it (then it has none, and nothing is allowed: attack20).
-        now = self.services.config.principal(self.principal.name)
+        config = self.services.config
+        seen = self._principal_now
+        if seen is None or seen[0] is not config:  # asked once per configuration
+            now = config.principal(self.principal.name)
+            seen = self._principal_now = (
+                config,
+                now or dataclasses.replace(self.principal, groups=frozenset()),
+            )
         return Action(
-            principal=now or dataclasses.replace(self.principal, groups=frozenset()),
+            principal=seen[1],
             connection=self.connection,
             protocol="postgres",
             kind="sql",
