@@ -139,13 +139,19 @@ def test_an_operator_placed_before_pg_catalog_sees_the_clear_value(
                 f"create operator {evil}.{op} (leftarg = text, rightarg = text, "
                 f"function = {evil}.m)"
             )
-    with _agent(gw, f"{evil},pg_catalog,public") as conn:
-        assert conn.execute(b"show search_path").fetchone() == (f"{evil},pg_catalog,public",)
-        got = conn.execute(f"select email from public.{t} order by id".encode()).fetchall()
-        assert [str(r[0]) for r in got] == ["j****@*****.com", "o****@*****.org"]
-        leak = conn.execute(b"select current_setting('x.leak', true)").fetchone()
-        assert leak is not None and not leak[0], leak  # the agent's operator never ran
-        _no_clear(conn, leak)
+    try:
+        with _agent(gw, f"{evil},pg_catalog,public") as conn:
+            assert conn.execute(b"show search_path").fetchone() == (f"{evil},pg_catalog,public",)
+            got = conn.execute(f"select email from public.{t} order by id".encode()).fetchall()
+            assert [str(r[0]) for r in got] == ["j****@*****.com", "o****@*****.org"]
+            leak = conn.execute(b"select current_setting('x.leak', true)").fetchone()
+            assert leak is not None and not leak[0], leak  # the agent's operator never ran
+            _no_clear(conn, leak)
+    finally:
+        # A user `||` left in the shared database makes every later gateway judge `||`
+        # as a user function (rightly), and other tests' reads become writes.
+        with admin_conn(it_database) as admin:
+            admin.execute(f"drop schema {evil} cascade")
 
 
 def test_text_the_gateway_cannot_parse_is_refused_not_passed(it_database: str) -> None:

@@ -58,6 +58,7 @@ _ASCII_SAFE_TYPES = frozenset(b"SHXdcf")
 # until answers come back. Each message counts its size plus a fixed share for the
 # gateway's own bookkeeping, so many tiny statements are bounded too.
 UNANSWERED_BYTES = 8 * 1024 * 1024
+_COPY_MESSAGES = (m.CopyData, m.CopyDone, m.CopyFail)
 _MESSAGE_OVERHEAD = 1024
 
 
@@ -165,7 +166,10 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                     continue
                 batch = self.model.batch
                 self._on_client_message(msg, raw, out)
-                self._count_unanswered(batch, len(raw))
+                if type(msg) not in _COPY_MESSAGES:
+                    # COPY data is passed on, not kept; and the server answers a COPY
+                    # only after its CopyDone, so counting it would stop a long COPY.
+                    self._count_unanswered(batch, len(raw))
         except ProtocolError as exc:
             if out:
                 self.upstream.write(b"".join(out))
