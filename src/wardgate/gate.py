@@ -23,13 +23,7 @@ from wardgate.policy.kubernetes import classify_kubernetes
 from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
 from wardgate.policy.shell.inert import EXPANSION
-from wardgate.policy.shell.sensitive import (
-    aliased,
-    may_name,
-    names_from_data,
-    reads_recursively,
-    start_dirs,
-)
+from wardgate.policy.shell.sensitive import sensitive_word, start_dirs
 from wardgate.policy.sql import (
     MAX_CACHED_TEXT,
     classify_keyed,
@@ -426,25 +420,21 @@ class Gate:
             return None
         dirs = start_dirs([(stmt.functions, stmt.words) for stmt in statements])
         for stmt in statements:
-            recursive = reads_recursively(stmt.functions, stmt.columns)
-            words = (*stmt.words, *aliased(stmt.words))
-            if names_from_data(stmt.functions, stmt.columns):
-                words = (*words, EXPANSION)  # it reads files its input names
-            for word in words:
-                pattern = may_name(word, patterns, recursive, dirs)
-                if pattern is not None:
-                    shown = word.replace(EXPANSION, "$...")
-                    return Verdict(
-                        Decision.BLOCK,
-                        "wardgate:sensitive-path",
-                        f"{shown!r} in {stmt.text!r} may name a sensitive file "
-                        f"({pattern}, masking.paths); {action.principal.name!r} sees masked "
-                        "output, and masking cannot stop a program from printing such a "
-                        "file: name a file outside masking.paths (an expansion or a glob "
-                        "that could reach one counts), or ask a human to read it",
-                        statements,
-                        ("wardgate:sensitive-path",),
-                    )
+            found = sensitive_word(stmt.functions, stmt.columns, stmt.words, patterns, dirs)
+            if found is not None:
+                word, pattern = found
+                shown = word.replace(EXPANSION, "$...")
+                return Verdict(
+                    Decision.BLOCK,
+                    "wardgate:sensitive-path",
+                    f"{shown!r} in {stmt.text!r} may name a sensitive file "
+                    f"({pattern}, masking.paths); {action.principal.name!r} sees masked "
+                    "output, and masking cannot stop a program from printing such a "
+                    "file: name a file outside masking.paths (an expansion or a glob "
+                    "that could reach one counts), or ask a human to read it",
+                    statements,
+                    ("wardgate:sensitive-path",),
+                )
         return None
 
     def _unknown_functions(self, stmt: StatementInfo, connection: str) -> list[str]:

@@ -83,3 +83,70 @@ def test_channel_messages() -> None:
     assert json.loads(exit_frame(77, "pending")[1:])["message"] == "pending"
     assert exit_status(failure_frame("nope")[1:]) is None
     assert exit_status(b"not json") is None
+
+
+def _exec(*argv: str, extra: str = "") -> tuple[tuple[str, tuple[str, ...]], ...]:
+    from urllib.parse import quote
+
+    query = "&".join("command=" + quote(a, safe="") for a in argv) + extra
+    return tuple((s.klass, s.kinds) for s in classify_kubernetes(f"POST {EXEC}?{query}"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        ("od", "-c", "/run/secrets/kubernetes.io/serviceaccount/token"),
+        ("cat", "/proc/self/root/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        ("cat", "/var/run/../run/secrets/x"),
+        ("cat", "var/run/secrets/kubernetes.io/serviceaccount/token"),  # from /
+        ("cat", "/run/secrets/*/*/token"),
+        ("sh", "-c", "cd /var/run/secrets/kubernetes.io/serviceaccount && cat token"),
+        ("cat", "/proc/1/environ"),
+        ("env",),
+        ("printenv", "HOME"),
+        ("ps", "eww"),
+        ("sh", "-c", "echo $DB_PASSWORD"),
+        ("grep", "-r", "x", "/"),
+        ("xargs", "cat"),
+        ("cat", "/etc/tls/tls.key"),
+    ],
+)
+def test_an_exec_that_may_read_a_credential_is_admin(argv: tuple[str, ...]) -> None:
+    """Its output reaches the client unredacted, and a service-account token is a
+    credential for the cluster that no longer goes through the gateway."""
+    got = _exec(*argv)
+    assert any(klass == "admin" and "secret_read" in kinds for klass, kinds in got), got
+    assert all(klass != "read" for klass, _ in got), got
+
+
+@pytest.mark.parametrize(
+    "argv", [("cat", "motd"), ("ls", "/var/run/secrets"), ("ps", "aux"), ("sh", "-c", "echo hi")]
+)
+def test_an_exec_reading_no_credential_stays_a_read(argv: tuple[str, ...]) -> None:
+    assert {klass for klass, _ in _exec(*argv)} == {"read"}
+
+
+def test_an_unknown_exec_reading_a_credential_keeps_its_class_and_gets_an_admin_twin() -> None:
+    got = _exec("sh", "-c", 'eval "$x"')
+    assert [k for k, _ in got] == ["unknown", "admin"] and "secret_read" in got[1][1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("sh", "/proc/self/fd/0"),
+        ("sh", "dev/stdin"),
+        ("sh", "//dev//stdin"),
+        ("bash", "/dev/fd/../fd/0"),
+        ("python3", "/dev/stdin"),
+        ("perl", "/proc/self/fd/0"),
+    ],
+)
+def test_a_program_reading_its_script_from_stdin_by_any_name_is_a_shell(
+    argv: tuple[str, ...],
+) -> None:
+    """``kubectl exec -i pod -- sh /proc/self/fd/0`` runs what the client pipes in:
+    commands no one judged (the shell engine knew /dev/stdin and /dev/fd/0 only)."""
+    got = _exec(*argv, extra="&stdin=true")
+    assert got[0][0] == "shell" and "interactive" in got[0][1], got

@@ -27,8 +27,20 @@ from urllib.parse import unquote_plus
 from wardgate.actions import StatementInfo
 from wardgate.policy.kubernetes.requestinfo import RequestInfo, RequestInfoError
 from wardgate.policy.shell import classify_command
+from wardgate.policy.shell.sensitive import sensitive_word, start_dirs
 
 STREAM_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+# Where a container keeps credentials: the service-account token (and any Secret
+# mounted under /var/run/secrets, /run/secrets by convention), the environment of its
+# processes (Secret values given as env), a node's own credentials through a hostPath,
+# and key files by name (a TLS Secret mounts tls.key). Reading one is class admin.
+CREDENTIAL_PATHS = (
+    "/var/run/secrets/*", "/run/secrets/*", "/proc/*/environ", "/var/lib/kubelet/*",
+    "/etc/kubernetes/*", "~/.kube/config", "*.key", "*.pem", "*.p12", "*.pfx", "*.jks",
+    "*.keystore", "/etc/shadow",
+)  # fmt: skip
+# Programs that print the environment (Secret values given as env vars).
+ENV_PRINTERS = frozenset({"env", "printenv", "set", "export", "declare", "typeset", "compgen"})
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -115,17 +127,51 @@ def classify_stream(
         return (session("shell", "attach", "interactive"),)
     if not stream.command:
         return (StatementInfo("unknown", (), text, "an exec request without a command (command=)"),)
-    commands = tuple(
-        replace(
-            stmt,
-            kinds=(*stmt.kinds, "exec", "command"),
-            resources=base.resources,
-            namespaces=base.namespaces,
-            verbs=base.verbs,
+    commands = credential_reads(
+        tuple(
+            replace(
+                stmt,
+                kinds=(*stmt.kinds, "exec", "command"),
+                resources=base.resources,
+                namespaces=base.namespaces,
+                verbs=base.verbs,
+            )
+            for stmt in classify_command(stream.shell_line)
         )
-        for stmt in classify_command(stream.shell_line)
     )
     if stream.tty or any("interactive" in s.kinds for s in commands):
         # A terminal, or a program that reads commands no one judges: a shell.
         return (session("shell", "exec", "interactive"), *commands)
     return commands
+
+
+def credential_reads(commands: tuple[StatementInfo, ...]) -> tuple[StatementInfo, ...]:
+    """The commands of an exec with those that may read a credential (CREDENTIAL_PATHS,
+    the environment) raised to class ``admin`` with the kind ``secret_read``: the output
+    of a command reaches the client unredacted (masking a stream cannot stop ``base64``
+    of a token), and a service-account token read this way is a credential for the
+    cluster that no longer goes through the gateway. An ``unknown`` command keeps its
+    class and gets an admin twin, so the stricter of the two decides.
+
+    The container's working directory is not known to the gateway: a relative word is
+    read as below ``/`` (and below any directory a ``cd`` may reach)."""
+    found = start_dirs([(stmt.functions, stmt.words) for stmt in commands])
+    dirs = None if found is None else ("/", *found)
+    out: list[StatementInfo] = []
+    for stmt in commands:
+        if not _prints_credentials(stmt, dirs):
+            out.append(stmt)
+            continue
+        raised = replace(stmt, klass="admin", kinds=(*stmt.kinds, "secret_read"))
+        out.extend((stmt, raised) if stmt.klass == "unknown" else (raised,))
+    return tuple(out)
+
+
+def _prints_credentials(stmt: StatementInfo, dirs: tuple[str, ...] | None) -> bool:
+    program = stmt.functions[-1:]
+    if program and program[0] in ENV_PRINTERS:
+        return True
+    if program == ("ps",) and any(w[:1] != "-" and "e" in w for w in stmt.words[1:]):
+        return True  # ps e, ps eww: every process's environment
+    found = sensitive_word(stmt.functions, stmt.columns, stmt.words, CREDENTIAL_PATHS, dirs)
+    return found is not None

@@ -63,3 +63,12 @@ def _is_device(path: str) -> bool:
 
 def _is_loopback(address: str) -> bool:
     return address.lower().startswith(_LOOPBACK)
+
+
+def _names_stdin(path: str) -> bool:
+    """Whether a script path may be the process's standard input: ``/dev/stdin``,
+    ``/dev/fd/0``, ``/proc/self/fd/0`` (any process, any task), also spelled with ``//``
+    or ``/./``, relative (``dev/stdin`` from ``/``, ``fd/0`` from ``/proc/self``), or with
+    a ``..`` (which may lead anywhere)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return ".." in parts or parts[-1:] == ["stdin"] or parts[-2:] == ["fd", "0"]

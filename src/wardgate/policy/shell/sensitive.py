@@ -85,6 +85,28 @@ def start_dirs(commands: list[tuple[tuple[str, ...], tuple[str, ...]]]) -> tuple
     return tuple(dirs)
 
 
+def sensitive_word(
+    functions: tuple[str, ...],
+    columns: tuple[str, ...],
+    words: tuple[str, ...],
+    patterns: tuple[str, ...],
+    dirs: tuple[str, ...] | None = (),
+) -> tuple[str, str] | None:
+    """The first word of one command (its ``functions``, flags ``columns`` and word
+    shapes ``words``, as StatementInfo carries them) that may name a file of
+    ``patterns``, with that pattern; None when none may. A program that takes file names
+    from its input (``xargs cat``) may name any file."""
+    recursive = reads_recursively(functions, columns)
+    candidates = (*words, *aliased(words))
+    if names_from_data(functions, columns):
+        candidates = (*candidates, EXPANSION)  # it reads files its input names
+    for word in candidates:
+        pattern = may_name(word, patterns, recursive, dirs)
+        if pattern is not None:
+            return word, pattern
+    return None
+
+
 def may_name(
     shape: str,
     patterns: tuple[str, ...],

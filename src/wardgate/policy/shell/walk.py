@@ -21,7 +21,7 @@ from wardgate.policy.shell.args import (
 )
 from wardgate.policy.shell.inert import active_expansion, expands, shape, unquote
 from wardgate.policy.shell.judge import _Facts, _judge
-from wardgate.policy.shell.paths import _is_device
+from wardgate.policy.shell.paths import _is_device, _names_stdin
 from wardgate.policy.shell.prefixes import _PREFIXES, _SU_VALUES, _prefix_alone
 from wardgate.policy.shell.programs import _resolve
 from wardgate.policy.shell.readonly import prefix_problem, program_problem, variable_problem
@@ -413,7 +413,10 @@ class _Walker:
         elif name in _SHELLS:
             self.shell(name, rest, facts, scope)
             return
-        elif name is not None and _interpreter_mode(name, texts) == "stdin":
+        elif name is not None and (
+            (mode := _interpreter_mode(name, texts)) == "stdin"
+            or (mode == "file" and any(_names_stdin(t) for t in texts))
+        ):
             facts.at_least("unknown", name, *scope.stdin)  # its program comes from stdin
         else:
             call = _judge(name, texts, facts)
@@ -450,7 +453,7 @@ class _Walker:
             script = rest[index]
             if script.dynamic:
                 facts.at_least("unknown", *_fed_kinds(script))  # bash <(curl ...)
-            elif script.text in ("/dev/stdin", "/dev/fd/0"):
+            elif _names_stdin(script.text):  # /proc/self/fd/0, dev/stdin from /
                 facts.at_least("unknown", *scope.stdin)
             else:
                 facts.read.append(script.text)
