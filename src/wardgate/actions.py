@@ -84,6 +84,8 @@ class StatementInfo:
     resources: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ()
+    # Kubernetes port-forward: the pod ports it opens (policy/kubernetes/sessions.py).
+    ports: tuple[int, ...] = ()
 
 
 @positional_pickle

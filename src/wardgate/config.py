@@ -80,6 +80,20 @@ def _check_hostport(value: object) -> object:
 HostPort = Annotated[str, BeforeValidator(_check_hostport)]
 
 
+def _check_ports(value: object) -> object:
+    """A port (8080) or a range of ports ("8000-8099"), as the text "N" or "N-M"."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    found = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", text.strip()) if isinstance(text, str) else None
+    if found:
+        first, last = int(found[1]), int(found[2] or found[1])
+        if 1 <= first <= last <= 65535:
+            return f"{first}-{last}" if found[2] else str(first)
+    raise ValueError(f"{value!r} is not a port (1-65535) or a range of them (8000-8099)")
+
+
+PortRange = Annotated[str, BeforeValidator(_check_ports)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -299,6 +313,8 @@ class RoleConfig(_Model):
     shell: Literal["allow", "block"] = "block"
     sftp: Literal["allow", "block"] = "block"
     forwarding: Literal["allow", "block"] = "block"
+    # Kubernetes port-forward: the pod ports `forwarding: allow` reaches (empty: any).
+    forwarding_ports: list[PortRange] = Field(default_factory=list)
     # Who approves this role's `review` verdicts; default: reviews.approvers / quorum.
     approvers: list[str] = Field(default_factory=list)
     quorum: int | None = Field(default=None, ge=1)
@@ -330,6 +346,7 @@ class GuardrailMatch(_Model):
     resources: list[str] = Field(default_factory=list)
     namespaces: list[str] = Field(default_factory=list)
     verbs: list[str] = Field(default_factory=list)
+    ports: list[PortRange] = Field(default_factory=list)  # pod ports a port-forward opens
     principals: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
     principal_kinds: list[Literal["user", "agent"]] = Field(default_factory=list)

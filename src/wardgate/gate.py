@@ -20,6 +20,7 @@ from wardgate.identity.principals import Principal, in_scope
 from wardgate.metrics import timed_decision
 from wardgate.policy.functions import function_class
 from wardgate.policy.kubernetes import classify_kubernetes
+from wardgate.policy.kubernetes.sessions import port_in
 from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
 from wardgate.policy.shell.inert import EXPANSION
@@ -358,6 +359,8 @@ class Gate:
         if action.kind == "kubernetes" and stmt.resources:
             where = f" in {stmt.namespaces[0]}" if stmt.namespaces else ""
             described += f" on {stmt.resources[0]}{where}"
+            if stmt.ports:
+                described += f", port {', '.join(map(str, stmt.ports))}"
         all_kinds = {*kinds, klass}
         if klass == "unknown":
             # A command the shell parser cannot resolve may do anything: roles judge it
@@ -366,7 +369,11 @@ class Gate:
         # Roles grant: the most permissive of the principal's roles for this class.
         best: tuple[Decision, str] | None = None
         for role_name in roles:
-            d = Decision(self.config.roles[role_name].decision_for(klass))
+            role = self.config.roles[role_name]
+            d = Decision(role.decision_for(klass))
+            if klass == "forwarding" and role.forwarding_ports and stmt.ports:
+                if not all(port_in(port, role.forwarding_ports) for port in stmt.ports):
+                    d = Decision.BLOCK  # a port outside the role's forwarding_ports
             if best is None or d.severity < best[0].severity:
                 best = (d, role_name)
         assert best is not None
@@ -485,7 +492,7 @@ def _rail_matches(
         return _kube_rail_matches(rail, stmt, kinds, action)
     if m.commands or m.programs or m.paths:
         return False  # a rule about shell commands
-    if m.kubernetes or m.resources or m.namespaces or m.verbs:
+    if m.kubernetes or m.resources or m.namespaces or m.verbs or m.ports:
         return False  # a rule about Kubernetes requests
     if m.sql and not kinds.intersection(m.sql):
         return False
@@ -528,7 +535,7 @@ def _shell_rail_matches(
     m = rail.match
     if m.sql or m.tables or m.tables_written or m.columns or m.functions or rail.condition:
         return False
-    if m.kubernetes or m.resources or m.namespaces or m.verbs:
+    if m.kubernetes or m.resources or m.namespaces or m.verbs or m.ports:
         return False
     return _command_fields_match(rail, stmt, kinds) and _in_rail_scope(rail, action)
 
@@ -571,6 +578,8 @@ def _kube_rail_matches(
     ):
         return False
     if m.namespaces and not any(fnmatchcase(n, p) for n in stmt.namespaces for p in m.namespaces):
+        return False
+    if m.ports and not any(port_in(port, m.ports) for port in stmt.ports):
         return False
     return _in_rail_scope(rail, action)
 

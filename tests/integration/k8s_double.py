@@ -448,7 +448,7 @@ async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -
     cluster.execs.append((argv, tty))
     assert cluster.exec_dir is not None
     env = {"PATH": "/usr/bin:/bin", "HOME": str(cluster.exec_dir), "TERM": "xterm"}
-    master = -1
+    master = stdin_write = -1
     try:
         if tty:
             master, slave = pty.openpty()
@@ -458,11 +458,17 @@ async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -
             )  # fmt: skip
             os.close(slave)
         else:
+            # stdin is a pipe, as a container runtime gives it (asyncio's PIPE is a
+            # socket, which /proc/self/fd/0 cannot open)
+            if use_stdin:
+                stdin_read, stdin_write = os.pipe()
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cluster.exec_dir, env=env,
-                stdin=asyncio.subprocess.PIPE if use_stdin else asyncio.subprocess.DEVNULL,
+                stdin=stdin_read if use_stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
+            if use_stdin:
+                os.close(stdin_read)
     except OSError as exc:
         await ws.send_bytes(
             b"\x03" + json.dumps({"status": "Failure", "message": str(exc)}).encode()
@@ -471,6 +477,7 @@ async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -
         return
 
     async def from_client() -> None:
+        nonlocal stdin_write
         while True:
             message = await ws.receive()
             data = message.get("bytes")
@@ -481,11 +488,12 @@ async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -
             if data[0] == 0:
                 if tty:
                     os.write(master, data[1:])
-                elif proc.stdin is not None:
-                    proc.stdin.write(data[1:])
-                    await proc.stdin.drain()
-            elif data[0] == 255 and data[1:] == b"\x00" and proc.stdin is not None:
-                proc.stdin.close()
+                elif stdin_write >= 0:
+                    with contextlib.suppress(OSError):  # the process may be gone
+                        await asyncio.to_thread(os.write, stdin_write, data[1:])
+            elif data[0] == 255 and data[1:] == b"\x00" and stdin_write >= 0:
+                os.close(stdin_write)
+                stdin_write = -1
             elif data[0] == 4 and tty:
                 size = json.loads(data[1:])
                 fcntl.ioctl(
@@ -516,8 +524,8 @@ async def _exec(cluster: Cluster, ws: WebSocket, attach: tuple[str, ...] = ()) -
     reader.cancel()
     with contextlib.suppress(BaseException):
         await reader
-    if proc.stdin is not None:
-        proc.stdin.close()  # no transport left for the garbage collector to warn about
+    if stdin_write >= 0:
+        os.close(stdin_write)
     if master >= 0:
         os.close(master)
     if code == 0:

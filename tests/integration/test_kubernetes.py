@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
+import select
 import socket
 import sqlite3
 import ssl
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +89,8 @@ class KubeGateway:
     @property
     def gateway_ca(self) -> Path:
         """The gateway's certificate as the kubeconfig pins it."""
-        doc = yaml.safe_load(self.kubeconfig("dev").read_text())
+        made = next(iter(self.kubeconfigs.values()), None)  # any: each pins the same
+        doc = yaml.safe_load((made or self.kubeconfig("dev")).read_text())
         path = self.gw.workdir / "gateway-ca.pem"
         path.write_bytes(
             base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"])
@@ -153,10 +157,9 @@ class KubeGateway:
 def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
     kubectl = require_tool("kubectl")
     tmp = tmp_path_factory.mktemp("k8s")
-    double = start_double(tmp / "double", free_port(), UPSTREAM_TOKEN)
+    double = double_with_container(tmp)
     cluster = double.cluster
-    cluster.exec_dir = tmp / "container"  # where exec'd commands run, for real
-    cluster.exec_dir.mkdir()
+    assert cluster.exec_dir is not None
     (cluster.exec_dir / "motd").write_text("ops contact: jane.doe@example.com\n")
     cluster.put(
         "",
@@ -190,7 +193,29 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
             "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"stringData": {"password": "hunter2-plain"}})}},
         "data": {"password": base64.b64encode(b"hunter2-plain").decode(), "user": base64.b64encode(b"app").decode()},
     })  # fmt: skip
-    gw = make_gateway(tmp / "gw", kube_config(double))
+    kgw = start_kube_gateway(tmp / "gw", double, kube_config(double), kubectl)
+    try:
+        yield kgw
+    finally:
+        kgw.gw.stop()
+        double.stop()
+
+
+def double_with_container(tmp: Path) -> RunningDouble:
+    """The API server double, its exec's "container" the folder ``tmp/container``
+    (where exec'd commands run, for real)."""
+    double = start_double(tmp / "double", free_port(), UPSTREAM_TOKEN)
+    double.cluster.exec_dir = tmp / "container"
+    double.cluster.exec_dir.mkdir()
+    return double
+
+
+def start_kube_gateway(
+    folder: Path, double: RunningDouble, config: str, kubectl: str
+) -> KubeGateway:
+    """A wardgate process with ``config``, its Kubernetes listener up, the cluster's
+    token in IT_KUBE_TOKEN."""
+    gw = make_gateway(folder, config)
     port = free_port()
     gw.env["IT_KUBE_TOKEN"] = UPSTREAM_TOKEN
     gw.env["WARDGATE_LISTEN_KUBERNETES"] = f"127.0.0.1:{port}"
@@ -203,11 +228,7 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
         except OSError:
             assert time.monotonic() < deadline, gw.log
             time.sleep(0.1)
-    try:
-        yield KubeGateway(gw, double, kubectl, port)
-    finally:
-        gw.stop()
-        double.stop()
+    return KubeGateway(gw, double, kubectl, port)
 
 
 def test_kubeconfig_holds_only_the_wardgate_token(kgw: KubeGateway) -> None:
@@ -387,6 +408,33 @@ def test_load_balancer_service_is_blocked(kgw: KubeGateway) -> None:
     ok = kgw.kubectl("dev", "apply", "--validate=false", "-f", str(manifest))
     assert ok.returncode == 0, ok.stderr
     assert cluster.objects[("", "services", "default", "web")]["spec"]["type"] == "ClusterIP"
+
+
+def test_the_official_python_client_works_unchanged(kgw: KubeGateway) -> None:
+    """The `kubernetes` package with the kubeconfig from `wardgate kubeconfig`: it lists
+    pods, reads a Secret (redacted for the agent), and its blocked create is a 403 it
+    raises as ApiException, nothing reaching the cluster."""
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    api = client.CoreV1Api(config.new_client_from_config(str(kgw.kubeconfig("agent"))))
+    pods = api.list_namespaced_pod("default")
+    assert [p.metadata.name for p in pods.items] == ["web-1"]
+    secret = api.read_namespaced_secret("db", "default")
+    assert secret.data is not None and set(secret.data) == {"password", "user"}
+    assert base64.b64decode(secret.data["password"]) == b"wardgate:redacted"
+    posts = sum(r[0] == "POST" and r[1].endswith("/services") for r in kgw.double.cluster.requests)
+    service = client.V1Service(
+        metadata=client.V1ObjectMeta(name="lb-from-python"),
+        spec=client.V1ServiceSpec(type="LoadBalancer", ports=[client.V1ServicePort(port=80)]),
+    )
+    with pytest.raises(ApiException) as refused:
+        api.create_namespaced_service("default", service)
+    assert refused.value.status == 403
+    assert "guardrail:no-public-services" in (refused.value.body or "")
+    assert ("", "services", "default", "lb-from-python") not in kgw.double.cluster.objects
+    after = sum(r[0] == "POST" and r[1].endswith("/services") for r in kgw.double.cluster.requests)
+    assert after == posts
 
 
 INGRESS = """\
@@ -617,61 +665,79 @@ def test_attach_needs_shell_and_is_recorded(kgw: KubeGateway) -> None:
         time.sleep(0.2)
 
 
+class PodPort:
+    """A "pod port" on loopback (the double connects forwarded streams here): answers
+    each line upper-cased and keeps what it got."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while not data.endswith(b"\n") and (chunk := conn.recv(4096)):
+                    data += chunk
+                self.received.append(data)
+                conn.sendall(data.upper())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.server.close()
+        self.thread.join(5)
+
+
+def forward_line(kgw: KubeGateway, principal: str, port: int, line: bytes) -> bytes:
+    """``kubectl port-forward pod/web-1 LOCAL:port``, one line sent through it: the reply
+    (empty when the tunnel was closed)."""
+    local = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(kgw.gw.workdir),
+           "KUBECONFIG": str(kgw.kubeconfig(principal))}  # fmt: skip
+    proc = subprocess.Popen(
+        [kgw.kubectl_bin, "port-forward", "pod/web-1", f"{local}:{port}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and "Forwarding from" in proc.stdout.readline(), proc.poll()
+        reply = b""
+        with socket.create_connection(("127.0.0.1", local), timeout=15) as conn:
+            conn.sendall(line)
+            with contextlib.suppress(OSError):
+                while not reply.endswith(b"\n") and (chunk := conn.recv(4096)):
+                    reply += chunk
+        return reply
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
 def test_port_forward_needs_forwarding_and_reaches_the_pod_port(kgw: KubeGateway) -> None:
     """Real kubectl port-forward (SPDY tunnelled in a WebSocket) through the gateway to
     the double, which connects each forwarded connection to a loopback port."""
-    import select
-    import threading
-
-    received: list[bytes] = []
-    server = socket.create_server(("127.0.0.1", 0))
-    target = server.getsockname()[1]
-
-    def serve() -> None:  # the "pod port": answers upper-cased, keeps what it got
-        conn, _ = server.accept()
-        with conn:
-            data = b""
-            while not data.endswith(b"\n") and (chunk := conn.recv(4096)):
-                data += chunk
-            received.append(data)
-            conn.sendall(data.upper())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    local = free_port()
+    pod = PodPort()
     try:
         # no forwarding: allow for the engineer: refused, nothing reached
-        denied = kgw.kubectl("dev", "port-forward", "pod/web-1", f"{local}:{target}", timeout=30)
+        local = free_port()
+        denied = kgw.kubectl("dev", "port-forward", "pod/web-1", f"{local}:{pod.port}", timeout=30)
         assert denied.returncode != 0 and "forwarding" in denied.stderr, denied.stderr
-        assert target not in kgw.double.cluster.forwards
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(kgw.gw.workdir),
-            "KUBECONFIG": str(kgw.kubeconfig("root")),
-        }
-        proc = subprocess.Popen(
-            [kgw.kubectl_bin, "port-forward", "pod/web-1", f"{local}:{target}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], 30)
-            line = proc.stdout.readline() if ready else ""
-            assert "Forwarding from" in line, (line, proc.poll())
-            with socket.create_connection(("127.0.0.1", local), timeout=15) as conn:
-                conn.sendall(b"hello through wardgate\n")
-                reply = b""
-                while not reply.endswith(b"\n") and (chunk := conn.recv(4096)):
-                    reply += chunk
-            assert reply == b"HELLO THROUGH WARDGATE\n"
-            assert received == [b"hello through wardgate\n"]
-            assert target in kgw.double.cluster.forwards
-        finally:
-            proc.terminate()
-            proc.communicate(timeout=10)
+        assert pod.port not in kgw.double.cluster.forwards
+        line = b"hello through wardgate\n"
+        assert forward_line(kgw, "root", pod.port, line) == b"HELLO THROUGH WARDGATE\n"
+        assert pod.received == [line]
+        assert pod.port in kgw.double.cluster.forwards
     finally:
-        server.close()
-        thread.join(5)
+        pod.close()
 
 
 def _kubectl_on_a_terminal(

@@ -271,3 +271,36 @@ def test_network_policies_open_to_the_world_are_seen() -> None:
             "application/json",
         ).kinds
     )
+
+
+def test_port_forward_ports_are_judged_by_role_and_guardrail() -> None:
+    """A role's forwarding_ports allow-lists pod ports; a guardrail's ports matches them;
+    a port-forward naming no port (kubectl's handshake) is judged on its session only,
+    its ports later, one by one, as the tunnel opens them (kubernetes/forward.py)."""
+    data = load_config(EXAMPLE).model_dump()
+    data["roles"]["k8s-sre"] |= {"forwarding": "allow", "forwarding_ports": [8080, "9000-9009"]}
+    data["guardrails"] = [{"name": "no-ssh", "match": {"ports": ["22"]}, "verdict": "block"}]
+    gate = Gate(Config.model_validate(data))
+
+    def check(query: str) -> tuple[Decision, str]:
+        path = "POST /api/v1/namespaces/a/pods/p/portforward" + query
+        verdict = gate.check(_action(gate, "alice", path))
+        return verdict.decision, verdict.rule
+
+    assert check("") == (Decision.ALLOW, "role:k8s-sre")
+    assert check("?ports=8080") == (Decision.ALLOW, "role:k8s-sre")
+    assert check("?ports=9009,8080") == (Decision.ALLOW, "role:k8s-sre")
+    assert check("?ports=9010") == (Decision.BLOCK, "role:k8s-sre")
+    assert check("?ports=8080&ports=5432") == (Decision.BLOCK, "role:k8s-sre")
+    assert check("?ports=22")[1] == "guardrail:no-ssh"
+    # what the kubelet would not read as a port is not read by the gateway either
+    assert check("?ports=8080x")[1] == "unparsed-request"
+    assert check("?ports=0")[1] == "unparsed-request"
+
+
+@pytest.mark.parametrize("bad", [0, 65536, "10-5", "x", "80-", True])
+def test_port_ranges_are_checked_in_the_config(bad: object) -> None:
+    data = load_config(EXAMPLE).model_dump()
+    data["roles"]["k8s-sre"]["forwarding_ports"] = [bad]
+    with pytest.raises(ValueError, match="not a port"):
+        Config.model_validate(data)

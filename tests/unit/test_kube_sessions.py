@@ -65,7 +65,7 @@ def test_other_requests_open_no_session() -> None:
     pf = stream_request(
         resolve("POST", "/api/v1/namespaces/a/pods/p/portforward", ""), "ports=80,8080"
     )
-    assert pf is not None and pf.kind == "portforward" and pf.ports == ("80", "8080")
+    assert pf is not None and pf.kind == "portforward" and pf.ports == (80, 8080)
     (stmt,) = classify_kubernetes("POST /api/v1/namespaces/a/pods/p/portforward?ports=80")
     assert stmt.klass == "forwarding" and "portforward" in stmt.kinds
 

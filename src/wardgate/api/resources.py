@@ -136,7 +136,7 @@ def _rail_can_apply(rail: GuardrailConfig, name: str, conn: ConnectionConfig) ->
     m = rail.match
     if m.connections and name not in m.connections:
         return False
-    kube_only = m.kubernetes or m.resources or m.namespaces or m.verbs
+    kube_only = m.kubernetes or m.resources or m.namespaces or m.verbs or m.ports
     shell_only = m.commands or m.programs or m.paths
     sql_only = m.sql or m.tables or m.tables_written or m.columns or m.functions
     if _KIND_OF_TYPE[conn.type] == "sql":

@@ -322,6 +322,12 @@ class KubernetesGateway:
             review=judged.review, **extra,
         )  # fmt: skip
 
+    def record_action(
+        self, action: Action, verdict: Verdict, started: float, t0: float, status: str, **extra: Any
+    ) -> None:
+        """Record an action judged inside a session (a port a tunnel opens)."""
+        self._record(action, verdict, started, t0, status, **extra)
+
     def _record(
         self,
         action: Action,

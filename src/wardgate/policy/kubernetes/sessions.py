@@ -53,7 +53,7 @@ class StreamRequest:
     container: str = ""
     stdin: bool = False
     tty: bool = False
-    ports: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
 
     @property
     def shell_line(self) -> str:
@@ -78,6 +78,22 @@ def query_values(query: str) -> dict[str, list[str]]:
     return out
 
 
+def parse_port(text: str) -> int:
+    """A pod port as the kubelet reads it (decimal, 1-65535), or RequestInfoError."""
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise RequestInfoError(f"{text[:20]!r} is not a port number")
+    return int(text)
+
+
+def port_in(port: int, ranges: list[str]) -> bool:
+    """Whether ``port`` is one of ``ranges`` ("8080", "8000-8099": config's PortRange)."""
+    for item in ranges:
+        low, _, high = item.partition("-")
+        if int(low) <= port <= int(high or low):
+            return True
+    return False
+
+
 def _flag(values: dict[str, list[str]], name: str) -> bool:
     found = values.get(name)
     if not found:
@@ -100,7 +116,7 @@ def stream_request(info: RequestInfo, query: str) -> StreamRequest | None:
         raise RequestInfoError("a query string that is not UTF-8") from None
     container = (values.get("container") or [""])[0]
     if info.subresource == "portforward":
-        ports = tuple(p for v in values.get("ports", []) for p in v.split(",") if p)
+        ports = tuple(parse_port(p) for v in values.get("ports", []) for p in v.split(",") if p)
         return StreamRequest("portforward", container=container, ports=ports)
     return StreamRequest(
         info.subresource,
@@ -122,7 +138,7 @@ def classify_stream(
         return replace(base, klass=klass, kinds=(*dict.fromkeys((*base.kinds, *kinds)),))
 
     if stream.kind == "portforward":
-        return (session("forwarding", "portforward"),)
+        return (replace(session("forwarding", "portforward"), ports=stream.ports),)
     if stream.kind == "attach":
         return (session("shell", "attach", "interactive"),)
     if not stream.command:
