@@ -35,30 +35,28 @@ SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.service-account-token-of-the-pod"  # what exec 
 
 def _config(url: str, ca: Path, forward: int) -> str:
     return f"""
-groups: {{agents: {{}}, engineers: {{}}, admins: {{}}, forwarders: {{}}}}
+groups: {{agents: {{}}, engineers: {{}}, admins: {{}}}}
 principals:
   agent: {{kind: agent, groups: [agents], sponsor: dev}}
   dev: {{kind: user, groups: [engineers]}}
   root: {{kind: user, groups: [admins]}}
-  tunnel: {{kind: user, groups: [forwarders]}}
 connections:
   cluster:
     type: kubernetes
     upstream: {{url: "{url}", ca: "{ca}", token: env:IT_KUBE_TOKEN}}
-    roles: {{agents: k8s-agent, engineers: k8s-sre, admins: k8s-admin, forwarders: k8s-tunnel}}
+    roles: {{agents: k8s-agent, engineers: k8s-sre, admins: k8s-admin}}
     reviews: {{wait: 0s, max_wait: 30s}}
 roles:
   k8s-agent: {{read: allow, write: review, admin: block}}
-  k8s-sre: {{read: allow, write: allow, admin: review}}
+  k8s-sre: {{read: allow, write: allow, admin: review, forwarding: allow, forwarding_ports: [{forward}]}}
   k8s-admin: {{read: allow, write: allow, admin: allow, shell: allow, forwarding: allow}}
-  k8s-tunnel: {{read: allow, forwarding: allow, forwarding_ports: [{forward}]}}
 reviews: {{approvers: [admins]}}
 """
 
 
 @pytest.fixture(scope="module")
 def ports() -> Iterator[tuple[PodPort, PodPort]]:
-    """Two pod ports: the first in the tunnel role's forwarding_ports, the other not."""
+    """Two pod ports: the first in the engineer role's forwarding_ports, the other not."""
     pair = (PodPort(), PodPort())
     yield pair
     for port in pair:
@@ -131,8 +129,7 @@ def _exec(
 def test_a_read_only_exec_cannot_read_the_service_account_token(kgw: KubeGateway) -> None:
     """``cat`` is a read, but of the pod's credential: class admin (kind secret_read),
     which the agent's role blocks, through any spelling and any container (-c)."""
-    ok = kgw.kubectl("agent", "exec", "web-1", "--", "cat", "motd")
-    assert ok.returncode == 0 and ok.stdout == "hello\n", ok.stderr
+    assert _exec(kgw, "agent", ("cat", "motd")) == (0, b"hello\n")
     path = "var/run/secrets/kubernetes.io/serviceaccount/token"
     got = kgw.kubectl("agent", "exec", "web-1", "-c", "sidecar", "--", "cat", path)
     assert got.returncode == 126 and "admin" in got.stderr, (got.returncode, got.stderr)
@@ -179,9 +176,9 @@ def test_port_forward_reaches_only_the_ports_a_role_allows(
     """The port is named in the tunnel's SPDY stream headers (kubectl sends no ports=):
     the gateway reads them and judges each port against forwarding_ports."""
     allowed, other = ports
-    assert forward_line(kgw, "tunnel", allowed.port, b"fine\n") == b"FINE\n"
+    assert forward_line(kgw, "dev", allowed.port, b"fine\n") == b"FINE\n"
     assert allowed.received == [b"fine\n"]
-    assert forward_line(kgw, "tunnel", other.port, b"sneaky\n") == b""
+    assert forward_line(kgw, "dev", other.port, b"sneaky\n") == b""
     assert other.received == [] and other.port not in kgw.double.cluster.forwards
     deadline = time.monotonic() + 10  # recorded by the recorder process, soon
     while not (
@@ -222,7 +219,7 @@ def test_a_tunnel_cannot_open_another_port_than_its_request_named(
         sock = await UpstreamSocket.open(
             f"https://127.0.0.1:{kgw.port}/k8s/cluster",
             ssl.create_default_context(cafile=str(kgw.gateway_ca)),
-            f"Bearer {kgw.gw.token('tunnel')}",
+            f"Bearer {kgw.gw.token('dev')}",
             f"/api/v1/namespaces/default/pods/web-1/portforward?ports={allowed.port}",
             ["SPDY/3.1+portforward.k8s.io"],
             10,

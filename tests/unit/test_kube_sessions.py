@@ -150,3 +150,13 @@ def test_a_program_reading_its_script_from_stdin_by_any_name_is_a_shell(
     commands no one judged (the shell engine knew /dev/stdin and /dev/fd/0 only)."""
     got = _exec(*argv, extra="&stdin=true")
     assert got[0][0] == "shell" and "interactive" in got[0][1], got
+
+
+def test_command_parameters_are_one_argv_in_order_wherever_they_stand() -> None:
+    """The API server takes every ``command`` value in order, other parameters between
+    them or not: so does the gate (``sh -c 'touch x'`` is a write however it is spread)."""
+    query = "stdout=true&command=sh&tty=0&command=-c&container=c&command=touch+x"
+    stream = stream_request(resolve("GET", EXEC, query), query)
+    assert stream is not None and stream.command == ("sh", "-c", "touch x")
+    got = classify_kubernetes(f"POST {EXEC}?{query}")
+    assert [s.klass for s in got] == ["write"] and "touch" in got[0].kinds
