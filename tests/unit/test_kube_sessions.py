@@ -110,6 +110,10 @@ def _exec(*argv: str, extra: str = "") -> tuple[tuple[str, tuple[str, ...]], ...
         ("grep", "-r", "x", "/"),
         ("xargs", "cat"),
         ("cat", "/etc/tls/tls.key"),
+        ("jq", "-n", "env"),
+        ("jq", "-n", "$ENV.DB_PASSWORD"),
+        ("jq", "-n", "-f", "/dev/stdin"),
+        ("yq", "-n", "strenv(DB_PASSWORD)"),
     ],
 )
 def test_an_exec_that_may_read_a_credential_is_admin(argv: tuple[str, ...]) -> None:
@@ -121,7 +125,14 @@ def test_an_exec_that_may_read_a_credential_is_admin(argv: tuple[str, ...]) -> N
 
 
 @pytest.mark.parametrize(
-    "argv", [("cat", "motd"), ("ls", "/var/run/secrets"), ("ps", "aux"), ("sh", "-c", "echo hi")]
+    "argv",
+    [
+        ("cat", "motd"),
+        ("ls", "/var/run/secrets"),
+        ("ps", "aux"),
+        ("sh", "-c", "echo hi"),
+        ("jq", ".items", "pods.json"),
+    ],
 )
 def test_an_exec_reading_no_credential_stays_a_read(argv: tuple[str, ...]) -> None:
     assert {klass for klass, _ in _exec(*argv)} == {"read"}

@@ -41,6 +41,9 @@ CREDENTIAL_PATHS = (
 )  # fmt: skip
 # Programs that print the environment (Secret values given as env vars).
 ENV_PRINTERS = frozenset({"env", "printenv", "set", "export", "declare", "typeset", "compgen"})
+# JSON/YAML processors whose programs read the environment (jq's env and $ENV, yq's
+# env() and strenv()); a program from a file may too.
+_ENV_QUERIES = frozenset({"jq", "gojq", "jaq", "yq"})
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -189,5 +192,13 @@ def _prints_credentials(stmt: StatementInfo, dirs: tuple[str, ...] | None) -> bo
         return True
     if program == ("ps",) and any(w[:1] != "-" and "e" in w for w in stmt.words[1:]):
         return True  # ps e, ps eww: every process's environment
+    if (
+        program
+        and program[0] in _ENV_QUERIES
+        and (
+            any("env" in w.lower() for w in stmt.words) or {"-f", "--from-file"} & set(stmt.columns)
+        )
+    ):
+        return True  # jq -n env, jq -n '$ENV.DB_PASSWORD', yq 'strenv(X)', jq -f FILE
     found = sensitive_word(stmt.functions, stmt.columns, stmt.words, CREDENTIAL_PATHS, dirs)
     return found is not None
