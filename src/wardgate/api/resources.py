@@ -163,6 +163,7 @@ def _policy(config: Config, name: str, conn: ConnectionConfig) -> EffectivePolic
                 shell=role.shell,
                 sftp=role.sftp,
                 forwarding=role.forwarding,
+                forwarding_ports=role.forwarding_ports,
             )
         )
     rails = [

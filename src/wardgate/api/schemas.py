@@ -99,6 +99,9 @@ class RolePolicy(_Out):
     shell: Literal["allow", "block"]
     sftp: Literal["allow", "block"]
     forwarding: Literal["allow", "block"]
+    forwarding_ports: list[str] = Field(
+        default=[], description="Kubernetes: the pod ports a port-forward may reach (empty: any)"
+    )
 
 
 class GuardrailMatchOut(_Out):
@@ -114,6 +117,7 @@ class GuardrailMatchOut(_Out):
     resources: list[str] = []
     namespaces: list[str] = []
     verbs: list[str] = []
+    ports: list[str] = []
     principals: list[str] = []
     groups: list[str] = []
     principal_kinds: list[Literal["user", "agent"]] = []
