@@ -77,3 +77,19 @@ def test_streams_are_read_whatever_the_message_boundaries() -> None:
 def test_what_cannot_be_read_ends_the_tunnel(frame: bytes) -> None:
     with pytest.raises(TunnelError):
         SpdyReader().feed(frame)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"port": ["80", "90"]}, {"port": ["0"]}, {"port": ["65536"]}, {"port": ["+80"]},
+     {"port": ["８０"]}],
+)  # fmt: skip
+def test_a_stream_opens_exactly_one_port_the_kubelet_would_read(
+    headers: dict[str, list[str]],
+) -> None:
+    from wardgate.kubernetes.forward import _port_of
+    from wardgate.policy.kubernetes import RequestInfoError
+
+    with pytest.raises((TunnelError, RequestInfoError)):
+        _port_of(headers)
+    assert _port_of({"port": ["08080"]}) == 8080  # strconv.ParseUint reads it so
