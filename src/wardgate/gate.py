@@ -132,9 +132,14 @@ class Gate:
         elif action.kind == "kubernetes":
             # The body decides as much as the path: its digest (binding) is in the key.
             body = action.params[0] if action.params else None
-            content_type = dict(action.context).get("content-type", "")
-            text_key = f"k:{action.binding}:{content_type}:{action.judged_text}"
-            statements = classify_kubernetes(action.judged_text, body, content_type)
+            context = dict(action.context)
+            content_type = context.get("content-type", "")
+            # exec: where the pod mounts Secrets (kubernetes/proxy.py), one path a line
+            mounts = context.get("secret-mounts", "")
+            text_key = f"k:{action.binding}:{content_type}:{mounts}:{action.judged_text}"
+            statements = classify_kubernetes(
+                action.judged_text, body, content_type, tuple(mounts.splitlines())
+            )
         else:
             text_key, statements = action.judged_text, ()
         key = (

@@ -31,6 +31,7 @@ from tests.integration.test_kubernetes import (
 )
 
 SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.service-account-token-of-the-pod"  # what exec must not leak
+DB_PASSWORD = "db-password-from-a-mounted-secret"
 
 
 def _config(url: str, ca: Path, forward: int) -> str:
@@ -78,10 +79,20 @@ def kgw(
     token = cluster.exec_dir / "var/run/secrets/kubernetes.io/serviceaccount/token"
     token.parent.mkdir(parents=True)
     token.write_text(SA_TOKEN)
+    mounted = cluster.exec_dir / "etc/app/creds/password"  # where the pod mounts a Secret
+    mounted.parent.mkdir(parents=True)
+    mounted.write_text(DB_PASSWORD)
     cluster.put("", "pods", {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "web-1", "namespace": "default"},
-        "spec": {"containers": [{"name": "c", "image": "nginx"}, {"name": "sidecar", "image": "x"}]},
+        "spec": {
+            "volumes": [{"name": "creds", "secret": {"secretName": "db"}}],
+            "containers": [
+                {"name": "c", "image": "nginx",
+                 "volumeMounts": [{"name": "creds", "mountPath": "/etc/app/creds"}]},
+                {"name": "sidecar", "image": "x"},
+            ],
+        },
         "status": {"phase": "Running"},
     })  # fmt: skip
     kgw = start_kube_gateway(
@@ -145,6 +156,11 @@ def test_a_read_only_exec_cannot_read_the_service_account_token(kgw: KubeGateway
         code, out = _exec(kgw, "agent", argv, "&container=sidecar")
         assert code == 126 and b"admin" in out, (argv, code, out)
         assert not _ran(kgw, *argv), argv
+    # a Secret the pod mounts under an unremarkable name: the gateway reads the pod spec
+    assert _exec(kgw, "root", ("cat", "etc/app/creds/password")) == (0, DB_PASSWORD.encode())
+    code, out = _exec(kgw, "agent", ("cat", "etc/app/creds/password"))
+    assert code == 126 and DB_PASSWORD.encode() not in out, out
+    assert _exec(kgw, "agent", ("cat", "motd")) == (0, b"hello\n")  # still a read
     # the engineer's role holds it for a review (admin: review), nothing runs meanwhile
     code, out = _exec(kgw, "dev", ("cat", "/proc/1/environ"))
     assert code == 77 and b"approval pending" in out, out

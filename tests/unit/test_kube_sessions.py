@@ -171,3 +171,34 @@ def test_command_parameters_are_one_argv_in_order_wherever_they_stand() -> None:
     assert stream is not None and stream.command == ("sh", "-c", "touch x")
     got = classify_kubernetes(f"POST {EXEC}?{query}")
     assert [s.klass for s in got] == ["write"] and "touch" in got[0].kinds
+
+
+def test_where_a_pod_mounts_secrets_is_a_credential_path() -> None:
+    """The gateway reads the pod of an exec and passes where it mounts Secrets and
+    tokens (kubernetes/proxy.py): a read there is admin, whatever the file's name."""
+    from wardgate.policy.kubernetes.sessions import secret_mounts
+
+    pod = {
+        "spec": {
+            "volumes": [
+                {"name": "creds", "secret": {"secretName": "db"}},
+                {"name": "token", "projected": {"sources": [{"serviceAccountToken": {}}]}},
+                {"name": "data", "emptyDir": {}},
+            ],
+            "initContainers": [{"volumeMounts": [{"name": "token", "mountPath": "/t"}]}],
+            "containers": [
+                {"volumeMounts": [{"name": "creds", "mountPath": "/etc/app/creds"}]},
+                {"volumeMounts": [{"name": "data", "mountPath": "/data"}, "junk"]},
+            ],
+        }
+    }
+    mounts = secret_mounts(pod)
+    assert mounts == ("/t", "/etc/app/creds") and secret_mounts({"spec": []}) == ()
+    query = "command=cat&command=etc/app/creds/password"
+    text = f"POST {EXEC}?{query}"
+    assert [s.klass for s in classify_kubernetes(text)] == ["read"]
+    got = classify_kubernetes(text, secret_mounts=mounts)
+    assert [(s.klass, "secret_read" in s.kinds) for s in got] == [("admin", True)]
+    # a pod the gateway could not read: "/" is mounted, every file may be a Secret
+    motd = classify_kubernetes(f"POST {EXEC}?command=cat&command=motd", secret_mounts=("/",))
+    assert [s.klass for s in motd] == ["admin"]

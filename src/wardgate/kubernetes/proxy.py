@@ -42,7 +42,7 @@ from wardgate.kubernetes.upstream import Upstreams
 from wardgate.kubernetes.values import masks_values, value_masker
 from wardgate.masking.stream import LineMasker
 from wardgate.policy.kubernetes import RequestInfo, RequestInfoError, request_text, resolve
-from wardgate.policy.kubernetes.sessions import STREAM_SUBRESOURCES
+from wardgate.policy.kubernetes.sessions import STREAM_SUBRESOURCES, secret_mounts
 from wardgate.policy.mask_rules import SessionMasking
 from wardgate.reviews.model import ReviewInfo
 from wardgate.reviews.settle import settle
@@ -176,6 +176,7 @@ class KubernetesGateway:
         method = "POST" if info.subresource in STREAM_SUBRESOURCES else request.method
         text = request_text(method, path, query, headers)
         content_type = request.headers.get("content-type", "")
+        exec_ = info.resource == "pods" and info.subresource == "exec" and not info.api_group
         action = Action(
             principal,
             name,
@@ -186,7 +187,10 @@ class KubernetesGateway:
             session_id=self._session(request, principal, name),
             client_addr=_addr(request),
             binding=hashlib.sha256(body).hexdigest() if body else "",
-            context=(("content-type", content_type),) if body else (),
+            context=(
+                *((("content-type", content_type),) if body else ()),
+                *((("secret-mounts", await self._secret_mounts(name, info)),) if exec_ else ()),
+            ),
         )
         granted = (
             services.reviews.granted(principal.name, name) if services.reviews else frozenset()
@@ -321,6 +325,27 @@ class KubernetesGateway:
             judged.recorded, judged.verdict, judged.started, judged.t0, status,
             review=judged.review, **extra,
         )  # fmt: skip
+
+    async def _secret_mounts(self, connection: str, info: RequestInfo) -> str:
+        """Where the pod of an exec mounts Secrets and tokens, one path a line
+        (policy/kubernetes/sessions.py ``secret_mounts``): an exec reading there reads a
+        credential. ``/`` when the pod cannot be read (any file may then be one: fail
+        closed); empty when it does not exist (the exec fails upstream)."""
+        assert self.state.upstreams is not None
+        client, auth = self.state.upstreams.client(self.services.config, connection)
+        headers = {"accept": "application/json", **({"authorization": auth} if auth else {})}
+        target = f"/api/v1/namespaces/{info.namespace}/pods/{info.name}"
+        try:
+            got = await client.get(target, headers=headers)
+            if got.status_code == 404:
+                return ""
+            pod = got.json() if got.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            pod = None
+        if not isinstance(pod, dict):
+            log.info("kubernetes %s: the pod of an exec could not be read", connection)
+            return "/"
+        return "\n".join(secret_mounts(pod))
 
     def record_action(
         self, action: Action, verdict: Verdict, started: float, t0: float, status: str, **extra: Any

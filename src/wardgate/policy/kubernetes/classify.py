@@ -78,10 +78,11 @@ def _unknown(text: str, error: str) -> StatementInfo:
 
 
 def classify_kubernetes(
-    text: str, body: str | None = None, content_type: str = ""
+    text: str, body: str | None = None, content_type: str = "", secret_mounts: tuple[str, ...] = ()
 ) -> tuple[StatementInfo, ...]:
     """Every statement of a request: one, or for exec/attach/port-forward the session
-    and (exec) the commands it runs (policy/kubernetes/sessions.py)."""
+    and (exec) the commands it runs (policy/kubernetes/sessions.py); ``secret_mounts``:
+    where the pod mounts Secrets (an exec reading there reads a credential)."""
     request = classify_request(text, body, content_type)
     if request.klass == "unknown" or not {"exec", "attach", "portforward"} & set(request.kinds):
         return (request,)
@@ -96,8 +97,8 @@ def classify_kubernetes(
         return (request,)
     if request.klass == "admin" and "impersonate" in request.kinds:
         # Impersonating while opening a session: admin, whatever the session.
-        return (request, *classify_stream(info, stream, text, request))
-    return classify_stream(info, stream, text, request)
+        return (request, *classify_stream(info, stream, text, request, secret_mounts))
+    return classify_stream(info, stream, text, request, secret_mounts)
 
 
 def classify_request(text: str, body: str | None = None, content_type: str = "") -> StatementInfo:

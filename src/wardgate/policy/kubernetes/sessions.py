@@ -131,7 +131,11 @@ def stream_request(info: RequestInfo, query: str) -> StreamRequest | None:
 
 
 def classify_stream(
-    info: RequestInfo, stream: StreamRequest, text: str, base: StatementInfo
+    info: RequestInfo,
+    stream: StreamRequest,
+    text: str,
+    base: StatementInfo,
+    secret_mounts: tuple[str, ...] = (),
 ) -> tuple[StatementInfo, ...]:
     """The statements of a session request: ``base`` carries its resource, namespace and
     verb; an exec's command adds one statement per simple command it runs, of the shell
@@ -156,7 +160,8 @@ def classify_stream(
                 verbs=base.verbs,
             )
             for stmt in classify_command(stream.shell_line)
-        )
+        ),
+        secret_mounts,
     )
     if stream.tty or any("interactive" in s.kinds for s in commands):
         # A terminal, or a program that reads commands no one judges: a shell.
@@ -164,21 +169,60 @@ def classify_stream(
     return commands
 
 
-def credential_reads(commands: tuple[StatementInfo, ...]) -> tuple[StatementInfo, ...]:
+# Volumes that put Secrets (or service-account tokens) in files: a csi volume is
+# usually the secrets-store driver; a projected one may hold configMaps only (counted).
+SECRET_VOLUMES = ("secret", "projected", "csi")
+
+
+def secret_mounts(pod: object) -> tuple[str, ...]:
+    """Where a Pod object mounts SECRET_VOLUMES, in any of its containers (an exec may
+    name any of them)."""
+    spec = pod.get("spec") if isinstance(pod, dict) else None
+    if not isinstance(spec, dict):
+        return ()
+    secret = {
+        v.get("name")
+        for v in spec.get("volumes") or []
+        if isinstance(v, dict) and any(k in v for k in SECRET_VOLUMES)
+    }
+    out: list[str] = []
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for container in spec.get(key) or []:
+            for mount in (
+                (container.get("volumeMounts") or []) if isinstance(container, dict) else []
+            ):
+                path = mount.get("mountPath") if isinstance(mount, dict) else None
+                if isinstance(path, str) and mount.get("name") in secret:
+                    out.append(path)
+    return tuple(dict.fromkeys(out))
+
+
+def mount_patterns(mounts: tuple[str, ...]) -> tuple[str, ...]:
+    """Patterns of the files of mounted Secrets: each mount path (a subPath mount is a
+    file) and everything below it."""
+    return tuple(p for m in mounts if m for p in (m.rstrip("/") or "/", m.rstrip("/") + "/*"))
+
+
+def credential_reads(
+    commands: tuple[StatementInfo, ...], secret_mounts: tuple[str, ...] = ()
+) -> tuple[StatementInfo, ...]:
     """The commands of an exec with those that may read a credential (CREDENTIAL_PATHS,
     the environment) raised to class ``admin`` with the kind ``secret_read``: the output
     of a command reaches the client unredacted (masking a stream cannot stop ``base64``
     of a token), and a service-account token read this way is a credential for the
     cluster that no longer goes through the gateway. An ``unknown`` command keeps its
-    class and gets an admin twin, so the stricter of the two decides.
+    class and gets an admin twin, so the stricter of the two decides. ``secret_mounts``:
+    where the pod mounts Secrets and projected tokens (kubernetes/proxy.py reads the pod
+    spec), credentials too.
 
     The container's working directory is not known to the gateway: a relative word is
     read as below ``/`` (and below any directory a ``cd`` may reach)."""
     found = start_dirs([(stmt.functions, stmt.words) for stmt in commands])
     dirs = None if found is None else ("/", *found)
+    patterns = CREDENTIAL_PATHS + mount_patterns(secret_mounts)
     out: list[StatementInfo] = []
     for stmt in commands:
-        if not _prints_credentials(stmt, dirs):
+        if not _prints_credentials(stmt, dirs, patterns):
             out.append(stmt)
             continue
         raised = replace(stmt, klass="admin", kinds=(*stmt.kinds, "secret_read"))
@@ -186,7 +230,9 @@ def credential_reads(commands: tuple[StatementInfo, ...]) -> tuple[StatementInfo
     return tuple(out)
 
 
-def _prints_credentials(stmt: StatementInfo, dirs: tuple[str, ...] | None) -> bool:
+def _prints_credentials(
+    stmt: StatementInfo, dirs: tuple[str, ...] | None, patterns: tuple[str, ...]
+) -> bool:
     program = stmt.functions[-1:]
     if program and program[0] in ENV_PRINTERS:
         return True
@@ -200,5 +246,5 @@ def _prints_credentials(stmt: StatementInfo, dirs: tuple[str, ...] | None) -> bo
         )
     ):
         return True  # jq -n env, jq -n '$ENV.DB_PASSWORD', yq 'strenv(X)', jq -f FILE
-    found = sensitive_word(stmt.functions, stmt.columns, stmt.words, CREDENTIAL_PATHS, dirs)
+    found = sensitive_word(stmt.functions, stmt.columns, stmt.words, patterns, dirs)
     return found is not None
