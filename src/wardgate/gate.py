@@ -284,8 +284,9 @@ class Gate:
     ) -> Verdict:
         if action.kind == "shell" or (action.kind == "kubernetes" and "command" in stmt.kinds):
             # A shell command, or one `kubectl exec` runs: the shell engine's classes.
+            detail = _CREDENTIAL_READ if "secret_read" in stmt.kinds else ""
             return self._decide_rules(
-                stmt, stmt.klass, stmt.kinds, "", roles, own, action, statements
+                stmt, stmt.klass, stmt.kinds, detail, roles, own, action, statements
             )
         if stmt.klass == "unknown":
             if action.kind == "kubernetes":
@@ -360,12 +361,13 @@ class Gate:
         statements: tuple[StatementInfo, ...],
     ) -> Verdict:
         """Roles, then guardrails, for one statement or command of class ``klass``."""
-        described = ", ".join(kinds) + detail
+        described = ", ".join(kinds)
         if action.kind == "kubernetes" and stmt.resources:
             where = f" in {stmt.namespaces[0]}" if stmt.namespaces else ""
             described += f" on {stmt.resources[0]}{where}"
             if stmt.ports:
                 described += f", port {', '.join(map(str, stmt.ports))}"
+        described += detail
         all_kinds = {*kinds, klass}
         if klass == "unknown":
             # A command the shell parser cannot resolve may do anything: roles judge it
@@ -485,6 +487,13 @@ class Gate:
         if found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
             unknown.append(f"any expression ({found.implicit})")
         return unknown
+
+
+_CREDENTIAL_READ = (
+    "; it may read a credential of the pod (its service-account token, a mounted Secret, "
+    "the environment), which exec output cannot redact: read Secrets through the API "
+    "(redacted), or ask a human"
+)
 
 
 def _rail_matches(
