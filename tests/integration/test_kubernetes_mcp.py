@@ -225,3 +225,28 @@ def test_blocked_or_unsafe_manifests_file_no_proposal(
         filed = reviewer.get("/api/v1/reviews", params={"kind": "proposal"}).json()
     texts = json.dumps(filed)
     assert "LoadBalancer" not in texts and "stringData" not in texts
+
+
+def test_the_rest_api_takes_manifests_on_a_cluster(kmcp: tuple[Gateway, RunningDouble]) -> None:
+    """POST /api/v1/proposals (and `wardgate proposals submit -s`) serve the same path."""
+    gw, double = kmcp
+    key = ("", "configmaps", "ops", "flags")
+    manifest = CONFIGMAP.replace("{name: settings}", "{name: flags, namespace: ops}")
+    with _api(gw, "dev") as dev, _api(gw, "reviewer") as reviewer:
+        blocked = dev.post(
+            "/api/v1/proposals",
+            json={"connection": "cluster", "statements": [SERVICE], "justification": "lb"},
+        )
+        assert blocked.status_code == 403 and "no-public-services" in blocked.text
+        filed = dev.post(
+            "/api/v1/proposals",
+            json={"connection": "cluster", "statements": [manifest], "justification": "flags"},
+        )
+        assert filed.status_code == 201, filed.text
+        review = filed.json()
+        assert review["status"] == "pending" and key not in double.cluster.objects
+        assert reviewer.post(f"/api/v1/reviews/{review['id']}/approve", json={}).status_code == 200
+        deadline = time.monotonic() + 15
+        while key not in double.cluster.objects and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert double.cluster.objects[key]["data"] == {"mode": "green"}

@@ -197,7 +197,9 @@ async def propose(
             verdict,
             client_addr=client_addr,
             session_id=session_id,
-            protocol=protocol,
+            # The target's protocol (how reviewers' pages show the text); the session
+            # that filed it (an MCP session) is the review's session.
+            protocol="kubernetes",
             requests=[p.as_detail() for p in planned],
         )
     )

@@ -74,7 +74,7 @@ async def read_target(services: Services, connection: str, args: ReadArgs) -> tu
         if args.resource or args.name or args.namespace:
             raise ToolRefused("give either path or resource/namespace/name, not both")
         path, _, query = args.path.strip().partition("?")
-        if not path.startswith("/"):
+        if not path.startswith("/") or path.startswith("//"):
             raise ToolRefused(
                 f"path must start with / (e.g. /api/v1/namespaces/default/pods), not {path!r}"
             )
