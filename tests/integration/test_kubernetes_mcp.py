@@ -46,7 +46,9 @@ def kmcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Ru
     config = kube_config(double).replace(
         "guardrails:\n",
         "guardrails:\n  - {name: no-rbac-reads, match: {resources: ['*.rbac.authorization.k8s.io']},"
-        " verdict: block}\n",
+        " verdict: block}\n"
+        "  - {name: review-audit-reads, match: {namespaces: [audit], kubernetes: [read]},"
+        " verdict: review}\n",
     )
     gw = make_gateway(tmp / "gw", config)
     gw.env["IT_KUBE_TOKEN"] = UPSTREAM_TOKEN
@@ -250,3 +252,22 @@ def test_the_rest_api_takes_manifests_on_a_cluster(kmcp: tuple[Gateway, RunningD
         while key not in double.cluster.objects and time.monotonic() < deadline:
             time.sleep(0.2)
     assert double.cluster.objects[key]["data"] == {"mode": "green"}
+
+
+def test_a_held_read_runs_once_after_approval(kmcp: tuple[Gateway, RunningDouble]) -> None:
+    """query settles like kubectl's request: held (at once, pending_review), approved by
+    a human, then the same call runs once."""
+    gw, double = kmcp
+    args = {"connection": "cluster", "resource": "configmaps", "namespace": "audit"}
+    target = "/api/v1/namespaces/audit/configmaps"
+    (held,) = call(gw, "agent", ("query", args))
+    answer = body(held)
+    assert answer["status"] == "pending_review" and "approval pending" in answer["message"]
+    assert _upstream(double, "GET", target) == []
+    with _api(gw, "reviewer") as reviewer:
+        approved = reviewer.post(f"/api/v1/reviews/{answer['review_id']}/approve", json={})
+        assert approved.status_code == 200
+    ran, again = call(gw, "agent", ("query", args), ("query", args))
+    assert body(ran)["status"] == 200 and body(ran)["object"]["items"] == []
+    assert body(again)["status"] == "pending_review"  # the approval is used up
+    assert len(_upstream(double, "GET", target)) == 1
