@@ -7,6 +7,7 @@ human approves. Assertions are on the double's state and the requests it receive
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 
@@ -271,3 +272,48 @@ def test_a_held_read_runs_once_after_approval(kmcp: tuple[Gateway, RunningDouble
     assert body(ran)["status"] == 200 and body(ran)["object"]["items"] == []
     assert body(again)["status"] == "pending_review"  # the approval is used up
     assert len(_upstream(double, "GET", target)) == 1
+
+
+def test_an_object_blocked_after_filing_stops_the_proposal(
+    kmcp: tuple[Gateway, RunningDouble],
+) -> None:
+    """Approval runs the objects by the policy of that moment (the last test here: it
+    reloads the gateway with one more guardrail)."""
+    gw, double = kmcp
+    key = ("", "configmaps", "frozen", "settings")
+    manifest = CONFIGMAP.replace("{name: settings}", "{name: settings, namespace: frozen}")
+    (proposed,) = call(
+        gw,
+        "agent",
+        (
+            "propose_change",
+            {"connection": "cluster", "justification": "freeze", "manifests": [manifest]},
+        ),
+    )
+    review_id = body(proposed)["review_id"]
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(
+        text.replace(
+            "guardrails:\n",
+            "guardrails:\n  - {name: frozen, match: {namespaces: [frozen], kubernetes: [write]},"
+            " verdict: block}\n",
+        )
+    )
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "config reloaded" not in gw.log:
+        assert time.monotonic() < deadline, gw.log
+        time.sleep(0.1)
+    with _api(gw, "reviewer") as reviewer:
+        assert reviewer.post(f"/api/v1/reviews/{review_id}/approve", json={}).status_code == 200
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            shown = reviewer.get(f"/api/v1/reviews/{review_id}").json()
+            if shown["status"] in ("executed", "failed"):
+                break
+            time.sleep(0.2)
+    assert shown["status"] == "failed", shown
+    assert "now blocked by guardrail:frozen" in shown["result"]["error"]
+    assert key not in double.cluster.objects
+    assert not [p for p in _upstream(double, "PATCH", "/namespaces/frozen/") if "dryRun" not in p]
