@@ -208,7 +208,7 @@ def test_blocked_or_unsafe_manifests_file_no_proposal(
     kmcp: tuple[Gateway, RunningDouble],
 ) -> None:
     gw, double = kmcp
-    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\nstringData: {k: v}\n"
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\nstringData: {k: s3cr3t-value}\n"
     before = len(double.cluster.requests)
     lb, sec, bad = call(
         gw,
@@ -228,6 +228,10 @@ def test_blocked_or_unsafe_manifests_file_no_proposal(
         filed = reviewer.get("/api/v1/reviews", params={"kind": "proposal"}).json()
     texts = json.dumps(filed)
     assert "LoadBalancer" not in texts and "stringData" not in texts
+    # the refused call is recorded, its Secret value is not
+    recorded = _mcp_actions(gw, "propose_change", 3)
+    assert any("cannot carry a Secret" in (a.get("error") or "") for a in recorded)
+    assert "s3cr3t-value" not in json.dumps(recorded)
 
 
 def test_the_rest_api_takes_manifests_on_a_cluster(kmcp: tuple[Gateway, RunningDouble]) -> None:

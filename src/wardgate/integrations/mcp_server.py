@@ -271,6 +271,12 @@ class McpGateway:
                 )
 
             given = {"statements": statements, "manifests": manifests}
+            conn = self.services.config.connections.get(connection)
+            if conn is not None and conn.type == "kubernetes":
+                from wardgate.kubernetes.proposals import recorded_manifests
+
+                # A Secret's values never reach the audit log (refused, but recorded).
+                given = {k: recorded_manifests(v) if v else v for k, v in given.items()}
             args = {
                 "connection": connection,
                 **{k: v for k, v in given.items() if v is not None},

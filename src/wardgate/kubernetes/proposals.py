@@ -28,6 +28,7 @@ from wardgate.identity.principals import Principal
 from wardgate.kubernetes.discovery import DiscoveryError, group_version
 from wardgate.kubernetes.preview import dry_run_preview
 from wardgate.kubernetes.proxy import KubeRequest, KubeState, kube_action
+from wardgate.kubernetes.redact import redact_payload
 from wardgate.kubernetes.upstream import Upstreams
 from wardgate.policy.kubernetes.objects import BodyError, parse_manifests
 from wardgate.reviews.model import ReviewError, ReviewInfo
@@ -72,6 +73,30 @@ class Planned:
         return {"method": self.method, "path": self.path, "query": self.query, "body": self.body}
 
 
+def _is_secret(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1"
+
+
+def recorded_manifests(manifests: list[str]) -> list[str]:
+    """The manifests as the audit log keeps a call that carried them: a Secret's values
+    hidden (as the proxy hides them in a request body it records); a manifest that
+    cannot be read and names a Secret is not kept at all."""
+    out = []
+    for text in manifests:
+        try:
+            docs = parse_manifests(text)
+        except BodyError:
+            out.append("wardgate: an unreadable manifest naming a Secret (not recorded)"
+                       if "Secret" in text else text)  # fmt: skip
+            continue
+        if not any(_is_secret(d) for d in docs):
+            out.append(text)
+            continue
+        shown = [redact_payload(d) if _is_secret(d) else d for d in docs]
+        out.append(yaml.safe_dump_all(shown, sort_keys=False, allow_unicode=True))
+    return out
+
+
 def _objects(manifests: list[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, text in enumerate(manifests):
@@ -112,7 +137,7 @@ async def plan(services: Services, connection: str, manifests: list[str]) -> lis
             )
         assert isinstance(meta, dict)
         where = f"object {n} ({kind} {name})"
-        if kind == "Secret" and api_version == "v1":
+        if _is_secret(obj):
             raise ReviewError(
                 f"{where}: a proposal cannot carry a Secret: its values would be kept in the "
                 "review for every reviewer to read. Create Secrets with kubectl through the "
