@@ -3,11 +3,23 @@ naming resources as kubectl does, and what ``query`` refuses before anything is 
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+from unittest.mock import patch
+
 import pytest
 
 from wardgate.kubernetes.discovery import ApiResource, find_resource
-from wardgate.kubernetes.tools import ToolRefused, _refuse_unless_read, _trimmed
+from wardgate.kubernetes.proposals import plan, recorded_manifests
+from wardgate.kubernetes.tools import (
+    ReadArgs,
+    ToolRefused,
+    _refuse_unless_read,
+    _trimmed,
+    read_target,
+)
 from wardgate.policy.kubernetes.objects import BodyError, parse_manifests
+from wardgate.reviews.model import ReviewError
 
 RESOURCES = [
     ApiResource("", "v1", "pods", "Pod", True, ("get", "list"), ("po",)),
@@ -89,3 +101,54 @@ def test_answers_lose_managed_fields_and_are_capped() -> None:
     out = _trimmed({"kind": "PodList", "items": items}, body)
     assert len(out["items"]) == 200 and body["truncated"] is True
     assert all("managedFields" not in i["metadata"] for i in out["items"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ReadArgs(path="/api/v1/pods#x"),
+        ReadArgs(path="/api/v1/pods?a=b c"),
+        ReadArgs(path="//evil.example/api"),
+        ReadArgs(path="api/v1/pods"),
+        ReadArgs(resource="pods", namespace="default", name="web?watch=1"),
+        ReadArgs(resource="pods", namespace="a/b"),
+        ReadArgs(resource="pods", verb="delete", name="web"),
+        ReadArgs(resource="pods", verb="watch"),
+    ],
+)
+def test_targets_that_would_send_other_than_judged_are_refused(args: ReadArgs) -> None:
+    services = SimpleNamespace()  # refused before discovery is asked
+
+    async def run() -> None:
+        with pytest.raises(ToolRefused):
+            await read_target(services, "cluster", args)  # type: ignore[arg-type]
+
+    with patch("wardgate.kubernetes.tools.discover", return_value=RESOURCES):
+        asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("manifest", "said"),
+    [
+        ("apiVersion: ../../api/v1\nkind: Secret\nmetadata: {name: x}\n", "apiVersion"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: 'x?watch=1'}\n", "metadata.name"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: a/b}\n", "namespace"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: x-}\n", "generateName"),
+        ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\ndata: {}\n", "Secret"),
+        ("- a\n- b\n", "not a mapping"),
+        ("", "no manifests"),
+    ],
+)
+def test_manifests_that_cannot_be_applied_as_judged_are_refused(manifest: str, said: str) -> None:
+    services = SimpleNamespace()  # refused before discovery is asked
+    with pytest.raises(ReviewError, match=said):
+        asyncio.run(plan(services, "cluster", [manifest]))  # type: ignore[arg-type]
+
+
+def test_secret_values_in_manifests_are_hidden_in_records() -> None:
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\nstringData: {k: s3cr3t}\n"
+    plain = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: y}\n"
+    kept = recorded_manifests([plain, secret + "---\n" + plain, "kind: Secret\n: ["])
+    assert kept[0] == plain and "s3cr3t" not in "".join(kept)
+    assert "name: y" in kept[1] and "k: wardgate:redacted" in kept[1]
+    assert "not recorded" in kept[2]

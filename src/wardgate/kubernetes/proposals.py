@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from wardgate.kubernetes.discovery import DiscoveryError, group_version
 from wardgate.kubernetes.preview import dry_run_preview
 from wardgate.kubernetes.proxy import KubeRequest, KubeState, kube_action
 from wardgate.kubernetes.redact import redact_payload
+from wardgate.kubernetes.tools import NAME
 from wardgate.kubernetes.upstream import Upstreams
 from wardgate.policy.kubernetes.objects import BodyError, parse_manifests
 from wardgate.reviews.model import ReviewError, ReviewInfo
@@ -43,6 +45,7 @@ log = logging.getLogger("wardgate.kubernetes")
 FIELD_MANAGER = "wardgate"
 APPLY = "application/apply-patch+yaml"
 MAX_OBJECTS = 50
+API_VERSION = re.compile(r"(?:[a-z0-9][a-z0-9.-]{0,252}/)?v[0-9]+(?:(?:alpha|beta)[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,13 @@ async def plan(services: Services, connection: str, manifests: list[str]) -> lis
             )
         assert isinstance(meta, dict)
         where = f"object {n} ({kind} {name})"
+        namespace = meta.get("namespace")
+        # What goes into the request's path: nothing that would send other than judged.
+        if not API_VERSION.fullmatch(api_version):
+            raise ReviewError(f"{where}: apiVersion {api_version!r} is not one", 422)
+        for what, value in (("name", name), ("namespace", namespace)):
+            if value is not None and not (isinstance(value, str) and NAME.fullmatch(value)):
+                raise ReviewError(f"{where}: metadata.{what} {value!r} is not a name", 422)
         if _is_secret(obj):
             raise ReviewError(
                 f"{where}: a proposal cannot carry a Secret: its values would be kept in the "
@@ -156,7 +166,6 @@ async def plan(services: Services, connection: str, manifests: list[str]) -> lis
                 "the proposal was not filed",
                 422,
             )
-        namespace = meta.get("namespace")
         if found.namespaced:
             namespace = namespace or "default"
             if not isinstance(namespace, str):

@@ -8,6 +8,7 @@ Secret redaction and value masking, recording. Writes are not queries: they go t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 MAX_ITEMS = 200  # items (or Table rows) a query returns at most
 MAX_BYTES = 4 * 1024 * 1024  # of a streamed response (logs, unmasked reads) read at most
+# A name or namespace as the API server accepts them (RBAC names may hold ':'): nothing
+# that would make the path sent differ from the path judged ('?', '#', '/', escapes).
+NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:@-]{0,252})?")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection", "apply"})
 
 
@@ -74,6 +78,8 @@ async def read_target(services: Services, connection: str, args: ReadArgs) -> tu
         if args.resource or args.name or args.namespace:
             raise ToolRefused("give either path or resource/namespace/name, not both")
         path, _, query = args.path.strip().partition("?")
+        if "#" in args.path or any(c.isspace() or not c.isprintable() for c in args.path):
+            raise ToolRefused("path holds '#', spaces or control characters; nothing was sent")
         if not path.startswith("/") or path.startswith("//"):
             raise ToolRefused(
                 f"path must start with / (e.g. /api/v1/namespaces/default/pods), not {path!r}"
@@ -97,6 +103,9 @@ async def read_target(services: Services, connection: str, args: ReadArgs) -> tu
         raise ToolRefused(
             f"the cluster serves no resource {args.resource!r}; call describe(connection)"
         )
+    for what, value in (("namespace", args.namespace), ("name", args.name)):
+        if value and not NAME.fullmatch(value):
+            raise ToolRefused(f"{what} {value!r} is not a Kubernetes name; nothing was sent")
     if verb == "get" and not args.name:
         raise ToolRefused("verb get needs a name (or use list)")
     name = "" if verb == "list" else (args.name or "")
