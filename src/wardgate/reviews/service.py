@@ -578,7 +578,8 @@ class ReviewService:
                 result = {
                     "ok": False,
                     "error": "the gateway stopped while running this proposal; whether its "
-                    "transaction committed is unknown, check the target before resubmitting",
+                    "transaction committed (or, on a Kubernetes cluster, which of its objects "
+                    "were applied) is unknown, check the target before resubmitting",
                 }
                 row.status, row.result = "failed", json.dumps(result)
                 session.flush()
