@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.fastmcp import Context, FastMCP
@@ -506,7 +506,7 @@ class McpGateway:
         from wardgate.kubernetes.proxy import KubernetesGateway
         from wardgate.kubernetes.tools import ToolRefused, read_target, run_read
 
-        args = {"connection": connection, **{k: v for k, v in vars_of(kube).items() if v}}
+        args = {"connection": connection, **{k: v for k, v in asdict(kube).items() if v}}
         try:
             if sql:
                 raise ToolRefused("this is a Kubernetes connection: give path or resource, not sql")
@@ -816,10 +816,6 @@ class McpGateway:
                 ),
                 name="review-result",
             )
-
-
-def vars_of(args: ReadArgs) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in args.__slots__}
 
 
 def _client_addr(ctx: Ctx) -> str:
