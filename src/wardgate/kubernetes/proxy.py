@@ -221,6 +221,10 @@ class KubernetesGateway:
         body = await _read_body(request, services.config.limits.max_message_bytes)
         if body is None:
             return _status(413, "wardgate: the request body is larger than the gateway accepts")
+        if tail.startswith("/"):
+            # "/k8s/<name>//api/...": httpx would take "api" for a host and send another
+            # path than the one judged; refused whatever `on_parse_error` says.
+            return _status(400, "wardgate: empty path segments ('//') are not accepted")
         kreq = KubeRequest(
             principal,
             name,
