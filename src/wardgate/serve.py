@@ -519,8 +519,10 @@ async def _start_reviews(services: Any, index: int) -> Any:
     )
     register(services, service, runtime)
     from wardgate.kubernetes.preview import register as register_kubernetes
+    from wardgate.kubernetes.proposals import register as register_kube_proposals
 
     register_kubernetes(services, service, runtime)
+    register_kube_proposals(services, service, runtime)
     notifier = Notifier(lambda: services.config, services.vault)
     service.listeners.append(notifier.listener)
     await notifier.start()

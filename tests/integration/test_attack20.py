@@ -319,12 +319,6 @@ def test_logins_with_the_store_cut_stop_within_the_bound_and_what_ran_is_recorde
         gateway.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack20 (open, fails closed): a principal without tokens is kept with its "
-    "made-up salt for 2 s; its first token, created by another process, has a new salt, "
-    "so the recheck cannot match it and the login fails (and counts) until the entry ages",
-)
 def test_a_principals_first_token_logs_in_at_once(gw: Gateway) -> None:
     """docs/configuration.md: "a token created since logs in at once". `reviewer` has no
     token yet; a handshake abandoned after the server-first message (nothing counted)

@@ -494,6 +494,22 @@ def test_protobuf_is_never_passed_unjudged(kgw: KubeGateway) -> None:
         assert kgw.double.cluster.requests[before][3] == "application/json"
 
 
+def test_a_path_with_an_empty_segment_is_refused_before_anything_is_sent(
+    kgw: KubeGateway,
+) -> None:
+    """ "//api/api/v1/..." resolves as a non-resource path, and httpx would read its
+    first segment as a host and send "/api/v1/namespaces/kube-system/secrets"."""
+    with kgw.k8s("dev") as api:
+        before = len(kgw.double.cluster.requests)
+        for path in (
+            "/k8s/cluster//api/api/v1/namespaces/kube-system/secrets",
+            "/k8s/cluster//api/v1/pods",
+        ):
+            refused = api.get(path)
+            assert refused.status_code == 400 and "'//'" in refused.json()["message"], path
+        assert len(kgw.double.cluster.requests) == before
+
+
 def test_wrong_token_is_refused(kgw: KubeGateway) -> None:
     with httpx.Client(
         base_url=f"https://127.0.0.1:{kgw.port}",

@@ -122,6 +122,9 @@ def test_watch_path_verb_needs_a_resource() -> None:
         ("/api/v1/namespaces/default//secrets", ""),
         ("/api/v1/namespaces/default/../kube-system/secrets", ""),
         ("/api/v1/namespaces/./pods", ""),
+        # An HTTP client reads "//api" as a host: "/v1/..." or "/api/v1/..." is sent.
+        ("//api/api/v1/namespaces/kube-system/secrets", ""),
+        ("//api/v1/pods", ""),
         ("/api/v1/pods", "watch=1;watch=0"),
     ],
 )

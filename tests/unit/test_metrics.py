@@ -42,6 +42,7 @@ def test_sessions_and_actions_are_counted_once() -> None:
     observer.on_action = traced.append
     observer.submitted(record)
     assert traced == [record]
+    metrics.flush()  # actions are tallied, and published after each recorded batch
     assert (
         sample("wardgate_actions_total", protocol="unit", verdict="block", status="blocked")
         == blocked + 1
@@ -50,6 +51,32 @@ def test_sessions_and_actions_are_counted_once() -> None:
     observer.submitted(SessionEnd("s_1", time.time()))
     observer.submitted(SessionEnd("s_1", time.time()))
     assert sample("wardgate_sessions_open", protocol="unit") == opened
+
+
+def test_tallied_decisions_land_in_the_buckets_observe_would_use() -> None:
+    """`flush` publishes the hot path's tallies as Histogram.observe would have: a
+    value on a bucket's bound counts in that bucket."""
+    bounds = metrics._DECISION_BOUNDS
+    values = [0.0, bounds[0], bounds[0] * 1.01, bounds[3], 0.05, 7.0]
+    buckets = ("2.5e-05", "0.0001", "0.00025", "0.1", "+Inf")
+
+    def seen() -> tuple[float, ...]:
+        return (
+            sample("wardgate_gate_decision_seconds_sum", protocol="unit3"),
+            *(
+                sample("wardgate_gate_decision_seconds_bucket", protocol="unit3", le=le)
+                for le in buckets
+            ),
+        )
+
+    before = seen()
+    for v in values:
+        metrics._note_decision("unit3", v)
+    metrics.RecordObserver.backlog(0, 0.0)  # what the recorder calls after each batch
+    after = seen()
+    assert after[0] - before[0] == pytest.approx(sum(values))
+    # cumulative buckets: <=2.5e-05: 2, <=1e-4: 3, <=2.5e-4: 4, <=0.1: 5, +Inf: 6
+    assert [a - b for a, b in zip(after[1:], before[1:], strict=True)] == [2, 3, 4, 5, 6]
 
 
 def test_backlog_and_lag() -> None:
@@ -68,6 +95,7 @@ def test_gate_decisions_and_dials_are_timed() -> None:
 
     before = sample("wardgate_gate_decision_seconds_count", protocol="unit2")
     assert Judge().check(Action(WHO, "db", "unit2", "sql", "select 1")) == "ok"
+    metrics.flush()
     assert sample("wardgate_gate_decision_seconds_count", protocol="unit2") == before + 1
 
     @metrics.timed_dial("unit")

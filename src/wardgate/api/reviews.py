@@ -339,6 +339,25 @@ async def submit_proposal(request: Request, body: ProposalBody, who: Authenticat
     """A change set the gateway runs itself once approved; 403 when a statement is
     blocked (nothing is filed)."""
     services, _, service = _runtime(request)
+    conn = services.config.connections.get(body.connection)
+    if conn is not None and conn.type == "kubernetes":
+        # On a cluster the statements are manifests: applied by the gateway once approved.
+        from wardgate.kubernetes.proposals import propose
+
+        try:
+            review = await propose(
+                services,
+                who.principal,
+                body.connection,
+                body.statements,
+                body.justification,
+                session_id="",
+                client_addr=request.client.host if request.client else "",
+                protocol="api",
+            )
+        except ReviewError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        return _shape(services, review, who)
     # Parsing up to MAX_STATEMENTS statements is CPU work: off the event loop.
     verdict = await _call(judge_proposal, services, who.principal, body.connection, body.statements)
     review = await _call(

@@ -227,7 +227,8 @@ def _indented(out: Console, text: Text) -> None:
 def _sql(out: Console, text: str, protocol: object) -> None:
     # Highlighted text rather than a Syntax block, which pads every line to the width.
     # (Syntax.highlight returns no_wrap text: the end of a long statement would be cut.)
-    lexer = "mysql" if protocol == "mysql" else "postgresql"
+    # A Kubernetes review's text is a request line and YAML (a proposal's manifests).
+    lexer = {"mysql": "mysql", "kubernetes": "yaml"}.get(str(protocol), "postgresql")
     highlighted = Syntax("", lexer, theme="ansi_dark").highlight(visible(text))
     highlighted.rstrip()
     _indented(out, highlighted)

@@ -42,13 +42,20 @@ def judge_proposal(
     refused = check(statements)
     if refused is not None:
         raise ReviewError(f"{refused[2]}; the proposal was not filed", 422)
-    reviewing: list[Verdict] = []
-    for i, verdict in enumerate(
+    return proposal_verdict(
         statement_verdicts(services, principal, connection, statements, protocol)
-    ):
+    )
+
+
+def proposal_verdict(verdicts: list[Verdict], what: str = "statement") -> Verdict:
+    """The verdict on a whole proposal from its parts' (statements, manifests): a block
+    refuses it (ReviewError 403 naming the rule); review verdicts are merged into the
+    one review the proposal gets."""
+    reviewing: list[Verdict] = []
+    for i, verdict in enumerate(verdicts):
         if verdict.decision is Decision.BLOCK and verdict.enforced:
             raise ReviewError(
-                f"statement {i + 1} is blocked by {', '.join(verdict.rules)}: {verdict.reason}; "
+                f"{what} {i + 1} is blocked by {', '.join(verdict.rules)}: {verdict.reason}; "
                 "the proposal was not filed",
                 403,
             )

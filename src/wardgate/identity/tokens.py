@@ -250,6 +250,13 @@ class TokenService:
                 if r.id is not None
             )
             verifiers = ScramVerifierSet(bytes(rows[0].salt), int(rows[0].iterations), keys)
+        if not verifiers.keys:
+            # Not kept: the salt of a principal without tokens is made up (or that of
+            # its revoked ones), and its first token, created by another process, comes
+            # with a salt of its own that a client handed the kept one could never
+            # prove (attack20). Such logins fail anyway, so they read the store each time.
+            self._verifier_cache.pop(principal, None)
+            return verifiers
         if len(self._verifier_cache) >= _VERIFIER_CACHE_MAX:
             self._verifier_cache.clear()
         self._verifier_cache[principal] = (read_at, verifiers)

@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.fastmcp import Context, FastMCP
@@ -35,6 +35,7 @@ from wardgate.audit.responses import ResponseTap, SessionResults, session_budget
 from wardgate.config import ResultsConfig, parse_duration
 from wardgate.core.proposals import judge_proposal
 from wardgate.identity.principals import Principal
+from wardgate.kubernetes.tools import ReadArgs
 from wardgate.postgres.query import QueryFailed, run_sql
 from wardgate.reviews.messages import outcome_text, review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
@@ -79,12 +80,15 @@ MAX_VALUE = 2000  # characters of one value
 QUERY_SECONDS = 30.0
 IDLE_SESSION = 1800.0
 INSTRUCTIONS = (
-    "wardgate gives you governed access to databases. Call list_connections first, then "
-    "describe(connection) to see the tables you may read. query(connection, sql, params) "
+    "wardgate gives you governed access to databases and Kubernetes clusters. Call "
+    "list_connections first, then describe(connection) to see the tables (or API "
+    "resources) you may read. query(connection, sql, params) "
     "runs one statement as you; values may be masked. Writes may need a human approval: "
     "a query then returns status pending_review with a review_id; call review_status "
     "later and run the same statement again once it is approved, or use propose_change "
-    "to have the gateway run a change set after approval. A tool error that contains "
+    "to have the gateway run a change set after approval. On a Kubernetes connection, "
+    "query(connection, path=... or resource=...) reads, and propose_change(connection, "
+    "manifests=[...], justification) proposes objects. A tool error that contains "
     "'wardgate: blocked' is a policy decision: do not retry it as it is."
 )
 
@@ -184,10 +188,14 @@ class McpGateway:
 
             return await self._call(ctx, "list_connections", {}, run)
 
-        @tool(description="Tables and columns of a connection that you may read.")
+        @tool(
+            description="What you may read on a connection: tables and columns of a "
+            "database; on a Kubernetes connection, the API resources (from discovery)."
+        )
         async def describe(connection: str, ctx: Ctx) -> dict[str, Any]:
             async def run(who: Principal, session: _McpSession) -> dict[str, Any]:
-                self._usable(who, connection)
+                if self._usable(who, connection) == "kubernetes":
+                    return await self._kube_describe(who, connection)
                 return await self._describe(who, connection)
 
             return await self._call(ctx, "describe", {"connection": connection}, run)
@@ -195,46 +203,83 @@ class McpGateway:
         @tool(
             description="Run one SQL statement on a connection, as you. Rows come back as "
             "JSON with column names, masked where policy says so, at most "
-            f"{MAX_ROWS} rows. params are the values of $1, $2, ... as text."
+            f"{MAX_ROWS} rows. params are the values of $1, $2, ... as text. On a "
+            "Kubernetes connection, run one read request instead: path (e.g. "
+            "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb) or resource (pods, "
+            "deployments.apps, ...) with namespace, name and label_selector, verb get or "
+            "list; the answer is the API server's JSON, Secret values redacted and values "
+            "masked where policy says so. Writes go through propose_change."
         )
         async def query(
             connection: str,
-            sql: str,
             ctx: Ctx,
+            sql: str | None = None,
             params: list[str | None] | None = None,
+            path: str | None = None,
+            verb: str | None = None,
+            resource: str | None = None,
+            namespace: str | None = None,
+            name: str | None = None,
+            label_selector: str | None = None,
         ) -> dict[str, Any]:
             who, session = self._enter(ctx)
+            kube = ReadArgs(path, verb, resource, namespace, name, label_selector)
             try:
-                self._usable(who, connection)
-            except ToolError:
+                kind = self._usable(who, connection)
+                if kind == "postgres" and not sql:
+                    raise ToolError("query on a database connection needs sql")
+            except ToolError as exc:
                 # Nothing ran, but the call is recorded like any refused tool call (an
                 # agent probing for connections leaves a trace: attack17b).
+                said = str(exc)
+
                 async def refused(who: Principal, session: _McpSession) -> dict[str, Any]:
-                    self._usable(who, connection)  # raises the same ToolError again
-                    return {}
+                    raise ToolError(said)
 
                 args = {"connection": connection, "sql": sql, "params": list(params or ())}
                 return await self._call(ctx, "query", args, refused)
+            if kind == "kubernetes":
+                return await self._kube_query(ctx, who, session, connection, sql, kube)
+            assert sql is not None
             return await self._query(ctx, who, session, connection, sql, tuple(params or ()))
 
         @tool(
             description="Propose a change set (several SQL statements and why). After a "
             "human approves it, wardgate runs it in one transaction; check the outcome "
-            "with review_status."
+            "with review_status. On a Kubernetes connection, give manifests (YAML or JSON "
+            "objects, several per item with ---): a human sees each object and the "
+            "server-side dry run, then wardgate applies them once (server-side apply)."
         )
         async def propose_change(
             connection: str,
-            statements: list[str],
             justification: str,
             ctx: Ctx,
+            statements: list[str] | None = None,
+            manifests: list[str] | None = None,
         ) -> dict[str, Any]:
             async def run(who: Principal, session: _McpSession) -> dict[str, Any]:
-                self._usable(who, connection)
-                return await self._propose(ctx, who, session, connection, statements, justification)
+                kind = self._usable(who, connection)
+                if kind == "kubernetes":
+                    parts = manifests or statements or []
+                    return await self._propose(
+                        ctx, who, session, connection, parts, justification, kind
+                    )
+                if manifests:
+                    raise ToolError("manifests are for Kubernetes connections; give statements")
+                return await self._propose(
+                    ctx, who, session, connection, statements or [], justification, kind
+                )
 
+            given = {"statements": statements, "manifests": manifests}
+            conn = self.services.config.connections.get(connection)
+            if conn is not None and conn.type == "kubernetes":
+                from wardgate.kubernetes.proposals import recorded_manifests
+
+                # A Secret's values never reach the audit log (refused, but recorded).
+                given = {k: recorded_manifests(v) if v else v for k, v in given.items()}
             args = {
                 "connection": connection,
-                "statements": statements,
+                **{k: v for k, v in given.items() if v is not None},
                 "justification": justification,
             }
             return await self._call(ctx, "propose_change", args, run)
@@ -393,17 +438,20 @@ class McpGateway:
                 )
         return out
 
-    def _usable(self, who: Principal, connection: str) -> None:
+    def _usable(self, who: Principal, connection: str) -> str:
+        """The connection's type, when these tools reach it (a database, a cluster)."""
         if not any(c["name"] == connection for c in self._connections(who)):
             raise ToolError(
                 f"connection {connection!r} does not exist or you have no role on it; "
                 "call list_connections to see yours"
             )
         kind = self.services.config.connections[connection].type
-        if kind != "postgres":
+        if kind not in ("postgres", "kubernetes"):
             raise ToolError(
-                f"connection {connection!r} is an {kind} target; these tools reach databases"
+                f"connection {connection!r} is an {kind} target; these tools reach databases "
+                "and Kubernetes clusters"
             )
+        return kind
 
     async def _describe(self, who: Principal, connection: str) -> dict[str, Any]:
         sql = (
@@ -434,6 +482,64 @@ class McpGateway:
             "connection": connection,
             "tables": [{"table": t, "columns": cols} for t, cols in tables.items()],
         }
+
+    async def _kube_describe(self, who: Principal, connection: str) -> dict[str, Any]:
+        from wardgate.kubernetes.tools import describe
+
+        try:
+            return await describe(self.services, who, connection, self._granted(who, connection))
+        except ValueError as exc:  # DiscoveryError
+            raise ToolError(f"wardgate: {exc}") from None
+
+    async def _kube_query(
+        self,
+        ctx: Ctx,
+        who: Principal,
+        session: _McpSession,
+        connection: str,
+        sql: str | None,
+        kube: ReadArgs,
+    ) -> dict[str, Any]:
+        """One read request through the Kubernetes gateway's own code (judged, masked
+        and recorded there, in this MCP session); a call that sends nothing is recorded
+        as a refused tool call."""
+        from wardgate.kubernetes.proxy import KubernetesGateway
+        from wardgate.kubernetes.tools import ToolRefused, read_target, run_read
+
+        args = {"connection": connection, **{k: v for k, v in asdict(kube).items() if v}}
+        try:
+            if sql:
+                raise ToolRefused("this is a Kubernetes connection: give path or resource, not sql")
+            target, query = await read_target(self.services, connection, kube)
+
+            def next_seq() -> int:
+                session.seq += 1
+                return session.seq
+
+            answer = await run_read(
+                KubernetesGateway(self.services),
+                who,
+                connection,
+                target,
+                query,
+                session_id=session.id,
+                client_addr=_client_addr(ctx),
+                next_seq=next_seq,
+                trace_id=_trace_id(ctx),
+            )
+        except ToolRefused as exc:
+            said = str(exc)
+
+            async def refused(who: Principal, session: _McpSession) -> dict[str, Any]:
+                raise ToolError(said)
+
+            return await self._call(ctx, "query", args, refused)
+        if isinstance(answer, dict):
+            return answer
+        message, hint = answer.said
+        if not answer.pending or answer.review is None:
+            raise ToolError(answer.message)
+        return self._pending_answer(answer.review, message, hint)
 
     async def _query(
         self,
@@ -589,10 +695,30 @@ class McpGateway:
         connection: str,
         statements: list[str],
         justification: str,
+        kind: str = "postgres",
     ) -> dict[str, Any]:
         if not justification.strip():
             raise ToolError("a proposal needs a justification for the human reviewer")
         service = self._reviews().service
+        if kind == "kubernetes":
+            from wardgate.kubernetes.proposals import propose
+
+            try:
+                review = await propose(
+                    self.services,
+                    who,
+                    connection,
+                    statements,
+                    justification,
+                    session_id=session.id,
+                    client_addr=_client_addr(ctx),
+                )
+            except ReviewError as exc:
+                raise ToolError(f"wardgate: {exc}") from None
+            said = outcome_text(
+                "pending", review, self.services.config.review_url, what="change set"
+            )
+            return self._pending_answer(review, said.message, said.hint)
         try:
             verdict = judge_proposal(self.services, who, connection, statements, protocol="mcp")
             review = await asyncio.to_thread(

@@ -39,7 +39,7 @@ def register(services: Services, service: ReviewService, runtime: ReviewRuntime)
     previous: Previewer | None = runtime.previewer
 
     async def preview(review: ReviewInfo, action: Action, verdict: Verdict) -> None:
-        if action.protocol != "kubernetes":
+        if action.kind != "kubernetes":  # kubectl's requests, and MCP's
             if previous is not None:
                 await previous(review, action, verdict)
             return

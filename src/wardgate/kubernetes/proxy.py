@@ -72,9 +72,57 @@ TOKEN_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class KubeRequest:
+    """One request to a Kubernetes connection, however it arrived: the HTTPS listener
+    (kubectl), an MCP tool call. Judged, masked and recorded the same way."""
+
+    principal: Principal
+    connection: str
+    method: str
+    path: str  # from the API server's root: /api/v1/...
+    query: str
+    headers: tuple[tuple[str, str], ...]  # names in lower case, repeats kept
+    body: bytes
+    session_id: str
+    client_addr: str
+    protocol: str = "kubernetes"  # the Action's protocol ("mcp" for a tool call)
+    # Numbers the caller's session's actions (an MCP session); else the listener's.
+    next_seq: Callable[[], int] | None = None
+    trace_id: str | None = None
+
+
+def kube_action(req: KubeRequest) -> tuple[Action, RequestInfo]:
+    """The Action a request becomes, and how the API server would read it."""
+    try:
+        info = resolve(req.method, req.path, req.query)
+    except RequestInfoError:
+        info = RequestInfo(False, req.path, req.method.lower())
+    # exec/attach/port-forward connect the same way by GET (WebSocket) or POST
+    # (SPDY), and the API server authorizes both as `create`: one action, one review.
+    method = "POST" if info.subresource in STREAM_SUBRESOURCES else req.method
+    text = request_text(method, req.path, req.query, list(req.headers))
+    content_type = next((v for k, v in req.headers if k == "content-type"), "")
+    body = req.body
+    action = Action(
+        req.principal,
+        req.connection,
+        req.protocol,
+        "kubernetes",
+        text,
+        params=(body.decode("utf-8", "replace"),) if body else (),
+        session_id=req.session_id,
+        client_addr=req.client_addr,
+        binding=hashlib.sha256(body).hexdigest() if body else "",
+        context=(("content-type", content_type),) if body else (),
+    )
+    return action, info
+
+
+@dataclass(frozen=True, slots=True)
 class Judged:
     """A request the gate let through (allowed, or approved by a review)."""
 
+    request: KubeRequest
     action: Action
     recorded: Action  # as reviews and the audit log keep it (_for_record)
     info: RequestInfo
@@ -117,12 +165,21 @@ class Refusal(Response):
     """A judged request that does not run: 403 with a Status; ``pending`` when a review
     holds it (an exec session ends with exit status 77 then, else 126)."""
 
-    def __init__(self, message: str, pending: bool, causes: list[dict[str, str]]) -> None:
+    def __init__(
+        self,
+        message: str,
+        pending: bool,
+        causes: list[dict[str, str]],
+        review: ReviewInfo | None = None,
+        said: tuple[str, str] = ("", ""),
+    ) -> None:
         super().__init__(
             status_body(403, message, causes=causes), 403, media_type="application/json"
         )
         self.message = message
         self.pending = pending
+        self.review = review
+        self.said = said  # the message and the hint apart (MCP answers with both)
 
 
 class KubernetesGateway:
@@ -161,39 +218,38 @@ class KubernetesGateway:
         principal = await self._authenticate(request)
         if isinstance(principal, Response):
             return principal
-        path = "/" + tail
-        query = request.scope.get("query_string", b"").decode("latin-1")
-        try:
-            info = resolve(request.method, path, query)
-        except RequestInfoError:
-            info = RequestInfo(False, path, request.method.lower())
         body = await _read_body(request, services.config.limits.max_message_bytes)
         if body is None:
             return _status(413, "wardgate: the request body is larger than the gateway accepts")
-        headers = list(request.headers.items())
-        # exec/attach/port-forward connect the same way by GET (WebSocket) or POST
-        # (SPDY), and the API server authorizes both as `create`: one action, one review.
-        method = "POST" if info.subresource in STREAM_SUBRESOURCES else request.method
-        text = request_text(method, path, query, headers)
-        content_type = request.headers.get("content-type", "")
-        exec_ = info.resource == "pods" and info.subresource == "exec" and not info.api_group
-        action = Action(
+        if tail.startswith("/"):
+            # "/k8s/<name>//api/...": httpx would take "api" for a host and send another
+            # path than the one judged; refused whatever `on_parse_error` says.
+            return _status(400, "wardgate: empty path segments ('//') are not accepted")
+        kreq = KubeRequest(
             principal,
             name,
-            "kubernetes",
-            "kubernetes",
-            text,
-            params=(body.decode("utf-8", "replace"),) if body else (),
-            session_id=self._session(request, principal, name),
-            client_addr=_addr(request),
-            binding=hashlib.sha256(body).hexdigest() if body else "",
-            context=(
-                *((("content-type", content_type),) if body else ()),
-                *((("secret-mounts", await self._secret_mounts(name, info)),) if exec_ else ()),
-            ),
+            request.method,
+            "/" + tail,
+            request.scope.get("query_string", b"").decode("latin-1"),
+            tuple(request.headers.items()),
+            body,
+            self._session(request, principal, name),
+            _addr(request),
         )
+        return await self.judge_request(kreq, conn.reviews.wait)
+
+    async def judge_request(self, req: KubeRequest, wait: float) -> Judged | Response:
+        """Judge and settle one request (held up to ``wait`` seconds for a review): what
+        may run, or the refusal to answer (a ``Refusal``, recorded already)."""
+        services = self.services
+        action, info = kube_action(req)
+        if info.resource == "pods" and info.subresource == "exec" and not info.api_group:
+            mounts = await self._secret_mounts(req.connection, info)
+            action = replace(action, context=(*action.context, ("secret-mounts", mounts)))
         granted = (
-            services.reviews.granted(principal.name, name) if services.reviews else frozenset()
+            services.reviews.granted(req.principal.name, req.connection)
+            if services.reviews
+            else frozenset()
         )
         verdict = services.gate.check(action, granted)
         recorded = _for_record(action, info)
@@ -202,30 +258,34 @@ class KubernetesGateway:
             services.reviews,
             recorded,
             verdict,
-            wait=conn.reviews.wait,
+            wait=wait,
             base_url=services.config.review_url,
             what="request",
         )
+        judged = Judged(
+            req, action, recorded, info, req.body, settled.verdict, settled.review, started, t0
+        )
         if settled.refusal is not None:
+            # Not tied to the review: a held request's refusal is no result of it.
             self._record(
-                recorded, settled.verdict, started, t0, "blocked", error=settled.refusal.message
-            )
+                recorded, settled.verdict, started, t0, "blocked",
+                error=settled.refusal.message, next_seq=req.next_seq, trace_id=req.trace_id,
+            )  # fmt: skip
             causes = [{"reason": "wardgate", "message": f"rule: {settled.verdict.rule}"}]
             if settled.review is not None:
                 causes.append(
                     {"reason": "ReviewPending", "field": "review", "message": settled.review.id}
                 )
             text = f"{settled.refusal.message}. {settled.refusal.hint}"
-            return Refusal(text, settled.review is not None and settled.status == "pending", causes)
-        return Judged(action, recorded, info, body, settled.verdict, settled.review, started, t0)
+            pending = settled.review is not None and settled.status == "pending"
+            said = (settled.refusal.message, settled.refusal.hint)
+            return Refusal(text, pending, causes, settled.review, said)
+        return judged
 
     async def handle(self, request: Request) -> Response:
         judged = await self.judge(request)
         if isinstance(judged, Response):
             return judged
-        services = self.services
-        action, recorded, info, body = judged.action, judged.recorded, judged.info, judged.body
-        started, t0, principal = judged.started, judged.t0, action.principal
         if (
             request.headers.get("upgrade")
             or "upgrade" in request.headers.get("connection", "").lower()
@@ -236,28 +296,24 @@ class KubernetesGateway:
                 "without KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false), never over SPDY; "
                 "port-forward is not relayed yet. Nothing was run"
             )
-            self._record(recorded, judged.verdict, started, t0, "not_executed", error=message)
+            self.record(judged, "not_executed", error=message)
             return _status(501, message)
-        name = action.connection
-        masking = services.masking.for_session(principal, name)
+        return await self.forward(judged)
+
+    async def forward(self, judged: Judged) -> Response:
+        """Send a judged request upstream with the cluster's credential and answer with
+        the response as the principal may see it (Secrets redacted, values and logs
+        masked), recorded. Streams (watch, logs) come back as a StreamingResponse."""
+        masking = self.services.masking.for_session(
+            judged.action.principal, judged.action.connection
+        )
+        info = judged.info
         transform = response_transform(info, masking)
         # Pod logs of a masked principal go through the masking engine line by line.
         log_masker = None
         if masking is not None and info.resource == "pods" and info.subresource == "log":
             log_masker = LineMasker(masking.mask_text)
-        return await self._forward(
-            request,
-            action,
-            recorded,
-            info,
-            body,
-            transform,
-            log_masker,
-            judged.verdict,
-            judged.review,
-            started,
-            t0,
-        )
+        return await self._forward(judged, transform, log_masker)
 
     async def _authenticate(self, request: Request) -> Principal | Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -323,7 +379,8 @@ class KubernetesGateway:
         """Record a judged request's outcome (kubernetes/exec.py's sessions)."""
         self._record(
             judged.recorded, judged.verdict, judged.started, judged.t0, status,
-            review=judged.review, **extra,
+            review=judged.review, next_seq=judged.request.next_seq,
+            trace_id=judged.request.trace_id, **extra,
         )  # fmt: skip
 
     async def _secret_mounts(self, connection: str, info: RequestInfo) -> str:
@@ -366,12 +423,17 @@ class KubernetesGateway:
         error: str | None = None,
         review: ReviewInfo | None = None,
         recording: str | None = None,
+        next_seq: Callable[[], int] | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """The one place a Kubernetes request's records are made: its ActionRecord and,
-        for a terminal session (exec -it, attach), its asciicast ``recording``."""
+        for a terminal session (exec -it, attach), its asciicast ``recording``.
+        ``next_seq``: the numbering of the caller's own session (an MCP session)."""
         session = next((s for s in self.state.sessions.values() if s.id == action.session_id), None)
         seq = 0
-        if session is not None:
+        if next_seq is not None:
+            seq = next_seq()
+        elif session is not None:
             session.seq += 1
             seq = session.seq
         if recording is not None:
@@ -390,6 +452,7 @@ class KubernetesGateway:
                 rows=rows,
                 command=command,
                 error=error,
+                trace_id=trace_id,
             )
         )
         runtime = self.services.reviews
@@ -401,45 +464,34 @@ class KubernetesGateway:
             )
 
     async def _forward(
-        self,
-        request: Request,
-        action: Action,
-        recorded: Action,
-        info: RequestInfo,
-        body: bytes,
-        transform: Transform | None,
-        log_masker: LineMasker | None,
-        verdict: Verdict,
-        review: ReviewInfo | None,
-        started: float,
-        t0: float,
+        self, judged: Judged, transform: Transform | None, log_masker: LineMasker | None
     ) -> Response:
         services = self.services
+        req, info, body = judged.request, judged.info, judged.body
+        connection = req.connection
         assert self.state.upstreams is not None
         try:
-            client, auth = self.state.upstreams.client(services.config, action.connection)
+            client, auth = self.state.upstreams.client(services.config, connection)
         except Exception as exc:  # a missing secret or CA file: said, never detailed
-            log.warning(
-                "kubernetes %s: cannot make the upstream client: %s", action.connection, exc
-            )
-            self._record(recorded, verdict, started, t0, "error", error="upstream not configured")
+            log.warning("kubernetes %s: cannot make the upstream client: %s", connection, exc)
+            self.record(judged, "error", error="upstream not configured")
             return _status(
                 503, "wardgate: the cluster credential or CA is not available to the gateway"
             )
         # A list, not a dict: Impersonate-Group may repeat, and every copy was judged.
         headers = [
             (k, v)
-            for k, v in request.headers.items()
+            for k, v in req.headers
             if (k in FORWARDED and k != "accept") or k.startswith(IMPERSONATE)
         ]
-        headers.append(("accept", accept_without_protobuf(request.headers.get("accept", ""))))
+        accept = next((v for k, v in req.headers if k == "accept"), "")
+        headers.append(("accept", accept_without_protobuf(accept)))
         if auth:
             headers.append(("authorization", auth))
-        query = request.scope.get("query_string", b"").decode("latin-1")
-        url = info.path + (f"?{query}" if query else "")
+        url = info.path + (f"?{req.query}" if req.query else "")
         streaming = info.verb == "watch" or info.subresource == "log"
         upstream_req = client.build_request(
-            request.method,
+            req.method,
             url,
             headers=headers,
             content=body or None,
@@ -451,47 +503,25 @@ class KubernetesGateway:
         try:
             upstream = await client.send(upstream_req, stream=True)
         except httpx.HTTPError as exc:
-            log.info(
-                "kubernetes %s: upstream unreachable: %s", action.connection, type(exc).__name__
-            )
-            self._record(
-                recorded, verdict, started, t0, "error", error="upstream unreachable", review=review
-            )
+            log.info("kubernetes %s: upstream unreachable: %s", connection, type(exc).__name__)
+            self.record(judged, "error", error="upstream unreachable")
             return _status(503, "wardgate: the cluster's API server could not be reached")
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RETURNED}
         status = "ok" if upstream.status_code < 400 else "error"
         command = f"HTTP {upstream.status_code}"
         if transform is not None and not streaming:
             try:
-                raw = await _read_capped(upstream, action, services)
+                raw = await _read_capped(upstream, judged.action, services)
                 data = redact_body(raw, transform) if raw else raw
             except RedactError as exc:
-                self._record(
-                    recorded,
-                    verdict,
-                    started,
-                    t0,
-                    "error",
-                    command=command,
-                    error=str(exc),
-                    review=review,
-                )
+                self.record(judged, "error", command=command, error=str(exc))
                 return _status(
                     502,
                     f"wardgate: the response could not be redacted ({exc}); it was not passed on",
                 )
             finally:
                 await upstream.aclose()
-            self._record(
-                recorded,
-                verdict,
-                started,
-                t0,
-                status,
-                command=command,
-                rows=_items(data),
-                review=review,
-            )
+            self.record(judged, status, command=command, rows=_items(data))
             return Response(data, upstream.status_code, headers=out_headers)
 
         async def pump() -> AsyncIterator[bytes]:
@@ -518,15 +548,11 @@ class KubernetesGateway:
                 error = f"upstream stream ended: {type(exc).__name__}"
             finally:
                 await upstream.aclose()
-                self._record(
-                    recorded,
-                    verdict,
-                    started,
-                    t0,
+                self.record(
+                    judged,
                     "error" if error else status,
                     command=f"{command} ({sent} bytes)",
                     error=error,
-                    review=review,
                 )
 
         return StreamingResponse(pump(), upstream.status_code, headers=out_headers)

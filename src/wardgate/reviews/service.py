@@ -236,9 +236,16 @@ class ReviewService:
         client_addr: str = "",
         session_id: str = "",
         protocol: str = "api",
+        requests: list[dict[str, Any]] | None = None,
     ) -> ReviewInfo:
+        """``statements``: what the reviewer reads, one per part; ``requests``: what the
+        gateway sends for each part when that is not the text itself (a Kubernetes
+        manifest's server-side apply)."""
         config = self._config()
-        joined = ";\n".join(s.strip().rstrip(";") for s in statements)
+        if requests is None:
+            joined = ";\n".join(s.strip().rstrip(";") for s in statements)
+        else:
+            joined = "\n---\n".join(s.strip() for s in statements)
         if len(joined) > MAX_TEXT:
             raise ReviewError(f"the proposal is longer than {MAX_TEXT} characters", 413)
         rules = list(verdict.rules) if verdict.decision == "review" else ["proposal"]
@@ -252,7 +259,8 @@ class ReviewService:
             session_id=session_id,
             client_addr=client_addr,
             text_=joined,
-            detail={"statements": statements},
+            detail={"statements": statements}
+            | ({"requests": requests} if requests is not None else {}),
             verdict_rule=rules[0],
             verdict_rules=rules,
             reason=verdict.reason if verdict.decision == "review" else "a proposed change set",
@@ -570,7 +578,8 @@ class ReviewService:
                 result = {
                     "ok": False,
                     "error": "the gateway stopped while running this proposal; whether its "
-                    "transaction committed is unknown, check the target before resubmitting",
+                    "transaction committed (or, on a Kubernetes cluster, which of its objects "
+                    "were applied) is unknown, check the target before resubmitting",
                 }
                 row.status, row.result = "failed", json.dumps(result)
                 session.flush()

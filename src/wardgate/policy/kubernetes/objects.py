@@ -96,11 +96,7 @@ def parse_body(body: str, content_type: str) -> Any:
         if kind in JSON_TYPES or kind == JSON_PATCH or not kind:
             return json.loads(body, object_pairs_hook=_pairs)
         if kind in YAML_TYPES:
-            # Aliases could expand a small body into an exponential tree (and hide what it
-            # sets behind a reference): refused, as no manifest needs them.
-            if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(body, Loader=_StrictLoader)):
-                raise BodyError("YAML aliases are not accepted in a request body")
-            docs = list(yaml.load_all(body, Loader=_StrictLoader))  # noqa: S506 (strict safe loader)
+            docs = _yaml_documents(body, "a request body")
             if len(docs) != 1:
                 raise BodyError("a YAML body must hold exactly one document")
             return docs[0]
@@ -111,6 +107,30 @@ def parse_body(body: str, content_type: str) -> Any:
             raise
         raise BodyError(f"the body is not valid {kind or 'JSON'}: {exc}") from None
     raise BodyError(f"content type {kind!r} is not judged; send JSON or YAML")
+
+
+def _yaml_documents(text: str, what: str) -> list[Any]:
+    # Aliases could expand a small body into an exponential tree (and hide what it
+    # sets behind a reference): refused, as no manifest needs them.
+    if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=_StrictLoader)):
+        raise BodyError(f"YAML aliases are not accepted in {what}")
+    return list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 (strict safe loader)
+
+
+def parse_manifests(text: str) -> list[Any]:
+    """The documents of a manifest file (JSON, or YAML with ``---`` between documents),
+    read as strictly as a request body: no aliases, no duplicate keys."""
+    if text.lstrip().startswith(("{", "[")):
+        return [parse_body(text, "application/json")]
+    try:
+        docs = _yaml_documents(text, "a manifest")
+    except RecursionError:
+        raise BodyError("the manifest is nested too deeply") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        if isinstance(exc, BodyError):
+            raise
+        raise BodyError(f"the manifest is not valid YAML: {exc}") from None
+    return [d for d in docs if d is not None]
 
 
 def _from_json_patch(ops: Any) -> dict[str, Any]:

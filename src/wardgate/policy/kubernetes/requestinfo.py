@@ -105,6 +105,10 @@ def resolve(method: str, path: str, query: str = "") -> RequestInfo:
         raise RequestInfoError("path too long")
     if "%" in path:
         raise RequestInfoError("percent-escapes in the path are not accepted")
+    if "//" in path:
+        # An HTTP client reads "//x/..." as a host, and servers clean empty segments
+        # away: what is sent would not be what was judged.
+        raise RequestInfoError("empty path segments ('//') are not accepted")
     inner = path.strip("/")
     if inner and any(seg in ("", ".", "..") for seg in inner.split("/")):
         raise RequestInfoError("empty, '.' or '..' path segments are not accepted")
