@@ -47,6 +47,7 @@ NUMBERS = frozenset({20, 21, 23, 1700, 790, 1005, 1007, 1016, 1231, 791})
 _HINTED_NAME = re.compile(r"(?i)phone|mobile|(?<![a-z])(?:tel|fax|cell|ssn|bsn)(?![a-z])")
 
 
+@lru_cache(maxsize=4096)
 def hinted_name(name: str) -> bool:
     return _HINTED_NAME.search(name) is not None
 

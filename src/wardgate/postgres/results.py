@@ -19,6 +19,19 @@ log = logging.getLogger("wardgate.postgres")
 # COPY data comes message by message.
 MASKED_BULK_TYPES = frozenset(b"D")
 ROWS = BackendMessage(68, b"")  # what _names_to_fetch is asked for a run of DataRows
+_DESCRIPTIONS: dict[bytes, list[Column]] = {}  # RowDescription bodies, parsed: clients repeat
+
+
+def _described(body: bytes) -> list[Column]:
+    """The columns of a RowDescription body (parsed once per distinct body; the list
+    is shared, callers do not change it)."""
+    columns = _DESCRIPTIONS.get(body)
+    if columns is None:
+        columns = parse_row_description(body)
+        if len(_DESCRIPTIONS) >= 1024:
+            _DESCRIPTIONS.clear()
+        _DESCRIPTIONS[body] = columns
+    return columns
 
 
 class MaskedResults(RelayState):
@@ -32,7 +45,7 @@ class MaskedResults(RelayState):
         if not self.masking.masking.columns:
             return set()
         if msg.type == 84:  # T
-            columns = parse_row_description(msg.body)
+            columns = _described(msg.body)
         elif msg.type == 68 and self._pending and self._pending[0].kind == EXECUTE:
             head = self._pending[0]
             if head.planned or head.target is None:
@@ -124,7 +137,7 @@ class MaskedResults(RelayState):
                 return msg.raw
             return mask_data_row(msg.raw, plan, masking.masking, encoding)
         if t == 84:  # T RowDescription
-            columns = parse_row_description(msg.body)
+            columns = _described(msg.body)
             if head is not None and head.kind == DESCRIBE and head.target is not None:
                 masking.described(head.target, columns)
             else:
