@@ -84,3 +84,29 @@ def test_oversized_message_is_refused_before_buffering() -> None:
         assert "exceeds" in str(exc)
     else:
         raise AssertionError("an oversized message header was accepted")
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages, st.lists(st.integers(min_value=0, max_value=100_000), max_size=40))
+def test_whole_mode_hands_back_runs_of_whole_rows(
+    msgs: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    """A masked session's scanner (bulk DataRows, whole mode): every slice is a run of
+    whole DataRows, a row a chunk cuts comes back assembled, and the bytes are the
+    stream's, in order, however it is cut."""
+    stream = b"".join(_message(t, body) for t, body in msgs)
+    scanner = BackendScanner(max_message_bytes=1 << 20, bulk=frozenset(b"D"))
+    scanner.whole = True
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    out = bytearray()
+    for a, b in zip([0, *points], [*points, len(stream)], strict=True):
+        for item in scanner.feed(stream[a:b]):
+            data = item.raw if isinstance(item, BackendMessage) else bytes(item)
+            if not isinstance(item, BackendMessage):
+                pos = 0
+                while pos < len(data):  # whole DataRows only, end to end
+                    assert data[pos] == ord("D")
+                    pos += 1 + struct.unpack_from("!I", data, pos + 1)[0]
+                assert pos == len(data)
+            out += data
+    assert bytes(out) == stream

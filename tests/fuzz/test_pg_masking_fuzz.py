@@ -7,13 +7,23 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.unit.test_masking_properties import SENSITIVE, texts
 
 from wardgate.config import parse_config
 from wardgate.identity.principals import Principal, PrincipalKind
+from wardgate.masking import ENTITIES
+from wardgate.masking.detect import may_contain, scan
 from wardgate.policy.mask_rules import MaskingPolicy, SessionMasking
 from wardgate.postgres.codec.decode import Column, parse_row_description
 from wardgate.postgres.codec.errors import ProtocolError
-from wardgate.postgres.masking import Do, make_plan, mask_data_row, mask_error_fields
+from wardgate.postgres.masking import (
+    Do,
+    make_plan,
+    mask_data_row,
+    mask_data_rows,
+    mask_error_fields,
+    rows_clean,
+)
 
 CONFIG = """
 groups: {a: {}}
@@ -108,3 +118,75 @@ def test_garbage_descriptions_and_errors(data: bytes) -> None:
     raw = b"E" + struct.pack("!i", len(data) + 4) + data
     out = mask_error_fields(raw, MASKING, "utf-8")
     assert out[:1] == b"E" and struct.unpack_from("!i", out, 1)[0] == len(out) - 1
+
+
+# A plan of content detection only (no column rule in the result): a run of rows the
+# bytes prefilter proves clean passes whole (masking.rows_clean).
+SCANNED = [
+    Column("note", 0, 0, 25, 0),  # text: CONTENT
+    Column("id", 0, 0, 23, 1),  # binary int4: PASS
+    Column("phone", 0, 0, 25, 0),  # CONTENT_HINTED
+    Column("blob", 0, 0, 17, 0),  # bytea, text form: CONTENT_HEX
+    Column("n", 0, 0, 20, 0),  # int8, text form: CONTENT_OR_NULL
+]
+SCANNED_PLAN = make_plan(SCANNED, MASKING, {})
+CLEAN_WORDS = st.sampled_from(
+    ["hello", "Order", "naïve café", "shipped", "ok", "Grüße", "x", "", "n/a", "A-B"]
+)
+VALUES = st.one_of(
+    st.none(),
+    CLEAN_WORDS.map(str.encode),
+    SENSITIVE.map(str.encode),
+    texts().map(str.encode),
+    st.binary(max_size=30),
+    st.sampled_from([b"\\x6a616e65", b"1", b"7", b"\\xabcdef"]),
+)
+
+
+def _rows(draw_rows: list[list[bytes | None]]) -> list[bytes]:
+    return [_row(values) for values in draw_rows]
+
+
+def test_the_scanned_plan_is_detection_only() -> None:
+    assert SCANNED_PLAN is not None and SCANNED_PLAN.detection_only
+    assert [do for do, _ in SCANNED_PLAN.actions] == [
+        Do.CONTENT, Do.PASS, Do.CONTENT_HINTED, Do.CONTENT_HEX, Do.CONTENT_OR_NULL
+    ]  # fmt: skip
+    assert PLAN is not None and not PLAN.detection_only  # a column rule: every row
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(VALUES, min_size=0, max_size=6), min_size=1, max_size=8))
+def test_a_run_of_rows_is_masked_as_each_row_is(rows: list[list[bytes | None]]) -> None:
+    """Whatever the run holds, its masking is its rows' masking, and a run the
+    prefilter calls clean is one no row of which changes."""
+    raws = _rows(rows)
+    run = b"".join(raws)
+    for plan in (SCANNED_PLAN, PLAN):
+        assert plan is not None
+        each = [mask_data_row(r, plan, MASKING, "utf-8") for r in raws]
+        assert mask_data_rows(run, plan, MASKING, "utf-8") == b"".join(each)
+        if rows_clean(run, plan, "utf-8"):
+            assert each == raws
+
+
+@settings(max_examples=300, deadline=None)
+@given(SENSITIVE | texts(), st.lists(CLEAN_WORDS.map(str.encode), max_size=4))
+def test_a_value_any_detector_masks_fails_the_prefilter(value: str, others: list[bytes]) -> None:
+    """Soundness against every detector (emails, cards, IBANs, phones, SSNs, national
+    ids, IPs, JWTs, secrets): a value that detection would change, in any column of
+    the plan, makes the run's prefilter say no; and a plain text value of clean words
+    passes whole."""
+    assert SCANNED_PLAN is not None
+    for column in (0, 2, 3, 4):
+        values: list[bytes | None] = [b"ok", struct.pack("!i", 7), b"ok", b"ok", b"12"]
+        values[column] = value.encode()
+        row = _row(values)
+        run = b"".join(_row([w, None, w, w, None]) for w in others) + row
+        if mask_data_row(row, SCANNED_PLAN, MASKING, "utf-8") != row:
+            assert not rows_clean(run, SCANNED_PLAN, "utf-8"), value
+    if scan(value, ENTITIES):
+        assert may_contain(value.encode())  # the prefilter the run's rests on
+    clean = [_row([w, None, w, w, None]) for w in others]
+    if clean and all(len(r) < 0x30 for r in clean):  # no length byte reads as a digit
+        assert rows_clean(b"".join(clean), SCANNED_PLAN, "utf-8")

@@ -79,13 +79,6 @@ def test_a_statement_prepared_under_one_path_and_executed_under_another(
         assert got == [(e.encode().hex(),) for e in other]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the session's search_path is changed by SQL the gateway never sees "
-    "(set_config in a view's body; also column defaults, CHECKs, triggers, RLS "
-    "policies): mask_path keeps only what statements sent could set, so <t> is read as "
-    "other_<t>.<t> (clear) while the server reads public.<t>",
-)
 def test_a_view_that_sets_the_search_path_behind_the_gateway(
     gw: Gateway, t: str, it_database: str
 ) -> None:
@@ -202,11 +195,6 @@ def test_create_table_as_execute_after_a_new_search_path(ddl_gw: Gateway, t: str
         _no_clear(conn, _retry(conn, f"select * from public.{copy}"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the agent itself plants the view (DDL in one session) and uses it in "
-    "another: the second session's search_path changes on the server only",
-)
 def test_the_agent_plants_a_search_path_view_itself(ddl_gw: Gateway, t: str) -> None:
     trap = f"trap_{uuid.uuid4().hex[:8]}"
     with _agent(ddl_gw) as planter:

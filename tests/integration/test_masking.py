@@ -178,3 +178,23 @@ def test_sessions_without_masking_rules_are_untouched(
     with psycopg.connect(masked_gw.dsn("reviewer"), autocommit=True) as conn:
         (row,) = conn.execute(f"select email, card, note, host(ip) from {customers}").fetchall()
     assert row == (EMAIL, CARD, NOTE, "10.1.2.3")
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "prepared"])
+def test_a_long_result_is_masked_in_bulk(masked_gw: Gateway, prepare: bool) -> None:
+    """Masked sessions take runs of whole DataRows (results.py): a result of thousands
+    of rows comes in many chunks, rows cut between them; every row arrives, in order,
+    the clean ones exact (passed whole when the prefilter proves the run clean) and the
+    ones holding an email masked."""
+    sql = (
+        "select case when g % 7 = 0 then 'mail jane.doe' || g || '@example.com now' "
+        "else repeat('word ', g % 40) end from generate_series(1, 4000) g"
+    )
+    with psycopg.connect(masked_gw.dsn("agent"), autocommit=True) as conn:
+        rows = [r[0] for r in conn.execute(sql, prepare=prepare).fetchall()]
+    assert len(rows) == 4000
+    for g, value in enumerate(rows, start=1):
+        if g % 7 == 0:
+            assert f"jane.doe{g}@example.com" not in value and value.startswith("mail ")
+        else:
+            assert value == "word " * (g % 40)

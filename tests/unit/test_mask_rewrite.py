@@ -9,6 +9,7 @@ import json
 import pytest
 from pglast import parse_sql
 from pglast.parser import ParseError, parse_sql_json
+from pglast.stream import RawStream
 
 from wardgate.postgres.mask_catalog import (
     CatalogUnavailable,
@@ -23,6 +24,7 @@ from wardgate.postgres.mask_rewrite import (
     Refused,
     Table,
     _nothing_to_do,
+    _pinned,
     _Rewriter,
     rewrite,
 )
@@ -121,7 +123,7 @@ REWRITTEN = [
     ("select 1; select email from people", "SELECT 1; SELECT CAST(wardgate_mask"),
     (
         "select email from public.people; update orders set people_id = 1 where id = 2",
-        "; UPDATE orders SET people_id = 1",
+        "; UPDATE public.orders SET people_id = 1",
     ),
     # A non-recursive CTE's own query sees the table, not itself.
     (
@@ -151,22 +153,73 @@ def test_rewrites(sql: str, expected: str) -> None:
 
 
 UNCHANGED = [
-    "select id, name from people",
+    "select id, name from people",  # people: public or crm (no path given), not pinned
     "select count(*) from people where id > 3",
     "select relname from pg_class",
-    "insert into orders values (1, 2)",
-    "update orders set people_id = 3 where id = 1",
     "copy people (id, name) to stdout",
     "copy people from stdin",
     "set search_path = public",
-    "alter table orders rename column people_id to person_id",
     "select 1 from people p where p.name = 'x' order by p.id",
+    "select id from public.orders",
+]
+# Nothing masked, but an unqualified name that means one table is pinned to its schema
+# (whatever the server's search_path has become, it reads the table judged here).
+PINNED = [
+    ("insert into orders values (1, 2)", "INSERT INTO public.orders VALUES (1, 2)"),
+    (
+        "update orders set people_id = 3 where id = 1",
+        "UPDATE public.orders SET people_id = 3 WHERE id = 1",
+    ),
+    (
+        "alter table orders rename column people_id to person_id",
+        "ALTER TABLE public.orders RENAME COLUMN people_id TO person_id",
+    ),
+    ("select o.id from orders o, orders", "SELECT o.id FROM public.orders AS o, public.orders"),
+    ("select orders.id from only orders", "SELECT orders.id FROM ONLY public.orders"),
+    (
+        'select "orders".id, p.id from "orders" join orders p using (id)',
+        "SELECT orders.id, p.id FROM public.orders INNER JOIN public.orders AS p USING (id)",
+    ),
+    ("select 1 into t9 from orders", "SELECT 1 INTO t9 FROM public.orders"),
+    (
+        "create table t9 as select id from orders",
+        "CREATE TABLE t9 AS SELECT id FROM public.orders",
+    ),
+    (
+        "explain select id from orders where id in (select people_id from orders)",
+        "EXPLAIN SELECT id FROM public.orders WHERE id IN (SELECT people_id FROM public.orders)",
+    ),
+    (
+        "with orders as (select 1 as id) select id from orders",
+        None,  # a CTE's name is not a table's
+    ),
+    (
+        "with x as (select id from orders) select orders.id from x, orders",
+        "WITH x AS (SELECT id FROM public.orders) SELECT orders.id FROM x, public.orders",
+    ),
+    ("delete from orders where id = 1", "DELETE FROM public.orders WHERE id = 1"),
+    ("select 1 from v_ids", "SELECT 1 FROM public.v_ids"),
+    ("lock orders", None),  # DDL and locks: not pinned
+    ("create index on orders (id)", None),
 ]
 
 
 @pytest.mark.parametrize("sql", UNCHANGED)
 def test_leaves_alone(sql: str) -> None:
     assert rewrite(sql, CATALOG, RULES) is None
+
+
+def _canonical(sql: str) -> str:
+    return "; ".join(str(RawStream()(s)) for s in parse_sql(sql))
+
+
+@pytest.mark.parametrize(("sql", "expected"), PINNED)
+def test_pins_unqualified_names(sql: str, expected: str | None) -> None:
+    out = rewrite(sql, CATALOG, RULES)
+    assert (out if out is None else _canonical(out)) == expected
+    for rules in ((ColumnRule("pii", "public.people.email", "partial"),), ALLOW):
+        out = rewrite(sql, CATALOG, rules)  # the fast path, mostly: the same text
+        assert (out if out is None else _canonical(out)) == expected
 
 
 # A rule that names a table (``*.*.ssn`` names them all): a column it masks may have been
@@ -178,7 +231,7 @@ EXPANDED = [
         "select o.* from people p join orders o on o.people_id = p.id",
         "SELECT o.id AS id, o.people_id AS people_id FROM",
     ),
-    ("select * from v_ids", "SELECT v_ids.id AS id FROM v_ids"),
+    ("select * from v_ids", "SELECT v_ids.id AS id FROM public.v_ids"),
 ]
 
 
@@ -186,7 +239,8 @@ EXPANDED = [
 def test_star_of_a_table_a_rule_names_is_expanded(sql: str, expected: str) -> None:
     out = rewrite(sql, CATALOG, RULES)
     assert out is not None and out.startswith(expected), out
-    assert rewrite(sql, CATALOG, (ColumnRule("pii", "public.people.email", "partial"),)) is None
+    plain = rewrite(sql, CATALOG, (ColumnRule("pii", "public.people.email", "partial"),))
+    assert plain is not None and "*" in plain and " AS id" not in plain  # pinned only
 
 
 def test_whole_row_of_a_table_a_rule_names_is_refused() -> None:
@@ -198,7 +252,8 @@ def test_whole_row_of_a_table_a_rule_names_is_refused() -> None:
         with pytest.raises(Refused) as info:
             rewrite(sql, CATALOG, RULES)
         assert "whole-row" in info.value.reason or "join aliased" in info.value.reason
-        assert rewrite(sql, CATALOG, (ColumnRule("pii", "public.people.email", "p"),)) is None
+        plain = rewrite(sql, CATALOG, (ColumnRule("pii", "public.people.email", "p"),))
+        assert plain is not None and "wardgate_mask" not in plain  # pinned only
 
 
 REFUSED = [
@@ -294,23 +349,30 @@ def test_refuses(sql: str, why: str) -> None:
     assert info.value.rule
 
 
-@pytest.mark.parametrize("sql", [s for s, _ in REWRITTEN] + [s for s, _ in REFUSED] + UNCHANGED)
+@pytest.mark.parametrize(
+    "sql", [s for s, _ in REWRITTEN] + [s for s, _ in REFUSED] + UNCHANGED + [s for s, _ in PINNED]
+)
 def test_the_fast_path_only_skips_what_the_full_rewrite_leaves(sql: str) -> None:
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError:
         return
     for rules in (RULES, ALLOW):
-        if _nothing_to_do(tree, CATALOG, rules):
+        pins = _nothing_to_do(tree, CATALOG, rules)
+        if pins is not None:
             full = _Rewriter(CATALOG, rules)
-            for raw in parse_sql(sql):
-                full.statement(raw.stmt)  # raises Refused if the fast path was wrong
-            assert not full.changed, sql
+            statements = parse_sql(sql)
+            for raw in statements:
+                raw.stmt = full.statement(raw.stmt)  # raises Refused if the fast path was wrong
+            assert full.masked_refs == 0, sql
+            # The fast path pins the same names as the full rewrite.
+            fast = _canonical(_pinned(sql, pins))
+            assert fast == "; ".join(str(RawStream()(raw)) for raw in statements), sql
 
 
 def test_the_fast_path_takes_plain_statements() -> None:
     for sql in ["select id, name from orders where id = 5", "select relname from pg_class"]:
-        assert _nothing_to_do(json.loads(parse_sql_json(sql)), CATALOG, RULES)
+        assert _nothing_to_do(json.loads(parse_sql_json(sql)), CATALOG, RULES) is not None
 
 
 def test_predicates_allow_leaves_conditions_on_clear_values() -> None:

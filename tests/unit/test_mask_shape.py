@@ -36,8 +36,10 @@ def _canonical(sql: str) -> str:
 
 
 def _direct(sql: str) -> str | None | Refused:
+    paths = SessionPaths("public", "u")
+    paths.note(sql)  # DDL (CREATE TABLE AS) makes the path unknown
     try:
-        return rewrite(sql, CATALOG, RULES, (("public",),))
+        return rewrite(sql, CATALOG, RULES, paths.paths(None, "u"))
     except Refused as exc:
         return exc
 

@@ -32,7 +32,7 @@ from .strategies import (
 
 
 @lru_cache(maxsize=64)
-def _ascii_compatible(encoding: str) -> bool:
+def ascii_compatible(encoding: str) -> bool:
     """Whether every ASCII character is the same single byte in ``encoding``, so
     byte-level prefilters see what the text-level detectors would see."""
     try:
@@ -104,7 +104,7 @@ class Masker:
 
         Bytes that do not decode are carried through unchanged (surrogateescape).
         """
-        if not data or (_ascii_compatible(encoding) and not may_contain(data)):
+        if not data or (ascii_compatible(encoding) and not may_contain(data)):
             return None
         text = data.decode(encoding, errors="surrogateescape")
         masked = self.mask_text(text, hinted)

@@ -263,8 +263,9 @@ def rewrite(
             "parse (check the syntax)",
             rules[0].rule if rules else "masking",
         ) from None
-    if _nothing_to_do(tree, catalog, rules, paths):
-        return None  # the fast path: no masked table, nothing refused
+    pins = _nothing_to_do(tree, catalog, rules, paths)
+    if pins is not None:  # the fast path: no masked table, nothing refused
+        return _pinned(sql, pins) if pins else None
     statements = parse_sql(sql)
     rewriter = _Rewriter(catalog, rules, paths)
     for raw in statements:
@@ -275,6 +276,33 @@ def rewrite(
 
 
 _SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt", "ListenStmt"})
+# Statements whose relation references the rewriter resolves (_Rewriter.statement), so
+# pins; the others' (DDL) are left as written. A rename or move of a relation is pinned
+# by the full rewrite only.
+_PINNED_STATEMENTS = frozenset(
+    {
+        "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "CopyStmt", "ExplainStmt",
+        "DeclareCursorStmt", "PrepareStmt", "CreateTableAsStmt", "MergeStmt",
+    }
+)  # fmt: skip
+_FULL_STATEMENTS = frozenset({"RenameStmt", "AlterObjectSchemaStmt"})
+Pin = tuple[int, str]  # (byte offset of an unqualified relation name, its schema)
+
+
+def pin_schema(table: Table) -> str:
+    """The schema an unqualified reference to ``table`` is pinned to: its own, or for a
+    temporary table ``pg_temp``, the session's own temporary schema (the snapshot does
+    not say which ``pg_temp_N`` is the session's)."""
+    return TEMP if table.schema.startswith("pg_temp_") else table.schema
+
+
+def _pinned(sql: str, pins: list[Pin]) -> str:
+    """``sql`` with each pinned relation name qualified with its schema, in place."""
+    data = sql.encode()
+    for at, schema in sorted(pins, reverse=True):
+        quoted = '"' + schema.replace('"', '""') + '".'
+        data = data[:at] + quoted.encode() + data[at:]
+    return data.decode()
 
 
 def _nothing_to_do(
@@ -282,14 +310,29 @@ def _nothing_to_do(
     catalog: MaskCatalog,
     rules: tuple[ColumnRule, ...],
     paths: Paths | None = None,
-) -> bool:
-    """True when the statement names no relation with a masked column (so no column
-    reference can resolve to one) and nothing the rewriter refuses or rewrites on its
-    own: a blocked or unknown relation, pg_stat_activity, a view it refuses, a function
-    that is not a plain built-in, a user operator or type, DO, CALL, or a column a rule
-    would mask that the snapshot lacks. Walks libpg_query's JSON (no AST objects), which
-    costs a tenth of the full rewrite; when in doubt it says False."""
+) -> list[Pin] | None:
+    """The pins (below) when the statement names no relation with a masked column (so
+    no column reference can resolve to one) and nothing the rewriter refuses or rewrites
+    on its own: a blocked or unknown relation, pg_stat_activity, a view it refuses, a
+    function that is not a plain built-in, a user operator or type, DO, CALL, or a column
+    a rule would mask that the snapshot lacks. Walks libpg_query's JSON (no AST
+    objects), which costs a tenth of the full rewrite; when in doubt it says None (the
+    full rewrite decides).
+
+    Pins: every unqualified relation name the gateway resolved to one table is sent
+    qualified with that table's schema, as the full rewrite does (_Rewriter._relation),
+    so the server reads the table the gateway judged whatever its search_path has
+    become since (SQL the gateway never sees can change it: ``set_config`` in a view)."""
     rewriter = _Rewriter(catalog, rules, paths)
+    kinds = {next(iter(raw.get("stmt") or {"?": None})) for raw in tree.get("stmts", ())}
+    if kinds & _FULL_STATEMENTS:
+        return None
+    pinning = kinds <= _PINNED_STATEMENTS
+    if not pinning and kinds & _PINNED_STATEMENTS:
+        return None  # DDL and queries in one string: the full rewrite, statement by statement
+    pins: list[tuple[int, str, str]] = []
+    into: set[int] = set()  # the relations SELECT INTO / CREATE TABLE AS create
+    ctes: set[str] = set()
     tables: list[Table] = []
     columns: set[str] = set()
     star = False
@@ -304,29 +347,41 @@ def _nothing_to_do(
             continue
         if "aliasname" in item:  # tables', joins', subqueries' aliases
             refnames.add(item["aliasname"])
+        if "ctename" in item:
+            ctes.add(item["ctename"])
+        if isinstance(item.get("intoClause"), dict):
+            into.add(id(item["intoClause"].get("rel")))
         if "relname" in item:
             found = _quick_relation(item, catalog, rewriter)
             if found is None:
-                return False
+                return None
             tables.extend(found)
+            if (
+                pinning
+                and len(found) == 1
+                and not item.get("schemaname")
+                and id(item) not in into
+                and item["relname"] not in catalog.system
+            ):
+                pins.append((item["location"], pin_schema(found[0]), item["relname"]))
             alias = item.get("alias")
             refnames.add(alias.get("aliasname", "") if isinstance(alias, dict) else "")
             refnames.add(item.get("relname") or "")
         for key, value in item.items():
             if key in _SLOW_STATEMENTS:
-                return False
+                return None
             if key == "CopyStmt" and isinstance(value, dict) and not value.get("attlist"):
                 star = True  # COPY t TO: every column, like *
             if key == "FuncCall" and not _quick_function(value, catalog):
-                return False
+                return None
             if key == "A_Expr":
                 name = [n["String"]["sval"] for n in value.get("name", ()) if "String" in n]
                 if name and name[-1] in catalog.user_operators:
-                    return False
+                    return None
             if key == "typeName" and isinstance(value, dict):
                 names = [n["String"]["sval"] for n in value.get("names", ()) if "String" in n]
                 if names and names[-1] in catalog.user_types:
-                    return False
+                    return None
             if key == "ColumnRef":
                 fields = value.get("fields", ())
                 if fields and "String" in fields[-1]:
@@ -338,12 +393,14 @@ def _nothing_to_do(
     for table in tables:
         unknown = columns.difference(c for c, _ in table.columns)
         if unknown and any(rewriter._column_rule(table, c) for c in unknown):
-            return False
+            return None
         # A table a rule names: * and whole rows (a name no table's column has) take
         # the full rewrite, which expands them from the snapshot or refuses them.
         if (star or columns & refnames) and rewriter._table_rule(table) is not None:
-            return False
-    return True
+            return None
+    if any(name in ctes for _, _, name in pins):
+        return None  # a CTE of a table's name: the full rewrite knows which is which
+    return [(at, schema) for at, schema, _ in pins]
 
 
 def _quick_relation(
@@ -872,6 +929,12 @@ class _Rewriter:
         named = next(
             (r for t in (*tables, *shadows) if (r := self._table_rule(t)) is not None), None
         )
+        if schema is None and len(tables) == 1 and name not in self.catalog.system:
+            # Pinned: the server reads the table judged here whatever its search_path has
+            # become (SQL the gateway never sees can change it); the reference keeps its
+            # name (``FROM s.t`` is still ``t``), so column references bind the same.
+            rv.schemaname = pin_schema(tables[0])
+            self.changed = True
         return _Entry(
             refname,
             schema,
@@ -886,10 +949,16 @@ class _Rewriter:
     def _candidates(
         self, schema: str | None, name: str
     ) -> tuple[tuple[Table, ...], tuple[Table, ...]]:
-        """The tables a relation name may mean, and the shadows (MaskCatalog.resolve)."""
+        """The tables a relation name may mean, and the shadows (MaskCatalog.resolve).
+        A name that may mean several tables cannot be pinned to one schema, so the server
+        resolves it by its search_path, which SQL the gateway never sees may have set to
+        anything: every schema's table of the name counts, as with an unknown path."""
         if schema is not None:
             return tuple(t for t in self.catalog.tables.get(name, ()) if t.schema == schema), ()
-        return self.catalog.resolve(name, self.paths)
+        tables, shadows = self.catalog.resolve(name, self.paths)
+        if len(tables) > 1:
+            return self.catalog.tables.get(name, ()), shadows
+        return tables, shadows
 
     def _table_rule(self, table: Table) -> ColumnRule | None:
         """A rule whose glob names this table, or a parent or child of it, whatever the

@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 import struct
 from enum import IntEnum
+from functools import lru_cache
 
+from wardgate.masking.detect import may_contain
+from wardgate.masking.masker import ascii_compatible
 from wardgate.policy.mask_rules import SessionMasking
 from wardgate.postgres.codec.decode import Column
 from wardgate.postgres.codec.errors import ProtocolError
@@ -44,6 +47,7 @@ NUMBERS = frozenset({20, 21, 23, 1700, 790, 1005, 1007, 1016, 1231, 791})
 _HINTED_NAME = re.compile(r"(?i)phone|mobile|(?<![a-z])(?:tel|fax|cell|ssn|bsn)(?![a-z])")
 
 
+@lru_cache(maxsize=4096)
 def hinted_name(name: str) -> bool:
     return _HINTED_NAME.search(name) is not None
 
@@ -64,6 +68,14 @@ class Do(IntEnum):
     CONTENT_HINTED = 8  # text-like, in a column whose name says phone/SSN/BSN
 
 
+# Plan actions that leave a value as it is when content detection finds nothing in it.
+# (WHOLE masks whatever the value holds, NULL hides it, CONTENT_JSONB and CONTENT_ARRAY
+# hide a value they cannot parse.)
+_DETECTION_ONLY = frozenset(
+    {Do.PASS, Do.CONTENT, Do.CONTENT_HINTED, Do.CONTENT_HEX, Do.CONTENT_OR_NULL}
+)
+
+
 _ROW_MEMO_MAX_ROW = 2048
 _ROW_MEMO_MAX_ENTRIES = 16384
 
@@ -73,11 +85,14 @@ class Plan:
     function of the plan and the row's bytes, and agents read the same rows again and
     again, so each plan remembers the rows it masked (short rows, bounded)."""
 
-    __slots__ = ("actions", "memo")
+    __slots__ = ("actions", "memo", "detection_only")
 
     def __init__(self, actions: tuple[tuple[Do, object], ...]) -> None:
         self.actions = actions
         self.memo: dict[bytes, bytes] = {}
+        # Every action only runs content detection: a run of rows in which the bytes
+        # prefilter finds nothing passes whole (rows_clean).
+        self.detection_only = bool(actions) and all(do in _DETECTION_ONLY for do, _ in actions)
 
 
 def with_formats(columns: list[Column], formats: tuple[int, ...]) -> list[Column]:
@@ -384,3 +399,55 @@ class ResultMasking:
             return columns
         statement, _ = self._bound.get(portal, ("", ()))
         return self._described.get(("S", statement), [])
+
+
+@lru_cache(maxsize=64)
+def _bytes_prefilter_holds(encoding: str) -> bool:
+    return ascii_compatible(encoding)
+
+
+def rows_clean(data: bytes, plan: Plan, encoding: str) -> bool:
+    """True when no DataRow of ``data`` (a run of whole DataRows) can change under
+    ``plan``: every action only runs the content detectors, no row has more values than
+    the plan (the rest would become NULL), and the detectors' own bytes prefilter
+    (``detect.may_contain``: fewer than two ASCII digits, no ``@``, ``eyJ``, IPv6 colons
+    or secret words) finds nothing in the *whole* run. Each value is a substring of the
+    run, and the prefilter can only say no less often for a substring (its tests are
+    counts and ``in``), so the run's "no" is every value's "no", which is how
+    ``Masker.mask_bytes`` decides a value has nothing to mask. A bytea hex run
+    (``\\x6a...``), decoded before detection, is not a substring: its presence makes
+    the answer False. Framing bytes (lengths) only make the answer False more often."""
+    if not plan.detection_only or not _bytes_prefilter_holds(encoding):
+        return False
+    if _HEX_MARK in data or may_contain(data):
+        return False
+    width = len(plan.actions)
+    pos, end = 0, len(data)
+    while pos < end:
+        if _INT16.unpack_from(data, pos + 5)[0] > width:
+            return False
+        pos += 1 + _INT32.unpack_from(data, pos + 1)[0]
+    return True
+
+
+def mask_data_rows(data: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
+    """A run of whole DataRows (``BackendScanner.whole``), each masked per ``plan``;
+    ``data`` itself when ``rows_clean`` proves none can change."""
+    if rows_clean(data, plan, encoding):
+        return data
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    changed = False
+    try:
+        while pos < end:
+            stop = pos + 1 + _INT32.unpack_from(data, pos + 1)[0]
+            if data[pos] != 68 or stop > end:
+                raise ProtocolError("server sent a malformed run of DataRows")
+            raw = data[pos:stop]
+            masked = mask_data_row(raw, plan, masking, encoding)
+            changed = changed or masked is not raw
+            out.append(masked)
+            pos = stop
+    except struct.error:
+        raise ProtocolError("server sent a malformed DataRow") from None
+    return b"".join(out) if changed else data

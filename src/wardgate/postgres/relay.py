@@ -35,6 +35,7 @@ from wardgate.postgres.masking import ResultMasking
 from wardgate.postgres.relay_state import DESCRIBE, SYNC, Pending
 from wardgate.postgres.replies import ServerReplies
 from wardgate.postgres.result_tap import SessionResults
+from wardgate.postgres.results import MASKED_BULK_TYPES
 from wardgate.postgres.session_model import SessionModel
 from wardgate.postgres.simple_query import SimpleQuery
 from wardgate.postgres.transaction import TransactionOutcome
@@ -87,8 +88,11 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.scanner: BackendScanner = upstream.scanner
         session_masking = services.masking.for_session(principal, connection)
         self.masking = ResultMasking(session_masking) if session_masking is not None else None
-        # Rows to mask must arrive whole; unmasked sessions stream them untouched.
-        self.scanner.bulk = BULK_TYPES if self.masking is None else frozenset()
+        # Unmasked sessions stream rows (and COPY data) untouched; masked sessions take
+        # runs of whole DataRows in bulk (results.py: passed on as they are when no
+        # rule can touch them) and COPY data message by message.
+        self.scanner.bulk = BULK_TYPES if self.masking is None else MASKED_BULK_TYPES
+        self.scanner.whole = self.masking is not None
         conn = services.config.connections.get(connection)
         results = conn.results if conn is not None else None
         self._results = (

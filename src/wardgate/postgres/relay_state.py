@@ -376,8 +376,9 @@ class RelayState:
             )
 
     def _recorded_action(self, action: Action) -> Action:
-        if self.masking is not None and action.params:
-            # The audit log never holds what the client would not be shown.
+        if self.masking is not None and self.masking.masking.content and action.params:
+            # The audit log never holds what the client would not be shown (content
+            # detection; column rules leave parameters as they are: mask_text).
             mask = self.masking.masking.mask_text
             action = dataclasses.replace(
                 action, params=tuple(None if p is None else mask(p) for p in action.params)

@@ -29,7 +29,7 @@ from wardgate.postgres.relay_state import (
     Pending,
 )
 from wardgate.postgres.result_tap import ResultTap
-from wardgate.postgres.results import MaskedResults
+from wardgate.postgres.results import ROWS, MaskedResults
 
 log = logging.getLogger("wardgate.postgres")
 
@@ -54,9 +54,17 @@ class ServerReplies(MaskedResults, SessionProbe):
         try:
             for i, item in enumerate(items):
                 if isinstance(item, memoryview):
-                    out.append(item)  # rows (or COPY data) of an unmasked session
+                    if self.masking is not None:
+                        # Whole DataRows of a masked session (the scanner's whole mode).
+                        if oids := self._names_to_fetch(ROWS):
+                            self._hold(items[i:], oids)
+                            break
+                        sent: bytes | memoryview = self._mask_rows(item)
+                    else:
+                        sent = item  # rows (or COPY data) of an unmasked session
+                    out.append(sent)
                     if self._results is not None and (tap := self._tap()) is not None:
-                        tap.feed(item)
+                        tap.feed(sent)
                     continue
                 if self.masking is not None and (oids := self._names_to_fetch(item)):
                     # Column rules need this result's column names: hold the stream.

@@ -10,10 +10,28 @@ from collections.abc import Callable
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.codec.backend import BackendMessage
 from wardgate.postgres.codec.decode import Column, parse_row_description
-from wardgate.postgres.masking import mask_copy_data, mask_data_row
+from wardgate.postgres.masking import Plan, mask_copy_data, mask_data_row, mask_data_rows
 from wardgate.postgres.relay_state import DESCRIBE, EXECUTE, Pending, RelayState
 
 log = logging.getLogger("wardgate.postgres")
+
+# A masked session's scanner hands back runs of whole DataRows (BackendScanner.whole);
+# COPY data comes message by message.
+MASKED_BULK_TYPES = frozenset(b"D")
+ROWS = BackendMessage(68, b"")  # what _names_to_fetch is asked for a run of DataRows
+_DESCRIPTIONS: dict[bytes, list[Column]] = {}  # RowDescription bodies, parsed: clients repeat
+
+
+def _described(body: bytes) -> list[Column]:
+    """The columns of a RowDescription body (parsed once per distinct body; the list
+    is shared, callers do not change it)."""
+    columns = _DESCRIPTIONS.get(body)
+    if columns is None:
+        columns = parse_row_description(body)
+        if len(_DESCRIPTIONS) >= 1024:
+            _DESCRIPTIONS.clear()
+        _DESCRIPTIONS[body] = columns
+    return columns
 
 
 class MaskedResults(RelayState):
@@ -27,7 +45,7 @@ class MaskedResults(RelayState):
         if not self.masking.masking.columns:
             return set()
         if msg.type == 84:  # T
-            columns = parse_row_description(msg.body)
+            columns = _described(msg.body)
         elif msg.type == 68 and self._pending and self._pending[0].kind == EXECUTE:
             head = self._pending[0]
             if head.planned or head.target is None:
@@ -82,6 +100,31 @@ class MaskedResults(RelayState):
                 items.append(memoryview(raw))  # a slice of a bulk message: passes as is
         return items
 
+    def _row_plan(self, head: Pending | None) -> Plan | None:
+        """The plan for the DataRows arriving now: the Execute's portal's, or the simple
+        query's current result's."""
+        masking = self.masking
+        assert masking is not None
+        if head is not None and head.kind == EXECUTE and head.target is not None:
+            if not head.planned:
+                columns = masking.portal_columns(head.target[1])
+                head.plan = masking.plan_for_portal(head.target[1], self._names(columns))
+                head.planned = True
+            return head.plan
+        return masking.plan
+
+    def _mask_rows(self, run: memoryview) -> bytes | memoryview:
+        """A run of whole DataRows, as the client gets it: untouched when the plan is
+        empty (no rule can touch this result) or proves none can change (rows_clean),
+        else row by row."""
+        assert self.masking is not None
+        plan = self._row_plan(self._pending[0] if self._pending else None)
+        if plan is None:
+            return run
+        data = bytes(run)
+        out = mask_data_rows(data, plan, self.masking.masking, self.client.decoder.encoding)
+        return run if out is data else out
+
     def _mask_server_message(self, msg: BackendMessage, head: Pending | None) -> bytes | None:
         """Masking of one server message; None to handle it as unmasked."""
         masking = self.masking
@@ -89,19 +132,12 @@ class MaskedResults(RelayState):
         t = msg.type
         encoding = self.client.decoder.encoding
         if t == 68:  # D DataRow
-            if head is not None and head.kind == EXECUTE and head.target is not None:
-                if not head.planned:
-                    columns = masking.portal_columns(head.target[1])
-                    head.plan = masking.plan_for_portal(head.target[1], self._names(columns))
-                    head.planned = True
-                plan = head.plan
-            else:
-                plan = masking.plan
+            plan = self._row_plan(head)
             if plan is None:
                 return msg.raw
             return mask_data_row(msg.raw, plan, masking.masking, encoding)
         if t == 84:  # T RowDescription
-            columns = parse_row_description(msg.body)
+            columns = _described(msg.body)
             if head is not None and head.kind == DESCRIBE and head.target is not None:
                 masking.described(head.target, columns)
             else:

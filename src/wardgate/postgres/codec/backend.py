@@ -57,6 +57,10 @@ class BackendScanner:
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.bulk = bulk
+        # Whole: bulk messages come as runs of *whole* messages only; one that a chunk
+        # cuts is assembled and handed back as a BackendMessage (masked sessions, which
+        # must see every row whole, take the runs in bulk: postgres/results.py).
+        self.whole = False
         self._partial = bytearray()  # an incomplete header or non-bulk message
         self._skip = 0  # bytes of a bulk message still to pass through
 
@@ -94,7 +98,7 @@ class BackendScanner:
                     f"server sent a malformed message (type {t!r}, length {length})"
                 )
             stop = pos + 1 + length
-            if t in bulk:
+            if t in bulk and (stop <= end or not self.whole):
                 if bulk_start < 0:
                     bulk_start = pos
                 if stop > end:
@@ -131,7 +135,7 @@ class BackendScanner:
         t = type_byte[0]
         if length < 4 or t not in _KNOWN_TYPES:
             raise ProtocolError(f"server sent a malformed message (type {t!r}, length {length})")
-        if t in self.bulk:
+        if t in self.bulk and not self.whole:
             # A bulk header split across chunks: pass the header on, stream the rest.
             items.append(memoryview(bytes(partial)))
             self._partial = bytearray()
