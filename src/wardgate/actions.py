@@ -84,6 +84,9 @@ class StatementInfo:
     resources: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ()
+    # SQL: names selected from a value (``t.f``, ``(x).f``): PostgreSQL calls a function
+    # ``f(x)`` by that name when the value has no such field (``(3).bump``), lower-cased.
+    attributes: tuple[str, ...] = ()
 
 
 @positional_pickle

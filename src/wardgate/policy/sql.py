@@ -592,9 +592,11 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         # LIMIT $n: the gate judges it with the value bound to $n (NULL is no limit).
         kinds.append(f"limit_param:{param}" if isinstance(param, int) else "no_limit")
     # Everything nested counts: CTE writes, sub-selects INTO, side-effecting functions.
+    attributes: list[str] = []
     for parent, inner_type, inner in _walk(fields):
         inner_class: str | None = None
         inner_kinds: list[str] = []
+        selected: list[str] = []
         type_name = inner.get("typeName")
         if isinstance(type_name, dict):
             # A cast (`x::t`, `CAST`, `t 'x'`) or a column definition that coerces
@@ -608,8 +610,17 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         elif inner_type == "CommonTableExpr":
             ctes.add(str(inner.get("ctename", "")))
         elif inner_type == "ColumnRef":
-            last = inner.get("fields", [{}])[-1]
+            parts = inner.get("fields", [{}])
+            last = parts[-1]
             columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
+            if len(parts) > 1 and "String" in last:
+                # t.f, or column.f: f(t) when t has no column f, f(column) when it is
+                # a column (its value need not be a row: note.nextval is nextval(note)).
+                selected = [last["String"]["sval"]]
+        elif inner_type == "A_Indirection":
+            # (x).f, (x).f.g: each name a field of the value before it, or a function
+            # called with it: ('s'::regclass).nextval is nextval('s').
+            selected = _names(inner.get("indirection", []))
         elif inner_type in _OPERATOR_FIELDS:
             operators.extend(_operators(inner.get(_OPERATOR_FIELDS[inner_type], [])))
         elif inner_type in _VERSION_SYNTAX or inner_type == "JsonFuncExpr":
@@ -639,6 +650,14 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         elif explain_executes or node_type in ("PrepareStmt", "DeclareCursorStmt"):
             if inner_type in _FIXED or inner_type.endswith("Stmt"):
                 inner_class, inner_kinds = _classify_node(inner_type, inner)
+        for name in selected:
+            attributes.append(name)
+            fclass = function_class(None, name)
+            if fclass in ("admin", "write"):
+                # A built-in with effects, called as a field: judged as its call.
+                functions.append(name)
+                if not plans_only and _CLASS_RANK[fclass] > _CLASS_RANK[inner_class or "read"]:
+                    inner_class, inner_kinds = fclass, [f"function:{name}"]
         if inner_class is not None:
             kinds.extend(k for k in inner_kinds if k not in kinds)
             if _CLASS_RANK[inner_class] > _CLASS_RANK[klass]:
@@ -655,6 +674,7 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         columns=_unique(columns),
         types=_unique(types),
         operators=_unique(operators),
+        attributes=_unique(attributes),
     )
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from wardgate.config import ConnectionConfig, parse_duration
 from wardgate.identity.scram import ScramAuthError, ScramServer, ScramVerifierSet
 from wardgate.identity.tokens import VERIFIER_CACHE_SECONDS
-from wardgate.policy.sql import search_path_shadows_builtins
+from wardgate.policy.sql import search_path_shadows_builtins, split_identifiers
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
@@ -333,7 +333,9 @@ def review_wait_of(params: dict[str, str], conn: ConnectionConfig) -> float:
 
 
 def _check_search_path(value: str) -> None:
-    if search_path_shadows_builtins([value]):
+    # The server splits a startup value into schema names itself (`appfuncs, pg_catalog`
+    # is two): read it the same way.
+    if search_path_shadows_builtins(split_identifiers(value)):
         raise StartupRefused(
             "42501",
             "wardgate: a search_path that lists pg_catalog after another schema is not "

@@ -1,0 +1,136 @@
+"""attack14c: variants of issue 14's classes the earlier fixes missed, each driven through
+the real gateway into a real PostgreSQL and judged by the server's own state (the write
+log, sequences, locks and sessions of `pg_diff.py`'s target), for a principal whose role
+cannot write (`ro`) and one whose writes need a review (`rv`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import PG_HOST, PG_PORT, Gateway
+from tests.integration.pg_diff import Target, Wire, make_target, start_gateway
+from wardgate.postgres.codec import build
+
+pytestmark = pytest.mark.usefixtures("pg_server")
+
+q = build.query
+BOTH = pytest.mark.parametrize("who", ["ro", "rv"])
+
+# Made by the database's owner before the gateway starts: a function of a row, the
+# "computed field" idiom PostgreSQL documents (`s.touch` is `touch(s)`).
+EXTRA = """
+create function public.touch(public.stock) returns int language sql volatile as
+    $$ update public.stock set qty = qty + 100 where id = $1.id; select $1.id $$;
+"""
+
+
+@pytest.fixture(scope="module")
+def target(pg_server: None) -> Iterator[Target]:
+    for made in make_target():
+        with made.conn() as c:
+            c.execute(EXTRA)
+            c.execute("truncate audit.write_log")
+        yield made
+
+
+@pytest.fixture(scope="module")
+def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = start_gateway(tmp_path_factory.mktemp("attack14c"), target)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
+    opened: dict[str, Wire] = {}
+
+    class _Lazy(dict[str, Wire]):
+        def __missing__(self, principal: str) -> Wire:
+            opened[principal] = self[principal] = Wire(gw, principal)
+            return opened[principal]
+
+    yield _Lazy()
+    for w in opened.values():
+        w.close()
+
+
+def _unchanged(target: Target, before: tuple[Any, ...], start: int) -> None:
+    assert target.log(start) == [], target.log(start)
+    assert target.snapshot() == before
+
+
+def _advisory_locks(target: Target) -> int:
+    with target.conn() as c:
+        row = c.execute(
+            "select count(*) from pg_locks l join pg_stat_activity a on a.pid = l.pid"
+            " where l.locktype = 'advisory' and a.usename = %s",
+            (target.role,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- a field selection is a function call ------------------------------------------------
+# PostgreSQL reads `x.f` and `(x).f` as f(x) when x has no field f, whatever x's type:
+# ('ticket_seq'::regclass).nextval is nextval('ticket_seq'), (3).bump is bump(3).
+
+FIELD_CALLS = [
+    "select (3).bump",  # a user function of an int (writes stock row 3)
+    "select s.touch from stock s where s.id = 4",  # a user function of a row
+    "select (s).touch from stock s where s.id = 4",
+    "select ('ticket_seq'::regclass).nextval",  # a built-in that writes
+    "select n.nextval from (select 'ticket_seq'::text as n) t",  # column.f
+    "select (1::bigint).pg_advisory_lock",  # a lock held past the statement
+]
+
+
+@BOTH
+@pytest.mark.parametrize("sql", FIELD_CALLS)
+def test_a_field_selection_that_calls_a_function_is_judged_as_the_call(
+    target: Target, wires: dict[str, Wire], who: str, sql: str
+) -> None:
+    start, before = target.last_id(), target.snapshot()
+    reply = wires[who].run(q(sql), ready=1)
+    assert any(e.get("M", "").startswith("wardgate:") for e in reply.errors()), reply.text()
+    _unchanged(target, before, start)
+    assert _advisory_locks(target) == 0
+
+
+def test_a_field_selection_cannot_terminate_another_session(
+    target: Target, wires: dict[str, Wire]
+) -> None:
+    # The read-only agent's upstream session may signal any backend of the role the
+    # gateway dials: another principal's session, the gateway's own.
+    with psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=target.role, dbname=target.db, autocommit=True
+    ) as victim:
+        pid = victim.info.backend_pid
+        reply = wires["ro"].run(q(f"select ({pid}).pg_terminate_backend"), ready=1)
+        assert any(e.get("M", "").startswith("wardgate:") for e in reply.errors()), reply.text()
+        assert victim.execute("select 1").fetchone() == (1,)
+
+
+def test_plain_fields_of_rows_still_read(wires: dict[str, Wire]) -> None:
+    reply = wires["ro"].run(
+        q("select (s).qty, s.id from stock s where s.id = 1"),
+        q("""select (jsonb_each('{"a": 1}')).key"""),
+        ready=2,
+    )
+    assert reply.errors() == [], reply.text()
+    assert reply.rows() == 2
+
+
+# -- a startup search_path is split as the server splits it ------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["appfuncs,pg_catalog", "appfuncs, pg_catalog", '"appfuncs",pg_catalog']
+)
+def test_a_startup_search_path_listing_pg_catalog_late_is_refused(gw: Gateway, value: str) -> None:
+    options = "-c search_path=" + value.replace(" ", "\\ ")
+    with pytest.raises(psycopg.OperationalError, match="pg_catalog after another schema"):
+        psycopg.connect(gw.dsn("rv", "diff"), options=options).close()
