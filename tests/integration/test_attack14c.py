@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import PG_HOST, PG_PORT, Gateway
-from tests.integration.pg_diff import Target, Wire, make_target, start_gateway
+from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target, start_gateway
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -46,16 +46,7 @@ def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 
 @pytest.fixture
 def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    opened: dict[str, Wire] = {}
-
-    class _Lazy(dict[str, Wire]):
-        def __missing__(self, principal: str) -> Wire:
-            opened[principal] = self[principal] = Wire(gw, principal)
-            return opened[principal]
-
-    yield _Lazy()
-    for w in opened.values():
-        w.close()
+    yield from lazy_wires(gw)
 
 
 def _unchanged(target: Target, before: tuple[Any, ...], start: int) -> None:
