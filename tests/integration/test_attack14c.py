@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import PG_HOST, PG_PORT, Gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target, start_gateway
+from tests.integration.pg_diff import Target, Wire, approve, lazy_wires, make_target, start_gateway
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -125,3 +125,42 @@ def test_a_startup_search_path_listing_pg_catalog_late_is_refused(gw: Gateway, v
     options = "-c search_path=" + value.replace(" ", "\\ ")
     with pytest.raises(psycopg.OperationalError, match="pg_catalog after another schema"):
         psycopg.connect(gw.dsn("rv", "diff"), options=options).close()
+
+
+# -- an approval of SQL EXECUTE binds what the name holds, however EXECUTE is sent ---------
+# EXPLAIN ANALYZE EXECUTE s runs s; so does a Parse of the text `EXECUTE s`. An approval
+# of either bound only the text: the agent prepared `s` again (a Parse is forwarded, its
+# review waits for an Execute) and the approval ran the new statement.
+
+
+def _explain_execute(w: Wire) -> Any:
+    return w.run(q("EXPLAIN ANALYZE EXECUTE s"), ready=1)
+
+
+def _execute_through_parse(w: Wire) -> Any:
+    return w.run(
+        build.parse("", "EXECUTE s"), build.bind("", ""), build.execute(""), build.sync(), ready=1
+    )
+
+
+@pytest.mark.parametrize("send", [_explain_execute, _execute_through_parse])
+def test_an_approved_execute_does_not_run_a_statement_prepared_again(
+    gw: Gateway, target: Target, wires: dict[str, Wire], send: Any
+) -> None:
+    w = wires["rv"]
+    start = target.last_id()
+    w.run(build.parse("s", "UPDATE stock SET qty = 7 WHERE id = 2"), build.sync(), ready=1)
+    first = send(w)
+    assert first.review_ids(), first.text()
+    approve(gw, first.review_ids()[0])
+    again = w.run(
+        build.close("S", "s"),
+        build.parse("s", "UPDATE stock SET qty = 666 WHERE id = 5"),
+        build.sync(),
+        ready=1,
+    )
+    assert again.errors() == [], again.text()
+    second = send(w)
+    assert second.review_ids() and second.review_ids() != first.review_ids(), second.text()
+    assert target.log(start) == []
+    w.run(build.close("S", "s"), build.sync(), ready=1)

@@ -1002,6 +1002,8 @@ def execute_arguments(sql: str) -> str | None:
     that cannot be rebuilt comes back unparsable, to be refused as unknown."""
     try:
         stmt = parse_sql(sql)[0].stmt
+        if isinstance(stmt, ast.ExplainStmt):
+            stmt = stmt.query  # EXPLAIN ANALYZE EXECUTE runs it too
         if not isinstance(stmt, ast.ExecuteStmt) or not stmt.params:
             return None
         # One stream per expression: a stream keeps what it wrote before.
@@ -1014,8 +1016,18 @@ def execute_arguments(sql: str) -> str | None:
 
 
 def executed_statement(sql: str) -> str | None:
-    """The prepared-statement name a single ``EXECUTE name(...)`` runs, else None."""
-    return _single_field(sql, "ExecuteStmt", "name")
+    """The prepared-statement name a single ``EXECUTE name(...)`` runs, alone or under
+    ``EXPLAIN``, else None."""
+    try:
+        statements = _parse(sql)
+    except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
+        return None
+    if len(statements) != 1:
+        return None
+    node = statements[0][0]
+    explained = node.get("ExplainStmt", {}).get("query")
+    found = (explained or node).get("ExecuteStmt")
+    return str(found.get("name", "")) if found is not None else None
 
 
 _POSITION_KEYS = frozenset({"location", "stmt_location", "stmt_len"})

@@ -14,7 +14,6 @@ from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
     cursor_changes,
-    execute_arguments,
     executed_statement,
     fetched_cursor,
     prepared_statement_changes,
@@ -143,34 +142,7 @@ class SimpleQuery(ReviewHold):
             held: list[Prepared | None] = [defined.get(name)]
         else:
             held = self.model.statements.candidates(name, self.model.batch)
-        for p in held:
-            replanned = self._mask_replanned(p)
-            if replanned is not None:
-                return action, replanned
-        judged = [
-            (resolved, self._judge(resolved))
-            for resolved in (
-                action if p is None else dataclasses.replace(action, resolved=p.sql)
-                for p in dict.fromkeys(held)
-            )
-        ]
-        meanings = len(judged)
-        arguments = execute_arguments(text)
-        if arguments is not None:
-            # The arguments run too; their verdict is paired with what the name holds,
-            # so an approval binds the whole EXECUTE (its text carries the arguments).
-            judged.append((judged[0][0], self._judge(self._action(arguments, ()))))
-        resolved, verdict = max(judged, key=lambda av: av[1].decision.severity)
-        if meanings > 1 and not verdict.allowed and verdict.enforced:
-            verdict = Verdict(
-                Decision.BLOCK,
-                "wardgate:unconfirmed-name",
-                f"prepared statement {name!r} was redefined by a statement the server has not "
-                f"answered yet, and one of its possible meanings is not allowed "
-                f"({verdict.reason}); wait for the result before executing it",
-                verdict.statements,
-            )
-        return resolved, verdict
+        return self._judge_execute(action, name, held)
 
     def _judge_fetch(self, action: Action, declared: set[str]) -> tuple[Action, Verdict]:
         """SQL FETCH or MOVE runs a portal: one bound through the protocol (Bind) runs
