@@ -960,15 +960,18 @@ def cursor_changes(sql: str) -> list[tuple[str | None, bool | None]]:
     return changes
 
 
-def _single_field(sql: str, node: str, field: str) -> str | None:
-    """``field`` of ``sql`` when it is a single statement of type ``node``, else None."""
+def _single_statement(sql: str) -> dict[str, Any] | None:
+    """The pglast JSON node of ``sql`` when it is a single statement, else None."""
     try:
         statements = _parse(sql)
     except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
         return None
-    if len(statements) != 1:
-        return None
-    found = statements[0][0].get(node)
+    return statements[0][0] if len(statements) == 1 else None
+
+
+def _single_field(sql: str, node: str, field: str) -> str | None:
+    """``field`` of ``sql`` when it is a single statement of type ``node``, else None."""
+    found = (_single_statement(sql) or {}).get(node)
     return str(found.get(field, "")) if found is not None else None
 
 
@@ -977,13 +980,7 @@ def transaction_statement(sql: str) -> tuple[str, str | None] | None:
     (``TRANS_STMT_ROLLBACK_TO``, ``TRANS_STMT_SAVEPOINT``, ...), else None. PostgreSQL's
     own parser reads the name: comments, quoting, ``U&"..."`` escapes and the folding of
     only ASCII letters in a bare name come out as the server sees them."""
-    try:
-        statements = _parse(sql)
-    except Exception:  # noqa: BLE001 - the server refuses it too
-        return None
-    if len(statements) != 1:
-        return None
-    found = statements[0][0].get("TransactionStmt")
+    found = (_single_statement(sql) or {}).get("TransactionStmt")
     if found is None:
         return None
     name = found.get("savepoint_name")
@@ -1018,13 +1015,7 @@ def execute_arguments(sql: str) -> str | None:
 def executed_statement(sql: str) -> str | None:
     """The prepared-statement name a single ``EXECUTE name(...)`` runs, alone or under
     ``EXPLAIN``, else None."""
-    try:
-        statements = _parse(sql)
-    except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
-        return None
-    if len(statements) != 1:
-        return None
-    node = statements[0][0]
+    node = _single_statement(sql) or {}
     explained = node.get("ExplainStmt", {}).get("query")
     found = (explained or node).get("ExecuteStmt")
     return str(found.get("name", "")) if found is not None else None
