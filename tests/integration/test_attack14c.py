@@ -164,3 +164,17 @@ def test_an_approved_execute_does_not_run_a_statement_prepared_again(
     assert second.review_ids() and second.review_ids() != first.review_ids(), second.text()
     assert target.log(start) == []
     w.run(build.close("S", "s"), build.sync(), ready=1)
+
+
+# -- a limit that bounds nothing ------------------------------------------------------------
+
+
+def test_fetch_first_with_ties_is_no_limit(wires: dict[str, Wire]) -> None:
+    # Ordered by a constant, every row ties with the first: all 50 rows of big_rows.
+    w = wires["ro"]
+    reply = w.run(q("select * from big_rows order by 1 fetch first 1 rows with ties"), ready=1)
+    assert "big_rows is read with a LIMIT" in reply.text(), reply.text()
+    assert reply.rows() == 0
+    assert (
+        w.run(q("select * from big_rows order by 1 fetch first 1 rows only"), ready=1).rows() == 1
+    )

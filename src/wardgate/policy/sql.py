@@ -695,10 +695,13 @@ def _query_reads_without_limit(fields: dict[str, Any]) -> bool:
 def _reads_without_limit(fields: dict[str, Any]) -> bool:
     """A top-level SELECT that reads from something and has no LIMIT / FETCH FIRST.
 
-    ``LIMIT ALL``, ``LIMIT NULL`` and any limit that is not a number written in the
-    statement (an expression, a sub-query, a parameter that may be bound to NULL) do not
+    ``LIMIT ALL``, ``LIMIT NULL``, ``FETCH FIRST n ROWS WITH TIES`` (every row that
+    ties with the last comes too: all of them, ordered by a constant) and any limit that
+    is not a number written in the statement (an expression, a sub-query, a parameter that may be bound to NULL) do not
     count: only a numeric constant bounds the rows for sure.
     """
+    if fields.get("limitOption") == "LIMIT_OPTION_WITH_TIES":
+        return True  # FETCH FIRST 1 ROWS WITH TIES returns every row tied with the last
     if "limitCount" in fields and _numeric_constant(fields["limitCount"]):
         return False
     if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
