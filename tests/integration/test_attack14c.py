@@ -178,3 +178,26 @@ def test_fetch_first_with_ties_is_no_limit(wires: dict[str, Wire]) -> None:
     assert (
         w.run(q("select * from big_rows order by 1 fetch first 1 rows only"), ready=1).rows() == 1
     )
+
+
+# -- startup options: the server splits them at any blank ------------------------------------
+# libpq's `options` is split by the server at blanks not escaped by a backslash. The gateway
+# unescaped `\<TAB>` into the value it allowed (application_name) and passed the tab on
+# raw: the server read a second option there, any setting at all.
+
+
+@pytest.mark.parametrize("blank", ["\t", "\n", "\r", "\v", "\f"])
+def test_startup_options_cannot_smuggle_a_setting(gw: Gateway, blank: str) -> None:
+    options = (
+        f"-c application_name=a\\{blank}-c\\{blank}session_replication_role=replica"
+        f" -c TimeZone=UTC\\{blank}--transform_null_equals=on"
+    )
+    with (
+        pytest.raises(psycopg.OperationalError, match="control or non-ASCII"),
+        psycopg.connect(gw.dsn("rv", "diff"), autocommit=True, options=options) as c,
+    ):
+        shown = [
+            c.execute(f"show {name}").fetchone()
+            for name in ("session_replication_role", "transform_null_equals")
+        ]
+        assert shown == [("origin",), ("off",)], f"the server took a smuggled setting: {shown}"

@@ -118,6 +118,11 @@ def parse_options(value: str) -> dict[str, str]:
     return settings
 
 
+def _printable(text: str) -> bool:
+    """Only printable ASCII and spaces (which ``_quote_option`` escapes)."""
+    return all(" " <= ch <= "~" for ch in text)
+
+
 def _quote_option(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
@@ -130,6 +135,17 @@ def params_for_upstream(params: dict[str, str]) -> dict[str, str]:
         if name == "options":
             settings = parse_options(value)
             for key, option_value in settings.items():
+                if not _printable(key + option_value):
+                    # The server splits `options` at any blank (its isspace(), which a
+                    # locale may widen): an escaped tab or newline inside a value would,
+                    # passed on, start a setting of its own (`-c a=x\<TAB>-c role=y`).
+                    raise StartupRefused(
+                        "42501",
+                        f"wardgate: startup option {key!r} contains a control or non-ASCII "
+                        "character, which the server could read as the start of another "
+                        "option",
+                        hint="Set it with SQL after connecting, where the policy can see it.",
+                    )
                 if key.startswith("wardgate."):
                     continue  # gateway options, consumed here
                 if key == "search_path":
