@@ -201,3 +201,18 @@ def test_startup_options_cannot_smuggle_a_setting(gw: Gateway, blank: str) -> No
             for name in ("session_replication_role", "transform_null_equals")
         ]
         assert shown == [("origin",), ("off",)], f"the server took a smuggled setting: {shown}"
+
+
+# -- settings changed through pg_settings ---------------------------------------------------
+
+
+def test_an_update_of_pg_settings_is_a_setting_change(wires: dict[str, Wire]) -> None:
+    # pg_settings' rule makes the UPDATE a set_config(): admin, blocked for `rv` (whose
+    # role blocks admin) instead of held for a review as an ordinary write.
+    w = wires["rv"]
+    reply = w.run(
+        q("update pg_settings set setting = 'replica' where name = 'session_replication_role'"),
+        ready=1,
+    )
+    assert reply.review_ids() == [] and "blocked" in reply.text(), reply.text()
+    assert w.show("session_replication_role") == "origin"

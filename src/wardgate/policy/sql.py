@@ -520,6 +520,15 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
         return klass, kinds
     if node_type in _DML:
         kind = _DML[node_type]
+        target = fields.get("relation", {})
+        if (
+            kind == "update"
+            and target.get("relname") == "pg_settings"
+            and target.get("schemaname") in (None, "pg_catalog")
+        ):
+            # pg_settings' rule turns the UPDATE into set_config(name, setting): a
+            # change of any setting, named by the rows it matches at run time.
+            return "admin", ["update", "privileged_setting"]
         if kind in ("update", "delete") and "whereClause" not in fields:
             return "write", [kind, f"{kind}_without_where"]
         return "write", [kind]
