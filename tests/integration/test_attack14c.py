@@ -25,6 +25,8 @@ BOTH = pytest.mark.parametrize("who", ["ro", "rv"])
 EXTRA = """
 create function public.touch(public.stock) returns int language sql volatile as
     $$ update public.stock set qty = qty + 100 where id = $1.id; select $1.id $$;
+create function public.to_archive(int) returns text language sql volatile as
+    $$ select set_config('search_path', 'archive, public', false) $$;
 """
 
 
@@ -216,3 +218,13 @@ def test_an_update_of_pg_settings_is_a_setting_change(wires: dict[str, Wire]) ->
     )
     assert reply.review_ids() == [] and "blocked" in reply.text(), reply.text()
     assert w.show("session_replication_role") == "origin"
+
+
+def test_a_field_call_may_change_the_review_context(target: Target, wires: dict[str, Wire]) -> None:
+    # (1).to_archive sets search_path = archive, public: the UPDATE after it in the same
+    # string would run on archive.stock while a review showed the path probed before.
+    w = wires["rv"]
+    reply = w.run(q("select (1).to_archive; update stock set qty = 5 where id = 6"), ready=1)
+    # Refused whole (wardgate:review-context on the UPDATE), no review filed.
+    assert reply.codes() == ["42501"] and reply.review_ids() == [], reply.text()
+    assert w.show("search_path") == '"$user", public'

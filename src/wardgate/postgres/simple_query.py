@@ -66,7 +66,7 @@ class SimpleQuery(ReviewHold):
                     else:
                         defined[name] = None if prepared is None else Prepared(prepared)
         if len(judged) > 1 and any(needs_review(v) for _, v in judged):
-            judged = _refuse_stale_context(judged)
+            judged = _refuse_stale_context(judged, self._called_as_fields())
         held = [v for _, v in judged if needs_review(v)]
         if held and not any(v.decision is Decision.BLOCK and v.enforced for _, v in judged):
             if approval is None:
@@ -227,7 +227,9 @@ class SimpleQuery(ReviewHold):
         self.model.next_batch()
 
 
-def _refuse_stale_context(judged: list[tuple[Action, Verdict]]) -> list[tuple[Action, Verdict]]:
+def _refuse_stale_context(
+    judged: list[tuple[Action, Verdict]], called: frozenset[str]
+) -> list[tuple[Action, Verdict]]:
     """A review binds the session's state read just before the string is sent
     (postgres/probe.py): search_path, role, DateStyle... A statement earlier in the same
     string that may change it (SET, RESET, DISCARD, a transaction end undoing SETs, a
@@ -247,5 +249,5 @@ def _refuse_stale_context(judged: list[tuple[Action, Verdict]]) -> list[tuple[Ac
                 verdict.statements,
             )
         out.append((action, verdict))
-        changed = changed or any(may_change_session(i) for i in verdict.statements)
+        changed = changed or any(may_change_session(i, called) for i in verdict.statements)
     return out
