@@ -96,6 +96,21 @@ def test_a_field_selection_that_calls_a_function_is_judged_as_the_call(
     assert _advisory_locks(target) == 0
 
 
+@BOTH
+def test_ts_rewrite_of_a_query_text_is_not_a_read(
+    target: Target, wires: dict[str, Wire], who: str
+) -> None:
+    # ts_rewrite(tsquery, text) runs the SELECT given as text (its other overload is
+    # IMMUTABLE, which made the name a trusted read): here one that calls bump(2).
+    start, before = target.last_id(), target.snapshot()
+    reply = wires[who].run(
+        q("select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, bump(2)::text::tsquery')"),
+        ready=1,
+    )
+    assert reply.review_ids() == [] and "blocked" in reply.text(), reply.text()
+    _unchanged(target, before, start)
+
+
 def test_a_field_selection_cannot_terminate_another_session(
     target: Target, wires: dict[str, Wire]
 ) -> None:
