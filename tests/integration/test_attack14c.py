@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import PG_HOST, PG_PORT, Gateway
-from tests.integration.pg_diff import Target, Wire, approve, lazy_wires, make_target, start_gateway
+from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target, start_gateway
+from tests.integration.test_reviews import Api
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -172,7 +173,9 @@ def test_an_approved_execute_does_not_run_a_statement_prepared_again(
     w.run(build.parse("s", "UPDATE stock SET qty = 7 WHERE id = 2"), build.sync(), ready=1)
     first = send(w)
     assert first.review_ids(), first.text()
-    approve(gw, first.review_ids()[0])
+    reviewer = Api(gw, "reviewer")  # the API, not the CLI: no process to start
+    reviewer.post(f"/reviews/{first.review_ids()[0]}/approve")
+    reviewer.client.close()
     again = w.run(
         build.close("S", "s"),
         build.parse("s", "UPDATE stock SET qty = 666 WHERE id = 5"),
