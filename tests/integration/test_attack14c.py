@@ -249,3 +249,11 @@ def test_a_field_call_may_change_the_review_context(target: Target, wires: dict[
     # Refused whole (wardgate:review-context on the UPDATE), no review filed.
     assert reply.codes() == ["42501"] and reply.review_ids() == [], reply.text()
     assert w.show("search_path") == '"$user", public'
+
+
+def test_an_execute_of_a_name_the_gateway_never_saw_prepared_is_not_held(
+    wires: dict[str, Wire],
+) -> None:
+    # Nothing a reviewer could see or an approval could bind: refused, not held.
+    reply = wires["rv"].run(q("EXECUTE prepared_elsewhere(1)"), ready=1)
+    assert "wardgate:unknown-statement" in reply.text() and reply.review_ids() == [], reply.text()

@@ -15,7 +15,7 @@ from wardgate.policy.sql import execute_arguments, executed_statement, syntax_er
 from wardgate.postgres.codec import build
 from wardgate.postgres.probe import ContextUnknown, SessionProbe
 from wardgate.postgres.session_model import Prepared
-from wardgate.reviews.messages import OutcomeText
+from wardgate.reviews.messages import OutcomeText, needs_review
 from wardgate.reviews.settle import Settled, blocked, settle
 
 log = logging.getLogger("wardgate.postgres")
@@ -204,6 +204,17 @@ class ReviewHold(SessionProbe):
             # so an approval binds the whole EXECUTE (its text carries the arguments).
             judged.append((judged[0][0], self._judge(self._action(arguments, ()))))
         resolved, verdict = max(judged, key=lambda av: av[1].decision.severity)
+        if None in held and needs_review(verdict):
+            # Prepared where the gateway could not see it (or not at all): a review
+            # could neither show nor bind what the server would run under this name.
+            return resolved, Verdict(
+                Decision.BLOCK,
+                "wardgate:unknown-statement",
+                f"prepared statement {name!r} was not prepared through the gateway in this "
+                f"session, so a review could not show or bind what it runs ({verdict.reason}); "
+                "prepare it in this session (PREPARE or Parse) and execute it again",
+                verdict.statements,
+            )
         if meanings > 1 and not verdict.allowed and verdict.enforced:
             verdict = Verdict(
                 Decision.BLOCK,
