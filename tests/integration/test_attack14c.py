@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.conftest import PG_HOST, PG_PORT, Gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target, start_gateway
+from tests.integration.conftest import PG_HOST, PG_PORT, Gateway, make_gateway
+from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
 from tests.integration.test_reviews import Api
 from wardgate.postgres.codec import build
 
@@ -40,9 +40,20 @@ def target(pg_server: None) -> Iterator[Target]:
         yield made
 
 
+# A column rule, as docs/policy.md's `ssn-needs-review`: events.qty is not for agents.
+QTY_RULE = """guardrails:
+  - name: no-event-qty
+    match: {tables: ["*.events"], columns: [qty]}
+    verdict: block
+    message: "events.qty is not for agents"
+"""
+
+
 @pytest.fixture(scope="module")
 def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = start_gateway(tmp_path_factory.mktemp("attack14c"), target)
+    config = diff_config(target).replace("guardrails:\n", QTY_RULE, 1)
+    gateway = make_gateway(tmp_path_factory.mktemp("attack14c"), config)
+    gateway.start()
     yield gateway
     gateway.stop()
 
@@ -257,3 +268,24 @@ def test_an_execute_of_a_name_the_gateway_never_saw_prepared_is_not_held(
     # Nothing a reviewer could see or an approval could bind: refused, not held.
     reply = wires["rv"].run(q("EXECUTE prepared_elsewhere(1)"), ready=1)
     assert "wardgate:unknown-statement" in reply.text() and reply.review_ids() == [], reply.text()
+
+
+# -- a column rule and the whole row ---------------------------------------------------------
+
+
+def test_a_column_rule_sees_the_whole_row_and_its_fields(wires: dict[str, Wire]) -> None:
+    # `e` alone is the whole row (qty in it), `(e).qty` the column: neither named qty as
+    # a column to the gate, so a rule on events.qty let both read it.
+    w = wires["ro"]
+    for sql in (
+        "select e from events e",
+        "select row_to_json(e) from events e",
+        "select (e).qty from events e",
+        "select (e).* from events e",
+    ):
+        reply = w.run(q(sql), ready=1)
+        assert "events.qty is not for agents" in reply.text() and reply.rows() == 0, (
+            sql,
+            reply.text(),
+        )
+    assert w.run(q("select id, d from events"), ready=1).rows() == 2

@@ -602,7 +602,13 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         kinds.append(f"limit_param:{param}" if isinstance(param, int) else "no_limit")
     # Everything nested counts: CTE writes, sub-selects INTO, side-effecting functions.
     attributes: list[str] = []
+    sources: set[str] = set()  # tables and aliases in FROM: a bare one is a whole row
     for parent, inner_type, inner in _walk(fields):
+        alias = inner.get("alias")
+        if isinstance(alias, dict) and alias.get("aliasname"):
+            sources.add(str(alias["aliasname"]))
+        if inner_type == "RangeVar":
+            sources.add(str(inner.get("relname", "")))
         inner_class: str | None = None
         inner_kinds: list[str] = []
         selected: list[str] = []
@@ -630,6 +636,9 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
             # (x).f, (x).f.g: each name a field of the value before it, or a function
             # called with it: ('s'::regclass).nextval is nextval('s').
             selected = _names(inner.get("indirection", []))
+            columns.extend(selected)  # (c).ssn names the column ssn
+            if any("A_Star" in part for part in inner.get("indirection", [])):
+                columns.append("*")  # (c).*
         elif inner_type in _OPERATOR_FIELDS:
             operators.extend(_operators(inner.get(_OPERATOR_FIELDS[inner_type], [])))
         elif inner_type in _VERSION_SYNTAX or inner_type == "JsonFuncExpr":
@@ -673,6 +682,9 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
                 klass = inner_class
     if ctes:
         read = [t for t in read if t not in ctes]
+    if sources.intersection(columns):
+        # `select c from customers c`, row_to_json(c): every column of the row.
+        columns.append("*")
     return StatementInfo(
         klass=klass,
         kinds=tuple(kinds),
