@@ -42,6 +42,12 @@ where pronamespace in ('pg_catalog'::regnamespace, 'information_schema'::regname
                       'schema_to_xmlschema', 'schema_to_xml_and_xmlschema',
                       'database_to_xml', 'database_to_xmlschema',
                       'database_to_xml_and_xmlschema', 'ts_stat', 'set_config')
+  -- A name is judged, not an overload: one VOLATILE overload (ts_rewrite(tsquery, text)
+  -- runs a SELECT given as text) makes the name not read-only.
+  and lower(proname) not in (
+    select lower(proname) from pg_proc
+    where pronamespace in ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+      and provolatile = 'v')
 """
 SETTINGS = "select lower(name), context, category from pg_settings"
 # From least to most restricted: who may change a setting, and when.

@@ -86,6 +86,9 @@ class StatementInfo:
     verbs: tuple[str, ...] = ()
     # Kubernetes port-forward: the pod ports it opens (policy/kubernetes/sessions.py).
     ports: tuple[int, ...] = ()
+    # SQL: names selected from a value (``t.f``, ``(x).f``): PostgreSQL calls a function
+    # ``f(x)`` by that name when the value has no such field (``(3).bump``), lower-cased.
+    attributes: tuple[str, ...] = ()
 
 
 @positional_pickle

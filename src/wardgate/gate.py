@@ -82,11 +82,14 @@ class UserCode:
     domains and composites of those), bare and schema-qualified, lower-cased.
     ``operators``: names of operators in a user schema or implemented by a user
     function. ``implicit``: why any expression may run one (an IMPLICIT or ASSIGNMENT
-    user cast, a user comparison operator), or empty."""
+    user cast, a user comparison operator), or empty. ``attributes``: names of user
+    functions one argument can call, which PostgreSQL also calls for a field selection
+    (``(3).bump``, ``t.bump``), lower-cased."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
     implicit: str = ""
+    attributes: frozenset[str] = frozenset()
 
 
 _NO_USER_CODE = UserCode()
@@ -484,6 +487,11 @@ class Gate:
                 not schema and bare in found.operators
             ):
                 unknown.append(f"operator {op}")
+        unknown += [
+            f"function {name} (selected as a field: x.{name} is {name}(x))"
+            for name in stmt.attributes
+            if name in found.attributes
+        ]
         if found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
             unknown.append(f"any expression ({found.implicit})")
         return unknown

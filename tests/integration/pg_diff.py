@@ -328,6 +328,20 @@ class Wire:
         return data[6 : 6 + n].decode()
 
 
+def lazy_wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
+    """A fixture body: a Wire per principal, opened on first use, closed afterwards."""
+    opened: dict[str, Wire] = {}
+
+    class _Lazy(dict[str, Wire]):
+        def __missing__(self, principal: str) -> Wire:
+            opened[principal] = self[principal] = Wire(gw, principal)
+            return opened[principal]
+
+    yield _Lazy()
+    for w in opened.values():
+        w.close()
+
+
 def _length(buf: bytes) -> int:
     return int(struct.unpack("!i", buf[1:5])[0])
 

@@ -24,6 +24,7 @@ from tests.integration.pg_diff import (
     Target,
     Wire,
     approve,
+    lazy_wires,
     make_target,
     policy_check,
     start_gateway,
@@ -77,16 +78,7 @@ def guard(target: Target) -> Guard:
 
 @pytest.fixture
 def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    opened: dict[str, Wire] = {}
-
-    class _Lazy(dict[str, Wire]):
-        def __missing__(self, principal: str) -> Wire:
-            opened[principal] = self[principal] = Wire(gw, principal)
-            return opened[principal]
-
-    yield _Lazy()
-    for w in opened.values():
-        w.close()
+    yield from lazy_wires(gw)
 
 
 q = build.query

@@ -30,6 +30,9 @@ ADMIN_FUNCTIONS = frozenset(
         "pg_log_backend_memory_contexts", "pg_nextoid", "pg_stop_making_pinned_objects",
         "pg_extension_config_dump", "pg_drop_replication_slot", "pg_replication_slot_advance",
         "pg_wal_replay_pause", "pg_wal_replay_resume", "pg_stat_force_next_flush",
+        # ts_rewrite(query, 'SELECT ...') runs the SELECT given as text (a VOLATILE
+        # overload of an IMMUTABLE name: the SELECT may call a function that writes).
+        "ts_rewrite",
     }
 )  # fmt: skip
 # Prefixes of admin function families (directory listings, stats resets, replication).

@@ -520,6 +520,15 @@ def _classify_node(node_type: str, fields: dict[str, Any]) -> tuple[str, list[st
         return klass, kinds
     if node_type in _DML:
         kind = _DML[node_type]
+        target = fields.get("relation", {})
+        if (
+            kind == "update"
+            and target.get("relname") == "pg_settings"
+            and target.get("schemaname") in (None, "pg_catalog")
+        ):
+            # pg_settings' rule turns the UPDATE into set_config(name, setting): a
+            # change of any setting, named by the rows it matches at run time.
+            return "admin", ["update", "privileged_setting"]
         if kind in ("update", "delete") and "whereClause" not in fields:
             return "write", [kind, f"{kind}_without_where"]
         return "write", [kind]
@@ -592,9 +601,17 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         # LIMIT $n: the gate judges it with the value bound to $n (NULL is no limit).
         kinds.append(f"limit_param:{param}" if isinstance(param, int) else "no_limit")
     # Everything nested counts: CTE writes, sub-selects INTO, side-effecting functions.
+    attributes: list[str] = []
+    sources: set[str] = set()  # tables and aliases in FROM: a bare one is a whole row
     for parent, inner_type, inner in _walk(fields):
+        alias = inner.get("alias")
+        if isinstance(alias, dict) and alias.get("aliasname"):
+            sources.add(str(alias["aliasname"]))
+        if inner_type == "RangeVar":
+            sources.add(str(inner.get("relname", "")))
         inner_class: str | None = None
         inner_kinds: list[str] = []
+        selected: list[str] = []
         type_name = inner.get("typeName")
         if isinstance(type_name, dict):
             # A cast (`x::t`, `CAST`, `t 'x'`) or a column definition that coerces
@@ -608,8 +625,20 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         elif inner_type == "CommonTableExpr":
             ctes.add(str(inner.get("ctename", "")))
         elif inner_type == "ColumnRef":
-            last = inner.get("fields", [{}])[-1]
+            parts = inner.get("fields", [{}])
+            last = parts[-1]
             columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
+            if len(parts) > 1 and "String" in last:
+                # t.f, or column.f: f(t) when t has no column f, f(column) when it is
+                # a column (its value need not be a row: note.nextval is nextval(note)).
+                selected = [last["String"]["sval"]]
+        elif inner_type == "A_Indirection":
+            # (x).f, (x).f.g: each name a field of the value before it, or a function
+            # called with it: ('s'::regclass).nextval is nextval('s').
+            selected = _names(inner.get("indirection", []))
+            columns.extend(selected)  # (c).ssn names the column ssn
+            if any("A_Star" in part for part in inner.get("indirection", [])):
+                columns.append("*")  # (c).*
         elif inner_type in _OPERATOR_FIELDS:
             operators.extend(_operators(inner.get(_OPERATOR_FIELDS[inner_type], [])))
         elif inner_type in _VERSION_SYNTAX or inner_type == "JsonFuncExpr":
@@ -639,12 +668,23 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         elif explain_executes or node_type in ("PrepareStmt", "DeclareCursorStmt"):
             if inner_type in _FIXED or inner_type.endswith("Stmt"):
                 inner_class, inner_kinds = _classify_node(inner_type, inner)
+        for name in selected:
+            attributes.append(name)
+            fclass = function_class(None, name)
+            if fclass in ("admin", "write"):
+                # A built-in with effects, called as a field: judged as its call.
+                functions.append(name)
+                if not plans_only and _CLASS_RANK[fclass] > _CLASS_RANK[inner_class or "read"]:
+                    inner_class, inner_kinds = fclass, [f"function:{name}"]
         if inner_class is not None:
             kinds.extend(k for k in inner_kinds if k not in kinds)
             if _CLASS_RANK[inner_class] > _CLASS_RANK[klass]:
                 klass = inner_class
     if ctes:
         read = [t for t in read if t not in ctes]
+    if sources.intersection(columns):
+        # `select c from customers c`, row_to_json(c): every column of the row.
+        columns.append("*")
     return StatementInfo(
         klass=klass,
         kinds=tuple(kinds),
@@ -655,6 +695,7 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         columns=_unique(columns),
         types=_unique(types),
         operators=_unique(operators),
+        attributes=_unique(attributes),
     )
 
 
@@ -675,10 +716,13 @@ def _query_reads_without_limit(fields: dict[str, Any]) -> bool:
 def _reads_without_limit(fields: dict[str, Any]) -> bool:
     """A top-level SELECT that reads from something and has no LIMIT / FETCH FIRST.
 
-    ``LIMIT ALL``, ``LIMIT NULL`` and any limit that is not a number written in the
-    statement (an expression, a sub-query, a parameter that may be bound to NULL) do not
+    ``LIMIT ALL``, ``LIMIT NULL``, ``FETCH FIRST n ROWS WITH TIES`` (every row that
+    ties with the last comes too: all of them, ordered by a constant) and any limit that
+    is not a number written in the statement (an expression, a sub-query, a parameter that may be bound to NULL) do not
     count: only a numeric constant bounds the rows for sure.
     """
+    if fields.get("limitOption") == "LIMIT_OPTION_WITH_TIES":
+        return True  # FETCH FIRST 1 ROWS WITH TIES returns every row tied with the last
     if "limitCount" in fields and _numeric_constant(fields["limitCount"]):
         return False
     if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
@@ -940,15 +984,18 @@ def cursor_changes(sql: str) -> list[tuple[str | None, bool | None]]:
     return changes
 
 
-def _single_field(sql: str, node: str, field: str) -> str | None:
-    """``field`` of ``sql`` when it is a single statement of type ``node``, else None."""
+def _single_statement(sql: str) -> dict[str, Any] | None:
+    """The pglast JSON node of ``sql`` when it is a single statement, else None."""
     try:
         statements = _parse(sql)
     except Exception:  # noqa: BLE001 - judged (and blocked) as unparsable already
         return None
-    if len(statements) != 1:
-        return None
-    found = statements[0][0].get(node)
+    return statements[0][0] if len(statements) == 1 else None
+
+
+def _single_field(sql: str, node: str, field: str) -> str | None:
+    """``field`` of ``sql`` when it is a single statement of type ``node``, else None."""
+    found = (_single_statement(sql) or {}).get(node)
     return str(found.get(field, "")) if found is not None else None
 
 
@@ -957,13 +1004,7 @@ def transaction_statement(sql: str) -> tuple[str, str | None] | None:
     (``TRANS_STMT_ROLLBACK_TO``, ``TRANS_STMT_SAVEPOINT``, ...), else None. PostgreSQL's
     own parser reads the name: comments, quoting, ``U&"..."`` escapes and the folding of
     only ASCII letters in a bare name come out as the server sees them."""
-    try:
-        statements = _parse(sql)
-    except Exception:  # noqa: BLE001 - the server refuses it too
-        return None
-    if len(statements) != 1:
-        return None
-    found = statements[0][0].get("TransactionStmt")
+    found = (_single_statement(sql) or {}).get("TransactionStmt")
     if found is None:
         return None
     name = found.get("savepoint_name")
@@ -982,6 +1023,8 @@ def execute_arguments(sql: str) -> str | None:
     that cannot be rebuilt comes back unparsable, to be refused as unknown."""
     try:
         stmt = parse_sql(sql)[0].stmt
+        if isinstance(stmt, ast.ExplainStmt):
+            stmt = stmt.query  # EXPLAIN ANALYZE EXECUTE runs it too
         if not isinstance(stmt, ast.ExecuteStmt) or not stmt.params:
             return None
         # One stream per expression: a stream keeps what it wrote before.
@@ -994,8 +1037,12 @@ def execute_arguments(sql: str) -> str | None:
 
 
 def executed_statement(sql: str) -> str | None:
-    """The prepared-statement name a single ``EXECUTE name(...)`` runs, else None."""
-    return _single_field(sql, "ExecuteStmt", "name")
+    """The prepared-statement name a single ``EXECUTE name(...)`` runs, alone or under
+    ``EXPLAIN``, else None."""
+    node = _single_statement(sql) or {}
+    explained = node.get("ExplainStmt", {}).get("query")
+    found = (explained or node).get("ExecuteStmt")
+    return str(found.get("name", "")) if found is not None else None
 
 
 _POSITION_KEYS = frozenset({"location", "stmt_location", "stmt_len"})

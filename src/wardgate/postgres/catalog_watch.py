@@ -41,7 +41,9 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # VOLATILE built-ins (nextval, set_config). "type": an explicit cast to it may run one
 # (its cast or input function, its CHECK), closed over domains, arrays and composites
 # of such types. "operator": in a user schema, or implemented by a user function.
-# "implicit": a user cast PostgreSQL may insert into any expression.
+# "implicit": a user cast PostgreSQL may insert into any expression. "attribute": a user
+# function one argument can call, which a field selection calls too (`(3).bump`,
+# `t.bump` is bump(t) when t has no column bump).
 #
 # Objects of an installed extension (pg_depend deptype 'e': citext's type and its `=`,
 # PostGIS's operators, hstore's) whose function is not VOLATILE are trusted like
@@ -113,6 +115,11 @@ WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema')
 UNION
 SELECT 'implicit', '', format('%s AS %s', c.castsource::regtype, c.casttarget::regtype)
 FROM usercast c WHERE c.castcontext IN ('i', 'a')
+UNION
+SELECT 'attribute', n.nspname, lower(p.proname) FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE p.oid IN (SELECT oid FROM userfn) AND p.prokind <> 'p'
+  AND (p.provariadic <> 0 OR (p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1))
 """
 # A user operator by one of these names may be picked where no statement names it:
 # IN, CASE, NULLIF, IS DISTINCT FROM, joins USING, GROUP BY and sorting compare with them.
@@ -123,16 +130,24 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
     """The facts one catalogue answer gives (``_USER_CODE_QUERY``)."""
     types: set[str] = set()
     operators: set[str] = set()
+    attributes: set[str] = set()
     implicit: list[str] = []
     for what, schema, name in rows:
         if what == "type":
             types.update((name.lower(), f"{schema}.{name}".lower()))
         elif what == "operator":
             operators.add(name)
+        elif what == "attribute":
+            attributes.add(name.lower())
         else:
             implicit.append(f"implicit or assignment user cast {name}")
     implicit += [f"user operator {op}" for op in sorted(operators & _IMPLIED)]
-    return UserCode(frozenset(types), frozenset(operators), "; ".join(sorted(implicit)[:10]))
+    return UserCode(
+        frozenset(types),
+        frozenset(operators),
+        "; ".join(sorted(implicit)[:10]),
+        frozenset(attributes),
+    )
 
 
 class CatalogWatch:

@@ -169,6 +169,7 @@ class RelayState:
         confirms the encoding (ParameterStatus before the batch's ReadyForQuery), later
         bytes the two could decode differently wait (relay.py `_pump`)."""
         model = self.model
+        called = self._called_as_fields()
         for info in statements:
             kinds = info.kinds
             if (
@@ -179,11 +180,17 @@ class RelayState:
                 or (model.encoding_touched and "transaction_end" in kinds)
                 or any(k.startswith("set_config_param:") for k in kinds)
                 or any(_user_function(f) for f in info.functions)
+                or not called.isdisjoint(info.attributes)
             ):
                 model.encoding_batch = model.batch
                 if "client_encoding" in kinds:
                     model.encoding_touched = True
                 return
+
+    def _called_as_fields(self) -> frozenset[str]:
+        """Names of user functions on this connection that a field selection calls
+        (``(1).f``, catalog_watch.py): routines, which may change any setting."""
+        return self.services.gate.facts.user_code(self.connection).attributes
 
     def _judge(self, action: Action, *, params_later: bool = False) -> Verdict:
         reviews = self.services.reviews
@@ -498,14 +505,16 @@ _SESSION_KINDS = frozenset(
 )
 
 
-def may_change_session(info: StatementInfo) -> bool:
+def may_change_session(info: StatementInfo, called: frozenset[str] = frozenset()) -> bool:
     """A statement after which the session's settings or role may differ: a SET or
     RESET, DISCARD, a transaction end (it undoes SETs made in it), a routine or DO block
-    (they may call set_config), SQL EXECUTE (whatever it holds)."""
+    (they may call set_config), SQL EXECUTE (whatever it holds). ``called``: names of
+    user functions a field selection calls on this connection."""
     return (
         not _SESSION_KINDS.isdisjoint(info.kinds)
         or any(k.startswith(("set_config_param:", "setting:")) for k in info.kinds)
         or any(_user_function(f) for f in info.functions)
+        or not called.isdisjoint(info.attributes)
     )
 
 

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from wardgate.actions import Action, Decision, Verdict
-from wardgate.policy.sql import syntax_error
+from wardgate.policy.sql import execute_arguments, executed_statement, syntax_error
 from wardgate.postgres.codec import build
 from wardgate.postgres.probe import ContextUnknown, SessionProbe
-from wardgate.reviews.messages import OutcomeText
+from wardgate.postgres.session_model import Prepared
+from wardgate.reviews.messages import OutcomeText, needs_review
 from wardgate.reviews.settle import Settled, blocked, settle
 
 log = logging.getLogger("wardgate.postgres")
@@ -176,10 +177,72 @@ class ReviewHold(SessionProbe):
                 actions.setdefault(key, self._action(sql, portal.params, portal.binding))
         return list(actions.values())
 
+    def _judge_execute(
+        self, action: Action, name: str, held: list[Prepared | None]
+    ) -> tuple[Action, Verdict]:
+        """SQL ``EXECUTE name(args)``, alone or under ``EXPLAIN ANALYZE``, in a Query or
+        through Parse/Bind/Execute: judged by every SQL ``name`` may hold (``held``) and
+        by its arguments, which the server evaluates. The action carries what the name
+        holds (``resolved``), so an approval binds it: the same text after the name was
+        prepared again is another action."""
+        text = action.text
+        for p in held:
+            replanned = self._mask_replanned(p)
+            if replanned is not None:
+                return action, replanned
+        judged = [
+            (resolved, self._judge(resolved))
+            for resolved in (
+                action if p is None else dataclasses.replace(action, resolved=p.sql)
+                for p in dict.fromkeys(held)
+            )
+        ]
+        meanings = len(judged)
+        arguments = execute_arguments(text)
+        if arguments is not None:
+            # The arguments run too; their verdict is paired with what the name holds,
+            # so an approval binds the whole EXECUTE (its text carries the arguments).
+            judged.append((judged[0][0], self._judge(self._action(arguments, ()))))
+        resolved, verdict = max(judged, key=lambda av: av[1].decision.severity)
+        if None in held and needs_review(verdict):
+            # Prepared where the gateway could not see it (or not at all): a review
+            # could neither show nor bind what the server would run under this name.
+            return resolved, Verdict(
+                Decision.BLOCK,
+                "wardgate:unknown-statement",
+                f"prepared statement {name!r} was not prepared through the gateway in this "
+                f"session, so a review could not show or bind what it runs ({verdict.reason}); "
+                "prepare it in this session (PREPARE or Parse) and execute it again",
+                verdict.statements,
+            )
+        if meanings > 1 and not verdict.allowed and verdict.enforced:
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:unconfirmed-name",
+                f"prepared statement {name!r} was redefined by a statement the server has not "
+                f"answered yet, and one of its possible meanings is not allowed "
+                f"({verdict.reason}); wait for the result before executing it",
+                verdict.statements,
+            )
+        return resolved, verdict
+
+    def _judge_sql(self, action: Action) -> tuple[Action, Verdict]:
+        """One statement a portal runs; SQL EXECUTE (sent through Parse) is judged by
+        what its name holds, as in a Query."""
+        verdict = self._judge(action)
+        if not any("execute" in s.kinds for s in verdict.statements):
+            return action, verdict
+        name = executed_statement(action.text)
+        if name is None:
+            return action, verdict
+        return self._judge_execute(
+            action, name, self.model.statements.candidates(name, self.model.batch)
+        )
+
     def _judge_portal(self, name: str) -> tuple[Action, Verdict]:
         """The strictest verdict over every meaning the portal may have; with more than
         one meaning, nothing can be approved (an approval binds one action)."""
-        judged = [(a, self._judge(a)) for a in self._portal_actions(name)]
+        judged = [self._judge_sql(a) for a in self._portal_actions(name)]
         action, verdict = max(judged, key=lambda av: av[1].decision.severity)
         if len(judged) > 1 and not verdict.allowed and verdict.enforced:
             verdict = Verdict(

@@ -14,7 +14,6 @@ from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
     cursor_changes,
-    execute_arguments,
     executed_statement,
     fetched_cursor,
     prepared_statement_changes,
@@ -67,7 +66,7 @@ class SimpleQuery(ReviewHold):
                     else:
                         defined[name] = None if prepared is None else Prepared(prepared)
         if len(judged) > 1 and any(needs_review(v) for _, v in judged):
-            judged = _refuse_stale_context(judged)
+            judged = _refuse_stale_context(judged, self._called_as_fields())
         held = [v for _, v in judged if needs_review(v)]
         if held and not any(v.decision is Decision.BLOCK and v.enforced for _, v in judged):
             if approval is None:
@@ -143,34 +142,7 @@ class SimpleQuery(ReviewHold):
             held: list[Prepared | None] = [defined.get(name)]
         else:
             held = self.model.statements.candidates(name, self.model.batch)
-        for p in held:
-            replanned = self._mask_replanned(p)
-            if replanned is not None:
-                return action, replanned
-        judged = [
-            (resolved, self._judge(resolved))
-            for resolved in (
-                action if p is None else dataclasses.replace(action, resolved=p.sql)
-                for p in dict.fromkeys(held)
-            )
-        ]
-        meanings = len(judged)
-        arguments = execute_arguments(text)
-        if arguments is not None:
-            # The arguments run too; their verdict is paired with what the name holds,
-            # so an approval binds the whole EXECUTE (its text carries the arguments).
-            judged.append((judged[0][0], self._judge(self._action(arguments, ()))))
-        resolved, verdict = max(judged, key=lambda av: av[1].decision.severity)
-        if meanings > 1 and not verdict.allowed and verdict.enforced:
-            verdict = Verdict(
-                Decision.BLOCK,
-                "wardgate:unconfirmed-name",
-                f"prepared statement {name!r} was redefined by a statement the server has not "
-                f"answered yet, and one of its possible meanings is not allowed "
-                f"({verdict.reason}); wait for the result before executing it",
-                verdict.statements,
-            )
-        return resolved, verdict
+        return self._judge_execute(action, name, held)
 
     def _judge_fetch(self, action: Action, declared: set[str]) -> tuple[Action, Verdict]:
         """SQL FETCH or MOVE runs a portal: one bound through the protocol (Bind) runs
@@ -255,7 +227,9 @@ class SimpleQuery(ReviewHold):
         self.model.next_batch()
 
 
-def _refuse_stale_context(judged: list[tuple[Action, Verdict]]) -> list[tuple[Action, Verdict]]:
+def _refuse_stale_context(
+    judged: list[tuple[Action, Verdict]], called: frozenset[str]
+) -> list[tuple[Action, Verdict]]:
     """A review binds the session's state read just before the string is sent
     (postgres/probe.py): search_path, role, DateStyle... A statement earlier in the same
     string that may change it (SET, RESET, DISCARD, a transaction end undoing SETs, a
@@ -275,5 +249,5 @@ def _refuse_stale_context(judged: list[tuple[Action, Verdict]]) -> list[tuple[Ac
                 verdict.statements,
             )
         out.append((action, verdict))
-        changed = changed or any(may_change_session(i) for i in verdict.statements)
+        changed = changed or any(may_change_session(i, called) for i in verdict.statements)
     return out

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from wardgate.config import ConnectionConfig, parse_duration
 from wardgate.identity.scram import ScramAuthError, ScramServer, ScramVerifierSet
 from wardgate.identity.tokens import VERIFIER_CACHE_SECONDS
-from wardgate.policy.sql import search_path_shadows_builtins
+from wardgate.policy.sql import search_path_shadows_builtins, split_identifiers
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
@@ -118,6 +118,11 @@ def parse_options(value: str) -> dict[str, str]:
     return settings
 
 
+def _printable(text: str) -> bool:
+    """Only printable ASCII and spaces (which ``_quote_option`` escapes)."""
+    return all(" " <= ch <= "~" for ch in text)
+
+
 def _quote_option(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
@@ -130,6 +135,17 @@ def params_for_upstream(params: dict[str, str]) -> dict[str, str]:
         if name == "options":
             settings = parse_options(value)
             for key, option_value in settings.items():
+                if not _printable(key + option_value):
+                    # The server splits `options` at any blank (its isspace(), which a
+                    # locale may widen): an escaped tab or newline inside a value would,
+                    # passed on, start a setting of its own (`-c a=x\<TAB>-c role=y`).
+                    raise StartupRefused(
+                        "42501",
+                        f"wardgate: startup option {key!r} contains a control or non-ASCII "
+                        "character, which the server could read as the start of another "
+                        "option",
+                        hint="Set it with SQL after connecting, where the policy can see it.",
+                    )
                 if key.startswith("wardgate."):
                     continue  # gateway options, consumed here
                 if key == "search_path":
@@ -333,7 +349,9 @@ def review_wait_of(params: dict[str, str], conn: ConnectionConfig) -> float:
 
 
 def _check_search_path(value: str) -> None:
-    if search_path_shadows_builtins([value]):
+    # The server splits a startup value into schema names itself (`appfuncs, pg_catalog`
+    # is two): read it the same way.
+    if search_path_shadows_builtins(split_identifiers(value)):
         raise StartupRefused(
             "42501",
             "wardgate: a search_path that lists pg_catalog after another schema is not "
