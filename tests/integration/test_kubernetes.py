@@ -149,6 +149,26 @@ class KubeGateway:
             db.close()
 
 
+def start_kube_gateway(workdir: Path, double: RunningDouble) -> tuple[Gateway, int]:
+    """A gateway (kube_config) on ``double`` with its Kubernetes listener taking
+    connections, and that listener's port."""
+    gw = make_gateway(workdir, kube_config(double))
+    port = free_port()
+    gw.env["IT_KUBE_TOKEN"] = UPSTREAM_TOKEN
+    gw.env["WARDGATE_LISTEN_KUBERNETES"] = f"127.0.0.1:{port}"
+    gw.start()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return gw, port
+        except OSError:
+            if time.monotonic() > deadline:
+                gw.stop()
+                raise AssertionError(gw.log) from None
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
     kubectl = require_tool("kubectl")
@@ -190,19 +210,7 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
             "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"stringData": {"password": "hunter2-plain"}})}},
         "data": {"password": base64.b64encode(b"hunter2-plain").decode(), "user": base64.b64encode(b"app").decode()},
     })  # fmt: skip
-    gw = make_gateway(tmp / "gw", kube_config(double))
-    port = free_port()
-    gw.env["IT_KUBE_TOKEN"] = UPSTREAM_TOKEN
-    gw.env["WARDGATE_LISTEN_KUBERNETES"] = f"127.0.0.1:{port}"
-    gw.start()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, gw.log
-            time.sleep(0.1)
+    gw, port = start_kube_gateway(tmp / "gw", double)
     try:
         yield KubeGateway(gw, double, kubectl, port)
     finally:

@@ -134,8 +134,11 @@ def _refuse_unless_read(method: str, path: str, query: str) -> None:
         )
     if info.verb == "watch":
         raise ToolRefused("wardgate: query does not watch; list instead (drop watch=1)")
-    params = dict(parse_qsl(query, keep_blank_values=True))
-    if params.get("follow", "false").lower() not in ("", "0", "false"):
+    # Every `follow` counts (the API server reads the first, a dict would keep the last),
+    # and an empty one is true there (apimachinery's Convert_Slice_string_To_bool): a
+    # followed log never ends, and the tool call would not either.
+    follows = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "follow"]
+    if any(v.lower() not in ("0", "false") for v in follows):
         raise ToolRefused("wardgate: query does not follow logs; drop follow (tailLines helps)")
 
 

@@ -1,0 +1,180 @@
+"""Attacks on the Kubernetes gateway as a hostile agent would make them (issue 18): the
+MCP tools (``query``, ``propose_change``) and the proxy's judging of request bodies.
+Real clients (the official MCP SDK client, httpx) against a real wardgate process and
+the API server DOUBLE (tests/integration/k8s_double.py): what the double stores and
+what the agent received are asserted. Found and fixed:
+
+- a YAML body's ``privileged: y`` (goyaml.v2, which the API server reads YAML with,
+  takes ``y``/``n`` for booleans; PyYAML took a string): a privileged pod passed the
+  guardrail (verified against the double's goyaml-like reading, not a real server);
+- a container ``hostPort`` and a Service's ``externalIPs`` opened ports to the world
+  past the guardrails on host networking and public Services;
+- ``pods/<name>/ephemeralcontainers`` answers with the whole Pod: its env values were
+  not masked (nor ``controllerrevisions.apps``, which hold pod templates);
+- a Secret inside a ``kind: List``, a JSON array or spelled ``kind: secret`` was
+  recorded in the clear in the audit log of a refused ``propose_change``;
+- ``query`` read ``follow`` by its last value (the API server by its first) and took
+  an empty one for false (true to the API server): a log followed for ever.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Gateway, free_port
+from tests.integration.k8s_double import RunningDouble, start_double
+from tests.integration.test_kubernetes import UPSTREAM_TOKEN, KubeGateway, start_kube_gateway
+from tests.integration.test_mcp import _mcp_actions, body, call, error_text
+
+EMAIL = "jane.doe@example.com"
+K18 = tuple[Gateway, RunningDouble, KubeGateway]
+
+
+@pytest.fixture(scope="module")
+def k18(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Gateway, RunningDouble, KubeGateway]]:
+    tmp = tmp_path_factory.mktemp("attack18b")
+    double = start_double(tmp / "double", free_port(), UPSTREAM_TOKEN)
+    double.cluster.put("", "pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "nginx",
+                                 "env": [{"name": "ADMIN_EMAIL", "value": EMAIL}]}]},
+    })  # fmt: skip
+    gw, port = start_kube_gateway(tmp / "gw", double)
+    try:
+        yield gw, double, KubeGateway(gw, double, "kubectl", port)
+    finally:
+        gw.stop()
+        double.stop()
+
+
+def _k8s(kube: KubeGateway, principal: str) -> httpx.Client:
+    """A plain HTTPS client of the gateway's Kubernetes listener, on the connection."""
+    client = kube.k8s(principal)
+    client.base_url = client.base_url.join("/k8s/cluster")
+    return client
+
+
+def _writes(double: RunningDouble, before: int) -> list[tuple[str, str]]:
+    return [(m, p) for m, p, _, _ in double.cluster.requests[before:] if m != "GET"]
+
+
+PRIVILEGED_Y = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: root-shell, namespace: default}
+spec:
+  hostPID: y
+  containers:
+  - name: c
+    image: busybox
+    securityContext: {privileged: Y}
+"""
+
+
+def test_yaml_one_letter_booleans_are_read_as_the_api_server_reads_them(
+    k18: K18,
+) -> None:
+    gw, double, kube = k18
+    before = len(double.cluster.requests)
+    with _k8s(kube, "dev") as dev:  # may write; the guardrail must still hold
+        created = dev.post(
+            "/api/v1/namespaces/default/pods",
+            content=PRIVILEGED_Y,
+            headers={"Content-Type": "application/yaml"},
+        )
+        applied = dev.patch(
+            "/api/v1/namespaces/default/pods/root-shell?fieldManager=x",
+            content=PRIVILEGED_Y,
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )
+    for r in (created, applied):
+        assert r.status_code == 403 and "guardrail:no-privileged-pods" in r.text, r.text
+    assert ("", "pods", "default", "root-shell") not in double.cluster.objects
+    assert _writes(double, before) == []
+
+
+HOST_PORT = {
+    "apiVersion": "apps/v1", "kind": "Deployment",
+    "metadata": {"name": "exposed", "namespace": "default"},
+    "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {
+        "metadata": {"labels": {"app": "x"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx",
+                                 "ports": [{"containerPort": 80, "hostPort": 8080}]}]}}},
+}  # fmt: skip
+EXTERNAL_IPS = {
+    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "default"},
+    "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}], "externalIPs": ["203.0.113.7"]},
+}  # fmt: skip
+
+
+def test_host_ports_and_external_ips_are_guarded(k18: K18) -> None:
+    gw, double, kube = k18
+    before = len(double.cluster.requests)
+    with _k8s(kube, "dev") as dev:
+        deployment = dev.post("/apis/apps/v1/namespaces/default/deployments", json=HOST_PORT)
+        service = dev.post("/api/v1/namespaces/default/services", json=EXTERNAL_IPS)
+    assert deployment.status_code == 403, deployment.text
+    assert "guardrail:no-privileged-pods" in deployment.text
+    assert service.status_code == 403 and "guardrail:no-public-services" in service.text
+    (proposed,) = call(
+        gw, "agent",
+        ("propose_change", {"connection": "cluster", "justification": "x",
+                            "manifests": [json.dumps(HOST_PORT)]}),
+    )  # fmt: skip
+    assert "blocked by guardrail:no-privileged-pods" in error_text(proposed)
+    assert not {k for k in double.cluster.objects if k[3] in ("exposed", "ext")}
+    assert _writes(double, before) == []
+
+
+def test_subresources_answering_with_the_pod_are_masked(
+    k18: K18,
+) -> None:
+    gw, double, _ = k18
+    path = "/api/v1/namespaces/default/pods/web-1/ephemeralcontainers"
+    (read,) = call(gw, "agent", ("query", {"connection": "cluster", "path": path}))
+    got = body(read)["object"]
+    assert got["kind"] == "Pod" and "ADMIN_EMAIL" in json.dumps(got)
+    assert EMAIL not in json.dumps(read.structuredContent)
+    assert any(p == path for m, p, _, _ in double.cluster.requests if m == "GET")
+
+
+def test_refused_proposals_record_no_secret_in_any_shape(
+    k18: K18,
+) -> None:
+    gw, double, _ = k18
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+              "stringData": {"token": "plain-s3cret-1"}}  # fmt: skip
+    listed = {"apiVersion": "v1", "kind": "List", "items": [secret]}
+    lower = {**secret, "kind": "secret", "stringData": {"token": "plain-s3cret-2"}}
+    array = [{**secret, "stringData": {"token": "plain-s3cret-3"}}]
+    before = len(double.cluster.requests)
+    results = call(
+        gw, "agent",
+        *[("propose_change", {"connection": "cluster", "justification": "creds-18b",
+                              "manifests": [json.dumps(m)]}) for m in (listed, lower, array)],
+    )  # fmt: skip
+    assert all(r.isError for r in results)
+    recorded = _mcp_actions(gw, "creds-18b", 3)
+    assert len([a for a in recorded if "propose_change" in json.dumps(a)]) == 3
+    assert "plain-s3cret" not in json.dumps(recorded)
+    assert _writes(double, before) == []
+
+
+def test_query_reads_follow_as_the_api_server_does(k18: K18) -> None:
+    gw, double, _ = k18
+    before = len(double.cluster.requests)
+    log = "/api/v1/namespaces/default/pods/web-1/log"
+    followed = call(
+        gw, "agent",
+        *[("query", {"connection": "cluster", "path": f"{log}?{q}"})
+          for q in ("follow=true&follow=false", "follow=", "follow")],
+    )  # fmt: skip
+    for result in followed:
+        assert "does not follow logs" in error_text(result)
+    assert double.cluster.requests[before:] == []  # nothing was sent
