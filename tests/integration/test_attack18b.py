@@ -13,6 +13,8 @@ what the agent received are asserted. Found and fixed:
   not masked (nor ``controllerrevisions.apps``, which hold pod templates);
 - a Secret inside a ``kind: List``, a JSON array or spelled ``kind: secret`` was
   recorded in the clear in the audit log of a refused ``propose_change``;
+- a JSON Patch replacing the whole object (path ``""``) was judged without its
+  value, and one with move/copy made the gateway answer 500;
 - ``query`` read ``follow`` by its last value (the API server by its first) and took
   an empty one for false (true to the API server): a log followed for ever.
 """
@@ -178,3 +180,24 @@ def test_query_reads_follow_as_the_api_server_does(k18: K18) -> None:
     for result in followed:
         assert "does not follow logs" in error_text(result)
     assert double.cluster.requests[before:] == []  # nothing was sent
+
+
+def test_json_patches_the_gateway_cannot_judge_are_refused(k18: K18) -> None:
+    """A JSON Patch replacing the whole object (path "") carried a body the guardrails
+    never saw; one with move/copy made the gateway fail with HTTP 500 (unrecorded)."""
+    gw, double, kube = k18
+    before = len(double.cluster.requests)
+    pod = "/api/v1/namespaces/default/pods/web-1"
+    whole = [{"op": "replace", "path": "", "value": {"spec": {"hostPID": True}}}]
+    moved = [{"op": "move", "from": "/metadata/labels", "path": "/metadata/annotations"}]
+    with _k8s(kube, "dev") as dev:
+        answers = [
+            dev.patch(pod, content=json.dumps(ops),
+                      headers={"Content-Type": "application/json-patch+json"})
+            for ops in (whole, moved)
+        ]  # fmt: skip
+    for r in answers:
+        assert r.status_code == 403 and r.json()["reason"] == "Forbidden", r.text
+    assert "must start with '/'" in answers[0].text and "move/copy" in answers[1].text
+    assert "hostPID" not in json.dumps(double.cluster.objects[("", "pods", "default", "web-1")])
+    assert _writes(double, before) == []

@@ -128,6 +128,13 @@ CASES = [
     ("alice", "POST /apis/networking.k8s.io/v1/namespaces/default/ingresses", INGRESS_WORLD, "", Decision.BLOCK, "guardrail:no-public-services"),
     ("alice", "PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/w", [{"op": "remove", "path": "/metadata/annotations/nginx.ingress.kubernetes.io~1whitelist-source-range"}], "application/json-patch+json", Decision.REVIEW, "guardrail:no-public-ingress"),
     ("alice", "PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/w", {"metadata": {"labels": {"a": "b"}}}, "application/merge-patch+json", Decision.ALLOW, "role:k8s-sre"),
+    # read as the API server reads them (attack18b): YAML 1.1's y/N, hostPort, externalIPs
+    ("alice", "POST /api/v1/namespaces/default/pods", "spec:\n  hostPID: y\n", "application/yaml", Decision.BLOCK, "guardrail:no-privileged-pods"),
+    ("alice", "POST /api/v1/namespaces/default/pods", "spec:\n  hostPID: N\n", "application/yaml", Decision.ALLOW, "role:k8s-sre"),
+    ("alice", "POST /api/v1/namespaces/default/pods", {"spec": {"containers": [{"ports": [{"hostPort": 80}]}]}}, "", Decision.BLOCK, "guardrail:no-privileged-pods"),
+    ("alice", "POST /api/v1/namespaces/default/services", {"spec": {"externalIPs": ["203.0.113.7"]}}, "", Decision.BLOCK, "guardrail:no-public-services"),
+    ("alice", "PATCH /api/v1/namespaces/default/pods/p", [{"op": "replace", "path": "", "value": {"spec": {"hostPID": True}}}], "application/json-patch+json", Decision.BLOCK, "unparsed-request"),
+    ("alice", "PATCH /api/v1/namespaces/default/pods/p", [{"op": "move", "from": "/a", "path": "/b"}], "application/json-patch+json", Decision.BLOCK, "unparsed-request"),
     ("alice", "DELETE /api/v1/namespaces/prod", None, "", Decision.BLOCK, "guardrail:namespaces-stay"),
     ("alice", "DELETE /api/v1/namespaces/kube-system/pods/coredns", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
     ("alice", "GET /api/v1/namespaces/kube-system/pods", None, "", Decision.ALLOW, "role:k8s-sre"),

@@ -116,11 +116,11 @@ def classify_request(text: str, body: str | None = None, content_type: str = "")
         kinds.append("impersonate")
         klass = "admin"
     if body:
-        try:
+        try:  # a JSON Patch the gateway cannot judge is found while reading its kinds
             data = parse_body(body, content_type)
+            kinds.extend(object_kinds(data, info.resource, content_type))
         except BodyError as exc:
             return _unknown(text, str(exc))
-        kinds.extend(object_kinds(data, info.resource, content_type))
     return StatementInfo(
         klass,
         tuple(dict.fromkeys(kinds)),

@@ -155,6 +155,13 @@ def _from_json_patch(ops: Any) -> dict[str, Any]:
         if op["op"] in ("move", "copy"):
             # Values taken from elsewhere in the object: the gateway cannot see them.
             raise BodyError("JSON Patch move/copy operations are not judged")
+        if not op["path"].startswith("/"):
+            # "" is the whole object (RFC 6901): a value the tree below would drop;
+            # any other path without "/" first, libraries read apart.
+            raise BodyError(
+                f"a JSON Patch path must start with '/' (not {op['path']!r}); to replace "
+                "the whole object send it with PUT or apply"
+            )
         keys = [k.replace("~1", "/").replace("~0", "~") for k in op["path"].split("/")[1:]]
         node = tree
         for key in keys[:-1]:
