@@ -15,6 +15,8 @@ what the agent received are asserted. Found and fixed:
   recorded in the clear in the audit log of a refused ``propose_change``;
 - a JSON Patch replacing the whole object (path ``""``) was judged without its
   value, and one with move/copy made the gateway answer 500;
+- on a connection in observe mode, a request the resolver cannot read
+  (``secrets/d%62``) ran and its answer was not masked: a Secret in clear;
 - ``query`` read ``follow`` by its last value (the API server by its first) and took
   an empty one for false (true to the API server): a log followed for ever.
 """
@@ -29,7 +31,12 @@ import pytest
 
 from tests.integration.conftest import Gateway, free_port
 from tests.integration.k8s_double import RunningDouble, start_double
-from tests.integration.test_kubernetes import UPSTREAM_TOKEN, KubeGateway, start_kube_gateway
+from tests.integration.test_kubernetes import (
+    UPSTREAM_TOKEN,
+    KubeGateway,
+    kube_config,
+    start_kube_gateway,
+)
 from tests.integration.test_mcp import _mcp_actions, body, call, error_text
 
 EMAIL = "jane.doe@example.com"
@@ -47,7 +54,13 @@ def k18(
         "spec": {"containers": [{"name": "c", "image": "nginx",
                                  "env": [{"name": "ADMIN_EMAIL", "value": EMAIL}]}]},
     })  # fmt: skip
-    gw, port = start_kube_gateway(tmp / "gw", double)
+    config = kube_config(double)
+    # The same cluster again, in observe mode (verdicts recorded, everything runs).
+    cluster = config[config.index("  cluster:\n") : config.index("roles:\n  k8s-agent")]
+    observed = cluster.replace("  cluster:", "  observed:") + "    mode: observe\n"
+    gw, port = start_kube_gateway(
+        tmp / "gw", double, config.replace("connections:\n", "connections:\n" + observed)
+    )
     try:
         yield gw, double, KubeGateway(gw, double, "kubectl", port)
     finally:
@@ -201,3 +214,24 @@ def test_json_patches_the_gateway_cannot_judge_are_refused(k18: K18) -> None:
     assert "must start with '/'" in answers[0].text and "move/copy" in answers[1].text
     assert "hostPID" not in json.dumps(double.cluster.objects[("", "pods", "default", "web-1")])
     assert _writes(double, before) == []
+
+
+def test_answers_to_requests_the_gateway_cannot_read_are_not_passed_unmasked(k18: K18) -> None:
+    """On a connection in observe mode (or with on_parse_error: review, once approved) a
+    request the resolver cannot read ran, and masking, which reads the resource from
+    the path, passed a Secret in clear: Go decodes ``d%62`` to ``db``."""
+    gw, double, kube = k18
+    double.cluster.put("", "secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "default"},
+        "data": {"password": "aHVudGVyMi1wbGFpbg=="},
+    })  # fmt: skip
+    before = len(double.cluster.requests)
+    with kube.k8s("agent") as agent:
+        got = agent.get("/k8s/observed/api/v1/namespaces/default/secrets/d%62")
+        plain = agent.get("/k8s/observed/api/v1/namespaces/default/secrets/db")
+    assert "aHVudGVyMi1wbGFpbg" not in got.text
+    assert got.status_code == 403 and "cannot be masked" in got.text, got.text
+    assert plain.status_code == 200 and "aHVudGVyMi1wbGFpbg" not in plain.text
+    assert [p for _, p, _, _ in double.cluster.requests[before:]] == [
+        "/api/v1/namespaces/default/secrets/db"
+    ]  # only the readable request reached the cluster

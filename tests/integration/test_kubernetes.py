@@ -149,10 +149,12 @@ class KubeGateway:
             db.close()
 
 
-def start_kube_gateway(workdir: Path, double: RunningDouble) -> tuple[Gateway, int]:
-    """A gateway (kube_config) on ``double`` with its Kubernetes listener taking
-    connections, and that listener's port."""
-    gw = make_gateway(workdir, kube_config(double))
+def start_kube_gateway(
+    workdir: Path, double: RunningDouble, config: str | None = None
+) -> tuple[Gateway, int]:
+    """A gateway (``config``, kube_config by default) on ``double`` with its Kubernetes
+    listener taking connections, and that listener's port."""
+    gw = make_gateway(workdir, config or kube_config(double))
     port = free_port()
     gw.env["IT_KUBE_TOKEN"] = UPSTREAM_TOKEN
     gw.env["WARDGATE_LISTEN_KUBERNETES"] = f"127.0.0.1:{port}"
