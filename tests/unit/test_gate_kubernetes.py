@@ -135,6 +135,9 @@ CASES = [
     ("alice", "POST /api/v1/namespaces/default/services", {"spec": {"externalIPs": ["203.0.113.7"]}}, "", Decision.BLOCK, "guardrail:no-public-services"),
     ("alice", "PATCH /api/v1/namespaces/default/pods/p", [{"op": "replace", "path": "", "value": {"spec": {"hostPID": True}}}], "application/json-patch+json", Decision.BLOCK, "unparsed-request"),
     ("alice", "PATCH /api/v1/namespaces/default/pods/p", [{"op": "move", "from": "/a", "path": "/b"}], "application/json-patch+json", Decision.BLOCK, "unparsed-request"),
+    # the aggregator and mutating admission policies change what every request does: admin
+    ("alice", "PATCH /apis/apiregistration.k8s.io/v1/apiservices/v1.apps", {"spec": {"service": {"name": "x", "namespace": "default"}}}, "application/merge-patch+json", Decision.REVIEW, "role:k8s-sre"),
+    ("alice", "POST /apis/admissionregistration.k8s.io/v1beta1/mutatingadmissionpolicies", {"kind": "MutatingAdmissionPolicy"}, "", Decision.REVIEW, "role:k8s-sre"),
     ("alice", "DELETE /api/v1/namespaces/prod", None, "", Decision.BLOCK, "guardrail:namespaces-stay"),
     ("alice", "DELETE /api/v1/namespaces/kube-system/pods/coredns", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
     ("alice", "GET /api/v1/namespaces/kube-system/pods", None, "", Decision.ALLOW, "role:k8s-sre"),

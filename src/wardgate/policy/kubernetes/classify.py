@@ -33,6 +33,11 @@ ADMIN_RESOURCES = frozenset(
         "validatingwebhookconfigurations.admissionregistration.k8s.io",
         "validatingadmissionpolicies.admissionregistration.k8s.io",
         "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+        "mutatingadmissionpolicies.admissionregistration.k8s.io",
+        "mutatingadmissionpolicybindings.admissionregistration.k8s.io",
+        # Routes a whole API group-version to a Service (the aggregator): changing one
+        # (`v1.apps` too) hands that API's requests, and who made them, to its pods.
+        "apiservices.apiregistration.k8s.io",
     }
 )
 # Non-resource paths kubectl reads to find its way: discovery, version, OpenAPI, health.
