@@ -17,6 +17,8 @@ what the agent received are asserted. Found and fixed:
   value, and one with move/copy made the gateway answer 500;
 - on a connection in observe mode, a request the resolver cannot read
   (``secrets/d%62``) ran and its answer was not masked: a Secret in clear;
+- a guardrail on a namespace did not match a list without one in its path,
+  which answers with every namespace's objects;
 - ``query`` read ``follow`` by its last value (the API server by its first) and took
   an empty one for false (true to the API server): a log followed for ever.
 """
@@ -54,7 +56,15 @@ def k18(
         "spec": {"containers": [{"name": "c", "image": "nginx",
                                  "env": [{"name": "ADMIN_EMAIL", "value": EMAIL}]}]},
     })  # fmt: skip
-    config = kube_config(double)
+    double.cluster.put("", "configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keys", "namespace": "audit"},
+        "data": {"note": "audit-only-marker"},
+    })  # fmt: skip
+    config = kube_config(double).replace(
+        "guardrails:\n",
+        "guardrails:\n  - {name: no-audit-reads, match: {namespaces: [audit], kubernetes: [read]},"
+        " verdict: block}\n",
+    )
     # The same cluster again, in observe mode (verdicts recorded, everything runs).
     cluster = config[config.index("  cluster:\n") : config.index("roles:\n  k8s-agent")]
     observed = cluster.replace("  cluster:", "  observed:") + "    mode: observe\n"
@@ -235,3 +245,28 @@ def test_answers_to_requests_the_gateway_cannot_read_are_not_passed_unmasked(k18
     assert [p for _, p, _, _ in double.cluster.requests[before:]] == [
         "/api/v1/namespaces/default/secrets/db"
     ]  # only the readable request reached the cluster
+
+
+def test_a_list_across_namespaces_meets_the_guardrails_of_each(k18: K18) -> None:
+    """A list without a namespace in its path answers with every namespace's objects:
+    a guardrail on the namespace ``audit`` did not match it, so the agent read audit's
+    ConfigMaps by listing /api/v1/configmaps."""
+    gw, double, kube = k18
+    before = len(double.cluster.requests)
+    everywhere, audit, default = call(
+        gw, "agent",
+        ("query", {"connection": "cluster", "path": "/api/v1/configmaps"}),
+        ("query", {"connection": "cluster", "resource": "cm", "namespace": "audit"}),
+        ("query", {"connection": "cluster", "resource": "cm", "namespace": "default"}),
+    )  # fmt: skip
+    for refused in (everywhere, audit):
+        assert "blocked by guardrail:no-audit-reads" in error_text(refused)
+    assert body(default)["status"] == 200
+    with kube.k8s("dev") as dev:
+        watched = dev.get("/k8s/cluster/api/v1/configmaps?watch=1&timeoutSeconds=1")
+        assert watched.status_code == 403 and "no-audit-reads" in watched.text
+        nodes = dev.get("/k8s/cluster/api/v1/namespaces")  # cluster-scoped: no namespace
+        assert nodes.status_code == 200, nodes.text
+    sent = [p for _, p, _, _ in double.cluster.requests[before:] if "namespaces" in p]
+    assert sent == ["/api/v1/namespaces/default/configmaps", "/api/v1/namespaces"]
+    assert "audit-only-marker" not in json.dumps([r.structuredContent for r in (everywhere,)])

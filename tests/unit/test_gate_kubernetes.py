@@ -141,9 +141,13 @@ CASES = [
     ("alice", "DELETE /api/v1/namespaces/prod", None, "", Decision.BLOCK, "guardrail:namespaces-stay"),
     ("alice", "DELETE /api/v1/namespaces/kube-system/pods/coredns", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
     ("alice", "GET /api/v1/namespaces/kube-system/pods", None, "", Decision.ALLOW, "role:k8s-sre"),
+    # a collection without a namespace reaches every namespace, kube-system too
+    ("alice", "DELETE /api/v1/pods", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
+    ("alice", "DELETE /apis/rbac.authorization.k8s.io/v1/clusterroles", None, "", Decision.REVIEW, "role:k8s-sre"),
     # impersonation is admin: blocked for the agent, reviewed for an SRE
-    ("agent", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.BLOCK, "role:k8s-agent"),
-    ("alice", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.REVIEW, "role:k8s-sre"),
+    ("agent", "GET /api/v1/namespaces/default/pods\nimpersonate-user: system:admin", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("alice", "GET /api/v1/namespaces/default/pods\nimpersonate-user: system:admin", None, "", Decision.REVIEW, "role:k8s-sre"),
+    ("alice", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),  # every namespace
     # what the gateway cannot read: protobuf, duplicate keys, ambiguous paths, odd methods
     ("alice", "POST /api/v1/namespaces/default/pods", "\x6b\x38\x73\x00", "application/vnd.kubernetes.protobuf", Decision.BLOCK, "unparsed-request"),
     ("alice", "POST /api/v1/namespaces/default/pods", '{"spec": {"hostNetwork": false, "HostNetwork": true}}', "application/json", Decision.BLOCK, "unparsed-request"),

@@ -269,9 +269,14 @@ async def describe(
         action, info = kube_action(
             KubeRequest(principal, connection, "GET", r.path(), "", (), b"", "", "", "mcp")
         )
-        if services.gate.check(action, granted).decision is not Decision.ALLOW:
+        decision = services.gate.check(action, granted).decision
+        if decision is Decision.BLOCK:
             continue
-        readable.append(_shown(r, response_transform(info, masking) is not None))
+        # REVIEW: readable once approved (a list without a namespace reaches them all,
+        # and a guardrail on one of them holds it).
+        readable.append(
+            _shown(r, response_transform(info, masking) is not None, decision is Decision.REVIEW)
+        )
     return {
         "connection": connection,
         "type": "kubernetes",
@@ -282,7 +287,7 @@ async def describe(
     }
 
 
-def _shown(r: ApiResource, masked: bool) -> dict[str, Any]:
+def _shown(r: ApiResource, masked: bool, reviewed: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "resource": r.key,
         "kind": r.kind,
@@ -294,4 +299,9 @@ def _shown(r: ApiResource, masked: bool) -> dict[str, Any]:
         out["shortNames"] = list(r.short_names)
     if masked:
         out["masked"] = True
+    if reviewed:
+        out["review"] = (
+            "listing it is held for review (a role, or a guardrail on a namespace: a list "
+            "without one reaches every namespace); name a namespace or wait for approval"
+        )
     return out
