@@ -19,6 +19,8 @@ what the agent received are asserted. Found and fixed:
   (``secrets/d%62``) ran and its answer was not masked: a Secret in clear;
 - a guardrail on a namespace did not match a list without one in its path,
   which answers with every namespace's objects;
+- the preview of a held create read the live object at the body's name:
+  ``../secrets/db`` showed a Secret in clear in the reviewer's diff (double only);
 - ``query`` read ``follow`` by its last value (the API server by its first) and took
   an empty one for false (true to the API server): a log followed for ever.
 """
@@ -26,6 +28,7 @@ what the agent received are asserted. Found and fixed:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -42,6 +45,7 @@ from tests.integration.test_kubernetes import (
 from tests.integration.test_mcp import _mcp_actions, body, call, error_text
 
 EMAIL = "jane.doe@example.com"
+SECRET_B64 = "aHVudGVyMi1wbGFpbg=="
 K18 = tuple[Gateway, RunningDouble, KubeGateway]
 
 
@@ -59,6 +63,10 @@ def k18(
     double.cluster.put("", "configmaps", {
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keys", "namespace": "audit"},
         "data": {"note": "audit-only-marker"},
+    })  # fmt: skip
+    double.cluster.put("", "secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "default"},
+        "data": {"password": SECRET_B64},
     })  # fmt: skip
     config = kube_config(double).replace(
         "guardrails:\n",
@@ -231,17 +239,13 @@ def test_answers_to_requests_the_gateway_cannot_read_are_not_passed_unmasked(k18
     request the resolver cannot read ran, and masking, which reads the resource from
     the path, passed a Secret in clear: Go decodes ``d%62`` to ``db``."""
     gw, double, kube = k18
-    double.cluster.put("", "secrets", {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "default"},
-        "data": {"password": "aHVudGVyMi1wbGFpbg=="},
-    })  # fmt: skip
     before = len(double.cluster.requests)
     with kube.k8s("agent") as agent:
         got = agent.get("/k8s/observed/api/v1/namespaces/default/secrets/d%62")
         plain = agent.get("/k8s/observed/api/v1/namespaces/default/secrets/db")
-    assert "aHVudGVyMi1wbGFpbg" not in got.text
+    assert SECRET_B64[:18] not in got.text
     assert got.status_code == 403 and "cannot be masked" in got.text, got.text
-    assert plain.status_code == 200 and "aHVudGVyMi1wbGFpbg" not in plain.text
+    assert plain.status_code == 200 and SECRET_B64[:18] not in plain.text
     assert [p for _, p, _, _ in double.cluster.requests[before:]] == [
         "/api/v1/namespaces/default/secrets/db"
     ]  # only the readable request reached the cluster
@@ -270,3 +274,34 @@ def test_a_list_across_namespaces_meets_the_guardrails_of_each(k18: K18) -> None
     sent = [p for _, p, _, _ in double.cluster.requests[before:] if "namespaces" in p]
     assert sent == ["/api/v1/namespaces/default/configmaps", "/api/v1/namespaces"]
     assert "audit-only-marker" not in json.dumps([r.structuredContent for r in (everywhere,)])
+
+
+def test_a_held_write_naming_another_object_previews_no_secret(k18: K18) -> None:
+    """The preview of a held create reads the live object by the body's name: one of
+    ``../secrets/db`` (httpx resolves dot segments) fetched the Secret and showed it in
+    clear in the reviewer's diff, kept in the review (the double accepts the name in
+    its dry run; a real API server refuses it, which leaves no diff)."""
+    gw, double, kube = k18
+    cm = {"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": "../secrets/db", "namespace": "default"}, "data": {"a": "b"}}  # fmt: skip
+    before = len(double.cluster.requests)
+    with kube.k8s("agent") as agent:
+        held = agent.post("/k8s/cluster/api/v1/namespaces/default/configmaps", json=cm)
+    assert held.status_code == 403 and "ReviewPending" in held.text, held.text
+    review_id = next(
+        c["message"] for c in held.json()["details"]["causes"] if c["reason"] == "ReviewPending"
+    )
+    reviewer = httpx.Client(
+        base_url=f"http://127.0.0.1:{gw.api_port}",
+        headers={"Authorization": f"Bearer {gw.token('reviewer')}"},
+        timeout=30,
+    )
+    with reviewer:
+        deadline = time.monotonic() + 15
+        shown: dict[str, object] = {}
+        while not shown.get("preview") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            shown = reviewer.get(f"/api/v1/reviews/{review_id}").json()
+    assert shown.get("preview"), shown
+    assert SECRET_B64[:18] not in json.dumps(shown)
+    assert not any(p.endswith("/secrets/db") for _, p, _, _ in double.cluster.requests[before:])
