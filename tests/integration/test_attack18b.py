@@ -43,6 +43,7 @@ from tests.integration.test_kubernetes import (
     start_kube_gateway,
 )
 from tests.integration.test_mcp import _mcp_actions, body, call, error_text
+from wardgate.policy.kubernetes import classify_request
 
 EMAIL = "jane.doe@example.com"
 SECRET_B64 = "aHVudGVyMi1wbGFpbg=="
@@ -305,3 +306,20 @@ def test_a_held_write_naming_another_object_previews_no_secret(k18: K18) -> None
     assert shown.get("preview"), shown
     assert SECRET_B64[:18] not in json.dumps(shown)
     assert not any(p.endswith("/secrets/db") for _, p, _, _ in double.cluster.requests[before:])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: Gateway API routes (gateway.networking.k8s.io HTTPRoute/Gateway) open a "
+    "workload to the world as an Ingress does, but only Ingresses are judged for "
+    "ingress_public; which Gateway listeners are public is not known to the gateway",
+)
+def test_gateway_api_routes_count_as_public_ingress() -> None:
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "public"}], "rules": [{"backendRefs": [{"name": "web"}]}]},
+    }  # fmt: skip
+    text = "POST /apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"
+    info = classify_request(text, json.dumps(route), "application/json")
+    assert "ingress_public" in info.kinds
