@@ -19,7 +19,7 @@ from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.metrics import timed_decision
 from wardgate.policy.functions import function_class
-from wardgate.policy.kubernetes import classify_kubernetes
+from wardgate.policy.kubernetes import ALL_NAMESPACES, classify_kubernetes
 from wardgate.policy.kubernetes.sessions import port_in
 from wardgate.policy.mask_rules import masks_output
 from wardgate.policy.shell import classify_command
@@ -367,6 +367,8 @@ class Gate:
         described = ", ".join(kinds)
         if action.kind == "kubernetes" and stmt.resources:
             where = f" in {stmt.namespaces[0]}" if stmt.namespaces else ""
+            if stmt.namespaces == (ALL_NAMESPACES,):
+                where = " in every namespace"
             described += f" on {stmt.resources[0]}{where}"
             if stmt.ports:
                 described += f", port {', '.join(map(str, stmt.ports))}"
@@ -599,7 +601,9 @@ def _kube_rail_matches(
         _resource_matches(r, p) for r in stmt.resources for p in m.resources
     ):
         return False
-    if m.namespaces and not any(fnmatchcase(n, p) for n in stmt.namespaces for p in m.namespaces):
+    if m.namespaces and not any(
+        n == ALL_NAMESPACES or fnmatchcase(n, p) for n in stmt.namespaces for p in m.namespaces
+    ):
         return False
     if m.ports and not any(port_in(port, m.ports) for port in stmt.ports):
         return False

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import pty
+import re
 import struct
 import termios
 import threading
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -64,6 +66,7 @@ CORE_V1 = [
     _res("namespaces", "Namespace", False, [v for v in ALL if v != "deletecollection"], ["ns"]),
     _res("pods", "Pod", True, ALL, ["po"]),
     _res("pods/exec", "PodExecOptions", True, ["create", "get"]),
+    _res("pods/ephemeralcontainers", "Pod", True, ["get", "patch", "update"]),
     _res("pods/log", "Pod", True, ["get"]),
     _res("secrets", "Secret", True, ALL),
     _res("services", "Service", True, ALL, ["svc"]),
@@ -183,6 +186,29 @@ def _merge(base: Any, patch: Any) -> Any:
     return out
 
 
+class _GoYamlLoader(yaml.SafeLoader):
+    """YAML as sigs.k8s.io/yaml (goyaml.v2) reads a request body: YAML 1.1 booleans,
+    ``y``/``Y``/``n``/``N`` among them (PyYAML reads those as strings)."""
+
+    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+
+
+_GoYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN")
+)
+
+
+def _decode(body: bytes, content_type: str) -> Any:
+    """A request body as the API server decodes it: JSON, or YAML when the content type
+    says so (kubectl sends JSON even as apply-patch+yaml)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        if "yaml" not in content_type:
+            raise
+    return yaml.load(body, Loader=_GoYamlLoader)  # noqa: S506 (a safe loader)
+
+
 def make_app(cluster: Cluster) -> Starlette:
     async def handle(request: Request) -> Response:
         auth = request.headers.get("authorization", "")
@@ -243,7 +269,7 @@ def make_app(cluster: Cluster) -> Starlette:
         resource, name = rest[0], rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
         known = _kind(group, resource)
-        if known is None or sub not in ("", "log"):
+        if known is None or sub not in ("", "log", "ephemeralcontainers"):
             return _status(404, "NotFound", "the server could not find the requested resource")
         kind, api_version, _ = known
         q = request.query_params
@@ -255,7 +281,7 @@ def make_app(cluster: Cluster) -> Starlette:
             if key not in cluster.objects:
                 return _status(404, "NotFound", f'pods "{name}" not found')
             return Response(b"started\nlogin by jane.doe@example.com ok\n", media_type="text/plain")
-        if request.method == "GET" and name:
+        if request.method == "GET" and name:  # pods/ephemeralcontainers: the Pod
             obj = cluster.objects.get(key)
             if obj is None:
                 return _status(404, "NotFound", f'{resource} "{name}" not found')
@@ -281,7 +307,7 @@ def make_app(cluster: Cluster) -> Starlette:
                 }
             )
         if request.method == "POST":
-            obj = json.loads(body)
+            obj = _decode(body, request.headers.get("content-type", ""))
             obj.setdefault("metadata", {})
             if ns:
                 obj["metadata"]["namespace"] = ns
@@ -296,7 +322,7 @@ def make_app(cluster: Cluster) -> Starlette:
         if request.method in ("PUT", "PATCH"):
             old = cluster.objects.get(key)
             ctype = request.headers.get("content-type", "")
-            patch = json.loads(body)
+            patch = _decode(body, ctype)
             if old is None and "apply-patch" not in ctype:
                 return _status(404, "NotFound", f'{resource} "{name}" not found')
             new = (

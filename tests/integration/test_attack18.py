@@ -95,9 +95,8 @@ def kgw(
         },
         "status": {"phase": "Running"},
     })  # fmt: skip
-    kgw = start_kube_gateway(
-        tmp / "gw", double, _config(double.url, double.ca, ports[0].port), kubectl
-    )
+    gw, port = start_kube_gateway(tmp / "gw", double, _config(double.url, double.ca, ports[0].port))
+    kgw = KubeGateway(gw, double, kubectl, port)
     try:
         yield kgw
     finally:

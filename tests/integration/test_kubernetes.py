@@ -153,6 +153,28 @@ class KubeGateway:
             db.close()
 
 
+def start_kube_gateway(
+    workdir: Path, double: RunningDouble, config: str | None = None
+) -> tuple[Gateway, int]:
+    """A gateway (``config``, kube_config by default) on ``double`` with its Kubernetes
+    listener taking connections, and that listener's port."""
+    gw = make_gateway(workdir, config or kube_config(double))
+    port = free_port()
+    gw.env["IT_KUBE_TOKEN"] = UPSTREAM_TOKEN
+    gw.env["WARDGATE_LISTEN_KUBERNETES"] = f"127.0.0.1:{port}"
+    gw.start()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return gw, port
+        except OSError:
+            if time.monotonic() > deadline:
+                gw.stop()
+                raise AssertionError(gw.log) from None
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
     kubectl = require_tool("kubectl")
@@ -193,11 +215,11 @@ def kgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeGateway]:
             "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"stringData": {"password": "hunter2-plain"}})}},
         "data": {"password": base64.b64encode(b"hunter2-plain").decode(), "user": base64.b64encode(b"app").decode()},
     })  # fmt: skip
-    kgw = start_kube_gateway(tmp / "gw", double, kube_config(double), kubectl)
+    gw, port = start_kube_gateway(tmp / "gw", double)
     try:
-        yield kgw
+        yield KubeGateway(gw, double, kubectl, port)
     finally:
-        kgw.gw.stop()
+        gw.stop()
         double.stop()
 
 
@@ -208,27 +230,6 @@ def double_with_container(tmp: Path) -> RunningDouble:
     double.cluster.exec_dir = tmp / "container"
     double.cluster.exec_dir.mkdir()
     return double
-
-
-def start_kube_gateway(
-    folder: Path, double: RunningDouble, config: str, kubectl: str
-) -> KubeGateway:
-    """A wardgate process with ``config``, its Kubernetes listener up, the cluster's
-    token in IT_KUBE_TOKEN."""
-    gw = make_gateway(folder, config)
-    port = free_port()
-    gw.env["IT_KUBE_TOKEN"] = UPSTREAM_TOKEN
-    gw.env["WARDGATE_LISTEN_KUBERNETES"] = f"127.0.0.1:{port}"
-    gw.start()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, gw.log
-            time.sleep(0.1)
-    return KubeGateway(gw, double, kubectl, port)
 
 
 def test_kubeconfig_holds_only_the_wardgate_token(kgw: KubeGateway) -> None:

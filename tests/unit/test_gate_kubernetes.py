@@ -128,12 +128,26 @@ CASES = [
     ("alice", "POST /apis/networking.k8s.io/v1/namespaces/default/ingresses", INGRESS_WORLD, "", Decision.BLOCK, "guardrail:no-public-services"),
     ("alice", "PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/w", [{"op": "remove", "path": "/metadata/annotations/nginx.ingress.kubernetes.io~1whitelist-source-range"}], "application/json-patch+json", Decision.REVIEW, "guardrail:no-public-ingress"),
     ("alice", "PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/w", {"metadata": {"labels": {"a": "b"}}}, "application/merge-patch+json", Decision.ALLOW, "role:k8s-sre"),
+    # read as the API server reads them (attack18b): YAML 1.1's y/N, hostPort, externalIPs
+    ("alice", "POST /api/v1/namespaces/default/pods", "spec:\n  hostPID: y\n", "application/yaml", Decision.BLOCK, "guardrail:no-privileged-pods"),
+    ("alice", "POST /api/v1/namespaces/default/pods", "spec:\n  hostPID: N\n", "application/yaml", Decision.ALLOW, "role:k8s-sre"),
+    ("alice", "POST /api/v1/namespaces/default/pods", {"spec": {"containers": [{"ports": [{"hostPort": 80}]}]}}, "", Decision.BLOCK, "guardrail:no-privileged-pods"),
+    ("alice", "POST /api/v1/namespaces/default/services", {"spec": {"externalIPs": ["203.0.113.7"]}}, "", Decision.BLOCK, "guardrail:no-public-services"),
+    ("alice", "PATCH /api/v1/namespaces/default/pods/p", [{"op": "replace", "path": "", "value": {"spec": {"hostPID": True}}}], "application/json-patch+json", Decision.BLOCK, "unparsed-request"),
+    ("alice", "PATCH /api/v1/namespaces/default/pods/p", [{"op": "move", "from": "/a", "path": "/b"}], "application/json-patch+json", Decision.BLOCK, "unparsed-request"),
+    # the aggregator and mutating admission policies change what every request does: admin
+    ("alice", "PATCH /apis/apiregistration.k8s.io/v1/apiservices/v1.apps", {"spec": {"service": {"name": "x", "namespace": "default"}}}, "application/merge-patch+json", Decision.REVIEW, "role:k8s-sre"),
+    ("alice", "POST /apis/admissionregistration.k8s.io/v1beta1/mutatingadmissionpolicies", {"kind": "MutatingAdmissionPolicy"}, "", Decision.REVIEW, "role:k8s-sre"),
     ("alice", "DELETE /api/v1/namespaces/prod", None, "", Decision.BLOCK, "guardrail:namespaces-stay"),
     ("alice", "DELETE /api/v1/namespaces/kube-system/pods/coredns", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
     ("alice", "GET /api/v1/namespaces/kube-system/pods", None, "", Decision.ALLOW, "role:k8s-sre"),
+    # a collection without a namespace reaches every namespace, kube-system too
+    ("alice", "DELETE /api/v1/pods", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),
+    ("alice", "DELETE /apis/rbac.authorization.k8s.io/v1/clusterroles", None, "", Decision.REVIEW, "role:k8s-sre"),
     # impersonation is admin: blocked for the agent, reviewed for an SRE
-    ("agent", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.BLOCK, "role:k8s-agent"),
-    ("alice", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.REVIEW, "role:k8s-sre"),
+    ("agent", "GET /api/v1/namespaces/default/pods\nimpersonate-user: system:admin", None, "", Decision.BLOCK, "role:k8s-agent"),
+    ("alice", "GET /api/v1/namespaces/default/pods\nimpersonate-user: system:admin", None, "", Decision.REVIEW, "role:k8s-sre"),
+    ("alice", "GET /api/v1/pods\nimpersonate-user: system:admin", None, "", Decision.BLOCK, "guardrail:kube-system-read-only"),  # every namespace
     # what the gateway cannot read: protobuf, duplicate keys, ambiguous paths, odd methods
     ("alice", "POST /api/v1/namespaces/default/pods", "\x6b\x38\x73\x00", "application/vnd.kubernetes.protobuf", Decision.BLOCK, "unparsed-request"),
     ("alice", "POST /api/v1/namespaces/default/pods", '{"spec": {"hostNetwork": false, "HostNetwork": true}}', "application/json", Decision.BLOCK, "unparsed-request"),

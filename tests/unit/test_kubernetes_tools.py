@@ -147,8 +147,8 @@ def test_manifests_that_cannot_be_applied_as_judged_are_refused(manifest: str, s
 
 def test_secret_values_in_manifests_are_hidden_in_records() -> None:
     secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\nstringData: {k: s3cr3t}\n"
-    plain = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: y}\n"
+    plain = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\n"
     kept = recorded_manifests([plain, secret + "---\n" + plain, "kind: Secret\n: ["])
     assert kept[0] == plain and "s3cr3t" not in "".join(kept)
-    assert "name: y" in kept[1] and "k: wardgate:redacted" in kept[1]
+    assert "name: cfg" in kept[1] and "k: wardgate:redacted" in kept[1]
     assert "not recorded" in kept[2]

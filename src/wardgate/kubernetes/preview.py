@@ -18,6 +18,7 @@ from wardgate.actions import Action, Verdict
 from wardgate.core.services import Services
 from wardgate.kubernetes.proxy import KubeState
 from wardgate.kubernetes.redact import RedactError, redact_payload
+from wardgate.kubernetes.tools import NAME
 from wardgate.kubernetes.upstream import Upstreams
 from wardgate.policy.kubernetes import RequestInfoError, resolve
 from wardgate.policy.kubernetes.objects import BodyError, parse_body
@@ -96,6 +97,10 @@ async def dry_run_preview(services: Services, action: Action) -> dict[str, Any]:
             return {"kind": "unavailable", "reason": str(exc)}
         meta = data.get("metadata") if isinstance(data, dict) else None
         name = meta.get("name", "") if isinstance(meta, dict) else ""
+        if not (isinstance(name, str) and NAME.fullmatch(name)):
+            # "../secrets/db" would make the live GET another object's (httpx resolves
+            # dot segments), shown unredacted: no live object for a name that is none.
+            name = ""
     state = services.state(KubeState)
     if state.upstreams is None:
         state.upstreams = Upstreams(services.vault)

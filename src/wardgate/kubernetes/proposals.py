@@ -29,7 +29,7 @@ from wardgate.identity.principals import Principal
 from wardgate.kubernetes.discovery import DiscoveryError, group_version
 from wardgate.kubernetes.preview import dry_run_preview
 from wardgate.kubernetes.proxy import KubeRequest, KubeState, kube_action
-from wardgate.kubernetes.redact import redact_payload
+from wardgate.kubernetes.redact import redact_secret
 from wardgate.kubernetes.tools import NAME
 from wardgate.kubernetes.upstream import Upstreams
 from wardgate.policy.kubernetes.objects import BodyError, parse_manifests
@@ -82,22 +82,38 @@ def _is_secret(doc: Any) -> bool:
 
 def recorded_manifests(manifests: list[str]) -> list[str]:
     """The manifests as the audit log keeps a call that carried them: a Secret's values
-    hidden (as the proxy hides them in a request body it records); a manifest that
-    cannot be read and names a Secret is not kept at all."""
+    hidden (as the proxy hides them in a request body it records) wherever it sits (in
+    a ``List``, a JSON array, spelled ``kind: secret``); a manifest that cannot be read
+    and names a Secret is not kept at all."""
     out = []
     for text in manifests:
         try:
             docs = parse_manifests(text)
         except BodyError:
             out.append("wardgate: an unreadable manifest naming a Secret (not recorded)"
-                       if "Secret" in text else text)  # fmt: skip
+                       if "secret" in text.lower() else text)  # fmt: skip
             continue
-        if not any(_is_secret(d) for d in docs):
+        if not _hide_secrets(docs):
             out.append(text)
             continue
-        shown = [redact_payload(d) if _is_secret(d) else d for d in docs]
-        out.append(yaml.safe_dump_all(shown, sort_keys=False, allow_unicode=True))
+        out.append(yaml.safe_dump_all(docs, sort_keys=False, allow_unicode=True))
     return out
+
+
+def _hide_secrets(node: Any) -> bool:
+    """Hide the values of every Secret-like mapping in ``node`` (in place); whether
+    there was one."""
+    found = False
+    if isinstance(node, list):
+        for item in node:
+            found = _hide_secrets(item) or found
+    elif isinstance(node, dict):
+        if str(node.get("kind", "")).lower() == "secret":
+            redact_secret(node)
+            found = True
+        for value in node.values():
+            found = _hide_secrets(value) or found
+    return found
 
 
 def _objects(manifests: list[str]) -> list[dict[str, Any]]:

@@ -308,6 +308,17 @@ class KubernetesGateway:
             judged.action.principal, judged.action.connection
         )
         info = judged.info
+        if masking is not None and _unreadable(judged.request):
+            # Masking reads the resource from the request: one it cannot read (allowed
+            # in observe mode, or approved under on_parse_error: review) could answer
+            # with anything, a Secret in clear among it.
+            message = (
+                "wardgate: the request cannot be read (see the unparsed-request rule), so "
+                "its answer cannot be masked for you; it was not sent. Send the path "
+                "without %-escapes, empty segments or ';'"
+            )
+            self.record(judged, "not_executed", error=message)
+            return _status(403, message)
         transform = response_transform(info, masking)
         # Pod logs of a masked principal go through the masking engine line by line.
         log_masker = None
@@ -597,6 +608,14 @@ def response_transform(info: RequestInfo, masking: SessionMasking | None) -> Tra
     if masks_values(info):
         return value_masker(masking.mask_text, info.resource == "configmaps")
     return None
+
+
+def _unreadable(req: KubeRequest) -> bool:
+    try:
+        resolve(req.method, req.path, req.query)
+    except RequestInfoError:
+        return True
+    return False
 
 
 def _items(data: bytes) -> int | None:

@@ -24,7 +24,8 @@ class RedactError(ValueError):
     """A response the gateway must redact but cannot read: never passed on."""
 
 
-def _redact_secret(obj: dict[str, Any]) -> None:
+def redact_secret(obj: dict[str, Any]) -> None:
+    """One Secret's values hidden, in place (its keys stay)."""
     data = obj.get("data")
     if isinstance(data, dict):
         obj["data"] = {k: REDACTED_B64 for k in data}
@@ -53,18 +54,18 @@ def redact_payload(payload: Any) -> Any:
     if kind == "Table":
         for row in payload.get("rows") or []:
             if isinstance(row, dict) and isinstance(row.get("object"), dict):
-                _redact_secret(row["object"])
+                redact_secret(row["object"])
         return payload
     if isinstance(payload.get("items"), list):
         for item in payload["items"]:
             if isinstance(item, dict):
-                _redact_secret(item)
+                redact_secret(item)
         return payload
     if kind in ("Secret", None) or "data" in payload or "stringData" in payload:
-        _redact_secret(payload)
+        redact_secret(payload)
         return payload
     if kind in ("PartialObjectMetadata", "PartialObjectMetadataList"):
-        _redact_secret(payload)
+        redact_secret(payload)
         return payload
     raise RedactError(f"a secrets response of kind {kind!r}")
 

@@ -134,8 +134,11 @@ def _refuse_unless_read(method: str, path: str, query: str) -> None:
         )
     if info.verb == "watch":
         raise ToolRefused("wardgate: query does not watch; list instead (drop watch=1)")
-    params = dict(parse_qsl(query, keep_blank_values=True))
-    if params.get("follow", "false").lower() not in ("", "0", "false"):
+    # Every `follow` counts (the API server reads the first, a dict would keep the last),
+    # and an empty one is true there (apimachinery's Convert_Slice_string_To_bool): a
+    # followed log never ends, and the tool call would not either.
+    follows = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "follow"]
+    if any(v.lower() not in ("0", "false") for v in follows):
         raise ToolRefused("wardgate: query does not follow logs; drop follow (tailLines helps)")
 
 
@@ -266,9 +269,14 @@ async def describe(
         action, info = kube_action(
             KubeRequest(principal, connection, "GET", r.path(), "", (), b"", "", "", "mcp")
         )
-        if services.gate.check(action, granted).decision is not Decision.ALLOW:
+        decision = services.gate.check(action, granted).decision
+        if decision is Decision.BLOCK:
             continue
-        readable.append(_shown(r, response_transform(info, masking) is not None))
+        # REVIEW: readable once approved (a list without a namespace reaches them all,
+        # and a guardrail on one of them holds it).
+        readable.append(
+            _shown(r, response_transform(info, masking) is not None, decision is Decision.REVIEW)
+        )
     return {
         "connection": connection,
         "type": "kubernetes",
@@ -279,7 +287,7 @@ async def describe(
     }
 
 
-def _shown(r: ApiResource, masked: bool) -> dict[str, Any]:
+def _shown(r: ApiResource, masked: bool, reviewed: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "resource": r.key,
         "kind": r.kind,
@@ -291,4 +299,9 @@ def _shown(r: ApiResource, masked: bool) -> dict[str, Any]:
         out["shortNames"] = list(r.short_names)
     if masked:
         out["masked"] = True
+    if reviewed:
+        out["review"] = (
+            "listing it is held for review (a role, or a guardrail on a namespace: a list "
+            "without one reaches every namespace); name a namespace or wait for approval"
+        )
     return out

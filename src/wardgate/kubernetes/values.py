@@ -36,14 +36,22 @@ VALUE_RESOURCES = frozenset(
         ("apps", "replicasets"),
         ("batch", "jobs"),
         ("batch", "cronjobs"),
+        # A StatefulSet's or DaemonSet's revisions hold its pod template in `data`.
+        ("apps", "controllerrevisions"),
     }
 )
+# Subresources that answer with the whole object (a Pod's ephemeralcontainers and
+# resize return the Pod, env values and all).
+WHOLE_OBJECT_SUBRESOURCES = frozenset({"", "status", "ephemeralcontainers", "resize"})
 
 MaskText = Callable[[str], str]
 
 
 def masks_values(info: RequestInfo) -> bool:
-    return (info.api_group, info.resource) in VALUE_RESOURCES and info.subresource in ("", "status")
+    return (
+        info.api_group,
+        info.resource,
+    ) in VALUE_RESOURCES and info.subresource in WHOLE_OBJECT_SUBRESOURCES
 
 
 def value_masker(mask_text: MaskText, configmaps: bool) -> Transform:

@@ -2,6 +2,7 @@
 conditions (objects) and the class a request belongs to (classify)."""
 
 from wardgate.policy.kubernetes.classify import (
+    ALL_NAMESPACES,
     KUBERNETES_CLASSES,
     KUBERNETES_KINDS,
     classify_kubernetes,
@@ -11,6 +12,7 @@ from wardgate.policy.kubernetes.classify import (
 from wardgate.policy.kubernetes.requestinfo import RequestInfo, RequestInfoError, resolve
 
 __all__ = [
+    "ALL_NAMESPACES",
     "KUBERNETES_CLASSES",
     "KUBERNETES_KINDS",
     "RequestInfo",

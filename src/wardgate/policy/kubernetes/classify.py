@@ -33,10 +33,43 @@ ADMIN_RESOURCES = frozenset(
         "validatingwebhookconfigurations.admissionregistration.k8s.io",
         "validatingadmissionpolicies.admissionregistration.k8s.io",
         "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+        "mutatingadmissionpolicies.admissionregistration.k8s.io",
+        "mutatingadmissionpolicybindings.admissionregistration.k8s.io",
+        # Routes a whole API group-version to a Service (the aggregator): changing one
+        # (`v1.apps` too) hands that API's requests, and who made them, to its pods.
+        "apiservices.apiregistration.k8s.io",
     }
 )
 # Non-resource paths kubectl reads to find its way: discovery, version, OpenAPI, health.
 DISCOVERY_PREFIXES = ("/api", "/apis", "/version", "/openapi", "/healthz", "/livez", "/readyz")
+# The namespaces of a request across all of them (see _namespaces).
+ALL_NAMESPACES = "*"
+# Resources of the built-in groups that belong to no namespace (by group). A resource
+# not named here (a custom one) counts as namespaced: a list of it may reach them all.
+CLUSTER_SCOPED: dict[str, frozenset[str]] = {
+    "": frozenset({"namespaces", "nodes", "persistentvolumes", "componentstatuses"}),
+    "rbac.authorization.k8s.io": frozenset({"clusterroles", "clusterrolebindings"}),
+    "storage.k8s.io": frozenset(
+        {"storageclasses", "csidrivers", "csinodes", "volumeattachments", "volumeattributesclasses"}
+    ),
+    "apiextensions.k8s.io": frozenset({"customresourcedefinitions"}),
+    "apiregistration.k8s.io": frozenset({"apiservices"}),
+    "admissionregistration.k8s.io": frozenset(
+        {
+            "mutatingwebhookconfigurations",
+            "validatingwebhookconfigurations",
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicybindings",
+            "mutatingadmissionpolicies",
+            "mutatingadmissionpolicybindings",
+        }
+    ),
+    "certificates.k8s.io": frozenset({"certificatesigningrequests", "clustertrustbundles"}),
+    "scheduling.k8s.io": frozenset({"priorityclasses"}),
+    "node.k8s.io": frozenset({"runtimeclasses"}),
+    "networking.k8s.io": frozenset({"ingressclasses", "ipaddresses", "servicecidrs"}),
+    "flowcontrol.apiserver.k8s.io": frozenset({"flowschemas", "prioritylevelconfigurations"}),
+}
 IMPERSONATE_HEADERS = ("impersonate-user", "impersonate-group", "impersonate-uid")
 
 KUBERNETES_KINDS = frozenset(
@@ -117,19 +150,35 @@ def classify_request(text: str, body: str | None = None, content_type: str = "")
         kinds.append("impersonate")
         klass = "admin"
     if body:
-        try:
+        try:  # a JSON Patch the gateway cannot judge is found while reading its kinds
             data = parse_body(body, content_type)
+            kinds.extend(object_kinds(data, info.resource, content_type))
         except BodyError as exc:
             return _unknown(text, str(exc))
-        kinds.extend(object_kinds(data, info.resource, content_type))
     return StatementInfo(
         klass,
         tuple(dict.fromkeys(kinds)),
         text,
         resources=(info.resource_key,) if info.is_resource_request else (),
-        namespaces=(info.namespace,) if info.namespace else (),
+        namespaces=_namespaces(info),
         verbs=(info.verb,),
     )
+
+
+def _namespaces(info: RequestInfo) -> tuple[str, ...]:
+    """The namespaces a request reaches: the one in its path; every one (``*``, which
+    every ``namespaces`` glob of a guardrail matches) for a list, watch or collection
+    delete of a resource not known to be cluster-scoped without one in its path: it
+    answers with the objects of every namespace."""
+    if info.namespace:
+        return (info.namespace,)
+    if (
+        info.is_resource_request
+        and info.verb in ("list", "watch", "deletecollection")
+        and info.resource not in CLUSTER_SCOPED.get(info.api_group, ())
+    ):
+        return (ALL_NAMESPACES,)
+    return ()
 
 
 def _class_of(info: RequestInfo, kinds: list[str]) -> str | None:

@@ -10,6 +10,7 @@ case) are refused: the server and the gateway could keep different ones.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,7 +70,12 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    pass
+    """PyYAML's safe loader, reading scalars as the API server's YAML (sigs.k8s.io/yaml,
+    goyaml.v2) does where the two differ on what guardrails judge: ``y``/``Y`` are
+    true and ``n``/``N`` false there (YAML 1.1), strings to PyYAML. The stricter
+    reading wins: ``privileged: y`` is a privileged container."""
+
+    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
 
 
 def _yaml_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[str, Any]:
@@ -82,6 +88,9 @@ def _yaml_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[str, An
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN")
+)
 
 
 def parse_body(body: str, content_type: str) -> Any:
@@ -146,6 +155,13 @@ def _from_json_patch(ops: Any) -> dict[str, Any]:
         if op["op"] in ("move", "copy"):
             # Values taken from elsewhere in the object: the gateway cannot see them.
             raise BodyError("JSON Patch move/copy operations are not judged")
+        if not op["path"].startswith("/"):
+            # "" is the whole object (RFC 6901): a value the tree below would drop;
+            # any other path without "/" first, libraries read apart.
+            raise BodyError(
+                f"a JSON Patch path must start with '/' (not {op['path']!r}); to replace "
+                "the whole object send it with PUT or apply"
+            )
         keys = [k.replace("~1", "/").replace("~0", "~") for k in op["path"].split("/")[1:]]
         node = tree
         for key in keys[:-1]:
@@ -181,6 +197,10 @@ def object_kinds(data: Any, resource: str, content_type: str) -> tuple[str, ...]
             found.add("host_path")
         elif key == "hostNetwork" and value is True:
             found.add("host_network")
+        elif key == "hostPort" and value:
+            # A container port bound on the node's own addresses: reachable from
+            # wherever the node is, as with hostNetwork.
+            found.add("host_network")
         elif key == "hostPID" and value is True:
             found.add("host_pid")
         elif key == "hostIPC" and value is True:
@@ -192,6 +212,10 @@ def object_kinds(data: Any, resource: str, content_type: str) -> tuple[str, ...]
                 found.add("service_loadbalancer")
         elif key == "nodePort" and resource == "services" and value:
             found.add("service_nodeport")
+        elif key == "externalIPs" and resource == "services" and value:
+            # Every node routes these addresses to the Service: as open as a load
+            # balancer, whatever its type.
+            found.add("service_loadbalancer")
         elif key == "roleRef" and isinstance(value, dict) and value.get("name") == "cluster-admin":
             found.add("cluster_admin_binding")
         elif key == "cidr" and isinstance(value, str) and value.strip() in _WORLD:
