@@ -70,6 +70,13 @@ _HINT = re.compile(
 )
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\.[0-9]+")  # 030.1234567 is not a decimal
 _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+# A calendar date (2024-01-15, 15.01.2024): after a hint word it would parse as a
+# national number ("phone | 2024-01-15" is a German 20240115), and masking it as one
+# made the masked text of a row with a "[phone]" tag in it change when masked again.
+_DATE = re.compile(
+    r"(?:19|20)[0-9]{2}([\-/.])(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[1-9]|[12][0-9]|3[01])([\-/.])(?:0[1-9]|1[0-2])\2(?:19|20)[0-9]{2}"
+)
 
 
 def _digits(text: str) -> int:
@@ -95,6 +102,8 @@ def parse_phone(candidate: str, hinted: bool, wide: bool = False) -> PhoneNumber
     core = _EXTENSION.sub("", candidate)
     if _DECIMAL.fullmatch(core):
         return None  # 0.592668133 is a number, not a phone
+    if _DATE.fullmatch(core):
+        return None
     count = _digits(core)
     if not MIN_DIGITS <= count <= MAX_DIGITS:
         return None
