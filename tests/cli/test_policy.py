@@ -152,6 +152,21 @@ def test_policy_test_all_pass(config: Path) -> None:
     assert result.stdout == "3 passed, 0 failed\n"
 
 
+def test_the_worked_example_cases_pass() -> None:
+    """docs/policy.md points at examples/readonly-agent-cases.yaml as the example to
+    run in CI next to its config: it must pass."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    result = wardgate(
+        "policy",
+        "test",
+        "-c",
+        str(examples / "readonly-agent.yaml"),
+        str(examples / "readonly-agent-cases.yaml"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.endswith(" passed, 0 failed\n"), result.stdout
+
+
 def test_policy_test_reports_each_failing_case(config: Path) -> None:
     cases = _write(
         config.parent / "cases.yaml",
