@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -41,7 +42,9 @@ __all__ = ["ssh_target"]  # the session fixture, used by name
 SECONDS = float(os.environ.get("WARDGATE_WIRE_FUZZ_SECONDS", "15"))
 MAX_INPUTS = int(os.environ.get("WARDGATE_WIRE_FUZZ_INPUTS", "0"))  # 0: the time budget only
 SEED = int(os.environ.get("WARDGATE_WIRE_FUZZ_SEED", str(time.time_ns() % 2**32)))
-WORKERS = 4
+WORKERS = int(os.environ.get("WARDGATE_WIRE_FUZZ_WORKERS", "4"))
+# scripts/wire_fuzz.py: a progress line every this many inputs (0: none).
+PROGRESS = int(os.environ.get("WARDGATE_WIRE_FUZZ_PROGRESS", "0"))
 RSS_MARGIN = 64 * 1024 * 1024
 _FAILURES = ("Traceback", "Task exception was never retrieved", "Unhandled")
 
@@ -77,10 +80,12 @@ def fuzz_gw(
     gw.stop()
 
 
-def _fuzz(port: int, make: Callable[[random.Random], tuple[Input, object]]) -> int:
+def _fuzz(gw: Gateway, port: int, make: Callable[[random.Random], tuple[Input, object]]) -> int:
     """Send generated inputs until the time budget (or MAX_INPUTS) is spent; the count."""
-    deadline = time.monotonic() + SECONDS
+    start = time.monotonic()
+    deadline = start + SECONDS
     sent = 0
+    assert gw.proc is not None
 
     def one(index: int) -> None:
         chunks, before = make(random.Random(SEED * 1_000_003 + index))
@@ -91,7 +96,21 @@ def _fuzz(port: int, make: Callable[[random.Random], tuple[Input, object]]) -> i
             batch = range(sent, sent + (min(64, MAX_INPUTS - sent) if MAX_INPUTS else 64))
             list(pool.map(one, batch))
             sent += len(batch)
+            if PROGRESS and sent % PROGRESS < len(batch):
+                print(
+                    f"  {sent} inputs, {time.monotonic() - start:.0f} s, "
+                    f"RSS {_rss(gw.proc.pid) >> 20} MB (peak {_peak_rss(gw.proc.pid) >> 20} MB)",
+                    flush=True,
+                )
     return sent
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's highest resident set so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
 
 
 def _assert_unharmed(gw: Gateway, rss_before: int, what: str) -> None:
@@ -116,8 +135,8 @@ def test_postgres_listener_survives_fuzzing(fuzz_gw: SshGateway) -> None:
             return pg_after_login(rng), login
         return pg_pre_auth(rng), None
 
-    sent = _fuzz(gw.port, make)
-    print(f"postgres: {sent} inputs, seed {SEED}")
+    sent = _fuzz(gw, gw.port, make)
+    print(f"postgres: {sent} inputs, seed {SEED}, peak RSS {_peak_rss(gw.proc.pid) >> 20} MB")
     _assert_unharmed(gw, rss_before, f"{sent} PostgreSQL inputs")
     with psycopg.connect(gw.dsn("dev"), autocommit=True) as conn:
         assert conn.execute("select 41 + 1").fetchone() == (42,)
@@ -127,8 +146,8 @@ def test_ssh_listener_survives_fuzzing(fuzz_gw: SshGateway) -> None:
     gw = fuzz_gw.gw
     assert gw.proc is not None
     rss_before = _rss(gw.proc.pid)
-    sent = _fuzz(fuzz_gw.port, lambda rng: (ssh_input(rng), None))
-    print(f"ssh: {sent} inputs, seed {SEED}")
+    sent = _fuzz(gw, fuzz_gw.port, lambda rng: (ssh_input(rng), None))
+    print(f"ssh: {sent} inputs, seed {SEED}, peak RSS {_peak_rss(gw.proc.pid) >> 20} MB")
     _assert_unharmed(gw, rss_before, f"{sent} SSH inputs")
     result = fuzz_gw.ssh("dev", "web1", "echo still-here")
     assert result.returncode == 0 and result.stdout == "still-here\n", result
