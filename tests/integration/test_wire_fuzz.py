@@ -34,8 +34,11 @@ from tests.integration.wire_fuzz import (
     pg_login,
     pg_pre_auth,
     run_one,
+    run_ssh_auth,
+    ssh_auth_input,
     ssh_input,
 )
+from wardgate.sshlib import asyncssh
 
 __all__ = ["ssh_target"]  # the session fixture, used by name
 
@@ -80,15 +83,26 @@ def fuzz_gw(
     gw.stop()
 
 
-def _fuzz(gw: Gateway, port: int, make: Callable[[random.Random], tuple[Input, object]]) -> int:
-    """Send generated inputs until the time budget (or MAX_INPUTS) is spent; the count."""
+def _fuzz(
+    gw: Gateway,
+    port: int,
+    make: Callable[[random.Random], tuple[Input, object]],
+    run: Callable[[int, random.Random], None] | None = None,
+    seconds: float = SECONDS,
+) -> int:
+    """Send generated inputs until the time budget (or MAX_INPUTS) is spent; the count.
+    Each input is `make`'s (sent by run_one), or what `run` does with its own rng."""
     start = time.monotonic()
-    deadline = start + SECONDS
+    deadline = start + seconds
     sent = 0
     assert gw.proc is not None
 
     def one(index: int) -> None:
-        chunks, before = make(random.Random(SEED * 1_000_003 + index))
+        rng = random.Random(SEED * 1_000_003 + index)
+        if run is not None:
+            run(port, rng)
+            return
+        chunks, before = make(rng)
         run_one(port, chunks, before)  # type: ignore[arg-type]
 
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -149,5 +163,25 @@ def test_ssh_listener_survives_fuzzing(fuzz_gw: SshGateway) -> None:
     sent = _fuzz(gw, fuzz_gw.port, lambda rng: (ssh_input(rng), None))
     print(f"ssh: {sent} inputs, seed {SEED}, peak RSS {_peak_rss(gw.proc.pid) >> 20} MB")
     _assert_unharmed(gw, rss_before, f"{sent} SSH inputs")
+    result = fuzz_gw.ssh("dev", "web1", "echo still-here")
+    assert result.returncode == 0 and result.stdout == "still-here\n", result
+
+
+def test_ssh_authentication_survives_fuzzing(fuzz_gw: SshGateway) -> None:
+    """Past a real key exchange (asyncssh as the client, a key no principal has): user
+    names of junk, USERAUTH_REQUEST packets with random methods, key types, blobs and
+    signatures, wrong lengths, other message types where a request belongs, passwords.
+    Half the time budget of the other listeners (each login does a key exchange)."""
+    gw = fuzz_gw.gw
+    assert gw.proc is not None
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    rss_before = _rss(gw.proc.pid)
+
+    def run(port: int, rng: random.Random) -> None:
+        run_ssh_auth(port, ssh_auth_input(rng), key)
+
+    sent = _fuzz(gw, fuzz_gw.port, lambda rng: ([], None), run, seconds=SECONDS / 2)
+    print(f"ssh auth: {sent} inputs, seed {SEED}, peak RSS {_peak_rss(gw.proc.pid) >> 20} MB")
+    _assert_unharmed(gw, rss_before, f"{sent} SSH authentication inputs")
     result = fuzz_gw.ssh("dev", "web1", "echo still-here")
     assert result.returncode == 0 and result.stdout == "still-here\n", result
