@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from wardgate.policy.mask_rules import SessionMasking
+from wardgate.postgres.masking import ResultMasking
 from wardgate.postgres.relay_state import EXECUTE, SYNC, Pending, PendingQueue
 from wardgate.postgres.session_model import Names, NamesFull, Portal, Prepared
 
@@ -54,3 +56,15 @@ def test_pending_queue_counts_cost_and_syncs() -> None:
     assert (queue.cost, queue.syncs) == (1500, 0)
     assert queue.popleft() is execute
     assert (queue.cost, queue.syncs, len(queue)) == (0, 0, 0)
+
+
+def test_masking_keeps_the_newest_names_only() -> None:
+    masking = ResultMasking(SessionMasking((), (), False), most_names=2)
+    for portal in ("p0", "p1", "p2"):
+        masking.bound(portal, "s", ())
+    masking.bound("p1", "s", (1,))  # used again: the newest now
+    masking.bound("p3", "s", ())
+    assert list(masking._bound) == ["p1", "p3"]
+    for i in range(5):  # statements and portals: twice as many
+        masking.described(("S", f"s{i}"), [])
+    assert list(masking._described) == [("S", "s1"), ("S", "s2"), ("S", "s3"), ("S", "s4")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import struct
 from enum import IntEnum
+from typing import Any
 
 from wardgate.policy.mask_rules import SessionMasking
 from wardgate.postgres.codec.decode import Column
@@ -78,6 +79,14 @@ class Plan:
     def __init__(self, actions: tuple[tuple[Do, object], ...]) -> None:
         self.actions = actions
         self.memo: dict[bytes, bytes] = {}
+
+
+def _remember(names: dict[Any, Any], key: object, value: object, most: int) -> None:
+    """``names[key] = value`` as the newest entry; the oldest go past ``most``."""
+    names.pop(key, None)
+    names[key] = value
+    while len(names) > most:
+        del names[next(iter(names))]
 
 
 def with_formats(columns: list[Column], formats: tuple[int, ...]) -> list[Column]:
@@ -326,10 +335,15 @@ class ResultMasking:
     rows of an Execute come later, in the formats its Bind asked for.
     """
 
-    def __init__(self, masking: SessionMasking) -> None:
+    def __init__(self, masking: SessionMasking, most_names: int = 100_000) -> None:
         self.masking = masking
         self.plan: Plan | None = None  # of the simple-query result being streamed
         self.copy_out = False
+        # Per statement and portal name, the most recent `most_names` kept (the oldest
+        # forgotten first: its rows then fail closed, UNKNOWN_COLUMNS). Names the server
+        # no longer has are not removed one by one, so a client using ever new portal
+        # names would otherwise grow these without end (limits.session_names).
+        self._most = most_names
         self._described: dict[tuple[str, str], list[Column]] = {}
         self._bound: dict[str, tuple[str, tuple[int, ...]]] = {}  # portal -> statement, formats
         self._plans: dict[tuple[object, ...], Plan | None] = {}  # by result shape, reused
@@ -356,11 +370,11 @@ class ResultMasking:
         self._described.pop(("S", statement), None)
 
     def bound(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
-        self._bound[portal] = (statement, formats)
+        _remember(self._bound, portal, (statement, formats), self._most)
         self._described.pop(("P", portal), None)
 
     def described(self, target: tuple[str, str], columns: list[Column]) -> None:
-        self._described[target] = columns
+        _remember(self._described, target, columns, 2 * self._most)
 
     def plan_for_portal(self, portal: str, names: dict[tuple[int, int], str]) -> Plan | None:
         columns = self._described.get(("P", portal))

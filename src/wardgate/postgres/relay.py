@@ -96,7 +96,12 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.client_addr = client_addr
         self.scanner: BackendScanner = upstream.scanner
         session_masking = services.masking.for_session(principal, connection)
-        self.masking = ResultMasking(session_masking) if session_masking is not None else None
+        limits = services.config.limits
+        self.masking = (
+            ResultMasking(session_masking, limits.session_names)
+            if session_masking is not None
+            else None
+        )
         # Rows to mask must arrive whole; unmasked sessions stream them untouched.
         self.scanner.bulk = BULK_TYPES if self.masking is None else frozenset()
         conn = services.config.connections.get(connection)
@@ -109,7 +114,6 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._held: list[bytes] | None = None  # server data held while names are looked up
         self._pending = PendingQueue()
         self.model = SessionModel()
-        limits = services.config.limits
         for names in (self.model.statements, self.model.portals):
             names.most, names.most_bytes = limits.session_names, limits.session_name_bytes
         self._discarding = False  # after a block in extended mode, until Sync
