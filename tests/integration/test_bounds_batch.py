@@ -43,7 +43,8 @@ BIG_PARSE = build.parse("", "select '" + "x" * (1024 * 1024 - 16) + "'")
 def gw(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = base_config(it_database).replace(
         "max_message_bytes: 4194304}",
-        f"max_message_bytes: 4194304, session_names: {NAMES}, session_name_bytes: 1048576}}",
+        f"max_message_bytes: 4194304, session_names: {NAMES}, session_name_bytes: 1048576,"
+        " connect_timeout: 60s, startup_timeout: 60s}",
     )
     g = make_gateway(tmp_path_factory.mktemp("bounds_batch"), config)
     g.start()
