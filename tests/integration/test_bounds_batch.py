@@ -59,15 +59,15 @@ def _login(gw: Gateway) -> RawClient:
     return client
 
 
-def _push(sock: socket.socket | object, data: bytes, seconds: float) -> int:
-    """Send `data` again and again for `seconds`, or until a send blocks for 2 s; the
-    bytes sent (the last `data` may be cut: `_sync_after`)."""
+def _push(sock: socket.socket | object, data: bytes, seconds: float, limit: int = 2**40) -> int:
+    """Send `data` again and again for `seconds`, or until a send blocks for 2 s, or
+    `limit` bytes went out; the bytes sent (the last `data` may be cut: `_sync_after`)."""
     assert isinstance(sock, socket.socket)
     sock.settimeout(2.0)
     pushed = 0
     view = memoryview(data)
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and pushed < limit:
         try:
             pushed += sock.send(view[pushed % len(data) :])
         except TimeoutError:
@@ -114,7 +114,7 @@ def _grew(gw: Gateway, before: int) -> int:
 
 
 def test_open_batch_while_the_server_waits_is_paused_then_answered(gw: Gateway) -> None:
-    """The batch's first statement sleeps 5 s; the client sends Describe after Describe
+    """The batch's first statement sleeps 3 s; the client sends Describe after Describe
     with no Sync, reading nothing: the server reads none of it meanwhile, so the gateway
     queues each until the kernel's buffers to the server are full (on loopback about
     1 MB of them: this bound matters for large messages, see the next test). Past the
@@ -123,9 +123,11 @@ def test_open_batch_while_the_server_waits_is_paused_then_answered(gw: Gateway) 
     assert gw.proc is not None
     with _login(gw) as client:
         rss_before = _rss(gw.proc.pid)
-        client.send(build.parse("", "select pg_sleep(5)") + build.bind("", "") + build.execute(""))
+        client.send(build.parse("", "select pg_sleep(3)") + build.bind("", "") + build.execute(""))
         client.send(build.parse("", "select 1"))
-        pushed = _push(client.sock, DESCRIBE, 4.5)
+        # 50 000 of them: six times what the budget admits (each counts 1 KB), and few
+        # enough to be judged in a few seconds once the server reads again.
+        pushed = _push(client.sock, DESCRIBE, 2.5, limit=50_000 * len(DESCRIBE))
         grew = _grew(gw, rss_before)
         print(f"bounds: {pushed // len(DESCRIBE)} Describe messages pushed")
         assert grew < RSS_MARGIN, f"the gateway grew by {grew >> 20} MB"
@@ -162,7 +164,7 @@ def test_messages_after_a_failed_statement_are_not_kept(gw: Gateway) -> None:
     """The first statement fails: the server skips the rest up to the Sync and answers
     none of it. The gateway kept each skipped message until that Sync, and scanned them
     (each Bind looks at the portal changes still pending): without the fix it took
-    longer than a minute to answer the Sync after 8 s of this."""
+    longer than a minute to answer the Sync after 8 s of this (5 s here)."""
     assert gw.proc is not None
     with _login(gw) as client:
         rss_before = _rss(gw.proc.pid)
@@ -170,7 +172,7 @@ def test_messages_after_a_failed_statement_are_not_kept(gw: Gateway) -> None:
         error = client.read_until("E")[-1]
         assert error.type == "E" and b"division by zero" in error.body, error
         batch = build.bind("", "") + build.execute("") + DESCRIBE * 64
-        pushed = _push(client.sock, batch, 8.0)
+        pushed = _push(client.sock, batch, 5.0)
         grew = _grew(gw, rss_before)
         print(f"bounds: {pushed >> 20} MB pushed after the error")
         assert grew < RSS_MARGIN, f"the gateway grew by {grew >> 20} MB"
