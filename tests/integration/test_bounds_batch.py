@@ -18,10 +18,14 @@ of the connection (paused, or answered in full, or ended with a clear error)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
+import sqlite3
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -229,3 +233,35 @@ def test_name_bytes_past_the_limit_end_the_session(gw: Gateway) -> None:
 def test_control_session_works(gw: Gateway) -> None:
     with _login(gw) as client:
         assert [m.type for m in client.query("select 1")] == ["T", "D", "C", "Z"]
+
+
+def _recorded(gw: Gateway, text: str) -> list[dict[str, object]]:
+    """The action records of `text`, once the recorder wrote one (up to 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.closing(sqlite3.connect(gw.workdir / "store.db")) as db:
+            rows = db.execute("select payload from audit_events where type = 'action'").fetchall()
+        found = [p for (raw,) in rows if (p := json.loads(raw)).get("text") == text]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_a_query_after_a_failed_statement_of_the_batch_is_skipped_as_the_server_does(
+    gw: Gateway,
+) -> None:
+    """PostgreSQL skips a Query too while it skips to the Sync (only that Sync's
+    ReadyForQuery comes). The gateway closes it at once: it took that ReadyForQuery for
+    the Query's, and the next statement's answer for the Sync's, so the next statement
+    was never recorded as done."""
+    marker = f"select 7 as after_{uuid.uuid4().hex[:8]}"
+    with _login(gw) as client:
+        client.send(build.parse("", "select 1/0") + build.bind("", "") + build.execute(""))
+        assert client.read_until("E")[-1].type == "E"
+        client.send(build.query("select 42"))
+        client.send(build.sync())
+        assert [m.type for m in client.read_until("Z")] == ["Z"]
+        assert [m.type for m in client.query(marker)] == ["T", "D", "C", "Z"]
+    records = _recorded(gw, marker)
+    assert [r["status"] for r in records] == ["ok"], records
+    assert [r["status"] for r in _recorded(gw, "select 42")] == ["not_executed"]
