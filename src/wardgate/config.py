@@ -123,6 +123,11 @@ class LimitsConfig(_Model):
     # Audit records waiting for the store: past this the proxy slows clients down, and
     # while the store refuses writes, new actions and sessions are refused.
     audit_backlog: int = Field(default=10_000, ge=2)
+    # Prepared statements, and portals, one PostgreSQL session may hold through the
+    # gateway (each kind), and the bytes of SQL and parameters they may hold: the
+    # gateway keeps a copy of each. More ends the session (SQLSTATE 54000).
+    session_names: int = Field(default=100_000, ge=16)
+    session_name_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     connect_timeout: Duration = 10.0
     # Failed logins per (principal, client address) in a window before that principal's
     # failures from that address are answered slowly (a correct token still works).

@@ -108,6 +108,12 @@ LOGIN_FAILURES = Counter(
     "wardgate_login_failures",
     "Failed logins (tokens, passwords, SSH keys), every protocol and the web UI.",
 )
+PROTOCOL_VIOLATIONS = Counter(
+    "wardgate_protocol_violations",
+    "Client connections ended for breaking the protocol or a session limit, by protocol "
+    "and reason.",
+    ["protocol", "reason"],
+)
 
 _DECIDED = frozenset({"approved", "denied", "expired", "cancelled"})
 
@@ -156,6 +162,10 @@ def timed_dial(protocol: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[
 
 def login_failed() -> None:
     LOGIN_FAILURES.inc()
+
+
+def protocol_violation(protocol: str, reason: str) -> None:
+    PROTOCOL_VIOLATIONS.labels(protocol, reason).inc()
 
 
 def review_event(info: ReviewInfo, event: str) -> None:

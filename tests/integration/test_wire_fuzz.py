@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -33,15 +34,20 @@ from tests.integration.wire_fuzz import (
     pg_login,
     pg_pre_auth,
     run_one,
+    run_ssh_auth,
+    ssh_auth_input,
     ssh_input,
 )
+from wardgate.sshlib import asyncssh
 
 __all__ = ["ssh_target"]  # the session fixture, used by name
 
 SECONDS = float(os.environ.get("WARDGATE_WIRE_FUZZ_SECONDS", "15"))
 MAX_INPUTS = int(os.environ.get("WARDGATE_WIRE_FUZZ_INPUTS", "0"))  # 0: the time budget only
 SEED = int(os.environ.get("WARDGATE_WIRE_FUZZ_SEED", str(time.time_ns() % 2**32)))
-WORKERS = 4
+WORKERS = int(os.environ.get("WARDGATE_WIRE_FUZZ_WORKERS", "4"))
+# scripts/wire_fuzz.py: a progress line every this many inputs (0: none).
+PROGRESS = int(os.environ.get("WARDGATE_WIRE_FUZZ_PROGRESS", "0"))
 RSS_MARGIN = 64 * 1024 * 1024
 _FAILURES = ("Traceback", "Task exception was never retrieved", "Unhandled")
 
@@ -77,13 +83,26 @@ def fuzz_gw(
     gw.stop()
 
 
-def _fuzz(port: int, make: Callable[[random.Random], tuple[Input, object]]) -> int:
-    """Send generated inputs until the time budget (or MAX_INPUTS) is spent; the count."""
-    deadline = time.monotonic() + SECONDS
+def _fuzz(
+    gw: Gateway,
+    port: int,
+    make: Callable[[random.Random], tuple[Input, object]],
+    run: Callable[[int, random.Random], None] | None = None,
+    seconds: float = SECONDS,
+) -> int:
+    """Send generated inputs until the time budget (or MAX_INPUTS) is spent; the count.
+    Each input is `make`'s (sent by run_one), or what `run` does with its own rng."""
+    start = time.monotonic()
+    deadline = start + seconds
     sent = 0
+    assert gw.proc is not None
 
     def one(index: int) -> None:
-        chunks, before = make(random.Random(SEED * 1_000_003 + index))
+        rng = random.Random(SEED * 1_000_003 + index)
+        if run is not None:
+            run(port, rng)
+            return
+        chunks, before = make(rng)
         run_one(port, chunks, before)  # type: ignore[arg-type]
 
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -91,7 +110,21 @@ def _fuzz(port: int, make: Callable[[random.Random], tuple[Input, object]]) -> i
             batch = range(sent, sent + (min(64, MAX_INPUTS - sent) if MAX_INPUTS else 64))
             list(pool.map(one, batch))
             sent += len(batch)
+            if PROGRESS and sent % PROGRESS < len(batch):
+                print(
+                    f"  {sent} inputs, {time.monotonic() - start:.0f} s, "
+                    f"RSS {_rss(gw.proc.pid) >> 20} MB (peak {_peak_rss(gw.proc.pid) >> 20} MB)",
+                    flush=True,
+                )
     return sent
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's highest resident set so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
 
 
 def _assert_unharmed(gw: Gateway, rss_before: int, what: str) -> None:
@@ -116,8 +149,8 @@ def test_postgres_listener_survives_fuzzing(fuzz_gw: SshGateway) -> None:
             return pg_after_login(rng), login
         return pg_pre_auth(rng), None
 
-    sent = _fuzz(gw.port, make)
-    print(f"postgres: {sent} inputs, seed {SEED}")
+    sent = _fuzz(gw, gw.port, make)
+    print(f"postgres: {sent} inputs, seed {SEED}, peak RSS {_peak_rss(gw.proc.pid) >> 20} MB")
     _assert_unharmed(gw, rss_before, f"{sent} PostgreSQL inputs")
     with psycopg.connect(gw.dsn("dev"), autocommit=True) as conn:
         assert conn.execute("select 41 + 1").fetchone() == (42,)
@@ -127,8 +160,28 @@ def test_ssh_listener_survives_fuzzing(fuzz_gw: SshGateway) -> None:
     gw = fuzz_gw.gw
     assert gw.proc is not None
     rss_before = _rss(gw.proc.pid)
-    sent = _fuzz(fuzz_gw.port, lambda rng: (ssh_input(rng), None))
-    print(f"ssh: {sent} inputs, seed {SEED}")
+    sent = _fuzz(gw, fuzz_gw.port, lambda rng: (ssh_input(rng), None))
+    print(f"ssh: {sent} inputs, seed {SEED}, peak RSS {_peak_rss(gw.proc.pid) >> 20} MB")
     _assert_unharmed(gw, rss_before, f"{sent} SSH inputs")
+    result = fuzz_gw.ssh("dev", "web1", "echo still-here")
+    assert result.returncode == 0 and result.stdout == "still-here\n", result
+
+
+def test_ssh_authentication_survives_fuzzing(fuzz_gw: SshGateway) -> None:
+    """Past a real key exchange (asyncssh as the client, a key no principal has): user
+    names of junk, USERAUTH_REQUEST packets with random methods, key types, blobs and
+    signatures, wrong lengths, other message types where a request belongs, passwords.
+    Half the time budget of the other listeners (each login does a key exchange)."""
+    gw = fuzz_gw.gw
+    assert gw.proc is not None
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    rss_before = _rss(gw.proc.pid)
+
+    def run(port: int, rng: random.Random) -> None:
+        run_ssh_auth(port, ssh_auth_input(rng), key)
+
+    sent = _fuzz(gw, fuzz_gw.port, lambda rng: ([], None), run, seconds=SECONDS / 2)
+    print(f"ssh auth: {sent} inputs, seed {SEED}, peak RSS {_peak_rss(gw.proc.pid) >> 20} MB")
+    _assert_unharmed(gw, rss_before, f"{sent} SSH authentication inputs")
     result = fuzz_gw.ssh("dev", "web1", "echo still-here")
     assert result.returncode == 0 and result.stdout == "still-here\n", result

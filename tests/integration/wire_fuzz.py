@@ -9,7 +9,9 @@ well-formed framing with broken parts, so the fuzz gets past the first length ch
   mechanism names and client messages; after a real login, every frontend message type
   with random bodies and lengths.
 * SSH: banner lines (long, non-ASCII, many), then binary packets with random lengths
-  and padding, KEXINIT with garbage name-lists, other message types, truncated packets.
+  and padding, KEXINIT with garbage name-lists, other message types, truncated packets;
+  and, past a real key exchange (`run_ssh_auth`), authentication requests with junk
+  user names, methods, key blobs, signatures and lengths.
 
 `run_one` sends an input, half-closes, and reads until the gateway closes or a short
 timeout: the invariants (no unhandled exception in the log, a control client works,
@@ -18,6 +20,7 @@ memory bounded) are checked by the caller.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import struct
@@ -25,6 +28,7 @@ from collections.abc import Callable
 
 from wardgate.identity.scram import ScramClient
 from wardgate.postgres.codec import build
+from wardgate.sshlib import asyncssh
 
 Input = list[bytes]
 
@@ -233,3 +237,84 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise OSError("closed")
         out += chunk
     return bytes(out)
+
+
+# -- SSH after the key exchange: authentication requests ----------------------------------
+
+_AUTH_METHODS = (b"publickey", b"password", b"keyboard-interactive", b"none", b"hostbased")
+_KEY_TYPES = (b"ssh-ed25519", b"ssh-rsa", b"rsa-sha2-256", b"ecdsa-sha2-nistp256", b"x")
+
+
+def _ssh_string(rng: random.Random, data: bytes) -> bytes:
+    """An SSH string whose length is right, or (sometimes) wrong."""
+    length = len(data) if rng.random() < 0.9 else rng.choice((0, 2**32 - 1, len(data) + 7))
+    return struct.pack("!I", length) + data
+
+
+def ssh_auth_input(rng: random.Random) -> tuple[str, list[tuple[int, bytes]], str | None]:
+    """A login over a real key exchange (asyncssh): a user name (the SSH target, or
+    junk), USERAUTH_REQUEST packets (and other message types) with random methods and
+    bodies sent raw once the gateway asks for a key, and a password or None."""
+    username = "web1" if rng.random() < 0.4 else _text(rng, 40).decode("utf-8", "replace")
+    packets: list[tuple[int, bytes]] = []
+    for _ in range(rng.randint(1, 4)):
+        if rng.random() < 0.15:  # another message type where a request belongs
+            packets.append((rng.choice((5, 50, 60, 61, 80, 90, 98, rng.randint(0, 255))),
+                            _junk(rng, 80)))  # fmt: skip
+            continue
+        method = rng.choice(_AUTH_METHODS) if rng.random() < 0.85 else _text(rng, 24)
+        body = (
+            _ssh_string(rng, username.encode("utf-8", "replace") if rng.random() < 0.7
+                        else _text(rng, 300))
+            + _ssh_string(rng, b"ssh-connection" if rng.random() < 0.8 else _text(rng, 20))
+            + _ssh_string(rng, method)
+        )  # fmt: skip
+        if method == b"publickey":
+            body += bytes([rng.randint(0, 2)]) + _ssh_string(rng, rng.choice(_KEY_TYPES))
+            body += _ssh_string(rng, _junk(rng, 120))
+            if rng.random() < 0.5:
+                body += _ssh_string(rng, _junk(rng, 90))  # a "signature"
+        elif method == b"password":
+            body += bytes([rng.randint(0, 1)]) + _ssh_string(rng, _text(rng, 60))
+        elif method == b"keyboard-interactive":
+            body += _ssh_string(rng, b"") + _ssh_string(rng, _text(rng, 20))
+        else:
+            body += _junk(rng, 40)
+        if rng.random() < 0.1:
+            body = body[: rng.randint(0, len(body))]
+        packets.append((50, body))
+    password = _text(rng, 30).decode("utf-8", "replace") if rng.random() < 0.2 else None
+    return username, packets, password
+
+
+def run_ssh_auth(
+    port: int, plan: tuple[str, list[tuple[int, bytes]], str | None], key: object
+) -> None:
+    """Log in over a real key exchange with `key` (refused: no principal has it), then
+    send the plan's raw packets when asked for another key; every client-side error is
+    expected (the gateway refuses, or closes the connection)."""
+    username, packets, password = plan
+
+    class Client(asyncssh.SSHClient):
+        def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+            self.conn = conn
+
+        def public_key_auth_requested(self) -> None:
+            for kind, body in packets:
+                self.conn.send_packet(kind, body)
+            return None
+
+    async def login() -> None:
+        options: dict[str, object] = {
+            "username": username, "known_hosts": None, "agent_path": None, "config": [],
+            "client_keys": [key], "login_timeout": 5, "connect_timeout": 5,
+        }  # fmt: skip
+        if password is not None:
+            options["password"] = password
+        try:
+            conn, _ = await asyncssh.create_connection(Client, "127.0.0.1", port, **options)
+        except (TimeoutError, OSError, asyncssh.Error, ValueError, UnicodeError):
+            return
+        conn.close()
+
+    asyncio.run(login())

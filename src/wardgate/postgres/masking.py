@@ -13,6 +13,7 @@ import re
 import struct
 from enum import IntEnum
 from functools import lru_cache
+from typing import Any
 
 from wardgate.masking.detect import may_contain
 from wardgate.masking.masker import ascii_compatible
@@ -93,6 +94,14 @@ class Plan:
         # Every action only runs content detection: a run of rows in which the bytes
         # prefilter finds nothing passes whole (rows_clean).
         self.detection_only = bool(actions) and all(do in _DETECTION_ONLY for do, _ in actions)
+
+
+def _remember(names: dict[Any, Any], key: object, value: object, most: int) -> None:
+    """``names[key] = value`` as the newest entry; the oldest go past ``most``."""
+    names.pop(key, None)
+    names[key] = value
+    while len(names) > most:
+        del names[next(iter(names))]
 
 
 def with_formats(columns: list[Column], formats: tuple[int, ...]) -> list[Column]:
@@ -341,10 +350,15 @@ class ResultMasking:
     rows of an Execute come later, in the formats its Bind asked for.
     """
 
-    def __init__(self, masking: SessionMasking) -> None:
+    def __init__(self, masking: SessionMasking, most_names: int = 100_000) -> None:
         self.masking = masking
         self.plan: Plan | None = None  # of the simple-query result being streamed
         self.copy_out = False
+        # Per statement and portal name, the most recent `most_names` kept (the oldest
+        # forgotten first: its rows then fail closed, UNKNOWN_COLUMNS). Names the server
+        # no longer has are not removed one by one, so a client using ever new portal
+        # names would otherwise grow these without end (limits.session_names).
+        self._most = most_names
         self._described: dict[tuple[str, str], list[Column]] = {}
         self._bound: dict[str, tuple[str, tuple[int, ...]]] = {}  # portal -> statement, formats
         self._plans: dict[tuple[object, ...], Plan | None] = {}  # by result shape, reused
@@ -371,11 +385,11 @@ class ResultMasking:
         self._described.pop(("S", statement), None)
 
     def bound(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
-        self._bound[portal] = (statement, formats)
+        _remember(self._bound, portal, (statement, formats), self._most)
         self._described.pop(("P", portal), None)
 
     def described(self, target: tuple[str, str], columns: list[Column]) -> None:
-        self._described[target] = columns
+        _remember(self._described, target, columns, 2 * self._most)
 
     def plan_for_portal(self, portal: str, names: dict[tuple[int, int], str]) -> Plan | None:
         columns = self._described.get(("P", portal))

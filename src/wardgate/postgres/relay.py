@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from wardgate import metrics
 from wardgate.actions import Decision, Verdict
 from wardgate.identity.principals import Principal
 from wardgate.postgres.codec import build
@@ -32,11 +33,11 @@ from wardgate.postgres.codec.backend import BULK_TYPES, BackendScanner
 from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.extended import ExtendedProtocol
 from wardgate.postgres.masking import ResultMasking
-from wardgate.postgres.relay_state import DESCRIBE, SYNC, Pending
+from wardgate.postgres.relay_state import DESCRIBE, SYNC, Pending, PendingQueue, SessionLimit
 from wardgate.postgres.replies import ServerReplies
 from wardgate.postgres.result_tap import SessionResults
 from wardgate.postgres.results import MASKED_BULK_TYPES
-from wardgate.postgres.session_model import SessionModel
+from wardgate.postgres.session_model import NamesFull, SessionModel
 from wardgate.postgres.simple_query import SimpleQuery
 from wardgate.postgres.transaction import TransactionOutcome
 from wardgate.postgres.wire import ClientSide, UpstreamSide
@@ -58,6 +59,15 @@ _ASCII_SAFE_TYPES = frozenset(b"SHXdcf")
 # make the gateway hold a copy of each. Past this many bytes the client is not read
 # until answers come back. Each message counts its size plus a fixed share for the
 # gateway's own bookkeeping, so many tiny statements are bounded too.
+#
+# The same budget bounds the requests waiting for their reply in the queue (_pending),
+# whatever their batch: in an open extended batch (no Sync yet) the server answers
+# only when its 8 KB output buffer fills, or at a Flush, and while it waits (a lock, a
+# long statement) the gateway would go on judging and forwarding what the client
+# sends, each holding its statement, until the kernel's buffers to the server are full
+# (hundreds of thousands of small messages). Past the budget the client is not read,
+# and the server is sent a Flush, so that it answers what it has run; reading resumes
+# at half.
 UNANSWERED_BYTES = 8 * 1024 * 1024
 _COPY_MESSAGES = (m.CopyData, m.CopyDone, m.CopyFail)
 _MESSAGE_OVERHEAD = 1024
@@ -87,7 +97,12 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.client_addr = client_addr
         self.scanner: BackendScanner = upstream.scanner
         session_masking = services.masking.for_session(principal, connection)
-        self.masking = ResultMasking(session_masking) if session_masking is not None else None
+        limits = services.config.limits
+        self.masking = (
+            ResultMasking(session_masking, limits.session_names)
+            if session_masking is not None
+            else None
+        )
         # Unmasked sessions stream rows (and COPY data) untouched; masked sessions take
         # runs of whole DataRows in bulk (results.py: passed on as they are when no
         # rule can touch them) and COPY data message by message.
@@ -101,8 +116,10 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             else None
         )
         self._held: list[bytes] | None = None  # server data held while names are looked up
-        self._pending: deque[Pending] = deque()
+        self._pending = PendingQueue()
         self.model = SessionModel()
+        for names in (self.model.statements, self.model.portals):
+            names.most, names.most_bytes = limits.session_names, limits.session_name_bytes
         self._discarding = False  # after a block in extended mode, until Sync
         self._barrier = False
         # Bytes of forwarded client messages per batch awaiting its ReadyForQuery, and
@@ -110,6 +127,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._unanswered: deque[list[int]] = deque()
         self._unanswered_bytes = 0
         self._backlogged = False
+        self._queue_full = False  # reading stopped: _pending costs more than UNANSWERED_BYTES
         self._batch_open = False  # extended messages sent since the last Sync
         self._batch_failed = False  # ... and the server answered one with an error
         self._drain: asyncio.Future[None] | None = None  # set when every reply has come
@@ -138,16 +156,14 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         except ProtocolError as exc:
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
             return
-        if not self._reviewing and not self._barrier and not self._backlogged:
+        if self._may_pump():
             self._pump()
 
+    def _may_pump(self) -> bool:
+        return not (self._reviewing or self._barrier or self._backlogged or self._queue_full)
+
     def _resume_pump(self) -> None:
-        if (
-            not self._finished
-            and not self._reviewing
-            and not self._barrier
-            and not self._backlogged
-        ):
+        if not self._finished and self._may_pump():
             self._pump()
 
     def _pump(self) -> None:
@@ -155,9 +171,10 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         held for a review, one must wait for the server to confirm the encoding, or too
         much forwarded awaits its answer (the rest wait, in order, in the decoder)."""
         decoder = self.client.decoder
+        pending = self._pending
         out: list[bytes] = []
         try:
-            while not self._reviewing and not self._barrier and not self._backlogged:
+            while self._may_pump():
                 if self.model.encoding_uncertain and self._encoding_barrier(out):
                     continue
                 if self._barrier:
@@ -169,15 +186,29 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                 if self._discarding and not isinstance(msg, m.Sync):
                     continue
                 batch = self.model.batch
+                queued = len(pending)
                 self._on_client_message(msg, raw, out)
-                if type(msg) not in _COPY_MESSAGES:
+                if type(msg) in _COPY_MESSAGES:
                     # COPY data is passed on, not kept; and the server answers a COPY
                     # only after its CopyDone, so counting it would stop a long COPY.
-                    self._count_unanswered(batch, len(raw))
+                    continue
+                self._count_unanswered(batch, len(raw))
+                if len(pending) > queued:
+                    if self._batch_failed:
+                        self._skipped_by_server(queued)
+                    else:
+                        pending.charge(pending[-1], len(raw) + _MESSAGE_OVERHEAD)
+                        if pending.cost > UNANSWERED_BYTES and not self._finished:
+                            self._wait_for_answers(out)
         except ProtocolError as exc:
             if out:
                 self.upstream.write(b"".join(out))
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
+            return
+        except (NamesFull, SessionLimit) as exc:
+            if out:
+                self.upstream.write(b"".join(out))
+            self._over_limit(exc)
             return
         if out:
             self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
@@ -242,6 +273,46 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         ):
             self._backlogged = True
             self.client.pause_reading("unanswered")
+
+    def _skipped_by_server(self, queued: int) -> None:
+        """The server answered an error in the open batch, so it skips every message up
+        to the Sync without a word: what was just queued (entries from ``queued`` on)
+        will never be answered, and is closed now (as the Sync's ReadyForQuery would),
+        not kept until a Sync that may never come."""
+        pending = self._pending
+        skipped = [pending.pop_last() for _ in range(len(pending) - queued)]
+        for entry in reversed(skipped):
+            self._close_remaining(entry, "not_executed")
+
+    def _wait_for_answers(self, out: list[bytes]) -> None:
+        """The requests awaiting their reply cost more than UNANSWERED_BYTES: read the
+        client no further until half is answered (`_replies_relayed`). In an open batch
+        the server holds its answers until its output buffer fills or a Sync or Flush
+        comes: a Flush after what was forwarded makes it send them."""
+        self._queue_full = True
+        self.client.pause_reading("unanswered-queue")
+        if self._batch_open:
+            out.append(build.flush())
+
+    def _replies_relayed(self) -> None:
+        if self._queue_full and self._pending.cost <= UNANSWERED_BYTES // 2:
+            self._queue_full = False
+            self.client.resume_reading("unanswered-queue")
+            asyncio.get_running_loop().call_soon(self._resume_pump)
+
+    def _over_limit(self, exc: Exception) -> None:
+        """A client message would pass a limit of the session (its names): it ends."""
+        limits = "limits.session_names, limits.session_name_bytes"
+        message = (
+            f"wardgate: session limit: this session would hold {exc} of prepared "
+            f"statements or portals ({limits}); close (DEALLOCATE) the ones it no longer "
+            "needs, or reconnect"
+            if isinstance(exc, NamesFull)
+            else f"wardgate: session limit: {exc}"
+        )
+        log.warning("session %s: ended: %s", self.session_id, message)
+        metrics.protocol_violation("postgres", "session_limit")
+        self._fatal("54000", message, status="protocol_violation")
 
     def _answered(self, batch: int) -> None:
         """The ReadyForQuery closing ``batch`` came: it and every earlier batch are

@@ -71,7 +71,7 @@ class Act:
 class Pending:
     __slots__ = (
         "kind", "acts", "index", "block", "held", "commit_error", "target", "plan", "planned",
-        "changes", "batch", "probe",
+        "changes", "batch", "probe", "cost",
     )  # fmt: skip
 
     def __init__(
@@ -100,6 +100,48 @@ class Pending:
         # the implicit transaction they ran in can still fail (and roll back) at Sync.
         self.held: list[ActionRecord] = []
         self.commit_error: ErrorFields | None = None
+        self.cost = 0  # what it counts towards PendingQueue.cost (PendingQueue.charge)
+
+
+class PendingQueue(deque[Pending]):
+    """What forwarded requests expect back, oldest first, with what they cost: ``cost``,
+    the bytes charged to the entries in it (the client message's size plus a fixed
+    share for the gateway's bookkeeping, relay.py), and ``syncs``, how many Sync
+    entries it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cost = 0
+        self.syncs = 0
+
+    def append(self, entry: Pending) -> None:
+        super().append(entry)
+        if entry.kind == SYNC:
+            self.syncs += 1
+
+    def charge(self, entry: Pending, cost: int) -> None:
+        entry.cost += cost
+        self.cost += cost
+
+    def popleft(self) -> Pending:
+        entry = super().popleft()
+        self._gone(entry)
+        return entry
+
+    def pop_last(self) -> Pending:
+        entry = super().pop()
+        self._gone(entry)
+        return entry
+
+    def _gone(self, entry: Pending) -> None:
+        self.cost -= entry.cost
+        if entry.kind == SYNC:
+            self.syncs -= 1
+
+
+class SessionLimit(Exception):
+    """A client message would take the session past one of the gateway's limits: the
+    session ends (SQLSTATE 54000) with this message."""
 
 
 class RelayState:
@@ -118,7 +160,7 @@ class RelayState:
     read_only: bool
     review_wait: float
     _held: list[bytes] | None
-    _pending: deque[Pending]
+    _pending: PendingQueue
     model: SessionModel
     _discarding: bool
     _barrier: bool  # reading stopped until the server confirms the client encoding
@@ -297,7 +339,8 @@ class RelayState:
         self._ran(act)
         if tag[0] in TRANSACTION_TAGS:
             self._settle_reviews(self._transaction.command(tag[0], act.action.text))
-        sync = next((e for e in self._pending if e.kind == SYNC), None)
+        pending = self._pending
+        sync = next((e for e in pending if e.kind == SYNC), None) if pending.syncs else None
         record = self._action_record(act, "ok", tag=tag)
         if sync is None:
             self.services.recorder.submit(record)  # no Sync yet: nothing can undo it later
@@ -439,6 +482,14 @@ class RelayState:
 
     def _resume_pump(self) -> None:
         """Go on judging the client's buffered messages (relay.py)."""
+        raise NotImplementedError
+
+    def _replies_relayed(self) -> None:
+        """Server replies were matched and relayed: reading the client may resume (relay.py)."""
+        raise NotImplementedError
+
+    def _over_limit(self, exc: Exception) -> None:
+        """End the session on a passed limit (relay.py)."""
         raise NotImplementedError
 
     # -- the session model ----------------------------------------------------------------

@@ -87,6 +87,7 @@ class ServerReplies(MaskedResults, SessionProbe):
         drain = self._drain
         if drain is not None and not self._pending and not drain.done():
             drain.set_result(None)  # probe.py waits for every earlier reply
+        self._replies_relayed()
 
     def _tap(self) -> ResultTap | None:
         """The recording of the action whose rows are arriving now: the statement the

@@ -14,7 +14,8 @@ from wardgate.actions import Action, Decision, Verdict
 from wardgate.policy.sql import execute_arguments, executed_statement, syntax_error
 from wardgate.postgres.codec import build
 from wardgate.postgres.probe import ContextUnknown, SessionProbe
-from wardgate.postgres.session_model import Prepared
+from wardgate.postgres.relay_state import SessionLimit
+from wardgate.postgres.session_model import NamesFull, Prepared
 from wardgate.reviews.messages import OutcomeText, needs_review
 from wardgate.reviews.settle import Settled, blocked, settle
 
@@ -137,7 +138,11 @@ class ReviewHold(SessionProbe):
                 return
             out: list[bytes] = []
             self._reviewing = self._review_cancelled = False
-            then(msg, raw, result, out)
+            try:
+                then(msg, raw, result, out)
+            except (NamesFull, SessionLimit) as exc:
+                self._over_limit(exc)
+                return
             if out:
                 self.upstream.write(b"".join(out))
             self.client.resume_reading("review")

@@ -32,32 +32,61 @@ class Change(Generic[V]):
     batch: int
 
 
+class NamesFull(Exception):
+    """A name map of the session would pass its limit (``Names.most``, ``most_bytes``)."""
+
+
+def _weight(value: object) -> int:
+    return int(getattr(value, "weight", 0))
+
+
 @dataclass
 class Names(Generic[V]):
-    """Prepared-statement or portal names, as the server holds them."""
+    """Prepared-statement or portal names, as the server holds them. PostgreSQL allows
+    any number; the gateway keeps a copy of what each holds, so a session may hold at
+    most ``most`` names here and ``most_bytes`` of their text (``weight``)."""
 
     confirmed: dict[str, V] = field(default_factory=dict)
     pending: list[Change[V]] = field(default_factory=list)
+    most: int = 0  # 0: no limit
+    most_bytes: int = 0
+    bytes: int = 0  # the weight of what ``confirmed`` and ``pending`` hold
 
     def propose(self, name: str | None, value: V | None, batch: int) -> Change[V]:
+        """Raises NamesFull when ``value`` under a new ``name`` would pass a limit
+        (counting every change still pending as a new name). The unnamed statement and
+        portal ("") are one name each, replaced by every new one: not limited here."""
+        weight = _weight(value)
+        if value is not None and self.most and name and name not in self.confirmed:
+            if len(self.confirmed) + len(self.pending) >= self.most:
+                raise NamesFull(f"more than {self.most} names")
+            if self.bytes + weight > self.most_bytes:
+                raise NamesFull(f"more than {self.most_bytes} bytes of text in its names")
         change = Change(name, value, batch)
         self.pending.append(change)
+        self.bytes += weight
         return change
 
     def confirm(self, change: Change[V]) -> None:
         if change not in self.pending:
             return
         self.pending.remove(change)
+        self.bytes -= _weight(change.value)
         if change.name is None:
             self.confirmed.clear()
-        elif change.value is None:
-            self.confirmed.pop(change.name, None)
-        else:
+            self.bytes = sum(_weight(c.value) for c in self.pending)
+            return
+        old = self.confirmed.pop(change.name, None)
+        if old is not None:
+            self.bytes -= _weight(old)
+        if change.value is not None:
             self.confirmed[change.name] = change.value
+            self.bytes += _weight(change.value)
 
     def refute(self, change: Change[V]) -> None:
         if change in self.pending:
             self.pending.remove(change)
+            self.bytes -= _weight(change.value)
 
     def candidates(self, name: str, batch: int) -> list[V | None]:
         """Every value ``name`` may hold when a message of ``batch`` reaches the server
@@ -76,7 +105,7 @@ class Names(Generic[V]):
     def drop(self, keep: set[str]) -> None:
         """Forget confirmed names other than ``keep`` (portals at a transaction's end)."""
         for name in [n for n in self.confirmed if n not in keep]:
-            del self.confirmed[name]
+            self.bytes -= _weight(self.confirmed.pop(name))
 
 
 @dataclass(frozen=True)
@@ -89,6 +118,11 @@ class Prepared:
     param_types: tuple[int, ...] = ()
     masked: str | None = None
 
+    @property
+    def weight(self) -> int:
+        """About what the gateway holds for it, in bytes (Names.most_bytes)."""
+        return 100 + len(self.sql) + len(self.masked or "") + 4 * len(self.param_types)
+
 
 @dataclass(frozen=True)
 class Portal:
@@ -99,6 +133,17 @@ class Portal:
     params: tuple[str | None, ...] = ()
     binding: str = ""
     holdable: bool = False  # a cursor DECLAREd WITH HOLD outlives its transaction
+
+    @property
+    def weight(self) -> int:
+        """About what the gateway holds for it, in bytes (Names.most_bytes); its SQL is
+        the prepared statement's own string, counted there too."""
+        return (
+            100
+            + sum(len(s) for s in self.sqls)
+            + sum(len(p) for p in self.params if p is not None)
+            + len(self.binding)
+        )
 
 
 @dataclass
