@@ -48,7 +48,9 @@ def _refused(conn: psycopg.Connection[Any], sql: str, why: str) -> str:
     return message
 
 
-def test_ts_rewrite_runs_no_sql_text_past_the_rewrite(gw: Gateway, people: str) -> None:
+def test_ts_rewrite_runs_no_sql_text_past_the_rewrite(
+    gw: Gateway, people: str, it_database: str
+) -> None:
     """ts_rewrite(tsquery, text) runs the SELECT in its text: the rewriter never saw the
     column references in it, so they read clear values (``'example.com' & 'jane.doe'``)."""
     leaks = [
@@ -65,9 +67,11 @@ def test_ts_rewrite_runs_no_sql_text_past_the_rewrite(gw: Gateway, people: str) 
             _no_clear(message)
         # The three-tsquery form runs no SQL, but the name is refused whole (fail closed).
         _refused(conn, "select ts_rewrite('a'::tsquery, 'a'::tsquery, 'b'::tsquery)", "ts_rewrite")
-    with psycopg.connect(gw.dsn("reviewer"), autocommit=True) as conn:
+    # ts_rewrite is admin for everyone since attack14 (its text runs as SQL), so what
+    # the agent would have read is shown by PostgreSQL directly.
+    with admin_conn(it_database) as conn:
         clear = conn.execute(leaks[0]).fetchone()
-    assert clear is not None and "jane.doe" in clear[0]  # what the agent would have read
+    assert clear is not None and "jane.doe" in clear[0]
 
 
 def _pseudonym(ipad: bytes, opad: bytes, value: str) -> str:
