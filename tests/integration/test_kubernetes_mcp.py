@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -210,10 +211,11 @@ def test_blocked_or_unsafe_manifests_file_no_proposal(
     gw, double = kmcp
     secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\nstringData: {k: s3cr3t-value}\n"
     before = len(double.cluster.requests)
+    marker = f"unsafe-{uuid.uuid4().hex[:8]}"  # this test's MCP session, not an earlier one
     lb, sec, bad = call(
         gw,
         "agent",
-        ("propose_change", {"connection": "cluster", "justification": "expose",
+        ("propose_change", {"connection": "cluster", "justification": f"{marker} expose",
                             "manifests": [SERVICE]}),
         ("propose_change", {"connection": "cluster", "justification": "creds",
                             "manifests": [secret]}),
@@ -229,7 +231,7 @@ def test_blocked_or_unsafe_manifests_file_no_proposal(
     texts = json.dumps(filed)
     assert "LoadBalancer" not in texts and "stringData" not in texts
     # the refused call is recorded, its Secret value is not
-    recorded = _mcp_actions(gw, "propose_change", 3)
+    recorded = _mcp_actions(gw, marker, 3)
     assert any("cannot carry a Secret" in (a.get("error") or "") for a in recorded)
     assert "s3cr3t-value" not in json.dumps(recorded)
 
