@@ -69,7 +69,7 @@ class StatementInfo:
     # SELECT INTO, TRUNCATE, LOCK and DDL; read = every other table named.
     tables_read: tuple[str, ...] = ()
     tables_written: tuple[str, ...] = ()
-    functions: tuple[str, ...] = ()  # every function called, as written, lower-cased
+    functions: tuple[str, ...] = ()  # every function called, as PostgreSQL folds its name
     columns: tuple[str, ...] = ()  # every column named, without its table, lower-cased
     # Shell: every word a command gets (arguments, redirect targets, assigned values) as
     # the fnmatch glob of what it may become (policy/shell/inert.py shape).

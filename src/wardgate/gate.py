@@ -48,6 +48,7 @@ class CatalogFacts:
     def __init__(self) -> None:
         self._shadowed: dict[str, frozenset[str]] = {}
         self._user_code: dict[str, UserCode] = {}
+        self._routines: dict[str, dict[str, frozenset[str]]] = {}
         self.epoch = 0  # changes whenever a fact does: part of every verdict's cache key
 
     def shadowed(self, connection: str) -> frozenset[str]:
@@ -63,6 +64,21 @@ class CatalogFacts:
 
     def user_code(self, connection: str) -> UserCode:
         return self._user_code.get(connection, _NO_USER_CODE)
+
+    def routine_schemas(self, connection: str, name: str) -> frozenset[str] | None:
+        """The schemas (outside pg_catalog and information_schema) that hold a routine
+        named ``name`` (compared in lower case) on ``connection``; None while the
+        catalogue has not been read there."""
+        found = self._routines.get(connection)
+        return None if found is None else found.get(name.lower(), frozenset())
+
+    def set_routines(self, connection: str, found: dict[str, frozenset[str]]) -> bool:
+        """True when this changed what the gate knows."""
+        if self._routines.get(connection) == found:
+            return False
+        self._routines[connection] = found
+        self.epoch += 1
+        return True
 
     def set_user_code(self, connection: str, found: UserCode) -> bool:
         """True when this changed what the gate knows."""
@@ -467,12 +483,32 @@ class Gate:
                 and (schema in ("pg_catalog", "information_schema") or bare not in shadowed)
             ):
                 continue
-            if name in self._safe_functions or (
-                not schema and f"public.{bare}" in self._safe_functions
-            ):
+            if self._listed_safe(name, connection):
                 continue
             unknown.append(name)
         return unknown + self._user_code_run(stmt, connection)
+
+    def _listed_safe(self, name: str, connection: str) -> bool:
+        """``name`` (as called: ``schema.f`` or ``f``) is listed in safe_functions. A
+        qualified entry covers a bare call only when the call cannot resolve to another
+        schema's routine: PostgreSQL picks among every schema of the session's
+        search_path (by argument types, not only by order), so no schema of the database
+        but the listed ones may hold a routine of that name, as the catalogue watch last
+        read it; before it was read, never (the stricter reading)."""
+        if name in self._safe_functions:
+            return True
+        schema, _, bare = name.rpartition(".")
+        if schema:
+            return False
+        listed = frozenset(
+            entry.rpartition(".")[0]
+            for entry in self._safe_functions
+            if "." in entry and entry.rpartition(".")[2] == bare
+        )
+        if not listed:
+            return False
+        holders = self.facts.routine_schemas(connection, bare)
+        return holders is not None and holders <= listed
 
     def _user_code_run(self, stmt: StatementInfo, connection: str) -> list[str]:
         """Casts and operators in ``stmt`` that may run a user function on this
@@ -535,7 +571,7 @@ def _rail_matches(
     ):
         return False
     if m.functions and not any(
-        fnmatchcase(f, p.lower()) or fnmatchcase(f.rpartition(".")[2], p.lower())
+        fnmatchcase(f.lower(), p.lower()) or fnmatchcase(f.rpartition(".")[2].lower(), p.lower())
         for f in stmt.functions
         for p in m.functions
     ):

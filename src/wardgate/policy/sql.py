@@ -589,13 +589,20 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         for obj in fields.get("objects", []):
             if "List" in obj:
                 written.append(".".join(_names(obj["List"].get("items", []))))
-    if node_type == "SelectStmt" and "limitCount" in fields:
-        kinds.append("limited")  # LIMIT 5 and LIMIT NULL share a fingerprint: see below
-    if node_type in ("CopyStmt", "DeclareCursorStmt") and _query_reads_without_limit(fields):
-        # COPY t TO, COPY (SELECT ...) TO and a cursor's SELECT hand over every row they
-        # read, as an unbounded SELECT does.
+    if _has_key(fields, "limitCount"):
+        # LIMIT 5 and LIMIT NULL share a fingerprint (see below), at any depth: in a
+        # sub-query, a CTE or a branch of a UNION they decide too.
+        kinds.append("limited")
+    if node_type in ("CopyStmt", "DeclareCursorStmt", "PrepareStmt") and _query_reads_without_limit(
+        fields
+    ):
+        # COPY t TO, COPY (SELECT ...) TO, a cursor's SELECT and what EXECUTE of a
+        # prepared SELECT returns hand over every row they read, as an unbounded SELECT.
         kinds.append("no_limit")
-    if node_type == "SelectStmt" and _reads_without_limit(fields):
+    if node_type == "SelectStmt" and _values_unbounded(fields):
+        # One row may carry every row read: array_agg(x) ... LIMIT 1, ARRAY(SELECT ...).
+        kinds.append("no_limit")
+    elif node_type == "SelectStmt" and _reads_without_limit(fields):
         ref = fields.get("limitCount", {}).get("ParamRef", {})
         param = None if ref.get("unbound") else ref.get("number")
         # LIMIT $n: the gate judges it with the value bound to $n (NULL is no limit).
@@ -691,7 +698,8 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         text=text,
         tables_read=_unique(read),
         tables_written=_unique(written),
-        functions=_unique(functions),
+        # As PostgreSQL resolves them: a quoted "F" is another routine than f.
+        functions=tuple(dict.fromkeys(f for f in functions if f)),
         columns=_unique(columns),
         types=_unique(types),
         operators=_unique(operators),
@@ -710,7 +718,118 @@ def _query_reads_without_limit(fields: dict[str, Any]) -> bool:
     if "relation" in fields:
         return True  # COPY t TO: the whole table
     select = fields.get("query", {}).get("SelectStmt")
-    return select is not None and _reads_without_limit(select)
+    return select is not None and _select_unbounded(select)
+
+
+# Aggregates whose one value collects a value of every row they read (an array, a text,
+# a JSON or XML document, a range): a LIMIT on their rows bounds nothing.
+_COLLECTING = frozenset(
+    {
+        "array_agg", "string_agg", "json_agg", "json_agg_strict", "jsonb_agg",
+        "jsonb_agg_strict", "json_object_agg", "json_object_agg_strict",
+        "json_object_agg_unique", "json_object_agg_unique_strict", "jsonb_object_agg",
+        "jsonb_object_agg_strict", "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict",
+        "xmlagg", "range_agg", "range_intersect_agg", "percentile_disc", "percentile_cont",
+    }
+)  # fmt: skip
+_COLLECTING_NODES = frozenset({"JsonArrayAgg", "JsonObjectAgg"})
+
+
+def _select_unbounded(fields: dict[str, Any]) -> bool:
+    """A SELECT (anywhere in a statement) whose result may hold unboundedly many rows'
+    values: it reads without a constant LIMIT, or one of its rows collects them."""
+    try:
+        return _reads_without_limit(fields) or _values_unbounded(fields)
+    except RecursionError:
+        return True  # too deep to follow: the stricter reading
+
+
+def _values_unbounded(fields: dict[str, Any]) -> bool:
+    """One row of this SELECT may carry the values of unboundedly many rows: a
+    collecting aggregate over its FROM (``array_agg(x) ... LIMIT 1``, also as a window),
+    a function that is not a known built-in (it may be a user aggregate), or a nested
+    SELECT in an expression (``ARRAY(SELECT ...)``, ``(SELECT count(*) FROM t)``), a
+    sub-query in FROM, a CTE or a branch of a UNION that does. A LIMIT bounds the rows
+    of a sub-query in FROM or of a CTE read in FROM: they are not counted by themselves.
+    """
+    if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+        if _values_unbounded(fields.get("larg", {})) or _values_unbounded(fields.get("rarg", {})):
+            return True
+    for cte in fields.get("withClause", {}).get("ctes", []):
+        query = cte.get("CommonTableExpr", {}).get("ctequery", {})
+        if "SelectStmt" in query and _values_unbounded(query["SelectStmt"]):
+            return True
+    aggregated = any(_from_rows_unbounded(item) for item in fields.get("fromClause", []))
+    if any(_expr_unbounded(t, aggregated) for t in fields.get("targetList", [])):
+        return True
+    if any(_expr_unbounded(row, False) for row in fields.get("valuesLists", [])):
+        return True
+    return any(_from_unbounded(item) for item in fields.get("fromClause", []))
+
+
+def _from_rows_unbounded(item: dict[str, Any]) -> bool:
+    """A FROM item whose rows are not bounded by a constant LIMIT of its own: anything
+    but a sub-query that has one (a table, a CTE, a function: unbounded)."""
+    if "JoinExpr" in item:
+        join = item["JoinExpr"]
+        return _from_rows_unbounded(join.get("larg", {})) or _from_rows_unbounded(
+            join.get("rarg", {})
+        )
+    query = item.get("RangeSubselect", {}).get("subquery", {})
+    return "SelectStmt" not in query or _select_unbounded(query["SelectStmt"])
+
+
+def _from_unbounded(item: dict[str, Any]) -> bool:
+    if "RangeVar" in item:
+        return False
+    if "JoinExpr" in item:
+        join = item["JoinExpr"]
+        return _from_unbounded(join.get("larg", {})) or _from_unbounded(join.get("rarg", {}))
+    if "RangeSubselect" in item:
+        query = item["RangeSubselect"].get("subquery", {})
+        return "SelectStmt" not in query or _values_unbounded(query["SelectStmt"])
+    # A function, XMLTABLE, JSON_TABLE, TABLESAMPLE: a sub-query in its arguments counts.
+    return _expr_unbounded(item, False)
+
+
+def _expr_unbounded(node: Any, aggregated: bool) -> bool:
+    """An expression (of a SELECT that reads rows when ``aggregated``) whose value may
+    hold unboundedly many rows' values."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            if key == "SelectStmt" and isinstance(value, dict):
+                if _select_unbounded(value):
+                    return True
+                continue  # its own aggregates are its own
+            if aggregated and key in _COLLECTING_NODES:
+                return True
+            if aggregated and key == "FuncCall" and isinstance(value, dict):
+                schema, name = _func_name(value)
+                if name in _COLLECTING or function_class(schema, name) is None:
+                    return True
+            if isinstance(value, dict | list):
+                stack.append(value)
+    return False
+
+
+def _has_key(node: Any, key: str) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if key in item:
+                return True
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _reads_without_limit(fields: dict[str, Any]) -> bool:
@@ -727,7 +846,8 @@ def _reads_without_limit(fields: dict[str, Any]) -> bool:
         return False
     if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
         return True  # a UNION etc. without an outer LIMIT
-    return bool(fields.get("fromClause"))
+    # A table, a CTE, a function, or a sub-query without a constant LIMIT of its own.
+    return any(_from_rows_unbounded(item) for item in fields.get("fromClause", []))
 
 
 def _numeric_constant(node: dict[str, Any]) -> bool:

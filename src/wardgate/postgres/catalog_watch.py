@@ -36,6 +36,15 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND (p.provolatile = 'v' OR p.prokind = 'a')
 """
 
+# Every routine outside the system schemas, by name: a bare call of a name that
+# safe_functions lists only qualified (`public.f`) is safe only when no other schema
+# holds a routine of that name (Gate._listed_safe).
+_ROUTINES_QUERY = """
+SELECT DISTINCT lower(p.proname), n.nspname FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+
 # Where PostgreSQL runs a user function for a cast or an operator: rows (what, schema,
 # name). "user" functions: outside the system schemas; a domain CHECK also counts
 # VOLATILE built-ins (nextval, set_config). "type": an explicit cast to it may run one
@@ -185,6 +194,7 @@ class CatalogWatch:
             ) as session:
                 result = await session.extended(_QUERY, max_rows=100_000)
                 code = await session.extended(_USER_CODE_QUERY, max_rows=100_000)
+                routines = await session.extended(_ROUTINES_QUERY, max_rows=1_000_000)
         except Exception as exc:  # noqa: BLE001 - the target may be down; try again later
             log.debug("connection %r: catalog watch failed: %s", connection, exc)
             return
@@ -199,6 +209,13 @@ class CatalogWatch:
             with contextlib.suppress(Exception):  # kept: the last snapshot, then refused
                 await catalogs.get(services, connection)
         self._judge_user_code(services, connection, code, loud)
+        if routines.error is None and not routines.truncated:
+            holders: dict[str, set[str]] = {}
+            for name, schema in routines.rows:
+                holders.setdefault(str(name), set()).add(str(schema))
+            services.gate.facts.set_routines(
+                connection, {n: frozenset(s) for n, s in holders.items()}
+            )
         found = {(str(row[0]), str(row[1])) for row in result.rows if row[0] in BUILTIN_READ_ONLY}
         names = frozenset(n for n, _ in found)
         if services.gate.facts.set_shadowed(connection, names) and names and loud:
