@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
+from tests.integration.test_attack14c import _unchanged
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -56,11 +57,6 @@ def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 @pytest.fixture
 def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
     yield from lazy_wires(gw)
-
-
-def _unchanged(target: Target, before: tuple[Any, ...], start: int) -> None:
-    assert target.log(start) == [], target.log(start)
-    assert target.snapshot() == before
 
 
 def _refused(reply: Any) -> bool:

@@ -366,3 +366,25 @@ def test_sql_execute_is_judged_by_what_it_resolves_to(policy: Config) -> None:
         resolved="prepare p as select id from orders where id = $1 limit 1",
     )  # fmt: skip
     assert gate.check(reading).decision is Decision.ALLOW
+
+
+def test_a_qualified_safe_function_covers_a_bare_call_only_where_no_other_schema_has_it() -> None:
+    # safe_functions: [report.totals]. A bare totals() may resolve to any schema of the
+    # session's search_path: safe only when the catalogue shows report alone has one.
+    from wardgate.gate import CatalogFacts
+
+    config = parse_config(CONFIG + "safe_functions: [report.totals]\n", Path("gate.yaml"))
+    p = config.principal("bot")
+    assert p is not None
+    facts = CatalogFacts()
+
+    def decision(sql: str) -> Decision:
+        return Gate(config, facts).check(Action(p, "shop", "postgres", "sql", sql)).decision
+
+    assert decision("select totals()") is Decision.BLOCK  # the catalogue was not read
+    facts.set_routines("shop", {"totals": frozenset({"report"})})
+    assert decision("select totals()") is Decision.ALLOW
+    facts.set_routines("shop", {"totals": frozenset({"report", "evil"})})
+    assert decision("select totals()") is Decision.BLOCK
+    assert decision("select report.totals()") is Decision.ALLOW
+    assert decision('select report."Totals"()') is Decision.BLOCK  # another routine

@@ -137,6 +137,17 @@ CASES = [
     ("copy t to stdout", "read", "no_limit"),
     ("copy (select * from t) to stdout", "read", "no_limit"),
     ("declare c cursor for select * from t", "read", "no_limit"),
+    # A limit bounds what reaches the client: one row may collect every row (attack14d).
+    ("select array_agg(a) from t limit 1", "read", "no_limit"),
+    ("select string_agg(a, ',') over () from t limit 1", "read", "no_limit"),
+    ("select array(select a from t)", "read", "no_limit"),
+    ("select (select count(*) from t)", "read", "no_limit"),
+    ("with c as (select json_agg(t) j from t) select * from c limit 1", "read", "no_limit"),
+    ("select * from (select xmlagg(x) from t) s limit 1", "read", "no_limit"),
+    ("prepare p as select * from t", "read", "no_limit"),
+    ("select (select count(*) from t limit 1)", "read", "limited"),
+    ("select * from (select * from t) s limit 1", "read", "limited"),
+    ("select * from (select * from t limit 5) s", "read", "limited"),
     # Syntax that PostgreSQL 14/15 read as calls of user-definable functions.
     ("select json_scalar(1)", "read", "user_definable:json_scalar"),
     ("select json_object()", "read", "user_definable:json_object"),

@@ -795,41 +795,39 @@ def _from_unbounded(item: dict[str, Any]) -> bool:
 def _expr_unbounded(node: Any, aggregated: bool) -> bool:
     """An expression (of a SELECT that reads rows when ``aggregated``) whose value may
     hold unboundedly many rows' values."""
+    for key, value in _items(node, stop="SelectStmt"):
+        if key == "SelectStmt":
+            if _select_unbounded(value):
+                return True  # (its own aggregates are its own: not descended into)
+        elif aggregated and key in _COLLECTING_NODES:
+            return True
+        elif aggregated and key == "FuncCall":
+            schema, name = _func_name(value)
+            if name in _COLLECTING or function_class(schema, name) is None:
+                return True
+    return False
+
+
+def _has_key(node: Any, key: str) -> bool:
+    return any(k == key for k, _ in _items(node))
+
+
+def _items(node: Any, stop: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (key, value) of every dict in a pglast JSON tree; the values of ``stop``
+    keys (dicts) are yielded but not descended into."""
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, list):
             stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
-        for key, value in item.items():
-            if key == "SelectStmt" and isinstance(value, dict):
-                if _select_unbounded(value):
-                    return True
-                continue  # its own aggregates are its own
-            if aggregated and key in _COLLECTING_NODES:
-                return True
-            if aggregated and key == "FuncCall" and isinstance(value, dict):
-                schema, name = _func_name(value)
-                if name in _COLLECTING or function_class(schema, name) is None:
-                    return True
-            if isinstance(value, dict | list):
-                stack.append(value)
-    return False
-
-
-def _has_key(node: Any, key: str) -> bool:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if key in item:
-                return True
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(value, dict) and key == stop:
+                    yield key, value
+                    continue
+                yield key, value
+                if isinstance(value, dict | list):
+                    stack.append(value)
 
 
 def _reads_without_limit(fields: dict[str, Any]) -> bool:
