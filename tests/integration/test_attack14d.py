@@ -16,6 +16,7 @@ import pytest
 from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
 from tests.integration.test_attack14c import _unchanged
+from tests.integration.test_reviews import Api
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -204,3 +205,50 @@ def test_a_quoted_name_is_not_the_listed_lower_case_one(
         reply = w.run(q(sql), ready=1)
         assert _refused(reply), (sql, reply.text())
     _unchanged(target, before, start)
+
+
+# -- 3. an approval binds the settings that change the text a value becomes -------------
+# bytea_output and xmlbinary ("Statement Behavior", any user may set them) were not in
+# the review context: approved with the defaults, the same UPDATE stored another text
+# after the agent changed them.
+
+
+@pytest.mark.parametrize(
+    ("setting", "sql", "approved"),
+    [
+        (
+            "bytea_output = escape",
+            "update stock set note = '\\x41'::bytea::text where id = 2",
+            "\\x41",
+        ),
+        (
+            "xmlbinary = hex",
+            "update stock set note = xmlelement(name b, 'AB'::bytea)::text where id = 2",
+            "<b>QUI=</b>",
+        ),
+    ],
+)
+def test_an_approval_binds_how_values_become_text(
+    gw: Gateway, target: Target, setting: str, sql: str, approved: str
+) -> None:
+    w = Wire(gw, "rv")
+    try:
+        first = w.run(q(sql), ready=1)
+        assert first.review_ids(), first.text()
+        reviewer = Api(gw, "reviewer")
+        reviewer.post(f"/reviews/{first.review_ids()[0]}/approve")
+        reviewer.client.close()
+        assert w.run(q(f"set {setting}"), ready=1).errors() == []
+        start = target.last_id()
+        again = w.run(q(sql), ready=1)
+        assert again.review_ids() and again.review_ids() != first.review_ids(), again.text()
+        assert target.log(start) == []
+        # Under the settings it was approved with, the approval runs it, once.
+        w.run(q(f"reset {setting.split(' ')[0]}"), ready=1)
+        ran = w.run(q(sql), ready=1)
+        assert ran.errors() == [], ran.text()
+        with target.conn() as c:
+            assert c.execute("select note from public.stock where id = 2").fetchone() == (approved,)
+            c.execute("update public.stock set note = null where id = 2")
+    finally:
+        w.close()

@@ -25,13 +25,16 @@ from wardgate.postgres.relay_state import PROBE, Pending, RelayState
 # it returns, taken from PostgreSQL's own catalogue rather than a list: every setting a
 # session may change in "Locale and Formatting" (DateStyle, IntervalStyle, TimeZone,
 # timezone_abbreviations, lc_numeric...: '01/02/2026' is 2 January or 1 February),
-# plus xmloption and gin_fuzzy_search_limit. client_encoding is the session model's.
+# plus xmloption and gin_fuzzy_search_limit, and the two "Statement Behavior" settings
+# that change how a value is written as text (bytea_output: '\x41'::bytea::text is
+# 'A' under escape; xmlbinary: base64 or hex in XML), which an approved write may store.
+# client_encoding is the session model's.
 _SQL = (
     "SELECT pg_catalog.current_setting('search_path'), CURRENT_USER::pg_catalog.text, "
     "(SELECT pg_catalog.string_agg(s.name || '=' || s.setting, E'\\n' ORDER BY s.name) "
     "FROM pg_catalog.pg_settings s WHERE s.context = 'user' AND s.name <> 'client_encoding' "
     "AND (s.category = 'Client Connection Defaults / Locale and Formatting' "
-    "OR s.name IN ('xmloption', 'gin_fuzzy_search_limit')))"
+    "OR s.name IN ('xmloption', 'gin_fuzzy_search_limit', 'bytea_output', 'xmlbinary')))"
 )
 _TIMEOUT = 10.0
 
