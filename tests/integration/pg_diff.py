@@ -173,7 +173,8 @@ class Target:
         return tuple(row)
 
 
-def make_target() -> Iterator[Target]:
+def make_target(extra: str = "") -> Iterator[Target]:
+    """A fresh target database; ``extra``: SQL its owner runs after the setup."""
     suffix = uuid.uuid4().hex[:8]
     target = Target(f"wardgate_diff_{suffix}", f"wgd_up_{suffix}")
     with admin_conn() as c:
@@ -183,6 +184,8 @@ def make_target() -> Iterator[Target]:
         c.execute(SETUP)
         c.execute(_triggers())
         c.execute(_grants(target.role).replace("{db}", target.db))
+        if extra:
+            c.execute(extra)
         c.execute("truncate audit.write_log")  # the setup's own DDL: the log starts empty
     try:
         yield target
@@ -228,8 +231,9 @@ def diff_config(target: Target) -> str:
     )
 
 
-def start_gateway(workdir: Path, target: Target) -> Gateway:
-    gw = make_gateway(workdir, diff_config(target))
+def start_gateway(workdir: Path, target: Target, extra: str = "") -> Gateway:
+    """A gateway in front of ``target`` (``extra``: YAML appended to the config)."""
+    gw = make_gateway(workdir, diff_config(target) + extra)
     try:
         gw.start()
     except BaseException:

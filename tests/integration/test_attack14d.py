@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
+from tests.integration.conftest import Gateway
+from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target, start_gateway
 from tests.integration.test_attack14c import _unchanged
 from tests.integration.test_reviews import Api
 from wardgate.postgres.codec import build
@@ -40,17 +40,12 @@ SAFE = "safe_functions: [public.peek, public.only_here]\n"
 
 @pytest.fixture(scope="module")
 def target(pg_server: None) -> Iterator[Target]:
-    for made in make_target():
-        with made.conn() as c:
-            c.execute(EXTRA)
-            c.execute("truncate audit.write_log")
-        yield made
+    yield from make_target(EXTRA)
 
 
 @pytest.fixture(scope="module")
 def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14d"), diff_config(target) + SAFE)
-    gateway.start()
+    gateway = start_gateway(tmp_path_factory.mktemp("attack14d"), target, SAFE)
     yield gateway
     gateway.stop()
 
