@@ -85,6 +85,10 @@ UNBOUNDED = [
     "select (select count(*) from big_rows limit null)",
     "select (select count(*) from big_rows limit all)",
     "select * from big_rows offset 0",
+    # A recursive CTE is a loop: each step adds one row's value to what it carries on.
+    "with recursive r(i, acc) as (select 0, ''::text union all select i + 1, acc || ','"
+    " || (select id::text from big_rows order by id offset i limit 1) from r where i < 50)"
+    " select acc from r order by i desc limit 1",
 ]
 
 

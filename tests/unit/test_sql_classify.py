@@ -148,6 +148,12 @@ CASES = [
     ("select (select count(*) from t limit 1)", "read", "limited"),
     ("select * from (select * from t) s limit 1", "read", "limited"),
     ("select * from (select * from t limit 5) s", "read", "limited"),
+    (
+        "with recursive r(i, a) as (select 0, '' union all"
+        " select i + 1, a || (select b from t offset i limit 1) from r) select a from r limit 1",
+        "read",
+        "no_limit",
+    ),
     # Syntax that PostgreSQL 14/15 read as calls of user-definable functions.
     ("select json_scalar(1)", "read", "user_definable:json_scalar"),
     ("select json_object()", "read", "user_definable:json_object"),

@@ -755,9 +755,17 @@ def _values_unbounded(fields: dict[str, Any]) -> bool:
     if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
         if _values_unbounded(fields.get("larg", {})) or _values_unbounded(fields.get("rarg", {})):
             return True
-    for cte in fields.get("withClause", {}).get("ctes", []):
+    with_clause = fields.get("withClause", {})
+    names = {c.get("CommonTableExpr", {}).get("ctename") for c in with_clause.get("ctes", [])}
+    for cte in with_clause.get("ctes", []):
         query = cte.get("CommonTableExpr", {}).get("ctequery", {})
         if "SelectStmt" in query and _values_unbounded(query["SelectStmt"]):
+            return True
+        if with_clause.get("recursive") and any(
+            k == "RangeVar" and v.get("relname") not in names for k, v in _items(query)
+        ):
+            # A loop: each step may add another row's values to what it carries on
+            # (`acc || (select ... offset i limit 1)`), LIMITs inside it or not.
             return True
     aggregated = any(_from_rows_unbounded(item) for item in fields.get("fromClause", []))
     if any(_expr_unbounded(t, aggregated) for t in fields.get("targetList", [])):
