@@ -279,11 +279,13 @@ POLICY_TABLE = [
     ("ann", "select * from public.customers", Decision.REVIEW, "guardrail:ssn-review"),
     ("ann", "select name from customers", Decision.ALLOW, "role:engineer"),
     # functions: built-in read-only, listed safe, unknown (a write), guarded
+    ("bot", "select lower(name), now() from orders limit 5", Decision.ALLOW, "role:reader"),
+    # An aggregate's one row is computed from every row: a LIMIT on it bounds nothing.
     (
         "bot",
-        "select lower(name), now(), count(*) from orders limit 5",
-        Decision.ALLOW,
-        "role:reader",
+        "select count(*) from orders limit 5",
+        Decision.REVIEW,
+        "guardrail:agents-need-limit",
     ),
     ("bot", "select report.totals() limit 1", Decision.ALLOW, "role:reader"),
     ("bot", "select fmt_money(1)", Decision.ALLOW, "role:reader"),

@@ -721,18 +721,27 @@ def _query_reads_without_limit(fields: dict[str, Any]) -> bool:
     return select is not None and _select_unbounded(select)
 
 
-# Aggregates whose one value collects a value of every row they read (an array, a text,
-# a JSON or XML document, a range): a LIMIT on their rows bounds nothing.
-_COLLECTING = frozenset(
+# Every built-in aggregate of a supported version (pg_proc.prokind 'a'): its one value is
+# computed from every row it reads. Some collect the values themselves (array_agg,
+# string_agg, json_agg, xmlagg ...); the others can encode them (`sum(id::numeric *
+# 1000::numeric ^ id)` is every id in one number). A LIMIT on their rows bounds nothing.
+_AGGREGATES = frozenset(
     {
-        "array_agg", "string_agg", "json_agg", "json_agg_strict", "jsonb_agg",
-        "jsonb_agg_strict", "json_object_agg", "json_object_agg_strict",
-        "json_object_agg_unique", "json_object_agg_unique_strict", "jsonb_object_agg",
-        "jsonb_object_agg_strict", "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict",
-        "xmlagg", "range_agg", "range_intersect_agg", "percentile_disc", "percentile_cont",
+        "any_value", "array_agg", "avg", "bit_and", "bit_or", "bit_xor", "bool_and",
+        "bool_or", "corr", "count", "covar_pop", "covar_samp", "every", "json_agg",
+        "json_agg_strict", "json_object_agg", "json_object_agg_strict",
+        "json_object_agg_unique", "json_object_agg_unique_strict", "jsonb_agg",
+        "jsonb_agg_strict", "jsonb_object_agg", "jsonb_object_agg_strict",
+        "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict", "max", "min", "mode",
+        "percentile_cont", "percentile_disc", "range_agg", "range_intersect_agg",
+        "regr_avgx", "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope",
+        "regr_sxx", "regr_sxy", "regr_syy", "stddev", "stddev_pop", "stddev_samp",
+        "string_agg", "sum", "var_pop", "var_samp", "variance", "xmlagg",
     }
 )  # fmt: skip
-_COLLECTING_NODES = frozenset({"JsonArrayAgg", "JsonObjectAgg"})
+# Syntax only an aggregate call may carry.
+_AGGREGATE_SYNTAX = ("agg_star", "agg_distinct", "agg_order", "agg_filter", "agg_within_group")
+_AGGREGATE_NODES = frozenset({"JsonArrayAgg", "JsonObjectAgg"})
 
 
 def _select_unbounded(fields: dict[str, Any]) -> bool:
@@ -745,8 +754,8 @@ def _select_unbounded(fields: dict[str, Any]) -> bool:
 
 
 def _values_unbounded(fields: dict[str, Any]) -> bool:
-    """One row of this SELECT may carry the values of unboundedly many rows: a
-    collecting aggregate over its FROM (``array_agg(x) ... LIMIT 1``, also as a window),
+    """One row of this SELECT may carry the values of unboundedly many rows: an
+    aggregate over its FROM (``array_agg(x) ... LIMIT 1``, also as a window),
     a function that is not a known built-in (it may be a user aggregate), or a nested
     SELECT in an expression (``ARRAY(SELECT ...)``, ``(SELECT count(*) FROM t)``), a
     sub-query in FROM, a CTE or a branch of a UNION that does. A LIMIT bounds the rows
@@ -807,11 +816,15 @@ def _expr_unbounded(node: Any, aggregated: bool) -> bool:
         if key == "SelectStmt":
             if _select_unbounded(value):
                 return True  # (its own aggregates are its own: not descended into)
-        elif aggregated and key in _COLLECTING_NODES:
+        elif aggregated and key in _AGGREGATE_NODES:
             return True
         elif aggregated and key == "FuncCall":
             schema, name = _func_name(value)
-            if name in _COLLECTING or function_class(schema, name) is None:
+            if (
+                name in _AGGREGATES
+                or function_class(schema, name) is None  # may be a user aggregate
+                or any(value.get(k) for k in _AGGREGATE_SYNTAX)
+            ):
                 return True
     return False
 
