@@ -35,3 +35,15 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+_TIMES = os.environ.get("WARDGATE_TEST_TIMES")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With WARDGATE_TEST_TIMES=FILE, each test phase's duration is appended to FILE as
+    it ends (``--durations`` prints only after the whole run): finds what makes a run
+    slow while it runs."""
+    if _TIMES:
+        with open(_TIMES, "a", encoding="utf-8") as out:
+            out.write(f"{report.duration:.2f}\t{report.when}\t{report.outcome}\t{report.nodeid}\n")

@@ -303,12 +303,14 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     # and copies new events outside the store.
     keeper = _chain_keeper(config, store, vault) if index == 0 else None
     if keeper is not None:
-        services.tasks.spawn(keeper.run(), name="audit-checkpoints")
+        services.tasks.spawn(keeper.run(), name="audit-checkpoints", until_cancelled=True)
     if index == 0:
         # The sweeper signs the head after a sweep: a retention.swept event no signed
         # checkpoint covers does not excuse deleted events (audit/retention.py).
         sweep_key = checkpoint_key(config, vault)
-        services.tasks.spawn(_retention_sweeper(services, sweep_key), name="audit-retention")
+        services.tasks.spawn(
+            _retention_sweeper(services, sweep_key), name="audit-retention", until_cancelled=True
+        )
     tracing = setup_tracing(observer, f"worker-{index}")
     notifier = await _start_reviews(services, index)
     stop, hurry = asyncio.Event(), asyncio.Event()
@@ -334,7 +336,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             from wardgate.postgres.catalog_watch import CatalogWatch
 
             watch = services.state(CatalogWatch).run(services, loud=index == 0)
-            services.tasks.spawn(watch, name="catalog-watch")
+            services.tasks.spawn(watch, name="catalog-watch", until_cancelled=True)
             if index == 0:
                 from wardgate.postgres.privileges import warn_privileged_upstreams
 
@@ -365,7 +367,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
                 )
             )
             services.tasks.spawn(api_server.serve(), name="api-server")
-            services.tasks.spawn(api_app.state.mcp.run(), name="mcp-sessions")
+            services.tasks.spawn(api_app.state.mcp.run(), name="mcp-sessions", until_cancelled=True)
             log.info("worker %d: API on http://%s:%d", index, api_addr[0], api_addr[1])
         if index == 0 and (kube_addr := config.listen_address("kubernetes")) is not None:
             from wardgate.kubernetes.listener import kubernetes_server

@@ -18,8 +18,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, missing, stop_process
+from wardgate.cli.main import app as cli_app
 
 ROOT = Path(__file__).resolve().parents[2]
 WARDGATE = str(Path(sys.executable).with_name("wardgate"))
@@ -150,9 +152,22 @@ class Gateway:
         return result
 
     def token(self, principal: str) -> str:
+        """A new token of ``principal`` (one per gateway), made by ``wardgate token
+        create`` run in this process: a test needs a few per gateway, and each
+        `wardgate` process costs about a second of CPU to start (tests of the command
+        itself run it as a process: tests/cli)."""
         if principal not in self.tokens:
-            out = self.cli("token", "create", principal).stdout
-            self.tokens[principal] = out.strip().splitlines()[-1]
+            # The gateway's environment exactly: none of this process's WARDGATE_* left.
+            env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("WARDGATE_")}
+            env.update(self.env)
+            args = ["token", "create", principal, "-c", str(self.config_path)]
+            result = CliRunner().invoke(cli_app, args, env=env)
+            if result.exit_code != 0:
+                raise AssertionError(
+                    f"wardgate token create {principal} failed ({result.exit_code}):\n"
+                    f"{result.output}\n{result.exception!r}"
+                )
+            self.tokens[principal] = result.output.strip().splitlines()[-1]
         return self.tokens[principal]
 
     def dsn(self, principal: str = "dev", connection: str = "it", **params: str) -> str:

@@ -100,8 +100,9 @@ class CancelRegistry:
             self._writer = self._tasks.spawn(self._write_loop(), name="cancel-key-writer")
 
     async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
+        # Ends once nothing new came while it wrote (`_kick` starts another): a writer
+        # that waited forever would hold every shutdown for its whole grace.
+        while self._wake.is_set():
             await asyncio.sleep(FLUSH_DELAY)
             self._wake.clear()
             await self.flush()

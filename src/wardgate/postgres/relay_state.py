@@ -211,7 +211,6 @@ class RelayState:
         confirms the encoding (ParameterStatus before the batch's ReadyForQuery), later
         bytes the two could decode differently wait (relay.py `_pump`)."""
         model = self.model
-        called = self._called_as_fields()
         for info in statements:
             kinds = info.kinds
             if (
@@ -222,7 +221,7 @@ class RelayState:
                 or (model.encoding_touched and "transaction_end" in kinds)
                 or any(k.startswith("set_config_param:") for k in kinds)
                 or any(_user_function(f) for f in info.functions)
-                or not called.isdisjoint(info.attributes)
+                or (info.attributes and not self._called_as_fields().isdisjoint(info.attributes))
             ):
                 model.encoding_batch = model.batch
                 if "client_encoding" in kinds:

@@ -45,7 +45,9 @@ ActionStarted = Callable[[ReviewInfo, Action, Verdict], Coroutine[Any, Any, None
 class Tasks(Protocol):
     """Starts named background tasks and keeps them referenced (core.tasks.Tasks)."""
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str, *, until_cancelled: bool = False
+    ) -> asyncio.Task[Any]: ...
 
 
 class ReviewRuntime:
@@ -80,12 +82,12 @@ class ReviewRuntime:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._refresh_grants()
-        self._tasks.spawn(self._grants_loop(), name="review-grants")
+        self._tasks.spawn(self._grants_loop(), name="review-grants", until_cancelled=True)
         if self.store.dialect == "postgresql":
-            self._tasks.spawn(self._listen_loop(), name="review-listen")
+            self._tasks.spawn(self._listen_loop(), name="review-listen", until_cancelled=True)
         if self._housekeeping:
             await asyncio.to_thread(self.service.fail_interrupted, 300.0)
-            self._tasks.spawn(self._sweep_loop(), name="review-sweep")
+            self._tasks.spawn(self._sweep_loop(), name="review-sweep", until_cancelled=True)
 
     # -- grants -------------------------------------------------------------------------
 

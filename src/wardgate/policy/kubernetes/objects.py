@@ -9,6 +9,7 @@ case) are refused: the server and the gateway could keep different ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -101,29 +102,37 @@ def parse_body(body: str, content_type: str) -> Any:
             "protobuf bodies are not judged (kubectl's create/expose/run subcommands send "
             "protobuf); send the object as JSON or YAML, e.g. kubectl apply -f or create -f"
         )
-    try:
-        if kind in JSON_TYPES or kind == JSON_PATCH or not kind:
+    if kind in JSON_TYPES or kind == JSON_PATCH or not kind:
+        with _unreadable("the body", kind or "JSON"):
             return json.loads(body, object_pairs_hook=_pairs)
-        if kind in YAML_TYPES:
-            docs = _yaml_documents(body, "a request body")
-            if len(docs) != 1:
-                raise BodyError("a YAML body must hold exactly one document")
-            return docs[0]
-    except RecursionError:
-        raise BodyError("the body is nested too deeply") from None
-    except (ValueError, yaml.YAMLError) as exc:
-        if isinstance(exc, BodyError):
-            raise
-        raise BodyError(f"the body is not valid {kind or 'JSON'}: {exc}") from None
+    if kind in YAML_TYPES:
+        docs = _yaml_documents(body, "the body", kind)
+        if len(docs) != 1:
+            raise BodyError("a YAML body must hold exactly one document")
+        return docs[0]
     raise BodyError(f"content type {kind!r} is not judged; send JSON or YAML")
 
 
-def _yaml_documents(text: str, what: str) -> list[Any]:
-    # Aliases could expand a small body into an exponential tree (and hide what it
-    # sets behind a reference): refused, as no manifest needs them.
-    if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=_StrictLoader)):
-        raise BodyError(f"YAML aliases are not accepted in {what}")
-    return list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 (strict safe loader)
+@contextlib.contextmanager
+def _unreadable(what: str, kind: str) -> Iterator[None]:
+    """Any failure to read ``what`` as ``kind`` becomes a BodyError that says so."""
+    try:
+        yield
+    except BodyError:
+        raise
+    except RecursionError:
+        raise BodyError(f"{what} is nested too deeply") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        raise BodyError(f"{what} is not valid {kind}: {exc}") from None
+
+
+def _yaml_documents(text: str, what: str, kind: str = "YAML") -> list[Any]:
+    with _unreadable(what, kind):
+        # Aliases could expand a small body into an exponential tree (and hide what it
+        # sets behind a reference): refused, as no manifest needs them.
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=_StrictLoader)):
+            raise BodyError(f"YAML aliases are not accepted in {what}")
+        return list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 (strict safe loader)
 
 
 def parse_manifests(text: str) -> list[Any]:
@@ -131,15 +140,7 @@ def parse_manifests(text: str) -> list[Any]:
     read as strictly as a request body: no aliases, no duplicate keys."""
     if text.lstrip().startswith(("{", "[")):
         return [parse_body(text, "application/json")]
-    try:
-        docs = _yaml_documents(text, "a manifest")
-    except RecursionError:
-        raise BodyError("the manifest is nested too deeply") from None
-    except (ValueError, yaml.YAMLError) as exc:
-        if isinstance(exc, BodyError):
-            raise
-        raise BodyError(f"the manifest is not valid YAML: {exc}") from None
-    return [d for d in docs if d is not None]
+    return [d for d in _yaml_documents(text, "the manifest") if d is not None]
 
 
 def _from_json_patch(ops: Any) -> dict[str, Any]:

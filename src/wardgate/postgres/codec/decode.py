@@ -189,16 +189,29 @@ def parse_command_tag(body: bytes | memoryview) -> tuple[str, int | None]:
     ``INSERT oid rows`` carries a legacy OID before the count; the last number
     is always the row count. Tags without a trailing number yield ``None``.
     """
-    r = _reader(body)
+    key = bytes(body)
+    known = _TAGS.get(key)
+    if known is not None:
+        return known
+    r = BodyReader(key, errors="replace")
     tag = r.cstr()
     r.finish()
     parts = tag.split(" ")
     if len(parts) < 2 or not _is_number(parts[-1]):
-        return tag, None
-    count = int(parts[-1])
-    if parts[0] == "INSERT" and len(parts) == 3 and _is_number(parts[1]):
-        return "INSERT", count
-    return " ".join(parts[:-1]), count
+        result: tuple[str, int | None] = (tag, None)
+    elif parts[0] == "INSERT" and len(parts) == 3 and _is_number(parts[1]):
+        result = ("INSERT", int(parts[-1]))
+    else:
+        result = (" ".join(parts[:-1]), int(parts[-1]))
+    if len(_TAGS) < _TAGS_KEPT:
+        _TAGS[key] = result
+    return result
+
+
+# Every statement's answer ends in a tag, and most are the same few (``SELECT 1``,
+# ``INSERT 0 1``, ``BEGIN``): the first ones seen are kept, read once.
+_TAGS: dict[bytes, tuple[str, int | None]] = {}
+_TAGS_KEPT = 1024
 
 
 def _is_number(text: str) -> bool:
