@@ -425,9 +425,16 @@ def test_build_catalog_closes_view_reads_over_views() -> None:
 def test_install_sql_holds_derived_pads_not_the_key() -> None:
     key = b"k" * 32
     ipad, opad = db_key(key)
-    sql = install_sql(key)
+    sql = install_sql(key, "UTF8")
     assert ipad.hex() in sql and opad.hex() in sql and key.hex() not in sql
     assert "CREATE SCHEMA IF NOT EXISTS wardgate_mask" in sql and sql.strip().endswith("COMMIT;")
+
+
+def test_partial_takes_the_translate_path_only_in_utf8() -> None:
+    # octet_length = length means ASCII only where every other character is multibyte.
+    assert "pg_catalog.translate(" in install_sql(b"k" * 32, "UTF8")
+    for encoding in ("LATIN1", "SQL_ASCII", "WIN1252", ""):
+        assert "translate(" not in install_sql(b"k" * 32, encoding)
 
 
 def test_a_rule_on_a_partition_covers_reads_through_its_parent() -> None:
