@@ -4,13 +4,17 @@ and its children, from /proc), masked against unmasked, for bench/masking_pgbenc
 workloads: wall-clock TPS moves with whatever else the machine runs, CPU time much less.
 
     .venv/bin/python bench/masking_cpu.py [--statements 2000] [--rules columns]
-        [--rounds 2] [--rewrite]
+        [--rounds 2] [--rewrite] [--server]
 
 Each round runs pgbench (-M extended, or --protocol simple) for ``--statements`` transactions as the unmasked
 and as the masked principal, warm then cold, through one gateway. ``--rewrite`` also
 times the column rewriter alone in this process (``rewrite()`` for a statement with new
-literals each time, as pgbench -M simple sends, and a remembered one). Uses (and keeps,
-unless --drop) masking_pgbench's million-row database.
+literals each time, as pgbench -M simple sends, and a remembered one). ``--server``
+also counts the CPU of the PostgreSQL backends serving the benchmark's database (read
+from /proc every 20 ms while pgbench runs: the server must run on this machine; what a
+backend spends after the last reading before it exits is missed), where the rewritten
+statement computes the masked columns. Uses (and keeps, unless --drop)
+masking_pgbench's million-row database.
 """
 
 from __future__ import annotations
@@ -41,17 +45,64 @@ def process_cpu(pid: int) -> float:
     return total + sum(process_cpu(int(c)) for c in children)
 
 
+def backend_pids() -> list[int]:
+    """The backends connected to the benchmark's database."""
+    out = subprocess.run(
+        ["psql", "-h", PG["host"], "-p", str(PG["port"]), "-U", PG["user"], "-Atc",
+         "select pid from pg_stat_activity where backend_type = 'client backend'"
+         f" and datname = '{mb.DB}'"],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    return [int(pid) for pid in out]
+
+
+def backends(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each of ``pids`` still running."""
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
 def pgbench(
-    port: int, user: str, password: str, transactions: int, script: Path, protocol: str
-) -> None:
+    port: int,
+    user: str,
+    password: str,
+    transactions: int,
+    script: Path,
+    protocol: str,
+    server: bool = False,
+) -> float:
+    """Runs pgbench; with ``server``, returns the CPU seconds the database's backends
+    spent meanwhile (those there before from their reading then, new ones from 0)."""
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
     cmd = [
         "pgbench", "-n", "-f", str(script), "-M", protocol, "-c", "1", "-t",
         str(transactions), "-h", "127.0.0.1", "-p", str(port), "-U", user, mb.DB,
     ]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"pgbench failed:\n{out.stdout}\n{out.stderr}")
+    pids = backend_pids() if server else []
+    before = backends(pids)
+    last = dict(before)
+    with subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as run:
+        tick = 0
+        while server and run.poll() is None:
+            if tick % 15 == 0:  # the list of backends every 0.3 s, their CPU every 20 ms
+                pids = sorted(set(pids) | set(backend_pids()))
+            last.update(backends(pids))
+            tick += 1
+            time.sleep(0.02)
+        stdout, stderr = run.communicate()
+    if run.returncode != 0:
+        raise SystemExit(f"pgbench failed:\n{stdout}\n{stderr}")
+    last.update(backends(pids))
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in last.items())
 
 
 def rewrite_costs() -> None:
@@ -106,6 +157,7 @@ def main() -> None:
     ap.add_argument("--rewrite", action="store_true")
     ap.add_argument("--protocol", choices=("extended", "simple"), default="extended")
     ap.add_argument("--drop", action="store_true", help="drop the database afterwards")
+    ap.add_argument("--server", action="store_true", help="also PostgreSQL's backends' CPU")
     args = ap.parse_args()
     if args.rewrite:
         rewrite_costs()
@@ -130,10 +182,16 @@ def main() -> None:
                     for who in ("clear", "masked"):
                         pgbench(port, who, tokens[who], 50, script, args.protocol)  # warm up
                         before = process_cpu(proc.pid)
-                        pgbench(port, who, tokens[who], args.statements, script, args.protocol)
+                        server = pgbench(
+                            port, who, tokens[who], args.statements, script, args.protocol,
+                            args.server,
+                        )  # fmt: skip
                         used = process_cpu(proc.pid) - before
                         label = "unmasked" if who == "clear" else "masked"
-                        print(f"{mode}  {label:<9} {1e6 * used / args.statements:8.0f} µs CPU")
+                        line = f"{mode}  {label:<9} {1e6 * used / args.statements:8.0f} µs CPU"
+                        if args.server:
+                            line += f", PostgreSQL {1e6 * server / args.statements:6.0f} µs"
+                        print(line)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

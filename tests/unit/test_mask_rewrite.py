@@ -5,6 +5,7 @@ tests/integration/test_mask_rewrite.py."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pglast import parse_sql
@@ -17,6 +18,7 @@ from wardgate.postgres.mask_catalog import (
     build_catalog,
     db_key,
     install_sql,
+    partial_sql,
 )
 from wardgate.postgres.mask_rewrite import (
     ColumnRule,
@@ -425,9 +427,28 @@ def test_build_catalog_closes_view_reads_over_views() -> None:
 def test_install_sql_holds_derived_pads_not_the_key() -> None:
     key = b"k" * 32
     ipad, opad = db_key(key)
-    sql = install_sql(key)
+    sql = install_sql(key, "UTF8")
     assert ipad.hex() in sql and opad.hex() in sql and key.hex() not in sql
     assert "CREATE SCHEMA IF NOT EXISTS wardgate_mask" in sql and sql.strip().endswith("COMMIT;")
+
+
+def test_partial_takes_the_translate_path_only_in_utf8() -> None:
+    # octet_length = length means ASCII only where every other character is multibyte.
+    assert "pg_catalog.translate(" in install_sql(b"k" * 32, "UTF8")
+    for encoding in ("LATIN1", "SQL_ASCII", "WIN1252", ""):
+        assert "translate(" not in install_sql(b"k" * 32, encoding)
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "LATIN1"])
+def test_partial_qualifies_every_operator_and_function(encoding: str) -> None:
+    """partial() runs inlined under the caller's search_path (attack16b): with its
+    string literals and OPERATOR(pg_catalog.x) taken out, no operator character is
+    left but the minus of the constant -4, and every call is pg_catalog's."""
+    body = partial_sql(encoding)
+    bare = re.sub(r"OPERATOR\(pg_catalog\.[^)]+\)", " ", re.sub(r"'(?:[^']|'')*'", "''", body))
+    assert re.findall(r"[~!@#%^&|`?+*/<>=-]", bare.replace("-4", "")) == []
+    calls = re.findall(r"([\w.]+)\s*\(", bare)
+    assert {c for c in calls if not c.startswith("pg_catalog.")} <= {"coalesce"}, calls
 
 
 def test_a_rule_on_a_partition_covers_reads_through_its_parent() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -174,8 +174,11 @@ class InternalSession:
         timeout: float,
         max_rows: int,
         cancel_to: tuple[str, int, int, bytes],
+        parameters: Mapping[str, str] | None = None,
     ) -> None:
         self._side = side
+        # The server's ParameterStatus values at startup (server_encoding...).
+        self.parameters: Mapping[str, str] = dict(parameters or {})
         self._timeout = timeout
         self._max_rows = max_rows
         self._cancel_to = cancel_to
@@ -346,6 +349,7 @@ async def internal_session(
         timeout=limit if timeout is None else timeout,
         max_rows=max_rows,
         cancel_to=(up.host, up.port, upstream.pid, upstream.secret),
+        parameters=upstream.parameters,
     )
     try:
         yield session
