@@ -228,6 +228,18 @@ def make_gateway(tmp: Path, config_text: str, store: str | None = None) -> Gatew
     return Gateway(tmp, config_path, port, api_port, env)
 
 
+@contextlib.contextmanager
+def running_gateway(tmp: Path, config_text: str) -> Iterator[Gateway]:
+    """A started gateway, stopped afterwards (for a module's shared fixture: starting
+    and stopping one costs a few seconds)."""
+    gw = make_gateway(tmp, config_text)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
 @pytest.fixture(scope="session")
 def gateway(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One gateway for the whole run (tests that break things start their own)."""

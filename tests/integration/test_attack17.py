@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,22 @@ import httpx
 import psycopg
 import pytest
 
-from tests.integration.conftest import base_config, make_gateway
+from tests.integration.conftest import Gateway, base_config, make_gateway, running_gateway
 from tests.integration.test_auth import _psql
 from wardgate.audit.chain import canonical_json, event_hash
 from wardgate.audit.checkpoint import generate_key
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def review_gateway(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One reviews gateway for this module's scenarios (each has its own table and review)."""
+    from tests.integration.test_reviews import review_config
+
+    config = review_config(it_database)
+    with running_gateway(tmp_path_factory.mktemp("reviews"), config) as gw:
+        yield gw
 
 
 def _addr_failures(db: str, addr: str) -> int:
@@ -133,14 +143,13 @@ def _session_ends_before_commit(conn: psycopg.Connection[Any], update: str) -> N
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_an_approved_update_rolled_back_by_the_agent_is_not_shown_executed(
-    it_database: str, tmp_path: Path, table: str, undo: Callable[..., None]
+    it_database: str, review_gateway: Gateway, table: str, undo: Callable[..., None]
 ) -> None:
     """The agent runs its approved UPDATE inside a transaction that does not commit:
     the target is unchanged, and the approver must not read `executed`."""
-    from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
+    from tests.integration.test_reviews import Api, cli_as, pending_error, qty
 
-    gw = make_gateway(tmp_path / "gw", review_config(it_database))
-    gw.start()
+    gw = review_gateway
     try:
         update = f"UPDATE {table} SET qty = 7 WHERE id = 3"
         if undo is _later_statement_of_one_query_fails:
@@ -160,7 +169,6 @@ def test_an_approved_update_rolled_back_by_the_agent_is_not_shown_executed(
     finally:
         while Api.opened:
             Api.opened.pop().client.close()
-        gw.stop()
 
 
 def test_an_approved_update_is_executed_once_its_transaction_commits(

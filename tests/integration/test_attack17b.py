@@ -7,16 +7,30 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.conftest import admin_conn, make_gateway
+from tests.integration.conftest import Gateway, admin_conn, make_gateway, running_gateway
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def review_gateway(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One reviews gateway for this module's scenarios (each has its own table and review), its operator reviewing admin statements too (a DO block)."""
+    from tests.integration.test_reviews import review_config
+
+    config = review_config(it_database).replace(
+        "proposer: {read: allow, write: review, ddl: block, admin: block}",
+        "proposer: {read: allow, write: review, ddl: block, admin: review}",
+    )
+    assert "admin: review" in config
+    with running_gateway(tmp_path_factory.mktemp("reviews"), config) as gw:
+        yield gw
 
 
 def _settled(api: Any, review_id: str) -> dict[str, Any]:
@@ -169,19 +183,13 @@ PIPELINED = (_pipelined_failure_before_sync, _pipelined_commit_then_failure)
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
 def test_review_status_follows_the_servers_transaction(
-    it_database: str, tmp_path: Path, table: str, scenario: Callable[..., bool]
+    it_database: str, review_gateway: Gateway, table: str, scenario: Callable[..., bool]
 ) -> None:
-    from tests.integration.test_reviews import Api, cli_as, pending_error, qty, review_config
+    from tests.integration.test_reviews import Api, cli_as, pending_error, qty
 
-    config = review_config(it_database)
-    if scenario is _do_block_commits_then_fails:  # an operator who reviews admin statements
-        config = config.replace(
-            "proposer: {read: allow, write: review, ddl: block, admin: block}",
-            "proposer: {read: allow, write: review, ddl: block, admin: review}",
-        )
-        assert "admin: review" in config
-    gw = make_gateway(tmp_path / "gw", config)
-    gw.start()
+    # One gateway for every scenario (each has its own table and review); its operator
+    # reviews admin statements too, for the DO block (write scenarios are not affected).
+    gw = review_gateway
     try:
         update = f"UPDATE {table} SET qty = 7 WHERE id = 3" + getattr(scenario, "suffix", "")
         if scenario is _do_block_commits_then_fails:
@@ -224,7 +232,6 @@ def test_review_status_follows_the_servers_transaction(
     finally:
         while Api.opened:
             Api.opened.pop().client.close()
-        gw.stop()
 
 
 def test_a_line_separator_does_not_show_comment_as_a_where_clause(
