@@ -29,7 +29,9 @@ position. A file starts with a 16-byte head (a magic and 8 reserved bytes), then
 frames: a 4-byte length, a 4-byte CRC-32 and a pickled record. Files are written with
 zeros ahead (a full disk shows as an error when a file is created or grown, never in
 the middle of a statement, and a sync writes only data) and end at the first frame of
-length zero; the sync process follows the frames to see whether anything is new. When the current file is past
+length zero. The worker keeps the position it has written (whole frames only) in a
+page it shares with the sync process, which syncs when that position moves. When
+the current file is past
 ``rotate_bytes`` a new one starts, the open intents are copied into it, and files wholly
 before the checkpoint are deleted: the journal holds about what the store does not have
 yet, never the whole history.
