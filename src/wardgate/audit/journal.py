@@ -51,6 +51,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -253,7 +254,7 @@ class Journal:
         self._written = self._synced = self._end
         self._write_checkpoint(start)
         if self._sync_process:
-            fd = os.memfd_create("wardgate-journal")
+            fd = _shared_fd()
             try:
                 os.ftruncate(fd, _SHARED_SIZE)
                 self._shared = mmap.mmap(fd, _SHARED_SIZE)
@@ -515,6 +516,15 @@ class Journal:
                     self.sync_error = exc
                     continue
             self._synced = end
+
+
+def _shared_fd() -> int:
+    """A descriptor for the page shared with the sync process: a memfd (Linux), whose
+    pages are never written back; elsewhere an unlinked temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("wardgate-journal")
+    with tempfile.TemporaryFile() as f:
+        return os.dup(f.fileno())
 
 
 _ZEROS = bytes(1024 * 1024)
