@@ -8,7 +8,8 @@ Each build (NAME=SRC_DIR, run through PYTHONPATH; an empty SRC_DIR is this check
 serves `pgbench -S` (1 worker, SQLite store, the config of bench/pgbench_compare.py)
 for --duration seconds, round after round. Printed per build: the CPU time the worker
 process used per transaction, and the whole gateway's (worker, journal sync process,
-recorder process), as minimum and median over the rounds, with the median TPS.
+recorder process), and the journal sync process alone, as minimum and median over the
+rounds, with the median TPS.
 
 CPU time per transaction, unlike TPS, hardly moves with other load on the machine
 (the minimum least of all): it finds which commit made the gateway's per-statement
@@ -52,8 +53,17 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def one(src: str | None, mode: str, clients: int, duration: int) -> tuple[float, float, float]:
-    """(worker µs/txn, whole gateway µs/txn, TPS) of one build."""
+def _is_syncer(pid: int) -> bool:
+    try:
+        return b"wardgate.audit.journal" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+def one(
+    src: str | None, mode: str, clients: int, duration: int
+) -> tuple[float, float, float, float]:
+    """(worker µs/txn, whole gateway µs/txn, journal syncer µs/txn, TPS) of one build."""
     env = dict(os.environ)
     if src:
         os.environ["PYTHONPATH"] = src
@@ -71,7 +81,8 @@ def one(src: str | None, mode: str, clients: int, duration: int) -> tuple[float,
             count = tps * duration
             worker = 1e6 * (_cpu(proc.pid) - before[proc.pid]) / count
             gateway = 1e6 * sum(_cpu(p) - before[p] for p in pids) / count
-            return worker, gateway, tps
+            syncer = 1e6 * sum(_cpu(p) - before[p] for p in pids if _is_syncer(p)) / count
+            return worker, gateway, syncer, tps
         finally:
             proc.terminate()
             proc.wait(30)
@@ -100,7 +111,7 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in builds}
+    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in builds}
     try:
         for _ in range(args.rounds):
             for name, src in builds.items():
@@ -109,10 +120,11 @@ def main() -> None:
         pc.psql(f"drop database if exists {pc.DB}")
     print(f"pgbench -S -M {args.mode} -c {args.clients}, {args.rounds} rounds of {args.duration} s")
     for name, got in runs.items():
-        worker, gateway, tps = (sorted(x) for x in zip(*got, strict=True))
+        worker, gateway, syncer, tps = (sorted(x) for x in zip(*got, strict=True))
         print(
             f"{name:12} worker µs/txn min {worker[0]:6.1f} median {statistics.median(worker):6.1f}"
             f" | gateway µs/txn min {gateway[0]:6.1f} median {statistics.median(gateway):6.1f}"
+            f" | journal syncer µs/txn min {syncer[0]:5.1f} median {statistics.median(syncer):5.1f}"
             f" | TPS median {statistics.median(tps):6.0f}"
         )
 

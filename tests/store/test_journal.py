@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
+import time
 import zlib
 from pathlib import Path
 
@@ -137,7 +137,6 @@ def test_a_file_of_the_earlier_format_is_replayed(tmp_path: Path) -> None:
     """Before the journal was mapped, files had no head: frames from byte 0, written
     with write(2). A gateway upgraded after a crash still replays them."""
     import pickle
-    import zlib
 
     directory = tmp_path / "j"
     directory.mkdir()
@@ -152,29 +151,28 @@ def test_a_file_of_the_earlier_format_is_replayed(tmp_path: Path) -> None:
     assert journal_mod.pending(directory) == [record]
 
 
-def test_the_sync_process_follows_complete_frames_only(tmp_path: Path) -> None:
-    """`_complete_end` (the sync process's look) passes whole frames, frames larger than
-    its read size and frames across its reads, and stops before a frame whose body is
-    not all there yet, so that frame is synced by a later look, never skipped."""
-    j = Journal(tmp_path / "j")
+def test_the_sync_process_syncs_what_was_written_and_follows_rotations(
+    tmp_path: Path,
+) -> None:
+    """The worker moves the written position in the page it shares with its sync
+    process only after a whole frame is in the file; the sync process syncs up to it
+    and says so (`Journal.synced`), in the current file after a rotation too."""
+    j = Journal(tmp_path / "j", sync_process=True, rotate_bytes=64 * 1024)
     j.open()
-    for n in range(3000):  # about 3 reads' worth of small frames
-        j.append(_action("s1", n))
-    j.append(dataclasses.replace(_action("s1", 9999), command="x" * 200_000))  # > one read
-    j.flush()
-    fd = j._fd
-    head = journal_mod._HEAD.size
-    end = journal_mod._complete_end(fd, head)
-    assert end == j._off
-    assert journal_mod._complete_end(fd, end) == end  # nothing new
-    # A frame whose header is there but whose body is only half written.
-    body = b"y" * 100
-    frame = journal_mod._HEADER.pack(len(body), zlib.crc32(body)) + body
-    os.pwrite(fd, frame[:60], end)
-    assert journal_mod._complete_end(fd, head) == end
-    os.pwrite(fd, frame, end)
-    assert journal_mod._complete_end(fd, head) == end + len(frame)
-    j.close()
+    try:
+        for round_ in range(3):
+            for n in range(200):
+                j.append(_action("s1", 1000 * round_ + n))
+            end = j.end
+            deadline = time.monotonic() + 10
+            while j.synced < end and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert j.synced >= end, (round_, j.synced, end)
+            j.rotate([])
+            j.drop_obsolete()
+        assert j._syncer is not None and j._syncer.poll() is None
+    finally:
+        j.close()
 
 
 def test_the_sync_interval_reaches_the_sync_process(tmp_path: Path) -> None:
@@ -186,7 +184,7 @@ def test_the_sync_interval_reaches_the_sync_process(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j", sync_process=True, sync_interval=0.005)
     j.open()
     try:
-        assert j._syncer is not None and j._syncer.args[-1] == "0.005"
+        assert j._syncer is not None and j._syncer.args[-2] == "0.005"
         j.append(_action("s1", 1))
         assert j._syncer.poll() is None  # running
     finally:

@@ -29,7 +29,9 @@ position. A file starts with a 16-byte head (a magic and 8 reserved bytes), then
 frames: a 4-byte length, a 4-byte CRC-32 and a pickled record. Files are written with
 zeros ahead (a full disk shows as an error when a file is created or grown, never in
 the middle of a statement, and a sync writes only data) and end at the first frame of
-length zero; the sync process follows the frames to see whether anything is new. When the current file is past
+length zero. The worker keeps the position it has written (whole frames only) in a
+page it shares with the sync process, which syncs when that position moves. When
+the current file is past
 ``rotate_bytes`` a new one starts, the open intents are copied into it, and files wholly
 before the checkpoint are deleted: the journal holds about what the store does not have
 yet, never the whole history.
@@ -41,6 +43,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import mmap
 import operator
 import os
 import pickle
@@ -48,6 +51,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -73,7 +77,13 @@ _PAGE = 4096
 _SUFFIX = ".wal"
 _MAX_FRAME = 64 * 1024 * 1024
 _SYNC_POLL = 0.001
-_SCAN = 64 * 1024  # what the sync process reads at a time while following frames
+# The page the worker shares with its sync process (a memfd, so never written back and
+# never write-protected): the logical start of the current file, the logical position
+# up to which whole frames were written, and the position the last sync covered.
+_SHARED = struct.Struct("!QQQ")
+_SHARED_SIZE = 4096
+_SHARED_START, _SHARED_WRITTEN, _SHARED_SYNCED = 0, 8, 16
+_POSITION = struct.Struct("!Q")
 _FIRST_ALLOCATION = 16 * 1024 * 1024  # a file grows past this only with a larger rotate_bytes
 _SLACK = 256 * 1024  # allocated beyond rotate_bytes: the frames of the batch that crosses it
 
@@ -203,6 +213,7 @@ class Journal:
         self._sync_process = sync_process
         self._sync_interval = sync_interval
         self._syncer: subprocess.Popen[bytes] | None = None
+        self._shared: mmap.mmap | None = None  # shared with the sync process
         self._rotate = rotate_bytes
         self._fd = -1
         self._capacity = 0  # bytes of the current file allocated (zero-filled)
@@ -243,16 +254,25 @@ class Journal:
         self._written = self._synced = self._end
         self._write_checkpoint(start)
         if self._sync_process:
-            self._syncer = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "wardgate.audit.journal",
-                    str(self.directory),
-                    repr(self._sync_interval),
-                ],
-                stdin=subprocess.DEVNULL,
-            )
+            fd = _shared_fd()
+            try:
+                os.ftruncate(fd, _SHARED_SIZE)
+                self._shared = mmap.mmap(fd, _SHARED_SIZE)
+                self._publish_start()
+                self._syncer = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "wardgate.audit.journal",
+                        str(self.directory),
+                        repr(self._sync_interval),
+                        str(fd),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=(fd,),
+                )
+            finally:
+                os.close(fd)  # the map and the child keep it
             return
         self._thread = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
         self._thread.start()
@@ -274,6 +294,9 @@ class Journal:
         if self._ckpt_fd >= 0:
             os.close(self._ckpt_fd)
             self._ckpt_fd = -1
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     # -- the loop side ------------------------------------------------------------------
 
@@ -343,7 +366,9 @@ class Journal:
             self._spill += frame
             return position
         self._off = off + size
-        self._written = self._end
+        self._written = end = self._end
+        if self._shared is not None:
+            _POSITION.pack_into(self._shared, _SHARED_WRITTEN, end)
         return position
 
     def _grow(self, size: int) -> bool:
@@ -389,6 +414,21 @@ class Journal:
             raise
         self._off += len(spill)
         self._written = self._end
+        if self._shared is not None:
+            _POSITION.pack_into(self._shared, _SHARED_WRITTEN, self._end)
+
+    @property
+    def synced(self) -> int:
+        """The logical position the sync process's last ``fdatasync`` covered (every
+        byte before it is on disk; a rotation syncs the file it closes)."""
+        if self._shared is None:
+            return self._synced
+        return int(_POSITION.unpack_from(self._shared, _SHARED_SYNCED)[0])
+
+    def _publish_start(self) -> None:
+        """Tell the sync process which file is current (after `_open_file`)."""
+        if self._shared is not None:
+            _SHARED.pack_into(self._shared, 0, self._start, self._end, self._end)
 
     def set_checkpoint(self, position: int) -> None:
         """Everything before ``position`` is in the store (or in a later frame)."""
@@ -405,6 +445,7 @@ class Journal:
             self._older.append(self._start)
             self._open_file(self._end)
             self._synced = self._written
+            self._publish_start()
         moved = [self.append_intent(record) for record in open_intents]
         self.flush()
         return moved
@@ -475,6 +516,15 @@ class Journal:
                     self.sync_error = exc
                     continue
             self._synced = end
+
+
+def _shared_fd() -> int:
+    """A descriptor for the page shared with the sync process: a memfd (Linux), whose
+    pages are never written back; elsewhere an unlinked temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("wardgate-journal")
+    with tempfile.TemporaryFile() as f:
+        return os.dup(f.fileno())
 
 
 _ZEROS = bytes(1024 * 1024)
@@ -584,88 +634,52 @@ def discard(directory: Path) -> None:
             path.unlink()
 
 
-def _complete_end(fd: int, pos: int) -> int:
-    """Where the complete frames written from ``pos`` on end (``pos`` when none is):
-    a frame counts once its length is there and its body matches its CRC, so a frame
-    still being written is left for the next look, never passed over unsynced."""
-    while True:
-        head = os.pread(fd, _HEADER.size, pos)
-        if len(head) < _HEADER.size:
-            return pos
-        length, crc = _HEADER.unpack(head)
-        if length == 0 or length > _MAX_FRAME:
-            return pos
-        chunk = os.pread(fd, max(length, _SCAN), pos + _HEADER.size)
-        view = memoryview(chunk)
-        at = 0  # the body of the frame whose header was read last
-        while len(chunk) - at >= length:
-            if zlib.crc32(view[at : at + length]) != crc:
-                return pos  # being written: the next look sees it whole
-            at += length
-            pos += _HEADER.size + length
-            if len(chunk) - at < _HEADER.size:
-                break
-            length, crc = _HEADER.unpack_from(chunk, at)
-            at += _HEADER.size
-            if length == 0 or length > _MAX_FRAME:
-                return pos
-        else:
-            if at == 0:
-                return pos  # the file ends inside the first frame
-        # The chunk ended inside a frame: read on from it.
-
-
-def _sync_main(directory: Path, interval: float = _SYNC_POLL) -> None:
-    """The sync process: fdatasync the newest journal file whenever complete frames were
-    written past what the last sync covered, every ``interval`` seconds at most
-    (``audit.journal_sync_ms``, a millisecond by default), until the gateway
-    worker that started it is gone. A new file (a rotation, which syncs the old one
-    itself) is noticed within 50 ms."""
+def _sync_main(directory: Path, interval: float, shared_fd: int) -> None:
+    """The sync process: ``fdatasync`` the current journal file whenever the worker
+    wrote whole frames past what the last sync covered (the positions the worker keeps
+    in the shared page), at most every ``interval`` seconds (``audit.journal_sync_ms``,
+    a millisecond by default: group commit), until the gateway worker that started it
+    is gone. It reads no frame: the worker moves the written position only after a
+    whole frame is in the file. After each sync it publishes the position it covered."""
     parent = os.getppid()
     # Below the gateway and the database in CPU priority: on a busy machine a sync may
     # wait a little longer, the traffic does not wait for it.
     with contextlib.suppress(OSError):
         os.nice(10)
-    fd, name, synced, scanned, stuck = -1, "", 0, 0.0, 0.0
+    shared = mmap.mmap(shared_fd, _SHARED_SIZE)
+    os.close(shared_fd)
+    unpack = _SHARED.unpack_from
+    fd, current, synced = -1, -1, 0
     while os.getppid() == parent:
-        now = time.monotonic()
-        if fd < 0 or now - scanned > 0.05:
-            scanned = now
-            files = _files(directory)
-            newest = f"{files[-1][0]:016x}{_SUFFIX}" if files else ""
-            if newest and newest != name:
-                with contextlib.suppress(FileNotFoundError):
-                    new_fd = os.open(directory / newest, os.O_RDONLY)
-                    if fd >= 0:
-                        os.close(fd)
-                    fd, name, synced = new_fd, newest, _HEAD.size
-        if fd < 0:
+        start, written, _ = unpack(shared, 0)
+        if start != current:
+            # A new file (a rotation, which synced the one it closed): follow it.
+            with contextlib.suppress(FileNotFoundError):
+                new_fd = os.open(directory / f"{start:016x}{_SUFFIX}", os.O_RDONLY)
+                if fd >= 0:
+                    os.close(fd)
+                fd, current, synced = new_fd, start, start + _HEAD.size
+            if start != current:
+                time.sleep(interval)
+                continue
+        if written <= synced:
             time.sleep(interval)
             continue
-        end = _complete_end(fd, synced)
-        if end == synced:
-            # Nothing new, or a frame that stays incomplete (a write that failed half
-            # way, rewritten by the worker later): sync every 100 ms meanwhile.
-            if os.pread(fd, 4, synced) in (b"", bytes(4)):
-                stuck = now
-            elif now - stuck > 0.1:
-                stuck = now
-                with contextlib.suppress(OSError):
-                    os.fdatasync(fd)
-            time.sleep(interval)
-            continue
+        began = time.monotonic()
         try:
             os.fdatasync(fd)
         except OSError as exc:
             log.error("audit journal: fdatasync failed: %s", exc)
             time.sleep(0.1)
             continue
-        synced = end
+        synced = written
+        if unpack(shared, 0)[0] == current:
+            _POSITION.pack_into(shared, _SHARED_SYNCED, written)
         # Groups of `interval` at least, however fast the disk syncs.
-        if (spent := time.monotonic() - now) < interval:
+        if (spent := time.monotonic() - began) < interval:
             time.sleep(interval - spent)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker ends it (SIGTERM) when done
-    _sync_main(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else _SYNC_POLL)
+    _sync_main(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))

@@ -72,6 +72,9 @@ class ReviewHold(SessionProbe):
     ) -> None:
         """Hold the client's stream while ``action`` waits for a human; ``then`` gets
         what became of it."""
+        if self._batch_failed:
+            self._skipped_while_held(action, verdict)
+            return
         reviews = self.services.reviews
         if reviews is None:
             then(msg, raw, blocked(verdict, self.connection), out)
@@ -80,17 +83,19 @@ class ReviewHold(SessionProbe):
         self.client.pause_reading("review")
 
         async def wait_then_resume() -> None:
-            result: Settled
+            result: Settled | None = None
             try:
                 # Bind what the server will read the statement with (search_path, role).
+                # Waits for every answer before it: an earlier message may fail now.
                 held = dataclasses.replace(action, context=await self._session_context())
-                result = await settle(
-                    reviews,
-                    held,
-                    verdict,
-                    wait=self.review_wait,
-                    base_url=self.services.config.review_url,
-                )
+                if not self._batch_failed:
+                    result = await settle(
+                        reviews,
+                        held,
+                        verdict,
+                        wait=self.review_wait,
+                        base_url=self.services.config.review_url,
+                    )
             except asyncio.CancelledError:
                 if not self._review_cancelled:
                     raise  # the gateway is stopping
@@ -139,7 +144,10 @@ class ReviewHold(SessionProbe):
             out: list[bytes] = []
             self._reviewing = self._review_cancelled = False
             try:
-                then(msg, raw, result, out)
+                if result is None:
+                    self._skipped_while_held(action, verdict)
+                else:
+                    then(msg, raw, result, out)
             except (NamesFull, SessionLimit) as exc:
                 self._over_limit(exc)
                 return
@@ -150,6 +158,20 @@ class ReviewHold(SessionProbe):
 
         self._review_task = self.services.tasks.spawn(
             wait_then_resume(), name=f"review-wait-{self.session_id}"
+        )
+
+    def _skipped_while_held(self, action: Action, verdict: Verdict) -> None:
+        """A statement that needs a review, in an extended batch the server already
+        answered with an error: PostgreSQL skips every message up to the Sync, so it
+        would never run. No review is filed (a human would be asked about nothing, and
+        an approval already given is not used up), nothing is sent, the client is not
+        held: it is recorded as not executed, and the client's answer is the Sync's
+        ReadyForQuery, as without the gateway."""
+        self._record(
+            self._act(action, verdict),
+            "not_executed",
+            error="not executed: an earlier message of its batch failed, and PostgreSQL "
+            "skips every message up to the Sync; no review was filed",
         )
 
     def cancel(self) -> bool:
