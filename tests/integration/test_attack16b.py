@@ -96,6 +96,28 @@ def test_a_view_that_sets_the_search_path_behind_the_gateway(
         _no_clear(conn, conn.execute(_hex_emails(t).encode()).fetchall())
 
 
+def test_a_relation_made_outside_the_gateway_is_read_at_its_first_miss(
+    gw: Gateway, t: str, it_database: str
+) -> None:
+    """The masking snapshot learns of a table made outside the gateway when a statement
+    first names it (the refusal says to retry), not at the catalog watch's next look,
+    up to 30 seconds later."""
+    late = f"late_{uuid.uuid4().hex[:8]}"
+    with admin_conn(it_database) as admin:
+        admin.execute(f"create table public.{late} (id int)")
+        admin.execute(f"insert into public.{late} values (1)")
+    with _agent(gw) as conn:
+        try:
+            conn.execute(f"select id from public.{late}".encode())
+        except psycopg.errors.InsufficientPrivilege as exc:
+            assert "not in the gateway's catalog snapshot" in str(exc), exc
+        else:
+            return  # the watch's own look came between the two: nothing to show
+        started = time.monotonic()
+        assert _retry(conn, f"select id from public.{late}") == [(1,)]
+        assert time.monotonic() - started < 10
+
+
 def _retry(conn: psycopg.Connection[Any], sql: str) -> Any:
     """The catalog snapshot may not know a relation made outside the gateway yet."""
     for _ in range(40):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import UserCode
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wardgate.postgres")
 
 INTERVAL = 30.0
+MISS_INTERVAL = 1.0
 # Aggregates whatever their declared volatility: their state function may write.
 _QUERY = """
 SELECT DISTINCT lower(p.proname), n.nspname FROM pg_catalog.pg_proc p
@@ -165,12 +167,24 @@ class CatalogWatch:
     def __init__(self) -> None:
         self._poked = asyncio.Event()
         self._poked_connections: set[str] = set()
+        self._missed: dict[str, float] = {}  # connection -> when a miss last poked it
 
     def poke(self, connection: str) -> None:
         """A DDL statement ran on ``connection``: look again now, there (DDL in one
         database cannot change another's routines, casts or types)."""
         self._poked_connections.add(connection)
         self._poked.set()
+
+    def missed(self, connection: str) -> None:
+        """A statement named a relation the masking snapshot does not hold (made outside
+        the gateway since it was read): look again now rather than at the next
+        ``INTERVAL``, so that the client's retry finds it; at most once per
+        ``MISS_INTERVAL`` per connection (made-up names must not keep the catalog busy)."""
+        now = time.monotonic()
+        if self._missed.get(connection, -MISS_INTERVAL) + MISS_INTERVAL > now:
+            return
+        self._missed[connection] = now
+        self.poke(connection)
 
     async def run(self, services: Services, *, loud: bool) -> None:
         """Forever: refresh every PostgreSQL connection's facts. ``loud``: log what is

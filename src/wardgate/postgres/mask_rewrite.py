@@ -201,6 +201,11 @@ class Refused(Exception):
         self.rule = rule
 
 
+class UnknownRelation(Refused):
+    """Refused: a relation the catalog snapshot does not hold (made since it was read,
+    or no such relation): the gateway reads the catalog again (catalog_watch.py)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Masked:
     """A sensitive column of one relation: the rule and the column's type."""
@@ -889,7 +894,7 @@ class _Rewriter:
                     + "; ".join(", ".join(p) for p in self.paths)
                     + ")"
                 )
-            raise Refused(
+            raise UnknownRelation(
                 f"relation {name!r} is not in the gateway's catalog snapshot{where}, so it "
                 "cannot tell whether it holds masked columns; if it was just created, retry "
                 "in a few seconds",

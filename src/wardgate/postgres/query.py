@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
+from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_path import SessionPaths
-from wardgate.postgres.mask_rewrite import Refused
+from wardgate.postgres.mask_rewrite import Refused, UnknownRelation
 from wardgate.postgres.masking import IP_TYPES
 from wardgate.postgres.upstream import NAMES_SQL
 
@@ -105,6 +106,8 @@ async def _rewritten(
             "58000",
         ) from None
     except Refused as exc:
+        if isinstance(exc, UnknownRelation):
+            services.state(CatalogWatch).missed(connection)
         raise QueryFailed(
             f"wardgate: blocked by masking rule {exc.rule!r}: {exc.reason}", "42501"
         ) from None

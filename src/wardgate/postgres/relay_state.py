@@ -28,7 +28,7 @@ from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_path import SessionPaths
-from wardgate.postgres.mask_rewrite import Refused
+from wardgate.postgres.mask_rewrite import Refused, UnknownRelation
 from wardgate.postgres.masking import Plan, ResultMasking
 from wardgate.postgres.result_tap import ResultTap, SessionResults
 from wardgate.postgres.session_model import Change, Prepared, SessionModel
@@ -280,6 +280,8 @@ class RelayState:
                 "connection, which could not be read; retry in a few seconds",
             )
         except Refused as exc:
+            if isinstance(exc, UnknownRelation):
+                self.services.state(CatalogWatch).missed(self.connection)
             return Verdict(Decision.BLOCK, f"masking:{exc.rule}", exc.reason)
 
     def _mask_note(self, sql: str) -> None:
