@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,10 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from typer.testing import CliRunner
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, missing, stop_process
-from wardgate.cli.main import app as cli_app
 
 ROOT = Path(__file__).resolve().parents[2]
 WARDGATE = str(Path(sys.executable).with_name("wardgate"))
@@ -118,6 +119,65 @@ def base_config(database: str, extra_connections: str = "") -> str:
     )
 
 
+# Runs `wardgate` commands one after another, each with the environment it is given
+# (and none of its own WARDGATE_* variables), for as long as the test session lasts.
+# In a process of its own: the command swaps sys.stdout and os.environ while it runs,
+# which tests' threads (a client in a thread of its own) must never see.
+_CLI_LOOP = """
+import json, os, sys
+from typer.testing import CliRunner
+from wardgate.cli.main import app
+runner = CliRunner()
+for line in sys.stdin:
+    request = json.loads(line)
+    env = {k: None for k in os.environ if k.startswith("WARDGATE_")}
+    env.update(request["env"])
+    result = runner.invoke(app, request["args"], env=env)
+    output = result.output if result.exception is None or result.exit_code == 0 else (
+        f"{result.output}\\n{result.exception!r}")
+    print(json.dumps([result.exit_code, output]), flush=True)
+"""
+
+
+class _CliProcess:
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+
+    def run(self, args: list[str], env: dict[str, str]) -> tuple[int, str]:
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                proc = self._proc = subprocess.Popen(
+                    [sys.executable, "-c", _CLI_LOOP],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps({"args": args, "env": env}) + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+        if not answer:
+            raise AssertionError(f"the wardgate command process ended during {args}")
+        code, output = json.loads(answer)
+        return int(code), str(output)
+
+    def close(self) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()  # its loop ends
+            proc.wait(30)
+            proc.stdout.close()
+
+
+_CLI = _CliProcess()
+atexit.register(_CLI.close)
+
+
 @dataclass
 class Gateway:
     """A running `wardgate serve` process and what tests need to talk to it."""
@@ -153,21 +213,17 @@ class Gateway:
 
     def token(self, principal: str) -> str:
         """A new token of ``principal`` (one per gateway), made by ``wardgate token
-        create`` run in this process: a test needs a few per gateway, and each
-        `wardgate` process costs about a second of CPU to start (tests of the command
-        itself run it as a process: tests/cli)."""
+        create`` in the session's `_CLI` process: a test needs a few per gateway, and
+        each new `wardgate` process costs about a second of CPU to start (tests of the
+        command itself run it as a process: tests/cli)."""
         if principal not in self.tokens:
-            # The gateway's environment exactly: none of this process's WARDGATE_* left.
-            env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("WARDGATE_")}
-            env.update(self.env)
             args = ["token", "create", principal, "-c", str(self.config_path)]
-            result = CliRunner().invoke(cli_app, args, env=env)
-            if result.exit_code != 0:
+            code, output = _CLI.run(args, self.env)
+            if code != 0:
                 raise AssertionError(
-                    f"wardgate token create {principal} failed ({result.exit_code}):\n"
-                    f"{result.output}\n{result.exception!r}"
+                    f"wardgate token create {principal} failed ({code}):\n{output}"
                 )
-            self.tokens[principal] = result.output.strip().splitlines()[-1]
+            self.tokens[principal] = output.strip().splitlines()[-1]
         return self.tokens[principal]
 
     def dsn(self, principal: str = "dev", connection: str = "it", **params: str) -> str:

@@ -189,8 +189,15 @@ def test_metrics_add_up_across_workers(it_database: str, tmp_path: Path, table: 
             psycopg.connect(gw.dsn().replace(gw.token("dev"), "wg_not_a_token")).close()
 
         def counted() -> Any:
+            # Actions are tallied by each worker and published after its recorder's next
+            # batch (metrics.flush), a moment after the sessions themselves are counted.
             m = scrape(gw)
-            return m if total(m, "wardgate_sessions_total") >= sessions + 2 else None
+            done = (
+                total(m, "wardgate_sessions_total") >= sessions + 2
+                and total(m, "wardgate_actions_total", verdict="allow", status="ok") >= sessions
+                and total(m, "wardgate_actions_total", verdict="review") >= 1
+            )
+            return m if done else None
 
         m = wait_until(counted, what="sessions counted")
         assert total(m, "wardgate_sessions_total", protocol="postgres") == sessions + 2

@@ -8,6 +8,7 @@ pages keep their own Content-Security-Policy.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -62,7 +63,12 @@ def test_every_page_passes_axe(
 ) -> None:
     review_id = agent_update(gw, f"update {table} set qty = 3 where id = 1")
     with api(gw, "dev") as client:
-        sessions = client.get("/sessions", params={"principal": "agent", "limit": 1}).json()
+        deadline = time.monotonic() + 15
+        while True:  # the agent's session reaches the store a moment after it opened
+            sessions = client.get("/sessions", params={"principal": "agent", "limit": 1}).json()
+            if sessions["sessions"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     session_id = sessions["sessions"][0]["id"]
 
     login = new_context(browser, gw, PHONE if viewport == "phone" else None).new_page()
