@@ -82,7 +82,7 @@ _SYNC_POLL = 0.001
 # up to which whole frames were written, and the position the last sync covered.
 _SHARED = struct.Struct("!QQQ")
 _SHARED_SIZE = 4096
-_SHARED_START, _SHARED_WRITTEN, _SHARED_SYNCED = 0, 8, 16
+_SHARED_WRITTEN, _SHARED_SYNCED = 8, 16  # where the last two fields lie (all three: _SHARED)
 _POSITION = struct.Struct("!Q")
 _FIRST_ALLOCATION = 16 * 1024 * 1024  # a file grows past this only with a larger rotate_bytes
 _SLACK = 256 * 1024  # allocated beyond rotate_bytes: the frames of the batch that crosses it
