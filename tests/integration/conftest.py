@@ -286,8 +286,8 @@ def make_gateway(tmp: Path, config_text: str, store: str | None = None) -> Gatew
 
 @contextlib.contextmanager
 def running_gateway(tmp: Path, config_text: str) -> Iterator[Gateway]:
-    """A started gateway, stopped afterwards (for a module's shared fixture: starting
-    and stopping one costs a few seconds)."""
+    """A started gateway, stopped afterwards (fixtures; a module's shared one saves a few
+    seconds per test)."""
     gw = make_gateway(tmp, config_text)
     gw.start()
     try:
@@ -299,19 +299,15 @@ def running_gateway(tmp: Path, config_text: str) -> Iterator[Gateway]:
 @pytest.fixture(scope="session")
 def gateway(it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One gateway for the whole run (tests that break things start their own)."""
-    gw = make_gateway(tmp_path_factory.mktemp("gateway"), base_config(it_database))
-    gw.start()
-    yield gw
-    gw.stop()
+    with running_gateway(tmp_path_factory.mktemp("gateway"), base_config(it_database)) as gw:
+        yield gw
 
 
 @pytest.fixture
 def own_gateway(it_database: str, tmp_path: Path) -> Iterator[Gateway]:
     """A private gateway for tests that stop it, tamper with its store or exhaust limits."""
-    gw = make_gateway(tmp_path / "gw", base_config(it_database))
-    gw.start()
-    yield gw
-    gw.stop()
+    with running_gateway(tmp_path / "gw", base_config(it_database)) as gw:
+        yield gw
 
 
 def require_tool(name: str) -> str:
