@@ -125,6 +125,13 @@ class Gate:
         ] = OrderedDict()
         self._lock = Lock()
         self._safe_functions = frozenset(f.lower() for f in config.safe_functions)
+        # Qualified entries by bare name: the schemas listed for it (`_listed_safe`).
+        listed: dict[str, set[str]] = {}
+        for entry in self._safe_functions:
+            schema, _, bare = entry.rpartition(".")
+            if schema:
+                listed.setdefault(bare, set()).add(schema)
+        self._safe_schemas = {bare: frozenset(schemas) for bare, schemas in listed.items()}
         self._safe_settings = frozenset(f.lower() for f in config.safe_settings)
 
     @timed_decision
@@ -500,11 +507,7 @@ class Gate:
         schema, _, bare = name.rpartition(".")
         if schema:
             return False
-        listed = frozenset(
-            entry.rpartition(".")[0]
-            for entry in self._safe_functions
-            if "." in entry and entry.rpartition(".")[2] == bare
-        )
+        listed = self._safe_schemas.get(bare)
         if not listed:
             return False
         holders = self.facts.routine_schemas(connection, bare)
