@@ -226,6 +226,9 @@ class Journal:
         # Frames that did not fit and could not be allocated room for (a full disk):
         # `flush` copies them in once the file can grow, or raises.
         self._spill = bytearray()
+        # Outcomes held for the next write (`append_outcome(hold=True)`): they lie
+        # before `_end` and after `_off`, and go first in the next `pwrite`.
+        self._held = bytearray()
         self._ckpt_fd = -1
         self._lock = threading.Lock()  # the current fd, against the sync thread
         self._dirty = threading.Event()
@@ -338,38 +341,64 @@ class Journal:
             )
         )
 
-    def append_outcome(self, record: ActionRecord) -> int:
-        """`append(Outcome.of(record))`, without building the Outcome."""
-        return self._frame(
-            pickle.dumps(
-                ("o", record.session_id, record.seq, record.status, record.duration_ms,
-                 record.rows, record.command, record.error, record.sqlstate, record.trace_id,
-                 record.output),
-                _PROTOCOL,
-            )
+    def append_outcome(self, record: ActionRecord, *, hold: bool = False) -> int:
+        """`append(Outcome.of(record))`, without building the Outcome. ``hold``: keep it
+        in memory until the next entry is written or `write_held` is called (one
+        ``pwrite`` then carries both): an outcome not yet written when the gateway dies
+        leaves its intent, recorded ``interrupted``, which is what the journal promises
+        for an outcome anyway (docs/architecture.md)."""
+        data = pickle.dumps(
+            ("o", record.session_id, record.seq, record.status, record.duration_ms,
+             record.rows, record.command, record.error, record.sqlstate, record.trace_id,
+             record.output),
+            _PROTOCOL,
         )  # fmt: skip
+        if not hold:
+            return self._frame(data)
+        position = self._end
+        self._held += _HEADER.pack(len(data), zlib.crc32(data))
+        self._held += data
+        self._end = position + _HEADER.size + len(data)
+        return position
+
+    @property
+    def held(self) -> bool:
+        """Outcomes wait in memory for the next write (`append_outcome(hold=True)`)."""
+        return bool(self._held)
+
+    def write_held(self) -> None:
+        """Write the held outcomes now (the recorder calls it once per loop turn)."""
+        if self._held:
+            self._write(b"")
 
     def _frame(self, data: bytes) -> int:
         position = self._end
-        frame = _HEADER.pack(len(data), zlib.crc32(data)) + data
+        self._end = position + _HEADER.size + len(data)
+        self._write(_HEADER.pack(len(data), zlib.crc32(data)) + data)
+        return position
+
+    def _write(self, frame: bytes) -> None:
+        """Write ``frame`` (which ends at `_end`), after the held outcomes, which lie
+        before it, in one ``pwrite``."""
+        if self._held:
+            frame = bytes(self._held) + frame
+            self._held.clear()
         size = len(frame)
-        self._end += size
         off = self._off
         if self._spill or self._fd < 0 or off + size > self._capacity and not self._grow(size):
             self._spill += frame
-            return position
+            return
         try:
             # Into blocks the zero-fill allocated: no allocation, so no ENOSPC here.
             os.pwrite(self._fd, frame, off)
         except OSError as exc:  # an I/O error: keep it until `flush` can write it
             log.debug("audit journal: cannot write %s: %s", self._name(), exc)
             self._spill += frame
-            return position
+            return
         self._off = off + size
         self._written = end = self._end
         if self._shared is not None:
             _POSITION.pack_into(self._shared, _SHARED_WRITTEN, end)
-        return position
 
     def _grow(self, size: int) -> bool:
         """Room for ``size`` more bytes in the current file; False on a full disk."""
@@ -401,6 +430,7 @@ class Journal:
     def flush(self) -> None:
         """Copy in what a full disk kept out (`spilled`). Raises OSError while there is
         still no room (the frames are kept for the next flush)."""
+        self.write_held()
         if not self._spill:
             return
         spill, self._spill = self._spill, bytearray()

@@ -184,6 +184,7 @@ class Recorder:
         self._positions: deque[int] = deque()
         self._intents: dict[tuple[str, int], tuple[int, ActionRecord]] = {}
         self._flush_scheduled = False
+        self._held_scheduled = False  # a `_write_held` is due this loop turn
         self._journal_failing: str | None = None
 
     # -- loop side -------------------------------------------------------------------
@@ -238,7 +239,12 @@ class Recorder:
                 isinstance(record, ActionRecord)
                 and (record.session_id, record.seq) in self._intents
             ):
-                position = journal.append_outcome(record)  # the rest is in its intent
+                # The rest is in its intent. Held until the next intent's write or the
+                # end of this loop turn: one pwrite for both, not one each.
+                position = journal.append_outcome(record, hold=self._loop is not None)
+                if journal.held and not self._held_scheduled:
+                    self._held_scheduled = True
+                    self._loop.call_soon(self._write_held)  # type: ignore[union-attr]
             else:
                 position = journal.append(record)
             self._positions.append(position)
@@ -261,6 +267,13 @@ class Recorder:
         position = journal.append_intent(record)
         self._intents[record.session_id, record.seq] = (position, record)
         if journal.spilled or self._journal_failing is not None:
+            self._flush_journal()
+
+    def _write_held(self) -> None:
+        self._held_scheduled = False
+        assert self._journal is not None
+        self._journal.write_held()
+        if self._journal.spilled:
             self._flush_journal()
 
     def _flush_journal(self) -> None:
