@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -42,6 +43,15 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run(main())
     else:
         uvloop.run(main())
+
+
+def _freeze_startup_heap() -> None:
+    """Move what the worker built to start (modules, config, the parser, the app: about
+    140,000 objects) out of the cyclic collector's sight. They live as long as the
+    worker, and each full collection walked them all: about 90 ms each, several times
+    a minute under load, about 5 µs per relayed statement (gc.callbacks, pgbench -S)."""
+    gc.collect()
+    gc.freeze()
 
 
 def pidfile(config: Config) -> Path:
@@ -375,6 +385,7 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             kube_server = kubernetes_server(services, kube_addr, _api_server_class())
             services.tasks.spawn(kube_server.serve(), name="kubernetes-server")
             log.info("worker %d: Kubernetes on https://%s:%d/k8s/", index, *kube_addr)
+        _freeze_startup_heap()
         await stop.wait()
         log.info("worker %d: draining", index)
         listeners: list[tuple[str, Drainable]] = [
