@@ -241,10 +241,11 @@ class Recorder:
             ):
                 # The rest is in its intent. Held until the next intent's write or the
                 # end of this loop turn: one pwrite for both, not one each.
-                position = journal.append_outcome(record, hold=self._loop is not None)
-                if journal.held and not self._held_scheduled:
+                loop = self._loop
+                position = journal.append_outcome(record, hold=loop is not None)
+                if loop is not None and not self._held_scheduled:
                     self._held_scheduled = True
-                    self._loop.call_soon(self._write_held)  # type: ignore[union-attr]
+                    loop.call_soon(self._write_held)
             else:
                 position = journal.append(record)
             self._positions.append(position)

@@ -172,20 +172,23 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         much forwarded awaits its answer (the rest wait, in order, in the decoder)."""
         decoder = self.client.decoder
         pending = self._pending
+        model = self.model
         out: list[bytes] = []
         try:
-            while self._may_pump():
-                if self.model.encoding_uncertain and self._encoding_barrier(out):
-                    continue
-                if self._barrier:
-                    break
+            # `_may_pump`, spelled out: this loop runs for every client message.
+            while not (self._reviewing or self._barrier or self._backlogged or self._queue_full):
+                if model.encoding_batch > model.confirmed_batch:  # encoding_uncertain
+                    if self._encoding_barrier(out):
+                        continue
+                    if self._barrier:
+                        break
                 item = decoder.next_message()
                 if item is None:
                     break
                 msg, raw = item
                 if self._discarding and not isinstance(msg, m.Sync):
                     continue
-                batch = self.model.batch
+                batch = model.batch
                 queued = len(pending)
                 self._on_client_message(msg, raw, out)
                 if type(msg) in _COPY_MESSAGES:

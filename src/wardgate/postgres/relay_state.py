@@ -220,7 +220,7 @@ class RelayState:
                 or "execute" in kinds
                 or (model.encoding_touched and "transaction_end" in kinds)
                 or any(k.startswith("set_config_param:") for k in kinds)
-                or any(_user_function(f) for f in info.functions)
+                or (info.functions and any(_user_function(f) for f in info.functions))
                 or (info.attributes and not self._called_as_fields().isdisjoint(info.attributes))
             ):
                 model.encoding_batch = model.batch

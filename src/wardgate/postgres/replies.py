@@ -223,7 +223,7 @@ class ServerReplies(MaskedResults, SessionProbe):
         if txn.open or (status == b"I" and (txn.aborted or txn.savepoints)):
             # Approved statements' outcomes; else forget the ended transaction's state.
             self._settle_reviews(txn.ready(status))
-        if model.transaction == "I":
+        if model.transaction == "I" and model.portals.confirmed:
             # Portals die with their transaction, cursors declared WITH HOLD excepted.
             portals = model.portals.confirmed
             model.portals.drop({n for n, p in portals.items() if p.holdable})

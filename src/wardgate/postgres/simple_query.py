@@ -51,14 +51,14 @@ class SimpleQuery(ReviewHold):
         for i, text in enumerate(texts):
             kinds = statements[i].kinds if i < len(statements) else ()
             judged.append(self._judge_statement(text, kinds, defined, declared))
-            for cursor, holdable in cursor_changes(text) if _NAME_KINDS.intersection(kinds) else ():
+            for cursor, holdable in () if _NAME_KINDS.isdisjoint(kinds) else cursor_changes(text):
                 if cursor is None:
                     declared.clear()
                 elif holdable is None:
                     declared.discard(cursor)
                 else:
                     declared.add(cursor)
-            if PREPARED_STATEMENT_KINDS.intersection(kinds):
+            if not PREPARED_STATEMENT_KINDS.isdisjoint(kinds):
                 for name, prepared in prepared_statement_changes(text):
                     if name is None:
                         defined.clear()
@@ -168,7 +168,7 @@ class SimpleQuery(ReviewHold):
     def _propose(self, text: str, info: StatementInfo) -> list[Change[Any]]:
         """The name changes one statement of a forwarded Query makes, proposed now and
         confirmed by its CommandComplete."""
-        if not _NAME_KINDS.intersection(info.kinds):
+        if _NAME_KINDS.isdisjoint(info.kinds):
             return []
         model = self.model
         out: list[Change[Any]] = []
