@@ -100,6 +100,45 @@ def test_an_outcome_completes_its_intent_and_shared_objects_resolve(tmp_path: Pa
     j.close()
 
 
+def test_a_held_outcome_goes_with_the_next_write_and_until_then_its_intent_stands(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j")
+    j.open()
+    first, second = _action("s1", 1), _action("s1", 2)
+    j.append(Intent(_interrupted(first)))
+    j.append_outcome(first, hold=True)
+    assert j.held
+    # A crash now: the outcome was never written, so the intent is what the store gets.
+    assert journal_mod.pending(tmp_path / "j") == [_interrupted(first)]
+    j.append(Intent(_interrupted(second)))  # one write: the held outcome, then this intent
+    assert not j.held
+    assert journal_mod.pending(tmp_path / "j") == [first, _interrupted(second)]
+    j.append_outcome(second, hold=True)
+    j.write_held()  # the recorder's timer (2 ms)
+    assert journal_mod.pending(tmp_path / "j") == [first, second]
+    j.close()
+
+
+def test_the_recorder_writes_held_outcomes_within_moments(tmp_path: Path, store: Store) -> None:
+    async def scenario() -> None:
+        j = Journal(tmp_path / "j")
+        j.open()
+        recorder = Recorder(store, journal=j, linger=1.0)  # the store gets it in 1 s
+        await recorder.start()
+        record = _action("s1", 1)
+        recorder.intend(_interrupted(record))
+        recorder.submit(record)
+        assert j.held  # not yet: the next intent could carry it
+        await asyncio.sleep(0.05)
+        assert not j.held
+        assert journal_mod.pending(tmp_path / "j") == [record]
+        await recorder.close()
+        j.close()
+
+    asyncio.run(scenario())
+
+
 def test_the_sync_process_follows_the_journal_and_ends_with_it(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j", sync_process=True)
     j.open()

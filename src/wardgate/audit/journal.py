@@ -367,7 +367,7 @@ class Journal:
         return bool(self._held)
 
     def write_held(self) -> None:
-        """Write the held outcomes now (the recorder calls it once per loop turn)."""
+        """Write the held outcomes now (the recorder calls it when they waited 2 ms)."""
         if self._held:
             self._write(b"")
 
