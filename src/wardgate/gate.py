@@ -501,7 +501,9 @@ class Gate:
         schema's routine: PostgreSQL picks among every schema of the session's
         search_path (by argument types, not only by order), so no schema of the database
         but the listed ones may hold a routine of that name, as the catalogue watch last
-        read it; before it was read, never (the stricter reading)."""
+        read it; before it was read, never (the stricter reading). When no schema but
+        pg_catalog holds one, the call runs the built-in, which only an entry naming
+        pg_catalog covers."""
         if name in self._safe_functions:
             return True
         schema, _, bare = name.rpartition(".")
@@ -511,7 +513,9 @@ class Gate:
         if not listed:
             return False
         holders = self.facts.routine_schemas(connection, bare)
-        return holders is not None and holders <= listed
+        if holders is None:
+            return False
+        return holders <= listed if holders else "pg_catalog" in listed
 
     def _user_code_run(self, stmt: StatementInfo, connection: str) -> list[str]:
         """Casts and operators in ``stmt`` that may run a user function on this
