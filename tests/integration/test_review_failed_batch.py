@@ -2,8 +2,10 @@
 message failed (issue 21): PostgreSQL skips every message up to the Sync, so it never
 runs. The gateway files no review for it, does not use up an approval given for it,
 does not hold the client for the review's inline wait, and records it as not executed;
-the client's answer is the Sync's ReadyForQuery, as without the gateway. Checked on the
-target's rows and on the review store, with psycopg's pipeline mode and by hand."""
+the client's answer is the Sync's ReadyForQuery, as without the gateway. Likewise in a
+transaction block that failed, where the server refuses everything but its end: no
+review, answered 25P02 as the server would. Checked on the target's rows and on the
+review store, with psycopg (pipeline mode, a transaction block) and by hand."""
 
 from __future__ import annotations
 
@@ -39,6 +41,18 @@ def _records(gw: Gateway, text: str) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
+def _records_with(gw: Gateway, text: str, *statuses: str) -> list[dict[str, Any]]:
+    """The action records of ``text`` once records of every one of ``statuses`` are among
+    them: each worker's recorder writes in batches of its own, so they may come in any
+    order (up to 20 s)."""
+    deadline = time.monotonic() + 20
+    records = _records(gw, text)
+    while not set(statuses) <= {r["status"] for r in records} and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = _records(gw, text)
+    return records
+
+
 def _reviews_of(api: Api, text: str) -> list[dict[str, Any]]:
     return [r for r in api.get("/reviews", principal="agent")["reviews"] if text in str(r)]
 
@@ -72,7 +86,7 @@ def test_pipeline_with_a_failed_statement_files_no_review_and_keeps_the_approval
         conn.execute(update)  # the approval still runs it, once
     assert qty(it_database, table, 2) == 5
 
-    records = _records(gw, update)
+    records = _records_with(gw, update, "ok", "not_executed")
     skipped = [r for r in records if r["status"] == "not_executed"]
     assert skipped and "no review was filed" in skipped[0]["error"], records
     assert [r["status"] for r in records].count("ok") == 1, records
@@ -118,3 +132,62 @@ def test_raw_batch_after_its_error_is_answered_at_sync_without_a_review(
     for sql in (first, second):
         assert not _reviews_of(api, sql), sql
         assert [r["status"] for r in _records(gw, sql)] == ["not_executed"], sql
+
+
+def test_a_statement_in_a_failed_transaction_files_no_review_and_keeps_the_approval(
+    gw: Gateway, it_database: str, table: str
+) -> None:
+    # Not a failed batch: a failed transaction block. PostgreSQL refuses every statement
+    # but ROLLBACK/COMMIT there, so a review would ask a human about nothing.
+    api = Api(gw, "reviewer")
+    update = f"UPDATE {table} SET qty = 6 WHERE id = 3"
+    with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+        review_id = pending_error(conn, update)
+    api.post(f"/reviews/{review_id}/approve", {"reason": "fine"})
+    before = len(_reviews_of(api, update))
+
+    with psycopg.connect(gw.dsn("agent", options=WAIT)) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction) as refused:
+            conn.execute(update)
+        assert time.monotonic() - started < 5, "held for the review's inline wait"
+        assert "no review was filed" in str(refused.value)
+        assert qty(it_database, table, 3) == 0
+        assert len(_reviews_of(api, update)) == before  # none filed
+        assert api.get(f"/reviews/{review_id}")["status"] == "approved"  # not used up
+        conn.rollback()
+        conn.execute(update)  # after ROLLBACK, the approval runs it, once
+        conn.commit()
+    assert qty(it_database, table, 3) == 6
+
+    deadline = time.monotonic() + 20
+    while True:  # each worker's recorder writes in batches of its own
+        records = _records_with(gw, update, "ok")
+        rule = "wardgate:failed-transaction"
+        refused_records = [r for r in records if r["verdict"]["rule"] == rule]
+        if refused_records or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert refused_records and refused_records[0]["status"] == "blocked", records
+    assert [r["status"] for r in records].count("ok") == 1, records
+
+
+def test_a_rollback_earlier_in_the_same_batch_sends_the_statement_for_review(
+    gw: Gateway, it_database: str, table: str
+) -> None:
+    # The last ReadyForQuery said the transaction failed, but a ROLLBACK in the same
+    # pipeline (no ReadyForQuery between) ends it before the held statement would run:
+    # the gateway must not answer 25P02 for it, but hold it for a review as usual.
+    update = f"UPDATE {table} SET qty = 7 WHERE id = 4"
+    with psycopg.connect(gw.dsn("agent")) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as held:
+            with conn.pipeline():
+                conn.execute("rollback")
+                conn.execute(update)
+        assert "approval pending" in str(held.value)
+    assert qty(it_database, table, 4) == 0
+    assert _reviews_of(Api(gw, "reviewer"), update)  # filed

@@ -129,6 +129,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._backlogged = False
         self._queue_full = False  # reading stopped: _pending costs more than UNANSWERED_BYTES
         self._batch_open = False  # extended messages sent since the last Sync
+        self._batch_ran = False  # ...and among them an Execute forwarded
         self._batch_failed = False  # ... and the server answered one with an error
         self._drain: asyncio.Future[None] | None = None  # set when every reply has come
         self._seq = 0
@@ -234,7 +235,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             self._batch_open = True
             self._on_execute(msg, raw, out)
         elif isinstance(msg, m.Sync):
-            self._discarding = self._batch_open = self._batch_failed = False
+            self._discarding = self._batch_open = self._batch_failed = self._batch_ran = False
             self._pending.append(Pending(SYNC, batch=self.model.batch))
             self.model.next_batch()
             out.append(raw)

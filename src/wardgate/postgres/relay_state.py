@@ -440,6 +440,7 @@ class RelayState:
         """Before these statements go to the server: the journal has their records
         (audit.journal), as interrupted, until their outcome replaces them."""
         recorder = self.services.recorder
+        self._batch_ran = True  # (an extended batch: it may have ended a transaction)
         for act in acts:
             recorder.intend(
                 ActionRecord(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wardgate.actions import Action, Decision, Verdict
-from wardgate.policy.sql import execute_arguments, executed_statement, syntax_error
+from wardgate.policy.sql import classify, execute_arguments, executed_statement, syntax_error
 from wardgate.postgres.codec import build
 from wardgate.postgres.probe import ContextUnknown, SessionProbe
 from wardgate.postgres.relay_state import SessionLimit
@@ -28,6 +28,7 @@ log = logging.getLogger("wardgate.postgres")
 SQLSTATE_PENDING = "55000"
 # unrecorded: 58000 system_error, "an error external to PostgreSQL itself" (the audit store).
 _SQLSTATES = {
+    "aborted": "25P02",  # in_failed_sql_transaction, as the server answers there
     "blocked": "42501",
     "denied": "42501",
     "interrupted": "57014",
@@ -88,7 +89,15 @@ class ReviewHold(SessionProbe):
                 # Bind what the server will read the statement with (search_path, role).
                 # Waits for every answer before it: an earlier message may fail now.
                 held = dataclasses.replace(action, context=await self._session_context())
-                if not self._batch_failed:
+                if self._batch_failed:
+                    pass  # the server skips it: `_skipped_while_held`
+                elif (
+                    self.model.transaction == "E"
+                    and not (self._batch_open and self._batch_ran)  # no ROLLBACK ran since
+                    and not _exits_transaction(action.text)
+                ):
+                    result = _in_failed_transaction(verdict)
+                else:
                     result = await settle(
                         reviews,
                         held,
@@ -281,3 +290,38 @@ class ReviewHold(SessionProbe):
                 verdict.statements,
             )
         return action, verdict
+
+
+def _exits_transaction(text: str) -> bool:
+    """The statement PostgreSQL reads first in ``text`` is one it accepts in a failed
+    transaction (COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT, PREPARE TRANSACTION: its
+    IsTransactionExitStmt); every other statement is refused there, and with it the
+    rest of a query string."""
+    statements = classify(text)
+    return bool(statements) and "transaction_end" in statements[0].kinds
+
+
+def _in_failed_transaction(verdict: Verdict) -> Settled:
+    """A statement that needs a review, sent while the session's transaction has failed
+    (the server's last ReadyForQuery said so, and nothing is in flight): the server would
+    refuse it whatever a human decided, so no review is filed (no one is asked about it,
+    no approval is used up) and it is answered as the server would, 25P02."""
+    reason = (
+        "it needs a review, but the session's transaction has already failed, where "
+        "PostgreSQL refuses every statement until ROLLBACK; no review was filed"
+    )
+    return Settled(
+        dataclasses.replace(
+            verdict,
+            decision=Decision.BLOCK,
+            rule="wardgate:failed-transaction",
+            rules=("wardgate:failed-transaction",),
+            reason=reason,
+        ),
+        refusal=OutcomeText(
+            "current transaction is aborted, commands ignored until end of transaction "
+            f"block (wardgate: {reason})",
+            "ROLLBACK (or ROLLBACK TO SAVEPOINT), then send the statement again",
+        ),
+        status="aborted",
+    )
