@@ -112,20 +112,16 @@ class ReviewHold(SessionProbe):
                     "the client cancelled the statement while it waited for a review; "
                     "the review stays open, run the statement again after approval"
                 )
-                result = Settled(
-                    dataclasses.replace(
-                        verdict,
-                        decision=Decision.BLOCK,
-                        rule="cancelled",
-                        rules=("cancelled",),
-                        reason=reason,
-                    ),
-                    refusal=OutcomeText(
+                result = _not_run(
+                    verdict,
+                    "cancelled",
+                    reason,
+                    OutcomeText(
                         "canceling statement due to user request "
                         "(wardgate: it was waiting for a review)",
                         reason,
                     ),
-                    status="interrupted",
+                    "interrupted",
                 )
             except ContextUnknown as exc:
                 result = blocked(
@@ -310,18 +306,25 @@ def _in_failed_transaction(verdict: Verdict) -> Settled:
         "it needs a review, but the session's transaction has already failed, where "
         "PostgreSQL refuses every statement until ROLLBACK; no review was filed"
     )
-    return Settled(
-        dataclasses.replace(
-            verdict,
-            decision=Decision.BLOCK,
-            rule="wardgate:failed-transaction",
-            rules=("wardgate:failed-transaction",),
-            reason=reason,
-        ),
-        refusal=OutcomeText(
+    return _not_run(
+        verdict,
+        "wardgate:failed-transaction",
+        reason,
+        OutcomeText(
             "current transaction is aborted, commands ignored until end of transaction "
             f"block (wardgate: {reason})",
             "ROLLBACK (or ROLLBACK TO SAVEPOINT), then send the statement again",
         ),
-        status="aborted",
+        "aborted",
+    )
+
+
+def _not_run(verdict: Verdict, rule: str, reason: str, text: OutcomeText, status: str) -> Settled:
+    """A held statement that does not run, by ``rule``, and what the client is told."""
+    return Settled(
+        dataclasses.replace(
+            verdict, decision=Decision.BLOCK, rule=rule, rules=(rule,), reason=reason
+        ),
+        refusal=text,
+        status=status,
     )
