@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
+from tests.integration.conftest import Gateway, admin_conn, base_config, running_gateway
 from tests.integration.test_psql import psql
 
 EMAIL = "jane.doe@example.com"
@@ -51,13 +51,9 @@ def people(it_database: str) -> str:
 def gw(
     it_database: str, people: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    gateway = make_gateway(
-        tmp_path_factory.mktemp("layers"),
-        base_config(it_database) + MASKING.replace("{t}", people),
-    )
-    gateway.start()
-    yield gateway
-    gateway.stop()
+    config = base_config(it_database) + MASKING.replace("{t}", people)
+    with running_gateway(tmp_path_factory.mktemp("layers"), config) as gateway:
+        yield gateway
 
 
 def _clear_in(values: Any) -> list[str]:
