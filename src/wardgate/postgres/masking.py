@@ -94,6 +94,10 @@ _SKIP, _PREFILTER, _HINTED, _MASK = SKIP, PREFILTER, HINTED, MASK
 
 _ROW_MEMO_MAX_ROW = 2048
 _ROW_MEMO_MAX_ENTRIES = 16384
+# Whole runs of rows, remembered too: an agent re-reading a result gets the same run
+# (one lookup instead of one per row).
+_RUN_MEMO_MAX_RUN = 16384
+_RUN_MEMO_MAX_ENTRIES = 64
 
 
 class Plan:
@@ -101,11 +105,13 @@ class Plan:
     function of the plan and the row's bytes, and agents read the same rows again and
     again, so each plan remembers the rows it masked (short rows, bounded)."""
 
-    __slots__ = ("actions", "memo", "detection_only", "steps", "layouts")
+    __slots__ = ("actions", "memo", "runs", "encoding", "detection_only", "steps", "layouts")
 
     def __init__(self, actions: tuple[tuple[Do, object], ...]) -> None:
         self.actions = actions
         self.memo: dict[bytes, bytes] = {}
+        self.runs: dict[bytes, bytes] = {}  # mask_data_rows: whole runs
+        self.encoding = ""  # the client encoding the memories hold for (in_encoding)
         # Every action only runs content detection: a run of rows in which the bytes
         # prefilter finds nothing passes whole (rows_clean).
         self.detection_only = bool(actions) and all(do in _DETECTION_ONLY for do, _ in actions)
@@ -123,6 +129,14 @@ class Plan:
             for do, _ in actions
         )
         self.layouts: dict[int, RowLayout] = {}  # by row length (mask_layout.py)
+
+    def in_encoding(self, encoding: str) -> None:
+        """What a row masks to depends on how its bytes decode: the memories of masked
+        rows and runs hold for one client encoding, and start again when it changes."""
+        if encoding != self.encoding:
+            self.memo.clear()
+            self.runs.clear()
+            self.encoding = encoding
 
 
 def _remember(names: dict[Any, Any], key: object, value: object, most: int) -> None:
@@ -210,16 +224,23 @@ def mask_data_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str
     Values no rule touches are skipped by their length, never copied; the row is
     rebuilt only when a value changed.
     """
+    plan.in_encoding(encoding)
     memo = plan.memo
     masked = memo.get(raw)
     if masked is not None:
         return masked
     masked = _mask_row(raw, plan, masking, encoding)
-    if len(raw) <= _ROW_MEMO_MAX_ROW:
-        if len(memo) >= _ROW_MEMO_MAX_ENTRIES:
-            memo.clear()
-        memo[raw] = masked
+    _memo_put(memo, raw, masked, _ROW_MEMO_MAX_ROW, _ROW_MEMO_MAX_ENTRIES)
     return masked
+
+
+def _memo_put(memo: dict[bytes, bytes], key: bytes, value: bytes, size: int, most: int) -> None:
+    """``memo[key] = value`` for a key of at most ``size`` bytes; past ``most``
+    entries the memory starts again (a cold workload churns it)."""
+    if len(key) <= size:
+        if len(memo) >= most:
+            memo.clear()
+        memo[key] = value
 
 
 def _mask_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
@@ -540,13 +561,23 @@ def mask_data_rows(data: bytes, plan: Plan, masking: SessionMasking, encoding: s
     ``data`` itself when ``rows_clean`` proves none can change. A row with a layout
     seen before whose scanned values all have shapes known clean passes at once
     (mask_layout.py); the others go row by row."""
+    plan.in_encoding(encoding)
+    known = plan.runs.get(data)
+    if known is not None:
+        return data if known == data else known
+    out = _mask_run(data, plan, masking, encoding)
+    _memo_put(plan.runs, data, out, _RUN_MEMO_MAX_RUN, _RUN_MEMO_MAX_ENTRIES)
+    return out
+
+
+def _mask_run(data: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
     if rows_clean(data, plan, encoding):
         return data
     # The shortcut asks what _mask_row's first test asks, so it needs what that test
     # needs: an ASCII-compatible encoding, and no bytea hex run anywhere in the run.
     fast = _bytes_prefilter_holds(encoding) and _HEX_MARK not in data
-    shapes = data.translate(SHAPE) if fast else b""
     layouts = plan.layouts
+    shapes: bytes | None = None  # ``data`` translated, when a layout first needs it
     edits: list[tuple[int, int, bytes]] = []
     pos, end = 0, len(data)
     try:
@@ -555,9 +586,12 @@ def mask_data_rows(data: bytes, plan: Plan, masking: SessionMasking, encoding: s
             if data[pos] != 68 or stop > end:
                 raise ProtocolError("server sent a malformed run of DataRows")
             layout = layouts.get(stop - pos) if fast else None
-            if layout is not None and layout.clean(data, shapes, pos):
-                pos = stop
-                continue
+            if layout is not None:
+                if shapes is None:
+                    shapes = data.translate(SHAPE)
+                if layout.clean(data, shapes, pos):
+                    pos = stop
+                    continue
             raw = data[pos:stop]
             masked = mask_data_row(raw, plan, masking, encoding)
             if masked is not raw:
