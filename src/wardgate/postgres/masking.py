@@ -96,6 +96,7 @@ _ROW_MEMO_MAX_ROW = 2048
 _ROW_MEMO_MAX_ENTRIES = 16384
 # Whole runs of rows, remembered too: an agent re-reading a result gets the same run
 # (one lookup instead of one per row).
+_MISSES = 32
 _RUN_MEMO_MAX_RUN = 16384
 _RUN_MEMO_MAX_ENTRIES = 64
 
@@ -105,7 +106,9 @@ class Plan:
     function of the plan and the row's bytes, and agents read the same rows again and
     again, so each plan remembers the rows it masked (short rows, bounded)."""
 
-    __slots__ = ("actions", "memo", "runs", "encoding", "detection_only", "steps", "layouts")
+    __slots__ = (
+        "actions", "memo", "runs", "encoding", "detection_only", "steps", "layouts", "misses",
+    )  # fmt: skip
 
     def __init__(self, actions: tuple[tuple[Do, object], ...]) -> None:
         self.actions = actions
@@ -129,6 +132,9 @@ class Plan:
             for do, _ in actions
         )
         self.layouts: dict[int, RowLayout] = {}  # by row length (mask_layout.py)
+        # Rows in a row the shortcut failed on (rows with something to mask, re-read
+        # from memory): past _MISSES it is not tried until a fresh row passes clean.
+        self.misses = 0
 
     def in_encoding(self, encoding: str) -> None:
         """What a row masks to depends on how its bytes decode: the memories of masked
@@ -225,6 +231,10 @@ def mask_data_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str
     rebuilt only when a value changed.
     """
     plan.in_encoding(encoding)
+    return _remembered_row(raw, plan, masking, encoding)
+
+
+def _remembered_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
     memo = plan.memo
     masked = memo.get(raw)
     if masked is not None:
@@ -311,7 +321,8 @@ def _spliced(data: bytes, first: int, edits: list[tuple[int, int, bytes]]) -> by
     parts: list[bytes] = []
     last = first
     for start, end, new in edits:
-        parts.append(data[last:start])
+        if start > last:
+            parts.append(data[last:start])
         parts.append(new)
         last = end
     parts.append(data[last:])
@@ -578,6 +589,7 @@ def _mask_run(data: bytes, plan: Plan, masking: SessionMasking, encoding: str) -
     fast = _bytes_prefilter_holds(encoding) and _HEX_MARK not in data
     layouts = plan.layouts
     shapes: bytes | None = None  # ``data`` translated, when a layout first needs it
+    misses = plan.misses
     edits: list[tuple[int, int, bytes]] = []
     pos, end = 0, len(data)
     try:
@@ -585,24 +597,32 @@ def _mask_run(data: bytes, plan: Plan, masking: SessionMasking, encoding: str) -
             stop = pos + 1 + _INT32.unpack_from(data, pos + 1)[0]
             if data[pos] != 68 or stop > end:
                 raise ProtocolError("server sent a malformed run of DataRows")
-            layout = layouts.get(stop - pos) if fast else None
+            layout = layouts.get(stop - pos) if fast and misses < _MISSES else None
             if layout is not None:
                 if shapes is None:
                     shapes = data.translate(SHAPE)
                 if layout.clean(data, shapes, pos):
+                    misses = 0
                     pos = stop
                     continue
+                misses += 1
             raw = data[pos:stop]
-            masked = mask_data_row(raw, plan, masking, encoding)
+            masked = _remembered_row(raw, plan, masking, encoding)
             if masked is not raw:
-                edits.append((pos, stop, masked))
-            elif fast and (layout is None or not layout.fits(raw)):
-                found = layout_of(raw, plan.steps)
-                if found is not None:
-                    if len(layouts) >= LAYOUTS_MAX:
-                        layouts.clear()
-                    layouts[stop - pos] = found
+                if masked != raw:  # masked now, or remembered (an unchanged row's copy)
+                    edits.append((pos, stop, masked))
+            elif fast:
+                # A fresh row with nothing to mask: the shortcut may serve rows like it.
+                misses = 0
+                if layout is None or not layout.fits(raw):
+                    found = layout_of(raw, plan.steps)
+                    if found is not None:
+                        if len(layouts) >= LAYOUTS_MAX:
+                            layouts.clear()
+                        layouts[stop - pos] = found
             pos = stop
     except struct.error:
         raise ProtocolError("server sent a malformed DataRow") from None
+    finally:
+        plan.misses = misses
     return _spliced(data, 0, edits) if edits else data
