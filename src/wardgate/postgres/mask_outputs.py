@@ -13,7 +13,9 @@ Such a value is the mask and nothing else: ``partial(x) || other``, ``upper(part
 a masked column of a subquery that the outer query transforms, a UNION, ``*`` (the
 positions are not known) are not that, and are scanned as before. Calls of the
 wardgate_mask functions are refused in what a masked principal writes (mask_rewrite.py),
-so only the rewriter puts them there; and whoever wrote one, its value is a mask.
+so only the rewriter puts them there; and whoever wrote one, its value is a mask, as long
+as the functions are the gateway's: DDL naming the schema is refused for principals
+under column rules (mask_rewrite._refuse_changing_mask_schema).
 """
 
 from __future__ import annotations
