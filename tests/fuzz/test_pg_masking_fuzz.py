@@ -232,3 +232,16 @@ def test_a_masked_column_position_passes_and_the_others_are_scanned() -> None:
     ):
         values = _values(out)
         assert values[0] == email and values[2] != email
+
+
+def test_remembered_rows_and_runs_hold_for_one_client_encoding() -> None:
+    """The same bytes mean other text in another encoding: what a plan remembers of a
+    row (or a run) masked under one is not served under the other."""
+    plan = make_plan(SCANNED, MASKING, {})
+    assert plan is not None
+    row = _row([b"mail jane.doe@example.com", None, b"ok", None, None])
+    for _ in range(2):
+        assert mask_data_row(row, plan, MASKING, "utf-8") != row
+        assert mask_data_rows(row, plan, MASKING, "utf-8") != row
+        assert mask_data_row(row, plan, MASKING, "cp500") == row  # EBCDIC: no email
+        assert mask_data_rows(row, plan, MASKING, "cp500") == row
