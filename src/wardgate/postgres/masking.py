@@ -94,9 +94,10 @@ _SKIP, _PREFILTER, _HINTED, _MASK = SKIP, PREFILTER, HINTED, MASK
 
 _ROW_MEMO_MAX_ROW = 2048
 _ROW_MEMO_MAX_ENTRIES = 16384
+# Rows in a row the layout shortcut may fail on before it steps aside (Plan.misses).
+_MISSES = 32
 # Whole runs of rows, remembered too: an agent re-reading a result gets the same run
 # (one lookup instead of one per row).
-_MISSES = 32
 _RUN_MEMO_MAX_RUN = 16384
 _RUN_MEMO_MAX_ENTRIES = 64
 
