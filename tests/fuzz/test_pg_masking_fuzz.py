@@ -190,3 +190,58 @@ def test_a_value_any_detector_masks_fails_the_prefilter(value: str, others: list
     clean = [_row([w, None, w, w, None]) for w in others]
     if clean and all(len(r) < 0x30 for r in clean):  # no length byte reads as a digit
         assert rows_clean(b"".join(clean), SCANNED_PLAN, "utf-8")
+
+
+# The layout shortcut (mask_layout.py) learns from the rows it sees: the same run, and
+# runs of rows that differ from it only in their digits (the same layouts and shapes),
+# must be masked exactly as row by row, whatever it learnt before.
+_SWAP = bytes.maketrans(b"0123456789", b"0987654321")
+
+
+def _sibling(values: list[bytes | None]) -> list[bytes | None]:
+    return [None if v is None else v.translate(_SWAP) for v in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(VALUES, min_size=0, max_size=6), min_size=1, max_size=8),
+    st.sampled_from(["utf-8", "latin-1", "shift_jis"]),
+)
+def test_rows_like_rows_seen_before_are_masked_as_each_row_is(
+    rows: list[list[bytes | None]], encoding: str
+) -> None:
+    for plan in (SCANNED_PLAN, PLAN):
+        assert plan is not None
+        for variant in (rows, rows, [_sibling(r) for r in rows]):
+            raws = _rows(variant)
+            each = [mask_data_row(r, plan, MASKING, encoding) for r in raws]
+            assert mask_data_rows(b"".join(raws), plan, MASKING, encoding) == b"".join(each)
+
+
+def test_a_masked_column_position_passes_and_the_others_are_scanned() -> None:
+    """A column the database masked (mask_outputs.py) passes as it is; the same value in
+    a column it did not mask is masked."""
+    plan = make_plan(SCANNED, MASKING, {}, frozenset({0}))
+    assert plan is not None
+    assert [do for do, _ in plan.actions][:3] == [Do.PASS, Do.PASS, Do.CONTENT_HINTED]
+    email = b"user_0a1b2c3d4e@example.invalid"
+    raw = _row([email, None, email, None, None])
+    for out in (
+        mask_data_row(raw, plan, MASKING, "utf-8"),
+        mask_data_rows(raw, plan, MASKING, "utf-8"),
+    ):
+        values = _values(out)
+        assert values[0] == email and values[2] != email
+
+
+def test_remembered_rows_and_runs_hold_for_one_client_encoding() -> None:
+    """The same bytes mean other text in another encoding: what a plan remembers of a
+    row (or a run) masked under one is not served under the other."""
+    plan = make_plan(SCANNED, MASKING, {})
+    assert plan is not None
+    row = _row([b"mail jane.doe@example.com", None, b"ok", None, None])
+    for _ in range(2):
+        assert mask_data_row(row, plan, MASKING, "utf-8") != row
+        assert mask_data_rows(row, plan, MASKING, "utf-8") != row
+        assert mask_data_row(row, plan, MASKING, "cp500") == row  # EBCDIC: no email
+        assert mask_data_rows(row, plan, MASKING, "cp500") == row

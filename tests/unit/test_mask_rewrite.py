@@ -306,6 +306,16 @@ REFUSED = [
     ('select "Upper"(email) from people', "not a built-in"),
     ("select wardgate_mask.partial('x')", "wardgate_mask"),
     ("select * from wardgate_mask.key", "wardgate_mask"),
+    # Its functions compute masked columns, which the second layer then trusts.
+    (
+        "create or replace function wardgate_mask.partial(v text) returns text"
+        " language sql as $$ select v $$",
+        "cannot change it",
+    ),
+    ("alter function wardgate_mask.partial(text) rename to p2", "cannot change it"),
+    ('drop function U&"wardgate\\005fmask".partial(text)', "cannot change it"),
+    ("alter function public.f(text) set schema wardgate_mask", "cannot change it"),
+    ("drop schema wardgate_mask cascade", "cannot change it"),
     ("select 1 ### 2", "operator ###"),
     ("select '1'::leaky", "leaky"),
     ("select * from nowhere", "not in the gateway's catalog"),

@@ -269,22 +269,88 @@ def _jwts(text: str) -> Iterable[Span]:
             yield m.span()
 
 
+# may_contain's counts, from scan's gates below: with fewer digits than this, no phone
+# number (phones.MIN_DIGITS), card, SSN, BSN, NIR or DNI (8 digits, or a letter and 7)
+# can be found; tests/unit/test_masking_prefilter.py ties it to them.
+MANY_DIGITS = 7
+# Two capitals in a row: what an IBAN ("DE89...") or, with few digits, a NINO ("AB 12 34
+# 56 C") or codice fiscale ("RSSMRA...") starts with.
+_TWO_CAPITALS = re.compile("[A-Z]{2}")
+
+
 def may_contain(data: bytes) -> bool:
     """Bytes prefilter: False only when ``find`` on the decoded text is sure to be empty.
 
     Valid for ASCII-compatible encodings, where every character a detector
-    keys on (digits, ``@``, ``:``, ``.``, the secret words) is one ASCII byte.
+    keys on (digits, capitals, ``@``, ``:``, ``.``, the secret words) is one ASCII byte,
+    so the text holds at most the counts the bytes hold. It follows scan's gates: seven
+    or more digits (phones, cards, SSNs and the national ids with many digits) say
+    True; with two to six, only an IBAN or a NINO / codice fiscale can be found, and
+    each needs two capitals in a row, or an IPv4 address, which needs four digits and
+    three dots; with one, only an IPv6 address (colons). Every test is a count or an
+    ``in``, so a substring never says True where the whole said False (rows_clean).
     The words are looked for in a latin-1 view of the bytes: one byte per
     character, never an error, and ``str`` search is several times faster than
     ``bytes`` search in CPython.
     """
     digits = len(data) - len(data.translate(None, b"0123456789"))
-    if digits >= 2:
+    if digits >= MANY_DIGITS:
         return True
     view = data.decode("latin-1")
-    if "@" in view or "eyJ" in view or (digits and ("::" in view or view.count(":") >= 7)):
+    if "@" in view or "eyJ" in view:
         return True
+    if digits:
+        if "::" in view or view.count(":") >= 7:
+            return True
+        if digits >= 4 and view.count(".") >= 3:
+            return True
+        if digits >= 2 and _TWO_CAPITALS.search(view) is not None:
+            return True
     return credentials.may_hold_secret(view, view.lower())
+
+
+_CLEAN_BYTES = re.compile(_CLEAN_VALUE.pattern.encode("ascii"))
+
+# A value's shape: its digits 2 to 9 written as 1. clean_bytes gives a value and its
+# shape the same answer: may_contain counts digits and no other test of it involves
+# one, and _CLEAN_VALUE tells digits apart only as 0 or not ([1-9], a lone 0). So
+# values that differ only in their digits ("Person 1234", "Person 5678", most ids and
+# amounts of a fresh row) share one answer, remembered by shape.
+SHAPE = bytes.maketrans(b"23456789", b"11111111")
+SHAPE_MAX = 128  # longer values are tested each time, not remembered
+# clean_shape's answers, by hinted (False, True); the masking hot loop looks here first.
+CLEAN_SHAPES: tuple[dict[bytes, bool], dict[bytes, bool]] = ({}, {})
+CLEAN_SHAPES_MAX = 16384
+
+
+def _clean(data: bytes, hinted: bool) -> bool:
+    if not may_contain(data):
+        return True
+    return not hinted and len(data) <= 64 and _CLEAN_BYTES.fullmatch(data) is not None
+
+
+def clean_shape(shape: bytes, hinted: bool = False) -> bool:
+    """clean_bytes of any value of this shape (``value.translate(SHAPE)``, at most
+    SHAPE_MAX bytes)."""
+    memo = CLEAN_SHAPES[hinted]
+    found = memo.get(shape)
+    if found is None:
+        found = _clean(shape, hinted)
+        if len(memo) >= CLEAN_SHAPES_MAX:
+            memo.clear()
+        memo[shape] = found
+    return found
+
+
+def clean_bytes(data: bytes, hinted: bool = False) -> bool:
+    """True when ``scan`` of ``data`` decoded (``assume_hint=hinted``) is sure to be
+    empty: the prefilter says so, or the value is one scan itself passes whole
+    (``_CLEAN_VALUE``: a number, a date, a UUID), looked for in the bytes. Valid for
+    ASCII-compatible encodings: bytes that match an ASCII pattern are ASCII, and decode
+    to the same characters."""
+    if len(data) > SHAPE_MAX:
+        return _clean(data, hinted)
+    return clean_shape(data.translate(SHAPE), hinted)
 
 
 def _resolve(candidates: list[tuple[int, int, str]], fenced: list[Span]) -> list[Finding]:

@@ -6,7 +6,7 @@ import codecs
 from functools import lru_cache
 
 from . import pseudonyms
-from .detect import may_contain, scan
+from .detect import clean_bytes, scan
 from .entities import (
     CREDIT_CARD,
     EMAIL,
@@ -104,7 +104,7 @@ class Masker:
 
         Bytes that do not decode are carried through unchanged (surrogateescape).
         """
-        if not data or (ascii_compatible(encoding) and not may_contain(data)):
+        if not data or (ascii_compatible(encoding) and clean_bytes(data, hinted)):
             return None
         text = data.decode(encoding, errors="surrogateescape")
         masked = self.mask_text(text, hinted)

@@ -15,6 +15,8 @@ from typing import Protocol
 
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.masking import ENTITIES, Masker, Strategy
+from wardgate.masking.detect import clean_bytes
+from wardgate.masking.masker import ascii_compatible
 
 _IP_ENTITIES = frozenset({"ipv4", "ipv6"})
 
@@ -94,6 +96,8 @@ class SessionMasking:
     def mask_bytes(self, data: bytes, encoding: str, hinted: bool = False) -> bytes | None:
         """The masked bytes, or None when nothing was found (the fast path). ``hinted``:
         the column's name says phone (or SSN, BSN): bare digits count."""
+        if ascii_compatible(encoding) and clean_bytes(data, hinted):
+            return None  # cheaper than the memo: fresh ids, amounts, plain words
         if len(data) <= _MEMO_MAX_VALUE:
             key = (data, encoding, hinted)
             try:

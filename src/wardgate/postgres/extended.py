@@ -10,7 +10,7 @@ from wardgate.actions import Decision, Verdict
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.params import ambiguous_params, binding_digest, describe_params
-from wardgate.postgres.relay_state import BIND, CLOSE, EXECUTE, PARSE, POISON_PARSE, Pending
+from wardgate.postgres.relay_state import BIND, CLOSE, EXECUTE, PARSE, POISON_PARSE, Act, Pending
 from wardgate.postgres.review_hold import ReviewHold, block_error, quoted
 from wardgate.postgres.session_model import Portal, Prepared
 from wardgate.reviews.messages import approved_verdict, needs_review
@@ -71,6 +71,7 @@ class ExtendedProtocol(ReviewHold):
             sqls,
             describe_params(msg.params, msg.param_formats, types, encoding),
             binding_digest(msg.params, msg.param_formats, types),
+            outputs=self._bound_outputs(held) if self.masking is not None else None,
         )
         change = model.portals.propose(msg.portal, portal, model.batch)
         if self.masking is not None:
@@ -89,8 +90,17 @@ class ExtendedProtocol(ReviewHold):
         self._note_encoding(verdict.statements)
         acts = [self._act(action, verdict)]
         self._forwarding(acts)
-        self._pending.append(Pending(EXECUTE, acts, target=("P", msg.portal)))
+        self._pending.append(self._execute(acts, msg.portal))
         out.append(raw)
+
+    def _execute(self, acts: list[Act], portal: str) -> Pending:
+        """What an Execute of ``portal`` expects back; with masking, the result columns
+        the text it runs has the database mask (read now: the portal's meaning when
+        the server runs this Execute)."""
+        pending = Pending(EXECUTE, acts, target=("P", portal))
+        if self.masking is not None:
+            pending.outputs = self._portal_outputs(portal)
+        return pending
 
     def _on_close(self, msg: m.Close, raw: bytes, out: list[bytes]) -> None:
         model = self.model
@@ -122,7 +132,7 @@ class ExtendedProtocol(ReviewHold):
             act.review = result.review
             self._note_encoding(now.statements)
             self._forwarding([act])
-            self._pending.append(Pending(EXECUTE, [act], target=("P", msg.portal)))
+            self._pending.append(self._execute([act], msg.portal))
             out.append(raw)
             return
         self._pending.append(Pending(PARSE, None, self._refused(action, result)))

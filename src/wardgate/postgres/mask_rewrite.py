@@ -268,6 +268,7 @@ def rewrite(
             "parse (check the syntax)",
             rules[0].rule if rules else "masking",
         ) from None
+    _refuse_changing_mask_schema(tree, rules)
     pins = _nothing_to_do(tree, catalog, rules, paths)
     if pins is not None:  # the fast path: no masked table, nothing refused
         return _pinned(sql, pins) if pins else None
@@ -278,6 +279,39 @@ def rewrite(
     if not rewriter.changed:
         return None
     return "; ".join(str(_Stream()(raw)) for raw in statements)
+
+
+# Statements that only set a session setting: SET search_path = wardgate_mask is not
+# refused here (a relation then reached unqualified is, _relation).
+_SETTINGS = frozenset({"VariableSetStmt", "VariableShowStmt"})
+
+
+def _refuse_changing_mask_schema(tree: Any, rules: tuple[ColumnRule, ...]) -> None:
+    """DDL naming the wardgate_mask schema (CREATE OR REPLACE FUNCTION
+    wardgate_mask.partial, ALTER, DROP, GRANT, a rename or move into it): its functions
+    are the gateway's. Replaced, a masked column would come back as whatever they
+    return, and the second layer trusts a column they compute (mask_outputs.py).
+    Queries that read or call into it are refused where they do (_relation, _call)."""
+    kinds = {next(iter(raw.get("stmt") or {"?": None})) for raw in tree.get("stmts", ())}
+    if kinds <= _PINNED_STATEMENTS | _SETTINGS:
+        return
+    stack: list[Any] = [
+        raw.get("stmt")
+        for raw in tree.get("stmts", ())
+        if next(iter(raw.get("stmt") or {"?": None})) not in _PINNED_STATEMENTS | _SETTINGS
+    ]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, str) and MASK_SCHEMA in item.lower():
+            raise Refused(
+                f"the {MASK_SCHEMA} schema holds the gateway's masking key and functions; "
+                "a principal under a masking rule cannot change it (or name it in DDL)",
+                rules[0].rule if rules else "masking",
+            )
 
 
 _SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt", "ListenStmt"})

@@ -15,11 +15,21 @@ from enum import IntEnum
 from functools import lru_cache
 from typing import Any
 
-from wardgate.masking.detect import may_contain
+from wardgate.masking.detect import CLEAN_SHAPES, SHAPE, SHAPE_MAX, clean_shape, may_contain
 from wardgate.masking.masker import ascii_compatible
 from wardgate.policy.mask_rules import SessionMasking
 from wardgate.postgres.codec.decode import Column
 from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.mask_layout import (
+    HINTED,
+    LAYOUTS_MAX,
+    MASK,
+    PREFILTER,
+    SKIP,
+    RowLayout,
+    layout_of,
+)
+from wardgate.postgres.mask_outputs import MaskedOutputs
 
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
@@ -43,6 +53,9 @@ NO_TEXT = frozenset({
 # Numbers can be a card or phone number (``select card::bigint``): their text form is
 # scanned, and a number with a finding becomes NULL. Binary numbers are not parsed.
 NUMBERS = frozenset({20, 21, 23, 1700, 790, 1005, 1007, 1016, 1231, 791})
+# int2, int4: their text form (at most 10 digits, no leading zero) is a value
+# detection passes whole (detect._CLEAN_VALUE), whatever it is: not scanned.
+SMALL_INTEGERS = frozenset({21, 23})
 # A result column named like this holds phone numbers (or SSNs, BSNs): bare digits count,
 # as after a hint word ("4155552671" in a column `phone`, also `select x as phone`).
 _HINTED_NAME = re.compile(r"(?i)phone|mobile|(?<![a-z])(?:tel|fax|cell|ssn|bsn)(?![a-z])")
@@ -77,8 +90,16 @@ _DETECTION_ONLY = frozenset(
 )
 
 
+_SKIP, _PREFILTER, _HINTED, _MASK = SKIP, PREFILTER, HINTED, MASK
+
 _ROW_MEMO_MAX_ROW = 2048
 _ROW_MEMO_MAX_ENTRIES = 16384
+# Rows in a row the layout shortcut may fail on before it steps aside (Plan.misses).
+_MISSES = 32
+# Whole runs of rows, remembered too: an agent re-reading a result gets the same run
+# (one lookup instead of one per row).
+_RUN_MEMO_MAX_RUN = 16384
+_RUN_MEMO_MAX_ENTRIES = 64
 
 
 class Plan:
@@ -86,14 +107,43 @@ class Plan:
     function of the plan and the row's bytes, and agents read the same rows again and
     again, so each plan remembers the rows it masked (short rows, bounded)."""
 
-    __slots__ = ("actions", "memo", "detection_only")
+    __slots__ = (
+        "actions", "memo", "runs", "encoding", "detection_only", "steps", "layouts", "misses",
+    )  # fmt: skip
 
     def __init__(self, actions: tuple[tuple[Do, object], ...]) -> None:
         self.actions = actions
         self.memo: dict[bytes, bytes] = {}
+        self.runs: dict[bytes, bytes] = {}  # mask_data_rows: whole runs
+        self.encoding = ""  # the client encoding the memories hold for (in_encoding)
         # Every action only runs content detection: a run of rows in which the bytes
         # prefilter finds nothing passes whole (rows_clean).
         self.detection_only = bool(actions) and all(do in _DETECTION_ONLY for do, _ in actions)
+        # Per column, for _mask_row's loop (plain ints: an enum member hashes slowly):
+        # _SKIP, _PREFILTER (a detection-only action: clean_bytes first), _HINTED (the
+        # same, in a phone/SSN column), _MASK (straight to _mask_value).
+        self.steps = tuple(
+            _SKIP
+            if do is Do.PASS
+            else _HINTED
+            if do is Do.CONTENT_HINTED
+            else _PREFILTER
+            if do in _DETECTION_ONLY
+            else _MASK
+            for do, _ in actions
+        )
+        self.layouts: dict[int, RowLayout] = {}  # by row length (mask_layout.py)
+        # Rows in a row the shortcut failed on (rows with something to mask, re-read
+        # from memory): past _MISSES it is not tried until a fresh row passes clean.
+        self.misses = 0
+
+    def in_encoding(self, encoding: str) -> None:
+        """What a row masks to depends on how its bytes decode: the memories of masked
+        rows and runs hold for one client encoding, and start again when it changes."""
+        if encoding != self.encoding:
+            self.memo.clear()
+            self.runs.clear()
+            self.encoding = encoding
 
 
 def _remember(names: dict[Any, Any], key: object, value: object, most: int) -> None:
@@ -119,13 +169,21 @@ def with_formats(columns: list[Column], formats: tuple[int, ...]) -> list[Column
 
 
 def make_plan(
-    columns: list[Column], masking: SessionMasking, names: dict[tuple[int, int], str]
+    columns: list[Column],
+    masking: SessionMasking,
+    names: dict[tuple[int, int], str],
+    masked: frozenset[int] = frozenset(),
 ) -> Plan | None:
     """What to do with each column; None when nothing can apply (rows pass untouched).
 
-    ``names`` maps (table oid, attnum) to ``schema.table.column`` for column rules.
+    ``names`` maps (table oid, attnum) to ``schema.table.column`` for column rules;
+    ``masked``: the positions of columns the database computed masked (mask_outputs.py),
+    which hold a mask and nothing else, so they pass.
     """
-    actions = tuple(_column_plan(col, masking, names) for col in columns)
+    actions = tuple(
+        (Do.PASS, None) if i in masked else _column_plan(col, masking, names)
+        for i, col in enumerate(columns)
+    )
     return Plan(actions) if any(do is not Do.PASS for do, _ in actions) else None
 
 
@@ -149,7 +207,11 @@ def _column_plan(
         return (Do.CONTENT, None) if text else (Do.CONTENT_JSONB, None)
     if col.type_oid in TEXT_ARRAYS:
         return (Do.CONTENT, None) if text else (Do.CONTENT_ARRAY, None)
-    if col.type_oid in NO_TEXT or (not text and col.type_oid in NUMBERS):
+    if (
+        col.type_oid in NO_TEXT
+        or col.type_oid in SMALL_INTEGERS
+        or (not text and col.type_oid in NUMBERS)
+    ):
         return Do.PASS, None
     if not text:
         # Binary forms of other types (bytea, tsvector, records, arrays of other
@@ -169,27 +231,42 @@ def mask_data_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str
     Values no rule touches are skipped by their length, never copied; the row is
     rebuilt only when a value changed.
     """
+    plan.in_encoding(encoding)
+    return _remembered_row(raw, plan, masking, encoding)
+
+
+def _remembered_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
     memo = plan.memo
     masked = memo.get(raw)
     if masked is not None:
         return masked
-    masked = _mask_row(raw, plan.actions, masking, encoding)
-    if len(raw) <= _ROW_MEMO_MAX_ROW:
-        if len(memo) >= _ROW_MEMO_MAX_ENTRIES:
-            memo.clear()
-        memo[raw] = masked
+    masked = _mask_row(raw, plan, masking, encoding)
+    _memo_put(memo, raw, masked, _ROW_MEMO_MAX_ROW, _ROW_MEMO_MAX_ENTRIES)
     return masked
 
 
-def _mask_row(
-    raw: bytes, plan: tuple[tuple[Do, object], ...], masking: SessionMasking, encoding: str
-) -> bytes:
+def _memo_put(memo: dict[bytes, bytes], key: bytes, value: bytes, size: int, most: int) -> None:
+    """``memo[key] = value`` for a key of at most ``size`` bytes; past ``most``
+    entries the memory starts again (a cold workload churns it)."""
+    if len(key) <= size:
+        if len(memo) >= most:
+            memo.clear()
+        memo[key] = value
+
+
+def _mask_row(raw: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
     unpack = _INT32.unpack_from
+    actions, steps = plan.actions, plan.steps
+    # The steps that ask clean_shape first; none without an ASCII-compatible encoding.
+    fast = _HINTED if _bytes_prefilter_holds(encoding) else _SKIP
+    known = CLEAN_SHAPES
+    length = len(raw)
     try:
         (count,) = _INT16.unpack_from(raw, 5)
         pos = 7
         edits: list[tuple[int, int, bytes | None]] = []  # (start, end, new value or NULL)
-        nplan = len(plan)
+        nplan = len(actions)
+        shapes: bytes | None = None
         for i in range(count):
             (size,) = unpack(raw, pos)
             start = pos
@@ -197,11 +274,29 @@ def _mask_row(
             if size < 0:
                 continue
             end = pos + size
-            do, masker = plan[i] if i < nplan else (Do.NULL, None)
-            if do is not Do.PASS:
-                value = raw[pos:end]
-                if len(value) != size:
+            step = steps[i] if i < nplan else _MASK
+            if step:
+                if end > length:
                     raise ProtocolError("server sent a truncated DataRow")
+                if step <= fast and size <= SHAPE_MAX:
+                    # What every detection-only action starts with, asked first, by
+                    # the value's shape (detect.SHAPE): most values of a fresh row are
+                    # ids, amounts and words with nothing to find. A bytea hex run
+                    # (the shape keeps ``\x``), decoded before detection, is not what
+                    # the bytes show: those go the whole way.
+                    if shapes is None:
+                        shapes = raw.translate(SHAPE)  # once per row, sliced per value
+                    shape = shapes[pos:end]
+                    if _HEX_MARK not in shape:
+                        hinted = step == _HINTED
+                        clean = known[hinted].get(shape)
+                        if clean is None:
+                            clean = clean_shape(shape, hinted)
+                        if clean:
+                            pos = end
+                            continue
+                value = raw[pos:end]
+                do, masker = actions[i] if i < nplan else (Do.NULL, None)
                 new = _mask_value(value, do, masker, masking, encoding)
                 if new is not value:
                     edits.append((start, end, new))
@@ -210,15 +305,29 @@ def _mask_row(
         raise ProtocolError("server sent a malformed DataRow") from None
     if not edits:
         return raw
-    parts: list[bytes] = []
-    last = 5
-    for start, end, new in edits:
-        parts.append(raw[last:start])
-        parts.append(b"\xff\xff\xff\xff" if new is None else _INT32.pack(len(new)) + new)
-        last = end
-    parts.append(raw[last:])
-    body = b"".join(parts)
+    body = _spliced(
+        raw,
+        5,
+        [
+            (s, e, b"\xff\xff\xff\xff" if v is None else _INT32.pack(len(v)) + v)
+            for s, e, v in edits
+        ],
+    )
     return b"D" + _INT32.pack(len(body) + 4) + body
+
+
+def _spliced(data: bytes, first: int, edits: list[tuple[int, int, bytes]]) -> bytes:
+    """``data`` from ``first`` on, with each (start, end) span of ``edits`` (in order)
+    replaced by its bytes."""
+    parts: list[bytes] = []
+    last = first
+    for start, end, new in edits:
+        if start > last:
+            parts.append(data[last:start])
+        parts.append(new)
+        last = end
+    parts.append(data[last:])
+    return b"".join(parts)
 
 
 def _mask_value(
@@ -363,22 +472,30 @@ class ResultMasking:
         self._bound: dict[str, tuple[str, tuple[int, ...]]] = {}  # portal -> statement, formats
         self._plans: dict[tuple[object, ...], Plan | None] = {}  # by result shape, reused
 
-    def plan_of(self, columns: list[Column], names: dict[tuple[int, int], str]) -> Plan | None:
-        """The plan for a result of these columns; the same shape reuses one plan (and
-        its memory of masked rows) from query to query."""
-        shape = tuple(
-            (
-                c.type_oid,
-                c.format,
-                names.get((c.table_oid, c.attnum)) if c.table_oid else None,
-                hinted_name(c.name),
-            )
-            for c in columns
+    def plan_of(
+        self,
+        columns: list[Column],
+        names: dict[tuple[int, int], str],
+        masked: frozenset[int] = frozenset(),
+    ) -> Plan | None:
+        """The plan for a result of these columns (``masked``: make_plan's); the same
+        shape reuses one plan (and its memory of masked rows) from query to query."""
+        shape = (
+            tuple(
+                (
+                    c.type_oid,
+                    c.format,
+                    names.get((c.table_oid, c.attnum)) if c.table_oid else None,
+                    hinted_name(c.name),
+                )
+                for c in columns
+            ),
+            masked,
         )
         if shape not in self._plans:
             if len(self._plans) >= 1024:
                 self._plans.clear()
-            self._plans[shape] = make_plan(columns, self.masking, names)
+            self._plans[shape] = make_plan(columns, self.masking, names, masked)
         return self._plans[shape]
 
     def parsed(self, statement: str) -> None:
@@ -391,7 +508,13 @@ class ResultMasking:
     def described(self, target: tuple[str, str], columns: list[Column]) -> None:
         _remember(self._described, target, columns, 2 * self._most)
 
-    def plan_for_portal(self, portal: str, names: dict[tuple[int, int], str]) -> Plan | None:
+    def plan_for_portal(
+        self,
+        portal: str,
+        names: dict[tuple[int, int], str],
+        outputs: MaskedOutputs | None = None,
+    ) -> Plan | None:
+        """``outputs``: what the Execute runs masks in the database (Pending.outputs)."""
         columns = self._described.get(("P", portal))
         if columns is None:
             statement, formats = self._bound.get(portal, ("", ()))
@@ -399,7 +522,8 @@ class ResultMasking:
             if described is None:
                 return UNKNOWN_COLUMNS  # fail closed: never described, so never guessed
             columns = with_formats(described, formats)
-        return self.plan_of(columns, names)
+        masked = outputs.of(len(columns)) if outputs is not None else frozenset()
+        return self.plan_of(columns, names, masked)
 
     def table_oids(self, columns: list[Column]) -> set[int]:
         """Tables whose column names a column rule needs (none without column rules)."""
@@ -446,22 +570,60 @@ def rows_clean(data: bytes, plan: Plan, encoding: str) -> bool:
 
 def mask_data_rows(data: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
     """A run of whole DataRows (``BackendScanner.whole``), each masked per ``plan``;
-    ``data`` itself when ``rows_clean`` proves none can change."""
+    ``data`` itself when ``rows_clean`` proves none can change. A row with a layout
+    seen before whose scanned values all have shapes known clean passes at once
+    (mask_layout.py); the others go row by row."""
+    plan.in_encoding(encoding)
+    known = plan.runs.get(data)
+    if known is not None:
+        return data if known == data else known
+    out = _mask_run(data, plan, masking, encoding)
+    _memo_put(plan.runs, data, out, _RUN_MEMO_MAX_RUN, _RUN_MEMO_MAX_ENTRIES)
+    return out
+
+
+def _mask_run(data: bytes, plan: Plan, masking: SessionMasking, encoding: str) -> bytes:
     if rows_clean(data, plan, encoding):
         return data
-    out: list[bytes] = []
+    # The shortcut asks what _mask_row's first test asks, so it needs what that test
+    # needs: an ASCII-compatible encoding, and no bytea hex run anywhere in the run.
+    fast = _bytes_prefilter_holds(encoding) and _HEX_MARK not in data
+    layouts = plan.layouts
+    shapes: bytes | None = None  # ``data`` translated, when a layout first needs it
+    misses = plan.misses
+    edits: list[tuple[int, int, bytes]] = []
     pos, end = 0, len(data)
-    changed = False
     try:
         while pos < end:
             stop = pos + 1 + _INT32.unpack_from(data, pos + 1)[0]
             if data[pos] != 68 or stop > end:
                 raise ProtocolError("server sent a malformed run of DataRows")
+            layout = layouts.get(stop - pos) if fast and misses < _MISSES else None
+            if layout is not None:
+                if shapes is None:
+                    shapes = data.translate(SHAPE)
+                if layout.clean(data, shapes, pos):
+                    misses = 0
+                    pos = stop
+                    continue
+                misses += 1
             raw = data[pos:stop]
-            masked = mask_data_row(raw, plan, masking, encoding)
-            changed = changed or masked is not raw
-            out.append(masked)
+            masked = _remembered_row(raw, plan, masking, encoding)
+            if masked is not raw:
+                if masked != raw:  # masked now, or remembered (an unchanged row's copy)
+                    edits.append((pos, stop, masked))
+            elif fast:
+                # A fresh row with nothing to mask: the shortcut may serve rows like it.
+                misses = 0
+                if layout is None or not layout.fits(raw):
+                    found = layout_of(raw, plan.steps)
+                    if found is not None:
+                        if len(layouts) >= LAYOUTS_MAX:
+                            layouts.clear()
+                        layouts[stop - pos] = found
             pos = stop
     except struct.error:
         raise ProtocolError("server sent a malformed DataRow") from None
-    return b"".join(out) if changed else data
+    finally:
+        plan.misses = misses
+    return _spliced(data, 0, edits) if edits else data

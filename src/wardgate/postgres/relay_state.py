@@ -27,6 +27,7 @@ from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
+from wardgate.postgres.mask_outputs import MaskedOutputs, masked_outputs
 from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused, UnknownRelation
 from wardgate.postgres.masking import Plan, ResultMasking
@@ -71,7 +72,7 @@ class Act:
 class Pending:
     __slots__ = (
         "kind", "acts", "index", "block", "held", "commit_error", "target", "plan", "planned",
-        "changes", "batch", "probe", "cost",
+        "changes", "batch", "probe", "cost", "outputs",
     )  # fmt: skip
 
     def __init__(
@@ -95,6 +96,9 @@ class Pending:
         self.block = block  # our ErrorResponse replacing the server's
         self.target = target  # DESCRIBE: ("S"|"P", name); EXECUTE: ("P", portal)
         self.plan: Plan | None = None  # EXECUTE with masking: what to do with its rows
+        # QUERY, EXECUTE: the result columns the database masked (mask_outputs.py), as
+        # the text the server runs for this very message says; None: scan them all.
+        self.outputs: MaskedOutputs | None = None
         self.planned = False
         # SYNC only: records of Executes before it, held until its ReadyForQuery, because
         # the implicit transaction they ran in can still fail (and roll back) at Sync.
@@ -298,6 +302,23 @@ class RelayState:
         if session is None or not session.column_rules:
             return None
         return sql if sent is None else sent.decode(self.client.decoder.encoding)
+
+    def _bound_outputs(self, held: list[Prepared | None]) -> MaskedOutputs | None:
+        """The masked result columns of a portal bound to a statement that may hold
+        ``held``: known only when every possible meaning was prepared, rewritten, from
+        the same text."""
+        texts = {p.masked if p is not None else None for p in held}
+        if len(texts) != 1:
+            return None
+        text = texts.pop()
+        return None if text is None else masked_outputs(text)
+
+    def _portal_outputs(self, portal: str) -> MaskedOutputs | None:
+        """The masked result columns of what an Execute of ``portal`` runs: every
+        possible meaning of the portal agrees on them, or none is known."""
+        held = self.model.portals.candidates(portal, self.model.batch)
+        outputs = {p.outputs if p is not None else None for p in held}
+        return outputs.pop() if len(outputs) == 1 else None
 
     def _mask_replanned(self, prepared: Prepared | None) -> Verdict | None:
         """PostgreSQL analyses a prepared statement again when the session's search_path

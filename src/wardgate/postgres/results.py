@@ -11,7 +11,7 @@ from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.codec.backend import BackendMessage
 from wardgate.postgres.codec.decode import Column, parse_row_description
 from wardgate.postgres.masking import Plan, mask_copy_data, mask_data_row, mask_data_rows
-from wardgate.postgres.relay_state import DESCRIBE, EXECUTE, Pending, RelayState
+from wardgate.postgres.relay_state import DESCRIBE, EXECUTE, QUERY, Pending, RelayState
 
 log = logging.getLogger("wardgate.postgres")
 
@@ -108,7 +108,9 @@ class MaskedResults(RelayState):
         if head is not None and head.kind == EXECUTE and head.target is not None:
             if not head.planned:
                 columns = masking.portal_columns(head.target[1])
-                head.plan = masking.plan_for_portal(head.target[1], self._names(columns))
+                head.plan = masking.plan_for_portal(
+                    head.target[1], self._names(columns), head.outputs
+                )
                 head.planned = True
             return head.plan
         return masking.plan
@@ -141,7 +143,11 @@ class MaskedResults(RelayState):
             if head is not None and head.kind == DESCRIBE and head.target is not None:
                 masking.described(head.target, columns)
             else:
-                masking.plan = masking.plan_of(columns, self._names(columns))
+                # A simple query's result: its columns the database masked, if the
+                # Query's text is one SELECT that says which (mask_outputs.py).
+                outputs = head.outputs if head is not None and head.kind == QUERY else None
+                masked = outputs.of(len(columns)) if outputs is not None else frozenset()
+                masking.plan = masking.plan_of(columns, self._names(columns), masked)
             return None
         if t == 110 and head is not None and head.kind == DESCRIBE and head.target is not None:
             masking.described(head.target, [])  # n NoData

@@ -17,7 +17,10 @@ only meaning. Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from wardgate.postgres.mask_outputs import MaskedOutputs
 
 V = TypeVar("V")
 
@@ -133,6 +136,9 @@ class Portal:
     params: tuple[str | None, ...] = ()
     binding: str = ""
     holdable: bool = False  # a cursor DECLAREd WITH HOLD outlives its transaction
+    # The result columns the database masks (mask_outputs.py), from the text the server
+    # prepared for the statement bound; None: every column is scanned.
+    outputs: MaskedOutputs | None = None
 
     @property
     def weight(self) -> int:

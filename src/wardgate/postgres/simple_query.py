@@ -20,6 +20,7 @@ from wardgate.policy.sql import (
 )
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
+from wardgate.postgres.mask_outputs import masked_outputs
 from wardgate.postgres.relay_state import (
     POISON_QUERY,
     QUERY,
@@ -118,7 +119,10 @@ class SimpleQuery(ReviewHold):
         for _, verdict in judged:
             self._note_encoding(verdict.statements)
         self._forwarding(acts)
-        self._pending.append(Pending(QUERY, acts, changes=changes, batch=model.batch))
+        pending = Pending(QUERY, acts, changes=changes, batch=model.batch)
+        if rewritten is not None:
+            pending.outputs = masked_outputs(rewritten.decode(self.client.decoder.encoding))
+        self._pending.append(pending)
         out.append(raw)
         model.next_batch()
 
