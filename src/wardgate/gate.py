@@ -243,6 +243,22 @@ class Gate:
                 return False
         return True
 
+    def may_change_code(self, principal_groups: frozenset[str], connection: str) -> bool:
+        """True unless every role of these groups blocks DDL and admin statements (DO
+        blocks among them) on an enforcing connection: a principal who may run them
+        may create or replace functions in the database, the masking ones included."""
+        conn = self.config.connections.get(connection)
+        if conn is None or conn.mode != "enforce":
+            return True
+        for group in principal_groups:
+            role_name = conn.roles.get(group)
+            if role_name is None:
+                continue
+            role = self.config.roles[role_name]
+            if any(role.decision_for(k) != "block" for k in ("ddl", "admin")):
+                return True
+        return False
+
     # -- decisions --------------------------------------------------------------------
 
     def _decide(

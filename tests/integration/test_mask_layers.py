@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -144,3 +145,23 @@ def test_a_reviewer_sees_clear_values(gw: Gateway, people: str) -> None:
     with psycopg.connect(gw.dsn("reviewer"), autocommit=True) as conn:
         row = conn.execute(f"select email, notes, phone from {people}").fetchone()
     assert row == (EMAIL, NOTES, PHONE)
+
+
+def test_a_principal_who_may_change_code_gets_every_column_scanned(
+    it_database: str, people: str, tmp_path: Path
+) -> None:
+    # An agent allowed DDL could replace the wardgate_mask functions that compute the
+    # masked columns (CREATE FUNCTION partial after SET search_path = wardgate_mask, or
+    # dynamic SQL in a DO block): for it the second layer trusts nothing the database
+    # masked, and the pseudonym is scanned (masked again) like any other value.
+    config = base_config(it_database).replace(
+        "reader: {read: allow, write: block, ddl: block, admin: block}",
+        "reader: {read: allow, write: block, ddl: allow, admin: block}",
+    ) + MASKING.replace("{t}", people)
+    assert "ddl: allow, admin: block}" in config
+    with running_gateway(tmp_path, config) as gateway:
+        row = _rows(gateway, f"select id, email, notes from {people}")[0]
+    assert REMASKED in row and not any(
+        isinstance(v, str) and PSEUDONYM.fullmatch(v) for v in row
+    ), row
+    assert not _clear_in(row), row

@@ -357,6 +357,17 @@ def test_read_only_sessions(policy: Config) -> None:
     assert not gate.read_only_session(frozenset({"agents"}), "lab")  # observe mode
 
 
+def test_who_may_change_code(policy: Config) -> None:
+    # The second layer trusts columns the database masked only for principals who
+    # cannot replace the functions computing them (relay_state._database_masks).
+    gate = Gate(policy)
+    assert not gate.may_change_code(frozenset({"agents"}), "shop")  # read only
+    assert gate.may_change_code(frozenset({"engineers"}), "shop")  # ddl: review
+    assert gate.may_change_code(frozenset({"agents", "dba"}), "shop")
+    assert gate.may_change_code(frozenset({"agents"}), "lab")  # observe mode
+    assert gate.may_change_code(frozenset({"agents"}), "nowhere")
+
+
 def test_sql_execute_is_judged_by_what_it_resolves_to(policy: Config) -> None:
     bot = policy.principal("bot")
     assert bot is not None

@@ -303,6 +303,21 @@ class RelayState:
             return None
         return sql if sent is None else sent.decode(self.client.decoder.encoding)
 
+    def _database_masks(self, text: str) -> MaskedOutputs | None:
+        """The result columns of ``text`` (as sent) the database computes masked, which
+        the second layer need not scan (mask_outputs.py); None while this principal may
+        change code in the database (DDL, DO blocks, admin, or any access grant): it
+        could replace the wardgate_mask functions that compute them (an unqualified
+        CREATE FUNCTION after pointing search_path at that schema, dynamic SQL in a DO
+        block), and the second layer then scans every column as it would without them."""
+        principal = self.services.config.principal(self.principal.name) or self.principal
+        if self.services.gate.may_change_code(principal.groups, self.connection):
+            return None
+        reviews = self.services.reviews
+        if reviews is not None and reviews.granted(self.principal.name, self.connection):
+            return None
+        return masked_outputs(text)
+
     def _bound_outputs(self, held: list[Prepared | None]) -> MaskedOutputs | None:
         """The masked result columns of a portal bound to a statement that may hold
         ``held``: known only when every possible meaning was prepared, rewritten, from
@@ -311,7 +326,7 @@ class RelayState:
         if len(texts) != 1:
             return None
         text = texts.pop()
-        return None if text is None else masked_outputs(text)
+        return None if text is None else self._database_masks(text)
 
     def _portal_outputs(self, portal: str) -> MaskedOutputs | None:
         """The masked result columns of what an Execute of ``portal`` runs: every

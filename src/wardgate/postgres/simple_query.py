@@ -20,7 +20,6 @@ from wardgate.policy.sql import (
 )
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
-from wardgate.postgres.mask_outputs import masked_outputs
 from wardgate.postgres.relay_state import (
     POISON_QUERY,
     QUERY,
@@ -121,7 +120,7 @@ class SimpleQuery(ReviewHold):
         self._forwarding(acts)
         pending = Pending(QUERY, acts, changes=changes, batch=model.batch)
         if rewritten is not None:
-            pending.outputs = masked_outputs(rewritten.decode(self.client.decoder.encoding))
+            pending.outputs = self._database_masks(rewritten.decode(self.client.decoder.encoding))
         self._pending.append(pending)
         out.append(raw)
         model.next_batch()
