@@ -330,7 +330,17 @@ class RelayState:
 
     def _portal_outputs(self, portal: str) -> MaskedOutputs | None:
         """The masked result columns of what an Execute of ``portal`` runs: every
-        possible meaning of the portal agrees on them, or none is known."""
+        possible meaning of the portal agrees on them, or none is known.
+
+        Only the unnamed portal: SQL can close and DECLARE a named one (``close c``,
+        ``declare c cursor for ...``) through the extended protocol, which the session
+        model does not follow (it reads cursor changes from a simple Query only), so an
+        Execute of "c" could run another query than the one bound, and a clear column
+        would sit where the bound one was masked. No SQL names the unnamed portal
+        (``DECLARE ""`` is an error; PL/pgSQL names its own), and every protocol change
+        of it (Bind, Close, a Query, a transaction's end) is one the model sees."""
+        if portal:
+            return None
         held = self.model.portals.candidates(portal, self.model.batch)
         outputs = {p.outputs if p is not None else None for p in held}
         return outputs.pop() if len(outputs) == 1 else None
