@@ -192,7 +192,7 @@ def _raw_session(gw: Gateway, batches: list[bytes]) -> list[list[tuple[bytes, by
         return replies
 
 
-def _portal_swap(t: str, close_and_declare: list[str]) -> list[bytes]:
+def _portal_swap(t: str, close_and_declare: list[str], first: str = "email") -> list[bytes]:
     """A transaction: portal "c" bound (protocol) to a statement whose first column is
     masked in the database; then "c" closed and DECLAREd again through the extended
     protocol over a query whose first column is the clear notes; then Execute "c"."""
@@ -201,7 +201,7 @@ def _portal_swap(t: str, close_and_declare: list[str]) -> list[bytes]:
     )
     return [
         build.query("begin"),
-        build.parse("s1", f"select email, notes from {t}")
+        build.parse("s1", f"select {first}, notes from {t}")
         + build.describe("S", "s1")
         + build.bind("c", "s1")
         + build.sync(),
@@ -249,5 +249,47 @@ def test_a_statement_deallocated_and_prepared_again_through_the_extended_protoco
         ],
     )
     rows = [body for kind, body in replies[2] if kind == b"D"]
+    errors = [body for r in replies for kind, body in r if kind == b"E"]
+    assert not _leaks(rows), (rows, errors)
+
+
+@pytest.mark.parametrize("first", ["id", "id::int2", "true", "now()"])
+def test_a_statement_prepared_again_by_sql_is_not_planned_by_its_old_describe(
+    gw: Gateway, people: str, first: str
+) -> None:
+    """Statement "s1" parsed and described with a second column no detection scans (an
+    int4, a bool, a timestamp); then SQL DEALLOCATE and PREPARE of "s1" over a query
+    whose second column is the clear notes; then Bind (no Describe) and Execute: the
+    rows must not be planned by the old Describe's column types."""
+    swap = b"".join(
+        build.parse("", sql) + build.bind("", "") + build.execute("")
+        for sql in ("deallocate s1", f"prepare s1 as select email, notes from {people}")
+    )
+    replies = _raw_session(
+        gw,
+        [
+            build.parse("s1", f"select email, {first} from {people}")
+            + build.describe("S", "s1")
+            + build.sync(),
+            swap + build.sync(),
+            build.bind("", "s1") + build.execute("") + build.sync(),
+        ],
+    )
+    rows = [body for kind, body in replies[2] if kind == b"D"]
+    errors = [body for r in replies for kind, body in r if kind == b"E"]
+    assert not _leaks(rows), (rows, errors)
+
+
+@pytest.mark.parametrize("first", ["id", "true"])
+def test_a_cursor_declared_again_is_not_planned_by_the_old_bind(
+    gw: Gateway, people: str, first: str
+) -> None:
+    """Portal "c" bound to a statement described with a first column no detection scans
+    (int4, bool); closed and DECLAREd again through the extended protocol over a query
+    whose first column is the clear notes: Execute "c" is not planned by the old
+    statement's Describe."""
+    swap = ["close c", f"declare c cursor for select notes, email from {people}"]
+    replies = _raw_session(gw, _portal_swap(people, swap, first))
+    rows = [body for kind, body in replies[3] if kind == b"D"]
     errors = [body for r in replies for kind, body in r if kind == b"E"]
     assert not _leaks(rows), (rows, errors)

@@ -501,6 +501,18 @@ class ResultMasking:
     def parsed(self, statement: str) -> None:
         self._described.pop(("S", statement), None)
 
+    def renamed(self, target: str, name: str | None) -> None:
+        """SQL (PREPARE, DEALLOCATE, DECLARE, CLOSE) changed what statement or portal
+        ``name`` holds (None: every one of ``target``): its Describe, and a portal's
+        Bind, say nothing of what it runs now. Kept, an Execute's rows would be planned
+        by the old columns' types (an int4 or a bool there, never scanned, where the
+        clear text of the new query sits); forgotten, they are planned as unknown."""
+        for key in [k for k in self._described if k[0] == target and name in (None, k[1])]:
+            del self._described[key]
+        if target == "P":
+            for portal in [p for p in self._bound if name in (None, p)]:
+                del self._bound[portal]
+
     def bound(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
         _remember(self._bound, portal, (statement, formats), self._most)
         self._described.pop(("P", portal), None)

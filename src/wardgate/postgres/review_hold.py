@@ -305,11 +305,16 @@ class ReviewHold(SessionProbe):
         if _NAME_KINDS.isdisjoint(info.kinds):
             return []
         model = self.model
+        masking = self.masking
         out: list[Change[Any]] = []
         for name, prepared in prepared_statement_changes(text):
             value = None if prepared is None else self._prepared(prepared)
             out.append(model.statements.propose(name, value, model.batch))
+            if masking is not None:
+                masking.renamed("S", name)
         for cursor, holdable in cursor_changes(text):
+            if masking is not None:
+                masking.renamed("P", cursor)
             portal = None
             if cursor is not None and holdable is not None:
                 # Running it through the protocol (Execute) is a FETCH from the cursor;
