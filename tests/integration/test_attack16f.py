@@ -293,3 +293,57 @@ def test_a_cursor_declared_again_is_not_planned_by_the_old_bind(
     rows = [body for kind, body in replies[3] if kind == b"D"]
     errors = [body for r in replies for kind, body in r if kind == b"E"]
     assert not _leaks(rows), (rows, errors)
+
+
+@pytest.mark.parametrize("other", ["id", "true"])
+def test_pipelined_binds_of_the_unnamed_portal_keep_their_own_columns(
+    gw: Gateway, people: str, other: str
+) -> None:
+    """Two statements prepared and described; then, in one pipeline, Bind "" to the
+    first (clear notes in column 0), Execute, Bind "" to the second (an int4 or bool in
+    column 0), Execute: the first Execute's rows are planned with the first statement's
+    columns, not those of the Bind forwarded after it."""
+    replies = _raw_session(
+        gw,
+        [
+            build.parse("sa", f"select notes, email from {people}")
+            + build.describe("S", "sa")
+            + build.parse("sb", f"select {other}, email from {people}")
+            + build.describe("S", "sb")
+            + build.sync(),
+            build.bind("", "sa")
+            + build.execute("")
+            + build.bind("", "sb")
+            + build.execute("")
+            + build.sync(),
+        ],
+    )
+    rows = [body for kind, body in replies[1] if kind == b"D"]
+    errors = [body for r in replies for kind, body in r if kind == b"E"]
+    assert not _leaks(rows), (rows, errors)
+
+
+@pytest.mark.parametrize("other", ["id", "true"])
+def test_a_describe_answered_after_the_next_bind_is_not_used_for_it(
+    gw: Gateway, people: str, other: str
+) -> None:
+    """Bind "" (int4 or bool in column 0), Describe P, Execute, then Bind "" to a
+    statement with clear notes in column 0 and Execute, in one pipeline: the Describe's
+    answer arrives after the second Bind was forwarded and must not plan its rows."""
+    replies = _raw_session(
+        gw,
+        [
+            build.parse("sa", f"select {other}, email from {people}")
+            + build.parse("sb", f"select notes, email from {people}")
+            + build.sync(),
+            build.bind("", "sa")
+            + build.describe("P", "")
+            + build.execute("")
+            + build.bind("", "sb")
+            + build.execute("")
+            + build.sync(),
+        ],
+    )
+    rows = [body for kind, body in replies[1] if kind == b"D"]
+    errors = [body for r in replies for kind, body in r if kind == b"E"]
+    assert not _leaks(rows), (rows, errors)

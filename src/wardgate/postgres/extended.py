@@ -107,6 +107,7 @@ class ExtendedProtocol(ReviewHold):
         pending = Pending(EXECUTE, acts, target=("P", portal), changes=[changes])
         if self.masking is not None:
             pending.outputs = self._portal_outputs(portal)
+            pending.version = self.masking.version("P", portal)
         return pending
 
     def _on_close(self, msg: m.Close, raw: bytes, out: list[bytes]) -> None:
