@@ -192,6 +192,12 @@ def _raw_session(gw: Gateway, batches: list[bytes]) -> list[list[tuple[bytes, by
         return replies
 
 
+def _no_clear_rows(replies: list[list[tuple[bytes, bytes]]], batch: int) -> None:
+    rows = [body for kind, body in replies[batch] if kind == b"D"]
+    errors = [body for r in replies for kind, body in r if kind == b"E"]
+    assert not _leaks(rows), (rows, errors)
+
+
 def _portal_swap(t: str, close_and_declare: list[str], first: str = "email") -> list[bytes]:
     """A transaction: portal "c" bound (protocol) to a statement whose first column is
     masked in the database; then "c" closed and DECLAREd again through the extended
@@ -222,9 +228,7 @@ def test_a_portal_closed_and_declared_again_through_the_extended_protocol(
     gw: Gateway, people: str, swap: list[str]
 ) -> None:
     replies = _raw_session(gw, _portal_swap(people, [s.format(t=people) for s in swap]))
-    rows = [body for kind, body in replies[3] if kind == b"D"]
-    errors = [body for r in replies for kind, body in r if kind == b"E"]
-    assert not _leaks(rows), (rows, errors)
+    _no_clear_rows(replies, 3)
 
 
 @pytest.mark.parametrize("drop", ["deallocate s1", "deallocate all"])
@@ -248,9 +252,7 @@ def test_a_statement_deallocated_and_prepared_again_through_the_extended_protoco
             build.bind("", "s1") + build.execute("") + build.sync(),
         ],
     )
-    rows = [body for kind, body in replies[2] if kind == b"D"]
-    errors = [body for r in replies for kind, body in r if kind == b"E"]
-    assert not _leaks(rows), (rows, errors)
+    _no_clear_rows(replies, 2)
 
 
 @pytest.mark.parametrize("first", ["id", "id::int2", "true", "now()"])
@@ -275,9 +277,7 @@ def test_a_statement_prepared_again_by_sql_is_not_planned_by_its_old_describe(
             build.bind("", "s1") + build.execute("") + build.sync(),
         ],
     )
-    rows = [body for kind, body in replies[2] if kind == b"D"]
-    errors = [body for r in replies for kind, body in r if kind == b"E"]
-    assert not _leaks(rows), (rows, errors)
+    _no_clear_rows(replies, 2)
 
 
 @pytest.mark.parametrize("first", ["id", "true"])
@@ -290,9 +290,7 @@ def test_a_cursor_declared_again_is_not_planned_by_the_old_bind(
     statement's Describe."""
     swap = ["close c", f"declare c cursor for select notes, email from {people}"]
     replies = _raw_session(gw, _portal_swap(people, swap, first))
-    rows = [body for kind, body in replies[3] if kind == b"D"]
-    errors = [body for r in replies for kind, body in r if kind == b"E"]
-    assert not _leaks(rows), (rows, errors)
+    _no_clear_rows(replies, 3)
 
 
 @pytest.mark.parametrize("other", ["id", "true"])
@@ -318,9 +316,7 @@ def test_pipelined_binds_of_the_unnamed_portal_keep_their_own_columns(
             + build.sync(),
         ],
     )
-    rows = [body for kind, body in replies[1] if kind == b"D"]
-    errors = [body for r in replies for kind, body in r if kind == b"E"]
-    assert not _leaks(rows), (rows, errors)
+    _no_clear_rows(replies, 1)
 
 
 @pytest.mark.parametrize("other", ["id", "true"])
@@ -344,6 +340,4 @@ def test_a_describe_answered_after_the_next_bind_is_not_used_for_it(
             + build.sync(),
         ],
     )
-    rows = [body for kind, body in replies[1] if kind == b"D"]
-    errors = [body for r in replies for kind, body in r if kind == b"E"]
-    assert not _leaks(rows), (rows, errors)
+    _no_clear_rows(replies, 1)
