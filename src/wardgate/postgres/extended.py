@@ -97,9 +97,17 @@ class ExtendedProtocol(ReviewHold):
         """What an Execute of ``portal`` expects back; with masking, the result columns
         the text it runs has the database mask (read now: the portal's meaning when
         the server runs this Execute)."""
-        pending = Pending(EXECUTE, acts, target=("P", portal))
+        # SQL PREPARE, DEALLOCATE, DECLARE and CLOSE run through a portal change the
+        # session's names as in a Query (``close c`` then ``declare c cursor for ...``
+        # would otherwise leave the model holding the portal bound before, and its
+        # masked result columns): proposed now, confirmed by the CommandComplete.
+        changes = [
+            c for a in acts for i in a.verdict.statements for c in self._propose(a.action.text, i)
+        ]
+        pending = Pending(EXECUTE, acts, target=("P", portal), changes=[changes])
         if self.masking is not None:
             pending.outputs = self._portal_outputs(portal)
+            pending.version = self.masking.version("P", portal)
         return pending
 
     def _on_close(self, msg: m.Close, raw: bytes, out: list[bytes]) -> None:

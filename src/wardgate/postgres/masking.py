@@ -449,6 +449,8 @@ def mask_copy_data(raw: bytes, masking: SessionMasking, encoding: str) -> bytes:
 
 # The plan for a result whose columns were never described: every value becomes NULL.
 UNKNOWN_COLUMNS = Plan(())
+# A statement's or portal's name at one moment: (target "S"|"P", name, epoch, version).
+Version = tuple[str, str, int, int]
 
 
 class ResultMasking:
@@ -468,8 +470,12 @@ class ResultMasking:
         # no longer has are not removed one by one, so a client using ever new portal
         # names would otherwise grow these without end (limits.session_names).
         self._most = most_names
-        self._described: dict[tuple[str, str], list[Column]] = {}
-        self._bound: dict[str, tuple[str, tuple[int, ...]]] = {}  # portal -> statement, formats
+        self._described: dict[Version, list[Column]] = {}
+        # portal version -> (statement version, result formats)
+        self._bound: dict[Version, tuple[Version, tuple[int, ...]]] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._epochs = {"S": 0, "P": 0}  # DEALLOCATE ALL, CLOSE ALL: every name anew
+        self._counter = 0
         self._plans: dict[tuple[object, ...], Plan | None] = {}  # by result shape, reused
 
     def plan_of(
@@ -498,32 +504,68 @@ class ResultMasking:
             self._plans[shape] = make_plan(columns, self.masking, names, masked)
         return self._plans[shape]
 
+    # Names are versioned: each Parse of a statement, each Bind of a portal, each SQL
+    # change of either (PREPARE, DEALLOCATE, DECLARE, CLOSE) makes a new version, and a
+    # Describe's answer, a Bind and an Execute use the version current when the gateway
+    # forwarded them. A pipeline forwards "Bind '' A, Describe P, Execute, Bind '' B,
+    # Execute" before any answer: an unversioned name would plan A's rows by B's Bind,
+    # and B's rows by A's Describe (arriving after B's Bind), so a clear text column of
+    # one would be planned as the other's int4 or bool (never scanned).
+
+    def version(self, target: str, name: str) -> Version:
+        """The current version of statement ("S") or portal ("P") ``name``."""
+        return (target, name, self._epochs[target], self._versions.get((target, name), 0))
+
+    def _bump(self, target: str, name: str) -> None:
+        self._counter += 1
+        _remember(self._versions, (target, name), self._counter, 2 * self._most)
+
     def parsed(self, statement: str) -> None:
-        self._described.pop(("S", statement), None)
+        self._bump("S", statement)
+
+    def renamed(self, target: str, name: str | None) -> None:
+        """SQL (PREPARE, DEALLOCATE, DECLARE, CLOSE) changed what statement or portal
+        ``name`` holds (None: every one of ``target``): its Describe, and a portal's
+        Bind, say nothing of what it runs now; its rows are planned as unknown until
+        it is described again."""
+        if name is None:
+            self._epochs[target] += 1
+        else:
+            self._bump(target, name)
 
     def bound(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
-        _remember(self._bound, portal, (statement, formats), self._most)
-        self._described.pop(("P", portal), None)
+        self._bump("P", portal)
+        binding = (self.version("S", statement), formats)
+        _remember(self._bound, self.version("P", portal), binding, self._most)
 
-    def described(self, target: tuple[str, str], columns: list[Column]) -> None:
+    def described(self, target: Version, columns: list[Column]) -> None:
+        """``target``: the version the Describe was forwarded for (``version``)."""
         _remember(self._described, target, columns, 2 * self._most)
 
     def plan_for_portal(
         self,
-        portal: str,
+        portal: Version,
         names: dict[tuple[int, int], str],
         outputs: MaskedOutputs | None = None,
     ) -> Plan | None:
-        """``outputs``: what the Execute runs masks in the database (Pending.outputs)."""
-        columns = self._described.get(("P", portal))
+        """``portal``: its version when the Execute was forwarded; ``outputs``: what the
+        Execute runs masks in the database (Pending.outputs)."""
+        columns = self._columns(portal)
         if columns is None:
-            statement, formats = self._bound.get(portal, ("", ()))
-            described = self._described.get(("S", statement))
-            if described is None:
-                return UNKNOWN_COLUMNS  # fail closed: never described, so never guessed
-            columns = with_formats(described, formats)
+            return UNKNOWN_COLUMNS  # fail closed: never described, so never guessed
         masked = outputs.of(len(columns)) if outputs is not None else frozenset()
         return self.plan_of(columns, names, masked)
+
+    def _columns(self, portal: Version) -> list[Column] | None:
+        columns = self._described.get(portal)
+        if columns is not None:
+            return columns
+        binding = self._bound.get(portal)
+        if binding is None:
+            return None
+        statement, formats = binding
+        described = self._described.get(statement)
+        return None if described is None else with_formats(described, formats)
 
     def table_oids(self, columns: list[Column]) -> set[int]:
         """Tables whose column names a column rule needs (none without column rules)."""
@@ -531,12 +573,8 @@ class ResultMasking:
             return set()
         return {c.table_oid for c in columns if c.table_oid}
 
-    def portal_columns(self, portal: str) -> list[Column]:
-        columns = self._described.get(("P", portal))
-        if columns is not None:
-            return columns
-        statement, _ = self._bound.get(portal, ("", ()))
-        return self._described.get(("S", statement), [])
+    def portal_columns(self, portal: Version) -> list[Column]:
+        return self._columns(portal) or []
 
 
 @lru_cache(maxsize=64)

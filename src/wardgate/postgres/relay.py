@@ -241,7 +241,10 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             out.append(raw)
         elif isinstance(msg, m.Describe):
             self._batch_open = True
-            self._pending.append(Pending(DESCRIBE, target=(msg.target, msg.name)))
+            pending = Pending(DESCRIBE, target=(msg.target, msg.name))
+            if self.masking is not None:
+                pending.version = self.masking.version(msg.target, msg.name)
+            self._pending.append(pending)
             out.append(raw)
         elif isinstance(msg, m.Close):
             self._batch_open = True

@@ -30,7 +30,7 @@ from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_outputs import MaskedOutputs, masked_outputs
 from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused, UnknownRelation
-from wardgate.postgres.masking import Plan, ResultMasking
+from wardgate.postgres.masking import Plan, ResultMasking, Version
 from wardgate.postgres.result_tap import ResultTap, SessionResults
 from wardgate.postgres.session_model import Change, Prepared, SessionModel
 from wardgate.postgres.transaction import TRANSACTION_TAGS, Settled, TransactionOutcome
@@ -72,7 +72,7 @@ class Act:
 class Pending:
     __slots__ = (
         "kind", "acts", "index", "block", "held", "commit_error", "target", "plan", "planned",
-        "changes", "batch", "probe", "cost", "outputs",
+        "changes", "batch", "probe", "cost", "outputs", "version",
     )  # fmt: skip
 
     def __init__(
@@ -99,6 +99,9 @@ class Pending:
         # QUERY, EXECUTE: the result columns the database masked (mask_outputs.py), as
         # the text the server runs for this very message says; None: scan them all.
         self.outputs: MaskedOutputs | None = None
+        # DESCRIBE, EXECUTE with masking: the version of the target's name when this
+        # message was forwarded (ResultMasking.version), which its answer concerns.
+        self.version: Version | None = None
         self.planned = False
         # SYNC only: records of Executes before it, held until its ReadyForQuery, because
         # the implicit transaction they ran in can still fail (and roll back) at Sync.
@@ -330,7 +333,17 @@ class RelayState:
 
     def _portal_outputs(self, portal: str) -> MaskedOutputs | None:
         """The masked result columns of what an Execute of ``portal`` runs: every
-        possible meaning of the portal agrees on them, or none is known."""
+        possible meaning of the portal agrees on them, or none is known.
+
+        Only the unnamed portal: SQL can close and DECLARE a named one (``close c``,
+        ``declare c cursor for ...``) through the extended protocol, which the session
+        model does not follow (it reads cursor changes from a simple Query only), so an
+        Execute of "c" could run another query than the one bound, and a clear column
+        would sit where the bound one was masked. No SQL names the unnamed portal
+        (``DECLARE ""`` is an error; PL/pgSQL names its own), and every protocol change
+        of it (Bind, Close, a Query, a transaction's end) is one the model sees."""
+        if portal:
+            return None
         held = self.model.portals.candidates(portal, self.model.batch)
         outputs = {p.outputs if p is not None else None for p in held}
         return outputs.pop() if len(outputs) == 1 else None

@@ -191,6 +191,7 @@ class ServerReplies(MaskedResults, SessionProbe):
                     head.index += 1
             elif head.kind == EXECUTE:
                 pending.popleft()
+                self._confirm(head)
                 if head.acts:
                     tag = parse_command_tag(msg.body) if t == 67 else ("", None)
                     self._finish_execute(head.acts[0], tag)

@@ -48,9 +48,9 @@ class MaskedResults(RelayState):
             columns = _described(msg.body)
         elif msg.type == 68 and self._pending and self._pending[0].kind == EXECUTE:
             head = self._pending[0]
-            if head.planned or head.target is None:
+            if head.planned or head.version is None:
                 return set()
-            columns = self.masking.portal_columns(head.target[1])
+            columns = self.masking.portal_columns(head.version)
         else:
             return set()
         oids = self.masking.table_oids(columns)
@@ -105,11 +105,11 @@ class MaskedResults(RelayState):
         query's current result's."""
         masking = self.masking
         assert masking is not None
-        if head is not None and head.kind == EXECUTE and head.target is not None:
+        if head is not None and head.kind == EXECUTE and head.version is not None:
             if not head.planned:
-                columns = masking.portal_columns(head.target[1])
+                columns = masking.portal_columns(head.version)
                 head.plan = masking.plan_for_portal(
-                    head.target[1], self._names(columns), head.outputs
+                    head.version, self._names(columns), head.outputs
                 )
                 head.planned = True
             return head.plan
@@ -140,8 +140,8 @@ class MaskedResults(RelayState):
             return mask_data_row(msg.raw, plan, masking.masking, encoding)
         if t == 84:  # T RowDescription
             columns = _described(msg.body)
-            if head is not None and head.kind == DESCRIBE and head.target is not None:
-                masking.described(head.target, columns)
+            if head is not None and head.kind == DESCRIBE and head.version is not None:
+                masking.described(head.version, columns)
             else:
                 # A simple query's result: its columns the database masked, if the
                 # Query's text is one SELECT that says which (mask_outputs.py).
@@ -149,8 +149,8 @@ class MaskedResults(RelayState):
                 masked = outputs.of(len(columns)) if outputs is not None else frozenset()
                 masking.plan = masking.plan_of(columns, self._names(columns), masked)
             return None
-        if t == 110 and head is not None and head.kind == DESCRIBE and head.target is not None:
-            masking.described(head.target, [])  # n NoData
+        if t == 110 and head is not None and head.kind == DESCRIBE and head.version is not None:
+            masking.described(head.version, [])  # n NoData
             return None
         if t == 72:  # H CopyOutResponse
             if msg.body[:1] == b"\x01":

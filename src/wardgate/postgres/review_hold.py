@@ -10,12 +10,20 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from wardgate.actions import Action, Decision, Verdict
-from wardgate.policy.sql import classify, execute_arguments, executed_statement, syntax_error
+from wardgate.actions import Action, Decision, StatementInfo, Verdict
+from wardgate.policy.sql import (
+    PREPARED_STATEMENT_KINDS,
+    classify,
+    cursor_changes,
+    execute_arguments,
+    executed_statement,
+    prepared_statement_changes,
+    syntax_error,
+)
 from wardgate.postgres.codec import build
 from wardgate.postgres.probe import ContextUnknown, SessionProbe
 from wardgate.postgres.relay_state import SessionLimit
-from wardgate.postgres.session_model import NamesFull, Prepared
+from wardgate.postgres.session_model import Change, NamesFull, Portal, Prepared
 from wardgate.reviews.messages import OutcomeText, needs_review
 from wardgate.reviews.settle import Settled, blocked, settle
 
@@ -56,6 +64,10 @@ def block_error(verdict: Verdict, connection: str) -> bytes:
                 message, position = found
                 return build.error_response("42601", message, position=position)
     return refusal_error(blocked(verdict, connection))
+
+
+# Statement kinds that change the session's names (prepared statements, cursors).
+_NAME_KINDS = PREPARED_STATEMENT_KINDS | {"declare_cursor", "close_cursor"}
 
 
 class ReviewHold(SessionProbe):
@@ -286,6 +298,39 @@ class ReviewHold(SessionProbe):
                 verdict.statements,
             )
         return action, verdict
+
+    def _propose(self, text: str, info: StatementInfo) -> list[Change[Any]]:
+        """The name changes one statement of a forwarded Query makes, proposed now and
+        confirmed by its CommandComplete."""
+        if _NAME_KINDS.isdisjoint(info.kinds):
+            return []
+        model = self.model
+        masking = self.masking
+        out: list[Change[Any]] = []
+        for name, prepared in prepared_statement_changes(text):
+            value = None if prepared is None else self._prepared(prepared)
+            out.append(model.statements.propose(name, value, model.batch))
+            if masking is not None:
+                masking.renamed("S", name)
+        for cursor, holdable in cursor_changes(text):
+            if masking is not None:
+                masking.renamed("P", cursor)
+            portal = None
+            if cursor is not None and holdable is not None:
+                # Running it through the protocol (Execute) is a FETCH from the cursor;
+                # the DECLARE itself was judged.
+                fetch = 'FETCH FORWARD ALL FROM "' + cursor.replace('"', '""') + '"'
+                portal = Portal((fetch,), holdable=holdable)
+            out.append(model.portals.propose(cursor, portal, model.batch))
+        return out
+
+    def _prepared(self, sql: str) -> Prepared:
+        """A statement SQL PREPARE makes: for a masked principal, with the rewrite of
+        ``sql`` under the session's search_paths now (as the server prepared it)."""
+        rewritten = self._mask_rewrite(sql)
+        if isinstance(rewritten, Verdict):
+            return Prepared(sql, masked="")  # never the rewrite of now: EXECUTE refused
+        return Prepared(sql, masked=self._mask_prepared(sql, rewritten))
 
 
 def _exits_transaction(text: str) -> bool:

@@ -7,9 +7,8 @@ FunctionCall is blocked like a Query."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from wardgate.actions import Action, Decision, StatementInfo, Verdict
+from wardgate.actions import Action, Decision, Verdict
 from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
@@ -27,13 +26,11 @@ from wardgate.postgres.relay_state import (
     Pending,
     may_change_session,
 )
-from wardgate.postgres.review_hold import ReviewHold, block_error
-from wardgate.postgres.session_model import Change, Portal, Prepared
+from wardgate.postgres.review_hold import _NAME_KINDS, ReviewHold, block_error
+from wardgate.postgres.session_model import Prepared
 from wardgate.reviews.messages import approved_verdict, merged_review, needs_review
 from wardgate.reviews.model import ReviewInfo
 from wardgate.reviews.settle import Settled
-
-_NAME_KINDS = PREPARED_STATEMENT_KINDS | {"declare_cursor", "close_cursor"}
 
 
 class SimpleQuery(ReviewHold):
@@ -167,34 +164,6 @@ class SimpleQuery(ReviewHold):
             ),
             verdict,
         )
-
-    def _propose(self, text: str, info: StatementInfo) -> list[Change[Any]]:
-        """The name changes one statement of a forwarded Query makes, proposed now and
-        confirmed by its CommandComplete."""
-        if _NAME_KINDS.isdisjoint(info.kinds):
-            return []
-        model = self.model
-        out: list[Change[Any]] = []
-        for name, prepared in prepared_statement_changes(text):
-            value = None if prepared is None else self._prepared(prepared)
-            out.append(model.statements.propose(name, value, model.batch))
-        for cursor, holdable in cursor_changes(text):
-            portal = None
-            if cursor is not None and holdable is not None:
-                # Running it through the protocol (Execute) is a FETCH from the cursor;
-                # the DECLARE itself was judged.
-                fetch = 'FETCH FORWARD ALL FROM "' + cursor.replace('"', '""') + '"'
-                portal = Portal((fetch,), holdable=holdable)
-            out.append(model.portals.propose(cursor, portal, model.batch))
-        return out
-
-    def _prepared(self, sql: str) -> Prepared:
-        """A statement SQL PREPARE makes: for a masked principal, with the rewrite of
-        ``sql`` under the session's search_paths now (as the server prepared it)."""
-        rewritten = self._mask_rewrite(sql)
-        if isinstance(rewritten, Verdict):
-            return Prepared(sql, masked="")  # never the rewrite of now: EXECUTE refused
-        return Prepared(sql, masked=self._mask_prepared(sql, rewritten))
 
     def _after_query_review(
         self, msg: m.Query, raw: bytes, result: Settled, out: list[bytes]
