@@ -231,22 +231,19 @@ class Gate:
         """True when no role of these groups can ever let a non-read statement through
         (review included: an approved write must be able to run), on an enforcing
         connection: such sessions are opened read-only on the target as well."""
-        conn = self.config.connections.get(connection)
-        if conn is None or conn.mode != "enforce":
-            return False
-        for group in principal_groups:
-            role_name = conn.roles.get(group)
-            if role_name is None:
-                continue
-            role = self.config.roles[role_name]
-            if any(role.decision_for(k) != "block" for k in ("write", "ddl", "admin")):
-                return False
-        return True
+        return not self._may_pass(principal_groups, connection, ("write", "ddl", "admin"))
 
     def may_change_code(self, principal_groups: frozenset[str], connection: str) -> bool:
         """True unless every role of these groups blocks DDL and admin statements (DO
         blocks among them) on an enforcing connection: a principal who may run them
         may create or replace functions in the database, the masking ones included."""
+        return self._may_pass(principal_groups, connection, ("ddl", "admin"))
+
+    def _may_pass(
+        self, principal_groups: frozenset[str], connection: str, classes: tuple[str, ...]
+    ) -> bool:
+        """Some statement of one of ``classes`` may run for these groups: a role of
+        theirs does not block it (review included), or the connection does not enforce."""
         conn = self.config.connections.get(connection)
         if conn is None or conn.mode != "enforce":
             return True
@@ -255,7 +252,7 @@ class Gate:
             if role_name is None:
                 continue
             role = self.config.roles[role_name]
-            if any(role.decision_for(k) != "block" for k in ("ddl", "admin")):
+            if any(role.decision_for(k) != "block" for k in classes):
                 return True
         return False
 
