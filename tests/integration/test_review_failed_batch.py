@@ -41,13 +41,21 @@ def _records(gw: Gateway, text: str) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
-def _records_with(gw: Gateway, text: str, *statuses: str) -> list[dict[str, Any]]:
-    """The action records of ``text`` once records of every one of ``statuses`` are among
-    them: each worker's recorder writes in batches of its own, so they may come in any
-    order (up to 20 s)."""
+def _records_with(
+    gw: Gateway, text: str, *statuses: str, rule: str | None = None
+) -> list[dict[str, Any]]:
+    """The action records of ``text`` once records of every one of ``statuses`` (and one
+    decided by ``rule``) are among them: each worker's recorder writes in batches of its
+    own, so they may come in any order (up to 20 s)."""
+
+    def complete(records: list[dict[str, Any]]) -> bool:
+        return set(statuses) <= {r["status"] for r in records} and (
+            rule is None or any(r["verdict"]["rule"] == rule for r in records)
+        )
+
     deadline = time.monotonic() + 20
     records = _records(gw, text)
-    while not set(statuses) <= {r["status"] for r in records} and time.monotonic() < deadline:
+    while not complete(records) and time.monotonic() < deadline:
         time.sleep(0.2)
         records = _records(gw, text)
     return records
@@ -162,14 +170,9 @@ def test_a_statement_in_a_failed_transaction_files_no_review_and_keeps_the_appro
         conn.commit()
     assert qty(it_database, table, 3) == 6
 
-    deadline = time.monotonic() + 20
-    while True:  # each worker's recorder writes in batches of its own
-        records = _records_with(gw, update, "ok")
-        rule = "wardgate:failed-transaction"
-        refused_records = [r for r in records if r["verdict"]["rule"] == rule]
-        if refused_records or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    rule = "wardgate:failed-transaction"
+    records = _records_with(gw, update, "ok", rule=rule)
+    refused_records = [r for r in records if r["verdict"]["rule"] == rule]
     assert refused_records and refused_records[0]["status"] == "blocked", records
     assert [r["status"] for r in records].count("ok") == 1, records
 
