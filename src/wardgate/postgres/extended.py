@@ -42,20 +42,29 @@ class ExtendedProtocol(ReviewHold):
     def _on_bind(self, msg: m.Bind, raw: bytes, out: list[bytes]) -> None:
         model = self.model
         held = model.statements.candidates(msg.statement, model.batch)
-        # A name this session never prepared (in a Parse or in SQL) is judged as SQL
-        # EXECUTE of it: the server refuses it, or it holds something we cannot see.
-        sqls = tuple(
-            dict.fromkeys(
-                p.sql if p is not None else f"EXECUTE {quoted(msg.statement)}" for p in held
+        if len(held) == 1 and held[0] is not None:  # one meaning, the common case
+            sqls: tuple[str, ...] = (held[0].sql,)
+            types = held[0].param_types
+        else:
+            # A name this session never prepared (in a Parse or in SQL) is judged as SQL
+            # EXECUTE of it: the server refuses it, or it holds something we cannot see.
+            sqls = tuple(
+                dict.fromkeys(
+                    p.sql if p is not None else f"EXECUTE {quoted(msg.statement)}" for p in held
+                )
             )
-        )
+            types = next((p.param_types for p in held if p is not None), ())
         for p in held:
             replanned = self._mask_replanned(p)
             if replanned is not None:
                 self._block_extended(sqls[0], (), replanned, out)
                 return
-        types = next((p.param_types for p in held if p is not None), ())
-        unclear = ambiguous_params(msg.params, msg.param_formats, types)
+        # Only a binary-format parameter can be ambiguous.
+        unclear = (
+            ambiguous_params(msg.params, msg.param_formats, types)
+            if 1 in msg.param_formats
+            else None
+        )
         if unclear:
             verdict = Verdict(
                 Decision.BLOCK,

@@ -69,7 +69,8 @@ _ASCII_SAFE_TYPES = frozenset(b"SHXdcf")
 # and the server is sent a Flush, so that it answers what it has run; reading resumes
 # at half.
 UNANSWERED_BYTES = 8 * 1024 * 1024
-_COPY_MESSAGES = (m.CopyData, m.CopyDone, m.CopyFail)
+_COPY_MESSAGES = frozenset((m.CopyData, m.CopyDone, m.CopyFail))
+_PASSED_ON = _COPY_MESSAGES | {m.Flush}  # forwarded as they are
 _MESSAGE_OVERHEAD = 1024
 
 
@@ -196,12 +197,14 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                     # COPY data is passed on, not kept; and the server answers a COPY
                     # only after its CopyDone, so counting it would stop a long COPY.
                     continue
-                self._count_unanswered(batch, len(raw))
+                size = len(raw) + _MESSAGE_OVERHEAD
+                self._count_unanswered(batch, size)
                 if len(pending) > queued:
                     if self._batch_failed:
                         self._skipped_by_server(queued)
                     else:
-                        pending.charge(pending[-1], len(raw) + _MESSAGE_OVERHEAD)
+                        pending[-1].cost += size  # PendingQueue.charge, inlined
+                        pending.cost += size
                         if pending.cost > UNANSWERED_BYTES and not self._finished:
                             self._wait_for_answers(out)
         except ProtocolError as exc:
@@ -223,56 +226,61 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             recorder.on_drained(lambda: self.client.resume_reading("recorder"))
 
     def _on_client_message(self, msg: m.FrontendMessage, raw: bytes, out: list[bytes]) -> None:
-        if isinstance(msg, m.Query):
-            self._on_query(msg, raw, out)
-        elif isinstance(msg, m.Parse):
-            self._batch_open = True
-            self._on_parse(msg, raw, out)
-        elif isinstance(msg, m.Bind):
+        # By exact type (the message classes are final), the most frequent first.
+        if type(msg) is m.Bind:
             self._batch_open = True
             self._on_bind(msg, raw, out)
-        elif isinstance(msg, m.Execute):
+        elif type(msg) is m.Execute:
             self._batch_open = True
             self._on_execute(msg, raw, out)
-        elif isinstance(msg, m.Sync):
+        elif type(msg) is m.Sync:
             self._discarding = self._batch_open = self._batch_failed = self._batch_ran = False
             self._pending.append(Pending(SYNC, batch=self.model.batch))
             self.model.next_batch()
             out.append(raw)
-        elif isinstance(msg, m.Describe):
+        elif type(msg) is m.Describe:
             self._batch_open = True
-            pending = Pending(DESCRIBE, target=(msg.target, msg.name))
-            if self.masking is not None:
-                pending.version = self.masking.version(msg.target, msg.name)
-            self._pending.append(pending)
-            out.append(raw)
-        elif isinstance(msg, m.Close):
+            self._on_describe(msg, raw, out)
+        elif type(msg) is m.Query:
+            self._on_query(msg, raw, out)
+        elif type(msg) is m.Parse:
+            self._batch_open = True
+            self._on_parse(msg, raw, out)
+        elif type(msg) is m.Close:
             self._batch_open = True
             self._on_close(msg, raw, out)
-        elif isinstance(msg, m.Flush | m.CopyData | m.CopyDone | m.CopyFail):
+        elif type(msg) in _PASSED_ON:
             out.append(raw)
-        elif isinstance(msg, m.Terminate):
+        elif type(msg) is m.Terminate:
             out.append(raw)
             self.upstream.write(b"".join(out))
             out.clear()
             self.finish("closed")
-        elif isinstance(msg, m.FunctionCall):
+        elif type(msg) is m.FunctionCall:
             self._on_function_call(msg, out)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} message after startup")
 
+    def _on_describe(self, msg: m.Describe, raw: bytes, out: list[bytes]) -> None:
+        pending = Pending(DESCRIBE, target=(msg.target, msg.name))
+        if self.masking is not None:
+            pending.version = self.masking.version(msg.target, msg.name)
+        self._pending.append(pending)
+        out.append(raw)
+
     def _count_unanswered(self, batch: int, size: int) -> None:
-        """``size`` bytes of ``batch`` were judged (and forwarded, or refused in the
-        server's own way): held until the batch's ReadyForQuery (``_answered``). Past
+        """``size`` bytes of ``batch`` (a message's and `_MESSAGE_OVERHEAD`) were judged
+        (and forwarded, or refused in the server's own way): held until the batch's
+        ReadyForQuery (``_answered``). Past
         UNANSWERED_BYTES the client is not read, but only once the batch is closed (a
         Query, or a Sync): the server answers an open extended batch only at its Sync or
         Flush, so stopping before it would wait forever."""
         entries = self._unanswered
         if entries and entries[-1][0] == batch:
-            entries[-1][1] += size + _MESSAGE_OVERHEAD
+            entries[-1][1] += size
         else:
-            entries.append([batch, size + _MESSAGE_OVERHEAD])
-        self._unanswered_bytes += size + _MESSAGE_OVERHEAD
+            entries.append([batch, size])
+        self._unanswered_bytes += size
         if (
             self._unanswered_bytes > UNANSWERED_BYTES
             and not self._batch_open

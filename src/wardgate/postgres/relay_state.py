@@ -132,7 +132,9 @@ class PendingQueue(deque[Pending]):
 
     def popleft(self) -> Pending:
         entry = super().popleft()
-        self._gone(entry)
+        self.cost -= entry.cost  # `_gone`, inlined: once per reply
+        if entry.kind == SYNC:
+            self.syncs -= 1
         return entry
 
     def pop_last(self) -> Pending:
@@ -201,16 +203,19 @@ class RelayState:
                 config,
                 now or dataclasses.replace(self.principal, groups=frozenset()),
             )
+        # Positional (principal, connection, protocol, kind, text, params, session_id,
+        # client_addr, resolved, binding): one per statement, cheaper than keywords.
         return Action(
-            principal=seen[1],
-            connection=self.connection,
-            protocol="postgres",
-            kind="sql",
-            text=text,
-            params=params,
-            session_id=self.session_id,
-            client_addr=self.client_addr,
-            binding=binding,
+            seen[1],
+            self.connection,
+            "postgres",
+            "sql",
+            text,
+            params,
+            self.session_id,
+            self.client_addr,
+            None,
+            binding,
         )
 
     def _note_encoding(self, statements: tuple[StatementInfo, ...]) -> None:
@@ -221,10 +226,7 @@ class RelayState:
         for info in statements:
             kinds = info.kinds
             if (
-                "client_encoding" in kinds
-                or "call" in kinds
-                or "do_block" in kinds
-                or "execute" in kinds
+                not _ENCODING_KINDS.isdisjoint(kinds)
                 or (model.encoding_touched and "transaction_end" in kinds)
                 or any(k.startswith("set_config_param:") for k in kinds)
                 or (info.functions and any(_user_function(f) for f in info.functions))
@@ -390,12 +392,13 @@ class RelayState:
         if tag[0] in TRANSACTION_TAGS:
             self._settle_reviews(self._transaction.command(tag[0], act.action.text))
         pending = self._pending
-        sync = next((e for e in pending if e.kind == SYNC), None) if pending.syncs else None
         record = self._action_record(act, "ok", tag=tag)
-        if sync is None:
-            self.services.recorder.submit(record)  # no Sync yet: nothing can undo it later
-        else:
-            sync.held.append(record)
+        if pending.syncs:
+            for entry in pending:
+                if entry.kind == SYNC:
+                    entry.held.append(record)
+                    return
+        self.services.recorder.submit(record)  # no Sync yet: nothing can undo it later
 
     def _finish_act(
         self,
@@ -590,6 +593,9 @@ class RelayState:
         if callable(self._on_finished):
             self._on_finished()
 
+
+# Kinds of statement that may change client_encoding (`_note_encoding`).
+_ENCODING_KINDS = frozenset({"client_encoding", "call", "do_block", "execute"})
 
 _SESSION_KINDS = frozenset(
     {

@@ -35,6 +35,7 @@ log = logging.getLogger("wardgate.postgres")
 
 # Messages the server may send at any time, whatever it is answering.
 _ASYNCHRONOUS = frozenset(b"NAS")
+_ROW_TYPES = frozenset(b"Dd")  # DataRow, CopyData: recorded as the client gets them
 
 
 class ServerReplies(MaskedResults, SessionProbe):
@@ -50,23 +51,23 @@ class ServerReplies(MaskedResults, SessionProbe):
         self._relay_items(items)
 
     def _relay_items(self, items: list[BackendMessage | memoryview]) -> None:
+        if self.masking is None:
+            self._relay_unmasked(items)
+            return
         out: list[bytes | memoryview] = []
         try:
             for i, item in enumerate(items):
                 if isinstance(item, memoryview):
-                    if self.masking is not None:
-                        # Whole DataRows of a masked session (the scanner's whole mode).
-                        if oids := self._names_to_fetch(ROWS):
-                            self._hold(items[i:], oids)
-                            break
-                        sent: bytes | memoryview = self._mask_rows(item)
-                    else:
-                        sent = item  # rows (or COPY data) of an unmasked session
+                    # Whole DataRows of a masked session (the scanner's whole mode).
+                    if oids := self._names_to_fetch(ROWS):
+                        self._hold(items[i:], oids)
+                        break
+                    sent: bytes | memoryview = self._mask_rows(item)
                     out.append(sent)
                     if self._results is not None and (tap := self._tap()) is not None:
                         tap.feed(sent)
                     continue
-                if self.masking is not None and (oids := self._names_to_fetch(item)):
+                if oids := self._names_to_fetch(item):
                     # Column rules need this result's column names: hold the stream.
                     self._hold(items[i:], oids)
                     break
@@ -82,6 +83,42 @@ class ServerReplies(MaskedResults, SessionProbe):
         except ProtocolError as exc:
             self._upstream_garbage(exc, out)
             return
+        self._relayed(out)
+
+    def _relay_unmasked(self, items: list[BackendMessage | memoryview]) -> None:
+        """`_relay_items` for a session whose results are not masked: rows (and COPY
+        data) pass as the scanner sliced them (BULK_TYPES, recorded as they go), and so
+        does every message no reply of the gateway replaces (a blocked statement's
+        error, a probe's answer)."""
+        out: list[bytes | memoryview] = []
+        pending = self._pending
+        recorded = self._results is not None
+        try:
+            for item in items:
+                if isinstance(item, memoryview):
+                    out.append(item)
+                    if recorded and (tap := self._tap()) is not None:
+                        tap.feed(item)
+                    continue
+                head = pending[0] if pending else None
+                replacement: bytes | None
+                if head is not None and head.kind == PROBE and item.type not in _ASYNCHRONOUS:
+                    replacement = self._on_probe_reply(item, head)
+                else:
+                    replacement = self._on_server_message_unmasked(item, head)
+                sent = item.raw if replacement is None else replacement
+                out.append(sent)
+                # Unmasked, the scanner streams rows as bulk (a probe's own aside): kept
+                # in case, so that no row the client gets misses its recording.
+                if recorded and item.type in _ROW_TYPES and (tap := self._tap()) is not None:
+                    tap.feed(sent)
+        except ProtocolError as exc:
+            self._upstream_garbage(exc, out)
+            return
+        self._relayed(out)
+
+    def _relayed(self, out: list[bytes | memoryview]) -> None:
+        """Send what a server chunk became; whoever waits for every reply may go on."""
         if out:
             self.client.write(b"".join(out) if len(out) > 1 else bytes(out[0]))
         drain = self._drain

@@ -208,8 +208,12 @@ class ReviewHold(SessionProbe):
 
     def _portal_actions(self, name: str) -> list[Action]:
         """One action for every SQL the portal ``name`` may run when the server gets to it."""
+        held = self.model.portals.candidates(name, self.model.batch)
+        if len(held) == 1 and held[0] is not None and len(held[0].sqls) == 1:
+            one = held[0]  # one meaning: the common case, without the merging below
+            return [self._action(one.sqls[0], one.params, one.binding)]
         actions: dict[tuple[str, str], Action] = {}
-        for portal in self.model.portals.candidates(name, self.model.batch):
+        for portal in held:
             if portal is None:
                 # Not bound in this session: a cursor made by SQL DECLARE (judged then), or
                 # nothing. Judged as what running it is, a FETCH from that cursor.
@@ -286,7 +290,10 @@ class ReviewHold(SessionProbe):
     def _judge_portal(self, name: str) -> tuple[Action, Verdict]:
         """The strictest verdict over every meaning the portal may have; with more than
         one meaning, nothing can be approved (an approval binds one action)."""
-        judged = [self._judge_sql(a) for a in self._portal_actions(name)]
+        actions = self._portal_actions(name)
+        if len(actions) == 1:
+            return self._judge_sql(actions[0])
+        judged = [self._judge_sql(a) for a in actions]
         action, verdict = max(judged, key=lambda av: av[1].decision.severity)
         if len(judged) > 1 and not verdict.allowed and verdict.enforced:
             verdict = Verdict(

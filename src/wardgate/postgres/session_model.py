@@ -33,6 +33,7 @@ class Change(Generic[V]):
     name: str | None
     value: V | None
     batch: int
+    weight: int = 0  # the value's (`_weight`), counted in Names.bytes while pending
 
 
 class NamesFull(Exception):
@@ -54,6 +55,8 @@ class Names(Generic[V]):
     most: int = 0  # 0: no limit
     most_bytes: int = 0
     bytes: int = 0  # the weight of what ``confirmed`` and ``pending`` hold
+    # The weight of each confirmed name's value, as its change counted it.
+    _weights: dict[str, int] = field(default_factory=dict, repr=False)
 
     def propose(self, name: str | None, value: V | None, batch: int) -> Change[V]:
         """Raises NamesFull when ``value`` under a new ``name`` would pass a limit
@@ -65,7 +68,7 @@ class Names(Generic[V]):
                 raise NamesFull(f"more than {self.most} names")
             if self.bytes + weight > self.most_bytes:
                 raise NamesFull(f"more than {self.most_bytes} bytes of text in its names")
-        change = Change(name, value, batch)
+        change = Change(name, value, batch, weight)
         self.pending.append(change)
         self.bytes += weight
         return change
@@ -74,29 +77,34 @@ class Names(Generic[V]):
         if change not in self.pending:
             return
         self.pending.remove(change)
-        self.bytes -= _weight(change.value)
         if change.name is None:
             self.confirmed.clear()
-            self.bytes = sum(_weight(c.value) for c in self.pending)
+            self._weights.clear()
+            self.bytes = sum(c.weight for c in self.pending)
             return
-        old = self.confirmed.pop(change.name, None)
-        if old is not None:
-            self.bytes -= _weight(old)
-        if change.value is not None:
-            self.confirmed[change.name] = change.value
-            self.bytes += _weight(change.value)
+        if self.confirmed.pop(change.name, None) is not None:
+            self.bytes -= self._weights.pop(change.name)
+        if change.value is None:
+            self.bytes -= change.weight
+        else:
+            self.confirmed[change.name] = change.value  # its weight stays counted
+            self._weights[change.name] = change.weight
 
     def refute(self, change: Change[V]) -> None:
         if change in self.pending:
             self.pending.remove(change)
-            self.bytes -= _weight(change.value)
+            self.bytes -= change.weight
 
     def candidates(self, name: str, batch: int) -> list[V | None]:
         """Every value ``name`` may hold when a message of ``batch`` reaches the server
         (None: no such name), most likely first."""
-        own = [c for c in self.pending if c.batch == batch and c.name in (name, None)]
-        if own:
-            return [own[-1].value if own[-1].name == name else None]
+        for c in reversed(self.pending):  # the batch's own changes are the latest
+            if c.batch != batch:
+                break
+            if c.name == name:
+                return [c.value]
+            if c.name is None:
+                return [None]
         out: list[V | None] = [self.confirmed.get(name)]
         for c in self.pending:
             if c.name in (name, None):
@@ -108,7 +116,8 @@ class Names(Generic[V]):
     def drop(self, keep: set[str]) -> None:
         """Forget confirmed names other than ``keep`` (portals at a transaction's end)."""
         for name in [n for n in self.confirmed if n not in keep]:
-            self.bytes -= _weight(self.confirmed.pop(name))
+            del self.confirmed[name]
+            self.bytes -= self._weights.pop(name)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wardgate.pickling import quick_init
+
 # Codes that share the untyped startup-packet framing with StartupMessage.
 PROTOCOL_3_0 = 196608  # 3 << 16
 PROTOCOL_3_2 = 196610  # (3 << 16) | 2, PostgreSQL 18
@@ -40,11 +42,13 @@ class CancelRequest:
     secret: bytes
 
 
+@quick_init  # built for every client message
 @dataclass(frozen=True, slots=True)
 class Query:
     sql: str
 
 
+@quick_init  # built for every client message
 @dataclass(frozen=True, slots=True)
 class Parse:
     name: str
@@ -52,6 +56,7 @@ class Parse:
     param_types: tuple[int, ...]
 
 
+@quick_init  # built for every client message
 @dataclass(frozen=True, slots=True)
 class Bind:
     portal: str
@@ -61,24 +66,28 @@ class Bind:
     result_formats: tuple[int, ...]
 
 
+@quick_init  # built for every client message
 @dataclass(frozen=True, slots=True)
 class Describe:
     target: str  # "S" (statement) or "P" (portal)
     name: str
 
 
+@quick_init  # built for every client message
 @dataclass(frozen=True, slots=True)
 class Execute:
     portal: str
     max_rows: int
 
 
+@quick_init  # built for every client message
 @dataclass(frozen=True, slots=True)
 class Close:
     target: str  # "S" or "P"
     name: str
 
 
+@quick_init  # built for every client message
 @dataclass(frozen=True, slots=True)
 class Sync:
     pass

@@ -112,9 +112,9 @@ def binding_digest(
 ) -> str:
     """sha256 of every parameter's exact bytes with its format and declared type: what an
     approval binds besides the statement (two Binds differing anywhere never share it)."""
-    h = hashlib.sha256()
+    parts = []
     for i, value in enumerate(values):
         oid = types[i] if i < len(types) else 0
-        h.update(f"{i}:{_format(formats, i)}:{oid}:".encode())
-        h.update(b"N" if value is None else b"V" + len(value).to_bytes(8, "big") + value)
-    return h.hexdigest()
+        parts.append(f"{i}:{_format(formats, i)}:{oid}:".encode())
+        parts.append(b"N" if value is None else b"V" + len(value).to_bytes(8, "big") + value)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
