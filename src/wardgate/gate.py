@@ -10,6 +10,7 @@ role grants is blocked.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import OrderedDict
 from fnmatch import fnmatchcase
 from threading import Lock
@@ -17,7 +18,7 @@ from threading import Lock
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig
 from wardgate.identity.principals import Principal, in_scope
-from wardgate.metrics import timed_decision
+from wardgate.metrics import note_decision
 from wardgate.policy.functions import function_class
 from wardgate.policy.kubernetes import ALL_NAMESPACES, classify_kubernetes
 from wardgate.policy.kubernetes.sessions import port_in
@@ -134,14 +135,21 @@ class Gate:
         self._safe_schemas = {bare: frozenset(schemas) for bare, schemas in listed.items()}
         self._safe_settings = frozenset(f.lower() for f in config.safe_settings)
 
-    @timed_decision
     def check(
         self, action: Action, granted: frozenset[str] = frozenset(), *, params_later: bool = False
     ) -> Verdict:
         """Judge ``action``. ``granted`` are roles the principal holds on the action's
         connection through an approved, unexpired access grant, on top of its groups'.
         ``params_later``: parameters are bound later (a Parse), where the action is judged
-        again; a statement whose meaning depends on them is judged without them here."""
+        again; a statement whose meaning depends on them is judged without them here.
+        Its time goes to the gate-decision metric, by protocol."""
+        started = time.perf_counter()
+        try:
+            return self._check(action, granted, params_later)
+        finally:
+            note_decision(action.protocol, time.perf_counter() - started)
+
+    def _check(self, action: Action, granted: frozenset[str], params_later: bool) -> Verdict:
         if action.kind == "sql":
             # Where casts to some types run user code, `5::mood` must not share the
             # verdict of `5` (one fingerprint): judged by its text there.

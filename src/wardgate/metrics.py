@@ -124,22 +124,6 @@ R = TypeVar("R")
 # -- the hooks ---------------------------------------------------------------------------
 
 
-def timed_decision(check: Callable[P, R]) -> Callable[P, R]:
-    """Decorates ``Gate.check(self, action, ...)``: its time, by the action's protocol
-    (tallied here, published by `flush`)."""
-
-    @functools.wraps(check)
-    def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-        started = time.perf_counter()
-        try:
-            return check(*args, **kwargs)
-        finally:
-            protocol = getattr(args[1], "protocol", "") if len(args) > 1 else ""
-            _note_decision(protocol, time.perf_counter() - started)
-
-    return timed
-
-
 def timed_dial(protocol: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Decorates an upstream dial: its time and whether it succeeded."""
 
@@ -234,7 +218,8 @@ _DECISION_BOUNDS: tuple[float, ...] = (*GATE_DECISION._upper_bounds,)  # ends wi
 _DECISIONS: dict[str, list[float]] = {}
 
 
-def _note_decision(protocol: str, seconds: float) -> None:
+def note_decision(protocol: str, seconds: float) -> None:
+    """One gate decision of ``protocol`` took ``seconds`` (Gate.check times itself)."""
     tally = _DECISIONS.get(protocol)
     if tally is None:
         tally = _DECISIONS[protocol] = [0.0] * (1 + len(_DECISION_BOUNDS))

@@ -15,6 +15,8 @@ from prometheus_client import REGISTRY
 from wardgate import metrics, telemetry
 from wardgate.actions import Action, Decision, Verdict
 from wardgate.audit.records import ActionRecord, SessionEnd, SessionRecord
+from wardgate.config import parse_config
+from wardgate.gate import Gate
 from wardgate.identity.principals import Principal, PrincipalKind
 from wardgate.lifecycle import Lifecycle, drain
 from wardgate.store.db import Store
@@ -71,7 +73,7 @@ def test_tallied_decisions_land_in_the_buckets_observe_would_use() -> None:
 
     before = seen()
     for v in values:
-        metrics._note_decision("unit3", v)
+        metrics.note_decision("unit3", v)
     metrics.RecordObserver.backlog(0, 0.0)  # what the recorder calls after each batch
     after = seen()
     assert after[0] - before[0] == pytest.approx(sum(values))
@@ -88,13 +90,9 @@ def test_backlog_and_lag() -> None:
 
 
 def test_gate_decisions_and_dials_are_timed() -> None:
-    class Judge:
-        @metrics.timed_decision
-        def check(self, action: Action) -> str:
-            return "ok"
-
+    config = parse_config("groups: {g: {}}\n", Path("unit.yaml"))
     before = sample("wardgate_gate_decision_seconds_count", protocol="unit2")
-    assert Judge().check(Action(WHO, "db", "unit2", "sql", "select 1")) == "ok"
+    Gate(config).check(Action(WHO, "db", "unit2", "sql", "select 1"))
     metrics.flush()
     assert sample("wardgate_gate_decision_seconds_count", protocol="unit2") == before + 1
 

@@ -1036,7 +1036,19 @@ PARAM_KINDS = ("set_config_param:", "limit_param:")
 
 
 def needs_params(statements: tuple[StatementInfo, ...]) -> bool:
-    return any(k.startswith(PARAM_KINDS) for s in statements for k in s.kinds)
+    # Asked for every statement judged, mostly of the same cached infos: the last
+    # answer is kept with the very tuple it is for (one global, rebound at once, so a
+    # thread reading it never pairs one tuple with another's answer).
+    global _NEEDS_PARAMS_LAST
+    last = _NEEDS_PARAMS_LAST
+    if last[0] is statements:
+        return last[1]
+    needs = any(k.startswith(PARAM_KINDS) for s in statements for k in s.kinds)
+    _NEEDS_PARAMS_LAST = (statements, needs)
+    return needs
+
+
+_NEEDS_PARAMS_LAST: tuple[tuple[StatementInfo, ...] | None, bool] = (None, False)
 
 
 def classify_with_params(sql: str, params: tuple[str | None, ...]) -> tuple[StatementInfo, ...]:

@@ -11,7 +11,7 @@ from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.params import ambiguous_params, binding_digest, describe_params
 from wardgate.postgres.relay_state import BIND, CLOSE, EXECUTE, PARSE, POISON_PARSE, Act, Pending
-from wardgate.postgres.review_hold import ReviewHold, block_error, quoted
+from wardgate.postgres.review_hold import _NAME_KINDS, ReviewHold, block_error, quoted
 from wardgate.postgres.session_model import Portal, Prepared
 from wardgate.reviews.messages import approved_verdict, needs_review
 from wardgate.reviews.settle import Settled
@@ -111,7 +111,11 @@ class ExtendedProtocol(ReviewHold):
         # would otherwise leave the model holding the portal bound before, and its
         # masked result columns): proposed now, confirmed by the CommandComplete.
         changes = [
-            c for a in acts for i in a.verdict.statements for c in self._propose(a.action.text, i)
+            c
+            for a in acts
+            for i in a.verdict.statements
+            if not _NAME_KINDS.isdisjoint(i.kinds)  # `_propose`'s own test, without the call
+            for c in self._propose(a.action.text, i)
         ]
         pending = Pending(EXECUTE, acts, target=("P", portal), changes=[changes])
         if self.masking is not None:

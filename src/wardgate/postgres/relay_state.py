@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -228,7 +229,7 @@ class RelayState:
             if (
                 not _ENCODING_KINDS.isdisjoint(kinds)
                 or (model.encoding_touched and "transaction_end" in kinds)
-                or any(k.startswith("set_config_param:") for k in kinds)
+                or _sets_config_param(kinds)
                 or (info.functions and any(_user_function(f) for f in info.functions))
                 or (info.attributes and not self._called_as_fields().isdisjoint(info.attributes))
             ):
@@ -383,9 +384,13 @@ class RelayState:
 
     def _ran(self, act: Act) -> None:
         """A statement completed: after DDL, user routines may shadow a built-in now."""
-        if any(i.klass in ("ddl", "admin") for i in act.verdict.statements):
-            self.services.state(CatalogWatch).poke(self.connection)
-            self.services.state(MaskCatalogs).stale(self.connection)
+        for info in act.verdict.statements:  # a loop, not any(): once per statement
+            if info.klass == "ddl" or info.klass == "admin":
+                break
+        else:
+            return
+        self.services.state(CatalogWatch).poke(self.connection)
+        self.services.state(MaskCatalogs).stale(self.connection)
 
     def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
         self._ran(act)
@@ -611,6 +616,13 @@ _SESSION_KINDS = frozenset(
         "transaction_end",
     }
 )
+
+
+@functools.lru_cache(maxsize=1024)
+def _sets_config_param(kinds: tuple[str, ...]) -> bool:
+    """set_config() with its setting name in a parameter: which one is known only at
+    Execute (kinds repeat: the classifier's cache shares them, so this is a lookup)."""
+    return any(k.startswith("set_config_param:") for k in kinds)
 
 
 def may_change_session(info: StatementInfo, called: frozenset[str] = frozenset()) -> bool:

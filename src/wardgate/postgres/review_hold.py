@@ -278,7 +278,10 @@ class ReviewHold(SessionProbe):
         """One statement a portal runs; SQL EXECUTE (sent through Parse) is judged by
         what its name holds, as in a Query."""
         verdict = self._judge(action)
-        if not any("execute" in s.kinds for s in verdict.statements):
+        for info in verdict.statements:  # a loop, not any(): once per Execute
+            if "execute" in info.kinds:
+                break
+        else:
             return action, verdict
         name = executed_statement(action.text)
         if name is None:

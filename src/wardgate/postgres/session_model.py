@@ -115,6 +115,11 @@ class Names(Generic[V]):
 
     def drop(self, keep: set[str]) -> None:
         """Forget confirmed names other than ``keep`` (portals at a transaction's end)."""
+        if not keep:
+            self.bytes -= sum(self._weights.values())
+            self.confirmed.clear()
+            self._weights.clear()
+            return
         for name in [n for n in self.confirmed if n not in keep]:
             del self.confirmed[name]
             self.bytes -= self._weights.pop(name)
@@ -153,10 +158,12 @@ class Portal:
     def weight(self) -> int:
         """About what the gateway holds for it, in bytes (Names.most_bytes); its SQL is
         the prepared statement's own string, counted there too."""
+        # map/filter, not generators: one Portal per Bind. filter(None) drops the NULLs
+        # (and empty strings, which weigh nothing anyway).
         return (
             100
-            + sum(len(s) for s in self.sqls)
-            + sum(len(p) for p in self.params if p is not None)
+            + sum(map(len, self.sqls))
+            + sum(map(len, filter(None, self.params)))
             + len(self.binding)
         )
 

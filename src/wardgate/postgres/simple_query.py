@@ -38,7 +38,9 @@ class SimpleQuery(ReviewHold):
         self, msg: m.Query, raw: bytes, out: list[bytes], approval: ReviewInfo | None = None
     ) -> None:
         statements = classify(msg.sql)
-        self._mask_note(msg.sql)
+        masked = self.masking is not None  # the masking steps below cost nothing without
+        if masked:
+            self._mask_note(msg.sql)
         texts = [s.text for s in statements] if len(statements) > 1 else [msg.sql]
         # Names this string itself defines, statement by statement: a later statement of
         # the string only runs if the earlier ones succeeded.
@@ -98,7 +100,7 @@ class SimpleQuery(ReviewHold):
             out.append(POISON_QUERY)
             model.next_batch()
             return
-        rewritten = self._mask_rewrite(msg.sql)
+        rewritten = self._mask_rewrite(msg.sql) if masked else None
         if isinstance(rewritten, Verdict):
             for act in acts:
                 act.verdict = rewritten
@@ -111,7 +113,10 @@ class SimpleQuery(ReviewHold):
             return
         if rewritten is not None:
             raw = build.query(rewritten)
-        changes = [self._propose(text, info) for text, info in zip(texts, statements, strict=False)]
+        changes = [
+            [] if _NAME_KINDS.isdisjoint(info.kinds) else self._propose(text, info)
+            for text, info in zip(texts, statements, strict=False)
+        ]
         for _, verdict in judged:
             self._note_encoding(verdict.statements)
         self._forwarding(acts)

@@ -85,6 +85,8 @@ def describe_params(
     encoding: str = "utf-8",
 ) -> tuple[str | None, ...]:
     """All parameters of a Bind, given the formats of the Bind and the types of the Parse."""
+    if not any(formats):  # all text (the common case): each is its own decoded bytes
+        return tuple(None if v is None else v.decode(encoding, "replace") for v in values)
     return tuple(
         describe_param(value, _format(formats, i), types[i] if i < len(types) else 0, encoding)
         for i, value in enumerate(values)
