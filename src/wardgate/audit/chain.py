@@ -22,11 +22,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from _json import make_encoder
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from wardgate.store.db import Store
@@ -46,7 +49,47 @@ _CANONICAL = json.JSONEncoder(
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, non-ASCII kept as UTF-8. Anything JSON cannot express
     (bytes, sets, enums ...) becomes its ``str()`` rather than failing a whole batch."""
-    text = _CANONICAL.encode(value)
+    return storable_json(_CANONICAL.encode(value))
+
+
+def json_value(value: Any) -> str:
+    """What ``canonical_json`` writes for ``value`` where it sits inside a larger value,
+    before ``storable_json``: a payload can be written as pieces joined with its keys in
+    sorted order. The encoder writes a nested value exactly as it writes that value alone;
+    the common scalars skip its per-call setup, with the same functions it calls."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
+    try:
+        return "".join(_ENCODE(value, 0))
+    except RecursionError:
+        # A cycle: only the encoder's bookkeeping reports it as one (ValueError).
+        return _CANONICAL.encode(value)
+
+
+# What ``_CANONICAL.encode`` runs for anything but a string, made once instead of per
+# call, and without the bookkeeping that finds cycles: a cycle recurses until
+# RecursionError instead, which json_value hands back to the encoder.
+_ENCODE = make_encoder(
+    None,
+    _CANONICAL.default,
+    encode_basestring,
+    None,
+    _CANONICAL.key_separator,
+    _CANONICAL.item_separator,
+    _CANONICAL.sort_keys,
+    _CANONICAL.skipkeys,
+    _CANONICAL.allow_nan,
+)
+
+
+def storable_json(text: str) -> str:
+    """JSON text made storable. Works character by character (only lone surrogates
+    change), so text joined from pieces may be passed through once, whole."""
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -63,6 +106,8 @@ def storable_text(value: str) -> str:
     never be stored would otherwise fail its batch on every retry and stall recording."""
     if "\x00" in value:
         value = value.replace("\x00", "\\x00")
+    if value.isascii():
+        return value  # no surrogates: spares encoding every identifier of every event
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -72,7 +117,6 @@ def storable_text(value: str) -> str:
 
 def event_hash(
     prev_hash: str,
-    *,
     id: int,
     ts: float,
     type: str,
@@ -81,6 +125,8 @@ def event_hash(
     connection: str,
     payload: str,
 ) -> str:
+    """Name the fields (keywords): only the appender's loop passes them by position,
+    where keywords cost a noticeable part of the call."""
     # Each field is prefixed with its length, so no field's content can be moved into
     # its neighbour; cheaper than a JSON envelope, which re-escaped the whole payload.
     i, t = str(id), repr(float(ts))
@@ -98,11 +144,18 @@ _EVENT_COLUMNS = (
 
 
 @functools.cache
-def _insert_sql(paramstyle: str) -> str:
+def _chain_sql(dialect: str, paramstyle: str) -> tuple[str, str, str]:
+    """(read and lock the head, insert events, move the head) as driver SQL: built once,
+    where SQLAlchemy would build and look up a compiled statement on every append."""
     mark = "?" if paramstyle == "qmark" else "%s"  # sqlite3 / psycopg
+    head = AuditHead.__tablename__
+    # SQLite has no FOR UPDATE: the store's BEGIN IMMEDIATE holds the write lock already.
+    lock = " FOR UPDATE" if dialect == "postgresql" else ""
     return (
+        f"SELECT last_id, last_hash FROM {head} WHERE id = {_HEAD_ID}{lock}",
         f"INSERT INTO {AuditEvent.__tablename__} ({', '.join(_EVENT_COLUMNS)}) "
-        f"VALUES ({', '.join([mark] * len(_EVENT_COLUMNS))})"
+        f"VALUES ({', '.join([mark] * len(_EVENT_COLUMNS))})",
+        f"UPDATE {head} SET last_id = {mark}, last_hash = {mark} WHERE id = {_HEAD_ID}",
     )
 
 
@@ -116,6 +169,22 @@ class NewEvent:
     payload: Mapping[str, Any]
 
 
+# An event as it is stored, without id and hashes: (ts, type, session_id, principal,
+# connection, payload), the text fields storable, the payload canonical JSON.
+EncodedEvent = tuple[float, str, str, str, str, str]
+
+
+def encoded(ev: NewEvent) -> EncodedEvent:
+    return (
+        ev.ts,
+        ev.type,
+        storable_text(ev.session_id),
+        storable_text(ev.principal),
+        storable_text(ev.connection),
+        canonical_json(dict(ev.payload)),
+    )
+
+
 def append_events(session: Session, events: Sequence[NewEvent]) -> int:
     """Append ``events`` to the chain inside ``session``'s (write) transaction.
 
@@ -124,43 +193,33 @@ def append_events(session: Session, events: Sequence[NewEvent]) -> int:
     """
     if not events:
         return 0
-    head = session.execute(
-        select(AuditHead.last_id, AuditHead.last_hash)
-        .where(AuditHead.id == _HEAD_ID)
-        .with_for_update()
-    ).one_or_none()
+    # What the caller added goes first, as when the head was read through the Session
+    # (autoflush): the same statements in the same order, so the same locks.
+    session.flush()
+    return append_encoded(session.connection(), [encoded(ev) for ev in events])
+
+
+def append_encoded(conn: Connection, events: Sequence[EncodedEvent]) -> int:
+    """``append_events`` for events already encoded (the recorder's writer encodes its
+    actions without building their payload dicts)."""
+    if not events:
+        return 0
+    read_head, insert, move_head = _chain_sql(conn.dialect.name, conn.dialect.paramstyle)
+    head = conn.exec_driver_sql(read_head).one_or_none()
     if head is None:
         raise RuntimeError("audit_head row is missing: the audit log has been tampered with")
-    last_id, prev = int(head.last_id), str(head.last_hash)
+    last_id, prev = int(head[0]), str(head[1])
     rows: list[tuple[Any, ...]] = []
-    for ev in events:
+    for ts, type_, session_id, principal, connection, payload in events:
         last_id += 1
-        session_id = storable_text(ev.session_id)
-        principal = storable_text(ev.principal)
-        connection = storable_text(ev.connection)
-        payload = canonical_json(dict(ev.payload))
-        digest = event_hash(
-            prev,
-            id=last_id,
-            ts=ev.ts,
-            type=ev.type,
-            session_id=session_id,
-            principal=principal,
-            connection=connection,
-            payload=payload,
-        )
-        rows.append(
-            (last_id, ev.ts, ev.type, session_id, principal, connection, payload, prev, digest)
-        )
+        digest = event_hash(prev, last_id, ts, type_, session_id, principal, connection, payload)
+        rows.append((last_id, ts, type_, session_id, principal, connection, payload, prev, digest))
         prev = digest
     # Straight to the driver's executemany: SQLAlchemy's per-row parameter handling
     # cost more than the insert itself on the writer thread, which shares the GIL
     # with the proxy.
-    conn = session.connection()
-    conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
-    session.execute(
-        update(AuditHead).where(AuditHead.id == _HEAD_ID).values(last_id=last_id, last_hash=prev)
-    )
+    conn.exec_driver_sql(insert, rows)
+    conn.exec_driver_sql(move_head, (last_id, prev))
     return last_id
 
 

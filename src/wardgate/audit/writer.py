@@ -15,18 +15,19 @@ Only its parent writes to it, so unpickling that input is as safe as the parent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-import math
 import os
 import pickle
 import sys
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
 
-from wardgate.audit.chain import NewEvent, append_events, storable_text
+from wardgate.audit.action_json import VerdictParts, action_json
+from wardgate.audit.chain import EncodedEvent, NewEvent, append_encoded, encoded, storable_text
 from wardgate.audit.records import (
     ActionRecord,
     Record,
@@ -34,7 +35,6 @@ from wardgate.audit.records import (
     SessionEnd,
     SessionRecord,
 )
-from wardgate.audit.responses import response_payload
 from wardgate.logs import setup_logging
 from wardgate.store.db import Store, describe_error
 from wardgate.store.models import Recording, SessionRow
@@ -56,10 +56,35 @@ class BatchWriter:
         starting = {
             r.id: (r.principal.name, r.connection) for r in batch if isinstance(r, SessionRecord)
         }
-        with self._store.session() as session:
-            events = [self._event(session, record, starting) for record in batch]
-            self._update_sessions(session, batch)
-            append_events(session, events)
+        # A Core connection, not an ORM Session: nothing here uses the ORM, and every
+        # statement but the rare ones (recordings, a restarted process's sessions) is
+        # driver SQL built once.
+        with self._store.connection() as conn:
+            verdicts: dict[int, VerdictParts] = {}
+            counts: dict[str, list[int]] = {}
+            events: list[EncodedEvent] = []
+            for record in batch:
+                if isinstance(record, ActionRecord):
+                    a = record.action
+                    events.append(
+                        (
+                            record.started_at,
+                            "action",
+                            storable_text(record.session_id),
+                            storable_text(a.principal.name),
+                            storable_text(a.connection),
+                            action_json(record, verdicts),
+                        )
+                    )
+                    c = counts.get(record.session_id)
+                    if c is None:
+                        c = counts[record.session_id] = [0, 0]
+                    c[0] += 1
+                    c[1] += record.status == "blocked"
+                else:
+                    events.append(encoded(self._event(conn, record, starting)))
+            self._update_sessions(conn, batch, counts)
+            append_encoded(conn, events)
         for record in batch:
             if isinstance(record, SessionRecord):
                 self._open_sessions[record.id] = (record.principal.name, record.connection)
@@ -67,8 +92,12 @@ class BatchWriter:
                 self._open_sessions.pop(record.session_id, None)
 
     def _event(
-        self, session: Session, record: Record, starting: dict[str, tuple[str, str]]
+        self,
+        conn: Connection,
+        record: SessionRecord | SessionEnd | RecordingRecord,
+        starting: dict[str, tuple[str, str]],
     ) -> NewEvent:
+        """Any event but an action's (action_json): few, so built as a dict."""
         if isinstance(record, SessionRecord):
             p = record.principal
             return NewEvent(
@@ -88,57 +117,8 @@ class BatchWriter:
                 },
             )
         if isinstance(record, RecordingRecord):
-            return self._recording(session, record, starting)
-        if isinstance(record, ActionRecord):
-            a, v = record.action, record.verdict
-            return NewEvent(
-                ts=record.started_at,
-                type="action",
-                session_id=record.session_id,
-                principal=a.principal.name,
-                connection=a.connection,
-                # Who, from where and over which protocol is in the session's start
-                # event; an action carries only what is its own.
-                payload={
-                    "seq": record.seq,
-                    "kind": a.kind,
-                    "text": a.text,
-                    "params": list(a.params),
-                    "resolved": a.resolved,
-                    "verdict": {
-                        "decision": str(v.decision),
-                        "rule": v.rule,
-                        "rules": list(v.rules),
-                        "reason": v.reason,
-                        "enforced": v.enforced,
-                    },
-                    "statements": [
-                        {
-                            "klass": s.klass,
-                            "kinds": list(s.kinds),
-                            "error": s.error,
-                            "tables_read": list(s.tables_read),
-                            "tables_written": list(s.tables_written),
-                            "functions": list(s.functions),
-                        }
-                        for s in v.statements
-                    ],
-                    "status": record.status,
-                    "rows": record.rows,
-                    "command": record.command,
-                    "duration_ms": _finite(record.duration_ms),
-                    "error": record.error,
-                    "sqlstate": record.sqlstate,
-                    **({"trace_id": record.trace_id} if record.trace_id is not None else {}),
-                    **({"output": record.output} if record.output is not None else {}),
-                    **(
-                        {"result": response_payload(record.result, record.rows, record.command)}
-                        if record.result is not None
-                        else {}
-                    ),
-                },
-            )
-        principal, connection = self._session_identity(session, record.session_id, starting)
+            return self._recording(conn, record, starting)
+        principal, connection = self._session_identity(conn, record.session_id, starting)
         return NewEvent(
             ts=record.ended_at,
             type="session.end",
@@ -149,7 +129,7 @@ class BatchWriter:
         )
 
     def _recording(
-        self, session: Session, record: RecordingRecord, starting: dict[str, tuple[str, str]]
+        self, conn: Connection, record: RecordingRecord, starting: dict[str, tuple[str, str]]
     ) -> NewEvent:
         """Store the cast; the chain gets its hash, so an edited recording is detected."""
         cast = storable_text(record.cast)
@@ -165,8 +145,8 @@ class BatchWriter:
             )
             .on_conflict_do_nothing(index_elements=["session_id", "seq"])
         )
-        session.execute(stmt)
-        principal, connection = self._session_identity(session, record.session_id, starting)
+        conn.execute(stmt)
+        principal, connection = self._session_identity(conn, record.session_id, starting)
         return NewEvent(
             ts=record.started_at,
             type="recording",
@@ -177,104 +157,97 @@ class BatchWriter:
         )
 
     def _session_identity(
-        self, session: Session, session_id: str, starting: dict[str, tuple[str, str]]
+        self, conn: Connection, session_id: str, starting: dict[str, tuple[str, str]]
     ) -> tuple[str, str]:
         known = starting.get(session_id) or self._open_sessions.get(session_id)
         if known is not None:
             return known
         # Started by an earlier recorder (a restarted process).
-        row = session.execute(
+        row = conn.execute(
             select(SessionRow.principal, SessionRow.connection).where(
                 SessionRow.id == storable_text(session_id)
             )
         ).one_or_none()
         return (str(row.principal), str(row.connection)) if row is not None else ("", "")
 
-    def _update_sessions(self, session: Session, batch: list[Record]) -> None:
-        starts: list[dict[str, Any]] = []
-        counts: dict[str, list[int]] = {}
-        ends: list[SessionEnd] = []
+    def _update_sessions(
+        self, conn: Connection, batch: list[Record], counts: dict[str, list[int]]
+    ) -> None:
+        """``counts``: session id -> [actions, blocked] of the batch's actions.
+
+        One executemany per kind of change, of driver SQL built once: an ORM UPDATE per
+        session cost the recorder more than the rest of the batch (issue 20: per
+        connection, the session's end was the recorder's largest cost), and Core's
+        statement handling still cost more per batch than its rows."""
+        starts: list[tuple[Any, ...]] = []
+        ends: list[tuple[Any, ...]] = []
         for record in batch:
             if isinstance(record, SessionRecord):
                 p = record.principal
                 starts.append(
-                    {
-                        "id": storable_text(record.id),
-                        "protocol": storable_text(record.protocol),
-                        "principal": storable_text(p.name),
-                        "principal_kind": str(p.kind),
-                        "sponsor": storable_text(p.sponsor) if p.sponsor else p.sponsor,
-                        "connection": storable_text(record.connection),
-                        "client_addr": storable_text(record.client_addr),
-                        "application_name": storable_text(record.application_name),
-                        "tls": record.tls,
-                        "started_at": record.started_at,
-                        "status": "active",
-                        "action_count": 0,
-                        "blocked_count": 0,
-                        "gateway": record.gateway,
-                    }
+                    (
+                        storable_text(record.id),
+                        storable_text(record.protocol),
+                        storable_text(p.name),
+                        str(p.kind),
+                        storable_text(p.sponsor) if p.sponsor else p.sponsor,
+                        storable_text(record.connection),
+                        storable_text(record.client_addr),
+                        storable_text(record.application_name),
+                        record.tls,
+                        record.started_at,
+                        "active",
+                        0,
+                        0,
+                        record.gateway,
+                    )
                 )
-            elif isinstance(record, ActionRecord):
-                c = counts.setdefault(record.session_id, [0, 0])
-                c[0] += 1
-                c[1] += record.status == "blocked"
             elif isinstance(record, SessionEnd):
-                ends.append(record)
-        # One executemany per kind of change, through Core: an ORM UPDATE per session
-        # cost the recorder more than the rest of the batch (issue 20: per connection,
-        # the session's end was the recorder's largest cost).
-        conn = session.connection()
+                ends.append(
+                    (
+                        record.ended_at,
+                        storable_text(record.status),
+                        storable_text(record.error) if record.error is not None else None,
+                        storable_text(record.session_id),
+                    )
+                )
+        start_sql, count_sql, end_sql = _sessions_sql(conn.dialect.paramstyle)
         if starts:
-            # DO NOTHING: a batch retried after a commit whose acknowledgement was lost
-            # must not fail forever on the primary key.
-            stmt = self._store.insert(SessionRow).on_conflict_do_nothing(index_elements=["id"])
-            conn.execute(stmt, starts)
+            conn.exec_driver_sql(start_sql, starts)
         if counts:
-            conn.execute(
-                _COUNT_ACTIONS,
+            conn.exec_driver_sql(
+                count_sql,
                 [
-                    {"b_id": storable_text(sid), "b_actions": actions, "b_blocked": blocked}
+                    (actions, blocked, storable_text(sid))
                     for sid, (actions, blocked) in counts.items()
                 ],
             )
         if ends:
-            conn.execute(
-                _END_SESSION,
-                [
-                    {
-                        "b_id": storable_text(end.session_id),
-                        "b_ended_at": end.ended_at,
-                        "b_status": storable_text(end.status),
-                        "b_error": storable_text(end.error) if end.error is not None else None,
-                    }
-                    for end in ends
-                ],
-            )
+            conn.exec_driver_sql(end_sql, ends)
 
 
-# Executed on the batch's Connection (Core executemany), not through the Session.
-_COUNT_ACTIONS = (
-    update(SessionRow)
-    .where(SessionRow.id == bindparam("b_id"))
-    .values(
-        action_count=SessionRow.action_count + bindparam("b_actions"),
-        blocked_count=SessionRow.blocked_count + bindparam("b_blocked"),
+_SESSION_START_COLUMNS = (
+    "id", "protocol", "principal", "principal_kind", "sponsor", "connection", "client_addr",
+    "application_name", "tls", "started_at", "status", "action_count", "blocked_count",
+    "gateway",
+)  # fmt: skip
+
+
+@functools.cache
+def _sessions_sql(paramstyle: str) -> tuple[str, str, str]:
+    """(insert a started session, add a batch's actions, end a session)."""
+    mark = "?" if paramstyle == "qmark" else "%s"  # sqlite3 / psycopg
+    table = SessionRow.__tablename__
+    return (
+        f"INSERT INTO {table} ({', '.join(_SESSION_START_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(_SESSION_START_COLUMNS))}) "
+        # DO NOTHING: a batch retried after a commit whose acknowledgement was lost
+        # must not fail forever on the primary key.
+        "ON CONFLICT (id) DO NOTHING",
+        f"UPDATE {table} SET action_count = action_count + {mark}, "
+        f"blocked_count = blocked_count + {mark} WHERE id = {mark}",
+        f"UPDATE {table} SET ended_at = {mark}, status = {mark}, error = {mark} WHERE id = {mark}",
     )
-)
-_END_SESSION = (
-    update(SessionRow)
-    .where(SessionRow.id == bindparam("b_id"))
-    .values(
-        ended_at=bindparam("b_ended_at"),
-        status=bindparam("b_status"),
-        error=bindparam("b_error"),
-    )
-)
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _read_frame(stream: Any) -> bytes | None:
