@@ -18,6 +18,8 @@ log = logging.getLogger("wardgate.events")
 def note_record(record: Record) -> None:
     """The events among audit records: a session opened (a sign-in on a protocol) and
     an action the gate refused."""
+    if type(record) is ActionRecord and record.status != "blocked":
+        return  # nearly every record: nothing to say, and no logger asked
     if not log.isEnabledFor(logging.INFO):
         return
     fields: dict[str, object]

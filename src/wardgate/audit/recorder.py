@@ -202,7 +202,7 @@ class Recorder:
 
     @property
     def congested(self) -> bool:
-        return self.backlog >= self._high_water
+        return self._submitted - self._written >= self._high_water  # backlog, inlined
 
     @property
     def unavailable(self) -> bool:

@@ -158,8 +158,8 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         except ProtocolError as exc:
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
             return
-        if self._may_pump():
-            self._pump()
+        if not (self._reviewing or self._barrier or self._backlogged or self._queue_full):
+            self._pump()  # `_may_pump`, spelled out: once per chunk a client sends
 
     def _may_pump(self) -> bool:
         return not (self._reviewing or self._barrier or self._backlogged or self._queue_full)

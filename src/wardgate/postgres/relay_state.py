@@ -460,7 +460,7 @@ class RelayState:
         return ActionRecord(
             session_id=self.session_id,
             seq=act.seq,
-            action=self._recorded_action(action),
+            action=action if self.masking is None else self._recorded_action(action),
             verdict=act.verdict,
             started_at=act.started,
             duration_ms=duration_ms,
@@ -497,13 +497,14 @@ class RelayState:
         """Before these statements go to the server: the journal has their records
         (audit.journal), as interrupted, until their outcome replaces them."""
         recorder = self.services.recorder
+        masking = self.masking
         self._batch_ran = True  # (an extended batch: it may have ended a transaction)
         for act in acts:
             recorder.intend(
                 ActionRecord(
                     session_id=self.session_id,
                     seq=act.seq,
-                    action=self._recorded_action(act.action),
+                    action=act.action if masking is None else self._recorded_action(act.action),
                     verdict=act.verdict,
                     started_at=act.started,
                     duration_ms=float("nan"),
@@ -522,7 +523,8 @@ class RelayState:
         self.services.recorder.submit(record)
 
     def _close_remaining(self, entry: Pending, status: str) -> None:
-        self._refute(entry, 0)
+        if entry.changes is not None:
+            self._refute(entry, 0)
         failed = entry.commit_error
         for record in entry.held:
             if failed is not None:

@@ -181,7 +181,7 @@ class ServerReplies(MaskedResults, SessionProbe):
                 entry = pending.popleft()
                 self._close_remaining(entry, "not_executed")
                 if entry.kind in (QUERY, SYNC):
-                    self._batch_answered(entry.batch, msg.body[:1])
+                    self._batch_answered(entry.batch, msg.raw[5:6])  # the status byte
                     break
             return None
         if t == 83:  # S ParameterStatus
@@ -223,14 +223,14 @@ class ServerReplies(MaskedResults, SessionProbe):
             if head.kind == QUERY:
                 self._confirm(head, head.index)
                 if head.acts and head.index < len(head.acts):
-                    tag = parse_command_tag(msg.body) if t == 67 else ("", None)
+                    tag = parse_command_tag(msg.raw[5:]) if t == 67 else ("", None)
                     self._finish_act(head.acts[head.index], "ok", tag=tag)
                     head.index += 1
             elif head.kind == EXECUTE:
                 pending.popleft()
                 self._confirm(head)
                 if head.acts:
-                    tag = parse_command_tag(msg.body) if t == 67 else ("", None)
+                    tag = parse_command_tag(msg.raw[5:]) if t == 67 else ("", None)
                     self._finish_execute(head.acts[0], tag)
             return None
         if t == 115:  # s PortalSuspended

@@ -14,7 +14,7 @@ from struct import Struct
 
 from wardgate.postgres.codec.errors import ProtocolError
 
-_HEADER = Struct("!cI")
+_HEADER = Struct("!BI")  # type as an int, length
 _LENGTH = Struct("!I")
 
 #: Message types streamed without assembling: DataRow and CopyData.
@@ -91,8 +91,7 @@ class BackendScanner:
                 self._partial += view[pos:end]
                 pos = end
                 break
-            type_byte, length = unpack(data, pos)
-            t = type_byte[0]
+            t, length = unpack(data, pos)
             if length < 4 or t not in _KNOWN_TYPES:
                 raise ProtocolError(
                     f"server sent a malformed message (type {t!r}, length {length})"
@@ -131,8 +130,7 @@ class BackendScanner:
             pos += min(need, end - pos)
             if len(partial) < 5:
                 return pos
-        type_byte, length = _HEADER.unpack_from(partial, 0)
-        t = type_byte[0]
+        t, length = _HEADER.unpack_from(partial, 0)
         if length < 4 or t not in _KNOWN_TYPES:
             raise ProtocolError(f"server sent a malformed message (type {t!r}, length {length})")
         if t in self.bulk and not self.whole:
