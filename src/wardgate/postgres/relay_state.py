@@ -21,6 +21,7 @@ from wardgate.audit.records import (
     AUDIT_UNAVAILABLE_RULE,
     INTERRUPTED_BY_CRASH,
     ActionRecord,
+    Record,
     SessionEnd,
 )
 from wardgate.policy.functions import function_class
@@ -190,6 +191,8 @@ class RelayState:
     mask_paths: SessionPaths | None = None
     # The principal as the configuration in force has it (`_action`), with that config.
     _principal_now: tuple[Config, Principal] | None = None
+    # Records of the server chunk being relayed, submitted once it is written (`_submit`).
+    _deferred: list[Record] | None = None
 
     # -- judging --------------------------------------------------------------------------
 
@@ -403,7 +406,7 @@ class RelayState:
                 if entry.kind == SYNC:
                     entry.held.append(record)
                     return
-        self.services.recorder.submit(record)  # no Sync yet: nothing can undo it later
+        self._submit(record)  # no Sync yet: nothing can undo it later
 
     def _finish_act(
         self,
@@ -415,7 +418,7 @@ class RelayState:
     ) -> None:
         if status == "ok":
             self._ran(act)
-        self.services.recorder.submit(self._action_record(act, status, tag=tag, fields=fields))
+        self._submit(self._action_record(act, status, tag=tag, fields=fields))
         if tag is not None and tag[0] in TRANSACTION_TAGS:
             self._settle_reviews(self._transaction.command(tag[0], act.action.text))
 
@@ -472,6 +475,18 @@ class RelayState:
             result=act.tap.summary() if act.tap is not None else None,
         )
 
+    def _submit(self, record: Record) -> None:
+        """Hand ``record`` to the recorder; while a server chunk is relayed, once the
+        client has its reply (``_deferred``, replies.py): the client does not wait for
+        the bookkeeping, and the records keep their order. Nothing about durability
+        changes: the statement's intent was journaled before it was forwarded, and an
+        outcome waits in memory for the next journal write anyway."""
+        deferred = self._deferred
+        if deferred is not None:
+            deferred.append(record)
+        else:
+            self.services.recorder.submit(record)
+
     def _settle_reviews(self, settled: list[Settled]) -> None:
         """Tell the review service what became of approved statements."""
         if not settled or self.services.reviews is None:
@@ -520,7 +535,7 @@ class RelayState:
         record = self._action_record(act, status)
         if error is not None:
             record = dataclasses.replace(record, error=error)
-        self.services.recorder.submit(record)
+        self._submit(record)
 
     def _close_remaining(self, entry: Pending, status: str) -> None:
         if entry.changes is not None:
@@ -534,7 +549,7 @@ class RelayState:
                     error=f"rolled back: the transaction failed at commit: {failed.message}",
                     sqlstate=failed.sqlstate,
                 )
-            self.services.recorder.submit(record)
+            self._submit(record)
         entry.held = []
         if entry.acts:
             for act in entry.acts[entry.index :]:
@@ -594,7 +609,7 @@ class RelayState:
             self._close_remaining(self._pending.popleft(), "interrupted")
         if self._transaction.open:
             self._settle_reviews(self._transaction.ended(in_flight))
-        self.services.recorder.submit(SessionEnd(self.session_id, time.time(), status, error))
+        self._submit(SessionEnd(self.session_id, time.time(), status, error))
         self.client.close()
         self.upstream.close()
         if callable(self._on_finished):

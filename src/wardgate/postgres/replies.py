@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from wardgate.audit.records import Record
 from wardgate.policy.encodings import python_codec, reported_setting_problem
 from wardgate.postgres.codec.backend import BackendMessage
 from wardgate.postgres.codec.decode import (
@@ -48,7 +49,16 @@ class ServerReplies(MaskedResults, SessionProbe):
         except ProtocolError as exc:
             self._upstream_garbage(exc, [])
             return
-        self._relay_items(items)
+        deferred: list[Record] = []
+        self._deferred = deferred
+        try:
+            self._relay_items(items)
+        finally:
+            # The client has its reply (`_relayed`); now the records of what it answered.
+            self._deferred = None
+            submit = self.services.recorder.submit
+            for record in deferred:
+                submit(record)
 
     def _relay_items(self, items: list[BackendMessage | memoryview]) -> None:
         if self.masking is None:
