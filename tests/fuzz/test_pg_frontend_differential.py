@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.decode import BodyReader
 from wardgate.postgres.codec.errors import ProtocolError
@@ -461,3 +462,53 @@ def test_each_kind_matches_the_reference(
 @given(data=st.data(), encoding=st.sampled_from(ENCODINGS), cut=st.integers(0, 200))
 def test_bind_matches_the_reference(data: st.DataObject, encoding: str, cut: int) -> None:
     one_message(ord("B"), data, encoding, cut)
+
+
+def long_lists(size: int) -> list[bytes]:
+    """Parse and Bind with `size` types, formats, parameters and result formats: past
+    the lists the decoder reads with precompiled structs. The values need their sign
+    (types above 2**31, format codes below 0: the decoder does not judge them)."""
+    types = [2**32 - 1 - i for i in range(size)]
+    codes = struct.pack(f"!H{size}h", size, *[-1 - i for i in range(size)])
+    values = struct.pack("!H", size) + struct.pack("!i1s", 1, b"v") * size
+    nulls = struct.pack("!H", size) + struct.pack("!i", -1) * size
+    return [
+        typed(b"P", b"s\0SELECT\0" + struct.pack(f"!H{size}I", size, *types)),
+        typed(b"B", b"\0s\0" + codes + values + codes),
+        typed(b"B", b"\0s\0" + struct.pack("!Hh", 1, 1) + nulls + codes),
+    ]
+
+
+def typed(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 400])
+def test_long_lists_match_the_reference(size: int) -> None:
+    for raw in long_lists(size):
+        new, ref = FrontendDecoder(), ReferenceDecoder(16 * 1024 * 1024)
+        new.end_startup()
+        ref.startup = False
+        # Whole, short by one list entry, and with one entry too many.
+        for data in (raw, raw[:-2], raw + b"\0\0"):
+            compare(new, ref, [typed(data[:1], data[5:])], [])
+
+
+@pytest.mark.parametrize("read", [1000, 4096, 65536 + 7, 1 << 20])
+def test_streams_past_the_compaction_threshold_match(read: int) -> None:
+    # More than the 64 KiB of consumed data after which the buffer is compacted, in
+    # reads that end inside messages and (the last size) in one read.
+    one = [
+        build.parse("", "SELECT $1"),
+        build.bind("", "", ["x" * 300]),
+        build.describe("P", ""),
+        build.execute(""),
+        build.sync(),
+        build.query("SELECT 1"),
+    ]
+    data = b"".join(one) * 400
+    new, ref = FrontendDecoder(), ReferenceDecoder(16 * 1024 * 1024)
+    new.end_startup()
+    ref.startup = False
+    compare(new, ref, [data[i : i + read] for i in range(0, len(data), read)], [])
+    assert new.buffered == ref.buffered == 0
