@@ -512,3 +512,30 @@ def test_streams_past_the_compaction_threshold_match(read: int) -> None:
     ref.startup = False
     compare(new, ref, [data[i : i + read] for i in range(0, len(data), read)], [])
     assert new.buffered == ref.buffered == 0
+
+
+SAMPLES = [
+    build.query("SELECT 'é'"),
+    build.parse("s1", "SELECT $1, $2", (23, 2**32 - 1)),
+    build.bind("p", "s1", [b"12", None, b""], [0, 1, 1], [1, 0]),
+    build.bind("", "", [b"x"], [1], [1]),
+    build.describe("S", "s1"),
+    build.close("P", "p"),
+    build.execute("p", 7),
+    build.copy_fail("no"),
+    typed(b"F", struct.pack("!IHhHi2sh", 1234, 1, 1, 1, 2, b"hi", 0)),
+    build.sync(),
+]
+
+
+@pytest.mark.parametrize("raw", SAMPLES, ids=lambda raw: chr(raw[0]))
+def test_every_truncation_and_extension_matches_the_reference(raw: bytes) -> None:
+    # Exhaustive where the fuzzing is by chance: every check on a field's end.
+    body = raw[5:]
+    variants = [body[:size] for size in range(len(body) + 1)]
+    variants += [body + extra for extra in (b"\0", b"\x01", b"\0\0", b"\x01\x02\x03")]
+    for variant in variants:
+        new, ref = FrontendDecoder(), ReferenceDecoder(16 * 1024 * 1024)
+        new.end_startup()
+        ref.startup = False
+        compare(new, ref, [typed(raw[:1], variant)], [])
