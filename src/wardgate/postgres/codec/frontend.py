@@ -134,6 +134,8 @@ class FrontendDecoder:
             self._pos = stop
         else:
             self._consume(stop - pos)
+        # A slice of bytes is bytes already (and the whole of it is the object itself);
+        # bytes() of it would cost a second call.
         raw = buf[pos:stop] if type(buf) is bytes else bytes(buf[pos:stop])
         if length <= _KNOWN_LONGEST:
             known = _KNOWN.get(raw)
