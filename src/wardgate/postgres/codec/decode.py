@@ -17,6 +17,15 @@ _UINT16 = struct.Struct("!H")
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
 
+# The frontend decoder's direct parsers fail in these same words (see frontend.py).
+SHORT_BODY = "message body is shorter than its fields"
+UNTERMINATED = "string is not NUL-terminated"
+TRAILING_BYTES = "trailing bytes after the last field"
+
+
+def invalid_text(encoding: str) -> ProtocolError:
+    return ProtocolError(f"string is not valid {encoding}")
+
 
 class BodyReader:
     """Cursor over `data[start:end]` that refuses to read past the end.
@@ -48,7 +57,7 @@ class BodyReader:
     def _need(self, n: int) -> int:
         pos = self._pos
         if n < 0 or pos + n > self._end:
-            raise ProtocolError("message body is shorter than its fields")
+            raise ProtocolError(SHORT_BODY)
         self._pos = pos + n
         return pos
 
@@ -56,12 +65,12 @@ class BodyReader:
         data, pos = self._data, self._pos
         nul = data.find(b"\0", pos, self._end)
         if nul < 0:
-            raise ProtocolError("string is not NUL-terminated")
+            raise ProtocolError(UNTERMINATED)
         self._pos = nul + 1
         try:
             return data[pos:nul].decode(self._encoding, self._errors)
         except UnicodeDecodeError:
-            raise ProtocolError(f"string is not valid {self._encoding}") from None
+            raise invalid_text(self._encoding) from None
 
     def byte(self) -> int:
         return self._data[self._need(1)]
@@ -87,7 +96,7 @@ class BodyReader:
 
     def finish(self) -> None:
         if self._pos != self._end:
-            raise ProtocolError("trailing bytes after the last field")
+            raise ProtocolError(TRAILING_BYTES)
 
 
 def _reader(body: bytes | memoryview) -> BodyReader:

@@ -8,6 +8,15 @@ Two framings exist: the startup phase (``int32 length, int32 code``: startup,
 SSL, GSSAPI-encryption and cancel requests) and the typed phase (``byte type,
 int32 length``). The decoder moves to the typed phase by itself after a
 StartupMessage; `end_startup` does the same explicitly and is idempotent.
+
+Every relayed message passes through here, so the typed-phase parsers read the
+message bytes directly (``bytes.find``, precompiled structs, locals) rather than
+through a `BodyReader`, which costs a Python call per field. They keep
+BodyReader's checks, their order and its error messages: a message PostgreSQL
+would read differently must fail here, not be judged as something else.
+``tests/fuzz/test_pg_frontend_differential.py`` holds them to a BodyReader
+reference. The startup packet and the legacy function call are rare and stay on
+BodyReader.
 """
 
 from __future__ import annotations
@@ -16,7 +25,13 @@ import struct
 from collections.abc import Callable
 
 from wardgate.postgres.codec import messages as m
-from wardgate.postgres.codec.decode import BodyReader
+from wardgate.postgres.codec.decode import (
+    SHORT_BODY,
+    TRAILING_BYTES,
+    UNTERMINATED,
+    BodyReader,
+    invalid_text,
+)
 from wardgate.postgres.codec.errors import ProtocolError
 
 # PostgreSQL's MAX_STARTUP_PACKET_LENGTH: it refuses longer startup packets.
@@ -29,8 +44,17 @@ _COMPACT_AFTER = 64 * 1024
 
 _HEADER = struct.Struct("!i")
 _STARTUP_HEADER = struct.Struct("!ii")
+_INT32 = _HEADER
+_UINT16 = struct.Struct("!H")
+# Format-code and parameter-type lists of up to this many entries (nearly all) are
+# read with a struct compiled once; longer ones compile theirs when they come.
+_PRECOMPILED_LIST = 32
+_INT16_LISTS = tuple(struct.Struct(f"!{n}h") for n in range(_PRECOMPILED_LIST))
+_UINT32_LISTS = tuple(struct.Struct(f"!{n}I") for n in range(_PRECOMPILED_LIST))
 
-_Parser = Callable[[BodyReader], m.FrontendMessage]
+# A typed message's parser gets its whole wire bytes (the body starts at 5) and the
+# session's encoding; it may raise UnicodeDecodeError, which next_message reports.
+_Parser = Callable[[bytes, str], m.FrontendMessage]
 
 
 class FrontendDecoder:
@@ -38,9 +62,11 @@ class FrontendDecoder:
         if max_message_bytes < 4:
             raise ValueError("max_message_bytes must be at least 4")
         self._max = max_message_bytes
-        # Unconsumed data is self._buf[self._pos:]; consumed bytes are dropped
-        # in bulk by _consume, which keeps feeding and decoding linear.
-        self._buf = bytearray()
+        # Unconsumed data is self._buf[self._pos:]. While nothing is pending the
+        # buffer is the last chunk fed, unchanged, so messages are sliced straight out
+        # of it; a message that spans chunks is gathered in a bytearray. Consumed
+        # bytes are dropped in bulk, which keeps feeding and decoding linear.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._startup = True
         # The Python codec of the session's client_encoding (see encodings.py); the
@@ -62,7 +88,19 @@ class FrontendDecoder:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            # bytes() of a bytes object is that object: no copy. Anything mutable is
+            # copied, as the caller may reuse it.
+            self._buf = bytes(data)
+            self._pos = 0
+            return
+        if isinstance(buf, bytes):
+            # Growing bytes would copy everything pending on every read, quadratic
+            # for a large message arriving in many reads.
+            buf = self._buf = bytearray(memoryview(buf)[pos:])
+            self._pos = 0
+        buf += data
 
     def end_startup(self) -> None:
         self._startup = False
@@ -74,7 +112,8 @@ class FrontendDecoder:
         if self._startup:
             return self._next_startup()
         buf, pos = self._buf, self._pos
-        if len(buf) - pos < 5:
+        size = len(buf)
+        if size - pos < 5:
             return None
         kind = buf[pos]
         parser = _PARSERS.get(kind)
@@ -85,12 +124,29 @@ class FrontendDecoder:
             raise ProtocolError(f"invalid message length {length}")
         if length > self._max:
             raise ProtocolError(f"message of {length} bytes exceeds limit of {self._max}")
-        total = length + 1
-        if len(buf) - pos < total:
+        stop = pos + length + 1
+        if stop > size:
             return None
-        raw = bytes(buf[pos : pos + total])
-        self._consume(total)
-        return parser(BodyReader(raw, 5, encoding=self.encoding)), raw
+        if stop == size:
+            self._buf = b""
+            self._pos = 0
+        elif stop < _COMPACT_AFTER:
+            self._pos = stop
+        else:
+            self._consume(stop - pos)
+        # A slice of bytes is bytes already (and the whole of it is the object itself);
+        # bytes() of it would cost a second call.
+        raw = buf[pos:stop] if type(buf) is bytes else bytes(buf[pos:stop])
+        if length <= _KNOWN_LONGEST:
+            known = _KNOWN.get(raw)
+            if known is not None:
+                return known
+        encoding = self.encoding
+        try:
+            return parser(raw, encoding), raw
+        except UnicodeDecodeError:
+            # Only the parsers' str decodes raise it, where BodyReader.cstr would.
+            raise invalid_text(encoding) from None
 
     def peek_raw(self) -> bytes | None:
         """The next complete typed message's wire bytes, not consumed and not decoded
@@ -134,13 +190,15 @@ class FrontendDecoder:
         return message, raw
 
     def _consume(self, n: int) -> None:
+        # The buffer is replaced, never cut in place: next_message slices a message
+        # out of it after consuming it.
         pos = self._pos + n
         buf = self._buf
         if pos == len(buf):
-            buf.clear()
+            self._buf = b""
             pos = 0
         elif pos >= _COMPACT_AFTER and pos * 2 >= len(buf):
-            del buf[:pos]
+            self._buf = buf[pos:]
             pos = 0
         self._pos = pos
 
@@ -176,21 +234,131 @@ def _parse_startup_packet(code: int, r: BodyReader) -> m.FrontendMessage:
     return m.StartupMessage(code, params)
 
 
-def _query(r: BodyReader) -> m.FrontendMessage:
-    sql = r.cstr()
-    r.finish()
-    return m.Query(sql)
+# The parsers below read fields in BodyReader's order and fail at the field where it
+# would: a string is found, then decoded; a fixed-size field is bounds-checked before
+# it is read; the body must be used up exactly (PostgreSQL's pq_getmsgend).
 
 
-def _parse(r: BodyReader) -> m.FrontendMessage:
-    name = r.cstr()
-    sql = r.cstr()
-    count = r.uint16()
-    if r.remaining < 4 * count:
+def _last_string(raw: bytes, start: int, encoding: str) -> str:
+    """A string at `start` that must end the message."""
+    nul = raw.find(0, start)
+    if nul < 0:
+        raise ProtocolError(UNTERMINATED)
+    text = raw[start:nul].decode(encoding)
+    if nul + 1 != len(raw):
+        raise ProtocolError(TRAILING_BYTES)
+    return text
+
+
+def _query(raw: bytes, encoding: str) -> m.FrontendMessage:
+    return m.Query(_last_string(raw, 5, encoding))
+
+
+def _two_strings_and_count(raw: bytes, encoding: str) -> tuple[str, str, int, int]:
+    """The start of Parse and Bind: two strings, then a uint16 count. Returns both
+    strings, the count and where the bytes after it start."""
+    nul = raw.find(0, 5)
+    if nul < 0:
+        raise ProtocolError(UNTERMINATED)
+    first = raw[5:nul].decode(encoding)
+    pos = nul + 1
+    nul = raw.find(0, pos)
+    if nul < 0:
+        raise ProtocolError(UNTERMINATED)
+    second = raw[pos:nul].decode(encoding)
+    if nul + 3 > len(raw):
+        raise ProtocolError(SHORT_BODY)
+    return first, second, _UINT16.unpack_from(raw, nul + 1)[0], nul + 3
+
+
+def _parse(raw: bytes, encoding: str) -> m.FrontendMessage:
+    name, sql, count, pos = _two_strings_and_count(raw, encoding)
+    end = len(raw)
+    if end - pos < 4 * count:
         raise ProtocolError("parse message is shorter than its parameter types")
-    types = tuple(r.uint32() for _ in range(count))
-    r.finish()
-    return m.Parse(name, sql, types)
+    if end - pos != 4 * count:
+        raise ProtocolError(TRAILING_BYTES)
+    types = _UINT32_LISTS[count] if count < _PRECOMPILED_LIST else struct.Struct(f"!{count}I")
+    return m.Parse(name, sql, types.unpack_from(raw, pos))
+
+
+def _bind(raw: bytes, encoding: str) -> m.FrontendMessage:
+    portal, statement, format_count, pos = _two_strings_and_count(raw, encoding)
+    end = len(raw)
+    if end - pos < 2 * format_count:
+        raise ProtocolError("format code list is longer than the message")
+    codes = (
+        _INT16_LISTS[format_count]
+        if format_count < _PRECOMPILED_LIST
+        else struct.Struct(f"!{format_count}h")
+    )
+    formats = codes.unpack_from(raw, pos)
+    pos += 2 * format_count + 2
+    if pos > end:
+        raise ProtocolError(SHORT_BODY)
+    (count,) = _UINT16.unpack_from(raw, pos - 2)
+    if end - pos < 4 * count:
+        raise ProtocolError("bind message is shorter than its parameters")
+    params: list[bytes | None] = []
+    for _ in range(count):
+        if pos + 4 > end:
+            raise ProtocolError(SHORT_BODY)
+        (size,) = _INT32.unpack_from(raw, pos)
+        pos += 4
+        if size == -1:
+            params.append(None)
+        elif size < 0:
+            raise ProtocolError(f"invalid parameter length {size}")
+        else:
+            stop = pos + size
+            if stop > end:
+                raise ProtocolError(SHORT_BODY)
+            params.append(raw[pos:stop])
+            pos = stop
+    pos += 2
+    if pos > end:
+        raise ProtocolError(SHORT_BODY)
+    (result_count,) = _UINT16.unpack_from(raw, pos - 2)
+    if end - pos < 2 * result_count:
+        raise ProtocolError("format code list is longer than the message")
+    if end - pos != 2 * result_count:
+        raise ProtocolError(TRAILING_BYTES)
+    codes = (
+        _INT16_LISTS[result_count]
+        if result_count < _PRECOMPILED_LIST
+        else struct.Struct(f"!{result_count}h")
+    )
+    # PostgreSQL's own rule: no format codes, one for all, or one per parameter.
+    if format_count > 1 and format_count != count:
+        raise ProtocolError(f"bind has {format_count} parameter formats for {count} parameters")
+    return m.Bind(portal, statement, formats, tuple(params), codes.unpack_from(raw, pos))
+
+
+def _targeted(message: Callable[[str, str], m.FrontendMessage]) -> _Parser:
+    """Describe and Close: a target byte ("S" statement, "P" portal), then a name."""
+
+    def parse(raw: bytes, encoding: str) -> m.FrontendMessage:
+        if len(raw) < 6:
+            raise ProtocolError(SHORT_BODY)
+        target = raw[5]
+        if target != 0x53 and target != 0x50:  # "S", "P"
+            raise ProtocolError(f"invalid describe/close target {target:#04x}")
+        return message("S" if target == 0x53 else "P", _last_string(raw, 6, encoding))
+
+    return parse
+
+
+def _execute(raw: bytes, encoding: str) -> m.FrontendMessage:
+    nul = raw.find(0, 5)
+    if nul < 0:
+        raise ProtocolError(UNTERMINATED)
+    portal = raw[5:nul].decode(encoding)
+    end = nul + 5
+    if end > len(raw):
+        raise ProtocolError(SHORT_BODY)
+    if end != len(raw):
+        raise ProtocolError(TRAILING_BYTES)
+    return m.Execute(portal, _INT32.unpack_from(raw, nul + 1)[0])
 
 
 def _int16_list(r: BodyReader) -> tuple[int, ...]:
@@ -198,64 +366,6 @@ def _int16_list(r: BodyReader) -> tuple[int, ...]:
     if r.remaining < 2 * count:
         raise ProtocolError("format code list is longer than the message")
     return tuple(r.int16() for _ in range(count))
-
-
-def _bind(r: BodyReader) -> m.FrontendMessage:
-    portal = r.cstr()
-    statement = r.cstr()
-    formats = _int16_list(r)
-    count = r.uint16()
-    if r.remaining < 4 * count:
-        raise ProtocolError("bind message is shorter than its parameters")
-    params: list[bytes | None] = []
-    for _ in range(count):
-        size = r.int32()
-        if size == -1:
-            params.append(None)
-        elif size < 0:
-            raise ProtocolError(f"invalid parameter length {size}")
-        else:
-            params.append(r.take(size))
-    results = _int16_list(r)
-    r.finish()
-    # PostgreSQL's own rule: no format codes, one for all, or one per parameter.
-    if len(formats) > 1 and len(formats) != count:
-        raise ProtocolError(f"bind has {len(formats)} parameter formats for {count} parameters")
-    return m.Bind(portal, statement, formats, tuple(params), results)
-
-
-def _target(r: BodyReader) -> str:
-    target = r.byte()
-    if target not in (0x53, 0x50):  # "S", "P"
-        raise ProtocolError(f"invalid describe/close target {target:#04x}")
-    return chr(target)
-
-
-def _describe(r: BodyReader) -> m.FrontendMessage:
-    target = _target(r)
-    name = r.cstr()
-    r.finish()
-    return m.Describe(target, name)
-
-
-def _close(r: BodyReader) -> m.FrontendMessage:
-    target = _target(r)
-    name = r.cstr()
-    r.finish()
-    return m.Close(target, name)
-
-
-def _execute(r: BodyReader) -> m.FrontendMessage:
-    portal = r.cstr()
-    max_rows = r.int32()
-    r.finish()
-    return m.Execute(portal, max_rows)
-
-
-def _copy_fail(r: BodyReader) -> m.FrontendMessage:
-    message = r.cstr()
-    r.finish()
-    return m.CopyFail(message)
 
 
 def _function_call(r: BodyReader) -> m.FrontendMessage:
@@ -275,9 +385,10 @@ def _function_call(r: BodyReader) -> m.FrontendMessage:
     return m.FunctionCall(oid)
 
 
-def _empty(message: m.FrontendMessage) -> _Parser:
-    def parse(r: BodyReader) -> m.FrontendMessage:
-        r.finish()
+def _bodiless(message: m.FrontendMessage) -> _Parser:
+    def parse(raw: bytes, encoding: str) -> m.FrontendMessage:
+        if len(raw) != 5:
+            raise ProtocolError(TRAILING_BYTES)
         return message
 
     return parse
@@ -287,15 +398,36 @@ _PARSERS: dict[int, _Parser] = {
     ord("Q"): _query,
     ord("P"): _parse,
     ord("B"): _bind,
-    ord("D"): _describe,
+    ord("D"): _targeted(m.Describe),
     ord("E"): _execute,
-    ord("C"): _close,
-    ord("S"): _empty(m.Sync()),
-    ord("H"): _empty(m.Flush()),
-    ord("X"): _empty(m.Terminate()),
-    ord("d"): lambda r: m.CopyData(r.rest()),
-    ord("c"): _empty(m.CopyDone()),
-    ord("f"): _copy_fail,
-    ord("F"): _function_call,
-    ord("p"): lambda r: m.PasswordData(r.rest()),
+    ord("C"): _targeted(m.Close),
+    ord("S"): _bodiless(m.Sync()),
+    ord("H"): _bodiless(m.Flush()),
+    ord("X"): _bodiless(m.Terminate()),
+    ord("d"): lambda raw, encoding: m.CopyData(raw[5:]),
+    ord("c"): _bodiless(m.CopyDone()),
+    ord("f"): lambda raw, encoding: m.CopyFail(_last_string(raw, 5, encoding)),
+    ord("F"): lambda raw, encoding: _function_call(BodyReader(raw, 5, encoding=encoding)),
+    ord("p"): lambda raw, encoding: m.PasswordData(raw[5:]),
 }
+
+# Messages drivers send unchanged again and again (Sync; Describe, Execute and Close of
+# the unnamed portal or statement), decoded once here by the parsers themselves, so
+# next_message hands them out without building a frozen dataclass each time (the larger
+# part of a small message's cost). Their strings are empty, the same in any encoding.
+_KNOWN: dict[bytes, tuple[m.FrontendMessage, bytes]] = {
+    raw: (_PARSERS[raw[0]](raw, "ascii"), raw)
+    for raw in (
+        b"S\0\0\0\x04",
+        b"H\0\0\0\x04",
+        b"X\0\0\0\x04",
+        b"c\0\0\0\x04",
+        b"D\0\0\0\x06P\0",
+        b"D\0\0\0\x06S\0",
+        b"C\0\0\0\x06P\0",
+        b"C\0\0\0\x06S\0",
+        b"E\0\0\0\x09\0\0\0\0\0",
+    )
+}
+# A longer message skips the lookup (and the hashing of its bytes).
+_KNOWN_LONGEST = max(len(raw) - 1 for raw in _KNOWN)  # as the length word counts
