@@ -7,9 +7,13 @@ the same table)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wardgate.actions import Action, Decision
 from wardgate.config import parse_config
@@ -83,3 +87,89 @@ def test_two_digit_literals_still_share_a_fingerprint() -> None:
         classify_keyed("select * from orders2024 where id = 43")[0]
         != classify_keyed("select * from orders2025 where id = 43")[0]
     )
+
+
+# -- the per-statement memos and the session model's bookkeeping ---------------------------
+
+
+def test_needs_params_memo_answers_each_tuple_its_own_answer_across_threads() -> None:
+    """needs_params keeps its last answer in one module global: threads judging
+    statements of both kinds at once never get the other tuple's answer."""
+    import threading
+
+    from wardgate.policy.sql import needs_params
+
+    plain = classify("select * from orders where id = 1")
+    param = classify("select set_config($1, 'x', false)")
+    assert needs_params(param) and not needs_params(plain)
+    wrong: list[bool] = []
+
+    def run(statements: tuple[Any, ...], expected: bool) -> None:
+        for _ in range(20000):
+            if needs_params(statements) is not expected:
+                wrong.append(expected)
+
+    threads = [threading.Thread(target=run, args=(param, True)) for _ in range(3)]
+    threads += [threading.Thread(target=run, args=(plain, False)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+_NAMES = st.sampled_from(["a", "b", ""])
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("propose"), st.none() | _NAMES, st.none() | st.integers(0, 3)),
+        st.tuples(st.just("confirm"), st.integers(0, 30)),
+        st.tuples(st.just("refute"), st.integers(0, 30)),
+        st.tuples(st.just("drop"), st.sets(_NAMES)),
+        st.tuples(st.just("next")),
+    ),
+    max_size=40,
+)
+
+
+@given(_OPS, st.integers(0, 3), st.integers(0, 3000))
+@settings(max_examples=300, deadline=None)
+def test_names_bookkeeping_is_what_it_counts(
+    ops: list[tuple[Any, ...]], most: int, most_bytes: int
+) -> None:
+    """Weights kept per change and per confirmed name: ``bytes`` is always the weight of
+    what is confirmed and pending, and ``candidates`` (now a scan from the end that stops
+    at an older batch) answers what the rule over every pending change answered."""
+    from wardgate.postgres.session_model import Change, Names, NamesFull, Portal
+
+    names: Names[Portal] = Names(most=most, most_bytes=most_bytes)
+    changes: list[Change[Portal]] = []
+    batch = 0
+
+    def reference(name: str) -> list[Portal | None]:  # candidates as c18caf3 wrote it
+        own = [c for c in names.pending if c.batch == batch and c.name in (name, None)]
+        if own:
+            return [own[-1].value if own[-1].name == name else None]
+        out: list[Portal | None] = [names.confirmed.get(name)]
+        for c in names.pending:
+            if c.name in (name, None):
+                value = c.value if c.name == name else None
+                if value not in out:
+                    out.append(value)
+        return out
+
+    for op in ops:
+        if op[0] == "propose":
+            value = None if op[2] is None else Portal(("x" * op[2],), ("p" * op[2], None, ""))
+            with contextlib.suppress(NamesFull):
+                changes.append(names.propose(op[1], value, batch))
+        elif op[0] in ("confirm", "refute") and changes:
+            getattr(names, op[0])(changes[op[1] % len(changes)])
+        elif op[0] == "drop":
+            names.drop(set(op[1]))
+        elif op[0] == "next":
+            batch += 1
+        weights = [v.weight for v in names.confirmed.values()]
+        weights += [0 if c.value is None else c.value.weight for c in names.pending]
+        assert names.bytes == sum(weights)
+        for name in ("a", "b", ""):
+            assert names.candidates(name, batch) == reference(name)
