@@ -963,16 +963,18 @@ def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
 # name (partitions: `pay2024` and `pay2025`, even `"t12"` and `pay`, share one) and
 # ignores the name of a TEMP table (`SELECT ... INTO TEMP a` and `b`). The tables a
 # statement names decide guardrails, so those names join its fingerprint.
-_FINGERPRINT_BLIND = re.compile(r"[0-9]{2}|temp", re.IGNORECASE)
+# A bare identifier's digits follow a letter, `_`, `$` or a non-ASCII character; a
+# quoted one (U&"..." too) needs a `"`. Literals such as `id = 42` match neither.
+_FINGERPRINT_BLIND = re.compile(r'[A-Za-z_$\u0080-\U0010ffff][0-9]{2}|"|temp', re.IGNORECASE)
 _TWO_DIGITS = re.compile(r"[0-9]{2}")
 
 
 def _names_fingerprint_ignores(sql: str) -> str | None:
-    """What the fingerprint of ``sql`` may not see of its names: "" (nothing: no two
-    adjacent digits and no `temp` anywhere in the text, the common case, at the cost
-    of one search), the identifiers holding two adjacent digits, as written; None where
-    the text must not be shared at all (a TEMP keyword, a U&"..." identifier whose
-    escapes and UESCAPE spell its name, a text the scanner refuses)."""
+    """What the fingerprint of ``sql`` may not see of its names: "" (nothing: no
+    identifier can hold two adjacent digits and no `temp` is in the text, the common
+    case, at the cost of one search), the identifiers holding two adjacent digits, as
+    written; None where the text must not be shared at all (a TEMP keyword, a U&"..."
+    identifier whose escapes and UESCAPE spell its name, a text the scanner refuses)."""
     if _FINGERPRINT_BLIND.search(sql) is None:
         return ""
     try:
