@@ -10,13 +10,15 @@ import json
 import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway, make_gateway
+from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
 from tests.integration.test_reviews import qty, review_config
 
 _KEEP: list[Any] = []
@@ -322,3 +324,39 @@ def test_the_chain_written_as_json_text_verifies(gw: Gateway, table: str) -> Non
     actions(gw, "1.5::float8")
     result = gw.cli("audit", "verify", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- found on the way: tables the fingerprint cannot tell apart ------------------------------
+
+
+def test_a_guardrail_on_one_partition_is_not_lifted_by_its_sibling(
+    it_database: str, tmp_path: Path
+) -> None:
+    """libpg_query's fingerprint drops digit runs from table names, and the gate shared
+    a write's verdict by fingerprint: an UPDATE of ..._2024 (allowed) let the same
+    UPDATE of ..._2025 through a guardrail that blocks it. The 2025 table stays as it
+    was; the 2024 one is written."""
+    prefix = f"pay_{uuid.uuid4().hex[:6]}x"
+    old, new = f"{prefix}_2024", f"{prefix}_2025"
+    with admin_conn(it_database) as conn:
+        for name in (old, new):
+            conn.execute(f"create table {name} (id int primary key, qty int)")
+            conn.execute(f"insert into {name} values (1, 0)")
+    config = base_config(it_database).replace(
+        "guardrails:\n",
+        f"guardrails:\n  - {{name: closed-year, match: {{tables: [{new}]}}, verdict: block}}\n",
+    )
+    gateway = make_gateway(tmp_path / "gw", config)
+    gateway.start()
+    try:
+        with psycopg.connect(gateway.dsn("dev"), autocommit=True) as conn:
+            conn.execute(f"update {old} set qty = 1 where id = 1")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"update {new} set qty = 1 where id = 1")
+    finally:
+        gateway.stop()
+        with admin_conn(it_database) as conn:
+            rows = [conn.execute(f"select qty from {n}").fetchone() for n in (old, new)]
+            for name in (old, new):
+                conn.execute(f"drop table {name}")
+    assert rows == [(1,), (0,)]
