@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import Gateway, admin_conn, base_config, make_gateway
-from tests.integration.test_reviews import qty, review_config
+from tests.integration.test_reviews import Api, pending_error, qty, review_config
 
 _KEEP: list[Any] = []
 
@@ -360,3 +360,22 @@ def test_a_guardrail_on_one_partition_is_not_lifted_by_its_sibling(
             for name in (old, new):
                 conn.execute(f"drop table {name}")
     assert rows == [(1,), (0,)]
+
+
+def test_an_approval_binds_the_parameters_format_as_well_as_their_text(
+    gw: Gateway, it_database: str, table: str
+) -> None:
+    """Text parameters are now decoded directly and the binding digest hashes one joined
+    buffer: the approval of an UPDATE with binary parameters runs that Bind once, while
+    the same values sent as text are another action (held again, nothing written)."""
+    api = Api(gw, "reviewer")
+    binary = f"UPDATE {table} SET qty = %b WHERE id = %b"
+    text = f"UPDATE {table} SET qty = %t WHERE id = %t"
+    with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+        review_id = pending_error(conn, binary, (5, 8))
+        api.post(f"/reviews/{review_id}/approve")
+        assert pending_error(conn, text, (5, 8)) != review_id  # text: another action
+        assert qty(it_database, table, 8) == 0
+        conn.execute(binary, (5, 8))
+        assert qty(it_database, table, 8) == 5
+        assert pending_error(conn, binary, (5, 8)) != review_id  # used once
