@@ -173,3 +173,36 @@ def test_names_bookkeeping_is_what_it_counts(
         assert names.bytes == sum(weights)
         for name in ("a", "b", ""):
             assert names.candidates(name, batch) == reference(name)
+
+
+_NAME = st.builds(
+    lambda stem, digits, tail, quoted: (
+        f'"{stem}{digits}{tail}"' if quoted else stem + digits + tail
+    ),
+    st.sampled_from(["pay", "t", "x_", "é"]),
+    st.sampled_from(["", "1", "12", "2024", "2025", "007"]),
+    st.sampled_from(["", "_a", "b"]),
+    st.booleans(),
+)
+_SHAPES = [
+    "select * from {} where id = 1",
+    "update {} set qty = 12 where id = 1",
+    "select a from s.{} join {} using (id)",
+    "insert into {} select * from {}",
+]
+
+
+@given(st.sampled_from(_SHAPES), _NAME, _NAME, _NAME, _NAME)
+@settings(max_examples=300, deadline=None)
+def test_a_shared_classification_names_the_text_own_tables(
+    shape: str, a1: str, a2: str, b1: str, b2: str
+) -> None:
+    """Whatever was classified before under the same fingerprint, a statement's tables
+    are its own."""
+    from wardgate.policy.sql import _parse_and_classify, classify_keyed
+
+    first, then = shape.format(a1, a2), shape.format(b1, b2)
+    classify_keyed(first)
+    shared = classify_keyed(then)[1][0]
+    own = _parse_and_classify(then)[0]
+    assert (shared.tables_read, shared.tables_written) == (own.tables_read, own.tables_written)
