@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.parser import ParseError, fingerprint, parse_sql_json
+from pglast.parser import ParseError, fingerprint, parse_sql_json, scan
 from pglast.stream import RawStream
 
 from wardgate.actions import StatementInfo
@@ -933,8 +933,11 @@ _LAST: list[tuple[str, tuple[str, tuple[StatementInfo, ...]]] | None] = [None]
 
 
 def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
+    names = _names_fingerprint_ignores(sql)
+    if names is None:
+        return "t:" + sql, _classify_text(sql)
     try:
-        fp = fingerprint(sql)
+        fp = fingerprint(sql) + names
     except Exception:  # noqa: BLE001 - unparsable: the full path reports it
         return "t:" + sql, _classify_text(sql)
     cached = _FINGERPRINT_CACHE.get(fp)
@@ -954,6 +957,40 @@ def _classify_keyed(sql: str) -> tuple[str, tuple[StatementInfo, ...]]:
         _FINGERPRINT_CACHE[fp] = (dataclasses.replace(info, text=""),)
         return "f:" + fp, infos
     return "t:" + sql, infos
+
+
+# libpg_query's fingerprint drops every run of two or more ASCII digits from a table
+# name (partitions: `pay2024` and `pay2025`, even `"t12"` and `pay`, share one) and
+# ignores the name of a TEMP table (`SELECT ... INTO TEMP a` and `b`). The tables a
+# statement names decide guardrails, so those names join its fingerprint.
+# A bare identifier's digits follow a letter, `_`, `$` or a non-ASCII character; a
+# quoted one (U&"..." too) needs a `"`. Literals such as `id = 42` match neither.
+_FINGERPRINT_BLIND = re.compile(r'[A-Za-z_$\u0080-\U0010ffff][0-9]{2}|"|temp', re.IGNORECASE)
+_TWO_DIGITS = re.compile(r"[0-9]{2}")
+
+
+def _names_fingerprint_ignores(sql: str) -> str | None:
+    """What the fingerprint of ``sql`` may not see of its names: "" (nothing: no
+    identifier can hold two adjacent digits and no `temp` is in the text, the common
+    case, at the cost of one search), the identifiers holding two adjacent digits, as
+    written; None where the text must not be shared at all (a TEMP keyword, a U&"..."
+    identifier whose escapes and UESCAPE spell its name, a text the scanner refuses)."""
+    if _FINGERPRINT_BLIND.search(sql) is None:
+        return ""
+    try:
+        tokens = scan(sql)
+    except Exception:  # noqa: BLE001 - the full path judges it
+        return None
+    names = []
+    for token in tokens:
+        kind = token.name
+        if kind == "IDENT":
+            raw = sql[token.start : token.end + 1]
+            if _TWO_DIGITS.search(raw):
+                names.append(raw)
+        elif kind in ("UIDENT", "TEMP", "TEMPORARY"):
+            return None
+    return "".join(f":{len(n)}:{n}" for n in names)
 
 
 def _value_sensitive(kinds: tuple[str, ...]) -> bool:
