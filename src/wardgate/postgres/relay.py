@@ -158,8 +158,8 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         except ProtocolError as exc:
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
             return
-        if not (self._reviewing or self._barrier or self._backlogged or self._queue_full):
-            self._pump()  # `_may_pump`, spelled out: once per chunk a client sends
+        if self._may_pump():
+            self._pump()
 
     def _may_pump(self) -> bool:
         return not (self._reviewing or self._barrier or self._backlogged or self._queue_full)
@@ -203,8 +203,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                     if self._batch_failed:
                         self._skipped_by_server(queued)
                     else:
-                        pending[-1].cost += size  # PendingQueue.charge, inlined
-                        pending.cost += size
+                        pending.charge(pending[-1], size)
                         if pending.cost > UNANSWERED_BYTES and not self._finished:
                             self._wait_for_answers(out)
         except ProtocolError as exc:

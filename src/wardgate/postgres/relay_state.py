@@ -134,9 +134,7 @@ class PendingQueue(deque[Pending]):
 
     def popleft(self) -> Pending:
         entry = super().popleft()
-        self.cost -= entry.cost  # `_gone`, inlined: once per reply
-        if entry.kind == SYNC:
-            self.syncs -= 1
+        self._gone(entry)
         return entry
 
     def pop_last(self) -> Pending:
