@@ -240,15 +240,40 @@ def test_pipelined_batches_with_errors_keep_their_order(gw: Gateway) -> None:
     events = _events(gw, app)
     # The Executes' outcomes wait on their Sync (a failed implicit commit would undo
     # them); what failed or was skipped is recorded at once. 1 / 0 with a constant
-    # parameter fails at Bind (the custom plan folds it): its Execute never runs.
+    # parameter fails at Bind (the custom plan folds it): its Execute never runs, and
+    # its record carries the error the client got.
     assert _actions(events) == [
-        (2, "select 1 / $1::int", "not_executed"),
+        (2, "select 1 / $1::int", "error"),
         (3, "select $1::int + 1", "not_executed"),
         (1, "select $1::int", "ok"),
         (4, "select $1::int + 2", "ok"),
         (5, "select $1::int + 3", "ok"),
     ], events
     assert events[-1]["type"] == "session.end"
+    failed = next(e for e in events if e.get("seq") == 2)
+    assert (failed["sqlstate"], failed["error"]) == ("22012", "division by zero"), failed
+    assert next(e for e in events if e.get("seq") == 3)["error"] is None
+
+
+def test_a_statement_the_server_refuses_at_parse_is_recorded_with_its_error(
+    gw: Gateway,
+) -> None:
+    """The server refuses a statement at its Parse (no such table): what the client
+    sees, a 42P01 error, is the record of that statement; the statement after it in the
+    batch is skipped by the server and recorded not_executed."""
+    app = f"parse_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(gw.dsn("dev", application_name=app), autocommit=True) as conn:
+        cur = conn.cursor()
+        with pytest.raises(psycopg.errors.UndefinedTable), conn.pipeline() as p:
+            cur.execute("select * from no_such_table_here where id = %s", (1,))
+            cur.execute("select %s::int + 1", (3,))
+            p.sync()
+    events = _events(gw, app)
+    acts = [(e["text"], e["status"], e["sqlstate"]) for e in events if e["type"] == "action"]
+    assert acts == [
+        ("select * from no_such_table_here where id = $1", "error", "42P01"),
+        ("select $1::int + 1", "not_executed", None),
+    ], acts
 
 
 def test_masked_rows_held_for_column_names_then_error(gw: Gateway, masked_table: str) -> None:

@@ -535,7 +535,7 @@ class RelayState:
             record = dataclasses.replace(record, error=error)
         self._submit(record)
 
-    def _close_remaining(self, entry: Pending, status: str) -> None:
+    def _close_remaining(self, entry: Pending, status: str, fields: object = None) -> None:
         if entry.changes is not None:
             self._refute(entry, 0)
         failed = entry.commit_error
@@ -551,7 +551,7 @@ class RelayState:
         entry.held = []
         if entry.acts:
             for act in entry.acts[entry.index :]:
-                self._finish_act(act, status)
+                self._finish_act(act, status, fields=fields)
             entry.index = len(entry.acts)
 
     def _resume_pump(self) -> None:

@@ -31,6 +31,7 @@ from wardgate.postgres.relay_state import (
 )
 from wardgate.postgres.result_tap import ResultTap
 from wardgate.postgres.results import ROWS, MaskedResults
+from wardgate.postgres.session_model import Portal, Prepared
 
 log = logging.getLogger("wardgate.postgres")
 
@@ -220,6 +221,10 @@ class ServerReplies(MaskedResults, SessionProbe):
                     head.index += 1
                 return replacement
             pending.popleft()
+            # A failed Parse or Bind (an unknown table, 1 / $1 with 0 folded at Bind) is
+            # the error of the statement it would have run: its Execute is recorded
+            # failed with it, not as skipped.
+            failed = _statement_of(head) if fields is not None else None
             self._refute(head, 0)
             if not any(e.kind == SYNC for e in pending):
                 self._batch_failed = True  # the open batch: skipped until its Sync
@@ -227,7 +232,17 @@ class ServerReplies(MaskedResults, SessionProbe):
                 self._finish_act(head.acts[0], "error", fields=fields)
             # The server now skips everything up to Sync.
             while pending and pending[0].kind != SYNC:
-                self._close_remaining(pending.popleft(), "not_executed")
+                entry = pending.popleft()
+                if (
+                    failed is not None
+                    and entry.kind == EXECUTE
+                    and entry.acts
+                    and entry.acts[0].action.text == failed
+                ):
+                    self._close_remaining(entry, "error", fields)
+                    failed = None
+                else:
+                    self._close_remaining(entry, "not_executed")
             return replacement
         if t == 67 or t == 73:  # C CommandComplete, I EmptyQueryResponse
             if head.kind == QUERY:
@@ -303,3 +318,15 @@ class ServerReplies(MaskedResults, SessionProbe):
             codec = python_codec(value)
             assert codec is not None  # reported_setting_problem checked it
             self.client.decoder.encoding = codec
+
+
+def _statement_of(entry: Pending) -> str | None:
+    """The SQL a Parse or Bind entry prepared or bound (one meaning only), else None."""
+    if entry.kind not in (PARSE, BIND) or not entry.changes or not entry.changes[0]:
+        return None
+    value = entry.changes[0][0].value
+    if isinstance(value, Prepared):
+        return value.sql
+    if isinstance(value, Portal) and len(value.sqls) == 1:
+        return value.sqls[0]
+    return None
