@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums.parsenodes import SetOperation
+from pglast.enums.parsenodes import AlterTableType, SetOperation
 from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
@@ -314,7 +314,20 @@ def _refuse_changing_mask_schema(tree: Any, rules: tuple[ColumnRule, ...]) -> No
             )
 
 
-_SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt", "ListenStmt"})
+_SLOW_STATEMENTS = frozenset(
+    {
+        "DoStmt", "CallStmt", "ListenStmt", "CreateFunctionStmt", "CreateTrigStmt",
+        "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt",
+    }
+)  # fmt: skip
+# Statements that create code the server runs later, unseen (_Rewriter.statement).
+_LATER_CODE = (
+    ast.CreateFunctionStmt,
+    ast.CreateTrigStmt,
+    ast.RuleStmt,
+    ast.CreatePolicyStmt,
+    ast.AlterPolicyStmt,
+)
 # Statements whose relation references the rewriter resolves (_Rewriter.statement), so
 # pins; the others' (DDL) are left as written. A rename or move of a relation is pinned
 # by the full rewrite only.
@@ -598,6 +611,19 @@ class _Rewriter:
         ):
             self._refuse_moving_masked(stmt)
             return stmt
+        if isinstance(stmt, ast.IndexStmt | ast.AlterTableStmt) and isinstance(
+            stmt.relation, ast.RangeVar
+        ):
+            self._refuse_evaluating_masked(stmt)  # and blocked calls, below
+        if isinstance(stmt, _LATER_CODE):
+            raise Refused(
+                "creating functions, procedures, triggers, rules or row-level security "
+                "policies is not supported for principals under a masking rule: the server "
+                "runs them later, out of the gateway's sight, where they can read masked "
+                "columns in clear (a trigger, a column default, an index expression); ask a "
+                "principal without the rule to create it",
+                self._any_rule(),
+            )
         if isinstance(stmt, ast.ListenStmt):
             # NOTIFY payloads come from other sessions (a trigger's row_to_json(NEW))
             # and reach the client as they are: nothing masks them.
@@ -613,6 +639,7 @@ class _Rewriter:
                 "columns in clear; run the SQL as separate statements",
                 self._any_rule(),
             )
+        self._refuse_blocked_calls(stmt)
         return stmt
 
     def _refuse_moving_masked(self, stmt: Any) -> None:
@@ -628,6 +655,53 @@ class _Rewriter:
                 f"renaming or moving {entry.refname}, which has masked columns, would take "
                 f"them out of masking rule {rule.rule!r}; a principal without the rule "
                 "(or an administrator changing the rule too) can do it",
+                rule.rule,
+            )
+
+    def _refuse_evaluating_masked(self, stmt: Any) -> None:
+        """CREATE INDEX and ALTER TABLE on a table with masked columns whose expressions
+        (an index expression or predicate, a generated column, a CHECK or EXCLUDE
+        constraint, ALTER COLUMN ... TYPE ... USING) read a masked column, or that change
+        a masked column's type: the server evaluates them over the clear values, and
+        stores them (a generated column is read back unmasked) or echoes them in errors
+        (``create index on t ((reverse(pw)::int))``: ``invalid input syntax for type
+        integer: "2retnuh"``)."""
+        schema, changed = stmt.relation.schemaname, self.changed
+        try:
+            entry = self._relation(stmt.relation)
+        except Refused:
+            return  # not a table the snapshot knows: no masked column to read
+        finally:  # DDL is not pinned (it is sent as written, as on the fast path)
+            stmt.relation.schemaname, self.changed = schema, changed
+        if not entry.masked:
+            return
+        hit: str | None = None
+
+        def visit(node: Any) -> Any:
+            nonlocal hit
+            if isinstance(node, tuple | list):
+                for n in node:
+                    visit(n)
+            elif isinstance(node, ast.ColumnRef):
+                names = _strings(node.fields)
+                if names and names[-1] in entry.masked:
+                    hit = hit or names[-1]
+            elif isinstance(node, ast.AlterTableCmd) and (
+                node.subtype == AlterTableType.AT_AlterColumnType and node.name in entry.masked
+            ):
+                hit = hit or node.name
+            if isinstance(node, ast.Node):
+                self._children(node, visit)
+            return node
+
+        visit(stmt)
+        if hit is not None:
+            rule = entry.masked[hit].rule
+            raise Refused(
+                f"this statement makes the server compute over the masked column "
+                f"{entry.refname}.{hit} (an index or generated column, a constraint, a type "
+                f"change): it would store or echo its clear values (masking rule "
+                f"{rule.rule!r}); ask a principal without the rule to run it",
                 rule.rule,
             )
 
@@ -1200,8 +1274,25 @@ class _Rewriter:
                     setattr(node, name, new)
         return node
 
-    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
-        names = _strings(node.funcname)
+    def _refuse_blocked_calls(self, stmt: Any) -> None:
+        """Any other statement (DDL): a blocked built-in or a wardgate_mask function in
+        it (a column default, a constraint, an index expression) runs later, on the
+        server, past the rewrite: ``CREATE TABLE x (v text DEFAULT
+        pg_stat_get_backend_activity(7))`` and an INSERT stored another session's query."""
+
+        def visit(node: Any) -> Any:
+            if isinstance(node, tuple | list):
+                for n in node:
+                    visit(n)
+            elif isinstance(node, ast.Node):
+                if isinstance(node, ast.FuncCall):
+                    self._refuse_blocked_call(_strings(node.funcname))
+                self._children(node, visit)
+            return node
+
+        visit(stmt)
+
+    def _refuse_blocked_call(self, names: list[str]) -> None:
         name = names[-1]
         schema = names[0] if len(names) > 1 else None
         if name in BLOCKED_FUNCTIONS and schema in (None, "pg_catalog"):
@@ -1217,6 +1308,12 @@ class _Rewriter:
                 "an oracle on the masking key",
                 self._any_rule(),
             )
+
+    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        names = _strings(node.funcname)
+        name = names[-1]
+        schema = names[0] if len(names) > 1 else None
+        self._refuse_blocked_call(names)
         builtin = schema in (None, "pg_catalog") and (
             name in BUILTIN_READ_ONLY or name in WRITE_FUNCTIONS
         )
