@@ -1,5 +1,5 @@
 """A hostile agent under column masking, through the real gateway and PostgreSQL 15
-(issue 16, attack pass g). Three routes leaked clear values of masked columns before the
+(issue 16, attack pass g). Four routes leaked clear values of masked columns before the
 fixes on this branch, all for an agent whose role may write or run DDL (``wagent``,
 group engineers; the read-only ``agent`` cannot run them):
 
@@ -10,7 +10,9 @@ group engineers; the read-only ``agent`` cannot run them):
   (read back unmasked), an index expression or CHECK constraint (``invalid input syntax
   for type integer: "2retnuh"``); a function the agent creates, used as a default;
 - a blocked built-in in a column default (``pg_stat_get_backend_activity``): an INSERT
-  stored another session's query text.
+  stored another session's query text;
+- ``ALTER TABLE t INHERIT p`` or ``ATTACH PARTITION t``, then, in the same transaction,
+  a read of the new parent (the snapshot's pg_inherits does not have the link yet).
 
 And one for any masked principal: a column rule added by a configuration reload never
 reached open sessions (the read-only ``agent`` read the column clear, prepared or not).
@@ -63,6 +65,12 @@ def t(it_database: str) -> str:
         )
         conn.execute(f"create table {table}_o (id int, v text)")
         conn.execute(f"insert into {table}_o values (1, %s)", (PW,))
+        # Tables with the masked table's columns and no rule: a parent-to-be of it.
+        conn.execute(f"create table {table}_p (pw text)")
+        conn.execute(
+            f"create table {table}_q (id int, name text not null, email text, pw text, "
+            "ssn int, notes text) partition by range (id)"
+        )
     return table
 
 
@@ -149,6 +157,26 @@ def test_ddl_computing_over_a_masked_column_is_refused(
             conn.execute(f"alter table {t} drop column if exists x")
             conn.execute(f"alter table {t} drop constraint if exists g16_c")
             conn.execute(f"alter table {t} drop constraint if exists g16_e")
+
+
+@pytest.mark.parametrize(
+    ("link", "parent"),
+    [
+        ("alter table {t} inherit {t}_p", "{t}_p"),
+        ("alter table {t}_q attach partition {t} for values from (0) to (100)", "{t}_q"),
+    ],
+)
+def test_a_new_parent_does_not_read_the_masked_rows_clear(
+    gw: Gateway, t: str, link: str, parent: str
+) -> None:
+    """The rules follow pg_inherits as the catalog snapshot has it: a parent given to
+    the masked table in the same transaction returned its rows clear."""
+    with psycopg.connect(gw.dsn("wagent"), autocommit=True) as conn:
+        got = [_run(conn, "begin"), _run(conn, link.format(t=t))]
+        got.append(_run(conn, f"select reverse(pw) from {parent.format(t=t)}"))
+        conn.execute(b"rollback")
+    assert not _leaks(got), got
+    assert "changing the inheritance or partitions" in repr(got[1]), got
 
 
 def test_a_blocked_builtin_in_a_column_default_is_refused(

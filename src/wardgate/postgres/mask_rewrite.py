@@ -320,6 +320,14 @@ _SLOW_STATEMENTS = frozenset(
         "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt",
     }
 )  # fmt: skip
+# ALTER TABLE subcommands that change which table's rows another table returns.
+_RELINKING = frozenset(
+    {
+        AlterTableType.AT_AddInherit, AlterTableType.AT_DropInherit,
+        AlterTableType.AT_AttachPartition, AlterTableType.AT_DetachPartition,
+        AlterTableType.AT_DetachPartitionFinalize,
+    }
+)  # fmt: skip
 # Statements that create code the server runs later, unseen (_Rewriter.statement).
 _LATER_CODE = (
     ast.CreateFunctionStmt,
@@ -666,15 +674,10 @@ class _Rewriter:
         stores them (a generated column is read back unmasked) or echoes them in errors
         (``create index on t ((reverse(pw)::int))``: ``invalid input syntax for type
         integer: "2retnuh"``)."""
-        schema, changed = stmt.relation.schemaname, self.changed
-        try:
-            entry = self._relation(stmt.relation)
-        except Refused:
-            return  # not a table the snapshot knows: no masked column to read
-        finally:  # DDL is not pinned (it is sent as written, as on the fast path)
-            stmt.relation.schemaname, self.changed = schema, changed
-        if not entry.masked:
-            return
+        entry = self._quietly(stmt.relation)
+        self._refuse_relinking(stmt, entry)
+        if entry is None or not entry.masked:
+            return  # not a table the snapshot knows, or none with masked columns
         hit: str | None = None
 
         def visit(node: Any) -> Any:
@@ -704,6 +707,41 @@ class _Rewriter:
                 f"{rule.rule!r}); ask a principal without the rule to run it",
                 rule.rule,
             )
+
+    def _quietly(self, rv: Any) -> _Entry | None:
+        """The relation ``rv`` names, None when the snapshot does not know it; DDL is not
+        pinned (it is sent as written, as on the fast path)."""
+        schema, changed = rv.schemaname, self.changed
+        try:
+            return self._relation(rv)
+        except Refused:
+            return None
+        finally:
+            rv.schemaname, self.changed = schema, changed
+
+    def _refuse_relinking(self, stmt: Any, entry: _Entry | None) -> None:
+        """ALTER TABLE ... INHERIT / NO INHERIT / ATTACH PARTITION / DETACH PARTITION
+        with a table a rule names on either side: the rules follow pg_inherits as the
+        snapshot has it, so a new parent read in the same transaction (``begin; alter
+        table t inherit p; select pw from p``) returned t's rows clear, and a detached
+        partition is no longer its masked parent's once the snapshot is read again."""
+        if not isinstance(stmt, ast.AlterTableStmt):
+            return
+        for cmd in stmt.cmds or ():
+            if not isinstance(cmd, ast.AlterTableCmd) or cmd.subtype not in _RELINKING:
+                continue
+            other = cmd.def_.name if isinstance(cmd.def_, ast.PartitionCmd) else cmd.def_
+            entries = [entry, self._quietly(other) if isinstance(other, ast.RangeVar) else None]
+            guarded = [e for e in entries if e is not None and e.guarded]
+            if guarded:
+                rule = guarded[0].rule()
+                raise Refused(
+                    f"changing the inheritance or partitions of {guarded[0].refname}, which "
+                    "a masking rule names, would let its rows be read under another "
+                    f"table's name (masking rule {rule.rule if rule else self._any_rule()!r}); "
+                    "a principal without the rule can do it",
+                    rule.rule if rule else self._any_rule(),
+                )
 
     def _with(self, with_clause: Any, outer: list[_Level]) -> set[str]:
         """The CTE names the statement sees. Each CTE's own query sees the CTEs before
