@@ -1,5 +1,5 @@
 """A hostile agent under column masking, through the real gateway and PostgreSQL 15
-(issue 16, attack pass g). Four routes leaked clear values of masked columns before the
+(issue 16, attack pass g). Five routes leaked clear values of masked columns before the
 fixes on this branch, all for an agent whose role may write or run DDL (``wagent``,
 group engineers; the read-only ``agent`` cannot run them):
 
@@ -12,7 +12,9 @@ group engineers; the read-only ``agent`` cannot run them):
 - a blocked built-in in a column default (``pg_stat_get_backend_activity``): an INSERT
   stored another session's query text;
 - ``ALTER TABLE t INHERIT p`` or ``ATTACH PARTITION t``, then, in the same transaction,
-  a read of the new parent (the snapshot's pg_inherits does not have the link yet).
+  a read of the new parent (the snapshot's pg_inherits does not have the link yet);
+- ``WITH t AS (SELECT 1) UPDATE t SET notes = reverse(pw)``: the written table taken
+  for the CTE of its name, so its masked columns were neither masked nor refused.
 
 And one for any masked principal: a column rule added by a configuration reload never
 reached open sessions (the read-only ``agent`` read the column clear, prepared or not).
@@ -177,6 +179,29 @@ def test_a_new_parent_does_not_read_the_masked_rows_clear(
         conn.execute(b"rollback")
     assert not _leaks(got), got
     assert "changing the inheritance or partitions" in repr(got[1]), got
+
+
+def test_a_cte_named_like_the_written_table_is_not_the_table(
+    gw: Gateway, t: str, it_database: str
+) -> None:
+    """The table an UPDATE (INSERT, DELETE) writes is never a CTE, but the rewriter took
+    ``WITH t AS (SELECT 1) UPDATE t`` for the CTE's: no masked column, so the agent
+    copied the clear password into an unmasked column (and could filter on it)."""
+    try:
+        with psycopg.connect(gw.dsn("wagent"), autocommit=True) as conn:
+            got = [
+                _run(
+                    conn, f"with {t} as (select 1) update {t} set notes = reverse(pw) where id = 1"
+                ),
+                _run(conn, f"select notes from {t} where id = 1"),
+                _run(conn, f"with {t} as (select 1) update {t} set name = 'x' where pw = '{PW}'"),
+            ]
+    finally:
+        with admin_conn(it_database) as admin:
+            admin.execute(f"update {t} set notes = 'hello', name = 'Jane' where id = 1")
+    assert not _leaks(got[:2]), got
+    assert "writes a value computed from the masked column" in repr(got[0]), got
+    assert "used in a condition" in repr(got[2]), got
 
 
 def test_a_blocked_builtin_in_a_column_default_is_refused(

@@ -278,6 +278,10 @@ REFUSED = [
     ("alter table people no inherit orders", "inheritance or partitions"),
     ("alter table orders attach partition people for values in (1)", "inheritance"),
     ("alter table people detach partition orders", "inheritance or partitions"),
+    # The target of INSERT, UPDATE, DELETE is a table even when a CTE has its name.
+    ("with people as (select 1) update people set name = email where id = 1", "writes a value"),
+    ("with people as (select 1) update people set name = 'x' where email = 'a'", "oracle"),
+    ("with people as (select 1) delete from people where email = 'a'", "oracle"),
     ("this is not sql", "cannot parse"),
     # PostgreSQL 15 reads system_user as an alias; 16+ (the gateway's parser) refuses.
     ("select system_user.email from people system_user", "cannot parse"),

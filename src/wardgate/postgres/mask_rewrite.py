@@ -816,7 +816,7 @@ class _Rewriter:
             if stmt.selectStmt is not None:
                 stmt.selectStmt = self._writing(stmt.selectStmt, before)
             level: _Level = []
-            self._from_item(stmt.relation, level, [])
+            level.append(self._relation(stmt.relation, target=True))
             if stmt.onConflictClause is not None:
                 stmt.onConflictClause = self.expr(stmt.onConflictClause, [level], _PREDICATE)
             if stmt.returningList:
@@ -844,7 +844,7 @@ class _Rewriter:
         self._ctes.append(ctes)
         try:
             level: _Level = []
-            self._from_item(stmt.relation, level, [])
+            level.append(self._relation(stmt.relation, target=True))
             for item in stmt.fromClause or ():
                 self._from_item(item, level, [])
             scopes = [level]
@@ -879,7 +879,7 @@ class _Rewriter:
         self._ctes.append(ctes)
         try:
             level: _Level = []
-            self._from_item(stmt.relation, level, [])
+            level.append(self._relation(stmt.relation, target=True))
             for item in stmt.usingClause or ():
                 self._from_item(item, level, [])
             if stmt.whereClause is not None:
@@ -990,11 +990,14 @@ class _Rewriter:
                 item.quals = self.expr(item.quals, scopes, _PREDICATE)
         return item
 
-    def _relation(self, rv: Any) -> _Entry:
+    def _relation(self, rv: Any, target: bool = False) -> _Entry:
+        """``target``: the table an INSERT, UPDATE or DELETE writes, which is never a CTE
+        (``WITH t AS (SELECT 1) UPDATE t SET note = reverse(pw)`` writes the table t:
+        taken for the CTE, its masked columns were read clear)."""
         schema = rv.schemaname or None  # the parser folded unquoted names already
         name = rv.relname or ""
         refname = rv.alias.aliasname if rv.alias else rv.relname
-        if schema is None and any(name in c for c in self._ctes):
+        if schema is None and not target and any(name in c for c in self._ctes):
             return _Entry(refname, None, None, {})
         if schema == MASK_SCHEMA:
             raise Refused(
