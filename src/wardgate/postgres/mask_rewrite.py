@@ -686,9 +686,16 @@ class _Rewriter:
                 for n in node:
                     visit(n)
             elif isinstance(node, ast.ColumnRef):
+                # A masked column, or anything that is no column of the snapshot's: a
+                # whole row (``check (reverse(t::text)::int > 0)`` echoed every column).
                 names = _strings(node.fields)
-                if names and names[-1] in entry.masked:
+                star = isinstance(node.fields[-1], ast.A_Star)
+                if star or not names:
+                    hit = hit or "*"
+                elif names[-1] in entry.masked:
                     hit = hit or names[-1]
+                elif not entry.has(names[-1]):
+                    hit = hit or f"{names[-1]} (a whole row?)"
             elif isinstance(node, ast.AlterTableCmd) and (
                 node.subtype == AlterTableType.AT_AlterColumnType and node.name in entry.masked
             ):
@@ -699,13 +706,17 @@ class _Rewriter:
 
         visit(stmt)
         if hit is not None:
-            rule = entry.masked[hit].rule
+            masked = entry.masked.get(hit)
+            rule = masked.rule.rule if masked is not None else self._any_rule()
+            what = f"the masked column {entry.refname}.{hit}"
+            if masked is None:
+                what = f"{hit} of {entry.refname}, which has masked columns,"
             raise Refused(
-                f"this statement makes the server compute over the masked column "
-                f"{entry.refname}.{hit} (an index or generated column, a constraint, a type "
-                f"change): it would store or echo its clear values (masking rule "
-                f"{rule.rule!r}); ask a principal without the rule to run it",
-                rule.rule,
+                f"this statement makes the server compute over {what} (an index or "
+                "generated column, a constraint, a type change): it would store or echo "
+                f"its clear values (masking rule {rule!r}); ask a principal without the "
+                "rule to run it",
+                rule,
             )
 
     def _quietly(self, rv: Any) -> _Entry | None:
