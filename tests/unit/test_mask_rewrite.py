@@ -269,6 +269,8 @@ REFUSED = [
     ("alter table people alter column email type int using email::int", "compute"),
     ("alter table people alter column card type text", "compute over the masked column"),
     ("alter table people add constraint c check (length(people::text) > 0)", "whole row"),
+    # A materialized view of masked columns: its index expressions run over clear values.
+    ("create index on v_mail ((id / 0))", "reads the masked column"),
     ("alter table people add constraint c check (length(row(people.*)::text) > 0)", "compute"),
     ("create function f() returns int language sql as 'select 1'", "creating functions"),
     ("create trigger t before update on orders for each row execute function f()", "creating"),

@@ -721,11 +721,13 @@ class _Rewriter:
 
     def _quietly(self, rv: Any) -> _Entry | None:
         """The relation ``rv`` names, None when the snapshot does not know it; DDL is not
-        pinned (it is sent as written, as on the fast path)."""
+        pinned (it is sent as written, as on the fast path). What reading it refuses
+        (a materialized view of masked columns, whose index expressions would run over
+        its clear values) is refused here too."""
         schema, changed = rv.schemaname, self.changed
         try:
             return self._relation(rv)
-        except Refused:
+        except UnknownRelation:
             return None
         finally:
             rv.schemaname, self.changed = schema, changed
