@@ -16,8 +16,10 @@ group engineers; the read-only ``agent`` cannot run them):
 - ``WITH t AS (SELECT 1) UPDATE t SET notes = reverse(pw)``: the written table taken
   for the CTE of its name, so its masked columns were neither masked nor refused.
 
-And one for any masked principal: a column rule added by a configuration reload never
-reached open sessions (the read-only ``agent`` read the column clear, prepared or not).
+And two for any masked principal (the read-only ``agent``): a column rule added by a
+configuration reload never reached open sessions (the column read clear, prepared or
+not); ``pg_stat_activity JOIN ... USING (query)`` was an exact-match oracle on other
+sessions' query texts.
 
 The last tests pin read-only routes tried that held (the ``agent`` principal), checked
 on the result bytes."""
@@ -243,6 +245,28 @@ def test_a_blocked_builtin_in_a_column_default_is_refused(
                 conn.execute(f"drop table if exists {t}_d")
     assert not _leaks(got), got
     assert "pg_stat_get_backend_activity() reads values past the masking" in repr(got), got
+
+
+def test_no_oracle_on_other_sessions_query_texts_through_a_using_join(gw: Gateway, t: str) -> None:
+    """pg_stat_activity.query is this session's only, but JOIN ... USING (query) and a
+    NATURAL join compare the raw column of every session: the count said whether the
+    reviewer's last statement was exactly the guess (with its clear value)."""
+    text = f"select id from {t} where pw = '{PW}'"
+    guesses = [text, text.replace(PW, PW + "x")]
+    with psycopg.connect(gw.dsn("reviewer"), autocommit=True) as reviewer:
+        reviewer.execute(text.encode()).fetchall()
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            got = [
+                _run(
+                    conn,
+                    "select count(*) from pg_stat_activity "
+                    f"{join} (values ('{g.replace(chr(39), chr(39) * 2)}')) v(query) {using}",
+                )
+                for g in guesses
+                for join, using in (("join", "using (query)"), ("natural join", ""))
+            ]
+    assert got[0] == got[2] and got[1] == got[3], got
+    assert "compares other sessions' query texts" in repr(got[0]), got
 
 
 def test_creating_server_side_code_is_refused(gw: Gateway, t: str, it_database: str) -> None:

@@ -269,6 +269,9 @@ REFUSED = [
     ("alter table people alter column email type int using email::int", "compute"),
     ("alter table people alter column card type text", "compute over the masked column"),
     ("alter table people add constraint c check (length(people::text) > 0)", "whole row"),
+    # The merged column of USING (query) / NATURAL compares every session's query text.
+    ("select 1 from pg_stat_activity join (values ('x')) v(query) using (query)", "USING"),
+    ("select 1 from pg_stat_activity natural join (values ('x')) v(query)", "NATURAL"),
     # A materialized view of masked columns: its index expressions run over clear values.
     ("create index on v_mail ((id / 0))", "reads the masked column"),
     ("alter table people add constraint c check (length(row(people.*)::text) > 0)", "compute"),

@@ -954,6 +954,15 @@ class _Rewriter:
             using = _strings(item.usingClause or ())
             if using or item.isNatural:
                 self._merged.add(id(level))  # * merges the join columns: not expandable
+            if (item.isNatural or "query" in using) and any(e.activity for e in level[start:]):
+                # The merged column compares the raw query texts of every session (no
+                # column reference to rewrite): an exact-match oracle on them.
+                raise Refused(
+                    "pg_stat_activity in a NATURAL join or a join USING (query) compares "
+                    "other sessions' query texts; join ON other columns (query shows this "
+                    "session's only)",
+                    self._any_rule(),
+                )
             if item.isNatural:
                 using = [c for e in level for c in e.masked]
             for name in using:
