@@ -66,7 +66,8 @@ class Services:
 
     def reload(self, config: Config) -> None:
         """Swap the policy atomically; sessions pick it up at their next action (masking
-        at their next result). A changed masking key takes a restart."""
+        at their next result; a PostgreSQL session whose masking changed is refused until
+        it reconnects, relay_state.py). A changed masking key takes a restart."""
         self.config = config
         self.gate = Gate(config, self.gate.facts)
         self.masking = MaskingPolicy(config, self.masking_key)

@@ -88,6 +88,16 @@ class SessionMasking:
     column_rules: tuple[ColumnRule, ...] = ()
     memo: dict[tuple[bytes, str, bool], bytes | None] = field(default_factory=dict, compare=False)
 
+    def signature(self) -> tuple[object, ...]:
+        """What this masking does, by value (a reload makes new Masker objects): a
+        session compares it to tell whether a reload changed its masking."""
+        return (
+            tuple((m.strategy, m.entities) for m in self.content),
+            tuple((glob, m.strategy, m.entities) for glob, m in self.columns),
+            self.masks_ips,
+            self.column_rules,
+        )
+
     def mask_text(self, text: str) -> str:
         for masker in self.content:
             text = masker.mask_text(text)

@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums.parsenodes import SetOperation
+from pglast.enums.parsenodes import AlterTableType, SetOperation
 from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
@@ -314,7 +314,28 @@ def _refuse_changing_mask_schema(tree: Any, rules: tuple[ColumnRule, ...]) -> No
             )
 
 
-_SLOW_STATEMENTS = frozenset({"DoStmt", "CallStmt", "ListenStmt"})
+_SLOW_STATEMENTS = frozenset(
+    {
+        "DoStmt", "CallStmt", "ListenStmt", "CreateFunctionStmt", "CreateTrigStmt",
+        "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt",
+    }
+)  # fmt: skip
+# ALTER TABLE subcommands that change which table's rows another table returns.
+_RELINKING = frozenset(
+    {
+        AlterTableType.AT_AddInherit, AlterTableType.AT_DropInherit,
+        AlterTableType.AT_AttachPartition, AlterTableType.AT_DetachPartition,
+        AlterTableType.AT_DetachPartitionFinalize,
+    }
+)  # fmt: skip
+# Statements that create code the server runs later, unseen (_Rewriter.statement).
+_LATER_CODE = (
+    ast.CreateFunctionStmt,
+    ast.CreateTrigStmt,
+    ast.RuleStmt,
+    ast.CreatePolicyStmt,
+    ast.AlterPolicyStmt,
+)
 # Statements whose relation references the rewriter resolves (_Rewriter.statement), so
 # pins; the others' (DDL) are left as written. A rename or move of a relation is pinned
 # by the full rewrite only.
@@ -598,6 +619,19 @@ class _Rewriter:
         ):
             self._refuse_moving_masked(stmt)
             return stmt
+        if isinstance(stmt, ast.IndexStmt | ast.AlterTableStmt) and isinstance(
+            stmt.relation, ast.RangeVar
+        ):
+            self._refuse_evaluating_masked(stmt)  # and blocked calls, below
+        if isinstance(stmt, _LATER_CODE):
+            raise Refused(
+                "creating functions, procedures, triggers, rules or row-level security "
+                "policies is not supported for principals under a masking rule: the server "
+                "runs them later, out of the gateway's sight, where they can read masked "
+                "columns in clear (a trigger, a column default, an index expression); ask a "
+                "principal without the rule to create it",
+                self._any_rule(),
+            )
         if isinstance(stmt, ast.ListenStmt):
             # NOTIFY payloads come from other sessions (a trigger's row_to_json(NEW))
             # and reach the client as they are: nothing masks them.
@@ -613,6 +647,7 @@ class _Rewriter:
                 "columns in clear; run the SQL as separate statements",
                 self._any_rule(),
             )
+        self._refuse_blocked_calls(stmt)
         return stmt
 
     def _refuse_moving_masked(self, stmt: Any) -> None:
@@ -630,6 +665,96 @@ class _Rewriter:
                 "(or an administrator changing the rule too) can do it",
                 rule.rule,
             )
+
+    def _refuse_evaluating_masked(self, stmt: Any) -> None:
+        """CREATE INDEX and ALTER TABLE on a table with masked columns whose expressions
+        (an index expression or predicate, a generated column, a CHECK or EXCLUDE
+        constraint, ALTER COLUMN ... TYPE ... USING) read a masked column, or that change
+        a masked column's type: the server evaluates them over the clear values, and
+        stores them (a generated column is read back unmasked) or echoes them in errors
+        (``create index on t ((reverse(pw)::int))``: ``invalid input syntax for type
+        integer: "2retnuh"``)."""
+        entry = self._quietly(stmt.relation)
+        self._refuse_relinking(stmt, entry)
+        if entry is None or not entry.masked:
+            return  # not a table the snapshot knows, or none with masked columns
+        hit: str | None = None
+
+        def visit(node: Any) -> Any:
+            nonlocal hit
+            if isinstance(node, tuple | list):
+                for n in node:
+                    visit(n)
+            elif isinstance(node, ast.ColumnRef):
+                # A masked column, or anything that is no column of the snapshot's: a
+                # whole row (``check (reverse(t::text)::int > 0)`` echoed every column).
+                names = _strings(node.fields)
+                star = isinstance(node.fields[-1], ast.A_Star)
+                if star or not names:
+                    hit = hit or "*"
+                elif names[-1] in entry.masked:
+                    hit = hit or names[-1]
+                elif not entry.has(names[-1]):
+                    hit = hit or f"{names[-1]} (a whole row?)"
+            elif isinstance(node, ast.AlterTableCmd) and (
+                node.subtype == AlterTableType.AT_AlterColumnType and node.name in entry.masked
+            ):
+                hit = hit or node.name
+            if isinstance(node, ast.Node):
+                self._children(node, visit)
+            return node
+
+        visit(stmt)
+        if hit is not None:
+            masked = entry.masked.get(hit)
+            rule = masked.rule.rule if masked is not None else self._any_rule()
+            what = f"the masked column {entry.refname}.{hit}"
+            if masked is None:
+                what = f"{hit} of {entry.refname}, which has masked columns,"
+            raise Refused(
+                f"this statement makes the server compute over {what} (an index or "
+                "generated column, a constraint, a type change): it would store or echo "
+                f"its clear values (masking rule {rule!r}); ask a principal without the "
+                "rule to run it",
+                rule,
+            )
+
+    def _quietly(self, rv: Any) -> _Entry | None:
+        """The relation ``rv`` names, None when the snapshot does not know it; DDL is not
+        pinned (it is sent as written, as on the fast path). What reading it refuses
+        (a materialized view of masked columns, whose index expressions would run over
+        its clear values) is refused here too."""
+        schema, changed = rv.schemaname, self.changed
+        try:
+            return self._relation(rv)
+        except UnknownRelation:
+            return None
+        finally:
+            rv.schemaname, self.changed = schema, changed
+
+    def _refuse_relinking(self, stmt: Any, entry: _Entry | None) -> None:
+        """ALTER TABLE ... INHERIT / NO INHERIT / ATTACH PARTITION / DETACH PARTITION
+        with a table a rule names on either side: the rules follow pg_inherits as the
+        snapshot has it, so a new parent read in the same transaction (``begin; alter
+        table t inherit p; select pw from p``) returned t's rows clear, and a detached
+        partition is no longer its masked parent's once the snapshot is read again."""
+        if not isinstance(stmt, ast.AlterTableStmt):
+            return
+        for cmd in stmt.cmds or ():
+            if not isinstance(cmd, ast.AlterTableCmd) or cmd.subtype not in _RELINKING:
+                continue
+            other = cmd.def_.name if isinstance(cmd.def_, ast.PartitionCmd) else cmd.def_
+            entries = [entry, self._quietly(other) if isinstance(other, ast.RangeVar) else None]
+            guarded = [e for e in entries if e is not None and e.guarded]
+            if guarded:
+                rule = guarded[0].rule()
+                raise Refused(
+                    f"changing the inheritance or partitions of {guarded[0].refname}, which "
+                    "a masking rule names, would let its rows be read under another "
+                    f"table's name (masking rule {rule.rule if rule else self._any_rule()!r}); "
+                    "a principal without the rule can do it",
+                    rule.rule if rule else self._any_rule(),
+                )
 
     def _with(self, with_clause: Any, outer: list[_Level]) -> set[str]:
         """The CTE names the statement sees. Each CTE's own query sees the CTEs before
@@ -704,7 +829,7 @@ class _Rewriter:
             if stmt.selectStmt is not None:
                 stmt.selectStmt = self._writing(stmt.selectStmt, before)
             level: _Level = []
-            self._from_item(stmt.relation, level, [])
+            level.append(self._relation(stmt.relation, target=True))
             if stmt.onConflictClause is not None:
                 stmt.onConflictClause = self.expr(stmt.onConflictClause, [level], _PREDICATE)
             if stmt.returningList:
@@ -732,7 +857,7 @@ class _Rewriter:
         self._ctes.append(ctes)
         try:
             level: _Level = []
-            self._from_item(stmt.relation, level, [])
+            level.append(self._relation(stmt.relation, target=True))
             for item in stmt.fromClause or ():
                 self._from_item(item, level, [])
             scopes = [level]
@@ -767,7 +892,7 @@ class _Rewriter:
         self._ctes.append(ctes)
         try:
             level: _Level = []
-            self._from_item(stmt.relation, level, [])
+            level.append(self._relation(stmt.relation, target=True))
             for item in stmt.usingClause or ():
                 self._from_item(item, level, [])
             if stmt.whereClause is not None:
@@ -829,6 +954,15 @@ class _Rewriter:
             using = _strings(item.usingClause or ())
             if using or item.isNatural:
                 self._merged.add(id(level))  # * merges the join columns: not expandable
+            if (item.isNatural or "query" in using) and any(e.activity for e in level[start:]):
+                # The merged column compares the raw query texts of every session (no
+                # column reference to rewrite): an exact-match oracle on them.
+                raise Refused(
+                    "pg_stat_activity in a NATURAL join or a join USING (query) compares "
+                    "other sessions' query texts; join ON other columns (query shows this "
+                    "session's only)",
+                    self._any_rule(),
+                )
             if item.isNatural:
                 using = [c for e in level for c in e.masked]
             for name in using:
@@ -878,11 +1012,14 @@ class _Rewriter:
                 item.quals = self.expr(item.quals, scopes, _PREDICATE)
         return item
 
-    def _relation(self, rv: Any) -> _Entry:
+    def _relation(self, rv: Any, target: bool = False) -> _Entry:
+        """``target``: the table an INSERT, UPDATE or DELETE writes, which is never a CTE
+        (``WITH t AS (SELECT 1) UPDATE t SET note = reverse(pw)`` writes the table t:
+        taken for the CTE, its masked columns were read clear)."""
         schema = rv.schemaname or None  # the parser folded unquoted names already
         name = rv.relname or ""
         refname = rv.alias.aliasname if rv.alias else rv.relname
-        if schema is None and any(name in c for c in self._ctes):
+        if schema is None and not target and any(name in c for c in self._ctes):
             return _Entry(refname, None, None, {})
         if schema == MASK_SCHEMA:
             raise Refused(
@@ -1200,8 +1337,25 @@ class _Rewriter:
                     setattr(node, name, new)
         return node
 
-    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
-        names = _strings(node.funcname)
+    def _refuse_blocked_calls(self, stmt: Any) -> None:
+        """Any other statement (DDL): a blocked built-in or a wardgate_mask function in
+        it (a column default, a constraint, an index expression) runs later, on the
+        server, past the rewrite: ``CREATE TABLE x (v text DEFAULT
+        pg_stat_get_backend_activity(7))`` and an INSERT stored another session's query."""
+
+        def visit(node: Any) -> Any:
+            if isinstance(node, tuple | list):
+                for n in node:
+                    visit(n)
+            elif isinstance(node, ast.Node):
+                if isinstance(node, ast.FuncCall):
+                    self._refuse_blocked_call(_strings(node.funcname))
+                self._children(node, visit)
+            return node
+
+        visit(stmt)
+
+    def _refuse_blocked_call(self, names: list[str]) -> None:
         name = names[-1]
         schema = names[0] if len(names) > 1 else None
         if name in BLOCKED_FUNCTIONS and schema in (None, "pg_catalog"):
@@ -1217,6 +1371,12 @@ class _Rewriter:
                 "an oracle on the masking key",
                 self._any_rule(),
             )
+
+    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        names = _strings(node.funcname)
+        name = names[-1]
+        schema = names[0] if len(names) > 1 else None
+        self._refuse_blocked_call(names)
         builtin = schema in (None, "pg_catalog") and (
             name in BUILTIN_READ_ONLY or name in WRITE_FUNCTIONS
         )

@@ -415,20 +415,41 @@ def _mask_binary_array(value: bytes, masking: SessionMasking, encoding: str) -> 
 
 # ErrorResponse / NoticeResponse fields that carry no user data and stay as they are.
 _CODE_FIELDS = frozenset(b"SVCFLRPpn")
+# SQLSTATE classes whose DETAIL quotes row values the statement never selected: 23
+# (integrity constraint violation: ``Failing row contains (...)`` of a not-null, check,
+# partition or exclusion constraint, ``Key (...)=(...)`` of a unique, foreign or
+# exclusion key) and 44 (WITH CHECK OPTION violation: the failing row).
+_ROW_DETAIL_CLASSES = (b"23", b"44")
 
 
 def mask_error_fields(raw: bytes, masking: SessionMasking, encoding: str) -> bytes:
     """An ErrorResponse or NoticeResponse with its text fields masked (a unique
-    violation's DETAIL quotes the key: ``Key (email)=(jane@example.com)``)."""
+    violation's DETAIL quotes the key: ``Key (email)=(jane@example.com)``).
+
+    For a principal under a column rule, the DETAIL of a constraint violation is
+    withheld whole: ``UPDATE t SET name = NULL WHERE id = 1`` fails with ``Failing row
+    contains (1, null, <every column of the row, masked ones in clear>)``, and a masked
+    value content detection does not recognise (a password, a bare number) would pass."""
     body = raw[5:]
     fields = body.rstrip(b"\0").split(b"\0") if body.strip(b"\0") else []
+    withhold = bool(masking.column_rules) and any(
+        f[:1] == b"C" and f[1:3] in _ROW_DETAIL_CLASSES for f in fields
+    )
     out = []
     changed = False
     for field in fields:
         if not field:
             continue
         code, value = field[:1], field[1:]
-        if code[0] not in _CODE_FIELDS:
+        if withhold and code == b"D":
+            rule = masking.column_rules[0].rule
+            value = (
+                "wardgate: detail withheld: a constraint violation's detail quotes row "
+                f"values, which may hold columns masked by rule {rule!r} in clear; the "
+                "message names the constraint (ask a principal without the rule for the row)"
+            ).encode(encoding, "replace")
+            changed = True
+        elif code[0] not in _CODE_FIELDS:
             masked = masking.mask_bytes(value, encoding)
             if masked is not None:
                 value, changed = masked, True

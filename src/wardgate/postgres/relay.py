@@ -98,6 +98,9 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self.client_addr = client_addr
         self.scanner: BackendScanner = upstream.scanner
         session_masking = services.masking.for_session(principal, connection)
+        # The masking of the configuration in force now is the session's own
+        # (relay_state.py `_masking_changed` compares later configurations' with it).
+        self._masking_now = (services.config, False)
         limits = services.config.limits
         self.masking = (
             ResultMasking(session_masking, limits.session_names)

@@ -55,6 +55,12 @@ _POISON_SQL = "wardgate blocked statement"
 POISON_QUERY = build.query(_POISON_SQL)
 POISON_PARSE = build.parse("", _POISON_SQL)
 
+MASKING_RELOADED = (
+    "the masking rules for this principal on this connection changed (a configuration "
+    "reload) since this session started; a session keeps the masking it started with, so "
+    "its statements are refused: reconnect to continue under the new rules"
+)
+
 
 class Act:
     """One action in flight: what was asked, what the gate said, when it started."""
@@ -191,6 +197,9 @@ class RelayState:
     _principal_now: tuple[Config, Principal] | None = None
     # Records of the server chunk being relayed, submitted once it is written (`_submit`).
     _deferred: list[Record] | None = None
+    # Whether the masking the configuration in force gives the principal differs from
+    # the masking the session started with (`_masking_changed`), per configuration.
+    _masking_now: tuple[Config, bool] | None = None
 
     # -- judging --------------------------------------------------------------------------
 
@@ -253,12 +262,34 @@ class RelayState:
             else frozenset()
         )
         verdict = self.services.gate.check(action, granted, params_later=params_later)
+        if self._masking_changed():
+            return Verdict(Decision.BLOCK, "masking:reload", MASKING_RELOADED, verdict.statements)
         if self.services.recorder.unavailable:
             # Nothing runs that cannot be recorded (an observed connection included).
             return Verdict(
                 Decision.BLOCK, AUDIT_UNAVAILABLE_RULE, AUDIT_UNAVAILABLE, verdict.statements
             )
         return verdict
+
+    def _masking_changed(self) -> bool:
+        """A session masks with the rules it started with (the result plans, the
+        rewriter's rules, the search_paths it asked for all follow from them); after a
+        reload gives the principal other masking, its statements are refused until it
+        reconnects. Before, a rule added by a reload never reached open sessions: a
+        column it masks came back clear to them, prepared statements and new text alike."""
+        config = self.services.config
+        seen = self._masking_now
+        if seen is None or seen[0] is not config:  # asked once per configuration
+            principal = config.principal(self.principal.name) or dataclasses.replace(
+                self.principal, groups=frozenset()
+            )
+            now = self.services.masking.for_session(principal, self.connection)
+            started = self.masking.masking if self.masking is not None else None
+            changed = (now.signature() if now else None) != (
+                started.signature() if started else None
+            )
+            seen = self._masking_now = (config, changed)
+        return seen[1]
 
     def _mask_rewrite(self, sql: str) -> bytes | Verdict | None:
         """``sql`` with the principal's masked columns computed masked in the database
