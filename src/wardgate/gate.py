@@ -101,16 +101,32 @@ class UserCode:
     function. ``implicit``: why any expression may run one (an IMPLICIT or ASSIGNMENT
     user cast, a user comparison operator), or empty. ``attributes``: names of user
     functions one argument can call, which PostgreSQL also calls for a field selection
-    (``(3).bump``, ``t.bump``), lower-cased."""
+    (``(3).bump``, ``t.bump``), lower-cased. ``type_oids``: the types of ``types`` as
+    (OID, "schema.name"): a Parse that declares a parameter of one coerces the bound
+    value to it, as a cast would, with no name in the text."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
     implicit: str = ""
     attributes: frozenset[str] = frozenset()
+    type_oids: frozenset[tuple[int, str]] = frozenset()
+
+    def declared_types(self, oids: tuple[int, ...]) -> list[str]:
+        """The names of those of ``oids`` (a Parse's parameter types) that may run a
+        user function when a value is bound to them."""
+        wanted = set(oids)
+        return sorted(name for oid, name in self.type_oids if oid in wanted)
 
 
 _NO_USER_CODE = UserCode()
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+# Built-ins that read values as the column types of the row type their first argument
+# has (`json_populate_record(t, '{"c": 3}')` with `t` a row of a table read): input
+# functions and domain CHECKs of those columns run with no cast in the text.
+_POPULATES = frozenset(
+    {"json_populate_record", "json_populate_recordset", "jsonb_populate_record",
+     "jsonb_populate_recordset"}
+)  # fmt: skip
 # First kinds of statements that evaluate no expression, hence call no cast or operator.
 _NO_EXPRESSIONS = frozenset(
     {"transaction", "show", "discard", "listen", "unlisten", "deallocate", "close_cursor"}
@@ -553,6 +569,18 @@ class Gate:
                 not schema and bare in found.operators
             ):
                 unknown.append(f"operator {op}")
+        populates = [f for f in stmt.functions if f.rpartition(".")[2] in _POPULATES]
+        if populates and found.types:
+            rows = [
+                t
+                for t in stmt.tables_read
+                if t.lower() in found.types or t.rpartition(".")[2].lower() in found.types
+            ]
+            if rows:
+                unknown.append(
+                    f"{populates[0]} (it reads values as the column types of a row of "
+                    f"{rows[0]}, whose input or domain CHECK runs a user function)"
+                )
         unknown += [
             f"function {name} (selected as a field: x.{name} is {name}(x))"
             for name in stmt.attributes

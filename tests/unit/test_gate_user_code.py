@@ -145,3 +145,39 @@ def test_a_cast_never_shares_a_verdict_with_its_fingerprint(config: Config) -> N
         ("select 6", Decision.ALLOW),
     ]:
         assert gate.check(Action(p, "shop", "postgres", "sql", sql)).decision == decision, sql
+
+
+# attack14e: a type no cast in the text names.
+CHECKED = user_code(
+    [
+        ("type", "public", "touchy"),
+        ("type", "public", "dt"),
+        ("type_oid", "public.touchy", "30605"),
+        ("type_oid", "public.dt", "30607"),
+    ]
+)
+
+
+def test_prepare_argument_types_are_casts(config: Config) -> None:
+    (info,) = classify("prepare p(int, public.touchy[]) as select $1")
+    assert "public.touchy" in info.types
+    assert judge(config, "prepare p(touchy) as select $1", CHECKED).startswith("block:")
+    assert judge(config, "prepare p(int) as select $1", CHECKED).startswith("allow:")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        """select json_populate_record(x, '{"d": 3}') from dt x""",
+        """select * from public.dt x, jsonb_populate_recordset(x, '[{"d": 3}]')""",
+    ],
+)
+def test_populating_a_row_of_a_checked_type_runs_user_code(config: Config, sql: str) -> None:
+    verdict = judge(config, sql, CHECKED)
+    assert verdict.startswith("block:") and "column types of a row of" in verdict, verdict
+    assert judge(config, sql.replace("dt x", "stock x"), CHECKED).startswith("allow:")
+
+
+def test_declared_parameter_types_by_oid() -> None:
+    assert CHECKED.declared_types((0, 23, 30607)) == ["public.dt"]
+    assert CHECKED.declared_types((23,)) == []

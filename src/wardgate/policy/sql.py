@@ -624,6 +624,10 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
             # A cast (`x::t`, `CAST`, `t 'x'`) or a column definition that coerces
             # values (`json_to_record(j) AS r(a t)`, XMLTABLE, JSON_TABLE) to type t.
             types.append(".".join(_names(type_name.get("names", []))))
+        elif inner_type == "TypeName":
+            # A type in a list: `PREPARE p(t) AS ...` coerces every EXECUTE argument to
+            # t (its input function, a domain's CHECK), as a cast would.
+            types.append(".".join(_names(inner.get("names", []))))
         if inner_type == "RangeVar":
             if node_type == "CopyStmt" and parent == "relation":
                 continue  # counted above

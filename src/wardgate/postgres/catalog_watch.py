@@ -51,7 +51,8 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # name). "user" functions: outside the system schemas; a domain CHECK also counts
 # VOLATILE built-ins (nextval, set_config). "type": an explicit cast to it may run one
 # (its cast or input function, its CHECK), closed over domains, arrays and composites
-# of such types. "operator": in a user schema, or implemented by a user function.
+# of such types; "type_oid": the same types by OID (a Parse may declare a parameter's
+# type by OID alone). "operator": in a user schema, or implemented by a user function.
 # "implicit": a user cast PostgreSQL may insert into any expression. "attribute": a user
 # function one argument can call, which a field selection calls too (`(3).bump`,
 # `t.bump` is bump(t) when t has no column bump).
@@ -118,6 +119,10 @@ SELECT 'type', n.nspname, t.typname FROM flagged f
 JOIN pg_catalog.pg_type t ON t.oid = f.t
 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 UNION
+SELECT 'type_oid', format('%s.%s', n.nspname, t.typname), t.oid::text FROM flagged f
+JOIN pg_catalog.pg_type t ON t.oid = f.t
+JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+UNION
 SELECT 'operator', n.nspname, o.oprname FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
 WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -140,12 +145,15 @@ _IMPLIED = frozenset({"=", "<>", "<", ">", "<=", ">="})
 def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
     """The facts one catalogue answer gives (``_USER_CODE_QUERY``)."""
     types: set[str] = set()
+    type_oids: set[tuple[int, str]] = set()
     operators: set[str] = set()
     attributes: set[str] = set()
     implicit: list[str] = []
     for what, schema, name in rows:
         if what == "type":
             types.update((name.lower(), f"{schema}.{name}".lower()))
+        elif what == "type_oid":
+            type_oids.add((int(name), schema))
         elif what == "operator":
             operators.add(name)
         elif what == "attribute":
@@ -158,6 +166,7 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
         frozenset(operators),
         "; ".join(sorted(implicit)[:10]),
         frozenset(attributes),
+        frozenset(type_oids),
     )
 
 

@@ -19,6 +19,23 @@ from wardgate.reviews.settle import Settled
 
 class ExtendedProtocol(ReviewHold):
     def _on_parse(self, msg: m.Parse, raw: bytes, out: list[bytes]) -> None:
+        if msg.param_types and (
+            declared := self.services.gate.facts.user_code(self.connection).declared_types(
+                msg.param_types
+            )
+        ):
+            # The server coerces each bound value to its declared type: a cast no text
+            # shows, which may run a domain's CHECK or an input function that writes.
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:parameter-type",
+                f"a parameter is declared as type {', '.join(declared)}, whose input or "
+                "CHECK runs a user function when a value is bound; declare the parameter "
+                f"without a type (0) and cast it in the SQL ($1::{declared[0]}), where the "
+                "policy judges the cast",
+            )
+            self._block_extended(msg.sql, (), verdict, out)
+            return
         verdict = self._judge(self._action(msg.sql, ()), params_later=True)
         # A statement needing review is held at Execute, once its parameters are known.
         if not verdict.lets_through and not needs_review(verdict):

@@ -1,0 +1,170 @@
+"""attack14e: values coerced to a type no statement text names. A domain whose CHECK calls
+a user function runs that function for every value converted to it; the gate judged such
+conversions only where the text casts (`3::touchy`). Here the type comes from a Parse's
+parameter OIDs, from a SQL PREPARE's argument list, or from the row type of a table the
+populate functions read values into. Each is driven through the real gateway into a real
+PostgreSQL and judged by the write log of `pg_diff.py`'s target, not by the verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import Gateway
+from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target, start_gateway
+from tests.integration.test_attack14c import _unchanged
+from wardgate.postgres.codec import build
+
+pytestmark = pytest.mark.usefixtures("pg_server")
+
+q = build.query
+BOTH = pytest.mark.parametrize("who", ["ro", "rv"])
+
+# Made by the database's owner before the gateway starts: a domain whose CHECK writes
+# (stock row 7), a table of it, a table of an array of it.
+EXTRA = """
+create function public.audit_touch(int) returns bool language sql volatile as
+    $$ update public.stock set qty = qty + 1000 where id = 7; select true $$;
+create domain public.touchy as int check (public.audit_touch(value));
+create table public.dt (d public.touchy);
+create table public.holder (arr public.touchy[]);
+"""
+
+
+@pytest.fixture(scope="module")
+def target(pg_server: None) -> Iterator[Target]:
+    for made in make_target(EXTRA):
+        with made.conn() as c:
+            c.execute(f'grant select on public.dt, public.holder to "{made.role}"')
+        yield made
+
+
+@pytest.fixture(scope="module")
+def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = start_gateway(tmp_path_factory.mktemp("attack14e"), target)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
+    yield from lazy_wires(gw)
+
+
+@pytest.fixture(scope="module")
+def oids(target: Target) -> dict[str, int]:
+    with target.conn() as c:
+        rows = c.execute(
+            "select typname, oid::int from pg_type where typname in"
+            " ('touchy', '_touchy', 'dt', 'int4')"
+        ).fetchall()
+    return {str(name): int(oid) for name, oid in rows}
+
+
+def _wait_for_catalog_watch(w: Wire) -> None:
+    """The catalogue watch reads which types run user code at start: until then a cast
+    to touchy is a plain read (its documented window)."""
+    deadline = time.monotonic() + 20
+    while True:
+        reply = w.run(q("select null::touchy"), ready=1)
+        if reply.errors():
+            return
+        assert time.monotonic() < deadline, "the catalogue watch never flagged touchy"
+        time.sleep(0.3)
+
+
+# -- a Parse declares a parameter's type by OID ------------------------------------------
+# `select $1` with $1 declared as touchy (Parse's parameter type OIDs): the server
+# converts the bound '3' to touchy at Bind, and the CHECK wrote stock row 7. The gate
+# judged `select $1`, a read.
+
+
+@BOTH
+@pytest.mark.parametrize(
+    ("declared", "value"), [("touchy", "3"), ("_touchy", "{3}"), ("dt", "(3)")]
+)
+def test_a_parameter_declared_as_a_checked_domain_is_refused(
+    target: Target,
+    wires: dict[str, Wire],
+    oids: dict[str, int],
+    who: str,
+    declared: str,
+    value: str,
+) -> None:
+    w = wires[who]
+    _wait_for_catalog_watch(w)
+    start, before = target.last_id(), target.snapshot()
+    reply = w.run(
+        build.parse("", "select $1", (oids[declared],)),
+        build.bind("", "", [value]),
+        build.execute(""),
+        build.sync(),
+        ready=1,
+    )
+    assert "wardgate:parameter-type" in reply.text(), reply.text()
+    assert reply.rows() == 0
+    _unchanged(target, before, start)
+    # Declared as its base type, or not at all, the same statement still reads.
+    for types in [(oids["int4"],), (0,)]:
+        reply = w.run(
+            build.parse("", "select $1", types),
+            build.bind("", "", ["3"]),
+            build.execute(""),
+            build.sync(),
+            ready=1,
+        )
+        assert reply.errors() == [] and reply.rows() == 1, reply.text()
+
+
+# -- SQL PREPARE's argument types are casts of every EXECUTE argument --------------------
+
+
+@BOTH
+def test_prepare_with_a_checked_domain_argument_is_judged_as_its_cast(
+    target: Target, wires: dict[str, Wire], who: str
+) -> None:
+    # `prepare p(touchy) as select $1; execute p(3)`: the EXECUTE converts 3 to touchy.
+    # PREPARE's argument list was not read as types, so both were reads.
+    w = wires[who]
+    _wait_for_catalog_watch(w)
+    start, before = target.last_id(), target.snapshot()
+    reply = w.run(q("prepare p14e(touchy) as select $1; execute p14e(3)"), ready=1)
+    assert "cast to touchy" in reply.text(), reply.text()
+    assert reply.rows() == 0
+    _unchanged(target, before, start)
+
+
+# -- the populate functions read values as a row's column types -------------------------
+# `x` is a (NULL) row of dt: json_populate_record(x, '{"d": 3}') converts 3 to touchy.
+
+POPULATES = [
+    """select json_populate_record(x, '{"d": 3}') from (values (1)) v left join dt x on false""",
+    """select (jsonb_populate_record(x, '{"d": 3}')).d from (values (1)) v"""
+    " left join public.dt x on false",
+    """select * from (values (1)) v left join dt x on false,"""
+    """ json_populate_recordset(x, '[{"d": 3}]')""",
+    """select jsonb_populate_recordset(x, '[{"arr": [3]}]')"""
+    " from (values (1)) v left join holder x on false",
+]
+
+
+@BOTH
+def test_populating_a_row_of_a_checked_domain_is_a_call_of_user_code(
+    target: Target, wires: dict[str, Wire], who: str
+) -> None:
+    w = wires[who]
+    _wait_for_catalog_watch(w)
+    start, before = target.last_id(), target.snapshot()
+    for sql in POPULATES:
+        reply = w.run(q(sql), ready=1)
+        assert "reads values as the column types" in reply.text(), (sql, reply.text())
+        assert reply.rows() == 0, sql
+    _unchanged(target, before, start)
+    # A row of a table without such a type is still a read.
+    reply = w.run(
+        q("""select json_populate_record(s, '{"qty": 3}') from stock s where id = 1"""), ready=1
+    )
+    assert reply.errors() == [] and reply.rows() == 1, reply.text()
