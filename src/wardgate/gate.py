@@ -103,13 +103,16 @@ class UserCode:
     functions one argument can call, which PostgreSQL also calls for a field selection
     (``(3).bump``, ``t.bump``), lower-cased. ``type_oids``: the types of ``types`` as
     (OID, "schema.name"): a Parse that declares a parameter of one coerces the bound
-    value to it, as a cast would, with no name in the text."""
+    value to it, as a cast would, with no name in the text. ``column_tables``: tables
+    and views with a column of such a type (not a domain over a harmless one): an
+    array or row column that COALESCE, UNION or a comparison converts values to."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
     implicit: str = ""
     attributes: frozenset[str] = frozenset()
     type_oids: frozenset[tuple[int, str]] = frozenset()
+    column_tables: frozenset[str] = frozenset()
 
     def declared_types(self, oids: tuple[int, ...]) -> list[str]:
         """The names of those of ``oids`` (a Parse's parameter types) that may run a
@@ -569,18 +572,8 @@ class Gate:
                 not schema and bare in found.operators
             ):
                 unknown.append(f"operator {op}")
-        populates = [f for f in stmt.functions if f.rpartition(".")[2] in _POPULATES]
-        if populates and found.types:
-            rows = [
-                t
-                for t in stmt.tables_read
-                if t.lower() in found.types or t.rpartition(".")[2].lower() in found.types
-            ]
-            if rows:
-                unknown.append(
-                    f"{populates[0]} (it reads values as the column types of a row of "
-                    f"{rows[0]}, whose input or domain CHECK runs a user function)"
-                )
+        if found.types and stmt.tables_read:
+            unknown += _conversions_into_rows(stmt, found)
         unknown += [
             f"function {name} (selected as a field: x.{name} is {name}(x))"
             for name in stmt.attributes
@@ -589,6 +582,34 @@ class Gate:
         if found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
             unknown.append(f"any expression ({found.implicit})")
         return unknown
+
+
+def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
+    """Values PostgreSQL may convert to a type of a table ``stmt`` reads, with no cast
+    in the text: to its row type (a whole-row value in COALESCE, a comparison, a UNION;
+    ``json_populate_record``), or to a column's array or row type."""
+
+    def named(t: str, names: frozenset[str]) -> bool:
+        return t.lower() in names or t.rpartition(".")[2].lower() in names
+
+    columns = [t for t in stmt.tables_read if named(t, found.column_tables)]
+    if columns:
+        return [
+            f"a conversion to a column type of {columns[0]} (PostgreSQL converts values "
+            "compared with, coalesced or united with it, whose input or domain CHECK runs "
+            "a user function)"
+        ]
+    populates = [f for f in stmt.functions if f.rpartition(".")[2] in _POPULATES]
+    if not populates and "whole_row" not in stmt.kinds:
+        return []
+    rows = [t for t in stmt.tables_read if named(t, found.types)]
+    if not rows:
+        return []
+    how = populates[0] if populates else "a whole-row value"
+    return [
+        f"{how} (it reads values as the column types of a row of {rows[0]}, whose input "
+        "or domain CHECK runs a user function)"
+    ]
 
 
 _CREDENTIAL_READ = (

@@ -181,3 +181,23 @@ def test_populating_a_row_of_a_checked_type_runs_user_code(config: Config, sql: 
 def test_declared_parameter_types_by_oid() -> None:
     assert CHECKED.declared_types((0, 23, 30607)) == ["public.dt"]
     assert CHECKED.declared_types((23,)) == []
+
+
+def test_conversions_into_a_row_or_column_type_run_user_code(config: Config) -> None:
+    found = user_code(
+        [
+            ("type", "public", "touchy"),
+            ("type", "public", "dt"),
+            ("type", "public", "holder"),
+            ("column_table", "public", "holder"),
+        ]
+    )
+    for sql in [
+        "select coalesce(x, '(3)') from dt x",
+        "select coalesce(x.*, '(3)') from dt x",
+        "select arr from holder",
+        "select 1 from public.holder",
+    ]:
+        assert judge(config, sql, found).startswith("block:"), sql
+    for sql in ["select * from dt", "select d from dt where d = '3'", "select s from stock s"]:
+        assert judge(config, sql, found).startswith("allow:"), sql

@@ -52,7 +52,10 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # VOLATILE built-ins (nextval, set_config). "type": an explicit cast to it may run one
 # (its cast or input function, its CHECK), closed over domains, arrays and composites
 # of such types; "type_oid": the same types by OID (a Parse may declare a parameter's
-# type by OID alone). "operator": in a user schema, or implemented by a user function.
+# type by OID alone). "column_table": a table or view with a column of such a type that
+# is not a domain over a harmless one (an array or row of a checked domain, a user base
+# type): COALESCE, UNION, comparisons and parameters convert other values to it.
+# "operator": in a user schema, or implemented by a user function.
 # "implicit": a user cast PostgreSQL may insert into any expression. "attribute": a user
 # function one argument can call, which a field selection calls too (`(3).bump`,
 # `t.bump` is bump(t) when t has no column bump).
@@ -123,6 +126,13 @@ SELECT 'type_oid', format('%s.%s', n.nspname, t.typname), t.oid::text FROM flagg
 JOIN pg_catalog.pg_type t ON t.oid = f.t
 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 UNION
+SELECT 'column_table', n.nspname, c.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND a.atttypid IN (SELECT t FROM flagged)
+  AND NOT (t.typtype = 'd' AND t.typbasetype NOT IN (SELECT t FROM flagged))
+UNION
 SELECT 'operator', n.nspname, o.oprname FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
 WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -146,6 +156,7 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
     """The facts one catalogue answer gives (``_USER_CODE_QUERY``)."""
     types: set[str] = set()
     type_oids: set[tuple[int, str]] = set()
+    column_tables: set[str] = set()
     operators: set[str] = set()
     attributes: set[str] = set()
     implicit: list[str] = []
@@ -154,6 +165,8 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
             types.update((name.lower(), f"{schema}.{name}".lower()))
         elif what == "type_oid":
             type_oids.add((int(name), schema))
+        elif what == "column_table":
+            column_tables.update((name.lower(), f"{schema}.{name}".lower()))
         elif what == "operator":
             operators.add(name)
         elif what == "attribute":
@@ -167,6 +180,7 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
         "; ".join(sorted(implicit)[:10]),
         frozenset(attributes),
         frozenset(type_oids),
+        frozenset(column_tables),
     )
 
 
