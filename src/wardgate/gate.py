@@ -519,6 +519,13 @@ class Gate:
                 )
         return None
 
+    def runs_user_code(self, statements: tuple[StatementInfo, ...], connection: str) -> bool:
+        """Whether any of ``statements`` calls a function the gate does not know as a
+        read-only built-in or a listed safe one (a user function, a cast, an operator or
+        a conversion that runs one): PostgreSQL may run it before Execute (parse
+        analysis of a cast, planning at Bind)."""
+        return any(self._unknown_functions(s, connection) for s in statements)
+
     def _unknown_functions(self, stmt: StatementInfo, connection: str) -> list[str]:
         unknown = []
         shadowed = self.facts.shadowed(connection)

@@ -16,6 +16,7 @@ import pytest
 from tests.integration.conftest import Gateway
 from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target, start_gateway
 from tests.integration.test_attack14c import _unchanged
+from tests.integration.test_reviews import Api
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -31,6 +32,8 @@ create function public.audit_touch(int) returns bool language sql volatile as
 create domain public.touchy as int check (public.audit_touch(value));
 create table public.dt (d public.touchy);
 create table public.holder (arr public.touchy[]);
+create function public.imm_touch(int) returns int language plpgsql immutable as
+    $$ begin perform public.bump(8); return $1; end $$;
 """
 
 
@@ -70,7 +73,7 @@ def _wait_for_catalog_watch(w: Wire) -> None:
     deadline = time.monotonic() + 20
     while True:
         reply = w.run(q("select null::touchy"), ready=1)
-        if reply.errors():
+        if "cast to touchy" in reply.text():  # not a catalogue still unread
             return
         assert time.monotonic() < deadline, "the catalogue watch never flagged touchy"
         time.sleep(0.3)
@@ -214,3 +217,63 @@ def test_a_value_converted_to_a_row_or_array_of_a_checked_domain_runs_user_code(
     for sql in ["select * from dt", "select d from dt where d = '3'"]:
         reply = w.run(q(sql), ready=1)
         assert reply.errors() == [], (sql, reply.text())
+
+
+# -- nothing of a held statement that runs user code reaches the server ------------------
+# A statement that needs a review is held at Execute; its Parse and Bind went on. But
+# parse analysis converts a literal cast to a row or array type (record_in, array_in:
+# the domain's CHECK), and planning at Bind folds an IMMUTABLE function of constants:
+# both wrote, and a Sync without any Execute committed it.
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [build.parse("", "select '(3)'::dt")],
+        [build.parse("", "select '{3}'::touchy[]")],
+        [build.parse("", "select imm_touch(3)"), build.bind("", "")],
+        [build.parse("", "select imm_touch($1)"), build.bind("", "", ["3"])],
+    ],
+)
+def test_a_held_statement_that_runs_user_code_is_not_parsed_before_approval(
+    target: Target, wires: dict[str, Wire], messages: list[bytes]
+) -> None:
+    w = wires["rv"]
+    _wait_for_catalog_watch(w)
+    start, before = target.last_id(), target.snapshot()
+    reply = w.run(*messages, build.sync(), ready=1)
+    assert "wardgate:review-before-parse" in reply.text(), reply.text()
+    _unchanged(target, before, start)
+    # Sent whole as a simple Query, it is held for a review (and nothing runs).
+    reply = w.run(q("select imm_touch(3)"), ready=1)
+    assert reply.review_ids(), reply.text()
+    _unchanged(target, before, start)
+    # A held write without user code still goes through Parse and Bind, held at Execute.
+    reply = w.run(
+        build.parse("", "update stock set qty = $1 where id = 2"),
+        build.bind("", "", ["3"]),
+        build.execute(""),
+        build.sync(),
+        ready=1,
+    )
+    assert reply.review_ids() and reply.kinds().startswith(b"12"), reply.text()
+    _unchanged(target, before, start)
+
+
+def test_a_bind_does_not_plan_an_approved_prepare_that_runs_user_code(
+    gw: Gateway, target: Target, wires: dict[str, Wire]
+) -> None:
+    # The approval of `PREPARE p AS SELECT imm_touch(3)` was for preparing it (which
+    # runs nothing); each protocol Bind to p planned it, and planning ran imm_touch.
+    w = wires["rv"]
+    first = w.run(q("prepare p14e_imm as select imm_touch(3)"), ready=1)
+    assert first.review_ids(), first.text()
+    reviewer = Api(gw, "reviewer")
+    reviewer.post(f"/reviews/{first.review_ids()[0]}/approve")
+    reviewer.client.close()
+    start, before = target.last_id(), target.snapshot()
+    assert w.run(q("prepare p14e_imm as select imm_touch(3)"), ready=1).tags() == ["PREPARE"]
+    reply = w.run(build.bind("", "p14e_imm"), build.sync(), ready=1)
+    assert "wardgate:review-before-parse" in reply.text(), reply.text()
+    _unchanged(target, before, start)
+    w.run(q("deallocate p14e_imm"), ready=1)

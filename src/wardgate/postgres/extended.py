@@ -36,7 +36,7 @@ class ExtendedProtocol(ReviewHold):
             )
             self._block_extended(msg.sql, (), verdict, out)
             return
-        verdict = self._judge(self._action(msg.sql, ()), params_later=True)
+        verdict = self._before_execute(self._judge(self._action(msg.sql, ()), params_later=True))
         # A statement needing review is held at Execute, once its parameters are known.
         if not verdict.lets_through and not needs_review(verdict):
             self._block_extended(msg.sql, (), verdict, out)
@@ -56,9 +56,38 @@ class ExtendedProtocol(ReviewHold):
         self._pending.append(Pending(PARSE, changes=[[change]]))
         out.append(raw)
 
+    def _before_execute(self, verdict: Verdict) -> Verdict:
+        """``verdict`` of a statement that reaches the server before its Execute (a
+        Parse; a Bind plans it). One held for a review that runs user code is refused:
+        parse analysis converts a literal cast to a row or array type (its input, a
+        domain's CHECK) and planning at Bind runs the IMMUTABLE and STABLE functions of
+        constant arguments, before any approval."""
+        if not needs_review(verdict) or not self.services.gate.runs_user_code(
+            verdict.statements, self.connection
+        ):
+            return verdict
+        return Verdict(
+            Decision.BLOCK,
+            "wardgate:review-before-parse",
+            "this statement needs a review and runs user code, which PostgreSQL may "
+            "already run when it is parsed or bound, before an approval "
+            f"({verdict.reason}); send it as a simple Query with its values written in "
+            "(no parameters), which the gateway holds whole until it is approved",
+            verdict.statements,
+        )
+
     def _on_bind(self, msg: m.Bind, raw: bytes, out: list[bytes]) -> None:
         model = self.model
         held = model.statements.candidates(msg.statement, model.batch)
+        for p in held:
+            if p is not None and p.by_sql:
+                # SQL PREPARE (its review, if any, approved preparing it): the Bind plans it.
+                verdict = self._before_execute(
+                    self._judge(self._action(p.sql, ()), params_later=True)
+                )
+                if not verdict.lets_through and not needs_review(verdict):
+                    self._block_extended(p.sql, (), verdict, out)
+                    return
         if len(held) == 1 and held[0] is not None:  # one meaning, the common case
             sqls: tuple[str, ...] = (held[0].sql,)
             types = held[0].param_types
