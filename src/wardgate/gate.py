@@ -105,7 +105,8 @@ class UserCode:
     (OID, "schema.name"): a Parse that declares a parameter of one coerces the bound
     value to it, as a cast would, with no name in the text. ``column_tables``: tables
     and views with a column of such a type (not a domain over a harmless one): an
-    array or row column that COALESCE, UNION or a comparison converts values to."""
+    array or row column that COALESCE, UNION, a comparison or a write converts values
+    to; or with a column whose default calls a user function (planning folds it)."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
@@ -579,7 +580,7 @@ class Gate:
                 not schema and bare in found.operators
             ):
                 unknown.append(f"operator {op}")
-        if found.types and stmt.tables_read:
+        if found.column_tables or (found.types and stmt.tables_read):
             unknown += _conversions_into_rows(stmt, found)
         unknown += [
             f"function {name} (selected as a field: x.{name} is {name}(x))"
@@ -599,12 +600,14 @@ def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
     def named(t: str, names: frozenset[str]) -> bool:
         return t.lower() in names or t.rpartition(".")[2].lower() in names
 
-    columns = [t for t in stmt.tables_read if named(t, found.column_tables)]
+    columns = [
+        t for t in (*stmt.tables_read, *stmt.tables_written) if named(t, found.column_tables)
+    ]
     if columns:
         return [
             f"a conversion to a column type of {columns[0]} (PostgreSQL converts values "
-            "compared with, coalesced or united with it, whose input or domain CHECK runs "
-            "a user function)"
+            "written to, compared with, coalesced or united with it, or computes its "
+            "default, and that type's input or CHECK or the default runs a user function)"
         ]
     populates = [f for f in stmt.functions if f.rpartition(".")[2] in _POPULATES]
     if not populates and "whole_row" not in stmt.kinds:

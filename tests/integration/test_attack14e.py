@@ -34,6 +34,7 @@ create table public.dt (d public.touchy);
 create table public.holder (arr public.touchy[]);
 create function public.imm_touch(int) returns int language plpgsql immutable as
     $$ begin perform public.bump(8); return $1; end $$;
+create table public.defs (a int default public.imm_touch(1), b int);
 """
 
 
@@ -41,7 +42,10 @@ create function public.imm_touch(int) returns int language plpgsql immutable as
 def target(pg_server: None) -> Iterator[Target]:
     for made in make_target(EXTRA):
         with made.conn() as c:
-            c.execute(f'grant select on public.dt, public.holder to "{made.role}"')
+            c.execute(
+                "grant select, insert, update on public.dt, public.holder, public.defs"
+                f' to "{made.role}"'
+            )
         yield made
 
 
@@ -233,6 +237,11 @@ def test_a_value_converted_to_a_row_or_array_of_a_checked_domain_runs_user_code(
         [build.parse("", "select '{3}'::touchy[]")],
         [build.parse("", "select imm_touch(3)"), build.bind("", "")],
         [build.parse("", "select imm_touch($1)"), build.bind("", "", ["3"])],
+        # A held write converts its literal to touchy[] while it is parsed.
+        [build.parse("", "insert into holder values ('{3}')")],
+        [build.parse("", "update holder set arr = '{3}' where false")],
+        # The column default calls imm_touch: planning at Bind folds it.
+        [build.parse("", "insert into defs (b) values ($1)"), build.bind("", "", ["1"])],
     ],
 )
 def test_a_held_statement_that_runs_user_code_is_not_parsed_before_approval(

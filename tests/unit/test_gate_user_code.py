@@ -201,3 +201,12 @@ def test_conversions_into_a_row_or_column_type_run_user_code(config: Config) -> 
         assert judge(config, sql, found).startswith("block:"), sql
     for sql in ["select * from dt", "select d from dt where d = '3'", "select s from stock s"]:
         assert judge(config, sql, found).startswith("allow:"), sql
+
+
+def test_a_write_into_a_table_whose_columns_run_user_code_runs_user_code(config: Config) -> None:
+    gate = Gate(config)
+    gate.facts.set_user_code("shop", user_code([("column_table", "public", "defs")]))
+    (info,) = classify("insert into defs (b) values (1)")
+    assert gate.runs_user_code((info,), "shop")
+    (plain,) = classify("insert into stock (b) values (1)")
+    assert not gate.runs_user_code((plain,), "shop")

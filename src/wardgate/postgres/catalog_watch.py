@@ -54,7 +54,9 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # of such types; "type_oid": the same types by OID (a Parse may declare a parameter's
 # type by OID alone). "column_table": a table or view with a column of such a type that
 # is not a domain over a harmless one (an array or row of a checked domain, a user base
-# type): COALESCE, UNION, comparisons and parameters convert other values to it.
+# type): COALESCE, UNION, comparisons, parameters and writes convert other values to
+# it; or a column whose default (its own, its domain's) calls a user function, which
+# planning folds when it is IMMUTABLE.
 # "operator": in a user schema, or implemented by a user function.
 # "implicit": a user cast PostgreSQL may insert into any expression. "attribute": a user
 # function one argument can call, which a field selection calls too (`(3).bump`,
@@ -132,6 +134,16 @@ JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.
 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND a.atttypid IN (SELECT t FROM flagged)
   AND NOT (t.typtype = 'd' AND t.typbasetype NOT IN (SELECT t FROM flagged))
+UNION
+SELECT 'column_table', n.nspname, c.relname FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+JOIN pg_catalog.pg_depend d
+  ON (d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid)
+  OR (d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = a.atttypid)
+WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+  AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM userfn)
 UNION
 SELECT 'operator', n.nspname, o.oprname FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
