@@ -150,10 +150,8 @@ def test_a_cast_never_shares_a_verdict_with_its_fingerprint(config: Config) -> N
 # attack14e: a type no cast in the text names.
 CHECKED = user_code(
     [
-        ("type", "public", "touchy"),
-        ("type", "public", "dt"),
-        ("type_oid", "public.touchy", "30605"),
-        ("type_oid", "public.dt", "30607"),
+        ("type 30605", "public", "touchy"),
+        ("type 30607", "public", "dt"),
     ]
 )
 
@@ -206,6 +204,10 @@ def test_conversions_into_a_row_or_column_type_run_user_code(config: Config) -> 
 def test_a_write_into_a_table_whose_columns_run_user_code_runs_user_code(config: Config) -> None:
     gate = Gate(config)
     gate.facts.set_user_code("shop", user_code([("column_table", "public", "defs")]))
+    (typed,) = classify("select arr from holder")
+    assert gate.runs_user_code((typed,), "shop") is False  # holder: no column_type rows
+    found = user_code([("type 7", "public", "_touchy"), ("column_type", "public.holder", "7 ")])
+    assert "holder" in found.column_tables
     (info,) = classify("insert into defs (b) values (1)")
     assert gate.runs_user_code((info,), "shop")
     (plain,) = classify("insert into stock (b) values (1)")
