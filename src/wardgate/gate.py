@@ -101,16 +101,36 @@ class UserCode:
     function. ``implicit``: why any expression may run one (an IMPLICIT or ASSIGNMENT
     user cast, a user comparison operator), or empty. ``attributes``: names of user
     functions one argument can call, which PostgreSQL also calls for a field selection
-    (``(3).bump``, ``t.bump``), lower-cased."""
+    (``(3).bump``, ``t.bump``), lower-cased. ``type_oids``: the types of ``types`` as
+    (OID, "schema.name"): a Parse that declares a parameter of one coerces the bound
+    value to it, as a cast would, with no name in the text. ``column_tables``: tables
+    and views with a column of such a type (not a domain over a harmless one): an
+    array or row column that COALESCE, UNION, a comparison or a write converts values
+    to; or with a column whose default calls a user function (planning folds it)."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
     implicit: str = ""
     attributes: frozenset[str] = frozenset()
+    type_oids: frozenset[tuple[int, str]] = frozenset()
+    column_tables: frozenset[str] = frozenset()
+
+    def declared_types(self, oids: tuple[int, ...]) -> list[str]:
+        """The names of those of ``oids`` (a Parse's parameter types) that may run a
+        user function when a value is bound to them."""
+        wanted = set(oids)
+        return sorted(name for oid, name in self.type_oids if oid in wanted)
 
 
 _NO_USER_CODE = UserCode()
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+# Built-ins that read values as the column types of the row type their first argument
+# has (`json_populate_record(t, '{"c": 3}')` with `t` a row of a table read): input
+# functions and domain CHECKs of those columns run with no cast in the text.
+_POPULATES = frozenset(
+    {"json_populate_record", "json_populate_recordset", "jsonb_populate_record",
+     "jsonb_populate_recordset"}
+)  # fmt: skip
 # First kinds of statements that evaluate no expression, hence call no cast or operator.
 _NO_EXPRESSIONS = frozenset(
     {"transaction", "show", "discard", "listen", "unlisten", "deallocate", "close_cursor"}
@@ -500,6 +520,13 @@ class Gate:
                 )
         return None
 
+    def runs_user_code(self, statements: tuple[StatementInfo, ...], connection: str) -> bool:
+        """Whether any of ``statements`` calls a function the gate does not know as a
+        read-only built-in or a listed safe one (a user function, a cast, an operator or
+        a conversion that runs one): PostgreSQL may run it before Execute (parse
+        analysis of a cast, planning at Bind)."""
+        return any(self._unknown_functions(s, connection) for s in statements)
+
     def _unknown_functions(self, stmt: StatementInfo, connection: str) -> list[str]:
         unknown = []
         shadowed = self.facts.shadowed(connection)
@@ -553,6 +580,8 @@ class Gate:
                 not schema and bare in found.operators
             ):
                 unknown.append(f"operator {op}")
+        if found.column_tables or (found.types and stmt.tables_read):
+            unknown += _conversions_into_rows(stmt, found)
         unknown += [
             f"function {name} (selected as a field: x.{name} is {name}(x))"
             for name in stmt.attributes
@@ -561,6 +590,36 @@ class Gate:
         if found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
             unknown.append(f"any expression ({found.implicit})")
         return unknown
+
+
+def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
+    """Values PostgreSQL may convert to a type of a table ``stmt`` reads, with no cast
+    in the text: to its row type (a whole-row value in COALESCE, a comparison, a UNION;
+    ``json_populate_record``), or to a column's array or row type."""
+
+    def named(t: str, names: frozenset[str]) -> bool:
+        return t.lower() in names or t.rpartition(".")[2].lower() in names
+
+    columns = [
+        t for t in (*stmt.tables_read, *stmt.tables_written) if named(t, found.column_tables)
+    ]
+    if columns:
+        return [
+            f"a conversion to a column type of {columns[0]} (PostgreSQL converts values "
+            "written to, compared with, coalesced or united with it, or computes its "
+            "default, and that type's input or CHECK or the default runs a user function)"
+        ]
+    populates = [f for f in stmt.functions if f.rpartition(".")[2] in _POPULATES]
+    if not populates and "whole_row" not in stmt.kinds:
+        return []
+    rows = [t for t in stmt.tables_read if named(t, found.types)]
+    if not rows:
+        return []
+    how = populates[0] if populates else "a whole-row value"
+    return [
+        f"{how} (it reads values as the column types of a row of {rows[0]}, whose input "
+        "or domain CHECK runs a user function)"
+    ]
 
 
 _CREDENTIAL_READ = (

@@ -205,20 +205,24 @@ def test_parse_s1_then_a_refused_prepare_s1_then_execute_s1(
 def test_sql_fetch_of_a_protocol_portal_is_judged_by_what_the_portal_runs(
     gw: Gateway, guard: Guard, wires: dict[str, Wire], fetch: str
 ) -> None:
-    """Parse s1 = SELECT bump(5) (a writing function: its review waits for Execute),
+    """Parse s1 = SELECT nextval('ticket_seq') (a write: its review waits for Execute),
     Bind portal c1, then SQL FETCH c1: PostgreSQL runs the portal, so the FETCH is the
-    SELECT bump(5) (found by the attack: it ran with no review, as a read)."""
+    SELECT (found by the attack with SELECT bump(5): it ran with no review, as a read;
+    a user function is now refused at Parse, attack14e, so a built-in write here)."""
     w = wires["rv"]
     assert not w.run(q("BEGIN"), ready=1).errors()
     bound = w.run(
-        build.parse("s1", "SELECT bump(5)"), build.bind("c1", "s1"), build.sync(), ready=1
+        build.parse("s1", "SELECT nextval('ticket_seq')"),
+        build.bind("c1", "s1"),
+        build.sync(),
+        ready=1,
     )
     assert not bound.errors(), bound.text()
     reply = w.run(q(fetch), ready=1)
     assert wire_decision(reply) == "review" and reply.rows() == 0, reply.text()
     w.run(q("ROLLBACK"), ready=1)
     guard.check()
-    agrees(gw, "rv", "SELECT bump(5)", reply)
+    agrees(gw, "rv", "SELECT nextval('ticket_seq')", reply)
 
 
 # -- 4. approvals bound to everything that decides what runs ----------------------------

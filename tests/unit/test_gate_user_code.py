@@ -145,3 +145,70 @@ def test_a_cast_never_shares_a_verdict_with_its_fingerprint(config: Config) -> N
         ("select 6", Decision.ALLOW),
     ]:
         assert gate.check(Action(p, "shop", "postgres", "sql", sql)).decision == decision, sql
+
+
+# attack14e: a type no cast in the text names.
+CHECKED = user_code(
+    [
+        ("type 30605", "public", "touchy"),
+        ("type 30607", "public", "dt"),
+    ]
+)
+
+
+def test_prepare_argument_types_are_casts(config: Config) -> None:
+    (info,) = classify("prepare p(int, public.touchy[]) as select $1")
+    assert "public.touchy" in info.types
+    assert judge(config, "prepare p(touchy) as select $1", CHECKED).startswith("block:")
+    assert judge(config, "prepare p(int) as select $1", CHECKED).startswith("allow:")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        """select json_populate_record(x, '{"d": 3}') from dt x""",
+        """select * from public.dt x, jsonb_populate_recordset(x, '[{"d": 3}]')""",
+    ],
+)
+def test_populating_a_row_of_a_checked_type_runs_user_code(config: Config, sql: str) -> None:
+    verdict = judge(config, sql, CHECKED)
+    assert verdict.startswith("block:") and "column types of a row of" in verdict, verdict
+    assert judge(config, sql.replace("dt x", "stock x"), CHECKED).startswith("allow:")
+
+
+def test_declared_parameter_types_by_oid() -> None:
+    assert CHECKED.declared_types((0, 23, 30607)) == ["public.dt"]
+    assert CHECKED.declared_types((23,)) == []
+
+
+def test_conversions_into_a_row_or_column_type_run_user_code(config: Config) -> None:
+    found = user_code(
+        [
+            ("type", "public", "touchy"),
+            ("type", "public", "dt"),
+            ("type", "public", "holder"),
+            ("column_table", "public", "holder"),
+        ]
+    )
+    for sql in [
+        "select coalesce(x, '(3)') from dt x",
+        "select coalesce(x.*, '(3)') from dt x",
+        "select arr from holder",
+        "select 1 from public.holder",
+    ]:
+        assert judge(config, sql, found).startswith("block:"), sql
+    for sql in ["select * from dt", "select d from dt where d = '3'", "select s from stock s"]:
+        assert judge(config, sql, found).startswith("allow:"), sql
+
+
+def test_a_write_into_a_table_whose_columns_run_user_code_runs_user_code(config: Config) -> None:
+    gate = Gate(config)
+    gate.facts.set_user_code("shop", user_code([("column_table", "public", "defs")]))
+    (typed,) = classify("select arr from holder")
+    assert gate.runs_user_code((typed,), "shop") is False  # holder: no column_type rows
+    found = user_code([("type 7", "public", "_touchy"), ("column_type", "public.holder", "7 ")])
+    assert "holder" in found.column_tables
+    (info,) = classify("insert into defs (b) values (1)")
+    assert gate.runs_user_code((info,), "shop")
+    (plain,) = classify("insert into stock (b) values (1)")
+    assert not gate.runs_user_code((plain,), "shop")

@@ -610,6 +610,7 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     # Everything nested counts: CTE writes, sub-selects INTO, side-effecting functions.
     attributes: list[str] = []
     sources: set[str] = set()  # tables and aliases in FROM: a bare one is a whole row
+    whole_row = False
     for parent, inner_type, inner in _walk(fields):
         alias = inner.get("alias")
         if isinstance(alias, dict) and alias.get("aliasname"):
@@ -624,6 +625,10 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
             # A cast (`x::t`, `CAST`, `t 'x'`) or a column definition that coerces
             # values (`json_to_record(j) AS r(a t)`, XMLTABLE, JSON_TABLE) to type t.
             types.append(".".join(_names(type_name.get("names", []))))
+        elif inner_type == "TypeName":
+            # A type in a list: `PREPARE p(t) AS ...` coerces every EXECUTE argument to
+            # t (its input function, a domain's CHECK), as a cast would.
+            types.append(".".join(_names(inner.get("names", []))))
         if inner_type == "RangeVar":
             if node_type == "CopyStmt" and parent == "relation":
                 continue  # counted above
@@ -635,6 +640,8 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
             parts = inner.get("fields", [{}])
             last = parts[-1]
             columns.append("*" if "A_Star" in last else last.get("String", {}).get("sval", ""))
+            if len(parts) > 1 and "A_Star" in last:
+                whole_row = True  # `t.*`: in an expression, the row as one value
             if len(parts) > 1 and "String" in last:
                 # t.f, or column.f: f(t) when t has no column f, f(column) when it is
                 # a column (its value need not be a row: note.nextval is nextval(note)).
@@ -692,6 +699,11 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     if sources.intersection(columns):
         # `select c from customers c`, row_to_json(c): every column of the row.
         columns.append("*")
+        whole_row = True
+    if whole_row:
+        # A value of the row type, which a COALESCE, a comparison or a UNION may
+        # convert another value to (that type's input, its columns' CHECKs).
+        kinds.append("whole_row")
     return StatementInfo(
         klass=klass,
         kinds=tuple(kinds),

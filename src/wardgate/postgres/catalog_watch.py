@@ -51,7 +51,14 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # name). "user" functions: outside the system schemas; a domain CHECK also counts
 # VOLATILE built-ins (nextval, set_config). "type": an explicit cast to it may run one
 # (its cast or input function, its CHECK), closed over domains, arrays and composites
-# of such types. "operator": in a user schema, or implemented by a user function.
+# of such types, with its OID ("type 16390": a Parse may declare a parameter's type by
+# OID alone; one scan of the closure, a second made the query ten times slower). "column_type": each column of a non-built-in type, from which
+# `user_code` picks the tables with a column of such a type that is not a domain over a
+# harmless one (an array or row of a checked domain, a user base type): COALESCE, UNION,
+# comparisons, parameters and writes convert other values to it. "column_table": a
+# table with a column whose default (its own, its domain's) calls a user function,
+# which planning folds when it is IMMUTABLE.
+# "operator": in a user schema, or implemented by a user function.
 # "implicit": a user cast PostgreSQL may insert into any expression. "attribute": a user
 # function one argument can call, which a field selection calls too (`(3).bump`,
 # `t.bump` is bump(t) when t has no column bump).
@@ -114,9 +121,32 @@ WITH RECURSIVE extension_member AS (
   UNION
   SELECT c.outer_t FROM contains c JOIN flagged f ON c.inner_t = f.t
 )
-SELECT 'type', n.nspname, t.typname FROM flagged f
+SELECT 'type ' || t.oid, n.nspname, t.typname FROM flagged f
 JOIN pg_catalog.pg_type t ON t.oid = f.t
 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+UNION
+SELECT 'column_type', pg_catalog.format('%s.%s', n.nspname, c.relname),
+  pg_catalog.format('%s %s', a.atttypid, CASE WHEN t.typtype = 'd' THEN t.typbasetype END)
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.atttypid >= 16384
+UNION
+SELECT 'column_table', n.nspname, c.relname FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
+JOIN pg_catalog.pg_class c ON c.oid = ad.adrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass
+  AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM userfn)
+UNION
+SELECT 'column_table', n.nspname, c.relname FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_attribute a ON a.atttypid = d.objid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE d.classid = 'pg_catalog.pg_type'::regclass AND c.relkind IN ('r', 'v', 'm', 'f', 'p')
+  AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM userfn)
 UNION
 SELECT 'operator', n.nspname, o.oprname FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
@@ -140,24 +170,42 @@ _IMPLIED = frozenset({"=", "<>", "<", ">", "<=", ">="})
 def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
     """The facts one catalogue answer gives (``_USER_CODE_QUERY``)."""
     types: set[str] = set()
+    type_oids: set[tuple[int, str]] = set()
+    column_tables: set[str] = set()
+    column_types: list[tuple[str, str]] = []  # ("schema.table", "type-oid base-oid")
     operators: set[str] = set()
     attributes: set[str] = set()
     implicit: list[str] = []
     for what, schema, name in rows:
-        if what == "type":
+        if what == "type" or what.startswith("type "):
             types.update((name.lower(), f"{schema}.{name}".lower()))
+            if what != "type":
+                type_oids.add((int(what[5:]), f"{schema}.{name}"))
+        elif what == "column_table":
+            column_tables.update((name.lower(), f"{schema}.{name}".lower()))
+        elif what == "column_type":
+            column_types.append((schema, name))
         elif what == "operator":
             operators.add(name)
         elif what == "attribute":
             attributes.add(name.lower())
         else:
             implicit.append(f"implicit or assignment user cast {name}")
+    # A column of a flagged type other than a domain over a harmless base type (which
+    # PostgreSQL resolves to its base type when it converts a value for it).
+    flagged = {str(oid) for oid, _ in type_oids}
+    for table, typed in column_types:
+        column_type, _, base = typed.partition(" ")
+        if column_type in flagged and (not base or base in flagged):
+            column_tables.update((table.lower(), table.rpartition(".")[2].lower()))
     implicit += [f"user operator {op}" for op in sorted(operators & _IMPLIED)]
     return UserCode(
         frozenset(types),
         frozenset(operators),
         "; ".join(sorted(implicit)[:10]),
         frozenset(attributes),
+        frozenset(type_oids),
+        frozenset(column_tables),
     )
 
 

@@ -19,7 +19,24 @@ from wardgate.reviews.settle import Settled
 
 class ExtendedProtocol(ReviewHold):
     def _on_parse(self, msg: m.Parse, raw: bytes, out: list[bytes]) -> None:
-        verdict = self._judge(self._action(msg.sql, ()), params_later=True)
+        if msg.param_types and (
+            declared := self.services.gate.facts.user_code(self.connection).declared_types(
+                msg.param_types
+            )
+        ):
+            # The server coerces each bound value to its declared type: a cast no text
+            # shows, which may run a domain's CHECK or an input function that writes.
+            verdict = Verdict(
+                Decision.BLOCK,
+                "wardgate:parameter-type",
+                f"a parameter is declared as type {', '.join(declared)}, whose input or "
+                "CHECK runs a user function when a value is bound; declare the parameter "
+                f"without a type (0) and cast it in the SQL ($1::{declared[0]}), where the "
+                "policy judges the cast",
+            )
+            self._block_extended(msg.sql, (), verdict, out)
+            return
+        verdict = self._before_execute(self._judge(self._action(msg.sql, ()), params_later=True))
         # A statement needing review is held at Execute, once its parameters are known.
         if not verdict.lets_through and not needs_review(verdict):
             self._block_extended(msg.sql, (), verdict, out)
@@ -39,9 +56,38 @@ class ExtendedProtocol(ReviewHold):
         self._pending.append(Pending(PARSE, changes=[[change]]))
         out.append(raw)
 
+    def _before_execute(self, verdict: Verdict) -> Verdict:
+        """``verdict`` of a statement that reaches the server before its Execute (a
+        Parse; a Bind plans it). One held for a review that runs user code is refused:
+        parse analysis converts a literal cast to a row or array type (its input, a
+        domain's CHECK) and planning at Bind runs the IMMUTABLE and STABLE functions of
+        constant arguments, before any approval."""
+        if not needs_review(verdict) or not self.services.gate.runs_user_code(
+            verdict.statements, self.connection
+        ):
+            return verdict
+        return Verdict(
+            Decision.BLOCK,
+            "wardgate:review-before-parse",
+            "this statement needs a review and runs user code, which PostgreSQL may "
+            "already run when it is parsed or bound, before an approval "
+            f"({verdict.reason}); send it as a simple Query with its values written in "
+            "(no parameters), which the gateway holds whole until it is approved",
+            verdict.statements,
+        )
+
     def _on_bind(self, msg: m.Bind, raw: bytes, out: list[bytes]) -> None:
         model = self.model
         held = model.statements.candidates(msg.statement, model.batch)
+        for p in held:
+            if p is not None and p.by_sql:
+                # SQL PREPARE (its review, if any, approved preparing it): the Bind plans it.
+                verdict = self._before_execute(
+                    self._judge(self._action(p.sql, ()), params_later=True)
+                )
+                if not verdict.lets_through and not needs_review(verdict):
+                    self._block_extended(p.sql, (), verdict, out)
+                    return
         if len(held) == 1 and held[0] is not None:  # one meaning, the common case
             sqls: tuple[str, ...] = (held[0].sql,)
             types = held[0].param_types

@@ -339,8 +339,8 @@ class ReviewHold(SessionProbe):
         ``sql`` under the session's search_paths now (as the server prepared it)."""
         rewritten = self._mask_rewrite(sql)
         if isinstance(rewritten, Verdict):
-            return Prepared(sql, masked="")  # never the rewrite of now: EXECUTE refused
-        return Prepared(sql, masked=self._mask_prepared(sql, rewritten))
+            return Prepared(sql, masked="", by_sql=True)  # never the rewrite: EXECUTE refused
+        return Prepared(sql, masked=self._mask_prepared(sql, rewritten), by_sql=True)
 
 
 def _exits_transaction(text: str) -> bool:

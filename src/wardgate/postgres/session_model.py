@@ -134,6 +134,7 @@ class Prepared:
     sql: str
     param_types: tuple[int, ...] = ()
     masked: str | None = None
+    by_sql: bool = False  # made by SQL PREPARE (``sql`` is the PREPARE), not by a Parse
 
     @property
     def weight(self) -> int:
