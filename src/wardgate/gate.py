@@ -44,13 +44,27 @@ class CatalogFacts:
     per connection, the names of VOLATILE user routines that share a name with a
     built-in the classifier trusts as read-only (PostgreSQL picks such an overload for
     argument types the built-in does not take: ``lower(5)`` would run ``public.lower(int)``).
-    Filled by postgres/catalog_watch.py; one per process, kept across reloads."""
+    Filled by postgres/catalog_watch.py; one per process, kept across reloads.
+
+    Once the watch runs in this process (``watched``), a connection whose catalogue it
+    has not read yet is judged as the worst case, every expression possibly running
+    user code, not as one without any: a session that starts right after the gateway,
+    or while the target's catalogue cannot be read, must not run ``(3).bump`` or a
+    shadowing ``lower(5)`` as a read. ``wardgate policy check`` reads no catalogue and
+    judges without these facts."""
 
     def __init__(self) -> None:
         self._shadowed: dict[str, frozenset[str]] = {}
         self._user_code: dict[str, UserCode] = {}
         self._routines: dict[str, dict[str, frozenset[str]]] = {}
         self.epoch = 0  # changes whenever a fact does: part of every verdict's cache key
+        self.watched = False  # the catalogue watch runs in this process (`watch`)
+
+    def watch(self) -> None:
+        """The catalogue watch starts: connections it has not read are the worst case."""
+        if not self.watched:
+            self.watched = True
+            self.epoch += 1
 
     def shadowed(self, connection: str) -> frozenset[str]:
         return self._shadowed.get(connection, frozenset())
@@ -64,7 +78,14 @@ class CatalogFacts:
         return True
 
     def user_code(self, connection: str) -> UserCode:
-        return self._user_code.get(connection, _NO_USER_CODE)
+        found = self._user_code.get(connection)
+        if found is None:
+            return _UNREAD if self.watched else _NO_USER_CODE
+        return found
+
+    def has_read(self, connection: str) -> bool:
+        """Whether the watch has read ``connection``'s catalogue at least once."""
+        return connection in self._user_code
 
     def routine_schemas(self, connection: str, name: str) -> frozenset[str] | None:
         """The schemas (outside pg_catalog and information_schema) that hold a routine
@@ -83,9 +104,10 @@ class CatalogFacts:
 
     def set_user_code(self, connection: str, found: UserCode) -> bool:
         """True when this changed what the gate knows."""
-        if self._user_code.get(connection, _NO_USER_CODE) == found:
+        before = self.user_code(connection)
+        self._user_code[connection] = found  # read, even when it found nothing
+        if before == found:
             return False
-        self._user_code[connection] = found
         self.epoch += 1
         return True
 
@@ -123,6 +145,9 @@ class UserCode:
 
 
 _NO_USER_CODE = UserCode()
+_UNREAD = UserCode(
+    implicit="the gateway has not read this connection's catalogue yet; retry in a moment"
+)
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 # Built-ins that read values as the column types of the row type their first argument
 # has (`json_populate_record(t, '{"c": 3}')` with `t` a row of a table read): input

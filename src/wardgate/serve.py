@@ -343,10 +343,6 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             pg = PgListener(services)
             await pg.start(addr[0], addr[1], reuse_port=reuse_port)
             log.info("worker %d: PostgreSQL listener on %s:%d", index, addr[0], pg.port)
-            from wardgate.postgres.catalog_watch import CatalogWatch
-
-            watch = services.state(CatalogWatch).run(services, loud=index == 0)
-            services.tasks.spawn(watch, name="catalog-watch", until_cancelled=True)
             if index == 0:
                 from wardgate.postgres.privileges import warn_privileged_upstreams
 
@@ -360,6 +356,16 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         services.lifecycle.listening.update(
             {name: True for name, up in (("postgres", pg), ("ssh", ssh)) if up is not None}
         )
+        serves_mcp = index == 0 and config.listen_address("api") is not None
+        if (pg is not None or serves_mcp) and any(
+            c.type == "postgres" for c in config.connections.values()
+        ):
+            # What the gate knows of the targets' user code (casts, shadowing routines):
+            # wherever statements are judged, PostgreSQL clients' and MCP queries'.
+            from wardgate.postgres.catalog_watch import CatalogWatch
+
+            watch = services.state(CatalogWatch).run(services, loud=index == 0)
+            services.tasks.spawn(watch, name="catalog-watch", until_cancelled=True)
         if index == 0 and (api_addr := config.listen_address("api")) is not None:
             import uvicorn
 

@@ -21,6 +21,7 @@ class StallProxy:
         self._flowing = threading.Event()  # cleared: existing connections stall
         self._flowing.set()
         self.stall_new = False  # new connections are accepted and never relayed
+        self.accepted = 0  # connections accepted so far
         self._sockets: list[socket.socket] = []
         self._closed = False
         threading.Thread(target=self._accept, name="stall-proxy", daemon=True).start()
@@ -51,6 +52,7 @@ class StallProxy:
             except OSError:
                 return
             self._sockets.append(client)
+            self.accepted += 1
             if self.stall_new:
                 continue  # held open, never read, never answered
             server = socket.create_connection(self._target)

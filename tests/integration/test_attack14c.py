@@ -5,7 +5,9 @@ cannot write (`ro`) and one whose writes need a review (`rv`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,6 +15,7 @@ import pytest
 
 from tests.integration.conftest import PG_HOST, PG_PORT, Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
+from tests.integration.stall_proxy import StallProxy
 from tests.integration.test_reviews import Api
 from wardgate.postgres.codec import build
 
@@ -106,6 +109,42 @@ def test_a_field_selection_that_calls_a_function_is_judged_as_the_call(
         )
     _unchanged(target, before, start)
     assert _advisory_locks(target) == 0
+
+
+def test_a_session_before_the_catalogue_is_read_is_judged_as_the_worst_case(
+    target: Target, tmp_path: Path
+) -> None:
+    """The catalogue watch's first look at the target hangs (its dial is accepted and
+    never answered); a client connects meanwhile. Its session waits for that look
+    (limits.connect_timeout), then runs judged as the worst case, every expression
+    possibly user code: `(3).bump` is not a read for a read-only agent, nor is
+    `select 1`, with a message saying why. Before, the gate judged with no user code
+    known at all, and `(3).bump` wrote."""
+    with StallProxy(PG_HOST, PG_PORT) as proxy:
+        proxy.stall_new = True
+        config = (
+            diff_config(target)
+            .replace(f"host: {PG_HOST}, port: {PG_PORT}", f"host: 127.0.0.1, port: {proxy.port}")
+            .replace("limits: {", "limits: {connect_timeout: 2s, ")
+        )
+        gw = make_gateway(tmp_path, config)
+        gw.start()
+        try:
+            deadline = time.monotonic() + 30
+            while proxy.accepted == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)  # the watch has dialled, and hangs
+            assert proxy.accepted > 0
+            proxy.stall_new = False  # the client's own dial goes through
+            start, before = target.last_id(), target.snapshot()
+            with psycopg.connect(gw.dsn("ro", "diff"), autocommit=True) as conn:
+                for sql in ("select (3).bump", "select 1"):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+                        conn.execute(sql.encode())
+                    assert "not read this connection's catalogue yet" in str(refused.value)
+                assert conn.execute(b"begin").statusmessage == "BEGIN"  # no expression
+            _unchanged(target, before, start)
+        finally:
+            gw.stop()
 
 
 @BOTH

@@ -212,3 +212,30 @@ def test_a_write_into_a_table_whose_columns_run_user_code_runs_user_code(config:
     assert gate.runs_user_code((info,), "shop")
     (plain,) = classify("insert into stock (b) values (1)")
     assert not gate.runs_user_code((plain,), "shop")
+
+
+def test_a_watched_connection_not_read_yet_is_judged_as_the_worst_case(config: Config) -> None:
+    """Once the catalogue watch runs in the process, a connection it has not read (a
+    gateway just started, a target whose catalogue could not be read) is not judged as
+    one without user code: every expression may run some, so a read-only agent's
+    ``(3).bump`` or shadowing ``lower(5)`` is no read until the watch has looked."""
+    gate = Gate(config)
+    p = config.principal("bot")
+    assert p is not None
+
+    def verdict(sql: str, connection: str = "shop") -> str:
+        v = gate.check(Action(p, connection, "postgres", "sql", sql))
+        return f"{v.decision.value}:{v.reason}"
+
+    assert verdict("select (3).bump").startswith("allow")  # policy check: no catalogue
+    gate.facts.watch()
+    for sql in ("select (3).bump", "select lower(5)", "select 1"):
+        assert verdict(sql).startswith("block"), verdict(sql)
+        assert "not read this connection's catalogue yet" in verdict(sql)
+    assert verdict("begin").startswith("allow")  # no expression, no user code
+    # The first look found nothing: judged by what it found, on that connection only.
+    assert gate.facts.set_user_code("shop", UserCode())
+    assert verdict("select 1").startswith("allow")
+    assert verdict("select (3).bump").startswith("allow")
+    assert verdict("select 1", "other").startswith("block")
+    assert not gate.facts.set_user_code("shop", UserCode())  # unchanged: no new epoch

@@ -36,6 +36,7 @@ from wardgate.config import ResultsConfig, parse_duration
 from wardgate.core.proposals import judge_proposal
 from wardgate.identity.principals import Principal
 from wardgate.kubernetes.tools import ReadArgs
+from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.query import QueryFailed, run_sql
 from wardgate.reviews.messages import outcome_text, review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
@@ -417,6 +418,12 @@ class McpGateway:
             raise ToolError("reviews are not running on this gateway process")
         return self.services.reviews
 
+    async def _first_look(self, connection: str) -> None:
+        """A query right after the gateway started waits for the catalogue watch's first
+        look at its connection (user casts, shadowing routines), as a client session
+        does (postgres/listener.py)."""
+        await self.services.state(CatalogWatch).first_look(self.services, connection)
+
     def _granted(self, who: Principal, connection: str) -> frozenset[str]:
         reviews = self.services.reviews
         return reviews.granted(who.name, connection) if reviews is not None else frozenset()
@@ -471,6 +478,7 @@ class McpGateway:
         except InternalQueryFailed as exc:
             raise ToolError(f"wardgate: {exc.reason}") from None
         granted = self._granted(who, connection)
+        await self._first_look(connection)
         tables: dict[str, list[dict[str, str]]] = {}
         for schema, table, column, type_ in result.rows:
             qualified = f"{schema}.{table}"
@@ -561,6 +569,7 @@ class McpGateway:
             client_addr=_client_addr(ctx),
         )
         granted = self._granted(who, connection)
+        await self._first_look(connection)
         verdict = self.services.gate.check(action, granted)
         started, t0 = time.time(), time.perf_counter()
         trace = _trace_id(ctx)

@@ -216,6 +216,26 @@ class CatalogWatch:
         self._poked = asyncio.Event()
         self._poked_connections: set[str] = set()
         self._missed: dict[str, float] = {}  # connection -> when a miss last poked it
+        self._looked: dict[str, asyncio.Event] = {}  # set once a connection was looked at
+        self.running = False
+
+    async def first_look(self, services: Services, connection: str) -> None:
+        """Wait (at most ``limits.connect_timeout``) until the watch has looked at ``connection`` once,
+        so that a session starting with the gateway is judged with its catalogue's facts
+        rather than refused as the worst case (CatalogFacts). When that look failed, ask
+        for another (a miss: at most once per ``MISS_INTERVAL``) and go on: the session's
+        statements are judged as the worst case until one succeeds."""
+        conn = services.config.connections.get(connection)
+        if not self.running or conn is None or conn.type != "postgres":
+            return
+        if services.gate.facts.has_read(connection):
+            return
+        looked = self._looked.setdefault(connection, asyncio.Event())
+        if looked.is_set():
+            self.missed(connection)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(looked.wait(), services.config.limits.connect_timeout)
 
     def poke(self, connection: str) -> None:
         """A DDL statement ran on ``connection``: look again now, there (DDL in one
@@ -238,10 +258,15 @@ class CatalogWatch:
         """Forever: refresh every PostgreSQL connection's facts. ``loud``: log what is
         found (one worker does, so the log says it once)."""
         poked: set[str] | None = None  # None: every connection (at start, on the timer)
+        self.running = True
+        services.gate.facts.watch()
         while True:
             self._poked.clear()
-            for name in _to_refresh(services, poked):
-                await self._refresh(services, name, loud)
+            # At once: a session waits for its connection's first look (`first_look`),
+            # which must not queue behind a target that is slow to answer.
+            await asyncio.gather(
+                *(self._refresh(services, name, loud) for name in _to_refresh(services, poked))
+            )
             try:
                 await asyncio.wait_for(self._poked.wait(), INTERVAL)
             except TimeoutError:
@@ -250,6 +275,12 @@ class CatalogWatch:
                 poked, self._poked_connections = self._poked_connections, set()
 
     async def _refresh(self, services: Services, connection: str, loud: bool) -> None:
+        try:
+            await self._look(services, connection, loud)
+        finally:
+            self._looked.setdefault(connection, asyncio.Event()).set()
+
+    async def _look(self, services: Services, connection: str, loud: bool) -> None:
         try:
             async with internal_session(
                 services, connection, application_name="wardgate-catalog-watch", timeout=10

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from wardgate.audit.records import AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_HINT, SessionRecord
 from wardgate.policy.encodings import python_codec, reported_setting_problem
 from wardgate.postgres.cancel_registry import CancelRegistry, LocalKey
+from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
@@ -379,6 +380,9 @@ class PgListener:
         codec = python_codec(upstream.parameters.get("client_encoding", "UTF8"))
         assert codec is not None  # checked just above
         client.decoder.encoding = codec
+        # Judged with the target's catalogue (user casts, shadowing routines), not as the
+        # worst case a catalogue not read yet is: a gateway just started looks first.
+        await services.state(CatalogWatch).first_look(services, connection_name)
 
         session_masking = services.masking.for_session(principal, connection_name)
         if session_masking is not None and session_masking.column_rules:
