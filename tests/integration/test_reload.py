@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.conftest import Gateway, base_config, make_gateway
+from tests.integration.conftest import PG_HOST, PG_PORT, PG_USER, Gateway, base_config, make_gateway
 
 
 def _wait_for_log(gw: Gateway, text: str, timeout: float = 10) -> None:
@@ -80,5 +80,32 @@ def test_a_loosened_role_reaches_read_only_sessions_at_their_next_connection(
         with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
             conn.execute("create temp table reload_t (a int)")
             assert conn.execute("select count(*) from reload_t").fetchone() == (0,)
+    finally:
+        gw.stop()
+
+
+def test_a_connection_a_reload_adds_is_looked_at_before_its_first_session(
+    it_database: str, tmp_path: Path
+) -> None:
+    """A connection added by a reload has no catalogue facts yet, which the gate judges
+    as the worst case (every expression may run user code). Its first session has the
+    catalogue watch look at it now, not at its next round (up to 30 s later), and waits
+    for that look: a read-only agent's plain read runs."""
+    gw = make_gateway(tmp_path, base_config(it_database))
+    gw.start()
+    try:
+        added = (
+            "it2:\n"
+            "  type: postgres\n"
+            f"  upstream: {{host: {PG_HOST}, port: {PG_PORT}, database: {it_database},"
+            f" user: {PG_USER}, tls: disable}}\n"
+            "  roles: {agents: reader}\n"
+        )
+        gw.config_path.write_text(base_config(it_database, added))
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGHUP)
+        _wait_for_log(gw, "config reloaded")
+        with psycopg.connect(gw.dsn("agent", "it2"), autocommit=True) as conn:
+            assert conn.execute("select 1 + 1").fetchone() == (2,)
     finally:
         gw.stop()

@@ -220,18 +220,22 @@ class CatalogWatch:
         self.running = False
 
     async def first_look(self, services: Services, connection: str) -> None:
-        """Wait (at most ``limits.connect_timeout``) until the watch has looked at ``connection`` once,
-        so that a session starting with the gateway is judged with its catalogue's facts
-        rather than refused as the worst case (CatalogFacts). When that look failed, ask
-        for another (a miss: at most once per ``MISS_INTERVAL``) and go on: the session's
-        statements are judged as the worst case until one succeeds."""
+        """Wait (at most ``limits.connect_timeout``) until the watch has looked at
+        ``connection`` once, so that a session starting with the gateway (or on a
+        connection a reload added) is judged with its catalogue's facts rather than
+        refused as the worst case (CatalogFacts). When that look failed, ask for another
+        (a miss: at most once per ``MISS_INTERVAL``) and go on: the session's statements
+        are judged as the worst case until one succeeds."""
         conn = services.config.connections.get(connection)
         if not self.running or conn is None or conn.type != "postgres":
             return
         if services.gate.facts.has_read(connection):
             return
-        looked = self._looked.setdefault(connection, asyncio.Event())
-        if looked.is_set():
+        looked = self._looked.get(connection)
+        if looked is None:  # not looked at yet: at start, or a connection a reload added
+            looked = self._looked[connection] = asyncio.Event()
+            self.poke(connection)
+        elif looked.is_set():
             self.missed(connection)
             return
         with contextlib.suppress(TimeoutError):
