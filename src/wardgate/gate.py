@@ -106,7 +106,11 @@ class UserCode:
     value to it, as a cast would, with no name in the text. ``column_tables``: tables
     and views with a column of such a type (not a domain over a harmless one): an
     array or row column that COALESCE, UNION, a comparison or a write converts values
-    to; or with a column whose default calls a user function (planning folds it)."""
+    to; or with a column whose default calls a user function (planning folds it).
+    ``written_tables``: tables and views with a column of any such type, a domain over
+    a harmless one included: a write coerces each value to the column's own type (its
+    CHECK runs), and a parameter PostgreSQL types from that column (`INSERT ... VALUES
+    ($1)`, `SET d = $1`) is converted to the domain when it is bound."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
@@ -114,6 +118,7 @@ class UserCode:
     attributes: frozenset[str] = frozenset()
     type_oids: frozenset[tuple[int, str]] = frozenset()
     column_tables: frozenset[str] = frozenset()
+    written_tables: frozenset[str] = frozenset()
 
     def declared_types(self, oids: tuple[int, ...]) -> list[str]:
         """The names of those of ``oids`` (a Parse's parameter types) that may run a
@@ -580,7 +585,7 @@ class Gate:
                 not schema and bare in found.operators
             ):
                 unknown.append(f"operator {op}")
-        if found.column_tables or (found.types and stmt.tables_read):
+        if found.column_tables or found.written_tables or (found.types and stmt.tables_read):
             unknown += _conversions_into_rows(stmt, found)
         unknown += [
             f"function {name} (selected as a field: x.{name} is {name}(x))"
@@ -602,7 +607,7 @@ def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
 
     columns = [
         t for t in (*stmt.tables_read, *stmt.tables_written) if named(t, found.column_tables)
-    ]
+    ] + [t for t in stmt.tables_written if named(t, found.written_tables)]
     if columns:
         return [
             f"a conversion to a column type of {columns[0]} (PostgreSQL converts values "
