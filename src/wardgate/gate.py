@@ -110,7 +110,9 @@ class UserCode:
     ``written_tables``: tables and views with a column of any such type, a domain over
     a harmless one included: a write coerces each value to the column's own type (its
     CHECK runs), and a parameter PostgreSQL types from that column (`INSERT ... VALUES
-    ($1)`, `SET d = $1`) is converted to the domain when it is bound."""
+    ($1)`, `SET d = $1`) is converted to the domain when it is bound; a read that
+    builds an array of that column (`ARRAY[x.d]`, `array_agg(d)`) has the domain's
+    array type, to which a comparison converts its other side."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
@@ -597,6 +599,12 @@ class Gate:
         return unknown
 
 
+# Built-ins that make an array (or a range) of their argument's own type, a domain kept.
+_ARRAY_BUILDERS = frozenset(
+    {"array_agg", "array_fill", "array_append", "array_prepend", "array_cat", "multirange"}
+)
+
+
 def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
     """Values PostgreSQL may convert to a type of a table ``stmt`` reads, with no cast
     in the text: to its row type (a whole-row value in COALESCE, a comparison, a UNION;
@@ -608,6 +616,12 @@ def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
     columns = [
         t for t in (*stmt.tables_read, *stmt.tables_written) if named(t, found.column_tables)
     ] + [t for t in stmt.tables_written if named(t, found.written_tables)]
+    if "array_value" in stmt.kinds or any(
+        f.rpartition(".")[2] in _ARRAY_BUILDERS for f in stmt.functions
+    ):
+        # ARRAY[x.d], ARRAY(SELECT d ...), array_agg(d): an array of the domain itself
+        # (not of its base type), to which `= '{3}'` converts its literal.
+        columns += [t for t in stmt.tables_read if named(t, found.written_tables)]
     if columns:
         return [
             f"a conversion to a column type of {columns[0]} (PostgreSQL converts values "

@@ -4,7 +4,8 @@ array of it: a plain `touchy` column resolves to its base type when compared, so
 table did not count. But a write converts each value to the column's own type, and a
 parameter PostgreSQL types from that column is bound as the domain: a held INSERT or
 UPDATE sent as Parse + Bind + Sync (no Execute) ran the CHECK at Bind, before any
-approval, and the Sync committed its write. Judged by the write log of `pg_diff.py`'s
+approval, and the Sync committed its write. And an array of that column is an array of
+the domain: a read comparing it with a literal ran the CHECK. Judged by the write log of `pg_diff.py`'s
 target, not by the verdict.
 """
 
@@ -83,6 +84,52 @@ def test_a_held_write_binding_a_checked_domain_column_is_not_parsed(
     reply = wires["ro"].run(build.parse("", sql), build.bind("", "", ["3"]), build.sync(), ready=1)
     assert "42501" in reply.text(), reply.text()
     _unchanged(target, before, start)
+
+
+# -- an array of a checked-domain column is an array of the domain ------------------------
+# ARRAY[x.d], ARRAY(SELECT d FROM dt) and array_agg(d) have type touchy[] (a domain
+# keeps its type inside an array): `= '{3}'` converts the literal with array_in, which
+# runs touchy's CHECK while parsing. The principal whose writes need a review reads
+# freely: its CHECK wrote stock row 7. The read-only one was stopped only by the
+# server's read-only transaction.
+
+ARRAYS = [
+    "select array[x.d] = '{3}' from (values (1)) v left join dt x on false",
+    "select coalesce(array[x.d], '{3}') from (values (1)) v left join dt x on false",
+    "select array(select d from dt) = '{3}'",
+    "select array(select d from public.dt) || '{3}'",
+    "select (select array_agg(d) from dt) = '{3}'",
+]
+
+
+@pytest.mark.parametrize("who", ["ro", "rv"])
+def test_an_array_of_a_checked_domain_column_is_a_call_of_user_code(
+    target: Target, wires: dict[str, Wire], who: str
+) -> None:
+    w = wires[who]
+    _wait_for_catalog_watch(w)
+    start, before = target.last_id(), target.snapshot()
+    for sql in ARRAYS:
+        reply = w.run(q(sql), ready=1)
+        assert "runs a user function" in reply.text(), (sql, reply.text())
+        assert reply.rows() == 0, sql
+    reply = w.run(
+        build.parse("", "select array(select d from dt) = $1"),
+        build.bind("", "", ["{3}"]),
+        build.execute(""),
+        build.sync(),
+        ready=1,
+    )
+    assert "runs a user function" in reply.text(), reply.text()
+    _unchanged(target, before, start)
+    # The column itself, and arrays of other tables, are still reads.
+    for sql in [
+        "select d from dt where d = '3'",
+        "select array(select id from stock) = '{3}'",
+        "select array_agg(qty) from stock",
+    ]:
+        reply = w.run(q(sql), ready=1)
+        assert reply.errors() == [], (sql, reply.text())
 
 
 def test_reads_and_plain_writes_still_work(
