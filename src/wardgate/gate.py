@@ -601,7 +601,15 @@ class Gate:
 
 # Built-ins that make an array (or a range) of their argument's own type, a domain kept.
 _ARRAY_BUILDERS = frozenset(
-    {"array_agg", "array_fill", "array_append", "array_prepend", "array_cat", "multirange"}
+    {
+        "array_agg",
+        "array_fill",
+        "array_append",
+        "array_prepend",
+        "array_cat",
+        "multirange",
+        "percentile_disc",  # WITHIN GROUP (ORDER BY d) with an array of fractions
+    }
 )
 
 

@@ -99,6 +99,7 @@ ARRAYS = [
     "select array(select d from dt) = '{3}'",
     "select array(select d from public.dt) || '{3}'",
     "select (select array_agg(d) from dt) = '{3}'",
+    "select percentile_disc('{0.5}'::float8[]) within group (order by d) = '{3}' from dt",
 ]
 
 
