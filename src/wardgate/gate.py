@@ -599,7 +599,12 @@ class Gate:
         return unknown
 
 
-# Built-ins that make an array (or a range) of their argument's own type, a domain kept.
+# Built-ins that make an array of their argument's own type, a domain kept, or that
+# resolve two polymorphic arguments to one type: `array_position('{3}', d)` converts
+# '{3}' to the domain's array type, `lag(d, 1, '3')` converts '3' to the domain. From
+# PostgreSQL 15's pg_proc (two or more polymorphic arguments, or an array result of an
+# element argument); the range and multirange ones need a range of the domain, which
+# the catalogue watch flags as a type of its own.
 _ARRAY_BUILDERS = frozenset(
     {
         "array_agg",
@@ -607,6 +612,13 @@ _ARRAY_BUILDERS = frozenset(
         "array_append",
         "array_prepend",
         "array_cat",
+        "array_position",
+        "array_positions",
+        "array_remove",
+        "array_replace",
+        "width_bucket",
+        "lag",
+        "lead",
         "multirange",
         "percentile_disc",  # WITHIN GROUP (ORDER BY d) with an array of fractions
     }
@@ -628,7 +640,8 @@ def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
         f.rpartition(".")[2] in _ARRAY_BUILDERS for f in stmt.functions
     ):
         # ARRAY[x.d], ARRAY(SELECT d ...), array_agg(d): an array of the domain itself
-        # (not of its base type), to which `= '{3}'` converts its literal.
+        # (not of its base type), to which `= '{3}'` converts its literal; and the
+        # polymorphic built-ins that convert their other arguments to d's type.
         columns += [t for t in stmt.tables_read if named(t, found.written_tables)]
     if columns:
         return [

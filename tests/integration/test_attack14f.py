@@ -89,7 +89,8 @@ def test_a_held_write_binding_a_checked_domain_column_is_not_parsed(
 # -- an array of a checked-domain column is an array of the domain ------------------------
 # ARRAY[x.d], ARRAY(SELECT d FROM dt) and array_agg(d) have type touchy[] (a domain
 # keeps its type inside an array): `= '{3}'` converts the literal with array_in, which
-# runs touchy's CHECK while parsing. The principal whose writes need a review reads
+# runs touchy's CHECK while parsing. Polymorphic built-ins with two polymorphic
+# arguments (array_position, width_bucket, lag) convert the other one likewise. The principal whose writes need a review reads
 # freely: its CHECK wrote stock row 7. The read-only one was stopped only by the
 # server's read-only transaction.
 
@@ -100,6 +101,11 @@ ARRAYS = [
     "select array(select d from public.dt) || '{3}'",
     "select (select array_agg(d) from dt) = '{3}'",
     "select percentile_disc('{0.5}'::float8[]) within group (order by d) = '{3}' from dt",
+    # Polymorphic built-ins resolve '{3}' (or '3') to the domain's (array) type.
+    "select array_position('{3}', x.d) from (values (1)) v left join dt x on false",
+    "select array_remove('{3}', x.d) from (values (1)) v left join dt x on false",
+    "select width_bucket(x.d, '{3}') from (values (1)) v left join dt x on false",
+    "select lag(x.d, 1, '3') over () from (values (1)) v left join dt x on false",
 ]
 
 
