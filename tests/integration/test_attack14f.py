@@ -139,6 +139,42 @@ def test_an_array_of_a_checked_domain_column_is_a_call_of_user_code(
         assert reply.errors() == [], (sql, reply.text())
 
 
+# -- the generic input functions, called by name ------------------------------------------
+# domain_in(text, type OID, typmod) reads a value as the type the OID names: touchy's
+# CHECK ran, and no cast or type name is in the text (only a string or a number). They
+# were judged read-only built-ins (STABLE).
+
+TYPE_INPUTS = [
+    "select count(domain_in('3', 'touchy'::regtype, -1))",
+    "select count(pg_catalog.domain_in('3', 'public.touchy'::regtype::oid, -1))",
+    "select count(array_in('{3}', 'touchy'::regtype, -1))",
+    "select count(record_in('(3)', 'dt'::regtype, -1))",
+]
+
+
+@pytest.mark.parametrize("who", ["ro", "rv"])
+def test_an_input_function_called_by_name_is_a_call_of_user_code(
+    target: Target, wires: dict[str, Wire], oids: dict[str, int], who: str
+) -> None:
+    w = wires[who]
+    _wait_for_catalog_watch(w)
+    start, before = target.last_id(), target.snapshot()
+    for sql in [*TYPE_INPUTS, f"select count(domain_in('3', {oids['touchy']}, -1))"]:
+        reply = w.run(q(sql), ready=1)
+        assert "unknown_function" in reply.text(), (sql, reply.text())
+        assert reply.rows() == 0, sql
+    _unchanged(target, before, start)
+
+
+@pytest.fixture(scope="module")
+def oids(target: Target) -> dict[str, int]:
+    with target.conn() as c:
+        rows = c.execute(
+            "select typname, oid::int from pg_type where typname = 'touchy'"
+        ).fetchall()
+    return {str(name): int(oid) for name, oid in rows}
+
+
 def test_reads_and_plain_writes_still_work(
     gw: Gateway, target: Target, wires: dict[str, Wire]
 ) -> None:
