@@ -128,7 +128,13 @@ class UserCode:
     value to it, as a cast would, with no name in the text. ``column_tables``: tables
     and views with a column of such a type (not a domain over a harmless one): an
     array or row column that COALESCE, UNION, a comparison or a write converts values
-    to; or with a column whose default calls a user function (planning folds it)."""
+    to; or with a column whose default calls a user function (planning folds it).
+    ``written_tables``: tables and views with a column of any such type, a domain over
+    a harmless one included: a write coerces each value to the column's own type (its
+    CHECK runs), and a parameter PostgreSQL types from that column (`INSERT ... VALUES
+    ($1)`, `SET d = $1`) is converted to the domain when it is bound; a read that
+    builds an array of that column (`ARRAY[x.d]`, `array_agg(d)`) has the domain's
+    array type, to which a comparison converts its other side."""
 
     types: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
@@ -136,6 +142,7 @@ class UserCode:
     attributes: frozenset[str] = frozenset()
     type_oids: frozenset[tuple[int, str]] = frozenset()
     column_tables: frozenset[str] = frozenset()
+    written_tables: frozenset[str] = frozenset()
 
     def declared_types(self, oids: tuple[int, ...]) -> list[str]:
         """The names of those of ``oids`` (a Parse's parameter types) that may run a
@@ -605,7 +612,7 @@ class Gate:
                 not schema and bare in found.operators
             ):
                 unknown.append(f"operator {op}")
-        if found.column_tables or (found.types and stmt.tables_read):
+        if found.column_tables or found.written_tables or (found.types and stmt.tables_read):
             unknown += _conversions_into_rows(stmt, found)
         unknown += [
             f"function {name} (selected as a field: x.{name} is {name}(x))"
@@ -615,6 +622,32 @@ class Gate:
         if found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
             unknown.append(f"any expression ({found.implicit})")
         return unknown
+
+
+# Built-ins that make an array of their argument's own type, a domain kept, or that
+# resolve two polymorphic arguments to one type: `array_position('{3}', d)` converts
+# '{3}' to the domain's array type, `lag(d, 1, '3')` converts '3' to the domain. From
+# PostgreSQL 15's pg_proc (two or more polymorphic arguments, or an array result of an
+# element argument); the range and multirange ones need a range of the domain, which
+# the catalogue watch flags as a type of its own.
+_ARRAY_BUILDERS = frozenset(
+    {
+        "array_agg",
+        "array_fill",
+        "array_append",
+        "array_prepend",
+        "array_cat",
+        "array_position",
+        "array_positions",
+        "array_remove",
+        "array_replace",
+        "width_bucket",
+        "lag",
+        "lead",
+        "multirange",
+        "percentile_disc",  # WITHIN GROUP (ORDER BY d) with an array of fractions
+    }
+)
 
 
 def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
@@ -627,7 +660,14 @@ def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:
 
     columns = [
         t for t in (*stmt.tables_read, *stmt.tables_written) if named(t, found.column_tables)
-    ]
+    ] + [t for t in stmt.tables_written if named(t, found.written_tables)]
+    if "array_value" in stmt.kinds or any(
+        f.rpartition(".")[2] in _ARRAY_BUILDERS for f in stmt.functions
+    ):
+        # ARRAY[x.d], ARRAY(SELECT d ...), array_agg(d): an array of the domain itself
+        # (not of its base type), to which `= '{3}'` converts its literal; and the
+        # polymorphic built-ins that convert their other arguments to d's type.
+        columns += [t for t in stmt.tables_read if named(t, found.written_tables)]
     if columns:
         return [
             f"a conversion to a column type of {columns[0]} (PostgreSQL converts values "

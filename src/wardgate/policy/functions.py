@@ -84,7 +84,18 @@ def _load_builtins() -> frozenset[str]:
     )
 
 
-BUILTIN_READ_ONLY = _load_builtins() | READ_ONLY_VOLATILE
+# Input functions that read a value as the type an argument names by OID, running that
+# type's input function and a domain's CHECK: `domain_in('3', 'touchy'::regtype, -1)`
+# runs touchy's CHECK with no cast or type name in the text. STABLE, but which user code
+# they run is data, so they are unknown functions (writes), like the user code itself.
+TYPE_INPUTS = frozenset(
+    {
+        "domain_in", "domain_recv", "array_in", "array_recv", "record_in", "record_recv",
+        "range_in", "range_recv", "multirange_in", "multirange_recv",
+    }
+)  # fmt: skip
+
+BUILTIN_READ_ONLY = (_load_builtins() | READ_ONLY_VOLATILE) - TYPE_INPUTS
 
 
 def function_class(schema: str | None, name: str) -> str | None:

@@ -611,6 +611,7 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
     attributes: list[str] = []
     sources: set[str] = set()  # tables and aliases in FROM: a bare one is a whole row
     whole_row = False
+    array_value = False
     for parent, inner_type, inner in _walk(fields):
         alias = inner.get("alias")
         if isinstance(alias, dict) and alias.get("aliasname"):
@@ -646,6 +647,12 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
                 # t.f, or column.f: f(t) when t has no column f, f(column) when it is
                 # a column (its value need not be a row: note.nextval is nextval(note)).
                 selected = [last["String"]["sval"]]
+        elif inner_type == "A_ArrayExpr" or (
+            inner_type == "SubLink" and inner.get("subLinkType") == "ARRAY_SUBLINK"
+        ):
+            # ARRAY[c], ARRAY(SELECT c): an array of c's own type, a domain included,
+            # which a comparison or a COALESCE converts other values to.
+            array_value = True
         elif inner_type == "A_Indirection":
             # (x).f, (x).f.g: each name a field of the value before it, or a function
             # called with it: ('s'::regclass).nextval is nextval('s').
@@ -704,6 +711,8 @@ def _statement_info(stmt: dict[str, Any], text: str) -> StatementInfo:
         # A value of the row type, which a COALESCE, a comparison or a UNION may
         # convert another value to (that type's input, its columns' CHECKs).
         kinds.append("whole_row")
+    if array_value:
+        kinds.append("array_value")
     return StatementInfo(
         klass=klass,
         kinds=tuple(kinds),

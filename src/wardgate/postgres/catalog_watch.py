@@ -193,11 +193,16 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
             implicit.append(f"implicit or assignment user cast {name}")
     # A column of a flagged type other than a domain over a harmless base type (which
     # PostgreSQL resolves to its base type when it converts a value for it).
+    # A write converts to the column's own type, a domain's CHECK included.
     flagged = {str(oid) for oid, _ in type_oids}
+    written_tables: set[str] = set()
     for table, typed in column_types:
         column_type, _, base = typed.partition(" ")
-        if column_type in flagged and (not base or base in flagged):
-            column_tables.update((table.lower(), table.rpartition(".")[2].lower()))
+        names = (table.lower(), table.rpartition(".")[2].lower())
+        if column_type in flagged:
+            written_tables.update(names)
+            if not base or base in flagged:
+                column_tables.update(names)
     implicit += [f"user operator {op}" for op in sorted(operators & _IMPLIED)]
     return UserCode(
         frozenset(types),
@@ -206,6 +211,7 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
         frozenset(attributes),
         frozenset(type_oids),
         frozenset(column_tables),
+        frozenset(written_tables),
     )
 
 
