@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums.parsenodes import AlterTableType, SetOperation
+from pglast.enums.parsenodes import AlterTableType, ConstrType, SetOperation
 from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
@@ -317,7 +317,8 @@ def _refuse_changing_mask_schema(tree: Any, rules: tuple[ColumnRule, ...]) -> No
 _SLOW_STATEMENTS = frozenset(
     {
         "DoStmt", "CallStmt", "ListenStmt", "CreateFunctionStmt", "CreateTrigStmt",
-        "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt",
+        "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt", "AlterDomainStmt",
+        "CreateStatsStmt",
     }
 )  # fmt: skip
 # ALTER TABLE subcommands that change which table's rows another table returns.
@@ -345,7 +346,7 @@ _PINNED_STATEMENTS = frozenset(
         "DeclareCursorStmt", "PrepareStmt", "CreateTableAsStmt", "MergeStmt",
     }
 )  # fmt: skip
-_FULL_STATEMENTS = frozenset({"RenameStmt", "AlterObjectSchemaStmt"})
+_FULL_STATEMENTS = frozenset({"RenameStmt", "AlterObjectSchemaStmt", "ViewStmt"})
 Pin = tuple[int, str]  # (byte offset of an unqualified relation name, its schema)
 
 
@@ -571,6 +572,7 @@ class _Rewriter:
     catalog: MaskCatalog
     rules: tuple[ColumnRule, ...]
     paths: Paths | None = None  # the session's possible search_paths; None: unknown
+    pin: bool = True  # qualify unqualified relation names (_relation); False: a probe
     changed: bool = False
     masked_refs: int = 0  # masked expressions made so far
     _merged: set[int] = field(default_factory=set)  # FROM lists with USING/NATURAL joins
@@ -614,6 +616,8 @@ class _Rewriter:
             # What it computes is checked like any expression: a blocked or user
             # function (query_to_xml) would write clear values into an unmasked table.
             return self.expr(stmt, [], _OUTPUT)
+        if isinstance(stmt, ast.ViewStmt):
+            return self._view(stmt)
         if isinstance(stmt, ast.RenameStmt | ast.AlterObjectSchemaStmt) and isinstance(
             stmt.relation, ast.RangeVar
         ):
@@ -622,7 +626,27 @@ class _Rewriter:
         if isinstance(stmt, ast.IndexStmt | ast.AlterTableStmt) and isinstance(
             stmt.relation, ast.RangeVar
         ):
-            self._refuse_evaluating_masked(stmt)  # and blocked calls, below
+            self._refuse_evaluating_masked(stmt, stmt.relation)  # and blocked calls, below
+        if isinstance(stmt, ast.CreateStatsStmt) and stmt.relations:
+            for relation in stmt.relations:
+                if isinstance(relation, ast.RangeVar):
+                    self._refuse_evaluating_masked(stmt, relation)
+        if isinstance(stmt, ast.AlterDomainStmt) and (
+            stmt.subtype == "V"
+            or (
+                stmt.subtype == "C"
+                and isinstance(stmt.def_, ast.Constraint)
+                and stmt.def_.contype == ConstrType.CONSTR_CHECK
+            )
+        ):
+            raise Refused(
+                "adding or validating a CHECK constraint of a domain is not supported for "
+                "principals under a masking rule: the server evaluates it over every stored "
+                "value of the domain, masked columns' too, and its errors echo them "
+                '(invalid input syntax for type integer: "<value>"); ask a principal '
+                "without the rule to run it",
+                self._any_rule(),
+            )
         if isinstance(stmt, _LATER_CODE):
             raise Refused(
                 "creating functions, procedures, triggers, rules or row-level security "
@@ -650,13 +674,46 @@ class _Rewriter:
         self._refuse_blocked_calls(stmt)
         return stmt
 
+    def _view(self, stmt: Any) -> Any:
+        """CREATE [OR REPLACE] VIEW: its query is judged as a SELECT of this principal's,
+        and refused when the rewrite would change it (a masked column, a ``*`` over a
+        table a rule names, pg_stat_activity.query) or refuses it. A view over masked
+        columns is refused to read, but only once a snapshot lists what it reads: in the
+        transaction that created or replaced it (``CREATE OR REPLACE VIEW v0 AS SELECT
+        id, pw AS name FROM t; SELECT name FROM v0``, v0 known clean), the snapshot's
+        clean view was read, clear values and all. Its relation names are pinned, as a
+        query's."""
+        probe = _Rewriter(self.catalog, self.rules, self.paths, pin=False)
+        probe.select(copy.deepcopy(stmt.query), [])
+        if probe.changed:
+            raise Refused(
+                f"view {stmt.view.relname} would read masked columns (or whole rows of a "
+                "table a masking rule names, or other sessions' query texts) in clear: "
+                "until the gateway's snapshot lists what it reads, a read of it in this "
+                "transaction would not be refused. Select from the tables instead, or ask "
+                "a principal without the rule to create it",
+                self._any_rule(),
+            )
+        stmt.query = self.select(stmt.query, [])
+        return stmt
+
     def _refuse_moving_masked(self, stmt: Any) -> None:
         """Renaming a table or column, or moving it to another schema, would take its
-        columns out of the rules that name them."""
+        columns out of the rules that name them. A relation whose read is refused (a
+        view over masked columns) is not renamed either: under the name of a relation
+        the snapshot knows clean, a read in the same transaction returned its values
+        (``ALTER VIEW v0 RENAME TO x; ALTER VIEW masked_view RENAME TO v0``)."""
         try:
             entry = self._relation(stmt.relation)
-        except Refused:
+        except UnknownRelation:
             return  # not a table the snapshot knows: nothing masked to move
+        except Refused as exc:
+            raise Refused(
+                f"renaming or moving {stmt.relation.relname} is not supported for this "
+                f"principal: it may not read it ({exc.reason}), and under another name a "
+                "read in the same transaction would not be refused",
+                exc.rule,
+            ) from None
         if entry.masked:
             rule = next(iter(entry.masked.values())).rule
             raise Refused(
@@ -666,15 +723,16 @@ class _Rewriter:
                 rule.rule,
             )
 
-    def _refuse_evaluating_masked(self, stmt: Any) -> None:
-        """CREATE INDEX and ALTER TABLE on a table with masked columns whose expressions
-        (an index expression or predicate, a generated column, a CHECK or EXCLUDE
-        constraint, ALTER COLUMN ... TYPE ... USING) read a masked column, or that change
+    def _refuse_evaluating_masked(self, stmt: Any, relation: Any) -> None:
+        """CREATE INDEX, ALTER TABLE and CREATE STATISTICS on a table (``relation``) with
+        masked columns whose expressions (an index expression or predicate, a generated
+        column, a CHECK or EXCLUDE constraint, ALTER COLUMN ... TYPE ... USING, an
+        expression statistic, computed at ANALYZE) read a masked column, or that change
         a masked column's type: the server evaluates them over the clear values, and
         stores them (a generated column is read back unmasked) or echoes them in errors
         (``create index on t ((reverse(pw)::int))``: ``invalid input syntax for type
         integer: "2retnuh"``)."""
-        entry = self._quietly(stmt.relation)
+        entry = self._quietly(relation)
         self._refuse_relinking(stmt, entry)
         if entry is None or not entry.masked:
             return  # not a table the snapshot knows, or none with masked columns
@@ -1105,7 +1163,7 @@ class _Rewriter:
         named = next(
             (r for t in (*tables, *shadows) if (r := self._table_rule(t)) is not None), None
         )
-        if schema is None and len(tables) == 1 and name not in self.catalog.system:
+        if self.pin and schema is None and len(tables) == 1 and name not in self.catalog.system:
             # Pinned: the server reads the table judged here whatever its search_path has
             # become (SQL the gateway never sees can change it); the reference keeps its
             # name (``FROM s.t`` is still ``t``), so column references bind the same.
