@@ -15,13 +15,16 @@ clear values of masked columns before the fixes on this branch:
   (``invalid input syntax for type integer: "2retnuh"``); also ``NOT VALID`` and then
   ``VALIDATE CONSTRAINT``;
 - ``CREATE STATISTICS s ON (reverse(pw)::int), id FROM t`` and ``ANALYZE t``: the
-  expression is computed over the clear values, and the error echoes them.
+  expression is computed over the clear values, and the error echoes them;
+- ``ALTER SCHEMA crm RENAME TO crm2`` under a rule ``crm.k.pw``: the table left the
+  rule, and every principal (the read-only ``agent`` too) read ``crm2.k.pw`` clear.
 
 Each test checks the result bytes and every error field for the clear values (and
 their reverses)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -41,7 +44,7 @@ masking:
     - name: secrets
       principal_kinds: [agent]
       connections: [it]
-      columns: ["*.{t}.email", "*.{t}.pw", "*.{t}.ssn", "*.{t}_d.pw"]
+      columns: ["*.{t}.email", "*.{t}.pw", "*.{t}.ssn", "*.{t}_d.pw", "{t}_s.{t}_k.pw"]
       strategy: partial
 """
 AGENT = "  agent: {kind: agent, groups: [agents], sponsor: dev}\n"
@@ -69,6 +72,10 @@ def t(it_database: str) -> str:
         conn.execute(f"create domain {table}_dom as text")
         conn.execute(f"create table {table}_d (id int, pw {table}_dom)")
         conn.execute(f"insert into {table}_d values (1, %s)", (PW,))
+        # A rule naming its schema.
+        conn.execute(f"create schema {table}_s")
+        conn.execute(f"create table {table}_s.{table}_k (id int, pw text)")
+        conn.execute(f"insert into {table}_s.{table}_k values (1, %s)", (PW,))
     return table
 
 
@@ -220,3 +227,25 @@ def test_an_expression_statistic_over_a_masked_column_is_refused(
     assert not _leaks(got), got
     assert "blocked by masking:secrets" in repr(got[0]), got
     assert got[1:] == [["ANALYZE"], ["CREATE STATISTICS"]], got
+
+
+def test_renaming_the_schema_a_rule_names_is_refused(gw: Gateway, t: str, it_database: str) -> None:
+    got: list[Any] = []
+    try:
+        with psycopg.connect(gw.dsn("wagent"), autocommit=True) as conn:
+            got.append(_run(conn, f"alter schema {t}_s rename to {t}_s2"))
+        with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
+            renamed = "ALTER SCHEMA" in repr(got[0])
+            for _ in range(20 if renamed else 1):  # refused until the snapshot has it
+                got.append(_run(conn, f"select pw, reverse(pw) from {t}_s2.{t}_k"))
+                if "not in the gateway's catalog snapshot" not in repr(got[-1]):
+                    break
+                time.sleep(0.25)
+    finally:
+        with admin_conn(it_database) as conn:
+            if conn.execute(
+                "select 1 from pg_namespace where nspname = %s", (f"{t}_s2",)
+            ).fetchone():
+                conn.execute(f"alter schema {t}_s2 rename to {t}_s")
+    assert not _leaks(got), got
+    assert "renaming schema" in repr(got[0]) and "'secrets'" in repr(got[0]), got

@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums.parsenodes import AlterTableType, ConstrType, SetOperation
+from pglast.enums.parsenodes import AlterTableType, ConstrType, ObjectType, SetOperation
 from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
@@ -618,6 +618,9 @@ class _Rewriter:
             return self.expr(stmt, [], _OUTPUT)
         if isinstance(stmt, ast.ViewStmt):
             return self._view(stmt)
+        if isinstance(stmt, ast.RenameStmt) and stmt.renameType == ObjectType.OBJECT_SCHEMA:
+            self._refuse_renaming_schema(stmt.subname or "", stmt.newname or "")
+            return stmt
         if isinstance(stmt, ast.RenameStmt | ast.AlterObjectSchemaStmt) and isinstance(
             stmt.relation, ast.RangeVar
         ):
@@ -696,6 +699,21 @@ class _Rewriter:
             )
         stmt.query = self.select(stmt.query, [])
         return stmt
+
+    def _refuse_renaming_schema(self, old: str, new: str) -> None:
+        """``ALTER SCHEMA crm RENAME TO crm2`` under a rule ``crm.customers.email``: every
+        table of the schema leaves the rule (its columns were read clear by every
+        principal once the snapshot had the new name). Refused when a rule's schema
+        part matches the old name and not the new one."""
+        for rule in self.rules:
+            schema_glob = rule.glob.split(".", 1)[0]
+            if fnmatchcase(old.lower(), schema_glob) and not fnmatchcase(new.lower(), schema_glob):
+                raise Refused(
+                    f"renaming schema {old} would take its tables out of masking rule "
+                    f"{rule.rule!r} ({rule.glob}); a principal without the rule (or an "
+                    "administrator changing the rule too) can do it",
+                    rule.rule,
+                )
 
     def _refuse_moving_masked(self, stmt: Any) -> None:
         """Renaming a table or column, or moving it to another schema, would take its
