@@ -17,7 +17,11 @@ clear values of masked columns before the fixes on this branch:
 - ``CREATE STATISTICS s ON (reverse(pw)::int), id FROM t`` and ``ANALYZE t``: the
   expression is computed over the clear values, and the error echoes them;
 - ``ALTER SCHEMA crm RENAME TO crm2`` under a rule ``crm.k.pw``: the table left the
-  rule, and every principal (the read-only ``agent`` too) read ``crm2.k.pw`` clear.
+  rule, and every principal (the read-only ``agent`` too) read ``crm2.k.pw`` clear;
+- a routine someone else made that reads the masked column (refused in a query) as a
+  column default of a table without rules (``ALTER TABLE o ADD COLUMN w text DEFAULT
+  get_pw(1)``: the next INSERT stored the clear value) or in a CHECK (its error echoed
+  it).
 
 Each test checks the result bytes and every error field for the clear values (and
 their reverses)."""
@@ -76,6 +80,14 @@ def t(it_database: str) -> str:
         conn.execute(f"create schema {table}_s")
         conn.execute(f"create table {table}_s.{table}_k (id int, pw text)")
         conn.execute(f"insert into {table}_s.{table}_k values (1, %s)", (PW,))
+        # A routine someone else made that reads the masked column, and a table without
+        # rules the agent may change.
+        conn.execute(
+            f"create function {table}_get(i int) returns text language sql stable "
+            f"as 'select pw from {table} where id = i'"
+        )
+        conn.execute(f"create table {table}_o (id int, v text)")
+        conn.execute(f"insert into {table}_o values (0, 'x')")
     return table
 
 
@@ -249,3 +261,33 @@ def test_renaming_the_schema_a_rule_names_is_refused(gw: Gateway, t: str, it_dat
                 conn.execute(f"alter schema {t}_s2 rename to {t}_s")
     assert not _leaks(got), got
     assert "renaming schema" in repr(got[0]) and "'secrets'" in repr(got[0]), got
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [
+            "alter table {t}_o add column w text default {t}_get(1)",
+            "insert into {t}_o (id) values (1)",
+            "select w, reverse(w) from {t}_o",
+        ],
+        ["alter table {t}_o add constraint {t}_c check (reverse({t}_get(1))::int > 0)"],
+        ["create table {t}_n (id int, w text default {t}_get(1))"],
+    ],
+)
+def test_a_user_routine_in_ddl_is_refused(
+    gw: Gateway, t: str, it_database: str, steps: list[str]
+) -> None:
+    got: list[Any] = []
+    try:
+        with psycopg.connect(gw.dsn("wagent"), autocommit=True) as conn:
+            for sql in steps:
+                got.append(_run(conn, sql.format(t=t)))
+    finally:
+        with admin_conn(it_database) as conn:
+            conn.execute(f"alter table {t}_o drop column if exists w")
+            conn.execute(f"alter table {t}_o drop constraint if exists {t}_c")
+            conn.execute(f"drop table if exists {t}_n")
+            conn.execute(f"delete from {t}_o where id <> 0")
+    assert not _leaks(got), got
+    assert "is not a built-in function" in repr(got[0]), got

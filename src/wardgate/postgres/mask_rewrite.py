@@ -1380,22 +1380,9 @@ class _Rewriter:
         if isinstance(node, ast.FuncCall):
             return self._call(node, scopes, context)
         if isinstance(node, ast.A_Expr):
-            operator = _strings(node.name or ())
-            if operator and operator[-1] in self.catalog.user_operators:
-                raise Refused(
-                    f"the operator {operator[-1]} runs a user routine, which may read masked "
-                    "columns in clear; it is refused for principals under a masking rule",
-                    self._any_rule(),
-                )
+            self._refuse_user_operator(_strings(node.name or ()))
         if isinstance(node, ast.TypeCast) and node.typeName is not None:
-            type_name = _strings(node.typeName.names or ())
-            if type_name and type_name[-1] in self.catalog.user_types:
-                raise Refused(
-                    f"a cast to {'.'.join(type_name)} may run a user routine (its cast, "
-                    "input function or domain CHECK), which may read masked columns in "
-                    "clear; it is refused for principals under a masking rule",
-                    self._any_rule(),
-                )
+            self._refuse_user_type(_strings(node.typeName.names or ()))
         if isinstance(node, ast.A_Expr) and context == _PREDICATE:
             joined = self._pseudonym_equality(node, scopes)
             if joined is not None:
@@ -1414,10 +1401,14 @@ class _Rewriter:
         return node
 
     def _refuse_blocked_calls(self, stmt: Any) -> None:
-        """Any other statement (DDL): a blocked built-in or a wardgate_mask function in
-        it (a column default, a constraint, an index expression) runs later, on the
-        server, past the rewrite: ``CREATE TABLE x (v text DEFAULT
-        pg_stat_get_backend_activity(7))`` and an INSERT stored another session's query."""
+        """Any other statement (DDL): a blocked built-in, a wardgate_mask function or a
+        routine that is not a built-in in it (a column default, a constraint, an index
+        expression), an operator implemented by a user routine or a cast to a type whose
+        cast, input or CHECK may run one, runs later, on the server, past the rewrite:
+        ``CREATE TABLE x (v text DEFAULT pg_stat_get_backend_activity(7))`` and an INSERT
+        stored another session's query; ``ALTER TABLE o ADD COLUMN w text DEFAULT
+        get_pw(1)`` (a function someone else made, refused in a query) stored the clear
+        value at the next INSERT, and a CHECK over it echoed it."""
 
         def visit(node: Any) -> Any:
             if isinstance(node, tuple | list):
@@ -1426,6 +1417,11 @@ class _Rewriter:
             elif isinstance(node, ast.Node):
                 if isinstance(node, ast.FuncCall):
                     self._refuse_blocked_call(_strings(node.funcname))
+                    self._refuse_user_call(_strings(node.funcname))
+                if isinstance(node, ast.A_Expr):
+                    self._refuse_user_operator(_strings(node.name or ()))
+                if isinstance(node, ast.TypeCast) and node.typeName is not None:
+                    self._refuse_user_type(_strings(node.typeName.names or ()))
                 self._children(node, visit)
             return node
 
@@ -1448,11 +1444,9 @@ class _Rewriter:
                 self._any_rule(),
             )
 
-    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
-        names = _strings(node.funcname)
+    def _refuse_user_call(self, names: list[str]) -> None:
         name = names[-1]
         schema = names[0] if len(names) > 1 else None
-        self._refuse_blocked_call(names)
         builtin = schema in (None, "pg_catalog") and (
             name in BUILTIN_READ_ONLY or name in WRITE_FUNCTIONS
         )
@@ -1463,6 +1457,29 @@ class _Rewriter:
                 "rule",
                 self._any_rule(),
             )
+
+    def _refuse_user_operator(self, operator: list[str]) -> None:
+        if operator and operator[-1] in self.catalog.user_operators:
+            raise Refused(
+                f"the operator {operator[-1]} runs a user routine, which may read masked "
+                "columns in clear; it is refused for principals under a masking rule",
+                self._any_rule(),
+            )
+
+    def _refuse_user_type(self, type_name: list[str]) -> None:
+        if type_name and type_name[-1] in self.catalog.user_types:
+            raise Refused(
+                f"a cast to {'.'.join(type_name)} may run a user routine (its cast, "
+                "input function or domain CHECK), which may read masked columns in "
+                "clear; it is refused for principals under a masking rule",
+                self._any_rule(),
+            )
+
+    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        names = _strings(node.funcname)
+        name = names[-1]
+        self._refuse_blocked_call(names)
+        self._refuse_user_call(names)
         for arg in node.args or ():
             self._refuse_whole_row(arg, scopes, f"{name}()")
         for part in ("args", "agg_order", "agg_filter", "over"):
