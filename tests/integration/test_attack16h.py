@@ -21,7 +21,7 @@ clear values of masked columns before the fixes on this branch:
 - a routine someone else made that reads the masked column (refused in a query) as a
   column default of a table without rules (``ALTER TABLE o ADD COLUMN w text DEFAULT
   get_pw(1)``: the next INSERT stored the clear value) or in a CHECK (its error echoed
-  it).
+  it), and in ``COPY ... FROM STDIN WHERE reverse(get_pw(1))::int > 0`` (echoed too).
 
 Each test checks the result bytes and every error field for the clear values (and
 their reverses)."""
@@ -291,3 +291,26 @@ def test_a_user_routine_in_ddl_is_refused(
             conn.execute(f"delete from {t}_o where id <> 0")
     assert not _leaks(got), got
     assert "is not a built-in function" in repr(got[0]), got
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["reverse({t}_get(1))::int > 0", "pg_stat_get_backend_activity(1) is not null"],
+)
+def test_a_routine_in_copy_from_where_is_refused(
+    gw: Gateway, t: str, it_database: str, where: str
+) -> None:
+    """COPY ... FROM ... WHERE runs on the server; a routine refused in a query ran there."""
+    got: Any = "COPY"
+    try:
+        with psycopg.connect(gw.dsn("wagent"), autocommit=True) as conn:
+            sql = f"copy {t}_o from stdin where {where.format(t=t)}"
+            with conn.cursor().copy(sql.encode()) as copy:
+                copy.write(b"1\tx\n")
+    except psycopg.Error as exc:
+        got = _error(exc)
+    finally:
+        with admin_conn(it_database) as conn:
+            conn.execute(f"delete from {t}_o where id <> 0")
+    assert not _leaks(got), got
+    assert "blocked by masking:secrets" in repr(got), got

@@ -984,6 +984,11 @@ class _Rewriter:
             stmt.query = self.statement(stmt.query)
             return stmt
         if stmt.is_from or stmt.relation is None:
+            if stmt.whereClause is not None:
+                # COPY ... FROM ... WHERE runs over the incoming rows (the client's values),
+                # but a routine it calls may read anything: ``WHERE reverse(get_pw(1))::int
+                # > 0`` echoed a masked value in its error.
+                self._refuse_blocked_calls(stmt.whereClause)
             return stmt
         level: _Level = []
         self._from_item(stmt.relation, level, [])
