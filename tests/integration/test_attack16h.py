@@ -314,3 +314,26 @@ def test_a_routine_in_copy_from_where_is_refused(
             conn.execute(f"delete from {t}_o where id <> 0")
     assert not _leaks(got), got
     assert "blocked by masking:secrets" in repr(got), got
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ["create cast (int4 as text) with function {t}_get(int4)", "select 1::text"],
+        ["create operator ### (rightarg = int4, function = {t}_get)", "select ### 1"],
+    ],
+)
+def test_creating_a_cast_or_operator_over_a_routine_is_refused(
+    gw: Gateway, t: str, steps: list[str]
+) -> None:
+    """``dagent`` may run admin statements (CREATE CAST, CREATE OPERATOR): the new cast
+    or operator called someone else's routine over a masked column in the same
+    transaction, before any snapshot listed it."""
+    got: list[Any] = []
+    with psycopg.connect(gw.dsn("dagent"), autocommit=True) as conn:
+        got.append(_run(conn, "begin"))
+        for sql in steps:
+            got.append(_run(conn, sql.format(t=t)))
+        conn.execute(b"rollback")
+    assert not _leaks(got), got
+    assert "casts, operators" in repr(got[1]), got

@@ -318,7 +318,7 @@ _SLOW_STATEMENTS = frozenset(
     {
         "DoStmt", "CallStmt", "ListenStmt", "CreateFunctionStmt", "CreateTrigStmt",
         "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt", "AlterDomainStmt",
-        "CreateStatsStmt",
+        "CreateStatsStmt", "CreateCastStmt", "CreateTransformStmt", "DefineStmt",
     }
 )  # fmt: skip
 # ALTER TABLE subcommands that change which table's rows another table returns.
@@ -336,6 +336,15 @@ _LATER_CODE = (
     ast.RuleStmt,
     ast.CreatePolicyStmt,
     ast.AlterPolicyStmt,
+    # A cast or transform calls its function wherever a query converts the types, unseen
+    # in a statement the same transaction runs (the snapshot's user types lack it yet):
+    # CREATE CAST (int4 AS text) WITH FUNCTION get_pw(int4); SELECT 1::text.
+    ast.CreateCastStmt,
+    ast.CreateTransformStmt,
+)
+# CREATE OPERATOR, AGGREGATE, TYPE: objects that call routines named in them, likewise.
+_ROUTINE_OBJECTS = frozenset(
+    {ObjectType.OBJECT_OPERATOR, ObjectType.OBJECT_AGGREGATE, ObjectType.OBJECT_TYPE}
 )
 # Statements whose relation references the rewriter resolves (_Rewriter.statement), so
 # pins; the others' (DDL) are left as written. A rename or move of a relation is pinned
@@ -650,10 +659,12 @@ class _Rewriter:
                 "without the rule to run it",
                 self._any_rule(),
             )
-        if isinstance(stmt, _LATER_CODE):
+        if isinstance(stmt, _LATER_CODE) or (
+            isinstance(stmt, ast.DefineStmt) and stmt.kind in _ROUTINE_OBJECTS
+        ):
             raise Refused(
-                "creating functions, procedures, triggers, rules or row-level security "
-                "policies is not supported for principals under a masking rule: the server "
+                "creating functions, procedures, triggers, rules, row-level security "
+                "policies, casts, operators, aggregates or types is not supported for principals under a masking rule: the server "
                 "runs them later, out of the gateway's sight, where they can read masked "
                 "columns in clear (a trigger, a column default, an index expression); ask a "
                 "principal without the rule to create it",
