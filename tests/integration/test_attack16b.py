@@ -22,7 +22,6 @@ from tests.integration.test_mask_path import CLEAR_PUBLIC, MASKING, _agent
 from tests.integration.test_mask_path import gw as gw  # noqa: F401 - the fixture
 from tests.integration.test_mask_path import t as t  # noqa: F401 - the fixture
 from wardgate.policy.mask_rules import ColumnRule
-from wardgate.postgres.mask_catalog import TTL
 from wardgate.postgres.mask_rewrite import MaskCatalog, Refused, Table, rewrite
 
 HEX = [e.encode().hex() for e in CLEAR_PUBLIC]
@@ -222,15 +221,13 @@ def test_create_table_as_execute_after_a_new_search_path(ddl_gw: Gateway, t: str
 
 
 def test_the_agent_plants_a_search_path_view_itself(ddl_gw: Gateway, t: str) -> None:
+    """Since attack16h a view's query is judged as the principal's own query, where
+    set_config() is refused: the trap cannot be planted through the gateway any more
+    (one planted by someone else: test_a_view_that_sets_the_search_path_behind_the_gateway)."""
     trap = f"trap_{uuid.uuid4().hex[:8]}"
     with _agent(ddl_gw) as planter:
-        planter.execute(
-            f"create view public.{trap} as "
-            "select pg_catalog.set_config('search_path', 'public', false) as s".encode()
-        )
-    # DDL through the gateway counts every schema's table of a name on the connection
-    # for TTL seconds (mask_catalog.py): the agent waits them out.
-    time.sleep(TTL + 2)
-    with _agent(ddl_gw, f"other_{t},public") as conn:
-        assert _retry(conn, f"select s from {trap}") == [("public",)]
-        _no_clear(conn, conn.execute(_hex_emails(t).encode()).fetchall())
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"set_config\(\)"):
+            planter.execute(
+                f"create view public.{trap} as "
+                "select pg_catalog.set_config('search_path', 'public', false) as s".encode()
+            )

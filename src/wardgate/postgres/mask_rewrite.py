@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums.parsenodes import AlterTableType, SetOperation
+from pglast.enums.parsenodes import AlterTableType, ConstrType, ObjectType, SetOperation
 from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
@@ -317,7 +317,8 @@ def _refuse_changing_mask_schema(tree: Any, rules: tuple[ColumnRule, ...]) -> No
 _SLOW_STATEMENTS = frozenset(
     {
         "DoStmt", "CallStmt", "ListenStmt", "CreateFunctionStmt", "CreateTrigStmt",
-        "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt",
+        "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt", "AlterDomainStmt",
+        "CreateStatsStmt", "CreateCastStmt", "CreateTransformStmt", "DefineStmt",
     }
 )  # fmt: skip
 # ALTER TABLE subcommands that change which table's rows another table returns.
@@ -335,6 +336,15 @@ _LATER_CODE = (
     ast.RuleStmt,
     ast.CreatePolicyStmt,
     ast.AlterPolicyStmt,
+    # A cast or transform calls its function wherever a query converts the types, unseen
+    # in a statement the same transaction runs (the snapshot's user types lack it yet):
+    # CREATE CAST (int4 AS text) WITH FUNCTION get_pw(int4); SELECT 1::text.
+    ast.CreateCastStmt,
+    ast.CreateTransformStmt,
+)
+# CREATE OPERATOR, AGGREGATE, TYPE: objects that call routines named in them, likewise.
+_ROUTINE_OBJECTS = frozenset(
+    {ObjectType.OBJECT_OPERATOR, ObjectType.OBJECT_AGGREGATE, ObjectType.OBJECT_TYPE}
 )
 # Statements whose relation references the rewriter resolves (_Rewriter.statement), so
 # pins; the others' (DDL) are left as written. A rename or move of a relation is pinned
@@ -345,7 +355,7 @@ _PINNED_STATEMENTS = frozenset(
         "DeclareCursorStmt", "PrepareStmt", "CreateTableAsStmt", "MergeStmt",
     }
 )  # fmt: skip
-_FULL_STATEMENTS = frozenset({"RenameStmt", "AlterObjectSchemaStmt"})
+_FULL_STATEMENTS = frozenset({"RenameStmt", "AlterObjectSchemaStmt", "ViewStmt"})
 Pin = tuple[int, str]  # (byte offset of an unqualified relation name, its schema)
 
 
@@ -571,6 +581,7 @@ class _Rewriter:
     catalog: MaskCatalog
     rules: tuple[ColumnRule, ...]
     paths: Paths | None = None  # the session's possible search_paths; None: unknown
+    pin: bool = True  # qualify unqualified relation names (_relation); False: a probe
     changed: bool = False
     masked_refs: int = 0  # masked expressions made so far
     _merged: set[int] = field(default_factory=set)  # FROM lists with USING/NATURAL joins
@@ -614,6 +625,11 @@ class _Rewriter:
             # What it computes is checked like any expression: a blocked or user
             # function (query_to_xml) would write clear values into an unmasked table.
             return self.expr(stmt, [], _OUTPUT)
+        if isinstance(stmt, ast.ViewStmt):
+            return self._view(stmt)
+        if isinstance(stmt, ast.RenameStmt) and stmt.renameType == ObjectType.OBJECT_SCHEMA:
+            self._refuse_renaming_schema(stmt.subname or "", stmt.newname or "")
+            return stmt
         if isinstance(stmt, ast.RenameStmt | ast.AlterObjectSchemaStmt) and isinstance(
             stmt.relation, ast.RangeVar
         ):
@@ -622,11 +638,33 @@ class _Rewriter:
         if isinstance(stmt, ast.IndexStmt | ast.AlterTableStmt) and isinstance(
             stmt.relation, ast.RangeVar
         ):
-            self._refuse_evaluating_masked(stmt)  # and blocked calls, below
-        if isinstance(stmt, _LATER_CODE):
+            self._refuse_evaluating_masked(stmt, stmt.relation)  # and blocked calls, below
+        if isinstance(stmt, ast.CreateStatsStmt) and stmt.relations:
+            for relation in stmt.relations:
+                if isinstance(relation, ast.RangeVar):
+                    self._refuse_evaluating_masked(stmt, relation)
+        if isinstance(stmt, ast.AlterDomainStmt) and (
+            stmt.subtype == "V"
+            or (
+                stmt.subtype == "C"
+                and isinstance(stmt.def_, ast.Constraint)
+                and stmt.def_.contype == ConstrType.CONSTR_CHECK
+            )
+        ):
             raise Refused(
-                "creating functions, procedures, triggers, rules or row-level security "
-                "policies is not supported for principals under a masking rule: the server "
+                "adding or validating a CHECK constraint of a domain is not supported for "
+                "principals under a masking rule: the server evaluates it over every stored "
+                "value of the domain, masked columns' too, and its errors echo them "
+                '(invalid input syntax for type integer: "<value>"); ask a principal '
+                "without the rule to run it",
+                self._any_rule(),
+            )
+        if isinstance(stmt, _LATER_CODE) or (
+            isinstance(stmt, ast.DefineStmt) and stmt.kind in _ROUTINE_OBJECTS
+        ):
+            raise Refused(
+                "creating functions, procedures, triggers, rules, row-level security "
+                "policies, casts, operators, aggregates or types is not supported for principals under a masking rule: the server "
                 "runs them later, out of the gateway's sight, where they can read masked "
                 "columns in clear (a trigger, a column default, an index expression); ask a "
                 "principal without the rule to create it",
@@ -650,13 +688,61 @@ class _Rewriter:
         self._refuse_blocked_calls(stmt)
         return stmt
 
+    def _view(self, stmt: Any) -> Any:
+        """CREATE [OR REPLACE] VIEW: its query is judged as a SELECT of this principal's,
+        and refused when the rewrite would change it (a masked column, a ``*`` over a
+        table a rule names, pg_stat_activity.query) or refuses it. A view over masked
+        columns is refused to read, but only once a snapshot lists what it reads: in the
+        transaction that created or replaced it (``CREATE OR REPLACE VIEW v0 AS SELECT
+        id, pw AS name FROM t; SELECT name FROM v0``, v0 known clean), the snapshot's
+        clean view was read, clear values and all. Its relation names are pinned, as a
+        query's."""
+        probe = _Rewriter(self.catalog, self.rules, self.paths, pin=False)
+        probe.select(copy.deepcopy(stmt.query), [])
+        if probe.changed:
+            raise Refused(
+                f"view {stmt.view.relname} would read masked columns (or whole rows of a "
+                "table a masking rule names, or other sessions' query texts) in clear: "
+                "until the gateway's snapshot lists what it reads, a read of it in this "
+                "transaction would not be refused. Select from the tables instead, or ask "
+                "a principal without the rule to create it",
+                self._any_rule(),
+            )
+        stmt.query = self.select(stmt.query, [])
+        return stmt
+
+    def _refuse_renaming_schema(self, old: str, new: str) -> None:
+        """``ALTER SCHEMA crm RENAME TO crm2`` under a rule ``crm.customers.email``: every
+        table of the schema leaves the rule (its columns were read clear by every
+        principal once the snapshot had the new name). Refused when a rule's schema
+        part matches the old name and not the new one."""
+        for rule in self.rules:
+            schema_glob = rule.glob.split(".", 1)[0]
+            if fnmatchcase(old.lower(), schema_glob) and not fnmatchcase(new.lower(), schema_glob):
+                raise Refused(
+                    f"renaming schema {old} would take its tables out of masking rule "
+                    f"{rule.rule!r} ({rule.glob}); a principal without the rule (or an "
+                    "administrator changing the rule too) can do it",
+                    rule.rule,
+                )
+
     def _refuse_moving_masked(self, stmt: Any) -> None:
         """Renaming a table or column, or moving it to another schema, would take its
-        columns out of the rules that name them."""
+        columns out of the rules that name them. A relation whose read is refused (a
+        view over masked columns) is not renamed either: under the name of a relation
+        the snapshot knows clean, a read in the same transaction returned its values
+        (``ALTER VIEW v0 RENAME TO x; ALTER VIEW masked_view RENAME TO v0``)."""
         try:
             entry = self._relation(stmt.relation)
-        except Refused:
+        except UnknownRelation:
             return  # not a table the snapshot knows: nothing masked to move
+        except Refused as exc:
+            raise Refused(
+                f"renaming or moving {stmt.relation.relname} is not supported for this "
+                f"principal: it may not read it ({exc.reason}), and under another name a "
+                "read in the same transaction would not be refused",
+                exc.rule,
+            ) from None
         if entry.masked:
             rule = next(iter(entry.masked.values())).rule
             raise Refused(
@@ -666,15 +752,16 @@ class _Rewriter:
                 rule.rule,
             )
 
-    def _refuse_evaluating_masked(self, stmt: Any) -> None:
-        """CREATE INDEX and ALTER TABLE on a table with masked columns whose expressions
-        (an index expression or predicate, a generated column, a CHECK or EXCLUDE
-        constraint, ALTER COLUMN ... TYPE ... USING) read a masked column, or that change
+    def _refuse_evaluating_masked(self, stmt: Any, relation: Any) -> None:
+        """CREATE INDEX, ALTER TABLE and CREATE STATISTICS on a table (``relation``) with
+        masked columns whose expressions (an index expression or predicate, a generated
+        column, a CHECK or EXCLUDE constraint, ALTER COLUMN ... TYPE ... USING, an
+        expression statistic, computed at ANALYZE) read a masked column, or that change
         a masked column's type: the server evaluates them over the clear values, and
         stores them (a generated column is read back unmasked) or echoes them in errors
         (``create index on t ((reverse(pw)::int))``: ``invalid input syntax for type
         integer: "2retnuh"``)."""
-        entry = self._quietly(stmt.relation)
+        entry = self._quietly(relation)
         self._refuse_relinking(stmt, entry)
         if entry is None or not entry.masked:
             return  # not a table the snapshot knows, or none with masked columns
@@ -908,6 +995,11 @@ class _Rewriter:
             stmt.query = self.statement(stmt.query)
             return stmt
         if stmt.is_from or stmt.relation is None:
+            if stmt.whereClause is not None:
+                # COPY ... FROM ... WHERE runs over the incoming rows (the client's values),
+                # but a routine it calls may read anything: ``WHERE reverse(get_pw(1))::int
+                # > 0`` echoed a masked value in its error.
+                self._refuse_blocked_calls(stmt.whereClause)
             return stmt
         level: _Level = []
         self._from_item(stmt.relation, level, [])
@@ -1105,7 +1197,7 @@ class _Rewriter:
         named = next(
             (r for t in (*tables, *shadows) if (r := self._table_rule(t)) is not None), None
         )
-        if schema is None and len(tables) == 1 and name not in self.catalog.system:
+        if self.pin and schema is None and len(tables) == 1 and name not in self.catalog.system:
             # Pinned: the server reads the table judged here whatever its search_path has
             # become (SQL the gateway never sees can change it); the reference keeps its
             # name (``FROM s.t`` is still ``t``), so column references bind the same.
@@ -1304,22 +1396,9 @@ class _Rewriter:
         if isinstance(node, ast.FuncCall):
             return self._call(node, scopes, context)
         if isinstance(node, ast.A_Expr):
-            operator = _strings(node.name or ())
-            if operator and operator[-1] in self.catalog.user_operators:
-                raise Refused(
-                    f"the operator {operator[-1]} runs a user routine, which may read masked "
-                    "columns in clear; it is refused for principals under a masking rule",
-                    self._any_rule(),
-                )
+            self._refuse_user_operator(_strings(node.name or ()))
         if isinstance(node, ast.TypeCast) and node.typeName is not None:
-            type_name = _strings(node.typeName.names or ())
-            if type_name and type_name[-1] in self.catalog.user_types:
-                raise Refused(
-                    f"a cast to {'.'.join(type_name)} may run a user routine (its cast, "
-                    "input function or domain CHECK), which may read masked columns in "
-                    "clear; it is refused for principals under a masking rule",
-                    self._any_rule(),
-                )
+            self._refuse_user_type(_strings(node.typeName.names or ()))
         if isinstance(node, ast.A_Expr) and context == _PREDICATE:
             joined = self._pseudonym_equality(node, scopes)
             if joined is not None:
@@ -1338,10 +1417,14 @@ class _Rewriter:
         return node
 
     def _refuse_blocked_calls(self, stmt: Any) -> None:
-        """Any other statement (DDL): a blocked built-in or a wardgate_mask function in
-        it (a column default, a constraint, an index expression) runs later, on the
-        server, past the rewrite: ``CREATE TABLE x (v text DEFAULT
-        pg_stat_get_backend_activity(7))`` and an INSERT stored another session's query."""
+        """Any other statement (DDL): a blocked built-in, a wardgate_mask function or a
+        routine that is not a built-in in it (a column default, a constraint, an index
+        expression), an operator implemented by a user routine or a cast to a type whose
+        cast, input or CHECK may run one, runs later, on the server, past the rewrite:
+        ``CREATE TABLE x (v text DEFAULT pg_stat_get_backend_activity(7))`` and an INSERT
+        stored another session's query; ``ALTER TABLE o ADD COLUMN w text DEFAULT
+        get_pw(1)`` (a function someone else made, refused in a query) stored the clear
+        value at the next INSERT, and a CHECK over it echoed it."""
 
         def visit(node: Any) -> Any:
             if isinstance(node, tuple | list):
@@ -1350,6 +1433,11 @@ class _Rewriter:
             elif isinstance(node, ast.Node):
                 if isinstance(node, ast.FuncCall):
                     self._refuse_blocked_call(_strings(node.funcname))
+                    self._refuse_user_call(_strings(node.funcname))
+                if isinstance(node, ast.A_Expr):
+                    self._refuse_user_operator(_strings(node.name or ()))
+                if isinstance(node, ast.TypeCast) and node.typeName is not None:
+                    self._refuse_user_type(_strings(node.typeName.names or ()))
                 self._children(node, visit)
             return node
 
@@ -1372,11 +1460,9 @@ class _Rewriter:
                 self._any_rule(),
             )
 
-    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
-        names = _strings(node.funcname)
+    def _refuse_user_call(self, names: list[str]) -> None:
         name = names[-1]
         schema = names[0] if len(names) > 1 else None
-        self._refuse_blocked_call(names)
         builtin = schema in (None, "pg_catalog") and (
             name in BUILTIN_READ_ONLY or name in WRITE_FUNCTIONS
         )
@@ -1387,6 +1473,29 @@ class _Rewriter:
                 "rule",
                 self._any_rule(),
             )
+
+    def _refuse_user_operator(self, operator: list[str]) -> None:
+        if operator and operator[-1] in self.catalog.user_operators:
+            raise Refused(
+                f"the operator {operator[-1]} runs a user routine, which may read masked "
+                "columns in clear; it is refused for principals under a masking rule",
+                self._any_rule(),
+            )
+
+    def _refuse_user_type(self, type_name: list[str]) -> None:
+        if type_name and type_name[-1] in self.catalog.user_types:
+            raise Refused(
+                f"a cast to {'.'.join(type_name)} may run a user routine (its cast, "
+                "input function or domain CHECK), which may read masked columns in "
+                "clear; it is refused for principals under a masking rule",
+                self._any_rule(),
+            )
+
+    def _call(self, node: Any, scopes: list[_Level], context: str) -> Any:
+        names = _strings(node.funcname)
+        name = names[-1]
+        self._refuse_blocked_call(names)
+        self._refuse_user_call(names)
         for arg in node.args or ():
             self._refuse_whole_row(arg, scopes, f"{name}()")
         for part in ("args", "agg_order", "agg_filter", "over"):
