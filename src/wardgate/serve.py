@@ -357,11 +357,11 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
             {name: True for name, up in (("postgres", pg), ("ssh", ssh)) if up is not None}
         )
         serves_mcp = index == 0 and config.listen_address("api") is not None
-        if (pg is not None or serves_mcp) and any(
-            c.type == "postgres" for c in config.connections.values()
-        ):
+        if pg is not None or serves_mcp:
             # What the gate knows of the targets' user code (casts, shadowing routines):
-            # wherever statements are judged, PostgreSQL clients' and MCP queries'.
+            # wherever statements are judged, PostgreSQL clients' and MCP queries'. Also
+            # with no PostgreSQL connection configured yet: a reload may add one, which
+            # must not be judged as having no user code (attack14g).
             from wardgate.postgres.catalog_watch import CatalogWatch
 
             watch = services.state(CatalogWatch).run(services, loud=index == 0)

@@ -4,6 +4,7 @@ not keep judging it with the old database's facts."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -73,6 +74,43 @@ def test_a_reload_that_points_a_connection_at_another_database_forgets_its_facts
                     conn.execute("select (3).bump")
                 assert "ReadOnlySqlTransaction" not in type(refused.value).__name__, refused.value
                 assert conn.execute("select 1 + 1").fetchone() == (2,)  # looked at: runs
+            with admin_conn(other) as c:
+                assert c.execute("select count(*) from hits").fetchone() == (0,)
+        finally:
+            gw.stop()
+
+
+@pytest.mark.parametrize("who", ["agent", "rv"])
+def test_a_first_postgres_connection_a_reload_adds_is_watched(tmp_path: Path, who: str) -> None:
+    """The gateway starts with no PostgreSQL connection; a reload adds one whose
+    volatile `bump(int)` writes. Before, the catalogue watch started only where a
+    PostgreSQL connection was configured at start: it never ran, the gate judged the
+    added connection as having no user code, and `(3).bump` ran as a read."""
+    with scratch_database("wardgate_14g_c_") as other:
+        with admin_conn(other) as c:
+            c.execute("create table hits (n int)")
+            c.execute(
+                "create function public.bump(int) returns int language sql volatile as"
+                " $$ insert into public.hits values ($1); select $1 $$"
+            )
+        full = _config(other)
+        empty = re.sub(r"connections:\n(?:  .*\n)*", "connections: {}\n", full)
+        assert "it:" not in empty and "roles:\n" in empty
+        gw = make_gateway(tmp_path, empty)
+        gw.start()
+        try:
+            gw.config_path.write_text(full)
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "config reloaded" not in gw.log:
+                assert time.monotonic() < deadline, gw.log
+                time.sleep(0.05)
+            with psycopg.connect(gw.dsn(who), autocommit=True) as conn:
+                with pytest.raises(psycopg.errors.Error) as refused:
+                    conn.execute("select (3).bump")
+                assert "ReadOnlySqlTransaction" not in type(refused.value).__name__, refused.value
+                assert conn.execute("select 1 + 1").fetchone() == (2,)
             with admin_conn(other) as c:
                 assert c.execute("select count(*) from hits").fetchone() == (0,)
         finally:
