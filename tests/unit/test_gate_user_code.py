@@ -260,3 +260,24 @@ def test_a_forgotten_connection_is_judged_as_unread_again(config: Config) -> Non
     v = gate.check(Action(p, "shop", "postgres", "sql", "select (3).bump"))
     assert v.decision.value == "block"
     assert "not read this connection's catalogue yet" in v.reason
+
+
+def test_a_truncated_catalogue_answer_is_judged_as_the_worst_case(config: Config) -> None:
+    """The user-code query keeps at most max_rows rows (a row per column of a user type
+    counts): the rows left out may be the very cast or `attribute` a statement runs, so
+    a truncated answer is not stored as what the catalogue holds (attack14g)."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from wardgate.postgres.catalog_watch import CatalogWatch
+    from wardgate.postgres.internal import Result
+
+    gate = Gate(config)
+    gate.facts.watch()
+    services: Any = SimpleNamespace(gate=gate)
+    rows = (("column_type", "public.t", "16400 "),)
+    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows, truncated=True), False)
+    assert gate.facts.has_read("shop")
+    assert "could not be read" in gate.facts.user_code("shop").implicit
+    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows), False)
+    assert gate.facts.user_code("shop").implicit == ""

@@ -343,9 +343,11 @@ class CatalogWatch:
             )
 
     def _judge_user_code(self, services: Services, connection: str, code: Any, loud: bool) -> None:
-        if code.error is not None:
+        if code.error is not None or code.truncated:
             # Not knowing is judged as the worst case: every expression may run user code.
-            found = UserCode(implicit="the catalogue could not be read: " + str(code.error))
+            # A truncated answer (max_rows) may have left out the very row that matters.
+            why = str(code.error) if code.error is not None else "too many rows"
+            found = UserCode(implicit="the catalogue could not be read: " + why)
         else:
             found = user_code([(str(a), str(b), str(c)) for a, b, c in code.rows])
         if not services.gate.facts.set_user_code(connection, found) or not loud:
