@@ -66,6 +66,18 @@ class CatalogFacts:
             self.watched = True
             self.epoch += 1
 
+    def forget(self, connection: str) -> None:
+        """``connection`` now reaches another target (a reload changed its upstream) or
+        is gone: what was read of the old target's catalogue says nothing of the new
+        one's, which is judged as unread until the watch reads it."""
+        found = (
+            self._shadowed.pop(connection, None),
+            self._user_code.pop(connection, None),
+            self._routines.pop(connection, None),
+        )
+        if any(f is not None for f in found):
+            self.epoch += 1
+
     def shadowed(self, connection: str) -> frozenset[str]:
         return self._shadowed.get(connection, frozenset())
 

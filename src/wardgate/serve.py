@@ -339,6 +339,21 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
     api_server: Any = None
     kube_server: Any = None
     try:
+        serves_mcp = index == 0 and config.listen_address("api") is not None
+        if config.listen_address("postgres") is not None or serves_mcp:
+            # What the gate knows of the targets' user code (casts, shadowing routines):
+            # wherever statements are judged, PostgreSQL clients' and MCP queries'. Also
+            # with no PostgreSQL connection configured yet: a reload may add one, which
+            # must not be judged as having no user code (attack14g). Before any listener
+            # accepts: a session judged before the watch runs would be judged as having
+            # no user code rather than as unread.
+            from wardgate.postgres.catalog_watch import CatalogWatch
+
+            catalog_watch = services.state(CatalogWatch)
+            catalog_watch.running = True
+            services.gate.facts.watch()
+            watch = catalog_watch.run(services, loud=index == 0)
+            services.tasks.spawn(watch, name="catalog-watch", until_cancelled=True)
         if (addr := config.listen_address("postgres")) is not None:
             pg = PgListener(services)
             await pg.start(addr[0], addr[1], reuse_port=reuse_port)
@@ -356,16 +371,6 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         services.lifecycle.listening.update(
             {name: True for name, up in (("postgres", pg), ("ssh", ssh)) if up is not None}
         )
-        serves_mcp = index == 0 and config.listen_address("api") is not None
-        if (pg is not None or serves_mcp) and any(
-            c.type == "postgres" for c in config.connections.values()
-        ):
-            # What the gate knows of the targets' user code (casts, shadowing routines):
-            # wherever statements are judged, PostgreSQL clients' and MCP queries'.
-            from wardgate.postgres.catalog_watch import CatalogWatch
-
-            watch = services.state(CatalogWatch).run(services, loud=index == 0)
-            services.tasks.spawn(watch, name="catalog-watch", until_cancelled=True)
         if index == 0 and (api_addr := config.listen_address("api")) is not None:
             import uvicorn
 

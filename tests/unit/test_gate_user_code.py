@@ -239,3 +239,45 @@ def test_a_watched_connection_not_read_yet_is_judged_as_the_worst_case(config: C
     assert verdict("select (3).bump").startswith("allow")
     assert verdict("select 1", "other").startswith("block")
     assert not gate.facts.set_user_code("shop", UserCode())  # unchanged: no new epoch
+
+
+def test_a_forgotten_connection_is_judged_as_unread_again(config: Config) -> None:
+    """A reload that points a connection at another target forgets what was read of the
+    old one (Services.reload): judged as the worst case until the watch reads the new
+    one, not with the old target's facts (attack14g)."""
+    gate = Gate(config)
+    p = config.principal("bot")
+    assert p is not None
+    gate.facts.watch()
+    gate.facts.set_user_code("shop", UserCode())
+    gate.facts.set_routines("shop", {})
+    assert gate.check(Action(p, "shop", "postgres", "sql", "select (3).bump")).decision.value == (
+        "allow"
+    )
+    gate.facts.forget("shop")
+    assert not gate.facts.has_read("shop")
+    assert gate.facts.routine_schemas("shop", "bump") is None
+    v = gate.check(Action(p, "shop", "postgres", "sql", "select (3).bump"))
+    assert v.decision.value == "block"
+    assert "not read this connection's catalogue yet" in v.reason
+
+
+def test_a_truncated_catalogue_answer_is_judged_as_the_worst_case(config: Config) -> None:
+    """The user-code query keeps at most max_rows rows (a row per column of a user type
+    counts): the rows left out may be the very cast or `attribute` a statement runs, so
+    a truncated answer is not stored as what the catalogue holds (attack14g)."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from wardgate.postgres.catalog_watch import CatalogWatch
+    from wardgate.postgres.internal import Result
+
+    gate = Gate(config)
+    gate.facts.watch()
+    services: Any = SimpleNamespace(gate=gate)
+    rows = (("column_type", "public.t", "16400 "),)
+    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows, truncated=True), False)
+    assert gate.facts.has_read("shop")
+    assert "could not be read" in gate.facts.user_code("shop").implicit
+    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows), False)
+    assert gate.facts.user_code("shop").implicit == ""

@@ -67,7 +67,13 @@ class Services:
     def reload(self, config: Config) -> None:
         """Swap the policy atomically; sessions pick it up at their next action (masking
         at their next result; a PostgreSQL session whose masking changed is refused until
-        it reconnects, relay_state.py). A changed masking key takes a restart."""
+        it reconnects, relay_state.py). A changed masking key takes a restart.
+        Catalogue facts are kept for connections that reach the same target, forgotten
+        for those whose upstream changed (judged as unread until the watch reads them)."""
+        for name, before in self.config.connections.items():
+            after = config.connections.get(name)
+            if after is None or after.upstream != before.upstream:
+                self.gate.facts.forget(name)
         self.config = config
         self.gate = Gate(config, self.gate.facts)
         self.masking = MaskingPolicy(config, self.masking_key)

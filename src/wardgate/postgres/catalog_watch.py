@@ -222,7 +222,9 @@ class CatalogWatch:
         self._poked = asyncio.Event()
         self._poked_connections: set[str] = set()
         self._missed: dict[str, float] = {}  # connection -> when a miss last poked it
-        self._looked: dict[str, asyncio.Event] = {}  # set once a connection was looked at
+        # Set once a connection was looked at, by (name, its upstream then): a reload
+        # that points a name at another target makes it one never looked at.
+        self._looked: dict[tuple[str, str], asyncio.Event] = {}
         self.running = False
 
     async def first_look(self, services: Services, connection: str) -> None:
@@ -237,9 +239,10 @@ class CatalogWatch:
             return
         if services.gate.facts.has_read(connection):
             return
-        looked = self._looked.get(connection)
+        key = (connection, _target(conn))
+        looked = self._looked.get(key)
         if looked is None:  # not looked at yet: at start, or a connection a reload added
-            looked = self._looked[connection] = asyncio.Event()
+            looked = self._looked[key] = asyncio.Event()
             self.poke(connection)
         elif looked.is_set():
             self.missed(connection)
@@ -285,12 +288,16 @@ class CatalogWatch:
                 poked, self._poked_connections = self._poked_connections, set()
 
     async def _refresh(self, services: Services, connection: str, loud: bool) -> None:
+        conn = services.config.connections.get(connection)
+        key = (connection, _target(conn) if conn is not None else "")
         try:
             await self._look(services, connection, loud)
         finally:
-            self._looked.setdefault(connection, asyncio.Event()).set()
+            self._looked.setdefault(key, asyncio.Event()).set()
 
     async def _look(self, services: Services, connection: str, loud: bool) -> None:
+        conn = services.config.connections.get(connection)
+        target = _target(conn) if conn is not None else None
         try:
             async with internal_session(
                 services, connection, application_name="wardgate-catalog-watch", timeout=10
@@ -311,6 +318,9 @@ class CatalogWatch:
             catalogs.stale(connection, ddl=False)  # a committed change, read at once
             with contextlib.suppress(Exception):  # kept: the last snapshot, then refused
                 await catalogs.get(services, connection)
+        now = services.config.connections.get(connection)
+        if now is None or _target(now) != target:
+            return  # a reload pointed the name elsewhere meanwhile: this is the old target
         self._judge_user_code(services, connection, code, loud)
         if routines.error is None and not routines.truncated:
             holders: dict[str, set[str]] = {}
@@ -333,9 +343,11 @@ class CatalogWatch:
             )
 
     def _judge_user_code(self, services: Services, connection: str, code: Any, loud: bool) -> None:
-        if code.error is not None:
+        if code.error is not None or code.truncated:
             # Not knowing is judged as the worst case: every expression may run user code.
-            found = UserCode(implicit="the catalogue could not be read: " + str(code.error))
+            # A truncated answer (max_rows) may have left out the very row that matters.
+            why = str(code.error) if code.error is not None else "too many rows"
+            found = UserCode(implicit="the catalogue could not be read: " + why)
         else:
             found = user_code([(str(a), str(b), str(c)) for a, b, c in code.rows])
         if not services.gate.facts.set_user_code(connection, found) or not loud:
@@ -376,6 +388,11 @@ def _to_refresh(services: Services, poked: set[str] | None) -> list[str]:
 
     names = {database(n) for n in poked if n in postgres}
     return [n for n in postgres if database(n) in names]
+
+
+def _target(conn: Any) -> str:
+    """What a connection reaches: its upstream, as configured."""
+    return repr(conn.upstream)
 
 
 def _user_first(qualified: str) -> tuple[bool, str]:
