@@ -609,10 +609,18 @@ class Gate:
             return False
         return holders <= listed if holders else "pg_catalog" in listed
 
+    def _catalogue_facts(self, connection: str) -> UserCode:
+        """What the catalogue watch knows of a PostgreSQL connection's user code; a
+        Kubernetes or SSH target has no catalogue, and its actions none of this."""
+        conn = self.config.connections.get(connection)
+        if conn is None or conn.type != "postgres":
+            return _NO_USER_CODE
+        return self.facts.user_code(connection)
+
     def _user_code_run(self, stmt: StatementInfo, connection: str) -> list[str]:
         """Casts and operators in ``stmt`` that may run a user function on this
         connection (postgres/catalog_watch.py): judged as calls of unknown functions."""
-        found = self.facts.user_code(connection)
+        found = self._catalogue_facts(connection)
         unknown = [
             f"cast to {t}"
             for t in stmt.types
