@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -261,6 +262,19 @@ class Gateway:
             except OSError:
                 time.sleep(0.1)
         raise AssertionError(f"wardgate did not start listening:\n{self.log}")
+
+    def reload(self, config_text: str | None = None, timeout: float = 20) -> None:
+        """Write ``config_text`` (if given) as the gateway's file, send SIGHUP and wait
+        until the log shows one more successful reload."""
+        if config_text is not None:
+            self.config_path.write_text(config_text)
+        before = self.log.count("config reloaded")
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log.count("config reloaded") == before:
+            assert time.monotonic() < deadline, self.log
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None:

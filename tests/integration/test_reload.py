@@ -38,14 +38,13 @@ def test_sighup_reloads_policy_inside_an_open_session(it_database: str, tmp_path
             conn.execute("create temp table reload_b (a int)")
 
             # Take ddl away from engineers; the same session is refused at once.
-            gw.config_path.write_text(
+            gw.reload(
                 good.replace(
                     "engineer: {read: allow, write: allow, ddl: allow",
                     "engineer: {read: allow, write: allow, ddl: block",
-                )
+                ),
+                timeout=10,
             )
-            gw.proc.send_signal(signal.SIGHUP)
-            _wait_for_log(gw, "config reloaded")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("create temp table reload_c (a int)")
             assert conn.execute("select count(*) from reload_a").fetchone() == (0,)
@@ -66,15 +65,13 @@ def test_a_loosened_role_reaches_read_only_sessions_at_their_next_connection(
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("create temp table reload_t (a int)")
             good = gw.config_path.read_text()
-            gw.config_path.write_text(
+            gw.reload(
                 good.replace(
                     "reader: {read: allow, write: block, ddl: block",
                     "reader: {read: allow, write: block, ddl: allow",
-                )
+                ),
+                timeout=10,
             )
-            assert gw.proc is not None
-            gw.proc.send_signal(signal.SIGHUP)
-            _wait_for_log(gw, "config reloaded")
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                 conn.execute("create temp table reload_t (a int)")
         with psycopg.connect(gw.dsn("agent"), autocommit=True) as conn:
@@ -101,10 +98,7 @@ def test_a_connection_a_reload_adds_is_looked_at_before_its_first_session(
             f" user: {PG_USER}, tls: disable}}\n"
             "  roles: {agents: reader}\n"
         )
-        gw.config_path.write_text(base_config(it_database, added))
-        assert gw.proc is not None
-        gw.proc.send_signal(signal.SIGHUP)
-        _wait_for_log(gw, "config reloaded")
+        gw.reload(base_config(it_database, added), timeout=10)
         with psycopg.connect(gw.dsn("agent", "it2"), autocommit=True) as conn:
             assert conn.execute("select 1 + 1").fetchone() == (2,)
     finally:
