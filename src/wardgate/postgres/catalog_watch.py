@@ -224,7 +224,7 @@ class CatalogWatch:
         self._missed: dict[str, float] = {}  # connection -> when a miss last poked it
         # Set once a connection was looked at, by (name, its upstream then): a reload
         # that points a name at another target makes it one never looked at.
-        self._looked: dict[tuple[str, str], asyncio.Event] = {}
+        self._looked: dict[tuple[str, str | None], asyncio.Event] = {}
         self.running = False
 
     async def first_look(self, services: Services, connection: str) -> None:
@@ -239,7 +239,7 @@ class CatalogWatch:
             return
         if services.gate.facts.has_read(connection):
             return
-        key = (connection, _target(conn))
+        key = (connection, _target(services, connection))
         looked = self._looked.get(key)
         if looked is None:  # not looked at yet: at start, or a connection a reload added
             looked = self._looked[key] = asyncio.Event()
@@ -288,16 +288,15 @@ class CatalogWatch:
                 poked, self._poked_connections = self._poked_connections, set()
 
     async def _refresh(self, services: Services, connection: str, loud: bool) -> None:
-        conn = services.config.connections.get(connection)
-        key = (connection, _target(conn) if conn is not None else "")
+        target = _target(services, connection)
         try:
-            await self._look(services, connection, loud)
+            await self._look(services, connection, target, loud)
         finally:
-            self._looked.setdefault(key, asyncio.Event()).set()
+            self._looked.setdefault((connection, target), asyncio.Event()).set()
 
-    async def _look(self, services: Services, connection: str, loud: bool) -> None:
-        conn = services.config.connections.get(connection)
-        target = _target(conn) if conn is not None else None
+    async def _look(
+        self, services: Services, connection: str, target: str | None, loud: bool
+    ) -> None:
         try:
             async with internal_session(
                 services, connection, application_name="wardgate-catalog-watch", timeout=10
@@ -318,8 +317,7 @@ class CatalogWatch:
             catalogs.stale(connection, ddl=False)  # a committed change, read at once
             with contextlib.suppress(Exception):  # kept: the last snapshot, then refused
                 await catalogs.get(services, connection)
-        now = services.config.connections.get(connection)
-        if now is None or _target(now) != target:
+        if target is None or _target(services, connection) != target:
             return  # a reload pointed the name elsewhere meanwhile: this is the old target
         self._judge_user_code(services, connection, code, loud)
         if routines.error is None and not routines.truncated:
@@ -390,9 +388,11 @@ def _to_refresh(services: Services, poked: set[str] | None) -> list[str]:
     return [n for n in postgres if database(n) in names]
 
 
-def _target(conn: Any) -> str:
-    """What a connection reaches: its upstream, as configured."""
-    return repr(conn.upstream)
+def _target(services: Services, connection: str) -> str | None:
+    """What a connection reaches now: its upstream, as configured (None: no such
+    connection)."""
+    conn = services.config.connections.get(connection)
+    return None if conn is None else repr(conn.upstream)
 
 
 def _user_first(qualified: str) -> tuple[bool, str]:
