@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
+from contextvars import ContextVar
 from fnmatch import fnmatchcase
 from threading import Lock
 
@@ -34,6 +36,8 @@ from wardgate.policy.sql import (
 )
 
 _CACHE_SIZE = 16384
+# Gate.check's ``own_changes``, for the judging it calls (CatalogFacts).
+_OWN_CHANGES: ContextVar[bool] = ContextVar("wardgate_own_catalogue_changes", default=False)
 _KIND_OF_CONNECTION = {"postgres": "sql", "ssh": "shell", "kubernetes": "kubernetes"}
 _WHAT = {"sql": "statements", "shell": "commands", "kubernetes": "requests"}
 _RANK = {"read": 0, "write": 1, "ddl": 2, "admin": 3, "unknown": 4}
@@ -51,7 +55,15 @@ class CatalogFacts:
     user code, not as one without any: a session that starts right after the gateway,
     or while the target's catalogue cannot be read, must not run ``(3).bump`` or a
     shadowing ``lower(5)`` as a read. ``wardgate policy check`` reads no catalogue and
-    judges without these facts."""
+    judges without these facts.
+
+    DDL through the gateway changes the catalogue under the facts, and other sessions
+    see the change when its transaction commits, which may be long after the statement
+    ran (a function made in a transaction block). From the moment a session that ran DDL
+    sends what may commit it (`committing`) until a look that began after the server
+    answered (`settled`) has been read, the connection is judged as the worst case too
+    (`changing`); the session that ran it is, until its transaction ends (Gate.check's
+    ``own_changes``), since it sees what it made before anyone else."""
 
     def __init__(self) -> None:
         self._shadowed: dict[str, frozenset[str]] = {}
@@ -59,6 +71,12 @@ class CatalogFacts:
         self._routines: dict[str, dict[str, frozenset[str]]] = {}
         self.epoch = 0  # changes whenever a fact does: part of every verdict's cache key
         self.watched = False  # the catalogue watch runs in this process (`watch`)
+        # Per connection: batches in flight that may commit DDL; DDL commits (possible
+        # ones) answered; and how many of those the last successful look had seen.
+        self._committing: dict[str, int] = {}
+        self._commits: dict[str, int] = {}
+        self._read_commits: dict[str, int] = {}
+        self._changing: set[str] = set()  # where one of the above says "worst case"
 
     def watch(self) -> None:
         """The catalogue watch starts: connections it has not read are the worst case."""
@@ -93,7 +111,43 @@ class CatalogFacts:
         found = self._user_code.get(connection)
         if found is None:
             return _UNREAD if self.watched else _NO_USER_CODE
+        if connection in self._changing:
+            return _CHANGING
         return found
+
+    def committing(self, connection: str) -> None:
+        """A session that ran DDL sent what may commit it (a Query, a Sync): judged as
+        the worst case until it is `settled` and read again."""
+        self._committing[connection] = self._committing.get(connection, 0) + 1
+        self._update_changing(connection)
+
+    def settled(self, connection: str, committed: bool) -> None:
+        """The server answered one `committing` batch: ``committed`` when its
+        transaction ended (or may have): the catalogue must be read again."""
+        left = self._committing.get(connection, 0) - 1
+        if left > 0:
+            self._committing[connection] = left
+        else:
+            self._committing.pop(connection, None)
+        if committed:
+            self._commits[connection] = self._commits.get(connection, 0) + 1
+        self._update_changing(connection)
+
+    def commits(self, connection: str) -> int:
+        """How many DDL commits (possible ones) on ``connection`` were answered: what a
+        look that begins now will have seen (`set_user_code`'s ``seen``)."""
+        return self._commits.get(connection, 0)
+
+    def _update_changing(self, connection: str) -> None:
+        changing = bool(self._committing.get(connection)) or self._commits.get(
+            connection, 0
+        ) > self._read_commits.get(connection, 0)
+        if changing != (connection in self._changing):
+            if changing:
+                self._changing.add(connection)
+            else:
+                self._changing.discard(connection)
+            self.epoch += 1
 
     def has_read(self, connection: str) -> bool:
         """Whether the watch has read ``connection``'s catalogue at least once."""
@@ -114,10 +168,15 @@ class CatalogFacts:
         self.epoch += 1
         return True
 
-    def set_user_code(self, connection: str, found: UserCode) -> bool:
-        """True when this changed what the gate knows."""
-        before = self.user_code(connection)
+    def set_user_code(self, connection: str, found: UserCode, seen: int | None = None) -> bool:
+        """True when this changed what the gate knows. ``seen``: `commits` when the look
+        that found it began (None: all of them, for a caller that is no look)."""
+        before = self._user_code.get(connection)
         self._user_code[connection] = found  # read, even when it found nothing
+        done = self.commits(connection) if seen is None else seen
+        if done > self._read_commits.get(connection, 0):
+            self._read_commits[connection] = done
+        self._update_changing(connection)
         if before == found:
             return False
         self.epoch += 1
@@ -167,6 +226,16 @@ _NO_USER_CODE = UserCode()
 _UNREAD = UserCode(
     implicit="the gateway has not read this connection's catalogue yet; retry in a moment"
 )
+_CHANGING = UserCode(
+    implicit="a DDL statement that ran through the gateway may have changed this "
+    "connection's catalogue (functions, casts, operators), and the gateway is reading it "
+    "again; retry in a moment"
+)
+_CHANGED_HERE = UserCode(
+    implicit="this session ran DDL in its open transaction, and what it made or changed "
+    "is visible to it but not yet to the gateway; commit (or roll back) first, then run "
+    "this statement"
+)
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 # Built-ins that read values as the column types of the row type their first argument
 # has (`json_populate_record(t, '{"c": 3}')` with `t` a row of a table read): input
@@ -179,6 +248,17 @@ _POPULATES = frozenset(
 _NO_EXPRESSIONS = frozenset(
     {"transaction", "show", "discard", "listen", "unlisten", "deallocate", "close_cursor"}
 )
+
+
+def changes_catalogue(statements: Iterable[StatementInfo]) -> bool:
+    """Whether any of ``statements`` may change what the catalogue watch reads: DDL, and
+    admin statements (a CREATE FUNCTION that shadows a built-in, a DO block, ...).
+    Routines that run DDL themselves are not counted: calls of user functions are
+    everyday statements, and the watch's next look finds what they made."""
+    for info in statements:  # a loop, not any(): once per statement, on the hot path
+        if info.klass == "ddl" or info.klass == "admin":
+            return True
+    return False
 
 
 class Gate:
@@ -200,17 +280,27 @@ class Gate:
         self._safe_settings = frozenset(f.lower() for f in config.safe_settings)
 
     def check(
-        self, action: Action, granted: frozenset[str] = frozenset(), *, params_later: bool = False
+        self,
+        action: Action,
+        granted: frozenset[str] = frozenset(),
+        *,
+        params_later: bool = False,
+        own_changes: bool = False,
     ) -> Verdict:
         """Judge ``action``. ``granted`` are roles the principal holds on the action's
         connection through an approved, unexpired access grant, on top of its groups'.
         ``params_later``: parameters are bound later (a Parse), where the action is judged
         again; a statement whose meaning depends on them is judged without them here.
+        ``own_changes``: the session ran DDL in its open transaction, so the catalogue
+        it sees is not the one the facts were read from (the worst case: CatalogFacts).
         Its time goes to the gate-decision metric, by protocol."""
         started = time.perf_counter()
+        token = _OWN_CHANGES.set(True) if own_changes else None
         try:
             return self._check(action, granted, params_later)
         finally:
+            if token is not None:
+                _OWN_CHANGES.reset(token)
             note_decision(action.protocol, time.perf_counter() - started)
 
     def _check(self, action: Action, granted: frozenset[str], params_later: bool) -> Verdict:
@@ -218,8 +308,19 @@ class Gate:
             # Where casts to some types run user code, `5::mood` must not share the
             # verdict of `5` (one fingerprint): judged by its text there.
             text_key, statements = classify_keyed(
-                action.judged_text, by_fingerprint=not self.facts.user_code(action.connection).types
+                action.judged_text,
+                by_fingerprint=not self.facts.user_code(action.connection).types,
             )
+            if _OWN_CHANGES.get():
+                text_key = "own:" + text_key  # judged on other facts: cached apart
+            elif len(statements) > 1 and changes_catalogue(statements[:-1]):
+                # The statements after DDL in one string are analysed once it has run:
+                # on a catalogue the facts were not read from.
+                token = _OWN_CHANGES.set(True)
+                try:
+                    return self._check(action, granted, params_later)
+                finally:
+                    _OWN_CHANGES.reset(token)
             if not params_later and needs_params(statements):
                 # Its meaning depends on the values bound to it: judged for these values,
                 # and never cached (the cache key has no parameters).
@@ -615,6 +716,8 @@ class Gate:
         conn = self.config.connections.get(connection)
         if conn is None or conn.type != "postgres":
             return _NO_USER_CODE
+        if _OWN_CHANGES.get():
+            return _CHANGED_HERE
         return self.facts.user_code(connection)
 
     def _user_code_run(self, stmt: StatementInfo, connection: str) -> list[str]:

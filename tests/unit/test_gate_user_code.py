@@ -276,8 +276,63 @@ def test_a_truncated_catalogue_answer_is_judged_as_the_worst_case(config: Config
     gate.facts.watch()
     services: Any = SimpleNamespace(gate=gate)
     rows = (("column_type", "public.t", "16400 "),)
-    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows, truncated=True), False)
+    CatalogWatch()._judge_user_code(
+        services, "shop", Result(rows=rows, truncated=True), False, seen=0
+    )
     assert gate.facts.has_read("shop")
     assert "could not be read" in gate.facts.user_code("shop").implicit
-    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows), False)
+    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows), False, seen=0)
     assert gate.facts.user_code("shop").implicit == ""
+
+
+def test_ddl_through_the_gateway_is_the_worst_case_until_a_later_look_is_read(
+    config: Config,
+) -> None:
+    """From a batch that may commit DDL until a look that began after its answer has
+    been read, the connection is judged as the worst case (attack14h): the function
+    such a batch made (`(3).bump`) is not in the facts of any look before."""
+    gate = Gate(config)
+    gate.facts.watch()
+    gate.facts.set_user_code("shop", UserCode())
+    field_call = "select (3).bump"
+    assert _decide(gate, field_call) is Decision.ALLOW
+    gate.facts.committing("shop")
+    assert _decide(gate, field_call) is not Decision.ALLOW  # in flight: may have committed
+    assert "retry in a moment" in gate.facts.user_code("shop").implicit
+    seen_before = gate.facts.commits("shop")  # a look that began before the answer
+    gate.facts.settled("shop", committed=True)
+    gate.facts.set_user_code("shop", UserCode(), seen_before)
+    assert _decide(gate, field_call) is not Decision.ALLOW  # that look may not have seen it
+    gate.facts.set_user_code("shop", UserCode(), gate.facts.commits("shop"))
+    assert _decide(gate, field_call) is Decision.ALLOW  # a look after it: read again
+    gate.facts.committing("shop")
+    gate.facts.settled("shop", committed=False)  # still in its transaction: nothing new
+    assert _decide(gate, field_call) is Decision.ALLOW
+    assert gate.facts.user_code("other").implicit  # other connections: never read here
+
+
+def test_a_session_with_ddl_in_its_open_transaction_is_judged_as_the_worst_case(
+    config: Config,
+) -> None:
+    """``own_changes``: the session sees what its open transaction made; so do the
+    statements after DDL in one string."""
+    gate = Gate(config)
+    gate.facts.watch()
+    gate.facts.set_user_code("shop", UserCode())
+    action = _action("select (3).bump")
+    assert gate.check(action).decision is Decision.ALLOW
+    own = gate.check(action, own_changes=True)
+    assert own.decision is not Decision.ALLOW and "commit (or roll back) first" in own.reason
+    assert gate.check(action).decision is Decision.ALLOW  # cached apart
+    both = _action("create table t (i int); select (3).bump")
+    assert "commit (or roll back) first" in gate.check(both).reason
+
+
+def _action(sql: str) -> Action:
+    bot = parse_config(CONFIG, Path("gate.yaml")).principal("bot")
+    assert bot is not None
+    return Action(bot, "shop", "postgres", "sql", sql)
+
+
+def _decide(gate: Gate, sql: str) -> Decision:
+    return gate.check(_action(sql)).decision

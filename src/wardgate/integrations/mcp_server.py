@@ -34,6 +34,7 @@ from wardgate.audit.records import (
 from wardgate.audit.responses import ResponseTap, SessionResults, session_budget
 from wardgate.config import ResultsConfig, parse_duration
 from wardgate.core.proposals import judge_proposal
+from wardgate.gate import changes_catalogue
 from wardgate.identity.principals import Principal
 from wardgate.kubernetes.tools import ReadArgs
 from wardgate.postgres.catalog_watch import CatalogWatch
@@ -617,6 +618,7 @@ class McpGateway:
                 max_rows=MAX_ROWS,
                 seconds=QUERY_SECONDS,
                 granted=granted,
+                changes=changes_catalogue(verdict.statements),
             )
         except QueryFailed as exc:
             self._record(

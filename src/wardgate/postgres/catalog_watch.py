@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import UserCode
@@ -297,6 +298,8 @@ class CatalogWatch:
     async def _look(
         self, services: Services, connection: str, target: str | None, loud: bool
     ) -> None:
+        # DDL commits answered before this look began are in what it reads (CatalogFacts).
+        seen = services.gate.facts.commits(connection)
         try:
             async with internal_session(
                 services, connection, application_name="wardgate-catalog-watch", timeout=10
@@ -319,7 +322,7 @@ class CatalogWatch:
                 await catalogs.get(services, connection)
         if target is None or _target(services, connection) != target:
             return  # a reload pointed the name elsewhere meanwhile: this is the old target
-        self._judge_user_code(services, connection, code, loud)
+        self._judge_user_code(services, connection, code, loud, seen)
         if routines.error is None and not routines.truncated:
             holders: dict[str, set[str]] = {}
             for name, schema in routines.rows:
@@ -340,7 +343,9 @@ class CatalogWatch:
                 where,
             )
 
-    def _judge_user_code(self, services: Services, connection: str, code: Any, loud: bool) -> None:
+    def _judge_user_code(
+        self, services: Services, connection: str, code: Any, loud: bool, seen: int
+    ) -> None:
         if code.error is not None or code.truncated:
             # Not knowing is judged as the worst case: every expression may run user code.
             # A truncated answer (max_rows) may have left out the very row that matters.
@@ -348,7 +353,7 @@ class CatalogWatch:
             found = UserCode(implicit="the catalogue could not be read: " + why)
         else:
             found = user_code([(str(a), str(b), str(c)) for a, b, c in code.rows])
-        if not services.gate.facts.set_user_code(connection, found) or not loud:
+        if not services.gate.facts.set_user_code(connection, found, seen) or not loud:
             return
         if found.types or found.operators:
             log.warning(
@@ -369,6 +374,25 @@ class CatalogWatch:
                 connection,
                 found.implicit,
             )
+
+
+@contextlib.asynccontextmanager
+async def changing_catalogue(
+    services: Services, connection: str, changes: bool
+) -> AsyncIterator[None]:
+    """Around one statement run on a session of its own (autocommit: it commits when it
+    ends): when it ``changes`` the catalogue, the connection is judged as the worst case
+    from before it runs until the watch has read the catalogue again (CatalogFacts)."""
+    if not changes:
+        yield
+        return
+    facts = services.gate.facts
+    facts.committing(connection)
+    try:
+        yield
+    finally:
+        facts.settled(connection, committed=True)
+        services.state(CatalogWatch).poke(connection)
 
 
 def _to_refresh(services: Services, poked: set[str] | None) -> list[str]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
-from wardgate.postgres.catalog_watch import CatalogWatch
+from wardgate.postgres.catalog_watch import CatalogWatch, changing_catalogue
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_path import SessionPaths
@@ -51,20 +51,25 @@ async def run_sql(
     max_rows: int,
     seconds: float,
     granted: frozenset[str] = frozenset(),
+    changes: bool = False,
 ) -> Answer:
     """Run ``sql`` (with text ``params``, through the extended protocol when there are
-    any) and return its last result, masked for ``principal``. Raises QueryFailed."""
+    any) and return its last result, masked for ``principal``. ``changes``: the verdict
+    says it may change the catalogue (`changes_catalogue`). Raises QueryFailed."""
     read_only = not granted and services.gate.read_only_session(principal.groups, connection)
     masking = services.masking.for_session(principal, connection)
     try:
-        async with internal_session(
-            services,
-            connection,
-            application_name="wardgate-mcp",
-            timeout=seconds,
-            max_rows=max_rows,
-            read_only=read_only,
-        ) as session:
+        async with (
+            changing_catalogue(services, connection, changes),
+            internal_session(
+                services,
+                connection,
+                application_name="wardgate-mcp",
+                timeout=seconds,
+                max_rows=max_rows,
+                read_only=read_only,
+            ) as session,
+        ):
             if masking is not None and masking.column_rules:
                 # Unqualified names mean what this session's search_path says.
                 names = await session.extended(NAMES_SQL)

@@ -146,6 +146,15 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._reviewing = False  # a statement is held for a review: read no further
         self._review_task: asyncio.Task[None] | None = None
         self._review_cancelled = False
+        # DDL and the catalogue facts (gate.CatalogFacts): a DDL statement was forwarded
+        # and the transaction it ran in has not ended (this session's statements are
+        # judged as the worst case); a statement after DDL in the same Query string; and
+        # the batches sent meanwhile, which may commit it, with whether they held a
+        # transaction statement (COMMIT AND CHAIN ends one and leaves a block open).
+        self._ddl_open = False
+        self._ddl_in_string = False
+        self._txn_statement = False
+        self._commit_marks: deque[tuple[int, bool]] = deque()
 
     @property
     def idle(self) -> bool:
@@ -238,7 +247,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         elif type(msg) is m.Sync:
             self._discarding = self._batch_open = self._batch_failed = self._batch_ran = False
             self._pending.append(Pending(SYNC, batch=self.model.batch))
-            self.model.next_batch()
+            self._next_batch()
             out.append(raw)
         elif type(msg) is m.Describe:
             self._batch_open = True

@@ -24,6 +24,7 @@ from wardgate.audit.records import (
     Record,
     SessionEnd,
 )
+from wardgate.gate import changes_catalogue
 from wardgate.policy.functions import function_class
 from wardgate.postgres.catalog_watch import CatalogWatch
 from wardgate.postgres.codec import build
@@ -190,6 +191,10 @@ class RelayState:
     _review_cancelled: bool
     _results: SessionResults | None  # None: results are not recorded
     _transaction: TransactionOutcome  # approved statements whose transaction is open
+    _ddl_open: bool  # DDL forwarded, its transaction not ended (relay.py)
+    _ddl_in_string: bool  # judging the statements after DDL in one Query string
+    _txn_statement: bool
+    _commit_marks: deque[tuple[int, bool]]
     # Column masking: the search_paths the session may have (mask_path.py), from what
     # the server answered at its start (listener.py); unknown when nobody asked.
     mask_paths: SessionPaths | None = None
@@ -261,7 +266,12 @@ class RelayState:
             if reviews and present
             else frozenset()
         )
-        verdict = self.services.gate.check(action, granted, params_later=params_later)
+        verdict = self.services.gate.check(
+            action,
+            granted,
+            params_later=params_later,
+            own_changes=self._ddl_open or self._ddl_in_string,
+        )
         if self._masking_changed():
             return Verdict(Decision.BLOCK, "masking:reload", MASKING_RELOADED, verdict.statements)
         if self.services.recorder.unavailable:
@@ -415,14 +425,50 @@ class RelayState:
     # -- recording ------------------------------------------------------------------------
 
     def _ran(self, act: Act) -> None:
-        """A statement completed: after DDL, user routines may shadow a built-in now."""
-        for info in act.verdict.statements:  # a loop, not any(): once per statement
-            if info.klass == "ddl" or info.klass == "admin":
-                break
-        else:
-            return
-        self.services.state(CatalogWatch).poke(self.connection)
-        self.services.state(MaskCatalogs).stale(self.connection)
+        """A statement completed: after DDL, the masking snapshot may be out of date (the
+        catalogue watch looks again once its transaction ends: `_ddl_settled`)."""
+        if changes_catalogue(act.verdict.statements):
+            self.services.state(MaskCatalogs).stale(self.connection)
+
+    # -- DDL and the catalogue facts (gate.CatalogFacts) ------------------------------------
+
+    def _next_batch(self) -> None:
+        """The batch being sent ends (a Query, or a Sync: what PostgreSQL commits at
+        once). After DDL in a transaction not known ended, it may commit it, and from now
+        on other sessions may see what it made: their statements are judged as the worst
+        case until the server has answered (`_ddl_settled`) and the watch has read the
+        catalogue again."""
+        if self._ddl_open:
+            self.services.gate.facts.committing(self.connection)
+            self._commit_marks.append((self.model.batch, self._txn_statement))
+            self._txn_statement = False
+        self.model.next_batch()
+
+    def _ddl_settled(self, batch: int, status: bytes) -> None:
+        """The ReadyForQuery closing ``batch`` came: the batches it answers that may have
+        committed DDL are settled; a transaction that ended (status I) ends this
+        session's own worst case."""
+        marks = self._commit_marks
+        facts = self.services.gate.facts
+        committed = False
+        while marks and marks[0][0] <= batch:
+            _, ended = marks.popleft()
+            done = ended or status == b"I"
+            facts.settled(self.connection, committed=done)
+            committed = committed or done
+        if status == b"I":
+            self._ddl_open = False
+        if committed:
+            self.services.state(CatalogWatch).poke(self.connection)
+
+    def _ddl_abandoned(self) -> None:
+        """The session ends with batches unanswered: they may have committed."""
+        if self._commit_marks:
+            for _ in range(len(self._commit_marks)):
+                self.services.gate.facts.settled(self.connection, committed=True)
+            self._commit_marks.clear()
+            self.services.state(CatalogWatch).poke(self.connection)
+        self._ddl_open = False
 
     def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
         self._ran(act)
@@ -544,6 +590,10 @@ class RelayState:
         masking = self.masking
         self._batch_ran = True  # (an extended batch: it may have ended a transaction)
         for act in acts:
+            if not self._ddl_open and changes_catalogue(act.verdict.statements):
+                self._ddl_open = True
+            if self._ddl_open and any("transaction" in i.kinds for i in act.verdict.statements):
+                self._txn_statement = True
             recorder.intend(
                 ActionRecord(
                     session_id=self.session_id,
@@ -636,6 +686,7 @@ class RelayState:
         while self._pending:
             # Sent, and no answer came: it may have run (or still run) on the server.
             self._close_remaining(self._pending.popleft(), "interrupted")
+        self._ddl_abandoned()
         if self._transaction.open:
             self._settle_reviews(self._transaction.ended(in_flight))
         self._submit(SessionEnd(self.session_id, time.time(), status, error))

@@ -282,6 +282,8 @@ class ServerReplies(MaskedResults, SessionProbe):
         model.confirmed_batch = max(model.confirmed_batch, batch)
         self._answered(batch)
         model.transaction = status.decode("ascii", "replace") or "I"
+        if self._ddl_open or self._commit_marks:
+            self._ddl_settled(batch, status)
         txn = self._transaction
         if txn.open or (status == b"I" and (txn.aborted or txn.savepoints)):
             # Approved statements' outcomes; else forget the ended transaction's state.

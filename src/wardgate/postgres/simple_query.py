@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from wardgate.actions import Action, Decision, Verdict
+from wardgate.actions import Action, Decision, StatementInfo, Verdict
+from wardgate.gate import changes_catalogue
 from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
@@ -47,23 +48,10 @@ class SimpleQuery(ReviewHold):
         defined: dict[str, Prepared | None] = {}
         declared: set[str] = set()  # cursors this string DECLAREs before a FETCH
         judged: list[tuple[Action, Verdict]] = []
-        for i, text in enumerate(texts):
-            kinds = statements[i].kinds if i < len(statements) else ()
-            judged.append(self._judge_statement(text, kinds, defined, declared))
-            for cursor, holdable in () if _NAME_KINDS.isdisjoint(kinds) else cursor_changes(text):
-                if cursor is None:
-                    declared.clear()
-                elif holdable is None:
-                    declared.discard(cursor)
-                else:
-                    declared.add(cursor)
-            if not PREPARED_STATEMENT_KINDS.isdisjoint(kinds):
-                for name, prepared in prepared_statement_changes(text):
-                    if name is None:
-                        defined.clear()
-                        defined["\x00all"] = None  # every other name is gone too
-                    else:
-                        defined[name] = None if prepared is None else Prepared(prepared)
+        try:
+            self._judge_all(texts, statements, judged, defined, declared)
+        finally:
+            self._ddl_in_string = False
         if len(judged) > 1 and any(needs_review(v) for _, v in judged):
             judged = _refuse_stale_context(judged, self._called_as_fields())
         held = [v for _, v in judged if needs_review(v)]
@@ -98,7 +86,7 @@ class SimpleQuery(ReviewHold):
                 Pending(QUERY, [], block_error(blocked.verdict, self.connection), batch=model.batch)
             )
             out.append(POISON_QUERY)
-            model.next_batch()
+            self._next_batch()
             return
         rewritten = self._mask_rewrite(msg.sql) if masked else None
         if isinstance(rewritten, Verdict):
@@ -109,7 +97,7 @@ class SimpleQuery(ReviewHold):
                 Pending(QUERY, [], block_error(rewritten, self.connection), batch=model.batch)
             )
             out.append(POISON_QUERY)
-            model.next_batch()
+            self._next_batch()
             return
         if rewritten is not None:
             raw = build.query(rewritten)
@@ -125,7 +113,38 @@ class SimpleQuery(ReviewHold):
             pending.outputs = self._database_masks(rewritten.decode(self.client.decoder.encoding))
         self._pending.append(pending)
         out.append(raw)
-        model.next_batch()
+        self._next_batch()
+
+    def _judge_all(
+        self,
+        texts: list[str],
+        statements: tuple[StatementInfo, ...],
+        judged: list[tuple[Action, Verdict]],
+        defined: dict[str, Prepared | None],
+        declared: set[str],
+    ) -> None:
+        """Judge the statements of one Query string in order, each knowing the names the
+        ones before it define; those after DDL as on a catalogue the gate has not read
+        (PostgreSQL analyses each once the ones before it have run)."""
+        for i, text in enumerate(texts):
+            kinds = statements[i].kinds if i < len(statements) else ()
+            judged.append(self._judge_statement(text, kinds, defined, declared))
+            if i < len(statements) and changes_catalogue(statements[i : i + 1]):
+                self._ddl_in_string = True
+            for cursor, holdable in () if _NAME_KINDS.isdisjoint(kinds) else cursor_changes(text):
+                if cursor is None:
+                    declared.clear()
+                elif holdable is None:
+                    declared.discard(cursor)
+                else:
+                    declared.add(cursor)
+            if not PREPARED_STATEMENT_KINDS.isdisjoint(kinds):
+                for name, prepared in prepared_statement_changes(text):
+                    if name is None:
+                        defined.clear()
+                        defined["\x00all"] = None  # every other name is gone too
+                    else:
+                        defined[name] = None if prepared is None else Prepared(prepared)
 
     def _judge_statement(
         self,
@@ -185,7 +204,7 @@ class SimpleQuery(ReviewHold):
             )
         )
         out.append(POISON_QUERY)
-        self.model.next_batch()
+        self._next_batch()
 
     def _on_function_call(self, msg: m.FunctionCall, out: list[bytes]) -> None:
         verdict = Verdict(
@@ -201,7 +220,7 @@ class SimpleQuery(ReviewHold):
             Pending(QUERY, [], block_error(verdict, self.connection), batch=self.model.batch)
         )
         out.append(POISON_QUERY)
-        self.model.next_batch()
+        self._next_batch()
 
 
 def _refuse_stale_context(
