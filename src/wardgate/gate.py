@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from fnmatch import fnmatchcase
 from threading import Lock
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.config import Config, ConnectionConfig, GuardrailConfig
+from wardgate.ddl_board import DdlBoard
 from wardgate.identity.principals import Principal, in_scope
 from wardgate.metrics import note_decision
 from wardgate.policy.functions import function_class
@@ -77,6 +78,14 @@ class CatalogFacts:
         self._commits: dict[str, int] = {}
         self._read_commits: dict[str, int] = {}
         self._changing: set[str] = set()  # where one of the above says "worst case"
+        # With several workers, the same of the others (ddl_board.py), for any of this
+        # worker's connections: their counters as last seen, and per connection the
+        # answered count the last successful look began with.
+        self.board: DdlBoard | None = None
+        self._others = (0, 0)
+        self._read_others: dict[str, int] = {}
+        self.on_others_commit: Callable[[], None] | None = None  # the watch: look again
+        self._waiters: dict[str, list[Callable[[], None]]] = {}  # `when_settled`
 
     def watch(self) -> None:
         """The catalogue watch starts: connections it has not read are the worst case."""
@@ -120,6 +129,7 @@ class CatalogFacts:
         the worst case until it is `settled` and read again."""
         self._committing[connection] = self._committing.get(connection, 0) + 1
         self._update_changing(connection)
+        self._publish()
 
     def settled(self, connection: str, committed: bool) -> None:
         """The server answered one `committing` batch: ``committed`` when its
@@ -132,22 +142,63 @@ class CatalogFacts:
         if committed:
             self._commits[connection] = self._commits.get(connection, 0) + 1
         self._update_changing(connection)
+        self._publish()
 
-    def commits(self, connection: str) -> int:
-        """How many DDL commits (possible ones) on ``connection`` were answered: what a
-        look that begins now will have seen (`set_user_code`'s ``seen``)."""
-        return self._commits.get(connection, 0)
+    def commits(self, connection: str) -> tuple[int, int]:
+        """How many DDL commits (possible ones) were answered, on ``connection`` here
+        and on any connection of the other workers: what a look that begins now will
+        have seen (`set_user_code`'s ``seen``)."""
+        self.look_at_board()
+        return self._commits.get(connection, 0), self._others[1]
+
+    def changing(self, connection: str) -> bool:
+        """Whether ``connection`` is judged as the worst case because of DDL through the
+        gateway, on this worker or another, not read since."""
+        if self.board is not None:
+            self.look_at_board()
+        return connection in self._changing
+
+    def when_settled(self, connection: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once ``connection`` is no longer `changing`."""
+        self._waiters.setdefault(connection, []).append(callback)
+
+    def look_at_board(self) -> None:
+        """Take in the other workers' DDL (ddl_board.py): any change of their counters
+        makes every connection of this worker the worst case until read again."""
+        board = self.board
+        if board is None:
+            return
+        others = board.others()
+        if others == self._others:
+            return
+        answered = others[1] != self._others[1]
+        self._others = others
+        for connection in {*self._user_code, *self._committing, *self._commits}:
+            self._update_changing(connection)
+        self.epoch += 1
+        if answered and self.on_others_commit is not None:
+            self.on_others_commit()
+
+    def _publish(self) -> None:
+        if self.board is not None:
+            self.board.publish(sum(self._committing.values()), sum(self._commits.values()))
 
     def _update_changing(self, connection: str) -> None:
-        changing = bool(self._committing.get(connection)) or self._commits.get(
-            connection, 0
-        ) > self._read_commits.get(connection, 0)
+        changing = (
+            bool(self._committing.get(connection))
+            or self._commits.get(connection, 0) > self._read_commits.get(connection, 0)
+            or self._others[0] > 0
+            or self._others[1] > self._read_others.get(connection, 0)
+        )
         if changing != (connection in self._changing):
             if changing:
                 self._changing.add(connection)
             else:
                 self._changing.discard(connection)
             self.epoch += 1
+        if not changing and connection in self._waiters:
+            for callback in self._waiters.pop(connection):
+                callback()
 
     def has_read(self, connection: str) -> bool:
         """Whether the watch has read ``connection``'s catalogue at least once."""
@@ -168,14 +219,18 @@ class CatalogFacts:
         self.epoch += 1
         return True
 
-    def set_user_code(self, connection: str, found: UserCode, seen: int | None = None) -> bool:
+    def set_user_code(
+        self, connection: str, found: UserCode, seen: tuple[int, int] | None = None
+    ) -> bool:
         """True when this changed what the gate knows. ``seen``: `commits` when the look
         that found it began (None: all of them, for a caller that is no look)."""
         before = self._user_code.get(connection)
         self._user_code[connection] = found  # read, even when it found nothing
-        done = self.commits(connection) if seen is None else seen
-        if done > self._read_commits.get(connection, 0):
-            self._read_commits[connection] = done
+        here, others = self.commits(connection) if seen is None else seen
+        if here > self._read_commits.get(connection, 0):
+            self._read_commits[connection] = here
+        if others > self._read_others.get(connection, 0):
+            self._read_others[connection] = others
         self._update_changing(connection)
         if before == found:
             return False
@@ -305,6 +360,8 @@ class Gate:
 
     def _check(self, action: Action, granted: frozenset[str], params_later: bool) -> Verdict:
         if action.kind == "sql":
+            if self.facts.board is not None:
+                self.facts.look_at_board()  # DDL through another worker
             # Where casts to some types run user code, `5::mood` must not share the
             # verdict of `5` (one fingerprint): judged by its text there.
             text_key, statements = classify_keyed(

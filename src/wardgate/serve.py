@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from wardgate.audit.keeper import ChainKeeper
     from wardgate.core.services import Services
+    from wardgate.ddl_board import DdlBoard
 
 log = logging.getLogger("wardgate")
 
@@ -175,13 +176,16 @@ def _metrics_dir(config: Config) -> str | None:
 
 
 def _supervise(config_path: str, config: Config) -> None:
+    from wardgate.ddl_board import DdlBoard
+
     children: list[int] = []
+    board = DdlBoard(config.workers)  # shared by the workers forked below
     for index in range(config.workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _run_loop(functools.partial(_worker_main, config_path, config, index))
+                _run_loop(functools.partial(_worker_main, config_path, config, index, board))
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -224,11 +228,21 @@ def _worker_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def _worker_main(config_path: str, config: Config, index: int) -> Coroutine[Any, Any, None]:
-    return run_worker(config_path, config, reuse_port=True, index=index)
+def _worker_main(
+    config_path: str, config: Config, index: int, board: DdlBoard
+) -> Coroutine[Any, Any, None]:
+    return run_worker(config_path, config, reuse_port=True, index=index, board=board)
 
 
-async def run_worker(config_path: str, config: Config, *, reuse_port: bool, index: int) -> None:
+async def run_worker(
+    config_path: str,
+    config: Config,
+    *,
+    reuse_port: bool,
+    index: int,
+    board: DdlBoard | None = None,
+) -> None:
+    """One worker; ``board``: DDL as the other workers report it (ddl_board.py)."""
     from wardgate.audit.journal import Journal
     from wardgate.audit.recorder import Recorder
     from wardgate.core.services import Services
@@ -277,9 +291,13 @@ async def run_worker(config_path: str, config: Config, *, reuse_port: bool, inde
         journal=journal,
     )
     await recorder.start()
+    gate = Gate(config)
+    if board is not None:
+        board.index = index
+        gate.facts.board = board
     services = Services(
         config=config,
-        gate=Gate(config),
+        gate=gate,
         store=store,
         recorder=recorder,
         tokens=TokenService(store, keyring.token_pepper()),

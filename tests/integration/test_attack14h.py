@@ -127,3 +127,71 @@ def test_right_after_autocommit_ddl_another_session_is_judged_as_the_worst_case(
     reply = wires["ro"].run(q("select (3).bump4"), ready=1)
     assert _refused(reply) and "function bump4" in reply.text(), reply.text()
     assert target.log(start) == [] and target.snapshot() == before
+
+
+@pytest.fixture(scope="module")
+def gw2(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = make_gateway(tmp_path_factory.mktemp("attack14h2"), "workers: 2\n" + _config(target))
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def test_ddl_through_one_worker_is_known_to_the_others(target: Target, gw2: Gateway) -> None:
+    """Two workers (the kernel spreads connections between them): `bump5` made through
+    one; eight sessions of `rv`, some on the other worker, call it right after. None
+    runs it. Before the workers shared what DDL they answered (ddl_board.py), those on
+    the other worker judged it on facts read before it existed."""
+    agents = [Wire(gw2, "rv") for _ in range(8)]
+    mig = Wire(gw2, "mig")
+    try:
+        for wire in agents:  # each worker's watch has read the catalogue once
+            assert not wire.run(q("select 1"), ready=1).errors()
+        assert not mig.run(q(BUMP.format(name="bump5")), ready=1).errors()
+        start, before = target.last_id(), target.snapshot()
+        for n, wire in enumerate(agents):
+            reply = wire.run(q(f"select ({n}).bump5"), ready=1)
+            assert _refused(reply), reply.text()
+        assert target.log(start) == [] and target.snapshot() == before
+    finally:
+        for wire in (*agents, mig):
+            wire.close()
+
+
+def test_other_sessions_wait_only_for_what_may_commit_ddl(
+    target: Target, wires: dict[str, Wire]
+) -> None:
+    """Inside the transaction block that made `bump6`, a long statement cannot commit it:
+    another session's read runs meanwhile without waiting. After the COMMIT, a read
+    waits for the watch's new look (not refused), and `(3).bump6` is judged as the call
+    it is."""
+    dev, ro = wires["dev"], wires["ro"]
+    assert not dev.run(q("begin"), ready=1).errors()
+    assert not dev.run(q(BUMP.format(name="bump6")), ready=1).errors()
+    dev.send(q("select pg_sleep(2)"))  # in flight for two seconds
+    started = time.monotonic()
+    assert not ro.run(q("select count(*) from stock"), ready=1).errors()
+    assert time.monotonic() - started < 1.5
+    assert not dev.read(ready=1).errors()
+    assert not dev.run(q("commit"), ready=1).errors()
+    assert not ro.run(q("select count(*) from stock"), ready=1).errors()  # waited, ran
+    start, before = target.last_id(), target.snapshot()
+    reply = ro.run(q("select (3).bump6"), ready=1)
+    assert _refused(reply) and "function bump6" in reply.text(), reply.text()
+    assert target.log(start) == [] and target.snapshot() == before
+
+
+def test_ddl_through_an_mcp_query_is_known_to_the_next_query(target: Target, gw: Gateway) -> None:
+    """An MCP `query` runs in a session of its own, committed when it ends: `bump7` made
+    by one is called by the next (another principal's, whose writes need a review) as
+    a field selection. Held, not run."""
+    from tests.integration.test_mcp import body, call, error_text
+
+    made = call(gw, "dev", ("query", {"connection": "diff", "sql": BUMP.format(name="bump7")}))
+    body(made[0])
+    start, before = target.last_id(), target.snapshot()
+    (reply,) = call(gw, "rv", ("query", {"connection": "diff", "sql": "select (3).bump7"}))
+    assert reply.isError or "review_id" in str(reply.structuredContent), reply
+    if reply.isError:
+        error_text(reply)
+    assert target.log(start) == [] and target.snapshot() == before

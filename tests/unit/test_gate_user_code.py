@@ -277,11 +277,11 @@ def test_a_truncated_catalogue_answer_is_judged_as_the_worst_case(config: Config
     services: Any = SimpleNamespace(gate=gate)
     rows = (("column_type", "public.t", "16400 "),)
     CatalogWatch()._judge_user_code(
-        services, "shop", Result(rows=rows, truncated=True), False, seen=0
+        services, "shop", Result(rows=rows, truncated=True), False, seen=(0, 0)
     )
     assert gate.facts.has_read("shop")
     assert "could not be read" in gate.facts.user_code("shop").implicit
-    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows), False, seen=0)
+    CatalogWatch()._judge_user_code(services, "shop", Result(rows=rows), False, seen=(0, 0))
     assert gate.facts.user_code("shop").implicit == ""
 
 
@@ -336,3 +336,37 @@ def _action(sql: str) -> Action:
 
 def _decide(gate: Gate, sql: str) -> Decision:
     return gate.check(_action(sql)).decision
+
+
+def test_ddl_through_another_worker_makes_every_connection_the_worst_case(
+    config: Config,
+) -> None:
+    """ddl_board.py: worker 1 sees worker 0's batch in flight and its answer; its
+    connections are the worst case until its own watch has read them again."""
+    import copy
+
+    from wardgate.ddl_board import DdlBoard
+
+    board0 = DdlBoard(2)
+    board1 = copy.copy(board0)  # the same shared page, as a forked worker has it
+    board1.index = 1
+    here, there = Gate(config), Gate(config)
+    for gate, board in ((here, board0), (there, board1)):
+        gate.facts.board = board
+        gate.facts.watch()
+        gate.facts.set_user_code("shop", UserCode())
+        gate.facts.set_user_code("other", UserCode())
+    pokes: list[int] = []
+    there.facts.on_others_commit = lambda: pokes.append(1)
+    assert _decide(there, "select (3).bump") is Decision.ALLOW
+    here.facts.committing("shop")
+    assert _decide(there, "select (3).bump") is not Decision.ALLOW
+    seen = there.facts.commits("other")  # a look that begins before the answer
+    here.facts.settled("shop", committed=True)
+    assert _decide(there, "select (3).bump") is not Decision.ALLOW and pokes == [1]
+    there.facts.set_user_code("shop", UserCode(), seen)
+    assert _decide(there, "select (3).bump") is not Decision.ALLOW  # read too early
+    there.facts.set_user_code("shop", UserCode(), there.facts.commits("shop"))
+    assert _decide(there, "select (3).bump") is Decision.ALLOW
+    assert "retry in a moment" in there.facts.user_code("other").implicit  # not read yet
+    assert _decide(here, "select (3).bump") is not Decision.ALLOW  # its own: read again too

@@ -422,8 +422,11 @@ class McpGateway:
     async def _first_look(self, connection: str) -> None:
         """A query right after the gateway started waits for the catalogue watch's first
         look at its connection (user casts, shadowing routines), as a client session
-        does (postgres/listener.py)."""
-        await self.services.state(CatalogWatch).first_look(self.services, connection)
+        does (postgres/listener.py); and one right after DDL through the gateway waits for
+        the watch to read what it changed (postgres/relay.py `_wait_for_facts`)."""
+        watch = self.services.state(CatalogWatch)
+        await watch.first_look(self.services, connection)
+        await watch.fresh(self.services, connection)
 
     def _granted(self, who: Principal, connection: str) -> frozenset[str]:
         reviews = self.services.reviews

@@ -222,6 +222,7 @@ class CatalogWatch:
     def __init__(self) -> None:
         self._poked = asyncio.Event()
         self._poked_connections: set[str] = set()
+        self._poked_all = False  # another worker ran DDL: on any connection (CatalogFacts)
         self._missed: dict[str, float] = {}  # connection -> when a miss last poked it
         # Set once a connection was looked at, by (name, its upstream then): a reload
         # that points a name at another target makes it one never looked at.
@@ -251,10 +252,33 @@ class CatalogWatch:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(looked.wait(), services.config.limits.connect_timeout)
 
+    async def fresh(self, services: Services, connection: str) -> None:
+        """Wait (at most ``limits.connect_timeout``) while ``connection`` is judged as the
+        worst case after DDL through the gateway (CatalogFacts.changing), so that what
+        follows is judged on the catalogue as it is now."""
+        facts = services.gate.facts
+        if not facts.changing(connection):
+            return
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def read() -> None:
+            if not settled.done():
+                settled.set_result(None)
+
+        facts.when_settled(connection, read)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settled, services.config.limits.connect_timeout)
+
     def poke(self, connection: str) -> None:
         """A DDL statement ran on ``connection``: look again now, there (DDL in one
         database cannot change another's routines, casts or types)."""
         self._poked_connections.add(connection)
+        self._poked.set()
+
+    def poke_all(self) -> None:
+        """Another worker answered DDL that may have committed, on a connection this
+        one cannot tell: look at every connection again now."""
+        self._poked_all = True
         self._poked.set()
 
     def missed(self, connection: str) -> None:
@@ -274,6 +298,7 @@ class CatalogWatch:
         poked: set[str] | None = None  # None: every connection (at start, on the timer)
         self.running = True
         services.gate.facts.watch()
+        services.gate.facts.on_others_commit = self.poke_all
         while True:
             self._poked.clear()
             # At once: a session waits for its connection's first look (`first_look`),
@@ -287,6 +312,8 @@ class CatalogWatch:
                 poked = None
             else:
                 poked, self._poked_connections = self._poked_connections, set()
+                if self._poked_all:
+                    poked, self._poked_all = None, False
 
     async def _refresh(self, services: Services, connection: str, loud: bool) -> None:
         target = _target(services, connection)
@@ -344,7 +371,7 @@ class CatalogWatch:
             )
 
     def _judge_user_code(
-        self, services: Services, connection: str, code: Any, loud: bool, seen: int
+        self, services: Services, connection: str, code: Any, loud: bool, seen: tuple[int, int]
     ) -> None:
         if code.error is not None or code.truncated:
             # Not knowing is judged as the worst case: every expression may run user code.

@@ -155,6 +155,11 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._ddl_in_string = False
         self._txn_statement = False
         self._commit_marks: deque[tuple[int, bool]] = deque()
+        # Reading stopped until the catalogue is read again after DDL (`_wait_for_facts`),
+        # its timer, and whether the last wait ran out (judged as the worst case then).
+        self._facts_barrier = False
+        self._facts_timer: asyncio.TimerHandle | None = None
+        self._facts_gave_up = False
 
     @property
     def idle(self) -> bool:
@@ -174,7 +179,13 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             self._pump()
 
     def _may_pump(self) -> bool:
-        return not (self._reviewing or self._barrier or self._backlogged or self._queue_full)
+        return not (
+            self._reviewing
+            or self._barrier
+            or self._backlogged
+            or self._queue_full
+            or self._facts_barrier
+        )
 
     def _resume_pump(self) -> None:
         if not self._finished and self._may_pump():
@@ -184,12 +195,20 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         """Judge and forward the client's buffered messages until none is left, one is
         held for a review, one must wait for the server to confirm the encoding, or too
         much forwarded awaits its answer (the rest wait, in order, in the decoder)."""
+        if (
+            not self._ddl_open
+            and not self._facts_gave_up
+            and self.services.gate.facts.changing(self.connection)
+        ):
+            self._wait_for_facts()
+            return
         decoder = self.client.decoder
         pending = self._pending
         model = self.model
         out: list[bytes] = []
         try:
-            # `_may_pump`, spelled out: this loop runs for every client message.
+            # `_may_pump`, spelled out (but for `_facts_barrier`, which only the test
+            # above sets): this loop runs for every client message.
             while not (self._reviewing or self._barrier or self._backlogged or self._queue_full):
                 if model.encoding_batch > model.confirmed_batch:  # encoding_uncertain
                     if self._encoding_barrier(out):
@@ -350,6 +369,38 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             self._backlogged = False
             self.client.resume_reading("unanswered")
             # Judge what waited once this server chunk is relayed, not from inside it.
+            asyncio.get_running_loop().call_soon(self._resume_pump)
+
+    def _wait_for_facts(self) -> None:
+        """DDL through the gateway (this session's committed, or another's) may have
+        changed the catalogue, and the watch is reading it again (gate.CatalogFacts):
+        read the client no further until it has, at most ``limits.connect_timeout``;
+        then judge as the worst case ("retry in a moment") until the facts are read."""
+        self._facts_barrier = True
+        self.client.pause_reading("catalogue")
+        self.services.gate.facts.when_settled(self.connection, self._facts_read)
+        self._facts_timer = asyncio.get_running_loop().call_later(
+            self.services.config.limits.connect_timeout, self._facts_timed_out
+        )
+
+    def _facts_read(self) -> None:
+        self._facts_gave_up = False
+        if self._facts_barrier:
+            self._end_facts_wait()
+
+    def _facts_timed_out(self) -> None:
+        self._facts_timer = None
+        if self._facts_barrier:
+            self._facts_gave_up = True
+            self._end_facts_wait()
+
+    def _end_facts_wait(self) -> None:
+        self._facts_barrier = False
+        if self._facts_timer is not None:
+            self._facts_timer.cancel()
+            self._facts_timer = None
+        if not self._finished:
+            self.client.resume_reading("catalogue")
             asyncio.get_running_loop().call_soon(self._resume_pump)
 
     def _encoding_barrier(self, out: list[bytes]) -> bool:

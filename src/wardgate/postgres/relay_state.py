@@ -438,11 +438,20 @@ class RelayState:
         on other sessions may see what it made: their statements are judged as the worst
         case until the server has answered (`_ddl_settled`) and the watch has read the
         catalogue again."""
-        if self._ddl_open:
+        model = self.model
+        if self._ddl_open and (
+            self._txn_statement
+            or model.transaction != "T"
+            or model.confirmed_batch != model.batch - 1
+        ):
+            # Not when the server confirmed a transaction block before this batch, and
+            # it holds no transaction statement: nothing else ends a block (a COMMIT
+            # inside a DO block or procedure fails there), so a long migration keeps
+            # other sessions waiting only for its COMMIT.
             self.services.gate.facts.committing(self.connection)
-            self._commit_marks.append((self.model.batch, self._txn_statement))
+            self._commit_marks.append((model.batch, self._txn_statement))
             self._txn_statement = False
-        self.model.next_batch()
+        model.next_batch()
 
     def _ddl_settled(self, batch: int, status: bytes) -> None:
         """The ReadyForQuery closing ``batch`` came: the batches it answers that may have
