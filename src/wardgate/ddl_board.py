@@ -29,6 +29,13 @@ class DdlBoard:
         """This worker's counters (``index``: set in the worker after the fork)."""
         _SLOT.pack_into(self._map, _SLOT.size * self.index, in_flight, answered)
 
+    def worker_gone(self, index: int) -> None:
+        """Worker ``index`` died (the supervisor): what it had in flight may have
+        committed, and no answer will come; the others take it as answered."""
+        in_flight, answered = _SLOT.unpack_from(self._map, _SLOT.size * index)
+        if in_flight:
+            _SLOT.pack_into(self._map, _SLOT.size * index, 0, answered + in_flight)
+
     def others(self) -> tuple[int, int]:
         """The other workers' counters, summed: (in flight, answered)."""
         values = self._all.unpack_from(self._map)

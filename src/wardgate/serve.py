@@ -214,6 +214,7 @@ def _supervise(config_path: str, config: Config) -> None:
         if pid in running:
             running.discard(pid)
             _worker_exited(pid)
+            board.worker_gone(children.index(pid))
             if code:
                 status = 1
     sys.exit(status)

@@ -370,3 +370,18 @@ def test_ddl_through_another_worker_makes_every_connection_the_worst_case(
     assert _decide(there, "select (3).bump") is Decision.ALLOW
     assert "retry in a moment" in there.facts.user_code("other").implicit  # not read yet
     assert _decide(here, "select (3).bump") is not Decision.ALLOW  # its own: read again too
+
+
+def test_a_worker_that_dies_with_ddl_in_flight_counts_as_having_committed_it() -> None:
+    """No answer will come for its batch: the others must not wait for one forever."""
+    import copy
+
+    from wardgate.ddl_board import DdlBoard
+
+    board0 = DdlBoard(2)
+    board1 = copy.copy(board0)
+    board1.index = 1
+    board0.publish(1, 3)
+    assert board1.others() == (1, 3)
+    board1.worker_gone(0)
+    assert board1.others() == (0, 4)

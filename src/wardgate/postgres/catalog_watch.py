@@ -414,12 +414,23 @@ async def changing_catalogue(
         yield
         return
     facts = services.gate.facts
-    facts.committing(connection)
+    names = sharing_database(services, connection)
+    for name in names:
+        facts.committing(name)
     try:
         yield
     finally:
-        facts.settled(connection, committed=True)
+        for name in names:
+            facts.settled(name, committed=True)
         services.state(CatalogWatch).poke(connection)
+
+
+def sharing_database(services: Services, connection: str) -> tuple[str, ...]:
+    """``connection`` and the other PostgreSQL connections whose upstream database has
+    its name (on any host, as `_to_refresh`): DDL through one changes what each of them
+    may reach, and CatalogFacts holds facts per connection name."""
+    names = _to_refresh(services, {connection})
+    return tuple(names) if connection in names else (connection, *names)
 
 
 def _to_refresh(services: Services, poked: set[str] | None) -> list[str]:

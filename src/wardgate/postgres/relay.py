@@ -150,11 +150,13 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         # and the transaction it ran in has not ended (this session's statements are
         # judged as the worst case); a statement after DDL in the same Query string; and
         # the batches sent meanwhile, which may commit it, with whether they held a
-        # transaction statement (COMMIT AND CHAIN ends one and leaves a block open).
+        # transaction statement (COMMIT AND CHAIN ends one and leaves a block open) and
+        # the connections they concern (all those to the same database).
         self._ddl_open = False
+        self._ddl_batch = 0
         self._ddl_in_string = False
         self._txn_statement = False
-        self._commit_marks: deque[tuple[int, bool]] = deque()
+        self._commit_marks: deque[tuple[int, bool, tuple[str, ...]]] = deque()
         # Reading stopped until the catalogue is read again after DDL (`_wait_for_facts`),
         # its timer, and whether the last wait ran out (judged as the worst case then).
         self._facts_barrier = False

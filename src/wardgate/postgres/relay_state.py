@@ -26,7 +26,7 @@ from wardgate.audit.records import (
 )
 from wardgate.gate import changes_catalogue
 from wardgate.policy.functions import function_class
-from wardgate.postgres.catalog_watch import CatalogWatch
+from wardgate.postgres.catalog_watch import CatalogWatch, sharing_database
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
@@ -193,8 +193,9 @@ class RelayState:
     _transaction: TransactionOutcome  # approved statements whose transaction is open
     _ddl_open: bool  # DDL forwarded, its transaction not ended (relay.py)
     _ddl_in_string: bool  # judging the statements after DDL in one Query string
-    _txn_statement: bool
-    _commit_marks: deque[tuple[int, bool]]
+    _ddl_batch: int  # the last batch that forwarded DDL
+    _txn_statement: bool  # ...and a transaction statement sent since the last mark
+    _commit_marks: deque[tuple[int, bool, tuple[str, ...]]]  # batch, ended, connections
     # Column masking: the search_paths the session may have (mask_path.py), from what
     # the server answered at its start (listener.py); unknown when nobody asked.
     mask_paths: SessionPaths | None = None
@@ -434,38 +435,54 @@ class RelayState:
 
     def _next_batch(self) -> None:
         """The batch being sent ends (a Query, or a Sync: what PostgreSQL commits at
-        once). After DDL in a transaction not known ended, it may commit it, and from now
-        on other sessions may see what it made: their statements are judged as the worst
-        case until the server has answered (`_ddl_settled`) and the watch has read the
-        catalogue again."""
+        once)."""
+        if self._ddl_open:
+            self._may_commit()
+            self._txn_statement = False  # its mark has it; the next batch starts anew
+        self.model.next_batch()
+
+    def _may_commit(self) -> None:
+        """What was just sent after DDL may commit it, and from then on other sessions
+        may see what it made: the end of a batch, and an Execute in an open one
+        (PostgreSQL commits a COMMIT, or a statement that cannot run in a transaction
+        block, at its Execute, Sync or not). Every session of every connection to the
+        same database is judged as the worst case until the server has answered
+        (`_ddl_settled`) and the watch has read the catalogue again; once per batch.
+
+        Not when the server confirmed a transaction block before this batch and none
+        of it so far is a transaction statement: nothing else ends a block (a COMMIT
+        inside a DO block or procedure fails there), so a long migration keeps other
+        sessions waiting only for its COMMIT."""
         model = self.model
-        if self._ddl_open and (
-            self._txn_statement
-            or model.transaction != "T"
-            or model.confirmed_batch != model.batch - 1
-        ):
-            # Not when the server confirmed a transaction block before this batch, and
-            # it holds no transaction statement: nothing else ends a block (a COMMIT
-            # inside a DO block or procedure fails there), so a long migration keeps
-            # other sessions waiting only for its COMMIT.
-            self.services.gate.facts.committing(self.connection)
-            self._commit_marks.append((model.batch, self._txn_statement))
-            self._txn_statement = False
-        model.next_batch()
+        ended = self._txn_statement
+        batch = model.batch
+        if not ended and model.transaction == "T" and model.confirmed_batch == batch - 1:
+            return
+        marks = self._commit_marks
+        if marks and marks[-1][0] == batch:
+            if ended and not marks[-1][1]:
+                marks[-1] = (batch, True, marks[-1][2])
+            return
+        names = sharing_database(self.services, self.connection)
+        for name in names:
+            self.services.gate.facts.committing(name)
+        marks.append((batch, ended, names))
 
     def _ddl_settled(self, batch: int, status: bytes) -> None:
         """The ReadyForQuery closing ``batch`` came: the batches it answers that may have
-        committed DDL are settled; a transaction that ended (status I) ends this
-        session's own worst case."""
+        committed DDL are settled; a transaction that ended (status I) after the last
+        batch that ran DDL ends this session's own worst case (the answer of an earlier
+        batch, pipelined, says nothing of a transaction a later one opened)."""
         marks = self._commit_marks
         facts = self.services.gate.facts
         committed = False
         while marks and marks[0][0] <= batch:
-            _, ended = marks.popleft()
+            _, ended, names = marks.popleft()
             done = ended or status == b"I"
-            facts.settled(self.connection, committed=done)
+            for name in names:
+                facts.settled(name, committed=done)
             committed = committed or done
-        if status == b"I":
+        if status == b"I" and batch >= self._ddl_batch:
             self._ddl_open = False
         if committed:
             self.services.state(CatalogWatch).poke(self.connection)
@@ -473,8 +490,9 @@ class RelayState:
     def _ddl_abandoned(self) -> None:
         """The session ends with batches unanswered: they may have committed."""
         if self._commit_marks:
-            for _ in range(len(self._commit_marks)):
-                self.services.gate.facts.settled(self.connection, committed=True)
+            for _, _, names in self._commit_marks:
+                for name in names:
+                    self.services.gate.facts.settled(name, committed=True)
             self._commit_marks.clear()
             self.services.state(CatalogWatch).poke(self.connection)
         self._ddl_open = False
@@ -599,8 +617,9 @@ class RelayState:
         masking = self.masking
         self._batch_ran = True  # (an extended batch: it may have ended a transaction)
         for act in acts:
-            if not self._ddl_open and changes_catalogue(act.verdict.statements):
+            if changes_catalogue(act.verdict.statements):
                 self._ddl_open = True
+                self._ddl_batch = self.model.batch
             if self._ddl_open and any("transaction" in i.kinds for i in act.verdict.statements):
                 self._txn_statement = True
             recorder.intend(
@@ -615,6 +634,8 @@ class RelayState:
                     error=INTERRUPTED_BY_CRASH,
                 )
             )
+        if self._ddl_open:
+            self._may_commit()  # an Execute may commit at once (`_may_commit`)
 
     def _record(self, act: Act, status: str, error: str | None = None) -> None:
         if act.verdict.rule == AUDIT_UNAVAILABLE_RULE:

@@ -1,0 +1,177 @@
+"""attack14i: the window in which DDL through the gateway may have changed what the
+catalogue watch read (gate.CatalogFacts, relay `_ddl_open`). A function made by DDL
+must not be called as a read (`select (3).bump`) by any session, on any connection to
+that database, before the watch has read it: not when the transaction that made it is
+committed inside a pipeline batch that has no Sync yet, not when an earlier batch's
+answer (idle) comes after a later batch opened the transaction that made it, not through
+another configured connection to the same database, and not in a session another worker
+process (`workers: 2`) accepted."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import Gateway, make_gateway
+from tests.integration.pg_diff import Reply, Target, Wire, lazy_wires, make_target
+from tests.integration.test_attack14h import BUMP
+from tests.integration.test_attack14h import _config as _config_14h
+from tests.integration.test_cancel import _children, _worker_of
+from wardgate.postgres.codec import build
+
+pytestmark = pytest.mark.usefixtures("pg_server")
+
+q = build.query
+
+
+@pytest.fixture(scope="module")
+def target(pg_server: None) -> Iterator[Target]:
+    yield from make_target()
+
+
+def _config(target: Target) -> str:
+    """attack14h's (with `mig`, who may run DDL and whose writes need a review), and a
+    second connection, `diff2`, to the same database (say, one a team's agents use)."""
+    config = _config_14h(target)
+    block = re.search(r"\n  diff:\n(?:    .*\n)+", config)
+    assert block is not None
+    second = block.group(0).replace("\n  diff:\n", "\n  diff2:\n", 1)
+    return config.replace(block.group(0), block.group(0) + second.lstrip("\n"), 1)
+
+
+@pytest.fixture(scope="module")
+def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = make_gateway(tmp_path_factory.mktemp("attack14i"), _config(target))
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
+    yield from lazy_wires(gw)
+
+
+def _refused(reply: Reply) -> bool:
+    return any(e.get("M", "").startswith("wardgate:") for e in reply.errors())
+
+
+def _settle(wire: Wire) -> None:
+    """Wait until the watch has read what an earlier test's DDL committed: until then
+    every expression is judged as the worst case (`select 1` too)."""
+    for _ in range(50):
+        if not wire.run(q("select 1"), ready=1).errors():
+            return
+        time.sleep(0.1)
+    raise AssertionError("the catalogue facts did not settle")
+
+
+def _ext(sql: str) -> bytes:
+    return build.parse("", sql) + build.bind("", "") + build.execute("")
+
+
+def test_a_commit_in_a_batch_without_sync_is_a_commit(
+    target: Target, wires: dict[str, Wire]
+) -> None:
+    """`mig` makes `bump11` and commits it through Parse/Bind/Execute, then sends only a
+    Flush: PostgreSQL runs COMMIT at its Execute, so other sessions see the function
+    while the batch stays open. An agent whose writes need a review calls it: held."""
+    mig, rv = wires["mig"], wires["rv"]
+    mig.send(_ext("begin"), _ext(BUMP.format(name="bump11")), _ext("commit"), build.flush())
+    time.sleep(0.5)  # answered (the Flush), and no look of the watch was asked for
+    start, before = target.last_id(), target.snapshot()
+    reply = rv.run(q("select (3).bump11"), ready=1)
+    assert target.log(start) == [] and target.snapshot() == before, reply.text()
+    assert _refused(reply), reply.text()
+    mig.run(build.sync(), ready=1)
+
+
+def test_an_earlier_idle_answer_does_not_end_a_later_ddl_transaction(
+    target: Target, wires: dict[str, Wire]
+) -> None:
+    """`mig` pipelines `select 1` and `begin; create function bump12 ...`: the first
+    answer (idle) came after the second string was sent, and the session is in the
+    transaction that made `bump12`, which only it sees. Its call of it is a write,
+    held for a review, not run (the transaction is committed: nothing but the DDL)."""
+    mig = wires["mig"]
+    _settle(mig)
+    reply = mig.run(q("select 1"), q("begin; " + BUMP.format(name="bump12")), ready=2)
+    assert not reply.errors(), reply.text()
+    start = target.last_id()
+    reply = mig.run(q("select (3).bump12"), ready=1)
+    assert not mig.run(q("commit"), ready=1).errors()
+    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    assert writes == [], reply.text()
+    assert _refused(reply), reply.text()
+
+
+def test_ddl_on_one_connection_is_a_change_on_every_connection_to_its_database(
+    gw: Gateway, target: Target, wires: dict[str, Wire]
+) -> None:
+    """An engineer makes `bump13` through connection `diff` and commits; an agent whose
+    writes need a review calls it right after through `diff2`, another connection to the
+    same database: held, not run."""
+    dev = wires["dev"]
+    _settle(dev)
+    rv = Wire(gw, "rv", "diff2")
+    try:
+        rv.run(q("select 1"), ready=1)  # logged in, before the DDL
+        assert not dev.run(q("begin"), ready=1).errors()
+        assert not dev.run(q(BUMP.format(name="bump13")), ready=1).errors()
+        assert not dev.run(q("commit"), ready=1).errors()
+        start, before = target.last_id(), target.snapshot()
+        reply = rv.run(q("select (3).bump13"), ready=1)
+    finally:
+        rv.close()
+    assert target.log(start) == [] and target.snapshot() == before, reply.text()
+    assert _refused(reply), reply.text()
+
+
+@pytest.fixture(scope="module")
+def two_workers(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = make_gateway(
+        tmp_path_factory.mktemp("attack14i-w2"), "workers: 2\n" + _config(target)
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def test_ddl_through_one_worker_is_a_change_in_every_worker(
+    two_workers: Gateway, target: Target
+) -> None:
+    """`workers: 2`: `mig` makes `bump14` (autocommit) in a session of one worker
+    process; an agent whose writes need a review calls it right after in a session the
+    other worker accepted (SO_REUSEPORT: new connections land on either): held, not run."""
+    gw = two_workers
+    assert gw.proc is not None
+    deadline = time.monotonic() + 10
+    while len(workers := _children(gw.proc.pid)) < 2 or not all(
+        f"worker {i}: PostgreSQL listener" in gw.log for i in (0, 1)
+    ):
+        assert time.monotonic() < deadline, "two workers never started"
+        time.sleep(0.1)
+    mig = Wire(gw, "mig")
+    opened: list[Wire] = []
+    try:
+        home = _worker_of(workers, gw.port, mig.sock.getsockname()[1])
+        for _ in range(40):  # an agent session on the other worker
+            rv = Wire(gw, "rv")
+            opened.append(rv)
+            if _worker_of(workers, gw.port, rv.sock.getsockname()[1]) != home:
+                break
+        else:
+            raise AssertionError("no session ever reached the other worker")
+        _settle(rv)
+        assert not mig.run(q(BUMP.format(name="bump14")), ready=1).errors()
+        start, before = target.last_id(), target.snapshot()
+        reply = rv.run(q("select (3).bump14"), ready=1)
+        _settle(rv)  # the other worker reads the catalogue again: not refused for long
+    finally:
+        for wire in (mig, *opened):
+            wire.close()
+    assert target.log(start) == [] and target.snapshot() == before, reply.text()
+    assert _refused(reply), reply.text()
