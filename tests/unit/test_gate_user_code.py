@@ -385,3 +385,36 @@ def test_a_worker_that_dies_with_ddl_in_flight_counts_as_having_committed_it() -
     assert board1.others() == (1, 3)
     board1.worker_gone(0)
     assert board1.others() == (0, 4)
+
+
+def test_a_catalogue_the_watch_cannot_read_is_said_once_per_change(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A target that stays unreadable is one warning, not one per look; after DDL (the
+    connection `changing`) the look is tried again a second later."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from wardgate.postgres.catalog_watch import CatalogWatch
+
+    gate = Gate(config)
+    gate.facts.watch()
+    gate.facts.set_user_code("shop", UserCode())
+    services: Any = SimpleNamespace(gate=gate)
+    watch = CatalogWatch()
+
+    async def looks() -> None:
+        watch._unreadable(services, "shop", "OSError: connection refused")
+        watch._unreadable(services, "shop", "OSError: connection refused")
+        assert not watch._poked.is_set()  # nothing changing: the next round will do
+        gate.facts.committing("shop")
+        gate.facts.settled("shop", committed=True)
+        watch._unreadable(services, "shop", "OSError: connection refused")
+        await asyncio.sleep(1.1)
+        assert watch._poked.is_set() and "shop" in watch._poked_connections
+
+    with caplog.at_level("WARNING", logger="wardgate.postgres"):
+        asyncio.run(looks())
+    said = [r for r in caplog.records if "cannot read the catalogue" in r.getMessage()]
+    assert len(said) == 1 and "connection refused" in said[0].getMessage()

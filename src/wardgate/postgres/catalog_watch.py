@@ -223,6 +223,7 @@ class CatalogWatch:
         self._poked = asyncio.Event()
         self._poked_connections: set[str] = set()
         self._poked_all = False  # another worker ran DDL: on any connection (CatalogFacts)
+        self._unread: set[str] = set()  # connections whose last look could not read them
         self._missed: dict[str, float] = {}  # connection -> when a miss last poked it
         # Set once a connection was looked at, by (name, its upstream then): a reload
         # that points a name at another target makes it one never looked at.
@@ -335,10 +336,16 @@ class CatalogWatch:
                 code = await session.extended(_USER_CODE_QUERY, max_rows=100_000)
                 routines = await session.extended(_ROUTINES_QUERY, max_rows=1_000_000)
         except Exception as exc:  # noqa: BLE001 - the target may be down; try again later
-            log.debug("connection %r: catalog watch failed: %s", connection, exc)
+            self._unreadable(services, connection, f"{type(exc).__name__}: {exc}")
             return
         if result.error is not None:
+            self._unreadable(
+                services, connection, f"{result.error.sqlstate}: {result.error.message}"
+            )
             return
+        if connection in self._unread:
+            self._unread.discard(connection)
+            log.info("connection %r: the catalogue watch reads its catalogue again", connection)
         if any(
             rule.columns and (not rule.connections or connection in rule.connections)
             for rule in services.config.masking.rules
@@ -368,6 +375,25 @@ class CatalogWatch:
                 "STABLE/IMMUTABLE if they only read",
                 connection,
                 where,
+            )
+
+    def _unreadable(self, services: Services, connection: str, why: str) -> None:
+        """Said once per change (a target that stays down is not a line every look):
+        until a look succeeds, statements on ``connection`` whose facts are not read
+        (never, or not since DDL through the gateway) are judged as the worst case.
+        Sessions wait for the look after DDL: that one is tried again every second."""
+        if services.gate.facts.changing(connection):
+            asyncio.get_running_loop().call_later(MISS_INTERVAL, self.poke, connection)
+        if connection not in self._unread:
+            self._unread.add(connection)
+            log.warning(
+                "connection %r: the catalogue watch cannot read the catalogue (%s); "
+                "statements that need what it holds are judged as the worst case (every "
+                "expression may run user code) until it can; it looks again after DDL, "
+                "on a miss, and every %d s",
+                connection,
+                why,
+                int(INTERVAL),
             )
 
     def _judge_user_code(
