@@ -206,6 +206,32 @@ def test_a_write_to_a_system_catalog_is_refused(gw: Gateway, t: str, steps: list
     assert "blocked by masking:secrets" in repr(got[1]), got
 
 
+def test_a_write_through_a_view_over_a_system_catalog_is_refused(
+    gw: Gateway, t: str, it_database: str
+) -> None:
+    """An automatically updatable view over pg_proc, made by the agent (DDL) and known to
+    the snapshot, wrote pg_proc: the target was a view, not a system catalog."""
+    got: list[Any] = []
+    try:
+        with psycopg.connect(gw.dsn("wagent"), autocommit=True) as conn:
+            got.append(_run(conn, f"create view {t}_pv as select oid, proname from pg_proc"))
+        got.append(_read_when_known(gw, "wagent", f"select count(*) > 0 from {t}_pv"))
+        with psycopg.connect(gw.dsn("wagent"), autocommit=True) as conn:
+            for sql in (
+                "begin",
+                "update {t}_pv set proname = 'upper' where proname = 'query_to_xml'",
+                "select upper('select pw from {t}', true, false, '')::text",
+            ):
+                got.append(_run(conn, sql.format(t=t)))
+            conn.execute(b"rollback")
+    finally:
+        with admin_conn(it_database) as conn:
+            conn.execute(f"drop view if exists {t}_pv")
+    assert not _leaks(got), got
+    assert got[1] == [[(True,)]], got  # reading it is fine
+    assert "writing to the system catalog pg_proc" in repr(got[3]), got
+
+
 def test_copy_into_a_system_catalog_is_refused(gw: Gateway, t: str) -> None:
     got: Any = "COPY"
     try:

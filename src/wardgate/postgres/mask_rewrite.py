@@ -1144,6 +1144,13 @@ class _Rewriter:
             system = name in self.catalog.system and (
                 name.startswith("pg_") or not self._candidates(None, name)[0]
             )
+        tables = () if system else self._candidates(schema, name)[0]
+        through = sorted(r[7:] for t in tables for r in t.reads if r.startswith("system "))
+        if through:
+            # An automatically updatable view over pg_proc (CREATE VIEW pv AS SELECT
+            # oid, proname FROM pg_proc; UPDATE pv SET proname = 'upper' ...) writes it.
+            name = f"{through[0]} (through the view {name})"
+            system = True
         if system:
             raise Refused(
                 f"writing to the system catalog {name} is not supported for principals "
@@ -1419,6 +1426,8 @@ class _Rewriter:
 
     def _refuse_view(self, table: Table) -> None:
         for read in sorted(table.reads):
+            if read.startswith("system "):
+                continue  # a system catalog, read: allowed (written: _refuse_writing_system)
             schema, _, rest = read.partition(".")
             if schema == "pg_catalog" or read.startswith("function pg_catalog."):
                 raise Refused(
