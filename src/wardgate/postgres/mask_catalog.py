@@ -75,7 +75,10 @@ UNION SELECT 'type', t.typname FROM pg_catalog.pg_type t
 """
 # What each view (or materialized view) outside the system schemas reads: a column,
 # a whole row ('*'), a user routine, or a built-in that reads past the rewrite. Reads
-# of blocked catalogs (pg_stats...) are refused by the rewriter.
+# of blocked catalogs (pg_stats...) are refused by the rewriter. ``system`` rows: the
+# view reads a system catalog (allowed), so a write through it may write the catalog;
+# read from the rule's range table (its ``:relid``s), since pg_depend records no
+# dependency on a pinned object (a system catalog).
 VIEW_READS_SQL = """
 SELECT vn.nspname, v.relname, tn.nspname, t.relname, coalesce(a.attname, '*')
 FROM pg_catalog.pg_depend d
@@ -99,6 +102,17 @@ JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid AND d.refclassid = 'pg_catalog.p
 JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
 WHERE (pn.nspname NOT IN ('pg_catalog', 'information_schema') OR p.proname IN ({BLOCKED}))
   AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION
+SELECT vn.nspname, v.relname, 'system', t.relname, ''
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+CROSS JOIN LATERAL pg_catalog.regexp_matches(
+  r.ev_action::pg_catalog.text, ':relid ([0-9]+)', 'g') m
+JOIN pg_catalog.pg_class t ON t.oid = m[1]::pg_catalog.oid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+WHERE v.oid <> t.oid AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND tn.nspname IN ('pg_catalog', 'information_schema')
 """.format(
     BLOCKED=", ".join(f"'{n}'" for n in sorted(BLOCKED_FUNCTIONS)),
     BLOCKED_RELATIONS=", ".join(f"'{n}'" for n in sorted(BLOCKED_RELATIONS)),
@@ -253,8 +267,8 @@ def build_catalog(
     direct: dict[tuple[str, str], set[str]] = {}
     for vschema, vname, tschema, tname, column in view_reads:
         reads = direct.setdefault((vschema, vname), set())
-        if tschema == "function":
-            reads.add(f"function {tname}")
+        if tschema in ("function", "system"):
+            reads.add(f"{tschema} {tname}")
         else:
             reads.add(f"{tschema}.{tname}.{column}")
     closed = {view: _closure(view, direct) for view in direct}
@@ -295,7 +309,7 @@ def _closure(view: tuple[str, str], direct: dict[tuple[str, str], set[str]]) -> 
         seen.add(current)
         for read in direct.get(current, ()):
             out.add(read)
-            if not read.startswith("function "):
+            if not read.startswith(("function ", "system ")):
                 schema, name, _ = read.split(".", 2)
                 if (schema, name) in direct:
                     stack.append((schema, name))

@@ -319,8 +319,39 @@ _SLOW_STATEMENTS = frozenset(
         "DoStmt", "CallStmt", "ListenStmt", "CreateFunctionStmt", "CreateTrigStmt",
         "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt", "AlterDomainStmt",
         "CreateStatsStmt", "CreateCastStmt", "CreateTransformStmt", "DefineStmt",
+        "CreateForeignTableStmt", "ImportForeignSchemaStmt", "CreateForeignServerStmt",
+        "AlterForeignServerStmt", "CreateUserMappingStmt", "AlterUserMappingStmt",
+        "CreateFdwStmt", "AlterFdwStmt",
     }
 )  # fmt: skip
+# Foreign-data DDL (_Rewriter.statement): a foreign table's rows come from wherever its
+# server and options say, which may be this database's masked table through a loopback
+# server; the snapshot sees only a table without rules.
+_FOREIGN_DATA = (
+    ast.CreateForeignTableStmt,
+    ast.ImportForeignSchemaStmt,
+    ast.CreateForeignServerStmt,
+    ast.AlterForeignServerStmt,
+    ast.CreateUserMappingStmt,
+    ast.AlterUserMappingStmt,
+    ast.CreateFdwStmt,
+    ast.AlterFdwStmt,
+)
+# ALTER FOREIGN TABLE ... OPTIONS: its remote table or column, changed.
+_FOREIGN_OPTIONS = frozenset(
+    {AlterTableType.AT_GenericOptions, AlterTableType.AT_AlterColumnGenericOptions}
+)
+# Objects the rewriter judges by name (a built-in's name is trusted, a user routine's or
+# type's is not): renamed or moved, a routine answers to a trusted name (_Rewriter.statement).
+_JUDGED_BY_NAME = frozenset(
+    {
+        ObjectType.OBJECT_FUNCTION, ObjectType.OBJECT_PROCEDURE, ObjectType.OBJECT_ROUTINE,
+        ObjectType.OBJECT_AGGREGATE, ObjectType.OBJECT_OPERATOR, ObjectType.OBJECT_TYPE,
+        ObjectType.OBJECT_DOMAIN, ObjectType.OBJECT_EXTENSION,
+    }
+)  # fmt: skip
+# Statements that write the rows of the relation they name.
+_WRITE_STATEMENTS = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt"})
 # ALTER TABLE subcommands that change which table's rows another table returns.
 _RELINKING = frozenset(
     {
@@ -440,6 +471,14 @@ def _nothing_to_do(
         for key, value in item.items():
             if key in _SLOW_STATEMENTS:
                 return None
+            if key in _WRITE_STATEMENTS and isinstance(value, dict):
+                # A server file or program, or a write into a system catalog: the full
+                # rewrite refuses them.
+                if key == "CopyStmt" and value.get("filename"):
+                    return None
+                target = value.get("relation")
+                if (key != "CopyStmt" or value.get("is_from")) and _is_system(target, catalog):
+                    return None
             if key == "CopyStmt" and isinstance(value, dict) and not value.get("attlist"):
                 star = True  # COPY t TO: every column, like *
             if key == "FuncCall" and not _quick_function(value, catalog):
@@ -471,6 +510,14 @@ def _nothing_to_do(
     if any(name in ctes for _, _, name in pins):
         return None  # a CTE of a table's name: the full rewrite knows which is which
     return [(at, schema) for at, schema, _ in pins]
+
+
+def _is_system(rv: Any, catalog: MaskCatalog) -> bool:
+    """A RangeVar (JSON) that names a relation of the system schemas, or may."""
+    if not isinstance(rv, dict):
+        return False
+    schema = rv.get("schemaname") or None
+    return schema in SYSTEM_SCHEMAS or (schema is None and rv.get("relname") in catalog.system)
 
 
 def _quick_relation(
@@ -616,6 +663,8 @@ class _Rewriter:
             stmt.query = self.statement(stmt.query)
             return stmt
         if isinstance(stmt, ast.MergeStmt):
+            if isinstance(stmt.relation, ast.RangeVar):
+                self._refuse_writing_system(stmt.relation)
             if self._mentions_masked(stmt):
                 raise Refused(
                     "MERGE over a table with masked columns (or one a masking rule names) "
@@ -635,6 +684,42 @@ class _Rewriter:
         ):
             self._refuse_moving_masked(stmt)
             return stmt
+        kind = getattr(stmt, "renameType", None) or getattr(stmt, "objectType", None)
+        if isinstance(stmt, ast.RenameStmt | ast.AlterObjectSchemaStmt) and (
+            kind in _JUDGED_BY_NAME
+        ):
+            # ALTER FUNCTION pg_catalog.query_to_xml(text, bool, bool, text) RENAME TO
+            # upper: upper('select pw from t', true, false, '') passed as a built-in and
+            # ran the SELECT past the rewrite, in the same transaction and for every
+            # masked principal after it committed.
+            raise Refused(
+                "renaming functions, procedures, aggregates, operators, types, domains or "
+                "extensions, or moving them to another schema, is not supported for "
+                "principals under a masking rule: the gateway judges routines and types by "
+                "name and schema, and under a built-in's name a routine that runs SQL or "
+                "reads masked columns would pass; ask a principal without the rule to do it",
+                self._any_rule(),
+            )
+        if isinstance(stmt, _FOREIGN_DATA) or (
+            isinstance(stmt, ast.AlterTableStmt)
+            and any(
+                isinstance(c, ast.AlterTableCmd) and c.subtype in _FOREIGN_OPTIONS
+                for c in stmt.cmds or ()
+            )
+        ):
+            # CREATE FOREIGN TABLE ft (v text OPTIONS (column_name 'pw')) SERVER loopback
+            # OPTIONS (table_name 't'): the snapshot saw a table without rules, and every
+            # principal read t.pw through it in clear.
+            raise Refused(
+                "foreign tables, foreign servers and user mappings cannot be created or "
+                "changed by principals under a masking rule: a foreign table reads whatever "
+                "its server and options name (this database's masked columns through a "
+                "loopback server), which the gateway cannot see; ask a principal without "
+                "the rule to do it",
+                self._any_rule(),
+            )
+        if isinstance(stmt, ast.CreateStmt | ast.AlterTableStmt):
+            self._refuse_masked_references(stmt)
         if isinstance(stmt, ast.IndexStmt | ast.AlterTableStmt) and isinstance(
             stmt.relation, ast.RangeVar
         ):
@@ -917,8 +1002,19 @@ class _Rewriter:
                 stmt.selectStmt = self._writing(stmt.selectStmt, before)
             level: _Level = []
             level.append(self._relation(stmt.relation, target=True))
-            if stmt.onConflictClause is not None:
-                stmt.onConflictClause = self.expr(stmt.onConflictClause, [level], _PREDICATE)
+            clause = stmt.onConflictClause
+            if clause is not None:
+                # DO UPDATE SET writes, as UPDATE's SET does: with ``predicates: allow``
+                # (the clause was all a condition) ``SET note = t.pw`` copied the clear
+                # value into a column no rule masks. The target and WHERE are conditions.
+                if clause.targetList:
+                    clause.targetList = tuple(
+                        self._set_target(t, [level]) for t in clause.targetList
+                    )
+                for name in ("infer", "whereClause"):
+                    value = getattr(clause, name)
+                    if value is not None:
+                        setattr(clause, name, self.expr(value, [level], _PREDICATE))
             if stmt.returningList:
                 stmt.returningList = tuple(self._targets(stmt.returningList, level, [level]))
         finally:
@@ -991,6 +1087,17 @@ class _Rewriter:
         return stmt
 
     def _copy(self, stmt: Any) -> Any:
+        if stmt.filename is not None:
+            # COPY t FROM PROGRAM 'psql -c "select pw from t"' stored the clear values in
+            # a table without rules; a server file can be the table's own storage.
+            raise Refused(
+                "COPY to or from a server file or program is not supported for principals "
+                "under a masking rule: a program can run any SQL and a file can be a "
+                "table's storage, past the masking; use COPY ... TO STDOUT or FROM STDIN",
+                self._any_rule(),
+            )
+        if stmt.is_from and isinstance(stmt.relation, ast.RangeVar):
+            self._refuse_writing_system(stmt.relation)
         if stmt.query is not None:
             stmt.query = self.statement(stmt.query)
             return stmt
@@ -1022,6 +1129,80 @@ class _Rewriter:
             stmt.attlist = tuple(_new.String(sval=c) for c, _ in columns)
             self.changed = True
         return stmt
+
+    def _refuse_writing_system(self, rv: Any) -> None:
+        """An INSERT, UPDATE, DELETE, MERGE or COPY FROM into a system catalog: with a
+        superuser upstream credential it changes what the gateway judges by
+        (``UPDATE pg_proc SET proname = 'upper' WHERE proname = 'query_to_xml'`` made
+        ``upper(...)`` run SQL text; a row of pg_attribute renames a masked column)."""
+        schema = rv.schemaname or None
+        name = rv.relname or ""
+        if schema is not None:
+            system = schema in SYSTEM_SCHEMAS
+        else:
+            # pg_catalog is searched first unless the search_path places it later.
+            system = name in self.catalog.system and (
+                name.startswith("pg_") or not self._candidates(None, name)[0]
+            )
+        tables = () if system else self._candidates(schema, name)[0]
+        through = sorted(r[7:] for t in tables for r in t.reads if r.startswith("system "))
+        if through:
+            # An automatically updatable view over pg_proc (CREATE VIEW pv AS SELECT
+            # oid, proname FROM pg_proc; UPDATE pv SET proname = 'upper' ...) writes it.
+            name = f"{through[0]} (through the view {name})"
+            system = True
+        if system:
+            raise Refused(
+                f"writing to the system catalog {name} is not supported for principals "
+                "under a masking rule: it changes the functions, columns and settings the "
+                "gateway judges statements by; ask an administrator",
+                self._any_rule(),
+            )
+
+    def _refuse_masked_references(self, stmt: Any) -> None:
+        """A FOREIGN KEY from or to a masked column: validating it compares the clear
+        values with another table's, so whether ``ALTER TABLE t ADD FOREIGN KEY (pw)
+        REFERENCES guesses (v)`` succeeds said whether every value was among the
+        agent's guesses (and a key to it, whether an inserted guess exists): an exact
+        oracle, like a join on the column. A key to a table with masked columns must
+        name the referenced columns (without them it is the primary key, which the
+        snapshot does not know)."""
+        own = self._quietly(stmt.relation) if isinstance(stmt, ast.AlterTableStmt) else None
+        hit: tuple[str, Masked | None] | None = None
+
+        def visit(node: Any) -> Any:
+            nonlocal hit
+            if isinstance(node, tuple | list):
+                for n in node:
+                    visit(n)
+            elif isinstance(node, ast.Node):
+                if isinstance(node, ast.Constraint) and node.contype == ConstrType.CONSTR_FOREIGN:
+                    for column in _strings(node.fk_attrs or ()):
+                        if own is not None and column in own.masked:
+                            hit = hit or (f"{own.refname}.{column}", own.masked[column])
+                    other = (
+                        self._quietly(node.pktable)
+                        if isinstance(node.pktable, ast.RangeVar)
+                        else None
+                    )
+                    if other is not None and other.masked:
+                        named = _strings(node.pk_attrs or ())
+                        for column in named or sorted(other.masked):
+                            if column in other.masked:
+                                hit = hit or (f"{other.refname}.{column}", other.masked[column])
+                self._children(node, visit)
+            return node
+
+        visit(stmt)
+        if hit is not None:
+            column, masked = hit
+            rule = masked.rule.rule if masked is not None else self._any_rule()
+            raise Refused(
+                f"a foreign key from or to the masked column {column} compares its clear "
+                f"values with another table's, an oracle on them (masking rule {rule!r}); "
+                "reference other columns, and name them (REFERENCES t (id))",
+                rule,
+            )
 
     def _refuse_unknown_column_list(self, columns: list[str], entry: _Entry) -> None:
         for column in columns:
@@ -1113,6 +1294,8 @@ class _Rewriter:
         refname = rv.alias.aliasname if rv.alias else rv.relname
         if schema is None and not target and any(name in c for c in self._ctes):
             return _Entry(refname, None, None, {})
+        if target:
+            self._refuse_writing_system(rv)
         if schema == MASK_SCHEMA:
             raise Refused(
                 f"the {MASK_SCHEMA} schema holds the gateway's masking key and functions; "
@@ -1243,6 +1426,8 @@ class _Rewriter:
 
     def _refuse_view(self, table: Table) -> None:
         for read in sorted(table.reads):
+            if read.startswith("system "):
+                continue  # a system catalog, read: allowed (written: _refuse_writing_system)
             schema, _, rest = read.partition(".")
             if schema == "pg_catalog" or read.startswith("function pg_catalog."):
                 raise Refused(
@@ -1502,7 +1687,11 @@ class _Rewriter:
             value = getattr(node, part)
             if value is None:
                 continue
-            sub = context if part == "args" else _PREDICATE
+            # An ordered-set aggregate's WITHIN GROUP (ORDER BY x) is its input, not an
+            # order: mode() and percentile_disc() return a value of x (with ``predicates:
+            # allow`` they returned the clear value), so x is masked as an argument is.
+            within = part == "agg_order" and node.agg_within_group
+            sub = context if part == "args" or within else _PREDICATE
             setattr(node, part, self.expr(value, scopes, sub))
         return node
 
