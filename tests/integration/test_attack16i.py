@@ -431,3 +431,30 @@ def test_predicates_allow_does_not_return_the_clear_value(
             conn.execute(f"update {t} set notes = 'hello'")
     assert not _leaks(got), got
     assert allowed == [[(1,)]], allowed
+
+
+def test_a_view_someone_else_made_over_a_pinned_blocked_catalog_is_refused(
+    gw: Gateway, t: str, it_database: str
+) -> None:
+    """A view over pg_authid (a pinned catalog: pg_depend records no dependency on it, so
+    only the rule's range table shows it), made by an administrator, returned every
+    role's password verifier to a principal under a masking rule, as pg_authid itself
+    would (which is refused)."""
+    role = f"{t}_r"
+    with admin_conn(it_database) as conn:
+        conn.execute(f"create role {role} password 'not-for-agents'")
+        conn.execute(
+            f"create view {t}_au as select rolname, rolpassword from pg_authid "
+            f"where rolname = '{role}'"
+        )
+    try:
+        with admin_conn(it_database) as conn:  # the control: it does hold the verifier
+            (verifier,) = conn.execute(f"select rolpassword from {t}_au").fetchone() or ("",)
+        assert str(verifier).startswith("SCRAM-SHA-256$"), verifier
+        got = _read_when_known(gw, "agent", f"select rolpassword from {t}_au")
+        assert "SCRAM-SHA-256$" not in repr(got), got
+        assert "pg_catalog.pg_authid" in repr(got), got
+    finally:
+        with admin_conn(it_database) as conn:
+            conn.execute(f"drop view if exists {t}_au")
+            conn.execute(f"drop role if exists {role}")

@@ -1427,7 +1427,18 @@ class _Rewriter:
     def _refuse_view(self, table: Table) -> None:
         for read in sorted(table.reads):
             if read.startswith("system "):
-                continue  # a system catalog, read: allowed (written: _refuse_writing_system)
+                # A system relation from the rule's range table, which pg_depend does not
+                # record for pinned catalogs (pg_statistic, pg_authid): read, allowed,
+                # unless it is one the rewriter refuses to read directly (written:
+                # _refuse_writing_system).
+                if read[7:] not in BLOCKED_RELATIONS:
+                    continue
+                raise Refused(
+                    f"view {table.schema}.{table.name} reads pg_catalog.{read[7:]}, which "
+                    "exposes row values or secrets to principals under a masking rule; ask "
+                    "a human without it",
+                    self._any_rule(),
+                )
             schema, _, rest = read.partition(".")
             if schema == "pg_catalog" or read.startswith("function pg_catalog."):
                 raise Refused(
