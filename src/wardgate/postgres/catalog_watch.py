@@ -51,7 +51,9 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # Where PostgreSQL runs a user function for a cast or an operator: rows (what, schema,
 # name). "user" functions: outside the system schemas; a domain CHECK also counts
 # VOLATILE built-ins (nextval, set_config). "type": an explicit cast to it may run one
-# (its cast or input function, its CHECK), closed over domains, arrays and composites
+# (its cast or input function, its CHECK), or a value of it may be converted by a user
+# cast with no cast in the text (the JSON functions use a type's cast to json), closed
+# over domains, arrays and composites
 # of such types, with its OID ("type 16390": a Parse may declare a parameter's type by
 # OID alone; one scan of the closure, a second made the query ten times slower). "column_type": each column of a non-built-in type, from which
 # `user_code` picks the tables with a column of such a type that is not a domain over a
@@ -88,6 +90,9 @@ WITH RECURSIVE extension_member AS (
                                  OR t.typinput IN (SELECT oid FROM userfn)))
 ), risky AS (
   SELECT casttarget AS t FROM usercast
+  /* to_json, to_jsonb, row_to_json, json_agg, json_build_object ... convert a value of
+     a type outside pg_catalog with its cast to json when one exists: a cast from it */
+  UNION SELECT castsource FROM usercast WHERE casttarget = 'pg_catalog.json'::pg_catalog.regtype
   UNION SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typinput IN (SELECT oid FROM userfn)
   UNION SELECT r.rngtypid FROM pg_catalog.pg_range r
   WHERE r.rngcanonical IN (SELECT oid FROM userfn) OR r.rngsubdiff IN (SELECT oid FROM userfn)

@@ -17,6 +17,7 @@ from wardgate.policy.sql import (
     cursor_changes,
     execute_arguments,
     executed_statement,
+    fetched_cursor,
     prepared_statement_changes,
     syntax_error,
 )
@@ -65,6 +66,10 @@ def block_error(verdict: Verdict, connection: str) -> bytes:
                 return build.error_response("42601", message, position=position)
     return refusal_error(blocked(verdict, connection))
 
+
+# How many portals a FETCH of a portal whose statement is a FETCH of another (Bind c1 to
+# "FETCH c2") is followed; a deeper chain is refused.
+_PORTAL_CHAIN = 4
 
 # Statement kinds that change the session's names (prepared statements, cursors).
 _NAME_KINDS = PREPARED_STATEMENT_KINDS | {"declare_cursor", "close_cursor"}
@@ -217,7 +222,7 @@ class ReviewHold(SessionProbe):
             if portal is None:
                 # Not bound in this session: a cursor made by SQL DECLARE (judged then), or
                 # nothing. Judged as what running it is, a FETCH from that cursor.
-                fetch = f"FETCH FORWARD ALL FROM {quoted(name)}"
+                fetch = _fetch_all(name)
                 actions.setdefault((fetch, ""), self._action(fetch, ()))
                 continue
             for sql in portal.sqls:
@@ -274,13 +279,18 @@ class ReviewHold(SessionProbe):
             )
         return resolved, verdict
 
-    def _judge_sql(self, action: Action) -> tuple[Action, Verdict]:
-        """One statement a portal runs; SQL EXECUTE (sent through Parse) is judged by
-        what its name holds, as in a Query."""
+    def _judge_sql(
+        self, action: Action, running: str | None = None, depth: int = 0
+    ) -> tuple[Action, Verdict]:
+        """One statement a portal (``running``; None: a Query's) runs; SQL EXECUTE and
+        SQL FETCH or MOVE (sent through Parse) are judged by what their name holds, as
+        in a Query. ``depth``: how many portals a chain of FETCHes followed to get here."""
         verdict = self._judge(action)
         for info in verdict.statements:  # a loop, not any(): once per Execute
             if "execute" in info.kinds:
                 break
+            if "fetch" in info.kinds:
+                return self._judge_fetch_of(action, verdict, running, depth)
         else:
             return action, verdict
         name = executed_statement(action.text)
@@ -290,13 +300,51 @@ class ReviewHold(SessionProbe):
             action, name, self.model.statements.candidates(name, self.model.batch)
         )
 
-    def _judge_portal(self, name: str) -> tuple[Action, Verdict]:
+    def _judge_fetch_of(
+        self, action: Action, verdict: Verdict, running: str | None, depth: int
+    ) -> tuple[Action, Verdict]:
+        """SQL FETCH or MOVE (``verdict``: judged as written) runs the portal it names:
+        one bound through the protocol (Bind) runs its statement there and then, e.g.
+        an UPDATE ... RETURNING whose review waits for Execute, so it is judged by every
+        SQL that portal may hold, through a chain of portals that FETCH from one another
+        (Bind c1 to "FETCH c2"). A cursor made by SQL DECLARE was judged when declared
+        (its portal holds a FETCH from itself, as does no portal at all), and a FETCH of
+        the portal it runs in is refused by PostgreSQL: both are what they say."""
+        name = fetched_cursor(action.text)
+        if name is None or name == running:
+            return action, verdict
+        if depth >= _PORTAL_CHAIN:
+            return action, Verdict(
+                Decision.BLOCK,
+                "wardgate:portal-chain",
+                f"this FETCH runs portal {name!r}, which runs a FETCH of another portal, "
+                f"more than {_PORTAL_CHAIN} portals deep; the gateway does not follow such a "
+                "chain further, so it cannot tell what would run: FETCH from the portal "
+                "that holds the query itself",
+                verdict.statements,
+            )
+        resolved, held = self._judge_portal(name, depth + 1)
+        if resolved.resolved is None and resolved.text == _fetch_all(name):
+            # A DECLAREd cursor, or no such portal: the FETCH as written (or the
+            # portal's verdict, were it stricter: a name not yet confirmed).
+            return action, max((verdict, held), key=lambda v: v.decision.severity)
+        return (
+            dataclasses.replace(
+                action,
+                resolved=resolved.judged_text,
+                params=resolved.params,
+                binding=resolved.binding,
+            ),
+            held,
+        )
+
+    def _judge_portal(self, name: str, depth: int = 0) -> tuple[Action, Verdict]:
         """The strictest verdict over every meaning the portal may have; with more than
         one meaning, nothing can be approved (an approval binds one action)."""
         actions = self._portal_actions(name)
         if len(actions) == 1:
-            return self._judge_sql(actions[0])
-        judged = [self._judge_sql(a) for a in actions]
+            return self._judge_sql(actions[0], name, depth)
+        judged = [self._judge_sql(a, name, depth) for a in actions]
         action, verdict = max(judged, key=lambda av: av[1].decision.severity)
         if len(judged) > 1 and not verdict.allowed and verdict.enforced:
             verdict = Verdict(
@@ -329,8 +377,7 @@ class ReviewHold(SessionProbe):
             if cursor is not None and holdable is not None:
                 # Running it through the protocol (Execute) is a FETCH from the cursor;
                 # the DECLARE itself was judged.
-                fetch = 'FETCH FORWARD ALL FROM "' + cursor.replace('"', '""') + '"'
-                portal = Portal((fetch,), holdable=holdable)
+                portal = Portal((_fetch_all(cursor),), holdable=holdable)
             out.append(model.portals.propose(cursor, portal, model.batch))
         return out
 
@@ -341,6 +388,12 @@ class ReviewHold(SessionProbe):
         if isinstance(rewritten, Verdict):
             return Prepared(sql, masked="", by_sql=True)  # never the rewrite: EXECUTE refused
         return Prepared(sql, masked=self._mask_prepared(sql, rewritten), by_sql=True)
+
+
+def _fetch_all(portal: str) -> str:
+    """What running the portal of a cursor made by SQL DECLARE is judged as (the
+    DECLARE was judged), and a portal this session never bound."""
+    return f"FETCH FORWARD ALL FROM {quoted(portal)}"
 
 
 def _exits_transaction(text: str) -> bool:

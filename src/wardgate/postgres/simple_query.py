@@ -6,8 +6,6 @@ FunctionCall is blocked like a Query."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
 from wardgate.gate import changes_catalogue
 from wardgate.policy.sql import (
@@ -170,24 +168,12 @@ class SimpleQuery(ReviewHold):
 
     def _judge_fetch(self, action: Action, declared: set[str]) -> tuple[Action, Verdict]:
         """SQL FETCH or MOVE runs a portal: one bound through the protocol (Bind) runs
-        its statement there and then, e.g. a SELECT of a writing function deferred from
-        Parse to Execute, so it is judged by every SQL the portal may hold. A cursor made
-        by SQL DECLARE was judged when declared."""
+        its statement there and then (`_judge_fetch_of`). A cursor this very string
+        DECLAREs was judged when declared."""
         name = fetched_cursor(action.text)
         if name is None or name in declared:
             return action, self._judge(action)
-        resolved, verdict = self._judge_portal(name)
-        if resolved.text.startswith("FETCH FORWARD ALL FROM "):
-            return action, self._judge(action)  # a DECLAREd cursor, or no such portal
-        return (
-            dataclasses.replace(
-                action,
-                resolved=resolved.text,
-                params=resolved.params,
-                binding=resolved.binding,
-            ),
-            verdict,
-        )
+        return self._judge_fetch_of(action, self._judge(action), None, 0)
 
     def _after_query_review(
         self, msg: m.Query, raw: bytes, result: Settled, out: list[bytes]
