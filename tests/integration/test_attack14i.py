@@ -86,6 +86,11 @@ def test_a_commit_in_a_batch_without_sync_is_a_commit(
     reply = rv.run(q("select (3).bump11"), ready=1)
     assert target.log(start) == [] and target.snapshot() == before, reply.text()
     assert _refused(reply), reply.text()
+    # The COMMIT's CommandComplete settled it: a plain read neither waits for the Sync
+    # (limits.connect_timeout, 10 s) nor is refused as the worst case.
+    started = time.monotonic()
+    reply = wires["ro"].run(q("select count(*) from stock"), ready=1)
+    assert not reply.errors() and time.monotonic() - started < 5, reply.text()
     mig.run(build.sync(), ready=1)
 
 

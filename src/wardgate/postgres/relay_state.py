@@ -487,6 +487,16 @@ class RelayState:
         if committed:
             self.services.state(CatalogWatch).poke(self.connection)
 
+    def _ddl_ended_before_sync(self) -> None:
+        """An Execute of COMMIT (or ROLLBACK, PREPARE TRANSACTION) completed: the
+        transaction is over, whether a Sync comes or not. Its batch's mark (the first:
+        earlier batches were answered before this reply) is settled now, and the watch
+        looks, rather than other sessions waiting for a Sync the client may never send."""
+        _, _, names = self._commit_marks.popleft()
+        for name in names:
+            self.services.gate.facts.settled(name, committed=True)
+        self.services.state(CatalogWatch).poke(self.connection)
+
     def _ddl_abandoned(self) -> None:
         """The session ends with batches unanswered: they may have committed."""
         if self._commit_marks:
@@ -501,6 +511,8 @@ class RelayState:
         self._ran(act)
         if tag[0] in TRANSACTION_TAGS:
             self._settle_reviews(self._transaction.command(tag[0], act.action.text))
+            if tag[0] in _ENDED and self._commit_marks:
+                self._ddl_ended_before_sync()
         pending = self._pending
         record = self._action_record(act, "ok", tag=tag)
         if pending.syncs:
@@ -725,6 +737,9 @@ class RelayState:
         if callable(self._on_finished):
             self._on_finished()
 
+
+# Command tags of an Execute that ends the transaction (`_ddl_ended_before_sync`).
+_ENDED = frozenset({"COMMIT", "ROLLBACK", "PREPARE TRANSACTION"})
 
 # Kinds of statement that may change client_encoding (`_note_encoding`).
 _ENCODING_KINDS = frozenset({"client_encoding", "call", "do_block", "execute"})
