@@ -454,21 +454,13 @@ _ROUTINES = frozenset({"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", 
 
 
 def _shadows_builtin(node_type: str, fields: dict[str, Any]) -> bool:
-    """A statement that makes a VOLATILE routine carry the name of a built-in the gate
-    trusts as read-only (lower, now, ...): PostgreSQL would pick it for calls whose
-    argument types the built-in does not take, so a `select lower(5)` would run it."""
+    """A statement that makes a routine carry the name of a built-in the gate trusts as
+    read-only (lower, now, ...): PostgreSQL would pick it for calls whose argument types
+    the built-in does not take, so a `select lower(5)` would run it. Whatever volatility
+    it declares: a STABLE or IMMUTABLE routine may call a VOLATILE one, which writes
+    (PostgreSQL refuses only the routine's own UPDATE, INSERT, ...)."""
     name: str | None = None
     if node_type == "CreateFunctionStmt":
-        volatility = next(
-            (
-                str(o["DefElem"].get("arg", {}).get("String", {}).get("sval", "")).lower()
-                for o in fields.get("options", [])
-                if o.get("DefElem", {}).get("defname") == "volatility"
-            ),
-            "volatile",
-        )
-        if volatility != "volatile":
-            return False  # PostgreSQL refuses writes in STABLE/IMMUTABLE SQL routines
         name = (_names(fields.get("funcname", [])) or [""])[-1]
     elif node_type == "AlterFunctionStmt":
         volatile = any(

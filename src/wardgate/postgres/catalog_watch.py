@@ -2,7 +2,7 @@
 
 ``select lower(5)`` calls ``pg_catalog.lower`` only if no other ``lower`` fits an integer
 better: a VOLATILE ``public.lower(int)`` (or one in any schema a search_path may list
-after pg_catalog) wins, and it may write. The classifier judges names, not argument
+after pg_catalog) wins, and it may write (a STABLE one too: it may call a VOLATILE one). The classifier judges names, not argument
 types, so the gate must know which trusted names have such overloads on each target.
 This watch looks them up in every worker process: at start, every ``INTERVAL`` seconds,
 and right after a DDL statement ran through this worker; found names are judged as
@@ -31,12 +31,13 @@ log = logging.getLogger("wardgate.postgres")
 
 INTERVAL = 30.0
 MISS_INTERVAL = 1.0
-# Aggregates whatever their declared volatility: their state function may write.
+# Whatever their declared volatility: a STABLE or IMMUTABLE routine may call a VOLATILE
+# one, which writes (PostgreSQL refuses only the routine's own writing commands), and an
+# aggregate's state function may write.
 _QUERY = """
 SELECT DISTINCT lower(p.proname), n.nspname FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND (p.provolatile = 'v' OR p.prokind = 'a')
 """
 
 # Every routine outside the system schemas, by name: a bare call of a name that
@@ -376,8 +377,8 @@ class CatalogWatch:
             log.warning(
                 "connection %r: user routines share names with built-ins the policy trusts "
                 "as read-only (%s); calls of these names are judged as calls of unknown "
-                "functions (writes) on this connection. Rename them, or make them "
-                "STABLE/IMMUTABLE if they only read",
+                "functions (writes) on this connection. Rename them (a STABLE or IMMUTABLE "
+                "routine may call a VOLATILE one, so its volatility does not make it safe)",
                 connection,
                 where,
             )

@@ -163,7 +163,10 @@ class ExtendedProtocol(ReviewHold):
             if not _NAME_KINDS.isdisjoint(i.kinds)  # `_propose`'s own test, without the call
             for c in self._propose(a.action.text, i)
         ]
-        pending = Pending(EXECUTE, acts, target=("P", portal), changes=[changes])
+        # The batch: an Execute of COMMIT settles that batch's DDL mark, no later one's.
+        pending = Pending(
+            EXECUTE, acts, target=("P", portal), changes=[changes], batch=self.model.batch
+        )
         if self.masking is not None:
             pending.outputs = self._portal_outputs(portal)
             pending.version = self.masking.version("P", portal)

@@ -100,7 +100,7 @@ class Pending:
         # Name-map changes this request makes once the server confirms them: one list per
         # statement of a Query (confirmed by its CommandComplete), else one list.
         self.changes = changes
-        self.batch = batch  # QUERY, SYNC: the batch their ReadyForQuery closes
+        self.batch = batch  # QUERY, SYNC: the batch their ReadyForQuery closes; EXECUTE: its own
         self.probe = probe  # PROBE: the gateway's own question (probe.py)
         self.block = block  # our ErrorResponse replacing the server's
         self.target = target  # DESCRIBE: ("S"|"P", name); EXECUTE: ("P", portal)
@@ -487,12 +487,18 @@ class RelayState:
         if committed:
             self.services.state(CatalogWatch).poke(self.connection)
 
-    def _ddl_ended_before_sync(self) -> None:
-        """An Execute of COMMIT (or ROLLBACK, PREPARE TRANSACTION) completed: the
-        transaction is over, whether a Sync comes or not. Its batch's mark (the first:
-        earlier batches were answered before this reply) is settled now, and the watch
-        looks, rather than other sessions waiting for a Sync the client may never send."""
-        _, _, names = self._commit_marks.popleft()
+    def _ddl_ended_before_sync(self, batch: int) -> None:
+        """An Execute of COMMIT (or ROLLBACK, PREPARE TRANSACTION) in ``batch`` completed:
+        the transaction is over, whether a Sync comes or not. Its batch's mark is settled
+        now, and the watch looks, rather than other sessions waiting for a Sync the client
+        may never send. Only that batch's: earlier batches were answered before this
+        reply, but a later one, pipelined, may hold DDL its own Sync commits (a ROLLBACK
+        with no DDL before it settled the next batch's mark, the watch looked before that
+        batch committed, and nobody looked after: attack14k)."""
+        marks = self._commit_marks
+        if not marks or marks[0][0] != batch:
+            return
+        _, _, names = marks.popleft()
         for name in names:
             self.services.gate.facts.settled(name, committed=True)
         self.services.state(CatalogWatch).poke(self.connection)
@@ -507,12 +513,12 @@ class RelayState:
             self.services.state(CatalogWatch).poke(self.connection)
         self._ddl_open = False
 
-    def _finish_execute(self, act: Act, tag: tuple[str, int | None]) -> None:
+    def _finish_execute(self, act: Act, tag: tuple[str, int | None], batch: int) -> None:
         self._ran(act)
         if tag[0] in TRANSACTION_TAGS:
             self._settle_reviews(self._transaction.command(tag[0], act.action.text))
             if tag[0] in _ENDED and self._commit_marks:
-                self._ddl_ended_before_sync()
+                self._ddl_ended_before_sync(batch)
         pending = self._pending
         record = self._action_record(act, "ok", tag=tag)
         if pending.syncs:

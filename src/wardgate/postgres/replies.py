@@ -256,13 +256,13 @@ class ServerReplies(MaskedResults, SessionProbe):
                 self._confirm(head)
                 if head.acts:
                     tag = parse_command_tag(msg.raw[5:]) if t == 67 else ("", None)
-                    self._finish_execute(head.acts[0], tag)
+                    self._finish_execute(head.acts[0], tag, head.batch)
             return None
         if t == 115:  # s PortalSuspended
             if head.kind == EXECUTE:
                 pending.popleft()
                 if head.acts:
-                    self._finish_execute(head.acts[0], ("SUSPENDED", None))
+                    self._finish_execute(head.acts[0], ("SUSPENDED", None), head.batch)
             return None
         if (
             (t == 49 and head.kind == PARSE)
