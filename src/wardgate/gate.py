@@ -644,11 +644,17 @@ class Gate:
             # A command the shell parser cannot resolve may do anything: roles judge it
             # as a write, so it fails closed for every role without write.
             klass = "write"
+        # DDL that runs user code (validating a CHECK over the rows, a new column's
+        # volatile DEFAULT, an expression index, CREATE TABLE AS) writes as it runs: a
+        # role judges it by the stricter of its DDL (or admin) and write decisions.
+        also_writes = (klass == "ddl" or klass == "admin") and "unknown_function" in kinds
         # Roles grant: the most permissive of the principal's roles for this class.
         best: tuple[Decision, str] | None = None
         for role_name in roles:
             role = self.config.roles[role_name]
             d = Decision(role.decision_for(klass))
+            if also_writes:
+                d = max(d, Decision(role.decision_for("write")), key=lambda x: x.severity)
             if klass == "forwarding" and role.forwarding_ports and stmt.ports:
                 if not all(port_in(port, role.forwarding_ports) for port in stmt.ports):
                     d = Decision.BLOCK  # a port outside the role's forwarding_ports
@@ -662,7 +668,9 @@ class Gate:
                 best[0],
                 f"{source}:{best[1]}",
                 f"{source} {best[1]!r} on connection {action.connection!r} gives {best[0].value} "
-                f"for {klass} {_WHAT[action.kind]} ({described})",
+                f"for {klass} {_WHAT[action.kind]}"
+                + (" that run user code, as for writes" if also_writes else "")
+                + f" ({described})",
             )
         ]
         all_kinds.add(klass)

@@ -195,3 +195,32 @@ def test_ddl_through_an_mcp_query_is_known_to_the_next_query(target: Target, gw:
     if reply.isError:
         error_text(reply)
     assert target.log(start) == [] and target.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "alter table {t} add constraint {t}_c check (public.bump(id) > -1000)",
+        "alter table {t} add column b int default public.bump(2)",
+        "create index on {t} ((public.bump(id)))",
+        "create table {t}_2 as select public.bump(3) as x",
+    ],
+)
+def test_ddl_that_runs_user_code_is_judged_as_a_write_too(
+    target: Target, wires: dict[str, Wire], ddl: str
+) -> None:
+    """`mig` may run DDL, and its writes need a review. Validating a CHECK over the rows,
+    filling a new column's volatile DEFAULT, building an expression index or computing
+    CREATE TABLE AS runs the user function `bump` (an UPDATE of stock) at once: such a
+    statement is a write as much as DDL, and needs the review a write needs."""
+    mig = wires["mig"]
+    table = f"own_{abs(hash(ddl)) % 10**8}"
+    made = mig.run(
+        q(f"create table {table} as select g as id from generate_series(1, 3) g"), ready=1
+    )
+    assert not made.errors(), made.text()
+    start, before = target.last_id(), target.snapshot()
+    reply = mig.run(q(ddl.format(t=table)), ready=1)
+    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    assert writes == [] and target.snapshot() == before, reply.text()
+    assert _refused(reply), reply.text()
