@@ -616,7 +616,17 @@ class Gate:
             kinds = (*kinds, "privileged_setting")
             klass = "admin"
         detail = f": {', '.join(unknown)}" if unknown else ""
-        return self._decide_rules(stmt, klass, kinds, detail, roles, own, action, statements)
+        # DDL that calls user code as it runs (validating a CHECK over the rows, a new
+        # column's volatile DEFAULT, an expression index, CREATE TABLE AS) writes: named
+        # calls, casts and operators, not the worst case of facts not read (`_UNREAD`,
+        # `_CHANGING`, `_CHANGED_HERE`: "any expression"), which CREATE FUNCTION in a
+        # migration's transaction would meet every time.
+        writes = (klass == "ddl" or klass == "admin") and any(
+            not u.startswith("any expression") for u in unknown
+        )
+        return self._decide_rules(
+            stmt, klass, kinds, detail, roles, own, action, statements, also_writes=writes
+        )
 
     def _decide_rules(
         self,
@@ -628,8 +638,12 @@ class Gate:
         own: set[str],
         action: Action,
         statements: tuple[StatementInfo, ...],
+        *,
+        also_writes: bool = False,
     ) -> Verdict:
-        """Roles, then guardrails, for one statement or command of class ``klass``."""
+        """Roles, then guardrails, for one statement or command of class ``klass``;
+        ``also_writes``: it is a write too (DDL that runs user code as it runs), and each
+        role judges it by the stricter of its decisions for ``klass`` and for writes."""
         described = ", ".join(kinds)
         if action.kind == "kubernetes" and stmt.resources:
             where = f" in {stmt.namespaces[0]}" if stmt.namespaces else ""
@@ -644,10 +658,6 @@ class Gate:
             # A command the shell parser cannot resolve may do anything: roles judge it
             # as a write, so it fails closed for every role without write.
             klass = "write"
-        # DDL that runs user code (validating a CHECK over the rows, a new column's
-        # volatile DEFAULT, an expression index, CREATE TABLE AS) writes as it runs: a
-        # role judges it by the stricter of its DDL (or admin) and write decisions.
-        also_writes = (klass == "ddl" or klass == "admin") and "unknown_function" in kinds
         # Roles grant: the most permissive of the principal's roles for this class.
         best: tuple[Decision, str] | None = None
         for role_name in roles:

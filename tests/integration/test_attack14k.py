@@ -148,7 +148,16 @@ def test_a_read_waiting_for_a_lock_does_not_call_what_the_lock_holder_commits(
         assert not mig.run(q(BUMP.format(name="bump43")), ready=1).errors()
         start, before = target.last_id(), target.snapshot()
         other.send(q("select (3).bump43 from public.archive_hold2"))
-        time.sleep(0.5)
+        deadline = time.monotonic() + 15  # until the server shows it waiting for the lock
+        while time.monotonic() < deadline:
+            with target.conn() as c:
+                row = c.execute(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                    " and query like '%bump43%'"
+                ).fetchone()
+            if row and row[0]:
+                break
+            time.sleep(0.1)
         assert not mig.run(q("commit"), ready=1).errors()
         reply = other.read(ready=1)
     finally:
