@@ -180,3 +180,47 @@ def test_ddl_through_one_worker_is_a_change_in_every_worker(
             wire.close()
     assert target.log(start) == [] and target.snapshot() == before, reply.text()
     assert _refused(reply), reply.text()
+
+
+def _on_the_other_worker(gw: Gateway, home: Wire, opened: list[Wire]) -> Wire:
+    """An `rv` session the other worker process accepted than ``home``'s (SO_REUSEPORT:
+    new connections land on either); each one opened goes into ``opened``."""
+    assert gw.proc is not None
+    deadline = time.monotonic() + 10
+    while len(workers := _children(gw.proc.pid)) < 2 or not all(
+        f"worker {i}: PostgreSQL listener" in gw.log for i in (0, 1)
+    ):
+        assert time.monotonic() < deadline, "two workers never started"
+        time.sleep(0.1)
+    mine = _worker_of(workers, gw.port, home.sock.getsockname()[1])
+    for _ in range(40):
+        rv = Wire(gw, "rv")
+        opened.append(rv)
+        if _worker_of(workers, gw.port, rv.sock.getsockname()[1]) != mine:
+            return rv
+    raise AssertionError("no session ever reached the other worker")
+
+
+def test_a_session_on_another_worker_waits_for_the_ddl_batch_not_the_timeout(
+    two_workers: Gateway,
+) -> None:
+    """While an engineer's batch with DDL runs (a second and a half), a read on the other
+    worker waits for it and for that worker's look, then runs: not the whole
+    `limits.connect_timeout` (10 s) followed by a refusal, as when nothing on that worker
+    read the shared page while every session there waited."""
+    dev = Wire(two_workers, "dev")
+    opened: list[Wire] = []
+    try:
+        rv = _on_the_other_worker(two_workers, dev, opened)
+        _settle(rv)
+        dev.send(q(BUMP.format(name="bump15") + "; select pg_sleep(1.5)"))
+        time.sleep(0.3)  # the batch is in flight
+        started = time.monotonic()
+        reply = rv.run(q("select count(*) from stock"), ready=1)
+        waited = time.monotonic() - started
+        assert not dev.read(ready=1).errors()
+    finally:
+        for wire in (dev, *opened):
+            wire.close()
+    assert not reply.errors(), reply.text()
+    assert 0.5 < waited < 6, waited

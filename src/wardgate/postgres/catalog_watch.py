@@ -273,8 +273,12 @@ class CatalogWatch:
                 settled.set_result(None)
 
         facts.when_settled(connection, read)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(settled, services.config.limits.connect_timeout)
+        deadline = time.monotonic() + services.config.limits.connect_timeout
+        while not settled.done() and time.monotonic() < deadline:
+            # Another worker's DDL: nothing here reads the shared page but this loop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(settled), 0.005)
+            facts.changing(connection)
 
     def poke(self, connection: str) -> None:
         """A DDL statement ran on ``connection``: look again now, there (DDL in one

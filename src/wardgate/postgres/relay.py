@@ -72,6 +72,7 @@ UNANSWERED_BYTES = 8 * 1024 * 1024
 _COPY_MESSAGES = frozenset((m.CopyData, m.CopyDone, m.CopyFail))
 _PASSED_ON = _COPY_MESSAGES | {m.Flush}  # forwarded as they are
 _MESSAGE_OVERHEAD = 1024
+_BOARD_POLL = 0.005  # how often a session waiting on another worker's DDL looks (s)
 
 
 class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
@@ -381,9 +382,20 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._facts_barrier = True
         self.client.pause_reading("catalogue")
         self.services.gate.facts.when_settled(self.connection, self._facts_read)
-        self._facts_timer = asyncio.get_running_loop().call_later(
+        loop = asyncio.get_running_loop()
+        self._facts_timer = loop.call_later(
             self.services.config.limits.connect_timeout, self._facts_timed_out
         )
+        if self.services.gate.facts.board is not None:
+            loop.call_later(_BOARD_POLL, self._poll_board)
+
+    def _poll_board(self) -> None:
+        """With several workers, another's DDL batch may be what this session waits for:
+        nothing on this worker reads the shared page while every session waits, so the
+        waiting one does, until its wait ends (reading it releases the waiters)."""
+        if self._facts_barrier and not self._finished:
+            if self.services.gate.facts.changing(self.connection):
+                asyncio.get_running_loop().call_later(_BOARD_POLL, self._poll_board)
 
     def _facts_read(self) -> None:
         self._facts_gave_up = False
