@@ -280,6 +280,10 @@ class Reply:
     def rows(self) -> int:
         return sum(1 for k, _ in self.messages if k == b"D")
 
+    def refused(self) -> bool:
+        """Whether the gateway answered with its own refusal (a block or a review held)."""
+        return any(e.get("M", "").startswith("wardgate:") for e in self.errors())
+
     def review_ids(self) -> list[str]:
         return [m.group(1) for e in self.errors() if (m := REVIEW_ID.search(e.get("M", "")))]
 

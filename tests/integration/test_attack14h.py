@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Reply, Target, Wire, diff_config, lazy_wires, make_target
+from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -60,10 +60,6 @@ def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
     yield from lazy_wires(gw)
 
 
-def _refused(reply: Reply) -> bool:
-    return any(e.get("M", "").startswith("wardgate:") for e in reply.errors())
-
-
 def _exists(target: Target, name: str) -> bool:
     with target.conn() as c:
         row = c.execute("select count(*) from pg_proc where proname = %s", (name,)).fetchone()
@@ -81,7 +77,7 @@ def test_a_function_committed_after_its_ddl_is_known_to_the_next_statement(
     assert not dev.run(q("commit"), ready=1).errors()
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q("select (3).bump1"), ready=1)
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
     assert target.log(start) == [] and target.snapshot() == before
 
 
@@ -95,7 +91,7 @@ def test_a_function_made_in_the_open_transaction_is_not_judged_from_the_old_fact
     assert not mig.run(q(BUMP.format(name="bump2")), ready=1).errors()
     start, before = target.last_id(), target.snapshot()
     reply = mig.run(q("select (3).bump2"), ready=1)
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
     assert "commit (or roll back) first" in reply.text()
     mig.run(q("rollback"), ready=1)
     assert target.log(start) == [] and target.snapshot() == before
@@ -108,7 +104,7 @@ def test_a_call_after_ddl_in_one_string_is_judged_on_the_new_catalogue(
     `create function bump3 ...; select (3).bump3` calls what the first made."""
     start, before = target.last_id(), target.snapshot()
     reply = wires["mig"].run(q(BUMP.format(name="bump3") + "; select (3).bump3"), ready=1)
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
     assert target.log(start) == [] and target.snapshot() == before
     assert not _exists(target, "bump3")  # held whole: the DDL did not run either
 
@@ -122,10 +118,10 @@ def test_right_after_autocommit_ddl_another_session_is_judged_as_the_worst_case(
     assert not mig.run(q(BUMP.format(name="bump4")), ready=1).errors()
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q("select (3).bump4"), ready=1)
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
     time.sleep(1)  # the watch has looked again: bump4 is in the facts now
     reply = wires["ro"].run(q("select (3).bump4"), ready=1)
-    assert _refused(reply) and "function bump4" in reply.text(), reply.text()
+    assert reply.refused() and "function bump4" in reply.text(), reply.text()
     assert target.log(start) == [] and target.snapshot() == before
 
 
@@ -151,7 +147,7 @@ def test_ddl_through_one_worker_is_known_to_the_others(target: Target, gw2: Gate
         start, before = target.last_id(), target.snapshot()
         for n, wire in enumerate(agents):
             reply = wire.run(q(f"select ({n}).bump5"), ready=1)
-            assert _refused(reply), reply.text()
+            assert reply.refused(), reply.text()
         assert target.log(start) == [] and target.snapshot() == before
     finally:
         for wire in (*agents, mig):
@@ -177,7 +173,7 @@ def test_other_sessions_wait_only_for_what_may_commit_ddl(
     assert not ro.run(q("select count(*) from stock"), ready=1).errors()  # waited, ran
     start, before = target.last_id(), target.snapshot()
     reply = ro.run(q("select (3).bump6"), ready=1)
-    assert _refused(reply) and "function bump6" in reply.text(), reply.text()
+    assert reply.refused() and "function bump6" in reply.text(), reply.text()
     assert target.log(start) == [] and target.snapshot() == before
 
 
@@ -223,4 +219,4 @@ def test_ddl_that_runs_user_code_is_judged_as_a_write_too(
     reply = mig.run(q(ddl.format(t=table)), ready=1)
     writes = [row for row in target.log(start) if row[1] != "DDL"]
     assert writes == [] and target.snapshot() == before, reply.text()
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Reply, Target, Wire, lazy_wires, make_target
+from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
 from tests.integration.test_attack14h import BUMP
 from tests.integration.test_attack14h import _config as _config_14h
 from tests.integration.test_cancel import _children, _worker_of
@@ -55,10 +55,6 @@ def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
     yield from lazy_wires(gw)
 
 
-def _refused(reply: Reply) -> bool:
-    return any(e.get("M", "").startswith("wardgate:") for e in reply.errors())
-
-
 def _settle(wire: Wire) -> None:
     """Wait until the watch has read what an earlier test's DDL committed: until then
     every expression is judged as the worst case (`select 1` too)."""
@@ -85,7 +81,7 @@ def test_a_commit_in_a_batch_without_sync_is_a_commit(
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q("select (3).bump11"), ready=1)
     assert target.log(start) == [] and target.snapshot() == before, reply.text()
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
     # The COMMIT's CommandComplete settled it: a plain read neither waits for the Sync
     # (limits.connect_timeout, 10 s) nor is refused as the worst case.
     started = time.monotonic()
@@ -110,7 +106,7 @@ def test_an_earlier_idle_answer_does_not_end_a_later_ddl_transaction(
     assert not mig.run(q("commit"), ready=1).errors()
     writes = [row for row in target.log(start) if row[1] != "DDL"]
     assert writes == [], reply.text()
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
 
 
 def test_ddl_on_one_connection_is_a_change_on_every_connection_to_its_database(
@@ -132,7 +128,7 @@ def test_ddl_on_one_connection_is_a_change_on_every_connection_to_its_database(
     finally:
         rv.close()
     assert target.log(start) == [] and target.snapshot() == before, reply.text()
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +175,7 @@ def test_ddl_through_one_worker_is_a_change_in_every_worker(
         for wire in (mig, *opened):
             wire.close()
     assert target.log(start) == [] and target.snapshot() == before, reply.text()
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
 
 
 def _on_the_other_worker(gw: Gateway, home: Wire, opened: list[Wire]) -> Wire:

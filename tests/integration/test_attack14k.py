@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.conftest import Gateway
-from tests.integration.pg_diff import Reply, Target, Wire, lazy_wires, make_target
+from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
 from tests.integration.test_attack14h import BUMP
 from tests.integration.test_attack14i import _config
 from wardgate.postgres.codec import build
@@ -43,10 +43,6 @@ def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 @pytest.fixture
 def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
     yield from lazy_wires(gw)
-
-
-def _refused(reply: Reply) -> bool:
-    return any(e.get("M", "").startswith("wardgate:") for e in reply.errors())
 
 
 def _settle(wire: Wire) -> None:
@@ -92,7 +88,7 @@ def test_a_pipelined_rollback_does_not_settle_a_later_batchs_ddl(
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q("select (3).bump41"), ready=1)
     assert target.log(start) == [] and target.snapshot() == before, reply.text()
-    assert _refused(reply), reply.text()
+    assert reply.refused(), reply.text()
 
 
 def test_a_stable_routine_named_like_a_built_in_is_user_code(
@@ -115,7 +111,7 @@ def test_a_stable_routine_named_like_a_built_in_is_user_code(
         start, before = target.last_id(), target.snapshot()
         reply = rv.run(q("select left(7, 1)"), ready=1)
         assert target.log(start) == [] and target.snapshot() == before, reply.text()
-        assert _refused(made) or _refused(reply), reply.text()
+        assert made.refused() or reply.refused(), reply.text()
     finally:
         with target.conn() as c:
             c.execute("drop function if exists public.left(int, int)")

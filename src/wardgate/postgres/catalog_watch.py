@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import UserCode
@@ -273,12 +273,9 @@ class CatalogWatch:
                 settled.set_result(None)
 
         facts.when_settled(connection, read)
-        deadline = time.monotonic() + services.config.limits.connect_timeout
-        while not settled.done() and time.monotonic() < deadline:
-            # Another worker's DDL: nothing here reads the shared page but this loop.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(settled), 0.005)
-            facts.changing(connection)
+        read_board_while(services, connection, lambda: not settled.done())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settled, services.config.limits.connect_timeout)
 
     def poke(self, connection: str) -> None:
         """A DDL statement ran on ``connection``: look again now, there (DDL in one
@@ -437,6 +434,26 @@ class CatalogWatch:
                 connection,
                 found.implicit,
             )
+
+
+BOARD_POLL = 0.005  # how often a wait on another worker's DDL reads the shared page (s)
+
+
+def read_board_while(services: Services, connection: str, waiting: Callable[[], bool]) -> None:
+    """With several workers, what a wait for ``connection``'s facts waits on may be
+    another worker's DDL batch (ddl_board.py), and nothing on this worker reads the
+    shared page while every session here waits: read it every BOARD_POLL while
+    ``waiting()`` and the connection is `changing` (reading it releases the waiters)."""
+    facts = services.gate.facts
+    if facts.board is None:
+        return
+    loop = asyncio.get_running_loop()
+
+    def poll() -> None:
+        if waiting() and facts.changing(connection):
+            loop.call_later(BOARD_POLL, poll)
+
+    loop.call_later(BOARD_POLL, poll)
 
 
 @contextlib.asynccontextmanager

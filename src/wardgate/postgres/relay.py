@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from wardgate import metrics
 from wardgate.actions import Decision, Verdict
 from wardgate.identity.principals import Principal
+from wardgate.postgres.catalog_watch import read_board_while
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.backend import BULK_TYPES, BackendScanner
@@ -72,7 +73,6 @@ UNANSWERED_BYTES = 8 * 1024 * 1024
 _COPY_MESSAGES = frozenset((m.CopyData, m.CopyDone, m.CopyFail))
 _PASSED_ON = _COPY_MESSAGES | {m.Flush}  # forwarded as they are
 _MESSAGE_OVERHEAD = 1024
-_BOARD_POLL = 0.005  # how often a session waiting on another worker's DDL looks (s)
 
 
 class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
@@ -382,20 +382,12 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._facts_barrier = True
         self.client.pause_reading("catalogue")
         self.services.gate.facts.when_settled(self.connection, self._facts_read)
-        loop = asyncio.get_running_loop()
-        self._facts_timer = loop.call_later(
+        self._facts_timer = asyncio.get_running_loop().call_later(
             self.services.config.limits.connect_timeout, self._facts_timed_out
         )
-        if self.services.gate.facts.board is not None:
-            loop.call_later(_BOARD_POLL, self._poll_board)
-
-    def _poll_board(self) -> None:
-        """With several workers, another's DDL batch may be what this session waits for:
-        nothing on this worker reads the shared page while every session waits, so the
-        waiting one does, until its wait ends (reading it releases the waiters)."""
-        if self._facts_barrier and not self._finished:
-            if self.services.gate.facts.changing(self.connection):
-                asyncio.get_running_loop().call_later(_BOARD_POLL, self._poll_board)
+        read_board_while(
+            self.services, self.connection, lambda: self._facts_barrier and not self._finished
+        )
 
     def _facts_read(self) -> None:
         self._facts_gave_up = False

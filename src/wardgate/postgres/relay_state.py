@@ -474,13 +474,11 @@ class RelayState:
         batch that ran DDL ends this session's own worst case (the answer of an earlier
         batch, pipelined, says nothing of a transaction a later one opened)."""
         marks = self._commit_marks
-        facts = self.services.gate.facts
         committed = False
         while marks and marks[0][0] <= batch:
             _, ended, names = marks.popleft()
             done = ended or status == b"I"
-            for name in names:
-                facts.settled(name, committed=done)
+            self._settle_mark(names, done)
             committed = committed or done
         if status == b"I" and batch >= self._ddl_batch:
             self._ddl_open = False
@@ -498,20 +496,22 @@ class RelayState:
         marks = self._commit_marks
         if not marks or marks[0][0] != batch:
             return
-        _, _, names = marks.popleft()
-        for name in names:
-            self.services.gate.facts.settled(name, committed=True)
+        self._settle_mark(marks.popleft()[2], committed=True)
         self.services.state(CatalogWatch).poke(self.connection)
 
     def _ddl_abandoned(self) -> None:
         """The session ends with batches unanswered: they may have committed."""
         if self._commit_marks:
             for _, _, names in self._commit_marks:
-                for name in names:
-                    self.services.gate.facts.settled(name, committed=True)
+                self._settle_mark(names, committed=True)
             self._commit_marks.clear()
             self.services.state(CatalogWatch).poke(self.connection)
         self._ddl_open = False
+
+    def _settle_mark(self, names: tuple[str, ...], committed: bool) -> None:
+        """One batch's mark (`_may_commit`) is answered, on each connection it covers."""
+        for name in names:
+            self.services.gate.facts.settled(name, committed=committed)
 
     def _finish_execute(self, act: Act, tag: tuple[str, int | None], batch: int) -> None:
         self._ran(act)
