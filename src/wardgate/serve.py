@@ -319,6 +319,10 @@ async def run_worker(
         web_sessions=WebSessions(store, config.web.session_idle, config.web.session_max),
         web_key=web_key(master),
     )
+    if board is not None:
+        from wardgate.postgres.commit_barrier import CommitBarrier
+
+        services.state(CommitBarrier).serve(services, board)
     if config.web.oidc is not None:
         from wardgate.identity.oidc import OidcClient
 

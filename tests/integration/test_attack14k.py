@@ -117,11 +117,6 @@ def test_a_stable_routine_named_like_a_built_in_is_user_code(
             c.execute("drop function if exists public.left(int, int)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the gate judges a statement before the server resolves its names; a "
-    "statement waiting for a lock at parse resolves them after a DDL commit",
-)
 def test_a_read_waiting_for_a_lock_does_not_call_what_the_lock_holder_commits(
     gw: Gateway, target: Target, wires: dict[str, Wire]
 ) -> None:

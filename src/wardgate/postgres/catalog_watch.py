@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
-from wardgate.postgres.internal import internal_session
+from wardgate.postgres.commit_barrier import CommitBarrier
+from wardgate.postgres.commit_barrier import Refused as BarrierRefused
+from wardgate.postgres.internal import InternalQueryFailed, internal_session
 from wardgate.postgres.mask_catalog import MaskCatalogs
 
 if TYPE_CHECKING:
@@ -471,6 +473,11 @@ async def changing_catalogue(
     for name in names:
         facts.committing(name)
     try:
+        try:
+            # Nor may it commit while statements judged before it run (commit_barrier.py).
+            await services.state(CommitBarrier).drain(services, connection, names, None)
+        except BarrierRefused as exc:
+            raise InternalQueryFailed(str(exc), "55P03") from None
         yield
     finally:
         for name in names:

@@ -181,7 +181,7 @@ class InternalSession:
         self.parameters: Mapping[str, str] = dict(parameters or {})
         self._timeout = timeout
         self._max_rows = max_rows
-        self._cancel_to = cancel_to
+        self.cancel_to = cancel_to
         self._broken: str | None = None
         self.in_flight = False  # an exchange began and did not end: the server may be busy
         self.status = b"I"  # the last ReadyForQuery: I idle, T in a transaction, E failed one
@@ -285,7 +285,7 @@ class InternalSession:
         try:
             if self.in_flight:
                 # Closing the socket does not stop a running statement; a cancel does.
-                host, port, pid, secret = self._cancel_to
+                host, port, pid, secret = self.cancel_to
                 try:
                     async with asyncio.timeout(grace):
                         await send_cancel(host, port, pid, secret)

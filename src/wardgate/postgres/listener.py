@@ -21,6 +21,7 @@ from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.errors import ProtocolError
 from wardgate.postgres.codec.frontend import FrontendDecoder
+from wardgate.postgres.commit_barrier import CommitBarrier
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.relay import PgRelay
@@ -448,6 +449,8 @@ class PgListener:
             review_wait=review_wait,
         )
         relay.mask_paths = mask_paths
+        relay.cancel_to = (up.host, up.port, upstream.pid, upstream.secret)
+        services.state(CommitBarrier).add(relay)
         local = self.cancel_keys.add(gw_pid, gw_secret, target, relay)
         out = [
             ahead,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.catalog_watch import CatalogWatch, changing_catalogue
+from wardgate.postgres.commit_barrier import CancelTo, CommitBarrier
 from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_path import SessionPaths
@@ -77,10 +78,16 @@ async def run_sql(
                 if names.error is None and len(names.rows) == 1:
                     paths = SessionPaths(str(names.rows[0][0]), str(names.rows[0][1]))
                 sql = await _rewritten(services, connection, sql, masking, paths)
-            if params:
-                results = [await session.extended(sql, params)]
-            else:
-                results = await session.simple(sql)
+            flight = _Query(connection, session.cancel_to)
+            barrier = services.state(CommitBarrier)
+            barrier.add(flight)  # DDL committing meanwhile waits for it (commit_barrier.py)
+            try:
+                if params:
+                    results = [await session.extended(sql, params)]
+                else:
+                    results = await session.simple(sql)
+            finally:
+                barrier.discard(flight)
     except InternalQueryFailed as exc:
         raise QueryFailed(exc.reason, exc.sqlstate) from None
     for result in results:
@@ -94,6 +101,19 @@ async def run_sql(
     if masking is not None:
         rows = await _masked(services, connection, last, rows, masking)
     return Answer(last.command, last.count, list(last.columns), rows, last.truncated)
+
+
+class _Query:
+    """An MCP query in flight, as the commit barrier sees it (commit_barrier.Flight)."""
+
+    session_id = "mcp"
+
+    def __init__(self, connection: str, cancel_to: CancelTo | None) -> None:
+        self.connection = connection
+        self.cancel_to = cancel_to
+
+    def flight(self) -> tuple[int, int]:
+        return 1, 0  # in flight until discarded
 
 
 async def _rewritten(

@@ -32,6 +32,7 @@ from wardgate.postgres.codec import build
 from wardgate.postgres.codec import messages as m
 from wardgate.postgres.codec.backend import BULK_TYPES, BackendScanner
 from wardgate.postgres.codec.errors import ProtocolError
+from wardgate.postgres.commit_barrier import CommitBarrier, Refused
 from wardgate.postgres.extended import ExtendedProtocol
 from wardgate.postgres.masking import ResultMasking
 from wardgate.postgres.relay_state import DESCRIBE, SYNC, Pending, PendingQueue, SessionLimit
@@ -163,6 +164,10 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._facts_barrier = False
         self._facts_timer: asyncio.TimerHandle | None = None
         self._facts_gave_up = False
+        self._hold_for = None
+        self._held_unsent = 0
+        self._hold_task = None
+        self.cancel_to = None
 
     @property
     def idle(self) -> bool:
@@ -188,6 +193,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             or self._backlogged
             or self._queue_full
             or self._facts_barrier
+            or self._hold_for is not None
         )
 
     def _resume_pump(self) -> None:
@@ -209,10 +215,17 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         pending = self._pending
         model = self.model
         out: list[bytes] = []
+        sent = len(pending)
         try:
             # `_may_pump`, spelled out (but for `_facts_barrier`, which only the test
             # above sets): this loop runs for every client message.
-            while not (self._reviewing or self._barrier or self._backlogged or self._queue_full):
+            while not (
+                self._reviewing
+                or self._barrier
+                or self._backlogged
+                or self._queue_full
+                or self._hold_for is not None
+            ):
                 if model.encoding_batch > model.confirmed_batch:  # encoding_uncertain
                     if self._encoding_barrier(out):
                         continue
@@ -241,22 +254,67 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                         if pending.cost > UNANSWERED_BYTES and not self._finished:
                             self._wait_for_answers(out)
         except ProtocolError as exc:
-            if out:
-                self.upstream.write(b"".join(out))
+            self._send_judged(out, sent)
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
             return
         except (NamesFull, SessionLimit) as exc:
-            if out:
-                self.upstream.write(b"".join(out))
+            self._send_judged(out, sent)
             self._over_limit(exc)
             return
         if out:
-            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+            if self._hold_for is None:
+                self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+            else:
+                self._send_judged(out, sent)
         recorder = self.services.recorder
         if recorder.congested and not recorder.unavailable:
             # Stop reading clients until the audit log catches up: nothing is lost, nothing unbounded.
             self.client.pause_reading("recorder")
             recorder.on_drained(lambda: self.client.resume_reading("recorder"))
+
+    def _send_judged(self, out: list[bytes], sent: int) -> None:
+        """Send ``out``, what was judged since ``_pending`` held ``sent`` entries; or,
+        when it may commit DDL that must wait for the commit barrier (`_may_commit`),
+        hold it (and the client) until other sessions' statements are answered."""
+        if self._hold_for is None or not out:
+            if out:
+                self.upstream.write(b"".join(out))
+            self._hold_for = None
+            return
+        self._held_unsent = len(self._pending) - sent
+        self.client.pause_reading("commit-barrier")
+        self._hold_task = self.services.tasks.spawn(
+            self._send_after_drain(b"".join(out), self._hold_for),
+            name=f"commit-barrier-{self.session_id}",
+        )
+
+    async def _send_after_drain(self, data: bytes, names: tuple[str, ...]) -> None:
+        try:
+            await self.services.state(CommitBarrier).drain(
+                self.services, self.connection, names, self
+            )
+        except Refused as exc:
+            if not self._finished:
+                self._commit_refused(str(exc))
+            return
+        self._hold_task = None
+        if self._finished:
+            return
+        self._hold_for = None
+        self._held_unsent = 0
+        self.upstream.write(data)
+        self.client.resume_reading("commit-barrier")
+        self._resume_pump()
+
+    def _commit_refused(self, message: str) -> None:
+        """The held batch is never sent: what it holds did not run; the session ends
+        (an open transaction rolls back with it)."""
+        self._hold_task = None
+        for _ in range(self._held_unsent):
+            self._close_remaining(self._pending.pop_last(), "not_executed")
+        self._held_unsent = 0
+        log.warning("session %s: ended: %s", self.session_id, message)
+        self._fatal("55P03", message)
 
     def _on_client_message(self, msg: m.FrontendMessage, raw: bytes, out: list[bytes]) -> None:
         # By exact type (the message classes are final), the most frequent first.

@@ -29,6 +29,7 @@ from wardgate.policy.functions import function_class
 from wardgate.postgres.catalog_watch import CatalogWatch, sharing_database
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import ErrorFields
+from wardgate.postgres.commit_barrier import CancelTo, CommitBarrier
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_outputs import MaskedOutputs, masked_outputs
 from wardgate.postgres.mask_path import SessionPaths
@@ -129,6 +130,7 @@ class PendingQueue(deque[Pending]):
         super().__init__()
         self.cost = 0
         self.syncs = 0
+        self.gone = 0  # entries ever taken out: answered, or closed (commit_barrier.py)
 
     def append(self, entry: Pending) -> None:
         super().append(entry)
@@ -150,6 +152,7 @@ class PendingQueue(deque[Pending]):
         return entry
 
     def _gone(self, entry: Pending) -> None:
+        self.gone += 1
         self.cost -= entry.cost
         if entry.kind == SYNC:
             self.syncs -= 1
@@ -196,6 +199,13 @@ class RelayState:
     _ddl_batch: int  # the last batch that forwarded DDL
     _txn_statement: bool  # ...and a transaction statement sent since the last mark
     _commit_marks: deque[tuple[int, bool, tuple[str, ...]]]  # batch, ended, connections
+    # The commit barrier (commit_barrier.py): the connections a batch that may commit
+    # DDL waits on, before it is sent (None: it waits on nothing); how many entries at
+    # the end of _pending it holds unsent; the task waiting for the drain.
+    _hold_for: tuple[str, ...] | None
+    _held_unsent: int
+    _hold_task: asyncio.Task[None] | None
+    cancel_to: CancelTo | None  # the upstream backend's cancel key (listener.py)
     # Column masking: the search_paths the session may have (mask_path.py), from what
     # the server answered at its start (listener.py); unknown when nobody asked.
     mask_paths: SessionPaths | None = None
@@ -206,6 +216,11 @@ class RelayState:
     # Whether the masking the configuration in force gives the principal differs from
     # the masking the session started with (`_masking_changed`), per configuration.
     _masking_now: tuple[Config, bool] | None = None
+
+    def flight(self) -> tuple[int, int]:
+        """(sent, answered) requests, for the commit barrier (commit_barrier.py)."""
+        gone = self._pending.gone
+        return gone + len(self._pending) - self._held_unsent, gone
 
     # -- judging --------------------------------------------------------------------------
 
@@ -467,6 +482,8 @@ class RelayState:
         for name in names:
             self.services.gate.facts.committing(name)
         marks.append((batch, ended, names))
+        if self._hold_for is None and self.services.state(CommitBarrier).needed(names, self):
+            self._hold_for = names  # sent once the others' statements are answered
 
     def _ddl_settled(self, batch: int, status: bytes) -> None:
         """The ReadyForQuery closing ``batch`` came: the batches it answers that may have
@@ -691,6 +708,10 @@ class RelayState:
         """Server replies were matched and relayed: reading the client may resume (relay.py)."""
         raise NotImplementedError
 
+    def _send_judged(self, out: list[bytes], sent: int) -> None:
+        """Send judged client messages, or hold them for the commit barrier (relay.py)."""
+        raise NotImplementedError
+
     def _over_limit(self, exc: Exception) -> None:
         """End the session on a passed limit (relay.py)."""
         raise NotImplementedError
@@ -730,6 +751,10 @@ class RelayState:
         self._finished = True
         if self._review_task is not None:
             self._review_task.cancel()  # nobody is left to run what it waits for
+        if self._hold_task is not None:
+            self._hold_task.cancel()  # what it holds is never sent
+            self._hold_task = None
+        self.services.state(CommitBarrier).discard(self)
         in_flight = bool(self._pending)
         while self._pending:
             # Sent, and no answer came: it may have run (or still run) on the server.

@@ -164,6 +164,7 @@ class ReviewHold(SessionProbe):
             if self._finished:
                 return
             out: list[bytes] = []
+            sent = len(self._pending)
             self._reviewing = self._review_cancelled = False
             try:
                 if result is None:
@@ -173,10 +174,10 @@ class ReviewHold(SessionProbe):
             except (NamesFull, SessionLimit) as exc:
                 self._over_limit(exc)
                 return
-            if out:
-                self.upstream.write(b"".join(out))
+            self._send_judged(out, sent)
             self.client.resume_reading("review")
-            self._pump()
+            if self._hold_for is None:
+                self._pump()
 
         self._review_task = self.services.tasks.spawn(
             wait_then_resume(), name=f"review-wait-{self.session_id}"

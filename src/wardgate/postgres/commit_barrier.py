@@ -1,0 +1,224 @@
+"""A DDL commit waits until the statements other sessions sent before it are answered.
+
+Why: the gate judges a statement with the catalogue facts it has (gate.CatalogFacts),
+but PostgreSQL resolves the statement's names when it gets to them, and that can be
+after a DDL commit another session sends later. A read that waits at parse for a lock
+the DDL's transaction holds resolves ``(x).bump`` once the lock is free, after the
+COMMIT, and finds the function that COMMIT made (test_attack14k); so does the second
+statement of a Query string behind a slow first one, or a pipelined Parse. The
+catalogue window (`CatalogFacts.committing`) only covers statements judged after the
+DDL is sent.
+
+So before a batch that may commit DDL goes to the server (relay_state.py
+`_may_commit`; an MCP query's `changing_catalogue`), every statement that another
+session forwarded to the same database before it must be answered. New ones wait
+already: the connection is `changing` from the moment the batch is marked. A
+statement still running after DRAIN_GRACE is cancelled (its client gets PostgreSQL's
+57014), which also ends a read waiting for the DDL's own locks (it would wait for the
+COMMIT that waits for it). If some are still unanswered at ``limits.connect_timeout``
+(a client that does not read its results holds its answer in the gateway), the DDL is
+not sent: its session ends and its transaction rolls back (fail closed).
+
+With several workers the other workers' sessions count too: the board
+(ddl_board.py) carries the question and each worker's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from typing import TYPE_CHECKING, Protocol
+
+from wardgate.postgres.upstream import send_cancel
+
+if TYPE_CHECKING:
+    from wardgate.core.services import Services
+    from wardgate.ddl_board import DdlBoard
+
+log = logging.getLogger("wardgate.postgres")
+
+DRAIN_GRACE = 0.5  # how long a DDL commit lets earlier statements finish before cancelling (s)
+_POLL = 0.002  # how often a drain looks at what it waits for (s)
+
+CancelTo = tuple[str, int, int, bytes]  # host, port, backend pid, secret
+
+
+class Flight(Protocol):
+    """A session that forwards statements to a connection: a relay, an MCP query."""
+
+    session_id: str
+    connection: str
+    cancel_to: CancelTo | None
+
+    def flight(self) -> tuple[int, int]:
+        """(sent, answered): requests written to the server and requests answered, both
+        only ever growing; in flight while the first is larger."""
+        ...
+
+
+class Refused(Exception):
+    """The DDL may not be sent: statements judged before it did not end."""
+
+
+class CommitBarrier:
+    """This process's sessions in flight, and the drains DDL commits wait for."""
+
+    def __init__(self) -> None:
+        self._flights: set[Flight] = set()
+        self._board: DdlBoard | None = None
+        self._answering: dict[int, int] = {}  # asker -> the request number being answered
+
+    def add(self, flight: Flight) -> None:
+        self._flights.add(flight)
+
+    def discard(self, flight: Flight) -> None:
+        self._flights.discard(flight)
+
+    def serve(self, services: Services, board: DdlBoard) -> None:
+        """Answer the other workers' questions (ddl_board.py) from now on."""
+        self._board = board
+        asyncio.get_running_loop().add_reader(board.wake_fd, self._asked, services)
+
+    def needed(self, names: tuple[str, ...], besides: Flight | None) -> bool:
+        """Whether a DDL commit on ``names`` must wait: other workers may have sessions
+        in flight (they are asked), or this one has."""
+        return self._board is not None or bool(self._in_flight(names, besides))
+
+    async def drain(
+        self, services: Services, connection: str, names: tuple[str, ...], besides: Flight | None
+    ) -> None:
+        """Wait until what every other session sent to ``names`` so far is answered,
+        cancelling what runs past DRAIN_GRACE. Raises Refused at the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + services.config.limits.connect_timeout
+        board = self._board
+        number = board.ask(database_key(services, connection)) if board is not None else 0
+        left = await self._drain_here(services, names, besides, deadline, connection)
+        if left:
+            raise Refused(_refusal(services, connection, left))
+        while board is not None:
+            done = board.answered(number)
+            if done:
+                return
+            if done is False or loop.time() >= deadline:
+                raise Refused(_refusal(services, connection, 0))
+            await asyncio.sleep(_POLL)
+
+    async def _drain_here(
+        self,
+        services: Services,
+        names: tuple[str, ...] | None,
+        besides: Flight | None,
+        deadline: float,
+        connection: str,
+    ) -> int:
+        """This process's part of a drain; how many were left unanswered at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        waiting = self._in_flight(names, besides)
+        if not waiting:
+            return 0
+        cancel_at = loop.time() + DRAIN_GRACE
+        cancelled = False
+        while waiting:
+            await asyncio.sleep(_POLL)
+            waiting = [
+                (f, sent) for f, sent in waiting if f in self._flights and f.flight()[1] < sent
+            ]
+            now = loop.time()
+            if waiting and not cancelled and now >= cancel_at:
+                cancelled = True
+                for flight, _ in waiting:
+                    _cancel(services, flight, connection)
+            if waiting and now >= deadline:
+                return len(waiting)
+        return 0
+
+    def _in_flight(
+        self, names: tuple[str, ...] | None, besides: Flight | None
+    ) -> list[tuple[Flight, int]]:
+        found = []
+        for flight in self._flights:
+            if flight is besides or (names is not None and flight.connection not in names):
+                continue
+            sent, answered = flight.flight()
+            if sent > answered:
+                found.append((flight, sent))
+        return found
+
+    def _asked(self, services: Services) -> None:
+        board = self._board
+        assert board is not None
+        for asker, number, database in board.questions():
+            if self._answering.get(asker, 0) >= number:
+                continue  # being answered (a later request of the asker supersedes it)
+            self._answering[asker] = number
+            services.tasks.spawn(
+                self._answer(services, asker, number, database), name="commit-barrier-answer"
+            )
+
+    async def _answer(self, services: Services, asker: int, number: int, database: int) -> None:
+        board = self._board
+        assert board is not None
+        names = None
+        if database:
+            names = tuple(
+                name
+                for name, conn in services.config.connections.items()
+                if conn.type == "postgres" and database_key(services, name) == database
+            )
+        deadline = asyncio.get_running_loop().time() + services.config.limits.connect_timeout
+        left = await self._drain_here(services, names, None, deadline, f"worker {asker}")
+        board.answer(asker, number, ok=not left)
+        if self._answering.get(asker) == number:
+            del self._answering[asker]
+
+
+def database_key(services: Services, connection: str) -> int:
+    """A number for the name of the database ``connection`` reaches (never 0), the same
+    in every worker: DDL through one connection changes what every connection to a
+    database of that name sees (catalog_watch.py `sharing_database`)."""
+    conn = services.config.connections.get(connection)
+    database = getattr(conn.upstream, "database", None) if conn is not None else None
+    return zlib.crc32(str(database).encode()) | 1 << 32
+
+
+def _cancel(services: Services, flight: Flight, why: str) -> None:
+    """Cancel what ``flight`` runs now on the server (PostgreSQL ignores a cancel that
+    reaches an idle session)."""
+    log.warning(
+        "session %s: cancelling its statement on %r: DDL through %s is about to commit "
+        "to the same database, and this statement was judged against the catalogue before "
+        "it and is still running after %.1f s",
+        flight.session_id,
+        flight.connection,
+        why if why.startswith("worker") else repr(why),
+        DRAIN_GRACE,
+    )
+    target = flight.cancel_to
+    if target is None:
+        return
+
+    async def send() -> None:
+        try:
+            async with asyncio.timeout(5):
+                await send_cancel(*target)
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "session %s: the cancel did not reach the server: %s", flight.session_id, exc
+            )
+
+    services.tasks.spawn(send(), name="commit-barrier-cancel")
+
+
+def _refusal(services: Services, connection: str, left: int) -> str:
+    seconds = services.config.limits.connect_timeout
+    who = f"{left} statement(s) of other sessions" if left else "statements on another worker"
+    return (
+        f"wardgate: DDL not sent: {who} on the database of connection {connection!r}, "
+        f"judged before this DDL, were still unanswered after {seconds:g} s although "
+        "cancelled; PostgreSQL would resolve their names after the DDL commits, against a "
+        "catalogue the gateway did not judge them by, so this session ends and its "
+        "transaction rolls back. Retry once they have finished (a client that does not "
+        "read its results keeps them unanswered)"
+    )
