@@ -22,6 +22,7 @@ from tests.integration.test_attack14i import (  # noqa: F401 - two_workers: a fi
     _settle,
     two_workers,
 )
+from tests.integration.test_bounds_batch import _recorded
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -197,3 +198,5 @@ def test_ddl_is_refused_when_an_earlier_statement_cannot_be_ended(
         mig.close()
     assert "55P03" in str(ended.value) and "DDL not sent" in str(ended.value), ended.value
     assert not _function_exists(target, "bump65")
+    recorded = _recorded(gw, BUMP.format(name="bump65"))
+    assert [r["status"] for r in recorded] == ["not_executed"], recorded

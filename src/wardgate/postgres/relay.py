@@ -307,12 +307,9 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._resume_pump()
 
     def _commit_refused(self, message: str) -> None:
-        """The held batch is never sent: what it holds did not run; the session ends
-        (an open transaction rolls back with it)."""
+        """The held batch is never sent (`finish` records what it holds as not
+        executed); the session ends, and an open transaction rolls back with it."""
         self._hold_task = None
-        for _ in range(self._held_unsent):
-            self._close_remaining(self._pending.pop_last(), "not_executed")
-        self._held_unsent = 0
         log.warning("session %s: ended: %s", self.session_id, message)
         self._fatal("55P03", message)
 

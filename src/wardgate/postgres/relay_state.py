@@ -754,6 +754,9 @@ class RelayState:
         if self._hold_task is not None:
             self._hold_task.cancel()  # what it holds is never sent
             self._hold_task = None
+        for _ in range(self._held_unsent):  # held for the commit barrier: never sent
+            self._close_remaining(self._pending.pop_last(), "not_executed")
+        self._held_unsent = 0
         self.services.state(CommitBarrier).discard(self)
         in_flight = bool(self._pending)
         while self._pending:
