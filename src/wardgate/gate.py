@@ -305,17 +305,6 @@ _NO_EXPRESSIONS = frozenset(
 )
 
 
-def changes_catalogue(statements: Iterable[StatementInfo]) -> bool:
-    """Whether any of ``statements`` may change what the catalogue watch reads: DDL, and
-    admin statements (a CREATE FUNCTION that shadows a built-in, a DO block, ...).
-    Routines that run DDL themselves are not counted: calls of user functions are
-    everyday statements, and the watch's next look finds what they made."""
-    for info in statements:  # a loop, not any(): once per statement, on the hot path
-        if info.klass == "ddl" or info.klass == "admin":
-            return True
-    return False
-
-
 class Gate:
     def __init__(self, config: Config, facts: CatalogFacts | None = None) -> None:
         self.config = config
@@ -370,7 +359,7 @@ class Gate:
             )
             if _OWN_CHANGES.get():
                 text_key = "own:" + text_key  # judged on other facts: cached apart
-            elif len(statements) > 1 and changes_catalogue(statements[:-1]):
+            elif len(statements) > 1 and self.changes_catalogue(statements[:-1], action.connection):
                 # The statements after DDL in one string are analysed once it has run:
                 # on a catalogue the facts were not read from.
                 token = _OWN_CHANGES.set(True)
@@ -740,6 +729,24 @@ class Gate:
                 )
         return None
 
+    def changes_catalogue(self, statements: Iterable[StatementInfo], connection: str) -> bool:
+        """Whether any of ``statements`` may change what the catalogue watch reads: DDL
+        and admin statements, and user code, which may run DDL itself (a routine that
+        runs ``EXECUTE 'create function ...'``, a procedure that commits it: attack14m):
+        a CALL, a call of a function the gate does not know as a read-only built-in or a
+        listed safe one, and a cast, operator or field selection that runs a user
+        function as the facts know them. Not the worst case of facts not read ("any
+        expression"): every statement would count, and each would reopen the window
+        the facts wait for (docs/policy.md says what that leaves)."""
+        for info in statements:  # a loop, not any(): once per statement, on the hot path
+            if info.klass == "ddl" or info.klass == "admin" or "call" in info.kinds:
+                return True
+            if (
+                info.functions or info.types or info.operators or info.attributes
+            ) and self._unknown_functions(info, connection, implicit=False):
+                return True
+        return False
+
     def runs_user_code(self, statements: tuple[StatementInfo, ...], connection: str) -> bool:
         """Whether any of ``statements`` calls a function the gate does not know as a
         read-only built-in or a listed safe one (a user function, a cast, an operator or
@@ -747,7 +754,9 @@ class Gate:
         analysis of a cast, planning at Bind)."""
         return any(self._unknown_functions(s, connection) for s in statements)
 
-    def _unknown_functions(self, stmt: StatementInfo, connection: str) -> list[str]:
+    def _unknown_functions(
+        self, stmt: StatementInfo, connection: str, *, implicit: bool = True
+    ) -> list[str]:
         unknown = []
         shadowed = self.facts.shadowed(connection)
         for name in stmt.functions:
@@ -761,7 +770,7 @@ class Gate:
             if self._listed_safe(name, connection):
                 continue
             unknown.append(name)
-        return unknown + self._user_code_run(stmt, connection)
+        return unknown + self._user_code_run(stmt, connection, implicit=implicit)
 
     def _listed_safe(self, name: str, connection: str) -> bool:
         """``name`` (as called: ``schema.f`` or ``f``) is listed in safe_functions. A
@@ -795,9 +804,12 @@ class Gate:
             return _CHANGED_HERE
         return self.facts.user_code(connection)
 
-    def _user_code_run(self, stmt: StatementInfo, connection: str) -> list[str]:
+    def _user_code_run(
+        self, stmt: StatementInfo, connection: str, *, implicit: bool = True
+    ) -> list[str]:
         """Casts and operators in ``stmt`` that may run a user function on this
-        connection (postgres/catalog_watch.py): judged as calls of unknown functions."""
+        connection (postgres/catalog_watch.py): judged as calls of unknown functions.
+        ``implicit``: with the worst case of facts not read ("any expression")."""
         found = self._catalogue_facts(connection)
         unknown = [
             f"cast to {t}"
@@ -817,7 +829,7 @@ class Gate:
             for name in stmt.attributes
             if name in found.attributes
         ]
-        if found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
+        if implicit and found.implicit and stmt.kinds[:1] and stmt.kinds[0] not in _NO_EXPRESSIONS:
             unknown.append(f"any expression ({found.implicit})")
         return unknown
 

@@ -34,11 +34,11 @@ from wardgate.audit.records import (
 from wardgate.audit.responses import ResponseTap, SessionResults, session_budget
 from wardgate.config import ResultsConfig, parse_duration
 from wardgate.core.proposals import judge_proposal
-from wardgate.gate import changes_catalogue
 from wardgate.identity.principals import Principal
 from wardgate.kubernetes.tools import ReadArgs
 from wardgate.postgres.catalog_watch import CatalogWatch
-from wardgate.postgres.query import QueryFailed, run_sql
+from wardgate.postgres.commit_barrier import CommitBarrier
+from wardgate.postgres.query import QueryFailed, QueryFlight, run_sql
 from wardgate.reviews.messages import outcome_text, review_url
 from wardgate.reviews.model import ReviewError, ReviewInfo
 from wardgate.reviews.settle import settle
@@ -574,6 +574,26 @@ class McpGateway:
         )
         granted = self._granted(who, connection)
         await self._first_look(connection)
+        # In flight from before it is judged until its server session is gone: a DDL
+        # commit meanwhile waits for it (postgres/commit_barrier.py).
+        flight = QueryFlight(connection)
+        barrier = self.services.state(CommitBarrier)
+        barrier.add(flight)
+        try:
+            return await self._judged_query(ctx, who, session, action, granted, flight)
+        finally:
+            barrier.landed(flight, flight.closing())
+
+    async def _judged_query(
+        self,
+        ctx: Ctx,
+        who: Principal,
+        session: _McpSession,
+        action: Action,
+        granted: frozenset[str],
+        flight: QueryFlight,
+    ) -> dict[str, Any]:
+        connection, sql, params = action.connection, action.text, action.params
         verdict = self.services.gate.check(action, granted)
         started, t0 = time.time(), time.perf_counter()
         trace = _trace_id(ctx)
@@ -621,7 +641,8 @@ class McpGateway:
                 max_rows=MAX_ROWS,
                 seconds=QUERY_SECONDS,
                 granted=granted,
-                changes=changes_catalogue(verdict.statements),
+                changes=self.services.gate.changes_catalogue(verdict.statements, connection),
+                flight=flight,
             )
         except QueryFailed as exc:
             self._record(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
-from wardgate.postgres.commit_barrier import CommitBarrier
+from wardgate.postgres.commit_barrier import CommitBarrier, Flight
 from wardgate.postgres.commit_barrier import Refused as BarrierRefused
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
 from wardgate.postgres.mask_catalog import MaskCatalogs
@@ -460,7 +460,7 @@ def read_board_while(services: Services, connection: str, waiting: Callable[[], 
 
 @contextlib.asynccontextmanager
 async def changing_catalogue(
-    services: Services, connection: str, changes: bool
+    services: Services, connection: str, changes: bool, besides: Flight | None = None
 ) -> AsyncIterator[None]:
     """Around one statement run on a session of its own (autocommit: it commits when it
     ends): when it ``changes`` the catalogue, the connection is judged as the worst case
@@ -475,7 +475,7 @@ async def changing_catalogue(
     try:
         try:
             # Nor may it commit while statements judged before it run (commit_barrier.py).
-            await services.state(CommitBarrier).drain(services, connection, names, None)
+            await services.state(CommitBarrier).drain(services, connection, names, besides)
         except BarrierRefused as exc:
             raise InternalQueryFailed(str(exc), "55P03") from None
         yield

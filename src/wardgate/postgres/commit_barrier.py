@@ -28,13 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from wardgate.postgres.codec import build
 from wardgate.postgres.upstream import send_cancel
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
     from wardgate.ddl_board import DdlBoard
+    from wardgate.postgres.wire import UpstreamSide
 
 log = logging.getLogger("wardgate.postgres")
 
@@ -56,6 +59,11 @@ class Flight(Protocol):
         only ever growing; in flight while the first is larger."""
         ...
 
+    def nudge(self) -> None:
+        """Make the server send what it has answered and holds (an open extended batch
+        is answered only at a Sync or a Flush: attack14m)."""
+        ...
+
 
 class Refused(Exception):
     """The DDL may not be sent: statements judged before it did not end."""
@@ -74,6 +82,39 @@ class CommitBarrier:
 
     def discard(self, flight: Flight) -> None:
         self._flights.discard(flight)
+
+    def landed(self, flight: Flight, closing: asyncio.Future[None] | None) -> None:
+        """``flight``'s owner is done with it; it leaves once ``closing`` (its server
+        session's close, which waits for the server to end what it runs) is done."""
+        if closing is None or closing.done():
+            self.discard(flight)
+        else:
+            closing.add_done_callback(lambda _: self.discard(flight))
+
+    def leave(
+        self,
+        services: Services,
+        flight: Flight,
+        upstream: UpstreamSide,
+        gone: Callable[[], None],
+    ) -> None:
+        """A session ends with requests unanswered: the server goes on with them until
+        it reads the Terminate after them (or, with a Query string, after its last
+        statement), and resolves their names then (attack14m: a client that sent a slow
+        string and closed). ``flight`` stays in flight until the server has closed the
+        connection (a drain cancels it as any other); then it leaves, and ``gone`` is
+        called."""
+
+        async def wait() -> None:
+            try:
+                upstream.write(build.terminate())
+                await upstream.until_closed()
+            finally:
+                upstream.close()
+                self.discard(flight)
+                gone()
+
+        services.tasks.spawn(wait(), name=f"leaving-{flight.session_id}")
 
     def serve(self, services: Services, board: DdlBoard) -> None:
         """Answer the other workers' questions (ddl_board.py) from now on."""
@@ -118,6 +159,8 @@ class CommitBarrier:
         waiting = self._in_flight(names, besides)
         if not waiting:
             return 0
+        for flight, _ in waiting:
+            flight.nudge()
         cancel_at = loop.time() + DRAIN_GRACE
         cancelled = False
         while waiting:

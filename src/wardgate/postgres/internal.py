@@ -184,6 +184,7 @@ class InternalSession:
         self.cancel_to = cancel_to
         self._broken: str | None = None
         self.in_flight = False  # an exchange began and did not end: the server may be busy
+        self.closed: asyncio.Task[None] | None = None  # `close` of a busy session
         self.status = b"I"  # the last ReadyForQuery: I idle, T in a transaction, E failed one
 
     async def simple(
@@ -280,19 +281,38 @@ class InternalSession:
         return InternalQueryFailed(reason, sqlstate)
 
     async def close(self, grace: float) -> None:
-        """Cancel what still runs, then Terminate and close (idempotent enough: a closed
-        transport ignores writes)."""
-        try:
-            if self.in_flight:
-                # Closing the socket does not stop a running statement; a cancel does.
-                host, port, pid, secret = self.cancel_to
-                try:
-                    async with asyncio.timeout(grace):
-                        await send_cancel(host, port, pid, secret)
-                except (OSError, TimeoutError) as exc:
-                    log.warning("could not cancel an abandoned internal query: %s", exc)
-        finally:
+        """Terminate and close (idempotent enough: a closed transport ignores writes).
+        A statement still running (its exchange abandoned: the caller was cancelled) is
+        cancelled first, and the session counts as closed only once the server has
+        closed the connection: closing the socket does not stop a running statement,
+        and until it ends PostgreSQL may still resolve its names against a catalogue
+        that DDL changed meanwhile (postgres/commit_barrier.py). That runs in a task of
+        its own (``closed``), which a caller cancelled again does not stop."""
+        if not self.in_flight:
             self._side.write(build.terminate())
+            self._side.close()
+            return
+        if self.closed is None:
+            self.closed = asyncio.get_running_loop().create_task(self._close_busy(grace))
+        await asyncio.shield(self.closed)
+
+    async def _close_busy(self, grace: float) -> None:
+        host, port, pid, secret = self.cancel_to
+        try:
+            try:
+                async with asyncio.timeout(grace):
+                    await send_cancel(host, port, pid, secret)
+            except (OSError, TimeoutError) as exc:
+                log.warning("could not cancel an abandoned internal query: %s", exc)
+            self._side.write(build.terminate())
+            async with asyncio.timeout(grace):
+                await self._side.until_closed()
+        except TimeoutError:
+            log.warning(
+                "the server did not end an abandoned internal query within %g s of its cancel",
+                grace,
+            )
+        finally:
             self._side.close()
 
 

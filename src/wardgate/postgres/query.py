@@ -4,14 +4,20 @@ a PostgreSQL client of the same principal would see them."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wardgate.identity.principals import Principal
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.catalog_watch import CatalogWatch, changing_catalogue
-from wardgate.postgres.commit_barrier import CancelTo, CommitBarrier
-from wardgate.postgres.internal import InternalQueryFailed, Result, internal_session
+from wardgate.postgres.commit_barrier import CancelTo
+from wardgate.postgres.internal import (
+    InternalQueryFailed,
+    InternalSession,
+    Result,
+    internal_session,
+)
 from wardgate.postgres.mask_catalog import CatalogUnavailable, MaskCatalogs
 from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import Refused, UnknownRelation
@@ -53,6 +59,7 @@ async def run_sql(
     seconds: float,
     granted: frozenset[str] = frozenset(),
     changes: bool = False,
+    flight: QueryFlight,
 ) -> Answer:
     """Run ``sql`` (with text ``params``, through the extended protocol when there are
     any) and return its last result, masked for ``principal``. ``changes``: the verdict
@@ -61,7 +68,7 @@ async def run_sql(
     masking = services.masking.for_session(principal, connection)
     try:
         async with (
-            changing_catalogue(services, connection, changes),
+            changing_catalogue(services, connection, changes, besides=flight),
             internal_session(
                 services,
                 connection,
@@ -78,16 +85,11 @@ async def run_sql(
                 if names.error is None and len(names.rows) == 1:
                     paths = SessionPaths(str(names.rows[0][0]), str(names.rows[0][1]))
                 sql = await _rewritten(services, connection, sql, masking, paths)
-            flight = _Query(connection, session.cancel_to)
-            barrier = services.state(CommitBarrier)
-            barrier.add(flight)  # DDL committing meanwhile waits for it (commit_barrier.py)
-            try:
-                if params:
-                    results = [await session.extended(sql, params)]
-                else:
-                    results = await session.simple(sql)
-            finally:
-                barrier.discard(flight)
+            flight.cancel_to, flight.session = session.cancel_to, session
+            if params:
+                results = [await session.extended(sql, params)]
+            else:
+                results = await session.simple(sql)
     except InternalQueryFailed as exc:
         raise QueryFailed(exc.reason, exc.sqlstate) from None
     for result in results:
@@ -103,17 +105,26 @@ async def run_sql(
     return Answer(last.command, last.count, list(last.columns), rows, last.truncated)
 
 
-class _Query:
-    """An MCP query in flight, as the commit barrier sees it (commit_barrier.Flight)."""
+class QueryFlight:
+    """An MCP query in flight, as the commit barrier sees it (commit_barrier.Flight):
+    registered before it is judged, it leaves once its server session can run nothing
+    more (`InternalSession.close`: the server closed the connection)."""
 
     session_id = "mcp"
 
-    def __init__(self, connection: str, cancel_to: CancelTo | None) -> None:
+    def __init__(self, connection: str) -> None:
         self.connection = connection
-        self.cancel_to = cancel_to
+        self.cancel_to: CancelTo | None = None
+        self.session: InternalSession | None = None
 
     def flight(self) -> tuple[int, int]:
-        return 1, 0  # in flight until discarded
+        return 1, 0  # in flight until it leaves the barrier
+
+    def nudge(self) -> None:
+        """Nothing to do: its session never leaves a batch open."""
+
+    def closing(self) -> asyncio.Future[None] | None:
+        return self.session.closed if self.session is not None else None
 
 
 async def _rewritten(

@@ -504,10 +504,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         (self.client.pause_reading if paused else self.client.resume_reading)("upstream-buffer")
 
     def on_client_closed(self) -> None:
-        if not self.upstream.closed:
-            self.upstream.write(build.terminate())
-            self.upstream.close()
-        self.finish("closed")
+        self.finish("closed")  # (the upstream gets its Terminate there)
 
     def on_upstream_closed(self) -> None:
         if not self._finished and self._server_ended:

@@ -24,7 +24,6 @@ from wardgate.audit.records import (
     Record,
     SessionEnd,
 )
-from wardgate.gate import changes_catalogue
 from wardgate.policy.functions import function_class
 from wardgate.postgres.catalog_watch import CatalogWatch, sharing_database
 from wardgate.postgres.codec import build
@@ -67,7 +66,7 @@ MASKING_RELOADED = (
 class Act:
     """One action in flight: what was asked, what the gate said, when it started."""
 
-    __slots__ = ("action", "verdict", "seq", "started", "t0", "review", "tap")
+    __slots__ = ("action", "verdict", "seq", "started", "t0", "review", "tap", "changes")
 
     def __init__(self, action: Action, verdict: Verdict, seq: int) -> None:
         self.action = action
@@ -77,6 +76,7 @@ class Act:
         self.started = time.time()
         self.t0 = time.perf_counter()
         self.tap: ResultTap | None = None  # what the client received (result_tap.py)
+        self.changes: bool | None = None  # may change the catalogue (`_forwarding`)
 
 
 class Pending:
@@ -206,6 +206,8 @@ class RelayState:
     _held_unsent: int
     _hold_task: asyncio.Task[None] | None
     cancel_to: CancelTo | None  # the upstream backend's cancel key (listener.py)
+    _batch_open: bool  # extended messages sent since the last Sync (relay.py)
+    _leaving: bool = False  # ended, the server not yet done with what it was sent
     # Column masking: the search_paths the session may have (mask_path.py), from what
     # the server answered at its start (listener.py); unknown when nobody asked.
     mask_paths: SessionPaths | None = None
@@ -219,8 +221,17 @@ class RelayState:
 
     def flight(self) -> tuple[int, int]:
         """(sent, answered) requests, for the commit barrier (commit_barrier.py)."""
+        if self._leaving:
+            return 1, 0  # ended, the server still running what it was sent (`finish`)
         gone = self._pending.gone
         return gone + len(self._pending) - self._held_unsent, gone
+
+    def nudge(self) -> None:
+        """The commit barrier waits for this session's answers: in an open extended
+        batch the server sends them only at a Sync or a Flush (a client that never sends
+        either would hold every DDL commit: attack14m)."""
+        if self._batch_open and not self._finished:
+            self.upstream.write(build.flush())
 
     # -- judging --------------------------------------------------------------------------
 
@@ -443,7 +454,10 @@ class RelayState:
     def _ran(self, act: Act) -> None:
         """A statement completed: after DDL, the masking snapshot may be out of date (the
         catalogue watch looks again once its transaction ends: `_ddl_settled`)."""
-        if changes_catalogue(act.verdict.statements):
+        changes = act.changes
+        if changes is None:
+            changes = self.services.gate.changes_catalogue(act.verdict.statements, self.connection)
+        if changes:
             self.services.state(MaskCatalogs).stale(self.connection)
 
     # -- DDL and the catalogue facts (gate.CatalogFacts) ------------------------------------
@@ -652,7 +666,10 @@ class RelayState:
         masking = self.masking
         self._batch_ran = True  # (an extended batch: it may have ended a transaction)
         for act in acts:
-            if changes_catalogue(act.verdict.statements):
+            act.changes = self.services.gate.changes_catalogue(
+                act.verdict.statements, self.connection
+            )
+            if act.changes:
                 self._ddl_open = True
                 self._ddl_batch = self.model.batch
             if self._ddl_open and any("transaction" in i.kinds for i in act.verdict.statements):
@@ -742,8 +759,7 @@ class RelayState:
 
     def _fatal(self, sqlstate: str, message: str, status: str = "error") -> None:
         self.client.end_with(build.error_response(sqlstate, message, severity="FATAL"))
-        self.upstream.close()
-        self.finish(status, message)
+        self.finish(status, message)  # and the upstream, once it ran what it was sent
 
     def finish(self, status: str, error: str | None = None) -> None:
         if self._finished:
@@ -757,17 +773,27 @@ class RelayState:
         for _ in range(self._held_unsent):  # held for the commit barrier: never sent
             self._close_remaining(self._pending.pop_last(), "not_executed")
         self._held_unsent = 0
-        self.services.state(CommitBarrier).discard(self)
         in_flight = bool(self._pending)
         while self._pending:
             # Sent, and no answer came: it may have run (or still run) on the server.
             self._close_remaining(self._pending.popleft(), "interrupted")
-        self._ddl_abandoned()
         if self._transaction.open:
             self._settle_reviews(self._transaction.ended(in_flight))
         self._submit(SessionEnd(self.session_id, time.time(), status, error))
         self.client.close()
-        self.upstream.close()
+        barrier = self.services.state(CommitBarrier)
+        if in_flight and not self.upstream.closed:
+            # The server goes on with what it was sent until it reads the Terminate
+            # after it (closing the socket does not stop it): in flight for the commit
+            # barrier, and DDL among it not answered, until the server has closed.
+            self._leaving = True
+            barrier.leave(self.services, self, self.upstream, self._ddl_abandoned)
+        else:
+            barrier.discard(self)
+            self._ddl_abandoned()
+            if not self.upstream.closed:
+                self.upstream.write(build.terminate())
+            self.upstream.close()
         if callable(self._on_finished):
             self._on_finished()
 

@@ -7,7 +7,6 @@ FunctionCall is blocked like a Query."""
 from __future__ import annotations
 
 from wardgate.actions import Action, Decision, StatementInfo, Verdict
-from wardgate.gate import changes_catalogue
 from wardgate.policy.sql import (
     PREPARED_STATEMENT_KINDS,
     classify,
@@ -127,7 +126,9 @@ class SimpleQuery(ReviewHold):
         for i, text in enumerate(texts):
             kinds = statements[i].kinds if i < len(statements) else ()
             judged.append(self._judge_statement(text, kinds, defined, declared))
-            if i < len(statements) and changes_catalogue(statements[i : i + 1]):
+            if i < len(statements) and self.services.gate.changes_catalogue(
+                statements[i : i + 1], self.connection
+            ):
                 self._ddl_in_string = True
             for cursor, holdable in () if _NAME_KINDS.isdisjoint(kinds) else cursor_changes(text):
                 if cursor is None:

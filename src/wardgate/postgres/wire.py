@@ -252,6 +252,20 @@ class UpstreamSide(_Side):
         finally:
             self.raw_mode = False
 
+    async def until_closed(self) -> None:
+        """Discard what the server sends until it closes the connection (after a
+        Terminate: once what it ran has ended). A relay's side leaves relay mode."""
+        self.relay = None
+        self.raw_mode = True  # bytes, not messages: nothing is parsed
+        for reason in list(self._paused_by):
+            self.resume_reading(reason)  # a server blocked writing never reads the Terminate
+        while not self.closed:
+            self._raw.clear()
+            try:
+                await self._wait()
+            except ConnectionClosed:
+                return
+
     def start_relay(self, relay: Relay) -> list[BackendMessage]:
         """Switch to relay mode; returns messages already read but not consumed."""
         self.relay = relay
