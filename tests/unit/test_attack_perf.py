@@ -206,3 +206,15 @@ def test_a_shared_classification_names_the_text_own_tables(
     shared = classify_keyed(then)[1][0]
     own = _parse_and_classify(then)[0]
     assert (shared.tables_read, shared.tables_written) == (own.tables_read, own.tables_written)
+
+
+def test_names_with_digits_in_other_places_do_not_share_a_classification() -> None:
+    """`s.x_2024 join x_` and `s.x_ join x_2024` hold the same names with digits and
+    one fingerprint (it drops digit runs from names): their tables differ, and so do the
+    guardrails that apply (found by the property test above)."""
+    from wardgate.policy.sql import classify_keyed
+
+    first = classify_keyed("select a from s.x_2024 join x_ using (id)")
+    then = classify_keyed("select a from s.x_ join x_2024 using (id)")
+    assert first[0] != then[0]
+    assert then[1][0].tables_read == ("x_2024", "s.x_")

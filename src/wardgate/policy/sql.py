@@ -995,15 +995,17 @@ def _names_fingerprint_ignores(sql: str) -> str | None:
     except Exception:  # noqa: BLE001 - the full path judges it
         return None
     names = []
-    for token in tokens:
+    place = 0  # which identifier: `s.x_2024 join x_` and `s.x_ join x_2024` hold the
+    for token in tokens:  # same names, in other places (their fingerprints are one)
         kind = token.name
         if kind == "IDENT":
             raw = sql[token.start : token.end + 1]
             if _TWO_DIGITS.search(raw):
-                names.append(raw)
+                names.append(f":{place}:{len(raw)}:{raw}")
+            place += 1
         elif kind in ("UIDENT", "TEMP", "TEMPORARY"):
             return None
-    return "".join(f":{len(n)}:{n}" for n in names)
+    return "".join(names)
 
 
 def _value_sensitive(kinds: tuple[str, ...]) -> bool:
