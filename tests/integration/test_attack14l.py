@@ -200,3 +200,24 @@ def test_ddl_is_refused_when_an_earlier_statement_cannot_be_ended(
     assert not _function_exists(target, "bump65")
     recorded = _recorded(gw, BUMP.format(name="bump65"))
     assert [r["status"] for r in recorded] == ["not_executed"], recorded
+
+
+def test_a_lock_holder_can_roll_back_while_ddl_waits_for_its_lock(
+    target: Target, wires: dict[str, Wire]
+) -> None:
+    """`dev` holds a lock; `mig`'s ALTER waits for it, and from its sending every session
+    on the database waits for the catalogue watch's next look, which comes only once
+    the ALTER is answered. `dev`'s ROLLBACK, judged the same whatever the catalogue
+    holds, goes through at once, not after `limits.connect_timeout` (10 s)."""
+    dev, mig = wires["dev"], wires["mig"]
+    assert not dev.run(q("create table public.lock_hold (id int)"), ready=1).errors()
+    _settle(dev)
+    assert not dev.run(q("begin; lock table public.lock_hold"), ready=1).errors()
+    mig.send(q("alter table public.lock_hold add column c int"))
+    time.sleep(0.3)  # the ALTER waits for the lock
+    started = time.monotonic()
+    rolled = dev.run(q("rollback"), ready=1)
+    took = time.monotonic() - started
+    altered = mig.read(ready=1)
+    assert not rolled.errors() and not altered.errors(), (rolled.text(), altered.text())
+    assert took < 3, took

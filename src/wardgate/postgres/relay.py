@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -72,8 +73,26 @@ _ASCII_SAFE_TYPES = frozenset(b"SHXdcf")
 # at half.
 UNANSWERED_BYTES = 8 * 1024 * 1024
 _COPY_MESSAGES = frozenset((m.CopyData, m.CopyDone, m.CopyFail))
+# A Query that only ends a transaction: judged without any catalogue facts, so it does
+# not wait for them after DDL (`_needs_no_facts`).
+_TRANSACTION_END = re.compile(
+    rb"\s*(?:commit|rollback|abort|end)(?:\s+(?:work|transaction))?\s*;?\s*\x00", re.IGNORECASE
+)
 _PASSED_ON = _COPY_MESSAGES | {m.Flush}  # forwarded as they are
 _MESSAGE_OVERHEAD = 1024
+
+
+def _needs_no_facts(raw: bytes | None) -> bool:
+    """Whether the client's next message is judged the same whatever the catalogue
+    holds: a Sync, Flush or Terminate, or a Query that only ends the transaction. Those
+    need not wait for the catalogue watch after DDL: a session holding a lock that a
+    migration's DDL waits for could otherwise not roll back until the wait ran out,
+    since the look it waits for comes only once that DDL is answered."""
+    if raw is None:
+        return False
+    if raw[0] in b"SHX":
+        return True
+    return raw[0] == 0x51 and _TRANSACTION_END.fullmatch(raw, 5) is not None
 
 
 class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
@@ -204,13 +223,16 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         """Judge and forward the client's buffered messages until none is left, one is
         held for a review, one must wait for the server to confirm the encoding, or too
         much forwarded awaits its answer (the rest wait, in order, in the decoder)."""
+        one = False  # judge one message, then look at the facts again
         if (
             not self._ddl_open
             and not self._facts_gave_up
             and self.services.gate.facts.changing(self.connection)
         ):
-            self._wait_for_facts()
-            return
+            if not _needs_no_facts(self.client.decoder.peek_raw_or_none()):
+                self._wait_for_facts()
+                return
+            one = True
         decoder = self.client.decoder
         pending = self._pending
         model = self.model
@@ -253,6 +275,10 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                         pending.charge(pending[-1], size)
                         if pending.cost > UNANSWERED_BYTES and not self._finished:
                             self._wait_for_answers(out)
+                if one:
+                    if decoder.peek_raw_or_none() is not None:
+                        asyncio.get_running_loop().call_soon(self._resume_pump)
+                    break
         except ProtocolError as exc:
             self._send_judged(out, sent)
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
