@@ -25,7 +25,9 @@ import os
 import struct
 
 _SLOT = struct.Struct("=QQ")  # in flight, answered
-_REQUEST = struct.Struct("=QQ")  # request number, database key (0: every database)
+# Request number, database key (0: every database), and when the asking batch was
+# judged (time.monotonic_ns: batches another worker holds, judged before, count).
+_REQUEST = struct.Struct("=QQQ")
 _ACK = struct.Struct("=Q")
 FAILED = 1 << 63  # in an ack: the worker could not get its statements answered
 _EVERYONE = FAILED - 1  # the acks of a worker that is gone: it holds nothing
@@ -52,8 +54,10 @@ class DdlBoard:
 
     def worker_gone(self, index: int) -> None:
         """Worker ``index`` died (the supervisor): what it had in flight may have
-        committed, and no answer will come; the others take it as answered. Nor will it
-        answer a commit barrier's request: it has no statements left to wait for."""
+        committed, and no answer will come; the others take it as answered, and its
+        acks of the commit barrier's requests as given. Its backends may still run what
+        they were sent (PostgreSQL notices the closed socket only after it): a residual
+        written down in docs/policy.md (attack14o), since nothing here knows them."""
         in_flight, answered = _SLOT.unpack_from(self._map, _SLOT.size * index)
         if in_flight:
             _SLOT.pack_into(self._map, _SLOT.size * index, 0, answered + in_flight)
@@ -76,7 +80,7 @@ class DdlBoard:
         """This worker's end of its pipe: readable when another worker asks."""
         return self._pipes[self.index][0]
 
-    def ask(self, database: int) -> int:
+    def ask(self, database: int, since: int) -> int:
         """Ask every other worker to answer what it forwarded to ``database`` (a key,
         `database_key`) so far; the number to wait for (`answered`). A request not yet
         answered by all, for another database, widens to every database: a worker reads
@@ -84,10 +88,14 @@ class DdlBoard:
         at = self._requests_at + _REQUEST.size * self.index
         number: int
         before: int
-        number, before = _REQUEST.unpack_from(self._map, at)
-        if before != database and self.answered(number) is None:
-            database = 0
-        _REQUEST.pack_into(self._map, at, number + 1, database)
+        earlier: int
+        number, before, earlier = _REQUEST.unpack_from(self._map, at)
+        if self.answered(number) is None:
+            # Unanswered yet: the others read only this one, so it must ask for what
+            # both ask: every database, if they differ; batches held since the later.
+            database = database if before == database else 0
+            since = max(since, earlier)
+        _REQUEST.pack_into(self._map, at, number + 1, database, since)
         for worker, (_, write) in enumerate(self._pipes):
             if worker != self.index:
                 with contextlib.suppress(BlockingIOError):  # full: it will look anyway
@@ -108,9 +116,9 @@ class DdlBoard:
                 return False
         return True if done else None
 
-    def questions(self) -> list[tuple[int, int, int]]:
-        """(asker, request number, database key) of the requests this worker has not
-        answered; empties its pipe."""
+    def questions(self) -> list[tuple[int, int, int, int]]:
+        """(asker, request number, database key, since) of the requests this worker has
+        not answered; empties its pipe."""
         with contextlib.suppress(BlockingIOError):
             while os.read(self.wake_fd, 4096):
                 pass
@@ -118,12 +126,12 @@ class DdlBoard:
         for asker in range(self.workers):
             if asker == self.index:
                 continue
-            number, database = _REQUEST.unpack_from(
+            number, database, since = _REQUEST.unpack_from(
                 self._map, self._requests_at + _REQUEST.size * asker
             )
             ack = _ACK.unpack_from(self._map, self._ack_at(self.index, asker))[0]
             if number > ack & ~FAILED:
-                found.append((asker, number, database))
+                found.append((asker, number, database, since))
         return found
 
     def answer(self, asker: int, number: int, ok: bool) -> None:

@@ -21,12 +21,12 @@ def _workers(n: int) -> list[DdlBoard]:
 
 def test_a_request_is_answered_once_every_other_worker_answers() -> None:
     w0, w1, w2 = _workers(3)
-    number = w0.ask(database=7)
+    number = w0.ask(database=7, since=1)
     assert w0.answered(number) is None
-    assert w1.questions() == [(0, number, 7)]
+    assert w1.questions() == [(0, number, 7, 1)]
     w1.answer(0, number, ok=True)
     assert w0.answered(number) is None  # worker 2 has not answered
-    assert w2.questions() == [(0, number, 7)]
+    assert w2.questions() == [(0, number, 7, 1)]
     w2.answer(0, number, ok=True)
     assert w0.answered(number) is True
     assert w1.questions() == [] and w2.questions() == []
@@ -34,7 +34,7 @@ def test_a_request_is_answered_once_every_other_worker_answers() -> None:
 
 def test_a_worker_that_could_not_drain_fails_the_request() -> None:
     w0, w1 = _workers(2)
-    number = w0.ask(database=7)
+    number = w0.ask(database=7, since=1)
     w1.answer(0, number, ok=False)
     assert w0.answered(number) is False
 
@@ -43,9 +43,9 @@ def test_a_later_success_answers_an_earlier_request_too() -> None:
     """A worker answers the last request it read: statements still unanswered at the
     first are still in flight at the second, so its success covers both."""
     w0, w1 = _workers(2)
-    first = w0.ask(database=7)
-    second = w0.ask(database=7)
-    assert w1.questions() == [(0, second, 7)]
+    first = w0.ask(database=7, since=1)
+    second = w0.ask(database=7, since=1)
+    assert w1.questions() == [(0, second, 7, 1)]
     w1.answer(0, second, ok=True)
     assert w0.answered(first) is True and w0.answered(second) is True
 
@@ -54,21 +54,21 @@ def test_a_request_for_another_database_before_the_first_is_answered_widens() ->
     """Only the last request of each asker is read: one for another database while the
     first is unanswered asks for every database (0)."""
     w0, w1 = _workers(2)
-    w0.ask(database=7)
-    number = w0.ask(database=9)
-    assert w1.questions() == [(0, number, 0)]
+    w0.ask(database=7, since=1)
+    number = w0.ask(database=9, since=1)
+    assert w1.questions() == [(0, number, 0, 1)]
     w1.answer(0, number, ok=True)
-    assert w0.ask(database=9) == number + 1
-    assert w1.questions() == [(0, number + 1, 9)]  # the last was answered: not widened
+    assert w0.ask(database=9, since=1) == number + 1
+    assert w1.questions() == [(0, number + 1, 9, 1)]  # the last was answered: not widened
 
 
 def test_a_dead_worker_answers_everything() -> None:
     w0, w1, w2 = _workers(3)
-    number = w0.ask(database=7)
+    number = w0.ask(database=7, since=1)
     w1.answer(0, number, ok=True)
     w0.worker_gone(2)  # the supervisor, through its own view of the board
     assert w0.answered(number) is True
-    later = w0.ask(database=7)
+    later = w0.ask(database=7, since=1)
     assert w0.answered(later) is None  # worker 1 still has to answer, not worker 2
     w1.answer(0, later, ok=True)
     assert w0.answered(later) is True

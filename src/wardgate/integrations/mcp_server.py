@@ -594,6 +594,7 @@ class McpGateway:
         flight: QueryFlight,
     ) -> dict[str, Any]:
         connection, sql, params = action.connection, action.text, action.params
+        flight.judged = time.monotonic_ns()
         verdict = self.services.gate.check(action, granted)
         started, t0 = time.time(), time.perf_counter()
         trace = _trace_id(ctx)

@@ -460,7 +460,11 @@ def read_board_while(services: Services, connection: str, waiting: Callable[[], 
 
 @contextlib.asynccontextmanager
 async def changing_catalogue(
-    services: Services, connection: str, changes: bool, besides: Flight | None = None
+    services: Services,
+    connection: str,
+    changes: bool,
+    besides: Flight | None = None,
+    since: int = 0,
 ) -> AsyncIterator[None]:
     """Around one statement run on a session of its own (autocommit: it commits when it
     ends): when it ``changes`` the catalogue, the connection is judged as the worst case
@@ -475,7 +479,9 @@ async def changing_catalogue(
     try:
         try:
             # Nor may it commit while statements judged before it run (commit_barrier.py).
-            await services.state(CommitBarrier).drain(services, connection, names, besides)
+            await services.state(CommitBarrier).drain(
+                services, connection, names, besides, since or time.monotonic_ns()
+            )
         except BarrierRefused as exc:
             raise InternalQueryFailed(str(exc), "55P03") from None
         yield

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -43,6 +44,7 @@ log = logging.getLogger("wardgate.postgres")
 
 DRAIN_GRACE = 0.5  # how long a DDL commit lets earlier statements finish before cancelling (s)
 _POLL = 0.002  # how often a drain looks at what it waits for (s)
+RECANCEL = 0.1  # past the grace, how often what still runs is cancelled again (s)
 
 CancelTo = tuple[str, int, int, bytes]  # host, port, backend pid, secret
 
@@ -54,9 +56,13 @@ class Flight(Protocol):
     connection: str
     cancel_to: CancelTo | None
 
-    def flight(self) -> tuple[int, int]:
+    def flight(self, before: int) -> tuple[int, int]:
         """(sent, answered): requests written to the server and requests answered, both
-        only ever growing; in flight while the first is larger."""
+        only ever growing; in flight while the first is larger. For a drain whose own
+        batch was judged at ``before`` (`time.monotonic_ns`), a batch of this flight
+        held for its own drain since earlier counts as sent: it was judged before, and
+        must not reach the server after that drain's commit (attack14o). One held
+        since later does not (it waits for this one's drain, not the other way round)."""
         ...
 
     def nudge(self) -> None:
@@ -124,18 +130,25 @@ class CommitBarrier:
     def needed(self, names: tuple[str, ...], besides: Flight | None) -> bool:
         """Whether a DDL commit on ``names`` must wait: other workers may have sessions
         in flight (they are asked), or this one has."""
-        return self._board is not None or bool(self._in_flight(names, besides))
+        return self._board is not None or bool(self._in_flight(names, besides, time.monotonic_ns()))
 
     async def drain(
-        self, services: Services, connection: str, names: tuple[str, ...], besides: Flight | None
+        self,
+        services: Services,
+        connection: str,
+        names: tuple[str, ...],
+        besides: Flight | None,
+        since: int,
     ) -> None:
         """Wait until what every other session sent to ``names`` so far is answered,
-        cancelling what runs past DRAIN_GRACE. Raises Refused at the deadline."""
+        and what they hold judged before ``since`` (when the DDL's own batch was judged,
+        `time.monotonic_ns`: one clock for every process), cancelling what runs past
+        DRAIN_GRACE. Raises Refused at the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + services.config.limits.connect_timeout
         board = self._board
-        number = board.ask(database_key(services, connection)) if board is not None else 0
-        left = await self._drain_here(services, names, besides, deadline, connection)
+        number = board.ask(database_key(services, connection), since) if board is not None else 0
+        left = await self._drain_here(services, names, besides, since, deadline, connection)
         if left:
             raise Refused(_refusal(services, connection, left))
         while board is not None:
@@ -151,40 +164,42 @@ class CommitBarrier:
         services: Services,
         names: tuple[str, ...] | None,
         besides: Flight | None,
+        since: int,
         deadline: float,
         connection: str,
     ) -> int:
         """This process's part of a drain; how many were left unanswered at ``deadline``."""
         loop = asyncio.get_running_loop()
-        waiting = self._in_flight(names, besides)
+        waiting = self._in_flight(names, besides, since)
         if not waiting:
             return 0
         for flight, _ in waiting:
             flight.nudge()
         cancel_at = loop.time() + DRAIN_GRACE
-        cancelled = False
+        told: set[Flight] = set()
         while waiting:
             await asyncio.sleep(_POLL)
-            waiting = [
-                (f, sent) for f, sent in waiting if f in self._flights and f.flight()[1] < sent
-            ]
+            waiting = [(f, sent) for f, sent in waiting if _still(self._flights, f, sent, since)]
             now = loop.time()
-            if waiting and not cancelled and now >= cancel_at:
-                cancelled = True
+            if waiting and now >= cancel_at:
+                # Again every RECANCEL: a cancel ends the statement running, and a
+                # client may have pipelined more (attack14o: fifteen slow queries).
+                cancel_at = now + RECANCEL
                 for flight, _ in waiting:
-                    _cancel(services, flight, connection)
+                    _cancel(services, flight, connection, loud=flight not in told)
+                    told.add(flight)
             if waiting and now >= deadline:
                 return len(waiting)
         return 0
 
     def _in_flight(
-        self, names: tuple[str, ...] | None, besides: Flight | None
+        self, names: tuple[str, ...] | None, besides: Flight | None, since: int
     ) -> list[tuple[Flight, int]]:
         found = []
         for flight in self._flights:
             if flight is besides or (names is not None and flight.connection not in names):
                 continue
-            sent, answered = flight.flight()
+            sent, answered = flight.flight(since)
             if sent > answered:
                 found.append((flight, sent))
         return found
@@ -192,15 +207,18 @@ class CommitBarrier:
     def _asked(self, services: Services) -> None:
         board = self._board
         assert board is not None
-        for asker, number, database in board.questions():
+        for asker, number, database, since in board.questions():
             if self._answering.get(asker, 0) >= number:
                 continue  # being answered (a later request of the asker supersedes it)
             self._answering[asker] = number
             services.tasks.spawn(
-                self._answer(services, asker, number, database), name="commit-barrier-answer"
+                self._answer(services, asker, number, database, since),
+                name="commit-barrier-answer",
             )
 
-    async def _answer(self, services: Services, asker: int, number: int, database: int) -> None:
+    async def _answer(
+        self, services: Services, asker: int, number: int, database: int, since: int
+    ) -> None:
         board = self._board
         assert board is not None
         names = None
@@ -211,10 +229,21 @@ class CommitBarrier:
                 if conn.type == "postgres" and database_key(services, name) == database
             )
         deadline = asyncio.get_running_loop().time() + services.config.limits.connect_timeout
-        left = await self._drain_here(services, names, None, deadline, f"worker {asker}")
+        left = await self._drain_here(services, names, None, since, deadline, f"worker {asker}")
         board.answer(asker, number, ok=not left)
         if self._answering.get(asker) == number:
             del self._answering[asker]
+
+
+def _still(flights: set[Flight], flight: Flight, sent: int, since: int) -> bool:
+    """Whether a drain still waits for ``flight``, in flight with ``sent`` requests when
+    it began: not once they are answered, nor once the flight holds a batch for a drain
+    of its own judged after ``since`` and has nothing else at the server (that drain
+    waits for this one; waiting for each other, both were refused: attack14n)."""
+    if flight not in flights:
+        return False
+    now, answered = flight.flight(since)
+    return answered < sent and now > answered
 
 
 def database_key(services: Services, connection: str) -> int:
@@ -226,18 +255,11 @@ def database_key(services: Services, connection: str) -> int:
     return zlib.crc32(str(database).encode()) | 1 << 32
 
 
-def _cancel(services: Services, flight: Flight, why: str) -> None:
+def _cancel(services: Services, flight: Flight, why: str, *, loud: bool) -> None:
     """Cancel what ``flight`` runs now on the server (PostgreSQL ignores a cancel that
-    reaches an idle session)."""
-    log.warning(
-        "session %s: cancelling its statement on %r: DDL through %s is about to commit "
-        "to the same database, and this statement was judged against the catalogue before "
-        "it and is still running after %.1f s",
-        flight.session_id,
-        flight.connection,
-        why if why.startswith("worker") else repr(why),
-        DRAIN_GRACE,
-    )
+    reaches an idle session); ``loud``: say so (once per flight and drain)."""
+    if loud:
+        _say_cancelled(flight, why)
     target = flight.cancel_to
     if target is None:
         return
@@ -252,6 +274,18 @@ def _cancel(services: Services, flight: Flight, why: str) -> None:
             )
 
     services.tasks.spawn(send(), name="commit-barrier-cancel")
+
+
+def _say_cancelled(flight: Flight, why: str) -> None:
+    log.warning(
+        "session %s: cancelling its statement on %r: DDL through %s is about to commit "
+        "to the same database, and this statement was judged against the catalogue before "
+        "it and is still running after %.1f s",
+        flight.session_id,
+        flight.connection,
+        why if why.startswith("worker") else repr(why),
+        DRAIN_GRACE,
+    )
 
 
 def _refusal(services: Services, connection: str, left: int) -> str:

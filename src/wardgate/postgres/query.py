@@ -69,7 +69,7 @@ async def run_sql(
     flight.draining = changes  # until its drain is done and its session open
     try:
         async with (
-            changing_catalogue(services, connection, changes, besides=flight),
+            changing_catalogue(services, connection, changes, besides=flight, since=flight.judged),
             internal_session(
                 services,
                 connection,
@@ -117,14 +117,17 @@ class QueryFlight:
         self.connection = connection
         self.cancel_to: CancelTo | None = None
         self.session: InternalSession | None = None
-        # Waiting for its own drain (it may change the catalogue: `changing_catalogue`):
-        # nothing of it is at the server, and it waits for the others, so they do not
-        # wait for it (as a relay's held batch: two such queries waited for each other
-        # until one was refused, its approval used up: attack14n).
+        self.judged = 0  # when the gate judged it (time.monotonic_ns)
+        # Waiting for its own drain (it may change the catalogue: `changing_catalogue`),
+        # as a relay's held batch: drains of what was judged before it do not wait for
+        # it (two such queries waited for each other until one was refused, its
+        # approval used up: attack14n).
         self.draining = False
 
-    def flight(self) -> tuple[int, int]:
-        return (0, 0) if self.draining else (1, 0)  # in flight until it leaves
+    def flight(self, before: int) -> tuple[int, int]:
+        if self.draining and self.judged >= before:
+            return 0, 0
+        return 1, 0  # in flight until it leaves
 
     def nudge(self) -> None:
         """Nothing to do: its session never leaves a batch open."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -82,14 +83,12 @@ _PASSED_ON = _COPY_MESSAGES | {m.Flush}  # forwarded as they are
 _MESSAGE_OVERHEAD = 1024
 
 
-def _needs_no_facts(raw: bytes | None) -> bool:
+def _needs_no_facts(raw: bytes) -> bool:
     """Whether the client's next message is judged the same whatever the catalogue
     holds: a Sync, Flush or Terminate, or a Query that only ends the transaction. Those
     need not wait for the catalogue watch after DDL: a session holding a lock that a
     migration's DDL waits for could otherwise not roll back until the wait ran out,
     since the look it waits for comes only once that DDL is answered."""
-    if raw is None:
-        return False
     if raw[0] in b"SHX":
         return True
     return raw[0] == 0x51 and _TRANSACTION_END.fullmatch(raw, 5) is not None
@@ -185,6 +184,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._facts_gave_up = False
         self._hold_for = None
         self._held_unsent = 0
+        self._held_since = 0
         self._hold_task = None
         self.cancel_to = None
 
@@ -229,7 +229,13 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             and not self._facts_gave_up
             and self.services.gate.facts.changing(self.connection)
         ):
-            if not _needs_no_facts(self.client.decoder.peek_raw_or_none()):
+            try:
+                raw = self.client.decoder.peek_raw()
+            except ProtocolError:
+                raw = b"?"  # refused once it is read, after the wait
+            if raw is None:
+                return  # no whole message yet: read on (a ROLLBACK may come in pieces)
+            if not _needs_no_facts(raw):
                 self._wait_for_facts()
                 return
             one = True
@@ -276,7 +282,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                         if pending.cost > UNANSWERED_BYTES and not self._finished:
                             self._wait_for_answers(out)
                 if one:
-                    if decoder.peek_raw_or_none() is not None:
+                    if decoder.buffered:
                         asyncio.get_running_loop().call_soon(self._resume_pump)
                     break
         except ProtocolError as exc:
@@ -308,6 +314,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
             self._hold_for = None
             return
         self._held_unsent = len(self._pending) - sent
+        self._held_since = time.monotonic_ns()
         self.client.pause_reading("commit-barrier")
         self._hold_task = self.services.tasks.spawn(
             self._send_after_drain(b"".join(out), self._hold_for),
@@ -317,7 +324,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
     async def _send_after_drain(self, data: bytes, names: tuple[str, ...]) -> None:
         try:
             await self.services.state(CommitBarrier).drain(
-                self.services, self.connection, names, self
+                self.services, self.connection, names, self, self._held_since
             )
         except Refused as exc:
             if not self._finished:

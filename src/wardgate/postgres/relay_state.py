@@ -204,6 +204,7 @@ class RelayState:
     # the end of _pending it holds unsent; the task waiting for the drain.
     _hold_for: tuple[str, ...] | None
     _held_unsent: int
+    _held_since: int  # when the held batch was judged (time.monotonic_ns)
     _hold_task: asyncio.Task[None] | None
     cancel_to: CancelTo | None  # the upstream backend's cancel key (listener.py)
     _batch_open: bool  # extended messages sent since the last Sync (relay.py)
@@ -219,12 +220,13 @@ class RelayState:
     # the masking the session started with (`_masking_changed`), per configuration.
     _masking_now: tuple[Config, bool] | None = None
 
-    def flight(self) -> tuple[int, int]:
+    def flight(self, before: int) -> tuple[int, int]:
         """(sent, answered) requests, for the commit barrier (commit_barrier.py)."""
         if self._leaving:
             return 1, 0  # ended, the server still running what it was sent (`finish`)
         gone = self._pending.gone
-        return gone + len(self._pending) - self._held_unsent, gone
+        held = self._held_unsent if self._held_since >= before else 0
+        return gone + len(self._pending) - held, gone
 
     def nudge(self) -> None:
         """The commit barrier waits for this session's answers: in an open extended

@@ -148,14 +148,6 @@ class FrontendDecoder:
             # Only the parsers' str decodes raise it, where BodyReader.cstr would.
             raise invalid_text(encoding) from None
 
-    def peek_raw_or_none(self) -> bytes | None:
-        """`peek_raw`, with a message it would refuse as None: the caller only looks,
-        and the refusal comes when the message is read."""
-        try:
-            return self.peek_raw()
-        except ProtocolError:
-            return None
-
     def peek_raw(self) -> bytes | None:
         """The next complete typed message's wire bytes, not consumed and not decoded
         (so a message whose strings need an encoding not yet known can wait), or None
