@@ -243,7 +243,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         pending = self._pending
         model = self.model
         out: list[bytes] = []
-        sent = len(pending)
+        sent, since = len(pending), time.monotonic_ns()  # what `_send_judged` may hold
         try:
             # `_may_pump`, spelled out (but for `_facts_barrier`, which only the test
             # above sets): this loop runs for every client message.
@@ -286,35 +286,39 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
                         asyncio.get_running_loop().call_soon(self._resume_pump)
                     break
         except ProtocolError as exc:
-            self._send_judged(out, sent)
+            self._send_judged(out, sent, since)
             self._fatal("08P01", f"wardgate: protocol violation: {exc}")
             return
         except (NamesFull, SessionLimit) as exc:
-            self._send_judged(out, sent)
+            self._send_judged(out, sent, since)
             self._over_limit(exc)
             return
         if out:
             if self._hold_for is None:
                 self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
             else:
-                self._send_judged(out, sent)
+                self._send_judged(out, sent, since)
         recorder = self.services.recorder
         if recorder.congested and not recorder.unavailable:
             # Stop reading clients until the audit log catches up: nothing is lost, nothing unbounded.
             self.client.pause_reading("recorder")
             recorder.on_drained(lambda: self.client.resume_reading("recorder"))
 
-    def _send_judged(self, out: list[bytes], sent: int) -> None:
-        """Send ``out``, what was judged since ``_pending`` held ``sent`` entries; or,
-        when it may commit DDL that must wait for the commit barrier (`_may_commit`),
-        hold it (and the client) until other sessions' statements are answered."""
+    def _send_judged(self, out: list[bytes], sent: int, since: int) -> None:
+        """Send ``out``, what was judged from ``since`` (time.monotonic_ns, when its
+        first statement was) on, since ``_pending`` held ``sent`` entries; or, when it
+        may commit DDL that must wait for the commit barrier (`_may_commit`), hold it
+        (and the client) until other sessions' statements are answered. Held, it
+        counts for other drains as judged at ``since``: a long string is judged
+        statement by statement, and its first may be a read judged long before the
+        hold (attack14p)."""
         if self._hold_for is None or not out:
             if out:
                 self.upstream.write(b"".join(out))
             self._hold_for = None
             return
         self._held_unsent = len(self._pending) - sent
-        self._held_since = time.monotonic_ns()
+        self._held_since = since
         self.client.pause_reading("commit-barrier")
         self._hold_task = self.services.tasks.spawn(
             self._send_after_drain(b"".join(out), self._hold_for),

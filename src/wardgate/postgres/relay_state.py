@@ -727,7 +727,7 @@ class RelayState:
         """Server replies were matched and relayed: reading the client may resume (relay.py)."""
         raise NotImplementedError
 
-    def _send_judged(self, out: list[bytes], sent: int) -> None:
+    def _send_judged(self, out: list[bytes], sent: int, since: int) -> None:
         """Send judged client messages, or hold them for the commit barrier (relay.py)."""
         raise NotImplementedError
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -164,7 +165,7 @@ class ReviewHold(SessionProbe):
             if self._finished:
                 return
             out: list[bytes] = []
-            sent = len(self._pending)
+            sent, since = len(self._pending), time.monotonic_ns()
             self._reviewing = self._review_cancelled = False
             try:
                 if result is None:
@@ -174,7 +175,7 @@ class ReviewHold(SessionProbe):
             except (NamesFull, SessionLimit) as exc:
                 self._over_limit(exc)
                 return
-            self._send_judged(out, sent)
+            self._send_judged(out, sent, since)
             self.client.resume_reading("review")
             if self._hold_for is None:
                 self._pump()
