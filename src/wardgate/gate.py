@@ -741,9 +741,7 @@ class Gate:
         for info in statements:  # a loop, not any(): once per statement, on the hot path
             if info.klass == "ddl" or info.klass == "admin" or "call" in info.kinds:
                 return True
-            if (
-                info.functions or info.types or info.operators or info.attributes
-            ) and self._unknown_functions(info, connection, implicit=False):
+            if self._unknown_functions(info, connection, implicit=False):
                 return True
         return False
 
