@@ -155,23 +155,30 @@ def test_a_reader_pipelining_slow_statements_does_not_stop_every_ddl(
     ended (55P03). One read-only agent stops every migration, without the 60 MB unread
     result of attack14l. The safe outcome: the DDL commits (each statement still running
     after the grace is cancelled, or the backend's whole pipeline)."""
+    ok, said, waited = ddl_behind_pipelined_sleeps(gw, 15, "bump92")
+    assert ok, (said, waited)
+
+
+def ddl_behind_pipelined_sleeps(gw: Gateway, sleeps: int, name: str) -> tuple[bool, str, float]:
+    """`ro` pipelines ``sleeps`` Queries of `select pg_sleep(1)` in one write; `mig`
+    then makes function ``name``: whether that went through, what `mig` was told, and
+    how long it waited."""
     ro, mig = Wire(gw, "ro"), Wire(gw, "mig")
     try:
         _settle(ro)
         _settle(mig)
-        ro.send(*[q("select pg_sleep(1)") for _ in range(15)])
+        ro.send(*[q("select pg_sleep(1)") for _ in range(sleeps)])
         time.sleep(0.3)
         started = time.monotonic()
         try:
-            made = mig.run(q(BUMP.format(name="bump92")), ready=1)
+            made = mig.run(q(BUMP.format(name=name)), ready=1)
             said, ok = made.text(), not made.errors()
         except ConnectionError as exc:
             said, ok = str(exc), False
-        waited = time.monotonic() - started
+        return ok, said, time.monotonic() - started
     finally:
         ro.close()
         mig.close()
-    assert ok, (said, waited)
 
 
 def test_a_lock_holder_whose_rollback_arrives_in_two_pieces_is_not_held(

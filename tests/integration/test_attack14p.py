@@ -15,7 +15,11 @@ from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire, make_target
 from tests.integration.test_attack14h import BUMP
 from tests.integration.test_attack14i import _config, _settle
-from tests.integration.test_attack14o import _on_the_other_worker_as, _writes
+from tests.integration.test_attack14o import (
+    _on_the_other_worker_as,
+    _writes,
+    ddl_behind_pipelined_sleeps,
+)
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -126,22 +130,7 @@ def test_a_reader_pipelining_more_slow_statements_than_recancels_does_not_stop_d
     outlast `limits.connect_timeout` (10 s): the DDL is refused and `mig`'s session
     ended (55P03), after ten seconds. One reader, a few bytes per migration, stops every
     migration. The safe outcome: the DDL commits, in a few seconds."""
-    ro, mig = Wire(one, "ro"), Wire(one, "mig")
-    try:
-        _settle(ro)
-        _settle(mig)
-        ro.send(*[q("select pg_sleep(1)") for _ in range(250)])
-        time.sleep(0.3)
-        started = time.monotonic()
-        try:
-            made = mig.run(q(BUMP.format(name="bump141")), ready=1)
-            said, ok = made.text(), not made.errors()
-        except ConnectionError as exc:
-            said, ok = str(exc), False
-        waited = time.monotonic() - started
-    finally:
-        ro.close()
-        mig.close()
+    ok, said, waited = ddl_behind_pipelined_sleeps(one, 250, "bump141")
     assert ok and waited < 5, (said[:300], waited)
 
 

@@ -32,7 +32,6 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from wardgate.postgres.codec import build
 from wardgate.postgres.upstream import send_cancel
 
 if TYPE_CHECKING:
@@ -113,10 +112,8 @@ class CommitBarrier:
 
         async def wait() -> None:
             try:
-                upstream.write(build.terminate())
-                await upstream.until_closed()
+                await upstream.terminate_when_done()
             finally:
-                upstream.close()
                 self.discard(flight)
                 gone()
 

@@ -304,9 +304,8 @@ class InternalSession:
                     await send_cancel(host, port, pid, secret)
             except (OSError, TimeoutError) as exc:
                 log.warning("could not cancel an abandoned internal query: %s", exc)
-            self._side.write(build.terminate())
             async with asyncio.timeout(grace):
-                await self._side.until_closed()
+                await self._side.terminate_when_done()
         except TimeoutError:
             log.warning(
                 "the server did not end an abandoned internal query within %g s of its cancel",

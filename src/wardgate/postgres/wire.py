@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
+from wardgate.postgres.codec import build
 from wardgate.postgres.codec.backend import BackendMessage, BackendScanner
 from wardgate.postgres.codec.frontend import FrontendDecoder
 from wardgate.postgres.codec.messages import FrontendMessage
@@ -252,9 +253,18 @@ class UpstreamSide(_Side):
         finally:
             self.raw_mode = False
 
-    async def until_closed(self) -> None:
-        """Discard what the server sends until it closes the connection (after a
-        Terminate: once what it ran has ended). A relay's side leaves relay mode."""
+    async def terminate_when_done(self) -> None:
+        """Send Terminate and close once the server has closed the connection: it reads
+        the Terminate only after what it was sent before has run, and closing the socket
+        first would not stop that. What it sends meanwhile is discarded; a relay's side
+        leaves relay mode. Closed however the wait ends (a caller's timeout too)."""
+        try:
+            self.write(build.terminate())
+            await self._until_closed()
+        finally:
+            self.close()
+
+    async def _until_closed(self) -> None:
         self.relay = None
         self.raw_mode = True  # bytes, not messages: nothing is parsed
         for reason in list(self._paused_by):
