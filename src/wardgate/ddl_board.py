@@ -15,6 +15,12 @@ before a worker sends what may commit DDL, every statement the other workers for
 to that database before must be answered. The asking worker writes a request (a
 number that grows, and which database) and wakes the others through a pipe each; each
 of them answers, when its statements have been, with that number in its row of acks.
+
+A worker that dies is marked gone by the supervisor, and that is all: its backends may
+still run what it sent them. The other workers end those (postgres/backends.py), and
+the first to see them all ended settles the dead worker's row (`settle`): what it had
+in flight counts as answered, its acks as given. Until then its DDL counts as in flight
+and the commit barriers of the others wait for it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ _SLOT = struct.Struct("=QQ")  # in flight, answered
 # judged (time.monotonic_ns: batches another worker holds, judged before, count).
 _REQUEST = struct.Struct("=QQQ")
 _ACK = struct.Struct("=Q")
+_STATE = struct.Struct("=Q")  # per worker: RUNNING, GONE (not yet settled), SETTLED
+RUNNING, GONE, SETTLED = 0, 1, 2
 FAILED = 1 << 63  # in an ack: the worker could not get its statements answered
 _EVERYONE = FAILED - 1  # the acks of a worker that is gone: it holds nothing
 
@@ -38,7 +46,8 @@ class DdlBoard:
         self.workers = workers
         self._requests_at = _SLOT.size * workers
         self._acks_at = self._requests_at + _REQUEST.size * workers
-        size = self._acks_at + _ACK.size * workers * workers
+        self._states_at = self._acks_at + _ACK.size * workers * workers
+        size = self._states_at + _STATE.size * workers
         self._map = mmap.mmap(-1, max(size, mmap.PAGESIZE))
         self._all = struct.Struct(f"={2 * workers}Q")
         self.index = 0
@@ -53,16 +62,29 @@ class DdlBoard:
         _SLOT.pack_into(self._map, _SLOT.size * self.index, in_flight, answered)
 
     def worker_gone(self, index: int) -> None:
-        """Worker ``index`` died (the supervisor): what it had in flight may have
-        committed, and no answer will come; the others take it as answered, and its
-        acks of the commit barrier's requests as given. Its backends may still run what
-        they were sent (PostgreSQL notices the closed socket only after it): a residual
-        written down in docs/policy.md (attack14o), since nothing here knows them."""
+        """Worker ``index`` died (the supervisor): the others are woken to end its
+        backends (postgres/backends.py) and then `settle` its row."""
+        _STATE.pack_into(self._map, self._states_at + _STATE.size * index, GONE)
+        self._wake_others(index)
+
+    def gone(self) -> list[int]:
+        """The workers that died and whose rows are not settled yet."""
+        return [
+            worker
+            for worker in range(self.workers)
+            if _STATE.unpack_from(self._map, self._states_at + _STATE.size * worker)[0] == GONE
+        ]
+
+    def settle(self, index: int) -> None:
+        """Dead worker ``index``'s backends have all ended: what it had in flight is
+        answered (it may have committed), and no answer will come from it: its acks of
+        the commit barrier's requests count as given. Safe to call more than once."""
         in_flight, answered = _SLOT.unpack_from(self._map, _SLOT.size * index)
         if in_flight:
             _SLOT.pack_into(self._map, _SLOT.size * index, 0, answered + in_flight)
         for asker in range(self.workers):
             _ACK.pack_into(self._map, self._ack_at(index, asker), _EVERYONE)
+        _STATE.pack_into(self._map, self._states_at + _STATE.size * index, SETTLED)
 
     def others(self) -> tuple[int, int]:
         """The other workers' counters, summed: (in flight, answered)."""
@@ -96,11 +118,14 @@ class DdlBoard:
             database = database if before == database else 0
             since = max(since, earlier)
         _REQUEST.pack_into(self._map, at, number + 1, database, since)
+        self._wake_others(self.index)
+        return number + 1
+
+    def _wake_others(self, index: int) -> None:
         for worker, (_, write) in enumerate(self._pipes):
-            if worker != self.index:
+            if worker != index:
                 with contextlib.suppress(BlockingIOError):  # full: it will look anyway
                     os.write(write, b"\0")
-        return number + 1
 
     def answered(self, number: int) -> bool | None:
         """Whether every other worker answered request ``number`` of this one: True,

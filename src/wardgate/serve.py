@@ -132,10 +132,11 @@ def run(config_path: str) -> None:
     from wardgate.vault.keys import load_master_key
 
     master = load_master_key(config)  # generate the key file now, not in N workers at once
-    if config.audit.checkpoint is not None:
-        from wardgate.vault.secrets import Vault
+    from wardgate.vault.secrets import Vault
 
+    if config.audit.checkpoint is not None:
         checkpoint_key(config, Vault(store, master))  # a bad key stops serve here, not in a worker
+    _end_earlier_backends(config, Vault(store, master))
     del master
     store.dispose()
     if config.listen_address("ssh") is not None:
@@ -156,6 +157,43 @@ def run(config_path: str) -> None:
         _remove_pidfile(pid_path)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _end_earlier_backends(config: Config, vault: Any) -> None:
+    """The server sessions an earlier run of this gateway left open when it crashed
+    (their workers' ledgers, postgres/backends.py) may still run statements it judged
+    against the catalogue of then; they are ended before any worker judges a statement.
+    Bounded by ``limits.connect_timeout``: a server that cannot be reached, or a
+    backend that will not end, is logged as an error, and the gateway starts."""
+    from wardgate.postgres.backends import end_backends, read_ledger
+
+    found = [b for path in sorted(config.data_path.glob("backends/w*")) for b in read_ledger(path)]
+    if not found:
+        return
+    log.warning(
+        "an earlier run of this gateway left %d server session(s) open; ending them first",
+        len(found),
+    )
+
+    class _Credentials:
+        def __init__(self) -> None:
+            self.config, self.vault = config, vault
+
+    async def end() -> None:
+        await asyncio.wait_for(
+            end_backends(_Credentials(), found, "the earlier run"),
+            config.limits.connect_timeout,
+        )
+
+    try:
+        asyncio.run(end())
+    except TimeoutError:
+        log.error(
+            "server sessions of an earlier run of this gateway could not all be ended in "
+            "%g s (see the warnings above); statements they still run were judged against "
+            "the catalogue of then, and a DDL commit through this run does not wait for them",
+            config.limits.connect_timeout,
+        )
 
 
 def _metrics_dir(config: Config) -> str | None:
@@ -256,6 +294,7 @@ async def run_worker(
     from wardgate.lifecycle import Drainable, drain
     from wardgate.metrics import RecordObserver, login_failed
     from wardgate.policy.mask_rules import MaskingPolicy
+    from wardgate.postgres import backends
     from wardgate.postgres.listener import PgListener
     from wardgate.store.cancel import CancelKeys
     from wardgate.store.db import Store
@@ -283,6 +322,9 @@ async def run_worker(
         sync_interval=config.audit.journal_sync_ms / 1000,
     )
     journal.open()
+    # The server sessions this worker opens, for the others should it die (backends.py).
+    backends.ledger = backends.BackendLedger(backends.ledger_path(config.data_path, index))
+    backends.ledger.open()
     recorder = Recorder(
         store,
         high_water=config.limits.audit_backlog,
@@ -455,6 +497,8 @@ async def run_worker(
         if keeper is not None:
             await keeper.final()  # copy and sign the chain as this gateway leaves it
         journal.close()
+        backends.ledger.close()
+        backends.ledger = None
         if tracing is not None:
             stop_tracing(tracing)
         store.dispose()

@@ -97,12 +97,6 @@ def two_workers_to_kill(
     gateway.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open, written down in docs/policy.md's threat model: a worker that dies (kill -9, "
-    "the OOM killer) leaves its backends running what they were sent, and the other workers "
-    "take it as answered; closing it needs the dead worker's backends found and waited for",
-)
 def test_a_dead_workers_running_string_is_not_taken_as_answered(
     two_workers_to_kill: Gateway, target: Target
 ) -> None:
@@ -113,7 +107,11 @@ def test_a_dead_workers_running_string_is_not_taken_as_answered(
     statements left to wait for"), but its server backends are still running what it
     sent: PostgreSQL notices the closed socket only when it next reads or writes it.
     `mig`'s DDL on worker A then finds nothing to wait for, commits bump91 at once, and
-    the backend parses `(3).bump91` after its sleep and runs the UPDATE."""
+    the backend parses `(3).bump91` after its sleep and runs the UPDATE.
+
+    Now the supervisor only marks B gone; worker A reads B's ledger of backends
+    (postgres/backends.py), ends the one still sleeping, and settles B's row only then:
+    `mig`'s DDL waits for that, and the string never gets to `(3).bump91`."""
     from tests.integration.test_cancel import _children, _worker_of
 
     gw = two_workers_to_kill
@@ -210,12 +208,6 @@ def test_a_lock_holder_whose_rollback_arrives_in_two_pieces_is_not_held(
     assert took < 3, took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open, written down in docs/policy.md's threat model: a worker that dies (kill -9, "
-    "the OOM killer) leaves its backends running what they were sent, and the other workers "
-    "take it as answered; closing it needs the dead worker's backends found and waited for",
-)
 def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
     two_workers_to_kill: Gateway, target: Target
 ) -> None:
@@ -226,7 +218,12 @@ def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
     and settles on a catalogue without bump93. The backend then commits bump93 (its
     output is buffered; the closed socket is noticed only at the flush). `rv` on worker
     A calls `(3).bump93` after that: judged a read on the facts of before, the UPDATE
-    runs without a review."""
+    runs without a review.
+
+    Now worker A ends B's backends before it trusts its catalogue again (the backend is
+    terminated in its sleep: bump93 is never made) and, should one outlive that, reads
+    the catalogue again only once it has ended: either way `(3).bump93` writes nothing,
+    and is refused if bump93 exists."""
     from tests.integration.test_cancel import _children, _worker_of
 
     gw = two_workers_to_kill
@@ -241,12 +238,10 @@ def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
         mig.send(q("select pg_sleep(1.5); " + BUMP.format(name="bump93")))
         time.sleep(0.3)  # running on the server
         os.kill(victim, signal.SIGKILL)
-        time.sleep(0.5)  # reaped; worker A looked again
+        time.sleep(0.5)  # reaped; worker A ends B's backends
         _settle(rv)
-        deadline = time.monotonic() + 5
-        while not _function_exists(target, "bump93"):  # the dead worker's DDL committed
-            assert time.monotonic() < deadline, "bump93 never committed"
-            time.sleep(0.05)
+        time.sleep(1.5)  # past the sleep: had the backend lived on, the CREATE has run
+        made = _function_exists(target, "bump93")
         start, before = target.last_id(), target.snapshot()
         reply = rv.run(q("select (3).bump93"), ready=1)
     finally:
@@ -256,7 +251,8 @@ def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
             except OSError:
                 pass
     assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
-    assert reply.refused(), reply.text()
+    assert not made, "the dead worker's backend lived on to make bump93"
+    assert reply.errors(), reply.text()
 
 
 def _function_exists(target: Target, name: str) -> bool:
@@ -283,3 +279,39 @@ def _on_the_other_worker_as(gw: Gateway, home: Wire, principal: str, opened: lis
         if _worker_of(workers, gw.port, wire.sock.getsockname()[1]) != mine:
             return wire
     raise AssertionError("no session ever reached the other worker")
+
+
+def test_a_crashed_gateways_running_string_is_ended_before_the_next_run_serves(
+    target: Target, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`workers: 1`, no supervisor: the whole gateway is killed (kill -9) while `rv`'s
+    string `select pg_sleep(6); select (3).bump94` sleeps on the server. It is started
+    again at once, and `mig` makes bump94 through the new run, whose catalogue facts
+    know nothing of the old backend. Had it lived on, it would parse `(3).bump94` after
+    that commit and run the UPDATE. The new run reads the old run's ledger of backends
+    (postgres/backends.py) and ends them before it serves."""
+    gw = make_gateway(tmp_path_factory.mktemp("attack14o-restart"), _config(target))
+    gw.start()
+    try:
+        rv, mig = Wire(gw, "rv"), Wire(gw, "mig")
+        _settle(rv)
+        start, before = target.last_id(), target.snapshot()
+        rv.send(q("select pg_sleep(6); select (3).bump94"))
+        time.sleep(0.3)  # running on the server
+        assert gw.proc is not None
+        gw.proc.kill()
+        gw.proc.wait()
+        rv.close()
+        mig.close()
+        gw.start()
+        mig = Wire(gw, "mig")
+        _settle(mig)
+        made = mig.run(q(BUMP.format(name="bump94")), ready=1)
+        time.sleep(6)  # past the old string's sleep
+        mig.close()
+    finally:
+        gw.stop()
+    assert not made.errors(), made.text()
+    writes = _writes(target, start)
+    assert writes == [] and target.snapshot() == before, writes
+    assert "an earlier run of this gateway left 2 server session(s) open" in gw.log  # rv, mig

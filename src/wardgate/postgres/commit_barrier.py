@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from wardgate.postgres.backends import end_backends, ledger_path, read_ledger
 from wardgate.postgres.upstream import send_cancel
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class CommitBarrier:
         self._flights: set[Flight] = set()
         self._board: DdlBoard | None = None
         self._answering: dict[int, int] = {}  # asker -> the request number being answered
+        self._ending: set[int] = set()  # dead workers whose backends this process ends
 
     def add(self, flight: Flight) -> None:
         self._flights.add(flight)
@@ -204,6 +206,12 @@ class CommitBarrier:
     def _asked(self, services: Services) -> None:
         board = self._board
         assert board is not None
+        for index in board.gone():
+            if index not in self._ending:
+                self._ending.add(index)
+                services.tasks.spawn(
+                    self._end_dead_worker(services, index), name="commit-barrier-dead-worker"
+                )
         for asker, number, database, since in board.questions():
             if self._answering.get(asker, 0) >= number:
                 continue  # being answered (a later request of the asker supersedes it)
@@ -230,6 +238,22 @@ class CommitBarrier:
         board.answer(asker, number, ok=not left)
         if self._answering.get(asker) == number:
             del self._answering[asker]
+
+    async def _end_dead_worker(self, services: Services, index: int) -> None:
+        """Worker ``index`` died: once every backend it had is ended (backends.py), its
+        row of the board is settled."""
+        board = self._board
+        assert board is not None
+        left = read_ledger(ledger_path(services.config.data_path, index))
+        log.warning(
+            "worker %d died with %d server session(s) open; ending them before DDL through "
+            "the other workers may commit, and before their catalogue is trusted again",
+            index,
+            len(left),
+        )
+        await end_backends(services, left, f"worker {index}")
+        board.settle(index)
+        log.warning("worker %d: its server sessions have ended", index)
 
 
 def _still(flights: set[Flight], flight: Flight, sent: int, since: int) -> bool:

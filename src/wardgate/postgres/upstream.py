@@ -15,6 +15,7 @@ from pathlib import Path
 from wardgate.config import Config, ConnectionConfig
 from wardgate.identity.scram import ScramAuthError, ScramClient
 from wardgate.metrics import timed_dial
+from wardgate.postgres import backends
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import (
     parse_auth_request,
@@ -66,7 +67,7 @@ async def dial_connection(
         else None
     )
     try:
-        return await dial(
+        upstream = await dial(
             conn,
             password,
             params,
@@ -76,6 +77,15 @@ async def dial_connection(
         )
     finally:
         del password
+    if backends.ledger is not None:
+        # Noted before anything is sent to it: should this worker die, the others end
+        # it before they trust their catalogue again (backends.py).
+        sockname = upstream.side.transport.get_extra_info("sockname")
+        port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else -1
+        upstream.side.on_lost = backends.ledger.opened(
+            backends.Backend(name, upstream.pid, port, upstream.secret)
+        )
+    return upstream
 
 
 async def dial(

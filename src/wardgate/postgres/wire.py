@@ -208,6 +208,7 @@ class UpstreamSide(_Side):
         self._pending: list[BackendMessage] = []
         self._raw = bytearray()  # bytes before the scanner is used (the SSLRequest answer)
         self.raw_mode = False
+        self.on_lost: Callable[[], None] | None = None  # once the connection is closed
 
     def data_received(self, data: bytes) -> None:
         if self.relay is not None:
@@ -224,6 +225,9 @@ class UpstreamSide(_Side):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
         if self.relay is not None:
             self.relay.on_upstream_closed()
 
