@@ -38,6 +38,7 @@ from wardgate.postgres.upstream import send_cancel
 if TYPE_CHECKING:
     from wardgate.core.services import Services
     from wardgate.ddl_board import DdlBoard
+    from wardgate.postgres.backends import Backend
     from wardgate.postgres.wire import UpstreamSide
 
 log = logging.getLogger("wardgate.postgres")
@@ -45,6 +46,10 @@ log = logging.getLogger("wardgate.postgres")
 DRAIN_GRACE = 0.5  # how long a DDL commit lets earlier statements finish before cancelling (s)
 _POLL = 0.002  # how often a drain looks at what it waits for (s)
 RECANCEL = 0.1  # past the grace, how often what still runs is cancelled again (s)
+# Past the grace, how long cancels are tried before a session's server session is
+# ended (s): a client that pipelined hundreds of slow statements outlasts one cancel
+# per RECANCEL (attack14p), and its backend is then terminated (backends.py).
+END_AFTER = 1.0
 
 CancelTo = tuple[str, int, int, bytes]  # host, port, backend pid, secret
 
@@ -55,6 +60,7 @@ class Flight(Protocol):
     session_id: str
     connection: str
     cancel_to: CancelTo | None
+    backend: Backend | None  # its server session, to end it (END_AFTER)
 
     def flight(self, before: int) -> tuple[int, int]:
         """(sent, answered): requests written to the server and requests answered, both
@@ -175,7 +181,9 @@ class CommitBarrier:
         for flight, _ in waiting:
             flight.nudge()
         cancel_at = loop.time() + DRAIN_GRACE
+        end_at = cancel_at + END_AFTER
         told: set[Flight] = set()
+        ended: set[Flight] = set()
         while waiting:
             await asyncio.sleep(_POLL)
             waiting = [(f, sent) for f, sent in waiting if _still(self._flights, f, sent, since)]
@@ -187,6 +195,9 @@ class CommitBarrier:
                 for flight, _ in waiting:
                     _cancel(services, flight, connection, loud=flight not in told)
                     told.add(flight)
+                    if now >= end_at and flight not in ended:
+                        ended.add(flight)
+                        _end(services, flight, connection)
             if waiting and now >= deadline:
                 return len(waiting)
         return 0
@@ -295,6 +306,27 @@ def _cancel(services: Services, flight: Flight, why: str, *, loud: bool) -> None
             )
 
     services.tasks.spawn(send(), name="commit-barrier-cancel")
+
+
+def _end(services: Services, flight: Flight, why: str) -> None:
+    """End ``flight``'s server session: cancels did not end what it runs in END_AFTER
+    (a pipeline of slow statements; a client that does not read its results). Its
+    client gets PostgreSQL's 57P01 and loses the session; the DDL goes on."""
+    backend = flight.backend
+    if backend is None:
+        return
+    log.warning(
+        "session %s: ending its server session on %r: DDL through %s waits for the "
+        "statements it sent, which are still running after %.1f s of cancels",
+        flight.session_id,
+        flight.connection,
+        why if why.startswith("worker") else repr(why),
+        END_AFTER,
+    )
+    services.tasks.spawn(
+        end_backends(services, [backend], f"session {flight.session_id}"),
+        name="commit-barrier-end-session",
+    )
 
 
 def _say_cancelled(flight: Flight, why: str) -> None:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from wardgate.config import Config
 from wardgate.policy.encodings import reported_setting_problem
+from wardgate.postgres.backends import Backend
 from wardgate.postgres.codec import build
 from wardgate.postgres.codec.decode import (
     Column,
@@ -175,6 +176,7 @@ class InternalSession:
         max_rows: int,
         cancel_to: tuple[str, int, int, bytes],
         parameters: Mapping[str, str] | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self._side = side
         # The server's ParameterStatus values at startup (server_encoding...).
@@ -182,6 +184,7 @@ class InternalSession:
         self._timeout = timeout
         self._max_rows = max_rows
         self.cancel_to = cancel_to
+        self.backend = backend
         self._broken: str | None = None
         self.in_flight = False  # an exchange began and did not end: the server may be busy
         self.closed: asyncio.Task[None] | None = None  # `close` of a busy session
@@ -369,6 +372,7 @@ async def internal_session(
         max_rows=max_rows,
         cancel_to=(up.host, up.port, upstream.pid, upstream.secret),
         parameters=upstream.parameters,
+        backend=upstream.backend,
     )
     try:
         yield session

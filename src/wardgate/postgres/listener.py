@@ -450,6 +450,7 @@ class PgListener:
         )
         relay.mask_paths = mask_paths
         relay.cancel_to = (up.host, up.port, upstream.pid, upstream.secret)
+        relay.backend = upstream.backend
         services.state(CommitBarrier).add(relay)
         local = self.cancel_keys.add(gw_pid, gw_secret, target, relay)
         out = [

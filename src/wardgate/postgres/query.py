@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wardgate.identity.principals import Principal
+from wardgate.postgres.backends import Backend
 from wardgate.postgres.catalog import ColumnNames
 from wardgate.postgres.catalog_watch import CatalogWatch, changing_catalogue
 from wardgate.postgres.commit_barrier import CancelTo
@@ -87,6 +88,7 @@ async def run_sql(
                     paths = SessionPaths(str(names.rows[0][0]), str(names.rows[0][1]))
                 sql = await _rewritten(services, connection, sql, masking, paths)
             flight.cancel_to, flight.session, flight.draining = session.cancel_to, session, False
+            flight.backend = session.backend
             if params:
                 results = [await session.extended(sql, params)]
             else:
@@ -116,6 +118,7 @@ class QueryFlight:
     def __init__(self, connection: str) -> None:
         self.connection = connection
         self.cancel_to: CancelTo | None = None
+        self.backend: Backend | None = None
         self.session: InternalSession | None = None
         self.judged = 0  # when the gate judged it (time.monotonic_ns)
         # Waiting for its own drain (it may change the catalogue: `changing_catalogue`),

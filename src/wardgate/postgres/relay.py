@@ -187,6 +187,7 @@ class PgRelay(SimpleQuery, ExtendedProtocol, ServerReplies):
         self._held_since = 0
         self._hold_task = None
         self.cancel_to = None
+        self.backend = None
 
     @property
     def idle(self) -> bool:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from wardgate.config import Config
     from wardgate.core.services import Services
     from wardgate.identity.principals import Principal
+    from wardgate.postgres.backends import Backend
     from wardgate.postgres.codec.backend import BackendScanner
     from wardgate.postgres.wire import ClientSide, UpstreamSide
 
@@ -207,6 +208,7 @@ class RelayState:
     _held_since: int  # when the held batch was judged (time.monotonic_ns)
     _hold_task: asyncio.Task[None] | None
     cancel_to: CancelTo | None  # the upstream backend's cancel key (listener.py)
+    backend: Backend | None  # the upstream backend, to end it (commit_barrier.py)
     _batch_open: bool  # extended messages sent since the last Sync (relay.py)
     _leaving: bool = False  # ended, the server not yet done with what it was sent
     # Column masking: the search_paths the session may have (mask_path.py), from what

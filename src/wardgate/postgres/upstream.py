@@ -51,6 +51,7 @@ class Upstream:
     parameter_status: list[bytes] = field(default_factory=list)  # raw ParameterStatus messages
     parameters: dict[str, str] = field(default_factory=dict)  # as reported by the server
     notices: list[bytes] = field(default_factory=list)
+    backend: backends.Backend | None = None  # as the ledger knows it (dial_connection)
 
 
 @timed_dial("postgres")
@@ -77,14 +78,13 @@ async def dial_connection(
         )
     finally:
         del password
+    sockname = upstream.side.transport.get_extra_info("sockname")
+    port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else -1
+    upstream.backend = backends.Backend(name, upstream.pid, port, upstream.secret)
     if backends.ledger is not None:
         # Noted before anything is sent to it: should this worker die, the others end
         # it before they trust their catalogue again (backends.py).
-        sockname = upstream.side.transport.get_extra_info("sockname")
-        port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else -1
-        upstream.side.on_lost = backends.ledger.opened(
-            backends.Backend(name, upstream.pid, port, upstream.secret)
-        )
+        upstream.side.on_lost = backends.ledger.opened(upstream.backend)
     return upstream
 
 
