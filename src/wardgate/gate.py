@@ -269,6 +269,11 @@ class UserCode:
     type_oids: frozenset[tuple[int, str]] = frozenset()
     column_tables: frozenset[str] = frozenset()
     written_tables: frozenset[str] = frozenset()
+    # Why a write may run DDL through a trigger or a rule on its table (a trigger
+    # function that runs EXECUTE, calls a user routine...: policy/routine_code.py), or
+    # empty. Which table's is not kept: a write reaches other tables' triggers (a
+    # cascading foreign key, a partition, a rule's own writes).
+    ddl_by_writes: str = ""
 
     def declared_types(self, oids: tuple[int, ...]) -> list[str]:
         """The names of those of ``oids`` (a Parse's parameter types) that may run a
@@ -735,13 +740,17 @@ class Gate:
         runs ``EXECUTE 'create function ...'``, a procedure that commits it: attack14m):
         a CALL, a call of a function the gate does not know as a read-only built-in or a
         listed safe one, and a cast, operator or field selection that runs a user
-        function as the facts know them. Not the worst case of facts not read ("any
-        expression"): every statement would count, and each would reopen the window
-        the facts wait for (docs/policy.md says what that leaves)."""
+        function as the facts know them; and a write, on a connection whose database has
+        a trigger or a rule that may run DDL (`UserCode.ddl_by_writes`). Not the worst
+        case of facts not read ("any expression"): every statement would count, and
+        each would reopen the window the facts wait for (docs/policy.md says what that
+        leaves)."""
         for info in statements:  # a loop, not any(): once per statement, on the hot path
             if info.klass == "ddl" or info.klass == "admin" or "call" in info.kinds:
                 return True
             if self._unknown_functions(info, connection, implicit=False):
+                return True
+            if info.klass == "write" and self._catalogue_facts(connection).ddl_by_writes:
                 return True
         return False
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
+from wardgate.policy.routine_code import ddl_reason, trigger_function_reason
 from wardgate.postgres.commit_barrier import CommitBarrier, Flight
 from wardgate.postgres.commit_barrier import Refused as BarrierRefused
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
@@ -65,6 +66,9 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # table with a column whose default (its own, its domain's) calls a user function,
 # which planning folds when it is IMMUTABLE.
 # "operator": in a user schema, or implemented by a user function.
+# "trigger <language>" (the function's schema and source), "trigger_when" (a trigger's
+# definition, for its WHEN condition) and "rule" (a rule's on a write): code every write
+# to their table runs, which may run DDL (policy/routine_code.py).
 # "implicit": a user cast PostgreSQL may insert into any expression. "attribute": a user
 # function one argument can call, which a field selection calls too (`(3).bump`,
 # `t.bump` is bump(t) when t has no column bump).
@@ -170,6 +174,18 @@ SELECT 'attribute', n.nspname, lower(p.proname) FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE p.oid IN (SELECT oid FROM userfn) AND p.prokind <> 'p'
   AND (p.provariadic <> 0 OR (p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1))
+UNION
+SELECT 'trigger ' || l.lanname, n.nspname, p.prosrc FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE NOT t.tgisinternal
+UNION
+SELECT 'trigger_when', t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
+FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgqual IS NOT NULL
+UNION
+SELECT 'rule', r.rulename, pg_catalog.pg_get_ruledef(r.oid)
+FROM pg_catalog.pg_rewrite r WHERE r.ev_type <> '1'
 """
 # A user operator by one of these names may be picked where no statement names it:
 # IN, CASE, NULLIF, IS DISTINCT FROM, joins USING, GROUP BY and sorting compare with them.
@@ -185,6 +201,7 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
     operators: set[str] = set()
     attributes: set[str] = set()
     implicit: list[str] = []
+    code: list[tuple[str, str, str]] = []  # triggers and rules, read once the rest is
     for what, schema, name in rows:
         if what == "type" or what.startswith("type "):
             types.update((name.lower(), f"{schema}.{name}".lower()))
@@ -198,6 +215,8 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
             operators.add(name)
         elif what == "attribute":
             attributes.add(name.lower())
+        elif what.startswith("trigger") or what == "rule":
+            code.append((what, schema, name))
         else:
             implicit.append(f"implicit or assignment user cast {name}")
     # A column of a flagged type other than a domain over a harmless base type (which
@@ -221,7 +240,27 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
         frozenset(type_oids),
         frozenset(column_tables),
         frozenset(written_tables),
+        _ddl_by_writes(code, types, operators),
     )
+
+
+def _ddl_by_writes(code: list[tuple[str, str, str]], types: set[str], operators: set[str]) -> str:
+    """Why a write on this connection may run DDL through a trigger or a rule (the first
+    few reasons), or empty."""
+    reasons = []
+    for what, schema, text in code:
+        if what.startswith("trigger "):
+            why = trigger_function_reason(
+                what[8:], schema, text, user_types=types, user_operators=operators
+            )
+            where = f"a trigger's function in schema {schema}"
+        else:
+            part = "rule" if what == "rule" else "when"
+            why = ddl_reason(text, user_types=types, user_operators=operators, part=part)
+            where = f"rule {schema}" if what == "rule" else f"trigger {schema}'s WHEN"
+        if why is not None:
+            reasons.append(f"{where}: {why}")
+    return "; ".join(sorted(reasons)[:5])
 
 
 class CatalogWatch:
@@ -425,6 +464,15 @@ class CatalogWatch:
                 ", ".join(sorted((t for t in found.types if "." in t), key=_user_first)[:20])
                 or "(none)",
                 ", ".join(sorted(found.operators)[:20]) or "(none)",
+            )
+        if found.ddl_by_writes:
+            log.warning(
+                "connection %r: a trigger or rule may run DDL (%s); every write there "
+                "counts as DDL: it waits for other sessions' statements and may cancel "
+                "them (docs/operations.md), and statements after it wait for the "
+                "catalogue to be read again",
+                connection,
+                found.ddl_by_writes,
             )
         if found.implicit:
             log.warning(

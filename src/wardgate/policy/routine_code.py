@@ -1,0 +1,133 @@
+"""Whether code the server runs on its own (a trigger function, a rule's actions, a
+trigger's WHEN condition) may run DDL, read from its text. Pure.
+
+PostgreSQL runs a table's triggers and rules with every write to it, and no statement
+the gate judges names them. If one of them may make a function (``EXECUTE 'create
+function ...'``, a call of a user routine that does), each write to that database may
+change the catalogue the gate judges by, and counts as DDL for the commit barrier and
+the window after DDL (`Gate.changes_catalogue`, attack14n). Most triggers only write
+an audit row with built-ins; for those nothing changes.
+
+The reading is lexical and errs towards "may": the text is scanned with PostgreSQL's
+own scanner (pglast), and any of these is a reason: a keyword that starts DDL or runs a
+string as SQL (``EXECUTE``, ``CREATE``, ``ALTER``, ``DROP``, ``CALL``, ``DO`` ...), a
+call of anything but a known read or write built-in (a user function may do anything;
+an admin built-in such as ``query_to_xml`` or ``dblink_exec`` runs a string), a cast to
+a type or an operator the catalogue says runs user code. Code in a language other than
+PL/pgSQL and SQL cannot be read, so it may.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from pglast.parser import ParseError, scan
+
+from wardgate.policy.functions import function_class
+
+# Keywords after which the code may change the catalogue, or runs SQL from a string.
+_DDL_KEYWORDS = frozenset(
+    {
+        "EXECUTE", "CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "CALL", "DO",
+        "IMPORT", "SECURITY", "REINDEX", "CLUSTER", "LOAD", "COPY", "PREPARE", "REASSIGN",
+    }
+)  # fmt: skip
+# PL/pgSQL's statements that the SQL scanner sees as names, and which a parenthesis
+# may follow (`IF (x) THEN`, `RETURN (y)`): not calls.
+_PLPGSQL_WORDS = frozenset(
+    {
+        "if", "elsif", "elseif", "while", "return", "raise", "exit", "continue", "loop",
+        "foreach", "perform", "assert", "get", "open", "fetch", "move", "close", "query",
+        "next",
+    }
+)  # fmt: skip
+_NAME_KINDS = frozenset({"UNRESERVED_KEYWORD", "TYPE_FUNC_NAME_KEYWORD"})  # and IDENT
+
+
+def _is_name(word: tuple[str, str, str]) -> bool:
+    return word[0] == "IDENT" or word[1] in _NAME_KINDS
+
+
+def ddl_reason(
+    text: str,
+    *,
+    user_types: Collection[str] = (),
+    user_operators: Collection[str] = (),
+    part: str = "all",
+) -> str | None:
+    """Why SQL or PL/pgSQL ``text`` may run DDL, or None when it cannot (as far as its
+    words show). ``user_types``: type names (bare and qualified, lower-cased) whose
+    casts run user code; ``user_operators``: operator names that do. ``part``: "all";
+    "rule", a rule's definition (``pg_get_ruledef``), whose code follows its ``DO``;
+    "when", a trigger's (``pg_get_triggerdef``), whose code is its ``WHEN``
+    condition (the function it executes is read on its own)."""
+    try:
+        tokens = scan(text)
+    except ParseError:
+        return "its text could not be read"
+    words = [
+        (tok.name, tok.kind, text[tok.start : tok.end + 1]) for tok in tokens
+    ]  # name: the token type (IDENT, a keyword's name, ASCII_40 for "(")
+    names = [w[0] for w in words]
+    if part == "rule":
+        words = words[names.index("DO") + 1 :] if "DO" in names else []
+    elif part == "when":
+        if "WHEN" not in names:
+            return None
+        end = len(names) - 1 - names[::-1].index("EXECUTE") if "EXECUTE" in names else len(names)
+        words = words[names.index("WHEN") + 1 : end]
+    for i, (name, kind, word) in enumerate(words):
+        if kind != "NO_KEYWORD" and name in _DDL_KEYWORDS:
+            return f"it runs {name}"
+        if (name == "Op" or name.startswith("ASCII_")) and word in user_operators:
+            return f"it uses operator {word}, which runs user code"
+        if name == "TYPECAST" and i + 1 < len(words):
+            cast_to = _qualified(words, i + 1)
+            if cast_to in user_types or cast_to.rpartition(".")[2] in user_types:
+                return f"it casts to {cast_to}, which runs user code"
+        if not _is_name(words[i]) or (i and words[i - 1][0] == "ASCII_46"):
+            continue
+        called = _qualified(words, i)
+        end = i + 2 * called.count(".") + 1
+        if end >= len(words) or words[end][0] != "ASCII_40":
+            continue
+        before = words[i - 1][0] if i else ""
+        if before in ("INTO", "AS", "TYPECAST") or called in _PLPGSQL_WORDS:
+            continue  # INSERT INTO t (columns), AS t (columns), ::numeric(10, 2)
+        schema, _, bare = called.rpartition(".")
+        if function_class(schema or None, bare) not in ("read", "write"):
+            return f"it calls {called}()"
+    return None
+
+
+def _qualified(words: list[tuple[str, str, str]], i: int) -> str:
+    """The dotted name starting at word ``i``, lower-cased (quotes dropped)."""
+    parts = [_name(words[i][2])]
+    while i + 2 < len(words) and words[i + 1][0] == "ASCII_46" and _is_name(words[i + 2]):
+        i += 2
+        parts.append(_name(words[i][2]))
+    return ".".join(parts)
+
+
+def _name(word: str) -> str:
+    if word.startswith('"') and word.endswith('"') and len(word) >= 2:
+        return word[1:-1].replace('""', '"')
+    return word.lower()
+
+
+def trigger_function_reason(
+    language: str,
+    schema: str,
+    source: str,
+    *,
+    user_types: Collection[str] = (),
+    user_operators: Collection[str] = (),
+) -> str | None:
+    """Why a trigger function may run DDL (None: it cannot). Built-in trigger functions
+    (pg_catalog: ``suppress_redundant_updates_trigger``, ``tsvector_update_trigger``)
+    run none."""
+    if schema == "pg_catalog":
+        return None
+    if language not in ("plpgsql", "sql"):
+        return f"it is written in {language}, which the gateway cannot read"
+    return ddl_reason(source, user_types=user_types, user_operators=user_operators)

@@ -1,0 +1,75 @@
+"""Which triggers and rules may run DDL (policy/routine_code.py): a write to a database
+with one counts as DDL (Gate.changes_catalogue), so the reading must err towards "may"
+and must not flag the audit triggers most databases have."""
+
+from __future__ import annotations
+
+import pytest
+
+from wardgate.policy.routine_code import ddl_reason, trigger_function_reason
+
+AUDIT = """begin
+    insert into audit.write_log (kind, object, query)
+    values (tg_op, tg_table_schema || '.' || tg_table_name, current_query());
+    new.total := coalesce(new.a, 0)::numeric(10, 2) + 1;
+    if (new.x > 0) then return new; end if;
+    perform pg_catalog.set_config('app.x', '1', true);
+    return null;
+end"""
+
+
+def test_an_audit_trigger_runs_no_ddl() -> None:
+    assert ddl_reason(AUDIT) is None
+    assert trigger_function_reason("plpgsql", "audit", AUDIT) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("begin execute format('create function %I() ...', new.n); return new; end", "EXECUTE"),
+        ("begin perform public.mk(new.n); return new; end", "public.mk()"),
+        ('begin select "MkFn"(1) into x; return new; end', "MkFn()"),
+        ("begin perform mk(new.n); return new; end", "mk()"),  # unqualified: a user one
+        ("begin create table t2 (i int); return new; end", "CREATE"),
+        ("begin call public.p(); return new; end", "CALL"),
+        ("begin perform query_to_xml('select 1', true, true, ''); end", "query_to_xml()"),
+        ("begin perform dblink_exec('create function f() ...'); end", "dblink_exec()"),
+        ("begin do $d$ begin null; end $d$; return new; end", "DO"),
+    ],
+)
+def test_code_that_may_run_ddl_is_found(body: str, why: str) -> None:
+    reason = ddl_reason(body)
+    assert reason is not None and why in reason, reason
+
+
+def test_user_casts_and_operators_count() -> None:
+    body = "begin new.t := new.a::public.money2; return new; end"
+    assert ddl_reason(body) is None
+    assert "public.money2" in str(ddl_reason(body, user_types={"public.money2", "money2"}))
+    assert "===" in str(ddl_reason("begin x := a === b; end", user_operators={"==="}))
+    assert "+" in str(ddl_reason("begin x := a + b; end", user_operators={"+"}))
+
+
+def test_other_languages_cannot_be_read_and_built_ins_run_none() -> None:
+    assert "plpython3u" in str(trigger_function_reason("plpython3u", "public", "plpy.execute(...)"))
+    assert "c" in str(trigger_function_reason("c", "public", "my_trigger"))
+    assert trigger_function_reason("internal", "pg_catalog", "tsvector_update_trigger") is None
+
+
+def test_a_rule_is_read_after_its_do_and_a_trigger_in_its_when() -> None:
+    rule = "CREATE RULE r AS ON INSERT TO public.t DO ALSO SELECT public.mk(new.id);"
+    assert "public.mk()" in str(ddl_reason(rule, part="rule"))
+    quiet = "CREATE RULE r AS ON INSERT TO public.t DO ALSO INSERT INTO log (id) VALUES (new.id);"
+    assert ddl_reason(quiet, part="rule") is None
+    assert ddl_reason("CREATE RULE r AS ON DELETE TO t DO INSTEAD NOTHING;", part="rule") is None
+    head = "CREATE TRIGGER t AFTER INSERT ON public.x FOR EACH ROW"
+    tail = "EXECUTE FUNCTION public.f()"
+    assert ddl_reason(f"{head} WHEN ((new.id > 0)) {tail}", part="when") is None
+    assert "public.g()" in str(
+        ddl_reason(f"{head} WHEN ((public.g(new.id) > 0)) {tail}", part="when")
+    )
+    assert ddl_reason(f"{head} {tail}", part="when") is None
+
+
+def test_text_that_cannot_be_scanned_may_run_ddl() -> None:
+    assert ddl_reason("begin x := 'unterminated; end") is not None
