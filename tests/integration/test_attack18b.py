@@ -308,12 +308,6 @@ def test_a_held_write_naming_another_object_previews_no_secret(k18: K18) -> None
     assert not any(p.endswith("/secrets/db") for _, p, _, _ in double.cluster.requests[before:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: Gateway API routes (gateway.networking.k8s.io HTTPRoute/Gateway) open a "
-    "workload to the world as an Ingress does, but only Ingresses are judged for "
-    "ingress_public; which Gateway listeners are public is not known to the gateway",
-)
 def test_gateway_api_routes_count_as_public_ingress() -> None:
     route = {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",

@@ -47,6 +47,11 @@ OBJECT_KINDS = (
     "ingress_public",
 )
 _WORLD = frozenset({"0.0.0.0/0", "::/0"})
+# The Gateway API's objects that route outside traffic to a workload
+# (gateway.networking.k8s.io, and the experimental channel's).
+GATEWAY_API_RESOURCES = frozenset(
+    {"gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes", "udproutes", "listenersets"}
+)
 # Annotations with which ingress controllers limit who may reach an Ingress.
 SOURCE_RANGE_ANNOTATIONS = (
     "nginx.ingress.kubernetes.io/whitelist-source-range",
@@ -226,6 +231,11 @@ def object_kinds(data: Any, resource: str, content_type: str) -> tuple[str, ...]
                 found.add("open_cidr")
     if resource == "ingresses" and isinstance(data, dict):
         found.update(_ingress_kinds(data))
+    if resource in GATEWAY_API_RESOURCES and isinstance(data, dict):
+        # A route attached to a Gateway (or a Gateway's listener) opens a workload as an
+        # Ingress does; whether that Gateway's address is public is not known here, so
+        # the stricter reading: every change of one is ingress_public.
+        found.add("ingress_public")
     if resource == "networkpolicies" and isinstance(data, dict) and _allows_every_source(data):
         found.add("open_cidr")
     return tuple(k for k in OBJECT_KINDS if k in found)
