@@ -50,6 +50,14 @@ def test_user_casts_and_operators_count() -> None:
     assert "+" in str(ddl_reason("begin x := a + b; end", user_operators={"+"}))
 
 
+def test_an_unqualified_built_in_name_a_user_routine_shares_counts() -> None:
+    body = "begin new.n := lower(new.n); return new; end"
+    assert ddl_reason(body) is None
+    assert "lower()" in str(ddl_reason(body, user_routines={"lower"}))
+    qualified = "begin new.n := pg_catalog.lower(new.n); return new; end"
+    assert ddl_reason(qualified, user_routines={"lower"}) is None
+
+
 def test_other_languages_cannot_be_read_and_built_ins_run_none() -> None:
     assert "plpython3u" in str(trigger_function_reason("plpython3u", "public", "plpy.execute(...)"))
     assert "c" in str(trigger_function_reason("c", "public", "my_trigger"))

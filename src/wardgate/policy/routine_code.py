@@ -53,11 +53,14 @@ def ddl_reason(
     *,
     user_types: Collection[str] = (),
     user_operators: Collection[str] = (),
+    user_routines: Collection[str] = (),
     part: str = "all",
 ) -> str | None:
     """Why SQL or PL/pgSQL ``text`` may run DDL, or None when it cannot (as far as its
     words show). ``user_types``: type names (bare and qualified, lower-cased) whose
-    casts run user code; ``user_operators``: operator names that do. ``part``: "all";
+    casts run user code; ``user_operators``: operator names that do; ``user_routines``:
+    names (lower-cased) of routines outside the system schemas, which an unqualified
+    call may reach before a built-in of that name (search_path). ``part``: "all";
     "rule", a rule's definition (``pg_get_ruledef``), whose code follows its ``DO``;
     "when", a trigger's (``pg_get_triggerdef``), whose code is its ``WHEN``
     condition (the function it executes is read on its own)."""
@@ -95,7 +98,9 @@ def ddl_reason(
         if before in ("INTO", "AS", "TYPECAST") or called in _PLPGSQL_WORDS:
             continue  # INSERT INTO t (columns), AS t (columns), ::numeric(10, 2)
         schema, _, bare = called.rpartition(".")
-        if function_class(schema or None, bare) not in ("read", "write"):
+        if function_class(schema or None, bare) not in ("read", "write") or (
+            not schema and bare in user_routines
+        ):
             return f"it calls {called}()"
     return None
 
@@ -122,6 +127,7 @@ def trigger_function_reason(
     *,
     user_types: Collection[str] = (),
     user_operators: Collection[str] = (),
+    user_routines: Collection[str] = (),
 ) -> str | None:
     """Why a trigger function may run DDL (None: it cannot). Built-in trigger functions
     (pg_catalog: ``suppress_redundant_updates_trigger``, ``tsvector_update_trigger``)
@@ -130,4 +136,6 @@ def trigger_function_reason(
         return None
     if language not in ("plpgsql", "sql"):
         return f"it is written in {language}, which the gateway cannot read"
-    return ddl_reason(source, user_types=user_types, user_operators=user_operators)
+    return ddl_reason(
+        source, user_types=user_types, user_operators=user_operators, user_routines=user_routines
+    )

@@ -192,8 +192,11 @@ FROM pg_catalog.pg_rewrite r WHERE r.ev_type <> '1'
 _IMPLIED = frozenset({"=", "<>", "<", ">", "<=", ">="})
 
 
-def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
-    """The facts one catalogue answer gives (``_USER_CODE_QUERY``)."""
+def user_code(
+    rows: list[tuple[str, str, str]], user_routines: frozenset[str] = frozenset()
+) -> UserCode:
+    """The facts one catalogue answer gives (``_USER_CODE_QUERY``); ``user_routines``:
+    the names of routines outside the system schemas (``_QUERY``)."""
     types: set[str] = set()
     type_oids: set[tuple[int, str]] = set()
     column_tables: set[str] = set()
@@ -240,23 +243,35 @@ def user_code(rows: list[tuple[str, str, str]]) -> UserCode:
         frozenset(type_oids),
         frozenset(column_tables),
         frozenset(written_tables),
-        _ddl_by_writes(code, types, operators),
+        _ddl_by_writes(code, types, operators, user_routines),
     )
 
 
-def _ddl_by_writes(code: list[tuple[str, str, str]], types: set[str], operators: set[str]) -> str:
+def _ddl_by_writes(
+    code: list[tuple[str, str, str]],
+    types: set[str],
+    operators: set[str],
+    routines: frozenset[str],
+) -> str:
     """Why a write on this connection may run DDL through a trigger or a rule (the first
     few reasons), or empty."""
     reasons = []
     for what, schema, text in code:
         if what.startswith("trigger "):
             why = trigger_function_reason(
-                what[8:], schema, text, user_types=types, user_operators=operators
+                what[8:],
+                schema,
+                text,
+                user_types=types,
+                user_operators=operators,
+                user_routines=routines,
             )
             where = f"a trigger's function in schema {schema}"
         else:
             part = "rule" if what == "rule" else "when"
-            why = ddl_reason(text, user_types=types, user_operators=operators, part=part)
+            why = ddl_reason(
+                text, user_types=types, user_operators=operators, user_routines=routines, part=part
+            )
             where = f"rule {schema}" if what == "rule" else f"trigger {schema}'s WHEN"
         if why is not None:
             reasons.append(f"{where}: {why}")
@@ -404,7 +419,8 @@ class CatalogWatch:
                 await catalogs.get(services, connection)
         if target is None or _target(services, connection) != target:
             return  # a reload pointed the name elsewhere meanwhile: this is the old target
-        self._judge_user_code(services, connection, code, loud, seen)
+        routine_names = frozenset(str(row[0]) for row in result.rows)
+        self._judge_user_code(services, connection, code, routine_names, loud, seen)
         if routines.error is None and not routines.truncated:
             holders: dict[str, set[str]] = {}
             for name, schema in routines.rows:
@@ -445,7 +461,13 @@ class CatalogWatch:
             )
 
     def _judge_user_code(
-        self, services: Services, connection: str, code: Any, loud: bool, seen: tuple[int, int]
+        self,
+        services: Services,
+        connection: str,
+        code: Any,
+        routine_names: frozenset[str],
+        loud: bool,
+        seen: tuple[int, int],
     ) -> None:
         if code.error is not None or code.truncated:
             # Not knowing is judged as the worst case: every expression may run user code.
@@ -453,7 +475,7 @@ class CatalogWatch:
             why = str(code.error) if code.error is not None else "too many rows"
             found = UserCode(implicit="the catalogue could not be read: " + why)
         else:
-            found = user_code([(str(a), str(b), str(c)) for a, b, c in code.rows])
+            found = user_code([(str(a), str(b), str(c)) for a, b, c in code.rows], routine_names)
         if not services.gate.facts.set_user_code(connection, found, seen) or not loud:
             return
         if found.types or found.operators:
