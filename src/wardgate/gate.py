@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from fnmatch import fnmatchcase
 from threading import Lock
@@ -274,6 +274,9 @@ class UserCode:
     # empty. Which table's is not kept: a write reaches other tables' triggers (a
     # cascading foreign key, a partition, a rule's own writes).
     ddl_by_writes: str = ""
+    # Views and tables whose reading runs user functions (a view's query, a row
+    # security policy; bare and qualified names, lower-cased), with those functions.
+    code_relations: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     def declared_types(self, oids: tuple[int, ...]) -> list[str]:
         """The names of those of ``oids`` (a Parse's parameter types) that may run a
@@ -811,6 +814,20 @@ class Gate:
             return _CHANGED_HERE
         return self.facts.user_code(connection)
 
+    def _code_read(
+        self, stmt: StatementInfo, connection: str, code: Mapping[str, frozenset[str]]
+    ) -> list[str]:
+        """The relations ``stmt`` names whose reading runs a user function not listed in
+        safe_functions (a view calling it, a row security policy), as the reasons."""
+        found = []
+        for table in (*stmt.tables_read, *stmt.tables_written):
+            name = table.lower()
+            fns = code.get(name) or code.get(name.rpartition(".")[2])
+            unsafe = sorted(f for f in fns or () if not self._listed_safe(f, connection))
+            if unsafe:
+                found.append(f"{table} (reading it runs {', '.join(unsafe[:3])})")
+        return found
+
     def _user_code_run(
         self, stmt: StatementInfo, connection: str, *, implicit: bool = True
     ) -> list[str]:
@@ -831,6 +848,8 @@ class Gate:
                 unknown.append(f"operator {op}")
         if found.column_tables or found.written_tables or (found.types and stmt.tables_read):
             unknown += _conversions_into_rows(stmt, found)
+        if found.code_relations:
+            unknown += self._code_read(stmt, connection, found.code_relations)
         unknown += [
             f"function {name} (selected as a field: x.{name} is {name}(x))"
             for name in stmt.attributes

@@ -341,3 +341,41 @@ def test_a_maker_called_in_other_places_opens_the_window(
     reply = rv.run(q(f"select (3).{name}"), ready=1)
     assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()
+
+
+@pytest.mark.parametrize("how", ["view", "view-over-view", "policy"])
+def test_reading_a_relation_whose_reading_runs_user_code_is_judged_as_that_call(
+    target: Target, wires: dict[str, Wire], how: str
+) -> None:
+    """A view whose query calls a user function, a view over such a view, or a table
+    whose row security policy calls one: reading it runs the function, with no call in
+    the statement's text. `rv` (whose writes need a review) reads it, judged a plain
+    read, and the function's UPDATE ran unreviewed. Now the watch reads which relations
+    run user code when read (pg_depend of their rules and policies, through views over
+    them) and a statement naming one is judged as calling that function: held."""
+    fn, rel = f"bump_{how.replace('-', '_')}", f"public.code_{how.replace('-', '_')}"
+    with target.conn() as c:
+        c.execute(BUMP.format(name=fn))
+        c.execute(f"alter function public.{fn}(int) owner to {target.role}")
+        if how == "policy":
+            c.execute(f"create table {rel} (id int)")
+            c.execute(f"insert into {rel} values (3)")
+            c.execute(f"alter table {rel} enable row level security")
+            c.execute(f"alter table {rel} force row level security")
+            c.execute(f"create policy p on {rel} using (public.{fn}(id) = id)")
+        elif how == "view":
+            c.execute(f"create view {rel} as select public.{fn}(3) as x")
+        else:
+            c.execute(f"create view {rel}_inner as select public.{fn}(3) as x")
+            c.execute(f"create view {rel} as select x from {rel}_inner")
+            c.execute(f"alter view {rel}_inner owner to {target.role}")
+        c.execute(f"alter table {rel} owner to {target.role}")
+    rv, mig = wires["rv"], wires["mig"]
+    # Made outside the gateway: DDL through it brings the watch's next look forward.
+    poked = mig.run(q(f"create table {rel}_after (i int)"), ready=1)
+    assert not poked.errors(), poked.text()
+    _settle(rv)
+    start, before = target.last_id(), target.snapshot()
+    reply = rv.run(q(f"select * from {rel}"), ready=1)
+    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert reply.refused(), reply.text()

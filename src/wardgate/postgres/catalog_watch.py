@@ -66,6 +66,8 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # table with a column whose default (its own, its domain's) calls a user function,
 # which planning folds when it is IMMUTABLE.
 # "operator": in a user schema, or implemented by a user function.
+# "code_relation": a view or table whose reading runs a user function (a view's query,
+# a row security policy, through views over it too), with that function.
 # "trigger <language>" (the function's schema and source), "trigger_when" (a trigger's
 # definition, for its WHEN condition) and "rule" (a rule's on a write): code every write
 # to their table runs, which may run DDL (policy/routine_code.py).
@@ -88,6 +90,36 @@ WITH RECURSIVE extension_member AS (
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND (p.provolatile = 'v' OR (
       'pg_catalog.pg_proc'::regclass, p.oid) NOT IN (SELECT * FROM extension_member))
+), userfn_code AS (
+  /* each user function, and each operator it implements, as pg_depend names them */
+  SELECT 'pg_catalog.pg_proc'::regclass AS classid, p.oid AS objid,
+    pg_catalog.format('%s.%s', n.nspname, p.proname) AS fn
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  WHERE p.oid IN (SELECT oid FROM userfn)
+  UNION ALL
+  SELECT 'pg_catalog.pg_operator'::regclass, o.oid,
+    pg_catalog.format('%s.%s', n.nspname, p.proname)
+  FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  WHERE p.oid IN (SELECT oid FROM userfn)
+), coded(rel, fn) AS (
+  /* relations whose reading runs a user function: a view's query calls it (or an
+     operator it implements), a row security policy on a table does, or a view reads
+     such a relation; with the function (schema.name), for safe_functions */
+  SELECT COALESCE(r.ev_class, pol.polrelid), u.fn FROM userfn_code u
+  JOIN pg_catalog.pg_depend d ON d.refclassid = u.classid AND d.refobjid = u.objid
+  LEFT JOIN pg_catalog.pg_rewrite r
+    ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND r.oid = d.objid
+  LEFT JOIN pg_catalog.pg_policy pol
+    ON d.classid = 'pg_catalog.pg_policy'::regclass AND pol.oid = d.objid
+  WHERE d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass)
+  UNION
+  SELECT r.ev_class, coded.fn FROM coded
+  JOIN pg_catalog.pg_depend d
+    ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = coded.rel
+  JOIN pg_catalog.pg_rewrite r
+    ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND r.oid = d.objid
+  WHERE r.ev_class <> coded.rel
 ), usercast AS (
   SELECT c.* FROM pg_catalog.pg_cast c
   JOIN pg_catalog.pg_type s ON s.oid = c.castsource
@@ -175,6 +207,10 @@ JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE p.oid IN (SELECT oid FROM userfn) AND p.prokind <> 'p'
   AND (p.provariadic <> 0 OR (p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1))
 UNION
+SELECT 'code_relation', pg_catalog.format('%s.%s', n.nspname, c.relname), coded.fn
+FROM coded JOIN pg_catalog.pg_class c ON c.oid = coded.rel
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+UNION
 SELECT 'trigger ' || l.lanname, n.nspname, p.prosrc FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
@@ -205,6 +241,7 @@ def user_code(
     attributes: set[str] = set()
     implicit: list[str] = []
     code: list[tuple[str, str, str]] = []  # triggers and rules, read once the rest is
+    code_relations: dict[str, set[str]] = {}
     for what, schema, name in rows:
         if what == "type" or what.startswith("type "):
             types.update((name.lower(), f"{schema}.{name}".lower()))
@@ -220,6 +257,10 @@ def user_code(
             attributes.add(name.lower())
         elif what.startswith("trigger") or what == "rule":
             code.append((what, schema, name))
+        elif what == "code_relation":
+            relation = schema.lower()
+            for key in (relation, relation.rpartition(".")[2]):
+                code_relations.setdefault(key, set()).add(name.lower())
         else:
             implicit.append(f"implicit or assignment user cast {name}")
     # A column of a flagged type other than a domain over a harmless base type (which
@@ -244,6 +285,7 @@ def user_code(
         frozenset(column_tables),
         frozenset(written_tables),
         _ddl_by_writes(code, types, operators, user_routines),
+        {relation: frozenset(fns) for relation, fns in code_relations.items()},
     )
 
 
