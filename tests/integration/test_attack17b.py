@@ -352,6 +352,15 @@ def test_the_gateway_does_not_sign_a_forged_sweep_into_the_chain(
     assert plain.returncode == 1, plain.stdout + plain.stderr
 
 
+def _fast_refusals(config: str) -> str:
+    """address_failures 20 (the default: 4 x login_failures), and refusals answered
+    after 1 s instead of up to 30 s: what is counted is how many guesses were checked,
+    not how long a refusal takes (that is tests/unit/test_ratelimit.py's)."""
+    limits = "limits: {login_failures: 5,"
+    assert limits in config
+    return config.replace(limits, "limits: {login_max_delay: 1s, login_failures: 5,", 1)
+
+
 def test_concurrent_web_guesses_are_limited_by_the_address_threshold(
     it_database: str, tmp_path: Path
 ) -> None:
@@ -365,7 +374,7 @@ def test_concurrent_web_guesses_are_limited_by_the_address_threshold(
     from tests.integration.conftest import base_config
     from tests.integration.test_web_auth import form_token
 
-    gw = make_gateway(tmp_path / "gw", base_config(it_database))  # address_failures 20
+    gw = make_gateway(tmp_path / "gw", _fast_refusals(base_config(it_database)))
     gw.start()
     try:
         set_password(gw, "reviewer")
@@ -404,7 +413,7 @@ def test_a_known_browser_cookie_does_not_lift_the_limit_on_its_own_guesses(
     from tests.integration.conftest import base_config
     from tests.integration.test_web_auth import form_token, sign_in, ui
 
-    gw = make_gateway(tmp_path / "gw", base_config(it_database))  # address_failures 20
+    gw = make_gateway(tmp_path / "gw", _fast_refusals(base_config(it_database)))
     gw.start()
     try:
         set_password(gw, "reviewer")
