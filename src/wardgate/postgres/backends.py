@@ -185,6 +185,7 @@ async def _end_on(
     up = conn.pg
     loop = asyncio.get_running_loop()
     nag_at = loop.time() + _NAG
+    said_at: float | None = None  # when a failed look was last logged
     left = backends
     while True:
         try:
@@ -217,14 +218,16 @@ async def _end_on(
                         _nag(who, connection, left)
                     await asyncio.sleep(RECANCEL)
         except InternalQueryFailed as exc:
-            log.warning(
-                "%s: cannot look at its backends on connection %r (%s); trying again in "
-                "%g s, and DDL on that database waits until then",
-                who,
-                connection,
-                exc.reason,
-                RETRY,
-            )
+            if said_at is None or loop.time() >= said_at + _NAG:
+                said_at = loop.time()
+                log.warning(
+                    "%s: cannot look at its backends on connection %r (%s); trying again "
+                    "every %g s, and DDL on that database waits until then",
+                    who,
+                    connection,
+                    exc.reason,
+                    RETRY,
+                )
             await asyncio.sleep(RETRY)
 
 
