@@ -81,3 +81,21 @@ def test_a_rule_is_read_after_its_do_and_a_trigger_in_its_when() -> None:
 
 def test_text_that_cannot_be_scanned_may_run_ddl() -> None:
     assert ddl_reason("begin x := 'unterminated; end") is not None
+
+
+def test_attack14s_readings() -> None:
+    """What attack14s got past the first reading: a keyword-named routine after a dot,
+    a user routine named like a PL/pgSQL word, a user type named anywhere, a rule's
+    WHERE, and text past 63 bytes (the watch's query once cut it: a unit here, the
+    query's column types in tests/integration/test_attack14s.py)."""
+    assert "public.values()" in str(ddl_reason("begin perform public.values(new.n); end"))
+    assert "query()" in str(ddl_reason("begin perform query(new.n); end", user_routines={"query"}))
+    typed = {"public.dom", "dom"}
+    assert "public.dom" in str(
+        ddl_reason("begin x := CAST(v AS public.dom); end", user_types=typed)
+    )
+    assert "dom" in str(ddl_reason("declare v dom; begin v := new.n; end", user_types=typed))
+    rule = "CREATE RULE r AS ON INSERT TO t WHERE (public.mk(new.n) = 1) DO ALSO NOTIFY x;"
+    assert "public.mk()" in str(ddl_reason(rule, part="rule"))
+    long = "begin\n" + "-- " + "x" * 200 + "\n perform public.mk(new.n); return new; end"
+    assert "public.mk()" in str(ddl_reason(long))

@@ -73,7 +73,10 @@ def ddl_reason(
     ]  # name: the token type (IDENT, a keyword's name, ASCII_40 for "(")
     names = [w[0] for w in words]
     if part == "rule":
-        words = words[names.index("DO") + 1 :] if "DO" in names else []
+        # Its WHERE condition runs with every write as its actions do.
+        do = names.index("DO") if "DO" in names else len(names)
+        where = names.index("WHERE") if "WHERE" in names[:do] else do
+        words = words[where + 1 : do] + words[do + 1 :]
     elif part == "when":
         if "WHEN" not in names:
             return None
@@ -84,23 +87,23 @@ def ddl_reason(
             return f"it runs {name}"
         if (name == "Op" or name.startswith("ASCII_")) and word in user_operators:
             return f"it uses operator {word}, which runs user code"
-        if name == "TYPECAST" and i + 1 < len(words):
-            cast_to = _qualified(words, i + 1)
-            if cast_to in user_types or cast_to.rpartition(".")[2] in user_types:
-                return f"it casts to {cast_to}, which runs user code"
         if not _is_name(words[i]) or (i and words[i - 1][0] == "ASCII_46"):
             continue
         called = _qualified(words, i)
+        schema, _, bare = called.rpartition(".")
+        if called in user_types or (not schema and bare in user_types):
+            # A cast (`::t`, `CAST(x AS t)`, `t 'x'`) or a variable of it: converting
+            # a value to it runs its input function or its domain's CHECK.
+            return f"it names type {called}, which runs user code"
         end = i + 2 * called.count(".") + 1
         if end >= len(words) or words[end][0] != "ASCII_40":
             continue
+        if not schema and bare in user_routines:
+            return f"it calls {called}()"  # a user routine, whatever the word
         before = words[i - 1][0] if i else ""
         if before in ("INTO", "AS", "TYPECAST") or called in _PLPGSQL_WORDS:
             continue  # INSERT INTO t (columns), AS t (columns), ::numeric(10, 2)
-        schema, _, bare = called.rpartition(".")
-        if function_class(schema or None, bare) not in ("read", "write") or (
-            not schema and bare in user_routines
-        ):
+        if function_class(schema or None, bare) not in ("read", "write"):
             return f"it calls {called}()"
     return None
 
@@ -108,10 +111,15 @@ def ddl_reason(
 def _qualified(words: list[tuple[str, str, str]], i: int) -> str:
     """The dotted name starting at word ``i``, lower-cased (quotes dropped)."""
     parts = [_name(words[i][2])]
-    while i + 2 < len(words) and words[i + 1][0] == "ASCII_46" and _is_name(words[i + 2]):
+    # After a dot any keyword is a name (`public.values(...)`).
+    while i + 2 < len(words) and words[i + 1][0] == "ASCII_46" and _after_dot(words[i + 2]):
         i += 2
         parts.append(_name(words[i][2]))
     return ".".join(parts)
+
+
+def _after_dot(word: tuple[str, str, str]) -> bool:
+    return word[0] == "IDENT" or word[1] != "NO_KEYWORD"
 
 
 def _name(word: str) -> str:

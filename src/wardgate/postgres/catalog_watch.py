@@ -70,7 +70,9 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 # a row security policy, through views over it too), with that function.
 # "trigger <language>" (the function's schema and source), "trigger_when" (a trigger's
 # definition, for its WHEN condition) and "rule" (a rule's on a write): code every write
-# to their table runs, which may run DDL (policy/routine_code.py).
+# to their table runs, which may run DDL (policy/routine_code.py); "write_code
+# <language>": a user function a CHECK constraint or a column default calls (a write
+# runs it, a trigger's own writes too).
 # "implicit": a user cast PostgreSQL may insert into any expression. "attribute": a user
 # function one argument can call, which a field selection calls too (`(3).bump`,
 # `t.bump` is bump(t) when t has no column bump).
@@ -166,7 +168,7 @@ WITH RECURSIVE extension_member AS (
   UNION
   SELECT c.outer_t FROM contains c JOIN flagged f ON c.inner_t = f.t
 )
-SELECT 'type ' || t.oid, n.nspname, t.typname FROM flagged f
+SELECT 'type ' || t.oid, n.nspname::text, t.typname::text FROM flagged f
 JOIN pg_catalog.pg_type t ON t.oid = f.t
 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 UNION
@@ -211,11 +213,26 @@ SELECT 'code_relation', pg_catalog.format('%s.%s', n.nspname, c.relname), coded.
 FROM coded JOIN pg_catalog.pg_class c ON c.oid = coded.rel
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 UNION
-SELECT 'trigger ' || l.lanname, n.nspname, p.prosrc FROM pg_catalog.pg_trigger t
+SELECT 'trigger ' || l.lanname || CASE WHEN pg_catalog.array_to_string(p.proconfig, ' ')
+    OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
+    THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
+  n.nspname, p.prosrc FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE NOT t.tgisinternal
+UNION
+SELECT 'write_code ' || l.lanname || CASE WHEN pg_catalog.array_to_string(p.proconfig, ' ')
+    OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
+    THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
+  n.nspname::text, p.prosrc
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
+  AND d.classid IN ('pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_attrdef'::regclass)
+  AND p.oid IN (SELECT oid FROM userfn)
 UNION
 SELECT 'trigger_when', t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
 FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgqual IS NOT NULL
@@ -255,7 +272,7 @@ def user_code(
             operators.add(name)
         elif what == "attribute":
             attributes.add(name.lower())
-        elif what.startswith("trigger") or what == "rule":
+        elif what.startswith(("trigger", "write_code ")) or what == "rule":
             code.append((what, schema, name))
         elif what == "code_relation":
             relation = schema.lower()
@@ -299,16 +316,20 @@ def _ddl_by_writes(
     few reasons), or empty."""
     reasons = []
     for what, schema, text in code:
-        if what.startswith("trigger "):
+        if what.startswith(("trigger ", "write_code ")):
             why = trigger_function_reason(
-                what[8:],
+                what.partition(" ")[2],
                 schema,
                 text,
                 user_types=types,
                 user_operators=operators,
                 user_routines=routines,
             )
-            where = f"a trigger's function in schema {schema}"
+            where = (
+                f"a trigger's function in schema {schema}"
+                if what.startswith("trigger ")
+                else f"a function in schema {schema} that a CHECK or a default calls"
+            )
         else:
             part = "rule" if what == "rule" else "when"
             why = ddl_reason(
