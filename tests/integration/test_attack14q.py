@@ -215,13 +215,6 @@ def forwarded_two_workers(
     _end_target_backends(target)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backends.py matches a dead worker's backend by pid AND the gateway's local "
-    "port; behind any TCP forwarder the server's client_port is the forwarder's, so "
-    "no backend is ever found, the row settles at once, and the DDL overtakes the "
-    "dead worker's string (fail open)",
-)
 def test_behind_a_tcp_forwarder_a_dead_workers_string_is_still_ended(
     forwarded_two_workers: Gateway, target: Target
 ) -> None:
@@ -490,13 +483,6 @@ def _role_backends(target: Target, states: tuple[str, ...] | None = None) -> int
     return int(row[0]) if row else 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serve._end_earlier_backends/backends._end_on send the CancelRequests only "
-    "from inside an internal session; with the upstream role's connection slots held "
-    "by the crashed run's own busy backends no session opens, nothing is cancelled, "
-    "the wait times out at connect_timeout and the new run serves while they run on",
-)
 def test_a_crashed_runs_string_is_ended_when_its_role_has_no_free_connection(
     target: Target, mig_role: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -561,13 +547,6 @@ def two_workers_m(
     _end_target_backends(target)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backends._end_on sends the CancelRequests only from inside an internal "
-    "session; with the role's slots held by the dead worker's busy backends none "
-    "opens, so nothing is cancelled and every DDL on the database is refused (55P03) "
-    "until the attacker's statements end by themselves",
-)
 def test_ddl_is_not_refused_while_a_dead_workers_backends_hold_every_slot(
     two_workers_m: Gateway, target: Target
 ) -> None:
@@ -748,14 +727,6 @@ def test_a_restart_with_the_server_not_answering_is_not_held_forever(
 # -- a graceful stop with a statement still running -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger's '-' line is written at connection_lost (UpstreamSide.on_lost), "
-    "i.e. when the gateway closes its socket, not when the backend has ended: at "
-    "shutdown the leaving relay's terminate_when_done is cancelled (tasks.cancel_all, "
-    "2 s), the socket closed, the backend forgotten and the empty ledger unlinked, "
-    "while the backend still runs the string; the next run ends nothing",
-)
 def test_a_gracefully_stopped_runs_string_is_ended_before_the_next_run_serves(
     target: Target, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -820,13 +791,6 @@ def _wait_exited(pid: int, timeout: float = 10) -> None:
     raise AssertionError(f"process {pid} did not exit")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker that stops the ordinary way closes its leaving relays' sockets "
-    "(tasks.cancel_all after 2 s), which writes their '-' lines and unlinks the "
-    "ledger; the survivor finds nothing, settles the row at once, and the DDL "
-    "overtakes a backend still running the stopped worker's string",
-)
 def test_a_worker_stopped_with_sigterm_is_not_taken_as_answered_too_early(
     two_workers: Gateway, target: Target
 ) -> None:
@@ -913,12 +877,6 @@ def test_two_of_three_workers_killed_and_a_live_session_untouched(
     assert not alive.errors() and alive.rows() == 1, alive.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backends._end_on returns (as if ended) for a backend on a connection the "
-    "configuration no longer names, though another configured connection reaches the "
-    "same server and database; the dead worker's row is settled at once (fail open)",
-)
 def test_a_dead_workers_backend_on_a_connection_removed_by_a_reload_is_still_ended(
     two_workers: Gateway, target: Target
 ) -> None:

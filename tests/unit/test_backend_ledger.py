@@ -55,3 +55,22 @@ def test_a_new_worker_starts_an_empty_ledger(tmp_path: Path) -> None:
     second.open()
     assert read_ledger(second.path) == []
     assert backends.ledger is None  # only a worker sets the process's own
+
+
+def test_a_backend_is_told_apart_by_port_or_by_when_it_started() -> None:
+    """`_still_there`: the server shows pid 7 at our port (ours, and pg_terminate_backend
+    may end it), pid 8 at another port (a TCP forwarder between: ours when it started
+    before ours logged in, by the server's clock set to ours), pid 9 at another port
+    and started later (the pid given anew: not ours, and left alone)."""
+    from wardgate.postgres.backends import _still_there
+
+    ours = [Backend("app", pid, 40000 + pid, b"k", "127.0.0.1", 5432, 1000.0) for pid in (7, 8, 9)]
+    # The server's clock is 50 s ahead of ours: now is 1100 here, 1150 there.
+    rows = (
+        ("7", "40007", "1049.0", "1150.0"),
+        ("8", "55555", "1049.5", "1150.0"),
+        ("9", "55556", "1090.0", "1150.0"),
+    )
+    left, exact = _still_there(ours, rows, 1100.0)
+    assert [b.pid for b in left] == [7, 8] and [b.pid for b in exact] == [7]
+    assert _still_there(ours, (), 1100.0) == ([], [])

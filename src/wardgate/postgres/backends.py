@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,15 @@ class Backend:
     pid: int
     port: int  # the gateway's local port of the connection; -1 unknown
     secret: bytes
+    host: str = ""  # the server, as dialled (a reload may drop or move `connection`)
+    server_port: int = 0
+    started: float = 0.0  # time.time() once logged in: the backend started before
+
+    def line(self) -> bytes:
+        return _line(
+            ["+", self.connection, self.pid, self.port, self.secret.hex(), self.host,
+             self.server_port, self.started]
+        )  # fmt: skip
 
 
 class BackendLedger:
@@ -79,7 +89,9 @@ class BackendLedger:
         its connection is closed."""
         key = (backend.connection, backend.pid, backend.port)
         self._live[key] = backend
-        self._write(["+", backend.connection, backend.pid, backend.port, backend.secret.hex()])
+        if self._fd >= 0:
+            os.write(self._fd, backend.line())
+            self._lines += 1
         return lambda: self._closed(key)
 
     def _closed(self, key: tuple[str, int, int]) -> None:
@@ -99,9 +111,7 @@ class BackendLedger:
         """Rewrite the file with the live backends only (renamed over it: a crash
         leaves the old file or the new one, both true)."""
         new = self.path.with_suffix(".new")
-        data = b"".join(
-            _line(["+", b.connection, b.pid, b.port, b.secret.hex()]) for b in self._live.values()
-        )
+        data = b"".join(b.line() for b in self._live.values())
         fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
             os.write(fd, data)
@@ -130,7 +140,9 @@ def read_ledger(path: Path) -> list[Backend]:
             entry = json.loads(raw)
             key = (str(entry[1]), int(entry[2]), int(entry[3]))
             if entry[0] == "+":
-                live[key] = Backend(*key, bytes.fromhex(entry[4]))
+                live[key] = Backend(
+                    *key, bytes.fromhex(entry[4]), str(entry[5]), int(entry[6]), float(entry[7])
+                )
             elif entry[0] == "-":
                 live.pop(key, None)
         except (ValueError, IndexError, TypeError):
@@ -150,43 +162,73 @@ def ledger_path(data_path: Path, index: int) -> Path:
 # -- ending a dead worker's backends ------------------------------------------------------
 
 _PRESENT_SQL = (
-    "SELECT pid, coalesce(client_port, -1) FROM pg_catalog.pg_stat_activity "
-    "WHERE pid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int4[])"
+    "SELECT pid, coalesce(client_port, -1), "
+    "pg_catalog.date_part('epoch', backend_start), pg_catalog.date_part('epoch', now()) "
+    "FROM pg_catalog.pg_stat_activity WHERE pid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int4[])"
 )
 _TERMINATE_SQL = (
     "SELECT pg_catalog.pg_terminate_backend(p) FROM pg_catalog.unnest($1::pg_catalog.int4[]) p"
 )
+# A backend the server shows with the pid of one of ours, but not the port (a TCP
+# forwarder between the gateway and the server): ours when it started no later than
+# this after ours logged in, by the server's clock set to ours; a pid given anew later.
+_STARTED_MARGIN = 1.0
+_UNREACHABLE_ROUNDS = 20  # keyed cancels sent where no configured connection reaches
 
 
 async def end_backends(services: HasCredentials, backends: list[Backend], who: str) -> None:
     """Return once none of ``backends`` is running on its server: each is cancelled
-    and terminated again every `RECANCEL` while ``pg_stat_activity`` shows it. Never
-    gives up (the caller's wait is what fails closed); a server it cannot reach is
-    tried again every `RETRY`."""
-    by_connection: dict[str, list[Backend]] = {}
+    (a CancelRequest with its own key, which reaches no other backend and takes no
+    connection slot) and terminated again every `RECANCEL` while ``pg_stat_activity``
+    shows it. Never gives up while a configured connection reaches its server (the
+    caller's wait is what fails closed); a look that fails is tried again every
+    `RETRY`, the cancels going on meanwhile. A server no configured connection reaches
+    any more (a reload) gets keyed cancels for a while: nothing through the gateway can
+    reach it to race what it runs."""
+    by_server: dict[tuple[str, int], list[Backend]] = {}
     for backend in backends:
-        by_connection.setdefault(backend.connection, []).append(backend)
+        server = (backend.host, backend.server_port)
+        if not backend.host:  # a line without its server: the connection's, as configured
+            conn = services.config.connections.get(backend.connection)
+            up = conn.pg if conn is not None and conn.type == "postgres" else None
+            server = (up.host, up.port) if up is not None else ("", 0)
+        by_server.setdefault(server, []).append(backend)
     await asyncio.gather(
-        *(_end_on(services, name, group, who) for name, group in by_connection.items())
+        *(_end_on(services, server, group, who) for server, group in by_server.items())
     )
 
 
+def _looker(services: HasCredentials, server: tuple[str, int], names: list[str]) -> str | None:
+    """A configured connection that reaches ``server``, the backends' own first."""
+    found = [
+        name
+        for name, conn in services.config.connections.items()
+        if conn.type == "postgres" and (conn.pg.host, conn.pg.port) == server
+    ]
+    return next((n for n in names if n in found), found[0] if found else None)
+
+
 async def _end_on(
-    services: HasCredentials, connection: str, backends: list[Backend], who: str
+    services: HasCredentials, server: tuple[str, int], backends: list[Backend], who: str
 ) -> None:
     from wardgate.postgres.commit_barrier import RECANCEL
     from wardgate.postgres.internal import InternalQueryFailed, internal_session
-    from wardgate.postgres.upstream import send_cancel
 
-    conn = services.config.connections.get(connection)
-    if conn is None or conn.type != "postgres":
-        log.warning("%s: its backends on %r cannot be looked at: not configured", who, connection)
-        return  # a connection no config names: nothing of this gateway can reach it
-    up = conn.pg
     loop = asyncio.get_running_loop()
     nag_at = loop.time() + _NAG
     said_at: float | None = None  # when a failed look was last logged
     left = backends
+    connection = _looker(services, server, [b.connection for b in backends])
+    if connection is None:
+        log.warning(
+            "%s: no configured connection reaches %s:%s any more, where it had %d server "
+            "session(s); cancelling them, and nothing through the gateway reaches them",
+            who, *server, len(left),
+        )  # fmt: skip
+        for _ in range(_UNREACHABLE_ROUNDS):
+            await _cancel_all(server, left, RECANCEL)
+            await asyncio.sleep(RECANCEL)
+        return
     while True:
         try:
             async with internal_session(
@@ -197,22 +239,15 @@ async def _end_on(
                     result = await session.extended(_PRESENT_SQL, [pids], max_rows=len(left))
                     if result.error is not None:
                         raise InternalQueryFailed(result.error.message)
-                    present = {(int(str(r[0])), int(str(r[1]))) for r in result.rows}
-                    left = [
-                        b for b in left
-                        if (b.pid, b.port) in present or (b.port < 0 and any(p == b.pid for p, _ in present))
-                    ]  # fmt: skip
+                    left, exact = _still_there(left, result.rows, time.time())
                     if not left:
                         return
-                    for b in left:
-                        with contextlib.suppress(OSError, TimeoutError):
-                            async with asyncio.timeout(RECANCEL):
-                                await send_cancel(up.host, up.port, b.pid, b.secret)
-                    exact = [str(b.pid) for b in left if b.port >= 0]
+                    await _cancel_all(server, left, RECANCEL)
                     if exact:
                         # Refused without the privilege (another role's backend): the
                         # cancel above still ends what it runs, then the closed socket.
-                        await session.extended(_TERMINATE_SQL, ["{" + ",".join(exact) + "}"])
+                        pids = "{" + ",".join(str(b.pid) for b in exact) + "}"
+                        await session.extended(_TERMINATE_SQL, [pids])
                     if loop.time() >= nag_at:
                         nag_at = loop.time() + _NAG
                         _nag(who, connection, left)
@@ -221,14 +256,54 @@ async def _end_on(
             if said_at is None or loop.time() >= said_at + _NAG:
                 said_at = loop.time()
                 log.warning(
-                    "%s: cannot look at its backends on connection %r (%s); trying again "
-                    "every %g s, and DDL on that database waits until then",
+                    "%s: cannot look at its backends on connection %r (%s); cancelling them "
+                    "and trying again every %g s; DDL on that database waits until then",
                     who,
                     connection,
                     exc.reason,
                     RETRY,
                 )
-            await asyncio.sleep(RETRY)
+            # No session (the role's connection limit, say): a cancel needs none.
+            deadline = loop.time() + RETRY
+            while loop.time() < deadline:
+                await _cancel_all(server, left, RECANCEL)
+                await asyncio.sleep(RECANCEL)
+
+
+def _still_there(
+    backends: list[Backend], rows: tuple[tuple[str | None, ...], ...], now: float
+) -> tuple[list[Backend], list[Backend]]:
+    """Those of ``backends`` the server still shows (rows of `_PRESENT_SQL`, read at
+    ``now``), and those of them shown with the port the gateway had (which
+    ``pg_terminate_backend`` may end: no other backend is)."""
+    shown: dict[int, list[tuple[int, float, float]]] = {}
+    for pid, port, started, server_now in rows:
+        shown.setdefault(int(str(pid)), []).append(
+            (int(str(port)), float(str(started)), float(str(server_now)))
+        )
+    left, exact = [], []
+    for b in backends:
+        for at_port, since, server_time in shown.get(b.pid, ()):
+            if b.port >= 0 and at_port == b.port:
+                left.append(b)
+                exact.append(b)
+                break
+            skew = server_time - now
+            if b.port < 0 or not b.started or since - skew <= b.started + _STARTED_MARGIN:
+                left.append(b)  # ours behind a forwarder, or one we cannot tell apart
+                break
+    return left, exact
+
+
+async def _cancel_all(server: tuple[str, int], backends: list[Backend], limit: float) -> None:
+    from wardgate.postgres.upstream import send_cancel
+
+    async def one(b: Backend) -> None:
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(limit):
+                await send_cancel(server[0], server[1], b.pid, b.secret)
+
+    await asyncio.gather(*(one(b) for b in backends))
 
 
 def _nag(who: str, connection: str, left: list[Backend]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,9 @@ async def dial_connection(
         del password
     sockname = upstream.side.transport.get_extra_info("sockname")
     port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else -1
-    upstream.backend = backends.Backend(name, upstream.pid, port, upstream.secret)
+    upstream.backend = backends.Backend(
+        name, upstream.pid, port, upstream.secret, up.host, up.port, time.time()
+    )
     if backends.ledger is not None:
         # Noted before anything is sent to it: should this worker die, the others end
         # it before they trust their catalogue again (backends.py).

@@ -266,6 +266,11 @@ class UpstreamSide(_Side):
             self.write(build.terminate())
             await self._until_closed()
         finally:
+            if not self.closed:
+                # Cut short (a shutdown): the server may still run what it was sent, so
+                # its ledger entry stays, for the other workers or the next start to
+                # end it (backends.py).
+                self.on_lost = None
             self.close()
 
     async def _until_closed(self) -> None:
