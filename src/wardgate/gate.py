@@ -269,11 +269,12 @@ class UserCode:
     type_oids: frozenset[tuple[int, str]] = frozenset()
     column_tables: frozenset[str] = frozenset()
     written_tables: frozenset[str] = frozenset()
-    # Why a write may run DDL through a trigger or a rule on its table (a trigger
+    # Why a write may run DDL through a trigger, a rule, a CHECK or a default (a trigger
     # function that runs EXECUTE, calls a user routine...: policy/routine_code.py), or
-    # empty. Which table's is not kept: a write reaches other tables' triggers (a
-    # cascading foreign key, a partition, a rule's own writes).
+    # empty; and the tables (bare names, "*": any) a write to which may reach that
+    # code, through partitions, cascading foreign keys, views and other code's writes.
     ddl_by_writes: str = ""
+    ddl_write_tables: frozenset[str] = frozenset()
     # Views and tables whose reading runs user functions (a view's query, a row
     # security policy; bare and qualified names, lower-cased), with those functions.
     code_relations: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
@@ -753,7 +754,7 @@ class Gate:
                 return True
             if self._unknown_functions(info, connection, implicit=False):
                 return True
-            if info.klass == "write" and self._catalogue_facts(connection).ddl_by_writes:
+            if info.klass == "write" and _reaches_ddl(info, self._catalogue_facts(connection)):
                 return True
         return False
 
@@ -884,6 +885,17 @@ _ARRAY_BUILDERS = frozenset(
         "percentile_disc",  # WITHIN GROUP (ORDER BY d) with an array of fractions
     }
 )
+
+
+def _reaches_ddl(stmt: StatementInfo, found: UserCode) -> bool:
+    """Whether write ``stmt`` may reach a trigger, rule, CHECK or default that may run
+    DDL (`UserCode.ddl_write_tables`); a write naming no table, as the worst case."""
+    tables = found.ddl_write_tables
+    if not tables:
+        return False
+    if "*" in tables or not stmt.tables_written:
+        return True
+    return any(t.rpartition(".")[2] in tables for t in stmt.tables_written)
 
 
 def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:

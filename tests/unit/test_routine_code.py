@@ -99,3 +99,50 @@ def test_attack14s_readings() -> None:
     assert "public.mk()" in str(ddl_reason(rule, part="rule"))
     long = "begin\n" + "-- " + "x" * 200 + "\n perform public.mk(new.n); return new; end"
     assert "public.mk()" in str(ddl_reason(long))
+
+
+def test_the_writes_that_reach_code_that_may_run_ddl() -> None:
+    """Only writes that may reach such code count (attack14s measured 0.6 s per write
+    when every write did): its own table, what reaches it (a parent, a cascading
+    foreign key, a view: `reaches` rows) and a table whose unflagged trigger writes
+    to it."""
+    from wardgate.postgres.catalog_watch import _ddl_by_writes
+
+    code = [
+        (
+            "trigger public plpgsql",
+            "public.flag",
+            "begin perform public.mk(new.n); return new; end",
+        ),
+        ("trigger audit plpgsql", "public.audited", "begin insert into audit.log values (1); end"),
+        ("trigger audit plpgsql", "public.feeds", "begin insert into public.flag values (1); end"),
+        ("reaches", "public.parent", "public.flag"),
+        ("reaches", "public.other", "public.unrelated"),
+    ]
+    why, tables = _ddl_by_writes(code, set(), set(), frozenset())
+    assert "public.mk()" in why and tables == {"flag", "feeds", "parent"}
+    assert _ddl_by_writes(code[1:], set(), set(), frozenset()) == ("", frozenset())
+    unknown = ("trigger audit plpgsql", "public.t", "begin update only public.x set a = 1; end")
+    assert _ddl_by_writes([*code[:1], unknown], set(), set(), frozenset())[1] == {"flag"}
+    domain = ("write_code public plpgsql", "", "begin perform public.mk(1); end")
+    assert "*" in _ddl_by_writes([domain], set(), set(), frozenset())[1]
+
+
+@pytest.mark.parametrize(
+    ("body", "tables"),
+    [
+        ("begin insert into audit.log (a) values (1); end", {"log"}),
+        ("begin update only public.x set a = 1; delete from y where true; end", {"x", "y"}),
+        (
+            "begin select 1 from t for update; insert into z values (1) on conflict do update set a = 1; end",
+            {"z"},
+        ),
+        ("begin merge into m using s on true when matched then delete; end", {"m"}),
+        ("begin copy t from stdin; end", {"t"}),
+        ("begin select 1; end", set()),
+    ],
+)
+def test_written_tables(body: str, tables: set[str]) -> None:
+    from wardgate.policy.routine_code import written_tables
+
+    assert written_tables(body) == tables

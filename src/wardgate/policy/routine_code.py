@@ -29,7 +29,7 @@ from wardgate.policy.functions import function_class
 _DDL_KEYWORDS = frozenset(
     {
         "EXECUTE", "CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "CALL", "DO",
-        "IMPORT", "SECURITY", "REINDEX", "CLUSTER", "LOAD", "COPY", "PREPARE", "REASSIGN",
+        "IMPORT_P", "SECURITY", "REINDEX", "CLUSTER", "LOAD", "COPY", "PREPARE", "REASSIGN",
     }
 )  # fmt: skip
 # PL/pgSQL's statements that the SQL scanner sees as names, and which a parenthesis
@@ -147,3 +147,36 @@ def trigger_function_reason(
     return ddl_reason(
         source, user_types=user_types, user_operators=user_operators, user_routines=user_routines
     )
+
+
+# Write statements, and the words after which their table is named.
+_WRITES = {
+    "INSERT": ("INTO",), "MERGE": ("INTO",), "DELETE_P": ("FROM",), "UPDATE": (), "COPY": (),
+    "TRUNCATE": ("TABLE",),
+}  # fmt: skip
+
+
+def written_tables(text: str) -> set[str]:
+    """The tables (bare names, lower-cased) code writes to, as its words show; "*"
+    when it writes somewhere its words do not name (a write keyword without a table
+    after it, text that cannot be scanned). EXECUTE is `ddl_reason`'s business."""
+    try:
+        tokens = scan(text)
+    except ParseError:
+        return {"*"}
+    words = [(tok.name, tok.kind, text[tok.start : tok.end + 1]) for tok in tokens]
+    found: set[str] = set()
+    for i, (name, _kind, _word) in enumerate(words):
+        if name not in _WRITES or (i and words[i - 1][0] in ("FOR", "ON", "DO", "KEY", "THEN")):
+            continue  # FOR UPDATE, ON DELETE, DO UPDATE SET, MERGE ... THEN DELETE
+        j = i + 1
+        for expected in _WRITES[name]:
+            if j < len(words) and words[j][0] == expected:
+                j += 1
+        if j < len(words) and words[j][0] == "ONLY":
+            j += 1
+        if j < len(words) and _is_name(words[j]):
+            found.add(_qualified(words, j).rpartition(".")[2])
+        elif name != "UPDATE" or (j < len(words) and words[j][0] != "SET"):
+            found.add("*")
+    return found

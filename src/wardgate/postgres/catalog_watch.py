@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
-from wardgate.policy.routine_code import ddl_reason, trigger_function_reason
+from wardgate.policy.routine_code import ddl_reason, trigger_function_reason, written_tables
 from wardgate.postgres.commit_barrier import CommitBarrier, Flight
 from wardgate.postgres.commit_barrier import Refused as BarrierRefused
 from wardgate.postgres.internal import InternalQueryFailed, internal_session
@@ -213,32 +213,70 @@ SELECT 'code_relation', pg_catalog.format('%s.%s', n.nspname, c.relname), coded.
 FROM coded JOIN pg_catalog.pg_class c ON c.oid = coded.rel
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 UNION
-SELECT 'trigger ' || l.lanname || CASE WHEN pg_catalog.array_to_string(p.proconfig, ' ')
+SELECT 'trigger ' || n.nspname || ' ' || l.lanname || CASE WHEN
+    pg_catalog.array_to_string(p.proconfig, ' ')
     OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
     THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
-  n.nspname, p.prosrc FROM pg_catalog.pg_trigger t
+  pg_catalog.format('%s.%s', tn.nspname, tc.relname), p.prosrc FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE NOT t.tgisinternal
 UNION
-SELECT 'write_code ' || l.lanname || CASE WHEN pg_catalog.array_to_string(p.proconfig, ' ')
+SELECT 'write_code ' || n.nspname || ' ' || l.lanname || CASE WHEN
+    pg_catalog.array_to_string(p.proconfig, ' ')
     OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
     THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
-  n.nspname::text, p.prosrc
+  coalesce(pg_catalog.format('%s.%s', tn.nspname, tc.relname), ''), p.prosrc
 FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+LEFT JOIN pg_catalog.pg_constraint con
+  ON d.classid = 'pg_catalog.pg_constraint'::regclass AND con.oid = d.objid
+LEFT JOIN pg_catalog.pg_attrdef ad
+  ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND ad.oid = d.objid
+LEFT JOIN pg_catalog.pg_class tc ON tc.oid = coalesce(con.conrelid, ad.adrelid)
+LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
   AND d.classid IN ('pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_attrdef'::regclass)
   AND p.oid IN (SELECT oid FROM userfn)
 UNION
-SELECT 'trigger_when', t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
-FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgqual IS NOT NULL
+SELECT 'trigger_when', pg_catalog.format('%s.%s', tn.nspname, tc.relname),
+  pg_catalog.pg_get_triggerdef(t.oid)
+FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
+WHERE NOT t.tgisinternal AND t.tgqual IS NOT NULL
 UNION
-SELECT 'rule', r.rulename, pg_catalog.pg_get_ruledef(r.oid)
-FROM pg_catalog.pg_rewrite r WHERE r.ev_type <> '1'
+SELECT 'rule', pg_catalog.format('%s.%s', tn.nspname, tc.relname), pg_catalog.pg_get_ruledef(r.oid)
+FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class tc ON tc.oid = r.ev_class
+JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
+WHERE r.ev_type <> '1'
+UNION
+/* where a write to one table goes on to another, whose triggers and checks run too:
+   a parent's rows are its partitions' (or children's), a cascading foreign key
+   changes the referencing table, a write to a view writes its base tables */
+SELECT 'reaches', pg_catalog.format('%s.%s', sn.nspname, sc.relname),
+  pg_catalog.format('%s.%s', dn.nspname, dc.relname)
+FROM (
+  SELECT i.inhparent AS src, i.inhrelid AS dst FROM pg_catalog.pg_inherits i
+  UNION
+  SELECT con.confrelid, con.conrelid FROM pg_catalog.pg_constraint con
+  WHERE con.contype = 'f'
+    AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd'))
+  UNION
+  SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
+  JOIN pg_catalog.pg_class vc ON vc.oid = r.ev_class AND vc.relkind = 'v'
+  JOIN pg_catalog.pg_depend d
+    ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
+) e
+JOIN pg_catalog.pg_class sc ON sc.oid = e.src
+JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
+JOIN pg_catalog.pg_class dc ON dc.oid = e.dst
+JOIN pg_catalog.pg_namespace dn ON dn.oid = dc.relnamespace
 """
 # A user operator by one of these names may be picked where no statement names it:
 # IN, CASE, NULLIF, IS DISTINCT FROM, joins USING, GROUP BY and sorting compare with them.
@@ -272,7 +310,7 @@ def user_code(
             operators.add(name)
         elif what == "attribute":
             attributes.add(name.lower())
-        elif what.startswith(("trigger", "write_code ")) or what == "rule":
+        elif what.startswith(("trigger", "write_code ")) or what in ("rule", "reaches"):
             code.append((what, schema, name))
         elif what == "code_relation":
             relation = schema.lower()
@@ -301,7 +339,7 @@ def user_code(
         frozenset(type_oids),
         frozenset(column_tables),
         frozenset(written_tables),
-        _ddl_by_writes(code, types, operators, user_routines),
+        *_ddl_by_writes(code, types, operators, user_routines),
         {relation: frozenset(fns) for relation, fns in code_relations.items()},
     )
 
@@ -311,14 +349,24 @@ def _ddl_by_writes(
     types: set[str],
     operators: set[str],
     routines: frozenset[str],
-) -> str:
-    """Why a write on this connection may run DDL through a trigger or a rule (the first
-    few reasons), or empty."""
+) -> tuple[str, frozenset[str]]:
+    """Why a write on this connection may run DDL through a trigger, a rule, a CHECK or
+    a default (the first few reasons; empty: none may), and the tables (bare names) a
+    write to which may reach such code: its own table's, and through partitions and
+    children, cascading foreign keys, views' base tables, and what other triggers and
+    rules write ("*": any write)."""
     reasons = []
-    for what, schema, text in code:
+    flagged: set[str] = set()
+    reaches: list[tuple[str, str]] = []  # a write to the first reaches the second
+    for what, table, text in code:
+        owner = table.rpartition(".")[2].lower() if table else "*"
+        if what == "reaches":
+            reaches.append((owner, text.rpartition(".")[2].lower()))
+            continue
         if what.startswith(("trigger ", "write_code ")):
+            _, schema, language = what.split(" ", 2)
             why = trigger_function_reason(
-                what.partition(" ")[2],
+                language,
                 schema,
                 text,
                 user_types=types,
@@ -326,19 +374,30 @@ def _ddl_by_writes(
                 user_routines=routines,
             )
             where = (
-                f"a trigger's function in schema {schema}"
-                if what.startswith("trigger ")
-                else f"a function in schema {schema} that a CHECK or a default calls"
-            )
+                f"a trigger on {table}" if what.startswith("trigger ") else
+                f"a CHECK or default of {table or 'a domain'}"
+            )  # fmt: skip
         else:
             part = "rule" if what == "rule" else "when"
             why = ddl_reason(
                 text, user_types=types, user_operators=operators, user_routines=routines, part=part
             )
-            where = f"rule {schema}" if what == "rule" else f"trigger {schema}'s WHEN"
+            where = f"a rule on {table}" if what == "rule" else f"a trigger's WHEN on {table}"
         if why is not None:
             reasons.append(f"{where}: {why}")
-    return "; ".join(sorted(reasons)[:5])
+            flagged.add(owner)
+        else:
+            reaches += [(owner, target) for target in written_tables(text)]
+    if not flagged:
+        return "", frozenset()
+    while True:  # what reaches a table that reaches flagged code, until nothing is added
+        more = {
+            src for src, dst in reaches if (dst in flagged or dst == "*") and src not in flagged
+        }
+        if not more:
+            break
+        flagged |= more
+    return "; ".join(sorted(reasons)[:5]), frozenset(flagged)
 
 
 class CatalogWatch:
