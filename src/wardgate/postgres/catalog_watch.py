@@ -225,6 +225,17 @@ JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid
 JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE NOT t.tgisinternal
 UNION
+/* an event trigger runs on DDL, and on what the gate counts as writes that make or
+   refresh objects (SELECT INTO, REFRESH MATERIALIZED VIEW): on no one table */
+SELECT 'trigger ' || n.nspname || ' ' || l.lanname || CASE WHEN
+    pg_catalog.array_to_string(p.proconfig, ' ')
+    OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
+    THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
+  '', p.prosrc FROM pg_catalog.pg_event_trigger t
+JOIN pg_catalog.pg_proc p ON p.oid = t.evtfoid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+UNION
 SELECT 'write_code ' || n.nspname || ' ' || l.lanname || CASE WHEN
     pg_catalog.array_to_string(p.proconfig, ' ')
     OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
@@ -374,8 +385,8 @@ def _ddl_by_writes(
                 user_routines=routines,
             )
             where = (
-                f"a trigger on {table}" if what.startswith("trigger ") else
-                f"a CHECK or default of {table or 'a domain'}"
+                f"a trigger on {table or 'DDL (an event trigger)'}" if what.startswith("trigger ")
+                else f"a CHECK or default of {table or 'a domain'}"
             )  # fmt: skip
         else:
             part = "rule" if what == "rule" else "when"
