@@ -286,6 +286,9 @@ class UserCode:
         return sorted(name for oid, name in self.type_oids if oid in wanted)
 
 
+# In `UserCode.ddl_write_tables`: an event trigger may run DDL, which a write that
+# makes or refreshes an object (SELECT INTO, REFRESH MATERIALIZED VIEW) runs.
+OBJECT_WRITES = "!objects"
 _NO_USER_CODE = UserCode()
 _UNREAD = UserCode(
     implicit="the gateway has not read this connection's catalogue yet; retry in a moment"
@@ -895,7 +898,9 @@ def _reaches_ddl(stmt: StatementInfo, found: UserCode) -> bool:
         return False
     if "*" in tables or not stmt.tables_written:
         return True
-    return any(t.rpartition(".")[2] in tables for t in stmt.tables_written)
+    if OBJECT_WRITES in tables and stmt.kinds[:1] in (("select_into",), ("refresh",)):
+        return True  # makes or refreshes an object: event triggers run
+    return any(t.rpartition(".")[2].lower() in tables for t in stmt.tables_written)
 
 
 def _conversions_into_rows(stmt: StatementInfo, found: UserCode) -> list[str]:

@@ -144,6 +144,11 @@ def trigger_function_reason(
         return None
     if language not in ("plpgsql", "sql"):
         return f"it is written in {language}, which the gateway cannot read"
+    if source.startswith("CREATE"):  # a SQL-standard body (BEGIN ATOMIC): its definition
+        at = source.find("BEGIN ATOMIC")
+        if at < 0:
+            return "its body could not be read"
+        source = source[at + len("BEGIN ATOMIC") :]
     return ddl_reason(
         source, user_types=user_types, user_operators=user_operators, user_routines=user_routines
     )
@@ -159,7 +164,8 @@ _WRITES = {
 def written_tables(text: str) -> set[str]:
     """The tables (bare names, lower-cased) code writes to, as its words show; "*"
     when it writes somewhere its words do not name (a write keyword without a table
-    after it, text that cannot be scanned). EXECUTE is `ddl_reason`'s business."""
+    after it, ``TRUNCATE ... CASCADE``, text that cannot be scanned). EXECUTE is
+    `ddl_reason`'s business."""
     try:
         tokens = scan(text)
     except ParseError:
@@ -167,16 +173,35 @@ def written_tables(text: str) -> set[str]:
     words = [(tok.name, tok.kind, text[tok.start : tok.end + 1]) for tok in tokens]
     found: set[str] = set()
     for i, (name, _kind, _word) in enumerate(words):
-        if name not in _WRITES or (i and words[i - 1][0] in ("FOR", "ON", "DO", "KEY", "THEN")):
-            continue  # FOR UPDATE, ON DELETE, DO UPDATE SET, MERGE ... THEN DELETE
+        if name not in _WRITES:
+            continue
+        before = words[i - 1][0] if i else ""
         j = i + 1
         for expected in _WRITES[name]:
             if j < len(words) and words[j][0] == expected:
                 j += 1
         if j < len(words) and words[j][0] == "ONLY":
             j += 1
-        if j < len(words) and _is_name(words[j]):
-            found.add(_qualified(words, j).rpartition(".")[2])
-        elif name != "UPDATE" or (j < len(words) and words[j][0] != "SET"):
+        follows = words[j][0] if j < len(words) else ""
+        if _is_name(words[j]) if j < len(words) else False:
+            if not (follows == "SET" and before in ("DO", "THEN")):  # DO UPDATE SET
+                found.add(_qualified(words, j).rpartition(".")[2].lower())
+                if name == "TRUNCATE":  # a list, and CASCADE reaches every referencing table
+                    found.update(_truncated(words, j))
+        elif before not in ("FOR", "ON", "KEY", "THEN", "DO") and follows != "SET":
+            # Not FOR UPDATE, ON DELETE, MERGE's THEN DELETE, ON CONFLICT DO UPDATE SET:
+            # a write its words do not name the table of.
             found.add("*")
+    return found
+
+
+def _truncated(words: list[tuple[str, str, str]], j: int) -> set[str]:
+    """The rest of a TRUNCATE's list from word ``j`` on, and "*" for CASCADE."""
+    found: set[str] = set()
+    while j < len(words) and words[j][0] not in ("ASCII_59",):
+        if words[j][0] == "CASCADE":
+            found.add("*")
+        elif _is_name(words[j]) and (j == 0 or words[j - 1][0] != "ASCII_46"):
+            found.add(_qualified(words, j).rpartition(".")[2].lower())
+        j += 1
     return found

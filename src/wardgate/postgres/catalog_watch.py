@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from wardgate.gate import UserCode
+from wardgate.gate import OBJECT_WRITES, UserCode
 from wardgate.policy.functions import BUILTIN_READ_ONLY
 from wardgate.policy.routine_code import ddl_reason, trigger_function_reason, written_tables
 from wardgate.postgres.commit_barrier import CommitBarrier, Flight
@@ -217,7 +217,7 @@ SELECT 'trigger ' || n.nspname || ' ' || l.lanname || CASE WHEN
     pg_catalog.array_to_string(p.proconfig, ' ')
     OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
     THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
-  pg_catalog.format('%s.%s', tn.nspname, tc.relname), p.prosrc FROM pg_catalog.pg_trigger t
+  pg_catalog.format('%s.%s', tn.nspname, tc.relname), CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -231,7 +231,7 @@ SELECT 'trigger ' || n.nspname || ' ' || l.lanname || CASE WHEN
     pg_catalog.array_to_string(p.proconfig, ' ')
     OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
     THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
-  '', p.prosrc FROM pg_catalog.pg_event_trigger t
+  '', CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END FROM pg_catalog.pg_event_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.evtfoid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -240,7 +240,8 @@ SELECT 'write_code ' || n.nspname || ' ' || l.lanname || CASE WHEN
     pg_catalog.array_to_string(p.proconfig, ' ')
     OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
     THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
-  coalesce(pg_catalog.format('%s.%s', tn.nspname, tc.relname), ''), p.prosrc
+  CASE WHEN tc.oid IS NULL THEN '' ELSE pg_catalog.format('%s.%s', tn.nspname, tc.relname) END,
+  CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END
 FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
@@ -249,11 +250,19 @@ LEFT JOIN pg_catalog.pg_constraint con
   ON d.classid = 'pg_catalog.pg_constraint'::regclass AND con.oid = d.objid
 LEFT JOIN pg_catalog.pg_attrdef ad
   ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND ad.oid = d.objid
-LEFT JOIN pg_catalog.pg_class tc ON tc.oid = coalesce(con.conrelid, ad.adrelid)
+LEFT JOIN pg_catalog.pg_index ix
+  ON d.classid = 'pg_catalog.pg_class'::regclass AND ix.indexrelid = d.objid
+LEFT JOIN pg_catalog.pg_class tc ON tc.oid = coalesce(
+  con.conrelid, ad.adrelid, ix.indrelid,
+  CASE WHEN d.classid = 'pg_catalog.pg_class'::regclass THEN d.objid END)
 LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
-  AND d.classid IN ('pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_attrdef'::regclass)
+  AND d.classid IN ('pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_attrdef'::regclass,
+                    'pg_catalog.pg_class'::regclass)
   AND p.oid IN (SELECT oid FROM userfn)
+  /* a domain's CHECK: a write to a column of it is a conversion to a type with user
+     code already (UserCode.written_tables), judged as calling it */
+  AND coalesce(con.contypid, 0) = 0
 UNION
 SELECT 'trigger_when', pg_catalog.format('%s.%s', tn.nspname, tc.relname),
   pg_catalog.pg_get_triggerdef(t.oid)
@@ -270,9 +279,12 @@ UNION
    a parent's rows are its partitions' (or children's), a cascading foreign key
    changes the referencing table, a write to a view writes its base tables */
 SELECT 'reaches', pg_catalog.format('%s.%s', sn.nspname, sc.relname),
-  pg_catalog.format('%s.%s', dn.nspname, dc.relname)
+  CASE WHEN dc.oid IS NULL THEN '*' ELSE pg_catalog.format('%s.%s', dn.nspname, dc.relname) END
 FROM (
   SELECT i.inhparent AS src, i.inhrelid AS dst FROM pg_catalog.pg_inherits i
+  UNION
+  /* a foreign table's rows are wherever its server says, this database's too */
+  SELECT c.oid, 0 FROM pg_catalog.pg_class c WHERE c.relkind = 'f'
   UNION
   SELECT con.confrelid, con.conrelid FROM pg_catalog.pg_constraint con
   WHERE con.contype = 'f'
@@ -286,8 +298,8 @@ FROM (
 ) e
 JOIN pg_catalog.pg_class sc ON sc.oid = e.src
 JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
-JOIN pg_catalog.pg_class dc ON dc.oid = e.dst
-JOIN pg_catalog.pg_namespace dn ON dn.oid = dc.relnamespace
+LEFT JOIN pg_catalog.pg_class dc ON dc.oid = e.dst
+LEFT JOIN pg_catalog.pg_namespace dn ON dn.oid = dc.relnamespace
 """
 # A user operator by one of these names may be picked where no statement names it:
 # IN, CASE, NULLIF, IS DISTINCT FROM, joins USING, GROUP BY and sorting compare with them.
@@ -371,6 +383,8 @@ def _ddl_by_writes(
     reaches: list[tuple[str, str]] = []  # a write to the first reaches the second
     for what, table, text in code:
         owner = table.rpartition(".")[2].lower() if table else "*"
+        if not table and what.startswith("trigger "):
+            owner = OBJECT_WRITES  # an event trigger: DDL, SELECT INTO and REFRESH
         if what == "reaches":
             reaches.append((owner, text.rpartition(".")[2].lower()))
             continue
@@ -397,7 +411,7 @@ def _ddl_by_writes(
         if why is not None:
             reasons.append(f"{where}: {why}")
             flagged.add(owner)
-        else:
+        elif what != "trigger_when":  # a condition writes nothing
             reaches += [(owner, target) for target in written_tables(text)]
     if not flagged:
         return "", frozenset()
