@@ -7,6 +7,7 @@ and `(3).bumpN` is an UPDATE once `bumpN` exists."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -314,4 +315,5 @@ def test_a_crashed_gateways_running_string_is_ended_before_the_next_run_serves(
     assert not made.errors(), made.text()
     writes = _writes(target, start)
     assert writes == [] and target.snapshot() == before, writes
-    assert "an earlier run of this gateway left 2 server session(s) open" in gw.log  # rv, mig
+    # rv's and mig's, and the gateway's own (the catalogue watch's) if open then.
+    assert re.search(r"an earlier run of this gateway left [2-9] server session", gw.log)

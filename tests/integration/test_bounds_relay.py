@@ -65,7 +65,8 @@ def gw(
         base_config(it_database, extra)
         .replace(
             "max_message_bytes: 4194304}",
-            "max_message_bytes: 4194304, connect_timeout: 60s, startup_timeout: 60s}",
+            "max_message_bytes: 4194304, connect_timeout: 60s, startup_timeout: 60s,"
+            " drain_timeout: 2s}",  # its sessions that do not read end the run at once
         )
         .replace(
             "  engineer: {read: allow, write: allow, ddl: allow, admin: block}\n",

@@ -8,7 +8,7 @@ control client still works afterwards (a psycopg query, an ssh command), and res
 memory stays within a fixed margin.
 
 In CI a bounded sample runs (a time budget per listener, WARDGATE_WIRE_FUZZ_SECONDS,
-default 15 s each); scripts/wire_fuzz.py runs a million inputs. A failure names the
+default 8 s each); scripts/wire_fuzz.py runs a million inputs. A failure names the
 seed: WARDGATE_WIRE_FUZZ_SEED=<seed> reproduces the same inputs.
 """
 
@@ -42,7 +42,7 @@ from wardgate.sshlib import asyncssh
 
 __all__ = ["ssh_target"]  # the session fixture, used by name
 
-SECONDS = float(os.environ.get("WARDGATE_WIRE_FUZZ_SECONDS", "15"))
+SECONDS = float(os.environ.get("WARDGATE_WIRE_FUZZ_SECONDS", "8"))
 MAX_INPUTS = int(os.environ.get("WARDGATE_WIRE_FUZZ_INPUTS", "0"))  # 0: the time budget only
 SEED = int(os.environ.get("WARDGATE_WIRE_FUZZ_SEED", str(time.time_ns() % 2**32)))
 WORKERS = int(os.environ.get("WARDGATE_WIRE_FUZZ_WORKERS", "4"))
