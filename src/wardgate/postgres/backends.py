@@ -19,6 +19,9 @@ in flight and the other workers' commit barriers wait (refusing DDL at
 A backend is known by its pid and the gateway's local port of its connection
 (``pg_stat_activity.client_port``): a pid the server gave to a new backend after the
 old one ended is not taken for it (``pg_terminate_backend`` is only sent to a match).
+Behind a TCP forwarder the server sees another port: a backend with the pid that
+started before ours logged in (by the server's clock, set against ours) counts as
+ours and is cancelled, with its own key only, until it ends (attack14q).
 """
 
 from __future__ import annotations
