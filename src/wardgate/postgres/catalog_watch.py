@@ -122,6 +122,23 @@ WITH RECURSIVE extension_member AS (
   JOIN pg_catalog.pg_rewrite r
     ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND r.oid = d.objid
   WHERE r.ev_class <> coded.rel
+), fn_code AS (
+  /* a routine run with writes or DDL (a trigger's, an event trigger's, one a CHECK, a
+     default or an index calls): "<schema> <language>[ (with ... set)]" and its text,
+     for policy/routine_code.py; a setting that changes how PL/pgSQL reads the text is
+     said in the language, which is then not read. A SQL-standard body (BEGIN ATOMIC)
+     has no prosrc: its definition instead. */
+  SELECT p.oid, n.nspname || ' ' || l.lanname || CASE WHEN
+      pg_catalog.array_to_string(p.proconfig, ' ')
+      OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
+      THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END AS label,
+    CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END AS body
+  FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+  WHERE p.oid IN (SELECT tgfoid FROM pg_catalog.pg_trigger WHERE NOT tgisinternal)
+     OR p.oid IN (SELECT evtfoid FROM pg_catalog.pg_event_trigger)
+     OR p.oid IN (SELECT oid FROM userfn)
 ), usercast AS (
   SELECT c.* FROM pg_catalog.pg_cast c
   JOIN pg_catalog.pg_type s ON s.oid = c.castsource
@@ -213,39 +230,23 @@ SELECT 'code_relation', pg_catalog.format('%s.%s', n.nspname, c.relname), coded.
 FROM coded JOIN pg_catalog.pg_class c ON c.oid = coded.rel
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 UNION
-SELECT 'trigger ' || n.nspname || ' ' || l.lanname || CASE WHEN
-    pg_catalog.array_to_string(p.proconfig, ' ')
-    OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
-    THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
-  pg_catalog.format('%s.%s', tn.nspname, tc.relname), CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END FROM pg_catalog.pg_trigger t
-JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+SELECT 'trigger ' || f.label, pg_catalog.format('%s.%s', tn.nspname, tc.relname), f.body
+FROM pg_catalog.pg_trigger t
+JOIN fn_code f ON f.oid = t.tgfoid
 JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid
 JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE NOT t.tgisinternal
 UNION
 /* an event trigger runs on DDL, and on what the gate counts as writes that make or
    refresh objects (SELECT INTO, REFRESH MATERIALIZED VIEW): on no one table */
-SELECT 'trigger ' || n.nspname || ' ' || l.lanname || CASE WHEN
-    pg_catalog.array_to_string(p.proconfig, ' ')
-    OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
-    THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
-  '', CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END FROM pg_catalog.pg_event_trigger t
-JOIN pg_catalog.pg_proc p ON p.oid = t.evtfoid
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+SELECT 'trigger ' || f.label, '', f.body FROM pg_catalog.pg_event_trigger t
+JOIN fn_code f ON f.oid = t.evtfoid
 UNION
-SELECT 'write_code ' || n.nspname || ' ' || l.lanname || CASE WHEN
-    pg_catalog.array_to_string(p.proconfig, ' ')
-    OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
-    THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END,
+SELECT 'write_code ' || f.label,
   CASE WHEN tc.oid IS NULL THEN '' ELSE pg_catalog.format('%s.%s', tn.nspname, tc.relname) END,
-  CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END
+  f.body
 FROM pg_catalog.pg_depend d
-JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+JOIN fn_code f ON f.oid = d.refobjid
 LEFT JOIN pg_catalog.pg_constraint con
   ON d.classid = 'pg_catalog.pg_constraint'::regclass AND con.oid = d.objid
 LEFT JOIN pg_catalog.pg_attrdef ad
@@ -259,7 +260,7 @@ LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
   AND d.classid IN ('pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_attrdef'::regclass,
                     'pg_catalog.pg_class'::regclass)
-  AND p.oid IN (SELECT oid FROM userfn)
+  AND f.oid IN (SELECT oid FROM userfn)
   /* a domain's CHECK: a write to a column of it is a conversion to a type with user
      code already (UserCode.written_tables), judged as calling it */
   AND coalesce(con.contypid, 0) = 0
