@@ -86,6 +86,18 @@ def _wire_on(
     raise AssertionError("no session ever reached the wanted worker")
 
 
+def _apart(gw: Gateway, opened: list[Wire], connection: str = "diff") -> tuple[Wire, Wire, int]:
+    """`mig` on one worker and `rv` (on ``connection``) on the other, both settled, and
+    the pid of `rv`'s worker (the one a test kills)."""
+    mig = _wire_on(gw, "mig", opened)
+    home = _worker_of(_workers(gw), gw.port, mig.sock.getsockname()[1])
+    rv = _wire_on(gw, "rv", opened, off=home, connection=connection)
+    victim = _worker_of(_workers(gw), gw.port, rv.sock.getsockname()[1])
+    _settle(rv)
+    _settle(mig)
+    return mig, rv, victim
+
+
 def _close(wires: list[Wire]) -> None:
     for wire in wires:
         try:
@@ -230,13 +242,7 @@ def test_behind_a_tcp_forwarder_a_dead_workers_string_is_still_ended(
     opened: list[Wire] = []
     lock = _Lock(target, "lk140")
     try:
-        mig = _wire_on(gw, "mig", opened)
-        workers = _workers(gw)
-        home = _worker_of(workers, gw.port, mig.sock.getsockname()[1])
-        rv = _wire_on(gw, "rv", opened, off=home)
-        victim = _worker_of(workers, gw.port, rv.sock.getsockname()[1])
-        _settle(rv)
-        _settle(mig)
+        mig, rv, victim = _apart(gw, opened)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select count(*) from public.lk140; select (3).bump140"))
         time.sleep(0.3)  # running on the server
@@ -407,13 +413,7 @@ def test_a_worker_killed_while_another_workers_ddl_drains_for_it(
     opened: list[Wire] = []
     lock = _Lock(target, "lk144")
     try:
-        mig = _wire_on(gw, "mig", opened)
-        workers = _workers(gw)
-        home = _worker_of(workers, gw.port, mig.sock.getsockname()[1])
-        rv = _wire_on(gw, "rv", opened, off=home)
-        victim = _worker_of(workers, gw.port, rv.sock.getsockname()[1])
-        _settle(rv)
-        _settle(mig)
+        mig, rv, victim = _apart(gw, opened)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select count(*) from public.lk144; select (3).bump144"))
         time.sleep(0.3)
@@ -806,13 +806,7 @@ def test_a_worker_stopped_with_sigterm_is_not_taken_as_answered_too_early(
     opened: list[Wire] = []
     lock = _Lock(target, "lk150")
     try:
-        mig = _wire_on(gw, "mig", opened)
-        workers = _workers(gw)
-        home = _worker_of(workers, gw.port, mig.sock.getsockname()[1])
-        rv = _wire_on(gw, "rv", opened, off=home)
-        victim = _worker_of(workers, gw.port, rv.sock.getsockname()[1])
-        _settle(rv)
-        _settle(mig)
+        mig, rv, victim = _apart(gw, opened)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select count(*) from public.lk150; select (3).bump150"))
         time.sleep(0.3)
@@ -892,13 +886,7 @@ def test_a_dead_workers_backend_on_a_connection_removed_by_a_reload_is_still_end
     opened: list[Wire] = []
     lock = _Lock(target, "lk151")
     try:
-        mig = _wire_on(gw, "mig", opened)
-        workers = _workers(gw)
-        home = _worker_of(workers, gw.port, mig.sock.getsockname()[1])
-        rv = _wire_on(gw, "rv", opened, off=home, connection="diff2")
-        victim = _worker_of(workers, gw.port, rv.sock.getsockname()[1])
-        _settle(rv)
-        _settle(mig)
+        mig, rv, victim = _apart(gw, opened, connection="diff2")
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select count(*) from public.lk151; select (3).bump151"))
         time.sleep(0.3)
