@@ -43,7 +43,8 @@ _TIMES = os.environ.get("WARDGATE_TEST_TIMES")
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """With WARDGATE_TEST_TIMES=FILE, each test phase's duration is appended to FILE as
     it ends (``--durations`` prints only after the whole run): finds what makes a run
-    slow while it runs."""
-    if _TIMES:
+    slow while it runs. Under pytest-xdist each worker writes its own tests' lines (the
+    controller, which sees every report again, writes none)."""
+    if _TIMES and getattr(report, "node", None) is None:
         with open(_TIMES, "a", encoding="utf-8") as out:
             out.write(f"{report.duration:.2f}\t{report.when}\t{report.outcome}\t{report.nodeid}\n")
