@@ -10,60 +10,23 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.attack14 import BUMP, function_exists, mig_config, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
+from tests.integration.pg_diff import Target, Wire
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
 
-BUMP = (
-    "create function public.{name}(int) returns int language sql volatile as"
-    " $$ update public.stock set qty = qty + 1000 where id = $1; select $1 $$"
-)
 
-
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-# `mig`: an agent that may run DDL but whose writes need a review (a migration bot).
-def _config(target: Target) -> str:
-    config = diff_config(target)
-    config = config.replace(
-        "engineers: {}, approvers: {}}", "engineers: {}, approvers: {}, mig_agents: {}}"
-    )
-    config = config.replace(
-        "principals:\n", "principals:\n  mig: {kind: agent, groups: [mig_agents], sponsor: dev}\n"
-    )
-    config = config.replace("engineers: engineer}", "engineers: engineer, mig_agents: migrator}")
-    config = config.replace(
-        "roles:\n  reader:",
-        "roles:\n  migrator: {read: allow, write: review, ddl: allow, admin: block}\n  reader:",
-    )
-    assert "migrator:" in config and "mig_agents: migrator" in config
-    return config
-
-
+# One connection to the target (attack14.py's gateway adds `diff2`).
 @pytest.fixture(scope="module")
 def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14h"), _config(target))
+    gateway = make_gateway(tmp_path_factory.mktemp("attack14h"), mig_config(target))
     gateway.start()
     yield gateway
     gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
-
-
-def _exists(target: Target, name: str) -> bool:
-    with target.conn() as c:
-        row = c.execute("select count(*) from pg_proc where proname = %s", (name,)).fetchone()
-    return bool(row and row[0])
 
 
 def test_a_function_committed_after_its_ddl_is_known_to_the_next_statement(
@@ -106,7 +69,7 @@ def test_a_call_after_ddl_in_one_string_is_judged_on_the_new_catalogue(
     reply = wires["mig"].run(q(BUMP.format(name="bump3") + "; select (3).bump3"), ready=1)
     assert reply.refused(), reply.text()
     assert target.log(start) == [] and target.snapshot() == before
-    assert not _exists(target, "bump3")  # held whole: the DDL did not run either
+    assert not function_exists(target, "bump3")  # held whole: the DDL did not run either
 
 
 def test_right_after_autocommit_ddl_another_session_is_judged_as_the_worst_case(
@@ -127,7 +90,9 @@ def test_right_after_autocommit_ddl_another_session_is_judged_as_the_worst_case(
 
 @pytest.fixture(scope="module")
 def gw2(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14h2"), "workers: 2\n" + _config(target))
+    gateway = make_gateway(
+        tmp_path_factory.mktemp("attack14h2"), "workers: 2\n" + mig_config(target)
+    )
     gateway.start()
     yield gateway
     gateway.stop()

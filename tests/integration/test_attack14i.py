@@ -9,64 +9,20 @@ process (`workers: 2`) accepted."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.attack14 import BUMP, attack_config, ext, gw, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14h import BUMP
-from tests.integration.test_attack14h import _config as _config_14h
+from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_cancel import _children, _worker_of
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-def _config(target: Target) -> str:
-    """attack14h's (with `mig`, who may run DDL and whose writes need a review), and a
-    second connection, `diff2`, to the same database (say, one a team's agents use)."""
-    config = _config_14h(target)
-    block = re.search(r"\n  diff:\n(?:    .*\n)+", config)
-    assert block is not None
-    second = block.group(0).replace("\n  diff:\n", "\n  diff2:\n", 1)
-    return config.replace(block.group(0), block.group(0) + second.lstrip("\n"), 1)
-
-
-@pytest.fixture(scope="module")
-def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14i"), _config(target))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
-
-
-def _settle(wire: Wire) -> None:
-    """Wait until the watch has read what an earlier test's DDL committed: until then
-    every expression is judged as the worst case (`select 1` too)."""
-    for _ in range(50):
-        if not wire.run(q("select 1"), ready=1).errors():
-            return
-        time.sleep(0.1)
-    raise AssertionError("the catalogue facts did not settle")
-
-
-def _ext(sql: str) -> bytes:
-    return build.parse("", sql) + build.bind("", "") + build.execute("")
 
 
 def test_a_commit_in_a_batch_without_sync_is_a_commit(
@@ -76,7 +32,7 @@ def test_a_commit_in_a_batch_without_sync_is_a_commit(
     Flush: PostgreSQL runs COMMIT at its Execute, so other sessions see the function
     while the batch stays open. An agent whose writes need a review calls it: held."""
     mig, rv = wires["mig"], wires["rv"]
-    mig.send(_ext("begin"), _ext(BUMP.format(name="bump11")), _ext("commit"), build.flush())
+    mig.send(ext("begin"), ext(BUMP.format(name="bump11")), ext("commit"), build.flush())
     time.sleep(0.5)  # answered (the Flush), and no look of the watch was asked for
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q("select (3).bump11"), ready=1)
@@ -98,7 +54,7 @@ def test_an_earlier_idle_answer_does_not_end_a_later_ddl_transaction(
     transaction that made `bump12`, which only it sees. Its call of it is a write,
     held for a review, not run (the transaction is committed: nothing but the DDL)."""
     mig = wires["mig"]
-    _settle(mig)
+    settle(mig)
     reply = mig.run(q("select 1"), q("begin; " + BUMP.format(name="bump12")), ready=2)
     assert not reply.errors(), reply.text()
     start = target.last_id()
@@ -116,7 +72,7 @@ def test_ddl_on_one_connection_is_a_change_on_every_connection_to_its_database(
     writes need a review calls it right after through `diff2`, another connection to the
     same database: held, not run."""
     dev = wires["dev"]
-    _settle(dev)
+    settle(dev)
     rv = Wire(gw, "rv", "diff2")
     try:
         rv.run(q("select 1"), ready=1)  # logged in, before the DDL
@@ -134,7 +90,7 @@ def test_ddl_on_one_connection_is_a_change_on_every_connection_to_its_database(
 @pytest.fixture(scope="module")
 def two_workers(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = make_gateway(
-        tmp_path_factory.mktemp("attack14i-w2"), "workers: 2\n" + _config(target)
+        tmp_path_factory.mktemp("attack14i-w2"), "workers: 2\n" + attack_config(target)
     )
     gateway.start()
     yield gateway
@@ -166,11 +122,11 @@ def test_ddl_through_one_worker_is_a_change_in_every_worker(
                 break
         else:
             raise AssertionError("no session ever reached the other worker")
-        _settle(rv)
+        settle(rv)
         assert not mig.run(q(BUMP.format(name="bump14")), ready=1).errors()
         start, before = target.last_id(), target.snapshot()
         reply = rv.run(q("select (3).bump14"), ready=1)
-        _settle(rv)  # the other worker reads the catalogue again: not refused for long
+        settle(rv)  # the other worker reads the catalogue again: not refused for long
     finally:
         for wire in (mig, *opened):
             wire.close()
@@ -208,7 +164,7 @@ def test_a_session_on_another_worker_waits_for_the_ddl_batch_not_the_timeout(
     opened: list[Wire] = []
     try:
         rv = _on_the_other_worker(two_workers, dev, opened)
-        _settle(rv)
+        settle(rv)
         dev.send(q(BUMP.format(name="bump15") + "; select pg_sleep(1.5)"))
         time.sleep(0.3)  # the batch is in flight
         started = time.monotonic()

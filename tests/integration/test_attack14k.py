@@ -10,52 +10,17 @@ before."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.attack14 import BUMP, ext, gw, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14h import BUMP
-from tests.integration.test_attack14i import _config
+from tests.integration.pg_diff import Target, Wire
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
-def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    from tests.integration.conftest import make_gateway
-
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14k"), _config(target))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
-
-
-def _settle(wire: Wire) -> None:
-    """Wait until the watch has read what an earlier statement's DDL committed."""
-    for _ in range(50):
-        if not wire.run(q("select 1"), ready=1).errors():
-            return
-        time.sleep(0.1)
-    raise AssertionError("the catalogue facts did not settle")
-
-
-def _ext(sql: str) -> bytes:
-    return build.parse("", sql) + build.bind("", "") + build.execute("")
 
 
 def test_a_pipelined_rollback_does_not_settle_a_later_batchs_ddl(
@@ -70,14 +35,14 @@ def test_a_pipelined_rollback_does_not_settle_a_later_batchs_ddl(
     an agent whose writes need a review (bump41's UPDATE ran)."""
     mig, rv, dev = wires["mig"], wires["rv"], wires["dev"]
     assert not dev.run(q("create table public.archive_hold (id int)"), ready=1).errors()
-    _settle(rv)
+    settle(rv)
     # The second batch waits for a lock an engineer holds: its DDL commits later.
     assert not dev.run(q("begin; lock table public.archive_hold"), ready=1).errors()
     mig.send(
-        _ext("rollback"),
+        ext("rollback"),
         build.sync(),
-        _ext("alter table public.archive_hold add column c41 int"),
-        _ext(BUMP.format(name="bump41")),
+        ext("alter table public.archive_hold add column c41 int"),
+        ext(BUMP.format(name="bump41")),
         build.sync(),
     )
     reply = mig.read(ready=1)  # the ROLLBACK, answered at once
@@ -107,7 +72,7 @@ def test_a_stable_routine_named_like_a_built_in_is_user_code(
     made = mig.run(q(ddl), ready=1)
     try:
         if not made.errors():
-            _settle(rv)
+            settle(rv)
         start, before = target.last_id(), target.snapshot()
         reply = rv.run(q("select left(7, 1)"), ready=1)
         assert target.log(start) == [] and target.snapshot() == before, reply.text()
@@ -131,7 +96,7 @@ def test_a_read_waiting_for_a_lock_does_not_call_what_the_lock_holder_commits(
     assert not dev.run(q("insert into public.archive_hold2 values (1)"), ready=1).errors()
     other = Wire(gw, "mig")
     try:
-        _settle(other)
+        settle(other)
         assert not mig.run(q("begin"), ready=1).errors()
         assert not mig.run(
             q("alter table public.archive_hold2 add column c43 int"), ready=1

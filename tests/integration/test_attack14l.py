@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Reply, Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14h import BUMP
+from tests.integration.attack14 import BUMP, function_exists, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.conftest import Gateway
+from tests.integration.pg_diff import Reply, Target, Wire
 from tests.integration.test_attack14i import (  # noqa: F401 - two_workers: a fixture
-    _config,
     _on_the_other_worker,
-    _settle,
     two_workers,
 )
 from tests.integration.test_bounds_batch import _recorded
@@ -28,30 +25,6 @@ from wardgate.postgres.codec import build
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
-def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14l"), _config(target))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
-
-
-def _function_exists(target: Target, name: str) -> bool:
-    with target.conn() as c:
-        row = c.execute("select count(*) from pg_proc where proname = %s", (name,)).fetchone()
-    return bool(row and row[0])
 
 
 def _slow_string_then_ddl(
@@ -73,14 +46,14 @@ def test_a_later_statement_of_a_slow_string_does_not_call_what_ddl_commits(
     target: Target, wires: dict[str, Wire]
 ) -> None:
     rv, mig = wires["rv"], wires["mig"]
-    _settle(rv)
+    settle(rv)
     start, before = target.last_id(), target.snapshot()
     reply, made, waited = _slow_string_then_ddl(target, rv, mig, "bump60")
     writes = [row for row in target.log(start) if row[1] != "DDL"]
     assert writes == [] and target.snapshot() == before, reply.text()
     assert "57014" in reply.codes(), reply.text()  # cancelled, not run
     assert not made.errors(), made.text()  # the DDL itself went through, after the cancel
-    assert _function_exists(target, "bump60")
+    assert function_exists(target, "bump60")
     assert 0.4 < waited < 5, waited
 
 
@@ -90,7 +63,7 @@ def test_the_barrier_spans_workers(two_workers: Gateway, target: Target) -> None
     opened: list[Wire] = []
     try:
         rv = _on_the_other_worker(two_workers, mig, opened)
-        _settle(rv)
+        settle(rv)
         start, before = target.last_id(), target.snapshot()
         reply, made, waited = _slow_string_then_ddl(target, rv, mig, "bump61")
     finally:
@@ -109,7 +82,7 @@ def test_a_quick_statement_is_waited_for_not_cancelled(
     """A statement that ends within the grace is answered as usual, and the DDL waits
     for it."""
     rv, mig = wires["rv"], wires["mig"]
-    _settle(rv)
+    settle(rv)
     rv.send(q("select pg_sleep(0.2); select 1"))
     time.sleep(0.05)
     started = time.monotonic()
@@ -127,7 +100,7 @@ def test_ddl_through_mcp_waits_for_a_client_session(target: Target, gw: Gateway)
 
     rv = Wire(gw, "rv")
     try:
-        _settle(rv)
+        settle(rv)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select pg_sleep(3); select (3).bump63"))
         time.sleep(0.3)
@@ -148,7 +121,7 @@ def test_an_mcp_query_in_flight_is_cancelled_before_ddl_commits(
     from tests.integration.test_mcp import call
 
     mig = wires["mig"]
-    _settle(mig)
+    settle(mig)
     start, before = target.last_id(), target.snapshot()
     answers: list[object] = []
     sql = "select pg_sleep(3); select (3).bump64"
@@ -187,7 +160,7 @@ def test_ddl_is_refused_when_an_earlier_statement_cannot_be_ended(
     rv = Wire(gw, "rv")
     mig = Wire(gw, "mig")
     try:
-        _settle(rv)
+        settle(rv)
         rv.send(q("select repeat('x', 1000000) from generate_series(1, 60)"))
         time.sleep(1)
         mig.send(q(BUMP.format(name="bump65")))
@@ -197,7 +170,7 @@ def test_ddl_is_refused_when_an_earlier_statement_cannot_be_ended(
         rv.close()
         mig.close()
     assert "55P03" in str(ended.value) and "DDL not sent" in str(ended.value), ended.value
-    assert not _function_exists(target, "bump65")
+    assert not function_exists(target, "bump65")
     recorded = _recorded(gw, BUMP.format(name="bump65"))
     assert [r["status"] for r in recorded] == ["not_executed"], recorded
 
@@ -211,7 +184,7 @@ def test_a_lock_holder_can_roll_back_while_ddl_waits_for_its_lock(
     holds, goes through at once, not after `limits.connect_timeout` (10 s)."""
     dev, mig = wires["dev"], wires["mig"]
     assert not dev.run(q("create table public.lock_hold (id int)"), ready=1).errors()
-    _settle(dev)
+    settle(dev)
     assert not dev.run(q("begin; lock table public.lock_hold"), ready=1).errors()
     mig.send(q("alter table public.lock_hold add column c int"))
     time.sleep(0.3)  # the ALTER waits for the lock

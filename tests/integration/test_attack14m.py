@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14h import BUMP
-from tests.integration.test_attack14i import _config, _settle
+from tests.integration.attack14 import BUMP, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.conftest import Gateway
+from tests.integration.pg_diff import Target, Wire
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -37,24 +35,6 @@ MAKER = (
 )
 
 
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
-def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14m"), _config(target))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
-
-
 def _writes(target: Target, start: int) -> list[tuple[object, ...]]:
     return [row for row in target.log(start) if row[1] != "DDL"]
 
@@ -67,7 +47,7 @@ def test_ddl_run_by_a_routine_opens_the_window_too(target: Target, wires: dict[s
     and the function's UPDATE runs without a review (until the next timed look, 30 s)."""
     dev, rv = wires["dev"], wires["rv"]
     assert not dev.run(q(MAKER.format(name="mk70")), ready=1).errors()
-    _settle(rv)
+    settle(rv)
     made = dev.run(q("select public.mk70('bump70')"), ready=1)
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
@@ -88,7 +68,7 @@ def test_a_procedure_that_commits_ddl_opens_the_window_too(
         " plpgsql volatile ", " plpgsql ", 1
     )
     assert not dev.run(q(maker), ready=1).errors(), maker
-    _settle(rv)
+    settle(rv)
     made = dev.run(q("call public.mkp71('bump71')"), ready=1)
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
@@ -111,8 +91,8 @@ def test_a_reader_with_an_open_extended_batch_does_not_stop_every_ddl(
     ro = Wire(gw, "ro")
     mig = Wire(gw, "mig")
     try:
-        _settle(ro)
-        _settle(mig)
+        settle(ro)
+        settle(mig)
         ro.send(build.parse("", "select 1") + build.bind("", "") + build.execute(""))
         time.sleep(0.3)
         started = time.monotonic()
@@ -163,7 +143,7 @@ def test_an_mcp_query_judged_before_a_ddl_commit_does_not_run_after_it(
                 for attempt in range(40):
                     name = f"bump8{attempt:02d}"
                     delay = (attempt % 20) * 0.002
-                    await asyncio.to_thread(_settle, ro)
+                    await asyncio.to_thread(settle, ro)
                     assert not mig.run(q("begin"), ready=1).errors()
                     assert not mig.run(q(BUMP.format(name=name)), ready=1).errors()
                     start = target.last_id()
@@ -200,7 +180,7 @@ def test_a_statement_prepared_before_ddl_is_judged_again_when_bound_after_it(
         c.execute("create table public.t73 (id int, bump73 int)")
         c.execute("insert into public.t73 values (3, 3)")
         c.execute(f"alter table public.t73 owner to {target.role}")
-    _settle(rv)
+    settle(rv)
     prepared = rv.run(build.parse("s", "select x.bump73 from public.t73 x"), build.sync(), ready=1)
     assert not prepared.errors(), prepared.text()
     made = mig.run(
@@ -212,7 +192,7 @@ def test_a_statement_prepared_before_ddl_is_judged_again_when_bound_after_it(
         ready=1,
     )
     assert not made.errors(), made.text()
-    _settle(rv)
+    settle(rv)
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(build.bind("", "s"), build.execute(""), build.sync(), ready=1)
     assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
@@ -233,8 +213,8 @@ def test_a_session_that_leaves_does_not_take_its_running_string_out_of_the_barri
     name = "bump75" if leave == "terminate" else "bump76"
     rv = Wire(gw, "rv")
     try:
-        _settle(rv)
-        _settle(mig)
+        settle(rv)
+        settle(mig)
         start, before = target.last_id(), target.snapshot()
         rv.send(q(f"select pg_sleep(1.5); select (3).{name}"))
         time.sleep(0.3)  # running on the server
@@ -264,7 +244,7 @@ def test_an_mcp_client_that_leaves_does_not_take_its_query_out_of_the_barrier(
     from mcp.types import Implementation
 
     mig = wires["mig"]
-    _settle(mig)
+    settle(mig)
     start, before = target.last_id(), target.snapshot()
     sql = "select pg_sleep(1.5); select (3).bump77"
 

@@ -16,10 +16,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.attack14 import (
+    BUMP,
+    attack_config,
+    settle,
+    target,  # noqa: F401 - fixtures
+)
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14h import BUMP
-from tests.integration.test_attack14i import _config, _settle
+from tests.integration.pg_diff import Target, Wire, lazy_wires
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -28,14 +32,9 @@ q = build.query
 
 
 @pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
 def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     # atk14n_total: a read-only function the operator lists as safe (`test_an_app_...`).
-    config = "safe_functions: [public.atk14n_total]\n" + _config(target)
+    config = "safe_functions: [public.atk14n_total]\n" + attack_config(target)
     gateway = make_gateway(tmp_path_factory.mktemp("attack14n"), config)
     gateway.start()
     yield gateway
@@ -115,7 +114,7 @@ def test_a_copy_left_open_does_not_hold_a_backend_and_every_ddl(
     sockets0 = _upstream_sockets(gw)
     for _ in range(3):
         dev = Wire(gw, "dev")
-        _settle(dev)
+        settle(dev)
         dev.send(q(f"copy public.stock (id, qty) from stdin /* {marker} */"))
         time.sleep(0.3)  # CopyInResponse sent
         dev.sock.shutdown(socket.SHUT_RDWR)
@@ -125,7 +124,7 @@ def test_a_copy_left_open_does_not_hold_a_backend_and_every_ddl(
     held = _upstream_sockets(gw) - sockets0
     mig = Wire(gw, "mig")
     try:
-        _settle(mig)
+        settle(mig)
         ok, said, waited = _ddl(mig, BUMP.format(name="bump90"))
     finally:
         mig.close()
@@ -190,7 +189,7 @@ def test_two_mcp_queries_calling_user_code_do_not_refuse_each_other(
     limits.connect_timeout. Safe: both answer, promptly."""
     _function(target, "atk14n_report")
     time.sleep(0.5)
-    _settle(wires["dev"])
+    settle(wires["dev"])
     results = _mcp(gw, "dev", ["select public.atk14n_report()"] * 8)
     assert all(ok and took < 5 for ok, _, took in results), results
 
@@ -209,8 +208,8 @@ def test_an_app_calling_user_functions_does_not_cancel_a_readers_statements(
     _function(target, "atk14n_total")
     dev, ro = wires["dev"], wires["ro"]
     time.sleep(0.5)
-    _settle(dev)
-    _settle(ro)
+    settle(dev)
+    settle(ro)
     ro.send(q("select pg_sleep(1.5), 42 as atk14n_long"))
     time.sleep(0.2)
     started = time.monotonic()
@@ -238,7 +237,7 @@ def test_two_approved_mcp_calls_of_user_code_do_not_refuse_each_other(
     _function(target, "atk14n_fix1")
     _function(target, "atk14n_fix2")
     time.sleep(0.5)
-    _settle(wires["rv"])
+    settle(wires["rv"])
     calls = ["select public.atk14n_fix1()", "select public.atk14n_fix2()"]
     first = _mcp(gw, "rv", calls)
     for ok, text, _ in first:
@@ -299,8 +298,8 @@ def test_ddl_run_by_a_trigger_opens_the_window_too(
     # through the gateway brings forward (as the trigger's own DDL would have).
     poked = mig.run(q(f"create table public.{table}_after (i int)"), ready=1)
     assert not poked.errors(), poked.text()
-    _settle(rv)
-    _settle(dev)
+    settle(rv)
+    settle(dev)
     made = dev.run(q(f"insert into public.{table} values ('{name}')"), ready=1)
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
@@ -333,8 +332,8 @@ def test_a_maker_called_in_other_places_opens_the_window(
         c.execute(f"alter function public.{mk}(text) owner to {target.role}")
     dev, rv = wires["dev"], wires["rv"]
     time.sleep(0.5)
-    _settle(rv)
-    _settle(dev)
+    settle(rv)
+    settle(dev)
     made = dev.run(q(call.format(mk=mk, name=name)), ready=1)
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
@@ -374,7 +373,7 @@ def test_reading_a_relation_whose_reading_runs_user_code_is_judged_as_that_call(
     # Made outside the gateway: DDL through it brings the watch's next look forward.
     poked = mig.run(q(f"create table {rel}_after (i int)"), ready=1)
     assert not poked.errors(), poked.text()
-    _settle(rv)
+    settle(rv)
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select * from {rel}"), ready=1)
     assert _writes(target, start) == [] and target.snapshot() == before, reply.text()

@@ -14,13 +14,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.attack14 import (  # noqa: F401 - fixtures
+    BUMP,
+    attack_config,
+    function_exists,
+    gw,
+    settle,
+    target,
+    wires,
+)
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14h import BUMP
+from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_attack14i import (  # noqa: F401 - two_workers: a fixture
-    _config,
     _on_the_other_worker,
-    _settle,
     two_workers,
 )
 from wardgate.postgres.codec import build
@@ -28,24 +34,6 @@ from wardgate.postgres.codec import build
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
-def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14o"), _config(target))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
 
 
 def _writes(target: Target, start: int) -> list[tuple[object, ...]]:
@@ -67,9 +55,9 @@ def test_a_batch_held_by_the_barrier_is_not_sent_after_a_later_ddl_commit(
     mig, dev, ro = Wire(gw, "mig"), Wire(gw, "dev"), Wire(gw, "ro")
     try:
         for wire in (mig, dev, ro):
-            _settle(wire)
+            settle(wire)
         assert not dev.run(q("begin; " + BUMP.format(name="bump90")), ready=1).errors()
-        _settle(mig)
+        settle(mig)
         start, before = target.last_id(), target.snapshot()
         ro.send(q("select pg_sleep(3)"))
         time.sleep(0.2)  # running: the next DDL commit must wait for it
@@ -91,7 +79,7 @@ def two_workers_to_kill(
     target: Target, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     gateway = make_gateway(
-        tmp_path_factory.mktemp("attack14o-w2kill"), "workers: 2\n" + _config(target)
+        tmp_path_factory.mktemp("attack14o-w2kill"), "workers: 2\n" + attack_config(target)
     )
     gateway.start()
     yield gateway
@@ -121,8 +109,8 @@ def test_a_dead_workers_running_string_is_not_taken_as_answered(
     opened: list[Wire] = []
     try:
         rv = _on_the_other_worker(gw, mig, opened)
-        _settle(rv)
-        _settle(mig)
+        settle(rv)
+        settle(mig)
         victim = _worker_of(_children(gw.proc.pid), gw.port, rv.sock.getsockname()[1])
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select pg_sleep(2); select (3).bump91"))
@@ -164,8 +152,8 @@ def ddl_behind_pipelined_sleeps(gw: Gateway, sleeps: int, name: str) -> tuple[bo
     how long it waited."""
     ro, mig = Wire(gw, "ro"), Wire(gw, "mig")
     try:
-        _settle(ro)
-        _settle(mig)
+        settle(ro)
+        settle(mig)
         ro.send(*[q("select pg_sleep(1)") for _ in range(sleeps)])
         time.sleep(0.3)
         started = time.monotonic()
@@ -193,7 +181,7 @@ def test_a_lock_holder_whose_rollback_arrives_in_two_pieces_is_not_held(
     the ROLLBACK is judged as the worst case."""
     dev, mig = wires["dev"], wires["mig"]
     assert not dev.run(q("create table public.lock_hold2 (id int)"), ready=1).errors()
-    _settle(dev)
+    settle(dev)
     assert not dev.run(q("begin; lock table public.lock_hold2"), ready=1).errors()
     mig.send(q("alter table public.lock_hold2 add column c int"))
     time.sleep(0.3)  # the ALTER waits for the lock
@@ -233,16 +221,16 @@ def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
     opened: list[Wire] = []
     try:
         mig = _on_the_other_worker_as(gw, rv, "mig", opened)
-        _settle(rv)
-        _settle(mig)
+        settle(rv)
+        settle(mig)
         victim = _worker_of(_children(gw.proc.pid), gw.port, mig.sock.getsockname()[1])
         mig.send(q("select pg_sleep(1.5); " + BUMP.format(name="bump93")))
         time.sleep(0.3)  # running on the server
         os.kill(victim, signal.SIGKILL)
         time.sleep(0.5)  # reaped; worker A ends B's backends
-        _settle(rv)
+        settle(rv)
         time.sleep(1.5)  # past the sleep: had the backend lived on, the CREATE has run
-        made = _function_exists(target, "bump93")
+        made = function_exists(target, "bump93")
         start, before = target.last_id(), target.snapshot()
         reply = rv.run(q("select (3).bump93"), ready=1)
     finally:
@@ -254,12 +242,6 @@ def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
     assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert not made, "the dead worker's backend lived on to make bump93"
     assert reply.errors(), reply.text()
-
-
-def _function_exists(target: Target, name: str) -> bool:
-    with target.conn() as c:
-        row = c.execute("select count(*) from pg_proc where proname = %s", (name,)).fetchone()
-    return bool(row and row[0])
 
 
 def _on_the_other_worker_as(gw: Gateway, home: Wire, principal: str, opened: list[Wire]) -> Wire:
@@ -291,11 +273,11 @@ def test_a_crashed_gateways_running_string_is_ended_before_the_next_run_serves(
     know nothing of the old backend. Had it lived on, it would parse `(3).bump94` after
     that commit and run the UPDATE. The new run reads the old run's ledger of backends
     (postgres/backends.py) and ends them before it serves."""
-    gw = make_gateway(tmp_path_factory.mktemp("attack14o-restart"), _config(target))
+    gw = make_gateway(tmp_path_factory.mktemp("attack14o-restart"), attack_config(target))
     gw.start()
     try:
         rv, mig = Wire(gw, "rv"), Wire(gw, "mig")
-        _settle(rv)
+        settle(rv)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select pg_sleep(6); select (3).bump94"))
         time.sleep(0.3)  # running on the server
@@ -306,7 +288,7 @@ def test_a_crashed_gateways_running_string_is_ended_before_the_next_run_serves(
         mig.close()
         gw.start()
         mig = Wire(gw, "mig")
-        _settle(mig)
+        settle(mig)
         made = mig.run(q(BUMP.format(name="bump94")), ready=1)
         time.sleep(6)  # past the old string's sleep
         mig.close()

@@ -11,10 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.attack14 import (
+    BUMP,
+    attack_config,
+    settle,
+    target,  # noqa: F401 - fixtures
+)
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, make_target
-from tests.integration.test_attack14h import BUMP
-from tests.integration.test_attack14i import _config, _settle
+from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_attack14o import (
     _on_the_other_worker_as,
     _writes,
@@ -28,14 +32,9 @@ q = build.query
 
 
 @pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
 def two(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = make_gateway(
-        tmp_path_factory.mktemp("attack14p-w2"), "workers: 2\n" + _config(target)
+        tmp_path_factory.mktemp("attack14p-w2"), "workers: 2\n" + attack_config(target)
     )
     gateway.start()
     yield gateway
@@ -81,10 +80,10 @@ def _race(two: Gateway, name: str, *, apart: bool = True) -> str:
         else:
             dev = Wire(two, "dev")
             opened.append(dev)
-        _settle(mig)
-        _settle(dev)
+        settle(mig)
+        settle(dev)
         assert not dev.run(q("begin; " + BUMP.format(name=name)), ready=1).errors()
-        _settle(mig)
+        settle(mig)
         mig.send(
             q(
                 f"select (3).{name}; "
@@ -108,7 +107,7 @@ def _race(two: Gateway, name: str, *, apart: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def one(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14p-w1"), _config(target))
+    gateway = make_gateway(tmp_path_factory.mktemp("attack14p-w1"), attack_config(target))
     gateway.start()
     yield gateway
     gateway.stop()

@@ -19,10 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_PORT
+from tests.integration.attack14 import (
+    BUMP,
+    attack_config,
+    ext,
+    mig_config,
+    settle,
+    target,  # noqa: F401 - fixtures
+)
 from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, make_target
-from tests.integration.test_attack14h import BUMP
-from tests.integration.test_attack14i import _config, _settle
+from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_cancel import _children, _worker_of
 from wardgate.postgres.codec import build
 
@@ -31,17 +37,8 @@ pytestmark = pytest.mark.usefixtures("pg_server")
 q = build.query
 
 
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
 def _writes(target: Target, start: int) -> list[tuple[object, ...]]:
     return [row for row in target.log(start) if row[1] != "DDL"]
-
-
-def _ext(sql: str) -> bytes:
-    return build.parse("", sql) + build.bind("", "") + build.execute("")
 
 
 def _workers(gw: Gateway, count: int = 2) -> list[int]:
@@ -93,8 +90,8 @@ def _apart(gw: Gateway, opened: list[Wire], connection: str = "diff") -> tuple[W
     home = _worker_of(_workers(gw), gw.port, mig.sock.getsockname()[1])
     rv = _wire_on(gw, "rv", opened, off=home, connection=connection)
     victim = _worker_of(_workers(gw), gw.port, rv.sock.getsockname()[1])
-    _settle(rv)
-    _settle(mig)
+    settle(rv)
+    settle(mig)
     return mig, rv, victim
 
 
@@ -217,7 +214,7 @@ def forwarded_two_workers(
     target: Target, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     forwarder = Forwarder(PG_PORT)
-    config = _config(target).replace(f"port: {PG_PORT},", f"port: {forwarder.port},")
+    config = attack_config(target).replace(f"port: {PG_PORT},", f"port: {forwarder.port},")
     assert f"port: {forwarder.port}," in config
     gateway = make_gateway(tmp_path_factory.mktemp("attack14q-fwd"), "workers: 2\n" + config)
     gateway.start()
@@ -264,7 +261,7 @@ def test_behind_a_tcp_forwarder_a_dead_workers_string_is_still_ended(
 @pytest.fixture
 def two_workers(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = make_gateway(
-        tmp_path_factory.mktemp("attack14q-w2"), "workers: 2\n" + _config(target)
+        tmp_path_factory.mktemp("attack14q-w2"), "workers: 2\n" + attack_config(target)
     )
     gateway.start()
     yield gateway
@@ -296,14 +293,14 @@ def test_pipelines_and_a_lock_wait_on_a_dying_worker_are_ended(
         rv1, rv2, rv3 = (_wire_on(gw, "rv", opened, off=home) for _ in range(3))
         victim = _worker_of(workers, gw.port, rv1.sock.getsockname()[1])
         for wire in (mig, rv1, rv2, rv3):
-            _settle(wire)
+            settle(wire)
         start, before = target.last_id(), target.snapshot()
         holder.execute("begin")
         holder.execute("lock table public.lk142")
         rv1.send(
-            _ext("select pg_sleep(0.5)"),
-            _ext("select count(*) from public.lk142"),
-            _ext("select (3).bump142"),
+            ext("select pg_sleep(0.5)"),
+            ext("select count(*) from public.lk142"),
+            ext("select (3).bump142"),
             build.flush(),
         )
         rv2.send(
@@ -370,7 +367,7 @@ def test_a_dying_worker_0_with_an_mcp_query_in_flight(two_workers: Gateway, targ
 
     try:
         mig = _wire_on(gw, "mig", opened, off=zero)
-        _settle(mig)
+        settle(mig)
         start, before = target.last_id(), target.snapshot()
         thread = threading.Thread(target=lambda: asyncio.run(call()), daemon=True)
         thread.start()
@@ -459,7 +456,7 @@ def mig_role(target: Target) -> Iterator[str]:
 def _config_m(target: Target, role: str, timeout: str) -> str:
     import re
 
-    config = _config(target)
+    config = attack_config(target)
     block = re.search(r"\n  diff:\n(?:    .*\n)+", config)
     assert block is not None
     own = block.group(0).replace("\n  diff:\n", "\n  diffm:\n", 1)
@@ -502,7 +499,7 @@ def test_a_crashed_runs_string_is_ended_when_its_role_has_no_free_connection(
     lock = _Lock(target, "lk147")
     try:
         rv1, rv2 = Wire(gw, "rv"), Wire(gw, "rv")
-        _settle(rv1)
+        settle(rv1)
         start, before = target.last_id(), target.snapshot()
         with target.conn() as c:
             c.execute(f'alter role "{target.role}" connection limit 2')
@@ -567,8 +564,8 @@ def test_ddl_is_not_refused_while_a_dead_workers_backends_hold_every_slot(
         rv1 = _wire_on(gw, "rv", opened, off=home)
         rv2 = _wire_on(gw, "rv", opened, off=home)
         victim = _worker_of(workers, gw.port, rv1.sock.getsockname()[1])
-        _settle(rv1)
-        _settle(mig)
+        settle(rv1)
+        settle(mig)
         with target.conn() as c:
             c.execute(f'alter role "{target.role}" connection limit 2')
         rv1.send(q("select pg_sleep(12)"))
@@ -628,7 +625,9 @@ def test_a_crashed_two_worker_gateways_strings_are_ended_before_it_serves(
     (supervisor, workers, recorders). The new run reads both ledgers (w0, w1) and ends
     both backends before it serves; `mig` then makes bump146 through it and the lock is
     released: nothing writes."""
-    gw = make_gateway(tmp_path_factory.mktemp("attack14q-crash2"), "workers: 2\n" + _config(target))
+    gw = make_gateway(
+        tmp_path_factory.mktemp("attack14q-crash2"), "workers: 2\n" + attack_config(target)
+    )
     gw.start()
     opened: list[Wire] = []
     lock = _Lock(target, "lk146")
@@ -637,8 +636,8 @@ def test_a_crashed_two_worker_gateways_strings_are_ended_before_it_serves(
         workers = _workers(gw)
         one = _worker_of(workers, gw.port, rv1.sock.getsockname()[1])
         rv2 = _wire_on(gw, "rv", opened, off=one)
-        _settle(rv1)
-        _settle(rv2)
+        settle(rv1)
+        settle(rv2)
         start, before = target.last_id(), target.snapshot()
         rv1.send(q("select count(*) from public.lk146; select (3).bump146"))
         rv2.send(q("select count(*) from public.lk146; select (3).bump146"))
@@ -649,7 +648,7 @@ def test_a_crashed_two_worker_gateways_strings_are_ended_before_it_serves(
         _restart(gw)
         mig = Wire(gw, "mig")
         opened.append(mig)
-        _settle(mig)
+        settle(mig)
         made = mig.run(q(BUMP.format(name="bump146")), ready=1)
         lock.release()
         time.sleep(0.5)
@@ -696,7 +695,7 @@ def test_a_restart_with_the_server_not_answering_is_not_held_forever(
     is started again with its upstream answering nothing (TCP accepted, no reply). The
     ending of the old run's backends is bounded by `limits.connect_timeout` (2 s): the
     gateway listens within that and its usual start, and says what it could not end."""
-    config = _config(target).replace(
+    config = attack_config(target).replace(
         "limits: {login_failures: 50, login_window: 60s}",
         "limits: {login_failures: 50, login_window: 60s, connect_timeout: 2s}",
     )
@@ -705,7 +704,7 @@ def test_a_restart_with_the_server_not_answering_is_not_held_forever(
     mute = _Mute()
     try:
         rv = Wire(gw, "rv")
-        _settle(rv)
+        settle(rv)
         rv.send(q("select pg_sleep(5)"))
         time.sleep(0.3)
         assert gw.proc is not None
@@ -739,13 +738,13 @@ def test_a_gracefully_stopped_runs_string_is_ended_before_the_next_run_serves(
     2 s and closes the socket, which writes the backend's '-' line; the ledger is
     then empty and unlinked. The next run finds nothing to end; `mig` makes bump149
     through it, the lock goes, and the old backend runs `(3).bump149` as an UPDATE."""
-    gw = make_gateway(tmp_path_factory.mktemp("attack14q-term"), _config(target))
+    gw = make_gateway(tmp_path_factory.mktemp("attack14q-term"), attack_config(target))
     gw.start()
     mig = None
     lock = _Lock(target, "lk149")
     try:
         rv = Wire(gw, "rv")
-        _settle(rv)
+        settle(rv)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select count(*) from public.lk149; select (3).bump149"))
         time.sleep(0.3)
@@ -759,7 +758,7 @@ def test_a_gracefully_stopped_runs_string_is_ended_before_the_next_run_serves(
         left = ledger.read_text() if ledger.exists() else "(no ledger)"
         _restart(gw)
         mig = Wire(gw, "mig")
-        _settle(mig)
+        settle(mig)
         made = mig.run(q(BUMP.format(name="bump149")), ready=1)
         lock.release()
         time.sleep(0.5)
@@ -834,7 +833,9 @@ def test_two_of_three_workers_killed_and_a_live_session_untouched(
     bump145: it must wait for both dead workers' backends (nothing writes) and still
     commit; `ro`'s live session on A (idle, its backend in no ledger but A's) is not
     ended by the survivor's terminations."""
-    gw = make_gateway(tmp_path_factory.mktemp("attack14q-w3"), "workers: 3\n" + _config(target))
+    gw = make_gateway(
+        tmp_path_factory.mktemp("attack14q-w3"), "workers: 3\n" + attack_config(target)
+    )
     gw.start()
     opened: list[Wire] = []
     lock = _Lock(target, "lk145")
@@ -848,7 +849,7 @@ def test_two_of_three_workers_killed_and_a_live_session_untouched(
         other = next(pid for pid in workers if pid not in (home, one))
         rv2 = _wire_on(gw, "rv", opened, on=other)
         for wire in (mig, ro, rv1, rv2):
-            _settle(wire)
+            settle(wire)
         start, before = target.last_id(), target.snapshot()
         rv1.send(q("select count(*) from public.lk145; select (3).bump145"))
         rv2.send(q("select count(*) from public.lk145; select (3).bump145"))
@@ -880,8 +881,6 @@ def test_a_dead_workers_backend_on_a_connection_removed_by_a_reload_is_still_end
     B is killed. Worker A reads B's ledger: a backend on `diff2`, "not configured",
     taken as ended; B's row settles at once, `mig`'s DDL through `diff` commits
     bump151, the lock goes, and the backend runs `(3).bump151` as an UPDATE."""
-    from tests.integration.test_attack14h import _config as _config_14h
-
     gw = two_workers
     opened: list[Wire] = []
     lock = _Lock(target, "lk151")
@@ -891,7 +890,7 @@ def test_a_dead_workers_backend_on_a_connection_removed_by_a_reload_is_still_end
         rv.send(q("select count(*) from public.lk151; select (3).bump151"))
         time.sleep(0.3)
         reloaded = gw.log.count("config reloaded")
-        gw.config_path.write_text("workers: 2\n" + _config_14h(target))
+        gw.config_path.write_text("workers: 2\n" + mig_config(target))
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 15

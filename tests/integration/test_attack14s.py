@@ -15,43 +15,17 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14i import _config, _settle
+from tests.integration.attack14 import function_exists, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_attack14n import MAKER, _writes
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
-def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14s"), _config(target))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
-
-
-def _exists(target: Target, name: str) -> bool:
-    with target.conn() as c:
-        row = c.execute("select count(*) from pg_proc where proname = %s", (name,)).fetchone()
-    return bool(row and row[0])
 
 
 def _maker(target: Target, name: str) -> str:
@@ -116,12 +90,12 @@ def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> Non
     dev, rv, mig = wires["dev"], wires["rv"], wires["mig"]
     poked = mig.run(q(f"create table public.poke_{name} (i int)"), ready=1)
     assert not poked.errors(), poked.text()
-    _settle(rv)
-    _settle(dev)
+    settle(rv)
+    settle(dev)
     flags = _ddl_by_writes_flags(target)
     made = dev.run(q(fire), ready=1)
     assert not made.errors(), made.text()
-    assert _exists(target, name), "the attack's precondition: the trigger made the function"
+    assert function_exists(target, name), "the attack's precondition: the trigger made the function"
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select (3).{name}"), ready=1)
     said = f"{reply.text()!r}; routine_code's reading: {flags!r}; dev: {made.text()!r}"
@@ -359,11 +333,11 @@ def test_writes_that_fire_a_flagged_trigger_open_the_window(
         if fire == "copy":
             dev, rv, mig = wires["dev"], wires["rv"], wires["mig"]
             assert not mig.run(q(f"create table public.poke_{name} (i int)"), ready=1).errors()
-            _settle(rv)
-            _settle(dev)
+            settle(rv)
+            settle(dev)
             made = dev.run(*_copy(table, name), ready=1)
             assert not made.errors(), made.text()
-            assert _exists(target, name)
+            assert function_exists(target, name)
             start, before = target.last_id(), target.snapshot()
             reply = rv.run(q(f"select (3).{name}"), ready=1)
             assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
@@ -400,14 +374,14 @@ def test_one_flagged_trigger_does_not_slow_or_cancel_unrelated_work(
     mk = _maker(target, "mk14s_avail")
     dev, ro, mig = wires["dev"], wires["ro"], wires["mig"]
     assert not mig.run(q("create table public.poke_avail0 (i int)"), ready=1).errors()
-    _settle(dev)
-    _settle(ro)
+    settle(dev)
+    settle(ro)
     without = _write_latency(dev, plain)
     _trigger(target, flagged, f"begin perform public.{mk}(new.name); return new; end")
     try:
         assert not mig.run(q("create table public.poke_avail1 (i int)"), ready=1).errors()
-        _settle(dev)
-        _settle(ro)
+        settle(dev)
+        settle(ro)
         assert _ddl_by_writes_flags(target)
         with_trigger = _write_latency(dev, plain)
         ro.send(q("select pg_sleep(1.5), 42 as atk14s_long"))

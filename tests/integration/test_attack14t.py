@@ -15,38 +15,17 @@ unchanged. A hole: bumpN's UPDATE of public.stock runs without a review."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.integration.conftest import Gateway, make_gateway
-from tests.integration.pg_diff import Target, Wire, lazy_wires, make_target
-from tests.integration.test_attack14i import _config, _settle
+from tests.integration.attack14 import function_exists, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_attack14n import _writes
-from tests.integration.test_attack14s import _drop, _exists, _maker
+from tests.integration.test_attack14s import _drop, _maker
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-@pytest.fixture(scope="module")
-def target(pg_server: None) -> Iterator[Target]:
-    yield from make_target()
-
-
-@pytest.fixture(scope="module")
-def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = make_gateway(tmp_path_factory.mktemp("attack14t"), _config(target))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
-    yield from lazy_wires(gw)
 
 
 def _setup(target: Target, *sql: str) -> None:
@@ -125,12 +104,12 @@ def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> Non
     dev, rv, mig = wires["dev"], wires["rv"], wires["mig"]
     poked = mig.run(q(f"create table public.poke_{name} (i int)"), ready=1)
     assert not poked.errors(), poked.text()
-    _settle(rv)
-    _settle(dev)
+    settle(rv)
+    settle(dev)
     why, tables = _facts(target)
     made = dev.run(q(fire), ready=1)
     assert not made.errors(), made.text()
-    assert _exists(target, name), "the attack's precondition: the write made the function"
+    assert function_exists(target, name), "the attack's precondition: the write made the function"
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select (3).{name}"), ready=1)
     said = f"{reply.text()!r}; flagged: {why!r}; tables: {sorted(tables)}; dev: {made.text()!r}"

@@ -1,0 +1,95 @@
+"""What the attack14h-t modules share (issue 14: the catalogue window after DDL and the
+commit barrier): the function they make, the configuration with `mig`, one gateway per
+module on a fresh target, and the waits. A module takes the fixtures by importing them
+(`from tests.integration.attack14 import gw, target, wires  # noqa: F401`)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import Gateway, make_gateway
+from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
+from wardgate.postgres.codec import build
+
+# A function whose call writes (the target's write log shows whether it ran).
+BUMP = (
+    "create function public.{name}(int) returns int language sql volatile as"
+    " $$ update public.stock set qty = qty + 1000 where id = $1; select $1 $$"
+)
+
+
+def mig_config(target: Target) -> str:
+    """pg_diff's configuration with `mig`: an agent that may run DDL but whose writes
+    need a review (a migration bot)."""
+    config = diff_config(target)
+    config = config.replace(
+        "engineers: {}, approvers: {}}", "engineers: {}, approvers: {}, mig_agents: {}}"
+    )
+    config = config.replace(
+        "principals:\n", "principals:\n  mig: {kind: agent, groups: [mig_agents], sponsor: dev}\n"
+    )
+    config = config.replace("engineers: engineer}", "engineers: engineer, mig_agents: migrator}")
+    config = config.replace(
+        "roles:\n  reader:",
+        "roles:\n  migrator: {read: allow, write: review, ddl: allow, admin: block}\n  reader:",
+    )
+    assert "migrator:" in config and "mig_agents: migrator" in config
+    return config
+
+
+def attack_config(target: Target) -> str:
+    """`mig_config`, and a second connection, `diff2`, to the same database (say, one a
+    team's agents use)."""
+    text = mig_config(target)
+    block = re.search(r"\n  diff:\n(?:    .*\n)+", text)
+    assert block is not None
+    second = block.group(0).replace("\n  diff:\n", "\n  diff2:\n", 1)
+    return text.replace(block.group(0), block.group(0) + second.lstrip("\n"), 1)
+
+
+@pytest.fixture(scope="module")
+def target(pg_server: None) -> Iterator[Target]:
+    yield from make_target()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    target: Target, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Gateway]:
+    """One gateway (`attack_config`) for the module's tests."""
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    gateway = make_gateway(tmp_path_factory.mktemp(name), attack_config(target))
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
+    yield from lazy_wires(gw)
+
+
+def settle(wire: Wire) -> None:
+    """Wait until the watch has read what an earlier test's DDL committed: until then
+    every expression is judged as the worst case (`select 1` too)."""
+    for _ in range(50):
+        if not wire.run(build.query("select 1"), ready=1).errors():
+            return
+        time.sleep(0.1)
+    raise AssertionError("the catalogue facts did not settle")
+
+
+def ext(sql: str) -> bytes:
+    """``sql`` as the unnamed statement's Parse, Bind and Execute (no Sync)."""
+    return build.parse("", sql) + build.bind("", "") + build.execute("")
+
+
+def function_exists(target: Target, name: str) -> bool:
+    """A function of that name exists on the target (whatever its schema)."""
+    with target.conn() as c:
+        row = c.execute("select count(*) from pg_proc where proname = %s", (name,)).fetchone()
+    return bool(row and row[0])
