@@ -93,3 +93,23 @@ def function_exists(target: Target, name: str) -> bool:
     with target.conn() as c:
         row = c.execute("select count(*) from pg_proc where proname = %s", (name,)).fetchone()
     return bool(row and row[0])
+
+
+def running(target: Target, text: str, timeout: float = 10.0) -> None:
+    """Wait until a backend of the target's database runs a query string holding
+    ``text``: the statement is in flight on the server, not only sent by a client whose
+    bytes a busy gateway has not read yet (a fixed sleep is not enough while other tests
+    share the cores)."""
+    deadline = time.monotonic() + timeout
+    with target.conn() as c:
+        while time.monotonic() < deadline:
+            row = c.execute(
+                "select count(*) from pg_stat_activity where datname = %s"
+                " and state = 'active' and pid <> pg_backend_pid()"
+                " and position(%s in query) > 0",
+                (target.db, text),
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"the server never ran {text!r}")

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.attack14 import BUMP, attack_config, ext, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import (  # noqa: F401 - fixtures
+    BUMP,
+    attack_config,
+    ext,
+    gw,
+    running,
+    settle,
+    target,
+    wires,
+)
 from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_cancel import _children, _worker_of
@@ -154,7 +163,7 @@ def _on_the_other_worker(gw: Gateway, home: Wire, opened: list[Wire]) -> Wire:
 
 
 def test_a_session_on_another_worker_waits_for_the_ddl_batch_not_the_timeout(
-    two_workers: Gateway,
+    two_workers: Gateway, target: Target
 ) -> None:
     """While an engineer's batch with DDL runs (a second and a half), a read on the other
     worker waits for it and for that worker's look, then runs: not the whole
@@ -166,7 +175,7 @@ def test_a_session_on_another_worker_waits_for_the_ddl_batch_not_the_timeout(
         rv = _on_the_other_worker(two_workers, dev, opened)
         settle(rv)
         dev.send(q(BUMP.format(name="bump15") + "; select pg_sleep(1.5)"))
-        time.sleep(0.3)  # the batch is in flight
+        running(target, "bump15")  # the batch is in flight
         started = time.monotonic()
         reply = rv.run(q("select count(*) from stock"), ready=1)
         waited = time.monotonic() - started

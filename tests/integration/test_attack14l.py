@@ -12,7 +12,15 @@ import time
 
 import pytest
 
-from tests.integration.attack14 import BUMP, function_exists, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import (  # noqa: F401 - fixtures
+    BUMP,
+    function_exists,
+    gw,
+    running,
+    settle,
+    target,
+    wires,
+)
 from tests.integration.conftest import Gateway
 from tests.integration.pg_diff import Reply, Target, Wire
 from tests.integration.test_attack14i import (  # noqa: F401 - two_workers: a fixture
@@ -35,7 +43,7 @@ def _slow_string_then_ddl(
     (autocommit). PostgreSQL parses the second statement only after the first ends,
     so without the barrier it finds the new function and runs it."""
     agent.send(q(f"select pg_sleep(3); select (3).{name}"))
-    time.sleep(0.3)  # in flight on the server
+    running(target, f"select (3).{name}")  # in flight on the server
     started = time.monotonic()
     made = mig.run(q(BUMP.format(name=name)), ready=1)
     waited = time.monotonic() - started
@@ -83,8 +91,8 @@ def test_a_quick_statement_is_waited_for_not_cancelled(
     for it."""
     rv, mig = wires["rv"], wires["mig"]
     settle(rv)
-    rv.send(q("select pg_sleep(0.2); select 1"))
-    time.sleep(0.05)
+    rv.send(q("select pg_sleep(0.3); select 1"))
+    running(target, "pg_sleep(0.3)")
     started = time.monotonic()
     made = mig.run(q(BUMP.format(name="bump62")), ready=1)
     waited = time.monotonic() - started

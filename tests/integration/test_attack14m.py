@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.integration.attack14 import BUMP, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import BUMP, gw, running, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway
 from tests.integration.pg_diff import Target, Wire
 from wardgate.postgres.codec import build
@@ -217,7 +217,7 @@ def test_a_session_that_leaves_does_not_take_its_running_string_out_of_the_barri
         settle(mig)
         start, before = target.last_id(), target.snapshot()
         rv.send(q(f"select pg_sleep(1.5); select (3).{name}"))
-        time.sleep(0.3)  # running on the server
+        running(target, f"select (3).{name}")
         if leave == "terminate":
             rv.send(build.terminate())
         else:

@@ -19,6 +19,7 @@ from tests.integration.attack14 import (  # noqa: F401 - fixtures
     attack_config,
     function_exists,
     gw,
+    running,
     settle,
     target,
     wires,
@@ -60,7 +61,7 @@ def test_a_batch_held_by_the_barrier_is_not_sent_after_a_later_ddl_commit(
         settle(mig)
         start, before = target.last_id(), target.snapshot()
         ro.send(q("select pg_sleep(3)"))
-        time.sleep(0.2)  # running: the next DDL commit must wait for it
+        running(target, "select pg_sleep(3)")  # the next DDL commit must wait for it
         mig.send(q("select pg_sleep(1); select (3).bump90; create table public.t90 (i int)"))
         time.sleep(0.1)  # judged and held
         dev.send(q("commit"))
@@ -114,7 +115,7 @@ def test_a_dead_workers_running_string_is_not_taken_as_answered(
         victim = _worker_of(_children(gw.proc.pid), gw.port, rv.sock.getsockname()[1])
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select pg_sleep(2); select (3).bump91"))
-        time.sleep(0.3)  # running on the server
+        running(target, "select (3).bump91")
         os.kill(victim, signal.SIGKILL)
         time.sleep(0.3)  # reaped by the supervisor
         started = time.monotonic()
@@ -225,7 +226,7 @@ def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
         settle(mig)
         victim = _worker_of(_children(gw.proc.pid), gw.port, mig.sock.getsockname()[1])
         mig.send(q("select pg_sleep(1.5); " + BUMP.format(name="bump93")))
-        time.sleep(0.3)  # running on the server
+        running(target, "bump93")
         os.kill(victim, signal.SIGKILL)
         time.sleep(0.5)  # reaped; worker A ends B's backends
         settle(rv)
@@ -280,7 +281,7 @@ def test_a_crashed_gateways_running_string_is_ended_before_the_next_run_serves(
         settle(rv)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select pg_sleep(6); select (3).bump94"))
-        time.sleep(0.3)  # running on the server
+        running(target, "select (3).bump94")
         assert gw.proc is not None
         gw.proc.kill()
         gw.proc.wait()

@@ -24,6 +24,7 @@ from tests.integration.attack14 import (
     attack_config,
     ext,
     mig_config,
+    running,
     settle,
     target,  # noqa: F401 - fixtures
 )
@@ -242,7 +243,7 @@ def test_behind_a_tcp_forwarder_a_dead_workers_string_is_still_ended(
         mig, rv, victim = _apart(gw, opened)
         start, before = target.last_id(), target.snapshot()
         rv.send(q("select count(*) from public.lk140; select (3).bump140"))
-        time.sleep(0.3)  # running on the server
+        running(target, "select (3).bump140")  # waiting for the lock
         os.kill(victim, signal.SIGKILL)
         time.sleep(0.3)  # reaped by the supervisor
         made = mig.run(q(BUMP.format(name="bump140")), ready=1)
