@@ -15,6 +15,7 @@ unchanged. A hole: bumpN's UPDATE of public.stock runs without a review."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from tests.integration.attack14 import function_exists, gw, settle, target, wires  # noqa: F401 - fixtures
@@ -34,16 +35,26 @@ def _setup(target: Target, *sql: str) -> None:
     with target.conn() as c:
         for statement in sql:
             c.execute(statement.replace("{role}", target.role))
-        c.execute(
-            f"""do $$ declare r record; begin
-            for r in select c.relname, c.relkind from pg_class c join pg_namespace n
-              on n.oid = c.relnamespace where n.nspname = 'public'
-              and c.relkind in ('r', 'p', 'v', 'f') loop
-              execute format('alter %s public.%I owner to "{target.role}"',
-                case r.relkind when 'f' then 'foreign table' when 'v' then 'view'
-                else 'table' end, r.relname);
-            end loop; end $$"""
-        )
+        # One transaction takes every table's lock in turn. Another session (it was not
+        # found which: the gateway's catalogue look, or an earlier test's statement)
+        # held one and waited for another in one CI run, and PostgreSQL ended this one
+        # as the deadlock's victim. A migration retries.
+        for attempt in range(5):
+            try:
+                c.execute(
+                    f"""do $$ declare r record; begin
+                    for r in select c.relname, c.relkind from pg_class c join pg_namespace n
+                      on n.oid = c.relnamespace where n.nspname = 'public'
+                      and c.relkind in ('r', 'p', 'v', 'f') loop
+                      execute format('alter %s public.%I owner to "{target.role}"',
+                        case r.relkind when 'f' then 'foreign table' when 'v' then 'view'
+                        else 'table' end, r.relname);
+                    end loop; end $$"""
+                )
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
 
 
 def _flagged_table(target: Target, table: str, event: str = "insert", level: str = "row") -> str:
