@@ -113,3 +113,9 @@ def running(target: Target, text: str, timeout: float = 10.0) -> None:
                 return
             time.sleep(0.01)
     raise AssertionError(f"the server never ran {text!r}")
+
+
+def row_writes(target: Target, start: int) -> list[tuple[object, ...]]:
+    """What the target's write log holds after ``start``, DDL aside: the rows a
+    statement wrote (a test's proof that nothing ran)."""
+    return [row for row in target.log(start) if row[1] != "DDL"]

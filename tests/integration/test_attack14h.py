@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.attack14 import BUMP, function_exists, mig_config, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import BUMP, function_exists, mig_config, row_writes, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire
 from wardgate.postgres.codec import build
@@ -182,6 +182,6 @@ def test_ddl_that_runs_user_code_is_judged_as_a_write_too(
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
     reply = mig.run(q(ddl.format(t=table)), ready=1)
-    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()

@@ -19,6 +19,7 @@ from tests.integration.attack14 import (  # noqa: F401 - fixtures
     attack_config,
     ext,
     gw,
+    row_writes,
     running,
     settle,
     target,
@@ -69,7 +70,7 @@ def test_an_earlier_idle_answer_does_not_end_a_later_ddl_transaction(
     start = target.last_id()
     reply = mig.run(q("select (3).bump12"), ready=1)
     assert not mig.run(q("commit"), ready=1).errors()
-    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    writes = row_writes(target, start)
     assert writes == [], reply.text()
     assert reply.refused(), reply.text()
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.integration.attack14 import BUMP, ext, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import BUMP, ext, gw, row_writes, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway
 from tests.integration.pg_diff import Target, Wire
 from wardgate.postgres.codec import build
@@ -118,5 +118,5 @@ def test_a_read_waiting_for_a_lock_does_not_call_what_the_lock_holder_commits(
         reply = other.read(ready=1)
     finally:
         other.close()
-    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, reply.text()

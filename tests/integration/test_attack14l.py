@@ -16,6 +16,7 @@ from tests.integration.attack14 import (  # noqa: F401 - fixtures
     BUMP,
     function_exists,
     gw,
+    row_writes,
     running,
     settle,
     target,
@@ -57,7 +58,7 @@ def test_a_later_statement_of_a_slow_string_does_not_call_what_ddl_commits(
     settle(rv)
     start, before = target.last_id(), target.snapshot()
     reply, made, waited = _slow_string_then_ddl(target, rv, mig, "bump60")
-    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, reply.text()
     assert "57014" in reply.codes(), reply.text()  # cancelled, not run
     assert not made.errors(), made.text()  # the DDL itself went through, after the cancel
@@ -77,7 +78,7 @@ def test_the_barrier_spans_workers(two_workers: Gateway, target: Target) -> None
     finally:
         for wire in (mig, *opened):
             wire.close()
-    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, reply.text()
     assert "57014" in reply.codes(), reply.text()
     assert not made.errors(), made.text()
@@ -117,7 +118,7 @@ def test_ddl_through_mcp_waits_for_a_client_session(target: Target, gw: Gateway)
         reply = rv.read(ready=1)
     finally:
         rv.close()
-    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, reply.text()
     assert "57014" in reply.codes(), reply.text()
 
@@ -151,7 +152,7 @@ def test_an_mcp_query_in_flight_is_cancelled_before_ddl_commits(
         made = mig.run(q(BUMP.format(name="bump64")), ready=1)
     finally:
         agent.join(30)
-    writes = [row for row in target.log(start) if row[1] != "DDL"]
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, answers
     assert not made.errors(), made.text()
     assert answers and getattr(answers[0], "isError", False), answers

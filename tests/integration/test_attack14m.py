@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.integration.attack14 import BUMP, gw, running, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import BUMP, gw, row_writes, running, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway
 from tests.integration.pg_diff import Target, Wire
 from wardgate.postgres.codec import build
@@ -35,10 +35,6 @@ MAKER = (
 )
 
 
-def _writes(target: Target, start: int) -> list[tuple[object, ...]]:
-    return [row for row in target.log(start) if row[1] != "DDL"]
-
-
 def test_ddl_run_by_a_routine_opens_the_window_too(target: Target, wires: dict[str, Wire]) -> None:
     """An engineer (who may write) calls a routine that makes `bump70` with EXECUTE:
     a call of a user function, a write, not DDL, so no DDL window opens and the
@@ -52,7 +48,7 @@ def test_ddl_run_by_a_routine_opens_the_window_too(target: Target, wires: dict[s
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q("select (3).bump70"), ready=1)
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()
 
 
@@ -73,7 +69,7 @@ def test_a_procedure_that_commits_ddl_opens_the_window_too(
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q("select (3).bump71"), ready=1)
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()
 
 
@@ -155,7 +151,7 @@ def test_an_mcp_query_judged_before_a_ddl_commit_does_not_run_after_it(
                     await asyncio.sleep(delay)
                     await asyncio.to_thread(mig.run, q("commit"), ready=1)
                     await call
-                    writes = _writes(target, start)
+                    writes = row_writes(target, start)
                     if writes:
                         hits.append((name, delay, writes))
                         return
@@ -165,7 +161,7 @@ def test_an_mcp_query_judged_before_a_ddl_commit_does_not_run_after_it(
     finally:
         mig.close()
         ro.close()
-    assert hits == [] and _writes(target, start0) == [] and target.snapshot() == before0, hits
+    assert hits == [] and row_writes(target, start0) == [] and target.snapshot() == before0, hits
 
 
 def test_a_statement_prepared_before_ddl_is_judged_again_when_bound_after_it(
@@ -195,7 +191,7 @@ def test_a_statement_prepared_before_ddl_is_judged_again_when_bound_after_it(
     settle(rv)
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(build.bind("", "s"), build.execute(""), build.sync(), ready=1)
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()
 
 
@@ -228,7 +224,7 @@ def test_a_session_that_leaves_does_not_take_its_running_string_out_of_the_barri
         time.sleep(2.5)  # the string has run
     finally:
         rv.close()
-    assert _writes(target, start) == [] and target.snapshot() == before
+    assert row_writes(target, start) == [] and target.snapshot() == before
 
 
 def test_an_mcp_client_that_leaves_does_not_take_its_query_out_of_the_barrier(
@@ -271,4 +267,4 @@ def test_an_mcp_client_that_leaves_does_not_take_its_query_out_of_the_barrier(
     made = mig.run(q(BUMP.format(name="bump77")), ready=1)
     assert not made.errors(), made.text()
     time.sleep(2.5)
-    assert _writes(target, start) == [] and target.snapshot() == before
+    assert row_writes(target, start) == [] and target.snapshot() == before

@@ -19,6 +19,7 @@ import pytest
 from tests.integration.attack14 import (
     BUMP,
     attack_config,
+    row_writes,
     settle,
     target,  # noqa: F401 - fixtures
 )
@@ -44,10 +45,6 @@ def gw(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 @pytest.fixture
 def wires(gw: Gateway) -> Iterator[dict[str, Wire]]:
     yield from lazy_wires(gw)
-
-
-def _writes(target: Target, start: int) -> list[tuple[object, ...]]:
-    return [row for row in target.log(start) if row[1] != "DDL"]
 
 
 def _backends(target: Target, marker: str) -> int:
@@ -304,7 +301,7 @@ def test_ddl_run_by_a_trigger_opens_the_window_too(
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select (3).{name}"), ready=1)
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()
 
 
@@ -338,7 +335,7 @@ def test_a_maker_called_in_other_places_opens_the_window(
     assert not made.errors(), made.text()
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select (3).{name}"), ready=1)
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()
 
 
@@ -376,5 +373,5 @@ def test_reading_a_relation_whose_reading_runs_user_code_is_judged_as_that_call(
     settle(rv)
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select * from {rel}"), ready=1)
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert reply.refused(), reply.text()

@@ -19,6 +19,7 @@ from tests.integration.attack14 import (  # noqa: F401 - fixtures
     attack_config,
     function_exists,
     gw,
+    row_writes,
     running,
     settle,
     target,
@@ -35,10 +36,6 @@ from wardgate.postgres.codec import build
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-def _writes(target: Target, start: int) -> list[tuple[object, ...]]:
-    return [row for row in target.log(start) if row[1] != "DDL"]
 
 
 def test_a_batch_held_by_the_barrier_is_not_sent_after_a_later_ddl_commit(
@@ -72,7 +69,7 @@ def test_a_batch_held_by_the_barrier_is_not_sent_after_a_later_ddl_commit(
         for wire in (mig, dev, ro):
             wire.close()
     assert not committed.errors(), committed.text()
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
 
 
 @pytest.fixture
@@ -128,7 +125,7 @@ def test_a_dead_workers_running_string_is_not_taken_as_answered(
                 wire.close()
             except OSError:
                 pass
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text(), waited)
 
 
@@ -240,7 +237,7 @@ def test_ddl_a_dead_worker_sent_is_a_change_until_its_backend_is_done(
                 wire.close()
             except OSError:
                 pass
-    assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+    assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
     assert not made, "the dead worker's backend lived on to make bump93"
     assert reply.errors(), reply.text()
 
@@ -296,7 +293,7 @@ def test_a_crashed_gateways_running_string_is_ended_before_the_next_run_serves(
     finally:
         gw.stop()
     assert not made.errors(), made.text()
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, writes
     # rv's and mig's, and the gateway's own (the catalogue watch's) if open then.
     assert re.search(r"an earlier run of this gateway left [2-9] server session", gw.log)

@@ -14,6 +14,7 @@ import pytest
 from tests.integration.attack14 import (
     BUMP,
     attack_config,
+    row_writes,
     settle,
     target,  # noqa: F401 - fixtures
 )
@@ -21,7 +22,6 @@ from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_attack14o import (
     _on_the_other_worker_as,
-    _writes,
     ddl_behind_pipelined_sleeps,
 )
 from wardgate.postgres.codec import build
@@ -65,9 +65,9 @@ def test_a_read_judged_before_a_ddl_mark_is_not_sent_after_its_commit_two_worker
     replies = []
     for name in ("bump140", "bump141", "bump142"):  # the window is timing: a few tries
         replies.append(_race(two, name))
-        if _writes(target, start):
+        if row_writes(target, start):
             break
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, replies)
 
 
@@ -133,5 +133,5 @@ def test_held_the_same_race_in_one_worker(target: Target, one: Gateway) -> None:
     string, and the string is sent before the COMMIT: its read fails (42809, no bump)."""
     start, before = target.last_id(), target.snapshot()
     replies = [_race(one, name, apart=False) for name in ("bump145", "bump146")]
-    assert _writes(target, start) == [] and target.snapshot() == before, replies
+    assert row_writes(target, start) == [] and target.snapshot() == before, replies
     assert all(reply.startswith("42809") for reply in replies), replies

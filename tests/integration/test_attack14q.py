@@ -24,6 +24,7 @@ from tests.integration.attack14 import (
     attack_config,
     ext,
     mig_config,
+    row_writes,
     running,
     settle,
     target,  # noqa: F401 - fixtures
@@ -36,10 +37,6 @@ from wardgate.postgres.codec import build
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 q = build.query
-
-
-def _writes(target: Target, start: int) -> list[tuple[object, ...]]:
-    return [row for row in target.log(start) if row[1] != "DDL"]
 
 
 def _workers(gw: Gateway, count: int = 2) -> list[int]:
@@ -252,7 +249,7 @@ def test_behind_a_tcp_forwarder_a_dead_workers_string_is_still_ended(
     finally:
         lock.release()
         _close(opened)
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text())
 
 
@@ -321,7 +318,7 @@ def test_pipelines_and_a_lock_wait_on_a_dying_worker_are_ended(
     finally:
         holder.close()
         _close(opened)
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text())
     assert not made.errors() and waited < 5, (made.text(), waited)
 
@@ -393,7 +390,7 @@ def test_a_dying_worker_0_with_an_mcp_query_in_flight(two_workers: Gateway, targ
     finally:
         lock.release()
         _close(opened)
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text(), outcome)
     assert not made.errors(), made.text()
 
@@ -424,7 +421,7 @@ def test_a_worker_killed_while_another_workers_ddl_drains_for_it(
     finally:
         lock.release()
         _close(opened)
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text())
     assert not made.errors(), made.text()
 
@@ -526,7 +523,7 @@ def test_a_crashed_runs_string_is_ended_when_its_role_has_no_free_connection(
         if mig is not None:
             _close([mig])
         gw.stop()
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text())
 
 
@@ -659,7 +656,7 @@ def test_a_crashed_two_worker_gateways_strings_are_ended_before_it_serves(
         gw.stop()
         _end_target_backends(target)
     assert not made.errors(), made.text()
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, writes
     assert "an earlier run of this gateway left" in gw.log
 
@@ -770,7 +767,7 @@ def test_a_gracefully_stopped_runs_string_is_ended_before_the_next_run_serves(
         gw.stop()
         _end_target_backends(target)
     assert not made.errors(), made.text()
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, left)
 
 
@@ -821,7 +818,7 @@ def test_a_worker_stopped_with_sigterm_is_not_taken_as_answered_too_early(
     finally:
         lock.release()
         _close(opened)
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text())
 
 
@@ -867,7 +864,7 @@ def test_two_of_three_workers_killed_and_a_live_session_untouched(
         _close(opened)
         gw.stop()
         _end_target_backends(target)
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, made.text())
     assert not made.errors(), made.text()
     assert not alive.errors() and alive.rows() == 1, alive.text()
@@ -912,5 +909,5 @@ def test_a_dead_workers_backend_on_a_connection_removed_by_a_reload_is_still_end
     finally:
         lock.release()
         _close(opened)
-    writes = _writes(target, start)
+    writes = row_writes(target, start)
     assert writes == [] and target.snapshot() == before, (writes, said, waited)

@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from tests.integration.attack14 import function_exists, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import function_exists, gw, row_writes, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.pg_diff import Target, Wire
-from tests.integration.test_attack14n import MAKER, _writes
+from tests.integration.test_attack14n import MAKER
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -99,7 +99,7 @@ def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> Non
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select (3).{name}"), ready=1)
     said = f"{reply.text()!r}; routine_code's reading: {flags!r}; dev: {made.text()!r}"
-    assert _writes(target, start) == [] and target.snapshot() == before, said
+    assert row_writes(target, start) == [] and target.snapshot() == before, said
     assert reply.refused(), said
 
 
@@ -340,7 +340,7 @@ def test_writes_that_fire_a_flagged_trigger_open_the_window(
             assert function_exists(target, name)
             start, before = target.last_id(), target.snapshot()
             reply = rv.run(q(f"select (3).{name}"), ready=1)
-            assert _writes(target, start) == [] and target.snapshot() == before, reply.text()
+            assert row_writes(target, start) == [] and target.snapshot() == before, reply.text()
             assert reply.refused(), reply.text()
         else:
             _attack(target, wires, fire.format(t=table, n=name), name)

@@ -18,9 +18,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.integration.attack14 import function_exists, gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import function_exists, gw, row_writes, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.pg_diff import Target, Wire
-from tests.integration.test_attack14n import _writes
 from tests.integration.test_attack14s import _drop, _maker
 from wardgate.postgres.codec import build
 
@@ -124,7 +123,7 @@ def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> Non
     start, before = target.last_id(), target.snapshot()
     reply = rv.run(q(f"select (3).{name}"), ready=1)
     said = f"{reply.text()!r}; flagged: {why!r}; tables: {sorted(tables)}; dev: {made.text()!r}"
-    assert _writes(target, start) == [] and target.snapshot() == before, said
+    assert row_writes(target, start) == [] and target.snapshot() == before, said
     assert reply.refused(), said
 
 
