@@ -9,10 +9,13 @@ import re
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.integration.conftest import Gateway, make_gateway
 from tests.integration.pg_diff import Target, Wire, diff_config, lazy_wires, make_target
+from wardgate.gate import UserCode
+from wardgate.postgres import catalog_watch
 from wardgate.postgres.codec import build
 
 # A function whose call writes (the target's write log shows whether it ran).
@@ -119,3 +122,20 @@ def row_writes(target: Target, start: int) -> list[tuple[object, ...]]:
     """What the target's write log holds after ``start``, DDL aside: the rows a
     statement wrote (a test's proof that nothing ran)."""
     return [row for row in target.log(start) if row[1] != "DDL"]
+
+
+def watch_reading(target: Target) -> UserCode:
+    """What the catalogue watch reads of the target now (its queries, run here, each
+    deferred definition read as the watch reads it), for failure messages."""
+    mark = catalog_watch.marker()
+    with target.conn() as c, psycopg.RawCursor(c) as cur:
+        rows = cur.execute(catalog_watch._USER_CODE_QUERY, (mark,)).fetchall()
+        read = {}
+        for key, sql in catalog_watch.deferred(rows, mark).items():
+            one = cur.execute(sql, (key[1:],)).fetchone()
+            if one and one[0] is not None:
+                read[key] = str(one[0])
+        names = cur.execute(catalog_watch._QUERY).fetchall()
+    return catalog_watch.user_code(
+        catalog_watch.with_definitions(rows, mark, read), frozenset(str(r[0]) for r in names)
+    )

@@ -18,7 +18,15 @@ import time
 
 import pytest
 
-from tests.integration.attack14 import function_exists, gw, row_writes, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import (  # noqa: F401 - fixtures
+    function_exists,
+    gw,
+    row_writes,
+    settle,
+    target,
+    watch_reading,
+    wires,
+)
 from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_attack14n import MAKER
 from wardgate.postgres.codec import build
@@ -66,24 +74,6 @@ def _drop(target: Target, *sql: str) -> None:
             c.execute(statement)
 
 
-def _ddl_by_writes_flags(target: Target) -> str:
-    """What routine_code says of the database's triggers and rules now (the watch's
-    reading, run here on the same rows), for the failure messages."""
-    from wardgate.postgres.catalog_watch import _USER_CODE_QUERY, user_code
-
-    with target.conn() as c:
-        rows = c.execute(_USER_CODE_QUERY).fetchall()
-        names = c.execute(
-            "select lower(p.proname) from pg_proc p join pg_namespace n"
-            " on n.oid = p.pronamespace where n.nspname not in"
-            " ('pg_catalog', 'information_schema')"
-        ).fetchall()
-    found = user_code(
-        [(str(a), str(b), str(c)) for a, b, c in rows], frozenset(str(r[0]) for r in names)
-    )
-    return found.ddl_by_writes
-
-
 def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> None:
     """The watch reads what was installed; `dev` runs ``fire`` (a write whose trigger or
     rule makes function ``name``); `rv` calls ``(3).name`` right after."""
@@ -92,7 +82,7 @@ def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> Non
     assert not poked.errors(), poked.text()
     settle(rv)
     settle(dev)
-    flags = _ddl_by_writes_flags(target)
+    flags = watch_reading(target).ddl_by_writes
     made = dev.run(q(fire), ready=1)
     assert not made.errors(), made.text()
     assert function_exists(target, name), "the attack's precondition: the trigger made the function"
@@ -382,7 +372,7 @@ def test_one_flagged_trigger_does_not_slow_or_cancel_unrelated_work(
         assert not mig.run(q("create table public.poke_avail1 (i int)"), ready=1).errors()
         settle(dev)
         settle(ro)
-        assert _ddl_by_writes_flags(target)
+        assert watch_reading(target).ddl_by_writes
         with_trigger = _write_latency(dev, plain)
         ro.send(q("select pg_sleep(1.5), 42 as atk14s_long"))
         time.sleep(0.2)

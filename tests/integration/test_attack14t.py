@@ -18,7 +18,15 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.integration.attack14 import function_exists, gw, row_writes, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.attack14 import (  # noqa: F401 - fixtures
+    function_exists,
+    gw,
+    row_writes,
+    settle,
+    target,
+    watch_reading,
+    wires,
+)
 from tests.integration.pg_diff import Target, Wire
 from tests.integration.test_attack14s import _drop, _maker
 from wardgate.postgres.codec import build
@@ -91,23 +99,6 @@ def _trigger_on(target: Target, table: str, body: str) -> None:
     )
 
 
-def _facts(target: Target) -> tuple[str, frozenset[str]]:
-    """What the watch's reading says of the database now (its query, run here)."""
-    from wardgate.postgres.catalog_watch import _USER_CODE_QUERY, user_code
-
-    with target.conn() as c:
-        rows = c.execute(_USER_CODE_QUERY).fetchall()
-        names = c.execute(
-            "select lower(p.proname) from pg_proc p join pg_namespace n"
-            " on n.oid = p.pronamespace where n.nspname not in"
-            " ('pg_catalog', 'information_schema')"
-        ).fetchall()
-    found = user_code(
-        [(str(a), str(b), str(c)) for a, b, c in rows], frozenset(str(r[0]) for r in names)
-    )
-    return found.ddl_by_writes, found.ddl_write_tables
-
-
 def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> None:
     """The watch reads what was installed; `dev` runs ``fire`` (a write that reaches
     the flagged trigger, which makes function ``name``); `rv` calls ``(3).name``."""
@@ -116,7 +107,8 @@ def _attack(target: Target, wires: dict[str, Wire], fire: str, name: str) -> Non
     assert not poked.errors(), poked.text()
     settle(rv)
     settle(dev)
-    why, tables = _facts(target)
+    found = watch_reading(target)
+    why, tables = found.ddl_by_writes, found.ddl_write_tables
     made = dev.run(q(fire), ready=1)
     assert not made.errors(), made.text()
     assert function_exists(target, name), "the attack's precondition: the write made the function"
@@ -371,10 +363,8 @@ def test_an_event_trigger_does_not_make_every_insert_count(target: Target) -> No
         "create event trigger atk14t_et on ddl_command_end execute function public.atk14t_et()",
     )
     try:
-        why, tables = _facts(target)
-        from wardgate.gate import UserCode
-
-        found = UserCode(ddl_by_writes=why, ddl_write_tables=tables)
+        found = watch_reading(target)
+        why, tables = found.ddl_by_writes, found.ddl_write_tables
         (info,) = classify("insert into public.atk14t_plain values (1)")
         assert why, "the precondition: the event trigger is flagged"
         assert not _reaches_ddl(info, found), (why, sorted(tables))

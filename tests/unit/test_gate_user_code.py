@@ -277,12 +277,18 @@ def test_a_truncated_catalogue_answer_is_judged_as_the_worst_case(config: Config
     services: Any = SimpleNamespace(gate=gate)
     rows = (("column_type", "public.t", "16400 "),)
     CatalogWatch()._judge_user_code(
-        services, "shop", Result(rows=rows, truncated=True), frozenset(), False, seen=(0, 0)
+        services,
+        "shop",
+        Result(rows=rows, truncated=True),
+        list(rows),
+        frozenset(),
+        False,
+        seen=(0, 0),
     )
     assert gate.facts.has_read("shop")
     assert "could not be read" in gate.facts.user_code("shop").implicit
     CatalogWatch()._judge_user_code(
-        services, "shop", Result(rows=rows), frozenset(), False, seen=(0, 0)
+        services, "shop", Result(rows=rows), list(rows), frozenset(), False, seen=(0, 0)
     )
     assert gate.facts.user_code("shop").implicit == ""
 

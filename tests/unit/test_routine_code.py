@@ -128,6 +128,48 @@ def test_the_writes_that_reach_code_that_may_run_ddl() -> None:
     assert "*" in _ddl_by_writes([domain], set(), set(), frozenset())[1]
 
 
+def test_a_definition_the_watch_could_not_read_counts_where_writes_reach_it() -> None:
+    """A rule, a trigger's WHEN or a BEGIN ATOMIC body is read after the catalogue
+    query, each giving up on a lock within LOCK_TIMEOUT_MS (catalog_watch._DEFINITIONS):
+    one not read is the worst case for the writes that reach it, and only for those."""
+    from wardgate.postgres.catalog_watch import (
+        _ddl_by_writes,
+        deferred,
+        marker,
+        with_definitions,
+    )
+
+    mark = marker()
+    assert mark != marker()  # one per look: no catalogue text can carry the next one
+    rows = [
+        ("rule", "public.src", f"{mark}r16400"),
+        ("trigger_when", "public.tw", f"{mark}t16401"),
+        ("write_code public sql", "public.ck", f"{mark}f16402"),
+        ("write_code public sql", "public.ck2", f"{mark}f16402"),
+        ("trigger public plpgsql", "public.plain", "begin return new; end"),
+        ("reaches", "public.parent", "public.src"),
+    ]
+    assert deferred(rows, mark) == {
+        "f16402": "SELECT pg_catalog.pg_get_functiondef($1::pg_catalog.oid)",
+        "r16400": "SELECT pg_catalog.pg_get_ruledef($1::pg_catalog.oid)",
+        "t16401": "SELECT pg_catalog.pg_get_triggerdef($1::pg_catalog.oid)",
+    }
+    rule = "CREATE RULE r AS ON INSERT TO public.src DO ALSO INSERT INTO public.dst VALUES (1)"
+    filled = with_definitions(rows, mark, {"r16400": rule})
+    assert filled[0] == ("rule", "public.src", rule) and filled[4] == rows[4]
+    why, tables = _ddl_by_writes(filled, set(), set(), frozenset())
+    assert "a trigger's WHEN on public.tw: its definition could not be read yet" in why
+    assert tables == {"tw", "ck", "ck2"}
+    # Read, the rule writes a plain table: nothing there, nor through `parent`.
+    everything = with_definitions(
+        rows, mark, {"r16400": rule, "t16401": "CREATE TRIGGER ...", "f16402": "x"}
+    )
+    assert "could not be read" not in _ddl_by_writes(everything, set(), set(), frozenset())[0]
+    # Unread, the rule counts for its table and what reaches it.
+    unread = with_definitions(rows[:1] + rows[5:], mark, {})
+    assert _ddl_by_writes(unread, set(), set(), frozenset())[1] == {"src", "parent"}
+
+
 @pytest.mark.parametrize(
     ("body", "tables"),
     [

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wardgate.gate import OBJECT_WRITES, UserCode
@@ -36,17 +37,11 @@ INTERVAL = 30.0
 MISS_INTERVAL = 1.0
 # Whatever their declared volatility: a STABLE or IMMUTABLE routine may call a VOLATILE
 # one, which writes (PostgreSQL refuses only the routine's own writing commands), and an
-# aggregate's state function may write.
+# aggregate's state function may write. The same rows give every routine outside the
+# system schemas by name: a bare call of a name that safe_functions lists only qualified
+# (`public.f`) is safe only when no other schema holds a routine of that name
+# (Gate._listed_safe).
 _QUERY = """
-SELECT DISTINCT lower(p.proname), n.nspname FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-"""
-
-# Every routine outside the system schemas, by name: a bare call of a name that
-# safe_functions lists only qualified (`public.f`) is safe only when no other schema
-# holds a routine of that name (Gate._listed_safe).
-_ROUTINES_QUERY = """
 SELECT DISTINCT lower(p.proname), n.nspname FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -127,12 +122,12 @@ WITH RECURSIVE extension_member AS (
      default or an index calls): "<schema> <language>[ (with ... set)]" and its text,
      for policy/routine_code.py; a setting that changes how PL/pgSQL reads the text is
      said in the language, which is then not read. A SQL-standard body (BEGIN ATOMIC)
-     has no prosrc: its definition instead. */
+     has no prosrc: its definition instead, read after this query ($1: _DEFINITIONS) */
   SELECT p.oid, n.nspname || ' ' || l.lanname || CASE WHEN
       pg_catalog.array_to_string(p.proconfig, ' ')
       OPERATOR(pg_catalog.~*) 'standard_conforming_strings|backslash_quote'
       THEN ' (with standard_conforming_strings or backslash_quote set)' ELSE '' END AS label,
-    CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END AS body
+    CASE WHEN p.prosrc = '' THEN $1::text || 'f' || p.oid ELSE p.prosrc END AS body
   FROM pg_catalog.pg_proc p
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -266,12 +261,13 @@ WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
   AND coalesce(con.contypid, 0) = 0
 UNION
 SELECT 'trigger_when', pg_catalog.format('%s.%s', tn.nspname, tc.relname),
-  pg_catalog.pg_get_triggerdef(t.oid)
+  $1::text || 't' || t.oid
 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid
 JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE NOT t.tgisinternal AND t.tgqual IS NOT NULL
 UNION
-SELECT 'rule', pg_catalog.format('%s.%s', tn.nspname, tc.relname), pg_catalog.pg_get_ruledef(r.oid)
+SELECT 'rule', pg_catalog.format('%s.%s', tn.nspname, tc.relname),
+  $1::text || 'r' || r.oid
 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class tc ON tc.oid = r.ev_class
 JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
 WHERE r.ev_type <> '1'
@@ -302,6 +298,51 @@ JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
 LEFT JOIN pg_catalog.pg_class dc ON dc.oid = e.dst
 LEFT JOIN pg_catalog.pg_namespace dn ON dn.oid = dc.relnamespace
 """
+# PostgreSQL deparses a rule, a trigger's WHEN and a SQL-standard (BEGIN ATOMIC) body
+# only after locking every table the definition names (ACCESS SHARE, to the end of the
+# statement). Read inside the query above, one table a migration holds in ACCESS
+# EXCLUSIVE stopped the whole look while the tables locked before it stayed locked: a
+# migration that went on to alter one of those deadlocked with the watch, and reads of
+# them queued behind it meanwhile. So the query gives each such definition as its
+# look's marker ($1), a kind and an oid, and each is read by itself afterwards on a
+# session whose lock_timeout gives up within LOCK_TIMEOUT_MS. One that cannot be read
+# is UNREAD: writes that may reach it count as DDL (_ddl_by_writes), and the watch
+# looks again a second later.
+_DEFINITIONS = {
+    "r": "SELECT pg_catalog.pg_get_ruledef($1::pg_catalog.oid)",
+    "t": "SELECT pg_catalog.pg_get_triggerdef($1::pg_catalog.oid)",
+    "f": "SELECT pg_catalog.pg_get_functiondef($1::pg_catalog.oid)",
+}
+LOCK_TIMEOUT_MS = 50  # well below deadlock_timeout (1 s by default)
+UNREAD = "\x00"  # never a value PostgreSQL returns (text holds no NUL)
+
+
+def marker() -> str:
+    """A marker for one look's deferred definitions, which no catalogue text can forge."""
+    return f"wardgate-definition-{secrets.token_hex(8)}:"
+
+
+def deferred(rows: Iterable[Sequence[object]], mark: str) -> dict[str, str]:
+    """Each deferred definition the query's ``rows`` name: its key (kind and oid) ->
+    the statement that reads it, whose one parameter is the oid."""
+    keys = {str(row[2])[len(mark) :] for row in rows if str(row[2]).startswith(mark)}
+    return {key: _DEFINITIONS[key[0]] for key in sorted(keys)}
+
+
+def with_definitions(
+    rows: Iterable[Sequence[object]], mark: str, read: dict[str, str]
+) -> list[tuple[str, str, str]]:
+    """``rows`` as text, each deferred definition replaced by what ``read`` holds for it
+    (UNREAD when it holds nothing)."""
+    out = []
+    for what, schema, text in rows:
+        body = str(text)
+        if body.startswith(mark):
+            body = read.get(body[len(mark) :], UNREAD)
+        out.append((str(what), str(schema), body))
+    return out
+
+
 # A user operator by one of these names may be picked where no statement names it:
 # IN, CASE, NULLIF, IS DISTINCT FROM, joins USING, GROUP BY and sorting compare with them.
 _IMPLIED = frozenset({"=", "<>", "<", ">", "<=", ">="})
@@ -391,6 +432,16 @@ def _ddl_by_writes(
             continue
         if what.startswith(("trigger ", "write_code ")):
             _, schema, language = what.split(" ", 2)
+            where = (
+                f"a trigger on {table or 'DDL (an event trigger)'}" if what.startswith("trigger ")
+                else f"a CHECK or default of {table or 'a domain'}"
+            )  # fmt: skip
+        else:
+            where = f"a rule on {table}" if what == "rule" else f"a trigger's WHEN on {table}"
+        why: str | None
+        if text == UNREAD:
+            why = "its definition could not be read yet (a lock on a table it names)"
+        elif what.startswith(("trigger ", "write_code ")):
             why = trigger_function_reason(
                 language,
                 schema,
@@ -399,16 +450,11 @@ def _ddl_by_writes(
                 user_operators=operators,
                 user_routines=routines,
             )
-            where = (
-                f"a trigger on {table or 'DDL (an event trigger)'}" if what.startswith("trigger ")
-                else f"a CHECK or default of {table or 'a domain'}"
-            )  # fmt: skip
         else:
             part = "rule" if what == "rule" else "when"
             why = ddl_reason(
                 text, user_types=types, user_operators=operators, user_routines=routines, part=part
             )
-            where = f"a rule on {table}" if what == "rule" else f"a trigger's WHEN on {table}"
         if why is not None:
             reasons.append(f"{where}: {why}")
             flagged.add(owner)
@@ -543,9 +589,17 @@ class CatalogWatch:
             async with internal_session(
                 services, connection, application_name="wardgate-catalog-watch", timeout=10
             ) as session:
-                result = await session.extended(_QUERY, max_rows=100_000)
-                code = await session.extended(_USER_CODE_QUERY, max_rows=100_000)
-                routines = await session.extended(_ROUTINES_QUERY, max_rows=1_000_000)
+                # Nothing here may wait on a lock a migration holds (_DEFINITIONS).
+                await session.simple(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+                result = await session.extended(_QUERY, max_rows=1_000_000)
+                mark = marker()
+                code = await session.extended(_USER_CODE_QUERY, (mark,), max_rows=100_000)
+                read: dict[str, str] = {}
+                if code.error is None:
+                    for key, sql in deferred(code.rows, mark).items():
+                        one = await session.extended(sql, (key[1:],))
+                        if one.error is None and one.rows and one.rows[0][0] is not None:
+                            read[key] = str(one.rows[0][0])
         except Exception as exc:  # noqa: BLE001 - the target may be down; try again later
             self._unreadable(services, connection, f"{type(exc).__name__}: {exc}")
             return
@@ -568,10 +622,14 @@ class CatalogWatch:
         if target is None or _target(services, connection) != target:
             return  # a reload pointed the name elsewhere meanwhile: this is the old target
         routine_names = frozenset(str(row[0]) for row in result.rows)
-        self._judge_user_code(services, connection, code, routine_names, loud, seen)
-        if routines.error is None and not routines.truncated:
+        rows = with_definitions(code.rows, mark, read)
+        if any(body == UNREAD for _, _, body in rows):
+            # Judged as the worst case for the writes that reach them, meanwhile.
+            asyncio.get_running_loop().call_later(MISS_INTERVAL, self.poke, connection)
+        self._judge_user_code(services, connection, code, rows, routine_names, loud, seen)
+        if not result.truncated:
             holders: dict[str, set[str]] = {}
-            for name, schema in routines.rows:
+            for name, schema in result.rows:
                 holders.setdefault(str(name), set()).add(str(schema))
             services.gate.facts.set_routines(
                 connection, {n: frozenset(s) for n, s in holders.items()}
@@ -613,6 +671,7 @@ class CatalogWatch:
         services: Services,
         connection: str,
         code: Any,
+        rows: list[tuple[str, str, str]],
         routine_names: frozenset[str],
         loud: bool,
         seen: tuple[int, int],
@@ -623,7 +682,7 @@ class CatalogWatch:
             why = str(code.error) if code.error is not None else "too many rows"
             found = UserCode(implicit="the catalogue could not be read: " + why)
         else:
-            found = user_code([(str(a), str(b), str(c)) for a, b, c in code.rows], routine_names)
+            found = user_code(rows, routine_names)
         if not services.gate.facts.set_user_code(connection, found, seen) or not loud:
             return
         if found.types or found.operators:

@@ -1,0 +1,116 @@
+"""attack14u: the catalogue watch must not wait on a migration's locks. PostgreSQL
+deparses a rule, a trigger's WHEN and a BEGIN ATOMIC body only after it has locked
+every table the definition names. The watch read them inside its one catalogue query,
+so a migration run outside the gateway that held one of those tables in ACCESS
+EXCLUSIVE stopped the look: sessions waiting for it after DDL through the gateway went
+on as the worst case, and the watch kept the tables it had locked before, so a
+migration that next altered one of those deadlocked with it (attack14t's setup was
+ended as such a deadlock's victim in one CI run).
+
+Each case: a definition that names tables W (written, or read) and S (its own);
+a migration, outside the gateway, takes one of them in ACCESS EXCLUSIVE; DDL by `mig`
+makes the watch look while it is held; then the migration alters the other table.
+Safe: the look ends (sessions settle), the migration is not held by the watch, the
+definition counts as unreadable (a write that reaches it counts as DDL) until the lock
+is gone, and it is read a second later."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.attack14 import gw, settle, target, wires  # noqa: F401 - fixtures
+from tests.integration.conftest import Gateway
+from tests.integration.pg_diff import Target, Wire
+from tests.integration.test_attack14s import _maker
+from wardgate.postgres.codec import build
+
+pytestmark = pytest.mark.usefixtures("pg_server")
+
+UNREAD = "its definition could not be read yet"
+# (the definition, the table the migration holds, the table it alters next, the
+# watch's name for where the code is)
+CASES = {
+    "rule": (
+        "create rule wl_r as on insert to public.wl_s do also"
+        " insert into public.wl_w values (public.wl_mk(new.name))",
+        "wl_w", "wl_s", "a rule on public.wl_s",
+    ),
+    "trigger-when": (
+        "create trigger wl_t before insert on public.wl_s for each row"
+        " when (public.wl_mk(new.name) = 1) execute function public.wl_tf()",
+        "wl_s", "wl_w", "a trigger's WHEN on public.wl_s",
+    ),
+    "begin-atomic": (
+        "alter table public.wl_s add constraint wl_c check (public.wl_chk(name) = 1)",
+        "wl_w", "wl_s", "a CHECK or default of public.wl_s",
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture
+def objects(target: Target) -> Iterator[None]:
+    with target.conn() as c:
+        c.execute("create table public.wl_s (name text)")
+        c.execute("create table public.wl_w (name text)")
+        c.execute(
+            "create function public.wl_tf() returns trigger language plpgsql"
+            " as $b$ begin return new; end $b$"
+        )
+    _maker(target, "wl_mk")
+    with target.conn() as c:
+        c.execute(
+            "create function public.wl_chk(n text) returns int language sql"
+            " begin atomic select public.wl_mk(n) from public.wl_w limit 1; end"
+        )
+    yield
+    with target.conn() as c:
+        c.execute("drop table if exists public.wl_s, public.wl_w cascade")
+        c.execute("drop function if exists public.wl_tf(), public.wl_chk(text), public.wl_mk(text)")
+
+
+def _said_after(gw: Gateway, start: int, text: str, timeout: float = 8.0) -> str:
+    """The gateway's log after ``start`` once it holds ``text``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        said = gw.log[start:]
+        if text in said:
+            return said
+        time.sleep(0.1)
+    raise AssertionError(f"the gateway never logged {text!r}: {gw.log[start:][-2000:]}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_migrations_lock_neither_stalls_the_watch_nor_deadlocks_with_it(
+    target: Target, gw: Gateway, wires: dict[str, Wire], objects: None, case: str
+) -> None:
+    definition, held, altered, where = CASES[case]
+    with target.conn() as c:
+        c.execute(definition)
+    mig, rv = wires["mig"], wires["rv"]
+    poke = f"wl_poke_{case.replace('-', '_')}"
+    with target.conn() as migration:
+        migration.execute("set lock_timeout = '5s'")
+        migration.execute("begin")
+        migration.execute(f"lock table public.{held} in access exclusive mode")
+        start = len(gw.log)
+        poked = mig.run(build.query(f"create table public.{poke} (i int)"), ready=1)
+        assert not poked.errors(), poked.text()
+        settle(rv)  # the look with the lock held has ended, and sessions go on
+        said = _said_after(gw, start, UNREAD)
+        assert f"{where}: {UNREAD}" in said, said
+        began = time.monotonic()
+        migration.execute(f"alter table public.{altered} add column wl_extra int")
+        waited = time.monotonic() - began
+        start = len(gw.log)
+        migration.execute("commit")
+    # Below deadlock_timeout (1 s): the watch held nothing the migration waited for.
+    assert waited < 0.9, f"the migration's ALTER waited {waited:.2f} s"
+    # Once the lock is gone the watch reads the definition (it looks again a second
+    # later): the routine it calls flags it now, for what it says.
+    said = _said_after(gw, start, f"{where}: ")
+    assert f"{where}: {UNREAD}" not in said, said
+    with target.conn() as c:
+        c.execute(f"drop table public.{poke}")
