@@ -366,6 +366,25 @@ def test_preview_statement_timeout_is_an_error_and_changes_nothing(
     _no_session_left(it_database, "wardgate-preview")
 
 
+@pytest.mark.parametrize("mode", ["explain", "rollback"])
+def test_a_preview_does_not_wait_on_a_migrations_lock(
+    services: _Services, it_database: str, table: str, mode: str
+) -> None:
+    """A migration holds the table in ACCESS EXCLUSIVE: the preview gives up within its
+    lock wait (0.5 s), not its statement_timeout, and says why; the migration goes on."""
+    with admin_conn(it_database) as migration:
+        migration.execute("begin")
+        migration.execute(f"lock table {table} in access exclusive mode")
+        started = time.monotonic()
+        preview = _preview(services, f"UPDATE {table} SET x = 0 WHERE id = 1", mode, timeout=5)
+        waited = time.monotonic() - started
+        migration.execute(f"alter table {table} add column y int")
+        migration.execute("commit")
+    assert preview["kind"] == "error" and "holds a lock" in preview["reason"], preview
+    assert waited < 3, waited
+    _no_session_left(it_database, "wardgate-preview")
+
+
 def test_preview_server_and_connection_errors_are_reported(
     services: _Services, it_database: str
 ) -> None:

@@ -27,6 +27,7 @@ from wardgate.postgres.internal import (
     HasCredentials,
     InternalQueryFailed,
     InternalSession,
+    ServerError,
     internal_session,
 )
 
@@ -43,6 +44,11 @@ _PLAIN_KINDS = {
 # time; past this margin the gateway gives up and cancels.
 _GRACE = 2.0
 _PLAN_LINES = 12
+# The longest a preview waits for a lock (ms): a migration holding a table the
+# statement names must not be held up by a preview, nor queue every reader of the
+# tables the preview locked first behind it; below deadlock_timeout (1 s by default),
+# so the migration never becomes a deadlock's victim.
+_LOCK_WAIT_MS = 500
 _MAX_ROWS = 4  # EXPLAIN answers one row; the catalog check one
 
 # Everything a rollback cannot undo, on the target table, its partitions and inheritance
@@ -202,6 +208,7 @@ async def _begin(
     results = await session.simple(
         f"BEGIN{' READ ONLY' if read_only else ''}; "
         f"SET LOCAL statement_timeout = {timeout_ms}; "
+        f"SET LOCAL lock_timeout = {min(timeout_ms, _LOCK_WAIT_MS)}; "
         f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms + round(_GRACE * 1000)}"
     )
     for result in results:
@@ -255,7 +262,7 @@ async def _plan(
     """The JSON plan's top node, or the server's error message."""
     result = await session.extended("EXPLAIN (FORMAT JSON, VERBOSE) " + sql, params)
     if result.error is not None:
-        return result.error.message
+        return _reason(result.error)
     try:
         plan = json.loads(result.rows[0][0] or "")[0]["Plan"]
     except (IndexError, KeyError, TypeError, ValueError):
@@ -305,13 +312,13 @@ async def _rollback_preview(
         _SIDE_EFFECTS_SQL, [str(target["Schema"]), str(target["Relation Name"]), kind]
     )
     if check.error is not None:
-        return _error(check.error.message)
+        return _error(_reason(check.error))
     refusal = _side_effects_refusal(check.rows[0] if check.rows else ())
     if refusal is not None:
         return _unavailable(refusal, **estimate)
     result = await session.extended(sql, params, max_rows=0)
     if result.error is not None:
-        return _error(result.error.message)
+        return _error(_reason(result.error))
     if result.count is None:
         return _error(f"the server did not say how many rows {result.command or 'it'} touched")
     return {
@@ -320,6 +327,17 @@ async def _rollback_preview(
         **estimate,
         "statement_timeout_ms": timeout_ms,
     }
+
+
+def _reason(error: ServerError) -> str:
+    """The server's refusal, for the review; a lock wait given up says whose it is."""
+    if error.sqlstate == "55P03":
+        return (
+            "another session holds a lock on a table or row it needs (a migration or a "
+            f"long transaction?); a preview waits at most {_LOCK_WAIT_MS} ms for a lock, "
+            "so as not to hold that session up. Ask for the preview again later"
+        )
+    return error.message
 
 
 def _side_effects_refusal(row: tuple[str | None, ...]) -> str | None:
