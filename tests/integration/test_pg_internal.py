@@ -17,7 +17,7 @@ import pytest
 from tests.integration.conftest import admin_conn, base_config
 from wardgate.config import Config, parse_config
 from wardgate.policy.sql import classify
-from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.internal import CATALOG_READER, InternalQueryFailed, internal_session
 from wardgate.postgres.preview import impact_preview
 from wardgate.postgres.proposal import run_proposal
 from wardgate.store.db import Store
@@ -150,6 +150,23 @@ def test_extended_reports_errors_and_refuses_two_statements(services: _Services)
             assert bad.error is not None and bad.error.sqlstate == "22P02"
             ok = await s.extended("select 1")
             assert ok.rows == (("1",),)
+
+    asyncio.run(go())
+
+
+def test_settings_reach_the_server_session(services: _Services) -> None:
+    """The catalogue readers' settings (JIT off: it compiled the watch's query on every
+    look, about 0.5 s) go in the startup packet, with read_only's beside them."""
+
+    async def go() -> None:
+        settings = {**CATALOG_READER, "lock_timeout": "50"}
+        async with internal_session(
+            services, "it", application_name="wardgate-test", settings=settings, read_only=True
+        ) as s:
+            (jit, lock, ro) = await s.simple(
+                "show jit; show lock_timeout; show transaction_read_only"
+            )
+            assert (jit.rows, lock.rows, ro.rows) == ((("off",),), (("50ms",),), (("on",),))
 
     asyncio.run(go())
 

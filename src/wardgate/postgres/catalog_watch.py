@@ -25,7 +25,7 @@ from wardgate.policy.functions import BUILTIN_READ_ONLY
 from wardgate.policy.routine_code import ddl_reason, trigger_function_reason, written_tables
 from wardgate.postgres.commit_barrier import CommitBarrier, Flight
 from wardgate.postgres.commit_barrier import Refused as BarrierRefused
-from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.internal import CATALOG_READER, InternalQueryFailed, internal_session
 from wardgate.postgres.mask_catalog import MaskCatalogs
 
 if TYPE_CHECKING:
@@ -587,10 +587,13 @@ class CatalogWatch:
         seen = services.gate.facts.commits(connection)
         try:
             async with internal_session(
-                services, connection, application_name="wardgate-catalog-watch", timeout=10
-            ) as session:
+                services,
+                connection,
+                application_name="wardgate-catalog-watch",
+                timeout=10,
                 # Nothing here may wait on a lock a migration holds (_DEFINITIONS).
-                await session.simple(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+                settings={**CATALOG_READER, "lock_timeout": str(LOCK_TIMEOUT_MS)},
+            ) as session:
                 result = await session.extended(_QUERY, max_rows=1_000_000)
                 mark = marker()
                 code = await session.extended(_USER_CODE_QUERY, (mark,), max_rows=100_000)

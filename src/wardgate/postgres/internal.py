@@ -318,6 +318,14 @@ class InternalSession:
             self._side.close()
 
 
+# The gateway's catalogue queries join pg_proc, pg_depend, pg_type and the like, and the
+# planner's cost for them passes jit_above_cost: PostgreSQL then compiled the catalogue
+# watch's query with LLVM on every look, about 0.5 s where the query itself takes 10-30
+# ms, and sessions wait for that look after DDL through the gateway. Sessions that read
+# the catalogue turn JIT off.
+CATALOG_READER: Mapping[str, str] = {"jit": "off"}
+
+
 @asynccontextmanager
 async def internal_session(
     services: HasCredentials,
@@ -327,18 +335,24 @@ async def internal_session(
     timeout: float | None = None,  # noqa: ASYNC109 - each exchange's default bound, not a wait
     max_rows: int = DEFAULT_MAX_ROWS,
     read_only: bool = False,
+    settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[InternalSession]:
     """A session of the gateway's own on ``connection``, closed (Terminate) on the way out.
 
     ``timeout`` bounds each exchange (default: the configured connect_timeout); dialling
-    is bounded by connect_timeout. Raises InternalQueryFailed when the connection is not
-    configured, its credential cannot be read, or the server cannot be reached.
+    is bounded by connect_timeout. ``settings``: server settings for the session, sent in
+    the startup packet (CATALOG_READER). Raises InternalQueryFailed when the connection
+    is not configured, its credential cannot be read, or the server cannot be reached.
     """
     config = services.config
     conn = config.connections.get(connection)
     if conn is None:
         raise InternalQueryFailed(f"connection {connection!r} is not configured")
     limit = config.limits.connect_timeout
+    options = dict(settings or {})
+    if read_only:
+        # A principal whose roles can only read gets a server session that can only read.
+        options["default_transaction_read_only"] = "on"
     try:
         upstream = await dial_connection(
             config,
@@ -347,8 +361,11 @@ async def internal_session(
             {
                 "application_name": application_name,
                 "client_encoding": "UTF8",
-                # A principal whose roles can only read gets a server session that can only read.
-                **({"options": "-c default_transaction_read_only=on"} if read_only else {}),
+                **(
+                    {"options": " ".join(f"-c {k}={v}" for k, v in options.items())}
+                    if options
+                    else {}
+                ),
             },
             max_message_bytes=config.limits.max_message_bytes,
         )

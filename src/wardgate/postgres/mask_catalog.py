@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pglast.parser import ParseError, parse_sql_json
 
-from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.internal import CATALOG_READER, InternalQueryFailed, internal_session
 from wardgate.postgres.mask_path import SessionPaths
 from wardgate.postgres.mask_rewrite import (
     BLOCKED_FUNCTIONS,
@@ -459,6 +459,7 @@ class MaskCatalogs:
                 application_name="wardgate-mask-catalog",
                 timeout=10,
                 max_rows=_MAX_ROWS,
+                settings=CATALOG_READER,
             ) as session:
                 if connection not in self._installed:
                     results = await session.simple(
