@@ -5,6 +5,7 @@ columns already under a rule, and --apply writes a rule the gateway then enforce
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,25 @@ def test_discover_leaves_the_target_as_it_was(gw: Gateway, shop: str) -> None:
     finally:
         with admin_conn(shop) as conn:
             conn.execute("drop table audit_probe")
+
+
+def test_a_table_a_migration_holds_is_reported_not_waited_for(gw: Gateway, shop: str) -> None:
+    """crm.leads is held in ACCESS EXCLUSIVE (a migration outside the gateway): discovery
+    gives up on it within its lock wait, not its statement timeout, says so in the
+    proposal and on stderr, and samples the rest, each table in a transaction of its
+    own (so no lock of an earlier table is held while it waits)."""
+    with admin_conn(shop) as migration:
+        migration.execute("begin")
+        migration.execute("lock table crm.leads in access exclusive mode")
+        started = time.monotonic()
+        result = gw.cli("masking", "discover", "it", "--rows", "50", "--statement-timeout", "5")
+        took = time.monotonic() - started
+        migration.execute("rollback")
+    said = "not sampled: crm.leads: another session holds a lock on it (a migration?)"
+    assert f"# {said}" in result.stdout and said in result.stderr, result.stdout
+    columns = {c["column"] for c in yaml.safe_load(result.stdout)["discovery"]["columns"]}
+    assert "public.customers.email" in columns and "crm.leads.contact" not in columns
+    assert took < 4.5, took  # the CLI's own start included; the lock wait is 0.5 s
 
 
 def test_out_writes_the_proposal_to_a_file(gw: Gateway, tmp_path: Path) -> None:

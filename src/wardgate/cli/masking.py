@@ -63,7 +63,7 @@ def discover(
                 _fail(f"unknown connection {connection!r}")
             creds = _Credentials(cfg, _vault(cfg, store))
             try:
-                samples = asyncio.run(
+                samples, skipped = asyncio.run(
                     sample_columns(creds, connection, rows=rows, statement_timeout=timeout)
                 )
             except DiscoveryFailed as exc:
@@ -79,6 +79,12 @@ def discover(
             min_share=min_share,
         )
         text = render(proposal, strategy)
+        if skipped:  # said in the proposal and on stderr: its columns were not looked at
+            first, _, rest = text.partition("\n")
+            said = [f"not sampled: {table}: {why}" for table, why in skipped]
+            text = "\n".join([first, *(f"# {line}" for line in said), rest])
+            for line in said:
+                typer.echo(line, err=True)
         if out:
             Path(out).write_text(text, encoding="utf-8")
         else:
