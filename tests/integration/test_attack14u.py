@@ -24,7 +24,7 @@ import pytest
 from tests.integration.attack14 import gw, settle, target, wires  # noqa: F401 - fixtures
 from tests.integration.conftest import Gateway
 from tests.integration.pg_diff import Target, Wire
-from tests.integration.test_attack14s import _maker
+from tests.integration.test_attack14s import _attack, _drop, _maker, _owned_table, _trigger
 from wardgate.postgres.codec import build
 
 pytestmark = pytest.mark.usefixtures("pg_server")
@@ -115,3 +115,61 @@ def test_a_migrations_lock_neither_stalls_the_watch_nor_deadlocks_with_it(
     _logged(gw, start, where, unread=False)
     with target.conn() as c:
         c.execute(f"drop table public.{poke}")
+
+
+# -- names the watch's own queries resolve -----------------------------------------------
+
+# A user `||` for (text, oid) matches exactly where the built-in needs a coercion: under
+# the role's search_path it made the watch's marker (`$1::text || 'r' || r.oid`) the
+# attacker's text, so a rule or a trigger's WHEN was judged as `SELECT 1` (helper attack,
+# 2026-12-08). The watch's session resolves names in pg_catalog only (CATALOG_READER).
+HIJACK = (
+    "create function public.wl_cat(a text, b oid) returns text language sql immutable as"
+    " $$ select case when a like 'wardgate-definition-%' then 'SELECT 1'"
+    " else pg_catalog.textcat(a, b::pg_catalog.text) end $$",
+    "create operator public.|| (leftarg = text, rightarg = oid, function = public.wl_cat)",
+)
+
+
+@pytest.mark.parametrize("how", ["trigger-when", "rule-writing-a-flagged-table"])
+def test_a_user_operator_does_not_rewrite_what_the_watch_reads(
+    target: Target, wires: dict[str, Wire], how: str
+) -> None:
+    """dev's insert into A runs the maker (a trigger's WHEN on A calls it, or A's rule
+    writes B, whose trigger calls it), which makes function `bump14uN`; rv calls
+    `(3).bump14uN` right after. Safe: A's write counted as DDL, so rv's call is held
+    and the target is unchanged."""
+    n = 1 if how == "trigger-when" else 2
+    a, name = f"wl_op{n}", f"bump14u{n}"
+    mk = _maker(target, f"mk14u_op{n}")
+    _owned_table(target, a)
+    with target.conn() as c:
+        for sql in HIJACK:
+            c.execute(sql)
+        if how == "trigger-when":
+            c.execute(
+                f"create function public.tg_{a}() returns trigger language plpgsql"
+                " as $b$ begin return new; end $b$"
+            )
+            c.execute(
+                f"create trigger t after insert on public.{a} for each row"
+                f" when (public.{mk}(new.name) = 1) execute function public.tg_{a}()"
+            )
+    if how != "trigger-when":
+        _owned_table(target, f"{a}_b")
+        _trigger(target, f"{a}_b", f"begin perform public.{mk}(new.name); return new; end")
+        with target.conn() as c:
+            c.execute(
+                f"create rule r as on insert to public.{a} do also"
+                f" insert into public.{a}_b values (new.name)"
+            )
+    try:
+        _attack(target, wires, f"insert into public.{a} values ('{name}')", name)
+    finally:
+        _drop(
+            target,
+            f"drop table public.{a} cascade",
+            f"drop table if exists public.{a}_b cascade",
+            "drop operator public.|| (text, oid)",
+            "drop function public.wl_cat(text, oid)",
+        )

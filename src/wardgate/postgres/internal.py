@@ -322,8 +322,12 @@ class InternalSession:
 # planner's cost for them passes jit_above_cost: PostgreSQL then compiled the catalogue
 # watch's query with LLVM on every look, about 0.5 s where the query itself takes 10-30
 # ms, and sessions wait for that look after DDL through the gateway. Sessions that read
-# the catalogue turn JIT off.
-CATALOG_READER: Mapping[str, str] = {"jit": "off"}
+# the catalogue turn JIT off. And they resolve names in pg_catalog only: an operator or
+# function in a schema of the role's search_path that matches the argument types
+# exactly wins over a built-in that needs a coercion (`public.||(text, oid)` over
+# `text || anynonarray`), and one such operator made the watch read the attacker's
+# text in place of a rule's definition (attack14u).
+CATALOG_READER: Mapping[str, str] = {"jit": "off", "search_path": "pg_catalog"}
 
 
 @asynccontextmanager

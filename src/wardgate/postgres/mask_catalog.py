@@ -459,7 +459,9 @@ class MaskCatalogs:
                 application_name="wardgate-mask-catalog",
                 timeout=10,
                 max_rows=_MAX_ROWS,
-                settings=CATALOG_READER,
+                # Not its search_path: SESSION_SQL reads the one the role starts with,
+                # then the queries run under pg_catalog's (CATALOG_READER).
+                settings={k: v for k, v in CATALOG_READER.items() if k != "search_path"},
             ) as session:
                 if connection not in self._installed:
                     results = await session.simple(
@@ -480,17 +482,17 @@ class MaskCatalogs:
                             MASK_SCHEMA,
                             error.message if error is not None else "unknown error",
                         )
+                own = await session.extended(SESSION_SQL)
+                switched = await session.extended(
+                    "SELECT pg_catalog.set_config('search_path', $1, false)",
+                    (CATALOG_READER["search_path"],),
+                )
+                if switched.error is not None:
+                    raise CatalogUnavailable(switched.error.message)
                 answers = [
                     await session.extended(sql, max_rows=_MAX_ROWS)
-                    for sql in (
-                        TABLES_SQL,
-                        SYSTEM_SQL,
-                        FUNCTIONS_SQL,
-                        VIEW_READS_SQL,
-                        INHERITS_SQL,
-                        SESSION_SQL,
-                    )
-                ]
+                    for sql in (TABLES_SQL, SYSTEM_SQL, FUNCTIONS_SQL, VIEW_READS_SQL, INHERITS_SQL)
+                ] + [own]
         except InternalQueryFailed as exc:
             raise CatalogUnavailable(exc.reason) from None
         for answer in answers:
