@@ -370,6 +370,44 @@ def test_rollback_refuses_what_a_rollback_cannot_undo(
     ]
 
 
+def test_a_user_operator_does_not_hide_a_trigger_from_the_rollback_check(
+    services: _Services, it_database: str, table: str
+) -> None:
+    """`public.||(name, text)` answering NULL matched `t.tgname || ' on '` exactly under
+    the role's search_path, so the side-effects check saw no trigger and the statement
+    ran with it (its sequence moved). The check resolves names in pg_catalog only."""
+    with admin_conn(it_database) as conn:
+        conn.execute(f"create sequence {table}_seq")
+        conn.execute(
+            f"create function {table}_trg() returns trigger language plpgsql as "
+            f"$$ begin perform nextval('{table}_seq'); return new; end $$"
+        )
+        conn.execute(
+            f"create trigger {table}_audit after update on {table} "
+            f"for each row execute function {table}_trg()"
+        )
+        conn.execute(
+            "create function public.wg_nullcat(a name, b text) returns text"
+            " language sql immutable as $$ select null::text $$"
+        )
+        conn.execute(
+            "create operator public.|| (leftarg = name, rightarg = text,"
+            " function = public.wg_nullcat)"
+        )
+    try:
+        preview = _preview(services, f"UPDATE {table} SET x = 1 WHERE id = 1", "rollback")
+        assert preview["kind"] == "unavailable", preview
+        assert f"{table}_audit" in preview["reason"], preview
+        assert _fetch(it_database, f"select last_value, is_called from {table}_seq") == [(1, False)]
+        # The statement itself still resolves under the client's path afterwards.
+        plain = _preview(services, f"UPDATE {table} SET x = 1 WHERE id = 2", "explain")
+        assert plain["kind"] == "explain", plain
+    finally:
+        with admin_conn(it_database) as conn:
+            conn.execute("drop operator public.|| (name, text)")
+            conn.execute("drop function public.wg_nullcat(name, text)")
+
+
 def test_preview_statement_timeout_is_an_error_and_changes_nothing(
     services: _Services, it_database: str, table: str
 ) -> None:

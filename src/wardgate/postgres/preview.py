@@ -27,6 +27,7 @@ from wardgate.postgres.internal import (
     HasCredentials,
     InternalQueryFailed,
     InternalSession,
+    Result,
     ServerError,
     internal_session,
 )
@@ -308,8 +309,8 @@ async def _rollback_preview(
         return _unavailable("the statement writes in more than one place", **estimate)
     target = modifies[0]
     kind = next(k for k in ("update", "delete", "insert") if k in info.kinds)
-    check = await session.extended(
-        _SIDE_EFFECTS_SQL, [str(target["Schema"]), str(target["Relation Name"]), kind]
+    check = await _catalog_check(
+        session, [str(target["Schema"]), str(target["Relation Name"]), kind]
     )
     if check.error is not None:
         return _error(_reason(check.error))
@@ -327,6 +328,26 @@ async def _rollback_preview(
         **estimate,
         "statement_timeout_ms": timeout_ms,
     }
+
+
+async def _catalog_check(session: InternalSession, params: list[str]) -> Result:
+    """_SIDE_EFFECTS_SQL with names resolved in pg_catalog only, then the client's
+    search_path again for the statement. Under the client's path a user operator that
+    matches exactly (`public.||(name, text)`) wins over the built-in, and one that
+    answers NULL hid every trigger: the statement then ran with them for its count."""
+    path = await session.extended("SELECT pg_catalog.current_setting('search_path')")
+    if path.error is not None or not path.rows:
+        return path
+    switch = "SELECT pg_catalog.set_config('search_path', $1, true)"
+    switched = await session.extended(switch, ["pg_catalog"])
+    if switched.error is not None:
+        return switched
+    check = await session.extended(_SIDE_EFFECTS_SQL, params)
+    if check.error is None:
+        back = await session.extended(switch, [path.rows[0][0]])
+        if back.error is not None:
+            return back
+    return check
 
 
 def _reason(error: ServerError) -> str:
