@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from wardgate.postgres.internal import InternalQueryFailed, internal_session
+from wardgate.postgres.internal import CATALOG_READER, InternalQueryFailed, internal_session
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -72,6 +72,7 @@ async def _query_catalog(
             connection,
             application_name="wardgate-catalog",
             max_rows=_MAX_COLUMNS * len(oids),
+            settings=CATALOG_READER,  # its `||` on names: pg_catalog's, not a user's
         ) as session:
             results = await session.simple(sql)
     except InternalQueryFailed as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from wardgate.postgres.internal import internal_session
+from wardgate.postgres.internal import CATALOG_READER, internal_session
 
 if TYPE_CHECKING:
     from wardgate.core.services import Services
@@ -55,7 +55,11 @@ async def warn_privileged_upstreams(services: Services) -> None:
             continue
         try:
             async with internal_session(
-                services, name, application_name="wardgate-privilege-check", timeout=10
+                services,
+                name,
+                application_name="wardgate-privilege-check",
+                timeout=10,
+                settings=CATALOG_READER,
             ) as session:
                 result = await session.extended(_CHECK)
         except Exception as exc:  # noqa: BLE001 - a check, never a reason to stop serving
