@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from wardgate.masking.discovery import ColumnSample
 from wardgate.postgres.internal import (
+    CATALOG_READER,
     HasCredentials,
     InternalQueryFailed,
     Result,
@@ -73,6 +74,7 @@ async def sample_columns(
             timeout=statement_timeout + 5.0,
             max_rows=max(rows, MAX_COLUMNS),
             read_only=True,
+            settings=CATALOG_READER,  # the listing's names resolve in pg_catalog only
         ) as session:
             _raise_on_error(await session.simple(begin))
             (listing,) = _raise_on_error(await session.simple(_COLUMNS))
