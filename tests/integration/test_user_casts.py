@@ -101,7 +101,7 @@ def test_casts_domains_and_operators_that_write_are_refused(casts_db: str, tmp_p
             admin.execute(IMPLICIT)
         with psycopg.connect(gateway.dsn("dev"), autocommit=True) as dev:
             dev.execute("create temporary table casts_poke (a int)")
-        _wait_for(gateway, "implicit or assignment user cast mood2 AS text")
+        _wait_for(gateway, "implicit or assignment user cast public.mood2 AS text")
         with psycopg.connect(gateway.dsn("agent"), autocommit=True) as conn:
             for sql in ("select length(m) from moods", "select 1"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege, match="mood2"):
