@@ -16,6 +16,7 @@ from __future__ import annotations
 from wardgate.masking.discovery import ColumnSample
 from wardgate.postgres.internal import (
     CATALOG_READER,
+    LOCK_WAIT_MS,
     HasCredentials,
     InternalQueryFailed,
     Result,
@@ -38,7 +39,6 @@ where c.relkind in ('r', 'p', 'm') and a.attnum > 0 and not a.attisdropped
 order by 1, 2, a.attnum
 """
 MAX_COLUMNS = 20_000
-LOCK_WAIT_MS = 500  # below deadlock_timeout (1 s by default)
 
 
 class DiscoveryFailed(Exception):

@@ -328,6 +328,11 @@ class InternalSession:
 # `text || anynonarray`), and one such operator made the watch read the attacker's
 # text in place of a rule's definition (attack14u).
 CATALOG_READER: Mapping[str, str] = {"jit": "off", "search_path": "pg_catalog"}
+# The longest a session of the gateway's own that reads a user's tables (a review's
+# preview, masking discovery) waits for a lock (ms): a migration holding a table must
+# not be held up by it, nor every reader of the tables it locked first queue behind it;
+# below deadlock_timeout (1 s by default), so the migration is never a deadlock's victim.
+LOCK_WAIT_MS = 500
 
 
 @asynccontextmanager

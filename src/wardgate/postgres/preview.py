@@ -24,6 +24,7 @@ from wardgate.actions import StatementInfo
 from wardgate.policy.functions import function_class
 from wardgate.policy.sql import classify
 from wardgate.postgres.internal import (
+    LOCK_WAIT_MS,
     HasCredentials,
     InternalQueryFailed,
     InternalSession,
@@ -45,11 +46,6 @@ _PLAIN_KINDS = {
 # time; past this margin the gateway gives up and cancels.
 _GRACE = 2.0
 _PLAN_LINES = 12
-# The longest a preview waits for a lock (ms): a migration holding a table the
-# statement names must not be held up by a preview, nor queue every reader of the
-# tables the preview locked first behind it; below deadlock_timeout (1 s by default),
-# so the migration never becomes a deadlock's victim.
-_LOCK_WAIT_MS = 500
 _MAX_ROWS = 4  # EXPLAIN answers one row; the catalog check one
 
 # Everything a rollback cannot undo, on the target table, its partitions and inheritance
@@ -209,7 +205,7 @@ async def _begin(
     results = await session.simple(
         f"BEGIN{' READ ONLY' if read_only else ''}; "
         f"SET LOCAL statement_timeout = {timeout_ms}; "
-        f"SET LOCAL lock_timeout = {min(timeout_ms, _LOCK_WAIT_MS)}; "
+        f"SET LOCAL lock_timeout = {min(timeout_ms, LOCK_WAIT_MS)}; "
         f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms + round(_GRACE * 1000)}"
     )
     for result in results:
@@ -355,7 +351,7 @@ def _reason(error: ServerError) -> str:
     if error.sqlstate == "55P03":
         return (
             "another session holds a lock on a table or row it needs (a migration or a "
-            f"long transaction?); a preview waits at most {_LOCK_WAIT_MS} ms for a lock, "
+            f"long transaction?); a preview waits at most {LOCK_WAIT_MS} ms for a lock, "
             "so as not to hold that session up. Ask for the preview again later"
         )
     return error.message
