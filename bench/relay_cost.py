@@ -4,6 +4,7 @@ statements and the server's replies are fed to one PgRelay in this process.
 
     .venv/bin/python bench/relay_cost.py [--statements 20000] [--mode simple|prepared]
     .venv/bin/python bench/relay_cost.py --profile   # cProfile's top functions too
+    .venv/bin/python bench/relay_cost.py --without-journal   # what the audit journal costs
 
 The relay is built as a worker builds it (a real Gate, Recorder with its journal and
 recorder process, SQLite store, the config of bench/pgbench_compare.py, results
@@ -106,13 +107,15 @@ def _client_transaction(prepared: bool, aid: int) -> bytes:
     return build.query(SQL.replace("$1", str(aid)))
 
 
-async def _services(tmp: Path) -> Services:
+async def _services(tmp: Path, with_journal: bool = True) -> Services:
     text = CONFIG.format(store=tmp / "store.db", data=tmp / "data")
     config = parse_config(text, tmp / "wardgate.yaml")
     store = Store(config.store_url)
     store.migrate()
-    journal = Journal(tmp / "journal", sync_process=True, sync_interval=0.001)
-    journal.open()
+    journal = None
+    if with_journal:
+        journal = Journal(tmp / "journal", sync_process=True, sync_interval=0.001)
+        journal.open()
     recorder = Recorder(store, process=True, journal=journal)
     await recorder.start()
     return Services(
@@ -170,10 +173,13 @@ async def main() -> None:
     ap.add_argument("--statements", type=int, default=20_000)
     ap.add_argument("--mode", choices=("simple", "prepared"), default="simple")
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    ap.add_argument(
+        "--without-journal", action="store_true", help="the recorder without its journal (an A/B)"
+    )
     args = ap.parse_args()
     prepared = args.mode == "prepared"
     with tempfile.TemporaryDirectory(prefix="wg-relay-cost-") as tmp:
-        services = await _services(Path(tmp))
+        services = await _services(Path(tmp), not args.without_journal)
         relay = _relay(services)
         if prepared:
             relay.on_client_data(build.parse("P0_1", SQL) + build.sync())

@@ -15,7 +15,7 @@ from tests.store.test_recorder import _action, _start
 from wardgate.audit import journal as journal_mod
 from wardgate.audit.journal import Intent, Journal, Outcome
 from wardgate.audit.recorder import Recorder
-from wardgate.audit.records import ActionRecord, SessionEnd
+from wardgate.audit.records import ActionRecord, Record, SessionEnd
 from wardgate.store.db import Store
 
 
@@ -100,27 +100,26 @@ def test_an_outcome_completes_its_intent_and_shared_objects_resolve(tmp_path: Pa
     j.close()
 
 
-def test_a_held_outcome_goes_with_the_next_write_and_until_then_its_intent_stands(
+def test_an_outcome_is_in_the_journal_at_once_and_until_then_its_intent_stands(
     tmp_path: Path,
 ) -> None:
     j = Journal(tmp_path / "j")
     j.open()
     first, second = _action("s1", 1), _action("s1", 2)
     j.append(Intent(_interrupted(first)))
-    j.append_outcome(first, hold=True)
-    assert j.held
-    # A crash now: the outcome was never written, so the intent is what the store gets.
+    # A crash now: no outcome yet, so the intent is what the store gets.
     assert journal_mod.pending(tmp_path / "j") == [_interrupted(first)]
-    j.append(Intent(_interrupted(second)))  # one write: the held outcome, then this intent
-    assert not j.held
+    j.append_outcome(first)
+    j.append(Intent(_interrupted(second)))
     assert journal_mod.pending(tmp_path / "j") == [first, _interrupted(second)]
-    j.append_outcome(second, hold=True)
-    j.write_held()  # the recorder's timer (2 ms)
+    j.append_outcome(second)
     assert journal_mod.pending(tmp_path / "j") == [first, second]
     j.close()
 
 
-def test_the_recorder_writes_held_outcomes_within_moments(tmp_path: Path, store: Store) -> None:
+def test_the_recorder_journals_an_outcome_when_it_is_submitted(
+    tmp_path: Path, store: Store
+) -> None:
     async def scenario() -> None:
         j = Journal(tmp_path / "j")
         j.open()
@@ -129,9 +128,6 @@ def test_the_recorder_writes_held_outcomes_within_moments(tmp_path: Path, store:
         record = _action("s1", 1)
         recorder.intend(_interrupted(record))
         recorder.submit(record)
-        assert j.held  # not yet: the next intent could carry it
-        await asyncio.sleep(0.05)
-        assert not j.held
         assert journal_mod.pending(tmp_path / "j") == [record]
         await recorder.close()
         j.close()
@@ -223,9 +219,100 @@ def test_the_sync_interval_reaches_the_sync_process(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j", sync_process=True, sync_interval=0.005)
     j.open()
     try:
-        assert j._syncer is not None and j._syncer.args[-2] == "0.005"
+        assert j._syncer is not None and j._syncer.args[-3] == "0.005"
         j.append(_action("s1", 1))
         assert j._syncer.poll() is None  # running
     finally:
         j.close()
     assert j._syncer.returncode is not None
+
+
+def _wal_only(directory: Path) -> list[Record]:
+    """What replay finds with the stages gone (a power loss that took their pages)."""
+    for stage in directory.glob("*.stage"):
+        stage.unlink()
+    return journal_mod.pending(directory)
+
+
+def test_the_sync_process_copies_the_stage_into_the_file_it_syncs(tmp_path: Path) -> None:
+    """The worker writes into the mapped stage; what the sync process reports synced
+    is in the `.wal` file itself, so a power loss that takes the stage loses nothing
+    before `Journal.synced`."""
+    j = Journal(tmp_path / "j", sync_process=True)
+    j.open()
+    records = [_action("s1", seq) for seq in range(1, 101)]
+    try:
+        for record in records:
+            j.append(record)
+        deadline = time.monotonic() + 10
+        while j.synced < j.end and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert j.synced >= j.end
+        assert journal_mod.pending(tmp_path / "j") == records  # the stage: all of it
+        assert _wal_only(tmp_path / "j") == records  # and the synced file alone too
+    finally:
+        j.close()
+
+
+def test_replay_takes_whichever_of_a_file_and_its_stage_holds_more(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    j = Journal(directory)
+    j.open()
+    first, second = _action("s1", 1), _action("s1", 2)
+    j.append(first)
+    deadline = time.monotonic() + 10
+    while j.synced < j.end and time.monotonic() < deadline:
+        time.sleep(0.005)
+    # The stage ahead of its file (a crash before the next sync): the stage wins.
+    wal, stage = next(directory.glob("*.wal")), next(directory.glob("*.stage"))
+    j.append(second)
+    synced_wal = wal.read_bytes()
+    assert journal_mod.pending(directory) == [first, second]
+    # The file ahead of its stage (a power loss took the stage's last page): the file.
+    head = journal_mod._HEAD.size
+    frames = stage.read_bytes()
+    stage.write_bytes(frames[:head] + bytes(len(frames) - head))
+    wal.write_bytes(synced_wal)
+    assert journal_mod.pending(directory) == [first]
+    j.close()
+
+
+def test_a_dead_workers_sync_process_copies_and_syncs_what_it_wrote_last(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the worker right after it wrote: its sync process, orphaned, copies
+    the last entries into the file and syncs them before it exits, so a power loss
+    after that loses nothing either."""
+    import subprocess
+    import sys
+
+    directory = tmp_path / "j"
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from tests.store.test_recorder import _action\n"
+        "from wardgate.audit.journal import Journal\n"
+        "j = Journal(Path(sys.argv[1]), sync_process=True, sync_interval=0.2)\n"
+        "j.open()\n"
+        "print(j._syncer.pid, flush=True)\n"
+        "for seq in range(1, 51):\n"
+        "    j.append(_action('s1', seq))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(directory)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
+    syncer = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{syncer}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not Path(f"/proc/{syncer}").exists(), "the orphaned sync process did not exit"
+    found = _wal_only(directory)
+    assert len(found) == 50
+    assert [(r.session_id, r.seq) for r in found if isinstance(r, ActionRecord)] == [
+        ("s1", seq) for seq in range(1, 51)
+    ]

@@ -4,16 +4,22 @@ Why: the recorder commits to the store in batches, behind the traffic. Without t
 gateway killed between a statement running and its batch committing loses the record
 (issue 21 measured up to 5% of a pgbench run). With it, each record, and before a
 statement is forwarded its *intent* (the action record it will have if no result ever
-comes back, status ``interrupted``), is written (``pwrite(2)``, one per entry) into the
-journal file before the gateway goes on. From then on the record is in the kernel's
-page cache, and killing the gateway (kill -9, an OOM kill, a crash) cannot lose it. Not
-a shared ``mmap`` of the file: after every sync the kernel write-protects the mapped
-pages again, and the next copy takes a page fault through the file system (about 45 µs
-on the reference VM, several per millisecond), which cost the event loop far more than
-a ``pwrite`` (about 4 µs). A child process (outside ``wardgate serve``) ``fdatasync``s
-the file in groups (group commit: whatever was written while the last sync ran goes in
-the next), so after a power loss or kernel crash at most the last sync interval is lost
-(about a millisecond under load; docs/architecture.md says exactly what holds).
+comes back, status ``interrupted``), is copied into the journal before the gateway goes
+on: into a shared map of the file's *stage* (``<start>.stage``), no system call. From
+then on the record is in the kernel's page cache, and killing the gateway (kill -9, an
+OOM kill, a crash, every process at once) cannot lose it. A child process (outside
+``wardgate serve``) copies what is new from the stage into the file itself
+(``<start>.wal``, with ``pwrite``) and ``fdatasync``s that, in groups (group commit:
+whatever was written while the last sync ran goes in the next), so after a power loss
+or kernel crash at most the last sync interval is lost (about a millisecond under load;
+docs/architecture.md says exactly what holds).
+
+Why two files: a ``pwrite`` per entry cost the event loop 5-7 µs (a third of the
+journal's cost per statement, bench/relay_cost.py), a copy into a map 0.2 µs. But a
+mapped file that is synced gets its pages write-protected by every sync, and the next
+copy then faults through the file system, waiting for the page's write-back (about 45
+µs on the reference VM, several per millisecond: the first mapped journal). The stage is
+never synced, so its pages stay writable; the kernel writes it back in its own time.
 
 The recorder tells the journal how far the store has everything (``checkpoint``): the
 position of the oldest record not yet committed, or of the oldest intent whose outcome
@@ -23,10 +29,12 @@ records, and for an intent without its outcome, the intent itself. Replay is
 at-least-once (a batch that committed just before the crash, before its checkpoint was
 written, is written again), like the recorder's retries.
 
-Files: ``<dir>/<start>.wal``, where start is the logical position (bytes since the
-journal began) of the file's first byte; ``<dir>/checkpoint`` holds a logical
-position. A file starts with a 16-byte head (a magic and 8 reserved bytes), then
-frames: a 4-byte length, a 4-byte CRC-32 and a pickled record. Files are written with
+Files: ``<dir>/<start>.wal`` and its stage ``<dir>/<start>.stage`` (the same bytes, the
+stage ahead; replay takes whichever holds the longer run of whole frames, and a file
+that is closed has its stage copied in, synced, and removed), where start is the
+logical position (bytes since the journal began) of the file's first byte;
+``<dir>/checkpoint`` holds a logical position. A file starts with a 16-byte head (a magic and 8 reserved bytes), then
+frames: a 4-byte length, a 4-byte CRC-32 and a pickled record. Both are written with
 zeros ahead (a full disk shows as an error when a file is created or grown, never in
 the middle of a statement, and a sync writes only data) and end at the first frame of
 length zero. The worker keeps the position it has written (whole frames only) in a
@@ -75,6 +83,7 @@ _MAGICS = (_MAGIC, b"WGJRNL02")
 _HEAD = struct.Struct("!8sQ")  # magic, reserved (zero)
 _PAGE = 4096
 _SUFFIX = ".wal"
+_STAGE = ".stage"
 _MAX_FRAME = 64 * 1024 * 1024
 _SYNC_POLL = 0.001
 # The page the worker shares with its sync process (a memfd, so never written back and
@@ -215,7 +224,9 @@ class Journal:
         self._syncer: subprocess.Popen[bytes] | None = None
         self._shared: mmap.mmap | None = None  # shared with the sync process
         self._rotate = rotate_bytes
-        self._fd = -1
+        self._fd = -1  # the current file (.wal): the syncer's copy, synced
+        self._stage_fd = -1  # its stage, mapped: where the frames are written
+        self._map: mmap.mmap | None = None
         self._capacity = 0  # bytes of the current file allocated (zero-filled)
         self._off = 0  # bytes of the current file written (its head included)
         self._start = 0  # logical position of the current file's first byte
@@ -226,9 +237,6 @@ class Journal:
         # Frames that did not fit and could not be allocated room for (a full disk):
         # `flush` copies them in once the file can grow, or raises.
         self._spill = bytearray()
-        # Outcomes held for the next write (`append_outcome(hold=True)`): they lie
-        # before `_end` and after `_off`, and go first in the next `pwrite`.
-        self._held = bytearray()
         self._ckpt_fd = -1
         self._lock = threading.Lock()  # the current fd, against the sync thread
         self._dirty = threading.Event()
@@ -270,6 +278,7 @@ class Journal:
                         str(self.directory),
                         repr(self._sync_interval),
                         str(fd),
+                        str(os.getpid()),
                     ],
                     stdin=subprocess.DEVNULL,
                     pass_fds=(fd,),
@@ -341,35 +350,16 @@ class Journal:
             )
         )
 
-    def append_outcome(self, record: ActionRecord, *, hold: bool = False) -> int:
-        """`append(Outcome.of(record))`, without building the Outcome. ``hold``: keep it
-        in memory until the next entry is written or `write_held` is called (one
-        ``pwrite`` then carries both): an outcome not yet written when the gateway dies
-        leaves its intent, recorded ``interrupted``, which is what the journal promises
-        for an outcome anyway (docs/architecture.md)."""
-        data = pickle.dumps(
-            ("o", record.session_id, record.seq, record.status, record.duration_ms,
-             record.rows, record.command, record.error, record.sqlstate, record.trace_id,
-             record.output),
-            _PROTOCOL,
+    def append_outcome(self, record: ActionRecord) -> int:
+        """`append(Outcome.of(record))`, without building the Outcome."""
+        return self._frame(
+            pickle.dumps(
+                ("o", record.session_id, record.seq, record.status, record.duration_ms,
+                 record.rows, record.command, record.error, record.sqlstate, record.trace_id,
+                 record.output),
+                _PROTOCOL,
+            )
         )  # fmt: skip
-        if not hold:
-            return self._frame(data)
-        position = self._end
-        self._held += _HEADER.pack(len(data), zlib.crc32(data))
-        self._held += data
-        self._end = position + _HEADER.size + len(data)
-        return position
-
-    @property
-    def held(self) -> bool:
-        """Outcomes wait in memory for the next write (`append_outcome(hold=True)`)."""
-        return bool(self._held)
-
-    def write_held(self) -> None:
-        """Write the held outcomes now (the recorder calls it when they waited 2 ms)."""
-        if self._held:
-            self._write(b"")
 
     def _frame(self, data: bytes) -> int:
         position = self._end
@@ -378,23 +368,15 @@ class Journal:
         return position
 
     def _write(self, frame: bytes) -> None:
-        """Write ``frame`` (which ends at `_end`), after the held outcomes, which lie
-        before it, in one ``pwrite``."""
-        if self._held:
-            frame = bytes(self._held) + frame
-            self._held.clear()
+        """Copy ``frame`` (which ends at `_end`) into the stage."""
         size = len(frame)
         off = self._off
-        if self._spill or self._fd < 0 or off + size > self._capacity and not self._grow(size):
+        stage = self._map
+        if self._spill or stage is None or off + size > self._capacity and not self._grow(size):
             self._spill += frame
             return
-        try:
-            # Into blocks the zero-fill allocated: no allocation, so no ENOSPC here.
-            os.pwrite(self._fd, frame, off)
-        except OSError as exc:  # an I/O error: keep it until `flush` can write it
-            log.debug("audit journal: cannot write %s: %s", self._name(), exc)
-            self._spill += frame
-            return
+        # Into pages the zero-fill allocated: no allocation, so no ENOSPC (or SIGBUS).
+        stage[off : off + size] = frame
         self._off = off + size
         self._written = end = self._end
         if self._shared is not None:
@@ -403,8 +385,11 @@ class Journal:
     def _grow(self, size: int) -> bool:
         """Room for ``size`` more bytes in the current file; False on a full disk."""
         capacity = _page_round(max(2 * self._capacity, self._off + size + _SLACK))
+        assert self._map is not None
         try:
             _zero_fill(self._fd, self._capacity, capacity)
+            _zero_fill(self._stage_fd, self._capacity, capacity)
+            self._map.resize(capacity)
         except OSError as exc:
             log.debug("audit journal: cannot grow %s: %s", self._name(), exc)
             return False
@@ -430,18 +415,14 @@ class Journal:
     def flush(self) -> None:
         """Copy in what a full disk kept out (`spilled`). Raises OSError while there is
         still no room (the frames are kept for the next flush)."""
-        self.write_held()
         if not self._spill:
             return
         spill, self._spill = self._spill, bytearray()
         if self._off + len(spill) > self._capacity and not self._grow(len(spill)):
             self._spill = spill
             raise OSError(f"no room to grow the audit journal {self._name()}")
-        try:
-            os.pwrite(self._fd, spill, self._off)
-        except OSError:
-            self._spill = spill
-            raise
+        assert self._map is not None
+        self._map[self._off : self._off + len(spill)] = spill
         self._off += len(spill)
         self._written = self._end
         if self._shared is not None:
@@ -485,8 +466,9 @@ class Journal:
         begins)."""
         ends = [*self._older[1:], self._start]
         while self._older and ends[0] <= self._checkpoint:
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / f"{self._older[0]:016x}{_SUFFIX}").unlink()
+            for suffix in (_SUFFIX, _STAGE):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / f"{self._older[0]:016x}{suffix}").unlink()
             del self._older[0], ends[0]
 
     def _name(self) -> str:
@@ -497,29 +479,47 @@ class Journal:
         `open` starts after every file, `rotate` after the current one)."""
         self._defs.clear()  # each file defines its own shared objects
         self._next_def = 0
-        fd = os.open(self.directory / f"{start:016x}{_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+        capacity = _page_round(min(self._rotate, _FIRST_ALLOCATION) + _SLACK)
+        fds = []
         try:
-            capacity = _page_round(min(self._rotate, _FIRST_ALLOCATION) + _SLACK)
-            _zero_fill(fd, 0, capacity)
-            os.pwrite(fd, _HEAD.pack(_MAGIC, 0), 0)
+            for suffix in (_SUFFIX, _STAGE):
+                fd = os.open(
+                    self.directory / f"{start:016x}{suffix}", os.O_RDWR | os.O_CREAT, 0o600
+                )
+                fds.append(fd)
+                _zero_fill(fd, 0, capacity)
+                os.pwrite(fd, _HEAD.pack(_MAGIC, 0), 0)
+            stage = mmap.mmap(fds[1], capacity)
         except BaseException:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
             raise
-        self._fd, self._capacity = fd, capacity
+        self._fd, self._stage_fd, self._map, self._capacity = *fds, stage, capacity
         self._off = _HEAD.size
         self._start = start
         self._end = start + _HEAD.size
 
     def _close_file(self) -> None:
-        """Sync, trim the unused allocation and close the current file."""
+        """Copy in what the sync process has not, trim the unused allocation, sync and
+        close the current file; its stage goes once the file holds all of it."""
         if self._fd < 0:
             return
-        with contextlib.suppress(OSError):
+        assert self._map is not None
+        copied = max(self.synced - self._start, _HEAD.size)
+        try:
+            os.pwrite(self._fd, self._map[copied : self._off], copied)
             os.ftruncate(self._fd, self._off)
-        with contextlib.suppress(OSError):
             os.fdatasync(self._fd)
+        except OSError as exc:  # the stage keeps it: replay reads whichever holds more
+            log.warning("audit journal: cannot complete %s: %s", self._name(), exc)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{self._start:016x}{_STAGE}").unlink()
+        self._map.close()
+        os.close(self._stage_fd)
         os.close(self._fd)
-        self._fd = -1
+        self._fd = self._stage_fd = -1
+        self._map = None
 
     def _write_checkpoint(self, position: int) -> None:
         self._checkpoint = position
@@ -535,10 +535,12 @@ class Journal:
                 self._dirty.wait(_SYNC_POLL)
                 continue
             with self._lock:
-                if self._fd < 0:
+                if self._fd < 0 or self._map is None:
                     return
                 end = self._written
+                copied = max(self._synced - self._start, _HEAD.size)
                 try:
+                    os.pwrite(self._fd, self._map[copied : end - self._start], copied)
                     os.fdatasync(self._fd)
                 except OSError as exc:
                     if self.sync_error is None:
@@ -576,14 +578,12 @@ def _page_round(n: int) -> int:
 def _files(directory: Path) -> list[tuple[int, int]]:
     """(start, end) logical positions of the journal files, oldest first. A file ends
     where the next begins; the last one at its size (at most: it is allocated ahead)."""
-    starts = []
-    sizes = {}
-    for path in directory.glob(f"*{_SUFFIX}"):
+    sizes: dict[int, int] = {}
+    for path in [*directory.glob(f"*{_SUFFIX}"), *directory.glob(f"*{_STAGE}")]:
         with contextlib.suppress(ValueError, FileNotFoundError):
             start = int(path.stem, 16)
-            sizes[start] = path.stat().st_size
-            starts.append(start)
-    starts.sort()
+            sizes[start] = max(sizes.get(start, 0), path.stat().st_size)
+    starts = sorted(sizes)
     return [
         (start, starts[i + 1] if i + 1 < len(starts) else start + sizes[start])
         for i, start in enumerate(starts)
@@ -602,25 +602,49 @@ def _frames(directory: Path) -> Iterator[tuple[int, Entry]]:
     """Every entry with its logical position, shared objects resolved; a torn or
     corrupt frame (a power loss mid-write) ends its file."""
     for start, _ in _files(directory):
-        data = (directory / f"{start:016x}{_SUFFIX}").read_bytes()
+        # The file and its stage hold the same bytes, each up to some point (the stage
+        # ahead, unless a power loss took pages of it): the longer run of frames wins.
+        path, data, frames, torn = max(
+            (_whole_frames(directory / f"{start:016x}{suffix}") for suffix in (_SUFFIX, _STAGE)),
+            key=lambda found: found[2][-1][1] if found[2] else 0,
+        )
+        if torn:
+            log.warning("audit journal %s: torn frame at byte %d ignored", path.name, torn)
         _replay_defs.clear()
-        # A file of an earlier release has no head: its frames start at byte 0.
-        pos = _HEAD.size if data.startswith(_MAGICS) else 0
-        while pos + _HEADER.size <= len(data):
-            length, crc = _HEADER.unpack_from(data, pos)
-            if length == 0:
-                break  # the allocated, unwritten rest of the file
-            body = data[pos + _HEADER.size : pos + _HEADER.size + length]
-            if length > _MAX_FRAME or len(body) < length or zlib.crc32(body) != crc:
-                log.warning("audit journal %s: torn frame at byte %d ignored", start, pos)
-                break
-            entry = _decode(pickle.loads(body))
+        for pos, end in frames:
+            entry = _decode(pickle.loads(data[pos + _HEADER.size : end]))
             if isinstance(entry, _Def):
                 _replay_defs[entry.number] = entry.obj
             else:
                 yield start + pos, entry
-            pos += _HEADER.size + length
     _replay_defs.clear()
+
+
+def _whole_frames(path: Path) -> tuple[Path, bytes, list[tuple[int, int]], int]:
+    """A file's bytes and where its frames lie, up to the allocated, unwritten rest (a
+    length of zero) or the first torn or corrupt frame (a power loss mid-write), whose
+    position comes last (0: none)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return path, b"", [], 0
+    frames: list[tuple[int, int]] = []
+    # A file of an earlier release has no head: its frames start at byte 0.
+    pos = _HEAD.size if data.startswith(_MAGICS) else 0
+    while pos + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, pos)
+        if length == 0:
+            break
+        end = pos + _HEADER.size + length
+        if (
+            length > _MAX_FRAME
+            or end > len(data)
+            or zlib.crc32(data[pos + _HEADER.size : end]) != crc
+        ):
+            return path, data, frames, pos
+        frames.append((pos, end))
+        pos = end
+    return path, data, frames, 0
 
 
 def pending(directory: Path) -> list[Record]:
@@ -659,19 +683,25 @@ def pending(directory: Path) -> list[Record]:
 
 def discard(directory: Path) -> None:
     """Remove a journal whose records are all in the store."""
-    for path in [*directory.glob(f"*{_SUFFIX}"), directory / "checkpoint"]:
+    for path in [
+        *directory.glob(f"*{_SUFFIX}"),
+        *directory.glob(f"*{_STAGE}"),
+        directory / "checkpoint",
+    ]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
 
-def _sync_main(directory: Path, interval: float, shared_fd: int) -> None:
-    """The sync process: ``fdatasync`` the current journal file whenever the worker
-    wrote whole frames past what the last sync covered (the positions the worker keeps
-    in the shared page), at most every ``interval`` seconds (``audit.journal_sync_ms``,
-    a millisecond by default: group commit), until the gateway worker that started it
-    is gone. It reads no frame: the worker moves the written position only after a
-    whole frame is in the file. After each sync it publishes the position it covered."""
-    parent = os.getppid()
+def _sync_main(directory: Path, interval: float, shared_fd: int, parent: int) -> None:
+    """The sync process: whenever the worker wrote whole frames past what the last sync
+    covered (the positions the worker keeps in the shared page), copy them from the
+    current file's stage into the file and ``fdatasync`` it, at most every ``interval``
+    seconds (``audit.journal_sync_ms``, a millisecond by default: group commit), until
+    the gateway worker that started it is gone. It decodes no frame: the worker moves
+    the written position only after a whole frame is in the stage. After each sync it
+    publishes the position it covered."""
+    # ``parent``: the worker's pid, from its command line; read here, os.getppid()
+    # would already be init's if the worker died while this process started.
     # Below the gateway and the database in CPU priority: on a busy machine a sync may
     # wait a little longer, the traffic does not wait for it.
     with contextlib.suppress(OSError):
@@ -680,26 +710,41 @@ def _sync_main(directory: Path, interval: float, shared_fd: int) -> None:
     os.close(shared_fd)
     unpack = _SHARED.unpack_from
     fd, current, synced = -1, -1, 0
-    while os.getppid() == parent:
+    stage: mmap.mmap | None = None
+    while True:
+        gone = os.getppid() != parent
         start, written, _ = unpack(shared, 0)
         if start != current:
-            # A new file (a rotation, which synced the one it closed): follow it.
-            with contextlib.suppress(FileNotFoundError):
-                new_fd = os.open(directory / f"{start:016x}{_SUFFIX}", os.O_RDONLY)
-                if fd >= 0:
-                    os.close(fd)
-                fd, current, synced = new_fd, start, start + _HEAD.size
-            if start != current:
+            # A new file (a rotation, which copied in and synced the one it closed).
+            try:
+                new = _open_pair(directory, start)
+            except (FileNotFoundError, ValueError):  # not there yet, or already gone
+                if gone:
+                    return
                 time.sleep(interval)
                 continue
+            if fd >= 0:
+                os.close(fd)
+            if stage is not None:
+                stage.close()
+            (fd, stage), current, synced = new, start, start + _HEAD.size
         if written <= synced:
+            if gone:
+                return
             time.sleep(interval)
             continue
         began = time.monotonic()
         try:
+            assert stage is not None
+            if written - start > len(stage):  # the file grew: map the rest too
+                stage.close()
+                stage = _map_stage(directory, start)
+            os.pwrite(fd, stage[synced - start : written - start], synced - start)
             os.fdatasync(fd)
-        except OSError as exc:
-            log.error("audit journal: fdatasync failed: %s", exc)
+        except (OSError, ValueError) as exc:
+            log.error("audit journal: cannot copy the stage into the file and sync it: %s", exc)
+            if gone:
+                return  # the stage keeps it; replay reads whichever holds more
             time.sleep(0.1)
             continue
         synced = written
@@ -710,6 +755,25 @@ def _sync_main(directory: Path, interval: float, shared_fd: int) -> None:
             time.sleep(interval - spent)
 
 
+def _open_pair(directory: Path, start: int) -> tuple[int, mmap.mmap]:
+    """The sync process's ends of a file and its stage: the file to write, the stage
+    mapped to read."""
+    stage = _map_stage(directory, start)
+    try:
+        return os.open(directory / f"{start:016x}{_SUFFIX}", os.O_WRONLY), stage
+    except BaseException:
+        stage.close()
+        raise
+
+
+def _map_stage(directory: Path, start: int) -> mmap.mmap:
+    fd = os.open(directory / f"{start:016x}{_STAGE}", os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker ends it (SIGTERM) when done
-    _sync_main(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
+    _sync_main(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -110,12 +110,6 @@ class _RecorderProcess:
             raise
 
 
-# How long a statement's outcome may wait in memory for the next journal write to carry
-# it (an intent, at any load above a few statements a second): an outcome lost to a
-# crash leaves its intent, recorded interrupted, so this is no durability promise.
-_HOLD_OUTCOMES = 0.002
-
-
 def _frame(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
@@ -190,7 +184,6 @@ class Recorder:
         self._positions: deque[int] = deque()
         self._intents: dict[tuple[str, int], tuple[int, ActionRecord]] = {}
         self._flush_scheduled = False
-        self._held_scheduled = False  # a `_write_held` is due (_HOLD_OUTCOMES)
         self._journal_failing: str | None = None
 
     # -- loop side -------------------------------------------------------------------
@@ -245,13 +238,7 @@ class Recorder:
                 isinstance(record, ActionRecord)
                 and (record.session_id, record.seq) in self._intents
             ):
-                # The rest is in its intent. Held until the next write (the next
-                # statement's intent, usually) or _HOLD_OUTCOMES: one pwrite for both.
-                loop = self._loop
-                position = journal.append_outcome(record, hold=loop is not None)
-                if loop is not None and not self._held_scheduled:
-                    self._held_scheduled = True
-                    loop.call_later(_HOLD_OUTCOMES, self._write_held)
+                position = journal.append_outcome(record)  # the rest is in its intent
             else:
                 position = journal.append(record)
             self._positions.append(position)
@@ -274,13 +261,6 @@ class Recorder:
         position = journal.append_intent(record)
         self._intents[record.session_id, record.seq] = (position, record)
         if journal.spilled or self._journal_failing is not None:
-            self._flush_journal()
-
-    def _write_held(self) -> None:
-        self._held_scheduled = False
-        assert self._journal is not None
-        self._journal.write_held()
-        if self._journal.spilled:
             self._flush_journal()
 
     def _flush_journal(self) -> None:
