@@ -316,3 +316,30 @@ def test_a_dead_workers_sync_process_copies_and_syncs_what_it_wrote_last(
     assert [(r.session_id, r.seq) for r in found if isinstance(r, ActionRecord)] == [
         ("s1", seq) for seq in range(1, 51)
     ]
+
+
+def test_a_killed_sync_process_is_started_again(tmp_path: Path) -> None:
+    """Without its sync process nothing reaches the synced file: the journal starts a
+    new one (the recorder asks after every store commit) and syncing goes on."""
+    import os
+    import signal
+
+    j = Journal(tmp_path / "j", sync_process=True)
+    j.open()
+    try:
+        first = j._syncer
+        assert first is not None
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        j._syncer_started -= journal_mod._SYNCER_RESTART  # no waiting for the backoff
+        j.watch_syncer()
+        assert j._syncer is not first and j._syncer is not None
+        assert j._syncer.poll() is None
+        for seq in range(1, 11):
+            j.append(_action("s1", seq))
+        deadline = time.monotonic() + 10
+        while j.synced < j.end and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert j.synced >= j.end
+    finally:
+        j.close()

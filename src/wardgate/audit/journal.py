@@ -86,6 +86,7 @@ _SUFFIX = ".wal"
 _STAGE = ".stage"
 _MAX_FRAME = 64 * 1024 * 1024
 _SYNC_POLL = 0.001
+_SYNCER_RESTART = 1.0  # seconds between two starts of a sync process that keeps dying
 # The page the worker shares with its sync process (a memfd, so never written back and
 # never write-protected): the logical start of the current file, the logical position
 # up to which whole frames were written, and the position the last sync covered.
@@ -223,6 +224,8 @@ class Journal:
         self._sync_interval = sync_interval
         self._syncer: subprocess.Popen[bytes] | None = None
         self._shared: mmap.mmap | None = None  # shared with the sync process
+        self._shared_fd = -1
+        self._syncer_started = 0.0
         self._rotate = rotate_bytes
         self._fd = -1  # the current file (.wal): the syncer's copy, synced
         self._stage_fd = -1  # its stage, mapped: where the frames are written
@@ -265,29 +268,49 @@ class Journal:
         self._written = self._synced = self._end
         self._write_checkpoint(start)
         if self._sync_process:
-            fd = _shared_fd()
-            try:
-                os.ftruncate(fd, _SHARED_SIZE)
-                self._shared = mmap.mmap(fd, _SHARED_SIZE)
-                self._publish_start()
-                self._syncer = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "wardgate.audit.journal",
-                        str(self.directory),
-                        repr(self._sync_interval),
-                        str(fd),
-                        str(os.getpid()),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    pass_fds=(fd,),
-                )
-            finally:
-                os.close(fd)  # the map and the child keep it
+            self._shared_fd = fd = _shared_fd()  # kept: a new sync process needs it
+            os.ftruncate(fd, _SHARED_SIZE)
+            self._shared = mmap.mmap(fd, _SHARED_SIZE)
+            self._publish_start()
+            self._start_syncer()
             return
         self._thread = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
         self._thread.start()
+
+    def _start_syncer(self) -> None:
+        self._syncer_started = time.monotonic()
+        self._syncer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wardgate.audit.journal",
+                str(self.directory),
+                repr(self._sync_interval),
+                str(self._shared_fd),
+                str(os.getpid()),
+            ],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(self._shared_fd,),
+        )
+
+    def watch_syncer(self) -> None:
+        """Start the sync process again if it died (killed, out of memory): without it
+        entries still survive a crash of the gateway (they are in the stage) but
+        nothing reaches the synced file, so a power loss would take everything since.
+        At most one start per `_SYNCER_RESTART` seconds; the recorder calls this after
+        every store commit."""
+        syncer = self._syncer
+        if syncer is None or self._stopping or syncer.poll() is None:
+            return
+        if time.monotonic() - self._syncer_started < _SYNCER_RESTART:
+            return
+        log.error(
+            "audit journal %s: its sync process exited (status %s); starting a new one. "
+            "Until it runs, records survive a crash of the gateway but not a power loss",
+            self.directory,
+            syncer.returncode,
+        )
+        self._start_syncer()
 
     def close(self) -> None:
         """Sync and close; called after the recorder wrote everything (or gave up)."""
@@ -309,6 +332,8 @@ class Journal:
         if self._shared is not None:
             self._shared.close()
             self._shared = None
+            os.close(self._shared_fd)
+            self._shared_fd = -1
 
     # -- the loop side ------------------------------------------------------------------
 

@@ -313,6 +313,7 @@ class Recorder:
                 intents = self._intents
         first_record = self._positions[0] if self._positions else journal.end
         first_intent = next(iter(intents.values()))[0] if intents else journal.end
+        journal.watch_syncer()
         try:
             journal.set_checkpoint(min(first_record, first_intent))
             journal.drop_obsolete()
