@@ -10,6 +10,7 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 from tests.store.test_recorder import _action, _start
 
 from wardgate.audit import journal as journal_mod
@@ -343,3 +344,58 @@ def test_a_killed_sync_process_is_started_again(tmp_path: Path) -> None:
         assert j.synced >= j.end
     finally:
         j.close()
+
+
+def test_a_full_disk_at_rotation_keeps_the_current_file_and_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next file cannot be made (ENOSPC): the current one stays current, is not
+    taken for an older one (drop_obsolete used to delete it, with records the store
+    did not have), writing goes on into it, and a later rotation works."""
+    import errno
+
+    directory = tmp_path / "j"
+    j = Journal(directory, rotate_bytes=4096)
+    j.open()
+    records = [_action("s1", seq) for seq in range(1, 31)]
+    for record in records:
+        j.append(record)
+    assert j.full
+    fill = journal_mod._zero_fill
+
+    def no_space(fd: int, start: int, end: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_mod, "_zero_fill", no_space)
+    with pytest.raises(OSError):
+        j.rotate([])
+    assert not j.full  # not tried again at once
+    j.set_checkpoint(journal_mod._HEAD.size)  # what the recorder does next
+    j.drop_obsolete()
+    assert sorted(p.suffix for p in directory.iterdir() if p.name != "checkpoint") == [
+        ".stage",
+        ".wal",
+    ]  # no half-made next file left either
+    more = _action("s1", 31)
+    j.append(more)
+    assert not j.spilled
+    assert journal_mod.pending(directory) == [*records, more]
+    monkeypatch.setattr(journal_mod, "_zero_fill", fill)
+    j._rotate_after = 0.0
+    assert j.full
+    j.rotate([])
+    j.append(_action("s1", 32))
+    assert [r.seq for r in journal_mod.pending(directory)] == list(range(1, 33))  # type: ignore[union-attr]
+    j.close()
+
+
+def test_flush_of_a_closed_journal_raises_oserror_and_keeps_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j")
+    j.open()
+    j.close()
+    j._spill += b"frame"
+    with pytest.raises(OSError):
+        j.flush()
+    assert j.spilled

@@ -19,7 +19,8 @@ journal's cost per statement, bench/relay_cost.py), a copy into a map 0.2 µs. B
 mapped file that is synced gets its pages write-protected by every sync, and the next
 copy then faults through the file system, waiting for the page's write-back (about 45
 µs on the reference VM, several per millisecond: the first mapped journal). The stage is
-never synced, so its pages stay writable; the kernel writes it back in its own time.
+never synced: the kernel writes it back in its own time (every 30 s or so, after which
+a page the worker is still filling faults once).
 
 The recorder tells the journal how far the store has everything (``checkpoint``): the
 position of the oldest record not yet committed, or of the oldest intent whose outcome
@@ -87,6 +88,7 @@ _STAGE = ".stage"
 _MAX_FRAME = 64 * 1024 * 1024
 _SYNC_POLL = 0.001
 _SYNCER_RESTART = 1.0  # seconds between two starts of a sync process that keeps dying
+_ROTATE_RETRY = 5.0  # seconds after a rotation failed (a full disk) before the next try
 # The page the worker shares with its sync process (a memfd, so never written back and
 # never write-protected): the logical start of the current file, the logical position
 # up to which whole frames were written, and the position the last sync covered.
@@ -226,6 +228,7 @@ class Journal:
         self._shared: mmap.mmap | None = None  # shared with the sync process
         self._shared_fd = -1
         self._syncer_started = 0.0
+        self._rotate_after = 0.0  # monotonic time before which no rotation is tried
         self._rotate = rotate_bytes
         self._fd = -1  # the current file (.wal): the syncer's copy, synced
         self._stage_fd = -1  # its stage, mapped: where the frames are written
@@ -343,7 +346,8 @@ class Journal:
 
     @property
     def full(self) -> bool:
-        return self._end - self._start >= self._rotate
+        """Time for `rotate` (not again within `_ROTATE_RETRY` of a failed one)."""
+        return self._end - self._start >= self._rotate and time.monotonic() >= self._rotate_after
 
     @property
     def spilled(self) -> bool:
@@ -410,7 +414,8 @@ class Journal:
     def _grow(self, size: int) -> bool:
         """Room for ``size`` more bytes in the current file; False on a full disk."""
         capacity = _page_round(max(2 * self._capacity, self._off + size + _SLACK))
-        assert self._map is not None
+        if self._map is None:
+            return False
         try:
             _zero_fill(self._fd, self._capacity, capacity)
             _zero_fill(self._stage_fd, self._capacity, capacity)
@@ -440,14 +445,15 @@ class Journal:
     def flush(self) -> None:
         """Copy in what a full disk kept out (`spilled`). Raises OSError while there is
         still no room (the frames are kept for the next flush)."""
-        if not self._spill:
+        spill = self._spill
+        if not spill:
             return
-        spill, self._spill = self._spill, bytearray()
+        if self._map is None:
+            raise OSError(f"the audit journal in {self.directory} is closed")
         if self._off + len(spill) > self._capacity and not self._grow(len(spill)):
-            self._spill = spill
             raise OSError(f"no room to grow the audit journal {self._name()}")
-        assert self._map is not None
         self._map[self._off : self._off + len(spill)] = spill
+        self._spill = bytearray()
         self._off += len(spill)
         self._written = self._end
         if self._shared is not None:
@@ -476,10 +482,18 @@ class Journal:
         statements get if no outcome comes) into it; returns their positions
         there. Call `set_checkpoint` with them, then `drop_obsolete`."""
         self.flush()
+        try:
+            # Made before the current file is closed: on a full disk the current file
+            # stays current (and is not taken for an older one that may go), and the
+            # next rotation is tried `_ROTATE_RETRY` seconds later.
+            new = self._create_pair(self._end)
+        except OSError:
+            self._rotate_after = time.monotonic() + _ROTATE_RETRY
+            raise
         with self._lock:
             self._close_file()
             self._older.append(self._start)
-            self._open_file(self._end)
+            self._adopt(self._end, *new)
             self._synced = self._written
             self._publish_start()
         moved = [self.append_intent(record) for record in open_intents]
@@ -502,24 +516,33 @@ class Journal:
     def _open_file(self, start: int) -> None:
         """A new file whose first byte is logical position ``start`` (none exists there:
         `open` starts after every file, `rotate` after the current one)."""
-        self._defs.clear()  # each file defines its own shared objects
-        self._next_def = 0
+        self._adopt(start, *self._create_pair(start))
+
+    def _create_pair(self, start: int) -> tuple[int, int, mmap.mmap, int]:
+        """A file and its stage at ``start``, allocated and headed, the stage mapped;
+        on failure (a full disk) nothing of them is left."""
         capacity = _page_round(min(self._rotate, _FIRST_ALLOCATION) + _SLACK)
-        fds = []
+        paths = [self.directory / f"{start:016x}{suffix}" for suffix in (_SUFFIX, _STAGE)]
+        fds: list[int] = []
         try:
-            for suffix in (_SUFFIX, _STAGE):
-                fd = os.open(
-                    self.directory / f"{start:016x}{suffix}", os.O_RDWR | os.O_CREAT, 0o600
-                )
-                fds.append(fd)
-                _zero_fill(fd, 0, capacity)
-                os.pwrite(fd, _HEAD.pack(_MAGIC, 0), 0)
+            for path in paths:
+                fds.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+                _zero_fill(fds[-1], 0, capacity)
+                os.pwrite(fds[-1], _HEAD.pack(_MAGIC, 0), 0)
             stage = mmap.mmap(fds[1], capacity)
         except BaseException:
             for fd in fds:
                 os.close(fd)
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise
-        self._fd, self._stage_fd, self._map, self._capacity = *fds, stage, capacity
+        return fds[0], fds[1], stage, capacity
+
+    def _adopt(self, start: int, fd: int, stage_fd: int, stage: mmap.mmap, capacity: int) -> None:
+        self._defs.clear()  # each file defines its own shared objects
+        self._next_def = 0
+        self._fd, self._stage_fd, self._map, self._capacity = fd, stage_fd, stage, capacity
         self._off = _HEAD.size
         self._start = start
         self._end = start + _HEAD.size
