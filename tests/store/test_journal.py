@@ -399,3 +399,46 @@ def test_flush_of_a_closed_journal_raises_oserror_and_keeps_what_it_holds(
     with pytest.raises(OSError):
         j.flush()
     assert j.spilled
+
+
+def test_a_full_disk_refuses_new_statements_while_the_judged_ones_still_fit(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotations fail (ENOSPC): once the current file is past its rotation point the
+    recorder turns unavailable (new statements are refused) while `_RESERVE` bytes are
+    still free, so an intent of a statement judged before that never waits in memory
+    only; with room again it recovers by itself."""
+    import errno
+
+    async def scenario() -> None:
+        j = Journal(tmp_path / "j", rotate_bytes=4096)
+        j.open()
+        recorder = Recorder(store, journal=j, batch=10, linger=0)
+        await recorder.start()
+        fill = journal_mod._zero_fill
+
+        def no_space(fd: int, start: int, end: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(journal_mod, "_zero_fill", no_space)
+        seq = 0
+        deadline = time.monotonic() + 10
+        while not recorder.unavailable and time.monotonic() < deadline:
+            seq += 1
+            recorder.intend(_interrupted(_action("s1", seq)))
+            recorder.submit(_action("s1", seq))
+            await asyncio.sleep(0.001)
+        assert recorder.unavailable
+        assert not j.spilled  # refused with room to spare: nothing judged was held back
+        assert "cannot grow" in (recorder.problem or "")
+        monkeypatch.setattr(journal_mod, "_zero_fill", fill)
+        j._rotate_after = 0.0
+        for _ in range(200):  # the recorder retries every 0.5 s
+            if not recorder.unavailable:
+                break
+            await asyncio.sleep(0.05)
+        assert not recorder.unavailable
+        await recorder.close()
+        j.close()
+
+    asyncio.run(scenario())

@@ -89,6 +89,11 @@ _MAX_FRAME = 64 * 1024 * 1024
 _SYNC_POLL = 0.001
 _SYNCER_RESTART = 1.0  # seconds between two starts of a sync process that keeps dying
 _ROTATE_RETRY = 5.0  # seconds after a rotation failed (a full disk) before the next try
+# Room kept free in the current file (`flush`): the intents of statements judged before
+# the recorder turns unavailable must still fit, so none is forwarded with its intent in
+# memory only (a second of pgbench at 8 clients writes about 2 MB; the recorder checks
+# after each store commit, every 50 ms or so).
+_RESERVE = 256 * 1024
 # The page the worker shares with its sync process (a memfd, so never written back and
 # never write-protected): the logical start of the current file, the logical position
 # up to which whole frames were written, and the position the last sync covered.
@@ -458,6 +463,19 @@ class Journal:
         self._written = self._end
         if self._shared is not None:
             _POSITION.pack_into(self._shared, _SHARED_WRITTEN, self._end)
+
+    def keep_room(self) -> None:
+        """Raise OSError when the current file has less than `_RESERVE` bytes free and
+        cannot grow. That happens only past the rotation point (a file is allocated
+        `_SLACK` beyond it), so when rotations fail: a full disk. The recorder then
+        refuses new statements while the ones already judged still fit."""
+        if self._map is not None and self._capacity - self._off < _RESERVE:
+            if time.monotonic() < self._rotate_after or not self._grow(_RESERVE):
+                self._rotate_after = max(self._rotate_after, time.monotonic() + _ROTATE_RETRY)
+                raise OSError(
+                    f"the audit journal {self._name()} has less than {_RESERVE // 1024} KiB "
+                    "of room left and cannot grow (is the disk full?)"
+                )
 
     @property
     def synced(self) -> int:

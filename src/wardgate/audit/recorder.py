@@ -268,6 +268,7 @@ class Recorder:
         assert self._journal is not None
         try:
             self._journal.flush()
+            self._journal.keep_room()
         except OSError as exc:
             if self._journal_failing is None:
                 log.error(
@@ -314,6 +315,7 @@ class Recorder:
         first_record = self._positions[0] if self._positions else journal.end
         first_intent = next(iter(intents.values()))[0] if intents else journal.end
         journal.watch_syncer()
+        self._flush_journal()  # and keep room for the statements judged meanwhile
         try:
             journal.set_checkpoint(min(first_record, first_intent))
             journal.drop_obsolete()
