@@ -233,7 +233,9 @@ class Journal:
         self._shared: mmap.mmap | None = None  # shared with the sync process
         self._shared_fd = -1
         self._syncer_started = 0.0
-        self._rotate_after = 0.0  # monotonic time before which no rotation is tried
+        # Monotonic time before which neither a rotation nor growth for `keep_room` is
+        # tried again (both failed: a full disk).
+        self._rotate_after = 0.0
         self._rotate = rotate_bytes
         self._fd = -1  # the current file (.wal): the syncer's copy, synced
         self._stage_fd = -1  # its stage, mapped: where the frames are written
@@ -571,9 +573,8 @@ class Journal:
         if self._fd < 0:
             return
         assert self._map is not None
-        copied = max(self.synced - self._start, _HEAD.size)
         try:
-            os.pwrite(self._fd, self._map[copied : self._off], copied)
+            self._copy_in(self.synced, self._start + self._off)
             os.ftruncate(self._fd, self._off)
             os.fdatasync(self._fd)
         except OSError as exc:  # the stage keeps it: replay reads whichever holds more
@@ -586,6 +587,14 @@ class Journal:
         os.close(self._fd)
         self._fd = self._stage_fd = -1
         self._map = None
+
+    def _copy_in(self, synced: int, end: int) -> None:
+        """Copy the current stage from logical position ``synced`` (the file holds what
+        is before it) to ``end`` into the file (the sync process does the same in its
+        own process, `_sync_main`)."""
+        assert self._map is not None
+        at = max(synced - self._start, _HEAD.size)
+        os.pwrite(self._fd, self._map[at : end - self._start], at)
 
     def _write_checkpoint(self, position: int) -> None:
         self._checkpoint = position
@@ -604,9 +613,8 @@ class Journal:
                 if self._fd < 0 or self._map is None:
                     return
                 end = self._written
-                copied = max(self._synced - self._start, _HEAD.size)
                 try:
-                    os.pwrite(self._fd, self._map[copied : end - self._start], copied)
+                    self._copy_in(self._synced, end)
                     os.fdatasync(self._fd)
                 except OSError as exc:
                     if self.sync_error is None:
